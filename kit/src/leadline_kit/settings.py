@@ -1,0 +1,32 @@
+"""One settings base for every service: environment variables, refused defaults outside development."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_IDENTITY_SECRET = "dev-only-identity-secret-change-me"  # noqa: S105 - refused outside development
+
+
+class KitSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEADLINE_", extra="ignore")
+
+    environment: Literal["development", "test", "production"] = "development"
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:55432/leadline",
+        validation_alias=AliasChoices("DATABASE_URL", "LEADLINE_DATABASE_URL"),
+    )
+    nats_url: str = Field(
+        "nats://127.0.0.1:54222", validation_alias=AliasChoices("NATS_URL", "LEADLINE_NATS_URL")
+    )
+    identity_secret: SecretStr = SecretStr(DEV_IDENTITY_SECRET)
+    log_level: str = "INFO"
+    db_pool_size: int = 10
+
+    @model_validator(mode="after")
+    def _no_default_secrets_in_production(self) -> KitSettings:
+        if self.environment == "production" and self.identity_secret.get_secret_value() == DEV_IDENTITY_SECRET:
+            raise ValueError("LEADLINE_IDENTITY_SECRET must be set outside development")
+        return self

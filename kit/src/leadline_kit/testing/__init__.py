@@ -1,0 +1,1 @@
+"""Test support: real PostgreSQL, NATS JetStream and Dovecot started on loopback, and clients."""

@@ -1,0 +1,205 @@
+"""The outbox publishes iff the transaction commits; consumers apply each event once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, Text, Uuid, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit import bus
+from leadline_kit.consumer import EventConsumer, PermanentError, processed_event_table
+from leadline_kit.db import Database, service_metadata
+from leadline_kit.outbox import OutboxRelay, enqueue, outbox_table
+from leadline_proto.events import Event, LeadCreatedV1, LeadPayload, utcnow
+
+metadata = service_metadata("kittest")
+outbox = outbox_table(metadata)
+processed = processed_event_table(metadata)
+applied = Table("applied", metadata, Column("event_id", Uuid, primary_key=True), Column("n", Integer),
+                Column("note", Text))
+
+
+def lead_event(company_id: uuid.UUID) -> LeadCreatedV1:
+    return LeadCreatedV1(company_id=company_id, payload=LeadPayload(
+        lead_id=uuid.uuid4(), addresses=["lead@example.com"], created_at=utcnow()))
+
+
+@pytest.fixture
+async def db(fresh_database: str) -> AsyncIterator[Database]:
+    database = Database(fresh_database, "kittest")
+    async with database.engine.begin() as conn:
+        await conn.exec_driver_sql("CREATE SCHEMA kittest")
+        await conn.run_sync(metadata.create_all)
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+async def js(nats_url: str):  # type: ignore[no-untyped-def]
+    nc, jetstream = await bus.connect(nats_url, "kit-test")
+    await bus.ensure_stream(jetstream)
+    yield jetstream
+    await nc.close()
+
+
+async def count_applications(session: AsyncSession, event: Event) -> None:
+    await session.execute(insert(applied).values(event_id=event.event_id, n=1).on_conflict_do_update(
+        index_elements=[applied.c.event_id], set_={"n": applied.c.n + 1}))
+
+
+def consumer_for(db: Database, js, company: uuid.UUID, handler=count_applications) -> EventConsumer:  # type: ignore[no-untyped-def]
+    async def own_company_only(session: AsyncSession, event: Event) -> None:
+        # tests share one stream: each looks only at its own company's events
+        if event.company_id == company:
+            await handler(session, event)
+
+    return EventConsumer(db=db, js=js, processed=processed, durable=f"kittest-{uuid.uuid4().hex[:8]}",
+                         subjects=["leadline.lead.created.v1"], handler=own_company_only)
+
+
+async def drain(consumer: EventConsumer, company_id: uuid.UUID, expected: int, timeout: float = 20) -> None:
+    task = asyncio.create_task(consumer.run())
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            async with consumer.db.session() as s:
+                if (await s.scalar(select(func.count()).select_from(applied))) >= expected:
+                    break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for any extra (wrong) application to show up
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_event_published_only_when_transaction_commits(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+    committed, rolled_back = lead_event(company), lead_event(company)
+    async with db.session() as s:
+        await enqueue(s, outbox, committed)
+    with pytest.raises(RuntimeError):
+        async with db.session() as s:
+            await enqueue(s, outbox, rolled_back)
+            raise RuntimeError("business rule failed after the event was written")
+    relay = OutboxRelay(db, outbox, js, service="kittest")
+    assert await relay.relay_once() == 1
+    consumer = consumer_for(db, js, company)
+    await drain(consumer, company, 1)
+    async with db.session() as s:
+        seen = set((await s.execute(select(applied.c.event_id))).scalars())
+        left = await s.scalar(select(func.count()).select_from(outbox))
+    assert committed.event_id in seen
+    assert rolled_back.event_id not in seen
+    assert left == 0
+
+
+RELAY_SCRIPT = """
+import asyncio, sys
+from leadline_kit import bus
+from leadline_kit.db import Database
+from leadline_kit.outbox import OutboxRelay
+sys.path.insert(0, {here!r})
+from test_outbox_consumer import outbox
+async def main():
+    nc, js = await bus.connect({nats!r}, "relay")
+    db = Database({url!r}, "kittest")
+    relay = OutboxRelay(db, outbox, js, service="kittest", batch_size=50)
+    await relay.run()
+asyncio.run(main())
+"""
+
+
+@pytest.mark.slow
+async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js, nats_url: str) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+    events = [lead_event(company) for _ in range(3000)]
+    for i in range(0, len(events), 500):
+        async with db.session() as s:
+            await enqueue(s, outbox, *events[i:i + 500])
+    script = RELAY_SCRIPT.format(here=str(Path(__file__).parent), nats=nats_url, url=db.url)
+    kills = 0
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", script])
+        await asyncio.sleep(1.2 + 0.05 * kills)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        async with db.session() as s:
+            if await s.scalar(select(func.count()).select_from(outbox)) == 0:
+                break
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(outbox)) == 0, "relay never finished"
+    consumer = consumer_for(db, js, company)
+    await drain(consumer, company, len(events), timeout=60)
+    async with db.session() as s:
+        rows = (await s.execute(select(applied.c.event_id, applied.c.n))).all()
+    assert {r.event_id for r in rows} == {e.event_id for e in events}
+    assert all(r.n == 1 for r in rows), "an event was applied twice"
+    assert kills >= 1
+
+
+async def test_redelivered_event_is_applied_once(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+    event = lead_event(company)
+    consumer = consumer_for(db, js, company)
+    await consumer.subscribe()
+    # the same event published twice under different message ids, past JetStream's de-duplication
+    await js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "a-" + str(event.event_id)})
+    await js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "b-" + str(event.event_id)})
+    await drain(consumer, company, 1)
+    async with db.session() as s:
+        assert (await s.execute(select(applied.c.n).where(applied.c.event_id == event.event_id))).scalar_one() == 1
+
+
+async def test_invalid_payload_is_terminated_and_logged(db: Database, js, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+    good = lead_event(company)
+    consumer = consumer_for(db, js, company)
+    await consumer.subscribe()
+    await js.publish("leadline.lead.created.v1", b'{"type": "lead.created", "version": 1, "payload": 42}')
+    await js.publish(good.subject, good.model_dump_json().encode())
+    with caplog.at_level(logging.ERROR, logger="leadline.consumer"):
+        await drain(consumer, company, 1)
+    info = await js.consumer_info("LEADLINE_EVENTS", consumer.durable)
+    assert info.num_ack_pending == 0 and info.num_redelivered == 0
+    assert info.num_pending == 0
+    assert any("invalid event" in r.getMessage() for r in caplog.records)
+    async with db.session() as s:
+        assert await s.scalar(select(func.count()).select_from(applied)) == 1
+
+
+async def test_transient_failure_is_retried_permanent_is_terminated(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+    flaky, doomed = lead_event(company), lead_event(company)
+    attempts: dict[uuid.UUID, int] = {}
+
+    async def handler(session: AsyncSession, event: Event) -> None:
+        attempts[event.event_id] = attempts.get(event.event_id, 0) + 1
+        if event.event_id == doomed.event_id:
+            raise PermanentError("refers to nothing")
+        if attempts[event.event_id] < 3:
+            raise ConnectionError("database blinked")
+        await count_applications(session, event)
+
+    consumer = consumer_for(db, js, company, handler)
+    consumer.max_backoff = 0.2
+    await consumer.subscribe()
+    for e in (flaky, doomed):
+        await js.publish(e.subject, e.model_dump_json().encode())
+    await drain(consumer, company, 1, timeout=20)
+    async with db.session() as s:
+        assert (await s.execute(select(applied.c.event_id))).scalars().all() == [flaky.event_id]
+    assert attempts[flaky.event_id] >= 3
+    info = await js.consumer_info("LEADLINE_EVENTS", consumer.durable)
+    assert info.num_ack_pending == 0

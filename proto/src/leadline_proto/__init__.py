@@ -1,0 +1,1 @@
+"""Leadline's shared event and request/reply schemas."""

@@ -1,0 +1,87 @@
+"""Request/reply schemas (NATS core request with a timeout)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Reply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class QuotaReserveRequest(Request):
+    company_id: uuid.UUID
+    account_key: str  # "mailbox:<uuid>" or "smtp:<uuid>"
+    provider: str = "custom"
+    recipients: int
+    size_bytes: int
+    user_id: uuid.UUID | None = None
+    ttl_seconds: int = 600
+
+
+class QuotaReserveReply(Reply):
+    granted: bool
+    reservation_id: uuid.UUID | None = None
+    limit: str | None = None
+    retry_at: datetime | None = None
+    detail: str = ""
+
+
+class QuotaSettleRequest(Request):
+    """Commit or release a reservation (the subject says which)."""
+
+    company_id: uuid.UUID
+    reservation_id: uuid.UUID
+
+
+class QuotaSettleReply(Reply):
+    ok: bool
+    detail: str = ""
+
+
+class MailboxSlotRequest(Request):
+    company_id: uuid.UUID
+    mailbox_id: uuid.UUID
+
+
+class MailboxSlotReply(Reply):
+    status: Literal["granted", "pending", "released"]
+    position: int | None = None
+
+
+class MailboxSmtpRequest(Request):
+    """Send-service asks sync-service for a user's SMTP settings (decrypted, over the internal bus)."""
+
+    company_id: uuid.UUID
+    user_id: uuid.UUID
+
+
+class MailboxSmtpReply(Reply):
+    found: bool
+    mailbox_id: uuid.UUID | None = None
+    status: str | None = None
+    address: str | None = None
+    provider: str | None = None
+    smtp_use: Literal["general", "all"] | None = None
+    smtp_host: str | None = None
+    smtp_port: int | None = None
+    smtp_tls: Literal["implicit", "starttls", "plain"] | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    smtp_pinned_sha256: str | None = None
+    imap_host: str | None = None
+    imap_port: int | None = None
+    imap_tls: Literal["implicit", "starttls", "plain"] | None = None
+    imap_username: str | None = None
+    imap_password: str | None = None
+    imap_pinned_sha256: str | None = None
+    sent_folder: str | None = None
+    provider_saves_sent: bool = False
