@@ -25,6 +25,10 @@ class QuotaReserveRequest(Request):
     size_bytes: int
     user_id: uuid.UUID | None = None
     ttl_seconds: int = 600
+    # account settings that override the provider preset field by field (e.g. a company SMTP
+    # account's max per month), keyed by limit name as in the quota service's presets file
+    overrides: dict[str, int] = {}
+    month_start_day: int | None = None
 
 
 class QuotaReserveReply(Reply):

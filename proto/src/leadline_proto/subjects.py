@@ -18,6 +18,7 @@ def event_subject(type_: str, version: int) -> str:
 
 # request/reply (NATS core, not JetStream)
 RPC_QUOTA_RESERVE = "leadline-rpc.quota.reserve"
+RPC_QUOTA_CHECK = "leadline-rpc.quota.check"  # same request as reserve; answers without reserving
 RPC_QUOTA_COMMIT = "leadline-rpc.quota.commit"
 RPC_QUOTA_RELEASE = "leadline-rpc.quota.release"
 RPC_MAILBOX_SLOT_CLAIM = "leadline-rpc.quota.mailbox-slot.claim"
