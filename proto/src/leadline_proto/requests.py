@@ -57,8 +57,24 @@ class MailboxSlotRequest(Request):
 
 
 class MailboxSlotReply(Reply):
-    status: Literal["granted", "pending", "released"]
+    # "invalid": the request could not be read (``detail`` says why); nothing changed
+    status: Literal["granted", "pending", "released", "invalid"]
     position: int | None = None
+    detail: str = ""
+
+
+class SyncAllowanceRequest(Request):
+    """The sync service asks how many of ``count`` newly synced emails the company's plan allows."""
+
+    company_id: uuid.UUID
+    user_id: uuid.UUID
+    count: int
+
+
+class SyncAllowanceReply(Reply):
+    allowed: int  # how many of the asked count may be stored now (they are counted as used)
+    resets_at: datetime | None = None  # when the allowance renews; None when the plan has no limit
+    detail: str = ""
 
 
 class MailboxSmtpRequest(Request):

@@ -23,4 +23,5 @@ RPC_QUOTA_COMMIT = "leadline-rpc.quota.commit"
 RPC_QUOTA_RELEASE = "leadline-rpc.quota.release"
 RPC_MAILBOX_SLOT_CLAIM = "leadline-rpc.quota.mailbox-slot.claim"
 RPC_MAILBOX_SLOT_RELEASE = "leadline-rpc.quota.mailbox-slot.release"
+RPC_SYNC_ALLOWANCE = "leadline-rpc.quota.sync-allowance"  # plan limit on synced emails per user per day
 RPC_MAILBOX_SMTP = "leadline-rpc.sync.mailbox-smtp"
