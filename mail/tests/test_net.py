@@ -1,0 +1,121 @@
+"""Host vetting (R24) with an injected resolver, allow-lists and certificate fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from collections.abc import Sequence
+
+import pytest
+from leadline_kit.infra import DovecotServer
+from leadline_mail.net import (
+    MailConnectionError,
+    VettedHost,
+    client_tls_context,
+    fetch_certificate_sha256,
+    normalize_fingerprint,
+    parse_allowlist,
+    vet_host,
+)
+
+
+def answers(*addresses: str):  # type: ignore[no-untyped-def]
+    async def resolve(hostname: str) -> Sequence[str]:
+        return list(addresses)
+
+    return resolve
+
+
+async def test_public_answer_is_vetted_to_that_address() -> None:
+    vetted = await vet_host("IMAP.Example.COM.", resolver=answers("93.184.216.34"))
+    assert vetted == VettedHost(hostname="imap.example.com", address="93.184.216.34")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "127.0.0.1", "10.1.2.3", "172.16.0.9", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
+        "224.0.0.1", "240.0.0.1", "255.255.255.255", "::1", "::", "fe80::1", "fd00::1", "fc00::5",
+        "::ffff:127.0.0.1", "::ffff:8.8.8.8", "64:ff9b::a00:1", "2002:a00:1::1", "2001:0:a00:1::1", "ff02::1",
+        "198.18.0.1", "192.0.2.1",
+    ],
+)
+async def test_non_public_answers_are_refused(address: str) -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await vet_host("mail.example.com", resolver=answers(address))
+    assert caught.value.kind == "not_allowed"
+    assert "not allowed" in caught.value.user_message
+
+
+async def test_one_private_answer_among_public_ones_refuses_the_host() -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await vet_host("mail.example.com", resolver=answers("93.184.216.34", "10.0.0.7", "2606:4700::1"))
+    assert caught.value.kind == "not_allowed"
+
+
+async def test_ip_literal_is_checked_without_resolving() -> None:
+    async def never(hostname: str) -> Sequence[str]:
+        raise AssertionError("an IP literal must not be resolved")
+
+    with pytest.raises(MailConnectionError):
+        await vet_host("169.254.169.254", resolver=never)
+    assert (await vet_host("8.8.8.8", resolver=never)).address == "8.8.8.8"
+
+
+async def test_allow_list_opens_named_ranges_only() -> None:
+    allow = parse_allowlist("127.0.0.0/8, ::1/128")
+    assert (await vet_host("localhost", allow, resolver=answers("127.0.0.1", "::1"))).address == "127.0.0.1"
+    with pytest.raises(MailConnectionError):
+        await vet_host("localhost", allow, resolver=answers("127.0.0.1", "10.0.0.1"))
+    with pytest.raises(MailConnectionError):
+        await vet_host("evil", allow, resolver=answers("::ffff:10.0.0.1"))
+
+
+async def test_loopback_refused_by_default_with_the_system_resolver() -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await vet_host("localhost")
+    assert caught.value.kind == "not_allowed"
+
+
+async def test_resolution_failure_is_unreachable() -> None:
+    async def nx(hostname: str) -> Sequence[str]:
+        raise OSError("Name or service not known")
+
+    with pytest.raises(MailConnectionError) as caught:
+        await vet_host("no-such-host.example", resolver=nx)
+    assert caught.value.kind == "unreachable"
+    for bad in ("", "a b", "x\r\ny", "evil\x00.com"):
+        with pytest.raises(MailConnectionError):
+            await vet_host(bad, resolver=answers("8.8.8.8"))
+
+
+def test_parse_allowlist() -> None:
+    assert [str(n) for n in parse_allowlist("127.0.0.0/8,::1/128,")] == ["127.0.0.0/8", "::1/128"]
+    with pytest.raises(ValueError):
+        parse_allowlist("not-a-network")
+
+
+def test_fingerprint_forms() -> None:
+    hexpin = "ab" * 32
+    assert normalize_fingerprint(":".join(["AB"] * 32)) == hexpin
+    assert normalize_fingerprint("sha256:" + hexpin) == hexpin
+    with pytest.raises(ValueError):
+        normalize_fingerprint("abcd")
+    with pytest.raises(ValueError):
+        client_tls_context(pinned_sha256="nope")
+    assert client_tls_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def _leaf_sha256(dovecot: DovecotServer) -> str:
+    first_pem = dovecot.cert_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first_pem.decode())).hexdigest()
+
+
+async def test_fetch_certificate_fingerprint_implicit_and_starttls(dovecot: DovecotServer) -> None:
+    host = VettedHost("localhost", "127.0.0.1")
+    expected = _leaf_sha256(dovecot)
+    assert await fetch_certificate_sha256(host, dovecot.tls_port, "implicit", "imap") == expected
+    assert await fetch_certificate_sha256(host, dovecot.port, "starttls", "imap") == expected
+    with pytest.raises(MailConnectionError) as caught:
+        await fetch_certificate_sha256(host, dovecot.port, "plain", "imap")
+    assert caught.value.kind == "tls"
