@@ -19,13 +19,13 @@ import logging
 import random
 
 import asyncpg
+from leadline_proto.events import EventBase
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Table, Text, Uuid, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database, asyncpg_dsn
-from leadline_proto.events import EventBase
 
 log = logging.getLogger("leadline.outbox")
 
@@ -121,10 +121,11 @@ class OutboxRelay:
         while True:
             try:
                 conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
+                closed = asyncio.Event()
                 try:
+                    conn.add_termination_listener(lambda _, done=closed: done.set())
                     await conn.add_listener(notify_channel(self.db.schema), lambda *_: self._wake.set())
-                    while not conn.is_closed():
-                        await asyncio.sleep(5)
+                    await closed.wait()
                 finally:
                     with contextlib.suppress(Exception):
                         await conn.close()

@@ -111,7 +111,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send_with_id)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
+            path = getattr(route, "path", None) or scope.get("leadline.route", "unmatched")
             HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
             HTTP_LATENCY.labels(self.service, path).observe(time.perf_counter() - started)
             request_id_var.reset(token)
@@ -133,10 +133,15 @@ def create_service_app(
     on_stop: Hook | None = None,
     use_nats: bool = True,
     title: str | None = None,
+    middleware: Sequence[tuple[Any, dict[str, Any]]] = (),
+    openapi_url: str | None = "/openapi.json",
+    database: Database | None = None,
+    readiness: Callable[[Runtime], Awaitable[dict[str, str]]] | None = None,
 ) -> FastAPI:
+    """``readiness`` adds checks to ``/readyz`` (each "ok" or a reason)."""
     configure_logging(name, settings.log_level)
-    runtime = Runtime(name=name, settings=settings, db=Database(settings.database_url, schema,
-                                                                settings.db_pool_size), outbox=outbox)
+    database = database or Database(settings.database_url, schema, settings.db_pool_size)
+    runtime = Runtime(name=name, settings=settings, db=database, outbox=outbox)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -164,10 +169,12 @@ def create_service_app(
                     await runtime.nc.drain()
             await runtime.db.dispose()
 
-    app = FastAPI(title=title or f"Leadline {name}", lifespan=lifespan)
+    app = FastAPI(title=title or f"Leadline {name}", lifespan=lifespan, openapi_url=openapi_url)
     app.state.runtime = runtime
     install_problem_handlers(app)
-    app.add_middleware(RequestContextMiddleware, service=name)
+    for middleware_class, options in middleware:
+        app.add_middleware(middleware_class, **options)
+    app.add_middleware(RequestContextMiddleware, service=name)  # outermost: ids and metrics for everything
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -183,6 +190,8 @@ def create_service_app(
             checks["database"] = f"unreachable: {type(exc).__name__}"
         if use_nats:
             checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "unreachable"
+        if readiness:
+            checks.update(await readiness(runtime))
         dead = [t.get_name() for t in runtime.tasks if t.done()]
         if dead:
             checks["workers"] = "stopped: " + ", ".join(dead)

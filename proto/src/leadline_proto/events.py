@@ -27,6 +27,8 @@ class Payload(BaseModel):
 class EventBase(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    type: str
+    version: int
     event_id: uuid.UUID = Field(default_factory=uuid.uuid4)
     occurred_at: datetime = Field(default_factory=utcnow)
     company_id: uuid.UUID
@@ -34,7 +36,7 @@ class EventBase(BaseModel):
 
     @property
     def subject(self) -> str:
-        return f"leadline.{getattr(self, 'type')}.v{getattr(self, 'version')}"
+        return f"leadline.{self.type}.v{self.version}"
 
 
 # --- company / users (gateway) -------------------------------------------------

@@ -40,5 +40,5 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def as_caller(client: httpx.AsyncClient, identity: Identity, secret: str) -> httpx.AsyncClient:
     """A client sharing ``client``'s transport that signs as ``identity``."""
-    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url,  # noqa: SLF001
+    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url,
                              auth=SignedAuth(identity, secret))

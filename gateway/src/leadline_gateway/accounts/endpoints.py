@@ -1,0 +1,104 @@
+"""HTTP endpoints the gateway serves itself: companies, users, API keys."""
+
+from __future__ import annotations
+
+import hmac
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from leadline_kit.db import Session
+from leadline_kit.errors import Forbidden, Unauthorized
+from leadline_kit.identity import Identity
+from leadline_kit.pagination import Page
+
+from leadline_gateway.accounts import schemas, service
+from leadline_gateway.auth import ApiKeyAuthenticator
+
+router = APIRouter(prefix="/v1")
+
+
+async def api_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
+    authenticator: ApiKeyAuthenticator = request.app.state.runtime.extras["authenticator"]
+    return await authenticator.authenticate(authorization)
+
+
+Caller = Annotated[Identity, Depends(api_caller)]
+
+
+async def administrator(caller: Caller) -> Identity:
+    if not caller.is_admin:
+        raise Forbidden("only administrators may do this", slug="role-forbidden")
+    return caller
+
+
+Admin = Annotated[Identity, Depends(administrator)]
+
+
+@router.post("/companies", status_code=status.HTTP_201_CREATED, response_model=schemas.CompanyCreated,
+             tags=["companies"], summary="Create a company, its first administrator and an API key")
+async def create_company(data: schemas.CompanyCreate, session: Session, request: Request,
+                         authorization: Annotated[str | None, Header()] = None) -> schemas.CompanyCreated:
+    expected = request.app.state.runtime.settings.bootstrap_token.get_secret_value()
+    given = (authorization or "")[7:] if (authorization or "").lower().startswith("bearer ") else ""
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("creating a company needs the bootstrap token", slug="invalid-bootstrap-token")
+    return await service.create_company(session, data)
+
+
+@router.get("/company", response_model=schemas.CompanyOut, tags=["companies"])
+async def get_company(caller: Caller, session: Session) -> schemas.CompanyOut:
+    return await service.get_company(session, caller)
+
+
+@router.patch("/company", response_model=schemas.CompanyOut, tags=["companies"],
+              summary="Change company settings: name, own domains, own-domain blocklist switch, mailbox limit")
+async def update_company(data: schemas.CompanyPatch, caller: Admin, session: Session) -> schemas.CompanyOut:
+    return await service.update_company(session, caller, data)
+
+
+@router.get("/users", response_model=Page[schemas.UserOut], tags=["users"])
+async def list_users(caller: Admin, session: Session, cursor: str | None = None,
+                     limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[schemas.UserOut]:
+    items, next_cursor = await service.list_users(session, caller, cursor, limit)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.UserInvited, tags=["users"],
+             summary="Invite a user; the answer carries a one-time code the user claims their API key with")
+async def create_user(data: schemas.UserCreate, caller: Admin, session: Session) -> schemas.UserInvited:
+    return await service.create_user(session, caller, data)
+
+
+@router.post("/invitations/claim", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut,
+             tags=["users"], summary="Claim your first API key with your invitation code (no API key needed)")
+async def claim_invitation(data: schemas.InvitationClaim, session: Session) -> schemas.ApiKeyOut:
+    return await service.claim_invitation(session, data)
+
+
+@router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
+async def get_user(user_id: uuid.UUID, caller: Caller, session: Session) -> schemas.UserOut:
+    if not caller.is_admin and caller.user_id != user_id:
+        raise Forbidden("only administrators may see other users", slug="role-forbidden")
+    return await service.get_user(session, caller, user_id)
+
+
+@router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
+async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin, session: Session,
+                      request: Request) -> schemas.UserOut:
+    updated = await service.update_user(session, caller, user_id, data)
+    request.app.state.runtime.extras["authenticator"].forget()  # a new role applies at once
+    return updated
+
+
+@router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"])
+async def delete_user(user_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> Response:
+    await service.delete_user(session, caller, user_id)
+    request.app.state.runtime.extras["authenticator"].forget()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut, tags=["users"],
+             summary="Create an API key for yourself (shown once)")
+async def create_api_key(data: schemas.ApiKeyCreate, caller: Caller, session: Session) -> schemas.ApiKeyOut:
+    return await service.create_api_key(session, caller, data)

@@ -1,0 +1,117 @@
+"""API models of companies, users and API keys."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from email_validator import EmailNotValidError, validate_email
+from leadline_kit.identity import Role
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+
+
+def _domain(value: str) -> str:
+    try:
+        ascii_domain = value.strip().rstrip(".").encode("idna").decode("ascii").lower()
+    except UnicodeError as exc:
+        raise ValueError("not a valid domain name") from exc
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or len(ascii_domain) > 253 or not all(_LABEL.match(label) for label in labels):
+        raise ValueError("not a valid domain name")
+    return ascii_domain
+
+
+def _email(value: str) -> str:
+    try:
+        checked = validate_email(value, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise ValueError(str(exc)) from exc
+    return checked.normalized.lower()
+
+
+Domain = Annotated[str, Field(max_length=253), AfterValidator(_domain)]
+Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+OptionalName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AdminIn(Strict):
+    email: Email
+    name: OptionalName = ""
+
+
+class CompanyCreate(Strict):
+    name: Name
+    domains: list[Domain] = Field(default_factory=list, max_length=50)
+    administrator: AdminIn
+
+
+class CompanyPatch(Strict):
+    name: Name | None = None
+    domains: list[Domain] | None = Field(default=None, max_length=50)
+    block_own_domains: bool | None = None
+    mailbox_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+
+
+class CompanyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    domains: list[str]
+    block_own_domains: bool
+    mailbox_limit: int | None
+    created_at: datetime
+
+
+class UserCreate(Strict):
+    email: Email
+    name: OptionalName = ""
+    role: Role
+
+
+class UserPatch(Strict):
+    name: OptionalName | None = None
+    role: Role | None = None
+
+
+class UserOut(BaseModel):
+    id: uuid.UUID
+    company_id: uuid.UUID
+    email: str
+    name: str
+    role: str
+    created_at: datetime
+
+
+class UserInvited(UserOut):
+    invitation_code: str = Field(description="give it to the user; it claims their first API key once")
+
+
+class InvitationClaim(Strict):
+    invitation_code: str = Field(min_length=10, max_length=200)
+    key_name: OptionalName = ""
+
+
+class ApiKeyCreate(Strict):
+    name: OptionalName = ""
+
+
+class ApiKeyOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    user_id: uuid.UUID
+    created_at: datetime
+    key: str = Field(description="shown only once, at creation")
+
+
+class CompanyCreated(BaseModel):
+    company: CompanyOut
+    administrator: UserOut
+    api_key: ApiKeyOut

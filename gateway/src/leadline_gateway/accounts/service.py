@@ -1,0 +1,168 @@
+"""Companies, users and API keys: the rules, with their events written through the outbox."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from datetime import datetime
+from typing import Any
+
+from leadline_kit.errors import Conflict, NotFound
+from leadline_kit.identity import Identity
+from leadline_kit.outbox import enqueue
+from leadline_kit.pagination import decode_cursor, encode_cursor
+from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, UserDeletedV1, UserPayload, UserUpdatedV1
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_gateway import models
+from leadline_gateway.accounts import schemas
+from leadline_gateway.auth import new_api_key
+
+
+def _company_event(row: Any) -> CompanyUpdatedV1:
+    return CompanyUpdatedV1(company_id=row.id, payload=CompanyPayload(
+        name=row.name, domains=list(row.domains), block_own_domains=row.block_own_domains,
+        mailbox_limit=row.mailbox_limit))
+
+
+def _user_payload(row: Any) -> UserPayload:
+    return UserPayload(user_id=row.id, email=row.email, name=row.name, role=row.role)
+
+
+async def create_company(session: AsyncSession, data: schemas.CompanyCreate) -> schemas.CompanyCreated:
+    company_id, user_id = uuid.uuid4(), uuid.uuid4()
+    company = (await session.execute(
+        insert(models.company).values(id=company_id, name=data.name, domains=sorted(set(data.domains)))
+        .returning(*models.company.c))).one()
+    admin = (await session.execute(
+        insert(models.user).values(id=user_id, company_id=company_id, email=data.administrator.email,
+                                   name=data.administrator.name, role="administrator")
+        .returning(*models.user.c))).one()
+    key = await _create_key(session, company_id, user_id, "bootstrap")
+    await enqueue(session, models.outbox, _company_event(company),
+                  UserUpdatedV1(company_id=company_id, payload=_user_payload(admin)))
+    return schemas.CompanyCreated(company=schemas.CompanyOut.model_validate(company, from_attributes=True),
+                                  administrator=schemas.UserOut.model_validate(admin, from_attributes=True),
+                                  api_key=key)
+
+
+async def get_company(session: AsyncSession, caller: Identity) -> schemas.CompanyOut:
+    row = (await session.execute(select(models.company).where(models.company.c.id == caller.company_id))).one()
+    return schemas.CompanyOut.model_validate(row, from_attributes=True)
+
+
+async def update_company(session: AsyncSession, caller: Identity, data: schemas.CompanyPatch) -> schemas.CompanyOut:
+    changes = data.model_dump(exclude_unset=True)
+    for field in ("name", "domains", "block_own_domains"):  # only mailbox_limit may be set to null (unlimited)
+        if field in changes and changes[field] is None:
+            del changes[field]
+    if "domains" in changes:
+        changes["domains"] = sorted(set(changes["domains"]))
+    statement = update(models.company).where(models.company.c.id == caller.company_id)
+    row = (await session.execute(statement.values(**changes).returning(*models.company.c)) if changes else
+           await session.execute(select(models.company).where(models.company.c.id == caller.company_id))).one()
+    if changes:
+        await enqueue(session, models.outbox, _company_event(row))
+    return schemas.CompanyOut.model_validate(row, from_attributes=True)
+
+
+async def list_users(session: AsyncSession, caller: Identity, cursor: str | None,
+                     limit: int) -> tuple[list[schemas.UserOut], str | None]:
+    query = select(models.user).where(models.user.c.company_id == caller.company_id)
+    if cursor:
+        created, last_id = decode_cursor(cursor, 2)
+        query = query.where(func.row(models.user.c.created_at, models.user.c.id) >
+                            func.row(datetime.fromisoformat(created), uuid.UUID(last_id)))
+    rows = (await session.execute(query.order_by(models.user.c.created_at, models.user.c.id)
+                                  .limit(limit + 1))).all()
+    items = [schemas.UserOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1].created_at.isoformat(), rows[limit - 1].id) \
+        if len(rows) > limit else None
+    return items, next_cursor
+
+
+async def _user_row(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> Any:
+    row = (await session.execute(select(models.user).where(
+        models.user.c.id == user_id, models.user.c.company_id == caller.company_id))).first()
+    if row is None:
+        raise NotFound("no such user in your company", slug="user-not-found")
+    return row
+
+
+async def get_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> schemas.UserOut:
+    return schemas.UserOut.model_validate(await _user_row(session, caller, user_id), from_attributes=True)
+
+
+async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate) -> schemas.UserInvited:
+    code = secrets.token_urlsafe(24)
+    try:
+        async with session.begin_nested():
+            row = (await session.execute(insert(models.user).values(
+                id=uuid.uuid4(), company_id=caller.company_id, email=data.email, name=data.name, role=data.role,
+                invitation_sha256=_sha256(code)).returning(*models.user.c))).one()
+    except IntegrityError as exc:
+        raise Conflict("a user with this email already exists in your company", slug="user-exists") from exc
+    await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
+    return schemas.UserInvited(**schemas.UserOut.model_validate(row, from_attributes=True).model_dump(),
+                               invitation_code=code)
+
+
+async def claim_invitation(session: AsyncSession, data: schemas.InvitationClaim) -> schemas.ApiKeyOut:
+    """The invited user exchanges the one-time code for their own first API key."""
+    row = (await session.execute(
+        update(models.user).where(models.user.c.invitation_sha256 == _sha256(data.invitation_code))
+        .values(invitation_sha256=None).returning(models.user.c.id, models.user.c.company_id))).first()
+    if row is None:
+        raise NotFound("this invitation code is unknown or was already used", slug="invitation-not-found")
+    return await _create_key(session, row.company_id, row.id, data.key_name)
+
+
+def _sha256(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+async def _administrators(session: AsyncSession, company_id: uuid.UUID) -> int:
+    count = await session.scalar(select(func.count()).select_from(models.user).where(
+        models.user.c.company_id == company_id, models.user.c.role == "administrator"))
+    return int(count or 0)
+
+
+async def update_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID,
+                      data: schemas.UserPatch) -> schemas.UserOut:
+    current = await _user_row(session, caller, user_id)
+    changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
+    if current.role == "administrator" and changes.get("role", "administrator") != "administrator" \
+            and await _administrators(session, caller.company_id) <= 1:
+        raise Conflict("a company keeps at least one administrator", slug="last-administrator")
+    if not changes:
+        return schemas.UserOut.model_validate(current, from_attributes=True)
+    row = (await session.execute(update(models.user).where(models.user.c.id == user_id).values(**changes)
+                                 .returning(*models.user.c))).one()
+    await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
+    return schemas.UserOut.model_validate(row, from_attributes=True)
+
+
+async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> None:
+    current = await _user_row(session, caller, user_id)
+    if current.role == "administrator" and await _administrators(session, caller.company_id) <= 1:
+        raise Conflict("a company keeps at least one administrator", slug="last-administrator")
+    await session.execute(models.user.delete().where(models.user.c.id == user_id))
+    await enqueue(session, models.outbox, UserDeletedV1(company_id=caller.company_id,
+                                                        payload=_user_payload(current)))
+
+
+async def _create_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                      name: str) -> schemas.ApiKeyOut:
+    key = new_api_key()
+    row = (await session.execute(insert(models.api_key).values(
+        id=key.key_id, company_id=company_id, user_id=user_id, name=name, secret_sha256=key.secret_sha256)
+        .returning(*models.api_key.c))).one()
+    return schemas.ApiKeyOut(id=row.id, name=row.name, user_id=row.user_id, created_at=row.created_at, key=key.token)
+
+
+async def create_api_key(session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate) -> schemas.ApiKeyOut:
+    # keys are only ever made for oneself: a key acts as its user, and nobody may act as another (R1)
+    return await _create_key(session, caller.company_id, caller.user_id, data.name)

@@ -1,0 +1,47 @@
+"""Gateway settings: bootstrap token, where the services are, API limits."""
+
+from __future__ import annotations
+
+from leadline_kit.settings import KitSettings
+from pydantic import SecretStr, model_validator
+
+DEV_BOOTSTRAP_TOKEN = "dev-only-bootstrap-token"  # noqa: S105 - refused outside development
+
+
+class Settings(KitSettings):
+    bootstrap_token: SecretStr = SecretStr(DEV_BOOTSTRAP_TOKEN)
+    lead_url: str = "http://127.0.0.1:8101"
+    quota_url: str = "http://127.0.0.1:8102"
+    sync_url: str = "http://127.0.0.1:8103"
+    send_url: str = "http://127.0.0.1:8104"
+    # per API key token bucket, per gateway process
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 200
+    # a validated API key is trusted this long before it is looked up again (revocation delay)
+    api_key_cache_seconds: float = 10.0
+    upstream_connect_timeout: float = 2.0
+    upstream_timeout: float = 60.0
+    upstream_pool_size: int = 200
+
+    @model_validator(mode="after")
+    def _no_default_bootstrap_in_production(self) -> Settings:
+        if self.environment == "production" and self.bootstrap_token.get_secret_value() == DEV_BOOTSTRAP_TOKEN:
+            raise ValueError("LEADLINE_BOOTSTRAP_TOKEN must be set outside development")
+        return self
+
+    def routes(self) -> list[tuple[str, str]]:
+        """Public path prefix → upstream service base URL (longest prefix first)."""
+        return [
+            ("/v1/leads", self.lead_url),
+            ("/v1/blocklist", self.lead_url),
+            ("/v1/reports", self.lead_url),
+            ("/v1/quotas", self.quota_url),
+            ("/v1/mail-sync", self.sync_url),
+            ("/v1/mailboxes", self.sync_url),
+            ("/v1/smtp-accounts", self.send_url),
+            ("/v1/messages", self.send_url),
+            ("/v1/unsubscribe", self.send_url),
+        ]
+
+    def services(self) -> dict[str, str]:
+        return {"lead": self.lead_url, "quota": self.quota_url, "sync": self.sync_url, "send": self.send_url}

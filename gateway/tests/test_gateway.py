@@ -1,0 +1,218 @@
+"""Gateway on real PostgreSQL and NATS, routing to a real service built on the kit."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import APIRouter
+from leadline_gateway.config import Settings
+from leadline_gateway.main import create_app
+from leadline_kit.db import service_metadata
+from leadline_kit.identity import Caller
+from leadline_kit.infra import free_port
+from leadline_kit.outbox import outbox_table
+from leadline_kit.service import create_service_app
+from leadline_kit.settings import KitSettings
+from leadline_kit.testing.clients import running_app
+from leadline_kit.testing.fixtures import create_database, migrated_database
+
+SECRET = "gateway-test-identity-secret"
+BOOTSTRAP = "gateway-test-bootstrap"
+
+whoami = APIRouter()
+
+
+@whoami.get("/v1/leads/whoami")
+async def who(caller: Caller) -> dict[str, Any]:
+    return {"company_id": str(caller.company_id), "user_id": str(caller.user_id), "role": caller.role}
+
+
+@whoami.post("/v1/leads/echo")
+async def echo(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
+    return {"body": body, "company_id": str(caller.company_id)}
+
+
+@pytest.fixture
+async def upstream(postgres, nats_url: str) -> AsyncIterator[str]:  # type: ignore[no-untyped-def]
+    """A real service (kit runtime, signed identity check) listening on a loopback port."""
+    url = await create_database(postgres, f"t_{uuid.uuid4().hex[:12]}")
+    settings = KitSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET)
+    app = create_service_app(name="whoami", settings=settings, schema="public",
+                             outbox=outbox_table(service_metadata("public")), routers=[whoami], use_nats=False)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def gateway(postgres, nats_url: str, upstream: str) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
+    url = await migrated_database(postgres, "leadline_gateway")
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(database_url=url, nats_url=nats_url, identity_secret=SECRET, bootstrap_token=BOOTSTRAP,
+                        lead_url=upstream, quota_url=dead, sync_url=dead, send_url=dead,
+                        rate_limit_per_second=5, rate_limit_burst=20)
+    async with running_app(create_app(settings)) as client:
+        yield client
+
+
+async def new_company(client: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
+    response = await client.post("/v1/companies", headers={"Authorization": f"Bearer {BOOTSTRAP}"},
+                                 json={"name": name, "domains": ["acme.example"],
+                                       "administrator": {"email": f"admin@{uuid.uuid4().hex[:6]}.example"}})
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+def bearer(created: dict[str, Any]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {created['api_key']['key']}"}
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body = response.json()
+    assert body["status"] == status and body["type"].startswith("https://leadline.dev/problems/")
+    return body
+
+
+async def test_bootstrap_needs_the_token(gateway: httpx.AsyncClient) -> None:
+    body = {"name": "X", "administrator": {"email": "a@x.example"}}
+    assert_problem(await gateway.post("/v1/companies", json=body), 401)
+    assert_problem(await gateway.post("/v1/companies", json=body, headers={"Authorization": "Bearer nope"}), 401)
+    created = await new_company(gateway)
+    assert created["api_key"]["key"].startswith("ll_")
+    assert created["administrator"]["role"] == "administrator"
+
+
+async def test_missing_or_bad_key_is_401(gateway: httpx.AsyncClient) -> None:
+    created = await new_company(gateway)
+    assert_problem(await gateway.get("/v1/company"), 401)
+    assert_problem(await gateway.get("/v1/leads/whoami"), 401)
+    forged = created["api_key"]["key"][:-4] + "AAAA"
+    assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {forged}"}), 401)
+    assert_problem(await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401)
+
+
+async def test_other_company_resources_are_404(gateway: httpx.AsyncClient) -> None:
+    a, b = await new_company(gateway, "A"), await new_company(gateway, "B")
+    response = await gateway.get(f"/v1/users/{b['administrator']['id']}", headers=bearer(a))
+    assert_problem(response, 404)
+    response = await gateway.patch(f"/v1/users/{b['administrator']['id']}", headers=bearer(a),
+                                   json={"name": "taken over"})
+    assert_problem(response, 404)
+    own = await gateway.get(f"/v1/users/{a['administrator']['id']}", headers=bearer(a))
+    assert own.status_code == 200 and own.json()["company_id"] == a["company"]["id"]
+
+
+async def test_role_without_the_right_is_403(gateway: httpx.AsyncClient) -> None:
+    admin = await new_company(gateway)
+    created = await gateway.post("/v1/users", headers=bearer(admin),
+                                 json={"email": "sam@acme.example", "name": "Sam", "role": "salesperson"})
+    assert created.status_code == 201
+    code = created.json()["invitation_code"]
+    claimed = await gateway.post("/v1/invitations/claim", json={"invitation_code": code})
+    assert claimed.status_code == 201, claimed.text
+    assert_problem(await gateway.post("/v1/invitations/claim", json={"invitation_code": code}), 404)
+    key = claimed.json()["key"]
+    sales = {"Authorization": f"Bearer {key}"}
+    assert_problem(await gateway.get("/v1/users", headers=sales), 403)
+    assert_problem(await gateway.patch("/v1/company", headers=sales, json={"mailbox_limit": 1}), 403)
+    whoami_response = await gateway.get("/v1/leads/whoami", headers=sales)
+    assert whoami_response.json()["role"] == "salesperson"
+
+
+async def test_service_refuses_unsigned_requests(upstream: str) -> None:
+    async with httpx.AsyncClient(base_url=upstream) as direct:
+        assert_problem(await direct.get("/v1/leads/whoami"), 401)
+        forged = {"X-Leadline-Identity": "eyJjIjoiMSJ9", "X-Leadline-Signature": "00" * 32}
+        assert_problem(await direct.get("/v1/leads/whoami", headers=forged), 401)
+
+
+async def test_routing_signs_identity_and_drops_client_identity(gateway: httpx.AsyncClient) -> None:
+    created = await new_company(gateway)
+    spoof = {"X-Leadline-Identity": "spoofed", "X-Leadline-Signature": "spoofed", **bearer(created)}
+    response = await gateway.get("/v1/leads/whoami", headers=spoof)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"company_id": created["company"]["id"],
+                               "user_id": created["administrator"]["id"], "role": "administrator"}
+    assert response.headers["x-request-id"]
+    echoed = await gateway.post("/v1/leads/echo", headers=bearer(created), json={"hello": "wörld"})
+    assert echoed.json()["body"] == {"hello": "wörld"}
+
+
+async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None:
+    created = await new_company(gateway)
+    headers = {**bearer(created), "Content-Type": "application/json"}
+    body = assert_problem(await gateway.post("/v1/users", headers=headers, content=b"{not json"), 422)
+    assert body["errors"]
+    assert_problem(await gateway.post("/v1/leads/echo", headers=headers, content=b"{not json"), 422)
+    assert_problem(await gateway.post("/v1/users", headers=bearer(created),
+                                      json={"email": "x@y.example", "role": "emperor"}), 422)
+    assert_problem(await gateway.patch("/v1/company", headers=bearer(created),
+                                       json={"domains": ["not a domain"]}), 422)
+
+
+async def test_service_down_is_503_problem_quickly(gateway: httpx.AsyncClient) -> None:
+    created = await new_company(gateway)
+    started = asyncio.get_running_loop().time()
+    body = assert_problem(await gateway.get("/v1/messages", headers=bearer(created)), 503)
+    assert "not reachable" in body["detail"]
+    assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_rate_limit_gives_429_with_retry_after(gateway: httpx.AsyncClient) -> None:
+    created = await new_company(gateway)
+    statuses = [(await gateway.get("/v1/leads/whoami", headers=bearer(created))) for _ in range(30)]
+    limited = [r for r in statuses if r.status_code == 429]
+    assert limited, "burst of 20 at 5/s should have been limited"
+    assert int(limited[0].headers["retry-after"]) >= 1
+    assert_problem(limited[0], 429)
+    assert sum(r.status_code == 200 for r in statuses) >= 20
+
+
+async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClient, nats_url: str) -> None:
+    import nats
+
+    created = await new_company(gateway)
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.subscribe("leadline.company.updated.v1", ordered_consumer=True)
+        response = await gateway.patch("/v1/company", headers=bearer(created),
+                                       json={"mailbox_limit": 3, "block_own_domains": False})
+        assert response.status_code == 200 and response.json()["mailbox_limit"] == 3
+        seen: list[dict[str, Any]] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        import json
+
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=1)
+            except Exception:  # noqa: S112 - nothing yet
+                continue
+            event = json.loads(msg.data)
+            if event["company_id"] == created["company"]["id"]:
+                seen.append(event)
+                if event["payload"]["mailbox_limit"] == 3:
+                    break
+        assert seen and seen[-1]["payload"] == {"name": "Acme", "domains": ["acme.example"],
+                                                "block_own_domains": False, "mailbox_limit": 3}
+    finally:
+        await nc.close()
+
+
+async def test_openapi_merges_services(gateway: httpx.AsyncClient) -> None:
+    document = (await gateway.get("/openapi.json")).json()
+    assert "/v1/companies" in document["paths"]
+    assert "/v1/leads/whoami" in document["paths"]
