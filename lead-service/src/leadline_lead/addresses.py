@@ -1,0 +1,66 @@
+"""One normal form for email addresses and domains, so a lead's address matches the mail it appears in.
+
+An address is validated by ``email-validator`` (syntax only, no DNS) and kept
+as ``local-part@domain`` with the local part lower-cased (the product treats
+addresses case-insensitively) and the domain in its IDNA ASCII form
+(punycode), lower-cased: ``José@Bücher.DE`` → ``josé@xn--bcher-kva.de``.  The
+sync service publishes mail addresses in the same form; the lead service
+normalises them again anyway before matching.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import idna
+from email_validator import EmailNotValidError, validate_email
+
+MAX_ADDRESS_LENGTH = 254
+
+
+class InvalidAddress(ValueError):
+    """Not an email address we can store or match."""
+
+
+@lru_cache(maxsize=65_536)
+def normalise_address(raw: str) -> str:
+    """The normal form of ``raw``; raises :class:`InvalidAddress`."""
+    candidate = raw.strip()
+    if not candidate or len(candidate) > MAX_ADDRESS_LENGTH:
+        raise InvalidAddress(f"{raw[:80]!r} is not a valid email address")
+    try:
+        info = validate_email(candidate, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(f"{raw[:80]!r} is not a valid email address: {exc}") from exc
+    domain = (info.ascii_domain or info.domain).lower()
+    return f"{info.local_part.lower()}@{domain}"
+
+
+def address_or_none(raw: str) -> str | None:
+    """The normal form of an address found in mail, or None when it is not valid (it then matches nothing)."""
+    try:
+        return normalise_address(raw)
+    except InvalidAddress:
+        return None
+
+
+@lru_cache(maxsize=8_192)
+def normalise_domain(raw: str) -> str:
+    """The IDNA ASCII, lower-case form of a domain (a leading ``@`` is allowed); raises :class:`InvalidAddress`."""
+    candidate = raw.strip().removeprefix("@").rstrip(".").lower()
+    if not candidate or len(candidate) > 253 or "." not in candidate:
+        raise InvalidAddress(f"{raw[:80]!r} is not a valid domain")
+    try:
+        ascii_domain = idna.encode(candidate, uts46=True).decode("ascii")
+    except idna.IDNAError as exc:
+        raise InvalidAddress(f"{raw[:80]!r} is not a valid domain: {exc}") from exc
+    # reuse the address validator for what idna does not check (label characters, numeric TLDs)
+    try:
+        validate_email(f"postmaster@{ascii_domain}", check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidAddress(f"{raw[:80]!r} is not a valid domain: {exc}") from exc
+    return ascii_domain
+
+
+def domain_of(address: str) -> str:
+    return address.rpartition("@")[2]

@@ -1,0 +1,11 @@
+"""Lead service settings (environment variables, ``LEADLINE_`` prefix)."""
+
+from __future__ import annotations
+
+from leadline_kit.settings import KitSettings
+
+
+class Settings(KitSettings):
+    # one durable consumer per deployment: replicas share it and split the work
+    consumer_durable: str = "lead-service"
+    consumer_batch_size: int = 500

@@ -1,0 +1,120 @@
+"""Lead logic: create, change and delete leads, telling the other services through the outbox.
+
+The sync service keeps its own copy of every lead's addresses and creation
+time from ``lead.created|updated|deleted`` (R5, R6), so each change enqueues
+the lead's full state in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from leadline_kit.errors import BadRequest, Conflict, NotFound, Unprocessable
+from leadline_kit.identity import Identity
+from leadline_kit.outbox import enqueue
+from leadline_kit.pagination import Page, decode_cursor, encode_cursor
+from leadline_proto.events import LeadCreatedV1, LeadDeletedV1, LeadPayload, LeadUpdatedV1
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_lead.addresses import InvalidAddress, normalise_address
+from leadline_lead.leads import repository
+from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
+from leadline_lead.models import outbox
+
+
+def normalised_addresses(raw: Sequence[str]) -> list[str]:
+    """Normal forms in the given order, duplicates dropped; a bad address is a 422 problem."""
+    seen: dict[str, None] = {}
+    for address in raw:
+        try:
+            seen.setdefault(normalise_address(address), None)
+        except InvalidAddress as exc:
+            raise Unprocessable(str(exc), slug="invalid-address", address=address[:254]) from exc
+    return list(seen)
+
+
+def _lead(row: Row[Any], addresses: list[str]) -> Lead:
+    return Lead(id=row.id, name=row.name, addresses=addresses, account_name=row.account_name,
+                owner_user_id=row.owner_user_id, stage=row.stage, unsubscribed=row.unsubscribed_at is not None,
+                unsubscribed_at=row.unsubscribed_at, created_at=row.created_at, updated_at=row.updated_at)
+
+
+def _payload(lead: Lead) -> LeadPayload:
+    return LeadPayload(lead_id=lead.id, name=lead.name, addresses=lead.addresses, stage=lead.stage,
+                       owner_user_id=lead.owner_user_id, created_at=lead.created_at)
+
+
+async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str]) -> None:
+    taken = await repository.claim_addresses(session, company_id, lead_id, addresses)
+    if taken:
+        first = sorted(taken)[0]
+        raise Conflict(f"{first} already belongs to another lead", slug="address-taken", address=first)
+
+
+async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate) -> Lead:
+    addresses = normalised_addresses(body.addresses)
+    row = await repository.insert_lead(session, {
+        "id": uuid.uuid4(), "company_id": caller.company_id, "name": body.name,
+        "account_name": body.account_name, "owner_user_id": body.owner_user_id or caller.user_id,
+        "stage": body.stage,
+    })
+    await _claim(session, caller.company_id, row.id, addresses)
+    created = _lead(row, addresses)
+    await enqueue(session, outbox, LeadCreatedV1(company_id=caller.company_id, payload=_payload(created)))
+    return created
+
+
+async def get_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) -> Lead:
+    row = await repository.get_lead(session, caller.company_id, lead_id)
+    if row is None:
+        raise NotFound("no such lead", slug="lead-not-found")
+    return _lead(row, (await repository.addresses_of(session, [row.id])).get(row.id, []))
+
+
+async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID, body: LeadUpdate) -> Lead:
+    row = await repository.get_lead(session, caller.company_id, lead_id, for_update=True)
+    if row is None:
+        raise NotFound("no such lead", slug="lead-not-found")
+    values: dict[str, Any] = {}
+    for field in ("name", "account_name", "stage"):
+        if getattr(body, field) is not None:
+            values[field] = getattr(body, field)
+    if "owner_user_id" in body.model_fields_set:
+        values["owner_user_id"] = body.owner_user_id
+    if body.addresses is not None:
+        addresses = normalised_addresses(body.addresses)
+        await repository.release_addresses_except(session, row.id, addresses)
+        await _claim(session, caller.company_id, row.id, addresses)
+    row = await repository.update_lead(session, row.id, values)
+    updated = _lead(row, (await repository.addresses_of(session, [row.id])).get(row.id, []))
+    await enqueue(session, outbox, LeadUpdatedV1(company_id=caller.company_id, payload=_payload(updated)))
+    return updated
+
+
+async def delete_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) -> None:
+    gone = await get_lead(session, caller, lead_id)
+    await repository.delete_lead(session, gone.id)
+    await enqueue(session, outbox, LeadDeletedV1(company_id=caller.company_id, payload=_payload(gone)))
+
+
+async def list_leads(session: AsyncSession, caller: Identity, *, query: str | None, cursor: str | None,
+                     limit: int) -> Page[Lead]:
+    after: tuple[datetime, uuid.UUID] | None = None
+    if cursor:
+        created_at, lead_id = decode_cursor(cursor, 2)
+        try:
+            after = (datetime.fromisoformat(created_at), uuid.UUID(lead_id))
+        except ValueError as exc:
+            raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
+    rows = await repository.list_leads(session, caller.company_id, query=(query or "").strip() or None,
+                                       after=after, limit=limit + 1)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    addresses = await repository.addresses_of(session, [r.id for r in rows])
+    items = [_lead(r, addresses.get(r.id, [])) for r in rows]
+    next_cursor = encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more and rows else None
+    return Page[Lead](items=items, next_cursor=next_cursor)

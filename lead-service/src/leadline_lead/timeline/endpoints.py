@@ -1,0 +1,22 @@
+"""Life of the Lead HTTP endpoint."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from leadline_kit.db import Session
+from leadline_kit.identity import Caller
+
+from leadline_lead.timeline import service
+from leadline_lead.timeline.repository import TIMELINE_LIMIT
+from leadline_lead.timeline.schemas import Timeline
+
+router = APIRouter(prefix="/v1/leads", tags=["timeline"])
+
+
+@router.get("/{lead_id}/timeline")
+async def lead_timeline(session: Session, caller: Caller, lead_id: uuid.UUID,
+                        limit: Annotated[int, Query(ge=1, le=TIMELINE_LIMIT)] = TIMELINE_LIMIT) -> Timeline:
+    return Timeline(items=await service.timeline(session, caller, lead_id, limit))

@@ -1,0 +1,209 @@
+"""Every query on timeline events and their sources; bulk statements for the consumer's hot path."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Collection, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ARRAY, Row, Text, Uuid, bindparam, case, delete, exists, func, select, text, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_lead.models import blocklist_entry, company_settings, timeline_event
+from leadline_lead.models import timeline_event_source as source
+
+TIMELINE_LIMIT = 300
+
+_LEAD_ADDRESSES = text(
+    "SELECT la.company_id, la.address, la.lead_id FROM lead_address la "
+    "JOIN unnest(CAST(:companies AS uuid[]), CAST(:addresses AS text[])) AS wanted(company_id, address) "
+    "ON la.company_id = wanted.company_id AND la.address = wanted.address"
+).bindparams(bindparam("companies", type_=ARRAY(Uuid)), bindparam("addresses", type_=ARRAY(Text)))
+
+
+async def lead_addresses(session: AsyncSession,
+                         pairs: Collection[tuple[uuid.UUID, str]]) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+    """Which lead holds each (company, address), in one query."""
+    if not pairs:
+        return {}
+    companies, addresses = zip(*pairs, strict=True)
+    rows = await session.execute(_LEAD_ADDRESSES, {"companies": list(companies), "addresses": list(addresses)})
+    return {(row.company_id, row.address): row.lead_id for row in rows}
+
+
+async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID], addresses: Collection[str],
+                         domains: Collection[str]) -> set[tuple[uuid.UUID, str]]:
+    """The (company, address or domain) pairs among those given that the company blocks (R6).
+
+    The company's own domains count unless it turned that off.
+    """
+    if not companies:
+        return set()
+    entries = await session.execute(
+        select(blocklist_entry.c.company_id, blocklist_entry.c.value).where(
+            blocklist_entry.c.company_id.in_(list(companies)),
+            blocklist_entry.c.value.in_([*addresses, *domains]),
+        )
+    )
+    blocked = {(row.company_id, row.value) for row in entries}
+    own = await session.execute(
+        select(company_settings.c.company_id, company_settings.c.domains).where(
+            company_settings.c.company_id.in_(list(companies)), company_settings.c.block_own_domains)
+    )
+    for row in own:
+        blocked.update((row.company_id, domain) for domain in row.domains)
+    return blocked
+
+
+async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
+    """Insert timeline events, merging into the existing event of the same message (R12, R26).
+
+    A Smart Mail event wins the kind and category (the same message synced
+    from Sent stays "Smart Mail sent"); mailbox, user and folder keep the first
+    known; the lead's matched addresses are the union.
+    """
+    base = insert(timeline_event)
+    new = base.excluded
+    t = timeline_event.c
+    stmt = base.on_conflict_do_update(
+        constraint="uq_timeline_event_message",
+        set_={
+            "kind": case((new.kind == "smart_mail_sent", new.kind), else_=t.kind),
+            "category": case((new.kind == "smart_mail_sent", new.category), else_=t.category),
+            "mailbox_id": func.coalesce(t.mailbox_id, new.mailbox_id),
+            "user_id": func.coalesce(t.user_id, new.user_id),
+            "folder": func.coalesce(t.folder, new.folder),
+            "snippet": case((t.snippet == "", new.snippet), else_=t.snippet),
+            "matched_addresses": func.array(
+                select(func.unnest(t.matched_addresses.concat(new.matched_addresses))).distinct()
+                .scalar_subquery()),
+        },
+    ).returning(t.id, t.company_id, t.lead_id, t.message_key)
+    return list((await session.execute(stmt, list(rows))).all())
+
+
+async def insert_sources(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(source).on_conflict_do_nothing(), list(rows))
+
+
+async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Sequence[int]) -> None:
+    """A bounce may be synced before the message it is about: mark such messages now."""
+    bounce = timeline_event.alias("bounce")
+    await session.execute(
+        update(timeline_event)
+        .where(timeline_event.c.id.in_(list(event_ids)), timeline_event.c.bounced_at.is_(None),
+               bounce.c.company_id == timeline_event.c.company_id, bounce.c.lead_id == timeline_event.c.lead_id,
+               bounce.c.message_key == "bounce " + timeline_event.c.message_key)
+        .values(bounced_at=bounce.c.occurred_at)
+    )
+
+
+async def insert_bounce(session: AsyncSession, row: dict[str, Any]) -> int | None:
+    stmt = insert(timeline_event).values(**row).on_conflict_do_nothing().returning(timeline_event.c.id)
+    new_id: int | None = (await session.execute(stmt)).scalar()
+    return new_id
+
+
+async def original_subject(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID,
+                           message_key: str) -> str | None:
+    return (await session.execute(select(timeline_event.c.subject).where(
+        timeline_event.c.company_id == company_id, timeline_event.c.lead_id == lead_id,
+        timeline_event.c.message_key == message_key))).scalar()
+
+
+async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, message_key: str,
+                       at: datetime) -> None:
+    await session.execute(
+        update(timeline_event)
+        .where(timeline_event.c.company_id == company_id, timeline_event.c.lead_id == lead_id,
+               timeline_event.c.message_key == message_key, timeline_event.c.bounced_at.is_(None))
+        .values(bounced_at=at)
+    )
+
+
+async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> int:
+    """R11: drop the mailbox as a source; delete the events no other source brought. Returns how many."""
+    touched = list((await session.execute(
+        delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id)
+        .returning(source.c.timeline_event_id)
+    )).scalars())
+    if not touched:
+        return 0
+    # a separate statement: a data-modifying CTE's deletions are invisible to the rest of its query
+    deleted = await session.execute(
+        delete(timeline_event)
+        .where(timeline_event.c.id.in_(touched),
+               ~exists().where(source.c.timeline_event_id == timeline_event.c.id))
+        .returning(timeline_event.c.id)
+    )
+    removed = len(deleted.all())
+    # events another mailbox also brought now show that mailbox as where they came from
+    other = (
+        select(source.c.mailbox_id)
+        .where(source.c.timeline_event_id == timeline_event.c.id, source.c.mailbox_id.is_not(None))
+        .order_by(source.c.mailbox_id).limit(1).scalar_subquery()
+    )
+    await session.execute(
+        update(timeline_event)
+        .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(touched),
+               timeline_event.c.mailbox_id == mailbox_id)
+        .values(mailbox_id=other)
+    )
+    return removed
+
+
+_PURGE = text("""
+WITH hit AS (
+    SELECT e.id,
+           ARRAY(SELECT a FROM unnest(e.matched_addresses) AS a
+                 WHERE a <> ALL(:addresses) AND split_part(a, '@', 2) <> ALL(:domains)) AS still_matched
+    FROM timeline_event e
+    WHERE e.company_id = :company_id
+      AND e.lead_id IN (SELECT la.lead_id FROM lead_address la
+                        WHERE la.company_id = :company_id
+                          AND (la.address = ANY(:addresses) OR la.domain = ANY(:domains)))
+      AND EXISTS (SELECT 1 FROM unnest(e.matched_addresses) AS a
+                  WHERE a = ANY(:addresses) OR split_part(a, '@', 2) = ANY(:domains))
+), kept AS (
+    UPDATE timeline_event e SET matched_addresses = hit.still_matched
+    FROM hit WHERE e.id = hit.id AND cardinality(hit.still_matched) > 0
+    RETURNING e.id
+)
+DELETE FROM timeline_event e USING hit
+WHERE e.id = hit.id AND cardinality(hit.still_matched) = 0
+RETURNING e.id
+""").bindparams(bindparam("company_id", type_=Uuid), bindparam("addresses", type_=ARRAY(Text)),
+                bindparam("domains", type_=ARRAY(Text)))
+
+
+async def purge_blocked(session: AsyncSession, company_id: uuid.UUID, *, addresses: Collection[str] = (),
+                        domains: Collection[str] = ()) -> int:
+    """Remove blocked addresses' and domains' mail from timelines (R6); returns how many events went.
+
+    An event stays when the lead's other, unblocked address is also on the message.
+    """
+    if not addresses and not domains:
+        return 0
+    result = await session.execute(_PURGE, {"company_id": company_id, "addresses": list(addresses),
+                                            "domains": list(domains)})
+    return len(result.all())
+
+
+async def recent_events(session: AsyncSession, lead_id: uuid.UUID, limit: int) -> Sequence[Row[Any]]:
+    return (await session.execute(
+        select(*timeline_event.c).where(timeline_event.c.lead_id == lead_id)
+        .order_by(timeline_event.c.occurred_at.desc(), timeline_event.c.id.desc()).limit(limit)
+    )).all()
+
+
+async def sources_of(session: AsyncSession, event_ids: Sequence[int]) -> dict[int, list[str]]:
+    if not event_ids:
+        return {}
+    rows = await session.execute(
+        select(source.c.timeline_event_id, func.array_agg(source.c.source).label("sources"))
+        .where(source.c.timeline_event_id.in_(list(event_ids))).group_by(source.c.timeline_event_id)
+    )
+    return {row.timeline_event_id: sorted(row.sources) for row in rows}

@@ -1,0 +1,210 @@
+"""The Life of the Lead: turning mail events into timeline events, and reading them back.
+
+Applying a batch of ``mail.synced`` / ``mail.sent`` events takes a fixed
+number of statements whatever its size: one lookup of every participant
+address among the companies' lead addresses, one blocklist lookup, one
+``INSERT ... ON CONFLICT DO UPDATE`` of the timeline events, one insert of
+their sources and one bounce fix-up.  A message becomes one timeline event
+per lead it involves, keyed by (company, lead, Message-ID), so the same
+message arriving through Smart Mail, a Sent folder and a colleague's Inbox
+is one event with three sources (R12, R26).
+
+Kinds: ``email_received`` (inbound), ``email_sent`` (outbound, synced),
+``smart_mail_sent`` (sent by Leadline; wins over ``email_sent`` for the same
+message) and ``bounce`` (its own event, keyed ``bounce <Message-ID>``, and the
+original event gets ``bounced_at``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from leadline_kit.errors import NotFound
+from leadline_kit.identity import Identity
+from leadline_proto.events import MailBouncedV1, MailSentV1, MailSyncedV1
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_lead.addresses import address_or_none, domain_of
+from leadline_lead.leads import repository as leads
+from leadline_lead.timeline import repository
+from leadline_lead.timeline.schemas import TimelineEvent, TimelineSource
+from leadline_lead.timeline.snippets import snippet
+
+SMART_MAIL_SOURCE = "smart_mail"
+BOUNCE_NOTICE_SOURCE = "bounce_notice"
+SYNC_SOURCE = "sync"  # a synced message whose event names no mailbox
+MAX_RECIPIENTS = 100
+MAX_SUBJECT = 998
+MAX_NAME = 200
+MAX_MESSAGE_ID = 998
+
+
+def message_key(message_id: str, *fallback: object) -> str:
+    """Message-ID without brackets or whitespace; a made-up stable key when the message has none.
+
+    Keys of real messages never contain a space, so they cannot collide with
+    ``bounce <key>`` or ``no-id <hash>``.
+    """
+    key = "".join(message_id.split()).strip("<>")[:MAX_MESSAGE_ID]
+    if key:
+        return key
+    digest = hashlib.sha256("\x1f".join(str(part) for part in fallback).encode()).hexdigest()
+    return f"no-id {digest}"
+
+
+def _addresses(raw: Sequence[str]) -> list[str]:
+    normal = (address_or_none(a) for a in raw[:MAX_RECIPIENTS])
+    return list(dict.fromkeys(a for a in normal if a))
+
+
+@dataclass
+class _PendingEvent:
+    row: dict[str, Any]
+    sources: dict[str, uuid.UUID | None] = field(default_factory=dict)
+
+
+async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | MailSentV1]) -> None:
+    """Apply a batch of synced and sent mail in bulk (see the module docstring)."""
+    prepared = []
+    wanted: set[tuple[uuid.UUID, str]] = set()
+    for event in events:
+        mail = event.payload
+        sender = address_or_none(mail.from_address)
+        to, cc = _addresses(mail.to), _addresses(mail.cc)
+        participants = list(dict.fromkeys([*([sender] if sender else []), *to, *cc]))
+        prepared.append((event, sender, to, cc, participants))
+        wanted.update((event.company_id, a) for a in participants)
+    holders = await repository.lead_addresses(session, wanted)
+    if not holders:
+        return  # nothing involves a lead (the sync service should not have sent it; harmless)
+    blocked = await repository.blocked_values(
+        session, {c for c, _ in holders}, {a for _, a in holders}, {domain_of(a) for _, a in holders})
+
+    pending: dict[tuple[uuid.UUID, uuid.UUID, str], _PendingEvent] = {}
+    for event, sender, to, cc, participants in prepared:
+        company = event.company_id
+        matched: dict[uuid.UUID, list[str]] = {}
+        for address in participants:
+            lead_id = holders.get((company, address))
+            if lead_id is None or (company, address) in blocked or (company, domain_of(address)) in blocked:
+                continue
+            matched.setdefault(lead_id, []).append(address)
+        if not matched:
+            continue
+        mail = event.payload
+        smart = isinstance(event, MailSentV1)
+        key = message_key(mail.message_id, mail.from_address, mail.sent_at.isoformat(), mail.subject, *mail.to)
+        kind = "smart_mail_sent" if smart else ("email_sent" if mail.direction == "outbound" else "email_received")
+        category = event.payload.category if isinstance(event, MailSentV1) else "personal"
+        if smart:
+            source: tuple[str, uuid.UUID | None] = (SMART_MAIL_SOURCE, None)
+        elif mail.mailbox_id is not None:
+            source = (str(mail.mailbox_id), mail.mailbox_id)
+        else:
+            source = (SYNC_SOURCE, None)
+        body = snippet(mail.text, mail.html)
+        for lead_id, addresses in matched.items():
+            row = {
+                "company_id": company, "lead_id": lead_id, "message_key": key,
+                "message_id": mail.message_id[:MAX_MESSAGE_ID], "kind": kind, "category": category,
+                "occurred_at": mail.sent_at, "direction": mail.direction,
+                "from_address": sender or "", "from_name": mail.from_name[:MAX_NAME],
+                "to_addresses": to, "cc_addresses": cc, "matched_addresses": addresses,
+                "subject": mail.subject[:MAX_SUBJECT], "snippet": body,
+                "mailbox_id": mail.mailbox_id, "user_id": mail.user_id, "folder": mail.folder,
+            }
+            existing = pending.get((company, lead_id, key))
+            if existing is None:
+                existing = pending[(company, lead_id, key)] = _PendingEvent(row)
+            else:
+                _merge(existing.row, row)
+            existing.sources[source[0]] = source[1]
+    if not pending:
+        return
+    # a stable order keeps concurrent batches (replicas sharing the consumer) from deadlocking
+    ordered = [pending[k] for k in sorted(pending, key=lambda k: (str(k[0]), str(k[1]), k[2]))]
+    returned = await repository.upsert_mail_events(session, [p.row for p in ordered])
+    ids = {(r.company_id, r.lead_id, r.message_key): r.id for r in returned}
+    sources = [
+        {"timeline_event_id": ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])],
+         "source": name, "company_id": p.row["company_id"], "mailbox_id": mailbox_id}
+        for p in ordered for name, mailbox_id in p.sources.items()
+    ]
+    await repository.insert_sources(session, sources)
+    await repository.mark_bounced_from_earlier_bounces(session, list(ids.values()))
+
+
+def _merge(into: dict[str, Any], row: dict[str, Any]) -> None:
+    """Two events of one batch about the same message and lead: the same rules as the upsert."""
+    if row["kind"] == "smart_mail_sent":
+        into["kind"], into["category"] = row["kind"], row["category"]
+    for column in ("mailbox_id", "user_id", "folder"):
+        into[column] = into[column] or row[column]
+    into["snippet"] = into["snippet"] or row["snippet"]
+    into["matched_addresses"] = list(dict.fromkeys([*into["matched_addresses"], *row["matched_addresses"]]))
+
+
+async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
+    """R17: a bounce event on the recipient's lead, and the original message marked bounced."""
+    bounce = event.payload
+    recipient = address_or_none(bounce.recipient)
+    if recipient is None:
+        return
+    company = event.company_id
+    lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
+    if lead_id is None:
+        return
+    blocked = await repository.blocked_values(session, {company}, {recipient}, {domain_of(recipient)})
+    if blocked:
+        return
+    original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
+    subject = await repository.original_subject(session, company, lead_id, original) or ""
+    new_id = await repository.insert_bounce(session, {
+        "company_id": company, "lead_id": lead_id, "message_key": f"bounce {original}",
+        "message_id": bounce.original_message_id[:MAX_MESSAGE_ID], "kind": "bounce", "category": "personal",
+        "occurred_at": bounce.bounced_at, "direction": "inbound", "to_addresses": [recipient],
+        "matched_addresses": [recipient], "subject": subject[:MAX_SUBJECT],
+        "snippet": snippet(bounce.diagnostic, None), "mailbox_id": bounce.mailbox_id, "user_id": bounce.user_id,
+        "folder": "inbox" if bounce.mailbox_id else None, "bounce_recipient": recipient,
+        "bounce_status": bounce.status[:32], "bounce_diagnostic": bounce.diagnostic[:2000],
+    })
+    if new_id is not None:
+        name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
+        await repository.insert_sources(session, [{"timeline_event_id": new_id, "source": name,
+                                                   "company_id": company, "mailbox_id": bounce.mailbox_id}])
+    await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
+
+
+async def timeline(session: AsyncSession, caller: Identity, lead_id: uuid.UUID,
+                   limit: int = repository.TIMELINE_LIMIT) -> list[TimelineEvent]:
+    """The lead's most recent events, newest first, at most 300 (R7)."""
+    if await leads.get_lead(session, caller.company_id, lead_id) is None:
+        raise NotFound("no such lead", slug="lead-not-found")
+    rows = await repository.recent_events(session, lead_id, min(limit, repository.TIMELINE_LIMIT))
+    sources = await repository.sources_of(session, [r.id for r in rows])
+    return [_timeline_event(r, sources.get(r.id, [])) for r in rows]
+
+
+def _timeline_event(row: Any, sources: list[str]) -> TimelineEvent:
+    return TimelineEvent(
+        id=row.id, kind=row.kind, category=row.category, occurred_at=row.occurred_at,
+        direction=row.direction, from_address=row.from_address, from_name=row.from_name,
+        to=row.to_addresses, cc=row.cc_addresses, subject=row.subject, snippet=row.snippet,
+        message_id=row.message_id, mailbox_id=row.mailbox_id, user_id=row.user_id, folder=row.folder,
+        bounced=row.bounced_at is not None, bounced_at=row.bounced_at,
+        bounce_recipient=row.bounce_recipient, bounce_status=row.bounce_status,
+        bounce_diagnostic=row.bounce_diagnostic,
+        sources=[TimelineSource(kind=_source_kind(s), mailbox_id=_mailbox(s)) for s in sources],
+    )
+
+
+def _source_kind(name: str) -> str:
+    return name if name in (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE) else "mailbox"
+
+
+def _mailbox(name: str) -> uuid.UUID | None:
+    return None if name in (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE) else uuid.UUID(name)
