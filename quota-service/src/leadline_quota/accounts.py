@@ -1,0 +1,80 @@
+"""Sending accounts as the operator sees them: overrides, and usage of each limit."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_quota.limits import AccountLimits, invalid_limit_settings, month_period, resolve_limits
+from leadline_quota.models import sending_account
+from leadline_quota.reservations import InvalidAsk, canonical_account_key, window_usage
+
+
+@dataclass(frozen=True)
+class LimitReport:
+    limit: str
+    maximum: int
+    used: int | None = None
+    remaining: int | None = None
+    resets_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AccountReport:
+    account_key: str
+    provider: str
+    month_start_day: int
+    operator_overrides: dict[str, int | None]
+    limits: list[LimitReport]
+
+
+def _limits_of(row: Any) -> AccountLimits:
+    return resolve_limits(row.provider, row.account_settings, row.settings_month_start_day,
+                          row.operator_overrides, row.operator_month_start_day)
+
+
+async def _report(session: AsyncSession, row: Any, now: datetime) -> AccountReport:
+    limits = _limits_of(row)
+    reports = [LimitReport(name, maximum) for name, maximum in limits.static().items()]
+    for usage in await window_usage(session, row.company_id, row.account_key, limits, now, with_resets=True):
+        resets_at = usage.resets_at
+        if usage.limit.window == "month":
+            resets_at = month_period(now, limits.month_start_day)[1]
+        reports.append(LimitReport(usage.limit.name, usage.limit.maximum, usage.used,
+                                   max(0, usage.limit.maximum - usage.used), resets_at))
+    return AccountReport(row.account_key, row.provider, limits.month_start_day, dict(row.operator_overrides),
+                         reports)
+
+
+async def account_reports(session: AsyncSession, company_id: uuid.UUID, now: datetime, *, after: str | None,
+                          limit: int) -> list[AccountReport]:
+    """The company's accounts ordered by key, starting after ``after``."""
+    query = select(sending_account).where(sending_account.c.company_id == company_id)
+    if after is not None:
+        query = query.where(sending_account.c.account_key > after)
+    rows = (await session.execute(query.order_by(sending_account.c.account_key).limit(limit))).all()
+    return [await _report(session, row, now) for row in rows]
+
+
+async def set_operator_overrides(session: AsyncSession, company_id: uuid.UUID, account_key: str,
+                                 overrides: dict[str, int | None], provider: str | None,
+                                 month_start_day: int | None, now: datetime) -> AccountReport:
+    """Replace the operator's overrides of one account (created if unknown so far)."""
+    account_key = canonical_account_key(account_key)
+    problem = invalid_limit_settings(overrides, month_start_day)
+    if problem:
+        raise InvalidAsk(problem)
+    values: dict[str, Any] = {"operator_overrides": overrides, "operator_month_start_day": month_start_day}
+    if provider is not None:
+        values["provider"] = provider[:100]
+    statement = insert(sending_account).values(company_id=company_id, account_key=account_key, **values)
+    row = (await session.execute(statement.on_conflict_do_update(
+        index_elements=[sending_account.c.company_id, sending_account.c.account_key], set_=values,
+    ).returning(*sending_account.c))).one()
+    return await _report(session, row, now)

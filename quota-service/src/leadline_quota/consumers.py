@@ -1,0 +1,40 @@
+"""Events the quota service applies: company mailbox limits and disconnected mailboxes (R9)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.consumer import EventConsumer, Handler
+from leadline_kit.service import Runtime
+from leadline_proto.events import CompanyUpdatedV1, Event, MailboxDisconnectedV1
+from leadline_proto.subjects import event_subject
+from leadline_quota import mailbox_slots
+from leadline_quota.config import Settings
+from leadline_quota.models import processed
+from leadline_quota.reservations import Clock
+
+SUBJECTS = (event_subject("company.updated", 1), event_subject("mailbox.disconnected", 1))
+
+
+def mailbox_limit_handler(clock: Clock) -> Handler:
+    async def apply(session: AsyncSession, event: Event) -> None:
+        if isinstance(event, CompanyUpdatedV1):
+            await mailbox_slots.set_mailbox_limit(session, event.company_id, event.payload.mailbox_limit,
+                                                  event.occurred_at, clock())
+        elif isinstance(event, MailboxDisconnectedV1):
+            # the sync service also releases by RPC; this covers a release that never arrived
+            await mailbox_slots.release(session, event.company_id, event.payload.mailbox_id, clock(),
+                                        claimed_before=event.occurred_at)
+
+    return apply
+
+
+def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
+    clock: Clock = runtime.extras["clock"]
+    settings = runtime.settings
+    assert isinstance(settings, Settings)
+    return [EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
+                          durable=settings.consumer_durable, subjects=SUBJECTS,
+                          handler=mailbox_limit_handler(clock))]

@@ -1,0 +1,62 @@
+"""The quota service: provider limits, plans and the company mailbox limit (issue 4).
+
+``create_app`` wires the HTTP API, the NATS responders (queue group ``quota``),
+the consumer of ``company.updated`` / ``mailbox.disconnected`` and a pruner of
+reservations that count in no window any more.  ``clock`` is injectable so
+tests can move time; every decision reads it, never the database's ``now()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+from fastapi import FastAPI
+
+from leadline_kit.service import Runtime, create_service_app
+from leadline_quota import plans, reservations
+from leadline_quota.config import Settings
+from leadline_quota.consumers import quota_consumers
+from leadline_quota.endpoints import router
+from leadline_quota.models import outbox
+from leadline_quota.reservations import Clock
+from leadline_quota.responders import QuotaRpc, respond, subscribe
+
+log = logging.getLogger("leadline.quota")
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+async def prune_forever(runtime: Runtime, clock: Clock, interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            async with runtime.db.session() as session:
+                pruned = await reservations.prune(session, clock())
+                await plans.prune_usage(session, clock())
+            if pruned:
+                log.info("pruned %d reservations that count in no window", pruned)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pruning reservations failed; retrying at the next interval")
+
+
+def create_app(settings: Settings | None = None, clock: Clock = system_clock) -> FastAPI:
+    settings = settings or Settings()
+
+    async def on_start(runtime: Runtime) -> None:
+        rpc = QuotaRpc(runtime.db, clock)
+        for subject, (answer, unanswerable) in rpc.answers().items():
+            subscription = await subscribe(runtime.nats, subject)
+            runtime.spawn(respond(subscription, answer, unanswerable, settings.responder_concurrency),
+                          f"quota-rpc-{subject}")
+        runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
+
+    app = create_service_app(name="quota", settings=settings, schema="quota", outbox=outbox, routers=[router],
+                             consumers=quota_consumers, on_start=on_start, title="Leadline quota service")
+    app.state.runtime.extras["clock"] = clock
+    return app

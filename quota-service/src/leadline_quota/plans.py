@@ -1,0 +1,88 @@
+"""Company plans and their limits on synced email (R14: the legacy free plan, 100 per user per day).
+
+The sync service asks for an allowance before storing newly synced emails; the
+answer is how many of them the plan allows now, and they are counted as used.
+Days are UTC calendar days.  A plan without a limit allows everything and
+counts nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, time, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_quota.limits import DEFAULT_PLAN, Plan, catalogue
+from leadline_quota.models import company, synced_email_usage
+
+
+class UnknownPlan(ValueError):
+    pass
+
+
+def plan_named(name: str) -> Plan:
+    plans = catalogue().plans
+    if name not in plans:
+        raise UnknownPlan(f"unknown plan {name!r}; plans: {sorted(plans)}")
+    return plans[name]
+
+
+async def company_plan(session: AsyncSession, company_id: uuid.UUID) -> Plan:
+    name = await session.scalar(select(company.c.plan).where(company.c.company_id == company_id))
+    plans = catalogue().plans
+    # a plan removed from the presets file falls back to the default rather than failing
+    return plans.get(name or DEFAULT_PLAN, plans[DEFAULT_PLAN])
+
+
+async def set_plan(session: AsyncSession, company_id: uuid.UUID, name: str, now: datetime) -> Plan:
+    plan = plan_named(name)
+    statement = insert(company).values(company_id=company_id, plan=plan.key, updated_at=now)
+    await session.execute(statement.on_conflict_do_update(
+        index_elements=[company.c.company_id], set_={"plan": plan.key, "updated_at": now}))
+    return plan
+
+
+@dataclass(frozen=True)
+class Allowance:
+    allowed: int
+    resets_at: datetime | None
+    used: int | None = None
+
+
+def next_utc_midnight(now: datetime) -> datetime:
+    return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
+
+
+async def sync_allowance(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, count: int,
+                         now: datetime) -> Allowance:
+    """How many of ``count`` synced emails the plan allows the user today; those are counted."""
+    limit = (await company_plan(session, company_id)).synced_emails_per_user_per_day
+    if limit is None:
+        return Allowance(count, None)
+    key = {"company_id": company_id, "user_id": user_id, "day": now.astimezone(UTC).date()}
+    await session.execute(insert(synced_email_usage).values(**key, used=0).on_conflict_do_nothing())
+    where = [synced_email_usage.c[name] == value for name, value in key.items()]
+    # the row lock makes concurrent asks of one user add up exactly
+    used = int((await session.execute(
+        select(synced_email_usage.c.used).where(*where).with_for_update())).scalar_one())
+    allowed = max(0, min(count, limit - used))
+    if allowed:
+        await session.execute(update(synced_email_usage).where(*where).values(used=used + allowed))
+    return Allowance(allowed, next_utc_midnight(now), used + allowed)
+
+
+async def synced_today(session: AsyncSession, company_id: uuid.UUID, now: datetime) -> dict[uuid.UUID, int]:
+    rows = (await session.execute(select(synced_email_usage.c.user_id, synced_email_usage.c.used).where(
+        synced_email_usage.c.company_id == company_id,
+        synced_email_usage.c.day == now.astimezone(UTC).date()))).all()
+    return {row.user_id: int(row.used) for row in rows}
+
+
+async def prune_usage(session: AsyncSession, now: datetime) -> None:
+    """Forget synced-email counts of days that are over."""
+    await session.execute(synced_email_usage.delete().where(
+        synced_email_usage.c.day < now.astimezone(UTC).date() - timedelta(days=1)))

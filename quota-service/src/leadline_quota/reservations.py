@@ -1,0 +1,339 @@
+"""Quota reservations: reserve, then commit or release, or let expire (R14).
+
+A sender asks to *reserve* one message (account, recipients, size).  The
+reservation is decided while holding the sending account's row lock (taken by
+``INSERT ... ON CONFLICT DO UPDATE`` on ``sending_account``), so the
+reservations of one account are decided one at a time whichever process or
+connection asks: concurrent sends never push an account past a limit, and no
+isolation level beyond READ COMMITTED is relied upon (R26).
+
+States of a reservation::
+
+    reserved --commit--> committed      (counts until it leaves every window)
+    reserved --release-> released       (counts for nothing)
+    reserved --expires_at passes--> counts for nothing (a late commit still records the usage)
+
+A refusal names the limit that would be passed and ``retry_at``, the earliest
+moment enough of the counted usage has left that limit's window (a rolling
+window frees each use ``length`` after it was granted; the month window frees
+everything at the next month start; a reservation frees at its expiry if that
+comes first).  ``retry_at`` is ``None`` when the message can never pass (more
+recipients or bytes than the account allows for one message).  Each refused
+reservation enqueues ``quota.exceeded`` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.outbox import enqueue
+from leadline_proto.events import QuotaExceededPayload, QuotaExceededV1
+from leadline_quota.limits import (
+    ROLLING_WINDOWS,
+    AccountLimits,
+    WindowedLimit,
+    invalid_limit_settings,
+    resolve_limits,
+    window_bounds,
+)
+from leadline_quota.models import outbox, reservation, sending_account
+
+Clock = Callable[[], datetime]
+ACCOUNT_KEY = re.compile(r"^(mailbox|smtp):([0-9a-fA-F-]{32,36})$")
+MAX_TTL_SECONDS = 24 * 3600
+
+
+class InvalidAsk(ValueError):
+    """The request cannot be decided (malformed account key, negative size, unknown limit, ...)."""
+
+
+def canonical_account_key(account_key: str) -> str:
+    """``mailbox:<uuid>`` or ``smtp:<uuid>`` with the uuid in canonical form."""
+    match = ACCOUNT_KEY.match(account_key.strip())
+    if not match:
+        raise InvalidAsk("account_key must be 'mailbox:<uuid>' or 'smtp:<uuid>'")
+    try:
+        return f"{match.group(1)}:{uuid.UUID(match.group(2))}"
+    except ValueError as exc:
+        raise InvalidAsk("account_key must be 'mailbox:<uuid>' or 'smtp:<uuid>'") from exc
+
+
+@dataclass(frozen=True)
+class ReserveAsk:
+    company_id: uuid.UUID
+    account_key: str
+    provider: str
+    recipients: int
+    size_bytes: int
+    ttl_seconds: int = 600
+    account_settings: dict[str, int] = field(default_factory=dict)
+    month_start_day: int | None = None
+
+    def validated(self) -> ReserveAsk:
+        if self.recipients < 1:
+            raise InvalidAsk("recipients must be at least 1")
+        if self.size_bytes < 0:
+            raise InvalidAsk("size_bytes must not be negative")
+        if not 1 <= self.ttl_seconds <= MAX_TTL_SECONDS:
+            raise InvalidAsk(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
+        problem = invalid_limit_settings(dict(self.account_settings), self.month_start_day)
+        if problem:
+            raise InvalidAsk(problem)
+        return ReserveAsk(self.company_id, canonical_account_key(self.account_key), self.provider[:100] or "custom",
+                          self.recipients, self.size_bytes, self.ttl_seconds, dict(self.account_settings),
+                          self.month_start_day)
+
+
+@dataclass(frozen=True)
+class Decision:
+    granted: bool
+    reservation_id: uuid.UUID | None = None
+    expires_at: datetime | None = None
+    limit: str | None = None
+    retry_at: datetime | None = None
+    detail: str = ""
+
+
+# --- usage -------------------------------------------------------------------------------
+
+
+def _live(now: datetime) -> ColumnElement[bool]:
+    return or_(reservation.c.state == "committed",
+               and_(reservation.c.state == "reserved", reservation.c.expires_at > now))
+
+
+def _of_account(company_id: uuid.UUID, account_key: str) -> ColumnElement[bool]:
+    return and_(reservation.c.company_id == company_id, reservation.c.account_key == account_key)
+
+
+def _in_window(start: datetime, end: datetime | None) -> ColumnElement[bool]:
+    after = reservation.c.reserved_at > start
+    return after if end is None else and_(after, reservation.c.reserved_at < end)
+
+
+def _free_at(window: str, end: datetime | None) -> ColumnElement[Any]:
+    """When a counted reservation stops counting in ``window`` (PostgreSQL's LEAST skips NULLs)."""
+    leaves = reservation.c.reserved_at + ROLLING_WINDOWS[window] if end is None else literal(end)
+    return func.least(leaves, case((reservation.c.state == "reserved", reservation.c.expires_at)))
+
+
+def _weight(limit: WindowedLimit) -> ColumnElement[Any]:
+    return literal(1) if limit.measure == "messages" else reservation.c.recipients
+
+
+@dataclass(frozen=True)
+class LimitUsage:
+    limit: WindowedLimit
+    used: int
+    resets_at: datetime | None  # when the usage next goes down (None: nothing counted)
+
+
+async def window_usage(session: AsyncSession, company_id: uuid.UUID, account_key: str,
+                       limits: AccountLimits, now: datetime, *, with_resets: bool = False) -> list[LimitUsage]:
+    """Usage of every windowed limit of the account, in one aggregate query."""
+    windowed = limits.windowed()
+    if not windowed:
+        return []
+    columns: list[ColumnElement[Any]] = []
+    oldest = now
+    for limit in windowed:
+        start, end = window_bounds(limit.window, now, limits.month_start_day)
+        oldest = min(oldest, start)
+        inside = _in_window(start, end)
+        columns.append(func.coalesce(func.sum(_weight(limit)).filter(inside), 0))
+        if with_resets:
+            columns.append(func.min(_free_at(limit.window, end)).filter(inside))
+    row = (await session.execute(
+        select(*columns).where(_of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest)
+    )).one()
+    step = 2 if with_resets else 1
+    return [LimitUsage(limit, int(row[i * step]), row[i * step + 1] if with_resets else None)
+            for i, limit in enumerate(windowed)]
+
+
+async def _earliest_capacity(session: AsyncSession, company_id: uuid.UUID, account_key: str,
+                             limits: AccountLimits, limit: WindowedLimit, excess: int,
+                             now: datetime) -> datetime:
+    """The first moment at least ``excess`` of the limit's counted usage has been freed."""
+    start, end = window_bounds(limit.window, now, limits.month_start_day)
+    free_at = _free_at(limit.window, end)
+    freeing = (
+        select(free_at.label("free_at"), func.sum(_weight(limit)).over(order_by=free_at).label("freed"))
+        .where(_of_account(company_id, account_key), _live(now), _in_window(start, end))
+        .subquery()
+    )
+    found = await session.scalar(
+        select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1))
+    # nothing counted can free enough only if the usage changed under us; the window end is safe
+    return found or (end if end is not None else now + ROLLING_WINDOWS[limit.window])
+
+
+# --- deciding ----------------------------------------------------------------------------
+
+
+def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
+    static = limits.static()
+    for name, asked in (("recipients_per_message", ask.recipients), ("recipients_per_connection", ask.recipients),
+                        ("message_size_bytes", ask.size_bytes)):
+        if name in static and asked > static[name]:
+            return Decision(False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; "
+                                                      "this message can never pass")
+    for limit in limits.windowed():
+        if limit.demand(ask.recipients) > limit.maximum:
+            return Decision(False, limit=limit.name, detail=f"{limit.demand(ask.recipients)} exceeds "
+                                                            f"{limit.name} = {limit.maximum}; "
+                                                            "this message can never pass")
+    return None
+
+
+async def _lock_account(session: AsyncSession, ask: ReserveAsk, now: datetime) -> dict[str, Any]:
+    """Create or refresh the account row and hold its lock until the transaction ends."""
+    statement = insert(sending_account).values(
+        company_id=ask.company_id, account_key=ask.account_key, provider=ask.provider,
+        account_settings=ask.account_settings, settings_month_start_day=ask.month_start_day,
+        last_reserved_at=now,
+    )
+    locking = statement.on_conflict_do_update(
+        index_elements=[sending_account.c.company_id, sending_account.c.account_key],
+        set_={"provider": statement.excluded.provider, "account_settings": statement.excluded.account_settings,
+              "settings_month_start_day": statement.excluded.settings_month_start_day,
+              "last_reserved_at": statement.excluded.last_reserved_at},
+    ).returning(sending_account.c.operator_overrides, sending_account.c.operator_month_start_day)
+    return dict((await session.execute(locking)).one()._mapping)
+
+
+async def _operator_settings(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
+    row = (await session.execute(
+        select(sending_account.c.operator_overrides, sending_account.c.operator_month_start_day)
+        .where(sending_account.c.company_id == company_id, sending_account.c.account_key == account_key)
+    )).first()
+    return dict(row._mapping) if row else {"operator_overrides": {}, "operator_month_start_day": None}
+
+
+async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_run: bool = False) -> Decision:
+    """Grant or refuse one message; ``dry_run`` answers the same without reserving or locking."""
+    ask = ask.validated()
+    if dry_run:
+        operator = await _operator_settings(session, ask.company_id, ask.account_key)
+    else:
+        operator = await _lock_account(session, ask, clock())
+    # read the clock only once the lock is held, so decisions are made in lock order
+    now = clock()
+    limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day,
+                            operator["operator_overrides"], operator["operator_month_start_day"])
+    decision = _static_refusal(limits, ask)
+    if decision is None:
+        decision = await _decide_windows(session, ask, limits, now)
+    if not dry_run:
+        if decision.granted:
+            await session.execute(reservation.insert().values(
+                reservation_id=decision.reservation_id, company_id=ask.company_id, account_key=ask.account_key,
+                recipients=ask.recipients, size_bytes=ask.size_bytes, state="reserved", reserved_at=now,
+                expires_at=decision.expires_at))
+        else:
+            assert decision.limit is not None
+            await enqueue(session, outbox, QuotaExceededV1(company_id=ask.company_id, payload=QuotaExceededPayload(
+                account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at)))
+    return decision
+
+
+async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
+                          now: datetime) -> Decision:
+    refusals: list[tuple[datetime, WindowedLimit, int]] = []
+    for usage in await window_usage(session, ask.company_id, ask.account_key, limits, now):
+        demand = usage.limit.demand(ask.recipients)
+        excess = usage.used + demand - usage.limit.maximum
+        if excess > 0:
+            retry_at = await _earliest_capacity(session, ask.company_id, ask.account_key, limits, usage.limit,
+                                                excess, now)
+            refusals.append((retry_at, usage.limit, usage.used))
+    if refusals:
+        # the message passes only when every limit has room: the latest of their retry times
+        retry_at, limit, used = max(refusals, key=lambda r: r[0])
+        return Decision(False, limit=limit.name, retry_at=retry_at,
+                        detail=f"{limit.name} = {limit.maximum} would be passed ({used} used)")
+    return Decision(True, reservation_id=uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds))
+
+
+# --- settling ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settlement:
+    ok: bool
+    found: bool
+    detail: str = ""
+
+
+async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID,
+                 clock: Clock) -> Settlement:
+    """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the usage."""
+    now = clock()
+    row = (await session.execute(
+        update(reservation)
+        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id,
+               reservation.c.state == "reserved")
+        .values(state="committed", settled_at=now)
+        .returning(reservation.c.expires_at)
+    )).first()
+    if row is not None:
+        late = row.expires_at <= now
+        return Settlement(True, True, "reservation had expired; the usage is recorded" if late else "")
+    state = await _state(session, company_id, reservation_id)
+    if state is None:
+        return Settlement(False, False, "no such reservation")
+    if state == "committed":
+        return Settlement(True, True, "already committed")
+    return Settlement(False, True, "the reservation was released")
+
+
+async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID,
+                  clock: Clock) -> Settlement:
+    """Give a reservation's capacity back.  Idempotent; a committed reservation stays counted."""
+    released = (await session.execute(
+        update(reservation)
+        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id,
+               reservation.c.state == "reserved")
+        .values(state="released", settled_at=clock())
+        .returning(reservation.c.reservation_id)
+    )).first()
+    if released is not None:
+        return Settlement(True, True)
+    state = await _state(session, company_id, reservation_id)
+    if state is None:
+        return Settlement(False, False, "no such reservation")
+    if state == "released":
+        return Settlement(True, True, "already released")
+    return Settlement(False, True, "the reservation was committed; its usage stays counted")
+
+
+async def _state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> str | None:
+    return await session.scalar(select(reservation.c.state).where(
+        reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id))
+
+
+# --- housekeeping ------------------------------------------------------------------------
+
+# the longest window is a month (at most 31 days); a reservation older than this counts nowhere
+KEEP_RESERVATIONS = timedelta(days=32)
+# an expired, unsettled reservation is kept a while so that a late commit still records its usage
+KEEP_EXPIRED = timedelta(hours=1)
+
+
+async def prune(session: AsyncSession, now: datetime) -> int:
+    """Delete reservations that no longer count in any window."""
+    result = await session.execute(reservation.delete().where(or_(
+        reservation.c.reserved_at < now - KEEP_RESERVATIONS,
+        reservation.c.state == "released",
+        and_(reservation.c.state == "reserved", reservation.c.expires_at < now - KEEP_EXPIRED),
+    )))
+    return int(result.rowcount)  # type: ignore[attr-defined]

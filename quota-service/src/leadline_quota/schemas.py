@@ -1,0 +1,93 @@
+"""HTTP models of the quota API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class LimitUsageOut(BaseModel):
+    limit: str
+    maximum: int
+    # None for static limits (checked per message, nothing to count)
+    used: int | None = None
+    remaining: int | None = None
+    resets_at: datetime | None = None
+
+
+class AccountQuotaOut(BaseModel):
+    account_key: str
+    provider: str
+    month_start_day: int
+    operator_overrides: dict[str, int | None]
+    limits: list[LimitUsageOut]
+
+
+class QuotaReportOut(BaseModel):
+    plan: str
+    synced_emails_per_user_per_day: int | None
+    synced_emails_today: dict[uuid.UUID, int]
+    mailbox_limit: int | None
+    mailboxes_granted: int
+    mailboxes_pending: int
+    accounts: list[AccountQuotaOut]
+    next_cursor: str | None = None
+
+
+class PresetOut(BaseModel):
+    provider: str
+    label: str
+    aliases: list[str]
+    limits: dict[str, int]
+
+
+class PlanOut(BaseModel):
+    plan: str
+    label: str
+    synced_emails_per_user_per_day: int | None
+
+
+class PresetsOut(BaseModel):
+    limit_names: list[str]
+    custom: PresetOut
+    providers: list[PresetOut]
+    plans: list[PlanOut]
+
+
+class ReservationIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    account_key: str = Field(examples=["smtp:6f1c2b9e-3f4e-4c55-9d0e-0a9f7d6b1c2a"])
+    provider: str = "custom"
+    recipients: int = Field(ge=1)
+    size_bytes: int = Field(ge=0)
+    ttl_seconds: int = Field(600, ge=1, le=86400)
+    overrides: dict[str, int] = {}
+    month_start_day: int | None = Field(None, ge=1, le=31)
+
+
+class ReservationOut(BaseModel):
+    reservation_id: uuid.UUID
+    expires_at: datetime
+
+
+class SettlementOut(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class AccountOverridesIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # limit name → value; null lifts that limit; the whole set is replaced
+    overrides: dict[str, int | None] = {}
+    provider: str | None = None
+    month_start_day: int | None = Field(None, ge=1, le=31)
+
+
+class PlanIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    plan: str
