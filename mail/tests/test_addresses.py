@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from leadline_mail.addresses import address_domain, normalize_address
 
 

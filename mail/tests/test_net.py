@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Sequence
 
 import pytest
+
 from leadline_kit.infra import DovecotServer
 from leadline_mail.net import (
     MailConnectionError,

@@ -155,7 +155,7 @@ async def vet_host(
     allow: Sequence[IPNetwork] = (),
     *,
     resolver: Resolver | None = None,
-    timeout: float = 15.0,  # noqa: ASYNC109 - bounds the DNS lookup only
+    timeout: float = 15.0,
 ) -> VettedHost:
     """Resolve ``hostname`` once and return the address to connect to (R24).
 
@@ -333,7 +333,7 @@ async def fetch_certificate_sha256(
     port: int,
     tls: TlsMode,
     protocol: Literal["imap", "smtp"],
-    timeout: float = 15,  # noqa: ASYNC109 - part of the shared interface; bounds the whole exchange
+    timeout: float = 15,
 ) -> str:
     """The SHA-256 fingerprint (lower-case hex) of the server's leaf certificate, to show and pin."""
     if tls == "plain":

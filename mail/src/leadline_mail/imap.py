@@ -1,0 +1,1007 @@
+"""A small IMAP4rev1 client on asyncio streams, for syncing and appending mail.
+
+Why not aioimaplib (design.md, "Measured facts"): version 2.0.3 has no
+STARTTLS, sends arguments unquoted (so a folder name or password with a
+space, a quote or a line break breaks or injects commands) and parses a
+response recursively, one stack frame per line or literal, so a single read
+of some 450+ header literals raises RecursionError and the FETCH never
+completes.  This client is a few hundred lines and does only what Leadline
+needs; its reader is iterative and literal-aware (``{n}`` literals are read
+with ``readexactly``), which is also several times faster (see
+``mail/tests/bench_fetch.py``).
+
+Connection states (RFC 3501 §3)::
+
+    connect → greeting ─┬─ [starttls] STARTTLS → tagged OK → TLS handshake → CAPABILITY
+                        └─ [implicit: TLS before the greeting; plain: operator-allowed only]
+            → LOGIN (authenticated) → SELECT/EXAMINE (selected) ⇄ IDLE … DONE → LOGOUT
+
+STARTTLS (R22): after the tagged OK, any byte already received is plaintext
+an attacker could have injected to be read as if it came over TLS; the
+connection is refused if one is buffered before or after the handshake
+(:func:`leadline_mail.net.upgrade_to_tls`).  Capabilities learnt before TLS
+are discarded and asked again.  PREAUTH on a connection that must be upgraded
+is refused (it would skip STARTTLS).
+
+Commands (R22, R27): one command in flight at a time (a lock).  Every
+argument is refused with ValueError before anything is sent if it contains
+NUL, CR or LF; strings are sent quoted (``\\`` and ``"`` escaped) or, when
+not ASCII, as literals (non-synchronising ``{n+}`` when the server offers
+LITERAL+).  Every command runs under an inactivity timeout (``timeout``
+seconds without a byte from the server) that restarts as data arrives, so a
+large FETCH may take long as long as it progresses; a timeout or a broken
+stream closes the connection, because its state is then unknown.  A NO or
+BAD completion raises :class:`ImapCommandError` and leaves the connection
+usable.  Literals larger than ``max_literal_bytes`` are read to the end but
+kept only up to the cap (``FetchedMessage.truncated``).
+
+Folder names are Unicode in this API and modified UTF-7 on the wire (RFC 3501
+§5.1.3).  FETCH is batched (``header_batch`` / ``message_batch`` UIDs per
+command) to bound memory and per-command time, not because the parser needs it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from types import TracebackType
+from typing import Self
+
+from leadline_mail.net import (
+    NO_STARTTLS,
+    IPNetwork,
+    MailConnectionError,
+    Resolver,
+    TlsMode,
+    VettedHost,
+    client_tls_context,
+    connect_error,
+    upgrade_to_tls,
+    verify_pin,
+    vet_host,
+)
+
+_LINE_LIMIT = 32 * 1024 * 1024  # one response line (a SEARCH of a huge mailbox is one line)
+_LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
+_TOKEN_RE = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|((?:[^ ()"\[]|\[[^\]]*\]|\[)+))')
+_FLAG_RE = re.compile(r"^\\?[A-Za-z0-9$_.\-]{1,100}$")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_INTERNALDATE_RE = re.compile(
+    rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+)
+
+Item = str | bytes | list["Item"]
+"""A parsed response item: atoms as ``str``, quoted strings and literals as ``bytes``, lists nested."""
+
+
+@dataclass
+class ImapSettings:
+    host: str
+    port: int
+    tls: TlsMode
+    username: str
+    password: str
+    pinned_sha256: str | None = None
+    cafile: str | None = None
+    allow_networks: Sequence[IPNetwork] = ()  # operator allow-list (tests pass 127.0.0.0/8)
+    allow_plaintext: bool = False  # "plain" refused unless the operator allows it
+    timeout: float = 30.0  # seconds of server silence tolerated during a command
+    resolver: Resolver | None = None  # DNS for host vetting; None = the system resolver
+    max_literal_bytes: int = 64 * 1024 * 1024
+    header_batch: int = 1000
+    message_batch: int = 100
+
+
+@dataclass(frozen=True)
+class Folder:
+    name: str
+    flags: frozenset[str]
+    delimiter: str | None
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+    highestmodseq: int | None
+
+
+@dataclass(frozen=True)
+class FetchedHeader:
+    uid: int
+    size: int
+    internaldate: datetime | None
+    header: bytes
+
+
+@dataclass(frozen=True)
+class FetchedMessage:
+    uid: int
+    internaldate: datetime | None
+    raw: bytes
+    truncated: bool = False  # raw was cut at max_literal_bytes
+
+
+class ImapCommandError(MailConnectionError):
+    """The server completed a command with NO or BAD; the connection stays usable."""
+
+    def __init__(self, command: str, status: str, code: str | None, server_text: str) -> None:
+        super().__init__(
+            "protocol",
+            f"The mail server refused {command}: {server_text or status}",
+            detail=f"{command} -> {status} [{code or ''}] {server_text}",
+        )
+        self.command = command
+        self.status = status
+        self.code = code
+        self.server_text = server_text
+
+
+# --- wire encoding ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Literal:
+    data: bytes
+
+
+_Arg = bytes | _Literal
+
+
+def _refuse_controls(value: str | bytes) -> None:
+    raw = value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+    if b"\x00" in raw or b"\r" in raw or b"\n" in raw:
+        raise ValueError("IMAP arguments must not contain NUL, CR or LF")
+
+
+def _astring(value: str | bytes) -> _Arg:
+    """A string argument: quoted when ASCII, else a literal."""
+    _refuse_controls(value)
+    raw = value.encode("utf-8") if isinstance(value, str) else value
+    if raw.isascii():
+        return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return _Literal(raw)
+
+
+def _atom(value: str) -> bytes:
+    """Syntax we build ourselves (sequence sets, numbers, flag lists); checked all the same."""
+    _refuse_controls(value)
+    return value.encode("ascii")
+
+
+def encode_mailbox_name(name: str) -> str:
+    """Unicode → modified UTF-7 (RFC 3501 §5.1.3)."""
+    out: list[str] = []
+    pending: list[str] = []
+
+    def flush() -> None:
+        if pending:
+            encoded = base64.b64encode("".join(pending).encode("utf-16-be")).decode("ascii")
+            out.append("&" + encoded.rstrip("=").replace("/", ",") + "-")
+            pending.clear()
+
+    for char in name:
+        if 0x20 <= ord(char) <= 0x7E:
+            flush()
+            out.append("&-" if char == "&" else char)
+        else:
+            pending.append(char)
+    flush()
+    return "".join(out)
+
+
+def decode_mailbox_name(name: str) -> str:
+    """Modified UTF-7 → Unicode; a malformed name is returned as received."""
+    if "&" not in name:
+        return name
+    out: list[str] = []
+    index = 0
+    try:
+        while index < len(name):
+            start = name.find("&", index)
+            if start < 0:
+                out.append(name[index:])
+                break
+            out.append(name[index:start])
+            end = name.index("-", start)
+            chunk = name[start + 1:end]
+            if chunk:
+                padded = chunk.replace(",", "/") + "=" * (-len(chunk) % 4)
+                out.append(base64.b64decode(padded, validate=True).decode("utf-16-be"))
+            else:
+                out.append("&")
+            index = end + 1
+    except (ValueError, UnicodeDecodeError):
+        return name
+    return "".join(out)
+
+
+def _mailbox(name: str) -> _Arg:
+    _refuse_controls(name)
+    if not name:
+        raise ValueError("a folder name must not be empty")
+    if name.upper() == "INBOX":
+        return b"INBOX"
+    return _astring(encode_mailbox_name(name))
+
+
+def _sequence_set(uids: Sequence[int]) -> str:
+    """Sorted distinct UIDs → compact ``1:5,7,9:12``."""
+    parts: list[str] = []
+    start = prev = uids[0]
+    for uid in uids[1:]:
+        if uid == prev + 1:
+            prev = uid
+            continue
+        parts.append(f"{start}:{prev}" if prev != start else str(start))
+        start = prev = uid
+    parts.append(f"{start}:{prev}" if prev != start else str(start))
+    return ",".join(parts)
+
+
+def _expand_sequence_set(text: str) -> list[int]:
+    result: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition(":")
+        if high:
+            a, b = int(low), int(high)
+            result.extend(range(min(a, b), max(a, b) + 1))
+        else:
+            result.append(int(low))
+    return result
+
+
+def _internaldate_arg(when: datetime) -> bytes:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    offset = when.utcoffset() or timedelta(0)
+    minutes = int(offset.total_seconds()) // 60
+    sign = "+" if minutes >= 0 else "-"
+    minutes = abs(minutes)
+    text = (
+        f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"
+    )
+    return b'"' + text.encode("ascii") + b'"'
+
+
+def parse_internaldate(value: Item) -> datetime | None:
+    if not isinstance(value, bytes):
+        return None
+    match = _INTERNALDATE_RE.match(value)
+    if not match:
+        return None
+    day, month, year, hour, minute, second, sign, off_h, off_m = match.groups()
+    try:
+        month_index = _MONTHS.index(month.decode().title()) + 1
+        offset = timedelta(hours=int(off_h), minutes=int(off_m))
+        return datetime(
+            int(year), month_index, int(day), int(hour), int(minute), int(second),
+            tzinfo=timezone(offset if sign == b"+" else -offset),
+        )
+    except ValueError:
+        return None
+
+
+# --- responses -------------------------------------------------------------------------------
+
+
+_STATUS_WORDS = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
+
+
+@dataclass
+class _Response:
+    """One server response: its first line split up, the raw text segments and the literals between them."""
+
+    tag: bytes  # b"*", b"+" or a command tag
+    kind: str  # OK/NO/BAD/BYE/PREAUTH, CAPABILITY, LIST, FETCH, EXISTS, SEARCH, ...
+    number: int | None  # "* 12 FETCH" / "* 3 EXISTS"
+    code: str | None  # status response code without brackets: "UIDVALIDITY 3857529045"
+    text: str  # human-readable text of a status response
+    segments: list[bytes]  # data after ``kind``, split at literals
+    literals: list[bytes]
+    truncated: bool = False
+
+    def items(self) -> list[Item]:
+        return _parse_items(self.segments, self.literals)
+
+
+def _parse_items(segments: list[bytes], literals: list[bytes]) -> list[Item]:
+    """Tokenise response data iteratively (no recursion, whatever the nesting or literal count)."""
+    root: list[Item] = []
+    stack: list[list[Item]] = [root]
+    for index, segment in enumerate(segments):
+        pos, end = 0, len(segment)
+        while pos < end:
+            match = _TOKEN_RE.match(segment, pos)
+            if match is None:
+                if segment[pos:].strip():
+                    raise MailConnectionError("protocol", "The mail server sent a response we cannot read.",
+                                              detail=repr(segment[pos:pos + 80]))
+                break
+            pos = match.end()
+            opened, closed, quoted, atom = match.groups()
+            if opened:
+                child: list[Item] = []
+                stack[-1].append(child)
+                stack.append(child)
+            elif closed:
+                if len(stack) > 1:
+                    stack.pop()
+            elif quoted is not None:
+                stack[-1].append(re.sub(rb"\\(.)", rb"\1", quoted) if b"\\" in quoted else quoted)
+            else:
+                stack[-1].append(atom.decode("utf-8", "replace"))
+        if index < len(literals):
+            stack[-1].append(literals[index])
+    return root
+
+
+def _split_code(text: bytes) -> tuple[str | None, str]:
+    if text.startswith(b"["):
+        close = text.find(b"]")
+        if close > 0:
+            return text[1:close].decode("utf-8", "replace"), text[close + 1:].strip().decode("utf-8", "replace")
+    return None, text.decode("utf-8", "replace")
+
+
+def _as_str(item: Item) -> str:
+    if isinstance(item, bytes):
+        return item.decode("utf-8", "replace")
+    if isinstance(item, str):
+        return item
+    return ""
+
+
+def _as_int(item: Item) -> int | None:
+    if isinstance(item, str) and item.isdigit():
+        return int(item)
+    return None
+
+
+def _fetch_attributes(response: _Response) -> dict[str, Item]:
+    items = response.items()
+    if not items or not isinstance(items[0], list):
+        return {}
+    data = items[0]
+    return {_as_str(data[i]).upper(): data[i + 1] for i in range(0, len(data) - 1, 2)}
+
+
+# --- the client ------------------------------------------------------------------------------
+
+
+_SENT_NAMES = (
+    "Sent", "Sent Items", "Sent Messages", "Sent Mail", "Sent Mails", "Sent-Mail",
+    "[Gmail]/Sent Mail", "[Google Mail]/Sent Mail",
+    "INBOX.Sent", "INBOX/Sent", "INBOX.Sent Items", "INBOX.Sent Messages", "INBOX.Sent Mail",
+    "Gesendet", "Gesendete Elemente", "Gesendete Objekte", "Envoyés", "Éléments envoyés", "Enviados",
+    "Elementos enviados", "Posta inviata", "Inviata", "Verzonden", "Verzonden items", "Skickat",
+    "Skickade objekt", "Sendt", "Sendte elementer", "Wysłane", "Отправленные",
+)
+
+
+class ImapClient:
+    """An authenticated IMAP connection; create it with :func:`connect_imap`."""
+
+    capabilities: frozenset[str]
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        settings: ImapSettings,
+        host: VettedHost,
+    ) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._settings = settings
+        self._host = host
+        self._lock = asyncio.Lock()
+        self._tag = 0
+        self._deadline: asyncio.Timeout | None = None
+        self._closed: MailConnectionError | None = None
+        self._bye: str | None = None
+        self.capabilities = frozenset()
+        self.selected: str | None = None
+
+    # -- context manager ------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.logout()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    # -- low level ------------------------------------------------------------------------
+
+    def _fail(self, error: MailConnectionError) -> MailConnectionError:
+        """Close the connection for good: after a timeout or a broken stream its state is unknown."""
+        if self._closed is None:
+            self._closed = error
+            self._writer.close()
+        return error
+
+    def _stream_error(self, exc: BaseException) -> MailConnectionError:
+        if isinstance(exc, MailConnectionError):
+            return self._fail(exc)
+        if isinstance(exc, TimeoutError):
+            return self._fail(MailConnectionError(
+                "timeout", f"The mail server {self._host.hostname} stopped answering. Sync will retry.",
+            ))
+        if isinstance(exc, asyncio.LimitOverrunError | ValueError):
+            return self._fail(MailConnectionError(
+                "protocol", "The mail server sent a response line that is too long.", detail=str(exc)
+            ))
+        if isinstance(exc, ssl.SSLError):
+            return self._fail(MailConnectionError("tls", "The secure connection broke.", detail=str(exc)))
+        reason = f" ({self._bye})" if self._bye else ""
+        return self._fail(MailConnectionError(
+            "unreachable", f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
+            detail=repr(exc),
+        ))
+
+    def _progress(self) -> None:
+        if self._deadline is not None:
+            self._deadline.reschedule(asyncio.get_running_loop().time() + self._settings.timeout)
+
+    async def _read_response(self) -> _Response:
+        reader = self._reader
+        segments: list[bytes] = []
+        literals: list[bytes] = []
+        truncated = False
+        while True:
+            line = await reader.readuntil(b"\n")
+            self._progress()
+            line = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+            match = _LITERAL_RE.search(line) if line.endswith(b"}") else None
+            if match is None:
+                segments.append(line)
+                break
+            segments.append(line[: match.start()])
+            size = int(match.group(1))
+            cap = self._settings.max_literal_bytes
+            if size <= cap:
+                literals.append(await reader.readexactly(size))
+            else:
+                kept = await reader.readexactly(cap)
+                left = size - cap
+                while left:
+                    left -= len(await reader.readexactly(min(left, 1 << 20)))
+                    self._progress()
+                literals.append(kept)
+                truncated = True
+            self._progress()
+        first = segments[0]
+        tag, _, rest = first.partition(b" ")
+        number: int | None = None
+        word, _, rest2 = rest.partition(b" ")
+        if tag == b"*" and word.isdigit():
+            number = int(word)
+            word, _, rest2 = rest2.partition(b" ")
+        kind = word.decode("ascii", "replace").upper()
+        code: str | None = None
+        text = ""
+        if tag == b"+":
+            kind, text = "+", rest.decode("utf-8", "replace")
+        elif kind in _STATUS_WORDS and number is None:
+            code, text = _split_code(rest2)
+        segments[0] = rest2
+        response = _Response(tag, kind, number, code, text, segments, literals, truncated)
+        if tag != b"+":
+            self._note(response)
+        return response
+
+    def _note(self, response: _Response) -> None:
+        """Keep what untagged responses tell about the connection itself."""
+        if response.kind == "CAPABILITY":
+            self.capabilities = frozenset(_as_str(i).upper() for i in response.items() if isinstance(i, str))
+        elif response.code and response.code.upper().startswith("CAPABILITY "):
+            self.capabilities = frozenset(response.code.upper().split()[1:])
+        elif response.kind == "BYE":
+            self._bye = response.text
+
+    def _ensure_open(self) -> None:
+        if self._closed is not None:
+            raise MailConnectionError(
+                "unreachable", "The connection to the mail server is closed.", detail=self._closed.user_message
+            )
+
+    async def _command(
+        self, name: str, *args: _Arg, allow_failure: bool = False
+    ) -> tuple[_Response, list[_Response]]:
+        """Run one command: send it (literals included), collect untagged responses up to its completion."""
+        self._ensure_open()
+        async with self._lock:
+            self._ensure_open()
+            self._tag += 1
+            tag = b"L%04d" % self._tag
+            untagged: list[_Response] = []
+            try:
+                async with asyncio.timeout(self._settings.timeout) as deadline:
+                    self._deadline = deadline
+                    done = await self._send(tag, name.encode("ascii"), args, untagged)
+                    while done is None:
+                        response = await self._read_response()
+                        if response.tag == tag:
+                            done = response
+                        elif response.tag == b"*":
+                            untagged.append(response)
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError, MailConnectionError) as exc:
+                raise self._stream_error(exc) from None
+            finally:
+                self._deadline = None
+        if done.kind != "OK" and not allow_failure:
+            raise ImapCommandError(name, done.kind, done.code, done.text)
+        return done, untagged
+
+    async def _send(
+        self, tag: bytes, name: bytes, args: Sequence[_Arg], untagged: list[_Response]
+    ) -> _Response | None:
+        """Write a command; wait for ``+`` before each synchronising literal.
+
+        Returns the tagged completion if the server ended the command early (a NO instead of ``+``).
+        """
+        literal_plus = "LITERAL+" in self.capabilities
+        pending = bytearray(tag + b" " + name)
+        for arg in args:
+            pending += b" "
+            if isinstance(arg, bytes):
+                pending += arg
+                continue
+            size = len(arg.data)
+            if literal_plus:
+                pending += b"{%d+}\r\n" % size
+            else:
+                pending += b"{%d}\r\n" % size
+                self._writer.write(pending)
+                pending = bytearray()
+                while True:
+                    response = await self._read_response()
+                    if response.tag == b"+":
+                        break
+                    if response.tag == tag:
+                        return response
+                    untagged.append(response)
+            pending += arg.data
+        pending += b"\r\n"
+        self._writer.write(pending)
+        await self._writer.drain()
+        return None
+
+    # -- connection set-up ----------------------------------------------------------------
+
+    async def _open(self, context: ssl.SSLContext | None) -> None:
+        settings = self._settings
+        try:
+            async with asyncio.timeout(settings.timeout):
+                greeting = await self._read_response()
+        except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ValueError) as exc:
+            raise self._stream_error(exc) from None
+        if greeting.tag != b"*" or greeting.kind not in {"OK", "PREAUTH"}:
+            raise self._fail(MailConnectionError(
+                "unreachable", f"The mail server refused the connection: {greeting.text or greeting.kind}",
+            ))
+        if settings.tls == "starttls":
+            if greeting.kind == "PREAUTH":
+                raise self._fail(MailConnectionError(
+                    "tls", "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
+                ))
+            if not self.capabilities:
+                await self._command("CAPABILITY")
+            if "STARTTLS" not in self.capabilities:
+                raise self._fail(MailConnectionError("tls", NO_STARTTLS))
+            assert context is not None
+            try:
+                await self._command("STARTTLS")
+                await upgrade_to_tls(self._reader, self._writer, context, self._host, settings.timeout)
+            except ImapCommandError:
+                raise self._fail(MailConnectionError("tls", NO_STARTTLS)) from None
+            except MailConnectionError as exc:
+                raise self._fail(exc) from None
+            self.capabilities = frozenset()
+        if context is not None:
+            try:
+                verify_pin(self._writer.get_extra_info("ssl_object"), settings.pinned_sha256)
+            except MailConnectionError as exc:
+                raise self._fail(exc) from None
+        if greeting.kind == "PREAUTH":
+            await self._command("CAPABILITY")
+            return
+        if not self.capabilities:
+            await self._command("CAPABILITY")
+        await self._login()
+
+    async def _login(self) -> None:
+        settings = self._settings
+        if "LOGINDISABLED" in self.capabilities:
+            raise self._fail(MailConnectionError(
+                "tls", "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
+            ))
+        done, _ = await self._command(
+            "LOGIN", _astring(settings.username), _astring(settings.password), allow_failure=True
+        )
+        if done.kind != "OK":
+            raise self._fail(_login_error(done))
+        # Capabilities change on login; the tagged OK usually carries the new list.
+        if not (done.code or "").upper().startswith("CAPABILITY "):
+            await self._command("CAPABILITY")
+
+    # -- commands ------------------------------------------------------------------------
+
+    async def capability(self) -> frozenset[str]:
+        await self._command("CAPABILITY")
+        return self.capabilities
+
+    async def noop(self) -> None:
+        """Keep the connection alive and let the server report changes."""
+        await self._command("NOOP")
+
+    async def list_folders(self) -> list[Folder]:
+        args: list[_Arg] = [b'""', b'"*"']
+        if {"SPECIAL-USE", "LIST-EXTENDED"} <= self.capabilities:
+            args.append(b"RETURN (SPECIAL-USE)")
+        _, untagged = await self._command("LIST", *args)
+        folders: list[Folder] = []
+        for response in untagged:
+            if response.kind != "LIST":
+                continue
+            items = response.items()
+            if len(items) < 3 or not isinstance(items[0], list):
+                continue
+            flags = frozenset(_as_str(flag) for flag in items[0])
+            delimiter = None if items[1] == "NIL" else _as_str(items[1])
+            name = decode_mailbox_name(_as_str(items[2]))
+            folders.append(Folder(name="INBOX" if name.upper() == "INBOX" else name, flags=flags,
+                                  delimiter=delimiter))
+        return folders
+
+    async def find_sync_folders(self) -> dict[str, str]:
+        """``{"inbox": ..., "sent": ...}`` (R4); "sent" is missing when no Sent folder exists."""
+        folders = [
+            f for f in await self.list_folders()
+            if not {"\\noselect", "\\nonexistent"} & {flag.lower() for flag in f.flags}
+        ]
+        result = {"inbox": "INBOX"}
+        special = [f.name for f in folders if "\\sent" in {flag.lower() for flag in f.flags}]
+        if special:
+            result["sent"] = min(special, key=len)  # the top-level one if several are marked
+            return result
+        by_name = {f.name.lower(): f.name for f in folders}
+        for candidate in _SENT_NAMES:
+            if candidate.lower() in by_name:
+                result["sent"] = by_name[candidate.lower()]
+                break
+        return result
+
+    async def select(self, folder: str, readonly: bool = True) -> FolderStatus:
+        args: list[_Arg] = [_mailbox(folder)]
+        if "CONDSTORE" in self.capabilities:
+            args.append(b"(CONDSTORE)")
+        self.selected = None
+        done, untagged = await self._command("EXAMINE" if readonly else "SELECT", *args)
+        exists = 0
+        codes: dict[str, str] = {}
+        for response in [*untagged, done]:
+            if response.kind == "EXISTS" and response.number is not None:
+                exists = response.number
+            elif response.code:
+                key, _, value = response.code.partition(" ")
+                codes[key.upper()] = value.strip()
+        self.selected = folder
+        uidnext = int(codes["UIDNEXT"]) if codes.get("UIDNEXT", "").isdigit() else await self._guess_uidnext(exists)
+        modseq = codes.get("HIGHESTMODSEQ", "")
+        return FolderStatus(
+            name=folder,
+            uidvalidity=int(codes.get("UIDVALIDITY", "0") or 0),
+            uidnext=uidnext,
+            exists=exists,
+            highestmodseq=int(modseq) if modseq.isdigit() else None,
+        )
+
+    async def _guess_uidnext(self, exists: int) -> int:
+        """Servers may omit UIDNEXT on SELECT: the last message's UID + 1 is a safe lower bound."""
+        if exists == 0:
+            return 1
+        _, untagged = await self._command("FETCH", b"*", b"(UID)")
+        uids = [_as_int(_fetch_attributes(r).get("UID", "")) for r in untagged if r.kind == "FETCH"]
+        return max((uid for uid in uids if uid is not None), default=0) + 1
+
+    async def status(self, folder: str) -> FolderStatus:
+        """STATUS of a folder that is not selected (cheap polling of Sent)."""
+        wanted = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
+        _, untagged = await self._command("STATUS", _mailbox(folder), _atom(f"({wanted})"))
+        values: dict[str, int] = {}
+        for response in untagged:
+            if response.kind == "STATUS":
+                items = response.items()
+                if len(items) >= 2 and isinstance(items[1], list):
+                    pairs = items[1]
+                    for i in range(0, len(pairs) - 1, 2):
+                        number = _as_int(pairs[i + 1])
+                        if number is not None:
+                            values[_as_str(pairs[i]).upper()] = number
+        return FolderStatus(
+            name=folder,
+            uidvalidity=values.get("UIDVALIDITY", 0),
+            uidnext=values.get("UIDNEXT", 0),
+            exists=values.get("MESSAGES", 0),
+            highestmodseq=values.get("HIGHESTMODSEQ"),
+        )
+
+    async def _search(self, criteria: str) -> list[int]:
+        if "ESEARCH" in self.capabilities:
+            _, untagged = await self._command("UID", b"SEARCH", b"RETURN (ALL)", _atom(criteria))
+            uids: list[int] = []
+            for response in untagged:
+                if response.kind != "ESEARCH":
+                    continue
+                items = response.items()
+                for i, item in enumerate(items[:-1]):
+                    if isinstance(item, str) and item.upper() == "ALL":
+                        uids.extend(_expand_sequence_set(_as_str(items[i + 1])))
+            return uids
+        _, untagged = await self._command("UID", b"SEARCH", _atom(criteria))
+        found: list[int] = []
+        for response in untagged:
+            if response.kind == "SEARCH":
+                # "(MODSEQ n)" may follow the numbers (RFC 7162): it is a list, so skipped here
+                found.extend(n for n in (_as_int(i) for i in response.items()) if n is not None)
+        return found
+
+    async def uids_from(self, first_uid: int) -> list[int]:
+        """UIDs ≥ ``first_uid`` in the selected folder, ascending."""
+        first = max(1, int(first_uid))
+        # "n:*" also matches the highest UID when n is above it (RFC 3501 §6.4.8): filter.
+        return sorted({uid for uid in await self._search(f"UID {first}:*") if uid >= first})
+
+    async def uids_changed_since(self, modseq: int) -> list[int]:
+        """UIDs whose mod-sequence is above ``modseq`` (CONDSTORE, RFC 7162), ascending."""
+        if "CONDSTORE" not in self.capabilities:
+            raise MailConnectionError("protocol", "The mail server does not support CONDSTORE.")
+        return sorted(set(await self._search(f"MODSEQ {int(modseq) + 1}")))
+
+    async def fetch_headers(self, uids: Sequence[int]) -> list[FetchedHeader]:
+        """Size, arrival date and raw header block of each message; expunged ones are simply missing."""
+        result: list[FetchedHeader] = []
+        for batch in self._batches(uids, self._settings.header_batch):
+            _, untagged = await self._command(
+                "UID", b"FETCH", _atom(_sequence_set(batch)), b"(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])"
+            )
+            wanted = set(batch)
+            for response in untagged:
+                if response.kind != "FETCH":
+                    continue
+                attrs = _fetch_attributes(response)
+                uid = _as_int(attrs.get("UID", ""))
+                header = attrs.get("BODY[HEADER]")
+                if uid is None or uid not in wanted or header is None:
+                    continue
+                wanted.discard(uid)
+                result.append(FetchedHeader(
+                    uid=uid,
+                    size=_as_int(attrs.get("RFC822.SIZE", "")) or 0,
+                    internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
+                    header=header if isinstance(header, bytes) else b"",
+                ))
+        result.sort(key=lambda h: h.uid)
+        return result
+
+    async def fetch_messages(self, uids: Sequence[int]) -> list[FetchedMessage]:
+        """Whole messages, without setting \\Seen (BODY.PEEK)."""
+        result: list[FetchedMessage] = []
+        for batch in self._batches(uids, self._settings.message_batch):
+            _, untagged = await self._command(
+                "UID", b"FETCH", _atom(_sequence_set(batch)), b"(UID INTERNALDATE BODY.PEEK[])"
+            )
+            wanted = set(batch)
+            for response in untagged:
+                if response.kind != "FETCH":
+                    continue
+                attrs = _fetch_attributes(response)
+                uid = _as_int(attrs.get("UID", ""))
+                body = attrs.get("BODY[]")
+                if uid is None or uid not in wanted or body is None:
+                    continue
+                wanted.discard(uid)
+                result.append(FetchedMessage(
+                    uid=uid,
+                    internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
+                    raw=body if isinstance(body, bytes) else b"",
+                    truncated=response.truncated,
+                ))
+        result.sort(key=lambda m: m.uid)
+        return result
+
+    @staticmethod
+    def _batches(uids: Sequence[int], size: int) -> list[list[int]]:
+        ordered = sorted({int(uid) for uid in uids if int(uid) > 0})
+        return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
+
+    async def idle(self, timeout: float) -> bool:
+        """IDLE (RFC 2177) until the server reports new mail (True) or ``timeout`` passes (False).
+
+        Always leaves IDLE with DONE and waits for the tagged OK, so the
+        connection is ready for the next command.  A read is never cancelled
+        half-way through a response: the waiting happens around whole reads.
+        """
+        if "IDLE" not in self.capabilities:
+            raise MailConnectionError("protocol", "The mail server does not support IDLE.")
+        self._ensure_open()
+        async with self._lock:
+            self._ensure_open()
+            self._tag += 1
+            tag = b"L%04d" % self._tag
+            loop = asyncio.get_running_loop()
+            until = loop.time() + timeout
+            new_mail = False
+            read: asyncio.Future[_Response] | None = None
+            try:
+                async with asyncio.timeout(self._settings.timeout) as deadline:
+                    self._deadline = deadline
+                    self._writer.write(tag + b" IDLE\r\n")
+                    await self._writer.drain()
+                    while True:  # up to the continuation request
+                        response = await self._read_response()
+                        if response.tag == tag:
+                            raise ImapCommandError("IDLE", response.kind, response.code, response.text)
+                        if response.tag == b"+":
+                            break
+                        new_mail = new_mail or response.kind == "EXISTS"
+                    # Idling: only the caller's period bounds the wait; DONE is sent when it ends.
+                    deadline.reschedule(None)
+                    self._deadline = None
+                    while not new_mail:
+                        read = asyncio.ensure_future(self._read_response())
+                        finished, _ = await asyncio.wait({read}, timeout=max(0.0, until - loop.time()))
+                        if not finished:
+                            break
+                        response, read = read.result(), None
+                        if response.tag == tag:
+                            raise ImapCommandError("IDLE", response.kind, response.code, response.text)
+                        new_mail = response.kind == "EXISTS"
+                    self._writer.write(b"DONE\r\n")
+                    await self._writer.drain()
+                    self._deadline = deadline
+                    self._progress()
+                    while True:
+                        response = await read if read is not None else await self._read_response()
+                        read = None
+                        if response.tag == tag:
+                            break
+                        new_mail = new_mail or response.kind == "EXISTS"
+            except ImapCommandError:
+                raise
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError, MailConnectionError) as exc:
+                raise self._stream_error(exc) from None
+            finally:
+                self._deadline = None
+                if read is not None and not read.done():
+                    read.cancel()
+            if response.kind != "OK":
+                raise ImapCommandError("IDLE", response.kind, response.code, response.text)
+            return new_mail
+
+    async def append(
+        self,
+        folder: str,
+        raw: bytes,
+        flags: Sequence[str] = ("\\Seen",),
+        when: datetime | None = None,
+    ) -> int | None:
+        """Store a message in ``folder``; the new UID when the server reports it (UIDPLUS APPENDUID)."""
+        for flag in flags:
+            if not _FLAG_RE.match(flag):
+                raise ValueError(f"not an IMAP flag: {flag!r}")
+        if not raw:
+            raise ValueError("an empty message cannot be appended")
+        if b"\x00" in raw:
+            raise ValueError("a message literal must not contain NUL (RFC 3501 CHAR8)")
+        args: list[_Arg] = [_mailbox(folder), _atom("(" + " ".join(flags) + ")")]
+        if when is not None:
+            args.append(_internaldate_arg(when))
+        args.append(_Literal(raw))
+        done, _ = await self._command("APPEND", *args)
+        if done.code and done.code.upper().startswith("APPENDUID "):
+            parts = done.code.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                return int(parts[2])
+        return None
+
+    async def create_folder(self, name: str) -> None:
+        await self._command("CREATE", _mailbox(name))
+
+    async def delete_folder(self, name: str) -> None:
+        await self._command("DELETE", _mailbox(name))
+
+    async def logout(self) -> None:
+        """Say goodbye politely if the connection still works, then close it; never raises."""
+        if self._closed is None:
+            with contextlib.suppress(MailConnectionError, OSError):
+                await self._command("LOGOUT", allow_failure=True)
+            self._fail(MailConnectionError("unreachable", "Logged out."))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await self._writer.wait_closed()
+
+
+def _login_error(done: _Response) -> MailConnectionError:
+    text = done.text
+    lowered = text.lower()
+    code = (done.code or "").upper()
+    if "imap" in lowered and any(w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")):
+        return MailConnectionError(
+            "imap_disabled",
+            "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's settings, "
+            "then try again.",
+            detail=text,
+        )
+    if code.startswith("UNAVAILABLE"):
+        return MailConnectionError(
+            "unreachable", "The mail server is temporarily unavailable. Sync will retry.", detail=text
+        )
+    hint = " Your provider may require an app password." if "app" in lowered and "password" in lowered else ""
+    return MailConnectionError(
+        "auth_failed",
+        "The mail server rejected the user name or password. Check them, or update the password if you "
+        f"changed it at your provider.{hint}",
+        detail=f"{done.kind} [{done.code or ''}] {text}",
+    )
+
+
+async def connect_imap(settings: ImapSettings) -> ImapClient:
+    """Vet the host (R24), connect to the vetted address, secure the connection (R22) and log in."""
+    if settings.tls == "plain" and not settings.allow_plaintext:
+        raise MailConnectionError(
+            "not_allowed",
+            "Unencrypted IMAP connections are not allowed. Turn on SSL, or use a port that offers STARTTLS.",
+        )
+    try:
+        _refuse_controls(settings.username)
+        _refuse_controls(settings.password)
+    except ValueError:
+        raise MailConnectionError(
+            "auth_failed", "The user name or password contains a line break. Re-enter them."
+        ) from None
+    host = await vet_host(settings.host, settings.allow_networks, resolver=settings.resolver,
+                          timeout=settings.timeout)
+    context = (
+        None if settings.tls == "plain"
+        else client_tls_context(pinned_sha256=settings.pinned_sha256, cafile=settings.cafile)
+    )
+    implicit = settings.tls == "implicit"
+    try:
+        async with asyncio.timeout(settings.timeout):
+            if implicit:
+                reader, writer = await asyncio.open_connection(
+                    host.address, settings.port, ssl=context, server_hostname=host.hostname,
+                    ssl_handshake_timeout=settings.timeout, limit=_LINE_LIMIT,
+                )
+            else:
+                reader, writer = await asyncio.open_connection(host.address, settings.port, limit=_LINE_LIMIT)
+    except (OSError, ssl.SSLError, TimeoutError) as exc:
+        raise connect_error(exc, host, settings.port) from None
+    client = ImapClient(reader, writer, settings, host)
+    try:
+        await client._open(context)
+    except BaseException:
+        client._fail(MailConnectionError("unreachable", "Connection set-up failed."))
+        raise
+    return client
+

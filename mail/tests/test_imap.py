@@ -1,0 +1,277 @@
+"""The IMAP client against a real Dovecot: security of the connection, then the commands sync and send use."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import pytest
+
+from leadline_kit.infra import DovecotServer
+from leadline_mail.imap import ImapSettings, connect_imap
+from leadline_mail.net import MailConnectionError
+
+from .conftest import LOOPBACK, leaf_sha256, maildir_deliver, sample_message
+
+Settings = Callable[..., ImapSettings]
+
+
+# --- connecting ----------------------------------------------------------------------------
+
+
+async def test_implicit_tls_with_cafile_logs_in(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        assert "IDLE" in client.capabilities
+        assert "STARTTLS" not in client.capabilities
+        status = await client.select("INBOX")
+        assert status.exists == 0 and status.uidvalidity > 0
+
+
+async def test_starttls_on_the_plain_port(imap_settings: Settings, dovecot: DovecotServer) -> None:
+    async with await connect_imap(imap_settings(port=dovecot.port, tls="starttls")) as client:
+        # capabilities were asked again after the handshake and login
+        assert "STARTTLS" not in client.capabilities and "LOGINDISABLED" not in client.capabilities
+        assert "UIDPLUS" in client.capabilities
+        assert (await client.select("INBOX")).exists == 0
+
+
+async def test_wrong_password_is_auth_failed(imap_settings: Settings) -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await connect_imap(imap_settings(password="wrong"))
+    assert caught.value.kind == "auth_failed"
+    assert "password" in caught.value.user_message
+
+
+async def test_right_pin_connects_without_a_ca(imap_settings: Settings, dovecot: DovecotServer) -> None:
+    pin = leaf_sha256(dovecot)
+    async with await connect_imap(imap_settings(cafile=None, pinned_sha256=pin)) as client:
+        assert (await client.select("INBOX")).uidvalidity > 0
+    starttls = imap_settings(cafile=None, pinned_sha256=pin.upper(), port=dovecot.port, tls="starttls")
+    async with await connect_imap(starttls) as client:
+        assert (await client.select("INBOX")).uidvalidity > 0
+
+
+async def test_wrong_pin_is_a_tls_error(imap_settings: Settings, dovecot: DovecotServer) -> None:
+    for tls, port in (("implicit", dovecot.tls_port), ("starttls", dovecot.port)):
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(imap_settings(cafile=None, pinned_sha256="00" * 32, tls=tls, port=port))
+        assert caught.value.kind == "tls"
+
+
+async def test_self_signed_without_pin_or_cafile_is_a_tls_error(imap_settings: Settings, dovecot: DovecotServer) -> None:
+    for tls, port in (("implicit", dovecot.tls_port), ("starttls", dovecot.port)):
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(imap_settings(cafile=None, tls=tls, port=port))
+        assert caught.value.kind == "tls"
+        assert "self-signed" in caught.value.user_message
+
+
+async def test_plain_refused_unless_the_operator_allows_it(imap_settings: Settings, dovecot: DovecotServer) -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await connect_imap(imap_settings(tls="plain", port=dovecot.port))
+    assert caught.value.kind == "not_allowed"
+    async with await connect_imap(imap_settings(tls="plain", port=dovecot.port, allow_plaintext=True)) as client:
+        assert (await client.select("INBOX")).exists == 0
+
+
+async def test_loopback_refused_without_the_allow_list(imap_settings: Settings) -> None:
+    with pytest.raises(MailConnectionError) as caught:
+        await connect_imap(imap_settings(allow_networks=()))
+    assert caught.value.kind == "not_allowed"
+
+
+async def test_closed_port_is_unreachable(imap_settings: Settings) -> None:
+    from leadline_kit.infra import free_port
+
+    with pytest.raises(MailConnectionError) as caught:
+        await connect_imap(imap_settings(port=free_port()))
+    assert caught.value.kind == "unreachable"
+
+
+async def test_silent_server_times_out() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1000)
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
+                                            allow_plaintext=True, allow_networks=LOOPBACK, timeout=0.5))
+        assert caught.value.kind == "timeout"
+    finally:
+        server.close()
+
+
+async def test_starttls_injection_is_refused() -> None:
+    """A server (or a man in the middle) that sends data right behind the STARTTLS OK is refused."""
+
+    async def injecting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n")
+        line = await reader.readline()
+        tag = line.split(b" ")[0]
+        writer.write(tag + b" OK Begin TLS\r\n* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] injected\r\n")
+        await writer.drain()
+        await reader.read(1000)  # until the client gives up
+        writer.close()
+
+    server = await asyncio.start_server(injecting, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="starttls", username="u",
+                                            password="p", allow_networks=LOOPBACK,
+                                            timeout=3))
+        assert caught.value.kind == "tls"
+        assert "unexpected data" in caught.value.user_message
+    finally:
+        server.close()
+
+
+# --- arguments ------------------------------------------------------------------------------
+
+
+async def test_cr_lf_nul_arguments_refused_before_sending(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        for bad in ("INBOX\r\nA1 DELETE INBOX", "x\ny", "nul\x00"):
+            with pytest.raises(ValueError):
+                await client.select(bad)
+            with pytest.raises(ValueError):
+                await client.create_folder(bad)
+            with pytest.raises(ValueError):
+                await client.append("INBOX", sample_message(1), flags=[f"\\Seen {bad}"])
+        with pytest.raises(ValueError):
+            await client.append("INBOX", b"Subject: x\r\n\r\nnul \x00 byte\r\n")
+        # the connection is still in step after the refusals
+        assert (await client.select("INBOX")).exists == 0
+    with pytest.raises(MailConnectionError) as caught:
+        await connect_imap(imap_settings(password="pw\r\nA2 LOGOUT"))
+    assert caught.value.kind == "auth_failed"
+
+
+async def test_folder_names_with_quotes_and_unicode(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        names = ['Leads "hot" \\ list', "Envoyés & Co", "Отправленные"]
+        for name in names:
+            await client.create_folder(name)
+        listed = {f.name for f in await client.list_folders()}
+        assert set(names) <= listed
+        uid = await client.append(names[1], sample_message(1))
+        assert uid == 1
+        assert (await client.select(names[1])).exists == 1
+        await client.select("INBOX")  # Dovecot disconnects a client whose selected folder is deleted
+        for name in names:
+            await client.delete_folder(name)
+        assert not set(names) & {f.name for f in await client.list_folders()}
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Settings) -> None:
+    raw = sample_message(7, size=3000) + "Ünïcode body line\r\n".encode() + b"{5}\r\nnot a literal\r\n"
+    when = datetime(2026, 11, 20, 8, 30, 15, tzinfo=UTC)
+    async with await connect_imap(imap_settings()) as client:
+        first = await client.append("INBOX", raw, when=when)
+        second = await client.append("INBOX", sample_message(8), flags=())
+        assert first is not None and second == first + 1
+        status = await client.select("INBOX")
+        assert status.exists == 2 and status.uidnext == second + 1
+        assert await client.uids_from(1) == [first, second]
+        assert await client.uids_from(second) == [second]
+        # n:* with n above the highest UID must not return the last message
+        assert await client.uids_from(status.uidnext) == []
+        [message] = await client.fetch_messages([first])
+        assert message.raw == raw
+        assert message.internaldate == when
+        [header] = await client.fetch_headers([first])
+        assert header.header == raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        assert header.size == len(raw) and header.internaldate == when
+        assert await client.fetch_headers([second + 100]) == []
+
+
+async def test_fetch_of_1500_headers_in_one_command(
+    imap_settings: Settings, dovecot: DovecotServer, mail_user: str
+) -> None:
+    count = 1500
+    async with await connect_imap(imap_settings(header_batch=5000)) as client:
+        await client.select("INBOX")  # creates the Maildir
+        maildir_deliver(dovecot, mail_user, [sample_message(i) for i in range(count)])
+        status = await client.select("INBOX")
+        assert status.exists == count
+        uids = await client.uids_from(1)
+        assert len(uids) == count
+        headers = await asyncio.wait_for(client.fetch_headers(uids), 30)
+        assert [h.uid for h in headers] == uids
+        assert all(b"Subject: message " in h.header for h in headers)
+        messages = await client.fetch_messages(uids[:300])
+        assert len(messages) == 300 and all(m.raw.startswith(b"From: Lead") for m in messages)
+
+
+async def test_find_sync_folders_by_special_use(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        await client.create_folder("Sent Items")  # a common name that must lose against \Sent
+        await client.create_folder("INBOX/Sent")  # a subfolder named Sent: ignored
+        assert await client.find_sync_folders() == {"inbox": "INBOX", "sent": "Sent"}
+
+
+async def test_find_sync_folders_by_common_names() -> None:
+    """A server without SPECIAL-USE marks: the folder list alone decides."""
+    from leadline_mail.imap import Folder, ImapClient
+
+    class Listed(ImapClient):
+        def __init__(self, folders: list[Folder]) -> None:
+            self._folders = folders
+
+        async def list_folders(self) -> list[Folder]:
+            return self._folders
+
+    def folders(*names: str) -> list[Folder]:
+        return [Folder(name, frozenset({"\\HasNoChildren"}), "/") for name in names]
+
+    assert await Listed(folders("INBOX", "Drafts", "Sent Items")).find_sync_folders() == {
+        "inbox": "INBOX", "sent": "Sent Items"}
+    assert await Listed(folders("INBOX", "[Gmail]/All Mail", "[Gmail]/Sent Mail")).find_sync_folders() == {
+        "inbox": "INBOX", "sent": "[Gmail]/Sent Mail"}
+    assert await Listed(folders("INBOX", "INBOX.Sent", "INBOX.Trash")).find_sync_folders() == {
+        "inbox": "INBOX", "sent": "INBOX.Sent"}
+    assert await Listed(folders("INBOX", "Archive")).find_sync_folders() == {"inbox": "INBOX"}
+
+
+async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+        await watcher.select("INBOX")
+        assert await watcher.idle(0.3) is False  # nothing arrives: times out and leaves IDLE cleanly
+        waiting = asyncio.create_task(watcher.idle(10))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await sender.append("INBOX", sample_message(1))
+        assert await waiting is True
+        assert loop.time() - started < 5
+        # the connection is usable right after IDLE
+        assert len(await watcher.uids_from(1)) == 1
+
+
+async def test_condstore_changes_since(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        await client.append("INBOX", sample_message(1))
+        status = await client.select("INBOX", readonly=False)
+        assert status.highestmodseq is not None
+        assert await client.uids_changed_since(status.highestmodseq) == []
+        uid = await client.append("INBOX", sample_message(2))
+        assert await client.uids_changed_since(status.highestmodseq) == [uid]
+        folder = await client.status("Sent")
+        assert folder.uidvalidity > 0 and folder.exists == 0
+
+
+async def test_command_refused_by_server_keeps_connection(imap_settings: Settings) -> None:
+    from leadline_mail.imap import ImapCommandError
+
+    async with await connect_imap(imap_settings()) as client:
+        with pytest.raises(ImapCommandError) as caught:
+            await client.select("No Such Folder")
+        assert caught.value.status == "NO" and caught.value.kind == "protocol"
+        assert (await client.select("INBOX")).uidvalidity > 0
