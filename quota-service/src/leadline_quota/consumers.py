@@ -11,9 +11,9 @@ from leadline_kit.service import Runtime
 from leadline_proto.events import CompanyUpdatedV1, Event, MailboxDisconnectedV1
 from leadline_proto.subjects import event_subject
 from leadline_quota import mailbox_slots
+from leadline_quota.clock import Clock
 from leadline_quota.config import Settings
 from leadline_quota.models import processed
-from leadline_quota.reservations import Clock
 
 SUBJECTS = (event_subject("company.updated", 1), event_subject("mailbox.disconnected", 1))
 

@@ -14,8 +14,9 @@ from leadline_kit.errors import Conflict, NotFound, Problem, TooManyRequests, Un
 from leadline_kit.identity import Admin, Caller
 from leadline_kit.pagination import decode_cursor, encode_cursor
 from leadline_quota import accounts, mailbox_slots, plans, reservations
+from leadline_quota.clock import Clock
 from leadline_quota.limits import LIMIT_NAMES, Preset, catalogue
-from leadline_quota.reservations import Clock, InvalidAsk, ReserveAsk, Settlement
+from leadline_quota.reservations import InvalidAsk, ReserveAsk, Settlement
 from leadline_quota.schemas import (
     AccountOverridesIn,
     AccountQuotaOut,

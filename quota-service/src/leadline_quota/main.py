@@ -10,24 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 
 from fastapi import FastAPI
 
 from leadline_kit.service import Runtime, create_service_app
 from leadline_quota import plans, reservations
+from leadline_quota.clock import Clock, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
 from leadline_quota.endpoints import router
 from leadline_quota.models import outbox
-from leadline_quota.reservations import Clock
 from leadline_quota.responders import QuotaRpc, respond, subscribe
 
 log = logging.getLogger("leadline.quota")
-
-
-def system_clock() -> datetime:
-    return datetime.now(UTC)
 
 
 async def prune_forever(runtime: Runtime, clock: Clock, interval: float) -> None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -37,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
 from leadline_proto.events import QuotaExceededPayload, QuotaExceededV1
+from leadline_quota.clock import Clock
 from leadline_quota.limits import (
     ROLLING_WINDOWS,
     AccountLimits,
@@ -47,7 +47,6 @@ from leadline_quota.limits import (
 )
 from leadline_quota.models import outbox, reservation, sending_account
 
-Clock = Callable[[], datetime]
 ACCOUNT_KEY = re.compile(r"^(mailbox|smtp):([0-9a-fA-F-]{32,36})$")
 MAX_TTL_SECONDS = 24 * 3600
 

@@ -46,7 +46,8 @@ from leadline_proto.subjects import (
     RPC_SYNC_ALLOWANCE,
 )
 from leadline_quota import mailbox_slots, plans, reservations
-from leadline_quota.reservations import Clock, InvalidAsk, ReserveAsk
+from leadline_quota.clock import Clock
+from leadline_quota.reservations import InvalidAsk, ReserveAsk
 
 log = logging.getLogger("leadline.quota.rpc")
 

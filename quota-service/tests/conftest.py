@@ -1,0 +1,50 @@
+"""Quota-service test support: a migrated database per test, a movable clock, the app on real NATS."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from leadline_kit.db import Database
+from leadline_kit.infra import PostgresServer
+from leadline_kit.testing.fixtures import migrated_database
+from leadline_quota.clock import MovableClock
+from leadline_quota.config import Settings
+
+SECRET = "quota-test-identity-secret"
+
+
+@pytest.fixture
+def clock() -> MovableClock:
+    return MovableClock(datetime(2026, 3, 10, 12, 0, tzinfo=UTC))
+
+
+@pytest.fixture
+async def quota_url(postgres: PostgresServer) -> str:
+    return await migrated_database(postgres, "leadline_quota")
+
+
+@pytest.fixture
+async def db(quota_url: str) -> AsyncIterator[Database]:
+    database = Database(quota_url, "quota")
+    yield database
+    await database.dispose()
+
+
+@pytest.fixture
+def settings(quota_url: str, nats_url: str) -> Settings:
+    # a durable of its own per test: the stream is shared by every test of the session
+    return Settings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET,
+                    consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}", environment="test")
+
+
+@pytest.fixture
+async def nc(nats_url: str) -> AsyncIterator[Client]:
+    client = await nats.connect(nats_url)
+    yield client
+    await client.close()
