@@ -9,6 +9,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from nats.js import JetStreamContext
+
 from leadline_kit import bus
 from leadline_kit.identity import Identity
 from leadline_kit.infra import PostgresServer
@@ -16,7 +18,6 @@ from leadline_kit.testing.clients import as_caller, make_identity, running_app
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_lead.config import Settings
 from leadline_lead.main import create_app
-from nats.js import JetStreamContext
 
 sys.path.insert(0, str(Path(__file__).parent))
 from leadtest import SECRET

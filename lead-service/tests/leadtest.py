@@ -10,10 +10,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
-from leadline_proto.events import EventBase, MailPayload, MailSyncedV1
-from leadline_proto.subjects import STREAM_NAME
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from leadline_proto.events import EventBase, MailPayload, MailSyncedV1
+from leadline_proto.subjects import STREAM_NAME
 
 SECRET = "lead-tests-identity-secret"
 

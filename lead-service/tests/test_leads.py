@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Callable
 
 import httpx
-from leadtest import create_lead, eventually, events_on_stream
+from leadtest import create_lead, events_on_stream, eventually
 from nats.js import JetStreamContext
 
 from leadline_kit.identity import Identity

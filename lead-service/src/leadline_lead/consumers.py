@@ -18,8 +18,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from leadline_kit.consumer import CONSUMED, EventConsumer
 from leadline_kit.service import Runtime
+from leadline_lead.addresses import address_or_none
+from leadline_lead.blocklist.service import apply_company_settings
+from leadline_lead.config import Settings
+from leadline_lead.leads import repository as leads
+from leadline_lead.models import processed
+from leadline_lead.timeline import repository as timeline
+from leadline_lead.timeline.service import apply_bounce, apply_mail
 from leadline_proto.events import (
     CompanyUpdatedV1,
     Event,
@@ -31,18 +43,6 @@ from leadline_proto.events import (
     parse_event,
 )
 from leadline_proto.subjects import event_subject
-from nats.aio.msg import Msg
-from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
-
-from leadline_lead.addresses import address_or_none
-from leadline_lead.blocklist.service import apply_company_settings
-from leadline_lead.config import Settings
-from leadline_lead.leads import repository as leads
-from leadline_lead.models import processed
-from leadline_lead.timeline import repository as timeline
-from leadline_lead.timeline.service import apply_bounce, apply_mail
 
 log = logging.getLogger("leadline.lead.consumer")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from fastapi import FastAPI
-from leadline_kit.service import create_service_app
 
+from leadline_kit.service import create_service_app
 from leadline_lead.blocklist.endpoints import router as blocklist_router
 from leadline_lead.config import Settings
 from leadline_lead.consumers import lead_consumers

@@ -10,9 +10,6 @@ events no other source also brought.
 
 from __future__ import annotations
 
-from leadline_kit.consumer import processed_event_table
-from leadline_kit.db import service_metadata
-from leadline_kit.outbox import outbox_table
 from sqlalchemy import (
     ARRAY,
     BigInteger,
@@ -31,6 +28,10 @@ from sqlalchemy import (
     func,
     text,
 )
+
+from leadline_kit.consumer import processed_event_table
+from leadline_kit.db import service_metadata
+from leadline_kit.outbox import outbox_table
 
 metadata = service_metadata("lead")
 outbox = outbox_table(metadata)

@@ -6,10 +6,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
+
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden
 from leadline_kit.identity import Caller, Identity
-
 from leadline_lead.blocklist import service
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
 

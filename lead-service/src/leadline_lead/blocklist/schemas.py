@@ -6,8 +6,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from leadline_kit.pagination import Page
 from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from leadline_kit.pagination import Page
 
 BlockKind = Literal["address", "domain"]
 

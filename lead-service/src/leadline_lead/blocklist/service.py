@@ -13,19 +13,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from leadline_kit.errors import BadRequest, Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import decode_cursor, encode_cursor
-from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from leadline_lead.addresses import InvalidAddress, normalise_address, normalise_domain
 from leadline_lead.blocklist import repository
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
 from leadline_lead.models import outbox
 from leadline_lead.timeline.repository import purge_blocked
+from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
 
 
 def _entry(row: Row[object]) -> BlocklistEntry:

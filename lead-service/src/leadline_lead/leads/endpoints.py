@@ -6,10 +6,10 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
+
 from leadline_kit.db import Session
 from leadline_kit.identity import Caller
 from leadline_kit.pagination import Page
-
 from leadline_lead.leads import service
 from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
 

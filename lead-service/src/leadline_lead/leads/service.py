@@ -12,18 +12,18 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Row
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from leadline_kit.errors import BadRequest, Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_cursor, encode_cursor
-from leadline_proto.events import LeadCreatedV1, LeadDeletedV1, LeadPayload, LeadUpdatedV1
-from sqlalchemy import Row
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from leadline_lead.addresses import InvalidAddress, normalise_address
 from leadline_lead.leads import repository
 from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
 from leadline_lead.models import outbox
+from leadline_proto.events import LeadCreatedV1, LeadDeletedV1, LeadPayload, LeadUpdatedV1
 
 
 def normalised_addresses(raw: Sequence[str]) -> list[str]:

@@ -6,9 +6,9 @@ from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from leadline_kit.db import Session
 from leadline_kit.identity import Caller
-
 from leadline_lead.reports import service
 from leadline_lead.reports.schemas import ActivityReport
 

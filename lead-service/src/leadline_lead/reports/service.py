@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 
-from leadline_kit.errors import Unprocessable
-from leadline_kit.identity import Identity
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit.errors import Unprocessable
+from leadline_kit.identity import Identity
 from leadline_lead.reports import repository
 from leadline_lead.reports.schemas import ActivityReport, ActivityRow
 

@@ -6,9 +6,9 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+
 from leadline_kit.db import Session
 from leadline_kit.identity import Caller
-
 from leadline_lead.timeline import service
 from leadline_lead.timeline.repository import TIMELINE_LIMIT
 from leadline_lead.timeline.schemas import Timeline

@@ -7,7 +7,21 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Row, Text, Uuid, bindparam, case, delete, exists, func, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    Row,
+    Text,
+    Uuid,
+    bindparam,
+    case,
+    delete,
+    exists,
+    func,
+    literal_column,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,9 +90,10 @@ async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any
             "user_id": func.coalesce(t.user_id, new.user_id),
             "folder": func.coalesce(t.folder, new.folder),
             "snippet": case((t.snippet == "", new.snippet), else_=t.snippet),
-            "matched_addresses": func.array(
-                select(func.unnest(t.matched_addresses.concat(new.matched_addresses))).distinct()
-                .scalar_subquery()),
+            # union of both arrays (written as SQL: SQLAlchemy cannot correlate a subquery to EXCLUDED)
+            "matched_addresses": literal_column(
+                "ARRAY(SELECT DISTINCT unnest(timeline_event.matched_addresses || excluded.matched_addresses))",
+                type_=ARRAY(Text)),
         },
     ).returning(t.id, t.company_id, t.lead_id, t.message_key)
     return list((await session.execute(stmt, list(rows))).all())
@@ -140,7 +155,8 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
         .returning(timeline_event.c.id)
     )
     removed = len(deleted.all())
-    # events another mailbox also brought now show that mailbox as where they came from
+    # events another mailbox also brought now show that mailbox as where they came from; a Smart Mail
+    # kept only by its "smart_mail" source still names the mailbox it was sent from
     other = (
         select(source.c.mailbox_id)
         .where(source.c.timeline_event_id == timeline_event.c.id, source.c.mailbox_id.is_not(None))
@@ -150,7 +166,7 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
         update(timeline_event)
         .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(touched),
                timeline_event.c.mailbox_id == mailbox_id)
-        .values(mailbox_id=other)
+        .values(mailbox_id=func.coalesce(other, timeline_event.c.mailbox_id))
     )
     return removed
 

@@ -23,16 +23,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from leadline_kit.errors import NotFound
-from leadline_kit.identity import Identity
-from leadline_proto.events import MailBouncedV1, MailSentV1, MailSyncedV1
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit.errors import NotFound
+from leadline_kit.identity import Identity
 from leadline_lead.addresses import address_or_none, domain_of
 from leadline_lead.leads import repository as leads
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.schemas import TimelineEvent, TimelineSource
 from leadline_lead.timeline.snippets import snippet
+from leadline_proto.events import MailBouncedV1, MailSentV1, MailSyncedV1
 
 SMART_MAIL_SOURCE = "smart_mail"
 BOUNCE_NOTICE_SOURCE = "bounce_notice"
