@@ -166,7 +166,7 @@ def create_service_app(
                     await task
             if runtime.nc is not None:
                 with contextlib.suppress(Exception):
-                    await runtime.nc.drain()
+                    await runtime.nc.close()  # not drain: pull subscriptions would hold it for 30 s
             await runtime.db.dispose()
 
     app = FastAPI(title=title or f"Leadline {name}", lifespan=lifespan, openapi_url=openapi_url)
