@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from alembic import command
+
 from leadline_kit.infra import PostgresServer, free_port
 from leadline_kit.migrations import alembic_config
 from leadline_kit.testing.fixtures import create_database

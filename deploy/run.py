@@ -25,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 import asyncpg
+
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.infra import NatsServer, PostgresServer
 from leadline_kit.migrations import upgrade

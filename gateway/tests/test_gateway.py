@@ -11,6 +11,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import APIRouter
+
 from leadline_gateway.config import Settings
 from leadline_gateway.main import create_app
 from leadline_kit.db import service_metadata

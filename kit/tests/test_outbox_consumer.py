@@ -13,14 +13,15 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Column, Integer, Table, Text, Uuid, func, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from leadline_kit import bus
 from leadline_kit.consumer import EventConsumer, PermanentError, processed_event_table
 from leadline_kit.db import Database, service_metadata
 from leadline_kit.outbox import OutboxRelay, enqueue, outbox_table
 from leadline_proto.events import Event, LeadCreatedV1, LeadPayload, utcnow
-from sqlalchemy import Column, Integer, Table, Text, Uuid, func, select
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
 metadata = service_metadata("kittest")
 outbox = outbox_table(metadata)

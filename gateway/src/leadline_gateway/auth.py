@@ -15,12 +15,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from leadline_kit.db import Database
-from leadline_kit.errors import Unauthorized
-from leadline_kit.identity import Identity
 from sqlalchemy import select
 
 from leadline_gateway import models
+from leadline_kit.db import Database
+from leadline_kit.errors import Unauthorized
+from leadline_kit.identity import Identity
 
 KEY_PREFIX = "ll_"
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from leadline_kit.settings import KitSettings
 from pydantic import SecretStr, model_validator
+
+from leadline_kit.settings import KitSettings
 
 DEV_BOOTSTRAP_TOKEN = "dev-only-bootstrap-token"  # noqa: S105 - refused outside development
 

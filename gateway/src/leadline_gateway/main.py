@@ -9,8 +9,6 @@ import aiohttp
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
-from leadline_kit.db import Database
-from leadline_kit.service import Runtime, create_service_app
 
 from leadline_gateway import models
 from leadline_gateway.accounts.endpoints import router as accounts_router
@@ -19,6 +17,8 @@ from leadline_gateway.config import Settings
 from leadline_gateway.openapi import merged_openapi
 from leadline_gateway.proxy import GatewayProxy
 from leadline_gateway.ratelimit import RateLimiter
+from leadline_kit.db import Database
+from leadline_kit.service import Runtime, create_service_app
 
 
 def create_app(given: Settings | None = None) -> FastAPI:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from leadline_kit.consumer import processed_event_table
-from leadline_kit.db import service_metadata
-from leadline_kit.identity import ROLES
-from leadline_kit.outbox import outbox_table
 from sqlalchemy import (
     ARRAY,
     Boolean,
@@ -20,6 +16,11 @@ from sqlalchemy import (
     Uuid,
     func,
 )
+
+from leadline_kit.consumer import processed_event_table
+from leadline_kit.db import service_metadata
+from leadline_kit.identity import ROLES
+from leadline_kit.outbox import outbox_table
 
 metadata = service_metadata("gateway")
 outbox = outbox_table(metadata)

@@ -16,6 +16,11 @@ import asyncio
 import logging
 
 import aiohttp
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from leadline_gateway.auth import ApiKeyAuthenticator
+from leadline_gateway.config import Settings
+from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.errors import (
     PayloadTooLarge,
     Problem,
@@ -25,11 +30,6 @@ from leadline_kit.errors import (
 )
 from leadline_kit.identity import IDENTITY_HEADER, SIGNATURE_HEADER, identity_headers
 from leadline_kit.logs import request_id_var
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from leadline_gateway.auth import ApiKeyAuthenticator
-from leadline_gateway.config import Settings
-from leadline_gateway.ratelimit import RateLimiter
 
 log = logging.getLogger("leadline.gateway.proxy")
 

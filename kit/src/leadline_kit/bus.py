@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 
 import nats
-from leadline_proto.subjects import STREAM_NAME, STREAM_SUBJECTS
 from nats.aio.client import Client
 from nats.js import JetStreamContext
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import BadRequestError, NotFoundError
+
+from leadline_proto.subjects import STREAM_NAME, STREAM_SUBJECTS
 
 log = logging.getLogger("leadline.bus")
 

@@ -23,8 +23,6 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
 
-from leadline_proto.events import Event, parse_event
-from leadline_proto.subjects import STREAM_NAME
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
@@ -36,6 +34,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database
+from leadline_proto.events import Event, parse_event
+from leadline_proto.subjects import STREAM_NAME
 
 log = logging.getLogger("leadline.consumer")
 

@@ -19,13 +19,13 @@ import logging
 import random
 
 import asyncpg
-from leadline_proto.events import EventBase
 from nats.js import JetStreamContext
 from prometheus_client import Counter
 from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Table, Text, Uuid, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database, asyncpg_dsn
+from leadline_proto.events import EventBase
 
 log = logging.getLogger("leadline.outbox")
 

@@ -7,13 +7,13 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+
+from leadline_gateway.accounts import schemas, service
+from leadline_gateway.auth import ApiKeyAuthenticator
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden, Unauthorized
 from leadline_kit.identity import Identity
 from leadline_kit.pagination import Page
-
-from leadline_gateway.accounts import schemas, service
-from leadline_gateway.auth import ApiKeyAuthenticator
 
 router = APIRouter(prefix="/v1")
 

@@ -8,8 +8,9 @@ from datetime import datetime
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from leadline_kit.identity import Role
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from leadline_kit.identity import Role
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 

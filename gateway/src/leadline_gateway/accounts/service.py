@@ -8,11 +8,6 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from leadline_kit.errors import Conflict, NotFound
-from leadline_kit.identity import Identity
-from leadline_kit.outbox import enqueue
-from leadline_kit.pagination import decode_cursor, encode_cursor
-from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, UserDeletedV1, UserPayload, UserUpdatedV1
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,6 +15,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_gateway import models
 from leadline_gateway.accounts import schemas
 from leadline_gateway.auth import new_api_key
+from leadline_kit.errors import Conflict, NotFound
+from leadline_kit.identity import Identity
+from leadline_kit.outbox import enqueue
+from leadline_kit.pagination import decode_cursor, encode_cursor
+from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, UserDeletedV1, UserPayload, UserUpdatedV1
 
 
 def _company_event(row: Any) -> CompanyUpdatedV1:
