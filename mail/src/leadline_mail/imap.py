@@ -69,7 +69,7 @@ from leadline_mail.net import (
 
 _LINE_LIMIT = 32 * 1024 * 1024  # one response line (a SEARCH of a huge mailbox is one line)
 _LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
-_TOKEN_RE = re.compile(rb' *(?:(\()|(\))|"((?:[^"\\]|\\.)*)"|((?:[^ ()"\[]|\[[^\]]*\]|\[)+))')
+_TOKEN_RE = re.compile(rb'(\()|(\))|("(?:[^"\\]|\\.)*")|((?:[^ ()"\[]|\[[^\]]*\]|\[)+)')
 _FLAG_RE = re.compile(r"^\\?[A-Za-z0-9$_.\-]{1,100}$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _INTERNALDATE_RE = re.compile(
@@ -315,20 +315,15 @@ class _Response:
 
 
 def _parse_items(segments: list[bytes], literals: list[bytes]) -> list[Item]:
-    """Tokenise response data iteratively (no recursion, whatever the nesting or literal count)."""
+    """Tokenise response data iteratively (no recursion, whatever the nesting or literal count).
+
+    ``findall`` does the scanning in C; a character no token can start with (a stray quote) is skipped
+    rather than failing the whole response.
+    """
     root: list[Item] = []
     stack: list[list[Item]] = [root]
     for index, segment in enumerate(segments):
-        pos, end = 0, len(segment)
-        while pos < end:
-            match = _TOKEN_RE.match(segment, pos)
-            if match is None:
-                if segment[pos:].strip():
-                    raise MailConnectionError("protocol", "The mail server sent a response we cannot read.",
-                                              detail=repr(segment[pos:pos + 80]))
-                break
-            pos = match.end()
-            opened, closed, quoted, atom = match.groups()
+        for opened, closed, quoted, atom in _TOKEN_RE.findall(segment):
             if opened:
                 child: list[Item] = []
                 stack[-1].append(child)
@@ -336,8 +331,9 @@ def _parse_items(segments: list[bytes], literals: list[bytes]) -> list[Item]:
             elif closed:
                 if len(stack) > 1:
                     stack.pop()
-            elif quoted is not None:
-                stack[-1].append(re.sub(rb"\\(.)", rb"\1", quoted) if b"\\" in quoted else quoted)
+            elif quoted:
+                value = quoted[1:-1]
+                stack[-1].append(re.sub(rb"\\(.)", rb"\1", value) if b"\\" in value else value)
             else:
                 stack[-1].append(atom.decode("utf-8", "replace"))
         if index < len(literals):
@@ -407,6 +403,8 @@ class ImapClient:
         self._lock = asyncio.Lock()
         self._tag = 0
         self._deadline: asyncio.Timeout | None = None
+        self._rearm_at = 0.0
+        self._loop = asyncio.get_running_loop()
         self._closed: MailConnectionError | None = None
         self._bye: str | None = None
         self.capabilities = frozenset()
@@ -454,9 +452,23 @@ class ImapClient:
             detail=repr(exc),
         ))
 
+    def _arm(self, deadline: asyncio.Timeout) -> None:
+        now = self._loop.time()
+        self._deadline = deadline
+        self._rearm_at = now + self._settings.timeout / 4
+        deadline.reschedule(now + self._settings.timeout)
+
     def _progress(self) -> None:
+        """Data arrived: push the inactivity deadline out.
+
+        Rescheduling a timer costs more than reading a small response, so the deadline moves only once a
+        quarter of the timeout has passed: the server may then stay silent between ¾ and 1× ``timeout``.
+        """
         if self._deadline is not None:
-            self._deadline.reschedule(asyncio.get_running_loop().time() + self._settings.timeout)
+            now = self._loop.time()
+            if now >= self._rearm_at:
+                self._rearm_at = now + self._settings.timeout / 4
+                self._deadline.reschedule(now + self._settings.timeout)
 
     async def _read_response(self) -> _Response:
         reader = self._reader
@@ -532,7 +544,7 @@ class ImapClient:
             untagged: list[_Response] = []
             try:
                 async with asyncio.timeout(self._settings.timeout) as deadline:
-                    self._deadline = deadline
+                    self._arm(deadline)
                     done = await self._send(tag, name.encode("ascii"), args, untagged)
                     while done is None:
                         response = await self._read_response()
@@ -853,7 +865,7 @@ class ImapClient:
             read: asyncio.Future[_Response] | None = None
             try:
                 async with asyncio.timeout(self._settings.timeout) as deadline:
-                    self._deadline = deadline
+                    self._arm(deadline)
                     self._writer.write(tag + b" IDLE\r\n")
                     await self._writer.drain()
                     while True:  # up to the continuation request
@@ -877,8 +889,7 @@ class ImapClient:
                         new_mail = response.kind == "EXISTS"
                     self._writer.write(b"DONE\r\n")
                     await self._writer.drain()
-                    self._deadline = deadline
-                    self._progress()
+                    self._arm(deadline)
                     while True:
                         response = await read if read is not None else await self._read_response()
                         read = None
