@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
 import nats
@@ -13,6 +14,7 @@ from nats.aio.client import Client
 from leadline_kit.db import Database
 from leadline_kit.infra import PostgresServer
 from leadline_kit.testing.fixtures import migrated_database
+from leadline_proto.events import Event, parse_event
 from leadline_quota.clock import MovableClock
 from leadline_quota.config import Settings
 
@@ -48,3 +50,30 @@ async def nc(nats_url: str) -> AsyncIterator[Client]:
     client = await nats.connect(nats_url)
     yield client
     await client.close()
+
+
+StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
+
+
+@pytest.fixture
+def stream_events(nc: Client) -> StreamEvents:
+    """Reads the company's events of one subject from the shared stream, waiting for a count."""
+
+    async def events_of(subject: str, company: uuid.UUID, expected: int) -> list[Event]:
+        found: list[Event] = []
+        subscription = await nc.jetstream().subscribe(subject, ordered_consumer=True)
+        try:
+            deadline = asyncio.get_running_loop().time() + 15
+            while len(found) < expected and asyncio.get_running_loop().time() < deadline:
+                try:
+                    msg = await subscription.next_msg(timeout=1)
+                except Exception:  # noqa: S112 - a quiet second: keep waiting until the deadline
+                    continue
+                event = parse_event(msg.data)
+                if event.company_id == company:
+                    found.append(event)
+        finally:
+            await subscription.unsubscribe()
+        return found
+
+    return events_of

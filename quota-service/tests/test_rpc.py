@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
 
 import pytest
@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from leadline_kit.db import Database
 from leadline_kit.testing.clients import running_app
-from leadline_proto.events import Event, parse_event
+from leadline_proto.events import Event
 from leadline_proto.requests import (
     QuotaReserveReply,
     QuotaReserveRequest,
@@ -36,6 +36,8 @@ from leadline_quota.config import Settings
 from leadline_quota.main import create_app
 from leadline_quota.models import reservation
 
+StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
+
 
 @pytest.fixture
 async def service(settings: Settings, clock: MovableClock) -> AsyncIterator[FastAPI]:
@@ -55,28 +57,8 @@ async def settle(nc: Client, subject: str, company: uuid.UUID, reservation_id: u
     return QuotaSettleReply.model_validate_json(msg.data)
 
 
-async def events_of(nc: Client, subject: str, company: uuid.UUID, expected: int,
-                    timeout: float = 15) -> list[Event]:
-    """The company's events on the shared stream, waiting for ``expected`` of them."""
-    js = nc.jetstream()
-    found: list[Event] = []
-    subscription = await js.subscribe(subject, ordered_consumer=True)
-    try:
-        deadline = asyncio.get_running_loop().time() + timeout
-        while len(found) < expected and asyncio.get_running_loop().time() < deadline:
-            try:
-                msg = await subscription.next_msg(timeout=1)
-            except Exception:  # noqa: S112 - a quiet second: keep waiting until the deadline
-                continue
-            event = parse_event(msg.data)
-            if event.company_id == company:
-                found.append(event)
-    finally:
-        await subscription.unsubscribe()
-    return found
-
-
-async def test_fifty_concurrent_reservers_get_exactly_the_limit(service: FastAPI, nc: Client, db: Database) -> None:
+async def test_fifty_concurrent_reservers_get_exactly_the_limit(service: FastAPI, nc: Client, db: Database,
+                                                                stream_events: StreamEvents) -> None:
     company, key = uuid.uuid4(), f"smtp:{uuid.uuid4()}"
     ask = QuotaReserveRequest(company_id=company, account_key=key, provider="custom", recipients=1,
                               size_bytes=2000, overrides={"messages_per_day": 100})
@@ -89,7 +71,7 @@ async def test_fifty_concurrent_reservers_get_exactly_the_limit(service: FastAPI
     async with db.session() as session:
         assert await session.scalar(select(func.count()).select_from(reservation).where(
             reservation.c.company_id == company)) == 100
-    refusals = await events_of(nc, "leadline.quota.exceeded.v1", company, 100)
+    refusals = await stream_events("leadline.quota.exceeded.v1", company, 100)
     assert len(refusals) == 100
     assert {e.payload.limit for e in refusals} == {"messages_per_day"}  # type: ignore[union-attr]
 
