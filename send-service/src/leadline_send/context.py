@@ -1,0 +1,33 @@
+"""What the endpoints need from the running service, as one FastAPI dependency."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from leadline_send.config import Settings
+from leadline_send.credentials import CredentialKeys
+from leadline_send.delivery.accounts import MailboxDirectory
+from leadline_send.delivery.quota import QuotaClient
+from leadline_send.delivery.smtp import SmtpPolicy
+from leadline_send.delivery.worker import Delivery
+
+
+@dataclass
+class SendContext:
+    settings: Settings
+    keys: CredentialKeys
+    policy: SmtpPolicy
+    quota: QuotaClient
+    mailboxes: MailboxDirectory
+    delivery: Delivery
+
+
+def send_context(request: Request) -> SendContext:
+    context: SendContext = request.app.state.runtime.extras["send"]
+    return context
+
+
+Context = Annotated[SendContext, Depends(send_context)]

@@ -1,0 +1,169 @@
+"""Which account a message goes out through (R12, R13, R15).
+
+Personal mail goes through the sender's synced mailbox with the synced
+address as From; without a synced mailbox, through the company's active
+``customer_service`` accounts.  Marketing mail goes through the synced mailbox
+only when its SMTP use is ``all``; otherwise through the company's active
+``campaigns`` accounts in display order, the next one taking over when one is
+out of quota.  A company account sends only once it is active *and* its test
+email's confirmation code came back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
+from leadline_proto.subjects import RPC_MAILBOX_SMTP
+from leadline_send.credentials import CredentialKeys
+from leadline_send.delivery.smtp import SmtpEndpoint
+from leadline_send.messages.composition import Sender
+from leadline_send.models import smtp_account
+
+
+class MailboxUnavailable(Exception):
+    """The sync service did not answer for the sender's mailbox."""
+
+
+@dataclass(frozen=True)
+class SentFolder:
+    """Where a copy of the sent message is appended (IMAP), when the provider does not save it itself."""
+
+    host: str
+    port: int
+    tls: str
+    username: str
+    password: str
+    pinned_sha256: str | None
+    folder: str
+
+
+@dataclass(frozen=True)
+class SendingAccount:
+    key: str
+    provider: str
+    endpoint: SmtpEndpoint
+    sender: Sender
+    account_type: str | None = None
+    mailbox_id: uuid.UUID | None = None
+    smtp_account_id: uuid.UUID | None = None
+    default_cc: tuple[str, ...] = ()
+    default_bcc: tuple[str, ...] = ()
+    overrides: dict[str, int] = field(default_factory=dict)
+    month_start_day: int | None = None
+    sent_folder: SentFolder | None = None
+
+    def quota_request(self, company_id: uuid.UUID, user_id: uuid.UUID, recipients: int,
+                      size_bytes: int) -> QuotaReserveRequest:
+        return QuotaReserveRequest(company_id=company_id, account_key=self.key, provider=self.provider,
+                                   recipients=recipients, size_bytes=size_bytes, user_id=user_id,
+                                   overrides=self.overrides, month_start_day=self.month_start_day)
+
+
+class MailboxDirectory:
+    """Asks the sync service for a user's SMTP settings; answers are kept briefly (they hold a password)."""
+
+    def __init__(self, nc: Client, timeout: float, keep_seconds: float = 10.0) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self.keep_seconds = keep_seconds
+        self._cache: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, MailboxSmtpReply]] = {}
+
+    async def lookup(self, company_id: uuid.UUID, user_id: uuid.UUID) -> MailboxSmtpReply:
+        cached = self._cache.get((company_id, user_id))
+        if cached and time.monotonic() - cached[0] < self.keep_seconds:
+            return cached[1]
+        request = MailboxSmtpRequest(company_id=company_id, user_id=user_id)
+        try:
+            msg = await self.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=self.timeout)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            raise MailboxUnavailable("the sync service did not answer for the sender's mailbox") from exc
+        reply = MailboxSmtpReply.model_validate_json(msg.data)
+        self._cache[(company_id, user_id)] = (time.monotonic(), reply)
+        return reply
+
+
+def mailbox_account(reply: MailboxSmtpReply) -> SendingAccount:
+    assert reply.address and reply.smtp_host and reply.smtp_port and reply.smtp_tls
+    sent_folder = None
+    if not reply.provider_saves_sent and reply.imap_host and reply.imap_port and reply.imap_tls:
+        sent_folder = SentFolder(host=reply.imap_host, port=reply.imap_port, tls=reply.imap_tls,
+                                 username=reply.imap_username or "", password=reply.imap_password or "",
+                                 pinned_sha256=reply.imap_pinned_sha256, folder=reply.sent_folder or "Sent")
+    return SendingAccount(
+        key=f"mailbox:{reply.mailbox_id}", provider=reply.provider or "custom", mailbox_id=reply.mailbox_id,
+        endpoint=SmtpEndpoint(host=reply.smtp_host, port=reply.smtp_port, tls=reply.smtp_tls,
+                              username=reply.smtp_username or "", password=reply.smtp_password or "",
+                              pinned_sha256=reply.smtp_pinned_sha256),
+        sender=Sender(from_email=reply.address), sent_folder=sent_folder)
+
+
+def company_account(row: Any, keys: CredentialKeys) -> SendingAccount:
+    password = (keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
+                if row.password_sealed is not None else "")
+    return SendingAccount(
+        key=f"smtp:{row.id}", provider="custom", smtp_account_id=row.id, account_type=row.type,
+        endpoint=SmtpEndpoint(host=row.host, port=row.port, tls=row.tls, username=row.username, password=password,
+                              pinned_sha256=row.pinned_sha256, timeout=float(row.timeout_seconds)),
+        sender=Sender(from_email=row.from_email, from_name=row.from_name, return_path=row.return_path,
+                      precedence=row.precedence, unsubscribe_url=row.unsubscribe_url, utm=dict(row.utm)),
+        default_cc=tuple(row.default_cc), default_bcc=tuple(row.default_bcc),
+        overrides={"messages_per_month": row.max_per_month} if row.max_per_month else {},
+        month_start_day=row.month_start_day)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The accounts a message may use, best first, or why there is none."""
+
+    accounts: list[SendingAccount]
+    reason: str = ""
+
+
+async def company_accounts(session: AsyncSession, keys: CredentialKeys, company_id: uuid.UUID,
+                           account_type: str) -> list[SendingAccount]:
+    rows = (await session.execute(
+        select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type,
+                                   smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None))
+        .order_by(smtp_account.c.display_order, smtp_account.c.created_at)
+    )).all()
+    return [company_account(r, keys) for r in rows]
+
+
+async def route_for(session: AsyncSession, keys: CredentialKeys, directory: MailboxDirectory,
+                    company_id: uuid.UUID, user_id: uuid.UUID, category: str) -> Route:
+    mailbox = await directory.lookup(company_id, user_id)
+    if mailbox.found and (category == "personal" or mailbox.smtp_use == "all"):
+        if mailbox.status != "enabled":
+            return Route([], f"your synced mailbox is {mailbox.status}; fix it under mail sync first")
+        return Route([mailbox_account(mailbox)])
+    account_type = "customer_service" if category == "personal" else "campaigns"
+    accounts = await company_accounts(session, keys, company_id, account_type)
+    if not accounts:
+        return Route([], f"no synced mailbox and no active, confirmed {account_type} SMTP account"
+                         if category == "personal" else "no active, confirmed campaigns SMTP account")
+    return Route(accounts)
+
+
+async def account_for_key(session: AsyncSession, keys: CredentialKeys, directory: MailboxDirectory,
+                          company_id: uuid.UUID, user_id: uuid.UUID, key: str) -> SendingAccount | None:
+    """The account a queued message names, as it is now (None if it is gone or no longer usable)."""
+    kind, _, ident = key.partition(":")
+    if kind == "mailbox":
+        mailbox = await directory.lookup(company_id, user_id)
+        if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != "enabled":
+            return None
+        return mailbox_account(mailbox)
+    row = (await session.execute(select(smtp_account).where(
+        smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id,
+        smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None)))).first()
+    return company_account(row, keys) if row else None

@@ -1,0 +1,168 @@
+"""The outgoing-message queue: PostgreSQL rows claimed with ``FOR UPDATE SKIP LOCKED``.
+
+Why PostgreSQL and not a JetStream work queue: R21 needs the attempt recorded
+durably *before* DATA, and the message state, the attempt row, the
+``mail.sent`` outbox event and the idempotency key must change together.  In
+PostgreSQL that is one transaction per step; with a JetStream queue the
+message would live in two places whose updates can disagree after a crash.
+``SKIP LOCKED`` lets any number of workers and replicas claim disjoint rows.
+
+State machine of ``outgoing_message.state``::
+
+    queued ──claim──▶ sending ──250 after DATA──▶ sent ──mail.bounced──▶ bounced
+      ▲                 │ │ │
+      │                 │ │ └─ no reply after the final "." (drop, timeout, crash) ──▶ unknown
+      │                 │ └─── 5xx, or the last allowed attempt failed ──▶ failed
+      │                 └───── 4xx / failure before DATA / quota refused ──▶ deferred
+      └──── next_attempt_at reached (deferred rows are claimed like queued ones) ──┘
+
+    unknown ──mail.synced (its Message-ID in the Sent folder)──▶ sent
+    unknown | failed | bounced ──POST /resend (on purpose)──▶ queued
+
+Each claim adds a ``send_attempt`` row (phase ``connecting``); the phase becomes
+``data`` in a committed transaction just before the DATA command.  A message is
+``sending`` only while a live worker holds it: ``claimed_by`` names the
+process's PostgreSQL advisory lock, held on a dedicated connection for the
+process's life.  The lock vanishes with the process (SIGKILL included), so
+:func:`recover_abandoned` can tell an abandoned row from a busy one without
+heartbeats: an attempt still ``connecting`` goes back to ``queued`` (the server
+never saw DATA), an attempt in ``data`` becomes ``unknown`` and is never
+resent by itself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from sqlalchemy import and_, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_send.models import outgoing_message as m
+from leadline_send.models import send_attempt as a
+
+ADVISORY_CLASS = 8104  # first key of pg_advisory_lock(int, int) for delivery-process liveness
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    company_id: uuid.UUID
+    user_id: uuid.UUID
+    category: str
+    account_key: str
+    provider: str
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+    draft: dict[str, Any]
+    raw: bytes
+    size_bytes: int
+    attempt: int
+    created_at: datetime
+
+
+async def claim(session: AsyncSession, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
+    """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is reused."""
+    rows: list[Any] = []
+    for only_account in ([account_key, None] if account_key else [None]):
+        due = (select(m.c.id).where(m.c.state.in_(("queued", "deferred")), m.c.next_attempt_at <= func.now())
+               .order_by(m.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+        if only_account:
+            due = due.where(m.c.account_key == only_account)
+        rows = list((await session.execute(
+            update(m).where(m.c.id.in_(due.scalar_subquery()))
+            .values(state="sending", claimed_by=worker_key, attempts=m.c.attempts + 1, updated_at=func.now())
+            .returning(m.c.id, m.c.company_id, m.c.user_id, m.c.category, m.c.account_key, m.c.provider,
+                       m.c.message_id, m.c.envelope_from, m.c.recipients, m.c.draft, m.c.raw, m.c.size_bytes,
+                       m.c.attempts, m.c.created_at)
+        )).all())
+        if rows:
+            break
+    if not rows:
+        return []
+    await session.execute(insert(a), [{"message_id": r.id, "number": r.attempts, "account_key": r.account_key,
+                                       "phase": "connecting"} for r in rows])
+    return [Claimed(id=r.id, company_id=r.company_id, user_id=r.user_id, category=r.category,
+                    account_key=r.account_key, provider=r.provider, message_id=r.message_id,
+                    envelope_from=r.envelope_from, recipients=list(r.recipients), draft=dict(r.draft), raw=r.raw,
+                    size_bytes=r.size_bytes, attempt=r.attempts, created_at=r.created_at) for r in rows]
+
+
+async def record_data_started(session: AsyncSession, message: Claimed, reservation_id: uuid.UUID | None) -> None:
+    """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry."""
+    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
+                          .values(phase="data"))
+    await session.execute(update(m).where(m.c.id == message.id).values(reservation_id=reservation_id))
+
+
+async def current_phase(session: AsyncSession, message: Claimed) -> str | None:
+    return await session.scalar(select(a.c.phase).where(a.c.message_id == message.id,
+                                                        a.c.number == message.attempt))
+
+
+async def switch_account(session: AsyncSession, message: Claimed, account_key: str, envelope_from: str,
+                         raw: bytes, from_address: str) -> None:
+    """Rotation (R15): the message now goes out through another account of the same type."""
+    await session.execute(update(m).where(m.c.id == message.id).values(
+        account_key=account_key, envelope_from=envelope_from, raw=raw, size_bytes=len(raw),
+        from_address=from_address))
+    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
+                          .values(account_key=account_key))
+
+
+async def settle(session: AsyncSession, message: Claimed, *, state: str, outcome: str, reply: str | None,
+                 next_attempt_at: datetime | None = None, error: str | None = None) -> None:
+    """End the current attempt and move the message to ``state``."""
+    values: dict[str, Any] = {"state": state, "claimed_by": None, "updated_at": func.now(), "last_error": error}
+    if reply is not None:
+        values["smtp_reply"] = reply
+    if state == "sent":
+        values["sent_at"] = func.now()
+    if next_attempt_at is not None:
+        values["next_attempt_at"] = next_attempt_at
+    await session.execute(update(m).where(m.c.id == message.id, m.c.state == "sending").values(**values))
+    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
+                          .values(phase="done", outcome=outcome, reply=reply, finished_at=func.now()))
+
+
+@dataclass(frozen=True)
+class Recovered:
+    id: uuid.UUID
+    company_id: uuid.UUID
+    state: str
+    reservation_id: uuid.UUID | None
+
+
+async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) -> list[Recovered]:
+    """Give back the ``sending`` rows of processes that are gone (their advisory lock is free)."""
+    holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == "sending").distinct())).scalars()
+    recovered: list[Recovered] = []
+    for holder in list(holders):
+        if holder is None or not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)",
+                                                      ADVISORY_CLASS, int(holder)):
+            continue
+        try:
+            abandoned = (await session.execute(
+                select(m.c.id, m.c.company_id, m.c.reservation_id, m.c.attempts, a.c.phase)
+                .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
+                .where(m.c.state == "sending", m.c.claimed_by == holder).with_for_update(of=m)
+            )).all()
+            for r in abandoned:
+                after_data = r.phase == "data"
+                await session.execute(update(m).where(m.c.id == r.id).values(
+                    state="unknown" if after_data else "queued", claimed_by=None, updated_at=func.now(),
+                    next_attempt_at=func.now(),
+                    last_error=("the sending process stopped after DATA began; the server may hold the message"
+                                if after_data else "the sending process stopped before DATA; queued again")))
+                await session.execute(update(a).where(a.c.message_id == r.id, a.c.number == r.attempts)
+                                      .values(phase="done", outcome="interrupted", finished_at=func.now()))
+                recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued",
+                                           r.reservation_id))
+        finally:
+            await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))
+    return recovered

@@ -1,0 +1,84 @@
+"""Asking the quota service (NATS request/reply) before each send (R14).
+
+Reserve before the send, commit when the server accepted the message (or may
+have: ``unknown`` counts, since the recipient may have it), release when it
+surely did not.  No responder or a timeout is :class:`QuotaUnavailable`: the
+message waits with backoff and is never sent without a reservation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from nats.aio.client import Client
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from prometheus_client import Counter
+
+from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
+from leadline_proto.subjects import RPC_QUOTA_CHECK, RPC_QUOTA_COMMIT, RPC_QUOTA_RELEASE, RPC_QUOTA_RESERVE
+
+log = logging.getLogger("leadline.send.quota")
+
+QUOTA_ANSWERS = Counter("leadline_send_quota_answers_total", "Quota service answers", ["ask", "answer"])
+
+
+class QuotaUnavailable(Exception):
+    """The quota service did not answer."""
+
+
+class QuotaClient:
+    def __init__(self, nc: Client, timeout: float) -> None:
+        self.nc = nc
+        self.timeout = timeout
+        self._settling: set[asyncio.Task[None]] = set()
+
+    async def _ask(self, subject: str, request: QuotaReserveRequest) -> QuotaReserveReply:
+        try:
+            msg = await self.nc.request(subject, request.model_dump_json().encode(), timeout=self.timeout)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "unavailable").inc()
+            raise QuotaUnavailable("the quota service did not answer") from exc
+        reply = QuotaReserveReply.model_validate_json(msg.data)
+        QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "granted" if reply.granted else "refused").inc()
+        return reply
+
+    async def check(self, request: QuotaReserveRequest) -> QuotaReserveReply:
+        return await self._ask(RPC_QUOTA_CHECK, request)
+
+    async def reserve(self, request: QuotaReserveRequest) -> QuotaReserveReply:
+        return await self._ask(RPC_QUOTA_RESERVE, request)
+
+    def commit(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
+        self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id)
+
+    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
+        self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id)
+
+    def _settle_later(self, subject: str, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
+        # Settling is off the send path: a reservation the quota service never hears about again
+        # expires after its TTL, so a lost settle costs accuracy for a few minutes, never a send.
+        if reservation_id is None:
+            return
+        task = asyncio.create_task(self._settle(subject, QuotaSettleRequest(
+            company_id=company_id, reservation_id=reservation_id)))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, subject: str, request: QuotaSettleRequest) -> None:
+        for attempt in range(5):
+            try:
+                msg = await self.nc.request(subject, request.model_dump_json().encode(), timeout=self.timeout)
+                reply = QuotaSettleReply.model_validate_json(msg.data)
+                if not reply.ok:
+                    log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)
+                return
+            except (NoRespondersError, NatsTimeoutError, TimeoutError):
+                await asyncio.sleep(0.5 * 2**attempt)
+        log.error("quota %s of reservation %s not delivered; it will expire", subject, request.reservation_id)
+
+    async def drain(self) -> None:
+        if self._settling:
+            await asyncio.wait(self._settling, timeout=self.timeout * 2)

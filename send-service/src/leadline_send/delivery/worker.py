@@ -1,0 +1,376 @@
+"""Delivery workers: claim queued messages, reserve quota, speak SMTP, settle (see delivery.queue).
+
+Each worker owns at most one SMTP session and keeps it open across messages of
+the same account, opening a new one once ``recipients_per_connection``
+recipients went over it (R14).  The order of one attempt::
+
+    claim (commit) → account → quota reserve → session → MAIL FROM, RCPT TO
+      → phase "data" (commit, R21) → DATA with a 10-minute reply timeout
+      → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
+
+What the server says decides the next state: a reply of class 4xx, or any
+failure before the DATA command, puts the message back (``deferred``, backoff
+with jitter); 5xx fails it with the server's words; silence after DATA began
+makes it ``unknown``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import aiosmtplib
+import asyncpg
+from sqlalchemy import func, select, update
+
+from leadline_kit.db import Database, asyncpg_dsn
+from leadline_kit.outbox import enqueue
+from leadline_mail.imap import ImapSettings, connect_imap
+from leadline_mail.net import MailConnectionError
+from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
+from leadline_send.config import Settings
+from leadline_send.credentials import CredentialKeys
+from leadline_send.delivery import queue
+from leadline_send.delivery.accounts import (
+    MailboxDirectory,
+    MailboxUnavailable,
+    SendingAccount,
+    account_for_key,
+    route_for,
+)
+from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
+from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
+from leadline_send.messages.composition import Draft, build_message
+from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
+from leadline_send.models import MESSAGE_STATES, outbox, outgoing_message
+
+log = logging.getLogger("leadline.send.delivery")
+
+
+@dataclass
+class Session:
+    """One open SMTP session of a worker."""
+
+    account_key: str
+    smtp: aiosmtplib.SMTP
+    recipients: int = 0
+
+
+@dataclass
+class Outcome:
+    state: str
+    outcome: str
+    reply: str | None = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+
+def _reply_class(code: int) -> str:
+    return f"{code // 100}xx"
+
+
+@dataclass
+class Delivery:
+    """The delivery workers of one process and the recovery of abandoned messages."""
+
+    db: Database
+    settings: Settings
+    quota: QuotaClient
+    mailboxes: MailboxDirectory
+    keys: CredentialKeys
+    policy: SmtpPolicy
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    instance_key: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))  # noqa: S311
+    batch_size: int = 4
+    _lock_conn: asyncpg.Connection | None = None
+
+    async def hold_liveness_lock(self) -> None:
+        """Take this process's advisory lock; it lasts as long as the process (and its connection)."""
+        self._lock_conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
+        await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
+
+    async def close(self) -> None:
+        if self._lock_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._lock_conn.close()
+        await self.quota.drain()
+
+    # --- recovery -----------------------------------------------------------------
+
+    async def recover_once(self) -> int:
+        probe = await asyncpg.connect(asyncpg_dsn(self.db.url))
+        try:
+            async with self.db.session() as session:
+                recovered = await queue.recover_abandoned(session, probe)
+        finally:
+            await probe.close()
+        for r in recovered:
+            if r.state == "unknown":
+                self.quota.commit(r.company_id, r.reservation_id)
+            else:
+                self.quota.release(r.company_id, r.reservation_id)
+        if recovered:
+            log.warning("recovered %d abandoned messages (%d unknown)", len(recovered),
+                        sum(r.state == "unknown" for r in recovered))
+            self.wake.set()
+        return len(recovered)
+
+    async def run_recovery(self) -> None:
+        while True:
+            try:
+                await self.recover_once()
+                await self._measure_queue()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("recovery pass failed")
+            await asyncio.sleep(self.settings.recovery_interval_seconds)
+
+    async def _measure_queue(self) -> None:
+        async with self.db.session() as session:
+            counts: dict[str, int] = dict((await session.execute(
+                select(outgoing_message.c.state, func.count()).group_by(outgoing_message.c.state))).all())
+        for state in MESSAGE_STATES:
+            QUEUE_DEPTH.labels(state).set(counts.get(state, 0))
+
+    # --- workers ------------------------------------------------------------------
+
+    async def run_worker(self, number: int) -> None:
+        session: Session | None = None
+        try:
+            while True:
+                async with self.db.session() as db_session:
+                    batch = await queue.claim(db_session, self.instance_key, self.batch_size,
+                                              session.account_key if session else None)
+                if not batch:
+                    self.wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self.wake.wait(), self.settings.queue_poll_seconds)
+                    continue
+                for message in batch:
+                    try:
+                        session = await self.deliver(message, session)
+                    except Exception:
+                        log.exception("worker %d: delivering %s failed unexpectedly", number, message.id)
+                        await self._drop(session)
+                        session = None
+                        await self._settle_after_crash(message)
+        finally:
+            await self._drop(session, polite=False)
+
+    async def _settle_after_crash(self, message: queue.Claimed) -> None:
+        """A bug, not an SMTP answer: treat it like a killed process would be treated."""
+        async with self.db.session() as db_session:
+            if await queue.current_phase(db_session, message) == "data":
+                await queue.settle(db_session, message, state="unknown", outcome="interrupted", reply=None,
+                                   error="an internal error happened after DATA began")
+            else:
+                await queue.settle(db_session, message, state="deferred", outcome="interrupted", reply=None,
+                                   next_attempt_at=self._backoff(message.attempt),
+                                   error="an internal error happened before DATA; will retry")
+
+    def _backoff(self, attempt: int) -> datetime:
+        base = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, attempt - 1))
+        return datetime.now(UTC) + timedelta(seconds=base * random.uniform(0.5, 1.5))  # noqa: S311
+
+    @staticmethod
+    async def _drop(session: Session | None, polite: bool = True) -> None:
+        if session is not None:
+            if polite and session.smtp.is_connected:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(session.smtp.quit(), 5)
+            session.smtp.close()
+
+    async def _account(self, message: queue.Claimed) -> SendingAccount | None:
+        async with self.db.session() as db_session:
+            return await account_for_key(db_session, self.keys, self.mailboxes, message.company_id,
+                                         message.user_id, message.account_key)
+
+    async def _reserve(self, message: queue.Claimed, account: SendingAccount | None
+                       ) -> tuple[SendingAccount | None, queue.Claimed, object, Outcome | None]:
+        """A granted reservation on the message's account, or on the next of its type (R15), or why not."""
+        candidates: list[SendingAccount] = [account] if account else []
+        if account is None or account.account_type is not None:
+            async with self.db.session() as db_session:
+                route = await route_for(db_session, self.keys, self.mailboxes, message.company_id,
+                                        message.user_id, message.category)
+            if account is None or account.account_type in {a.account_type for a in route.accounts}:
+                candidates += [a for a in route.accounts if not account or a.key != account.key]
+            if not candidates:
+                return None, message, None, Outcome("deferred", "no-account", error=route.reason,
+                                                     retry_at=self._backoff(message.attempt))
+        earliest: datetime | None = None
+        limits: list[str] = []
+        for candidate in candidates:
+            reply = await self.quota.reserve(candidate.quota_request(
+                message.company_id, message.user_id, len(message.recipients), message.size_bytes))
+            if reply.granted:
+                if candidate.key != message.account_key:
+                    message = await self._switch(message, candidate)
+                return candidate, message, reply.reservation_id, None
+            limits.append(f"{candidate.key}: {reply.limit} ({reply.detail})" if reply.detail else
+                          f"{candidate.key}: {reply.limit}")
+            if reply.retry_at is not None:
+                earliest = reply.retry_at if earliest is None else min(earliest, reply.retry_at)
+        if earliest is None:
+            return None, message, None, Outcome("failed", "quota-never", error="over a limit that can never "
+                                                "pass: " + "; ".join(limits))
+        return None, message, None, Outcome("deferred", "quota", error="sending quota reached: " + "; ".join(limits),
+                                            retry_at=earliest)
+
+    async def _switch(self, message: queue.Claimed, account: SendingAccount) -> queue.Claimed:
+        draft = Draft.from_json(message.draft)
+        built = build_message(draft, account.sender, message_id=message.message_id, date=message.created_at,
+                              unsubscribe_link=message.draft.get("unsubscribe_link"))
+        async with self.db.session() as db_session:
+            await queue.switch_account(db_session, message, account.key, built.envelope_from, built.raw,
+                                       account.sender.from_email)
+        return queue.Claimed(**{**message.__dict__, "account_key": account.key, "raw": built.raw,
+                                "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
+
+    async def deliver(self, message: queue.Claimed, session: Session | None) -> Session | None:
+        reservation = None
+        try:
+            account, message, reservation, refusal = await self._reserve(message, await self._account(message))
+        except (QuotaUnavailable, MailboxUnavailable) as exc:
+            await self._finish(message, None, Outcome("deferred", "unavailable", error=str(exc),
+                                                      retry_at=self._backoff(message.attempt)))
+            return session
+        if refusal is not None or account is None:
+            await self._finish(message, None, refusal or Outcome("deferred", "no-account"))
+            return session
+        started = time.perf_counter()
+        outcome, session = await self._transact(message, account, session, reservation)
+        SMTP_SECONDS.observe(time.perf_counter() - started)
+        await self._finish(message, account, outcome)
+        if outcome.state in ("sent", "unknown"):
+            self.quota.commit(message.company_id, reservation)  # type: ignore[arg-type]
+        else:
+            self.quota.release(message.company_id, reservation)  # type: ignore[arg-type]
+        if outcome.state == "sent" and account.sent_folder is not None:
+            await self._copy_to_sent(message, account)
+        return session
+
+    async def _transact(self, message: queue.Claimed, account: SendingAccount, session: Session | None,
+                        reservation: object) -> tuple[Outcome, Session | None]:
+        """One SMTP transaction; before DATA everything is retryable, after it only a reply decides."""
+        recipients = message.recipients
+        try:
+            if session is not None and (
+                session.account_key != account.key or not session.smtp.is_connected
+                or session.recipients + len(recipients) > self.settings.recipients_per_connection
+            ):
+                await self._drop(session)
+                session = None
+            if session is None:
+                session = Session(account.key, await open_session(account.endpoint, self.policy))
+            smtp = session.smtp
+            await smtp.mail(message.envelope_from)
+            accepted, refused = [], []
+            for recipient in recipients:
+                try:
+                    await smtp.rcpt(recipient)
+                    accepted.append(recipient)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    SMTP_REPLIES.labels("rcpt", _reply_class(exc.code)).inc()
+                    refused.append((recipient, exc))
+            session.recipients += len(recipients)
+            if not accepted:
+                await smtp.rset()
+                temporary = any(exc.code < 500 for _, exc in refused)
+                detail = "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
+                if temporary:
+                    return Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: "
+                                   + detail, retry_at=self._backoff(message.attempt)), session
+                return Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: "
+                               + detail), session
+        except aiosmtplib.SMTPResponseException as exc:
+            SMTP_REPLIES.labels("envelope", _reply_class(exc.code)).inc()
+            await self._drop(session)
+            session = None
+            if exc.code >= 500:
+                return Outcome("failed", "envelope-5xx", reply=reply_text(exc), error=reply_text(exc)), session
+            return Outcome("deferred", "envelope-4xx", reply=reply_text(exc), error=reply_text(exc),
+                           retry_at=self._backoff(message.attempt)), session
+        except (MailConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            await self._drop(session, polite=False)
+            session = None
+            text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
+            return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
+
+        async with self.db.session() as db_session:
+            await queue.record_data_started(db_session, message, reservation)  # type: ignore[arg-type]
+        try:
+            response = await smtp.data(message.raw, timeout=self.settings.data_timeout_seconds)
+        except aiosmtplib.SMTPResponseException as exc:
+            SMTP_REPLIES.labels("data", _reply_class(exc.code)).inc()
+            if exc.code >= 500:
+                return Outcome("failed", "data-5xx", reply=reply_text(exc), error=reply_text(exc)), session
+            return Outcome("deferred", "data-4xx", reply=reply_text(exc), error=reply_text(exc),
+                           retry_at=self._backoff(message.attempt)), session
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            SMTP_REPLIES.labels("data", "none").inc()
+            await self._drop(session, polite=False)
+            session = None
+            return Outcome("unknown", "no-reply", error="no reply after the message was sent "
+                           f"({type(exc).__name__}); the server may hold it. It is not resent by itself: "
+                           "it turns sent when it appears in the Sent folder, or resend it on purpose"), session
+        SMTP_REPLIES.labels("data", _reply_class(response.code)).inc()
+        error = None
+        if refused:
+            error = "some recipients were refused: " + "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
+        return Outcome("sent", "sent", reply=f"{response.code} {response.message}", error=error), session
+
+    async def _finish(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome) -> None:
+        state = outcome.state
+        if state == "deferred" and message.attempt >= self.settings.max_attempts:
+            state, outcome.error = "failed", f"gave up after {message.attempt} attempts: {outcome.error}"
+        if state == "deferred":
+            RETRIES.labels(outcome.outcome).inc()
+        OUTCOMES.labels(outcome.outcome).inc()
+        async with self.db.session() as db_session:
+            await queue.settle(db_session, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
+                               next_attempt_at=outcome.retry_at, error=outcome.error)
+            if state == "sent" and account is not None:
+                await enqueue(db_session, outbox, self._sent_event(message, account))
+        if state == "sent":
+            DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
+
+    def _sent_event(self, message: queue.Claimed, account: SendingAccount) -> MailSentV1:
+        draft = Draft.from_json(message.draft)
+        return MailSentV1(company_id=message.company_id, payload=MailSentPayload(
+            message_id=message.message_id, mailbox_id=account.mailbox_id, user_id=message.user_id,
+            folder="sent", direction="outbound", from_address=account.sender.from_email,
+            from_name=account.sender.from_name, to=[r.address for r in draft.to], cc=[r.address for r in draft.cc],
+            subject=draft.subject, sent_at=datetime.now(UTC), text=draft.text or "", html=draft.html,
+            attachments=[Attachment(filename=a.filename, content_type=a.content_type, size=len(a.content))
+                         for a in draft.attachments],
+            outgoing_message_id=message.id, category="marketing" if message.category == "marketing" else "personal",
+            smtp_account_id=account.smtp_account_id))
+
+    async def _copy_to_sent(self, message: queue.Claimed, account: SendingAccount) -> None:
+        """IMAP APPEND to the Sent folder (R12); a failure is recorded, the message stays sent."""
+        target = account.sent_folder
+        assert target is not None
+        try:
+            client = await connect_imap(ImapSettings(
+                host=target.host, port=target.port, tls=target.tls,  # type: ignore[arg-type]
+                username=target.username, password=target.password, pinned_sha256=target.pinned_sha256,
+                cafile=self.policy.cafile, allow_networks=self.policy.allow_networks,
+                allow_plaintext=self.policy.allow_plaintext))
+            try:
+                await client.append(target.folder, message.raw, flags=("\\Seen",), when=message.created_at)
+            finally:
+                await client.logout()
+            note = f"saved to {target.folder}"
+        except (MailConnectionError, OSError, TimeoutError) as exc:
+            note = "not saved: " + (exc.user_message if isinstance(exc, MailConnectionError) else str(exc))
+            log.warning("copy of %s to Sent failed: %s", message.id, note)
+        async with self.db.session() as db_session:
+            await db_session.execute(update(outgoing_message).where(outgoing_message.c.id == message.id)
+                                     .values(sent_copy=note))

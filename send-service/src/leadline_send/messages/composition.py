@@ -1,0 +1,236 @@
+"""Building Smart Mail as MIME, and the guard in front of it (R16, R22, R23).
+
+Python 3.11.7 predates the ``email`` fixes for header injection when
+serialising (CVE-2024-6923) and address mis-parsing (CVE-2023-27043), so the
+API is the guard: every header value is refused if it holds CR, LF, NUL or
+another control character, raw or inside an RFC 2047 encoded word
+(``=?UTF-8?Q?=0A?=``); every address goes through ``email-validator``.  After
+building, the message is serialised, parsed back and its headers compared with
+the ones we meant to write; any difference refuses the message before it is
+queued.  Bytes are serialised with CRLF line ends (``policy.SMTP``), so no
+bare CR or LF reaches the wire (aiosmtplib also dot-stuffs and normalises).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email
+import quopri
+import re
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from leadline_kit.errors import Unprocessable
+from leadline_mail.addresses import normalize_address
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
+_URL = re.compile(r"https?://[^\s<>\"')]+")
+_HREF = re.compile(r"""(href\s*=\s*["'])(https?://[^"']+)(["'])""", re.IGNORECASE)
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+
+
+def check_header_value(field_name: str, value: str) -> str:
+    """Refuse a header value carrying a line break or control character, also RFC 2047-encoded."""
+    if _CONTROL.search(value):
+        raise Unprocessable(f"{field_name} contains a line break or control character",
+                            slug="header-injection", field=field_name)
+    for match in _ENCODED_WORD.finditer(value):
+        encoding, text = match.group(2).upper(), match.group(3)
+        try:
+            decoded = (base64.b64decode(text + "=" * (-len(text) % 4)) if encoding == "B"
+                       else quopri.decodestring(text.replace("_", " ").encode(), header=True))
+        except (binascii.Error, ValueError):
+            raise Unprocessable(f"{field_name} contains a malformed encoded word",
+                                slug="header-injection", field=field_name) from None
+        if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", decoded):
+            raise Unprocessable(f"{field_name} contains an encoded line break or control character",
+                                slug="header-injection", field=field_name)
+    return value
+
+
+def check_address(field_name: str, value: str) -> str:
+    """The normalised address, or a 422 problem naming the field."""
+    check_header_value(field_name, value)
+    address = normalize_address(value)
+    if address is None:
+        raise Unprocessable(f"{field_name}: {value!r} is not a valid email address",
+                            slug="invalid-address", field=field_name)
+    return address
+
+
+@dataclass(frozen=True)
+class Recipient:
+    address: str
+    name: str = ""
+    lead_id: uuid.UUID | None = None
+
+
+@dataclass(frozen=True)
+class AttachmentFile:
+    filename: str
+    content_type: str
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Draft:
+    """What the caller asked for, validated; stored with the message to rebuild it for another account."""
+
+    category: str
+    to: tuple[Recipient, ...]
+    cc: tuple[Recipient, ...] = ()
+    bcc: tuple[Recipient, ...] = ()
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    attachments: tuple[AttachmentFile, ...] = ()
+
+    @property
+    def recipients(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for r in (*self.to, *self.cc, *self.bcc):
+            seen.setdefault(r.address)
+        return list(seen)
+
+    def to_json(self) -> dict[str, Any]:
+        def people(rs: Sequence[Recipient]) -> list[dict[str, Any]]:
+            return [{"address": r.address, "name": r.name, "lead_id": str(r.lead_id) if r.lead_id else None}
+                    for r in rs]
+
+        return {
+            "category": self.category, "to": people(self.to), "cc": people(self.cc), "bcc": people(self.bcc),
+            "subject": self.subject, "text": self.text, "html": self.html,
+            "attachments": [{"filename": a.filename, "content_type": a.content_type,
+                             "content": base64.b64encode(a.content).decode()} for a in self.attachments],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Draft:
+        def people(rows: list[dict[str, Any]]) -> tuple[Recipient, ...]:
+            return tuple(Recipient(r["address"], r["name"], uuid.UUID(r["lead_id"]) if r["lead_id"] else None)
+                         for r in rows)
+
+        return cls(
+            category=data["category"], to=people(data["to"]), cc=people(data["cc"]), bcc=people(data["bcc"]),
+            subject=data["subject"], text=data["text"], html=data["html"],
+            attachments=tuple(AttachmentFile(a["filename"], a["content_type"], base64.b64decode(a["content"]))
+                              for a in data["attachments"]),
+        )
+
+
+@dataclass(frozen=True)
+class Sender:
+    """Who the message goes out as, and the account's marketing settings (R15, R16)."""
+
+    from_email: str
+    from_name: str = ""
+    return_path: str | None = None
+    precedence: str | None = None
+    unsubscribe_url: str | None = None
+    utm: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def envelope_from(self) -> str:
+        return self.return_path or self.from_email
+
+
+@dataclass(frozen=True)
+class BuiltMessage:
+    raw: bytes
+    message_id: str
+    envelope_from: str
+    recipients: list[str]
+
+
+def with_utm(url: str, utm: dict[str, str]) -> str:
+    """The link with the account's UTM parameters added; parameters already on the link win."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    present = {k for k, _ in query}
+    query += [(k, v) for k, v in utm.items() if k in UTM_FIELDS and v and k not in present]
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _tag_links(text: str, utm: dict[str, str], html: bool) -> str:
+    if not utm:
+        return text
+    if html:
+        return _HREF.sub(lambda m: m.group(1) + with_utm(m.group(2), utm) + m.group(3), text)
+    return _URL.sub(lambda m: with_utm(m.group(0), utm), text)
+
+
+def _address(r: Recipient) -> Address:
+    local, _, domain = r.address.rpartition("@")
+    return Address(display_name=r.name, username=local, domain=domain)
+
+
+def build_message(draft: Draft, sender: Sender, *, message_id: str, date: datetime,
+                  unsubscribe_link: str | None) -> BuiltMessage:
+    """Build, serialise and re-parse-check one message; raises Unprocessable if the check fails."""
+    msg = EmailMessage(policy=policy.default)
+    intended: list[tuple[str, str]] = []
+
+    def put(name: str, value: Any) -> None:
+        msg[name] = value
+        intended.append((name, str(msg[name]) if not isinstance(value, str) else value))
+
+    sender_recipient = Recipient(sender.from_email, sender.from_name)
+    put("From", _address(sender_recipient))
+    if draft.to:
+        put("To", [_address(r) for r in draft.to])
+    if draft.cc:
+        put("Cc", [_address(r) for r in draft.cc])
+    put("Subject", draft.subject)
+    put("Date", format_datetime(date))
+    put("Message-ID", message_id)
+    text, html = draft.text, draft.html
+    if draft.category == "marketing":
+        text = _tag_links(text, sender.utm, html=False) if text is not None else None
+        html = _tag_links(html, sender.utm, html=True) if html is not None else None
+        if sender.precedence:
+            put("Precedence", sender.precedence)
+        if unsubscribe_link:
+            targets = [unsubscribe_link] + ([sender.unsubscribe_url] if sender.unsubscribe_url else [])
+            put("List-Unsubscribe", ", ".join(f"<{t}>" for t in targets))
+            put("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
+            if text is not None:
+                text += f"\n\nUnsubscribe: {unsubscribe_link}\n"
+            if html is not None:
+                html += f'\n<p><a href="{unsubscribe_link}">Unsubscribe</a></p>\n'
+    msg.set_content(text if text is not None else "")
+    if html is not None:
+        if text is None:
+            msg.clear_content()
+            msg.set_content(html, subtype="html")
+        else:
+            msg.add_alternative(html, subtype="html")
+    for attachment in draft.attachments:
+        maintype, _, subtype = attachment.content_type.partition("/")
+        msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
+    raw = msg.as_bytes(policy=policy.SMTP)
+    _check_reparse(raw, intended)
+    return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from,
+                        recipients=draft.recipients)
+
+
+_STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
+
+
+def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
+    parsed = email.message_from_bytes(raw, policy=policy.default)
+    seen = [(name, str(value)) for name, value in parsed.items()
+            if name.lower() not in _STRUCTURAL]
+    if seen != intended:
+        raise Unprocessable("the message does not re-read as the headers it was built from; "
+                            "check names, subject and addresses for unusual characters",
+                            slug="header-mismatch")

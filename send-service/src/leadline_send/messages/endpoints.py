@@ -1,0 +1,113 @@
+"""HTTP API of Smart Mail: send, look at, list and resend messages; the public unsubscribe endpoint.
+
+Resend keeps the message's Message-ID.  The user resends because the first
+attempt's fate is unknown (R21); if that first copy did arrive, the same
+Message-ID lets the recipient's mail client, the Sent-folder sync and the
+lead's timeline (one entry per Message-ID, R12) see one message, not two.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Request
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel
+
+from leadline_kit.db import Session
+from leadline_kit.errors import NotFound
+from leadline_kit.identity import Caller
+from leadline_kit.outbox import enqueue
+from leadline_kit.pagination import Page, decode_cursor, encode_cursor
+from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
+from leadline_send.context import Context
+from leadline_send.messages import repository, service
+from leadline_send.messages.schemas import MessageIn, MessageOut, State
+from leadline_send.messages.unsubscribe_token import read_token
+from leadline_send.models import outbox
+
+router = APIRouter(prefix="/v1", tags=["messages"])
+
+
+@router.post("/messages", status_code=202, response_model=MessageOut)
+async def send_message(body: MessageIn, caller: Caller, context: Context, request: Request,
+                       idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+                       ) -> MessageOut:
+    key = service.check_idempotency_key(idempotency_key)
+    # Our own unit of work (not the Session dependency) so the workers are woken after the commit.
+    async with request.app.state.runtime.db.session() as session:
+        message = await service.create_message(session, context, caller, body, key)
+    context.delivery.wake.set()
+    return message
+
+
+@router.get("/messages/{message_id}", response_model=MessageOut)
+async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -> MessageOut:
+    row = await repository.by_id(session, caller.company_id, message_id)
+    if row is None:
+        raise NotFound("no such message", slug="message-not-found")
+    return service.to_out(row)
+
+
+@router.get("/messages", response_model=Page[MessageOut])
+async def list_messages(caller: Caller, session: Session, state: State | None = None,
+                        user_id: uuid.UUID | None = None, cursor: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[MessageOut]:
+    after = None
+    if cursor:
+        created, last_id = decode_cursor(cursor, 2)
+        after = (datetime.fromisoformat(created), uuid.UUID(last_id))
+    rows = await repository.page(session, caller.company_id, state=state, user_id=user_id, after=after,
+                                 limit=limit + 1)
+    items = [service.to_out(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1].created_at.isoformat(), rows[limit - 1].id) \
+        if len(rows) > limit else None
+    return Page[MessageOut](items=items, next_cursor=next_cursor)
+
+
+@router.post("/messages/{message_id}/resend", status_code=202, response_model=MessageOut)
+async def resend_message(message_id: uuid.UUID, caller: Caller, context: Context,
+                         request: Request) -> MessageOut:
+    async with request.app.state.runtime.db.session() as session:
+        message = await service.resend(session, caller, message_id)
+    context.delivery.wake.set()
+    return message
+
+
+class Unsubscribed(BaseModel):
+    address: str
+    unsubscribed: bool = True
+
+
+def _page(title: str, body: str) -> HTMLResponse:
+    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+                        f"<body><h1>{title}</h1>{body}</body></html>")
+
+
+@router.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"])
+async def unsubscribe_page(token: str, context: Context) -> HTMLResponse:
+    """Public (no API key).  A GET only shows a button: link scanners prefetch GETs (RFC 8058)."""
+    found = read_token(context.settings.unsubscribe_secret.get_secret_value(), token)
+    if found is None:
+        raise NotFound("this unsubscribe link is not valid", slug="unsubscribe-link-invalid")
+    address = html.escape(found[1])
+    return _page("Unsubscribe", f"<p>Stop marketing mail to {address}?</p><form method='post'>"
+                                "<button type='submit' name='List-Unsubscribe' value='One-Click'>Unsubscribe"
+                                "</button></form>")
+
+
+@router.post("/unsubscribe/{token}", tags=["unsubscribe"])
+async def unsubscribe(token: str, context: Context, session: Session, request: Request) -> HTMLResponse:
+    """Public (no API key).  RFC 8058 one-click: marks the address unsubscribed; repeat calls are harmless."""
+    found = read_token(context.settings.unsubscribe_secret.get_secret_value(), token)
+    if found is None:
+        raise NotFound("this unsubscribe link is not valid", slug="unsubscribe-link-invalid")
+    company_id, address = found
+    lead_id = await repository.lead_for_address(session, company_id, address)
+    if await repository.add_unsubscribe(session, company_id, address, lead_id):
+        await enqueue(session, outbox, LeadUnsubscribedV1(
+            company_id=company_id, payload=LeadUnsubscribedPayload(address=address, lead_id=lead_id)))
+    return _page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing mail.</p>")

@@ -1,0 +1,88 @@
+"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, and_, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_send.models import lead_address, outgoing_message, unsubscribe
+
+
+async def by_id(session: AsyncSession, company_id: uuid.UUID, message_id: uuid.UUID) -> Row[Any] | None:
+    return (await session.execute(select(outgoing_message).where(
+        outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id))).first()
+
+
+async def by_idempotency_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                             key: str) -> Row[Any] | None:
+    return (await session.execute(select(outgoing_message).where(
+        outgoing_message.c.company_id == company_id, outgoing_message.c.user_id == user_id,
+        outgoing_message.c.idempotency_key == key))).first()
+
+
+async def insert_message(session: AsyncSession, values: dict[str, Any]) -> bool:
+    """False when a message with the same idempotency key already exists (a racing request won)."""
+    inserted = await session.execute(insert(outgoing_message).values(**values).on_conflict_do_nothing()
+                                     .returning(outgoing_message.c.id))
+    return inserted.first() is not None
+
+
+async def page(session: AsyncSession, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
+               after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row[Any]]:
+    query = select(outgoing_message).where(outgoing_message.c.company_id == company_id)
+    if state:
+        query = query.where(outgoing_message.c.state == state)
+    if user_id:
+        query = query.where(outgoing_message.c.user_id == user_id)
+    if after:
+        created, last_id = after
+        query = query.where(or_(outgoing_message.c.created_at < created,
+                                and_(outgoing_message.c.created_at == created, outgoing_message.c.id < last_id)))
+    query = query.order_by(outgoing_message.c.created_at.desc(), outgoing_message.c.id.desc()).limit(limit)
+    return list((await session.execute(query)).all())
+
+
+async def requeue(session: AsyncSession, company_id: uuid.UUID, message_id: uuid.UUID,
+                  from_states: tuple[str, ...]) -> bool:
+    done = await session.execute(update(outgoing_message).where(
+        outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id,
+        outgoing_message.c.state.in_(from_states),
+    ).values(state="queued", next_attempt_at=datetime.now().astimezone(), last_error=None,
+             updated_at=datetime.now().astimezone()).returning(outgoing_message.c.id))
+    return done.first() is not None
+
+
+async def lead_recipients(session: AsyncSession, company_id: uuid.UUID,
+                          lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+    """Each lead's first address and name."""
+    rows = (await session.execute(select(lead_address.c.lead_id, lead_address.c.address, lead_address.c.name)
+                                  .where(lead_address.c.company_id == company_id,
+                                         lead_address.c.lead_id.in_(lead_ids))
+                                  .order_by(lead_address.c.lead_id, lead_address.c.position))).all()
+    found: dict[uuid.UUID, tuple[str, str]] = {}
+    for r in rows:
+        found.setdefault(r.lead_id, (r.address, r.name))
+    return found
+
+
+async def lead_for_address(session: AsyncSession, company_id: uuid.UUID, address: str) -> uuid.UUID | None:
+    return await session.scalar(select(lead_address.c.lead_id).where(
+        lead_address.c.company_id == company_id, lead_address.c.address == address).limit(1))
+
+
+async def unsubscribed(session: AsyncSession, company_id: uuid.UUID, addresses: list[str]) -> list[str]:
+    return list((await session.execute(select(unsubscribe.c.address).where(
+        unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)))).scalars())
+
+
+async def add_unsubscribe(session: AsyncSession, company_id: uuid.UUID, address: str,
+                          lead_id: uuid.UUID | None) -> bool:
+    """True the first time only, so the event goes out once."""
+    done = await session.execute(insert(unsubscribe).values(company_id=company_id, address=address, lead_id=lead_id)
+                                 .on_conflict_do_nothing().returning(unsubscribe.c.address))
+    return done.first() is not None

@@ -1,0 +1,192 @@
+"""Accepting Smart Mail: validate everything, pick the account, check quota, build, queue (R12–R16, R23)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unprocessable
+from leadline_kit.identity import Identity
+from leadline_send.context import SendContext
+from leadline_send.delivery.accounts import MailboxUnavailable, SendingAccount, route_for
+from leadline_send.delivery.quota import QuotaUnavailable
+from leadline_send.messages import repository
+from leadline_send.messages.composition import (
+    AttachmentFile,
+    BuiltMessage,
+    Draft,
+    Recipient,
+    build_message,
+    check_address,
+    check_header_value,
+)
+from leadline_send.messages.schemas import MessageIn, MessageOut
+from leadline_send.messages.unsubscribe_token import make_token
+
+RESENDABLE = ("unknown", "failed", "bounced")
+
+
+def to_out(row: Any) -> MessageOut:
+    return MessageOut(
+        id=row.id, state=row.state, category=row.category, message_id=row.message_id, user_id=row.user_id,
+        from_address=row.from_address, recipients=row.recipients, lead_ids=row.lead_ids, subject=row.subject,
+        size_bytes=row.size_bytes, account=row.account_key, attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.state in ("queued", "deferred") else None,
+        last_error=row.last_error, smtp_reply=row.smtp_reply, sent_copy=row.sent_copy, sent_at=row.sent_at,
+        created_at=row.created_at, updated_at=row.updated_at)
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 200 or not key.isprintable():
+        raise Unprocessable("Idempotency-Key must be 1–200 printable characters", slug="invalid-idempotency-key")
+    return key
+
+
+async def _draft(session: AsyncSession, caller: Identity, body: MessageIn) -> Draft:
+    check_header_value("subject", body.subject)
+    for part in (body.text, body.html):
+        if part is not None and "\x00" in part:
+            raise Unprocessable("the body contains a NUL character", slug="invalid-body")
+    leads = await repository.lead_recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
+    missing = [str(i) for i in body.lead_ids if i not in leads]
+    if missing:
+        raise Unprocessable("unknown lead: " + ", ".join(missing), slug="unknown-lead", lead_ids=missing)
+    to = [Recipient(address, check_header_value("lead name", name), lead_id)
+          for lead_id, (address, name) in ((i, leads[i]) for i in body.lead_ids)]
+    to += [Recipient(check_address(f"to[{n}]", a)) for n, a in enumerate(body.to)]
+    cc = [Recipient(check_address(f"cc[{n}]", a)) for n, a in enumerate(body.cc)]
+    bcc = [Recipient(check_address(f"bcc[{n}]", a)) for n, a in enumerate(body.bcc)]
+    if not to:
+        raise Unprocessable("a message needs at least one recipient in lead_ids or to", slug="no-recipients")
+    attachments = []
+    for n, item in enumerate(body.attachments):
+        check_header_value(f"attachments[{n}].filename", item.filename)
+        try:
+            content = base64.b64decode(item.content_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise Unprocessable(f"attachments[{n}].content_base64 is not base64",
+                                slug="invalid-attachment") from None
+        attachments.append(AttachmentFile(item.filename, item.content_type.lower(), content))
+    return Draft(category=body.category, to=tuple(to), cc=tuple(cc), bcc=tuple(bcc), subject=body.subject,
+                 text=body.text, html=body.html, attachments=tuple(attachments))
+
+
+def _with_defaults(draft: Draft, account: SendingAccount) -> Draft:
+    present = set(draft.recipients)
+    cc = [*draft.cc, *(Recipient(a) for a in account.default_cc if a not in present)]
+    bcc = [*draft.bcc, *(Recipient(a) for a in account.default_bcc if a not in present)]
+    return Draft(category=draft.category, to=draft.to, cc=tuple(cc), bcc=tuple(bcc), subject=draft.subject,
+                 text=draft.text, html=draft.html, attachments=draft.attachments)
+
+
+async def _check_quota(context: SendContext, caller: Identity, accounts: list[SendingAccount],
+                       built: BuiltMessage) -> SendingAccount:
+    """The first account whose quota would pass now (R14, R15); 429 or 422 when none would."""
+    refusals = []
+    for account in accounts:
+        try:
+            reply = await context.quota.check(account.quota_request(
+                caller.company_id, caller.user_id, len(built.recipients), len(built.raw)))
+        except QuotaUnavailable:
+            # Accept and let the delivery worker wait for the quota service: it never sends without a
+            # reservation, and the caller gets a message whose state explains the wait.
+            return account
+        if reply.granted:
+            return account
+        refusals.append(reply)
+    if all(r.retry_at is None for r in refusals):
+        first = refusals[0]
+        raise Unprocessable(f"the message can never pass the sending limit {first.limit}: {first.detail}",
+                            slug="quota-limit", limit=first.limit)
+    soonest = min((r for r in refusals if r.retry_at is not None), key=lambda r: r.retry_at)  # type: ignore[arg-type,return-value]
+    assert soonest.retry_at is not None
+    wait = max(1, math.ceil((soonest.retry_at - datetime.now(UTC)).total_seconds()))
+    raise TooManyRequests(f"sending limit {soonest.limit} reached; it resets at {soonest.retry_at.isoformat()}",
+                          slug="quota-exceeded", headers={"Retry-After": str(wait)}, limit=soonest.limit,
+                          retry_at=soonest.retry_at)
+
+
+async def create_message(session: AsyncSession, context: SendContext, caller: Identity, body: MessageIn,
+                         idempotency_key: str | None) -> MessageOut:
+    if idempotency_key:
+        existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
+        if existing is not None:
+            return to_out(existing)
+    settings = context.settings
+    draft = await _draft(session, caller, body)
+    if body.category == "marketing":
+        if len(draft.to) != 1 or draft.cc or draft.bcc:
+            raise Unprocessable("marketing mail goes to one recipient per message (each gets its own "
+                                "unsubscribe link); send one message per lead", slug="marketing-one-recipient")
+        refused = await repository.unsubscribed(session, caller.company_id, draft.recipients)
+        if refused:
+            raise Unprocessable("the recipient unsubscribed from marketing mail: " + ", ".join(refused),
+                                slug="recipient-unsubscribed", addresses=refused)
+    try:
+        route = await route_for(session, context.keys, context.mailboxes, caller.company_id, caller.user_id,
+                                body.category)
+    except MailboxUnavailable as exc:
+        raise ServiceUnavailable(str(exc), slug="mailbox-unavailable") from None
+    if not route.accounts:
+        raise Unprocessable(route.reason, slug="no-sending-account")
+    draft = _with_defaults(draft, route.accounts[0])
+    if len(draft.recipients) > settings.max_recipients:
+        raise Unprocessable(f"too many recipients: {len(draft.recipients)} (at most {settings.max_recipients})",
+                            slug="too-many-recipients", limit=settings.max_recipients)
+    message_uuid = uuid.uuid4()
+    message_id = f"<{message_uuid.hex}@{settings.message_domain}>"
+    unsubscribe_link = None
+    if body.category == "marketing":
+        token = make_token(settings.unsubscribe_secret.get_secret_value(), caller.company_id, draft.to[0].address)
+        unsubscribe_link = f"{settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
+    now = datetime.now(UTC)
+    built = build_message(draft, route.accounts[0].sender, message_id=message_id, date=now,
+                          unsubscribe_link=unsubscribe_link)
+    if len(built.raw) > settings.max_message_bytes:
+        raise PayloadTooLarge(f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
+                              slug="message-too-large", limit=settings.max_message_bytes)
+    account = await _check_quota(context, caller, route.accounts, built)
+    if account is not route.accounts[0]:
+        built = build_message(draft, account.sender, message_id=message_id, date=now,
+                              unsubscribe_link=unsubscribe_link)
+    values = {
+        "id": message_uuid, "company_id": caller.company_id, "user_id": caller.user_id,
+        "idempotency_key": idempotency_key, "category": body.category, "state": "queued",
+        "message_id": message_id, "account_key": account.key, "provider": account.provider,
+        "from_address": account.sender.from_email, "envelope_from": built.envelope_from,
+        "recipients": built.recipients, "lead_ids": [str(i) for i in body.lead_ids],
+        "draft": {**draft.to_json(), "unsubscribe_link": unsubscribe_link}, "raw": built.raw,
+        "size_bytes": len(built.raw), "subject": draft.subject, "created_at": now, "updated_at": now,
+        "next_attempt_at": now,
+    }
+    if not await repository.insert_message(session, values):
+        assert idempotency_key is not None
+        existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
+        assert existing is not None
+        return to_out(existing)
+    row = await repository.by_id(session, caller.company_id, message_uuid)
+    return to_out(row)
+
+
+async def resend(session: AsyncSession, caller: Identity, message_id: uuid.UUID) -> MessageOut:
+    """Send again on purpose, with the same Message-ID (see the module docstring of endpoints)."""
+    row = await repository.by_id(session, caller.company_id, message_id)
+    if row is None:
+        raise NotFound("no such message", slug="message-not-found")
+    if row.category == "marketing":
+        refused = await repository.unsubscribed(session, caller.company_id, list(row.recipients))
+        if refused:
+            raise Conflict("the recipient unsubscribed from marketing mail", slug="recipient-unsubscribed")
+    if not await repository.requeue(session, caller.company_id, message_id, RESENDABLE):
+        raise Conflict(f"a {row.state} message cannot be resent; only {', '.join(RESENDABLE)} ones",
+                       slug="not-resendable", state=row.state)
+    fresh = await repository.by_id(session, caller.company_id, message_id)
+    return to_out(fresh)

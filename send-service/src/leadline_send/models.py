@@ -1,0 +1,151 @@
+"""The send schema: outgoing messages and their attempts, company SMTP accounts, the lead copy.
+
+``outgoing_message.state`` follows the delivery state machine documented in
+:mod:`leadline_send.delivery.queue`.  Exactly-once effects rest on unique
+constraints (R26): one message per (company, sender, idempotency key), one
+attempt per (message, number), one unsubscribe per (company, address).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+from leadline_kit.consumer import processed_event_table
+from leadline_kit.db import service_metadata
+from leadline_kit.outbox import outbox_table
+
+metadata = service_metadata("send")
+outbox = outbox_table(metadata)
+processed = processed_event_table(metadata)
+
+MESSAGE_STATES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "unknown")
+
+smtp_account = Table(
+    "smtp_account",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("type", Text, nullable=False),
+    Column("host", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("tls", Text, nullable=False),
+    Column("pinned_sha256", Text),
+    Column("username", Text, nullable=False, server_default=""),
+    # the password sealed by leadline_send.credentials (AES-256-GCM, key id, row ids as associated data)
+    Column("password_sealed", LargeBinary),
+    Column("key_id", Text),
+    Column("from_email", Text, nullable=False),
+    Column("from_name", Text, nullable=False, server_default=""),
+    Column("active", Boolean, nullable=False, server_default="false"),
+    Column("timeout_seconds", Integer, nullable=False, server_default="30"),
+    Column("default_cc", JSONB, nullable=False, server_default="[]"),
+    Column("default_bcc", JSONB, nullable=False, server_default="[]"),
+    Column("max_per_month", Integer),
+    Column("month_start_day", Integer, nullable=False, server_default="1"),
+    Column("unsubscribe_url", Text),
+    Column("precedence", Text),
+    Column("return_path", Text),
+    Column("utm", JSONB, nullable=False, server_default="{}"),
+    Column("display_order", Integer, nullable=False, server_default="0"),
+    Column("confirmed_at", DateTime(timezone=True)),
+    Column("confirmation_code_hash", Text),
+    Column("confirmation_expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("type IN ('campaigns', 'customer_service', 'system')", name="type"),
+    CheckConstraint("tls IN ('implicit', 'starttls', 'plain')", name="tls"),
+    Index("ix_smtp_account_company_type_order", "company_id", "type", "display_order"),
+)
+
+outgoing_message = Table(
+    "outgoing_message",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("user_id", Uuid, nullable=False),
+    Column("idempotency_key", Text),
+    Column("category", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    # the Message-ID header, made once at the API and kept across retries and resends (R21)
+    Column("message_id", Text, nullable=False),
+    # "mailbox:<uuid>" for the sender's synced mailbox, "smtp:<uuid>" for a company account
+    Column("account_key", Text, nullable=False),
+    Column("provider", Text, nullable=False, server_default="custom"),
+    Column("from_address", Text, nullable=False),
+    Column("envelope_from", Text, nullable=False),
+    Column("recipients", JSONB, nullable=False),
+    Column("lead_ids", JSONB, nullable=False, server_default="[]"),
+    # what the message was built from, to rebuild it when rotation picks another account (R15)
+    Column("draft", JSONB, nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("size_bytes", Integer, nullable=False),
+    Column("subject", Text, nullable=False, server_default=""),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # the delivery worker holding the message while it is ``sending`` (its PostgreSQL advisory lock key)
+    Column("claimed_by", BigInteger),
+    Column("reservation_id", Uuid),
+    Column("last_error", Text),
+    Column("smtp_reply", Text),
+    Column("sent_copy", Text),
+    Column("sent_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    CheckConstraint("state IN " + str(MESSAGE_STATES), name="state"),
+    CheckConstraint("category IN ('personal', 'marketing')", name="category"),
+    UniqueConstraint("company_id", "user_id", "idempotency_key", name="uq_outgoing_message_idempotency"),
+    Index("ix_outgoing_message_due", "next_attempt_at", postgresql_where="state IN ('queued', 'deferred')"),
+    Index("ix_outgoing_message_sending", "claimed_by", postgresql_where="state = 'sending'"),
+    Index("ix_outgoing_message_company_created", "company_id", "created_at", "id"),
+    Index("ix_outgoing_message_company_message_id", "company_id", "message_id"),
+)
+
+send_attempt = Table(
+    "send_attempt",
+    metadata,
+    Column("message_id", Uuid, primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("account_key", Text, nullable=False),
+    # connecting → data (committed before the DATA command, R21) → done
+    Column("phase", Text, nullable=False),
+    Column("outcome", Text),
+    Column("reply", Text),
+    Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+    CheckConstraint("phase IN ('connecting', 'data', 'done')", name="phase"),
+)
+
+lead_address = Table(
+    "lead_address",
+    metadata,
+    Column("company_id", Uuid, primary_key=True),
+    Column("lead_id", Uuid, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("name", Text, nullable=False, server_default=""),
+)
+
+unsubscribe = Table(
+    "unsubscribe",
+    metadata,
+    Column("company_id", Uuid, primary_key=True),
+    Column("address", Text, primary_key=True),
+    Column("lead_id", Uuid),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
