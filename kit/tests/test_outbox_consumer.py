@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -114,7 +115,7 @@ from test_outbox_consumer import outbox
 async def main():
     nc, js = await bus.connect({nats!r}, "relay")
     db = Database({url!r}, "kittest")
-    relay = OutboxRelay(db, outbox, js, service="kittest", batch_size=50)
+    relay = OutboxRelay(db, outbox, js, service="kittest", batch_size=100)
     await relay.run()
 asyncio.run(main())
 """
@@ -128,25 +129,31 @@ async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js,
         async with db.session() as s:
             await enqueue(s, outbox, *events[i:i + 500])
     script = RELAY_SCRIPT.format(here=str(Path(__file__).parent), nats=nats_url, url=db.url)
-    kills = 0
-    for _ in range(20):
-        proc = subprocess.Popen([sys.executable, "-c", script])
-        await asyncio.sleep(1.2 + 0.05 * kills)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        kills += 1
+
+    async def left() -> int:
         async with db.session() as s:
-            if await s.scalar(select(func.count()).select_from(outbox)) == 0:
-                break
-    async with db.session() as s:
-        assert await s.scalar(select(func.count()).select_from(outbox)) == 0, "relay never finished"
+            return int(await s.scalar(select(func.count()).select_from(outbox)) or 0)
+
+    kills, remaining = 0, len(events)
+    while remaining and kills < 30:
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+        deadline = asyncio.get_running_loop().time() + 30
+        while (now_left := await left()) == remaining and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.01)  # wait until this relay is publishing, then kill it mid-way
+        await asyncio.sleep(random.uniform(0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        assert now_left < remaining, f"relay made no progress: {stderr.decode()[-2000:]}"
+        kills += 1
+        remaining = await left()
+    assert remaining == 0, "relay never finished"
+    assert kills >= 2, "the relay should have been killed mid-way at least once"
     consumer = consumer_for(db, js, company)
     await drain(consumer, company, len(events), timeout=60)
     async with db.session() as s:
         rows = (await s.execute(select(applied.c.event_id, applied.c.n))).all()
     assert {r.event_id for r in rows} == {e.event_id for e in events}
     assert all(r.n == 1 for r in rows), "an event was applied twice"
-    assert kills >= 1
 
 
 async def test_redelivered_event_is_applied_once(db: Database, js) -> None:  # type: ignore[no-untyped-def]
