@@ -1,0 +1,69 @@
+"""Settings of the sync service (environment variables ``LEADLINE_SYNC_*`` on top of the kit's)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+from pydantic import Field, SecretStr, model_validator
+
+from leadline_kit.settings import KitSettings
+from leadline_mail.net import IPNetwork, parse_allowlist
+
+DEV_CREDENTIAL_KEY = "dev:" + base64.b64encode(b"leadline-development-only-key-32").decode()
+"""A fixed key so that development data survives restarts; refused outside development."""
+
+
+class Settings(KitSettings):
+    # Networks a user-given mail host may resolve into although not public (R24), e.g. "127.0.0.0/8".
+    sync_allow_networks: str = ""
+    # Plaintext IMAP/SMTP (no TLS at all) only where an operator allows it (R22).
+    sync_allow_plaintext: bool = False
+    # Extra CA bundle for mail servers (tests trust their own CA with it).
+    sync_ca_file: str | None = None
+    # Key-encryption keys "id:base64(32 bytes)" separated by commas; the first one encrypts (R25).
+    sync_credential_keys: SecretStr = SecretStr(DEV_CREDENTIAL_KEY)
+    # Name of this replica in leases; empty = host name + process id.
+    sync_replica: str = ""
+    sync_max_mailboxes: int = Field(200, ge=1)  # mailboxes one replica syncs at once
+    sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan or fetch at the same moment
+    sync_lease_seconds: float = Field(30.0, gt=0)
+    sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
+    sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: IDLE window, and how often Sent is polled
+    sync_batch_size: int = Field(100, ge=1, le=100)  # aioimaplib breaks on large FETCH responses
+    sync_retry_base_seconds: float = Field(30.0, gt=0)
+    sync_retry_max_seconds: float = Field(1800.0, gt=0)
+    sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed
+    sync_rpc_timeout: float = Field(3.0, gt=0)
+    sync_imap_timeout: float = Field(30.0, gt=0)
+    # Durable consumer names start with this, so that test apps sharing one stream stay apart.
+    sync_consumer_prefix: str = "sync"
+
+    @model_validator(mode="after")
+    def _checked(self) -> Settings:
+        self.credential_keys()
+        self.allow_networks()
+        if self.environment == "production" and self.sync_credential_keys.get_secret_value() == DEV_CREDENTIAL_KEY:
+            raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS must be set outside development")
+        return self
+
+    def allow_networks(self) -> list[IPNetwork]:
+        return parse_allowlist(self.sync_allow_networks)
+
+    def credential_keys(self) -> list[tuple[str, bytes]]:
+        """The key-encryption keys, current first."""
+        keys: list[tuple[str, bytes]] = []
+        for entry in self.sync_credential_keys.get_secret_value().split(","):
+            if not entry.strip():
+                continue
+            key_id, sep, encoded = entry.strip().partition(":")
+            try:
+                key = base64.b64decode(encoded, validate=True)
+            except binascii.Error:
+                key = b""
+            if not sep or not key_id or len(key) != 32:
+                raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS entries are 'id:base64 of 32 bytes'")
+            keys.append((key_id, key))
+        if not keys:
+            raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS names no key")
+        return keys

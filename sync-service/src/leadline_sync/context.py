@@ -1,0 +1,49 @@
+"""What the endpoints, the RPC responders and the sync workers of one process share."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from nats.aio.client import Client
+
+from leadline_kit.db import Database
+from leadline_sync.config import Settings
+from leadline_sync.credentials import CredentialCipher
+from leadline_sync.domain_check import TxtResolver
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class SyncContext:
+    settings: Settings
+    db: Database
+    cipher: CredentialCipher
+    clock: Clock
+    resolver: TxtResolver
+    replica: str
+    nats: Client | None = None
+    # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def nc(self) -> Client:
+        assert self.nats is not None, "NATS is not connected"
+        return self.nats
+
+
+def sync_context(request: Request) -> SyncContext:
+    context: SyncContext = request.app.state.runtime.extras["sync"]
+    return context
+
+
+Context = Annotated[SyncContext, Depends(sync_context)]

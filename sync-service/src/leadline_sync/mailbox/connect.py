@@ -1,0 +1,189 @@
+"""Connecting, updating and disconnecting the caller's own mailbox (R1, R3, R5, R9, R10, R11).
+
+Connecting checks both logins first, so that what is saved is known to work
+(IMAP must work to sync; SMTP is what Smart Mail goes out through).  A new
+connection starts a new historical sync: its ``connected_at`` decides which
+leads get their full history (R5).  Saving new settings for the connected
+address keeps the cursors, so sync resumes where it stopped (R10).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass
+
+from leadline_kit.errors import Conflict, NotFound, Unprocessable
+from leadline_kit.identity import Identity
+from leadline_kit.outbox import enqueue
+from leadline_mail.net import MailConnectionError, TlsMode
+from leadline_proto.events import MailboxStatusChangedV1, MailboxStatusPayload
+from leadline_sync.context import SyncContext
+from leadline_sync.credentials import MailboxSecrets
+from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp
+from leadline_sync.mailbox import service
+from leadline_sync.mailbox.fixes import fix_for
+from leadline_sync.mailbox.schemas import ConnectionTest, ConnectRequest, ServerCheck, ServerSettingsIn
+from leadline_sync.mailbox.slots import claim_slot, release_slot
+from leadline_sync.models import mailbox, outbox
+from leadline_sync.providers import Provider, ServerPreset, providers
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    login: ServerLogin
+    self_signed: bool
+    expected_pin: str | None
+
+
+@dataclass(frozen=True)
+class MailboxChoice:
+    provider: Provider
+    address: str
+    smtp_use: str
+    imap: ServerChoice
+    smtp: ServerChoice
+
+
+def _server(side: str, preset: ServerPreset | None, given: ServerSettingsIn | None,
+            request: ConnectRequest) -> ServerChoice:
+    given = given or ServerSettingsIn()
+    password = given.password or request.password
+    if password is None:
+        raise Unprocessable(f"a password is needed for {side.upper()}", slug="mailbox-settings-invalid", server=side)
+    if preset is not None:
+        host, port, tls = preset.host, preset.port, preset.tls
+    else:
+        if not given.host or given.port is None or given.use_ssl is None:
+            raise Unprocessable(f"custom settings need the {side.upper()} host, port and \"use SSL\"",
+                                slug="mailbox-settings-invalid", server=side)
+        host, port = given.host, given.port
+        tls = "implicit" if given.use_ssl else "starttls"
+    if given.self_signed and tls == "plain":
+        raise Unprocessable("a self-signed certificate needs SSL or STARTTLS", slug="mailbox-settings-invalid")
+    mode: TlsMode = tls
+    return ServerChoice(
+        login=ServerLogin(host=host, port=port, tls=mode, username=given.username or request.address,
+                          password=password.get_secret_value()),
+        self_signed=given.self_signed, expected_pin=given.certificate_sha256)
+
+
+def choose(request: ConnectRequest) -> MailboxChoice:
+    provider = providers().get(request.provider)
+    if provider is None:
+        raise Unprocessable(f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers",
+                            slug="mailbox-settings-invalid")
+    imap_preset = provider.imap.for_address(request.address) if provider.imap else None
+    smtp_preset = provider.smtp.for_address(request.address) if provider.smtp else None
+    return MailboxChoice(
+        provider=provider, address=request.address, smtp_use=request.smtp_use,
+        imap=_server("imap", imap_preset, request.imap, request),
+        smtp=_server("smtp", smtp_preset, request.smtp, request))
+
+
+async def _pinned(context: SyncContext, server: ServerChoice, protocol: str) -> ServerLogin:
+    if not server.self_signed:
+        return server.login
+    pin = await certificate_pin(server.login, protocol, server.expected_pin, context.settings)
+    login = server.login
+    return ServerLogin(login.host, login.port, login.tls, login.username, login.password, pin)
+
+
+async def _check(context: SyncContext, server: ServerChoice, protocol: str) -> tuple[ServerLogin, str | None]:
+    login = await _pinned(context, server, protocol)
+    if protocol == "imap":
+        return login, await check_imap(login, context.settings)
+    await check_smtp(login, context.settings)
+    return login, None
+
+
+def _failure(server: str, error: MailConnectionError) -> Unprocessable:
+    return Unprocessable(f"{server.upper()}: {error.user_message}", slug="mailbox-login-failed", server=server,
+                         kind=error.kind, fix=fix_for(error.kind))
+
+
+async def test_connection(context: SyncContext, request: ConnectRequest) -> ConnectionTest:
+    choice = choose(request)
+
+    async def run(server: ServerChoice, protocol: str) -> ServerCheck:
+        try:
+            await _check(context, server, protocol)
+        except MailConnectionError as error:
+            return ServerCheck(ok=False, kind=error.kind, message=error.user_message, fix=fix_for(error.kind))
+        return ServerCheck(ok=True)
+
+    imap, smtp = await asyncio.gather(run(choice.imap, "imap"), run(choice.smtp, "smtp"))
+    return ConnectionTest(ok=imap.ok and smtp.ok, imap=imap, smtp=smtp)
+
+
+async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
+    """Save (after checking) the caller's mailbox settings; returns the mailbox id."""
+    choice = choose(request)
+    results = await asyncio.gather(_check(context, choice.imap, "imap"), _check(context, choice.smtp, "smtp"),
+                                   return_exceptions=True)
+    for side, result in zip(("imap", "smtp"), results, strict=True):
+        if isinstance(result, MailConnectionError):
+            raise _failure(side, result)
+        if isinstance(result, BaseException):
+            raise result
+    (imap_login, sent_folder), (smtp_login, _) = results  # type: ignore[misc]
+    now = context.clock()
+    async with context.db.session() as session:
+        row = await service.active_mailbox(session, caller.company_id, caller.user_id, for_update=True)
+        if row is not None and row.address != choice.address:
+            raise Conflict(f"Mail Sync is connected for {row.address}; disable it before connecting another "
+                           "address", slug="mailbox-already-connected")
+        mailbox_id = row.id if row is not None else uuid.uuid4()
+        sealed = context.cipher.seal(caller.company_id, mailbox_id, MailboxSecrets(
+            imap_password=imap_login.password, smtp_password=smtp_login.password))
+        values = dict(
+            provider=choice.provider.id, smtp_use=choice.smtp_use,
+            imap_host=imap_login.host, imap_port=imap_login.port, imap_tls=imap_login.tls,
+            imap_username=imap_login.username, imap_pinned_sha256=imap_login.pinned_sha256,
+            smtp_host=smtp_login.host, smtp_port=smtp_login.port, smtp_tls=smtp_login.tls,
+            smtp_username=smtp_login.username, smtp_pinned_sha256=smtp_login.pinned_sha256,
+            credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
+            credential_ciphertext=sealed.ciphertext, sent_folder=sent_folder,
+            provider_saves_sent=choice.provider.provider_saves_sent,
+            failures=0, failing_since=None, next_attempt_at=now, updated_at=now,
+        )
+        if row is None:
+            reason = "checking the company's mailbox limit"
+            await session.execute(mailbox.insert().values(
+                id=mailbox_id, company_id=caller.company_id, user_id=caller.user_id, address=choice.address,
+                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now,
+                **values))
+            created = await service.mailbox_by_id(session, mailbox_id)
+            assert created is not None
+            await service.announce_connected(session, created)
+            await enqueue(session, outbox, MailboxStatusChangedV1(
+                company_id=caller.company_id, correlation_id=str(mailbox_id),
+                payload=MailboxStatusPayload(mailbox_id=mailbox_id, user_id=caller.user_id, address=choice.address,
+                                             status="pending", reason=reason)))
+            slot = "unclaimed"
+        elif row.status == "connection_failed":
+            # its slot was given back when retries stopped: ask for one again (R8, R9)
+            await service.set_status(session, row, "pending", "checking the company's mailbox limit", now,
+                                     slot="unclaimed", **values)
+            slot = "unclaimed"
+        elif row.status == "error" and row.slot == "granted":
+            await service.set_status(session, row, "enabled", "", now, **values)
+            slot = row.slot
+        else:
+            await service.set_status(session, row, row.status, row.status_reason, now, **values)
+            slot = row.slot
+    if slot == "unclaimed":
+        await claim_slot(context, caller.company_id, mailbox_id)
+    context.wake.set()
+    return mailbox_id
+
+
+async def disconnect(context: SyncContext, caller: Identity, keep_history: bool) -> None:
+    async with context.db.session() as session:
+        row = await service.active_mailbox(session, caller.company_id, caller.user_id, for_update=True)
+        if row is None:
+            raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+        await service.disconnect(session, row, keep_history, context.clock())
+        releasing = row.slot in ("granted", "pending")
+    if releasing:
+        await release_slot(context, caller.company_id, row.id)

@@ -1,0 +1,140 @@
+"""Mail Sync HTTP API: the caller's own mailbox (R1), providers, errors, domain check; administrators' list."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Response
+from sqlalchemy import Row
+
+from leadline_kit.db import Session
+from leadline_kit.errors import NotFound
+from leadline_kit.identity import Admin, Caller
+from leadline_kit.pagination import Page, decode_cursor, encode_cursor
+from leadline_mail.addresses import address_domain
+from leadline_sync.context import Context
+from leadline_sync.domain_check import check_domain
+from leadline_sync.mailbox import connect as connection
+from leadline_sync.mailbox import repository, service
+from leadline_sync.mailbox.schemas import (
+    ConnectionTest,
+    ConnectRequest,
+    DomainCheck,
+    ErrorEntry,
+    FolderProgress,
+    MailboxOut,
+    MailboxSummary,
+    ProviderOut,
+    ServerPresetOut,
+    ServerSettingsOut,
+)
+from leadline_sync.providers import ServerPreset, providers
+
+router = APIRouter(tags=["mail-sync"])
+
+
+def _preset(preset: ServerPreset | None) -> ServerPresetOut | None:
+    return None if preset is None else ServerPresetOut(host=preset.host, port=preset.port, tls=preset.tls)
+
+
+@router.get("/v1/mail-sync/providers")
+async def list_providers(caller: Caller) -> list[ProviderOut]:
+    return [ProviderOut(id=p.id, name=p.name, imap=_preset(p.imap), smtp=_preset(p.smtp),
+                        host_from_domain=p.host_from_domain, provider_saves_sent=p.provider_saves_sent, note=p.note)
+            for p in providers().values()]
+
+
+def _mailbox_out(row: Row[Any], cursors: list[Row[Any]]) -> MailboxOut:
+    def server(prefix: str) -> ServerSettingsOut:
+        pin = getattr(row, f"{prefix}_pinned_sha256")
+        return ServerSettingsOut(host=getattr(row, f"{prefix}_host"), port=getattr(row, f"{prefix}_port"),
+                                 tls=getattr(row, f"{prefix}_tls"), username=getattr(row, f"{prefix}_username"),
+                                 self_signed=pin is not None, certificate_sha256=pin)
+
+    return MailboxOut(
+        id=row.id, user_id=row.user_id, address=row.address, provider=row.provider, status=row.status,
+        status_reason=row.status_reason, smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
+        sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,
+        folders=[FolderProgress(folder=c.folder, name=c.name, last_uid=c.last_uid,
+                                history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid)
+                 for c in cursors])
+
+
+async def _own_mailbox(session: Session, caller: Caller) -> MailboxOut:
+    row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+    if row is None:
+        raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+    return _mailbox_out(row, await repository.folder_cursors(session, row.id))
+
+
+@router.put("/v1/mail-sync")
+async def connect_mailbox(body: ConnectRequest, caller: Caller, context: Context, session: Session) -> MailboxOut:
+    """Connect the caller's own mailbox, or update its settings (a new password resumes from the cursor)."""
+    await connection.connect(context, caller, body)
+    return await _own_mailbox(session, caller)
+
+
+@router.get("/v1/mail-sync")
+async def get_mailbox(caller: Caller, session: Session) -> MailboxOut:
+    return await _own_mailbox(session, caller)
+
+
+@router.delete("/v1/mail-sync", status_code=204)
+async def disconnect_mailbox(caller: Caller, context: Context,
+                             keep_history: Annotated[bool, Query()] = True) -> Response:
+    """Disable sync; ``keep_history=false`` removes what it brought into the timelines (R11)."""
+    await connection.disconnect(context, caller, keep_history)
+    return Response(status_code=204)
+
+
+@router.post("/v1/mail-sync/test")
+async def test_mailbox(body: ConnectRequest, caller: Caller, context: Context) -> ConnectionTest:
+    """Check the IMAP and the SMTP login without saving anything."""
+    return await connection.test_connection(context, body)
+
+
+@router.get("/v1/mail-sync/errors")
+async def list_errors(caller: Caller, session: Session, cursor: str | None = None,
+                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[ErrorEntry]:
+    before = None
+    if cursor:
+        occurred, entry_id = decode_cursor(cursor, 2)
+        before = (datetime.fromisoformat(occurred), uuid.UUID(entry_id))
+    rows = await repository.error_page(session, caller.company_id, caller.user_id, limit + 1, before)
+    items = [ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix)
+             for r in rows[:limit]]
+    next_cursor = encode_cursor(items[-1].occurred_at.isoformat(), items[-1].id) if len(rows) > limit else None
+    return Page[ErrorEntry](items=items, next_cursor=next_cursor)
+
+
+@router.get("/v1/mail-sync/domain-check")
+async def domain_check(caller: Caller, context: Context, session: Session) -> DomainCheck:
+    """DMARC and DKIM for the domain of the caller's synced address (R18)."""
+    row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+    if row is None:
+        raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+    return await check_domain(address_domain(row.address), context.resolver)
+
+
+@router.get("/v1/mailboxes")
+async def list_mailboxes(
+    caller: Admin, session: Session, cursor: str | None = None,
+    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"] | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[MailboxSummary]:
+    """Every mailbox of the company with its status; ``connection_failed`` ones do not count for billing (R8)."""
+    after = None
+    if cursor:
+        created, mailbox_id = decode_cursor(cursor, 2)
+        after = (datetime.fromisoformat(created), uuid.UUID(mailbox_id))
+    rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
+    items = [MailboxSummary(id=r.id, user_id=r.user_id, address=r.address, provider=r.provider, status=r.status,
+                            status_reason=r.status_reason, counts_for_billing=r.status in ("enabled", "error"),
+                            connected_at=r.connected_at, updated_at=r.updated_at) for r in rows[:limit]]
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+    return Page[MailboxSummary](items=items, next_cursor=next_cursor)

@@ -1,0 +1,29 @@
+"""What each kind of mailbox error means for the user, and how to fix it (the error log, R8, R10)."""
+
+from __future__ import annotations
+
+FIXES: dict[str, str] = {
+    "auth_failed": "Update the password in your Mail Sync settings. If your provider uses app passwords "
+                   "(Gmail, Yahoo, AOL, AT&T), create one and enter it instead of your account password.",
+    "imap_disabled": "Turn on IMAP access in your mail provider's settings, then save your Mail Sync settings again.",
+    "tls": "If your server uses a self-signed certificate, tick \"self-signed certificate\"; otherwise check the "
+           "port and the \"use SSL\" setting.",
+    "unreachable": "Check the server name and port, and that your mail server accepts connections from Leadline.",
+    "timeout": "Check the server name and port, and that no firewall blocks Leadline. Leadline keeps retrying.",
+    "protocol": "Check that the host and port are your provider's IMAP (or SMTP) server. Contact support if this "
+                "continues.",
+    "not_allowed": "Use your mail provider's public server name.",
+    "plaintext_refused": "Turn on \"use SSL\" or use a port that offers STARTTLS: Leadline does not send passwords "
+                         "unencrypted.",
+    "credentials_unreadable": "Enter your password again in your Mail Sync settings.",
+    "mailbox_limit_unavailable": "Nothing to do: Leadline checks the company mailbox limit again by itself. "
+                                 "Contact support if this continues.",
+    "connection_failed": "Leadline stopped trying after two days of failures. Update your Mail Sync settings or "
+                         "password to start syncing again.",
+    "message_unreadable": "Nothing to do: the message was kept as it was received and marked as damaged.",
+    "folder_reset": "Nothing to do: the server renumbered the folder; Leadline re-read it without duplicates.",
+}
+
+
+def fix_for(kind: str) -> str:
+    return FIXES.get(kind, "Contact support if this continues.")

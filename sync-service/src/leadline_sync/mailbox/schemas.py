@@ -1,0 +1,181 @@
+"""API models of Mail Sync. Passwords come in as secrets and never go out."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from leadline_mail.addresses import normalize_address
+from leadline_mail.net import normalize_fingerprint
+
+SmtpUse = Literal["general", "all"]
+
+
+def _no_control_characters(value: str) -> str:
+    # R22: IMAP arguments and SMTP lines must not carry NUL, CR or LF
+    if any(c in value for c in "\0\r\n"):
+        raise ValueError("must not contain line breaks or NUL characters")
+    return value
+
+
+class ServerSettingsIn(BaseModel):
+    """Custom settings of one server (R3); for a preset only username and password may be given."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str | None = Field(None, max_length=320)
+    password: SecretStr | None = Field(None, max_length=1024)
+    host: str | None = Field(None, max_length=253)
+    port: int | None = Field(None, ge=1, le=65535)
+    use_ssl: bool | None = None
+    self_signed: bool = False
+    # the SHA-256 fingerprint the user expects (optional): checked against the one seen when connecting
+    certificate_sha256: str | None = None
+
+    @field_validator("username", "host")
+    @classmethod
+    def _clean(cls, value: str | None) -> str | None:
+        return None if value is None else _no_control_characters(value.strip())
+
+    @field_validator("password")
+    @classmethod
+    def _clean_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _no_control_characters(value.get_secret_value())
+        return value
+
+    @field_validator("certificate_sha256")
+    @classmethod
+    def _fingerprint(cls, value: str | None) -> str | None:
+        return None if value is None else normalize_fingerprint(value)
+
+
+class ConnectRequest(BaseModel):
+    """``PUT /v1/mail-sync`` and ``POST /v1/mail-sync/test``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    provider: str = "custom"
+    address: str = Field(..., max_length=320, description="the email address being synced")
+    password: SecretStr | None = Field(None, max_length=1024, description="used for IMAP and SMTP unless given there")
+    smtp_use: SmtpUse = "general"
+    imap: ServerSettingsIn | None = None
+    smtp: ServerSettingsIn | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        normalized = normalize_address(value)
+        if normalized is None:
+            raise ValueError("is not a valid email address")
+        return normalized
+
+    @field_validator("password")
+    @classmethod
+    def _clean_password(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _no_control_characters(value.get_secret_value())
+        return value
+
+
+class ServerSettingsOut(BaseModel):
+    host: str
+    port: int
+    tls: Literal["implicit", "starttls", "plain"]
+    username: str
+    self_signed: bool
+    certificate_sha256: str | None
+
+
+class FolderProgress(BaseModel):
+    folder: Literal["inbox", "sent"]
+    name: str
+    last_uid: int
+    history_last_uid: int
+    history_complete: bool
+
+
+class MailboxOut(BaseModel):
+    id: uuid.UUID
+    user_id: uuid.UUID
+    address: str
+    provider: str
+    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"]
+    status_reason: str
+    smtp_use: SmtpUse
+    imap: ServerSettingsOut
+    smtp: ServerSettingsOut
+    sent_folder: str | None
+    connected_at: datetime
+    history_completed_at: datetime | None
+    folders: list[FolderProgress]
+
+
+class MailboxSummary(BaseModel):
+    """One row of the administrators' list (``GET /v1/mailboxes``)."""
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    address: str
+    provider: str
+    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"]
+    status_reason: str
+    counts_for_billing: bool
+    connected_at: datetime
+    updated_at: datetime
+
+
+class ServerCheck(BaseModel):
+    ok: bool
+    kind: str | None = None
+    message: str | None = None
+    fix: str | None = None
+
+
+class ConnectionTest(BaseModel):
+    """Result of ``POST /v1/mail-sync/test``: each login separately, in the user's words."""
+
+    ok: bool
+    imap: ServerCheck
+    smtp: ServerCheck
+
+
+class ErrorEntry(BaseModel):
+    id: uuid.UUID
+    occurred_at: datetime
+    kind: str
+    message: str
+    fix: str
+
+
+class ServerPresetOut(BaseModel):
+    host: str
+    port: int
+    tls: Literal["implicit", "starttls", "plain"]
+
+
+class ProviderOut(BaseModel):
+    id: str
+    name: str
+    imap: ServerPresetOut | None
+    smtp: ServerPresetOut | None
+    host_from_domain: bool
+    provider_saves_sent: bool
+    note: str
+
+
+class DnsRecordCheck(BaseModel):
+    published: bool
+    records: list[str]
+    detail: str
+
+
+class DomainCheck(BaseModel):
+    domain: str
+    dmarc: DnsRecordCheck
+    dkim: DnsRecordCheck
+    ready_for_bulk: bool
+    advice: str

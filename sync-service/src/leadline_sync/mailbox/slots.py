@@ -1,0 +1,83 @@
+"""The company mailbox limit (R9), asked of the quota service over NATS request/reply.
+
+A claim answers ``granted`` or ``pending``; a pending mailbox is enabled later
+by ``quota.mailbox_slot_granted``.  When nobody answers (quota service down
+or slow) the mailbox shows ``error`` with a clear message and stays
+``unclaimed``; the scheduler asks again.  Releases are retried the same way
+until the quota service confirms.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from pydantic import ValidationError
+from sqlalchemy import select, update
+
+from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
+from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
+from leadline_sync.context import SyncContext
+from leadline_sync.mailbox.service import SlotAnswer, apply_slot_answer
+from leadline_sync.models import mailbox
+
+log = logging.getLogger("leadline.sync.slots")
+
+
+async def ask_quota_service(context: SyncContext, subject: str, company_id: uuid.UUID,
+                            mailbox_id: uuid.UUID) -> SlotAnswer:
+    request = MailboxSlotRequest(company_id=company_id, mailbox_id=mailbox_id)
+    try:
+        message = await context.nc.request(subject, request.model_dump_json().encode(),
+                                           timeout=context.settings.sync_rpc_timeout)
+    except NoRespondersError:
+        return SlotAnswer("unavailable", detail="the mailbox limit service is not running")
+    except (NatsTimeoutError, TimeoutError):
+        return SlotAnswer("unavailable", detail="the mailbox limit service did not answer in time")
+    try:
+        reply = MailboxSlotReply.model_validate_json(message.data)
+    except ValidationError:
+        return SlotAnswer("unavailable", detail="the mailbox limit service gave an unreadable answer")
+    return SlotAnswer(reply.status, reply.position, reply.detail)
+
+
+async def claim_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> None:
+    answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_CLAIM, company_id, mailbox_id)
+    if answer.status == "invalid":
+        log.error("quota service refused the slot claim of mailbox %s: %s", mailbox_id, answer.detail)
+    async with context.db.session() as session:
+        await apply_slot_answer(session, mailbox_id, answer, context.clock())
+
+
+async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> bool:
+    """Give the slot back; True once the quota service has heard it."""
+    answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_RELEASE, company_id, mailbox_id)
+    if answer.status == "unavailable":
+        log.warning("slot release of mailbox %s not confirmed (%s); will retry", mailbox_id, answer.detail)
+        return False
+    if answer.status == "invalid":
+        log.error("quota service refused the slot release of mailbox %s: %s", mailbox_id, answer.detail)
+    async with context.db.session() as session:
+        await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == "releasing")
+                              .values(slot="released"))
+    return True
+
+
+async def reconcile_slots(context: SyncContext, limit: int = 50) -> None:
+    """Ask again for slots nobody answered, and repeat unconfirmed releases."""
+    async with context.db.session() as session:
+        rows = (await session.execute(
+            select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
+            .where(((mailbox.c.slot == "unclaimed") & mailbox.c.status.in_(("pending", "error")))
+                   | (mailbox.c.slot == "releasing"))
+            .order_by(mailbox.c.created_at).limit(limit)
+        )).all()
+    for row in rows:
+        if row.slot == "releasing":
+            await release_slot(context, row.company_id, row.id)
+        else:
+            await claim_slot(context, row.company_id, row.id)
+        await asyncio.sleep(0)

@@ -1,0 +1,61 @@
+"""The sync service app: Mail Sync API, the sync scheduler and workers, NATS responders, consumers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+
+from fastapi import FastAPI
+
+from leadline_kit.service import Runtime, create_service_app
+from leadline_sync.config import Settings
+from leadline_sync.context import Clock, SyncContext, system_clock
+from leadline_sync.credentials import CredentialCipher
+from leadline_sync.domain_check import DnsTxtResolver, TxtResolver
+from leadline_sync.mailbox.consumers import consumers
+from leadline_sync.mailbox.endpoints import router
+from leadline_sync.mailbox.smtp_settings import serve_mailbox_smtp
+from leadline_sync.models import outbox
+from leadline_sync.sync.scheduler import SyncScheduler
+
+
+def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
+               resolver: TxtResolver | None = None) -> FastAPI:
+    """``clock`` and ``resolver`` are injectable for tests (R8's 48 hours; R18's DNS answers)."""
+    settings = settings or Settings()
+
+    async def on_start(runtime: Runtime) -> None:
+        context: SyncContext = runtime.extras["sync"]
+        context.nats = runtime.nats
+        runtime.extras["smtp_settings_subscription"] = await serve_mailbox_smtp(context)
+        scheduler = SyncScheduler(context)
+        runtime.extras["scheduler"] = scheduler
+        runtime.spawn(scheduler.run(), "sync-scheduler")
+
+    async def on_stop(runtime: Runtime) -> None:
+        subscription = runtime.extras.get("smtp_settings_subscription")
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        scheduler: SyncScheduler | None = runtime.extras.get("scheduler")
+        for task in runtime.tasks:
+            if task.get_name() == "sync-scheduler":
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if scheduler is not None:
+            with contextlib.suppress(Exception):
+                await scheduler.release_all()
+
+    app = create_service_app(name="sync", settings=settings, schema="sync", outbox=outbox, routers=[router],
+                             consumers=consumers, on_start=on_start, on_stop=on_stop, title="Leadline sync service")
+    runtime: Runtime = app.state.runtime
+    runtime.extras["clock"] = clock or system_clock
+    runtime.extras["sync"] = SyncContext(
+        settings=settings, db=runtime.db, cipher=CredentialCipher.from_settings(settings),
+        clock=clock or system_clock, resolver=resolver or DnsTxtResolver(),
+        replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+    return app

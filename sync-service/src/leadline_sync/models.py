@@ -1,0 +1,168 @@
+"""Tables of the sync service (schema ``sync``).
+
+- ``mailbox``: one connection per user (at most one that is not disabled), its
+  settings, encrypted credentials (R25), status (R8), mailbox-limit slot (R9),
+  retry schedule and the replica lease that makes one replica its only syncer.
+- ``folder_cursor``: per mailbox and folder (inbox, sent) the UIDVALIDITY, the
+  last UID processed and HIGHESTMODSEQ; advanced in the same transaction as the
+  events of the batch it covers.
+- ``synced_message``: what left the service; unique per mailbox + folder +
+  UIDVALIDITY + UID and per mailbox + folder + Message-ID, so a restart or a
+  UIDVALIDITY resync never publishes a message twice (R26).
+- ``lead_address``, ``blocklist_entry``, ``company``: this service's copy of
+  what it matches on, kept from lead-service and gateway events (R5, R6).
+- ``mailbox_error``: the error log users read (when, what, how to fix).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    ARRAY,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    func,
+    text,
+)
+
+from leadline_kit.consumer import processed_event_table
+from leadline_kit.db import service_metadata
+from leadline_kit.outbox import outbox_table
+
+metadata = service_metadata("sync")
+outbox = outbox_table(metadata)
+processed = processed_event_table(metadata)
+
+ACTIVE_STATUSES = ("enabled", "error", "pending")
+"""Statuses of a mailbox that is connected (not disabled, not given up)."""
+
+mailbox = Table(
+    "mailbox",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("user_id", Uuid, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("smtp_use", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("status_reason", Text, nullable=False, server_default=""),
+    Column("imap_host", Text, nullable=False),
+    Column("imap_port", Integer, nullable=False),
+    Column("imap_tls", Text, nullable=False),
+    Column("imap_username", Text, nullable=False),
+    Column("imap_pinned_sha256", Text),
+    Column("smtp_host", Text, nullable=False),
+    Column("smtp_port", Integer, nullable=False),
+    Column("smtp_tls", Text, nullable=False),
+    Column("smtp_username", Text, nullable=False),
+    Column("smtp_pinned_sha256", Text),
+    # R25: AES-256-GCM ciphertext of the passwords under a data key wrapped by key ``credential_key_id``;
+    # cleared when sync is disabled.
+    Column("credential_key_id", Text),
+    Column("credential_wrapped_key", LargeBinary),
+    Column("credential_ciphertext", LargeBinary),
+    Column("sent_folder", Text),
+    Column("provider_saves_sent", Boolean, nullable=False, server_default="false"),
+    # R5: leads created up to this moment get the full history, later ones mail from their creation on
+    Column("connected_at", DateTime(timezone=True), nullable=False),
+    Column("history_completed_at", DateTime(timezone=True)),
+    # R9: unclaimed (ask the quota service), granted, pending, releasing (tell it), released
+    Column("slot", Text, nullable=False, server_default="unclaimed"),
+    Column("failing_since", DateTime(timezone=True)),
+    Column("failures", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("lease_owner", Text),
+    Column("lease_expires_at", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("disabled_at", DateTime(timezone=True)),
+    Index("uq_mailbox_user_connected", "company_id", "user_id", unique=True,
+          postgresql_where=text("status <> 'disabled'")),
+    Index("ix_mailbox_company_created", "company_id", "created_at", "id"),
+    Index("ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")),
+)
+
+folder_cursor = Table(
+    "folder_cursor",
+    metadata,
+    Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("folder", Text, nullable=False),  # inbox | sent
+    Column("name", Text, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("last_uid", BigInteger, nullable=False, server_default="0"),
+    Column("highestmodseq", BigInteger),
+    Column("uidnext", BigInteger, nullable=False, server_default="0"),
+    # the last UID that existed when the historical sync of this folder started (progress)
+    Column("history_last_uid", BigInteger, nullable=False, server_default="0"),
+    Column("uidvalidity_resets", Integer, nullable=False, server_default="0"),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("mailbox_id", "folder"),
+)
+
+synced_message = Table(
+    "synced_message",
+    metadata,
+    Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("folder", Text, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("message_id", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # mail | bounce
+    Column("event_id", Uuid, nullable=False),
+    Column("synced_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("mailbox_id", "folder", "uidvalidity", "uid"),
+    UniqueConstraint("mailbox_id", "folder", "message_id", name="uq_synced_message_message_id"),
+)
+
+company = Table(
+    "company",
+    metadata,
+    Column("company_id", Uuid, primary_key=True),
+    Column("domains", ARRAY(Text), nullable=False, server_default="{}"),
+    Column("block_own_domains", Boolean, nullable=False, server_default="true"),
+)
+
+lead_address = Table(
+    "lead_address",
+    metadata,
+    Column("company_id", Uuid, nullable=False),
+    Column("lead_id", Uuid, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("lead_created_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("company_id", "lead_id", "address"),
+    Index("ix_lead_address_company_address", "company_id", "address"),
+)
+
+blocklist_entry = Table(
+    "blocklist_entry",
+    metadata,
+    Column("company_id", Uuid, nullable=False),
+    Column("entry_id", Uuid, nullable=False),
+    Column("kind", Text, nullable=False),  # address | domain
+    Column("value", Text, nullable=False),
+    PrimaryKeyConstraint("company_id", "entry_id"),
+)
+
+mailbox_error = Table(
+    "mailbox_error",
+    metadata,
+    Column("id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("message", Text, nullable=False),
+    Column("fix", Text, nullable=False),
+    Index("ix_mailbox_error_mailbox_time", "mailbox_id", "occurred_at", "id"),
+)

@@ -1,0 +1,395 @@
+"""The folder-sync state machine of one mailbox (modelled on nylas/sync-engine's IMAP folder sync).
+
+One replica holds a mailbox's lease (see :mod:`leadline_sync.sync.scheduler`)
+and runs :class:`MailboxSync` over one IMAP connection::
+
+    connect ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
+       ▲            ▲                                                   │
+       │            └───────────── new mail, or the poll period ends ◄──┘
+       └── failure: log it, back off with jitter, give the lease back (R8: 48 h → connection_failed)
+
+Syncing one folder::
+
+    SELECT ─┬─ no cursor ............ initial: cursor at UID 0; the historical sync target is UIDNEXT-1
+            ├─ UIDVALIDITY changed .. uidinvalid: cursor back to UID 0, rescan; nothing is published twice
+            │                         because synced_message is unique per Message-ID in the folder
+            ├─ nothing above cursor . done (Sent is checked with STATUS first, without SELECT)
+            └─ scan UIDs above the cursor in batches:
+                 headers ─► match (R5, R6) ─► bodies of matches only ─► parse ─► one transaction:
+                 lease check + synced_message rows (ON CONFLICT DO NOTHING) + their events + cursor
+
+Every step is idempotent, so it is fine to be killed between any two of
+them: a batch either committed its rows, events and cursor together, or not
+at all and is scanned again (R26).  The historical and the live sync are the
+same scan; "historical" just means the UIDs that existed at connect time.
+Nothing about mail that matches no lead leaves this module: not an event,
+not a row, not a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from prometheus_client import Counter
+from sqlalchemy import Row, func, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.outbox import enqueue
+from leadline_mail.addresses import normalize_address
+from leadline_mail.bounces import parse_bounce
+from leadline_mail.imap import FetchedHeader, FolderStatus, ImapClient, connect_imap
+from leadline_mail.mime import HeaderSummary, parse_headers, parse_message
+from leadline_mail.net import MailConnectionError
+from leadline_proto.events import (
+    EventBase,
+    MailBouncedPayload,
+    MailBouncedV1,
+    MailPayload,
+    MailSyncedV1,
+)
+from leadline_sync.context import SyncContext
+from leadline_sync.credentials import CredentialError, SealedSecrets
+from leadline_sync.logins import ServerLogin, imap_settings
+from leadline_sync.mailbox import service
+from leadline_sync.matching import CompanyDirectory, FolderRole, Parties, load_directory, match_message
+from leadline_sync.models import folder_cursor, mailbox, outbox, synced_message
+
+log = logging.getLogger("leadline.sync.engine")
+
+SCANNED = Counter("leadline_sync_messages_scanned_total", "Message headers scanned", ["folder"])
+PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages published (lead mail and bounces)",
+                    ["kind"])
+FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
+
+# A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
+MAX_TEXT_CHARS = 150_000
+MAX_HTML_CHARS = 250_000
+SYNCED_STATUSES = ("enabled", "error")
+
+
+class LeaseLost(Exception):
+    """Another replica owns the mailbox now, or it was disabled: stop without writing anything."""
+
+
+@dataclass
+class FolderCursor:
+    folder: FolderRole
+    name: str
+    uidvalidity: int
+    last_uid: int
+    highestmodseq: int | None
+    uidnext: int
+    history_last_uid: int
+
+
+@dataclass(frozen=True)
+class Selected:
+    """A message of a batch that leaves the service, with the event that carries it."""
+
+    uid: int
+    message_id: str
+    kind: str
+    event: EventBase
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def _message_id(summary: HeaderSummary, header: bytes) -> str:
+    """The Message-ID, or a stable stand-in for a message without one (the same bytes give the same id)."""
+    if summary.message_id:
+        return str(summary.message_id)[:900]
+    return f"<{hashlib.sha256(header).hexdigest()[:40]}@no-message-id.leadline.invalid>"
+
+
+class MailboxSync:
+    def __init__(self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.mailbox_id = mailbox_id
+        self.busy = busy
+        self.row: Row[Any] | None = None
+        self.cursors: dict[str, FolderCursor] = {}
+        self.history_done = False
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        async with self.context.db.session() as session:
+            self.row = await service.mailbox_by_id(session, self.mailbox_id)
+        row = self.row
+        if row is None or row.status not in SYNCED_STATUSES or row.credential_ciphertext is None:
+            return
+        self.history_done = row.history_completed_at is not None
+        try:
+            secrets = self.context.cipher.open(row.company_id, row.id, SealedSecrets(
+                row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
+        except CredentialError as exc:
+            log.error("mailbox %s: %s", row.id, exc)
+            await self._failed(MailConnectionError("auth_failed", "The saved password could not be read."),
+                               kind="credentials_unreadable")
+            return
+        login = ServerLogin(row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password,
+                            row.imap_pinned_sha256)
+        client: ImapClient | None = None
+        try:
+            client = await connect_imap(imap_settings(login, self.settings))
+            folders = await client.find_sync_folders()
+            await self._connected()
+            await self._load_cursors()
+            # Sent first, INBOX last: INBOX stays selected for IDLE.
+            roles: tuple[FolderRole, ...] = ("sent", "inbox")
+            order = [(role, folders[role]) for role in roles if role in folders]
+            while True:
+                for role, name in order:
+                    await self._sync_folder(client, role, name)
+                await self._note_history_done()
+                if "IDLE" in client.capabilities:
+                    await client.idle(self.settings.sync_poll_seconds)
+                else:
+                    await asyncio.sleep(self.settings.sync_poll_seconds)
+        except LeaseLost:
+            log.info("mailbox %s: lease lost or sync disabled; stopping", self.mailbox_id)
+        except MailConnectionError as error:
+            await self._failed(error)
+        finally:
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(3):
+                        await client.logout()
+
+    # -- status ----------------------------------------------------------------------------
+
+    async def _connected(self) -> None:
+        now = self.context.clock()
+        async with self.context.db.session() as session:
+            row = await self._fence(session)
+            if row.status != "enabled" or row.failures or row.failing_since is not None:
+                await service.set_status(session, row, "enabled", "", now, failures=0, failing_since=None)
+
+    async def _failed(self, error: MailConnectionError, kind: str | None = None) -> None:
+        kind = kind or error.kind
+        FAILURES.labels(kind).inc()
+        log.warning("mailbox %s: connection failed (%s): %s", self.mailbox_id, kind, error.detail or kind)
+        now = self.context.clock()
+        async with self.context.db.session() as session:
+            try:
+                row = await self._fence(session)
+            except LeaseLost:
+                return
+            failing_since = row.failing_since or now
+            await service.record_error(session, row, kind, error.user_message, now)
+            if (now - failing_since).total_seconds() >= self.settings.sync_give_up_hours * 3600:
+                await service.record_error(session, row, "connection_failed",
+                                           "Mail Sync could not connect for two days and stopped trying.", now)
+                await service.set_status(
+                    session, row, "connection_failed", f"no successful connection since {failing_since:%Y-%m-%d %H:%M} "
+                    f"UTC: {error.user_message}", now, failing_since=failing_since, lease_owner=None,
+                    lease_expires_at=None, slot="releasing" if row.slot in ("granted", "pending") else row.slot)
+                return
+            delay = service.retry_delay(row.failures, self.settings.sync_retry_base_seconds,
+                                        self.settings.sync_retry_max_seconds, random.uniform(0.5, 1.0))  # noqa: S311
+            await service.set_status(session, row, "error", error.user_message, now, failures=row.failures + 1,
+                                     failing_since=failing_since, next_attempt_at=now + delay, lease_owner=None,
+                                     lease_expires_at=None)
+
+    async def _fence(self, session: AsyncSession) -> Row[Any]:
+        """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
+        row = (await session.execute(
+            select(mailbox).where(mailbox.c.id == self.mailbox_id, mailbox.c.lease_owner == self.context.replica,
+                                  mailbox.c.lease_expires_at > func.now(), mailbox.c.status.in_(SYNCED_STATUSES))
+            .with_for_update()
+        )).first()
+        if row is None:
+            raise LeaseLost
+        self.row = row
+        return row
+
+    # -- cursors ---------------------------------------------------------------------------
+
+    async def _load_cursors(self) -> None:
+        async with self.context.db.session() as session:
+            rows = (await session.execute(
+                select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))).all()
+        self.cursors = {r.folder: FolderCursor(r.folder, r.name, r.uidvalidity, r.last_uid, r.highestmodseq,
+                                               r.uidnext, r.history_last_uid) for r in rows}
+
+    async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor, resets: int = 0) -> None:
+        values = {"name": cursor.name, "uidvalidity": cursor.uidvalidity, "last_uid": cursor.last_uid,
+                  "highestmodseq": cursor.highestmodseq, "uidnext": cursor.uidnext,
+                  "history_last_uid": cursor.history_last_uid, "updated_at": func.now()}
+        statement = insert(folder_cursor).values(mailbox_id=self.mailbox_id, folder=cursor.folder,
+                                                 uidvalidity_resets=resets, **values)
+        if resets:
+            values["uidvalidity_resets"] = folder_cursor.c.uidvalidity_resets + 1
+        await session.execute(statement.on_conflict_do_update(
+            index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values))
+
+    async def _note_history_done(self) -> None:
+        if self.history_done or not all(c.last_uid >= c.history_last_uid for c in self.cursors.values()):
+            return
+        async with self.context.db.session() as session:
+            await self._fence(session)
+            await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id,
+                                                        mailbox.c.history_completed_at.is_(None))
+                                  .values(history_completed_at=self.context.clock()))
+        self.history_done = True
+        log.info("mailbox %s: historical sync complete", self.mailbox_id)
+
+    # -- one folder ------------------------------------------------------------------------
+
+    async def _sync_folder(self, client: ImapClient, role: FolderRole, name: str) -> None:
+        cursor = self.cursors.get(role)
+        if role != "inbox" and cursor is not None and cursor.name == name:
+            # cheap poll of a folder we do not IDLE on
+            status = await client.status(name)
+            if (status.uidvalidity == cursor.uidvalidity and status.uidnext - 1 <= cursor.last_uid
+                    and (status.highestmodseq is None or status.highestmodseq == cursor.highestmodseq)):
+                return
+        status = await client.select(name)
+        cursor = await self._check_cursor(role, name, status)
+        if status.uidnext - 1 > cursor.last_uid:
+            uids = await client.uids_from(cursor.last_uid + 1)
+            for start in range(0, len(uids), self.settings.sync_batch_size):
+                async with self.busy:
+                    await self._sync_batch(client, cursor, uids[start:start + self.settings.sync_batch_size])
+        if status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
+            cursor.highestmodseq, cursor.uidnext = status.highestmodseq, status.uidnext
+            async with self.context.db.session() as session:
+                await self._fence(session)
+                await self._save_cursor(session, cursor)
+
+    async def _check_cursor(self, role: FolderRole, name: str, status: FolderStatus) -> FolderCursor:
+        cursor = self.cursors.get(role)
+        if cursor is not None and cursor.uidvalidity == status.uidvalidity and cursor.name == name:
+            return cursor
+        reset = cursor is not None
+        cursor = FolderCursor(folder=role, name=name, uidvalidity=status.uidvalidity, last_uid=0,
+                              highestmodseq=None, uidnext=0, history_last_uid=status.uidnext - 1)
+        if reset and self.history_done:
+            cursor.history_last_uid = 0  # a renumbered folder after the historical sync is live mail
+        async with self.context.db.session() as session:
+            row = await self._fence(session)
+            await self._save_cursor(session, cursor, resets=1 if reset else 0)
+            if reset:
+                log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
+                await service.record_error(session, row, "folder_reset",
+                                           f"The server renumbered the {role} folder; it was read again.",
+                                           self.context.clock())
+        self.cursors[role] = cursor
+        return cursor
+
+    async def _sync_batch(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> None:
+        row = self.row
+        assert row is not None
+        headers = await client.fetch_headers(uids)
+        SCANNED.labels(cursor.folder).inc(len(headers))
+        summaries = [(h, parse_headers(h.header)) for h in headers]
+        addresses = {a for _, s in summaries for a in self._parties(s).counterparts(row.address)}
+        async with self.context.db.session() as session:
+            directory = await load_directory(session, row.company_id, addresses)
+        wanted: dict[int, tuple[FetchedHeader, HeaderSummary]] = {}
+        for header, summary in summaries:
+            if self._matches(cursor.folder, header, summary, directory) or (
+                    cursor.folder == "inbox" and summary.is_bounce_candidate):
+                wanted[header.uid] = (header, summary)
+        selected: list[Selected] = []
+        defects: list[tuple[int, list[str]]] = []
+        if wanted:
+            for message in await client.fetch_messages(list(wanted)):
+                header, summary = wanted[message.uid]
+                picked = self._select(cursor.folder, header, summary, message.raw, directory, defects)
+                if picked is not None:
+                    selected.append(picked)
+        await self._commit(cursor, uids, selected, defects)
+
+    def _parties(self, summary: HeaderSummary) -> Parties:
+        return Parties(from_address=summary.from_address, to=list(summary.to), cc=list(summary.cc),
+                       bcc=list(summary.bcc))
+
+    def _sent_at(self, header: FetchedHeader, summary: HeaderSummary) -> datetime:
+        return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
+
+    def _matches(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary,
+                 directory: CompanyDirectory) -> bool:
+        row = self.row
+        assert row is not None
+        return match_message(self._parties(summary), folder=folder, own_address=row.address,
+                             sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
+                             directory=directory) is not None
+
+    def _select(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, raw: bytes,
+                directory: CompanyDirectory, defects: list[tuple[int, list[str]]]) -> Selected | None:
+        row = self.row
+        assert row is not None
+        sent_at = self._sent_at(header, summary)
+        if folder == "inbox" and summary.is_bounce_candidate:
+            bounce = parse_bounce(raw)
+            recipient = normalize_address(bounce.recipient) if bounce and bounce.recipient else None
+            # a bounce is about mail we sent to a lead; any other bounce is nobody's business here
+            if bounce is not None and recipient is not None and directory.is_lead(recipient):
+                return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
+                    company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
+                        original_message_id=bounce.original_message_id or "", recipient=recipient,
+                        status=bounce.status or "", action=bounce.action or "failed",
+                        diagnostic=(bounce.diagnostic or "")[:2000], mailbox_id=row.id, user_id=row.user_id,
+                        bounced_at=sent_at)))
+        match = match_message(self._parties(summary), folder=folder, own_address=row.address, sent_at=sent_at,
+                              connected_at=row.connected_at, directory=directory)
+        if match is None:
+            return None
+        parsed = parse_message(raw)
+        if parsed.defects:
+            defects.append((header.uid, parsed.defects))
+        message_id = _message_id(summary, header.header)
+        return Selected(header.uid, message_id, "mail", MailSyncedV1(
+            company_id=row.company_id, correlation_id=str(row.id), payload=MailPayload(
+                message_id=message_id, mailbox_id=row.id, user_id=row.user_id, folder=folder,
+                direction=match.direction,
+                from_address=summary.from_address or "", from_name=summary.from_name or "", to=match.to,
+                cc=match.cc, subject=summary.subject or "", sent_at=sent_at, text=parsed.text[:MAX_TEXT_CHARS],
+                html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None, attachments=parsed.attachments,
+                in_reply_to=summary.in_reply_to, defect=bool(parsed.defects))))
+
+    async def _commit(self, cursor: FolderCursor, uids: Sequence[int], selected: list[Selected],
+                      defects: list[tuple[int, list[str]]]) -> None:
+        """Rows, events and the cursor of one batch in one transaction, under the lease (R26)."""
+        now = self.context.clock()
+        async with self.context.db.session() as session:
+            row = await self._fence(session)
+            published: set[int] = set()
+            if selected:
+                inserted = await session.execute(
+                    insert(synced_message).values([
+                        {"mailbox_id": row.id, "folder": cursor.folder, "uidvalidity": cursor.uidvalidity,
+                         "uid": s.uid, "message_id": s.message_id, "kind": s.kind, "event_id": s.event.event_id}
+                        for s in selected]).on_conflict_do_nothing().returning(synced_message.c.uid))
+                published = set(inserted.scalars())
+                events = [s.event for s in selected if s.uid in published]
+                await enqueue(session, outbox, *events)
+                for s in selected:
+                    if s.uid in published:
+                        PUBLISHED.labels(s.kind).inc()
+            for uid, problems in defects:
+                if uid in published:
+                    log.warning("mailbox %s: %s UID %d kept with defects: %s", row.id, cursor.folder, uid,
+                                "; ".join(problems)[:500])
+                    await service.record_error(
+                        session, row, "message_unreadable",
+                        f"A message in {cursor.folder} (UID {uid}) could not be fully read and was kept as "
+                        f"received: {'; '.join(problems)[:300]}", now)
+            cursor.last_uid = max(cursor.last_uid, max(uids))
+            await self._save_cursor(session, cursor)

@@ -1,0 +1,153 @@
+"""Sharing mailboxes between replicas: leases in PostgreSQL.
+
+Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
+
+1. renews the leases of the mailboxes it syncs (``lease_owner`` = this
+   replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) and stops the
+   workers whose lease it no longer holds;
+2. repeats unanswered mailbox-limit claims and releases (R9);
+3. claims due mailboxes that nobody holds, or whose holder's lease expired
+   (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
+   never claim the same row, up to ``sync_max_mailboxes``.
+
+A worker re-checks the lease in every transaction it commits (see
+:meth:`MailboxSync._fence`), so a replica that lost its lease cannot write;
+and a replica that cannot renew for most of a lease period stops its own
+workers before another replica may take over, so that two replicas never
+talk to one mailbox at once.  Lease times are the database's clock, shared by
+all replicas; retry times are the service clock (injectable for tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from datetime import timedelta
+
+from prometheus_client import Gauge
+from sqlalchemy import func, or_, select, update
+
+from leadline_sync.context import SyncContext
+from leadline_sync.mailbox.slots import reconcile_slots
+from leadline_sync.models import mailbox
+from leadline_sync.sync.engine import MailboxSync
+
+log = logging.getLogger("leadline.sync.scheduler")
+
+HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
+
+
+class SyncScheduler:
+    def __init__(self, context: SyncContext) -> None:
+        self.context = context
+        self.settings = context.settings
+        self.replica = context.replica
+        self.workers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
+        self._renewed_at = time.monotonic()
+
+    @property
+    def mailboxes(self) -> set[uuid.UUID]:
+        """The mailboxes this replica is syncing right now."""
+        return {mailbox_id for mailbox_id, task in self.workers.items() if not task.done()}
+
+    def _lease_interval(self) -> timedelta:
+        return timedelta(seconds=self.settings.sync_lease_seconds)
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    await self.tick()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("scheduler pass failed")
+                    if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
+                        # our leases may lapse: stop before another replica can start on them
+                        await self._stop_workers()
+                self.context.wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
+        finally:
+            await self._stop_workers()
+            with contextlib.suppress(Exception):
+                await self.release_all()
+
+    async def tick(self) -> None:
+        await self._reap()
+        await self._renew()
+        if self.context.nats is not None:
+            await reconcile_slots(self.context)
+        await self._claim()
+        HELD.labels(self.replica).set(len(self.workers))
+
+    async def _reap(self) -> None:
+        """Forget finished workers; give back a lease a worker left behind (it crashed)."""
+        finished = {mailbox_id: task for mailbox_id, task in self.workers.items() if task.done()}
+        for mailbox_id, task in finished.items():
+            del self.workers[mailbox_id]
+            crashed = not task.cancelled() and task.exception() is not None
+            if crashed:
+                log.error("mailbox %s: sync worker crashed", mailbox_id, exc_info=task.exception())
+            retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
+            async with self.context.db.session() as session:
+                await session.execute(
+                    update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.lease_owner == self.replica)
+                    .values(lease_owner=None, lease_expires_at=None,
+                            **({"next_attempt_at": retry_at} if crashed else {})))
+
+    async def _renew(self) -> None:
+        held = list(self.workers)
+        if held:
+            async with self.context.db.session() as session:
+                kept = set((await session.execute(
+                    update(mailbox).where(mailbox.c.id.in_(held), mailbox.c.lease_owner == self.replica,
+                                          mailbox.c.status.in_(("enabled", "error")))
+                    .values(lease_expires_at=func.now() + self._lease_interval())
+                    .returning(mailbox.c.id))).scalars())
+            for mailbox_id in set(held) - kept:
+                self.workers[mailbox_id].cancel()
+        self._renewed_at = time.monotonic()
+
+    async def _claim(self) -> None:
+        free = self.settings.sync_max_mailboxes - len(self.workers)
+        if free <= 0:
+            return
+        due = (
+            select(mailbox.c.id)
+            .where(mailbox.c.status.in_(("enabled", "error")), mailbox.c.slot == "granted",
+                   mailbox.c.next_attempt_at <= self.context.clock(),
+                   or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()))
+            .order_by(mailbox.c.next_attempt_at)
+            .limit(free)
+            .with_for_update(skip_locked=True)
+        )
+        if self.workers:
+            due = due.where(mailbox.c.id.not_in(list(self.workers)))
+        async with self.context.db.session() as session:
+            claimed = list((await session.execute(
+                update(mailbox).where(mailbox.c.id.in_(due.scalar_subquery()))
+                .values(lease_owner=self.replica, lease_expires_at=func.now() + self._lease_interval())
+                .returning(mailbox.c.id))).scalars())
+        for mailbox_id in claimed:
+            worker = MailboxSync(self.context, mailbox_id, self.busy)
+            self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
+        if claimed:
+            log.info("replica %s claimed %d mailbox(es)", self.replica, len(claimed))
+
+    async def _stop_workers(self) -> None:
+        tasks = list(self.workers.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def release_all(self) -> None:
+        """Give back every lease at a clean shutdown, so another replica takes over at once."""
+        async with self.context.db.session() as session:
+            await session.execute(update(mailbox).where(mailbox.c.lease_owner == self.replica)
+                                  .values(lease_owner=None, lease_expires_at=None))
+        self.workers.clear()

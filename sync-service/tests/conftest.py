@@ -1,0 +1,340 @@
+"""Sync-service test support on real parts: PostgreSQL, NATS JetStream, Dovecot, aiosmtpd.
+
+``SyncWorld`` gives each test its own migrated database, company and users,
+Dovecot mailboxes seeded by IMAP APPEND, an SMTP server with STARTTLS and
+AUTH, the sync app (and, when asked, the real quota service) in-process, and
+a reader of the events the sync service published for the test's company.
+Only the outside world is faked: DNS answers in the domain-check tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.errors import TimeoutError as NatsTimeoutError
+from sqlalchemy import text
+
+from leadline_kit import bus
+from leadline_kit.db import Database
+from leadline_kit.identity import Identity
+from leadline_kit.infra import DovecotServer, PostgresServer, free_port
+from leadline_kit.testing.clients import as_caller, make_identity, running_app
+from leadline_kit.testing.fixtures import migrated_database
+from leadline_mail.imap import ImapClient, ImapSettings, connect_imap
+from leadline_proto.events import (
+    BlocklistAddedV1,
+    BlocklistEntryPayload,
+    CompanyPayload,
+    CompanyUpdatedV1,
+    EventBase,
+    LeadCreatedV1,
+    LeadPayload,
+    parse_event,
+)
+from leadline_proto.subjects import STREAM_NAME
+from leadline_sync.config import Settings
+from leadline_sync.main import create_app
+
+SECRET = "sync-test-identity-secret"
+
+
+class MovableClock:
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+    def advance(self, delta: timedelta) -> None:
+        self.offset += delta
+
+
+def message(*, sender: str, to: list[str], subject: str = "Hello", body: str = "Hi there.\n",
+            date: datetime | None = None, cc: list[str] | None = None, message_id: str | None = None,
+            attachment: bytes | None = None) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = ", ".join(to)
+    if cc:
+        msg["Cc"] = ", ".join(cc)
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date or datetime.now(UTC))
+    msg["Message-ID"] = message_id or make_msgid(domain="test.example")
+    msg.set_content(body)
+    if attachment is not None:
+        msg.add_attachment(attachment, maintype="application", subtype="pdf", filename="offer.pdf")
+    return msg.as_bytes()
+
+
+class SmtpAccounts:
+    """aiosmtpd authenticator: the accounts that may log in."""
+
+    def __init__(self) -> None:
+        self.passwords: dict[str, str] = {}
+
+    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+        if isinstance(auth_data, LoginPassword):
+            ok = self.passwords.get(auth_data.login.decode()) == auth_data.password.decode()
+            return AuthResult(success=ok, handled=False)
+        return AuthResult(success=False, handled=False)
+
+
+class SinkHandler:
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        return "250 OK"
+
+
+@dataclass
+class SmtpServer:
+    port: int
+    accounts: SmtpAccounts
+
+
+@pytest.fixture(scope="session")
+def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpServer]:
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    accounts = SmtpAccounts()
+    port = free_port()
+    controller = Controller(SinkHandler(), hostname="127.0.0.1", port=port, authenticator=accounts,
+                            auth_require_tls=True, tls_context=context, require_starttls=True)
+    controller.start()
+    yield SmtpServer(port, accounts)
+    controller.stop()
+
+
+@pytest.fixture(scope="session")
+def ca_file(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("ca") / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(path))
+    return str(path)
+
+
+@dataclass
+class MailAccount:
+    address: str
+    password: str
+    user: Identity
+
+
+@dataclass
+class SyncWorld:
+    postgres: PostgresServer
+    dovecot: DovecotServer
+    smtp: SmtpServer
+    nats_url: str
+    ca_file: str
+    database_url: str
+    js: JetStreamContext
+    nc: Client
+    company_id: uuid.UUID = field(default_factory=uuid.uuid4)
+    clock: MovableClock = field(default_factory=MovableClock)
+    consumer_prefix: str = field(default_factory=lambda: f"sync-test-{uuid.uuid4().hex[:10]}")
+    _cursor: int = 0
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = dict(
+            database_url=self.database_url, nats_url=self.nats_url, identity_secret=SECRET, environment="test",
+            sync_allow_networks="127.0.0.0/8", sync_ca_file=self.ca_file, sync_consumer_prefix=self.consumer_prefix,
+            sync_poll_seconds=2.0, sync_schedule_interval=0.2, sync_lease_seconds=4.0,
+            sync_retry_base_seconds=0.3, sync_retry_max_seconds=1.0, sync_rpc_timeout=1.0, sync_imap_timeout=10.0,
+        )
+        values.update(overrides)
+        return Settings(**values)
+
+    def app(self, **overrides: Any) -> Any:
+        return create_app(self.settings(**overrides), clock=self.clock)
+
+    def account(self, role: str = "salesperson") -> MailAccount:
+        name = f"u{uuid.uuid4().hex[:10]}"
+        address = f"{name}@acme.example"
+        password = f"pw-{uuid.uuid4().hex[:8]}"
+        self.dovecot.add_user(address, password)
+        self.smtp.accounts.passwords[address] = password
+        return MailAccount(address, password, make_identity(role, company_id=self.company_id))
+
+    def connect_body(self, account: MailAccount, password: str | None = None) -> dict[str, Any]:
+        pw = password or account.password
+        return {
+            "provider": "custom", "address": account.address, "password": pw,
+            "imap": {"host": "127.0.0.1", "port": self.dovecot.port, "use_ssl": False},
+            "smtp": {"host": "127.0.0.1", "port": self.smtp.port, "use_ssl": False},
+        }
+
+    def caller(self, client: httpx.AsyncClient, identity: Identity) -> httpx.AsyncClient:
+        return as_caller(client, identity, SECRET)
+
+    async def imap(self, account: MailAccount) -> ImapClient:
+        return await connect_imap(ImapSettings(
+            host="127.0.0.1", port=self.dovecot.tls_port, tls="implicit", username=account.address,
+            password=account.password, cafile=self.ca_file, allow_networks=self.settings().allow_networks()))
+
+    async def append(self, account: MailAccount, folder: str, *raws: bytes) -> None:
+        client = await self.imap(account)
+        try:
+            for raw in raws:
+                await client.append(folder, raw)
+        finally:
+            await client.logout()
+
+    async def publish(self, *events: EventBase) -> None:
+        for event in events:
+            await self.js.publish(event.subject, event.model_dump_json().encode(),
+                                  headers={"Nats-Msg-Id": str(event.event_id)})
+
+    message = staticmethod(message)
+
+    async def publish_blocklist(self, kind: str, value: str) -> uuid.UUID:
+        entry_id = uuid.uuid4()
+        await self.publish(BlocklistAddedV1(company_id=self.company_id, payload=BlocklistEntryPayload(
+            entry_id=entry_id, kind=kind, value=value)))  # type: ignore[arg-type]
+        await self.wait_for_sql("SELECT count(*) FROM sync.blocklist_entry WHERE entry_id = :id", {"id": entry_id})
+        return entry_id
+
+    async def add_lead(self, *addresses: str, created_at: datetime | None = None) -> uuid.UUID:
+        lead_id = uuid.uuid4()
+        await self.publish(LeadCreatedV1(company_id=self.company_id, payload=LeadPayload(
+            lead_id=lead_id, addresses=list(addresses), created_at=created_at or self.clock())))
+        await self.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE lead_id = :id", {"id": lead_id})
+        return lead_id
+
+    async def set_company(self, domains: list[str], block_own_domains: bool = True,
+                          mailbox_limit: int | None = None) -> None:
+        await self.publish(CompanyUpdatedV1(company_id=self.company_id, payload=CompanyPayload(
+            name="Acme", domains=domains, block_own_domains=block_own_domains, mailbox_limit=mailbox_limit)))
+        await self.wait_for_sql("SELECT count(*) FROM sync.company WHERE company_id = :id", {"id": self.company_id})
+
+    async def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
+        database = Database(self.database_url, "sync", pool_size=1)
+        try:
+            async with database.session() as session:
+                return list((await session.execute(text(statement), params or {})).all())
+        finally:
+            await database.dispose()
+
+    async def wait_for_sql(self, statement: str, params: dict[str, Any] | None = None, *,
+                           check: Callable[[Any], bool] = bool, timeout: float = 20.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        value: Any = None
+        while asyncio.get_running_loop().time() < deadline:
+            rows = await self.sql(statement, params)
+            value = rows[0][0] if rows else None
+            if check(value):
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {statement!r}: last value {value!r}")
+
+    async def events(self, type_: str, *, at_least: int = 0, timeout: float = 20.0,
+                     settle: float = 0.5) -> list[Any]:
+        """Every event of ``type_`` published for this company so far (waits for ``at_least`` of them)."""
+        subject = f"leadline.{type_}.v1"
+        durable = f"reader-{uuid.uuid4().hex[:10]}"
+        await self.js.add_consumer(STREAM_NAME, ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subject, inactive_threshold=30.0))
+        subscription = await self.js.pull_subscribe_bind(durable, stream=STREAM_NAME)
+        found: list[Any] = []
+        deadline = asyncio.get_running_loop().time() + timeout
+        quiet_until: float | None = None
+        try:
+            while True:
+                now = asyncio.get_running_loop().time()
+                try:
+                    batch = await subscription.fetch(500, timeout=0.3)
+                except (NatsTimeoutError, TimeoutError):
+                    batch = []
+                for msg in batch:
+                    event = parse_event(msg.data)
+                    if event.company_id == self.company_id:
+                        found.append(event)
+                if batch:
+                    quiet_until = None
+                    continue
+                if len(found) >= at_least:
+                    quiet_until = quiet_until or now + settle
+                    if now >= quiet_until:
+                        return found
+                if now > deadline:
+                    return found
+        finally:
+            with contextlib.suppress(Exception):
+                await self.js.delete_consumer(STREAM_NAME, durable)
+
+    async def synced(self, at_least: int = 0, timeout: float = 20.0) -> list[Any]:
+        return await self.events("mail.synced", at_least=at_least, timeout=timeout)
+
+    async def wait_status(self, client: httpx.AsyncClient, status: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        body: dict[str, Any] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            response = await client.get("/v1/mail-sync")
+            body = response.json()
+            if response.status_code == 200 and body["status"] == status:
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"mailbox never became {status}: {body}")
+
+    async def wait_history(self, client: httpx.AsyncClient, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        body: dict[str, Any] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            body = (await client.get("/v1/mail-sync")).json()
+            if body.get("history_completed_at"):
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"historical sync never completed: {body}")
+
+
+@pytest.fixture
+async def bare_world(postgres: PostgresServer, dovecot: DovecotServer, smtp_server: SmtpServer, nats_url: str,
+                     ca_file: str) -> AsyncIterator[SyncWorld]:
+    """A world without the quota service (nobody answers mailbox-limit claims)."""
+    url = await migrated_database(postgres, "leadline_sync")
+    nc, js = await bus.connect(nats_url, "sync-tests")
+    await bus.ensure_stream(js)
+    yield SyncWorld(postgres=postgres, dovecot=dovecot, smtp=smtp_server, nats_url=nats_url, ca_file=ca_file,
+                    database_url=url, js=js, nc=nc)
+    await nc.close()
+
+
+@pytest.fixture
+async def world(bare_world: SyncWorld, postgres: PostgresServer, nats_url: str) -> AsyncIterator[SyncWorld]:
+    """A world with the real quota service answering mailbox-limit claims."""
+    async with quota_service(postgres, nats_url):
+        yield bare_world
+
+
+@contextlib.asynccontextmanager
+async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[None]:
+    """The real quota service, in-process, with a database and durable of its own."""
+    from leadline_quota.config import Settings as QuotaSettings
+    from leadline_quota.main import create_app as create_quota_app
+
+    url = await migrated_database(postgres, "leadline_quota")
+    app = create_quota_app(QuotaSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET,
+                                         environment="test",
+                                         consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}"))
+    async with running_app(app):
+        yield
+
+
