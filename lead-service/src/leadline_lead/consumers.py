@@ -15,10 +15,12 @@ bad event cannot hold back the others.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,6 +99,22 @@ async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) ->
 class LeadEventConsumer(EventConsumer):
     """The kit's durable consumer, applying a fetched batch with one bulk handler call."""
 
+    _subscription: JetStreamContext.PullSubscription | None = None
+
+    async def subscribe(self) -> JetStreamContext.PullSubscription:
+        self._subscription = await super().subscribe()
+        return self._subscription
+
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            # A fetch cancelled mid-way leaves messages in the subscription's queue, and the service's
+            # ``nc.drain()`` at shutdown then waits its full 30 s timeout for them: unsubscribe first.
+            if self._subscription is not None:
+                with contextlib.suppress(Exception):
+                    await self._subscription.unsubscribe()
+
     async def process(self, messages: Sequence[Msg]) -> None:
         parsed: list[tuple[Msg, Event]] = []
         for msg in messages:
@@ -134,9 +152,6 @@ def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
 
-    async def one(session: AsyncSession, event: Event) -> None:
-        await apply_event(session, event)
-
     return [LeadEventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
-                              durable=settings.consumer_durable, subjects=SUBJECTS, handler=one,
+                              durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
                               batch_size=settings.consumer_batch_size)]
