@@ -1,0 +1,74 @@
+"""Bounce recognition (R17) on sample notifications from the common mail servers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from leadline_mail.bounces import Bounce, parse_bounce
+from leadline_mail.mime import parse_headers
+
+SAMPLES = Path(__file__).parent / "fixtures" / "bounces"
+
+
+def sample(name: str) -> bytes:
+    return (SAMPLES / name).read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+@pytest.mark.parametrize(
+    ("name", "message_id", "recipient", "status", "diagnostic_part"),
+    [
+        ("postfix_dsn.eml", "<0a1b2c3d4e5f@leadline.example.org>", "jane.doe@lead-company.com", "5.1.1",
+         "User unknown in virtual mailbox table"),
+        ("gmail.eml", "<gmail-original-42@mail.gmail.com>", "nobody@lead-company.com", "5.1.1",
+         "does not exist"),
+        ("office365.eml", "<o365-orig-7@leadline.example.org>", "bob@fabrikam.com", "5.1.10",
+         "RecipientNotFound"),
+        ("exim.eml", "<exim-orig-99@leadline.example.org>", "carol@lead-company.com", "5.7.1",
+         "Mailbox unavailable"),
+        ("qmail.eml", "<qmail-orig-5@leadline.example.org>", "dave@lead-company.com", "5.0.0",
+         "No such user here"),
+    ],
+)
+def test_bounce_formats(name: str, message_id: str, recipient: str, status: str, diagnostic_part: str) -> None:
+    raw = sample(name)
+    assert parse_headers(raw).is_bounce_candidate
+    bounce = parse_bounce(raw)
+    assert bounce is not None
+    assert bounce.original_message_id == message_id
+    assert bounce.recipient == recipient
+    assert bounce.status == status
+    assert bounce.action == "failed"
+    assert diagnostic_part in bounce.diagnostic
+
+
+def test_bounce_with_lf_line_endings() -> None:
+    bounce = parse_bounce((SAMPLES / "exim.eml").read_bytes().replace(b"\r\n", b"\n"))
+    assert bounce is not None and bounce.recipient == "carol@lead-company.com"
+
+
+def test_plain_postfix_notice_without_report() -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.org (Mail Delivery System)\r\n"
+        b"Subject: Undelivered Mail Returned to Sender\r\nTo: sales@example.org\r\n\r\n"
+        b"This is the mail system at host mx.example.org.\r\n\r\n"
+        b"<grace@lead-company.com>: host mx.lead-company.com[203.0.113.7] said: 554 5.7.1\r\n"
+        b"    Relay access denied (in reply to RCPT TO command)\r\n\r\n"
+        b"--- Original message headers follow ---\r\n\r\nMessage-ID: <pf-plain@leadline.example.org>\r\n"
+    )
+    assert parse_bounce(raw) == Bounce(
+        original_message_id="<pf-plain@leadline.example.org>", recipient="grace@lead-company.com",
+        status="5.7.1", action="failed", diagnostic="554 5.7.1",
+    )
+
+
+@pytest.mark.parametrize("name", ["delayed.eml", "out_of_office.eml"])
+def test_not_bounces(name: str) -> None:
+    assert parse_bounce(sample(name)) is None
+
+
+def test_ordinary_and_garbage_input_is_not_a_bounce() -> None:
+    assert parse_bounce(b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n") is None
+    for junk in (b"", b"\x00\xff" * 1000, b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n" * 3000):
+        assert parse_bounce(junk) is None
