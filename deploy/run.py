@@ -34,12 +34,13 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("LEADLINE_DATA_DIR", ROOT / ".data"))
 HOST = "127.0.0.1"
 PG_PORT, NATS_PORT = 55432, 54222
+PORT_BASE = int(os.environ.get("LEADLINE_PORT_BASE", "8100"))
 SERVICES = [  # (name, package, port); the gateway last
-    ("lead", "leadline_lead", 8101),
-    ("quota", "leadline_quota", 8102),
-    ("sync", "leadline_sync", 8103),
-    ("send", "leadline_send", 8104),
-    ("gateway", "leadline_gateway", 8100),
+    ("lead", "leadline_lead", PORT_BASE + 1),
+    ("quota", "leadline_quota", PORT_BASE + 2),
+    ("sync", "leadline_sync", PORT_BASE + 3),
+    ("send", "leadline_send", PORT_BASE + 4),
+    ("gateway", "leadline_gateway", PORT_BASE),
 ]
 
 
@@ -49,7 +50,8 @@ def load_secrets() -> dict[str, str]:
         values = {
             "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
             "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
-            "LEADLINE_CREDENTIALS_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
             "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
         }
         path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -102,13 +104,14 @@ def main() -> int:
         logs.mkdir(exist_ok=True)
         for name, _, port in SERVICES:
             env[f"LEADLINE_{name.upper()}_URL"] = f"http://{HOST}:{port}"
+        env.setdefault("LEADLINE_PUBLIC_BASE_URL", f"http://{HOST}:{PORT_BASE}")
         for name, package, port in SERVICES:
             log = (logs / f"{name}.log").open("ab")
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", f"{package}.main:create_app", "--host", HOST,
                  "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
                 env=env, stdout=log, stderr=subprocess.STDOUT))
-        gateway = f"http://{HOST}:8100"
+        gateway = f"http://{HOST}:{PORT_BASE}"
         if not wait_ready(gateway + "/readyz", 120):
             print(f"the suite did not become ready in 120 s; see {logs}/*.log", file=sys.stderr)
             return 1
