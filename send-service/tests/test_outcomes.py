@@ -1,0 +1,153 @@
+"""What the SMTP server answers decides the message's state (R21, R22): 4xx, 5xx, silence, TLS modes."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import nats
+
+from leadline_proto.events import MailPayload, MailSyncedV1
+
+from .conftest import HarnessFactory, SendHarness, SmtpFactory
+
+
+async def send(app: SendHarness, **fields: Any) -> dict[str, Any]:
+    body = {"category": "marketing", "to": [f"lead-{uuid.uuid4().hex[:8]}@example.org"], "subject": "Hello",
+            "text": "Hello there"}
+    body.update(fields)
+    response = await app.user.post("/v1/messages", json=body)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+async def test_4xx_is_retried_with_the_same_message_id(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                       quota_service: None, mailboxes: object) -> None:
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    await app.add_account(server)
+    server.handler.behaviour.mode = "tempfail_once"
+    message = await send(app)
+    done = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and done["attempts"] == 2, done
+    assert len(server.handler.by_message_id(message["message_id"])) == 1
+
+
+async def test_5xx_fails_with_the_servers_reply(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                quota_service: None, mailboxes: object) -> None:
+    app = await send_service()
+    server = smtp_server(tls="implicit")
+    await app.add_account(server)
+    server.handler.behaviour.mode = "reject"
+    message = await send(app)
+    done = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "failed" and done["attempts"] == 1
+    assert done["smtp_reply"].startswith("550") and "refused by policy" in done["last_error"]
+    assert server.received[1:] == []
+
+
+async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service(data_timeout_seconds=1.0)
+    server = smtp_server(tls="starttls", silent_seconds=2.5)
+    await app.add_account(server)
+    server.handler.behaviour.mode = "silent"
+    message = await send(app)
+    done = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "unknown", done
+    assert "may hold it" in done["last_error"]
+    server.handler.behaviour.mode = "accept"
+    await app.wait_for(message["id"], {"sent"}, timeout=2.0)  # nothing moves it by itself
+    data_commands = server.handler.data_commands
+    assert (await app.user.get(f"/v1/messages/{message['id']}")).json()["state"] == "unknown"
+    assert server.handler.data_commands == data_commands
+
+    # the sync finds it in the Sent folder: settled to sent, without sending again (R21)
+    nc = await nats.connect(app.nats_url)
+    event = MailSyncedV1(company_id=app.company_id, payload=MailPayload(
+        message_id=message["message_id"], folder="sent", direction="outbound", from_address="news@x.example.com",
+        sent_at=datetime.now(UTC)))
+    await nc.jetstream().publish(event.subject, event.model_dump_json().encode(),
+                                 headers={"Nats-Msg-Id": str(event.event_id)})
+    await nc.close()
+    settled = await app.wait_for(message["id"], {"sent"})
+    assert settled["state"] == "sent"
+    assert server.handler.data_commands == data_commands
+
+
+async def test_resend_on_purpose_keeps_the_message_id(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                      quota_service: None, mailboxes: object) -> None:
+    app = await send_service(data_timeout_seconds=1.0)
+    server = smtp_server(tls="starttls", silent_seconds=2.0)
+    await app.add_account(server)
+    server.handler.behaviour.mode = "silent"
+    message = await send(app)
+    assert (await app.wait_for(message["id"], {"unknown"}))["state"] == "unknown"
+    server.handler.behaviour.mode = "accept"
+    data_commands = server.handler.data_commands
+    sent_twice = await app.user.post(f"/v1/messages/{message['id']}/resend")
+    assert sent_twice.status_code == 202 and sent_twice.json()["state"] == "queued"
+    done = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and done["attempts"] == 2
+    # one more DATA, on purpose, with the same Message-ID
+    assert server.handler.data_commands == data_commands + 1
+    assert len(server.handler.by_message_id(message["message_id"])) == 1
+    again = await app.user.post(f"/v1/messages/{message['id']}/resend")
+    assert again.status_code == 409 and again.json()["type"].endswith("/not-resendable")
+
+
+async def test_starttls_required_gives_a_server_without_it_no_auth(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service(max_attempts=2)
+    good = smtp_server(tls="starttls")
+    account = await app.add_account(good)
+    plain = smtp_server(tls="none")
+    # the account now points to a server that offers no STARTTLS (as after a downgrade attack)
+    moved = await app.admin.patch(f"/v1/smtp-accounts/{account['id']}", json={"port": plain.port})
+    assert moved.status_code == 200 and moved.json()["confirmed"] is False
+    tested = await app.admin.post(f"/v1/smtp-accounts/{account['id']}/test-email",
+                                  json={"to": "admin@company.example.com"})
+    assert tested.status_code == 422 and "STARTTLS" in tested.json()["detail"]
+    wire = b"".join(bytes(w) for w in plain.handler.wire)
+    assert b"EHLO" in wire and b"AUTH" not in wire and b"MAIL FROM" not in wire
+    assert plain.handler.auth_attempts == 0 and plain.received == []
+
+
+async def test_plaintext_needs_the_operator_setting(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                    quota_service: None, mailboxes: object) -> None:
+    app = await send_service()
+    refused = await app.admin.post("/v1/smtp-accounts", json={
+        "name": "plain", "host": "127.0.0.1", "port": 2525, "tls": "plain", "from_email": "a@example.com"})
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/plaintext-not-allowed")
+
+
+async def test_self_signed_certificate_by_pinned_fingerprint(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service()
+    server = smtp_server(tls="implicit", self_signed=True)
+    unpinned = await app.admin.post("/v1/smtp-accounts", json={
+        "name": "self-signed", "host": "127.0.0.1", "port": server.port, "tls": "implicit",
+        "username": "x", "password": "y", "from_email": "a@example.com"})
+    assert unpinned.status_code == 201
+    tested = await app.admin.post(f"/v1/smtp-accounts/{unpinned.json()['id']}/test-email",
+                                  json={"to": "admin@company.example.com"})
+    assert tested.status_code == 422 and "certificate" in tested.json()["detail"]
+    assert server.handler.auth_attempts == 0
+    await app.add_account(server)  # with the pin: confirmed through the test email
+    message = await send(app)
+    assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+
+
+async def test_connections_are_reused_and_renewed_after_the_recipient_limit(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service(smtp_connections=1, recipients_per_connection=4)
+    server = smtp_server(tls="starttls")
+    await app.add_account(server, type="customer_service")  # personal mail of a user without a synced mailbox
+    sessions_before = len(server.handler.wire)
+    messages = [await send(app, category="personal", to=["a@example.org", "b@example.org"])
+                for _ in range(4)]
+    for m in messages:
+        assert (await app.wait_for(m["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+    # 4 messages of 2 recipients, at most 4 recipients per connection: 2 sessions, not 4
+    assert len(server.handler.wire) - sessions_before == 2
