@@ -23,6 +23,7 @@ import pytest
 import trustme
 
 from leadline_kit.infra import NatsServer, PostgresServer
+from tests.mail_servers import SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -111,3 +112,11 @@ def suite(postgres: PostgresServer, nats_server: NatsServer, tls_ca: trustme.CA,
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+
+
+@pytest.fixture(scope="session")
+def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpServer]:
+    server = SmtpServer(tls_ca)
+    server.start()
+    yield server
+    server.stop()
