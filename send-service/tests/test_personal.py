@@ -1,0 +1,102 @@
+"""Personal Smart Mail through the sender's synced mailbox, and the copy in its Sent folder (R12, R13)."""
+
+from __future__ import annotations
+
+import uuid
+
+from leadline_kit.infra import DovecotServer
+from leadline_mail.imap import ImapSettings, connect_imap
+from leadline_mail.net import parse_allowlist
+from leadline_proto.requests import MailboxSmtpReply
+
+from .conftest import (
+    SMTP_PASSWORD,
+    SMTP_USER,
+    HarnessFactory,
+    MailboxDirectoryStub,
+    SendHarness,
+    SmtpFactory,
+    SmtpServer,
+)
+
+
+def synced_mailbox(server: SmtpServer, dovecot: DovecotServer, user: str, *, smtp_use: str = "general",
+                   provider_saves_sent: bool = False) -> MailboxSmtpReply:
+    return MailboxSmtpReply(
+        found=True, mailbox_id=uuid.uuid4(), status="enabled", address=f"{user}@company.example.com",
+        provider="custom", smtp_use=smtp_use, smtp_host="127.0.0.1", smtp_port=server.port, smtp_tls="starttls",
+        smtp_username=SMTP_USER, smtp_password=SMTP_PASSWORD, imap_host="127.0.0.1", imap_port=dovecot.tls_port,
+        imap_tls="implicit", imap_username=user, imap_password="imap-pass", sent_folder="Sent",
+        provider_saves_sent=provider_saves_sent)
+
+
+async def sent_folder_message_ids(dovecot: DovecotServer, user: str, ca_file: str) -> list[str]:
+    client = await connect_imap(ImapSettings(host="127.0.0.1", port=dovecot.tls_port, tls="implicit", username=user,
+                                             password="imap-pass", cafile=ca_file,
+                                             allow_networks=parse_allowlist("127.0.0.0/8")))
+    try:
+        await client.select("Sent")
+        fetched = await client.fetch_messages(await client.uids_from(1))
+    finally:
+        await client.logout()
+    ids = []
+    for item in fetched:
+        for line in item.raw.split(b"\r\n"):
+            if line.lower().startswith(b"message-id:"):
+                ids.append(line.split(b":", 1)[1].strip().decode())
+    return ids
+
+
+async def personal(app: SendHarness, **fields: object) -> dict[str, object]:
+    body = {"to": ["lead@example.org"], "subject": "Quick question", "text": "Are you free on Monday?"}
+    body.update(fields)
+    response = await app.user.post("/v1/messages", json=body)
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+async def test_personal_mail_from_the_synced_address_with_a_copy_in_sent(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None,
+        mailboxes: MailboxDirectoryStub, dovecot: DovecotServer, ca_file: str) -> None:
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    user = f"u{uuid.uuid4().hex[:8]}"
+    dovecot.add_user(user, "imap-pass")
+    reply = synced_mailbox(server, dovecot, user)
+    mailboxes.replies[(app.company_id, app.user_id)] = reply
+
+    message = await personal(app)
+    done = await app.wait_for(str(message["id"]), {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and done["account"] == f"mailbox:{reply.mailbox_id}"
+    [received] = server.handler.by_message_id(str(message["message_id"]))
+    assert received.mail_from == reply.address
+    assert received.message["From"].addresses[0].addr_spec == reply.address
+    for _ in range(100):
+        done = await app.wait_for(str(message["id"]), {"sent"})
+        if done["sent_copy"]:
+            break
+    assert done["sent_copy"] == "saved to Sent"
+    assert await sent_folder_message_ids(dovecot, user, ca_file) == [message["message_id"]]
+
+    # general SMTP use: marketing mail does not go through the personal mailbox (R13)
+    refused = await app.user.post("/v1/messages", json={"category": "marketing", "to": ["lead@example.org"],
+                                                        "text": "sale"})
+    assert refused.status_code == 422 and refused.json()["type"].endswith("/no-sending-account")
+
+
+async def test_marketing_through_the_mailbox_when_smtp_use_is_all_and_gmail_saves_sent_itself(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None,
+        mailboxes: MailboxDirectoryStub, dovecot: DovecotServer, ca_file: str) -> None:
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    user = f"u{uuid.uuid4().hex[:8]}"
+    dovecot.add_user(user, "imap-pass")
+    reply = synced_mailbox(server, dovecot, user, smtp_use="all", provider_saves_sent=True)
+    mailboxes.replies[(app.company_id, app.user_id)] = reply
+    message = await personal(app, category="marketing")
+    done = await app.wait_for(str(message["id"]), {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and done["account"] == f"mailbox:{reply.mailbox_id}"
+    [received] = server.handler.by_message_id(str(message["message_id"]))
+    assert received.message["List-Unsubscribe"]
+    assert done["sent_copy"] is None
+    assert await sent_folder_message_ids(dovecot, user, ca_file) == []

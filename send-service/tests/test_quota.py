@@ -1,0 +1,58 @@
+"""Quota (R14, R15): never sent without a reservation, rotation to the next campaigns account, 429 at the API."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from leadline_kit.infra import PostgresServer
+from leadline_kit.testing.clients import running_app
+from leadline_kit.testing.fixtures import migrated_database
+from leadline_quota.config import Settings as QuotaSettings
+from leadline_quota.main import create_app as create_quota_app
+
+from .conftest import SECRET, HarnessFactory, SmtpFactory
+
+
+async def test_waits_for_the_quota_service_then_rotates_then_refuses(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer,
+        nats_url: str) -> None:
+    app = await send_service(smtp_connections=1)
+    first, second = smtp_server(tls="starttls"), smtp_server(tls="implicit")
+    a = await app.add_account(first, name="A", display_order=0, max_per_month=1, from_email="a@company.example.com")
+    b = await app.add_account(second, name="B", display_order=1, max_per_month=1,
+                              from_email="b@company.example.com")
+    assert (await app.admin.get("/v1/smtp-accounts")).json()[0]["id"] == a["id"]
+
+    # no quota service: accepted, but nothing goes out without a reservation
+    messages = []
+    for n in range(2):
+        response = await app.user.post("/v1/messages", json={
+            "category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"})
+        assert response.status_code == 202, response.text
+        messages.append(response.json())
+    waiting = await app.wait_for(messages[1]["id"], {"deferred"})
+    assert waiting["state"] == "deferred" and "quota service did not answer" in waiting["last_error"]
+    assert [r for r in first.received + second.received if r.message["Subject"].startswith("offer")] == []
+
+    quota_url = await migrated_database(postgres, "leadline_quota")
+    quota = QuotaSettings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET, environment="test",
+                          consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
+    async with running_app(create_quota_app(quota)):
+        done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in messages]
+        assert [d["state"] for d in done] == ["sent", "sent"]
+        # A allows one message a month: the second went through B, with B's From (R15)
+        assert sorted(d["account"] for d in done) == sorted([f"smtp:{a['id']}", f"smtp:{b['id']}"])
+        via_b = [d for d in done if d["account"] == f"smtp:{b['id']}"][0]
+        [copy] = second.handler.by_message_id(via_b["message_id"])
+        assert copy.message["From"].addresses[0].addr_spec == "b@company.example.com"
+        assert copy.message["Message-ID"] == via_b["message_id"]
+
+        # both accounts are out of quota: refused at the API with when it resets
+        refused = await app.user.post("/v1/messages", json={
+            "category": "marketing", "to": ["lead9@example.org"], "subject": "offer 9", "text": "x"})
+        assert refused.status_code == 429, refused.text
+        problem = refused.json()
+        assert problem["type"].endswith("/quota-exceeded") and problem["limit"] == "messages_per_month"
+        assert datetime.fromisoformat(problem["retry_at"]) > datetime.fromisoformat(via_b["sent_at"])
+        assert int(refused.headers["Retry-After"]) > 0
