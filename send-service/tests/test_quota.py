@@ -43,7 +43,7 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
         assert [d["state"] for d in done] == ["sent", "sent"]
         # A allows one message a month: the second went through B, with B's From (R15)
         assert sorted(d["account"] for d in done) == sorted([f"smtp:{a['id']}", f"smtp:{b['id']}"])
-        via_b = [d for d in done if d["account"] == f"smtp:{b['id']}"][0]
+        via_b = next(d for d in done if d["account"] == f"smtp:{b['id']}")
         [copy] = second.handler.by_message_id(via_b["message_id"])
         assert copy.message["From"].addresses[0].addr_spec == "b@company.example.com"
         assert copy.message["Message-ID"] == via_b["message_id"]
