@@ -36,6 +36,21 @@ async def test_starttls_on_the_plain_port(imap_settings: Settings, dovecot: Dove
         assert (await client.select("INBOX")).exists == 0
 
 
+async def test_non_ascii_password_is_sent_as_a_literal(
+    imap_settings: Settings, dovecot: DovecotServer, mail_user: str
+) -> None:
+    import time
+
+    dovecot.set_password(mail_user, "pässwörd ✓")
+    time.sleep(1.1)  # Dovecot re-reads its passwd-file at most once a second
+    async with await connect_imap(imap_settings(password="pässwörd ✓")) as client:
+        # without LITERAL+ the client must wait for the server's "+" before sending a literal
+        client.capabilities = client.capabilities - {"LITERAL+"}
+        uid = await client.append("INBOX", sample_message(1))
+        assert uid == 1
+        assert (await client.select("INBOX")).exists == 1
+
+
 async def test_wrong_password_is_auth_failed(imap_settings: Settings) -> None:
     with pytest.raises(MailConnectionError) as caught:
         await connect_imap(imap_settings(password="wrong"))

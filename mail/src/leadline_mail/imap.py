@@ -45,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import re
 import ssl
 from collections.abc import Sequence
@@ -274,8 +275,11 @@ def _internaldate_arg(when: datetime) -> bytes:
 
 
 def parse_internaldate(value: Item) -> datetime | None:
-    if not isinstance(value, bytes):
-        return None
+    return _internaldate(value) if isinstance(value, bytes) else None
+
+
+@functools.lru_cache(maxsize=4096)  # a mailbox's dates repeat (same delivery second); parsing shows in profiles
+def _internaldate(value: bytes) -> datetime | None:
     match = _INTERNALDATE_RE.match(value)
     if not match:
         return None
