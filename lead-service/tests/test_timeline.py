@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import timedelta
 
 import httpx
+import pytest
 from leadtest import T0, create_lead, eventually, publish, synced, timeline_of, wait_for_timeline
 from nats.js import JetStreamContext
 
@@ -152,7 +154,7 @@ async def test_smart_mail_then_synced_from_sent_is_one_event(api: httpx.AsyncCli
 
 
 async def test_timeline_shows_the_300_most_recent_of_301(api: httpx.AsyncClient, js: JetStreamContext,
-                                                          admin: Identity) -> None:
+                                                          admin: Identity, caplog: pytest.LogCaptureFixture) -> None:
     lead = await create_lead(api, "busy@example.com")
     events = [synced(admin.company_id, message_id=f"<n{i}@example.com>", from_address="busy@example.com",
                      to=["me@mycorp.example"], minutes=i) for i in range(301)]
@@ -163,7 +165,10 @@ async def test_timeline_shows_the_300_most_recent_of_301(api: httpx.AsyncClient,
         return len(items) == 300 and items[0]["message_id"] == "<n300@example.com>" and \
             items[-1]["message_id"] == "<n1@example.com>"
 
-    await eventually(all_applied, what="301 events applied")
+    with caplog.at_level(logging.INFO, logger="leadline.lead.consumer"):
+        await eventually(all_applied, what="301 events applied")
+    # applied in bulk, not by the one-by-one fallback
+    assert not [r for r in caplog.records if "applying one by one" in r.getMessage()]
     items = await timeline_of(api, lead["id"])
     times = [i["occurred_at"] for i in items]
     assert times == sorted(times, reverse=True)

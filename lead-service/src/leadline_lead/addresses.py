@@ -10,12 +10,15 @@ normalises them again anyway before matching.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 
 import idna
 from email_validator import EmailNotValidError, validate_email
 
 MAX_ADDRESS_LENGTH = 254
+# printable ASCII, no space, quote, backslash, angle bracket, comma or semicolon
+_PLAIN = re.compile(r"[!#-'*+\-./0-9=?A-~]+@[A-Za-z0-9.-]+")
 
 
 class InvalidAddress(ValueError):
@@ -42,6 +45,23 @@ def address_or_none(raw: str) -> str | None:
         return normalise_address(raw)
     except InvalidAddress:
         return None
+
+
+def address_for_matching(raw: str) -> str | None:
+    """The form in which an address found in mail is looked up among lead addresses.
+
+    A plain ASCII address without quotes or spaces is only lower-cased: for a
+    valid address that is exactly its normal form, and an invalid one can never
+    equal a lead's address (each was validated by ``email-validator`` when it
+    was stored), so it matches nothing, as it should.  Anything else goes
+    through the validator.  This keeps the consumer's hot path off the
+    validator for the common case.
+    """
+    candidate = raw.strip()
+    if (candidate.isascii() and 3 <= len(candidate) <= MAX_ADDRESS_LENGTH and candidate.count("@") == 1
+            and _PLAIN.fullmatch(candidate)):
+        return candidate.lower()
+    return address_or_none(candidate)
 
 
 @lru_cache(maxsize=8_192)

@@ -22,7 +22,8 @@ from collections.abc import Sequence
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import ARRAY, Uuid, cast, func, literal, select
+from sqlalchemy.dialects.postgresql import array, insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import CONSUMED, EventConsumer
@@ -141,10 +142,11 @@ class LeadEventConsumer(EventConsumer):
 
     async def _apply_batch(self, session: AsyncSession, events: list[Event]) -> None:
         unique = list({event.event_id: event for event in events}.values())
-        fresh = set((await session.execute(
-            insert(self.processed).on_conflict_do_nothing().returning(self.processed.c.event_id),
-            [{"consumer": self.durable, "event_id": event.event_id} for event in unique],
-        )).scalars())
+        ids = cast(array([event.event_id for event in unique]), ARRAY(Uuid))
+        claim = (insert(self.processed)
+                 .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
+                 .on_conflict_do_nothing().returning(self.processed.c.event_id))
+        fresh = set((await session.execute(claim)).scalars())
         await apply_events(session, [event for event in unique if event.event_id in fresh])
 
 

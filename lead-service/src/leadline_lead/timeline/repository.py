@@ -13,11 +13,9 @@ from sqlalchemy import (
     Text,
     Uuid,
     bindparam,
-    case,
     delete,
     exists,
     func,
-    literal_column,
     select,
     text,
     update,
@@ -71,37 +69,66 @@ async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID]
     return blocked
 
 
+# Bulk statements take one array per column and unnest them: one statement and a handful of
+# parameters whatever the batch size, instead of thousands of bound values (executemany).
+# Array columns travel as strings joined with the unit separator, which no stored address contains.
+_ARRAY_SEPARATOR = "\x1f"
+_SCALAR_COLUMNS = {
+    "company_id": "uuid", "lead_id": "uuid", "message_key": "text", "message_id": "text", "kind": "text",
+    "category": "text", "occurred_at": "timestamptz", "direction": "text", "from_address": "text",
+    "from_name": "text", "subject": "text", "snippet": "text", "mailbox_id": "uuid", "user_id": "uuid",
+    "folder": "text",
+}
+_ARRAY_COLUMNS = ("to_addresses", "cc_addresses", "matched_addresses")
+_ALL_COLUMNS = (*_SCALAR_COLUMNS, *_ARRAY_COLUMNS)
+
+# only the constant column names above are interpolated
+_UPSERT = text(f"""
+INSERT INTO timeline_event ({", ".join(_ALL_COLUMNS)})
+SELECT {", ".join([*_SCALAR_COLUMNS, *(f"string_to_array(r.{c}, :separator)" for c in _ARRAY_COLUMNS)])}
+FROM unnest({", ".join(f"CAST(:{c} AS {t}[])" for c, t in
+                       [*_SCALAR_COLUMNS.items(), *((c, "text") for c in _ARRAY_COLUMNS)])})
+     AS r({", ".join(_ALL_COLUMNS)})
+ON CONFLICT ON CONSTRAINT uq_timeline_event_message DO UPDATE SET
+    kind = CASE WHEN excluded.kind = 'smart_mail_sent' THEN excluded.kind ELSE timeline_event.kind END,
+    category = CASE WHEN excluded.kind = 'smart_mail_sent' THEN excluded.category
+                    ELSE timeline_event.category END,
+    mailbox_id = coalesce(timeline_event.mailbox_id, excluded.mailbox_id),
+    user_id = coalesce(timeline_event.user_id, excluded.user_id),
+    folder = coalesce(timeline_event.folder, excluded.folder),
+    snippet = CASE WHEN timeline_event.snippet = '' THEN excluded.snippet ELSE timeline_event.snippet END,
+    matched_addresses = ARRAY(SELECT DISTINCT unnest(timeline_event.matched_addresses
+                                                     || excluded.matched_addresses))
+RETURNING id, company_id, lead_id, message_key
+""")  # noqa: S608
+
+_INSERT_SOURCES = text("""
+INSERT INTO timeline_event_source (timeline_event_id, source, company_id, mailbox_id)
+SELECT * FROM unnest(CAST(:ids AS bigint[]), CAST(:sources AS text[]), CAST(:companies AS uuid[]),
+                     CAST(:mailboxes AS uuid[]))
+ON CONFLICT DO NOTHING
+""")
+
+
 async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
     """Insert timeline events, merging into the existing event of the same message (R12, R26).
 
     A Smart Mail event wins the kind and category (the same message synced
     from Sent stays "Smart Mail sent"); mailbox, user and folder keep the first
-    known; the lead's matched addresses are the union.
+    known; the lead's matched addresses are the union.  ``rows`` must not hold
+    two rows for the same (company, lead, message key).
     """
-    base = insert(timeline_event)
-    new = base.excluded
-    t = timeline_event.c
-    stmt = base.on_conflict_do_update(
-        constraint="uq_timeline_event_message",
-        set_={
-            "kind": case((new.kind == "smart_mail_sent", new.kind), else_=t.kind),
-            "category": case((new.kind == "smart_mail_sent", new.category), else_=t.category),
-            "mailbox_id": func.coalesce(t.mailbox_id, new.mailbox_id),
-            "user_id": func.coalesce(t.user_id, new.user_id),
-            "folder": func.coalesce(t.folder, new.folder),
-            "snippet": case((t.snippet == "", new.snippet), else_=t.snippet),
-            # union of both arrays (written as SQL: SQLAlchemy cannot correlate a subquery to EXCLUDED)
-            "matched_addresses": literal_column(
-                "ARRAY(SELECT DISTINCT unnest(timeline_event.matched_addresses || excluded.matched_addresses))",
-                type_=ARRAY(Text)),
-        },
-    ).returning(t.id, t.company_id, t.lead_id, t.message_key)
-    return list((await session.execute(stmt, list(rows))).all())
+    params: dict[str, Any] = {column: [row[column] for row in rows] for column in _SCALAR_COLUMNS}
+    params.update({column: [_ARRAY_SEPARATOR.join(row[column]) for row in rows] for column in _ARRAY_COLUMNS})
+    params["separator"] = _ARRAY_SEPARATOR
+    return list((await session.execute(_UPSERT, params)).all())
 
 
 async def insert_sources(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(insert(source).on_conflict_do_nothing(), list(rows))
+        await session.execute(_INSERT_SOURCES, {
+            "ids": [r["timeline_event_id"] for r in rows], "sources": [r["source"] for r in rows],
+            "companies": [r["company_id"] for r in rows], "mailboxes": [r["mailbox_id"] for r in rows]})
 
 
 async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Sequence[int]) -> None:

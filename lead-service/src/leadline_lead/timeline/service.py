@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import NotFound
 from leadline_kit.identity import Identity
-from leadline_lead.addresses import address_or_none, domain_of
+from leadline_lead.addresses import address_for_matching, address_or_none, domain_of
 from leadline_lead.leads import repository as leads
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.schemas import TimelineEvent, TimelineSource
@@ -57,7 +57,7 @@ def message_key(message_id: str, *fallback: object) -> str:
 
 
 def _addresses(raw: Sequence[str]) -> list[str]:
-    normal = (address_or_none(a) for a in raw[:MAX_RECIPIENTS])
+    normal = (address_for_matching(a) for a in raw[:MAX_RECIPIENTS])
     return list(dict.fromkeys(a for a in normal if a))
 
 
@@ -73,7 +73,7 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
     wanted: set[tuple[uuid.UUID, str]] = set()
     for event in events:
         mail = event.payload
-        sender = address_or_none(mail.from_address)
+        sender = address_for_matching(mail.from_address)
         to, cc = _addresses(mail.to), _addresses(mail.cc)
         participants = list(dict.fromkeys([*([sender] if sender else []), *to, *cc]))
         prepared.append((event, sender, to, cc, participants))
@@ -135,7 +135,11 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
         for p in ordered for name, mailbox_id in p.sources.items()
     ]
     await repository.insert_sources(session, sources)
-    await repository.mark_bounced_from_earlier_bounces(session, list(ids.values()))
+    # only mail we sent can bounce
+    outbound = [ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])]
+                for p in ordered if p.row["direction"] == "outbound"]
+    if outbound:
+        await repository.mark_bounced_from_earlier_bounces(session, outbound)
 
 
 def _merge(into: dict[str, Any], row: dict[str, Any]) -> None:

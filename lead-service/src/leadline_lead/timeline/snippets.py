@@ -22,7 +22,9 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
 def html_to_text(markup: str) -> str:
-    return html.unescape(nh3.clean(markup[:_SOURCE_LIMIT], tags=set(), attributes={}))
+    text = _WHITESPACE.sub(" ", nh3.clean(markup[:_SOURCE_LIMIT], tags=set(), attributes={}))
+    # unescaping only what can reach the snippet: an entity is at most ~10 characters for one
+    return html.unescape(text[: SNIPPET_LENGTH * 10])
 
 
 def snippet(text: str, markup: str | None) -> str:
