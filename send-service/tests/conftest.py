@@ -66,7 +66,7 @@ class Received:
 
 @dataclass
 class SmtpBehaviour:
-    mode: str = "accept"  # accept | tempfail_once | reject | silent
+    mode: str = "accept"  # accept | tempfail_once | reject | silent | slow (pause, then accept)
     silent_seconds: float = 3.0
     tempfailed: set[str] = field(default_factory=set)
 
@@ -92,7 +92,7 @@ class RecordingHandler:
             if message_id not in self.behaviour.tempfailed:
                 self.behaviour.tempfailed.add(message_id)
                 return "451 4.3.0 Greylisted, try again later"
-        if mode == "silent":
+        if mode in ("silent", "slow"):
             await asyncio.sleep(self.behaviour.silent_seconds)
         with self.lock:
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
