@@ -5,7 +5,9 @@ reservation is decided while holding the sending account's row lock (taken by
 ``INSERT ... ON CONFLICT DO UPDATE`` on ``sending_account``), so the
 reservations of one account are decided one at a time whichever process or
 connection asks: concurrent sends never push an account past a limit, and no
-isolation level beyond READ COMMITTED is relied upon (R26).
+isolation level beyond READ COMMITTED is relied upon (R26).  A grant is then
+one statement — the usage aggregate and a conditional insert — which, run
+after the lock statement, gets a snapshot that holds every earlier grant.
 
 States of a reservation::
 
@@ -28,11 +30,28 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, func, literal, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Integer,
+    Text,
+    Uuid,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.dml import ReturningInsert
 
 from leadline_kit.outbox import enqueue
 from leadline_proto.events import QuotaExceededPayload, QuotaExceededV1
@@ -105,7 +124,7 @@ class Decision:
 # --- usage -------------------------------------------------------------------------------
 
 
-def _live(now: datetime) -> ColumnElement[bool]:
+def _live(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     return or_(reservation.c.state == "committed",
                and_(reservation.c.state == "reserved", reservation.c.expires_at > now))
 
@@ -194,20 +213,89 @@ def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
     return None
 
 
-async def _lock_account(session: AsyncSession, ask: ReserveAsk, now: datetime) -> dict[str, Any]:
-    """Create or refresh the account row and hold its lock until the transaction ends."""
+def _lock_statement() -> ReturningInsert[Any]:
     statement = insert(sending_account).values(
-        company_id=ask.company_id, account_key=ask.account_key, provider=ask.provider,
-        account_settings=ask.account_settings, settings_month_start_day=ask.month_start_day,
-        last_reserved_at=now,
+        company_id=bindparam("company_id", type_=Uuid), account_key=bindparam("account_key", type_=Text),
+        provider=bindparam("provider", type_=Text), account_settings=bindparam("account_settings", type_=JSONB),
+        settings_month_start_day=bindparam("month_start_day", type_=Integer),
+        last_reserved_at=bindparam("now", type_=DateTime(timezone=True)),
     )
-    locking = statement.on_conflict_do_update(
+    return statement.on_conflict_do_update(
         index_elements=[sending_account.c.company_id, sending_account.c.account_key],
         set_={"provider": statement.excluded.provider, "account_settings": statement.excluded.account_settings,
               "settings_month_start_day": statement.excluded.settings_month_start_day,
               "last_reserved_at": statement.excluded.last_reserved_at},
     ).returning(sending_account.c.operator_overrides, sending_account.c.operator_month_start_day)
-    return dict((await session.execute(locking)).one()._mapping)
+
+
+# built once: the reserve path is hot and building statements costs more than running them
+LOCK_ACCOUNT = _lock_statement()
+
+
+async def _lock_account(session: AsyncSession, ask: ReserveAsk, now: datetime) -> dict[str, Any]:
+    """Create or refresh the account row and hold its lock until the transaction ends."""
+    row = (await session.execute(LOCK_ACCOUNT, {
+        "company_id": ask.company_id, "account_key": ask.account_key, "provider": ask.provider,
+        "account_settings": ask.account_settings, "month_start_day": ask.month_start_day, "now": now,
+    })).one()
+    return dict(row._mapping)
+
+
+@cache
+def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]:
+    """INSERT the reservation only if every windowed limit of ``shape`` still has room.
+
+    One statement: the usage aggregate and the insert, for the common case (a grant).  It must
+    run after the account lock is held, so that its snapshot sees every earlier grant.
+    """
+    timestamp = DateTime(timezone=True)
+    now = bindparam("now", type_=timestamp)
+    sums = []
+    for i, (measure, window) in enumerate(shape):
+        inside = reservation.c.reserved_at > bindparam(f"start_{i}", type_=timestamp)
+        if window == "month":
+            inside = and_(inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp))
+        weight = literal(1) if measure == "messages" else reservation.c.recipients
+        sums.append(func.coalesce(func.sum(weight).filter(inside), 0).label(f"used_{i}"))
+    values = select(
+        bindparam("reservation_id", type_=Uuid), bindparam("company_id", type_=Uuid),
+        bindparam("account_key", type_=Text), bindparam("recipients", type_=Integer),
+        bindparam("size_bytes", type_=BigInteger), literal("reserved", type_=Text), now,
+        bindparam("expires_at", type_=timestamp),
+    )
+    if shape:
+        usage = select(*sums).where(
+            reservation.c.company_id == bindparam("company_id", type_=Uuid),
+            reservation.c.account_key == bindparam("account_key", type_=Text),
+            _live(now), reservation.c.reserved_at > bindparam("oldest", type_=timestamp),
+        ).subquery("usage")
+        values = values.select_from(usage).where(
+            *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape))))
+    columns = ["reservation_id", "company_id", "account_key", "recipients", "size_bytes", "state", "reserved_at",
+               "expires_at"]
+    return reservation.insert().from_select(columns, values).returning(reservation.c.reservation_id)
+
+
+async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
+                         now: datetime) -> Decision | None:
+    """Record the reservation if every window has room; ``None`` when one has not."""
+    windowed = limits.windowed()
+    decision = Decision(True, reservation_id=uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds))
+    params: dict[str, Any] = {
+        "reservation_id": decision.reservation_id, "company_id": ask.company_id, "account_key": ask.account_key,
+        "recipients": ask.recipients, "size_bytes": ask.size_bytes, "now": now, "expires_at": decision.expires_at,
+        "oldest": now,
+    }
+    for i, limit in enumerate(windowed):
+        start, end = window_bounds(limit.window, now, limits.month_start_day)
+        params[f"start_{i}"] = start
+        params["oldest"] = min(params["oldest"], start)
+        if end is not None:
+            params[f"end_{i}"] = end
+        params[f"room_{i}"] = limit.maximum - limit.demand(ask.recipients)
+    statement = _grant_statement(tuple((limit.measure, limit.window) for limit in windowed))
+    inserted = (await session.execute(statement, params)).first()
+    return decision if inserted is not None else None
 
 
 async def _operator_settings(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
@@ -230,18 +318,17 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
     limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day,
                             operator["operator_overrides"], operator["operator_month_start_day"])
     decision = _static_refusal(limits, ask)
+    if decision is None and not dry_run:
+        decision = await _grant_if_room(session, ask, limits, now)
     if decision is None:
+        # a check, or a refusal to explain: which limit, and when capacity frees
         decision = await _decide_windows(session, ask, limits, now)
-    if not dry_run:
-        if decision.granted:
-            await session.execute(reservation.insert().values(
-                reservation_id=decision.reservation_id, company_id=ask.company_id, account_key=ask.account_key,
-                recipients=ask.recipients, size_bytes=ask.size_bytes, state="reserved", reserved_at=now,
-                expires_at=decision.expires_at))
-        else:
-            assert decision.limit is not None
-            await enqueue(session, outbox, QuotaExceededV1(company_id=ask.company_id, payload=QuotaExceededPayload(
-                account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at)))
+        if decision.granted and not dry_run:
+            raise RuntimeError("usage changed while the account lock was held")  # the lock forbids it
+    if not decision.granted and not dry_run:
+        assert decision.limit is not None
+        await enqueue(session, outbox, QuotaExceededV1(company_id=ask.company_id, payload=QuotaExceededPayload(
+            account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at)))
     return decision
 
 
@@ -260,7 +347,7 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
         retry_at, limit, used = max(refusals, key=lambda r: r[0])
         return Decision(False, limit=limit.name, retry_at=retry_at,
                         detail=f"{limit.name} = {limit.maximum} would be passed ({used} used)")
-    return Decision(True, reservation_id=uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds))
+    return Decision(True)
 
 
 # --- settling ----------------------------------------------------------------------------
