@@ -282,6 +282,20 @@ async def test_condstore_changes_since(imap_settings: Settings) -> None:
         assert folder.uidvalidity > 0 and folder.exists == 0
 
 
+async def test_cancelled_command_closes_the_connection(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        await client.select("INBOX")
+        waiting = asyncio.create_task(client.idle(30))
+        await asyncio.sleep(0.2)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert client.closed
+        with pytest.raises(MailConnectionError) as caught:
+            await client.select("INBOX")
+        assert caught.value.kind == "unreachable"
+
+
 async def test_command_refused_by_server_keeps_connection(imap_settings: Settings) -> None:
     from leadline_mail.imap import ImapCommandError
 

@@ -456,6 +456,10 @@ class ImapClient:
             detail=repr(exc),
         ))
 
+    def _interrupted(self) -> None:
+        """The caller cancelled a command half-way: what the server sends next no longer lines up."""
+        self._fail(MailConnectionError("unreachable", "A mail server command was interrupted; reconnecting."))
+
     def _arm(self, deadline: asyncio.Timeout) -> None:
         now = self._loop.time()
         self._deadline = deadline
@@ -559,6 +563,9 @@ class ImapClient:
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ValueError, MailConnectionError) as exc:
                 raise self._stream_error(exc) from None
+            except asyncio.CancelledError:
+                self._interrupted()
+                raise
             finally:
                 self._deadline = None
         if done.kind != "OK" and not allow_failure:
@@ -905,6 +912,9 @@ class ImapClient:
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ValueError, MailConnectionError) as exc:
                 raise self._stream_error(exc) from None
+            except asyncio.CancelledError:
+                self._interrupted()
+                raise
             finally:
                 self._deadline = None
                 if read is not None and not read.done():
