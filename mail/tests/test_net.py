@@ -7,6 +7,7 @@ import ssl
 from collections.abc import Sequence
 
 import pytest
+import trustme
 
 from leadline_kit.infra import DovecotServer
 from leadline_mail.net import (
@@ -120,3 +121,34 @@ async def test_fetch_certificate_fingerprint_implicit_and_starttls(dovecot: Dove
     with pytest.raises(MailConnectionError) as caught:
         await fetch_certificate_sha256(host, dovecot.port, "plain", "imap")
     assert caught.value.kind == "tls"
+
+
+async def test_fetch_certificate_fingerprint_smtp(tls_ca: trustme.CA) -> None:
+    from aiosmtpd.controller import Controller
+
+    from leadline_kit.infra import free_port
+
+    cert = tls_ca.issue_cert("localhost")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server_context)
+    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())).hexdigest()
+
+    class Sink:
+        async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+            return "250 OK"
+
+    host = VettedHost("localhost", "127.0.0.1")
+    starttls = Controller(Sink(), hostname="127.0.0.1", port=free_port(), tls_context=server_context)
+    implicit = Controller(Sink(), hostname="127.0.0.1", port=free_port(), ssl_context=server_context)
+    plain = Controller(Sink(), hostname="127.0.0.1", port=free_port())
+    for controller in (starttls, implicit, plain):
+        controller.start()
+    try:
+        assert await fetch_certificate_sha256(host, starttls.port, "starttls", "smtp") == expected
+        assert await fetch_certificate_sha256(host, implicit.port, "implicit", "smtp") == expected
+        with pytest.raises(MailConnectionError) as caught:
+            await fetch_certificate_sha256(host, plain.port, "starttls", "smtp")
+        assert caught.value.kind == "tls" and "STARTTLS" in caught.value.user_message
+    finally:
+        for controller in (starttls, implicit, plain):
+            controller.stop()
