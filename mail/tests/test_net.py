@@ -62,6 +62,7 @@ async def test_ip_literal_is_checked_without_resolving() -> None:
     with pytest.raises(MailConnectionError):
         await vet_host("169.254.169.254", resolver=never)
     assert (await vet_host("8.8.8.8", resolver=never)).address == "8.8.8.8"
+    assert await vet_host("[2606:4700::1]", resolver=never) == VettedHost("2606:4700::1", "2606:4700::1")
 
 
 async def test_allow_list_opens_named_ranges_only() -> None:

@@ -163,9 +163,9 @@ async def vet_host(
     among good ones refuses the host, since a later resolution could pick it.
     """
     host = _ascii_hostname(hostname)
-    literal = host.strip("[]")
-    if _is_ip_literal(literal):
-        answers: Sequence[str] = [literal]
+    if _is_ip_literal(host):
+        host = host.strip("[]")  # "[::1]" → "::1": brackets belong in URLs, not in SNI or certificate checks
+        answers: Sequence[str] = [host]
     else:
         try:
             async with asyncio.timeout(timeout):
