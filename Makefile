@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: run test check bench setup system-deps asyncapi
+.PHONY: run test check demo setup system-deps asyncapi
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -24,3 +24,6 @@ check: setup
 
 asyncapi: setup
 	@$(UV) run python -m leadline_proto.asyncapi > proto/asyncapi.json
+
+demo: setup system-deps
+	@$(UV) run python deploy/demo.py
