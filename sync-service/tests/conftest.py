@@ -13,24 +13,22 @@ import asyncio
 import contextlib
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
-from pathlib import Path
 from typing import Any
 
 import httpx
-import nats
 import pytest
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy import text
 
 from leadline_kit import bus
@@ -99,7 +97,7 @@ class SmtpAccounts:
 
 
 class SinkHandler:
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         return "250 OK"
 
 
@@ -338,3 +336,7 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
         yield
 
 
+@pytest.fixture
+def quota(postgres: PostgresServer, nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[None]]:
+    """Starts the real quota service when the test asks for it."""
+    return lambda: quota_service(postgres, nats_url)

@@ -145,13 +145,13 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
             credential_ciphertext=sealed.ciphertext, sent_folder=sent_folder,
             provider_saves_sent=choice.provider.provider_saves_sent,
-            failures=0, failing_since=None, next_attempt_at=now, updated_at=now,
+            failures=0, failing_since=None, next_attempt_at=now,
         )
         if row is None:
             reason = "checking the company's mailbox limit"
             await session.execute(mailbox.insert().values(
                 id=mailbox_id, company_id=caller.company_id, user_id=caller.user_id, address=choice.address,
-                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now,
+                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now, updated_at=now,
                 **values))
             created = await service.mailbox_by_id(session, mailbox_id)
             assert created is not None
