@@ -133,3 +133,19 @@ async def test_presets_list_every_provider_of_issue_4(client: httpx.AsyncClient)
     gmail = next(p for p in body["providers"] if p["provider"] == "gmail")
     assert gmail["limits"]["messages_per_day"] == 100  # the stricter of the seeds
     assert {p["plan"] for p in body["plans"]} == {"standard", "legacy_free"}
+
+
+async def test_report_pages_through_accounts(client: httpx.AsyncClient) -> None:
+    admin = as_caller(client, make_identity("administrator"), SECRET)
+    keys = sorted(f"smtp:{uuid.uuid4()}" for _ in range(3))
+    for key in keys:
+        assert (await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})).status_code == 200
+    seen, cursor = [], None
+    for _ in range(3):
+        page = (await admin.get("/v1/quotas", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+        seen += [account["account_key"] for account in page["accounts"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == keys
+    assert (await admin.get("/v1/quotas", params={"cursor": "garbage!"})).status_code == 400

@@ -25,6 +25,7 @@ from leadline_proto.requests import (
     SyncAllowanceRequest,
 )
 from leadline_proto.subjects import (
+    RPC_MAILBOX_SLOT_CLAIM,
     RPC_QUOTA_CHECK,
     RPC_QUOTA_COMMIT,
     RPC_QUOTA_RELEASE,
@@ -105,6 +106,7 @@ async def test_reserve_commit_release_and_check(service: FastAPI, nc: Client, cl
     (RPC_QUOTA_CHECK, json.dumps({"company_id": str(uuid.uuid4()), "account_key": f"smtp:{uuid.uuid4()}",
                                   "recipients": 1, "size_bytes": 1, "overrides": {"bogus": 1}}).encode()),
     (RPC_QUOTA_COMMIT, b"{}"),
+    (RPC_MAILBOX_SLOT_CLAIM, json.dumps({"company_id": str(uuid.uuid4())}).encode()),
     (RPC_SYNC_ALLOWANCE, json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()),
                                      "count": -1}).encode()),
 ])

@@ -14,6 +14,7 @@ from leadline_quota import reservations
 from leadline_quota.clock import MovableClock
 from leadline_quota.limits import ROLLING_WINDOWS
 from leadline_quota.models import outbox
+from leadline_quota.models import reservation as reservation_table
 from leadline_quota.reservations import Decision, InvalidAsk, ReserveAsk
 
 
@@ -219,3 +220,27 @@ async def test_malformed_asks_are_refused_before_anything_is_written(db: Databas
                                                                      bad: ReserveAsk) -> None:
     with pytest.raises(InvalidAsk):
         await ask(db, clock, bad)
+
+
+async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db: Database,
+                                                                            clock: MovableClock) -> None:
+    company, key = uuid.uuid4(), smtp_key()
+    limit = {"messages_per_day": 3}
+    late = await ask(db, clock, ReserveAsk(company, key, "custom", 1, 10, ttl_seconds=5, account_settings=limit))
+    released = await ask(db, clock, request(company, key, **limit))
+    kept = await ask(db, clock, request(company, key, **limit), commit=True)
+    clock.advance(seconds=10)
+    async with db.session() as session:
+        assert late.reservation_id and released.reservation_id
+        settled = await reservations.commit(session, company, late.reservation_id, clock)
+        assert settled.ok and "expired" in settled.detail  # the message went out: its usage counts
+        assert (await reservations.release(session, company, released.reservation_id, clock)).ok
+        assert await reservations.prune(session, clock()) == 1  # only the released one
+    assert (await ask(db, clock, request(company, key, **limit))).granted
+    assert not (await ask(db, clock, request(company, key, **limit))).granted
+    clock.advance(days=33)
+    async with db.session() as session:
+        assert await reservations.prune(session, clock()) == 3
+        left = await session.scalar(select(func.count()).select_from(reservation_table).where(
+            reservation_table.c.company_id == company))
+    assert left == 0 and kept.granted
