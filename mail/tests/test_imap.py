@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -116,6 +117,31 @@ async def test_silent_server_times_out() -> None:
             await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
                                             allow_plaintext=True, allow_networks=LOOPBACK, timeout=0.5))
         assert caught.value.kind == "timeout"
+    finally:
+        server.close()
+
+
+async def test_server_trickling_data_forever_hits_the_command_limit() -> None:
+    async def trickling(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] ready\r\n")
+        await reader.readline()
+        with contextlib.suppress(ConnectionError):
+            while not reader.at_eof():
+                writer.write(b"* OK still working\r\n")
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        writer.close()
+
+    server = await asyncio.start_server(trickling, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
+                                            allow_plaintext=True, allow_networks=LOOPBACK, timeout=0.4,
+                                            command_limit=1.0))
+        assert caught.value.kind == "timeout"
+        assert asyncio.get_running_loop().time() - started < 3
     finally:
         server.close()
 

@@ -29,7 +29,8 @@ NUL, CR or LF; strings are sent quoted (``\\`` and ``"`` escaped) or, when
 not ASCII, as literals (non-synchronising ``{n+}`` when the server offers
 LITERAL+).  Every command runs under an inactivity timeout (``timeout``
 seconds without a byte from the server) that restarts as data arrives, so a
-large FETCH may take long as long as it progresses; a timeout or a broken
+large FETCH may take long as long as it progresses, but never longer than
+``command_limit`` (a server trickling data forever); a timeout or a broken
 stream closes the connection, because its state is then unknown.  A NO or
 BAD completion raises :class:`ImapCommandError` and leaves the connection
 usable.  Literals larger than ``max_literal_bytes`` are read to the end but
@@ -93,6 +94,7 @@ class ImapSettings:
     allow_networks: Sequence[IPNetwork] = ()  # operator allow-list (tests pass 127.0.0.0/8)
     allow_plaintext: bool = False  # "plain" refused unless the operator allows it
     timeout: float = 30.0  # seconds of server silence tolerated during a command
+    command_limit: float = 900.0  # no command runs longer than this, even while data keeps coming
     resolver: Resolver | None = None  # DNS for host vetting; None = the system resolver
     max_literal_bytes: int = 64 * 1024 * 1024
     header_batch: int = 1000
@@ -408,6 +410,7 @@ class ImapClient:
         self._tag = 0
         self._deadline: asyncio.Timeout | None = None
         self._rearm_at = 0.0
+        self._hard_deadline = 0.0
         self._loop = asyncio.get_running_loop()
         self._closed: MailConnectionError | None = None
         self._bye: str | None = None
@@ -464,6 +467,7 @@ class ImapClient:
         now = self._loop.time()
         self._deadline = deadline
         self._rearm_at = now + self._settings.timeout / 4
+        self._hard_deadline = now + max(self._settings.command_limit, self._settings.timeout)
         deadline.reschedule(now + self._settings.timeout)
 
     def _progress(self) -> None:
@@ -476,7 +480,7 @@ class ImapClient:
             now = self._loop.time()
             if now >= self._rearm_at:
                 self._rearm_at = now + self._settings.timeout / 4
-                self._deadline.reschedule(now + self._settings.timeout)
+                self._deadline.reschedule(min(now + self._settings.timeout, self._hard_deadline))
 
     async def _read_response(self) -> _Response:
         reader = self._reader
