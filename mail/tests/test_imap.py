@@ -258,27 +258,50 @@ async def test_find_sync_folders_by_special_use(imap_settings: Settings) -> None
         assert await client.find_sync_folders() == {"inbox": "INBOX", "sent": "Sent"}
 
 
-async def test_find_sync_folders_by_common_names() -> None:
-    """A server without SPECIAL-USE marks: the folder list alone decides."""
-    from leadline_mail.imap import Folder, ImapClient
+async def _scripted_server(list_lines: bytes) -> asyncio.Server:
+    """A provider without SPECIAL-USE (Courier, older Gmail): LOGIN and LIST answered from a script."""
 
-    class Listed(ImapClient):
-        def __init__(self, folders: list[Folder]) -> None:
-            self._folders = folders
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] fake\r\n")
+        while line := await reader.readline():
+            tag, _, rest = line.partition(b" ")
+            command = rest.split(b" ", 1)[0].strip().upper()
+            if command == b"LIST":
+                writer.write(list_lines)
+            elif command == b"LOGOUT":
+                writer.write(b"* BYE bye\r\n")
+            writer.write(tag + b" OK done\r\n")
+            await writer.drain()
+        writer.close()
 
-        async def list_folders(self) -> list[Folder]:
-            return self._folders
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
 
-    def folders(*names: str) -> list[Folder]:
-        return [Folder(name, frozenset({"\\HasNoChildren"}), "/") for name in names]
 
-    assert await Listed(folders("INBOX", "Drafts", "Sent Items")).find_sync_folders() == {
-        "inbox": "INBOX", "sent": "Sent Items"}
-    assert await Listed(folders("INBOX", "[Gmail]/All Mail", "[Gmail]/Sent Mail")).find_sync_folders() == {
-        "inbox": "INBOX", "sent": "[Gmail]/Sent Mail"}
-    assert await Listed(folders("INBOX", "INBOX.Sent", "INBOX.Trash")).find_sync_folders() == {
-        "inbox": "INBOX", "sent": "INBOX.Sent"}
-    assert await Listed(folders("INBOX", "Archive")).find_sync_folders() == {"inbox": "INBOX"}
+@pytest.mark.parametrize(
+    ("list_lines", "expected"),
+    [
+        (b'* LIST (\\HasNoChildren) "/" INBOX\r\n* LIST (\\HasNoChildren) "/" Drafts\r\n'
+         b"* LIST (\\HasNoChildren) \"/\" {10}\r\nSent Items\r\n", "Sent Items"),
+        (b'* LIST (\\HasChildren) "/" "INBOX"\r\n* LIST (\\Noselect \\HasChildren) "/" "[Gmail]"\r\n'
+         b'* LIST (\\HasNoChildren) "/" "[Gmail]/All Mail"\r\n* LIST (\\HasNoChildren) "/" "[Gmail]/Sent Mail"\r\n',
+         "[Gmail]/Sent Mail"),
+        (b'* LIST (\\Unmarked \\HasChildren) "." "INBOX"\r\n* LIST (\\HasNoChildren) "." "INBOX.Trash"\r\n'
+         b'* LIST (\\HasNoChildren) "." "INBOX.Sent"\r\n', "INBOX.Sent"),
+        (b'* LIST () NIL INBOX\r\n* LIST () "/" "Envoy&AOk-s"\r\n', "Envoyés"),
+        (b'* LIST () "/" INBOX\r\n* LIST () "/" Archive\r\n', None),
+    ],
+)
+async def test_find_sync_folders_by_common_names(list_lines: bytes, expected: str | None) -> None:
+    server = await _scripted_server(list_lines)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
+                                allow_plaintext=True, allow_networks=LOOPBACK, timeout=5)
+        async with await connect_imap(settings) as client:
+            found = await client.find_sync_folders()
+        assert found == ({"inbox": "INBOX", "sent": expected} if expected else {"inbox": "INBOX"})
+    finally:
+        server.close()
 
 
 async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Settings) -> None:
