@@ -151,8 +151,8 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             reason = "checking the company's mailbox limit"
             await session.execute(mailbox.insert().values(
                 id=mailbox_id, company_id=caller.company_id, user_id=caller.user_id, address=choice.address,
-                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now, updated_at=now,
-                **values))
+                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now,
+                updated_at=now, **values))
             created = await service.mailbox_by_id(session, mailbox_id)
             assert created is not None
             await service.announce_connected(session, created)

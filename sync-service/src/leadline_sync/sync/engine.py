@@ -45,8 +45,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
-from leadline_mail.addresses import normalize_address
-from leadline_mail.bounces import parse_bounce
+from leadline_mail.bounces import Bounce, parse_bounce
 from leadline_mail.imap import FetchedHeader, FolderStatus, ImapClient, connect_imap
 from leadline_mail.mime import HeaderSummary, parse_headers, parse_message
 from leadline_mail.net import MailConnectionError
@@ -309,9 +308,22 @@ class MailboxSync:
         selected: list[Selected] = []
         defects: list[tuple[int, list[str]]] = []
         if wanted:
-            for message in await client.fetch_messages(list(wanted)):
+            messages = await client.fetch_messages(list(wanted))
+            bounces: dict[int, Bounce] = {}
+            for message in messages:
+                if cursor.folder == "inbox" and wanted[message.uid][1].is_bounce_candidate:
+                    bounce = parse_bounce(message.raw)
+                    if bounce is not None and bounce.recipient:
+                        bounces[message.uid] = bounce
+            recipients = {b.recipient for b in bounces.values() if b.recipient} - set(directory.lead_since)
+            if recipients:
+                async with self.context.db.session() as session:
+                    found = await load_directory(session, row.company_id, recipients)
+                directory.lead_since.update(found.lead_since)
+            for message in messages:
                 header, summary = wanted[message.uid]
-                picked = self._select(cursor.folder, header, summary, message.raw, directory, defects)
+                picked = self._select(cursor.folder, header, summary, message.raw, bounces.get(message.uid),
+                                      directory, defects)
                 if picked is not None:
                     selected.append(picked)
         await self._commit(cursor, uids, selected, defects)
@@ -332,21 +344,18 @@ class MailboxSync:
                              directory=directory) is not None
 
     def _select(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, raw: bytes,
-                directory: CompanyDirectory, defects: list[tuple[int, list[str]]]) -> Selected | None:
+                bounce: Bounce | None, directory: CompanyDirectory,
+                defects: list[tuple[int, list[str]]]) -> Selected | None:
         row = self.row
         assert row is not None
         sent_at = self._sent_at(header, summary)
-        if folder == "inbox" and summary.is_bounce_candidate:
-            bounce = parse_bounce(raw)
-            recipient = normalize_address(bounce.recipient) if bounce and bounce.recipient else None
-            # a bounce is about mail we sent to a lead; any other bounce is nobody's business here
-            if bounce is not None and recipient is not None and directory.is_lead(recipient):
-                return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
-                    company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
-                        original_message_id=bounce.original_message_id or "", recipient=recipient,
-                        status=bounce.status or "", action=bounce.action or "failed",
-                        diagnostic=(bounce.diagnostic or "")[:2000], mailbox_id=row.id, user_id=row.user_id,
-                        bounced_at=sent_at)))
+        # a bounce is about mail sent to a lead; any other bounce is nobody's business here
+        if bounce is not None and bounce.recipient and directory.is_lead(bounce.recipient):
+            return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
+                company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
+                    original_message_id=bounce.original_message_id or "", recipient=bounce.recipient,
+                    status=bounce.status, action=bounce.action or "failed", diagnostic=bounce.diagnostic[:2000],
+                    mailbox_id=row.id, user_id=row.user_id, bounced_at=sent_at)))
         match = match_message(self._parties(summary), folder=folder, own_address=row.address, sent_at=sent_at,
                               connected_at=row.connected_at, directory=directory)
         if match is None:

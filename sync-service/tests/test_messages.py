@@ -1,0 +1,103 @@
+"""Hostile and unusual mail: malformed MIME kept with a defect flag and logged (R27), bounces (R17)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from leadline_kit.testing.clients import running_app
+
+BOUNCE = """From: Mail Delivery System <MAILER-DAEMON@mx.customer.example>
+To: {me}
+Subject: Undelivered Mail Returned to Sender
+Date: Mon, 23 Nov 2026 10:00:00 +0000
+Message-ID: <bounce-1@mx.customer.example>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+Your message could not be delivered.
+
+--b1
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.customer.example
+
+Final-Recipient: rfc822; {lead}
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 user unknown
+
+--b1
+Content-Type: text/rfc822-headers
+
+From: {me}
+To: {lead}
+Subject: Offer
+Message-ID: <smart-mail-42@acme.example>
+
+--b1--
+"""
+
+
+def malformed(i: int, sender: str, to: str) -> bytes:
+    """Broken in the ways real mail is: bad boundaries, bad encodings, garbage headers."""
+    variants = [
+        f"From: {sender}\r\nTo: {to}\r\nSubject: broken {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"
+        "--never-closed\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@not base64@@@\r\n",
+        f"From: {sender}\r\nTo: {to}\r\nSubject: broken {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
+        "Content-Type: multipart/alternative\r\n\r\nno boundary parameter at all\r\n",
+        f"From: {sender}\r\nTo: {to}\r\nSubject: =?utf-8?B?broken?= {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
+        "Content-Type: text/plain; charset=\"x-no-such-charset\"\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        "\r\n=ZZ=\r\n" + "x" * 5000 + "\r\n",
+    ]
+    return variants[i % len(variants)].encode()
+
+
+async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead = "frank@customer.example"
+    good = [world.message(sender=lead, to=[me.address], subject=f"good {i}", body=f"message {i}\n" * 40)
+            for i in range(488)]
+    bad = [malformed(i, lead, me.address) for i in range(12)]
+    client = await world.imap(me)
+    try:
+        for i, raw in enumerate(good):
+            await client.append("INBOX", raw)
+            if i % 40 == 0 and bad:
+                await client.append("INBOX", bad.pop())
+        for raw in bad:
+            await client.append("INBOX", raw)
+    finally:
+        await client.logout()
+    async with running_app(world.app()) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api, timeout=60)
+        events = await world.synced(at_least=500, timeout=60)
+        assert len(events) == 500
+        defective = [e for e in events if e.payload.defect]
+        assert len(defective) == 12
+        assert sorted(e.payload.message_id for e in defective) == sorted(f"<broken-{i}@x.example>" for i in range(12))
+        errors = (await api.get("/v1/mail-sync/errors", params={"limit": 100})).json()["items"]
+        assert len([e for e in errors if e["kind"] == "message_unreadable"]) == 12
+
+
+async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead, stranger = "gina@customer.example", "nobody@else.example"
+    await world.append(me, "INBOX", BOUNCE.format(me=me.address, lead=lead).replace("\n", "\r\n").encode(),
+                       BOUNCE.format(me=me.address, lead=stranger).replace("\n", "\r\n")
+                       .replace("bounce-1@", "bounce-2@").encode())
+    async with running_app(world.app()) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api)
+        bounces = await world.events("mail.bounced", at_least=1)
+        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.status) for b in bounces] == [
+            ("<smart-mail-42@acme.example>", lead, "5.1.1")]
+        assert await world.synced() == [], "a bounce is not a conversation with the lead"
