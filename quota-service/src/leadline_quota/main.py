@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from leadline_kit.service import Runtime, create_service_app
 from leadline_quota import plans, reservations
+from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
@@ -44,7 +45,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     settings = settings or Settings()
 
     async def on_start(runtime: Runtime) -> None:
-        rpc = QuotaRpc(runtime.db, clock)
+        rpc = QuotaRpc(runtime.db, clock, ReservationBatcher(runtime.db, clock))
         for subject, (answer, unanswerable) in rpc.answers().items():
             subscription = await subscribe(runtime.nats, subject)
             runtime.spawn(respond(subscription, answer, unanswerable, settings.responder_concurrency),

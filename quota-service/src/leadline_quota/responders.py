@@ -46,6 +46,7 @@ from leadline_proto.subjects import (
     RPC_SYNC_ALLOWANCE,
 )
 from leadline_quota import mailbox_slots, plans, reservations
+from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock
 from leadline_quota.reservations import InvalidAsk, ReserveAsk
 
@@ -72,6 +73,7 @@ def _why(exc: ValidationError) -> str:
 class QuotaRpc:
     db: Database
     clock: Clock
+    batcher: ReservationBatcher
 
     def answers(self) -> dict[str, tuple[Answer, Callable[[str], BaseModel]]]:
         """Subject → (answer, the reply to send when the request cannot be answered)."""
@@ -91,8 +93,11 @@ class QuotaRpc:
         ask = ReserveAsk(request.company_id, request.account_key, request.provider, request.recipients,
                          request.size_bytes, request.ttl_seconds, request.overrides, request.month_start_day)
         try:
-            async with self.db.session() as session:
-                decision = await reservations.reserve(session, ask, self.clock, dry_run=dry_run)
+            if dry_run:
+                async with self.db.session() as session:
+                    decision = await reservations.reserve(session, ask, self.clock, dry_run=True)
+            else:
+                decision = await self.batcher.reserve(ask)
         except InvalidAsk as exc:
             raise Unreadable(str(exc)) from exc
         reply = QuotaReserveReply(granted=decision.granted, reservation_id=decision.reservation_id,
