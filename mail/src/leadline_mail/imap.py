@@ -369,7 +369,31 @@ def _as_int(item: Item) -> int | None:
     return None
 
 
+_FAST_FETCH_RE = re.compile(
+    rb'\((?:UID (\d+)|RFC822\.SIZE (\d+)|INTERNALDATE ("[^"\\]*")|FLAGS \([^()"]*\)|MODSEQ \(\d+\)| )*'
+    rb"(BODY\[(?:HEADER)?\]) $"
+)
+
+
 def _fetch_attributes(response: _Response) -> dict[str, Item]:
+    """``FETCH (name value ...)`` → ``{NAME: value}``.
+
+    The shape this client asks for (numbers, a date, one literal last) is matched by one regular
+    expression; anything else goes through the general tokenizer.
+    """
+    segments = response.segments
+    if len(segments) == 2 and segments[1] == b")":
+        fast = _FAST_FETCH_RE.fullmatch(segments[0])
+        if fast is not None:
+            uid, size, date, section = fast.groups()
+            attrs: dict[str, Item] = {section.decode("ascii"): response.literals[0]}
+            if uid is not None:
+                attrs["UID"] = uid.decode("ascii")
+            if size is not None:
+                attrs["RFC822.SIZE"] = size.decode("ascii")
+            if date is not None:
+                attrs["INTERNALDATE"] = date[1:-1]
+            return attrs
     items = response.items()
     if not items or not isinstance(items[0], list):
         return {}
