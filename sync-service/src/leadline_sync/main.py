@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import socket
@@ -36,19 +35,11 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         runtime.spawn(scheduler.run(), "sync-scheduler")
 
     async def on_stop(runtime: Runtime) -> None:
+        # the scheduler gives its leases back as the kit cancels it (see SyncScheduler.run)
         subscription = runtime.extras.get("smtp_settings_subscription")
         if subscription is not None:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
-        scheduler: SyncScheduler | None = runtime.extras.get("scheduler")
-        for task in runtime.tasks:
-            if task.get_name() == "sync-scheduler":
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
-        if scheduler is not None:
-            with contextlib.suppress(Exception):
-                await scheduler.release_all()
 
     app = create_service_app(name="sync", settings=settings, schema="sync", outbox=outbox, routers=[router],
                              consumers=consumers, on_start=on_start, on_stop=on_stop, title="Leadline sync service")
