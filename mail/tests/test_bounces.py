@@ -68,6 +68,17 @@ def test_not_bounces(name: str) -> None:
     assert parse_bounce(sample(name)) is None
 
 
+def test_a_persons_mail_about_undeliverable_things_is_not_a_bounce() -> None:
+    raw = (
+        b"From: Jane <jane@lead-company.com>\r\nTo: sales@example.org\r\n"
+        b"Subject: Re: Undeliverable parcel, could not be delivered to bob@lead-company.com\r\n\r\n"
+        b"Hi, the parcel could not be delivered to bob@lead-company.com. 550 reasons.\r\n\r\n"
+        b"-----Original Message-----\r\nMessage-ID: <quoted@example.org>\r\n"
+    )
+    assert parse_headers(raw).is_bounce_candidate  # worth a look...
+    assert parse_bounce(raw) is None  # ...but a person wrote it
+
+
 def test_ordinary_and_garbage_input_is_not_a_bounce() -> None:
     assert parse_bounce(b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n") is None
     for junk in (b"", b"\x00\xff" * 1000, b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n" * 3000):

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from leadline_mail.addresses import normalize_address
 from leadline_mail.mime import (
+    BOUNCE_SUBJECT_RE,
     MAX_PARTS,
     clean_text,
     cut_to_caps,
@@ -207,9 +208,23 @@ def _from_delivery_status(
 
 
 def _looks_like_bounce(message: email.message.Message) -> bool:
-    summary = parse_headers(str(message).encode("utf-8", "replace")[:65536])
-    sender = summary.from_address or ""
-    return summary.is_bounce_candidate or bool(_SYSTEM_SENDER_RE.match(sender))
+    """Stricter than ``HeaderSummary.is_bounce_candidate``: a person's mail titled "Undeliverable
+    parcel" that quotes an address must stay a person's mail.  A plain-text notice counts only when a
+    mail system sent it: a system sender, a null Return-Path, ``X-Failed-Recipients``, or a bounce
+    subject on an auto-submitted message."""
+    if message.get("x-failed-recipients"):
+        return True
+    return_path = message.get_all("return-path") or []
+    if any(not clean_text(header_text(v)).strip("<> ") for v in return_path):
+        return True
+    summary = parse_headers(b"".join(
+        f"{key}: {header_text(value)}\r\n".encode("utf-8", "replace")
+        for key, value in message.raw_items() if key.lower() in {"from", "subject"}
+    ))
+    if summary.from_address and _SYSTEM_SENDER_RE.match(summary.from_address):
+        return True
+    auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
+    return bool(auto and auto != "no" and BOUNCE_SUBJECT_RE.search(summary.subject))
 
 
 def _diagnostic(text: str) -> str:

@@ -63,7 +63,7 @@ _BOUNDARY_LINE_RE = re.compile(rb"(?:^|\n)--")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
 _BOUNCE_SENDER_RE = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailer_daemon|mdaemon)@", re.IGNORECASE)
-_BOUNCE_SUBJECT_RE = re.compile(
+BOUNCE_SUBJECT_RE = re.compile(
     r"(undeliver|undelivered|delivery status notification|delivery failure|delivery has failed|"
     r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|"
     r"non-delivery|delivery notification|unzustellbar|non remis|no se puede entregar)",
@@ -273,7 +273,7 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
     is_bounce = (
         "multipart/report" in content_type
         or bool(from_address and _BOUNCE_SENDER_RE.match(from_address))
-        or bool(_BOUNCE_SUBJECT_RE.search(subject))
+        or bool(BOUNCE_SUBJECT_RE.search(subject))
         or (bool(return_path) and not clean_text(return_path).strip("<> "))  # null reverse-path <>
         or bool(first("x-failed-recipients"))
     )
