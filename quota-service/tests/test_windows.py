@@ -215,6 +215,8 @@ async def test_operator_overrides_win_over_account_settings_over_preset(db: Data
     ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, ttl_seconds=0),
     ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"max_per_month": 5}),
     ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, month_start_day=32),
+    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 2**31, 1),
+    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"messages_per_day": 2**40}),
 ])
 async def test_malformed_asks_are_refused_before_anything_is_written(db: Database, clock: MovableClock,
                                                                      bad: ReserveAsk) -> None:

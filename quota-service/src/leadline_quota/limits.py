@@ -36,6 +36,7 @@ Measure = Literal["messages", "recipients"]
 MEASURES: tuple[Measure, ...] = ("messages", "recipients")
 WINDOWED_LIMITS = tuple(f"{measure}_per_{window}" for window in WINDOWS for measure in MEASURES)
 LIMIT_NAMES = (*STATIC_LIMITS, *WINDOWED_LIMITS)
+MAX_LIMIT = 2**31 - 1  # counts are PostgreSQL integers
 
 
 @dataclass(frozen=True)
@@ -142,9 +143,9 @@ def invalid_limit_settings(values: dict[str, int | None], month_start_day: int |
     unknown = sorted(set(values) - set(LIMIT_NAMES))
     if unknown:
         return f"unknown limit names {unknown}; known: {list(LIMIT_NAMES)}"
-    negative = sorted(name for name, v in values.items() if v is not None and v < 0)
-    if negative:
-        return f"limits must not be negative: {negative}"
+    out_of_range = sorted(name for name, v in values.items() if v is not None and not 0 <= v <= MAX_LIMIT)
+    if out_of_range:
+        return f"limits must be between 0 and {MAX_LIMIT}: {out_of_range}"
     if month_start_day is not None and not 1 <= month_start_day <= 31:
         return "month_start_day must be between 1 and 31"
     return None

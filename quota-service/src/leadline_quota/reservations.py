@@ -57,6 +57,7 @@ from leadline_kit.outbox import enqueue
 from leadline_proto.events import QuotaExceededPayload, QuotaExceededV1
 from leadline_quota.clock import Clock
 from leadline_quota.limits import (
+    MAX_LIMIT,
     ROLLING_WINDOWS,
     AccountLimits,
     WindowedLimit,
@@ -97,10 +98,10 @@ class ReserveAsk:
     month_start_day: int | None = None
 
     def validated(self) -> ReserveAsk:
-        if self.recipients < 1:
-            raise InvalidAsk("recipients must be at least 1")
-        if self.size_bytes < 0:
-            raise InvalidAsk("size_bytes must not be negative")
+        if not 1 <= self.recipients <= MAX_LIMIT:
+            raise InvalidAsk(f"recipients must be between 1 and {MAX_LIMIT}")
+        if not 0 <= self.size_bytes < 2**63:
+            raise InvalidAsk("size_bytes must be between 0 and 2**63 - 1")
         if not 1 <= self.ttl_seconds <= MAX_TTL_SECONDS:
             raise InvalidAsk(f"ttl_seconds must be between 1 and {MAX_TTL_SECONDS}")
         problem = invalid_limit_settings(dict(self.account_settings), self.month_start_day)
