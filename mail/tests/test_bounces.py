@@ -63,6 +63,17 @@ def test_plain_postfix_notice_without_report() -> None:
     )
 
 
+def test_original_message_id_from_the_report_when_nothing_is_attached() -> None:
+    raw = sample("gmail.eml")
+    without_original = raw[: raw.rindex(b"--000000000000aaa0000\r\nContent-Type: message/rfc822")]
+    without_original += b"--000000000000aaa0000--\r\n"
+    bounce = parse_bounce(without_original)
+    assert bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"
+    no_reference = without_original.replace(b"X-Original-Message-ID", b"X-Other")
+    bounce = parse_bounce(no_reference)
+    assert bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"  # In-Reply-To
+
+
 @pytest.mark.parametrize("name", ["delayed.eml", "out_of_office.eml"])
 def test_not_bounces(name: str) -> None:
     assert parse_bounce(sample(name)) is None

@@ -157,6 +157,16 @@ def _original_message_id(parts: list[email.message.Message], body_text: str) -> 
     return None
 
 
+def _referenced_message_id(message: email.message.Message, per_message: list[email.message.Message]) -> str | None:
+    """When the original is not attached: Gmail's ``X-Original-Message-ID`` in the report, or the
+    notice's own ``In-Reply-To`` (Gmail and Office 365 set it to the bounced message)."""
+    for block in per_message:
+        found = extract_message_id(header_text(block.get("x-original-message-id", "")))
+        if found:
+            return found
+    return extract_message_id(header_text(message.get("in-reply-to", "")))
+
+
 def _body_text(parts: list[email.message.Message]) -> str:
     texts: list[str] = []
     for part in parts:
@@ -199,7 +209,7 @@ def _from_delivery_status(
     diagnostic = _typed_value(header_text(chosen.get("diagnostic-code", "")))
     body = _body_text(parts)
     return Bounce(
-        original_message_id=_original_message_id(parts, body),
+        original_message_id=_original_message_id(parts, body) or _referenced_message_id(message, blocks[:1]),
         recipient=normalize_address(recipient_text),
         status=status or "5.0.0",
         action=action,
@@ -253,7 +263,7 @@ def _from_plain_text(message: email.message.Message, parts: list[email.message.M
         status = f"{code.group(1)[0]}.0.0" if code else "5.0.0"
     if status.startswith("4") and "permanent" not in notice.lower():
         return None  # a temporary failure the server keeps retrying
-    original = _original_message_id(parts, body)
+    original = _original_message_id(parts, body) or _referenced_message_id(message, [])
     if recipient is None and original is None:
         return None  # nothing to attribute: an auto-reply or a notice of another kind
     return Bounce(
