@@ -1,0 +1,131 @@
+"""Replicas share mailboxes through leases; a killed process loses nothing and duplicates nothing (R26)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+
+from leadline_kit.testing.clients import running_app
+
+SERVICE_SCRIPT = """
+import asyncio
+from leadline_kit.testing.clients import running_app
+from leadline_sync.main import create_app
+
+async def main():
+    async with running_app(create_app()):
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def start_service(world, replica: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    settings = world.settings()
+    env = dict(os.environ, DATABASE_URL=world.database_url, NATS_URL=world.nats_url,
+               LEADLINE_IDENTITY_SECRET="sync-test-identity-secret", LEADLINE_ENVIRONMENT="test",
+               LEADLINE_SYNC_ALLOW_NETWORKS="127.0.0.0/8", LEADLINE_SYNC_CA_FILE=world.ca_file,
+               LEADLINE_SYNC_CONSUMER_PREFIX=settings.sync_consumer_prefix, LEADLINE_SYNC_REPLICA=replica,
+               LEADLINE_SYNC_LEASE_SECONDS="3", LEADLINE_SYNC_SCHEDULE_INTERVAL="0.2",
+               LEADLINE_SYNC_BATCH_SIZE="50", LEADLINE_LOG_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT], env=env)
+
+
+@pytest.mark.slow
+async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead = "hank@customer.example"
+    total = 1500
+    client = await world.imap(me)
+    try:
+        for i in range(total):
+            await client.append("INBOX" if i % 3 else "Sent", world.message(
+                sender=lead if i % 3 else me.address, to=[me.address] if i % 3 else [lead],
+                subject=f"message {i}", body="Some words about the deal.\n" * 30))
+    finally:
+        await client.logout()
+    # connect through an app that stops at once; the killed processes do the historical sync
+    async with running_app(world.app(sync_max_mailboxes=1, sync_schedule_interval=60)) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+    progress = "SELECT coalesce(sum(last_uid), 0) FROM sync.folder_cursor"
+    kills = 0
+    for attempt in range(4):
+        process = start_service(world, f"killed-{attempt}")
+        before = (await world.sql(progress))[0][0]
+        try:
+            await world.wait_for_sql(progress, check=lambda v, b=before: v > b + 100, timeout=30)
+        finally:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+        kills += 1
+        if (await world.sql(progress))[0][0] >= total:
+            break
+    assert kills >= 2
+    process = start_service(world, "survivor")
+    try:
+        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v >= total,
+                                 timeout=90)
+        await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
+    finally:
+        process.terminate()
+        process.wait(15)
+    events = await world.synced(at_least=total, timeout=60)
+    counts = Counter(e.payload.message_id for e in events)
+    assert len(counts) == total, "every message arrived"
+    assert max(counts.values()) == 1, "no message was published twice"
+
+
+@pytest.mark.slow
+async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # type: ignore[no-untyped-def]
+    lead = "ivy@customer.example"
+    accounts = [world.account() for _ in range(6)]
+    for account in accounts:
+        await world.append(account, "INBOX", *(world.message(sender=lead, to=[account.address], subject=f"m{i}")
+                                              for i in range(5)))
+    first = world.app(sync_replica="replica-a", sync_max_mailboxes=3, sync_lease_seconds=3.0)
+    second = world.app(sync_replica="replica-b", sync_max_mailboxes=6, sync_lease_seconds=3.0)
+    scheduler_a = None
+    overlaps: list[set[uuid.UUID]] = []
+    seen_b: set[uuid.UUID] = set()
+    async with running_app(first) as service_a:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        for account in accounts:
+            api = world.caller(service_a, account.user)
+            assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
+        scheduler_a = first.state.runtime.extras["scheduler"]
+        await world.wait_for_sql("SELECT count(DISTINCT lease_owner) FROM sync.mailbox WHERE lease_owner = "
+                                 "'replica-a'", check=lambda v: v == 1)
+        async with running_app(second):
+            scheduler_b = second.state.runtime.extras["scheduler"]
+            for _ in range(40):
+                overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
+                await asyncio.sleep(0.05)
+            held_a = set(scheduler_a.mailboxes)
+            assert len(held_a) == 3 and len(scheduler_b.mailboxes) == 3
+            # replica A dies: no clean shutdown, its leases simply stop being renewed
+            async def die_silently() -> None:
+                return None
+            scheduler_a.release_all = die_silently
+            for task in first.state.runtime.tasks:
+                if task.get_name() == "sync-scheduler":
+                    task.cancel()
+            deadline = asyncio.get_running_loop().time() + 20
+            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.mailboxes) < 6:
+                overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
+                seen_b |= scheduler_b.mailboxes
+                await asyncio.sleep(0.05)
+            assert held_a <= scheduler_b.mailboxes, "the dead replica's mailboxes were picked up"
+            events = await world.synced(at_least=30, timeout=30)
+    assert not any(overlaps), "two replicas held one mailbox at once"
+    counts = Counter(e.payload.message_id for e in events)
+    assert len(counts) == 30 and max(counts.values()) == 1
