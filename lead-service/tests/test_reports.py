@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 
 import httpx
@@ -10,10 +11,12 @@ from leadtest import T0, create_lead, publish, synced, wait_for_timeline
 from nats.js import JetStreamContext
 
 from leadline_kit.identity import Identity
+from leadline_kit.testing.clients import make_identity
 from leadline_proto.events import MailSentPayload, MailSentV1
 
 
-async def test_activity_per_stage_per_week(api: httpx.AsyncClient, js: JetStreamContext, admin: Identity) -> None:
+async def test_activity_per_stage_per_week(api: httpx.AsyncClient, js: JetStreamContext, admin: Identity,
+                                           caller: Callable[[Identity], httpx.AsyncClient]) -> None:
     company = admin.company_id
     new = await create_lead(api, "new@example.com")
     won = await create_lead(api, "won@example.com", stage="won")
@@ -45,6 +48,10 @@ async def test_activity_per_stage_per_week(api: httpx.AsyncClient, js: JetStream
         {"week": "2026-W10", "week_start": "2026-03-02", "stage": "won", "sent": 0, "received": 1},
         {"week": "2026-W11", "week_start": "2026-03-09", "stage": "won", "sent": 1, "received": 1},
     ]
+    # another company sees none of it
+    stranger = caller(make_identity("administrator"))
+    assert (await stranger.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-15"})
+            ).json()["rows"] == []
     # the lead's current stage counts
     await api.patch(f"/v1/leads/{new['id']}", json={"stage": "won"})
     rows = (await api.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-08"})).json()["rows"]

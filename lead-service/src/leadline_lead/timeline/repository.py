@@ -167,34 +167,35 @@ async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uu
 
 
 async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> int:
-    """R11: drop the mailbox as a source; delete the events no other source brought. Returns how many."""
-    touched = list((await session.execute(
-        delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id)
-        .returning(source.c.timeline_event_id)
-    )).scalars())
-    if not touched:
-        return 0
-    # a separate statement: a data-modifying CTE's deletions are invisible to the rest of its query
+    """R11: delete the events only this mailbox brought, drop it as a source of the others; returns how many.
+
+    Set-based statements only: a mailbox may have brought hundreds of thousands of events.
+    """
+    from_mailbox = (select(source.c.timeline_event_id)
+                    .where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id))
+    other_source = exists().where(source.c.timeline_event_id == timeline_event.c.id,
+                                  source.c.source != str(mailbox_id))
     deleted = await session.execute(
         delete(timeline_event)
-        .where(timeline_event.c.id.in_(touched),
-               ~exists().where(source.c.timeline_event_id == timeline_event.c.id))
+        .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(from_mailbox), ~other_source)
         .returning(timeline_event.c.id)
     )
-    removed = len(deleted.all())
+    removed = len(deleted.all())  # their sources go with them (ON DELETE CASCADE)
     # events another mailbox also brought now show that mailbox as where they came from; a Smart Mail
     # kept only by its "smart_mail" source still names the mailbox it was sent from
-    other = (
+    other_mailbox = (
         select(source.c.mailbox_id)
-        .where(source.c.timeline_event_id == timeline_event.c.id, source.c.mailbox_id.is_not(None))
+        .where(source.c.timeline_event_id == timeline_event.c.id, source.c.mailbox_id.is_not(None),
+               source.c.mailbox_id != mailbox_id)
         .order_by(source.c.mailbox_id).limit(1).scalar_subquery()
     )
     await session.execute(
         update(timeline_event)
-        .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(touched),
-               timeline_event.c.mailbox_id == mailbox_id)
-        .values(mailbox_id=func.coalesce(other, timeline_event.c.mailbox_id))
+        .where(timeline_event.c.company_id == company_id, timeline_event.c.mailbox_id == mailbox_id,
+               timeline_event.c.id.in_(from_mailbox))
+        .values(mailbox_id=func.coalesce(other_mailbox, timeline_event.c.mailbox_id))
     )
+    await session.execute(delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id))
     return removed
 
 
