@@ -19,6 +19,11 @@ LOOPBACK = parse_allowlist("127.0.0.0/8")
 PASSWORD = 'pa ss"wo\\rd'  # a space, a quote and a backslash: proper quoting is needed to log in
 
 
+async def resolve_to_loopback(hostname: str) -> list[str]:
+    """Dovecot listens on 127.0.0.1 only; the system may also resolve "localhost" to ::1."""
+    return ["127.0.0.1"]
+
+
 @pytest.fixture(scope="session")
 def cafile(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str:
     path = tmp_path_factory.mktemp("ca") / "ca.pem"
@@ -55,6 +60,7 @@ def imap_settings(dovecot: DovecotServer, mail_user: str, cafile: str) -> Callab
         values: dict[str, Any] = {
             "host": "localhost", "port": dovecot.tls_port, "tls": "implicit", "username": mail_user,
             "password": PASSWORD, "cafile": cafile, "allow_networks": LOOPBACK, "timeout": 10.0,
+            "resolver": resolve_to_loopback,
         }
         values.update(overrides)
         return ImapSettings(**values)

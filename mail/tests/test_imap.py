@@ -231,6 +231,10 @@ async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Setti
         assert header.header == raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
         assert header.size == len(raw) and header.internaldate == when
         assert await client.fetch_headers([second + 100]) == []
+        # servers without ESEARCH answer "* SEARCH 1 2"
+        client.capabilities = client.capabilities - {"ESEARCH"}
+        assert await client.uids_from(1) == [first, second]
+        assert await client.uids_from(status.uidnext) == []
 
 
 async def test_fetch_of_1500_headers_in_one_command(
@@ -326,6 +330,8 @@ async def test_condstore_changes_since(imap_settings: Settings) -> None:
         assert status.highestmodseq is not None
         assert await client.uids_changed_since(status.highestmodseq) == []
         uid = await client.append("INBOX", sample_message(2))
+        assert await client.uids_changed_since(status.highestmodseq) == [uid]
+        client.capabilities = client.capabilities - {"ESEARCH"}  # "* SEARCH 2 (MODSEQ 5)" form
         assert await client.uids_changed_since(status.highestmodseq) == [uid]
         folder = await client.status("Sent")
         assert folder.uidvalidity > 0 and folder.exists == 0
