@@ -281,6 +281,49 @@ async def _scripted_server(list_lines: bytes) -> asyncio.Server:
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
+async def test_hostile_fetch_responses() -> None:
+    """Unbalanced parentheses, an oversized literal, unsolicited and foreign FETCH responses, then BYE."""
+    big = b"X" * 5000
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 LITERAL+] fake\r\n")
+        while line := await reader.readline():
+            tag, _, rest = line.partition(b" ")
+            if rest.startswith(b"UID FETCH"):
+                writer.write(
+                    b"* 1 FETCH (UID 1 INTERNALDATE \"garbage\" BODY[] {%d}\r\n" % len(big) + big + b")\r\n"
+                    b"* 2 FETCH (FLAGS (\\Seen)\r\n"  # unsolicited, unbalanced
+                    b"* 3 FETCH (UID 99 BODY[] {3}\r\nabc)\r\n"  # a UID nobody asked for
+                    b"* 4 FETCH (UID 4 BODY[] NIL)\r\n"
+                    b"* 5 FETCH ((((((((((((((((((((((((((((((((((((((((\r\n"
+                    + tag + b" OK done\r\n"
+                )
+            elif rest.startswith(b"NOOP"):
+                writer.write(b"* BYE shutting down for maintenance\r\n")
+                await writer.drain()
+                break
+            else:
+                writer.write(tag + b" OK done\r\n")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        settings = ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
+                                allow_plaintext=True, allow_networks=LOOPBACK, timeout=5, max_literal_bytes=1000)
+        client = await connect_imap(settings)
+        messages = await client.fetch_messages([1, 4])
+        assert [(m.uid, len(m.raw), m.truncated, m.internaldate) for m in messages] == [
+            (1, 1000, True, None), (4, 0, False, None)]
+        with pytest.raises(MailConnectionError) as caught:
+            await client.noop()
+        assert caught.value.kind == "unreachable" and "maintenance" in caught.value.user_message
+        assert client.closed
+    finally:
+        server.close()
+
+
 @pytest.mark.parametrize(
     ("list_lines", "expected"),
     [
