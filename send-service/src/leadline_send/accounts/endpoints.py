@@ -6,7 +6,6 @@ import uuid
 
 from fastapi import APIRouter, Response
 
-from leadline_kit.db import Session
 from leadline_kit.identity import Admin, Caller
 from leadline_send.accounts import service
 from leadline_send.accounts.schemas import (
@@ -17,7 +16,7 @@ from leadline_send.accounts.schemas import (
     SmtpAccountOut,
     TestEmailIn,
 )
-from leadline_send.context import Context
+from leadline_send.context import Context, Session
 
 router = APIRouter(prefix="/v1/smtp-accounts", tags=["smtp accounts"])
 
@@ -40,12 +39,15 @@ async def get_account(account_id: uuid.UUID, caller: Caller, session: Session) -
 @router.patch("/{account_id}", response_model=SmtpAccountOut)
 async def patch_account(account_id: uuid.UUID, body: SmtpAccountFields, caller: Admin, session: Session,
                         context: Context) -> SmtpAccountOut:
-    return service.to_out(await service.patch(session, context, caller.company_id, account_id, body))
+    account = service.to_out(await service.patch(session, context, caller.company_id, account_id, body))
+    context.delivery.forget_accounts()
+    return account
 
 
 @router.delete("/{account_id}", status_code=204)
-async def delete_account(account_id: uuid.UUID, caller: Admin, session: Session) -> Response:
+async def delete_account(account_id: uuid.UUID, caller: Admin, session: Session, context: Context) -> Response:
     await service.remove(session, caller.company_id, account_id)
+    context.delivery.forget_accounts()
     return Response(status_code=204)
 
 
@@ -64,6 +66,9 @@ async def test_email(account_id: uuid.UUID, body: TestEmailIn, caller: Admin, se
 
 
 @router.post("/{account_id}/confirm", response_model=SmtpAccountOut)
-async def confirm(account_id: uuid.UUID, body: ConfirmIn, caller: Admin, session: Session) -> SmtpAccountOut:
+async def confirm(account_id: uuid.UUID, body: ConfirmIn, caller: Admin, session: Session,
+                  context: Context) -> SmtpAccountOut:
     row = await service.get(session, caller.company_id, account_id)
-    return service.to_out(await service.confirm(session, row, body.code))
+    account = service.to_out(await service.confirm(session, row, body.code))
+    context.delivery.forget_accounts()
+    return account

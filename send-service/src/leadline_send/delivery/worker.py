@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -33,6 +34,7 @@ from leadline_kit.outbox import enqueue
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
+from leadline_proto.requests import QuotaReserveReply
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
 from leadline_send.delivery import queue
@@ -50,6 +52,8 @@ from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRI
 from leadline_send.models import MESSAGE_STATES, outbox, outgoing_message
 
 log = logging.getLogger("leadline.send.delivery")
+
+ACCOUNT_CACHE_SECONDS = 5.0
 
 
 @dataclass
@@ -88,6 +92,7 @@ class Delivery:
     instance_key: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))  # noqa: S311
     batch_size: int = 4
     _lock_conn: asyncpg.Connection | None = None
+    _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(default_factory=dict)
 
     async def hold_liveness_lock(self) -> None:
         """Take this process's advisory lock; it lasts as long as the process (and its connection)."""
@@ -187,36 +192,57 @@ class Delivery:
             session.smtp.close()
 
     async def _account(self, message: queue.Claimed) -> SendingAccount | None:
+        # Kept a few seconds: looking the account up (and opening its password) for every message of a
+        # batch would cost more than sending it; changes through the API drop the cache (forget_accounts).
+        cached = self._accounts.get((message.user_id, message.account_key))
+        if cached and cached[0] > time.monotonic():
+            return cached[1]
         async with self.db.session() as db_session:
-            return await account_for_key(db_session, self.keys, self.mailboxes, message.company_id,
-                                         message.user_id, message.account_key)
+            account = await account_for_key(db_session, self.keys, self.mailboxes, message.company_id,
+                                            message.user_id, message.account_key)
+        self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
+        return account
+
+    def forget_accounts(self) -> None:
+        self._accounts.clear()
 
     async def _reserve(self, message: queue.Claimed, account: SendingAccount | None
-                       ) -> tuple[SendingAccount | None, queue.Claimed, object, Outcome | None]:
+                       ) -> tuple[SendingAccount | None, queue.Claimed, uuid.UUID | None, Outcome | None]:
         """A granted reservation on the message's account, or on the next of its type (R15), or why not."""
-        candidates: list[SendingAccount] = [account] if account else []
+        earliest: datetime | None = None
+        limits: list[str] = []
+        tried: set[str] = set()
+
+        async def ask(candidate: SendingAccount) -> QuotaReserveReply:
+            nonlocal earliest
+            tried.add(candidate.key)
+            reply = await self.quota.reserve(candidate.quota_request(
+                message.company_id, message.user_id, len(message.recipients), message.size_bytes))
+            if not reply.granted:
+                limits.append(f"{candidate.key}: {reply.limit} {reply.detail}".strip())
+                if reply.retry_at is not None:
+                    earliest = reply.retry_at if earliest is None else min(earliest, reply.retry_at)
+            return reply
+
+        if account is not None:
+            reply = await ask(account)
+            if reply.granted:
+                return account, message, reply.reservation_id, None
         if account is None or account.account_type is not None:
+            # the account is gone, or out of quota: the next active one of the same type takes over
             async with self.db.session() as db_session:
                 route = await route_for(db_session, self.keys, self.mailboxes, message.company_id,
                                         message.user_id, message.category)
-            if account is None or account.account_type in {a.account_type for a in route.accounts}:
-                candidates += [a for a in route.accounts if not account or a.key != account.key]
-            if not candidates:
+            same_type = [a for a in route.accounts if account is None or a.account_type == account.account_type]
+            for candidate in same_type:
+                if candidate.key in tried:
+                    continue
+                reply = await ask(candidate)
+                if reply.granted:
+                    return candidate, await self._switch(message, candidate), reply.reservation_id, None
+            if not tried:
                 return None, message, None, Outcome("deferred", "no-account", error=route.reason,
                                                      retry_at=self._backoff(message.attempt))
-        earliest: datetime | None = None
-        limits: list[str] = []
-        for candidate in candidates:
-            reply = await self.quota.reserve(candidate.quota_request(
-                message.company_id, message.user_id, len(message.recipients), message.size_bytes))
-            if reply.granted:
-                if candidate.key != message.account_key:
-                    message = await self._switch(message, candidate)
-                return candidate, message, reply.reservation_id, None
-            limits.append(f"{candidate.key}: {reply.limit} ({reply.detail})" if reply.detail else
-                          f"{candidate.key}: {reply.limit}")
-            if reply.retry_at is not None:
-                earliest = reply.retry_at if earliest is None else min(earliest, reply.retry_at)
         if earliest is None:
             return None, message, None, Outcome("failed", "quota-never", error="over a limit that can never "
                                                 "pass: " + "; ".join(limits))
@@ -249,15 +275,15 @@ class Delivery:
         SMTP_SECONDS.observe(time.perf_counter() - started)
         await self._finish(message, account, outcome)
         if outcome.state in ("sent", "unknown"):
-            self.quota.commit(message.company_id, reservation)  # type: ignore[arg-type]
+            self.quota.commit(message.company_id, reservation)
         else:
-            self.quota.release(message.company_id, reservation)  # type: ignore[arg-type]
+            self.quota.release(message.company_id, reservation)
         if outcome.state == "sent" and account.sent_folder is not None:
             await self._copy_to_sent(message, account)
         return session
 
     async def _transact(self, message: queue.Claimed, account: SendingAccount, session: Session | None,
-                        reservation: object) -> tuple[Outcome, Session | None]:
+                        reservation: uuid.UUID | None) -> tuple[Outcome, Session | None]:
         """One SMTP transaction; before DATA everything is retryable, after it only a reply decides."""
         recipients = message.recipients
         try:
@@ -304,7 +330,7 @@ class Delivery:
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
         async with self.db.session() as db_session:
-            await queue.record_data_started(db_session, message, reservation)  # type: ignore[arg-type]
+            await queue.record_data_started(db_session, message, reservation)
         try:
             response = await smtp.data(message.raw, timeout=self.settings.data_timeout_seconds)
         except aiosmtplib.SMTPResponseException as exc:

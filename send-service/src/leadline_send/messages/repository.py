@@ -25,11 +25,11 @@ async def by_idempotency_key(session: AsyncSession, company_id: uuid.UUID, user_
         outgoing_message.c.idempotency_key == key))).first()
 
 
-async def insert_message(session: AsyncSession, values: dict[str, Any]) -> bool:
-    """False when a message with the same idempotency key already exists (a racing request won)."""
+async def insert_message(session: AsyncSession, values: dict[str, Any]) -> Row[Any] | None:
+    """The new row; None when a message with the same idempotency key exists (a racing request won)."""
     inserted = await session.execute(insert(outgoing_message).values(**values).on_conflict_do_nothing()
-                                     .returning(outgoing_message.c.id))
-    return inserted.first() is not None
+                                     .returning(*outgoing_message.c))
+    return inserted.first()
 
 
 async def page(session: AsyncSession, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,

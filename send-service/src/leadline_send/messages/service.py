@@ -167,12 +167,11 @@ async def create_message(session: AsyncSession, context: SendContext, caller: Id
         "size_bytes": len(built.raw), "subject": draft.subject, "created_at": now, "updated_at": now,
         "next_attempt_at": now,
     }
-    if not await repository.insert_message(session, values):
+    row = await repository.insert_message(session, values)
+    if row is None:
         assert idempotency_key is not None
-        existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
-        assert existing is not None
-        return to_out(existing)
-    row = await repository.by_id(session, caller.company_id, message_uuid)
+        row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
+        assert row is not None
     return to_out(row)
 
 

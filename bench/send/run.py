@@ -1,0 +1,232 @@
+"""Smart Mail throughput: API → queue → quota → SMTP, divided by a raw aiosmtplib loop to the same sink.
+
+Starts its own PostgreSQL (fsync on, as in production), NATS JetStream and
+Postfix's ``smtp-sink`` (the far end, so the sink is not what is measured),
+applies the send and quota migrations, runs the quota service as a ``uvicorn``
+process, and answers the sync service's mailbox question with "no synced
+mailbox" (personal mail then goes through a company customer-service account).
+Then for 1 and 8 SMTP connections:
+
+- reference: a raw aiosmtplib loop over that many connections sending 10 KB
+  messages to the sink, reported two ways: each message built as an
+  ``EmailMessage`` and sent with ``send_message`` (what a sender of distinct
+  messages does), and pre-serialised bytes with ``sendmail`` (the transport alone);
+- the whole path: the send service as a ``uvicorn`` process with that many
+  delivery connections; ``--clients`` concurrent API callers POST 10 KB
+  messages; the clock runs from the first POST until every message is ``sent``.
+
+The plaintext SMTP to the sink is allowed by the operator setting; the bench
+account is confirmed directly in the database (the sink throws the test
+email's code away).
+
+    uv run python bench/send/run.py [--messages 1000] [--clients 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import aiosmtplib
+import asyncpg
+import httpx
+import nats
+from nats.aio.msg import Msg
+
+from leadline_kit.db import asyncpg_dsn
+from leadline_kit.identity import Identity, identity_headers
+from leadline_kit.infra import NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.migrations import upgrade
+from leadline_kit.testing.fixtures import create_database
+from leadline_proto.requests import MailboxSmtpReply
+from leadline_proto.subjects import RPC_MAILBOX_SMTP
+
+COMMAND = "uv run python bench/send/run.py"
+SECRET = "bench-identity-secret"
+BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
+
+
+@contextlib.contextmanager
+def smtp_sink(port: int) -> Iterator[None]:
+    binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
+    process = subprocess.Popen([binary, "-u", "nobody", f"127.0.0.1:{port}", "1024"])
+    try:
+        wait_for_port(port, timeout=10)
+        yield
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@contextlib.contextmanager
+def service(module: str, port: int, env: dict[str, str]) -> Iterator[None]:
+    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"{module}:create_app",
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                               env={**os.environ, **env})
+    try:
+        wait_for_port(port, timeout=60)
+        for _ in range(400):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                    break
+            time.sleep(0.05)
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def email_message(n: int) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = "cs@company.example.com"
+    msg["To"] = f"lead{n}@example.org"
+    msg["Subject"] = f"Smart Mail {n}"
+    msg["Message-ID"] = f"<{uuid.uuid4().hex}@bench.example>"
+    msg.set_content(BODY)
+    return msg
+
+
+async def raw_loop(port: int, connections: int, messages: int, prebuilt: bool) -> float:
+    """Messages per second of plain aiosmtplib over ``connections`` connections."""
+    payload = email_message(0).as_bytes()
+    per_connection = messages // connections
+
+    async def one(index: int) -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, use_tls=False, start_tls=False)
+        await smtp.connect()
+        for n in range(per_connection):
+            if prebuilt:
+                await smtp.sendmail("cs@company.example.com", [f"lead{n}@example.org"], payload)
+            else:
+                await smtp.send_message(email_message(index * per_connection + n))
+        await smtp.quit()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(connections)))
+    return per_connection * connections / (time.perf_counter() - started)
+
+
+async def whole_path(send_url: str, api: str, identity: Identity, messages: int, clients: int) -> float:
+    """Messages per second from the first POST until every message is sent."""
+    conn = await asyncpg.connect(asyncpg_dsn(send_url))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for n in range(messages):
+        queue.put_nowait(n)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=api, timeout=60, limits=limits) as client:
+
+        async def caller() -> None:
+            while not queue.empty():
+                n = queue.get_nowait()
+                response = await client.post("/v1/messages", headers=identity_headers(identity, SECRET), json={
+                    "to": [f"lead{n}@example.org"], "subject": f"Smart Mail {n}", "text": BODY})
+                assert response.status_code == 202, response.text
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(clients)))
+        posted = time.perf_counter() - started
+        while True:
+            sent = await conn.fetchval("SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' "
+                                       "AND company_id = $1", identity.company_id)
+            if sent >= messages:
+                break
+            stuck = await conn.fetchval("SELECT count(*) FROM send.outgoing_message WHERE state IN "
+                                        "('failed', 'unknown') AND company_id = $1", identity.company_id)
+            if stuck:
+                raise RuntimeError(f"{stuck} messages failed; see the service log")
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    await conn.close()
+    print(f"    posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s), all sent after {elapsed:.2f}s")
+    return messages / elapsed
+
+
+async def no_synced_mailbox(msg: Msg) -> None:
+    await msg.respond(MailboxSmtpReply(found=False).model_dump_json().encode())
+
+
+async def bench(args: argparse.Namespace) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="send-bench-") as tmp:
+        postgres = PostgresServer(Path(tmp) / "postgres", free_port(), fast_unsafe=not args.fsync)
+        nats_server = NatsServer(Path(tmp) / "nats", free_port())
+        postgres.start()
+        nats_server.start()
+        sink_port = free_port()
+        try:
+            send_url = await create_database(postgres, "send_bench")
+            quota_url = await create_database(postgres, "quota_bench")
+            await upgrade("leadline_send", send_url)
+            await upgrade("leadline_quota", quota_url)
+            responder = await nats.connect(nats_server.url)
+            await responder.subscribe(RPC_MAILBOX_SMTP, cb=no_synced_mailbox)
+            common = {"NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET,
+                      "LEADLINE_LOG_LEVEL": "WARNING"}
+            with smtp_sink(sink_port), service("leadline_quota.main", free_port(),
+                                                {**common, "DATABASE_URL": quota_url}):
+                for connections in args.connections:
+                    await raw_loop(sink_port, connections, min(200, args.messages), prebuilt=True)  # warm up
+                    built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
+                    bytes_only = await raw_loop(sink_port, connections, args.messages, prebuilt=True)
+                    port = free_port()
+                    env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
+                           "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
+                           "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
+                    with service("leadline_send.main", port, env):
+                        identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
+                        api = f"http://127.0.0.1:{port}"
+                        created = httpx.post(f"{api}/v1/smtp-accounts", headers=identity_headers(identity, SECRET),
+                                             json={"name": "sink", "type": "customer_service", "host": "127.0.0.1",
+                                                   "port": sink_port, "tls": "plain",
+                                                   "from_email": "cs@company.example.com", "active": True})
+                        assert created.status_code == 201, created.text
+                        conn = await asyncpg.connect(asyncpg_dsn(send_url))
+                        await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
+                                           uuid.UUID(created.json()["id"]))
+                        await conn.close()
+                        await whole_path(send_url, api, identity, min(100, args.messages), args.clients)  # warm up
+                        rate = await whole_path(send_url, api, identity, args.messages, args.clients)
+                    rows.append((connections, built, bytes_only, rate))
+            await responder.close()
+        finally:
+            nats_server.stop()
+            postgres.stop()
+
+    print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
+          f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, {os.cpu_count()} cores")
+    print(f"{'conns':>5} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} {'whole path/s':>13} "
+          f"{'ratio vs send_message':>22} {'ratio vs bytes':>15}")
+    for connections, built, bytes_only, rate in rows:
+        print(f"{connections:>5} {built:>19,.0f} {bytes_only:>21,.0f} {rate:>13,.0f} {rate / built:>22.2f} "
+              f"{rate / bytes_only:>15.2f}")
+    print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
+          f"--connections {' '.join(map(str, args.connections))}{'' if args.fsync else ' --no-fsync'}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--no-fsync", dest="fsync", action="store_false",
+                        help="PostgreSQL without fsync, to see the cost of durable commits")
+    asyncio.run(bench(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
