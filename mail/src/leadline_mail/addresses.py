@@ -11,6 +11,8 @@ practice, and a lead typed as ``Jane@Example.org`` must match mail from
 
 from __future__ import annotations
 
+import functools
+
 from email_validator import EmailNotValidError, validate_email
 
 _MAX_ADDRESS_LENGTH = 320
@@ -20,6 +22,13 @@ def normalize_address(value: str) -> str | None:
     """The canonical form of one bare address (``local@domain``), or None if it is not a valid address."""
     if not value or len(value) > _MAX_ADDRESS_LENGTH:
         return None
+    return _normalize(value)
+
+
+# A mailbox repeats the same few addresses (the owner's in nearly every message) and validation is the
+# largest cost of a header scan, so results are cached; the function is pure and its input is bounded.
+@functools.lru_cache(maxsize=65536)
+def _normalize(value: str) -> str | None:
     candidate = value.strip()
     if candidate.startswith("<") and candidate.endswith(">"):
         candidate = candidate[1:-1].strip()
