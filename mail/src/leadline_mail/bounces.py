@@ -34,6 +34,7 @@ from leadline_mail.addresses import normalize_address
 from leadline_mail.mime import (
     BOUNCE_SUBJECT_RE,
     MAX_PARTS,
+    SYSTEM_SENDER_RE,
     clean_text,
     cut_to_caps,
     extract_message_id,
@@ -57,9 +58,6 @@ _ORIGINAL_MARKERS = re.compile(
     r"^.*(copy of the message|below this line is a copy|original message|undelivered message|"
     r"message headers follow|returned message|original message headers).*$",
     re.IGNORECASE | re.MULTILINE,
-)
-_SYSTEM_SENDER_RE = re.compile(
-    r"^(mailer-daemon|postmaster|mail-daemon|mailer_daemon|mdaemon|microsoftexchange[0-9a-f]*)@", re.IGNORECASE
 )
 _RECIPIENT_LINES = (
     re.compile(r"following address(?:es)?(?:\(es\))? failed:\s*\n\s*<?([^\s<>]+@[^\s<>]+?)>?[\s:]", re.I),
@@ -231,7 +229,7 @@ def _looks_like_bounce(message: email.message.Message) -> bool:
         f"{key}: {header_text(value)}\r\n".encode("utf-8", "replace")
         for key, value in message.raw_items() if key.lower() in {"from", "subject"}
     ))
-    if summary.from_address and _SYSTEM_SENDER_RE.match(summary.from_address):
+    if summary.from_address and SYSTEM_SENDER_RE.match(summary.from_address):
         return True
     auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
     return bool(auto and auto != "no" and BOUNCE_SUBJECT_RE.search(summary.subject))
@@ -289,6 +287,6 @@ def _failed_recipient(message: email.message.Message, notice: str) -> str | None
                 return address
     for match in _ADDRESS_RE.finditer(notice):
         address = normalize_address(match.group(0).rstrip("."))
-        if address and not _SYSTEM_SENDER_RE.match(address):
+        if address and not SYSTEM_SENDER_RE.match(address):
             return address
     return None

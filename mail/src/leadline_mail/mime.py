@@ -52,7 +52,7 @@ MAX_DEPTH = 20
 MAX_SECONDS = 2.0
 MAX_ADDRESSES = 1000
 MAX_TEXT_CHARS = 1_000_000
-MAX_HTML_BYTES = 2 * 1024 * 1024
+MAX_HTML_CHARS = 2 * 1024 * 1024
 SNIPPET_CHARS = 200
 
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
@@ -62,7 +62,9 @@ _BOUNDARY_PARAM_RE = re.compile(rb"boundary\s*=", re.IGNORECASE)
 _BOUNDARY_LINE_RE = re.compile(rb"(?:^|\n)--")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
-_BOUNCE_SENDER_RE = re.compile(r"^(mailer-daemon|postmaster|mail-daemon|mailer_daemon|mdaemon)@", re.IGNORECASE)
+SYSTEM_SENDER_RE = re.compile(
+    r"^(mailer-daemon|postmaster|mail-daemon|mailer_daemon|mdaemon|microsoftexchange[0-9a-f]*)@", re.IGNORECASE
+)
 BOUNCE_SUBJECT_RE = re.compile(
     r"(undeliver|undelivered|delivery status notification|delivery failure|delivery has failed|"
     r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|"
@@ -233,10 +235,11 @@ def parse_address_header(values: list[str]) -> list[tuple[str, str]]:
 
 
 def extract_message_id(value: str) -> str | None:
-    match = _MSGID_RE.search(value)
+    """``<id@host>`` from a Message-ID / In-Reply-To value (the first one), brackets kept; None if absent."""
+    token = clean_text(value)
+    match = _MSGID_RE.search(token)
     if match:
         return f"<{match.group(1)}>"
-    token = clean_text(value)
     return f"<{token}>" if token and " " not in token and "@" in token and len(token) <= 900 else None
 
 
@@ -272,7 +275,7 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
     return_path = first("return-path")
     is_bounce = (
         "multipart/report" in content_type
-        or bool(from_address and _BOUNCE_SENDER_RE.match(from_address))
+        or bool(from_address and SYSTEM_SENDER_RE.match(from_address))
         or bool(BOUNCE_SUBJECT_RE.search(subject))
         or (bool(return_path) and not clean_text(return_path).strip("<> "))  # null reverse-path <>
         or bool(first("x-failed-recipients"))
@@ -441,9 +444,9 @@ def _parse_message(raw: bytes) -> ParsedMessage:
             continue
         if is_body and content_type == "text/html" and html is None:
             markup = _part_text(part, defects)
-            if len(markup) > MAX_HTML_BYTES:
-                markup = markup[:MAX_HTML_BYTES]
-                defects.append(f"HTML body larger than {MAX_HTML_BYTES} characters was cut")
+            if len(markup) > MAX_HTML_CHARS:
+                markup = markup[:MAX_HTML_CHARS]
+                defects.append(f"HTML body larger than {MAX_HTML_CHARS} characters was cut")
             html = nh3.clean(markup)
             continue
         if content_type.startswith("multipart/"):
