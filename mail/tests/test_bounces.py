@@ -94,3 +94,25 @@ def test_ordinary_and_garbage_input_is_not_a_bounce() -> None:
     assert parse_bounce(b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n") is None
     for junk in (b"", b"\x00\xff" * 1000, b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n" * 3000):
         assert parse_bounce(junk) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"wasn't delivered to " + b"a@" * 50_000,
+        b"a" * 200_000,
+        b"\n" * 200_000 + b"x",
+        b"following address(es) failed:\n" + b" " * 100_000,
+        b"the response was:" + b"\n" * 100_000,
+        b"<" + b"a" * 200_000,
+        b"delivery has failed to these recipients or groups:\n" + b"<" * 100_000,
+    ],
+)
+def test_crafted_notices_parse_in_bounded_time(body: bytes) -> None:
+    """Anyone can send mail "From: MAILER-DAEMON": the text patterns must not backtrack badly."""
+    import time
+
+    raw = b"From: MAILER-DAEMON@evil.example\r\nSubject: Undelivered Mail\r\n\r\n" + body
+    started = time.monotonic()
+    parse_bounce(raw)
+    assert time.monotonic() - started < 2

@@ -47,34 +47,37 @@ MAX_DIAGNOSTIC_CHARS = 1000
 
 _STATUS_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
 _SMTP_CODE_RE = re.compile(r"(?<![\d.])([45]\d\d)(?:[ -]|$)", re.MULTILINE)
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+# Every pattern below runs on hostile text: quantifiers are bounded and classes do not overlap around
+# their anchors, so matching stays linear (no catastrophic backtracking on crafted input).
+_ADDR = r"[^\s<>@\"()]{1,64}@[^\s<>@\"()]{1,255}"
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}")
 _MSGID_LINE_RE = re.compile(r"^message-id:[ \t]*(.+)$", re.IGNORECASE | re.MULTILINE)
 _DELAY_RE = re.compile(
-    r"(delivery (is )?delayed|will (continue|keep) trying|has not yet been delivered|not been delivered yet|"
-    r"warning: message .* delayed|still trying)",
+    r"delivery (?:is )?delayed|will (?:continue|keep) trying|has not yet been delivered|not been delivered yet|"
+    r"still trying|warning only",
     re.IGNORECASE,
 )
 _ORIGINAL_MARKERS = re.compile(
-    r"^.*(copy of the message|below this line is a copy|original message|undelivered message|"
-    r"message headers follow|returned message|original message headers).*$",
-    re.IGNORECASE | re.MULTILINE,
+    r"copy of the message|below this line is a copy|original message|undelivered message|"
+    r"message headers follow|returned message",
+    re.IGNORECASE,
 )
 _RECIPIENT_LINES = (
-    re.compile(r"following address(?:es)?(?:\(es\))? failed:\s*\n\s*<?([^\s<>]+@[^\s<>]+?)>?[\s:]", re.I),
-    re.compile(r"^<([^\s<>]+@[^\s<>]+)>:", re.MULTILINE),  # qmail, Postfix
-    re.compile(r"delivery has failed to these recipients or groups:\s*\n\s*(?:.*?<)?([^\s<>]+@[^\s<>]+?)>?\s",
+    re.compile(r"following address(?:es|\(es\))? failed:[ \t]*\n\s{0,40}<?(" + _ADDR + ")", re.I),  # Exim
+    re.compile(r"^<(" + _ADDR + ")>:", re.MULTILINE),  # qmail, Postfix
+    re.compile(r"delivery has failed to these recipients or groups:\s{0,40}[^\n<]{0,200}<?(" + _ADDR + ")", re.I),
+    re.compile(r"wasn't delivered to\s{1,5}<?(" + _ADDR + ")", re.I),  # Gmail
+    re.compile(r"(?:could not be delivered to|couldn't be delivered to|delivery to)\s{1,5}<?(" + _ADDR + ")",
                re.I),
-    re.compile(r"wasn't delivered to\s+<?([^\s<>]+@[^\s<>]+?)>?\s", re.I),
-    re.compile(r"(?:could not be delivered to|couldn't be delivered to|delivery to)\s+<?([^\s<>]+@[^\s<>]+?)>?"
-               r"[\s:,.]", re.I),
 )
 _DIAGNOSTIC_RES = (
-    re.compile(r"remote server returned '([^'\n]+)'", re.I),  # Office 365
-    re.compile(r"remote host said:\s*(.+)", re.I),  # qmail
-    re.compile(r"said:\s*(.+)", re.I),  # Postfix
-    re.compile(r"^\s*((?:550|551|552|553|554|450|451|452|421)[ -].+)$", re.MULTILINE),  # Exim and others
-    re.compile(r"the response (?:from the remote server )?was:\s*\n?\s*(.+)", re.I),  # Gmail
+    re.compile(r"remote server returned '([^'\n]{1,1000})'", re.I),  # Office 365
+    re.compile(r"remote host said:[ \t]*(.+)", re.I),  # qmail
+    re.compile(r"said:[ \t]*(.+)", re.I),  # Postfix
+    re.compile(r"^[ \t]*((?:550|551|552|553|554|450|451|452|421)[ -].+)$", re.MULTILINE),  # Exim and others
+    re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.*)", re.I),  # Gmail
 )
+MAX_NOTICE_CHARS = 50_000
 
 
 @dataclass(frozen=True)
@@ -179,7 +182,7 @@ def _body_text(parts: list[email.message.Message]) -> str:
         except LookupError:
             text = payload.decode("utf-8", "replace")
         texts.append(html_to_text(text) if content_type == "text/html" else text)
-    return "\n".join(texts).replace("\r\n", "\n")[:200_000]
+    return "\n".join(texts).replace("\r\n", "\n")[:MAX_NOTICE_CHARS]
 
 
 def _from_delivery_status(

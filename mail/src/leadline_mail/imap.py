@@ -71,7 +71,8 @@ from leadline_mail.net import (
 
 _LINE_LIMIT = 32 * 1024 * 1024  # one response line (a SEARCH of a huge mailbox is one line)
 _LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
-_TOKEN_RE = re.compile(rb'(\()|(\))|("(?:[^"\\]|\\.)*")|((?:[^ ()"\[]|\[[^\]]*\]|\[)+)')
+# A bracketed section holds no '[' and is bounded, so a line of unclosed '[' cannot make matching slow.
+_TOKEN_RE = re.compile(rb'(\()|(\))|("(?:[^"\\]|\\.)*")|((?:[^ ()"\[]|\[[^\[\]]{0,1000}\]|\[)+)')
 _FLAG_RE = re.compile(r"^\\?[A-Za-z0-9$_.\-]{1,100}$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _INTERNALDATE_RE = re.compile(
