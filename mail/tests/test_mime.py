@@ -179,3 +179,12 @@ def test_date_without_zone_is_utc() -> None:
     assert summary.date == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     assert parse_headers(b"Date: Mon, 23 Nov 2026 10:00:00 -0500\r\n\r\n").date == datetime(
         2026, 11, 23, 10, 0, tzinfo=timezone(timedelta(hours=-5)))
+
+
+def test_huge_header_block_is_cut_and_the_body_kept() -> None:
+    raw = b"Subject: huge\r\n" + b"X-Junk: 1\r\n" * 300_000 + b"To: " + b"a@example.com, " * 100_000 + b"\r\n\r\nbody"
+    started = time.monotonic()
+    parsed = parse_message(raw)
+    assert time.monotonic() - started < 5
+    assert parsed.summary.subject == "huge" and parsed.text == "body"
+    assert any("header block" in d for d in parsed.defects)

@@ -45,6 +45,8 @@ from leadline_proto.events import Attachment
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_HEADER_BYTES = 256 * 1024
+MAX_HEADER_VALUE_CHARS = 64 * 1024
+MAX_HEADER_BLOCK_BYTES = 1024 * 1024
 MAX_BOUNDARY_LINES = 2000
 MAX_MULTIPARTS = 100
 MAX_PARTS = 500
@@ -60,6 +62,7 @@ _SPACE_RE = re.compile(r"\s+")
 _MSGID_RE = re.compile(r"<([^<>\s]{1,900})>")
 _BOUNDARY_PARAM_RE = re.compile(rb"boundary\s*=", re.IGNORECASE)
 _BOUNDARY_LINE_RE = re.compile(rb"(?:^|\n)--")
+_HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
 SYSTEM_SENDER_RE = re.compile(
@@ -259,7 +262,8 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
     # raw_items(): the values as received, before compat32 wraps 8-bit ones in Header objects
     headers: dict[str, list[str]] = {}
     for key, raw_value in message.raw_items():
-        headers.setdefault(key.lower(), []).append(header_text(raw_value))
+        # a header block may be megabytes long in a whole message: read a bounded prefix of each value
+        headers.setdefault(key.lower(), []).append(header_text(raw_value[:MAX_HEADER_VALUE_CHARS]))
 
     def values(name: str) -> list[str]:
         return headers.get(name, [])
@@ -318,6 +322,12 @@ def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
     if len(data) > MAX_MESSAGE_BYTES:
         data = data[:MAX_MESSAGE_BYTES]
         defects.append(f"message larger than {MAX_MESSAGE_BYTES} bytes: the rest was not read")
+    end = _HEADER_END_RE.search(data, 0, MAX_HEADER_BLOCK_BYTES + 4)
+    if end is None and len(data) > MAX_HEADER_BLOCK_BYTES:
+        cut = data.rfind(b"\n", 0, MAX_HEADER_BLOCK_BYTES) + 1
+        body_at = _HEADER_END_RE.search(data)
+        data = data[:cut] + (data[body_at.start():] if body_at else b"\r\n")
+        defects.append(f"header block larger than {MAX_HEADER_BLOCK_BYTES} bytes: the rest was not read")
     for pattern, cap, what in (
         (_BOUNDARY_PARAM_RE, MAX_MULTIPARTS, "multipart containers"),
         (_BOUNDARY_LINE_RE, MAX_BOUNDARY_LINES, "boundary lines"),
