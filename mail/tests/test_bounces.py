@@ -29,6 +29,8 @@ def sample(name: str) -> bytes:
          "Mailbox unavailable"),
         ("qmail.eml", "<qmail-orig-5@leadline.example.org>", "dave@lead-company.com", "5.0.0",
          "No such user here"),
+        ("yahoo.eml", "<yahoo-orig-3@leadline.example.org>", "henry@lead-company.com", "5.0.0",
+         "554: delivery error: dd This user doesn't have a yahoo.com account"),
     ],
 )
 def test_bounce_formats(name: str, message_id: str, recipient: str, status: str, diagnostic_part: str) -> None:

@@ -46,7 +46,7 @@ from leadline_mail.mime import (
 MAX_DIAGNOSTIC_CHARS = 1000
 
 _STATUS_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_SMTP_CODE_RE = re.compile(r"(?<![\d.])([45]\d\d)(?:[ -]|$)", re.MULTILINE)
+_SMTP_CODE_RE = re.compile(r"(?<![\d.])([45]\d\d)(?:[ :-]|$)", re.MULTILINE)
 # Every pattern below runs on hostile text: quantifiers are bounded and classes do not overlap around
 # their anchors, so matching stays linear (no catastrophic backtracking on crafted input).
 _ADDR = r"[^\s<>@\"()]{1,64}@[^\s<>@\"()]{1,255}"
@@ -74,7 +74,7 @@ _DIAGNOSTIC_RES = (
     re.compile(r"remote server returned '([^'\n]{1,1000})'", re.I),  # Office 365
     re.compile(r"remote host said:[ \t]*(.+)", re.I),  # qmail
     re.compile(r"said:[ \t]*(.+)", re.I),  # Postfix
-    re.compile(r"^[ \t]*((?:550|551|552|553|554|450|451|452|421)[ -].+)$", re.MULTILINE),  # Exim and others
+    re.compile(r"^[ \t]*((?:550|551|552|553|554|450|451|452|421)[ :-].+)$", re.MULTILINE),  # Exim, Yahoo
     re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.*)", re.I),  # Gmail
 )
 MAX_NOTICE_CHARS = 50_000
