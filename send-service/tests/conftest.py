@@ -245,6 +245,7 @@ class SendHarness:
     db: Database
     nats_url: str
     settings: Settings
+    stop: Callable[[], Awaitable[None]]
 
     async def add_account(self, server: SmtpServer, **fields: Any) -> dict[str, Any]:
         """Create a company SMTP account on ``server`` and confirm it with its test email's code."""
@@ -314,6 +315,11 @@ async def send_service(send_url: str, nats_url: str, ca_file: str) -> AsyncItera
         context = running_app(create_app(settings))
         client = await context.__aenter__()
         stack.append(context)
+
+        async def stop() -> None:
+            stack.remove(context)
+            await context.__aexit__(None, None, None)
+
         company = uuid.uuid4()
         admin_identity = make_identity("administrator", company_id=company)
         user_identity = make_identity("salesperson", company_id=company)
@@ -321,7 +327,8 @@ async def send_service(send_url: str, nats_url: str, ca_file: str) -> AsyncItera
         stack.append(db)
         return SendHarness(client=client, admin=as_caller(client, admin_identity, SECRET),
                            user=as_caller(client, user_identity, SECRET), company_id=company,
-                           user_id=user_identity.user_id, db=db, nats_url=nats_url, settings=settings)
+                           user_id=user_identity.user_id, db=db, nats_url=nats_url, settings=settings,
+                           stop=stop)
 
     yield start
     for item in reversed(stack):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import nats
+from sqlalchemy import select
 
 from leadline_proto.events import MailPayload, MailSyncedV1
+from leadline_send.models import outgoing_message
 
 from .conftest import HarnessFactory, SendHarness, SmtpFactory
 
@@ -151,3 +154,22 @@ async def test_connections_are_reused_and_renewed_after_the_recipient_limit(
         assert (await app.wait_for(m["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
     # 4 messages of 2 recipients, at most 4 recipients per connection: 2 sessions, not 4
     assert len(server.handler.wire) - sessions_before == 2
+
+
+async def test_graceful_stop_finishes_the_message_in_hand_and_gives_back_the_rest(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service(smtp_connections=1)
+    server = smtp_server(tls="starttls")
+    await app.add_account(server)
+    server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "slow", 0.5
+    messages = [await send(app) for _ in range(4)]
+    while server.handler.data_commands < 2:  # the test email, then the first message is in DATA
+        await asyncio.sleep(0.02)
+    await app.stop()
+    async with app.db.session() as s:
+        states = dict((await s.execute(select(outgoing_message.c.id, outgoing_message.c.state))).all())
+    assert states[uuid.UUID(messages[0]["id"])] == "sent"
+    assert sorted(states.values()) == ["queued", "queued", "queued", "sent"]
+    async with app.db.session() as s:
+        attempts = (await s.execute(select(outgoing_message.c.attempts))).scalars().all()
+    assert sorted(attempts) == [0, 0, 0, 1]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import time
 import uuid
 
 from leadline_kit.infra import DovecotServer
@@ -18,6 +20,18 @@ from .conftest import (
     SmtpFactory,
     SmtpServer,
 )
+
+
+def add_imap_user(dovecot: DovecotServer, user: str) -> None:
+    """Add a Dovecot user so that Dovecot sees it at once.
+
+    Dovecot re-reads its passwd-file only when the file's mtime (in whole seconds) changes, so a user
+    appended within the same second as the previous read stays unknown: move the mtime forward.
+    """
+    dovecot.add_user(user, "imap-pass")
+    users = dovecot.base_dir / "users"
+    stamp = max(users.stat().st_mtime, time.time()) + 1
+    os.utime(users, (stamp, stamp))
 
 
 def synced_mailbox(server: SmtpServer, dovecot: DovecotServer, user: str, *, smtp_use: str = "general",
@@ -61,7 +75,7 @@ async def test_personal_mail_from_the_synced_address_with_a_copy_in_sent(
     app = await send_service()
     server = smtp_server(tls="starttls")
     user = f"u{uuid.uuid4().hex[:8]}"
-    dovecot.add_user(user, "imap-pass")
+    add_imap_user(dovecot, user)
     reply = synced_mailbox(server, dovecot, user)
     mailboxes.replies[(app.company_id, app.user_id)] = reply
 
@@ -90,7 +104,7 @@ async def test_marketing_through_the_mailbox_when_smtp_use_is_all_and_gmail_save
     app = await send_service()
     server = smtp_server(tls="starttls")
     user = f"u{uuid.uuid4().hex[:8]}"
-    dovecot.add_user(user, "imap-pass")
+    add_imap_user(dovecot, user)
     reply = synced_mailbox(server, dovecot, user, smtp_use="all", provider_saves_sent=True)
     mailboxes.replies[(app.company_id, app.user_id)] = reply
     message = await personal(app, category="marketing")

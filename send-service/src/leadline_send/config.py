@@ -39,6 +39,8 @@ class Settings(KitSettings):
     # how long a delivery worker sleeps when the queue is empty and no wake-up came
     queue_poll_seconds: float = 0.5
     recovery_interval_seconds: float = 5.0
+    # on shutdown, how long the workers may finish the messages in hand before they are cut off
+    stop_grace_seconds: float = 20.0
     # durable JetStream consumer names start with this (one set per deployment; tests use their own)
     consumer_prefix: str = "send"
 

@@ -46,6 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_stop(runtime: Runtime) -> None:
         context: SendContext | None = runtime.extras.get("send")
         if context is not None:
+            await context.delivery.stop(settings.stop_grace_seconds)
             for task in runtime.tasks:
                 task.cancel()
             await context.delivery.close()

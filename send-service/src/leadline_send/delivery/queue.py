@@ -100,6 +100,15 @@ async def record_data_started(session: AsyncSession, message: Claimed, reservati
     await session.execute(update(m).where(m.c.id == message.id).values(reservation_id=reservation_id))
 
 
+async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
+    """Claimed but not started (the worker is stopping): queued again, the attempt does not count."""
+    for message in messages:
+        await session.execute(update(m).where(m.c.id == message.id, m.c.state == "sending").values(
+            state="queued", claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now()))
+        await session.execute(a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt,
+                                               a.c.phase == "connecting"))
+
+
 async def current_phase(session: AsyncSession, message: Claimed) -> str | None:
     return await session.scalar(select(a.c.phase).where(a.c.message_id == message.id,
                                                         a.c.number == message.attempt))

@@ -49,11 +49,12 @@ from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
 from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
 from leadline_send.messages.composition import Draft, build_message
 from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
-from leadline_send.models import MESSAGE_STATES, outbox, outgoing_message
+from leadline_send.models import MESSAGE_STATES, outbox, outgoing_message, unsubscribe
 
 log = logging.getLogger("leadline.send.delivery")
 
 ACCOUNT_CACHE_SECONDS = 5.0
+SESSION_IDLE_SECONDS = 30.0
 
 
 @dataclass
@@ -63,6 +64,13 @@ class Session:
     account_key: str
     smtp: aiosmtplib.SMTP
     recipients: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def idle(self) -> bool:
+        # servers drop idle sessions after a few minutes (RFC 5321 asks for 5); a fresh one is cheaper
+        # than a failed MAIL FROM that would cost the message a retry
+        return time.monotonic() - self.last_used > SESSION_IDLE_SECONDS
 
 
 @dataclass
@@ -93,6 +101,9 @@ class Delivery:
     batch_size: int = 4
     _lock_conn: asyncpg.Connection | None = None
     _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(default_factory=dict)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    _busy: set[int] = field(default_factory=set)
+    _all_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def hold_liveness_lock(self) -> None:
         """Take this process's advisory lock; it lasts as long as the process (and its connection)."""
@@ -147,17 +158,26 @@ class Delivery:
 
     async def run_worker(self, number: int) -> None:
         session: Session | None = None
+        self._busy.add(number)
+        self._all_idle.clear()
         try:
-            while True:
+            while not self.stopping.is_set():
                 async with self.db.session() as db_session:
                     batch = await queue.claim(db_session, self.instance_key, self.batch_size,
                                               session.account_key if session else None)
                 if not batch:
+                    if session is not None and session.idle:
+                        await self._drop(session)
+                        session = None
                     self.wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self.wake.wait(), self.settings.queue_poll_seconds)
                     continue
-                for message in batch:
+                for n, message in enumerate(batch):
+                    if self.stopping.is_set():
+                        async with self.db.session() as db_session:
+                            await queue.give_back(db_session, batch[n:])
+                        break
                     try:
                         session = await self.deliver(message, session)
                     except Exception:
@@ -166,7 +186,22 @@ class Delivery:
                         session = None
                         await self._settle_after_crash(message)
         finally:
-            await self._drop(session, polite=False)
+            await self._drop(session)
+            self._busy.discard(number)
+            if not self._busy:
+                self._all_idle.set()
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
+
+        What is still in hand after the grace period is cut off and recovered by the next process:
+        before DATA it is sent again, after DATA began it becomes ``unknown``.
+        """
+        self.stopping.set()
+        self.wake.set()
+        if self._busy:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._all_idle.wait(), grace_seconds)
 
     async def _settle_after_crash(self, message: queue.Claimed) -> None:
         """A bug, not an SMTP answer: treat it like a killed process would be treated."""
@@ -260,7 +295,10 @@ class Delivery:
                                 "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
 
     async def deliver(self, message: queue.Claimed, session: Session | None) -> Session | None:
-        reservation = None
+        if message.category == "marketing" and await self._unsubscribed(message):
+            await self._finish(message, None, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
+                                                      "from marketing mail after this message was queued"))
+            return session
         try:
             account, message, reservation, refusal = await self._reserve(message, await self._account(message))
         except (QuotaUnavailable, MailboxUnavailable) as exc:
@@ -282,13 +320,19 @@ class Delivery:
             await self._copy_to_sent(message, account)
         return session
 
+    async def _unsubscribed(self, message: queue.Claimed) -> bool:
+        async with self.db.session() as db_session:
+            found = await db_session.scalar(select(func.count()).select_from(unsubscribe).where(
+                unsubscribe.c.company_id == message.company_id, unsubscribe.c.address.in_(message.recipients)))
+        return bool(found)
+
     async def _transact(self, message: queue.Claimed, account: SendingAccount, session: Session | None,
                         reservation: uuid.UUID | None) -> tuple[Outcome, Session | None]:
         """One SMTP transaction; before DATA everything is retryable, after it only a reply decides."""
         recipients = message.recipients
         try:
             if session is not None and (
-                session.account_key != account.key or not session.smtp.is_connected
+                session.account_key != account.key or not session.smtp.is_connected or session.idle
                 or session.recipients + len(recipients) > self.settings.recipients_per_connection
             ):
                 await self._drop(session)
@@ -306,6 +350,7 @@ class Delivery:
                     SMTP_REPLIES.labels("rcpt", _reply_class(exc.code)).inc()
                     refused.append((recipient, exc))
             session.recipients += len(recipients)
+            session.last_used = time.monotonic()
             if not accepted:
                 await smtp.rset()
                 temporary = any(exc.code < 500 for _, exc in refused)
