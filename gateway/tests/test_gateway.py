@@ -217,3 +217,28 @@ async def test_openapi_merges_services(gateway: httpx.AsyncClient) -> None:
     document = (await gateway.get("/openapi.json")).json()
     assert "/v1/companies" in document["paths"]
     assert "/v1/leads/whoami" in document["paths"]
+
+
+async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.AsyncClient) -> None:
+    """The unit of work commits before the response: a check that fails only at COMMIT gives no 201."""
+    from sqlalchemy import func, select, text
+
+    from leadline_gateway import models
+
+    created = await new_company(gateway)
+    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]  # noqa: SLF001
+    async with runtime.db.session() as session:
+        await session.execute(text(
+            "CREATE FUNCTION gateway.refuse_named_keys() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN IF NEW.name = 'refused-at-commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
+            "RETURN NEW; END $$"))
+        await session.execute(text(
+            "CREATE CONSTRAINT TRIGGER refuse_named_keys AFTER INSERT ON gateway.api_key "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gateway.refuse_named_keys()"))
+    response = await gateway.post("/v1/api-keys", headers=bearer(created), json={"name": "refused-at-commit"})
+    assert response.status_code == 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    async with runtime.db.session() as session:
+        stored = await session.scalar(select(func.count()).select_from(models.api_key)
+                                      .where(models.api_key.c.name == "refused-at-commit"))
+    assert stored == 0

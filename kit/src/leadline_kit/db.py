@@ -66,4 +66,7 @@ async def request_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-Session = Annotated[AsyncSession, Depends(request_session)]
+# scope="function": the unit of work commits when the endpoint returns, before the response is sent.
+# FastAPI's default ("request") would commit after sending, so a client could be told 201 for a
+# change whose commit then fails.
+Session = Annotated[AsyncSession, Depends(request_session, scope="function")]

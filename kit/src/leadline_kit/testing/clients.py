@@ -33,7 +33,8 @@ class SignedAuth(httpx.Auth):
 async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Start the app's lifespan and yield an unauthenticated client bound to it."""
     async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
+        # like a real server: an unhandled error is a 500 problem response, not an exception in the test
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client
 
