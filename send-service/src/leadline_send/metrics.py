@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-QUEUE_DEPTH = Gauge("leadline_send_messages", "Outgoing messages per state", ["state"])
+QUEUE_DEPTH = Gauge("leadline_send_messages", "Outgoing messages per state still in motion "
+                    "(queued, sending, deferred, unknown)", ["state"])
 SMTP_REPLIES = Counter("leadline_send_smtp_replies_total", "SMTP replies to DATA/RCPT/MAIL by class",
                        ["stage", "reply_class"])
 RETRIES = Counter("leadline_send_retries_total", "Messages put back to wait for another attempt", ["reason"])

@@ -34,6 +34,7 @@ outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
 
 MESSAGE_STATES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "unknown")
+OPEN_STATES = ("queued", "sending", "deferred", "unknown")
 
 smtp_account = Table(
     "smtp_account",
@@ -114,6 +115,8 @@ outgoing_message = Table(
     Index("ix_outgoing_message_sending", "claimed_by", postgresql_where="state = 'sending'"),
     Index("ix_outgoing_message_company_created", "company_id", "created_at", "id"),
     Index("ix_outgoing_message_company_message_id", "company_id", "message_id"),
+    # the queue-depth gauge counts only messages still in motion; terminal states grow without bound
+    Index("ix_outgoing_message_open_state", "state", postgresql_where="state IN " + str(OPEN_STATES)),
 )
 
 send_attempt = Table(

@@ -49,7 +49,7 @@ from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
 from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
 from leadline_send.messages.composition import Draft, build_message
 from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
-from leadline_send.models import MESSAGE_STATES, outbox, outgoing_message, unsubscribe
+from leadline_send.models import OPEN_STATES, outbox, outgoing_message, unsubscribe
 
 log = logging.getLogger("leadline.send.delivery")
 
@@ -150,8 +150,9 @@ class Delivery:
     async def _measure_queue(self) -> None:
         async with self.db.session() as session:
             counts: dict[str, int] = dict((await session.execute(
-                select(outgoing_message.c.state, func.count()).group_by(outgoing_message.c.state))).all())
-        for state in MESSAGE_STATES:
+                select(outgoing_message.c.state, func.count()).where(outgoing_message.c.state.in_(OPEN_STATES))
+                .group_by(outgoing_message.c.state))).all())
+        for state in OPEN_STATES:
             QUEUE_DEPTH.labels(state).set(counts.get(state, 0))
 
     # --- workers ------------------------------------------------------------------
