@@ -187,7 +187,7 @@ protocol imap {{
 }}
 passdb {{
   driver = passwd-file
-  args = scheme=PLAIN username_format=%u {base}/users
+  args = scheme=PLAIN username_format=%u {base}/users/%u
 }}
 userdb {{
   driver = static
@@ -269,7 +269,7 @@ class DovecotServer:
         (base / "server.pem").write_bytes(self.cert_pem)
         (base / "server.key").write_bytes(self.key_pem)
         (base / "server.key").chmod(0o600)
-        (base / "users").touch()
+        (base / "users").mkdir(exist_ok=True)
         if is_root():
             mail_user = ensure_service_user()
             login_user = "dovenull" if _user_exists("dovenull") else SERVICE_USER
@@ -295,16 +295,20 @@ class DovecotServer:
         wait_for_port(self.tls_port)
 
     def add_user(self, username: str, password: str) -> None:
-        if any(c in username + password for c in ":\n\r\0"):
-            raise ValueError("user name and password must not contain ':' or line breaks")
-        with (self.base_dir / "users").open("a") as f:
-            f.write(f"{username}:{{PLAIN}}{password}::::::\n")
+        """Add a user (or replace their password); usable at once.
+
+        One passwd-file per user: Dovecot re-reads a passwd-file it has seen at most once a second,
+        so a new user in a shared file could be refused for up to a second; a new file is read
+        when first needed.
+        """
+        if any(c in username + password for c in ":/\n\r\0") or username.startswith("."):
+            raise ValueError("user name and password must not contain ':', '/' or line breaks")
+        (self.base_dir / "users" / username).write_text(f"{username}:{{PLAIN}}{password}::::::\n")
 
     def set_password(self, username: str, password: str) -> None:
-        users = self.base_dir / "users"
-        lines = [line for line in users.read_text().splitlines() if not line.startswith(f"{username}:")]
-        lines.append(f"{username}:{{PLAIN}}{password}::::::")
-        users.write_text("\n".join(lines) + "\n")
+        """Change a user's password; waits until Dovecot is sure to see the change."""
+        self.add_user(username, password)
+        time.sleep(1.1)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
