@@ -14,7 +14,7 @@ from leadline_send.config import Settings
 from leadline_send.consumers import consumers
 from leadline_send.context import SendContext
 from leadline_send.credentials import CredentialKeys
-from leadline_send.delivery.accounts import MailboxDirectory
+from leadline_send.delivery.accounts import MailboxDirectory, Routes
 from leadline_send.delivery.quota import QuotaClient
 from leadline_send.delivery.smtp import SmtpPolicy
 from leadline_send.delivery.worker import Delivery
@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quota = QuotaClient(runtime.nats, settings.rpc_timeout_seconds)
         mailboxes = MailboxDirectory(runtime.nats, settings.rpc_timeout_seconds)
         delivery = Delivery(db=runtime.db, settings=settings, quota=quota, mailboxes=mailboxes, keys=keys,
-                            policy=policy)
+                            policy=policy, routes=Routes(keys, mailboxes))
         runtime.extras["send"] = SendContext(settings=settings, keys=keys, policy=policy, quota=quota,
                                              mailboxes=mailboxes, delivery=delivery)
         await delivery.hold_liveness_lock()

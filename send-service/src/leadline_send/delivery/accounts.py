@@ -167,3 +167,27 @@ async def account_for_key(session: AsyncSession, keys: CredentialKeys, directory
         smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id,
         smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None)))).first()
     return company_account(row, keys) if row else None
+
+
+class Routes:
+    """:func:`route_for`, kept a few seconds per sender and category: asked for every message."""
+
+    def __init__(self, keys: CredentialKeys, directory: MailboxDirectory, keep_seconds: float = 5.0) -> None:
+        self.keys = keys
+        self.directory = directory
+        self.keep_seconds = keep_seconds
+        self._kept: dict[tuple[uuid.UUID, uuid.UUID, str], tuple[float, Route]] = {}
+
+    async def route(self, session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                    category: str) -> Route:
+        key = (company_id, user_id, category)
+        kept = self._kept.get(key)
+        if kept and kept[0] > time.monotonic():
+            return kept[1]
+        route = await route_for(session, self.keys, self.directory, company_id, user_id, category)
+        if route.accounts:
+            self._kept[key] = (time.monotonic() + self.keep_seconds, route)
+        return route
+
+    def forget(self) -> None:
+        self._kept.clear()

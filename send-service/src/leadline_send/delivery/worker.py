@@ -41,9 +41,9 @@ from leadline_send.delivery import queue
 from leadline_send.delivery.accounts import (
     MailboxDirectory,
     MailboxUnavailable,
+    Routes,
     SendingAccount,
     account_for_key,
-    route_for,
 )
 from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
 from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
@@ -96,7 +96,10 @@ class Delivery:
     mailboxes: MailboxDirectory
     keys: CredentialKeys
     policy: SmtpPolicy
-    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    routes: Routes
+    # One token wakes one idle worker: waking all of them for each new message would have each run
+    # an empty claim.  Workers also poll, for messages queued by other replicas or coming due.
+    _wake: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
     instance_key: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))  # noqa: S311
     batch_size: int = 4
     _lock_conn: asyncpg.Connection | None = None
@@ -133,7 +136,7 @@ class Delivery:
         if recovered:
             log.warning("recovered %d abandoned messages (%d unknown)", len(recovered),
                         sum(r.state == "unknown" for r in recovered))
-            self.wake.set()
+            self.notify(len(recovered))
         return len(recovered)
 
     async def run_recovery(self) -> None:
@@ -170,9 +173,8 @@ class Delivery:
                     if session is not None and session.idle:
                         await self._drop(session)
                         session = None
-                    self.wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.wake.wait(), self.settings.queue_poll_seconds)
+                        await asyncio.wait_for(self._wake.get(), self.settings.queue_poll_seconds)
                     continue
                 for n, message in enumerate(batch):
                     if self.stopping.is_set():
@@ -199,7 +201,7 @@ class Delivery:
         before DATA it is sent again, after DATA began it becomes ``unknown``.
         """
         self.stopping.set()
-        self.wake.set()
+        self.notify(len(self._busy))
         if self._busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_idle.wait(), grace_seconds)
@@ -239,8 +241,16 @@ class Delivery:
         self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
         return account
 
+    def notify(self, messages: int = 1) -> None:
+        """New work is queued: wake up to ``messages`` idle workers."""
+        for _ in range(messages):
+            if self._wake.full():
+                return
+            self._wake.put_nowait(None)
+
     def forget_accounts(self) -> None:
         self._accounts.clear()
+        self.routes.forget()
 
     async def _reserve(self, message: queue.Claimed, account: SendingAccount | None
                        ) -> tuple[SendingAccount | None, queue.Claimed, uuid.UUID | None, Outcome | None]:
@@ -267,8 +277,8 @@ class Delivery:
         if account is None or account.account_type is not None:
             # the account is gone, or out of quota: the next active one of the same type takes over
             async with self.db.session() as db_session:
-                route = await route_for(db_session, self.keys, self.mailboxes, message.company_id,
-                                        message.user_id, message.category)
+                route = await self.routes.route(db_session, message.company_id, message.user_id,
+                                                message.category)
             same_type = [a for a in route.accounts if account is None or a.account_type == account.account_type]
             for candidate in same_type:
                 if candidate.key in tried:

@@ -39,7 +39,7 @@ async def send_message(body: MessageIn, caller: Caller, context: Context, reques
     # Our own unit of work (not the Session dependency) so the workers are woken after the commit.
     async with request.app.state.runtime.db.session() as session:
         message = await service.create_message(session, context, caller, body, key)
-    context.delivery.wake.set()
+    context.delivery.notify()
     return message
 
 
@@ -72,7 +72,7 @@ async def resend_message(message_id: uuid.UUID, caller: Caller, context: Context
                          request: Request) -> MessageOut:
     async with request.app.state.runtime.db.session() as session:
         message = await service.resend(session, caller, message_id)
-    context.delivery.wake.set()
+    context.delivery.notify()
     return message
 
 

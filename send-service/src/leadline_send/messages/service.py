@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_send.context import SendContext
-from leadline_send.delivery.accounts import MailboxUnavailable, SendingAccount, route_for
+from leadline_send.delivery.accounts import MailboxUnavailable, SendingAccount
 from leadline_send.delivery.quota import QuotaUnavailable
 from leadline_send.messages import repository
 from leadline_send.messages.composition import (
@@ -131,8 +131,7 @@ async def create_message(session: AsyncSession, context: SendContext, caller: Id
             raise Unprocessable("the recipient unsubscribed from marketing mail: " + ", ".join(refused),
                                 slug="recipient-unsubscribed", addresses=refused)
     try:
-        route = await route_for(session, context.keys, context.mailboxes, caller.company_id, caller.user_id,
-                                body.category)
+        route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
     except MailboxUnavailable as exc:
         raise ServiceUnavailable(str(exc), slug="mailbox-unavailable") from None
     if not route.accounts:
