@@ -30,7 +30,7 @@ from leadline_kit.identity import Identity
 from leadline_lead.addresses import address_for_matching, address_or_none, domain_of
 from leadline_lead.leads import repository as leads
 from leadline_lead.timeline import repository
-from leadline_lead.timeline.schemas import TimelineEvent, TimelineSource
+from leadline_lead.timeline.schemas import Timeline
 from leadline_lead.timeline.snippets import snippet
 from leadline_proto.events import MailBouncedV1, MailSentV1, MailSyncedV1
 
@@ -184,31 +184,27 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
 
 
 async def timeline(session: AsyncSession, caller: Identity, lead_id: uuid.UUID,
-                   limit: int = repository.TIMELINE_LIMIT) -> list[TimelineEvent]:
+                   limit: int = repository.TIMELINE_LIMIT) -> Timeline:
     """The lead's most recent events, newest first, at most 300 (R7)."""
     if await leads.get_lead(session, caller.company_id, lead_id) is None:
         raise NotFound("no such lead", slug="lead-not-found")
     rows = await repository.recent_events(session, lead_id, min(limit, repository.TIMELINE_LIMIT))
-    sources = await repository.sources_of(session, [r.id for r in rows])
-    return [_timeline_event(r, sources.get(r.id, [])) for r in rows]
+    # plain data validated once by the response model (this is the hot read path)
+    return Timeline.model_validate({"items": [_timeline_event(r) for r in rows]})
 
 
-def _timeline_event(row: Any, sources: list[str]) -> TimelineEvent:
-    return TimelineEvent(
-        id=row.id, kind=row.kind, category=row.category, occurred_at=row.occurred_at,
-        direction=row.direction, from_address=row.from_address, from_name=row.from_name,
-        to=row.to_addresses, cc=row.cc_addresses, subject=row.subject, snippet=row.snippet,
-        message_id=row.message_id, mailbox_id=row.mailbox_id, user_id=row.user_id, folder=row.folder,
-        bounced=row.bounced_at is not None, bounced_at=row.bounced_at,
-        bounce_recipient=row.bounce_recipient, bounce_status=row.bounce_status,
-        bounce_diagnostic=row.bounce_diagnostic,
-        sources=[TimelineSource(kind=_source_kind(s), mailbox_id=_mailbox(s)) for s in sources],
-    )
+_NOT_MAILBOXES = (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE)
 
 
-def _source_kind(name: str) -> str:
-    return name if name in (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE) else "mailbox"
-
-
-def _mailbox(name: str) -> uuid.UUID | None:
-    return None if name in (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE) else uuid.UUID(name)
+def _timeline_event(row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "kind": row.kind, "category": row.category, "occurred_at": row.occurred_at,
+        "direction": row.direction, "from_address": row.from_address, "from_name": row.from_name,
+        "to": row.to_addresses, "cc": row.cc_addresses, "subject": row.subject, "snippet": row.snippet,
+        "message_id": row.message_id, "mailbox_id": row.mailbox_id, "user_id": row.user_id,
+        "folder": row.folder, "bounced": row.bounced_at is not None, "bounced_at": row.bounced_at,
+        "bounce_recipient": row.bounce_recipient, "bounce_status": row.bounce_status,
+        "bounce_diagnostic": row.bounce_diagnostic,
+        "sources": [{"kind": "mailbox", "mailbox_id": name} if name not in _NOT_MAILBOXES else {"kind": name}
+                    for name in row.sources or ()],
+    }
