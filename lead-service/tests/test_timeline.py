@@ -233,3 +233,16 @@ async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStre
         return bool((await api.get(f"/v1/leads/{lead['id']}")).json()["unsubscribed"])
 
     await eventually(unsubscribed, what="lead marked unsubscribed")
+
+
+async def test_hostile_mail_fields_are_stored_safely(api: httpx.AsyncClient, js: JetStreamContext,
+                                                     admin: Identity) -> None:
+    lead = await create_lead(api, "lead@example.com")
+    hostile = synced(admin.company_id, message_id="<nul\x00id@example.com>", from_address="lead@example.com",
+                     to=["me@mycorp.example", "not an address", "x\x00@example.com"], subject="Sub\x00ject" + "s" * 2000,
+                     from_name="Name\x00", text="", html="<p>" + "<div>" * 5000 + "deep\x00 text</p>")
+    await publish(js, hostile)
+    (item,) = await wait_for_timeline(api, lead["id"], 1)
+    assert item["subject"].startswith("Subject") and len(item["subject"]) == 998
+    assert item["from_name"] == "Name" and item["to"] == ["me@mycorp.example"]
+    assert item["snippet"] == "deep text"

@@ -24,9 +24,10 @@ from nats.js import JetStreamContext
 from pydantic import ValidationError
 from sqlalchemy import ARRAY, Uuid, cast, func, literal, select
 from sqlalchemy.dialects.postgresql import array, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.consumer import CONSUMED, EventConsumer
+from leadline_kit.consumer import CONSUMED, EventConsumer, PermanentError
 from leadline_kit.service import Runtime
 from leadline_lead.addresses import address_or_none
 from leadline_lead.blocklist.service import apply_company_settings
@@ -69,12 +70,22 @@ async def apply_events(session: AsyncSession, events: Sequence[Event]) -> None:
         if mail:
             await apply_mail(session, mail)
             mail = []
-        await apply_event(session, event)
+        await _apply_event(session, event)
     if mail:
         await apply_mail(session, mail)
 
 
 async def apply_event(session: AsyncSession, event: Event) -> None:
+    """Apply one event; one the database refuses as data (SQLSTATE class 22) can never apply."""
+    try:
+        await _apply_event(session, event)
+    except DBAPIError as exc:
+        if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
+            raise PermanentError(f"the database refuses its data: {exc.orig}") from exc
+        raise
+
+
+async def _apply_event(session: AsyncSession, event: Event) -> None:
     if isinstance(event, MailSyncedV1 | MailSentV1):
         await apply_mail(session, [event])
     elif isinstance(event, MailBouncedV1):

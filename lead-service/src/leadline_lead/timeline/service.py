@@ -49,11 +49,16 @@ def message_key(message_id: str, *fallback: object) -> str:
     Keys of real messages never contain a space, so they cannot collide with
     ``bounce <key>`` or ``no-id <hash>``.
     """
-    key = "".join(message_id.split()).strip("<>")[:MAX_MESSAGE_ID]
+    key = clean_text("".join(message_id.split()).strip("<>"), MAX_MESSAGE_ID)
     if key:
         return key
     digest = hashlib.sha256("\x1f".join(str(part) for part in fallback).encode()).hexdigest()
     return f"no-id {digest}"
+
+
+def clean_text(value: str, limit: int) -> str:
+    """Mail text fit for a text column: PostgreSQL refuses NUL characters, hostile mail carries them (R27)."""
+    return value.replace("\x00", "")[:limit]
 
 
 def _addresses(raw: Sequence[str]) -> list[str]:
@@ -110,11 +115,11 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
         for lead_id, addresses in matched.items():
             row = {
                 "company_id": company, "lead_id": lead_id, "message_key": key,
-                "message_id": mail.message_id[:MAX_MESSAGE_ID], "kind": kind, "category": category,
+                "message_id": clean_text(mail.message_id, MAX_MESSAGE_ID), "kind": kind, "category": category,
                 "occurred_at": mail.sent_at, "direction": mail.direction,
-                "from_address": sender or "", "from_name": mail.from_name[:MAX_NAME],
+                "from_address": sender or "", "from_name": clean_text(mail.from_name, MAX_NAME),
                 "to_addresses": to, "cc_addresses": cc, "matched_addresses": addresses,
-                "subject": mail.subject[:MAX_SUBJECT], "snippet": body,
+                "subject": clean_text(mail.subject, MAX_SUBJECT), "snippet": body,
                 "mailbox_id": mail.mailbox_id, "user_id": mail.user_id, "folder": mail.folder,
             }
             existing = pending.get((company, lead_id, key))
@@ -169,12 +174,12 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     subject = await repository.original_subject(session, company, lead_id, original) or ""
     new_id = await repository.insert_bounce(session, {
         "company_id": company, "lead_id": lead_id, "message_key": f"bounce {original}",
-        "message_id": bounce.original_message_id[:MAX_MESSAGE_ID], "kind": "bounce", "category": "personal",
+        "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID), "kind": "bounce", "category": "personal",
         "occurred_at": bounce.bounced_at, "direction": "inbound", "to_addresses": [recipient],
         "matched_addresses": [recipient], "subject": subject[:MAX_SUBJECT],
         "snippet": snippet(bounce.diagnostic, None), "mailbox_id": bounce.mailbox_id, "user_id": bounce.user_id,
         "folder": "inbox" if bounce.mailbox_id else None, "bounce_recipient": recipient,
-        "bounce_status": bounce.status[:32], "bounce_diagnostic": bounce.diagnostic[:2000],
+        "bounce_status": clean_text(bounce.status, 32), "bounce_diagnostic": clean_text(bounce.diagnostic, 2000),
     })
     if new_id is not None:
         name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
