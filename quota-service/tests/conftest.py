@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 
+import httpx
 import nats
 import pytest
 from nats.aio.client import Client
 
 from leadline_kit.db import Database
 from leadline_kit.infra import PostgresServer
+from leadline_kit.testing.clients import running_app
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_proto.events import Event, parse_event
 from leadline_quota.clock import MovableClock
 from leadline_quota.config import Settings
+from leadline_quota.main import create_app
 
 SECRET = "quota-test-identity-secret"
 
@@ -43,6 +47,22 @@ def settings(quota_url: str, nats_url: str) -> Settings:
     # a durable of its own per test: the stream is shared by every test of the session
     return Settings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET,
                     consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}", environment="test")
+
+
+@pytest.fixture
+async def quota_service(settings: Settings, clock: MovableClock) -> AsyncIterator[httpx.AsyncClient]:
+    """The quota service running in-process (HTTP client bound to it; its responders are on NATS)."""
+    serving = running_app(create_app(settings, clock))
+    client = await serving.__aenter__()
+    try:
+        yield client
+    finally:
+        try:
+            await asyncio.wait_for(serving.__aexit__(None, None, None), 60)
+        except TimeoutError:
+            for task in asyncio.all_tasks():  # say what would not stop
+                task.print_stack(file=sys.stderr)
+            raise
 
 
 @pytest.fixture

@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from leadline_kit.testing.clients import as_caller, make_identity, running_app
+from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_quota.clock import MovableClock
-from leadline_quota.config import Settings
-from leadline_quota.main import create_app
 
 SECRET = "quota-test-identity-secret"
 ISSUE_4_PROVIDERS = {"gmail", "office365", "outlook", "yahoo", "aol", "godaddy", "123reg", "bluehost", "comcast",
@@ -20,9 +17,8 @@ ISSUE_4_PROVIDERS = {"gmail", "office365", "outlook", "yahoo", "aol", "godaddy",
 
 
 @pytest.fixture
-async def client(settings: Settings, clock: MovableClock) -> AsyncIterator[httpx.AsyncClient]:
-    async with running_app(create_app(settings, clock)) as anonymous:
-        yield anonymous
+def client(quota_service: httpx.AsyncClient) -> httpx.AsyncClient:
+    return quota_service
 
 
 def reservation(key: str, **fields: object) -> dict[str, object]:

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-import pytest
-from fastapi import FastAPI
+import httpx
 from nats.aio.client import Client
 from sqlalchemy import Select, func, select
 
 from leadline_kit.db import Database
-from leadline_kit.testing.clients import running_app
 from leadline_proto.events import (
     CompanyPayload,
     CompanyUpdatedV1,
@@ -25,20 +23,10 @@ from leadline_proto.events import (
 )
 from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
 from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
-from leadline_quota.clock import MovableClock
-from leadline_quota.config import Settings
-from leadline_quota.main import create_app
 from leadline_quota.models import company, processed
 
 GRANTED = "leadline.quota.mailbox_slot_granted.v1"
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
-
-
-@pytest.fixture
-async def service(settings: Settings, clock: MovableClock) -> AsyncIterator[FastAPI]:
-    app = create_app(settings, clock)
-    async with running_app(app):
-        yield app
 
 
 async def slot(nc: Client, subject: str, company: uuid.UUID, mailbox: uuid.UUID) -> MailboxSlotReply:
@@ -74,7 +62,7 @@ def was_processed(event_id: uuid.UUID) -> Select[Any]:
     return select(func.count()).select_from(processed).where(processed.c.event_id == event_id)
 
 
-async def test_pending_mailboxes_are_granted_oldest_first(service: FastAPI, nc: Client, db: Database,
+async def test_pending_mailboxes_are_granted_oldest_first(quota_service: httpx.AsyncClient, nc: Client, db: Database,
                                                           stream_events: StreamEvents) -> None:
     company = uuid.uuid4()
     mailboxes = [uuid.uuid4() for _ in range(5)]
@@ -97,7 +85,7 @@ async def test_pending_mailboxes_are_granted_oldest_first(service: FastAPI, nc: 
 
 
 async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored(
-        service: FastAPI, nc: Client, db: Database, stream_events: StreamEvents) -> None:
+        quota_service: httpx.AsyncClient, nc: Client, db: Database, stream_events: StreamEvents) -> None:
     company = uuid.uuid4()
     first, waiting = uuid.uuid4(), uuid.uuid4()
     newer = company_update(company, 1)
@@ -115,13 +103,13 @@ async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored
     assert (await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, first)).status == "pending"
 
 
-async def test_no_limit_grants_everyone(service: FastAPI, nc: Client) -> None:
+async def test_no_limit_grants_everyone(quota_service: httpx.AsyncClient, nc: Client) -> None:
     company = uuid.uuid4()
     answers = await asyncio.gather(*(slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, uuid.uuid4()) for _ in range(20)))
     assert {a.status for a in answers} == {"granted"}
 
 
-async def test_concurrent_claims_never_pass_the_limit(service: FastAPI, nc: Client, db: Database) -> None:
+async def test_concurrent_claims_never_pass_the_limit(quota_service: httpx.AsyncClient, nc: Client, db: Database) -> None:
     company = uuid.uuid4()
     await publish(nc, company_update(company, 3))
     await wait_until(db, limit_of(company), 3)

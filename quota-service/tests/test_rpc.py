@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+import httpx
 import pytest
-from fastapi import FastAPI
 from nats.aio.client import Client
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
-from leadline_kit.testing.clients import running_app
 from leadline_proto.events import Event
 from leadline_proto.requests import (
     QuotaReserveReply,
@@ -33,18 +32,9 @@ from leadline_proto.subjects import (
     RPC_SYNC_ALLOWANCE,
 )
 from leadline_quota.clock import MovableClock
-from leadline_quota.config import Settings
-from leadline_quota.main import create_app
 from leadline_quota.models import reservation
 
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
-
-
-@pytest.fixture
-async def service(settings: Settings, clock: MovableClock) -> AsyncIterator[FastAPI]:
-    app = create_app(settings, clock)
-    async with running_app(app):
-        yield app
 
 
 async def reserve(nc: Client, request: QuotaReserveRequest, subject: str = RPC_QUOTA_RESERVE) -> QuotaReserveReply:
@@ -58,7 +48,7 @@ async def settle(nc: Client, subject: str, company: uuid.UUID, reservation_id: u
     return QuotaSettleReply.model_validate_json(msg.data)
 
 
-async def test_fifty_concurrent_reservers_get_exactly_the_limit(service: FastAPI, nc: Client, db: Database,
+async def test_fifty_concurrent_reservers_get_exactly_the_limit(quota_service: httpx.AsyncClient, nc: Client, db: Database,
                                                                 stream_events: StreamEvents) -> None:
     company, key = uuid.uuid4(), f"smtp:{uuid.uuid4()}"
     ask = QuotaReserveRequest(company_id=company, account_key=key, provider="custom", recipients=1,
@@ -77,7 +67,7 @@ async def test_fifty_concurrent_reservers_get_exactly_the_limit(service: FastAPI
     assert {e.payload.limit for e in refusals} == {"messages_per_day"}  # type: ignore[union-attr]
 
 
-async def test_reserve_commit_release_and_check(service: FastAPI, nc: Client, clock: MovableClock) -> None:
+async def test_reserve_commit_release_and_check(quota_service: httpx.AsyncClient, nc: Client, clock: MovableClock) -> None:
     company, key = uuid.uuid4(), f"mailbox:{uuid.uuid4()}"
     ask = QuotaReserveRequest(company_id=company, account_key=key, provider="gmail", recipients=2,
                               size_bytes=5000, ttl_seconds=30, overrides={"messages_per_hour": 2})
@@ -110,7 +100,7 @@ async def test_reserve_commit_release_and_check(service: FastAPI, nc: Client, cl
     (RPC_SYNC_ALLOWANCE, json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()),
                                      "count": -1}).encode()),
 ])
-async def test_malformed_requests_get_a_reply_with_detail(service: FastAPI, nc: Client, subject: str,
+async def test_malformed_requests_get_a_reply_with_detail(quota_service: httpx.AsyncClient, nc: Client, subject: str,
                                                           body: bytes) -> None:
     msg = await nc.request(subject, body, timeout=10)
     reply = json.loads(msg.data)
@@ -122,7 +112,7 @@ async def test_malformed_requests_get_a_reply_with_detail(service: FastAPI, nc: 
     assert ok.granted
 
 
-async def test_unknown_account_and_provider_get_the_custom_defaults(service: FastAPI, nc: Client) -> None:
+async def test_unknown_account_and_provider_get_the_custom_defaults(quota_service: httpx.AsyncClient, nc: Client) -> None:
     ask = QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}",
                               provider="someone-we-never-heard-of", recipients=101, size_bytes=1)
     refused = await reserve(nc, ask)
@@ -131,7 +121,7 @@ async def test_unknown_account_and_provider_get_the_custom_defaults(service: Fas
 
 
 async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
-        service: FastAPI, nc: Client, db: Database, clock: MovableClock) -> None:
+        quota_service: httpx.AsyncClient, nc: Client, db: Database, clock: MovableClock) -> None:
     from leadline_quota.plans import set_plan
 
     company, user, other_user = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
