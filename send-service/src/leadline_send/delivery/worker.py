@@ -28,6 +28,7 @@ from datetime import UTC, datetime, timedelta
 import aiosmtplib
 import asyncpg
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from leadline_kit.db import Database, asyncpg_dsn
 from leadline_kit.outbox import enqueue
@@ -166,9 +167,14 @@ class Delivery:
         self._all_idle.clear()
         try:
             while not self.stopping.is_set():
-                async with self.db.session() as db_session:
-                    batch = await queue.claim(db_session, self.instance_key, self.batch_size,
-                                              session.account_key if session else None)
+                try:
+                    async with self.db.session() as db_session:
+                        batch = await queue.claim(db_session, self.instance_key, self.batch_size,
+                                                  session.account_key if session else None)
+                except (OSError, SQLAlchemyError):
+                    log.exception("worker %d: claiming failed; retrying", number)
+                    await asyncio.sleep(1.0)
+                    continue
                 if not batch:
                     if session is not None and session.idle:
                         await self._drop(session)
@@ -187,7 +193,12 @@ class Delivery:
                         log.exception("worker %d: delivering %s failed unexpectedly", number, message.id)
                         await self._drop(session)
                         session = None
-                        await self._settle_after_crash(message)
+                        try:
+                            await self._settle_after_crash(message)
+                        except (OSError, SQLAlchemyError):
+                            # the database is away: the row stays "sending" under this process's lock
+                            # and the next process (or recovery after a restart) settles it by phase
+                            log.exception("worker %d: could not settle %s", number, message.id)
         finally:
             await self._drop(session)
             self._busy.discard(number)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import email
 import quopri
 import re
 import uuid
@@ -25,6 +24,7 @@ from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
+from email.parser import BytesHeaderParser
 from email.utils import format_datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -227,7 +227,7 @@ _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "con
 
 
 def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
-    parsed = email.message_from_bytes(raw, policy=policy.default)
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(raw)
     seen = [(name, str(value)) for name, value in parsed.items()
             if name.lower() not in _STRUCTURAL]
     if seen != intended:
