@@ -78,6 +78,7 @@ class RecordingHandler:
         self.data_commands = 0
         self.wire: list[bytearray] = []
         self.auth_attempts = 0
+        self.logins = {SMTP_USER: SMTP_PASSWORD}
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
@@ -102,8 +103,8 @@ class RecordingHandler:
                      auth_data: Any) -> AuthResult:
         with self.lock:
             self.auth_attempts += 1
-        ok = isinstance(auth_data, LoginPassword) and auth_data.login == SMTP_USER.encode() \
-            and auth_data.password == SMTP_PASSWORD.encode()
+        ok = isinstance(auth_data, LoginPassword) and \
+            self.logins.get(auth_data.login.decode()) == auth_data.password.decode()
         return AuthResult(success=ok)
 
     def by_message_id(self, message_id: str) -> list[Received]:
