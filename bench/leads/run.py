@@ -17,7 +17,7 @@ timeline events, and one event for each of 200,000 other leads' messages.
    are published to the stream first; then the lead service's consumer
    applies them, and events/s is measured until it has acknowledged them
    all.  Reference: the kit's default path (the same handlers called once per
-   event) on an identical copy of the database.
+   event) on an identical copy of the database, over the first 5,000 events.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from leadline_proto.subjects import STREAM_NAME
 SECRET = "bench-identity-secret"
 OTHER_EVENTS = 200_000
 READS = 300
+REFERENCE_EVENTS = 5_000
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 
 
@@ -161,7 +162,7 @@ async def measure_apply(js: JetStreamContext, consumer: EventConsumer, count: in
                 info = await js.consumer_info(STREAM_NAME, consumer.durable)
             except Exception:  # noqa: S112 - not created yet
                 continue
-            if info.ack_floor.stream_seq >= count and info.num_pending == 0 and info.num_ack_pending == 0:
+            if info.ack_floor.stream_seq >= count:
                 break
         elapsed = time.perf_counter() - started
     finally:
@@ -215,7 +216,8 @@ async def main() -> None:
             per_event_db = Database(postgres.url("per_event"), "lead")
             per_event = EventConsumer(db=per_event_db, js=js, processed=processed, durable="bench-per-event",
                                       subjects=SUBJECTS, handler=apply_event, batch_size=500)
-            per_event_rate = await measure_apply(js, per_event, total)
+            # the slow reference is measured over the first events only, to keep the run short
+            per_event_rate = await measure_apply(js, per_event, min(total, REFERENCE_EVENTS))
             async with bulk_db.session() as s:
                 applied = (await s.execute(
                     processed.select().where(processed.c.consumer == "bench-bulk"))).all()
