@@ -339,10 +339,6 @@ async def send_service(send_url: str, nats_url: str, ca_file: str) -> AsyncItera
             await item.__aexit__(None, None, None)
 
 
-def wire_lines(record: bytes) -> list[bytes]:
-    return record.split(b"\r\n")
-
-
 def has_bare_line_end(data: bytes) -> bool:
     return bool(re.search(rb"\r(?!\n)|(?<!\r)\n", data))
 

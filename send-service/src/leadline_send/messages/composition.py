@@ -177,7 +177,7 @@ def _address(r: Recipient) -> Address:
 def build_message(draft: Draft, sender: Sender, *, message_id: str, date: datetime,
                   unsubscribe_link: str | None) -> BuiltMessage:
     """Build, serialise and re-parse-check one message; raises Unprocessable if the check fails."""
-    msg = EmailMessage(policy=policy.default)
+    msg = EmailMessage(policy=SEVEN_BIT)
     intended: list[tuple[str, str]] = []
 
     def put(name: str, value: Any) -> None:
@@ -222,6 +222,10 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
     return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from,
                         recipients=draft.recipients)
 
+
+# 7-bit clean bodies (quoted-printable or base64 for non-ASCII text): we do not ask the server for
+# 8BITMIME, and every relay on the way can carry them.
+SEVEN_BIT = policy.default.clone(cte_type="7bit")
 
 _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
 

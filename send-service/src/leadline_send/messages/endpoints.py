@@ -15,7 +15,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse
-from pydantic import BaseModel
 
 from leadline_kit.errors import NotFound
 from leadline_kit.identity import Caller
@@ -74,11 +73,6 @@ async def resend_message(message_id: uuid.UUID, caller: Caller, context: Context
         message = await service.resend(session, caller, message_id)
     context.delivery.notify()
     return message
-
-
-class Unsubscribed(BaseModel):
-    address: str
-    unsubscribed: bool = True
 
 
 def _page(title: str, body: str) -> HTMLResponse:
