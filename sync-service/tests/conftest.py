@@ -148,6 +148,7 @@ class SyncWorld:
     company_id: uuid.UUID = field(default_factory=uuid.uuid4)
     clock: MovableClock = field(default_factory=MovableClock)
     consumer_prefix: str = field(default_factory=lambda: f"sync-test-{uuid.uuid4().hex[:10]}")
+    quota_client: httpx.AsyncClient | None = None  # the quota service's API, when it runs
     _cursor: int = 0
 
     def settings(self, **overrides: Any) -> Settings:
@@ -318,12 +319,13 @@ async def bare_world(postgres: PostgresServer, dovecot: DovecotServer, smtp_serv
 @pytest.fixture
 async def world(bare_world: SyncWorld, postgres: PostgresServer, nats_url: str) -> AsyncIterator[SyncWorld]:
     """A world with the real quota service answering mailbox-limit claims."""
-    async with quota_service(postgres, nats_url):
+    async with quota_service(postgres, nats_url) as client:
+        bare_world.quota_client = client
         yield bare_world
 
 
 @contextlib.asynccontextmanager
-async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[None]:
+async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
     """The real quota service, in-process, with a database and durable of its own."""
     from leadline_quota.config import Settings as QuotaSettings
     from leadline_quota.main import create_app as create_quota_app
@@ -332,11 +334,12 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
     app = create_quota_app(QuotaSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET,
                                          environment="test",
                                          consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}"))
-    async with running_app(app):
-        yield
+    async with running_app(app) as client:
+        yield client
 
 
 @pytest.fixture
-def quota(postgres: PostgresServer, nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[None]]:
+def quota(postgres: PostgresServer,
+          nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]:
     """Starts the real quota service when the test asks for it."""
     return lambda: quota_service(postgres, nats_url)

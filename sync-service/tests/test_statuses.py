@@ -132,3 +132,26 @@ async def test_connection_failed_after_48_hours_of_failures(world) -> None:  # t
         admin = world.caller(service, make_identity("administrator", company_id=world.company_id))
         listed = (await admin.get("/v1/mailboxes")).json()["items"]
         assert listed[0]["counts_for_billing"] is False
+
+
+async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead = "jack@customer.example"
+    admin = make_identity("administrator", company_id=world.company_id)
+    response = await world.caller(world.quota_client, admin).put("/v1/quotas/plan", json={"plan": "legacy_free"})
+    assert response.status_code == 200, response.text
+    await world.append(me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}")
+                                      for i in range(130)))
+    async with running_app(world.app()) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        events = await world.synced(at_least=100)
+        assert sorted(e.payload.subject for e in events) == [f"m{i:03d}" for i in range(100)]
+        body = (await api.get("/v1/mail-sync")).json()
+        assert body["status"] == "enabled" and "daily limit" in body["status_reason"]
+        assert body["history_completed_at"] is None
+        errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
+        assert errors[0]["kind"] == "plan_limit"
+        cursor = await world.sql("SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'")
+        assert cursor[0][0] == 100, "the cursor stops before the first mail not stored"

@@ -30,7 +30,7 @@ class Settings(KitSettings):
     sync_lease_seconds: float = Field(30.0, gt=0)
     sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
     sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: IDLE window, and how often Sent is polled
-    sync_batch_size: int = Field(100, ge=1, le=100)  # aioimaplib breaks on large FETCH responses
+    sync_batch_size: int = Field(200, ge=1, le=1000)  # messages per scan batch: one transaction each
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)
     sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed

@@ -20,6 +20,8 @@ FIXES: dict[str, str] = {
                                  "Contact support if this continues.",
     "connection_failed": "Leadline stopped trying after two days of failures. Update your Mail Sync settings or "
                          "password to start syncing again.",
+    "plan_limit": "Nothing is lost: sync continues when the daily limit renews. To sync more, ask your "
+                  "administrator to change the company's plan.",
     "message_unreadable": "Nothing to do: the message was kept as it was received and marked as damaged.",
     "folder_reset": "Nothing to do: the server renumbered the folder; Leadline re-read it without duplicates.",
 }

@@ -39,7 +39,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Counter
+from pydantic import ValidationError
 from sqlalchemy import Row, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -56,6 +59,8 @@ from leadline_proto.events import (
     MailPayload,
     MailSyncedV1,
 )
+from leadline_proto.requests import SyncAllowanceReply, SyncAllowanceRequest
+from leadline_proto.subjects import RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import CredentialError, SealedSecrets
 from leadline_sync.logins import ServerLogin, imap_settings
@@ -78,6 +83,14 @@ SYNCED_STATUSES = ("enabled", "error")
 
 class LeaseLost(Exception):
     """Another replica owns the mailbox now, or it was disabled: stop without writing anything."""
+
+
+class PlanLimitReached(Exception):
+    """The company's plan allows no more synced emails for this user today (R14); resume at ``resets_at``."""
+
+    def __init__(self, resets_at: datetime) -> None:
+        super().__init__(f"plan limit reached until {resets_at.isoformat()}")
+        self.resets_at = resets_at
 
 
 @dataclass
@@ -162,6 +175,8 @@ class MailboxSync:
                     await asyncio.sleep(self.settings.sync_poll_seconds)
         except LeaseLost:
             log.info("mailbox %s: lease lost or sync disabled; stopping", self.mailbox_id)
+        except PlanLimitReached as limit:
+            await self._paused(limit.resets_at)
         except MailConnectionError as error:
             await self._failed(error)
         finally:
@@ -204,6 +219,40 @@ class MailboxSync:
             await service.set_status(session, row, "error", error.user_message, now, failures=row.failures + 1,
                                      failing_since=failing_since, next_attempt_at=now + delay, lease_owner=None,
                                      lease_expires_at=None)
+
+    async def _paused(self, resets_at: datetime) -> None:
+        """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
+        now = self.context.clock()
+        message = (f"The plan's daily limit of synced emails is reached; sync resumes at "
+                   f"{resets_at:%Y-%m-%d %H:%M} UTC.")
+        async with self.context.db.session() as session:
+            try:
+                row = await self._fence(session)
+            except LeaseLost:
+                return
+            if row.status_reason != message:
+                await service.record_error(session, row, "plan_limit", message, now)
+            await service.set_status(session, row, row.status, message, now, next_attempt_at=resets_at,
+                                     lease_owner=None, lease_expires_at=None)
+
+    async def _allowance(self, count: int) -> tuple[int, datetime | None]:
+        """How many of ``count`` new lead emails the plan lets us store now (R14).
+
+        Without an answer the mail is stored: the plan limit is billing, and a
+        quota service outage must not stop every mailbox from syncing.
+        """
+        row = self.row
+        assert row is not None
+        request = SyncAllowanceRequest(company_id=row.company_id, user_id=row.user_id, count=count)
+        try:
+            message = await self.context.nc.request(RPC_SYNC_ALLOWANCE, request.model_dump_json().encode(),
+                                                    timeout=self.settings.sync_rpc_timeout)
+            reply = SyncAllowanceReply.model_validate_json(message.data)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
+            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id,
+                        type(exc).__name__)
+            return count, None
+        return max(0, min(count, reply.allowed)), reply.resets_at
 
     async def _fence(self, session: AsyncSession) -> Row[Any]:
         """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
@@ -326,6 +375,14 @@ class MailboxSync:
                                       directory, defects)
                 if picked is not None:
                     selected.append(picked)
+        mail = [s for s in selected if s.kind == "mail"]
+        if mail:
+            allowed, resets_at = await self._allowance(len(mail))
+            if allowed < len(mail):
+                cutoff = mail[allowed].uid  # the first lead mail the plan does not allow today
+                await self._commit(cursor, [u for u in uids if u < cutoff] or [cursor.last_uid],
+                                   [s for s in selected if s.uid < cutoff], [d for d in defects if d[0] < cutoff])
+                raise PlanLimitReached(resets_at or self.context.clock())
         await self._commit(cursor, uids, selected, defects)
 
     def _parties(self, summary: HeaderSummary) -> Parties:
