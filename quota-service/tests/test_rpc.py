@@ -14,6 +14,8 @@ from nats.aio.client import Client
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
+from leadline_kit.infra import free_port
+from leadline_kit.testing.clients import running_app
 from leadline_proto.events import Event
 from leadline_proto.requests import (
     QuotaReserveReply,
@@ -32,7 +34,10 @@ from leadline_proto.subjects import (
     RPC_SYNC_ALLOWANCE,
 )
 from leadline_quota.clock import MovableClock
+from leadline_quota.config import Settings
+from leadline_quota.main import create_app
 from leadline_quota.models import reservation
+from leadline_quota.plans import set_plan
 
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
 
@@ -122,8 +127,6 @@ async def test_unknown_account_and_provider_get_the_custom_defaults(quota_servic
 
 async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
         quota_service: httpx.AsyncClient, nc: Client, db: Database, clock: MovableClock) -> None:
-    from leadline_quota.plans import set_plan
-
     company, user, other_user = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
     async def allowance(user_id: uuid.UUID, count: int) -> SyncAllowanceReply:
@@ -142,3 +145,15 @@ async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
     assert results[0].resets_at == midnight.replace(day=midnight.day + 1)
     clock.set(results[0].resets_at)  # type: ignore[arg-type]
     assert (await allowance(user, 150)).allowed == 100
+
+
+async def test_a_database_outage_is_answered_not_left_to_time_out(nats_url: str, nc: Client,
+                                                                  clock: MovableClock) -> None:
+    nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/quota"
+    settings = Settings(database_url=nowhere, nats_url=nats_url, identity_secret="x", environment="test",
+                        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}")
+    async with running_app(create_app(settings, clock)):
+        reply = await reserve(nc, QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}",
+                                                      recipients=1, size_bytes=1))
+    assert (reply.granted, reply.reservation_id) == (False, None)
+    assert reply.detail == "the quota service failed to answer; retry later"

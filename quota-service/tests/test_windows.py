@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from leadline_kit.db import Database
 from leadline_proto.events import parse_event
 from leadline_quota import reservations
+from leadline_quota.accounts import set_operator_overrides
 from leadline_quota.clock import MovableClock
 from leadline_quota.limits import ROLLING_WINDOWS
 from leadline_quota.models import outbox
@@ -188,8 +189,6 @@ async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Da
 
 async def test_operator_overrides_win_over_account_settings_over_preset(db: Database,
                                                                         clock: MovableClock) -> None:
-    from leadline_quota.accounts import set_operator_overrides
-
     company, key = uuid.uuid4(), smtp_key()
     gmail = ReserveAsk(company, key, "gmail", 1, 10, account_settings={"messages_per_day": 3})
     for _ in range(3):
