@@ -79,6 +79,21 @@ async def _supervised(coro: Coroutine[Any, Any, None], name: str) -> None:
         raise
 
 
+async def stop_tasks(tasks: Sequence[asyncio.Task[None]]) -> None:
+    """Cancel background tasks until they have really stopped.
+
+    Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that arrives just as the awaited
+    thing completes (nats-py's ``fetch`` and the outbox relay use it), so one ``cancel()`` is not
+    always enough: cancel again until each task is done.
+    """
+    for task in tasks:
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=1.0)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background task %s had failed: %r", task.get_name(), task.exception())
+
+
 class RequestContextMiddleware:
     """Request ids (``X-Request-ID``, made up when absent) and HTTP metrics, as plain ASGI."""
 
@@ -159,11 +174,7 @@ def create_service_app(
         finally:
             if on_stop:
                 await on_stop(runtime)
-            for task in runtime.tasks:
-                task.cancel()
-            for task in runtime.tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await stop_tasks(runtime.tasks)
             if runtime.nc is not None:
                 with contextlib.suppress(Exception):
                     await runtime.nc.close()  # not drain: pull subscriptions would hold it for 30 s

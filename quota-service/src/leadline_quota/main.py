@@ -41,20 +41,6 @@ async def prune_forever(runtime: Runtime, clock: Clock, interval: float) -> None
             log.exception("pruning reservations failed; retrying at the next interval")
 
 
-async def stop_background_tasks(runtime: Runtime) -> None:
-    """Cancel the runtime's tasks until they have really stopped.
-
-    Python 3.11's ``asyncio.wait_for`` loses a cancellation that arrives as the awaited
-    thing completes (the kit's outbox relay and nats-py's ``fetch`` use it), and the kit
-    cancels each task once and then waits for it forever; cancelling again until the task
-    is done makes shutdown finish.
-    """
-    for task in runtime.tasks:
-        while not task.done():
-            task.cancel()
-            await asyncio.wait([task], timeout=1.0)
-
-
 def create_app(settings: Settings | None = None, clock: Clock = system_clock) -> FastAPI:
     settings = settings or Settings()
 
@@ -67,7 +53,7 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
 
     app = create_service_app(name="quota", settings=settings, schema="quota", outbox=outbox, routers=[router],
-                             consumers=quota_consumers, on_start=on_start, on_stop=stop_background_tasks,
+                             consumers=quota_consumers, on_start=on_start,
                              title="Leadline quota service")
     app.state.runtime.extras["clock"] = clock
     return app
