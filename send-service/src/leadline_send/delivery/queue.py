@@ -38,9 +38,8 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import and_, func, select, update
-from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import DateTime, Text, and_, bindparam, func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
@@ -66,38 +65,82 @@ class Claimed:
     created_at: datetime
 
 
-async def claim(session: AsyncSession, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
+# The hot path is one statement per step, each committed on its own (autocommit): a claim, the
+# "data" record before DATA, and a settle without an event are single round trips.
+_CLAIM = """
+WITH due AS (
+    SELECT id FROM outgoing_message
+    WHERE state IN ('queued', 'deferred') AND next_attempt_at <= now() {account_filter}
+    ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE outgoing_message AS m
+    SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1, updated_at = now()
+    FROM due WHERE m.id = due.id
+    RETURNING m.id, m.company_id, m.user_id, m.category, m.account_key, m.provider, m.message_id,
+              m.envelope_from, m.recipients, m.draft, m.raw, m.size_bytes, m.attempts, m.created_at
+), attempt AS (
+    INSERT INTO send_attempt (message_id, number, account_key, phase)
+    SELECT id, attempts, account_key, 'connecting' FROM claimed
+)
+SELECT * FROM claimed
+"""
+_CLAIMED_COLUMNS = (m.c.id, m.c.company_id, m.c.user_id, m.c.category, m.c.account_key, m.c.provider,
+                    m.c.message_id, m.c.envelope_from, m.c.recipients, m.c.draft, m.c.raw, m.c.size_bytes,
+                    m.c.attempts, m.c.created_at)
+CLAIM_ANY = text(_CLAIM.format(account_filter="")).columns(*_CLAIMED_COLUMNS)
+CLAIM_FOR_ACCOUNT = text(_CLAIM.format(account_filter="AND account_key = :account_key")).columns(
+    *_CLAIMED_COLUMNS)
+
+RECORD_DATA = text("""
+WITH attempt AS (
+    UPDATE send_attempt SET phase = 'data'
+    WHERE message_id = :id AND number = :number AND phase = 'connecting'
+    RETURNING message_id
+)
+UPDATE outgoing_message SET reservation_id = :reservation_id
+WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = :worker
+RETURNING id
+""")
+
+SETTLE = text("""
+WITH attempt AS (
+    UPDATE send_attempt SET phase = 'done', outcome = :outcome, reply = :reply, finished_at = now()
+    WHERE message_id = :id AND number = :number
+)
+UPDATE outgoing_message
+SET state = :state, claimed_by = NULL, updated_at = now(), last_error = :error,
+    smtp_reply = coalesce(:reply, smtp_reply), next_attempt_at = coalesce(:next_attempt_at, next_attempt_at),
+    sent_at = CASE WHEN :state = 'sent' THEN now() ELSE sent_at END
+WHERE id = :id AND state = 'sending'
+""").bindparams(bindparam("next_attempt_at", type_=DateTime(timezone=True)), bindparam("reply", type_=Text),
+                bindparam("error", type_=Text))
+
+Executor = AsyncSession | AsyncConnection
+
+
+async def claim(db: Executor, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
     """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is reused."""
     rows: list[Any] = []
-    for only_account in ([account_key, None] if account_key else [None]):
-        due = (select(m.c.id).where(m.c.state.in_(("queued", "deferred")), m.c.next_attempt_at <= func.now())
-               .order_by(m.c.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
-        if only_account:
-            due = due.where(m.c.account_key == only_account)
-        rows = list((await session.execute(
-            update(m).where(m.c.id.in_(due.scalar_subquery()))
-            .values(state="sending", claimed_by=worker_key, attempts=m.c.attempts + 1, updated_at=func.now())
-            .returning(m.c.id, m.c.company_id, m.c.user_id, m.c.category, m.c.account_key, m.c.provider,
-                       m.c.message_id, m.c.envelope_from, m.c.recipients, m.c.draft, m.c.raw, m.c.size_bytes,
-                       m.c.attempts, m.c.created_at)
-        )).all())
-        if rows:
-            break
+    if account_key:
+        rows = list((await db.execute(CLAIM_FOR_ACCOUNT, {"limit": limit, "worker": worker_key,
+                                                          "account_key": account_key})).all())
     if not rows:
-        return []
-    await session.execute(insert(a), [{"message_id": r.id, "number": r.attempts, "account_key": r.account_key,
-                                       "phase": "connecting"} for r in rows])
+        rows = list((await db.execute(CLAIM_ANY, {"limit": limit, "worker": worker_key})).all())
     return [Claimed(id=r.id, company_id=r.company_id, user_id=r.user_id, category=r.category,
                     account_key=r.account_key, provider=r.provider, message_id=r.message_id,
                     envelope_from=r.envelope_from, recipients=list(r.recipients), draft=dict(r.draft), raw=r.raw,
                     size_bytes=r.size_bytes, attempt=r.attempts, created_at=r.created_at) for r in rows]
 
 
-async def record_data_started(session: AsyncSession, message: Claimed, reservation_id: uuid.UUID | None) -> None:
-    """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry."""
-    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
-                          .values(phase="data"))
-    await session.execute(update(m).where(m.c.id == message.id).values(reservation_id=reservation_id))
+async def record_data_started(db: Executor, message: Claimed, worker_key: int,
+                              reservation_id: uuid.UUID | None) -> bool:
+    """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry.
+
+    False if the message is no longer this worker's to send (then DATA must not be sent).
+    """
+    done = await db.execute(RECORD_DATA, {"id": message.id, "number": message.attempt, "worker": worker_key,
+                                          "reservation_id": reservation_id})
+    return done.first() is not None
 
 
 async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
@@ -124,19 +167,11 @@ async def switch_account(session: AsyncSession, message: Claimed, account_key: s
                           .values(account_key=account_key))
 
 
-async def settle(session: AsyncSession, message: Claimed, *, state: str, outcome: str, reply: str | None,
+async def settle(db: Executor, message: Claimed, *, state: str, outcome: str, reply: str | None,
                  next_attempt_at: datetime | None = None, error: str | None = None) -> None:
     """End the current attempt and move the message to ``state``."""
-    values: dict[str, Any] = {"state": state, "claimed_by": None, "updated_at": func.now(), "last_error": error}
-    if reply is not None:
-        values["smtp_reply"] = reply
-    if state == "sent":
-        values["sent_at"] = func.now()
-    if next_attempt_at is not None:
-        values["next_attempt_at"] = next_attempt_at
-    await session.execute(update(m).where(m.c.id == message.id, m.c.state == "sending").values(**values))
-    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
-                          .values(phase="done", outcome=outcome, reply=reply, finished_at=func.now()))
+    await db.execute(SETTLE, {"id": message.id, "number": message.attempt, "state": state, "outcome": outcome,
+                              "reply": reply, "next_attempt_at": next_attempt_at, "error": error})
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ check.  A pinned certificate (self-signed) is compared before AUTH.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Sequence
@@ -52,6 +53,13 @@ class SmtpPolicy:
     local_hostname: str = "leadline.localhost"
 
 
+@functools.lru_cache(maxsize=256)
+def tls_context(pinned_sha256: str | None, cafile: str | None) -> ssl.SSLContext:
+    """Contexts are shared by every connection with the same pin and CA file: loading the system CA
+    store for each new session costs tens of milliseconds."""
+    return client_tls_context(pinned_sha256=pinned_sha256, cafile=cafile)
+
+
 async def open_socket(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> tuple[socket.socket, str]:
     """A TCP connection to the vetted address of the endpoint's host; returns it with the host name."""
     vetted = await vet_host(endpoint.host, policy.allow_networks)
@@ -72,7 +80,7 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
     if endpoint.tls == "plain" and not policy.allow_plaintext:
         raise MailConnectionError("tls", "This server would be used without TLS, which is not allowed here. "
                                          "Turn on SSL/TLS or use the STARTTLS port (usually 587).")
-    context = client_tls_context(pinned_sha256=endpoint.pinned_sha256, cafile=policy.cafile)
+    context = None if endpoint.tls == "plain" else tls_context(endpoint.pinned_sha256, policy.cafile)
     sock, hostname = await open_socket(endpoint, policy)
     smtp = aiosmtplib.SMTP(hostname=hostname, sock=sock, use_tls=endpoint.tls == "implicit", start_tls=False,
                            tls_context=context, timeout=endpoint.timeout, local_hostname=policy.local_hostname)

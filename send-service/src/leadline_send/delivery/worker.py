@@ -22,6 +22,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,7 @@ import aiosmtplib
 import asyncpg
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline_kit.db import Database, asyncpg_dsn
 from leadline_kit.outbox import enqueue
@@ -168,8 +170,8 @@ class Delivery:
         try:
             while not self.stopping.is_set():
                 try:
-                    async with self.db.session() as db_session:
-                        batch = await queue.claim(db_session, self.instance_key, self.batch_size,
+                    async with self._autocommit() as connection:
+                        batch = await queue.claim(connection, self.instance_key, self.batch_size,
                                                   session.account_key if session else None)
                 except (OSError, SQLAlchemyError):
                     log.exception("worker %d: claiming failed; retrying", number)
@@ -251,6 +253,12 @@ class Delivery:
                                             message.user_id, message.account_key)
         self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
         return account
+
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose every statement commits on its own (one round trip, no BEGIN/COMMIT)."""
+        async with self.db.engine.connect() as connection:
+            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     def notify(self, messages: int = 1) -> None:
         """New work is queued: wake up to ``messages`` idle workers."""
@@ -396,8 +404,10 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
-        async with self.db.session() as db_session:
-            await queue.record_data_started(db_session, message, reservation)
+        async with self._autocommit() as connection:
+            ours = await queue.record_data_started(connection, message, self.instance_key, reservation)
+        if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
+            raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:
             response = await smtp.data(message.raw, timeout=self.settings.data_timeout_seconds)
         except aiosmtplib.SMTPResponseException as exc:
@@ -426,11 +436,15 @@ class Delivery:
         if state == "deferred":
             RETRIES.labels(outcome.outcome).inc()
         OUTCOMES.labels(outcome.outcome).inc()
-        async with self.db.session() as db_session:
-            await queue.settle(db_session, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
-                               next_attempt_at=outcome.retry_at, error=outcome.error)
-            if state == "sent" and account is not None:
+        if state == "sent" and account is not None:
+            async with self.db.session() as db_session:  # the state and its mail.sent event commit together
+                await queue.settle(db_session, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
+                                   error=outcome.error)
                 await enqueue(db_session, outbox, self._sent_event(message, account))
+        else:
+            async with self._autocommit() as connection:
+                await queue.settle(connection, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
+                                   next_attempt_at=outcome.retry_at, error=outcome.error)
         if state == "sent":
             DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
 
