@@ -9,3 +9,5 @@ class Settings(KitSettings):
     # one durable consumer per deployment: replicas share it and split the work
     consumer_durable: str = "lead-service"
     consumer_batch_size: int = 500
+    # how long an event fetched by a replica that died stays unseen before it is delivered again
+    consumer_ack_wait: float = 60.0

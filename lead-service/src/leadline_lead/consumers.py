@@ -167,4 +167,4 @@ def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
 
     return [LeadEventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
                               durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
-                              batch_size=settings.consumer_batch_size)]
+                              batch_size=settings.consumer_batch_size, ack_wait=settings.consumer_ack_wait)]
