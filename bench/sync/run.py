@@ -266,6 +266,7 @@ async def run(messages: int, idle_samples: int) -> None:
             await wait_count(sync_url, "SELECT count(*) FROM sync.lead_address", len(lead_addresses))
             api = as_caller(sync_client, user, SECRET)
             started = time.perf_counter()
+            cpu_started = time.process_time()
             response = await api.put("/v1/mail-sync", json=connect_body(dovecot, smtp.port))
             response.raise_for_status()
             synced_at = await wait_count(sync_url, "SELECT count(*) FROM sync.synced_message", messages)
@@ -275,9 +276,10 @@ async def run(messages: int, idle_samples: int) -> None:
             timelines_at = await wait_count(lead_url, "SELECT count(*) FROM lead.timeline_event", messages)
             ours_events = events_at - started
             ours_timelines = timelines_at - started
+            cpu = time.process_time() - cpu_started
             print(f"historical sync: {messages} messages into mail.synced events in {ours_events:.2f} s "
                   f"({messages / ours_events:.0f}/s), into timelines in {ours_timelines:.2f} s "
-                  f"({messages / ours_timelines:.0f}/s)")
+                  f"({messages / ours_timelines:.0f}/s); this process (sync + lead + quota services) used {cpu:.1f} s of CPU")
 
             # -- 4. IDLE latency (this mailbox is now in live sync) ---------------------------------
             client = await connect_imap(imap_settings(dovecot, cafile))

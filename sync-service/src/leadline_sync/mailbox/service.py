@@ -127,7 +127,8 @@ async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer
         # no answer (or one we cannot use): stay unclaimed, the scheduler asks again
         message = ("The company mailbox limit could not be checked right now" +
                    (f": {answer.detail}" if answer.detail else "") + ".")
-        await record_error(session, row, "mailbox_limit_unavailable", message, now)
+        if row.status_reason != message:  # once per outage, not once per retry
+            await record_error(session, row, "mailbox_limit_unavailable", message, now)
         await set_status(session, row, "error", message, now)
 
 

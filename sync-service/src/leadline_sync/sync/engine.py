@@ -114,6 +114,13 @@ class Selected:
     event: EventBase
 
 
+@dataclass(frozen=True)
+class PreparedBatch:
+    uids: list[int]
+    selected: list[Selected]
+    defects: list[tuple[int, list[str]]]
+
+
 def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
@@ -311,9 +318,7 @@ class MailboxSync:
         cursor = await self._check_cursor(role, name, status)
         if status.uidnext - 1 > cursor.last_uid:
             uids = await client.uids_from(cursor.last_uid + 1)
-            for start in range(0, len(uids), self.settings.sync_batch_size):
-                async with self.busy:
-                    await self._sync_batch(client, cursor, uids[start:start + self.settings.sync_batch_size])
+            await self._scan(client, cursor, uids)
         if status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
             cursor.highestmodseq, cursor.uidnext = status.highestmodseq, status.uidnext
             async with self.context.db.session() as session:
@@ -340,7 +345,28 @@ class MailboxSync:
         self.cursors[role] = cursor
         return cursor
 
-    async def _sync_batch(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> None:
+    async def _scan(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> None:
+        """Prepare batch n+1 (IMAP, parsing) while batch n is being stored (database), in UID order."""
+        size = self.settings.sync_batch_size
+        storing: asyncio.Task[None] | None = None
+        try:
+            for start in range(0, len(uids), size):
+                async with self.busy:
+                    batch = await self._prepare(client, cursor, uids[start:start + size])
+                if storing is not None:
+                    await storing
+                storing = asyncio.create_task(self._store(cursor, batch))
+            if storing is not None:
+                await storing
+        except BaseException as exc:
+            if storing is not None and not storing.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    storing.cancel()
+                # a batch being stored finishes (or rolls back) before the error goes up
+                await asyncio.gather(storing, return_exceptions=True)
+            raise
+
+    async def _prepare(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> PreparedBatch:
         row = self.row
         assert row is not None
         headers = await client.fetch_headers(uids)
@@ -375,6 +401,10 @@ class MailboxSync:
                                       directory, defects)
                 if picked is not None:
                     selected.append(picked)
+        return PreparedBatch(list(uids), selected, defects)
+
+    async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
+        uids, selected, defects = batch.uids, batch.selected, batch.defects
         mail = [s for s in selected if s.kind == "mail"]
         if mail:
             allowed, resets_at = await self._allowance(len(mail))

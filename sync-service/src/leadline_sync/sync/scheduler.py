@@ -5,10 +5,12 @@ Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
 1. renews the leases of the mailboxes it syncs (``lease_owner`` = this
    replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) and stops the
    workers whose lease it no longer holds;
-2. repeats unanswered mailbox-limit claims and releases (R9);
-3. claims due mailboxes that nobody holds, or whose holder's lease expired
+2. claims due mailboxes that nobody holds, or whose holder's lease expired
    (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
    never claim the same row, up to ``sync_max_mailboxes``.
+
+A separate loop repeats unanswered mailbox-limit claims and releases (R9),
+so that a slow quota service never delays lease renewals.
 
 A worker re-checks the lease in every transaction it commits (see
 :meth:`MailboxSync._fence`), so a replica that lost its lease cannot write;
@@ -58,6 +60,7 @@ class SyncScheduler:
         return timedelta(seconds=self.settings.sync_lease_seconds)
 
     async def run(self) -> None:
+        slots = asyncio.create_task(self._reconcile_slots_forever(), name="sync-slot-reconciler")
         try:
             while True:
                 try:
@@ -73,6 +76,8 @@ class SyncScheduler:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
         finally:
+            slots.cancel()
+            await asyncio.gather(slots, return_exceptions=True)
             await self._stop_workers()
             with contextlib.suppress(Exception):
                 await self.release_all()
@@ -80,10 +85,18 @@ class SyncScheduler:
     async def tick(self) -> None:
         await self._reap()
         await self._renew()
-        if self.context.nats is not None:
-            await reconcile_slots(self.context)
         await self._claim()
         HELD.labels(self.replica).set(len(self.workers))
+
+    async def _reconcile_slots_forever(self) -> None:
+        while True:
+            await asyncio.sleep(max(self.settings.sync_schedule_interval, self.settings.sync_rpc_timeout))
+            try:
+                await reconcile_slots(self.context)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("mailbox-limit reconciliation failed; retrying")
 
     async def _reap(self) -> None:
         """Forget finished workers; give back a lease a worker left behind (it crashed)."""
