@@ -20,11 +20,11 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_send.credentials import CredentialKeys
+from leadline_send.database import Executor
 from leadline_send.delivery.smtp import SmtpEndpoint
 from leadline_send.messages.composition import Sender
 from leadline_send.models import smtp_account
@@ -129,7 +129,7 @@ class Route:
     reason: str = ""
 
 
-async def company_accounts(session: AsyncSession, keys: CredentialKeys, company_id: uuid.UUID,
+async def company_accounts(session: Executor, keys: CredentialKeys, company_id: uuid.UUID,
                            account_type: str) -> list[SendingAccount]:
     rows = (await session.execute(
         select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type,
@@ -139,7 +139,7 @@ async def company_accounts(session: AsyncSession, keys: CredentialKeys, company_
     return [company_account(r, keys) for r in rows]
 
 
-async def route_for(session: AsyncSession, keys: CredentialKeys, directory: MailboxDirectory,
+async def route_for(session: Executor, keys: CredentialKeys, directory: MailboxDirectory,
                     company_id: uuid.UUID, user_id: uuid.UUID, category: str) -> Route:
     mailbox = await directory.lookup(company_id, user_id)
     if mailbox.found and (category == "personal" or mailbox.smtp_use == "all"):
@@ -154,7 +154,7 @@ async def route_for(session: AsyncSession, keys: CredentialKeys, directory: Mail
     return Route(accounts)
 
 
-async def account_for_key(session: AsyncSession, keys: CredentialKeys, directory: MailboxDirectory,
+async def account_for_key(session: Executor, keys: CredentialKeys, directory: MailboxDirectory,
                           company_id: uuid.UUID, user_id: uuid.UUID, key: str) -> SendingAccount | None:
     """The account a queued message names, as it is now (None if it is gone or no longer usable)."""
     kind, _, ident = key.partition(":")
@@ -178,7 +178,7 @@ class Routes:
         self.keep_seconds = keep_seconds
         self._kept: dict[tuple[uuid.UUID, uuid.UUID, str], tuple[float, Route]] = {}
 
-    async def route(self, session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+    async def route(self, session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,
                     category: str) -> Route:
         key = (company_id, user_id, category)
         kept = self._kept.get(key)

@@ -39,8 +39,9 @@ from typing import Any
 
 import asyncpg
 from sqlalchemy import DateTime, Text, and_, bindparam, func, select, text, update
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_send.database import Executor
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
 
@@ -114,9 +115,6 @@ SET state = :state, claimed_by = NULL, updated_at = now(), last_error = :error,
 WHERE id = :id AND state = 'sending'
 """).bindparams(bindparam("next_attempt_at", type_=DateTime(timezone=True)), bindparam("reply", type_=Text),
                 bindparam("error", type_=Text))
-
-Executor = AsyncSession | AsyncConnection
-
 
 async def claim(db: Executor, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
     """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is reused."""

@@ -22,7 +22,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +29,6 @@ import aiosmtplib
 import asyncpg
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from leadline_kit.db import Database, asyncpg_dsn
 from leadline_kit.outbox import enqueue
@@ -40,6 +38,7 @@ from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
 from leadline_proto.requests import QuotaReserveReply
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
+from leadline_send.database import autocommit
 from leadline_send.delivery import queue
 from leadline_send.delivery.accounts import (
     MailboxDirectory,
@@ -170,7 +169,7 @@ class Delivery:
         try:
             while not self.stopping.is_set():
                 try:
-                    async with self._autocommit() as connection:
+                    async with autocommit(self.db) as connection:
                         batch = await queue.claim(connection, self.instance_key, self.batch_size,
                                                   session.account_key if session else None)
                 except (OSError, SQLAlchemyError):
@@ -253,12 +252,6 @@ class Delivery:
                                             message.user_id, message.account_key)
         self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
         return account
-
-    @contextlib.asynccontextmanager
-    async def _autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """A connection whose every statement commits on its own (one round trip, no BEGIN/COMMIT)."""
-        async with self.db.engine.connect() as connection:
-            yield await connection.execution_options(isolation_level="AUTOCOMMIT")
 
     def notify(self, messages: int = 1) -> None:
         """New work is queued: wake up to ``messages`` idle workers."""
@@ -404,7 +397,7 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
-        async with self._autocommit() as connection:
+        async with autocommit(self.db) as connection:
             ours = await queue.record_data_started(connection, message, self.instance_key, reservation)
         if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
@@ -442,7 +435,7 @@ class Delivery:
                                    error=outcome.error)
                 await enqueue(db_session, outbox, self._sent_event(message, account))
         else:
-            async with self._autocommit() as connection:
+            async with autocommit(self.db) as connection:
                 await queue.settle(connection, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
                                    next_attempt_at=outcome.retry_at, error=outcome.error)
         if state == "sent":

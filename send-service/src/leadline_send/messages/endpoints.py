@@ -22,6 +22,7 @@ from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_cursor, encode_cursor
 from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
 from leadline_send.context import Context, Session
+from leadline_send.database import autocommit
 from leadline_send.messages import repository, service
 from leadline_send.messages.schemas import MessageIn, MessageOut, State
 from leadline_send.messages.unsubscribe_token import read_token
@@ -35,9 +36,10 @@ async def send_message(body: MessageIn, caller: Caller, context: Context, reques
                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
                        ) -> MessageOut:
     key = service.check_idempotency_key(idempotency_key)
-    # Our own unit of work (not the Session dependency) so the workers are woken after the commit.
-    async with request.app.state.runtime.db.session() as session:
-        message = await service.create_message(session, context, caller, body, key)
+    # One statement writes (the insert, idempotent by its unique key): autocommit, and the workers are
+    # woken once it is committed.
+    async with autocommit(request.app.state.runtime.db) as connection:
+        message = await service.create_message(connection, context, caller, body, key)
     context.delivery.notify()
     return message
 

@@ -8,31 +8,31 @@ from typing import Any
 
 from sqlalchemy import Row, and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_send.database import Executor
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 
 
-async def by_id(session: AsyncSession, company_id: uuid.UUID, message_id: uuid.UUID) -> Row[Any] | None:
+async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID) -> Row[Any] | None:
     return (await session.execute(select(outgoing_message).where(
         outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id))).first()
 
 
-async def by_idempotency_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,
                              key: str) -> Row[Any] | None:
     return (await session.execute(select(outgoing_message).where(
         outgoing_message.c.company_id == company_id, outgoing_message.c.user_id == user_id,
         outgoing_message.c.idempotency_key == key))).first()
 
 
-async def insert_message(session: AsyncSession, values: dict[str, Any]) -> Row[Any] | None:
+async def insert_message(session: Executor, values: dict[str, Any]) -> Row[Any] | None:
     """The new row; None when a message with the same idempotency key exists (a racing request won)."""
     inserted = await session.execute(insert(outgoing_message).values(**values).on_conflict_do_nothing()
                                      .returning(*outgoing_message.c))
     return inserted.first()
 
 
-async def page(session: AsyncSession, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
+async def page(session: Executor, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
                after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row[Any]]:
     query = select(outgoing_message).where(outgoing_message.c.company_id == company_id)
     if state:
@@ -47,7 +47,7 @@ async def page(session: AsyncSession, company_id: uuid.UUID, *, state: str | Non
     return list((await session.execute(query)).all())
 
 
-async def requeue(session: AsyncSession, company_id: uuid.UUID, message_id: uuid.UUID,
+async def requeue(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
                   from_states: tuple[str, ...]) -> bool:
     done = await session.execute(update(outgoing_message).where(
         outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id,
@@ -57,7 +57,7 @@ async def requeue(session: AsyncSession, company_id: uuid.UUID, message_id: uuid
     return done.first() is not None
 
 
-async def lead_recipients(session: AsyncSession, company_id: uuid.UUID,
+async def lead_recipients(session: Executor, company_id: uuid.UUID,
                           lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
     """Each lead's first address and name."""
     rows = (await session.execute(select(lead_address.c.lead_id, lead_address.c.address, lead_address.c.name)
@@ -70,17 +70,17 @@ async def lead_recipients(session: AsyncSession, company_id: uuid.UUID,
     return found
 
 
-async def lead_for_address(session: AsyncSession, company_id: uuid.UUID, address: str) -> uuid.UUID | None:
+async def lead_for_address(session: Executor, company_id: uuid.UUID, address: str) -> uuid.UUID | None:
     return await session.scalar(select(lead_address.c.lead_id).where(
         lead_address.c.company_id == company_id, lead_address.c.address == address).limit(1))
 
 
-async def unsubscribed(session: AsyncSession, company_id: uuid.UUID, addresses: list[str]) -> list[str]:
+async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list[str]) -> list[str]:
     return list((await session.execute(select(unsubscribe.c.address).where(
         unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)))).scalars())
 
 
-async def add_unsubscribe(session: AsyncSession, company_id: uuid.UUID, address: str,
+async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str,
                           lead_id: uuid.UUID | None) -> bool:
     """True the first time only, so the event goes out once."""
     done = await session.execute(insert(unsubscribe).values(company_id=company_id, address=address, lead_id=lead_id)

@@ -9,11 +9,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from leadline_kit.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_send.context import SendContext
+from leadline_send.database import Executor
 from leadline_send.delivery.accounts import MailboxUnavailable, SendingAccount
 from leadline_send.delivery.quota import QuotaUnavailable
 from leadline_send.messages import repository
@@ -50,7 +49,7 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-async def _draft(session: AsyncSession, caller: Identity, body: MessageIn) -> Draft:
+async def _draft(session: Executor, caller: Identity, body: MessageIn) -> Draft:
     check_header_value("subject", body.subject)
     for part in (body.text, body.html):
         if part is not None and "\x00" in part:
@@ -114,7 +113,7 @@ async def _check_quota(context: SendContext, caller: Identity, accounts: list[Se
                           retry_at=soonest.retry_at)
 
 
-async def create_message(session: AsyncSession, context: SendContext, caller: Identity, body: MessageIn,
+async def create_message(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
                          idempotency_key: str | None) -> MessageOut:
     if idempotency_key:
         existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
@@ -174,7 +173,7 @@ async def create_message(session: AsyncSession, context: SendContext, caller: Id
     return to_out(row)
 
 
-async def resend(session: AsyncSession, caller: Identity, message_id: uuid.UUID) -> MessageOut:
+async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> MessageOut:
     """Send again on purpose, with the same Message-ID (see the module docstring of endpoints)."""
     row = await repository.by_id(session, caller.company_id, message_id)
     if row is None:
