@@ -60,6 +60,9 @@ lead = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_lead_company_created", "company_id", text("created_at DESC"), text("id DESC")),
+    # search by part of the name (pg_trgm, created by the migration)
+    Index("ix_lead_name_trgm", text("lower(name) public.gin_trgm_ops"), postgresql_using="gin"),
+    Index("ix_lead_account_name_trgm", text("lower(account_name) public.gin_trgm_ops"), postgresql_using="gin"),
 )
 
 lead_address = Table(
@@ -75,6 +78,8 @@ lead_address = Table(
     PrimaryKeyConstraint("company_id", "address", name="pk_lead_address"),
     Index("ix_lead_address_lead_id", "lead_id"),
     Index("ix_lead_address_company_domain", "company_id", "domain"),
+    # search by address prefix whatever the database's collation
+    Index("ix_lead_address_company_address_prefix", "company_id", text("address text_pattern_ops")),
 )
 
 blocklist_entry = Table(

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, exists, func, or_, select, update
+from sqlalchemy import Row, and_, delete, func, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -76,18 +76,19 @@ def _like_escape(text: str) -> str:
 
 async def list_leads(session: AsyncSession, company_id: uuid.UUID, *, query: str | None,
                      after: tuple[datetime, uuid.UUID] | None, limit: int) -> Sequence[Row[Any]]:
-    """Newest first; ``query`` matches an address by prefix or the name / account name by substring."""
+    """Newest first; ``query`` matches an address by prefix, or (without an ``@``) part of the name or
+    account name.  Each way has its index (address prefix, trigrams); their hits are united."""
     stmt = select(*lead.c).where(lead.c.company_id == company_id)
     if query:
         pattern = _like_escape(query.lower())
-        by_address = exists().where(
-            lead_address.c.company_id == company_id,
-            lead_address.c.lead_id == lead.c.id,
-            lead_address.c.address.like(pattern + "%", escape="\\"),
-        )
-        stmt = stmt.where(or_(by_address,
-                              func.lower(lead.c.name).like("%" + pattern + "%", escape="\\"),
-                              func.lower(lead.c.account_name).like("%" + pattern + "%", escape="\\")))
+        hits = select(lead_address.c.lead_id).where(
+            lead_address.c.company_id == company_id, lead_address.c.address.like(pattern + "%", escape="\\"))
+        if "@" not in query:
+            by_name = [select(lead.c.id).where(lead.c.company_id == company_id,
+                                               func.lower(column).like("%" + pattern + "%", escape="\\"))
+                       for column in (lead.c.name, lead.c.account_name)]
+            hits = union(hits, *by_name)  # type: ignore[assignment]
+        stmt = stmt.where(lead.c.id.in_(hits))
     if after is not None:
         created_at, lead_id = after
         stmt = stmt.where(or_(lead.c.created_at < created_at,
