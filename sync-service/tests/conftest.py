@@ -231,6 +231,14 @@ class SyncWorld:
         finally:
             await database.dispose()
 
+    async def sql_write(self, statement: str, params: dict[str, Any] | None = None) -> None:
+        database = Database(self.database_url, "sync", pool_size=1)
+        try:
+            async with database.session() as session:
+                await session.execute(text(statement), params or {})
+        finally:
+            await database.dispose()
+
     async def wait_for_sql(self, statement: str, params: dict[str, Any] | None = None, *,
                            check: Callable[[Any], bool] = bool, timeout: float = 20.0) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout

@@ -173,3 +173,26 @@ async def test_domain_check_endpoint_uses_the_synced_address(world) -> None:  # 
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         check = (await api.get("/v1/mail-sync/domain-check")).json()
     assert check["domain"] == "acme.example" and check["dmarc"]["published"] and not check["dkim"]["published"]
+
+
+async def test_error_log_pages_newest_first_and_is_the_callers_own(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    async with running_app(world.app()) as service:
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        mailbox_id = (await api.get("/v1/mail-sync")).json()["id"]
+        await world.sql_write(
+            "INSERT INTO sync.mailbox_error (id, company_id, mailbox_id, occurred_at, kind, message, fix) "
+            "SELECT gen_random_uuid(), :company, :mailbox, now() - make_interval(mins => n), 'timeout', "
+            "'attempt ' || n, 'wait' FROM generate_series(1, 7) AS n",
+            {"company": world.company_id, "mailbox": uuid.UUID(mailbox_id)})
+        first = (await api.get("/v1/mail-sync/errors", params={"limit": 5})).json()
+        second = (await api.get("/v1/mail-sync/errors", params={"limit": 5, "cursor": first["next_cursor"]})).json()
+        messages = [e["message"] for e in first["items"] + second["items"]]
+        assert messages == [f"attempt {n}" for n in range(1, 8)]
+        assert second["next_cursor"] is None
+        assert (await api.get("/v1/mail-sync/errors", params={"cursor": "bm9wZQ"})).status_code == 400
+        stranger = world.caller(service, make_identity("salesperson", company_id=uuid.uuid4(),
+                                                       user_id=me.user.user_id))
+        assert (await stranger.get("/v1/mail-sync/errors")).json()["items"] == []
+        assert (await stranger.get("/v1/mail-sync")).status_code == 404

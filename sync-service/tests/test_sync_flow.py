@@ -12,7 +12,8 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
     me = world.account()
     lead, later_lead = "jane@customer.example", "bob@prospect.example"
     colleague, stranger, blocked = "ann@acme.example", "someone@else.example", "spam@blocked.example"
-    async with running_app(world.app()) as service:
+    # polling only every minute: mail that arrives within seconds came through IDLE
+    async with running_app(world.app(sync_poll_seconds=60)) as service:
         await world.set_company(["acme.example"])
         await world.publish_blocklist("domain", "blocked.example")
         await world.add_lead(lead, "Jane.Alias@Customer.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -56,7 +57,7 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
         await asyncio.sleep(0.3)
         await world.append(me, "INBOX", world.message(sender=later_lead, to=[me.address], subject="bob writes now"),
                            world.message(sender=stranger, to=[me.address], subject="private again"))
-        events = await world.synced(at_least=4)
+        events = await world.synced(at_least=4, timeout=15)
         subjects = sorted(e.payload.subject for e in events)
         assert subjects == ["bob writes now", "from the alias", "my answer", "old question"]
         rows = await world.sql("SELECT count(*) FROM sync.synced_message")

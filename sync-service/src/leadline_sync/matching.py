@@ -63,7 +63,8 @@ class CompanyDirectory:
         created = self.lead_since.get(address)
         if created is None or self.is_blocked(address):
             return False
-        return created <= connected_at or sent_at >= created
+        # Date headers carry whole seconds: mail from the second the lead was created counts
+        return created <= connected_at or sent_at >= created.replace(microsecond=0)
 
 
 async def load_directory(session: AsyncSession, company_id: uuid.UUID, addresses: Collection[str]) -> CompanyDirectory:

@@ -177,7 +177,8 @@ class MailboxSync:
                     await self._sync_folder(client, role, name)
                 await self._note_history_done()
                 if "IDLE" in client.capabilities:
-                    await client.idle(self.settings.sync_poll_seconds)
+                    woke = await client.idle(self.settings.sync_poll_seconds)
+                    log.debug("mailbox %s: IDLE ended (new mail: %s)", self.mailbox_id, woke)
                 else:
                     await asyncio.sleep(self.settings.sync_poll_seconds)
         except LeaseLost:
