@@ -29,7 +29,8 @@ from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
 from leadline_kit.outbox import outbox_table
 
-metadata = service_metadata("send")
+SCHEMA = "send"
+metadata = service_metadata(SCHEMA)
 outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
 

@@ -38,10 +38,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import DateTime, Text, and_, bindparam, func, select, text, update
+from sqlalchemy import DateTime, LargeBinary, Text, and_, bindparam, func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit.outbox import notify_channel
+from leadline_proto.events import EventBase
 from leadline_send.database import Executor
+from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
 
@@ -163,6 +166,35 @@ async def switch_account(session: AsyncSession, message: Claimed, account_key: s
         from_address=from_address))
     await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
                           .values(account_key=account_key))
+
+
+# Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
+# table and relay, woken by the same notification as leadline_kit.outbox.enqueue) in one statement.
+SETTLE_SENT = text("""
+WITH attempt AS (
+    UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = :reply, finished_at = now()
+    WHERE message_id = :id AND number = :number
+), message AS (
+    UPDATE outgoing_message
+    SET state = 'sent', claimed_by = NULL, updated_at = now(), last_error = :error, smtp_reply = :reply,
+        sent_at = now()
+    WHERE id = :id AND state = 'sending'
+    RETURNING id
+), event AS (
+    INSERT INTO outbox (event_id, subject, body) SELECT :event_id, :subject, :body FROM message
+    RETURNING event_id
+)
+SELECT pg_notify(:channel, '') FROM event
+""").bindparams(bindparam("reply", type_=Text), bindparam("error", type_=Text),
+                bindparam("body", type_=LargeBinary))
+
+
+async def settle_sent(db: Executor, message: Claimed, event: EventBase, *, reply: str | None,
+                      error: str | None) -> None:
+    """The server accepted the message: ``sent``, with its event, atomically."""
+    await db.execute(SETTLE_SENT, {"id": message.id, "number": message.attempt, "reply": reply, "error": error,
+                                   "event_id": event.event_id, "subject": event.subject,
+                                   "body": event.model_dump_json().encode(), "channel": notify_channel(SCHEMA)})
 
 
 async def settle(db: Executor, message: Claimed, *, state: str, outcome: str, reply: str | None,

@@ -31,7 +31,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from leadline_kit.db import Database, asyncpg_dsn
-from leadline_kit.outbox import enqueue
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
@@ -51,7 +50,7 @@ from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
 from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
 from leadline_send.messages.composition import Draft, build_message
 from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
-from leadline_send.models import OPEN_STATES, outbox, outgoing_message, unsubscribe
+from leadline_send.models import OPEN_STATES, outgoing_message, unsubscribe
 
 log = logging.getLogger("leadline.send.delivery")
 
@@ -430,10 +429,9 @@ class Delivery:
             RETRIES.labels(outcome.outcome).inc()
         OUTCOMES.labels(outcome.outcome).inc()
         if state == "sent" and account is not None:
-            async with self.db.session() as db_session:  # the state and its mail.sent event commit together
-                await queue.settle(db_session, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
-                                   error=outcome.error)
-                await enqueue(db_session, outbox, self._sent_event(message, account))
+            async with autocommit(self.db) as connection:
+                await queue.settle_sent(connection, message, self._sent_event(message, account),
+                                        reply=outcome.reply, error=outcome.error)
         else:
             async with autocommit(self.db) as connection:
                 await queue.settle(connection, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
