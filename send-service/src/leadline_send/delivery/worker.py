@@ -59,7 +59,7 @@ SESSION_IDLE_SECONDS = 30.0
 
 
 @dataclass
-class Session:
+class SmtpSession:
     """One open SMTP session of a worker."""
 
     account_key: str
@@ -162,7 +162,7 @@ class Delivery:
     # --- workers ------------------------------------------------------------------
 
     async def run_worker(self, number: int) -> None:
-        session: Session | None = None
+        session: SmtpSession | None = None
         self._busy.add(number)
         self._all_idle.clear()
         try:
@@ -233,7 +233,7 @@ class Delivery:
         return datetime.now(UTC) + timedelta(seconds=base * random.uniform(0.5, 1.5))  # noqa: S311
 
     @staticmethod
-    async def _drop(session: Session | None, polite: bool = True) -> None:
+    async def _drop(session: SmtpSession | None, polite: bool = True) -> None:
         if session is not None:
             if polite and session.smtp.is_connected:
                 with contextlib.suppress(Exception):
@@ -316,7 +316,7 @@ class Delivery:
         return queue.Claimed(**{**message.__dict__, "account_key": account.key, "raw": built.raw,
                                 "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
 
-    async def deliver(self, message: queue.Claimed, session: Session | None) -> Session | None:
+    async def deliver(self, message: queue.Claimed, session: SmtpSession | None) -> SmtpSession | None:
         if message.category == "marketing" and await self._unsubscribed(message):
             await self._finish(message, None, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
                                                       "from marketing mail after this message was queued"))
@@ -348,8 +348,8 @@ class Delivery:
                 unsubscribe.c.company_id == message.company_id, unsubscribe.c.address.in_(message.recipients)))
         return bool(found)
 
-    async def _transact(self, message: queue.Claimed, account: SendingAccount, session: Session | None,
-                        reservation: uuid.UUID | None) -> tuple[Outcome, Session | None]:
+    async def _transact(self, message: queue.Claimed, account: SendingAccount, session: SmtpSession | None,
+                        reservation: uuid.UUID | None) -> tuple[Outcome, SmtpSession | None]:
         """One SMTP transaction; before DATA everything is retryable, after it only a reply decides."""
         recipients = message.recipients
         try:
@@ -360,7 +360,7 @@ class Delivery:
                 await self._drop(session)
                 session = None
             if session is None:
-                session = Session(account.key, await open_session(account.endpoint, self.policy))
+                session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
             smtp = session.smtp
             await smtp.mail(message.envelope_from)
             accepted, refused = [], []
