@@ -3,7 +3,7 @@
 Why PostgreSQL and not a JetStream work queue: R21 needs the attempt recorded
 durably *before* DATA, and the message state, the attempt row, the
 ``mail.sent`` outbox event and the idempotency key must change together.  In
-PostgreSQL that is one transaction per step; with a JetStream queue the
+PostgreSQL each step is one atomic statement or transaction; with a JetStream queue the
 message would live in two places whose updates can disagree after a crash.
 ``SKIP LOCKED`` lets any number of workers and replicas claim disjoint rows.
 
@@ -12,7 +12,8 @@ State machine of ``outgoing_message.state``::
     queued ──claim──▶ sending ──250 after DATA──▶ sent ──mail.bounced──▶ bounced
       ▲                 │ │ │
       │                 │ │ └─ no reply after the final "." (drop, timeout, crash) ──▶ unknown
-      │                 │ └─── 5xx, or the last allowed attempt failed ──▶ failed
+      │                 │ └─── 5xx, the last allowed attempt failed, or the recipient
+      │                 │      unsubscribed from marketing mail meanwhile ──▶ failed
       │                 └───── 4xx / failure before DATA / quota refused ──▶ deferred
       └──── next_attempt_at reached (deferred rows are claimed like queued ones) ──┘
 
