@@ -22,8 +22,8 @@ from collections.abc import Sequence
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
-from sqlalchemy import ARRAY, Uuid, cast, func, literal, select
-from sqlalchemy.dialects.postgresql import array, insert
+from sqlalchemy import ARRAY, Uuid, func, literal, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -153,7 +153,7 @@ class LeadEventConsumer(EventConsumer):
 
     async def _apply_batch(self, session: AsyncSession, events: list[Event]) -> None:
         unique = list({event.event_id: event for event in events}.values())
-        ids = cast(array([event.event_id for event in unique]), ARRAY(Uuid))
+        ids = literal([event.event_id for event in unique], ARRAY(Uuid))
         claim = (insert(self.processed)
                  .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
                  .on_conflict_do_nothing().returning(self.processed.c.event_id))
@@ -164,7 +164,6 @@ class LeadEventConsumer(EventConsumer):
 def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
-
     return [LeadEventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
                               durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
                               batch_size=settings.consumer_batch_size, ack_wait=settings.consumer_ack_wait)]
