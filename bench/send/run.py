@@ -70,10 +70,10 @@ def smtp_sink(port: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def service(module: str, port: int, env: dict[str, str]) -> Iterator[None]:
+def service(module: str, port: int, env: dict[str, str], processes: int = 1) -> Iterator[None]:
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"{module}:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                               env={**os.environ, **env})
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+                                "--workers", str(processes)], env={**os.environ, **env})
     try:
         wait_for_port(port, timeout=60)
         for _ in range(400):
@@ -184,16 +184,19 @@ async def bench(args: argparse.Namespace) -> None:
                     built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
                     bytes_only = await raw_loop(sink_port, connections, args.messages, prebuilt=True)
                     port = free_port()
-                    env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
+                    processes = min(args.processes, connections)  # connections are split over the processes
+                    env = {**common, "DATABASE_URL": send_url,
+                           "LEADLINE_SMTP_CONNECTIONS": str(connections // processes),
                            "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
-                    with service("leadline_send.main", port, env):
+                    with service("leadline_send.main", port, env, processes):
                         identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
                         api = f"http://127.0.0.1:{port}"
-                        created = httpx.post(f"{api}/v1/smtp-accounts", headers=identity_headers(identity, SECRET),
-                                             json={"name": "sink", "type": "customer_service", "host": "127.0.0.1",
-                                                   "port": sink_port, "tls": "plain",
-                                                   "from_email": "cs@company.example.com", "active": True})
+                        async with httpx.AsyncClient(base_url=api) as client:
+                            created = await client.post("/v1/smtp-accounts", headers=identity_headers(
+                                identity, SECRET), json={"name": "sink", "type": "customer_service",
+                                                         "host": "127.0.0.1", "port": sink_port, "tls": "plain",
+                                                         "from_email": "cs@company.example.com", "active": True})
                         assert created.status_code == 201, created.text
                         conn = await asyncpg.connect(asyncpg_dsn(send_url))
                         await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
@@ -208,14 +211,16 @@ async def bench(args: argparse.Namespace) -> None:
             postgres.stop()
 
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
-          f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, {os.cpu_count()} cores")
+          f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, {args.processes} send process(es), "
+          f"{os.cpu_count()} cores")
     print(f"{'conns':>5} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} {'whole path/s':>13} "
           f"{'ratio vs send_message':>22} {'ratio vs bytes':>15}")
     for connections, built, bytes_only, rate in rows:
         print(f"{connections:>5} {built:>19,.0f} {bytes_only:>21,.0f} {rate:>13,.0f} {rate / built:>22.2f} "
               f"{rate / bytes_only:>15.2f}")
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
-          f"--connections {' '.join(map(str, args.connections))}{'' if args.fsync else ' --no-fsync'}")
+          f"--connections {' '.join(map(str, args.connections))} --processes {args.processes}"
+          f"{'' if args.fsync else ' --no-fsync'}")
 
 
 def main() -> None:
@@ -223,6 +228,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--processes", type=int, default=1,
+                        help="send-service processes (uvicorn workers); the connections are split between them")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
     asyncio.run(bench(parser.parse_args()))
