@@ -6,6 +6,7 @@ and runs :class:`MailboxSync` over one IMAP connection::
     connect ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
        ▲            ▲                                                   │
        │            └───────────── new mail, or the poll period ends ◄──┘
+       ├── an established session drops: reconnect quietly (a few times, with jitter)
        └── failure: log it, back off with jitter, give the lease back (R8: 48 h → connection_failed)
 
 Syncing one folder::
@@ -79,10 +80,21 @@ FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox co
 MAX_TEXT_CHARS = 150_000
 MAX_HTML_CHARS = 250_000
 SYNCED_STATUSES = ("enabled", "error")
+MAX_QUIET_RECONNECTS = 3
+QUIET_RECONNECT_SECONDS = 2.0
 
 
 class LeaseLost(Exception):
     """Another replica owns the mailbox now, or it was disabled: stop without writing anything."""
+
+
+class SessionDropped(Exception):
+    """An established IMAP session broke (after a successful login); ``lasted`` seconds."""
+
+    def __init__(self, error: MailConnectionError, lasted: float) -> None:
+        super().__init__(error.user_message)
+        self.error = error
+        self.lasted = lasted
 
 
 class PlanLimitReached(Exception):
@@ -163,9 +175,34 @@ class MailboxSync:
             return
         login = ServerLogin(row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password,
                             row.imap_pinned_sha256)
-        client: ImapClient | None = None
+        drops = 0
+        while True:
+            try:
+                await self._session(login)
+            except LeaseLost:
+                log.info("mailbox %s: lease lost or sync disabled; stopping", self.mailbox_id)
+                return
+            except PlanLimitReached as limit:
+                await self._paused(limit.resets_at)
+                return
+            except SessionDropped as dropped:
+                # Providers end long connections (Gmail after some minutes of IDLE): reconnect quietly a
+                # few times before it counts as a failure.
+                drops = 0 if dropped.lasted > MAX_QUIET_RECONNECTS * QUIET_RECONNECT_SECONDS * 4 else drops + 1
+                if drops > MAX_QUIET_RECONNECTS:
+                    await self._failed(dropped.error)
+                    return
+                log.info("mailbox %s: connection dropped (%s); reconnecting", self.mailbox_id, dropped.error.kind)
+                await asyncio.sleep(QUIET_RECONNECT_SECONDS * max(1, drops) * random.uniform(0.5, 1.0))  # noqa: S311
+            except MailConnectionError as error:
+                await self._failed(error)
+                return
+
+    async def _session(self, login: ServerLogin) -> None:
+        """One IMAP connection: connect, then sync and wait for mail until something breaks."""
+        client = await connect_imap(imap_settings(login, self.settings))
+        started = asyncio.get_running_loop().time()
         try:
-            client = await connect_imap(imap_settings(login, self.settings))
             folders = await client.find_sync_folders()
             await self._connected()
             await self._load_cursors()
@@ -181,17 +218,14 @@ class MailboxSync:
                     log.debug("mailbox %s: IDLE ended (new mail: %s)", self.mailbox_id, woke)
                 else:
                     await asyncio.sleep(self.settings.sync_poll_seconds)
-        except LeaseLost:
-            log.info("mailbox %s: lease lost or sync disabled; stopping", self.mailbox_id)
-        except PlanLimitReached as limit:
-            await self._paused(limit.resets_at)
         except MailConnectionError as error:
-            await self._failed(error)
+            if error.kind in ("unreachable", "timeout", "protocol") and client.closed:
+                raise SessionDropped(error, asyncio.get_running_loop().time() - started) from None
+            raise
         finally:
-            if client is not None:
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(3):
-                        await client.logout()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(3):
+                    await client.logout()
 
     # -- status ----------------------------------------------------------------------------
 
