@@ -67,16 +67,29 @@ async def test_adding_a_domain_purges_its_mail(api: httpx.AsyncClient, js: JetSt
                                                admin: Identity) -> None:
     company = admin.company_id
     kept = await create_lead(api, "someone@keep.example")
-    dropped = await create_lead(api, "a@bücher.example", "b@xn--bcher-kva.example")
+    look_alike = await create_lead(api, "c@notbücher.example")
+    dropped = await create_lead(api, "a@bücher.example", "b@mail.xn--bcher-kva.example")
     await publish(js, synced(company, message_id="<k@x>", from_address="someone@keep.example", to=["me@m.example"]),
-                  synced(company, message_id="<d@x>", from_address="a@xn--bcher-kva.example", to=["me@m.example"]))
+                  synced(company, message_id="<l@x>", from_address="c@notbücher.example", to=["me@m.example"]),
+                  synced(company, message_id="<d@x>", from_address="a@xn--bcher-kva.example", to=["me@m.example"]),
+                  synced(company, message_id="<s@x>", from_address="b@mail.bücher.example", to=["me@m.example"]))
     await wait_for_timeline(api, kept["id"], 1)
-    await wait_for_timeline(api, dropped["id"], 1)
+    await wait_for_timeline(api, look_alike["id"], 1)
+    await wait_for_timeline(api, dropped["id"], 2)
     response = await api.post("/v1/blocklist", json={"value": "@Bücher.example"})
     assert response.status_code == 201, response.text
     assert response.json() == {**response.json(), "kind": "domain", "value": "xn--bcher-kva.example"}
+    # the domain and its subdomains are purged; a look-alike domain is not
     assert await timeline_of(api, dropped["id"]) == []
     assert len(await timeline_of(api, kept["id"])) == 1
+    assert len(await timeline_of(api, look_alike["id"])) == 1
+    # and their new mail is never kept
+    await publish(js, synced(company, message_id="<s2@x>", from_address="b@mail.xn--bcher-kva.example",
+                             to=["me@m.example"], minutes=1),
+                  synced(company, message_id="<k2@x>", from_address="someone@keep.example", to=["me@m.example"],
+                         minutes=2))
+    await wait_for_timeline(api, kept["id"], 2)
+    assert await timeline_of(api, dropped["id"]) == []
     for bad in ("nodot", "bad_domain!.example", "@", "x" * 300):
         assert (await api.post("/v1/blocklist", json={"value": bad, "kind": "domain"})).status_code == 422
 

@@ -11,6 +11,7 @@ normalises them again anyway before matching.
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from functools import lru_cache
 
 import idna
@@ -84,3 +85,15 @@ def normalise_domain(raw: str) -> str:
 
 def domain_of(address: str) -> str:
     return address.rpartition("@")[2]
+
+
+def domain_and_parents(domain: str) -> list[str]:
+    """``a.b.example.com`` → itself, ``b.example.com``, ``example.com``: the blocklist entries that block it
+    (a domain entry blocks its subdomains too; a bare top-level domain is never an entry)."""
+    labels = domain.split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
+
+
+def is_blocked(address: str, blocked: Collection[str]) -> bool:
+    """Whether ``blocked`` (addresses and domains) holds the address or one of its domains."""
+    return address in blocked or any(d in blocked for d in domain_and_parents(domain_of(address)))

@@ -5,7 +5,7 @@ domain is never matched to a lead, so its mail is never kept.  Adding an
 entry (or turning on / extending the own-domain block) therefore removes the
 timeline events that only a now-blocked lead address brought; an event whose
 message also involves another, unblocked address of the same lead stays.
-A domain entry blocks exactly that domain, not its subdomains.
+A domain entry blocks that domain and its subdomains, as the sync service's matching does.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID]
                          domains: Collection[str]) -> set[tuple[uuid.UUID, str]]:
     """The (company, address or domain) pairs among those given that the company blocks (R6).
 
-    The company's own domains count unless it turned that off.
+    Pass every domain to check, parents included (:func:`domain_and_parents`); the company's own
+    domains count unless it turned that off.
     """
     if not companies:
         return set()
@@ -201,18 +202,28 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
     return removed
 
 
+# a domain blocks its subdomains too (as the sync service matches)
 _PURGE = text("""
-WITH hit AS (
-    SELECT e.id,
+WITH blocked AS (
+    SELECT unnest(CAST(:domains AS text[])) AS domain
+), candidate AS (
+    SELECT e.id, e.matched_addresses AS matched,
            ARRAY(SELECT a FROM unnest(e.matched_addresses) AS a
-                 WHERE a <> ALL(:addresses) AND split_part(a, '@', 2) <> ALL(:domains)) AS still_matched
+                 WHERE a <> ALL(:addresses)
+                   AND NOT EXISTS (SELECT 1 FROM blocked b
+                                   WHERE split_part(a, '@', 2) = b.domain
+                                      OR right(split_part(a, '@', 2), length(b.domain) + 1) = '.' || b.domain)
+           ) AS still_matched
     FROM timeline_event e
     WHERE e.company_id = :company_id
       AND e.lead_id IN (SELECT la.lead_id FROM lead_address la
                         WHERE la.company_id = :company_id
-                          AND (la.address = ANY(:addresses) OR la.domain = ANY(:domains)))
-      AND EXISTS (SELECT 1 FROM unnest(e.matched_addresses) AS a
-                  WHERE a = ANY(:addresses) OR split_part(a, '@', 2) = ANY(:domains))
+                          AND (la.address = ANY(:addresses)
+                               OR EXISTS (SELECT 1 FROM blocked b
+                                          WHERE la.domain = b.domain
+                                             OR right(la.domain, length(b.domain) + 1) = '.' || b.domain)))
+), hit AS (
+    SELECT id, still_matched FROM candidate WHERE cardinality(still_matched) < cardinality(matched)
 ), kept AS (
     UPDATE timeline_event e SET matched_addresses = hit.still_matched
     FROM hit WHERE e.id = hit.id AND cardinality(hit.still_matched) > 0

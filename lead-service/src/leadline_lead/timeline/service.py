@@ -27,7 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import NotFound
 from leadline_kit.identity import Identity
-from leadline_lead.addresses import address_for_matching, address_or_none, domain_of
+from leadline_lead.addresses import (
+    address_for_matching,
+    address_or_none,
+    domain_and_parents,
+    domain_of,
+    is_blocked,
+)
 from leadline_lead.leads import repository as leads
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.schemas import Timeline
@@ -86,8 +92,12 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
     holders = await repository.lead_addresses(session, wanted)
     if not holders:
         return  # nothing involves a lead (the sync service should not have sent it; harmless)
-    blocked = await repository.blocked_values(
-        session, {c for c, _ in holders}, {a for _, a in holders}, {domain_of(a) for _, a in holders})
+    blocked_pairs = await repository.blocked_values(
+        session, {c for c, _ in holders}, {a for _, a in holders},
+        {d for _, a in holders for d in domain_and_parents(domain_of(a))})
+    blocked: dict[uuid.UUID, set[str]] = {}
+    for company_id, value in blocked_pairs:
+        blocked.setdefault(company_id, set()).add(value)
 
     pending: dict[tuple[uuid.UUID, uuid.UUID, str], _PendingEvent] = {}
     for event, sender, to, cc, participants in prepared:
@@ -95,7 +105,7 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
         matched: dict[uuid.UUID, list[str]] = {}
         for address in participants:
             lead_id = holders.get((company, address))
-            if lead_id is None or (company, address) in blocked or (company, domain_of(address)) in blocked:
+            if lead_id is None or is_blocked(address, blocked.get(company, ())):
                 continue
             matched.setdefault(lead_id, []).append(address)
         if not matched:
@@ -167,8 +177,8 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
     if lead_id is None:
         return
-    blocked = await repository.blocked_values(session, {company}, {recipient}, {domain_of(recipient)})
-    if blocked:
+    if await repository.blocked_values(session, {company}, {recipient},
+                                       domain_and_parents(domain_of(recipient))):
         return
     original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
     subject = await repository.original_subject(session, company, lead_id, original) or ""
