@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import nats
 
+from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_proto.events import (
     EventBase,
     LeadDeletedV1,
@@ -18,7 +19,7 @@ from leadline_proto.events import (
     utcnow,
 )
 
-from .conftest import HarnessFactory, SendHarness, SmtpFactory
+from .conftest import SECRET, HarnessFactory, SendHarness, SmtpFactory
 
 
 async def publish(app: SendHarness, event: EventBase) -> None:
@@ -73,6 +74,12 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
     assert second["items"][0]["id"] == everything[1]["id"]
     only_bounced = (await app.user.get("/v1/messages", params={"state": "bounced"})).json()["items"]
     assert [m["id"] for m in only_bounced] == [message["id"]]
+    # a salesperson sees only their own messages; an administrator sees the company's
+    colleague = as_caller(app.client, make_identity("salesperson", company_id=app.company_id), SECRET)
+    assert (await colleague.get("/v1/messages")).json()["items"] == []
+    assert (await colleague.get(f"/v1/messages/{message['id']}")).status_code == 404
+    assert (await colleague.post(f"/v1/messages/{message['id']}/resend")).status_code == 404
+    assert len((await app.admin.get("/v1/messages")).json()["items"]) == len(everything)
     other = await send_service()
     assert (await other.user.get("/v1/messages")).json()["items"] == []
     assert (await other.user.get(f"/v1/messages/{message['id']}")).status_code == 404

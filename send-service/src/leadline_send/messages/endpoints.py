@@ -46,7 +46,7 @@ async def send_message(body: MessageIn, caller: Caller, context: Context, reques
 
 @router.get("/messages/{message_id}", response_model=MessageOut)
 async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -> MessageOut:
-    row = await repository.by_id(session, caller.company_id, message_id)
+    row = await repository.by_id(session, caller.company_id, message_id, service.sender_scope(caller))
     if row is None:
         raise NotFound("no such message", slug="message-not-found")
     return service.to_out(row)
@@ -60,7 +60,10 @@ async def list_messages(caller: Caller, session: Session, state: State | None = 
     if cursor:
         created, last_id = decode_cursor(cursor, 2)
         after = (datetime.fromisoformat(created), uuid.UUID(last_id))
-    rows = await repository.page(session, caller.company_id, state=state, user_id=user_id, after=after,
+    scope = service.sender_scope(caller)
+    if scope and user_id and user_id != scope:
+        return Page[MessageOut](items=[])
+    rows = await repository.page(session, caller.company_id, state=state, user_id=scope or user_id, after=after,
                                  limit=limit + 1)
     items = [service.to_out(r) for r in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1].created_at.isoformat(), rows[limit - 1].id) \

@@ -13,9 +13,13 @@ from leadline_send.database import Executor
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 
 
-async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID) -> Row[Any] | None:
-    return (await session.execute(select(outgoing_message).where(
-        outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id))).first()
+async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
+                sender: uuid.UUID | None = None) -> Row[Any] | None:
+    query = select(outgoing_message).where(outgoing_message.c.company_id == company_id,
+                                           outgoing_message.c.id == message_id)
+    if sender:
+        query = query.where(outgoing_message.c.user_id == sender)
+    return (await session.execute(query)).first()
 
 
 async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,

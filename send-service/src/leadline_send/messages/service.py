@@ -29,6 +29,13 @@ from leadline_send.messages.schemas import MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
 
 RESENDABLE = ("unknown", "failed", "bounced")
+# Salespeople see and resend their own messages; managers and administrators see the company's.
+OWN_MESSAGES_ONLY = {"salesperson", "jr_salesperson"}
+
+
+def sender_scope(caller: Identity) -> uuid.UUID | None:
+    """The only sender whose messages ``caller`` may see, or None for every sender of the company."""
+    return caller.user_id if caller.role in OWN_MESSAGES_ONLY else None
 
 
 def to_out(row: Any) -> MessageOut:
@@ -175,7 +182,7 @@ async def create_message(session: Executor, context: SendContext, caller: Identi
 
 async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> MessageOut:
     """Send again on purpose, with the same Message-ID (see the module docstring of endpoints)."""
-    row = await repository.by_id(session, caller.company_id, message_id)
+    row = await repository.by_id(session, caller.company_id, message_id, sender_scope(caller))
     if row is None:
         raise NotFound("no such message", slug="message-not-found")
     if row.category == "marketing":
