@@ -83,6 +83,47 @@ def message(*, sender: str, to: list[str], subject: str = "Hello", body: str = "
     return msg.as_bytes()
 
 
+class DroppingProxy:
+    """A TCP proxy in front of a server whose connections the test can cut, as a flaky network does."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.links: list[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> DroppingProxy:
+        self.server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.links.append((writer, upstream_writer))
+
+        async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            finally:
+                sink.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True)
+
+    def cut(self) -> int:
+        for client_side, server_side in self.links:
+            client_side.transport.abort()
+            server_side.transport.abort()
+        cut, self.links = len(self.links), []
+        return cut
+
+    async def stop(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+
+
 class SmtpAccounts:
     """aiosmtpd authenticator: the accounts that may log in."""
 
@@ -351,3 +392,11 @@ def quota(postgres: PostgresServer,
           nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]:
     """Starts the real quota service when the test asks for it."""
     return lambda: quota_service(postgres, nats_url)
+
+
+@pytest.fixture
+async def dropping_proxy(dovecot: DovecotServer) -> AsyncIterator[DroppingProxy]:
+    """Dovecot's plain (STARTTLS) port behind a proxy whose connections the test can cut."""
+    proxy = await DroppingProxy(dovecot.port).start()
+    yield proxy
+    await proxy.stop()

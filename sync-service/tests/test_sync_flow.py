@@ -87,3 +87,24 @@ async def test_uidvalidity_change_rescans_without_duplicates(world) -> None:  # 
                                  check=lambda v: v == 1)
         events = await world.synced(at_least=4)
         assert sorted(e.payload.subject for e in events) == ["sent 0", "sent 1", "sent 2", "sent 3"]
+
+
+async def test_dropped_connection_reconnects_without_an_error(world, dropping_proxy) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead = "kim@customer.example"
+    async with running_app(world.app(sync_poll_seconds=60)) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        body = world.connect_body(me)
+        body["imap"]["port"] = dropping_proxy.port
+        assert (await api.put("/v1/mail-sync", json=body)).status_code == 200
+        await world.wait_history(api)
+        await asyncio.sleep(0.5)
+        assert dropping_proxy.cut() >= 1
+        await world.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after the cut"))
+        events = await world.synced(at_least=1, timeout=15)
+        assert [e.payload.subject for e in events] == ["after the cut"]
+        assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
+        assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+        statuses = [e.payload.status for e in await world.events("mailbox.status_changed")]
+        assert "error" not in statuses
