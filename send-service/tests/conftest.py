@@ -159,13 +159,14 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
     started: list[RecordingController] = []
 
     def start(tls: str = "starttls", mode: str = "accept", self_signed: bool = False,
-              silent_seconds: float = 3.0) -> SmtpServer:
+              silent_seconds: float = 3.0, idle_timeout: float = 300.0) -> SmtpServer:
         ca = trustme.CA() if self_signed else tls_ca
         cert = ca.issue_cert("127.0.0.1", "localhost")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
         handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds))
-        kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True}
+        kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True,
+                                  "timeout": idle_timeout}
         if tls == "starttls":
             kwargs.update(tls_context=context, require_starttls=True, auth_require_tls=True)
         elif tls == "implicit":

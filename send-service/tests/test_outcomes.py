@@ -173,3 +173,16 @@ async def test_graceful_stop_finishes_the_message_in_hand_and_gives_back_the_res
     async with app.db.session() as s:
         attempts = (await s.execute(select(outgoing_message.c.attempts))).scalars().all()
     assert sorted(attempts) == [0, 0, 0, 1]
+
+
+async def test_a_kept_session_the_server_closed_is_replaced_without_spending_a_retry(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    app = await send_service(smtp_connections=1)
+    server = smtp_server(tls="starttls", idle_timeout=0.5)
+    await app.add_account(server)
+    first = await send(app)
+    assert (await app.wait_for(first["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+    await asyncio.sleep(1.0)  # the server drops the idle session we kept
+    second = await send(app)
+    done = await app.wait_for(second["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and done["attempts"] == 1, done

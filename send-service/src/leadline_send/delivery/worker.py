@@ -359,10 +359,19 @@ class Delivery:
             ):
                 await self._drop(session)
                 session = None
+            reused = session is not None
             if session is None:
                 session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
+            try:
+                await session.smtp.mail(message.envelope_from)
+            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                if not reused:
+                    raise
+                # the server closed a kept session without our noticing: one fresh session, no retry spent
+                await self._drop(session, polite=False)
+                session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
+                await session.smtp.mail(message.envelope_from)
             smtp = session.smtp
-            await smtp.mail(message.envelope_from)
             accepted, refused = [], []
             for recipient in recipients:
                 try:
