@@ -113,6 +113,13 @@ async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UU
             response = await api.get(url)
             samples.append(time.perf_counter() - started)
             assert response.status_code == 200 and len(response.json()["items"]) == 300
+        searches: dict[str, list[float]] = {"address": [], "name": []}
+        for i in range(50):
+            for kind, q in (("address", f"lead{4321 + i}@"), ("name", f"Lead {7654 + i}")):
+                started = time.perf_counter()
+                response = await api.get("/v1/leads", params={"q": q})
+                searches[kind].append(time.perf_counter() - started)
+                assert response.status_code == 200 and response.json()["items"]
     conn = await asyncpg.connect(dsn)
     try:
         query = ("SELECT * FROM lead.timeline_event WHERE lead_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT 300")
@@ -126,6 +133,8 @@ async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UU
     finally:
         await conn.close()
     return {"p50": percentile(samples, 50), "p99": percentile(samples, 99),
+            "search_address_p50": percentile(searches["address"], 50),
+            "search_name_p50": percentile(searches["name"], 50),
             "raw_p50": percentile(raw, 50), "raw_p99": percentile(raw, 99)}
 
 
@@ -236,6 +245,8 @@ async def main() -> None:
           f"p50 {reads['p50'] * 1000:.1f} ms, p99 {reads['p99'] * 1000:.1f} ms")
     print(f"  reference raw asyncpg query: p50 {reads['raw_p50'] * 1000:.1f} ms, p99 {reads['raw_p99'] * 1000:.1f} ms"
           f"  -> app/raw p50 ratio {reads['p50'] / reads['raw_p50']:.1f}x")
+    print(f"lead search among {args.leads:,} leads via HTTP app: by address prefix p50 "
+          f"{reads['search_address_p50'] * 1000:.1f} ms, by name p50 {reads['search_name_p50'] * 1000:.1f} ms")
     print(f"timeline apply from the stream ({len(events):,} mail.synced events): {bulk_rate:,.0f} events/s")
     print(f"  reference kit per-event handler path: {per_event_rate:,.0f} events/s"
           f"  -> bulk/per-event ratio {bulk_rate / per_event_rate:.1f}x")

@@ -12,6 +12,7 @@ from leadtest import T0, create_lead, eventually, publish, synced, timeline_of, 
 from nats.js import JetStreamContext
 
 from leadline_kit.identity import Identity
+from leadline_lead.timeline.schemas import Timeline
 from leadline_proto.events import (
     LeadUnsubscribedPayload,
     LeadUnsubscribedV1,
@@ -54,6 +55,9 @@ async def test_synced_mail_becomes_a_timeline_event(api: httpx.AsyncClient, js: 
     assert item["message_id"] == "<m1@example.com>" and item["folder"] == "inbox"
     assert item["mailbox_id"] == str(mailbox) and item["user_id"] == str(event.payload.user_id)
     assert item["sources"] == [{"kind": "mailbox", "mailbox_id": str(mailbox)}]
+    # the hand-serialised response is exactly the documented model
+    body = (await api.get(f"/v1/leads/{lead['id']}/timeline")).json()
+    assert Timeline.model_validate(body).model_dump(mode="json") == body
 
 
 async def test_duplicate_delivery_is_applied_once(api: httpx.AsyncClient, js: JetStreamContext,
