@@ -26,7 +26,7 @@ class Settings(KitSettings):
     # Name of this replica in leases; empty = host name + process id.
     sync_replica: str = ""
     sync_max_mailboxes: int = Field(200, ge=1)  # mailboxes one replica syncs at once
-    sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan or fetch at the same moment
+    sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     sync_lease_seconds: float = Field(30.0, gt=0)
     sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
     sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: IDLE window, and how often Sent is polled

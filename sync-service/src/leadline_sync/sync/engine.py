@@ -439,6 +439,11 @@ class MailboxSync:
         return PreparedBatch(list(uids), selected, defects)
 
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
+        # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
+        async with self.busy:
+            await self._store_batch(cursor, batch)
+
+    async def _store_batch(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
         uids, selected, defects = batch.uids, batch.selected, batch.defects
         mail = [s for s in selected if s.kind == "mail"]
         if mail:
