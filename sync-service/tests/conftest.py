@@ -190,7 +190,6 @@ class SyncWorld:
     clock: MovableClock = field(default_factory=MovableClock)
     consumer_prefix: str = field(default_factory=lambda: f"sync-test-{uuid.uuid4().hex[:10]}")
     quota_client: httpx.AsyncClient | None = None  # the quota service's API, when it runs
-    _cursor: int = 0
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
