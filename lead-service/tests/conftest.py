@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -30,8 +31,10 @@ async def database_url(postgres: PostgresServer) -> str:
 
 @pytest.fixture
 def settings(database_url: str, nats_url: str) -> Settings:
+    # the stream holds every other test's events too: a new consumer starts from now, not the beginning
     return Settings(DATABASE_URL=database_url, NATS_URL=nats_url, identity_secret=SECRET,
-                    consumer_durable=f"lead-test-{uuid.uuid4().hex[:10]}")
+                    consumer_durable=f"lead-test-{uuid.uuid4().hex[:10]}",
+                    consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1))
 
 
 @pytest.fixture

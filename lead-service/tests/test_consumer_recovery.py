@@ -26,7 +26,8 @@ from leadline_lead.main import create_app
 
 async def main():
     settings = Settings(DATABASE_URL={url!r}, NATS_URL={nats!r}, consumer_durable={durable!r},
-                        consumer_batch_size=100, consumer_ack_wait=1.0, log_level="WARNING")
+                        consumer_deliver_since={since!r}, consumer_batch_size=100, consumer_ack_wait=1.0,
+                        log_level="WARNING")
     async with running_app(create_app(settings)):
         print("ready", flush=True)
         await asyncio.Event().wait()
@@ -66,7 +67,9 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
                   for i in range(count)]
         await publish(js, *events)
         script = CONSUMER_SCRIPT.format(url=settings.database_url, nats=settings.nats_url,
-                                        durable=settings.consumer_durable)
+                                        durable=settings.consumer_durable,
+                                        since=settings.consumer_deliver_since.isoformat()
+                                        if settings.consumer_deliver_since else None)
         kills = 0
         while kills < 6 and await applied() < count:
             proc = await start_consumer(script)

@@ -18,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
+from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import ARRAY, Uuid, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
@@ -46,7 +48,7 @@ from leadline_proto.events import (
     MailSyncedV1,
     parse_event,
 )
-from leadline_proto.subjects import event_subject
+from leadline_proto.subjects import STREAM_NAME, event_subject
 
 log = logging.getLogger("leadline.lead.consumer")
 
@@ -112,9 +114,19 @@ class LeadEventConsumer(EventConsumer):
     """The kit's durable consumer, applying a fetched batch with one bulk handler call."""
 
     _subscription: JetStreamContext.PullSubscription | None = None
+    deliver_since: datetime | None = None
 
     async def subscribe(self) -> JetStreamContext.PullSubscription:
-        self._subscription = await super().subscribe()
+        if self.deliver_since is None:
+            self._subscription = await super().subscribe()
+            return self._subscription
+        config = ConsumerConfig(
+            durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.BY_START_TIME,
+            opt_start_time=self.deliver_since,
+            ack_wait=self.ack_wait, max_ack_pending=10_000, filter_subjects=self.subjects,
+        )
+        await self.js.add_consumer(STREAM_NAME, config)
+        self._subscription = await self.js.pull_subscribe_bind(self.durable, stream=STREAM_NAME)
         return self._subscription
 
     async def run(self) -> None:
@@ -164,6 +176,8 @@ class LeadEventConsumer(EventConsumer):
 def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
-    return [LeadEventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
-                              durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
-                              batch_size=settings.consumer_batch_size, ack_wait=settings.consumer_ack_wait)]
+    consumer = LeadEventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
+                                 durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
+                                 batch_size=settings.consumer_batch_size, ack_wait=settings.consumer_ack_wait)
+    consumer.deliver_since = settings.consumer_deliver_since
+    return [consumer]
