@@ -196,3 +196,17 @@ async def test_error_log_pages_newest_first_and_is_the_callers_own(world) -> Non
                                                        user_id=me.user.user_id))
         assert (await stranger.get("/v1/mail-sync/errors")).json()["items"] == []
         assert (await stranger.get("/v1/mail-sync")).status_code == 404
+
+
+def test_presets_fill_hosts_and_bluehost_takes_the_users_domain() -> None:
+    from leadline_sync.mailbox.connect import choose
+    from leadline_sync.mailbox.schemas import ConnectRequest
+
+    bluehost = choose(ConnectRequest(provider="bluehost", address="Sam@MyShop.example", password="pw"))
+    assert (bluehost.imap.login.host, bluehost.imap.login.port, bluehost.imap.login.tls) == (
+        "mail.myshop.example", 993, "implicit")
+    assert bluehost.smtp.login.host == "mail.myshop.example" and bluehost.imap.login.username == "sam@myshop.example"
+    godaddy = choose(ConnectRequest(provider="godaddy", address="sam@shop.example", password="pw",
+                                    imap={"username": "sam", "password": "imap-only"}))
+    assert godaddy.imap.login.tls == "starttls" and godaddy.imap.login.username == "sam"
+    assert godaddy.imap.login.password == "imap-only" and godaddy.smtp.login.password == "pw"

@@ -132,6 +132,11 @@ async def test_connection_failed_after_48_hours_of_failures(world) -> None:  # t
         admin = world.caller(service, make_identity("administrator", company_id=world.company_id))
         listed = (await admin.get("/v1/mailboxes")).json()["items"]
         assert listed[0]["counts_for_billing"] is False
+        # new settings start it again: a slot is claimed anew and sync resumes
+        world.smtp.accounts.passwords[me.address] = "changed-elsewhere"
+        response = await api.put("/v1/mail-sync", json=world.connect_body(me, password="changed-elsewhere"))
+        assert response.status_code == 200 and response.json()["id"] == body["id"]
+        await world.wait_status(api, "enabled")
 
 
 async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # type: ignore[no-untyped-def]
