@@ -21,6 +21,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy import select
 
+from leadline_mail.net import TlsMode
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_send.credentials import CredentialKeys
@@ -40,7 +41,7 @@ class SentFolder:
 
     host: str
     port: int
-    tls: str
+    tls: TlsMode
     username: str
     password: str
     pinned_sha256: str | None

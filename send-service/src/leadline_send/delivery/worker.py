@@ -466,7 +466,7 @@ class Delivery:
         assert target is not None
         try:
             client = await connect_imap(ImapSettings(
-                host=target.host, port=target.port, tls=target.tls,  # type: ignore[arg-type]
+                host=target.host, port=target.port, tls=target.tls,
                 username=target.username, password=target.password, pinned_sha256=target.pinned_sha256,
                 cafile=self.policy.cafile, allow_networks=self.policy.allow_networks,
                 allow_plaintext=self.policy.allow_plaintext))

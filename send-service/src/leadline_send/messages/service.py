@@ -108,16 +108,15 @@ async def _check_quota(context: SendContext, caller: Identity, accounts: list[Se
         if reply.granted:
             return account
         refusals.append(reply)
-    if all(r.retry_at is None for r in refusals):
+    waits = sorted(((r.retry_at, r.limit) for r in refusals if r.retry_at is not None), key=lambda w: w[0])
+    if not waits:
         first = refusals[0]
         raise Unprocessable(f"the message can never pass the sending limit {first.limit}: {first.detail}",
                             slug="quota-limit", limit=first.limit)
-    soonest = min((r for r in refusals if r.retry_at is not None), key=lambda r: r.retry_at)  # type: ignore[arg-type,return-value]
-    assert soonest.retry_at is not None
-    wait = max(1, math.ceil((soonest.retry_at - datetime.now(UTC)).total_seconds()))
-    raise TooManyRequests(f"sending limit {soonest.limit} reached; it resets at {soonest.retry_at.isoformat()}",
-                          slug="quota-exceeded", headers={"Retry-After": str(wait)}, limit=soonest.limit,
-                          retry_at=soonest.retry_at)
+    retry_at, limit = waits[0]
+    wait = max(1, math.ceil((retry_at - datetime.now(UTC)).total_seconds()))
+    raise TooManyRequests(f"sending limit {limit} reached; it resets at {retry_at.isoformat()}",
+                          slug="quota-exceeded", headers={"Retry-After": str(wait)}, limit=limit, retry_at=retry_at)
 
 
 async def create_message(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
