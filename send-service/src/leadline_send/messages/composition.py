@@ -26,6 +26,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
+from html import escape as html_escape
+from html import unescape as html_unescape
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -165,7 +167,9 @@ def _tag_links(text: str, utm: dict[str, str], html: bool) -> str:
     if not utm:
         return text
     if html:
-        return _HREF.sub(lambda m: m.group(1) + with_utm(m.group(2), utm) + m.group(3), text)
+        # an href holds the URL HTML-escaped ("&amp;" between parameters): unescape, tag, escape again
+        return _HREF.sub(lambda m: m.group(1) + html_escape(with_utm(html_unescape(m.group(2)), utm))
+                         + m.group(3), text)
     return _URL.sub(lambda m: with_utm(m.group(0), utm), text)
 
 
@@ -195,6 +199,8 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
     put("Message-ID", message_id)
     text, html = draft.text, draft.html
     if draft.category == "marketing":
+        if text is None and html is None:
+            text = ""  # still carries the unsubscribe link
         text = _tag_links(text, sender.utm, html=False) if text is not None else None
         html = _tag_links(html, sender.utm, html=True) if html is not None else None
         if sender.precedence:
