@@ -14,6 +14,8 @@ from nats.js import JetStreamContext
 from leadline_kit.identity import Identity
 from leadline_lead.timeline.schemas import Timeline
 from leadline_proto.events import (
+    CompanyPayload,
+    CompanyUpdatedV1,
     LeadUnsubscribedPayload,
     LeadUnsubscribedV1,
     MailBouncedPayload,
@@ -209,7 +211,10 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(api: httpx.As
     bounce = MailBouncedV1(company_id=company, payload=MailBouncedPayload(
         original_message_id="<offer@mycorp.example>", recipient="Typo@Example.com", status="5.1.1",
         diagnostic="550 5.1.1 <typo@example.com>: user unknown", bounced_at=T0 + timedelta(minutes=2)))
-    await publish(js, original, bounce, bounce.model_copy(update={"event_id": uuid.uuid4()}))
+    # the company blocks its own domain: that must not hide a lead's bounce
+    own_domain = CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="MyCorp",
+                                                                              domains=["mycorp.example"]))
+    await publish(js, own_domain, original, bounce, bounce.model_copy(update={"event_id": uuid.uuid4()}))
     items = await wait_for_timeline(api, lead["id"], 2)
     assert [i["kind"] for i in items] == ["bounce", "smart_mail_sent"]
     assert items[0]["bounce_status"] == "5.1.1" and items[0]["bounce_recipient"] == "typo@example.com"

@@ -67,8 +67,9 @@ async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID]
         select(company_settings.c.company_id, company_settings.c.domains).where(
             company_settings.c.company_id.in_(list(companies)), company_settings.c.block_own_domains)
     )
+    wanted = set(domains)
     for row in own:
-        blocked.update((row.company_id, domain) for domain in row.domains)
+        blocked.update((row.company_id, domain) for domain in row.domains if domain in wanted)
     return blocked
 
 
