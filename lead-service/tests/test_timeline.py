@@ -214,12 +214,23 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(api: httpx.As
     # the company blocks its own domain: that must not hide a lead's bounce
     own_domain = CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="MyCorp",
                                                                               domains=["mycorp.example"]))
-    await publish(js, own_domain, original, bounce, bounce.model_copy(update={"event_id": uuid.uuid4()}))
+    # the same bounce delivered twice, and found again in a mailbox
+    mailbox = uuid.uuid4()
+    again = bounce.model_copy(update={"event_id": uuid.uuid4()})
+    in_mailbox = bounce.model_copy(update={"event_id": uuid.uuid4(), "payload": bounce.payload.model_copy(
+        update={"mailbox_id": mailbox})})
+    await publish(js, own_domain, original, bounce, again, in_mailbox)
     items = await wait_for_timeline(api, lead["id"], 2)
     assert [i["kind"] for i in items] == ["bounce", "smart_mail_sent"]
     assert items[0]["bounce_status"] == "5.1.1" and items[0]["bounce_recipient"] == "typo@example.com"
     assert items[0]["subject"] == "Offer" and "user unknown" in items[0]["snippet"]
     assert items[1]["bounced"] is True and items[1]["bounced_at"] is not None
+
+    async def two_sources() -> bool:
+        bounce_item = (await timeline_of(api, lead["id"]))[0]
+        return {s["kind"] for s in bounce_item["sources"]} == {"bounce_notice", "mailbox"}
+
+    await eventually(two_sources, what="the bounce with both of its sources")
 
     # a bounce that arrives before the message it is about still marks it
     early = MailBouncedV1(company_id=company, payload=MailBouncedPayload(

@@ -147,10 +147,15 @@ async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Se
     )
 
 
-async def insert_bounce(session: AsyncSession, row: dict[str, Any]) -> int | None:
-    stmt = insert(timeline_event).values(**row).on_conflict_do_nothing().returning(timeline_event.c.id)
-    new_id: int | None = (await session.execute(stmt)).scalar()
-    return new_id
+async def upsert_bounce(session: AsyncSession, row: dict[str, Any]) -> int:
+    """The bounce's timeline event id, new or existing (the same bounce may come through two mailboxes)."""
+    base = insert(timeline_event).values(**row)
+    stmt = base.on_conflict_do_update(
+        constraint="uq_timeline_event_message",
+        set_={"mailbox_id": func.coalesce(timeline_event.c.mailbox_id, base.excluded.mailbox_id)},
+    ).returning(timeline_event.c.id)
+    event_id: int = (await session.execute(stmt)).scalar_one()
+    return event_id
 
 
 async def original_subject(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID,

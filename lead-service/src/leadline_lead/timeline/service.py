@@ -182,7 +182,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
         return
     original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
     subject = await repository.original_subject(session, company, lead_id, original) or ""
-    new_id = await repository.insert_bounce(session, {
+    event_id = await repository.upsert_bounce(session, {
         "company_id": company, "lead_id": lead_id, "message_key": f"bounce {original}",
         "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID), "kind": "bounce", "category": "personal",
         "occurred_at": bounce.bounced_at, "direction": "inbound", "to_addresses": [recipient],
@@ -191,10 +191,9 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
         "folder": "inbox" if bounce.mailbox_id else None, "bounce_recipient": recipient,
         "bounce_status": clean_text(bounce.status, 32), "bounce_diagnostic": clean_text(bounce.diagnostic, 2000),
     })
-    if new_id is not None:
-        name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
-        await repository.insert_sources(session, [{"timeline_event_id": new_id, "source": name,
-                                                   "company_id": company, "mailbox_id": bounce.mailbox_id}])
+    name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
+    await repository.insert_sources(session, [{"timeline_event_id": event_id, "source": name,
+                                               "company_id": company, "mailbox_id": bounce.mailbox_id}])
     await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
 
 
