@@ -137,3 +137,13 @@ async def test_own_domains_are_blocked_by_default_and_the_switch_turns_it_off(
                   mail(4, "colleague@mycorp.example"))  # type: ignore[arg-type]
     await wait_for_timeline(api, colleague["id"], 2)
     assert (await api.get("/v1/blocklist")).json()["own_domains_blocked"] is False
+
+
+async def test_blocklist_pages_with_a_cursor(api: httpx.AsyncClient) -> None:
+    for value in ("a@example.com", "b.example", "c@example.com"):
+        assert (await api.post("/v1/blocklist", json={"value": value})).status_code == 201
+    first = (await api.get("/v1/blocklist", params={"limit": 2})).json()
+    second = (await api.get("/v1/blocklist", params={"limit": 2, "cursor": first["next_cursor"]})).json()
+    assert [e["value"] for e in first["items"] + second["items"]] == ["c@example.com", "b.example", "a@example.com"]
+    assert second["next_cursor"] is None
+    assert (await api.get("/v1/blocklist", params={"cursor": "garbage"})).status_code == 400

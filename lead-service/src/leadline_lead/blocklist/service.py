@@ -11,18 +11,17 @@ A domain entry blocks that domain and its subdomains, as the sync service's matc
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import BadRequest, Conflict, NotFound, Unprocessable
+from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
-from leadline_kit.pagination import decode_cursor, encode_cursor
 from leadline_lead.addresses import InvalidAddress, normalise_address, normalise_domain
 from leadline_lead.blocklist import repository
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
+from leadline_lead.cursors import after_created, created_cursor
 from leadline_lead.models import outbox
 from leadline_lead.timeline.repository import purge_blocked
 from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
@@ -64,20 +63,14 @@ async def remove_entry(session: AsyncSession, caller: Identity, entry_id: uuid.U
 
 
 async def list_entries(session: AsyncSession, caller: Identity, *, cursor: str | None, limit: int) -> BlocklistPage:
-    after: tuple[datetime, uuid.UUID] | None = None
-    if cursor:
-        created_at, entry_id = decode_cursor(cursor, 2)
-        try:
-            after = (datetime.fromisoformat(created_at), uuid.UUID(entry_id))
-        except ValueError as exc:
-            raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
+    after = after_created(cursor)
     rows = await repository.list_entries(session, caller.company_id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     settings = await repository.get_settings(session, caller.company_id)
     return BlocklistPage(
         items=[_entry(r) for r in rows],
-        next_cursor=encode_cursor(rows[-1].created_at.isoformat(), rows[-1].id) if more and rows else None,
+        next_cursor=created_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
         own_domains=list(settings.domains) if settings else [],
         own_domains_blocked=settings.block_own_domains if settings else True,
     )
