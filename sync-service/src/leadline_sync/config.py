@@ -27,6 +27,8 @@ class Settings(KitSettings):
     sync_replica: str = ""
     sync_max_mailboxes: int = Field(200, ge=1)  # mailboxes one replica syncs at once
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
+    # worker processes that parse messages off the event loop; 0 = parse in the event loop
+    sync_parse_processes: int = Field(0, ge=0, le=64)
     sync_lease_seconds: float = Field(30.0, gt=0)
     sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
     sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: IDLE window, and how often Sent is polled

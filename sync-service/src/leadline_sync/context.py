@@ -15,6 +15,7 @@ from leadline_kit.db import Database
 from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher
 from leadline_sync.domain_check import TxtResolver
+from leadline_sync.sync.parsing import MessageParser
 
 Clock = Callable[[], datetime]
 
@@ -31,6 +32,7 @@ class SyncContext:
     clock: Clock
     resolver: TxtResolver
     replica: str
+    parser: MessageParser
     nats: Client | None = None
     # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
     wake: asyncio.Event = field(default_factory=asyncio.Event)

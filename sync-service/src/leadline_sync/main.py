@@ -18,6 +18,7 @@ from leadline_sync.mailbox.consumers import consumers
 from leadline_sync.mailbox.endpoints import router
 from leadline_sync.mailbox.smtp_settings import serve_mailbox_smtp
 from leadline_sync.models import outbox
+from leadline_sync.sync.parsing import MessageParser
 from leadline_sync.sync.scheduler import SyncScheduler
 
 
@@ -35,7 +36,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         runtime.spawn(scheduler.run(), "sync-scheduler")
 
     async def on_stop(runtime: Runtime) -> None:
-        # the scheduler gives its leases back as the kit cancels it (see SyncScheduler.run)
+        # the scheduler gives its leases back and stops the parser processes as the kit cancels it
         subscription = runtime.extras.get("smtp_settings_subscription")
         if subscription is not None:
             with contextlib.suppress(Exception):
@@ -48,5 +49,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     runtime.extras["sync"] = SyncContext(
         settings=settings, db=runtime.db, cipher=CredentialCipher.from_settings(settings),
         clock=clock or system_clock, resolver=resolver or DnsTxtResolver(),
+        parser=MessageParser(settings.sync_parse_processes),
         replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     return app

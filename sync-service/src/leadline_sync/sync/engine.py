@@ -50,8 +50,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
 from leadline_mail.bounces import Bounce, parse_bounce
-from leadline_mail.imap import FetchedHeader, FolderStatus, ImapClient, connect_imap
-from leadline_mail.mime import HeaderSummary, parse_headers, parse_message
+from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
+from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import (
     EventBase,
@@ -66,7 +66,7 @@ from leadline_sync.context import SyncContext
 from leadline_sync.credentials import CredentialError, SealedSecrets
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
-from leadline_sync.matching import CompanyDirectory, FolderRole, Parties, load_directory, match_message
+from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
 from leadline_sync.models import folder_cursor, mailbox, outbox, synced_message
 
 log = logging.getLogger("leadline.sync.engine")
@@ -430,12 +430,26 @@ class MailboxSync:
                 async with self.context.db.session() as session:
                     found = await load_directory(session, row.company_id, recipients)
                 directory.lead_since.update(found.lead_since)
+            matched: list[tuple[FetchedMessage, Match]] = []
             for message in messages:
                 header, summary = wanted[message.uid]
-                picked = self._select(cursor.folder, header, summary, message.raw, bounces.get(message.uid),
-                                      directory, defects)
-                if picked is not None:
-                    selected.append(picked)
+                bounce = bounces.get(message.uid)
+                # a bounce is about mail sent to a lead; any other bounce is nobody's business here
+                if bounce is not None and bounce.recipient and directory.is_lead(bounce.recipient):
+                    selected.append(self._bounce(header, summary, bounce))
+                    continue
+                match = match_message(self._parties(summary), folder=cursor.folder, own_address=row.address,
+                                      sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
+                                      directory=directory)
+                if match is not None:
+                    matched.append((message, match))
+            parsed = await self.context.parser.parse([message.raw for message, _ in matched])
+            for (message, match), parsed_message in zip(matched, parsed, strict=True):
+                header, summary = wanted[message.uid]
+                if parsed_message.defects:
+                    defects.append((message.uid, parsed_message.defects))
+                selected.append(self._mail(cursor.folder, header, summary, match, parsed_message))
+            selected.sort(key=lambda s: s.uid)
         return PreparedBatch(list(uids), selected, defects)
 
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
@@ -470,35 +484,28 @@ class MailboxSync:
                              sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
                              directory=directory) is not None
 
-    def _select(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, raw: bytes,
-                bounce: Bounce | None, directory: CompanyDirectory,
-                defects: list[tuple[int, list[str]]]) -> Selected | None:
+    def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce) -> Selected:
+        row = self.row
+        assert row is not None and bounce.recipient is not None
+        return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
+            company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
+                original_message_id=bounce.original_message_id or "", recipient=bounce.recipient,
+                status=bounce.status, action=bounce.action or "failed", diagnostic=bounce.diagnostic[:2000],
+                mailbox_id=row.id, user_id=row.user_id, bounced_at=self._sent_at(header, summary))))
+
+    def _mail(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, match: Match,
+              parsed: ParsedMessage) -> Selected:
         row = self.row
         assert row is not None
-        sent_at = self._sent_at(header, summary)
-        # a bounce is about mail sent to a lead; any other bounce is nobody's business here
-        if bounce is not None and bounce.recipient and directory.is_lead(bounce.recipient):
-            return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
-                company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
-                    original_message_id=bounce.original_message_id or "", recipient=bounce.recipient,
-                    status=bounce.status, action=bounce.action or "failed", diagnostic=bounce.diagnostic[:2000],
-                    mailbox_id=row.id, user_id=row.user_id, bounced_at=sent_at)))
-        match = match_message(self._parties(summary), folder=folder, own_address=row.address, sent_at=sent_at,
-                              connected_at=row.connected_at, directory=directory)
-        if match is None:
-            return None
-        parsed = parse_message(raw)
-        if parsed.defects:
-            defects.append((header.uid, parsed.defects))
         message_id = _message_id(summary, header.header)
         return Selected(header.uid, message_id, "mail", MailSyncedV1(
             company_id=row.company_id, correlation_id=str(row.id), payload=MailPayload(
                 message_id=message_id, mailbox_id=row.id, user_id=row.user_id, folder=folder,
                 direction=match.direction,
                 from_address=summary.from_address or "", from_name=summary.from_name or "", to=match.to,
-                cc=match.cc, subject=summary.subject or "", sent_at=sent_at, text=parsed.text[:MAX_TEXT_CHARS],
-                html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None, attachments=parsed.attachments,
-                in_reply_to=summary.in_reply_to, defect=bool(parsed.defects))))
+                cc=match.cc, subject=summary.subject or "", sent_at=self._sent_at(header, summary),
+                text=parsed.text[:MAX_TEXT_CHARS], html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None,
+                attachments=parsed.attachments, in_reply_to=summary.in_reply_to, defect=bool(parsed.defects))))
 
     async def _commit(self, cursor: FolderCursor, uids: Sequence[int], selected: list[Selected],
                       defects: list[tuple[int, list[str]]]) -> None:

@@ -79,6 +79,7 @@ class SyncScheduler:
             slots.cancel()
             await asyncio.gather(slots, return_exceptions=True)
             await self._stop_workers()
+            self.context.parser.close()
             with contextlib.suppress(Exception):
                 await self.release_all()
 
