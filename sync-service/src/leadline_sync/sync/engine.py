@@ -233,7 +233,7 @@ class MailboxSync:
         now = self.context.clock()
         async with self.context.db.session() as session:
             row = await self._fence(session)
-            if row.status != "enabled" or row.failures or row.failing_since is not None:
+            if row.status != "enabled" or row.status_reason or row.failures or row.failing_since is not None:
                 await service.set_status(session, row, "enabled", "", now, failures=0, failing_since=None)
 
     async def _failed(self, error: MailConnectionError, kind: str | None = None) -> None:
