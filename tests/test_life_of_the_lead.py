@@ -25,7 +25,7 @@ from tests.conftest import Suite
 from tests.mail_servers import SmtpServer
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60) -> Any:
+def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = check()

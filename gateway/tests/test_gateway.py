@@ -226,7 +226,7 @@ async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.Asy
     from leadline_gateway import models
 
     created = await new_company(gateway)
-    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]  # noqa: SLF001
+    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
         await session.execute(text(
             "CREATE FUNCTION gateway.refuse_named_keys() RETURNS trigger LANGUAGE plpgsql AS "

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
 
 from leadline_kit.infra import DovecotServer
@@ -23,15 +21,7 @@ from .conftest import (
 
 
 def add_imap_user(dovecot: DovecotServer, user: str) -> None:
-    """Add a Dovecot user so that Dovecot sees it at once.
-
-    Dovecot re-reads its passwd-file only when the file's mtime (in whole seconds) changes, so a user
-    appended within the same second as the previous read stays unknown: move the mtime forward.
-    """
     dovecot.add_user(user, "imap-pass")
-    users = dovecot.base_dir / "users"
-    stamp = max(users.stat().st_mtime, time.time()) + 1
-    os.utime(users, (stamp, stamp))
 
 
 def synced_mailbox(server: SmtpServer, dovecot: DovecotServer, user: str, *, smtp_use: str = "general",

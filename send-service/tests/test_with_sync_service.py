@@ -32,7 +32,7 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
     sync = SyncSettings(database_url=await migrated_database(postgres, "leadline_sync"), nats_url=nats_url,
                         identity_secret=SECRET, environment="test", sync_allow_networks="127.0.0.0/8",
                         sync_ca_file=ca_file, sync_consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
-                        sync_poll_seconds=1.0, sync_schedule_interval=0.2, sync_lease_seconds=4.0,
+                        sync_poll_seconds=1.0, sync_schedule_interval=0.2, sync_lease_seconds=15.0,
                         sync_rpc_timeout=1.0)
     me = Identity(company_id=app.company_id, user_id=app.user_id, role="salesperson")
     lead = await app.add_lead(["lead@example.org"], name="Lead")
@@ -79,6 +79,6 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
             await imap.append("Sent", raw)
         finally:
             await imap.logout()
-        settled = await app.wait_for(lost["id"], {"sent"}, timeout=30)
+        settled = await app.wait_for(lost["id"], {"sent"}, timeout=90)
         assert settled["state"] == "sent" and "Sent folder" in settled["last_error"]
         assert server.handler.data_commands == data_commands

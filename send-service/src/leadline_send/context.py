@@ -6,9 +6,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.db import request_session
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
 from leadline_send.delivery.accounts import MailboxDirectory
@@ -34,8 +32,3 @@ def send_context(request: Request) -> SendContext:
 
 Context = Annotated[SendContext, Depends(send_context)]
 
-
-# The kit's ``Session`` dependency commits after the response is sent (FastAPI's default "request" scope
-# for dependencies with yield), so a client could see 201 before the row is committed, or a 2xx for a
-# commit that then fails.  Scope "function" commits before the response goes out.
-Session = Annotated[AsyncSession, Depends(request_session, scope="function")]

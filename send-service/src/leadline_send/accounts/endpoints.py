@@ -6,6 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Response
 
+from leadline_kit.db import Session
 from leadline_kit.identity import Admin, Caller
 from leadline_send.accounts import service
 from leadline_send.accounts.schemas import (
@@ -16,7 +17,7 @@ from leadline_send.accounts.schemas import (
     SmtpAccountOut,
     TestEmailIn,
 )
-from leadline_send.context import Context, Session
+from leadline_send.context import Context
 
 router = APIRouter(prefix="/v1/smtp-accounts", tags=["smtp accounts"])
 

@@ -16,12 +16,13 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse
 
+from leadline_kit.db import Session
 from leadline_kit.errors import NotFound
 from leadline_kit.identity import Caller
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_cursor, encode_cursor
 from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
-from leadline_send.context import Context, Session
+from leadline_send.context import Context
 from leadline_send.database import autocommit
 from leadline_send.messages import repository, service
 from leadline_send.messages.schemas import MessageIn, MessageOut, State
