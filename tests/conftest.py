@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 
-from leadline_kit.infra import NatsServer, PostgresServer
+from leadline_kit.infra import NatsServer, PostgresServer, free_port
 from tests.mail_servers import SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,13 +58,16 @@ def _free_block(size: int) -> int:
 
 
 @pytest.fixture(scope="session")
-def suite(postgres: PostgresServer, nats_server: NatsServer, tls_ca: trustme.CA,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     import asyncio
 
     from leadline_kit.testing.fixtures import create_database
 
     data_dir = tmp_path_factory.mktemp("suite")
+    # its own NATS: a fresh service replays the stream from the start, and the session's stream holds
+    # every other test's events by now
+    nats_server = NatsServer(data_dir / "nats", free_port())
+    nats_server.start()
     ca_file = data_dir / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(ca_file))
     database_url = asyncio.run(create_database(postgres, f"suite_{uuid.uuid4().hex[:8]}"))
@@ -112,6 +115,7 @@ def suite(postgres: PostgresServer, nats_server: NatsServer, tls_ca: trustme.CA,
         process.wait(30)
     except subprocess.TimeoutExpired:
         process.kill()
+    nats_server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from leadline_kit.identity import Identity
-from leadline_kit.infra import DovecotServer, PostgresServer
+from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_port
 from leadline_kit.testing.clients import as_caller, running_app
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_mail.imap import ImapSettings, connect_imap
@@ -19,6 +22,16 @@ from leadline_sync.main import create_app as create_sync_app
 
 from .conftest import SECRET, HarnessFactory, SmtpFactory
 from .test_personal import add_imap_user
+
+
+@pytest.fixture
+def nats_url(tmp_path: Path) -> Iterator[str]:
+    """A NATS of this test's own: the sync service replays the stream from its start, and the
+    session's stream holds every other test's events by now."""
+    server = NatsServer(tmp_path / "nats", free_port())
+    server.start()
+    yield server.url
+    server.stop()
 
 
 async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_the_sync(
