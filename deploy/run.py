@@ -130,6 +130,10 @@ Ctrl-C stops everything.""", flush=True)
     except KeyboardInterrupt:
         return 0
     finally:
+        # Ctrl-C reaches this process more than once (from the terminal and forwarded by uv):
+        # a second interrupt must not cut the clean-up short and leave servers running
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in children:
             child.terminate()
         for child in children:
