@@ -43,7 +43,7 @@ from leadline_kit.infra import NatsServer, PostgresServer, free_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
 from leadline_lead.config import Settings
-from leadline_lead.consumers import SUBJECTS, LeadEventConsumer, apply_event
+from leadline_lead.consumers import SUBJECTS, apply_event, apply_events
 from leadline_lead.main import create_app
 from leadline_lead.models import processed
 from leadline_proto.events import MailPayload, MailSyncedV1
@@ -219,8 +219,8 @@ async def main() -> None:
             total = max(ack.seq for ack in acks)
 
             bulk_db = Database(url, "lead")
-            bulk = LeadEventConsumer(db=bulk_db, js=js, processed=processed, durable="bench-bulk",
-                                     subjects=SUBJECTS, handler=apply_event, batch_size=500)
+            bulk = EventConsumer(db=bulk_db, js=js, processed=processed, durable="bench-bulk",
+                                 subjects=SUBJECTS, handler=apply_event, batch_handler=apply_events, batch_size=500)
             bulk_rate = await measure_apply(js, bulk, total)
             per_event_db = Database(postgres.url("per_event"), "lead")
             per_event = EventConsumer(db=per_event_db, js=js, processed=processed, durable="bench-per-event",

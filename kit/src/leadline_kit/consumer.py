@@ -11,9 +11,15 @@ Outcomes per message:
 - :class:`PermanentError` from the handler → ``term`` and an error log;
 - any other exception → ``nak`` with exponential backoff and jitter.
 
-A fetched batch is applied in one transaction for speed; if that fails, each
-message is retried in its own transaction so one bad event cannot hold back
-the others.
+A fetched batch is applied in one transaction for speed: its events are
+claimed in ``processed_event`` with one statement and the fresh ones handed,
+in stream order, to the ``batch_handler`` when the service gives one (bulk SQL
+on hot paths) or to the ``handler`` one by one.  If that fails, each message is
+retried in its own transaction so one bad event cannot hold back the others.
+
+A new durable consumer starts at the beginning of the stream (right in
+production: nothing is missed); ``deliver_since`` starts it at a moment
+instead, for tests that share one stream.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -29,7 +36,7 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import Column, DateTime, MetaData, Table, Text, Uuid, func
+from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, Uuid, func, literal, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,6 +49,7 @@ log = logging.getLogger("leadline.consumer")
 CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
 
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+BatchHandler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
 
 
 class PermanentError(Exception):
@@ -60,14 +68,17 @@ def processed_event_table(metadata: MetaData) -> Table:
 
 class EventConsumer:
     def __init__(self, *, db: Database, js: JetStreamContext, processed: Table, durable: str,
-                 subjects: Sequence[str], handler: Handler, batch_size: int = 200,
-                 ack_wait: float = 60.0, max_backoff: float = 60.0) -> None:
+                 subjects: Sequence[str], handler: Handler, batch_handler: BatchHandler | None = None,
+                 batch_size: int = 200, ack_wait: float = 60.0, max_backoff: float = 60.0,
+                 deliver_since: datetime | None = None) -> None:
         self.db = db
         self.js = js
         self.processed = processed
         self.durable = durable
         self.subjects = list(subjects)
         self.handler = handler
+        self.batch_handler = batch_handler
+        self.deliver_since = deliver_since
         self.batch_size = batch_size
         self.ack_wait = ack_wait
         self.max_backoff = max_backoff
@@ -76,7 +87,8 @@ class EventConsumer:
         config = ConsumerConfig(
             durable_name=self.durable,
             ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.BY_START_TIME if self.deliver_since else DeliverPolicy.ALL,
+            opt_start_time=self.deliver_since,
             ack_wait=self.ack_wait,
             max_ack_pending=10_000,
             filter_subjects=self.subjects,
@@ -114,8 +126,7 @@ class EventConsumer:
         if len(parsed) > 1:
             try:
                 async with self.db.session() as session:
-                    for _, event in parsed:
-                        await self._apply(session, event)
+                    await self._apply(session, [event for _, event in parsed])
             except Exception:
                 log.info("consumer %s: batch of %d failed, applying one by one", self.durable, len(parsed))
             else:
@@ -126,20 +137,25 @@ class EventConsumer:
         for msg, event in parsed:
             await self._process_one(msg, event)
 
-    async def _apply(self, session: AsyncSession, event: Event) -> None:
-        inserted = await session.execute(
-            insert(self.processed)
-            .values(consumer=self.durable, event_id=event.event_id)
-            .on_conflict_do_nothing()
-            .returning(self.processed.c.event_id)
-        )
-        if inserted.first() is not None:
-            await self.handler(session, event)
+    async def _apply(self, session: AsyncSession, events: Sequence[Event]) -> None:
+        """Claim the events (one statement) and apply the ones not applied before, in order."""
+        unique = list({event.event_id: event for event in events}.values())
+        ids = literal([event.event_id for event in unique], ARRAY(Uuid))
+        claim = (insert(self.processed)
+                 .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
+                 .on_conflict_do_nothing().returning(self.processed.c.event_id))
+        fresh = set((await session.execute(claim)).scalars())
+        todo = [event for event in unique if event.event_id in fresh]
+        if self.batch_handler is not None:
+            await self.batch_handler(session, todo)
+        else:
+            for event in todo:
+                await self.handler(session, event)
 
     async def _process_one(self, msg: Msg, event: Event) -> None:
         try:
             async with self.db.session() as session:
-                await self._apply(session, event)
+                await self._apply(session, [event])
         except PermanentError as exc:
             log.error("consumer %s: event %s (%s) can never apply, terminated: %s", self.durable,
                       event.event_id, event.subject, exc)
