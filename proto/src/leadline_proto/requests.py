@@ -18,11 +18,20 @@ class Reply(BaseModel):
 
 
 class QuotaReserveRequest(Request):
+    """Reserve one message, or a sender's batch of ``messages`` messages of one account (all or nothing).
+
+    For a batch, ``recipients`` is the total over its messages, ``size_bytes`` the size of the largest
+    message and ``largest_recipients`` the recipients of the message with the most; limits on one
+    message (size, recipients per message) are checked against those.
+    """
+
     company_id: uuid.UUID
     account_key: str  # "mailbox:<uuid>" or "smtp:<uuid>"
     provider: str = "custom"
     recipients: int
     size_bytes: int
+    messages: int = 1
+    largest_recipients: int | None = None  # None: ``recipients`` (one message)
     user_id: uuid.UUID | None = None
     ttl_seconds: int = 600
     # account settings that override the provider preset field by field (e.g. a company SMTP
@@ -40,10 +49,17 @@ class QuotaReserveReply(Reply):
 
 
 class QuotaSettleRequest(Request):
-    """Commit or release a reservation (the subject says which)."""
+    """Commit or release a reservation (the subject says which).
+
+    A commit may name the part of a batch reservation that was used (``messages`` and
+    ``recipients``, at least 1 and at most what was reserved): only that counts, the rest is given
+    back.  None commits the whole reservation.
+    """
 
     company_id: uuid.UUID
     reservation_id: uuid.UUID
+    messages: int | None = None
+    recipients: int | None = None
 
 
 class QuotaSettleReply(Reply):
