@@ -26,6 +26,8 @@ class Settings(KitSettings):
     mail_cafile: str | None = None
     # delivery workers in this process; each holds at most one SMTP connection
     smtp_connections: int = 8
+    # messages a worker claims at once; their quota is reserved in one ask per account
+    claim_size: int = 16
     # a new connection once this many recipients went over one (R14 "recipients per SMTP connection")
     recipients_per_connection: int = 100
     # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final "."

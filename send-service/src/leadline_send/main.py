@@ -36,7 +36,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                             policy=policy, routes=Routes(keys, mailboxes))
         runtime.extras["send"] = SendContext(settings=settings, keys=keys, policy=policy, quota=quota,
                                              mailboxes=mailboxes, delivery=delivery)
-        await delivery.hold_liveness_lock()
+        await delivery.start()
         # Recover what a previous process left in "sending" before this one claims anything.
         await delivery.recover_once()
         runtime.spawn(delivery.run_recovery(), "send-recovery")

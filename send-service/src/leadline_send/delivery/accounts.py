@@ -63,10 +63,11 @@ class SendingAccount:
     month_start_day: int | None = None
     sent_folder: SentFolder | None = None
 
-    def quota_request(self, company_id: uuid.UUID, user_id: uuid.UUID, recipients: int,
-                      size_bytes: int) -> QuotaReserveRequest:
+    def quota_request(self, company_id: uuid.UUID, user_id: uuid.UUID, recipients: int, size_bytes: int,
+                      messages: int = 1, largest_recipients: int | None = None) -> QuotaReserveRequest:
         return QuotaReserveRequest(company_id=company_id, account_key=self.key, provider=self.provider,
-                                   recipients=recipients, size_bytes=size_bytes, user_id=user_id,
+                                   recipients=recipients, size_bytes=size_bytes, messages=messages,
+                                   largest_recipients=largest_recipients, user_id=user_id,
                                    overrides=self.overrides, month_start_day=self.month_start_day)
 
 

@@ -39,12 +39,11 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import DateTime, LargeBinary, Text, and_, bindparam, func, select, text, update
+from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import notify_channel
 from leadline_proto.events import EventBase
-from leadline_send.database import Executor
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
@@ -70,79 +69,130 @@ class Claimed:
     created_at: datetime
 
 
-# The hot path is one statement per step, each committed on its own (autocommit): a claim, the
-# "data" record before DATA, and a settle without an event are single round trips.
+# The hot path runs on plain asyncpg connections (see Delivery): one prepared statement per step,
+# each committed on its own — a claim, the "data" record before DATA, a settle.  Through SQLAlchemy
+# each step cost more CPU than speaking SMTP for the message.
 _CLAIM = """
 WITH due AS (
     SELECT id FROM outgoing_message
     WHERE state IN ('queued', 'deferred') AND next_attempt_at <= now() {account_filter}
-    ORDER BY next_attempt_at LIMIT :limit FOR UPDATE SKIP LOCKED
+    ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE outgoing_message AS m
-    SET state = 'sending', claimed_by = :worker, attempts = m.attempts + 1, updated_at = now()
+    SET state = 'sending', claimed_by = $2, attempts = m.attempts + 1, updated_at = now()
     FROM due WHERE m.id = due.id
     RETURNING m.id, m.company_id, m.user_id, m.category, m.account_key, m.provider, m.message_id,
-              m.envelope_from, m.recipients, m.draft, m.raw, m.size_bytes, m.attempts, m.created_at
+              m.envelope_from, m.recipients, m.draft, m.raw, m.size_bytes, m.attempts, m.created_at,
+              m.next_attempt_at
 ), attempt AS (
     INSERT INTO send_attempt (message_id, number, account_key, phase)
     SELECT id, attempts, account_key, 'connecting' FROM claimed
 )
-SELECT * FROM claimed
+SELECT * FROM claimed ORDER BY next_attempt_at
 """
-_CLAIMED_COLUMNS = (m.c.id, m.c.company_id, m.c.user_id, m.c.category, m.c.account_key, m.c.provider,
-                    m.c.message_id, m.c.envelope_from, m.c.recipients, m.c.draft, m.c.raw, m.c.size_bytes,
-                    m.c.attempts, m.c.created_at)
-CLAIM_ANY = text(_CLAIM.format(account_filter="")).columns(*_CLAIMED_COLUMNS)
-CLAIM_FOR_ACCOUNT = text(_CLAIM.format(account_filter="AND account_key = :account_key")).columns(
-    *_CLAIMED_COLUMNS)
+CLAIM_ANY = _CLAIM.format(account_filter="")
+CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3")
 
-RECORD_DATA = text("""
+HOLD_RESERVATION = """
+UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = 'sending' AND claimed_by = $3
+"""
+
+RECORD_DATA = """
 WITH attempt AS (
     UPDATE send_attempt SET phase = 'data'
-    WHERE message_id = :id AND number = :number AND phase = 'connecting'
+    WHERE message_id = $1 AND number = $2 AND phase = 'connecting'
     RETURNING message_id
 )
-UPDATE outgoing_message SET reservation_id = :reservation_id
-WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = :worker
+UPDATE outgoing_message SET reservation_id = $4
+WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = $3
 RETURNING id
-""")
+"""
 
-SETTLE = text("""
+SETTLE = """
 WITH attempt AS (
-    UPDATE send_attempt SET phase = 'done', outcome = :outcome, reply = :reply, finished_at = now()
-    WHERE message_id = :id AND number = :number
+    UPDATE send_attempt SET phase = 'done', outcome = $4, reply = $5, finished_at = now()
+    WHERE message_id = $1 AND number = $2
 )
 UPDATE outgoing_message
-SET state = :state, claimed_by = NULL, updated_at = now(), last_error = :error,
-    smtp_reply = coalesce(:reply, smtp_reply), next_attempt_at = coalesce(:next_attempt_at, next_attempt_at),
-    sent_at = CASE WHEN :state = 'sent' THEN now() ELSE sent_at END
-WHERE id = :id AND state = 'sending'
-""").bindparams(bindparam("next_attempt_at", type_=DateTime(timezone=True)), bindparam("reply", type_=Text),
-                bindparam("error", type_=Text))
+SET state = $3, claimed_by = NULL, updated_at = now(), last_error = $7,
+    smtp_reply = coalesce($5, smtp_reply), next_attempt_at = coalesce($6, next_attempt_at),
+    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END
+WHERE id = $1 AND state = 'sending'
+"""
 
-async def claim(db: Executor, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
+# Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
+# table and relay, woken by the same notification as leadline_kit.outbox.enqueue) in one statement.
+SETTLE_SENT = """
+WITH attempt AS (
+    UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = $3, finished_at = now()
+    WHERE message_id = $1 AND number = $2
+), message AS (
+    UPDATE outgoing_message
+    SET state = 'sent', claimed_by = NULL, updated_at = now(), last_error = $4, smtp_reply = $3,
+        sent_at = now()
+    WHERE id = $1 AND state = 'sending'
+    RETURNING id
+), event AS (
+    INSERT INTO outbox (event_id, subject, body) SELECT $5, $6, $7 FROM message
+    RETURNING event_id
+)
+SELECT pg_notify($8, '') FROM event
+"""
+
+# What a batch reservation was used for: the messages that reached the server (or may have).
+RESERVATION_USE = """
+SELECT count(*) AS messages, coalesce(sum(jsonb_array_length(recipients)), 0) AS recipients
+FROM outgoing_message WHERE reservation_id = $1 AND state IN ('sent', 'unknown')
+"""
+
+
+async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
     """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is reused."""
-    rows: list[Any] = []
+    rows: list[asyncpg.Record] = []
     if account_key:
-        rows = list((await db.execute(CLAIM_FOR_ACCOUNT, {"limit": limit, "worker": worker_key,
-                                                          "account_key": account_key})).all())
+        rows = await conn.fetch(CLAIM_FOR_ACCOUNT, limit, worker_key, account_key)
     if not rows:
-        rows = list((await db.execute(CLAIM_ANY, {"limit": limit, "worker": worker_key})).all())
-    return [Claimed(id=r.id, company_id=r.company_id, user_id=r.user_id, category=r.category,
-                    account_key=r.account_key, provider=r.provider, message_id=r.message_id,
-                    envelope_from=r.envelope_from, recipients=list(r.recipients), draft=dict(r.draft), raw=r.raw,
-                    size_bytes=r.size_bytes, attempt=r.attempts, created_at=r.created_at) for r in rows]
+        rows = await conn.fetch(CLAIM_ANY, limit, worker_key)
+    return [Claimed(id=r["id"], company_id=r["company_id"], user_id=r["user_id"], category=r["category"],
+                    account_key=r["account_key"], provider=r["provider"], message_id=r["message_id"],
+                    envelope_from=r["envelope_from"], recipients=list(r["recipients"]), draft=dict(r["draft"]),
+                    raw=r["raw"], size_bytes=r["size_bytes"], attempt=r["attempts"], created_at=r["created_at"])
+            for r in rows]
 
 
-async def record_data_started(db: Executor, message: Claimed, worker_key: int,
+async def hold_reservation(conn: asyncpg.Connection, messages: list[Claimed], worker_key: int,
+                           reservation_id: uuid.UUID) -> None:
+    """Name the batch reservation on its messages, so that recovery can settle it if this process dies."""
+    await conn.execute(HOLD_RESERVATION, reservation_id, [m.id for m in messages], worker_key)
+
+
+async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker_key: int,
                               reservation_id: uuid.UUID | None) -> bool:
     """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry.
 
     False if the message is no longer this worker's to send (then DATA must not be sent).
     """
-    done = await db.execute(RECORD_DATA, {"id": message.id, "number": message.attempt, "worker": worker_key,
-                                          "reservation_id": reservation_id})
-    return done.first() is not None
+    return await conn.fetchval(RECORD_DATA, message.id, message.attempt, worker_key, reservation_id) is not None
+
+
+async def settle_sent(conn: asyncpg.Connection, message: Claimed, event: EventBase, *, reply: str | None,
+                      error: str | None) -> None:
+    """The server accepted the message: ``sent``, with its event, atomically."""
+    await conn.execute(SETTLE_SENT, message.id, message.attempt, reply, error, event.event_id, event.subject,
+                       event.model_dump_json().encode(), notify_channel(SCHEMA))
+
+
+async def settle(conn: asyncpg.Connection, message: Claimed, *, state: str, outcome: str, reply: str | None,
+                 next_attempt_at: datetime | None = None, error: str | None = None) -> None:
+    """End the current attempt and move the message to ``state``."""
+    await conn.execute(SETTLE, message.id, message.attempt, state, outcome, reply, next_attempt_at, error)
+
+
+async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> tuple[int, int]:
+    """(messages, recipients) of a reservation that reached the server or may have."""
+    row = await conn.fetchrow(RESERVATION_USE, reservation_id)
+    assert row is not None
+    return int(row["messages"]), int(row["recipients"])
 
 
 async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
@@ -154,9 +204,10 @@ async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
                                                a.c.phase == "connecting"))
 
 
-async def current_phase(session: AsyncSession, message: Claimed) -> str | None:
-    return await session.scalar(select(a.c.phase).where(a.c.message_id == message.id,
-                                                        a.c.number == message.attempt))
+async def current_phase(conn: asyncpg.Connection, message: Claimed) -> str | None:
+    phase: str | None = await conn.fetchval("SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2",
+                                            message.id, message.attempt)
+    return phase
 
 
 async def switch_account(session: AsyncSession, message: Claimed, account_key: str, envelope_from: str,
@@ -167,42 +218,6 @@ async def switch_account(session: AsyncSession, message: Claimed, account_key: s
         from_address=from_address))
     await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
                           .values(account_key=account_key))
-
-
-# Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
-# table and relay, woken by the same notification as leadline_kit.outbox.enqueue) in one statement.
-SETTLE_SENT = text("""
-WITH attempt AS (
-    UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = :reply, finished_at = now()
-    WHERE message_id = :id AND number = :number
-), message AS (
-    UPDATE outgoing_message
-    SET state = 'sent', claimed_by = NULL, updated_at = now(), last_error = :error, smtp_reply = :reply,
-        sent_at = now()
-    WHERE id = :id AND state = 'sending'
-    RETURNING id
-), event AS (
-    INSERT INTO outbox (event_id, subject, body) SELECT :event_id, :subject, :body FROM message
-    RETURNING event_id
-)
-SELECT pg_notify(:channel, '') FROM event
-""").bindparams(bindparam("reply", type_=Text), bindparam("error", type_=Text),
-                bindparam("body", type_=LargeBinary))
-
-
-async def settle_sent(db: Executor, message: Claimed, event: EventBase, *, reply: str | None,
-                      error: str | None) -> None:
-    """The server accepted the message: ``sent``, with its event, atomically."""
-    await db.execute(SETTLE_SENT, {"id": message.id, "number": message.attempt, "reply": reply, "error": error,
-                                   "event_id": event.event_id, "subject": event.subject,
-                                   "body": event.model_dump_json().encode(), "channel": notify_channel(SCHEMA)})
-
-
-async def settle(db: Executor, message: Claimed, *, state: str, outcome: str, reply: str | None,
-                 next_attempt_at: datetime | None = None, error: str | None = None) -> None:
-    """End the current attempt and move the message to ``state``."""
-    await db.execute(SETTLE, {"id": message.id, "number": message.attempt, "state": state, "outcome": outcome,
-                              "reply": reply, "next_attempt_at": next_attempt_at, "error": error})
 
 
 @dataclass(frozen=True)

@@ -51,19 +51,22 @@ class QuotaClient:
     async def reserve(self, request: QuotaReserveRequest) -> QuotaReserveReply:
         return await self._ask(RPC_QUOTA_RESERVE, request)
 
-    def commit(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
-        self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id)
+    def commit(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, messages: int | None = None,
+               recipients: int | None = None) -> None:
+        """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest is freed)."""
+        self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id, messages, recipients)
 
     def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
         self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id)
 
-    def _settle_later(self, subject: str, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
+    def _settle_later(self, subject: str, company_id: uuid.UUID, reservation_id: uuid.UUID | None,
+                      messages: int | None = None, recipients: int | None = None) -> None:
         # Settling is off the send path: a reservation the quota service never hears about again
         # expires after its TTL, so a lost settle costs accuracy for a few minutes, never a send.
         if reservation_id is None:
             return
         task = asyncio.create_task(self._settle(subject, QuotaSettleRequest(
-            company_id=company_id, reservation_id=reservation_id)))
+            company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients)))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 

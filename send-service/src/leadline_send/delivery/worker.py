@@ -8,6 +8,16 @@ recipients went over it (R14).  The order of one attempt::
       → phase "data" (commit, R21) → DATA with a 10-minute reply timeout
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
 
+A worker claims up to ``claim_size`` messages at once and reserves quota once
+for the messages of one account among them (``messages=k``, all or nothing);
+the reservation is named on those rows, and when the batch is done only the
+messages that reached the server (sent or unknown) are committed, the rest is
+given back.  If the batch does not fit, each message is reserved on its own,
+with rotation to the next account of its type (R15).  A process that dies
+mid-batch leaves the reservation on its rows, and recovery commits what was
+used.  The claim, the record before DATA and the settle run on a pool of plain
+asyncpg connections: through SQLAlchemy they cost more CPU than SMTP itself.
+
 What the server says decides the next state: a reply of class 4xx, or any
 failure before the DATA command, puts the message back (``deferred``, backoff
 with jitter); 5xx fails it with the server's words; silence after DATA began
@@ -18,12 +28,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiosmtplib
 import asyncpg
@@ -37,7 +49,6 @@ from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
 from leadline_proto.requests import QuotaReserveReply
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
-from leadline_send.database import autocommit
 from leadline_send.delivery import queue
 from leadline_send.delivery.accounts import (
     MailboxDirectory,
@@ -87,6 +98,35 @@ def _reply_class(code: int) -> str:
     return f"{code // 100}xx"
 
 
+DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@dataclass
+class HeldReservation:
+    """One quota reservation for a claimed batch of one account's messages, and what of it was used."""
+
+    account: SendingAccount
+    company_id: uuid.UUID
+    reservation_id: uuid.UUID
+    messages: int = 0
+    recipients: int = 0
+
+    def use(self, message: queue.Claimed) -> None:
+        self.messages += 1
+        self.recipients += len(message.recipients)
+
+
+def _by_account(batch: list[queue.Claimed]) -> list[list[queue.Claimed]]:
+    groups: dict[tuple[uuid.UUID, uuid.UUID, str], list[queue.Claimed]] = {}
+    for message in batch:
+        groups.setdefault((message.company_id, message.user_id, message.account_key), []).append(message)
+    return list(groups.values())
+
+
+async def _json_codec(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
 @dataclass
 class Delivery:
     """The delivery workers of one process and the recovery of abandoned messages."""
@@ -102,23 +142,32 @@ class Delivery:
     # an empty claim.  Workers also poll, for messages queued by other replicas or coming due.
     _wake: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
     instance_key: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))  # noqa: S311
-    batch_size: int = 4
     _lock_conn: asyncpg.Connection | None = None
+    _pool: asyncpg.Pool | None = None
     _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _busy: set[int] = field(default_factory=set)
     _all_idle: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def hold_liveness_lock(self) -> None:
-        """Take this process's advisory lock; it lasts as long as the process (and its connection)."""
+    async def start(self) -> None:
+        """Take this process's advisory lock (it lasts as long as the process) and open the queue's pool."""
         self._lock_conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
         await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
+        self._pool = await asyncpg.create_pool(
+            asyncpg_dsn(self.db.url), min_size=1, max_size=self.settings.smtp_connections + 2, init=_json_codec,
+            server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery"})
 
     async def close(self) -> None:
-        if self._lock_conn is not None:
-            with contextlib.suppress(Exception):
-                await self._lock_conn.close()
+        for closable in (self._pool, self._lock_conn):
+            if closable is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(closable.close(), 5)
         await self.quota.drain()
+
+    def _conn(self) -> Any:
+        """A connection of the queue's pool (``async with``); each statement commits on its own."""
+        assert self._pool is not None, "Delivery.start() first"
+        return self._pool.acquire()
 
     # --- recovery -----------------------------------------------------------------
 
@@ -129,11 +178,16 @@ class Delivery:
                 recovered = await queue.recover_abandoned(session, probe)
         finally:
             await probe.close()
-        for r in recovered:
-            if r.state == "unknown":
-                self.quota.commit(r.company_id, r.reservation_id)
-            else:
-                self.quota.release(r.company_id, r.reservation_id)
+        # a reservation of the dead process counts what reached the server under it (one message's, or
+        # a batch's); a batch reservation it never settled is named on its rows, so it is found here too
+        reservations = {(r.company_id, r.reservation_id) for r in recovered if r.reservation_id is not None}
+        async with self._conn() as conn:
+            for company_id, reservation_id in reservations:
+                messages, recipients = await queue.reservation_use(conn, reservation_id)
+                if messages:
+                    self.quota.commit(company_id, reservation_id, messages=messages, recipients=recipients)
+                else:
+                    self.quota.release(company_id, reservation_id)
         if recovered:
             log.warning("recovered %d abandoned messages (%d unknown)", len(recovered),
                         sum(r.state == "unknown" for r in recovered))
@@ -168,10 +222,10 @@ class Delivery:
         try:
             while not self.stopping.is_set():
                 try:
-                    async with autocommit(self.db) as connection:
-                        batch = await queue.claim(connection, self.instance_key, self.batch_size,
+                    async with self._conn() as conn:
+                        batch = await queue.claim(conn, self.instance_key, self.settings.claim_size,
                                                   session.account_key if session else None)
-                except (OSError, SQLAlchemyError):
+                except DB_ERRORS:
                     log.exception("worker %d: claiming failed; retrying", number)
                     await asyncio.sleep(1.0)
                     continue
@@ -182,28 +236,79 @@ class Delivery:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.get(), self.settings.queue_poll_seconds)
                     continue
-                for n, message in enumerate(batch):
-                    if self.stopping.is_set():
-                        async with self.db.session() as db_session:
-                            await queue.give_back(db_session, batch[n:])
-                        break
-                    try:
-                        session = await self.deliver(message, session)
-                    except Exception:
-                        log.exception("worker %d: delivering %s failed unexpectedly", number, message.id)
-                        await self._drop(session)
-                        session = None
-                        try:
-                            await self._settle_after_crash(message)
-                        except (OSError, SQLAlchemyError):
-                            # the database is away: the row stays "sending" under this process's lock
-                            # and the next process (or recovery after a restart) settles it by phase
-                            log.exception("worker %d: could not settle %s", number, message.id)
+                session = await self._deliver_batch(number, batch, session)
         finally:
             await self._drop(session)
             self._busy.discard(number)
             if not self._busy:
                 self._all_idle.set()
+
+    async def _deliver_batch(self, number: int, batch: list[queue.Claimed],
+                             session: SmtpSession | None) -> SmtpSession | None:
+        groups = _by_account(batch)
+        for g, group in enumerate(groups):
+            held = await self._reserve_group(group)
+            try:
+                for n, message in enumerate(group):
+                    if self.stopping.is_set():
+                        async with self.db.session() as db_session:
+                            await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1:]
+                                                                             for m in rest)])
+                        return session
+                    session = await self._deliver_one(number, message, session, held)
+            finally:
+                if held is not None:
+                    self._settle_held(held)
+        return session
+
+    async def _deliver_one(self, number: int, message: queue.Claimed, session: SmtpSession | None,
+                           held: HeldReservation | None) -> SmtpSession | None:
+        try:
+            return await self.deliver(message, session, held)
+        except Exception:
+            log.exception("worker %d: delivering %s failed unexpectedly", number, message.id)
+            await self._drop(session)
+            try:
+                if await self._settle_after_crash(message) == "unknown" and held is not None:
+                    held.use(message)
+            except DB_ERRORS:
+                # the database is away: the row stays "sending" under this process's lock
+                # and the next process (or recovery after a restart) settles it by phase
+                log.exception("worker %d: could not settle %s", number, message.id)
+            return None
+
+    async def _reserve_group(self, group: list[queue.Claimed]) -> HeldReservation | None:
+        """One reservation for the batch's messages of one account; None: reserve them one by one."""
+        if len(group) < 2:
+            return None
+        first = group[0]
+        try:
+            account = await self._account(first)
+            if account is None:
+                return None
+            reply = await self.quota.reserve(account.quota_request(
+                first.company_id, first.user_id, sum(len(m.recipients) for m in group),
+                max(m.size_bytes for m in group), messages=len(group),
+                largest_recipients=max(len(m.recipients) for m in group)))
+        except (QuotaUnavailable, MailboxUnavailable):
+            return None
+        if not reply.granted or reply.reservation_id is None:
+            return None
+        try:
+            async with self._conn() as conn:
+                await queue.hold_reservation(conn, group, self.instance_key, reply.reservation_id)
+        except DB_ERRORS:
+            log.exception("could not record batch reservation %s; reserving one by one", reply.reservation_id)
+            self.quota.release(first.company_id, reply.reservation_id)
+            return None
+        return HeldReservation(account, first.company_id, reply.reservation_id)
+
+    def _settle_held(self, held: HeldReservation) -> None:
+        if held.messages:
+            self.quota.commit(held.company_id, held.reservation_id, messages=held.messages,
+                              recipients=held.recipients)
+        else:
+            self.quota.release(held.company_id, held.reservation_id)
 
     async def stop(self, grace_seconds: float) -> None:
         """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
@@ -217,16 +322,17 @@ class Delivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_idle.wait(), grace_seconds)
 
-    async def _settle_after_crash(self, message: queue.Claimed) -> None:
-        """A bug, not an SMTP answer: treat it like a killed process would be treated."""
-        async with self.db.session() as db_session:
-            if await queue.current_phase(db_session, message) == "data":
-                await queue.settle(db_session, message, state="unknown", outcome="interrupted", reply=None,
+    async def _settle_after_crash(self, message: queue.Claimed) -> str:
+        """A bug, not an SMTP answer: treat it like a killed process would be treated; returns the state."""
+        async with self._conn() as conn:
+            if await queue.current_phase(conn, message) == "data":
+                await queue.settle(conn, message, state="unknown", outcome="interrupted", reply=None,
                                    error="an internal error happened after DATA began")
-            else:
-                await queue.settle(db_session, message, state="deferred", outcome="interrupted", reply=None,
-                                   next_attempt_at=self._backoff(message.attempt),
-                                   error="an internal error happened before DATA; will retry")
+                return "unknown"
+            await queue.settle(conn, message, state="deferred", outcome="interrupted", reply=None,
+                               next_attempt_at=self._backoff(message.attempt),
+                               error="an internal error happened before DATA; will retry")
+            return "deferred"
 
     def _backoff(self, attempt: int) -> datetime:
         base = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, attempt - 1))
@@ -316,25 +422,36 @@ class Delivery:
         return queue.Claimed(**{**message.__dict__, "account_key": account.key, "raw": built.raw,
                                 "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
 
-    async def deliver(self, message: queue.Claimed, session: SmtpSession | None) -> SmtpSession | None:
+    async def deliver(self, message: queue.Claimed, session: SmtpSession | None,
+                      held: HeldReservation | None = None) -> SmtpSession | None:
+        """Send one message; under ``held`` (its batch's reservation) or with a reservation of its own."""
         if message.category == "marketing" and await self._unsubscribed(message):
             await self._finish(message, None, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
                                                       "from marketing mail after this message was queued"))
             return session
-        try:
-            account, message, reservation, refusal = await self._reserve(message, await self._account(message))
-        except (QuotaUnavailable, MailboxUnavailable) as exc:
-            await self._finish(message, None, Outcome("deferred", "unavailable", error=str(exc),
-                                                      retry_at=self._backoff(message.attempt)))
-            return session
-        if refusal is not None or account is None:
-            await self._finish(message, None, refusal or Outcome("deferred", "no-account"))
-            return session
+        reservation: uuid.UUID | None
+        if held is not None:
+            account, reservation = held.account, held.reservation_id
+        else:
+            try:
+                found, message, reservation, refusal = await self._reserve(message, await self._account(message))
+            except (QuotaUnavailable, MailboxUnavailable) as exc:
+                await self._finish(message, None, Outcome("deferred", "unavailable", error=str(exc),
+                                                          retry_at=self._backoff(message.attempt)))
+                return session
+            if refusal is not None or found is None:
+                await self._finish(message, None, refusal or Outcome("deferred", "no-account"))
+                return session
+            account = found
         started = time.perf_counter()
         outcome, session = await self._transact(message, account, session, reservation)
         SMTP_SECONDS.observe(time.perf_counter() - started)
         await self._finish(message, account, outcome)
-        if outcome.state in ("sent", "unknown"):
+        used = outcome.state in ("sent", "unknown")  # unknown counts: the recipient may have it
+        if held is not None:
+            if used:
+                held.use(message)
+        elif used:
             self.quota.commit(message.company_id, reservation)
         else:
             self.quota.release(message.company_id, reservation)
@@ -405,8 +522,8 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
-        async with autocommit(self.db) as connection:
-            ours = await queue.record_data_started(connection, message, self.instance_key, reservation)
+        async with self._conn() as conn:
+            ours = await queue.record_data_started(conn, message, self.instance_key, reservation)
         if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:
@@ -437,13 +554,12 @@ class Delivery:
         if state == "deferred":
             RETRIES.labels(outcome.outcome).inc()
         OUTCOMES.labels(outcome.outcome).inc()
-        if state == "sent" and account is not None:
-            async with autocommit(self.db) as connection:
-                await queue.settle_sent(connection, message, self._sent_event(message, account),
-                                        reply=outcome.reply, error=outcome.error)
-        else:
-            async with autocommit(self.db) as connection:
-                await queue.settle(connection, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
+        async with self._conn() as conn:
+            if state == "sent" and account is not None:
+                await queue.settle_sent(conn, message, self._sent_event(message, account), reply=outcome.reply,
+                                        error=outcome.error)
+            else:
+                await queue.settle(conn, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
                                    next_attempt_at=outcome.retry_at, error=outcome.error)
         if state == "sent":
             DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
