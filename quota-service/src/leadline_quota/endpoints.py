@@ -20,6 +20,7 @@ from leadline_quota.reservations import InvalidAsk, ReserveAsk, Settlement
 from leadline_quota.schemas import (
     AccountOverridesIn,
     AccountQuotaOut,
+    CommitIn,
     LimitUsageOut,
     PlanIn,
     PlanOut,
@@ -91,9 +92,10 @@ async def presets(caller: Caller) -> PresetsOut:
                         422: {"description": "malformed, or a message that can never pass (retry_at null)"}})
 async def reserve(body: ReservationIn, caller: Admin, session: Session, request: Request,
                   ) -> ReservationOut | JSONResponse:
-    """Reserve quota for one message (operators; senders use the NATS RPC)."""
+    """Reserve quota for one message or a batch (operators; senders use the NATS RPC)."""
     ask = ReserveAsk(caller.company_id, body.account_key, body.provider, body.recipients, body.size_bytes,
-                     body.ttl_seconds, body.overrides, body.month_start_day)
+                     body.ttl_seconds, body.overrides, body.month_start_day, messages=body.messages,
+                     largest_recipients=body.largest_recipients)
     try:
         decision = await reservations.reserve(session, ask, _clock(request))
     except InvalidAsk as exc:
@@ -114,6 +116,8 @@ async def reserve(body: ReservationIn, caller: Admin, session: Session, request:
 
 
 def _settled(settlement: Settlement) -> SettlementOut:
+    if settlement.invalid:
+        raise Unprocessable(settlement.detail, slug="reservation-counts-invalid")
     if not settlement.found:
         raise NotFound("no such reservation", slug="reservation-not-found")
     if not settlement.ok:
@@ -121,9 +125,14 @@ def _settled(settlement: Settlement) -> SettlementOut:
     return SettlementOut(ok=True, detail=settlement.detail)
 
 
-@router.post("/reservations/{reservation_id}/commit", response_model=SettlementOut)
-async def commit(reservation_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> SettlementOut:
-    return _settled(await reservations.commit(session, caller.company_id, reservation_id, _clock(request)))
+@router.post("/reservations/{reservation_id}/commit", response_model=SettlementOut,
+             responses={422: {"description": "used counts out of range of the reservation"}})
+async def commit(reservation_id: uuid.UUID, caller: Admin, session: Session, request: Request,
+                 body: CommitIn | None = None) -> SettlementOut:
+    """Make the usage final; a body may name the part of a batch that was used (the rest is given back)."""
+    used = body or CommitIn()
+    return _settled(await reservations.commit(session, caller.company_id, reservation_id, _clock(request),
+                                              messages=used.messages, recipients=used.recipients))
 
 
 @router.post("/reservations/{reservation_id}/release", response_model=SettlementOut)

@@ -7,7 +7,8 @@ each request (e.g. a company SMTP account's max per month), then the
 operator's overrides stored with ``PUT /v1/quotas/accounts/{account_key}``.
 
 Static limits (recipients per message / per connection, message size) are
-checked against the one message; windowed limits count granted reservations:
+checked against one message (of a batch, the largest); windowed limits count
+the messages or recipients of granted reservations:
 rolling windows over the last second, minute, 30 minutes, hour and day, and a
 calendar window per month starting on the account's month start day (UTC; a
 start day past the end of a short month falls on its last day).
@@ -46,9 +47,9 @@ class WindowedLimit:
     window: str
     maximum: int
 
-    def demand(self, recipients: int) -> int:
-        """How much one message with ``recipients`` recipients uses of this limit."""
-        return 1 if self.measure == "messages" else recipients
+    def demand(self, messages: int, recipients: int) -> int:
+        """How much ``messages`` messages with ``recipients`` recipients in all use of this limit."""
+        return messages if self.measure == "messages" else recipients
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ reservation = Table(
     Column("reservation_id", Uuid, primary_key=True),
     Column("company_id", Uuid, nullable=False),
     Column("account_key", Text, nullable=False),
+    # a sender's batch of messages reserves them together: ``recipients`` is their total
+    Column("messages", Integer, nullable=False, server_default=text("1")),
     Column("recipients", Integer, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
     Column("state", Text, nullable=False, server_default="reserved"),
@@ -63,7 +65,7 @@ reservation = Table(
     # the usage aggregate reads only these columns: with them in the index, old (all-visible) rows of a
     # month window are counted by an index-only scan
     Index("ix_reservation_account_time", "company_id", "account_key", "reserved_at",
-          postgresql_include=["state", "expires_at", "recipients"]),
+          postgresql_include=["state", "expires_at", "recipients", "messages"]),
 )
 
 company = Table(

@@ -1,6 +1,10 @@
 """Quota reservations: reserve, then commit or release, or let expire (R14).
 
-A sender asks to *reserve* one message (account, recipients, size).  The
+A sender asks to *reserve* one message (account, recipients, size), or a
+batch of messages of one account: ``messages`` of them, ``recipients`` in all,
+the largest ``size_bytes`` and ``largest_recipients``.  A batch is granted
+whole or not at all, in the same statement as one message, its demand being
+its messages (or its total recipients) on every windowed limit.  The
 reservation is decided while holding the sending account's row lock (taken by
 ``INSERT ... ON CONFLICT DO UPDATE`` on ``sending_account``), so the
 reservations of one account are decided one at a time whichever process or
@@ -11,7 +15,8 @@ after the lock statement, gets a snapshot that holds every earlier grant.
 
 States of a reservation::
 
-    reserved --commit--> committed      (counts until it leaves every window)
+    reserved --commit--> committed      (counts until it leaves every window; a commit may
+                                         name the part of a batch that was used, the rest is given back)
     reserved --release-> released       (counts for nothing)
     reserved --expires_at passes--> counts for nothing (a late commit still records the usage)
 
@@ -20,8 +25,11 @@ moment enough of the counted usage has left that limit's window (a rolling
 window frees each use ``length`` after it was granted; the month window frees
 everything at the next month start; a reservation frees at its expiry if that
 comes first).  ``retry_at`` is ``None`` when the message can never pass (more
-recipients or bytes than the account allows for one message).  Each refused
-reservation enqueues ``quota.exceeded`` in the same transaction.
+recipients or bytes than the account allows for one message; for a batch,
+when its largest message can never pass: a batch too big as a whole is not
+"never").  Each refused reservation of one message enqueues ``quota.exceeded``
+in the same transaction; a refused batch does not, as its sender then reserves
+the messages one at a time and those refusals say it.
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ from leadline_quota.models import outbox, reservation, sending_account
 
 ACCOUNT_KEY = re.compile(r"^(mailbox|smtp):([0-9a-fA-F-]{32,36})$")
 MAX_TTL_SECONDS = 24 * 3600
+MAX_BATCH_MESSAGES = 1000
 
 
 class InvalidAsk(ValueError):
@@ -96,10 +105,27 @@ class ReserveAsk:
     ttl_seconds: int = 600
     account_settings: dict[str, int] = field(default_factory=dict)
     month_start_day: int | None = None
+    # a batch: ``recipients`` is the total of its messages, ``size_bytes`` the largest message's size
+    messages: int = 1
+    largest_recipients: int | None = None  # None: ``recipients`` (one message)
+
+    @property
+    def largest(self) -> int:
+        """Recipients of the batch's message with the most (of the one message)."""
+        return self.recipients if self.largest_recipients is None else self.largest_recipients
 
     def validated(self) -> ReserveAsk:
         if not 1 <= self.recipients <= MAX_LIMIT:
             raise InvalidAsk(f"recipients must be between 1 and {MAX_LIMIT}")
+        if not 1 <= self.messages <= MAX_BATCH_MESSAGES:
+            raise InvalidAsk(f"messages must be between 1 and {MAX_BATCH_MESSAGES}")
+        if self.messages > self.recipients:
+            raise InvalidAsk("recipients (the batch's total) must be at least messages")
+        if not 1 <= self.largest <= self.recipients:
+            raise InvalidAsk("largest_recipients must be between 1 and recipients")
+        if self.largest * self.messages < self.recipients:
+            # the largest message has at least the average: less would hide it from recipients_per_message
+            raise InvalidAsk("largest_recipients times messages must be at least recipients")
         if not 0 <= self.size_bytes < 2**63:
             raise InvalidAsk("size_bytes must be between 0 and 2**63 - 1")
         if not 1 <= self.ttl_seconds <= MAX_TTL_SECONDS:
@@ -109,7 +135,7 @@ class ReserveAsk:
             raise InvalidAsk(problem)
         return ReserveAsk(self.company_id, canonical_account_key(self.account_key), self.provider[:100] or "custom",
                           self.recipients, self.size_bytes, self.ttl_seconds, dict(self.account_settings),
-                          self.month_start_day)
+                          self.month_start_day, self.messages, self.largest)
 
 
 @dataclass(frozen=True)
@@ -145,8 +171,8 @@ def _free_at(window: str, end: datetime | None) -> ColumnElement[Any]:
     return func.least(leaves, case((reservation.c.state == "reserved", reservation.c.expires_at)))
 
 
-def _weight(limit: WindowedLimit) -> ColumnElement[Any]:
-    return literal(1) if limit.measure == "messages" else reservation.c.recipients
+def _weight(measure: str) -> ColumnElement[Any]:
+    return reservation.c.messages if measure == "messages" else reservation.c.recipients
 
 
 @dataclass(frozen=True)
@@ -168,7 +194,7 @@ async def window_usage(session: AsyncSession, company_id: uuid.UUID, account_key
         start, end = window_bounds(limit.window, now, limits.month_start_day)
         oldest = min(oldest, start)
         inside = _in_window(start, end)
-        columns.append(func.coalesce(func.sum(_weight(limit)).filter(inside), 0))
+        columns.append(func.coalesce(func.sum(_weight(limit.measure)).filter(inside), 0))
         if with_resets:
             columns.append(func.min(_free_at(limit.window, end)).filter(inside))
     row = (await session.execute(
@@ -186,13 +212,14 @@ async def _earliest_capacity(session: AsyncSession, company_id: uuid.UUID, accou
     start, end = window_bounds(limit.window, now, limits.month_start_day)
     free_at = _free_at(limit.window, end)
     freeing = (
-        select(free_at.label("free_at"), func.sum(_weight(limit)).over(order_by=free_at).label("freed"))
+        select(free_at.label("free_at"), func.sum(_weight(limit.measure)).over(order_by=free_at).label("freed"))
         .where(_of_account(company_id, account_key), _live(now), _in_window(start, end))
         .subquery()
     )
     found = await session.scalar(
         select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1))
-    # nothing counted can free enough only if the usage changed under us; the window end is safe
+    # nothing counted frees enough for a batch bigger than the limit (or if the usage changed under
+    # us): the window end is safe
     return found or (end if end is not None else now + ROLLING_WINDOWS[limit.window])
 
 
@@ -200,17 +227,18 @@ async def _earliest_capacity(session: AsyncSession, company_id: uuid.UUID, accou
 
 
 def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
+    """A refusal when one message (of a batch, the largest) can never pass, whatever the usage."""
     static = limits.static()
-    for name, asked in (("recipients_per_message", ask.recipients), ("recipients_per_connection", ask.recipients),
+    never = "this message can never pass" if ask.messages == 1 else "the batch's largest message can never pass"
+    for name, asked in (("recipients_per_message", ask.largest), ("recipients_per_connection", ask.largest),
                         ("message_size_bytes", ask.size_bytes)):
         if name in static and asked > static[name]:
-            return Decision(False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; "
-                                                      "this message can never pass")
+            return Decision(False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; {never}")
     for limit in limits.windowed():
-        if limit.demand(ask.recipients) > limit.maximum:
-            return Decision(False, limit=limit.name, detail=f"{limit.demand(ask.recipients)} exceeds "
-                                                            f"{limit.name} = {limit.maximum}; "
-                                                            "this message can never pass")
+        demand = limit.demand(1, ask.largest)
+        if demand > limit.maximum:
+            return Decision(False, limit=limit.name, detail=f"{demand} exceeds {limit.name} = {limit.maximum}; "
+                                                            f"{never}")
     return None
 
 
@@ -256,11 +284,11 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
         inside = reservation.c.reserved_at > bindparam(f"start_{i}", type_=timestamp)
         if window == "month":
             inside = and_(inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp))
-        weight = literal(1) if measure == "messages" else reservation.c.recipients
-        sums.append(func.coalesce(func.sum(weight).filter(inside), 0).label(f"used_{i}"))
+        sums.append(func.coalesce(func.sum(_weight(measure)).filter(inside), 0).label(f"used_{i}"))
     values = select(
         bindparam("reservation_id", type_=Uuid), bindparam("company_id", type_=Uuid),
-        bindparam("account_key", type_=Text), bindparam("recipients", type_=Integer),
+        bindparam("account_key", type_=Text), bindparam("messages", type_=Integer),
+        bindparam("recipients", type_=Integer),
         bindparam("size_bytes", type_=BigInteger), literal("reserved", type_=Text), now,
         bindparam("expires_at", type_=timestamp),
     )
@@ -272,20 +300,20 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
         ).subquery("usage")
         values = values.select_from(usage).where(
             *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape))))
-    columns = ["reservation_id", "company_id", "account_key", "recipients", "size_bytes", "state", "reserved_at",
-               "expires_at"]
+    columns = ["reservation_id", "company_id", "account_key", "messages", "recipients", "size_bytes", "state",
+               "reserved_at", "expires_at"]
     return reservation.insert().from_select(columns, values).returning(reservation.c.reservation_id)
 
 
 async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
                          now: datetime) -> Decision | None:
-    """Record the reservation if every window has room; ``None`` when one has not."""
+    """Record the reservation (one message or a whole batch) if every window has room; ``None`` when one has not."""
     windowed = limits.windowed()
     decision = Decision(True, reservation_id=uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds))
     params: dict[str, Any] = {
         "reservation_id": decision.reservation_id, "company_id": ask.company_id, "account_key": ask.account_key,
-        "recipients": ask.recipients, "size_bytes": ask.size_bytes, "now": now, "expires_at": decision.expires_at,
-        "oldest": now,
+        "messages": ask.messages, "recipients": ask.recipients, "size_bytes": ask.size_bytes, "now": now,
+        "expires_at": decision.expires_at, "oldest": now,
     }
     for i, limit in enumerate(windowed):
         start, end = window_bounds(limit.window, now, limits.month_start_day)
@@ -293,7 +321,7 @@ async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: Account
         params["oldest"] = min(params["oldest"], start)
         if end is not None:
             params[f"end_{i}"] = end
-        params[f"room_{i}"] = limit.maximum - limit.demand(ask.recipients)
+        params[f"room_{i}"] = limit.maximum - limit.demand(ask.messages, ask.recipients)
     statement = _grant_statement(tuple((limit.measure, limit.window) for limit in windowed))
     inserted = (await session.execute(statement, params)).first()
     return decision if inserted is not None else None
@@ -308,7 +336,7 @@ async def _operator_settings(session: AsyncSession, company_id: uuid.UUID, accou
 
 
 async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_run: bool = False) -> Decision:
-    """Grant or refuse one message; ``dry_run`` answers the same without reserving or locking."""
+    """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or locking."""
     ask = ask.validated()
     if dry_run:
         operator = await _operator_settings(session, ask.company_id, ask.account_key)
@@ -326,7 +354,7 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
         decision = await _decide_windows(session, ask, limits, now)
         if decision.granted and not dry_run:
             raise RuntimeError("usage changed while the account lock was held")  # the lock forbids it
-    if not decision.granted and not dry_run:
+    if not decision.granted and not dry_run and ask.messages == 1:
         assert decision.limit is not None
         await enqueue(session, outbox, QuotaExceededV1(company_id=ask.company_id, payload=QuotaExceededPayload(
             account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at)))
@@ -335,19 +363,22 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
 
 async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
                           now: datetime) -> Decision:
-    refusals: list[tuple[datetime, WindowedLimit, int]] = []
+    refusals: list[tuple[datetime, WindowedLimit, int, int]] = []
     for usage in await window_usage(session, ask.company_id, ask.account_key, limits, now):
-        demand = usage.limit.demand(ask.recipients)
+        demand = usage.limit.demand(ask.messages, ask.recipients)
         excess = usage.used + demand - usage.limit.maximum
         if excess > 0:
             retry_at = await _earliest_capacity(session, ask.company_id, ask.account_key, limits, usage.limit,
                                                 excess, now)
-            refusals.append((retry_at, usage.limit, usage.used))
+            refusals.append((retry_at, usage.limit, usage.used, demand))
     if refusals:
-        # the message passes only when every limit has room: the latest of their retry times
-        retry_at, limit, used = max(refusals, key=lambda r: r[0])
+        # the ask passes only when every limit has room: the latest of their retry times
+        retry_at, limit, used, demand = max(refusals, key=lambda r: r[0])
+        asked = "" if ask.messages == 1 else f", {demand} asked by a batch of {ask.messages} messages"
+        if demand > limit.maximum:
+            asked += "; more than the limit allows at once"
         return Decision(False, limit=limit.name, retry_at=retry_at,
-                        detail=f"{limit.name} = {limit.maximum} would be passed ({used} used)")
+                        detail=f"{limit.name} = {limit.maximum} would be passed ({used} used{asked})")
     return Decision(True)
 
 
@@ -357,30 +388,74 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
 @dataclass(frozen=True)
 class Settlement:
     ok: bool
-    found: bool
+    found: bool  # not looked up when the used counts are invalid whatever was reserved
     detail: str = ""
+    invalid: bool = False  # the commit's used counts are out of range: nothing was changed
 
 
-async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID,
-                 clock: Clock) -> Settlement:
-    """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the usage."""
+def _invalid_counts(messages: int | None, recipients: int | None) -> str | None:
+    """Why used counts can never be committed, whatever was reserved."""
+    if messages is not None and not 1 <= messages <= MAX_BATCH_MESSAGES:
+        return f"messages must be between 1 and {MAX_BATCH_MESSAGES}"
+    if recipients is not None and not 1 <= recipients <= MAX_LIMIT:
+        return f"recipients must be between 1 and {MAX_LIMIT}"
+    if messages is not None and recipients is not None and recipients < messages:
+        return f"{recipients} recipients cannot be the total of {messages} messages"
+    return None
+
+
+def _out_of_range(messages: int | None, recipients: int | None, reserved: Any) -> str:
+    """Why used counts do not fit the reservation (``reserved``: its messages and recipients)."""
+    if messages is not None and messages > reserved.messages:
+        return f"{messages} messages used is more than the {reserved.messages} reserved"
+    if recipients is not None and recipients > reserved.recipients:
+        return f"{recipients} recipients used is more than the {reserved.recipients} reserved"
+    used = reserved.messages if messages is None else messages
+    return f"{recipients} recipients cannot be the total of {used} messages"
+
+
+async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock, *,
+                 messages: int | None = None, recipients: int | None = None) -> Settlement:
+    """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the usage.
+
+    ``messages`` / ``recipients`` name the part of a batch that was used (None: all that was
+    reserved); only that counts from now on.  They must fit in the reservation, else nothing changes.
+    """
+    problem = _invalid_counts(messages, recipients)
+    if problem:
+        return Settlement(False, False, problem, invalid=True)
     now = clock()
+    used: dict[str, Any] = {}
+    fits: list[ColumnElement[bool]] = []
+    if messages is not None:
+        used["messages"] = messages
+        fits += [reservation.c.messages >= messages]
+    if recipients is not None:
+        used["recipients"] = recipients
+        fits += [reservation.c.recipients >= recipients]
+        if messages is None:
+            fits += [reservation.c.messages <= recipients]
     row = (await session.execute(
         update(reservation)
         .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id,
-               reservation.c.state == "reserved")
-        .values(state="committed", settled_at=now)
+               reservation.c.state == "reserved", *fits)
+        .values(state="committed", settled_at=now, **used)
         .returning(reservation.c.expires_at)
     )).first()
     if row is not None:
         late = row.expires_at <= now
         return Settlement(True, True, "reservation had expired; the usage is recorded" if late else "")
-    state = await _state(session, company_id, reservation_id)
-    if state is None:
+    existing = (await session.execute(
+        select(reservation.c.state, reservation.c.messages, reservation.c.recipients)
+        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id)
+    )).first()
+    if existing is None:
         return Settlement(False, False, "no such reservation")
-    if state == "committed":
+    if existing.state == "committed":
         return Settlement(True, True, "already committed")
-    return Settlement(False, True, "the reservation was released")
+    if existing.state == "released":
+        return Settlement(False, True, "the reservation was released")
+    return Settlement(False, True, _out_of_range(messages, recipients, existing), invalid=True)
 
 
 async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID,

@@ -91,7 +91,8 @@ class QuotaRpc:
     async def _decide(self, data: bytes, *, dry_run: bool) -> tuple[BaseModel, str]:
         request = QuotaReserveRequest.model_validate_json(data)
         ask = ReserveAsk(request.company_id, request.account_key, request.provider, request.recipients,
-                         request.size_bytes, request.ttl_seconds, request.overrides, request.month_start_day)
+                         request.size_bytes, request.ttl_seconds, request.overrides, request.month_start_day,
+                         messages=request.messages, largest_recipients=request.largest_recipients)
         try:
             if dry_run:
                 async with self.db.session() as session:
@@ -113,7 +114,10 @@ class QuotaRpc:
     async def commit(self, data: bytes) -> tuple[BaseModel, str]:
         request = QuotaSettleRequest.model_validate_json(data)
         async with self.db.session() as session:
-            settled = await reservations.commit(session, request.company_id, request.reservation_id, self.clock)
+            settled = await reservations.commit(session, request.company_id, request.reservation_id, self.clock,
+                                                messages=request.messages, recipients=request.recipients)
+        if settled.invalid:
+            raise Unreadable(settled.detail)
         return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
 
     async def release(self, data: bytes) -> tuple[BaseModel, str]:

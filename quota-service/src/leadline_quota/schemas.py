@@ -61,8 +61,12 @@ class ReservationIn(BaseModel):
 
     account_key: str = Field(examples=["smtp:6f1c2b9e-3f4e-4c55-9d0e-0a9f7d6b1c2a"])
     provider: str = "custom"
+    # a batch of ``messages`` messages: ``recipients`` in all, ``size_bytes`` and ``largest_recipients``
+    # of its largest message (None: ``recipients``, one message)
     recipients: int = Field(ge=1)
     size_bytes: int = Field(ge=0)
+    messages: int = Field(1, ge=1)
+    largest_recipients: int | None = Field(None, ge=1)
     ttl_seconds: int = Field(600, ge=1, le=86400)
     overrides: dict[str, int] = {}
     month_start_day: int | None = Field(None, ge=1, le=31)
@@ -71,6 +75,15 @@ class ReservationIn(BaseModel):
 class ReservationOut(BaseModel):
     reservation_id: uuid.UUID
     expires_at: datetime
+
+
+class CommitIn(BaseModel):
+    """The part of a batch reservation that was used (None: all that was reserved)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    messages: int | None = Field(None, ge=1)
+    recipients: int | None = Field(None, ge=1)
 
 
 class SettlementOut(BaseModel):
