@@ -13,7 +13,8 @@ Then for 1 and 8 SMTP connections:
   messages does), and pre-serialised bytes with ``sendmail`` (the transport alone);
 - the whole path: the send service as a ``uvicorn`` process with that many
   delivery connections; ``--clients`` concurrent API callers POST 10 KB
-  messages; the clock runs from the first POST until every message is ``sent``.
+  messages, one per request and then in batches (``POST /v1/messages/batch``);
+  the clock runs from the first POST until every message is ``sent``.
 
 The plaintext SMTP to the sink is allowed by the operator setting; the bench
 account is confirmed directly in the database (the sink throws the test
@@ -38,6 +39,7 @@ from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
+import aiohttp
 import aiosmtplib
 import asyncpg
 import httpx
@@ -121,21 +123,34 @@ async def raw_loop(port: int, connections: int, messages: int, prebuilt: bool) -
     return per_connection * connections / (time.perf_counter() - started)
 
 
-async def whole_path(send_url: str, api: str, identity: Identity, messages: int, clients: int) -> float:
-    """Messages per second from the first POST until every message is sent."""
+async def whole_path(send_url: str, api: str, identity: Identity, messages: int, clients: int,
+                     batch: int) -> float:
+    """Messages per second from the first POST until every message is sent.
+
+    ``batch`` 1: one ``POST /v1/messages`` per message; more: ``POST /v1/messages/batch`` with that many.
+    The callers use aiohttp, the lighter client: they share the machine's cores with the service.
+    """
     conn = await asyncpg.connect(asyncpg_dsn(send_url))
-    queue: asyncio.Queue[int] = asyncio.Queue()
-    for n in range(messages):
-        queue.put_nowait(n)
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=api, timeout=60, limits=limits) as client:
+    requests: asyncio.Queue[list[int]] = asyncio.Queue()
+    for start in range(0, messages, batch):
+        requests.put_nowait(list(range(start, min(messages, start + batch))))
+    headers = identity_headers(identity, SECRET)
+
+    def one(n: int) -> dict[str, object]:
+        return {"to": [f"lead{n}@example.org"], "subject": f"Smart Mail {n}", "text": BODY}
+
+    async with aiohttp.ClientSession(api, connector=aiohttp.TCPConnector(limit=clients),
+                                     timeout=aiohttp.ClientTimeout(total=60)) as client:
 
         async def caller() -> None:
-            while not queue.empty():
-                n = queue.get_nowait()
-                response = await client.post("/v1/messages", headers=identity_headers(identity, SECRET), json={
-                    "to": [f"lead{n}@example.org"], "subject": f"Smart Mail {n}", "text": BODY})
-                assert response.status_code == 202, response.text
+            while not requests.empty():
+                numbers = requests.get_nowait()
+                if batch == 1:
+                    path, body = "/v1/messages", one(numbers[0])
+                else:
+                    path, body = "/v1/messages/batch", {"messages": [one(n) for n in numbers]}
+                async with client.post(path, headers=headers, json=body) as response:
+                    assert response.status == 202, await response.text()
 
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
@@ -152,7 +167,8 @@ async def whole_path(send_url: str, api: str, identity: Identity, messages: int,
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
     await conn.close()
-    print(f"    posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s), all sent after {elapsed:.2f}s")
+    print(f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s), "
+          f"all sent after {elapsed:.2f}s")
     return messages / elapsed
 
 
@@ -202,9 +218,11 @@ async def bench(args: argparse.Namespace) -> None:
                         await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
                                            uuid.UUID(created.json()["id"]))
                         await conn.close()
-                        await whole_path(send_url, api, identity, min(100, args.messages), args.clients)  # warm up
-                        rate = await whole_path(send_url, api, identity, args.messages, args.clients)
-                    rows.append((connections, built, bytes_only, rate))
+                        await whole_path(send_url, api, identity, min(100, args.messages), args.clients, 1)  # warm
+                        rates = [await whole_path(send_url, api, identity, args.messages, args.clients, batch)
+                                 for batch in args.batches]
+                    rows.extend((connections, batch, built, bytes_only, rate)
+                                for batch, rate in zip(args.batches, rates, strict=True))
             await responder.close()
         finally:
             nats_server.stop()
@@ -213,13 +231,14 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
           f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, {args.processes} send process(es), "
           f"{os.cpu_count()} cores")
-    print(f"{'conns':>5} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} {'whole path/s':>13} "
-          f"{'ratio vs send_message':>22} {'ratio vs bytes':>15}")
-    for connections, built, bytes_only, rate in rows:
-        print(f"{connections:>5} {built:>19,.0f} {bytes_only:>21,.0f} {rate:>13,.0f} {rate / built:>22.2f} "
-              f"{rate / bytes_only:>15.2f}")
+    print(f"{'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
+          f"{'whole path/s':>13} {'ratio vs send_message':>22} {'ratio vs bytes':>15}")
+    for connections, batch, built, bytes_only, rate in rows:
+        print(f"{connections:>5} {batch:>8} {built:>19,.0f} {bytes_only:>21,.0f} {rate:>13,.0f} "
+              f"{rate / built:>22.2f} {rate / bytes_only:>15.2f}")
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
-          f"--connections {' '.join(map(str, args.connections))} --processes {args.processes}"
+          f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
+          f"--processes {args.processes}"
           f"{'' if args.fsync else ' --no-fsync'}")
 
 
@@ -228,6 +247,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 50],
+                        help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
     parser.add_argument("--processes", type=int, default=1,
                         help="send-service processes (uvicorn workers); the connections are split between them")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",

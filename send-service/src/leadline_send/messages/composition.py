@@ -184,12 +184,14 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
     msg = EmailMessage(policy=SEVEN_BIT)
     intended: list[tuple[str, str]] = []
 
-    def put(name: str, value: Any) -> None:
+    def put(name: str, value: str | list[Address]) -> None:
         msg[name] = value
-        intended.append((name, str(msg[name]) if not isinstance(value, str) else value))
+        # what an address header reads back as: its addresses' str, comma-separated (headerregistry's
+        # own rule), computed here rather than by parsing the header we just stored once more
+        intended.append((name, value if isinstance(value, str) else ", ".join(map(str, value))))
 
     sender_recipient = Recipient(sender.from_email, sender.from_name)
-    put("From", _address(sender_recipient))
+    put("From", [_address(sender_recipient)])
     if draft.to:
         put("To", [_address(r) for r in draft.to])
     if draft.cc:
@@ -237,8 +239,11 @@ _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "con
 
 
 def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
-    parsed = BytesHeaderParser(policy=policy.default).parsebytes(raw)
-    seen = [(name, str(value)) for name, value in parsed.items()
+    # the header block alone: the parser would otherwise read through the whole body for nothing
+    end = raw.find(b"\r\n\r\n")
+    parsed = BytesHeaderParser(policy=policy.default).parsebytes(raw if end < 0 else raw[:end + 4])
+    # only our headers are read through the header registry; the MIME structure ones are the library's
+    seen = [(name, str(policy.default.header_fetch_parse(name, value))) for name, value in parsed.raw_items()
             if name.lower() not in _STRUCTURAL]
     if seen != intended:
         raise Unprocessable("the message does not re-read as the headers it was built from; "

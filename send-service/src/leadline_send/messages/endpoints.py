@@ -25,7 +25,7 @@ from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
 from leadline_send.context import Context
 from leadline_send.database import autocommit
 from leadline_send.messages import repository, service
-from leadline_send.messages.schemas import MessageIn, MessageOut, State
+from leadline_send.messages.schemas import BatchIn, BatchOut, MessageIn, MessageOut, State
 from leadline_send.messages.unsubscribe_token import read_token
 from leadline_send.models import outbox
 
@@ -43,6 +43,18 @@ async def send_message(body: MessageIn, caller: Caller, context: Context, reques
         message = await service.create_message(connection, context, caller, body, key)
     context.delivery.notify()
     return message
+
+
+@router.post("/messages/batch", status_code=202, response_model=BatchOut)
+async def send_messages(body: BatchIn, caller: Caller, context: Context, request: Request) -> BatchOut:
+    """Up to 100 messages in one request and one transaction: all are queued, or none (the problem names
+    the first bad one by ``index``).  Each item may carry its own ``idempotency_key``.  Quota is checked
+    as for one message: 429 only when not even one can go out now; beyond what fits, messages wait as
+    ``deferred`` until their account's window frees."""
+    async with request.app.state.runtime.db.session() as session:
+        items = await service.create_messages(session, context, caller, body.messages)
+    context.delivery.notify(len(items))
+    return BatchOut(items=items)
 
 
 @router.get("/messages/{message_id}", response_model=MessageOut)

@@ -12,11 +12,15 @@ from sqlalchemy.dialects.postgresql import insert
 from leadline_send.database import Executor
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 
+# what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB each)
+SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
+# the insert of POST /v1/messages: one statement for one message or a batch
+INSERT_MESSAGE = insert(outgoing_message).on_conflict_do_nothing().returning(*SHOWN)
+
 
 async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
                 sender: uuid.UUID | None = None) -> Row[Any] | None:
-    query = select(outgoing_message).where(outgoing_message.c.company_id == company_id,
-                                           outgoing_message.c.id == message_id)
+    query = select(*SHOWN).where(outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id)
     if sender:
         query = query.where(outgoing_message.c.user_id == sender)
     return (await session.execute(query)).first()
@@ -24,21 +28,20 @@ async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
 
 async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,
                              key: str) -> Row[Any] | None:
-    return (await session.execute(select(outgoing_message).where(
+    return (await session.execute(select(*SHOWN).where(
         outgoing_message.c.company_id == company_id, outgoing_message.c.user_id == user_id,
         outgoing_message.c.idempotency_key == key))).first()
 
 
-async def insert_message(session: Executor, values: dict[str, Any]) -> Row[Any] | None:
-    """The new row; None when a message with the same idempotency key exists (a racing request won)."""
-    inserted = await session.execute(insert(outgoing_message).values(**values).on_conflict_do_nothing()
-                                     .returning(*outgoing_message.c))
-    return inserted.first()
+async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict[uuid.UUID, Row[Any]]:
+    """The inserted rows by id; a row whose idempotency key exists already (a racing request) is skipped."""
+    inserted = await session.execute(INSERT_MESSAGE.values(rows))
+    return {row.id: row for row in inserted.all()}
 
 
 async def page(session: Executor, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
                after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row[Any]]:
-    query = select(outgoing_message).where(outgoing_message.c.company_id == company_id)
+    query = select(*SHOWN).where(outgoing_message.c.company_id == company_id)
     if state:
         query = query.where(outgoing_message.c.state == state)
     if user_id:

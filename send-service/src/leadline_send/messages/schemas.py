@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 Category = Literal["personal", "marketing"]
+MAX_BATCH = 100
 State = Literal["queued", "sending", "sent", "deferred", "failed", "bounced", "unknown"]
 
 
@@ -36,6 +37,18 @@ class MessageIn(BaseModel):
     attachments: list[AttachmentIn] = Field(default_factory=list, max_length=100)
 
 
+class BatchMessageIn(MessageIn):
+    """One message of a batch, with its own idempotency key (as the header is for one message)."""
+
+    idempotency_key: str | None = None
+
+
+class BatchIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    messages: list[BatchMessageIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     state: State
@@ -56,3 +69,7 @@ class MessageOut(BaseModel):
     sent_at: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class BatchOut(BaseModel):
+    items: list[MessageOut]

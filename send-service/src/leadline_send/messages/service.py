@@ -9,7 +9,15 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from leadline_kit.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, TooManyRequests, Unprocessable
+from leadline_kit.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Problem,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unprocessable,
+)
 from leadline_kit.identity import Identity
 from leadline_send.context import SendContext
 from leadline_send.database import Executor
@@ -25,7 +33,7 @@ from leadline_send.messages.composition import (
     check_address,
     check_header_value,
 )
-from leadline_send.messages.schemas import MessageIn, MessageOut
+from leadline_send.messages.schemas import BatchMessageIn, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
 
 RESENDABLE = ("unknown", "failed", "bounced")
@@ -119,12 +127,16 @@ async def _check_quota(context: SendContext, caller: Identity, accounts: list[Se
                           slug="quota-exceeded", headers={"Retry-After": str(wait)}, limit=limit, retry_at=retry_at)
 
 
-async def create_message(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
-                         idempotency_key: str | None) -> MessageOut:
+async def _prepare(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
+                   idempotency_key: str | None, chosen: dict[str, SendingAccount]) -> Any:
+    """The stored message for a known idempotency key, or the values of the row to insert.
+
+    ``chosen`` keeps the account whose quota passed per category, so a batch asks once.
+    """
     if idempotency_key:
         existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
         if existing is not None:
-            return to_out(existing)
+            return existing
     settings = context.settings
     draft = await _draft(session, caller, body)
     if body.category == "marketing":
@@ -152,16 +164,18 @@ async def create_message(session: Executor, context: SendContext, caller: Identi
         token = make_token(settings.unsubscribe_secret.get_secret_value(), caller.company_id, draft.to[0].address)
         unsubscribe_link = f"{settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
     now = datetime.now(UTC)
-    built = build_message(draft, route.accounts[0].sender, message_id=message_id, date=now,
-                          unsubscribe_link=unsubscribe_link)
+    account = chosen.get(body.category, route.accounts[0])
+    built = build_message(draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link)
     if len(built.raw) > settings.max_message_bytes:
         raise PayloadTooLarge(f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
                               slug="message-too-large", limit=settings.max_message_bytes)
-    account = await _check_quota(context, caller, route.accounts, built)
-    if account is not route.accounts[0]:
-        built = build_message(draft, account.sender, message_id=message_id, date=now,
-                              unsubscribe_link=unsubscribe_link)
-    values = {
+    if body.category not in chosen:
+        chosen[body.category] = await _check_quota(context, caller, route.accounts, built)
+        if chosen[body.category] is not account:
+            account = chosen[body.category]
+            built = build_message(draft, account.sender, message_id=message_id, date=now,
+                                  unsubscribe_link=unsubscribe_link)
+    return {
         "id": message_uuid, "company_id": caller.company_id, "user_id": caller.user_id,
         "idempotency_key": idempotency_key, "category": body.category, "state": "queued",
         "message_id": message_id, "account_key": account.key, "provider": account.provider,
@@ -171,12 +185,44 @@ async def create_message(session: Executor, context: SendContext, caller: Identi
         "size_bytes": len(built.raw), "subject": draft.subject, "created_at": now, "updated_at": now,
         "next_attempt_at": now,
     }
-    row = await repository.insert_message(session, values)
-    if row is None:
-        assert idempotency_key is not None
-        row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
+
+
+async def _stored(session: Executor, caller: Identity, values: dict[str, Any], inserted: dict[uuid.UUID, Any]
+                  ) -> MessageOut:
+    row = inserted.get(values["id"])
+    if row is None:  # a racing request with the same idempotency key won; answer with its message
+        key = values["idempotency_key"]
+        assert key is not None
+        row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, key)
         assert row is not None
     return to_out(row)
+
+
+async def create_message(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
+                         idempotency_key: str | None) -> MessageOut:
+    prepared = await _prepare(session, context, caller, body, idempotency_key, {})
+    if not isinstance(prepared, dict):
+        return to_out(prepared)
+    inserted = await repository.insert_messages(session, [prepared])
+    return await _stored(session, caller, prepared, inserted)
+
+
+async def create_messages(session: Executor, context: SendContext, caller: Identity,
+                          items: list[BatchMessageIn]) -> list[MessageOut]:
+    """A batch, all or nothing: the first item that fails refuses the batch, naming its index."""
+    chosen: dict[str, SendingAccount] = {}
+    prepared = []
+    for index, item in enumerate(items):
+        try:
+            key = check_idempotency_key(item.idempotency_key)
+            prepared.append(await _prepare(session, context, caller, item, key, chosen))
+        except Problem as exc:
+            exc.detail = f"messages[{index}]: {exc.detail}"
+            exc.extra["index"] = index
+            raise
+    new = [p for p in prepared if isinstance(p, dict)]
+    inserted = await repository.insert_messages(session, new) if new else {}
+    return [await _stored(session, caller, p, inserted) if isinstance(p, dict) else to_out(p) for p in prepared]
 
 
 async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> MessageOut:
