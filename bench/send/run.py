@@ -177,7 +177,7 @@ async def no_synced_mailbox(msg: Msg) -> None:
 
 
 async def bench(args: argparse.Namespace) -> None:
-    rows = []
+    rows: list[tuple[int, int, float, float, float]] = []
     with tempfile.TemporaryDirectory(prefix="send-bench-") as tmp:
         postgres = PostgresServer(Path(tmp) / "postgres", free_port(), fast_unsafe=not args.fsync)
         nats_server = NatsServer(Path(tmp) / "nats", free_port())
