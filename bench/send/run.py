@@ -59,6 +59,27 @@ SECRET = "bench-identity-secret"
 BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
 
 
+def cpu_by_command() -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on the machine (Linux /proc), to show where a
+    run's CPU went: the send service, the quota service, PostgreSQL, NATS, the sink and this script."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        kind = next((k for k in ("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink",
+                                 "bench/send") if k in command), None)
+        if kind:
+            used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
 @contextlib.contextmanager
 def smtp_sink(port: int) -> Iterator[None]:
     binary = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -72,10 +93,10 @@ def smtp_sink(port: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def service(module: str, port: int, env: dict[str, str], processes: int = 1) -> Iterator[None]:
+def service(module: str, port: int, env: dict[str, str]) -> Iterator[None]:
     process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"{module}:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-                                "--workers", str(processes)], env={**os.environ, **env})
+                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
+                               env={**os.environ, **env})
     try:
         wait_for_port(port, timeout=60)
         for _ in range(400):
@@ -152,6 +173,7 @@ async def whole_path(send_url: str, api: str, identity: Identity, messages: int,
                 async with client.post(path, headers=headers, json=body) as response:
                     assert response.status == 202, await response.text()
 
+        cpu_before = cpu_by_command()
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
         posted = time.perf_counter() - started
@@ -167,8 +189,10 @@ async def whole_path(send_url: str, api: str, identity: Identity, messages: int,
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
     await conn.close()
+    cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_by_command().items()}
     print(f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s), "
-          f"all sent after {elapsed:.2f}s")
+          f"all sent after {elapsed:.2f}s; CPU ms per message: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
     return messages / elapsed
 
 
@@ -200,12 +224,15 @@ async def bench(args: argparse.Namespace) -> None:
                     built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
                     bytes_only = await raw_loop(sink_port, connections, args.messages, prebuilt=True)
                     port = free_port()
-                    processes = min(args.processes, connections)  # connections are split over the processes
-                    env = {**common, "DATABASE_URL": send_url,
-                           "LEADLINE_SMTP_CONNECTIONS": str(connections // processes),
+                    env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
                            "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
-                    with service("leadline_send.main", port, env, processes):
+                    with contextlib.ExitStack() as processes:
+                        if args.split:
+                            # the API process has no delivery workers; a second one (no HTTP traffic) delivers
+                            processes.enter_context(service("leadline_send.main", free_port(), env))
+                            env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
+                        processes.enter_context(service("leadline_send.main", port, env))
                         identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
                         api = f"http://127.0.0.1:{port}"
                         async with httpx.AsyncClient(base_url=api) as client:
@@ -229,7 +256,8 @@ async def bench(args: argparse.Namespace) -> None:
             postgres.stop()
 
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
-          f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, {args.processes} send process(es), "
+          f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
+          f"{'API and delivery in two send processes' if args.split else 'one send process'}, "
           f"{os.cpu_count()} cores")
     print(f"{'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
           f"{'whole path/s':>13} {'ratio vs send_message':>22} {'ratio vs bytes':>15}")
@@ -238,7 +266,7 @@ async def bench(args: argparse.Namespace) -> None:
               f"{rate / built:>22.2f} {rate / bytes_only:>15.2f}")
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
-          f"--processes {args.processes}"
+          f"{' --split' if args.split else ''}"
           f"{'' if args.fsync else ' --no-fsync'}")
 
 
@@ -249,8 +277,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 50],
                         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
-    parser.add_argument("--processes", type=int, default=1,
-                        help="send-service processes (uvicorn workers); the connections are split between them")
+    parser.add_argument("--split", action="store_true",
+                        help="run the API and the delivery workers in two send-service processes")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
     asyncio.run(bench(parser.parse_args()))

@@ -24,6 +24,9 @@ class Settings(KitSettings):
     smtp_allow_plaintext: bool = False
     # extra CA bundle trusted for SMTP/IMAP certificates (tests, private CAs)
     mail_cafile: str | None = None
+    # A request to POST /v1/messages holds its connection while it asks the quota service: with fewer
+    # pooled connections than concurrent requests, the pool opens and closes a connection per request.
+    db_pool_size: int = 24
     # delivery workers in this process; each holds at most one SMTP connection
     smtp_connections: int = 8
     # messages a worker claims at once; their quota is reserved in one ask per account

@@ -49,6 +49,9 @@ from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
 
 ADVISORY_CLASS = 8104  # first key of pg_advisory_lock(int, int) for delivery-process liveness
+# NOTIFY channel on which new or requeued messages wake the delivery workers of every process; the
+# payload is how many messages there are
+QUEUE_CHANNEL = f"{SCHEMA}_queue"
 
 
 @dataclass(frozen=True)

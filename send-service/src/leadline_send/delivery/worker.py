@@ -153,6 +153,8 @@ class Delivery:
         """Take this process's advisory lock (it lasts as long as the process) and open the queue's pool."""
         self._lock_conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
         await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
+        if self.settings.smtp_connections:
+            await self._lock_conn.add_listener(queue.QUEUE_CHANNEL, self._queued)
         self._pool = await asyncpg.create_pool(
             asyncpg_dsn(self.db.url), min_size=1, max_size=self.settings.smtp_connections + 2, init=_json_codec,
             server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery"})
@@ -357,6 +359,9 @@ class Delivery:
                                             message.user_id, message.account_key)
         self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
         return account
+
+    def _queued(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.notify(min(int(payload) if payload.isdigit() else 1, self.settings.smtp_connections))
 
     def notify(self, messages: int = 1) -> None:
         """New work is queued: wake up to ``messages`` idle workers."""

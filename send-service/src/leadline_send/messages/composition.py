@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
@@ -225,15 +225,34 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
     for attachment in draft.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
         msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
-    raw = msg.as_bytes(policy=policy.SMTP)
+    raw = msg.as_bytes(policy=WIRE)
     _check_reparse(raw, intended)
     return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from,
                         recipients=draft.recipients)
 
 
+class _KeptHeaderClasses(HeaderRegistry):
+    """The standard registry makes a new header class with ``type()`` on every lookup, which was the
+    largest single cost of building a message; the class for a name never changes, so keep it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._kept: dict[str, type[BaseHeader]] = {}
+
+    def __getitem__(self, name: str) -> type[BaseHeader]:
+        key = name.lower()
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = super().__getitem__(name)
+        return kept
+
+
+_HEADERS = _KeptHeaderClasses()
 # 7-bit clean bodies (quoted-printable or base64 for non-ASCII text): we do not ask the server for
 # 8BITMIME, and every relay on the way can carry them.
-SEVEN_BIT = policy.default.clone(cte_type="7bit")
+SEVEN_BIT = policy.default.clone(cte_type="7bit", header_factory=_HEADERS)
+READ_BACK = policy.default.clone(header_factory=_HEADERS)
+WIRE = policy.SMTP.clone(header_factory=_HEADERS)
 
 _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "content-disposition"}
 
@@ -241,9 +260,9 @@ _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "con
 def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
     # the header block alone: the parser would otherwise read through the whole body for nothing
     end = raw.find(b"\r\n\r\n")
-    parsed = BytesHeaderParser(policy=policy.default).parsebytes(raw if end < 0 else raw[:end + 4])
+    parsed = BytesHeaderParser(policy=READ_BACK).parsebytes(raw if end < 0 else raw[:end + 4])
     # only our headers are read through the header registry; the MIME structure ones are the library's
-    seen = [(name, str(policy.default.header_fetch_parse(name, value))) for name, value in parsed.raw_items()
+    seen = [(name, str(READ_BACK.header_fetch_parse(name, value))) for name, value in parsed.raw_items()
             if name.lower() not in _STRUCTURAL]
     if seen != intended:
         raise Unprocessable("the message does not re-read as the headers it was built from; "

@@ -37,12 +37,10 @@ async def send_message(body: MessageIn, caller: Caller, context: Context, reques
                        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
                        ) -> MessageOut:
     key = service.check_idempotency_key(idempotency_key)
-    # One statement writes (the insert, idempotent by its unique key): autocommit, and the workers are
-    # woken once it is committed.
+    # The insert is one statement, idempotent by its unique key: autocommit (the wake-up of the
+    # workers that follows it needs no transaction of its own).
     async with autocommit(request.app.state.runtime.db) as connection:
-        message = await service.create_message(connection, context, caller, body, key)
-    context.delivery.notify()
-    return message
+        return await service.create_message(connection, context, caller, body, key)
 
 
 @router.post("/messages/batch", status_code=202, response_model=BatchOut)
@@ -52,9 +50,7 @@ async def send_messages(body: BatchIn, caller: Caller, context: Context, request
     as for one message: 429 only when not even one can go out now; beyond what fits, messages wait as
     ``deferred`` until their account's window frees."""
     async with request.app.state.runtime.db.session() as session:
-        items = await service.create_messages(session, context, caller, body.messages)
-    context.delivery.notify(len(items))
-    return BatchOut(items=items)
+        return BatchOut(items=await service.create_messages(session, context, caller, body.messages))
 
 
 @router.get("/messages/{message_id}", response_model=MessageOut)
@@ -85,12 +81,9 @@ async def list_messages(caller: Caller, session: Session, state: State | None = 
 
 
 @router.post("/messages/{message_id}/resend", status_code=202, response_model=MessageOut)
-async def resend_message(message_id: uuid.UUID, caller: Caller, context: Context,
-                         request: Request) -> MessageOut:
+async def resend_message(message_id: uuid.UUID, caller: Caller, request: Request) -> MessageOut:
     async with request.app.state.runtime.db.session() as session:
-        message = await service.resend(session, caller, message_id)
-    context.delivery.notify()
-    return message
+        return await service.resend(session, caller, message_id)
 
 
 def _page(title: str, body: str) -> HTMLResponse:

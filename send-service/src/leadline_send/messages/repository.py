@@ -6,15 +6,19 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, or_, select, update
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from leadline_send.database import Executor
+from leadline_send.delivery.queue import QUEUE_CHANNEL
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 
 # what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB each)
 SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
-# the insert of POST /v1/messages: one statement for one message or a batch
+
+
+# Built once, so it is compiled once; a batch runs it as one executemany, which SQLAlchemy sends as
+# multi-row INSERTs with RETURNING.
 INSERT_MESSAGE = insert(outgoing_message).on_conflict_do_nothing().returning(*SHOWN)
 
 
@@ -34,9 +38,19 @@ async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: 
 
 
 async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict[uuid.UUID, Row[Any]]:
-    """The inserted rows by id; a row whose idempotency key exists already (a racing request) is skipped."""
-    inserted = await session.execute(INSERT_MESSAGE.values(rows))
-    return {row.id: row for row in inserted.all()}
+    """The inserted rows by id; a row whose idempotency key exists already (a racing request) is skipped.
+
+    The delivery workers of every process are woken by a notification with the number of new rows.
+    """
+    inserted = {row.id: row for row in (await session.execute(INSERT_MESSAGE, rows)).all()}
+    if inserted:
+        await wake_workers(session, len(inserted))
+    return inserted
+
+
+async def wake_workers(session: Executor, messages: int) -> None:
+    """NOTIFY the delivery workers (delivered at commit; see Delivery.start)."""
+    await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(messages))))
 
 
 async def page(session: Executor, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
@@ -61,7 +75,10 @@ async def requeue(session: Executor, company_id: uuid.UUID, message_id: uuid.UUI
         outgoing_message.c.state.in_(from_states),
     ).values(state="queued", next_attempt_at=datetime.now().astimezone(), last_error=None,
              updated_at=datetime.now().astimezone()).returning(outgoing_message.c.id))
-    return done.first() is not None
+    if done.first() is None:
+        return False
+    await wake_workers(session, 1)
+    return True
 
 
 async def lead_recipients(session: Executor, company_id: uuid.UUID,
