@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime
 
+import asyncpg
+
+from leadline_kit.db import asyncpg_dsn
 from leadline_kit.infra import PostgresServer
 from leadline_kit.testing.clients import running_app
 from leadline_kit.testing.fixtures import migrated_database
@@ -56,3 +60,58 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
         assert problem["type"].endswith("/quota-exceeded") and problem["limit"] == "messages_per_month"
         assert datetime.fromisoformat(problem["retry_at"]) > datetime.fromisoformat(via_b["sent_at"])
         assert int(refused.headers["Retry-After"]) > 0
+
+
+async def _quota_usage(quota_url: str) -> dict[str, int]:
+    conn = await asyncpg.connect(asyncpg_dsn(quota_url))
+    try:
+        rows = await conn.fetch("SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state")
+    finally:
+        await conn.close()
+    return {r["state"]: int(r["messages"]) for r in rows}
+
+
+async def test_quota_counts_exactly_what_reached_the_server(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer,
+        nats_url: str) -> None:
+    """Workers reserve for a claim of messages at once (a lease); a 4xx answer is not counted, and
+    what the lease did not need is given back."""
+    quota_url = await migrated_database(postgres, "leadline_quota")
+    quota = QuotaSettings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET, environment="test",
+                          consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
+    async with running_app(create_quota_app(quota)):
+        app = await send_service(smtp_connections=1, claim_size=16)
+        server = smtp_server(tls="starttls")
+        await app.add_account(server, max_per_month=100)
+        server.handler.behaviour.mode = "tempfail_once"  # from now on every message: 451 first, then accepted
+        batch = await app.user.post("/v1/messages/batch", json={"messages": [
+            {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+            for n in range(6)]})
+        assert batch.status_code == 202, batch.text
+        done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
+        assert [d["state"] for d in done] == ["sent"] * 6 and all(d["attempts"] == 2 for d in done)
+        assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 6
+        for _ in range(100):  # the idle worker settles its lease
+            usage = await _quota_usage(quota_url)
+            if "reserved" not in usage:
+                break
+            await asyncio.sleep(0.1)
+        assert usage.get("committed") == 6 and "reserved" not in usage
+
+
+async def test_near_a_limit_each_message_asks_on_its_own(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    """A lease that does not fit is refused whole; then each message reserves alone, so exactly the
+    allowance goes out and the rest waits with the limit and the time it resets."""
+    app = await send_service(smtp_connections=1, claim_size=16)
+    server = smtp_server(tls="starttls")
+    await app.add_account(server, max_per_month=3)
+    batch = await app.user.post("/v1/messages/batch", json={"messages": [
+        {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+        for n in range(5)]})
+    assert batch.status_code == 202, batch.text
+    done = [await app.wait_for(m["id"], {"sent", "deferred"}) for m in batch.json()["items"]]
+    assert sorted(d["state"] for d in done) == ["deferred", "deferred", "sent", "sent", "sent"]
+    assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 3
+    for waiting in (d for d in done if d["state"] == "deferred"):
+        assert "messages_per_month" in waiting["last_error"] and waiting["next_attempt_at"] is not None

@@ -29,8 +29,10 @@ class Settings(KitSettings):
     db_pool_size: int = 24
     # delivery workers in this process; each holds at most one SMTP connection
     smtp_connections: int = 8
-    # messages a worker claims at once; their quota is reserved in one ask per account
+    # messages a worker claims at once; quota is reserved for this many of one account in one ask,
+    # and what the claim did not need serves the worker's next claims for up to quota_lease_seconds
     claim_size: int = 16
+    quota_lease_seconds: float = 2.0
     # a new connection once this many recipients went over one (R14 "recipients per SMTP connection")
     recipients_per_connection: int = 100
     # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final "."

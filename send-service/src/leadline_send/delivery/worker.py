@@ -103,23 +103,59 @@ DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceE
 
 @dataclass
 class HeldReservation:
-    """One quota reservation for a claimed batch of one account's messages, and what of it was used."""
+    """A worker's quota reservation for up to ``claim_size`` messages of one account (a lease).
+
+    It covers the messages claimed with it and, for a short while, later claims of the same
+    account's messages, as long as they fit in what was reserved: messages trickling in one by one
+    are not each a round trip to the quota service.  ``used`` is what reached the server (or may
+    have); only that is committed, the rest is given back.
+    """
 
     account: SendingAccount
-    company_id: uuid.UUID
+    group: tuple[uuid.UUID, uuid.UUID, str]  # company, sender, account key
     reservation_id: uuid.UUID
-    messages: int = 0
-    recipients: int = 0
+    messages: int  # reserved
+    recipients: int
+    largest_recipients: int
+    largest_bytes: int
+    expires: float  # monotonic; settled by then, well before the quota service's TTL
+    taken_messages: int = 0
+    taken_recipients: int = 0
+    used_messages: int = 0
+    used_recipients: int = 0
+
+    @property
+    def company_id(self) -> uuid.UUID:
+        return self.group[0]
+
+    def covers(self, messages: list[queue.Claimed]) -> bool:
+        return (_group_key(messages[0]) == self.group and time.monotonic() < self.expires
+                and self.taken_messages + len(messages) <= self.messages
+                and self.taken_recipients + sum(len(m.recipients) for m in messages) <= self.recipients
+                and all(len(m.recipients) <= self.largest_recipients and m.size_bytes <= self.largest_bytes
+                        for m in messages))
+
+    def take(self, messages: list[queue.Claimed]) -> None:
+        self.taken_messages += len(messages)
+        self.taken_recipients += sum(len(m.recipients) for m in messages)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.taken_messages >= self.messages or time.monotonic() >= self.expires
 
     def use(self, message: queue.Claimed) -> None:
-        self.messages += 1
-        self.recipients += len(message.recipients)
+        self.used_messages += 1
+        self.used_recipients += len(message.recipients)
+
+
+def _group_key(message: queue.Claimed) -> tuple[uuid.UUID, uuid.UUID, str]:
+    return message.company_id, message.user_id, message.account_key
 
 
 def _by_account(batch: list[queue.Claimed]) -> list[list[queue.Claimed]]:
     groups: dict[tuple[uuid.UUID, uuid.UUID, str], list[queue.Claimed]] = {}
     for message in batch:
-        groups.setdefault((message.company_id, message.user_id, message.account_key), []).append(message)
+        groups.setdefault(_group_key(message), []).append(message)
     return list(groups.values())
 
 
@@ -219,6 +255,7 @@ class Delivery:
 
     async def run_worker(self, number: int) -> None:
         session: SmtpSession | None = None
+        lease: HeldReservation | None = None
         self._busy.add(number)
         self._all_idle.clear()
         try:
@@ -232,36 +269,42 @@ class Delivery:
                     await asyncio.sleep(1.0)
                     continue
                 if not batch:
+                    self._settle_held(lease)
+                    lease = None
                     if session is not None and session.idle:
                         await self._drop(session)
                         session = None
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.get(), self.settings.queue_poll_seconds)
                     continue
-                session = await self._deliver_batch(number, batch, session)
+                session, lease = await self._deliver_batch(number, batch, session, lease)
         finally:
+            self._settle_held(lease)
             await self._drop(session)
             self._busy.discard(number)
             if not self._busy:
                 self._all_idle.set()
 
-    async def _deliver_batch(self, number: int, batch: list[queue.Claimed],
-                             session: SmtpSession | None) -> SmtpSession | None:
+    async def _deliver_batch(self, number: int, batch: list[queue.Claimed], session: SmtpSession | None,
+                             lease: HeldReservation | None) -> tuple[SmtpSession | None, HeldReservation | None]:
         groups = _by_account(batch)
         for g, group in enumerate(groups):
-            held = await self._reserve_group(group)
-            try:
-                for n, message in enumerate(group):
-                    if self.stopping.is_set():
-                        async with self.db.session() as db_session:
-                            await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1:]
-                                                                             for m in rest)])
-                        return session
-                    session = await self._deliver_one(number, message, session, held)
-            finally:
-                if held is not None:
-                    self._settle_held(held)
-        return session
+            if lease is None or not lease.covers(group):
+                self._settle_held(lease)
+                lease = await self._reserve_group(group)
+            elif not await self._hold(lease, group):
+                self._settle_held(lease)
+                lease = None
+            for n, message in enumerate(group):
+                if self.stopping.is_set():
+                    async with self.db.session() as db_session:
+                        await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1:] for m in rest)])
+                    return session, lease
+                session = await self._deliver_one(number, message, session, lease)
+            if lease is not None and lease.exhausted:
+                self._settle_held(lease)
+                lease = None
+        return session, lease
 
     async def _deliver_one(self, number: int, message: queue.Claimed, session: SmtpSession | None,
                            held: HeldReservation | None) -> SmtpSession | None:
@@ -280,37 +323,50 @@ class Delivery:
             return None
 
     async def _reserve_group(self, group: list[queue.Claimed]) -> HeldReservation | None:
-        """One reservation for the batch's messages of one account; None: reserve them one by one."""
-        if len(group) < 2:
-            return None
+        """A lease for ``claim_size`` messages like these of one account; None: reserve one by one."""
         first = group[0]
+        largest = max(len(m.recipients) for m in group)
+        extra = max(0, self.settings.claim_size - len(group))  # room for the same account's next claims
         try:
             account = await self._account(first)
             if account is None:
                 return None
-            reply = await self.quota.reserve(account.quota_request(
-                first.company_id, first.user_id, sum(len(m.recipients) for m in group),
-                max(m.size_bytes for m in group), messages=len(group),
-                largest_recipients=max(len(m.recipients) for m in group)))
+            ask = account.quota_request(first.company_id, first.user_id,
+                                        sum(len(m.recipients) for m in group) + extra * largest,
+                                        max(m.size_bytes for m in group), messages=len(group) + extra,
+                                        largest_recipients=largest)
+            reply = await self.quota.reserve(ask)
         except (QuotaUnavailable, MailboxUnavailable):
             return None
         if not reply.granted or reply.reservation_id is None:
+            return None  # near a limit: each message asks on its own, and learns why and until when
+        lease = HeldReservation(account, _group_key(first), reply.reservation_id, ask.messages, ask.recipients,
+                                largest, ask.size_bytes, time.monotonic() + self.settings.quota_lease_seconds)
+        if not await self._hold(lease, group):
+            self._settle_held(lease)
             return None
+        return lease
+
+    async def _hold(self, lease: HeldReservation, group: list[queue.Claimed]) -> bool:
+        """Name the lease on the group's rows (for recovery, should this process die) and count them."""
         try:
             async with self._conn() as conn:
-                await queue.hold_reservation(conn, group, self.instance_key, reply.reservation_id)
+                await queue.hold_reservation(conn, group, self.instance_key, lease.reservation_id)
         except DB_ERRORS:
-            log.exception("could not record batch reservation %s; reserving one by one", reply.reservation_id)
-            self.quota.release(first.company_id, reply.reservation_id)
-            return None
-        return HeldReservation(account, first.company_id, reply.reservation_id)
+            log.exception("could not record reservation %s; reserving one by one", lease.reservation_id)
+            return False
+        lease.take(group)
+        return True
 
-    def _settle_held(self, held: HeldReservation) -> None:
-        if held.messages:
-            self.quota.commit(held.company_id, held.reservation_id, messages=held.messages,
-                              recipients=held.recipients)
+    def _settle_held(self, lease: HeldReservation | None) -> None:
+        """Commit what the lease was used for and give back the rest."""
+        if lease is None:
+            return
+        if lease.used_messages:
+            self.quota.commit(lease.company_id, lease.reservation_id, messages=lease.used_messages,
+                              recipients=lease.used_recipients)
         else:
-            self.quota.release(held.company_id, held.reservation_id)
+            self.quota.release(lease.company_id, lease.reservation_id)
 
     async def stop(self, grace_seconds: float) -> None:
         """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
