@@ -25,7 +25,7 @@ class SendContext:
     delivery: Delivery
 
 
-def send_context(request: Request) -> SendContext:
+async def send_context(request: Request) -> SendContext:
     context: SendContext = request.app.state.runtime.extras["send"]
     return context
 

@@ -43,7 +43,7 @@ class SyncContext:
         return self.nats
 
 
-def sync_context(request: Request) -> SyncContext:
+async def sync_context(request: Request) -> SyncContext:
     context: SyncContext = request.app.state.runtime.extras["sync"]
     return context
 

@@ -8,15 +8,19 @@ recipients went over it (R14).  The order of one attempt::
       → phase "data" (commit, R21) → DATA with a 10-minute reply timeout
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
 
-A worker claims up to ``claim_size`` messages at once and reserves quota once
-for the messages of one account among them (``messages=k``, all or nothing);
-the reservation is named on those rows, and when the batch is done only the
-messages that reached the server (sent or unknown) are committed, the rest is
-given back.  If the batch does not fit, each message is reserved on its own,
-with rotation to the next account of its type (R15).  A process that dies
-mid-batch leaves the reservation on its rows, and recovery commits what was
-used.  The claim, the record before DATA and the settle run on a pool of plain
-asyncpg connections: through SQLAlchemy they cost more CPU than SMTP itself.
+A worker claims up to ``claim_size`` messages at once and reserves quota for
+``claim_size`` messages of one account in one ask (``messages=k``, all or
+nothing): a lease that also serves the worker's next claims of that account for
+up to ``quota_lease_seconds``.  The reservation is named on the rows it covers;
+when the lease ends (used up, expired, another account, the queue empty) only
+the messages that reached the server (sent or unknown) are committed and the
+rest is given back.  If the lease does not fit, each message reserves on its
+own, with rotation to the next account of its type (R15), so an account near
+its limit sends exactly its allowance.  A process that dies mid-lease leaves
+the reservation named on its rows, and recovery commits what was used.  The
+claim, the record before DATA and the settle run on a pool of plain asyncpg
+connections: through SQLAlchemy they cost more CPU than SMTP itself.  New
+messages wake the workers of every process by ``NOTIFY`` (queue.QUEUE_CHANNEL).
 
 What the server says decides the next state: a reply of class 4xx, or any
 failure before the DATA command, puts the message back (``deferred``, backoff

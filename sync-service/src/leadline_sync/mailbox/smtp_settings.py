@@ -60,4 +60,6 @@ async def serve_mailbox_smtp(context: SyncContext) -> Subscription:
             return  # the asker times out and retries; never answer "not found" for a database failure
         await msg.respond(reply.model_dump_json().encode())
 
-    return await context.nc.subscribe(RPC_MAILBOX_SMTP, queue=QUEUE_GROUP, cb=on_request)
+    subscription = await context.nc.subscribe(RPC_MAILBOX_SMTP, queue=QUEUE_GROUP, cb=on_request)
+    await context.nc.flush()  # the server knows the subscription before the service says it is ready
+    return subscription
