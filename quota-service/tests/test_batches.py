@@ -300,3 +300,16 @@ async def test_batches_and_partial_commits_over_http(quota_service: httpx.AsyncC
     [hourly] = [item for item in report["accounts"][0]["limits"] if item["limit"] == "messages_per_hour"]
     assert (hourly["used"], hourly["remaining"]) == (2, 6)
     assert (await admin.post("/v1/quotas/reservations", json=body(messages=6, recipients=6))).status_code == 201
+
+
+async def test_a_passing_check_says_how_much_room_is_left(db: Database, clock: MovableClock) -> None:
+    company, key = uuid.uuid4(), smtp_key()
+    limits = {"messages_per_hour": 10, "recipients_per_day": 50}
+    assert (await reserve(db, clock, batch(company, key, 4, 12, **limits))).granted
+    async with db.session() as session:
+        checked = await reservations.reserve(session, batch(company, key, 1, 3, **limits), clock, dry_run=True)
+    # after this one: 10 - 4 - 1 messages this hour, 50 - 12 - 3 recipients today
+    assert checked.granted and (checked.room_messages, checked.room_recipients) == (5, 35)
+    async with db.session() as session:
+        unlimited = await reservations.reserve(session, batch(company, smtp_key(), 1), clock, dry_run=True)
+    assert unlimited.granted and (unlimited.room_messages, unlimited.room_recipients) == (None, None)

@@ -7,13 +7,17 @@ import uuid
 from datetime import datetime
 
 import asyncpg
+import nats
+from prometheus_client import REGISTRY
 
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.infra import PostgresServer
 from leadline_kit.testing.clients import running_app
 from leadline_kit.testing.fixtures import migrated_database
+from leadline_proto.requests import QuotaReserveRequest
 from leadline_quota.config import Settings as QuotaSettings
 from leadline_quota.main import create_app as create_quota_app
+from leadline_send.delivery.quota import QuotaClient
 
 from .conftest import SECRET, HarnessFactory, SmtpFactory
 
@@ -115,3 +119,23 @@ async def test_near_a_limit_each_message_asks_on_its_own(
     assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 3
     for waiting in (d for d in done if d["state"] == "deferred"):
         assert "messages_per_month" in waiting["last_error"] and waiting["next_attempt_at"] is not None
+
+
+async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_service: None, nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    client = QuotaClient(nc, timeout=5)
+    request = QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1,
+                                  size_bytes=100, overrides={"messages_per_hour": 3})
+
+    def answered(answer: str) -> float:
+        return REGISTRY.get_sample_value("leadline_send_quota_answers_total", {"ask": "check", "answer": answer}) or 0
+
+    asked, from_room = answered("granted"), answered("granted-from-room")
+    try:
+        replies = [await client.check(request) for _ in range(4)]
+    finally:
+        await nc.close()
+    assert all(r.granted for r in replies)
+    # the first check leaves room for 2 more: those are answered here; the fourth asks again
+    assert answered("granted") - asked == 2 and answered("granted-from-room") - from_room == 2
+    assert replies[0].room_messages == 2 and replies[3].room_messages == 2

@@ -46,6 +46,11 @@ class QuotaReserveReply(Reply):
     limit: str | None = None
     retry_at: datetime | None = None
     detail: str = ""
+    # a check that passed: what the account's windows would still have after the asked messages, in
+    # messages (the tightest limit counted in messages) and in recipients (the tightest counted in
+    # recipients); None when no limit counts that measure.  A sender may answer its next checks from it.
+    room_messages: int | None = None
+    room_recipients: int | None = None
 
 
 class QuotaSettleRequest(Request):

@@ -146,6 +146,8 @@ class Decision:
     limit: str | None = None
     retry_at: datetime | None = None
     detail: str = ""
+    room_messages: int | None = None  # a passing check: what is left after the ask, per measure
+    room_recipients: int | None = None
 
 
 # --- usage -------------------------------------------------------------------------------
@@ -364,9 +366,11 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
 async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
                           now: datetime) -> Decision:
     refusals: list[tuple[datetime, WindowedLimit, int, int]] = []
+    room: dict[str, int] = {}
     for usage in await window_usage(session, ask.company_id, ask.account_key, limits, now):
         demand = usage.limit.demand(ask.messages, ask.recipients)
         excess = usage.used + demand - usage.limit.maximum
+        room[usage.limit.measure] = min(room.get(usage.limit.measure, -excess), -excess)
         if excess > 0:
             retry_at = await _earliest_capacity(session, ask.company_id, ask.account_key, limits, usage.limit,
                                                 excess, now)
@@ -379,7 +383,7 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
             asked += "; more than the limit allows at once"
         return Decision(False, limit=limit.name, retry_at=retry_at,
                         detail=f"{limit.name} = {limit.maximum} would be passed ({used} used{asked})")
-    return Decision(True)
+    return Decision(True, room_messages=room.get("messages"), room_recipients=room.get("recipients"))
 
 
 # --- settling ----------------------------------------------------------------------------

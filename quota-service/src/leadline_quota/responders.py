@@ -102,7 +102,8 @@ class QuotaRpc:
         except InvalidAsk as exc:
             raise Unreadable(str(exc)) from exc
         reply = QuotaReserveReply(granted=decision.granted, reservation_id=decision.reservation_id,
-                                  limit=decision.limit, retry_at=decision.retry_at, detail=decision.detail)
+                                  limit=decision.limit, retry_at=decision.retry_at, detail=decision.detail,
+                                  room_messages=decision.room_messages, room_recipients=decision.room_recipients)
         return reply, "granted" if decision.granted else "refused"
 
     async def reserve(self, data: bytes) -> tuple[BaseModel, str]:

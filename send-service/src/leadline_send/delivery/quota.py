@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 
 from nats.aio.client import Client
@@ -29,11 +30,18 @@ class QuotaUnavailable(Exception):
     """The quota service did not answer."""
 
 
+# How long the room a passing check reported answers the next checks of the account in this process.
+ROOM_KEPT_SECONDS = 1.0
+UNLIMITED = 2**62
+
+
 class QuotaClient:
     def __init__(self, nc: Client, timeout: float) -> None:
         self.nc = nc
         self.timeout = timeout
         self._settling: set[asyncio.Task[None]] = set()
+        # (company, account) -> (until, messages left, recipients left) after the last passing check
+        self._room: dict[tuple[uuid.UUID, str], tuple[float, int, int]] = {}
 
     async def _ask(self, subject: str, request: QuotaReserveRequest) -> QuotaReserveReply:
         try:
@@ -46,7 +54,30 @@ class QuotaClient:
         return reply
 
     async def check(self, request: QuotaReserveRequest) -> QuotaReserveReply:
-        return await self._ask(RPC_QUOTA_CHECK, request)
+        """Would this pass now?  Answered from the room the last passing check reported while it lasts.
+
+        The check is the API's early answer (a 429 before queueing); the reservation before sending
+        is what enforces the limit, so an answer up to a second old is good enough, and saves the
+        quota service a query for most messages of a busy account.
+        """
+        key = (request.company_id, request.account_key)
+        kept = self._room.get(key)
+        if kept is not None:
+            until, messages, recipients = kept
+            if time.monotonic() < until and messages >= request.messages and recipients >= request.recipients:
+                self._room[key] = (until, messages - request.messages, recipients - request.recipients)
+                QUOTA_ANSWERS.labels("check", "granted-from-room").inc()
+                return QuotaReserveReply(granted=True)
+            del self._room[key]
+        reply = await self._ask(RPC_QUOTA_CHECK, request)
+        if reply.granted:
+            if len(self._room) > 10_000:
+                now = time.monotonic()
+                self._room = {k: v for k, v in self._room.items() if v[0] > now}
+            self._room[key] = (time.monotonic() + ROOM_KEPT_SECONDS,
+                               UNLIMITED if reply.room_messages is None else reply.room_messages,
+                               UNLIMITED if reply.room_recipients is None else reply.room_recipients)
+        return reply
 
     async def reserve(self, request: QuotaReserveRequest) -> QuotaReserveReply:
         return await self._ask(RPC_QUOTA_RESERVE, request)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import Row, Select, and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from leadline_send.database import Executor
@@ -20,6 +21,15 @@ SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
 # Built once, so it is compiled once; a batch runs it as one executemany, which SQLAlchemy sends as
 # multi-row INSERTs with RETURNING.
 INSERT_MESSAGE = insert(outgoing_message).on_conflict_do_nothing().returning(*SHOWN)
+
+
+@functools.cache
+def _insert_one_and_wake(columns: tuple[str, ...]) -> Select[Any]:
+    """One message in one statement (a single round trip and commit in autocommit): the insert and, if
+    a row was inserted, the NOTIFY that wakes the delivery workers.  Built once per set of columns."""
+    values = {name: bindparam(name, type_=outgoing_message.c[name].type) for name in columns}
+    inserted = insert(outgoing_message).values(values).on_conflict_do_nothing().returning(*SHOWN).cte("inserted")
+    return select(inserted, func.pg_notify(QUEUE_CHANNEL, "1").label("woken"))
 
 
 async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
@@ -42,6 +52,9 @@ async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict
 
     The delivery workers of every process are woken by a notification with the number of new rows.
     """
+    if len(rows) == 1:
+        statement = _insert_one_and_wake(tuple(sorted(rows[0])))
+        return {row.id: row for row in (await session.execute(statement, rows[0])).all()}
     inserted = {row.id: row for row in (await session.execute(INSERT_MESSAGE, rows)).all()}
     if inserted:
         await wake_workers(session, len(inserted))
