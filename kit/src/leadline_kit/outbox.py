@@ -62,13 +62,17 @@ async def enqueue(session: AsyncSession, table: Table, *events: EventBase) -> No
 
 class OutboxRelay:
     def __init__(self, db: Database, table: Table, js: JetStreamContext, *, service: str,
-                 batch_size: int = 500, poll_interval: float = 1.0) -> None:
+                 batch_size: int = 500, poll_interval: float = 1.0, gather_seconds: float = 0.005) -> None:
         self.db = db
         self.table = table
         self.js = js
         self.service = service
         self.batch_size = batch_size
         self.poll_interval = poll_interval
+        # After a wake-up, wait this long for more events: under a steady flow of commits (one send
+        # settled every millisecond) each batch then carries several events instead of one, for one
+        # transaction instead of several; an event waits at most this much longer.
+        self.gather_seconds = gather_seconds
         self._wake = asyncio.Event()
 
     async def relay_once(self) -> int:
@@ -112,6 +116,7 @@ class OutboxRelay:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+                        await asyncio.sleep(self.gather_seconds)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):

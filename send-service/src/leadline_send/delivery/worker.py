@@ -167,6 +167,11 @@ async def _json_codec(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
 
 
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """The queue's statements are single autocommitted statements that change no session state, so a
+    connection goes back to the pool as it is (asyncpg's default reset is one more round trip each)."""
+
+
 @dataclass
 class Delivery:
     """The delivery workers of one process and the recovery of abandoned messages."""
@@ -197,6 +202,7 @@ class Delivery:
             await self._lock_conn.add_listener(queue.QUEUE_CHANNEL, self._queued)
         self._pool = await asyncpg.create_pool(
             asyncpg_dsn(self.db.url), min_size=1, max_size=self.settings.smtp_connections + 2, init=_json_codec,
+            reset=_nothing_to_reset,
             server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery"})
 
     async def close(self) -> None:
