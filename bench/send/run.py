@@ -230,8 +230,11 @@ async def bench(args: argparse.Namespace) -> None:
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
                     with contextlib.ExitStack() as processes:
                         if args.split:
-                            # the API process has no delivery workers; a second one (no HTTP traffic) delivers
-                            processes.enter_context(service("leadline_send.main", free_port(), env))
+                            # the API process has no delivery workers; others (no HTTP traffic) deliver,
+                            # the connections split between them
+                            each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
+                            for _ in range(min(args.split, connections)):
+                                processes.enter_context(service("leadline_send.main", free_port(), each))
                             env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
                         processes.enter_context(service("leadline_send.main", port, env))
                         identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
@@ -258,7 +261,7 @@ async def bench(args: argparse.Namespace) -> None:
 
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
           f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
-          f"{'API and delivery in two send processes' if args.split else 'one send process'}, "
+          f"{f'API in one send process, delivery in {args.split}' if args.split else 'one send process'}, "
           f"{os.cpu_count()} cores")
     print(f"{'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
           f"{'whole path/s':>13} {'ratio vs send_message':>22} {'ratio vs bytes':>15}")
@@ -267,7 +270,7 @@ async def bench(args: argparse.Namespace) -> None:
               f"{rate / built:>22.2f} {rate / bytes_only:>15.2f}")
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
-          f"{' --split' if args.split else ''}"
+          f"{f' --split {args.split}' if args.split else ''}"
           f"{'' if args.fsync else ' --no-fsync'}")
 
 
@@ -278,8 +281,8 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 50],
                         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
-    parser.add_argument("--split", action="store_true",
-                        help="run the API and the delivery workers in two send-service processes")
+    parser.add_argument("--split", type=int, default=0, metavar="N",
+                        help="run the API in one send-service process and the delivery workers in N others")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
     asyncio.run(bench(parser.parse_args()))
