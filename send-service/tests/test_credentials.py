@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from cryptography.exceptions import InvalidTag
 from sqlalchemy import select, update
 
+from leadline_kit.sealing import CredentialError
 from leadline_send.credential_rotation import reseal_all
 from leadline_send.credentials import CredentialKeys
 from leadline_send.models import smtp_account
@@ -30,7 +30,7 @@ async def test_sealed_bound_to_the_row_and_rotated(send_service: HarnessFactory,
     assert SMTP_PASSWORD.encode() not in one.password_sealed and one.key_id == "k1"
     keys = CredentialKeys(OLD)
     assert keys.open(one.password_sealed, "k1", one.company_id, one.id) == SMTP_PASSWORD
-    with pytest.raises(InvalidTag):  # copied into another row, it does not open
+    with pytest.raises(CredentialError):  # copied into another row, it does not open
         keys.open(one.password_sealed, "k1", two.company_id, two.id)
 
     rotated = CredentialKeys(f"{NEW},{OLD}")

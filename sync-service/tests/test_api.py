@@ -7,10 +7,11 @@ import os
 import uuid
 
 from leadline_kit.db import Database
+from leadline_kit.sealing import CredentialError, Sealed
 from leadline_kit.testing.clients import make_identity, running_app
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
-from leadline_sync.credentials import CredentialCipher, CredentialError, MailboxSecrets, SealedSecrets, rotate
+from leadline_sync.credentials import CredentialCipher, MailboxSecrets, rotate
 from leadline_sync.domain_check import check_domain
 from leadline_sync.main import create_app
 
@@ -118,7 +119,7 @@ async def test_credentials_bound_to_their_row_and_rotated(world) -> None:  # typ
                            "FROM sync.mailbox ORDER BY created_at")
     cipher = CredentialCipher(world.settings(sync_credential_keys=old).credential_keys())
     first, second = rows
-    sealed = SealedSecrets(first[2], bytes(first[3]), bytes(first[4]))
+    sealed = Sealed(first[2], bytes(first[3]), bytes(first[4]))
     assert cipher.open(first[1], first[0], sealed) == MailboxSecrets(me.password, me.password)
     try:
         cipher.open(second[1], second[0], sealed)  # copied into another row: refuses to decrypt

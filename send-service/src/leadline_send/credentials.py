@@ -1,44 +1,33 @@
-"""SMTP account passwords at rest (R25): AES-256-GCM under a per-row data key wrapped by a key-encryption key.
+"""SMTP account passwords at rest (R25), sealed with the kit's envelope encryption.
 
-Sealed layout: ``nonce(12) | wrapped data key (32+16) | nonce(12) | ciphertext``.
-Both layers bind the company and account ids as associated data, so a sealed
-password copied into another row does not open.  The row keeps the id of the
-key-encryption key; ``reseal`` re-encrypts under the current key (rotation).
+Stored as one column: the wrapped data key then the ciphertext
+(``nonce(12) | wrapped data key (32+16) | nonce(12) | ciphertext``), with the
+KEK's id in its own column.  Both layers bind the company and account ids as
+associated data, so a sealed password copied into another row does not open;
+``python -m leadline_send.credential_rotation`` re-seals under the current key.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from leadline_kit.sealing import WRAPPED_KEY_BYTES, KeyRing, Sealed, parse_keys
 
 
 class CredentialKeys:
     def __init__(self, spec: str) -> None:
-        self.keys: dict[str, bytes] = {}
-        self.current = ""
-        for part in spec.split(","):
-            kid, _, hex_key = part.strip().partition(":")
-            key = bytes.fromhex(hex_key)
-            if not kid or len(key) != 32:
-                raise ValueError("credential keys are 'kid:<64 hex digits>'")
-            self.keys[kid] = key
-            self.current = self.current or kid
+        self._ring = KeyRing(parse_keys(spec, "LEADLINE_CREDENTIAL_KEYS"))
+        self.current = self._ring.current_key_id
 
     @staticmethod
     def _associated(company_id: uuid.UUID, account_id: uuid.UUID) -> bytes:
         return b"smtp-account:" + company_id.bytes + account_id.bytes
 
     def seal(self, secret: str, company_id: uuid.UUID, account_id: uuid.UUID) -> tuple[bytes, str]:
-        ad = self._associated(company_id, account_id)
-        data_key = AESGCM.generate_key(bit_length=256)
-        wrap_nonce, nonce = os.urandom(12), os.urandom(12)
-        wrapped = AESGCM(self.keys[self.current]).encrypt(wrap_nonce, data_key, ad)
-        return wrap_nonce + wrapped + nonce + AESGCM(data_key).encrypt(nonce, secret.encode(), ad), self.current
+        sealed = self._ring.seal(secret.encode(), self._associated(company_id, account_id))
+        return sealed.wrapped_key + sealed.ciphertext, sealed.key_id
 
     def open(self, sealed: bytes, key_id: str, company_id: uuid.UUID, account_id: uuid.UUID) -> str:
-        ad = self._associated(company_id, account_id)
-        wrap_nonce, wrapped, nonce, body = sealed[:12], sealed[12:60], sealed[60:72], sealed[72:]
-        data_key = AESGCM(self.keys[key_id]).decrypt(wrap_nonce, wrapped, ad)
-        return AESGCM(data_key).decrypt(nonce, body, ad).decode()
+        """The password; :class:`~leadline_kit.sealing.CredentialError` if it does not open for this row."""
+        parts = Sealed(key_id, sealed[:WRAPPED_KEY_BYTES], sealed[WRAPPED_KEY_BYTES:])
+        return self._ring.open(parts, self._associated(company_id, account_id)).decode()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 from pydantic import Field, SecretStr, model_validator
 
+from leadline_kit.sealing import parse_keys
 from leadline_kit.settings import KitSettings
 from leadline_mail.net import IPNetwork, parse_allowlist
 
@@ -21,7 +21,7 @@ class Settings(KitSettings):
     sync_allow_plaintext: bool = False
     # Extra CA bundle for mail servers (tests trust their own CA with it).
     sync_ca_file: str | None = None
-    # Key-encryption keys "id:base64(32 bytes)" separated by commas; the first one encrypts (R25).
+    # Key-encryption keys "id:key" (32 bytes, base64 or hex) separated by commas; the first encrypts (R25).
     sync_credential_keys: SecretStr = SecretStr(DEV_CREDENTIAL_KEY)
     # Name of this replica in leases; empty = host name + process id.
     sync_replica: str = ""
@@ -54,18 +54,4 @@ class Settings(KitSettings):
 
     def credential_keys(self) -> list[tuple[str, bytes]]:
         """The key-encryption keys, current first."""
-        keys: list[tuple[str, bytes]] = []
-        for entry in self.sync_credential_keys.get_secret_value().split(","):
-            if not entry.strip():
-                continue
-            key_id, sep, encoded = entry.strip().partition(":")
-            try:
-                key = base64.b64decode(encoded, validate=True)
-            except binascii.Error:
-                key = b""
-            if not sep or not key_id or len(key) != 32:
-                raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS entries are 'id:base64 of 32 bytes'")
-            keys.append((key_id, key))
-        if not keys:
-            raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS names no key")
-        return keys
+        return parse_keys(self.sync_credential_keys.get_secret_value(), "LEADLINE_SYNC_CREDENTIAL_KEYS")

@@ -1,14 +1,14 @@
-"""Mailbox credentials at rest (R25): envelope encryption with AES-256-GCM.
+"""Mailbox credentials at rest (R25), sealed with the kit's envelope encryption.
 
-Each mailbox row holds its passwords encrypted under a fresh random data key;
-the data key is stored wrapped (AES-256-GCM) by a key-encryption key (KEK) from
-the settings, named by ``credential_key_id``.  Both encryptions bind the
-company and mailbox ids as associated data, so a ciphertext copied into
-another row fails to decrypt instead of handing one user's password to
-another.  Rotating the KEK: put the new key first in
-``LEADLINE_SYNC_CREDENTIAL_KEYS`` (keep the old one after it) and run
-``python -m leadline_sync.credentials rotate``, which re-encrypts every row
-under a new data key and the current KEK; then drop the old key.
+Each mailbox row holds its passwords (IMAP and SMTP, as one JSON document)
+encrypted under a fresh random data key, stored wrapped by the key-encryption
+key named in ``credential_key_id`` (see :mod:`leadline_kit.sealing`).  Both
+layers bind the company and mailbox ids, so a ciphertext copied into another
+row fails to decrypt instead of handing one user's password to another.
+Rotating the KEK: put the new key first in ``LEADLINE_SYNC_CREDENTIAL_KEYS``
+(keep the old one after it) and run ``python -m leadline_sync.credentials
+rotate``, which re-encrypts every row under a new data key and the current KEK;
+then drop the old key.
 """
 
 from __future__ import annotations
@@ -17,21 +17,17 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import select, update
 
 from leadline_kit.db import Database
+from leadline_kit.sealing import KeyRing, Sealed
 from leadline_sync.config import Settings
 from leadline_sync.models import mailbox
 
 log = logging.getLogger("leadline.sync.credentials")
-
-NONCE_BYTES = 12
 
 
 @dataclass(frozen=True)
@@ -43,23 +39,10 @@ class MailboxSecrets:
         return "MailboxSecrets(***)"
 
 
-@dataclass(frozen=True)
-class SealedSecrets:
-    key_id: str
-    wrapped_key: bytes
-    ciphertext: bytes
-
-
-class CredentialError(Exception):
-    """Stored credentials cannot be decrypted (unknown key id, or tampered / moved ciphertext)."""
-
-
 class CredentialCipher:
     def __init__(self, keys: list[tuple[str, bytes]]) -> None:
-        if not keys:
-            raise ValueError("at least one key-encryption key is needed")
-        self.current_key_id = keys[0][0]
-        self._keks = {key_id: AESGCM(key) for key_id, key in keys}
+        self._ring = KeyRing(keys)
+        self.current_key_id = self._ring.current_key_id
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CredentialCipher:
@@ -69,27 +52,13 @@ class CredentialCipher:
     def _associated(company_id: uuid.UUID, mailbox_id: uuid.UUID) -> bytes:
         return f"leadline-sync-credentials:{company_id}:{mailbox_id}".encode()
 
-    def seal(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, secrets: MailboxSecrets) -> SealedSecrets:
-        associated = self._associated(company_id, mailbox_id)
-        data_key = AESGCM.generate_key(bit_length=256)
-        key_nonce, nonce = os.urandom(NONCE_BYTES), os.urandom(NONCE_BYTES)
-        wrapped = key_nonce + self._keks[self.current_key_id].encrypt(key_nonce, data_key, associated)
+    def seal(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, secrets: MailboxSecrets) -> Sealed:
         plaintext = json.dumps({"imap": secrets.imap_password, "smtp": secrets.smtp_password}).encode()
-        ciphertext = nonce + AESGCM(data_key).encrypt(nonce, plaintext, associated)
-        return SealedSecrets(self.current_key_id, wrapped, ciphertext)
+        return self._ring.seal(plaintext, self._associated(company_id, mailbox_id))
 
-    def open(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, sealed: SealedSecrets) -> MailboxSecrets:
-        kek = self._keks.get(sealed.key_id)
-        if kek is None:
-            raise CredentialError(f"credential key {sealed.key_id!r} is not configured")
-        associated = self._associated(company_id, mailbox_id)
-        try:
-            data_key = kek.decrypt(sealed.wrapped_key[:NONCE_BYTES], sealed.wrapped_key[NONCE_BYTES:], associated)
-            plaintext = AESGCM(data_key).decrypt(sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:],
-                                                 associated)
-        except InvalidTag:
-            raise CredentialError("credentials do not decrypt for this mailbox") from None
-        values = json.loads(plaintext)
+    def open(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, sealed: Sealed) -> MailboxSecrets:
+        """The passwords; :class:`~leadline_kit.sealing.CredentialError` if they do not open for this row."""
+        values = json.loads(self._ring.open(sealed, self._associated(company_id, mailbox_id)))
         return MailboxSecrets(imap_password=str(values["imap"]), smtp_password=str(values["smtp"]))
 
 
@@ -111,7 +80,7 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
             if not rows:
                 return rotated
             for row in rows:
-                secrets = cipher.open(row.company_id, row.id, SealedSecrets(
+                secrets = cipher.open(row.company_id, row.id, Sealed(
                     row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
                 sealed = cipher.seal(row.company_id, row.id, secrets)
                 await session.execute(

@@ -13,10 +13,10 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import ValidationError
 
+from leadline_kit.sealing import CredentialError, Sealed
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_sync.context import SyncContext
-from leadline_sync.credentials import CredentialError, SealedSecrets
 from leadline_sync.mailbox.service import active_mailbox
 
 log = logging.getLogger("leadline.sync.smtp-settings")
@@ -30,7 +30,7 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
     if row is None or row.credential_ciphertext is None:
         return MailboxSmtpReply(found=False)
     try:
-        secrets = context.cipher.open(row.company_id, row.id, SealedSecrets(
+        secrets = context.cipher.open(row.company_id, row.id, Sealed(
             row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
     except CredentialError as exc:
         log.error("mailbox %s: stored credentials unreadable: %s", row.id, exc)

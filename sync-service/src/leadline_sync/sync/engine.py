@@ -49,6 +49,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
+from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.bounces import Bounce, parse_bounce
 from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
 from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
@@ -63,7 +64,6 @@ from leadline_proto.events import (
 from leadline_proto.requests import SyncAllowanceReply, SyncAllowanceRequest
 from leadline_proto.subjects import RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
-from leadline_sync.credentials import CredentialError, SealedSecrets
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
 from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
@@ -166,7 +166,7 @@ class MailboxSync:
             return
         self.history_done = row.history_completed_at is not None
         try:
-            secrets = self.context.cipher.open(row.company_id, row.id, SealedSecrets(
+            secrets = self.context.cipher.open(row.company_id, row.id, Sealed(
                 row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
         except CredentialError as exc:
             log.error("mailbox %s: %s", row.id, exc)
