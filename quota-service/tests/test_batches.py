@@ -313,3 +313,17 @@ async def test_a_passing_check_says_how_much_room_is_left(db: Database, clock: M
     async with db.session() as session:
         unlimited = await reservations.reserve(session, batch(company, smtp_key(), 1), clock, dry_run=True)
     assert unlimited.granted and (unlimited.room_messages, unlimited.room_recipients) == (None, None)
+
+
+async def test_a_reservation_id_chosen_by_the_sender_is_granted_once(db: Database, clock: MovableClock) -> None:
+    company, key, chosen = uuid.uuid4(), smtp_key(), uuid.uuid4()
+    ask = batch(company, key, 3, messages_per_hour=4)
+    ask = ReserveAsk(ask.company_id, ask.account_key, ask.provider, ask.recipients, ask.size_bytes,
+                     account_settings=ask.account_settings, messages=3, reservation_id=chosen)
+    first, again = await reserve(db, clock, ask), await reserve(db, clock, ask)  # e.g. a retried request
+    assert first.granted and first.reservation_id == chosen
+    assert again.granted and again.reservation_id == chosen
+    assert await row_of(db, first) == ("reserved", 3, 3)
+    # counted once: one more message fits, a second does not
+    assert (await reserve(db, clock, batch(company, key, 1, messages_per_hour=4))).granted
+    assert not (await reserve(db, clock, batch(company, key, 1, messages_per_hour=4))).granted

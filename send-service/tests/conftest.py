@@ -190,13 +190,13 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
 
 
 @pytest.fixture
-async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[None]:
-    """The real quota service, in-process, on the session's NATS."""
+async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[str]:
+    """The real quota service, in-process, on the session's NATS; yields its database URL."""
     url = await migrated_database(postgres, "leadline_quota")
     settings = QuotaSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET, environment="test",
                              consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
     async with running_app(create_quota_app(settings)):
-        yield
+        yield url
 
 
 class MailboxDirectoryStub:

@@ -19,11 +19,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from sqlalchemy import func, select
 
-from leadline_kit.db import Database
+from leadline_kit.db import Database, asyncpg_dsn
 from leadline_kit.identity import identity_headers
 from leadline_kit.infra import PostgresServer, free_port
 from leadline_kit.testing.clients import make_identity
@@ -86,7 +87,7 @@ async def counts(db: Database) -> Counter[str]:
 
 @pytest.mark.slow
 async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, postgres: PostgresServer,
-                                      smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+                                      smtp_server: SmtpFactory, quota_service: str, mailboxes: object) -> None:
     server = smtp_server(tls="starttls")
     identity = make_identity("administrator")
     base = f"http://127.0.0.1:{service.port}"
@@ -141,3 +142,18 @@ async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, po
     assert state["queued"] == state["sending"] == state["deferred"] == state["failed"] == 0
     assert state["unknown"] <= KILLS * CONNECTIONS
     assert state["sent"] <= len(per_id) <= BATCH
+
+    # quota: the reservations of the killed processes were settled by recovery, not left to expire,
+    # and exactly what reached the server (or may have: unknown) is counted
+    quota = await asyncpg.connect(asyncpg_dsn(quota_service))
+    try:
+        for _ in range(100):
+            usage = {r["state"]: int(r["messages"]) for r in await quota.fetch(
+                "SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state")}
+            if "reserved" not in usage:
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await quota.close()
+    print(f"quota: {usage}")
+    assert "reserved" not in usage and usage.get("committed") == BATCH

@@ -32,6 +32,9 @@ class QuotaReserveRequest(Request):
     size_bytes: int
     messages: int = 1
     largest_recipients: int | None = None  # None: ``recipients`` (one message)
+    # chosen by the sender, so that it can record the reservation as its own before asking (and settle
+    # it after a crash); a reserve naming an id already granted answers with that grant again
+    reservation_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     ttl_seconds: int = 600
     # account settings that override the provider preset field by field (e.g. a company SMTP

@@ -108,6 +108,7 @@ class ReserveAsk:
     # a batch: ``recipients`` is the total of its messages, ``size_bytes`` the largest message's size
     messages: int = 1
     largest_recipients: int | None = None  # None: ``recipients`` (one message)
+    reservation_id: uuid.UUID | None = None  # the sender's choice; None: one is made
 
     @property
     def largest(self) -> int:
@@ -135,7 +136,7 @@ class ReserveAsk:
             raise InvalidAsk(problem)
         return ReserveAsk(self.company_id, canonical_account_key(self.account_key), self.provider[:100] or "custom",
                           self.recipients, self.size_bytes, self.ttl_seconds, dict(self.account_settings),
-                          self.month_start_day, self.messages, self.largest)
+                          self.month_start_day, self.messages, self.largest, self.reservation_id)
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,8 @@ async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: Account
                          now: datetime) -> Decision | None:
     """Record the reservation (one message or a whole batch) if every window has room; ``None`` when one has not."""
     windowed = limits.windowed()
-    decision = Decision(True, reservation_id=uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds))
+    decision = Decision(True, reservation_id=ask.reservation_id or uuid.uuid4(),
+                        expires_at=now + timedelta(seconds=ask.ttl_seconds))
     params: dict[str, Any] = {
         "reservation_id": decision.reservation_id, "company_id": ask.company_id, "account_key": ask.account_key,
         "messages": ask.messages, "recipients": ask.recipients, "size_bytes": ask.size_bytes, "now": now,
@@ -337,6 +339,17 @@ async def _operator_settings(session: AsyncSession, company_id: uuid.UUID, accou
     return dict(row._mapping) if row else {"operator_overrides": {}, "operator_month_start_day": None}
 
 
+async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | None:
+    """The reservation the sender's id already names (a repeated ask: answered again, never doubled)."""
+    row = (await session.execute(select(reservation.c.state, reservation.c.expires_at).where(
+        reservation.c.reservation_id == ask.reservation_id, reservation.c.company_id == ask.company_id))).first()
+    if row is None:
+        return None
+    if row.state == "released":
+        return Decision(False, reservation_id=ask.reservation_id, detail="this reservation was released")
+    return Decision(True, reservation_id=ask.reservation_id, expires_at=row.expires_at, detail="already granted")
+
+
 async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_run: bool = False) -> Decision:
     """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or locking."""
     ask = ask.validated()
@@ -346,6 +359,10 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
         operator = await _lock_account(session, ask, clock())
     # read the clock only once the lock is held, so decisions are made in lock order
     now = clock()
+    if ask.reservation_id is not None and not dry_run:
+        earlier = await _earlier_grant(session, ask)
+        if earlier is not None:
+            return earlier
     limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day,
                             operator["operator_overrides"], operator["operator_month_start_day"])
     decision = _static_refusal(limits, ask)

@@ -92,7 +92,8 @@ class QuotaRpc:
         request = QuotaReserveRequest.model_validate_json(data)
         ask = ReserveAsk(request.company_id, request.account_key, request.provider, request.recipients,
                          request.size_bytes, request.ttl_seconds, request.overrides, request.month_start_day,
-                         messages=request.messages, largest_recipients=request.largest_recipients)
+                         messages=request.messages, largest_recipients=request.largest_recipients,
+                         reservation_id=request.reservation_id)
         try:
             if dry_run:
                 async with self.db.session() as session:

@@ -135,6 +135,19 @@ send_attempt = Table(
     CheckConstraint("phase IN ('connecting', 'data', 'done')", name="phase"),
 )
 
+# Quota reservations this service holds and has not yet settled with the quota service, with the
+# holding process's advisory lock key: when that process dies, recovery commits what was used under
+# each of them and releases the rest, instead of leaving them to expire.
+quota_hold = Table(
+    "quota_hold",
+    metadata,
+    Column("reservation_id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("holder", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_quota_hold_holder", "holder"),
+)
+
 lead_address = Table(
     "lead_address",
     metadata,

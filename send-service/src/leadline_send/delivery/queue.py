@@ -99,6 +99,8 @@ CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3")
 HOLD_RESERVATION = """
 UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = 'sending' AND claimed_by = $3
 """
+HOLD_QUOTA = "INSERT INTO quota_hold (reservation_id, company_id, holder) VALUES ($1, $2, $3)"
+FORGET_QUOTA = "DELETE FROM quota_hold WHERE reservation_id = $1"
 
 RECORD_DATA = """
 WITH attempt AS (
@@ -165,8 +167,22 @@ async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_k
 
 async def hold_reservation(conn: asyncpg.Connection, messages: list[Claimed], worker_key: int,
                            reservation_id: uuid.UUID) -> None:
-    """Name the batch reservation on its messages, so that recovery can settle it if this process dies."""
+    """Name a lease's reservation on the messages it covers: what reached the server under it is what
+    recovery commits if this process dies."""
     await conn.execute(HOLD_RESERVATION, reservation_id, [m.id for m in messages], worker_key)
+
+
+async def hold_quota(conn: asyncpg.Connection, company_id: uuid.UUID, worker_key: int) -> uuid.UUID:
+    """A new reservation id, recorded as held by this process *before* the quota service is asked:
+    a process killed at any moment after the ask leaves a hold that recovery settles."""
+    reservation_id = uuid.uuid4()
+    await conn.execute(HOLD_QUOTA, reservation_id, company_id, worker_key)
+    return reservation_id
+
+
+async def forget_quota(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> None:
+    """The quota service has answered the settle: the hold is over."""
+    await conn.execute(FORGET_QUOTA, reservation_id)
 
 
 async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker_key: int,
@@ -228,7 +244,37 @@ class Recovered:
     id: uuid.UUID
     company_id: uuid.UUID
     state: str
-    reservation_id: uuid.UUID | None
+
+
+@dataclass(frozen=True)
+class AbandonedHold:
+    company_id: uuid.UUID
+    reservation_id: uuid.UUID
+    messages: int  # what reached the server (or may have) under it
+    recipients: int
+
+
+async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, own_key: int) -> list[AbandonedHold]:
+    """The quota reservations held by processes that are gone, with what was used under each.
+
+    A holder whose messages are still ``sending`` is left for the next pass, once recovery has
+    decided those (an ``unknown`` one counts as used).
+    """
+    found: list[AbandonedHold] = []
+    for holder in await conn.fetch("SELECT DISTINCT holder FROM quota_hold WHERE holder <> $1", own_key):
+        key = int(holder["holder"])
+        if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, key):
+            continue
+        try:
+            if await conn.fetchval("SELECT 1 FROM outgoing_message WHERE state = 'sending' AND claimed_by = $1 "
+                                   "LIMIT 1", key):
+                continue
+            for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
+                messages, recipients = await reservation_use(conn, hold["reservation_id"])
+                found.append(AbandonedHold(hold["company_id"], hold["reservation_id"], messages, recipients))
+        finally:
+            await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, key)
+    return found
 
 
 async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) -> list[Recovered]:
@@ -241,7 +287,7 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
             continue
         try:
             abandoned = (await session.execute(
-                select(m.c.id, m.c.company_id, m.c.reservation_id, m.c.attempts, a.c.phase)
+                select(m.c.id, m.c.company_id, m.c.attempts, a.c.phase)
                 .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
                 .where(m.c.state == "sending", m.c.claimed_by == holder).with_for_update(of=m)
             )).all()
@@ -254,8 +300,7 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                                 if after_data else "the sending process stopped before DATA; queued again")))
                 await session.execute(update(a).where(a.c.message_id == r.id, a.c.number == r.attempts)
                                       .values(phase="done", outcome="interrupted", finished_at=func.now()))
-                recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued",
-                                           r.reservation_id))
+                recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued"))
         finally:
             await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))
     return recovered

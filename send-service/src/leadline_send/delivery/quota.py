@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
@@ -29,6 +30,8 @@ QUOTA_ANSWERS = Counter("leadline_send_quota_answers_total", "Quota service answ
 class QuotaUnavailable(Exception):
     """The quota service did not answer."""
 
+
+Settled = Callable[[], Awaitable[None]]
 
 # How long the room a passing check reported answers the next checks of the account in this process.
 ROOM_KEPT_SECONDS = 1.0
@@ -83,35 +86,48 @@ class QuotaClient:
         return await self._ask(RPC_QUOTA_RESERVE, request)
 
     def commit(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, messages: int | None = None,
-               recipients: int | None = None) -> None:
-        """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest is freed)."""
-        self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id, messages, recipients)
+               recipients: int | None = None, then: Settled | None = None) -> None:
+        """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest is freed).
 
-    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None) -> None:
-        self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id)
+        ``then`` runs once the quota service has answered (whatever it answered: asking again would
+        not change it), e.g. to forget the hold that recovery would otherwise settle.
+        """
+        self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id, messages, recipients, then)
+
+    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, then: Settled | None = None
+                ) -> None:
+        self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id, then=then)
 
     def _settle_later(self, subject: str, company_id: uuid.UUID, reservation_id: uuid.UUID | None,
-                      messages: int | None = None, recipients: int | None = None) -> None:
-        # Settling is off the send path: a reservation the quota service never hears about again
-        # expires after its TTL, so a lost settle costs accuracy for a few minutes, never a send.
+                      messages: int | None = None, recipients: int | None = None, then: Settled | None = None
+                      ) -> None:
+        # Settling is off the send path.  A settle that never arrives (the quota service away for long,
+        # or this process killed) leaves the reservation held: recovery settles the holds of a dead
+        # process, and the quota service lets an unsettled reservation expire after its TTL.
         if reservation_id is None:
             return
         task = asyncio.create_task(self._settle(subject, QuotaSettleRequest(
-            company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients)))
+            company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients), then))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, subject: str, request: QuotaSettleRequest) -> None:
+    async def _settle(self, subject: str, request: QuotaSettleRequest, then: Settled | None) -> None:
         for attempt in range(5):
             try:
                 msg = await self.nc.request(subject, request.model_dump_json().encode(), timeout=self.timeout)
-                reply = QuotaSettleReply.model_validate_json(msg.data)
-                if not reply.ok:
-                    log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)
-                return
             except (NoRespondersError, NatsTimeoutError, TimeoutError):
                 await asyncio.sleep(0.5 * 2**attempt)
-        log.error("quota %s of reservation %s not delivered; it will expire", subject, request.reservation_id)
+                continue
+            reply = QuotaSettleReply.model_validate_json(msg.data)
+            if not reply.ok:
+                log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)
+            if then is not None:
+                try:
+                    await then()
+                except Exception:
+                    log.exception("after settling reservation %s", request.reservation_id)
+            return
+        log.error("quota %s of reservation %s not delivered; it stays held", subject, request.reservation_id)
 
     async def drain(self) -> None:
         if self._settling:

@@ -50,7 +50,7 @@ from leadline_kit.db import Database, asyncpg_dsn
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
-from leadline_proto.requests import QuotaReserveReply
+from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
 from leadline_send.delivery import queue
@@ -61,7 +61,7 @@ from leadline_send.delivery.accounts import (
     SendingAccount,
     account_for_key,
 )
-from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable
+from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable, Settled
 from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
 from leadline_send.messages.composition import Draft, build_message
 from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
@@ -206,11 +206,11 @@ class Delivery:
             server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery"})
 
     async def close(self) -> None:
+        await self.quota.drain()  # settles in flight forget their holds through the pool
         for closable in (self._pool, self._lock_conn):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(closable.close(), 5)
-        await self.quota.drain()
 
     def _conn(self) -> Any:
         """A connection of the queue's pool (``async with``); each statement commits on its own."""
@@ -224,18 +224,18 @@ class Delivery:
         try:
             async with self.db.session() as session:
                 recovered = await queue.recover_abandoned(session, probe)
+            # the dead processes' quota reservations: what reached the server under each is counted,
+            # the rest given back (once their messages above are decided: the next pass if not yet)
+            async with self._conn() as conn:
+                holds = await queue.abandoned_holds(conn, probe, self.instance_key)
         finally:
             await probe.close()
-        # a reservation of the dead process counts what reached the server under it (one message's, or
-        # a batch's); a batch reservation it never settled is named on its rows, so it is found here too
-        reservations = {(r.company_id, r.reservation_id) for r in recovered if r.reservation_id is not None}
-        async with self._conn() as conn:
-            for company_id, reservation_id in reservations:
-                messages, recipients = await queue.reservation_use(conn, reservation_id)
-                if messages:
-                    self.quota.commit(company_id, reservation_id, messages=messages, recipients=recipients)
-                else:
-                    self.quota.release(company_id, reservation_id)
+        for hold in holds:
+            if hold.messages:
+                self.quota.commit(hold.company_id, hold.reservation_id, messages=hold.messages,
+                                  recipients=hold.recipients, then=self._forget(hold.reservation_id))
+            else:
+                self.quota.release(hold.company_id, hold.reservation_id, then=self._forget(hold.reservation_id))
         if recovered:
             log.warning("recovered %d abandoned messages (%d unknown)", len(recovered),
                         sum(r.state == "unknown" for r in recovered))
@@ -345,8 +345,11 @@ class Delivery:
                                         sum(len(m.recipients) for m in group) + extra * largest,
                                         max(m.size_bytes for m in group), messages=len(group) + extra,
                                         largest_recipients=largest)
-            reply = await self.quota.reserve(ask)
+            reply = await self._reserve_held(ask)
         except (QuotaUnavailable, MailboxUnavailable):
+            return None
+        except DB_ERRORS:
+            log.exception("could not record a quota hold; reserving one by one")
             return None
         if not reply.granted or reply.reservation_id is None:
             return None  # near a limit: each message asks on its own, and learns why and until when
@@ -374,9 +377,33 @@ class Delivery:
             return
         if lease.used_messages:
             self.quota.commit(lease.company_id, lease.reservation_id, messages=lease.used_messages,
-                              recipients=lease.used_recipients)
+                              recipients=lease.used_recipients, then=self._forget(lease.reservation_id))
         else:
-            self.quota.release(lease.company_id, lease.reservation_id)
+            self.quota.release(lease.company_id, lease.reservation_id, then=self._forget(lease.reservation_id))
+
+    async def _reserve_held(self, ask: QuotaReserveRequest) -> QuotaReserveReply:
+        """Reserve under an id recorded as this process's hold first; a refusal (or no answer) forgets it."""
+        async with self._conn() as conn:
+            reservation_id = await queue.hold_quota(conn, ask.company_id, self.instance_key)
+        try:
+            reply = await self.quota.reserve(ask.model_copy(update={"reservation_id": reservation_id}))
+        except QuotaUnavailable:
+            # it may have been granted unheard: the quota service releases it when asked
+            self.quota.release(ask.company_id, reservation_id, then=self._forget(reservation_id))
+            raise
+        if not reply.granted:
+            await self._forget(reservation_id)()
+        return reply
+
+    def _forget(self, reservation_id: uuid.UUID | None) -> Settled:
+        """Once the quota service has the settle, the hold is over (recovery would settle it again)."""
+
+        async def forget() -> None:
+            if reservation_id is not None:
+                async with self._conn() as conn:
+                    await queue.forget_quota(conn, reservation_id)
+
+        return forget
 
     async def stop(self, grace_seconds: float) -> None:
         """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
@@ -450,7 +477,7 @@ class Delivery:
         async def ask(candidate: SendingAccount) -> QuotaReserveReply:
             nonlocal earliest
             tried.add(candidate.key)
-            reply = await self.quota.reserve(candidate.quota_request(
+            reply = await self._reserve_held(candidate.quota_request(
                 message.company_id, message.user_id, len(message.recipients), message.size_bytes))
             if not reply.granted:
                 limits.append(f"{candidate.key}: {reply.limit} {reply.detail}".strip())
@@ -523,9 +550,9 @@ class Delivery:
             if used:
                 held.use(message)
         elif used:
-            self.quota.commit(message.company_id, reservation)
+            self.quota.commit(message.company_id, reservation, then=self._forget(reservation))
         else:
-            self.quota.release(message.company_id, reservation)
+            self.quota.release(message.company_id, reservation, then=self._forget(reservation))
         if outcome.state == "sent" and account.sent_folder is not None:
             await self._copy_to_sent(message, account)
         return session
