@@ -189,6 +189,7 @@ class Delivery:
     instance_key: int = field(default_factory=lambda: random.randint(1, 2**31 - 1))  # noqa: S311
     _lock_conn: asyncpg.Connection | None = None
     _pool: asyncpg.Pool | None = None
+    _durable_pool: asyncpg.Pool | None = None
     _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _busy: set[int] = field(default_factory=set)
@@ -200,20 +201,28 @@ class Delivery:
         await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
         if self.settings.smtp_connections:
             await self._lock_conn.add_listener(queue.QUEUE_CHANNEL, self._queued)
-        self._pool = await asyncpg.create_pool(
-            asyncpg_dsn(self.db.url), min_size=1, max_size=self.settings.smtp_connections + 2, init=_json_codec,
-            reset=_nothing_to_reset,
-            server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery"})
+        # Two pools.  Only the record before DATA must be on disk before the next step (R21: lost in a
+        # database crash, recovery would send the message again), so it commits synchronously.  Every
+        # other step commits asynchronously: a crash of PostgreSQL (not of this process) may lose the
+        # last fraction of a second of them, which recovery then reads as it would a killed worker —
+        # a lost claim is queued again, a lost settle leaves the message ``unknown``, never sent twice.
+        self._durable_pool, self._pool = [await asyncpg.create_pool(
+            asyncpg_dsn(self.db.url), min_size=1, max_size=size, init=_json_codec, reset=_nothing_to_reset,
+            server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery",
+                             "synchronous_commit": commit})
+            for size, commit in ((self.settings.smtp_connections + 1, "on"),
+                                 (self.settings.smtp_connections + 2, "off"))]
 
     async def close(self) -> None:
         await self.quota.drain()  # settles in flight forget their holds through the pool
-        for closable in (self._pool, self._lock_conn):
+        for closable in (self._pool, self._durable_pool, self._lock_conn):
             if closable is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(closable.close(), 5)
 
     def _conn(self) -> Any:
-        """A connection of the queue's pool (``async with``); each statement commits on its own."""
+        """A connection of the queue's pool (``async with``); each statement commits on its own,
+        asynchronously (see start)."""
         assert self._pool is not None, "Delivery.start() first"
         return self._pool.acquire()
 
@@ -620,7 +629,8 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
-        async with self._conn() as conn:
+        assert self._durable_pool is not None
+        async with self._durable_pool.acquire() as conn:
             ours = await queue.record_data_started(conn, message, self.instance_key, reservation)
         if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
