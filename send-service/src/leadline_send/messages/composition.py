@@ -233,11 +233,14 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
 
 class _KeptHeaderClasses(HeaderRegistry):
     """The standard registry makes a new header class with ``type()`` on every lookup, which was the
-    largest single cost of building a message; the class for a name never changes, so keep it."""
+    largest single cost of building a message; the class for a name never changes, so keep it.  It also
+    keeps the last parsed headers by name and text: headers are immutable, and the From, Date and MIME
+    headers of a run of messages repeat (parsing an address list is the dearest part)."""
 
     def __init__(self) -> None:
         super().__init__()
         self._kept: dict[str, type[BaseHeader]] = {}
+        self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
         key = name.lower()
@@ -245,6 +248,17 @@ class _KeptHeaderClasses(HeaderRegistry):
         if kept is None:
             kept = self._kept[key] = super().__getitem__(name)
         return kept
+
+    def __call__(self, name: str, value: Any) -> BaseHeader:
+        if not isinstance(value, str):
+            return super().__call__(name, value)
+        key = (name, value)
+        parsed = self._parsed.get(key)
+        if parsed is None:
+            if len(self._parsed) >= 1024:
+                self._parsed.clear()
+            parsed = self._parsed[key] = super().__call__(name, value)
+        return parsed
 
 
 _HEADERS = _KeptHeaderClasses()

@@ -1,0 +1,48 @@
+"""Building MIME (no servers): the kept header classes and parsed headers change nothing in the output."""
+
+from __future__ import annotations
+
+import email
+from datetime import UTC, datetime
+from email import policy
+
+import pytest
+
+from leadline_kit.errors import Unprocessable
+from leadline_send.messages.composition import Draft, Recipient, Sender, _check_reparse, build_message
+
+WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def _build(sender: Sender, to: str, name: str, subject: str, message_id: str) -> bytes:
+    draft = Draft(category="personal", to=(Recipient(to, name),), subject=subject, text="Grüße\n.\nline")
+    return build_message(draft, sender, message_id=message_id, date=WHEN, unsubscribe_link=None).raw
+
+
+def test_the_same_message_builds_to_the_same_bytes_and_reads_back() -> None:
+    sender = Sender("zoe@company.example.com", "Zoë Ünal")
+    first = _build(sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>")
+    again = _build(sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>")
+    assert first == again
+    parsed = email.message_from_bytes(first, policy=policy.default)
+    assert str(parsed["Subject"]) == "Angebot für Sie — 10 %"
+    assert parsed["From"].addresses[0].display_name == "Zoë Ünal"
+    assert parsed["To"].addresses[0].display_name == "Jürgen Groß"
+    assert first.isascii() and b"\r\n" in first and b"\n" not in first.replace(b"\r\n", b"")
+
+
+def test_a_repeated_header_text_is_not_confused_across_senders() -> None:
+    one = _build(Sender("a@company.example.com", "A"), "lead@example.org", "", "Hi", "<1@x.example>")
+    two = _build(Sender("b@company.example.com", "B"), "lead@example.org", "", "Hi", "<2@x.example>")
+    assert email.message_from_bytes(one, policy=policy.default)["From"].addresses[0].username == "a"
+    assert email.message_from_bytes(two, policy=policy.default)["From"].addresses[0].username == "b"
+
+
+def test_headers_that_read_back_differently_are_refused() -> None:
+    raw = _build(Sender("a@company.example.com"), "lead@example.org", "", "Hi", "<3@x.example>")
+    intended = [("From", "a@company.example.com"), ("To", "lead@example.org"), ("Subject", "Hello"),
+                ("Date", "Mon, 23 Nov 2026 12:00:00 +0000"), ("Message-ID", "<3@x.example>")]
+    with pytest.raises(Unprocessable) as refused:
+        _check_reparse(raw, intended)
+    assert refused.value.slug == "header-mismatch"
+    _check_reparse(raw, [(n, "Hi" if n == "Subject" else v) for n, v in intended])  # the true headers pass
