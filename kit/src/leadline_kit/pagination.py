@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -31,3 +33,20 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
     except ValueError as exc:
         raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
     return key
+
+
+def encode_position(moment: datetime, row_id: uuid.UUID) -> str:
+    """The cursor of a listing ordered by (a timestamp, id): the last row's pair."""
+    return encode_cursor(moment.isoformat(), row_id)
+
+
+def decode_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
+    """The (timestamp, id) a cursor of :func:`encode_position` names; None for no cursor; a malformed
+    one is a 400 problem."""
+    if not cursor:
+        return None
+    moment, row_id = decode_cursor(cursor, 2)
+    try:
+        return datetime.fromisoformat(moment), uuid.UUID(row_id)
+    except ValueError as exc:
+        raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc

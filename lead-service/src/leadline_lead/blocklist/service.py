@@ -18,10 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
+from leadline_kit.pagination import decode_position, encode_position
 from leadline_lead.addresses import InvalidAddress, normalise_address, normalise_domain
 from leadline_lead.blocklist import repository
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
-from leadline_lead.cursors import after_created, created_cursor
 from leadline_lead.models import outbox
 from leadline_lead.timeline.repository import purge_blocked
 from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
@@ -63,14 +63,14 @@ async def remove_entry(session: AsyncSession, caller: Identity, entry_id: uuid.U
 
 
 async def list_entries(session: AsyncSession, caller: Identity, *, cursor: str | None, limit: int) -> BlocklistPage:
-    after = after_created(cursor)
+    after = decode_position(cursor)
     rows = await repository.list_entries(session, caller.company_id, after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     settings = await repository.get_settings(session, caller.company_id)
     return BlocklistPage(
         items=[_entry(r) for r in rows],
-        next_cursor=created_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None,
+        next_cursor=encode_position(rows[-1].created_at, rows[-1].id) if more and rows else None,
         own_domains=list(settings.domains) if settings else [],
         own_domains_blocked=settings.block_own_domains if settings else True,
     )

@@ -17,9 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
-from leadline_kit.pagination import Page
+from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_lead.addresses import InvalidAddress, normalise_address
-from leadline_lead.cursors import after_created, created_cursor
 from leadline_lead.leads import repository
 from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
 from leadline_lead.models import outbox
@@ -103,12 +102,12 @@ async def delete_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUI
 
 async def list_leads(session: AsyncSession, caller: Identity, *, query: str | None, cursor: str | None,
                      limit: int) -> Page[Lead]:
-    after = after_created(cursor)
+    after = decode_position(cursor)
     rows = await repository.list_leads(session, caller.company_id, query=(query or "").strip() or None,
                                        after=after, limit=limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     addresses = await repository.addresses_of(session, [r.id for r in rows])
     items = [_lead(r, addresses.get(r.id, [])) for r in rows]
-    next_cursor = created_cursor(rows[-1].created_at, rows[-1].id) if more and rows else None
+    next_cursor = encode_position(rows[-1].created_at, rows[-1].id) if more and rows else None
     return Page[Lead](items=items, next_cursor=next_cursor)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import Row
 
 from leadline_kit.db import Session
-from leadline_kit.errors import BadRequest, NotFound
+from leadline_kit.errors import NotFound
 from leadline_kit.identity import Admin, Caller
-from leadline_kit.pagination import Page, decode_cursor, encode_cursor
+from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_mail.addresses import address_domain
 from leadline_sync.context import Context
 from leadline_sync.domain_check import check_domain
@@ -95,24 +93,14 @@ async def test_mailbox(body: ConnectRequest, caller: Caller, context: Context) -
     return await connection.test_connection(context, body)
 
 
-def _cursor_key(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    if not cursor:
-        return None
-    moment, row_id = decode_cursor(cursor, 2)
-    try:
-        return datetime.fromisoformat(moment), uuid.UUID(row_id)
-    except ValueError as exc:
-        raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
-
-
 @router.get("/v1/mail-sync/errors")
 async def list_errors(caller: Caller, session: Session, cursor: str | None = None,
                       limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[ErrorEntry]:
-    before = _cursor_key(cursor)
+    before = decode_position(cursor)
     rows = await repository.error_page(session, caller.company_id, caller.user_id, limit + 1, before)
     items = [ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix)
              for r in rows[:limit]]
-    next_cursor = encode_cursor(items[-1].occurred_at.isoformat(), items[-1].id) if len(rows) > limit else None
+    next_cursor = encode_position(items[-1].occurred_at, items[-1].id) if len(rows) > limit else None
     return Page[ErrorEntry](items=items, next_cursor=next_cursor)
 
 
@@ -132,7 +120,7 @@ async def list_mailboxes(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[MailboxSummary]:
     """Every mailbox of the company with its status; ``connection_failed`` ones do not count for billing (R8)."""
-    after = _cursor_key(cursor)
+    after = decode_position(cursor)
     rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
     items = [MailboxSummary(id=r.id, user_id=r.user_id, address=r.address, provider=r.provider, status=r.status,
                             status_reason=r.status_reason, counts_for_billing=r.status in ("enabled", "error"),
@@ -140,5 +128,5 @@ async def list_mailboxes(
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]
-        next_cursor = encode_cursor(last.created_at.isoformat(), last.id)
+        next_cursor = encode_position(last.created_at, last.id)
     return Page[MailboxSummary](items=items, next_cursor=next_cursor)
