@@ -18,6 +18,7 @@ from leadline_kit.db import service_metadata
 from leadline_kit.identity import Caller
 from leadline_kit.infra import free_port
 from leadline_kit.outbox import outbox_table
+from leadline_kit.pagination import encode_cursor
 from leadline_kit.service import create_service_app
 from leadline_kit.settings import KitSettings
 from leadline_kit.testing.clients import running_app
@@ -114,6 +115,13 @@ async def test_other_company_resources_are_404(gateway: httpx.AsyncClient) -> No
     assert_problem(response, 404)
     own = await gateway.get(f"/v1/users/{a['administrator']['id']}", headers=bearer(a))
     assert own.status_code == 200 and own.json()["company_id"] == a["company"]["id"]
+
+
+async def test_a_malformed_cursor_is_a_400(gateway: httpx.AsyncClient) -> None:
+    admin = await new_company(gateway)
+    for bad in ("not-base64!", encode_cursor("yesterday", uuid.uuid4()), encode_cursor("2026-11-23T12:00:00", "x")):
+        body = assert_problem(await gateway.get("/v1/users", headers=bearer(admin), params={"cursor": bad}), 400)
+        assert body["type"].endswith("/invalid-cursor")
 
 
 async def test_role_without_the_right_is_403(gateway: httpx.AsyncClient) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import nats
 
+from leadline_kit.pagination import encode_cursor
 from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_proto.events import (
     EventBase,
@@ -72,6 +73,9 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
     assert first["items"][0]["id"] == everything[0]["id"] and first["next_cursor"]
     second = (await app.user.get("/v1/messages", params={"limit": 1, "cursor": first["next_cursor"]})).json()
     assert second["items"][0]["id"] == everything[1]["id"]
+    for bad in ("not-base64!", encode_cursor("yesterday", uuid.uuid4()), encode_cursor(utcnow().isoformat(), "x")):
+        refused = await app.user.get("/v1/messages", params={"cursor": bad})
+        assert refused.status_code == 400 and refused.json()["type"].endswith("/invalid-cursor"), refused.text
     only_bounced = (await app.user.get("/v1/messages", params={"state": "bounced"})).json()["items"]
     assert [m["id"] for m in only_bounced] == [message["id"]]
     # a salesperson sees only their own messages; an administrator sees the company's

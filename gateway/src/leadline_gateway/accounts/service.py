@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -18,7 +17,7 @@ from leadline_gateway.auth import new_api_key
 from leadline_kit.errors import Conflict, NotFound
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
-from leadline_kit.pagination import decode_cursor, encode_cursor
+from leadline_kit.pagination import decode_position, encode_position
 from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, UserDeletedV1, UserPayload, UserUpdatedV1
 
 
@@ -72,15 +71,13 @@ async def update_company(session: AsyncSession, caller: Identity, data: schemas.
 async def list_users(session: AsyncSession, caller: Identity, cursor: str | None,
                      limit: int) -> tuple[list[schemas.UserOut], str | None]:
     query = select(models.user).where(models.user.c.company_id == caller.company_id)
-    if cursor:
-        created, last_id = decode_cursor(cursor, 2)
-        query = query.where(func.row(models.user.c.created_at, models.user.c.id) >
-                            func.row(datetime.fromisoformat(created), uuid.UUID(last_id)))
+    after = decode_position(cursor)
+    if after:
+        query = query.where(func.row(models.user.c.created_at, models.user.c.id) > func.row(*after))
     rows = (await session.execute(query.order_by(models.user.c.created_at, models.user.c.id)
                                   .limit(limit + 1))).all()
     items = [schemas.UserOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1].created_at.isoformat(), rows[limit - 1].id) \
-        if len(rows) > limit else None
+    next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return items, next_cursor
 
 

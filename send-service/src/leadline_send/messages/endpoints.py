@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import html
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
@@ -20,7 +19,7 @@ from leadline_kit.db import Session
 from leadline_kit.errors import NotFound
 from leadline_kit.identity import Caller
 from leadline_kit.outbox import enqueue
-from leadline_kit.pagination import Page, decode_cursor, encode_cursor
+from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
 from leadline_send.context import Context
 from leadline_send.database import autocommit
@@ -65,18 +64,14 @@ async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -
 async def list_messages(caller: Caller, session: Session, state: State | None = None,
                         user_id: uuid.UUID | None = None, cursor: str | None = None,
                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[MessageOut]:
-    after = None
-    if cursor:
-        created, last_id = decode_cursor(cursor, 2)
-        after = (datetime.fromisoformat(created), uuid.UUID(last_id))
+    after = decode_position(cursor)
     scope = service.sender_scope(caller)
     if scope and user_id and user_id != scope:
         return Page[MessageOut](items=[])
     rows = await repository.page(session, caller.company_id, state=state, user_id=scope or user_id, after=after,
                                  limit=limit + 1)
     items = [service.to_out(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1].created_at.isoformat(), rows[limit - 1].id) \
-        if len(rows) > limit else None
+    next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return Page[MessageOut](items=items, next_cursor=next_cursor)
 
 
