@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -27,7 +24,7 @@ from pathlib import Path
 import aiohttp
 
 from leadline_kit.identity import Identity, identity_headers
-from leadline_kit.infra import NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.infra import AppProcess, NatsServer, PostgresServer, app_processes, free_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.fixtures import create_database
 
@@ -60,69 +57,57 @@ async def load(url: str, headers: dict[str, str], seconds: float, concurrency: i
     return done / elapsed
 
 
-def start_service(package: str, port: int, env: dict[str, str], logs: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", f"{package}.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-         "--log-level", "warning"],
-        env=env, stdout=(logs / f"{package}.log").open("wb"), stderr=subprocess.STDOUT)
-
-
 async def main(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     postgres = PostgresServer(base / "pg", free_port(), fast_unsafe=True)
     nats_server = NatsServer(base / "nats", free_port())
     postgres.start()
     nats_server.start()
-    processes: list[subprocess.Popen[bytes]] = []
     try:
         url = await create_database(postgres, "bench")
         for package in ("leadline_gateway", "leadline_lead"):
             await upgrade(package, url)
         lead_port, gateway_port = free_port(), free_port()
-        env = {**os.environ, "DATABASE_URL": url, "NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET,
+        env = {"DATABASE_URL": url, "NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET,
                "LEADLINE_BOOTSTRAP_TOKEN": BOOTSTRAP, "LEADLINE_LEAD_URL": f"http://127.0.0.1:{lead_port}",
                "LEADLINE_RATE_LIMIT_PER_SECOND": "1000000", "LEADLINE_RATE_LIMIT_BURST": "1000000",
                "LEADLINE_LOG_LEVEL": "WARNING"}
-        processes.append(start_service("leadline_lead", lead_port, env, base))
-        processes.append(start_service("leadline_gateway", gateway_port, env, base))
-        wait_for_port(lead_port)
-        wait_for_port(gateway_port)
-        gateway = f"http://127.0.0.1:{gateway_port}"
-        async with aiohttp.ClientSession() as session:
-            async with session.post(gateway + "/v1/companies", headers={"Authorization": f"Bearer {BOOTSTRAP}"},
-                                    json={"name": "Bench", "administrator": {"email": "a@bench.example"}}) as r:
-                created = await r.json()
-                assert r.status == 201, created
-            key_headers = {"Authorization": f"Bearer {created['api_key']['key']}"}
-            async with session.post(gateway + "/v1/leads", headers=key_headers,
-                                    json={"name": "Lee", "addresses": ["lee@lead.example"]}) as r:
-                assert r.status == 201, await r.text()
-        identity = Identity(company_id=uuid.UUID(created["company"]["id"]),
-                            user_id=uuid.UUID(created["administrator"]["id"]), role="administrator")
-        path = "/v1/leads?limit=1"
-        # warm both paths (connection pools, caches)
-        await load(gateway + path, key_headers, 1.0, args.concurrency)
-        await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET), 1.0, args.concurrency)
-        through, direct = [], []
-        for round_ in range(args.rounds):
-            direct.append(await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET),
-                                     args.seconds, args.concurrency))
-            through.append(await load(gateway + path, key_headers, args.seconds, args.concurrency))
-            print(f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway {through[-1]:8.0f} req/s"
-                  f"   ratio {through[-1] / direct[-1]:.2f}")
-        ratio = statistics.median(through) / statistics.median(direct)
-        print(f"median: direct {statistics.median(direct):.0f} req/s, gateway {statistics.median(through):.0f} "
-              f"req/s; gateway/direct = {ratio:.2f} (target >= 0.6), concurrency {args.concurrency}")
+        with app_processes(AppProcess("leadline_lead", lead_port, env, base / "leadline_lead.log"),
+                           AppProcess("leadline_gateway", gateway_port, env, base / "leadline_gateway.log",
+                                      ready_path="/healthz")):  # its readyz also asks services not run here
+            await measure(args, lead_port, gateway_port)
     finally:
-        for process in reversed(processes):
-            process.terminate()
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                process.kill()
         nats_server.stop()
         postgres.stop()
+
+
+async def measure(args: argparse.Namespace, lead_port: int, gateway_port: int) -> None:
+    gateway = f"http://127.0.0.1:{gateway_port}"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(gateway + "/v1/companies", headers={"Authorization": f"Bearer {BOOTSTRAP}"},
+                                json={"name": "Bench", "administrator": {"email": "a@bench.example"}}) as r:
+            created = await r.json()
+            assert r.status == 201, created
+        key_headers = {"Authorization": f"Bearer {created['api_key']['key']}"}
+        async with session.post(gateway + "/v1/leads", headers=key_headers,
+                                json={"name": "Lee", "addresses": ["lee@lead.example"]}) as r:
+            assert r.status == 201, await r.text()
+    identity = Identity(company_id=uuid.UUID(created["company"]["id"]),
+                        user_id=uuid.UUID(created["administrator"]["id"]), role="administrator")
+    path = "/v1/leads?limit=1"
+    # warm both paths (connection pools, caches)
+    await load(gateway + path, key_headers, 1.0, args.concurrency)
+    await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET), 1.0, args.concurrency)
+    through, direct = [], []
+    for round_ in range(args.rounds):
+        direct.append(await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET),
+                                 args.seconds, args.concurrency))
+        through.append(await load(gateway + path, key_headers, args.seconds, args.concurrency))
+        print(f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway {through[-1]:8.0f} req/s"
+              f"   ratio {through[-1] / direct[-1]:.2f}")
+    ratio = statistics.median(through) / statistics.median(direct)
+    print(f"median: direct {statistics.median(direct):.0f} req/s, gateway {statistics.median(through):.0f} "
+          f"req/s; gateway/direct = {ratio:.2f} (target >= 0.6), concurrency {args.concurrency}")
 
 
 if __name__ == "__main__":

@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -32,12 +30,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from leadline_kit.infra import NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.infra import AppProcess, NatsServer, PostgresServer, app_processes, free_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.fixtures import create_database
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest
@@ -48,29 +45,11 @@ COMMAND = "uv run python bench/quota/run.py"
 
 @contextmanager
 def quota_processes(count: int, database_url: str, nats_url: str) -> Iterator[list[int]]:
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "LEADLINE_LOG_LEVEL": "WARNING",
+    env = {"DATABASE_URL": database_url, "NATS_URL": nats_url, "LEADLINE_LOG_LEVEL": "WARNING",
            "LEADLINE_IDENTITY_SECRET": "bench-identity-secret", "LEADLINE_CONSUMER_DURABLE": "quota-bench"}
-    ports = [free_port() for _ in range(count)]
-    processes = [subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "leadline_quota.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning"], env=env) for port in ports]
-    try:
-        for port in ports:
-            wait_for_port(port, timeout=60)
-            for _ in range(200):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-                time.sleep(0.05)
-        yield ports
-    finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    apps = [AppProcess("leadline_quota", free_port(), env) for _ in range(count)]
+    with app_processes(*apps):
+        yield [app.port for app in apps]
 
 
 def ask_for(account: str, company: uuid.UUID) -> bytes:

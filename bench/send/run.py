@@ -31,7 +31,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -48,7 +47,7 @@ from nats.aio.msg import Msg
 
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.identity import Identity, identity_headers
-from leadline_kit.infra import NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.infra import AppProcess, NatsServer, PostgresServer, app_processes, free_port, wait_for_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.fixtures import create_database
 from leadline_proto.requests import MailboxSmtpReply
@@ -90,28 +89,6 @@ def smtp_sink(port: int) -> Iterator[None]:
     finally:
         process.terminate()
         process.wait()
-
-
-@contextlib.contextmanager
-def service(module: str, port: int, env: dict[str, str]) -> Iterator[None]:
-    process = subprocess.Popen([sys.executable, "-m", "uvicorn", "--factory", f"{module}:create_app",
-                                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-                               env={**os.environ, **env})
-    try:
-        wait_for_port(port, timeout=60)
-        for _ in range(400):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            time.sleep(0.05)
-        yield
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def email_message(n: int) -> EmailMessage:
@@ -218,8 +195,8 @@ async def bench(args: argparse.Namespace) -> None:
             await responder.subscribe(RPC_MAILBOX_SMTP, cb=no_synced_mailbox)
             common = {"NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET,
                       "LEADLINE_LOG_LEVEL": "WARNING"}
-            with smtp_sink(sink_port), service("leadline_quota.main", free_port(),
-                                                {**common, "DATABASE_URL": quota_url}):
+            quota = AppProcess("leadline_quota", free_port(), {**common, "DATABASE_URL": quota_url})
+            with smtp_sink(sink_port), app_processes(quota):
                 for connections in args.connections:
                     await raw_loop(sink_port, connections, min(200, args.messages), prebuilt=True)  # warm up
                     built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
@@ -228,15 +205,15 @@ async def bench(args: argparse.Namespace) -> None:
                     env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
                            "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
-                    with contextlib.ExitStack() as processes:
-                        if args.split:
-                            # the API process has no delivery workers; others (no HTTP traffic) deliver,
-                            # the connections split between them
-                            each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
-                            for _ in range(min(args.split, connections)):
-                                processes.enter_context(service("leadline_send.main", free_port(), each))
-                            env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
-                        processes.enter_context(service("leadline_send.main", port, env))
+                    senders = []
+                    if args.split:
+                        # the API process has no delivery workers; others (no HTTP traffic) deliver,
+                        # the connections split between them
+                        each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
+                        senders = [AppProcess("leadline_send", free_port(), each)
+                                   for _ in range(min(args.split, connections))]
+                        env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
+                    with app_processes(*senders, AppProcess("leadline_send", port, env)):
                         identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
                         api = f"http://127.0.0.1:{port}"
                         async with httpx.AsyncClient(base_url=api) as client:

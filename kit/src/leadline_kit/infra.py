@@ -20,8 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import httpx
 
 SERVICE_USER = "leadline"
 
@@ -39,6 +42,67 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
+
+
+@dataclass
+class AppProcess:
+    """A service (``<package>.main:create_app``) as a uvicorn process on loopback, for benchmarks and
+    tests that need real processes (several replicas, a SIGKILL)."""
+
+    package: str
+    port: int
+    env: dict[str, str]
+    log: Path | None = None  # stdout and stderr go here; None: inherited
+    # answers 200 once the app can be used; "/healthz" for a gateway whose services do not all run
+    ready_path: str = "/readyz"
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        output = self.log.open("ab") if self.log else None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "--factory", f"{self.package}.main:create_app", "--host", "127.0.0.1",
+             "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
+             "--log-level", "warning"],
+            env={**os.environ, **self.env}, stdout=output, stderr=subprocess.STDOUT if output else None)
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until ``ready_path`` answers 200 (``/readyz``: its consumers and responders are subscribed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"{self.package} exited with {self.process.returncode} before it was ready")
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.package} on port {self.port} not ready after {timeout}s")
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@contextlib.contextmanager
+def app_processes(*apps: AppProcess) -> Iterator[None]:
+    """Start every app, wait until each is ready, and stop them all on the way out."""
+    try:
+        for app in apps:
+            app.start()
+        for app in apps:
+            app.wait_ready()
+        yield
+    finally:
+        for app in apps:  # all asked to stop first: they shut down side by side
+            if app.process is not None:
+                app.process.terminate()
+        for app in apps:
+            app.stop()
 
 
 def is_root() -> bool:
