@@ -3,8 +3,9 @@
 A unit of work (``Database.session()``) when several writes must commit
 together, and :func:`autocommit` for steps that are one statement: each
 statement commits on its own in one round trip, with no BEGIN and COMMIT
-around it.  The queue's hot path (claim, the record before DATA, settle) and
-the API's message insert are single statements, so they use the latter.
+around it.  The API's single-message insert uses the latter.  (The delivery
+workers' claim, record before DATA and settle run on asyncpg pools of their own,
+see :mod:`leadline_send.delivery.worker`.)
 """
 
 from __future__ import annotations

@@ -39,10 +39,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import aiosmtplib
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -220,7 +220,7 @@ class Delivery:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(closable.close(), 5)
 
-    def _conn(self) -> Any:
+    def _conn(self) -> PoolAcquireContext:
         """A connection of the queue's pool (``async with``); each statement commits on its own,
         asynchronously (see start)."""
         assert self._pool is not None, "Delivery.start() first"
@@ -229,6 +229,9 @@ class Delivery:
     # --- recovery -----------------------------------------------------------------
 
     async def recover_once(self) -> int:
+        # Liveness locks are probed on a connection of their own: on this process's lock connection
+        # its own lock would be granted again (advisory locks are re-entrant within a session), and
+        # its own messages in flight would look abandoned.
         probe = await asyncpg.connect(asyncpg_dsn(self.db.url))
         try:
             async with self.db.session() as session:

@@ -9,6 +9,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import Row
+
 from leadline_kit.errors import (
     Conflict,
     NotFound,
@@ -128,7 +130,7 @@ async def _check_quota(context: SendContext, caller: Identity, accounts: list[Se
 
 
 async def _prepare(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
-                   idempotency_key: str | None, chosen: dict[str, SendingAccount]) -> Any:
+                   idempotency_key: str | None, chosen: dict[str, SendingAccount]) -> Row[Any] | dict[str, Any]:
     """The stored message for a known idempotency key, or the values of the row to insert.
 
     ``chosen`` keeps the account whose quota passed per category, so a batch asks once.
