@@ -19,7 +19,6 @@ from sqlalchemy import (
     LargeBinary,
     Table,
     Text,
-    UniqueConstraint,
     Uuid,
     func,
 )
@@ -111,9 +110,9 @@ outgoing_message = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     CheckConstraint("state IN " + str(MESSAGE_STATES), name="state"),
     CheckConstraint("category IN ('personal', 'marketing')", name="category"),
-    UniqueConstraint("company_id", "user_id", "idempotency_key", name="uq_outgoing_message_idempotency"),
+    Index("uq_outgoing_message_idempotency", "company_id", "user_id", "idempotency_key", unique=True,
+          postgresql_where="idempotency_key IS NOT NULL"),
     Index("ix_outgoing_message_due", "next_attempt_at", postgresql_where="state IN ('queued', 'deferred')"),
-    Index("ix_outgoing_message_sending", "claimed_by", postgresql_where="state = 'sending'"),
     Index("ix_outgoing_message_company_created", "company_id", "created_at", "id"),
     Index("ix_outgoing_message_company_message_id", "company_id", "message_id"),
     # the queue-depth gauge counts only messages still in motion; terminal states grow without bound

@@ -112,6 +112,16 @@ UPDATE outgoing_message SET reservation_id = $4
 WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = $3
 RETURNING id
 """
+# Under a lease the reservation is named on the row already (HOLD_RESERVATION): only the attempt
+# changes.  A new version of the wide message row (and of each of its indexes) per message was a
+# fifth of the database's work for a message.
+RECORD_DATA_UNDER_LEASE = """
+UPDATE send_attempt AS a SET phase = 'data'
+FROM outgoing_message AS m
+WHERE a.message_id = $1 AND a.number = $2 AND a.phase = 'connecting'
+  AND m.id = a.message_id AND m.state = 'sending' AND m.claimed_by = $3 AND m.reservation_id = $4
+RETURNING a.message_id
+"""
 
 SETTLE = """
 WITH attempt AS (
@@ -186,12 +196,14 @@ async def forget_quota(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> N
 
 
 async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker_key: int,
-                              reservation_id: uuid.UUID | None) -> bool:
+                              reservation_id: uuid.UUID | None, *, leased: bool) -> bool:
     """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry.
 
-    False if the message is no longer this worker's to send (then DATA must not be sent).
+    ``leased``: the reservation is already named on the message's row.  False if the message is no
+    longer this worker's to send (then DATA must not be sent).
     """
-    return await conn.fetchval(RECORD_DATA, message.id, message.attempt, worker_key, reservation_id) is not None
+    statement = RECORD_DATA_UNDER_LEASE if leased else RECORD_DATA
+    return await conn.fetchval(statement, message.id, message.attempt, worker_key, reservation_id) is not None
 
 
 async def settle_sent(conn: asyncpg.Connection, message: Claimed, event: EventBase, *, reply: str | None,

@@ -8,6 +8,11 @@ recipients went over it (R14).  The order of one attempt::
       → phase "data" (commit, R21) → DATA with a 10-minute reply timeout
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
 
+The last line runs while the worker speaks the next message's MAIL FROM and
+RCPT TO, and is awaited before that message's record (and before the worker
+idles or stops): the settle's round trip no longer adds to each message's
+time, and a worker still has at most one message recorded and not settled.
+
 A worker claims up to ``claim_size`` messages at once and reserves quota for
 ``claim_size`` messages of one account in one ask (``messages=k``, all or
 nothing): a lease that also serves the worker's next claims of that account for
@@ -37,6 +42,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -107,7 +113,7 @@ DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceE
 
 @dataclass
 class HeldReservation:
-    """A worker's quota reservation for up to ``claim_size`` messages of one account (a lease).
+    """A worker's quota reservation for up to ``quota_lease_messages`` messages of one account (a lease).
 
     It covers the messages claimed with it and, for a short while, later claims of the same
     account's messages, as long as they fit in what was reserved: messages trickling in one by one
@@ -150,6 +156,21 @@ class HeldReservation:
     def use(self, message: queue.Claimed) -> None:
         self.used_messages += 1
         self.used_recipients += len(message.recipients)
+
+
+@dataclass
+class Worker:
+    """What one delivery worker holds between messages."""
+
+    number: int
+    session: SmtpSession | None = None
+    lease: HeldReservation | None = None
+    settling: asyncio.Task[None] | None = None  # the last message's settle, still running
+
+    async def settled(self) -> None:
+        if self.settling is not None:
+            task, self.settling = self.settling, None
+            await task
 
 
 def _group_key(message: queue.Claimed) -> tuple[uuid.UUID, uuid.UUID, str]:
@@ -276,8 +297,7 @@ class Delivery:
     # --- workers ------------------------------------------------------------------
 
     async def run_worker(self, number: int) -> None:
-        session: SmtpSession | None = None
-        lease: HeldReservation | None = None
+        worker = Worker(number)
         self._busy.add(number)
         self._all_idle.clear()
         try:
@@ -285,70 +305,63 @@ class Delivery:
                 try:
                     async with self._conn() as conn:
                         batch = await queue.claim(conn, self.instance_key, self.settings.claim_size,
-                                                  session.account_key if session else None)
+                                                  worker.session.account_key if worker.session else None)
                 except DB_ERRORS:
                     log.exception("worker %d: claiming failed; retrying", number)
                     await asyncio.sleep(1.0)
                     continue
                 if not batch:
-                    self._settle_held(lease)
-                    lease = None
-                    if session is not None and session.idle:
-                        await self._drop(session)
-                        session = None
+                    await worker.settled()
+                    self._settle_held(worker.lease)
+                    worker.lease = None
+                    if worker.session is not None and worker.session.idle:
+                        await self._drop(worker.session)
+                        worker.session = None
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.get(), self.settings.queue_poll_seconds)
                     continue
-                session, lease = await self._deliver_batch(number, batch, session, lease)
+                await self._deliver_batch(worker, batch)
         finally:
-            self._settle_held(lease)
-            await self._drop(session)
+            await worker.settled()
+            self._settle_held(worker.lease)
+            await self._drop(worker.session)
             self._busy.discard(number)
             if not self._busy:
                 self._all_idle.set()
 
-    async def _deliver_batch(self, number: int, batch: list[queue.Claimed], session: SmtpSession | None,
-                             lease: HeldReservation | None) -> tuple[SmtpSession | None, HeldReservation | None]:
+    async def _deliver_batch(self, worker: Worker, batch: list[queue.Claimed]) -> None:
         groups = _by_account(batch)
         for g, group in enumerate(groups):
-            if lease is None or not lease.covers(group):
-                self._settle_held(lease)
-                lease = await self._reserve_group(group)
-            elif not await self._hold(lease, group):
-                self._settle_held(lease)
-                lease = None
+            if worker.lease is None or not worker.lease.covers(group):
+                self._settle_held(worker.lease)
+                worker.lease = await self._reserve_group(group)
+            elif not await self._hold(worker.lease, group):
+                self._settle_held(worker.lease)
+                worker.lease = None
             for n, message in enumerate(group):
                 if self.stopping.is_set():
                     async with self.db.session() as db_session:
                         await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1:] for m in rest)])
-                    return session, lease
-                session = await self._deliver_one(number, message, session, lease)
-            if lease is not None and lease.exhausted:
-                self._settle_held(lease)
-                lease = None
-        return session, lease
+                    return
+                await self._deliver_one(worker, message)
+            if worker.lease is not None and worker.lease.exhausted:
+                self._settle_held(worker.lease)
+                worker.lease = None
 
-    async def _deliver_one(self, number: int, message: queue.Claimed, session: SmtpSession | None,
-                           held: HeldReservation | None) -> SmtpSession | None:
+    async def _deliver_one(self, worker: Worker, message: queue.Claimed) -> None:
         try:
-            return await self.deliver(message, session, held)
+            await self.deliver(worker, message)
         except Exception:
-            log.exception("worker %d: delivering %s failed unexpectedly", number, message.id)
-            await self._drop(session)
-            try:
-                if await self._settle_after_crash(message) == "unknown" and held is not None:
-                    held.use(message)
-            except DB_ERRORS:
-                # the database is away: the row stays "sending" under this process's lock
-                # and the next process (or recovery after a restart) settles it by phase
-                log.exception("worker %d: could not settle %s", number, message.id)
-            return None
+            log.exception("worker %d: delivering %s failed unexpectedly", worker.number, message.id)
+            await self._drop(worker.session)
+            worker.session = None
+            await self._settle_after_crash(message, worker.lease)
 
     async def _reserve_group(self, group: list[queue.Claimed]) -> HeldReservation | None:
-        """A lease for ``claim_size`` messages like these of one account; None: reserve one by one."""
+        """A lease for ``quota_lease_messages`` like these of one account; None: reserve one by one."""
         first = group[0]
         largest = max(len(m.recipients) for m in group)
-        extra = max(0, self.settings.claim_size - len(group))  # room for the same account's next claims
+        extra = max(0, self.settings.quota_lease_messages - len(group))  # room for the account's next claims
         try:
             account = await self._account(first)
             if account is None:
@@ -429,17 +442,23 @@ class Delivery:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_idle.wait(), grace_seconds)
 
-    async def _settle_after_crash(self, message: queue.Claimed) -> str:
-        """A bug, not an SMTP answer: treat it like a killed process would be treated; returns the state."""
-        async with self._conn() as conn:
-            if await queue.current_phase(conn, message) == "data":
-                await queue.settle(conn, message, state="unknown", outcome="interrupted", reply=None,
-                                   error="an internal error happened after DATA began")
-                return "unknown"
-            await queue.settle(conn, message, state="deferred", outcome="interrupted", reply=None,
-                               next_attempt_at=self._backoff(message.attempt),
-                               error="an internal error happened before DATA; will retry")
-            return "deferred"
+    async def _settle_after_crash(self, message: queue.Claimed, held: HeldReservation | None) -> None:
+        """A bug, not an SMTP answer: treat it like a killed process would be treated."""
+        try:
+            async with self._conn() as conn:
+                if await queue.current_phase(conn, message) == "data":
+                    await queue.settle(conn, message, state="unknown", outcome="interrupted", reply=None,
+                                       error="an internal error happened after DATA began")
+                    if held is not None:
+                        held.use(message)
+                    return
+                await queue.settle(conn, message, state="deferred", outcome="interrupted", reply=None,
+                                   next_attempt_at=self._backoff(message.attempt),
+                                   error="an internal error happened before DATA; will retry")
+        except DB_ERRORS:
+            # the database is away: the row stays "sending" under this process's lock
+            # and the next process (or recovery after a restart) settles it by phase
+            log.exception("could not settle %s", message.id)
 
     def _backoff(self, attempt: int) -> datetime:
         base = min(self.settings.retry_max_seconds, self.settings.retry_base_seconds * 2 ** max(0, attempt - 1))
@@ -532,13 +551,18 @@ class Delivery:
         return queue.Claimed(**{**message.__dict__, "account_key": account.key, "raw": built.raw,
                                 "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
 
-    async def deliver(self, message: queue.Claimed, session: SmtpSession | None,
-                      held: HeldReservation | None = None) -> SmtpSession | None:
-        """Send one message; under ``held`` (its batch's reservation) or with a reservation of its own."""
+    async def deliver(self, worker: Worker, message: queue.Claimed) -> None:
+        """Send one message, under the worker's lease or with a reservation of its own.
+
+        The settle runs while the worker speaks the next message's envelope, and is awaited before
+        that message's record (see _transact): one settle in flight per worker, and never more than
+        one message per worker between its record and its settle, which is what a kill turns unknown.
+        """
+        held = worker.lease
         if message.category == "marketing" and await self._unsubscribed(message):
             await self._finish(message, None, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
                                                       "from marketing mail after this message was queued"))
-            return session
+            return
         reservation: uuid.UUID | None
         if held is not None:
             account, reservation = held.account, held.reservation_id
@@ -548,26 +572,44 @@ class Delivery:
             except (QuotaUnavailable, MailboxUnavailable) as exc:
                 await self._finish(message, None, Outcome("deferred", "unavailable", error=str(exc),
                                                           retry_at=self._backoff(message.attempt)))
-                return session
+                return
             if refusal is not None or found is None:
                 await self._finish(message, None, refusal or Outcome("deferred", "no-account"))
-                return session
+                return
             account = found
         started = time.perf_counter()
-        outcome, session = await self._transact(message, account, session, reservation)
+        outcome, worker.session = await self._transact(message, account, worker.session, reservation,
+                                                       worker.settled, leased=held is not None)
         SMTP_SECONDS.observe(time.perf_counter() - started)
-        await self._finish(message, account, outcome)
         used = outcome.state in ("sent", "unknown")  # unknown counts: the recipient may have it
-        if held is not None:
-            if used:
-                held.use(message)
-        elif used:
-            self.quota.commit(message.company_id, reservation, then=self._forget(reservation))
-        else:
-            self.quota.release(message.company_id, reservation, then=self._forget(reservation))
-        if outcome.state == "sent" and account.sent_folder is not None:
-            await self._copy_to_sent(message, account)
-        return session
+        if held is not None and used:
+            held.use(message)
+        await worker.settled()
+        worker.settling = asyncio.create_task(self._conclude(message, account, outcome,
+                                                             None if held is not None else reservation))
+
+    async def _conclude(self, message: queue.Claimed, account: SendingAccount, outcome: Outcome,
+                        own_reservation: uuid.UUID | None) -> None:
+        """After the server's answer: the settle, the message's own reservation, the Sent copy.
+
+        Runs beside the worker's next message, so it never raises: what fails is logged, and a row
+        it could not settle stays ``sending`` under this process's lock for recovery to decide.
+        """
+        try:
+            try:
+                await self._finish(message, account, outcome)
+            except DB_ERRORS:
+                log.exception("settling %s failed", message.id)
+                await self._settle_after_crash(message, None)
+            if own_reservation is not None:
+                if outcome.state in ("sent", "unknown"):
+                    self.quota.commit(message.company_id, own_reservation, then=self._forget(own_reservation))
+                else:
+                    self.quota.release(message.company_id, own_reservation, then=self._forget(own_reservation))
+            if outcome.state == "sent" and account.sent_folder is not None:
+                await self._copy_to_sent(message, account)
+        except Exception:
+            log.exception("concluding %s failed", message.id)
 
     async def _unsubscribed(self, message: queue.Claimed) -> bool:
         async with self.db.session() as db_session:
@@ -576,8 +618,13 @@ class Delivery:
         return bool(found)
 
     async def _transact(self, message: queue.Claimed, account: SendingAccount, session: SmtpSession | None,
-                        reservation: uuid.UUID | None) -> tuple[Outcome, SmtpSession | None]:
-        """One SMTP transaction; before DATA everything is retryable, after it only a reply decides."""
+                        reservation: uuid.UUID | None, before_data: Callable[[], Awaitable[None]], *,
+                        leased: bool) -> tuple[Outcome, SmtpSession | None]:
+        """One SMTP transaction; before DATA everything is retryable, after it only a reply decides.
+
+        ``before_data`` is awaited just before the record: the previous message's settle, so that a
+        worker never has more than one message recorded in DATA and not yet settled.
+        """
         recipients = message.recipients
         try:
             if session is not None and (
@@ -632,9 +679,10 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
+        await before_data()
         assert self._durable_pool is not None
         async with self._durable_pool.acquire() as conn:
-            ours = await queue.record_data_started(conn, message, self.instance_key, reservation)
+            ours = await queue.record_data_started(conn, message, self.instance_key, reservation, leased=leased)
         if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:
