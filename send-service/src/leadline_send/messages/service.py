@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import math
@@ -222,6 +223,9 @@ async def create_messages(session: Executor, context: SendContext, caller: Ident
             exc.detail = f"messages[{index}]: {exc.detail}"
             exc.extra["index"] = index
             raise
+        # building a message is CPU work that never waits: let other requests and the delivery
+        # workers of this process run between messages rather than after the whole batch
+        await asyncio.sleep(0)
     new = [p for p in prepared if isinstance(p, dict)]
     inserted = await repository.insert_messages(session, new) if new else {}
     return [await _stored(session, caller, p, inserted) if isinstance(p, dict) else to_out(p) for p in prepared]
