@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import email
+import email.generator
 from datetime import UTC, datetime
 from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
 
 import pytest
 
 from leadline_kit.errors import Unprocessable
-from leadline_send.messages.composition import Draft, Recipient, Sender, _check_reparse, build_message
+from leadline_send.messages import composition
+from leadline_send.messages.composition import (
+    WIRE,
+    AttachmentFile,
+    Draft,
+    Recipient,
+    Sender,
+    _check_reparse,
+    build_message,
+    serialise,
+)
 
 WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -46,3 +59,31 @@ def test_headers_that_read_back_differently_are_refused() -> None:
         _check_reparse(raw, intended)
     assert refused.value.slug == "header-mismatch"
     _check_reparse(raw, [(n, "Hi" if n == "Subject" else v) for n, v in intended])  # the true headers pass
+
+
+@pytest.mark.parametrize("text", ["one line", "a\nb\r\nc\rd\n", "\n.\n..x\n.\r\n", "Grüße\n" * 40 + "no end",
+                                  "x" * 1200 + "\n" + "y" * 90, ""])
+def test_the_serialiser_writes_what_the_standard_generator_writes(text: str) -> None:
+    msg = EmailMessage(policy=policy.default)
+    msg["From"] = Address("Zoë Ünal", "zoe", "company.example.com")
+    msg["Subject"] = "Angebot für Sie — " + "lang " * 30
+    msg.set_content(text)
+    msg.add_alternative(f"<p>{text}</p>", subtype="html")
+    msg.add_attachment(b"\x00\x01binary\r\n" * 100, maintype="application", subtype="octet-stream",
+                       filename="prices.bin")
+    assert serialise(msg) == msg.as_bytes(policy=WIRE)
+
+
+def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+    draft = Draft(category="personal", to=(Recipient("lead@example.org", "Jürgen Groß"),), subject="Hi",
+                  text="line\r\n.\nlast", html="<p>line</p>",
+                  attachments=(AttachmentFile("a.txt", "text/plain", b"attached\n"),))
+
+    def build() -> bytes:
+        return build_message(draft, Sender("a@company.example.com", "A"), message_id="<4@x.example>", date=WHEN,
+                             unsubscribe_link=None).raw
+
+    monkeypatch.setattr(email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: "=b="))
+    ours = build()
+    monkeypatch.setattr(composition, "serialise", lambda msg: msg.as_bytes(policy=WIRE))
+    assert ours == build()
