@@ -74,9 +74,17 @@ def cpu_by_command() -> dict[str, float]:
         fields = stat[stat.rindex(")") + 2:].split()
         kind = next((k for k in ("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink",
                                  "bench/send") if k in command), None)
+        if kind == "leadline_send" and api_only(entry):
+            kind = "leadline_send API"  # --split: the API process, apart from the delivering ones
         if kind:
             used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
     return used
+
+
+def api_only(process: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return b"LEADLINE_SMTP_CONNECTIONS=0\0" in (process / "environ").read_bytes()
+    return False
 
 
 @contextlib.contextmanager
