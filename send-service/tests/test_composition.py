@@ -6,7 +6,7 @@ import email
 import email.generator
 from datetime import UTC, datetime
 from email import policy
-from email.headerregistry import Address
+from email.headerregistry import Address, HeaderRegistry
 from email.message import EmailMessage
 
 import pytest
@@ -87,3 +87,14 @@ def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pyte
     ours = build()
     monkeypatch.setattr(composition, "serialise", lambda msg: msg.as_bytes(policy=WIRE))
     assert ours == build()
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("To", "lead@example.org"), ("To", "Jürgen Groß <lead@example.org>"), ("From", '"Doe, John" <j@example.org>'),
+    ("To", ", ".join(f"lead{n}@example.org" for n in range(8))), ("Subject", "Smart Mail 12"),
+    ("Subject", "Angebot für Sie"), ("Subject", "=?utf-8?q?looks_encoded?="), ("Subject", "x" * 73),
+    ("Subject", "x" * 74), ("Subject", "word " * 40), ("Message-ID", "<0123abcd@leadline.localhost>"),
+    ("Content-Type", 'text/plain; charset="utf-8"'), ("Date", "Mon, 23 Nov 2026 12:00:00 +0000"),
+])
+def test_a_kept_header_goes_out_as_the_standard_folder_writes_it(name: str, value: str) -> None:
+    assert composition._HEADERS(name, value).fold(policy=WIRE) == HeaderRegistry()(name, value).fold(policy=WIRE)

@@ -240,14 +240,25 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
 class _WireFoldKept(BaseHeader):
     """A header's wire form, kept on the (immutable) header: the registry below hands the same header
     object to every message that repeats it (From, Date, the MIME headers), and folding a structured
-    header re-walks its parse tree each time."""
+    header re-walks its parse tree each time.
+
+    A header made from printable ASCII text with no encoded word that fits on one line goes out as
+    that text: the standard folder's answer for it, without walking the tree (the parse tree renders
+    back to its source).  Whatever goes out is still read back and compared (_check_reparse).
+    """
 
     def fold(self, *, policy: Any) -> str:
         if policy is not WIRE:
             return super().fold(policy=policy)
         folded: str | None = self.__dict__.get("_wire_fold")
         if folded is None:
-            folded = self.__dict__["_wire_fold"] = super().fold(policy=policy)
+            source = self.__dict__.get("_source")
+            if (isinstance(source, str) and source.isascii() and source.isprintable() and "=?" not in source
+                    and source.strip() == source and 0 < len(self.name) + 2 + len(source) <= WIRE.max_line_length):
+                folded = f"{self.name}: {source}{WIRE.linesep}"
+            else:
+                folded = super().fold(policy=policy)
+            self.__dict__["_wire_fold"] = folded
         return folded
 
 
@@ -280,6 +291,7 @@ class _KeptHeaderClasses(HeaderRegistry):
             if len(self._parsed) >= 1024:
                 self._parsed.clear()
             parsed = self._parsed[key] = super().__call__(name, value)
+            parsed.__dict__["_source"] = value
         return parsed
 
 
