@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -23,6 +24,8 @@ class SendContext:
     quota: QuotaClient
     mailboxes: MailboxDirectory
     delivery: Delivery
+    # held while a message is built and for one turn of the event loop after (messages.service)
+    building: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def send_context(request: Request) -> SendContext:
