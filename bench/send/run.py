@@ -129,13 +129,14 @@ async def raw_loop(port: int, connections: int, messages: int, prebuilt: bool) -
     return per_connection * connections / (time.perf_counter() - started)
 
 
-async def whole_path(send_url: str, api: str, company: Identity, messages: int, clients: int,
+async def whole_path(send_url: str, apis: list[str], company: Identity, messages: int, clients: int,
                      batch: int) -> float:
     """Messages per second from the first POST until every message of this run is sent.
 
     Each run sends as a sender of its own, so that only its messages are counted.  ``batch`` 1: one
     ``POST /v1/messages`` per message; more: ``POST /v1/messages/batch`` with that many.  The callers
-    use aiohttp, the lighter client: they share the machine's cores with the service.
+    use aiohttp, the lighter client: they share the machine's cores with the service.  With several
+    replicas (``apis``) the callers are spread over them, as a load balancer would.
     """
     identity = Identity(company_id=company.company_id, user_id=uuid.uuid4(), role="salesperson")
     conn = await asyncpg.connect(asyncpg_dsn(send_url))
@@ -147,23 +148,25 @@ async def whole_path(send_url: str, api: str, company: Identity, messages: int, 
     def one(n: int) -> dict[str, object]:
         return {"to": [f"lead{n}@example.org"], "subject": f"Smart Mail {n}", "text": BODY}
 
-    async with aiohttp.ClientSession(api, connector=aiohttp.TCPConnector(limit=clients),
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
                                      timeout=aiohttp.ClientTimeout(total=60)) as client:
 
-        async def caller() -> None:
+        async def caller(api: str) -> None:
             while not requests.empty():
                 numbers = requests.get_nowait()
                 if batch == 1:
                     path, body = "/v1/messages", one(numbers[0])
                 else:
                     path, body = "/v1/messages/batch", {"messages": [one(n) for n in numbers]}
-                async with client.post(path, headers=headers, json=body) as response:
+                async with client.post(api + path, headers=headers, json=body) as response:
                     assert response.status == 202, await response.text()
 
         cpu_before = cpu_by_command()
         started = time.perf_counter()
-        await asyncio.gather(*(caller() for _ in range(clients)))
+        await asyncio.gather(*(caller(apis[n % len(apis)]) for n in range(clients)))
         posted = time.perf_counter() - started
+        sent_by_then = await conn.fetchval("SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' "
+                                           "AND user_id = $1", identity.user_id)
         # polled on the small index of messages still in motion: counting the whole table every few
         # milliseconds would take PostgreSQL's CPU from the service being measured
         while await conn.fetchval("SELECT count(*) FROM send.outgoing_message WHERE state IN ('queued', "
@@ -176,8 +179,8 @@ async def whole_path(send_url: str, api: str, company: Identity, messages: int, 
             raise RuntimeError(f"{messages - sent} messages were not sent; see the service log")
     await conn.close()
     cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_by_command().items()}
-    print(f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s), "
-          f"all sent after {elapsed:.2f}s; CPU ms per message: "
+    print(f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s, {sent_by_then} sent "
+          f"by then), all sent after {elapsed:.2f}s; CPU ms per message: "
           + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1])))
     return messages / elapsed
 
@@ -209,7 +212,6 @@ async def bench(args: argparse.Namespace) -> None:
                     await raw_loop(sink_port, connections, min(200, args.messages), prebuilt=True)  # warm up
                     built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
                     bytes_only = await raw_loop(sink_port, connections, args.messages, prebuilt=True)
-                    port = free_port()
                     env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
                            "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
@@ -221,10 +223,15 @@ async def bench(args: argparse.Namespace) -> None:
                         senders = [AppProcess("leadline_send", free_port(), each)
                                    for _ in range(min(args.split, connections))]
                         env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
-                    with app_processes(*senders, AppProcess("leadline_send", port, env)):
+                    # replicas: each serves the API and delivers over its share of the connections
+                    served = [AppProcess("leadline_send", free_port(), {
+                        **env, "LEADLINE_SMTP_CONNECTIONS": env["LEADLINE_SMTP_CONNECTIONS"] if args.split else
+                        str(connections // args.replicas + (r < connections % args.replicas))})
+                        for r in range(args.replicas)]
+                    with app_processes(*senders, *served):
                         identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
-                        api = f"http://127.0.0.1:{port}"
-                        async with httpx.AsyncClient(base_url=api) as client:
+                        apis = [f"http://127.0.0.1:{process.port}" for process in served]
+                        async with httpx.AsyncClient(base_url=apis[0]) as client:
                             created = await client.post("/v1/smtp-accounts", headers=identity_headers(
                                 identity, SECRET), json={"name": "sink", "type": "customer_service",
                                                          "host": "127.0.0.1", "port": sink_port, "tls": "plain",
@@ -234,8 +241,8 @@ async def bench(args: argparse.Namespace) -> None:
                         await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
                                            uuid.UUID(created.json()["id"]))
                         await conn.close()
-                        await whole_path(send_url, api, identity, min(100, args.messages), args.clients, 1)  # warm
-                        rates = [await whole_path(send_url, api, identity, args.messages, args.clients, batch)
+                        await whole_path(send_url, apis, identity, min(100, args.messages), args.clients, 1)  # warm
+                        rates = [await whole_path(send_url, apis, identity, args.messages, args.clients, batch)
                                  for batch in args.batches]
                     rows.extend((connections, batch, built, bytes_only, rate)
                                 for batch, rate in zip(args.batches, rates, strict=True))
@@ -246,7 +253,8 @@ async def bench(args: argparse.Namespace) -> None:
 
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
           f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
-          f"{f'API in one send process, delivery in {args.split}' if args.split else 'one send process'}, "
+          f"{f'API in one send process, delivery in {args.split}' if args.split else ''}"
+          f"{'' if args.split else f'{args.replicas} send process(es) serving the API and delivering'}, "
           f"{os.cpu_count()} cores")
     print(f"{'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
           f"{'whole path/s':>13} {'ratio vs send_message':>22} {'ratio vs bytes':>15}")
@@ -256,6 +264,7 @@ async def bench(args: argparse.Namespace) -> None:
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
           f"{f' --split {args.split}' if args.split else ''}"
+          f"{f' --replicas {args.replicas}' if args.replicas > 1 else ''}"
           f"{'' if args.fsync else ' --no-fsync'}")
 
 
@@ -268,6 +277,9 @@ def main() -> None:
                         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
     parser.add_argument("--split", type=int, default=0, metavar="N",
                         help="run the API in one send-service process and the delivery workers in N others")
+    parser.add_argument("--replicas", type=int, default=1, metavar="N",
+                        help="N send processes, each serving the API and delivering over its share of the "
+                             "connections (the callers spread over them, as behind a load balancer)")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
     asyncio.run(bench(parser.parse_args()))
