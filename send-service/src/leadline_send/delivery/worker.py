@@ -42,7 +42,6 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -578,8 +577,7 @@ class Delivery:
                 return
             account = found
         started = time.perf_counter()
-        outcome, worker.session = await self._transact(message, account, worker.session, reservation,
-                                                       worker.settled, leased=held is not None)
+        outcome, worker.session = await self._transact(worker, message, account, reservation)
         SMTP_SECONDS.observe(time.perf_counter() - started)
         used = outcome.state in ("sent", "unknown")  # unknown counts: the recipient may have it
         if held is not None and used:
@@ -617,14 +615,15 @@ class Delivery:
                 unsubscribe.c.company_id == message.company_id, unsubscribe.c.address.in_(message.recipients)))
         return bool(found)
 
-    async def _transact(self, message: queue.Claimed, account: SendingAccount, session: SmtpSession | None,
-                        reservation: uuid.UUID | None, before_data: Callable[[], Awaitable[None]], *,
-                        leased: bool) -> tuple[Outcome, SmtpSession | None]:
-        """One SMTP transaction; before DATA everything is retryable, after it only a reply decides.
+    async def _transact(self, worker: Worker, message: queue.Claimed, account: SendingAccount,
+                        reservation: uuid.UUID | None) -> tuple[Outcome, SmtpSession | None]:
+        """One SMTP transaction on the worker's session; before DATA everything is retryable, after it
+        only a reply decides.  Returns the outcome and the session to keep (None: dropped).
 
-        ``before_data`` is awaited just before the record: the previous message's settle, so that a
-        worker never has more than one message recorded in DATA and not yet settled.
+        The worker's previous settle is awaited just before the record, so that a worker never has
+        more than one message recorded in DATA and not yet settled.
         """
+        session = worker.session
         recipients = message.recipients
         try:
             if session is not None and (
@@ -679,10 +678,11 @@ class Delivery:
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
 
-        await before_data()
+        await worker.settled()
         assert self._durable_pool is not None
         async with self._durable_pool.acquire() as conn:
-            ours = await queue.record_data_started(conn, message, self.instance_key, reservation, leased=leased)
+            ours = await queue.record_data_started(conn, message, self.instance_key, reservation,
+                                                   leased=worker.lease is not None)
         if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:

@@ -252,9 +252,9 @@ class _WireFoldKept(BaseHeader):
             return super().fold(policy=policy)
         folded: str | None = self.__dict__.get("_wire_fold")
         if folded is None:
-            source = self.__dict__.get("_source")
-            if (isinstance(source, str) and source.isascii() and source.isprintable() and "=?" not in source
-                    and source.strip() == source and 0 < len(self.name) + 2 + len(source) <= WIRE.max_line_length):
+            source: str | None = self.__dict__.get("_source")  # the text it was made from (the registry)
+            if (source is not None and source.isascii() and source.isprintable() and "=?" not in source
+                    and source.strip() == source and len(self.name) + 2 + len(source) <= WIRE.max_line_length):
                 folded = f"{self.name}: {source}{WIRE.linesep}"
             else:
                 folded = super().fold(policy=policy)
