@@ -4,14 +4,20 @@ Each worker owns at most one SMTP session and keeps it open across messages of
 the same account, opening a new one once ``recipients_per_connection``
 recipients went over it (R14).  The order of one attempt::
 
-    claim (commit) → account → quota reserve → session → MAIL FROM, RCPT TO
-      → phase "data" (commit, R21) → DATA with a 10-minute reply timeout
+    claim (commit) → account → quota reserve → session
+      → MAIL FROM, RCPT TO  beside  phase "data" (commit, R21)
+      → DATA with a 10-minute reply timeout, once the record is on disk
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
 
 The last line runs while the worker speaks the next message's MAIL FROM and
-RCPT TO, and is awaited before that message's record (and before the worker
-idles or stops): the settle's round trip no longer adds to each message's
-time, and a worker still has at most one message recorded and not settled.
+RCPT TO, and the next message's record follows it on the same beat: a worker
+has at most one message recorded and not settled, and neither the settle's nor
+the record's round trip adds to a message's time unless they outlast the
+envelope.  The price: a process killed while it speaks an envelope leaves that
+message ``unknown`` although the server never saw its DATA (it was recorded,
+R21 forbids guessing), where before only the moment between the record and
+DATA did.  Either way a kill leaves at most one ``unknown`` per worker, and
+nothing is sent twice.
 
 A worker claims up to ``claim_size`` messages at once and reserves quota for
 ``claim_size`` messages of one account in one ask (``messages=k``, all or
@@ -620,11 +626,13 @@ class Delivery:
         """One SMTP transaction on the worker's session; before DATA everything is retryable, after it
         only a reply decides.  Returns the outcome and the session to keep (None: dropped).
 
-        The worker's previous settle is awaited just before the record, so that a worker never has
-        more than one message recorded in DATA and not yet settled.
+        The record before DATA runs beside the envelope, after the worker's previous settle (see
+        _record); DATA waits for it.  An envelope the server refuses ends the attempt whatever the
+        record says: its settle follows the record.
         """
         session = worker.session
         recipients = message.recipients
+        recording: asyncio.Task[bool] | None = None
         try:
             if session is not None and (
                 session.account_key != account.key or not session.smtp.is_connected or session.idle
@@ -635,6 +643,7 @@ class Delivery:
             reused = session is not None
             if session is None:
                 session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
+            recording = asyncio.create_task(self._record(worker, message, reservation))
             try:
                 await session.smtp.mail(message.envelope_from)
             except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
@@ -660,30 +669,28 @@ class Delivery:
                 temporary = any(exc.code < 500 for _, exc in refused)
                 detail = "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
                 if temporary:
-                    return Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: "
-                                   + detail, retry_at=self._backoff(message.attempt)), session
-                return Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: "
-                               + detail), session
+                    refusal = Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: "
+                                      + detail, retry_at=self._backoff(message.attempt))
+                else:
+                    refusal = Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: "
+                                      + detail)
+                return await self._unrecorded(recording, refusal), session
         except aiosmtplib.SMTPResponseException as exc:
             SMTP_REPLIES.labels("envelope", _reply_class(exc.code)).inc()
             await self._drop(session)
-            session = None
             if exc.code >= 500:
-                return Outcome("failed", "envelope-5xx", reply=reply_text(exc), error=reply_text(exc)), session
-            return Outcome("deferred", "envelope-4xx", reply=reply_text(exc), error=reply_text(exc),
-                           retry_at=self._backoff(message.attempt)), session
+                refusal = Outcome("failed", "envelope-5xx", reply=reply_text(exc), error=reply_text(exc))
+            else:
+                refusal = Outcome("deferred", "envelope-4xx", reply=reply_text(exc), error=reply_text(exc),
+                                  retry_at=self._backoff(message.attempt))
+            return await self._unrecorded(recording, refusal), None
         except (MailConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._drop(session, polite=False)
-            session = None
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
-            return Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt)), session
+            failure = Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt))
+            return await self._unrecorded(recording, failure), None
 
-        await worker.settled()
-        assert self._durable_pool is not None
-        async with self._durable_pool.acquire() as conn:
-            ours = await queue.record_data_started(conn, message, self.instance_key, reservation,
-                                                   leased=worker.lease is not None)
-        if not ours:  # cannot happen while this process holds its lock; never send DATA unrecorded
+        if not await recording:  # cannot happen while this process holds its lock; never send DATA unrecorded
             raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:
             response = await smtp.data(message.raw, timeout=self.settings.data_timeout_seconds)
@@ -705,6 +712,24 @@ class Delivery:
         if refused:
             error = "some recipients were refused: " + "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
         return Outcome("sent", "sent", reply=f"{response.code} {response.message}", error=error), session
+
+    async def _record(self, worker: Worker, message: queue.Claimed, reservation: uuid.UUID | None) -> bool:
+        """The record before DATA (R21), once the worker's previous settle has landed."""
+        await worker.settled()
+        assert self._durable_pool is not None
+        async with self._durable_pool.acquire() as conn:
+            return await queue.record_data_started(conn, message, self.instance_key, reservation,
+                                                   leased=worker.lease is not None)
+
+    @staticmethod
+    async def _unrecorded(recording: asyncio.Task[bool] | None, outcome: Outcome) -> Outcome:
+        """The envelope failed: DATA was never sent, whatever the record says; its settle follows it."""
+        if recording is not None:
+            try:
+                await recording
+            except DB_ERRORS:
+                log.exception("recording before DATA failed")
+        return outcome
 
     async def _finish(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome) -> None:
         state = outcome.state
