@@ -112,33 +112,49 @@ UPDATE outgoing_message SET reservation_id = $4
 WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = $3
 RETURNING id
 """
-# Under a lease the reservation is named on the row already (HOLD_RESERVATION): only the attempt
-# changes.  A new version of the wide message row (and of each of its indexes) per message was a
-# fifth of the database's work for a message.
-RECORD_DATA_UNDER_LEASE = """
-UPDATE send_attempt AS a SET phase = 'data'
-FROM outgoing_message AS m
-WHERE a.message_id = $1 AND a.number = $2 AND a.phase = 'connecting'
-  AND m.id = a.message_id AND m.state = 'sending' AND m.claimed_by = $3 AND m.reservation_id = $4
-RETURNING a.message_id
-"""
 
-SETTLE = """
-WITH attempt AS (
+
+# The record before DATA of a message whose row already names its lease's reservation
+# (HOLD_RESERVATION): only the attempt changes.  A new version of the wide message row (and of each of
+# its indexes) per message was a fifth of the database's work for a message.
+_RECORDED_UNDER_LEASE = """recorded AS (
+    UPDATE send_attempt AS a SET phase = 'data'
+    FROM outgoing_message AS m
+    WHERE a.message_id = ${message} AND a.number = ${number} AND a.phase = 'connecting'
+      AND m.id = a.message_id AND m.state = 'sending' AND m.claimed_by = ${worker}
+      AND m.reservation_id = ${reservation}
+    RETURNING a.message_id
+)"""
+
+
+def _recorded_under_lease(first: int) -> str:
+    """Parameters from ``$first``: message id, attempt number, worker key, reservation id."""
+    return _RECORDED_UNDER_LEASE.format(message=first, number=first + 1, worker=first + 2, reservation=first + 3)
+
+
+def _statement(ctes: list[str], result: str) -> str:
+    return "WITH " + ",\n".join(ctes) + "\nSELECT " + result
+
+
+RECORD_DATA_UNDER_LEASE = _statement([_recorded_under_lease(1)], "message_id FROM recorded")
+
+# The end of an attempt: $1 message, $2 attempt, $3 state, $4 outcome, $5 reply, $6 next attempt, $7 error.
+_SETTLED = """attempt AS (
     UPDATE send_attempt SET phase = 'done', outcome = $4, reply = $5, finished_at = now()
     WHERE message_id = $1 AND number = $2
-)
-UPDATE outgoing_message
-SET state = $3, claimed_by = NULL, updated_at = now(), last_error = $7,
-    smtp_reply = coalesce($5, smtp_reply), next_attempt_at = coalesce($6, next_attempt_at),
-    sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END
-WHERE id = $1 AND state = 'sending'
-"""
+), settled AS (
+    UPDATE outgoing_message
+    SET state = $3, claimed_by = NULL, updated_at = now(), last_error = $7,
+        smtp_reply = coalesce($5, smtp_reply), next_attempt_at = coalesce($6, next_attempt_at),
+        sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END
+    WHERE id = $1 AND state = 'sending'
+)"""
+SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
 # table and relay, woken by the same notification as leadline_kit.outbox.enqueue) in one statement.
-SETTLE_SENT = """
-WITH attempt AS (
+# $1 message, $2 attempt, $3 reply, $4 error, $5-$7 event id, subject, body, $8 notify channel.
+_SENT = """attempt AS (
     UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = $3, finished_at = now()
     WHERE message_id = $1 AND number = $2
 ), message AS (
@@ -150,9 +166,17 @@ WITH attempt AS (
 ), event AS (
     INSERT INTO outbox (event_id, subject, body) SELECT $5, $6, $7 FROM message
     RETURNING event_id
-)
-SELECT pg_notify($8, '') FROM event
-"""
+), notified AS (
+    SELECT pg_notify($8, '') AS notified FROM event
+)"""
+SETTLE_SENT = _statement([_SENT], "count(notified) FROM notified")
+
+# A worker's last answer settled and its next message recorded (under a lease) in one durable
+# statement: one commit and one round trip where a settle and a record were two of each on the
+# path of every message.  Atomic, so a worker still never has two messages recorded and unsettled.
+SETTLE_THEN_RECORD = _statement([_SETTLED, _recorded_under_lease(8)], "message_id FROM recorded")
+SETTLE_SENT_THEN_RECORD = _statement([_SENT, _recorded_under_lease(9)],
+                                     "(SELECT message_id FROM recorded), (SELECT count(notified) FROM notified)")
 
 # What a batch reservation was used for: the messages that reached the server (or may have).
 RESERVATION_USE = """
@@ -206,17 +230,43 @@ async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker
     return await conn.fetchval(statement, message.id, message.attempt, worker_key, reservation_id) is not None
 
 
-async def settle_sent(conn: asyncpg.Connection, message: Claimed, event: EventBase, *, reply: str | None,
-                      error: str | None) -> None:
-    """The server accepted the message: ``sent``, with its event, atomically."""
-    await conn.execute(SETTLE_SENT, message.id, message.attempt, reply, error, event.event_id, event.subject,
-                       event.model_dump_json().encode(), notify_channel(SCHEMA))
+@dataclass(frozen=True)
+class Settlement:
+    """How an attempt ends: what its settle writes."""
+
+    message: Claimed
+    state: str
+    outcome: str
+    reply: str | None = None
+    next_attempt_at: datetime | None = None
+    error: str | None = None
+    event: EventBase | None = None  # mail.sent, written to the outbox with a ``sent`` state
+
+    def statements(self) -> tuple[str, str, tuple[Any, ...]]:
+        """(alone, with the next record, arguments)."""
+        m = self.message
+        if self.state == "sent" and self.event is not None:
+            return SETTLE_SENT, SETTLE_SENT_THEN_RECORD, (
+                m.id, m.attempt, self.reply, self.error, self.event.event_id, self.event.subject,
+                self.event.model_dump_json().encode(), notify_channel(SCHEMA))
+        return SETTLE, SETTLE_THEN_RECORD, (m.id, m.attempt, self.state, self.outcome, self.reply,
+                                            self.next_attempt_at, self.error)
 
 
-async def settle(conn: asyncpg.Connection, message: Claimed, *, state: str, outcome: str, reply: str | None,
-                 next_attempt_at: datetime | None = None, error: str | None = None) -> None:
-    """End the current attempt and move the message to ``state``."""
-    await conn.execute(SETTLE, message.id, message.attempt, state, outcome, reply, next_attempt_at, error)
+async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
+    """End the current attempt and move the message to its state (``sent``: with its event, atomically)."""
+    alone, _, arguments = settlement.statements()
+    await conn.execute(alone, *arguments)
+
+
+async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int,
+                             reservation_id: uuid.UUID) -> bool:
+    """``settlement`` and the record before DATA of the worker's next ``message`` (held under the lease
+    ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
+    worker's to send (the settle still happened)."""
+    _, combined, arguments = settlement.statements()
+    row = await conn.fetchrow(combined, *arguments, message.id, message.attempt, worker_key, reservation_id)
+    return row is not None and row[0] is not None
 
 
 async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> tuple[int, int]:

@@ -163,6 +163,15 @@ class HeldReservation:
         self.used_recipients += len(message.recipients)
 
 
+@dataclass(frozen=True)
+class Answered:
+    """A message the server answered (or did not), its settle not yet written."""
+
+    settlement: queue.Settlement
+    account: SendingAccount | None
+    own_reservation: uuid.UUID | None  # not under a lease: committed or given back after the settle
+
+
 @dataclass
 class Worker:
     """What one delivery worker holds between messages."""
@@ -170,12 +179,8 @@ class Worker:
     number: int
     session: SmtpSession | None = None
     lease: HeldReservation | None = None
-    settling: asyncio.Task[None] | None = None  # the last message's settle, still running
-
-    async def settled(self) -> None:
-        if self.settling is not None:
-            task, self.settling = self.settling, None
-            await task
+    answered: Answered | None = None  # settled with the next message's record, or alone (Delivery._settled)
+    copying: asyncio.Task[None] | None = None  # the last sent message's copy to the Sent folder
 
 
 def _group_key(message: queue.Claimed) -> tuple[uuid.UUID, uuid.UUID, str]:
@@ -316,7 +321,7 @@ class Delivery:
                     await asyncio.sleep(1.0)
                     continue
                 if not batch:
-                    await worker.settled()
+                    await self._settled(worker)
                     self._settle_held(worker.lease)
                     worker.lease = None
                     if worker.session is not None and worker.session.idle:
@@ -327,7 +332,7 @@ class Delivery:
                     continue
                 await self._deliver_batch(worker, batch)
         finally:
-            await worker.settled()
+            await self._settled(worker)
             self._settle_held(worker.lease)
             await self._drop(worker.session)
             self._busy.discard(number)
@@ -358,6 +363,7 @@ class Delivery:
             await self.deliver(worker, message)
         except Exception:
             log.exception("worker %d: delivering %s failed unexpectedly", worker.number, message.id)
+            await self._settled(worker)
             await self._drop(worker.session)
             worker.session = None
             await self._settle_after_crash(message, worker.lease)
@@ -452,14 +458,14 @@ class Delivery:
         try:
             async with self._conn() as conn:
                 if await queue.current_phase(conn, message) == "data":
-                    await queue.settle(conn, message, state="unknown", outcome="interrupted", reply=None,
-                                       error="an internal error happened after DATA began")
+                    await queue.settle(conn, queue.Settlement(message, "unknown", "interrupted",
+                                                              error="an internal error happened after DATA began"))
                     if held is not None:
                         held.use(message)
                     return
-                await queue.settle(conn, message, state="deferred", outcome="interrupted", reply=None,
-                                   next_attempt_at=self._backoff(message.attempt),
-                                   error="an internal error happened before DATA; will retry")
+                await queue.settle(conn, queue.Settlement(
+                    message, "deferred", "interrupted", next_attempt_at=self._backoff(message.attempt),
+                    error="an internal error happened before DATA; will retry"))
         except DB_ERRORS:
             # the database is away: the row stays "sending" under this process's lock
             # and the next process (or recovery after a restart) settles it by phase
@@ -559,13 +565,13 @@ class Delivery:
     async def deliver(self, worker: Worker, message: queue.Claimed) -> None:
         """Send one message, under the worker's lease or with a reservation of its own.
 
-        The settle runs while the worker speaks the next message's envelope, and is awaited before
-        that message's record (see _transact): one settle in flight per worker, and never more than
-        one message per worker between its record and its settle, which is what a kill turns unknown.
+        The answer is settled with the worker's next record (see _record), or alone when no record
+        follows (_settled): never more than one message per worker between its record and its
+        settle, which is what a kill turns unknown.
         """
         held = worker.lease
         if message.category == "marketing" and await self._unsubscribed(message):
-            await self._finish(message, None, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
+            await self._finish(message, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
                                                       "from marketing mail after this message was queued"))
             return
         reservation: uuid.UUID | None
@@ -575,11 +581,11 @@ class Delivery:
             try:
                 found, message, reservation, refusal = await self._reserve(message, await self._account(message))
             except (QuotaUnavailable, MailboxUnavailable) as exc:
-                await self._finish(message, None, Outcome("deferred", "unavailable", error=str(exc),
+                await self._finish(message, Outcome("deferred", "unavailable", error=str(exc),
                                                           retry_at=self._backoff(message.attempt)))
                 return
             if refusal is not None or found is None:
-                await self._finish(message, None, refusal or Outcome("deferred", "no-account"))
+                await self._finish(message, refusal or Outcome("deferred", "no-account"))
                 return
             account = found
         started = time.perf_counter()
@@ -588,32 +594,44 @@ class Delivery:
         used = outcome.state in ("sent", "unknown")  # unknown counts: the recipient may have it
         if held is not None and used:
             held.use(message)
-        await worker.settled()
-        worker.settling = asyncio.create_task(self._conclude(message, account, outcome,
-                                                             None if held is not None else reservation))
+        await self._settled(worker)  # an answer that no record took along (the envelope never began)
+        worker.answered = Answered(self._settlement(message, account, outcome),
+                                   account, None if held is not None else reservation)
 
-    async def _conclude(self, message: queue.Claimed, account: SendingAccount, outcome: Outcome,
-                        own_reservation: uuid.UUID | None) -> None:
-        """After the server's answer: the settle, the message's own reservation, the Sent copy.
-
-        Runs beside the worker's next message, so it never raises: what fails is logged, and a row
-        it could not settle stays ``sending`` under this process's lock for recovery to decide.
-        """
-        try:
+    async def _settled(self, worker: Worker) -> None:
+        """Settle the worker's last answer alone (no record of a next message to go with it), and wait
+        for its last Sent copy.  Never raises: a row it could not settle stays ``sending`` under this
+        process's lock for recovery to decide."""
+        answered, worker.answered = worker.answered, None
+        if answered is not None:
             try:
-                await self._finish(message, account, outcome)
+                async with self._conn() as conn:
+                    await queue.settle(conn, answered.settlement)
             except DB_ERRORS:
-                log.exception("settling %s failed", message.id)
-                await self._settle_after_crash(message, None)
-            if own_reservation is not None:
-                if outcome.state in ("sent", "unknown"):
-                    self.quota.commit(message.company_id, own_reservation, then=self._forget(own_reservation))
-                else:
-                    self.quota.release(message.company_id, own_reservation, then=self._forget(own_reservation))
-            if outcome.state == "sent" and account.sent_folder is not None:
-                await self._copy_to_sent(message, account)
-        except Exception:
-            log.exception("concluding %s failed", message.id)
+                log.exception("settling %s failed", answered.settlement.message.id)
+                await self._settle_after_crash(answered.settlement.message, None)
+            await self._after_settle(worker, answered)
+        if worker.copying is not None:
+            task, worker.copying = worker.copying, None
+            await task
+
+    async def _after_settle(self, worker: Worker, answered: Answered) -> None:
+        """The message's own reservation, its delivery time, its Sent copy (one at a time per worker)."""
+        message, state, account = answered.settlement.message, answered.settlement.state, answered.account
+        if answered.own_reservation is not None:
+            if state in ("sent", "unknown"):
+                self.quota.commit(message.company_id, answered.own_reservation,
+                                  then=self._forget(answered.own_reservation))
+            else:
+                self.quota.release(message.company_id, answered.own_reservation,
+                                   then=self._forget(answered.own_reservation))
+        if state != "sent":
+            return
+        DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
+        if account is not None and account.sent_folder is not None:
+            if worker.copying is not None:
+                await worker.copying
+            worker.copying = asyncio.create_task(self._copy_to_sent(message, account))
 
     async def _unsubscribed(self, message: queue.Claimed) -> bool:
         async with self.db.session() as db_session:
@@ -714,12 +732,25 @@ class Delivery:
         return Outcome("sent", "sent", reply=f"{response.code} {response.message}", error=error), session
 
     async def _record(self, worker: Worker, message: queue.Claimed, reservation: uuid.UUID | None) -> bool:
-        """The record before DATA (R21), once the worker's previous settle has landed."""
-        await worker.settled()
+        """The record before DATA (R21), in one statement with the settle of the worker's last answer
+        when the message is under a lease (the usual case), else after that settle."""
         assert self._durable_pool is not None
-        async with self._durable_pool.acquire() as conn:
-            return await queue.record_data_started(conn, message, self.instance_key, reservation,
-                                                   leased=worker.lease is not None)
+        answered, worker.answered = worker.answered, None
+        if answered is None or worker.lease is None or reservation is None:
+            worker.answered = answered
+            await self._settled(worker)
+            async with self._durable_pool.acquire() as conn:
+                return await queue.record_data_started(conn, message, self.instance_key, reservation,
+                                                       leased=worker.lease is not None)
+        try:
+            async with self._durable_pool.acquire() as conn:
+                ours = await queue.settle_then_record(conn, answered.settlement, message, self.instance_key,
+                                                      reservation)
+        except DB_ERRORS:
+            worker.answered = answered  # neither was written: the answer is settled alone later
+            raise
+        await self._after_settle(worker, answered)
+        return ours
 
     @staticmethod
     async def _unrecorded(recording: asyncio.Task[bool] | None, outcome: Outcome) -> Outcome:
@@ -731,22 +762,21 @@ class Delivery:
                 log.exception("recording before DATA failed")
         return outcome
 
-    async def _finish(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome) -> None:
-        state = outcome.state
+    def _settlement(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome
+                    ) -> queue.Settlement:
+        state, error = outcome.state, outcome.error
         if state == "deferred" and message.attempt >= self.settings.max_attempts:
-            state, outcome.error = "failed", f"gave up after {message.attempt} attempts: {outcome.error}"
+            state, error = "failed", f"gave up after {message.attempt} attempts: {error}"
         if state == "deferred":
             RETRIES.labels(outcome.outcome).inc()
         OUTCOMES.labels(outcome.outcome).inc()
+        event = self._sent_event(message, account) if state == "sent" and account is not None else None
+        return queue.Settlement(message, state, outcome.outcome, outcome.reply, outcome.retry_at, error, event)
+
+    async def _finish(self, message: queue.Claimed, outcome: Outcome) -> None:
+        """Settle a message that never reached the server."""
         async with self._conn() as conn:
-            if state == "sent" and account is not None:
-                await queue.settle_sent(conn, message, self._sent_event(message, account), reply=outcome.reply,
-                                        error=outcome.error)
-            else:
-                await queue.settle(conn, message, state=state, outcome=outcome.outcome, reply=outcome.reply,
-                                   next_attempt_at=outcome.retry_at, error=outcome.error)
-        if state == "sent":
-            DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
+            await queue.settle(conn, self._settlement(message, None, outcome))
 
     def _sent_event(self, message: queue.Claimed, account: SendingAccount) -> MailSentV1:
         draft = Draft.from_json(message.draft)
