@@ -95,6 +95,13 @@ def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pyte
     ("Subject", "Angebot für Sie"), ("Subject", "=?utf-8?q?looks_encoded?="), ("Subject", "x" * 73),
     ("Subject", "x" * 74), ("Subject", "word " * 40), ("Message-ID", "<0123abcd@leadline.localhost>"),
     ("Content-Type", 'text/plain; charset="utf-8"'), ("Date", "Mon, 23 Nov 2026 12:00:00 +0000"),
+    # plain values, made without a parse, and their near misses, parsed
+    ("To", "Jane Doe <jane.doe@x.example.com>"), ("Cc", "a@x.org, Jane Doe <b@y.org>"), ("To", "O'Brien <o@x.org>"),
+    ("To", "Jane  Doe <a@b.org>"), ("To", "a..b@x.org"), ("To", "=?utf-8?q?Zo=C3=AB?= <z@x.org>"),
+    ("To", "Jane Doe <a@b.org>, " + "x" * 60 + "@long.example"), ("Reply-To", "Jane <j@x.org>"),
+    ("Message-ID", "<a.b+c@x-y.example>"), ("Message-ID", "<a@[127.0.0.1]>"),
 ])
 def test_a_kept_header_goes_out_as_the_standard_folder_writes_it(name: str, value: str) -> None:
-    assert composition._HEADERS(name, value).fold(policy=WIRE) == HeaderRegistry()(name, value).fold(policy=WIRE)
+    ours, standard = composition._HEADERS(name, value), HeaderRegistry()(name, value)
+    assert ours.fold(policy=WIRE) == standard.fold(policy=WIRE)
+    assert str(ours) == str(standard)

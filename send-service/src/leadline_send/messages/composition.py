@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email import policy
 from email.generator import BytesGenerator
-from email.headerregistry import Address, BaseHeader, HeaderRegistry
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
 from email.utils import format_datetime
@@ -254,7 +254,7 @@ class _WireFoldKept(BaseHeader):
         if folded is None:
             source: str | None = self.__dict__.get("_source")  # the text it was made from (the registry)
             if (source is not None and source.isascii() and source.isprintable() and "=?" not in source
-                    and source.strip() == source and len(self.name) + 2 + len(source) <= WIRE.max_line_length):
+                    and source.strip() == source and len(self.name) + 2 + len(source) <= WIRE_LINE):
                 folded = f"{self.name}: {source}{WIRE.linesep}"
             else:
                 folded = super().fold(policy=policy)
@@ -262,16 +262,31 @@ class _WireFoldKept(BaseHeader):
         return folded
 
 
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_MAILBOX = rf"(?:{_ADDR_SPEC}|{_ATEXT}(?: {_ATEXT})* <{_ADDR_SPEC}>)"
+# Values whose structured parse only gives back their text: a list of bare addresses or of plain
+# names of atoms with an address, and a message id of atoms.  Such a value, on one line and with no
+# encoded word, goes out as its text either way (test_composition compares it with the standard
+# registry), so the header is made without the parse, the dearest part of building a message.
+_PLAIN = {name: re.compile(pattern) for name, pattern in [
+    *((name, rf"{_MAILBOX}(?:, {_MAILBOX})*") for name in ("from", "to", "cc", "reply-to", "sender")),
+    ("message-id", rf"<{_ADDR_SPEC}>"),
+]}
+
+
 class _KeptHeaderClasses(HeaderRegistry):
     """The standard registry makes a new header class with ``type()`` on every lookup, which was the
     largest single cost of building a message; the class for a name never changes, so keep it.  It also
     keeps the last parsed headers by name and text: headers are immutable, and the From, Date and MIME
     headers of a run of messages repeat (parsing an address list is the dearest part), and so does an
-    unfolded header's read-back, which parses the same text it was built from."""
+    unfolded header's read-back, which parses the same text it was built from.  A plain value (see
+    _PLAIN) is not parsed at all."""
 
     def __init__(self) -> None:
         super().__init__()
         self._kept: dict[str, type[BaseHeader]] = {}
+        self._plain = type("PlainHeader", (_WireFoldKept, UnstructuredHeader), {})
         self._parsed: dict[tuple[str, str], BaseHeader] = {}
 
     def __getitem__(self, name: str) -> type[BaseHeader]:
@@ -290,11 +305,17 @@ class _KeptHeaderClasses(HeaderRegistry):
         if parsed is None:
             if len(self._parsed) >= 1024:
                 self._parsed.clear()
-            parsed = self._parsed[key] = super().__call__(name, value)
+            plain = _PLAIN.get(name.lower())
+            if (plain is not None and plain.fullmatch(value) and "=?" not in value
+                    and len(name) + 2 + len(value) <= WIRE_LINE):
+                parsed = self._parsed[key] = self._plain(name, value)
+            else:
+                parsed = self._parsed[key] = super().__call__(name, value)
             parsed.__dict__["_source"] = value
         return parsed
 
 
+WIRE_LINE = 78  # policy.SMTP's max_line_length
 _HEADERS = _KeptHeaderClasses()
 # 7-bit clean bodies (quoted-printable or base64 for non-ASCII text): we do not ask the server for
 # 8BITMIME, and every relay on the way can carry them.
