@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import random
 import time
@@ -57,7 +56,7 @@ from asyncpg.pool import PoolAcquireContext
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from leadline_kit.db import Database, asyncpg_dsn
+from leadline_kit.db import Database, asyncpg_dsn, json_text, json_value
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
@@ -195,7 +194,7 @@ def _by_account(batch: list[queue.Claimed]) -> list[list[queue.Claimed]]:
 
 
 async def _json_codec(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    await conn.set_type_codec("jsonb", encoder=json_text, decoder=json_value, schema="pg_catalog")
 
 
 async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
