@@ -53,6 +53,12 @@ class Runtime:
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
+    relay: OutboxRelay | None = None
+
+    def wake_relay(self) -> None:
+        """Events were committed to the outbox by this process: this process's relay publishes them."""
+        if self.relay is not None:
+            self.relay.wake()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(_supervised(coro, name), name=name)
@@ -163,8 +169,8 @@ def create_service_app(
         if use_nats:
             runtime.nc, runtime.js = await bus.connect(settings.nats_url, name)
             await bus.ensure_stream(runtime.js)
-            relay = OutboxRelay(runtime.db, outbox, runtime.js, service=name)
-            runtime.spawn(relay.run(), f"{name}-outbox-relay")
+            runtime.relay = OutboxRelay(runtime.db, outbox, runtime.js, service=name)
+            runtime.spawn(runtime.relay.run(), f"{name}-outbox-relay")
             for consumer in consumers(runtime) if consumers else ():
                 runtime.spawn(consumer.run(), f"{name}-consumer-{consumer.durable}")
         if on_start:

@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quota = QuotaClient(runtime.nats, settings.rpc_timeout_seconds)
         mailboxes = MailboxDirectory(runtime.nats, settings.rpc_timeout_seconds)
         delivery = Delivery(db=runtime.db, settings=settings, quota=quota, mailboxes=mailboxes, keys=keys,
-                            policy=policy, routes=Routes(keys, mailboxes))
+                            policy=policy, routes=Routes(keys, mailboxes), wake_relay=runtime.wake_relay)
         runtime.extras["send"] = SendContext(settings=settings, keys=keys, policy=policy, quota=quota,
                                              mailboxes=mailboxes, delivery=delivery)
         await delivery.start()

@@ -42,7 +42,6 @@ import asyncpg
 from sqlalchemy import and_, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.outbox import notify_channel
 from leadline_proto.events import EventBase
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
@@ -152,8 +151,9 @@ _SETTLED = """attempt AS (
 SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
-# table and relay, woken by the same notification as leadline_kit.outbox.enqueue) in one statement.
-# $1 message, $2 attempt, $3 reply, $4 error, $5-$7 event id, subject, body, $8 notify channel.
+# table and relay) in one statement.  No NOTIFY: the settling process wakes its own relay
+# (Delivery.wake_relay); one per message woke the relay of every replica, and all but one found
+# nothing.  $1 message, $2 attempt, $3 reply, $4 error, $5-$7 event id, subject, body.
 _SENT = """attempt AS (
     UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = $3, finished_at = now()
     WHERE message_id = $1 AND number = $2
@@ -165,18 +165,14 @@ _SENT = """attempt AS (
     RETURNING id
 ), event AS (
     INSERT INTO outbox (event_id, subject, body) SELECT $5, $6, $7 FROM message
-    RETURNING event_id
-), notified AS (
-    SELECT pg_notify($8, '') AS notified FROM event
 )"""
-SETTLE_SENT = _statement([_SENT], "count(notified) FROM notified")
+SETTLE_SENT = _statement([_SENT], "1")
 
 # A worker's last answer settled and its next message recorded (under a lease) in one durable
 # statement: one commit and one round trip where a settle and a record were two of each on the
 # path of every message.  Atomic, so a worker still never has two messages recorded and unsettled.
 SETTLE_THEN_RECORD = _statement([_SETTLED, _recorded_under_lease(8)], "message_id FROM recorded")
-SETTLE_SENT_THEN_RECORD = _statement([_SENT, _recorded_under_lease(9)],
-                                     "(SELECT message_id FROM recorded), (SELECT count(notified) FROM notified)")
+SETTLE_SENT_THEN_RECORD = _statement([_SENT, _recorded_under_lease(8)], "message_id FROM recorded")
 
 # What a batch reservation was used for: the messages that reached the server (or may have).
 RESERVATION_USE = """
@@ -248,7 +244,7 @@ class Settlement:
         if self.state == "sent" and self.event is not None:
             return SETTLE_SENT, SETTLE_SENT_THEN_RECORD, (
                 m.id, m.attempt, self.reply, self.error, self.event.event_id, self.event.subject,
-                self.event.model_dump_json().encode(), notify_channel(SCHEMA))
+                self.event.model_dump_json().encode())
         return SETTLE, SETTLE_THEN_RECORD, (m.id, m.attempt, self.state, self.outcome, self.reply,
                                             self.next_attempt_at, self.error)
 
@@ -265,8 +261,8 @@ async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, m
     ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
     worker's to send (the settle still happened)."""
     _, combined, arguments = settlement.statements()
-    row = await conn.fetchrow(combined, *arguments, message.id, message.attempt, worker_key, reservation_id)
-    return row is not None and row[0] is not None
+    return await conn.fetchval(combined, *arguments, message.id, message.attempt, worker_key,
+                               reservation_id) is not None
 
 
 async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> tuple[int, int]:

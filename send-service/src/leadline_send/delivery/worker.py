@@ -47,6 +47,7 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -213,6 +214,7 @@ class Delivery:
     keys: CredentialKeys
     policy: SmtpPolicy
     routes: Routes
+    wake_relay: Callable[[], None]  # mail.sent is in the outbox: this process's relay publishes it
     # One token wakes one idle worker: waking all of them for each new message would have each run
     # an empty claim.  Workers also poll, for messages queued by other replicas or coming due.
     _wake: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
@@ -626,6 +628,7 @@ class Delivery:
                                    then=self._forget(answered.own_reservation))
         if state != "sent":
             return
+        self.wake_relay()
         DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
         if account is not None and account.sent_folder is not None:
             if worker.copying is not None:
