@@ -9,15 +9,16 @@ recipients went over it (R14).  The order of one attempt::
       → DATA with a 10-minute reply timeout, once the record is on disk
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
 
-The last line runs while the worker speaks the next message's MAIL FROM and
-RCPT TO, and the next message's record follows it on the same beat: a worker
-has at most one message recorded and not settled, and neither the settle's nor
-the record's round trip adds to a message's time unless they outlast the
-envelope.  The price: a process killed while it speaks an envelope leaves that
-message ``unknown`` although the server never saw its DATA (it was recorded,
-R21 forbids guessing), where before only the moment between the record and
-DATA did.  Either way a kill leaves at most one ``unknown`` per worker, and
-nothing is sent twice.
+Under a lease (the usual case) the settle of the last line is written in one
+durable statement with the next message's record, while the worker speaks that
+message's MAIL FROM and RCPT TO (queue.SETTLE_SENT_THEN_RECORD); otherwise, and
+when no message follows, it is written alone.  A worker so has at most one
+message recorded and not settled, and neither round trip adds to a message's
+time unless it outlasts the envelope.  The price: a process killed while it
+speaks an envelope leaves that message ``unknown`` although the server never
+saw its DATA (it was recorded, R21 forbids guessing), where before only the
+moment between the record and DATA did.  Either way a kill leaves at most one
+``unknown`` per worker, and nothing is sent twice.
 
 A worker claims up to ``claim_size`` messages at once and reserves quota for
 ``claim_size`` messages of one account in one ask (``messages=k``, all or
