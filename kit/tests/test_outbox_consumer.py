@@ -105,6 +105,20 @@ async def test_event_published_only_when_transaction_commits(db: Database, js) -
     assert left == 0
 
 
+async def test_a_batch_that_fails_to_publish_stays_in_the_outbox(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    event = lead_event(uuid.uuid4())
+    async with db.session() as s:
+        await enqueue(s, outbox, event)
+        # no stream takes this subject: JetStream refuses the publish
+        await s.execute(outbox.insert().values(event_id=uuid.uuid4(), subject="kittest.nowhere", body=b"{}"))
+    relay = OutboxRelay(db, outbox, js, service="kittest")
+    with pytest.raises(Exception, match="no response from stream"):
+        await relay.relay_once()
+    async with db.session() as s:
+        kept = set((await s.execute(select(outbox.c.subject))).scalars())
+    assert kept == {event.subject, "kittest.nowhere"}  # the batch's delete was rolled back
+
+
 RELAY_SCRIPT = """
 import asyncio, sys
 from leadline_kit import bus
