@@ -169,7 +169,7 @@ class Answered:
     """A message the server answered (or did not), its settle not yet written."""
 
     settlement: queue.Settlement
-    account: SendingAccount | None
+    account: SendingAccount
     own_reservation: uuid.UUID | None  # not under a lease: committed or given back after the settle
 
 
@@ -631,7 +631,7 @@ class Delivery:
             return
         self.wake_relay()
         DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
-        if account is not None and account.sent_folder is not None:
+        if account.sent_folder is not None:
             if worker.copying is not None:
                 await worker.copying
             worker.copying = asyncio.create_task(self._copy_to_sent(message, account))
@@ -738,13 +738,13 @@ class Delivery:
         """The record before DATA (R21), in one statement with the settle of the worker's last answer
         when the message is under a lease (the usual case), else after that settle."""
         assert self._durable_pool is not None
-        answered, worker.answered = worker.answered, None
+        answered = worker.answered
         if answered is None or worker.lease is None or reservation is None:
-            worker.answered = answered
             await self._settled(worker)
             async with self._durable_pool.acquire() as conn:
                 return await queue.record_data_started(conn, message, self.instance_key, reservation,
                                                        leased=worker.lease is not None)
+        worker.answered = None
         try:
             async with self._durable_pool.acquire() as conn:
                 ours = await queue.settle_then_record(conn, answered.settlement, message, self.instance_key,
@@ -794,7 +794,15 @@ class Delivery:
             smtp_account_id=account.smtp_account_id))
 
     async def _copy_to_sent(self, message: queue.Claimed, account: SendingAccount) -> None:
-        """IMAP APPEND to the Sent folder (R12); a failure is recorded, the message stays sent."""
+        """IMAP APPEND to the Sent folder (R12); a failure is recorded, the message stays sent.
+
+        Runs beside the worker's next messages and is awaited on its path, so it never raises."""
+        try:
+            await self._append_to_sent(message, account)
+        except Exception:
+            log.exception("copying %s to Sent failed", message.id)
+
+    async def _append_to_sent(self, message: queue.Claimed, account: SendingAccount) -> None:
         target = account.sent_folder
         assert target is not None
         try:

@@ -315,7 +315,7 @@ class _KeptHeaderClasses(HeaderRegistry):
         return parsed
 
 
-WIRE_LINE = 78  # policy.SMTP's max_line_length
+WIRE_LINE = 78  # policy.SMTP's max_line_length (typed optional there)
 _HEADERS = _KeptHeaderClasses()
 # 7-bit clean bodies (quoted-printable or base64 for non-ASCII text): we do not ask the server for
 # 8BITMIME, and every relay on the way can carry them.
