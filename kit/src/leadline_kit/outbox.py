@@ -5,9 +5,9 @@ transaction.  The relay takes committed rows with ``FOR UPDATE SKIP LOCKED``
 (never by "id greater than the last seen": rows commit out of id order) and
 deletes them in the same statement, publishes each to JetStream with
 ``Nats-Msg-Id`` = event id and waits for every publish acknowledgement before
-it commits: a failed publish rolls the delete back.  A relay killed after publishing and before deleting publishes
-again on restart; JetStream's duplicate window and the consumers'
-processed-event tables make that harmless.  ``pg_notify`` on enqueue wakes the
+it commits: a failed publish rolls the delete back.  A relay killed after
+publishing and before committing publishes again on restart; JetStream's
+duplicate window and the consumers' processed-event tables make that harmless.  ``pg_notify`` on enqueue wakes the
 relays of every process as soon as the transaction commits; a writer with a
 steady flow of events may instead wake its own process's relay
 (:meth:`OutboxRelay.wake`, ``Runtime.wake_relay``) and spare the others a pass

@@ -252,13 +252,19 @@ class _WireFoldKept(BaseHeader):
         folded: str | None = self.__dict__.get("_wire_fold")
         if folded is None:
             source: str | None = self.__dict__.get("_source")  # the text it was made from (the registry)
-            if (source is not None and source.isascii() and source.isprintable() and "=?" not in source
-                    and source.strip() == source and len(self.name) + 2 + len(source) <= WIRE_LINE):
+            if source is not None and _one_plain_line(self.name, source):
                 folded = f"{self.name}: {source}{WIRE.linesep}"
             else:
                 folded = super().fold(policy=policy)
             self.__dict__["_wire_fold"] = folded
         return folded
+
+
+def _one_plain_line(name: str, text: str) -> bool:
+    """The header goes out as ``name: text`` on one line: printable ASCII, no encoded word, no
+    surrounding space, within the wire's line length."""
+    return (text.isascii() and text.isprintable() and "=?" not in text and text.strip() == text
+            and len(name) + 2 + len(text) <= WIRE_LINE)
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -305,8 +311,7 @@ class _KeptHeaderClasses(HeaderRegistry):
             if len(self._parsed) >= 1024:
                 self._parsed.clear()
             plain = _PLAIN.get(name.lower())
-            if (plain is not None and plain.fullmatch(value) and "=?" not in value
-                    and len(name) + 2 + len(value) <= WIRE_LINE):
+            if plain is not None and plain.fullmatch(value) and _one_plain_line(name, value):
                 parsed = self._parsed[key] = self._plain(name, value)
             else:
                 parsed = self._parsed[key] = super().__call__(name, value)
@@ -321,6 +326,7 @@ _HEADERS = _KeptHeaderClasses()
 SEVEN_BIT = policy.default.clone(cte_type="7bit", header_factory=_HEADERS)
 READ_BACK = policy.default.clone(header_factory=_HEADERS)
 WIRE = policy.SMTP.clone(header_factory=_HEADERS)
+
 
 class _WireGenerator(BytesGenerator):
     """``BytesGenerator`` writing a text part's lines in one piece rather than two writes a line (a
