@@ -17,15 +17,22 @@ Then for 1 and 8 SMTP connections:
   the clock runs from the first POST until every message is ``sent``.
 
 Each ratio divides a whole-path run by the raw ``send_message`` loop run just
-before it; ``--rounds`` such pairs are run and the median ratio is reported with
-the lowest and highest, because this machine's speed drifts by a fifth from
-minute to minute and a reference measured minutes earlier would skew the ratio.
+before it; ``--rounds`` such pairs are run, each with freshly started send
+processes, and the median ratio is reported with the lowest and highest,
+because this machine's speed drifts by a fifth from minute to minute and a
+reference measured minutes earlier would skew the ratio.
+
+``--against DIR`` compares two versions of the code: DIR is another checkout
+(``git worktree add /tmp/before HEAD~1``), whose send service and kit the send
+processes of every round run as well, the two taking turns in alternating
+order.  The difference of the two ratios of each round is reported: a change
+worth 3% is lost in the drift between separate runs, not between turns.
 
 The plaintext SMTP to the sink is allowed by the operator setting; the bench
 account is confirmed directly in the database (the sink throws the test
 email's code away).
 
-    uv run python bench/send/run.py [--messages 1000] [--clients 32] [--rounds 3]
+    uv run python bench/send/run.py [--messages 1000] [--clients 32] [--rounds 3] [--against DIR]
 """
 
 from __future__ import annotations
@@ -206,8 +213,48 @@ async def no_synced_mailbox(msg: Msg) -> None:
     await msg.respond(MailboxSmtpReply(found=False).model_dump_json().encode())
 
 
+def send_processes(env: dict[str, str], args: argparse.Namespace, connections: int,
+                   source: Path | None) -> tuple[list[AppProcess], list[AppProcess]]:
+    """(delivering only, serving the API) send-service processes for one run; ``source``: a source tree
+    (a checkout of the repository) whose send service and kit replace the installed ones."""
+    if source is not None:
+        env = {**env, "PYTHONPATH": f"{source / 'send-service' / 'src'}:{source / 'kit' / 'src'}"}
+    senders = []
+    if args.split:
+        # the API process has no delivery workers; others (no HTTP traffic) deliver, the connections
+        # split between them
+        each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
+        senders = [AppProcess("leadline_send", free_port(), each) for _ in range(min(args.split, connections))]
+        env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
+    # replicas: each serves the API and delivers over its share of the connections
+    served = [AppProcess("leadline_send", free_port(), {
+        **env, "LEADLINE_SMTP_CONNECTIONS": env["LEADLINE_SMTP_CONNECTIONS"] if args.split else
+        str(connections // args.replicas + (r < connections % args.replicas))})
+        for r in range(args.replicas)]
+    return senders, served
+
+
+async def sink_account(api: str, send_url: str, sink_port: int) -> Identity:
+    """A company whose customer-service account is the sink, confirmed directly in the database."""
+    identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
+    async with httpx.AsyncClient(base_url=api) as client:
+        created = await client.post("/v1/smtp-accounts", headers=identity_headers(identity, SECRET), json={
+            "name": "sink", "type": "customer_service", "host": "127.0.0.1", "port": sink_port, "tls": "plain",
+            "from_email": "cs@company.example.com", "active": True})
+    assert created.status_code == 201, created.text
+    conn = await asyncpg.connect(asyncpg_dsn(send_url))
+    await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
+                       uuid.UUID(created.json()["id"]))
+    await conn.close()
+    return identity
+
+
+Pairs = list[tuple[float, float]]  # (raw send_message loop, whole path) messages/s, one per round
+
+
 async def bench(args: argparse.Namespace) -> None:
-    rows: list[tuple[int, int, float, list[tuple[float, float]]]] = []  # conns, batch, bytes/s, (raw, path)
+    sources: list[Path | None] = [None, *([args.against] if args.against else [])]
+    rows: list[tuple[Path | None, int, int, float, Pairs]] = []  # source, conns, batch, bytes/s, pairs
     with tempfile.TemporaryDirectory(prefix="send-bench-") as tmp:
         postgres = PostgresServer(Path(tmp) / "postgres", free_port(), fast_unsafe=not args.fsync)
         nats_server = NatsServer(Path(tmp) / "nats", free_port())
@@ -231,64 +278,63 @@ async def bench(args: argparse.Namespace) -> None:
                     env = {**common, "DATABASE_URL": send_url, "LEADLINE_SMTP_CONNECTIONS": str(connections),
                            "LEADLINE_SMTP_ALLOW_PLAINTEXT": "true", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
                            "LEADLINE_CONSUMER_PREFIX": f"send-bench-{connections}"}
-                    senders = []
-                    if args.split:
-                        # the API process has no delivery workers; others (no HTTP traffic) deliver,
-                        # the connections split between them
-                        each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
-                        senders = [AppProcess("leadline_send", free_port(), each)
-                                   for _ in range(min(args.split, connections))]
-                        env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
-                    # replicas: each serves the API and delivers over its share of the connections
-                    served = [AppProcess("leadline_send", free_port(), {
-                        **env, "LEADLINE_SMTP_CONNECTIONS": env["LEADLINE_SMTP_CONNECTIONS"] if args.split else
-                        str(connections // args.replicas + (r < connections % args.replicas))})
-                        for r in range(args.replicas)]
-                    with app_processes(*senders, *served):
-                        identity = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
-                        apis = [f"http://127.0.0.1:{process.port}" for process in served]
-                        async with httpx.AsyncClient(base_url=apis[0]) as client:
-                            created = await client.post("/v1/smtp-accounts", headers=identity_headers(
-                                identity, SECRET), json={"name": "sink", "type": "customer_service",
-                                                         "host": "127.0.0.1", "port": sink_port, "tls": "plain",
-                                                         "from_email": "cs@company.example.com", "active": True})
-                        assert created.status_code == 201, created.text
-                        conn = await asyncpg.connect(asyncpg_dsn(send_url))
-                        await conn.execute("UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
-                                           uuid.UUID(created.json()["id"]))
-                        await conn.close()
-                        await whole_path(send_url, apis, identity, min(100, args.messages), args.clients, 1)  # warm
-                        runs: dict[int, list[tuple[float, float]]] = {batch: [] for batch in args.batches}
-                        for _ in range(args.rounds):
-                            for batch in args.batches:
-                                await settle_down(send_url)
-                                built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
-                                runs[batch].append((built, await whole_path(send_url, apis, identity, args.messages,
-                                                                            args.clients, batch)))
-                    rows.extend((connections, batch, bytes_only, runs[batch]) for batch in args.batches)
+                    runs: dict[tuple[Path | None, int], Pairs] = {
+                        (source, batch): [] for source in sources for batch in args.batches}
+                    # Fresh processes every round, and with --against the two trees take turns (in
+                    # alternating order), so that both see the same drift of this machine's speed.
+                    for round_number in range(args.rounds):
+                        for source in sources if round_number % 2 == 0 else sources[::-1]:
+                            senders, served = send_processes(env, args, connections, source)
+                            with app_processes(*senders, *served):
+                                apis = [f"http://127.0.0.1:{process.port}" for process in served]
+                                identity = await sink_account(apis[0], send_url, sink_port)
+                                await whole_path(send_url, apis, identity, min(200, args.messages), args.clients,
+                                                 1)  # warm up
+                                for batch in args.batches:
+                                    await settle_down(send_url)
+                                    built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
+                                    runs[(source, batch)].append((built, await whole_path(
+                                        send_url, apis, identity, args.messages, args.clients, batch)))
+                    rows.extend((source, connections, batch, bytes_only, runs[(source, batch)])
+                                for source in sources for batch in args.batches)
             await responder.close()
         finally:
             nats_server.stop()
             postgres.stop()
+    report(args, rows)
 
+
+def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, float, Pairs]]) -> None:
     print(f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
           f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
           f"{f'API in one send process, delivery in {args.split}' if args.split else ''}"
           f"{'' if args.split else f'{args.replicas} send process(es) serving the API and delivering'}, "
           f"{os.cpu_count()} cores")
-    print(f"{'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
+    print(f"{'code':>8} {'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
           f"{'whole path/s':>13} {'ratio vs send_message (low-high)':>33} {'ratio vs bytes':>15}")
-    for connections, batch, bytes_only, pairs in rows:
-        ratios = [rate / built for built, rate in pairs]
+    ratios: dict[tuple[Path | None, int, int], list[float]] = {}
+    for source, connections, batch, bytes_only, pairs in rows:
+        ratios[(source, connections, batch)] = [rate / built for built, rate in pairs]
         rate = statistics.median(rate for _, rate in pairs)
-        span = f"{statistics.median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f})"
-        print(f"{connections:>5} {batch:>8} {statistics.median(b for b, _ in pairs):>19,.0f} {bytes_only:>21,.0f} "
+        found = ratios[(source, connections, batch)]
+        span = f"{statistics.median(found):.2f} ({min(found):.2f}-{max(found):.2f})"
+        print(f"{'against' if source else 'this':>8} {connections:>5} {batch:>8} "
+              f"{statistics.median(b for b, _ in pairs):>19,.0f} {bytes_only:>21,.0f} "
               f"{rate:>13,.0f} {span:>33} {rate / bytes_only:>15.2f}")
+    if args.against:
+        print(f"\nthis tree minus {args.against}, ratio of the same round (positive: this tree is faster):")
+        for (source, connections, batch), found in ratios.items():
+            if source is None:
+                differences = [a - b for a, b in zip(found, ratios[(args.against, connections, batch)], strict=True)]
+                print(f"  {connections} conns, {batch} per POST: mean {statistics.mean(differences):+.3f}, "
+                      f"median {statistics.median(differences):+.3f}, "
+                      f"{sum(d > 0 for d in differences)} of {len(differences)} rounds ahead")
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
           f"--rounds {args.rounds}"
           f"{f' --split {args.split}' if args.split else ''}"
           f"{f' --replicas {args.replicas}' if args.replicas > 1 else ''}"
+          f"{f' --against {args.against}' if args.against else ''}"
           f"{'' if args.fsync else ' --no-fsync'}")
 
 
@@ -306,6 +352,10 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1, metavar="N",
                         help="N send processes, each serving the API and delivering over its share of the "
                              "connections (the callers spread over them, as behind a load balancer)")
+    parser.add_argument("--against", type=Path, metavar="DIR",
+                        help="a checkout of the repository (e.g. a git worktree of another commit): every round "
+                             "also runs the whole path with its send service and kit, and the paired difference "
+                             "is reported")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
     asyncio.run(bench(parser.parse_args()))
