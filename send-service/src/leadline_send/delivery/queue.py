@@ -238,21 +238,22 @@ class Settlement:
     error: str | None = None
     event: EventBase | None = None  # mail.sent, written to the outbox with a ``sent`` state
 
-    def statements(self) -> tuple[str, str, tuple[Any, ...]]:
-        """(alone, with the next record, arguments)."""
+    def statement(self, *, then_record: bool) -> tuple[str, tuple[Any, ...]]:
+        """The settle's statement, alone or followed by the next message's record, and its arguments
+        (the record's come after them)."""
         m = self.message
         if self.state == "sent" and self.event is not None:
-            return SETTLE_SENT, SETTLE_SENT_THEN_RECORD, (
+            return SETTLE_SENT_THEN_RECORD if then_record else SETTLE_SENT, (
                 m.id, m.attempt, self.reply, self.error, self.event.event_id, self.event.subject,
                 self.event.model_dump_json().encode())
-        return SETTLE, SETTLE_THEN_RECORD, (m.id, m.attempt, self.state, self.outcome, self.reply,
-                                            self.next_attempt_at, self.error)
+        return SETTLE_THEN_RECORD if then_record else SETTLE, (
+            m.id, m.attempt, self.state, self.outcome, self.reply, self.next_attempt_at, self.error)
 
 
 async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
     """End the current attempt and move the message to its state (``sent``: with its event, atomically)."""
-    alone, _, arguments = settlement.statements()
-    await conn.execute(alone, *arguments)
+    statement, arguments = settlement.statement(then_record=False)
+    await conn.execute(statement, *arguments)
 
 
 async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int,
@@ -260,8 +261,8 @@ async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, m
     """``settlement`` and the record before DATA of the worker's next ``message`` (held under the lease
     ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
     worker's to send (the settle still happened)."""
-    _, combined, arguments = settlement.statements()
-    return await conn.fetchval(combined, *arguments, message.id, message.attempt, worker_key,
+    statement, arguments = settlement.statement(then_record=True)
+    return await conn.fetchval(statement, *arguments, message.id, message.attempt, worker_key,
                                reservation_id) is not None
 
 

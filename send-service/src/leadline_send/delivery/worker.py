@@ -183,6 +183,12 @@ class Worker:
     answered: Answered | None = None  # settled with the next message's record, or alone (Delivery._settled)
     copying: asyncio.Task[None] | None = None  # the last sent message's copy to the Sent folder
 
+    async def copied(self) -> None:
+        """Until the last Sent copy is done (it never raises, see Delivery._copy_to_sent)."""
+        if self.copying is not None:
+            task, self.copying = self.copying, None
+            await task
+
 
 def _group_key(message: queue.Claimed) -> tuple[uuid.UUID, uuid.UUID, str]:
     return message.company_id, message.user_id, message.account_key
@@ -613,9 +619,7 @@ class Delivery:
                 log.exception("settling %s failed", answered.settlement.message.id)
                 await self._settle_after_crash(answered.settlement.message, None)
             await self._after_settle(worker, answered)
-        if worker.copying is not None:
-            task, worker.copying = worker.copying, None
-            await task
+        await worker.copied()
 
     async def _after_settle(self, worker: Worker, answered: Answered) -> None:
         """The message's own reservation, its delivery time, its Sent copy (one at a time per worker)."""
@@ -632,8 +636,7 @@ class Delivery:
         self.wake_relay()
         DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
         if account.sent_folder is not None:
-            if worker.copying is not None:
-                await worker.copying
+            await worker.copied()
             worker.copying = asyncio.create_task(self._copy_to_sent(message, account))
 
     async def _unsubscribed(self, message: queue.Claimed) -> bool:
