@@ -69,6 +69,11 @@ class SmtpBehaviour:
     mode: str = "accept"  # accept | tempfail_once | reject | silent | slow (pause, then accept)
     silent_seconds: float = 3.0
     tempfailed: set[str] = field(default_factory=set)
+    pipelining: bool = True  # offered in EHLO, as by every large provider (RFC 2920)
+    sender_reply: str | None = None  # MAIL FROM refused with this reply
+
+
+REFUSED_RECIPIENTS = {"nobody": "550 5.1.1 No such user", "busy": "450 4.2.1 Mailbox busy, try later"}
 
 
 class RecordingHandler:
@@ -76,10 +81,34 @@ class RecordingHandler:
         self.behaviour = behaviour
         self.received: list[Received] = []
         self.data_commands = 0
-        self.wire: list[bytearray] = []
+        self.wire: list[bytearray] = []  # what each session received
+        self.reads: list[bytes] = []  # each read of every session, to see what came in one write
         self.auth_attempts = 0
         self.logins = {SMTP_USER: SMTP_PASSWORD}
         self.lock = threading.Lock()
+
+    async def handle_EHLO(self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str,
+                          responses: list[str]) -> list[str]:
+        session.host_name = hostname
+        if self.behaviour.pipelining:
+            return [*responses[:-1], "250-PIPELINING", responses[-1]]
+        return responses
+
+    async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        if self.behaviour.sender_reply is not None:
+            return self.behaviour.sender_reply
+        envelope.mail_from, envelope.mail_options = address, options
+        return "250 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str,
+                          options: list[str]) -> str:
+        """``nobody@…`` is refused for good, ``busy@…`` for now."""
+        refusal = REFUSED_RECIPIENTS.get(address.partition("@")[0])
+        if refusal is not None:
+            return refusal
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: SmtpSession, envelope: Envelope) -> str:
         data = envelope.original_content or b""
@@ -120,6 +149,7 @@ class RecordingSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self._record.extend(data)
+        self.event_handler.reads.append(data)
         super().data_received(data)
 
 
@@ -155,16 +185,16 @@ def ca_file(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str
 
 @pytest.fixture
 def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
-    """Start aiosmtpd servers: ``smtp_server(tls="starttls"|"implicit"|"none", mode=..., self_signed=False)``."""
+    """Start aiosmtpd servers: ``smtp_server(tls="starttls"|"implicit"|"none", mode=..., self_signed=False, pipelining=True)``."""
     started: list[RecordingController] = []
 
     def start(tls: str = "starttls", mode: str = "accept", self_signed: bool = False,
-              silent_seconds: float = 3.0, idle_timeout: float = 300.0) -> SmtpServer:
+              silent_seconds: float = 3.0, idle_timeout: float = 300.0, pipelining: bool = True) -> SmtpServer:
         ca = trustme.CA() if self_signed else tls_ca
         cert = ca.issue_cert("127.0.0.1", "localhost")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds))
+        handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining))
         kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True,
                                   "timeout": idle_timeout}
         if tls == "starttls":

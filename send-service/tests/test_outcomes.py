@@ -8,12 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import nats
+import pytest
 from sqlalchemy import select
 
 from leadline_proto.events import MailPayload, MailSyncedV1
 from leadline_send.models import outgoing_message
 
-from .conftest import HarnessFactory, SendHarness, SmtpFactory
+from .conftest import HarnessFactory, SendHarness, SmtpFactory, SmtpServer
 
 
 async def send(app: SendHarness, **fields: Any) -> dict[str, Any]:
@@ -48,6 +49,64 @@ async def test_5xx_fails_with_the_servers_reply(send_service: HarnessFactory, sm
     assert done["state"] == "failed" and done["attempts"] == 1
     assert done["smtp_reply"].startswith("550") and "refused by policy" in done["last_error"]
     assert server.received[1:] == []
+
+
+PIPELINING = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+
+
+async def one_slow_retrying_connection(send_service: HarnessFactory, smtp_server: SmtpFactory, pipelining: bool,
+                                       **account: Any) -> tuple[SendHarness, SmtpServer]:
+    """One worker, and a deferred message stays deferred for the test's length."""
+    app = await send_service(smtp_connections=1, retry_base_seconds=60.0, retry_max_seconds=60.0)
+    server = smtp_server(tls="starttls", pipelining=pipelining)
+    await app.add_account(server, **account)
+    return app, server
+
+
+@PIPELINING
+async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_on(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object,
+        pipelining: bool) -> None:
+    # personal mail of a user without a synced mailbox: more than one recipient per message
+    app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining, type="customer_service")
+    some = await send(app, category="personal", to=["lead@example.org", "nobody@example.org"])
+    done = await app.wait_for(some["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "sent" and "nobody@example.org: 550 5.1.1 No such user" in done["last_error"], done
+    assert [r.rcpt_tos for r in server.handler.by_message_id(some["message_id"])] == [["lead@example.org"]]
+
+    none = await send(app, category="personal", to=["nobody@example.org"])
+    done = await app.wait_for(none["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "failed" and done["attempts"] == 1, done
+    assert done["last_error"] == "every recipient was refused: nobody@example.org: 550 5.1.1 No such user"
+
+    later = await send(app, category="personal", to=["busy@example.org", "nobody@example.org"])
+    done = await app.wait_for(later["id"], {"deferred"})
+    assert done["state"] == "deferred" and "450 4.2.1 Mailbox busy" in done["last_error"], done
+
+    sessions = len(server.handler.wire)
+    after = await send(app, category="personal")
+    assert (await app.wait_for(after["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+    assert len(server.handler.wire) == sessions, "a refused envelope is reset, not a reason for a new session"
+    assert server.handler.by_message_id(none["message_id"]) == server.handler.by_message_id(later["message_id"]) == []
+
+
+@PIPELINING
+async def test_a_refused_sender_fails_on_5xx_and_waits_on_4xx(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object,
+        pipelining: bool) -> None:
+    app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining)
+    server.handler.behaviour.sender_reply = "553 5.7.1 Sender address rejected"
+    refused = await send(app)
+    done = await app.wait_for(refused["id"], {"sent", "failed", "unknown"})
+    assert done["state"] == "failed" and done["smtp_reply"] == "553 5.7.1 Sender address rejected", done
+    server.handler.behaviour.sender_reply = "451 4.7.1 Try again later"
+    later = await send(app)
+    done = await app.wait_for(later["id"], {"deferred"})
+    assert done["state"] == "deferred" and done["smtp_reply"] == "451 4.7.1 Try again later", done
+    assert server.handler.data_commands == 1  # the test email's
+    server.handler.behaviour.sender_reply = None
+    after = await send(app)
+    assert (await app.wait_for(after["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
 
 
 async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(

@@ -1,20 +1,33 @@
-"""What reaches the wire (R22): CRLF only, dots doubled, one end of data, body intact."""
+"""What reaches the wire (R21, R22): CRLF only, dots doubled, one end of data, body intact, pipelined
+when the server offers it, and the end of data never before the record."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
+
+import asyncpg
+import pytest
+
+from leadline_kit.db import asyncpg_dsn
 
 from .conftest import HarnessFactory, SmtpFactory, has_bare_line_end
 
 TRICKY = "first\n.\nafter a lone dot\n.\r\nafter a dot with CRLF\nbare\rcarriage return\n.leading dot\n..two dots\nend"
 
 
+def pipelined(server_reads: list[bytes]) -> bool:
+    """Whether an envelope and its DATA came in one write."""
+    return any(b"MAIL FROM:" in read and b"RCPT TO:" in read and b"DATA\r\n" in read for read in server_reads)
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
 async def test_dots_and_line_ends_on_the_wire(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                              quota_service: None, mailboxes: object) -> None:
+                                              quota_service: None, mailboxes: object, pipelining: bool) -> None:
     # the operator allows plaintext here so the wire can be read in the clear; TLS is tested elsewhere
     app = await send_service(smtp_allow_plaintext=True)
-    server = smtp_server(tls="none")
+    server = smtp_server(tls="none", pipelining=pipelining)
     await app.add_account(server, tls="plain", type="customer_service")
     response = await app.user.post("/v1/messages", json={
         "to": ["lead@example.org"], "subject": "dots", "text": TRICKY})
@@ -35,6 +48,47 @@ async def test_dots_and_line_ends_on_the_wire(send_service: HarnessFactory, smtp
     body = received.message.get_content().replace("\r\n", "\n")
     expected = TRICKY.replace("\r\n", "\n").replace("\r", "\n") + "\n"
     assert body == expected
+    assert pipelined(server.handler.reads) is pipelining
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
+async def test_the_end_of_data_waits_for_the_record(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                    quota_service: None, mailboxes: object, send_url: str,
+                                                    pipelining: bool) -> None:
+    """R21: the body may go out while the attempt is recorded, its end-of-data mark may not."""
+    app = await send_service(smtp_connections=1)
+    server = smtp_server(tls="starttls", pipelining=pipelining)
+    await app.add_account(server)
+    blocker = await asyncpg.connect(asyncpg_dsn(send_url))
+    try:
+        # the second message's record goes with the first one's settle, whose mail.sent enters the outbox
+        blocking = blocker.transaction()
+        await blocking.start()
+        await blocker.execute("LOCK TABLE send.outbox IN SHARE MODE")
+        response = await app.user.post("/v1/messages/batch", json={"messages": [
+            {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"n{n}", "text": f"marker-{n}"}
+            for n in (1, 2)]})
+        assert response.status_code == 202, response.text
+        first, second = response.json()["items"]
+        for _ in range(200):
+            if b"marker-2" in bytes(server.handler.wire[-1]):
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.3)
+        wire = bytes(server.handler.wire[-1])
+        assert b"marker-2" in wire, "the body goes out beside the record"
+        assert server.handler.by_message_id(first["message_id"])
+        assert not server.handler.by_message_id(second["message_id"])
+        assert b"\r\n.\r\n" not in wire[wire.index(b"marker-2"):], "the end of data went out unrecorded"
+        phase = await blocker.fetchval("SELECT a.phase FROM send.send_attempt AS a JOIN send.outgoing_message AS m "
+                                       "ON m.id = a.message_id WHERE m.message_id = $1", second["message_id"])
+        assert phase == "connecting"
+        await blocking.rollback()
+    finally:
+        await blocker.close()
+    for message in (first, second):
+        assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+    assert len(server.handler.by_message_id(second["message_id"])) == 1
 
 
 async def test_attachments_and_non_ascii_names_arrive_intact(send_service: HarnessFactory, smtp_server: SmtpFactory,

@@ -1,7 +1,7 @@
 """The outgoing-message queue: PostgreSQL rows claimed with ``FOR UPDATE SKIP LOCKED``.
 
 Why PostgreSQL and not a JetStream work queue: R21 needs the attempt recorded
-durably *before* DATA, and the message state, the attempt row, the
+durably *before* the end of data, and the message state, the attempt row, the
 ``mail.sent`` outbox event and the idempotency key must change together.  In
 PostgreSQL each step is one atomic statement or transaction; with a JetStream queue the
 message would live in two places whose updates can disagree after a crash.
@@ -14,20 +14,21 @@ State machine of ``outgoing_message.state``::
       │                 │ │ └─ no reply after the final "." (drop, timeout, crash) ──▶ unknown
       │                 │ └─── 5xx, the last allowed attempt failed, or the recipient
       │                 │      unsubscribed from marketing mail meanwhile ──▶ failed
-      │                 └───── 4xx / failure before DATA / quota refused ──▶ deferred
+      │                 └───── 4xx / failure before the final "." / quota refused ──▶ deferred
       └──── next_attempt_at reached (deferred rows are claimed like queued ones) ──┘
 
     unknown ──mail.synced (its Message-ID in the Sent folder)──▶ sent
     unknown | failed | bounced ──POST /resend (on purpose)──▶ queued
 
 Each claim adds a ``send_attempt`` row (phase ``connecting``); the phase becomes
-``data`` in a committed transaction just before the DATA command.  A message is
+``data`` in a committed transaction before the end-of-data mark (the final
+"."), from which the server holds the message.  A message is
 ``sending`` only while a live worker holds it: ``claimed_by`` names the
 process's PostgreSQL advisory lock, held on a dedicated connection for the
 process's life.  The lock vanishes with the process (SIGKILL included), so
 :func:`recover_abandoned` can tell an abandoned row from a busy one without
 heartbeats: an attempt still ``connecting`` goes back to ``queued`` (the server
-never saw DATA), an attempt in ``data`` becomes ``unknown`` and is never
+never had its end of data), an attempt in ``data`` becomes ``unknown`` and is never
 resent by itself.
 """
 
@@ -72,7 +73,7 @@ class Claimed:
 
 
 # The hot path runs on plain asyncpg connections (see Delivery): one prepared statement per step,
-# each committed on its own — a claim, the "data" record before DATA, a settle.  Through SQLAlchemy
+# each committed on its own — a claim, the "data" record before the end of data, a settle.  Through SQLAlchemy
 # each step cost more CPU than speaking SMTP for the message.
 _CLAIM = """
 WITH due AS (
@@ -113,7 +114,7 @@ RETURNING id
 """
 
 
-# The record before DATA of a message whose row already names its lease's reservation
+# The record before the end of data of a message whose row already names its lease's reservation
 # (HOLD_RESERVATION): only the attempt changes.  A new version of the wide message row (and of each of
 # its indexes) per message was a fifth of the database's work for a message.
 _RECORDED_UNDER_LEASE = """recorded AS (
@@ -217,10 +218,10 @@ async def forget_quota(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> N
 
 async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker_key: int,
                               reservation_id: uuid.UUID | None, *, leased: bool) -> bool:
-    """Committed before DATA (R21): from here on a lost reply means ``unknown``, never a retry.
+    """Committed before the end of data (R21): from here on a lost reply means ``unknown``, never a retry.
 
     ``leased``: the reservation is already named on the message's row.  False if the message is no
-    longer this worker's to send (then DATA must not be sent).
+    longer this worker's to send (then its end of data must not be sent).
     """
     statement = RECORD_DATA_UNDER_LEASE if leased else RECORD_DATA
     return await conn.fetchval(statement, message.id, message.attempt, worker_key, reservation_id) is not None
@@ -258,7 +259,7 @@ async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
 
 async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int,
                              reservation_id: uuid.UUID) -> bool:
-    """``settlement`` and the record before DATA of the worker's next ``message`` (held under the lease
+    """``settlement`` and the record before the end of data of the worker's next ``message`` (held under the lease
     ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
     worker's to send (the settle still happened)."""
     statement, arguments = settlement.statement(then_record=True)
@@ -355,8 +356,9 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                 await session.execute(update(m).where(m.c.id == r.id).values(
                     state="unknown" if after_data else "queued", claimed_by=None, updated_at=func.now(),
                     next_attempt_at=func.now(),
-                    last_error=("the sending process stopped after DATA began; the server may hold the message"
-                                if after_data else "the sending process stopped before DATA; queued again")))
+                    last_error=("the sending process stopped once the message was recorded as going out; "
+                                "the server may hold it" if after_data
+                                else "the sending process stopped before the message went out; queued again")))
                 await session.execute(update(a).where(a.c.message_id == r.id, a.c.number == r.attempts)
                                       .values(phase="done", outcome="interrupted", finished_at=func.now()))
                 recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued"))

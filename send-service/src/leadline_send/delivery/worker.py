@@ -5,19 +5,23 @@ the same account, opening a new one once ``recipients_per_connection``
 recipients went over it (R14).  The order of one attempt::
 
     claim (commit) → account → quota reserve → session
-      → MAIL FROM, RCPT TO  beside  phase "data" (commit, R21)
-      → DATA with a 10-minute reply timeout, once the record is on disk
+      → MAIL FROM, RCPT TO, DATA, the body  beside  phase "data" (commit, R21)
+      → the end of data (".") once the record is on disk, a 10-minute reply timeout
       → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
+
+The envelope is one write when the server offers PIPELINING (smtp.SmtpChannel).
+The server holds a message only from its end-of-data mark on; a connection
+closed before it cancels the transaction (RFC 5321 §3.8), so that mark is R21's
+gate and everything before it may go out while the record is written.
 
 Under a lease (the usual case) the settle of the last line is written in one
 durable statement with the next message's record, while the worker speaks that
-message's MAIL FROM and RCPT TO (queue.SETTLE_SENT_THEN_RECORD); otherwise, and
-when no message follows, it is written alone.  A worker so has at most one
-message recorded and not settled, and neither round trip adds to a message's
-time unless it outlasts the envelope.  The price: a process killed while it
-speaks an envelope leaves that message ``unknown`` although the server never
-saw its DATA (it was recorded, R21 forbids guessing), where before only the
-moment between the record and DATA did.  Either way a kill leaves at most one
+message's envelope (queue.SETTLE_SENT_THEN_RECORD); otherwise, and when no
+message follows, it is written alone.  A worker so has at most one message
+recorded and not settled, and neither round trip adds to a message's time
+unless it outlasts the envelope and the body.  The price: a process killed
+before a message's end of data leaves it ``unknown`` although the server
+dropped it (it was recorded, R21 forbids guessing).  A kill leaves at most one
 ``unknown`` per worker, and nothing is sent twice.
 
 A worker claims up to ``claim_size`` messages at once and reserves quota for
@@ -30,14 +34,14 @@ rest is given back.  If the lease does not fit, each message reserves on its
 own, with rotation to the next account of its type (R15), so an account near
 its limit sends exactly its allowance.  A process that dies mid-lease leaves
 the reservation named on its rows, and recovery commits what was used.  The
-claim, the record before DATA and the settle run on a pool of plain asyncpg
+claim, the record before the end of data and the settle run on a pool of plain asyncpg
 connections: through SQLAlchemy they cost more CPU than SMTP itself.  New
 messages wake the workers of every process by ``NOTIFY`` (queue.QUEUE_CHANNEL).
 
 What the server says decides the next state: a reply of class 4xx, or any
-failure before the DATA command, puts the message back (``deferred``, backoff
-with jitter); 5xx fails it with the server's words; silence after DATA began
-makes it ``unknown``.
+failure before the end of data, puts the message back (``deferred``, backoff
+with jitter); 5xx fails it with the server's words; silence after the end of
+data makes it ``unknown``.
 """
 
 from __future__ import annotations
@@ -74,7 +78,7 @@ from leadline_send.delivery.accounts import (
     account_for_key,
 )
 from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable, Settled
-from leadline_send.delivery.smtp import SmtpPolicy, open_session, reply_text
+from leadline_send.delivery.smtp import Envelope, Reply, SmtpChannel, SmtpPolicy, open_channel
 from leadline_send.messages.composition import Draft, build_message
 from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
 from leadline_send.models import OPEN_STATES, outgoing_message, unsubscribe
@@ -90,7 +94,7 @@ class SmtpSession:
     """One open SMTP session of a worker."""
 
     account_key: str
-    smtp: aiosmtplib.SMTP
+    channel: SmtpChannel
     recipients: int = 0
     last_used: float = field(default_factory=time.monotonic)
 
@@ -112,6 +116,12 @@ class Outcome:
 
 def _reply_class(code: int) -> str:
     return f"{code // 100}xx"
+
+
+def _unknown(what: str) -> Outcome:
+    """After the end of data, without a reply that decides: R21 forbids guessing."""
+    return Outcome("unknown", "no-reply", error=f"{what}; the server may hold it. It is not resent by itself: "
+                   "it turns sent when it appears in the Sent folder, or resend it on purpose")
 
 
 DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -240,8 +250,8 @@ class Delivery:
         await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
         if self.settings.smtp_connections:
             await self._lock_conn.add_listener(queue.QUEUE_CHANNEL, self._queued)
-        # Two pools.  Only the record before DATA must be on disk before the next step (R21: lost in a
-        # database crash, recovery would send the message again), so it commits synchronously.  Every
+        # Two pools.  Only the record before the end of data must be on disk before the next step (R21: lost
+        # in a database crash, recovery would send the message again), so it commits synchronously.  Every
         # other step commits asynchronously: a crash of PostgreSQL (not of this process) may lose the
         # last fraction of a second of them, which recovery then reads as it would a killed worker —
         # a lost claim is queued again, a lost settle leaves the message ``unknown``, never sent twice.
@@ -453,7 +463,7 @@ class Delivery:
         """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
 
         What is still in hand after the grace period is cut off and recovered by the next process:
-        before DATA it is sent again, after DATA began it becomes ``unknown``.
+        before its record it is sent again, after it it becomes ``unknown``.
         """
         self.stopping.set()
         self.notify(len(self._busy))
@@ -466,14 +476,15 @@ class Delivery:
         try:
             async with self._conn() as conn:
                 if await queue.current_phase(conn, message) == "data":
-                    await queue.settle(conn, queue.Settlement(message, "unknown", "interrupted",
-                                                              error="an internal error happened after DATA began"))
+                    await queue.settle(conn, queue.Settlement(
+                        message, "unknown", "interrupted",
+                        error="an internal error happened once the message was recorded as going out"))
                     if held is not None:
                         held.use(message)
                     return
                 await queue.settle(conn, queue.Settlement(
                     message, "deferred", "interrupted", next_attempt_at=self._backoff(message.attempt),
-                    error="an internal error happened before DATA; will retry"))
+                    error="an internal error happened before the message went out; will retry"))
         except DB_ERRORS:
             # the database is away: the row stays "sending" under this process's lock
             # and the next process (or recovery after a restart) settles it by phase
@@ -486,10 +497,7 @@ class Delivery:
     @staticmethod
     async def _drop(session: SmtpSession | None, polite: bool = True) -> None:
         if session is not None:
-            if polite and session.smtp.is_connected:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(session.smtp.quit(), 5)
-            session.smtp.close()
+            await session.channel.quit() if polite else session.channel.close()
 
     async def _account(self, message: queue.Claimed) -> SendingAccount | None:
         # Kept a few seconds: looking the account up (and opening its password) for every message of a
@@ -647,98 +655,108 @@ class Delivery:
 
     async def _transact(self, worker: Worker, message: queue.Claimed, account: SendingAccount,
                         reservation: uuid.UUID | None) -> tuple[Outcome, SmtpSession | None]:
-        """One SMTP transaction on the worker's session; before DATA everything is retryable, after it
-        only a reply decides.  Returns the outcome and the session to keep (None: dropped).
+        """One SMTP transaction on the worker's session; until the end of data everything is retryable,
+        after it only a reply decides.  Returns the outcome and the session to keep (None: dropped).
 
-        The record before DATA runs beside the envelope, after the worker's previous settle (see
-        _record); DATA waits for it.  An envelope the server refuses ends the attempt whatever the
+        The record (R21) runs beside the envelope, after the worker's previous settle (see _record),
+        and the body goes out meanwhile; only the end-of-data mark, from which the server holds the
+        message, waits for the record.  An envelope the server refuses ends the attempt whatever the
         record says: its settle follows the record.
         """
         session = worker.session
-        recipients = message.recipients
         recording: asyncio.Task[bool] | None = None
         try:
             if session is not None and (
-                session.account_key != account.key or not session.smtp.is_connected or session.idle
-                or session.recipients + len(recipients) > self.settings.recipients_per_connection
+                session.account_key != account.key or not session.channel.is_connected or session.idle
+                or session.recipients + len(message.recipients) > self.settings.recipients_per_connection
             ):
                 await self._drop(session)
                 session = None
             reused = session is not None
             if session is None:
-                session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
+                session = await self._open(account)
             recording = asyncio.create_task(self._record(worker, message, reservation))
             try:
-                await session.smtp.mail(message.envelope_from)
-            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+                envelope = await session.channel.envelope(message.envelope_from, message.recipients)
+            except aiosmtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
                 # the server closed a kept session without our noticing: one fresh session, no retry spent
                 await self._drop(session, polite=False)
-                session = SmtpSession(account.key, await open_session(account.endpoint, self.policy))
-                await session.smtp.mail(message.envelope_from)
-            smtp = session.smtp
-            accepted, refused = [], []
-            for recipient in recipients:
-                try:
-                    await smtp.rcpt(recipient)
-                    accepted.append(recipient)
-                except aiosmtplib.SMTPRecipientRefused as exc:
-                    SMTP_REPLIES.labels("rcpt", _reply_class(exc.code)).inc()
-                    refused.append((recipient, exc))
-            session.recipients += len(recipients)
+                session = await self._open(account)
+                envelope = await session.channel.envelope(message.envelope_from, message.recipients)
+            session.recipients += len(message.recipients)
             session.last_used = time.monotonic()
-            if not accepted:
-                await smtp.rset()
-                temporary = any(exc.code < 500 for _, exc in refused)
-                detail = "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
-                if temporary:
-                    refusal = Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: "
-                                      + detail, retry_at=self._backoff(message.attempt))
-                else:
-                    refusal = Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: "
-                                      + detail)
-                return await self._unrecorded(recording, refusal), session
-        except aiosmtplib.SMTPResponseException as exc:
-            SMTP_REPLIES.labels("envelope", _reply_class(exc.code)).inc()
-            await self._drop(session)
-            if exc.code >= 500:
-                refusal = Outcome("failed", "envelope-5xx", reply=reply_text(exc), error=reply_text(exc))
-            else:
-                refusal = Outcome("deferred", "envelope-4xx", reply=reply_text(exc), error=reply_text(exc),
-                                  retry_at=self._backoff(message.attempt))
-            return await self._unrecorded(recording, refusal), None
+            refusal = await self._refusal(session, envelope, message)
+            if refusal is not None:
+                outcome, kept = refusal
+                return await self._unrecorded(recording, outcome), kept
+            session.channel.send_body(message.raw)
         except (MailConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._drop(session, polite=False)
             text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
             failure = Outcome("deferred", "before-data", error=text, retry_at=self._backoff(message.attempt))
             return await self._unrecorded(recording, failure), None
 
-        if not await recording:  # cannot happen while this process holds its lock; never send DATA unrecorded
-            raise RuntimeError(f"message {message.id} is no longer held by this worker")
         try:
-            response = await smtp.data(message.raw, timeout=self.settings.data_timeout_seconds)
-        except aiosmtplib.SMTPResponseException as exc:
-            SMTP_REPLIES.labels("data", _reply_class(exc.code)).inc()
-            if exc.code >= 500:
-                return Outcome("failed", "data-5xx", reply=reply_text(exc), error=reply_text(exc)), session
-            return Outcome("deferred", "data-4xx", reply=reply_text(exc), error=reply_text(exc),
-                           retry_at=self._backoff(message.attempt)), session
+            if not await recording:  # cannot happen while this process holds its lock
+                raise RuntimeError(f"message {message.id} is no longer held by this worker")
+        except BaseException:
+            session.channel.close()  # without its end of data the server drops the message (RFC 5321 §3.8)
+            raise
+        try:
+            reply = await session.channel.end_data(self.settings.data_timeout_seconds)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             SMTP_REPLIES.labels("data", "none").inc()
             await self._drop(session, polite=False)
-            session = None
-            return Outcome("unknown", "no-reply", error="no reply after the message was sent "
-                           f"({type(exc).__name__}); the server may hold it. It is not resent by itself: "
-                           "it turns sent when it appears in the Sent folder, or resend it on purpose"), session
-        SMTP_REPLIES.labels("data", _reply_class(response.code)).inc()
-        error = None
-        if refused:
-            error = "some recipients were refused: " + "; ".join(f"{r}: {reply_text(e)}" for r, e in refused)
-        return Outcome("sent", "sent", reply=f"{response.code} {response.message}", error=error), session
+            return _unknown(f"no reply after the message was sent ({type(exc).__name__})"), None
+        SMTP_REPLIES.labels("data", _reply_class(reply.code)).inc()
+        if reply.code // 100 == 2:
+            refused = "; ".join(f"{address}: {refusal}" for address, refusal in envelope.refused)
+            return Outcome("sent", "sent", reply=str(reply),
+                           error=f"some recipients were refused: {refused}" if refused else None), session
+        if reply.code // 100 in (4, 5):
+            return self._refused(message, "data", reply), session
+        await self._drop(session, polite=False)
+        return _unknown(f"the server answered the end of data with {reply}, which SMTP does not define there"), None
+
+    async def _open(self, account: SendingAccount) -> SmtpSession:
+        return SmtpSession(account.key, await open_channel(account.endpoint, self.policy))
+
+    async def _refusal(self, session: SmtpSession, envelope: Envelope, message: queue.Claimed
+                       ) -> tuple[Outcome, SmtpSession | None] | None:
+        """What the server refused before the message's data, and the session to keep; None: nothing."""
+        for _, reply in envelope.refused:
+            SMTP_REPLIES.labels("rcpt", _reply_class(reply.code)).inc()
+        if envelope.mail.code != 250:
+            SMTP_REPLIES.labels("envelope", _reply_class(envelope.mail.code)).inc()
+            await self._drop(session)
+            return self._refused(message, "envelope", envelope.mail), None
+        if not envelope.accepted:
+            detail = "; ".join(f"{address}: {reply}" for address, reply in envelope.refused)
+            if any(reply.code < 500 for _, reply in envelope.refused):
+                outcome = Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: " + detail,
+                                  retry_at=self._backoff(message.attempt))
+            else:
+                outcome = Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: " + detail)
+        elif envelope.data is not None and envelope.data.code != 354:
+            SMTP_REPLIES.labels("data", _reply_class(envelope.data.code)).inc()
+            outcome = self._refused(message, "data", envelope.data)
+        else:
+            return None
+        if await session.channel.rset():
+            return outcome, session
+        await self._drop(session, polite=False)
+        return outcome, None
+
+    def _refused(self, message: queue.Claimed, stage: str, reply: Reply) -> Outcome:
+        if reply.code >= 500:
+            return Outcome("failed", f"{stage}-5xx", reply=str(reply), error=str(reply))
+        return Outcome("deferred", f"{stage}-4xx", reply=str(reply), error=str(reply),
+                       retry_at=self._backoff(message.attempt))
 
     async def _record(self, worker: Worker, message: queue.Claimed, reservation: uuid.UUID | None) -> bool:
-        """The record before DATA (R21), in one statement with the settle of the worker's last answer
+        """The record before the end of data (R21), in one statement with the settle of the worker's last answer
         when the message is under a lease (the usual case), else after that settle."""
         assert self._durable_pool is not None
         answered = worker.answered
@@ -760,12 +778,12 @@ class Delivery:
 
     @staticmethod
     async def _unrecorded(recording: asyncio.Task[bool] | None, outcome: Outcome) -> Outcome:
-        """The envelope failed: DATA was never sent, whatever the record says; its settle follows it."""
+        """No end of data was sent, whatever the record says; the settle follows the record."""
         if recording is not None:
             try:
                 await recording
             except DB_ERRORS:
-                log.exception("recording before DATA failed")
+                log.exception("recording before the end of data failed")
         return outcome
 
     def _settlement(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome

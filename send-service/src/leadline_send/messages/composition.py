@@ -8,7 +8,7 @@ another control character, raw or inside an RFC 2047 encoded word
 building, the message is serialised, parsed back and its headers compared with
 the ones we meant to write; any difference refuses the message before it is
 queued.  Bytes are serialised with CRLF line ends (``policy.SMTP``), so no
-bare CR or LF reaches the wire (aiosmtplib also dot-stuffs and normalises).
+bare CR or LF reaches the wire (the SMTP channel also dot-stuffs and normalises).
 """
 
 from __future__ import annotations
