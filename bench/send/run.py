@@ -11,8 +11,10 @@ Then for 1 and 8 SMTP connections:
   messages to the sink, reported two ways: each message built as an
   ``EmailMessage`` and sent with ``send_message`` (what a sender of distinct
   messages does), and pre-serialised bytes with ``sendmail`` (the transport alone);
-- the whole path: the send service as a ``uvicorn`` process with that many
-  delivery connections; ``--clients`` concurrent API callers POST 10 KB
+- the whole path: the send service as ``make run`` and the deployments run it,
+  a ``uvicorn`` process serving the API and another with that many delivery
+  connections (``--split 0``: one process does both); ``--clients``
+  concurrent API callers POST 10 KB
   messages, one per request and then in batches (``POST /v1/messages/batch``);
   the clock runs from the first POST until every message is ``sent``.
 
@@ -332,7 +334,7 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
     print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
           f"--rounds {args.rounds}"
-          f"{f' --split {args.split}' if args.split else ''}"
+          f"{f' --split {args.split}' if args.split != 1 else ''}"
           f"{f' --replicas {args.replicas}' if args.replicas > 1 else ''}"
           f"{f' --against {args.against}' if args.against else ''}"
           f"{'' if args.fsync else ' --no-fsync'}")
@@ -347,8 +349,9 @@ def main() -> None:
                         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
     parser.add_argument("--rounds", type=int, default=3,
                         help="pairs of (raw loop, whole path) runs; the median ratio is reported")
-    parser.add_argument("--split", type=int, default=0, metavar="N",
-                        help="run the API in one send-service process and the delivery workers in N others")
+    parser.add_argument("--split", type=int, default=1, metavar="N",
+                        help="run the API in one send-service process and the delivery workers in N others "
+                             "(1: as make run and the deployments do; 0: one process serves the API and delivers)")
     parser.add_argument("--replicas", type=int, default=1, metavar="N",
                         help="N send processes, each serving the API and delivering over its share of the "
                              "connections (the callers spread over them, as behind a load balancer)")
