@@ -19,6 +19,7 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("NUL in cc", {"cc": ["b@example.org\x00"]}, 422, "header-injection"),
     ("LF in bcc", {"bcc": ["b@example.org\nx"]}, 422, "header-injection"),
     ("invalid address", {"to": ["not-an-address"]}, 422, "invalid-address"),
+    ("non-ASCII local part", {"to": ["zoë@example.org"]}, 422, "unsupported-address"),
     ("two at signs", {"to": ["alice@example.org@evil.example"]}, 422, "invalid-address"),
     ("display name smuggled", {"to": ["Eve <eve@example.org>"]}, 422, "invalid-address"),
     ("CRLF in attachment name", {"attachments": [{"filename": "a\r\n.pdf", "content_base64": "QQ=="}]}, 422,

@@ -84,6 +84,11 @@ async def _draft(session: Executor, caller: Identity, body: MessageIn) -> Draft:
     bcc = [Recipient(check_address(f"bcc[{n}]", a)) for n, a in enumerate(body.bcc)]
     if not to:
         raise Unprocessable("a message needs at least one recipient in lead_ids or to", slug="no-recipients")
+    # a non-ASCII local part (domains are kept in IDNA ASCII) needs SMTPUTF8 in the envelope and the headers
+    unsendable = [r.address for r in (*to, *cc, *bcc) if not r.address.isascii()]
+    if unsendable:
+        raise Unprocessable("addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: "
+                            + ", ".join(unsendable), slug="unsupported-address")
     attachments = []
     for n, item in enumerate(body.attachments):
         check_header_value(f"attachments[{n}].filename", item.filename)
