@@ -73,7 +73,8 @@ class SmtpBehaviour:
     sender_reply: str | None = None  # MAIL FROM refused with this reply
 
 
-REFUSED_RECIPIENTS = {"nobody": "550 5.1.1 No such user", "busy": "450 4.2.1 Mailbox busy, try later"}
+REFUSED_RECIPIENTS = {"nobody": "550 5.1.1 No such user", "busy": "450 4.2.1 Mailbox busy, try later",
+                      "gone": "550-5.1.1 The account does not exist.\r\n550 5.1.1 Check the address."}
 
 
 class RecordingHandler:
@@ -103,7 +104,7 @@ class RecordingHandler:
 
     async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str,
                           options: list[str]) -> str:
-        """``nobody@…`` is refused for good, ``busy@…`` for now."""
+        """``nobody@…`` and ``gone@…`` (a multi-line reply) are refused for good, ``busy@…`` for now."""
         refusal = REFUSED_RECIPIENTS.get(address.partition("@")[0])
         if refusal is not None:
             return refusal

@@ -69,9 +69,10 @@ async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_o
         pipelining: bool) -> None:
     # personal mail of a user without a synced mailbox: more than one recipient per message
     app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining, type="customer_service")
-    some = await send(app, category="personal", to=["lead@example.org", "nobody@example.org"])
+    some = await send(app, category="personal", to=["lead@example.org", "nobody@example.org", "gone@example.org"])
     done = await app.wait_for(some["id"], {"sent", "failed", "unknown"})
     assert done["state"] == "sent" and "nobody@example.org: 550 5.1.1 No such user" in done["last_error"], done
+    assert "gone@example.org: 550 5.1.1 The account does not exist.\n5.1.1 Check the address." in done["last_error"]
     assert [r.rcpt_tos for r in server.handler.by_message_id(some["message_id"])] == [["lead@example.org"]]
 
     none = await send(app, category="personal", to=["nobody@example.org"])

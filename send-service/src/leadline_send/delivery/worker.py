@@ -726,12 +726,12 @@ class Delivery:
     async def _refusal(self, session: SmtpSession, envelope: Envelope, message: queue.Claimed
                        ) -> tuple[Outcome, SmtpSession | None] | None:
         """What the server refused before the message's data, and the session to keep; None: nothing."""
-        for _, reply in envelope.refused:
-            SMTP_REPLIES.labels("rcpt", _reply_class(reply.code)).inc()
-        if envelope.mail.code != 250:
+        if envelope.mail.code != 250:  # pipelined, its RCPT TOs and DATA were refused with it
             SMTP_REPLIES.labels("envelope", _reply_class(envelope.mail.code)).inc()
             await self._drop(session)
             return self._refused(message, "envelope", envelope.mail), None
+        for _, reply in envelope.refused:
+            SMTP_REPLIES.labels("rcpt", _reply_class(reply.code)).inc()
         if not envelope.accepted:
             detail = "; ".join(f"{address}: {reply}" for address, reply in envelope.refused)
             if any(reply.code < 500 for _, reply in envelope.refused):
