@@ -159,6 +159,7 @@ MAX_REPLY_BYTES = 32 * 1024  # as aiosmtplib: far over any real reply, a bound o
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 _LEADING_DOT = re.compile(rb"(?m)^\.")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RCPT_ACCEPTED = (250, 251)  # 251: "not local, will forward"
 
 
 @dataclass(frozen=True)
@@ -180,11 +181,11 @@ class Envelope:
 
     @property
     def accepted(self) -> list[str]:
-        return [address for address, reply in self.recipients if reply.code in (250, 251)]
+        return [address for address, reply in self.recipients if reply.code in RCPT_ACCEPTED]
 
     @property
     def refused(self) -> list[tuple[str, Reply]]:
-        return [(address, reply) for address, reply in self.recipients if reply.code not in (250, 251)]
+        return [(address, reply) for address, reply in self.recipients if reply.code not in RCPT_ACCEPTED]
 
 
 class SmtpChannel(asyncio.Protocol):
@@ -281,7 +282,7 @@ class SmtpChannel(asyncio.Protocol):
             if mail_reply.code != 250:
                 return Envelope(mail_reply, [], None)
             rcpt_replies = [await self._command(rcpt) for rcpt in rcpts]
-            data = await self._command(b"DATA\r\n") if any(r.code in (250, 251) for r in rcpt_replies) else None
+            data = await self._command(b"DATA\r\n") if any(r.code in RCPT_ACCEPTED for r in rcpt_replies) else None
         self._in_data = data is not None and data.code == 354
         return Envelope(mail_reply, list(zip(recipients, rcpt_replies, strict=True)), data)
 
