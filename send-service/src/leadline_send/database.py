@@ -4,7 +4,7 @@ A unit of work (``Database.session()``) when several writes must commit
 together, and :func:`autocommit` for steps that are one statement: each
 statement commits on its own in one round trip, with no BEGIN and COMMIT
 around it.  The API's single-message insert uses the latter.  (The delivery
-workers' claim, record before DATA and settle run on asyncpg pools of their own,
+workers' claim, record before the end of data and settle run on asyncpg pools of their own,
 see :mod:`leadline_send.delivery.worker`.)
 """
 

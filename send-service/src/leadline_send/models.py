@@ -125,7 +125,7 @@ send_attempt = Table(
     Column("message_id", Uuid, primary_key=True),
     Column("number", Integer, primary_key=True),
     Column("account_key", Text, nullable=False),
-    # connecting → data (committed before the DATA command, R21) → done
+    # connecting → data (committed before the end of data, R21) → done
     Column("phase", Text, nullable=False),
     Column("outcome", Text),
     Column("reply", Text),
