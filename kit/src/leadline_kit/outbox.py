@@ -7,8 +7,9 @@ deletes them in the same statement, publishes each to JetStream with
 ``Nats-Msg-Id`` = event id and waits for every publish acknowledgement before
 it commits: a failed publish rolls the delete back.  A relay killed after
 publishing and before committing publishes again on restart; JetStream's
-duplicate window and the consumers' processed-event tables make that harmless.  ``pg_notify`` on enqueue wakes the
-relays of every process as soon as the transaction commits; a writer with a
+duplicate window and the consumers' processed-event tables make that
+harmless.  ``pg_notify`` on enqueue wakes the relays of every process as soon
+as the transaction commits; a writer with a
 steady flow of events may instead wake its own process's relay
 (:meth:`OutboxRelay.wake`, ``Runtime.wake_relay``) and spare the others a pass
 that finds nothing; a timer covers lost notifications.

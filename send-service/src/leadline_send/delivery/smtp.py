@@ -23,7 +23,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import re
 import socket
 import ssl
 from collections.abc import Sequence
@@ -31,6 +30,11 @@ from dataclasses import dataclass
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    PERIOD_REGEX,
+    normalize_message_line_endings,
+)
 
 from leadline_mail.net import (
     IPNetwork,
@@ -156,9 +160,6 @@ async def open_channel(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> SmtpChanne
 
 QUIT_SECONDS = 5.0
 MAX_REPLY_BYTES = 32 * 1024  # as aiosmtplib: far over any real reply, a bound on a server that never ends one
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RCPT_ACCEPTED = (250, 251)  # 251: "not local, will forward"
 
 
@@ -287,11 +288,9 @@ class SmtpChannel(asyncio.Protocol):
         return Envelope(mail_reply, list(zip(recipients, rcpt_replies, strict=True)), data)
 
     def send_body(self, raw: bytes) -> None:
-        """The message after a 354: CRLF line ends, leading dots doubled, and no end of data yet."""
-        body = _LINE_END.sub(b"\r\n", raw)
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        self._write(_LEADING_DOT.sub(b"..", body))
+        """The message after a 354, as aiosmtplib sends it (CRLF line ends, leading dots doubled), and no
+        end of data yet."""
+        self._write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)))
 
     async def end_data(self, timeout: float) -> Reply:
         """The end-of-data mark, from which the server holds the message, and its reply."""
@@ -322,7 +321,8 @@ class SmtpChannel(asyncio.Protocol):
 
 
 def _path(address: str) -> bytes:
-    if _CONTROL.search(address):  # never one command turned into two (R22); addresses are validated long before
+    path = quote_address(address).encode("ascii")
+    if COMMAND_INJECTION_REGEX.search(path):  # never one command turned into two (R22); validated long before
         raise ValueError("an address with a control character")
-    return quote_address(address).encode("ascii")
+    return path
 

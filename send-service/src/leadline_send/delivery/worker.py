@@ -463,7 +463,7 @@ class Delivery:
         """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
 
         What is still in hand after the grace period is cut off and recovered by the next process:
-        before its record it is sent again, after it it becomes ``unknown``.
+        a message not yet recorded is sent again, a recorded one becomes ``unknown``.
         """
         self.stopping.set()
         self.notify(len(self._busy))
@@ -496,8 +496,12 @@ class Delivery:
 
     @staticmethod
     async def _drop(session: SmtpSession | None, polite: bool = True) -> None:
-        if session is not None:
-            await session.channel.quit() if polite else session.channel.close()
+        if session is None:
+            return
+        if polite:
+            await session.channel.quit()
+        else:
+            session.channel.close()
 
     async def _account(self, message: queue.Claimed) -> SendingAccount | None:
         # Kept a few seconds: looking the account up (and opening its password) for every message of a
@@ -633,12 +637,8 @@ class Delivery:
         """The message's own reservation, its delivery time, its Sent copy (one at a time per worker)."""
         message, state, account = answered.settlement.message, answered.settlement.state, answered.account
         if answered.own_reservation is not None:
-            if state in ("sent", "unknown"):
-                self.quota.commit(message.company_id, answered.own_reservation,
-                                  then=self._forget(answered.own_reservation))
-            else:
-                self.quota.release(message.company_id, answered.own_reservation,
-                                   then=self._forget(answered.own_reservation))
+            end = self.quota.commit if state in ("sent", "unknown") else self.quota.release
+            end(message.company_id, answered.own_reservation, then=self._forget(answered.own_reservation))
         if state != "sent":
             return
         self.wake_relay()
