@@ -46,7 +46,10 @@ SERVICES = [  # (name, package, port); the gateway last
 # Smart Mail's delivery workers run in a send process of their own, and the send process the gateway
 # calls only serves the API (LEADLINE_SMTP_CONNECTIONS=0): a burst of requests then never holds up
 # delivery in one event loop (bench/send at one SMTP connection: 0.68x in one process, 0.81x apart).
+# The API process also publishes the delivery process's events (mail.sent), which only wakes it
+# (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace SMTP either.
 SEND_DELIVERY = ("send-delivery", "leadline_send", PORT_BASE + 5)
+PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LEADLINE_OUTBOX_RELAY": "false"}}
 
 
 def load_secrets() -> dict[str, str]:
@@ -115,7 +118,7 @@ def main() -> int:
             children.append(subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--factory", f"{package}.main:create_app", "--host", HOST,
                  "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                env={**env, "LEADLINE_SMTP_CONNECTIONS": "0"} if name == "send" else env,
+                env={**env, **PROCESS_ENV.get(name, {})},
                 stdout=log, stderr=subprocess.STDOUT))
         gateway = f"http://{HOST}:{PORT_BASE}"
         delivery = f"http://{HOST}:{SEND_DELIVERY[2]}"

@@ -223,9 +223,10 @@ def send_processes(env: dict[str, str], args: argparse.Namespace, connections: i
         env = {**env, "PYTHONPATH": f"{source / 'send-service' / 'src'}:{source / 'kit' / 'src'}"}
     senders = []
     if args.split:
-        # the API process has no delivery workers; others (no HTTP traffic) deliver, the connections
-        # split between them
-        each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split))}
+        # the API process has no delivery workers and relays their outbox; others (no HTTP traffic)
+        # deliver, the connections split between them
+        each = {**env, "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split)),
+                "LEADLINE_OUTBOX_RELAY": "false"}
         senders = [AppProcess("leadline_send", free_port(), each) for _ in range(min(args.split, connections))]
         env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
     # replicas: each serves the API and delivers over its share of the connections

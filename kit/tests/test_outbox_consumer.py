@@ -13,15 +13,16 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 import pytest
-from sqlalchemy import Column, Integer, Table, Text, Uuid, func, select
+from sqlalchemy import Column, Integer, Table, Text, Uuid, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import bus
 from leadline_kit.consumer import EventConsumer, PermanentError, processed_event_table
-from leadline_kit.db import Database, service_metadata
-from leadline_kit.outbox import OutboxRelay, enqueue, outbox_table
+from leadline_kit.db import Database, asyncpg_dsn, service_metadata
+from leadline_kit.outbox import OutboxRelay, RelayWaker, enqueue, notify_channel, outbox_table
 from leadline_proto.events import Event, LeadCreatedV1, LeadPayload, utcnow
 
 metadata = service_metadata("kittest")
@@ -117,6 +118,60 @@ async def test_a_batch_that_fails_to_publish_stays_in_the_outbox(db: Database, j
     async with db.session() as s:
         kept = set((await s.execute(select(outbox.c.subject))).scalars())
     assert kept == {event.subject, "kittest.nowhere"}  # the batch's delete was rolled back
+
+
+async def test_a_process_without_a_relay_wakes_the_others_once_per_burst(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    """Events written without a notification (as the send service's settles write them) are published
+    by another process's relay as soon as the writer's RelayWaker wakes it: one notification for a
+    burst of commits, one more for a later burst."""
+    channel = notify_channel(db.schema)
+    notified: list[str] = []
+    listener = await asyncpg.connect(asyncpg_dsn(db.url))
+    await listener.add_listener(channel, lambda *args: notified.append(args[-1]))
+    relay = OutboxRelay(db, outbox, js, service="kittest", poll_interval=3600)  # only a notification wakes it
+    relaying = asyncio.create_task(relay.run())
+    waker = RelayWaker(db)
+
+    async def left() -> int:
+        async with db.session() as s:
+            return int(await s.scalar(select(func.count()).select_from(outbox)) or 0)
+
+    async def write(size: int) -> None:
+        for event in [lead_event(uuid.uuid4()) for _ in range(size)]:
+            async with db.session() as s:
+                await s.execute(outbox.insert().values(event_id=event.event_id, subject=event.subject,
+                                                       body=event.model_dump_json().encode()))
+
+    async def listening() -> int:  # the relay and this test: a notification before that would be lost
+        async with db.session() as s:
+            return int(await s.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE query = :listen "
+                                           "AND datname = current_database()"),
+                                      {"listen": f'LISTEN "{channel}"'}) or 0)
+
+    try:
+        for _ in range(100):
+            if await listening() >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert await listening() >= 2
+        await write(1)
+        await asyncio.sleep(0.5)
+        assert await left() == 1, "with nothing to wake it, the relay publishes only on its timer"
+        for bursts in (1, 2):
+            await write(20)
+            for _ in range(20):
+                waker.wake()
+            for _ in range(100):
+                if len(notified) == bursts and not await left():
+                    break
+                await asyncio.sleep(0.05)
+            assert await left() == 0
+            assert len(notified) == bursts
+    finally:
+        relaying.cancel()
+        await asyncio.gather(relaying, return_exceptions=True)
+        await waker.close()
+        await listener.close()
 
 
 RELAY_SCRIPT = """

@@ -12,7 +12,10 @@ harmless.  ``pg_notify`` on enqueue wakes the relays of every process as soon
 as the transaction commits; a writer with a
 steady flow of events may instead wake its own process's relay
 (:meth:`OutboxRelay.wake`, ``Runtime.wake_relay``) and spare the others a pass
-that finds nothing; a timer covers lost notifications.
+that finds nothing; a timer covers lost notifications.  A process that runs no
+relay (``LEADLINE_OUTBOX_RELAY=false``: the send service's delivery processes,
+whose event loop paces SMTP) wakes the other processes' relays instead, with
+one notification per burst of commits (:class:`RelayWaker`).
 """
 
 from __future__ import annotations
@@ -153,3 +156,44 @@ class OutboxRelay:
             except Exception as exc:
                 log.warning("outbox listener reconnecting: %s", exc)
                 await asyncio.sleep(1)
+
+
+class RelayWaker:
+    """Wakes the relays of the service's other processes, for a process that publishes nothing itself.
+
+    One ``pg_notify`` per ``gather_seconds`` however many commits call :meth:`wake` meanwhile: a
+    notification per event would cost each commit a round trip, and PostgreSQL takes a database-wide
+    lock to queue each committed notification.  A wake that comes once the notification is on its way
+    sends another after it.  Should a notification fail, the relays' timer publishes the events.
+    """
+
+    def __init__(self, db: Database, gather_seconds: float = 0.1) -> None:
+        self.db = db
+        self.gather_seconds = gather_seconds
+        self._sending: asyncio.Task[None] | None = None
+        self._again = False
+
+    def wake(self) -> None:
+        """Events were committed to the outbox by this process."""
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._notify())
+        else:
+            self._again = True
+
+    async def _notify(self) -> None:
+        again = True
+        while again:
+            await asyncio.sleep(self.gather_seconds)
+            self._again = False  # from here on a commit may come too late for this notification
+            try:
+                async with self.db.engine.begin() as connection:
+                    await connection.execute(select(func.pg_notify(notify_channel(self.db.schema), "")))
+            except Exception as exc:
+                log.warning("could not wake the outbox relays (their timer publishes the events): %s", exc)
+            again = self._again
+
+    async def close(self) -> None:
+        """Until the notification on its way (if any) is sent or has failed."""
+        if self._sending is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._sending), 5)

@@ -35,7 +35,7 @@ from leadline_kit.consumer import EventConsumer
 from leadline_kit.db import Database
 from leadline_kit.errors import install_problem_handlers
 from leadline_kit.logs import configure_logging, request_id_var
-from leadline_kit.outbox import OutboxRelay
+from leadline_kit.outbox import OutboxRelay, RelayWaker
 from leadline_kit.settings import KitSettings
 
 log = logging.getLogger("leadline.service")
@@ -62,10 +62,10 @@ class Runtime:
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     extras: dict[str, Any] = field(default_factory=dict)
-    relay: OutboxRelay | None = None
+    relay: OutboxRelay | RelayWaker | None = None  # a waker where the service's other processes relay
 
     def wake_relay(self) -> None:
-        """Events were committed to the outbox by this process: this process's relay publishes them."""
+        """Events were committed to the outbox by this process: its relay (or the others') publishes them."""
         if self.relay is not None:
             self.relay.wake()
 
@@ -195,8 +195,11 @@ def create_service_app(
         if use_nats:
             runtime.nc, runtime.js = await bus.connect(settings.nats_url, name)
             await bus.ensure_stream(runtime.js)
-            runtime.relay = OutboxRelay(runtime.db, outbox, runtime.js, service=name)
-            runtime.spawn(runtime.relay.run(), f"{name}-outbox-relay")
+            if settings.outbox_relay:
+                runtime.relay = OutboxRelay(runtime.db, outbox, runtime.js, service=name)
+                runtime.spawn(runtime.relay.run(), f"{name}-outbox-relay")
+            else:
+                runtime.relay = RelayWaker(runtime.db)
             for consumer in consumers(runtime) if consumers else ():
                 runtime.spawn(consumer.run(), f"{name}-consumer-{consumer.durable}")
         if on_start:
@@ -208,6 +211,8 @@ def create_service_app(
             if on_stop:
                 await on_stop(runtime)
             await stop_tasks(runtime.tasks)
+            if isinstance(runtime.relay, RelayWaker):
+                await runtime.relay.close()  # the last commits' notification
             if runtime.nc is not None:
                 with contextlib.suppress(Exception):
                     await runtime.nc.close()  # not drain: pull subscriptions would hold it for 30 s

@@ -24,6 +24,9 @@ class KitSettings(BaseSettings):
     identity_secret: SecretStr = SecretStr(DEV_IDENTITY_SECRET)
     log_level: str = "INFO"
     db_pool_size: int = 10
+    # False: this process writes events to the outbox but publishes none; the relays of the service's
+    # other processes do, woken by NOTIFY (outbox.RelayWaker).  At least one process must relay.
+    outbox_relay: bool = True
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> KitSettings:
