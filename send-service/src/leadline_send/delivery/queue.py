@@ -152,9 +152,10 @@ _SETTLED = """attempt AS (
 SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
-# table and relay) in one statement.  No NOTIFY: the settling process wakes its own relay
-# (Delivery.wake_relay); one per message woke the relay of every replica, and all but one found
-# nothing.  $1 message, $2 attempt, $3 reply, $4 error, $5-$7 event id, subject, body.
+# table and relay) in one statement.  No NOTIFY: the settling process wakes its own relay, or with
+# LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Delivery.wake_relay); one per message
+# woke the relay of every replica, and all but one found nothing.  $1 message, $2 attempt, $3 reply,
+# $4 error, $5-$7 event id, subject, body.
 _SENT = """attempt AS (
     UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = $3, finished_at = now()
     WHERE message_id = $1 AND number = $2

@@ -231,7 +231,7 @@ class Delivery:
     keys: CredentialKeys
     policy: SmtpPolicy
     routes: Routes
-    wake_relay: Callable[[], None]  # mail.sent is in the outbox: this process's relay publishes it
+    wake_relay: Callable[[], None]  # mail.sent is in the outbox: this process's relay (or the API's) publishes it
     # One token wakes one idle worker: waking all of them for each new message would have each run
     # an empty claim.  Workers also poll, for messages queued by other replicas or coming due.
     _wake: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
