@@ -45,9 +45,9 @@ SERVICES = [  # (name, package, port); the gateway last
 ]
 # Smart Mail's delivery workers run in a send process of their own, and the send process the gateway
 # calls only serves the API (LEADLINE_SMTP_CONNECTIONS=0): a burst of requests then never holds up
-# delivery in one event loop (bench/send at one SMTP connection: 0.68x in one process, 0.81x apart).
-# The API process also publishes the delivery process's events (mail.sent), which only wakes it
-# (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace SMTP either.
+# delivery in one event loop.  The API process also publishes the delivery process's events
+# (mail.sent), which only wakes it (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace SMTP
+# either.  Both were measured with bench/send (figures in send-service/README.md, Throughput).
 SEND_DELIVERY = ("send-delivery", "leadline_send", PORT_BASE + 5)
 PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LEADLINE_OUTBOX_RELAY": "false"}}
 

@@ -317,9 +317,8 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
           f"{'whole path/s':>13} {'ratio vs send_message (low-high)':>33} {'ratio vs bytes':>15}")
     ratios: dict[tuple[Path | None, int, int], list[float]] = {}
     for source, connections, batch, bytes_only, pairs in rows:
-        ratios[(source, connections, batch)] = [rate / built for built, rate in pairs]
+        found = ratios[(source, connections, batch)] = [rate / built for built, rate in pairs]
         rate = statistics.median(rate for _, rate in pairs)
-        found = ratios[(source, connections, batch)]
         span = f"{statistics.median(found):.2f} ({min(found):.2f}-{max(found):.2f})"
         print(f"{'against' if source else 'this':>8} {connections:>5} {batch:>8} "
               f"{statistics.median(b for b, _ in pairs):>19,.0f} {bytes_only:>21,.0f} "

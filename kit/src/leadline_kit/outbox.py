@@ -28,7 +28,7 @@ import random
 import asyncpg
 from nats.js import JetStreamContext
 from prometheus_client import Counter
-from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Table, Text, Uuid, func, select
+from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Select, Table, Text, Uuid, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database, asyncpg_dsn
@@ -56,6 +56,11 @@ def notify_channel(schema: str) -> str:
     return f"leadline_outbox_{schema}"
 
 
+def _wake_relays(schema: str) -> Select[tuple[None]]:
+    """The statement that wakes the relays of every process of the service once its transaction commits."""
+    return select(func.pg_notify(notify_channel(schema), ""))
+
+
 async def enqueue(session: AsyncSession, table: Table, *events: EventBase) -> None:
     """Add events to the outbox inside the caller's transaction."""
     if not events:
@@ -64,7 +69,7 @@ async def enqueue(session: AsyncSession, table: Table, *events: EventBase) -> No
         table.insert(),
         [{"event_id": e.event_id, "subject": e.subject, "body": e.model_dump_json().encode()} for e in events],
     )
-    await session.execute(select(func.pg_notify(notify_channel(str(table.schema)), "")))
+    await session.execute(_wake_relays(str(table.schema)))
 
 
 # One statement takes a batch: a relay pass is a transaction of three round trips on the driver's
@@ -187,7 +192,7 @@ class RelayWaker:
             self._again = False  # from here on a commit may come too late for this notification
             try:
                 async with self.db.engine.begin() as connection:
-                    await connection.execute(select(func.pg_notify(notify_channel(self.db.schema), "")))
+                    await connection.execute(_wake_relays(self.db.schema))
             except Exception as exc:
                 log.warning("could not wake the outbox relays (their timer publishes the events): %s", exc)
             again = self._again
