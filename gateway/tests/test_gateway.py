@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 import uvicorn
 from fastapi import APIRouter
 
@@ -23,6 +25,7 @@ from leadline_kit.service import create_service_app
 from leadline_kit.settings import KitSettings
 from leadline_kit.testing.clients import running_app
 from leadline_kit.testing.fixtures import create_database, migrated_database
+from tests.mail_servers import SmtpServer
 
 SECRET = "gateway-test-identity-secret"
 BOOTSTRAP = "gateway-test-bootstrap"
@@ -57,14 +60,36 @@ async def upstream(postgres, nats_url: str) -> AsyncIterator[str]:  # type: igno
     await task
 
 
-@pytest.fixture
-async def gateway(postgres, nats_url: str, upstream: str) -> AsyncIterator[httpx.AsyncClient]:  # type: ignore[no-untyped-def]
-    url = await migrated_database(postgres, "leadline_gateway")
+@pytest.fixture(scope="session")
+def mail_sink(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SmtpServer, str]]:
+    """The operator's SMTP server for the system mailer: a real aiosmtpd, STARTTLS and AUTH required."""
+    server = SmtpServer(tls_ca)
+    server.add_user("leadline-mailer", "mailer-password")
+    ca_file = tmp_path_factory.mktemp("mailer") / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
+    server.start()
+    yield server, str(ca_file)
+    server.stop()
+
+
+def gateway_settings(url: str, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str],
+                     **overrides: Any) -> Settings:
     dead = f"http://127.0.0.1:{free_port()}"
-    settings = Settings(database_url=url, nats_url=nats_url, identity_secret=SECRET, bootstrap_token=BOOTSTRAP,
-                        lead_url=upstream, quota_url=dead, sync_url=dead, send_url=dead,
-                        rate_limit_per_second=5, rate_limit_burst=20)
-    async with running_app(create_app(settings)) as client:
+    server, ca_file = mail_sink
+    values: dict[str, Any] = dict(
+        database_url=url, nats_url=nats_url, identity_secret=SECRET, bootstrap_token=BOOTSTRAP,
+        lead_url=upstream, quota_url=dead, sync_url=dead, send_url=dead, rate_limit_per_second=5,
+        rate_limit_burst=20, mailer_host="localhost", mailer_port=server.port, mailer_tls="starttls",
+        mailer_username="leadline-mailer", mailer_password="mailer-password", mailer_ca_file=ca_file,
+        mailer_from="Leadline <no-reply@leadline.example>")
+    return Settings(**{**values, **overrides})
+
+
+@pytest.fixture
+async def gateway(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
+                  mail_sink: tuple[SmtpServer, str]) -> AsyncIterator[httpx.AsyncClient]:
+    url = await migrated_database(postgres, "leadline_gateway")
+    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as client:
         yield client
 
 
@@ -124,17 +149,109 @@ async def test_a_malformed_cursor_is_a_400(gateway: httpx.AsyncClient) -> None:
         assert body["type"].endswith("/invalid-cursor")
 
 
-async def test_role_without_the_right_is_403(gateway: httpx.AsyncClient) -> None:
-    admin = await new_company(gateway)
-    created = await gateway.post("/v1/users", headers=bearer(admin),
-                                 json={"email": "sam@acme.example", "name": "Sam", "role": "salesperson"})
-    assert created.status_code == 201
-    code = created.json()["invitation_code"]
-    claimed = await gateway.post("/v1/invitations/claim", json={"invitation_code": code})
+def mailed_code(mail_sink: tuple[SmtpServer, str], email: str) -> str:
+    """The newest invitation code the system mailer delivered to ``email``."""
+    server, _ = mail_sink
+    with server.handler.lock:
+        delivered = [r for r in server.handler.received if r.rcpt_tos == [email]]
+    assert delivered, f"no invitation reached {email}"
+    found = re.search(rb"Your invitation code: ([A-Za-z0-9_-]+)", delivered[-1].data)
+    assert found, delivered[-1].data
+    return found.group(1).decode()
+
+
+async def invite(gateway: httpx.AsyncClient, admin: dict[str, Any], role: str = "salesperson") -> httpx.Response:
+    email = f"sam-{uuid.uuid4().hex[:8]}@acme.example"
+    return await gateway.post("/v1/users", headers=bearer(admin), json={"email": email, "name": "Sam", "role": role})
+
+
+async def invited_key(gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str], admin: dict[str, Any],
+                      role: str = "salesperson") -> dict[str, str]:
+    created = await invite(gateway, admin, role)
+    assert created.status_code == 201, created.text
+    email = created.json()["email"]
+    claimed = await gateway.post("/v1/invitations/claim",
+                                 json={"invitation_code": mailed_code(mail_sink, email), "email": email})
     assert claimed.status_code == 201, claimed.text
-    assert_problem(await gateway.post("/v1/invitations/claim", json={"invitation_code": code}), 404)
-    key = claimed.json()["key"]
-    sales = {"Authorization": f"Bearer {key}"}
+    return {"Authorization": f"Bearer {claimed.json()['key']}"}
+
+
+async def test_an_invitation_code_reaches_only_the_invitee(gateway: httpx.AsyncClient,
+                                                          mail_sink: tuple[SmtpServer, str]) -> None:
+    """R1/R29: the administrator never sees the code; it is mailed to the invitee, bound to that address,
+    single use, and the claim is recorded."""
+    from sqlalchemy import select
+
+    from leadline_gateway import models
+
+    admin = await new_company(gateway)
+    created = await invite(gateway, admin)
+    assert created.status_code == 201, created.text
+    user = created.json()
+    code = mailed_code(mail_sink, user["email"])
+    assert code not in created.text and "invitation_code" not in user
+    assert user["invitation"]["sent_to"] == user["email"]
+    server, _ = mail_sink
+    mail = server.received_with(code.encode())[-1]
+    assert mail.mail_from == "no-reply@leadline.example" and b"Subject: Your Leadline invitation" in mail.data
+    other = {"invitation_code": code, "email": "someone-else@acme.example"}
+    assert_problem(await gateway.post("/v1/invitations/claim", json=other), 404)
+    claim = {"invitation_code": code, "email": user["email"]}
+    claimed = await gateway.post("/v1/invitations/claim", json=claim)
+    assert claimed.status_code == 201, claimed.text
+    assert claimed.json()["user_id"] == user["id"]
+    assert_problem(await gateway.post("/v1/invitations/claim", json=claim), 404)
+    key = {"Authorization": f"Bearer {claimed.json()['key']}"}
+    assert (await gateway.get(f"/v1/users/{user['id']}", headers=key)).status_code == 200
+    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        row = (await session.execute(select(models.invitation).where(
+            models.invitation.c.user_id == uuid.UUID(user["id"])))).one()
+    assert row.claimed_at is not None and row.claimed_api_key_id == uuid.UUID(claimed.json()["id"])
+    assert row.invited_by == uuid.UUID(admin["administrator"]["id"]) and row.email == user["email"]
+    assert (row.expires_at - row.created_at).total_seconds() == 72 * 3600
+
+
+async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(gateway: httpx.AsyncClient,
+                                                                     mail_sink: tuple[SmtpServer, str]) -> None:
+    from sqlalchemy import update
+
+    from leadline_gateway import models
+
+    admin = await new_company(gateway)
+    user = (await invite(gateway, admin)).json()
+    first = mailed_code(mail_sink, user["email"])
+    again = await gateway.post(f"/v1/users/{user['id']}/invitation", headers=bearer(admin))
+    assert again.status_code == 201, again.text
+    second = mailed_code(mail_sink, user["email"])
+    assert second != first and second not in again.text
+    assert_problem(await gateway.post("/v1/invitations/claim",
+                                      json={"invitation_code": first, "email": user["email"]}), 404)
+    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        await session.execute(update(models.invitation).where(models.invitation.c.user_id == uuid.UUID(user["id"]))
+                              .values(expires_at=models.invitation.c.created_at))
+    assert_problem(await gateway.post("/v1/invitations/claim",
+                                      json={"invitation_code": second, "email": user["email"]}), 404)
+
+
+async def test_no_invitation_without_the_mailer(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
+                                                mail_sink: tuple[SmtpServer, str]) -> None:
+    """A mailer that refuses (wrong password) is a 503, and the user is not created: inviting again works."""
+    url = await migrated_database(postgres, "leadline_gateway")
+    settings = gateway_settings(url, nats_url, upstream, mail_sink, mailer_password="wrong")
+    async with running_app(create_app(settings)) as gateway:
+        admin = await new_company(gateway)
+        refused = await gateway.post("/v1/users", headers=bearer(admin),
+                                     json={"email": "kim@acme.example", "role": "salesperson"})
+        assert_problem(refused, 503)
+        users = (await gateway.get("/v1/users", headers=bearer(admin))).json()["items"]
+        assert [u["email"] for u in users] == [admin["administrator"]["email"]]
+
+
+async def test_role_without_the_right_is_403(gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]) -> None:
+    admin = await new_company(gateway)
+    sales = await invited_key(gateway, mail_sink, admin)
     assert_problem(await gateway.get("/v1/users", headers=sales), 403)
     assert_problem(await gateway.patch("/v1/company", headers=sales, json={"mailbox_limit": 1}), 403)
     whoami_response = await gateway.get("/v1/leads/whoami", headers=sales)

@@ -1,8 +1,10 @@
-"""Gateway settings: bootstrap token, where the services are, API limits."""
+"""Gateway settings: bootstrap token, where the services are, API limits, the system mailer."""
 
 from __future__ import annotations
 
-from pydantic import SecretStr, model_validator
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
 
 from leadline_kit.settings import KitSettings
 
@@ -23,6 +25,17 @@ class Settings(KitSettings):
     upstream_connect_timeout: float = 2.0
     upstream_timeout: float = 60.0
     upstream_pool_size: int = 200
+    # the system mailer, through which invitation codes reach the invitee (R29); unset: no invitations
+    mailer_host: str | None = None
+    mailer_port: int = Field(587, ge=1, le=65535)
+    # "starttls" (required, refused when not offered), "tls" (implicit), "none" (plain: an operator's choice)
+    mailer_tls: Literal["starttls", "tls", "none"] = "starttls"
+    mailer_username: str | None = None
+    mailer_password: SecretStr | None = None
+    mailer_from: str = "Leadline <no-reply@localhost>"
+    mailer_ca_file: str | None = None
+    mailer_timeout: float = 30.0
+    invitation_hours: float = Field(72.0, gt=0, le=24 * 30)
 
     @model_validator(mode="after")
     def _no_default_bootstrap_in_production(self) -> Settings:

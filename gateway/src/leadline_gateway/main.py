@@ -14,6 +14,7 @@ from leadline_gateway import models
 from leadline_gateway.accounts.endpoints import router as accounts_router
 from leadline_gateway.auth import ApiKeyAuthenticator
 from leadline_gateway.config import Settings
+from leadline_gateway.mailer import SystemMailer
 from leadline_gateway.openapi import merged_openapi
 from leadline_gateway.proxy import GatewayProxy
 from leadline_gateway.ratelimit import RateLimiter
@@ -55,6 +56,7 @@ def create_app(given: Settings | None = None) -> FastAPI:
         database=database, readiness=services_ready,
     )
     app.state.runtime.extras["authenticator"] = authenticator
+    app.state.runtime.extras["mailer"] = SystemMailer(settings)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hmac
 import uuid
+from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from leadline_gateway.accounts import schemas, service
 from leadline_gateway.auth import ApiKeyAuthenticator
+from leadline_gateway.mailer import SystemMailer
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden, Unauthorized
 from leadline_kit.identity import Identity
@@ -64,16 +66,30 @@ async def list_users(caller: Admin, session: Session, cursor: str | None = None,
     return Page(items=items, next_cursor=next_cursor)
 
 
+def _invitations(request: Request) -> tuple[SystemMailer, timedelta]:
+    runtime = request.app.state.runtime
+    return runtime.extras["mailer"], timedelta(hours=runtime.settings.invitation_hours)
+
+
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.UserInvited, tags=["users"],
-             summary="Invite a user; the answer carries a one-time code the user claims their API key with")
-async def create_user(data: schemas.UserCreate, caller: Admin, session: Session) -> schemas.UserInvited:
-    return await service.create_user(session, caller, data)
+             summary="Invite a user: a one-time code goes to the user's address by email (never in this answer)")
+async def create_user(data: schemas.UserCreate, caller: Admin, session: Session,
+                      request: Request) -> schemas.UserInvited:
+    return await service.create_user(session, caller, data, *_invitations(request))
+
+
+@router.post("/users/{user_id}/invitation", status_code=status.HTTP_201_CREATED,
+             response_model=schemas.InvitationOut, tags=["users"],
+             summary="Mail the user a new invitation code; earlier ones stop working")
+async def reinvite_user(user_id: uuid.UUID, caller: Admin, session: Session,
+                        request: Request) -> schemas.InvitationOut:
+    return await service.reinvite(session, caller, user_id, *_invitations(request))
 
 
 @router.post("/invitations/claim", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut,
-             tags=["users"], summary="Claim your first API key with your invitation code (no API key needed)")
-async def claim_invitation(data: schemas.InvitationClaim, session: Session) -> schemas.ApiKeyOut:
-    return await service.claim_invitation(session, data)
+             tags=["users"], summary="Claim your first API key with the code mailed to you (no API key needed)")
+async def claim_invitation(data: schemas.InvitationClaim, session: Session, request: Request) -> schemas.ApiKeyOut:
+    return await service.claim_invitation(session, data, request.client.host if request.client else None)
 
 
 @router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])

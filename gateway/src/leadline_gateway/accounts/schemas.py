@@ -91,12 +91,21 @@ class UserOut(BaseModel):
     created_at: datetime
 
 
+class InvitationOut(BaseModel):
+    """An invitation as the administrator sees it: never its code, which only the invitee receives."""
+
+    sent_to: str
+    created_at: datetime
+    expires_at: datetime
+
+
 class UserInvited(UserOut):
-    invitation_code: str = Field(description="give it to the user; it claims their first API key once")
+    invitation: InvitationOut = Field(description="the code went to the user's address by email, and only there")
 
 
 class InvitationClaim(Strict):
-    invitation_code: str = Field(min_length=10, max_length=200)
+    invitation_code: str = Field(min_length=10, max_length=200, pattern=r"^[A-Za-z0-9_-]+$")
+    email: Email = Field(description="the address the invitation was sent to")
     key_name: OptionalName = ""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_gateway import models
 from leadline_gateway.accounts import schemas
 from leadline_gateway.auth import new_api_key
+from leadline_gateway.mailer import SystemMailer
 from leadline_kit.errors import Conflict, NotFound
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
@@ -93,28 +95,70 @@ async def get_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) 
     return schemas.UserOut.model_validate(await _user_row(session, caller, user_id), from_attributes=True)
 
 
-async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate) -> schemas.UserInvited:
+def invitation_text(email: str, code: str, expires_at: datetime) -> str:
+    return (f"You have been invited to Leadline as {email}.\n\n"
+            f"Your invitation code: {code}\n\n"
+            "Claim your own API key with it (once, before "
+            f"{expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC):\n\n"
+            "  POST /v1/invitations/claim\n"
+            f'  {{"invitation_code": "{code}", "email": "{email}"}}\n\n'
+            "Nobody else has this code: if you did not expect this message, ignore it.\n")
+
+
+async def invite(session: AsyncSession, caller: Identity, user: Any, mailer: SystemMailer,
+                 valid_for: timedelta) -> schemas.InvitationOut:
+    """A new one-time code for ``user``, mailed to the user's address and only there (R29); the user's
+    earlier invitations are withdrawn.  A mailer failure raises, so nothing is committed."""
     code = secrets.token_urlsafe(24)
+    await session.execute(update(models.invitation).where(
+        models.invitation.c.user_id == user.id, models.invitation.c.claimed_at.is_(None),
+        models.invitation.c.withdrawn_at.is_(None)).values(withdrawn_at=func.now()))
+    row = (await session.execute(insert(models.invitation).values(
+        id=uuid.uuid4(), company_id=caller.company_id, user_id=user.id, email=user.email,
+        code_sha256=_sha256(code), invited_by=caller.user_id, expires_at=func.now() + valid_for)
+        .returning(*models.invitation.c))).one()
+    await mailer.send(user.email, "Your Leadline invitation", invitation_text(user.email, code, row.expires_at))
+    return schemas.InvitationOut(sent_to=row.email, created_at=row.created_at, expires_at=row.expires_at)
+
+
+async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate, mailer: SystemMailer,
+                      valid_for: timedelta) -> schemas.UserInvited:
     try:
         async with session.begin_nested():
             row = (await session.execute(insert(models.user).values(
-                id=uuid.uuid4(), company_id=caller.company_id, email=data.email, name=data.name, role=data.role,
-                invitation_sha256=_sha256(code)).returning(*models.user.c))).one()
+                id=uuid.uuid4(), company_id=caller.company_id, email=data.email, name=data.name, role=data.role)
+                .returning(*models.user.c))).one()
     except IntegrityError as exc:
         raise Conflict("a user with this email already exists in your company", slug="user-exists") from exc
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
+    invitation = await invite(session, caller, row, mailer, valid_for)
     return schemas.UserInvited(**schemas.UserOut.model_validate(row, from_attributes=True).model_dump(),
-                               invitation_code=code)
+                               invitation=invitation)
 
 
-async def claim_invitation(session: AsyncSession, data: schemas.InvitationClaim) -> schemas.ApiKeyOut:
-    """The invited user exchanges the one-time code for their own first API key."""
+async def reinvite(session: AsyncSession, caller: Identity, user_id: uuid.UUID, mailer: SystemMailer,
+                   valid_for: timedelta) -> schemas.InvitationOut:
+    return await invite(session, caller, await _user_row(session, caller, user_id), mailer, valid_for)
+
+
+async def claim_invitation(session: AsyncSession, data: schemas.InvitationClaim,
+                           claimed_from: str | None) -> schemas.ApiKeyOut:
+    """The invitee exchanges the code mailed to them, with their address, for their own first API key:
+    once, before it expires; the claim (when, which key, from where) is recorded."""
     row = (await session.execute(
-        update(models.user).where(models.user.c.invitation_sha256 == _sha256(data.invitation_code))
-        .values(invitation_sha256=None).returning(models.user.c.id, models.user.c.company_id))).first()
+        update(models.invitation).where(
+            models.invitation.c.code_sha256 == _sha256(data.invitation_code),
+            models.invitation.c.email == data.email, models.invitation.c.claimed_at.is_(None),
+            models.invitation.c.withdrawn_at.is_(None), models.invitation.c.expires_at > func.now())
+        .values(claimed_at=func.now(), claimed_from=claimed_from)
+        .returning(models.invitation.c.id, models.invitation.c.user_id, models.invitation.c.company_id))).first()
     if row is None:
-        raise NotFound("this invitation code is unknown or was already used", slug="invitation-not-found")
-    return await _create_key(session, row.company_id, row.id, data.key_name)
+        raise NotFound("this invitation code is unknown, was already used, has expired or was sent to another "
+                       "address; ask your administrator for a new invitation", slug="invitation-not-found")
+    key = await _create_key(session, row.company_id, row.user_id, data.key_name)
+    await session.execute(update(models.invitation).where(models.invitation.c.id == row.id)
+                          .values(claimed_api_key_id=key.id))
+    return key
 
 
 def _sha256(value: str) -> str:
