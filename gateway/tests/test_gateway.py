@@ -367,3 +367,62 @@ async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.Asy
         stored = await session.scalar(select(func.count()).select_from(models.api_key)
                                       .where(models.api_key.c.name == "refused-at-commit"))
     assert stored == 0
+
+
+async def test_api_keys_are_listed_revoked_and_expire(gateway: httpx.AsyncClient,
+                                                      mail_sink: tuple[SmtpServer, str]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from leadline_gateway import models
+
+    admin, other = await new_company(gateway), await new_company(gateway, "Other")
+    sales = await invited_key(gateway, mail_sink, admin)
+    extra = await gateway.post("/v1/api-keys", headers=sales, json={"name": "laptop"})
+    assert extra.status_code == 201, extra.text
+    own = (await gateway.get("/v1/api-keys", headers=sales)).json()["items"]
+    assert sorted(k["name"] for k in own) == ["", "laptop"] and "key" not in own[0]
+    company = (await gateway.get("/v1/api-keys", headers=bearer(admin))).json()["items"]
+    assert {k["id"] for k in own} | {admin["api_key"]["id"]} == {k["id"] for k in company}
+    assert (await gateway.get("/v1/api-keys", headers=bearer(other))).json()["items"] == [
+        {k: v for k, v in other["api_key"].items() if k != "key"}]
+    # nobody revokes a key of another company, nor (unless administrator) another user's
+    assert_problem(await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(other)), 404)
+    assert_problem(await gateway.delete(f"/v1/api-keys/{admin['api_key']['id']}", headers=sales), 404)
+    assert (await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(admin))).status_code == 204
+    assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {extra.json()['key']}"}),
+                   401)
+    past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    assert_problem(await gateway.post("/v1/api-keys", headers=sales, json={"expires_at": past}), 422)
+    soon = await gateway.post("/v1/api-keys", headers=sales,
+                              json={"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
+    assert soon.status_code == 201 and soon.json()["expires_at"]
+    expiring = {"Authorization": f"Bearer {soon.json()['key']}"}
+    assert (await gateway.get("/v1/leads/whoami", headers=expiring)).status_code == 200
+    runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
+    async with runtime.db.session() as session:
+        await session.execute(update(models.api_key).where(models.api_key.c.id == uuid.UUID(soon.json()["id"]))
+                              .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+    assert_problem(await gateway.get("/v1/leads/whoami", headers=expiring), 401)
+
+
+async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(
+        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    """Two gateway processes on one database; also the cap on a user's active keys."""
+    url = await migrated_database(postgres, "leadline_gateway")
+    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink,
+                                                       api_keys_per_user=3))) as first, \
+            running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as second:
+        admin = await new_company(first)
+        keys = [await first.post("/v1/api-keys", headers=bearer(admin), json={"name": f"k{i}"}) for i in range(3)]
+        assert [k.status_code for k in keys] == [201, 201, 409]
+        assert keys[2].json()["type"].endswith("/api-key-limit")
+        key = {"Authorization": f"Bearer {keys[1].json()['key']}"}
+        assert (await second.get("/v1/leads/whoami", headers=key)).status_code == 200
+        assert (await first.get("/v1/leads/whoami", headers=key)).status_code == 200
+        assert (await first.delete(f"/v1/api-keys/{keys[1].json()['id']}", headers=key)).status_code == 204
+        assert_problem(await second.get("/v1/leads/whoami", headers=key), 401)
+        assert_problem(await first.get("/v1/company", headers=key), 401)
+        again = await first.post("/v1/api-keys", headers=bearer(admin), json={"name": "after revoking one"})
+        assert again.status_code == 201, again.text

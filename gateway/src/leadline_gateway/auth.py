@@ -1,9 +1,10 @@
 """API keys: ``ll_<key id>_<secret>``, stored as the SHA-256 of the secret, shown once.
 
 The secret is 32 random bytes, so a plain SHA-256 is enough (no password
-stretching needed for high-entropy keys).  A validated key is cached for
-``api_key_cache_seconds`` so the hot path does not query the database on every
-request; revoking a key therefore takes effect within that delay.
+stretching needed for high-entropy keys).  Every request looks its key up in
+the database (one primary-key join), so a revoked or expired key, a deleted
+user or a changed role takes effect at once in every gateway process: no cache
+to invalidate.
 """
 
 from __future__ import annotations
@@ -11,11 +12,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 
 from leadline_gateway import models
 from leadline_kit.db import Database
@@ -51,11 +51,14 @@ def _parse(token: str) -> tuple[uuid.UUID, str]:
     return uuid.UUID(hex=key_hex), secret
 
 
+def _invalid() -> Unauthorized:
+    return Unauthorized("the API key is not valid (unknown, revoked or expired)", slug="invalid-api-key",
+                        headers={"WWW-Authenticate": "Bearer"})
+
+
 class ApiKeyAuthenticator:
-    def __init__(self, db: Database, cache_seconds: float) -> None:
+    def __init__(self, db: Database) -> None:
         self.db = db
-        self.cache_seconds = cache_seconds
-        self._cache: dict[uuid.UUID, tuple[str, Identity, float]] = {}
 
     async def authenticate(self, authorization: str | None) -> Identity:
         if not authorization or not authorization.lower().startswith("bearer "):
@@ -64,31 +67,11 @@ class ApiKeyAuthenticator:
         try:
             key_id, secret = _parse(authorization[7:].strip())
         except ValueError as exc:
-            raise Unauthorized("the API key is not valid", slug="invalid-api-key",
-                               headers={"WWW-Authenticate": "Bearer"}) from exc
-        digest = _digest(secret)
-        cached = self._cache.get(key_id)
-        now = time.monotonic()
-        if cached and cached[2] > now:
-            stored_digest, identity = cached[0], cached[1]
-        else:
-            found = await self._load(key_id)
-            if found is None:
-                self._cache.pop(key_id, None)
-                raise Unauthorized("the API key is not valid", slug="invalid-api-key",
-                                   headers={"WWW-Authenticate": "Bearer"})
-            stored_digest, identity = found
-            self._cache[key_id] = (stored_digest, identity, now + self.cache_seconds)
-        if not hmac.compare_digest(stored_digest, digest):
-            raise Unauthorized("the API key is not valid", slug="invalid-api-key",
-                               headers={"WWW-Authenticate": "Bearer"})
-        return identity
-
-    def forget(self, key_id: uuid.UUID | None = None) -> None:
-        if key_id is None:
-            self._cache.clear()
-        else:
-            self._cache.pop(key_id, None)
+            raise _invalid() from exc
+        found = await self._load(key_id)
+        if found is None or not hmac.compare_digest(found[0], _digest(secret)):
+            raise _invalid()
+        return found[1]
 
     async def _load(self, key_id: uuid.UUID) -> tuple[str, Identity] | None:
         async with self.db.session() as session:
@@ -97,7 +80,8 @@ class ApiKeyAuthenticator:
                     select(models.api_key.c.secret_sha256, models.user.c.company_id, models.user.c.id,
                            models.user.c.role)
                     .join(models.user, models.user.c.id == models.api_key.c.user_id)
-                    .where(models.api_key.c.id == key_id, models.api_key.c.revoked_at.is_(None))
+                    .where(models.api_key.c.id == key_id, models.api_key.c.revoked_at.is_(None),
+                           or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()))
                 )
             ).first()
         if row is None:

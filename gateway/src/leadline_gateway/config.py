@@ -20,8 +20,8 @@ class Settings(KitSettings):
     # per API key token bucket, per gateway process
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
-    # a validated API key is trusted this long before it is looked up again (revocation delay)
-    api_key_cache_seconds: float = 10.0
+    # API keys a user may hold at once (not revoked, not expired)
+    api_keys_per_user: int = Field(20, ge=1, le=1000)
     upstream_connect_timeout: float = 2.0
     upstream_timeout: float = 60.0
     upstream_pool_size: int = 200

@@ -26,7 +26,7 @@ def create_app(given: Settings | None = None) -> FastAPI:
     settings = given or Settings()
     # the proxy needs the database before the app exists; the runtime's Database is the same object
     database = Database(settings.database_url, "gateway", settings.db_pool_size)
-    authenticator = ApiKeyAuthenticator(database, settings.api_key_cache_seconds)
+    authenticator = ApiKeyAuthenticator(database)
     limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     proxies: list[GatewayProxy] = []
 

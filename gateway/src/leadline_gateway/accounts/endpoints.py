@@ -100,21 +100,34 @@ async def get_user(user_id: uuid.UUID, caller: Caller, session: Session) -> sche
 
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
-async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin, session: Session,
-                      request: Request) -> schemas.UserOut:
-    updated = await service.update_user(session, caller, user_id, data)
-    request.app.state.runtime.extras["authenticator"].forget()  # a new role applies at once
-    return updated
+async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin,
+                      session: Session) -> schemas.UserOut:
+    return await service.update_user(session, caller, user_id, data)
 
 
 @router.delete("/users/{user_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"])
-async def delete_user(user_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> Response:
+async def delete_user(user_id: uuid.UUID, caller: Admin, session: Session) -> Response:
     await service.delete_user(session, caller, user_id)
-    request.app.state.runtime.extras["authenticator"].forget()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut, tags=["users"],
              summary="Create an API key for yourself (shown once)")
-async def create_api_key(data: schemas.ApiKeyCreate, caller: Caller, session: Session) -> schemas.ApiKeyOut:
-    return await service.create_api_key(session, caller, data)
+async def create_api_key(data: schemas.ApiKeyCreate, caller: Caller, session: Session,
+                         request: Request) -> schemas.ApiKeyOut:
+    return await service.create_api_key(session, caller, data, request.app.state.runtime.settings.api_keys_per_user)
+
+
+@router.get("/api-keys", response_model=Page[schemas.ApiKeyInfo], tags=["users"],
+            summary="Your API keys that are not revoked; administrators: every such key of the company")
+async def list_api_keys(caller: Caller, session: Session, cursor: str | None = None,
+                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[schemas.ApiKeyInfo]:
+    items, next_cursor = await service.list_api_keys(session, caller, cursor, limit)
+    return Page(items=items, next_cursor=next_cursor)
+
+
+@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
+               summary="Revoke an API key (your own; administrators: any of the company's); refused at once")
+async def revoke_api_key(key_id: uuid.UUID, caller: Caller, session: Session) -> Response:
+    await service.revoke_api_key(session, caller, key_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

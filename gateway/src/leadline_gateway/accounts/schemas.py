@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from leadline_kit.identity import Role
 
@@ -111,13 +111,31 @@ class InvitationClaim(Strict):
 
 class ApiKeyCreate(Strict):
     name: OptionalName = ""
+    expires_at: AwareDatetime | None = Field(None, description="the key stops working then; none: until revoked")
+
+    @field_validator("expires_at")
+    @classmethod
+    def _in_the_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
+            try:
+                in_utc = value.astimezone(UTC)
+            except OverflowError as exc:
+                raise ValueError("expires_at is out of range") from exc
+            if in_utc <= datetime.now(UTC) or in_utc.year > 9000:
+                raise ValueError("expires_at must lie in the future (and before the year 9000)")
+            return in_utc
+        return value
 
 
-class ApiKeyOut(BaseModel):
+class ApiKeyInfo(BaseModel):
     id: uuid.UUID
     name: str
     user_id: uuid.UUID
     created_at: datetime
+    expires_at: datetime | None
+
+
+class ApiKeyOut(ApiKeyInfo):
     key: str = Field(description="shown only once, at creation")
 
 

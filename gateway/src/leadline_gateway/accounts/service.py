@@ -6,9 +6,10 @@ import hashlib
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import func, insert, select, update
+from pydantic import BaseModel
+from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,6 +22,8 @@ from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import decode_position, encode_position
 from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, UserDeletedV1, UserPayload, UserUpdatedV1
+
+Listed = TypeVar("Listed", bound=BaseModel)
 
 
 def _company_event(row: Any) -> CompanyUpdatedV1:
@@ -72,13 +75,19 @@ async def update_company(session: AsyncSession, caller: Identity, data: schemas.
 
 async def list_users(session: AsyncSession, caller: Identity, cursor: str | None,
                      limit: int) -> tuple[list[schemas.UserOut], str | None]:
-    query = select(models.user).where(models.user.c.company_id == caller.company_id)
+    return await _page(session, models.user, models.user.c.company_id == caller.company_id, cursor, limit,
+                       schemas.UserOut)
+
+
+async def _page(session: AsyncSession, table: Table, where: Any, cursor: str | None, limit: int,
+                model: type[Listed]) -> tuple[list[Listed], str | None]:
+    """One page of ``table``'s rows matching ``where``, oldest first, by (created_at, id)."""
+    query = select(table).where(where)
     after = decode_position(cursor)
     if after:
-        query = query.where(func.row(models.user.c.created_at, models.user.c.id) > func.row(*after))
-    rows = (await session.execute(query.order_by(models.user.c.created_at, models.user.c.id)
-                                  .limit(limit + 1))).all()
-    items = [schemas.UserOut.model_validate(r, from_attributes=True) for r in rows[:limit]]
+        query = query.where(func.row(table.c.created_at, table.c.id) > func.row(*after))
+    rows = (await session.execute(query.order_by(table.c.created_at, table.c.id).limit(limit + 1))).all()
+    items = [model.model_validate(r, from_attributes=True) for r in rows[:limit]]
     next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return items, next_cursor
 
@@ -195,15 +204,47 @@ async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUI
                                                         payload=_user_payload(current)))
 
 
-async def _create_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
-                      name: str) -> schemas.ApiKeyOut:
+async def _create_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, name: str,
+                      expires_at: datetime | None = None) -> schemas.ApiKeyOut:
     key = new_api_key()
     row = (await session.execute(insert(models.api_key).values(
-        id=key.key_id, company_id=company_id, user_id=user_id, name=name, secret_sha256=key.secret_sha256)
-        .returning(*models.api_key.c))).one()
-    return schemas.ApiKeyOut(id=row.id, name=row.name, user_id=row.user_id, created_at=row.created_at, key=key.token)
+        id=key.key_id, company_id=company_id, user_id=user_id, name=name, secret_sha256=key.secret_sha256,
+        expires_at=expires_at).returning(*models.api_key.c))).one()
+    return schemas.ApiKeyOut(id=row.id, name=row.name, user_id=row.user_id, created_at=row.created_at,
+                             expires_at=row.expires_at, key=key.token)
 
 
-async def create_api_key(session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate) -> schemas.ApiKeyOut:
+def _active_key() -> Any:
+    return and_(models.api_key.c.revoked_at.is_(None),
+                or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()))
+
+
+async def create_api_key(session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate,
+                         limit: int) -> schemas.ApiKeyOut:
     # keys are only ever made for oneself: a key acts as its user, and nobody may act as another (R1)
-    return await _create_key(session, caller.company_id, caller.user_id, data.name)
+    # the user's row is locked so that two concurrent creations cannot both pass the cap
+    await session.execute(select(models.user.c.id).where(models.user.c.id == caller.user_id).with_for_update())
+    active = await session.scalar(select(func.count()).select_from(models.api_key).where(
+        models.api_key.c.user_id == caller.user_id, _active_key()))
+    if int(active or 0) >= limit:
+        raise Conflict(f"you hold {limit} active API keys, the most a user may hold; revoke one first "
+                       "(DELETE /v1/api-keys/{id})", slug="api-key-limit", limit=limit)
+    return await _create_key(session, caller.company_id, caller.user_id, data.name, data.expires_at)
+
+
+async def list_api_keys(session: AsyncSession, caller: Identity, cursor: str | None,
+                        limit: int) -> tuple[list[schemas.ApiKeyInfo], str | None]:
+    where = and_(models.api_key.c.company_id == caller.company_id, models.api_key.c.revoked_at.is_(None))
+    if not caller.is_admin:
+        where = and_(where, models.api_key.c.user_id == caller.user_id)
+    return await _page(session, models.api_key, where, cursor, limit, schemas.ApiKeyInfo)
+
+
+async def revoke_api_key(session: AsyncSession, caller: Identity, key_id: uuid.UUID) -> None:
+    statement = update(models.api_key).where(models.api_key.c.id == key_id,
+                                             models.api_key.c.company_id == caller.company_id,
+                                             models.api_key.c.revoked_at.is_(None))
+    if not caller.is_admin:
+        statement = statement.where(models.api_key.c.user_id == caller.user_id)
+    if (await session.execute(statement.values(revoked_at=func.now()).returning(models.api_key.c.id))).first() is None:
+        raise NotFound("no such API key of yours", slug="api-key-not-found")
