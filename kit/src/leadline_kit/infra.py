@@ -235,7 +235,7 @@ ssl_cert = <{base}/server.pem
 ssl_key = <{base}/server.key
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 default_internal_user = {login_user}
 default_internal_group = {login_group}
 default_login_user = {login_user}
@@ -251,9 +251,10 @@ protocol imap {{
 }}
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%u {base}/users/%u
 }}
-userdb {{
+{oauth2_passdb}userdb {{
   driver = static
   args = uid={uid} gid={gid} home={base}/home/%u
 }}
@@ -303,6 +304,24 @@ service stats {{
 """
 
 
+# OAuth2 sign-in (XOAUTH2, OAUTHBEARER): Dovecot asks the authorization server's RFC 7662
+# introspection endpoint about each token, and the account it names must be the user signing in.
+DOVECOT_OAUTH2_PASSDB = """\
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {base}/oauth2.conf.ext
+}}
+"""
+DOVECOT_OAUTH2_CONF = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = email
+active_attribute = active
+active_value = true
+"""
+
+
 def dovecot_binary() -> str:
     for candidate in ("/usr/sbin/dovecot", shutil.which("dovecot")):
         if candidate and Path(candidate).exists():
@@ -312,7 +331,8 @@ def dovecot_binary() -> str:
 
 @dataclass
 class DovecotServer:
-    """A throwaway Dovecot on loopback: plain IMAP (STARTTLS offered) and implicit TLS.
+    """A throwaway Dovecot on loopback: plain IMAP (STARTTLS offered) and implicit TLS; with
+    ``oauth2_introspection_url`` also OAuth2 sign-in (XOAUTH2, OAUTHBEARER) with tokens that URL vouches for.
 
     ``cert_pem``/``key_pem`` is the server certificate (for ``localhost`` and
     127.0.0.1); users live in a passwd-file that Dovecot re-reads, so
@@ -324,6 +344,8 @@ class DovecotServer:
     key_pem: bytes
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
+    # an RFC 7662 introspection URL: users may also sign in with an OAuth2 access token it vouches for
+    oauth2_introspection_url: str | None = None
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -345,9 +367,14 @@ class DovecotServer:
             mail_user = pwd.getpwuid(os.getuid())
             login_user = internal = mail_user.pw_name
             chroot = "chroot ="
+        oauth2 = self.oauth2_introspection_url
+        if oauth2 is not None:
+            (base / "oauth2.conf.ext").write_text(DOVECOT_OAUTH2_CONF.format(url=oauth2))
         conf = DOVECOT_CONF.format(
             base=base, uid=mail_user.pw_uid, gid=mail_user.pw_gid, port=self.port, tls_port=self.tls_port,
             login_user=login_user, login_group=_primary_group(login_user), chroot=chroot,
+            oauth2_mechanisms=" xoauth2 oauthbearer" if oauth2 else "",
+            oauth2_passdb=DOVECOT_OAUTH2_PASSDB.format(base=base) if oauth2 else "",
         )
         conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
         conf = conf.replace(f"default_internal_group = {_primary_group(login_user)}",

@@ -14,7 +14,12 @@ Connection states (RFC 3501 §3)::
 
     connect → greeting ─┬─ [starttls] STARTTLS → tagged OK → TLS handshake → CAPABILITY
                         └─ [implicit: TLS before the greeting; plain: operator-allowed only]
-            → LOGIN (authenticated) → SELECT/EXAMINE (selected) ⇄ IDLE … DONE → LOGOUT
+            → LOGIN or AUTHENTICATE (authenticated) → SELECT/EXAMINE (selected) ⇄ IDLE … DONE → LOGOUT
+
+With an OAuth2 access token (``ImapSettings.access_token``) the client signs in
+with ``AUTHENTICATE OAUTHBEARER`` (RFC 7628) where the server offers it, else
+``AUTHENTICATE XOAUTH2`` (:mod:`leadline_mail.sasl`), sending the initial
+response with the command when the server offers SASL-IR (RFC 4959).
 
 STARTTLS (R22): after the tagged OK, any byte already received is plaintext
 an attacker could have injected to be read as if it came over TLS; the
@@ -50,7 +55,7 @@ import functools
 import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from types import TracebackType
 from typing import Self
@@ -68,6 +73,7 @@ from leadline_mail.net import (
     verify_pin,
     vet_host,
 )
+from leadline_mail.sasl import ABORT_RESPONSE, PREFERRED, Mechanism, choose_mechanism, initial_response
 
 _LINE_LIMIT = 32 * 1024 * 1024  # one response line (a SEARCH of a huge mailbox is one line)
 _LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
@@ -89,9 +95,12 @@ class ImapSettings:
     port: int
     tls: TlsMode
     username: str
-    password: str
+    password: str = field(repr=False)
     pinned_sha256: str | None = None
     cafile: str | None = None
+    # an OAuth2 access token: sign in with AUTHENTICATE (OAUTHBEARER or XOAUTH2) instead of LOGIN
+    access_token: str | None = field(default=None, repr=False)
+    sasl_mechanisms: tuple[Mechanism, ...] = PREFERRED  # those the client may sign in with, best first
     allow_networks: Sequence[IPNetwork] = ()  # operator allow-list (tests pass 127.0.0.0/8)
     allow_plaintext: bool = False  # "plain" refused unless the operator allows it
     timeout: float = 30.0  # seconds of server silence tolerated during a command
@@ -681,6 +690,9 @@ class ImapClient:
 
     async def _login(self) -> None:
         settings = self._settings
+        if settings.access_token is not None:
+            await self._authenticate(settings.access_token)
+            return
         if "LOGINDISABLED" in self.capabilities:
             raise self._fail(MailConnectionError(
                 "tls", "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
@@ -693,6 +705,56 @@ class ImapClient:
         # Capabilities change on login; the tagged OK usually carries the new list.
         if not (done.code or "").upper().startswith("CAPABILITY "):
             await self._command("CAPABILITY")
+
+    async def _authenticate(self, token: str) -> None:
+        settings = self._settings
+        offered = {c.removeprefix("AUTH=") for c in self.capabilities if c.startswith("AUTH=")}
+        mechanism = choose_mechanism(offered, settings.sasl_mechanisms)
+        if mechanism is None:
+            raise self._fail(MailConnectionError(
+                "protocol", "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor XOAUTH2).",
+            ))
+        done = await self._sasl(mechanism, initial_response(
+            mechanism, settings.username, token, self._host.hostname, settings.port))
+        if done.kind != "OK":
+            raise self._fail(MailConnectionError(
+                "oauth_refused", "The mail server refused the sign-in with your account.",
+                detail=f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}",
+            ))
+        if not (done.code or "").upper().startswith("CAPABILITY "):
+            await self._command("CAPABILITY")
+
+    async def _sasl(self, mechanism: Mechanism, response: bytes) -> _Response:
+        """``AUTHENTICATE``: the initial response with the command (SASL-IR) or after the first ``+``; an
+        error challenge after it is answered with the mechanism's abort, and the server then says NO."""
+        self._ensure_open()
+        async with self._lock:
+            self._ensure_open()
+            self._tag += 1
+            tag = b"L%04d" % self._tag
+            sent = "SASL-IR" in self.capabilities
+            line = tag + b" AUTHENTICATE " + mechanism.encode("ascii") + (b" " + response if sent else b"")
+            try:
+                async with asyncio.timeout(self._settings.timeout) as deadline:
+                    self._arm(deadline)
+                    self._writer.write(line + b"\r\n")
+                    await self._writer.drain()
+                    while True:
+                        reply = await self._read_response()
+                        if reply.tag == tag:
+                            return reply
+                        if reply.tag == b"+":
+                            self._writer.write((ABORT_RESPONSE[mechanism] if sent else response) + b"\r\n")
+                            sent = True
+                            await self._writer.drain()
+            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                    ValueError, MailConnectionError) as exc:
+                raise self._stream_error(exc) from None
+            except asyncio.CancelledError:
+                self._interrupted()
+                raise
+            finally:
+                self._deadline = None
 
     # -- commands ------------------------------------------------------------------------
 
@@ -1029,6 +1091,7 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
     try:
         _refuse_controls(settings.username)
         _refuse_controls(settings.password)
+        _refuse_controls(settings.access_token or "")
     except ValueError:
         raise MailConnectionError(
             "auth_failed", "The user name or password contains a line break. Re-enter them."

@@ -40,7 +40,9 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 TlsMode = Literal["implicit", "starttls", "plain"]
 ErrorKind = Literal[
-    "auth_failed", "tls", "unreachable", "timeout", "protocol", "not_allowed", "imap_disabled"
+    "auth_failed", "tls", "unreachable", "timeout", "protocol", "not_allowed", "imap_disabled",
+    # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant)
+    "oauth_refused", "oauth_revoked",
 ]
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 """Resolves a host name (IDNA-encoded ASCII) to IP address strings; injectable for tests."""
