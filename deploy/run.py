@@ -59,17 +59,22 @@ PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LE
 
 def load_secrets() -> dict[str, str]:
     path = DATA / "secrets.env"
-    if not path.exists():
-        values = {
-            "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
-            "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
-            "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
-            "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
-            "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
-        }
-        path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) \
+        if path.exists() else {}
+    values = {
+        "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
+        "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
+        "LEADLINE_OPERATOR_TOKEN": secrets.token_urlsafe(32),
+        "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+        "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
+        "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
+    }
+    if not set(values) <= set(stored):
+        # a secret added since the file was written is generated, the others kept
+        stored = {**values, **stored}
+        path.write_text("".join(f"{k}={v}\n" for k, v in stored.items()))
         path.chmod(0o600)
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return stored
 
 
 async def ensure_database(admin_url: str, name: str) -> None:
@@ -142,6 +147,7 @@ def main() -> int:
 Leadline is running.
   gateway          {gateway}   (API docs: {gateway}/docs)
   bootstrap token  {env['LEADLINE_BOOTSTRAP_TOKEN']}
+  operator token   {env['LEADLINE_OPERATOR_TOKEN']}   (/v1/operator/: raise limits, set plans)
   logs             {logs}/
 Create a company:
   curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env['LEADLINE_BOOTSTRAP_TOKEN']}' \\

@@ -13,11 +13,12 @@ import pytest
 import trustme
 import uvicorn
 from fastapi import APIRouter
+from pydantic import SecretStr
 
 from leadline_gateway.config import Settings
 from leadline_gateway.main import create_app
 from leadline_kit.db import service_metadata
-from leadline_kit.identity import Caller
+from leadline_kit.identity import Caller, Operator
 from leadline_kit.infra import free_port
 from leadline_kit.outbox import outbox_table
 from leadline_kit.pagination import encode_cursor
@@ -41,6 +42,11 @@ async def who(caller: Caller) -> dict[str, Any]:
 @whoami.post("/v1/leads/echo")
 async def echo(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return {"body": body, "company_id": str(caller.company_id)}
+
+
+@whoami.get("/v1/operator/quotas/{company_id}/whoami")
+async def who_operates(company_id: uuid.UUID, operator: Operator) -> dict[str, Any]:
+    return {"company_id": str(company_id), "role": operator.role}
 
 
 @pytest.fixture
@@ -129,6 +135,30 @@ async def test_missing_or_bad_key_is_401(gateway: httpx.AsyncClient) -> None:
     forged = created["api_key"]["key"][:-4] + "AAAA"
     assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {forged}"}), 401)
     assert_problem(await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401)
+
+
+async def test_only_the_operator_token_signs_the_operator(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
+                                                          mail_sink: tuple[SmtpServer, str]) -> None:
+    url = await migrated_database(postgres, "leadline_gateway")
+    token = "operator-" + uuid.uuid4().hex * 2
+    route = f"/v1/operator/quotas/{uuid.uuid4()}/whoami"
+    off = gateway_settings(url, nats_url, upstream, mail_sink, quota_url=upstream)
+    async with running_app(create_app(off)) as gateway:
+        refused = assert_problem(await gateway.get(route, headers={"Authorization": f"Bearer {token}"}), 401)
+        assert refused["type"].endswith("operator-api-off")
+    on = gateway_settings(url, nats_url, upstream, mail_sink, quota_url=upstream, operator_token=SecretStr(token))
+    async with running_app(create_app(on)) as gateway:
+        created = await new_company(gateway)
+        answer = await gateway.get(route, headers={"Authorization": f"Bearer {token}"})
+        assert answer.status_code == 200 and answer.json()["role"] == "operator", answer.text
+        # a tenant administrator's key is no operator token, and the operator token is no API key
+        assert_problem(await gateway.get(route, headers=bearer(created)), 401)
+        assert_problem(await gateway.get(route), 401)
+        assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {token}"}), 401)
+    with pytest.raises(ValueError, match="at least 32"):
+        Settings(operator_token="short")
+    with pytest.raises(ValueError, match="differ"):
+        Settings(operator_token=token, bootstrap_token=token)
 
 
 async def test_other_company_resources_are_404(gateway: httpx.AsyncClient) -> None:

@@ -7,6 +7,7 @@ import uuid
 import httpx
 import pytest
 
+from leadline_kit.identity import OPERATOR
 from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_quota.clock import MovableClock
 
@@ -100,25 +101,70 @@ async def test_settling_another_companys_reservation_is_404(client: httpx.AsyncC
 
 async def test_operator_overrides_plans_and_roles(client: httpx.AsyncClient) -> None:
     identity = make_identity("administrator")
-    admin = as_caller(client, identity, SECRET)
+    operator = as_caller(client, OPERATOR, SECRET)
     salesperson = as_caller(client, make_identity("salesperson", company_id=identity.company_id), SECRET)
     key = f"smtp:{uuid.uuid4()}"
-    put = await admin.put(f"/v1/quotas/accounts/{key}", json={
+    accounts_url = f"/v1/operator/quotas/{identity.company_id}/accounts"
+    put = await operator.put(f"{accounts_url}/{key}", json={
         "overrides": {"messages_per_month": 5000, "recipients_per_message": None}, "month_start_day": 31})
     assert put.status_code == 200, put.text
     limits = {item["limit"]: item["maximum"] for item in put.json()["limits"]}
     assert limits == {"message_size_bytes": 10485760, "messages_per_month": 5000}
     assert put.json()["month_start_day"] == 31
-    assert (await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"nope": 1}})).status_code == 422
-    assert (await admin.put("/v1/quotas/accounts/smtp:x", json={"overrides": {}})).status_code == 422
+    assert (await operator.put(f"{accounts_url}/{key}", json={"overrides": {"nope": 1}})).status_code == 422
+    assert (await operator.put(f"{accounts_url}/smtp:x", json={"overrides": {}})).status_code == 422
     assert (await salesperson.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})).status_code == 403
     assert (await salesperson.post("/v1/quotas/reservations", json=reservation(key))).status_code == 403
 
-    assert (await admin.put("/v1/quotas/plan", json={"plan": "platinum"})).status_code == 422
-    plan = await admin.put("/v1/quotas/plan", json={"plan": "legacy_free"})
+    plan_url = f"/v1/operator/quotas/{identity.company_id}/plan"
+    assert (await operator.put(plan_url, json={"plan": "platinum"})).status_code == 422
+    plan = await operator.put(plan_url, json={"plan": "legacy_free"})
     assert plan.json()["synced_emails_per_user_per_day"] == 100
     assert (await salesperson.get("/v1/quotas")).json()["plan"] == "legacy_free"
     assert (await client.get("/v1/quotas")).status_code == 401
+    # the operator acts on a company by the path, never as a tenant
+    assert (await operator.get("/v1/quotas")).json()["type"].endswith("operator-not-tenant")
+
+
+async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(client: httpx.AsyncClient) -> None:
+    identity = make_identity("administrator")
+    admin = as_caller(client, identity, SECRET)
+    key = f"mailbox:{uuid.uuid4()}"
+    gmail = {"account_key": key, "provider": "gmail", "recipients": 1, "size_bytes": 100, "overrides": {}}
+    assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
+
+    raised = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 10**9}})
+    assert raised.status_code == 422, raised.text
+    assert raised.json()["type"].endswith("quota-raise-forbidden")
+    assert "messages_per_day at most 100" in raised.json()["detail"]
+    lifted = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": None}})
+    assert lifted.status_code == 422
+    for operator_field in ({"provider": "custom"}, {"month_start_day": 15}):
+        assert (await admin.put(f"/v1/quotas/accounts/{key}",
+                                json={"overrides": {}, **operator_field})).status_code == 422
+    for route in (f"/v1/operator/quotas/{identity.company_id}/plan",
+                  f"/v1/operator/quotas/{identity.company_id}/accounts/{key}"):
+        refused = await admin.put(route, json={"plan": "standard", "overrides": {"messages_per_day": 10**9}})
+        assert refused.status_code == 403 and refused.json()["type"].endswith("operator-only"), refused.text
+    assert (await admin.put("/v1/quotas/plan", json={"plan": "legacy_free"})).status_code in (404, 405)
+    assert (await admin.get("/v1/quotas")).json()["plan"] == "standard"
+    day = next(item for item in (await admin.get("/v1/quotas")).json()["accounts"][0]["limits"]
+               if item["limit"] == "messages_per_day")
+    assert day["maximum"] == 100
+
+    lowered = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 2}})
+    assert lowered.status_code == 200, lowered.text
+    assert lowered.json()["tenant_overrides"] == {"messages_per_day": 2}
+    assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
+    assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 429
+    # the operator raising the preset leaves the tenant's lower limit in force
+    operator = as_caller(client, OPERATOR, SECRET)
+    assert (await operator.put(f"/v1/operator/quotas/{identity.company_id}/accounts/{key}",
+                               json={"overrides": {"messages_per_day": 1000}})).status_code == 200
+    assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 429
+    assert (await admin.put(f"/v1/quotas/accounts/{key}",
+                            json={"overrides": {"messages_per_day": 500}})).status_code == 200
+    assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
 
 
 async def test_presets_list_every_provider_of_issue_4(client: httpx.AsyncClient) -> None:

@@ -48,13 +48,15 @@ def test_aliases_and_keys_are_unambiguous_and_unknown_means_custom() -> None:
 
 def test_layers_override_field_by_field() -> None:
     limits = resolve_limits("yahoo", {"messages_per_day": 50, "messages_per_month": 900}, 10,
-                            {"messages_per_day": None, "recipients_per_message": 20}, None)
-    assert limits.values["messages_per_hour"] == 100  # preset
+                            {"messages_per_day": None, "recipients_per_message": 20}, None,
+                            {"messages_per_hour": 1000, "recipients_per_message": 10, "messages_per_day": 40})
+    assert limits.values["messages_per_hour"] == 100  # preset (the tenant's higher value does not raise it)
     assert limits.values["messages_per_month"] == 900  # account setting
-    assert limits.values["messages_per_day"] is None  # operator lifted it
-    assert limits.values["recipients_per_message"] == 20  # operator
+    assert limits.values["messages_per_day"] == 40  # operator lifted it, the tenant set its own
+    assert limits.values["recipients_per_message"] == 10  # the tenant's, lower than the operator's 20
     assert limits.month_start_day == 10
-    assert [limit.name for limit in limits.windowed()] == ["messages_per_hour", "messages_per_month"]
+    assert [limit.name for limit in limits.windowed()] == ["messages_per_hour", "messages_per_day",
+                                                           "messages_per_month"]
 
 
 @pytest.mark.parametrize("now,day,expected", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+from leadline_kit.identity import OPERATOR
 from leadline_kit.testing.clients import make_identity, running_app
 
 
@@ -142,8 +143,8 @@ async def test_connection_failed_after_48_hours_of_failures(world) -> None:  # t
 async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead = "jack@customer.example"
-    admin = make_identity("administrator", company_id=world.company_id)
-    response = await world.caller(world.quota_client, admin).put("/v1/quotas/plan", json={"plan": "legacy_free"})
+    response = await world.caller(world.quota_client, OPERATOR).put(f"/v1/operator/quotas/{world.company_id}/plan",
+                                                                     json={"plan": "legacy_free"})
     assert response.status_code == 200, response.text
     await world.append(me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}")
                                       for i in range(130)))

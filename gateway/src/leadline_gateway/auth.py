@@ -20,9 +20,10 @@ from sqlalchemy import func, or_, select
 from leadline_gateway import models
 from leadline_kit.db import Database
 from leadline_kit.errors import Unauthorized
-from leadline_kit.identity import Identity
+from leadline_kit.identity import OPERATOR, Identity
 
 KEY_PREFIX = "ll_"
+OPERATOR_PREFIX = "/v1/operator/"
 
 
 @dataclass(frozen=True)
@@ -88,3 +89,15 @@ class ApiKeyAuthenticator:
             return None
         return row.secret_sha256, Identity(company_id=row.company_id, user_id=row.id, role=row.role,
                                            api_key_id=key_id)
+
+
+def authenticate_operator(authorization: str | None, operator_token: str | None) -> Identity:
+    """The operator identity for the operator token (routes under ``/v1/operator/`` only; never an API key)."""
+    if operator_token is None:
+        raise Unauthorized("the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN",
+                           slug="operator-api-off")
+    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    if not hmac.compare_digest(given.encode(), operator_token.encode()):
+        raise Unauthorized("send the operator token as 'Authorization: Bearer <token>'",
+                           slug="invalid-operator-token", headers={"WWW-Authenticate": "Bearer"})
+    return OPERATOR

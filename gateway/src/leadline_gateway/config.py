@@ -9,10 +9,13 @@ from pydantic import Field, SecretStr, model_validator
 from leadline_kit.settings import KitSettings
 
 DEV_BOOTSTRAP_TOKEN = "dev-only-bootstrap-token"  # noqa: S105 - refused outside development
+MIN_OPERATOR_TOKEN_LENGTH = 32
 
 
 class Settings(KitSettings):
     bootstrap_token: SecretStr = SecretStr(DEV_BOOTSTRAP_TOKEN)
+    # the operator's bearer token for /v1/operator/ (raising limits, plans); unset: no operator API
+    operator_token: SecretStr | None = None
     lead_url: str = "http://127.0.0.1:8101"
     quota_url: str = "http://127.0.0.1:8102"
     sync_url: str = "http://127.0.0.1:8103"
@@ -41,6 +44,12 @@ class Settings(KitSettings):
     def _no_default_bootstrap_in_production(self) -> Settings:
         if self.environment == "production" and self.bootstrap_token.get_secret_value() == DEV_BOOTSTRAP_TOKEN:
             raise ValueError("LEADLINE_BOOTSTRAP_TOKEN must be set outside development")
+        if self.operator_token is not None:
+            token = self.operator_token.get_secret_value()
+            if len(token) < MIN_OPERATOR_TOKEN_LENGTH:
+                raise ValueError(f"LEADLINE_OPERATOR_TOKEN must be at least {MIN_OPERATOR_TOKEN_LENGTH} characters")
+            if token == self.bootstrap_token.get_secret_value():
+                raise ValueError("LEADLINE_OPERATOR_TOKEN must differ from LEADLINE_BOOTSTRAP_TOKEN")
         return self
 
     def routes(self) -> list[tuple[str, str]]:
@@ -50,6 +59,7 @@ class Settings(KitSettings):
             ("/v1/blocklist", self.lead_url),
             ("/v1/reports", self.lead_url),
             ("/v1/quotas", self.quota_url),
+            ("/v1/operator/quotas", self.quota_url),
             ("/v1/mail-sync", self.sync_url),
             ("/v1/mailboxes", self.sync_url),
             ("/v1/smtp-accounts", self.send_url),

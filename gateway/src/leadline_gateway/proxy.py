@@ -7,7 +7,9 @@ rate limit, then forward the request over a pooled keep-alive aiohttp session
 sends under the identity names are dropped, so a caller can never pose as
 someone else.  A service that does not answer gives a 503 problem; one that
 answers too slowly a 504.  ``/v1/unsubscribe`` is public (one-click links in
-mail), so it is forwarded without a key and without an identity.
+mail), so it is forwarded without a key and without an identity.  Under
+``/v1/operator/`` the operator token (not an API key) is authenticated, and the
+operator identity signed.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import logging
 import aiohttp
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from leadline_gateway.auth import ApiKeyAuthenticator
+from leadline_gateway.auth import OPERATOR_PREFIX, ApiKeyAuthenticator, authenticate_operator
 from leadline_gateway.config import Settings
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.errors import (
@@ -57,6 +59,7 @@ class GatewayProxy:
         self.authenticator = authenticator
         self.limiter = limiter
         self.secret = settings.identity_secret.get_secret_value()
+        self.operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
         self._session: aiohttp.ClientSession | None = None
 
     def _route(self, path: str) -> tuple[str, str] | None:
@@ -103,7 +106,9 @@ class GatewayProxy:
                 authorization = raw_value.decode("latin-1")
             if key not in DROPPED_REQUEST_HEADERS:
                 headers[key] = raw_value.decode("latin-1")
-        if prefix not in PUBLIC_PREFIXES:
+        if prefix.startswith(OPERATOR_PREFIX):
+            headers.update(identity_headers(authenticate_operator(authorization, self.operator_token), self.secret))
+        elif prefix not in PUBLIC_PREFIXES:
             identity = await self.authenticator.authenticate(authorization)
             wait = self.limiter.take(identity.api_key_id or identity.user_id)
             if wait:

@@ -5,6 +5,14 @@ JSON: company, user, role, key id, issued-at) and ``X-Leadline-Signature``
 (HMAC-SHA256 of that value with the shared identity secret).  A service
 refuses (401) a request without a valid, fresh signature, so reaching a service
 directly never bypasses the gateway.
+
+The operator (who runs Leadline, not a tenant) has an identity of its own: the
+gateway signs role ``operator`` for a request under ``/v1/operator/`` that
+carries the operator token, and for nothing else.  ``operator`` is no tenant
+role (users' roles are constrained to :data:`ROLES`), so no API key can hold
+it; tenant endpoints (:data:`Caller`) refuse it, operator endpoints
+(:data:`Operator`) accept nothing else, and take the company they act on from
+the path.
 """
 
 from __future__ import annotations
@@ -29,6 +37,9 @@ ROLES: tuple[str, ...] = get_args(Role)
 IDENTITY_HEADER = "x-leadline-identity"
 SIGNATURE_HEADER = "x-leadline-signature"
 MAX_AGE_SECONDS = 300
+OPERATOR_ROLE = "operator"
+# the operator belongs to no company and is no user
+OPERATOR_SUBJECT = uuid.UUID(int=0)
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,13 @@ class Identity:
     @property
     def is_admin(self) -> bool:
         return self.role == "administrator"
+
+    @property
+    def is_operator(self) -> bool:
+        return self.role == OPERATOR_ROLE
+
+
+OPERATOR = Identity(company_id=OPERATOR_SUBJECT, user_id=OPERATOR_SUBJECT, role=OPERATOR_ROLE)
 
 
 def _sign(value: str, secret: str) -> str:
@@ -77,17 +95,33 @@ def verify_identity(value: str | None, signature: str | None, secret: str, now: 
         raise Unauthorized("identity header is malformed", slug="identity-invalid") from exc
     if abs((now if now is not None else time.time()) - issued) > MAX_AGE_SECONDS:
         raise Unauthorized("identity header has expired", slug="identity-expired")
-    if identity.role not in ROLES:
+    if identity.role not in ROLES and identity != OPERATOR:
         raise Unauthorized("identity names an unknown role", slug="identity-invalid")
     return identity
 
 
-async def current_identity(request: Request) -> Identity:
+def _signed_identity(request: Request) -> Identity:
     secret: str = request.app.state.runtime.settings.identity_secret.get_secret_value()
     return verify_identity(request.headers.get(IDENTITY_HEADER), request.headers.get(SIGNATURE_HEADER), secret)
 
 
+async def current_identity(request: Request) -> Identity:
+    identity = _signed_identity(request)
+    if identity.is_operator:
+        raise Forbidden("the operator acts on a company through /v1/operator/ only", slug="operator-not-tenant")
+    return identity
+
+
+async def current_operator(request: Request) -> Identity:
+    identity = _signed_identity(request)
+    if not identity.is_operator:
+        raise Forbidden("only the operator may do this (the operator token, not an API key)",
+                        slug="operator-only")
+    return identity
+
+
 Caller = Annotated[Identity, Depends(current_identity)]
+Operator = Annotated[Identity, Depends(current_operator)]
 
 
 async def administrator(caller: Caller) -> Identity:

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 
 from leadline_kit.db import Session
 from leadline_kit.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable, problem_response
-from leadline_kit.identity import Admin, Caller
+from leadline_kit.identity import Admin, Caller, Operator
 from leadline_kit.pagination import decode_cursor, encode_cursor
 from leadline_quota import accounts, mailbox_slots, plans, reservations
 from leadline_quota.clock import Clock
@@ -30,9 +30,12 @@ from leadline_quota.schemas import (
     ReservationIn,
     ReservationOut,
     SettlementOut,
+    TenantLimitsIn,
 )
 
 router = APIRouter(prefix="/v1/quotas", tags=["quotas"])
+# raising limits and changing plans: the operator's, never a tenant's (R29)
+operator_router = APIRouter(prefix="/v1/operator/quotas/{company_id}", tags=["operator"])
 
 
 def _clock(request: Request) -> Clock:
@@ -43,7 +46,7 @@ def _clock(request: Request) -> Clock:
 def _account_out(report: accounts.AccountReport) -> AccountQuotaOut:
     return AccountQuotaOut(
         account_key=report.account_key, provider=report.provider, month_start_day=report.month_start_day,
-        operator_overrides=report.operator_overrides,
+        operator_overrides=report.operator_overrides, tenant_overrides=report.tenant_overrides,
         limits=[LimitUsageOut(limit=r.limit, maximum=r.maximum, used=r.used, remaining=r.remaining,
                               resets_at=r.resets_at) for r in report.limits],
     )
@@ -140,23 +143,39 @@ async def release(reservation_id: uuid.UUID, caller: Admin, session: Session, re
     return _settled(await reservations.release(session, caller.company_id, reservation_id, _clock(request)))
 
 
-@router.put("/accounts/{account_key}", response_model=AccountQuotaOut)
-async def set_account_overrides(account_key: str, body: AccountOverridesIn, caller: Admin, session: Session,
-                                request: Request) -> AccountQuotaOut:
-    """Replace an account's operator overrides (field by field over its preset and settings)."""
+@router.put("/accounts/{account_key}", response_model=AccountQuotaOut,
+            responses={422: {"description": "unknown limit, or one above what the preset and the operator allow"}})
+async def set_tenant_limits(account_key: str, body: TenantLimitsIn, caller: Admin, session: Session,
+                            request: Request) -> AccountQuotaOut:
+    """Replace the company's own limits of an account: each may only lower the preset (or the operator's)."""
     try:
-        report = await accounts.set_operator_overrides(session, caller.company_id, account_key, body.overrides,
+        report = await accounts.set_tenant_overrides(session, caller.company_id, account_key, body.overrides,
+                                                     _clock(request)())
+    except accounts.LimitRaised as exc:
+        raise Unprocessable(str(exc), slug="quota-raise-forbidden") from exc
+    except InvalidAsk as exc:
+        raise Unprocessable(str(exc)) from exc
+    return _account_out(report)
+
+
+@operator_router.put("/accounts/{account_key}", response_model=AccountQuotaOut)
+async def set_account_overrides(company_id: uuid.UUID, account_key: str, body: AccountOverridesIn,
+                                operator: Operator, session: Session, request: Request) -> AccountQuotaOut:
+    """Replace an account's operator overrides (field by field over its preset and settings; null lifts one)."""
+    try:
+        report = await accounts.set_operator_overrides(session, company_id, account_key, body.overrides,
                                                        body.provider, body.month_start_day, _clock(request)())
     except InvalidAsk as exc:
         raise Unprocessable(str(exc)) from exc
     return _account_out(report)
 
 
-@router.put("/plan", response_model=PlanOut)
-async def set_plan(body: PlanIn, caller: Admin, session: Session, request: Request) -> PlanOut:
-    """Set the company's plan (e.g. ``legacy_free``: 100 synced emails per user per day)."""
+@operator_router.put("/plan", response_model=PlanOut)
+async def set_plan(company_id: uuid.UUID, body: PlanIn, operator: Operator, session: Session,
+                   request: Request) -> PlanOut:
+    """Set a company's plan (e.g. ``legacy_free``: 100 synced emails per user per day)."""
     try:
-        plan = await plans.set_plan(session, caller.company_id, body.plan, _clock(request)())
+        plan = await plans.set_plan(session, company_id, body.plan, _clock(request)())
     except plans.UnknownPlan as exc:
         raise Unprocessable(str(exc), slug="unknown-plan") from exc
     return PlanOut(plan=plan.key, label=plan.label, synced_emails_per_user_per_day=plan.synced_emails_per_user_per_day)

@@ -4,7 +4,10 @@ A sending account's limits are resolved in layers, each overriding the one
 below field by field: the provider preset (``presets.toml``; an unknown
 provider gets ``custom``), then the account settings the sender passes with
 each request (e.g. a company SMTP account's max per month), then the
-operator's overrides stored with ``PUT /v1/quotas/accounts/{account_key}``.
+operator's overrides (``PUT /v1/operator/quotas/{company_id}/accounts/{key}``,
+which may raise or lift a limit).  Last the tenant's own limits
+(``PUT /v1/quotas/accounts/{key}``) apply, and only where they are lower: a
+tenant never raises a limit above what the layers below allow (R29).
 
 Static limits (recipients per message / per connection, message size) are
 checked against one message (of a batch, the largest); windowed limits count
@@ -132,11 +135,20 @@ DEFAULT_PLAN = "standard"
 
 def resolve_limits(provider: str, account_settings: dict[str, int], settings_month_start_day: int | None,
                    operator_overrides: dict[str, int | None], operator_month_start_day: int | None,
-                   ) -> AccountLimits:
+                   tenant_overrides: dict[str, int]) -> AccountLimits:
     values: dict[str, int | None] = dict(catalogue().preset(provider).limits)
     values.update(account_settings)
     values.update(operator_overrides)
+    for name, lower in tenant_overrides.items():
+        ceiling = values.get(name)
+        values[name] = lower if ceiling is None else min(ceiling, lower)
     return AccountLimits(values, operator_month_start_day or settings_month_start_day or 1)
+
+
+def raised_limits(ceiling: AccountLimits, tenant_overrides: dict[str, int]) -> dict[str, int]:
+    """The tenant's limits that would pass ``ceiling`` (name → the most it allows)."""
+    return {name: maximum for name, value in tenant_overrides.items()
+            if (maximum := ceiling.values.get(name)) is not None and value > maximum}
 
 
 def invalid_limit_settings(values: dict[str, int | None], month_start_day: int | None) -> str | None:

@@ -19,7 +19,7 @@ from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
-from leadline_quota.endpoints import router
+from leadline_quota.endpoints import operator_router, router
 from leadline_quota.models import outbox
 from leadline_quota.responders import QuotaRpc, respond, subscribe
 
@@ -52,7 +52,8 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
                           f"quota-rpc-{subject}")
         runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
 
-    app = create_service_app(name="quota", settings=settings, schema="quota", outbox=outbox, routers=[router],
+    app = create_service_app(name="quota", settings=settings, schema="quota", outbox=outbox,
+                             routers=[router, operator_router],
                              consumers=quota_consumers, on_start=on_start,
                              title="Leadline quota service")
     app.state.runtime.extras["clock"] = clock

@@ -38,9 +38,11 @@ sending_account = Table(
     # the account settings the sender passed with its latest request (field by field over the preset)
     Column("account_settings", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("settings_month_start_day", Integer),
-    # operator overrides (PUT /v1/quotas/accounts/{account_key}); a null value lifts the limit
+    # operator overrides (PUT /v1/operator/quotas/{company_id}/accounts/{account_key}); a null value lifts the limit
     Column("operator_overrides", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("operator_month_start_day", Integer),
+    # the tenant's own limits (PUT /v1/quotas/accounts/{account_key}): they only ever lower a limit
+    Column("tenant_overrides", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_reserved_at", DateTime(timezone=True)),
 )

@@ -245,6 +245,11 @@ def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
     return None
 
 
+# the stored limit layers over the sender's settings: the operator's, then the tenant's
+LAYERS_ABOVE_SETTINGS = (sending_account.c.operator_overrides, sending_account.c.operator_month_start_day,
+                         sending_account.c.tenant_overrides)
+
+
 def _lock_statement() -> ReturningInsert[Any]:
     statement = insert(sending_account).values(
         company_id=bindparam("company_id", type_=Uuid), account_key=bindparam("account_key", type_=Text),
@@ -257,7 +262,7 @@ def _lock_statement() -> ReturningInsert[Any]:
         set_={"provider": statement.excluded.provider, "account_settings": statement.excluded.account_settings,
               "settings_month_start_day": statement.excluded.settings_month_start_day,
               "last_reserved_at": statement.excluded.last_reserved_at},
-    ).returning(sending_account.c.operator_overrides, sending_account.c.operator_month_start_day)
+    ).returning(*LAYERS_ABOVE_SETTINGS)
 
 
 # built once: the reserve path is hot and building statements costs more than running them
@@ -331,12 +336,13 @@ async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: Account
     return decision if inserted is not None else None
 
 
-async def _operator_settings(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
+async def _stored_layers(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
     row = (await session.execute(
-        select(sending_account.c.operator_overrides, sending_account.c.operator_month_start_day)
+        select(*LAYERS_ABOVE_SETTINGS)
         .where(sending_account.c.company_id == company_id, sending_account.c.account_key == account_key)
     )).first()
-    return dict(row._mapping) if row else {"operator_overrides": {}, "operator_month_start_day": None}
+    return dict(row._mapping) if row else {"operator_overrides": {}, "operator_month_start_day": None,
+                                           "tenant_overrides": {}}
 
 
 async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | None:
@@ -354,17 +360,17 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
     """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or locking."""
     ask = ask.validated()
     if dry_run:
-        operator = await _operator_settings(session, ask.company_id, ask.account_key)
+        stored = await _stored_layers(session, ask.company_id, ask.account_key)
     else:
-        operator = await _lock_account(session, ask, clock())
+        stored = await _lock_account(session, ask, clock())
     # read the clock only once the lock is held, so decisions are made in lock order
     now = clock()
     if ask.reservation_id is not None and not dry_run:
         earlier = await _earlier_grant(session, ask)
         if earlier is not None:
             return earlier
-    limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day,
-                            operator["operator_overrides"], operator["operator_month_start_day"])
+    limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day, stored["operator_overrides"],
+                            stored["operator_month_start_day"], stored["tenant_overrides"])
     decision = _static_refusal(limits, ask)
     if decision is None and not dry_run:
         decision = await _grant_if_room(session, ask, limits, now)

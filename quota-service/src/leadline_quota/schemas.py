@@ -22,6 +22,8 @@ class AccountQuotaOut(BaseModel):
     provider: str
     month_start_day: int
     operator_overrides: dict[str, int | None]
+    # the company's own limits; only where lower than the layers below do they apply
+    tenant_overrides: dict[str, int]
     limits: list[LimitUsageOut]
 
 
@@ -89,6 +91,13 @@ class CommitIn(BaseModel):
 class SettlementOut(BaseModel):
     ok: bool
     detail: str = ""
+
+
+class TenantLimitsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # limit name → value, at most what the preset (and the operator) allow; the whole set is replaced
+    overrides: dict[str, int] = {}
 
 
 class AccountOverridesIn(BaseModel):
