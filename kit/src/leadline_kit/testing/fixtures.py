@@ -8,6 +8,8 @@ needs a database gets a fresh one cloned from a migrated template
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,8 +26,13 @@ _templates: dict[str, str] = {}
 
 
 @pytest.fixture(scope="session")
-def infra_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("infra")
+def infra_dir() -> Iterator[Path]:
+    """Not under pytest's temporary root: every pytest session resets ``/tmp/pytest-of-<user>`` to mode 0700,
+    which cuts the unprivileged database and mail users of a session still running in another checkout off
+    their data (Dovecot then fails every APPEND with "Permission denied")."""
+    path = Path(tempfile.mkdtemp(prefix="leadline-infra-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
