@@ -43,9 +43,6 @@ metadata = service_metadata("sync")
 outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
 
-ACTIVE_STATUSES = ("enabled", "error", "pending")
-"""Statuses of a mailbox that is connected (not disabled, not given up)."""
-
 mailbox = Table(
     "mailbox",
     metadata,

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
-from leadline_kit.outbox import enqueue
 from leadline_mail.net import MailConnectionError, TlsMode
-from leadline_proto.events import MailboxStatusChangedV1, MailboxStatusPayload
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
 from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp
@@ -25,8 +23,11 @@ from leadline_sync.mailbox import service
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.schemas import ConnectionTest, ConnectRequest, ServerCheck, ServerSettingsIn
 from leadline_sync.mailbox.slots import claim_slot, release_slot
-from leadline_sync.models import mailbox, outbox
+from leadline_sync.mailbox.states import INITIAL, MailboxStatus, Slot
+from leadline_sync.models import mailbox
 from leadline_sync.providers import Provider, ServerPreset, providers
+
+CHECKING_LIMIT = "checking the company's mailbox limit"
 
 
 @dataclass(frozen=True)
@@ -148,31 +149,24 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             failures=0, failing_since=None, next_attempt_at=now,
         )
         if row is None:
-            reason = "checking the company's mailbox limit"
             await session.execute(mailbox.insert().values(
                 id=mailbox_id, company_id=caller.company_id, user_id=caller.user_id, address=choice.address,
-                status="pending", status_reason=reason, slot="unclaimed", connected_at=now, created_at=now,
-                updated_at=now, **values))
+                status=INITIAL, status_reason=CHECKING_LIMIT, slot=Slot.UNCLAIMED, connected_at=now,
+                created_at=now, updated_at=now, **values))
             created = await service.mailbox_by_id(session, mailbox_id)
             assert created is not None
-            await service.announce_connected(session, created)
-            await enqueue(session, outbox, MailboxStatusChangedV1(
-                company_id=caller.company_id, correlation_id=str(mailbox_id),
-                payload=MailboxStatusPayload(mailbox_id=mailbox_id, user_id=caller.user_id, address=choice.address,
-                                             status="pending", reason=reason)))
-            slot = "unclaimed"
-        elif row.status == "connection_failed":
-            # its slot was given back when retries stopped: ask for one again (R8, R9)
-            await service.set_status(session, row, "pending", "checking the company's mailbox limit", now,
-                                     slot="unclaimed", **values)
-            slot = "unclaimed"
-        elif row.status == "error" and row.slot == "granted":
-            await service.set_status(session, row, "enabled", "", now, **values)
-            slot = row.slot
+            await service.announce_created(session, created)
+            slot = Slot.UNCLAIMED
         else:
-            await service.set_status(session, row, row.status, row.status_reason, now, **values)
-            slot = row.slot
-    if slot == "unclaimed":
+            await service.update_settings(session, row, now, values)
+            slot = Slot(row.slot)
+            if row.status == MailboxStatus.CONNECTION_FAILED:
+                # its slot was given back when retries stopped: ask for one again (R8, R9)
+                slot = Slot.UNCLAIMED
+                await service.transition(session, row, MailboxStatus.PENDING, CHECKING_LIMIT, now, slot=slot)
+            elif row.status == MailboxStatus.ERROR and row.slot == Slot.GRANTED:
+                await service.transition(session, row, MailboxStatus.ENABLED, "", now)
+    if slot == Slot.UNCLAIMED:
         await claim_slot(context, caller.company_id, mailbox_id)
     context.wake.set()
     return mailbox_id
@@ -184,6 +178,6 @@ async def disconnect(context: SyncContext, caller: Identity, keep_history: bool)
         if row is None:
             raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
         await service.disconnect(session, row, keep_history, context.clock())
-        releasing = row.slot in ("granted", "pending")
+        releasing = row.slot in (Slot.GRANTED, Slot.PENDING)
     if releasing:
         await release_slot(context, caller.company_id, row.id)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import Row
@@ -28,6 +28,7 @@ from leadline_sync.mailbox.schemas import (
     ServerPresetOut,
     ServerSettingsOut,
 )
+from leadline_sync.mailbox.states import COUNTS_FOR_BILLING, MailboxStatus
 from leadline_sync.providers import ServerPreset, providers
 
 router = APIRouter(tags=["mail-sync"])
@@ -116,14 +117,14 @@ async def domain_check(caller: Caller, context: Context, session: Session) -> Do
 @router.get("/v1/mailboxes")
 async def list_mailboxes(
     caller: Admin, session: Session, cursor: str | None = None,
-    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"] | None = None,
+    status: MailboxStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[MailboxSummary]:
     """Every mailbox of the company with its status; ``connection_failed`` ones do not count for billing (R8)."""
     after = decode_position(cursor)
     rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
     items = [MailboxSummary(id=r.id, user_id=r.user_id, address=r.address, provider=r.provider, status=r.status,
-                            status_reason=r.status_reason, counts_for_billing=r.status in ("enabled", "error"),
+                            status_reason=r.status_reason, counts_for_billing=r.status in COUNTS_FOR_BILLING,
                             connected_at=r.connected_at, updated_at=r.updated_at) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from leadline_mail.addresses import normalize_address
 from leadline_mail.net import normalize_fingerprint
+from leadline_sync.mailbox.states import MailboxStatus
 
 SmtpUse = Literal["general", "all"]
 
@@ -103,7 +104,7 @@ class MailboxOut(BaseModel):
     user_id: uuid.UUID
     address: str
     provider: str
-    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"]
+    status: MailboxStatus
     status_reason: str
     smtp_use: SmtpUse
     imap: ServerSettingsOut
@@ -121,7 +122,7 @@ class MailboxSummary(BaseModel):
     user_id: uuid.UUID
     address: str
     provider: str
-    status: Literal["enabled", "error", "pending", "connection_failed", "disabled"]
+    status: MailboxStatus
     status_reason: str
     counts_for_billing: bool
     connected_at: datetime

@@ -1,18 +1,10 @@
 """Mailbox lifecycle: connect, update, disconnect, statuses, the error log and mailbox-limit slots.
 
-Statuses (R8, R9)::
-
-    connect ──► pending ──(slot granted)──► enabled ◄──(login works again)── error
-                   ▲                           │                               ▲
-                   └──(slot pending)           └──(any failure)────────────────┘
-    error for 48 h without one success ──► connection_failed (retries stop, slot released)
-    disconnect (any status) ──► disabled (credentials erased, slot released)
-
-Each change writes the row and enqueues ``mailbox.status_changed`` in one
-transaction.  The slot column tracks the conversation with the quota service:
-``unclaimed`` (ask), ``granted``, ``pending``, ``releasing`` (tell it, retried
-by the scheduler until it answers) and ``released``.  Nothing here commits:
-the caller's unit of work does.
+Every status change goes through :func:`transition`, which refuses a move the
+diagram in :mod:`leadline_sync.mailbox.states` does not allow, writes the row
+with the columns that belong to the move, and enqueues
+``mailbox.status_changed`` in the same transaction.  Nothing here commits: the
+caller's unit of work does.
 """
 
 from __future__ import annotations
@@ -31,11 +23,17 @@ from leadline_proto.events import (
     MailboxConnectedV1,
     MailboxConnectionPayload,
     MailboxDisconnectedV1,
-    MailboxStatus,
     MailboxStatusChangedV1,
     MailboxStatusPayload,
 )
 from leadline_sync.mailbox.fixes import fix_for
+from leadline_sync.mailbox.states import (
+    MailboxStatus,
+    Slot,
+    check_move,
+    check_slot_move,
+    slot_given_back,
+)
 from leadline_sync.models import mailbox, mailbox_error, outbox
 
 log = logging.getLogger("leadline.sync.mailbox")
@@ -47,7 +45,7 @@ async def active_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: 
                          for_update: bool = False) -> MailboxRow | None:
     """The user's connected mailbox (any status but disabled), if any."""
     statement = select(mailbox).where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id,
-                                      mailbox.c.status != "disabled")
+                                      mailbox.c.status != MailboxStatus.DISABLED)
     if for_update:
         statement = statement.with_for_update()
     return (await session.execute(statement)).first()
@@ -60,17 +58,70 @@ async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_upd
     return (await session.execute(statement)).first()
 
 
-async def set_status(session: AsyncSession, row: MailboxRow, status: MailboxStatus, reason: str, now: datetime,
-                     **values: Any) -> None:
-    """Move a mailbox to ``status`` (with any other column ``values``); an event only if the status changed."""
-    await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(
-        status=status, status_reason=reason, updated_at=now, **values))
-    if status != row.status:
-        await enqueue(session, outbox, MailboxStatusChangedV1(
-            company_id=row.company_id, correlation_id=str(row.id),
-            payload=MailboxStatusPayload(mailbox_id=row.id, user_id=row.user_id, address=row.address, status=status,
-                                         previous_status=row.status, reason=reason)))
-        log.info("mailbox %s: %s -> %s", row.id, row.status, status)
+def _status_changed(row: MailboxRow, to: MailboxStatus, previous: MailboxStatus | None,
+                    reason: str) -> MailboxStatusChangedV1:
+    return MailboxStatusChangedV1(
+        company_id=row.company_id, correlation_id=str(row.id),
+        payload=MailboxStatusPayload(mailbox_id=row.id, user_id=row.user_id, address=row.address,
+                                     status=to.value, previous_status=previous.value if previous else None,
+                                     reason=reason))
+
+
+async def transition(session: AsyncSession, row: MailboxRow, to: MailboxStatus, reason: str, now: datetime, *,
+                     slot: Slot | None = None, retry_at: datetime | None = None,
+                     failing_since: datetime | None = None) -> None:
+    """Move a mailbox (``row``, locked by the caller) to ``to`` with ``reason``; an event if the status changed.
+
+    The columns that belong to a move are set here: entering ``enabled``
+    clears the failure count; ``failing_since`` counts one more failed
+    connection; ``retry_at`` gives the lease back and schedules the next
+    attempt; ``connection_failed`` and ``disabled`` give the lease and the
+    slot back, and ``disabled`` erases the credentials.  ``slot`` is the new
+    slot, checked against its own table.
+    """
+    previous = check_move(row.status, to)
+    values: dict[str, Any] = {"status": to, "status_reason": reason, "updated_at": now}
+    if slot is not None:
+        check_slot_move(row.slot, slot)
+        values["slot"] = slot
+        if slot == Slot.GRANTED:
+            values["next_attempt_at"] = now
+    if to == MailboxStatus.ENABLED:
+        values.update(failures=0, failing_since=None)
+    if failing_since is not None:
+        values.update(failures=row.failures + 1, failing_since=failing_since)
+    if retry_at is not None:
+        values.update(next_attempt_at=retry_at, lease_owner=None, lease_expires_at=None)
+    if to in (MailboxStatus.CONNECTION_FAILED, MailboxStatus.DISABLED):
+        given_back = slot_given_back(row.slot)
+        check_slot_move(row.slot, given_back)
+        values.update(lease_owner=None, lease_expires_at=None, slot=given_back)
+    if to == MailboxStatus.DISABLED:
+        values.update(disabled_at=now, credential_key_id=None, credential_wrapped_key=None,
+                      credential_ciphertext=None)
+    await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(**values))
+    if to != previous:
+        await enqueue(session, outbox, _status_changed(row, to, previous, reason))
+        log.info("mailbox %s: %s -> %s", row.id, previous, to)
+
+
+async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, to: Slot) -> None:
+    """Move a slot by itself (the status unchanged), if it is still ``start``."""
+    check_slot_move(start, to)
+    await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to))
+
+
+async def announce_created(session: AsyncSession, row: MailboxRow) -> None:
+    """A new mailbox (status :data:`INITIAL`): ``mailbox.connected`` and its first ``mailbox.status_changed``."""
+    await enqueue(session, outbox,
+                  MailboxConnectedV1(company_id=row.company_id, correlation_id=str(row.id),
+                                     payload=connection_payload(row)),
+                  _status_changed(row, MailboxStatus(row.status), None, row.status_reason))
+
+
+async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]) -> None:
+    """New server settings and credentials for a connected mailbox (not a status change)."""
+    await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values))
 
 
 async def record_error(session: AsyncSession, row: MailboxRow, kind: str, message: str, now: datetime) -> None:
@@ -85,17 +136,9 @@ def connection_payload(row: MailboxRow, keep_history: bool = True) -> MailboxCon
                                     smtp_use=row.smtp_use, provider=row.provider, keep_history=keep_history)
 
 
-async def announce_connected(session: AsyncSession, row: MailboxRow) -> None:
-    await enqueue(session, outbox, MailboxConnectedV1(company_id=row.company_id, correlation_id=str(row.id),
-                                                      payload=connection_payload(row)))
-
-
 async def disconnect(session: AsyncSession, row: MailboxRow, keep_history: bool, now: datetime) -> None:
     """Disable sync (R11): erase the credentials, give the slot back, tell the lead service what to keep."""
-    slot = "releasing" if row.slot in ("granted", "pending") else "released"
-    await set_status(session, row, "disabled", "sync disabled by the user", now, disabled_at=now, slot=slot,
-                     credential_key_id=None, credential_wrapped_key=None, credential_ciphertext=None,
-                     lease_owner=None, lease_expires_at=None)
+    await transition(session, row, MailboxStatus.DISABLED, "sync disabled by the user", now)
     await enqueue(session, outbox, MailboxDisconnectedV1(company_id=row.company_id, correlation_id=str(row.id),
                                                          payload=connection_payload(row, keep_history)))
 
@@ -108,40 +151,35 @@ class SlotAnswer:
 
 
 async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer: SlotAnswer, now: datetime) -> None:
-    """Apply the quota service's answer to a claim made for ``mailbox_id`` (which may have changed since)."""
+    """Apply the quota service's answer to a claim made for ``mailbox_id`` (which may have changed since).
+
+    A mailbox disconnected (or given up) while we asked has its slot given
+    back already (``releasing`` or ``released``), so the answer is ignored.
+    """
     row = await mailbox_by_id(session, mailbox_id, for_update=True)
-    if row is None or row.slot != "unclaimed":
-        return
-    if row.status in ("disabled", "connection_failed"):
-        # disconnected while we asked: hand back whatever we were given
-        await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(slot="releasing"))
+    if row is None or row.slot != Slot.UNCLAIMED:
         return
     if answer.status == "granted":
-        await set_status(session, row, "enabled", "", now, slot="granted", next_attempt_at=now, failures=0,
-                         failing_since=None)
+        await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
     elif answer.status == "pending":
         position = f" (position {answer.position} in the queue)" if answer.position else ""
-        await set_status(session, row, "pending",
-                         f"waiting for a free mailbox in the company's mailbox limit{position}", now, slot="pending")
+        await transition(session, row, MailboxStatus.PENDING,
+                         f"waiting for a free mailbox in the company's mailbox limit{position}", now, slot=Slot.PENDING)
     else:
         # no answer (or one we cannot use): stay unclaimed, the scheduler asks again
         message = ("The company mailbox limit could not be checked right now" +
                    (f": {answer.detail}" if answer.detail else "") + ".")
         if row.status_reason != message:  # once per outage, not once per retry
             await record_error(session, row, "mailbox_limit_unavailable", message, now)
-        await set_status(session, row, "error", message, now)
+        await transition(session, row, MailboxStatus.ERROR, message, now)
 
 
 async def slot_granted(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime) -> None:
     """The quota service gave a pending mailbox its slot (R9): it becomes enabled by itself."""
     row = await mailbox_by_id(session, mailbox_id, for_update=True)
-    if row is None or row.company_id != company_id or row.slot not in ("pending", "unclaimed"):
-        return
-    if row.status in ("disabled", "connection_failed"):
-        await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(slot="releasing"))
-        return
-    await set_status(session, row, "enabled", "", now, slot="granted", next_attempt_at=now, failures=0,
-                     failing_since=None)
+    if row is None or row.company_id != company_id or row.slot not in (Slot.PENDING, Slot.UNCLAIMED):
+        return  # a slot given back already (disconnected, given up) stays given back
+    await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
 
 
 def retry_delay(failures: int, base: float, cap: float, jitter: float) -> timedelta:

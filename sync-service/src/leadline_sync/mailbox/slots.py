@@ -16,12 +16,13 @@ import uuid
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
 from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
 from leadline_sync.context import SyncContext
-from leadline_sync.mailbox.service import SlotAnswer, apply_slot_answer
+from leadline_sync.mailbox.service import SlotAnswer, apply_slot_answer, move_slot
+from leadline_sync.mailbox.states import MailboxStatus, Slot
 from leadline_sync.models import mailbox
 
 log = logging.getLogger("leadline.sync.slots")
@@ -61,8 +62,7 @@ async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: 
     if answer.status == "invalid":
         log.error("quota service refused the slot release of mailbox %s: %s", mailbox_id, answer.detail)
     async with context.db.session() as session:
-        await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == "releasing")
-                              .values(slot="released"))
+        await move_slot(session, mailbox_id, Slot.RELEASING, Slot.RELEASED)
     return True
 
 
@@ -71,12 +71,13 @@ async def reconcile_slots(context: SyncContext, limit: int = 50) -> None:
     async with context.db.session() as session:
         rows = (await session.execute(
             select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
-            .where(((mailbox.c.slot == "unclaimed") & mailbox.c.status.in_(("pending", "error")))
-                   | (mailbox.c.slot == "releasing"))
+            .where(((mailbox.c.slot == Slot.UNCLAIMED)
+                    & mailbox.c.status.in_((MailboxStatus.PENDING, MailboxStatus.ERROR)))
+                   | (mailbox.c.slot == Slot.RELEASING))
             .order_by(mailbox.c.created_at).limit(limit)
         )).all()
     for row in rows:
-        if row.slot == "releasing":
+        if row.slot == Slot.RELEASING:
             await release_slot(context, row.company_id, row.id)
         else:
             await claim_slot(context, row.company_id, row.id)

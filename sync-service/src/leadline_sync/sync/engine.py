@@ -66,6 +66,7 @@ from leadline_proto.subjects import RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
+from leadline_sync.mailbox.states import SYNCED, MailboxStatus
 from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
 from leadline_sync.models import folder_cursor, mailbox, outbox, synced_message
 
@@ -79,7 +80,6 @@ FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox co
 # A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
 MAX_TEXT_CHARS = 150_000
 MAX_HTML_CHARS = 250_000
-SYNCED_STATUSES = ("enabled", "error")
 MAX_QUIET_RECONNECTS = 3
 QUIET_RECONNECT_SECONDS = 2.0
 
@@ -162,7 +162,7 @@ class MailboxSync:
         async with self.context.db.session() as session:
             self.row = await service.mailbox_by_id(session, self.mailbox_id)
         row = self.row
-        if row is None or row.status not in SYNCED_STATUSES or row.credential_ciphertext is None:
+        if row is None or row.status not in SYNCED or row.credential_ciphertext is None:
             return
         self.history_done = row.history_completed_at is not None
         try:
@@ -233,8 +233,9 @@ class MailboxSync:
         now = self.context.clock()
         async with self.context.db.session() as session:
             row = await self._fence(session)
-            if row.status != "enabled" or row.status_reason or row.failures or row.failing_since is not None:
-                await service.set_status(session, row, "enabled", "", now, failures=0, failing_since=None)
+            if (row.status != MailboxStatus.ENABLED or row.status_reason or row.failures
+                    or row.failing_since is not None):
+                await service.transition(session, row, MailboxStatus.ENABLED, "", now)
 
     async def _failed(self, error: MailConnectionError, kind: str | None = None) -> None:
         kind = kind or error.kind
@@ -251,16 +252,14 @@ class MailboxSync:
             if (now - failing_since).total_seconds() >= self.settings.sync_give_up_hours * 3600:
                 await service.record_error(session, row, "connection_failed",
                                            "Mail Sync could not connect for two days and stopped trying.", now)
-                await service.set_status(
-                    session, row, "connection_failed", f"no successful connection since {failing_since:%Y-%m-%d %H:%M} "
-                    f"UTC: {error.user_message}", now, failing_since=failing_since, lease_owner=None,
-                    lease_expires_at=None, slot="releasing" if row.slot in ("granted", "pending") else row.slot)
+                await service.transition(
+                    session, row, MailboxStatus.CONNECTION_FAILED, f"no successful connection since "
+                    f"{failing_since:%Y-%m-%d %H:%M} UTC: {error.user_message}", now)
                 return
             delay = service.retry_delay(row.failures, self.settings.sync_retry_base_seconds,
                                         self.settings.sync_retry_max_seconds, random.uniform(0.5, 1.0))  # noqa: S311
-            await service.set_status(session, row, "error", error.user_message, now, failures=row.failures + 1,
-                                     failing_since=failing_since, next_attempt_at=now + delay, lease_owner=None,
-                                     lease_expires_at=None)
+            await service.transition(session, row, MailboxStatus.ERROR, error.user_message, now,
+                                     failing_since=failing_since, retry_at=now + delay)
 
     async def _paused(self, resets_at: datetime) -> None:
         """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
@@ -274,8 +273,7 @@ class MailboxSync:
                 return
             if row.status_reason != message:
                 await service.record_error(session, row, "plan_limit", message, now)
-            await service.set_status(session, row, row.status, message, now, next_attempt_at=resets_at,
-                                     lease_owner=None, lease_expires_at=None)
+            await service.transition(session, row, MailboxStatus(row.status), message, now, retry_at=resets_at)
 
     async def _allowance(self, count: int) -> tuple[int, datetime | None]:
         """How many of ``count`` new lead emails the plan lets us store now (R14).
@@ -300,7 +298,7 @@ class MailboxSync:
         """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
         row = (await session.execute(
             select(mailbox).where(mailbox.c.id == self.mailbox_id, mailbox.c.lease_owner == self.context.replica,
-                                  mailbox.c.lease_expires_at > func.now(), mailbox.c.status.in_(SYNCED_STATUSES))
+                                  mailbox.c.lease_expires_at > func.now(), mailbox.c.status.in_(SYNCED))
             .with_for_update()
         )).first()
         if row is None:

@@ -34,6 +34,7 @@ from sqlalchemy import func, or_, select, update
 
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
+from leadline_sync.mailbox.states import SYNCED, Slot
 from leadline_sync.models import mailbox
 from leadline_sync.sync.engine import MailboxSync
 
@@ -120,7 +121,7 @@ class SyncScheduler:
             async with self.context.db.session() as session:
                 kept = set((await session.execute(
                     update(mailbox).where(mailbox.c.id.in_(held), mailbox.c.lease_owner == self.replica,
-                                          mailbox.c.status.in_(("enabled", "error")))
+                                          mailbox.c.status.in_(SYNCED))
                     .values(lease_expires_at=func.now() + self._lease_interval())
                     .returning(mailbox.c.id))).scalars())
             for mailbox_id in set(held) - kept:
@@ -133,7 +134,7 @@ class SyncScheduler:
             return
         due = (
             select(mailbox.c.id)
-            .where(mailbox.c.status.in_(("enabled", "error")), mailbox.c.slot == "granted",
+            .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED,
                    mailbox.c.next_attempt_at <= self.context.clock(),
                    or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()))
             .order_by(mailbox.c.next_attempt_at)
