@@ -68,6 +68,7 @@ def load_secrets() -> dict[str, str]:
         "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
         "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
         "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
+        "LEADLINE_METRICS_TOKEN": secrets.token_urlsafe(32),
     }
     if not set(values) <= set(stored):
         # a secret added since the file was written is generated, the others kept
@@ -148,6 +149,7 @@ Leadline is running.
   gateway          {gateway}   (API docs: {gateway}/docs)
   bootstrap token  {env['LEADLINE_BOOTSTRAP_TOKEN']}
   operator token   {env['LEADLINE_OPERATOR_TOKEN']}   (/v1/operator/: raise limits, set plans)
+  metrics          {gateway}/metrics with 'Authorization: Bearer <LEADLINE_METRICS_TOKEN in {DATA}/secrets.env>'
   logs             {logs}/
 Create a company:
   curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env['LEADLINE_BOOTSTRAP_TOKEN']}' \\

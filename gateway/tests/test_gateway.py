@@ -456,3 +456,62 @@ async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(
         assert_problem(await first.get("/v1/company", headers=key), 401)
         again = await first.post("/v1/api-keys", headers=bearer(admin), json={"name": "after revoking one"})
         assert again.status_code == 201, again.text
+
+
+async def raw_request(client: httpx.AsyncClient, method: str, raw_path: bytes,
+                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """A request whose path reaches the app exactly as given (an HTTP client would normalise dot segments)."""
+    from urllib.parse import unquote_to_bytes
+
+    app = client._transport.app  # type: ignore[attr-defined]
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": unquote_to_bytes(raw_path).decode("latin-1"), "raw_path": raw_path, "query_string": b"",
+             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 1),
+             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
+
+
+async def test_dot_segments_and_encoded_separators_are_refused_before_routing(
+        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    """``/v1/unsubscribe`` is public: ``..`` after it reached the service's own /metrics and /openapi.json."""
+    url = await migrated_database(postgres, "leadline_gateway")
+    settings = gateway_settings(url, nats_url, upstream, mail_sink, send_url=upstream)
+    async with running_app(create_app(settings)) as gateway:
+        created = await new_company(gateway)
+        for raw in (b"/v1/unsubscribe/../../metrics", b"/v1/unsubscribe/%2e%2e/%2E%2E/openapi.json",
+                    b"/v1/unsubscribe/..%2f..%2fmetrics", b"/v1/unsubscribe%2f..%2f..%2fmetrics",
+                    b"/v1/leads/../../metrics", b"/v1/leads/./whoami", b"/v1/leads\\..\\..\\metrics",
+                    b"/v1/leads/%2e/whoami", b"/v1/leads/who%00ami", b"/v1/../v1/company"):
+            status, headers, body = await raw_request(gateway, "GET", raw, bearer(created))
+            assert status == 400, (raw, status, body[:200])
+            assert headers["content-type"].startswith("application/problem+json")
+            assert b"/invalid-path" in body and b"leadline_http_requests_total" not in body
+        status, _, body = await raw_request(gateway, "GET", b"/v1/leads/whoami", bearer(created))
+        assert status == 200, body
+
+
+async def test_the_gateway_metrics_need_the_operator_token(
+        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    url = await migrated_database(postgres, "leadline_gateway")
+    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as closed:
+        assert_problem(await closed.get("/metrics"), 404)
+    token = "metrics-token-for-prometheus"
+    settings = gateway_settings(url, nats_url, upstream, mail_sink, metrics_token=token)
+    async with running_app(create_app(settings)) as gateway:
+        assert_problem(await gateway.get("/metrics"), 401)
+        assert_problem(await gateway.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401)
+        created = await new_company(gateway)
+        assert_problem(await gateway.get("/metrics", headers=bearer(created)), 401)
+        scraped = await gateway.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+        assert scraped.status_code == 200 and "leadline_http_requests_total" in scraped.text

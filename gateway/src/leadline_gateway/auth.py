@@ -52,6 +52,12 @@ def _parse(token: str) -> tuple[uuid.UUID, str]:
     return uuid.UUID(hex=key_hex), secret
 
 
+def bearer_matches(authorization: str | None, token: str) -> bool:
+    """Whether ``Authorization: Bearer <token>`` names ``token`` (an operator's token), in constant time."""
+    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
 def _invalid() -> Unauthorized:
     return Unauthorized("the API key is not valid (unknown, revoked or expired)", slug="invalid-api-key",
                         headers={"WWW-Authenticate": "Bearer"})
@@ -96,8 +102,7 @@ def authenticate_operator(authorization: str | None, operator_token: str | None)
     if operator_token is None:
         raise Unauthorized("the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN",
                            slug="operator-api-off")
-    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
-    if not hmac.compare_digest(given.encode(), operator_token.encode()):
+    if not bearer_matches(authorization, operator_token):
         raise Unauthorized("send the operator token as 'Authorization: Bearer <token>'",
                            slug="invalid-operator-token", headers={"WWW-Authenticate": "Bearer"})
     return OPERATOR

@@ -23,6 +23,8 @@ class Settings(KitSettings):
     # per API key token bucket, per gateway process
     rate_limit_per_second: float = 50.0
     rate_limit_burst: int = 200
+    # the bearer token Prometheus sends for the gateway's /metrics; unset: /metrics is not served (404)
+    metrics_token: SecretStr | None = None
     # API keys a user may hold at once (not revoked, not expired)
     api_keys_per_user: int = Field(20, ge=1, le=1000)
     upstream_connect_timeout: float = 2.0

@@ -6,19 +6,20 @@ import asyncio
 from typing import Any
 
 import aiohttp
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from leadline_gateway import models
 from leadline_gateway.accounts.endpoints import router as accounts_router
-from leadline_gateway.auth import ApiKeyAuthenticator
+from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
 from leadline_gateway.config import Settings
 from leadline_gateway.mailer import SystemMailer
 from leadline_gateway.openapi import merged_openapi
 from leadline_gateway.proxy import GatewayProxy
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.db import Database
+from leadline_kit.errors import NotFound, Unauthorized
 from leadline_kit.service import Runtime, create_service_app
 
 
@@ -50,10 +51,18 @@ def create_app(given: Settings | None = None) -> FastAPI:
 
             return dict(await asyncio.gather(*(probe(n, u) for n, u in settings.services().items())))
 
+    def metrics_guard(request: Request) -> None:
+        """The gateway faces the public: its metrics go only to whoever holds the operator's metrics token."""
+        if settings.metrics_token is None:
+            raise NotFound("not found", slug="not-found")
+        if not bearer_matches(request.headers.get("authorization"), settings.metrics_token.get_secret_value()):
+            raise Unauthorized("the gateway's metrics need the metrics token", slug="invalid-metrics-token",
+                               headers={"WWW-Authenticate": "Bearer"})
+
     app = create_service_app(
         name="gateway", settings=settings, schema="gateway", outbox=models.outbox, routers=[accounts_router],
         on_stop=on_stop, middleware=[(BoundProxy, {})], openapi_url=None, title="Leadline API",
-        database=database, readiness=services_ready,
+        database=database, readiness=services_ready, metrics_guard=metrics_guard,
     )
     app.state.runtime.extras["authenticator"] = authenticator
     app.state.runtime.extras["mailer"] = SystemMailer(settings)

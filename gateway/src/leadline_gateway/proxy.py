@@ -10,20 +10,30 @@ answers too slowly a 504.  ``/v1/unsubscribe`` is public (one-click links in
 mail), so it is forwarded without a key and without an identity.  Under
 ``/v1/operator/`` the operator token (not an API key) is authenticated, and the
 operator identity signed.
+
+Before anything routes, a path with a dot segment (``.``, ``..``, also
+percent-encoded) or an encoded separator (``%2f``, ``%5c``, a backslash, NUL)
+is refused with a 400: such a path could leave its route's prefix on the way
+to the service (``/v1/unsubscribe/../../metrics``), so it is never forwarded,
+and the path that is forwarded is sent exactly as received.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+from urllib.parse import unquote
 
 import aiohttp
 from starlette.types import ASGIApp, Receive, Scope, Send
+from yarl import URL
 
 from leadline_gateway.auth import OPERATOR_PREFIX, ApiKeyAuthenticator, authenticate_operator
 from leadline_gateway.config import Settings
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.errors import (
+    BadRequest,
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
@@ -44,6 +54,17 @@ DROPPED_REQUEST_HEADERS = {
 }
 DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
                             "x-request-id"}
+
+
+# an encoded slash, backslash or NUL: a service may decode it into a separator the gateway did not route
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|00)|\\", re.IGNORECASE)
+
+
+def unsafe_path(raw_path: bytes) -> bool:
+    """Whether a request path holds a dot segment or an encoded separator (refused before routing)."""
+    if _ENCODED_SEPARATOR.search(raw_path):
+        return True
+    return any(segment in (".", "..") for segment in unquote(raw_path.decode("latin-1")).split("/"))
 
 
 class GatewayTimeout(Problem):
@@ -86,6 +107,10 @@ class GatewayProxy:
             await self._session.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and unsafe_path(scope.get("raw_path") or scope["path"].encode("utf-8")):
+            problem = BadRequest("the path holds a dot segment or an encoded separator", slug="invalid-path")
+            await problem_response(problem)(scope, receive, send)
+            return
         route = self._route(scope["path"]) if scope["type"] == "http" else None
         if route is None:
             await self.app(scope, receive, send)
@@ -124,7 +149,8 @@ class GatewayProxy:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
-            async with self.session.request(scope["method"], url, data=body or None, headers=headers,
+            async with self.session.request(scope["method"], URL(url, encoded=True), data=body or None,
+                                            headers=headers,
                                             allow_redirects=False) as response:
                 content = await response.read()
                 out_headers = [

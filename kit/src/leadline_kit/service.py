@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -184,8 +184,10 @@ def create_service_app(
     openapi_url: str | None = "/openapi.json",
     database: Database | None = None,
     readiness: Callable[[Runtime], Awaitable[dict[str, str]]] | None = None,
+    metrics_guard: Callable[[Request], None] | None = None,
 ) -> FastAPI:
-    """``readiness`` adds checks to ``/readyz`` (each "ok" or a reason)."""
+    """``readiness`` adds checks to ``/readyz`` (each "ok" or a reason); ``metrics_guard`` is called
+    before ``/metrics`` is served and raises a problem to refuse it (a service reached by the public)."""
     configure_logging(name, settings.log_level)
     database = database or Database(settings.database_url, schema, settings.db_pool_size)
     runtime = Runtime(name=name, settings=settings, db=database, outbox=outbox)
@@ -249,7 +251,9 @@ def create_service_app(
                             status_code=200 if ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if metrics_guard is not None:
+            metrics_guard(request)
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     for router in routers:

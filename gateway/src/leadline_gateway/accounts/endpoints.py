@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import uuid
 from datetime import timedelta
 from typing import Annotated
@@ -10,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
 from leadline_gateway.accounts import schemas, service
-from leadline_gateway.auth import ApiKeyAuthenticator
+from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
 from leadline_gateway.mailer import SystemMailer
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden, Unauthorized
@@ -41,9 +40,7 @@ Admin = Annotated[Identity, Depends(administrator)]
              tags=["companies"], summary="Create a company, its first administrator and an API key")
 async def create_company(data: schemas.CompanyCreate, session: Session, request: Request,
                          authorization: Annotated[str | None, Header()] = None) -> schemas.CompanyCreated:
-    expected = request.app.state.runtime.settings.bootstrap_token.get_secret_value()
-    given = (authorization or "")[7:] if (authorization or "").lower().startswith("bearer ") else ""
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not bearer_matches(authorization, request.app.state.runtime.settings.bootstrap_token.get_secret_value()):
         raise Unauthorized("creating a company needs the bootstrap token", slug="invalid-bootstrap-token")
     return await service.create_company(session, data)
 
