@@ -123,6 +123,15 @@ async def test_bootstrap_needs_the_token(gateway: httpx.AsyncClient) -> None:
     body = {"name": "X", "administrator": {"email": "a@x.example"}}
     assert_problem(await gateway.post("/v1/companies", json=body), 401)
     assert_problem(await gateway.post("/v1/companies", json=body, headers={"Authorization": "Bearer nope"}), 401)
+    # the token is checked before the body: without it nobody learns what a valid body looks like
+    for bad in ({"name": ""}, {"administrator": 3}):
+        refused = assert_problem(await gateway.post("/v1/companies", json=bad), 401)
+        assert "errors" not in refused
+        assert_problem(await gateway.post("/v1/companies", json=bad, headers={"Authorization": "Bearer nope"}), 401)
+    assert_problem(await gateway.post("/v1/companies", content=b"{not json",
+                                      headers={"Content-Type": "application/json"}), 401)
+    assert_problem(await gateway.post("/v1/companies", json={"name": ""},
+                                      headers={"Authorization": f"Bearer {BOOTSTRAP}"}), 422)
     created = await new_company(gateway)
     assert created["api_key"]["key"].startswith("ll_")
     assert created["administrator"]["role"] == "administrator"
@@ -515,3 +524,33 @@ async def test_the_gateway_metrics_need_the_operator_token(
         assert_problem(await gateway.get("/metrics", headers=bearer(created)), 401)
         scraped = await gateway.get("/metrics", headers={"Authorization": f"Bearer {token}"})
         assert scraped.status_code == 200 and "leadline_http_requests_total" in scraped.text
+
+
+async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(
+        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    """SSO: the operator token (never a tenant key) makes a user and their keys; no administrator involved."""
+    url = await migrated_database(postgres, "leadline_gateway")
+    token = {"Authorization": "Bearer operator-" + uuid.uuid4().hex * 2}
+    settings = gateway_settings(url, nats_url, upstream, mail_sink, operator_token=token["Authorization"][7:])
+    async with running_app(create_app(settings)) as gateway:
+        a, b = await new_company(gateway, "A"), await new_company(gateway, "B")
+        route = f"/v1/operator/companies/{a['company']['id']}/users"
+        body = {"email": "sso-user@acme.example", "name": "Sso", "role": "sales_manager", "key_name": "crm"}
+        for refused in (bearer(a), {"Authorization": f"Bearer {BOOTSTRAP}"}, {}):
+            assert_problem(await gateway.post(route, headers=refused, json=body), 401)
+            assert_problem(await gateway.post(route, headers=refused, json={"email": 1}), 401)
+        made = await gateway.post(route, headers=token, json=body)
+        assert made.status_code == 201, made.text
+        user, key = made.json()["user"], made.json()["api_key"]
+        assert user["company_id"] == a["company"]["id"] and key["user_id"] == user["id"]
+        whoami_response = await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {key['key']}"})
+        assert whoami_response.json() == {"company_id": a["company"]["id"], "user_id": user["id"],
+                                          "role": "sales_manager"}
+        assert_problem(await gateway.post(route, headers=token, json=body), 409)
+        unknown = f"/v1/operator/companies/{uuid.uuid4()}/users"
+        assert_problem(await gateway.post(unknown, headers=token, json=body), 404)
+        another = await gateway.post(f"{route}/{user['id']}/api-keys", headers=token, json={"name": "sign-in"})
+        assert another.status_code == 201 and another.json()["user_id"] == user["id"]
+        # a user is only reached through their own company
+        elsewhere = f"/v1/operator/companies/{b['company']['id']}/users/{user['id']}/api-keys"
+        assert_problem(await gateway.post(elsewhere, headers=token, json={}), 404)

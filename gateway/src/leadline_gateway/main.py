@@ -11,6 +11,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from leadline_gateway import models
+from leadline_gateway.accounts.endpoints import bootstrap_router, operator_router
 from leadline_gateway.accounts.endpoints import router as accounts_router
 from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
 from leadline_gateway.config import Settings
@@ -60,7 +61,8 @@ def create_app(given: Settings | None = None) -> FastAPI:
                                headers={"WWW-Authenticate": "Bearer"})
 
     app = create_service_app(
-        name="gateway", settings=settings, schema="gateway", outbox=models.outbox, routers=[accounts_router],
+        name="gateway", settings=settings, schema="gateway", outbox=models.outbox,
+        routers=[bootstrap_router, operator_router, accounts_router],
         on_stop=on_stop, middleware=[(BoundProxy, {})], openapi_url=None, title="Leadline API",
         database=database, readiness=services_ready, metrics_guard=metrics_guard,
     )

@@ -1,15 +1,22 @@
-"""HTTP endpoints the gateway serves itself: companies, users, API keys."""
+"""HTTP endpoints the gateway serves itself: companies, users, API keys, and the operator's provisioning.
+
+Routes authenticated by an operator's token (the bootstrap token for ``POST /v1/companies``, the operator
+token under ``/v1/operator/``) check it before anything else, the body included: without the token nobody
+learns even how a valid body looks.
+"""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import timedelta
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from fastapi.routing import APIRoute
 
 from leadline_gateway.accounts import schemas, service
-from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
+from leadline_gateway.auth import ApiKeyAuthenticator, authenticate_operator, bearer_matches
 from leadline_gateway.mailer import SystemMailer
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden, Unauthorized
@@ -17,6 +24,38 @@ from leadline_kit.identity import Identity
 from leadline_kit.pagination import Page
 
 router = APIRouter(prefix="/v1")
+
+
+def token_first(check: Callable[[Request], None]) -> type[APIRoute]:
+    """A route class whose ``check`` of the request runs before the body is read or validated."""
+
+    class TokenFirstRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            handler = super().get_route_handler()
+
+            async def checked(request: Request) -> Response:
+                check(request)
+                return await handler(request)
+
+            return checked
+
+    return TokenFirstRoute
+
+
+def _bootstrap_token(request: Request) -> None:
+    settings = request.app.state.runtime.settings
+    if not bearer_matches(request.headers.get("authorization"), settings.bootstrap_token.get_secret_value()):
+        raise Unauthorized("creating a company needs the bootstrap token", slug="invalid-bootstrap-token",
+                           headers={"WWW-Authenticate": "Bearer"})
+
+
+def _operator_token(request: Request) -> None:
+    token = request.app.state.runtime.settings.operator_token
+    authenticate_operator(request.headers.get("authorization"), token.get_secret_value() if token else None)
+
+
+bootstrap_router = APIRouter(prefix="/v1", route_class=token_first(_bootstrap_token))
+operator_router = APIRouter(prefix="/v1/operator", route_class=token_first(_operator_token), tags=["operator"])
 
 
 async def api_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
@@ -36,13 +75,29 @@ async def administrator(caller: Caller) -> Identity:
 Admin = Annotated[Identity, Depends(administrator)]
 
 
-@router.post("/companies", status_code=status.HTTP_201_CREATED, response_model=schemas.CompanyCreated,
-             tags=["companies"], summary="Create a company, its first administrator and an API key")
-async def create_company(data: schemas.CompanyCreate, session: Session, request: Request,
-                         authorization: Annotated[str | None, Header()] = None) -> schemas.CompanyCreated:
-    if not bearer_matches(authorization, request.app.state.runtime.settings.bootstrap_token.get_secret_value()):
-        raise Unauthorized("creating a company needs the bootstrap token", slug="invalid-bootstrap-token")
+@bootstrap_router.post("/companies", status_code=status.HTTP_201_CREATED, response_model=schemas.CompanyCreated,
+                       tags=["companies"], summary="Create a company, its first administrator and an API key "
+                                                   "(bootstrap token)")
+async def create_company(data: schemas.CompanyCreate, session: Session) -> schemas.CompanyCreated:
     return await service.create_company(session, data)
+
+
+@operator_router.post("/companies/{company_id}/users", status_code=status.HTTP_201_CREATED,
+                      response_model=schemas.UserProvisioned,
+                      summary="Provision a user and their first API key for a CRM with its own login (operator "
+                              "token; no tenant administrator in the loop)")
+async def provision_user(company_id: uuid.UUID, data: schemas.UserProvision, session: Session,
+                         request: Request) -> schemas.UserProvisioned:
+    return await service.provision_user(session, company_id, data, request.app.state.runtime.settings.api_keys_per_user)
+
+
+@operator_router.post("/companies/{company_id}/users/{user_id}/api-keys", status_code=status.HTTP_201_CREATED,
+                      response_model=schemas.ApiKeyOut,
+                      summary="Make a provisioned user another API key, e.g. at each sign-in (operator token)")
+async def provision_api_key(company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, session: Session,
+                            request: Request) -> schemas.ApiKeyOut:
+    return await service.provision_api_key(session, company_id, user_id, data,
+                                           request.app.state.runtime.settings.api_keys_per_user)
 
 
 @router.get("/company", response_model=schemas.CompanyOut, tags=["companies"])

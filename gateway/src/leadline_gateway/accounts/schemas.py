@@ -143,3 +143,17 @@ class CompanyCreated(BaseModel):
     company: CompanyOut
     administrator: UserOut
     api_key: ApiKeyOut
+
+
+class UserProvision(Strict):
+    """A user the operator provisions for a CRM that signs its users in itself (SSO)."""
+
+    email: Email
+    name: OptionalName = ""
+    role: Role
+    key_name: OptionalName = ""
+
+
+class UserProvisioned(BaseModel):
+    user: UserOut
+    api_key: ApiKeyOut

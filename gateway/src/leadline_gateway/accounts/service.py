@@ -130,16 +130,21 @@ async def invite(session: AsyncSession, caller: Identity, user: Any, mailer: Sys
     return schemas.InvitationOut(sent_to=row.email, created_at=row.created_at, expires_at=row.expires_at)
 
 
-async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate, mailer: SystemMailer,
-                      valid_for: timedelta) -> schemas.UserInvited:
+async def _insert_user(session: AsyncSession, company_id: uuid.UUID, email: str, name: str, role: str) -> Any:
     try:
         async with session.begin_nested():
             row = (await session.execute(insert(models.user).values(
-                id=uuid.uuid4(), company_id=caller.company_id, email=data.email, name=data.name, role=data.role)
+                id=uuid.uuid4(), company_id=company_id, email=email, name=name, role=role)
                 .returning(*models.user.c))).one()
     except IntegrityError as exc:
-        raise Conflict("a user with this email already exists in your company", slug="user-exists") from exc
-    await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
+        raise Conflict("a user with this email already exists in the company", slug="user-exists") from exc
+    await enqueue(session, models.outbox, UserUpdatedV1(company_id=company_id, payload=_user_payload(row)))
+    return row
+
+
+async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate, mailer: SystemMailer,
+                      valid_for: timedelta) -> schemas.UserInvited:
+    row = await _insert_user(session, caller.company_id, data.email, data.name, data.role)
     invitation = await invite(session, caller, row, mailer, valid_for)
     return schemas.UserInvited(**schemas.UserOut.model_validate(row, from_attributes=True).model_dump(),
                                invitation=invitation)
@@ -222,14 +227,38 @@ def _active_key() -> Any:
 async def create_api_key(session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate,
                          limit: int) -> schemas.ApiKeyOut:
     # keys are only ever made for oneself: a key acts as its user, and nobody may act as another (R1)
+    return await _create_capped_key(session, caller.company_id, caller.user_id, data, limit)
+
+
+async def _create_capped_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                             data: schemas.ApiKeyCreate, limit: int) -> schemas.ApiKeyOut:
     # the user's row is locked so that two concurrent creations cannot both pass the cap
-    await session.execute(select(models.user.c.id).where(models.user.c.id == caller.user_id).with_for_update())
+    found = await session.execute(select(models.user.c.id).where(
+        models.user.c.id == user_id, models.user.c.company_id == company_id).with_for_update())
+    if found.first() is None:
+        raise NotFound("no such user in this company", slug="user-not-found")
     active = await session.scalar(select(func.count()).select_from(models.api_key).where(
-        models.api_key.c.user_id == caller.user_id, _active_key()))
+        models.api_key.c.user_id == user_id, _active_key()))
     if int(active or 0) >= limit:
-        raise Conflict(f"you hold {limit} active API keys, the most a user may hold; revoke one first "
+        raise Conflict(f"the user holds {limit} active API keys, the most a user may hold; revoke one first "
                        "(DELETE /v1/api-keys/{id})", slug="api-key-limit", limit=limit)
-    return await _create_key(session, caller.company_id, caller.user_id, data.name, data.expires_at)
+    return await _create_key(session, company_id, user_id, data.name, data.expires_at)
+
+
+async def provision_user(session: AsyncSession, company_id: uuid.UUID, data: schemas.UserProvision,
+                         limit: int) -> schemas.UserProvisioned:
+    """The operator's way for a CRM that signs its users in itself (SSO): the user and their first key at
+    once, handed to the CRM's backend, with no tenant administrator in the loop (R29)."""
+    if await session.scalar(select(models.company.c.id).where(models.company.c.id == company_id)) is None:
+        raise NotFound("no such company", slug="company-not-found")
+    row = await _insert_user(session, company_id, data.email, data.name, data.role)
+    key = await _create_capped_key(session, company_id, row.id, schemas.ApiKeyCreate(name=data.key_name), limit)
+    return schemas.UserProvisioned(user=schemas.UserOut.model_validate(row, from_attributes=True), api_key=key)
+
+
+async def provision_api_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                            data: schemas.ApiKeyCreate, limit: int) -> schemas.ApiKeyOut:
+    return await _create_capped_key(session, company_id, user_id, data, limit)
 
 
 async def list_api_keys(session: AsyncSession, caller: Identity, cursor: str | None,
