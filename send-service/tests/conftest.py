@@ -37,8 +37,14 @@ from leadline_kit.infra import PostgresServer, free_port
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_proto.events import LeadCreatedV1, LeadPayload, utcnow
-from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
-from leadline_proto.subjects import RPC_MAILBOX_SMTP
+from leadline_proto.requests import (
+    LeadAddresses,
+    LeadAddressesReply,
+    LeadAddressesRequest,
+    MailboxSmtpReply,
+    MailboxSmtpRequest,
+)
+from leadline_proto.subjects import RPC_LEAD_ADDRESSES, RPC_MAILBOX_SMTP
 from leadline_quota.config import Settings as QuotaSettings
 from leadline_quota.main import create_app as create_quota_app
 from leadline_send.config import Settings
@@ -252,6 +258,37 @@ async def mailboxes(nats_url: str) -> AsyncIterator[MailboxDirectoryStub]:
     await nc.close()
 
 
+class LeadServiceStub:
+    """Answers RPC_LEAD_ADDRESSES as the lead service would, from the leads the test created there."""
+
+    def __init__(self) -> None:
+        self.leads: dict[tuple[uuid.UUID, uuid.UUID], LeadAddresses] = {}
+        self.asked: list[LeadAddressesRequest] = []
+        self.subscription: Any = None
+
+    def create(self, company_id: uuid.UUID, addresses: list[str], name: str = "") -> uuid.UUID:
+        """A lead the lead service has; its lead.created is not published (it is "on its way")."""
+        lead_id = uuid.uuid4()
+        self.leads[(company_id, lead_id)] = LeadAddresses(lead_id=lead_id, name=name, addresses=addresses)
+        return lead_id
+
+    async def answer(self, msg: Any) -> None:
+        request = LeadAddressesRequest.model_validate_json(msg.data)
+        self.asked.append(request)
+        found = [self.leads[(request.company_id, i)] for i in request.lead_ids if (request.company_id, i) in self.leads]
+        await msg.respond(LeadAddressesReply(leads=found).model_dump_json().encode())
+
+
+@pytest.fixture
+async def lead_service(nats_url: str) -> AsyncIterator[LeadServiceStub]:
+    stub = LeadServiceStub()
+    nc = await nats.connect(nats_url)
+    stub.subscription = await nc.subscribe(RPC_LEAD_ADDRESSES, cb=stub.answer)
+    await nc.flush()
+    yield stub
+    await nc.close()
+
+
 @pytest.fixture
 async def send_url(postgres: PostgresServer) -> str:
     return await migrated_database(postgres, "leadline_send")
@@ -279,6 +316,7 @@ class SendHarness:
     nats_url: str
     settings: Settings
     stop: Callable[[], Awaitable[None]]
+    lead_service: LeadServiceStub
 
     async def add_account(self, server: SmtpServer, **fields: Any) -> dict[str, Any]:
         """Create a company SMTP account on ``server`` and confirm it with its test email's code."""
@@ -339,7 +377,8 @@ HarnessFactory = Callable[..., Awaitable[SendHarness]]
 
 
 @pytest.fixture
-async def send_service(send_url: str, nats_url: str, ca_file: str) -> AsyncIterator[HarnessFactory]:
+async def send_service(send_url: str, nats_url: str, ca_file: str, lead_service: LeadServiceStub
+                       ) -> AsyncIterator[HarnessFactory]:
     """``await send_service(**settings)`` starts the app and returns callers of one fresh company."""
     stack: list[Any] = []
 
@@ -361,7 +400,7 @@ async def send_service(send_url: str, nats_url: str, ca_file: str) -> AsyncItera
         return SendHarness(client=client, admin=as_caller(client, admin_identity, SECRET),
                            user=as_caller(client, user_identity, SECRET), company_id=company,
                            user_id=user_identity.user_id, db=db, nats_url=nats_url, settings=settings,
-                           stop=stop)
+                           stop=stop, lead_service=lead_service)
 
     yield start
     for item in reversed(stack):

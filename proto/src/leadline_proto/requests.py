@@ -129,3 +129,24 @@ class MailboxSmtpReply(Reply):
     imap_pinned_sha256: str | None = None
     sent_folder: str | None = None
     provider_saves_sent: bool = False
+
+
+class LeadAddressesRequest(Request):
+    """The send service asks for leads it has not heard of yet (their ``lead.created`` is on its way):
+    a lead created through the API can be mailed by the very next request."""
+
+    company_id: uuid.UUID
+    lead_ids: list[uuid.UUID]
+
+
+class LeadAddresses(Reply):
+    lead_id: uuid.UUID
+    name: str
+    addresses: list[str]  # normalised, first the lead's primary address
+
+
+class LeadAddressesReply(Reply):
+    """The company's leads among the asked ones; a lead not listed does not exist (in that company)."""
+
+    leads: list[LeadAddresses] = []
+    detail: str = ""  # why the request could not be read, when it could not

@@ -14,7 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import EventConsumer
 from leadline_kit.service import Runtime
-from leadline_mail.addresses import normalize_address
 from leadline_proto.events import (
     Event,
     LeadCreatedV1,
@@ -23,6 +22,7 @@ from leadline_proto.events import (
     MailBouncedV1,
     MailSyncedV1,
 )
+from leadline_send.messages.leads import lead_copy
 from leadline_send.models import lead_address, outgoing_message, processed
 
 LEAD_SUBJECTS = ["leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1"]
@@ -37,11 +37,10 @@ async def apply_lead(session: AsyncSession, event: Event) -> None:
                                                      lead_address.c.lead_id == lead.lead_id))
     if isinstance(event, LeadDeletedV1):
         return
-    addresses = [a for a in dict.fromkeys(normalize_address(x) for x in lead.addresses) if a]
+    addresses, name = lead_copy(lead.addresses, lead.name)
     if addresses:
         await session.execute(insert(lead_address).on_conflict_do_nothing(), [
-            {"company_id": event.company_id, "lead_id": lead.lead_id, "address": a, "position": n,
-             "name": lead.name.replace("\r", " ").replace("\n", " ").replace("\x00", "")}
+            {"company_id": event.company_id, "lead_id": lead.lead_id, "address": a, "position": n, "name": name}
             for n, a in enumerate(addresses)])
 
 

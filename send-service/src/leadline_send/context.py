@@ -14,6 +14,7 @@ from leadline_send.delivery.accounts import MailboxDirectory
 from leadline_send.delivery.quota import QuotaClient
 from leadline_send.delivery.smtp import SmtpPolicy
 from leadline_send.delivery.worker import Delivery
+from leadline_send.messages.leads import LeadDirectory
 
 
 @dataclass
@@ -24,6 +25,7 @@ class SendContext:
     quota: QuotaClient
     mailboxes: MailboxDirectory
     delivery: Delivery
+    leads: LeadDirectory
     # held while a message is built and for one turn of the event loop after (messages.service)
     building: asyncio.Lock = field(default_factory=asyncio.Lock)
 

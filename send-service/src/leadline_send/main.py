@@ -19,6 +19,7 @@ from leadline_send.delivery.quota import QuotaClient
 from leadline_send.delivery.smtp import SmtpPolicy
 from leadline_send.delivery.worker import Delivery
 from leadline_send.messages.endpoints import router as messages_router
+from leadline_send.messages.leads import LeadDirectory
 from leadline_send.models import outbox
 
 
@@ -35,7 +36,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         delivery = Delivery(db=runtime.db, settings=settings, quota=quota, mailboxes=mailboxes, keys=keys,
                             policy=policy, routes=Routes(keys, mailboxes), wake_relay=runtime.wake_relay)
         runtime.extras["send"] = SendContext(settings=settings, keys=keys, policy=policy, quota=quota,
-                                             mailboxes=mailboxes, delivery=delivery)
+                                             mailboxes=mailboxes, delivery=delivery,
+                                             leads=LeadDirectory(runtime.nats, settings.rpc_timeout_seconds))
         await delivery.start()
         # Recover what a previous process left in "sending" before this one claims anything.
         await delivery.recover_once()

@@ -37,6 +37,7 @@ from leadline_send.messages.composition import (
     check_address,
     check_header_value,
 )
+from leadline_send.messages.leads import LeadsUnavailable
 from leadline_send.messages.schemas import BatchMessageIn, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
 
@@ -68,12 +69,15 @@ def check_idempotency_key(key: str | None) -> str | None:
     return key
 
 
-async def _draft(session: Executor, caller: Identity, body: MessageIn) -> Draft:
+async def _draft(session: Executor, context: SendContext, caller: Identity, body: MessageIn) -> Draft:
     check_header_value("subject", body.subject)
     for part in (body.text, body.html):
         if part is not None and "\x00" in part:
             raise Unprocessable("the body contains a NUL character", slug="invalid-body")
-    leads = await repository.lead_recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
+    try:
+        leads = await context.leads.recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
+    except LeadsUnavailable as exc:
+        raise ServiceUnavailable(str(exc), slug="lead-service-unavailable") from None
     missing = [str(i) for i in body.lead_ids if i not in leads]
     if missing:
         raise Unprocessable("unknown lead: " + ", ".join(missing), slug="unknown-lead", lead_ids=missing)
@@ -159,7 +163,7 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
         if existing is not None:
             return existing
     settings = context.settings
-    draft = await _draft(session, caller, body)
+    draft = await _draft(session, context, caller, body)
     if body.category == "marketing":
         if len(draft.to) != 1 or draft.cc or draft.bcc:
             raise Unprocessable("marketing mail goes to one recipient per message (each gets its own "
