@@ -25,7 +25,14 @@ class Settings(KitSettings):
     sync_credential_keys: SecretStr = SecretStr(DEV_CREDENTIAL_KEY)
     # Name of this replica in leases; empty = host name + process id.
     sync_replica: str = ""
-    sync_max_mailboxes: int = Field(200, ge=1)  # mailboxes one replica syncs at once
+    # Mailboxes one replica holds at once (live and rotating): by default as many as the file-descriptor
+    # limit and the memory budget allow (sync/capacity.py); this caps it.
+    sync_max_mailboxes: int | None = Field(None, ge=1)
+    sync_memory_budget_mb: int = 1024  # memory this replica may spend on held mailboxes
+    sync_mailbox_memory_kib: int = Field(200, ge=1)  # what one held mailbox costs (estimate; bench/sync-scale)
+    # Every enabled mailbox is synced at least this often; the ones no replica holds live are served in turns.
+    sync_rotation_seconds: float = 900.0
+    sync_rotation_slots: int = Field(4, ge=1)  # of a replica's mailboxes, how many serve the turns
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     # worker processes that parse messages off the event loop; 0 = parse in the event loop
     sync_parse_processes: int = Field(0, ge=0, le=64)
@@ -43,6 +50,19 @@ class Settings(KitSettings):
 
     @model_validator(mode="after")
     def _checked(self) -> Settings:
+        if self.sync_memory_budget_mb * 1024 < self.sync_mailbox_memory_kib:
+            raise ValueError(
+                f"LEADLINE_SYNC_MEMORY_BUDGET_MB={self.sync_memory_budget_mb} is less than one mailbox needs "
+                f"({self.sync_mailbox_memory_kib} KiB, LEADLINE_SYNC_MAILBOX_MEMORY_KIB): no mailbox could be synced")
+        if not self.sync_rotation_seconds > 0:
+            raise ValueError(
+                f"LEADLINE_SYNC_ROTATION_SECONDS={self.sync_rotation_seconds:g} must be more than 0: it is the "
+                "longest time an enabled mailbox may wait for its next sync")
+        if self.sync_rotation_seconds < self.sync_poll_seconds:
+            raise ValueError(
+                f"LEADLINE_SYNC_ROTATION_SECONDS={self.sync_rotation_seconds:g} is shorter than "
+                f"LEADLINE_SYNC_POLL_SECONDS={self.sync_poll_seconds:g}: a mailbox served in turns cannot be synced "
+                "more often than a live one polls")
         self.credential_keys()
         self.allow_networks()
         if self.environment == "production" and self.sync_credential_keys.get_secret_value() == DEV_CREDENTIAL_KEY:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import uuid
@@ -18,8 +19,11 @@ from leadline_sync.mailbox.consumers import consumers
 from leadline_sync.mailbox.endpoints import router
 from leadline_sync.mailbox.smtp_settings import serve_mailbox_smtp
 from leadline_sync.models import outbox
+from leadline_sync.sync.capacity import raise_open_files_limit, replica_capacity
 from leadline_sync.sync.parsing import MessageParser
 from leadline_sync.sync.scheduler import SyncScheduler
+
+log = logging.getLogger("leadline.sync")
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
@@ -31,7 +35,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         context: SyncContext = runtime.extras["sync"]
         context.nats = runtime.nats
         runtime.extras["smtp_settings_subscription"] = await serve_mailbox_smtp(context)
-        scheduler = SyncScheduler(context)
+        capacity = replica_capacity(settings, raise_open_files_limit())
+        log.info("replica %s holds up to %s", context.replica, capacity.describe())
+        scheduler = SyncScheduler(context, capacity)
         runtime.extras["scheduler"] = scheduler
         runtime.spawn(scheduler.run(), "sync-scheduler")
 

@@ -7,7 +7,7 @@ Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
    workers whose lease it no longer holds;
 2. claims due mailboxes that nobody holds, or whose holder's lease expired
    (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
-   never claim the same row, up to ``sync_max_mailboxes``.
+   never claim the same row, up to the replica's capacity (:mod:`.capacity`).
 
 A separate loop repeats unanswered mailbox-limit claims and releases (R9),
 so that a slow quota service never delays lease renewals.
@@ -36,6 +36,7 @@ from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
 from leadline_sync.mailbox.states import SYNCED, Slot
 from leadline_sync.models import mailbox
+from leadline_sync.sync.capacity import Capacity
 from leadline_sync.sync.engine import MailboxSync
 
 log = logging.getLogger("leadline.sync.scheduler")
@@ -44,8 +45,9 @@ HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["r
 
 
 class SyncScheduler:
-    def __init__(self, context: SyncContext) -> None:
+    def __init__(self, context: SyncContext, capacity: Capacity) -> None:
         self.context = context
+        self.capacity = capacity
         self.settings = context.settings
         self.replica = context.replica
         self.workers: dict[uuid.UUID, asyncio.Task[None]] = {}
@@ -129,7 +131,7 @@ class SyncScheduler:
         self._renewed_at = time.monotonic()
 
     async def _claim(self) -> None:
-        free = self.settings.sync_max_mailboxes - len(self.workers)
+        free = self.capacity.mailboxes - len(self.workers)
         if free <= 0:
             return
         due = (
