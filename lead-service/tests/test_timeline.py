@@ -242,6 +242,25 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(api: httpx.As
     second = next(i for i in items if i["kind"] == "smart_mail_sent" and i["message_id"] == "<second@mycorp.example>")
     assert second["bounced"] is True
 
+    # a soft notice shows as delayed and marks nothing; a hard one that names no recipient finds the lead
+    # through the message it returns
+    third = smart_mail(company, message_id="<third@mycorp.example>", to=["typo@example.com"], minutes=40)
+    delayed = MailBouncedV1(company_id=company, payload=MailBouncedPayload(
+        original_message_id="<third@mycorp.example>", recipient="typo@example.com", status="4.4.1",
+        action="delayed", severity="soft", diagnostic="still trying", bounced_at=T0 + timedelta(minutes=41)))
+    await publish(js, third, delayed)
+    items = await wait_for_timeline(api, lead["id"], 6)
+    assert items[0]["kind"] == "delivery_delayed" and items[0]["bounce_status"] == "4.4.1"
+    assert items[1]["message_id"] == "<third@mycorp.example>" and items[1]["bounced"] is False
+    unnamed = MailBouncedV1(company_id=company, payload=MailBouncedPayload(
+        original_message_id="<third@mycorp.example>", recipient="", status="5.1.1",
+        bounced_at=T0 + timedelta(minutes=50)))
+    await publish(js, unnamed)
+    items = await wait_for_timeline(api, lead["id"], 7)
+    assert items[0]["kind"] == "bounce" and items[0]["bounce_recipient"] == "typo@example.com"
+    third_item = next(i for i in items if i["kind"] == "smart_mail_sent" and i["message_id"] == "<third@mycorp.example>")
+    assert third_item["bounced"] is True
+
 
 async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStreamContext,
                                              admin: Identity) -> None:

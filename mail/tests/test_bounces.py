@@ -60,8 +60,8 @@ def test_plain_postfix_notice_without_report() -> None:
         b"--- Original message headers follow ---\r\n\r\nMessage-ID: <pf-plain@leadline.example.org>\r\n"
     )
     assert parse_bounce(raw) == Bounce(
-        original_message_id="<pf-plain@leadline.example.org>", recipient="grace@lead-company.com",
-        status="5.7.1", action="failed", diagnostic="554 5.7.1",
+        original_message_id="<pf-plain@leadline.example.org>", recipients=("grace@lead-company.com",),
+        status="5.7.1", action="failed", severity="hard", reason="policy", diagnostic="554 5.7.1",
     )
 
 
@@ -76,9 +76,73 @@ def test_original_message_id_from_the_report_when_nothing_is_attached() -> None:
     assert bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"  # In-Reply-To
 
 
-@pytest.mark.parametrize("name", ["delayed.eml", "out_of_office.eml"])
-def test_not_bounces(name: str) -> None:
-    assert parse_bounce(sample(name)) is None
+def test_out_of_office_is_not_a_bounce() -> None:
+    assert parse_bounce(sample("out_of_office.eml")) is None
+
+
+def test_a_delayed_notice_is_a_soft_bounce() -> None:
+    bounce = parse_bounce(sample("delayed.eml"))
+    assert bounce is not None
+    assert (bounce.severity, bounce.action, bounce.status) == ("soft", "delayed", "4.4.1")
+    assert bounce.recipient == "erin@lead-company.com" and bounce.reason == "expired"
+
+
+def test_the_lead_is_chosen_never_the_mailbox_nor_the_sender() -> None:
+    raw = (
+        b"From: MAILER-DAEMON <>\r\nTo: sales@example.org\r\nSubject: failure notice\r\n\r\n"
+        b"Mail from sales@example.org to list@lists.example.net and ann@lead-company.com failed:\r\n"
+        b"550 5.1.1 mailbox unavailable\r\n\r\n--- Below this line is a copy of the message.\r\n\r\n"
+        b"From: Sales <sales@example.org>\r\nTo: ann@lead-company.com\r\nMessage-ID: <m1@example.org>\r\n\r\nhi\r\n"
+    )
+    bounce = parse_bounce(raw)
+    assert bounce is not None and bounce.severity == "hard"
+    leads = {"ann@lead-company.com", "sales@example.org"}
+    assert bounce.lead_recipient(leads.__contains__, own_addresses=["sales@example.org"]) == "ann@lead-company.com"
+    assert bounce.lead_recipient({"sales@example.org"}.__contains__, own_addresses=["sales@example.org"]) is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: MAILER-DAEMON <>\r\nSubject: Mail delivery failed\r\n\r\n"
+        b"There was an error delivering your mail to <ann@lead-company.com>.\r\n550 5.1.1 no such user\r\n",
+        b"From: postmaster@[192.0.2.1]\r\nSubject: Re: your offer\r\n\r\n"
+        b"<ann@lead-company.com>: 550 5.1.1 no such user\r\n",
+        b"From: Mail Delivery System <Mail.Delivery.System@mx.example.net>\r\nSubject: Re: your offer\r\n\r\n"
+        b"Delivery to the following recipients failed permanently:\r\n   * ann@lead-company.com\r\n",
+    ],
+)
+def test_plain_notices_from_mail_systems_are_believed(raw: bytes) -> None:
+    assert parse_headers(raw).is_bounce_candidate
+    bounce = parse_bounce(raw)
+    assert bounce is not None and bounce.recipient == "ann@lead-company.com" and bounce.severity == "hard"
+
+
+def test_an_unsplit_report_is_read_from_the_raw_body() -> None:
+    raw = (
+        b"From: postmaster@example.net\r\nSubject: Delivery Status Notification\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"wrong\"\r\n\r\n"
+        b"--right\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n"
+        b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: delayed\r\nStatus: 4.2.2\r\n--right--\r\n"
+    )
+    bounce = parse_bounce(raw)
+    assert bounce is not None and bounce.recipient == "ann@lead-company.com"
+    assert (bounce.severity, bounce.reason) == ("soft", "mailbox_full")
+
+
+def test_delivery_confirmations_and_complaints_are_not_bounces() -> None:
+    delivered = (
+        b"From: MAILER-DAEMON@example.net\r\nSubject: Successful Mail Delivery Report\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
+        b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: delivered\r\nStatus: 2.0.0\r\n--b--\r\n"
+    )
+    complaint = (
+        b"From: abuse@example.net\r\nSubject: complaint\r\n"
+        b"Content-Type: multipart/report; report-type=feedback-report; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: message/feedback-report\r\n\r\nFeedback-Type: abuse\r\n--b--\r\n"
+    )
+    assert parse_bounce(delivered) is None and parse_bounce(complaint) is None
 
 
 def test_a_persons_mail_about_undeliverable_things_is_not_a_bounce() -> None:
@@ -118,3 +182,30 @@ def test_crafted_notices_parse_in_bounded_time(body: bytes) -> None:
     started = time.monotonic()
     parse_bounce(raw)
     assert time.monotonic() - started < 2
+
+
+def _report(status_part: bytes) -> bytes:
+    return (b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
+            b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+            b"--b\r\nContent-Type: message/delivery-status\r\n\r\n" + status_part + b"\r\n--b--\r\n")
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _report(b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+                b"Diagnostic-Code: smtp; " + b"x" * 10_000_000 + b"\r\n"),
+        _report(b"".join(b"Final-Recipient: rfc822; r%d@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+                         % n for n in range(10_000))),
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
+        + b"Content-Type: message/rfc822\r\n\r\nFrom: a@example.net\r\n" * 100 + b"\r\nFinal-Recipient: x\r\n",
+    ],
+    ids=["10 MB status part", "10,000 recipients", "100 nested messages"],
+)
+def test_hostile_notices_are_bounded(raw: bytes) -> None:
+    import time
+
+    started = time.monotonic()
+    bounce = parse_bounce(raw)
+    assert time.monotonic() - started < 3
+    assert bounce is None or len(bounce.recipients) <= 50

@@ -51,12 +51,25 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
     assert message["recipients"] == ["new@example.org"] and message["lead_ids"] == [str(lead)]
     assert (await app.wait_for(message["id"], {"sent"}))["state"] == "sent"
 
-    # the bounce names our Message-ID: the message turns bounced (R17)
+    # a soft notice (delayed) is recorded, the message stays sent (R17)
     await publish(app, MailBouncedV1(company_id=app.company_id, payload=MailBouncedPayload(
-        original_message_id=message["message_id"], recipient="new@example.org", status="5.1.1",
-        diagnostic="user unknown", bounced_at=datetime.now(UTC))))
+        original_message_id=message["message_id"], recipient="new@example.org", status="4.4.1", action="delayed",
+        severity="soft", reason="expired", diagnostic="still trying", bounced_at=datetime.now(UTC))))
+    for _ in range(100):
+        delayed = (await app.user.get(f"/v1/messages/{message['id']}")).json()
+        if delayed["delivery_notice"]:
+            break
+        await asyncio.sleep(0.05)
+    assert delayed["state"] == "sent" and delayed["delivery_notice"]["severity"] == "soft"
+    # a hard bounce that names no recipient but our Message-ID: bounced, for the message's own recipient
+    await publish(app, MailBouncedV1(company_id=app.company_id, payload=MailBouncedPayload(
+        original_message_id=message["message_id"], recipient="", status="5.1.1", reason="user_unknown",
+        bounced_at=datetime.now(UTC))))
     bounced = await app.wait_for(message["id"], {"bounced"})
-    assert bounced["state"] == "bounced" and "5.1.1" in bounced["last_error"]
+    assert bounced["state"] == "bounced" and bounced["last_error"].startswith("bounced for new@example.org: 5.1.1")
+    assert bounced["delivery_notice"] | {"received_at": None} == {
+        "severity": "hard", "status": "5.1.1", "reason": "user_unknown", "recipient": "new@example.org",
+        "diagnostic": "", "received_at": None}
 
     await publish(app, LeadDeletedV1(company_id=app.company_id, payload=LeadPayload(
         lead_id=lead, addresses=[], created_at=utcnow())))

@@ -99,6 +99,38 @@ async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ig
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         await world.wait_history(api)
         bounces = await world.events("mail.bounced", at_least=1)
-        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.status) for b in bounces] == [
-            ("<smart-mail-42@acme.example>", lead, "5.1.1")]
+        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.status, b.payload.severity,
+                 b.payload.reason) for b in bounces] == [
+            ("<smart-mail-42@acme.example>", lead, "5.1.1", "hard", "user_unknown")]
         assert await world.synced() == [], "a bounce is not a conversation with the lead"
+
+
+DELAYED_WITHOUT_RECIPIENT = """From: MAILER-DAEMON <>
+To: {me}
+Subject: Delayed Mail (still being retried)
+Date: Mon, 23 Nov 2026 11:00:00 +0000
+Message-ID: <delay-1@mx.customer.example>
+
+This is the mail system. Your message has not yet been delivered; the system will keep trying.
+Reason: 451 4.4.1 connection timed out
+
+--- Below this line is a copy of the message headers.
+
+From: {me}
+Subject: Offer
+Message-ID: <smart-mail-43@acme.example>
+"""
+
+
+async def test_a_notice_naming_no_recipient_is_published_for_its_original(world) -> None:  # type: ignore[no-untyped-def]
+    """R17: the sender of the original knows its recipients; the notice is soft, never a conversation."""
+    me = world.account()
+    await world.append(me, "INBOX", DELAYED_WITHOUT_RECIPIENT.format(me=me.address).replace("\n", "\r\n").encode())
+    async with running_app(world.app()) as service:
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api)
+        bounces = await world.events("mail.bounced", at_least=1)
+        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.severity, b.payload.action)
+                for b in bounces] == [("<smart-mail-43@acme.example>", "", "soft", "delayed")]
+        assert await world.synced() == []

@@ -1,25 +1,28 @@
-"""Recognising bounces (R17): which of our messages failed, for whom, and why.
+"""Recognising bounces (R17): which of our messages failed, for whom, hard or soft, and why.
 
-Formats, tried in this order:
+A notice is read in this order:
 
-1. RFC 3464 delivery status notifications: ``multipart/report;
-   report-type=delivery-status`` holding a ``message/delivery-status`` part
-   (per-message fields, then one block per recipient with ``Final-Recipient``,
-   ``Action``, ``Status``, ``Diagnostic-Code``) and the original as
-   ``message/rfc822`` or ``text/rfc822-headers``.  Postfix, Gmail, Office 365
-   and most modern servers send this.
-2. Plain-text notices from ``MAILER-DAEMON``/``postmaster``/Exchange or with a
-   bounce subject (Exim "Mail delivery failed", qmail "failure notice",
-   Postfix, Office 365 "Undeliverable", Gmail "Delivery Status
-   Notification"): the failed recipient comes from ``X-Failed-Recipients``
-   or the body's recipient line, the status and diagnostic from the quoted
-   SMTP reply, and the original Message-ID from the attached or quoted
-   original headers.
+1. RFC 3464 delivery status fields (``Final-Recipient``, ``Original-Recipient``, ``Action``, ``Status``,
+   ``Diagnostic-Code``): from the ``message/delivery-status`` part, or, when the parser did not split the
+   ``multipart/report`` (a missing or wrong boundary, a status part without its blank line), from the raw
+   body.  Postfix, Gmail, Office 365 and most modern servers send them.
+2. Otherwise a plain-text notice, believed only when a mail system sent it (a system sender such as
+   ``MAILER-DAEMON``, ``MAILER-DAEMON <>``, ``postmaster@[192.0.2.1]``, ``Mail.Delivery.System@``, a null
+   Return-Path, ``X-Failed-Recipients``, or a bounce subject on an automatic message or one that returns
+   the original): the failed recipients come from ``X-Failed-Recipients`` and the MTA's own recipient lines,
+   the status from the quoted SMTP reply, the original Message-ID from the attached or quoted original.
 
-Only permanent failures are bounces: a DSN whose recipients were delivered,
-relayed, expanded or only delayed returns None, so a "still trying" warning
-never marks a message bounced.  Input is hostile (R27): the same caps as
-:mod:`leadline_mail.mime` apply and nothing here raises.
+Every notice gets a class: ``hard`` (5.x.x, the message will not arrive) or ``soft`` (4.x.x, ``Action:
+delayed``, "still trying"), and a reason from a small fixed set.  DSNs that only report delivery
+(``delivered``, ``relayed``, ``expanded``) and auto-replies (RFC 3834) are not bounces.
+
+Who bounced is decided by :meth:`Bounce.lead_recipient`: the failed recipients first, then the returned
+original's ``To``/``Cc``, each only if it is a lead and never the mailbox's own address or the original's
+sender.  A notice that names no lead but returns the original's Message-ID is still worth telling: the
+sender of that message knows its recipients.
+
+Input is hostile (R27): the caps of :mod:`leadline_mail.mime` apply, text patterns are bounded, and
+nothing here raises.
 """
 
 from __future__ import annotations
@@ -27,105 +30,360 @@ from __future__ import annotations
 import email.message
 import email.parser
 import email.policy
+import logging
 import re
+import time
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from leadline_mail.addresses import normalize_address
 from leadline_mail.mime import (
     BOUNCE_SUBJECT_RE,
+    MAX_DEPTH,
     MAX_PARTS,
-    SYSTEM_SENDER_RE,
+    MAX_SECONDS,
     clean_text,
     cut_to_caps,
+    decode_words,
     extract_message_id,
     header_text,
     html_to_text,
+    is_system_sender,
+    parse_address_header,
     parse_headers,
 )
+from leadline_proto.events import BounceReason as Reason
+from leadline_proto.events import BounceSeverity as Severity
+
+log = logging.getLogger("leadline.mail.bounces")
 
 MAX_DIAGNOSTIC_CHARS = 1000
+MAX_NOTICE_CHARS = 50_000
+MAX_RECIPIENTS = 50
 
-_STATUS_RE = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_SMTP_CODE_RE = re.compile(r"(?<![\d.])([45]\d\d)(?:[ :-]|$)", re.MULTILINE)
+_STATUS_RE = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]\d)")
+_SMTP_CODE_RE = re.compile(r"(?<![\d.\w])([45][0-5]\d)(?:[ :-]|$)", re.MULTILINE)
 # Every pattern below runs on hostile text: quantifiers are bounded and classes do not overlap around
 # their anchors, so matching stays linear (no catastrophic backtracking on crafted input).
-_ADDR = r"[^\s<>@\"()]{1,64}@[^\s<>@\"()]{1,255}"
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,255}")
-_MSGID_LINE_RE = re.compile(r"^message-id:[ \t]*(.+)$", re.IGNORECASE | re.MULTILINE)
+_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
+_MSGID_LINE_RE = re.compile(r"^[ \t>]{0,4}message-id:[ \t]*(.{1,1000})$", re.IGNORECASE | re.MULTILINE)
+_HEADER_LINE_RE = re.compile(r"^[ \t>]{0,4}(to|cc|from):[ \t]*(.{1,2000})$", re.IGNORECASE | re.MULTILINE)
+_DSN_FIELD_RE = re.compile(
+    r"^(final-recipient|original-recipient|action|status|diagnostic-code|x-original-message-id)"
+    r"[ \t]{0,4}:[ \t]*(.{0,1000})$", re.IGNORECASE | re.MULTILINE)
 _DELAY_RE = re.compile(
-    r"delivery (?:is )?delayed|will (?:continue|keep) trying|has not yet been delivered|not been delivered yet|"
-    r"still trying|warning only",
+    r"delivery (?:is |has been )?delayed|delayed mail|delay(?:ed)? notification|will (?:continue|keep) (?:trying|"
+    r"to try|retrying)|will be retried|still (?:trying|being retried)|has not yet been delivered|not been "
+    r"delivered yet|warning only|warning: (?:message|could not)|temporar(?:y|ily) (?:failure|error|"
+    r"unavailable|deferred|rejected)|deferred|retry (?:again )?later|try again later|in the queue|"
+    r"no action is required",
     re.IGNORECASE,
 )
+_PERMANENT_RE = re.compile(r"permanent(?:ly)?|fatal error|gave up|giving up|will not be (?:retried|delivered)|"
+                           r"could not be delivered|not be delivered|delivery (?:has )?failed|undeliverable|"
+                           r"failed permanently|returned to sender|returning message", re.IGNORECASE)
 _ORIGINAL_MARKERS = re.compile(
-    r"copy of the message|below this line is a copy|original message|undelivered message|"
-    r"message headers follow|returned message",
-    re.IGNORECASE,
+    r"copy of (?:the|your) (?:original )?message|below this line is a copy|original message(?! was received)|"
+    r"undelivered message|"
+    r"message headers follow|headers? of the (?:original|returned) message|returned message|unsent message "
+    r"below|original message headers|^content-type:[ \t]*(?:message/rfc822|text/rfc822-headers)|"
+    r"^-{2,} ?(?:original|returned|undelivered) (?:message|mail)|the header of the original|"
+    r"message is attached|^Received: from ",
+    re.IGNORECASE | re.MULTILINE,
 )
-_RECIPIENT_LINES = (
-    re.compile(r"following address(?:es|\(es\))? failed:[ \t]*\n\s{0,40}<?(" + _ADDR + ")", re.I),  # Exim
-    re.compile(r"^<(" + _ADDR + ")>:", re.MULTILINE),  # qmail, Postfix
-    re.compile(r"delivery has failed to these recipients or groups:\s{0,40}[^\n<]{0,200}<?(" + _ADDR + ")", re.I),
-    re.compile(r"wasn't delivered to\s{1,5}<?(" + _ADDR + ")", re.I),  # Gmail
-    re.compile(r"(?:could not be delivered to|couldn't be delivered to|delivery to)\s{1,5}<?(" + _ADDR + ")",
-               re.I),
+_AUTO_REPLY_SUBJECT_RE = re.compile(
+    r"out of (?:the )?office|vacation|auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|absence|abwesen|"
+    r"away from|on leave|holiday|congés|\bOOO\b|不在|自動返信|自动回复|autoreply", re.IGNORECASE)
+_REASONS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
+    ("mailbox_full", re.compile(r"\b[45]\.2\.2\b|mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the |"
+                                r"their |its )?(?:storage|quota)|insufficient (?:disk|storage)|disk quota|mailbox "
+                                r"size limit|storage limit|full mailbox|容量|一杯", re.I)),
+    ("message_too_large", re.compile(r"\b5\.3\.4\b|\b[45]\.2\.3\b|too (?:large|big)|size (?:limit|exceeds)|exceeds "
+                                     r"(?:the )?(?:maximum )?(?:message )?size|message size", re.I)),
+    ("spam", re.compile(r"spam|\b5\.7\.1 .{0,40}content|junk mail|bulk mail|blacklist|blocklist|listed (?:at|on|in)|"
+                        r"\brbl\b|dnsbl|virus|malware|\b[45]\.6\.0\b", re.I)),
+    ("user_unknown", re.compile(r"\b[45]\.1\.(?:1|0|10|6)\b|\b[45]\.2\.1\b|user (?:is )?unknown|unknown (?:user|"
+                                r"recipient|local|mailbox|address)|no such (?:user|mailbox|recipient|address|person)|"
+                                r"(?:user|mailbox|recipient|address|account)(?: name)? (?:does not|doesn't|did not) "
+                                r"exist|does not exist|not found|invalid (?:recipient|mailbox|address|user)|"
+                                r"(?:user|mailbox|recipient|account) (?:is )?(?:unavailable|disabled|inactive|"
+                                r"suspended|not (?:available|found|known|listed))|address rejected|not a valid|"
+                                r"no mailbox|bad destination mailbox|has moved|unrouteable address|"
+                                r"recipient rejected|no longer|user not|account (?:has been )?(?:expired|closed)",
+                                re.I)),
+    ("host_unknown", re.compile(r"\b[45]\.1\.2\b|\b[45]\.4\.4\b|host (?:or domain name )?not found|unknown host|"
+                                r"host unknown|domain (?:not found|does not exist)|no (?:mx|such domain|route)|"
+                                r"name (?:or service )?not known|unrouteable|nxdomain|dns", re.I)),
+    ("expired", re.compile(r"\b[45]\.4\.7\b|expired|timed? ?out|too long|retry time|gave up|giving up|could not be "
+                           r"delivered within|queue lifetime|delivery time", re.I)),
+    ("policy", re.compile(r"\b[45]\.7\.\d{1,3}\b|polic|blocked|denied|prohibited|not (?:allowed|permitted|"
+                          r"authori[sz]ed)|relay|rejected|refused|dmarc|spf|dkim|reverse|ptr|reputation|"
+                          r"authenticat", re.I)),
 )
-_DIAGNOSTIC_RES = (
-    re.compile(r"remote server returned '([^'\n]{1,1000})'", re.I),  # Office 365
-    re.compile(r"remote host said:[ \t]*(.+)", re.I),  # qmail
-    re.compile(r"said:[ \t]*(.+)", re.I),  # Postfix
-    re.compile(r"^[ \t]*((?:550|551|552|553|554|450|451|452|421)[ :-].+)$", re.MULTILINE),  # Exim, Yahoo
-    re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.*)", re.I),  # Gmail
-)
-MAX_NOTICE_CHARS = 50_000
 
 
 @dataclass(frozen=True)
 class Bounce:
     original_message_id: str | None  # "<id@host>" of the message that bounced
-    recipient: str | None  # normalised address that failed
+    recipients: tuple[str, ...]  # normalised addresses the notice says failed, best first
     status: str  # enhanced status code, e.g. "5.1.1"
-    action: str  # "failed"
+    action: str  # "failed" or "delayed"
+    severity: Severity
+    reason: Reason
     diagnostic: str  # the remote server's reply, for the timeline and the sender
+    original_to: tuple[str, ...] = ()  # To and Cc of the returned original, when it came back
+    original_from: str | None = None
 
+    @property
+    def recipient(self) -> str | None:
+        return self.recipients[0] if self.recipients else None
 
-def parse_bounce(raw: bytes) -> Bounce | None:
-    """The bounce this message reports, or None if it is not a (permanent) bounce; never raises."""
-    try:
-        data, _ = cut_to_caps(raw)
-        message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
-        parts = _leaf_parts(message)
-        report = _from_delivery_status(message, parts)
-        if report is not None:
-            return report if report.action == "failed" else None
-        return _from_plain_text(message, parts)
-    except Exception:  # hostile input: not recognisable as a bounce
+    def lead_recipient(self, is_lead: Callable[[str], bool], own_addresses: Collection[str]) -> str | None:
+        """The lead this bounce is about: a failed recipient, else one the original was sent to."""
+        excluded = {*own_addresses, *((self.original_from,) if self.original_from else ())}
+        for address in (*self.recipients, *self.original_to):
+            if address not in excluded and not is_system_sender(address) and is_lead(address):
+                return address
         return None
 
 
+def parse_bounce(raw: bytes) -> Bounce | None:
+    """The bounce this message reports, or None if it is not a bounce; never raises."""
+    try:
+        data, _ = cut_to_caps(raw)
+        message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+        return _Notice(message, data).bounce()
+    except Exception as exc:  # hostile input: not recognisable as a bounce; skipped, never a crash
+        log.warning("a delivery notice could not be read (%s); it is not treated as a bounce", type(exc).__name__)
+        return None
+
+
+class _Notice:
+    """One parsed notice: its parts, its own text (without the returned original) and the original."""
+
+    def __init__(self, message: email.message.Message, data: bytes) -> None:
+        self.message = message
+        self.data = data
+        self.parts = _leaf_parts(message)
+        self.body = _body_text(self.parts)
+        if not self.body.strip() or (message.get_content_type().startswith("multipart/") and not any(
+                p.get_content_type() in _STATUS_TYPES for p in self.parts) and b"-recipient:" in data.lower()):
+            # a multipart the parser did not split (or that holds no text): read the raw body
+            self.body = _raw_body(data)
+        marker = _ORIGINAL_MARKERS.search(self.body)
+        self.notice = self.body[: marker.start()] if marker else self.body
+        self.quoted = self.body[marker.end():] if marker else ""
+
+    def bounce(self) -> Bounce | None:
+        if self._is_complaint():
+            return None
+        fields = self._status_fields()
+        if fields:
+            return self._from_status_fields(fields)
+        if not self._sent_by_mail_system():
+            return None
+        return self._from_plain_text()
+
+    def _is_complaint(self) -> bool:
+        """An abuse or opt-out report (RFC 5965 ARF, Amazon SES's JSON) or SES's delivery notice: not a bounce."""
+        report_type = str(self.message.get_param("report-type", "", header="content-type")).lower()
+        if report_type == "feedback-report" or any(p.get_content_type() == "message/feedback-report"
+                                                  for p in self.parts):
+            return True
+        return bool(_SES_NOT_BOUNCE_RE.search(self.body[:2000]))
+
+    # --- delivery status fields ------------------------------------------------------------
+
+    def _status_fields(self) -> list[dict[str, str]]:
+        """Per-recipient blocks of DSN fields, in order (per-message fields folded into the first)."""
+        texts: list[str] = []
+        for part in self.parts:
+            if part.get_content_type() in _STATUS_TYPES:
+                texts.append(_status_text(part))
+        if not texts and ("final-recipient" in self.body.lower() or "original-recipient" in self.body.lower()):
+            texts.append(self.body)
+        blocks: list[dict[str, str]] = []
+        current: dict[str, str] = {}
+        for text in texts:
+            unfolded = _FOLDING_RE.sub(" ", text[:MAX_NOTICE_CHARS])
+            for match in _DSN_FIELD_RE.finditer(unfolded):
+                name, value = match.group(1).lower(), clean_text(match.group(2))
+                if (name in current and name != "x-original-message-id") or (
+                        name in {"final-recipient", "original-recipient"} and "final-recipient" in current
+                        and name == "final-recipient"):
+                    blocks.append(current)
+                    current = {}
+                current.setdefault(name, value)
+                if len(blocks) >= MAX_RECIPIENTS:
+                    break
+        if current:
+            blocks.append(current)
+        return [b for b in blocks if b.get("action") or b.get("status") or b.get("final-recipient")
+                or b.get("original-recipient")]
+
+    def _from_status_fields(self, blocks: list[dict[str, str]]) -> Bounce | None:
+        actions = [_typed_value(b.get("action", "")).lower() for b in blocks]
+        chosen = [b for b, a in zip(blocks, actions, strict=True)
+                  if a not in _DELIVERED and not _typed_value(b.get("status", "")).startswith("2")]
+        if not chosen:
+            return None  # a delivery confirmation
+        first = chosen[0]
+        status = _status_of(_typed_value(first.get("status", "")))
+        diagnostic = _typed_value(first.get("diagnostic-code", "")) or _diagnostic(self.notice)
+        if not status or status.endswith(".0.0"):
+            status = _status_of(diagnostic) or _status_of(self.notice) or status
+        action = _typed_value(first.get("action", "")).lower()
+        if action not in {"failed", "delayed"}:
+            action = "delayed" if status.startswith("4") or _DELAY_RE.search(self.notice) else "failed"
+        if not status:
+            status = "4.0.0" if action == "delayed" else "5.0.0"
+        recipients: list[str] = []
+        for block in chosen:
+            for name in ("final-recipient", "original-recipient"):
+                address = normalize_address(_typed_value(block.get(name, "")).strip("<>"))
+                if address:
+                    recipients.append(address)
+        recipients += self._header_recipients()
+        recipients += self._recipient_lines()
+        referenced = next((extract_message_id(b["x-original-message-id"]) for b in blocks
+                           if b.get("x-original-message-id")), None)
+        return self._build(status, action, diagnostic, recipients, referenced)
+
+    # --- plain text -------------------------------------------------------------------------
+
+    def _sent_by_mail_system(self) -> bool:
+        """A person's mail titled "Undeliverable parcel" that quotes an address must stay a person's mail."""
+        message = self.message
+        if message.get("x-failed-recipients"):
+            return True
+        subject = decode_words(header_text(message.get("subject", "")))
+        if _AUTO_REPLY_SUBJECT_RE.search(subject) and not BOUNCE_SUBJECT_RE.search(subject):
+            return False
+        if _is_auto_reply(message):
+            return False
+        if _null_sender(message) or _from_system(message):
+            return True
+        auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
+        returns_original = any(p.get_content_type() in _ORIGINAL_TYPES for p in self.parts)
+        return bool(BOUNCE_SUBJECT_RE.search(subject) and ((auto and auto != "no") or returns_original))
+
+    def _from_plain_text(self) -> Bounce | None:
+        notice = self.notice
+        diagnostic = _diagnostic(notice)
+        status = _status_of(diagnostic) or _status_of(notice)
+        if not status:
+            code = _SMTP_CODE_RE.search(diagnostic) or _SMTP_CODE_RE.search(notice)
+            if code:
+                status = f"{code.group(1)[0]}.0.0"
+        if not status:  # no code: a notice that says it keeps trying is soft, any other has given up
+            status = "4.0.0" if _DELAY_RE.search(notice) and not _PERMANENT_RE.search(notice) else "5.0.0"
+        action = "delayed" if status.startswith("4") else "failed"
+        recipients = self._header_recipients() + self._recipient_lines()
+        bounce = self._build(status, action, diagnostic, recipients, None)
+        if not bounce.recipients and bounce.original_message_id is None and not bounce.original_to:
+            return None  # nothing to attribute: an auto-reply or a notice of another kind
+        return bounce
+
+    # --- shared -----------------------------------------------------------------------------
+
+    def _header_recipients(self) -> list[str]:
+        found: list[str] = []
+        for value in self.message.get_all("x-failed-recipients") or []:
+            found += [a for _, a in parse_address_header([header_text(value)])]
+        return found
+
+    def _recipient_lines(self) -> list[str]:
+        """Addresses in the notice's own text (not the original), in order: the MTA's recipient lines."""
+        found: list[str] = []
+        for match in _ADDRESS_RE.finditer(self.notice):
+            address = normalize_address(match.group(0).rstrip(".-"))
+            if address and not is_system_sender(address):
+                found.append(address)
+            if len(found) >= MAX_RECIPIENTS:
+                break
+        return found
+
+    def _original(self) -> tuple[str | None, list[str], str | None]:
+        """The returned original's Message-ID, To + Cc and sender, from its part or the quoted text."""
+        for part in self.parts:
+            content_type = part.get_content_type()
+            headers: email.message.Message | None = None
+            if content_type in {"message/rfc822", "message/global"}:
+                payload = part.get_payload()
+                if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
+                    headers = payload[0]
+            elif content_type in _ORIGINAL_TYPES:
+                payload = part.get_payload(decode=True)
+                if isinstance(payload, bytes):
+                    headers = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+                        payload[:256 * 1024], headersonly=True)
+            if headers is None:
+                continue
+            summary = parse_headers("".join(
+                f"{key}: {header_text(value)}\r\n" for key, value in headers.raw_items()
+                if key.lower() in {"message-id", "to", "cc", "from"}).encode("utf-8", "replace"))
+            if summary.message_id or summary.to:
+                return summary.message_id, [*summary.to, *summary.cc], summary.from_address
+        quoted = self.quoted or self.body
+        message_id = next((found for line in _MSGID_LINE_RE.finditer(quoted)
+                           if (found := extract_message_id(line.group(1)))), None)
+        to: list[str] = []
+        sender: str | None = None
+        for line in _HEADER_LINE_RE.finditer(quoted if self.quoted else ""):
+            addresses = [a for _, a in parse_address_header([line.group(2)])]
+            if line.group(1).lower() == "from":
+                sender = sender or (addresses[0] if addresses else None)
+            else:
+                to += addresses
+        return message_id, to, sender
+
+    def _build(self, status: str, action: str, diagnostic: str, recipients: Iterable[str],
+               referenced: str | None) -> Bounce:
+        original_id, original_to, original_from = self._original()
+        original_id = original_id or referenced or extract_message_id(
+            header_text(self.message.get("in-reply-to", "")))  # Gmail and Office 365 point at the original
+        own = {a for _, a in parse_address_header([header_text(self.message.get("to", ""))])}
+        unique = [a for a in dict.fromkeys(recipients) if a not in own and a != original_from]
+        severity: Severity = "soft" if status.startswith("4") or action == "delayed" else "hard"
+        return Bounce(
+            original_message_id=original_id, recipients=tuple(unique[:MAX_RECIPIENTS]), status=status,
+            action=action, severity=severity, reason=_reason(f"{status} {diagnostic} {self.notice[:5000]}"),
+            diagnostic=diagnostic[:MAX_DIAGNOSTIC_CHARS], original_to=tuple(dict.fromkeys(original_to)),
+            original_from=original_from,
+        )
+
+
+_FOLDING_RE = re.compile(r"\r?\n[ \t]+")
+_DELIVERED = {"delivered", "relayed", "expanded", "deliverable"}
+_SES_NOT_BOUNCE_RE = re.compile(r'"(?:notificationType|eventType)"\s{0,3}:\s{0,3}"(?:Complaint|Delivery)"')
+_STATUS_TYPES = {"message/delivery-status", "message/global-delivery-status"}
+_ORIGINAL_TYPES = {"text/rfc822-headers", "message/rfc822-headers", "text/global-headers"}
+
+
 def _leaf_parts(message: email.message.Message) -> list[email.message.Message]:
-    """Every part, ``message/*`` parts kept whole (not descended into), at most MAX_PARTS."""
+    """Every part, ``message/*`` parts kept whole (not descended into); at most MAX_PARTS, MAX_DEPTH deep."""
+    started = time.monotonic()
     found: list[email.message.Message] = []
-    stack = [message]
-    while stack and len(found) < MAX_PARTS:
-        part = stack.pop()
+    stack: list[tuple[email.message.Message, int]] = [(message, 0)]
+    while stack and len(found) < MAX_PARTS and time.monotonic() - started < MAX_SECONDS:
+        part, depth = stack.pop()
         found.append(part)
-        content_type = part.get_content_type()
-        if part.is_multipart() and not content_type.startswith("message/"):
+        if part.is_multipart() and not part.get_content_type().startswith("message/") and depth < MAX_DEPTH:
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend(p for p in reversed(payload) if isinstance(p, email.message.Message))
+                stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, email.message.Message))
     return found
 
 
-def _header_blocks(part: email.message.Message) -> list[email.message.Message]:
-    """The header blocks of a message/delivery-status part (compat32 parses each block as a Message)."""
+def _status_text(part: email.message.Message) -> str:
+    """The text of a message/delivery-status part (compat32 parses each block as a Message)."""
     payload = part.get_payload()
     if isinstance(payload, list):
-        return [p for p in payload if isinstance(p, email.message.Message)]
-    text = payload if isinstance(payload, str) else ""
-    parser = email.parser.Parser(policy=email.policy.compat32)
-    return [parser.parsestr(block, headersonly=True) for block in re.split(r"\r?\n\s*\r?\n", text) if block]
+        return "\n\n".join(
+            "\n".join(f"{k}: {header_text(v)}" for k, v in p.raw_items())
+            for p in payload[:MAX_RECIPIENTS + 1] if isinstance(p, email.message.Message))
+    data = part.get_payload(decode=True)
+    return data[:MAX_NOTICE_CHARS].decode("utf-8", "replace") if isinstance(data, bytes) else ""
 
 
 def _typed_value(value: str) -> str:
@@ -134,38 +392,9 @@ def _typed_value(value: str) -> str:
     return clean_text(rest if sep else value)
 
 
-def _original_message_id(parts: list[email.message.Message], body_text: str) -> str | None:
-    for part in parts:
-        content_type = part.get_content_type()
-        if content_type in {"message/rfc822", "message/global"}:
-            payload = part.get_payload()
-            if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
-                found = extract_message_id(header_text(payload[0].get("message-id", "")))
-                if found:
-                    return found
-        elif content_type in {"text/rfc822-headers", "message/rfc822-headers", "text/global-headers"}:
-            payload = part.get_payload(decode=True)
-            if isinstance(payload, bytes):
-                found = parse_headers(payload).message_id
-                if found:
-                    return found
-    match = _ORIGINAL_MARKERS.search(body_text)
-    quoted = body_text[match.end():] if match else body_text
-    for line in _MSGID_LINE_RE.finditer(quoted):
-        found = extract_message_id(line.group(1))
-        if found:
-            return found
-    return None
-
-
-def _referenced_message_id(message: email.message.Message, per_message: list[email.message.Message]) -> str | None:
-    """When the original is not attached: Gmail's ``X-Original-Message-ID`` in the report, or the
-    notice's own ``In-Reply-To`` (Gmail and Office 365 set it to the bounced message)."""
-    for block in per_message:
-        found = extract_message_id(header_text(block.get("x-original-message-id", "")))
-        if found:
-            return found
-    return extract_message_id(header_text(message.get("in-reply-to", "")))
+def _status_of(text: str) -> str:
+    match = _STATUS_RE.search(text)
+    return match.group(1) if match else ""
 
 
 def _body_text(parts: list[email.message.Message]) -> str:
@@ -178,64 +407,29 @@ def _body_text(parts: list[email.message.Message]) -> str:
         if not isinstance(payload, bytes):
             continue
         try:
-            text = payload.decode(part.get_content_charset() or "utf-8", "replace")
+            text = payload[:MAX_NOTICE_CHARS * 4].decode(part.get_content_charset() or "utf-8", "replace")
         except LookupError:
-            text = payload.decode("utf-8", "replace")
+            text = payload[:MAX_NOTICE_CHARS * 4].decode("utf-8", "replace")
         texts.append(html_to_text(text) if content_type == "text/html" else text)
+        if sum(len(t) for t in texts) > MAX_NOTICE_CHARS:
+            break
     return "\n".join(texts).replace("\r\n", "\n")[:MAX_NOTICE_CHARS]
 
 
-def _from_delivery_status(
-    message: email.message.Message, parts: list[email.message.Message]
-) -> Bounce | None:
-    status_part = next((p for p in parts if p.get_content_type() in {"message/delivery-status",
-                                                                     "message/global-delivery-status"}), None)
-    if status_part is None:
-        return None
-    blocks = _header_blocks(status_part)
-    recipients = [b for b in blocks[1:] if b.get("final-recipient") or b.get("original-recipient")]
-    if not recipients:
-        recipients = [b for b in blocks if b.get("action") or b.get("status")]
-    if not recipients:
-        return None
-    failed = [b for b in recipients if _typed_value(header_text(b.get("action", ""))).lower() == "failed"]
-    chosen = failed[0] if failed else recipients[0]
-    action = _typed_value(header_text(chosen.get("action", ""))).lower()
-    status = _typed_value(header_text(chosen.get("status", "")))
-    status_match = _STATUS_RE.search(status)
-    status = status_match.group(1) if status_match else status[:32]
-    if not action:
-        action = "failed" if status.startswith("5") else "delayed"
-    recipient_text = _typed_value(header_text(chosen.get("final-recipient") or chosen.get("original-recipient") or ""))
-    diagnostic = _typed_value(header_text(chosen.get("diagnostic-code", "")))
-    body = _body_text(parts)
-    return Bounce(
-        original_message_id=_original_message_id(parts, body) or _referenced_message_id(message, blocks[:1]),
-        recipient=normalize_address(recipient_text),
-        status=status or "5.0.0",
-        action=action,
-        diagnostic=(diagnostic or _diagnostic(body))[:MAX_DIAGNOSTIC_CHARS],
-    )
+def _raw_body(data: bytes) -> str:
+    match = re.search(rb"\r?\n\r?\n", data)
+    body = data[match.end():] if match else b""
+    return body[:MAX_NOTICE_CHARS].decode("utf-8", "replace").replace("\r\n", "\n")
 
 
-def _looks_like_bounce(message: email.message.Message) -> bool:
-    """Stricter than ``HeaderSummary.is_bounce_candidate``: a person's mail titled "Undeliverable
-    parcel" that quotes an address must stay a person's mail.  A plain-text notice counts only when a
-    mail system sent it: a system sender, a null Return-Path, ``X-Failed-Recipients``, or a bounce
-    subject on an auto-submitted message."""
-    if message.get("x-failed-recipients"):
-        return True
-    return_path = message.get_all("return-path") or []
-    if any(not clean_text(header_text(v)).strip("<> ") for v in return_path):
-        return True
-    summary = parse_headers(b"".join(
-        f"{key}: {header_text(value)}\r\n".encode("utf-8", "replace")
-        for key, value in message.raw_items() if key.lower() in {"from", "subject"}
-    ))
-    if summary.from_address and SYSTEM_SENDER_RE.match(summary.from_address):
-        return True
-    auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
-    return bool(auto and auto != "no" and BOUNCE_SUBJECT_RE.search(summary.subject))
+_DIAGNOSTIC_RES = (
+    re.compile(r"remote server returned '([^'\n]{1,1000})'", re.I),  # Office 365
+    re.compile(r"remote host said:[ \t]*(.{1,1000})", re.I),  # qmail
+    re.compile(r"said:[ \t]*(.{1,1000})", re.I),  # Postfix
+    re.compile(r"^[ \t]*((?:5[0-5]\d|4[0-5]\d)[ :-].{1,1000})$", re.MULTILINE),  # Exim, Yahoo
+    re.compile(r"(?<![\d.])((?:5[0-5]\d|4[0-5]\d)[ -][245]\.\d{1,3}\.\d{1,3}.{0,1000})", re.MULTILINE),
+    re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.{0,1000})", re.I),  # Gmail
+)
 
 
 def _diagnostic(text: str) -> str:
@@ -246,50 +440,30 @@ def _diagnostic(text: str) -> str:
     return ""
 
 
-def _from_plain_text(message: email.message.Message, parts: list[email.message.Message]) -> Bounce | None:
-    if not _looks_like_bounce(message):
-        return None
-    body = _body_text(parts)
-    marker = _ORIGINAL_MARKERS.search(body)
-    notice = body[: marker.start()] if marker else body
-    if _DELAY_RE.search(notice):
-        return None
-    recipient = _failed_recipient(message, notice)
-    diagnostic = _diagnostic(notice)
-    status_match = _STATUS_RE.search(diagnostic) or _STATUS_RE.search(notice)
-    if status_match:
-        status = status_match.group(1)
-    else:
-        code = _SMTP_CODE_RE.search(diagnostic) or _SMTP_CODE_RE.search(notice)
-        status = f"{code.group(1)[0]}.0.0" if code else "5.0.0"
-    if status.startswith("4") and "permanent" not in notice.lower():
-        return None  # a temporary failure the server keeps retrying
-    original = _original_message_id(parts, body) or _referenced_message_id(message, [])
-    if recipient is None and original is None:
-        return None  # nothing to attribute: an auto-reply or a notice of another kind
-    return Bounce(
-        original_message_id=original,
-        recipient=recipient,
-        status=status,
-        action="failed",
-        diagnostic=diagnostic[:MAX_DIAGNOSTIC_CHARS],
-    )
+def _reason(text: str) -> Reason:
+    for reason, pattern in _REASONS:
+        if pattern.search(text):
+            return reason
+    return "other"
 
 
-def _failed_recipient(message: email.message.Message, notice: str) -> str | None:
-    for value in message.get_all("x-failed-recipients") or []:
-        for candidate in header_text(value).split(","):
-            address = normalize_address(clean_text(candidate))
-            if address:
-                return address
-    for pattern in _RECIPIENT_LINES:
-        match = pattern.search(notice)
-        if match:
-            address = normalize_address(match.group(1).strip("<>:,. "))
-            if address:
-                return address
-    for match in _ADDRESS_RE.finditer(notice):
-        address = normalize_address(match.group(0).rstrip("."))
-        if address and not SYSTEM_SENDER_RE.match(address):
-            return address
-    return None
+def _null_sender(message: email.message.Message) -> bool:
+    return any(not clean_text(header_text(v)).strip("<> ") for v in message.get_all("return-path") or [])
+
+
+def _from_system(message: email.message.Message) -> bool:
+    """From a mail system: a system address, or ``MAILER-DAEMON <>`` whose address is empty."""
+    raw = header_text(message.get("from", ""))
+    senders = parse_address_header([raw])
+    if senders:
+        return is_system_sender(senders[0][1])
+    return bool(re.search(r"mailer[-_ ]?daemon|postmaster|mail delivery", raw, re.IGNORECASE)) or "<>" in raw
+
+
+def _is_auto_reply(message: email.message.Message) -> bool:
+    """RFC 3834 and the common vendor headers of vacation replies."""
+    auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
+    if auto.startswith("auto-replied") and not _from_system(message) and not _null_sender(message):
+        return True
+    return any(message.get(h) for h in ("x-autoreply", "x-autorespond", "x-vacation")) or clean_text(
+        header_text(message.get("precedence", ""))).lower() == "auto_reply"

@@ -65,15 +65,29 @@ _BOUNDARY_LINE_RE = re.compile(rb"(?:^|\n)--")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
+# The local parts mail systems send notices from; an IP-literal domain (postmaster@[192.0.2.1]) also counts.
 SYSTEM_SENDER_RE = re.compile(
-    r"^(mailer-daemon|postmaster|mail-daemon|mailer_daemon|mdaemon|microsoftexchange[0-9a-f]*)@", re.IGNORECASE
-)
-BOUNCE_SUBJECT_RE = re.compile(
-    r"(undeliver|undelivered|delivery status notification|delivery failure|delivery has failed|"
-    r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|"
-    r"non-delivery|delivery notification|unzustellbar|non remis|no se puede entregar)",
+    r"^(mailer[-_.]?daemon|postmaster|post[-_.]master|mail[-_.]?daemon|mdaemon|microsoftexchange[0-9a-f]*|"
+    r"mail[-_.]delivery[-_.]system|mail[-_.]?delivery[-_.]?subsystem|mailer|mail[-_.]?admin|maildelivery|"
+    r"mail[-_.]?system|smtp[-_.]?gateway|bounces?|nobody|root|daemon|(?:no|do[-_.]?not)[-_.]?reply)@",
     re.IGNORECASE,
 )
+BOUNCE_SUBJECT_RE = re.compile(
+    r"(undeliver|undelivered|delivery status|delivery failure|delivery has failed|delivery fail|"
+    r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|non-deliverable|"
+    r"non-delivery|delivery notification|delivery problem|delivery error|mail error|mail failure|"
+    r"not delivered|unable to deliver|delivery report|returned to sender|rejected|warning: could not send|"
+    r"delayed mail|delivery delayed|message delayed|mail system error|unzustellbar|nicht zustellbar|"
+    r"non remis|no se puede entregar|no entregado|non recapitabile|onbestelbaar|エラー|不達|未達|退信|"
+    r"配信不能|失败|error sending|failed delivery|mail returned|returned message)",
+    re.IGNORECASE,
+)
+_IP_LITERAL_RE = re.compile(r"@\[[0-9a-f.:v]{2,45}\]$", re.IGNORECASE)
+
+
+def is_system_sender(address: str) -> bool:
+    """Whether an address is a mail system's own (a bounce comes from it, a lead never is it)."""
+    return bool(SYSTEM_SENDER_RE.match(address)) or bool(_IP_LITERAL_RE.search(address))
 
 
 @dataclass(frozen=True)
@@ -277,12 +291,19 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
     subject = decode_words(first("subject"))
     content_type = first("content-type").lower()
     return_path = first("return-path")
+    raw_from = first("from")
+    auto_submitted = clean_text(first("auto-submitted")).lower()
+    # Cheap to widen: a candidate is only fetched whole and read by bounces.parse_bounce, which decides.
     is_bounce = (
         "multipart/report" in content_type
-        or bool(from_address and SYSTEM_SENDER_RE.match(from_address))
+        or "delivery-status" in content_type
+        or bool(from_address and is_system_sender(from_address))
+        or bool(raw_from and from_address is None)  # "MAILER-DAEMON <>", a relay's bare name, "<>"
+        or bool(re.search(r"mailer[-_ ]?daemon|postmaster|mail delivery", raw_from, re.IGNORECASE))
         or bool(BOUNCE_SUBJECT_RE.search(subject))
         or (bool(return_path) and not clean_text(return_path).strip("<> "))  # null reverse-path <>
         or bool(first("x-failed-recipients"))
+        or bool(auto_submitted and auto_submitted != "no")
     )
     return HeaderSummary(
         message_id=extract_message_id(first("message-id")),

@@ -189,7 +189,20 @@ class MailSentV1(EventBase):
     payload: MailSentPayload
 
 
+BounceSeverity = Literal["hard", "soft"]
+BounceReason = Literal["user_unknown", "mailbox_full", "host_unknown", "policy", "spam", "message_too_large",
+                       "expired", "other"]
+
+
 class MailBouncedPayload(Payload):
+    """A delivery notice about one of the sender's messages (R17).
+
+    ``recipient`` is the lead that failed, or ``""`` when the notice names no lead but returns the
+    original's Message-ID: whoever sent that message knows its recipients.  ``severity`` ``hard``
+    (5.x.x: the message will not arrive) marks the message bounced; ``soft`` (4.x.x, ``Action:
+    delayed``) only tells that delivery is delayed.
+    """
+
     original_message_id: str
     recipient: str
     status: str = ""
@@ -198,6 +211,8 @@ class MailBouncedPayload(Payload):
     mailbox_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     bounced_at: datetime
+    severity: BounceSeverity = "hard"
+    reason: BounceReason = "other"
 
 
 class MailBouncedV1(EventBase):

@@ -3,12 +3,13 @@
 - ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them.
 - ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown``
   messages: the server did take it (R21), so it becomes ``sent``.
-- ``mail.bounced`` naming one of our Message-IDs: the message becomes ``bounced``.
+- ``mail.bounced`` naming one of our Message-IDs: a hard bounce makes the message ``bounced``, a soft one
+  (delayed) only records the notice; either shows in ``GET /v1/messages/{id}`` as ``delivery_notice``.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import delete, func, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -55,13 +56,36 @@ async def apply_mail(session: AsyncSession, event: Event) -> None:
         ).values(state="sent", sent_at=event.payload.sent_at, updated_at=func.now(),
                  last_error="settled: the message was found in the Sent folder"))
     elif isinstance(event, MailBouncedV1):
-        bounce = event.payload
-        await session.execute(update(outgoing_message).where(
-            outgoing_message.c.company_id == event.company_id,
-            outgoing_message.c.message_id == bounce.original_message_id,
-            outgoing_message.c.state.in_(("sent", "unknown")),
-        ).values(state="bounced", updated_at=func.now(),
-                 last_error=f"bounced for {bounce.recipient}: {bounce.status} {bounce.diagnostic}".strip()))
+        await apply_bounce(session, event)
+
+
+async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
+    """A hard bounce marks the message ``bounced``; a soft one is only recorded.  A notice that named
+    no lead is resolved here: this service knows whom the message went to."""
+    bounce = event.payload
+    if not bounce.original_message_id:
+        return
+    row = (await session.execute(select(outgoing_message.c.id, outgoing_message.c.state,
+                                        outgoing_message.c.recipients).where(
+        outgoing_message.c.company_id == event.company_id,
+        outgoing_message.c.message_id == bounce.original_message_id,
+        outgoing_message.c.state.in_(("sent", "unknown", "bounced"))).with_for_update())).first()
+    if row is None or (row.state == "bounced" and bounce.severity == "soft"):
+        return  # not ours, or a late "still trying" after the message already bounced
+    recipients: list[str] = list(row.recipients or [])
+    recipient = bounce.recipient or (recipients[0] if len(recipients) == 1 else None)
+    notice = {"severity": bounce.severity, "status": bounce.status, "reason": bounce.reason,
+              "recipient": recipient, "diagnostic": bounce.diagnostic[:2000],
+              "received_at": bounce.bounced_at.isoformat()}
+    whom = recipient or f"one of its {len(recipients)} recipients"
+    if bounce.severity == "hard":
+        values = {"state": "bounced", "delivery_notice": notice,
+                  "last_error": f"bounced for {whom}: {bounce.status} {bounce.diagnostic}".strip()}
+    else:
+        values = {"delivery_notice": notice,
+                  "last_error": f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}".strip()}
+    await session.execute(update(outgoing_message).where(outgoing_message.c.id == row.id)
+                          .values(updated_at=func.now(), **values))
 
 
 def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:

@@ -105,6 +105,7 @@ outgoing_message = Table(
     Column("last_error", Text),
     Column("smtp_reply", Text),
     Column("sent_copy", Text),
+    Column("delivery_notice", JSONB),  # the last bounce or delay notice (R17), as the API shows it
     Column("sent_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),

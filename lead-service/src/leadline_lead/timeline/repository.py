@@ -158,6 +158,17 @@ async def upsert_bounce(session: AsyncSession, row: dict[str, Any]) -> int:
     return event_id
 
 
+async def outbound_recipient(session: AsyncSession, company_id: uuid.UUID,
+                             message_key: str) -> tuple[uuid.UUID, str] | None:
+    """The lead (and its address) that our message went to, when exactly one lead's timeline holds it."""
+    rows = (await session.execute(select(timeline_event.c.lead_id, timeline_event.c.matched_addresses).where(
+        timeline_event.c.company_id == company_id, timeline_event.c.message_key == message_key,
+        timeline_event.c.direction == "outbound").limit(2))).all()
+    if len(rows) != 1 or not rows[0].matched_addresses:
+        return None
+    return rows[0].lead_id, rows[0].matched_addresses[0]
+
+
 async def original_subject(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID,
                            message_key: str) -> str | None:
     return (await session.execute(select(timeline_event.c.subject).where(

@@ -11,8 +11,9 @@ is one event with three sources (R12, R26).
 
 Kinds: ``email_received`` (inbound), ``email_sent`` (outbound, synced),
 ``smart_mail_sent`` (sent by Leadline; wins over ``email_sent`` for the same
-message) and ``bounce`` (its own event, keyed ``bounce <Message-ID>``, and the
-original event gets ``bounced_at``).
+message), ``bounce`` (a hard bounce: its own event, keyed ``bounce <Message-ID>``,
+and the original event gets ``bounced_at``) and ``delivery_delayed`` (a soft
+one, keyed ``delayed <Message-ID>``; the original stays as it was).
 """
 
 from __future__ import annotations
@@ -168,23 +169,31 @@ def _merge(into: dict[str, Any], row: dict[str, Any]) -> None:
 
 
 async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
-    """R17: a bounce event on the recipient's lead, and the original message marked bounced."""
+    """R17: a hard bounce is a ``bounce`` event on the recipient's lead and marks the original bounced; a
+    soft one is a ``delivery_delayed`` event and marks nothing.  A notice that named no recipient is put
+    on the lead the original message went to, when exactly one lead's timeline holds it."""
     bounce = event.payload
-    recipient = address_or_none(bounce.recipient)
-    if recipient is None:
-        return
     company = event.company_id
-    lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
-    if lead_id is None:
-        return
-    if await repository.blocked_values(session, {company}, {recipient},
-                                       domain_and_parents(domain_of(recipient))):
-        return
     original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
+    recipient = address_or_none(bounce.recipient)
+    if recipient is not None:
+        lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
+        if lead_id is None or await repository.blocked_values(session, {company}, {recipient},
+                                                              domain_and_parents(domain_of(recipient))):
+            return
+    elif bounce.original_message_id:
+        found = await repository.outbound_recipient(session, company, original)
+        if found is None:
+            return
+        lead_id, recipient = found
+    else:
+        return
+    hard = bounce.severity == "hard"
+    kind, prefix = ("bounce", "bounce") if hard else ("delivery_delayed", "delayed")
     subject = await repository.original_subject(session, company, lead_id, original) or ""
     event_id = await repository.upsert_bounce(session, {
-        "company_id": company, "lead_id": lead_id, "message_key": f"bounce {original}",
-        "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID), "kind": "bounce", "category": "personal",
+        "company_id": company, "lead_id": lead_id, "message_key": f"{prefix} {original}",
+        "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID), "kind": kind, "category": "personal",
         "occurred_at": bounce.bounced_at, "direction": "inbound", "to_addresses": [recipient],
         "matched_addresses": [recipient], "subject": subject[:MAX_SUBJECT],
         "snippet": snippet(bounce.diagnostic, None), "mailbox_id": bounce.mailbox_id, "user_id": bounce.user_id,
@@ -194,7 +203,8 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
     await repository.insert_sources(session, [{"timeline_event_id": event_id, "source": name,
                                                "company_id": company, "mailbox_id": bounce.mailbox_id}])
-    await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
+    if hard:
+        await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
 
 
 async def timeline(session: AsyncSession, caller: Identity, lead_id: uuid.UUID,

@@ -49,6 +49,18 @@ class BatchIn(BaseModel):
     messages: list[BatchMessageIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
+class DeliveryNotice(BaseModel):
+    """The last delivery notice that came back for the message (R17): ``hard`` marked it bounced,
+    ``soft`` says delivery is delayed (the message stays ``sent``)."""
+
+    severity: Literal["hard", "soft"]
+    status: str
+    reason: str
+    recipient: str | None
+    diagnostic: str
+    received_at: datetime
+
+
 class MessageOut(BaseModel):
     id: uuid.UUID
     state: State
@@ -66,6 +78,7 @@ class MessageOut(BaseModel):
     last_error: str | None
     smtp_reply: str | None
     sent_copy: str | None
+    delivery_notice: DeliveryNotice | None = None
     sent_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -57,7 +57,8 @@ def to_out(row: Any) -> MessageOut:
         from_address=row.from_address, recipients=row.recipients, lead_ids=row.lead_ids, subject=row.subject,
         size_bytes=row.size_bytes, account=row.account_key, attempts=row.attempts,
         next_attempt_at=row.next_attempt_at if row.state in ("queued", "deferred") else None,
-        last_error=row.last_error, smtp_reply=row.smtp_reply, sent_copy=row.sent_copy, sent_at=row.sent_at,
+        last_error=row.last_error, smtp_reply=row.smtp_reply, sent_copy=row.sent_copy,
+        delivery_notice=row.delivery_notice, sent_at=row.sent_at,
         created_at=row.created_at, updated_at=row.updated_at)
 
 

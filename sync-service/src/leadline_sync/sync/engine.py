@@ -421,21 +421,25 @@ class MailboxSync:
             for message in messages:
                 if cursor.folder == "inbox" and wanted[message.uid][1].is_bounce_candidate:
                     bounce = parse_bounce(message.raw)
-                    if bounce is not None and bounce.recipient:
+                    if bounce is not None:
                         bounces[message.uid] = bounce
-            recipients = {b.recipient for b in bounces.values() if b.recipient} - set(directory.lead_since)
-            if recipients:
+            named = {a for b in bounces.values() for a in (*b.recipients, *b.original_to)} - set(directory.lead_since)
+            if named:
                 async with self.context.db.session() as session:
-                    found = await load_directory(session, row.company_id, recipients)
+                    found = await load_directory(session, row.company_id, named)
                 directory.lead_since.update(found.lead_since)
+                directory.blocked_addresses.update(found.blocked_addresses)
             matched: list[tuple[FetchedMessage, Match]] = []
             for message in messages:
                 header, summary = wanted[message.uid]
                 bounce = bounces.get(message.uid)
-                # a bounce is about mail sent to a lead; any other bounce is nobody's business here
-                if bounce is not None and bounce.recipient and directory.is_lead(bounce.recipient):
-                    selected.append(self._bounce(header, summary, bounce))
-                    continue
+                if bounce is not None:
+                    # a bounce is about mail sent to a lead, or names no recipient but returns a message's
+                    # Message-ID (its sender knows the recipients); any other is nobody's business here
+                    lead = bounce.lead_recipient(directory.is_lead, own_addresses=(row.address,))
+                    if lead is not None or (not bounce.recipients and bounce.original_message_id):
+                        selected.append(self._bounce(header, summary, bounce, lead))
+                        continue
                 match = match_message(self._parties(summary), folder=cursor.folder, own_address=row.address,
                                       sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
                                       directory=directory)
@@ -482,14 +486,15 @@ class MailboxSync:
                              sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
                              directory=directory) is not None
 
-    def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce) -> Selected:
+    def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce, lead: str | None) -> Selected:
         row = self.row
-        assert row is not None and bounce.recipient is not None
+        assert row is not None
         return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
             company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
-                original_message_id=bounce.original_message_id or "", recipient=bounce.recipient,
-                status=bounce.status, action=bounce.action or "failed", diagnostic=bounce.diagnostic[:2000],
-                mailbox_id=row.id, user_id=row.user_id, bounced_at=self._sent_at(header, summary))))
+                original_message_id=bounce.original_message_id or "", recipient=lead or "",
+                status=bounce.status, action=bounce.action, severity=bounce.severity, reason=bounce.reason,
+                diagnostic=bounce.diagnostic[:2000] if lead else "", mailbox_id=row.id, user_id=row.user_id,
+                bounced_at=self._sent_at(header, summary))))
 
     def _mail(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, match: Match,
               parsed: ParsedMessage) -> Selected:
