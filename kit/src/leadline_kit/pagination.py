@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
@@ -13,6 +14,9 @@ from pydantic import BaseModel
 from leadline_kit.errors import BadRequest
 
 T = TypeVar("T")
+
+# a cursor is ours: a control character in one (NUL above all, which PostgreSQL refuses) was never made here
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Page(BaseModel, Generic[T]):
@@ -28,7 +32,8 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(key, list) or len(key) != parts or not all(isinstance(k, str) for k in key):
+        if not isinstance(key, list) or len(key) != parts or \
+                not all(isinstance(k, str) and not _CONTROL.search(k) for k in key):
             raise ValueError
     except ValueError as exc:
         raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
@@ -42,11 +47,14 @@ def encode_position(moment: datetime, row_id: uuid.UUID) -> str:
 
 def decode_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
     """The (timestamp, id) a cursor of :func:`encode_position` names; None for no cursor; a malformed
-    one is a 400 problem."""
+    one (also a moment without a UTC offset, or one whose UTC time leaves the calendar) is a 400 problem."""
     if not cursor:
         return None
     moment, row_id = decode_cursor(cursor, 2)
     try:
-        return datetime.fromisoformat(moment), uuid.UUID(row_id)
-    except ValueError as exc:
+        parsed = datetime.fromisoformat(moment)
+        if parsed.tzinfo is None:
+            raise ValueError("no UTC offset")
+        return parsed.astimezone(UTC), uuid.UUID(row_id)
+    except (ValueError, OverflowError) as exc:
         raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc

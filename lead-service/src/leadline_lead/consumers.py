@@ -34,6 +34,8 @@ from leadline_proto.events import (
     MailboxDisconnectedV1,
     MailSentV1,
     MailSyncedV1,
+    UserDeletedV1,
+    UserUpdatedV1,
 )
 from leadline_proto.subjects import event_subject
 
@@ -46,6 +48,8 @@ SUBJECTS = [
     event_subject("mail.bounced", 1),
     event_subject("mailbox.disconnected", 1),
     event_subject("lead.unsubscribed", 1),
+    event_subject("user.updated", 1),
+    event_subject("user.deleted", 1),
 ]
 
 
@@ -86,6 +90,9 @@ async def _apply_event(session: AsyncSession, event: Event) -> None:
             await timeline.remove_mailbox_history(session, event.company_id, event.payload.mailbox_id)
     elif isinstance(event, LeadUnsubscribedV1):
         await apply_unsubscribe(session, event)
+    elif isinstance(event, UserUpdatedV1 | UserDeletedV1):
+        await leads.save_user(session, event.company_id, event.payload.user_id,
+                              deleted=isinstance(event, UserDeletedV1), at=event.occurred_at)
 
 
 async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) -> None:

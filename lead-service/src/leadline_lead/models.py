@@ -47,6 +47,17 @@ company_settings = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# the company's users, from the gateway's user.updated / user.deleted: a lead's owner is one of them
+company_user = Table(
+    "company_user",
+    metadata,
+    Column("user_id", Uuid, primary_key=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("deleted", Boolean, nullable=False, server_default=text("false")),
+    # occurred_at of the user event applied last: an older one arriving late is ignored
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 lead = Table(
     "lead",
     metadata,

@@ -11,6 +11,7 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from leadline_kit.identity import Role
+from leadline_kit.text import ONE_LINE
 
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 
@@ -36,8 +37,8 @@ def _email(value: str) -> str:
 
 Domain = Annotated[str, Field(max_length=253), AfterValidator(_domain)]
 Email = Annotated[str, Field(max_length=320), AfterValidator(_email)]
-Name = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
-OptionalName = Annotated[str, Field(max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+Name = Annotated[str, Field(min_length=1, max_length=200, pattern=ONE_LINE)]
+OptionalName = Annotated[str, Field(max_length=200, pattern=ONE_LINE)]
 
 
 class Strict(BaseModel):

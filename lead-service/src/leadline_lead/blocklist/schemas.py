@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from leadline_kit.pagination import Page
+from leadline_kit.text import ONE_LINE
 
 BlockKind = Literal["address", "domain"]
 
@@ -16,7 +17,7 @@ BlockKind = Literal["address", "domain"]
 class BlocklistEntryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254)]
+    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254, pattern=ONE_LINE)]
     kind: BlockKind | None = None
     """Omitted: an address when the value holds an ``@`` (other than a leading one), else a domain."""
 

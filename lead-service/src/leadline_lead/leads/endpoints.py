@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Response
 from leadline_kit.db import Session
 from leadline_kit.identity import Caller
 from leadline_kit.pagination import Page
+from leadline_kit.text import ONE_LINE
 from leadline_lead.leads import service
 from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
 
@@ -19,7 +20,8 @@ router = APIRouter(prefix="/v1/leads", tags=["leads"])
 @router.get("")
 async def list_leads(
     session: Session, caller: Caller,
-    q: Annotated[str | None, Query(max_length=254, description="address prefix, or part of the name")] = None,
+    q: Annotated[str | None, Query(max_length=254, pattern=ONE_LINE,
+                                   description="address prefix, or part of the name")] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[Lead]:

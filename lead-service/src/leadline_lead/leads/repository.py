@@ -13,7 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_lead.addresses import domain_of
-from leadline_lead.models import lead, lead_address
+from leadline_lead.models import company_user, lead, lead_address
 
 
 async def insert_lead(session: AsyncSession, values: dict[str, Any]) -> Row[Any]:
@@ -115,3 +115,20 @@ async def mark_unsubscribed(session: AsyncSession, company_id: uuid.UUID, lead_i
         .where(lead.c.company_id == company_id, lead.c.id.in_(list(lead_ids)), lead.c.unsubscribed_at.is_(None))
         .values(unsubscribed_at=at, updated_at=func.now())
     )
+
+
+async def save_user(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, deleted: bool,
+                    at: datetime) -> None:
+    """Keep a user of the company as its latest event says (a late, older event changes nothing)."""
+    stmt = insert(company_user).values(user_id=user_id, company_id=company_id, deleted=deleted, updated_at=at)
+    await session.execute(stmt.on_conflict_do_update(
+        index_elements=[company_user.c.user_id],
+        set_={"deleted": stmt.excluded.deleted, "updated_at": stmt.excluded.updated_at},
+        where=and_(company_user.c.updated_at < stmt.excluded.updated_at,
+                   company_user.c.company_id == stmt.excluded.company_id)))
+
+
+async def is_user_of(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> bool:
+    return await session.scalar(select(company_user.c.user_id).where(
+        company_user.c.user_id == user_id, company_user.c.company_id == company_id,
+        company_user.c.deleted.is_(False))) is not None

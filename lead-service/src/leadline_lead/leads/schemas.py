@@ -8,14 +8,16 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from leadline_kit.text import ONE_LINE
+
 Stage = Literal["new", "contacted", "qualified", "proposal", "negotiation", "won", "lost"]
 STAGES: tuple[str, ...] = ("new", "contacted", "qualified", "proposal", "negotiation", "won", "lost")
 
 MAX_ADDRESSES = 20
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-AccountName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200)]
-RawAddress = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254)]
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)]
+AccountName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200, pattern=ONE_LINE)]
+RawAddress = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254, pattern=ONE_LINE)]
 
 
 class LeadCreate(BaseModel):

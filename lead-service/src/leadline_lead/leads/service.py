@@ -1,5 +1,9 @@
 """Lead logic: create, change and delete leads, telling the other services through the outbox.
 
+A lead's owner must be a user of the caller's company.  The service learns the company's users from the
+gateway's ``user.updated`` / ``user.deleted`` events (services never ask each other's tables, and an event
+kept here costs no round trip to the gateway on each write); the caller is always a user of their company.
+
 The sync service keeps its own copy of every lead's addresses and creation
 time from ``lead.created|updated|deleted`` (R5, R6), so each change enqueues
 the lead's full state in the same transaction.
@@ -54,7 +58,16 @@ async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUI
         raise Conflict(f"{first} already belongs to another lead", slug="address-taken", address=first)
 
 
+async def _check_owner(session: AsyncSession, caller: Identity, owner: uuid.UUID | None) -> None:
+    """A lead's owner is a user of the caller's company (known from the gateway's user events)."""
+    if owner is not None and owner != caller.user_id and not await repository.is_user_of(
+            session, caller.company_id, owner):
+        raise Unprocessable("owner_user_id names no user of your company", slug="unknown-owner",
+                            owner_user_id=str(owner))
+
+
 async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate) -> Lead:
+    await _check_owner(session, caller, body.owner_user_id)
     addresses = normalised_addresses(body.addresses)
     row = await repository.insert_lead(session, {
         "id": uuid.uuid4(), "company_id": caller.company_id, "name": body.name,
@@ -83,6 +96,7 @@ async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUI
         if getattr(body, field) is not None:
             values[field] = getattr(body, field)
     if "owner_user_id" in body.model_fields_set:
+        await _check_owner(session, caller, body.owner_user_id)
         values["owner_user_id"] = body.owner_user_id
     if body.addresses is not None:
         addresses = normalised_addresses(body.addresses)

@@ -1,0 +1,30 @@
+"""company users
+
+Revision ID: 0003_company_users
+Revises: 0002_lead_search
+Create Date: 2026-12-01 21:37:40.711548
+"""
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = '0003_company_users'
+down_revision: str | None = '0002_lead_search'
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table('company_user',
+    sa.Column('user_id', sa.Uuid(), nullable=False),
+    sa.Column('company_id', sa.Uuid(), nullable=False),
+    sa.Column('deleted', sa.Boolean(), server_default=sa.text('false'), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.PrimaryKeyConstraint('user_id', name=op.f('pk_company_user')),
+    schema='lead'
+    )
+
+
+def downgrade() -> None:
+    op.drop_table('company_user', schema='lead')
