@@ -1,7 +1,7 @@
 """company users
 
-Revision ID: 0003_company_users
-Revises: 0002_lead_search
+Revision ID: 0004_company_users
+Revises: 0003_delivery_delayed
 Create Date: 2026-12-01 21:37:40.711548
 """
 from collections.abc import Sequence
@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = '0003_company_users'
-down_revision: str | None = '0002_lead_search'
+revision: str = '0004_company_users'
+down_revision: str | None = '0003_delivery_delayed'
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
