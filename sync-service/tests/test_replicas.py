@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from leadline_kit.testing.clients import running_app
+from leadline_sync.mailbox.states import SyncMode
 
 SERVICE_SCRIPT = """
 import asyncio
@@ -92,8 +93,9 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
     for account in accounts:
         await world.append(account, "INBOX", *(world.message(sender=lead, to=[account.address], subject=f"m{i}")
                                               for i in range(5)))
+    # A holds 2 live and serves the rest in turns (1 rotation slot); B holds up to 6 live (4 rotation slots)
     first = world.app(sync_replica="replica-a", sync_max_mailboxes=3, sync_lease_seconds=3.0)
-    second = world.app(sync_replica="replica-b", sync_max_mailboxes=6, sync_lease_seconds=3.0)
+    second = world.app(sync_replica="replica-b", sync_max_mailboxes=10, sync_lease_seconds=3.0)
     scheduler_a = None
     overlaps: list[set[uuid.UUID]] = []
     seen_b: set[uuid.UUID] = set()
@@ -107,11 +109,12 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
                                  "'replica-a'", check=lambda v: v == 1)
         async with running_app(second):
             scheduler_b = second.state.runtime.extras["scheduler"]
-            for _ in range(40):
+            deadline = asyncio.get_running_loop().time() + 20
+            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.held(SyncMode.LIVE)) < 4:
                 overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
                 await asyncio.sleep(0.05)
-            held_a = set(scheduler_a.mailboxes)
-            assert len(held_a) == 3 and len(scheduler_b.mailboxes) == 3
+            held_a = set(scheduler_a.held(SyncMode.LIVE))
+            assert len(held_a) == 2 and len(scheduler_b.held(SyncMode.LIVE)) == 4
             # replica A dies: no clean shutdown, its leases simply stop being renewed
             async def die_silently() -> None:
                 return None
@@ -120,7 +123,7 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
                 if task.get_name() == "sync-scheduler":
                     task.cancel()
             deadline = asyncio.get_running_loop().time() + 20
-            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.mailboxes) < 6:
+            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.held(SyncMode.LIVE)) < 6:
                 overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
                 seen_b |= scheduler_b.mailboxes
                 await asyncio.sleep(0.05)

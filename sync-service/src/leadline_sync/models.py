@@ -16,10 +16,13 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from sqlalchemy import (
     ARRAY,
     BigInteger,
     Boolean,
+    CheckConstraint,
     Column,
     DateTime,
     ForeignKey,
@@ -38,6 +41,12 @@ from sqlalchemy import (
 from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
 from leadline_kit.outbox import outbox_table
+from leadline_sync.mailbox.states import MailboxStatus, Slot, SyncMode
+
+
+def _one_of(column: str, values: type[StrEnum]) -> str:
+    return f"{column} IN (" + ", ".join(f"'{v}'" for v in values) + ")"
+
 
 metadata = service_metadata("sync")
 outbox = outbox_table(metadata)
@@ -81,6 +90,10 @@ mailbox = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("lease_owner", Text),
     Column("lease_expires_at", DateTime(timezone=True)),
+    # live | rotating: how the replica that last claimed it syncs it (live only while its lease runs)
+    Column("sync_mode", Text),
+    # when both folders were last synced to the end (rotation serves the oldest first)
+    Column("last_synced_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("disabled_at", DateTime(timezone=True)),
@@ -88,6 +101,10 @@ mailbox = Table(
           postgresql_where=text("status <> 'disabled'")),
     Index("ix_mailbox_company_created", "company_id", "created_at", "id"),
     Index("ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")),
+    Index("ix_mailbox_last_synced", "last_synced_at", postgresql_where=text("status IN ('enabled', 'error')")),
+    CheckConstraint(_one_of("status", MailboxStatus), name="known_status"),
+    CheckConstraint(_one_of("slot", Slot), name="known_slot"),
+    CheckConstraint(_one_of("sync_mode", SyncMode) + " OR sync_mode IS NULL", name="known_sync_mode"),
 )
 
 folder_cursor = Table(
@@ -102,7 +119,11 @@ folder_cursor = Table(
     Column("uidnext", BigInteger, nullable=False, server_default="0"),
     # the last UID that existed when the historical sync of this folder started (progress)
     Column("history_last_uid", BigInteger, nullable=False, server_default="0"),
+    # UIDVALIDITY changes (rescans) in the day that started at uidvalidity_resets_since; past
+    # LEADLINE_SYNC_MAX_RESETS_PER_DAY the folder is not rescanned until that day ends (refusal logged once)
     Column("uidvalidity_resets", Integer, nullable=False, server_default="0"),
+    Column("uidvalidity_resets_since", DateTime(timezone=True)),
+    Column("rescan_refused_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("mailbox_id", "folder"),
 )

@@ -12,7 +12,7 @@ from leadline_kit.errors import NotFound
 from leadline_kit.identity import Admin, Caller
 from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_mail.addresses import address_domain
-from leadline_sync.context import Context
+from leadline_sync.context import Context, SyncContext
 from leadline_sync.domain_check import check_domain
 from leadline_sync.mailbox import connect as connection
 from leadline_sync.mailbox import repository, service
@@ -45,7 +45,7 @@ async def list_providers(caller: Caller) -> list[ProviderOut]:
             for p in providers().values()]
 
 
-def _mailbox_out(row: Row[Any], cursors: list[Row[Any]]) -> MailboxOut:
+def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext) -> MailboxOut:
     def server(prefix: str) -> ServerSettingsOut:
         pin = getattr(row, f"{prefix}_pinned_sha256")
         return ServerSettingsOut(host=getattr(row, f"{prefix}_host"), port=getattr(row, f"{prefix}_port"),
@@ -54,30 +54,35 @@ def _mailbox_out(row: Row[Any], cursors: list[Row[Any]]) -> MailboxOut:
 
     return MailboxOut(
         id=row.id, user_id=row.user_id, address=row.address, provider=row.provider, status=row.status,
-        status_reason=row.status_reason, smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
+        status_reason=_reason(row, context), sync_mode=row.current_sync_mode, last_synced_at=row.last_synced_at,
+        smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
         sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,
         folders=[FolderProgress(folder=c.folder, name=c.name, last_uid=c.last_uid,
                                 history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid)
                  for c in cursors])
 
 
-async def _own_mailbox(session: Session, caller: Caller) -> MailboxOut:
-    row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+def _reason(row: Row[Any], context: SyncContext) -> str:
+    return service.waiting_reason(row, context.clock(), context.settings.sync_rotation_seconds)
+
+
+async def _own_mailbox(session: Session, caller: Caller, context: SyncContext) -> MailboxOut:
+    row = await repository.own_mailbox(session, caller.company_id, caller.user_id)
     if row is None:
         raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
-    return _mailbox_out(row, await repository.folder_cursors(session, row.id))
+    return _mailbox_out(row, await repository.folder_cursors(session, row.id), context)
 
 
 @router.put("/v1/mail-sync")
 async def connect_mailbox(body: ConnectRequest, caller: Caller, context: Context, session: Session) -> MailboxOut:
     """Connect the caller's own mailbox, or update its settings (a new password resumes from the cursor)."""
     await connection.connect(context, caller, body)
-    return await _own_mailbox(session, caller)
+    return await _own_mailbox(session, caller, context)
 
 
 @router.get("/v1/mail-sync")
-async def get_mailbox(caller: Caller, session: Session) -> MailboxOut:
-    return await _own_mailbox(session, caller)
+async def get_mailbox(caller: Caller, context: Context, session: Session) -> MailboxOut:
+    return await _own_mailbox(session, caller, context)
 
 
 @router.delete("/v1/mail-sync", status_code=204)
@@ -116,7 +121,7 @@ async def domain_check(caller: Caller, context: Context, session: Session) -> Do
 
 @router.get("/v1/mailboxes")
 async def list_mailboxes(
-    caller: Admin, session: Session, cursor: str | None = None,
+    caller: Admin, context: Context, session: Session, cursor: str | None = None,
     status: MailboxStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[MailboxSummary]:
@@ -124,7 +129,8 @@ async def list_mailboxes(
     after = decode_position(cursor)
     rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
     items = [MailboxSummary(id=r.id, user_id=r.user_id, address=r.address, provider=r.provider, status=r.status,
-                            status_reason=r.status_reason, counts_for_billing=r.status in COUNTS_FOR_BILLING,
+                            status_reason=_reason(r, context), sync_mode=r.current_sync_mode,
+                            last_synced_at=r.last_synced_at, counts_for_billing=r.status in COUNTS_FOR_BILLING,
                             connected_at=r.connected_at, updated_at=r.updated_at) for r in rows[:limit]]
     next_cursor = None
     if len(rows) > limit:

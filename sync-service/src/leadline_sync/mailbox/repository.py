@@ -1,15 +1,30 @@
-"""Queries behind the Mail Sync endpoints (every one scoped by company)."""
+"""Queries behind the Mail Sync endpoints (every one scoped by company) and the operators' mailbox metrics."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, select, tuple_
+from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_sync.mailbox.states import MailboxStatus, SyncMode
 from leadline_sync.models import folder_cursor, mailbox, mailbox_error
+
+HELD = and_(mailbox.c.lease_owner.is_not(None), mailbox.c.lease_expires_at > func.now())
+"""A replica holds the mailbox right now (its lease runs: the database's clock)."""
+
+CURRENT_SYNC_MODE: ColumnElement[str | None] = case(
+    (mailbox.c.status != MailboxStatus.ENABLED, None),
+    (and_(mailbox.c.sync_mode == SyncMode.LIVE, HELD), SyncMode.LIVE.value),
+    else_=SyncMode.ROTATING.value)
+"""How an enabled mailbox is synced now: ``live`` only while a replica holds it live; otherwise it waits its turn."""
+
+WAITING_SINCE = func.coalesce(mailbox.c.last_synced_at, mailbox.c.connected_at)
+
+SYNC_VIEW = (CURRENT_SYNC_MODE.label("current_sync_mode"), HELD.label("held"))
+"""Columns the API shows beside a mailbox row (see :func:`leadline_sync.mailbox.service.waiting_reason`)."""
 
 
 async def folder_cursors(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Row[Any]]:
@@ -34,10 +49,17 @@ async def error_page(session: AsyncSession, company_id: uuid.UUID, user_id: uuid
     return list((await session.execute(statement)).all())
 
 
+async def own_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any] | None:
+    """The user's connected mailbox (any status but disabled) with :data:`SYNC_VIEW`."""
+    return (await session.execute(
+        select(mailbox, *SYNC_VIEW).where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id,
+                                          mailbox.c.status != MailboxStatus.DISABLED))).first()
+
+
 async def mailbox_page(session: AsyncSession, company_id: uuid.UUID, limit: int, status: str | None,
                        after: tuple[datetime, uuid.UUID] | None) -> list[Row[Any]]:
     statement = (
-        select(mailbox).where(mailbox.c.company_id == company_id)
+        select(mailbox, *SYNC_VIEW).where(mailbox.c.company_id == company_id)
         .order_by(mailbox.c.created_at, mailbox.c.id).limit(limit)
     )
     if status is not None:
@@ -45,3 +67,17 @@ async def mailbox_page(session: AsyncSession, company_id: uuid.UUID, limit: int,
     if after is not None:
         statement = statement.where(tuple_(mailbox.c.created_at, mailbox.c.id) > after)
     return list((await session.execute(statement)).all())
+
+
+async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds: float) -> list[Row[Any]]:
+    """Mailboxes of every company by status and current sync mode (operators' metrics, not a tenant's view).
+
+    ``waiting_since`` and ``overdue`` count only mailboxes due now (not paused until a later attempt).
+    """
+    due = mailbox.c.next_attempt_at <= now
+    overdue = and_(due, WAITING_SINCE < now - timedelta(seconds=rotation_seconds))
+    return list((await session.execute(
+        select(mailbox.c.status, CURRENT_SYNC_MODE.label("sync_mode"), func.count().label("mailboxes"),
+               func.min(WAITING_SINCE).filter(due).label("waiting_since"),
+               func.count().filter(overdue).label("overdue"))
+        .group_by(mailbox.c.status, CURRENT_SYNC_MODE))).all())

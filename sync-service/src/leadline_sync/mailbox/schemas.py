@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from leadline_mail.addresses import normalize_address
 from leadline_mail.net import normalize_fingerprint
-from leadline_sync.mailbox.states import MailboxStatus
+from leadline_sync.mailbox.states import MailboxStatus, SyncMode
 
 SmtpUse = Literal["general", "all"]
 
@@ -106,6 +106,8 @@ class MailboxOut(BaseModel):
     provider: str
     status: MailboxStatus
     status_reason: str
+    sync_mode: SyncMode | None = Field(description="enabled mailboxes: live (IDLE held) or rotating (served in turns)")
+    last_synced_at: datetime | None = Field(description="when both folders were last synced to the end")
     smtp_use: SmtpUse
     imap: ServerSettingsOut
     smtp: ServerSettingsOut
@@ -124,6 +126,8 @@ class MailboxSummary(BaseModel):
     provider: str
     status: MailboxStatus
     status_reason: str
+    sync_mode: SyncMode | None
+    last_synced_at: datetime | None
     counts_for_billing: bool
     connected_at: datetime
     updated_at: datetime

@@ -182,6 +182,28 @@ async def slot_granted(session: AsyncSession, company_id: uuid.UUID, mailbox_id:
     await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
 
 
+def waiting_reason(row: MailboxRow, now: datetime, rotation_seconds: float) -> str:
+    """The status reason to show: the stored one, or why an enabled mailbox waited past the rotation period (R28).
+
+    ``row`` carries ``held`` (:data:`leadline_sync.mailbox.repository.SYNC_VIEW`).
+    """
+    if row.status_reason or row.status != MailboxStatus.ENABLED:
+        return str(row.status_reason)
+    since = row.last_synced_at or row.connected_at
+    if (now - since).total_seconds() <= rotation_seconds:
+        return ""
+    period = f"{rotation_seconds / 60:g} minutes" if rotation_seconds >= 60 else f"{rotation_seconds:g} seconds"
+    if row.held:
+        if row.last_synced_at is None:
+            return f"the first sync has been running for more than {period}"
+        return f"syncing a backlog; the last complete sync ended at {since:%Y-%m-%d %H:%M:%S} UTC"
+    if row.last_synced_at is None:
+        return (f"not synced yet: waiting more than {period} for a free sync connection "
+                f"(connected at {since:%Y-%m-%d %H:%M:%S} UTC)")
+    return (f"not synced for more than {period}: waiting for a free sync connection "
+            f"(last synced at {since:%Y-%m-%d %H:%M:%S} UTC)")
+
+
 def retry_delay(failures: int, base: float, cap: float, jitter: float) -> timedelta:
     """Exponential backoff with jitter (``jitter`` in [0.5, 1]) so that many mailboxes do not retry in step."""
     return timedelta(seconds=min(cap, base * 2 ** min(failures, 16)) * jitter)

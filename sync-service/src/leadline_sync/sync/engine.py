@@ -66,7 +66,7 @@ from leadline_proto.subjects import RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
-from leadline_sync.mailbox.states import SYNCED, MailboxStatus
+from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
 from leadline_sync.models import folder_cursor, mailbox, outbox, synced_message
 
@@ -147,14 +147,18 @@ def _message_id(summary: HeaderSummary, header: bytes) -> str:
 
 
 class MailboxSync:
-    def __init__(self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore) -> None:
+    def __init__(self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore,
+                 mode: SyncMode = SyncMode.LIVE) -> None:
         self.context = context
         self.settings = context.settings
         self.mailbox_id = mailbox_id
         self.busy = busy
+        self.mode = mode
         self.row: Row[Any] | None = None
         self.cursors: dict[str, FolderCursor] = {}
         self.history_done = False
+        self.synced_at: datetime | None = None  # the last_synced_at this worker wrote last
+        self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -179,6 +183,7 @@ class MailboxSync:
         while True:
             try:
                 await self._session(login)
+                return  # a rotation pass ends after one round
             except LeaseLost:
                 log.info("mailbox %s: lease lost or sync disabled; stopping", self.mailbox_id)
                 return
@@ -199,7 +204,10 @@ class MailboxSync:
                 return
 
     async def _session(self, login: ServerLogin) -> None:
-        """One IMAP connection: connect, then sync and wait for mail until something breaks."""
+        """One IMAP connection: connect, then sync and wait for mail until something breaks.
+
+        A rotation pass (``mode`` rotating) syncs both folders once and returns.
+        """
         client = await connect_imap(imap_settings(login, self.settings))
         started = asyncio.get_running_loop().time()
         try:
@@ -212,7 +220,9 @@ class MailboxSync:
             while True:
                 for role, name in order:
                     await self._sync_folder(client, role, name)
-                await self._note_history_done()
+                await self._note_synced()
+                if self.mode == SyncMode.ROTATING:
+                    return
                 if "IDLE" in client.capabilities:
                     woke = await client.idle(self.settings.sync_poll_seconds)
                     log.debug("mailbox %s: IDLE ended (new mail: %s)", self.mailbox_id, woke)
@@ -326,16 +336,34 @@ class MailboxSync:
         await session.execute(statement.on_conflict_do_update(
             index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values))
 
-    async def _note_history_done(self) -> None:
-        if self.history_done or not all(c.last_uid >= c.history_last_uid for c in self.cursors.values()):
+    async def _note_synced(self) -> None:
+        """Both folders are synced to the end: record when, and (once) that the historical sync is complete.
+
+        A live mailbox records it at most every quarter of the rotation period,
+        so that thousands of idle mailboxes do not write a row a minute each; a
+        folder whose rescan was refused today leaves the mailbox not synced.
+        """
+        now = self.context.clock()
+        history_done = not self.history_done and all(c.last_uid >= c.history_last_uid for c in self.cursors.values())
+        recent = (self.synced_at is not None
+                  and (now - self.synced_at).total_seconds() < self.settings.sync_rotation_seconds / 4)
+        synced = not self.refused and not recent
+        if not (history_done or synced):
             return
         async with self.context.db.session() as session:
             await self._fence(session)
-            await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id,
-                                                        mailbox.c.history_completed_at.is_(None))
-                                  .values(history_completed_at=self.context.clock()))
-        self.history_done = True
-        log.info("mailbox %s: historical sync complete", self.mailbox_id)
+            if synced:
+                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id)
+                                      .values(last_synced_at=now))
+            if history_done:
+                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id,
+                                                            mailbox.c.history_completed_at.is_(None))
+                                      .values(history_completed_at=now))
+        if synced:
+            self.synced_at = now
+        if history_done:
+            self.history_done = True
+            log.info("mailbox %s: historical sync complete", self.mailbox_id)
 
     # -- one folder ------------------------------------------------------------------------
 

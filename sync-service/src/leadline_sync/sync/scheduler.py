@@ -1,4 +1,4 @@
-"""Sharing mailboxes between replicas: leases in PostgreSQL.
+"""Sharing mailboxes between replicas: leases in PostgreSQL; live mailboxes, and the rest in turns.
 
 Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
 
@@ -7,10 +7,21 @@ Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
    workers whose lease it no longer holds;
 2. claims due mailboxes that nobody holds, or whose holder's lease expired
    (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
-   never claim the same row, up to the replica's capacity (:mod:`.capacity`).
+   never claim the same row, oldest last sync first:
+
+   - ``live`` workers, up to the replica's capacity less its rotation slots
+     (:mod:`.capacity`): one connection each, held, waiting in IDLE; a live
+     mailbox stays live;
+   - ``rotating`` workers in the rotation slots: one pass each (connect, sync
+     both folders, disconnect), then the slot takes the next mailbox whose
+     last sync is oldest (and at least ``sync_poll_seconds`` old).  So when
+     the replicas together hold fewer mailboxes than are enabled, the rest
+     are served in turns and none starves; a mailbox waiting longer than
+     ``sync_rotation_seconds`` says so (API, metrics: :mod:`.report`).
 
 A separate loop repeats unanswered mailbox-limit claims and releases (R9),
-so that a slow quota service never delays lease renewals.
+so that a slow quota service never delays lease renewals; another refreshes
+the metrics that describe every replica's mailboxes from the database.
 
 A worker re-checks the lease in every transaction it commits (see
 :meth:`MailboxSync._fence`), so a replica that lost its lease cannot write;
@@ -27,6 +38,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from prometheus_client import Gauge
@@ -34,14 +46,19 @@ from sqlalchemy import func, or_, select, update
 
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
-from leadline_sync.mailbox.states import SYNCED, Slot
+from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
 from leadline_sync.models import mailbox
 from leadline_sync.sync.capacity import Capacity
 from leadline_sync.sync.engine import MailboxSync
+from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 
 log = logging.getLogger("leadline.sync.scheduler")
 
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
+HELD_BY_MODE = Gauge("leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating",
+                     ["replica", "sync_mode"])
+CAPACITY = Gauge("leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots",
+                 ["replica", "sync_mode"])
 
 
 class SyncScheduler:
@@ -51,6 +68,7 @@ class SyncScheduler:
         self.settings = context.settings
         self.replica = context.replica
         self.workers: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self.modes: dict[uuid.UUID, SyncMode] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
 
@@ -59,11 +77,20 @@ class SyncScheduler:
         """The mailboxes this replica is syncing right now."""
         return {mailbox_id for mailbox_id, task in self.workers.items() if not task.done()}
 
+    def held(self, mode: SyncMode) -> set[uuid.UUID]:
+        return {mailbox_id for mailbox_id in self.mailboxes if self.modes[mailbox_id] == mode}
+
     def _lease_interval(self) -> timedelta:
         return timedelta(seconds=self.settings.sync_lease_seconds)
 
     async def run(self) -> None:
-        slots = asyncio.create_task(self._reconcile_slots_forever(), name="sync-slot-reconciler")
+        CAPACITY.labels(self.replica, SyncMode.LIVE).set(self.capacity.live)
+        CAPACITY.labels(self.replica, SyncMode.ROTATING).set(self.capacity.rotation_slots)
+        interval = self.settings.sync_schedule_interval
+        slots = asyncio.create_task(self._repeat(reconcile_slots, max(interval, self.settings.sync_rpc_timeout),
+                                                 "mailbox-limit reconciliation"), name="sync-slot-reconciler")
+        reports = asyncio.create_task(self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"),
+                                      name="sync-mailbox-report")
         try:
             while True:
                 try:
@@ -80,7 +107,8 @@ class SyncScheduler:
                     await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
         finally:
             slots.cancel()
-            await asyncio.gather(slots, return_exceptions=True)
+            reports.cancel()
+            await asyncio.gather(slots, reports, return_exceptions=True)
             await self._stop_workers()
             self.context.parser.close()
             with contextlib.suppress(Exception):
@@ -91,22 +119,25 @@ class SyncScheduler:
         await self._renew()
         await self._claim()
         HELD.labels(self.replica).set(len(self.workers))
+        for mode in SyncMode:
+            HELD_BY_MODE.labels(self.replica, mode).set(sum(1 for m in self.modes.values() if m == mode))
 
-    async def _reconcile_slots_forever(self) -> None:
+    async def _repeat(self, job: Callable[[SyncContext], Awaitable[None]], seconds: float, what: str) -> None:
         while True:
-            await asyncio.sleep(max(self.settings.sync_schedule_interval, self.settings.sync_rpc_timeout))
+            await asyncio.sleep(seconds)
             try:
-                await reconcile_slots(self.context)
+                await job(self.context)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("mailbox-limit reconciliation failed; retrying")
+                log.exception("%s failed; retrying", what)
 
     async def _reap(self) -> None:
         """Forget finished workers; give back a lease a worker left behind (it crashed)."""
         finished = {mailbox_id: task for mailbox_id, task in self.workers.items() if task.done()}
         for mailbox_id, task in finished.items():
             del self.workers[mailbox_id]
+            del self.modes[mailbox_id]
             crashed = not task.cancelled() and task.exception() is not None
             if crashed:
                 log.error("mailbox %s: sync worker crashed", mailbox_id, exc_info=task.exception())
@@ -131,29 +162,38 @@ class SyncScheduler:
         self._renewed_at = time.monotonic()
 
     async def _claim(self) -> None:
-        free = self.capacity.mailboxes - len(self.workers)
+        live = len(self.held(SyncMode.LIVE))
+        await self._claim_for(SyncMode.LIVE, self.capacity.live - live)
+        await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - (len(self.workers) - live))
+
+    async def _claim_for(self, mode: SyncMode, free: int) -> None:
         if free <= 0:
             return
+        now = self.context.clock()
         due = (
             select(mailbox.c.id)
-            .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED,
-                   mailbox.c.next_attempt_at <= self.context.clock(),
+            .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED, mailbox.c.next_attempt_at <= now,
                    or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()))
-            .order_by(mailbox.c.next_attempt_at)
+            .order_by(mailbox.c.last_synced_at.asc().nulls_first(), mailbox.c.next_attempt_at)
             .limit(free)
             .with_for_update(skip_locked=True)
         )
+        if mode == SyncMode.ROTATING:
+            # a pass per mailbox at most every poll period, however few mailboxes wait
+            fresh = now - timedelta(seconds=self.settings.sync_poll_seconds)
+            due = due.where(or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh))
         if self.workers:
             due = due.where(mailbox.c.id.not_in(list(self.workers)))
         async with self.context.db.session() as session:
             claimed = list((await session.execute(
                 update(mailbox).where(mailbox.c.id.in_(due.scalar_subquery()))
-                .values(lease_owner=self.replica, lease_expires_at=func.now() + self._lease_interval())
+                .values(lease_owner=self.replica, lease_expires_at=func.now() + self._lease_interval(), sync_mode=mode)
                 .returning(mailbox.c.id))).scalars())
         for mailbox_id in claimed:
-            worker = MailboxSync(self.context, mailbox_id, self.busy)
+            worker = MailboxSync(self.context, mailbox_id, self.busy, mode)
             self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
-        if claimed:
+            self.modes[mailbox_id] = mode
+        if claimed and mode == SyncMode.LIVE:
             log.info("replica %s claimed %d mailbox(es)", self.replica, len(claimed))
 
     async def _stop_workers(self) -> None:
@@ -168,3 +208,4 @@ class SyncScheduler:
             await session.execute(update(mailbox).where(mailbox.c.lease_owner == self.replica)
                                   .values(lease_owner=None, lease_expires_at=None))
         self.workers.clear()
+        self.modes.clear()
