@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 
 import httpx
 from leadtest import create_lead, events_on_stream, eventually
 from nats.js import JetStreamContext
 
+from leadline_kit import bus
 from leadline_kit.identity import Identity
 from leadline_kit.testing.clients import make_identity
+from leadline_proto.requests import LeadDirectoryReply, LeadDirectoryRequest
+from leadline_proto.subjects import RPC_LEAD_DIRECTORY
 
 PROBLEM = "application/problem+json"
 
@@ -235,3 +239,26 @@ async def test_a_leads_owner_is_a_user_of_the_callers_company(api: httpx.AsyncCl
         response = await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})
         return response.status_code == 422
     await eventually(colleague_gone, what="the colleague's user.deleted applied")
+
+
+async def test_the_sync_service_may_ask_how_many_leads_a_company_has(api: httpx.AsyncClient, nats_url: str,
+                                                                      admin: Identity) -> None:
+    nc, _ = await bus.connect(nats_url, "lead-directory-asker")
+    try:
+        async def ask(data: bytes) -> LeadDirectoryReply:
+            return LeadDirectoryReply.model_validate_json((await nc.request(RPC_LEAD_DIRECTORY, data, timeout=5)).data)
+
+        request = LeadDirectoryRequest(company_id=admin.company_id).model_dump_json().encode()
+        empty = await ask(request)
+        assert empty.leads == 0 and empty.newest_created_at is None and empty.as_of is not None
+        await create_lead(api, "one@example.com")
+        newest = await create_lead(api, "two@example.com", "deux@example.com")
+        other = await ask(LeadDirectoryRequest(company_id=uuid.uuid4()).model_dump_json().encode())
+        reply = await ask(request)
+        assert (reply.leads, other.leads) == (2, 0)
+        assert reply.newest_created_at == datetime.fromisoformat(newest["created_at"])
+        assert reply.as_of is not None and reply.as_of >= reply.newest_created_at
+        invalid = await ask(b'{"company_id": "not a uuid"}')
+        assert invalid.as_of is None and invalid.detail
+    finally:
+        await nc.close()

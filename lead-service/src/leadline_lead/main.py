@@ -10,6 +10,7 @@ from leadline_kit.service import Runtime, create_service_app
 from leadline_lead.blocklist.endpoints import router as blocklist_router
 from leadline_lead.config import Settings
 from leadline_lead.consumers import lead_consumers
+from leadline_lead.leads.directory import serve_lead_directory
 from leadline_lead.leads.endpoints import router as leads_router
 from leadline_lead.leads.responder import serve_lead_addresses
 from leadline_lead.models import outbox
@@ -19,13 +20,15 @@ from leadline_lead.timeline.endpoints import router as timeline_router
 
 async def on_start(runtime: Runtime) -> None:
     runtime.extras["lead_addresses"] = await serve_lead_addresses(runtime.nats, runtime.db)
+    runtime.extras["lead_directory"] = await serve_lead_directory(runtime.nats, runtime.db)
 
 
 async def on_stop(runtime: Runtime) -> None:
-    subscription = runtime.extras.get("lead_addresses")
-    if subscription is not None:
-        with contextlib.suppress(Exception):  # the connection may already be closing
-            await subscription.unsubscribe()
+    for name in ("lead_addresses", "lead_directory"):
+        subscription = runtime.extras.get(name)
+        if subscription is not None:
+            with contextlib.suppress(Exception):  # the connection may already be closing
+                await subscription.unsubscribe()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

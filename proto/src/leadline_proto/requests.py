@@ -101,6 +101,26 @@ class SyncAllowanceReply(Reply):
     detail: str = ""
 
 
+class LeadDirectoryRequest(Request):
+    """The sync service asks, before a historical sync, how many leads with addresses a company has."""
+
+    company_id: uuid.UUID
+
+
+class LeadDirectoryReply(Reply):
+    """What the lead service holds for the company when it answers (``as_of``, its clock).
+
+    ``leads`` counts the leads that have at least one address (only those can match mail);
+    ``newest_created_at`` is the creation time of the newest of them.  The asker waits until its own
+    copy, built from ``lead.*`` events, holds as many leads created up to ``as_of``.
+    """
+
+    leads: int
+    newest_created_at: datetime | None = None
+    as_of: datetime | None = None  # None: the request could not be read (``detail`` says why)
+    detail: str = ""
+
+
 class MailboxSmtpRequest(Request):
     """Send-service asks sync-service for a user's SMTP settings (decrypted, over the internal bus)."""
 

@@ -26,3 +26,4 @@ RPC_MAILBOX_SLOT_RELEASE = "leadline-rpc.quota.mailbox-slot.release"
 RPC_SYNC_ALLOWANCE = "leadline-rpc.quota.sync-allowance"  # plan limit on synced emails per user per day
 RPC_MAILBOX_SMTP = "leadline-rpc.sync.mailbox-smtp"
 RPC_LEAD_ADDRESSES = "leadline-rpc.lead.addresses"  # a lead's addresses before its lead.created arrives
+RPC_LEAD_DIRECTORY = "leadline-rpc.lead.directory"  # how many leads a company has (the sync waits for them)
