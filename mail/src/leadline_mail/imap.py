@@ -56,7 +56,7 @@ import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from types import TracebackType
 from typing import Self
 
@@ -858,9 +858,12 @@ class ImapClient:
             highestmodseq=values.get("HIGHESTMODSEQ"),
         )
 
-    async def _search(self, criteria: str) -> list[int]:
+    async def _search(self, *criteria: _Arg) -> list[int]:
+        charset: tuple[bytes, ...] = ()
+        if any(isinstance(arg, _Literal) for arg in criteria):
+            charset = (b"CHARSET", b"UTF-8")
         if "ESEARCH" in self.capabilities:
-            _, untagged = await self._command("UID", b"SEARCH", b"RETURN (ALL)", _atom(criteria))
+            _, untagged = await self._command("UID", b"SEARCH", b"RETURN (ALL)", *charset, *criteria)
             uids: list[int] = []
             for response in untagged:
                 if response.kind != "ESEARCH":
@@ -870,7 +873,7 @@ class ImapClient:
                     if isinstance(item, str) and item.upper() == "ALL":
                         uids.extend(_expand_sequence_set(_as_str(items[i + 1])))
             return uids
-        _, untagged = await self._command("UID", b"SEARCH", _atom(criteria))
+        _, untagged = await self._command("UID", b"SEARCH", *charset, *criteria)
         found: list[int] = []
         for response in untagged:
             if response.kind == "SEARCH":
@@ -882,13 +885,32 @@ class ImapClient:
         """UIDs ≥ ``first_uid`` in the selected folder, ascending."""
         first = max(1, int(first_uid))
         # "n:*" also matches the highest UID when n is above it (RFC 3501 §6.4.8): filter.
-        return sorted({uid for uid in await self._search(f"UID {first}:*") if uid >= first})
+        return sorted({uid for uid in await self._search(_atom(f"UID {first}:*")) if uid >= first})
 
     async def uids_changed_since(self, modseq: int) -> list[int]:
         """UIDs whose mod-sequence is above ``modseq`` (CONDSTORE, RFC 7162), ascending."""
         if "CONDSTORE" not in self.capabilities:
             raise MailConnectionError("protocol", "The mail server does not support CONDSTORE.")
-        return sorted(set(await self._search(f"MODSEQ {int(modseq) + 1}")))
+        return sorted(set(await self._search(_atom(f"MODSEQ {int(modseq) + 1}"))))
+
+    async def uids_mentioning(self, addresses: Sequence[str], *, up_to: int, since: date | None = None) -> list[int]:
+        """UIDs ≤ ``up_to`` whose From, To, Cc or Bcc contains one of ``addresses``, ascending.
+
+        With ``since``, only messages dated (Date header) or received on or after that day. The server
+        matches substrings: callers check the headers they fetch.
+        """
+        if not addresses or up_to < 1:
+            return []
+        keys: list[_Arg] = []
+        for address in addresses:
+            value = _astring(address)
+            keys = [b"OR", *keys] if keys else keys  # OR takes two keys: (OR <so far> <this address>)
+            keys += [b"OR", b"FROM", value, b"OR", b"TO", value, b"OR", b"CC", value, b"BCC", value]
+        criteria: list[_Arg] = [b"UID", _atom(f"1:{int(up_to)}")]
+        if since is not None:
+            day = f"{since.day}-{_MONTHS[since.month - 1]}-{since.year}".encode()
+            criteria += [b"OR", b"SENTSINCE", day, b"SINCE", day]
+        return sorted({uid for uid in await self._search(*criteria, *keys) if uid <= up_to})
 
     async def fetch_headers(self, uids: Sequence[int]) -> list[FetchedHeader]:
         """Size, arrival date and raw header block of each message; expunged ones are simply missing."""
