@@ -26,6 +26,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -48,7 +50,8 @@ from leadline_proto.events import (
     LeadPayload,
     parse_event,
 )
-from leadline_proto.subjects import STREAM_NAME
+from leadline_proto.requests import LeadDirectoryReply, LeadDirectoryRequest
+from leadline_proto.subjects import RPC_LEAD_DIRECTORY, STREAM_NAME
 from leadline_sync.config import Settings
 from leadline_sync.main import create_app
 
@@ -190,6 +193,25 @@ class SyncWorld:
     clock: MovableClock = field(default_factory=MovableClock)
     consumer_prefix: str = field(default_factory=lambda: f"sync-test-{uuid.uuid4().hex[:10]}")
     quota_client: httpx.AsyncClient | None = None  # the quota service's API, when it runs
+    # the leads this world published as the lead service would (it answers RPC_LEAD_DIRECTORY for them)
+    lead_ids: set[uuid.UUID] = field(default_factory=set)
+    directory_responder: Subscription | None = None
+
+    async def answer_lead_directory(self) -> None:
+        """Answer the sync service's lead count for this company, as the lead service does for its leads."""
+        async def on_request(msg: Msg) -> None:
+            request = LeadDirectoryRequest.model_validate_json(msg.data)
+            if request.company_id == self.company_id:
+                await msg.respond(LeadDirectoryReply(leads=len(self.lead_ids), as_of=datetime.now(UTC))
+                                  .model_dump_json().encode())
+
+        self.directory_responder = await self.nc.subscribe(RPC_LEAD_DIRECTORY, cb=on_request)
+
+    async def stop_answering_lead_directory(self) -> None:
+        """The real lead service answers from here on."""
+        if self.directory_responder is not None:
+            await self.directory_responder.unsubscribe()
+            self.directory_responder = None
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
@@ -211,6 +233,10 @@ class SyncWorld:
         self.dovecot.add_user(address, password)
         self.smtp.accounts.passwords[address] = password
         return MailAccount(address, password, make_identity(role, company_id=self.company_id))
+
+    def identity(self, role: str) -> Identity:
+        """Another user of the test's company (an administrator creating leads, say)."""
+        return make_identity(role, company_id=self.company_id)
 
     def connect_body(self, account: MailAccount, password: str | None = None) -> dict[str, Any]:
         pw = password or account.password
@@ -254,6 +280,7 @@ class SyncWorld:
         lead_id = uuid.uuid4()
         await self.publish(LeadCreatedV1(company_id=self.company_id, payload=LeadPayload(
             lead_id=lead_id, addresses=list(addresses), created_at=created_at or self.clock())))
+        self.lead_ids.add(lead_id)
         await self.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE lead_id = :id", {"id": lead_id})
         return lead_id
 
@@ -341,6 +368,16 @@ class SyncWorld:
             await asyncio.sleep(0.1)
         raise AssertionError(f"mailbox never became {status}: {body}")
 
+    async def wait_reason(self, client: httpx.AsyncClient, reason: str, timeout: float = 20.0) -> dict[str, Any]:
+        deadline = asyncio.get_running_loop().time() + timeout
+        body: dict[str, Any] = {}
+        while asyncio.get_running_loop().time() < deadline:
+            body = (await client.get("/v1/mail-sync")).json()
+            if reason in body.get("status_reason", ""):
+                return body
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the mailbox never said {reason!r}: {body}")
+
     async def wait_history(self, client: httpx.AsyncClient, timeout: float = 30.0) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         body: dict[str, Any] = {}
@@ -359,8 +396,10 @@ async def bare_world(postgres: PostgresServer, dovecot: DovecotServer, smtp_serv
     url = await migrated_database(postgres, "leadline_sync")
     nc, js = await bus.connect(nats_url, "sync-tests")
     await bus.ensure_stream(js)
-    yield SyncWorld(postgres=postgres, dovecot=dovecot, smtp=smtp_server, nats_url=nats_url, ca_file=ca_file,
-                    database_url=url, js=js, nc=nc)
+    world = SyncWorld(postgres=postgres, dovecot=dovecot, smtp=smtp_server, nats_url=nats_url, ca_file=ca_file,
+                      database_url=url, js=js, nc=nc)
+    await world.answer_lead_directory()
+    yield world
     await nc.close()
 
 
@@ -384,6 +423,55 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
                                          consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}"))
     async with running_app(app) as client:
         yield client
+
+
+@dataclass
+class LeadService:
+    """The real lead service (its API and database), to create leads and read timelines."""
+
+    client: httpx.AsyncClient
+    database_url: str
+
+    async def create_lead(self, identity: Identity, *addresses: str) -> dict[str, Any]:
+        response = await as_caller(self.client, identity, SECRET).post(
+            "/v1/leads", json={"name": f"Lead {addresses[0]}", "addresses": list(addresses)})
+        assert response.status_code == 201, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def timeline(self, company_id: uuid.UUID) -> list[Any]:
+        """(lead id, Message-ID, number of sources) of every timeline event of the company."""
+        database = Database(self.database_url, "lead", pool_size=1)
+        try:
+            async with database.session() as session:
+                return list((await session.execute(text(
+                    "SELECT e.lead_id, e.message_id, count(s.source) FROM lead.timeline_event e "
+                    "JOIN lead.timeline_event_source s ON s.timeline_event_id = e.id "
+                    "WHERE e.company_id = :company GROUP BY e.id ORDER BY e.id"), {"company": company_id})).all())
+        finally:
+            await database.dispose()
+
+
+@contextlib.asynccontextmanager
+async def lead_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[LeadService]:
+    """The real lead service, in-process, with a database and durable of its own."""
+    from leadline_lead.config import Settings as LeadSettings
+    from leadline_lead.main import create_app as create_lead_app
+
+    url = await migrated_database(postgres, "leadline_lead")
+    app = create_lead_app(LeadSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET,
+                                       environment="test", consumer_durable=f"lead-for-sync-{uuid.uuid4().hex[:10]}",
+                                       consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1)))
+    async with running_app(app) as client:
+        yield LeadService(client, url)
+
+
+@pytest.fixture
+async def leads(bare_world: SyncWorld, postgres: PostgresServer,
+                nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[LeadService]]:
+    """Starts the real lead service when the test asks for it (it answers for the world's company then)."""
+    await bare_world.stop_answering_lead_directory()
+    return lambda: lead_service(postgres, nats_url)
 
 
 @pytest.fixture

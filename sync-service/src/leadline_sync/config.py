@@ -44,6 +44,8 @@ class Settings(KitSettings):
     sync_retry_max_seconds: float = Field(1800.0, gt=0)
     sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed
     sync_rpc_timeout: float = Field(3.0, gt=0)
+    # before a historical sync, wait this long at most for the company's leads to reach this service
+    sync_directory_wait_seconds: float = Field(60.0, gt=0)
     sync_imap_timeout: float = Field(30.0, gt=0)
     # Durable consumer names start with this, so that test apps sharing one stream stay apart.
     sync_consumer_prefix: str = "sync"

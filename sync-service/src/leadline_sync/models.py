@@ -11,6 +11,9 @@
   UIDVALIDITY resync never publishes a message twice (R26).
 - ``lead_address``, ``blocklist_entry``, ``company``: this service's copy of
   what it matches on, kept from lead-service and gateway events (R5, R6).
+- ``lead_recheck``: per mailbox, a lead (or new addresses of one) that reached this
+  service after mail with it may have been examined; the sync searches the
+  folders for its mail again and deletes the row.
 - ``mailbox_error``: the error log users read (when, what, how to fix).
 """
 
@@ -170,6 +173,18 @@ blocklist_entry = Table(
     Column("kind", Text, nullable=False),  # address | domain
     Column("value", Text, nullable=False),
     PrimaryKeyConstraint("company_id", "entry_id"),
+)
+
+lead_recheck = Table(
+    "lead_recheck",
+    metadata,
+    Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("lead_id", Uuid, nullable=False),
+    Column("addresses", ARRAY(Text), nullable=False),
+    # R5: mail dated from here on is the lead's; NULL: the lead existed at connect time (its whole history)
+    Column("since", DateTime(timezone=True)),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("mailbox_id", "lead_id"),
 )
 
 mailbox_error = Table(

@@ -3,14 +3,21 @@
 Lead and company events carry full state, so each handler replaces what it
 holds; applying one twice, or an older one after a newer one of the same
 lead, leaves the directory as the last applied event says.
+
+A lead's addresses that are new to the directory may be on mail a mailbox
+already examined without them (the event came late: a lagging consumer, a
+lead created just before the mailbox was connected).  In the same
+transaction every connected mailbox of the company gets a ``lead_recheck``
+row, and its sync searches its folders for that mail again.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from datetime import datetime
 
-from sqlalchemy import delete
+from sqlalchemy import ARRAY, Text, case, delete, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -30,7 +37,7 @@ from leadline_proto.events import (
 from leadline_sync.config import Settings
 from leadline_sync.mailbox import service
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
-from leadline_sync.models import blocklist_entry, company, lead_address, processed
+from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
 
 DIRECTORY_SUBJECTS = [
     "leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1",
@@ -42,8 +49,10 @@ SLOT_SUBJECTS = ["leadline.quota.mailbox_slot_granted.v1"]
 async def apply_directory_event(session: AsyncSession, event: Event) -> None:
     if isinstance(event, LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1):
         lead = event.payload
-        await session.execute(delete(lead_address).where(lead_address.c.company_id == event.company_id,
-                                                         lead_address.c.lead_id == lead.lead_id))
+        held = set((await session.execute(
+            delete(lead_address).where(lead_address.c.company_id == event.company_id,
+                                       lead_address.c.lead_id == lead.lead_id).returning(lead_address.c.address)
+        )).scalars())
         if isinstance(event, LeadDeletedV1):
             return
         addresses = {a for a in (normalize_address(raw) for raw in lead.addresses) if a}
@@ -51,6 +60,8 @@ async def apply_directory_event(session: AsyncSession, event: Event) -> None:
             await session.execute(insert(lead_address).on_conflict_do_nothing(), [
                 {"company_id": event.company_id, "lead_id": lead.lead_id, "address": address,
                  "lead_created_at": lead.created_at} for address in addresses])
+        if addresses - held:
+            await recheck_lead(session, event.company_id, lead.lead_id, sorted(addresses - held), lead.created_at)
     elif isinstance(event, BlocklistAddedV1):
         value = normalize_blocklist_value(event.payload.kind, event.payload.value)
         if value:
@@ -67,6 +78,23 @@ async def apply_directory_event(session: AsyncSession, event: Event) -> None:
         await session.execute(statement.on_conflict_do_update(
             index_elements=[company.c.company_id],
             set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains}))
+
+
+async def recheck_lead(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str],
+                       created_at: datetime) -> None:
+    """Ask every connected mailbox of the company to look for the lead's mail again (R5 bounds it by date)."""
+    since = case((mailbox.c.connected_at >= created_at, None), else_=literal(created_at))
+    rows = select(mailbox.c.id, literal(lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
+        mailbox.c.company_id == company_id, mailbox.c.status != "disabled")
+    statement = insert(lead_recheck).from_select(
+        ["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
+    await session.execute(statement.on_conflict_do_update(
+        index_elements=[lead_recheck.c.mailbox_id, lead_recheck.c.lead_id],
+        set_={"addresses": func.array_cat(lead_recheck.c.addresses, statement.excluded.addresses),
+              # NULL (the whole history) wins over a date; LEAST would ignore it
+              "since": case((or_(lead_recheck.c.since.is_(None), statement.excluded.since.is_(None)), None),
+                            else_=func.least(lead_recheck.c.since, statement.excluded.since)),
+              "created_at": statement.excluded.created_at}))
 
 
 def slot_handler(clock: Callable[[], datetime]) -> Handler:

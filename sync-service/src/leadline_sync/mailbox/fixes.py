@@ -23,6 +23,8 @@ FIXES: dict[str, str] = {
     "plan_limit": "Nothing is lost: sync continues when the daily limit renews. To sync more, ask your "
                   "administrator to change the company's plan.",
     "message_unreadable": "Nothing to do: the message was kept as it was received and marked as damaged.",
+    "leads_behind": "Nothing to do: when the missing leads reach Mail Sync, their mail in the history is looked for "
+                    "again. If leads keep arriving late, check that the lead service is running.",
     "folder_reset": "Nothing to do: the server renumbered the folder; Leadline re-read it without duplicates.",
 }
 

@@ -3,9 +3,9 @@
 One replica holds a mailbox's lease (see :mod:`leadline_sync.sync.scheduler`)
 and runs :class:`MailboxSync` over one IMAP connection::
 
-    connect ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
-       ▲            ▲                                                   │
-       │            └───────────── new mail, or the poll period ends ◄──┘
+    connect ──► leads caught up? ──► rechecks ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
+       ▲                               ▲                                                               │
+       │                               └───────────────────────── new mail, or the poll period ends ◄──┘
        ├── an established session drops: reconnect quietly (a few times, with jitter)
        └── failure: log it, back off with jitter, give the lease back (R8: 48 h → connection_failed)
 
@@ -18,6 +18,19 @@ Syncing one folder::
             └─ scan UIDs above the cursor in batches:
                  headers ─► match (R5, R6) ─► bodies of matches only ─► parse ─► one transaction:
                  lease check + synced_message rows (ON CONFLICT DO NOTHING) + their events + cursor
+
+No mail is lost to a lead this service heard of late (it matches on its
+copy of the leads, built from ``lead.*`` events):
+
+- before the historical sync, the lead service is asked how many leads the
+  company has, and the scan waits (status reason says so, with a timeout)
+  until the copy holds as many;
+- a lead whose addresses reach the copy later leaves a ``lead_recheck`` row
+  (see :mod:`leadline_sync.mailbox.consumers`): before each pass the sync
+  asks the server for the UIDs up to the cursor that name the addresses
+  (``UID SEARCH`` on From/To/Cc/Bcc, and for a lead created after connect
+  only mail dated or received from its creation day on) and examines them
+  again; what was already published stays unique per Message-ID.
 
 Every step is idempotent, so it is fine to be killed between any two of
 them: a batch either committed its rows, events and cursor together, or not
@@ -37,14 +50,14 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Counter
 from pydantic import ValidationError
-from sqlalchemy import Row, func, select, update
+from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -61,14 +74,19 @@ from leadline_proto.events import (
     MailPayload,
     MailSyncedV1,
 )
-from leadline_proto.requests import SyncAllowanceReply, SyncAllowanceRequest
-from leadline_proto.subjects import RPC_SYNC_ALLOWANCE
+from leadline_proto.requests import (
+    LeadDirectoryReply,
+    LeadDirectoryRequest,
+    SyncAllowanceReply,
+    SyncAllowanceRequest,
+)
+from leadline_proto.subjects import RPC_LEAD_DIRECTORY, RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
-from leadline_sync.models import folder_cursor, mailbox, outbox, synced_message
+from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox, synced_message
 
 log = logging.getLogger("leadline.sync.engine")
 
@@ -76,12 +94,18 @@ SCANNED = Counter("leadline_sync_messages_scanned_total", "Message headers scann
 PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages published (lead mail and bounces)",
                     ["kind"])
 FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
+RECHECKED = Counter("leadline_sync_lead_recheck_messages_total",
+                    "Messages examined again because their lead reached the service after them", ["folder"])
+DIRECTORY_WAITS = Counter("leadline_sync_directory_waits_total",
+                          "Historical syncs that waited for the company's leads, by outcome", ["outcome"])
 
 # A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
 MAX_TEXT_CHARS = 150_000
 MAX_HTML_CHARS = 250_000
 MAX_QUIET_RECONNECTS = 3
 QUIET_RECONNECT_SECONDS = 2.0
+DIRECTORY_POLL_SECONDS = 0.25
+RECHECKS_PER_PASS = 100
 
 
 class LeaseLost(Exception):
@@ -214,10 +238,13 @@ class MailboxSync:
             folders = await client.find_sync_folders()
             await self._connected()
             await self._load_cursors()
+            if not self.history_done:
+                await self._await_directory()
             # Sent first, INBOX last: INBOX stays selected for IDLE.
             roles: tuple[FolderRole, ...] = ("sent", "inbox")
             order = [(role, folders[role]) for role in roles if role in folders]
             while True:
+                await self._recheck_late_leads(client, order)
                 for role, name in order:
                     await self._sync_folder(client, role, name)
                 await self._note_synced()
@@ -315,6 +342,105 @@ class MailboxSync:
             raise LeaseLost
         self.row = row
         return row
+
+    # -- leads that arrive late ------------------------------------------------------------
+
+    async def _await_directory(self) -> None:
+        """Hold the historical sync until our copy of the company's leads is as complete as the lead service's.
+
+        The lead service answers how many leads with addresses the company has (as of its clock);
+        the wait ends when as many created up to then reached us, or after
+        ``sync_directory_wait_seconds`` (logged: the late ones are then found by their rechecks).
+        """
+        row = self.row
+        assert row is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.sync_directory_wait_seconds
+        reply: LeadDirectoryReply | None = None
+        waiting = ""
+        have = 0
+        while True:
+            if reply is None:
+                reply = await self._ask_directory()
+            if reply is not None and reply.as_of is not None:
+                async with self.context.db.session() as session:
+                    have = (await session.execute(
+                        select(func.count(func.distinct(lead_address.c.lead_id))).where(
+                            lead_address.c.company_id == row.company_id,
+                            lead_address.c.lead_created_at <= reply.as_of))).scalar_one()
+                if have >= reply.leads:
+                    DIRECTORY_WAITS.labels("caught_up" if waiting else "ready").inc()
+                    break
+            if loop.time() >= deadline:
+                DIRECTORY_WAITS.labels("timed_out").inc()
+                known = f"{have} of {reply.leads}" if reply is not None else "an unknown number of"
+                log.warning("mailbox %s: started the historical sync knowing %s leads", self.mailbox_id, known)
+                async with self.context.db.session() as session:
+                    current = await self._fence(session)
+                    await service.record_error(
+                        session, current, "leads_behind",
+                        f"The historical sync started before Mail Sync had heard of every lead ({known} leads); "
+                        "mail of the leads that arrive later is looked for again when they do.", self.context.clock())
+                break
+            want = f" ({have} of {reply.leads})" if reply is not None else ""
+            reason = f"Waiting for the company's leads{want} before reading the mail history."
+            if reason != waiting:
+                log.info("mailbox %s: %s", self.mailbox_id, reason)
+                async with self.context.db.session() as session:
+                    current = await self._fence(session)
+                    await service.transition(session, current, MailboxStatus(current.status), reason,
+                                             self.context.clock())
+                waiting = reason
+            await asyncio.sleep(DIRECTORY_POLL_SECONDS)
+        if waiting:
+            async with self.context.db.session() as session:
+                current = await self._fence(session)
+                if current.status_reason == waiting:
+                    await service.transition(session, current, MailboxStatus(current.status), "", self.context.clock())
+
+    async def _ask_directory(self) -> LeadDirectoryReply | None:
+        row = self.row
+        assert row is not None
+        request = LeadDirectoryRequest(company_id=row.company_id)
+        try:
+            message = await self.context.nc.request(RPC_LEAD_DIRECTORY, request.model_dump_json().encode(),
+                                                    timeout=self.settings.sync_rpc_timeout)
+            return LeadDirectoryReply.model_validate_json(message.data)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
+            log.info("mailbox %s: lead count not answered (%s); asking again", row.id, type(exc).__name__)
+            await asyncio.sleep(DIRECTORY_POLL_SECONDS)
+            return None
+
+    async def _recheck_late_leads(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
+        """Examine again the mail, up to each cursor, that names a lead which reached us after it was examined."""
+        async with self.context.db.session() as session:
+            rechecks = (await session.execute(
+                select(lead_recheck).where(lead_recheck.c.mailbox_id == self.mailbox_id)
+                .order_by(lead_recheck.c.created_at).limit(RECHECKS_PER_PASS))).all()
+        if not rechecks:
+            return
+        for role, name in order:
+            cursor = self.cursors.get(role)
+            if cursor is None or cursor.last_uid == 0 or cursor.name != name:
+                continue  # nothing examined yet: the scan sees the lead
+            status = await client.select(name)
+            if status.uidvalidity != cursor.uidvalidity:
+                continue  # renumbered: the rescan reads everything again
+            uids: set[int] = set()
+            for recheck in rechecks:
+                since = recheck.since.date() - timedelta(days=1) if recheck.since is not None else None
+                uids.update(await client.uids_mentioning(recheck.addresses, up_to=cursor.last_uid, since=since))
+            if uids:
+                RECHECKED.labels(role).inc(len(uids))
+                log.info("mailbox %s: examining %d %s messages again for leads that arrived late",
+                         self.mailbox_id, len(uids), role)
+                await self._scan(client, cursor, sorted(uids))
+        async with self.context.db.session() as session:
+            await self._fence(session)
+            for recheck in rechecks:  # a row updated meanwhile (new addresses) stays for the next pass
+                await session.execute(delete(lead_recheck).where(
+                    lead_recheck.c.mailbox_id == self.mailbox_id, lead_recheck.c.lead_id == recheck.lead_id,
+                    lead_recheck.c.created_at == recheck.created_at))
 
     # -- cursors ---------------------------------------------------------------------------
 

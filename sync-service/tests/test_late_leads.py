@@ -1,0 +1,146 @@
+"""No mail lost to a lead the sync service hears of late (issue 25), with the real lead service.
+
+The sync service matches mail against its copy of the leads, built from
+``lead.created`` events.  These tests hold that copy back (the directory
+consumer is stopped) while a historical sync runs, and check the outcome on
+the lead service's timeline: every lead mail once, nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from email.utils import make_msgid
+from typing import Any
+
+from fastapi import FastAPI
+
+from leadline_kit.service import Runtime, stop_tasks
+from leadline_kit.testing.clients import running_app
+from leadline_sync.mailbox.consumers import consumers
+
+LONG_AGO = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+async def hold_directory(app: FastAPI) -> None:
+    """Stop the sync service's directory consumer: lead events wait on the stream."""
+    runtime: Runtime = app.state.runtime
+    held = [task for task in runtime.tasks if task.get_name().endswith("-directory")]
+    assert held, "no directory consumer running"
+    await stop_tasks(held)
+    # its last pull request (1 s) must expire before events come, or they would wait out the ack wait
+    await asyncio.sleep(1.2)
+
+
+def release_directory(app: FastAPI) -> None:
+    runtime: Runtime = app.state.runtime
+    directory = next(c for c in consumers(runtime) if c.durable.endswith("-directory"))
+    runtime.spawn(directory.run(), f"sync-consumer-{directory.durable}")
+
+
+async def wait_timeline(world: Any, lead_service: Any, count: int, timeout: float = 30.0) -> list[Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    rows: list[Any] = []
+    while asyncio.get_running_loop().time() < deadline:
+        rows = await lead_service.timeline(world.company_id)
+        if len(rows) >= count:
+            await asyncio.sleep(0.5)  # and no more come
+            return await lead_service.timeline(world.company_id)
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"timeline has {len(rows)} events, wanted {count}: {rows}")
+
+
+def lead_mail(world: Any, me: Any, lead: str, date: datetime, tag: str) -> tuple[str, bytes, bytes]:
+    """An answer in Sent and a message in INBOX with ``lead``; returns the INBOX one's Message-ID first."""
+    inbox_id, sent_id = make_msgid(domain="customer.example"), make_msgid(domain="acme.example")
+    return (f"{inbox_id} {sent_id}",
+            world.message(sender=lead, to=[me.address], subject=f"{tag} in", date=date, message_id=inbox_id),
+            world.message(sender=me.address, to=[lead], subject=f"{tag} out", date=date, message_id=sent_id))
+
+
+async def test_history_waits_until_the_leads_of_connect_time_arrived(world, leads) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    admin = world.identity("administrator")
+    addresses = [f"buyer{i}@customer{i}.example" for i in range(3)]
+    expected: set[str] = set()
+    async with leads() as lead_service:
+        app = world.app(sync_batch_size=4, sync_directory_wait_seconds=60)
+        async with running_app(app) as service:
+            await hold_directory(app)
+            for i, address in enumerate(addresses):
+                ids, inbound, outbound = lead_mail(world, me, address, LONG_AGO + timedelta(days=i), f"lead {i}")
+                expected.update(ids.split())
+                await world.append(me, "INBOX", inbound, *(world.message(
+                    sender=f"stranger{i}{j}@else.example", to=[me.address]) for j in range(3)))
+                await world.append(me, "Sent", outbound)
+            made = {(await lead_service.create_lead(admin, address))["id"] for address in addresses}
+            api = world.caller(service, me.user)
+            assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+
+            body = await world.wait_reason(api, "Waiting for the company's leads (0 of 3)")
+            assert body["history_completed_at"] is None
+            assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(0,)]
+
+            release_directory(app)
+            await world.wait_history(api)
+            timeline = await wait_timeline(world, lead_service, len(expected))
+            assert {row.message_id.strip("<>") for row in timeline} == {m.strip("<>") for m in expected}
+            assert {str(row.lead_id) for row in timeline} == made
+            assert all(row[2] == 1 for row in timeline), "each message once, from one source"
+            body = (await api.get("/v1/mail-sync")).json()
+            assert body["status"] == "enabled" and body["status_reason"] == ""
+            assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+
+
+async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> None:  # type: ignore[no-untyped-def]
+    """The wait times out; leads arrive after the history: their mail is found again (R5 bounds it by date)."""
+    me = world.account()
+    admin = world.identity("administrator")
+    early, later = "early@customer.example", "later@prospect.example"
+    async with leads() as lead_service:
+        app = world.app(sync_batch_size=4, sync_directory_wait_seconds=1.0)
+        async with running_app(app) as service:
+            await hold_directory(app)
+            early_ids, inbound, outbound = lead_mail(world, me, early, LONG_AGO, "early")
+            await world.append(me, "INBOX", inbound, world.message(sender="x@else.example", to=[me.address]))
+            await world.append(me, "Sent", outbound)
+            early_lead = await lead_service.create_lead(admin, early)
+            api = world.caller(service, me.user)
+            assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+            await world.wait_history(api)
+            assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(0,)]
+            errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
+            assert [e["kind"] for e in errors] == ["leads_behind"]
+            assert "0 of 1" in errors[0]["message"] and errors[0]["fix"]
+
+            # R5 for a lead created after connect: mail dated from its creation on, also mail that arrived
+            # before the lead existed (a sender's clock ahead, delayed delivery); mail dated before, not
+            now = datetime.now(UTC)
+            before_id, after_id = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
+            await world.append(me, "INBOX", world.message(
+                sender=later, to=[me.address], subject="dated before the lead", date=now - timedelta(minutes=1),
+                message_id=before_id), world.message(
+                sender=later, to=[me.address], subject="dated after the lead", date=now + timedelta(minutes=2),
+                message_id=after_id))
+            later_lead = await lead_service.create_lead(admin, later)
+            assert datetime.fromisoformat(later_lead["created_at"]) < now + timedelta(minutes=2)
+            await world.wait_for_sql("SELECT count(*) FROM sync.folder_cursor WHERE folder = 'inbox' AND "
+                                     "last_uid >= 4")  # examined while the lead was unknown
+
+            release_directory(app)
+            timeline = await wait_timeline(world, lead_service, 3)
+            # and live mail after the lead exists, dated on both sides of its creation
+            live_before, live_after = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
+            created = datetime.fromisoformat(later_lead["created_at"])
+            await world.append(me, "INBOX", world.message(
+                sender=later, to=[me.address], subject="late, dated before", date=created - timedelta(seconds=2),
+                message_id=live_before), world.message(
+                sender=later, to=[me.address], subject="late, dated after", date=created + timedelta(seconds=1),
+                message_id=live_after))
+            timeline = await wait_timeline(world, lead_service, 4)
+            keys = {(str(row.lead_id), row.message_id.strip("<>")) for row in timeline}
+            assert keys == {(early_lead["id"], m.strip("<>")) for m in early_ids.split()} | {
+                (later_lead["id"], after_id.strip("<>")), (later_lead["id"], live_after.strip("<>"))}
+            assert all(row[2] == 1 for row in timeline)
+            assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(4,)]
+            assert await world.sql("SELECT count(*) FROM sync.lead_recheck") == [(0,)]
