@@ -33,6 +33,8 @@ class Settings(KitSettings):
     # Every enabled mailbox is synced at least this often; the ones no replica holds live are served in turns.
     sync_rotation_seconds: float = 900.0
     sync_rotation_slots: int = Field(4, ge=1)  # of a replica's mailboxes, how many serve the turns
+    # A folder whose UIDVALIDITY changes is rescanned at most this often a day; then it waits for the next day.
+    sync_max_resets_per_day: int = Field(3, ge=0)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     # worker processes that parse messages off the event loop; 0 = parse in the event loop
     sync_parse_processes: int = Field(0, ge=0, le=64)

@@ -26,6 +26,10 @@ FIXES: dict[str, str] = {
     "leads_behind": "Nothing to do: when the missing leads reach Mail Sync, their mail in the history is looked for "
                     "again. If leads keep arriving late, check that the lead service is running.",
     "folder_reset": "Nothing to do: the server renumbered the folder; Leadline re-read it without duplicates.",
+    "folder_reset_limit": "Your mail server keeps renumbering this folder (its UIDVALIDITY changes), which usually "
+                          "means the folder is deleted and re-created, restored from a backup, or its index is "
+                          "rebuilt. Ask your mail provider or administrator to stop that. Leadline reads the folder "
+                          "again by itself when the day given ends, without duplicates.",
 }
 
 

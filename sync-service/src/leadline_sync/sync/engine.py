@@ -103,6 +103,7 @@ DIRECTORY_WAITS = Counter("leadline_sync_directory_waits_total",
 MAX_TEXT_CHARS = 150_000
 MAX_HTML_CHARS = 250_000
 MAX_QUIET_RECONNECTS = 3
+RESCAN_DAY = timedelta(days=1)
 QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
 RECHECKS_PER_PASS = 100
@@ -138,6 +139,23 @@ class FolderCursor:
     highestmodseq: int | None
     uidnext: int
     history_last_uid: int
+    # UIDVALIDITY changes (rescans) in the day that started at resets_since; a refused rescan, logged once a day
+    resets: int = 0
+    resets_since: datetime | None = None
+    rescan_refused_at: datetime | None = None
+
+
+def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
+    """Count one more rescan of ``cursor``'s folder in its day (a new day starts with the first after the last).
+
+    False, and nothing counted, when ``per_day`` rescans were made in this day already.
+    """
+    if cursor.resets_since is None or now - cursor.resets_since >= RESCAN_DAY:
+        cursor.resets, cursor.resets_since = 0, now
+    if cursor.resets >= per_day:
+        return False
+    cursor.resets += 1
+    return True
 
 
 @dataclass(frozen=True)
@@ -183,6 +201,7 @@ class MailboxSync:
         self.history_done = False
         self.synced_at: datetime | None = None  # the last_synced_at this worker wrote last
         self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
+        self.refusal: str | None = None  # the status reason this worker set for them
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -449,16 +468,17 @@ class MailboxSync:
             rows = (await session.execute(
                 select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))).all()
         self.cursors = {r.folder: FolderCursor(r.folder, r.name, r.uidvalidity, r.last_uid, r.highestmodseq,
-                                               r.uidnext, r.history_last_uid) for r in rows}
+                                               r.uidnext, r.history_last_uid, r.uidvalidity_resets,
+                                               _aware(r.uidvalidity_resets_since), _aware(r.rescan_refused_at))
+                        for r in rows}
 
-    async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor, resets: int = 0) -> None:
+    async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor) -> None:
         values = {"name": cursor.name, "uidvalidity": cursor.uidvalidity, "last_uid": cursor.last_uid,
                   "highestmodseq": cursor.highestmodseq, "uidnext": cursor.uidnext,
-                  "history_last_uid": cursor.history_last_uid, "updated_at": func.now()}
-        statement = insert(folder_cursor).values(mailbox_id=self.mailbox_id, folder=cursor.folder,
-                                                 uidvalidity_resets=resets, **values)
-        if resets:
-            values["uidvalidity_resets"] = folder_cursor.c.uidvalidity_resets + 1
+                  "history_last_uid": cursor.history_last_uid, "uidvalidity_resets": cursor.resets,
+                  "uidvalidity_resets_since": cursor.resets_since, "rescan_refused_at": cursor.rescan_refused_at,
+                  "updated_at": func.now()}
+        statement = insert(folder_cursor).values(mailbox_id=self.mailbox_id, folder=cursor.folder, **values)
         await session.execute(statement.on_conflict_do_update(
             index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values))
 
@@ -474,10 +494,15 @@ class MailboxSync:
         recent = (self.synced_at is not None
                   and (now - self.synced_at).total_seconds() < self.settings.sync_rotation_seconds / 4)
         synced = not self.refused and not recent
-        if not (history_done or synced):
+        lifted = not self.refused and self.refusal is not None  # a refused folder was read again
+        if not (history_done or synced or lifted):
             return
         async with self.context.db.session() as session:
-            await self._fence(session)
+            row = await self._fence(session)
+            if lifted:
+                if row.status_reason == self.refusal:
+                    await service.transition(session, row, MailboxStatus(row.status), "", now)
+                self.refusal = None
             if synced:
                 await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id)
                                       .values(last_synced_at=now))
@@ -503,6 +528,8 @@ class MailboxSync:
                 return
         status = await client.select(name)
         cursor = await self._check_cursor(role, name, status)
+        if cursor is None:
+            return  # renumbered too often today: not read again until the day ends (logged)
         if status.uidnext - 1 > cursor.last_uid:
             uids = await client.uids_from(cursor.last_uid + 1)
             await self._scan(client, cursor, uids)
@@ -512,25 +539,57 @@ class MailboxSync:
                 await self._fence(session)
                 await self._save_cursor(session, cursor)
 
-    async def _check_cursor(self, role: FolderRole, name: str, status: FolderStatus) -> FolderCursor:
+    async def _check_cursor(self, role: FolderRole, name: str, status: FolderStatus) -> FolderCursor | None:
+        """The folder's cursor after SELECT: a new one if the folder was renumbered (UIDVALIDITY changed).
+
+        None when the folder was renumbered more than ``sync_max_resets_per_day``
+        times within a day: it is not rescanned again until that day ends.
+        """
         cursor = self.cursors.get(role)
         if cursor is not None and cursor.uidvalidity == status.uidvalidity and cursor.name == name:
+            self.refused.discard(role)
             return cursor
+        now = self.context.clock()
+        if cursor is not None and not rescan_allowed(cursor, now, self.settings.sync_max_resets_per_day):
+            await self._rescan_refused(cursor, now)
+            return None
         reset = cursor is not None
-        cursor = FolderCursor(folder=role, name=name, uidvalidity=status.uidvalidity, last_uid=0,
-                              highestmodseq=None, uidnext=0, history_last_uid=status.uidnext - 1)
-        if reset and self.history_done:
-            cursor.history_last_uid = 0  # a renumbered folder after the historical sync is live mail
+        fresh = FolderCursor(folder=role, name=name, uidvalidity=status.uidvalidity, last_uid=0, highestmodseq=None,
+                             uidnext=0, history_last_uid=status.uidnext - 1)
+        if cursor is not None:
+            fresh.resets, fresh.resets_since = cursor.resets, cursor.resets_since
+            if self.history_done:
+                fresh.history_last_uid = 0  # a renumbered folder after the historical sync is live mail
         async with self.context.db.session() as session:
             row = await self._fence(session)
-            await self._save_cursor(session, cursor, resets=1 if reset else 0)
+            await self._save_cursor(session, fresh)
             if reset:
                 log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
                 await service.record_error(session, row, "folder_reset",
-                                           f"The server renumbered the {role} folder; it was read again.",
-                                           self.context.clock())
-        self.cursors[role] = cursor
-        return cursor
+                                           f"The server renumbered the {role} folder; it was read again.", now)
+        self.refused.discard(role)
+        self.cursors[role] = fresh
+        return fresh
+
+    async def _rescan_refused(self, cursor: FolderCursor, now: datetime) -> None:
+        """Say once a day (error log) and in the status reason that a folder is not rescanned again today."""
+        assert cursor.resets_since is not None
+        until = cursor.resets_since + RESCAN_DAY
+        message = (f"The server renumbered the {cursor.folder} folder again after "
+                   f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again until "
+                   f"{until:%Y-%m-%d %H:%M} UTC.")
+        async with self.context.db.session() as session:
+            row = await self._fence(session)
+            if cursor.rescan_refused_at is None or cursor.rescan_refused_at < cursor.resets_since:
+                cursor.rescan_refused_at = now
+                await self._save_cursor(session, cursor)
+                await service.record_error(session, row, "folder_reset_limit", message, now)
+                log.warning("mailbox %s: %s UIDVALIDITY changed again; rescan refused until %s", self.mailbox_id,
+                            cursor.folder, until.isoformat())
+            if row.status_reason != message:
+                await service.transition(session, row, MailboxStatus(row.status), message, now)
+        self.refused.add(cursor.folder)
+        self.refusal = message
 
     async def _scan(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> None:
         """Prepare batch n+1 (IMAP, parsing) while batch n is being stored (database), in UID order."""
