@@ -4,11 +4,9 @@ authorization server (RFC 7662 introspection) about each token: OAUTHBEARER (RFC
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 
 from leadline_kit.infra import DovecotServer
 from leadline_kit.testing.oauth import FakeOAuthProvider
@@ -19,29 +17,13 @@ from leadline_mail.sasl import choose_mechanism, initial_response
 from .conftest import LOOPBACK, resolve_to_loopback
 
 
-@pytest.fixture(scope="module")
-def provider() -> Iterator[FakeOAuthProvider]:
-    fake = FakeOAuthProvider().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def oauth_dovecot(tmp_path_factory: pytest.TempPathFactory, tls_ca: trustme.CA,
-                  provider: FakeOAuthProvider) -> Iterator[DovecotServer]:
-    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
-    server = DovecotServer(tmp_path_factory.mktemp("oauth-dovecot"),
-                           cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(), cert.private_key_pem.bytes(),
-                           oauth2_introspection_url=f"{provider.url}/introspect")
-    server.start()
-    yield server
-    server.stop()
+@pytest.fixture(scope="session")
+def provider(oauth_provider: FakeOAuthProvider) -> FakeOAuthProvider:
+    return oauth_provider
 
 
 def token_for(provider: FakeOAuthProvider, address: str) -> str:
-    from leadline_kit.testing.oauth import Grant
-
-    return str(provider._issue(Grant(address, provider.client_id, "https://mail.google.com/"))["access_token"])
+    return provider.access_token_for(address)
 
 
 def settings(dovecot: DovecotServer, cafile: str, address: str, token: str, **overrides: object) -> ImapSettings:

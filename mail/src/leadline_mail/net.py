@@ -41,8 +41,9 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 TlsMode = Literal["implicit", "starttls", "plain"]
 ErrorKind = Literal[
     "auth_failed", "tls", "unreachable", "timeout", "protocol", "not_allowed", "imap_disabled",
-    # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant)
-    "oauth_refused", "oauth_revoked",
+    # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant);
+    # the provider's token endpoint did not answer (retried)
+    "oauth_refused", "oauth_revoked", "oauth_unavailable",
 ]
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 """Resolves a host name (IDNA-encoded ASCII) to IP address strings; injectable for tests."""

@@ -149,6 +149,10 @@ class MailboxSmtpReply(Reply):
     imap_pinned_sha256: str | None = None
     sent_folder: str | None = None
     provider_saves_sent: bool = False
+    # "oauth2": sign in to SMTP (and IMAP, for the Sent copy) with ``access_token`` by XOAUTH2 instead of the
+    # passwords; the token is live for at least a few minutes (the refresh token never leaves the sync service)
+    auth: Literal["password", "oauth2"] = "password"
+    access_token: str | None = None
 
 
 class LeadAddressesRequest(Request):

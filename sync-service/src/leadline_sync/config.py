@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, model_validator
 from leadline_kit.sealing import parse_keys
 from leadline_kit.settings import KitSettings
 from leadline_mail.net import IPNetwork, parse_allowlist
+from leadline_sync.oauth.apps import OAuthAppSettings
 
 DEV_CREDENTIAL_KEY = "dev:" + base64.b64encode(b"leadline-development-only-key-32").decode()
 """A fixed key so that development data survives restarts; refused outside development."""
@@ -49,6 +50,12 @@ class Settings(KitSettings):
     # before a historical sync, wait this long at most for the company's leads to reach this service
     sync_directory_wait_seconds: float = Field(60.0, gt=0)
     sync_imap_timeout: float = Field(30.0, gt=0)
+    # Provider apps for signing in with Gmail / Microsoft (JSON keyed by preset; see leadline_sync.oauth.apps).
+    sync_oauth_apps: dict[str, OAuthAppSettings] = {}
+    sync_oauth_state_seconds: float = Field(600.0, gt=0, le=3600)  # how long a sign-in may take
+    sync_oauth_refresh_margin_seconds: float = Field(300.0, ge=0)  # renew an access token this long before expiry
+    sync_oauth_timeout: float = Field(10.0, gt=0)  # one call to a provider's token endpoint
+    sync_oauth_attempts: int = Field(4, ge=1, le=10)  # tries of a token endpoint answering 5xx or not at all
     # Durable consumer names start with this, so that test apps sharing one stream stay apart.
     sync_consumer_prefix: str = "sync"
 

@@ -15,6 +15,8 @@ from leadline_kit.db import Database
 from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher
 from leadline_sync.domain_check import TxtResolver
+from leadline_sync.oauth.apps import OAuthApp
+from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
 from leadline_sync.sync.parsing import MessageParser
 
 Clock = Callable[[], datetime]
@@ -33,6 +35,9 @@ class SyncContext:
     resolver: TxtResolver
     replica: str
     parser: MessageParser
+    oauth_apps: dict[str, OAuthApp]  # provider apps configured for signing in with Gmail / Microsoft
+    endpoint: TokenEndpoint
+    tokens: AccessTokens
     nats: Client | None = None
     # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
     wake: asyncio.Event = field(default_factory=asyncio.Event)

@@ -1,6 +1,7 @@
 """Mailbox credentials at rest (R25), sealed with the kit's envelope encryption.
 
-Each mailbox row holds its passwords (IMAP and SMTP, as one JSON document)
+Each mailbox row holds its passwords (IMAP and SMTP, as one JSON document;
+for a mailbox signed in with OAuth2 the refresh and access tokens instead)
 encrypted under a fresh random data key, stored wrapped by the key-encryption
 key named in ``credential_key_id`` (see :mod:`leadline_kit.sealing`).  Both
 layers bind the company and mailbox ids, so a ciphertext copied into another
@@ -34,6 +35,10 @@ log = logging.getLogger("leadline.sync.credentials")
 class MailboxSecrets:
     imap_password: str
     smtp_password: str
+    # a mailbox signed in with OAuth2 has no passwords but the provider's refresh token and the current
+    # access token (both used for IMAP and SMTP)
+    refresh_token: str = ""
+    access_token: str = ""
 
     def __repr__(self) -> str:  # never let a password reach a log line through repr
         return "MailboxSecrets(***)"
@@ -53,13 +58,17 @@ class CredentialCipher:
         return f"leadline-sync-credentials:{company_id}:{mailbox_id}".encode()
 
     def seal(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, secrets: MailboxSecrets) -> Sealed:
-        plaintext = json.dumps({"imap": secrets.imap_password, "smtp": secrets.smtp_password}).encode()
+        document = {"imap": secrets.imap_password, "smtp": secrets.smtp_password}
+        if secrets.refresh_token:
+            document.update(refresh=secrets.refresh_token, access=secrets.access_token)
+        plaintext = json.dumps(document).encode()
         return self._ring.seal(plaintext, self._associated(company_id, mailbox_id))
 
     def open(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, sealed: Sealed) -> MailboxSecrets:
         """The passwords; :class:`~leadline_kit.sealing.CredentialError` if they do not open for this row."""
         values = json.loads(self._ring.open(sealed, self._associated(company_id, mailbox_id)))
-        return MailboxSecrets(imap_password=str(values["imap"]), smtp_password=str(values["smtp"]))
+        return MailboxSecrets(imap_password=str(values["imap"]), smtp_password=str(values["smtp"]),
+                              refresh_token=str(values.get("refresh", "")), access_token=str(values.get("access", "")))
 
 
 async def rotate(database: Database, cipher: CredentialCipher, batch_size: int = 200) -> int:

@@ -39,6 +39,7 @@ class ServerLogin:
     username: str
     password: str
     pinned_sha256: str | None = None
+    access_token: str | None = None  # OAuth2: signs in with this (XOAUTH2 / OAUTHBEARER) instead of the password
 
     def __repr__(self) -> str:
         return f"ServerLogin({self.username!r}@{self.host}:{self.port}, {self.tls})"
@@ -46,7 +47,8 @@ class ServerLogin:
 
 def imap_settings(login: ServerLogin, settings: Settings) -> ImapSettings:
     return ImapSettings(host=login.host, port=login.port, tls=login.tls, username=login.username,
-                        password=login.password, pinned_sha256=login.pinned_sha256, cafile=settings.sync_ca_file,
+                        password=login.password, access_token=login.access_token,
+                        pinned_sha256=login.pinned_sha256, cafile=settings.sync_ca_file,
                         allow_networks=tuple(settings.allow_networks()),
                         allow_plaintext=settings.sync_allow_plaintext, timeout=settings.sync_imap_timeout)
 
@@ -104,8 +106,14 @@ async def check_smtp(login: ServerLogin, settings: Settings) -> None:
             ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
             if ssl_object is not None:
                 verify_pin(ssl_object, login.pinned_sha256)
-            await smtp.login(login.username, login.password)
+            if login.access_token is not None:
+                await smtp.auth_xoauth2(login.username, login.access_token)
+            else:
+                await smtp.login(login.username, login.password)
         except aiosmtplib.SMTPAuthenticationError:
+            if login.access_token is not None:
+                raise MailConnectionError("oauth_refused", "The SMTP server refused the sign-in with your account.",
+                                          ) from None
             raise MailConnectionError("auth_failed", "The SMTP server refused the user name or password.") from None
         except aiosmtplib.SMTPNotSupported as exc:
             raise MailConnectionError("protocol", "The SMTP server does not accept a login on this port.",

@@ -10,6 +10,7 @@ import uuid
 
 from fastapi import FastAPI
 
+from leadline_kit.sealing import KeyRing
 from leadline_kit.service import Runtime, create_service_app
 from leadline_sync.config import Settings
 from leadline_sync.context import Clock, SyncContext, system_clock
@@ -19,6 +20,9 @@ from leadline_sync.mailbox.consumers import consumers
 from leadline_sync.mailbox.endpoints import router
 from leadline_sync.mailbox.smtp_settings import serve_mailbox_smtp
 from leadline_sync.models import outbox
+from leadline_sync.oauth.apps import resolve_apps
+from leadline_sync.oauth.endpoints import router as oauth_router
+from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
 from leadline_sync.sync.capacity import raise_open_files_limit, replica_capacity
 from leadline_sync.sync.parsing import MessageParser
 from leadline_sync.sync.scheduler import SyncScheduler
@@ -43,17 +47,23 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
 
     async def on_stop(runtime: Runtime) -> None:
         # the scheduler gives its leases back and stops the parser processes as the kit cancels it
+        await runtime.extras["sync"].endpoint.close()
         subscription = runtime.extras.get("smtp_settings_subscription")
         if subscription is not None:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
-    app = create_service_app(name="sync", settings=settings, schema="sync", outbox=outbox, routers=[router],
-                             consumers=consumers, on_start=on_start, on_stop=on_stop, title="Leadline sync service")
+    app = create_service_app(name="sync", settings=settings, schema="sync", outbox=outbox,
+                             routers=[router, oauth_router], consumers=consumers, on_start=on_start,
+                             on_stop=on_stop, title="Leadline sync service")
     runtime: Runtime = app.state.runtime
     runtime.extras["clock"] = clock or system_clock
+    cipher = CredentialCipher.from_settings(settings)
+    oauth_apps = resolve_apps(settings.sync_oauth_apps, KeyRing(settings.credential_keys()))
+    endpoint = TokenEndpoint(settings, clock or system_clock)
     runtime.extras["sync"] = SyncContext(
-        settings=settings, db=runtime.db, cipher=CredentialCipher.from_settings(settings),
+        settings=settings, db=runtime.db, cipher=cipher, oauth_apps=oauth_apps, endpoint=endpoint,
+        tokens=AccessTokens(settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock),
         clock=clock or system_clock, resolver=resolver or DnsTxtResolver(),
         parser=MessageParser(settings.sync_parse_processes),
         replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")

@@ -15,6 +15,7 @@
   service after mail with it may have been examined; the sync searches the
   folders for its mail again and deletes the row.
 - ``mailbox_error``: the error log users read (when, what, how to fix).
+- ``oauth_state``: sign-ins with Gmail / Microsoft in progress (single use, short-lived).
 """
 
 from __future__ import annotations
@@ -81,6 +82,10 @@ mailbox = Table(
     Column("credential_key_id", Text),
     Column("credential_wrapped_key", LargeBinary),
     Column("credential_ciphertext", LargeBinary),
+    # "password", or "oauth2": the credentials hold the provider's refresh token and the access token that
+    # expires at ``oauth_expires_at`` (sign-in by XOAUTH2 / OAUTHBEARER)
+    Column("auth", Text, nullable=False, server_default="password"),
+    Column("oauth_expires_at", DateTime(timezone=True)),
     Column("sent_folder", Text),
     Column("provider_saves_sent", Boolean, nullable=False, server_default="false"),
     # R5: leads created up to this moment get the full history, later ones mail from their creation on
@@ -185,6 +190,27 @@ lead_recheck = Table(
     Column("since", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("mailbox_id", "lead_id"),
+)
+
+oauth_state = Table(
+    "oauth_state",
+    metadata,
+    # one sign-in with a provider in progress: the caller it is for, the PKCE verifier (sealed, R25) and the
+    # OpenID nonce; the state itself is stored only as its SHA-256, and works once (used_at) before expires_at
+    Column("id", Uuid, primary_key=True),
+    Column("state_sha256", LargeBinary, nullable=False, unique=True),
+    Column("company_id", Uuid, nullable=False),
+    Column("user_id", Uuid, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("smtp_use", Text, nullable=False),
+    Column("nonce", Text, nullable=False),
+    Column("verifier_key_id", Text, nullable=False),
+    Column("verifier_wrapped_key", LargeBinary, nullable=False),
+    Column("verifier_ciphertext", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("used_at", DateTime(timezone=True)),
+    Index("ix_oauth_state_expires", "expires_at"),
 )
 
 mailbox_error = Table(

@@ -21,6 +21,7 @@ import trustme
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_port
 from leadline_kit.migrations import upgrade
+from leadline_kit.testing.oauth import FakeOAuthProvider
 
 _templates: dict[str, str] = {}
 
@@ -66,6 +67,26 @@ def dovecot(infra_dir: Path, tls_ca: trustme.CA) -> Iterator[DovecotServer]:
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     server = DovecotServer(infra_dir / "dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
                            cert.private_key_pem.bytes())
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_provider() -> Iterator[FakeOAuthProvider]:
+    """A local authorization server standing for Google's and Microsoft's (see leadline_kit.testing.oauth)."""
+    provider = FakeOAuthProvider().start()
+    yield provider
+    provider.stop()
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(infra_dir: Path, tls_ca: trustme.CA, oauth_provider: FakeOAuthProvider) -> Iterator[DovecotServer]:
+    """A Dovecot that also signs users in with access tokens the ``oauth_provider`` vouches for."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
+    server = DovecotServer(infra_dir / "oauth-dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
+                           cert.private_key_pem.bytes(),
+                           oauth2_introspection_url=f"{oauth_provider.url}/introspect")
     server.start()
     yield server
     server.stop()

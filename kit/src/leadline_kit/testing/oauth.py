@@ -32,6 +32,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
@@ -40,6 +41,24 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from leadline_kit.infra import free_port, wait_for_port
+
+
+async def smtp_xoauth2(server: Any, args: list[str], owner: Callable[[str], str | None]) -> Any:
+    """An aiosmtpd handler's ``auth_XOAUTH2``: the token's ``owner`` must be the user the client names.
+
+    Refused as Gmail does: a 334 challenge carrying a base64 JSON error, then 535 once the client answers.
+    """
+    from aiosmtpd.smtp import AuthResult
+
+    blob = args[1].encode() if len(args) > 1 else await server.challenge_auth("")
+    if not isinstance(blob, bytes):
+        return AuthResult(success=False, handled=True)
+    fields = dict(part.split("=", 1) for part in base64.b64decode(blob).decode().split("\x01") if "=" in part)
+    user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
+    if not user or owner(token) != user:
+        await server.challenge_auth(base64.b64encode(b'{"status":"401","schemes":"bearer"}'), encode_to_b64=False)
+        return AuthResult(success=False)
+    return AuthResult(success=True, auth_data=user)
 
 
 @dataclass
@@ -103,6 +122,11 @@ class FakeOAuthProvider:
             for token in self._access.values():
                 if token.grant.address == address:
                     token.expires_at = 0
+
+    def access_token_for(self, address: str) -> str:
+        """A live access token of ``address``, as if it had signed in."""
+        with self._lock:
+            return str(self._issue(Grant(address, self.client_id, "mail"))["access_token"])
 
     def access_token_valid(self, token: str) -> str | None:
         """The address an access token belongs to, if it is live."""

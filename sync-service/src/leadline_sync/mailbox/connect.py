@@ -10,8 +10,10 @@ address keeps the cursors, so sync resumes where it stopped (R10).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
@@ -86,8 +88,7 @@ async def _pinned(context: SyncContext, server: ServerChoice, protocol: str) -> 
     if not server.self_signed:
         return server.login
     pin = await certificate_pin(server.login, protocol, server.expected_pin, context.settings)
-    login = server.login
-    return ServerLogin(login.host, login.port, login.tls, login.username, login.password, pin)
+    return dataclasses.replace(server.login, pinned_sha256=pin)
 
 
 async def _check(context: SyncContext, server: ServerChoice, protocol: str) -> tuple[ServerLogin, str | None]:
@@ -117,10 +118,13 @@ async def test_connection(context: SyncContext, request: ConnectRequest) -> Conn
     return ConnectionTest(ok=imap.ok and smtp.ok, imap=imap, smtp=smtp)
 
 
-async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
-    """Save (after checking) the caller's mailbox settings; returns the mailbox id."""
-    choice = choose(request)
-    results = await asyncio.gather(_check(context, choice.imap, "imap"), _check(context, choice.smtp, "smtp"),
+async def check_logins(context: SyncContext, imap: ServerChoice | ServerLogin,
+                       smtp: ServerChoice | ServerLogin) -> tuple[ServerLogin, ServerLogin, str | None]:
+    """Both logins checked side by side (pins taken); 422 ``mailbox-login-failed`` naming the one that failed."""
+    def choice(server: ServerChoice | ServerLogin) -> ServerChoice:
+        return server if isinstance(server, ServerChoice) else ServerChoice(server, False, None)
+
+    results = await asyncio.gather(_check(context, choice(imap), "imap"), _check(context, choice(smtp), "smtp"),
                                    return_exceptions=True)
     for side, result in zip(("imap", "smtp"), results, strict=True):
         if isinstance(result, MailConnectionError):
@@ -128,29 +132,62 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
         if isinstance(result, BaseException):
             raise result
     (imap_login, sent_folder), (smtp_login, _) = results  # type: ignore[misc]
+    return imap_login, smtp_login, sent_folder
+
+
+@dataclass(frozen=True)
+class CheckedMailbox:
+    """What connecting saves: settings whose logins were just checked, and the secrets they used."""
+
+    provider: Provider
+    address: str
+    smtp_use: str
+    imap: ServerLogin
+    smtp: ServerLogin
+    sent_folder: str | None
+    secrets: MailboxSecrets
+    auth: str = "password"  # or "oauth2"
+    oauth_expires_at: datetime | None = None
+
+
+async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
+    """Save (after checking) the caller's mailbox settings; returns the mailbox id."""
+    choice = choose(request)
+    imap_login, smtp_login, sent_folder = await check_logins(context, choice.imap, choice.smtp)
+    return await save(context, caller.company_id, caller.user_id, CheckedMailbox(
+        provider=choice.provider, address=choice.address, smtp_use=choice.smtp_use, imap=imap_login,
+        smtp=smtp_login, sent_folder=sent_folder,
+        secrets=MailboxSecrets(imap_password=imap_login.password, smtp_password=smtp_login.password)))
+
+
+async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
+    """Connect the user's mailbox with checked settings, or update them (R5, R9, R10); returns its id."""
+    imap_login, smtp_login = checked.imap, checked.smtp
     now = context.clock()
     async with context.db.session() as session:
-        row = await service.active_mailbox(session, caller.company_id, caller.user_id, for_update=True)
-        if row is not None and row.address != choice.address:
+        row = await service.active_mailbox(session, company_id, user_id, for_update=True)
+        if row is not None and row.address != checked.address:
             raise Conflict(f"Mail Sync is connected for {row.address}; disable it before connecting another "
                            "address", slug="mailbox-already-connected")
+        if await service.synced_by_another_user(session, company_id, user_id, checked.address):
+            raise Conflict(f"{checked.address} is already synced by another user of the company",
+                           slug="address-synced-by-another-user")
         mailbox_id = row.id if row is not None else uuid.uuid4()
-        sealed = context.cipher.seal(caller.company_id, mailbox_id, MailboxSecrets(
-            imap_password=imap_login.password, smtp_password=smtp_login.password))
+        sealed = context.cipher.seal(company_id, mailbox_id, checked.secrets)
         values = dict(
-            provider=choice.provider.id, smtp_use=choice.smtp_use,
+            provider=checked.provider.id, smtp_use=checked.smtp_use,
             imap_host=imap_login.host, imap_port=imap_login.port, imap_tls=imap_login.tls,
             imap_username=imap_login.username, imap_pinned_sha256=imap_login.pinned_sha256,
             smtp_host=smtp_login.host, smtp_port=smtp_login.port, smtp_tls=smtp_login.tls,
             smtp_username=smtp_login.username, smtp_pinned_sha256=smtp_login.pinned_sha256,
             credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
-            credential_ciphertext=sealed.ciphertext, sent_folder=sent_folder,
-            provider_saves_sent=choice.provider.provider_saves_sent,
-            failures=0, failing_since=None, next_attempt_at=now,
+            credential_ciphertext=sealed.ciphertext, sent_folder=checked.sent_folder,
+            provider_saves_sent=checked.provider.provider_saves_sent, auth=checked.auth,
+            oauth_expires_at=checked.oauth_expires_at, failures=0, failing_since=None, next_attempt_at=now,
         )
         if row is None:
             await session.execute(mailbox.insert().values(
-                id=mailbox_id, company_id=caller.company_id, user_id=caller.user_id, address=choice.address,
+                id=mailbox_id, company_id=company_id, user_id=user_id, address=checked.address,
                 status=INITIAL, status_reason=CHECKING_LIMIT, slot=Slot.UNCLAIMED, connected_at=now,
                 created_at=now, updated_at=now, **values))
             created = await service.mailbox_by_id(session, mailbox_id)
@@ -167,7 +204,7 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             elif row.status == MailboxStatus.ERROR and row.slot == Slot.GRANTED:
                 await service.transition(session, row, MailboxStatus.ENABLED, "", now)
     if slot == Slot.UNCLAIMED:
-        await claim_slot(context, caller.company_id, mailbox_id)
+        await claim_slot(context, company_id, mailbox_id)
     context.wake.set()
     return mailbox_id
 

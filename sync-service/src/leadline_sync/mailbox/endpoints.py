@@ -29,6 +29,7 @@ from leadline_sync.mailbox.schemas import (
     ServerSettingsOut,
 )
 from leadline_sync.mailbox.states import COUNTS_FOR_BILLING, MailboxStatus
+from leadline_sync.oauth.apps import DEFAULTS
 from leadline_sync.providers import ServerPreset, providers
 
 router = APIRouter(tags=["mail-sync"])
@@ -38,10 +39,19 @@ def _preset(preset: ServerPreset | None) -> ServerPresetOut | None:
     return None if preset is None else ServerPresetOut(host=preset.host, port=preset.port, tls=preset.tls)
 
 
+def _oauth2_note(provider: str, configured: bool) -> str:
+    if provider not in DEFAULTS:
+        return ""
+    if configured:
+        return f"Sign in with the provider: POST /v1/mail-sync/oauth/{provider}/start."
+    return "Signing in with the provider (OAuth2) is not set up on this server: connect with an app password."
+
+
 @router.get("/v1/mail-sync/providers")
-async def list_providers(caller: Caller) -> list[ProviderOut]:
+async def list_providers(caller: Caller, context: Context) -> list[ProviderOut]:
     return [ProviderOut(id=p.id, name=p.name, imap=_preset(p.imap), smtp=_preset(p.smtp),
-                        host_from_domain=p.host_from_domain, provider_saves_sent=p.provider_saves_sent, note=p.note)
+                        host_from_domain=p.host_from_domain, provider_saves_sent=p.provider_saves_sent, note=p.note,
+                        oauth2=p.id in context.oauth_apps, oauth2_note=_oauth2_note(p.id, p.id in context.oauth_apps))
             for p in providers().values()]
 
 
@@ -53,7 +63,8 @@ def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext) -
                                  self_signed=pin is not None, certificate_sha256=pin)
 
     return MailboxOut(
-        id=row.id, user_id=row.user_id, address=row.address, provider=row.provider, status=row.status,
+        id=row.id, user_id=row.user_id, address=row.address, provider=row.provider, auth=row.auth,
+        status=row.status,
         status_reason=_reason(row, context), sync_mode=row.current_sync_mode, last_synced_at=row.last_synced_at,
         smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
         sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,

@@ -15,6 +15,12 @@ FIXES: dict[str, str] = {
     "not_allowed": "Use your mail provider's public server name.",
     "plaintext_refused": "Turn on \"use SSL\" or use a port that offers STARTTLS: Leadline does not send passwords "
                          "unencrypted.",
+    "oauth_refused": "Reconnect your account: sign in with {provider} again under Mail Sync. Your history is "
+                     "kept. If it happens again, ask your administrator whether IMAP and SMTP are allowed for "
+                     "your account.",
+    "oauth_revoked": "Reconnect your account: sign in with {provider} again under Mail Sync (access was withdrawn "
+                     "or your password changed). Sync resumes where it stopped; your history is kept.",
+    "oauth_unavailable": "Nothing to do: {provider}'s sign-in service did not answer; Leadline keeps retrying.",
     "credentials_unreadable": "Enter your password again in your Mail Sync settings.",
     "mailbox_limit_unavailable": "Nothing to do: Leadline checks the company mailbox limit again by itself. "
                                  "Contact support if this continues.",
@@ -33,5 +39,10 @@ FIXES: dict[str, str] = {
 }
 
 
-def fix_for(kind: str) -> str:
-    return FIXES.get(kind, "Contact support if this continues.")
+PROVIDER_NAMES = {"gmail": "Google", "office365": "Microsoft", "outlook": "Microsoft"}
+
+
+def fix_for(kind: str, provider: str | None = None) -> str:
+    """The fix for ``kind``; ``provider`` (a preset id) names whom to sign in with again."""
+    return FIXES.get(kind, "Contact support if this continues.").format(
+        provider=PROVIDER_NAMES.get(provider or "", "your provider"))

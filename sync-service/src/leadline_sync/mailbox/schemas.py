@@ -104,6 +104,7 @@ class MailboxOut(BaseModel):
     user_id: uuid.UUID
     address: str
     provider: str
+    auth: Literal["password", "oauth2"]  # oauth2: signed in with the provider, no password saved
     status: MailboxStatus
     status_reason: str
     sync_mode: SyncMode | None = Field(description="enabled mailboxes: live (IDLE held) or rotating (served in turns)")
@@ -170,6 +171,9 @@ class ProviderOut(BaseModel):
     host_from_domain: bool
     provider_saves_sent: bool
     note: str
+    # signing in with the provider (OAuth2) is offered: POST /v1/mail-sync/oauth/{id}/start
+    oauth2: bool
+    oauth2_note: str
 
 
 class DnsRecordCheck(BaseModel):

@@ -51,6 +51,14 @@ async def active_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: 
     return (await session.execute(statement)).first()
 
 
+async def synced_by_another_user(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
+                                 address: str) -> bool:
+    """Whether another user of the company has ``address`` connected (one address, one user)."""
+    return (await session.execute(select(mailbox.c.id).where(
+        mailbox.c.company_id == company_id, mailbox.c.user_id != user_id, mailbox.c.address == address,
+        mailbox.c.status != MailboxStatus.DISABLED).limit(1))).first() is not None
+
+
 async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False) -> MailboxRow | None:
     statement = select(mailbox).where(mailbox.c.id == mailbox_id)
     if for_update:
@@ -128,7 +136,7 @@ async def record_error(session: AsyncSession, row: MailboxRow, kind: str, messag
     """One entry of the error log the user reads: when, what, how to fix (R8)."""
     await session.execute(mailbox_error.insert().values(
         id=uuid.uuid4(), company_id=row.company_id, mailbox_id=row.id, occurred_at=now, kind=kind,
-        message=message, fix=fix_for(kind)))
+        message=message, fix=fix_for(kind, row.provider)))
 
 
 def connection_payload(row: MailboxRow, keep_history: bool = True) -> MailboxConnectionPayload:

@@ -49,7 +49,7 @@ import logging
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -251,7 +251,7 @@ class MailboxSync:
 
         A rotation pass (``mode`` rotating) syncs both folders once and returns.
         """
-        client = await connect_imap(imap_settings(login, self.settings))
+        client = await connect_imap(imap_settings(await self._signed_in(login), self.settings))
         started = asyncio.get_running_loop().time()
         try:
             folders = await client.find_sync_folders()
@@ -282,6 +282,12 @@ class MailboxSync:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
                     await client.logout()
+
+    async def _signed_in(self, login: ServerLogin) -> ServerLogin:
+        """A mailbox signed in with OAuth2 connects with a live access token (renewed ahead of expiry)."""
+        if self.row is None or self.row.auth != "oauth2":
+            return login
+        return replace(login, access_token=await self.context.tokens.access_token(self.mailbox_id))
 
     # -- status ----------------------------------------------------------------------------
 

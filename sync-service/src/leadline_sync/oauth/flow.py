@@ -1,0 +1,193 @@
+"""Signing in with Gmail or Microsoft for the caller's own mailbox (R1, R29), OAuth2 authorization code + PKCE.
+
+::
+
+    POST /v1/mail-sync/oauth/{provider}/start (the caller)
+        → state (256 bits, stored as its SHA-256, bound to the caller, single use, short-lived),
+          PKCE verifier (RFC 7636, S256; sealed at rest), OpenID nonce
+        → the provider's authorization URL
+    the user consents at the provider, whose redirect brings the browser to
+    GET /v1/mail-sync/oauth/callback?code&state (public: no API key in a redirect)
+        → the state is taken (used once, even if what follows fails) → code exchanged with the verifier
+        → the address: the ID token's verified email (aud, iss, exp, nonce checked), else the userinfo endpoint
+        → IMAP and SMTP sign-in checked with the access token, as a password connect checks its logins
+        → the mailbox saved like a password connect (R5 historical sync, R9 limit; a new sign-in for the
+          connected address keeps the cursors, R10), the refresh token sealed with the company and mailbox
+          ids as associated data (R25)
+
+The address is the one the provider proves; none may be given.  An unknown,
+expired or used state, an error from the provider, or an address the caller
+cannot connect is a 4xx problem and nothing is stored but the state's use.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import update
+
+from leadline_kit.errors import BadRequest, NotFound, Unprocessable
+from leadline_kit.identity import Identity
+from leadline_kit.sealing import Sealed
+from leadline_mail.addresses import normalize_address
+from leadline_sync.context import SyncContext
+from leadline_sync.credentials import MailboxSecrets
+from leadline_sync.logins import ServerLogin
+from leadline_sync.mailbox.connect import CheckedMailbox, check_logins, save
+from leadline_sync.models import oauth_state
+from leadline_sync.oauth.apps import OAuthApp
+from leadline_sync.oauth.tokens import TokenEndpointUnavailable, TokenRefused, TokenSet, id_token_claims
+from leadline_sync.providers import Provider, ServerPreset, providers
+
+
+class SignInRefused(BadRequest):
+    slug = "oauth-sign-in-refused"
+
+
+@dataclass(frozen=True)
+class Authorization:
+    url: str
+    expires_at: datetime
+
+
+def _state_hash(state: str) -> bytes:
+    return hashlib.sha256(state.encode()).digest()
+
+
+def app_for(context: SyncContext, provider: str) -> tuple[Provider, OAuthApp]:
+    preset = providers().get(provider)
+    if preset is None:
+        raise NotFound(f"unknown provider {provider!r}; see GET /v1/mail-sync/providers", slug="provider-not-found")
+    app = context.oauth_apps.get(provider)
+    if app is None:
+        raise Unprocessable(f"signing in with {preset.name} is not set up on this Leadline server; connect with a "
+                            "password or ask the operator", slug="oauth-not-configured")
+    return preset, app
+
+
+async def start(context: SyncContext, caller: Identity, provider: str, smtp_use: str) -> Authorization:
+    _, app = app_for(context, provider)
+    state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
+    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    state_id = uuid.uuid4()
+    sealed = context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier,
+                                                                                 smtp_password=""))
+    now = context.clock()
+    expires_at = now + timedelta(seconds=context.settings.sync_oauth_state_seconds)
+    async with context.db.session() as session:
+        await session.execute(oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1)))
+        await session.execute(oauth_state.insert().values(
+            id=state_id, state_sha256=_state_hash(state), company_id=caller.company_id, user_id=caller.user_id,
+            provider=provider, smtp_use=smtp_use, nonce=nonce, verifier_key_id=sealed.key_id,
+            verifier_wrapped_key=sealed.wrapped_key, verifier_ciphertext=sealed.ciphertext, created_at=now,
+            expires_at=expires_at))
+    query = {"response_type": "code", "client_id": app.client_id, "redirect_uri": app.redirect_url,
+             "scope": " ".join(app.scopes), "state": state, "code_challenge": challenge,
+             "code_challenge_method": "S256", "nonce": nonce, **dict(app.extra)}
+    return Authorization(url=app.authorization_url + "?" + urllib.parse.urlencode(query), expires_at=expires_at)
+
+
+@dataclass(frozen=True)
+class PendingSignIn:
+    company_id: uuid.UUID
+    user_id: uuid.UUID
+    provider: str
+    smtp_use: str
+    nonce: str
+    verifier: str
+
+
+async def _take_state(context: SyncContext, state: str) -> PendingSignIn:
+    """The sign-in ``state`` belongs to, used up now; a 400 if it is unknown, expired or used."""
+    now = context.clock()
+    async with context.db.session() as session:
+        row = (await session.execute(
+            update(oauth_state)
+            .where(oauth_state.c.state_sha256 == _state_hash(state), oauth_state.c.used_at.is_(None),
+                   oauth_state.c.expires_at > now)
+            .values(used_at=now).returning(oauth_state))).first()
+    if row is None:
+        raise SignInRefused("this sign-in link is unknown, expired or already used; start again from Mail Sync",
+                            slug="oauth-state-invalid")
+    verifier = context.cipher.open(row.id, row.id, Sealed(
+        row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)).imap_password
+    return PendingSignIn(row.company_id, row.user_id, row.provider, row.smtp_use, row.nonce, verifier)
+
+
+async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet, nonce: str) -> str:
+    """The account's address as the provider proves it: the ID token's, else the userinfo endpoint's."""
+    claims: dict[str, Any] = {}
+    if tokens.id_token is not None:
+        try:
+            claims = id_token_claims(tokens.id_token)
+        except ValueError:
+            raise SignInRefused("the provider's ID token cannot be read", slug="oauth-identity-invalid") from None
+        audience = claims.get("aud")
+        audiences = audience if isinstance(audience, list) else [audience]
+        expires = claims.get("exp")
+        if (app.client_id not in audiences or not isinstance(expires, int | float)
+                or expires < context.clock().timestamp()
+                or not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
+                or (app.issuer is not None and claims.get("iss") != app.issuer)):
+            raise SignInRefused("the provider's ID token is not for this sign-in", slug="oauth-identity-invalid")
+    address = claims.get("email") if claims.get("email_verified", True) is not False else None
+    if not isinstance(address, str) and app.userinfo_url is not None:
+        info = await context.endpoint.userinfo(app, tokens.access_token)
+        address = info.get("email") if info.get("email_verified", True) is not False else None
+    if not isinstance(address, str) and app.provider != "gmail":
+        address = claims.get("preferred_username")  # Microsoft: the sign-in name, the mailbox's address
+    normalized = normalize_address(address) if isinstance(address, str) else None
+    if normalized is None:
+        raise SignInRefused("the provider did not name a verified email address for this account",
+                            slug="oauth-identity-invalid")
+    return normalized
+
+
+def _login(side: str, preset: ServerPreset | None, app: OAuthApp, address: str, token: str) -> ServerLogin:
+    override = app.imap if side == "imap" else app.smtp
+    if override is not None:
+        host, port, tls = override.host, override.port, override.tls
+    else:
+        assert preset is not None, "OAuth2 presets have servers"
+        host, port, tls = preset.host, preset.port, preset.tls
+    return ServerLogin(host=host, port=port, tls=tls, username=address, password="", access_token=token)
+
+
+async def callback(context: SyncContext, code: str | None, state: str | None, error: str | None) -> uuid.UUID:
+    """Finish a sign-in; returns the mailbox id."""
+    if not state:
+        raise SignInRefused("the sign-in answer carries no state; start again from Mail Sync",
+                            slug="oauth-state-invalid")
+    pending = await _take_state(context, state)
+    preset, app = app_for(context, pending.provider)
+    if error is not None or not code:
+        raise SignInRefused(f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); "
+                            "start again from Mail Sync", slug="oauth-provider-error")
+    try:
+        tokens = await context.endpoint.exchange_code(app, code, pending.verifier)
+    except TokenRefused as exc:
+        raise SignInRefused(f"{preset.name} refused the sign-in ({exc.error}); start again from Mail Sync",
+                            slug="oauth-provider-error") from None
+    except TokenEndpointUnavailable:
+        raise SignInRefused(f"{preset.name}'s sign-in service did not answer; start again from Mail Sync",
+                            slug="oauth-provider-unavailable") from None
+    if tokens.refresh_token is None:
+        raise SignInRefused(f"{preset.name} gave no refresh token, so Leadline could not keep syncing; "
+                            "start again from Mail Sync", slug="oauth-provider-error")
+    address = await _proven_address(context, app, tokens, pending.nonce)
+    imap = _login("imap", preset.imap, app, address, tokens.access_token)
+    smtp = _login("smtp", preset.smtp, app, address, tokens.access_token)
+    imap_checked, smtp_checked, sent_folder = await check_logins(context, imap, smtp)
+    return await save(context, pending.company_id, pending.user_id, CheckedMailbox(
+        provider=preset, address=address, smtp_use=pending.smtp_use, imap=imap_checked, smtp=smtp_checked,
+        sent_folder=sent_folder, auth="oauth2", oauth_expires_at=tokens.expires_at,
+        secrets=MailboxSecrets(imap_password="", smtp_password="", refresh_token=tokens.refresh_token,
+                               access_token=tokens.access_token)))

@@ -1,0 +1,309 @@
+"""Connecting Gmail / Microsoft by signing in (OAuth2 + PKCE), against a real Dovecot whose oauth2 passdb asks
+a local authorization server about each token, and aiosmtpd accepting AUTH XOAUTH2 (issue 22)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
+
+from leadline_kit.infra import DovecotServer, free_port
+from leadline_kit.sealing import KeyRing
+from leadline_kit.testing.clients import running_app
+from leadline_kit.testing.oauth import FakeOAuthProvider, smtp_xoauth2
+from leadline_mail.imap import ImapSettings, connect_imap
+from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
+from leadline_proto.subjects import RPC_MAILBOX_SMTP
+from leadline_sync.oauth.apps import seal_client_secret
+
+from .conftest import DroppingProxy, MailAccount, SyncWorld
+
+REDIRECT = "https://crm.example/v1/mail-sync/oauth/callback"
+
+
+@pytest.fixture(scope="session")
+def provider(oauth_provider: FakeOAuthProvider) -> FakeOAuthProvider:
+    return oauth_provider
+
+
+@dataclass
+class XOAuth2Handler:
+    """aiosmtpd with AUTH XOAUTH2: the token must be live at the provider and belong to the user named."""
+
+    provider: FakeOAuthProvider
+    received: list[tuple[str, str, bytes]] = field(default_factory=list)  # (login, mail from, data)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        return await smtp_xoauth2(server, args, self.provider.access_token_valid)  # type: ignore[no-any-return]
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.received.append((str(session.auth_data), str(envelope.mail_from), bytes(envelope.content or b"")))
+        return "250 OK"
+
+
+@pytest.fixture(scope="module")
+def xoauth2_smtp(tls_ca: trustme.CA, provider: FakeOAuthProvider) -> Iterator[tuple[int, XOAuth2Handler]]:
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    handler = XOAuth2Handler(provider)
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=True, tls_context=context,
+                            require_starttls=True)
+    controller.start()
+    yield port, handler
+    controller.stop()
+
+
+@dataclass
+class OAuthWorld:
+    world: SyncWorld
+    provider: FakeOAuthProvider
+    dovecot: DovecotServer
+    smtp_port: int
+    smtp: XOAuth2Handler
+    imap_port: int  # where the sync connects: a proxy in front of Dovecot's STARTTLS port that the test can cut
+    proxy: DroppingProxy
+
+    def app(self, **overrides: Any) -> Any:
+        ring = KeyRing(self.world.settings().credential_keys())
+        apps = {"gmail": {
+            "client_id": self.provider.client_id, "redirect_url": REDIRECT,
+            "client_secret_sealed": seal_client_secret(ring, "gmail", self.provider.client_secret),
+            **self.provider.endpoints(),
+            "imap": {"host": "127.0.0.1", "port": self.imap_port, "tls": "starttls"},
+            "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "tls": "starttls"}}}
+        return self.world.app(sync_oauth_apps=apps, **overrides)
+
+    def account(self) -> MailAccount:
+        account = self.world.account()
+        self.dovecot.add_user(account.address, account.password)  # to seed mail; the sync signs in by token
+        return account
+
+    async def append(self, account: MailAccount, folder: str, *raws: bytes) -> None:
+        client = await connect_imap(ImapSettings(
+            host="127.0.0.1", port=self.dovecot.tls_port, tls="implicit", username=account.address,
+            password=account.password, cafile=self.world.ca_file, allow_networks=self.world.settings().allow_networks()))
+        try:
+            for raw in raws:
+                await client.append(folder, raw)
+        finally:
+            await client.logout()
+
+    async def sign_in(self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str,
+                      **start: Any) -> httpx.Response:
+        """Start, let the provider's consent page send the browser back, and deliver that to the callback."""
+        started = await api.post("/v1/mail-sync/oauth/gmail/start", json=start or None)
+        assert started.status_code == 200, started.text
+        self.provider.sign_in(address)
+        callback = await self.consent(started.json()["authorization_url"])
+        return await service.get("/v1/mail-sync/oauth/callback", params=callback)
+
+    @staticmethod
+    async def consent(authorization_url: str) -> dict[str, str]:
+        async with httpx.AsyncClient() as browser:
+            answer = await browser.get(authorization_url)
+        assert answer.status_code == 302, answer.text
+        location = answer.headers["location"]
+        assert location.startswith(REDIRECT + "?")
+        return dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+
+
+@pytest.fixture
+async def oauth(world: SyncWorld, provider: FakeOAuthProvider, oauth_dovecot: DovecotServer,
+                xoauth2_smtp: tuple[int, XOAuth2Handler]) -> AsyncIterator[OAuthWorld]:
+    proxy = await DroppingProxy(oauth_dovecot.port).start()
+    provider.expires_in, provider.unavailable_refreshes = 3600, 0
+    yield OAuthWorld(world, provider, oauth_dovecot, xoauth2_smtp[0], xoauth2_smtp[1], proxy.port, proxy)
+    await proxy.stop()
+
+
+def no_secret_in(text: str, provider: FakeOAuthProvider) -> None:
+    for token in [*provider.issued_tokens(), provider.client_secret]:
+        assert token not in text
+
+
+async def test_sign_in_connects_syncs_history_and_no_token_shows(
+        oauth: OAuthWorld, caplog: pytest.LogCaptureFixture) -> None:
+    world, me = oauth.world, oauth.account()
+    lead = "jane@customer.example"
+    caplog.set_level(logging.DEBUG)
+    async with running_app(oauth.app()) as service:
+        api = world.caller(service, me.user)
+        providers = {p["id"]: p for p in (await api.get("/v1/mail-sync/providers")).json()}
+        assert providers["gmail"]["oauth2"] and not providers["office365"]["oauth2"]
+        assert not providers["yahoo"]["oauth2"] and providers["office365"]["oauth2_note"]
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="before sign-in"))
+        started = await api.post("/v1/mail-sync/oauth/gmail/start", json={"smtp_use": "all"})
+        url = urllib.parse.urlsplit(started.json()["authorization_url"])
+        query = dict(urllib.parse.parse_qsl(url.query))
+        assert query["code_challenge_method"] == "S256" and len(query["state"]) >= 43
+        assert query["redirect_uri"] == REDIRECT and "https://mail.google.com/" in query["scope"].split()
+        assert query["access_type"] == "offline"
+
+        oauth.provider.sign_in(me.address)
+        done = await service.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(urlunsplit(url)))
+        assert done.status_code == 200, done.text
+        assert done.json()["address"] == me.address
+        body = await world.wait_status(api, "enabled")
+        assert body["auth"] == "oauth2" and body["provider"] == "gmail" and body["smtp_use"] == "all"
+        assert body["imap"]["username"] == me.address
+        await world.wait_history(api)
+        [event] = await world.synced(at_least=1)
+        assert event.payload.subject == "before sign-in"
+        # live mail arrives while the session idles on a token it signed in with
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while idle"))
+        assert "while idle" in {e.payload.subject for e in await world.synced(at_least=2)}
+
+        # the send service gets a live access token, never the refresh token
+        reply = MailboxSmtpReply.model_validate_json((await world.nc.request(
+            RPC_MAILBOX_SMTP, MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
+            .model_dump_json().encode(), timeout=5)).data)
+        assert reply.auth == "oauth2" and reply.access_token
+        assert oauth.provider.access_token_valid(reply.access_token) == me.address
+        refresh_tokens = [t for t in oauth.provider.issued_tokens() if t.startswith("1//")]
+        assert not any(t in reply.model_dump_json() for t in refresh_tokens)
+        assert not reply.smtp_password and not reply.imap_password
+
+        # nothing shows a token: responses, the database, the events, the logs
+        texts = [done.text, (await api.get("/v1/mail-sync")).text, (await api.get("/v1/mail-sync/errors")).text]
+        rows = await world.sql("SELECT row_to_json(m)::text FROM sync.mailbox m UNION ALL "
+                               "SELECT row_to_json(s)::text FROM sync.oauth_state s UNION ALL "
+                               "SELECT row_to_json(o)::text FROM sync.outbox o")
+        texts += [r[0] for r in rows]
+        texts += [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
+        texts.append(caplog.text)
+        no_secret_in("\n".join(texts), oauth.provider)
+
+
+def urlunsplit(url: urllib.parse.SplitResult) -> str:
+    return urllib.parse.urlunsplit(url)
+
+
+async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) -> None:
+    world, me, other = oauth.world, oauth.account(), oauth.account()
+    async with running_app(oauth.app()) as service:
+        api = world.caller(service, me.user)
+        assert (await service.get("/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"})
+                ).json()["type"].endswith("oauth-state-invalid")
+        assert (await service.get("/v1/mail-sync/oauth/callback")).status_code == 400
+
+        # the provider answers with an error (the user said no): a problem, and the state is spent
+        started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
+        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started["authorization_url"]).query))["state"]
+        oauth.provider.deny = True
+        denied = await service.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(
+            started["authorization_url"]))
+        assert denied.status_code == 400 and denied.json()["type"].endswith("oauth-provider-error")
+        assert (await service.get("/v1/mail-sync/oauth/callback", params={"code": "c", "state": state})
+                ).json()["type"].endswith("oauth-state-invalid")
+
+        # a state replayed after a good sign-in
+        started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
+        oauth.provider.sign_in(me.address)
+        callback = await oauth.consent(started["authorization_url"])
+        assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 200
+        replayed = await service.get("/v1/mail-sync/oauth/callback", params=callback)
+        assert replayed.status_code == 400 and replayed.json()["type"].endswith("oauth-state-invalid")
+
+        # an expired state
+        started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
+        callback = await oauth.consent(started["authorization_url"])
+        world.clock.advance(timedelta(minutes=11))
+        assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 400
+        world.clock.advance(timedelta(minutes=-11))
+
+        # another user of the company signs in with the address already synced: 409, nothing stored
+        other_api = world.caller(service, other.user)
+        taken = await oauth.sign_in(other_api, service, me.address)
+        assert taken.status_code == 409, taken.text
+        assert (await other_api.get("/v1/mail-sync")).status_code == 404
+
+        # an unknown provider, one without an app, a body with an address
+        assert (await api.post("/v1/mail-sync/oauth/nope/start")).status_code == 404
+        assert (await api.post("/v1/mail-sync/oauth/office365/start")).status_code == 422
+        assert (await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})
+                ).status_code == 422
+        count = await world.sql("SELECT count(*) FROM sync.mailbox WHERE company_id = :c", {"c": world.company_id})
+        assert count[0][0] == 1
+
+
+async def test_token_renewed_once_for_concurrent_connections_and_5xx_retried(oauth: OAuthWorld) -> None:
+    world, me = oauth.world, oauth.account()
+    async with running_app(oauth.app(sync_oauth_refresh_margin_seconds=300)) as service:
+        api = world.caller(service, me.user)
+        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+        await world.wait_status(api, "enabled")
+        context = service._transport.app.state.runtime.extras["sync"]  # type: ignore[attr-defined]
+        mailbox_id = uuid.UUID((await api.get("/v1/mail-sync")).json()["id"])
+        before = oauth.provider.refresh_grants
+        # near expiry: many connections ask at once (and the token endpoint is slow), one renewal
+        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now() + interval '1 minute'")
+        oauth.provider.refresh_delay = 0.3
+        try:
+            tokens = await asyncio.gather(*(context.tokens.access_token(mailbox_id) for _ in range(8)))
+        finally:
+            oauth.provider.refresh_delay = 0.0
+        assert oauth.provider.refresh_grants == before + 1
+        assert len(set(tokens)) == 1 and oauth.provider.access_token_valid(tokens[0]) == me.address
+        # a token endpoint answering 503 twice is asked again, and nothing is an error
+        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
+        oauth.provider.unavailable_refreshes = 2
+        fresh = await context.tokens.access_token(mailbox_id)
+        assert fresh != tokens[0] and oauth.provider.refresh_grants == before + 2
+        assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+
+
+async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor(oauth: OAuthWorld) -> None:
+    world, me = oauth.world, oauth.account()
+    lead = "lead@customer.example"
+    async with running_app(oauth.app(sync_poll_seconds=60)) as service:
+        api = world.caller(service, me.user)
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="history"))
+        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+        first = await world.wait_history(api)
+        await world.synced(at_least=1)
+
+        # the access token expires while the session idles; the connection drops; the sync signs in again with
+        # a renewed token, without a visible interruption
+        oauth.provider.expire_access_tokens(me.address)
+        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
+        renewals = oauth.provider.refresh_grants
+        assert oauth.proxy.cut() >= 1
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after expiry"))
+        assert "after expiry" in {e.payload.subject for e in await world.synced(at_least=2)}
+        assert oauth.provider.refresh_grants == renewals + 1
+        assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
+        assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+
+        # consent withdrawn: the renewal is refused (invalid_grant) and the mailbox shows error with the fix
+        oauth.provider.revoke_all(me.address)
+        oauth.provider.expire_access_tokens(me.address)
+        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
+        oauth.proxy.cut()
+        errored = await world.wait_status(api, "error")
+        assert "no longer lets Leadline" in errored["status_reason"]
+        [entry, *_] = (await api.get("/v1/mail-sync/errors")).json()["items"]
+        assert entry["kind"] == "oauth_revoked" and "sign in with Google again" in entry["fix"]
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while revoked"))
+
+        # a new sign-in resumes from the cursor: no new historical sync, nothing twice
+        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+        again = await world.wait_status(api, "enabled")
+        assert again["connected_at"] == first["connected_at"] and again["id"] == first["id"]
+        events = await world.synced(at_least=3)
+        assert sorted(e.payload.subject for e in events) == ["after expiry", "history", "while revoked"]
