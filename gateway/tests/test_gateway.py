@@ -12,13 +12,13 @@ import httpx
 import pytest
 import trustme
 import uvicorn
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import SecretStr
 
 from leadline_gateway.config import Settings
 from leadline_gateway.main import create_app
 from leadline_kit.db import service_metadata
-from leadline_kit.identity import Caller, Operator
+from leadline_kit.identity import IDENTITY_HEADER, Caller, Operator
 from leadline_kit.infra import free_port
 from leadline_kit.outbox import outbox_table
 from leadline_kit.pagination import encode_cursor
@@ -42,6 +42,11 @@ async def who(caller: Caller) -> dict[str, Any]:
 @whoami.post("/v1/leads/echo")
 async def echo(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return {"body": body, "company_id": str(caller.company_id)}
+
+
+@whoami.get("/v1/mail-sync/oauth/callback")
+async def sign_in_callback(request: Request) -> dict[str, Any]:
+    return {"query": str(request.url.query), "identity": IDENTITY_HEADER in request.headers}
 
 
 @whoami.get("/v1/operator/quotas/{company_id}/whoami")
@@ -314,6 +319,18 @@ async def test_routing_signs_identity_and_drops_client_identity(gateway: httpx.A
     assert response.headers["x-request-id"]
     echoed = await gateway.post("/v1/leads/echo", headers=bearer(created), json={"hello": "wörld"})
     assert echoed.json()["body"] == {"hello": "wörld"}
+
+
+async def test_the_sign_in_callback_is_public_and_carries_no_identity(
+        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    """Google and Microsoft send the browser back without an API key; its state alone names the user."""
+    url = await migrated_database(postgres, "leadline_gateway")
+    settings = gateway_settings(url, nats_url, upstream, mail_sink, sync_url=upstream)
+    async with running_app(create_app(settings)) as gateway:
+        created = await new_company(gateway)
+        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s", headers=bearer(created))
+        assert answer.status_code == 200 and answer.json() == {"query": "code=c&state=s", "identity": False}
+        assert_problem(await gateway.post("/v1/mail-sync/oauth/gmail/start"), 401)
 
 
 async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None:

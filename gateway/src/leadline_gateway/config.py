@@ -63,6 +63,7 @@ class Settings(KitSettings):
             ("/v1/quotas", self.quota_url),
             ("/v1/operator/quotas", self.quota_url),
             ("/v1/mail-sync", self.sync_url),
+            ("/v1/mail-sync/oauth/callback", self.sync_url),
             ("/v1/mailboxes", self.sync_url),
             ("/v1/smtp-accounts", self.send_url),
             ("/v1/messages", self.send_url),

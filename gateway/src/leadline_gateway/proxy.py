@@ -7,7 +7,9 @@ rate limit, then forward the request over a pooled keep-alive aiohttp session
 sends under the identity names are dropped, so a caller can never pose as
 someone else.  A service that does not answer gives a 503 problem; one that
 answers too slowly a 504.  ``/v1/unsubscribe`` is public (one-click links in
-mail), so it is forwarded without a key and without an identity.  Under
+mail), and so is ``/v1/mail-sync/oauth/callback`` (where Google or Microsoft
+send the browser back after a sign-in; its ``state`` names the user): they are
+forwarded without a key and without an identity.  Under
 ``/v1/operator/`` the operator token (not an API key) is authenticated, and the
 operator identity signed.
 
@@ -45,7 +47,7 @@ from leadline_kit.logs import request_id_var
 
 log = logging.getLogger("leadline.gateway.proxy")
 
-PUBLIC_PREFIXES = ("/v1/unsubscribe",)
+PUBLIC_PREFIXES = ("/v1/unsubscribe", "/v1/mail-sync/oauth/callback")
 MAX_BODY_BYTES = 40 * 1024 * 1024
 # hop-by-hop and identity headers never cross the gateway
 DROPPED_REQUEST_HEADERS = {
