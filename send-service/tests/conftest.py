@@ -36,6 +36,7 @@ from leadline_kit.db import Database
 from leadline_kit.infra import PostgresServer, free_port
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
 from leadline_kit.testing.fixtures import migrated_database
+from leadline_kit.testing.oauth import smtp_xoauth2
 from leadline_proto.events import LeadCreatedV1, LeadPayload, utcnow
 from leadline_proto.requests import (
     LeadAddresses,
@@ -92,6 +93,7 @@ class RecordingHandler:
         self.reads: list[bytes] = []  # each read of every session, to see what came in one write
         self.auth_attempts = 0
         self.logins = {SMTP_USER: SMTP_PASSWORD}
+        self.access_tokens: dict[str, str] = {}  # OAuth2 access token → the user it signs in (AUTH XOAUTH2)
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str,
@@ -142,6 +144,11 @@ class RecordingHandler:
         ok = isinstance(auth_data, LoginPassword) and \
             self.logins.get(auth_data.login.decode()) == auth_data.password.decode()
         return AuthResult(success=ok)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
+        with self.lock:
+            self.auth_attempts += 1
+        return await smtp_xoauth2(server, args, self.access_tokens.get)  # type: ignore[no-any-return]
 
     def by_message_id(self, message_id: str) -> list[Received]:
         return [r for r in list(self.received) if r.message_id == message_id]

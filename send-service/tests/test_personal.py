@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from leadline_kit.infra import DovecotServer
+from leadline_kit.testing.oauth import FakeOAuthProvider
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import parse_allowlist
 from leadline_proto.requests import MailboxSmtpReply
@@ -86,6 +87,37 @@ async def test_personal_mail_from_the_synced_address_with_a_copy_in_sent(
     refused = await app.user.post("/v1/messages", json={"category": "marketing", "to": ["lead@example.org"],
                                                         "text": "sale"})
     assert refused.status_code == 422 and refused.json()["type"].endswith("/no-sending-account")
+
+
+async def test_a_mailbox_signed_in_with_oauth2_sends_by_xoauth2_and_copies_to_sent_with_the_token(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None,
+        mailboxes: MailboxDirectoryStub, oauth_dovecot: DovecotServer, oauth_provider: FakeOAuthProvider,
+        ca_file: str) -> None:
+    """Issue 22: the sync service's answer carries a live access token and no password."""
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    address = f"u{uuid.uuid4().hex[:8]}@gmail.example"
+    token = oauth_provider.access_token_for(address)
+    server.handler.access_tokens[token] = address
+    reply = synced_mailbox(server, oauth_dovecot, address).model_copy(update={
+        "address": address, "provider": "gmail", "smtp_username": address, "smtp_password": None,
+        "imap_password": None, "auth": "oauth2", "access_token": token})
+    mailboxes.replies[(app.company_id, app.user_id)] = reply
+
+    message = await personal(app)
+    done = await app.wait_for(str(message["id"]), {"sent", "failed", "unknown"})
+    assert done["state"] == "sent", done
+    [received] = server.handler.by_message_id(str(message["message_id"]))
+    assert received.mail_from == address
+    assert any(b"AUTH XOAUTH2 " in bytes(wire) for wire in server.handler.wire)
+    for _ in range(100):
+        done = await app.wait_for(str(message["id"]), {"sent"})
+        if done["sent_copy"]:
+            break
+    assert done["sent_copy"] == "saved to Sent"
+    oauth_dovecot.add_user(address, "imap-pass")  # to look into the folder
+    assert await sent_folder_message_ids(oauth_dovecot, address, ca_file) == [message["message_id"]]
+    assert token not in str(done)
 
 
 async def test_marketing_through_the_mailbox_when_smtp_use_is_all_and_gmail_saves_sent_itself(

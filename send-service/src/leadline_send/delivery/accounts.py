@@ -43,9 +43,10 @@ class SentFolder:
     port: int
     tls: TlsMode
     username: str
-    password: str
+    password: str = field(repr=False)
     pinned_sha256: str | None
     folder: str
+    access_token: str | None = field(default=None, repr=False)  # a mailbox signed in with OAuth2
 
 
 @dataclass(frozen=True)
@@ -95,17 +96,21 @@ class MailboxDirectory:
 
 
 def mailbox_account(reply: MailboxSmtpReply) -> SendingAccount:
+    """The synced mailbox's SMTP login (and IMAP, for the Sent copy): its passwords, or for a mailbox signed
+    in with OAuth2 the live access token the sync service gave (XOAUTH2)."""
     assert reply.address and reply.smtp_host and reply.smtp_port and reply.smtp_tls
+    token = reply.access_token if reply.auth == "oauth2" else None
     sent_folder = None
     if not reply.provider_saves_sent and reply.imap_host and reply.imap_port and reply.imap_tls:
         sent_folder = SentFolder(host=reply.imap_host, port=reply.imap_port, tls=reply.imap_tls,
                                  username=reply.imap_username or "", password=reply.imap_password or "",
-                                 pinned_sha256=reply.imap_pinned_sha256, folder=reply.sent_folder or "Sent")
+                                 pinned_sha256=reply.imap_pinned_sha256, folder=reply.sent_folder or "Sent",
+                                 access_token=token)
     return SendingAccount(
         key=f"mailbox:{reply.mailbox_id}", provider=reply.provider or "custom", mailbox_id=reply.mailbox_id,
         endpoint=SmtpEndpoint(host=reply.smtp_host, port=reply.smtp_port, tls=reply.smtp_tls,
                               username=reply.smtp_username or "", password=reply.smtp_password or "",
-                              pinned_sha256=reply.smtp_pinned_sha256),
+                              pinned_sha256=reply.smtp_pinned_sha256, access_token=token),
         sender=Sender(from_email=reply.address), sent_folder=sent_folder)
 
 

@@ -26,7 +26,7 @@ import functools
 import socket
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiosmtplib
 from aiosmtplib.email import quote_address
@@ -54,9 +54,10 @@ class SmtpEndpoint:
     port: int
     tls: TlsMode
     username: str = ""
-    password: str = ""
+    password: str = field(default="", repr=False)
     pinned_sha256: str | None = None
     timeout: float = 30.0
+    access_token: str | None = field(default=None, repr=False)  # OAuth2: AUTH XOAUTH2 instead of the password
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,13 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
             if ssl_object is None:
                 raise MailConnectionError("tls", "The server did not start TLS.")
             verify_pin(ssl_object, endpoint.pinned_sha256)
-        if endpoint.username:
+        if endpoint.username and endpoint.access_token is not None:
+            try:
+                await smtp.auth_xoauth2(endpoint.username, endpoint.access_token)
+            except aiosmtplib.SMTPAuthenticationError as exc:
+                raise MailConnectionError("oauth_refused", "The SMTP server refused the sign-in with your account. "
+                                          "Sign in again under Mail Sync.", detail=str(exc)) from None
+        elif endpoint.username:
             try:
                 await smtp.login(endpoint.username, endpoint.password)
             except aiosmtplib.SMTPAuthenticationError as exc:

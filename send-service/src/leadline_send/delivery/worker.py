@@ -829,9 +829,9 @@ class Delivery:
         try:
             client = await connect_imap(ImapSettings(
                 host=target.host, port=target.port, tls=target.tls,
-                username=target.username, password=target.password, pinned_sha256=target.pinned_sha256,
-                cafile=self.policy.cafile, allow_networks=self.policy.allow_networks,
-                allow_plaintext=self.policy.allow_plaintext))
+                username=target.username, password=target.password, access_token=target.access_token,
+                pinned_sha256=target.pinned_sha256, cafile=self.policy.cafile,
+                allow_networks=self.policy.allow_networks, allow_plaintext=self.policy.allow_plaintext))
             try:
                 await client.append(target.folder, message.raw, flags=("\\Seen",), when=message.created_at)
             finally:
