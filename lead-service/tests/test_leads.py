@@ -25,7 +25,7 @@ async def test_create_normalises_addresses_and_publishes_lead_created(api: httpx
                              name="Ana Silva", account_name="Acme", stage="qualified")
     assert lead["addresses"] == ["ana.silva@example.com", "josé@xn--bcher-kva.de"]
     assert lead["stage"] == "qualified" and lead["owner_user_id"] == str(admin.user_id)
-    assert lead["unsubscribed"] is False
+    assert lead["unsubscribed"] is False and lead["mail_status"] == "ok"
     fetched = (await api.get(f"/v1/leads/{lead['id']}")).json()
     assert fetched == lead
 

@@ -225,6 +225,7 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(api: httpx.As
     assert items[0]["bounce_status"] == "5.1.1" and items[0]["bounce_recipient"] == "typo@example.com"
     assert items[0]["subject"] == "Offer" and "user unknown" in items[0]["snippet"]
     assert items[1]["bounced"] is True and items[1]["bounced_at"] is not None
+    assert (await api.get(f"/v1/leads/{lead['id']}")).json()["mail_status"] == "bounced"
 
     async def two_sources() -> bool:
         bounce_item = (await timeline_of(api, lead["id"]))[0]
@@ -272,6 +273,7 @@ async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStre
         return bool((await api.get(f"/v1/leads/{lead['id']}")).json()["unsubscribed"])
 
     await eventually(unsubscribed, what="lead marked unsubscribed")
+    assert (await api.get(f"/v1/leads/{lead['id']}")).json()["mail_status"] == "unsubscribed"
 
 
 async def test_hostile_mail_fields_are_stored_safely(api: httpx.AsyncClient, js: JetStreamContext,

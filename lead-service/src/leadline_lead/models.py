@@ -68,6 +68,7 @@ lead = Table(
     Column("owner_user_id", Uuid),
     Column("stage", Text, nullable=False),
     Column("unsubscribed_at", DateTime(timezone=True)),
+    Column("bounced_at", DateTime(timezone=True)),  # mail to the lead last bounced hard (R17)
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_lead_company_created", "company_id", text("created_at DESC"), text("id DESC")),

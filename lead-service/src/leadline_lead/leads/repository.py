@@ -106,6 +106,11 @@ async def leads_by_address(session: AsyncSession, company_id: uuid.UUID,
     return {row.address: row.lead_id for row in rows}
 
 
+async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(update(lead).where(lead.c.company_id == company_id, lead.c.id == lead_id)
+                          .values(bounced_at=func.greatest(func.coalesce(lead.c.bounced_at, at), at)))
+
+
 async def mark_unsubscribed(session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID],
                             at: datetime) -> None:
     if not lead_ids:

@@ -42,6 +42,9 @@ class LeadUpdate(BaseModel):
     stage: Stage | None = None
 
 
+MailStatus = Literal["ok", "bounced", "unsubscribed"]
+
+
 class Lead(BaseModel):
     id: uuid.UUID
     name: str
@@ -51,5 +54,7 @@ class Lead(BaseModel):
     stage: Stage
     unsubscribed: bool
     unsubscribed_at: datetime | None
+    mail_status: MailStatus  # what a CRM needs to stop mailing the lead: bounced wins over unsubscribed
+    bounced_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -43,7 +43,9 @@ def normalised_addresses(raw: Sequence[str]) -> list[str]:
 def _lead(row: Row[Any], addresses: list[str]) -> Lead:
     return Lead(id=row.id, name=row.name, addresses=addresses, account_name=row.account_name,
                 owner_user_id=row.owner_user_id, stage=row.stage, unsubscribed=row.unsubscribed_at is not None,
-                unsubscribed_at=row.unsubscribed_at, created_at=row.created_at, updated_at=row.updated_at)
+                unsubscribed_at=row.unsubscribed_at, bounced_at=row.bounced_at,
+                mail_status="bounced" if row.bounced_at else "unsubscribed" if row.unsubscribed_at else "ok",
+                created_at=row.created_at, updated_at=row.updated_at)
 
 
 def _payload(lead: Lead) -> LeadPayload:

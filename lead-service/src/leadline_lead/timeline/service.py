@@ -205,6 +205,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
                                                "company_id": company, "mailbox_id": bounce.mailbox_id}])
     if hard:
         await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
+        await leads.mark_bounced(session, company, lead_id, bounce.bounced_at)
 
 
 async def timeline(session: AsyncSession, caller: Identity, lead_id: uuid.UUID,
