@@ -1,15 +1,15 @@
 """lead.bounced_at: when mail to the lead last bounced hard, for its mail_status (R17)
 
-Revision ID: 0004_lead_bounced
-Revises: 0003_delivery_delayed
+Revision ID: 0005_lead_bounced
+Revises: 0004_company_users
 """
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_lead_bounced"
-down_revision: str | None = "0003_delivery_delayed"
+revision: str = "0005_lead_bounced"
+down_revision: str | None = "0004_company_users"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
