@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import subprocess
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,14 +20,14 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
-from leadline_kit.infra import DovecotServer, free_port
+from leadline_kit.infra import DovecotServer, NatsServer, free_port, postgres_bin_dir
 from leadline_kit.sealing import KeyRing
 from leadline_kit.testing.clients import running_app
 from leadline_kit.testing.oauth import FakeOAuthProvider, smtp_xoauth2
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
-from leadline_sync.oauth.apps import seal_client_secret
+from leadline_sync.oauth.apps import resolve_apps, seal_client_secret
 
 from .conftest import DroppingProxy, MailAccount, SyncWorld
 
@@ -136,7 +137,7 @@ def no_secret_in(text: str, provider: FakeOAuthProvider) -> None:
 
 
 async def test_sign_in_connects_syncs_history_and_no_token_shows(
-        oauth: OAuthWorld, caplog: pytest.LogCaptureFixture) -> None:
+        oauth: OAuthWorld, caplog: pytest.LogCaptureFixture, nats_server: NatsServer) -> None:
     world, me = oauth.world, oauth.account()
     lead = "jane@customer.example"
     caplog.set_level(logging.DEBUG)
@@ -178,13 +179,16 @@ async def test_sign_in_connects_syncs_history_and_no_token_shows(
         assert not any(t in reply.model_dump_json() for t in refresh_tokens)
         assert not reply.smtp_password and not reply.imap_password
 
-        # nothing shows a token: responses, the database, the events, the logs
+        # nothing shows a token: responses, a dump of the database, the events, JetStream's store, the logs
         texts = [done.text, (await api.get("/v1/mail-sync")).text, (await api.get("/v1/mail-sync/errors")).text]
-        rows = await world.sql("SELECT row_to_json(m)::text FROM sync.mailbox m UNION ALL "
-                               "SELECT row_to_json(s)::text FROM sync.oauth_state s UNION ALL "
-                               "SELECT row_to_json(o)::text FROM sync.outbox o")
-        texts += [r[0] for r in rows]
+        url = urllib.parse.urlsplit(world.database_url)
+        dump = subprocess.run([str(postgres_bin_dir() / "pg_dump"), "-h", "127.0.0.1", "-p", str(url.port),
+                               "-U", "postgres", "--data-only", url.path.lstrip("/")],
+                              capture_output=True, check=True, text=True).stdout
+        assert "oauth_state" in dump and me.address in dump
+        texts.append(dump)
         texts += [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
+        texts += [p.read_bytes().decode("latin-1") for p in nats_server.data_dir.rglob("*") if p.is_file()]
         texts.append(caplog.text)
         no_secret_in("\n".join(texts), oauth.provider)
 
@@ -307,3 +311,27 @@ async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor
         assert again["connected_at"] == first["connected_at"] and again["id"] == first["id"]
         events = await world.synced(at_least=3)
         assert sorted(e.payload.subject for e in events) == ["after expiry", "history", "while revoked"]
+
+
+def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: SyncWorld) -> None:
+    ring = KeyRing(world.settings().credential_keys())
+    settings = world.settings(sync_oauth_apps={
+        "office365": {"client_id": "ms", "client_secret_sealed": seal_client_secret(ring, "office365", "s3"),
+                      "redirect_url": REDIRECT, "tenant": "contoso.onmicrosoft.com"},
+        "gmail": {"client_id": "g", "client_secret_sealed": seal_client_secret(ring, "gmail", "s4"),
+                  "redirect_url": REDIRECT}})
+    apps = resolve_apps(settings.sync_oauth_apps, ring)
+    office = apps["office365"]
+    assert office.client_secret == "s3" and "s3" not in repr(office)
+    assert office.token_url == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    assert "https://outlook.office.com/SMTP.Send" in office.scopes and "offline_access" in office.scopes
+    assert apps["gmail"].authorization_url == "https://accounts.google.com/o/oauth2/v2/auth"
+    # a secret sealed for one preset does not open for another; an unknown preset is refused at start-up
+    moved = world.settings(sync_oauth_apps={"outlook": {
+        "client_id": "o", "client_secret_sealed": seal_client_secret(ring, "gmail", "s5"), "redirect_url": REDIRECT}})
+    with pytest.raises(ValueError, match="does not open"):
+        resolve_apps(moved.sync_oauth_apps, ring)
+    unknown = world.settings(sync_oauth_apps={"yahoo": {
+        "client_id": "y", "client_secret_sealed": seal_client_secret(ring, "yahoo", "s6"), "redirect_url": REDIRECT}})
+    with pytest.raises(ValueError, match="not an OAuth2 preset"):
+        resolve_apps(unknown.sync_oauth_apps, ring)
