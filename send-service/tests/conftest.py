@@ -93,7 +93,8 @@ class RecordingHandler:
         self.reads: list[bytes] = []  # each read of every session, to see what came in one write
         self.auth_attempts = 0
         self.logins = {SMTP_USER: SMTP_PASSWORD}
-        self.access_tokens: dict[str, str] = {}  # OAuth2 access token → the user it signs in (AUTH XOAUTH2)
+        # AUTH XOAUTH2: the user an OAuth2 access token signs in (None: not a live token)
+        self.token_owner: Callable[[str], str | None] = lambda token: None
         self.lock = threading.Lock()
 
     async def handle_EHLO(self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str,
@@ -148,7 +149,7 @@ class RecordingHandler:
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
         with self.lock:
             self.auth_attempts += 1
-        return await smtp_xoauth2(server, args, self.access_tokens.get)  # type: ignore[no-any-return]
+        return await smtp_xoauth2(server, args, self.token_owner)  # type: ignore[no-any-return]
 
     def by_message_id(self, message_id: str) -> list[Received]:
         return [r for r in list(self.received) if r.message_id == message_id]

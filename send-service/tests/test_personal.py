@@ -99,7 +99,7 @@ async def test_a_mailbox_signed_in_with_oauth2_sends_by_xoauth2_and_copies_to_se
     server = smtp_server(tls="starttls")
     address = f"u{uuid.uuid4().hex[:8]}@gmail.example"
     token = oauth_provider.access_token_for(address)
-    server.handler.access_tokens[token] = address
+    server.handler.token_owner = {token: address}.get
     reply = synced_mailbox(server, oauth_dovecot, address).model_copy(update={
         "address": address, "provider": "gmail", "smtp_username": address, "smtp_password": None,
         "imap_password": None, "auth": "oauth2", "access_token": token})

@@ -3,22 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select
 
 from leadline_kit.identity import Identity
 from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_port
+from leadline_kit.sealing import KeyRing
 from leadline_kit.testing.clients import as_caller, running_app
 from leadline_kit.testing.fixtures import migrated_database
+from leadline_kit.testing.oauth import FakeOAuthProvider
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import parse_allowlist
 from leadline_send.models import outgoing_message
 from leadline_sync.config import Settings as SyncSettings
 from leadline_sync.main import create_app as create_sync_app
+from leadline_sync.oauth.apps import seal_client_secret
 
 from .conftest import SECRET, HarnessFactory, SmtpFactory
 from .test_personal import add_imap_user
@@ -95,3 +100,55 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
         settled = await app.wait_for(lost["id"], {"sent"}, timeout=90)
         assert settled["state"] == "sent" and "Sent folder" in settled["last_error"]
         assert server.handler.data_commands == data_commands
+
+
+async def test_smart_mail_through_a_mailbox_signed_in_with_google(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, oauth_dovecot: DovecotServer,
+        oauth_provider: FakeOAuthProvider, ca_file: str, postgres: PostgresServer, nats_url: str) -> None:
+    """Issue 22 end to end: sign in with Google (the local authorization server), the sync service connects
+    the mailbox, and Smart Mail goes out by SMTP AUTH XOAUTH2 with the access token the sync service renews."""
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    server.handler.token_owner = oauth_provider.access_token_valid
+    address = f"u{uuid.uuid4().hex[:10]}@gmail.example"
+    redirect = "https://crm.example/v1/mail-sync/oauth/callback"
+    base = SyncSettings(identity_secret=SECRET, environment="test")
+    apps = {"gmail": {
+        "client_id": oauth_provider.client_id, "redirect_url": redirect,
+        "client_secret_sealed": seal_client_secret(KeyRing(base.credential_keys()), "gmail",
+                                                   oauth_provider.client_secret),
+        **oauth_provider.endpoints(),
+        "imap": {"host": "127.0.0.1", "port": oauth_dovecot.port, "tls": "starttls"},
+        "smtp": {"host": "127.0.0.1", "port": server.port, "tls": "starttls"}}}
+    sync = SyncSettings(database_url=await migrated_database(postgres, "leadline_sync"), nats_url=nats_url,
+                        identity_secret=SECRET, environment="test", sync_allow_networks="127.0.0.0/8",
+                        sync_ca_file=ca_file, sync_consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
+                        sync_poll_seconds=1.0, sync_schedule_interval=0.2, sync_lease_seconds=15.0,
+                        sync_rpc_timeout=1.0, sync_oauth_apps=apps)
+    me = Identity(company_id=app.company_id, user_id=app.user_id, role="salesperson")
+    lead = await app.add_lead(["lead@example.org"], name="Lead")
+    async with running_app(create_sync_app(sync)) as sync_client:
+        mail_sync = as_caller(sync_client, me, SECRET)
+        started = await mail_sync.post("/v1/mail-sync/oauth/gmail/start")
+        assert started.status_code == 200, started.text
+        oauth_provider.sign_in(address)
+        async with httpx.AsyncClient() as browser:
+            consent = await browser.get(started.json()["authorization_url"])
+        callback = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(consent.headers["location"]).query))
+        done = await sync_client.get("/v1/mail-sync/oauth/callback", params=callback)
+        assert done.status_code == 200 and done.json()["address"] == address, done.text
+        for _ in range(200):
+            if (await mail_sync.get("/v1/mail-sync")).json()["status"] == "enabled":
+                break
+            await asyncio.sleep(0.1)
+
+        sent = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "subject": "Hi",
+                                                         "text": "Shall we talk on Monday?"})
+        assert sent.status_code == 202, sent.text
+        message = sent.json()
+        done_message = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
+        assert done_message["state"] == "sent" and done_message["account"].startswith("mailbox:"), done_message
+        [received] = server.handler.by_message_id(message["message_id"])
+        assert received.mail_from == address
+        assert any(b"AUTH XOAUTH2 " in bytes(wire) for wire in server.handler.wire)
+        assert all(token not in str(done_message) for token in oauth_provider.issued_tokens())
