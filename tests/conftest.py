@@ -86,12 +86,13 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
         "LEADLINE_SYNC_SCHEDULE_INTERVAL": "0.5",
         "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
         "LEADLINE_MAIL_CAFILE": str(ca_file),
+        "LEADLINE_READY_SECONDS": "300",
     }
     log = (data_dir / "run.log").open("wb")
     process = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     gateway = f"http://127.0.0.1:{base}"
-    deadline = time.monotonic() + 150
+    deadline = time.monotonic() + 330
     ready = False
     while time.monotonic() < deadline and process.poll() is None:
         try:

@@ -398,6 +398,21 @@ async def test_openapi_merges_services(gateway: httpx.AsyncClient) -> None:
     document = (await gateway.get("/openapi.json")).json()
     assert "/v1/companies" in document["paths"]
     assert "/v1/leads/whoami" in document["paths"]
+    users = document["paths"]["/v1/users"]
+    assert users["get"]["x-leadline-roles"] == users["post"]["x-leadline-roles"] == ["administrator"]
+    assert "x-leadline-roles" not in document["paths"]["/v1/api-keys"]["get"]
+    for status in ("401", "403", "404", "422"):
+        assert "application/problem+json" in users["post"]["responses"][status]["content"]
+    links = users["post"]["responses"]["201"]["links"]
+    assert {link["operationId"] for link in links.values()} == {
+        document["paths"]["/v1/users/{user_id}"][m]["operationId"] for m in ("get", "patch", "delete")} | {
+        document["paths"]["/v1/users/{user_id}/invitation"]["post"]["operationId"]}
+
+
+async def test_method_not_allowed_names_every_method_of_the_path(gateway: httpx.AsyncClient) -> None:
+    refused = assert_problem(await gateway.request("OPTIONS", "/v1/company"), 405)
+    assert refused["type"].endswith("/method-not-allowed")
+    assert (await gateway.put("/v1/company")).headers["allow"] == "GET, PATCH"
 
 
 async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.AsyncClient) -> None:

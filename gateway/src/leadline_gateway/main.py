@@ -11,7 +11,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from leadline_gateway import models
-from leadline_gateway.accounts.endpoints import bootstrap_router, operator_router
+from leadline_gateway.accounts.endpoints import administrator, bootstrap_router, operator_router
 from leadline_gateway.accounts.endpoints import router as accounts_router
 from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
 from leadline_gateway.config import Settings
@@ -65,6 +65,7 @@ def create_app(given: Settings | None = None) -> FastAPI:
         routers=[bootstrap_router, operator_router, accounts_router],
         on_stop=on_stop, middleware=[(BoundProxy, {})], openapi_url=None, title="Leadline API",
         database=database, readiness=services_ready, metrics_guard=metrics_guard,
+        administrator_checks=[administrator],
     )
     app.state.runtime.extras["authenticator"] = authenticator
     app.state.runtime.extras["mailer"] = SystemMailer(settings)
@@ -72,7 +73,8 @@ def create_app(given: Settings | None = None) -> FastAPI:
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         async with aiohttp.ClientSession() as session:
-            document, missing = await merged_openapi(app, session, settings.services())
+            document, missing = await merged_openapi(app, session, settings.services(),
+                                                     [prefix for prefix, _ in settings.routes()])
         headers = {"X-Leadline-Missing-Services": ",".join(missing)} if missing else {}
         return JSONResponse(document, headers=headers)
 

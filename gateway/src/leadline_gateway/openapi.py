@@ -10,6 +10,8 @@ import aiohttp
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from leadline_gateway.contract import apply_contract
+
 log = logging.getLogger("leadline.gateway.openapi")
 
 
@@ -23,8 +25,8 @@ async def _fetch(session: aiohttp.ClientSession, name: str, base: str) -> tuple[
     return name, None
 
 
-async def merged_openapi(app: FastAPI, session: aiohttp.ClientSession,
-                         services: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+async def merged_openapi(app: FastAPI, session: aiohttp.ClientSession, services: dict[str, str],
+                         proxied_prefixes: list[str]) -> tuple[dict[str, Any], list[str]]:
     """The merged document and the services whose documents could not be fetched."""
     document = get_openapi(title="Leadline API", version="1.0.0", routes=app.routes,
                            description="Mail sync, Life of the Lead, Smart Mail and sending quotas for CRMs. "
@@ -44,4 +46,4 @@ async def merged_openapi(app: FastAPI, session: aiohttp.ClientSession,
                 log.warning("schema %s differs between services; keeping the first", schema_name)
     document["components"]["securitySchemes"] = {"apiKey": {"type": "http", "scheme": "bearer"}}
     document["security"] = [{"apiKey": []}]
-    return document, missing
+    return apply_contract(document, proxied_prefixes), missing

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 PROBLEM_BASE = "https://leadline.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -97,6 +98,17 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
                         headers=problem.headers)
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app takes on the request's path (Starlette's own 405 names only
+    the first route that matched the path, when one path has a route per method)."""
+    allowed = []
+    for method in ("GET", "PUT", "POST", "PATCH", "DELETE"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def install_problem_handlers(app: FastAPI) -> None:
     async def on_problem(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, Problem)
@@ -113,8 +125,11 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
         problem = Problem(str(exc.detail), slug={404: "not-found", 405: "method-not-allowed"}.get(
-            exc.status_code, "http-error"), headers=dict(exc.headers or {}))
+            exc.status_code, "http-error"), headers=headers)
         problem.status = exc.status_code
         problem.title = str(exc.detail)
         return problem_response(problem, request.url.path)

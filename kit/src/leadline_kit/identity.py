@@ -23,10 +23,13 @@ import hmac
 import json
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
 from leadline_kit.errors import Forbidden, Unauthorized
 
@@ -131,3 +134,25 @@ async def administrator(caller: Caller) -> Identity:
 
 
 Admin = Annotated[Identity, Depends(administrator)]
+
+
+ROLES_EXTENSION = "x-leadline-roles"
+
+
+def declare_roles(app: FastAPI, administrator_checks: Sequence[Callable[..., Any]] = (administrator,)) -> None:
+    """Write into each operation of ``app``'s OpenAPI document the roles that may call it
+    (``x-leadline-roles``), when one of ``administrator_checks`` guards it: the generated role sweep
+    (tests/test_api_contract.py) reads it, so a new administrators-only route is swept without a list."""
+
+    def guarded(dependant: Dependant) -> bool:
+        return any(d.call in administrator_checks or guarded(d) for d in dependant.dependencies)
+
+    def mark(routes: Sequence[Any]) -> None:
+        for route in routes:
+            included = getattr(route, "original_router", None)  # FastAPI >= 0.16x includes routers lazily
+            if included is not None:
+                mark(included.routes)
+            elif isinstance(route, APIRoute) and guarded(route.dependant):
+                route.openapi_extra = {**(route.openapi_extra or {}), ROLES_EXTENSION: ["administrator"]}
+
+    mark(app.routes)

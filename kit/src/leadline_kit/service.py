@@ -34,6 +34,7 @@ from leadline_kit import bus
 from leadline_kit.consumer import EventConsumer
 from leadline_kit.db import Database
 from leadline_kit.errors import install_problem_handlers
+from leadline_kit.identity import administrator, declare_roles
 from leadline_kit.logs import configure_logging, request_id_var
 from leadline_kit.outbox import OutboxRelay, RelayWaker
 from leadline_kit.settings import KitSettings
@@ -185,9 +186,11 @@ def create_service_app(
     database: Database | None = None,
     readiness: Callable[[Runtime], Awaitable[dict[str, str]]] | None = None,
     metrics_guard: Callable[[Request], None] | None = None,
+    administrator_checks: Sequence[Callable[..., Any]] = (administrator,),
 ) -> FastAPI:
     """``readiness`` adds checks to ``/readyz`` (each "ok" or a reason); ``metrics_guard`` is called
-    before ``/metrics`` is served and raises a problem to refuse it (a service reached by the public)."""
+    before ``/metrics`` is served and raises a problem to refuse it (a service reached by the public);
+    routes guarded by one of ``administrator_checks`` say so in the OpenAPI document (declare_roles)."""
     configure_logging(name, settings.log_level)
     database = database or Database(settings.database_url, schema, settings.db_pool_size)
     runtime = Runtime(name=name, settings=settings, db=database, outbox=outbox)
@@ -258,4 +261,5 @@ def create_service_app(
 
     for router in routers:
         app.include_router(router)
+    declare_roles(app, administrator_checks)
     return app

@@ -65,11 +65,12 @@ class ReservationIn(BaseModel):
     provider: str = "custom"
     # a batch of ``messages`` messages: ``recipients`` in all, ``size_bytes`` and ``largest_recipients``
     # of its largest message (None: ``recipients``, one message)
-    recipients: int = Field(ge=1)
-    size_bytes: int = Field(ge=0)
-    messages: int = Field(1, ge=1)
-    largest_recipients: int | None = Field(None, ge=1)
-    ttl_seconds: int = Field(600, ge=1, le=86400)
+    # strict: a JSON true is no count of anything
+    recipients: int = Field(ge=1, strict=True)
+    size_bytes: int = Field(ge=0, strict=True)
+    messages: int = Field(1, ge=1, strict=True)
+    largest_recipients: int | None = Field(None, ge=1, strict=True)
+    ttl_seconds: int = Field(600, ge=1, le=86400, strict=True)
     overrides: dict[str, int] = {}
     month_start_day: int | None = Field(None, ge=1, le=31)
 
