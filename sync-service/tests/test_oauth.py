@@ -230,6 +230,14 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 400
         world.clock.advance(timedelta(minutes=-11))
 
+        # a state of another user: passed on with someone else's key, refused (and spent); nothing stored
+        started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
+        oauth.provider.sign_in(other.address)
+        callback = await oauth.consent(started["authorization_url"])
+        stolen = await world.caller(service, other.user).get("/v1/mail-sync/oauth/callback", params=callback)
+        assert stolen.status_code == 403 and stolen.json()["type"].endswith("oauth-state-other-user")
+        assert (await world.caller(service, other.user).get("/v1/mail-sync")).status_code == 404
+
         # another user of the company signs in with the address already synced: 409, nothing stored
         other_api = world.caller(service, other.user)
         taken = await oauth.sign_in(other_api, service, me.address)

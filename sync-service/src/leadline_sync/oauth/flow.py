@@ -15,7 +15,10 @@
           connected address keeps the cursors, R10), the refresh token sealed with the company and mailbox
           ids as associated data (R25)
 
-The address is the one the provider proves; none may be given.  An unknown,
+The address is the one the provider proves; none may be given.  The callback
+is public, so it cannot tell whose browser brings the code back; a CRM that
+receives the provider's redirect on its own page and passes it on with the
+user's key gets the check that the sign-in is that user's (403 otherwise).  An unknown,
 expired or used state, an error from the provider, or an address the caller
 cannot connect is a 4xx problem and nothing is stored but the state's use.
 """
@@ -34,7 +37,7 @@ from typing import Any
 
 from sqlalchemy import update
 
-from leadline_kit.errors import BadRequest, NotFound, Unprocessable
+from leadline_kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.sealing import Sealed
 from leadline_mail.addresses import normalize_address
@@ -161,12 +164,16 @@ def _login(side: str, preset: ServerPreset | None, app: OAuthApp, address: str, 
     return ServerLogin(host=host, port=port, tls=tls, username=address, password="", access_token=token)
 
 
-async def callback(context: SyncContext, code: str | None, state: str | None, error: str | None) -> uuid.UUID:
-    """Finish a sign-in; returns the mailbox id."""
+async def callback(context: SyncContext, code: str | None, state: str | None, error: str | None,
+                   caller: Identity | None = None) -> uuid.UUID:
+    """Finish a sign-in; returns the mailbox id.  ``caller``: who passed the redirect on, when known (R1)."""
     if not state:
         raise SignInRefused("the sign-in answer carries no state; start again from Mail Sync",
                             slug="oauth-state-invalid")
     pending = await _take_state(context, state)
+    if caller is not None and (caller.company_id, caller.user_id) != (pending.company_id, pending.user_id):
+        raise Forbidden("this sign-in was started by another user; each user connects only their own mailbox",
+                        slug="oauth-state-other-user")
     preset, app = app_for(context, pending.provider)
     if error is not None or not code:
         raise SignInRefused(f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); "
