@@ -321,15 +321,19 @@ async def test_routing_signs_identity_and_drops_client_identity(gateway: httpx.A
     assert echoed.json()["body"] == {"hello": "wörld"}
 
 
-async def test_the_sign_in_callback_is_public_and_carries_no_identity(
+async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(
         postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
     """Google and Microsoft send the browser back without an API key; its state alone names the user."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, sync_url=upstream)
     async with running_app(create_app(settings)) as gateway:
         created = await new_company(gateway)
-        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s", headers=bearer(created))
+        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s")
         assert answer.status_code == 200 and answer.json() == {"query": "code=c&state=s", "identity": False}
+        # a CRM page passing the redirect on with the user's key: the identity goes along, a bad key is 401
+        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s", headers=bearer(created))
+        assert answer.json()["identity"] is True
+        assert_problem(await gateway.get("/v1/mail-sync/oauth/callback", headers={"Authorization": "Bearer x"}), 401)
         assert_problem(await gateway.post("/v1/mail-sync/oauth/gmail/start"), 401)
 
 

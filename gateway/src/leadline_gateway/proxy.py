@@ -9,7 +9,8 @@ someone else.  A service that does not answer gives a 503 problem; one that
 answers too slowly a 504.  ``/v1/unsubscribe`` is public (one-click links in
 mail), and so is ``/v1/mail-sync/oauth/callback`` (where Google or Microsoft
 send the browser back after a sign-in; its ``state`` names the user): they are
-forwarded without a key and without an identity.  Under
+forwarded without a key and without an identity; a key sent to the callback
+anyway is authenticated and its identity forwarded.  Under
 ``/v1/operator/`` the operator token (not an API key) is authenticated, and the
 operator identity signed.
 
@@ -47,7 +48,8 @@ from leadline_kit.logs import request_id_var
 
 log = logging.getLogger("leadline.gateway.proxy")
 
-PUBLIC_PREFIXES = ("/v1/unsubscribe", "/v1/mail-sync/oauth/callback")
+SIGN_IN_CALLBACK = "/v1/mail-sync/oauth/callback"
+PUBLIC_PREFIXES = ("/v1/unsubscribe", SIGN_IN_CALLBACK)
 MAX_BODY_BYTES = 40 * 1024 * 1024
 # hop-by-hop and identity headers never cross the gateway
 DROPPED_REQUEST_HEADERS = {
@@ -135,6 +137,11 @@ class GatewayProxy:
                 headers[key] = raw_value.decode("latin-1")
         if prefix.startswith(OPERATOR_PREFIX):
             headers.update(identity_headers(authenticate_operator(authorization, self.operator_token), self.secret))
+        elif prefix == SIGN_IN_CALLBACK:
+            # public, but a CRM page that receives the provider's redirect may pass the code on with the
+            # user's key: the sync service then checks that the sign-in is that user's own
+            if authorization:
+                headers.update(identity_headers(await self.authenticator.authenticate(authorization), self.secret))
         elif prefix not in PUBLIC_PREFIXES:
             identity = await self.authenticator.authenticate(authorization)
             wait = self.limiter.take(identity.api_key_id or identity.user_id)
