@@ -281,6 +281,33 @@ async def _scripted_server(list_lines: bytes) -> asyncio.Server:
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
+@pytest.mark.parametrize("reply", [b"{tag} NO [ALERT] Too many simultaneous connections. (Failure)\r\n",
+                                   b"* BYE [ALERT] Too many simultaneous connections. (Failure)\r\n"],
+                         ids=["tagged-no", "bye"])
+async def test_gmail_refusing_more_connections_is_not_a_wrong_password(reply: bytes) -> None:
+    """Gmail's answers (scripted: Gmail is the outside world); Dovecot's ``NO [LIMIT]`` is tested in sync."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"* OK [CAPABILITY IMAP4rev1 AUTH=PLAIN] fake\r\n")
+        while line := await reader.readline():
+            tag = line.partition(b" ")[0]
+            writer.write(reply.replace(b"{tag}", tag))
+            await writer.drain()
+            if reply.startswith(b"*"):
+                break
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        settings = ImapSettings(host="127.0.0.1", port=server.sockets[0].getsockname()[1], tls="plain",
+                                username="u", password="p", allow_plaintext=True, allow_networks=LOOPBACK, timeout=5)
+        with pytest.raises(MailConnectionError) as caught:
+            await connect_imap(settings)
+        assert caught.value.kind == "too_many_connections"
+    finally:
+        server.close()
+
+
 async def test_hostile_fetch_responses() -> None:
     """Unbalanced parentheses, an oversized literal, unsolicited and foreign FETCH responses, then BYE."""
     big = b"X" * 5000
@@ -364,6 +391,39 @@ async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Sett
         assert loop.time() - started < 5
         # the connection is usable right after IDLE
         assert len(await watcher.uids_from(1)) == 1
+
+
+async def test_notify_pushes_news_of_another_folder_during_idle(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+        await watcher.select("INBOX")
+        assert await watcher.notify(["INBOX", "Sent"]) is True
+        await watcher.status("Sent")
+        assert watcher.take_news() == set(), "the reply to our own STATUS is not news"
+        waiting = asyncio.create_task(watcher.idle(10))
+        await asyncio.sleep(0.2)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await sender.append("Sent", sample_message(1))
+        assert await waiting is True
+        assert loop.time() - started < 5
+        assert watcher.take_news() == {"Sent"}
+        # news that arrives with the reply to another command is kept for the next wait
+        await sender.append("INBOX", sample_message(2))
+        await asyncio.sleep(1.0)
+        await watcher.noop()
+        assert watcher.news == {"INBOX"}
+        assert await watcher.idle(5) is True, "IDLE ends at once when news is pending"
+
+
+async def test_without_notify_other_folders_stay_quiet(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+        watcher.capabilities = watcher.capabilities - {"NOTIFY"}
+        await watcher.select("INBOX")
+        assert await watcher.notify(["INBOX", "Sent"]) is False
+        waiting = asyncio.create_task(watcher.idle(2))
+        await asyncio.sleep(0.2)
+        await sender.append("Sent", sample_message(1))
+        assert await waiting is False and watcher.take_news() == set()
 
 
 async def test_condstore_changes_since(imap_settings: Settings) -> None:

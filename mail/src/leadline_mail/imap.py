@@ -41,6 +41,12 @@ BAD completion raises :class:`ImapCommandError` and leaves the connection
 usable.  Literals larger than ``max_literal_bytes`` are read to the end but
 kept only up to the cap (``FetchedMessage.truncated``).
 
+News (RFC 3501 §7, RFC 5465 NOTIFY): an ``EXISTS`` for the selected folder, or an
+unsolicited ``STATUS`` of another folder that NOTIFY asked for, may arrive with
+the reply to any command or during IDLE.  Whatever reads it notes the folder in
+:attr:`ImapClient.news`, so nothing a server pushes is lost between two waits;
+the reply to our own STATUS command is not news.
+
 Folder names are Unicode in this API and modified UTF-7 on the wire (RFC 3501
 §5.1.3).  FETCH is batched (``header_batch`` / ``message_batch`` UIDs per
 command) to bound memory and per-command time, not because the parser needs it.
@@ -237,13 +243,19 @@ def decode_mailbox_name(name: str) -> str:
     return "".join(out)
 
 
-def _mailbox(name: str) -> _Arg:
+def _mailbox(name: str) -> bytes:
     _refuse_controls(name)
     if not name:
         raise ValueError("a folder name must not be empty")
     if name.upper() == "INBOX":
         return b"INBOX"
-    return _astring(encode_mailbox_name(name))
+    quoted = _astring(encode_mailbox_name(name))
+    assert isinstance(quoted, bytes)  # modified UTF-7 is ASCII: always quoted, never a literal
+    return quoted
+
+
+def _canonical_folder(name: str) -> str:
+    return "INBOX" if name.upper() == "INBOX" else name
 
 
 def _sequence_set(uids: Sequence[int]) -> str:
@@ -373,6 +385,11 @@ def _as_str(item: Item) -> str:
     return ""
 
 
+def _folder_name(item: Item) -> str:
+    """A folder name as the server sends it (modified UTF-7) → as this API names it."""
+    return _canonical_folder(decode_mailbox_name(_as_str(item)))
+
+
 def _as_int(item: Item) -> int | None:
     if isinstance(item, str) and item.isdigit():
         return int(item)
@@ -450,6 +467,9 @@ class ImapClient:
         self._bye: str | None = None
         self.capabilities = frozenset()
         self.selected: str | None = None
+        self.news: set[str] = set()  # folders the server reported changes of since :meth:`take_news`
+        self._status_asked: str | None = None  # the folder our STATUS command in flight asks about
+        self.notifying = False  # NOTIFY SET is in force: the server pushes changes of other folders
 
     # -- context manager ------------------------------------------------------------------
 
@@ -487,6 +507,8 @@ class ImapClient:
             ))
         if isinstance(exc, ssl.SSLError):
             return self._fail(MailConnectionError("tls", "The secure connection broke.", detail=str(exc)))
+        if self._bye is not None and (refused := _too_many_connections(None, self._bye)) is not None:
+            return self._fail(refused)
         reason = f" ({self._bye})" if self._bye else ""
         return self._fail(MailConnectionError(
             "unreachable", f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
@@ -571,6 +593,20 @@ class ImapClient:
             self.capabilities = frozenset(response.code.upper().split()[1:])
         elif response.kind == "BYE":
             self._bye = response.text
+        elif response.kind == "EXISTS" and self.selected is not None:
+            self.news.add(self.selected)
+        elif response.kind == "STATUS" and response.tag == b"*":
+            items = response.items()
+            folder = _folder_name(items[0]) if items else ""
+            if folder and folder == self._status_asked:
+                self._status_asked = None  # the reply to our own STATUS command
+            elif folder:
+                self.news.add(folder)
+
+    def take_news(self) -> set[str]:
+        """The folders reported changed since the last call (and forget them)."""
+        news, self.news = self.news, set()
+        return news
 
     def _ensure_open(self) -> None:
         if self._closed is not None:
@@ -780,9 +816,7 @@ class ImapClient:
                 continue
             flags = frozenset(_as_str(flag) for flag in items[0])
             delimiter = None if items[1] == "NIL" else _as_str(items[1])
-            name = decode_mailbox_name(_as_str(items[2]))
-            folders.append(Folder(name="INBOX" if name.upper() == "INBOX" else name, flags=flags,
-                                  delimiter=delimiter))
+            folders.append(Folder(name=_folder_name(items[2]), flags=flags, delimiter=delimiter))
         return folders
 
     async def find_sync_folders(self) -> dict[str, str]:
@@ -839,7 +873,11 @@ class ImapClient:
     async def status(self, folder: str) -> FolderStatus:
         """STATUS of a folder that is not selected (cheap polling of Sent)."""
         wanted = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
-        _, untagged = await self._command("STATUS", _mailbox(folder), _atom(f"({wanted})"))
+        self._status_asked = _canonical_folder(folder)
+        try:
+            _, untagged = await self._command("STATUS", _mailbox(folder), _atom(f"({wanted})"))
+        finally:
+            self._status_asked = None
         values: dict[str, int] = {}
         for response in untagged:
             if response.kind == "STATUS":
@@ -969,8 +1007,27 @@ class ImapClient:
         ordered = sorted({int(uid) for uid in uids if int(uid) > 0})
         return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
 
+    async def notify(self, folders: Sequence[str]) -> bool:
+        """Ask the server to push new and expunged mail of ``folders`` and the selected folder (RFC 5465).
+
+        Changes then arrive as news (see the module docstring) during IDLE or with any reply.  False when
+        the server offers no NOTIFY or refuses this request: the caller must poll those folders instead.
+        """
+        if "NOTIFY" not in self.capabilities:
+            return False
+        args: list[_Arg] = [b"SET", b"(selected (MessageNew MessageExpunge))"]
+        if folders:
+            names = b" ".join(_mailbox(folder) for folder in folders)
+            args.append(b"(mailboxes (" + names + b") (MessageNew MessageExpunge))")
+        try:
+            await self._command("NOTIFY", *args)
+        except ImapCommandError:
+            return False
+        self.notifying = True
+        return True
+
     async def idle(self, timeout: float) -> bool:
-        """IDLE (RFC 2177) until the server reports new mail (True) or ``timeout`` passes (False).
+        """IDLE (RFC 2177) until the server reports news (True) or ``timeout`` passes (False).
 
         Always leaves IDLE with DONE and waits for the tagged OK, so the
         connection is ready for the next command.  A read is never cancelled
@@ -985,7 +1042,6 @@ class ImapClient:
             tag = b"L%04d" % self._tag
             loop = asyncio.get_running_loop()
             until = loop.time() + timeout
-            new_mail = False
             read: asyncio.Future[_Response] | None = None
             try:
                 async with asyncio.timeout(self._settings.timeout) as deadline:
@@ -998,11 +1054,10 @@ class ImapClient:
                             raise ImapCommandError("IDLE", response.kind, response.code, response.text)
                         if response.tag == b"+":
                             break
-                        new_mail = new_mail or response.kind == "EXISTS"
                     # Idling: only the caller's period bounds the wait; DONE is sent when it ends.
                     deadline.reschedule(None)
                     self._deadline = None
-                    while not new_mail:
+                    while not self.news:
                         read = asyncio.ensure_future(self._read_response())
                         finished, _ = await asyncio.wait({read}, timeout=max(0.0, until - loop.time()))
                         if not finished:
@@ -1010,7 +1065,6 @@ class ImapClient:
                         response, read = read.result(), None
                         if response.tag == tag:
                             raise ImapCommandError("IDLE", response.kind, response.code, response.text)
-                        new_mail = response.kind == "EXISTS"
                     self._writer.write(b"DONE\r\n")
                     await self._writer.drain()
                     self._arm(deadline)
@@ -1019,7 +1073,6 @@ class ImapClient:
                         read = None
                         if response.tag == tag:
                             break
-                        new_mail = new_mail or response.kind == "EXISTS"
             except ImapCommandError:
                 raise
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
@@ -1034,7 +1087,7 @@ class ImapClient:
                     read.cancel()
             if response.kind != "OK":
                 raise ImapCommandError("IDLE", response.kind, response.code, response.text)
-            return new_mail
+            return bool(self.news)
 
     async def append(
         self,
@@ -1079,10 +1132,27 @@ class ImapClient:
                 await self._writer.wait_closed()
 
 
+_TOO_MANY_CONNECTIONS_RE = re.compile(r"too many (simultaneous |concurrent )?connections|maximum number of connections",
+                                      re.IGNORECASE)
+TOO_MANY_CONNECTIONS = ("The mail server allows no more connections to this mailbox right now (other mail apps may "
+                        "hold them). Sync retries by itself.")
+
+
+def _too_many_connections(code: str | None, text: str) -> MailConnectionError | None:
+    """Dovecot: ``NO [LIMIT] Maximum number of connections from user+IP exceeded``; Gmail: ``[ALERT] Too many
+    simultaneous connections`` (as the LOGIN reply or a BYE)."""
+    if _TOO_MANY_CONNECTIONS_RE.search(text):
+        return MailConnectionError("too_many_connections", TOO_MANY_CONNECTIONS, detail=f"[{code or ''}] {text}")
+    return None
+
+
 def _login_error(done: _Response) -> MailConnectionError:
     text = done.text
     lowered = text.lower()
     code = (done.code or "").upper()
+    refused = _too_many_connections(done.code, text)
+    if refused is not None:
+        return refused
     if "imap" in lowered and any(w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")):
         return MailConnectionError(
             "imap_disabled",

@@ -44,6 +44,7 @@ ErrorKind = Literal[
     # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant);
     # the provider's token endpoint did not answer (retried)
     "oauth_refused", "oauth_revoked", "oauth_unavailable",
+    "too_many_connections",
 ]
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 """Resolves a host name (IDNA-encoded ASCII) to IP address strings; injectable for tests."""
