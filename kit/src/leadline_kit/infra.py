@@ -244,9 +244,9 @@ last_valid_uid = {uid}
 first_valid_gid = {gid}
 mail_location = maildir:~/Maildir
 mail_fsync = never
-mail_max_userip_connections = 200
+mail_max_userip_connections = {userip}
 protocol imap {{
-  mail_max_userip_connections = 200
+  mail_max_userip_connections = {userip}
   imap_idle_notify_interval = 1 secs
 }}
 passdb {{
@@ -346,6 +346,7 @@ class DovecotServer:
     tls_port: int = field(default_factory=free_port)
     # an RFC 7662 introspection URL: users may also sign in with an OAuth2 access token it vouches for
     oauth2_introspection_url: str | None = None
+    max_userip_connections: int = 200  # Dovecot refuses a user's next login from one address past this
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -375,6 +376,7 @@ class DovecotServer:
             login_user=login_user, login_group=_primary_group(login_user), chroot=chroot,
             oauth2_mechanisms=" xoauth2 oauthbearer" if oauth2 else "",
             oauth2_passdb=DOVECOT_OAUTH2_PASSDB.format(base=base) if oauth2 else "",
+            userip=self.max_userip_connections,
         )
         conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
         conf = conf.replace(f"default_internal_group = {_primary_group(login_user)}",
