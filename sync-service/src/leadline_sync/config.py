@@ -36,12 +36,18 @@ class Settings(KitSettings):
     sync_rotation_slots: int = Field(4, ge=1)  # of a replica's mailboxes, how many serve the turns
     # A folder whose UIDVALIDITY changes is rescanned at most this often a day; then it waits for the next day.
     sync_max_resets_per_day: int = Field(3, ge=0)
+    # logins (connect, TLS, LOGIN) one replica runs at once; the others queue (sync/pacing.py)
+    sync_max_logins: int = Field(16, ge=1)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     # worker processes that parse messages off the event loop; 0 = parse in the event loop
     sync_parse_processes: int = Field(0, ge=0, le=64)
     sync_lease_seconds: float = Field(30.0, gt=0)
     sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
-    sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: IDLE window, and how often Sent is polled
+    sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: every folder is checked at least this often
+    # use IMAP NOTIFY (RFC 5465) where the server offers it: Sent's new mail is pushed like INBOX's
+    sync_notify: bool = True
+    # without NOTIFY, how often Sent (and, without IDLE, INBOX) is checked with STATUS
+    sync_sent_poll_seconds: float = Field(8.0, gt=0)
     sync_batch_size: int = Field(200, ge=1, le=1000)  # messages per scan batch: one transaction each
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)

@@ -17,6 +17,7 @@ from leadline_sync.credentials import CredentialCipher
 from leadline_sync.domain_check import TxtResolver
 from leadline_sync.oauth.apps import OAuthApp
 from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
+from leadline_sync.sync.pacing import LoginGate
 from leadline_sync.sync.parsing import MessageParser
 
 Clock = Callable[[], datetime]
@@ -38,6 +39,7 @@ class SyncContext:
     oauth_apps: dict[str, OAuthApp]  # provider apps configured for signing in with Gmail / Microsoft
     endpoint: TokenEndpoint
     tokens: AccessTokens
+    logins: LoginGate
     nats: Client | None = None
     # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
     wake: asyncio.Event = field(default_factory=asyncio.Event)

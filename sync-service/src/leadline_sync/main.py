@@ -24,6 +24,7 @@ from leadline_sync.oauth.apps import resolve_apps
 from leadline_sync.oauth.endpoints import router as oauth_router
 from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
 from leadline_sync.sync.capacity import raise_open_files_limit, replica_capacity
+from leadline_sync.sync.pacing import LoginGate
 from leadline_sync.sync.parsing import MessageParser
 from leadline_sync.sync.scheduler import SyncScheduler
 
@@ -66,5 +67,6 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         tokens=AccessTokens(settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock),
         clock=clock or system_clock, resolver=resolver or DnsTxtResolver(),
         parser=MessageParser(settings.sync_parse_processes),
+        logins=LoginGate(settings.sync_max_logins, settings.sync_retry_base_seconds, settings.sync_retry_max_seconds),
         replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     return app

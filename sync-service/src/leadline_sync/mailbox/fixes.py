@@ -13,6 +13,9 @@ FIXES: dict[str, str] = {
     "protocol": "Check that the host and port are your provider's IMAP (or SMTP) server. Contact support if this "
                 "continues.",
     "not_allowed": "Use your mail provider's public server name.",
+    "too_many_connections": "Nothing to do if it passes: Leadline waits and connects again by itself. If it "
+                            "continues, close other mail apps connected to this mailbox, or ask your mail "
+                            "administrator to allow more connections.",
     "plaintext_refused": "Turn on \"use SSL\" or use a port that offers STARTTLS: Leadline does not send passwords "
                          "unencrypted.",
     "oauth_refused": "Reconnect your account: sign in with {provider} again under Mail Sync. Your history is "

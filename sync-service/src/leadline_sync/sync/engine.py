@@ -3,9 +3,10 @@
 One replica holds a mailbox's lease (see :mod:`leadline_sync.sync.scheduler`)
 and runs :class:`MailboxSync` over one IMAP connection::
 
-    connect ──► leads caught up? ──► rechecks ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
-       ▲                               ▲                                                               │
-       │                               └───────────────────────── new mail, or the poll period ends ◄──┘
+    connect ──► NOTIFY ──► leads caught up? ──► rechecks ──► sync Sent ──► sync INBOX ──► IDLE on INBOX (or wait) ──┐
+       ▲                                          ▲                                                               │
+       │                                          └──────────── news of a folder, or its check falls due ◄────────┘
+       │                                                        (which folder when: :mod:`leadline_sync.sync.live`)
        ├── an established session drops: reconnect quietly (a few times, with jitter)
        └── failure: log it, back off with jitter, give the lease back (R8: 48 h → connection_failed)
 
@@ -55,7 +56,7 @@ from typing import Any
 
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -87,6 +88,7 @@ from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
 from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox, synced_message
+from leadline_sync.sync.live import FolderWatch
 
 log = logging.getLogger("leadline.sync.engine")
 
@@ -98,6 +100,8 @@ RECHECKED = Counter("leadline_sync_lead_recheck_messages_total",
                     "Messages examined again because their lead reached the service after them", ["folder"])
 DIRECTORY_WAITS = Counter("leadline_sync_directory_waits_total",
                           "Historical syncs that waited for the company's leads, by outcome", ["outcome"])
+LIVE = Gauge("leadline_sync_live_sessions", "Connected mailboxes by how the server tells of new mail: notify "
+             "(every folder pushed), idle (INBOX pushed, Sent polled), poll (both polled)", ["push"])
 
 # A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
 MAX_TEXT_CHARS = 150_000
@@ -181,6 +185,16 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
+def _quiet_pause(drops: int) -> float:
+    """Seconds before reconnecting a dropped session; jittered, so that a restarted server's mailboxes
+    do not all come back in the same instant."""
+    return QUIET_RECONNECT_SECONDS * max(1, drops) * random.uniform(0.5, 1.0)  # noqa: S311
+
+
+def _host(login: ServerLogin) -> str:
+    return f"{login.host}:{login.port}"
+
+
 def _message_id(summary: HeaderSummary, header: bytes) -> str:
     """The Message-ID, or a stable stand-in for a message without one (the same bytes give the same id)."""
     if summary.message_id:
@@ -222,7 +236,8 @@ class MailboxSync:
             return
         login = ServerLogin(row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password,
                             row.imap_pinned_sha256)
-        drops = 0
+        drops = refusals = 0
+        reconnecting = False  # the last session dropped and no other session has failed since
         while True:
             try:
                 await self._session(login)
@@ -234,6 +249,7 @@ class MailboxSync:
                 await self._paused(limit.resets_at)
                 return
             except SessionDropped as dropped:
+                refusals, reconnecting = 0, True
                 # Providers end long connections (Gmail after some minutes of IDLE): reconnect quietly a
                 # few times before it counts as a failure.
                 drops = 0 if dropped.lasted > MAX_QUIET_RECONNECTS * QUIET_RECONNECT_SECONDS * 4 else drops + 1
@@ -241,18 +257,35 @@ class MailboxSync:
                     await self._failed(dropped.error)
                     return
                 log.info("mailbox %s: connection dropped (%s); reconnecting", self.mailbox_id, dropped.error.kind)
-                await asyncio.sleep(QUIET_RECONNECT_SECONDS * max(1, drops) * random.uniform(0.5, 1.0))  # noqa: S311
+                await asyncio.sleep(_quiet_pause(drops))
             except MailConnectionError as error:
-                await self._failed(error)
-                return
+                if reconnecting and error.kind in ("unreachable", "timeout") and drops < MAX_QUIET_RECONNECTS:
+                    # a restarting server refuses connections for a moment: part of the same quiet reconnect
+                    drops += 1
+                    await asyncio.sleep(_quiet_pause(drops))
+                    continue
+                if error.kind != "too_many_connections":
+                    await self._failed(error)
+                    return
+                refusals += 1
+                delay = self.context.logins.refused(_host(login), refusals)
+                log.info("mailbox %s: %s refused a login for too many connections; retrying in %.0f s",
+                         self.mailbox_id, _host(login), delay)
+                await self._refused(error)
+                await asyncio.sleep(delay)
 
     async def _session(self, login: ServerLogin) -> None:
         """One IMAP connection: connect, then sync and wait for mail until something breaks.
 
         A rotation pass (``mode`` rotating) syncs both folders once and returns.
         """
-        client = await connect_imap(imap_settings(await self._signed_in(login), self.settings))
-        started = asyncio.get_running_loop().time()
+        signed_in = await self._signed_in(login)
+        async with self.context.logins.slot(_host(login)):
+            client = await connect_imap(imap_settings(signed_in, self.settings))
+        self.context.logins.succeeded(_host(login))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        push: str | None = None
         try:
             folders = await client.find_sync_folders()
             await self._connected()
@@ -262,23 +295,34 @@ class MailboxSync:
             # Sent first, INBOX last: INBOX stays selected for IDLE.
             roles: tuple[FolderRole, ...] = ("sent", "inbox")
             order = [(role, folders[role]) for role in roles if role in folders]
+            watch = await self._watch(client, [name for _, name in order])
+            if self.mode == SyncMode.LIVE:
+                push = "notify" if watch.pushed else "idle" if watch.idle else "poll"
+                LIVE.labels(push).inc()
             while True:
                 await self._recheck_late_leads(client, order)
+                news = client.take_news()
                 for role, name in order:
-                    await self._sync_folder(client, role, name)
+                    if watch.due(name, news, loop.time(), client.selected):
+                        watch.checked(name, loop.time())
+                        await self._sync_folder(client, role, name)
                 await self._note_synced()
                 if self.mode == SyncMode.ROTATING:
                     return
-                if "IDLE" in client.capabilities:
-                    woke = await client.idle(self.settings.sync_poll_seconds)
-                    log.debug("mailbox %s: IDLE ended (new mail: %s)", self.mailbox_id, woke)
+                wait = watch.wait_seconds(loop.time())
+                if client.news or wait <= 0:
+                    continue
+                if watch.idle:
+                    await client.idle(wait)
                 else:
-                    await asyncio.sleep(self.settings.sync_poll_seconds)
+                    await asyncio.sleep(wait)
         except MailConnectionError as error:
             if error.kind in ("unreachable", "timeout", "protocol") and client.closed:
                 raise SessionDropped(error, asyncio.get_running_loop().time() - started) from None
             raise
         finally:
+            if push is not None:
+                LIVE.labels(push).dec()
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
                     await client.logout()
@@ -288,6 +332,14 @@ class MailboxSync:
         if self.row is None or self.row.auth != "oauth2":
             return login
         return replace(login, access_token=await self.context.tokens.access_token(self.mailbox_id))
+
+    async def _watch(self, client: ImapClient, folders: list[str]) -> FolderWatch:
+        """Ask the server to push changes of every folder (NOTIFY) where it can; the rest is polled."""
+        idle = "IDLE" in client.capabilities
+        # pushed news is read during IDLE only
+        pushed = idle and self.mode == SyncMode.LIVE and self.settings.sync_notify and await client.notify(folders)
+        return FolderWatch(idle_folder="INBOX", pushed=pushed, idle=idle, poll_seconds=self.settings.sync_poll_seconds,
+                           unpushed_poll_seconds=self.settings.sync_sent_poll_seconds)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -322,6 +374,15 @@ class MailboxSync:
                                         self.settings.sync_retry_max_seconds, random.uniform(0.5, 1.0))  # noqa: S311
             await service.transition(session, row, MailboxStatus.ERROR, error.user_message, now,
                                      failing_since=failing_since, retry_at=now + delay)
+
+    async def _refused(self, error: MailConnectionError) -> None:
+        """The server refused us for too many connections: say so (once), but nothing is wrong with the mailbox."""
+        async with self.context.db.session() as session:
+            row = await self._fence(session)
+            if row.status_reason != error.user_message:
+                now = self.context.clock()
+                await service.record_error(session, row, error.kind, error.user_message, now)
+                await service.set_status(session, row, row.status, error.user_message, now)
 
     async def _paused(self, resets_at: datetime) -> None:
         """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
