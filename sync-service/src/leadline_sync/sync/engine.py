@@ -382,7 +382,7 @@ class MailboxSync:
             if row.status_reason != error.user_message:
                 now = self.context.clock()
                 await service.record_error(session, row, error.kind, error.user_message, now)
-                await service.set_status(session, row, row.status, error.user_message, now)
+                await service.transition(session, row, MailboxStatus(row.status), error.user_message, now)
 
     async def _paused(self, resets_at: datetime) -> None:
         """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
