@@ -244,7 +244,7 @@ last_valid_uid = {uid}
 first_valid_gid = {gid}
 mail_location = maildir:~/Maildir
 mail_fsync = never
-mail_max_userip_connections = {userip}
+{scale}mail_max_userip_connections = {userip}
 protocol imap {{
   mail_max_userip_connections = {userip}
   imap_idle_notify_interval = 1 secs
@@ -285,13 +285,14 @@ service imap-login {{
     ssl = yes
   }}
   process_min_avail = 2
+  {login_scale}
   {chroot}
 }}
 service anvil {{
   {chroot}
 }}
 service imap {{
-  process_limit = 1024
+  {imap_scale}
 }}
 service stats {{
   unix_listener stats-reader {{
@@ -347,6 +348,10 @@ class DovecotServer:
     # an RFC 7662 introspection URL: users may also sign in with an OAuth2 access token it vouches for
     oauth2_introspection_url: str | None = None
     max_userip_connections: int = 200  # Dovecot refuses a user's next login from one address past this
+    # Serve this many simultaneous connections (benchmarks): login processes that each hold many
+    # connections (``service_count = 0``; with TLS they stay in the middle of every connection) and
+    # imap processes of up to 200 clients each; 0 = one imap process per connection, as by default.
+    connections: int = 0
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -376,7 +381,7 @@ class DovecotServer:
             login_user=login_user, login_group=_primary_group(login_user), chroot=chroot,
             oauth2_mechanisms=" xoauth2 oauthbearer" if oauth2 else "",
             oauth2_passdb=DOVECOT_OAUTH2_PASSDB.format(base=base) if oauth2 else "",
-            userip=self.max_userip_connections,
+            userip=self.max_userip_connections, **self._scale(),
         )
         conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
         conf = conf.replace(f"default_internal_group = {_primary_group(login_user)}",
@@ -386,6 +391,16 @@ class DovecotServer:
                                         stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("ab"))
         wait_for_port(self.port)
         wait_for_port(self.tls_port)
+
+    def _scale(self) -> dict[str, str]:
+        if not self.connections:
+            return {"scale": "", "login_scale": "", "imap_scale": "process_limit = 1024"}
+        clients = self.connections + 200
+        return {
+            "scale": f"default_client_limit = {clients}\ndefault_vsz_limit = 1G\n",
+            "login_scale": f"service_count = 0\n  client_limit = {clients}\n  process_limit = 8",
+            "imap_scale": f"service_count = 0\n  client_limit = 200\n  process_limit = {clients // 200 + 10}",
+        }
 
     def add_user(self, username: str, password: str) -> None:
         """Add a user (or replace their password); usable at once.

@@ -1,0 +1,478 @@
+"""Sync at scale: N mailboxes held live (IDLE) on one Dovecot, connected through the gateway.
+
+    uv run python bench/sync-scale/run.py [--mailboxes 5000] [--replicas 1] [--samples 100] [--kill]
+
+Starts its own PostgreSQL, NATS JetStream, an SMTP server (aiosmtpd, STARTTLS
+and AUTH, for the SMTP login that connecting checks) and a Dovecot configured
+for thousands of connections (``DovecotServer(connections=N)``: login
+processes with ``service_count = 0`` that hold many connections each, imap
+processes of 200 clients each, higher process, client and vsz limits), and
+raises the kernel's ``fs.inotify.max_user_instances``: past it (128 by
+default) Dovecot's IDLE falls back to checking every 30 s, which would be
+measured as our latency.  Then the whole suite as ``make run`` runs it
+(``deploy/run.py``), plus ``--replicas - 1`` more sync processes, and:
+
+1. N users, each a company's administrator with one lead, connect their own
+   mailbox (``PUT /v1/mail-sync``, ``--clients`` at a time); reported: the time
+   until every mailbox is live (the replicas' ``leadline_sync_live_sessions``
+   add up to N), the IMAP connections Dovecot holds, and the RSS of the sync
+   process trees (parse workers included) per mailbox, against the same
+   processes before any mailbox was connected.
+2. New-mail latency while all are connected: ``--samples`` messages appended
+   to the INBOX (from the lead) or Sent (to the lead) of random mailboxes;
+   the time from APPEND's OK until the ``mail.synced`` event, and until the
+   lead's timeline shows it (through the gateway); p50 / p95 / max per folder.
+3. Dovecot restarted: the time until all N are live again.
+4. ``--kill`` (with ``--replicas`` ≥ 2): SIGKILL one extra replica; the time
+   until its mailboxes are live on the others (its leases must expire first:
+   ``--lease-seconds``), and a message appended to one of them meanwhile
+   arrives exactly once.
+
+The reference of each ratio is measured in the same run: RSS against the
+processes before connecting; latency against the target of 10 s.  Note the
+load (``uptime``) printed beside the figures: this machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import math
+import os
+import random
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+import httpx
+import nats
+import psutil
+import trustme
+
+from leadline_kit.db import asyncpg_dsn
+from leadline_kit.infra import AppProcess, DovecotServer, NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.testing.fixtures import create_database
+from leadline_mail.imap import ImapSettings, connect_imap
+from leadline_mail.net import parse_allowlist
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+from tests.mail_servers import SmtpServer  # noqa: E402 - the suite's real SMTP server, as the tests use it
+
+COMMAND = "uv run python bench/sync-scale/run.py"
+LIVE_METRIC = "leadline_sync_live_sessions"
+
+
+def raise_inotify_instances(wanted: int) -> str:
+    path = Path("/proc/sys/fs/inotify/max_user_instances")
+    current = int(path.read_text())
+    if current < wanted:
+        try:
+            path.write_text(str(wanted))
+        except OSError as exc:
+            return f"{current} (could not raise it to {wanted}: {exc}; IDLE may fall back to a 30 s poll)"
+    return path.read_text().strip()
+
+
+def established(port: int) -> int:
+    """TCP connections in ESTABLISHED state whose local port is ``port`` (the server's side)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
+
+
+def tree_rss(pids: list[int]) -> int:
+    total = 0
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            total += sum(p.memory_info().rss for p in [process, *process.children(recursive=True)])
+        except psutil.NoSuchProcess:
+            continue
+    return total
+
+
+def sync_pids(suite: subprocess.Popen[bytes], extra: list[AppProcess]) -> list[int]:
+    children = psutil.Process(suite.pid).children(recursive=True)
+    pids = [c.pid for c in children if "leadline_sync.main" in " ".join(c.cmdline())]
+    return pids + [a.process.pid for a in extra if a.process is not None]
+
+
+async def live_sessions(session: aiohttp.ClientSession, ports: list[int]) -> int:
+    total = 0.0
+    for port in ports:
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                text = await response.text()
+        except aiohttp.ClientError:
+            continue
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                     if line.startswith(LIVE_METRIC + "{"))
+    return int(total)
+
+
+async def wait_until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> float:
+    started = time.monotonic()
+    while not await check():
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+        await asyncio.sleep(0.25)
+    return time.monotonic() - started
+
+
+async def call(session: aiohttp.ClientSession, method: str, url: str, *, key: str, body: Any = None,
+               expect: tuple[int, ...] = (200, 201)) -> Any:
+    """One API call; 429 waits as Retry-After says."""
+    for _ in range(20):
+        async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+            if response.status == 429:
+                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                continue
+            text = await response.text()
+            if response.status not in expect:
+                raise RuntimeError(f"{method} {url}: {response.status} {text[:300]}")
+            return json.loads(text) if text else None
+    raise RuntimeError(f"{method} {url}: still rate limited")
+
+
+async def bounded(tasks: list[Callable[[], Awaitable[Any]]], concurrency: int) -> list[Any]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(task: Callable[[], Awaitable[Any]]) -> Any:
+        async with gate:
+            return await task()
+
+    return await asyncio.gather(*(one(t) for t in tasks))
+
+
+def percentiles(values: list[float]) -> str:
+    if not values:
+        return "no samples"
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+    return f"p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s (n={len(ordered)})"
+
+
+def message(sender: str, to: str, subject: str, message_id: str) -> bytes:
+    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
+            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            "About the proposal we discussed.\r\n").encode()
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work = Path(tempfile.mkdtemp(prefix="leadline-bench-sync-scale-"))
+        self.ca = trustme.CA()
+        self.cafile = self.work / "ca.pem"
+        self.ca.cert_pem.write_to_path(str(self.cafile))
+        self.users: list[dict[str, Any]] = []
+        self.synced: dict[str, float] = {}  # Message-ID -> when its mail.synced event arrived
+        self.published: Counter[str] = Counter()  # Message-ID -> mail.synced events seen
+        self.smtp_port = 0
+        self.database_url = ""
+
+    def imap(self, user: dict[str, Any], dovecot: DovecotServer) -> ImapSettings:
+        return ImapSettings(host="127.0.0.1", port=dovecot.tls_port, tls="implicit", username=user["address"],
+                            password=user["password"], cafile=str(self.cafile),
+                            allow_networks=parse_allowlist("127.0.0.0/8"))
+
+    async def run(self) -> None:
+        args = self.args
+        n = args.mailboxes
+        print(f"{COMMAND} --mailboxes {n} --replicas {args.replicas}  (uptime: {os.getloadavg()})", flush=True)
+        print(f"fs.inotify.max_user_instances = {raise_inotify_instances(max(1024, n + 512))}")
+        postgres = PostgresServer(self.work / "postgres", free_port())
+        nats_server = NatsServer(self.work / "nats", free_port())
+        cert = self.ca.issue_cert("localhost", "127.0.0.1")
+        dovecot = DovecotServer(self.work / "dovecot", cert.cert_chain_pems[0].bytes() + self.ca.cert_pem.bytes(),
+                                cert.private_key_pem.bytes(), connections=n + 100)
+        smtp = SmtpServer(self.ca)
+        extra: list[AppProcess] = []
+        suite: subprocess.Popen[bytes] | None = None
+        try:
+            postgres.start()
+            nats_server.start()
+            dovecot.start()
+            smtp.start()
+            self.smtp_port = smtp.port
+            database_url = self.database_url = await create_database(postgres, "leadline")
+            for i in range(n):
+                user = {"address": f"user{i}@acme{i}.example", "password": secrets.token_urlsafe(9),
+                        "lead": f"lead{i}@customer{i}.example"}
+                dovecot.add_user(user["address"], user["password"])
+                smtp.add_user(user["address"], user["password"])
+                self.users.append(user)
+            suite, env, base = self.start_suite(database_url, nats_server.url)
+            sync_ports = [base + 3]
+            for r in range(args.replicas - 1):
+                replica = AppProcess("leadline_sync", free_port(), {**env, "LEADLINE_SYNC_REPLICA": f"extra-{r}"},
+                                     log=self.work / f"sync-extra-{r}.log")
+                replica.start()
+                extra.append(replica)
+            for replica in extra:
+                replica.wait_ready(120)
+                sync_ports.append(replica.port)
+            await self.measure(suite, extra, sync_ports, dovecot, nats_server.url, f"http://127.0.0.1:{base}",
+                               env["LEADLINE_BOOTSTRAP_TOKEN"])
+        finally:
+            for replica in extra:
+                replica.stop()
+            if suite is not None:
+                suite.send_signal(signal.SIGINT)
+                try:
+                    suite.wait(60)
+                except subprocess.TimeoutExpired:
+                    suite.kill()
+            smtp.stop()
+            dovecot.stop()
+            nats_server.stop()
+            postgres.stop()
+
+    def start_suite(self, database_url: str, nats_url: str) -> tuple[subprocess.Popen[bytes], dict[str, str], int]:
+        """``deploy/run.py`` as ``make run`` starts it, on a free block of ports, with this run's servers."""
+        data = self.work / "suite"
+        data.mkdir()
+        keys = {"LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
+                "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
+                "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(os.urandom(32)).decode(),
+                "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
+                "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32)}
+        (data / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in keys.items()))
+        (data / "secrets.env").chmod(0o600)
+        base = free_port()
+        while any(not _port_free(base + i) for i in range(6)):
+            base = free_port()
+        # one replica: its own capacity (open files, memory budget); several: each capped so that the others
+        # share the mailboxes and the survivors of a kill can hold them all
+        caps = {} if self.args.replicas == 1 else {
+            "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)))}
+        env = {**os.environ, **keys, "DATABASE_URL": database_url, "NATS_URL": nats_url,
+               "LEADLINE_DATA_DIR": str(data), "LEADLINE_PORT_BASE": str(base), "LEADLINE_ENVIRONMENT": "development",
+               # operator settings: the mail servers live on loopback and use this run's CA
+               "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_SYNC_CA_FILE": str(self.cafile),
+               "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_MAIL_CAFILE": str(self.cafile),
+               **caps, "LEADLINE_SYNC_LEASE_SECONDS": str(self.args.lease_seconds)}
+        log = (self.work / "run.log").open("wb")
+        suite = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        wait_for_port(base, timeout=180)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{base}/readyz", timeout=3).status_code == 200:
+                    return suite, env, base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"the suite did not become ready; see {self.work}/run.log and {data}/logs")
+
+    async def measure(self, suite: subprocess.Popen[bytes], extra: list[AppProcess], sync_ports: list[int],
+                      dovecot: DovecotServer, nats_url: str, gateway: str, bootstrap: str) -> None:
+        args, n = self.args, self.args.mailboxes
+        nc = await nats.connect(nats_url)
+
+        async def on_synced(msg: Any) -> None:
+            payload = json.loads(msg.data)["payload"]
+            self.synced.setdefault(payload["message_id"], time.monotonic())
+            self.published[payload["message_id"]] += 1
+
+        await nc.subscribe("leadline.mail.synced.v1", cb=on_synced)
+        connector = aiohttp.TCPConnector(limit=args.clients * 2)
+        async with aiohttp.ClientSession(base_url=gateway, connector=connector,
+                                         timeout=aiohttp.ClientTimeout(total=300)) as http:
+            started = time.monotonic()
+
+            async def company(user: dict[str, Any]) -> None:
+                created = await call(http, "POST", "/v1/companies", key=bootstrap, body={
+                    "name": user["address"], "domains": [user["address"].split("@")[1]],
+                    "administrator": {"email": user["address"]}})
+                user["key"] = created["api_key"]["key"]
+                lead = await call(http, "POST", "/v1/leads", key=user["key"],
+                                  body={"name": "Lead", "addresses": [user["lead"]]})
+                user["lead_id"] = lead["id"]
+
+            await bounded([lambda u=u: company(u) for u in self.users], args.clients)
+            print(f"{n} companies, users and leads created in {time.monotonic() - started:.0f} s")
+            await asyncio.sleep(3)  # the sync service learns of the leads through their events
+            pids = sync_pids(suite, extra)
+            before = tree_rss(pids)
+
+            async def connect(user: dict[str, Any]) -> None:
+                await call(http, "PUT", "/v1/mail-sync", key=user["key"], body={
+                    "provider": "custom", "address": user["address"], "password": user["password"],
+                    "imap": {"host": "127.0.0.1", "port": dovecot.port, "use_ssl": False},
+                    "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "use_ssl": False}})
+
+            load = os.getloadavg()[0]
+            started = time.monotonic()
+            await bounded([lambda u=u: connect(u) for u in self.users], args.clients)
+            connected = time.monotonic() - started
+            metrics = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+            async with metrics:
+                async def all_live() -> bool:
+                    return await live_sessions(metrics, sync_ports) >= n
+
+                await wait_until("all mailboxes live", all_live, 1800)
+                live = time.monotonic() - started
+                await asyncio.sleep(5)  # let the historical syncs settle before reading memory
+                after = tree_rss(sync_pids(suite, extra))
+                held = established(dovecot.port)
+                print(f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s; all live after "
+                      f"{live:.0f} s (load {load:.1f})")
+                print(f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB "
+                      f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)")
+                print(f"IMAP connections held by Dovecot: {held}")
+                await self.latency(http, dovecot)
+                await self.restart(dovecot, metrics, sync_ports)
+                if args.kill and extra:
+                    await self.kill(extra[0], sync_ports, metrics, dovecot, http)
+        await nc.close()
+
+    async def latency(self, http: aiohttp.ClientSession, dovecot: DovecotServer) -> None:
+        rng = random.Random(18)
+        results: dict[str, tuple[list[float], list[float]]] = {"INBOX": ([], []), "Sent": ([], [])}
+        load = os.getloadavg()[0]
+
+        async def sample(i: int) -> None:
+            user = rng.choice(self.users)
+            folder = "INBOX" if i % 2 == 0 else "Sent"
+            message_id = f"<sample-{i}-{uuid.uuid4().hex}@bench.example>"
+            subject = f"sample {i} {uuid.uuid4().hex[:6]}"
+            raw = message(user["lead"], user["address"], subject, message_id) if folder == "INBOX" \
+                else message(user["address"], user["lead"], subject, message_id)
+            client = await connect_imap(self.imap(user, dovecot))
+            try:
+                await client.append(folder, raw)
+            finally:
+                await client.logout()
+            appended = time.monotonic()
+            while message_id not in self.synced and time.monotonic() - appended < 120:
+                await asyncio.sleep(0.05)
+            event = self.synced.get(message_id, math.inf) - appended
+            while time.monotonic() - appended < 120:
+                timeline = await call(http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"])
+                items = timeline["items"] if isinstance(timeline, dict) else timeline
+                if any(item.get("subject") == subject for item in items):
+                    break
+                await asyncio.sleep(0.2)
+            results[folder][0].append(event)
+            results[folder][1].append(time.monotonic() - appended)
+
+        async def spaced(i: int) -> None:
+            await asyncio.sleep(i * 0.25)
+            await sample(i)
+
+        await asyncio.gather(*(spaced(i) for i in range(self.args.samples)))
+        for folder, (events, timelines) in results.items():
+            print(f"latency {folder:5}  mail.synced: {percentiles(events)}; on the timeline: "
+                  f"{percentiles(timelines)} (load {load:.1f})")
+
+    async def restart(self, dovecot: DovecotServer, metrics: aiohttp.ClientSession, ports: list[int]) -> None:
+        n = self.args.mailboxes
+        dovecot.stop()
+        dovecot.start()
+
+        async def dropped() -> bool:
+            return await live_sessions(metrics, ports) < n
+
+        async def back() -> bool:
+            return await live_sessions(metrics, ports) >= n
+
+        noticed = await wait_until("sessions dropped by the restart", dropped, 120)
+        again = await wait_until("all live again", back, 1800)
+        # Dovecot's old imap processes (200 clients each) end their connections up to 30 s after the restart
+        print(f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live again "
+              f"{again:.0f} s later, {established(dovecot.port)} connections held")
+
+    async def kill(self, victim: AppProcess, ports: list[int], metrics: aiohttp.ClientSession,
+                   dovecot: DovecotServer, http: aiohttp.ClientSession) -> None:
+        n = self.args.mailboxes
+        held = await live_sessions(metrics, [victim.port])
+        assert victim.process is not None
+        started = time.monotonic()
+        victim.process.kill()
+        victim.process.wait()
+        survivors = [p for p in ports if p != victim.port]
+        one = await self.held_by(victim)
+        message_id = f"<takeover-{uuid.uuid4().hex}@bench.example>"
+        client = await connect_imap(self.imap(one, dovecot))
+        try:
+            await client.append("INBOX", message(one["lead"], one["address"], "during the takeover", message_id))
+        finally:
+            await client.logout()
+
+        async def taken_over() -> bool:
+            return await live_sessions(metrics, survivors) >= n
+
+        await wait_until("the killed replica's mailboxes live elsewhere", taken_over, 600)
+        took = time.monotonic() - started
+
+        async def on_timeline() -> bool:
+            timeline = await call(http, "GET", f"/v1/leads/{one['lead_id']}/timeline", key=one["key"])
+            items = timeline["items"] if isinstance(timeline, dict) else timeline
+            return any(item.get("subject") == "during the takeover" for item in items)
+
+        await wait_until("the message appended during the takeover on the timeline", on_timeline, 120)
+        await asyncio.sleep(5)
+        timeline = await call(http, "GET", f"/v1/leads/{one['lead_id']}/timeline", key=one["key"])
+        items = timeline["items"] if isinstance(timeline, dict) else timeline
+        shown = sum(item.get("subject") == "during the takeover" for item in items)
+        print(f"kill:     SIGKILL of a replica holding {held}; all {n} live on the others after {took:.0f} s "
+              f"(lease {self.args.lease_seconds:.0f} s); the message appended meanwhile: "
+              f"{self.published[message_id]} mail.synced event(s), {shown} timeline event(s)")
+
+    async def held_by(self, replica: AppProcess) -> dict[str, Any]:
+        """A user whose mailbox ``replica`` syncs (its lease)."""
+        conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        try:
+            address = await conn.fetchval("SELECT address FROM sync.mailbox WHERE lease_owner = $1 LIMIT 1",
+                                          replica.env["LEADLINE_SYNC_REPLICA"])
+        finally:
+            await conn.close()
+        return next(u for u in self.users if u["address"] == address)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mailboxes", type=int, default=5000)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--samples", type=int, default=100, help="new-mail latency samples (half INBOX, half Sent)")
+    parser.add_argument("--clients", type=int, default=16, help="concurrent API callers")
+    parser.add_argument("--lease-seconds", type=float, default=10.0)
+    parser.add_argument("--kill", action="store_true", help="SIGKILL a replica and time the takeover")
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
+    asyncio.run(Bench(parser.parse_args()).run())
+
+
+if __name__ == "__main__":
+    main()
