@@ -63,7 +63,7 @@ import psutil
 import trustme
 
 from leadline_kit.db import asyncpg_dsn
-from leadline_kit.infra import AppProcess, DovecotServer, NatsServer, PostgresServer, free_port, wait_for_port
+from leadline_kit.infra import AppProcess, DovecotServer, NatsServer, PostgresServer, free_port
 from leadline_kit.testing.fixtures import create_database
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import parse_allowlist
@@ -264,7 +264,8 @@ class Bench:
         # one replica: its own capacity (open files, memory budget); several: each capped so that the others
         # share the mailboxes and the survivors of a kill can hold them all
         caps = {} if self.args.replicas == 1 else {
-            "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)))}
+            "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)) + 1),
+            "LEADLINE_SYNC_ROTATION_SLOTS": "1"}
         env = {**os.environ, **keys, "DATABASE_URL": database_url, "NATS_URL": nats_url,
                "LEADLINE_DATA_DIR": str(data), "LEADLINE_PORT_BASE": str(base), "LEADLINE_ENVIRONMENT": "development",
                # operator settings: the mail servers live on loopback and use this run's CA
@@ -274,9 +275,8 @@ class Bench:
         log = (self.work / "run.log").open("wb")
         suite = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log,
                                  stderr=subprocess.STDOUT)
-        wait_for_port(base, timeout=180)
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and suite.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{base}/readyz", timeout=3).status_code == 200:
                     return suite, env, base
