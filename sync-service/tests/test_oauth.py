@@ -4,14 +4,17 @@ a local authorization server about each token, and aiosmtpd accepting AUTH XOAUT
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import ssl
 import subprocess
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -28,6 +31,8 @@ from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_sync.oauth.apps import resolve_apps, seal_client_secret
+from leadline_sync.oauth.flow import SignInRefused, _proven_address
+from leadline_sync.oauth.tokens import TokenSet
 
 from .conftest import DroppingProxy, MailAccount, SyncWorld
 
@@ -343,3 +348,42 @@ def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: Syn
         "client_id": "y", "client_secret_sealed": seal_client_secret(ring, "yahoo", "s6"), "redirect_url": REDIRECT}})
     with pytest.raises(ValueError, match="not an OAuth2 preset"):
         resolve_apps(unknown.sync_oauth_apps, ring)
+
+
+def id_token(claims: dict[str, Any]) -> str:
+    def part(value: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'RS256'})}.{part(claims)}.c2ln"
+
+
+async def test_microsoft_and_google_identities_from_the_id_token(world: SyncWorld) -> None:
+    """Microsoft's ID token may name the mailbox only as preferred_username; Google's email must be verified."""
+    ring = KeyRing(world.settings().credential_keys())
+    apps = resolve_apps(world.settings(sync_oauth_apps={
+        provider: {"client_id": f"{provider}-app", "redirect_url": REDIRECT,
+                   "client_secret_sealed": seal_client_secret(ring, provider, "s")}
+        for provider in ("office365", "gmail")}).sync_oauth_apps, ring)
+    context = SimpleNamespace(clock=world.clock, endpoint=None)
+    exp = (world.clock() + timedelta(minutes=5)).timestamp()
+
+    async def address(provider: str, **claims: Any) -> str:
+        tokens = TokenSet(access_token="a", expires_at=world.clock(), refresh_token="r", id_token=id_token(
+            {"aud": f"{provider}-app", "exp": exp, "nonce": "n", "iss": "https://accounts.google.com", **claims}))
+        return await _proven_address(context, apps[provider], tokens, "n")  # type: ignore[arg-type]
+
+    assert await address("office365", preferred_username="Ann.Lee@Contoso.example") == "ann.lee@contoso.example"
+    assert await address("office365", email="ann@contoso.example", preferred_username="x@y.example") == \
+        "ann@contoso.example"
+    assert await address("gmail", email="bob@gmail.example", email_verified=True) == "bob@gmail.example"
+    for provider, claims in (("office365", {"preferred_username": "not an address"}),
+                             ("office365", {"email": "ann@contoso.example", "aud": "another-app"}),
+                             ("office365", {"email": "ann@contoso.example", "nonce": "replayed"}),
+                             ("office365", {"email": "ann@contoso.example", "exp": exp - 3600}),
+                             ("gmail", {"email": "bob@gmail.example", "iss": "https://evil.example"})):
+        with pytest.raises(SignInRefused):
+            await address(provider, **claims)
+    # an unverified Google address is not taken, and without a userinfo answer nothing is
+    apps["gmail"] = replace(apps["gmail"], userinfo_url=None)
+    with pytest.raises(SignInRefused):
+        await address("gmail", email="bob@gmail.example", email_verified=False)
