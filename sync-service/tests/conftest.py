@@ -451,6 +451,18 @@ class LeadService:
         finally:
             await database.dispose()
 
+    async def wait_timeline(self, company_id: uuid.UUID, count: int, timeout: float = 30.0) -> list[Any]:
+        """The timeline once it holds ``count`` events (and no more came for half a second)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        rows: list[Any] = []
+        while asyncio.get_running_loop().time() < deadline:
+            rows = await self.timeline(company_id)
+            if len(rows) >= count:
+                await asyncio.sleep(0.5)
+                return await self.timeline(company_id)
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"timeline has {len(rows)} events, wanted {count}: {rows}")
+
 
 @contextlib.asynccontextmanager
 async def lead_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[LeadService]:

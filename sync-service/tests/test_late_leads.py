@@ -38,18 +38,6 @@ def release_directory(app: FastAPI) -> None:
     runtime.spawn(directory.run(), f"sync-consumer-{directory.durable}")
 
 
-async def wait_timeline(world: Any, lead_service: Any, count: int, timeout: float = 30.0) -> list[Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    rows: list[Any] = []
-    while asyncio.get_running_loop().time() < deadline:
-        rows = await lead_service.timeline(world.company_id)
-        if len(rows) >= count:
-            await asyncio.sleep(0.5)  # and no more come
-            return await lead_service.timeline(world.company_id)
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"timeline has {len(rows)} events, wanted {count}: {rows}")
-
-
 def lead_mail(world: Any, me: Any, lead: str, date: datetime, tag: str) -> tuple[str, bytes, bytes]:
     """An answer in Sent and a message in INBOX with ``lead``; returns the INBOX one's Message-ID first."""
     inbox_id, sent_id = make_msgid(domain="customer.example"), make_msgid(domain="acme.example")
@@ -83,7 +71,7 @@ async def test_history_waits_until_the_leads_of_connect_time_arrived(world, lead
 
             release_directory(app)
             await world.wait_history(api)
-            timeline = await wait_timeline(world, lead_service, len(expected))
+            timeline = await lead_service.wait_timeline(world.company_id, len(expected))
             assert {row.message_id.strip("<>") for row in timeline} == {m.strip("<>") for m in expected}
             assert {str(row.lead_id) for row in timeline} == made
             assert all(row[2] == 1 for row in timeline), "each message once, from one source"
@@ -128,7 +116,7 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
                                      "last_uid >= 4")  # examined while the lead was unknown
 
             release_directory(app)
-            timeline = await wait_timeline(world, lead_service, 3)
+            timeline = await lead_service.wait_timeline(world.company_id, 3)
             # and live mail after the lead exists, dated on both sides of its creation
             live_before, live_after = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
             created = datetime.fromisoformat(later_lead["created_at"])
@@ -137,7 +125,7 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
                 message_id=live_before), world.message(
                 sender=later, to=[me.address], subject="late, dated after", date=created + timedelta(seconds=1),
                 message_id=live_after))
-            timeline = await wait_timeline(world, lead_service, 4)
+            timeline = await lead_service.wait_timeline(world.company_id, 4)
             keys = {(str(row.lead_id), row.message_id.strip("<>")) for row in timeline}
             assert keys == {(early_lead["id"], m.strip("<>")) for m in early_ids.split()} | {
                 (later_lead["id"], after_id.strip("<>")), (later_lead["id"], live_after.strip("<>"))}

@@ -925,6 +925,13 @@ class ImapClient:
         # "n:*" also matches the highest UID when n is above it (RFC 3501 §6.4.8): filter.
         return sorted({uid for uid in await self._search(_atom(f"UID {first}:*")) if uid >= first})
 
+    async def uids_between(self, low: int, high: int) -> list[int]:
+        """UIDs from ``low`` to ``high`` in the selected folder, ascending (one window of a long listing)."""
+        low, high = max(1, int(low)), int(high)
+        if high < low:
+            return []
+        return sorted({uid for uid in await self._search(_atom(f"UID {low}:{high}")) if low <= uid <= high})
+
     async def uids_changed_since(self, modseq: int) -> list[int]:
         """UIDs whose mod-sequence is above ``modseq`` (CONDSTORE, RFC 7162), ascending."""
         if "CONDSTORE" not in self.capabilities:

@@ -48,13 +48,16 @@ class CompanyDirectory:
 
     lead_since: dict[str, datetime] = field(default_factory=dict)  # address → earliest lead creation
     blocked_addresses: set[str] = field(default_factory=set)
-    blocked_domains: set[str] = field(default_factory=set)
+    blocked_domains: set[str] = field(default_factory=set)  # the blocklist's and, when blocked, own domains
+    own_domains: set[str] = field(default_factory=set)  # of those, the company's own
 
     def is_blocked(self, address: str) -> bool:
         if address in self.blocked_addresses:
             return True
-        labels = address_domain(address).split(".")
-        return any(".".join(labels[i:]) in self.blocked_domains for i in range(len(labels) - 1))
+        return any(domain in self.blocked_domains for domain in _domain_and_parents(address))
+
+    def is_own(self, address: str) -> bool:
+        return any(domain in self.own_domains for domain in _domain_and_parents(address))
 
     def is_lead(self, address: str) -> bool:
         return address in self.lead_since and not self.is_blocked(address)
@@ -85,7 +88,13 @@ async def load_directory(session: AsyncSession, company_id: uuid.UUID, addresses
     )).first()
     if settings is not None and settings.block_own_domains:
         directory.blocked_domains.update(settings.domains)
+        directory.own_domains.update(settings.domains)
     return directory
+
+
+def _domain_and_parents(address: str) -> list[str]:
+    labels = address_domain(address).split(".")
+    return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 
 
 @dataclass(frozen=True)
@@ -129,3 +138,16 @@ def match_message(parties: Parties, *, folder: FolderRole, own_address: str, sen
         cc=[a for a in parties.cc if a == own_address or not directory.is_blocked(a)],
         leads=leads,
     )
+
+
+def unmatched_reason(parties: Parties, *, own_address: str, directory: CompanyDirectory) -> str:
+    """Why a message that :func:`match_message` refused stays in the mailbox (a key of the audit's REASONS)."""
+    leads = [a for a in parties.counterparts(own_address) if a in directory.lead_since]
+    if not leads:
+        return "no_lead"
+    unblocked = [a for a in leads if not directory.is_blocked(a)]
+    if unblocked:
+        return "before_lead"  # lead_matches refused only by the creation date (R5)
+    if all(directory.is_own(a) and a not in directory.blocked_addresses for a in leads):
+        return "own_domain"
+    return "blocklisted"

@@ -9,6 +9,9 @@
 - ``synced_message``: what left the service; unique per mailbox + folder +
   UIDVALIDITY + UID and per mailbox + folder + Message-ID, so a restart or a
   UIDVALIDITY resync never publishes a message twice (R26).
+- ``examined_range``, ``audit_range``: what the sync examined (with the reason
+  it was stored or not) and what the server held at the last audit, both as
+  UID ranges (the completeness audit, ``sync/audit.py``).
 - ``lead_address``, ``blocklist_entry``, ``company``: this service's copy of
   what it matches on, kept from lead-service and gateway events (R5, R6).
 - ``lead_recheck``: per mailbox, a lead (or new addresses of one) that reached this
@@ -133,8 +136,32 @@ folder_cursor = Table(
     Column("uidvalidity_resets_since", DateTime(timezone=True)),
     Column("rescan_refused_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # the last completeness audit (sync/audit.py) and how many never-examined UIDs it found and fetched
+    Column("audited_at", DateTime(timezone=True)),
+    Column("audit_found", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("mailbox_id", "folder"),
 )
+
+
+def _uid_ranges(name: str, *extra: Column[str]) -> Table:
+    """Ranges of UIDs of one folder numbering (sync/audit.py): disjoint, keyed by their first UID."""
+    return Table(
+        name,
+        metadata,
+        Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+        Column("folder", Text, nullable=False),
+        Column("uidvalidity", BigInteger, nullable=False),
+        Column("first_uid", BigInteger, nullable=False),
+        Column("last_uid", BigInteger, nullable=False),
+        *extra,
+        PrimaryKeyConstraint("mailbox_id", "folder", "uidvalidity", "first_uid"),
+    )
+
+
+# what the sync examined, with the reason each message was stored or not
+examined_range = _uid_ranges("examined_range", Column("reason", Text, nullable=False))
+# the server's UIDs at the last audit
+audit_range = _uid_ranges("audit_range")
 
 synced_message = Table(
     "synced_message",

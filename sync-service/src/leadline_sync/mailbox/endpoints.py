@@ -21,6 +21,7 @@ from leadline_sync.mailbox.schemas import (
     ConnectRequest,
     DomainCheck,
     ErrorEntry,
+    FolderCompleteness,
     FolderProgress,
     MailboxOut,
     MailboxSummary,
@@ -31,6 +32,8 @@ from leadline_sync.mailbox.schemas import (
 from leadline_sync.mailbox.states import COUNTS_FOR_BILLING, MailboxStatus
 from leadline_sync.oauth.apps import DEFAULTS
 from leadline_sync.providers import ServerPreset, providers
+from leadline_sync.sync import audit
+from leadline_sync.sync.audit import FolderCounts
 
 router = APIRouter(tags=["mail-sync"])
 
@@ -55,7 +58,21 @@ async def list_providers(caller: Caller, context: Context) -> list[ProviderOut]:
             for p in providers().values()]
 
 
-def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext) -> MailboxOut:
+def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
+    if counts is None:
+        return None
+    stored = {"lead_mail", "damaged_lead_mail", "bounce"}
+    return FolderCompleteness(
+        messages_on_server=counts.on_server, examined=counts.examined,
+        lead_mail_stored=counts.by_reason.get("lead_mail", 0) + counts.by_reason.get("damaged_lead_mail", 0),
+        bounces_stored=counts.by_reason.get("bounce", 0),
+        not_stored={reason: n for reason, n in sorted(counts.by_reason.items()) if reason not in stored},
+        unreadable_kept_raw=counts.by_reason.get("damaged_lead_mail", 0), not_yet_examined=counts.not_yet_examined,
+        missing=counts.missing, last_audit_at=counts.audited_at, last_audit_refetched=counts.audit_found)
+
+
+def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext,
+                 counts: dict[str, FolderCounts] | None = None) -> MailboxOut:
     def server(prefix: str) -> ServerSettingsOut:
         pin = getattr(row, f"{prefix}_pinned_sha256")
         return ServerSettingsOut(host=getattr(row, f"{prefix}_host"), port=getattr(row, f"{prefix}_port"),
@@ -69,7 +86,8 @@ def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext) -
         smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
         sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,
         folders=[FolderProgress(folder=c.folder, name=c.name, last_uid=c.last_uid,
-                                history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid)
+                                history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid,
+                                completeness=_completeness((counts or {}).get(c.folder)))
                  for c in cursors])
 
 
@@ -81,7 +99,8 @@ async def _own_mailbox(session: Session, caller: Caller, context: SyncContext) -
     row = await repository.own_mailbox(session, caller.company_id, caller.user_id)
     if row is None:
         raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
-    return _mailbox_out(row, await repository.folder_cursors(session, row.id), context)
+    cursors = await repository.folder_cursors(session, row.id)
+    return _mailbox_out(row, cursors, context, await audit.folder_counts(session, row.id))
 
 
 @router.put("/v1/mail-sync")

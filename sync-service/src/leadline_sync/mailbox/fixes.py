@@ -34,6 +34,8 @@ FIXES: dict[str, str] = {
     "message_unreadable": "Nothing to do: the message was kept as it was received and marked as damaged.",
     "leads_behind": "Nothing to do: when the missing leads reach Mail Sync, their mail in the history is looked for "
                     "again. If leads keep arriving late, check that the lead service is running.",
+    "audit_repaired": "Nothing to do: the messages were examined now. If this happens again, contact support: a "
+                      "batch of the sync was lost.",
     "folder_reset": "Nothing to do: the server renumbered the folder; Leadline re-read it without duplicates.",
     "folder_reset_limit": "Your mail server keeps renumbering this folder (its UIDVALIDITY changes), which usually "
                           "means the folder is deleted and re-created, restored from a backup, or its index is "

@@ -91,12 +91,29 @@ class ServerSettingsOut(BaseModel):
     certificate_sha256: str | None
 
 
+class FolderCompleteness(BaseModel):
+    """The folder on the server (at the last audit) against what the sync examined; healthy: ``missing`` 0."""
+
+    messages_on_server: int | None  # None before the first audit
+    examined: int
+    lead_mail_stored: int  # on a lead's timeline, damaged ones included
+    bounces_stored: int
+    # examined and not stored, by rule: no_lead, blocklisted, own_domain, before_lead, gone, before_audit
+    not_stored: dict[str, int]
+    unreadable_kept_raw: int  # of the lead mail stored, kept as received (R27)
+    not_yet_examined: int | None  # on the server above the cursor (pending)
+    missing: int | None  # on the server up to the cursor and examined nowhere; None before the first audit
+    last_audit_at: datetime | None
+    last_audit_refetched: int  # never-examined messages the last audit found and examined
+
+
 class FolderProgress(BaseModel):
     folder: Literal["inbox", "sent"]
     name: str
     last_uid: int
     history_last_uid: int
     history_complete: bool
+    completeness: FolderCompleteness | None = None
 
 
 class MailboxOut(BaseModel):

@@ -49,7 +49,7 @@ import hashlib
 import logging
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -86,8 +86,16 @@ from leadline_sync.context import SyncContext
 from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
-from leadline_sync.matching import CompanyDirectory, FolderRole, Match, Parties, load_directory, match_message
+from leadline_sync.matching import (
+    FolderRole,
+    Match,
+    Parties,
+    load_directory,
+    match_message,
+    unmatched_reason,
+)
 from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox, synced_message
+from leadline_sync.sync import audit
 from leadline_sync.sync.live import FolderWatch
 
 log = logging.getLogger("leadline.sync.engine")
@@ -98,6 +106,11 @@ PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages publishe
 FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
 RECHECKED = Counter("leadline_sync_lead_recheck_messages_total",
                     "Messages examined again because their lead reached the service after them", ["folder"])
+AUDITS = Counter("leadline_sync_audits_total", "Completeness audits of a folder", ["folder"])
+REFETCHED = Counter("leadline_sync_audit_refetched_total",
+                    "Messages an audit found never examined and examined then", ["folder"])
+MISSING_MAILBOXES = Gauge("leadline_sync_mailboxes_with_missing",
+                          "Mailboxes whose last audit of a folder found messages never examined")
 DIRECTORY_WAITS = Counter("leadline_sync_directory_waits_total",
                           "Historical syncs that waited for the company's leads, by outcome", ["outcome"])
 LIVE = Gauge("leadline_sync_live_sessions", "Connected mailboxes by how the server tells of new mail: notify "
@@ -111,6 +124,7 @@ RESCAN_DAY = timedelta(days=1)
 QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
 RECHECKS_PER_PASS = 100
+AUDIT_EVERY = timedelta(days=1)
 
 
 class LeaseLost(Exception):
@@ -147,6 +161,7 @@ class FolderCursor:
     resets: int = 0
     resets_since: datetime | None = None
     rescan_refused_at: datetime | None = None
+    audited_at: datetime | None = None  # the last completeness audit (sync/audit.py)
 
 
 def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
@@ -177,6 +192,7 @@ class PreparedBatch:
     uids: list[int]
     selected: list[Selected]
     defects: list[tuple[int, list[str]]]
+    reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -216,6 +232,7 @@ class MailboxSync:
         self.synced_at: datetime | None = None  # the last_synced_at this worker wrote last
         self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
         self.refusal: str | None = None  # the status reason this worker set for them
+        self.audit_due = False  # set by a reconnect after an outage
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -288,6 +305,8 @@ class MailboxSync:
         push: str | None = None
         try:
             folders = await client.find_sync_folders()
+            if self.row is not None and (self.row.status != MailboxStatus.ENABLED or self.row.failures):
+                self.audit_due = True  # a reconnect after an outage: audit (also once a day, and after the history)
             await self._connected()
             await self._load_cursors()
             if not self.history_done:
@@ -307,6 +326,7 @@ class MailboxSync:
                         watch.checked(name, loop.time())
                         await self._sync_folder(client, role, name)
                 await self._note_synced()
+                await self._audit_if_due(client, order)
                 if self.mode == SyncMode.ROTATING:
                     return
                 wait = watch.wait_seconds(loop.time())
@@ -318,6 +338,7 @@ class MailboxSync:
                     await asyncio.sleep(wait)
         except MailConnectionError as error:
             if error.kind in ("unreachable", "timeout", "protocol") and client.closed:
+                self.audit_due = True
                 raise SessionDropped(error, asyncio.get_running_loop().time() - started) from None
             raise
         finally:
@@ -528,6 +549,48 @@ class MailboxSync:
                     lead_recheck.c.mailbox_id == self.mailbox_id, lead_recheck.c.lead_id == recheck.lead_id,
                     lead_recheck.c.created_at == recheck.created_at))
 
+    # -- the completeness audit ------------------------------------------------------------
+
+    async def _audit_if_due(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
+        """Compare each folder's UIDs on the server with what was examined; examine what never was."""
+        now = self.context.clock()
+        stale = any(c.audited_at is None or now - c.audited_at >= AUDIT_EVERY for c in self.cursors.values())
+        if not self.history_done or not (self.audit_due or stale):
+            return
+        self.audit_due = False
+        for role, name in order:
+            cursor = self.cursors.get(role)
+            if cursor is None or cursor.name != name:
+                continue
+            status = await client.select(name)
+            if status.uidvalidity != cursor.uidvalidity:
+                continue  # renumbered: the next pass reads it again
+            found = 0
+            async for missing in audit.unexamined(client, self.context.db, self.mailbox_id, role,
+                                                  cursor.uidvalidity, cursor.last_uid, status.uidnext):
+                found += len(missing)
+                await self._scan(client, cursor, missing)
+            AUDITS.labels(role).inc()
+            REFETCHED.labels(role).inc(found)
+            cursor.audited_at = now
+            async with self.context.db.session() as session:
+                row = await self._fence(session)
+                await session.execute(update(folder_cursor).where(
+                    folder_cursor.c.mailbox_id == self.mailbox_id, folder_cursor.c.folder == role)
+                    .values(audited_at=now, audit_found=found))
+                if found:
+                    log.error("mailbox %s: the audit of %s found %d messages never examined; examined them now",
+                              self.mailbox_id, role, found)
+                    await service.record_error(
+                        session, row, "audit_repaired",
+                        f"The completeness audit of {role} found {found} messages that had never been examined; "
+                        "they were examined now and their lead mail is on the timeline.", now)
+                MISSING_MAILBOXES.set((await session.execute(select(func.count(func.distinct(
+                    folder_cursor.c.mailbox_id))).where(folder_cursor.c.audit_found > 0))).scalar_one())
+        inbox = dict(order).get("inbox")
+        if inbox is not None:
+            await client.select(inbox)  # IDLE watches INBOX
+
     # -- cursors ---------------------------------------------------------------------------
 
     async def _load_cursors(self) -> None:
@@ -536,7 +599,8 @@ class MailboxSync:
                 select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))).all()
         self.cursors = {r.folder: FolderCursor(r.folder, r.name, r.uidvalidity, r.last_uid, r.highestmodseq,
                                                r.uidnext, r.history_last_uid, r.uidvalidity_resets,
-                                               _aware(r.uidvalidity_resets_since), _aware(r.rescan_refused_at))
+                                               _aware(r.uidvalidity_resets_since), _aware(r.rescan_refused_at),
+                                               _aware(r.audited_at))
                         for r in rows}
 
     async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor) -> None:
@@ -630,6 +694,7 @@ class MailboxSync:
         async with self.context.db.session() as session:
             row = await self._fence(session)
             await self._save_cursor(session, fresh)
+            await audit.forget_other_uidvalidities(session, self.mailbox_id, role, status.uidvalidity)
             if reset:
                 log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
                 await service.record_error(session, row, "folder_reset",
@@ -689,9 +754,16 @@ class MailboxSync:
         async with self.context.db.session() as session:
             directory = await load_directory(session, row.company_id, addresses)
         wanted: dict[int, tuple[FetchedHeader, HeaderSummary]] = {}
+        reasons = dict.fromkeys(uids, "gone")
         for header, summary in summaries:
-            if self._matches(cursor.folder, header, summary, directory) or (
-                    cursor.folder == "inbox" and summary.is_bounce_candidate):
+            parties, sent_at = self._parties(summary), self._sent_at(header, summary)
+            if match_message(parties, folder=cursor.folder, own_address=row.address, sent_at=sent_at,
+                             connected_at=row.connected_at, directory=directory) is not None:
+                reasons[header.uid] = "lead_mail"
+                wanted[header.uid] = (header, summary)
+                continue
+            reasons[header.uid] = unmatched_reason(parties, own_address=row.address, directory=directory)
+            if cursor.folder == "inbox" and summary.is_bounce_candidate:
                 wanted[header.uid] = (header, summary)
         selected: list[Selected] = []
         defects: list[tuple[int, list[str]]] = []
@@ -732,7 +804,11 @@ class MailboxSync:
                     defects.append((message.uid, parsed_message.defects))
                 selected.append(self._mail(cursor.folder, header, summary, match, parsed_message))
             selected.sort(key=lambda s: s.uid)
-        return PreparedBatch(list(uids), selected, defects)
+            fetched = {message.uid for message in messages}
+            reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
+        reasons.update((s.uid, "lead_mail" if s.kind == "mail" else "bounce") for s in selected)
+        reasons.update((uid, "damaged_lead_mail") for uid, _ in defects)
+        return PreparedBatch(list(uids), selected, defects, reasons)
 
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
         # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
@@ -747,9 +823,10 @@ class MailboxSync:
             if allowed < len(mail):
                 cutoff = mail[allowed].uid  # the first lead mail the plan does not allow today
                 await self._commit(cursor, [u for u in uids if u < cutoff] or [cursor.last_uid],
-                                   [s for s in selected if s.uid < cutoff], [d for d in defects if d[0] < cutoff])
+                                   [s for s in selected if s.uid < cutoff], [d for d in defects if d[0] < cutoff],
+                                   batch.reasons)
                 raise PlanLimitReached(resets_at or self.context.clock())
-        await self._commit(cursor, uids, selected, defects)
+        await self._commit(cursor, uids, selected, defects, batch.reasons)
 
     def _parties(self, summary: HeaderSummary) -> Parties:
         return Parties(from_address=summary.from_address, to=list(summary.to), cc=list(summary.cc),
@@ -757,14 +834,6 @@ class MailboxSync:
 
     def _sent_at(self, header: FetchedHeader, summary: HeaderSummary) -> datetime:
         return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
-
-    def _matches(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary,
-                 directory: CompanyDirectory) -> bool:
-        row = self.row
-        assert row is not None
-        return match_message(self._parties(summary), folder=folder, own_address=row.address,
-                             sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
-                             directory=directory) is not None
 
     def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce, lead: str | None) -> Selected:
         row = self.row
@@ -791,8 +860,8 @@ class MailboxSync:
                 attachments=parsed.attachments, in_reply_to=summary.in_reply_to, defect=bool(parsed.defects))))
 
     async def _commit(self, cursor: FolderCursor, uids: Sequence[int], selected: list[Selected],
-                      defects: list[tuple[int, list[str]]]) -> None:
-        """Rows, events and the cursor of one batch in one transaction, under the lease (R26)."""
+                      defects: list[tuple[int, list[str]]], reasons: Mapping[int, str]) -> None:
+        """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26)."""
         now = self.context.clock()
         async with self.context.db.session() as session:
             row = await self._fence(session)
@@ -817,5 +886,7 @@ class MailboxSync:
                         session, row, "message_unreadable",
                         f"A message in {cursor.folder} (UID {uid}) could not be fully read and was kept as "
                         f"received: {'; '.join(problems)[:300]}", now)
+            await audit.record_examined(session, row.id, cursor.folder, cursor.uidvalidity,
+                                        {uid: reasons[uid] for uid in uids if uid in reasons})
             cursor.last_uid = max(cursor.last_uid, max(uids))
             await self._save_cursor(session, cursor)

@@ -1,0 +1,213 @@
+"""Proof that no mail was missed: what the sync examined, per folder, and the audit against the server.
+
+What was examined is kept as ranges, not a row per message: per mailbox,
+folder and UIDVALIDITY, ``examined_range`` rows ``(reason, first_uid,
+last_uid)`` cover every UID the sync examined, each UID in exactly one range,
+with the reason the message was or was not stored (:data:`REASONS`).  A
+batch rewrites only the few ranges around its UIDs (:func:`record_examined`);
+examining a message again (a late lead, an audit) moves its UID to its new
+reason.  A folder of 1,000,000 messages with 10,000 lead mails among them
+holds about 20,000 ranges.
+
+The audit lists the server's UIDs in windows of :data:`AUDIT_WINDOW`
+(``UID SEARCH``, ESEARCH where offered), keeps them as ranges too
+(``audit_range``: what the server held at the last audit) and yields, window
+by window, the UIDs up to the cursor that no range covers; the engine
+examines those again.  Memory stays at one window of UIDs whatever the size
+of the folder.  ``GET /v1/mail-sync`` compares the two sets of ranges:
+``missing`` is the server's UIDs up to the cursor that were never examined.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, union_all
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_kit.db import Database
+from leadline_mail.imap import ImapClient
+from leadline_sync.models import audit_range, examined_range, folder_cursor
+
+AUDIT_WINDOW = 20_000
+
+REASONS = {
+    "lead_mail": "on a lead's timeline",
+    "damaged_lead_mail": "on a lead's timeline, unreadable and kept as received (R27)",
+    "bounce": "a bounce of mail to a lead (R17)",
+    "no_lead": "no address of a lead of the company at that time (R6)",
+    "blocklisted": "every lead address on it is blocklisted (R6)",
+    "own_domain": "only addresses of the company's own domains (R6)",
+    "before_lead": "dated before its lead was created, after the mailbox was connected (R5)",
+    "gone": "deleted from the server before it could be read",
+    "before_audit": "examined before the sync recorded reasons",
+}
+"""Why an examined message was (or was not) stored; the keys are stored."""
+
+Run = tuple[str, int, int]  # reason, first UID, last UID
+
+
+def runs(reasons: Mapping[int, str]) -> list[Run]:
+    """UID → reason as ranges of consecutive UIDs with one reason."""
+    out: list[Run] = []
+    for uid in sorted(reasons):
+        reason = reasons[uid]
+        if out and out[-1][0] == reason and out[-1][2] == uid - 1:
+            out[-1] = (reason, out[-1][1], uid)
+        else:
+            out.append((reason, uid, uid))
+    return out
+
+
+def overlay(existing: Sequence[Run], new: Sequence[Run]) -> list[Run]:
+    """``existing`` ranges with ``new`` ones laid over them; neighbours of one reason merged."""
+    pieces: list[Run] = []
+    for reason, first, last in existing:
+        segments = [(first, last)]
+        for _, low, high in new:
+            if high < first or low > last:
+                continue
+            kept: list[tuple[int, int]] = []
+            for a, b in segments:
+                if high < a or low > b:
+                    kept.append((a, b))
+                    continue
+                if a < low:
+                    kept.append((a, low - 1))
+                if high < b:
+                    kept.append((high + 1, b))
+            segments = kept
+        pieces.extend((reason, a, b) for a, b in segments)
+    merged: list[Run] = []
+    for run in sorted([*pieces, *new], key=lambda r: r[1]):
+        if merged and merged[-1][0] == run[0] and merged[-1][2] + 1 == run[1]:
+            merged[-1] = (run[0], merged[-1][1], run[2])
+        else:
+            merged.append(run)
+    return merged
+
+
+def _folder(table: Any, mailbox_id: uuid.UUID, folder: str, uidvalidity: int) -> Any:
+    return and_(table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity == uidvalidity)
+
+
+async def _ranges_around(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
+                         low: int, high: int) -> list[Run]:
+    """The examined ranges that touch [low, high]: those starting in it, and the one before it."""
+    where = _folder(examined_range, mailbox_id, folder, uidvalidity)
+    columns = (examined_range.c.reason, examined_range.c.first_uid, examined_range.c.last_uid)
+    starting = select(*columns).where(where, examined_range.c.first_uid.between(low, high))
+    before = (select(*columns).where(where, examined_range.c.first_uid < low)
+              .order_by(examined_range.c.first_uid.desc()).limit(1))
+    rows = (await session.execute(union_all(starting, before.subquery().select()))).all()
+    return sorted(((r[0], r[1], r[2]) for r in rows if r[2] >= low), key=lambda r: r[1])
+
+
+async def record_examined(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
+                          reasons: Mapping[int, str]) -> None:
+    """Note that the UIDs of ``reasons`` were examined, and why each was stored or not."""
+    if not reasons:
+        return
+    new = runs(reasons)
+    low, high = new[0][1], new[-1][2]
+    existing = await _ranges_around(session, mailbox_id, folder, uidvalidity, low - 1, high + 1)
+    if existing:
+        await session.execute(delete(examined_range).where(
+            _folder(examined_range, mailbox_id, folder, uidvalidity),
+            examined_range.c.first_uid.in_([r[1] for r in existing])))
+    await session.execute(insert(examined_range), [
+        {"mailbox_id": mailbox_id, "folder": folder, "uidvalidity": uidvalidity, "reason": reason,
+         "first_uid": first, "last_uid": last} for reason, first, last in overlay(existing, new)])
+
+
+async def forget_other_uidvalidities(session: AsyncSession, mailbox_id: uuid.UUID, folder: str,
+                                     uidvalidity: int) -> None:
+    """A renumbered folder: the ranges of its old numbering mean nothing now."""
+    for table in (examined_range, audit_range):
+        await session.execute(delete(table).where(table.c.mailbox_id == mailbox_id, table.c.folder == folder,
+                                                  table.c.uidvalidity != uidvalidity))
+
+
+async def unexamined(client: ImapClient, db: Database, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
+                     last_uid: int, uidnext: int) -> AsyncIterator[list[int]]:
+    """The audit of the selected folder: per window, the server's UIDs ≤ ``last_uid`` never examined.
+
+    Records the server's UIDs as ``audit_range`` rows as it goes (the previous audit's are replaced).
+    """
+    async with db.session() as session:
+        await session.execute(delete(audit_range).where(_folder(audit_range, mailbox_id, folder, uidvalidity)))
+    for low in range(1, max(1, uidnext), AUDIT_WINDOW):
+        high = min(low + AUDIT_WINDOW - 1, uidnext - 1)
+        uids = await client.uids_between(low, high)
+        if not uids:
+            continue
+        async with db.session() as session:
+            await session.execute(insert(audit_range), [
+                {"mailbox_id": mailbox_id, "folder": folder, "uidvalidity": uidvalidity, "first_uid": first,
+                 "last_uid": last} for _, first, last in runs(dict.fromkeys(uids, ""))])
+            examined = await _ranges_around(session, mailbox_id, folder, uidvalidity, low, high)
+        missing: list[int] = []
+        ranges = iter(examined)
+        current = next(ranges, None)
+        for uid in uids:
+            if uid > last_uid:
+                break
+            while current is not None and current[2] < uid:
+                current = next(ranges, None)
+            if current is None or uid < current[1]:
+                missing.append(uid)
+        if missing:
+            yield missing
+
+
+@dataclass(frozen=True)
+class FolderCounts:
+    on_server: int | None  # at the last audit; None before the first
+    examined: int
+    by_reason: dict[str, int]
+    not_yet_examined: int | None
+    missing: int | None
+    audited_at: datetime | None
+    audit_found: int
+
+
+async def folder_counts(session: AsyncSession, mailbox_id: uuid.UUID) -> dict[str, FolderCounts]:
+    """Per folder: the server's messages (last audit) against what the sync examined, by reason."""
+    cursors = (await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id))).all()
+    result: dict[str, FolderCounts] = {}
+    for cursor in cursors:
+        length = examined_range.c.last_uid - examined_range.c.first_uid + 1
+        by_reason = {reason: int(count) for reason, count in (await session.execute(
+            select(examined_range.c.reason, func.sum(length))
+            .where(_folder(examined_range, mailbox_id, cursor.folder, cursor.uidvalidity))
+            .group_by(examined_range.c.reason))).all()}
+        on_server = not_yet = missing = None
+        if cursor.audited_at is not None:
+            top = cursor.last_uid
+            where = _folder(audit_range, mailbox_id, cursor.folder, cursor.uidvalidity)
+            server_length = audit_range.c.last_uid - audit_range.c.first_uid + 1
+            below = func.least(audit_range.c.last_uid, top) - audit_range.c.first_uid + 1
+            on_server, server_below = (int(v or 0) for v in (await session.execute(select(
+                func.sum(server_length), func.sum(func.greatest(0, below)))
+                .where(where))).one())
+            overlap = (func.least(audit_range.c.last_uid, examined_range.c.last_uid, top)
+                       - func.greatest(audit_range.c.first_uid, examined_range.c.first_uid) + 1)
+            examined_below = int((await session.execute(
+                select(func.coalesce(func.sum(func.greatest(0, overlap)), 0))
+                .select_from(audit_range.join(examined_range, and_(
+                    examined_range.c.mailbox_id == audit_range.c.mailbox_id,
+                    examined_range.c.folder == audit_range.c.folder,
+                    examined_range.c.uidvalidity == audit_range.c.uidvalidity,
+                    examined_range.c.first_uid <= audit_range.c.last_uid,
+                    examined_range.c.last_uid >= audit_range.c.first_uid)))
+                .where(where))).scalar_one())
+            not_yet = on_server - server_below
+            missing = server_below - examined_below
+        result[cursor.folder] = FolderCounts(
+            on_server=on_server, examined=sum(by_reason.values()), by_reason=by_reason, not_yet_examined=not_yet,
+            missing=missing, audited_at=cursor.audited_at, audit_found=cursor.audit_found)
+    return result

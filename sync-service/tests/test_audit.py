@@ -1,0 +1,105 @@
+"""The completeness audit (issue 25): what the server holds against what the sync examined, per folder."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from email.utils import make_msgid
+from typing import Any
+
+from sqlalchemy import text
+
+from leadline_kit.db import Database
+from leadline_kit.testing.clients import running_app
+
+LONG_AGO = datetime(2024, 3, 1, tzinfo=UTC)
+
+# forget that UIDs :low..:high of a folder were examined, as a batch lost between scan and commit would
+FORGET = [
+    "INSERT INTO sync.examined_range SELECT mailbox_id, folder, uidvalidity, :high + 1, last_uid, reason "
+    "FROM sync.examined_range WHERE folder = :folder AND first_uid <= :high AND last_uid > :high",
+    "UPDATE sync.examined_range SET last_uid = :low - 1 WHERE folder = :folder AND first_uid < :low "
+    "AND last_uid >= :low",
+    "DELETE FROM sync.examined_range WHERE folder = :folder AND first_uid BETWEEN :low AND :high",
+    "DELETE FROM sync.synced_message WHERE folder = :folder AND uid BETWEEN :low AND :high",
+]
+
+
+def completeness(body: dict[str, Any], folder: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(f for f in body["folders"] if f["folder"] == folder)["completeness"]
+    return found
+
+
+async def wait_audited(api: Any, timeout: float = 30.0) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + timeout
+    body: dict[str, Any] = {}
+    while asyncio.get_running_loop().time() < deadline:
+        body = (await api.get("/v1/mail-sync")).json()
+        folders = body.get("folders", [])
+        if len(folders) == 2 and all(f["completeness"]["last_audit_at"] for f in folders):
+            return body
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"never audited: {body}")
+
+
+async def test_audit_finds_what_a_lost_batch_left_out_and_examines_it(world, leads,  # type: ignore[no-untyped-def]
+                                                                     dropping_proxy) -> None:
+    me = world.account()
+    admin = world.identity("administrator")
+    lead, blocked = "audited@customer.example", "blocked@spam.example"
+    inbox_ids = [make_msgid(domain="x.example") for _ in range(30)]
+    await world.append(me, "INBOX", *(world.message(
+        sender=lead if i % 3 == 0 else (blocked if i == 1 else f"s{i}@else.example"), to=[me.address],
+        date=LONG_AGO, message_id=mid) for i, mid in enumerate(inbox_ids)))
+    await world.append(me, "Sent", *(world.message(sender=me.address, to=[lead], date=LONG_AGO) for _ in range(4)))
+    async with leads() as lead_service:
+        await lead_service.create_lead(admin, lead)
+        await lead_service.create_lead(admin, blocked)
+        async with running_app(world.app(sync_batch_size=4)) as service:
+            await world.publish_blocklist("domain", "spam.example")
+            api = world.caller(service, me.user)
+            body = world.connect_body(me)
+            body["imap"]["port"] = dropping_proxy.port
+            assert (await api.put("/v1/mail-sync", json=body)).status_code == 200
+            await world.wait_history(api)
+            body = await wait_audited(api)
+            inbox = completeness(body, "inbox")
+            assert inbox["messages_on_server"] == 30 and inbox["examined"] == 30
+            assert inbox["lead_mail_stored"] == 10 and inbox["missing"] == 0 and inbox["not_yet_examined"] == 0
+            assert inbox["not_stored"] == {"blocklisted": 1, "no_lead": 19}
+            assert inbox["last_audit_refetched"] == 0
+            sent = completeness(body, "sent")
+            assert (sent["messages_on_server"], sent["lead_mail_stored"], sent["missing"]) == (4, 4, 0)
+            await lead_service.wait_timeline(world.company_id, 14)
+            ranges = (await world.sql("SELECT count(*) FROM sync.examined_range WHERE folder = 'inbox'"))[0][0]
+            assert ranges <= 21, "ranges, not a row per message"
+
+            # a batch of INBOX UIDs 7..18 is lost: no record that it was examined, its mail not on the timeline
+            for statement in FORGET:
+                await world.sql_write(statement, {"folder": "inbox", "low": 7, "high": 18})
+            lost = [inbox_ids[uid - 1] for uid in range(7, 19) if (uid - 1) % 3 == 0]
+            lead_db = Database(lead_service.database_url, "lead", pool_size=1)
+            try:
+                async with lead_db.session() as session:
+                    await session.execute(text("DELETE FROM lead.timeline_event WHERE message_key = ANY(:keys)"),
+                                          {"keys": [m.strip("<>") for m in lost]})
+            finally:
+                await lead_db.dispose()
+            assert len(await lead_service.timeline(world.company_id)) == 14 - len(lost)
+            inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
+            assert inbox["missing"] == 12 and inbox["examined"] == 18
+
+            # the connection drops: the reconnect after the outage audits, finds the gap and examines it
+            assert dropping_proxy.cut() >= 1
+            deadline = asyncio.get_running_loop().time() + 30
+            while inbox["last_audit_refetched"] != 12 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+                inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
+            assert inbox["last_audit_refetched"] == 12
+            assert (inbox["missing"], inbox["examined"], inbox["lead_mail_stored"]) == (0, 30, 10)
+            timeline = await lead_service.wait_timeline(world.company_id, 14)
+            assert len({row.message_id for row in timeline}) == 14 and all(row[2] == 1 for row in timeline)
+            assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(14,)]
+            errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
+            repaired = [e for e in errors if e["kind"] == "audit_repaired"]
+            assert len(repaired) == 1 and "12 messages" in repaired[0]["message"] and repaired[0]["fix"]
