@@ -45,14 +45,30 @@ async def test_public_answer_is_vetted_to_that_address() -> None:
 async def test_non_public_answers_are_refused(address: str) -> None:
     with pytest.raises(MailConnectionError) as caught:
         await vet_host("mail.example.com", resolver=answers(address))
-    assert caught.value.kind == "not_allowed"
-    assert "not allowed" in caught.value.user_message
+    assert caught.value.kind == "unreachable"
+    assert "not a public mail server" in caught.value.user_message
+    assert address not in caught.value.user_message
+
+
+async def test_a_refused_host_reads_like_a_name_that_does_not_resolve() -> None:
+    async def nx(hostname: str) -> Sequence[str]:
+        raise OSError("Name or service not known")
+
+    async def nothing(hostname: str) -> Sequence[str]:
+        return []
+
+    answers_seen = set()
+    for resolver in (answers("10.0.0.7"), answers("93.184.216.34", "127.0.0.1"), answers("not-an-ip"), nx, nothing):
+        with pytest.raises(MailConnectionError) as caught:
+            await vet_host("mail.internal.example", resolver=resolver)
+        answers_seen.add((caught.value.kind, caught.value.user_message))
+    assert len(answers_seen) == 1, answers_seen
 
 
 async def test_one_private_answer_among_public_ones_refuses_the_host() -> None:
     with pytest.raises(MailConnectionError) as caught:
         await vet_host("mail.example.com", resolver=answers("93.184.216.34", "10.0.0.7", "2606:4700::1"))
-    assert caught.value.kind == "not_allowed"
+    assert caught.value.detail == "resolved to 10.0.0.7, neither public nor allowed"
 
 
 async def test_ip_literal_is_checked_without_resolving() -> None:
@@ -77,7 +93,7 @@ async def test_allow_list_opens_named_ranges_only() -> None:
 async def test_loopback_refused_by_default_with_the_system_resolver() -> None:
     with pytest.raises(MailConnectionError) as caught:
         await vet_host("localhost")
-    assert caught.value.kind == "not_allowed"
+    assert "resolved to" in caught.value.detail
 
 
 async def test_resolution_failure_is_unreachable() -> None:

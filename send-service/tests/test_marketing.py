@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import nats
@@ -40,11 +41,12 @@ async def events_of(nats_url: str, subject: str, company_id: uuid.UUID, expected
 
 async def test_marketing_mail_to_a_lead(send_service: HarnessFactory, smtp_server: SmtpFactory,
                                         quota_service: None, mailboxes: object) -> None:
-    app = await send_service()
+    app = await send_service(public_base_url="https://leadline.example")
     server = smtp_server(tls="starttls")
     account = await app.add_account(server, return_path="bounces@company.example.com", precedence="bulk",
                                     utm={"utm_source": "leadline", "utm_campaign": "spring"},
-                                    default_bcc=["archive@company.example.com"])
+                                    default_bcc=["archive@company.example.com"],
+                                    unsubscribe_url="mailto:unsubscribe@company.example.com?subject=unsubscribe")
     lead = await app.add_lead(["Jane.Doe@Example.org"], name="Jäne Döe")
     sent = await app.user.post("/v1/messages", json={
         "category": "marketing", "lead_ids": [str(lead)], "subject": "Frühling 🌷 offer",
@@ -71,7 +73,17 @@ async def test_marketing_mail_to_a_lead(send_service: HarnessFactory, smtp_serve
     assert msg["Precedence"] == "bulk"
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
     assert msg["Message-ID"] == body["message_id"] and msg["Date"]
-    link = str(msg["List-Unsubscribe"]).strip("<>")
+    # one-click unsubscribe as receivers read it (RFC 2369, RFC 8058): the bytes the server got hold the
+    # plain <https://...> and <mailto:...>, never RFC 2047-encoded, folded only after the comma
+    header = re.search(rb"\r\nList-Unsubscribe: (.*?)\r\n(?! )", received.data, re.S)
+    assert header, received.data[:2000]
+    lines = header.group(1).split(b"\r\n")
+    assert b"=?" not in header.group(1) and all(line.endswith(b",") for line in lines[:-1])
+    targets = [t.strip() for t in b"".join(lines).split(b",")]
+    assert targets[0].startswith(b"<https://") and targets[0].endswith(b">")
+    assert targets[1] == b"<mailto:unsubscribe@company.example.com?subject=unsubscribe>"
+    assert b"\r\nList-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n" in received.data
+    link = targets[0].strip(b"<>").decode()
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
     assert "https://shop.example/spring?x=1&utm_source=leadline&utm_campaign=spring" in text

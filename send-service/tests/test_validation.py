@@ -15,6 +15,14 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("NUL in subject", {"subject": "Hi\x00there"}, 422, "header-injection"),
     ("encoded newline", {"subject": "=?UTF-8?Q?=0A?=Bcc: evil@example.net"}, 422, "header-injection"),
     ("encoded CR base64", {"subject": "=?utf-8?b?eA0KQmNjOiBh?="}, 422, "header-injection"),
+    # the encoded word's own charset decodes it: UTF-7's "+AA0ACg-" is CR LF
+    ("UTF-7 encoded CRLF", {"subject": "=?UTF-7?Q?+AA0ACg-Bcc:_evil@example.net?="}, 422, "header-injection"),
+    ("UTF-7 encoded CRLF base64", {"subject": "=?utf-7?b?K0FBMEFDZy1CY2M6IGV2aWw=?="}, 422, "header-injection"),
+    ("unknown charset", {"subject": "=?x-no-such-charset?q?hi?="}, 422, "header-injection"),
+    ("U+2028 in subject", {"subject": "Hi\u2028Bcc: evil@example.net"}, 422, "header-injection"),
+    ("U+2029 in subject", {"subject": "Hi\u2029there"}, 422, "header-injection"),
+    ("U+0085 in subject", {"subject": "Hi\x85there"}, 422, "header-injection"),
+    ("U+2028 encoded", {"subject": "=?utf-8?q?a=E2=80=A8b?="}, 422, "header-injection"),
     ("CRLF in address", {"to": ["a@example.org\r\nBcc: evil@example.net"]}, 422, "header-injection"),
     ("NUL in cc", {"cc": ["b@example.org\x00"]}, 422, "header-injection"),
     ("LF in bcc", {"bcc": ["b@example.org\nx"]}, 422, "header-injection"),
@@ -53,6 +61,51 @@ async def test_bad_input_is_refused_before_anything_happens(
     listed = await app.user.get("/v1/messages")
     assert listed.json()["items"] == []
     assert len(server.handler.wire) == sessions
+
+
+ACCOUNT_BAD: list[tuple[str, dict[str, Any]]] = [
+    ("U+2028 in from name", {"from_name": "News\u2028Bcc: evil@example.net"}),
+    ("U+2029 in name", {"name": "a\u2029b"}),
+    ("U+0085 in from name", {"from_name": "News\x85"}),
+    ("max_per_month past an integer", {"max_per_month": 2**31}),
+    ("max_per_month far past", {"max_per_month": 10**30}),
+    ("display_order past an integer", {"display_order": 2**31}),
+    ("display_order below an integer", {"display_order": -(2**31) - 1}),
+    ("a comma in the unsubscribe URL", {"unsubscribe_url": "https://x.example/u>, <https://evil.example/"}),
+    ("an unsubscribe mailto without an address", {"unsubscribe_url": "mailto:nobody"}),
+]
+
+
+@pytest.mark.parametrize(("case", "fields"), ACCOUNT_BAD, ids=[b[0] for b in ACCOUNT_BAD])
+async def test_bad_smtp_account_fields_are_4xx(send_service: HarnessFactory, case: str,
+                                                fields: dict[str, Any]) -> None:
+    app = await send_service()
+    body = {"name": "campaigns", "host": "127.0.0.1", "port": 2525, "from_email": "news@company.example.com",
+            **fields}
+    created = await app.admin.post("/v1/smtp-accounts", json=body)
+    assert created.status_code == 422, created.text
+    assert created.headers["content-type"] == "application/problem+json"
+    good = await app.admin.post("/v1/smtp-accounts", json={**{k: v for k, v in body.items() if k not in fields},
+                                                           "name": "ok"})
+    assert good.status_code == 201, good.text
+    patched = await app.admin.patch(f"/v1/smtp-accounts/{good.json()['id']}", json=fields)
+    assert patched.status_code == 422, patched.text
+    assert (await app.admin.get("/v1/smtp-accounts")).json()[0]["name"] == "ok"
+
+
+async def test_a_test_email_to_a_line_separator_is_422(send_service: HarnessFactory, smtp_server: SmtpFactory,
+                                                        quota_service: None, mailboxes: object) -> None:
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    account = await app.add_account(server)
+    sessions = len(server.handler.wire)
+    for to in ("admin@company.example.com\u2028Bcc: evil@example.net", "a\u2029@company.example.com",
+               "admin@company.example.com\x85"):
+        tested = await app.admin.post(f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": to})
+        assert tested.status_code == 422 and tested.json()["type"].endswith("/header-injection"), tested.text
+    assert len(server.handler.wire) == sessions
+    cleared = await app.admin.patch(f"/v1/smtp-accounts/{account['id']}", json={"from_name": None})
+    assert cleared.status_code == 200 and cleared.json()["from_name"] == "", cleared.text
 
 
 async def test_calls_without_the_gateway_signature_are_refused(send_service: HarnessFactory) -> None:

@@ -13,6 +13,8 @@ multicast, unspecified, reserved and documentation ranges, and every IPv6 form
 that carries an IPv4 address a router or the kernel may translate to an
 internal IPv4 host: IPv4-mapped ``::ffff:0:0/96``, IPv4-compatible ``::/96``,
 6to4 ``2002::/16``, NAT64 ``64:ff9b::/96`` and ``64:ff9b:1::/48``, Teredo.
+A refused host gets the same answer, word for word, as a name that does not
+resolve, so that the answer does not map which internal names exist.
 
 TLS.  Without a pin, certificates are verified normally (system CAs, or a
 ``cafile``) including the host name.  A user who ticks "self-signed
@@ -122,7 +124,10 @@ def _allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
 
 
 _BAD_NAME = "'{}' is not a valid server name. Check the host name."
-_NOT_FOUND = "The server name '{}' could not be found. Check the host name."
+# One answer for a name that does not resolve and one that resolves to a refused address: a caller
+# must not learn from us which internal names exist (the detail, logged only, tells them apart).
+_NOT_FOUND = ("The server name '{}' could not be found or is not a public mail server. Check the host name: "
+              "use your mail provider's public server name.")
 NO_STARTTLS = "The server does not offer STARTTLS on this port. Turn on SSL or use another port."
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 
@@ -190,17 +195,12 @@ async def vet_host(
             # A scope id ("fe80::1%eth0") only ever belongs to link-local addresses, refused below anyway.
             addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
         except ValueError:
-            raise MailConnectionError(
-                "unreachable", f"The server name '{host}' resolved to an invalid address.", detail=answer
-            ) from None
+            raise MailConnectionError("unreachable", _NOT_FOUND.format(host),
+                                      detail=f"resolved to an invalid address {answer!r}") from None
     for address in addresses:
         if not (_allowed(address, allow) or is_public_address(address)):
-            raise MailConnectionError(
-                "not_allowed",
-                f"The server '{host}' points to a private or reserved network address, which is not allowed. "
-                "Use the public host name of your mail provider.",
-                detail=str(address),
-            )
+            raise MailConnectionError("unreachable", _NOT_FOUND.format(host),
+                                      detail=f"resolved to {address}, neither public nor allowed")
     return VettedHost(hostname=host, address=str(addresses[0]))
 
 

@@ -13,7 +13,8 @@ DEV_UNSUBSCRIBE_SECRET = "dev-only-unsubscribe-secret"  # noqa: S105 - refused o
 class Settings(KitSettings):
     # Message-IDs are made at this domain: <uuid@message_domain>
     message_domain: str = "leadline.localhost"
-    # where recipients reach the public one-click unsubscribe endpoint (through the gateway)
+    # where recipients reach the public one-click unsubscribe endpoint (through the gateway); receivers
+    # offer one-click unsubscribe only for an https URI (RFC 8058)
     public_base_url: str = "http://127.0.0.1:8100"
     unsubscribe_secret: SecretStr = SecretStr(DEV_UNSUBSCRIBE_SECRET)
     # key-encryption keys "kid:64 hex digits", comma separated; the first one seals new credentials

@@ -64,6 +64,9 @@ smtp_account = Table(
     Column("return_path", Text),
     Column("utm", JSONB, nullable=False, server_default="{}"),
     Column("display_order", Integer, nullable=False, server_default="0"),
+    # why the account cannot send and how to fix it (a stored password that does not decrypt)
+    Column("error", Text),
+    Column("error_at", DateTime(timezone=True)),
     Column("confirmed_at", DateTime(timezone=True)),
     Column("confirmation_code_hash", Text),
     Column("confirmation_expires_at", DateTime(timezone=True)),
@@ -81,6 +84,8 @@ outgoing_message = Table(
     Column("company_id", Uuid, nullable=False),
     Column("user_id", Uuid, nullable=False),
     Column("idempotency_key", Text),
+    # SHA-256 of the request the key was first used with: the same key with another body is refused
+    Column("request_sha256", Text),
     Column("category", Text, nullable=False),
     Column("state", Text, nullable=False),
     # the Message-ID header, made once at the API and kept across retries and resends (R21)

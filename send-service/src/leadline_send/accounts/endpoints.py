@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
 
 from leadline_kit.db import Session
+from leadline_kit.errors import problem_response
 from leadline_kit.identity import Admin, Caller
 from leadline_send.accounts import service
 from leadline_send.accounts.schemas import (
@@ -58,11 +60,17 @@ async def test_connection(account_id: uuid.UUID, caller: Admin, session: Session
     return await service.test_connection(context, await service.get(session, caller.company_id, account_id))
 
 
-@router.post("/{account_id}/test-email", status_code=202, response_model=SmtpAccountOut)
+@router.post("/{account_id}/test-email", status_code=202, response_model=SmtpAccountOut,
+             responses={422: {"description": "not sent: the SMTP answer, or the account's error and its fix"}})
 async def test_email(account_id: uuid.UUID, body: TestEmailIn, caller: Admin, session: Session,
-                     context: Context) -> SmtpAccountOut:
+                     context: Context, request: Request) -> SmtpAccountOut | JSONResponse:
     row = await service.get(session, caller.company_id, account_id)
-    await service.send_test_email(session, context, row, body.to)
+    try:
+        await service.send_test_email(session, context, row, body.to)
+    except service.AccountInError as problem:
+        # returned, not raised: the account's error state commits with the session
+        context.delivery.forget_accounts()
+        return problem_response(problem, request.url.path)
     return service.to_out(await service.get(session, caller.company_id, account_id))
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 AccountType = Literal["campaigns", "customer_service", "system"]
 TlsMode = Literal["implicit", "starttls", "plain"]
+MAX_INTEGER = 2**31 - 1  # the columns are PostgreSQL integers
 
 
 class Utm(BaseModel):
@@ -40,13 +41,14 @@ class SmtpAccountFields(BaseModel):
     timeout_seconds: int | None = Field(None, ge=1, le=600)
     default_cc: list[str] | None = Field(None, max_length=20)
     default_bcc: list[str] | None = Field(None, max_length=20)
-    max_per_month: int | None = Field(None, ge=1)
+    max_per_month: int | None = Field(None, ge=1, le=MAX_INTEGER)
     month_start_day: int | None = Field(None, ge=1, le=28)
-    unsubscribe_url: str | None = Field(None, max_length=2000)
+    # a header line holds at most 998 characters (RFC 5322): the URL goes out on one
+    unsubscribe_url: str | None = Field(None, max_length=900)
     precedence: Literal["bulk", "list", "junk"] | None = None
     return_path: str | None = None
     utm: Utm | None = None
-    display_order: int | None = None
+    display_order: int | None = Field(None, ge=-MAX_INTEGER - 1, le=MAX_INTEGER)
 
 
 class SmtpAccountIn(SmtpAccountFields):
@@ -82,6 +84,9 @@ class SmtpAccountOut(BaseModel):
     return_path: str | None
     utm: Utm
     display_order: int
+    # set: the account does not send; what went wrong and how to fix it
+    error: str | None
+    error_at: datetime | None
     created_at: datetime
     updated_at: datetime
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -19,10 +20,11 @@ from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import NotFound, Unprocessable
+from leadline_kit.sealing import CredentialError
 from leadline_mail.net import MailConnectionError, normalize_fingerprint
 from leadline_send.accounts.schemas import ConnectionTest, SmtpAccountFields, SmtpAccountIn, SmtpAccountOut, Utm
 from leadline_send.context import SendContext
-from leadline_send.delivery.accounts import company_account
+from leadline_send.delivery.accounts import UNDECRYPTABLE_FIX, company_account
 from leadline_send.delivery.smtp import open_session, probe_endpoint
 from leadline_send.messages.composition import (
     Draft,
@@ -46,7 +48,8 @@ def to_out(row: Row[Any]) -> SmtpAccountOut:
         timeout_seconds=row.timeout_seconds, default_cc=row.default_cc, default_bcc=row.default_bcc,
         max_per_month=row.max_per_month, month_start_day=row.month_start_day, unsubscribe_url=row.unsubscribe_url,
         precedence=row.precedence, return_path=row.return_path, utm=Utm(**row.utm),
-        display_order=row.display_order, created_at=row.created_at, updated_at=row.updated_at)
+        display_order=row.display_order, error=row.error, error_at=row.error_at, created_at=row.created_at,
+        updated_at=row.updated_at)
 
 
 def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: uuid.UUID,
@@ -58,6 +61,8 @@ def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: 
         if name in ("name", "host", "username", "from_name") and value is not None:
             values[name] = check_header_value(name, value).strip() if name == "host" else check_header_value(
                 name, value)
+        elif name in ("username", "from_name") and value is None:
+            values[name] = ""
         elif name in ("from_email", "return_path") and value is not None:
             values[name] = check_address(name, value)
         elif name in ("default_cc", "default_bcc") and value is not None:
@@ -68,11 +73,9 @@ def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: 
             except ValueError as exc:
                 raise Unprocessable(f"pinned_sha256: {exc}", slug="invalid-fingerprint") from None
         elif name == "unsubscribe_url" and value is not None:
-            check_header_value(name, value)
-            if not value.startswith(("https://", "http://")):
-                raise Unprocessable("unsubscribe_url must be an http(s) URL", slug="invalid-url")
-            values[name] = value
+            values[name] = _unsubscribe_target(value)
         elif name == "password":
+            values["error"], values["error_at"] = None, None  # the one fix of an account in error
             if value:
                 values["password_sealed"], values["key_id"] = context.keys.seal(value, company_id, account_id)
             else:
@@ -91,6 +94,21 @@ def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: 
         else:
             values[name] = value
     return values
+
+
+def _unsubscribe_target(value: str) -> str:
+    """A URI for ``List-Unsubscribe`` as it goes out: https, http or mailto, nothing that ends its ``<...>``."""
+    check_header_value("unsubscribe_url", value)
+    if _NOT_IN_LIST_URI.search(value):
+        raise Unprocessable("unsubscribe_url must not contain spaces, '<', '>' or ','", slug="invalid-url")
+    if value.startswith("mailto:"):
+        check_address("unsubscribe_url", value[len("mailto:"):].partition("?")[0])
+    elif not value.startswith(("https://", "http://")):
+        raise Unprocessable("unsubscribe_url must be an https, http or mailto URL", slug="invalid-url")
+    return value
+
+
+_NOT_IN_LIST_URI = re.compile(r"[\s<>,]")
 
 
 async def get(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> Row[Any]:
@@ -150,11 +168,25 @@ def _code_hash(account_id: uuid.UUID, code: str) -> str:
     return hashlib.sha256(account_id.bytes + code.encode()).hexdigest()
 
 
+class AccountInError(Unprocessable):
+    slug = "smtp-account-error"
+
+
 async def send_test_email(session: AsyncSession, context: SendContext, row: Row[Any], to: str) -> None:
-    """Send a confirmation code through the account itself; it becomes confirmed when the code comes back."""
+    """Send a confirmation code through the account itself; it becomes confirmed when the code comes back.
+
+    An account whose password does not decrypt is put in error here (and the problem returned rather
+    than raised by the endpoint, so that the error state commits)."""
     address = check_address("to", to)
+    if row.error:
+        raise AccountInError(row.error)
     code = f"{secrets.randbelow(10**6):06d}"
-    account = company_account(row, context.keys)
+    try:
+        account = company_account(row, context.keys)
+    except CredentialError:
+        await session.execute(update(smtp_account).where(smtp_account.c.id == row.id).values(
+            error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC)))
+        raise AccountInError(UNDECRYPTABLE_FIX) from None
     built = build_message(
         Draft(category="personal", to=(Recipient(address),), subject="Leadline SMTP account confirmation code",
               text=f"Your confirmation code for the SMTP account \"{row.name}\" is {code}.\n"

@@ -6,7 +6,9 @@ address as From; without a synced mailbox, through the company's active
 only when its SMTP use is ``all``; otherwise through the company's active
 ``campaigns`` accounts in display order, the next one taking over when one is
 out of quota.  A company account sends only once it is active *and* its test
-email's confirmation code came back.
+email's confirmation code came back, and never while it is in error: one whose
+stored password does not decrypt is marked so (``error``, with the fix) the
+first time it is read, and left out until its password is entered again.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from typing import Any
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 
+from leadline_kit.sealing import CredentialError
 from leadline_mail.net import TlsMode
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
@@ -29,6 +32,11 @@ from leadline_send.database import Executor
 from leadline_send.delivery.smtp import SmtpEndpoint
 from leadline_send.messages.composition import Sender
 from leadline_send.models import smtp_account
+
+UNDECRYPTABLE_FIX = (
+    "the stored password of this SMTP account cannot be decrypted (its encryption key is no longer configured, "
+    "or the stored value was altered): enter the account's password again (PATCH /v1/smtp-accounts/{id} with "
+    "\"password\")")
 
 
 class MailboxUnavailable(Exception):
@@ -128,6 +136,28 @@ def company_account(row: Any, keys: CredentialKeys) -> SendingAccount:
         month_start_day=row.month_start_day)
 
 
+async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[Any]) -> list[SendingAccount]:
+    """The sending accounts of ``rows`` whose passwords open; the others are put in error, with the fix."""
+    accounts, unreadable = [], []
+    for row in rows:
+        try:
+            accounts.append(company_account(row, keys))
+        except CredentialError:
+            unreadable.append(row.id)
+    if unreadable:
+        await mark_unreadable(session, unreadable)
+    return accounts
+
+
+async def mark_unreadable(session: Executor, account_ids: list[uuid.UUID]) -> None:
+    await session.execute(update(smtp_account).where(smtp_account.c.id.in_(account_ids),
+                                                     smtp_account.c.error.is_(None))
+                          .values(error=UNDECRYPTABLE_FIX, error_at=func.now()))
+
+
+SENDING = (smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None), smtp_account.c.error.is_(None))
+
+
 @dataclass(frozen=True)
 class Route:
     """The accounts a message may use, best first, or why there is none."""
@@ -140,10 +170,10 @@ async def company_accounts(session: Executor, keys: CredentialKeys, company_id: 
                            account_type: str) -> list[SendingAccount]:
     rows = (await session.execute(
         select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type,
-                                   smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None))
+                                   *SENDING)
         .order_by(smtp_account.c.display_order, smtp_account.c.created_at)
     )).all()
-    return [company_account(r, keys) for r in rows]
+    return await readable_accounts(session, keys, list(rows))
 
 
 async def route_for(session: Executor, keys: CredentialKeys, directory: MailboxDirectory,
@@ -156,8 +186,8 @@ async def route_for(session: Executor, keys: CredentialKeys, directory: MailboxD
     account_type = "customer_service" if category == "personal" else "campaigns"
     accounts = await company_accounts(session, keys, company_id, account_type)
     if not accounts:
-        return Route([], f"no synced mailbox and no active, confirmed {account_type} SMTP account"
-                         if category == "personal" else "no active, confirmed campaigns SMTP account")
+        usable = f"{account_type} SMTP account (active, confirmed, not in error: see GET /v1/smtp-accounts)"
+        return Route([], f"no synced mailbox and no {usable}" if category == "personal" else f"no {usable}")
     return Route(accounts)
 
 
@@ -171,9 +201,9 @@ async def account_for_key(session: Executor, keys: CredentialKeys, directory: Ma
             return None
         return mailbox_account(mailbox)
     row = (await session.execute(select(smtp_account).where(
-        smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id,
-        smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None)))).first()
-    return company_account(row, keys) if row else None
+        smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id, *SENDING))).first()
+    found = await readable_accounts(session, keys, [row]) if row else []
+    return found[0] if found else None
 
 
 class Routes:

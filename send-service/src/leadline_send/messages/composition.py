@@ -3,8 +3,10 @@
 Python 3.11.7 predates the ``email`` fixes for header injection when
 serialising (CVE-2024-6923) and address mis-parsing (CVE-2023-27043), so the
 API is the guard: every header value is refused if it holds CR, LF, NUL or
-another control character, raw or inside an RFC 2047 encoded word
-(``=?UTF-8?Q?=0A?=``); every address goes through ``email-validator``.  After
+another control character (C0 or C1, U+2028 and U+2029, all of which Python's
+``str.splitlines`` takes for line ends), raw or inside an RFC 2047 encoded word
+decoded with the charset it declares (``=?UTF-8?Q?=0A?=``, or UTF-7's
+``=?UTF-7?Q?+AA0ACg-?=``); every address goes through ``email-validator``.  After
 building, the message is serialised, parsed back and its headers compared with
 the ones we meant to write; any difference refuses the message before it is
 queued.  Bytes are serialised with CRLF line ends (``policy.SMTP``), so no
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import quopri
 import re
 import uuid
@@ -36,7 +39,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from leadline_kit.errors import Unprocessable
 from leadline_mail.addresses import normalize_address
 
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
 _URL = re.compile(r"https?://[^\s<>\"')]+")
 _HREF = re.compile(r"""(href\s*=\s*["'])(https?://[^"']+)(["'])""", re.IGNORECASE)
@@ -49,14 +52,18 @@ def check_header_value(field_name: str, value: str) -> str:
         raise Unprocessable(f"{field_name} contains a line break or control character",
                             slug="header-injection", field=field_name)
     for match in _ENCODED_WORD.finditer(value):
-        encoding, text = match.group(2).upper(), match.group(3)
+        charset, encoding, text = match.group(1).partition("*")[0], match.group(2).upper(), match.group(3)
         try:
-            decoded = (base64.b64decode(text + "=" * (-len(text) % 4)) if encoding == "B"
-                       else quopri.decodestring(text.replace("_", " ").encode(), header=True))
+            raw = (base64.b64decode(text + "=" * (-len(text) % 4)) if encoding == "B"
+                   else quopri.decodestring(text.replace("_", " ").encode(), header=True))
+            decoded = raw.decode(codecs.lookup(charset).name)
+        except LookupError:
+            raise Unprocessable(f"{field_name} contains an encoded word in an unknown charset {charset!r}",
+                                slug="header-injection", field=field_name) from None
         except (binascii.Error, ValueError):
             raise Unprocessable(f"{field_name} contains a malformed encoded word",
                                 slug="header-injection", field=field_name) from None
-        if re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", decoded):
+        if _CONTROL.search(decoded):
             raise Unprocessable(f"{field_name} contains an encoded line break or control character",
                                 slug="header-injection", field=field_name)
     return value
@@ -236,6 +243,23 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
                         recipients=draft.recipients)
 
 
+class _FoldedAtCommas(BaseHeader):
+    """``List-Unsubscribe`` (RFC 2369, RFC 8058): a list of ``<URI>`` that receivers read as it stands,
+    so it is never RFC 2047-encoded (Gmail and Yahoo do not decode it); one that does not fit on a
+    line is folded after the commas between its URIs, and nowhere else."""
+
+    def fold(self, *, policy: Any) -> str:
+        linesep: str = policy.linesep
+        targets = _BETWEEN_URIS.split(str(self))
+        line = f"{self.name}: {', '.join(targets)}"
+        if len(line) <= WIRE_LINE:
+            return line + linesep
+        return f"{self.name}: " + f",{linesep} ".join(targets) + linesep
+
+
+_BETWEEN_URIS = re.compile(r"(?<=>),\s*(?=<)")
+
+
 class _WireFoldKept(BaseHeader):
     """A header's wire form, kept on the (immutable) header: the registry below hands the same header
     object to every message that repeats it (From, Date, the MIME headers), and folding a structured
@@ -299,7 +323,8 @@ class _KeptHeaderClasses(HeaderRegistry):
         kept = self._kept.get(key)
         if kept is None:
             standard = super().__getitem__(name)
-            kept = self._kept[key] = type(standard.__name__, (_WireFoldKept, standard), {})
+            fold = _FoldedAtCommas if key == "list-unsubscribe" else _WireFoldKept
+            kept = self._kept[key] = type(standard.__name__, (fold, standard), {})
         return kept
 
     def __call__(self, name: str, value: Any) -> BaseHeader:

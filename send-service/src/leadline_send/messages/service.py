@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hashlib
 import math
 import uuid
 from datetime import UTC, datetime
@@ -68,6 +69,19 @@ def check_idempotency_key(key: str | None) -> str | None:
     if not 1 <= len(key) <= 200 or not key.isprintable():
         raise Unprocessable("Idempotency-Key must be 1–200 printable characters", slug="invalid-idempotency-key")
     return key
+
+
+def request_fingerprint(body: MessageIn) -> str:
+    """What a request asked for (a batch item's own key aside): the same key must come with the same."""
+    return hashlib.sha256(body.model_dump_json(exclude={"idempotency_key"}).encode()).hexdigest()
+
+
+def _first_use(row: Row[Any], fingerprint: str) -> Row[Any]:
+    """The message an idempotency key was first used for, if this request is the same one."""
+    if row.request_sha256 is not None and row.request_sha256 != fingerprint:
+        raise Unprocessable("this Idempotency-Key was used before with a different request; use a new key "
+                            "for a new message", slug="idempotency-key-reused")
+    return row
 
 
 async def _draft(session: Executor, context: SendContext, caller: Identity, body: MessageIn) -> Draft:
@@ -159,10 +173,11 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
 
     ``chosen`` keeps the account whose quota passed per category, so a batch asks once.
     """
+    fingerprint = request_fingerprint(body)
     if idempotency_key:
         existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
         if existing is not None:
-            return existing
+            return _first_use(existing, fingerprint)
     settings = context.settings
     draft = await _draft(session, context, caller, body)
     if body.category == "marketing":
@@ -204,7 +219,8 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
                                  unsubscribe_link=unsubscribe_link)
     return {
         "id": message_uuid, "company_id": caller.company_id, "user_id": caller.user_id,
-        "idempotency_key": idempotency_key, "category": body.category, "state": "queued",
+        "idempotency_key": idempotency_key, "request_sha256": fingerprint, "category": body.category,
+        "state": "queued",
         "message_id": message_id, "account_key": account.key, "provider": account.provider,
         "from_address": account.sender.from_email, "envelope_from": built.envelope_from,
         "recipients": built.recipients, "lead_ids": [str(i) for i in body.lead_ids],
@@ -222,6 +238,7 @@ async def _stored(session: Executor, caller: Identity, values: dict[str, Any], i
         assert key is not None
         row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, key)
         assert row is not None
+        row = _first_use(row, values["request_sha256"])
     return to_out(row)
 
 
