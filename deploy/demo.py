@@ -70,7 +70,7 @@ def main() -> int:
     cert = ca.issue_cert("localhost", "127.0.0.1")
     dovecot = DovecotServer(base_dir / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
                             cert.private_key_pem.bytes())
-    smtp = SmtpServer(ca)
+    smtp = SmtpServer(ca, dovecot)  # delivers to Dovecot's users: the address proof of PUT /v1/mail-sync
     dovecot.start()
     smtp.start()
     dovecot.add_user(USER, PASSWORD)

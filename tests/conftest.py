@@ -22,7 +22,7 @@ import httpx
 import pytest
 import trustme
 
-from leadline_kit.infra import NatsServer, PostgresServer, free_port
+from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_port
 from tests.mail_servers import SmtpServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,8 +120,8 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
 
 
 @pytest.fixture(scope="session")
-def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpServer]:
-    server = SmtpServer(tls_ca)
+def smtp_server(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[SmtpServer]:
+    server = SmtpServer(tls_ca, dovecot)
     server.start()
     yield server
     server.stop()

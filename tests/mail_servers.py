@@ -1,4 +1,5 @@
-"""A real SMTP server (aiosmtpd) with STARTTLS and AUTH, recording what it receives."""
+"""A real SMTP server (aiosmtpd) with STARTTLS and AUTH, recording what it receives, and delivering mail for
+the users of a Dovecot beside it into their INBOX (as a provider does; the address proof of Mail Sync needs it)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword
 
-from leadline_kit.infra import free_port
+from leadline_kit.infra import DovecotServer, free_port
+from leadline_kit.testing.delivery import deliver_locally
 
 
 @dataclass
@@ -23,25 +25,28 @@ class Received:
 
 @dataclass
 class RecordingHandler:
+    dovecot: DovecotServer | None = None
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Envelope) -> str:
+        data = bytes(envelope.original_content or b"")
         with self.lock:
-            self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos),
-                                          bytes(envelope.original_content or b"")))
+            self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        if self.dovecot is not None:
+            deliver_locally(self.dovecot, envelope.rcpt_tos, data)
         return "250 2.0.0 queued"
 
 
 class SmtpServer:
     """STARTTLS required before AUTH; accepts the users given to :meth:`add_user`."""
 
-    def __init__(self, tls_ca: trustme.CA) -> None:
+    def __init__(self, tls_ca: trustme.CA, dovecot: DovecotServer | None = None) -> None:
         cert = tls_ca.issue_cert("localhost", "127.0.0.1")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
         self.users: dict[str, str] = {}
-        self.handler = RecordingHandler()
+        self.handler = RecordingHandler(dovecot)
         self.port = free_port()
         self.controller = Controller(
             self.handler, hostname="127.0.0.1", port=self.port, tls_context=context, require_starttls=True,

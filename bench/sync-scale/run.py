@@ -205,7 +205,7 @@ class Bench:
         cert = self.ca.issue_cert("localhost", "127.0.0.1")
         dovecot = DovecotServer(self.work / "dovecot", cert.cert_chain_pems[0].bytes() + self.ca.cert_pem.bytes(),
                                 cert.private_key_pem.bytes(), connections=n + 100)
-        smtp = SmtpServer(self.ca)
+        smtp = SmtpServer(self.ca, dovecot)  # delivers to Dovecot users: the address proof of PUT /v1/mail-sync
         extra: list[AppProcess] = []
         suite: subprocess.Popen[bytes] | None = None
         try:

@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -51,6 +52,7 @@ from leadline_kit.identity import Identity
 from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.clients import as_caller, running_app
+from leadline_kit.testing.delivery import deliver_locally
 from leadline_kit.testing.fixtures import create_database
 from leadline_lead.config import Settings as LeadSettings
 from leadline_lead.main import create_app as create_lead_app
@@ -191,18 +193,24 @@ def accept_bench_user(server: Any, session: Any, envelope: Any, mechanism: str, 
     return AuthResult(success=ok, handled=False)
 
 
-def start_smtp(cert: trustme.LeafCert) -> Controller:
-    """An SMTP server with STARTTLS and AUTH: connecting checks the SMTP login too."""
+def start_smtp(cert: trustme.LeafCert, dovecot: DovecotServer) -> Controller:
+    """An SMTP server with STARTTLS and AUTH: connecting checks the SMTP login too, and proves the address by a
+    message that this server delivers into the Dovecot user's INBOX."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    controller = Controller(Sink(), hostname="127.0.0.1", port=free_port(), authenticator=accept_bench_user,
-                            auth_require_tls=True, tls_context=context, require_starttls=True)
+    controller = Controller(Delivering(dovecot), hostname="127.0.0.1", port=free_port(),
+                            authenticator=accept_bench_user, auth_require_tls=True, tls_context=context,
+                            require_starttls=True)
     controller.start()
     return controller
 
 
-class Sink:
+@dataclass
+class Delivering:
+    dovecot: DovecotServer
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        deliver_locally(self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content)
         return "250 OK"
 
 
@@ -218,7 +226,7 @@ async def run(messages: int, idle_samples: int) -> None:
                             cert.private_key_pem.bytes())
     for server in (postgres, nats_server, dovecot):
         server.start()
-    smtp = start_smtp(cert)
+    smtp = start_smtp(cert, dovecot)
     try:
         dovecot.add_user(USER, PASSWORD)
         mail = build_mailbox(messages)

@@ -6,6 +6,7 @@ import imaplib
 import uuid
 
 from leadline_kit.infra import DovecotServer
+from leadline_kit.testing.delivery import deliver_locally
 
 
 def test_dovecot_users_added_in_quick_succession_can_all_log_in(dovecot: DovecotServer) -> None:
@@ -24,4 +25,25 @@ def test_dovecot_users_added_in_quick_succession_can_all_log_in(dovecot: Dovecot
     except imaplib.IMAP4.error:
         pass
     imap.login(name, "changed")
+    imap.logout()
+
+
+def test_mail_delivered_to_a_dovecot_user_reaches_an_open_session_and_only_that_inbox(dovecot: DovecotServer) -> None:
+    me, other = (f"deliver-{uuid.uuid4().hex[:8]}@example.com" for _ in range(2))
+    for name in (me, other):
+        dovecot.add_user(name, "pw")
+    imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
+    imap.login(me, "pw")
+    imap.select("INBOX")
+    raw = b"From: a@example.com\r\nTo: " + me.encode() + b"\r\nSubject: delivered\r\nX-Token: t-1\r\n\r\nhi\r\n"
+    assert deliver_locally(dovecot, [me, "stranger@example.com"], raw) == [me]
+    imap.noop()
+    _, found = imap.uid("SEARCH", "HEADER", "X-Token", "t-1")
+    assert len(found[0].split()) == 1
+    _, data = imap.uid("FETCH", found[0], "(BODY.PEEK[])")
+    assert data[0][1] == raw
+    imap.logout()
+    imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
+    imap.login(other, "pw")
+    assert imap.select("INBOX")[1] == [b"0"]
     imap.logout()

@@ -255,6 +255,18 @@ async def test_fetch_of_1500_headers_in_one_command(
         assert len(messages) == 300 and all(m.raw.startswith(b"From: Lead") for m in messages)
 
 
+async def test_search_by_header_and_expunge_only_those_uids(imap_settings: Settings) -> None:
+    async with await connect_imap(imap_settings()) as client:
+        flagged = await client.append("INBOX", sample_message(0), flags=("\\Deleted",))  # the user's, not ours
+        ours = await client.append("INBOX", b"X-Proof: tok-\"1\r\nSubject: ours\r\n\r\nx\r\n", flags=())
+        other = await client.append("INBOX", b"X-Proof: tok-2\r\nSubject: theirs\r\n\r\nx\r\n", flags=())
+        await client.select("INBOX", readonly=False)
+        assert await client.uids_with_header("X-Proof", 'tok-"1') == [ours]
+        assert await client.uids_with_header("X-Proof", "") == sorted([ours, other])
+        assert await client.expunge([ours]) is True
+        assert await client.uids_from(1) == sorted([flagged, other])  # the user's \Deleted mail is still there
+
+
 async def test_find_sync_folders_by_special_use(imap_settings: Settings) -> None:
     async with await connect_imap(imap_settings()) as client:
         await client.create_folder("Sent Items")  # a common name that must lose against \Sent

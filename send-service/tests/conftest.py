@@ -33,8 +33,9 @@ from aiosmtpd.smtp import Session as SmtpSession
 from sqlalchemy import select
 
 from leadline_kit.db import Database
-from leadline_kit.infra import PostgresServer, free_port
+from leadline_kit.infra import DovecotServer, PostgresServer, free_port
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
+from leadline_kit.testing.delivery import deliver_locally
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_kit.testing.oauth import smtp_xoauth2
 from leadline_proto.events import LeadCreatedV1, LeadPayload, utcnow
@@ -85,8 +86,9 @@ REFUSED_RECIPIENTS = {"nobody": "550 5.1.1 No such user", "busy": "450 4.2.1 Mai
 
 
 class RecordingHandler:
-    def __init__(self, behaviour: SmtpBehaviour) -> None:
+    def __init__(self, behaviour: SmtpBehaviour, deliver_to: DovecotServer | None = None) -> None:
         self.behaviour = behaviour
+        self.deliver_to = deliver_to  # mail for its users lands in their INBOX (Mail Sync's address proof)
         self.received: list[Received] = []
         self.data_commands = 0
         self.wire: list[bytearray] = []  # what each session received
@@ -136,6 +138,8 @@ class RecordingHandler:
             await asyncio.sleep(self.behaviour.silent_seconds)
         with self.lock:
             self.received.append(Received(str(envelope.mail_from), list(envelope.rcpt_tos), data))
+        if self.deliver_to is not None:
+            deliver_locally(self.deliver_to, envelope.rcpt_tos, data)
         return "250 2.0.0 Ok: queued"
 
     def authenticate(self, server: SMTP, session: SmtpSession, envelope: Envelope, mechanism: str,
@@ -200,16 +204,19 @@ def ca_file(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> str
 
 @pytest.fixture
 def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
-    """Start aiosmtpd servers: ``smtp_server(tls="starttls"|"implicit"|"none", mode=..., self_signed=False, pipelining=True)``."""
+    """Start aiosmtpd servers: ``smtp_server(tls="starttls"|"implicit"|"none", mode=..., self_signed=False,
+    pipelining=True, deliver_to=None)``; ``deliver_to``: a Dovecot whose users get their mail in their INBOX."""
     started: list[RecordingController] = []
 
     def start(tls: str = "starttls", mode: str = "accept", self_signed: bool = False,
-              silent_seconds: float = 3.0, idle_timeout: float = 300.0, pipelining: bool = True) -> SmtpServer:
+              silent_seconds: float = 3.0, idle_timeout: float = 300.0, pipelining: bool = True,
+              deliver_to: DovecotServer | None = None) -> SmtpServer:
         ca = trustme.CA() if self_signed else tls_ca
         cert = ca.issue_cert("127.0.0.1", "localhost")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining))
+        handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining),
+                                   deliver_to)
         kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True,
                                   "timeout": idle_timeout}
         if tls == "starttls":

@@ -43,7 +43,7 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
         send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, dovecot: DovecotServer,
         ca_file: str, postgres: PostgresServer, nats_url: str) -> None:
     app = await send_service(data_timeout_seconds=1.0)
-    server = smtp_server(tls="starttls")
+    server = smtp_server(tls="starttls", deliver_to=dovecot)
     address = f"u{uuid.uuid4().hex[:10]}@acme.example"
     add_imap_user(dovecot, address)  # password "imap-pass", for IMAP and SMTP alike
     server.handler.logins[address] = "imap-pass"

@@ -2,7 +2,8 @@
 
 ``SyncWorld`` gives each test its own migrated database, company and users,
 Dovecot mailboxes seeded by IMAP APPEND, an SMTP server with STARTTLS and
-AUTH, the sync app (and, when asked, the real quota service) in-process, and
+AUTH that delivers mail for Dovecot users into their INBOX (the address proof),
+the sync app (and, when asked, the real quota service) in-process, and
 a reader of the events the sync service published for the test's company.
 Only the outside world is faked: DNS answers in the domain-check tests.
 """
@@ -38,6 +39,7 @@ from leadline_kit.db import Database
 from leadline_kit.identity import Identity
 from leadline_kit.infra import DovecotServer, PostgresServer, free_port
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
+from leadline_kit.testing.delivery import deliver_locally
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_mail.imap import ImapClient, ImapSettings, connect_imap
 from leadline_proto.events import (
@@ -140,8 +142,14 @@ class SmtpAccounts:
         return AuthResult(success=False, handled=False)
 
 
-class SinkHandler:
+@dataclass
+class DeliveringHandler:
+    """Mail to a Dovecot user lands in their INBOX (the address proof needs it); anything else is dropped."""
+
+    dovecot: DovecotServer
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        deliver_locally(self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content)
         return "250 OK"
 
 
@@ -152,13 +160,13 @@ class SmtpServer:
 
 
 @pytest.fixture(scope="session")
-def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpServer]:
+def smtp_server(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[SmtpServer]:
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     accounts = SmtpAccounts()
     port = free_port()
-    controller = Controller(SinkHandler(), hostname="127.0.0.1", port=port, authenticator=accounts,
+    controller = Controller(DeliveringHandler(dovecot), hostname="127.0.0.1", port=port, authenticator=accounts,
                             auth_require_tls=True, tls_context=context, require_starttls=True)
     controller.start()
     yield SmtpServer(port, accounts)

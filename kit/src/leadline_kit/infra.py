@@ -13,6 +13,7 @@ the folders above the data and binary folders (``o+x`` only, nothing readable).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pwd
 import shutil
@@ -27,6 +28,7 @@ from pathlib import Path
 import httpx
 
 SERVICE_USER = "leadline"
+_DELIVERIES = itertools.count()
 
 
 def free_port() -> int:
@@ -412,6 +414,31 @@ class DovecotServer:
         if any(c in username + password for c in ":/\n\r\0") or username.startswith("."):
             raise ValueError("user name and password must not contain ':', '/' or line breaks")
         (self.base_dir / "users" / username).write_text(f"{username}:{{PLAIN}}{password}::::::\n")
+
+    def has_user(self, username: str) -> bool:
+        return "/" not in username and not username.startswith(".") and (self.base_dir / "users" / username).exists()
+
+    def deliver(self, username: str, raw: bytes) -> None:
+        """Deliver one message into the user's INBOX as a local delivery agent does: written into the
+        Maildir's ``tmp/`` and renamed into ``new/``, so Dovecot sees it whole at its next look, even
+        in a session that is open now (the test SMTP servers deliver with this, see
+        :mod:`leadline_kit.testing.delivery`)."""
+        if not self.has_user(username):
+            raise ValueError(f"{username!r} is not a user of this Dovecot")
+        owner = (self.base_dir / "home").stat()
+        path = self.base_dir / "home" / username
+        for part in ("", "Maildir", "Maildir/tmp", "Maildir/new", "Maildir/cur"):
+            folder = path / part if part else path
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                continue
+            os.chown(folder, owner.st_uid, owner.st_gid)
+        name = f"{time.time_ns()}.P{os.getpid()}Q{next(_DELIVERIES)}.leadline-test"
+        written = path / "Maildir" / "tmp" / name
+        written.write_bytes(raw)
+        os.chown(written, owner.st_uid, owner.st_gid)
+        written.rename(path / "Maildir" / "new" / name)
 
     def set_password(self, username: str, password: str) -> None:
         """Change a user's password; waits until Dovecot is sure to see the change."""

@@ -957,6 +957,22 @@ class ImapClient:
             criteria += [b"OR", b"SENTSINCE", day, b"SINCE", day]
         return sorted({uid for uid in await self._search(*criteria, *keys) if uid <= up_to})
 
+    async def uids_with_header(self, name: str, value: str) -> list[int]:
+        """UIDs in the selected folder whose header ``name`` contains ``value`` (UID SEARCH HEADER)."""
+        return sorted(set(await self._search(b"HEADER", _astring(name), _astring(value))))
+
+    async def expunge(self, uids: Sequence[int]) -> bool:
+        """Flag ``uids`` \\Deleted and expunge exactly them (UIDPLUS ``UID EXPUNGE``); without UIDPLUS
+        they stay flagged only (a plain EXPUNGE would also remove what the user flagged): False."""
+        if not uids:
+            return True
+        uid_set = _atom(_sequence_set(sorted(set(uids))))
+        await self._command("UID", b"STORE", uid_set, b"+FLAGS.SILENT", b"(\\Deleted)")
+        if "UIDPLUS" not in self.capabilities:
+            return False
+        await self._command("UID", b"EXPUNGE", uid_set)
+        return True
+
     async def fetch_headers(self, uids: Sequence[int]) -> list[FetchedHeader]:
         """Size, arrival date and raw header block of each message; expunged ones are simply missing."""
         result: list[FetchedHeader] = []

@@ -62,6 +62,9 @@ class Settings(KitSettings):
     sync_oauth_refresh_margin_seconds: float = Field(300.0, ge=0)  # renew an access token this long before expiry
     sync_oauth_timeout: float = Field(10.0, gt=0)  # one call to a provider's token endpoint
     sync_oauth_attempts: int = Field(4, ge=1, le=10)  # tries of a token endpoint answering 5xx or not at all
+    # R29: how long PUT /v1/mail-sync waits for the address proof to arrive in the INBOX (the whole
+    # request must stay under the gateway's upstream timeout, 60 s by default)
+    sync_address_proof_seconds: float = Field(30.0, gt=0, le=300)
     # Durable consumer names start with this, so that test apps sharing one stream stay apart.
     sync_consumer_prefix: str = "sync"
 

@@ -11,8 +11,10 @@ fingerprint pinned at connect time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import socket
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -76,6 +78,17 @@ async def check_imap(login: ServerLogin, settings: Settings) -> str | None:
 
 async def check_smtp(login: ServerLogin, settings: Settings) -> None:
     """Log in over SMTP (EHLO, TLS as configured, AUTH) and quit without sending."""
+    async with smtp_session(login, settings):
+        pass
+
+
+@contextlib.asynccontextmanager
+async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[aiosmtplib.SMTP]:
+    """An SMTP session logged in as ``login`` (EHLO, TLS as configured, AUTH); QUIT when it ends.
+
+    Failures to connect, secure or log in are :class:`MailConnectionError`; what the body of the
+    ``async with`` raises passes through as it is.
+    """
     vetted = await vet_host(login.host, settings.allow_networks())
     timeout = settings.sync_imap_timeout
     if login.tls == "plain" and not settings.sync_allow_plaintext:
@@ -124,6 +137,7 @@ async def check_smtp(login: ServerLogin, settings: Settings) -> None:
             raise connect_error(exc, vetted, login.port) from None
         except aiosmtplib.SMTPException as exc:
             raise MailConnectionError("protocol", "The SMTP server answered unexpectedly.", detail=str(exc)) from None
+        yield smtp
     finally:
         if smtp.is_connected:
             try:

@@ -108,8 +108,16 @@ mailbox = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("disabled_at", DateTime(timezone=True)),
+    # R29: when and how the address was proven ("message": the token sent through the SMTP login was
+    # found in the IMAP INBOX; "provider": an OAuth2 identity); null for mailboxes connected before
+    Column("address_proven_at", DateTime(timezone=True)),
+    Column("address_proven_by", Text),
     Index("uq_mailbox_user_connected", "company_id", "user_id", unique=True,
           postgresql_where=text("status <> 'disabled'")),
+    # one address is synced by one mailbox per company (mailboxes connected before the proof existed
+    # are left out: the connect path refuses a second one for them)
+    Index("uq_mailbox_address_connected", "company_id", "address", unique=True,
+          postgresql_where=text("status <> 'disabled' AND address_proven_at IS NOT NULL")),
     Index("ix_mailbox_company_created", "company_id", "created_at", "id"),
     Index("ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")),
     Index("ix_mailbox_last_synced", "last_synced_at", postgresql_where=text("status IN ('enabled', 'error')")),

@@ -1,7 +1,10 @@
 """Connecting, updating and disconnecting the caller's own mailbox (R1, R3, R5, R9, R10, R11).
 
 Connecting checks both logins first, so that what is saved is known to work
-(IMAP must work to sync; SMTP is what Smart Mail goes out through).  A new
+(IMAP must work to sync; SMTP is what Smart Mail goes out through), then
+proves the address with them (:mod:`leadline_sync.mailbox.proof`, R29; an
+OAuth2 sign-in is proven by its provider instead, see ``oauth.flow``); an
+address another user of the company syncs is refused (409).  A new
 connection starts a new historical sync: its ``connected_at`` decides which
 leads get their full history (R5).  Saving new settings for the connected
 address keeps the cursors, so sync resumes where it stopped (R10).
@@ -15,6 +18,9 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_mail.net import MailConnectionError, TlsMode
@@ -23,7 +29,9 @@ from leadline_sync.credentials import MailboxSecrets
 from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.fixes import fix_for
+from leadline_sync.mailbox.proof import AddressProof, needs_proof, prove_address
 from leadline_sync.mailbox.schemas import ConnectionTest, ConnectRequest, ServerCheck, ServerSettingsIn
+from leadline_sync.mailbox.service import MailboxRow
 from leadline_sync.mailbox.slots import claim_slot, release_slot
 from leadline_sync.mailbox.states import INITIAL, MailboxStatus, Slot
 from leadline_sync.models import mailbox
@@ -148,30 +156,58 @@ class CheckedMailbox:
     secrets: MailboxSecrets
     auth: str = "password"  # or "oauth2"
     oauth_expires_at: datetime | None = None
+    # how the address was proven just now (R29); None: the logins did not change since their proof
+    address_proven_by: AddressProof | None = None
 
 
 async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
-    """Save (after checking) the caller's mailbox settings; returns the mailbox id."""
+    """Save (after checking the logins and proving the address) the caller's mailbox settings; returns its id."""
     choice = choose(request)
     imap_login, smtp_login, sent_folder = await check_logins(context, choice.imap, choice.smtp)
+    async with context.db.session() as session:
+        row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+        await _refuse_address(session, caller.company_id, caller.user_id, row, choice.address)
+    proven_by: AddressProof | None = None
+    if needs_proof(row, imap_login, smtp_login):
+        await prove_address(choice.address, imap_login, smtp_login, context.settings)
+        proven_by = "message"
     return await save(context, caller.company_id, caller.user_id, CheckedMailbox(
         provider=choice.provider, address=choice.address, smtp_use=choice.smtp_use, imap=imap_login,
-        smtp=smtp_login, sent_folder=sent_folder,
+        smtp=smtp_login, sent_folder=sent_folder, address_proven_by=proven_by,
         secrets=MailboxSecrets(imap_password=imap_login.password, smtp_password=smtp_login.password)))
+
+
+async def _refuse_address(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, own: MailboxRow | None,
+                          address: str) -> None:
+    """409 for another address than the connected one, or for one that another user of the company syncs."""
+    if own is not None and own.address != address:
+        raise Conflict(f"Mail Sync is connected for {own.address}; disable it before connecting another "
+                       "address", slug="mailbox-already-connected")
+    if await service.synced_by_another_user(session, company_id, user_id, address):
+        raise _taken(address)
+
+
+def _taken(address: str) -> Conflict:
+    return Conflict(f"{address} is already synced by another user of the company",
+                    slug="address-synced-by-another-user", kind="address_taken", fix=fix_for("address_taken"))
 
 
 async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
     """Connect the user's mailbox with checked settings, or update them (R5, R9, R10); returns its id."""
+    try:
+        return await _save(context, company_id, user_id, checked)
+    except IntegrityError as exc:
+        if "uq_mailbox_address_connected" not in str(exc.orig):
+            raise
+        raise _taken(checked.address) from None  # a racing connect of the same address won
+
+
+async def _save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
     imap_login, smtp_login = checked.imap, checked.smtp
     now = context.clock()
     async with context.db.session() as session:
         row = await service.active_mailbox(session, company_id, user_id, for_update=True)
-        if row is not None and row.address != checked.address:
-            raise Conflict(f"Mail Sync is connected for {row.address}; disable it before connecting another "
-                           "address", slug="mailbox-already-connected")
-        if await service.synced_by_another_user(session, company_id, user_id, checked.address):
-            raise Conflict(f"{checked.address} is already synced by another user of the company",
-                           slug="address-synced-by-another-user")
+        await _refuse_address(session, company_id, user_id, row, checked.address)
         mailbox_id = row.id if row is not None else uuid.uuid4()
         sealed = context.cipher.seal(company_id, mailbox_id, checked.secrets)
         values = dict(
@@ -185,6 +221,8 @@ async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, 
             provider_saves_sent=checked.provider.provider_saves_sent, auth=checked.auth,
             oauth_expires_at=checked.oauth_expires_at, failures=0, failing_since=None, next_attempt_at=now,
         )
+        if checked.address_proven_by is not None:
+            values.update(address_proven_at=now, address_proven_by=checked.address_proven_by)
         if row is None:
             await session.execute(mailbox.insert().values(
                 id=mailbox_id, company_id=company_id, user_id=user_id, address=checked.address,

@@ -85,6 +85,7 @@ def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext,
         status_reason=_reason(row, context), sync_mode=row.current_sync_mode, last_synced_at=row.last_synced_at,
         smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
         sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,
+        address_proven_at=row.address_proven_at, address_proven_by=row.address_proven_by,
         folders=[FolderProgress(folder=c.folder, name=c.name, last_uid=c.last_uid,
                                 history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid,
                                 completeness=_completeness((counts or {}).get(c.folder)))

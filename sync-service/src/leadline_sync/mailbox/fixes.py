@@ -24,6 +24,12 @@ FIXES: dict[str, str] = {
     "oauth_revoked": "Reconnect your account: sign in with {provider} again under Mail Sync (access was withdrawn "
                      "or your password changed). Sync resumes where it stopped; your history is kept.",
     "oauth_unavailable": "Nothing to do: {provider}'s sign-in service did not answer; Leadline keeps retrying.",
+    "address_unproven": "Connect the address that these logins belong to: Leadline sends a message through your "
+                        "SMTP login to the address and must find it in the INBOX of your IMAP login. Check the "
+                        "address and both user names, and that no filter moves mail to this address out of the "
+                        "INBOX, then save again.",
+    "address_taken": "Another user of your company already syncs this address. Each address is synced by one "
+                     "mailbox only: connect your own address.",
     "credentials_unreadable": "Enter your password again in your Mail Sync settings.",
     "mailbox_limit_unavailable": "Nothing to do: Leadline checks the company mailbox limit again by itself. "
                                  "Contact support if this continues.",

@@ -132,6 +132,10 @@ class MailboxOut(BaseModel):
     sent_folder: str | None
     connected_at: datetime
     history_completed_at: datetime | None
+    # R29: when the address was proven, and how ("message": through the logins; "provider": OAuth2);
+    # null for a mailbox connected before proofs existed (proven at its next change of logins)
+    address_proven_at: datetime | None
+    address_proven_by: Literal["message", "provider"] | None
     folders: list[FolderProgress]
 
 

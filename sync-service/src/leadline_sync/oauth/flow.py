@@ -195,6 +195,6 @@ async def callback(context: SyncContext, code: str | None, state: str | None, er
     imap_checked, smtp_checked, sent_folder = await check_logins(context, imap, smtp)
     return await save(context, pending.company_id, pending.user_id, CheckedMailbox(
         provider=preset, address=address, smtp_use=pending.smtp_use, imap=imap_checked, smtp=smtp_checked,
-        sent_folder=sent_folder, auth="oauth2", oauth_expires_at=tokens.expires_at,
+        sent_folder=sent_folder, auth="oauth2", oauth_expires_at=tokens.expires_at, address_proven_by="provider",
         secrets=MailboxSecrets(imap_password="", smtp_password="", refresh_token=tokens.refresh_token,
                                access_token=tokens.access_token)))

@@ -661,10 +661,15 @@ class MailboxSync:
         cursor = await self._check_cursor(role, name, status)
         if cursor is None:
             return  # renumbered too often today: not read again until the day ends (logged)
-        if status.uidnext - 1 > cursor.last_uid:
+        below_uidnext = status.uidnext - 1
+        if below_uidnext > cursor.last_uid:
             uids = await client.uids_from(cursor.last_uid + 1)
             await self._scan(client, cursor, uids)
-        if status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
+        # Every message below UIDNEXT was in that search: a UID it did not return was expunged (the newest
+        # mail deleted, an address proof taken back), so the cursor passes it, or history never completes.
+        passed = below_uidnext > cursor.last_uid
+        if passed or status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
+            cursor.last_uid = max(cursor.last_uid, below_uidnext)
             cursor.highestmodseq, cursor.uidnext = status.highestmodseq, status.uidnext
             async with self.context.db.session() as session:
                 await self._fence(session)
