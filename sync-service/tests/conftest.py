@@ -161,6 +161,13 @@ class SmtpServer:
 
 @pytest.fixture(scope="session")
 def smtp_server(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[SmtpServer]:
+    with smtp_delivering_to(tls_ca, dovecot) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def smtp_delivering_to(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[SmtpServer]:
+    """An SMTP server with STARTTLS and AUTH whose mail for ``dovecot``'s users lands in their INBOX."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
@@ -169,8 +176,10 @@ def smtp_server(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[SmtpServ
     controller = Controller(DeliveringHandler(dovecot), hostname="127.0.0.1", port=port, authenticator=accounts,
                             auth_require_tls=True, tls_context=context, require_starttls=True)
     controller.start()
-    yield SmtpServer(port, accounts)
-    controller.stop()
+    try:
+        yield SmtpServer(port, accounts)
+    finally:
+        controller.stop()
 
 
 @pytest.fixture(scope="session")

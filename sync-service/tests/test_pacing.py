@@ -17,7 +17,7 @@ from leadline_mail.imap import ImapClient
 from leadline_mail.net import MailConnectionError
 from leadline_sync.sync.pacing import LoginGate
 
-from .conftest import DroppingProxy
+from .conftest import DroppingProxy, SmtpServer, smtp_delivering_to
 
 
 async def test_the_gate_bounds_logins_in_flight_and_pauses_a_refusing_host() -> None:
@@ -60,6 +60,13 @@ def crowded_dovecot(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def crowded_smtp(tls_ca: trustme.CA, crowded_dovecot: DovecotServer) -> Iterator[SmtpServer]:
+    """Delivers into the crowded Dovecot: connecting proves the address through it."""
+    with smtp_delivering_to(tls_ca, crowded_dovecot) as server:
+        yield server
+
+
 @pytest.fixture
 async def crowded_proxy(crowded_dovecot: DovecotServer) -> AsyncIterator[DroppingProxy]:
     proxy = await DroppingProxy(crowded_dovecot.port).start()
@@ -72,8 +79,9 @@ def refusals(dovecot: DovecotServer) -> int:
 
 
 async def test_too_many_connections_backs_off_without_an_error(world, crowded_dovecot: DovecotServer,  # type: ignore[no-untyped-def]
+                                                                crowded_smtp: SmtpServer,
                                                                 crowded_proxy: DroppingProxy) -> None:
-    world = dataclasses.replace(world, dovecot=crowded_dovecot)
+    world = dataclasses.replace(world, dovecot=crowded_dovecot, smtp=crowded_smtp)
     me = world.account()
     lead = "olga@customer.example"
     async with running_app(world.app(sync_poll_seconds=60, sync_retry_base_seconds=0.3,
