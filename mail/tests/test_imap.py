@@ -237,6 +237,24 @@ async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Setti
         assert await client.uids_from(status.uidnext) == []
 
 
+async def test_append_many_stores_every_message_in_one_command_with_multiappend(imap_settings: Settings) -> None:
+    when = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
+    messages = [(sample_message(n, size=2000), when) for n in range(3)]
+    async with await connect_imap(imap_settings()) as client:
+        assert "MULTIAPPEND" in client.capabilities
+        tag = client._tag
+        await client.append_many("INBOX", messages)
+        assert client._tag == tag + 1  # one APPEND command for the three (RFC 3502)
+        client.capabilities = client.capabilities - {"MULTIAPPEND"}
+        await client.append_many("INBOX", messages[:2])  # without it: one APPEND each
+        assert client._tag == tag + 3
+        status = await client.select("INBOX")
+        assert status.exists == 5
+        fetched = await client.fetch_messages(await client.uids_from(1))
+        assert [m.raw for m in fetched] == [raw for raw, _ in messages] + [raw for raw, _ in messages[:2]]
+        assert {m.internaldate for m in fetched} == {when}
+
+
 async def test_fetch_of_1500_headers_in_one_command(
     imap_settings: Settings, dovecot: DovecotServer, mail_user: str
 ) -> None:

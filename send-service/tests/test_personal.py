@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+from prometheus_client import REGISTRY
+from sqlalchemy import func, select
+
 from leadline_kit.infra import DovecotServer
 from leadline_kit.testing.oauth import FakeOAuthProvider
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import parse_allowlist
 from leadline_proto.requests import MailboxSmtpReply
+from leadline_send.models import outgoing_message
 
 from .conftest import (
     SMTP_PASSWORD,
@@ -138,3 +142,56 @@ async def test_marketing_through_the_mailbox_when_smtp_use_is_all_and_gmail_save
     assert received.message["List-Unsubscribe"]
     assert done["sent_copy"] is None
     assert await sent_folder_message_ids(dovecot, user, ca_file) == []
+
+
+async def test_every_copy_of_a_500_message_run_is_in_sent_exactly_once(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None,
+        mailboxes: MailboxDirectoryStub, dovecot: DovecotServer, ca_file: str) -> None:
+    """The copies go out beside delivery (several to one APPEND when they wait), each recorded on its message."""
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    user = f"u{uuid.uuid4().hex[:8]}"
+    add_imap_user(dovecot, user)
+    mailboxes.replies[(app.company_id, app.user_id)] = synced_mailbox(server, dovecot, user)
+    appends_before = REGISTRY.get_sample_value("leadline_send_sent_copy_appends_total") or 0.0
+    queued: list[dict[str, object]] = []
+    for start in range(0, 500, 100):
+        response = await app.user.post("/v1/messages/batch", json={"messages": [
+            {"to": [f"lead{n}@example.org"], "subject": f"Note {n}", "text": "See you soon."}
+            for n in range(start, start + 100)]})
+        assert response.status_code == 202, response.text
+        queued += response.json()["items"]
+    for _ in range(600):
+        async with app.db.session() as session:
+            notes = dict((await session.execute(
+                select(outgoing_message.c.sent_copy, func.count()).where(
+                    outgoing_message.c.company_id == app.company_id, outgoing_message.c.state == "sent")
+                .group_by(outgoing_message.c.sent_copy))).all())
+        if notes.get("saved to Sent") == 500:
+            break
+        await asyncio.sleep(0.1)
+    assert notes == {"saved to Sent": 500}
+    in_sent = await sent_folder_message_ids(dovecot, user, ca_file)
+    assert sorted(in_sent) == sorted(str(m["message_id"]) for m in queued)  # every one, exactly once
+    assert len(server.received) == 500
+    appends = (REGISTRY.get_sample_value("leadline_send_sent_copy_appends_total") or 0.0) - appends_before
+    assert 1 <= appends <= 500
+
+
+async def test_a_copy_the_imap_server_refuses_is_noted_and_the_message_stays_sent(
+        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None,
+        mailboxes: MailboxDirectoryStub, dovecot: DovecotServer) -> None:
+    app = await send_service()
+    server = smtp_server(tls="starttls")
+    user = f"u{uuid.uuid4().hex[:8]}"
+    add_imap_user(dovecot, user)
+    reply = synced_mailbox(server, dovecot, user).model_copy(update={"imap_password": "changed-at-the-provider"})
+    mailboxes.replies[(app.company_id, app.user_id)] = reply
+    message = await personal(app)
+    for _ in range(100):
+        done = await app.wait_for(str(message["id"]), {"sent"})
+        if done["sent_copy"]:
+            break
+        await asyncio.sleep(0.05)
+    assert done["state"] == "sent" and str(done["sent_copy"]).startswith("not saved:"), done
+    assert len(server.handler.by_message_id(str(message["message_id"]))) == 1

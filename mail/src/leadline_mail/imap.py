@@ -1120,23 +1120,30 @@ class ImapClient:
         when: datetime | None = None,
     ) -> int | None:
         """Store a message in ``folder``; the new UID when the server reports it (UIDPLUS APPENDUID)."""
-        for flag in flags:
-            if not _FLAG_RE.match(flag):
-                raise ValueError(f"not an IMAP flag: {flag!r}")
-        if not raw:
-            raise ValueError("an empty message cannot be appended")
-        if b"\x00" in raw:
-            raise ValueError("a message literal must not contain NUL (RFC 3501 CHAR8)")
-        args: list[_Arg] = [_mailbox(folder), _atom("(" + " ".join(flags) + ")")]
-        if when is not None:
-            args.append(_internaldate_arg(when))
-        args.append(_Literal(raw))
-        done, _ = await self._command("APPEND", *args)
+        done, _ = await self._command("APPEND", _mailbox(folder), *_append_message(raw, flags, when))
         if done.code and done.code.upper().startswith("APPENDUID "):
             parts = done.code.split()
             if len(parts) == 3 and parts[2].isdigit():
                 return int(parts[2])
         return None
+
+    async def append_many(
+        self,
+        folder: str,
+        messages: Sequence[tuple[bytes, datetime | None]],
+        flags: Sequence[str] = ("\\Seen",),
+    ) -> None:
+        """Store several messages (raw bytes, internal date) in ``folder``: in one command when the server
+        offers MULTIAPPEND (RFC 3502: all are stored or none, and the server commits them at once), else
+        one APPEND after another on this connection."""
+        if "MULTIAPPEND" not in self.capabilities or len(messages) == 1:
+            for raw, when in messages:
+                await self.append(folder, raw, flags, when)
+            return
+        args: list[_Arg] = [_mailbox(folder)]
+        for raw, when in messages:
+            args.extend(_append_message(raw, flags, when))
+        await self._command("APPEND", *args)
 
     async def create_folder(self, name: str) -> None:
         await self._command("CREATE", _mailbox(name))
@@ -1167,6 +1174,22 @@ def _too_many_connections(code: str | None, text: str) -> MailConnectionError | 
     if _TOO_MANY_CONNECTIONS_RE.search(text):
         return MailConnectionError("too_many_connections", TOO_MANY_CONNECTIONS, detail=f"[{code or ''}] {text}")
     return None
+
+
+def _append_message(raw: bytes, flags: Sequence[str], when: datetime | None) -> list[_Arg]:
+    """One message's part of an APPEND: its flags, its internal date, its literal (checked)."""
+    for flag in flags:
+        if not _FLAG_RE.match(flag):
+            raise ValueError(f"not an IMAP flag: {flag!r}")
+    if not raw:
+        raise ValueError("an empty message cannot be appended")
+    if b"\x00" in raw:
+        raise ValueError("a message literal must not contain NUL (RFC 3501 CHAR8)")
+    args: list[_Arg] = [_atom("(" + " ".join(flags) + ")")]
+    if when is not None:
+        args.append(_internaldate_arg(when))
+    args.append(_Literal(raw))
+    return args
 
 
 def _login_error(done: _Response) -> MailConnectionError:

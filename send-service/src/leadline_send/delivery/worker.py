@@ -7,7 +7,8 @@ recipients went over it (R14).  The order of one attempt::
     claim (commit) → account → quota reserve → session
       → MAIL FROM, RCPT TO, DATA, the body  beside  phase "data" (commit, R21)
       → the end of data (".") once the record is on disk, a 10-minute reply timeout
-      → settle + mail.sent in the outbox (commit) → quota commit → Sent copy
+      → settle + mail.sent in the outbox (commit) → quota commit → Sent copy (handed to the folder's
+        appender, delivery.sent_copy, which appends beside the next transactions)
 
 The envelope is one write when the server offers PIPELINING (smtp.SmtpChannel).
 The server holds a message only from its end-of-data mark on; a connection
@@ -59,11 +60,10 @@ from datetime import UTC, datetime, timedelta
 import aiosmtplib
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from leadline_kit.db import Database, asyncpg_dsn, json_text, json_value
-from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest
@@ -78,9 +78,18 @@ from leadline_send.delivery.accounts import (
     account_for_key,
 )
 from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable, Settled
+from leadline_send.delivery.sent_copy import SentCopies
 from leadline_send.delivery.smtp import Envelope, Reply, SmtpChannel, SmtpPolicy, open_channel
 from leadline_send.messages.composition import Draft, build_message
-from leadline_send.metrics import DELIVERY_SECONDS, OUTCOMES, QUEUE_DEPTH, RETRIES, SMTP_REPLIES, SMTP_SECONDS
+from leadline_send.metrics import (
+    DELIVERY_SECONDS,
+    OUTCOMES,
+    QUEUE_DEPTH,
+    RETRIES,
+    SMTP_REPLIES,
+    SMTP_SECONDS,
+    timed,
+)
 from leadline_send.models import OPEN_STATES, outgoing_message, unsubscribe
 
 log = logging.getLogger("leadline.send.delivery")
@@ -191,13 +200,6 @@ class Worker:
     session: SmtpSession | None = None
     lease: HeldReservation | None = None
     answered: Answered | None = None  # settled with the next message's record, or alone (Delivery._settled)
-    copying: asyncio.Task[None] | None = None  # the last sent message's copy to the Sent folder
-
-    async def copied(self) -> None:
-        """Until the last Sent copy is done (it never raises, see Delivery._copy_to_sent)."""
-        if self.copying is not None:
-            task, self.copying = self.copying, None
-            await task
 
 
 def _group_key(message: queue.Claimed) -> tuple[uuid.UUID, uuid.UUID, str]:
@@ -243,6 +245,10 @@ class Delivery:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _busy: set[int] = field(default_factory=set)
     _all_idle: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_copies: SentCopies = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.sent_copies = SentCopies(self.db, self.policy)
 
     async def start(self) -> None:
         """Take this process's advisory lock (it lasts as long as the process) and open the queue's pool."""
@@ -332,8 +338,9 @@ class Delivery:
             while not self.stopping.is_set():
                 try:
                     async with self._conn() as conn:
-                        batch = await queue.claim(conn, self.instance_key, self.settings.claim_size,
-                                                  worker.session.account_key if worker.session else None)
+                        with timed("claim"):
+                            batch = await queue.claim(conn, self.instance_key, self.settings.claim_size,
+                                                      worker.session.account_key if worker.session else None)
                 except DB_ERRORS:
                     log.exception("worker %d: claiming failed; retrying", number)
                     await asyncio.sleep(1.0)
@@ -467,9 +474,11 @@ class Delivery:
         """
         self.stopping.set()
         self.notify(len(self._busy))
+        deadline = time.monotonic() + grace_seconds
         if self._busy:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._all_idle.wait(), grace_seconds)
+        await self.sent_copies.close(max(0.0, deadline - time.monotonic()))
 
     async def _settle_after_crash(self, message: queue.Claimed, held: HeldReservation | None) -> None:
         """A bug, not an SMTP answer: treat it like a killed process would be treated."""
@@ -619,22 +628,22 @@ class Delivery:
                                    account, None if held is not None else reservation)
 
     async def _settled(self, worker: Worker) -> None:
-        """Settle the worker's last answer alone (no record of a next message to go with it), and wait
-        for its last Sent copy.  Never raises: a row it could not settle stays ``sending`` under this
-        process's lock for recovery to decide."""
+        """Settle the worker's last answer alone (no record of a next message to go with it).  Never
+        raises: a row it could not settle stays ``sending`` under this process's lock for recovery to
+        decide."""
         answered, worker.answered = worker.answered, None
         if answered is not None:
             try:
                 async with self._conn() as conn:
-                    await queue.settle(conn, answered.settlement)
+                    with timed("settle"):
+                        await queue.settle(conn, answered.settlement)
             except DB_ERRORS:
                 log.exception("settling %s failed", answered.settlement.message.id)
                 await self._settle_after_crash(answered.settlement.message, None)
             await self._after_settle(worker, answered)
-        await worker.copied()
 
     async def _after_settle(self, worker: Worker, answered: Answered) -> None:
-        """The message's own reservation, its delivery time, its Sent copy (one at a time per worker)."""
+        """The message's own reservation, its delivery time, its Sent copy (handed to the appender)."""
         message, state, account = answered.settlement.message, answered.settlement.state, answered.account
         if answered.own_reservation is not None:
             end = self.quota.commit if state in ("sent", "unknown") else self.quota.release
@@ -644,8 +653,7 @@ class Delivery:
         self.wake_relay()
         DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
         if account.sent_folder is not None:
-            await worker.copied()
-            worker.copying = asyncio.create_task(self._copy_to_sent(message, account))
+            await self.sent_copies.add(account.sent_folder, message.id, message.raw, message.created_at)
 
     async def _unsubscribed(self, message: queue.Claimed) -> bool:
         async with self.db.session() as db_session:
@@ -763,13 +771,15 @@ class Delivery:
         if answered is None or worker.lease is None or reservation is None:
             await self._settled(worker)
             async with self._durable_pool.acquire() as conn:
-                return await queue.record_data_started(conn, message, self.instance_key, reservation,
-                                                       leased=worker.lease is not None)
+                with timed("record"):
+                    return await queue.record_data_started(conn, message, self.instance_key, reservation,
+                                                           leased=worker.lease is not None)
         worker.answered = None
         try:
             async with self._durable_pool.acquire() as conn:
-                ours = await queue.settle_then_record(conn, answered.settlement, message, self.instance_key,
-                                                      reservation)
+                with timed("settle-then-record"):
+                    ours = await queue.settle_then_record(conn, answered.settlement, message, self.instance_key,
+                                                          reservation)
         except DB_ERRORS:
             worker.answered = answered  # neither was written: the answer is settled alone later
             raise
@@ -813,33 +823,3 @@ class Delivery:
                          for a in draft.attachments],
             outgoing_message_id=message.id, category="marketing" if message.category == "marketing" else "personal",
             smtp_account_id=account.smtp_account_id))
-
-    async def _copy_to_sent(self, message: queue.Claimed, account: SendingAccount) -> None:
-        """IMAP APPEND to the Sent folder (R12); a failure is recorded, the message stays sent.
-
-        Runs beside the worker's next messages and is awaited on its path, so it never raises."""
-        try:
-            await self._append_to_sent(message, account)
-        except Exception:
-            log.exception("copying %s to Sent failed", message.id)
-
-    async def _append_to_sent(self, message: queue.Claimed, account: SendingAccount) -> None:
-        target = account.sent_folder
-        assert target is not None
-        try:
-            client = await connect_imap(ImapSettings(
-                host=target.host, port=target.port, tls=target.tls,
-                username=target.username, password=target.password, access_token=target.access_token,
-                pinned_sha256=target.pinned_sha256, cafile=self.policy.cafile,
-                allow_networks=self.policy.allow_networks, allow_plaintext=self.policy.allow_plaintext))
-            try:
-                await client.append(target.folder, message.raw, flags=("\\Seen",), when=message.created_at)
-            finally:
-                await client.logout()
-            note = f"saved to {target.folder}"
-        except (MailConnectionError, OSError, TimeoutError) as exc:
-            note = "not saved: " + (exc.user_message if isinstance(exc, MailConnectionError) else str(exc))
-            log.warning("copy of %s to Sent failed: %s", message.id, note)
-        async with self.db.session() as db_session:
-            await db_session.execute(update(outgoing_message).where(outgoing_message.c.id == message.id)
-                                     .values(sent_copy=note))

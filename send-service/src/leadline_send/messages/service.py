@@ -41,6 +41,7 @@ from leadline_send.messages.composition import (
 from leadline_send.messages.leads import LeadsUnavailable
 from leadline_send.messages.schemas import BatchMessageIn, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
+from leadline_send.metrics import timed
 
 RESENDABLE = ("unknown", "failed", "bounced")
 # Salespeople see and resend their own messages; managers and administrators see the company's.
@@ -90,7 +91,8 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
         if part is not None and "\x00" in part:
             raise Unprocessable("the body contains a NUL character", slug="invalid-body")
     try:
-        leads = await context.leads.recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
+        with timed("api-leads"):
+            leads = await context.leads.recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
     except LeadsUnavailable as exc:
         raise ServiceUnavailable(str(exc), slug="lead-service-unavailable") from None
     missing = [str(i) for i in body.lead_ids if i not in leads]
@@ -162,7 +164,8 @@ async def _build(context: SendContext, draft: Draft, sender: Sender, *, message_
     side by side made each step of a delivery worker (an SMTP reply, a commit) wait for sixteen builds,
     so while the API was busy the workers of the same process sent almost nothing."""
     async with context.building:
-        built = build_message(draft, sender, message_id=message_id, date=date, unsubscribe_link=unsubscribe_link)
+        with timed("api-build"):
+            built = build_message(draft, sender, message_id=message_id, date=date, unsubscribe_link=unsubscribe_link)
         await asyncio.sleep(0)
     return built
 
@@ -189,7 +192,8 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
             raise Unprocessable("the recipient unsubscribed from marketing mail: " + ", ".join(refused),
                                 slug="recipient-unsubscribed", addresses=refused)
     try:
-        route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
+        with timed("api-route"):
+            route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
     except MailboxUnavailable as exc:
         raise ServiceUnavailable(str(exc), slug="mailbox-unavailable") from None
     if not route.accounts:
@@ -212,7 +216,8 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
         raise PayloadTooLarge(f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
                               slug="message-too-large", limit=settings.max_message_bytes)
     if body.category not in chosen:
-        chosen[body.category] = await _check_quota(context, caller, route.accounts, built)
+        with timed("api-quota-check"):
+            chosen[body.category] = await _check_quota(context, caller, route.accounts, built)
         if chosen[body.category] is not account:
             account = chosen[body.category]
             built = await _build(context, draft, account.sender, message_id=message_id, date=now,
@@ -247,7 +252,8 @@ async def create_message(session: Executor, context: SendContext, caller: Identi
     prepared = await _prepare(session, context, caller, body, idempotency_key, {})
     if not isinstance(prepared, dict):
         return to_out(prepared)
-    inserted = await repository.insert_messages(session, [prepared])
+    with timed("api-insert"):
+        inserted = await repository.insert_messages(session, [prepared])
     return await _stored(session, caller, prepared, inserted)
 
 
