@@ -81,12 +81,18 @@ class SendingAccount:
 
 
 class MailboxDirectory:
-    """Asks the sync service for a user's SMTP settings; answers are kept briefly (they hold a password)."""
+    """Asks the sync service for a user's SMTP settings; answers are kept briefly (they hold a password).
 
-    def __init__(self, nc: Client, timeout: float, keep_seconds: float = 10.0) -> None:
+    An answer older than ``keep_seconds`` is asked again; while the sync service does not answer (busy
+    or restarting), the last answer serves for up to ``stale_seconds`` more, so that a busy sync
+    service does not refuse a sender whose mailbox it confirmed a moment ago.
+    """
+
+    def __init__(self, nc: Client, timeout: float, keep_seconds: float = 10.0, stale_seconds: float = 60.0) -> None:
         self.nc = nc
         self.timeout = timeout
         self.keep_seconds = keep_seconds
+        self.stale_seconds = stale_seconds
         self._cache: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, MailboxSmtpReply]] = {}
 
     async def lookup(self, company_id: uuid.UUID, user_id: uuid.UUID) -> MailboxSmtpReply:
@@ -97,6 +103,8 @@ class MailboxDirectory:
         try:
             msg = await self.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=self.timeout)
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            if cached and time.monotonic() - cached[0] < self.keep_seconds + self.stale_seconds:
+                return cached[1]
             raise MailboxUnavailable("the sync service did not answer for the sender's mailbox") from exc
         reply = MailboxSmtpReply.model_validate_json(msg.data)
         self._cache[(company_id, user_id)] = (time.monotonic(), reply)
