@@ -365,6 +365,12 @@ async def test_rate_limit_gives_429_with_retry_after(gateway: httpx.AsyncClient)
     assert int(limited[0].headers["retry-after"]) >= 1
     assert_problem(limited[0], 429)
     assert sum(r.status_code == 200 for r in statuses) >= 20
+    # the IETF draft's fields on every answer, so a client can pace itself
+    first, last_passed = statuses[0], [r for r in statuses if r.status_code == 200][-1]
+    assert first.headers["ratelimit-limit"] == "20" and first.headers["ratelimit-remaining"] == "19"
+    assert first.headers["ratelimit-policy"] == "20;w=4" and int(first.headers["ratelimit-reset"]) == 1
+    assert int(last_passed.headers["ratelimit-remaining"]) == 0
+    assert limited[0].headers["ratelimit-remaining"] == "0" and int(limited[0].headers["ratelimit-reset"]) >= 4
 
 
 async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClient, nats_url: str) -> None:

@@ -20,9 +20,10 @@ class Settings(KitSettings):
     quota_url: str = "http://127.0.0.1:8102"
     sync_url: str = "http://127.0.0.1:8103"
     send_url: str = "http://127.0.0.1:8104"
-    # per API key token bucket, per gateway process
-    rate_limit_per_second: float = 50.0
-    rate_limit_burst: int = 200
+    # per API key token bucket, per gateway process: a CRM's burst of 1,000 single sends passes, then
+    # 200/s (what Nylas allows per account); sending limits are the quota service's (README, Settings)
+    rate_limit_per_second: float = 200.0
+    rate_limit_burst: int = 1000
     # the bearer token Prometheus sends for the gateway's /metrics; unset: /metrics is not served (404)
     metrics_token: SecretStr | None = None
     # API keys a user may hold at once (not revoked, not expired)

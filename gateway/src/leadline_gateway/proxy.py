@@ -128,6 +128,7 @@ class GatewayProxy:
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str) -> None:
         headers: dict[str, str] = {}
+        limit_headers: dict[str, str] = {}  # the key's rate limit, told on the answer
         authorization = None
         for raw_key, raw_value in scope["headers"]:
             key = raw_key.decode("latin-1").lower()
@@ -144,11 +145,11 @@ class GatewayProxy:
                 headers.update(identity_headers(await self.authenticator.authenticate(authorization), self.secret))
         elif prefix not in PUBLIC_PREFIXES:
             identity = await self.authenticator.authenticate(authorization)
-            wait = self.limiter.take(identity.api_key_id or identity.user_id)
-            if wait:
+            allowance = self.limiter.take(identity.api_key_id or identity.user_id)
+            if allowance.wait:
                 raise TooManyRequests("this API key sent too many requests", slug="rate-limited",
-                                      headers={"Retry-After": self.limiter.retry_after_header(wait)},
-                                      retry_after_seconds=round(wait, 3))
+                                      headers=allowance.headers(), retry_after_seconds=round(allowance.wait, 3))
+            limit_headers = allowance.headers()
             headers.update(identity_headers(identity, self.secret))
         request_id = request_id_var.get()
         if request_id:
@@ -168,6 +169,7 @@ class GatewayProxy:
                     if k.lower() not in DROPPED_RESPONSE_HEADERS
                 ]
                 out_headers.append((b"content-length", str(len(content)).encode()))
+                out_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limit_headers.items()]
                 await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
                 await send({"type": "http.response.body", "body": content})
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
