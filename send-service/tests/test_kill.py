@@ -48,7 +48,7 @@ class ServiceProcess:
             "--port", str(self.port), "--log-level", "warning", env=self.env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         async with httpx.AsyncClient() as client:
-            for _ in range(300):
+            for _ in range(1200):  # a minute: on a loaded machine the import alone took 14 s
                 try:
                     if (await client.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
                         return
