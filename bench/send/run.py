@@ -56,8 +56,11 @@ from pathlib import Path
 import aiohttp
 import aiosmtplib
 import asyncpg
+import common
 import httpx
 import nats
+import user_path
+from common import BODY
 from nats.aio.msg import Msg
 
 from leadline_kit.db import asyncpg_dsn
@@ -70,36 +73,11 @@ from leadline_proto.subjects import RPC_MAILBOX_SMTP
 
 COMMAND = "uv run python bench/send/run.py"
 SECRET = "bench-identity-secret"
-BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
 
 
 def cpu_by_command() -> dict[str, float]:
-    """CPU seconds used so far by each kind of process on the machine (Linux /proc), to show where a
-    run's CPU went: the send service, the quota service, PostgreSQL, NATS, the sink and this script."""
-    tick = os.sysconf("SC_CLK_TCK")
-    used: dict[str, float] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        kind = next((k for k in ("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink",
-                                 "bench/send") if k in command), None)
-        if kind == "leadline_send" and api_only(entry):
-            kind = "leadline_send API"  # --split: the API process, apart from the delivering ones
-        if kind:
-            used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
-    return used
-
-
-def api_only(process: Path) -> bool:
-    with contextlib.suppress(OSError):
-        return b"LEADLINE_SMTP_CONNECTIONS=0\0" in (process / "environ").read_bytes()
-    return False
+    return common.cpu_by_command(("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink",
+                                  "bench/send"))
 
 
 @contextlib.contextmanager
@@ -331,7 +309,7 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
                 print(f"  {connections} conns, {batch} per POST: mean {statistics.mean(differences):+.3f}, "
                       f"median {statistics.median(differences):+.3f}, "
                       f"{sum(d > 0 for d in differences)} of {len(differences)} rounds ahead")
-    print(f"command: {COMMAND} --messages {args.messages} --clients {args.clients} "
+    print(f"command: {COMMAND} --path api --messages {args.messages} --clients {args.clients} "
           f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
           f"--rounds {args.rounds}"
           f"{f' --split {args.split}' if args.split != 1 else ''}"
@@ -342,8 +320,16 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--path", choices=("user", "api"), default="user",
+                        help="user: the CRM's path through the gateway, TLS + AUTH, the Sent copy (user_path.py); "
+                             "api: straight to the send service, a company account in plaintext, smtp-sink")
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--clients", type=int, default=None, help="concurrent API callers (user: 8, api: 32)")
+    parser.add_argument("--source", type=Path, metavar="DIR",
+                        help="user path: run the suite from another checkout (e.g. a git worktree of main before "
+                             "a change), for before and after figures")
+    parser.add_argument("--rate-limit", type=float, default=None, metavar="PER_SECOND",
+                        help="user path: the gateway's per-key rate limit (burst 4 s of it); default: lifted")
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 50],
                         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch")
@@ -361,7 +347,13 @@ def main() -> None:
                              "is reported")
     parser.add_argument("--no-fsync", dest="fsync", action="store_false",
                         help="PostgreSQL without fsync, to see the cost of durable commits")
-    asyncio.run(bench(parser.parse_args()))
+    args = parser.parse_args()
+    if args.path == "user":
+        args.clients = args.clients or 8
+        asyncio.run(user_path.bench(args))
+    else:
+        args.clients = args.clients or 32
+        asyncio.run(bench(args))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""What both of bench/send's paths use: the message body and the CPU each kind of process used."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
+
+
+def cpu_by_command(kinds: tuple[str, ...]) -> dict[str, float]:
+    """CPU seconds used so far by each kind of process on the machine (Linux /proc): the first of ``kinds``
+    found in a process's command line names it; the send service's API process (no delivery workers) is
+    told apart from the delivering ones."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        kind = next((k for k in kinds if k in command), None)
+        if kind == "leadline_send" and api_only(entry):
+            kind = "leadline_send API"
+        if kind:
+            used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return used
+
+
+def api_only(process: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return b"LEADLINE_SMTP_CONNECTIONS=0\0" in (process / "environ").read_bytes()
+    return False
