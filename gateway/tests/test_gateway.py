@@ -359,17 +359,19 @@ async def test_service_down_is_503_problem_quickly(gateway: httpx.AsyncClient) -
 
 async def test_rate_limit_gives_429_with_retry_after(gateway: httpx.AsyncClient) -> None:
     created = await new_company(gateway)
-    statuses = [(await gateway.get("/v1/leads/whoami", headers=bearer(created))) for _ in range(30)]
+    # at once: one after another on a loaded machine, the bucket refills between requests
+    statuses = await asyncio.gather(*(gateway.get("/v1/leads/whoami", headers=bearer(created)) for _ in range(60)))
     limited = [r for r in statuses if r.status_code == 429]
     assert limited, "burst of 20 at 5/s should have been limited"
     assert int(limited[0].headers["retry-after"]) >= 1
     assert_problem(limited[0], 429)
-    assert sum(r.status_code == 200 for r in statuses) >= 20
+    passed = [r for r in statuses if r.status_code == 200]
+    assert len(passed) >= 20
     # the IETF draft's fields on every answer, so a client can pace itself
-    first, last_passed = statuses[0], [r for r in statuses if r.status_code == 200][-1]
-    assert first.headers["ratelimit-limit"] == "20" and first.headers["ratelimit-remaining"] == "19"
-    assert first.headers["ratelimit-policy"] == "20;w=4" and int(first.headers["ratelimit-reset"]) == 1
-    assert int(last_passed.headers["ratelimit-remaining"]) == 0
+    assert {r.headers["ratelimit-limit"] for r in statuses} == {"20"}
+    assert {r.headers["ratelimit-policy"] for r in statuses} == {"20;w=4"}
+    remaining = sorted(int(r.headers["ratelimit-remaining"]) for r in passed)
+    assert remaining[-1] == 19 and remaining[0] == 0
     assert limited[0].headers["ratelimit-remaining"] == "0" and int(limited[0].headers["ratelimit-reset"]) >= 4
 
 
