@@ -94,7 +94,7 @@ def mail_servers(tmp: Path) -> Iterator[MailServers]:
     dovecot.add_user(ADDRESS, PASSWORD)
     smtp_port = free_port()
     smtp = subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_server.py"), str(smtp_port),
-                             str(cert_file), str(key_file), ADDRESS, PASSWORD])
+                             str(cert_file), str(key_file), ADDRESS, PASSWORD, str(dovecot.base_dir)])
     try:
         wait_for_port(smtp_port, timeout=120)
         yield MailServers(imap_port=dovecot.tls_port, smtp_port=smtp_port, ca_file=str(ca_file))
