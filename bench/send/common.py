@@ -9,12 +9,14 @@ from pathlib import Path
 BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
 
 
-def cpu_by_command(kinds: tuple[str, ...]) -> dict[str, float]:
-    """CPU seconds used so far by each kind of process on the machine (Linux /proc): the first of ``kinds``
+def cpu_by_command(kinds: tuple[str, ...], marker: str | None = None) -> dict[str, float]:
+    """CPU seconds used so far by each kind of process of this bench (Linux /proc): the first of ``kinds``
     found in a process's command line names it; the send service's API process (no delivery workers) is
-    told apart from the delivering ones."""
+    told apart from the delivering ones.  Counted: this process, every process whose command line holds
+    ``marker`` (the bench's temporary folder: a daemonised PostgreSQL), and their descendants, so that the
+    same servers of other people's runs on a shared machine are not."""
     tick = os.sysconf("SC_CLK_TCK")
-    used: dict[str, float] = {}
+    processes: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, command line, CPU seconds)
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -24,11 +26,21 @@ def cpu_by_command(kinds: tuple[str, ...]) -> dict[str, float]:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2:].split()
+        processes[int(entry.name)] = (int(fields[1]), command, (int(fields[11]) + int(fields[12])) / tick)
+    ours = {os.getpid(), *(pid for pid, (_, command, _) in processes.items() if marker and marker in command)}
+    grown = True
+    while grown:
+        found = {pid for pid, (parent, _, _) in processes.items() if parent in ours} - ours
+        grown = bool(found)
+        ours |= found
+    used: dict[str, float] = {}
+    for pid in ours & processes.keys():
+        _, command, seconds = processes[pid]
         kind = next((k for k in kinds if k in command), None)
-        if kind == "leadline_send" and api_only(entry):
+        if kind == "leadline_send" and api_only(Path("/proc") / str(pid)):
             kind = "leadline_send API"
         if kind:
-            used[kind] = used.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            used[kind] = used.get(kind, 0.0) + seconds
     return used
 
 

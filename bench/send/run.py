@@ -77,7 +77,7 @@ SECRET = "bench-identity-secret"
 
 def cpu_by_command() -> dict[str, float]:
     return common.cpu_by_command(("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink",
-                                  "bench/send"))
+                                  "bench/send"), marker="send-bench-")
 
 
 @contextlib.contextmanager

@@ -110,6 +110,7 @@ class Suite:
     base: int
     bootstrap_token: str
     metrics_token: str
+    marker: str  # the bench's temporary folder, in the command line of its daemonised servers
 
     def port(self, offset: int) -> str:
         return f"http://127.0.0.1:{self.base + offset}"
@@ -145,7 +146,8 @@ def suite(data_dir: Path, database_url: str, nats_url: str, servers: MailServers
     process = subprocess.Popen([sys.executable, str(tree / "deploy" / "run.py")], env=env, stdout=log,
                                stderr=subprocess.STDOUT)
     try:
-        found = Suite(gateway=f"http://127.0.0.1:{base}", base=base, bootstrap_token="", metrics_token="")
+        found = Suite(gateway=f"http://127.0.0.1:{base}", base=base, bootstrap_token="", metrics_token="",
+                      marker=str(data_dir))
         deadline = time.monotonic() + 630  # a loaded machine: the suite's processes start for minutes
         if not (_ready(found.gateway + "/readyz", deadline) and _ready(found.port(5) + "/readyz", deadline)):
             kept = Path(tempfile.mkdtemp(prefix="send-bench-logs-"))
@@ -353,7 +355,7 @@ async def path_run(found: Suite, account: Account, servers: MailServers, databas
                     assert response.status == 202, await response.text()
                 latencies.append(time.perf_counter() - sent_at)
 
-        cpu_before = cpu_by_command(PROCESSES)
+        cpu_before = cpu_by_command(PROCESSES, found.marker)
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
         posted = time.perf_counter() - started
@@ -370,7 +372,8 @@ async def path_run(found: Suite, account: Account, servers: MailServers, databas
                 copied = now
                 break
             await asyncio.sleep(0.02)
-        cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_by_command(PROCESSES).items()}
+        cpu_after = cpu_by_command(PROCESSES, found.marker)
+        cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_after.items()}
         after = await scrape(client, processes, found.metrics_token)
     states = dict(await conn.fetch("SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 "
                                    "GROUP BY state", f"Smart Mail {subject} %"))
