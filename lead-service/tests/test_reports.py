@@ -60,7 +60,7 @@ async def test_activity_per_stage_per_week(api: httpx.AsyncClient, js: JetStream
 
 async def test_bad_ranges_are_problems(api: httpx.AsyncClient) -> None:
     for params in ({"from": "2026-03-10", "to": "2026-03-01"}, {"from": "2020-01-01", "to": "2026-01-01"},
-                   {"from": "yesterday"}):
+                   {"from": "yesterday"}, {"to": "0"}, {"from": "1700000000"}):
         response = await api.get("/v1/reports/activity", params=params)
         assert response.status_code == 422, params
         assert response.headers["content-type"] == "application/problem+json"

@@ -20,6 +20,8 @@ from leadline_kit.errors import PROBLEM_BASE, PROBLEM_JSON
 METHODS = ("get", "put", "post", "patch", "delete")
 WRITES = ("put", "post", "patch", "delete")
 PUBLIC = ("/v1/unsubscribe/", "/v1/invitations/claim")
+# reached without a key (the provider's redirect); a key sent with it is authenticated and must be the starter's
+SIGN_IN_CALLBACK = "/v1/mail-sync/oauth/callback"
 _PARAMETER = re.compile(r"\{([^}/]+)\}")
 
 PROBLEM_SCHEMA: dict[str, Any] = {
@@ -101,6 +103,10 @@ def apply_contract(document: dict[str, Any], proxied_prefixes: list[str]) -> dic
             operation = item.get(method)
             if operation is None:
                 continue
+            if path == SIGN_IN_CALLBACK:
+                operation["security"] = [{}, {"apiKey": []}]  # a key is optional here
+            elif path.startswith(PUBLIC):
+                operation["security"] = []  # no key: the document's default does not apply
             responses: dict[str, Any] = operation.setdefault("responses", {})
             for status, types in _statuses(path, method, operation, proxied).items():
                 known = responses.get(status, {}).get("x-problem-types", [])

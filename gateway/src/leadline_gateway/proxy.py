@@ -34,6 +34,7 @@ from yarl import URL
 
 from leadline_gateway.auth import OPERATOR_PREFIX, ApiKeyAuthenticator, authenticate_operator
 from leadline_gateway.config import Settings
+from leadline_gateway.contract import SIGN_IN_CALLBACK
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.errors import (
     BadRequest,
@@ -48,7 +49,6 @@ from leadline_kit.logs import request_id_var
 
 log = logging.getLogger("leadline.gateway.proxy")
 
-SIGN_IN_CALLBACK = "/v1/mail-sync/oauth/callback"
 PUBLIC_PREFIXES = ("/v1/unsubscribe", SIGN_IN_CALLBACK)
 MAX_BODY_BYTES = 40 * 1024 * 1024
 # hop-by-hop and identity headers never cross the gateway
