@@ -209,6 +209,8 @@ class SyncWorld:
     company_id: uuid.UUID = field(default_factory=uuid.uuid4)
     clock: MovableClock = field(default_factory=MovableClock)
     consumer_prefix: str = field(default_factory=lambda: f"sync-test-{uuid.uuid4().hex[:10]}")
+    # the world's consumers start at its creation, not at the session stream's first event (thousands by then)
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC) - timedelta(seconds=1))
     quota_client: httpx.AsyncClient | None = None  # the quota service's API, when it runs
     # the leads this world published as the lead service would (it answers RPC_LEAD_DIRECTORY for them)
     lead_ids: set[uuid.UUID] = field(default_factory=set)
@@ -234,6 +236,7 @@ class SyncWorld:
         values: dict[str, Any] = dict(
             database_url=self.database_url, nats_url=self.nats_url, identity_secret=SECRET, environment="test",
             sync_allow_networks="127.0.0.0/8", sync_ca_file=self.ca_file, sync_consumer_prefix=self.consumer_prefix,
+            sync_consumer_deliver_since=self.created_at,
             sync_poll_seconds=2.0, sync_schedule_interval=0.2, sync_lease_seconds=4.0,
             sync_retry_base_seconds=0.3, sync_retry_max_seconds=1.0, sync_rpc_timeout=1.0, sync_imap_timeout=10.0,
         )

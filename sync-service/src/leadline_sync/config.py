@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -67,6 +68,9 @@ class Settings(KitSettings):
     sync_address_proof_seconds: float = Field(30.0, gt=0, le=300)
     # Durable consumer names start with this, so that test apps sharing one stream stay apart.
     sync_consumer_prefix: str = "sync"
+    # a new durable starts at the beginning of the stream; this starts it at a time instead (tests
+    # sharing one stream with every other service's tests)
+    sync_consumer_deliver_since: datetime | None = None
 
     @model_validator(mode="after")
     def _checked(self) -> Settings:

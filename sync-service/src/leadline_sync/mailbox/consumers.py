@@ -112,7 +112,9 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
     prefix = settings.sync_consumer_prefix
     return [
         EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-directory",
-                      subjects=DIRECTORY_SUBJECTS, handler=apply_directory_event),
+                      subjects=DIRECTORY_SUBJECTS, handler=apply_directory_event,
+                      deliver_since=settings.sync_consumer_deliver_since),
         EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-slots",
-                      subjects=SLOT_SUBJECTS, handler=slot_handler(clock)),
+                      subjects=SLOT_SUBJECTS, handler=slot_handler(clock),
+                      deliver_since=settings.sync_consumer_deliver_since),
     ]
