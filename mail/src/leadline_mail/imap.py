@@ -60,7 +60,7 @@ import contextlib
 import functools
 import re
 import ssl
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, timezone
 from types import TracebackType
@@ -614,26 +614,18 @@ class ImapClient:
                 "unreachable", "The connection to the mail server is closed.", detail=self._closed.user_message
             )
 
-    async def _command(
-        self, name: str, *args: _Arg, allow_failure: bool = False
-    ) -> tuple[_Response, list[_Response]]:
-        """Run one command: send it (literals included), collect untagged responses up to its completion."""
+    @contextlib.asynccontextmanager
+    async def _exchange(self) -> AsyncIterator[bytes]:
+        """One tagged exchange under the lock and the command timeout; yields its tag. A broken stream or a
+        timeout becomes a MailConnectionError, a cancellation marks the session interrupted."""
         self._ensure_open()
         async with self._lock:
             self._ensure_open()
             self._tag += 1
-            tag = b"L%04d" % self._tag
-            untagged: list[_Response] = []
             try:
                 async with asyncio.timeout(self._settings.timeout) as deadline:
                     self._arm(deadline)
-                    done = await self._send(tag, name.encode("ascii"), args, untagged)
-                    while done is None:
-                        response = await self._read_response()
-                        if response.tag == tag:
-                            done = response
-                        elif response.tag == b"*":
-                            untagged.append(response)
+                    yield b"L%04d" % self._tag
             except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
                     ValueError, MailConnectionError) as exc:
                 raise self._stream_error(exc) from None
@@ -642,6 +634,20 @@ class ImapClient:
                 raise
             finally:
                 self._deadline = None
+
+    async def _command(
+        self, name: str, *args: _Arg, allow_failure: bool = False
+    ) -> tuple[_Response, list[_Response]]:
+        """Run one command: send it (literals included), collect untagged responses up to its completion."""
+        untagged: list[_Response] = []
+        async with self._exchange() as tag:
+            done = await self._send(tag, name.encode("ascii"), args, untagged)
+            while done is None:
+                response = await self._read_response()
+                if response.tag == tag:
+                    done = response
+                elif response.tag == b"*":
+                    untagged.append(response)
         if done.kind != "OK" and not allow_failure:
             raise ImapCommandError(name, done.kind, done.code, done.text)
         return done, untagged
@@ -763,34 +769,19 @@ class ImapClient:
     async def _sasl(self, mechanism: Mechanism, response: bytes) -> _Response:
         """``AUTHENTICATE``: the initial response with the command (SASL-IR) or after the first ``+``; an
         error challenge after it is answered with the mechanism's abort, and the server then says NO."""
-        self._ensure_open()
-        async with self._lock:
-            self._ensure_open()
-            self._tag += 1
-            tag = b"L%04d" % self._tag
+        async with self._exchange() as tag:
             sent = "SASL-IR" in self.capabilities
             line = tag + b" AUTHENTICATE " + mechanism.encode("ascii") + (b" " + response if sent else b"")
-            try:
-                async with asyncio.timeout(self._settings.timeout) as deadline:
-                    self._arm(deadline)
-                    self._writer.write(line + b"\r\n")
+            self._writer.write(line + b"\r\n")
+            await self._writer.drain()
+            while True:
+                reply = await self._read_response()
+                if reply.tag == tag:
+                    return reply
+                if reply.tag == b"+":
+                    self._writer.write((ABORT_RESPONSE[mechanism] if sent else response) + b"\r\n")
+                    sent = True
                     await self._writer.drain()
-                    while True:
-                        reply = await self._read_response()
-                        if reply.tag == tag:
-                            return reply
-                        if reply.tag == b"+":
-                            self._writer.write((ABORT_RESPONSE[mechanism] if sent else response) + b"\r\n")
-                            sent = True
-                            await self._writer.drain()
-            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError, MailConnectionError) as exc:
-                raise self._stream_error(exc) from None
-            except asyncio.CancelledError:
-                self._interrupted()
-                raise
-            finally:
-                self._deadline = None
 
     # -- commands ------------------------------------------------------------------------
 
