@@ -20,6 +20,7 @@ test: setup system-deps
 
 check: setup
 	@$(UV) run ruff check .
+	@$(UV) run ruff format --check .
 	@$(UV) run lint-imports --no-cache
 	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
 

@@ -68,8 +68,9 @@ def main() -> int:
     ca_file = base_dir / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     cert = ca.issue_cert("localhost", "127.0.0.1")
-    dovecot = DovecotServer(base_dir / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
-                            cert.private_key_pem.bytes())
+    dovecot = DovecotServer(
+        base_dir / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+    )
     smtp = SmtpServer(ca, dovecot)  # delivers to Dovecot's users: the address proof of PUT /v1/mail-sync
     dovecot.start()
     smtp.start()
@@ -77,13 +78,23 @@ def main() -> int:
     smtp.add_user(USER, PASSWORD)
     seed(dovecot)
     port = _free_block(5)
-    env = {**os.environ, "LEADLINE_DATA_DIR": str(base_dir / "data"), "LEADLINE_PORT_BASE": str(port),
-           "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_SYNC_CA_FILE": str(ca_file),
-           "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_MAIL_CAFILE": str(ca_file),
-           "LEADLINE_SYNC_POLL_SECONDS": "5"}
+    env = {
+        **os.environ,
+        "LEADLINE_DATA_DIR": str(base_dir / "data"),
+        "LEADLINE_PORT_BASE": str(port),
+        "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LEADLINE_SYNC_CA_FILE": str(ca_file),
+        "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LEADLINE_MAIL_CAFILE": str(ca_file),
+        "LEADLINE_SYNC_POLL_SECONDS": "5",
+    }
     print("starting Leadline ...", flush=True)
-    suite = subprocess.Popen([sys.executable, str(Path(__file__).with_name("run.py"))], env=env,
-                             stdout=(base_dir / "run.log").open("wb"), stderr=subprocess.STDOUT)
+    suite = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("run.py"))],
+        env=env,
+        stdout=(base_dir / "run.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     gateway = f"http://127.0.0.1:{port}"
     try:
         client = httpx.Client(base_url=gateway, timeout=30)
@@ -99,16 +110,26 @@ def main() -> int:
             print(f"Leadline did not start; see {base_dir}/run.log and {base_dir}/data/logs/", file=sys.stderr)
             return 1
         token = dict(line.split("=", 1) for line in (base_dir / "data" / "secrets.env").read_text().splitlines())
-        created = client.post("/v1/companies", headers={"Authorization": f"Bearer {token['LEADLINE_BOOTSTRAP_TOKEN']}"},
-                              json={"name": "Acme", "domains": ["acme.example"], "administrator": {"email": USER}})
+        created = client.post(
+            "/v1/companies",
+            headers={"Authorization": f"Bearer {token['LEADLINE_BOOTSTRAP_TOKEN']}"},
+            json={"name": "Acme", "domains": ["acme.example"], "administrator": {"email": USER}},
+        )
         key = {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
         lead = client.post("/v1/leads", headers=key, json={"name": "Lee", "addresses": [LEAD]}).json()
         print(f"company Acme, lead Lee <{LEAD}>; connecting {USER}'s mailbox (20 mails with Lee, 10 newsletters)")
         time.sleep(1)
-        client.put("/v1/mail-sync", headers=key, json={
-            "provider": "custom", "address": USER, "password": PASSWORD,
-            "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
-            "smtp": {"host": "localhost", "port": smtp.port, "use_ssl": False}}).raise_for_status()
+        client.put(
+            "/v1/mail-sync",
+            headers=key,
+            json={
+                "provider": "custom",
+                "address": USER,
+                "password": PASSWORD,
+                "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
+                "smtp": {"host": "localhost", "port": smtp.port, "use_ssl": False},
+            },
+        ).raise_for_status()
         print("Life of the Lead (oldest first as it fills):", flush=True)
         seen: set[str] = set()
 
@@ -126,8 +147,11 @@ def main() -> int:
         imap.logout()
         poll(8)
         print("Smart Mail to Lee through Sam's own SMTP account:", flush=True)
-        client.post("/v1/messages", headers=key, json={"lead_ids": [lead["id"]], "subject": "Contract attached",
-                                                        "text": "Here it is."}).raise_for_status()
+        client.post(
+            "/v1/messages",
+            headers=key,
+            json={"lead_ids": [lead["id"]], "subject": "Contract attached", "text": "Here it is."},
+        ).raise_for_status()
         poll(10)
         print(f"done: {len(seen)} timeline events; the newsletter never left the sync service.")
         return 0

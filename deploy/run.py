@@ -59,8 +59,7 @@ PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LE
 
 def load_secrets() -> dict[str, str]:
     path = DATA / "secrets.env"
-    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) \
-        if path.exists() else {}
+    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
     values = {
         "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
         "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
@@ -126,19 +125,49 @@ def main() -> int:
         env.setdefault("LEADLINE_PUBLIC_BASE_URL", f"http://{HOST}:{PORT_BASE}")
         if "LEADLINE_MAILER_HOST" not in os.environ:
             env.update(LEADLINE_MAILER_HOST=HOST, LEADLINE_MAILER_PORT=str(MAIL_SINK_PORT), LEADLINE_MAILER_TLS="none")
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "aiosmtpd", "-n", "-l", f"{HOST}:{MAIL_SINK_PORT}",
-                 "-c", "aiosmtpd.handlers.Mailbox", str(DATA / "mail")],
-                stdout=(logs / "mail-sink.log").open("ab"), stderr=subprocess.STDOUT))
-            print(f"system mail (invitations) goes to the development sink: Maildir {DATA / 'mail'}/new/",
-                  flush=True)
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "aiosmtpd",
+                        "-n",
+                        "-l",
+                        f"{HOST}:{MAIL_SINK_PORT}",
+                        "-c",
+                        "aiosmtpd.handlers.Mailbox",
+                        str(DATA / "mail"),
+                    ],
+                    stdout=(logs / "mail-sink.log").open("ab"),
+                    stderr=subprocess.STDOUT,
+                )
+            )
+            print(f"system mail (invitations) goes to the development sink: Maildir {DATA / 'mail'}/new/", flush=True)
         for name, package, port in [*SERVICES, SEND_DELIVERY]:
             log = (logs / f"{name}.log").open("ab")
-            children.append(subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "--factory", f"{package}.main:create_app", "--host", HOST,
-                 "--port", str(port), "--loop", "uvloop", "--http", "httptools", "--no-access-log"],
-                env={**env, **PROCESS_ENV.get(name, {})},
-                stdout=log, stderr=subprocess.STDOUT))
+            children.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "--factory",
+                        f"{package}.main:create_app",
+                        "--host",
+                        HOST,
+                        "--port",
+                        str(port),
+                        "--loop",
+                        "uvloop",
+                        "--http",
+                        "httptools",
+                        "--no-access-log",
+                    ],
+                    env={**env, **PROCESS_ENV.get(name, {})},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
         gateway = f"http://{HOST}:{PORT_BASE}"
         delivery = f"http://{HOST}:{SEND_DELIVERY[2]}"
         # a loaded machine (the tests on 2 shared cores) takes longer than the 120 s of a quiet one
@@ -146,18 +175,21 @@ def main() -> int:
         if not (wait_ready(gateway + "/readyz", ready_seconds) and wait_ready(delivery + "/readyz", 30)):
             print(f"the suite did not become ready in {ready_seconds:.0f} s; see {logs}/*.log", file=sys.stderr)
             return 1
-        print(f"""
+        print(
+            f"""
 Leadline is running.
   gateway          {gateway}   (API docs: {gateway}/docs)
-  bootstrap token  {env['LEADLINE_BOOTSTRAP_TOKEN']}
-  operator token   {env['LEADLINE_OPERATOR_TOKEN']}   (/v1/operator/: raise limits, set plans)
+  bootstrap token  {env["LEADLINE_BOOTSTRAP_TOKEN"]}
+  operator token   {env["LEADLINE_OPERATOR_TOKEN"]}   (/v1/operator/: raise limits, set plans)
   metrics          {gateway}/metrics with 'Authorization: Bearer <LEADLINE_METRICS_TOKEN in {DATA}/secrets.env>'
   logs             {logs}/
 Create a company:
-  curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env['LEADLINE_BOOTSTRAP_TOKEN']}' \\
+  curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env["LEADLINE_BOOTSTRAP_TOKEN"]}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"name": "Acme", "domains": ["acme.example"], "administrator": {{"email": "you@acme.example"}}}}'
-Ctrl-C stops everything.""", flush=True)
+Ctrl-C stops everything.""",
+            flush=True,
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

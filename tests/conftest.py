@@ -89,8 +89,9 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
         "LEADLINE_READY_SECONDS": "300",
     }
     log = (data_dir / "run.log").open("wb")
-    process = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     gateway = f"http://127.0.0.1:{base}"
     deadline = time.monotonic() + 330
     ready = False
@@ -105,12 +106,16 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
     if not ready:
         process.terminate()
         process.wait(30)
-        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data_dir / "logs").glob("*.log"))) \
-            if (data_dir / "logs").exists() else ""
+        logs = (
+            "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data_dir / "logs").glob("*.log")))
+            if (data_dir / "logs").exists()
+            else ""
+        )
         pytest.fail(f"the suite did not become ready:\n{(data_dir / 'run.log').read_text()[-3000:]}\n{logs}")
     secrets = dict(line.split("=", 1) for line in (data_dir / "secrets.env").read_text().splitlines())
-    yield Suite(gateway=gateway, bootstrap_token=secrets["LEADLINE_BOOTSTRAP_TOKEN"], data_dir=data_dir,
-                process=process)
+    yield Suite(
+        gateway=gateway, bootstrap_token=secrets["LEADLINE_BOOTSTRAP_TOKEN"], data_dir=data_dir, process=process
+    )
     process.terminate()
     try:
         process.wait(30)

@@ -49,9 +49,16 @@ class SmtpServer:
         self.handler = RecordingHandler(dovecot)
         self.port = free_port()
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, tls_context=context, require_starttls=True,
-            auth_require_tls=True, authenticator=self._authenticate, server_hostname="localhost",
-            data_size_limit=40 * 1024 * 1024)
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            tls_context=context,
+            require_starttls=True,
+            auth_require_tls=True,
+            authenticator=self._authenticate,
+            server_hostname="localhost",
+            data_size_limit=40 * 1024 * 1024,
+        )
 
     def _authenticate(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
         if isinstance(auth_data, LoginPassword):

@@ -54,8 +54,11 @@ def _secrets_env(suite: Suite) -> dict[str, str]:
 def _tenant(client: httpx.Client, suite: Suite, name: str) -> Tenant:
     operator = {"Authorization": f"Bearer {_secrets_env(suite)['LEADLINE_OPERATOR_TOKEN']}"}
     domain = f"{name.lower()}-{uuid.uuid4().hex[:6]}.example"
-    created = client.post("/v1/companies", headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
-                          json={"name": name, "domains": [domain], "administrator": {"email": f"boss@{domain}"}})
+    created = client.post(
+        "/v1/companies",
+        headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
+        json={"name": name, "domains": [domain], "administrator": {"email": f"boss@{domain}"}},
+    )
     assert created.status_code == 201, created.text
     body = created.json()
     tenant = Tenant(company_id=body["company"]["id"])
@@ -65,8 +68,11 @@ def _tenant(client: httpx.Client, suite: Suite, name: str) -> Tenant:
     for role in ROLES:
         if role == "administrator":
             continue
-        made = client.post(f"/v1/operator/companies/{tenant.company_id}/users", headers=operator,
-                           json={"email": f"{role}@{domain}", "role": role})
+        made = client.post(
+            f"/v1/operator/companies/{tenant.company_id}/users",
+            headers=operator,
+            json={"email": f"{role}@{domain}", "role": role},
+        )
         assert made.status_code == 201, made.text
         tenant.keys[role] = {"Authorization": f"Bearer {made.json()['api_key']['key']}"}
         tenant.secrets |= {made.json()["user"]["id"], made.json()["api_key"]["id"], f"{role}@{domain}"}
@@ -106,10 +112,13 @@ def _fill(path: str, ids: dict[str, str]) -> tuple[str, bool]:
             own = True
             return ids[match.group(1)]
         return str(uuid.uuid4())
+
     return re.sub(r"\{([^}/]+)\}", value, path), own
 
 
-def test_no_route_answers_across_companies_or_roles(suite: Suite, tenants: tuple[Tenant, Tenant, dict[str, Any]]) -> None:
+def test_no_route_answers_across_companies_or_roles(
+    suite: Suite, tenants: tuple[Tenant, Tenant, dict[str, Any]]
+) -> None:
     a, b, document = tenants
     leaks: list[str] = []
     swept = 0
@@ -143,13 +152,21 @@ def test_no_route_answers_across_companies_or_roles(suite: Suite, tenants: tuple
     assert not leaks, "\n".join(leaks)
 
 
-def test_every_listing_refuses_a_cursor_out_of_range(suite: Suite,
-                                                     tenants: tuple[Tenant, Tenant, dict[str, Any]]) -> None:
+def test_every_listing_refuses_a_cursor_out_of_range(
+    suite: Suite, tenants: tuple[Tenant, Tenant, dict[str, Any]]
+) -> None:
     a, _, document = tenants
-    bad = [encode_cursor("0001-01-01T00:00:00+05:00", uuid.uuid4()), encode_cursor("9999-12-31T23:59:59-05:00",
-           uuid.uuid4()), encode_cursor("gmail\x00"), encode_cursor("x\x00", uuid.uuid4())]
-    listings = [(path, op) for path, method, op in _operations(document) if method == "get"
-                and any(p["name"] == "cursor" for p in op.get("parameters", []))]
+    bad = [
+        encode_cursor("0001-01-01T00:00:00+05:00", uuid.uuid4()),
+        encode_cursor("9999-12-31T23:59:59-05:00", uuid.uuid4()),
+        encode_cursor("gmail\x00"),
+        encode_cursor("x\x00", uuid.uuid4()),
+    ]
+    listings = [
+        (path, op)
+        for path, method, op in _operations(document)
+        if method == "get" and any(p["name"] == "cursor" for p in op.get("parameters", []))
+    ]
     assert len(listings) >= 6, [p for p, _ in listings]
     refused = []
     with suite.client() as client:
@@ -158,7 +175,8 @@ def test_every_listing_refuses_a_cursor_out_of_range(suite: Suite,
             for cursor in bad:
                 response = client.get(url, headers=a.keys["administrator"], params={"cursor": cursor})
                 if response.status_code != 400 or not response.headers["content-type"].startswith(
-                        "application/problem+json"):
+                    "application/problem+json"
+                ):
                     refused.append(f"{path} cursor {cursor}: {response.status_code} {response.text[:200]}")
     assert not refused, "\n".join(refused)
 
@@ -177,26 +195,43 @@ def test_the_contract_declares_problems_and_links(tenants: tuple[Tenant, Tenant,
         assert not any("application/json" in r.get("content", {}) for s, r in responses.items() if s >= "400")
     links = document["paths"]["/v1/leads"]["post"]["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} >= {
-        document["paths"]["/v1/leads/{lead_id}"][m]["operationId"] for m in ("get", "patch", "delete")}
+        document["paths"]["/v1/leads/{lead_id}"][m]["operationId"] for m in ("get", "patch", "delete")
+    }
 
 
-def test_schemathesis_finds_no_failure(suite: Suite, tenants: tuple[Tenant, Tenant, dict[str, Any]],
-                                       tmp_path: Path) -> None:
+def test_schemathesis_finds_no_failure(
+    suite: Suite, tenants: tuple[Tenant, Tenant, dict[str, Any]], tmp_path: Path
+) -> None:
     """Every check, stateful phase on, within LEADLINE_SCHEMATHESIS_SECONDS, as A's administrator."""
     a, _, _ = tenants
     report = tmp_path / "schemathesis.json"
     command = [
         str(Path(sys.executable).parent / "schemathesis"),
-        "--config-file", str(Path(__file__).parent / "schemathesis.toml"),
-        "run", f"{suite.gateway}/openapi.json",
-        "-H", f"Authorization: {a.keys['administrator']['Authorization']}",
-        "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful",
-        "--max-time", str(SCHEMATHESIS_SECONDS), "--seed", "19",
-        "--exclude-path-regex", "^/v1/(companies|operator/)",
+        "--config-file",
+        str(Path(__file__).parent / "schemathesis.toml"),
+        "run",
+        f"{suite.gateway}/openapi.json",
+        "-H",
+        f"Authorization: {a.keys['administrator']['Authorization']}",
+        "--checks",
+        "all",
+        "--phases",
+        "examples,coverage,fuzzing,stateful",
+        "--max-time",
+        str(SCHEMATHESIS_SECONDS),
+        "--seed",
+        "19",
+        "--exclude-path-regex",
+        "^/v1/(companies|operator/)",
         # revoking keys is swept above; here it would revoke the run's own key (found in GET /v1/api-keys)
-        "--exclude-operation-id", "revoke_api_key_v1_api_keys__key_id__delete",
-        "--generation-database", "none",
-        "--report", "ndjson", "--report-ndjson-path", str(report),
+        "--exclude-operation-id",
+        "revoke_api_key_v1_api_keys__key_id__delete",
+        "--generation-database",
+        "none",
+        "--report",
+        "ndjson",
+        "--report-ndjson-path",
+        str(report),
         "--no-color",
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=SCHEMATHESIS_SECONDS + 240)
@@ -204,9 +239,13 @@ def test_schemathesis_finds_no_failure(suite: Suite, tenants: tuple[Tenant, Tena
     assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
     # A few operations may answer a live key with 401/403 only (an OAuth app not configured, a message not in a
     # state to resend); the run lost its key only if the plain listings did too.
-    refused = done.stdout.split("Authentication failed", 1)[1].split("💡", 1)[0] if "Authentication failed" in \
-        done.stdout else ""
-    assert not any(f"GET {route}\n" in refused for route in ("/v1/leads", "/v1/blocklist", "/v1/messages")), \
+    refused = (
+        done.stdout.split("Authentication failed", 1)[1].split("💡", 1)[0]
+        if "Authentication failed" in done.stdout
+        else ""
+    )
+    assert not any(f"GET {route}\n" in refused for route in ("/v1/leads", "/v1/blocklist", "/v1/messages")), (
         "the run lost its key: it tested nothing past a 401"
+    )
     assert re.search(r"\d+ generated, (\d+) passed", done.stdout), done.stdout[-3000:]
     assert report.exists() and json.loads(report.read_text().splitlines()[0])

@@ -94,7 +94,11 @@ def append_raw(dovecot: DovecotServer, user: str, password: str, raw: str) -> No
 
 
 def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
-        suite: Suite, company: dict[str, Any], dovecot: DovecotServer, smtp_server: SmtpServer) -> None:  # noqa: F811
+    suite: Suite,
+    company: dict[str, Any],
+    dovecot: DovecotServer,
+    smtp_server: SmtpServer,
+) -> None:
     key = {"Authorization": f"Bearer {company['api_key']['key']}"}
     me, password = company["administrator"]["email"], "s3cret-" + uuid.uuid4().hex[:6]
     dovecot.add_user(me, password)
@@ -108,10 +112,17 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
             assert created.status_code == 201, created.text
             leads[name] = (created.json()["id"], address)
         time.sleep(1)  # the sync and send services learn of the leads through their events
-        connected = client.put("/v1/mail-sync", headers=key, json={
-            "provider": "custom", "address": me, "password": password,
-            "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
-            "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False}})
+        connected = client.put(
+            "/v1/mail-sync",
+            headers=key,
+            json={
+                "provider": "custom",
+                "address": me,
+                "password": password,
+                "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
+                "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False},
+            },
+        )
         assert connected.status_code in (200, 201), connected.text
         wait_for("the mailbox enabled", lambda: client.get("/v1/mail-sync", headers=key).json()["status"] == "enabled")
 
@@ -130,16 +141,23 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
 
         messages: dict[str, dict[str, Any]] = {}
         for name, (lead_id, _) in leads.items():
-            sent = client.post("/v1/messages", headers=key,
-                               json={"lead_ids": [lead_id], "subject": f"Offer {name} {tag}", "text": "Here it is."})
+            sent = client.post(
+                "/v1/messages",
+                headers=key,
+                json={"lead_ids": [lead_id], "subject": f"Offer {name} {tag}", "text": "Here it is."},
+            )
             assert sent.status_code == 202, sent.text
             message_id = sent.json()["id"]
             wait_for("the Smart Mail sent", lambda m=message_id: message(m)["state"] == "sent")  # type: ignore[misc]
             messages[name] = message(message_id)
             assert len(smtp_server.received_with(f"Offer {name} {tag}".encode())) == 1
         for name, notice in (("hard", HARD), ("soft", SOFT), ("unnamed", UNNAMED)):
-            append_raw(dovecot, me, password, notice.format(me=me, lead=leads[name][1], tag=tag,
-                                                            original=messages[name]["message_id"]))
+            append_raw(
+                dovecot,
+                me,
+                password,
+                notice.format(me=me, lead=leads[name][1], tag=tag, original=messages[name]["message_id"]),
+            )
 
         wait_for("the hard bounce", lambda: message(messages["hard"]["id"])["state"] == "bounced")
         hard = message(messages["hard"]["id"])["delivery_notice"]
@@ -151,14 +169,15 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
         assert soft["state"] == "sent" and soft["delivery_notice"]["severity"] == "soft"
 
         for name, kind in (("hard", "bounce"), ("soft", "delivery_delayed"), ("unnamed", "bounce")):
-            notice = wait_for(f"the {kind} on the {name} lead's timeline",
-                              lambda n=name, k=kind: of_kind(n, k))  # type: ignore[misc]
+            notice = wait_for(f"the {kind} on the {name} lead's timeline", lambda n=name, k=kind: of_kind(n, k))  # type: ignore[misc]
             assert notice["bounce_recipient"] == leads[name][1]
-            original = wait_for("the Smart Mail on the timeline",
-                                lambda n=name: of_kind(n, "smart_mail_sent"))  # type: ignore[misc]
+            original = wait_for("the Smart Mail on the timeline", lambda n=name: of_kind(n, "smart_mail_sent"))  # type: ignore[misc]
             assert original["bounced"] is (kind == "bounce")
-        assert all(i["kind"] != "email_received" for name in leads for i in timeline(name)), \
+        assert all(i["kind"] != "email_received" for name in leads for i in timeline(name)), (
             "a notice is not a conversation with the lead"
-        statuses = {name: client.get(f"/v1/leads/{lead_id}", headers=key).json()["mail_status"]
-                    for name, (lead_id, _) in leads.items()}
+        )
+        statuses = {
+            name: client.get(f"/v1/leads/{lead_id}", headers=key).json()["mail_status"]
+            for name, (lead_id, _) in leads.items()
+        }
         assert statuses == {"hard": "bounced", "soft": "ok", "unnamed": "bounced"}

@@ -35,8 +35,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def append(dovecot: DovecotServer, user: str, password: str, folder: str, *, sender: str, to: str,
-           subject: str) -> str:
+def append(dovecot: DovecotServer, user: str, password: str, folder: str, *, sender: str, to: str, subject: str) -> str:
     message = EmailMessage()
     message["From"], message["To"], message["Subject"] = sender, to, subject
     message["Message-ID"] = make_msgid(domain="test.example")
@@ -52,15 +51,22 @@ def append(dovecot: DovecotServer, user: str, password: str, folder: str, *, sen
 @pytest.fixture
 def company(suite: Suite) -> dict[str, Any]:
     with suite.client() as client:
-        created = client.post("/v1/companies", headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
-                              json={"name": "Acme", "domains": ["acme.example"],
-                                    "administrator": {"email": f"sam-{uuid.uuid4().hex[:8]}@acme.example"}})
+        created = client.post(
+            "/v1/companies",
+            headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
+            json={
+                "name": "Acme",
+                "domains": ["acme.example"],
+                "administrator": {"email": f"sam-{uuid.uuid4().hex[:8]}@acme.example"},
+            },
+        )
         assert created.status_code == 201, created.text
         return created.json()
 
 
-def test_mail_sync_to_timeline_and_smart_mail_once(suite: Suite, company: dict[str, Any], dovecot: DovecotServer,
-                                                    smtp_server: SmtpServer) -> None:
+def test_mail_sync_to_timeline_and_smart_mail_once(
+    suite: Suite, company: dict[str, Any], dovecot: DovecotServer, smtp_server: SmtpServer
+) -> None:
     key = {"Authorization": f"Bearer {company['api_key']['key']}"}
     address, password = company["administrator"]["email"], "s3cret-" + uuid.uuid4().hex[:6]
     dovecot.add_user(address, password)
@@ -68,17 +74,25 @@ def test_mail_sync_to_timeline_and_smart_mail_once(suite: Suite, company: dict[s
     lead_address = f"lee-{uuid.uuid4().hex[:6]}@lead.example"
     tag = uuid.uuid4().hex[:8]
     append(dovecot, address, password, "INBOX", sender=lead_address, to=address, subject=f"Hello from Lee {tag}")
-    append(dovecot, address, password, "INBOX", sender="stranger@other.example", to=address,
-           subject=f"Not a lead {tag}")
+    append(
+        dovecot, address, password, "INBOX", sender="stranger@other.example", to=address, subject=f"Not a lead {tag}"
+    )
     with suite.client() as client:
         lead = client.post("/v1/leads", headers=key, json={"name": "Lee", "addresses": [lead_address]})
         assert lead.status_code == 201, lead.text
         lead_id = lead.json()["id"]
         time.sleep(1)  # the sync service learns of the lead through its event
-        connected = client.put("/v1/mail-sync", headers=key, json={
-            "provider": "custom", "address": address, "password": password,
-            "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
-            "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False}})
+        connected = client.put(
+            "/v1/mail-sync",
+            headers=key,
+            json={
+                "provider": "custom",
+                "address": address,
+                "password": password,
+                "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
+                "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False},
+            },
+        )
         assert connected.status_code in (200, 201), connected.text
         assert "password" not in connected.text.lower() or password not in connected.text
 
@@ -88,21 +102,31 @@ def test_mail_sync_to_timeline_and_smart_mail_once(suite: Suite, company: dict[s
             body = response.json()
             return body["items"] if isinstance(body, dict) else body
 
-        wait_for("the lead's inbound mail on the timeline",
-                 lambda: any(f"Hello from Lee {tag}" in e["subject"] for e in timeline()))
+        wait_for(
+            "the lead's inbound mail on the timeline",
+            lambda: any(f"Hello from Lee {tag}" in e["subject"] for e in timeline()),
+        )
         assert not any("Not a lead" in e["subject"] for e in timeline())
-        assert wait_for("the mailbox enabled", lambda: client.get("/v1/mail-sync", headers=key).json()["status"]
-                        == "enabled")
+        assert wait_for(
+            "the mailbox enabled", lambda: client.get("/v1/mail-sync", headers=key).json()["status"] == "enabled"
+        )
 
-        sent = client.post("/v1/messages", headers={**key, "Idempotency-Key": f"proposal-{tag}"},
-                           json={"lead_ids": [lead_id], "subject": f"Proposal {tag}", "text": "Here it is."})
+        sent = client.post(
+            "/v1/messages",
+            headers={**key, "Idempotency-Key": f"proposal-{tag}"},
+            json={"lead_ids": [lead_id], "subject": f"Proposal {tag}", "text": "Here it is."},
+        )
         assert sent.status_code == 202, sent.text
         message_id = sent.json()["id"]
-        again = client.post("/v1/messages", headers={**key, "Idempotency-Key": f"proposal-{tag}"},
-                            json={"lead_ids": [lead_id], "subject": f"Proposal {tag}", "text": "Here it is."})
+        again = client.post(
+            "/v1/messages",
+            headers={**key, "Idempotency-Key": f"proposal-{tag}"},
+            json={"lead_ids": [lead_id], "subject": f"Proposal {tag}", "text": "Here it is."},
+        )
         assert again.json()["id"] == message_id
-        wait_for("the message sent", lambda: client.get(f"/v1/messages/{message_id}", headers=key).json()["state"]
-                 == "sent")
+        wait_for(
+            "the message sent", lambda: client.get(f"/v1/messages/{message_id}", headers=key).json()["state"] == "sent"
+        )
         received = smtp_server.received_with(f"Proposal {tag}".encode())
         assert len(received) == 1, "Smart Mail reached the SMTP server other than once"
         assert received[0].mail_from == address and received[0].rcpt_tos == [lead_address]
@@ -120,29 +144,42 @@ def test_mail_sync_to_timeline_and_smart_mail_once(suite: Suite, company: dict[s
         assert sum(f"Proposal {tag}" in e["subject"] for e in timeline()) == 1
 
 
-def test_send_over_quota_is_429_with_retry_after(suite: Suite, company: dict[str, Any], dovecot: DovecotServer,
-                                                 smtp_server: SmtpServer) -> None:
+def test_send_over_quota_is_429_with_retry_after(
+    suite: Suite, company: dict[str, Any], dovecot: DovecotServer, smtp_server: SmtpServer
+) -> None:
     key = {"Authorization": f"Bearer {company['api_key']['key']}"}
     address, password = company["administrator"]["email"], "pw-" + uuid.uuid4().hex[:6]
     dovecot.add_user(address, password)
     smtp_server.add_user(address, password)
     with suite.client() as client:
-        connected = client.put("/v1/mail-sync", headers=key, json={
-            "provider": "custom", "address": address, "password": password,
-            "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
-            "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False}})
+        connected = client.put(
+            "/v1/mail-sync",
+            headers=key,
+            json={
+                "provider": "custom",
+                "address": address,
+                "password": password,
+                "imap": {"host": "localhost", "port": dovecot.port, "use_ssl": False},
+                "smtp": {"host": "localhost", "port": smtp_server.port, "use_ssl": False},
+            },
+        )
         assert connected.status_code in (200, 201), connected.text
         mailbox_id = connected.json()["id"]
-        limited = client.put(f"/v1/quotas/accounts/mailbox:{mailbox_id}", headers=key,
-                             json={"overrides": {"messages_per_hour": 1}})
+        limited = client.put(
+            f"/v1/quotas/accounts/mailbox:{mailbox_id}", headers=key, json={"overrides": {"messages_per_hour": 1}}
+        )
         assert limited.status_code == 200, limited.text
-        first = client.post("/v1/messages", headers=key,
-                            json={"to": ["first@lead.example"], "subject": "one", "text": "1"})
+        first = client.post(
+            "/v1/messages", headers=key, json={"to": ["first@lead.example"], "subject": "one", "text": "1"}
+        )
         assert first.status_code == 202, first.text
-        wait_for("the first message sent",
-                 lambda: client.get(f"/v1/messages/{first.json()['id']}", headers=key).json()["state"] == "sent")
-        second = client.post("/v1/messages", headers=key,
-                             json={"to": ["second@lead.example"], "subject": "two", "text": "2"})
+        wait_for(
+            "the first message sent",
+            lambda: client.get(f"/v1/messages/{first.json()['id']}", headers=key).json()["state"] == "sent",
+        )
+        second = client.post(
+            "/v1/messages", headers=key, json={"to": ["second@lead.example"], "subject": "two", "text": "2"}
+        )
         assert second.status_code == 429, second.text
         assert second.headers["content-type"].startswith("application/problem+json")
         assert int(second.headers["retry-after"]) > 0
@@ -150,8 +187,11 @@ def test_send_over_quota_is_429_with_retry_after(suite: Suite, company: dict[str
 
 
 def test_wrong_company_and_wrong_role_through_the_gateway(suite: Suite, company: dict[str, Any]) -> None:
-    other = httpx.post(suite.gateway + "/v1/companies", headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
-                       json={"name": "Other", "administrator": {"email": f"o-{uuid.uuid4().hex[:6]}@other.example"}})
+    other = httpx.post(
+        suite.gateway + "/v1/companies",
+        headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
+        json={"name": "Other", "administrator": {"email": f"o-{uuid.uuid4().hex[:6]}@other.example"}},
+    )
     other_key = {"Authorization": f"Bearer {other.json()['api_key']['key']}"}
     key = {"Authorization": f"Bearer {company['api_key']['key']}"}
     with suite.client() as client:

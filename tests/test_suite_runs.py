@@ -19,13 +19,26 @@ def test_all_five_services_ready_behind_the_gateway(suite: Suite) -> None:
 
 def test_company_bootstrap_then_every_service_answers_through_the_gateway(suite: Suite) -> None:
     with suite.client() as client:
-        created = client.post("/v1/companies", headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
-                              json={"name": "Acme", "domains": ["acme.example"],
-                                    "administrator": {"email": f"boss@{uuid.uuid4().hex[:6]}.example"}})
+        created = client.post(
+            "/v1/companies",
+            headers={"Authorization": f"Bearer {suite.bootstrap_token}"},
+            json={
+                "name": "Acme",
+                "domains": ["acme.example"],
+                "administrator": {"email": f"boss@{uuid.uuid4().hex[:6]}.example"},
+            },
+        )
         assert created.status_code == 201, created.text
         key = {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
-        for path in ("/v1/leads", "/v1/blocklist", "/v1/quotas", "/v1/mail-sync/providers", "/v1/mailboxes",
-                     "/v1/smtp-accounts", "/v1/messages"):
+        for path in (
+            "/v1/leads",
+            "/v1/blocklist",
+            "/v1/quotas",
+            "/v1/mail-sync/providers",
+            "/v1/mailboxes",
+            "/v1/smtp-accounts",
+            "/v1/messages",
+        ):
             response = client.get(path, headers=key)
             assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:300]}"
         document = client.get("/openapi.json").json()

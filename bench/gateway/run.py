@@ -68,13 +68,20 @@ async def main(args: argparse.Namespace) -> None:
         for package in ("leadline_gateway", "leadline_lead"):
             await upgrade(package, url)
         lead_port, gateway_port = free_port(), free_port()
-        env = {"DATABASE_URL": url, "NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET,
-               "LEADLINE_BOOTSTRAP_TOKEN": BOOTSTRAP, "LEADLINE_LEAD_URL": f"http://127.0.0.1:{lead_port}",
-               "LEADLINE_RATE_LIMIT_PER_SECOND": "1000000", "LEADLINE_RATE_LIMIT_BURST": "1000000",
-               "LEADLINE_LOG_LEVEL": "WARNING"}
-        with app_processes(AppProcess("leadline_lead", lead_port, env, base / "leadline_lead.log"),
-                           AppProcess("leadline_gateway", gateway_port, env, base / "leadline_gateway.log",
-                                      ready_path="/healthz")):  # its readyz also asks services not run here
+        env = {
+            "DATABASE_URL": url,
+            "NATS_URL": nats_server.url,
+            "LEADLINE_IDENTITY_SECRET": SECRET,
+            "LEADLINE_BOOTSTRAP_TOKEN": BOOTSTRAP,
+            "LEADLINE_LEAD_URL": f"http://127.0.0.1:{lead_port}",
+            "LEADLINE_RATE_LIMIT_PER_SECOND": "1000000",
+            "LEADLINE_RATE_LIMIT_BURST": "1000000",
+            "LEADLINE_LOG_LEVEL": "WARNING",
+        }
+        with app_processes(
+            AppProcess("leadline_lead", lead_port, env, base / "leadline_lead.log"),
+            AppProcess("leadline_gateway", gateway_port, env, base / "leadline_gateway.log", ready_path="/healthz"),
+        ):  # its readyz also asks services not run here
             await measure(args, lead_port, gateway_port)
     finally:
         nats_server.stop()
@@ -84,30 +91,47 @@ async def main(args: argparse.Namespace) -> None:
 async def measure(args: argparse.Namespace, lead_port: int, gateway_port: int) -> None:
     gateway = f"http://127.0.0.1:{gateway_port}"
     async with aiohttp.ClientSession() as session:
-        async with session.post(gateway + "/v1/companies", headers={"Authorization": f"Bearer {BOOTSTRAP}"},
-                                json={"name": "Bench", "administrator": {"email": "a@bench.example"}}) as r:
+        async with session.post(
+            gateway + "/v1/companies",
+            headers={"Authorization": f"Bearer {BOOTSTRAP}"},
+            json={"name": "Bench", "administrator": {"email": "a@bench.example"}},
+        ) as r:
             created = await r.json()
             assert r.status == 201, created
         key_headers = {"Authorization": f"Bearer {created['api_key']['key']}"}
-        async with session.post(gateway + "/v1/leads", headers=key_headers,
-                                json={"name": "Lee", "addresses": ["lee@lead.example"]}) as r:
+        async with session.post(
+            gateway + "/v1/leads", headers=key_headers, json={"name": "Lee", "addresses": ["lee@lead.example"]}
+        ) as r:
             assert r.status == 201, await r.text()
-    identity = Identity(company_id=uuid.UUID(created["company"]["id"]),
-                        user_id=uuid.UUID(created["administrator"]["id"]), role="administrator")
+    identity = Identity(
+        company_id=uuid.UUID(created["company"]["id"]),
+        user_id=uuid.UUID(created["administrator"]["id"]),
+        role="administrator",
+    )
     path = "/v1/leads?limit=1"
     # warm both paths (connection pools, caches)
     await load(gateway + path, key_headers, 1.0, args.concurrency)
     await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET), 1.0, args.concurrency)
     through, direct = [], []
     for round_ in range(args.rounds):
-        direct.append(await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET),
-                                 args.seconds, args.concurrency))
+        direct.append(
+            await load(
+                f"http://127.0.0.1:{lead_port}{path}",
+                identity_headers(identity, SECRET),
+                args.seconds,
+                args.concurrency,
+            )
+        )
         through.append(await load(gateway + path, key_headers, args.seconds, args.concurrency))
-        print(f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway {through[-1]:8.0f} req/s"
-              f"   ratio {through[-1] / direct[-1]:.2f}")
+        print(
+            f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway {through[-1]:8.0f} req/s"
+            f"   ratio {through[-1] / direct[-1]:.2f}"
+        )
     ratio = statistics.median(through) / statistics.median(direct)
-    print(f"median: direct {statistics.median(direct):.0f} req/s, gateway {statistics.median(through):.0f} "
-          f"req/s; gateway/direct = {ratio:.2f} (target >= 0.6), concurrency {args.concurrency}")
+    print(
+        f"median: direct {statistics.median(direct):.0f} req/s, gateway {statistics.median(through):.0f} "
+        f"req/s; gateway/direct = {ratio:.2f} (target >= 0.6), concurrency {args.concurrency}"
+    )
 
 
 if __name__ == "__main__":

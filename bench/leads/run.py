@@ -68,32 +68,78 @@ async def seed(dsn: str, company: uuid.UUID, leads: int, busy_events: int) -> uu
         lead_ids = [uuid.uuid4() for _ in range(leads)]
         stages = ("new", "contacted", "qualified", "proposal", "negotiation", "won", "lost")
         await conn.copy_records_to_table(
-            "lead", schema_name="lead",
+            "lead",
+            schema_name="lead",
             columns=["id", "company_id", "name", "account_name", "stage", "created_at", "updated_at"],
-            records=[(lid, company, f"Lead {i}", "", stages[i % 7], now, now) for i, lid in enumerate(lead_ids)])
+            records=[(lid, company, f"Lead {i}", "", stages[i % 7], now, now) for i, lid in enumerate(lead_ids)],
+        )
         await conn.copy_records_to_table(
-            "lead_address", schema_name="lead", columns=["company_id", "address", "domain", "lead_id", "position"],
-            records=[(company, f"lead{i}@client{i % 977}.example", f"client{i % 977}.example", lid, 0)
-                     for i, lid in enumerate(lead_ids)])
+            "lead_address",
+            schema_name="lead",
+            columns=["company_id", "address", "domain", "lead_id", "position"],
+            records=[
+                (company, f"lead{i}@client{i % 977}.example", f"client{i % 977}.example", lid, 0)
+                for i, lid in enumerate(lead_ids)
+            ],
+        )
         mailboxes = [uuid.uuid4() for _ in range(20)]
 
         def event(i: int, lead_index: int) -> tuple[Any, ...]:
             address = f"lead{lead_index}@client{lead_index % 977}.example"
-            return (company, lead_ids[lead_index], f"seed{i}@mail.example", f"<seed{i}@mail.example>",
-                    "email_received", "personal", T0 + timedelta(minutes=i), "inbound", address, "",
-                    ["me@mycorp.example"], [], [address], f"Subject {i}", "Some text of the message " * 4,
-                    mailboxes[i % 20], None, "inbox")
+            return (
+                company,
+                lead_ids[lead_index],
+                f"seed{i}@mail.example",
+                f"<seed{i}@mail.example>",
+                "email_received",
+                "personal",
+                T0 + timedelta(minutes=i),
+                "inbound",
+                address,
+                "",
+                ["me@mycorp.example"],
+                [],
+                [address],
+                f"Subject {i}",
+                "Some text of the message " * 4,
+                mailboxes[i % 20],
+                None,
+                "inbox",
+            )
 
-        columns = ["company_id", "lead_id", "message_key", "message_id", "kind", "category", "occurred_at",
-                   "direction", "from_address", "from_name", "to_addresses", "cc_addresses", "matched_addresses",
-                   "subject", "snippet", "mailbox_id", "user_id", "folder"]
-        await conn.copy_records_to_table("timeline_event", schema_name="lead", columns=columns,
-                                         records=[event(i, 0) for i in range(busy_events)])
+        columns = [
+            "company_id",
+            "lead_id",
+            "message_key",
+            "message_id",
+            "kind",
+            "category",
+            "occurred_at",
+            "direction",
+            "from_address",
+            "from_name",
+            "to_addresses",
+            "cc_addresses",
+            "matched_addresses",
+            "subject",
+            "snippet",
+            "mailbox_id",
+            "user_id",
+            "folder",
+        ]
         await conn.copy_records_to_table(
-            "timeline_event", schema_name="lead", columns=columns,
-            records=[event(busy_events + i, 1 + i % (leads - 1)) for i in range(OTHER_EVENTS)])
-        await conn.execute("INSERT INTO lead.timeline_event_source (timeline_event_id, source, company_id, mailbox_id)"
-                           " SELECT id, mailbox_id::text, company_id, mailbox_id FROM lead.timeline_event")
+            "timeline_event", schema_name="lead", columns=columns, records=[event(i, 0) for i in range(busy_events)]
+        )
+        await conn.copy_records_to_table(
+            "timeline_event",
+            schema_name="lead",
+            columns=columns,
+            records=[event(busy_events + i, 1 + i % (leads - 1)) for i in range(OTHER_EVENTS)],
+        )
+        await conn.execute(
+            "INSERT INTO lead.timeline_event_source (timeline_event_id, source, company_id, mailbox_id)"
+            " SELECT id, mailbox_id::text, company_id, mailbox_id FROM lead.timeline_event"
+        )
         await conn.execute("VACUUM ANALYZE")
         return lead_ids[0]
     finally:
@@ -122,7 +168,7 @@ async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UU
                 assert response.status_code == 200 and response.json()["items"]
     conn = await asyncpg.connect(dsn)
     try:
-        query = ("SELECT * FROM lead.timeline_event WHERE lead_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT 300")
+        query = "SELECT * FROM lead.timeline_event WHERE lead_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT 300"
         raw = []
         for i in range(READS + 20):
             started = time.perf_counter()
@@ -132,10 +178,14 @@ async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UU
             assert len(rows) == 300
     finally:
         await conn.close()
-    return {"p50": percentile(samples, 50), "p99": percentile(samples, 99),
-            "search_address_p50": percentile(searches["address"], 50),
-            "search_name_p50": percentile(searches["name"], 50),
-            "raw_p50": percentile(raw, 50), "raw_p99": percentile(raw, 99)}
+    return {
+        "p50": percentile(samples, 50),
+        "p99": percentile(samples, 99),
+        "search_address_p50": percentile(searches["address"], 50),
+        "search_name_p50": percentile(searches["name"], 50),
+        "raw_p50": percentile(raw, 50),
+        "raw_p99": percentile(raw, 99),
+    }
 
 
 def mail_events(company: uuid.UUID, leads: int, count: int) -> list[MailSyncedV1]:
@@ -149,14 +199,24 @@ def mail_events(company: uuid.UUID, leads: int, count: int) -> list[MailSyncedV1
             other = rng.randrange(1, leads)
             to.append(f"lead{other}@client{other % 977}.example")
         payload = MailPayload(
-            message_id=f"<bench{n}@mail.example>", mailbox_id=uuid.uuid4(), user_id=uuid.uuid4(), folder="inbox",
-            direction="inbound", from_address=f"lead{lead_index}@client{lead_index % 977}.example",
-            from_name="A Lead", to=to, subject=f"Re: offer {n}", sent_at=T0 + timedelta(days=400, seconds=n),
-            text="", html="<p>Thanks for the <b>offer</b>, we will look at it &amp; come back.</p>" * 3)
+            message_id=f"<bench{n}@mail.example>",
+            mailbox_id=uuid.uuid4(),
+            user_id=uuid.uuid4(),
+            folder="inbox",
+            direction="inbound",
+            from_address=f"lead{lead_index}@client{lead_index % 977}.example",
+            from_name="A Lead",
+            to=to,
+            subject=f"Re: offer {n}",
+            sent_at=T0 + timedelta(days=400, seconds=n),
+            text="",
+            html="<p>Thanks for the <b>offer</b>, we will look at it &amp; come back.</p>" * 3,
+        )
         events.append(MailSyncedV1(company_id=company, payload=payload))
         if n % 5 == 0 and len(events) < count:  # the same message in a colleague's mailbox
-            events.append(MailSyncedV1(company_id=company, payload=payload.model_copy(
-                update={"mailbox_id": uuid.uuid4()})))
+            events.append(
+                MailSyncedV1(company_id=company, payload=payload.model_copy(update={"mailbox_id": uuid.uuid4()}))
+            )
     return events
 
 
@@ -199,37 +259,60 @@ async def main() -> None:
             await upgrade("leadline_lead", url)
             started = time.perf_counter()
             busy = await seed(asyncpg_dsn(url), company, args.leads, args.busy_events)
-            print(f"seeded {args.leads:,} leads and {args.busy_events + OTHER_EVENTS:,} timeline events "
-                  f"in {time.perf_counter() - started:.1f}s", flush=True)
+            print(
+                f"seeded {args.leads:,} leads and {args.busy_events + OTHER_EVENTS:,} timeline events "
+                f"in {time.perf_counter() - started:.1f}s",
+                flush=True,
+            )
             await admin.execute("CREATE DATABASE per_event TEMPLATE bulk")
             await admin.close()
 
-            settings = Settings(DATABASE_URL=url, NATS_URL=nats_server.url, identity_secret=SECRET,
-                                consumer_durable="bench-app")
+            settings = Settings(
+                DATABASE_URL=url, NATS_URL=nats_server.url, identity_secret=SECRET, consumer_durable="bench-app"
+            )
             reads = await measure_reads(settings, company, busy, asyncpg_dsn(url))
 
             nc, js = await bus.connect(nats_server.url, "bench-leads")
             await bus.ensure_stream(js)
             events = mail_events(company, args.leads, args.events)
-            acks = [await js.publish(e.subject, e.model_dump_json().encode(),
-                                     headers={"Nats-Msg-Id": str(e.event_id)}) for e in events[:1]]
-            acks += await asyncio.gather(*(js.publish(e.subject, e.model_dump_json().encode(),
-                                                      headers={"Nats-Msg-Id": str(e.event_id)})
-                                           for e in events[1:]))
+            acks = [
+                await js.publish(e.subject, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
+                for e in events[:1]
+            ]
+            acks += await asyncio.gather(
+                *(
+                    js.publish(e.subject, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
+                    for e in events[1:]
+                )
+            )
             total = max(ack.seq for ack in acks)
 
             bulk_db = Database(url, "lead")
-            bulk = EventConsumer(db=bulk_db, js=js, processed=processed, durable="bench-bulk",
-                                 subjects=SUBJECTS, handler=apply_event, batch_handler=apply_events, batch_size=500)
+            bulk = EventConsumer(
+                db=bulk_db,
+                js=js,
+                processed=processed,
+                durable="bench-bulk",
+                subjects=SUBJECTS,
+                handler=apply_event,
+                batch_handler=apply_events,
+                batch_size=500,
+            )
             bulk_rate = await measure_apply(js, bulk, total)
             per_event_db = Database(postgres.url("per_event"), "lead")
-            per_event = EventConsumer(db=per_event_db, js=js, processed=processed, durable="bench-per-event",
-                                      subjects=SUBJECTS, handler=apply_event, batch_size=500)
+            per_event = EventConsumer(
+                db=per_event_db,
+                js=js,
+                processed=processed,
+                durable="bench-per-event",
+                subjects=SUBJECTS,
+                handler=apply_event,
+                batch_size=500,
+            )
             # the slow reference is measured over the first events only, to keep the run short
             per_event_rate = await measure_apply(js, per_event, min(total, REFERENCE_EVENTS))
             async with bulk_db.session() as s:
-                applied = (await s.execute(
-                    processed.select().where(processed.c.consumer == "bench-bulk"))).all()
+                applied = (await s.execute(processed.select().where(processed.c.consumer == "bench-bulk"))).all()
             assert len(applied) == len(events), (len(applied), len(events))
             await bulk_db.dispose()
             await per_event_db.dispose()
@@ -239,17 +322,27 @@ async def main() -> None:
             postgres.stop()
 
     print()
-    print(f"command: uv run python bench/leads/run.py --leads {args.leads} --busy-events {args.busy_events} "
-          f"--events {args.events}")
-    print(f"timeline read, {args.busy_events:,}-event lead among {args.leads:,} leads, 300 events via HTTP app: "
-          f"p50 {reads['p50'] * 1000:.1f} ms, p99 {reads['p99'] * 1000:.1f} ms")
-    print(f"  reference raw asyncpg query: p50 {reads['raw_p50'] * 1000:.1f} ms, p99 {reads['raw_p99'] * 1000:.1f} ms"
-          f"  -> app/raw p50 ratio {reads['p50'] / reads['raw_p50']:.1f}x")
-    print(f"lead search among {args.leads:,} leads via HTTP app: by address prefix p50 "
-          f"{reads['search_address_p50'] * 1000:.1f} ms, by name p50 {reads['search_name_p50'] * 1000:.1f} ms")
+    print(
+        f"command: uv run python bench/leads/run.py --leads {args.leads} --busy-events {args.busy_events} "
+        f"--events {args.events}"
+    )
+    print(
+        f"timeline read, {args.busy_events:,}-event lead among {args.leads:,} leads, 300 events via HTTP app: "
+        f"p50 {reads['p50'] * 1000:.1f} ms, p99 {reads['p99'] * 1000:.1f} ms"
+    )
+    print(
+        f"  reference raw asyncpg query: p50 {reads['raw_p50'] * 1000:.1f} ms, p99 {reads['raw_p99'] * 1000:.1f} ms"
+        f"  -> app/raw p50 ratio {reads['p50'] / reads['raw_p50']:.1f}x"
+    )
+    print(
+        f"lead search among {args.leads:,} leads via HTTP app: by address prefix p50 "
+        f"{reads['search_address_p50'] * 1000:.1f} ms, by name p50 {reads['search_name_p50'] * 1000:.1f} ms"
+    )
     print(f"timeline apply from the stream ({len(events):,} mail.synced events): {bulk_rate:,.0f} events/s")
-    print(f"  reference kit per-event handler path: {per_event_rate:,.0f} events/s"
-          f"  -> bulk/per-event ratio {bulk_rate / per_event_rate:.1f}x")
+    print(
+        f"  reference kit per-event handler path: {per_event_rate:,.0f} events/s"
+        f"  -> bulk/per-event ratio {bulk_rate / per_event_rate:.1f}x"
+    )
 
 
 if __name__ == "__main__":

@@ -45,17 +45,31 @@ COMMAND = "uv run python bench/quota/run.py"
 
 @contextmanager
 def quota_processes(count: int, database_url: str, nats_url: str) -> Iterator[list[int]]:
-    env = {"DATABASE_URL": database_url, "NATS_URL": nats_url, "LEADLINE_LOG_LEVEL": "WARNING",
-           "LEADLINE_IDENTITY_SECRET": "bench-identity-secret", "LEADLINE_CONSUMER_DURABLE": "quota-bench"}
+    env = {
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "LEADLINE_LOG_LEVEL": "WARNING",
+        "LEADLINE_IDENTITY_SECRET": "bench-identity-secret",
+        "LEADLINE_CONSUMER_DURABLE": "quota-bench",
+    }
     apps = [AppProcess("leadline_quota", free_port(), env) for _ in range(count)]
     with app_processes(*apps):
         yield [app.port for app in apps]
 
 
 def ask_for(account: str, company: uuid.UUID) -> bytes:
-    return QuotaReserveRequest(company_id=company, account_key=account, provider="gmail", recipients=1,
-                               size_bytes=20_000, overrides={"messages_per_day": 10_000_000}
-                               ).model_dump_json().encode()
+    return (
+        QuotaReserveRequest(
+            company_id=company,
+            account_key=account,
+            provider="gmail",
+            recipients=1,
+            size_bytes=20_000,
+            overrides={"messages_per_day": 10_000_000},
+        )
+        .model_dump_json()
+        .encode()
+    )
 
 
 async def load(nc: Client, subject: str, asks: list[bytes], clients: int, duration: float) -> tuple[float, int]:
@@ -127,8 +141,7 @@ async def bench(args: argparse.Namespace) -> None:
                 hot = [ask_for(f"smtp:{uuid.uuid4()}", company)]
                 with quota_processes(processes, url, nats_server.url):
                     await load(nc, RPC_QUOTA_RESERVE, spread, args.clients, 1.0)  # warm up pools
-                    spread_rate, spread_failed = await load(nc, RPC_QUOTA_RESERVE, spread, args.clients,
-                                                            args.duration)
+                    spread_rate, spread_failed = await load(nc, RPC_QUOTA_RESERVE, spread, args.clients, args.duration)
                     hot_rate, hot_failed = await load(nc, RPC_QUOTA_RESERVE, hot, args.clients, args.duration)
                     p50, p99 = await latency(nc, spread, args.samples)
                 rows.append((processes, spread_rate, spread_failed, hot_rate, hot_failed, p50, p99))
@@ -137,17 +150,25 @@ async def bench(args: argparse.Namespace) -> None:
             nats_server.stop()
             postgres.stop()
 
-    print(f"quota reservations through NATS ({args.clients} clients, {args.duration:.0f}s each, "
-          f"{args.accounts} accounts; PostgreSQL fsync on; {os.cpu_count()} cores)")
+    print(
+        f"quota reservations through NATS ({args.clients} clients, {args.duration:.0f}s each, "
+        f"{args.accounts} accounts; PostgreSQL fsync on; {os.cpu_count()} cores)"
+    )
     print(f"reference: bare NATS responder {reference:,.0f} replies/s")
-    print(f"{'processes':>9} {'granted/s':>10} {'vs bare':>8} {'1 hot acct/s':>13} {'p50 ms':>7} "
-          f"{'p99 ms':>7} {'failed':>7}")
+    print(
+        f"{'processes':>9} {'granted/s':>10} {'vs bare':>8} {'1 hot acct/s':>13} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'failed':>7}"
+    )
     for processes, spread_rate, spread_failed, hot_rate, hot_failed, p50, p99 in rows:
-        print(f"{processes:>9} {spread_rate:>10,.0f} {spread_rate / reference:>8.3f} {hot_rate:>13,.0f} "
-              f"{p50:>7.2f} {p99:>7.2f} {spread_failed + hot_failed:>7}")
+        print(
+            f"{processes:>9} {spread_rate:>10,.0f} {spread_rate / reference:>8.3f} {hot_rate:>13,.0f} "
+            f"{p50:>7.2f} {p99:>7.2f} {spread_failed + hot_failed:>7}"
+        )
     print(f"2 processes / 1 process: {rows[1][1] / rows[0][1]:.2f}x")
-    print(f"command: {COMMAND} --duration {args.duration:g} --clients {args.clients} "
-          f"--accounts {args.accounts} --samples {args.samples}")
+    print(
+        f"command: {COMMAND} --duration {args.duration:g} --clients {args.clients} "
+        f"--accounts {args.accounts} --samples {args.samples}"
+    )
 
 
 def main() -> None:

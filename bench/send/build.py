@@ -23,8 +23,9 @@ SENDER = Sender("cs@company.example.com", "Customer Service")
 
 
 def ours(n: int, now: datetime) -> bytes:
-    draft = Draft(category="personal", to=(Recipient(f"lead{n}@example.org", ""),), subject=f"Smart Mail {n}",
-                  text=BODY)
+    draft = Draft(
+        category="personal", to=(Recipient(f"lead{n}@example.org", ""),), subject=f"Smart Mail {n}", text=BODY
+    )
     return build_message(draft, SENDER, message_id=f"<{n}@bench.example>", date=now, unsubscribe_link=None).raw
 
 
@@ -55,8 +56,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000)
     args = parser.parse_args()
     built, bare = per_message_ms(ours, args.messages), per_message_ms(stdlib, args.messages)
-    print(f"build_message (built, read back, checked): {built:.3f} ms per message; "
-          f"bare EmailMessage + as_bytes: {bare:.3f} ms; ratio {built / bare:.2f}")
+    print(
+        f"build_message (built, read back, checked): {built:.3f} ms per message; "
+        f"bare EmailMessage + as_bytes: {bare:.3f} ms; ratio {built / bare:.2f}"
+    )
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def cpu_by_command(kinds: tuple[str, ...], marker: str | None = None) -> dict[st
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         processes[int(entry.name)] = (int(fields[1]), command, (int(fields[11]) + int(fields[12])) / tick)
     ours = {os.getpid(), *(pid for pid, (_, command, _) in processes.items() if marker and marker in command)}
     grown = True

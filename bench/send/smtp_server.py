@@ -31,8 +31,9 @@ class CountingHandler:
         self.accepted = 0
         self.dovecot = dovecot
 
-    async def handle_EHLO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
@@ -48,15 +49,21 @@ async def serve(port: int, cert: str, key: str, user: str, password: str, doveco
     context.load_cert_chain(cert, key)
     handler = CountingHandler(dovecot)
 
-    def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str,
-                     auth_data: Any) -> AuthResult:
+    def authenticate(server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any) -> AuthResult:
         ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
-            user.encode(), password.encode())
+            user.encode(),
+            password.encode(),
+        )
         return AuthResult(success=ok, handled=False)
 
     def factory() -> SMTP:
-        return SMTP(handler, hostname="localhost", authenticator=authenticate, auth_require_tls=False,
-                    data_size_limit=40 * 1024 * 1024)
+        return SMTP(
+            handler,
+            hostname="localhost",
+            authenticator=authenticate,
+            auth_require_tls=False,
+            data_size_limit=40 * 1024 * 1024,
+        )
 
     # implicit TLS: the transport is TLS before the greeting (aiosmtpd then sees a plain stream, hence
     # auth_require_tls=False: nothing on this server is ever in plaintext)

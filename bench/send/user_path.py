@@ -54,8 +54,18 @@ from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_p
 from leadline_kit.testing.fixtures import create_database
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = ("leadline_gateway", "leadline_lead", "leadline_quota", "leadline_sync", "leadline_send", "postgres",
-             "nats-server", "dovecot", "smtp_server.py", "bench/send")
+PROCESSES = (
+    "leadline_gateway",
+    "leadline_lead",
+    "leadline_quota",
+    "leadline_sync",
+    "leadline_send",
+    "postgres",
+    "nats-server",
+    "dovecot",
+    "smtp_server.py",
+    "bench/send",
+)
 LIFTED = 1_000_000.0  # requests per second per key: the gateway's rate limit out of the way
 ADDRESS, PASSWORD = "sam@acme.example", "bench-mailbox-password"
 
@@ -93,8 +103,18 @@ def mail_servers(tmp: Path) -> Iterator[MailServers]:
     dovecot.start()
     dovecot.add_user(ADDRESS, PASSWORD)
     smtp_port = free_port()
-    smtp = subprocess.Popen([sys.executable, str(Path(__file__).parent / "smtp_server.py"), str(smtp_port),
-                             str(cert_file), str(key_file), ADDRESS, PASSWORD, str(dovecot.base_dir)])
+    smtp = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parent / "smtp_server.py"),
+            str(smtp_port),
+            str(cert_file),
+            str(key_file),
+            ADDRESS,
+            PASSWORD,
+            str(dovecot.base_dir),
+        ]
+    )
     try:
         wait_for_port(smtp_port, timeout=120)
         yield MailServers(imap_port=dovecot.tls_port, smtp_port=smtp_port, ca_file=str(ca_file))
@@ -126,28 +146,46 @@ def _ready(url: str, deadline: float) -> bool:
 
 
 @contextlib.contextmanager
-def suite(data_dir: Path, database_url: str, nats_url: str, servers: MailServers, connections: int,
-          rate_limit: float | None, source: Path | None) -> Iterator[Suite]:
+def suite(
+    data_dir: Path,
+    database_url: str,
+    nats_url: str,
+    servers: MailServers,
+    connections: int,
+    rate_limit: float | None,
+    source: Path | None,
+) -> Iterator[Suite]:
     """``deploy/run.py`` with the bench's servers, ``connections`` delivery workers and the rate limit;
     ``source``: another checkout of the repository whose code the suite runs (before and after figures)."""
     base = free_port_block(6)
     tree = source or ROOT
-    env = {**os.environ, "DATABASE_URL": database_url, "NATS_URL": nats_url, "LEADLINE_DATA_DIR": str(data_dir),
-           "LEADLINE_PORT_BASE": str(base), "LEADLINE_LOG_LEVEL": "WARNING",
-           "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_SYNC_CA_FILE": servers.ca_file,
-           "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_MAIL_CAFILE": servers.ca_file,
-           "LEADLINE_SMTP_CONNECTIONS": str(connections), "LEADLINE_READY_SECONDS": "600"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "NATS_URL": nats_url,
+        "LEADLINE_DATA_DIR": str(data_dir),
+        "LEADLINE_PORT_BASE": str(base),
+        "LEADLINE_LOG_LEVEL": "WARNING",
+        "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LEADLINE_SYNC_CA_FILE": servers.ca_file,
+        "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LEADLINE_MAIL_CAFILE": servers.ca_file,
+        "LEADLINE_SMTP_CONNECTIONS": str(connections),
+        "LEADLINE_READY_SECONDS": "600",
+    }
     if source is not None:
         env["PYTHONPATH"] = ":".join(str(p) for p in sorted(source.glob("*/src")))
     limit = LIFTED if rate_limit is None else rate_limit
     env["LEADLINE_RATE_LIMIT_PER_SECOND"] = str(limit)
     env["LEADLINE_RATE_LIMIT_BURST"] = str(max(1, int(limit * 4)))
     log = (data_dir / f"run-{connections}.log").open("ab")
-    process = subprocess.Popen([sys.executable, str(tree / "deploy" / "run.py")], env=env, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [sys.executable, str(tree / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+    )
     try:
-        found = Suite(gateway=f"http://127.0.0.1:{base}", base=base, bootstrap_token="", metrics_token="",
-                      marker=str(data_dir))
+        found = Suite(
+            gateway=f"http://127.0.0.1:{base}", base=base, bootstrap_token="", metrics_token="", marker=str(data_dir)
+        )
         deadline = time.monotonic() + 630  # a loaded machine: the suite's processes start for minutes
         if not (_ready(found.gateway + "/readyz", deadline) and _ready(found.port(5) + "/readyz", deadline)):
             kept = Path(tempfile.mkdtemp(prefix="send-bench-logs-"))
@@ -196,15 +234,24 @@ class Account:
 async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
     """A company, its administrator's own mailbox connected through the API, one lead per message."""
     async with httpx.AsyncClient(base_url=found.gateway, timeout=60) as client:
-        created = await client.post("/v1/companies", headers={"Authorization": f"Bearer {found.bootstrap_token}"},
-                                    json={"name": "Acme", "domains": ["acme.example"],
-                                          "administrator": {"email": ADDRESS}})
+        created = await client.post(
+            "/v1/companies",
+            headers={"Authorization": f"Bearer {found.bootstrap_token}"},
+            json={"name": "Acme", "domains": ["acme.example"], "administrator": {"email": ADDRESS}},
+        )
         assert created.status_code == 201, created.text
         key = {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
-        connected = await client.put("/v1/mail-sync", headers=key, json={
-            "provider": "custom", "address": ADDRESS, "password": PASSWORD,
-            "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
-            "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True}})
+        connected = await client.put(
+            "/v1/mail-sync",
+            headers=key,
+            json={
+                "provider": "custom",
+                "address": ADDRESS,
+                "password": PASSWORD,
+                "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
+                "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
+            },
+        )
         assert connected.status_code in (200, 201), connected.text
         for _ in range(240):
             if (await client.get("/v1/mail-sync", headers=key)).json()["status"] == "enabled":
@@ -216,8 +263,9 @@ async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
 
         async def lead(n: int) -> str:
             async with slots:
-                made = await client.post("/v1/leads", headers=key, json={
-                    "name": f"Lead {n}", "addresses": [f"lead{n}@lead.example"]})
+                made = await client.post(
+                    "/v1/leads", headers=key, json={"name": f"Lead {n}", "addresses": [f"lead{n}@lead.example"]}
+                )
             assert made.status_code == 201, made.text
             return str(made.json()["id"])
 
@@ -241,8 +289,7 @@ async def raw_loop(servers: MailServers, connections: int, messages: int, append
     per_connection = messages // connections
 
     async def one(index: int) -> None:
-        smtp = aiosmtplib.SMTP(hostname="localhost", port=servers.smtp_port, use_tls=True,
-                               tls_context=servers.tls())
+        smtp = aiosmtplib.SMTP(hostname="localhost", port=servers.smtp_port, use_tls=True, tls_context=servers.tls())
         await smtp.connect()
         await smtp.login(ADDRESS, PASSWORD)
         imap = None
@@ -294,8 +341,9 @@ BREAKDOWN = [
 ]
 
 
-def breakdown(before: dict[str, float], after: dict[str, float], messages: int, post_seconds: float
-              ) -> list[tuple[str, float, float]]:
+def breakdown(
+    before: dict[str, float], after: dict[str, float], messages: int, post_seconds: float
+) -> list[tuple[str, float, float]]:
     """(what, ms per message, count per message) from the difference of two scrapes."""
     rows = [(BREAKDOWN[0][0], post_seconds * 1000 / messages, 1.0)]
     for what, histogram, labels in BREAKDOWN[1:]:
@@ -305,7 +353,7 @@ def breakdown(before: dict[str, float], after: dict[str, float], messages: int, 
             if name.startswith(histogram + "_sum") or name.startswith(histogram + "_count"):
                 if labels and labels not in name:
                     continue
-                label_text = name[name.find("{"):] if "{" in name else ""
+                label_text = name[name.find("{") :] if "{" in name else ""
                 kind = "sum" if name.startswith(histogram + "_sum") else "count"
                 entry = sums.setdefault(label_text, [0.0, 0.0])
                 entry[0 if kind == "sum" else 1] += value - before.get(name, 0.0)
@@ -330,8 +378,9 @@ class PathRun:
         return 1.0 / max(self.sent, self.copied)
 
 
-async def path_run(found: Suite, account: Account, servers: MailServers, database_url: str, messages: int,
-                   clients: int) -> PathRun:
+async def path_run(
+    found: Suite, account: Account, servers: MailServers, database_url: str, messages: int, clients: int
+) -> PathRun:
     subject = uuid.uuid4().hex[:8]
     numbers: asyncio.Queue[int] = asyncio.Queue()
     for n in range(messages):
@@ -341,17 +390,24 @@ async def path_run(found: Suite, account: Account, servers: MailServers, databas
     headers = {"Authorization": account.key}
     processes = [found.port(0), found.port(2), found.port(4), found.port(5)]
     latencies: list[float] = []
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients),
-                                     timeout=aiohttp.ClientTimeout(total=120)) as client:
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=120)
+    ) as client:
         before = await scrape(client, processes, found.metrics_token)
 
         async def caller() -> None:
             while not numbers.empty():
                 n = numbers.get_nowait()
                 sent_at = time.perf_counter()
-                async with client.post(found.gateway + "/v1/messages", headers=headers, json={
+                async with client.post(
+                    found.gateway + "/v1/messages",
+                    headers=headers,
+                    json={
                         "lead_ids": [account.lead_ids[n % len(account.lead_ids)]],
-                        "subject": f"Smart Mail {subject} {n}", "text": BODY}) as response:
+                        "subject": f"Smart Mail {subject} {n}",
+                        "text": BODY,
+                    },
+                ) as response:
                     assert response.status == 202, await response.text()
                 latencies.append(time.perf_counter() - sent_at)
 
@@ -359,9 +415,11 @@ async def path_run(found: Suite, account: Account, servers: MailServers, databas
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
         posted = time.perf_counter() - started
-        query = ("SELECT count(*) FILTER (WHERE state IN ('queued', 'sending', 'deferred')), "
-                 "count(*) FILTER (WHERE state = 'sent' AND sent_copy IS NULL) "
-                 "FROM send.outgoing_message WHERE subject LIKE $1")
+        query = (
+            "SELECT count(*) FILTER (WHERE state IN ('queued', 'sending', 'deferred')), "
+            "count(*) FILTER (WHERE state = 'sent' AND sent_copy IS NULL) "
+            "FROM send.outgoing_message WHERE subject LIKE $1"
+        )
         sent = copied = 0.0
         while True:
             moving, uncopied = await conn.fetchrow(query, f"Smart Mail {subject} %")
@@ -375,18 +433,32 @@ async def path_run(found: Suite, account: Account, servers: MailServers, databas
         cpu_after = cpu_by_command(PROCESSES, found.marker)
         cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_after.items()}
         after = await scrape(client, processes, found.metrics_token)
-    states = dict(await conn.fetch("SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 "
-                                   "GROUP BY state", f"Smart Mail {subject} %"))
-    notes = dict(await conn.fetch("SELECT sent_copy, count(*) FROM send.outgoing_message WHERE subject LIKE $1 "
-                                  "GROUP BY sent_copy", f"Smart Mail {subject} %"))
+    states = dict(
+        await conn.fetch(
+            "SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY state",
+            f"Smart Mail {subject} %",
+        )
+    )
+    notes = dict(
+        await conn.fetch(
+            "SELECT sent_copy, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY sent_copy",
+            f"Smart Mail {subject} %",
+        )
+    )
     await conn.close()
     if states != {"sent": messages}:
         raise RuntimeError(f"not every message was sent: {states}")
     copies = servers.sent_count() - copies_before
     if copies != messages or list(notes) != ["saved to Sent"]:
         raise RuntimeError(f"{copies} copies in Sent for {messages} messages; copy notes {notes}")
-    return PathRun(posted=posted / messages, sent=sent / messages, copied=copied / messages, copies=copies,
-                   rows=breakdown(before, after, messages, statistics.mean(latencies) * messages), cpu=cpu)
+    return PathRun(
+        posted=posted / messages,
+        sent=sent / messages,
+        copied=copied / messages,
+        copies=copies,
+        rows=breakdown(before, after, messages, statistics.mean(latencies) * messages),
+        cpu=cpu,
+    )
 
 
 @dataclass
@@ -410,22 +482,25 @@ async def bench(args: argparse.Namespace) -> None:
             account: Account | None = None
             with mail_servers(tmp) as servers:
                 for connections in args.connections:
-                    with suite(tmp, database_url, nats_server.url, servers, connections, args.rate_limit,
-                               args.source) as found:
+                    with suite(
+                        tmp, database_url, nats_server.url, servers, connections, args.rate_limit, args.source
+                    ) as found:
                         account = account or await set_up(found, servers, args.messages)
                         await raw_loop(servers, connections, min(200, args.messages), append=False)  # warm up
-                        await path_run(found, account, servers, database_url, min(200, args.messages),
-                                       args.clients)
+                        await path_run(found, account, servers, database_url, min(200, args.messages), args.clients)
                         rounds = results[connections] = []
                         for number in range(args.rounds):
                             raw = await raw_loop(servers, connections, args.messages, append=False)
                             raw_append = await raw_loop(servers, connections, args.messages, append=True)
                             run = await path_run(found, account, servers, database_url, args.messages, args.clients)
                             rounds.append(Round(raw, raw_append, run))
-                            print(f"  {connections} conns, round {number + 1}: raw {raw:,.0f}/s, raw + APPEND "
-                                  f"{raw_append:,.0f}/s, path {run.rate:,.0f}/s ({run.rate / raw:.2f}); posted "
-                                  f"{1 / run.posted:,.0f}/s, sent {1 / run.sent:,.0f}/s; CPU ms per message: "
-                                  + cpu_text({k: [v] for k, v in run.cpu.items()}), flush=True)
+                            print(
+                                f"  {connections} conns, round {number + 1}: raw {raw:,.0f}/s, raw + APPEND "
+                                f"{raw_append:,.0f}/s, path {run.rate:,.0f}/s ({run.rate / raw:.2f}); posted "
+                                f"{1 / run.posted:,.0f}/s, sent {1 / run.sent:,.0f}/s; CPU ms per message: "
+                                + cpu_text({k: [v] for k, v in run.cpu.items()}),
+                                flush=True,
+                            )
         finally:
             nats_server.stop()
             postgres.stop()
@@ -442,34 +517,46 @@ def span(values: list[float], digits: int = 2) -> str:
 
 
 def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tuple[float, float, float]) -> None:
-    print(f"\nSmart Mail on the user's path: 10 KB messages, {args.messages} per run, one POST /v1/messages each "
-          f"through the gateway from {args.clients} callers, the synced mailbox's SMTP (aiosmtpd, implicit TLS + "
-          f"AUTH), Sent copy by IMAP APPEND to Dovecot, PostgreSQL fsync on, gateway rate limit "
-          f"{'lifted' if args.rate_limit is None else f'{args.rate_limit:g}/s per key'}; {os.cpu_count()} cores, "
-          f"load at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
-    print(f"{'conns':>5} {'raw/s':>16} {'raw + APPEND/s':>16} {'posted/s':>16} {'all sent/s':>16} "
-          f"{'path (sent + copied)/s':>24} {'ratio vs raw':>18} {'vs raw + APPEND':>18}")
+    print(
+        f"\nSmart Mail on the user's path: 10 KB messages, {args.messages} per run, one POST /v1/messages each "
+        f"through the gateway from {args.clients} callers, the synced mailbox's SMTP (aiosmtpd, implicit TLS + "
+        f"AUTH), Sent copy by IMAP APPEND to Dovecot, PostgreSQL fsync on, gateway rate limit "
+        f"{'lifted' if args.rate_limit is None else f'{args.rate_limit:g}/s per key'}; {os.cpu_count()} cores, "
+        f"load at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
+    print(
+        f"{'conns':>5} {'raw/s':>16} {'raw + APPEND/s':>16} {'posted/s':>16} {'all sent/s':>16} "
+        f"{'path (sent + copied)/s':>24} {'ratio vs raw':>18} {'vs raw + APPEND':>18}"
+    )
     for connections, rounds in results.items():
-        print(f"{connections:>5} {span([r.raw for r in rounds], 0):>16} {span([r.raw_append for r in rounds], 0):>16} "
-              f"{span([1 / r.path.posted for r in rounds], 0):>16} {span([1 / r.path.sent for r in rounds], 0):>16} "
-              f"{span([r.path.rate for r in rounds], 0):>24} {span([r.path.rate / r.raw for r in rounds]):>18} "
-              f"{span([r.path.rate / r.raw_append for r in rounds]):>18}")
+        print(
+            f"{connections:>5} {span([r.raw for r in rounds], 0):>16} {span([r.raw_append for r in rounds], 0):>16} "
+            f"{span([1 / r.path.posted for r in rounds], 0):>16} {span([1 / r.path.sent for r in rounds], 0):>16} "
+            f"{span([r.path.rate for r in rounds], 0):>24} {span([r.path.rate / r.raw for r in rounds]):>18} "
+            f"{span([r.path.rate / r.raw_append for r in rounds]):>18}"
+        )
     for connections, rounds in results.items():
-        print(f"\nwhere a message's time goes at {connections} connection(s), medians of {len(rounds)} rounds "
-              "(ms per message; calls per message):")
+        print(
+            f"\nwhere a message's time goes at {connections} connection(s), medians of {len(rounds)} rounds "
+            "(ms per message; calls per message):"
+        )
         table: dict[str, list[tuple[float, float]]] = {}
         for r in rounds:
             for what, ms, count in r.path.rows:
                 table.setdefault(what, []).append((ms, count))
         for what, values in table.items():
-            print(f"  {what:<70} {statistics.median(v[0] for v in values):8.3f} ms  "
-                  f"x{statistics.median(v[1] for v in values):.2f}")
+            print(
+                f"  {what:<70} {statistics.median(v[0] for v in values):8.3f} ms  "
+                f"x{statistics.median(v[1] for v in values):.2f}"
+            )
         cpu: dict[str, list[float]] = {}
         for r in rounds:
             for kind, ms in r.path.cpu.items():
                 cpu.setdefault(kind, []).append(ms)
         print("  CPU ms per message by process: " + cpu_text(cpu))
-    print(f"command: uv run python bench/send/run.py --messages {args.messages} --clients {args.clients} "
-          f"--connections {' '.join(map(str, args.connections))} --rounds {args.rounds}"
-          f"{'' if args.rate_limit is None else f' --rate-limit {args.rate_limit:g}'}"
-          f"{f' --source {args.source}' if args.source else ''}")
+    print(
+        f"command: uv run python bench/send/run.py --messages {args.messages} --clients {args.clients} "
+        f"--connections {' '.join(map(str, args.connections))} --rounds {args.rounds}"
+        f"{'' if args.rate_limit is None else f' --rate-limit {args.rate_limit:g}'}"
+        f"{f' --source {args.source}' if args.source else ''}"
+    )

@@ -123,8 +123,7 @@ async def live_sessions(session: aiohttp.ClientSession, ports: list[int]) -> int
                 text = await response.text()
         except aiohttp.ClientError:
             continue
-        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                     if line.startswith(LIVE_METRIC + "{"))
+        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(LIVE_METRIC + "{"))
     return int(total)
 
 
@@ -137,8 +136,15 @@ async def wait_until(what: str, check: Callable[[], Awaitable[bool]], timeout: f
     return time.monotonic() - started
 
 
-async def call(session: aiohttp.ClientSession, method: str, url: str, *, key: str, body: Any = None,
-               expect: tuple[int, ...] = (200, 201)) -> Any:
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    key: str,
+    body: Any = None,
+    expect: tuple[int, ...] = (200, 201),
+) -> Any:
     """One API call; 429 waits as Retry-After says, and a 503 (a service too slow to answer on this loaded
     machine) is tried again."""
     for _ in range(20):
@@ -172,10 +178,12 @@ def percentiles(values: list[float]) -> str:
 
 
 def message(sender: str, to: str, subject: str, message_id: str) -> bytes:
-    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
-            f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
-            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-            "About the proposal we discussed.\r\n").encode()
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nMessage-ID: {message_id}\r\n"
+        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S +0000', time.gmtime())}\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        "About the proposal we discussed.\r\n"
+    ).encode()
 
 
 class Bench:
@@ -192,9 +200,15 @@ class Bench:
         self.database_url = ""
 
     def imap(self, user: dict[str, Any], dovecot: DovecotServer) -> ImapSettings:
-        return ImapSettings(host="127.0.0.1", port=dovecot.tls_port, tls="implicit", username=user["address"],
-                            password=user["password"], cafile=str(self.cafile),
-                            allow_networks=parse_allowlist("127.0.0.0/8"))
+        return ImapSettings(
+            host="127.0.0.1",
+            port=dovecot.tls_port,
+            tls="implicit",
+            username=user["address"],
+            password=user["password"],
+            cafile=str(self.cafile),
+            allow_networks=parse_allowlist("127.0.0.0/8"),
+        )
 
     async def run(self) -> None:
         args = self.args
@@ -204,8 +218,12 @@ class Bench:
         postgres = PostgresServer(self.work / "postgres", free_port())
         nats_server = NatsServer(self.work / "nats", free_port())
         cert = self.ca.issue_cert("localhost", "127.0.0.1")
-        dovecot = DovecotServer(self.work / "dovecot", cert.cert_chain_pems[0].bytes() + self.ca.cert_pem.bytes(),
-                                cert.private_key_pem.bytes(), connections=n + 100)
+        dovecot = DovecotServer(
+            self.work / "dovecot",
+            cert.cert_chain_pems[0].bytes() + self.ca.cert_pem.bytes(),
+            cert.private_key_pem.bytes(),
+            connections=n + 100,
+        )
         smtp = SmtpServer(self.ca, dovecot)  # delivers to Dovecot users: the address proof of PUT /v1/mail-sync
         extra: list[AppProcess] = []
         suite: subprocess.Popen[bytes] | None = None
@@ -217,23 +235,37 @@ class Bench:
             self.smtp_port = smtp.port
             database_url = self.database_url = await create_database(postgres, "leadline")
             for i in range(n):
-                user = {"address": f"user{i}@acme{i}.example", "password": secrets.token_urlsafe(9),
-                        "lead": f"lead{i}@customer{i}.example"}
+                user = {
+                    "address": f"user{i}@acme{i}.example",
+                    "password": secrets.token_urlsafe(9),
+                    "lead": f"lead{i}@customer{i}.example",
+                }
                 dovecot.add_user(user["address"], user["password"])
                 smtp.add_user(user["address"], user["password"])
                 self.users.append(user)
             suite, env, base = self.start_suite(database_url, nats_server.url)
             sync_ports = [base + 3]
             for r in range(args.replicas - 1):
-                replica = AppProcess("leadline_sync", free_port(), {**env, "LEADLINE_SYNC_REPLICA": f"extra-{r}"},
-                                     log=self.work / f"sync-extra-{r}.log")
+                replica = AppProcess(
+                    "leadline_sync",
+                    free_port(),
+                    {**env, "LEADLINE_SYNC_REPLICA": f"extra-{r}"},
+                    log=self.work / f"sync-extra-{r}.log",
+                )
                 replica.start()
                 extra.append(replica)
             for replica in extra:
                 replica.wait_ready(120)
                 sync_ports.append(replica.port)
-            await self.measure(suite, extra, sync_ports, dovecot, nats_server.url, f"http://127.0.0.1:{base}",
-                               env["LEADLINE_BOOTSTRAP_TOKEN"])
+            await self.measure(
+                suite,
+                extra,
+                sync_ports,
+                dovecot,
+                nats_server.url,
+                f"http://127.0.0.1:{base}",
+                env["LEADLINE_BOOTSTRAP_TOKEN"],
+            )
         finally:
             for replica in extra:
                 replica.stop()
@@ -252,11 +284,13 @@ class Bench:
         """``deploy/run.py`` as ``make run`` starts it, on a free block of ports, with this run's servers."""
         data = self.work / "suite"
         data.mkdir()
-        keys = {"LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
-                "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
-                "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(os.urandom(32)).decode(),
-                "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
-                "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32)}
+        keys = {
+            "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
+            "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
+            "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(os.urandom(32)).decode(),
+            "LEADLINE_CREDENTIAL_KEYS": "k1:" + secrets.token_hex(32),
+            "LEADLINE_UNSUBSCRIBE_SECRET": secrets.token_urlsafe(32),
+        }
         (data / "secrets.env").write_text("".join(f"{k}={v}\n" for k, v in keys.items()))
         (data / "secrets.env").chmod(0o600)
         base = free_port()
@@ -264,19 +298,36 @@ class Bench:
             base = free_port()
         # one replica: its own capacity (open files, memory budget); several: each capped so that the others
         # share the mailboxes and the survivors of a kill can hold them all
-        caps = {} if self.args.replicas == 1 else {
-            "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)) + 1),
-            "LEADLINE_SYNC_ROTATION_SLOTS": "1"}
-        env = {**os.environ, **keys, "DATABASE_URL": database_url, "NATS_URL": nats_url,
-               "LEADLINE_DATA_DIR": str(data), "LEADLINE_PORT_BASE": str(base), "LEADLINE_ENVIRONMENT": "development",
-               # operator settings: the mail servers live on loopback and use this run's CA
-               "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_SYNC_CA_FILE": str(self.cafile),
-               "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8", "LEADLINE_MAIL_CAFILE": str(self.cafile),
-               # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
-               "LEADLINE_READY_SECONDS": "600", **caps, "LEADLINE_SYNC_LEASE_SECONDS": str(self.args.lease_seconds)}
+        caps = (
+            {}
+            if self.args.replicas == 1
+            else {
+                "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)) + 1),
+                "LEADLINE_SYNC_ROTATION_SLOTS": "1",
+            }
+        )
+        env = {
+            **os.environ,
+            **keys,
+            "DATABASE_URL": database_url,
+            "NATS_URL": nats_url,
+            "LEADLINE_DATA_DIR": str(data),
+            "LEADLINE_PORT_BASE": str(base),
+            "LEADLINE_ENVIRONMENT": "development",
+            # operator settings: the mail servers live on loopback and use this run's CA
+            "LEADLINE_SYNC_ALLOW_NETWORKS": "127.0.0.0/8",
+            "LEADLINE_SYNC_CA_FILE": str(self.cafile),
+            "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
+            "LEADLINE_MAIL_CAFILE": str(self.cafile),
+            # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
+            "LEADLINE_READY_SECONDS": "600",
+            **caps,
+            "LEADLINE_SYNC_LEASE_SECONDS": str(self.args.lease_seconds),
+        }
         log = (self.work / "run.log").open("wb")
-        suite = subprocess.Popen([sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log,
-                                 stderr=subprocess.STDOUT)
+        suite = subprocess.Popen(
+            [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and suite.poll() is None:
             try:
@@ -287,8 +338,16 @@ class Bench:
             time.sleep(0.5)
         raise TimeoutError(f"the suite did not become ready; see {self.work}/run.log and {data}/logs")
 
-    async def measure(self, suite: subprocess.Popen[bytes], extra: list[AppProcess], sync_ports: list[int],
-                      dovecot: DovecotServer, nats_url: str, gateway: str, bootstrap: str) -> None:
+    async def measure(
+        self,
+        suite: subprocess.Popen[bytes],
+        extra: list[AppProcess],
+        sync_ports: list[int],
+        dovecot: DovecotServer,
+        nats_url: str,
+        gateway: str,
+        bootstrap: str,
+    ) -> None:
         args, n = self.args, self.args.mailboxes
         nc = await nats.connect(nats_url)
 
@@ -299,17 +358,27 @@ class Bench:
 
         await nc.subscribe("leadline.mail.synced.v1", cb=on_synced)
         connector = aiohttp.TCPConnector(limit=args.clients * 2)
-        async with aiohttp.ClientSession(base_url=gateway, connector=connector,
-                                         timeout=aiohttp.ClientTimeout(total=300)) as http:
+        async with aiohttp.ClientSession(
+            base_url=gateway, connector=connector, timeout=aiohttp.ClientTimeout(total=300)
+        ) as http:
             started = time.monotonic()
 
             async def company(user: dict[str, Any]) -> None:
-                created = await call(http, "POST", "/v1/companies", key=bootstrap, body={
-                    "name": user["address"], "domains": [user["address"].split("@")[1]],
-                    "administrator": {"email": user["address"]}})
+                created = await call(
+                    http,
+                    "POST",
+                    "/v1/companies",
+                    key=bootstrap,
+                    body={
+                        "name": user["address"],
+                        "domains": [user["address"].split("@")[1]],
+                        "administrator": {"email": user["address"]},
+                    },
+                )
                 user["key"] = created["api_key"]["key"]
-                lead = await call(http, "POST", "/v1/leads", key=user["key"],
-                                  body={"name": "Lead", "addresses": [user["lead"]]})
+                lead = await call(
+                    http, "POST", "/v1/leads", key=user["key"], body={"name": "Lead", "addresses": [user["lead"]]}
+                )
                 user["lead_id"] = lead["id"]
 
             await bounded([lambda u=u: company(u) for u in self.users], args.clients)
@@ -319,10 +388,19 @@ class Bench:
             before = tree_rss(pids)
 
             async def connect(user: dict[str, Any]) -> None:
-                await call(http, "PUT", "/v1/mail-sync", key=user["key"], body={
-                    "provider": "custom", "address": user["address"], "password": user["password"],
-                    "imap": {"host": "127.0.0.1", "port": dovecot.port, "use_ssl": False},
-                    "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "use_ssl": False}})
+                await call(
+                    http,
+                    "PUT",
+                    "/v1/mail-sync",
+                    key=user["key"],
+                    body={
+                        "provider": "custom",
+                        "address": user["address"],
+                        "password": user["password"],
+                        "imap": {"host": "127.0.0.1", "port": dovecot.port, "use_ssl": False},
+                        "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "use_ssl": False},
+                    },
+                )
 
             load = os.getloadavg()[0]
             started = time.monotonic()
@@ -330,6 +408,7 @@ class Bench:
             connected = time.monotonic() - started
             metrics = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
             async with metrics:
+
                 async def all_live() -> bool:
                     return await live_sessions(metrics, sync_ports) >= n
 
@@ -338,10 +417,14 @@ class Bench:
                 await asyncio.sleep(5)  # let the historical syncs settle before reading memory
                 after = tree_rss(sync_pids(suite, extra))
                 held = established(dovecot.port)
-                print(f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s; all live after "
-                      f"{live:.0f} s (load {load:.1f})")
-                print(f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB "
-                      f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)")
+                print(
+                    f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s; all live after "
+                    f"{live:.0f} s (load {load:.1f})"
+                )
+                print(
+                    f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB "
+                    f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)"
+                )
                 print(f"IMAP connections held by Dovecot: {held}")
                 await self.latency(http, dovecot)
                 await self.restart(dovecot, metrics, sync_ports)
@@ -359,8 +442,11 @@ class Bench:
             folder = "INBOX" if i % 2 == 0 else "Sent"
             message_id = f"<sample-{i}-{uuid.uuid4().hex}@bench.example>"
             subject = f"sample {i} {uuid.uuid4().hex[:6]}"
-            raw = message(user["lead"], user["address"], subject, message_id) if folder == "INBOX" \
+            raw = (
+                message(user["lead"], user["address"], subject, message_id)
+                if folder == "INBOX"
                 else message(user["address"], user["lead"], subject, message_id)
+            )
             client = await connect_imap(self.imap(user, dovecot))
             try:
                 await client.append(folder, raw)
@@ -385,8 +471,10 @@ class Bench:
 
         await asyncio.gather(*(spaced(i) for i in range(self.args.samples)))
         for folder, (events, timelines) in results.items():
-            print(f"latency {folder:5}  mail.synced: {percentiles(events)}; on the timeline: "
-                  f"{percentiles(timelines)} (load {load:.1f})")
+            print(
+                f"latency {folder:5}  mail.synced: {percentiles(events)}; on the timeline: "
+                f"{percentiles(timelines)} (load {load:.1f})"
+            )
 
     async def restart(self, dovecot: DovecotServer, metrics: aiohttp.ClientSession, ports: list[int]) -> None:
         n = self.args.mailboxes
@@ -402,11 +490,19 @@ class Bench:
         noticed = await wait_until("sessions dropped by the restart", dropped, 120)
         again = await wait_until("all live again", back, 1800)
         # Dovecot's old imap processes (200 clients each) end their connections up to 30 s after the restart
-        print(f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live again "
-              f"{again:.0f} s later, {established(dovecot.port)} connections held")
+        print(
+            f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live again "
+            f"{again:.0f} s later, {established(dovecot.port)} connections held"
+        )
 
-    async def kill(self, victim: AppProcess, ports: list[int], metrics: aiohttp.ClientSession,
-                   dovecot: DovecotServer, http: aiohttp.ClientSession) -> None:
+    async def kill(
+        self,
+        victim: AppProcess,
+        ports: list[int],
+        metrics: aiohttp.ClientSession,
+        dovecot: DovecotServer,
+        http: aiohttp.ClientSession,
+    ) -> None:
         n = self.args.mailboxes
         held = await live_sessions(metrics, [victim.port])
         assert victim.process is not None
@@ -438,16 +534,19 @@ class Bench:
         timeline = await call(http, "GET", f"/v1/leads/{one['lead_id']}/timeline", key=one["key"])
         items = timeline["items"] if isinstance(timeline, dict) else timeline
         shown = sum(item.get("subject") == "during the takeover" for item in items)
-        print(f"kill:     SIGKILL of a replica holding {held}; all {n} live on the others after {took:.0f} s "
-              f"(lease {self.args.lease_seconds:.0f} s); the message appended meanwhile: "
-              f"{self.published[message_id]} mail.synced event(s), {shown} timeline event(s)")
+        print(
+            f"kill:     SIGKILL of a replica holding {held}; all {n} live on the others after {took:.0f} s "
+            f"(lease {self.args.lease_seconds:.0f} s); the message appended meanwhile: "
+            f"{self.published[message_id]} mail.synced event(s), {shown} timeline event(s)"
+        )
 
     async def held_by(self, replica: AppProcess) -> dict[str, Any]:
         """A user whose mailbox ``replica`` syncs (its lease)."""
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
         try:
-            address = await conn.fetchval("SELECT address FROM sync.mailbox WHERE lease_owner = $1 LIMIT 1",
-                                          replica.env["LEADLINE_SYNC_REPLICA"])
+            address = await conn.fetchval(
+                "SELECT address FROM sync.mailbox WHERE lease_owner = $1 LIMIT 1", replica.env["LEADLINE_SYNC_REPLICA"]
+            )
         finally:
             await conn.close()
         return next(u for u in self.users if u["address"] == address)

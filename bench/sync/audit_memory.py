@@ -57,8 +57,10 @@ def write_maildir(home: Path, count: int) -> None:
     cur = home / "Maildir" / "cur"
     for sub in ("cur", "new", "tmp"):
         (home / "Maildir" / sub).mkdir(parents=True, exist_ok=True)
-    body = (b"From: a@else.example\r\nTo: me@acme.example\r\nSubject: %d\r\n"
-            b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nx\r\n")
+    body = (
+        b"From: a@else.example\r\nTo: me@acme.example\r\nSubject: %d\r\n"
+        b"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n\r\nx\r\n"
+    )
     for i in range(count):
         # the time in the name orders the files, so UIDs follow i
         with open(cur / f"{1_700_000_000 + i}.M{i}P1.bench,S={len(body % i)}:2,S", "wb") as f:
@@ -102,23 +104,57 @@ async def measure(args: argparse.Namespace) -> None:
         mailbox_id = uuid.uuid4()
         ca_file = base / "ca.pem"
         ca.cert_pem.write_to_path(str(ca_file))
-        client = await connect_imap(ImapSettings(
-            host="127.0.0.1", port=dovecot.port, tls="starttls", username=address, password="pw",
-            cafile=str(ca_file), allow_networks=parse_allowlist("127.0.0.0/8"), timeout=600))
+        client = await connect_imap(
+            ImapSettings(
+                host="127.0.0.1",
+                port=dovecot.port,
+                tls="starttls",
+                username=address,
+                password="pw",
+                cafile=str(ca_file),
+                allow_networks=parse_allowlist("127.0.0.0/8"),
+                timeout=600,
+            )
+        )
         started = time.perf_counter()
         status = await client.select("INBOX")
         print(f"SELECT of {status.exists} messages in {time.perf_counter() - started:.1f} s (Dovecot indexes)")
         low = args.messages // 2
         async with db.session() as session:
-            await session.execute(insert(mailbox).values(
-                id=mailbox_id, company_id=uuid.uuid4(), user_id=uuid.uuid4(), address=address, provider="custom",
-                smtp_use="general", status="enabled", imap_host="127.0.0.1", imap_port=dovecot.port,
-                imap_tls="starttls", imap_username=address, smtp_host="127.0.0.1", smtp_port=25, smtp_tls="starttls",
-                smtp_username=address, connected_at=text("now()")))
-            await session.execute(insert(examined_range), [
-                {"mailbox_id": mailbox_id, "folder": "inbox", "uidvalidity": status.uidvalidity, "reason": "no_lead",
-                 "first_uid": first, "last_uid": last}
-                for first, last in ((1, low - 1), (low + args.gap, status.uidnext - 1))])
+            await session.execute(
+                insert(mailbox).values(
+                    id=mailbox_id,
+                    company_id=uuid.uuid4(),
+                    user_id=uuid.uuid4(),
+                    address=address,
+                    provider="custom",
+                    smtp_use="general",
+                    status="enabled",
+                    imap_host="127.0.0.1",
+                    imap_port=dovecot.port,
+                    imap_tls="starttls",
+                    imap_username=address,
+                    smtp_host="127.0.0.1",
+                    smtp_port=25,
+                    smtp_tls="starttls",
+                    smtp_username=address,
+                    connected_at=text("now()"),
+                )
+            )
+            await session.execute(
+                insert(examined_range),
+                [
+                    {
+                        "mailbox_id": mailbox_id,
+                        "folder": "inbox",
+                        "uidvalidity": status.uidvalidity,
+                        "reason": "no_lead",
+                        "first_uid": first,
+                        "last_uid": last,
+                    }
+                    for first, last in ((1, low - 1), (low + args.gap, status.uidnext - 1))
+                ],
+            )
 
         results: dict[str, tuple[float, float]] = {}
         # the audit first: memory the reference freed would otherwise serve it without growing RSS
@@ -133,8 +169,9 @@ async def measure(args: argparse.Namespace) -> None:
                 del uids
             else:
                 found = 0
-                async for missing in audit.unexamined(client, db, mailbox_id, "inbox", status.uidvalidity,
-                                                      status.uidnext - 1, status.uidnext):
+                async for missing in audit.unexamined(
+                    client, db, mailbox_id, "inbox", status.uidvalidity, status.uidnext - 1, status.uidnext
+                ):
                     found += len(missing)
             seconds = time.perf_counter() - started
             extra = (rss_kib("VmHWM") - before) / 1024

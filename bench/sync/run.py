@@ -66,8 +66,10 @@ from leadline_sync.main import create_app as create_sync_app
 
 SECRET = "bench-identity-secret"
 USER, PASSWORD = "bench@acme.example", "bench-password"
-WORDS = ("deal proposal pricing meeting contract renewal invoice quarter demo follow up question thanks "
-         "schedule call team budget timeline review offer discount support onboarding").split()
+WORDS = (
+    "deal proposal pricing meeting contract renewal invoice quarter demo follow up question thanks "
+    "schedule call team budget timeline review offer discount support onboarding"
+).split()
 
 
 def body_text(rng: random.Random, size: int) -> str:
@@ -77,7 +79,7 @@ def body_text(rng: random.Random, size: int) -> str:
         word = rng.choice(WORDS)
         words.append(word)
         length += len(word) + 1
-    lines = [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
     return "\n".join(lines) + "\n"
 
 
@@ -97,8 +99,9 @@ def build_mailbox(count: int) -> list[tuple[str, bytes, str]]:
         msg["Message-ID"] = f"<bench-{i}@acme.example>"
         msg.set_content(body_text(rng, max(500, int(rng.lognormvariate(8.9, 0.5)))))
         if i % 50 == 7:
-            msg.add_attachment(rng.randbytes(100_000), maintype="application", subtype="pdf",
-                               filename=f"proposal-{i}.pdf")
+            msg.add_attachment(
+                rng.randbytes(100_000), maintype="application", subtype="pdf", filename=f"proposal-{i}.pdf"
+            )
         mail.append(("Sent" if sent else "INBOX", msg.as_bytes(), lead))
     return mail
 
@@ -113,8 +116,15 @@ async def seed(dovecot: DovecotServer, cafile: str, mail: list[tuple[str, bytes,
 
 
 def imap_settings(dovecot: DovecotServer, cafile: str) -> ImapSettings:
-    return ImapSettings(host="127.0.0.1", port=dovecot.tls_port, tls="implicit", username=USER, password=PASSWORD,
-                        cafile=cafile, allow_networks=parse_allowlist("127.0.0.0/8"))
+    return ImapSettings(
+        host="127.0.0.1",
+        port=dovecot.tls_port,
+        tls="implicit",
+        username=USER,
+        password=PASSWORD,
+        cafile=cafile,
+        allow_networks=parse_allowlist("127.0.0.0/8"),
+    )
 
 
 def mbsync_seconds(dovecot: DovecotServer, cafile: str, work: Path) -> float:
@@ -176,20 +186,35 @@ async def wait_count(url: str, statement: str, target: int, *args: Any, timeout:
 
 
 def sync_settings(url: str, nats_url: str, cafile: str) -> SyncSettings:
-    return SyncSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET, environment="test",
-                        sync_allow_networks="127.0.0.0/8", sync_ca_file=cafile, log_level="WARNING",
-                        sync_consumer_prefix=f"bench-sync-{uuid.uuid4().hex[:8]}", db_pool_size=10)
+    return SyncSettings(
+        database_url=url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        sync_allow_networks="127.0.0.0/8",
+        sync_ca_file=cafile,
+        log_level="WARNING",
+        sync_consumer_prefix=f"bench-sync-{uuid.uuid4().hex[:8]}",
+        db_pool_size=10,
+    )
 
 
 def connect_body(dovecot: DovecotServer, smtp_port: int) -> dict[str, Any]:
-    return {"provider": "custom", "address": USER, "password": PASSWORD,
-            "imap": {"host": "127.0.0.1", "port": dovecot.tls_port, "use_ssl": True},
-            "smtp": {"host": "127.0.0.1", "port": smtp_port, "use_ssl": False}}
+    return {
+        "provider": "custom",
+        "address": USER,
+        "password": PASSWORD,
+        "imap": {"host": "127.0.0.1", "port": dovecot.tls_port, "use_ssl": True},
+        "smtp": {"host": "127.0.0.1", "port": smtp_port, "use_ssl": False},
+    }
 
 
 def accept_bench_user(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
-    ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USER \
+    ok = (
+        isinstance(auth_data, LoginPassword)
+        and auth_data.login.decode() == USER
         and auth_data.password.decode() == PASSWORD
+    )
     return AuthResult(success=ok, handled=False)
 
 
@@ -198,9 +223,15 @@ def start_smtp(cert: trustme.LeafCert, dovecot: DovecotServer) -> Controller:
     message that this server delivers into the Dovecot user's INBOX."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
-    controller = Controller(Delivering(dovecot), hostname="127.0.0.1", port=free_port(),
-                            authenticator=accept_bench_user, auth_require_tls=True, tls_context=context,
-                            require_starttls=True)
+    controller = Controller(
+        Delivering(dovecot),
+        hostname="127.0.0.1",
+        port=free_port(),
+        authenticator=accept_bench_user,
+        auth_require_tls=True,
+        tls_context=context,
+        require_starttls=True,
+    )
     controller.start()
     return controller
 
@@ -222,8 +253,9 @@ async def run(messages: int, idle_samples: int) -> None:
     cert = ca.issue_cert("localhost", "127.0.0.1")
     postgres = PostgresServer(work / "postgres", free_port(), fast_unsafe=True)
     nats_server = NatsServer(work / "nats", free_port())
-    dovecot = DovecotServer(work / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
-                            cert.private_key_pem.bytes())
+    dovecot = DovecotServer(
+        work / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+    )
     for server in (postgres, nats_server, dovecot):
         server.start()
     smtp = start_smtp(cert, dovecot)
@@ -233,8 +265,10 @@ async def run(messages: int, idle_samples: int) -> None:
         sizes = sorted(len(raw) for _, raw, _ in mail)
         started = time.perf_counter()
         await seed(dovecot, cafile, mail)
-        print(f"seeded {messages} messages by APPEND in {time.perf_counter() - started:.1f} s "
-              f"(median {sizes[len(sizes) // 2] / 1024:.1f} KB, {sum(sizes) / 2**20:.0f} MB)")
+        print(
+            f"seeded {messages} messages by APPEND in {time.perf_counter() - started:.1f} s "
+            f"(median {sizes[len(sizes) // 2] / 1024:.1f} KB, {sum(sizes) / 2**20:.0f} MB)"
+        )
 
         reference = mbsync_seconds(dovecot, cafile, work)
 
@@ -242,8 +276,15 @@ async def run(messages: int, idle_samples: int) -> None:
         # the quota service answers the mailbox-limit claims (no limit for these companies)
         quota_url = await create_database(postgres, "bench_quota")
         await upgrade("leadline_quota", quota_url)
-        quota_app = create_quota_app(QuotaSettings(database_url=quota_url, nats_url=nats_server.url,
-                                                   identity_secret=SECRET, environment="test", log_level="WARNING"))
+        quota_app = create_quota_app(
+            QuotaSettings(
+                database_url=quota_url,
+                nats_url=nats_server.url,
+                identity_secret=SECRET,
+                environment="test",
+                log_level="WARNING",
+            )
+        )
         quota_running = running_app(quota_app)
         await quota_running.__aenter__()
         sync_url = await create_database(postgres, "bench_sync")
@@ -253,9 +294,16 @@ async def run(messages: int, idle_samples: int) -> None:
         company = uuid.uuid4()
         user = Identity(company_id=company, user_id=uuid.uuid4(), role="salesperson")
         sync_app = create_sync_app(sync_settings(sync_url, nats_server.url, cafile))
-        lead_app = create_lead_app(LeadSettings(database_url=lead_url, nats_url=nats_server.url,
-                                                identity_secret=SECRET, environment="test", log_level="WARNING",
-                                                consumer_durable=f"bench-lead-{uuid.uuid4().hex[:8]}"))
+        lead_app = create_lead_app(
+            LeadSettings(
+                database_url=lead_url,
+                nats_url=nats_server.url,
+                identity_secret=SECRET,
+                environment="test",
+                log_level="WARNING",
+                consumer_durable=f"bench-lead-{uuid.uuid4().hex[:8]}",
+            )
+        )
         nc, _ = await bus.connect(nats_server.url, "bench")
         arrivals: dict[str, float] = {}
 
@@ -269,8 +317,7 @@ async def run(messages: int, idle_samples: int) -> None:
             leads = as_caller(lead_client, user, SECRET)
             lead_addresses = sorted({lead for _, _, lead in mail})
             for address in lead_addresses:
-                response = await leads.post("/v1/leads", json={"name": address.split("@")[0],
-                                                               "addresses": [address]})
+                response = await leads.post("/v1/leads", json={"name": address.split("@")[0], "addresses": [address]})
                 response.raise_for_status()
             await wait_count(sync_url, "SELECT count(*) FROM sync.lead_address", len(lead_addresses))
             api = as_caller(sync_client, user, SECRET)
@@ -286,10 +333,12 @@ async def run(messages: int, idle_samples: int) -> None:
             ours_events = events_at - started
             ours_timelines = timelines_at - started
             cpu = time.process_time() - cpu_started
-            print(f"historical sync: {messages} messages into mail.synced events in {ours_events:.2f} s "
-                  f"({messages / ours_events:.0f}/s), into timelines in {ours_timelines:.2f} s "
-                  f"({messages / ours_timelines:.0f}/s); this process (sync + lead + quota services) used "
-                  f"{cpu:.1f} s of CPU")
+            print(
+                f"historical sync: {messages} messages into mail.synced events in {ours_events:.2f} s "
+                f"({messages / ours_events:.0f}/s), into timelines in {ours_timelines:.2f} s "
+                f"({messages / ours_timelines:.0f}/s); this process (sync + lead + quota services) used "
+                f"{cpu:.1f} s of CPU"
+            )
 
             # -- 4. IDLE latency (this mailbox is now in live sync) ---------------------------------
             client = await connect_imap(imap_settings(dovecot, cafile))
@@ -310,7 +359,8 @@ async def run(messages: int, idle_samples: int) -> None:
                     appended = time.perf_counter()
                     while True:
                         found = await lead_conn.fetchval(
-                            "SELECT count(*) FROM lead.timeline_event WHERE message_id = $1", message_id)
+                            "SELECT count(*) FROM lead.timeline_event WHERE message_id = $1", message_id
+                        )
                         if found:
                             to_timeline.append(time.perf_counter() - appended)
                             break
@@ -329,17 +379,24 @@ async def run(messages: int, idle_samples: int) -> None:
         scan_app = create_sync_app(sync_settings(scan_url, nats_server.url, cafile))
         _, js = await bus.connect(nats_server.url, "bench-scan")
         async with running_app(scan_app) as sync_client:
-            event = LeadCreatedV1(company_id=company, payload=LeadPayload(
-                lead_id=uuid.uuid4(), addresses=["rare@prospect.example"],
-                created_at=datetime(2020, 1, 1, tzinfo=UTC)))
-            await js.publish(event.subject, event.model_dump_json().encode(),
-                             headers={"Nats-Msg-Id": str(event.event_id)})
+            event = LeadCreatedV1(
+                company_id=company,
+                payload=LeadPayload(
+                    lead_id=uuid.uuid4(),
+                    addresses=["rare@prospect.example"],
+                    created_at=datetime(2020, 1, 1, tzinfo=UTC),
+                ),
+            )
+            await js.publish(
+                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            )
             await wait_count(scan_url, "SELECT count(*) FROM sync.lead_address", 1)
             api = as_caller(sync_client, user, SECRET)
             started = time.perf_counter()
             (await api.put("/v1/mail-sync", json=connect_body(dovecot, smtp.port))).raise_for_status()
-            done_at = await wait_count(scan_url, "SELECT count(*) FROM sync.mailbox WHERE history_completed_at "
-                                                 "IS NOT NULL", 1)
+            done_at = await wait_count(
+                scan_url, "SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL", 1
+            )
             scan_seconds = done_at - started
             matched = await count(scan_url, "SELECT count(*) FROM sync.synced_message")
 
@@ -349,21 +406,35 @@ async def run(messages: int, idle_samples: int) -> None:
 
         print()
         print("== Leadline sync benchmark (bench/sync/run.py) ==")
-        print(f"mailbox: {messages} messages, median {sizes[len(sizes) // 2] / 1024:.1f} KB, "
-              f"{sum(sizes) / 2**20:.0f} MB, INBOX + Sent")
+        print(
+            f"mailbox: {messages} messages, median {sizes[len(sizes) // 2] / 1024:.1f} KB, "
+            f"{sum(sizes) / 2**20:.0f} MB, INBOX + Sent"
+        )
         print(f"mbsync (isync, FSync no) download:          {reference:7.2f} s  ({messages / reference:6.0f} msg/s)")
-        print(f"historical sync -> mail.synced events:      {ours_events:7.2f} s  ({messages / ours_events:6.0f} msg/s)"
-              f"  ratio vs mbsync {ours_events / reference:.2f}x")
-        print(f"historical sync -> lead timelines:          {ours_timelines:7.2f} s  "
-              f"({messages / ours_timelines:6.0f} msg/s)  ratio vs mbsync {ours_timelines / reference:.2f}x")
-        print(f"CPU of the in-process services during the historical sync: {cpu:.1f} s "
-              f"({1000 * cpu / messages:.2f} ms per message; load average {os.getloadavg()[0]:.1f})")
-        print(f"header scan, 1% matching ({matched} matched):   {scan_seconds:7.2f} s  "
-              f"({messages / scan_seconds:6.0f} msg/s scanned)")
-        print(f"IDLE latency APPEND -> mail.synced event:   p50 {pct(to_event, 0.5):6.0f} ms  "
-              f"p99 {pct(to_event, 0.99):6.0f} ms  (n={len(to_event)})")
-        print(f"IDLE latency APPEND -> lead timeline:       p50 {pct(to_timeline, 0.5):6.0f} ms  "
-              f"p99 {pct(to_timeline, 0.99):6.0f} ms  (n={len(to_timeline)})")
+        print(
+            f"historical sync -> mail.synced events:      {ours_events:7.2f} s  ({messages / ours_events:6.0f} msg/s)"
+            f"  ratio vs mbsync {ours_events / reference:.2f}x"
+        )
+        print(
+            f"historical sync -> lead timelines:          {ours_timelines:7.2f} s  "
+            f"({messages / ours_timelines:6.0f} msg/s)  ratio vs mbsync {ours_timelines / reference:.2f}x"
+        )
+        print(
+            f"CPU of the in-process services during the historical sync: {cpu:.1f} s "
+            f"({1000 * cpu / messages:.2f} ms per message; load average {os.getloadavg()[0]:.1f})"
+        )
+        print(
+            f"header scan, 1% matching ({matched} matched):   {scan_seconds:7.2f} s  "
+            f"({messages / scan_seconds:6.0f} msg/s scanned)"
+        )
+        print(
+            f"IDLE latency APPEND -> mail.synced event:   p50 {pct(to_event, 0.5):6.0f} ms  "
+            f"p99 {pct(to_event, 0.99):6.0f} ms  (n={len(to_event)})"
+        )
+        print(
+            f"IDLE latency APPEND -> lead timeline:       p50 {pct(to_timeline, 0.5):6.0f} ms  "
+            f"p99 {pct(to_timeline, 0.99):6.0f} ms  (n={len(to_timeline)})"
+        )
         print(f"command: uv run python bench/sync/run.py --messages {messages} --idle-samples {idle_samples}")
         await quota_running.__aexit__(None, None, None)
     finally:

@@ -59,8 +59,14 @@ async def upstream(postgres, nats_url: str) -> AsyncIterator[str]:  # type: igno
     """A real service (kit runtime, signed identity check) listening on a loopback port."""
     url = await create_database(postgres, f"t_{uuid.uuid4().hex[:12]}")
     settings = KitSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET)
-    app = create_service_app(name="whoami", settings=settings, schema="public",
-                             outbox=outbox_table(service_metadata("public")), routers=[whoami], use_nats=False)
+    app = create_service_app(
+        name="whoami",
+        settings=settings,
+        schema="public",
+        outbox=outbox_table(service_metadata("public")),
+        routers=[whoami],
+        use_nats=False,
+    )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
@@ -83,31 +89,55 @@ def mail_sink(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> I
     server.stop()
 
 
-def gateway_settings(url: str, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str],
-                     **overrides: Any) -> Settings:
+def gateway_settings(
+    url: str, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str], **overrides: Any
+) -> Settings:
     dead = f"http://127.0.0.1:{free_port()}"
     server, ca_file = mail_sink
     values: dict[str, Any] = dict(
-        database_url=url, nats_url=nats_url, identity_secret=SECRET, bootstrap_token=BOOTSTRAP,
-        lead_url=upstream, quota_url=dead, sync_url=dead, send_url=dead, rate_limit_per_second=5,
-        rate_limit_burst=20, mailer_host="localhost", mailer_port=server.port, mailer_tls="starttls",
-        mailer_username="leadline-mailer", mailer_password="mailer-password", mailer_ca_file=ca_file,
-        mailer_from="Leadline <no-reply@leadline.example>")
+        database_url=url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        bootstrap_token=BOOTSTRAP,
+        lead_url=upstream,
+        quota_url=dead,
+        sync_url=dead,
+        send_url=dead,
+        rate_limit_per_second=5,
+        rate_limit_burst=20,
+        mailer_host="localhost",
+        mailer_port=server.port,
+        mailer_tls="starttls",
+        mailer_username="leadline-mailer",
+        mailer_password="mailer-password",
+        mailer_ca_file=ca_file,
+        mailer_from="Leadline <no-reply@leadline.example>",
+    )
     return Settings(**{**values, **overrides})
 
 
 @pytest.fixture
-async def gateway(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
-                  mail_sink: tuple[SmtpServer, str]) -> AsyncIterator[httpx.AsyncClient]:
+async def gateway(
+    postgres,
+    nats_url: str,
+    upstream: str,  # type: ignore[no-untyped-def]
+    mail_sink: tuple[SmtpServer, str],
+) -> AsyncIterator[httpx.AsyncClient]:
     url = await migrated_database(postgres, "leadline_gateway")
     async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as client:
         yield client
 
 
 async def new_company(client: httpx.AsyncClient, name: str = "Acme") -> dict[str, Any]:
-    response = await client.post("/v1/companies", headers={"Authorization": f"Bearer {BOOTSTRAP}"},
-                                 json={"name": name, "domains": ["acme.example"],
-                                       "administrator": {"email": f"admin@{uuid.uuid4().hex[:6]}.example"}})
+    response = await client.post(
+        "/v1/companies",
+        headers={"Authorization": f"Bearer {BOOTSTRAP}"},
+        json={
+            "name": name,
+            "domains": ["acme.example"],
+            "administrator": {"email": f"admin@{uuid.uuid4().hex[:6]}.example"},
+        },
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -133,10 +163,12 @@ async def test_bootstrap_needs_the_token(gateway: httpx.AsyncClient) -> None:
         refused = assert_problem(await gateway.post("/v1/companies", json=bad), 401)
         assert "errors" not in refused
         assert_problem(await gateway.post("/v1/companies", json=bad, headers={"Authorization": "Bearer nope"}), 401)
-    assert_problem(await gateway.post("/v1/companies", content=b"{not json",
-                                      headers={"Content-Type": "application/json"}), 401)
-    assert_problem(await gateway.post("/v1/companies", json={"name": ""},
-                                      headers={"Authorization": f"Bearer {BOOTSTRAP}"}), 422)
+    assert_problem(
+        await gateway.post("/v1/companies", content=b"{not json", headers={"Content-Type": "application/json"}), 401
+    )
+    assert_problem(
+        await gateway.post("/v1/companies", json={"name": ""}, headers={"Authorization": f"Bearer {BOOTSTRAP}"}), 422
+    )
     created = await new_company(gateway)
     assert created["api_key"]["key"].startswith("ll_")
     assert created["administrator"]["role"] == "administrator"
@@ -151,8 +183,12 @@ async def test_missing_or_bad_key_is_401(gateway: httpx.AsyncClient) -> None:
     assert_problem(await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401)
 
 
-async def test_only_the_operator_token_signs_the_operator(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
-                                                          mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_only_the_operator_token_signs_the_operator(
+    postgres,
+    nats_url: str,
+    upstream: str,  # type: ignore[no-untyped-def]
+    mail_sink: tuple[SmtpServer, str],
+) -> None:
     url = await migrated_database(postgres, "leadline_gateway")
     token = "operator-" + uuid.uuid4().hex * 2
     route = f"/v1/operator/quotas/{uuid.uuid4()}/whoami"
@@ -179,8 +215,9 @@ async def test_other_company_resources_are_404(gateway: httpx.AsyncClient) -> No
     a, b = await new_company(gateway, "A"), await new_company(gateway, "B")
     response = await gateway.get(f"/v1/users/{b['administrator']['id']}", headers=bearer(a))
     assert_problem(response, 404)
-    response = await gateway.patch(f"/v1/users/{b['administrator']['id']}", headers=bearer(a),
-                                   json={"name": "taken over"})
+    response = await gateway.patch(
+        f"/v1/users/{b['administrator']['id']}", headers=bearer(a), json={"name": "taken over"}
+    )
     assert_problem(response, 404)
     own = await gateway.get(f"/v1/users/{a['administrator']['id']}", headers=bearer(a))
     assert own.status_code == 200 and own.json()["company_id"] == a["company"]["id"]
@@ -209,19 +246,22 @@ async def invite(gateway: httpx.AsyncClient, admin: dict[str, Any], role: str = 
     return await gateway.post("/v1/users", headers=bearer(admin), json={"email": email, "name": "Sam", "role": role})
 
 
-async def invited_key(gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str], admin: dict[str, Any],
-                      role: str = "salesperson") -> dict[str, str]:
+async def invited_key(
+    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str], admin: dict[str, Any], role: str = "salesperson"
+) -> dict[str, str]:
     created = await invite(gateway, admin, role)
     assert created.status_code == 201, created.text
     email = created.json()["email"]
-    claimed = await gateway.post("/v1/invitations/claim",
-                                 json={"invitation_code": mailed_code(mail_sink, email), "email": email})
+    claimed = await gateway.post(
+        "/v1/invitations/claim", json={"invitation_code": mailed_code(mail_sink, email), "email": email}
+    )
     assert claimed.status_code == 201, claimed.text
     return {"Authorization": f"Bearer {claimed.json()['key']}"}
 
 
-async def test_an_invitation_code_reaches_only_the_invitee(gateway: httpx.AsyncClient,
-                                                          mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_an_invitation_code_reaches_only_the_invitee(
+    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]
+) -> None:
     """R1/R29: the administrator never sees the code; it is mailed to the invitee, bound to that address,
     single use, and the claim is recorded."""
     from sqlalchemy import select
@@ -249,15 +289,17 @@ async def test_an_invitation_code_reaches_only_the_invitee(gateway: httpx.AsyncC
     assert (await gateway.get(f"/v1/users/{user['id']}", headers=key)).status_code == 200
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
-        row = (await session.execute(select(models.invitation).where(
-            models.invitation.c.user_id == uuid.UUID(user["id"])))).one()
+        row = (
+            await session.execute(select(models.invitation).where(models.invitation.c.user_id == uuid.UUID(user["id"])))
+        ).one()
     assert row.claimed_at is not None and row.claimed_api_key_id == uuid.UUID(claimed.json()["id"])
     assert row.invited_by == uuid.UUID(admin["administrator"]["id"]) and row.email == user["email"]
     assert (row.expires_at - row.created_at).total_seconds() == 72 * 3600
 
 
-async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(gateway: httpx.AsyncClient,
-                                                                     mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(
+    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]
+) -> None:
     from sqlalchemy import update
 
     from leadline_gateway import models
@@ -269,25 +311,35 @@ async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(gateway: ht
     assert again.status_code == 201, again.text
     second = mailed_code(mail_sink, user["email"])
     assert second != first and second not in again.text
-    assert_problem(await gateway.post("/v1/invitations/claim",
-                                      json={"invitation_code": first, "email": user["email"]}), 404)
+    assert_problem(
+        await gateway.post("/v1/invitations/claim", json={"invitation_code": first, "email": user["email"]}), 404
+    )
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
-        await session.execute(update(models.invitation).where(models.invitation.c.user_id == uuid.UUID(user["id"]))
-                              .values(expires_at=models.invitation.c.created_at))
-    assert_problem(await gateway.post("/v1/invitations/claim",
-                                      json={"invitation_code": second, "email": user["email"]}), 404)
+        await session.execute(
+            update(models.invitation)
+            .where(models.invitation.c.user_id == uuid.UUID(user["id"]))
+            .values(expires_at=models.invitation.c.created_at)
+        )
+    assert_problem(
+        await gateway.post("/v1/invitations/claim", json={"invitation_code": second, "email": user["email"]}), 404
+    )
 
 
-async def test_no_invitation_without_the_mailer(postgres, nats_url: str, upstream: str,  # type: ignore[no-untyped-def]
-                                                mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_no_invitation_without_the_mailer(
+    postgres,
+    nats_url: str,
+    upstream: str,  # type: ignore[no-untyped-def]
+    mail_sink: tuple[SmtpServer, str],
+) -> None:
     """A mailer that refuses (wrong password) is a 503, and the user is not created: inviting again works."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, mailer_password="wrong")
     async with running_app(create_app(settings)) as gateway:
         admin = await new_company(gateway)
-        refused = await gateway.post("/v1/users", headers=bearer(admin),
-                                     json={"email": "kim@acme.example", "role": "salesperson"})
+        refused = await gateway.post(
+            "/v1/users", headers=bearer(admin), json={"email": "kim@acme.example", "role": "salesperson"}
+        )
         assert_problem(refused, 503)
         users = (await gateway.get("/v1/users", headers=bearer(admin))).json()["items"]
         assert [u["email"] for u in users] == [admin["administrator"]["email"]]
@@ -314,15 +366,19 @@ async def test_routing_signs_identity_and_drops_client_identity(gateway: httpx.A
     spoof = {"X-Leadline-Identity": "spoofed", "X-Leadline-Signature": "spoofed", **bearer(created)}
     response = await gateway.get("/v1/leads/whoami", headers=spoof)
     assert response.status_code == 200, response.text
-    assert response.json() == {"company_id": created["company"]["id"],
-                               "user_id": created["administrator"]["id"], "role": "administrator"}
+    assert response.json() == {
+        "company_id": created["company"]["id"],
+        "user_id": created["administrator"]["id"],
+        "role": "administrator",
+    }
     assert response.headers["x-request-id"]
     echoed = await gateway.post("/v1/leads/echo", headers=bearer(created), json={"hello": "wörld"})
     assert echoed.json()["body"] == {"hello": "wörld"}
 
 
 async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(
-        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
+) -> None:  # type: ignore[no-untyped-def]
     """Google and Microsoft send the browser back without an API key; its state alone names the user."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, sync_url=upstream)
@@ -343,10 +399,10 @@ async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None
     body = assert_problem(await gateway.post("/v1/users", headers=headers, content=b"{not json"), 422)
     assert body["errors"]
     assert_problem(await gateway.post("/v1/leads/echo", headers=headers, content=b"{not json"), 422)
-    assert_problem(await gateway.post("/v1/users", headers=bearer(created),
-                                      json={"email": "x@y.example", "role": "emperor"}), 422)
-    assert_problem(await gateway.patch("/v1/company", headers=bearer(created),
-                                       json={"domains": ["not a domain"]}), 422)
+    assert_problem(
+        await gateway.post("/v1/users", headers=bearer(created), json={"email": "x@y.example", "role": "emperor"}), 422
+    )
+    assert_problem(await gateway.patch("/v1/company", headers=bearer(created), json={"domains": ["not a domain"]}), 422)
 
 
 async def test_service_down_is_503_problem_quickly(gateway: httpx.AsyncClient) -> None:
@@ -383,8 +439,9 @@ async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClien
     try:
         js = nc.jetstream()
         sub = await js.subscribe("leadline.company.updated.v1", ordered_consumer=True)
-        response = await gateway.patch("/v1/company", headers=bearer(created),
-                                       json={"mailbox_limit": 3, "block_own_domains": False})
+        response = await gateway.patch(
+            "/v1/company", headers=bearer(created), json={"mailbox_limit": 3, "block_own_domains": False}
+        )
         assert response.status_code == 200 and response.json()["mailbox_limit"] == 3
         seen: list[dict[str, Any]] = []
         deadline = asyncio.get_running_loop().time() + 10
@@ -400,8 +457,12 @@ async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClien
                 seen.append(event)
                 if event["payload"]["mailbox_limit"] == 3:
                     break
-        assert seen and seen[-1]["payload"] == {"name": "Acme", "domains": ["acme.example"],
-                                                "block_own_domains": False, "mailbox_limit": 3}
+        assert seen and seen[-1]["payload"] == {
+            "name": "Acme",
+            "domains": ["acme.example"],
+            "block_own_domains": False,
+            "mailbox_limit": 3,
+        }
     finally:
         await nc.close()
 
@@ -417,8 +478,8 @@ async def test_openapi_merges_services(gateway: httpx.AsyncClient) -> None:
         assert "application/problem+json" in users["post"]["responses"][status]["content"]
     links = users["post"]["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} == {
-        document["paths"]["/v1/users/{user_id}"][m]["operationId"] for m in ("get", "patch", "delete")} | {
-        document["paths"]["/v1/users/{user_id}/invitation"]["post"]["operationId"]}
+        document["paths"]["/v1/users/{user_id}"][m]["operationId"] for m in ("get", "patch", "delete")
+    } | {document["paths"]["/v1/users/{user_id}/invitation"]["post"]["operationId"]}
 
 
 async def test_method_not_allowed_names_every_method_of_the_path(gateway: httpx.AsyncClient) -> None:
@@ -436,24 +497,32 @@ async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.Asy
     created = await new_company(gateway)
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
-        await session.execute(text(
-            "CREATE FUNCTION gateway.refuse_named_keys() RETURNS trigger LANGUAGE plpgsql AS "
-            "$$ BEGIN IF NEW.name = 'refused-at-commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
-            "RETURN NEW; END $$"))
-        await session.execute(text(
-            "CREATE CONSTRAINT TRIGGER refuse_named_keys AFTER INSERT ON gateway.api_key "
-            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gateway.refuse_named_keys()"))
+        await session.execute(
+            text(
+                "CREATE FUNCTION gateway.refuse_named_keys() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN IF NEW.name = 'refused-at-commit' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
+                "RETURN NEW; END $$"
+            )
+        )
+        await session.execute(
+            text(
+                "CREATE CONSTRAINT TRIGGER refuse_named_keys AFTER INSERT ON gateway.api_key "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gateway.refuse_named_keys()"
+            )
+        )
     response = await gateway.post("/v1/api-keys", headers=bearer(created), json={"name": "refused-at-commit"})
     assert response.status_code == 500, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     async with runtime.db.session() as session:
-        stored = await session.scalar(select(func.count()).select_from(models.api_key)
-                                      .where(models.api_key.c.name == "refused-at-commit"))
+        stored = await session.scalar(
+            select(func.count()).select_from(models.api_key).where(models.api_key.c.name == "refused-at-commit")
+        )
     assert stored == 0
 
 
-async def test_api_keys_are_listed_revoked_and_expire(gateway: httpx.AsyncClient,
-                                                      mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_api_keys_are_listed_revoked_and_expire(
+    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]
+) -> None:
     from datetime import UTC, datetime, timedelta
 
     from sqlalchemy import update
@@ -469,34 +538,42 @@ async def test_api_keys_are_listed_revoked_and_expire(gateway: httpx.AsyncClient
     company = (await gateway.get("/v1/api-keys", headers=bearer(admin))).json()["items"]
     assert {k["id"] for k in own} | {admin["api_key"]["id"]} == {k["id"] for k in company}
     assert (await gateway.get("/v1/api-keys", headers=bearer(other))).json()["items"] == [
-        {k: v for k, v in other["api_key"].items() if k != "key"}]
+        {k: v for k, v in other["api_key"].items() if k != "key"}
+    ]
     # nobody revokes a key of another company, nor (unless administrator) another user's
     assert_problem(await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(other)), 404)
     assert_problem(await gateway.delete(f"/v1/api-keys/{admin['api_key']['id']}", headers=sales), 404)
     assert (await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(admin))).status_code == 204
-    assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {extra.json()['key']}"}),
-                   401)
+    assert_problem(
+        await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {extra.json()['key']}"}), 401
+    )
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     assert_problem(await gateway.post("/v1/api-keys", headers=sales, json={"expires_at": past}), 422)
-    soon = await gateway.post("/v1/api-keys", headers=sales,
-                              json={"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()})
+    soon = await gateway.post(
+        "/v1/api-keys", headers=sales, json={"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+    )
     assert soon.status_code == 201 and soon.json()["expires_at"]
     expiring = {"Authorization": f"Bearer {soon.json()['key']}"}
     assert (await gateway.get("/v1/leads/whoami", headers=expiring)).status_code == 200
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
-        await session.execute(update(models.api_key).where(models.api_key.c.id == uuid.UUID(soon.json()["id"]))
-                              .values(expires_at=datetime.now(UTC) - timedelta(seconds=1)))
+        await session.execute(
+            update(models.api_key)
+            .where(models.api_key.c.id == uuid.UUID(soon.json()["id"]))
+            .values(expires_at=datetime.now(UTC) - timedelta(seconds=1))
+        )
     assert_problem(await gateway.get("/v1/leads/whoami", headers=expiring), 401)
 
 
 async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(
-        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
+) -> None:  # type: ignore[no-untyped-def]
     """Two gateway processes on one database; also the cap on a user's active keys."""
     url = await migrated_database(postgres, "leadline_gateway")
-    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink,
-                                                       api_keys_per_user=3))) as first, \
-            running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as second:
+    async with (
+        running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink, api_keys_per_user=3))) as first,
+        running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as second,
+    ):
         admin = await new_company(first)
         keys = [await first.post("/v1/api-keys", headers=bearer(admin), json={"name": f"k{i}"}) for i in range(3)]
         assert [k.status_code for k in keys] == [201, 201, 409]
@@ -511,16 +588,27 @@ async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(
         assert again.status_code == 201, again.text
 
 
-async def raw_request(client: httpx.AsyncClient, method: str, raw_path: bytes,
-                      headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+async def raw_request(
+    client: httpx.AsyncClient, method: str, raw_path: bytes, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
     """A request whose path reaches the app exactly as given (an HTTP client would normalise dot segments)."""
     from urllib.parse import unquote_to_bytes
 
     app = client._transport.app  # type: ignore[attr-defined]
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-             "path": unquote_to_bytes(raw_path).decode("latin-1"), "raw_path": raw_path, "query_string": b"",
-             "root_path": "", "server": ("gateway", 80), "client": ("127.0.0.1", 1),
-             "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote_to_bytes(raw_path).decode("latin-1"),
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "server": ("gateway", 80),
+        "client": ("127.0.0.1", 1),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -536,16 +624,25 @@ async def raw_request(client: httpx.AsyncClient, method: str, raw_path: bytes,
 
 
 async def test_dot_segments_and_encoded_separators_are_refused_before_routing(
-        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
+) -> None:  # type: ignore[no-untyped-def]
     """``/v1/unsubscribe`` is public: ``..`` after it reached the service's own /metrics and /openapi.json."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, send_url=upstream)
     async with running_app(create_app(settings)) as gateway:
         created = await new_company(gateway)
-        for raw in (b"/v1/unsubscribe/../../metrics", b"/v1/unsubscribe/%2e%2e/%2E%2E/openapi.json",
-                    b"/v1/unsubscribe/..%2f..%2fmetrics", b"/v1/unsubscribe%2f..%2f..%2fmetrics",
-                    b"/v1/leads/../../metrics", b"/v1/leads/./whoami", b"/v1/leads\\..\\..\\metrics",
-                    b"/v1/leads/%2e/whoami", b"/v1/leads/who%00ami", b"/v1/../v1/company"):
+        for raw in (
+            b"/v1/unsubscribe/../../metrics",
+            b"/v1/unsubscribe/%2e%2e/%2E%2E/openapi.json",
+            b"/v1/unsubscribe/..%2f..%2fmetrics",
+            b"/v1/unsubscribe%2f..%2f..%2fmetrics",
+            b"/v1/leads/../../metrics",
+            b"/v1/leads/./whoami",
+            b"/v1/leads\\..\\..\\metrics",
+            b"/v1/leads/%2e/whoami",
+            b"/v1/leads/who%00ami",
+            b"/v1/../v1/company",
+        ):
             status, headers, body = await raw_request(gateway, "GET", raw, bearer(created))
             assert status == 400, (raw, status, body[:200])
             assert headers["content-type"].startswith("application/problem+json")
@@ -555,7 +652,8 @@ async def test_dot_segments_and_encoded_separators_are_refused_before_routing(
 
 
 async def test_the_gateway_metrics_need_the_operator_token(
-        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
+) -> None:  # type: ignore[no-untyped-def]
     url = await migrated_database(postgres, "leadline_gateway")
     async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as closed:
         assert_problem(await closed.get("/metrics"), 404)
@@ -571,7 +669,8 @@ async def test_the_gateway_metrics_need_the_operator_token(
 
 
 async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(
-        postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]) -> None:  # type: ignore[no-untyped-def]
+    postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
+) -> None:  # type: ignore[no-untyped-def]
     """SSO: the operator token (never a tenant key) makes a user and their keys; no administrator involved."""
     url = await migrated_database(postgres, "leadline_gateway")
     token = {"Authorization": "Bearer operator-" + uuid.uuid4().hex * 2}
@@ -588,8 +687,11 @@ async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(
         user, key = made.json()["user"], made.json()["api_key"]
         assert user["company_id"] == a["company"]["id"] and key["user_id"] == user["id"]
         whoami_response = await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {key['key']}"})
-        assert whoami_response.json() == {"company_id": a["company"]["id"], "user_id": user["id"],
-                                          "role": "sales_manager"}
+        assert whoami_response.json() == {
+            "company_id": a["company"]["id"],
+            "user_id": user["id"],
+            "role": "sales_manager",
+        }
         assert_problem(await gateway.post(route, headers=token, json=body), 409)
         unknown = f"/v1/operator/companies/{uuid.uuid4()}/users"
         assert_problem(await gateway.post(unknown, headers=token, json=body), 404)

@@ -28,13 +28,16 @@ from leadline_proto.events import Event, LeadCreatedV1, LeadPayload, utcnow
 metadata = service_metadata("kittest")
 outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
-applied = Table("applied", metadata, Column("event_id", Uuid, primary_key=True), Column("n", Integer),
-                Column("note", Text))
+applied = Table(
+    "applied", metadata, Column("event_id", Uuid, primary_key=True), Column("n", Integer), Column("note", Text)
+)
 
 
 def lead_event(company_id: uuid.UUID) -> LeadCreatedV1:
-    return LeadCreatedV1(company_id=company_id, payload=LeadPayload(
-        lead_id=uuid.uuid4(), addresses=["lead@example.com"], created_at=utcnow()))
+    return LeadCreatedV1(
+        company_id=company_id,
+        payload=LeadPayload(lead_id=uuid.uuid4(), addresses=["lead@example.com"], created_at=utcnow()),
+    )
 
 
 @pytest.fixture
@@ -56,8 +59,11 @@ async def js(nats_url: str):  # type: ignore[no-untyped-def]
 
 
 async def count_applications(session: AsyncSession, event: Event) -> None:
-    await session.execute(insert(applied).values(event_id=event.event_id, n=1).on_conflict_do_update(
-        index_elements=[applied.c.event_id], set_={"n": applied.c.n + 1}))
+    await session.execute(
+        insert(applied)
+        .values(event_id=event.event_id, n=1)
+        .on_conflict_do_update(index_elements=[applied.c.event_id], set_={"n": applied.c.n + 1})
+    )
 
 
 def consumer_for(db: Database, js, company: uuid.UUID, handler=count_applications) -> EventConsumer:  # type: ignore[no-untyped-def]
@@ -66,8 +72,14 @@ def consumer_for(db: Database, js, company: uuid.UUID, handler=count_application
         if event.company_id == company:
             await handler(session, event)
 
-    return EventConsumer(db=db, js=js, processed=processed, durable=f"kittest-{uuid.uuid4().hex[:8]}",
-                         subjects=["leadline.lead.created.v1"], handler=own_company_only)
+    return EventConsumer(
+        db=db,
+        js=js,
+        processed=processed,
+        durable=f"kittest-{uuid.uuid4().hex[:8]}",
+        subjects=["leadline.lead.created.v1"],
+        handler=own_company_only,
+    )
 
 
 async def drain(consumer: EventConsumer, company_id: uuid.UUID, expected: int, timeout: float = 20) -> None:
@@ -139,14 +151,23 @@ async def test_a_process_without_a_relay_wakes_the_others_once_per_burst(db: Dat
     async def write(size: int) -> None:
         for event in [lead_event(uuid.uuid4()) for _ in range(size)]:
             async with db.session() as s:
-                await s.execute(outbox.insert().values(event_id=event.event_id, subject=event.subject,
-                                                       body=event.model_dump_json().encode()))
+                await s.execute(
+                    outbox.insert().values(
+                        event_id=event.event_id, subject=event.subject, body=event.model_dump_json().encode()
+                    )
+                )
 
     async def listening() -> int:  # the relay and this test: a notification before that would be lost
         async with db.session() as s:
-            return int(await s.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE query = :listen "
-                                           "AND datname = current_database()"),
-                                      {"listen": f'LISTEN "{channel}"'}) or 0)
+            return int(
+                await s.scalar(
+                    text(
+                        "SELECT count(*) FROM pg_stat_activity WHERE query = :listen AND datname = current_database()"
+                    ),
+                    {"listen": f'LISTEN "{channel}"'},
+                )
+                or 0
+            )
 
     try:
         for _ in range(100):
@@ -196,7 +217,7 @@ async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js,
     events = [lead_event(company) for _ in range(3000)]
     for i in range(0, len(events), 500):
         async with db.session() as s:
-            await enqueue(s, outbox, *events[i:i + 500])
+            await enqueue(s, outbox, *events[i : i + 500])
     script = RELAY_SCRIPT.format(here=str(Path(__file__).parent), nats=nats_url, url=db.url)
 
     async def left() -> int:
@@ -231,8 +252,12 @@ async def test_redelivered_event_is_applied_once(db: Database, js) -> None:  # t
     consumer = consumer_for(db, js, company)
     await consumer.subscribe()
     # the same event published twice under different message ids, past JetStream's de-duplication
-    await js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "a-" + str(event.event_id)})
-    await js.publish(event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "b-" + str(event.event_id)})
+    await js.publish(
+        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "a-" + str(event.event_id)}
+    )
+    await js.publish(
+        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "b-" + str(event.event_id)}
+    )
     await drain(consumer, company, 1)
     async with db.session() as s:
         assert (await s.execute(select(applied.c.n).where(applied.c.event_id == event.event_id))).scalar_one() == 1

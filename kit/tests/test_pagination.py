@@ -16,8 +16,16 @@ def test_a_cursor_round_trips() -> None:
     assert decode_position(encode_position(moment, row_id)) == (moment, row_id)
 
 
-@pytest.mark.parametrize("moment", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00",
-                                    "2026-11-23T12:00:00", "not a time", "2026-13-01T00:00:00+00:00"])
+@pytest.mark.parametrize(
+    "moment",
+    [
+        "0001-01-01T00:00:00+05:00",
+        "9999-12-31T23:59:59-05:00",
+        "2026-11-23T12:00:00",
+        "not a time",
+        "2026-13-01T00:00:00+00:00",
+    ],
+)
 def test_a_moment_out_of_range_or_without_offset_is_refused(moment: str) -> None:
     with pytest.raises(BadRequest):
         decode_position(encode_cursor(moment, uuid.uuid4()))

@@ -17,8 +17,14 @@ class MadeAtStartup:
 
 async def test_startup_objects_are_frozen_while_serving_and_given_back_on_stop() -> None:
     before = gc.get_threshold()
-    app = create_service_app(name="probe", settings=KitSettings(), schema="probe",
-                             outbox=outbox_table(MetaData(schema="probe")), routers=[], use_nats=False)
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(),
+        schema="probe",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[],
+        use_nats=False,
+    )
     startup_object = MadeAtStartup()
     async with app.router.lifespan_context(app):
         assert gc.get_freeze_count() > 0

@@ -32,9 +32,13 @@ async def database_url(postgres: PostgresServer) -> str:
 @pytest.fixture
 def settings(database_url: str, nats_url: str) -> Settings:
     # the stream holds every other test's events too: a new consumer starts from now, not the beginning
-    return Settings(DATABASE_URL=database_url, NATS_URL=nats_url, identity_secret=SECRET,
-                    consumer_durable=f"lead-test-{uuid.uuid4().hex[:10]}",
-                    consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1))
+    return Settings(
+        DATABASE_URL=database_url,
+        NATS_URL=nats_url,
+        identity_secret=SECRET,
+        consumer_durable=f"lead-test-{uuid.uuid4().hex[:10]}",
+        consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1),
+    )
 
 
 @pytest.fixture
@@ -57,6 +61,7 @@ def admin(company: uuid.UUID) -> Identity:
 def caller(service: httpx.AsyncClient) -> Callable[[Identity], httpx.AsyncClient]:
     def make(identity: Identity) -> httpx.AsyncClient:
         return as_caller(service, identity, SECRET)
+
     return make
 
 
@@ -71,5 +76,3 @@ async def js(nats_url: str) -> AsyncIterator[JetStreamContext]:
     await bus.ensure_stream(jetstream)
     yield jetstream
     await nc.close()
-
-

@@ -21,15 +21,22 @@ SECRET = "lead-tests-identity-secret"
 
 async def publish(js: JetStreamContext, *events: EventBase, msg_id_prefix: str = "") -> None:
     for event in events:
-        await js.publish(event.subject, event.model_dump_json().encode(),
-                         headers={"Nats-Msg-Id": msg_id_prefix + str(event.event_id)})
+        await js.publish(
+            event.subject,
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": msg_id_prefix + str(event.event_id)},
+        )
 
 
 async def events_on_stream(js: JetStreamContext, subject: str, company_id: uuid.UUID) -> list[dict[str, Any]]:
     """Every event on ``subject`` for the company, read with a throwaway consumer."""
     durable = f"peek-{uuid.uuid4().hex[:10]}"
-    await js.add_consumer(STREAM_NAME, ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.NONE,
-                                                      deliver_policy=DeliverPolicy.ALL, filter_subject=subject))
+    await js.add_consumer(
+        STREAM_NAME,
+        ConsumerConfig(
+            durable_name=durable, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, filter_subject=subject
+        ),
+    )
     found = []
     try:
         sub = await js.pull_subscribe_bind(durable, stream=STREAM_NAME)
@@ -68,8 +75,9 @@ async def timeline_of(api: httpx.AsyncClient, lead_id: str) -> list[dict[str, An
     return list(response.json()["items"])
 
 
-async def wait_for_timeline(api: httpx.AsyncClient, lead_id: str, count: int,
-                            timeout: float = 20.0) -> list[dict[str, Any]]:
+async def wait_for_timeline(
+    api: httpx.AsyncClient, lead_id: str, count: int, timeout: float = 20.0
+) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
 
     async def enough() -> bool:
@@ -84,12 +92,31 @@ async def wait_for_timeline(api: httpx.AsyncClient, lead_id: str, count: int,
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # a Monday
 
 
-def synced(company_id: uuid.UUID, *, message_id: str, from_address: str, to: list[str],
-           mailbox_id: uuid.UUID | None = None, direction: str = "inbound", minutes: int = 0,
-           **extra: Any) -> MailSyncedV1:
+def synced(
+    company_id: uuid.UUID,
+    *,
+    message_id: str,
+    from_address: str,
+    to: list[str],
+    mailbox_id: uuid.UUID | None = None,
+    direction: str = "inbound",
+    minutes: int = 0,
+    **extra: Any,
+) -> MailSyncedV1:
     mailbox_id = mailbox_id or uuid.uuid4()
-    return MailSyncedV1(company_id=company_id, payload=MailPayload(
-        message_id=message_id, mailbox_id=mailbox_id, user_id=uuid.uuid4(),
-        folder="inbox" if direction == "inbound" else "sent", direction=direction,  # type: ignore[arg-type]
-        from_address=from_address, to=to, sent_at=T0 + timedelta(minutes=minutes),
-        subject=extra.pop("subject", "Hello"), text=extra.pop("text", "Body text"), **extra))
+    return MailSyncedV1(
+        company_id=company_id,
+        payload=MailPayload(
+            message_id=message_id,
+            mailbox_id=mailbox_id,
+            user_id=uuid.uuid4(),
+            folder="inbox" if direction == "inbound" else "sent",
+            direction=direction,  # type: ignore[arg-type]
+            from_address=from_address,
+            to=to,
+            sent_at=T0 + timedelta(minutes=minutes),
+            subject=extra.pop("subject", "Hello"),
+            text=extra.pop("text", "Body text"),
+            **extra,
+        ),
+    )

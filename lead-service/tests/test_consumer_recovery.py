@@ -52,24 +52,40 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
     conn = await asyncpg.connect(asyncpg_dsn(settings.database_url))
 
     async def applied() -> int:
-        return int(await conn.fetchval("SELECT count(*) FROM lead.timeline_event_source WHERE company_id = $1",
-                                       company))
+        return int(
+            await conn.fetchval("SELECT count(*) FROM lead.timeline_event_source WHERE company_id = $1", company)
+        )
 
     try:
-        await conn.execute("INSERT INTO lead.lead (id, company_id, name, stage) VALUES ($1, $2, 'Lead', 'new')",
-                           lead_id, company)
-        await conn.execute("INSERT INTO lead.lead_address (company_id, address, domain, lead_id) "
-                           "VALUES ($1, 'lead@example.com', 'example.com', $2)", company, lead_id)
+        await conn.execute(
+            "INSERT INTO lead.lead (id, company_id, name, stage) VALUES ($1, $2, 'Lead', 'new')", lead_id, company
+        )
+        await conn.execute(
+            "INSERT INTO lead.lead_address (company_id, address, domain, lead_id) "
+            "VALUES ($1, 'lead@example.com', 'example.com', $2)",
+            company,
+            lead_id,
+        )
         mailboxes = [uuid.uuid4(), uuid.uuid4()]
         # every message arrives twice, once through each mailbox
-        events = [synced(company, message_id=f"<k{i // 2}@example.com>", from_address="lead@example.com",
-                         to=["me@mycorp.example"], mailbox_id=mailboxes[i % 2], minutes=i // 2)
-                  for i in range(count)]
+        events = [
+            synced(
+                company,
+                message_id=f"<k{i // 2}@example.com>",
+                from_address="lead@example.com",
+                to=["me@mycorp.example"],
+                mailbox_id=mailboxes[i % 2],
+                minutes=i // 2,
+            )
+            for i in range(count)
+        ]
         await publish(js, *events)
-        script = CONSUMER_SCRIPT.format(url=settings.database_url, nats=settings.nats_url,
-                                        durable=settings.consumer_durable,
-                                        since=settings.consumer_deliver_since.isoformat()
-                                        if settings.consumer_deliver_since else None)
+        script = CONSUMER_SCRIPT.format(
+            url=settings.database_url,
+            nats=settings.nats_url,
+            durable=settings.consumer_durable,
+            since=settings.consumer_deliver_since.isoformat() if settings.consumer_deliver_since else None,
+        )
         kills = 0
         while kills < 6 and await applied() < count:
             proc = await start_consumer(script)
@@ -87,10 +103,13 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
             proc.kill()
             proc.wait()
         events_count = await conn.fetchval("SELECT count(*) FROM lead.timeline_event WHERE lead_id = $1", lead_id)
-        sources = await conn.fetch("SELECT timeline_event_id, count(*) AS n FROM lead.timeline_event_source "
-                                   "WHERE company_id = $1 GROUP BY 1", company)
-        claimed = await conn.fetchval("SELECT count(*) FROM lead.processed_event WHERE consumer = $1",
-                                      settings.consumer_durable)
+        sources = await conn.fetch(
+            "SELECT timeline_event_id, count(*) AS n FROM lead.timeline_event_source WHERE company_id = $1 GROUP BY 1",
+            company,
+        )
+        claimed = await conn.fetchval(
+            "SELECT count(*) FROM lead.processed_event WHERE consumer = $1", settings.consumer_durable
+        )
     finally:
         await conn.close()
     assert kills >= 1

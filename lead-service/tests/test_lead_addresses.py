@@ -21,15 +21,17 @@ async def ask(nats_url: str, payload: bytes) -> LeadAddressesReply:
         await nc.close()
 
 
-async def test_the_company_s_leads_are_answered_with_their_addresses(api: httpx.AsyncClient, admin: Identity,
-                                                                      nats_url: str) -> None:
+async def test_the_company_s_leads_are_answered_with_their_addresses(
+    api: httpx.AsyncClient, admin: Identity, nats_url: str
+) -> None:
     lead = await create_lead(api, "Ana@Example.com", "ana@other.example", name="Ana")
     other = await create_lead(api, "bo@example.com", name="Bo")
     nobody = uuid.uuid4()
     request = LeadAddressesRequest(company_id=admin.company_id, lead_ids=[uuid.UUID(lead["id"]), nobody])
     reply = await ask(nats_url, request.model_dump_json().encode())
     assert [(str(x.lead_id), x.name, x.addresses) for x in reply.leads] == [
-        (lead["id"], "Ana", ["ana@example.com", "ana@other.example"])]
+        (lead["id"], "Ana", ["ana@example.com", "ana@other.example"])
+    ]
 
     # scoped by company: another company asking for the same ids learns nothing
     stranger = LeadAddressesRequest(company_id=uuid.uuid4(), lead_ids=[uuid.UUID(lead["id"]), uuid.UUID(other["id"])])

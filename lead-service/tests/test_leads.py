@@ -19,10 +19,18 @@ from leadline_proto.subjects import RPC_LEAD_DIRECTORY
 PROBLEM = "application/problem+json"
 
 
-async def test_create_normalises_addresses_and_publishes_lead_created(api: httpx.AsyncClient, js: JetStreamContext,
-                                                                     admin: Identity) -> None:
-    lead = await create_lead(api, "  Ana.Silva@Example.COM ", "josé@Bücher.de", "ana.silva@example.com",
-                             name="Ana Silva", account_name="Acme", stage="qualified")
+async def test_create_normalises_addresses_and_publishes_lead_created(
+    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity
+) -> None:
+    lead = await create_lead(
+        api,
+        "  Ana.Silva@Example.COM ",
+        "josé@Bücher.de",
+        "ana.silva@example.com",
+        name="Ana Silva",
+        account_name="Acme",
+        stage="qualified",
+    )
     assert lead["addresses"] == ["ana.silva@example.com", "josé@xn--bcher-kva.de"]
     assert lead["stage"] == "qualified" and lead["owner_user_id"] == str(admin.user_id)
     assert lead["unsubscribed"] is False and lead["mail_status"] == "ok"
@@ -44,8 +52,9 @@ async def test_create_normalises_addresses_and_publishes_lead_created(api: httpx
     assert payload["created_at"] and payload["stage"] == "qualified"
 
 
-async def test_an_address_belongs_to_one_lead_per_company(api: httpx.AsyncClient,
-                                                          caller: Callable[[Identity], httpx.AsyncClient]) -> None:
+async def test_an_address_belongs_to_one_lead_per_company(
+    api: httpx.AsyncClient, caller: Callable[[Identity], httpx.AsyncClient]
+) -> None:
     first = await create_lead(api, "shared@example.com")
     again = await api.post("/v1/leads", json={"name": "Other", "addresses": ["SHARED@example.com"]})
     assert again.status_code == 409 and again.headers["content-type"] == PROBLEM
@@ -53,22 +62,31 @@ async def test_an_address_belongs_to_one_lead_per_company(api: httpx.AsyncClient
     # nothing of the refused lead was kept
     assert len((await api.get("/v1/leads")).json()["items"]) == 1
     second = await create_lead(api, "other@example.com")
-    taken = await api.patch(f"/v1/leads/{second['id']}", json={"addresses": ["other@example.com",
-                                                                            "shared@example.com"]})
+    taken = await api.patch(
+        f"/v1/leads/{second['id']}", json={"addresses": ["other@example.com", "shared@example.com"]}
+    )
     assert taken.status_code == 409
     # another company may hold the same address
     elsewhere = caller(make_identity("salesperson"))
-    assert (await elsewhere.post("/v1/leads", json={"name": "X", "addresses": ["shared@example.com"]})
-            ).status_code == 201
+    assert (
+        await elsewhere.post("/v1/leads", json={"name": "X", "addresses": ["shared@example.com"]})
+    ).status_code == 201
     assert (await api.get(f"/v1/leads/{first['id']}")).json()["addresses"] == ["shared@example.com"]
 
 
-async def test_patch_changes_fields_and_replaces_addresses(api: httpx.AsyncClient, js: JetStreamContext,
-                                                           admin: Identity) -> None:
+async def test_patch_changes_fields_and_replaces_addresses(
+    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity
+) -> None:
     lead = await create_lead(api, "a@example.com", "b@example.com")
-    response = await api.patch(f"/v1/leads/{lead['id']}", json={
-        "name": "Renamed", "stage": "won", "addresses": ["c@example.com", "a@example.com"],
-        "owner_user_id": None})
+    response = await api.patch(
+        f"/v1/leads/{lead['id']}",
+        json={
+            "name": "Renamed",
+            "stage": "won",
+            "addresses": ["c@example.com", "a@example.com"],
+            "owner_user_id": None,
+        },
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["name"] == "Renamed" and body["stage"] == "won" and body["owner_user_id"] is None
@@ -83,8 +101,9 @@ async def test_patch_changes_fields_and_replaces_addresses(api: httpx.AsyncClien
     await eventually(published, what="lead.updated on the stream")
 
 
-async def test_delete_removes_the_lead_and_frees_its_addresses(api: httpx.AsyncClient, js: JetStreamContext,
-                                                               admin: Identity) -> None:
+async def test_delete_removes_the_lead_and_frees_its_addresses(
+    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity
+) -> None:
     lead = await create_lead(api, "gone@example.com")
     assert (await api.delete(f"/v1/leads/{lead['id']}")).status_code == 204
     assert (await api.get(f"/v1/leads/{lead['id']}")).status_code == 404
@@ -100,8 +119,9 @@ async def test_delete_removes_the_lead_and_frees_its_addresses(api: httpx.AsyncC
 
 async def test_list_paginates_with_a_cursor_and_searches(api: httpx.AsyncClient) -> None:
     for i in range(7):
-        await create_lead(api, f"person{i}@corp{i % 2}.example", name=f"Person {i}",
-                          account_name="Globex" if i == 3 else "")
+        await create_lead(
+            api, f"person{i}@corp{i % 2}.example", name=f"Person {i}", account_name="Globex" if i == 3 else ""
+        )
     seen: list[str] = []
     cursor = None
     while True:
@@ -148,8 +168,9 @@ async def test_bad_input_is_a_problem(api: httpx.AsyncClient) -> None:
     assert (await api.get(f"/v1/leads/{uuid.uuid4()}")).status_code == 404
 
 
-async def test_every_role_may_work_on_leads(caller: Callable[[Identity], httpx.AsyncClient],
-                                            company: uuid.UUID) -> None:
+async def test_every_role_may_work_on_leads(
+    caller: Callable[[Identity], httpx.AsyncClient], company: uuid.UUID
+) -> None:
     for role in ("jr_salesperson", "salesperson", "marketing_manager", "sales_manager", "company_manager"):
         client = caller(make_identity(role, company))
         lead = await create_lead(client, f"{role}@example.com")
@@ -161,8 +182,9 @@ async def test_unsigned_requests_are_refused(service: httpx.AsyncClient) -> None
     assert response.status_code == 401 and response.headers["content-type"] == PROBLEM
 
 
-async def test_another_companys_ids_are_not_found(api: httpx.AsyncClient,
-                                                  caller: Callable[[Identity], httpx.AsyncClient]) -> None:
+async def test_another_companys_ids_are_not_found(
+    api: httpx.AsyncClient, caller: Callable[[Identity], httpx.AsyncClient]
+) -> None:
     lead = await create_lead(api, "mine@example.com")
     entry = (await api.post("/v1/blocklist", json={"value": "blocked@example.com"})).json()
     stranger = caller(make_identity("administrator"))
@@ -186,9 +208,11 @@ async def test_control_characters_and_nul_are_a_4xx_never_a_500(api: httpx.Async
     """NUL reached PostgreSQL (a 500); names and other text fields refuse control characters at the API."""
     lead = await create_lead(api, "plain@example.com")
     for bad in ("a\x00b", "a\x01b", "tab\there", "line\u2028break", "next\x85line", "para\u2029graph"):
-        for body in ({"name": bad, "addresses": ["x@example.com"]},
-                     {"name": "X", "account_name": bad, "addresses": ["x@example.com"]},
-                     {"name": "X", "addresses": [f"x{bad}y@example.com"]}):
+        for body in (
+            {"name": bad, "addresses": ["x@example.com"]},
+            {"name": "X", "account_name": bad, "addresses": ["x@example.com"]},
+            {"name": "X", "addresses": [f"x{bad}y@example.com"]},
+        ):
             response = await api.post("/v1/leads", json=body)
             assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, (body, response.text)
         patched = await api.patch(f"/v1/leads/{lead['id']}", json={"name": bad})
@@ -208,43 +232,62 @@ async def test_an_out_of_range_cursor_is_a_400_on_every_listing(api: httpx.Async
             assert response.status_code == 400 and response.headers["content-type"] == PROBLEM, (moment, response.text)
 
 
-async def test_a_leads_owner_is_a_user_of_the_callers_company(api: httpx.AsyncClient, admin: Identity,
-                                                             js: JetStreamContext) -> None:
+async def test_a_leads_owner_is_a_user_of_the_callers_company(
+    api: httpx.AsyncClient, admin: Identity, js: JetStreamContext
+) -> None:
     from leadtest import publish
 
     from leadline_proto.events import UserDeletedV1, UserPayload, UserUpdatedV1
 
     colleague, stranger = uuid.uuid4(), uuid.uuid4()
-    await publish(js, UserUpdatedV1(company_id=admin.company_id, payload=UserPayload(
-        user_id=colleague, email="colleague@acme.example", role="salesperson")),
-        UserUpdatedV1(company_id=uuid.uuid4(), payload=UserPayload(
-            user_id=stranger, email="stranger@other.example", role="administrator")))
+    await publish(
+        js,
+        UserUpdatedV1(
+            company_id=admin.company_id,
+            payload=UserPayload(user_id=colleague, email="colleague@acme.example", role="salesperson"),
+        ),
+        UserUpdatedV1(
+            company_id=uuid.uuid4(),
+            payload=UserPayload(user_id=stranger, email="stranger@other.example", role="administrator"),
+        ),
+    )
 
     async def colleague_known() -> bool:
-        response = await api.post("/v1/leads", json={"name": "Owned", "addresses": ["owned@example.com"],
-                                                     "owner_user_id": str(colleague)})
+        response = await api.post(
+            "/v1/leads", json={"name": "Owned", "addresses": ["owned@example.com"], "owner_user_id": str(colleague)}
+        )
         return response.status_code == 201
+
     await eventually(colleague_known, what="the colleague's user.updated applied")
     for other in (stranger, uuid.uuid4()):
-        refused = await api.post("/v1/leads", json={"name": "X", "addresses": ["x@example.com"],
-                                                    "owner_user_id": str(other)})
+        refused = await api.post(
+            "/v1/leads", json={"name": "X", "addresses": ["x@example.com"], "owner_user_id": str(other)}
+        )
         assert refused.status_code == 422 and refused.json()["type"].endswith("/unknown-owner"), refused.text
     lead = await create_lead(api, "mine@example.com")
     assert (await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(stranger)})).status_code == 422
     assert (await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})).status_code == 200
-    await publish(js, UserDeletedV1(company_id=admin.company_id, payload=UserPayload(
-        user_id=colleague, email="colleague@acme.example", role="salesperson")))
+    await publish(
+        js,
+        UserDeletedV1(
+            company_id=admin.company_id,
+            payload=UserPayload(user_id=colleague, email="colleague@acme.example", role="salesperson"),
+        ),
+    )
 
     async def colleague_gone() -> bool:
         response = await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})
         return response.status_code == 422
+
     await eventually(colleague_gone, what="the colleague's user.deleted applied")
 
 
-async def test_the_sync_service_may_ask_how_many_leads_a_company_has(api: httpx.AsyncClient, nats_url: str,
-                                                                      admin: Identity) -> None:
+async def test_the_sync_service_may_ask_how_many_leads_a_company_has(
+    api: httpx.AsyncClient, nats_url: str, admin: Identity
+) -> None:
     nc, _ = await bus.connect(nats_url, "lead-directory-asker")
     try:
+
         async def ask(data: bytes) -> LeadDirectoryReply:
             return LeadDirectoryReply.model_validate_json((await nc.request(RPC_LEAD_DIRECTORY, data, timeout=5)).data)
 

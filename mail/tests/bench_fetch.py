@@ -47,7 +47,7 @@ def imaplib_rate(port: int, user: str, cafile: str, item: str, batch: int) -> tu
     uids = data[0].split()
     fetched = 0
     for i in range(0, len(uids), batch):
-        chunk = b",".join(uids[i:i + batch]).decode()
+        chunk = b",".join(uids[i : i + batch]).decode()
         _, rows = conn.uid("FETCH", chunk, item)
         fetched += sum(1 for row in rows if isinstance(row, tuple))
     conn.logout()
@@ -56,8 +56,15 @@ def imaplib_rate(port: int, user: str, cafile: str, item: str, batch: int) -> tu
 
 async def ours_rate(port: int, user: str, cafile: str, headers: bool) -> tuple[int, float]:
     started = time.perf_counter()
-    settings = ImapSettings(host="localhost", port=port, tls="implicit", username=user, password="pw",
-                            cafile=cafile, allow_networks=parse_allowlist("127.0.0.0/8"))
+    settings = ImapSettings(
+        host="localhost",
+        port=port,
+        tls="implicit",
+        username=user,
+        password="pw",
+        cafile=cafile,
+        allow_networks=parse_allowlist("127.0.0.0/8"),
+    )
     async with await connect_imap(settings) as client:
         await client.select("INBOX")
         uids = await client.uids_from(1)
@@ -81,15 +88,22 @@ async def aioimaplib_rate(port: int, user: str, cafile: str, item: str, batch: i
     uids = result.lines[0].split()
     fetched = 0
     for i in range(0, len(uids), batch):
-        response = await conn.uid("fetch", b",".join(uids[i:i + batch]).decode(), item)
+        response = await conn.uid("fetch", b",".join(uids[i : i + batch]).decode(), item)
         fetched += sum(1 for line in response.lines if isinstance(line, bytearray))
     await conn.logout()
     return fetched, time.perf_counter() - started
 
 
 async def all_headers(port: int, user: str, cafile: str) -> list[FetchedHeader]:
-    settings = ImapSettings(host="localhost", port=port, tls="implicit", username=user, password="pw",
-                            cafile=cafile, allow_networks=parse_allowlist("127.0.0.0/8"))
+    settings = ImapSettings(
+        host="localhost",
+        port=port,
+        tls="implicit",
+        username=user,
+        password="pw",
+        cafile=cafile,
+        allow_networks=parse_allowlist("127.0.0.0/8"),
+    )
     async with await connect_imap(settings) as client:
         await client.select("INBOX")
         return await client.fetch_headers(await client.uids_from(1))
@@ -102,8 +116,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cafile = str(Path(tmp) / "ca.pem")
         ca.cert_pem.write_to_path(cafile)
-        server = DovecotServer(Path(tmp) / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
-                               cert.private_key_pem.bytes())
+        server = DovecotServer(
+            Path(tmp) / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+        )
         server.start()
         try:
             user = f"bench{uuid.uuid4().hex[:6]}"
@@ -114,8 +129,10 @@ def main() -> None:
             maildir_deliver(server, user, messages)
             imaplib_rate(server.tls_port, user, cafile, "(UID)", 1000)  # let Dovecot build its index once
             # The machine is shared: alternate the clients and keep each one's best of three runs.
-            for label, item, headers in (("headers", "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])", True),
-                                         ("messages", "(UID INTERNALDATE BODY.PEEK[])", False)):
+            for label, item, headers in (
+                ("headers", "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])", True),
+                ("messages", "(UID INTERNALDATE BODY.PEEK[])", False),
+            ):
                 ref_times, our_times = [], []
                 for _ in range(3):
                     ref_n, ref_t = imaplib_rate(server.tls_port, user, cafile, item, 200)
@@ -129,8 +146,10 @@ def main() -> None:
                     aio = f"   aioimaplib (batches of 100): {aio_n / aio_t:6.0f}/s"
                 except ImportError:
                     aio = ""
-                print(f"{label:9s} imaplib (batches of 200): {count / ref_t:6.0f}/s   "
-                      f"leadline_mail: {count / our_t:6.0f}/s   ratio {ref_t / our_t:.2f}{aio}")
+                print(
+                    f"{label:9s} imaplib (batches of 200): {count / ref_t:6.0f}/s   "
+                    f"leadline_mail: {count / our_t:6.0f}/s   ratio {ref_t / our_t:.2f}{aio}"
+                )
             headers = asyncio.run(all_headers(server.tls_port, user, cafile))
             started = time.perf_counter()
             for header in headers:

@@ -58,8 +58,14 @@ def imap_settings(dovecot: DovecotServer, mail_user: str, cafile: str) -> Callab
 
     def make(**overrides: Any) -> ImapSettings:
         values: dict[str, Any] = {
-            "host": "localhost", "port": dovecot.tls_port, "tls": "implicit", "username": mail_user,
-            "password": PASSWORD, "cafile": cafile, "allow_networks": LOOPBACK, "timeout": 10.0,
+            "host": "localhost",
+            "port": dovecot.tls_port,
+            "tls": "implicit",
+            "username": mail_user,
+            "password": PASSWORD,
+            "cafile": cafile,
+            "allow_networks": LOOPBACK,
+            "timeout": 10.0,
             "resolver": resolve_to_loopback,
         }
         values.update(overrides)
@@ -79,10 +85,14 @@ def leaf_sha256(dovecot: DovecotServer) -> str:
 def sample_message(i: int, *, sender: str = "lead@example.com", size: int = 0) -> bytes:
     body = (f"Hello number {i}\r\n" + "x" * size).encode()
     return (
-        f"From: Lead {i} <{sender}>\r\nTo: me@example.org\r\nSubject: message {i}\r\n"
-        f"Message-ID: <m{i}.{uuid.uuid4().hex}@example.com>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-    ).encode() + body + b"\r\n"
+        (
+            f"From: Lead {i} <{sender}>\r\nTo: me@example.org\r\nSubject: message {i}\r\n"
+            f"Message-ID: <m{i}.{uuid.uuid4().hex}@example.com>\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        ).encode()
+        + body
+        + b"\r\n"
+    )
 
 
 def maildir_deliver(dovecot: DovecotServer, user: str, messages: list[bytes], folder: str = "") -> None:

@@ -83,14 +83,19 @@ class Score:
     lookalikes_taken: int = 0
 
     def figures(self) -> tuple[float, float, float]:
-        return (self.recipients_right / max(self.recipients, 1), self.classes_right / max(self.classes, 1),
-                self.lookalikes_taken / max(self.lookalikes, 1))
+        return (
+            self.recipients_right / max(self.recipients, 1),
+            self.classes_right / max(self.classes, 1),
+            self.lookalikes_taken / max(self.lookalikes, 1),
+        )
 
     def line(self, label: str) -> str:
         recipient, klass, lookalike = self.figures()
-        return (f"{label}: right lead {recipient:.1%} ({self.recipients_right}/{self.recipients}), "
-                f"hard/soft {klass:.1%} ({self.classes_right}/{self.classes}), look-alikes taken "
-                f"{lookalike:.1%} ({self.lookalikes_taken}/{self.lookalikes})")
+        return (
+            f"{label}: right lead {recipient:.1%} ({self.recipients_right}/{self.recipients}), "
+            f"hard/soft {klass:.1%} ({self.classes_right}/{self.classes}), look-alikes taken "
+            f"{lookalike:.1%} ({self.lookalikes_taken}/{self.lookalikes})"
+        )
 
 
 def score(held_out: bool, misses: list[str] | None = None) -> Score:
@@ -112,15 +117,19 @@ def score(held_out: bool, misses: list[str] | None = None) -> Score:
             result.recipients += 1
             result.recipients_right += found.on_lead
             if not found.on_lead and misses is not None:
-                misses.append(f"{entry['file']}: fetched={found.fetched} recognised={found.recognised} "
-                              f"not on the lead ({entry['reason']})")
+                misses.append(
+                    f"{entry['file']}: fetched={found.fetched} recognised={found.recognised} "
+                    f"not on the lead ({entry['reason']})"
+                )
         if entry["class"]:
             result.classes += 1
             right = found.recognised and found.severity == entry["class"]
             result.classes_right += right
             if not right and misses is not None:
-                misses.append(f"{entry['file']}: class {found.severity} expected {entry['class']} "
-                              f"({entry['status']} {entry['reason']})")
+                misses.append(
+                    f"{entry['file']}: class {found.severity} expected {entry['class']} "
+                    f"({entry['status']} {entry['reason']})"
+                )
     return result
 
 
@@ -144,7 +153,10 @@ if __name__ == "__main__":
     misses: list[str] = []
     print(score(held_out=False, misses=misses).line("scored"))
     print(score(held_out=True).line("held out"))
-    print(Score(*(a + b for a, b in zip(vars(score(False)).values(), vars(score(True)).values(),
-                                        strict=True))).line("all"))
+    print(
+        Score(*(a + b for a, b in zip(vars(score(False)).values(), vars(score(True)).values(), strict=True))).line(
+            "all"
+        )
+    )
     if "-v" in sys.argv:
         print("\n".join(misses))

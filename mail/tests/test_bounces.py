@@ -19,18 +19,24 @@ def sample(name: str) -> bytes:
 @pytest.mark.parametrize(
     ("name", "message_id", "recipient", "status", "diagnostic_part"),
     [
-        ("postfix_dsn.eml", "<0a1b2c3d4e5f@leadline.example.org>", "jane.doe@lead-company.com", "5.1.1",
-         "User unknown in virtual mailbox table"),
-        ("gmail.eml", "<gmail-original-42@mail.gmail.com>", "nobody@lead-company.com", "5.1.1",
-         "does not exist"),
-        ("office365.eml", "<o365-orig-7@leadline.example.org>", "bob@fabrikam.com", "5.1.10",
-         "RecipientNotFound"),
-        ("exim.eml", "<exim-orig-99@leadline.example.org>", "carol@lead-company.com", "5.7.1",
-         "Mailbox unavailable"),
-        ("qmail.eml", "<qmail-orig-5@leadline.example.org>", "dave@lead-company.com", "5.0.0",
-         "No such user here"),
-        ("yahoo.eml", "<yahoo-orig-3@leadline.example.org>", "henry@lead-company.com", "5.0.0",
-         "554: delivery error: dd This user doesn't have a yahoo.com account"),
+        (
+            "postfix_dsn.eml",
+            "<0a1b2c3d4e5f@leadline.example.org>",
+            "jane.doe@lead-company.com",
+            "5.1.1",
+            "User unknown in virtual mailbox table",
+        ),
+        ("gmail.eml", "<gmail-original-42@mail.gmail.com>", "nobody@lead-company.com", "5.1.1", "does not exist"),
+        ("office365.eml", "<o365-orig-7@leadline.example.org>", "bob@fabrikam.com", "5.1.10", "RecipientNotFound"),
+        ("exim.eml", "<exim-orig-99@leadline.example.org>", "carol@lead-company.com", "5.7.1", "Mailbox unavailable"),
+        ("qmail.eml", "<qmail-orig-5@leadline.example.org>", "dave@lead-company.com", "5.0.0", "No such user here"),
+        (
+            "yahoo.eml",
+            "<yahoo-orig-3@leadline.example.org>",
+            "henry@lead-company.com",
+            "5.0.0",
+            "554: delivery error: dd This user doesn't have a yahoo.com account",
+        ),
     ],
 )
 def test_bounce_formats(name: str, message_id: str, recipient: str, status: str, diagnostic_part: str) -> None:
@@ -60,8 +66,13 @@ def test_plain_postfix_notice_without_report() -> None:
         b"--- Original message headers follow ---\r\n\r\nMessage-ID: <pf-plain@leadline.example.org>\r\n"
     )
     assert parse_bounce(raw) == Bounce(
-        original_message_id="<pf-plain@leadline.example.org>", recipients=("grace@lead-company.com",),
-        status="5.7.1", action="failed", severity="hard", reason="policy", diagnostic="554 5.7.1",
+        original_message_id="<pf-plain@leadline.example.org>",
+        recipients=("grace@lead-company.com",),
+        status="5.7.1",
+        action="failed",
+        severity="hard",
+        reason="policy",
+        diagnostic="554 5.7.1",
     )
 
 
@@ -121,7 +132,7 @@ def test_plain_notices_from_mail_systems_are_believed(raw: bytes) -> None:
 def test_an_unsplit_report_is_read_from_the_raw_body() -> None:
     raw = (
         b"From: postmaster@example.net\r\nSubject: Delivery Status Notification\r\n"
-        b"Content-Type: multipart/report; report-type=delivery-status; boundary=\"wrong\"\r\n\r\n"
+        b'Content-Type: multipart/report; report-type=delivery-status; boundary="wrong"\r\n\r\n'
         b"--right\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.example.net\r\n"
         b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: delayed\r\nStatus: 4.2.2\r\n--right--\r\n"
     )
@@ -185,20 +196,29 @@ def test_crafted_notices_parse_in_bounded_time(body: bytes) -> None:
 
 
 def _report(status_part: bytes) -> bytes:
-    return (b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
-            b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
-            b"--b\r\nContent-Type: message/delivery-status\r\n\r\n" + status_part + b"\r\n--b--\r\n")
+    return (
+        b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: message/delivery-status\r\n\r\n" + status_part + b"\r\n--b--\r\n"
+    )
 
 
 @pytest.mark.parametrize(
     "raw",
     [
-        _report(b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
-                b"Diagnostic-Code: smtp; " + b"x" * 10_000_000 + b"\r\n"),
-        _report(b"".join(b"Final-Recipient: rfc822; r%d@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
-                         % n for n in range(10_000))),
+        _report(
+            b"Final-Recipient: rfc822; ann@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+            b"Diagnostic-Code: smtp; " + b"x" * 10_000_000 + b"\r\n"
+        ),
+        _report(
+            b"".join(
+                b"Final-Recipient: rfc822; r%d@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" % n
+                for n in range(10_000)
+            )
+        ),
         b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
-        + b"Content-Type: message/rfc822\r\n\r\nFrom: a@example.net\r\n" * 100 + b"\r\nFinal-Recipient: x\r\n",
+        + b"Content-Type: message/rfc822\r\n\r\nFrom: a@example.net\r\n" * 100
+        + b"\r\nFinal-Recipient: x\r\n",
     ],
     ids=["10 MB status part", "10,000 recipients", "100 nested messages"],
 )

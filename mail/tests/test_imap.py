@@ -75,7 +75,9 @@ async def test_wrong_pin_is_a_tls_error(imap_settings: Settings, dovecot: Doveco
         assert caught.value.kind == "tls"
 
 
-async def test_self_signed_without_pin_or_cafile_is_a_tls_error(imap_settings: Settings, dovecot: DovecotServer) -> None:
+async def test_self_signed_without_pin_or_cafile_is_a_tls_error(
+    imap_settings: Settings, dovecot: DovecotServer
+) -> None:
     for tls, port in (("implicit", dovecot.tls_port), ("starttls", dovecot.port)):
         with pytest.raises(MailConnectionError) as caught:
             await connect_imap(imap_settings(cafile=None, tls=tls, port=port))
@@ -114,8 +116,18 @@ async def test_silent_server_times_out() -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
-                                            allow_plaintext=True, allow_networks=LOOPBACK, timeout=0.5))
+            await connect_imap(
+                ImapSettings(
+                    host="127.0.0.1",
+                    port=port,
+                    tls="plain",
+                    username="u",
+                    password="p",
+                    allow_plaintext=True,
+                    allow_networks=LOOPBACK,
+                    timeout=0.5,
+                )
+            )
         assert caught.value.kind == "timeout"
     finally:
         server.close()
@@ -137,9 +149,19 @@ async def test_server_trickling_data_forever_hits_the_command_limit() -> None:
     started = asyncio.get_running_loop().time()
     try:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
-                                            allow_plaintext=True, allow_networks=LOOPBACK, timeout=0.4,
-                                            command_limit=1.0))
+            await connect_imap(
+                ImapSettings(
+                    host="127.0.0.1",
+                    port=port,
+                    tls="plain",
+                    username="u",
+                    password="p",
+                    allow_plaintext=True,
+                    allow_networks=LOOPBACK,
+                    timeout=0.4,
+                    command_limit=1.0,
+                )
+            )
         assert caught.value.kind == "timeout"
         assert asyncio.get_running_loop().time() - started < 3
     finally:
@@ -162,9 +184,17 @@ async def test_starttls_injection_is_refused() -> None:
     port = server.sockets[0].getsockname()[1]
     try:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(ImapSettings(host="127.0.0.1", port=port, tls="starttls", username="u",
-                                            password="p", allow_networks=LOOPBACK,
-                                            timeout=3))
+            await connect_imap(
+                ImapSettings(
+                    host="127.0.0.1",
+                    port=port,
+                    tls="starttls",
+                    username="u",
+                    password="p",
+                    allow_networks=LOOPBACK,
+                    timeout=3,
+                )
+            )
         assert caught.value.kind == "tls"
         assert "unexpected data" in caught.value.user_message
     finally:
@@ -276,7 +306,7 @@ async def test_fetch_of_1500_headers_in_one_command(
 async def test_search_by_header_and_expunge_only_those_uids(imap_settings: Settings) -> None:
     async with await connect_imap(imap_settings()) as client:
         flagged = await client.append("INBOX", sample_message(0), flags=("\\Deleted",))  # the user's, not ours
-        ours = await client.append("INBOX", b"X-Proof: tok-\"1\r\nSubject: ours\r\n\r\nx\r\n", flags=())
+        ours = await client.append("INBOX", b'X-Proof: tok-"1\r\nSubject: ours\r\n\r\nx\r\n', flags=())
         other = await client.append("INBOX", b"X-Proof: tok-2\r\nSubject: theirs\r\n\r\nx\r\n", flags=())
         await client.select("INBOX", readonly=False)
         assert await client.uids_with_header("X-Proof", 'tok-"1') == [ours]
@@ -311,9 +341,14 @@ async def _scripted_server(list_lines: bytes) -> asyncio.Server:
     return await asyncio.start_server(serve, "127.0.0.1", 0)
 
 
-@pytest.mark.parametrize("reply", [b"{tag} NO [ALERT] Too many simultaneous connections. (Failure)\r\n",
-                                   b"* BYE [ALERT] Too many simultaneous connections. (Failure)\r\n"],
-                         ids=["tagged-no", "bye"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"{tag} NO [ALERT] Too many simultaneous connections. (Failure)\r\n",
+        b"* BYE [ALERT] Too many simultaneous connections. (Failure)\r\n",
+    ],
+    ids=["tagged-no", "bye"],
+)
 async def test_gmail_refusing_more_connections_is_not_a_wrong_password(reply: bytes) -> None:
     """Gmail's answers (scripted: Gmail is the outside world); Dovecot's ``NO [LIMIT]`` is tested in sync."""
 
@@ -329,8 +364,16 @@ async def test_gmail_refusing_more_connections_is_not_a_wrong_password(reply: by
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
-        settings = ImapSettings(host="127.0.0.1", port=server.sockets[0].getsockname()[1], tls="plain",
-                                username="u", password="p", allow_plaintext=True, allow_networks=LOOPBACK, timeout=5)
+        settings = ImapSettings(
+            host="127.0.0.1",
+            port=server.sockets[0].getsockname()[1],
+            tls="plain",
+            username="u",
+            password="p",
+            allow_plaintext=True,
+            allow_networks=LOOPBACK,
+            timeout=5,
+        )
         with pytest.raises(MailConnectionError) as caught:
             await connect_imap(settings)
         assert caught.value.kind == "too_many_connections"
@@ -348,12 +391,11 @@ async def test_hostile_fetch_responses() -> None:
             tag, _, rest = line.partition(b" ")
             if rest.startswith(b"UID FETCH"):
                 writer.write(
-                    b"* 1 FETCH (UID 1 INTERNALDATE \"garbage\" BODY[] {%d}\r\n" % len(big) + big + b")\r\n"
+                    b'* 1 FETCH (UID 1 INTERNALDATE "garbage" BODY[] {%d}\r\n' % len(big) + big + b")\r\n"
                     b"* 2 FETCH (FLAGS (\\Seen)\r\n"  # unsolicited, unbalanced
                     b"* 3 FETCH (UID 99 BODY[] {3}\r\nabc)\r\n"  # a UID nobody asked for
                     b"* 4 FETCH (UID 4 BODY[] NIL)\r\n"
-                    b"* 5 FETCH ((((((((((((((((((((((((((((((((((((((((\r\n"
-                    + tag + b" OK done\r\n"
+                    b"* 5 FETCH ((((((((((((((((((((((((((((((((((((((((\r\n" + tag + b" OK done\r\n"
                 )
             elif rest.startswith(b"NOOP"):
                 writer.write(b"* BYE shutting down for maintenance\r\n")
@@ -367,12 +409,23 @@ async def test_hostile_fetch_responses() -> None:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        settings = ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
-                                allow_plaintext=True, allow_networks=LOOPBACK, timeout=5, max_literal_bytes=1000)
+        settings = ImapSettings(
+            host="127.0.0.1",
+            port=port,
+            tls="plain",
+            username="u",
+            password="p",
+            allow_plaintext=True,
+            allow_networks=LOOPBACK,
+            timeout=5,
+            max_literal_bytes=1000,
+        )
         client = await connect_imap(settings)
         messages = await client.fetch_messages([1, 4])
         assert [(m.uid, len(m.raw), m.truncated, m.internaldate) for m in messages] == [
-            (1, 1000, True, None), (4, 0, False, None)]
+            (1, 1000, True, None),
+            (4, 0, False, None),
+        ]
         with pytest.raises(MailConnectionError) as caught:
             await client.noop()
         assert caught.value.kind == "unreachable" and "maintenance" in caught.value.user_message
@@ -384,13 +437,21 @@ async def test_hostile_fetch_responses() -> None:
 @pytest.mark.parametrize(
     ("list_lines", "expected"),
     [
-        (b'* LIST (\\HasNoChildren) "/" INBOX\r\n* LIST (\\HasNoChildren) "/" Drafts\r\n'
-         b"* LIST (\\HasNoChildren) \"/\" {10}\r\nSent Items\r\n", "Sent Items"),
-        (b'* LIST (\\HasChildren) "/" "INBOX"\r\n* LIST (\\Noselect \\HasChildren) "/" "[Gmail]"\r\n'
-         b'* LIST (\\HasNoChildren) "/" "[Gmail]/All Mail"\r\n* LIST (\\HasNoChildren) "/" "[Gmail]/Sent Mail"\r\n',
-         "[Gmail]/Sent Mail"),
-        (b'* LIST (\\Unmarked \\HasChildren) "." "INBOX"\r\n* LIST (\\HasNoChildren) "." "INBOX.Trash"\r\n'
-         b'* LIST (\\HasNoChildren) "." "INBOX.Sent"\r\n', "INBOX.Sent"),
+        (
+            b'* LIST (\\HasNoChildren) "/" INBOX\r\n* LIST (\\HasNoChildren) "/" Drafts\r\n'
+            b'* LIST (\\HasNoChildren) "/" {10}\r\nSent Items\r\n',
+            "Sent Items",
+        ),
+        (
+            b'* LIST (\\HasChildren) "/" "INBOX"\r\n* LIST (\\Noselect \\HasChildren) "/" "[Gmail]"\r\n'
+            b'* LIST (\\HasNoChildren) "/" "[Gmail]/All Mail"\r\n* LIST (\\HasNoChildren) "/" "[Gmail]/Sent Mail"\r\n',
+            "[Gmail]/Sent Mail",
+        ),
+        (
+            b'* LIST (\\Unmarked \\HasChildren) "." "INBOX"\r\n* LIST (\\HasNoChildren) "." "INBOX.Trash"\r\n'
+            b'* LIST (\\HasNoChildren) "." "INBOX.Sent"\r\n',
+            "INBOX.Sent",
+        ),
         (b'* LIST () NIL INBOX\r\n* LIST () "/" "Envoy&AOk-s"\r\n', "Envoyés"),
         (b'* LIST () "/" INBOX\r\n* LIST () "/" Archive\r\n', None),
     ],
@@ -399,8 +460,16 @@ async def test_find_sync_folders_by_common_names(list_lines: bytes, expected: st
     server = await _scripted_server(list_lines)
     port = server.sockets[0].getsockname()[1]
     try:
-        settings = ImapSettings(host="127.0.0.1", port=port, tls="plain", username="u", password="p",
-                                allow_plaintext=True, allow_networks=LOOPBACK, timeout=5)
+        settings = ImapSettings(
+            host="127.0.0.1",
+            port=port,
+            tls="plain",
+            username="u",
+            password="p",
+            allow_plaintext=True,
+            allow_networks=LOOPBACK,
+            timeout=5,
+        )
         async with await connect_imap(settings) as client:
             found = await client.find_sync_folders()
         assert found == ({"inbox": "INBOX", "sent": expected} if expected else {"inbox": "INBOX"})

@@ -13,7 +13,7 @@ from leadline_mail.mime import MAX_PARTS, parse_headers, parse_message
 def test_headers_of_an_ordinary_message() -> None:
     summary = parse_headers(
         b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <Juergen@Example.COM>\r\n"
-        b"To: \"Doe, Jane\" <jane@lead-company.com>, bob@b\xc3\xbccher.de,\r\n  Group: x@example.org, y@example.org;\r\n"
+        b'To: "Doe, Jane" <jane@lead-company.com>, bob@b\xc3\xbccher.de,\r\n  Group: x@example.org, y@example.org;\r\n'
         b"Cc: undisclosed-recipients:;\r\nBcc: hidden@example.net\r\n"
         b"Subject: =?UTF-8?B?w4Rwcm9wb3M=?= of the deal\r\n"
         b"Date: Mon, 23 Nov 2026 10:00:00 +0100\r\nMessage-ID: <abc@example.com>\r\n"
@@ -60,9 +60,15 @@ def test_encoded_newline_in_subject_and_name_is_flattened() -> None:
 
 
 def test_garbage_headers_never_raise() -> None:
-    for junk in (b"", b"\x00" * 100, b"\xff\xfe" * 5000, b"From: <<<<<>>>>\r\nDate: not a date\r\n",
-                 b"Subject: =?x-unknown?Q?abc?= =?UTF-8?B?!!!?=\r\n", b"To: " + b"(" * 100_000 + b"\r\n",
-                 b"To: " + b"a@b.example, " * 20_000 + b"\r\n"):
+    for junk in (
+        b"",
+        b"\x00" * 100,
+        b"\xff\xfe" * 5000,
+        b"From: <<<<<>>>>\r\nDate: not a date\r\n",
+        b"Subject: =?x-unknown?Q?abc?= =?UTF-8?B?!!!?=\r\n",
+        b"To: " + b"(" * 100_000 + b"\r\n",
+        b"To: " + b"a@b.example, " * 20_000 + b"\r\n",
+    ):
         summary = parse_headers(junk)
         assert summary.date is None or isinstance(summary.date, datetime)
 
@@ -89,13 +95,17 @@ def test_multipart_message_text_html_and_attachments() -> None:
     assert parsed.html is not None and "script" not in parsed.html and "onclick" not in parsed.html
     assert "javascript" not in parsed.html and "Grüße" in parsed.html
     assert [(a.filename, a.content_type, a.size) for a in parsed.attachments] == [
-        ("Angebot ü.pdf", "application/pdf", 9), ("etc_passwd", "image/png", 8)]
+        ("Angebot ü.pdf", "application/pdf", 9),
+        ("etc_passwd", "image/png", 8),
+    ]
     assert parsed.defects == [] and parsed.size == len(raw)
 
 
 def test_html_only_message_gets_text_from_html() -> None:
-    parsed = parse_message(b"Content-Type: text/html\r\n\r\n<html><head><style>p{}</style></head>"
-                           b"<body><p>Hello&nbsp;<b>world</b></p><script>x</script></body></html>")
+    parsed = parse_message(
+        b"Content-Type: text/html\r\n\r\n<html><head><style>p{}</style></head>"
+        b"<body><p>Hello&nbsp;<b>world</b></p><script>x</script></body></html>"
+    )
     assert parsed.text == "Hello\xa0world" or parsed.text == "Hello world"
     assert parsed.defects == []
 
@@ -160,7 +170,7 @@ def test_broken_encodings_and_nuls() -> None:
         b"",
         b"\x00" * 1000,
         b"no headers at all, just text",
-        b"Content-Type: text/plain; charset=\"\r\n\r\nx",
+        b'Content-Type: text/plain; charset="\r\n\r\nx',
         b"Content-Type: message/rfc822\r\n\r\n" * 200,
         b"Content-Type: multipart/mixed; boundary=\r\n\r\n--\r\n--\r\n",
         b"Content-Type: multipart/report; boundary=a\r\n\r\n--a\r\nContent-Type: message/delivery-status\r\n\r\n"
@@ -178,7 +188,8 @@ def test_date_without_zone_is_utc() -> None:
     summary = parse_headers(b"Date: Mon, 23 Nov 2026 10:00:00\r\n\r\n")
     assert summary.date == datetime(2026, 11, 23, 10, 0, tzinfo=UTC)
     assert parse_headers(b"Date: Mon, 23 Nov 2026 10:00:00 -0500\r\n\r\n").date == datetime(
-        2026, 11, 23, 10, 0, tzinfo=timezone(timedelta(hours=-5)))
+        2026, 11, 23, 10, 0, tzinfo=timezone(timedelta(hours=-5))
+    )
 
 
 def test_huge_header_block_is_cut_and_the_body_kept() -> None:

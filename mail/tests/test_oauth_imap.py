@@ -27,19 +27,30 @@ def token_for(provider: FakeOAuthProvider, address: str) -> str:
 
 
 def settings(dovecot: DovecotServer, cafile: str, address: str, token: str, **overrides: object) -> ImapSettings:
-    values: dict[str, object] = dict(host="localhost", port=dovecot.tls_port, tls="implicit", username=address,
-                                     password="", access_token=token, cafile=cafile, allow_networks=LOOPBACK,
-                                     timeout=10.0, resolver=resolve_to_loopback)
+    values: dict[str, object] = dict(
+        host="localhost",
+        port=dovecot.tls_port,
+        tls="implicit",
+        username=address,
+        password="",
+        access_token=token,
+        cafile=cafile,
+        allow_networks=LOOPBACK,
+        timeout=10.0,
+        resolver=resolve_to_loopback,
+    )
     values.update(overrides)
     return ImapSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
-async def test_access_token_signs_in(mechanism: str, provider: FakeOAuthProvider, oauth_dovecot: DovecotServer,
-                                     cafile: str) -> None:
+async def test_access_token_signs_in(
+    mechanism: str, provider: FakeOAuthProvider, oauth_dovecot: DovecotServer, cafile: str
+) -> None:
     address = f"alice-{mechanism.lower()}@acme.example"
-    client = await connect_imap(settings(oauth_dovecot, cafile, address, token_for(provider, address),
-                                         sasl_mechanisms=(mechanism,)))
+    client = await connect_imap(
+        settings(oauth_dovecot, cafile, address, token_for(provider, address), sasl_mechanisms=(mechanism,))
+    )
     try:
         assert (await client.find_sync_folders())["inbox"] == "INBOX"
     finally:
@@ -52,11 +63,13 @@ async def test_access_token_signs_in(mechanism: str, provider: FakeOAuthProvider
         raise AssertionError(f"no {mechanism} login of {address} in Dovecot's log")
 
 
-async def test_starttls_then_token_without_sasl_ir(provider: FakeOAuthProvider, oauth_dovecot: DovecotServer,
-                                                   cafile: str) -> None:
+async def test_starttls_then_token_without_sasl_ir(
+    provider: FakeOAuthProvider, oauth_dovecot: DovecotServer, cafile: str
+) -> None:
     address = "bob@acme.example"
-    client = await connect_imap(settings(oauth_dovecot, cafile, address, token_for(provider, address),
-                                         port=oauth_dovecot.port, tls="starttls"))
+    client = await connect_imap(
+        settings(oauth_dovecot, cafile, address, token_for(provider, address), port=oauth_dovecot.port, tls="starttls")
+    )
     try:
         client.capabilities = client.capabilities - {"SASL-IR"}  # the next sign-in waits for "+"
         assert "INBOX" in {f.name for f in await client.list_folders()}
@@ -65,8 +78,9 @@ async def test_starttls_then_token_without_sasl_ir(provider: FakeOAuthProvider, 
 
 
 @pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
-async def test_refused_tokens_are_oauth_refused(mechanism: str, provider: FakeOAuthProvider,
-                                                oauth_dovecot: DovecotServer, cafile: str) -> None:
+async def test_refused_tokens_are_oauth_refused(
+    mechanism: str, provider: FakeOAuthProvider, oauth_dovecot: DovecotServer, cafile: str
+) -> None:
     # one refusal each: Dovecot makes every further failure from the same address wait longer
     address = f"carol-{mechanism.lower()}@acme.example"
     if mechanism == "XOAUTH2":
@@ -87,10 +101,14 @@ async def test_a_server_without_oauth_is_a_clear_error(dovecot: DovecotServer, c
 
 
 def test_initial_responses_and_choice() -> None:
-    assert base64.b64decode(initial_response("XOAUTH2", "a@b.example", "t0k")) == \
-        b"user=a@b.example\x01auth=Bearer t0k\x01\x01"
-    assert base64.b64decode(initial_response("OAUTHBEARER", "a,=b@c.example", "t0k", "imap.c.example", 993)) == \
-        b"n,a=a=2C=3Db@c.example,\x01host=imap.c.example\x01port=993\x01auth=Bearer t0k\x01\x01"
+    assert (
+        base64.b64decode(initial_response("XOAUTH2", "a@b.example", "t0k"))
+        == b"user=a@b.example\x01auth=Bearer t0k\x01\x01"
+    )
+    assert (
+        base64.b64decode(initial_response("OAUTHBEARER", "a,=b@c.example", "t0k", "imap.c.example", 993))
+        == b"n,a=a=2C=3Db@c.example,\x01host=imap.c.example\x01port=993\x01auth=Bearer t0k\x01\x01"
+    )
     for bad in ("t0k\r\nA1 LOGOUT", "", "t\x00"):
         with pytest.raises(ValueError):
             initial_response("XOAUTH2", "a@b.example", bad)

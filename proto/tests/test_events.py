@@ -29,8 +29,10 @@ def test_every_event_has_a_subject_inside_the_stream(model: type) -> None:
 
 
 def test_round_trip_and_rejects_garbage() -> None:
-    event = LeadCreatedV1(company_id=uuid.uuid4(), payload=LeadPayload(
-        lead_id=uuid.uuid4(), addresses=["a@b.example"], created_at=utcnow()))
+    event = LeadCreatedV1(
+        company_id=uuid.uuid4(),
+        payload=LeadPayload(lead_id=uuid.uuid4(), addresses=["a@b.example"], created_at=utcnow()),
+    )
     assert parse_event(event.model_dump_json()) == event
     assert event.subject == "leadline.lead.created.v1"
     with pytest.raises(ValidationError):

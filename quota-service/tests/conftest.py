@@ -45,8 +45,13 @@ async def db(quota_url: str) -> AsyncIterator[Database]:
 @pytest.fixture
 def settings(quota_url: str, nats_url: str) -> Settings:
     # a durable of its own per test: the stream is shared by every test of the session
-    return Settings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET,
-                    consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}", environment="test")
+    return Settings(
+        database_url=quota_url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}",
+        environment="test",
+    )
 
 
 @pytest.fixture

@@ -30,10 +30,26 @@ def smtp_key() -> str:
     return f"smtp:{uuid.uuid4()}"
 
 
-def batch(company: uuid.UUID, key: str, messages: int, recipients: int | None = None, *,
-          largest: int | None = None, size_bytes: int = 1000, **limits: int) -> ReserveAsk:
-    return ReserveAsk(company, key, "custom", recipients or messages, size_bytes, account_settings=limits,
-                      messages=messages, largest_recipients=largest)
+def batch(
+    company: uuid.UUID,
+    key: str,
+    messages: int,
+    recipients: int | None = None,
+    *,
+    largest: int | None = None,
+    size_bytes: int = 1000,
+    **limits: int,
+) -> ReserveAsk:
+    return ReserveAsk(
+        company,
+        key,
+        "custom",
+        recipients or messages,
+        size_bytes,
+        account_settings=limits,
+        messages=messages,
+        largest_recipients=largest,
+    )
 
 
 async def reserve(db: Database, clock: MovableClock, ask: ReserveAsk) -> Decision:
@@ -41,18 +57,30 @@ async def reserve(db: Database, clock: MovableClock, ask: ReserveAsk) -> Decisio
         return await reservations.reserve(session, ask, clock)
 
 
-async def commit(db: Database, clock: MovableClock, company: uuid.UUID, decision: Decision,
-                 messages: int | None = None, recipients: int | None = None) -> Settlement:
+async def commit(
+    db: Database,
+    clock: MovableClock,
+    company: uuid.UUID,
+    decision: Decision,
+    messages: int | None = None,
+    recipients: int | None = None,
+) -> Settlement:
     assert decision.reservation_id is not None
     async with db.session() as session:
-        return await reservations.commit(session, company, decision.reservation_id, clock, messages=messages,
-                                         recipients=recipients)
+        return await reservations.commit(
+            session, company, decision.reservation_id, clock, messages=messages, recipients=recipients
+        )
 
 
 async def row_of(db: Database, decision: Decision) -> tuple[str, int, int]:
     async with db.session() as session:
-        row = (await session.execute(select(reservation.c.state, reservation.c.messages, reservation.c.recipients)
-                                     .where(reservation.c.reservation_id == decision.reservation_id))).one()
+        row = (
+            await session.execute(
+                select(reservation.c.state, reservation.c.messages, reservation.c.recipients).where(
+                    reservation.c.reservation_id == decision.reservation_id
+                )
+            )
+        ).one()
     return row.state, row.messages, row.recipients
 
 
@@ -88,8 +116,10 @@ async def test_a_batch_is_granted_whole_and_counts_its_messages(db: Database, cl
     # only the refusal of one message tells the world: the batch's sender goes on one at a time
     assert await exceeded_limits(db, company) == ["messages_per_hour"]
     async with db.session() as session:
-        assert await session.scalar(select(func.sum(reservation.c.messages)).where(
-            reservation.c.company_id == company)) == 8
+        assert (
+            await session.scalar(select(func.sum(reservation.c.messages)).where(reservation.c.company_id == company))
+            == 8
+        )
 
     clock.set(five.expires_at)  # type: ignore[arg-type]
     assert (await reserve(db, clock, batch(company, key, 5, **limit))).granted
@@ -153,8 +183,10 @@ async def test_never_is_judged_on_the_largest_message_not_the_batch(db: Database
     together = await reserve(db, clock, batch(company, smtp_key(), 2, 60, largest=30, recipients_per_day=50))
     assert (together.granted, together.limit) == (False, "recipients_per_day")
     assert together.retry_at == clock.now + timedelta(days=1)
-    assert together.detail == ("recipients_per_day = 50 would be passed (0 used, 60 asked by a batch of 2 messages; "
-                               "more than the limit allows at once)")
+    assert together.detail == (
+        "recipients_per_day = 50 would be passed (0 used, 60 asked by a batch of 2 messages; "
+        "more than the limit allows at once)"
+    )
     many = await reserve(db, clock, batch(company, smtp_key(), 3, messages_per_hour=2))
     assert (many.granted, many.limit, many.retry_at) == (False, "messages_per_hour", clock.now + timedelta(hours=1))
 
@@ -164,24 +196,29 @@ async def test_never_is_judged_on_the_largest_message_not_the_batch(db: Database
     assert await exceeded_limits(db, company) == ["recipients_per_message"]
 
 
-@pytest.mark.parametrize("messages,recipients,largest,why", [
-    (0, 1, None, "messages must be between 1 and 1000"),
-    (1001, 2000, None, "messages must be between 1 and 1000"),
-    (3, 2, None, "recipients (the batch's total) must be at least messages"),
-    (2, 4, 0, "largest_recipients must be between 1 and recipients"),
-    (2, 4, 5, "largest_recipients must be between 1 and recipients"),
-    (2, 10, 4, "largest_recipients times messages must be at least recipients"),
-])
+@pytest.mark.parametrize(
+    "messages,recipients,largest,why",
+    [
+        (0, 1, None, "messages must be between 1 and 1000"),
+        (1001, 2000, None, "messages must be between 1 and 1000"),
+        (3, 2, None, "recipients (the batch's total) must be at least messages"),
+        (2, 4, 0, "largest_recipients must be between 1 and recipients"),
+        (2, 4, 5, "largest_recipients must be between 1 and recipients"),
+        (2, 10, 4, "largest_recipients times messages must be at least recipients"),
+    ],
+)
 async def test_impossible_batches_are_refused_before_anything_is_written(
-        db: Database, clock: MovableClock, messages: int, recipients: int, largest: int | None, why: str) -> None:
+    db: Database, clock: MovableClock, messages: int, recipients: int, largest: int | None, why: str
+) -> None:
     company = uuid.uuid4()
     with pytest.raises(InvalidAsk) as refused:
         await reserve(db, clock, batch(company, smtp_key(), messages, recipients, largest=largest))
     assert str(refused.value) == why
     async with db.session() as session:
         for table in (reservation, sending_account):
-            assert await session.scalar(select(func.count()).select_from(table).where(
-                table.c.company_id == company)) == 0
+            assert (
+                await session.scalar(select(func.count()).select_from(table).where(table.c.company_id == company)) == 0
+            )
 
 
 async def test_commit_counts_out_of_range_change_nothing_and_say_why(db: Database, clock: MovableClock) -> None:
@@ -204,8 +241,7 @@ async def test_commit_counts_out_of_range_change_nothing_and_say_why(db: Databas
     assert (exact.ok, exact.invalid) == (True, False)
     assert await row_of(db, five) == ("committed", 5, 10)
     unknown = await commit(db, clock, company, Decision(True, reservation_id=uuid.uuid4()), 1, 1)
-    assert (unknown.ok, unknown.found, unknown.invalid, unknown.detail) == (False, False, False,
-                                                                           "no such reservation")
+    assert (unknown.ok, unknown.found, unknown.invalid, unknown.detail) == (False, False, False, "no such reservation")
 
 
 async def nats_reserve(nc: Client, request: QuotaReserveRequest) -> QuotaReserveReply:
@@ -218,36 +254,59 @@ async def nats_commit(nc: Client, request: QuotaSettleRequest) -> QuotaSettleRep
     return QuotaSettleReply.model_validate_json(msg.data)
 
 
-async def test_batches_and_partial_commits_over_nats(quota_service: httpx.AsyncClient, nc: Client,
-                                                    db: Database) -> None:
+async def test_batches_and_partial_commits_over_nats(
+    quota_service: httpx.AsyncClient, nc: Client, db: Database
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
-    ask = QuotaReserveRequest(company_id=company, account_key=key, recipients=12, size_bytes=100, messages=5,
-                              largest_recipients=4, overrides={"messages_per_hour": 8})
+    ask = QuotaReserveRequest(
+        company_id=company,
+        account_key=key,
+        recipients=12,
+        size_bytes=100,
+        messages=5,
+        largest_recipients=4,
+        overrides={"messages_per_hour": 8},
+    )
     granted = await nats_reserve(nc, ask)
     assert granted.granted and granted.reservation_id
-    assert not (await nats_reserve(nc, ask.model_copy(update={"recipients": 4, "largest_recipients": 1,
-                                                              "messages": 4}))).granted
-    too_many = await nats_commit(nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id,
-                                                        messages=6))
+    assert not (
+        await nats_reserve(nc, ask.model_copy(update={"recipients": 4, "largest_recipients": 1, "messages": 4}))
+    ).granted
+    too_many = await nats_commit(
+        nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id, messages=6)
+    )
     assert (too_many.ok, too_many.detail) == (False, "invalid request: 6 messages used is more than the 5 reserved")
-    part = await nats_commit(nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id,
-                                                    messages=2, recipients=5))
+    part = await nats_commit(
+        nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id, messages=2, recipients=5)
+    )
     assert (part.ok, part.detail) == (True, "")
     async with db.session() as session:
-        row = (await session.execute(select(reservation.c.state, reservation.c.messages, reservation.c.recipients)
-                                     .where(reservation.c.reservation_id == granted.reservation_id))).one()
+        row = (
+            await session.execute(
+                select(reservation.c.state, reservation.c.messages, reservation.c.recipients).where(
+                    reservation.c.reservation_id == granted.reservation_id
+                )
+            )
+        ).one()
     assert tuple(row) == ("committed", 2, 5)
     six = ask.model_copy(update={"messages": 6, "recipients": 6, "largest_recipients": 1})
     assert (await nats_reserve(nc, six)).granted
 
 
 async def test_concurrent_batches_and_single_messages_never_pass_the_limit(
-        quota_service: httpx.AsyncClient, nc: Client, db: Database) -> None:
+    quota_service: httpx.AsyncClient, nc: Client, db: Database
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
 
     def ask(messages: int) -> QuotaReserveRequest:
-        return QuotaReserveRequest(company_id=company, account_key=key, recipients=messages, size_bytes=100,
-                                   messages=messages, overrides={"messages_per_day": 100})
+        return QuotaReserveRequest(
+            company_id=company,
+            account_key=key,
+            recipients=messages,
+            size_bytes=100,
+            messages=messages,
+            overrides={"messages_per_day": 100},
+        )
 
     async def sender() -> int:
         sent = 0
@@ -259,8 +318,9 @@ async def test_concurrent_batches_and_single_messages_never_pass_the_limit(
     while (await nats_reserve(nc, ask(1))).granted:  # what is left goes one at a time
         granted += 1
     async with db.session() as session:
-        counted = await session.scalar(select(func.sum(reservation.c.messages)).where(
-            reservation.c.company_id == company))
+        counted = await session.scalar(
+            select(func.sum(reservation.c.messages)).where(reservation.c.company_id == company)
+        )
     assert granted == counted == 100
 
 
@@ -269,8 +329,14 @@ async def test_batches_and_partial_commits_over_http(quota_service: httpx.AsyncC
     key = smtp_key()
 
     def body(**fields: object) -> dict[str, object]:
-        return {"account_key": key, "recipients": 5, "size_bytes": 100, "messages": 5,
-                "overrides": {"messages_per_hour": 8}, **fields}
+        return {
+            "account_key": key,
+            "recipients": 5,
+            "size_bytes": 100,
+            "messages": 5,
+            "overrides": {"messages_per_hour": 8},
+            **fields,
+        }
 
     granted = await admin.post("/v1/quotas/reservations", json=body())
     assert granted.status_code == 201, granted.text
@@ -318,8 +384,16 @@ async def test_a_passing_check_says_how_much_room_is_left(db: Database, clock: M
 async def test_a_reservation_id_chosen_by_the_sender_is_granted_once(db: Database, clock: MovableClock) -> None:
     company, key, chosen = uuid.uuid4(), smtp_key(), uuid.uuid4()
     ask = batch(company, key, 3, messages_per_hour=4)
-    ask = ReserveAsk(ask.company_id, ask.account_key, ask.provider, ask.recipients, ask.size_bytes,
-                     account_settings=ask.account_settings, messages=3, reservation_id=chosen)
+    ask = ReserveAsk(
+        ask.company_id,
+        ask.account_key,
+        ask.provider,
+        ask.recipients,
+        ask.size_bytes,
+        account_settings=ask.account_settings,
+        messages=3,
+        reservation_id=chosen,
+    )
     first, again = await reserve(db, clock, ask), await reserve(db, clock, ask)  # e.g. a retried request
     assert first.granted and first.reservation_id == chosen
     assert again.granted and again.reservation_id == chosen

@@ -12,9 +12,29 @@ from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_quota.clock import MovableClock
 
 SECRET = "quota-test-identity-secret"
-ISSUE_4_PROVIDERS = {"gmail", "office365", "outlook", "yahoo", "aol", "godaddy", "123reg", "bluehost", "comcast",
-                     "comcast_business", "att", "verizon", "charter", "roadrunner", "earthlink", "optimum", "1and1",
-                     "ipowerweb", "aplus", "lunarpages", "homestead"}
+ISSUE_4_PROVIDERS = {
+    "gmail",
+    "office365",
+    "outlook",
+    "yahoo",
+    "aol",
+    "godaddy",
+    "123reg",
+    "bluehost",
+    "comcast",
+    "comcast_business",
+    "att",
+    "verizon",
+    "charter",
+    "roadrunner",
+    "earthlink",
+    "optimum",
+    "1and1",
+    "ipowerweb",
+    "aplus",
+    "lunarpages",
+    "homestead",
+}
 
 
 @pytest.fixture
@@ -23,12 +43,19 @@ def client(quota_service: httpx.AsyncClient) -> httpx.AsyncClient:
 
 
 def reservation(key: str, **fields: object) -> dict[str, object]:
-    return {"account_key": key, "provider": "custom", "recipients": 1, "size_bytes": 100,
-            "overrides": {"messages_per_minute": 2}, **fields}
+    return {
+        "account_key": key,
+        "provider": "custom",
+        "recipients": 1,
+        "size_bytes": 100,
+        "overrides": {"messages_per_minute": 2},
+        **fields,
+    }
 
 
-async def test_over_limit_is_a_429_with_retry_at_and_retry_after(client: httpx.AsyncClient,
-                                                                 clock: MovableClock) -> None:
+async def test_over_limit_is_a_429_with_retry_at_and_retry_after(
+    client: httpx.AsyncClient, clock: MovableClock
+) -> None:
     admin = as_caller(client, make_identity("administrator"), SECRET)
     key = f"smtp:{uuid.uuid4()}"
     first = await admin.post("/v1/quotas/reservations", json=reservation(key))
@@ -50,8 +77,13 @@ async def test_over_limit_is_a_429_with_retry_at_and_retry_after(client: httpx.A
 async def test_malformed_and_unreachable_requests_are_422(client: httpx.AsyncClient) -> None:
     admin = as_caller(client, make_identity("administrator"), SECRET)
     key = f"smtp:{uuid.uuid4()}"
-    for body in (reservation("smtp:oops"), reservation(key, recipients=0), reservation(key, size_bytes="big"),
-                 reservation(key, overrides={"per_fortnight": 1}), {"account_key": key}):
+    for body in (
+        reservation("smtp:oops"),
+        reservation(key, recipients=0),
+        reservation(key, size_bytes="big"),
+        reservation(key, overrides={"per_fortnight": 1}),
+        {"account_key": key},
+    ):
         answer = await admin.post("/v1/quotas/reservations", json=body)
         assert answer.status_code == 422, (body, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
@@ -61,15 +93,18 @@ async def test_malformed_and_unreachable_requests_are_422(client: httpx.AsyncCli
     assert "retry-after" not in never.headers
 
 
-async def test_report_shows_used_remaining_and_resets_per_account(client: httpx.AsyncClient,
-                                                                  clock: MovableClock) -> None:
+async def test_report_shows_used_remaining_and_resets_per_account(
+    client: httpx.AsyncClient, clock: MovableClock
+) -> None:
     identity = make_identity("administrator")
     admin = as_caller(client, identity, SECRET)
     salesperson = as_caller(client, make_identity("salesperson", company_id=identity.company_id), SECRET)
     key = f"mailbox:{uuid.uuid4()}"
     for _ in range(3):
-        granted = await admin.post("/v1/quotas/reservations", json=reservation(
-            key, provider="yahoo", recipients=4, overrides={}, ttl_seconds=3600))
+        granted = await admin.post(
+            "/v1/quotas/reservations",
+            json=reservation(key, provider="yahoo", recipients=4, overrides={}, ttl_seconds=3600),
+        )
         assert granted.status_code == 201
         clock.advance(minutes=5)
     report = await salesperson.get("/v1/quotas")
@@ -79,11 +114,21 @@ async def test_report_shows_used_remaining_and_resets_per_account(client: httpx.
     [account] = body["accounts"]
     assert account["account_key"] == key and account["provider"] == "yahoo"
     limits = {item["limit"]: item for item in account["limits"]}
-    assert limits["messages_per_hour"] == {"limit": "messages_per_hour", "maximum": 100, "used": 3,
-                                           "remaining": 97, "resets_at": "2026-03-10T13:00:00Z"}
+    assert limits["messages_per_hour"] == {
+        "limit": "messages_per_hour",
+        "maximum": 100,
+        "used": 3,
+        "remaining": 97,
+        "resets_at": "2026-03-10T13:00:00Z",
+    }
     assert limits["messages_per_day"]["used"] == 3
-    assert limits["recipients_per_message"] == {"limit": "recipients_per_message", "maximum": 100, "used": None,
-                                                "remaining": None, "resets_at": None}
+    assert limits["recipients_per_message"] == {
+        "limit": "recipients_per_message",
+        "maximum": 100,
+        "used": None,
+        "remaining": None,
+        "resets_at": None,
+    }
     # another company sees nothing of it
     stranger = as_caller(client, make_identity("administrator"), SECRET)
     assert (await stranger.get("/v1/quotas")).json()["accounts"] == []
@@ -105,8 +150,10 @@ async def test_operator_overrides_plans_and_roles(client: httpx.AsyncClient) -> 
     salesperson = as_caller(client, make_identity("salesperson", company_id=identity.company_id), SECRET)
     key = f"smtp:{uuid.uuid4()}"
     accounts_url = f"/v1/operator/quotas/{identity.company_id}/accounts"
-    put = await operator.put(f"{accounts_url}/{key}", json={
-        "overrides": {"messages_per_month": 5000, "recipients_per_message": None}, "month_start_day": 31})
+    put = await operator.put(
+        f"{accounts_url}/{key}",
+        json={"overrides": {"messages_per_month": 5000, "recipients_per_message": None}, "month_start_day": 31},
+    )
     assert put.status_code == 200, put.text
     limits = {item["limit"]: item["maximum"] for item in put.json()["limits"]}
     assert limits == {"message_size_bytes": 10485760, "messages_per_month": 5000}
@@ -140,16 +187,22 @@ async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
     lifted = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": None}})
     assert lifted.status_code == 422
     for operator_field in ({"provider": "custom"}, {"month_start_day": 15}):
-        assert (await admin.put(f"/v1/quotas/accounts/{key}",
-                                json={"overrides": {}, **operator_field})).status_code == 422
-    for route in (f"/v1/operator/quotas/{identity.company_id}/plan",
-                  f"/v1/operator/quotas/{identity.company_id}/accounts/{key}"):
+        assert (
+            await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}, **operator_field})
+        ).status_code == 422
+    for route in (
+        f"/v1/operator/quotas/{identity.company_id}/plan",
+        f"/v1/operator/quotas/{identity.company_id}/accounts/{key}",
+    ):
         refused = await admin.put(route, json={"plan": "standard", "overrides": {"messages_per_day": 10**9}})
         assert refused.status_code == 403 and refused.json()["type"].endswith("operator-only"), refused.text
     assert (await admin.put("/v1/quotas/plan", json={"plan": "legacy_free"})).status_code in (404, 405)
     assert (await admin.get("/v1/quotas")).json()["plan"] == "standard"
-    day = next(item for item in (await admin.get("/v1/quotas")).json()["accounts"][0]["limits"]
-               if item["limit"] == "messages_per_day")
+    day = next(
+        item
+        for item in (await admin.get("/v1/quotas")).json()["accounts"][0]["limits"]
+        if item["limit"] == "messages_per_day"
+    )
     assert day["maximum"] == 100
 
     lowered = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 2}})
@@ -159,11 +212,15 @@ async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 429
     # the operator raising the preset leaves the tenant's lower limit in force
     operator = as_caller(client, OPERATOR, SECRET)
-    assert (await operator.put(f"/v1/operator/quotas/{identity.company_id}/accounts/{key}",
-                               json={"overrides": {"messages_per_day": 1000}})).status_code == 200
+    assert (
+        await operator.put(
+            f"/v1/operator/quotas/{identity.company_id}/accounts/{key}", json={"overrides": {"messages_per_day": 1000}}
+        )
+    ).status_code == 200
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 429
-    assert (await admin.put(f"/v1/quotas/accounts/{key}",
-                            json={"overrides": {"messages_per_day": 500}})).status_code == 200
+    assert (
+        await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 500}})
+    ).status_code == 200
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
 
 

@@ -30,19 +30,20 @@ StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
 
 
 async def slot(nc: Client, subject: str, company: uuid.UUID, mailbox: uuid.UUID) -> MailboxSlotReply:
-    msg = await nc.request(subject, MailboxSlotRequest(company_id=company, mailbox_id=mailbox)
-                           .model_dump_json().encode(), timeout=10)
+    msg = await nc.request(
+        subject, MailboxSlotRequest(company_id=company, mailbox_id=mailbox).model_dump_json().encode(), timeout=10
+    )
     return MailboxSlotReply.model_validate_json(msg.data)
 
 
 async def publish(nc: Client, event: CompanyUpdatedV1 | MailboxDisconnectedV1) -> None:
-    await nc.jetstream().publish(event.subject, event.model_dump_json().encode(),
-                                 headers={"Nats-Msg-Id": str(event.event_id)})
+    await nc.jetstream().publish(
+        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+    )
 
 
 def company_update(company: uuid.UUID, limit: int | None, **envelope: object) -> CompanyUpdatedV1:
-    return CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit),
-                            **envelope)  # type: ignore[arg-type]
+    return CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit), **envelope)  # type: ignore[arg-type]
 
 
 async def wait_until(db: Database, query: Select[Any], expected: object) -> None:
@@ -62,15 +63,21 @@ def was_processed(event_id: uuid.UUID) -> Select[Any]:
     return select(func.count()).select_from(processed).where(processed.c.event_id == event_id)
 
 
-async def test_pending_mailboxes_are_granted_oldest_first(quota_service: httpx.AsyncClient, nc: Client, db: Database,
-                                                          stream_events: StreamEvents) -> None:
+async def test_pending_mailboxes_are_granted_oldest_first(
+    quota_service: httpx.AsyncClient, nc: Client, db: Database, stream_events: StreamEvents
+) -> None:
     company = uuid.uuid4()
     mailboxes = [uuid.uuid4() for _ in range(5)]
     await publish(nc, company_update(company, 2))
     await wait_until(db, limit_of(company), 2)
     answers = [await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, m) for m in mailboxes]
     assert [(a.status, a.position) for a in answers] == [
-        ("granted", None), ("granted", None), ("pending", 1), ("pending", 2), ("pending", 3)]
+        ("granted", None),
+        ("granted", None),
+        ("pending", 1),
+        ("pending", 2),
+        ("pending", 3),
+    ]
     again = await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, mailboxes[3])
     assert (again.status, again.position) == ("pending", 2)  # asking again keeps the place
 
@@ -85,7 +92,8 @@ async def test_pending_mailboxes_are_granted_oldest_first(quota_service: httpx.A
 
 
 async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored(
-        quota_service: httpx.AsyncClient, nc: Client, db: Database, stream_events: StreamEvents) -> None:
+    quota_service: httpx.AsyncClient, nc: Client, db: Database, stream_events: StreamEvents
+) -> None:
     company = uuid.uuid4()
     first, waiting = uuid.uuid4(), uuid.uuid4()
     newer = company_update(company, 1)
@@ -96,8 +104,14 @@ async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored
     assert (await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, first)).status == "granted"
     assert (await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, waiting)).status == "pending"
 
-    await publish(nc, MailboxDisconnectedV1(company_id=company, payload=MailboxConnectionPayload(
-        mailbox_id=first, user_id=uuid.uuid4(), address="a@example.com"), occurred_at=utcnow() + timedelta(seconds=1)))
+    await publish(
+        nc,
+        MailboxDisconnectedV1(
+            company_id=company,
+            payload=MailboxConnectionPayload(mailbox_id=first, user_id=uuid.uuid4(), address="a@example.com"),
+            occurred_at=utcnow() + timedelta(seconds=1),
+        ),
+    )
     grants = await stream_events(GRANTED, company, 1)
     assert [e.payload.mailbox_id for e in grants] == [waiting]  # type: ignore[union-attr]
     assert (await slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, first)).status == "pending"
@@ -109,7 +123,9 @@ async def test_no_limit_grants_everyone(quota_service: httpx.AsyncClient, nc: Cl
     assert {a.status for a in answers} == {"granted"}
 
 
-async def test_concurrent_claims_never_pass_the_limit(quota_service: httpx.AsyncClient, nc: Client, db: Database) -> None:
+async def test_concurrent_claims_never_pass_the_limit(
+    quota_service: httpx.AsyncClient, nc: Client, db: Database
+) -> None:
     company = uuid.uuid4()
     await publish(nc, company_update(company, 3))
     await wait_until(db, limit_of(company), 3)

@@ -18,8 +18,13 @@ from leadline_proto.subjects import RPC_QUOTA_RESERVE
 
 @pytest.fixture
 def two_processes(quota_url: str, nats_url: str) -> Iterator[list[int]]:
-    env = {"DATABASE_URL": quota_url, "NATS_URL": nats_url, "LEADLINE_IDENTITY_SECRET": "quota-test-identity-secret",
-           "LEADLINE_LOG_LEVEL": "WARNING", "LEADLINE_CONSUMER_DURABLE": f"quota-test-{uuid.uuid4().hex[:10]}"}
+    env = {
+        "DATABASE_URL": quota_url,
+        "NATS_URL": nats_url,
+        "LEADLINE_IDENTITY_SECRET": "quota-test-identity-secret",
+        "LEADLINE_LOG_LEVEL": "WARNING",
+        "LEADLINE_CONSUMER_DURABLE": f"quota-test-{uuid.uuid4().hex[:10]}",
+    }
     apps = [AppProcess("leadline_quota", free_port(), env) for _ in range(2)]
     with app_processes(*apps):  # ready: both have subscribed
         yield [app.port for app in apps]
@@ -32,8 +37,13 @@ def answered(metrics: str) -> int:
 
 async def test_two_processes_grant_exactly_the_limit(two_processes: list[int], nc: Client) -> None:
     async with httpx.AsyncClient() as http:
-        ask = QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=3,
-                                  size_bytes=100, overrides={"recipients_per_hour": 300})
+        ask = QuotaReserveRequest(
+            company_id=uuid.uuid4(),
+            account_key=f"smtp:{uuid.uuid4()}",
+            recipients=3,
+            size_bytes=100,
+            overrides={"recipients_per_hour": 300},
+        )
 
         async def reserver() -> int:
             granted = 0

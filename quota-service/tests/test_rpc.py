@@ -48,16 +48,26 @@ async def reserve(nc: Client, request: QuotaReserveRequest, subject: str = RPC_Q
 
 
 async def settle(nc: Client, subject: str, company: uuid.UUID, reservation_id: uuid.UUID) -> QuotaSettleReply:
-    msg = await nc.request(subject, QuotaSettleRequest(company_id=company, reservation_id=reservation_id)
-                           .model_dump_json().encode(), timeout=10)
+    msg = await nc.request(
+        subject,
+        QuotaSettleRequest(company_id=company, reservation_id=reservation_id).model_dump_json().encode(),
+        timeout=10,
+    )
     return QuotaSettleReply.model_validate_json(msg.data)
 
 
-async def test_fifty_concurrent_reservers_get_exactly_the_limit(quota_service: httpx.AsyncClient, nc: Client, db: Database,
-                                                                stream_events: StreamEvents) -> None:
+async def test_fifty_concurrent_reservers_get_exactly_the_limit(
+    quota_service: httpx.AsyncClient, nc: Client, db: Database, stream_events: StreamEvents
+) -> None:
     company, key = uuid.uuid4(), f"smtp:{uuid.uuid4()}"
-    ask = QuotaReserveRequest(company_id=company, account_key=key, provider="custom", recipients=1,
-                              size_bytes=2000, overrides={"messages_per_day": 100})
+    ask = QuotaReserveRequest(
+        company_id=company,
+        account_key=key,
+        provider="custom",
+        recipients=1,
+        size_bytes=2000,
+        overrides={"messages_per_day": 100},
+    )
 
     async def reserver() -> int:
         return sum([(await reserve(nc, ask)).granted for _ in range(4)])
@@ -65,17 +75,30 @@ async def test_fifty_concurrent_reservers_get_exactly_the_limit(quota_service: h
     granted = sum(await asyncio.gather(*(reserver() for _ in range(50))))
     assert granted == 100
     async with db.session() as session:
-        assert await session.scalar(select(func.count()).select_from(reservation).where(
-            reservation.c.company_id == company)) == 100
+        assert (
+            await session.scalar(
+                select(func.count()).select_from(reservation).where(reservation.c.company_id == company)
+            )
+            == 100
+        )
     refusals = await stream_events("leadline.quota.exceeded.v1", company, 100)
     assert len(refusals) == 100
     assert {e.payload.limit for e in refusals} == {"messages_per_day"}  # type: ignore[union-attr]
 
 
-async def test_reserve_commit_release_and_check(quota_service: httpx.AsyncClient, nc: Client, clock: MovableClock) -> None:
+async def test_reserve_commit_release_and_check(
+    quota_service: httpx.AsyncClient, nc: Client, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), f"mailbox:{uuid.uuid4()}"
-    ask = QuotaReserveRequest(company_id=company, account_key=key, provider="gmail", recipients=2,
-                              size_bytes=5000, ttl_seconds=30, overrides={"messages_per_hour": 2})
+    ask = QuotaReserveRequest(
+        company_id=company,
+        account_key=key,
+        provider="gmail",
+        recipients=2,
+        size_bytes=5000,
+        ttl_seconds=30,
+        overrides={"messages_per_hour": 2},
+    )
     first, second = await reserve(nc, ask), await reserve(nc, ask)
     assert first.granted and second.granted and first.reservation_id and second.reservation_id
     check = await reserve(nc, ask, RPC_QUOTA_CHECK)
@@ -93,45 +116,77 @@ async def test_reserve_commit_release_and_check(quota_service: httpx.AsyncClient
     assert not other_company.ok
 
 
-@pytest.mark.parametrize("subject,body", [
-    (RPC_QUOTA_RESERVE, b"not json"),
-    (RPC_QUOTA_RESERVE, json.dumps({"company_id": "x", "account_key": "smtp:1"}).encode()),
-    (RPC_QUOTA_RESERVE, json.dumps({"company_id": str(uuid.uuid4()), "account_key": "smtp:nope",
-                                    "recipients": 1, "size_bytes": 1}).encode()),
-    (RPC_QUOTA_CHECK, json.dumps({"company_id": str(uuid.uuid4()), "account_key": f"smtp:{uuid.uuid4()}",
-                                  "recipients": 1, "size_bytes": 1, "overrides": {"bogus": 1}}).encode()),
-    (RPC_QUOTA_COMMIT, b"{}"),
-    (RPC_MAILBOX_SLOT_CLAIM, json.dumps({"company_id": str(uuid.uuid4())}).encode()),
-    (RPC_SYNC_ALLOWANCE, json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()),
-                                     "count": -1}).encode()),
-])
-async def test_malformed_requests_get_a_reply_with_detail(quota_service: httpx.AsyncClient, nc: Client, subject: str,
-                                                          body: bytes) -> None:
+@pytest.mark.parametrize(
+    "subject,body",
+    [
+        (RPC_QUOTA_RESERVE, b"not json"),
+        (RPC_QUOTA_RESERVE, json.dumps({"company_id": "x", "account_key": "smtp:1"}).encode()),
+        (
+            RPC_QUOTA_RESERVE,
+            json.dumps(
+                {"company_id": str(uuid.uuid4()), "account_key": "smtp:nope", "recipients": 1, "size_bytes": 1}
+            ).encode(),
+        ),
+        (
+            RPC_QUOTA_CHECK,
+            json.dumps(
+                {
+                    "company_id": str(uuid.uuid4()),
+                    "account_key": f"smtp:{uuid.uuid4()}",
+                    "recipients": 1,
+                    "size_bytes": 1,
+                    "overrides": {"bogus": 1},
+                }
+            ).encode(),
+        ),
+        (RPC_QUOTA_COMMIT, b"{}"),
+        (RPC_MAILBOX_SLOT_CLAIM, json.dumps({"company_id": str(uuid.uuid4())}).encode()),
+        (
+            RPC_SYNC_ALLOWANCE,
+            json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "count": -1}).encode(),
+        ),
+    ],
+)
+async def test_malformed_requests_get_a_reply_with_detail(
+    quota_service: httpx.AsyncClient, nc: Client, subject: str, body: bytes
+) -> None:
     msg = await nc.request(subject, body, timeout=10)
     reply = json.loads(msg.data)
     assert reply["detail"].startswith("invalid request")
     assert reply.get("granted", False) is False and reply.get("ok", False) is False
     # the responder is still there
-    ok = await reserve(nc, QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}",
-                                               recipients=1, size_bytes=1))
+    ok = await reserve(
+        nc, QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1, size_bytes=1)
+    )
     assert ok.granted
 
 
-async def test_unknown_account_and_provider_get_the_custom_defaults(quota_service: httpx.AsyncClient, nc: Client) -> None:
-    ask = QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}",
-                              provider="someone-we-never-heard-of", recipients=101, size_bytes=1)
+async def test_unknown_account_and_provider_get_the_custom_defaults(
+    quota_service: httpx.AsyncClient, nc: Client
+) -> None:
+    ask = QuotaReserveRequest(
+        company_id=uuid.uuid4(),
+        account_key=f"smtp:{uuid.uuid4()}",
+        provider="someone-we-never-heard-of",
+        recipients=101,
+        size_bytes=1,
+    )
     refused = await reserve(nc, ask)
     assert (refused.granted, refused.limit, refused.retry_at) == (False, "recipients_per_message", None)
     assert (await reserve(nc, ask.model_copy(update={"recipients": 100}))).granted
 
 
 async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
-        quota_service: httpx.AsyncClient, nc: Client, db: Database, clock: MovableClock) -> None:
+    quota_service: httpx.AsyncClient, nc: Client, db: Database, clock: MovableClock
+) -> None:
     company, user, other_user = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
 
     async def allowance(user_id: uuid.UUID, count: int) -> SyncAllowanceReply:
-        msg = await nc.request(RPC_SYNC_ALLOWANCE, SyncAllowanceRequest(
-            company_id=company, user_id=user_id, count=count).model_dump_json().encode(), timeout=10)
+        msg = await nc.request(
+            RPC_SYNC_ALLOWANCE,
+            SyncAllowanceRequest(company_id=company, user_id=user_id, count=count).model_dump_json().encode(),
+            timeout=10,
+        )
         return SyncAllowanceReply.model_validate_json(msg.data)
 
     unlimited = await allowance(user, 5000)
@@ -147,13 +202,23 @@ async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
     assert (await allowance(user, 150)).allowed == 100
 
 
-async def test_a_database_outage_is_answered_not_left_to_time_out(nats_url: str, nc: Client,
-                                                                  clock: MovableClock) -> None:
+async def test_a_database_outage_is_answered_not_left_to_time_out(
+    nats_url: str, nc: Client, clock: MovableClock
+) -> None:
     nowhere = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/quota"
-    settings = Settings(database_url=nowhere, nats_url=nats_url, identity_secret="x", environment="test",
-                        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}")
+    settings = Settings(
+        database_url=nowhere,
+        nats_url=nats_url,
+        identity_secret="x",
+        environment="test",
+        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}",
+    )
     async with running_app(create_app(settings, clock)):
-        reply = await reserve(nc, QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}",
-                                                      recipients=1, size_bytes=1))
+        reply = await reserve(
+            nc,
+            QuotaReserveRequest(
+                company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1, size_bytes=1
+            ),
+        )
     assert (reply.granted, reply.reservation_id) == (False, None)
     assert reply.detail == "the quota service failed to answer; retry later"

@@ -23,8 +23,9 @@ def smtp_key() -> str:
     return f"smtp:{uuid.uuid4()}"
 
 
-async def ask(db: Database, clock: MovableClock, request: ReserveAsk, *, dry_run: bool = False,
-              commit: bool = False) -> Decision:
+async def ask(
+    db: Database, clock: MovableClock, request: ReserveAsk, *, dry_run: bool = False, commit: bool = False
+) -> Decision:
     async with db.session() as session:
         decision = await reservations.reserve(session, request, clock, dry_run=dry_run)
         if commit and decision.reservation_id:
@@ -34,13 +35,22 @@ async def ask(db: Database, clock: MovableClock, request: ReserveAsk, *, dry_run
 
 def request(company: uuid.UUID, key: str, recipients: int = 1, **settings: int) -> ReserveAsk:
     month_start_day = settings.pop("month_start_day", None)
-    return ReserveAsk(company, key, "custom", recipients, 1000, ttl_seconds=86400, account_settings=settings,
-                      month_start_day=month_start_day)
+    return ReserveAsk(
+        company,
+        key,
+        "custom",
+        recipients,
+        1000,
+        ttl_seconds=86400,
+        account_settings=settings,
+        month_start_day=month_start_day,
+    )
 
 
 @pytest.mark.parametrize("window", list(ROLLING_WINDOWS))
-async def test_rolling_window_frees_each_use_one_length_after_it(db: Database, clock: MovableClock,
-                                                                 window: str) -> None:
+async def test_rolling_window_frees_each_use_one_length_after_it(
+    db: Database, clock: MovableClock, window: str
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     length = ROLLING_WINDOWS[window]
     limit = {f"messages_per_{window}": 3}
@@ -63,7 +73,8 @@ async def test_rolling_window_frees_each_use_one_length_after_it(db: Database, c
 
 
 async def test_recipients_window_counts_recipients_and_names_the_use_that_frees_enough(
-        db: Database, clock: MovableClock) -> None:
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"recipients_per_day": 10}
     start = clock.now
@@ -82,8 +93,7 @@ async def test_recipients_window_counts_recipients_and_names_the_use_that_frees_
     assert not (await ask(db, clock, request(company, key, 1, **limit))).granted
 
 
-async def test_month_start_day_31_falls_on_the_last_day_of_short_months(db: Database,
-                                                                       clock: MovableClock) -> None:
+async def test_month_start_day_31_falls_on_the_last_day_of_short_months(db: Database, clock: MovableClock) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_month": 2, "month_start_day": 31}
     clock.set(datetime(2026, 1, 31, 9, 0, tzinfo=UTC))
@@ -148,7 +158,8 @@ async def test_expiry_release_and_commit(db: Database, clock: MovableClock) -> N
 
 
 async def test_static_limits_refuse_without_retry_and_unknown_provider_gets_custom(
-        db: Database, clock: MovableClock) -> None:
+    db: Database, clock: MovableClock
+) -> None:
     company = uuid.uuid4()
     yahoo = ReserveAsk(company, smtp_key(), "Yahoo", 101, 1000)
     refused = await ask(db, clock, yahoo)
@@ -166,8 +177,7 @@ async def test_static_limits_refuse_without_retry_and_unknown_provider_gets_cust
     assert refused.limit == "recipients_per_message"
 
 
-async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Database,
-                                                                           clock: MovableClock) -> None:
+async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Database, clock: MovableClock) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_hour": 1}
     assert (await ask(db, clock, request(company, key, **limit), dry_run=True)).granted
@@ -183,20 +193,21 @@ async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Da
     events = [parse_event(body) for body in bodies]
     assert [(e.type, e.company_id) for e in events] == [("quota.exceeded", company)]
     payload = events[0].payload
-    assert (payload.account_key, payload.limit, payload.retry_at) == (key, "messages_per_hour",  # type: ignore[union-attr]
-                                                                      refused.retry_at)
+    assert (payload.account_key, payload.limit, payload.retry_at) == (
+        key,
+        "messages_per_hour",  # type: ignore[union-attr]
+        refused.retry_at,
+    )
 
 
-async def test_operator_overrides_win_over_account_settings_over_preset(db: Database,
-                                                                        clock: MovableClock) -> None:
+async def test_operator_overrides_win_over_account_settings_over_preset(db: Database, clock: MovableClock) -> None:
     company, key = uuid.uuid4(), smtp_key()
     gmail = ReserveAsk(company, key, "gmail", 1, 10, account_settings={"messages_per_day": 3})
     for _ in range(3):
         assert (await ask(db, clock, gmail)).granted  # the account's 3/day, not gmail's 100
     assert not (await ask(db, clock, gmail)).granted
     async with db.session() as session:
-        report = await set_operator_overrides(session, company, key, {"messages_per_day": 4}, None, None,
-                                              clock())
+        report = await set_operator_overrides(session, company, key, {"messages_per_day": 4}, None, None, clock())
     day = next(r for r in report.limits if r.limit == "messages_per_day")
     assert (day.maximum, day.used, day.remaining) == (4, 3, 1)
     assert (await ask(db, clock, gmail)).granted
@@ -206,25 +217,28 @@ async def test_operator_overrides_win_over_account_settings_over_preset(db: Data
     assert (await ask(db, clock, gmail)).granted  # a null override lifts the limit
 
 
-@pytest.mark.parametrize("bad", [
-    ReserveAsk(uuid.uuid4(), "smtp:not-a-uuid", "custom", 1, 1),
-    ReserveAsk(uuid.uuid4(), "imap:6f1c2b9e-3f4e-4c55-9d0e-0a9f7d6b1c2a", "custom", 1, 1),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 0, 1),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, -5),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, ttl_seconds=0),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"max_per_month": 5}),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, month_start_day=32),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 2**31, 1),
-    ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"messages_per_day": 2**40}),
-])
-async def test_malformed_asks_are_refused_before_anything_is_written(db: Database, clock: MovableClock,
-                                                                     bad: ReserveAsk) -> None:
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ReserveAsk(uuid.uuid4(), "smtp:not-a-uuid", "custom", 1, 1),
+        ReserveAsk(uuid.uuid4(), "imap:6f1c2b9e-3f4e-4c55-9d0e-0a9f7d6b1c2a", "custom", 1, 1),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 0, 1),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, -5),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, ttl_seconds=0),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"max_per_month": 5}),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, month_start_day=32),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 2**31, 1),
+        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"messages_per_day": 2**40}),
+    ],
+)
+async def test_malformed_asks_are_refused_before_anything_is_written(
+    db: Database, clock: MovableClock, bad: ReserveAsk
+) -> None:
     with pytest.raises(InvalidAsk):
         await ask(db, clock, bad)
 
 
-async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db: Database,
-                                                                            clock: MovableClock) -> None:
+async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db: Database, clock: MovableClock) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_day": 3}
     late = await ask(db, clock, ReserveAsk(company, key, "custom", 1, 10, ttl_seconds=5, account_settings=limit))
@@ -242,6 +256,7 @@ async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db:
     clock.advance(days=33)
     async with db.session() as session:
         assert await reservations.prune(session, clock()) == 3
-        left = await session.scalar(select(func.count()).select_from(reservation_table).where(
-            reservation_table.c.company_id == company))
+        left = await session.scalar(
+            select(func.count()).select_from(reservation_table).where(reservation_table.c.company_id == company)
+        )
     assert left == 0 and kept.granted

@@ -81,8 +81,11 @@ class SmtpBehaviour:
     sender_reply: str | None = None  # MAIL FROM refused with this reply
 
 
-REFUSED_RECIPIENTS = {"nobody": "550 5.1.1 No such user", "busy": "450 4.2.1 Mailbox busy, try later",
-                      "gone": "550-5.1.1 The account does not exist.\r\n550 5.1.1 Check the address."}
+REFUSED_RECIPIENTS = {
+    "nobody": "550 5.1.1 No such user",
+    "busy": "450 4.2.1 Mailbox busy, try later",
+    "gone": "550-5.1.1 The account does not exist.\r\n550 5.1.1 Check the address.",
+}
 
 
 class RecordingHandler:
@@ -99,22 +102,25 @@ class RecordingHandler:
         self.token_owner: Callable[[str], str | None] = lambda token: None
         self.lock = threading.Lock()
 
-    async def handle_EHLO(self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str,
-                          responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         session.host_name = hostname
         if self.behaviour.pipelining:
             return [*responses[:-1], "250-PIPELINING", responses[-1]]
         return responses
 
-    async def handle_MAIL(self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str,
-                          options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if self.behaviour.sender_reply is not None:
             return self.behaviour.sender_reply
         envelope.mail_from, envelope.mail_options = address, options
         return "250 OK"
 
-    async def handle_RCPT(self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str,
-                          options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         """``nobody@…`` and ``gone@…`` (a multi-line reply) are refused for good, ``busy@…`` for now."""
         refusal = REFUSED_RECIPIENTS.get(address.partition("@")[0])
         if refusal is not None:
@@ -142,12 +148,15 @@ class RecordingHandler:
             deliver_locally(self.deliver_to, envelope.rcpt_tos, data)
         return "250 2.0.0 Ok: queued"
 
-    def authenticate(self, server: SMTP, session: SmtpSession, envelope: Envelope, mechanism: str,
-                     auth_data: Any) -> AuthResult:
+    def authenticate(
+        self, server: SMTP, session: SmtpSession, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         with self.lock:
             self.auth_attempts += 1
-        ok = isinstance(auth_data, LoginPassword) and \
-            self.logins.get(auth_data.login.decode()) == auth_data.password.decode()
+        ok = (
+            isinstance(auth_data, LoginPassword)
+            and self.logins.get(auth_data.login.decode()) == auth_data.password.decode()
+        )
         return AuthResult(success=ok)
 
     async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult:
@@ -208,17 +217,23 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
     pipelining=True, deliver_to=None)``; ``deliver_to``: a Dovecot whose users get their mail in their INBOX."""
     started: list[RecordingController] = []
 
-    def start(tls: str = "starttls", mode: str = "accept", self_signed: bool = False,
-              silent_seconds: float = 3.0, idle_timeout: float = 300.0, pipelining: bool = True,
-              deliver_to: DovecotServer | None = None) -> SmtpServer:
+    def start(
+        tls: str = "starttls",
+        mode: str = "accept",
+        self_signed: bool = False,
+        silent_seconds: float = 3.0,
+        idle_timeout: float = 300.0,
+        pipelining: bool = True,
+        deliver_to: DovecotServer | None = None,
+    ) -> SmtpServer:
         ca = trustme.CA() if self_signed else tls_ca
         cert = ca.issue_cert("127.0.0.1", "localhost")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
-        handler = RecordingHandler(SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining),
-                                   deliver_to)
-        kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True,
-                                  "timeout": idle_timeout}
+        handler = RecordingHandler(
+            SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining), deliver_to
+        )
+        kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True, "timeout": idle_timeout}
         if tls == "starttls":
             kwargs.update(tls_context=context, require_starttls=True, auth_require_tls=True)
         elif tls == "implicit":
@@ -245,8 +260,13 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
 async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[str]:
     """The real quota service, in-process, on the session's NATS; yields its database URL."""
     url = await migrated_database(postgres, "leadline_quota")
-    settings = QuotaSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET, environment="test",
-                             consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
+    settings = QuotaSettings(
+        database_url=url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    )
     async with running_app(create_quota_app(settings)):
         yield url
 
@@ -311,10 +331,18 @@ async def send_url(postgres: PostgresServer) -> str:
 
 def send_settings(url: str, nats_url: str, ca_file: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
-        "database_url": url, "nats_url": nats_url, "identity_secret": SECRET, "environment": "test",
-        "mail_allow_networks": "127.0.0.0/8", "mail_cafile": ca_file, "retry_base_seconds": 0.2,
-        "retry_max_seconds": 1.0, "queue_poll_seconds": 0.1, "recovery_interval_seconds": 0.5,
-        "consumer_prefix": f"send-test-{uuid.uuid4().hex[:8]}", "smtp_connections": 2,
+        "database_url": url,
+        "nats_url": nats_url,
+        "identity_secret": SECRET,
+        "environment": "test",
+        "mail_allow_networks": "127.0.0.0/8",
+        "mail_cafile": ca_file,
+        "retry_base_seconds": 0.2,
+        "retry_max_seconds": 1.0,
+        "queue_poll_seconds": 0.1,
+        "recovery_interval_seconds": 0.5,
+        "consumer_prefix": f"send-test-{uuid.uuid4().hex[:8]}",
+        "smtp_connections": 2,
     }
     values.update(overrides)
     return Settings(**values)
@@ -336,9 +364,15 @@ class SendHarness:
     async def add_account(self, server: SmtpServer, **fields: Any) -> dict[str, Any]:
         """Create a company SMTP account on ``server`` and confirm it with its test email's code."""
         body: dict[str, Any] = {
-            "name": f"account {server.port}", "type": "campaigns", "host": "127.0.0.1", "port": server.port,
-            "tls": {"none": "starttls"}.get(server.tls, server.tls), "username": SMTP_USER,
-            "password": SMTP_PASSWORD, "from_email": "news@company.example.com", "from_name": "Company News",
+            "name": f"account {server.port}",
+            "type": "campaigns",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "tls": {"none": "starttls"}.get(server.tls, server.tls),
+            "username": SMTP_USER,
+            "password": SMTP_PASSWORD,
+            "from_email": "news@company.example.com",
+            "from_name": "Company News",
             "active": True,
         }
         if server.pinned_sha256:
@@ -348,14 +382,14 @@ class SendHarness:
         assert created.status_code == 201, created.text
         account = created.json()
         before = len(server.received)
-        tested = await self.admin.post(f"/v1/smtp-accounts/{account['id']}/test-email",
-                                       json={"to": "admin@company.example.com"})
+        tested = await self.admin.post(
+            f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": "admin@company.example.com"}
+        )
         assert tested.status_code == 202, tested.text
         mail = server.received[before]
         code = re.search(r"code for the SMTP account .* is (\d{6})", mail.message.get_content())
         assert code, mail.message.get_content()
-        confirmed = await self.admin.post(f"/v1/smtp-accounts/{account['id']}/confirm",
-                                          json={"code": code.group(1)})
+        confirmed = await self.admin.post(f"/v1/smtp-accounts/{account['id']}/confirm", json={"code": code.group(1)})
         assert confirmed.status_code == 200, confirmed.text
         assert confirmed.json()["confirmed"] is True
         return dict(confirmed.json())
@@ -365,10 +399,13 @@ class SendHarness:
         lead_id = uuid.uuid4()
         nc = await nats.connect(self.nats_url)
         try:
-            event = LeadCreatedV1(company_id=self.company_id, payload=LeadPayload(
-                lead_id=lead_id, name=name, addresses=addresses, created_at=utcnow()))
-            await nc.jetstream().publish(event.subject, event.model_dump_json().encode(),
-                                         headers={"Nats-Msg-Id": str(event.event_id)})
+            event = LeadCreatedV1(
+                company_id=self.company_id,
+                payload=LeadPayload(lead_id=lead_id, name=name, addresses=addresses, created_at=utcnow()),
+            )
+            await nc.jetstream().publish(
+                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            )
         finally:
             await nc.close()
         for _ in range(200):
@@ -392,8 +429,9 @@ HarnessFactory = Callable[..., Awaitable[SendHarness]]
 
 
 @pytest.fixture
-async def send_service(send_url: str, nats_url: str, ca_file: str, lead_service: LeadServiceStub
-                       ) -> AsyncIterator[HarnessFactory]:
+async def send_service(
+    send_url: str, nats_url: str, ca_file: str, lead_service: LeadServiceStub
+) -> AsyncIterator[HarnessFactory]:
     """``await send_service(**settings)`` starts the app and returns callers of one fresh company."""
     stack: list[Any] = []
 
@@ -412,10 +450,18 @@ async def send_service(send_url: str, nats_url: str, ca_file: str, lead_service:
         user_identity = make_identity("salesperson", company_id=company)
         db = Database(send_url, "send")
         stack.append(db)
-        return SendHarness(client=client, admin=as_caller(client, admin_identity, SECRET),
-                           user=as_caller(client, user_identity, SECRET), company_id=company,
-                           user_id=user_identity.user_id, db=db, nats_url=nats_url, settings=settings,
-                           stop=stop, lead_service=lead_service)
+        return SendHarness(
+            client=client,
+            admin=as_caller(client, admin_identity, SECRET),
+            user=as_caller(client, user_identity, SECRET),
+            company_id=company,
+            user_id=user_identity.user_id,
+            db=db,
+            nats_url=nats_url,
+            settings=settings,
+            stop=stop,
+            lead_service=lead_service,
+        )
 
     yield start
     for item in reversed(stack):
@@ -427,4 +473,3 @@ async def send_service(send_url: str, nats_url: str, ca_file: str, lead_service:
 
 def has_bare_line_end(data: bytes) -> bool:
     return bool(re.search(rb"\r(?!\n)|(?<!\r)\n", data))
-

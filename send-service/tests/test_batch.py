@@ -12,7 +12,8 @@ def _message(n: int, **fields: Any) -> dict[str, Any]:
 
 
 async def test_a_batch_is_queued_in_order_and_each_message_sent_once(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(smtp_connections=2)
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")
@@ -39,7 +40,8 @@ async def test_a_batch_is_queued_in_order_and_each_message_sent_once(
 
 
 async def test_one_bad_message_refuses_the_whole_batch(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")

@@ -26,23 +26,31 @@ from .conftest import SECRET, HarnessFactory, SendHarness, SmtpFactory
 async def publish(app: SendHarness, event: EventBase) -> None:
     nc = await nats.connect(app.nats_url)
     try:
-        await nc.jetstream().publish(event.subject, event.model_dump_json().encode(),
-                                     headers={"Nats-Msg-Id": str(event.event_id)})
+        await nc.jetstream().publish(
+            event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+        )
     finally:
         await nc.close()
 
 
-async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                quota_service: None, mailboxes: object) -> None:
+async def test_lead_changes_bounces_and_listing(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")
     lead = await app.add_lead(["old@example.org"], name="Lead")
-    await publish(app, LeadUpdatedV1(company_id=app.company_id, payload=LeadPayload(
-        lead_id=lead, name="Lead", addresses=["New@Example.org", "old@example.org"], created_at=utcnow())))
+    await publish(
+        app,
+        LeadUpdatedV1(
+            company_id=app.company_id,
+            payload=LeadPayload(
+                lead_id=lead, name="Lead", addresses=["New@Example.org", "old@example.org"], created_at=utcnow()
+            ),
+        ),
+    )
     for _ in range(100):
-        response = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "hi",
-                                                             "subject": "probe"})
+        response = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "hi", "subject": "probe"})
         assert response.status_code == 202
         if response.json()["recipients"] == ["new@example.org"]:
             break
@@ -52,9 +60,22 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
     assert (await app.wait_for(message["id"], {"sent"}))["state"] == "sent"
 
     # a soft notice (delayed) is recorded, the message stays sent (R17)
-    await publish(app, MailBouncedV1(company_id=app.company_id, payload=MailBouncedPayload(
-        original_message_id=message["message_id"], recipient="new@example.org", status="4.4.1", action="delayed",
-        severity="soft", reason="expired", diagnostic="still trying", bounced_at=datetime.now(UTC))))
+    await publish(
+        app,
+        MailBouncedV1(
+            company_id=app.company_id,
+            payload=MailBouncedPayload(
+                original_message_id=message["message_id"],
+                recipient="new@example.org",
+                status="4.4.1",
+                action="delayed",
+                severity="soft",
+                reason="expired",
+                diagnostic="still trying",
+                bounced_at=datetime.now(UTC),
+            ),
+        ),
+    )
     for _ in range(100):
         delayed = (await app.user.get(f"/v1/messages/{message['id']}")).json()
         if delayed["delivery_notice"]:
@@ -62,17 +83,34 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
         await asyncio.sleep(0.05)
     assert delayed["state"] == "sent" and delayed["delivery_notice"]["severity"] == "soft"
     # a hard bounce that names no recipient but our Message-ID: bounced, for the message's own recipient
-    await publish(app, MailBouncedV1(company_id=app.company_id, payload=MailBouncedPayload(
-        original_message_id=message["message_id"], recipient="", status="5.1.1", reason="user_unknown",
-        bounced_at=datetime.now(UTC))))
+    await publish(
+        app,
+        MailBouncedV1(
+            company_id=app.company_id,
+            payload=MailBouncedPayload(
+                original_message_id=message["message_id"],
+                recipient="",
+                status="5.1.1",
+                reason="user_unknown",
+                bounced_at=datetime.now(UTC),
+            ),
+        ),
+    )
     bounced = await app.wait_for(message["id"], {"bounced"})
     assert bounced["state"] == "bounced" and bounced["last_error"].startswith("bounced for new@example.org: 5.1.1")
     assert bounced["delivery_notice"] | {"received_at": None} == {
-        "severity": "hard", "status": "5.1.1", "reason": "user_unknown", "recipient": "new@example.org",
-        "diagnostic": "", "received_at": None}
+        "severity": "hard",
+        "status": "5.1.1",
+        "reason": "user_unknown",
+        "recipient": "new@example.org",
+        "diagnostic": "",
+        "received_at": None,
+    }
 
-    await publish(app, LeadDeletedV1(company_id=app.company_id, payload=LeadPayload(
-        lead_id=lead, addresses=[], created_at=utcnow())))
+    await publish(
+        app,
+        LeadDeletedV1(company_id=app.company_id, payload=LeadPayload(lead_id=lead, addresses=[], created_at=utcnow())),
+    )
     for _ in range(100):
         gone = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "hi"})
         if gone.status_code == 422:
@@ -103,8 +141,9 @@ async def test_lead_changes_bounces_and_listing(send_service: HarnessFactory, sm
     assert (await app.user.get(f"/v1/messages/{uuid.uuid4()}")).status_code == 404
 
 
-async def test_test_connection_and_metrics(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                           quota_service: None, mailboxes: object) -> None:
+async def test_test_connection_and_metrics(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     account = await app.add_account(server, type="customer_service")
@@ -118,6 +157,11 @@ async def test_test_connection_and_metrics(send_service: HarnessFactory, smtp_se
     listed = (await app.user.get("/v1/smtp-accounts")).json()
     assert listed[0]["has_password"] is True and "password" not in listed[0]
     metrics = (await app.client.get("/metrics")).text
-    for name in ("leadline_send_messages{", "leadline_send_smtp_replies_total", "leadline_send_retries_total",
-                 "leadline_send_smtp_seconds_bucket", "leadline_send_delivery_seconds_bucket"):
+    for name in (
+        "leadline_send_messages{",
+        "leadline_send_smtp_replies_total",
+        "leadline_send_retries_total",
+        "leadline_send_smtp_seconds_bucket",
+        "leadline_send_delivery_seconds_bucket",
+    ):
         assert name in metrics

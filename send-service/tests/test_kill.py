@@ -44,9 +44,21 @@ class ServiceProcess:
 
     async def start(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "uvicorn", "--factory", "leadline_send.main:create_app", "--host", "127.0.0.1",
-            "--port", str(self.port), "--log-level", "warning", env=self.env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--factory",
+            "leadline_send.main:create_app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+            env=self.env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
         async with httpx.AsyncClient() as client:
             for _ in range(1200):  # a minute: on a loaded machine the import alone took 14 s
                 try:
@@ -65,12 +77,21 @@ class ServiceProcess:
 
 @pytest.fixture
 async def service(send_url: str, nats_url: str, ca_file: str) -> AsyncIterator[ServiceProcess]:
-    env = {**os.environ, "DATABASE_URL": send_url, "NATS_URL": nats_url, "LEADLINE_IDENTITY_SECRET": SECRET,
-           "LEADLINE_ENVIRONMENT": "test", "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
-           "LEADLINE_MAIL_CAFILE": ca_file, "LEADLINE_SMTP_CONNECTIONS": str(CONNECTIONS),
-           "LEADLINE_RETRY_BASE_SECONDS": "0.2", "LEADLINE_RETRY_MAX_SECONDS": "1",
-           "LEADLINE_RECOVERY_INTERVAL_SECONDS": "0.5", "LEADLINE_LOG_LEVEL": "WARNING",
-           "LEADLINE_CONSUMER_PREFIX": f"send-kill-{uuid.uuid4().hex[:8]}"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": send_url,
+        "NATS_URL": nats_url,
+        "LEADLINE_IDENTITY_SECRET": SECRET,
+        "LEADLINE_ENVIRONMENT": "test",
+        "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
+        "LEADLINE_MAIL_CAFILE": ca_file,
+        "LEADLINE_SMTP_CONNECTIONS": str(CONNECTIONS),
+        "LEADLINE_RETRY_BASE_SECONDS": "0.2",
+        "LEADLINE_RETRY_MAX_SECONDS": "1",
+        "LEADLINE_RECOVERY_INTERVAL_SECONDS": "0.5",
+        "LEADLINE_LOG_LEVEL": "WARNING",
+        "LEADLINE_CONSUMER_PREFIX": f"send-kill-{uuid.uuid4().hex[:8]}",
+    }
     process = ServiceProcess(env, free_port())
     yield process
     if process.process is not None and process.process.returncode is None:
@@ -80,14 +101,21 @@ async def service(send_url: str, nats_url: str, ca_file: str) -> AsyncIterator[S
 
 async def counts(db: Database) -> Counter[str]:
     async with db.session() as s:
-        rows = (await s.execute(select(outgoing_message.c.state, func.count()).group_by(
-            outgoing_message.c.state))).all()
+        rows = (
+            await s.execute(select(outgoing_message.c.state, func.count()).group_by(outgoing_message.c.state))
+        ).all()
     return Counter({state: n for state, n in rows})
 
 
 @pytest.mark.slow
-async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, postgres: PostgresServer,
-                                      smtp_server: SmtpFactory, quota_service: str, mailboxes: object) -> None:
+async def test_sigkill_during_a_batch(
+    service: ServiceProcess,
+    send_url: str,
+    postgres: PostgresServer,
+    smtp_server: SmtpFactory,
+    quota_service: str,
+    mailboxes: object,
+) -> None:
     server = smtp_server(tls="starttls")
     identity = make_identity("administrator")
     base = f"http://127.0.0.1:{service.port}"
@@ -97,16 +125,29 @@ async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, po
 
     await service.start()
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        created = await client.post("/v1/smtp-accounts", headers=signed(), json={
-            "name": "cs", "type": "customer_service", "host": "127.0.0.1", "port": server.port, "tls": "starttls",
-            "username": SMTP_USER, "password": SMTP_PASSWORD, "from_email": "cs@company.example.com",
-            "active": True})
+        created = await client.post(
+            "/v1/smtp-accounts",
+            headers=signed(),
+            json={
+                "name": "cs",
+                "type": "customer_service",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "tls": "starttls",
+                "username": SMTP_USER,
+                "password": SMTP_PASSWORD,
+                "from_email": "cs@company.example.com",
+                "active": True,
+            },
+        )
         account = created.json()
-        await client.post(f"/v1/smtp-accounts/{account['id']}/test-email", headers=signed(),
-                          json={"to": "admin@company.example.com"})
+        await client.post(
+            f"/v1/smtp-accounts/{account['id']}/test-email", headers=signed(), json={"to": "admin@company.example.com"}
+        )
         code = server.received[-1].message.get_content().split(" is ")[1][:6]
-        confirmed = await client.post(f"/v1/smtp-accounts/{account['id']}/confirm", headers=signed(),
-                                      json={"code": code})
+        confirmed = await client.post(
+            f"/v1/smtp-accounts/{account['id']}/confirm", headers=signed(), json={"code": code}
+        )
         assert confirmed.json()["confirmed"] is True
         server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "slow", 0.05
 
@@ -114,8 +155,11 @@ async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, po
 
         async def post(n: int) -> Any:
             async with semaphore:
-                response = await client.post("/v1/messages", headers=signed(), json={
-                    "to": [f"lead{n}@example.org"], "subject": f"batch {n}", "text": "x" * 2000})
+                response = await client.post(
+                    "/v1/messages",
+                    headers=signed(),
+                    json={"to": [f"lead{n}@example.org"], "subject": f"batch {n}", "text": "x" * 2000},
+                )
                 assert response.status_code == 202, response.text
                 return response.json()
 
@@ -135,8 +179,10 @@ async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, po
         finally:
             await db.dispose()
     per_id = Counter(r.message_id for r in list(server.received)[1:])
-    print(f"final states: {dict(state)}; messages at the SMTP server: {len(per_id)}; "
-          f"delivered twice: {sum(1 for n in per_id.values() if n > 1)}")
+    print(
+        f"final states: {dict(state)}; messages at the SMTP server: {len(per_id)}; "
+        f"delivered twice: {sum(1 for n in per_id.values() if n > 1)}"
+    )
     assert max(per_id.values()) == 1, "a Message-ID reached the SMTP server twice"
     assert state["sent"] + state["unknown"] == BATCH
     assert state["queued"] == state["sending"] == state["deferred"] == state["failed"] == 0
@@ -148,8 +194,12 @@ async def test_sigkill_during_a_batch(service: ServiceProcess, send_url: str, po
     quota = await asyncpg.connect(asyncpg_dsn(quota_service))
     try:
         for _ in range(100):
-            usage = {r["state"]: int(r["messages"]) for r in await quota.fetch(
-                "SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state")}
+            usage = {
+                r["state"]: int(r["messages"])
+                for r in await quota.fetch(
+                    "SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state"
+                )
+            }
             if "reserved" not in usage:
                 break
             await asyncio.sleep(0.2)

@@ -11,7 +11,8 @@ from .conftest import SECRET, HarnessFactory, SmtpFactory
 
 
 async def test_a_lead_not_in_the_copy_yet_is_asked_of_the_lead_service(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")

@@ -19,8 +19,9 @@ async def events_of(nats_url: str, subject: str, company_id: uuid.UUID, expected
     nc = await nats.connect(nats_url)
     try:
         js = nc.jetstream()
-        sub = await js.pull_subscribe(subject, stream=STREAM_NAME,
-                                      config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL))
+        sub = await js.pull_subscribe(
+            subject, stream=STREAM_NAME, config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        )
         found = []
         for _ in range(50):
             try:
@@ -39,19 +40,30 @@ async def events_of(nats_url: str, subject: str, company_id: uuid.UUID, expected
         await nc.close()
 
 
-async def test_marketing_mail_to_a_lead(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                        quota_service: None, mailboxes: object) -> None:
+async def test_marketing_mail_to_a_lead(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(public_base_url="https://leadline.example")
     server = smtp_server(tls="starttls")
-    account = await app.add_account(server, return_path="bounces@company.example.com", precedence="bulk",
-                                    utm={"utm_source": "leadline", "utm_campaign": "spring"},
-                                    default_bcc=["archive@company.example.com"],
-                                    unsubscribe_url="mailto:unsubscribe@company.example.com?subject=unsubscribe")
+    account = await app.add_account(
+        server,
+        return_path="bounces@company.example.com",
+        precedence="bulk",
+        utm={"utm_source": "leadline", "utm_campaign": "spring"},
+        default_bcc=["archive@company.example.com"],
+        unsubscribe_url="mailto:unsubscribe@company.example.com?subject=unsubscribe",
+    )
     lead = await app.add_lead(["Jane.Doe@Example.org"], name="Jäne Döe")
-    sent = await app.user.post("/v1/messages", json={
-        "category": "marketing", "lead_ids": [str(lead)], "subject": "Frühling 🌷 offer",
-        "text": "See https://shop.example/spring?x=1 now",
-        "html": "<a href=\"https://shop.example/a?p=1&amp;q=2\">go</a>"})
+    sent = await app.user.post(
+        "/v1/messages",
+        json={
+            "category": "marketing",
+            "lead_ids": [str(lead)],
+            "subject": "Frühling 🌷 offer",
+            "text": "See https://shop.example/spring?x=1 now",
+            "html": '<a href="https://shop.example/a?p=1&amp;q=2">go</a>',
+        },
+    )
     assert sent.status_code == 202, sent.text
     body = sent.json()
     assert body["state"] == "queued"
@@ -108,15 +120,17 @@ async def test_marketing_mail_to_a_lead(send_service: HarnessFactory, smtp_serve
     page = await app.client.get(path)
     assert page.status_code == 200 and "<form method='post'>" in page.text
     for _ in range(2):  # repeated one-click posts are harmless
-        posted = await app.client.post(path, content=b"List-Unsubscribe=One-Click",
-                                       headers={"content-type": "application/x-www-form-urlencoded"})
+        posted = await app.client.post(
+            path, content=b"List-Unsubscribe=One-Click", headers={"content-type": "application/x-www-form-urlencoded"}
+        )
         assert posted.status_code == 200
     unsub = await events_of(app.nats_url, "leadline.lead.unsubscribed.v1", app.company_id, 1)
     await asyncio.sleep(0.3)
     assert len(unsub) == 1 and unsub[0].payload.lead_id == lead
     assert unsub[0].payload.address == "jane.doe@example.org"
-    again = await app.user.post("/v1/messages", json={"category": "marketing", "lead_ids": [str(lead)],
-                                                      "subject": "more", "text": "x"})
+    again = await app.user.post(
+        "/v1/messages", json={"category": "marketing", "lead_ids": [str(lead)], "subject": "more", "text": "x"}
+    )
     assert again.status_code == 422 and again.json()["type"].endswith("/recipient-unsubscribed")
     # a forged token is refused
     forged = await app.client.post(path[:-3] + "AAA")

@@ -18,16 +18,21 @@ from .conftest import HarnessFactory, SendHarness, SmtpFactory, SmtpServer
 
 
 async def send(app: SendHarness, **fields: Any) -> dict[str, Any]:
-    body = {"category": "marketing", "to": [f"lead-{uuid.uuid4().hex[:8]}@example.org"], "subject": "Hello",
-            "text": "Hello there"}
+    body = {
+        "category": "marketing",
+        "to": [f"lead-{uuid.uuid4().hex[:8]}@example.org"],
+        "subject": "Hello",
+        "text": "Hello there",
+    }
     body.update(fields)
     response = await app.user.post("/v1/messages", json=body)
     assert response.status_code == 202, response.text
     return dict(response.json())
 
 
-async def test_4xx_is_retried_with_the_same_message_id(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                       quota_service: None, mailboxes: object) -> None:
+async def test_4xx_is_retried_with_the_same_message_id(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     await app.add_account(server)
@@ -38,8 +43,9 @@ async def test_4xx_is_retried_with_the_same_message_id(send_service: HarnessFact
     assert len(server.handler.by_message_id(message["message_id"])) == 1
 
 
-async def test_5xx_fails_with_the_servers_reply(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                quota_service: None, mailboxes: object) -> None:
+async def test_5xx_fails_with_the_servers_reply(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="implicit")
     await app.add_account(server)
@@ -54,8 +60,9 @@ async def test_5xx_fails_with_the_servers_reply(send_service: HarnessFactory, sm
 PIPELINING = pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
 
 
-async def one_slow_retrying_connection(send_service: HarnessFactory, smtp_server: SmtpFactory, pipelining: bool,
-                                       **account: Any) -> tuple[SendHarness, SmtpServer]:
+async def one_slow_retrying_connection(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, pipelining: bool, **account: Any
+) -> tuple[SendHarness, SmtpServer]:
     """One worker, and a deferred message stays deferred for the test's length."""
     app = await send_service(smtp_connections=1, retry_base_seconds=60.0, retry_max_seconds=60.0)
     server = smtp_server(tls="starttls", pipelining=pipelining)
@@ -65,8 +72,8 @@ async def one_slow_retrying_connection(send_service: HarnessFactory, smtp_server
 
 @PIPELINING
 async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_on(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object,
-        pipelining: bool) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+) -> None:
     # personal mail of a user without a synced mailbox: more than one recipient per message
     app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining, type="customer_service")
     some = await send(app, category="personal", to=["lead@example.org", "nobody@example.org", "gone@example.org"])
@@ -93,8 +100,8 @@ async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_o
 
 @PIPELINING
 async def test_a_refused_sender_fails_on_5xx_and_waits_on_4xx(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object,
-        pipelining: bool) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+) -> None:
     app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining)
     server.handler.behaviour.sender_reply = "553 5.7.1 Sender address rejected"
     refused = await send(app)
@@ -111,7 +118,8 @@ async def test_a_refused_sender_fails_on_5xx_and_waits_on_4xx(
 
 
 async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(data_timeout_seconds=1.0)
     server = smtp_server(tls="starttls", silent_seconds=2.5)
     await app.add_account(server)
@@ -128,19 +136,28 @@ async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(
 
     # the sync finds it in the Sent folder: settled to sent, without sending again (R21)
     nc = await nats.connect(app.nats_url)
-    event = MailSyncedV1(company_id=app.company_id, payload=MailPayload(
-        message_id=message["message_id"], folder="sent", direction="outbound", from_address="news@x.example.com",
-        sent_at=datetime.now(UTC)))
-    await nc.jetstream().publish(event.subject, event.model_dump_json().encode(),
-                                 headers={"Nats-Msg-Id": str(event.event_id)})
+    event = MailSyncedV1(
+        company_id=app.company_id,
+        payload=MailPayload(
+            message_id=message["message_id"],
+            folder="sent",
+            direction="outbound",
+            from_address="news@x.example.com",
+            sent_at=datetime.now(UTC),
+        ),
+    )
+    await nc.jetstream().publish(
+        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+    )
     await nc.close()
     settled = await app.wait_for(message["id"], {"sent"})
     assert settled["state"] == "sent"
     assert server.handler.data_commands == data_commands
 
 
-async def test_resend_on_purpose_keeps_the_message_id(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                      quota_service: None, mailboxes: object) -> None:
+async def test_resend_on_purpose_keeps_the_message_id(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(data_timeout_seconds=1.0)
     server = smtp_server(tls="starttls", silent_seconds=2.0)
     await app.add_account(server)
@@ -161,7 +178,8 @@ async def test_resend_on_purpose_keeps_the_message_id(send_service: HarnessFacto
 
 
 async def test_starttls_required_gives_a_server_without_it_no_auth(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(max_attempts=2)
     good = smtp_server(tls="starttls")
     account = await app.add_account(good)
@@ -169,32 +187,47 @@ async def test_starttls_required_gives_a_server_without_it_no_auth(
     # the account now points to a server that offers no STARTTLS (as after a downgrade attack)
     moved = await app.admin.patch(f"/v1/smtp-accounts/{account['id']}", json={"port": plain.port})
     assert moved.status_code == 200 and moved.json()["confirmed"] is False
-    tested = await app.admin.post(f"/v1/smtp-accounts/{account['id']}/test-email",
-                                  json={"to": "admin@company.example.com"})
+    tested = await app.admin.post(
+        f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": "admin@company.example.com"}
+    )
     assert tested.status_code == 422 and "STARTTLS" in tested.json()["detail"]
     wire = b"".join(bytes(w) for w in plain.handler.wire)
     assert b"EHLO" in wire and b"AUTH" not in wire and b"MAIL FROM" not in wire
     assert plain.handler.auth_attempts == 0 and plain.received == []
 
 
-async def test_plaintext_needs_the_operator_setting(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                    quota_service: None, mailboxes: object) -> None:
+async def test_plaintext_needs_the_operator_setting(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
-    refused = await app.admin.post("/v1/smtp-accounts", json={
-        "name": "plain", "host": "127.0.0.1", "port": 2525, "tls": "plain", "from_email": "a@example.com"})
+    refused = await app.admin.post(
+        "/v1/smtp-accounts",
+        json={"name": "plain", "host": "127.0.0.1", "port": 2525, "tls": "plain", "from_email": "a@example.com"},
+    )
     assert refused.status_code == 422 and refused.json()["type"].endswith("/plaintext-not-allowed")
 
 
 async def test_self_signed_certificate_by_pinned_fingerprint(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="implicit", self_signed=True)
-    unpinned = await app.admin.post("/v1/smtp-accounts", json={
-        "name": "self-signed", "host": "127.0.0.1", "port": server.port, "tls": "implicit",
-        "username": "x", "password": "y", "from_email": "a@example.com"})
+    unpinned = await app.admin.post(
+        "/v1/smtp-accounts",
+        json={
+            "name": "self-signed",
+            "host": "127.0.0.1",
+            "port": server.port,
+            "tls": "implicit",
+            "username": "x",
+            "password": "y",
+            "from_email": "a@example.com",
+        },
+    )
     assert unpinned.status_code == 201
-    tested = await app.admin.post(f"/v1/smtp-accounts/{unpinned.json()['id']}/test-email",
-                                  json={"to": "admin@company.example.com"})
+    tested = await app.admin.post(
+        f"/v1/smtp-accounts/{unpinned.json()['id']}/test-email", json={"to": "admin@company.example.com"}
+    )
     assert tested.status_code == 422 and "certificate" in tested.json()["detail"]
     assert server.handler.auth_attempts == 0
     await app.add_account(server)  # with the pin: confirmed through the test email
@@ -203,13 +236,13 @@ async def test_self_signed_certificate_by_pinned_fingerprint(
 
 
 async def test_connections_are_reused_and_renewed_after_the_recipient_limit(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(smtp_connections=1, recipients_per_connection=4)
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")  # personal mail of a user without a synced mailbox
     sessions_before = len(server.handler.wire)
-    messages = [await send(app, category="personal", to=["a@example.org", "b@example.org"])
-                for _ in range(4)]
+    messages = [await send(app, category="personal", to=["a@example.org", "b@example.org"]) for _ in range(4)]
     for m in messages:
         assert (await app.wait_for(m["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
     # 4 messages of 2 recipients, at most 4 recipients per connection: 2 sessions, not 4
@@ -217,7 +250,8 @@ async def test_connections_are_reused_and_renewed_after_the_recipient_limit(
 
 
 async def test_graceful_stop_finishes_the_message_in_hand_and_gives_back_the_rest(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(smtp_connections=1)
     server = smtp_server(tls="starttls")
     await app.add_account(server)
@@ -236,7 +270,8 @@ async def test_graceful_stop_finishes_the_message_in_hand_and_gives_back_the_res
 
 
 async def test_a_kept_session_the_server_closed_is_replaced_without_spending_a_retry(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service(smtp_connections=1)
     server = smtp_server(tls="starttls", idle_timeout=0.5)
     await app.add_account(server)

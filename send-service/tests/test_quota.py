@@ -23,20 +23,21 @@ from .conftest import SECRET, HarnessFactory, SmtpFactory
 
 
 async def test_waits_for_the_quota_service_then_rotates_then_refuses(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer,
-        nats_url: str) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+) -> None:
     app = await send_service(smtp_connections=1)
     first, second = smtp_server(tls="starttls"), smtp_server(tls="implicit")
     a = await app.add_account(first, name="A", display_order=0, max_per_month=1, from_email="a@company.example.com")
-    b = await app.add_account(second, name="B", display_order=1, max_per_month=1,
-                              from_email="b@company.example.com")
+    b = await app.add_account(second, name="B", display_order=1, max_per_month=1, from_email="b@company.example.com")
     assert (await app.admin.get("/v1/smtp-accounts")).json()[0]["id"] == a["id"]
 
     # no quota service: accepted, but nothing goes out without a reservation
     messages = []
     for n in range(2):
-        response = await app.user.post("/v1/messages", json={
-            "category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"})
+        response = await app.user.post(
+            "/v1/messages",
+            json={"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"},
+        )
         assert response.status_code == 202, response.text
         messages.append(response.json())
     waiting = await app.wait_for(messages[1]["id"], {"deferred"})
@@ -44,8 +45,13 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
     assert [r for r in first.received + second.received if r.message["Subject"].startswith("offer")] == []
 
     quota_url = await migrated_database(postgres, "leadline_quota")
-    quota = QuotaSettings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET, environment="test",
-                          consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
+    quota = QuotaSettings(
+        database_url=quota_url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    )
     async with running_app(create_quota_app(quota)):
         done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in messages]
         assert [d["state"] for d in done] == ["sent", "sent"]
@@ -57,8 +63,10 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
         assert copy.message["Message-ID"] == via_b["message_id"]
 
         # both accounts are out of quota: refused at the API with when it resets
-        refused = await app.user.post("/v1/messages", json={
-            "category": "marketing", "to": ["lead9@example.org"], "subject": "offer 9", "text": "x"})
+        refused = await app.user.post(
+            "/v1/messages",
+            json={"category": "marketing", "to": ["lead9@example.org"], "subject": "offer 9", "text": "x"},
+        )
         assert refused.status_code == 429, refused.text
         problem = refused.json()
         assert problem["type"].endswith("/quota-exceeded") and problem["limit"] == "messages_per_month"
@@ -76,21 +84,32 @@ async def _quota_usage(quota_url: str) -> dict[str, int]:
 
 
 async def test_quota_counts_exactly_what_reached_the_server(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer,
-        nats_url: str) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+) -> None:
     """Workers reserve for a claim of messages at once (a lease); a 4xx answer is not counted, and
     what the lease did not need is given back."""
     quota_url = await migrated_database(postgres, "leadline_quota")
-    quota = QuotaSettings(database_url=quota_url, nats_url=nats_url, identity_secret=SECRET, environment="test",
-                          consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}")
+    quota = QuotaSettings(
+        database_url=quota_url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    )
     async with running_app(create_quota_app(quota)):
         app = await send_service(smtp_connections=1, claim_size=16)
         server = smtp_server(tls="starttls")
         await app.add_account(server, max_per_month=100)
         server.handler.behaviour.mode = "tempfail_once"  # from now on every message: 451 first, then accepted
-        batch = await app.user.post("/v1/messages/batch", json={"messages": [
-            {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
-            for n in range(6)]})
+        batch = await app.user.post(
+            "/v1/messages/batch",
+            json={
+                "messages": [
+                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                    for n in range(6)
+                ]
+            },
+        )
         assert batch.status_code == 202, batch.text
         done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
         assert [d["state"] for d in done] == ["sent"] * 6 and all(d["attempts"] == 2 for d in done)
@@ -104,15 +123,22 @@ async def test_quota_counts_exactly_what_reached_the_server(
 
 
 async def test_near_a_limit_each_message_asks_on_its_own(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object) -> None:
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     """A lease that does not fit is refused whole; then each message reserves alone, so exactly the
     allowance goes out and the rest waits with the limit and the time it resets."""
     app = await send_service(smtp_connections=1, claim_size=16)
     server = smtp_server(tls="starttls")
     await app.add_account(server, max_per_month=3)
-    batch = await app.user.post("/v1/messages/batch", json={"messages": [
-        {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
-        for n in range(5)]})
+    batch = await app.user.post(
+        "/v1/messages/batch",
+        json={
+            "messages": [
+                {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                for n in range(5)
+            ]
+        },
+    )
     assert batch.status_code == 202, batch.text
     done = [await app.wait_for(m["id"], {"sent", "deferred"}) for m in batch.json()["items"]]
     assert sorted(d["state"] for d in done) == ["deferred", "deferred", "sent", "sent", "sent"]
@@ -124,8 +150,13 @@ async def test_near_a_limit_each_message_asks_on_its_own(
 async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_service: None, nats_url: str) -> None:
     nc = await nats.connect(nats_url)
     client = QuotaClient(nc, timeout=5)
-    request = QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1,
-                                  size_bytes=100, overrides={"messages_per_hour": 3})
+    request = QuotaReserveRequest(
+        company_id=uuid.uuid4(),
+        account_key=f"smtp:{uuid.uuid4()}",
+        recipients=1,
+        size_bytes=100,
+        overrides={"messages_per_hour": 3},
+    )
 
     def answered(answer: str) -> float:
         return REGISTRY.get_sample_value("leadline_send_quota_answers_total", {"ask": "check", "answer": answer}) or 0

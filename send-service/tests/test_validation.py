@@ -30,23 +30,38 @@ BAD: list[tuple[str, dict[str, Any], int, str]] = [
     ("non-ASCII local part", {"to": ["zoë@example.org"]}, 422, "unsupported-address"),
     ("two at signs", {"to": ["alice@example.org@evil.example"]}, 422, "invalid-address"),
     ("display name smuggled", {"to": ["Eve <eve@example.org>"]}, 422, "invalid-address"),
-    ("CRLF in attachment name", {"attachments": [{"filename": "a\r\n.pdf", "content_base64": "QQ=="}]}, 422,
-     "header-injection"),
+    (
+        "CRLF in attachment name",
+        {"attachments": [{"filename": "a\r\n.pdf", "content_base64": "QQ=="}]},
+        422,
+        "header-injection",
+    ),
     ("NUL in body", {"text": "a\x00b"}, 422, "invalid-body"),
     ("unknown lead", {"to": [], "lead_ids": [str(uuid.uuid4())]}, 422, "unknown-lead"),
     ("too many recipients", {"to": [f"r{n}@example.org" for n in range(101)]}, 422, "too-many-recipients"),
     ("over the size limit", {"text": "x" * 40_000}, 413, "message-too-large"),
     ("no recipient", {"to": []}, 422, "no-recipients"),
-    ("marketing to two", {"category": "marketing", "to": ["a@example.org", "b@example.org"]}, 422,
-     "marketing-one-recipient"),
+    (
+        "marketing to two",
+        {"category": "marketing", "to": ["a@example.org", "b@example.org"]},
+        422,
+        "marketing-one-recipient",
+    ),
     ("unknown field", {"reply_to_hack": "x"}, 422, "validation-error"),
 ]
 
 
 @pytest.mark.parametrize(("case", "fields", "status", "slug"), BAD, ids=[b[0] for b in BAD])
 async def test_bad_input_is_refused_before_anything_happens(
-        send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object,
-        case: str, fields: dict[str, Any], status: int, slug: str) -> None:
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    quota_service: None,
+    mailboxes: object,
+    case: str,
+    fields: dict[str, Any],
+    status: int,
+    slug: str,
+) -> None:
     app = await send_service(max_message_bytes=30_000)
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")
@@ -77,30 +92,33 @@ ACCOUNT_BAD: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize(("case", "fields"), ACCOUNT_BAD, ids=[b[0] for b in ACCOUNT_BAD])
-async def test_bad_smtp_account_fields_are_4xx(send_service: HarnessFactory, case: str,
-                                                fields: dict[str, Any]) -> None:
+async def test_bad_smtp_account_fields_are_4xx(send_service: HarnessFactory, case: str, fields: dict[str, Any]) -> None:
     app = await send_service()
-    body = {"name": "campaigns", "host": "127.0.0.1", "port": 2525, "from_email": "news@company.example.com",
-            **fields}
+    body = {"name": "campaigns", "host": "127.0.0.1", "port": 2525, "from_email": "news@company.example.com", **fields}
     created = await app.admin.post("/v1/smtp-accounts", json=body)
     assert created.status_code == 422, created.text
     assert created.headers["content-type"] == "application/problem+json"
-    good = await app.admin.post("/v1/smtp-accounts", json={**{k: v for k, v in body.items() if k not in fields},
-                                                           "name": "ok"})
+    good = await app.admin.post(
+        "/v1/smtp-accounts", json={**{k: v for k, v in body.items() if k not in fields}, "name": "ok"}
+    )
     assert good.status_code == 201, good.text
     patched = await app.admin.patch(f"/v1/smtp-accounts/{good.json()['id']}", json=fields)
     assert patched.status_code == 422, patched.text
     assert (await app.admin.get("/v1/smtp-accounts")).json()[0]["name"] == "ok"
 
 
-async def test_a_test_email_to_a_line_separator_is_422(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                        quota_service: None, mailboxes: object) -> None:
+async def test_a_test_email_to_a_line_separator_is_422(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     account = await app.add_account(server)
     sessions = len(server.handler.wire)
-    for to in ("admin@company.example.com\u2028Bcc: evil@example.net", "a\u2029@company.example.com",
-               "admin@company.example.com\x85"):
+    for to in (
+        "admin@company.example.com\u2028Bcc: evil@example.net",
+        "a\u2029@company.example.com",
+        "admin@company.example.com\x85",
+    ):
         tested = await app.admin.post(f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": to})
         assert tested.status_code == 422 and tested.json()["type"].endswith("/header-injection"), tested.text
     assert len(server.handler.wire) == sessions

@@ -23,22 +23,22 @@ def pipelined(server_reads: list[bytes]) -> bool:
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
-async def test_dots_and_line_ends_on_the_wire(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                              quota_service: None, mailboxes: object, pipelining: bool) -> None:
+async def test_dots_and_line_ends_on_the_wire(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+) -> None:
     # the operator allows plaintext here so the wire can be read in the clear; TLS is tested elsewhere
     app = await send_service(smtp_allow_plaintext=True)
     server = smtp_server(tls="none", pipelining=pipelining)
     await app.add_account(server, tls="plain", type="customer_service")
-    response = await app.user.post("/v1/messages", json={
-        "to": ["lead@example.org"], "subject": "dots", "text": TRICKY})
+    response = await app.user.post("/v1/messages", json={"to": ["lead@example.org"], "subject": "dots", "text": TRICKY})
     assert response.status_code == 202, response.text
     message = response.json()
     assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
 
     wire = bytes(server.handler.wire[-1])
     assert not has_bare_line_end(wire), "a bare CR or LF reached the server"
-    data = wire[wire.index(b"DATA\r\n") + len(b"DATA\r\n"):]
-    data = data[:data.index(b"\r\n.\r\n") + len(b"\r\n.\r\n")]
+    data = wire[wire.index(b"DATA\r\n") + len(b"DATA\r\n") :]
+    data = data[: data.index(b"\r\n.\r\n") + len(b"\r\n.\r\n")]
     assert data.count(b"\r\n.\r\n") == 1 and data.endswith(b"\r\n.\r\n")  # exactly one end of data
     assert b"\r\n..\r\nafter a lone dot\r\n..\r\nafter a dot with CRLF" in data
     assert b"\r\n..leading dot\r\n...two dots\r\n" in data
@@ -52,9 +52,14 @@ async def test_dots_and_line_ends_on_the_wire(send_service: HarnessFactory, smtp
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
-async def test_the_end_of_data_waits_for_the_record(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                    quota_service: None, mailboxes: object, send_url: str,
-                                                    pipelining: bool) -> None:
+async def test_the_end_of_data_waits_for_the_record(
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    quota_service: None,
+    mailboxes: object,
+    send_url: str,
+    pipelining: bool,
+) -> None:
     """R21: the body may go out while the attempt is recorded, its end-of-data mark may not."""
     app = await send_service(smtp_connections=1)
     server = smtp_server(tls="starttls", pipelining=pipelining)
@@ -65,9 +70,15 @@ async def test_the_end_of_data_waits_for_the_record(send_service: HarnessFactory
         blocking = blocker.transaction()
         await blocking.start()
         await blocker.execute("LOCK TABLE send.outbox IN SHARE MODE")
-        response = await app.user.post("/v1/messages/batch", json={"messages": [
-            {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"n{n}", "text": f"marker-{n}"}
-            for n in (1, 2)]})
+        response = await app.user.post(
+            "/v1/messages/batch",
+            json={
+                "messages": [
+                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"n{n}", "text": f"marker-{n}"}
+                    for n in (1, 2)
+                ]
+            },
+        )
         assert response.status_code == 202, response.text
         first, second = response.json()["items"]
         for _ in range(200):
@@ -79,9 +90,12 @@ async def test_the_end_of_data_waits_for_the_record(send_service: HarnessFactory
         assert b"marker-2" in wire, "the body goes out beside the record"
         assert server.handler.by_message_id(first["message_id"])
         assert not server.handler.by_message_id(second["message_id"])
-        assert b"\r\n.\r\n" not in wire[wire.index(b"marker-2"):], "the end of data went out unrecorded"
-        phase = await blocker.fetchval("SELECT a.phase FROM send.send_attempt AS a JOIN send.outgoing_message AS m "
-                                       "ON m.id = a.message_id WHERE m.message_id = $1", second["message_id"])
+        assert b"\r\n.\r\n" not in wire[wire.index(b"marker-2") :], "the end of data went out unrecorded"
+        phase = await blocker.fetchval(
+            "SELECT a.phase FROM send.send_attempt AS a JOIN send.outgoing_message AS m "
+            "ON m.id = a.message_id WHERE m.message_id = $1",
+            second["message_id"],
+        )
         assert phase == "connecting"
         await blocking.rollback()
     finally:
@@ -91,17 +105,31 @@ async def test_the_end_of_data_waits_for_the_record(send_service: HarnessFactory
     assert len(server.handler.by_message_id(second["message_id"])) == 1
 
 
-async def test_attachments_and_non_ascii_names_arrive_intact(send_service: HarnessFactory, smtp_server: SmtpFactory,
-                                                             quota_service: None, mailboxes: object) -> None:
+async def test_attachments_and_non_ascii_names_arrive_intact(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service", from_name="Zoë Ågren")
     pdf = bytes(range(256)) * 40
-    response = await app.user.post("/v1/messages", json={
-        "to": ["lead@example.org"], "cc": ["boss@example.org"], "bcc": ["audit@example.org"],
-        "subject": "Angebot für Sie — 報價", "text": "Grüße\n", "html": "<p>Grüße</p>",
-        "attachments": [{"filename": "Angebot Müller.pdf", "content_type": "application/pdf",
-                         "content_base64": base64.b64encode(pdf).decode()}]})
+    response = await app.user.post(
+        "/v1/messages",
+        json={
+            "to": ["lead@example.org"],
+            "cc": ["boss@example.org"],
+            "bcc": ["audit@example.org"],
+            "subject": "Angebot für Sie — 報價",
+            "text": "Grüße\n",
+            "html": "<p>Grüße</p>",
+            "attachments": [
+                {
+                    "filename": "Angebot Müller.pdf",
+                    "content_type": "application/pdf",
+                    "content_base64": base64.b64encode(pdf).decode(),
+                }
+            ],
+        },
+    )
     assert response.status_code == 202, response.text
     message = response.json()
     assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"

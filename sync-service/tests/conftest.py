@@ -71,9 +71,17 @@ class MovableClock:
         self.offset += delta
 
 
-def message(*, sender: str, to: list[str], subject: str = "Hello", body: str = "Hi there.\n",
-            date: datetime | None = None, cc: list[str] | None = None, message_id: str | None = None,
-            attachment: bytes | None = None) -> bytes:
+def message(
+    *,
+    sender: str,
+    to: list[str],
+    subject: str = "Hello",
+    body: str = "Hi there.\n",
+    date: datetime | None = None,
+    cc: list[str] | None = None,
+    message_id: str | None = None,
+    attachment: bytes | None = None,
+) -> bytes:
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = ", ".join(to)
@@ -173,8 +181,15 @@ def smtp_delivering_to(tls_ca: trustme.CA, dovecot: DovecotServer) -> Iterator[S
     cert.configure_cert(context)
     accounts = SmtpAccounts()
     port = free_port()
-    controller = Controller(DeliveringHandler(dovecot), hostname="127.0.0.1", port=port, authenticator=accounts,
-                            auth_require_tls=True, tls_context=context, require_starttls=True)
+    controller = Controller(
+        DeliveringHandler(dovecot),
+        hostname="127.0.0.1",
+        port=port,
+        authenticator=accounts,
+        auth_require_tls=True,
+        tls_context=context,
+        require_starttls=True,
+    )
     controller.start()
     try:
         yield SmtpServer(port, accounts)
@@ -218,11 +233,13 @@ class SyncWorld:
 
     async def answer_lead_directory(self) -> None:
         """Answer the sync service's lead count for this company, as the lead service does for its leads."""
+
         async def on_request(msg: Msg) -> None:
             request = LeadDirectoryRequest.model_validate_json(msg.data)
             if request.company_id == self.company_id:
-                await msg.respond(LeadDirectoryReply(leads=len(self.lead_ids), as_of=datetime.now(UTC))
-                                  .model_dump_json().encode())
+                await msg.respond(
+                    LeadDirectoryReply(leads=len(self.lead_ids), as_of=datetime.now(UTC)).model_dump_json().encode()
+                )
 
         self.directory_responder = await self.nc.subscribe(RPC_LEAD_DIRECTORY, cb=on_request)
 
@@ -234,11 +251,21 @@ class SyncWorld:
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = dict(
-            database_url=self.database_url, nats_url=self.nats_url, identity_secret=SECRET, environment="test",
-            sync_allow_networks="127.0.0.0/8", sync_ca_file=self.ca_file, sync_consumer_prefix=self.consumer_prefix,
+            database_url=self.database_url,
+            nats_url=self.nats_url,
+            identity_secret=SECRET,
+            environment="test",
+            sync_allow_networks="127.0.0.0/8",
+            sync_ca_file=self.ca_file,
+            sync_consumer_prefix=self.consumer_prefix,
             sync_consumer_deliver_since=self.created_at,
-            sync_poll_seconds=2.0, sync_schedule_interval=0.2, sync_lease_seconds=4.0,
-            sync_retry_base_seconds=0.3, sync_retry_max_seconds=1.0, sync_rpc_timeout=1.0, sync_imap_timeout=10.0,
+            sync_poll_seconds=2.0,
+            sync_schedule_interval=0.2,
+            sync_lease_seconds=4.0,
+            sync_retry_base_seconds=0.3,
+            sync_retry_max_seconds=1.0,
+            sync_rpc_timeout=1.0,
+            sync_imap_timeout=10.0,
         )
         values.update(overrides)
         return Settings(**values)
@@ -261,7 +288,9 @@ class SyncWorld:
     def connect_body(self, account: MailAccount, password: str | None = None) -> dict[str, Any]:
         pw = password or account.password
         return {
-            "provider": "custom", "address": account.address, "password": pw,
+            "provider": "custom",
+            "address": account.address,
+            "password": pw,
             "imap": {"host": "127.0.0.1", "port": self.dovecot.port, "use_ssl": False},
             "smtp": {"host": "127.0.0.1", "port": self.smtp.port, "use_ssl": False},
         }
@@ -270,9 +299,17 @@ class SyncWorld:
         return as_caller(client, identity, SECRET)
 
     async def imap(self, account: MailAccount) -> ImapClient:
-        return await connect_imap(ImapSettings(
-            host="127.0.0.1", port=self.dovecot.tls_port, tls="implicit", username=account.address,
-            password=account.password, cafile=self.ca_file, allow_networks=self.settings().allow_networks()))
+        return await connect_imap(
+            ImapSettings(
+                host="127.0.0.1",
+                port=self.dovecot.tls_port,
+                tls="implicit",
+                username=account.address,
+                password=account.password,
+                cafile=self.ca_file,
+                allow_networks=self.settings().allow_networks(),
+            )
+        )
 
     async def append(self, account: MailAccount, folder: str, *raws: bytes) -> None:
         client = await self.imap(account)
@@ -284,30 +321,45 @@ class SyncWorld:
 
     async def publish(self, *events: EventBase) -> None:
         for event in events:
-            await self.js.publish(event.subject, event.model_dump_json().encode(),
-                                  headers={"Nats-Msg-Id": str(event.event_id)})
+            await self.js.publish(
+                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            )
 
     message = staticmethod(message)
 
     async def publish_blocklist(self, kind: str, value: str) -> uuid.UUID:
         entry_id = uuid.uuid4()
-        await self.publish(BlocklistAddedV1(company_id=self.company_id, payload=BlocklistEntryPayload(
-            entry_id=entry_id, kind=kind, value=value)))  # type: ignore[arg-type]
+        await self.publish(
+            BlocklistAddedV1(
+                company_id=self.company_id, payload=BlocklistEntryPayload(entry_id=entry_id, kind=kind, value=value)
+            )
+        )  # type: ignore[arg-type]
         await self.wait_for_sql("SELECT count(*) FROM sync.blocklist_entry WHERE entry_id = :id", {"id": entry_id})
         return entry_id
 
     async def add_lead(self, *addresses: str, created_at: datetime | None = None) -> uuid.UUID:
         lead_id = uuid.uuid4()
-        await self.publish(LeadCreatedV1(company_id=self.company_id, payload=LeadPayload(
-            lead_id=lead_id, addresses=list(addresses), created_at=created_at or self.clock())))
+        await self.publish(
+            LeadCreatedV1(
+                company_id=self.company_id,
+                payload=LeadPayload(lead_id=lead_id, addresses=list(addresses), created_at=created_at or self.clock()),
+            )
+        )
         self.lead_ids.add(lead_id)
         await self.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE lead_id = :id", {"id": lead_id})
         return lead_id
 
-    async def set_company(self, domains: list[str], block_own_domains: bool = True,
-                          mailbox_limit: int | None = None) -> None:
-        await self.publish(CompanyUpdatedV1(company_id=self.company_id, payload=CompanyPayload(
-            name="Acme", domains=domains, block_own_domains=block_own_domains, mailbox_limit=mailbox_limit)))
+    async def set_company(
+        self, domains: list[str], block_own_domains: bool = True, mailbox_limit: int | None = None
+    ) -> None:
+        await self.publish(
+            CompanyUpdatedV1(
+                company_id=self.company_id,
+                payload=CompanyPayload(
+                    name="Acme", domains=domains, block_own_domains=block_own_domains, mailbox_limit=mailbox_limit
+                ),
+            )
+        )
         await self.wait_for_sql("SELECT count(*) FROM sync.company WHERE company_id = :id", {"id": self.company_id})
 
     async def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -326,8 +378,14 @@ class SyncWorld:
         finally:
             await database.dispose()
 
-    async def wait_for_sql(self, statement: str, params: dict[str, Any] | None = None, *,
-                           check: Callable[[Any], bool] = bool, timeout: float = 20.0) -> Any:
+    async def wait_for_sql(
+        self,
+        statement: str,
+        params: dict[str, Any] | None = None,
+        *,
+        check: Callable[[Any], bool] = bool,
+        timeout: float = 20.0,
+    ) -> Any:
         deadline = asyncio.get_running_loop().time() + timeout
         value: Any = None
         while asyncio.get_running_loop().time() < deadline:
@@ -338,14 +396,20 @@ class SyncWorld:
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out waiting for {statement!r}: last value {value!r}")
 
-    async def events(self, type_: str, *, at_least: int = 0, timeout: float = 20.0,
-                     settle: float = 0.5) -> list[Any]:
+    async def events(self, type_: str, *, at_least: int = 0, timeout: float = 20.0, settle: float = 0.5) -> list[Any]:
         """Every event of ``type_`` published for this company so far (waits for ``at_least`` of them)."""
         subject = f"leadline.{type_}.v1"
         durable = f"reader-{uuid.uuid4().hex[:10]}"
-        await self.js.add_consumer(STREAM_NAME, ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL,
-            filter_subject=subject, inactive_threshold=30.0))
+        await self.js.add_consumer(
+            STREAM_NAME,
+            ConsumerConfig(
+                durable_name=durable,
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.ALL,
+                filter_subject=subject,
+                inactive_threshold=30.0,
+            ),
+        )
         subscription = await self.js.pull_subscribe_bind(durable, stream=STREAM_NAME)
         found: list[Any] = []
         deadline = asyncio.get_running_loop().time() + timeout
@@ -410,14 +474,23 @@ class SyncWorld:
 
 
 @pytest.fixture
-async def bare_world(postgres: PostgresServer, dovecot: DovecotServer, smtp_server: SmtpServer, nats_url: str,
-                     ca_file: str) -> AsyncIterator[SyncWorld]:
+async def bare_world(
+    postgres: PostgresServer, dovecot: DovecotServer, smtp_server: SmtpServer, nats_url: str, ca_file: str
+) -> AsyncIterator[SyncWorld]:
     """A world without the quota service (nobody answers mailbox-limit claims)."""
     url = await migrated_database(postgres, "leadline_sync")
     nc, js = await bus.connect(nats_url, "sync-tests")
     await bus.ensure_stream(js)
-    world = SyncWorld(postgres=postgres, dovecot=dovecot, smtp=smtp_server, nats_url=nats_url, ca_file=ca_file,
-                      database_url=url, js=js, nc=nc)
+    world = SyncWorld(
+        postgres=postgres,
+        dovecot=dovecot,
+        smtp=smtp_server,
+        nats_url=nats_url,
+        ca_file=ca_file,
+        database_url=url,
+        js=js,
+        nc=nc,
+    )
     await world.answer_lead_directory()
     yield world
     await nc.close()
@@ -438,9 +511,15 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
     from leadline_quota.main import create_app as create_quota_app
 
     url = await migrated_database(postgres, "leadline_quota")
-    app = create_quota_app(QuotaSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET,
-                                         environment="test",
-                                         consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}"))
+    app = create_quota_app(
+        QuotaSettings(
+            database_url=url,
+            nats_url=nats_url,
+            identity_secret=SECRET,
+            environment="test",
+            consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}",
+        )
+    )
     async with running_app(app) as client:
         yield client
 
@@ -454,7 +533,8 @@ class LeadService:
 
     async def create_lead(self, identity: Identity, *addresses: str) -> dict[str, Any]:
         response = await as_caller(self.client, identity, SECRET).post(
-            "/v1/leads", json={"name": f"Lead {addresses[0]}", "addresses": list(addresses)})
+            "/v1/leads", json={"name": f"Lead {addresses[0]}", "addresses": list(addresses)}
+        )
         assert response.status_code == 201, response.text
         body: dict[str, Any] = response.json()
         return body
@@ -464,10 +544,18 @@ class LeadService:
         database = Database(self.database_url, "lead", pool_size=1)
         try:
             async with database.session() as session:
-                return list((await session.execute(text(
-                    "SELECT e.lead_id, e.message_id, count(s.source) FROM lead.timeline_event e "
-                    "JOIN lead.timeline_event_source s ON s.timeline_event_id = e.id "
-                    "WHERE e.company_id = :company GROUP BY e.id ORDER BY e.id"), {"company": company_id})).all())
+                return list(
+                    (
+                        await session.execute(
+                            text(
+                                "SELECT e.lead_id, e.message_id, count(s.source) FROM lead.timeline_event e "
+                                "JOIN lead.timeline_event_source s ON s.timeline_event_id = e.id "
+                                "WHERE e.company_id = :company GROUP BY e.id ORDER BY e.id"
+                            ),
+                            {"company": company_id},
+                        )
+                    ).all()
+                )
         finally:
             await database.dispose()
 
@@ -491,24 +579,33 @@ async def lead_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator
     from leadline_lead.main import create_app as create_lead_app
 
     url = await migrated_database(postgres, "leadline_lead")
-    app = create_lead_app(LeadSettings(database_url=url, nats_url=nats_url, identity_secret=SECRET,
-                                       environment="test", consumer_durable=f"lead-for-sync-{uuid.uuid4().hex[:10]}",
-                                       consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1)))
+    app = create_lead_app(
+        LeadSettings(
+            database_url=url,
+            nats_url=nats_url,
+            identity_secret=SECRET,
+            environment="test",
+            consumer_durable=f"lead-for-sync-{uuid.uuid4().hex[:10]}",
+            consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1),
+        )
+    )
     async with running_app(app) as client:
         yield LeadService(client, url)
 
 
 @pytest.fixture
-async def leads(bare_world: SyncWorld, postgres: PostgresServer,
-                nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[LeadService]]:
+async def leads(
+    bare_world: SyncWorld, postgres: PostgresServer, nats_url: str
+) -> Callable[[], contextlib.AbstractAsyncContextManager[LeadService]]:
     """Starts the real lead service when the test asks for it (it answers for the world's company then)."""
     await bare_world.stop_answering_lead_directory()
     return lambda: lead_service(postgres, nats_url)
 
 
 @pytest.fixture
-def quota(postgres: PostgresServer,
-          nats_url: str) -> Callable[[], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]:
+def quota(
+    postgres: PostgresServer, nats_url: str
+) -> Callable[[], contextlib.AbstractAsyncContextManager[httpx.AsyncClient]]:
     """Starts the real quota service when the test asks for it."""
     return lambda: quota_service(postgres, nats_url)
 

@@ -54,23 +54,27 @@ async def test_one_address_is_synced_by_one_mailbox_per_company(world) -> None: 
     colleague = make_identity("salesperson", company_id=world.company_id)
     elsewhere = make_identity("salesperson", company_id=uuid.uuid4())
     async with running_app(world.app()) as service:
-        assert (await world.caller(service, shared.user).put(
-            "/v1/mail-sync", json=world.connect_body(shared))).status_code == 200
+        assert (
+            await world.caller(service, shared.user).put("/v1/mail-sync", json=world.connect_body(shared))
+        ).status_code == 200
         # a colleague who knows the same logins may not sync the same address a second time
         taken = await world.caller(service, colleague).put("/v1/mail-sync", json=world.connect_body(shared))
         assert taken.status_code == 409, taken.text
         assert taken.json()["type"].endswith("/address-synced-by-another-user") and taken.json()["fix"]
         # another company is another tenant
-        assert (await world.caller(service, elsewhere).put(
-            "/v1/mail-sync", json=world.connect_body(shared))).status_code == 200
+        assert (
+            await world.caller(service, elsewhere).put("/v1/mail-sync", json=world.connect_body(shared))
+        ).status_code == 200
     rows = await world.sql("SELECT company_id FROM sync.mailbox WHERE address = :a", {"a": shared.address})
     assert sorted(str(r[0]) for r in rows) == sorted([str(world.company_id), str(elsewhere.company_id)])
     # the database holds the rule too, whatever the path
-    duplicate = ("INSERT INTO sync.mailbox (id, company_id, user_id, address, provider, smtp_use, status, imap_host, "
-                 "imap_port, imap_tls, imap_username, smtp_host, smtp_port, smtp_tls, smtp_username, connected_at, "
-                 "address_proven_at) SELECT gen_random_uuid(), company_id, gen_random_uuid(), address, provider, "
-                 "smtp_use, status, imap_host, imap_port, imap_tls, imap_username, smtp_host, smtp_port, smtp_tls, "
-                 "smtp_username, connected_at, now() FROM sync.mailbox WHERE company_id = :c")
+    duplicate = (
+        "INSERT INTO sync.mailbox (id, company_id, user_id, address, provider, smtp_use, status, imap_host, "
+        "imap_port, imap_tls, imap_username, smtp_host, smtp_port, smtp_tls, smtp_username, connected_at, "
+        "address_proven_at) SELECT gen_random_uuid(), company_id, gen_random_uuid(), address, provider, "
+        "smtp_use, status, imap_host, imap_port, imap_tls, imap_username, smtp_host, smtp_port, smtp_tls, "
+        "smtp_username, connected_at, now() FROM sync.mailbox WHERE company_id = :c"
+    )
     try:
         await world.sql_write(duplicate, {"c": world.company_id})
         raise AssertionError("a second mailbox of the company synced the same address")

@@ -21,8 +21,20 @@ async def test_providers_need_the_gateway_identity_and_list_every_preset(world) 
         assert (await service.get("/v1/mail-sync/providers")).status_code == 401
         api = world.caller(service, make_identity("jr_salesperson", company_id=world.company_id))
         providers = {p["id"]: p for p in (await api.get("/v1/mail-sync/providers")).json()}
-    assert {"gmail", "office365", "outlook", "yahoo", "aol", "godaddy", "123reg", "bluehost", "comcast", "att",
-            "verizon", "custom"} <= set(providers)
+    assert {
+        "gmail",
+        "office365",
+        "outlook",
+        "yahoo",
+        "aol",
+        "godaddy",
+        "123reg",
+        "bluehost",
+        "comcast",
+        "att",
+        "verizon",
+        "custom",
+    } <= set(providers)
     assert providers["gmail"]["imap"] == {"host": "imap.gmail.com", "port": 993, "tls": "implicit"}
     assert providers["gmail"]["provider_saves_sent"] is True
     assert providers["bluehost"]["host_from_domain"] is True
@@ -35,8 +47,11 @@ async def test_connection_test_reports_each_login_in_the_users_words(world) -> N
     async with running_app(world.app()) as service:
         api = world.caller(service, me.user)
         ok = (await api.post("/v1/mail-sync/test", json=world.connect_body(me))).json()
-        assert ok == {"ok": True, "imap": {"ok": True, "kind": None, "message": None, "fix": None},
-                      "smtp": {"ok": True, "kind": None, "message": None, "fix": None}}
+        assert ok == {
+            "ok": True,
+            "imap": {"ok": True, "kind": None, "message": None, "fix": None},
+            "smtp": {"ok": True, "kind": None, "message": None, "fix": None},
+        }
         body = world.connect_body(me, password="wrong")
         wrong = (await api.post("/v1/mail-sync/test", json=body)).json()
         assert not wrong["ok"] and wrong["imap"]["kind"] == "auth_failed" and wrong["smtp"]["kind"] == "auth_failed"
@@ -94,13 +109,15 @@ async def test_smtp_settings_rpc_answers_the_send_service(world) -> None:  # typ
         assert (await api.put("/v1/mail-sync", json=body)).status_code == 200
         request = MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
         reply = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data)
+            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data
+        )
         assert reply.found and reply.smtp_password == me.password and reply.imap_password == me.password
         assert reply.smtp_use == "all" and reply.smtp_tls == "starttls" and reply.sent_folder == "Sent"
         assert reply.provider_saves_sent is False
         other = MailboxSmtpRequest(company_id=uuid.uuid4(), user_id=me.user.user_id)
         missing = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, other.model_dump_json().encode(), timeout=5)).data)
+            (await world.nc.request(RPC_MAILBOX_SMTP, other.model_dump_json().encode(), timeout=5)).data
+        )
         assert missing.found is False
         stored = await world.sql("SELECT credential_ciphertext FROM sync.mailbox")
         assert me.password.encode() not in bytes(stored[0][0])
@@ -117,8 +134,10 @@ async def test_credentials_bound_to_their_row_and_rotated(world) -> None:  # typ
         for account in (me, other):
             api = world.caller(service, account.user)
             assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
-    rows = await world.sql("SELECT id, company_id, credential_key_id, credential_wrapped_key, credential_ciphertext "
-                           "FROM sync.mailbox ORDER BY created_at")
+    rows = await world.sql(
+        "SELECT id, company_id, credential_key_id, credential_wrapped_key, credential_ciphertext "
+        "FROM sync.mailbox ORDER BY created_at"
+    )
     cipher = CredentialCipher(world.settings(sync_credential_keys=old).credential_keys())
     first, second = rows
     sealed = Sealed(first[2], bytes(first[3]), bytes(first[4]))
@@ -140,7 +159,8 @@ async def test_credentials_bound_to_their_row_and_rotated(world) -> None:  # typ
     async with running_app(create_app(world.settings(sync_credential_keys=new))) as service:
         request = MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
         reply = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data)
+            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data
+        )
         assert reply.found and reply.imap_password == me.password
 
 
@@ -155,11 +175,16 @@ class FakeDns:
 
 
 async def test_domain_check_reports_dmarc_and_dkim() -> None:
-    published = await check_domain("good.example", FakeDns({
-        "_dmarc.good.example": ["v=DMARC1; p=reject; rua=mailto:d@good.example"],
-        "selector1._domainkey.good.example": ["v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC"],
-        "google._domainkey.good.example": ["v=DKIM1; p="],  # revoked key: not published
-    }))
+    published = await check_domain(
+        "good.example",
+        FakeDns(
+            {
+                "_dmarc.good.example": ["v=DMARC1; p=reject; rua=mailto:d@good.example"],
+                "selector1._domainkey.good.example": ["v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC"],
+                "google._domainkey.good.example": ["v=DKIM1; p="],  # revoked key: not published
+            }
+        ),
+    )
     assert published.dmarc.published and published.dkim.published and published.ready_for_bulk
     assert published.dkim.records == ["selector1._domainkey.good.example"]
     missing = await check_domain("bare.example", FakeDns({"_dmarc.bare.example": ["v=spf1 -all"]}))
@@ -188,15 +213,15 @@ async def test_error_log_pages_newest_first_and_is_the_callers_own(world) -> Non
             "INSERT INTO sync.mailbox_error (id, company_id, mailbox_id, occurred_at, kind, message, fix) "
             "SELECT gen_random_uuid(), :company, :mailbox, now() - make_interval(mins => n), 'timeout', "
             "'attempt ' || n, 'wait' FROM generate_series(1, 7) AS n",
-            {"company": world.company_id, "mailbox": uuid.UUID(mailbox_id)})
+            {"company": world.company_id, "mailbox": uuid.UUID(mailbox_id)},
+        )
         first = (await api.get("/v1/mail-sync/errors", params={"limit": 5})).json()
         second = (await api.get("/v1/mail-sync/errors", params={"limit": 5, "cursor": first["next_cursor"]})).json()
         messages = [e["message"] for e in first["items"] + second["items"]]
         assert messages == [f"attempt {n}" for n in range(1, 8)]
         assert second["next_cursor"] is None
         assert (await api.get("/v1/mail-sync/errors", params={"cursor": "bm9wZQ"})).status_code == 400
-        stranger = world.caller(service, make_identity("salesperson", company_id=uuid.uuid4(),
-                                                       user_id=me.user.user_id))
+        stranger = world.caller(service, make_identity("salesperson", company_id=uuid.uuid4(), user_id=me.user.user_id))
         assert (await stranger.get("/v1/mail-sync/errors")).json()["items"] == []
         assert (await stranger.get("/v1/mail-sync")).status_code == 404
 
@@ -207,9 +232,18 @@ def test_presets_fill_hosts_and_bluehost_takes_the_users_domain() -> None:
 
     bluehost = choose(ConnectRequest(provider="bluehost", address="Sam@MyShop.example", password="pw"))
     assert (bluehost.imap.login.host, bluehost.imap.login.port, bluehost.imap.login.tls) == (
-        "mail.myshop.example", 993, "implicit")
+        "mail.myshop.example",
+        993,
+        "implicit",
+    )
     assert bluehost.smtp.login.host == "mail.myshop.example" and bluehost.imap.login.username == "sam@myshop.example"
-    godaddy = choose(ConnectRequest(provider="godaddy", address="sam@shop.example", password="pw",
-                                    imap={"username": "sam", "password": "imap-only"}))
+    godaddy = choose(
+        ConnectRequest(
+            provider="godaddy",
+            address="sam@shop.example",
+            password="pw",
+            imap={"username": "sam", "password": "imap-only"},
+        )
+    )
     assert godaddy.imap.login.tls == "starttls" and godaddy.imap.login.username == "sam"
     assert godaddy.imap.login.password == "imap-only" and godaddy.smtp.login.password == "pw"

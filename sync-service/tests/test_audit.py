@@ -42,15 +42,28 @@ async def wait_audited(api: Any, timeout: float = 30.0) -> dict[str, Any]:
     raise AssertionError(f"never audited: {body}")
 
 
-async def test_audit_finds_what_a_lost_batch_left_out_and_examines_it(world, leads,  # type: ignore[no-untyped-def]
-                                                                     dropping_proxy) -> None:
+async def test_audit_finds_what_a_lost_batch_left_out_and_examines_it(
+    world,
+    leads,  # type: ignore[no-untyped-def]
+    dropping_proxy,
+) -> None:
     me = world.account()
     admin = world.identity("administrator")
     lead, blocked = "audited@customer.example", "blocked@spam.example"
     inbox_ids = [make_msgid(domain="x.example") for _ in range(30)]
-    await world.append(me, "INBOX", *(world.message(
-        sender=lead if i % 3 == 0 else (blocked if i == 1 else f"s{i}@else.example"), to=[me.address],
-        date=LONG_AGO, message_id=mid) for i, mid in enumerate(inbox_ids)))
+    await world.append(
+        me,
+        "INBOX",
+        *(
+            world.message(
+                sender=lead if i % 3 == 0 else (blocked if i == 1 else f"s{i}@else.example"),
+                to=[me.address],
+                date=LONG_AGO,
+                message_id=mid,
+            )
+            for i, mid in enumerate(inbox_ids)
+        ),
+    )
     await world.append(me, "Sent", *(world.message(sender=me.address, to=[lead], date=LONG_AGO) for _ in range(4)))
     async with leads() as lead_service:
         await lead_service.create_lead(admin, lead)
@@ -81,8 +94,10 @@ async def test_audit_finds_what_a_lost_batch_left_out_and_examines_it(world, lea
             lead_db = Database(lead_service.database_url, "lead", pool_size=1)
             try:
                 async with lead_db.session() as session:
-                    await session.execute(text("DELETE FROM lead.timeline_event WHERE message_key = ANY(:keys)"),
-                                          {"keys": [m.strip("<>") for m in lost]})
+                    await session.execute(
+                        text("DELETE FROM lead.timeline_event WHERE message_key = ANY(:keys)"),
+                        {"keys": [m.strip("<>") for m in lost]},
+                    )
             finally:
                 await lead_db.dispose()
             assert len(await lead_service.timeline(world.company_id)) == 14 - len(lost)

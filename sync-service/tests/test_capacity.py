@@ -11,17 +11,25 @@ from leadline_sync.config import Settings
 from leadline_sync.sync.capacity import CapacityError, raise_open_files_limit, replica_capacity
 
 
-@pytest.mark.parametrize(("env", "message"), [
-    ({"LEADLINE_SYNC_MEMORY_BUDGET_MB": "0"},
-     "LEADLINE_SYNC_MEMORY_BUDGET_MB=0 is less than one mailbox needs (200 KiB"),
-    ({"LEADLINE_SYNC_MEMORY_BUDGET_MB": "1", "LEADLINE_SYNC_MAILBOX_MEMORY_KIB": "2048"},
-     "LEADLINE_SYNC_MEMORY_BUDGET_MB=1 is less than one mailbox needs (2048 KiB"),
-    ({"LEADLINE_SYNC_ROTATION_SECONDS": "0"}, "LEADLINE_SYNC_ROTATION_SECONDS=0 must be more than 0"),
-    ({"LEADLINE_SYNC_ROTATION_SECONDS": "-60"}, "LEADLINE_SYNC_ROTATION_SECONDS=-60 must be more than 0"),
-    ({"LEADLINE_SYNC_ROTATION_SECONDS": "30"}, "is shorter than LEADLINE_SYNC_POLL_SECONDS=60"),
-])
-def test_bad_settings_are_refused_with_a_clear_message(monkeypatch: pytest.MonkeyPatch, env: dict[str, str],
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"LEADLINE_SYNC_MEMORY_BUDGET_MB": "0"},
+            "LEADLINE_SYNC_MEMORY_BUDGET_MB=0 is less than one mailbox needs (200 KiB",
+        ),
+        (
+            {"LEADLINE_SYNC_MEMORY_BUDGET_MB": "1", "LEADLINE_SYNC_MAILBOX_MEMORY_KIB": "2048"},
+            "LEADLINE_SYNC_MEMORY_BUDGET_MB=1 is less than one mailbox needs (2048 KiB",
+        ),
+        ({"LEADLINE_SYNC_ROTATION_SECONDS": "0"}, "LEADLINE_SYNC_ROTATION_SECONDS=0 must be more than 0"),
+        ({"LEADLINE_SYNC_ROTATION_SECONDS": "-60"}, "LEADLINE_SYNC_ROTATION_SECONDS=-60 must be more than 0"),
+        ({"LEADLINE_SYNC_ROTATION_SECONDS": "30"}, "is shorter than LEADLINE_SYNC_POLL_SECONDS=60"),
+    ],
+)
+def test_bad_settings_are_refused_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError, match=message.replace("(", r"\(")):

@@ -41,9 +41,11 @@ def release_directory(app: FastAPI) -> None:
 def lead_mail(world: Any, me: Any, lead: str, date: datetime, tag: str) -> tuple[str, bytes, bytes]:
     """An answer in Sent and a message in INBOX with ``lead``; returns the INBOX one's Message-ID first."""
     inbox_id, sent_id = make_msgid(domain="customer.example"), make_msgid(domain="acme.example")
-    return (f"{inbox_id} {sent_id}",
-            world.message(sender=lead, to=[me.address], subject=f"{tag} in", date=date, message_id=inbox_id),
-            world.message(sender=me.address, to=[lead], subject=f"{tag} out", date=date, message_id=sent_id))
+    return (
+        f"{inbox_id} {sent_id}",
+        world.message(sender=lead, to=[me.address], subject=f"{tag} in", date=date, message_id=inbox_id),
+        world.message(sender=me.address, to=[lead], subject=f"{tag} out", date=date, message_id=sent_id),
+    )
 
 
 async def test_history_waits_until_the_leads_of_connect_time_arrived(world, leads) -> None:  # type: ignore[no-untyped-def]
@@ -58,8 +60,12 @@ async def test_history_waits_until_the_leads_of_connect_time_arrived(world, lead
             for i, address in enumerate(addresses):
                 ids, inbound, outbound = lead_mail(world, me, address, LONG_AGO + timedelta(days=i), f"lead {i}")
                 expected.update(ids.split())
-                await world.append(me, "INBOX", inbound, *(world.message(
-                    sender=f"stranger{i}{j}@else.example", to=[me.address]) for j in range(3)))
+                await world.append(
+                    me,
+                    "INBOX",
+                    inbound,
+                    *(world.message(sender=f"stranger{i}{j}@else.example", to=[me.address]) for j in range(3)),
+                )
                 await world.append(me, "Sent", outbound)
             made = {(await lead_service.create_lead(admin, address))["id"] for address in addresses}
             api = world.caller(service, me.user)
@@ -105,30 +111,59 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             # before the lead existed (a sender's clock ahead, delayed delivery); mail dated before, not
             now = datetime.now(UTC)
             before_id, after_id = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
-            await world.append(me, "INBOX", world.message(
-                sender=later, to=[me.address], subject="dated before the lead", date=now - timedelta(minutes=1),
-                message_id=before_id), world.message(
-                sender=later, to=[me.address], subject="dated after the lead", date=now + timedelta(minutes=2),
-                message_id=after_id))
+            await world.append(
+                me,
+                "INBOX",
+                world.message(
+                    sender=later,
+                    to=[me.address],
+                    subject="dated before the lead",
+                    date=now - timedelta(minutes=1),
+                    message_id=before_id,
+                ),
+                world.message(
+                    sender=later,
+                    to=[me.address],
+                    subject="dated after the lead",
+                    date=now + timedelta(minutes=2),
+                    message_id=after_id,
+                ),
+            )
             later_lead = await lead_service.create_lead(admin, later)
             assert datetime.fromisoformat(later_lead["created_at"]) < now + timedelta(minutes=2)
-            await world.wait_for_sql("SELECT count(*) FROM sync.folder_cursor WHERE folder = 'inbox' AND "
-                                     "last_uid >= 4")  # examined while the lead was unknown
+            await world.wait_for_sql(
+                "SELECT count(*) FROM sync.folder_cursor WHERE folder = 'inbox' AND last_uid >= 4"
+            )  # examined while the lead was unknown
 
             release_directory(app)
             timeline = await lead_service.wait_timeline(world.company_id, 3)
             # and live mail after the lead exists, dated on both sides of its creation
             live_before, live_after = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
             created = datetime.fromisoformat(later_lead["created_at"])
-            await world.append(me, "INBOX", world.message(
-                sender=later, to=[me.address], subject="late, dated before", date=created - timedelta(seconds=2),
-                message_id=live_before), world.message(
-                sender=later, to=[me.address], subject="late, dated after", date=created + timedelta(seconds=1),
-                message_id=live_after))
+            await world.append(
+                me,
+                "INBOX",
+                world.message(
+                    sender=later,
+                    to=[me.address],
+                    subject="late, dated before",
+                    date=created - timedelta(seconds=2),
+                    message_id=live_before,
+                ),
+                world.message(
+                    sender=later,
+                    to=[me.address],
+                    subject="late, dated after",
+                    date=created + timedelta(seconds=1),
+                    message_id=live_after,
+                ),
+            )
             timeline = await lead_service.wait_timeline(world.company_id, 4)
             keys = {(str(row.lead_id), row.message_id.strip("<>")) for row in timeline}
             assert keys == {(early_lead["id"], m.strip("<>")) for m in early_ids.split()} | {
-                (later_lead["id"], after_id.strip("<>")), (later_lead["id"], live_after.strip("<>"))}
+                (later_lead["id"], after_id.strip("<>")),
+                (later_lead["id"], live_after.strip("<>")),
+            }
             assert all(row[2] == 1 for row in timeline)
             assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(4,)]
             assert await world.sql("SELECT count(*) FROM sync.lead_recheck") == [(0,)]

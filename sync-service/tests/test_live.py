@@ -14,12 +14,19 @@ async def appended_until_synced(world, me, folder: str, subject: str) -> float: 
     lead = "nora@customer.example"
     loop = asyncio.get_running_loop()
     started = loop.time()
-    raw = (world.message(sender=me.address, to=[lead], subject=subject) if folder == "Sent"
-           else world.message(sender=lead, to=[me.address], subject=subject))
+    raw = (
+        world.message(sender=me.address, to=[lead], subject=subject)
+        if folder == "Sent"
+        else world.message(sender=lead, to=[me.address], subject=subject)
+    )
     await world.append(me, folder, raw)
-    await world.wait_for_sql("SELECT count(*) FROM sync.synced_message m JOIN sync.mailbox b ON b.id = m.mailbox_id "
-                             "WHERE b.address = :address AND m.folder = :folder",
-                             {"address": me.address, "folder": folder.lower()}, check=lambda v: v >= 1, timeout=15)
+    await world.wait_for_sql(
+        "SELECT count(*) FROM sync.synced_message m JOIN sync.mailbox b ON b.id = m.mailbox_id "
+        "WHERE b.address = :address AND m.folder = :folder",
+        {"address": me.address, "folder": folder.lower()},
+        check=lambda v: v >= 1,
+        timeout=15,
+    )
     return loop.time() - started
 
 
@@ -27,8 +34,9 @@ async def appended_until_synced(world, me, folder: str, subject: str) -> float: 
 async def test_new_mail_in_sent_arrives_within_seconds(world, notify: bool, sent_poll: float) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     # every other check is ten minutes away: with NOTIFY only the server's push explains a quick arrival
-    async with running_app(world.app(sync_poll_seconds=600, sync_notify=notify,
-                                     sync_sent_poll_seconds=sent_poll)) as service:
+    async with running_app(
+        world.app(sync_poll_seconds=600, sync_notify=notify, sync_sent_poll_seconds=sent_poll)
+    ) as service:
         await world.add_lead("nora@customer.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
@@ -38,7 +46,9 @@ async def test_new_mail_in_sent_arrives_within_seconds(world, notify: bool, sent
         assert await appended_until_synced(world, me, "INBOX", "received just now") < 5
         events = await world.synced(at_least=2)
         assert sorted((e.payload.folder, e.payload.subject) for e in events) == [
-            ("inbox", "received just now"), ("sent", "sent just now")]
+            ("inbox", "received just now"),
+            ("sent", "sent just now"),
+        ]
 
 
 def test_which_folder_is_checked_when() -> None:

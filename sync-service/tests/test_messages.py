@@ -45,12 +45,12 @@ def malformed(i: int, sender: str, to: str) -> bytes:
     """Broken in the ways real mail is: bad boundaries, bad encodings, garbage headers."""
     variants = [
         f"From: {sender}\r\nTo: {to}\r\nSubject: broken {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
-        "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"never-closed\"\r\n\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary="never-closed"\r\n\r\n'
         "--never-closed\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n@@@not base64@@@\r\n",
         f"From: {sender}\r\nTo: {to}\r\nSubject: broken {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
         "Content-Type: multipart/alternative\r\n\r\nno boundary parameter at all\r\n",
         f"From: {sender}\r\nTo: {to}\r\nSubject: =?utf-8?B?broken?= {i}\r\nMessage-ID: <broken-{i}@x.example>\r\n"
-        "Content-Type: text/plain; charset=\"x-no-such-charset\"\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        'Content-Type: text/plain; charset="x-no-such-charset"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
         "\r\n=ZZ=\r\n" + "x" * 5000 + "\r\n",
     ]
     return variants[i % len(variants)].encode()
@@ -59,8 +59,9 @@ def malformed(i: int, sender: str, to: str) -> bytes:
 async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead = "frank@customer.example"
-    good = [world.message(sender=lead, to=[me.address], subject=f"good {i}", body=f"message {i}\n" * 40)
-            for i in range(488)]
+    good = [
+        world.message(sender=lead, to=[me.address], subject=f"good {i}", body=f"message {i}\n" * 40) for i in range(488)
+    ]
     bad = [malformed(i, lead, me.address) for i in range(12)]
     client = await world.imap(me)
     try:
@@ -90,18 +91,22 @@ async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(worl
 async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead, stranger = "gina@customer.example", "nobody@else.example"
-    await world.append(me, "INBOX", BOUNCE.format(me=me.address, lead=lead).replace("\n", "\r\n").encode(),
-                       BOUNCE.format(me=me.address, lead=stranger).replace("\n", "\r\n")
-                       .replace("bounce-1@", "bounce-2@").encode())
+    await world.append(
+        me,
+        "INBOX",
+        BOUNCE.format(me=me.address, lead=lead).replace("\n", "\r\n").encode(),
+        BOUNCE.format(me=me.address, lead=stranger).replace("\n", "\r\n").replace("bounce-1@", "bounce-2@").encode(),
+    )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         await world.wait_history(api)
         bounces = await world.events("mail.bounced", at_least=1)
-        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.status, b.payload.severity,
-                 b.payload.reason) for b in bounces] == [
-            ("<smart-mail-42@acme.example>", lead, "5.1.1", "hard", "user_unknown")]
+        assert [
+            (b.payload.original_message_id, b.payload.recipient, b.payload.status, b.payload.severity, b.payload.reason)
+            for b in bounces
+        ] == [("<smart-mail-42@acme.example>", lead, "5.1.1", "hard", "user_unknown")]
         assert await world.synced() == [], "a bounce is not a conversation with the lead"
 
 
@@ -131,6 +136,7 @@ async def test_a_notice_naming_no_recipient_is_published_for_its_original(world)
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         await world.wait_history(api)
         bounces = await world.events("mail.bounced", at_least=1)
-        assert [(b.payload.original_message_id, b.payload.recipient, b.payload.severity, b.payload.action)
-                for b in bounces] == [("<smart-mail-43@acme.example>", "", "soft", "delayed")]
+        assert [
+            (b.payload.original_message_id, b.payload.recipient, b.payload.severity, b.payload.action) for b in bounces
+        ] == [("<smart-mail-43@acme.example>", "", "soft", "delayed")]
         assert await world.synced() == []

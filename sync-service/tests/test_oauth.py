@@ -66,8 +66,9 @@ def xoauth2_smtp(tls_ca: trustme.CA, provider: FakeOAuthProvider) -> Iterator[tu
     cert.configure_cert(context)
     handler = XOAuth2Handler(provider)
     port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, auth_require_tls=True, tls_context=context,
-                            require_starttls=True)
+    controller = Controller(
+        handler, hostname="127.0.0.1", port=port, auth_require_tls=True, tls_context=context, require_starttls=True
+    )
     controller.start()
     yield port, handler
     controller.stop()
@@ -85,12 +86,16 @@ class OAuthWorld:
 
     def app(self, **overrides: Any) -> Any:
         ring = KeyRing(self.world.settings().credential_keys())
-        apps = {"gmail": {
-            "client_id": self.provider.client_id, "redirect_url": REDIRECT,
-            "client_secret_sealed": seal_client_secret(ring, "gmail", self.provider.client_secret),
-            **self.provider.endpoints(),
-            "imap": {"host": "127.0.0.1", "port": self.imap_port, "tls": "starttls"},
-            "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "tls": "starttls"}}}
+        apps = {
+            "gmail": {
+                "client_id": self.provider.client_id,
+                "redirect_url": REDIRECT,
+                "client_secret_sealed": seal_client_secret(ring, "gmail", self.provider.client_secret),
+                **self.provider.endpoints(),
+                "imap": {"host": "127.0.0.1", "port": self.imap_port, "tls": "starttls"},
+                "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "tls": "starttls"},
+            }
+        }
         return self.world.app(sync_oauth_apps=apps, **overrides)
 
     def account(self) -> MailAccount:
@@ -99,17 +104,26 @@ class OAuthWorld:
         return account
 
     async def append(self, account: MailAccount, folder: str, *raws: bytes) -> None:
-        client = await connect_imap(ImapSettings(
-            host="127.0.0.1", port=self.dovecot.tls_port, tls="implicit", username=account.address,
-            password=account.password, cafile=self.world.ca_file, allow_networks=self.world.settings().allow_networks()))
+        client = await connect_imap(
+            ImapSettings(
+                host="127.0.0.1",
+                port=self.dovecot.tls_port,
+                tls="implicit",
+                username=account.address,
+                password=account.password,
+                cafile=self.world.ca_file,
+                allow_networks=self.world.settings().allow_networks(),
+            )
+        )
         try:
             for raw in raws:
                 await client.append(folder, raw)
         finally:
             await client.logout()
 
-    async def sign_in(self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str,
-                      **start: Any) -> httpx.Response:
+    async def sign_in(
+        self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str, **start: Any
+    ) -> httpx.Response:
         """Start, let the provider's consent page send the browser back, and deliver that to the callback."""
         started = await api.post("/v1/mail-sync/oauth/gmail/start", json=start or None)
         assert started.status_code == 200, started.text
@@ -128,8 +142,12 @@ class OAuthWorld:
 
 
 @pytest.fixture
-async def oauth(world: SyncWorld, provider: FakeOAuthProvider, oauth_dovecot: DovecotServer,
-                xoauth2_smtp: tuple[int, XOAuth2Handler]) -> AsyncIterator[OAuthWorld]:
+async def oauth(
+    world: SyncWorld,
+    provider: FakeOAuthProvider,
+    oauth_dovecot: DovecotServer,
+    xoauth2_smtp: tuple[int, XOAuth2Handler],
+) -> AsyncIterator[OAuthWorld]:
     proxy = await DroppingProxy(oauth_dovecot.port).start()
     provider.expires_in, provider.unavailable_refreshes = 3600, 0
     yield OAuthWorld(world, provider, oauth_dovecot, xoauth2_smtp[0], xoauth2_smtp[1], proxy.port, proxy)
@@ -142,7 +160,8 @@ def no_secret_in(text: str, provider: FakeOAuthProvider) -> None:
 
 
 async def test_sign_in_connects_syncs_history_and_no_token_shows(
-        oauth: OAuthWorld, caplog: pytest.LogCaptureFixture, nats_server: NatsServer) -> None:
+    oauth: OAuthWorld, caplog: pytest.LogCaptureFixture, nats_server: NatsServer
+) -> None:
     world, me = oauth.world, oauth.account()
     lead = "jane@customer.example"
     caplog.set_level(logging.DEBUG)
@@ -175,9 +194,15 @@ async def test_sign_in_connects_syncs_history_and_no_token_shows(
         assert "while idle" in {e.payload.subject for e in await world.synced(at_least=2)}
 
         # the send service gets a live access token, never the refresh token
-        reply = MailboxSmtpReply.model_validate_json((await world.nc.request(
-            RPC_MAILBOX_SMTP, MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
-            .model_dump_json().encode(), timeout=5)).data)
+        reply = MailboxSmtpReply.model_validate_json(
+            (
+                await world.nc.request(
+                    RPC_MAILBOX_SMTP,
+                    MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id).model_dump_json().encode(),
+                    timeout=5,
+                )
+            ).data
+        )
         assert reply.auth == "oauth2" and reply.access_token
         assert oauth.provider.access_token_valid(reply.access_token) == me.address
         refresh_tokens = [t for t in oauth.provider.issued_tokens() if t.startswith("1//")]
@@ -187,9 +212,22 @@ async def test_sign_in_connects_syncs_history_and_no_token_shows(
         # nothing shows a token: responses, a dump of the database, the events, JetStream's store, the logs
         texts = [done.text, (await api.get("/v1/mail-sync")).text, (await api.get("/v1/mail-sync/errors")).text]
         url = urllib.parse.urlsplit(world.database_url)
-        dump = subprocess.run([str(postgres_bin_dir() / "pg_dump"), "-h", "127.0.0.1", "-p", str(url.port),
-                               "-U", "postgres", "--data-only", url.path.lstrip("/")],
-                              capture_output=True, check=True, text=True).stdout
+        dump = subprocess.run(
+            [
+                str(postgres_bin_dir() / "pg_dump"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(url.port),
+                "-U",
+                "postgres",
+                "--data-only",
+                url.path.lstrip("/"),
+            ],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
         assert "oauth_state" in dump and me.address in dump
         texts.append(dump)
         texts += [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
@@ -206,19 +244,26 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
     world, me, other = oauth.world, oauth.account(), oauth.account()
     async with running_app(oauth.app()) as service:
         api = world.caller(service, me.user)
-        assert (await service.get("/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"})
-                ).json()["type"].endswith("oauth-state-invalid")
+        assert (
+            (await service.get("/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"}))
+            .json()["type"]
+            .endswith("oauth-state-invalid")
+        )
         assert (await service.get("/v1/mail-sync/oauth/callback")).status_code == 400
 
         # the provider answers with an error (the user said no): a problem, and the state is spent
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
         state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started["authorization_url"]).query))["state"]
         oauth.provider.deny = True
-        denied = await service.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(
-            started["authorization_url"]))
+        denied = await service.get(
+            "/v1/mail-sync/oauth/callback", params=await oauth.consent(started["authorization_url"])
+        )
         assert denied.status_code == 400 and denied.json()["type"].endswith("oauth-provider-error")
-        assert (await service.get("/v1/mail-sync/oauth/callback", params={"code": "c", "state": state})
-                ).json()["type"].endswith("oauth-state-invalid")
+        assert (
+            (await service.get("/v1/mail-sync/oauth/callback", params={"code": "c", "state": state}))
+            .json()["type"]
+            .endswith("oauth-state-invalid")
+        )
 
         # a state replayed after a good sign-in
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
@@ -252,8 +297,7 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         # an unknown provider, one without an app, a body with an address
         assert (await api.post("/v1/mail-sync/oauth/nope/start")).status_code == 404
         assert (await api.post("/v1/mail-sync/oauth/office365/start")).status_code == 422
-        assert (await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})
-                ).status_code == 422
+        assert (await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})).status_code == 422
         count = await world.sql("SELECT count(*) FROM sync.mailbox WHERE company_id = :c", {"c": world.company_id})
         assert count[0][0] == 1
 
@@ -328,11 +372,21 @@ async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor
 
 def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: SyncWorld) -> None:
     ring = KeyRing(world.settings().credential_keys())
-    settings = world.settings(sync_oauth_apps={
-        "office365": {"client_id": "ms", "client_secret_sealed": seal_client_secret(ring, "office365", "s3"),
-                      "redirect_url": REDIRECT, "tenant": "contoso.onmicrosoft.com"},
-        "gmail": {"client_id": "g", "client_secret_sealed": seal_client_secret(ring, "gmail", "s4"),
-                  "redirect_url": REDIRECT}})
+    settings = world.settings(
+        sync_oauth_apps={
+            "office365": {
+                "client_id": "ms",
+                "client_secret_sealed": seal_client_secret(ring, "office365", "s3"),
+                "redirect_url": REDIRECT,
+                "tenant": "contoso.onmicrosoft.com",
+            },
+            "gmail": {
+                "client_id": "g",
+                "client_secret_sealed": seal_client_secret(ring, "gmail", "s4"),
+                "redirect_url": REDIRECT,
+            },
+        }
+    )
     apps = resolve_apps(settings.sync_oauth_apps, ring)
     office = apps["office365"]
     assert office.client_secret == "s3" and "s3" not in repr(office)
@@ -340,12 +394,26 @@ def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: Syn
     assert "https://outlook.office.com/SMTP.Send" in office.scopes and "offline_access" in office.scopes
     assert apps["gmail"].authorization_url == "https://accounts.google.com/o/oauth2/v2/auth"
     # a secret sealed for one preset does not open for another; an unknown preset is refused at start-up
-    moved = world.settings(sync_oauth_apps={"outlook": {
-        "client_id": "o", "client_secret_sealed": seal_client_secret(ring, "gmail", "s5"), "redirect_url": REDIRECT}})
+    moved = world.settings(
+        sync_oauth_apps={
+            "outlook": {
+                "client_id": "o",
+                "client_secret_sealed": seal_client_secret(ring, "gmail", "s5"),
+                "redirect_url": REDIRECT,
+            }
+        }
+    )
     with pytest.raises(ValueError, match="does not open"):
         resolve_apps(moved.sync_oauth_apps, ring)
-    unknown = world.settings(sync_oauth_apps={"yahoo": {
-        "client_id": "y", "client_secret_sealed": seal_client_secret(ring, "yahoo", "s6"), "redirect_url": REDIRECT}})
+    unknown = world.settings(
+        sync_oauth_apps={
+            "yahoo": {
+                "client_id": "y",
+                "client_secret_sealed": seal_client_secret(ring, "yahoo", "s6"),
+                "redirect_url": REDIRECT,
+            }
+        }
+    )
     with pytest.raises(ValueError, match="not an OAuth2 preset"):
         resolve_apps(unknown.sync_oauth_apps, ring)
 
@@ -360,27 +428,46 @@ def id_token(claims: dict[str, Any]) -> str:
 async def test_microsoft_and_google_identities_from_the_id_token(world: SyncWorld) -> None:
     """Microsoft's ID token may name the mailbox only as preferred_username; Google's email must be verified."""
     ring = KeyRing(world.settings().credential_keys())
-    apps = resolve_apps(world.settings(sync_oauth_apps={
-        provider: {"client_id": f"{provider}-app", "redirect_url": REDIRECT,
-                   "client_secret_sealed": seal_client_secret(ring, provider, "s")}
-        for provider in ("office365", "gmail")}).sync_oauth_apps, ring)
+    apps = resolve_apps(
+        world.settings(
+            sync_oauth_apps={
+                provider: {
+                    "client_id": f"{provider}-app",
+                    "redirect_url": REDIRECT,
+                    "client_secret_sealed": seal_client_secret(ring, provider, "s"),
+                }
+                for provider in ("office365", "gmail")
+            }
+        ).sync_oauth_apps,
+        ring,
+    )
     context = SimpleNamespace(clock=world.clock, endpoint=None)
     exp = (world.clock() + timedelta(minutes=5)).timestamp()
 
     async def address(provider: str, **claims: Any) -> str:
-        tokens = TokenSet(access_token="a", expires_at=world.clock(), refresh_token="r", id_token=id_token(
-            {"aud": f"{provider}-app", "exp": exp, "nonce": "n", "iss": "https://accounts.google.com", **claims}))
+        tokens = TokenSet(
+            access_token="a",
+            expires_at=world.clock(),
+            refresh_token="r",
+            id_token=id_token(
+                {"aud": f"{provider}-app", "exp": exp, "nonce": "n", "iss": "https://accounts.google.com", **claims}
+            ),
+        )
         return await _proven_address(context, apps[provider], tokens, "n")  # type: ignore[arg-type]
 
     assert await address("office365", preferred_username="Ann.Lee@Contoso.example") == "ann.lee@contoso.example"
-    assert await address("office365", email="ann@contoso.example", preferred_username="x@y.example") == \
-        "ann@contoso.example"
+    assert (
+        await address("office365", email="ann@contoso.example", preferred_username="x@y.example")
+        == "ann@contoso.example"
+    )
     assert await address("gmail", email="bob@gmail.example", email_verified=True) == "bob@gmail.example"
-    for provider, claims in (("office365", {"preferred_username": "not an address"}),
-                             ("office365", {"email": "ann@contoso.example", "aud": "another-app"}),
-                             ("office365", {"email": "ann@contoso.example", "nonce": "replayed"}),
-                             ("office365", {"email": "ann@contoso.example", "exp": exp - 3600}),
-                             ("gmail", {"email": "bob@gmail.example", "iss": "https://evil.example"})):
+    for provider, claims in (
+        ("office365", {"preferred_username": "not an address"}),
+        ("office365", {"email": "ann@contoso.example", "aud": "another-app"}),
+        ("office365", {"email": "ann@contoso.example", "nonce": "replayed"}),
+        ("office365", {"email": "ann@contoso.example", "exp": exp - 3600}),
+        ("gmail", {"email": "bob@gmail.example", "iss": "https://evil.example"}),
+    ):
         with pytest.raises(SignInRefused):
             await address(provider, **claims)
     # an unverified Google address is not taken, and without a userinfo answer nothing is

@@ -53,8 +53,12 @@ async def test_the_gate_bounds_logins_in_flight_and_pauses_a_refusing_host() -> 
 def crowded_dovecot(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]:
     """A Dovecot that lets a user hold two connections from one address."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
-    server = DovecotServer(Path(tmp_path_factory.mktemp("crowded")), cert.cert_chain_pems[0].bytes()
-                           + tls_ca.cert_pem.bytes(), cert.private_key_pem.bytes(), max_userip_connections=2)
+    server = DovecotServer(
+        Path(tmp_path_factory.mktemp("crowded")),
+        cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
+        cert.private_key_pem.bytes(),
+        max_userip_connections=2,
+    )
     server.start()
     yield server
     server.stop()
@@ -78,14 +82,18 @@ def refusals(dovecot: DovecotServer) -> int:
     return (dovecot.base_dir / "dovecot.log").read_text().count("Maximum number of connections from user+IP exceeded")
 
 
-async def test_too_many_connections_backs_off_without_an_error(world, crowded_dovecot: DovecotServer,  # type: ignore[no-untyped-def]
-                                                                crowded_smtp: SmtpServer,
-                                                                crowded_proxy: DroppingProxy) -> None:
+async def test_too_many_connections_backs_off_without_an_error(
+    world,
+    crowded_dovecot: DovecotServer,  # type: ignore[no-untyped-def]
+    crowded_smtp: SmtpServer,
+    crowded_proxy: DroppingProxy,
+) -> None:
     world = dataclasses.replace(world, dovecot=crowded_dovecot, smtp=crowded_smtp)
     me = world.account()
     lead = "olga@customer.example"
-    async with running_app(world.app(sync_poll_seconds=60, sync_retry_base_seconds=0.3,
-                                     sync_retry_max_seconds=1.0)) as service:
+    async with running_app(
+        world.app(sync_poll_seconds=60, sync_retry_base_seconds=0.3, sync_retry_max_seconds=1.0)
+    ) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)
         body = world.connect_body(me)
@@ -104,8 +112,11 @@ async def test_too_many_connections_backs_off_without_an_error(world, crowded_do
                 assert refused.kind == "too_many_connections"
                 await asyncio.sleep(0.05)
         assert laptop is not None
-        await world.wait_for_sql("SELECT count(*) FROM sync.mailbox_error WHERE kind = 'too_many_connections'",
-                                 check=lambda v: v == 1, timeout=15)
+        await world.wait_for_sql(
+            "SELECT count(*) FROM sync.mailbox_error WHERE kind = 'too_many_connections'",
+            check=lambda v: v == 1,
+            timeout=15,
+        )
         shown = (await api.get("/v1/mail-sync")).json()
         assert shown["status"] == "enabled" and "no more connections" in shown["status_reason"]
         before = refusals(crowded_dovecot)

@@ -31,12 +31,22 @@ asyncio.run(main())
 
 def start_service(world, replica: str, **extra: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
     settings = world.settings()
-    env = dict(os.environ, DATABASE_URL=world.database_url, NATS_URL=world.nats_url,
-               LEADLINE_IDENTITY_SECRET="sync-test-identity-secret", LEADLINE_ENVIRONMENT="test",
-               LEADLINE_SYNC_ALLOW_NETWORKS="127.0.0.0/8", LEADLINE_SYNC_CA_FILE=world.ca_file,
-               LEADLINE_SYNC_CONSUMER_PREFIX=settings.sync_consumer_prefix, LEADLINE_SYNC_REPLICA=replica,
-               LEADLINE_SYNC_LEASE_SECONDS="3", LEADLINE_SYNC_SCHEDULE_INTERVAL="0.2",
-               LEADLINE_SYNC_BATCH_SIZE="50", LEADLINE_LOG_LEVEL="WARNING", **extra)
+    env = dict(
+        os.environ,
+        DATABASE_URL=world.database_url,
+        NATS_URL=world.nats_url,
+        LEADLINE_IDENTITY_SECRET="sync-test-identity-secret",
+        LEADLINE_ENVIRONMENT="test",
+        LEADLINE_SYNC_ALLOW_NETWORKS="127.0.0.0/8",
+        LEADLINE_SYNC_CA_FILE=world.ca_file,
+        LEADLINE_SYNC_CONSUMER_PREFIX=settings.sync_consumer_prefix,
+        LEADLINE_SYNC_REPLICA=replica,
+        LEADLINE_SYNC_LEASE_SECONDS="3",
+        LEADLINE_SYNC_SCHEDULE_INTERVAL="0.2",
+        LEADLINE_SYNC_BATCH_SIZE="50",
+        LEADLINE_LOG_LEVEL="WARNING",
+        **extra,
+    )
     return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT], env=env)
 
 
@@ -48,9 +58,15 @@ async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) ->
     client = await world.imap(me)
     try:
         for i in range(total):
-            await client.append("INBOX" if i % 3 else "Sent", world.message(
-                sender=lead if i % 3 else me.address, to=[me.address] if i % 3 else [lead],
-                subject=f"message {i}", body="Some words about the deal.\n" * 30))
+            await client.append(
+                "INBOX" if i % 3 else "Sent",
+                world.message(
+                    sender=lead if i % 3 else me.address,
+                    to=[me.address] if i % 3 else [lead],
+                    subject=f"message {i}",
+                    body="Some words about the deal.\n" * 30,
+                ),
+            )
     finally:
         await client.logout()
     # connect through an app that stops at once; the killed processes do the historical sync
@@ -75,8 +91,7 @@ async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) ->
     assert kills >= 2
     process = start_service(world, "survivor")
     try:
-        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v >= total,
-                                 timeout=90)
+        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v >= total, timeout=90)
         await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
     finally:
         process.terminate()
@@ -92,8 +107,9 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
     lead = "ivy@customer.example"
     accounts = [world.account() for _ in range(6)]
     for account in accounts:
-        await world.append(account, "INBOX", *(world.message(sender=lead, to=[account.address], subject=f"m{i}")
-                                              for i in range(5)))
+        await world.append(
+            account, "INBOX", *(world.message(sender=lead, to=[account.address], subject=f"m{i}") for i in range(5))
+        )
     # A holds 2 live and serves the rest in turns (1 rotation slot); B holds up to 6 live (4 rotation slots)
     first = world.app(sync_replica="replica-a", sync_max_mailboxes=3, sync_lease_seconds=3.0)
     second = world.app(sync_replica="replica-b", sync_max_mailboxes=10, sync_lease_seconds=3.0)
@@ -106,8 +122,10 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
             api = world.caller(service_a, account.user)
             assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
         scheduler_a = first.state.runtime.extras["scheduler"]
-        await world.wait_for_sql("SELECT count(DISTINCT lease_owner) FROM sync.mailbox WHERE lease_owner = "
-                                 "'replica-a'", check=lambda v: v == 1)
+        await world.wait_for_sql(
+            "SELECT count(DISTINCT lease_owner) FROM sync.mailbox WHERE lease_owner = 'replica-a'",
+            check=lambda v: v == 1,
+        )
         async with running_app(second):
             scheduler_b = second.state.runtime.extras["scheduler"]
             deadline = asyncio.get_running_loop().time() + 20
@@ -116,9 +134,11 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
                 await asyncio.sleep(0.05)
             held_a = set(scheduler_a.held(SyncMode.LIVE))
             assert len(held_a) == 2 and len(scheduler_b.held(SyncMode.LIVE)) == 4
+
             # replica A dies: no clean shutdown, its leases simply stop being renewed
             async def die_silently() -> None:
                 return None
+
             scheduler_a.release_all = die_silently
             for task in first.state.runtime.tasks:
                 if task.get_name() == "sync-scheduler":
@@ -150,15 +170,18 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
     names = ["replica-a", "replica-b", "replica-c"]
     # each may hold half live (and one in turns): the mailboxes are spread, and the two left after a kill can
     # hold them all live
-    processes = {name: start_service(world, name, LEADLINE_SYNC_MAX_MAILBOXES="16", LEADLINE_SYNC_ROTATION_SLOTS="1")
-                 for name in names}
+    processes = {
+        name: start_service(world, name, LEADLINE_SYNC_MAX_MAILBOXES="16", LEADLINE_SYNC_ROTATION_SLOTS="1")
+        for name in names
+    }
     try:
         # (a process takes seconds to start on a loaded machine: the clock that matters starts at the kill)
         await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30, timeout=120)
         held_live = "SELECT address, lease_owner FROM sync.mailbox WHERE sync_mode = 'live'"
         owners = dict(await world.sql(held_live))
-        assert set(owners) == {a.address for a in accounts} and set(owners.values()) <= set(names), \
+        assert set(owners) == {a.address for a in accounts} and set(owners.values()) <= set(names), (
             "every mailbox is held live by exactly one replica"
+        )
         held = Counter(owners.values())
         assert len(held) >= 2, f"the replicas share the mailboxes: {held}"
         victim = held.most_common(1)[0][0]
@@ -168,13 +191,19 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         killed_at = asyncio.get_running_loop().time()
         # mail that arrives while nobody holds these mailboxes is not missed
         for account in orphans:
-            await world.append(account, "INBOX", world.message(sender=lead, to=[account.address],
-                                                               subject="during the takeover"))
-        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30 + len(orphans),
-                                 timeout=30)
+            await world.append(
+                account, "INBOX", world.message(sender=lead, to=[account.address], subject="during the takeover")
+            )
+        await world.wait_for_sql(
+            "SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30 + len(orphans), timeout=30
+        )
         assert asyncio.get_running_loop().time() - killed_at < 30
         owners = dict(await world.sql(held_live))
-        assert set(owners) == {a.address for a in accounts} and victim not in owners.values() and set(owners.values()) <= set(names) - {victim}
+        assert (
+            set(owners) == {a.address for a in accounts}
+            and victim not in owners.values()
+            and set(owners.values()) <= set(names) - {victim}
+        )
     finally:
         for process in processes.values():
             if process.poll() is None:

@@ -16,8 +16,7 @@ async def renumber_sent(world, account, subject: str) -> None:  # type: ignore[n
     try:
         await client.delete_folder("Sent")
         await client.create_folder("Sent")
-        await client.append("Sent", world.message(sender=account.address, to=["sam@customer.example"],
-                                                  subject=subject))
+        await client.append("Sent", world.message(sender=account.address, to=["sam@customer.example"], subject=subject))
     finally:
         await client.logout()
 
@@ -64,6 +63,5 @@ async def test_a_folder_renumbered_too_often_is_not_rescanned_again_that_day(wor
         world.clock.advance(timedelta(hours=25))
         events = await world.synced(at_least=3)
         assert "after the second renumbering" in [e.payload.subject for e in events]
-        await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE status_reason = ''",
-                                 check=lambda v: v == 1)
+        await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE status_reason = ''", check=lambda v: v == 1)
         assert (await world.sql("SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'")) == [(1,)]

@@ -12,15 +12,20 @@ from leadline_kit.testing.clients import make_identity, running_app
 from leadline_sync.mailbox.states import SyncMode
 
 ROTATION = 8.0
-AGE = ("SELECT coalesce(max(extract(epoch FROM now() - coalesce(last_synced_at, connected_at))), 0) "
-       "FROM sync.mailbox WHERE status = 'enabled'")
+AGE = (
+    "SELECT coalesce(max(extract(epoch FROM now() - coalesce(last_synced_at, connected_at))), 0) "
+    "FROM sync.mailbox WHERE status = 'enabled'"
+)
 
 
 async def metrics(client: Any) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     text = (await client.get("/metrics")).text
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples
-            if sample.name.startswith("leadline_sync_")}
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name.startswith("leadline_sync_")
+    }
 
 
 async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None:  # type: ignore[no-untyped-def]
@@ -32,8 +37,11 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
         apis = [world.caller(service, account.user) for account in accounts]
         for account, api in zip(accounts, apis, strict=True):
             assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
-        await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE last_synced_at IS NOT NULL",
-                                 check=lambda v: v == 10, timeout=3 * ROTATION)
+        await world.wait_for_sql(
+            "SELECT count(*) FROM sync.mailbox WHERE last_synced_at IS NOT NULL",
+            check=lambda v: v == 10,
+            timeout=3 * ROTATION,
+        )
         scheduler = app.state.runtime.extras["scheduler"]
         assert (scheduler.capacity.live, scheduler.capacity.rotation_slots) == (2, 1)
 
@@ -47,11 +55,13 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
 
         watcher = asyncio.create_task(watch())
         for account in accounts:
-            await world.append(account, "INBOX", world.message(sender=lead, to=[account.address],
-                                                               subject=f"news for {account.address}"))
+            await world.append(
+                account,
+                "INBOX",
+                world.message(sender=lead, to=[account.address], subject=f"news for {account.address}"),
+            )
         appended = asyncio.get_running_loop().time()
-        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 10,
-                                 timeout=ROTATION)
+        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 10, timeout=ROTATION)
         took = asyncio.get_running_loop().time() - appended
         await asyncio.sleep(max(0.0, ROTATION - took))  # keep watching for a whole rotation period
         watcher.cancel()
@@ -88,6 +98,8 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
         assert seen[("leadline_sync_oldest_sync_age_seconds", ())] >= 9 * ROTATION
         await world.wait_for_sql(
             "SELECT count(*) FROM sync.mailbox WHERE last_synced_at > :since",
-            {"since": datetime.now(UTC) + timedelta(seconds=9 * ROTATION)}, check=lambda v: v == 10,
-            timeout=ROTATION)
+            {"since": datetime.now(UTC) + timedelta(seconds=9 * ROTATION)},
+            check=lambda v: v == 10,
+            timeout=ROTATION,
+        )
         assert [(await api.get("/v1/mail-sync")).json()["status_reason"] for api in apis] == [""] * 10

@@ -24,8 +24,9 @@ FORBIDDEN = sorted(set(itertools.product(MailboxStatus, MailboxStatus)) - MOVES)
 
 def test_the_table_is_the_diagram() -> None:
     assert states.__doc__ is not None
-    written = {(MailboxStatus(a), MailboxStatus(b))
-               for a, b in re.findall(r"^ {4}(\w+) → (\w+) ", states.__doc__, re.M)}
+    written = {
+        (MailboxStatus(a), MailboxStatus(b)) for a, b in re.findall(r"^ {4}(\w+) → (\w+) ", states.__doc__, re.M)
+    }
     assert written == MOVES
     assert {s.value for s in MailboxStatus} == set(get_args(events.MailboxStatus)), "the event carries every status"
     # what the diagram promises: disabled is final, connection_failed is reached only from error
@@ -60,20 +61,39 @@ async def test_transition_refuses_before_writing(postgres: PostgresServer) -> No
         for start, to in FORBIDDEN:
             mailbox_id = uuid.uuid4()
             async with database.session() as session:
-                await session.execute(mailbox.insert().values(
-                    id=mailbox_id, company_id=uuid.uuid4(), user_id=uuid.uuid4(), address="a@acme.example",
-                    provider="custom", smtp_use="general", status=start, status_reason="as it was",
-                    imap_host="127.0.0.1", imap_port=143, imap_tls="starttls", imap_username="a",
-                    smtp_host="127.0.0.1", smtp_port=587, smtp_tls="starttls", smtp_username="a",
-                    slot=Slot.RELEASED if start == MailboxStatus.DISABLED else Slot.GRANTED, connected_at=now))
+                await session.execute(
+                    mailbox.insert().values(
+                        id=mailbox_id,
+                        company_id=uuid.uuid4(),
+                        user_id=uuid.uuid4(),
+                        address="a@acme.example",
+                        provider="custom",
+                        smtp_use="general",
+                        status=start,
+                        status_reason="as it was",
+                        imap_host="127.0.0.1",
+                        imap_port=143,
+                        imap_tls="starttls",
+                        imap_username="a",
+                        smtp_host="127.0.0.1",
+                        smtp_port=587,
+                        smtp_tls="starttls",
+                        smtp_username="a",
+                        slot=Slot.RELEASED if start == MailboxStatus.DISABLED else Slot.GRANTED,
+                        connected_at=now,
+                    )
+                )
             with pytest.raises(ForbiddenMove):
                 async with database.session() as session:
                     row = await service.mailbox_by_id(session, mailbox_id, for_update=True)
                     assert row is not None
                     await service.transition(session, row, to, "moved", now)
             async with database.session() as session:
-                status, reason = (await session.execute(select(mailbox.c.status, mailbox.c.status_reason)
-                                                        .where(mailbox.c.id == mailbox_id))).one()
+                status, reason = (
+                    await session.execute(
+                        select(mailbox.c.status, mailbox.c.status_reason).where(mailbox.c.id == mailbox_id)
+                    )
+                ).one()
                 assert (status, reason) == (start, "as it was")
         async with database.session() as session:
             assert await session.scalar(select(func.count()).select_from(outbox)) == 0

@@ -12,8 +12,9 @@ from leadline_kit.testing.clients import make_identity, running_app
 async def test_wrong_password_then_update_resumes_from_cursor(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead = "dora@customer.example"
-    await world.append(me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"before {i}")
-                                      for i in range(3)))
+    await world.append(
+        me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"before {i}") for i in range(3))
+    )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)
@@ -143,11 +144,13 @@ async def test_connection_failed_after_48_hours_of_failures(world) -> None:  # t
 async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead = "jack@customer.example"
-    response = await world.caller(world.quota_client, OPERATOR).put(f"/v1/operator/quotas/{world.company_id}/plan",
-                                                                     json={"plan": "legacy_free"})
+    response = await world.caller(world.quota_client, OPERATOR).put(
+        f"/v1/operator/quotas/{world.company_id}/plan", json={"plan": "legacy_free"}
+    )
     assert response.status_code == 200, response.text
-    await world.append(me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}")
-                                      for i in range(130)))
+    await world.append(
+        me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}") for i in range(130))
+    )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)

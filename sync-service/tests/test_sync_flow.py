@@ -20,14 +20,22 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
         await world.add_lead("spam@blocked.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
         await world.add_lead(colleague, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         long_ago = datetime(2021, 5, 1, tzinfo=UTC)
-        await world.append(me, "INBOX",
-                           world.message(sender=lead, to=[me.address], subject="old question", date=long_ago),
-                           world.message(sender=stranger, to=[me.address], subject="private: not a lead"),
-                           world.message(sender=blocked, to=[me.address], subject="blocked lead"),
-                           world.message(sender=colleague, to=[me.address], subject="own domain"),
-                           world.message(sender=later_lead, to=[me.address], subject="before bob was a lead", date=long_ago),
-                           world.message(sender="jane.alias@customer.example", to=[me.address], cc=[stranger, blocked],
-                                   subject="from the alias", attachment=b"%PDF-1.4 offer"))
+        await world.append(
+            me,
+            "INBOX",
+            world.message(sender=lead, to=[me.address], subject="old question", date=long_ago),
+            world.message(sender=stranger, to=[me.address], subject="private: not a lead"),
+            world.message(sender=blocked, to=[me.address], subject="blocked lead"),
+            world.message(sender=colleague, to=[me.address], subject="own domain"),
+            world.message(sender=later_lead, to=[me.address], subject="before bob was a lead", date=long_ago),
+            world.message(
+                sender="jane.alias@customer.example",
+                to=[me.address],
+                cc=[stranger, blocked],
+                subject="from the alias",
+                attachment=b"%PDF-1.4 offer",
+            ),
+        )
         await world.append(me, "Sent", world.message(sender=me.address, to=[lead], subject="my answer", date=long_ago))
         client = await world.imap(me)
         await client.create_folder("INBOX/Projects")
@@ -55,8 +63,12 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
         # a lead created after connect gets mail from its creation on, and live mail arrives by IDLE
         await world.add_lead(later_lead, created_at=world.clock())
         await asyncio.sleep(0.3)
-        await world.append(me, "INBOX", world.message(sender=later_lead, to=[me.address], subject="bob writes now"),
-                           world.message(sender=stranger, to=[me.address], subject="private again"))
+        await world.append(
+            me,
+            "INBOX",
+            world.message(sender=later_lead, to=[me.address], subject="bob writes now"),
+            world.message(sender=stranger, to=[me.address], subject="private again"),
+        )
         events = await world.synced(at_least=4, timeout=15)
         subjects = sorted(e.payload.subject for e in events)
         assert subjects == ["bob writes now", "from the alias", "my answer", "old question"]
@@ -68,8 +80,10 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
 async def test_uidvalidity_change_rescans_without_duplicates(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead = "carol@customer.example"
-    first = [world.message(sender=me.address, to=[lead], subject=f"sent {i}",
-                     date=datetime.now(UTC) - timedelta(days=3)) for i in range(3)]
+    first = [
+        world.message(sender=me.address, to=[lead], subject=f"sent {i}", date=datetime.now(UTC) - timedelta(days=3))
+        for i in range(3)
+    ]
     await world.append(me, "Sent", *first)
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -83,8 +97,9 @@ async def test_uidvalidity_change_rescans_without_duplicates(world) -> None:  # 
         await client.create_folder("Sent")
         await client.logout()
         await world.append(me, "Sent", *first, world.message(sender=me.address, to=[lead], subject="sent 3"))
-        await world.wait_for_sql("SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'",
-                                 check=lambda v: v == 1)
+        await world.wait_for_sql(
+            "SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'", check=lambda v: v == 1
+        )
         events = await world.synced(at_least=4)
         assert sorted(e.payload.subject for e in events) == ["sent 0", "sent 1", "sent 2", "sent 3"]
 

@@ -46,7 +46,7 @@ def _digest(secret: str) -> str:
 def _parse(token: str) -> tuple[uuid.UUID, str]:
     if not token.startswith(KEY_PREFIX):
         raise ValueError("not a Leadline API key")
-    key_hex, _, secret = token[len(KEY_PREFIX):].partition("_")
+    key_hex, _, secret = token[len(KEY_PREFIX) :].partition("_")
     if not secret:
         raise ValueError("not a Leadline API key")
     return uuid.UUID(hex=key_hex), secret
@@ -59,8 +59,11 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
 
 
 def _invalid() -> Unauthorized:
-    return Unauthorized("the API key is not valid (unknown, revoked or expired)", slug="invalid-api-key",
-                        headers={"WWW-Authenticate": "Bearer"})
+    return Unauthorized(
+        "the API key is not valid (unknown, revoked or expired)",
+        slug="invalid-api-key",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 class ApiKeyAuthenticator:
@@ -69,8 +72,11 @@ class ApiKeyAuthenticator:
 
     async def authenticate(self, authorization: str | None) -> Identity:
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized("send your API key as 'Authorization: Bearer <key>'", slug="missing-api-key",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "send your API key as 'Authorization: Bearer <key>'",
+                slug="missing-api-key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         try:
             key_id, secret = _parse(authorization[7:].strip())
         except ValueError as exc:
@@ -84,25 +90,32 @@ class ApiKeyAuthenticator:
         async with self.db.session() as session:
             row = (
                 await session.execute(
-                    select(models.api_key.c.secret_sha256, models.user.c.company_id, models.user.c.id,
-                           models.user.c.role)
+                    select(
+                        models.api_key.c.secret_sha256, models.user.c.company_id, models.user.c.id, models.user.c.role
+                    )
                     .join(models.user, models.user.c.id == models.api_key.c.user_id)
-                    .where(models.api_key.c.id == key_id, models.api_key.c.revoked_at.is_(None),
-                           or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()))
+                    .where(
+                        models.api_key.c.id == key_id,
+                        models.api_key.c.revoked_at.is_(None),
+                        or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()),
+                    )
                 )
             ).first()
         if row is None:
             return None
-        return row.secret_sha256, Identity(company_id=row.company_id, user_id=row.id, role=row.role,
-                                           api_key_id=key_id)
+        return row.secret_sha256, Identity(company_id=row.company_id, user_id=row.id, role=row.role, api_key_id=key_id)
 
 
 def authenticate_operator(authorization: str | None, operator_token: str | None) -> Identity:
     """The operator identity for the operator token (routes under ``/v1/operator/`` only; never an API key)."""
     if operator_token is None:
-        raise Unauthorized("the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN",
-                           slug="operator-api-off")
+        raise Unauthorized(
+            "the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN", slug="operator-api-off"
+        )
     if not bearer_matches(authorization, operator_token):
-        raise Unauthorized("send the operator token as 'Authorization: Bearer <token>'",
-                           slug="invalid-operator-token", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "send the operator token as 'Authorization: Bearer <token>'",
+            slug="invalid-operator-token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     return OPERATOR

@@ -129,7 +129,7 @@ def _link_creations(paths: dict[str, Any]) -> None:
         if created is None:
             continue
         for other, other_item in paths.items():
-            below = other[len(path) + 1:].split("/", 1)[0] if other.startswith(path + "/") else ""
+            below = other[len(path) + 1 :].split("/", 1)[0] if other.startswith(path + "/") else ""
             parameter = _PARAMETER.fullmatch(below)
             if parameter is None:
                 continue

@@ -40,8 +40,9 @@ class SystemMailer:
         """Hand one plain-text message to the operator's SMTP server; ``to`` is a validated address."""
         settings = self.settings
         if settings.mailer_host is None:
-            raise MailerUnavailable("no system mailer is configured: the operator sets LEADLINE_MAILER_HOST",
-                                    headers={"Retry-After": "60"})
+            raise MailerUnavailable(
+                "no system mailer is configured: the operator sets LEADLINE_MAILER_HOST", headers={"Retry-After": "60"}
+            )
         message = EmailMessage()
         message["From"] = settings.mailer_from
         message["To"] = to
@@ -51,12 +52,20 @@ class SystemMailer:
         password = settings.mailer_password.get_secret_value() if settings.mailer_password else None
         try:
             await aiosmtplib.send(
-                message, hostname=settings.mailer_host, port=settings.mailer_port,
-                use_tls=settings.mailer_tls == "tls", start_tls=settings.mailer_tls == "starttls",
+                message,
+                hostname=settings.mailer_host,
+                port=settings.mailer_port,
+                use_tls=settings.mailer_tls == "tls",
+                start_tls=settings.mailer_tls == "starttls",
                 tls_context=self._tls_context() if settings.mailer_tls != "none" else None,
-                username=settings.mailer_username, password=password, timeout=settings.mailer_timeout)
+                username=settings.mailer_username,
+                password=password,
+                timeout=settings.mailer_timeout,
+            )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            log.warning("the system mailer at %s:%s refused or failed: %s", settings.mailer_host,
-                        settings.mailer_port, exc)
-            raise MailerUnavailable("the system mailer could not send the message; try again shortly",
-                                    headers={"Retry-After": "30"}) from exc
+            log.warning(
+                "the system mailer at %s:%s refused or failed: %s", settings.mailer_host, settings.mailer_port, exc
+            )
+            raise MailerUnavailable(
+                "the system mailer could not send the message; try again shortly", headers={"Retry-After": "30"}
+            ) from exc

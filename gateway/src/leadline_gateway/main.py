@@ -43,6 +43,7 @@ def create_app(given: Settings | None = None) -> FastAPI:
 
     async def services_ready(runtime: Runtime) -> dict[str, str]:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session:
+
             async def probe(name: str, base: str) -> tuple[str, str]:
                 try:
                     async with session.get(base + "/readyz") as response:
@@ -57,14 +58,25 @@ def create_app(given: Settings | None = None) -> FastAPI:
         if settings.metrics_token is None:
             raise NotFound("not found", slug="not-found")
         if not bearer_matches(request.headers.get("authorization"), settings.metrics_token.get_secret_value()):
-            raise Unauthorized("the gateway's metrics need the metrics token", slug="invalid-metrics-token",
-                               headers={"WWW-Authenticate": "Bearer"})
+            raise Unauthorized(
+                "the gateway's metrics need the metrics token",
+                slug="invalid-metrics-token",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
     app = create_service_app(
-        name="gateway", settings=settings, schema="gateway", outbox=models.outbox,
+        name="gateway",
+        settings=settings,
+        schema="gateway",
+        outbox=models.outbox,
         routers=[bootstrap_router, operator_router, accounts_router],
-        on_stop=on_stop, middleware=[(BoundProxy, {})], openapi_url=None, title="Leadline API",
-        database=database, readiness=services_ready, metrics_guard=metrics_guard,
+        on_stop=on_stop,
+        middleware=[(BoundProxy, {})],
+        openapi_url=None,
+        title="Leadline API",
+        database=database,
+        readiness=services_ready,
+        metrics_guard=metrics_guard,
         administrator_checks=[administrator],
     )
     app.state.runtime.extras["authenticator"] = authenticator
@@ -73,8 +85,9 @@ def create_app(given: Settings | None = None) -> FastAPI:
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:
         async with aiohttp.ClientSession() as session:
-            document, missing = await merged_openapi(app, session, settings.services(),
-                                                     [prefix for prefix, _ in settings.routes()])
+            document, missing = await merged_openapi(
+                app, session, settings.services(), [prefix for prefix, _ in settings.routes()]
+            )
         headers = {"X-Leadline-Missing-Services": ",".join(missing)} if missing else {}
         return JSONResponse(document, headers=headers)
 

@@ -25,12 +25,17 @@ async def _fetch(session: aiohttp.ClientSession, name: str, base: str) -> tuple[
     return name, None
 
 
-async def merged_openapi(app: FastAPI, session: aiohttp.ClientSession, services: dict[str, str],
-                         proxied_prefixes: list[str]) -> tuple[dict[str, Any], list[str]]:
+async def merged_openapi(
+    app: FastAPI, session: aiohttp.ClientSession, services: dict[str, str], proxied_prefixes: list[str]
+) -> tuple[dict[str, Any], list[str]]:
     """The merged document and the services whose documents could not be fetched."""
-    document = get_openapi(title="Leadline API", version="1.0.0", routes=app.routes,
-                           description="Mail sync, Life of the Lead, Smart Mail and sending quotas for CRMs. "
-                                       "Errors are RFC 9457 application/problem+json.")
+    document = get_openapi(
+        title="Leadline API",
+        version="1.0.0",
+        routes=app.routes,
+        description="Mail sync, Life of the Lead, Smart Mail and sending quotas for CRMs. "
+        "Errors are RFC 9457 application/problem+json.",
+    )
     paths: dict[str, Any] = document.setdefault("paths", {})
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     missing: list[str] = []

@@ -53,11 +53,28 @@ PUBLIC_PREFIXES = ("/v1/unsubscribe", SIGN_IN_CALLBACK)
 MAX_BODY_BYTES = 40 * 1024 * 1024
 # hop-by-hop and identity headers never cross the gateway
 DROPPED_REQUEST_HEADERS = {
-    "host", "connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-authorization",
-    "authorization", "content-length", IDENTITY_HEADER, SIGNATURE_HEADER, "x-request-id",
+    "host",
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "proxy-authorization",
+    "authorization",
+    "content-length",
+    IDENTITY_HEADER,
+    SIGNATURE_HEADER,
+    "x-request-id",
 }
-DROPPED_RESPONSE_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date",
-                            "x-request-id"}
+DROPPED_RESPONSE_HEADERS = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "server",
+    "date",
+    "x-request-id",
+}
 
 
 # an encoded slash, backslash or NUL: a service may decode it into a separator the gateway did not route
@@ -76,8 +93,9 @@ class GatewayTimeout(Problem):
 
 
 class GatewayProxy:
-    def __init__(self, app: ASGIApp, settings: Settings, authenticator: ApiKeyAuthenticator,
-                 limiter: RateLimiter) -> None:
+    def __init__(
+        self, app: ASGIApp, settings: Settings, authenticator: ApiKeyAuthenticator, limiter: RateLimiter
+    ) -> None:
         self.app = app
         self.settings = settings
         self.routes = sorted(settings.routes(), key=lambda r: -len(r[0]))
@@ -97,10 +115,12 @@ class GatewayProxy:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self.settings.upstream_pool_size, keepalive_timeout=60,
-                                               ttl_dns_cache=300),
-                timeout=aiohttp.ClientTimeout(total=self.settings.upstream_timeout,
-                                              sock_connect=self.settings.upstream_connect_timeout),
+                connector=aiohttp.TCPConnector(
+                    limit=self.settings.upstream_pool_size, keepalive_timeout=60, ttl_dns_cache=300
+                ),
+                timeout=aiohttp.ClientTimeout(
+                    total=self.settings.upstream_timeout, sock_connect=self.settings.upstream_connect_timeout
+                ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
             )
@@ -147,8 +167,12 @@ class GatewayProxy:
             identity = await self.authenticator.authenticate(authorization)
             allowance = self.limiter.take(identity.api_key_id or identity.user_id)
             if allowance.wait:
-                raise TooManyRequests("this API key sent too many requests", slug="rate-limited",
-                                      headers=allowance.headers(), retry_after_seconds=round(allowance.wait, 3))
+                raise TooManyRequests(
+                    "this API key sent too many requests",
+                    slug="rate-limited",
+                    headers=allowance.headers(),
+                    retry_after_seconds=round(allowance.wait, 3),
+                )
             limit_headers = allowance.headers()
             headers.update(identity_headers(identity, self.secret))
         request_id = request_id_var.get()
@@ -159,9 +183,9 @@ class GatewayProxy:
         if scope["query_string"]:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
-            async with self.session.request(scope["method"], URL(url, encoded=True), data=body or None,
-                                            headers=headers,
-                                            allow_redirects=False) as response:
+            async with self.session.request(
+                scope["method"], URL(url, encoded=True), data=body or None, headers=headers, allow_redirects=False
+            ) as response:
                 content = await response.read()
                 out_headers = [
                     (k.lower().encode("latin-1"), v.encode("latin-1"))
@@ -174,8 +198,11 @@ class GatewayProxy:
                 await send({"type": "http.response.body", "body": content})
         except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
             log.warning("service behind %s unreachable: %s", prefix, exc)
-            raise ServiceUnavailable(f"the service behind {prefix} is not reachable; try again shortly",
-                                     slug="service-unavailable", headers={"Retry-After": "5"}) from exc
+            raise ServiceUnavailable(
+                f"the service behind {prefix} is not reachable; try again shortly",
+                slug="service-unavailable",
+                headers={"Retry-After": "5"},
+            ) from exc
         except TimeoutError as exc:
             raise GatewayTimeout(f"the service behind {prefix} did not answer in time") from exc
 

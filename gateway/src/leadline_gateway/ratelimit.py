@@ -24,8 +24,12 @@ class Allowance:
     window: int  # seconds in which the steady rate gives a full burst
 
     def headers(self) -> dict[str, str]:
-        found = {"RateLimit-Limit": str(self.limit), "RateLimit-Remaining": str(self.remaining),
-                 "RateLimit-Reset": str(self.reset), "RateLimit-Policy": f"{self.limit};w={self.window}"}
+        found = {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(self.remaining),
+            "RateLimit-Reset": str(self.reset),
+            "RateLimit-Policy": f"{self.limit};w={self.window}",
+        }
         if self.wait:
             found["Retry-After"] = str(max(1, math.ceil(self.wait)))
         return found
@@ -48,5 +52,10 @@ class RateLimiter:
         else:
             wait = (1.0 - tokens) / self.rate
         self._buckets[key] = (tokens, now)
-        return Allowance(wait=wait, remaining=int(tokens), reset=math.ceil((self.burst - tokens) / self.rate),
-                         limit=int(self.burst), window=max(1, math.ceil(self.burst / self.rate)))
+        return Allowance(
+            wait=wait,
+            remaining=int(tokens),
+            reset=math.ceil((self.burst - tokens) / self.rate),
+            limit=int(self.burst),
+            window=max(1, math.ceil(self.burst / self.rate)),
+        )

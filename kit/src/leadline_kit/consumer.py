@@ -67,10 +67,21 @@ def processed_event_table(metadata: MetaData) -> Table:
 
 
 class EventConsumer:
-    def __init__(self, *, db: Database, js: JetStreamContext, processed: Table, durable: str,
-                 subjects: Sequence[str], handler: Handler, batch_handler: BatchHandler | None = None,
-                 batch_size: int = 200, ack_wait: float = 60.0, max_backoff: float = 60.0,
-                 deliver_since: datetime | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        db: Database,
+        js: JetStreamContext,
+        processed: Table,
+        durable: str,
+        subjects: Sequence[str],
+        handler: Handler,
+        batch_handler: BatchHandler | None = None,
+        batch_size: int = 200,
+        ack_wait: float = 60.0,
+        max_backoff: float = 60.0,
+        deliver_since: datetime | None = None,
+    ) -> None:
         self.db = db
         self.js = js
         self.processed = processed
@@ -117,8 +128,12 @@ class EventConsumer:
             try:
                 parsed.append((msg, parse_event(msg.data)))
             except ValidationError as exc:
-                log.error("consumer %s: invalid event on %s terminated: %s", self.durable, msg.subject,
-                          exc.errors(include_input=False)[:3])
+                log.error(
+                    "consumer %s: invalid event on %s terminated: %s",
+                    self.durable,
+                    msg.subject,
+                    exc.errors(include_input=False)[:3],
+                )
                 CONSUMED.labels(self.durable, "invalid").inc()
                 await msg.term()
         if not parsed:
@@ -141,9 +156,12 @@ class EventConsumer:
         """Claim the events (one statement) and apply the ones not applied before, in order."""
         unique = list({event.event_id: event for event in events}.values())
         ids = literal([event.event_id for event in unique], ARRAY(Uuid))
-        claim = (insert(self.processed)
-                 .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
-                 .on_conflict_do_nothing().returning(self.processed.c.event_id))
+        claim = (
+            insert(self.processed)
+            .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
+            .on_conflict_do_nothing()
+            .returning(self.processed.c.event_id)
+        )
         fresh = set((await session.execute(claim)).scalars())
         todo = [event for event in unique if event.event_id in fresh]
         if self.batch_handler is not None:
@@ -157,16 +175,26 @@ class EventConsumer:
             async with self.db.session() as session:
                 await self._apply(session, [event])
         except PermanentError as exc:
-            log.error("consumer %s: event %s (%s) can never apply, terminated: %s", self.durable,
-                      event.event_id, event.subject, exc)
+            log.error(
+                "consumer %s: event %s (%s) can never apply, terminated: %s",
+                self.durable,
+                event.event_id,
+                event.subject,
+                exc,
+            )
             CONSUMED.labels(self.durable, "terminated").inc()
             await msg.term()
             return
         except Exception:
             attempt = msg.metadata.num_delivered if msg.metadata else 1
             delay = min(self.max_backoff, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # noqa: S311
-            log.exception("consumer %s: event %s failed (delivery %d), retry in %.1fs", self.durable,
-                          event.event_id, attempt, delay)
+            log.exception(
+                "consumer %s: event %s failed (delivery %d), retry in %.1fs",
+                self.durable,
+                event.event_id,
+                attempt,
+                delay,
+            )
             CONSUMED.labels(self.durable, "retried").inc()
             await msg.nak(delay=delay)
             return

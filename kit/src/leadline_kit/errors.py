@@ -29,8 +29,9 @@ class Problem(Exception):
     slug: str = "bad-request"
     title: str = "Bad request"
 
-    def __init__(self, detail: str = "", *, slug: str | None = None, headers: dict[str, str] | None = None,
-                 **extra: Any) -> None:
+    def __init__(
+        self, detail: str = "", *, slug: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
         if slug:
@@ -94,8 +95,9 @@ class ServiceUnavailable(Problem):
 
 
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
-    return JSONResponse(problem.to_dict(instance), status_code=problem.status, media_type=PROBLEM_JSON,
-                        headers=problem.headers)
+    return JSONResponse(
+        problem.to_dict(instance), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+    )
 
 
 def allowed_methods(request: Request) -> list[str]:
@@ -128,8 +130,11 @@ def install_problem_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
             headers["Allow"] = ", ".join(allowed_methods(request))
-        problem = Problem(str(exc.detail), slug={404: "not-found", 405: "method-not-allowed"}.get(
-            exc.status_code, "http-error"), headers=headers)
+        problem = Problem(
+            str(exc.detail),
+            slug={404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error"),
+            headers=headers,
+        )
         problem.status = exc.status_code
         problem.title = str(exc.detail)
         return problem_response(problem, request.url.path)

@@ -118,8 +118,7 @@ async def current_identity(request: Request) -> Identity:
 async def current_operator(request: Request) -> Identity:
     identity = _signed_identity(request)
     if not identity.is_operator:
-        raise Forbidden("only the operator may do this (the operator token, not an API key)",
-                        slug="operator-only")
+        raise Forbidden("only the operator may do this (the operator token, not an API key)", slug="operator-only")
     return identity
 
 

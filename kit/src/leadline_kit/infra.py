@@ -62,10 +62,28 @@ class AppProcess:
     def start(self) -> None:
         output = self.log.open("ab") if self.log else None
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", f"{self.package}.main:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--loop", "uvloop", "--http", "httptools", "--no-access-log",
-             "--log-level", "warning"],
-            env={**os.environ, **self.env}, stdout=output, stderr=subprocess.STDOUT if output else None)
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                f"{self.package}.main:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--loop",
+                "uvloop",
+                "--http",
+                "httptools",
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env={**os.environ, **self.env},
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until ``ready_path`` answers 200 (``/readyz``: its consumers and responders are subscribed)."""
@@ -158,8 +176,9 @@ class PostgresServer:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/{database}"
 
     def _run(self, *args: str) -> None:
-        subprocess.run(_as_service_user([str(postgres_bin_dir() / args[0]), *args[1:]]), check=True,
-                       capture_output=True)
+        subprocess.run(
+            _as_service_user([str(postgres_bin_dir() / args[0]), *args[1:]]), check=True, capture_output=True
+        )
 
     def start(self) -> None:
         pgdata = self.data_dir / "pgdata"
@@ -173,13 +192,23 @@ class PostgresServer:
         if not (pgdata / "PG_VERSION").exists():
             if pgdata.exists():
                 shutil.rmtree(pgdata)
-            self._run("initdb", "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8",
-                      "--no-instructions")
+            self._run("initdb", "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions")
         options = f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=400"
         if self.fast_unsafe:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        self._run("pg_ctl", "-D", str(pgdata), "-l", str(self.data_dir / "postgres.log"), "-w", "-t", "60",
-                  "-o", options, "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(pgdata),
+            "-l",
+            str(self.data_dir / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            options,
+            "start",
+        )
 
     def stop(self) -> None:
         with contextlib.suppress(subprocess.CalledProcessError):
@@ -208,9 +237,18 @@ class NatsServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log = (self.data_dir / "nats.log").open("ab")
         self.process = subprocess.Popen(
-            [nats_server_binary(), "-a", "127.0.0.1", "-p", str(self.port), "-js",
-             "-sd", str(self.data_dir / "jetstream")],
-            stdout=log, stderr=subprocess.STDOUT,
+            [
+                nats_server_binary(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-js",
+                "-sd",
+                str(self.data_dir / "jetstream"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         wait_for_port(self.port)
 
@@ -379,18 +417,30 @@ class DovecotServer:
         if oauth2 is not None:
             (base / "oauth2.conf.ext").write_text(DOVECOT_OAUTH2_CONF.format(url=oauth2))
         conf = DOVECOT_CONF.format(
-            base=base, uid=mail_user.pw_uid, gid=mail_user.pw_gid, port=self.port, tls_port=self.tls_port,
-            login_user=login_user, login_group=_primary_group(login_user), chroot=chroot,
+            base=base,
+            uid=mail_user.pw_uid,
+            gid=mail_user.pw_gid,
+            port=self.port,
+            tls_port=self.tls_port,
+            login_user=login_user,
+            login_group=_primary_group(login_user),
+            chroot=chroot,
             oauth2_mechanisms=" xoauth2 oauthbearer" if oauth2 else "",
             oauth2_passdb=DOVECOT_OAUTH2_PASSDB.format(base=base) if oauth2 else "",
-            userip=self.max_userip_connections, **self._scale(),
+            userip=self.max_userip_connections,
+            **self._scale(),
         )
         conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
-        conf = conf.replace(f"default_internal_group = {_primary_group(login_user)}",
-                            f"default_internal_group = {_primary_group(internal)}")
+        conf = conf.replace(
+            f"default_internal_group = {_primary_group(login_user)}",
+            f"default_internal_group = {_primary_group(internal)}",
+        )
         (base / "dovecot.conf").write_text(conf)
-        self.process = subprocess.Popen([dovecot_binary(), "-F", "-c", str(base / "dovecot.conf")],
-                                        stdout=subprocess.DEVNULL, stderr=(base / "stderr.log").open("ab"))
+        self.process = subprocess.Popen(
+            [dovecot_binary(), "-F", "-c", str(base / "dovecot.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=(base / "stderr.log").open("ab"),
+        )
         wait_for_port(self.port)
         wait_for_port(self.tls_port)
 

@@ -84,8 +84,17 @@ RETURNING event_id, subject, body, created_at
 
 
 class OutboxRelay:
-    def __init__(self, db: Database, table: Table, js: JetStreamContext, *, service: str,
-                 batch_size: int = 500, poll_interval: float = 1.0, gather_seconds: float = 0.005) -> None:
+    def __init__(
+        self,
+        db: Database,
+        table: Table,
+        js: JetStreamContext,
+        *,
+        service: str,
+        batch_size: int = 500,
+        poll_interval: float = 1.0,
+        gather_seconds: float = 0.005,
+    ) -> None:
         self.db = db
         self.table = table
         self.js = js
@@ -112,8 +121,10 @@ class OutboxRelay:
                 if not rows:
                     return 0
                 await asyncio.gather(
-                    *(self.js.publish(row["subject"], row["body"], headers={"Nats-Msg-Id": str(row["event_id"])})
-                      for row in rows)
+                    *(
+                        self.js.publish(row["subject"], row["body"], headers={"Nats-Msg-Id": str(row["event_id"])})
+                        for row in rows
+                    )
                 )
         PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)

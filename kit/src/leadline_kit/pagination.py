@@ -32,8 +32,11 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         key = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if not isinstance(key, list) or len(key) != parts or \
-                not all(isinstance(k, str) and not _CONTROL.search(k) for k in key):
+        if (
+            not isinstance(key, list)
+            or len(key) != parts
+            or not all(isinstance(k, str) and not _CONTROL.search(k) for k in key)
+        ):
             raise ValueError
     except ValueError as exc:
         raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc

@@ -89,7 +89,8 @@ class KeyRing:
             raise CredentialError(f"credential key {sealed.key_id!r} is not configured")
         try:
             data_key = kek.decrypt(sealed.wrapped_key[:NONCE_BYTES], sealed.wrapped_key[NONCE_BYTES:], associated)
-            return AESGCM(data_key).decrypt(sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:],
-                                            associated)
+            return AESGCM(data_key).decrypt(
+                sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:], associated
+            )
         except (InvalidTag, ValueError):
             raise CredentialError("the sealed secret does not open for this row") from None

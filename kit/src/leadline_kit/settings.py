@@ -18,9 +18,7 @@ class KitSettings(BaseSettings):
         "postgresql+asyncpg://postgres@127.0.0.1:55432/leadline",
         validation_alias=AliasChoices("DATABASE_URL", "LEADLINE_DATABASE_URL"),
     )
-    nats_url: str = Field(
-        "nats://127.0.0.1:54222", validation_alias=AliasChoices("NATS_URL", "LEADLINE_NATS_URL")
-    )
+    nats_url: str = Field("nats://127.0.0.1:54222", validation_alias=AliasChoices("NATS_URL", "LEADLINE_NATS_URL"))
     identity_secret: SecretStr = SecretStr(DEV_IDENTITY_SECRET)
     log_level: str = "INFO"
     db_pool_size: int = 10

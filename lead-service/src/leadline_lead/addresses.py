@@ -59,8 +59,12 @@ def address_for_matching(raw: str) -> str | None:
     validator for the common case.
     """
     candidate = raw.strip()
-    if (candidate.isascii() and 3 <= len(candidate) <= MAX_ADDRESS_LENGTH and candidate.count("@") == 1
-            and _PLAIN.fullmatch(candidate)):
+    if (
+        candidate.isascii()
+        and 3 <= len(candidate) <= MAX_ADDRESS_LENGTH
+        and candidate.count("@") == 1
+        and _PLAIN.fullmatch(candidate)
+    ):
         return candidate.lower()
     return address_or_none(candidate)
 

@@ -91,8 +91,13 @@ async def _apply_event(session: AsyncSession, event: Event) -> None:
     elif isinstance(event, LeadUnsubscribedV1):
         await apply_unsubscribe(session, event)
     elif isinstance(event, UserUpdatedV1 | UserDeletedV1):
-        await leads.save_user(session, event.company_id, event.payload.user_id,
-                              deleted=isinstance(event, UserDeletedV1), at=event.occurred_at)
+        await leads.save_user(
+            session,
+            event.company_id,
+            event.payload.user_id,
+            deleted=isinstance(event, UserDeletedV1),
+            at=event.occurred_at,
+        )
 
 
 async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) -> None:
@@ -107,7 +112,17 @@ async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) ->
 def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
-    return [EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
-                          durable=settings.consumer_durable, subjects=SUBJECTS, handler=apply_event,
-                          batch_handler=apply_events, batch_size=settings.consumer_batch_size,
-                          ack_wait=settings.consumer_ack_wait, deliver_since=settings.consumer_deliver_since)]
+    return [
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=settings.consumer_durable,
+            subjects=SUBJECTS,
+            handler=apply_event,
+            batch_handler=apply_events,
+            batch_size=settings.consumer_batch_size,
+            ack_wait=settings.consumer_ack_wait,
+            deliver_since=settings.consumer_deliver_since,
+        )
+    ]

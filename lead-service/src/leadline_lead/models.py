@@ -134,8 +134,9 @@ timeline_event = Table(
     Column("bounce_recipient", Text),
     Column("bounce_status", Text),
     Column("bounce_diagnostic", Text),
-    CheckConstraint("kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_delayed')",
-                    name="kind"),
+    CheckConstraint(
+        "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_delayed')", name="kind"
+    ),
     CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
     UniqueConstraint("company_id", "lead_id", "message_key", name="uq_timeline_event_message"),
     Index("ix_timeline_event_lead_recent", "lead_id", text("occurred_at DESC"), text("id DESC")),
@@ -145,13 +146,13 @@ timeline_event = Table(
 timeline_event_source = Table(
     "timeline_event_source",
     metadata,
-    Column("timeline_event_id", BigInteger, ForeignKey("lead.timeline_event.id", ondelete="CASCADE"),
-           nullable=False),
+    Column("timeline_event_id", BigInteger, ForeignKey("lead.timeline_event.id", ondelete="CASCADE"), nullable=False),
     # a mailbox id, "smart_mail" or "bounce_notice"
     Column("source", Text, nullable=False),
     Column("company_id", Uuid, nullable=False),
     Column("mailbox_id", Uuid),
     PrimaryKeyConstraint("timeline_event_id", "source", name="pk_timeline_event_source"),
-    Index("ix_timeline_event_source_mailbox", "company_id", "mailbox_id",
-          postgresql_where=text("mailbox_id IS NOT NULL")),
+    Index(
+        "ix_timeline_event_source_mailbox", "company_id", "mailbox_id", postgresql_where=text("mailbox_id IS NOT NULL")
+    ),
 )

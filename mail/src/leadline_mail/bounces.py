@@ -70,7 +70,9 @@ _MSGID_LINE_RE = re.compile(r"^[ \t>]{0,4}message-id:[ \t]*(.{1,1000})$", re.IGN
 _HEADER_LINE_RE = re.compile(r"^[ \t>]{0,4}(to|cc|from):[ \t]*(.{1,2000})$", re.IGNORECASE | re.MULTILINE)
 _DSN_FIELD_RE = re.compile(
     r"^(final-recipient|original-recipient|action|status|diagnostic-code|x-original-message-id)"
-    r"[ \t]{0,4}:[ \t]*(.{0,1000})$", re.IGNORECASE | re.MULTILINE)
+    r"[ \t]{0,4}:[ \t]*(.{0,1000})$",
+    re.IGNORECASE | re.MULTILINE,
+)
 _DELAY_RE = re.compile(
     r"delivery (?:is |has been )?delayed|delayed mail|delay(?:ed)? notification|will (?:continue|keep) (?:trying|"
     r"to try|retrying)|will be retried|still (?:trying|being retried)|has not yet been delivered|not been "
@@ -79,9 +81,12 @@ _DELAY_RE = re.compile(
     r"no action is required",
     re.IGNORECASE,
 )
-_PERMANENT_RE = re.compile(r"permanent(?:ly)?|fatal error|gave up|giving up|will not be (?:retried|delivered)|"
-                           r"could not be delivered|not be delivered|delivery (?:has )?failed|undeliverable|"
-                           r"failed permanently|returned to sender|returning message", re.IGNORECASE)
+_PERMANENT_RE = re.compile(
+    r"permanent(?:ly)?|fatal error|gave up|giving up|will not be (?:retried|delivered)|"
+    r"could not be delivered|not be delivered|delivery (?:has )?failed|undeliverable|"
+    r"failed permanently|returned to sender|returning message",
+    re.IGNORECASE,
+)
 _ORIGINAL_MARKERS = re.compile(
     r"copy of (?:the|your) (?:original )?message|below this line is a copy|original message(?! was received)|"
     r"undelivered message|"
@@ -93,32 +98,75 @@ _ORIGINAL_MARKERS = re.compile(
 )
 _AUTO_REPLY_SUBJECT_RE = re.compile(
     r"out of (?:the )?office|vacation|auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|absence|abwesen|"
-    r"away from|on leave|holiday|congés|\bOOO\b|不在|自動返信|自动回复|autoreply", re.IGNORECASE)
+    r"away from|on leave|holiday|congés|\bOOO\b|不在|自動返信|自动回复|autoreply",
+    re.IGNORECASE,
+)
 _REASONS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
-    ("mailbox_full", re.compile(r"\b[45]\.2\.2\b|mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the |"
-                                r"their |its )?(?:storage|quota)|insufficient (?:disk|storage)|disk quota|mailbox "
-                                r"size limit|storage limit|full mailbox|容量|一杯", re.I)),
-    ("message_too_large", re.compile(r"\b5\.3\.4\b|\b[45]\.2\.3\b|too (?:large|big)|size (?:limit|exceeds)|exceeds "
-                                     r"(?:the )?(?:maximum )?(?:message )?size|message size", re.I)),
-    ("spam", re.compile(r"spam|\b5\.7\.1 .{0,40}content|junk mail|bulk mail|blacklist|blocklist|listed (?:at|on|in)|"
-                        r"\brbl\b|dnsbl|virus|malware|\b[45]\.6\.0\b", re.I)),
-    ("user_unknown", re.compile(r"\b[45]\.1\.(?:1|0|10|6)\b|\b[45]\.2\.1\b|user (?:is )?unknown|unknown (?:user|"
-                                r"recipient|local|mailbox|address)|no such (?:user|mailbox|recipient|address|person)|"
-                                r"(?:user|mailbox|recipient|address|account)(?: name)? (?:does not|doesn't|did not) "
-                                r"exist|does not exist|not found|invalid (?:recipient|mailbox|address|user)|"
-                                r"(?:user|mailbox|recipient|account) (?:is )?(?:unavailable|disabled|inactive|"
-                                r"suspended|not (?:available|found|known|listed))|address rejected|not a valid|"
-                                r"no mailbox|bad destination mailbox|has moved|unrouteable address|"
-                                r"recipient rejected|no longer|user not|account (?:has been )?(?:expired|closed)",
-                                re.I)),
-    ("host_unknown", re.compile(r"\b[45]\.1\.2\b|\b[45]\.4\.4\b|host (?:or domain name )?not found|unknown host|"
-                                r"host unknown|domain (?:not found|does not exist)|no (?:mx|such domain|route)|"
-                                r"name (?:or service )?not known|unrouteable|nxdomain|dns", re.I)),
-    ("expired", re.compile(r"\b[45]\.4\.7\b|expired|timed? ?out|too long|retry time|gave up|giving up|could not be "
-                           r"delivered within|queue lifetime|delivery time", re.I)),
-    ("policy", re.compile(r"\b[45]\.7\.\d{1,3}\b|polic|blocked|denied|prohibited|not (?:allowed|permitted|"
-                          r"authori[sz]ed)|relay|rejected|refused|dmarc|spf|dkim|reverse|ptr|reputation|"
-                          r"authenticat", re.I)),
+    (
+        "mailbox_full",
+        re.compile(
+            r"\b[45]\.2\.2\b|mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the |"
+            r"their |its )?(?:storage|quota)|insufficient (?:disk|storage)|disk quota|mailbox "
+            r"size limit|storage limit|full mailbox|容量|一杯",
+            re.I,
+        ),
+    ),
+    (
+        "message_too_large",
+        re.compile(
+            r"\b5\.3\.4\b|\b[45]\.2\.3\b|too (?:large|big)|size (?:limit|exceeds)|exceeds "
+            r"(?:the )?(?:maximum )?(?:message )?size|message size",
+            re.I,
+        ),
+    ),
+    (
+        "spam",
+        re.compile(
+            r"spam|\b5\.7\.1 .{0,40}content|junk mail|bulk mail|blacklist|blocklist|listed (?:at|on|in)|"
+            r"\brbl\b|dnsbl|virus|malware|\b[45]\.6\.0\b",
+            re.I,
+        ),
+    ),
+    (
+        "user_unknown",
+        re.compile(
+            r"\b[45]\.1\.(?:1|0|10|6)\b|\b[45]\.2\.1\b|user (?:is )?unknown|unknown (?:user|"
+            r"recipient|local|mailbox|address)|no such (?:user|mailbox|recipient|address|person)|"
+            r"(?:user|mailbox|recipient|address|account)(?: name)? (?:does not|doesn't|did not) "
+            r"exist|does not exist|not found|invalid (?:recipient|mailbox|address|user)|"
+            r"(?:user|mailbox|recipient|account) (?:is )?(?:unavailable|disabled|inactive|"
+            r"suspended|not (?:available|found|known|listed))|address rejected|not a valid|"
+            r"no mailbox|bad destination mailbox|has moved|unrouteable address|"
+            r"recipient rejected|no longer|user not|account (?:has been )?(?:expired|closed)",
+            re.I,
+        ),
+    ),
+    (
+        "host_unknown",
+        re.compile(
+            r"\b[45]\.1\.2\b|\b[45]\.4\.4\b|host (?:or domain name )?not found|unknown host|"
+            r"host unknown|domain (?:not found|does not exist)|no (?:mx|such domain|route)|"
+            r"name (?:or service )?not known|unrouteable|nxdomain|dns",
+            re.I,
+        ),
+    ),
+    (
+        "expired",
+        re.compile(
+            r"\b[45]\.4\.7\b|expired|timed? ?out|too long|retry time|gave up|giving up|could not be "
+            r"delivered within|queue lifetime|delivery time",
+            re.I,
+        ),
+    ),
+    (
+        "policy",
+        re.compile(
+            r"\b[45]\.7\.\d{1,3}\b|polic|blocked|denied|prohibited|not (?:allowed|permitted|"
+            r"authori[sz]ed)|relay|rejected|refused|dmarc|spf|dkim|reverse|ptr|reputation|"
+            r"authenticat",
+            re.I,
+        ),
+    ),
 )
 
 
@@ -166,13 +214,16 @@ class _Notice:
         self.data = data
         self.parts = _leaf_parts(message)
         self.body = _body_text(self.parts)
-        if not self.body.strip() or (message.get_content_type().startswith("multipart/") and not any(
-                p.get_content_type() in _STATUS_TYPES for p in self.parts) and b"-recipient:" in data.lower()):
+        if not self.body.strip() or (
+            message.get_content_type().startswith("multipart/")
+            and not any(p.get_content_type() in _STATUS_TYPES for p in self.parts)
+            and b"-recipient:" in data.lower()
+        ):
             # a multipart the parser did not split (or that holds no text): read the raw body
             self.body = _raw_body(data)
         marker = _ORIGINAL_MARKERS.search(self.body)
         self.notice = self.body[: marker.start()] if marker else self.body
-        self.quoted = self.body[marker.end():] if marker else ""
+        self.quoted = self.body[marker.end() :] if marker else ""
 
     def bounce(self) -> Bounce | None:
         if self._is_complaint():
@@ -187,8 +238,9 @@ class _Notice:
     def _is_complaint(self) -> bool:
         """An abuse or opt-out report (RFC 5965 ARF, Amazon SES's JSON) or SES's delivery notice: not a bounce."""
         report_type = str(self.message.get_param("report-type", "", header="content-type")).lower()
-        if report_type == "feedback-report" or any(p.get_content_type() == "message/feedback-report"
-                                                  for p in self.parts):
+        if report_type == "feedback-report" or any(
+            p.get_content_type() == "message/feedback-report" for p in self.parts
+        ):
             return True
         return bool(_SES_NOT_BOUNCE_RE.search(self.body[:2000]))
 
@@ -209,8 +261,10 @@ class _Notice:
             for match in _DSN_FIELD_RE.finditer(unfolded):
                 name, value = match.group(1).lower(), clean_text(match.group(2))
                 if (name in current and name != "x-original-message-id") or (
-                        name in {"final-recipient", "original-recipient"} and "final-recipient" in current
-                        and name == "final-recipient"):
+                    name in {"final-recipient", "original-recipient"}
+                    and "final-recipient" in current
+                    and name == "final-recipient"
+                ):
                     blocks.append(current)
                     current = {}
                 current.setdefault(name, value)
@@ -218,13 +272,19 @@ class _Notice:
                     break
         if current:
             blocks.append(current)
-        return [b for b in blocks if b.get("action") or b.get("status") or b.get("final-recipient")
-                or b.get("original-recipient")]
+        return [
+            b
+            for b in blocks
+            if b.get("action") or b.get("status") or b.get("final-recipient") or b.get("original-recipient")
+        ]
 
     def _from_status_fields(self, blocks: list[dict[str, str]]) -> Bounce | None:
         actions = [_typed_value(b.get("action", "")).lower() for b in blocks]
-        chosen = [b for b, a in zip(blocks, actions, strict=True)
-                  if a not in _DELIVERED and not _typed_value(b.get("status", "")).startswith("2")]
+        chosen = [
+            b
+            for b, a in zip(blocks, actions, strict=True)
+            if a not in _DELIVERED and not _typed_value(b.get("status", "")).startswith("2")
+        ]
         if not chosen:
             return None  # a delivery confirmation
         first = chosen[0]
@@ -245,8 +305,9 @@ class _Notice:
                     recipients.append(address)
         recipients += self._header_recipients()
         recipients += self._recipient_lines()
-        referenced = next((extract_message_id(b["x-original-message-id"]) for b in blocks
-                           if b.get("x-original-message-id")), None)
+        referenced = next(
+            (extract_message_id(b["x-original-message-id"]) for b in blocks if b.get("x-original-message-id")), None
+        )
         return self._build(status, action, diagnostic, recipients, referenced)
 
     # --- plain text -------------------------------------------------------------------------
@@ -316,17 +377,23 @@ class _Notice:
                 payload = part.get_payload(decode=True)
                 if isinstance(payload, bytes):
                     headers = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
-                        payload[:256 * 1024], headersonly=True)
+                        payload[: 256 * 1024], headersonly=True
+                    )
             if headers is None:
                 continue
-            summary = parse_headers("".join(
-                f"{key}: {header_text(value)}\r\n" for key, value in headers.raw_items()
-                if key.lower() in {"message-id", "to", "cc", "from"}).encode("utf-8", "replace"))
+            summary = parse_headers(
+                "".join(
+                    f"{key}: {header_text(value)}\r\n"
+                    for key, value in headers.raw_items()
+                    if key.lower() in {"message-id", "to", "cc", "from"}
+                ).encode("utf-8", "replace")
+            )
             if summary.message_id or summary.to:
                 return summary.message_id, [*summary.to, *summary.cc], summary.from_address
         quoted = self.quoted or self.body
-        message_id = next((found for line in _MSGID_LINE_RE.finditer(quoted)
-                           if (found := extract_message_id(line.group(1)))), None)
+        message_id = next(
+            (found for line in _MSGID_LINE_RE.finditer(quoted) if (found := extract_message_id(line.group(1)))), None
+        )
         to: list[str] = []
         sender: str | None = None
         for line in _HEADER_LINE_RE.finditer(quoted if self.quoted else ""):
@@ -337,18 +404,25 @@ class _Notice:
                 to += addresses
         return message_id, to, sender
 
-    def _build(self, status: str, action: str, diagnostic: str, recipients: Iterable[str],
-               referenced: str | None) -> Bounce:
+    def _build(
+        self, status: str, action: str, diagnostic: str, recipients: Iterable[str], referenced: str | None
+    ) -> Bounce:
         original_id, original_to, original_from = self._original()
-        original_id = original_id or referenced or extract_message_id(
-            header_text(self.message.get("in-reply-to", "")))  # Gmail and Office 365 point at the original
+        original_id = (
+            original_id or referenced or extract_message_id(header_text(self.message.get("in-reply-to", "")))
+        )  # Gmail and Office 365 point at the original
         own = {a for _, a in parse_address_header([header_text(self.message.get("to", ""))])}
         unique = [a for a in dict.fromkeys(recipients) if a not in own and a != original_from]
         severity: Severity = "soft" if status.startswith("4") or action == "delayed" else "hard"
         return Bounce(
-            original_message_id=original_id, recipients=tuple(unique[:MAX_RECIPIENTS]), status=status,
-            action=action, severity=severity, reason=_reason(f"{status} {diagnostic} {self.notice[:5000]}"),
-            diagnostic=diagnostic[:MAX_DIAGNOSTIC_CHARS], original_to=tuple(dict.fromkeys(original_to)),
+            original_message_id=original_id,
+            recipients=tuple(unique[:MAX_RECIPIENTS]),
+            status=status,
+            action=action,
+            severity=severity,
+            reason=_reason(f"{status} {diagnostic} {self.notice[:5000]}"),
+            diagnostic=diagnostic[:MAX_DIAGNOSTIC_CHARS],
+            original_to=tuple(dict.fromkeys(original_to)),
             original_from=original_from,
         )
 
@@ -381,7 +455,9 @@ def _status_text(part: email.message.Message) -> str:
     if isinstance(payload, list):
         return "\n\n".join(
             "\n".join(f"{k}: {header_text(v)}" for k, v in p.raw_items())
-            for p in payload[:MAX_RECIPIENTS + 1] if isinstance(p, email.message.Message))
+            for p in payload[: MAX_RECIPIENTS + 1]
+            if isinstance(p, email.message.Message)
+        )
     data = part.get_payload(decode=True)
     return data[:MAX_NOTICE_CHARS].decode("utf-8", "replace") if isinstance(data, bytes) else ""
 
@@ -407,9 +483,9 @@ def _body_text(parts: list[email.message.Message]) -> str:
         if not isinstance(payload, bytes):
             continue
         try:
-            text = payload[:MAX_NOTICE_CHARS * 4].decode(part.get_content_charset() or "utf-8", "replace")
+            text = payload[: MAX_NOTICE_CHARS * 4].decode(part.get_content_charset() or "utf-8", "replace")
         except LookupError:
-            text = payload[:MAX_NOTICE_CHARS * 4].decode("utf-8", "replace")
+            text = payload[: MAX_NOTICE_CHARS * 4].decode("utf-8", "replace")
         texts.append(html_to_text(text) if content_type == "text/html" else text)
         if sum(len(t) for t in texts) > MAX_NOTICE_CHARS:
             break
@@ -418,7 +494,7 @@ def _body_text(parts: list[email.message.Message]) -> str:
 
 def _raw_body(data: bytes) -> str:
     match = re.search(rb"\r?\n\r?\n", data)
-    body = data[match.end():] if match else b""
+    body = data[match.end() :] if match else b""
     return body[:MAX_NOTICE_CHARS].decode("utf-8", "replace").replace("\r\n", "\n")
 
 
@@ -465,5 +541,7 @@ def _is_auto_reply(message: email.message.Message) -> bool:
     auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
     if auto.startswith("auto-replied") and not _from_system(message) and not _null_sender(message):
         return True
-    return any(message.get(h) for h in ("x-autoreply", "x-autorespond", "x-vacation")) or clean_text(
-        header_text(message.get("precedence", ""))).lower() == "auto_reply"
+    return (
+        any(message.get(h) for h in ("x-autoreply", "x-autorespond", "x-vacation"))
+        or clean_text(header_text(message.get("precedence", ""))).lower() == "auto_reply"
+    )

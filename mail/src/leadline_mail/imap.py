@@ -87,9 +87,7 @@ _LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
 _TOKEN_RE = re.compile(rb'(\()|(\))|("(?:[^"\\]|\\.)*")|((?:[^ ()"\[]|\[[^\[\]]{0,1000}\]|\[)+)')
 _FLAG_RE = re.compile(r"^\\?[A-Za-z0-9$_.\-]{1,100}$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_INTERNALDATE_RE = re.compile(
-    rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
-)
+_INTERNALDATE_RE = re.compile(rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$")
 
 Item = str | bytes | list["Item"]
 """A parsed response item: atoms as ``str``, quoted strings and literals as ``bytes``, lists nested."""
@@ -231,7 +229,7 @@ def decode_mailbox_name(name: str) -> str:
                 break
             out.append(name[index:start])
             end = name.index("-", start)
-            chunk = name[start + 1:end]
+            chunk = name[start + 1 : end]
             if chunk:
                 padded = chunk.replace(",", "/") + "=" * (-len(chunk) % 4)
                 out.append(base64.b64decode(padded, validate=True).decode("utf-16-be"))
@@ -312,7 +310,12 @@ def _internaldate(value: bytes) -> datetime | None:
         month_index = _MONTHS.index(month.decode().title()) + 1
         offset = timedelta(hours=int(off_h), minutes=int(off_m))
         return datetime(
-            int(year), month_index, int(day), int(hour), int(minute), int(second),
+            int(year),
+            month_index,
+            int(day),
+            int(hour),
+            int(minute),
+            int(second),
             tzinfo=timezone(offset if sign == b"+" else -offset),
         )
     except ValueError:
@@ -373,7 +376,7 @@ def _split_code(text: bytes) -> tuple[str | None, str]:
     if text.startswith(b"["):
         close = text.find(b"]")
         if close > 0:
-            return text[1:close].decode("utf-8", "replace"), text[close + 1:].strip().decode("utf-8", "replace")
+            return text[1:close].decode("utf-8", "replace"), text[close + 1 :].strip().decode("utf-8", "replace")
     return None, text.decode("utf-8", "replace")
 
 
@@ -432,12 +435,36 @@ def _fetch_attributes(response: _Response) -> dict[str, Item]:
 
 
 _SENT_NAMES = (
-    "Sent", "Sent Items", "Sent Messages", "Sent Mail", "Sent Mails", "Sent-Mail",
-    "[Gmail]/Sent Mail", "[Google Mail]/Sent Mail",
-    "INBOX.Sent", "INBOX/Sent", "INBOX.Sent Items", "INBOX.Sent Messages", "INBOX.Sent Mail",
-    "Gesendet", "Gesendete Elemente", "Gesendete Objekte", "Envoyés", "Éléments envoyés", "Enviados",
-    "Elementos enviados", "Posta inviata", "Inviata", "Verzonden", "Verzonden items", "Skickat",
-    "Skickade objekt", "Sendt", "Sendte elementer", "Wysłane", "Отправленные",
+    "Sent",
+    "Sent Items",
+    "Sent Messages",
+    "Sent Mail",
+    "Sent Mails",
+    "Sent-Mail",
+    "[Gmail]/Sent Mail",
+    "[Google Mail]/Sent Mail",
+    "INBOX.Sent",
+    "INBOX/Sent",
+    "INBOX.Sent Items",
+    "INBOX.Sent Messages",
+    "INBOX.Sent Mail",
+    "Gesendet",
+    "Gesendete Elemente",
+    "Gesendete Objekte",
+    "Envoyés",
+    "Éléments envoyés",
+    "Enviados",
+    "Elementos enviados",
+    "Posta inviata",
+    "Inviata",
+    "Verzonden",
+    "Verzonden items",
+    "Skickat",
+    "Skickade objekt",
+    "Sendt",
+    "Sendte elementer",
+    "Wysłane",
+    "Отправленные",
 )
 
 
@@ -498,22 +525,30 @@ class ImapClient:
         if isinstance(exc, MailConnectionError):
             return self._fail(exc)
         if isinstance(exc, TimeoutError):
-            return self._fail(MailConnectionError(
-                "timeout", f"The mail server {self._host.hostname} stopped answering. Sync will retry.",
-            ))
+            return self._fail(
+                MailConnectionError(
+                    "timeout",
+                    f"The mail server {self._host.hostname} stopped answering. Sync will retry.",
+                )
+            )
         if isinstance(exc, asyncio.LimitOverrunError | ValueError):
-            return self._fail(MailConnectionError(
-                "protocol", "The mail server sent a response line that is too long.", detail=str(exc)
-            ))
+            return self._fail(
+                MailConnectionError(
+                    "protocol", "The mail server sent a response line that is too long.", detail=str(exc)
+                )
+            )
         if isinstance(exc, ssl.SSLError):
             return self._fail(MailConnectionError("tls", "The secure connection broke.", detail=str(exc)))
         if self._bye is not None and (refused := _too_many_connections(None, self._bye)) is not None:
             return self._fail(refused)
         reason = f" ({self._bye})" if self._bye else ""
-        return self._fail(MailConnectionError(
-            "unreachable", f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
-            detail=repr(exc),
-        ))
+        return self._fail(
+            MailConnectionError(
+                "unreachable",
+                f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
+                detail=repr(exc),
+            )
+        )
 
     def _interrupted(self) -> None:
         """The caller cancelled a command half-way: what the server sends next no longer lines up."""
@@ -626,8 +661,15 @@ class ImapClient:
                 async with asyncio.timeout(self._settings.timeout) as deadline:
                     self._arm(deadline)
                     yield b"L%04d" % self._tag
-            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError, MailConnectionError) as exc:
+            except (
+                TimeoutError,
+                OSError,
+                EOFError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+                MailConnectionError,
+            ) as exc:
                 raise self._stream_error(exc) from None
             except asyncio.CancelledError:
                 self._interrupted()
@@ -635,9 +677,7 @@ class ImapClient:
             finally:
                 self._deadline = None
 
-    async def _command(
-        self, name: str, *args: _Arg, allow_failure: bool = False
-    ) -> tuple[_Response, list[_Response]]:
+    async def _command(self, name: str, *args: _Arg, allow_failure: bool = False) -> tuple[_Response, list[_Response]]:
         """Run one command: send it (literals included), collect untagged responses up to its completion."""
         untagged: list[_Response] = []
         async with self._exchange() as tag:
@@ -652,9 +692,7 @@ class ImapClient:
             raise ImapCommandError(name, done.kind, done.code, done.text)
         return done, untagged
 
-    async def _send(
-        self, tag: bytes, name: bytes, args: Sequence[_Arg], untagged: list[_Response]
-    ) -> _Response | None:
+    async def _send(self, tag: bytes, name: bytes, args: Sequence[_Arg], untagged: list[_Response]) -> _Response | None:
         """Write a command; wait for ``+`` before each synchronising literal.
 
         Returns the tagged completion if the server ended the command early (a NO instead of ``+``).
@@ -693,18 +731,29 @@ class ImapClient:
         try:
             async with asyncio.timeout(settings.timeout):
                 greeting = await self._read_response()
-        except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ValueError) as exc:
+        except (
+            TimeoutError,
+            OSError,
+            EOFError,
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as exc:
             raise self._stream_error(exc) from None
         if greeting.tag != b"*" or greeting.kind not in {"OK", "PREAUTH"}:
-            raise self._fail(MailConnectionError(
-                "unreachable", f"The mail server refused the connection: {greeting.text or greeting.kind}",
-            ))
+            raise self._fail(
+                MailConnectionError(
+                    "unreachable",
+                    f"The mail server refused the connection: {greeting.text or greeting.kind}",
+                )
+            )
         if settings.tls == "starttls":
             if greeting.kind == "PREAUTH":
-                raise self._fail(MailConnectionError(
-                    "tls", "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
-                ))
+                raise self._fail(
+                    MailConnectionError(
+                        "tls", "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
+                    )
+                )
             if not self.capabilities:
                 await self._command("CAPABILITY")
             if "STARTTLS" not in self.capabilities:
@@ -736,9 +785,11 @@ class ImapClient:
             await self._authenticate(settings.access_token)
             return
         if "LOGINDISABLED" in self.capabilities:
-            raise self._fail(MailConnectionError(
-                "tls", "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
-            ))
+            raise self._fail(
+                MailConnectionError(
+                    "tls", "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
+                )
+            )
         done, _ = await self._command(
             "LOGIN", _astring(settings.username), _astring(settings.password), allow_failure=True
         )
@@ -753,16 +804,23 @@ class ImapClient:
         offered = {c.removeprefix("AUTH=") for c in self.capabilities if c.startswith("AUTH=")}
         mechanism = choose_mechanism(offered, settings.sasl_mechanisms)
         if mechanism is None:
-            raise self._fail(MailConnectionError(
-                "protocol", "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor XOAUTH2).",
-            ))
-        done = await self._sasl(mechanism, initial_response(
-            mechanism, settings.username, token, self._host.hostname, settings.port))
+            raise self._fail(
+                MailConnectionError(
+                    "protocol",
+                    "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor XOAUTH2).",
+                )
+            )
+        done = await self._sasl(
+            mechanism, initial_response(mechanism, settings.username, token, self._host.hostname, settings.port)
+        )
         if done.kind != "OK":
-            raise self._fail(MailConnectionError(
-                "oauth_refused", "The mail server refused the sign-in with your account.",
-                detail=f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}",
-            ))
+            raise self._fail(
+                MailConnectionError(
+                    "oauth_refused",
+                    "The mail server refused the sign-in with your account.",
+                    detail=f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}",
+                )
+            )
         if not (done.code or "").upper().startswith("CAPABILITY "):
             await self._command("CAPABILITY")
 
@@ -813,7 +871,8 @@ class ImapClient:
     async def find_sync_folders(self) -> dict[str, str]:
         """``{"inbox": ..., "sent": ...}`` (R4); "sent" is missing when no Sent folder exists."""
         folders = [
-            f for f in await self.list_folders()
+            f
+            for f in await self.list_folders()
             if not {"\\noselect", "\\nonexistent"} & {flag.lower() for flag in f.flags}
         ]
         result = {"inbox": "INBOX"}
@@ -981,12 +1040,14 @@ class ImapClient:
                 if uid is None or uid not in wanted or header is None:
                     continue
                 wanted.discard(uid)
-                result.append(FetchedHeader(
-                    uid=uid,
-                    size=_as_int(attrs.get("RFC822.SIZE", "")) or 0,
-                    internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
-                    header=header if isinstance(header, bytes) else b"",
-                ))
+                result.append(
+                    FetchedHeader(
+                        uid=uid,
+                        size=_as_int(attrs.get("RFC822.SIZE", "")) or 0,
+                        internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
+                        header=header if isinstance(header, bytes) else b"",
+                    )
+                )
         result.sort(key=lambda h: h.uid)
         return result
 
@@ -1007,19 +1068,21 @@ class ImapClient:
                 if uid is None or uid not in wanted or body is None:
                     continue
                 wanted.discard(uid)
-                result.append(FetchedMessage(
-                    uid=uid,
-                    internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
-                    raw=body if isinstance(body, bytes) else b"",
-                    truncated=response.truncated,
-                ))
+                result.append(
+                    FetchedMessage(
+                        uid=uid,
+                        internaldate=parse_internaldate(attrs.get("INTERNALDATE", "")),
+                        raw=body if isinstance(body, bytes) else b"",
+                        truncated=response.truncated,
+                    )
+                )
         result.sort(key=lambda m: m.uid)
         return result
 
     @staticmethod
     def _batches(uids: Sequence[int], size: int) -> list[list[int]]:
         ordered = sorted({int(uid) for uid in uids if int(uid) > 0})
-        return [ordered[i:i + size] for i in range(0, len(ordered), max(1, size))]
+        return [ordered[i : i + size] for i in range(0, len(ordered), max(1, size))]
 
     async def notify(self, folders: Sequence[str]) -> bool:
         """Ask the server to push new and expunged mail of ``folders`` and the selected folder (RFC 5465).
@@ -1089,8 +1152,15 @@ class ImapClient:
                             break
             except ImapCommandError:
                 raise
-            except (TimeoutError, OSError, EOFError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                    ValueError, MailConnectionError) as exc:
+            except (
+                TimeoutError,
+                OSError,
+                EOFError,
+                asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError,
+                ValueError,
+                MailConnectionError,
+            ) as exc:
                 raise self._stream_error(exc) from None
             except asyncio.CancelledError:
                 self._interrupted()
@@ -1153,10 +1223,13 @@ class ImapClient:
                 await self._writer.wait_closed()
 
 
-_TOO_MANY_CONNECTIONS_RE = re.compile(r"too many (simultaneous |concurrent )?connections|maximum number of connections",
-                                      re.IGNORECASE)
-TOO_MANY_CONNECTIONS = ("The mail server allows no more connections to this mailbox right now (other mail apps may "
-                        "hold them). Sync retries by itself.")
+_TOO_MANY_CONNECTIONS_RE = re.compile(
+    r"too many (simultaneous |concurrent )?connections|maximum number of connections", re.IGNORECASE
+)
+TOO_MANY_CONNECTIONS = (
+    "The mail server allows no more connections to this mailbox right now (other mail apps may "
+    "hold them). Sync retries by itself."
+)
 
 
 def _too_many_connections(code: str | None, text: str) -> MailConnectionError | None:
@@ -1193,8 +1266,7 @@ def _login_error(done: _Response) -> MailConnectionError:
     if "imap" in lowered and any(w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")):
         return MailConnectionError(
             "imap_disabled",
-            "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's settings, "
-            "then try again.",
+            "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's settings, then try again.",
             detail=text,
         )
     if code.startswith("UNAVAILABLE"):
@@ -1225,10 +1297,10 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
         raise MailConnectionError(
             "auth_failed", "The user name or password contains a line break. Re-enter them."
         ) from None
-    host = await vet_host(settings.host, settings.allow_networks, resolver=settings.resolver,
-                          timeout=settings.timeout)
+    host = await vet_host(settings.host, settings.allow_networks, resolver=settings.resolver, timeout=settings.timeout)
     context = (
-        None if settings.tls == "plain"
+        None
+        if settings.tls == "plain"
         else client_tls_context(pinned_sha256=settings.pinned_sha256, cafile=settings.cafile)
     )
     implicit = settings.tls == "implicit"
@@ -1236,8 +1308,12 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
         async with asyncio.timeout(settings.timeout):
             if implicit:
                 reader, writer = await asyncio.open_connection(
-                    host.address, settings.port, ssl=context, server_hostname=host.hostname,
-                    ssl_handshake_timeout=settings.timeout, limit=_LINE_LIMIT,
+                    host.address,
+                    settings.port,
+                    ssl=context,
+                    server_hostname=host.hostname,
+                    ssl_handshake_timeout=settings.timeout,
+                    limit=_LINE_LIMIT,
                 )
             else:
                 reader, writer = await asyncio.open_connection(host.address, settings.port, limit=_LINE_LIMIT)
@@ -1250,4 +1326,3 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
         client._fail(MailConnectionError("unreachable", "Connection set-up failed."))
         raise
     return client
-

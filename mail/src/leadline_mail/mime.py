@@ -347,7 +347,7 @@ def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
     if end is None and len(data) > MAX_HEADER_BLOCK_BYTES:
         cut = data.rfind(b"\n", 0, MAX_HEADER_BLOCK_BYTES) + 1
         body_at = _HEADER_END_RE.search(data)
-        data = data[:cut] + (data[body_at.start():] if body_at else b"\r\n")
+        data = data[:cut] + (data[body_at.start() :] if body_at else b"\r\n")
         defects.append(f"header block larger than {MAX_HEADER_BLOCK_BYTES} bytes: the rest was not read")
     for pattern, cap, what in (
         (_BOUNDARY_PARAM_RE, MAX_MULTIPARTS, "multipart containers"),
@@ -454,8 +454,9 @@ def _parse_message(raw: bytes) -> ParsedMessage:
         content_type = part.get_content_type()
         if content_type.startswith("message/"):
             # an attached or bounced message: its text is not this message's text
-            attachments.append(Attachment(filename=_filename(part), content_type=content_type[:255],
-                                          size=_serialised_size(part)))
+            attachments.append(
+                Attachment(filename=_filename(part), content_type=content_type[:255], size=_serialised_size(part))
+            )
             continue
         if part.is_multipart():
             if depth >= MAX_DEPTH:
@@ -463,8 +464,9 @@ def _parse_message(raw: bytes) -> ParsedMessage:
                 continue
             children = part.get_payload()
             if isinstance(children, list):
-                stack.extend((child, depth + 1) for child in reversed(children)
-                             if isinstance(child, email.message.Message))
+                stack.extend(
+                    (child, depth + 1) for child in reversed(children) if isinstance(child, email.message.Message)
+                )
             continue
         disposition = (part.get_content_disposition() or "").lower()
         filename = _filename(part)
@@ -484,8 +486,9 @@ def _parse_message(raw: bytes) -> ParsedMessage:
             # boundaries not found: the parser left the body as text; keep it readable (defects say why)
             texts.append(_part_text(part, defects))
             continue
-        attachments.append(Attachment(filename=filename, content_type=content_type[:255],
-                                      size=len(_payload_bytes(part, defects))))
+        attachments.append(
+            Attachment(filename=filename, content_type=content_type[:255], size=len(_payload_bytes(part, defects)))
+        )
     text = "\n".join(t.strip("\r\n") for t in texts)[:MAX_TEXT_CHARS]
     if not text and html:
         text = html_to_text(html)[:MAX_TEXT_CHARS]

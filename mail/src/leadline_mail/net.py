@@ -42,10 +42,18 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 TlsMode = Literal["implicit", "starttls", "plain"]
 ErrorKind = Literal[
-    "auth_failed", "tls", "unreachable", "timeout", "protocol", "not_allowed", "imap_disabled",
+    "auth_failed",
+    "tls",
+    "unreachable",
+    "timeout",
+    "protocol",
+    "not_allowed",
+    "imap_disabled",
     # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant);
     # the provider's token endpoint did not answer (retried)
-    "oauth_refused", "oauth_revoked", "oauth_unavailable",
+    "oauth_refused",
+    "oauth_revoked",
+    "oauth_unavailable",
     "too_many_connections",
 ]
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
@@ -126,8 +134,10 @@ def _allowed(address: IPAddress, allow: Sequence[IPNetwork]) -> bool:
 _BAD_NAME = "'{}' is not a valid server name. Check the host name."
 # One answer for a name that does not resolve and one that resolves to a refused address: a caller
 # must not learn from us which internal names exist (the detail, logged only, tells them apart).
-_NOT_FOUND = ("The server name '{}' could not be found or is not a public mail server. Check the host name: "
-              "use your mail provider's public server name.")
+_NOT_FOUND = (
+    "The server name '{}' could not be found or is not a public mail server. Check the host name: "
+    "use your mail provider's public server name."
+)
 NO_STARTTLS = "The server does not offer STARTTLS on this port. Turn on SSL or use another port."
 _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 
@@ -184,9 +194,7 @@ async def vet_host(
                 "timeout", f"Looking up '{host}' took too long. Try again later or check the host name."
             ) from None
         except (OSError, UnicodeError) as exc:
-            raise MailConnectionError(
-                "unreachable", _NOT_FOUND.format(host), detail=str(exc)
-            ) from None
+            raise MailConnectionError("unreachable", _NOT_FOUND.format(host), detail=str(exc)) from None
     if not answers:
         raise MailConnectionError("unreachable", _NOT_FOUND.format(host))
     addresses: list[IPAddress] = []
@@ -195,12 +203,14 @@ async def vet_host(
             # A scope id ("fe80::1%eth0") only ever belongs to link-local addresses, refused below anyway.
             addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
         except ValueError:
-            raise MailConnectionError("unreachable", _NOT_FOUND.format(host),
-                                      detail=f"resolved to an invalid address {answer!r}") from None
+            raise MailConnectionError(
+                "unreachable", _NOT_FOUND.format(host), detail=f"resolved to an invalid address {answer!r}"
+            ) from None
     for address in addresses:
         if not (_allowed(address, allow) or is_public_address(address)):
-            raise MailConnectionError("unreachable", _NOT_FOUND.format(host),
-                                      detail=f"resolved to {address}, neither public nor allowed")
+            raise MailConnectionError(
+                "unreachable", _NOT_FOUND.format(host), detail=f"resolved to {address}, neither public nor allowed"
+            )
     return VettedHost(hostname=host, address=str(addresses[0]))
 
 
@@ -211,7 +221,7 @@ def normalize_fingerprint(value: str) -> str:
     """``"AB:CD:..."``, ``"sha256:abcd..."`` or plain hex → 64 lower-case hex digits; ValueError otherwise."""
     text = value.strip().lower()
     if text.startswith("sha256:"):
-        text = text[len("sha256:"):]
+        text = text[len("sha256:") :]
     text = text.replace(":", "").replace(" ", "")
     if not re.fullmatch(r"[0-9a-f]{64}", text):
         raise ValueError("a SHA-256 fingerprint is 64 hexadecimal digits")
@@ -260,7 +270,7 @@ def tls_error(exc: BaseException) -> MailConnectionError:
         return MailConnectionError(
             "tls",
             "The server's TLS certificate could not be verified (self-signed, expired or for another host "
-            "name). If your server uses a self-signed certificate, tick \"self-signed certificate\"; "
+            'name). If your server uses a self-signed certificate, tick "self-signed certificate"; '
             "otherwise check the host name.",
             detail=str(exc),
         )
@@ -321,9 +331,7 @@ async def upgrade_to_tls(
             "tls", "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
         )
     try:
-        await writer.start_tls(
-            context, server_hostname=host.hostname, ssl_handshake_timeout=handshake_timeout
-        )
+        await writer.start_tls(context, server_hostname=host.hostname, ssl_handshake_timeout=handshake_timeout)
     except (ssl.SSLError, ConnectionError) as exc:
         raise tls_error(exc) from None
     if buffered_bytes(reader):
@@ -349,7 +357,10 @@ async def fetch_certificate_sha256(
             try:
                 if tls == "implicit":
                     reader, writer = await asyncio.open_connection(
-                        host.address, port, ssl=context, server_hostname=host.hostname,
+                        host.address,
+                        port,
+                        ssl=context,
+                        server_hostname=host.hostname,
                         ssl_handshake_timeout=timeout,
                     )
                 else:
@@ -365,9 +376,7 @@ async def fetch_certificate_sha256(
                         writer.write(b"STARTTLS\r\n")
                         ok = (await _read_reply(reader, "smtp", b"")).startswith(b"220")
                     if not ok:
-                        raise MailConnectionError(
-                            "tls", NO_STARTTLS
-                        )
+                        raise MailConnectionError("tls", NO_STARTTLS)
                     await upgrade_to_tls(reader, writer, context, host, timeout)
             except (OSError, ssl.SSLError) as exc:
                 raise connect_error(exc, host, port) from None

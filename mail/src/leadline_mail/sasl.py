@@ -40,8 +40,9 @@ def initial_response(mechanism: Mechanism, user: str, token: str, host: str = ""
     return base64.b64encode(message.encode())
 
 
-def choose_mechanism(offered: frozenset[str] | set[str],
-                     acceptable: tuple[Mechanism, ...] = PREFERRED) -> Mechanism | None:
+def choose_mechanism(
+    offered: frozenset[str] | set[str], acceptable: tuple[Mechanism, ...] = PREFERRED
+) -> Mechanism | None:
     """The first of ``acceptable`` that a server offers (upper case names), None if it offers none."""
     for mechanism in acceptable:
         if mechanism in offered:

@@ -60,8 +60,11 @@ def _stated_recipients(raw: bytes) -> list[str]:
         for part in message.walk():
             if part.get_content_type() in {"message/rfc822", "text/rfc822-headers"}:
                 payload = part.get_payload()
-                inner = payload[0] if isinstance(payload, list) else \
-                    email.parser.Parser().parsestr(str(payload), headersonly=True)
+                inner = (
+                    payload[0]
+                    if isinstance(payload, list)
+                    else email.parser.Parser().parsestr(str(payload), headersonly=True)
+                )
                 to = _ADDRESS_RE.findall(str(inner.get("to", "")))
                 if len(set(a.lower() for a in to)) == 1:
                     found = to
@@ -71,11 +74,16 @@ def _stated_recipients(raw: bytes) -> list[str]:
 
 def sisimai(checkout: Path) -> list[dict[str, Any]]:
     def show(path: str) -> bytes:
-        return subprocess.run(["git", "-C", str(checkout), "show", f"HEAD:{path}"], check=True,
-                              capture_output=True).stdout
+        return subprocess.run(
+            ["git", "-C", str(checkout), "show", f"HEAD:{path}"], check=True, capture_output=True
+        ).stdout
 
-    names = subprocess.run(["git", "-C", str(checkout), "ls-tree", "--name-only", "HEAD", "test/public/"],
-                           check=True, capture_output=True, text=True).stdout.split()
+    names = subprocess.run(
+        ["git", "-C", str(checkout), "ls-tree", "--name-only", "HEAD", "test/public/"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
     entries: list[dict[str, Any]] = []
     target = HERE / "sisimai"
     target.mkdir(exist_ok=True)
@@ -103,13 +111,29 @@ def sisimai(checkout: Path) -> list[dict[str, Any]]:
             else:
                 kind, klass = "bounce", _classify(status)
             recipients = _stated_recipients(raw) if kind == "bounce" else []
-            entries.append({"file": f"sisimai/{name}", "kind": kind, "recipient": recipients[0] if recipients
-                            else None, "class": klass, "status": status, "reason": reason})
+            entries.append(
+                {
+                    "file": f"sisimai/{name}",
+                    "kind": kind,
+                    "recipient": recipients[0] if recipients else None,
+                    "class": klass,
+                    "status": status,
+                    "reason": reason,
+                }
+            )
     for path in ("set-of-emails/maildir/not/is-not-bounce-01.eml", "set-of-emails/maildir/not/is-not-bounce-02.eml"):
         name = Path(path).name
         (target / name).write_bytes(show(path))
-        entries.append({"file": f"sisimai/{name}", "kind": "lookalike", "recipient": None, "class": None,
-                        "status": "", "reason": "not a bounce"})
+        entries.append(
+            {
+                "file": f"sisimai/{name}",
+                "kind": "lookalike",
+                "recipient": None,
+                "class": None,
+                "status": "",
+                "reason": "not a bounce",
+            }
+        )
     return entries
 
 
@@ -128,11 +152,27 @@ def flufl(sdist: Path) -> list[dict[str, Any]]:
         shutil.copy(path, target / path.name)
         addresses, temporary = table.get(path.name, ([], False))
         if addresses:
-            entries.append({"file": f"flufl/{path.name}", "kind": "bounce", "recipient": addresses[0],
-                            "class": "soft" if temporary else "hard", "status": "", "reason": ""})
+            entries.append(
+                {
+                    "file": f"flufl/{path.name}",
+                    "kind": "bounce",
+                    "recipient": addresses[0],
+                    "class": "soft" if temporary else "hard",
+                    "status": "",
+                    "reason": "",
+                }
+            )
         else:
-            entries.append({"file": f"flufl/{path.name}", "kind": "unscored", "recipient": None, "class": None,
-                            "status": "", "reason": "flufl.bounce expects no address"})
+            entries.append(
+                {
+                    "file": f"flufl/{path.name}",
+                    "kind": "unscored",
+                    "recipient": None,
+                    "class": None,
+                    "status": "",
+                    "reason": "flufl.bounce expects no address",
+                }
+            )
     return entries
 
 
@@ -145,10 +185,20 @@ def cpython(lib: Path) -> list[dict[str, Any]]:
         if b"multipart/report" in raw.lower() or b"delivery-status" in raw.lower():
             continue
         shutil.copy(path, target / path.name)
-        entries.append({"file": f"cpython/{path.name}", "kind": "lookalike", "recipient": None, "class": None,
-                        "status": "", "reason": "ordinary mail"})
-    (target / "LICENSE").write_text("Python Software Foundation License Version 2, "
-                                    "https://docs.python.org/3/license.html (files from Lib/test/test_email/data)\n")
+        entries.append(
+            {
+                "file": f"cpython/{path.name}",
+                "kind": "lookalike",
+                "recipient": None,
+                "class": None,
+                "status": "",
+                "reason": "ordinary mail",
+            }
+        )
+    (target / "LICENSE").write_text(
+        "Python Software Foundation License Version 2, "
+        "https://docs.python.org/3/license.html (files from Lib/test/test_email/data)\n"
+    )
     return entries
 
 

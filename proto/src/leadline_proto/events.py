@@ -190,8 +190,9 @@ class MailSentV1(EventBase):
 
 
 BounceSeverity = Literal["hard", "soft"]
-BounceReason = Literal["user_unknown", "mailbox_full", "host_unknown", "policy", "spam", "message_too_large",
-                       "expired", "other"]
+BounceReason = Literal[
+    "user_unknown", "mailbox_full", "host_unknown", "policy", "spam", "message_too_large", "expired", "other"
+]
 
 
 class MailBouncedPayload(Payload):

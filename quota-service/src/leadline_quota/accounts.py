@@ -46,9 +46,14 @@ class LimitRaised(InvalidAsk):
 
 
 def _limits_of(row: Any, tenant_overrides: dict[str, int] | None = None) -> AccountLimits:
-    return resolve_limits(row.provider, row.account_settings, row.settings_month_start_day,
-                          row.operator_overrides, row.operator_month_start_day,
-                          row.tenant_overrides if tenant_overrides is None else tenant_overrides)
+    return resolve_limits(
+        row.provider,
+        row.account_settings,
+        row.settings_month_start_day,
+        row.operator_overrides,
+        row.operator_month_start_day,
+        row.tenant_overrides if tenant_overrides is None else tenant_overrides,
+    )
 
 
 async def _report(session: AsyncSession, row: Any, now: datetime) -> AccountReport:
@@ -58,14 +63,24 @@ async def _report(session: AsyncSession, row: Any, now: datetime) -> AccountRepo
         resets_at = usage.resets_at
         if usage.limit.window == "month":
             resets_at = month_period(now, limits.month_start_day)[1]
-        reports.append(LimitReport(usage.limit.name, usage.limit.maximum, usage.used,
-                                   max(0, usage.limit.maximum - usage.used), resets_at))
-    return AccountReport(row.account_key, row.provider, limits.month_start_day, dict(row.operator_overrides),
-                         dict(row.tenant_overrides), reports)
+        reports.append(
+            LimitReport(
+                usage.limit.name, usage.limit.maximum, usage.used, max(0, usage.limit.maximum - usage.used), resets_at
+            )
+        )
+    return AccountReport(
+        row.account_key,
+        row.provider,
+        limits.month_start_day,
+        dict(row.operator_overrides),
+        dict(row.tenant_overrides),
+        reports,
+    )
 
 
-async def account_reports(session: AsyncSession, company_id: uuid.UUID, now: datetime, *, after: str | None,
-                          limit: int) -> list[AccountReport]:
+async def account_reports(
+    session: AsyncSession, company_id: uuid.UUID, now: datetime, *, after: str | None, limit: int
+) -> list[AccountReport]:
     """The company's accounts ordered by key, starting after ``after``."""
     query = select(sending_account).where(sending_account.c.company_id == company_id)
     if after is not None:
@@ -74,18 +89,30 @@ async def account_reports(session: AsyncSession, company_id: uuid.UUID, now: dat
     return [await _report(session, row, now) for row in rows]
 
 
-async def _upsert(session: AsyncSession, company_id: uuid.UUID, account_key: str, values: dict[str, Any],
-                  now: datetime) -> AccountReport:
+async def _upsert(
+    session: AsyncSession, company_id: uuid.UUID, account_key: str, values: dict[str, Any], now: datetime
+) -> AccountReport:
     statement = insert(sending_account).values(company_id=company_id, account_key=account_key, **values)
-    row = (await session.execute(statement.on_conflict_do_update(
-        index_elements=[sending_account.c.company_id, sending_account.c.account_key], set_=values,
-    ).returning(*sending_account.c))).one()
+    row = (
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[sending_account.c.company_id, sending_account.c.account_key],
+                set_=values,
+            ).returning(*sending_account.c)
+        )
+    ).one()
     return await _report(session, row, now)
 
 
-async def set_operator_overrides(session: AsyncSession, company_id: uuid.UUID, account_key: str,
-                                 overrides: dict[str, int | None], provider: str | None,
-                                 month_start_day: int | None, now: datetime) -> AccountReport:
+async def set_operator_overrides(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    account_key: str,
+    overrides: dict[str, int | None],
+    provider: str | None,
+    month_start_day: int | None,
+    now: datetime,
+) -> AccountReport:
     """Replace the operator's overrides of one account (created if unknown so far); they may raise a limit."""
     account_key = canonical_account_key(account_key)
     problem = invalid_limit_settings(overrides, month_start_day)
@@ -97,8 +124,9 @@ async def set_operator_overrides(session: AsyncSession, company_id: uuid.UUID, a
     return await _upsert(session, company_id, account_key, values, now)
 
 
-async def set_tenant_overrides(session: AsyncSession, company_id: uuid.UUID, account_key: str,
-                               overrides: dict[str, int], now: datetime) -> AccountReport:
+async def set_tenant_overrides(
+    session: AsyncSession, company_id: uuid.UUID, account_key: str, overrides: dict[str, int], now: datetime
+) -> AccountReport:
     """Replace the tenant's own limits of one account: each at most what the preset and the operator allow.
 
     The limits are checked here against the account as last seen, and clamped again on every
@@ -108,13 +136,19 @@ async def set_tenant_overrides(session: AsyncSession, company_id: uuid.UUID, acc
     problem = invalid_limit_settings(dict(overrides), None)
     if problem:
         raise InvalidAsk(problem)
-    row = (await session.execute(select(sending_account).where(
-        sending_account.c.company_id == company_id, sending_account.c.account_key == account_key))).first()
-    ceiling = (_limits_of(row, {}) if row is not None
-               else resolve_limits("custom", {}, None, {}, None, {}))
+    row = (
+        await session.execute(
+            select(sending_account).where(
+                sending_account.c.company_id == company_id, sending_account.c.account_key == account_key
+            )
+        )
+    ).first()
+    ceiling = _limits_of(row, {}) if row is not None else resolve_limits("custom", {}, None, {}, None, {})
     raised = raised_limits(ceiling, overrides)
     if raised:
         allowed = ", ".join(f"{name} at most {maximum}" for name, maximum in sorted(raised.items()))
-        raise LimitRaised(f"a company may only lower its limits ({allowed}); raising a limit above the "
-                          "provider's preset is an operator action")
+        raise LimitRaised(
+            f"a company may only lower its limits ({allowed}); raising a limit above the "
+            "provider's preset is an operator action"
+        )
     return await _upsert(session, company_id, account_key, {"tenant_overrides": overrides}, now)

@@ -47,7 +47,7 @@ class ReservationBatcher:
     async def _decide_all(self, account: tuple[object, str]) -> None:
         try:
             while waiting := self._waiting.pop(account, None):
-                batch, rest = waiting[:self.max_batch], waiting[self.max_batch:]
+                batch, rest = waiting[: self.max_batch], waiting[self.max_batch :]
                 if rest:
                     self._waiting[account] = rest
                 await self._decide(batch)

@@ -21,12 +21,14 @@ SUBJECTS = (event_subject("company.updated", 1), event_subject("mailbox.disconne
 def mailbox_limit_handler(clock: Clock) -> Handler:
     async def apply(session: AsyncSession, event: Event) -> None:
         if isinstance(event, CompanyUpdatedV1):
-            await mailbox_slots.set_mailbox_limit(session, event.company_id, event.payload.mailbox_limit,
-                                                  event.occurred_at, clock())
+            await mailbox_slots.set_mailbox_limit(
+                session, event.company_id, event.payload.mailbox_limit, event.occurred_at, clock()
+            )
         elif isinstance(event, MailboxDisconnectedV1):
             # the sync service also releases by RPC; this covers a release that never arrived
-            await mailbox_slots.release(session, event.company_id, event.payload.mailbox_id, clock(),
-                                        claimed_before=event.occurred_at)
+            await mailbox_slots.release(
+                session, event.company_id, event.payload.mailbox_id, clock(), claimed_before=event.occurred_at
+            )
 
     return apply
 
@@ -35,6 +37,13 @@ def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
     clock: Clock = runtime.extras["clock"]
     settings = runtime.settings
     assert isinstance(settings, Settings)
-    return [EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed,
-                          durable=settings.consumer_durable, subjects=SUBJECTS,
-                          handler=mailbox_limit_handler(clock))]
+    return [
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=settings.consumer_durable,
+            subjects=SUBJECTS,
+            handler=mailbox_limit_handler(clock),
+        )
+    ]

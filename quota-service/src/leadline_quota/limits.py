@@ -133,9 +133,14 @@ def catalogue() -> Catalogue:
 DEFAULT_PLAN = "standard"
 
 
-def resolve_limits(provider: str, account_settings: dict[str, int], settings_month_start_day: int | None,
-                   operator_overrides: dict[str, int | None], operator_month_start_day: int | None,
-                   tenant_overrides: dict[str, int]) -> AccountLimits:
+def resolve_limits(
+    provider: str,
+    account_settings: dict[str, int],
+    settings_month_start_day: int | None,
+    operator_overrides: dict[str, int | None],
+    operator_month_start_day: int | None,
+    tenant_overrides: dict[str, int],
+) -> AccountLimits:
     values: dict[str, int | None] = dict(catalogue().preset(provider).limits)
     values.update(account_settings)
     values.update(operator_overrides)
@@ -147,8 +152,11 @@ def resolve_limits(provider: str, account_settings: dict[str, int], settings_mon
 
 def raised_limits(ceiling: AccountLimits, tenant_overrides: dict[str, int]) -> dict[str, int]:
     """The tenant's limits that would pass ``ceiling`` (name → the most it allows)."""
-    return {name: maximum for name, value in tenant_overrides.items()
-            if (maximum := ceiling.values.get(name)) is not None and value > maximum}
+    return {
+        name: maximum
+        for name, value in tenant_overrides.items()
+        if (maximum := ceiling.values.get(name)) is not None and value > maximum
+    }
 
 
 def invalid_limit_settings(values: dict[str, int | None], month_start_day: int | None) -> str | None:

@@ -39,61 +39,100 @@ async def lock_company(session: AsyncSession, company_id: uuid.UUID) -> int | No
     """Create the company row if needed, hold its lock, and return its mailbox limit."""
     statement = insert(company).values(company_id=company_id)
     locking = statement.on_conflict_do_update(
-        index_elements=[company.c.company_id], set_={"company_id": statement.excluded.company_id},
+        index_elements=[company.c.company_id],
+        set_={"company_id": statement.excluded.company_id},
     ).returning(company.c.mailbox_limit)
     limit: int | None = (await session.execute(locking)).scalar_one()
     return limit
 
 
 async def _granted_count(session: AsyncSession, company_id: uuid.UUID) -> int:
-    return int(await session.scalar(select(func.count()).select_from(mailbox_slot).where(
-        mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "granted")) or 0)
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(mailbox_slot)
+            .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "granted")
+        )
+        or 0
+    )
 
 
 async def _position(session: AsyncSession, company_id: uuid.UUID, seq: int) -> int:
-    return int(await session.scalar(select(func.count()).select_from(mailbox_slot).where(
-        mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending",
-        mailbox_slot.c.seq <= seq)) or 0)
+    return int(
+        await session.scalar(
+            select(func.count())
+            .select_from(mailbox_slot)
+            .where(
+                mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending", mailbox_slot.c.seq <= seq
+            )
+        )
+        or 0
+    )
 
 
-async def grant_pending(session: AsyncSession, company_id: uuid.UUID, limit: int | None,
-                        now: datetime) -> list[uuid.UUID]:
+async def grant_pending(
+    session: AsyncSession, company_id: uuid.UUID, limit: int | None, now: datetime
+) -> list[uuid.UUID]:
     """Grant the oldest pending mailboxes while there is room; the caller holds the company lock."""
-    queue = (select(mailbox_slot.c.mailbox_id)
-             .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending")
-             .order_by(mailbox_slot.c.seq))
+    queue = (
+        select(mailbox_slot.c.mailbox_id)
+        .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending")
+        .order_by(mailbox_slot.c.seq)
+    )
     if limit is not None:
         room = limit - await _granted_count(session, company_id)
         if room <= 0:
             return []
         queue = queue.limit(room)
-    granted = list((await session.execute(
-        update(mailbox_slot)
-        .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id.in_(queue.scalar_subquery()))
-        .values(state="granted", granted_at=now)
-        .returning(mailbox_slot.c.mailbox_id, mailbox_slot.c.seq)
-    )).all())
+    granted = list(
+        (
+            await session.execute(
+                update(mailbox_slot)
+                .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id.in_(queue.scalar_subquery()))
+                .values(state="granted", granted_at=now)
+                .returning(mailbox_slot.c.mailbox_id, mailbox_slot.c.seq)
+            )
+        ).all()
+    )
     granted.sort(key=lambda row: row.seq)
-    await enqueue(session, outbox, *(
-        MailboxSlotGrantedV1(company_id=company_id, payload=MailboxSlotPayload(mailbox_id=row.mailbox_id))
-        for row in granted))
+    await enqueue(
+        session,
+        outbox,
+        *(
+            MailboxSlotGrantedV1(company_id=company_id, payload=MailboxSlotPayload(mailbox_id=row.mailbox_id))
+            for row in granted
+        ),
+    )
     return [row.mailbox_id for row in granted]
 
 
-async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID,
-                now: datetime) -> SlotStatus:
+async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime) -> SlotStatus:
     """Claim a slot for a connecting mailbox; asking again answers the mailbox's current state."""
     limit = await lock_company(session, company_id)
     await grant_pending(session, company_id, limit, now)
-    existing = (await session.execute(select(mailbox_slot.c.state, mailbox_slot.c.seq).where(
-        mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id == mailbox_id))).first()
+    existing = (
+        await session.execute(
+            select(mailbox_slot.c.state, mailbox_slot.c.seq).where(
+                mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id == mailbox_id
+            )
+        )
+    ).first()
     if existing is None:
         has_room = limit is None or await _granted_count(session, company_id) < limit
         state = "granted" if has_room else "pending"
-        seq = (await session.execute(insert(mailbox_slot).values(
-            company_id=company_id, mailbox_id=mailbox_id, state=state, requested_at=now,
-            granted_at=now if has_room else None,
-        ).returning(mailbox_slot.c.seq))).scalar_one()
+        seq = (
+            await session.execute(
+                insert(mailbox_slot)
+                .values(
+                    company_id=company_id,
+                    mailbox_id=mailbox_id,
+                    state=state,
+                    requested_at=now,
+                    granted_at=now if has_room else None,
+                )
+                .returning(mailbox_slot.c.seq)
+            )
+        ).scalar_one()
     else:
         state, seq = existing.state, existing.seq
     if state == "granted":
@@ -101,8 +140,14 @@ async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.U
     return SlotStatus("pending", await _position(session, company_id, seq))
 
 
-async def release(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime,
-                  *, claimed_before: datetime | None = None) -> list[uuid.UUID]:
+async def release(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_id: uuid.UUID,
+    now: datetime,
+    *,
+    claimed_before: datetime | None = None,
+) -> list[uuid.UUID]:
     """Free the mailbox's slot (or leave the queue) and grant the oldest pending ones.
 
     ``claimed_before`` keeps a late ``mailbox.disconnected`` from freeing the slot of a newer
@@ -116,15 +161,16 @@ async def release(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid
     return await grant_pending(session, company_id, limit, now)
 
 
-async def set_mailbox_limit(session: AsyncSession, company_id: uuid.UUID, mailbox_limit: int | None,
-                            as_of: datetime, now: datetime) -> list[uuid.UUID]:
+async def set_mailbox_limit(
+    session: AsyncSession, company_id: uuid.UUID, mailbox_limit: int | None, as_of: datetime, now: datetime
+) -> list[uuid.UUID]:
     """Apply a company's mailbox limit (from ``company.updated``) unless a newer one is known."""
     await lock_company(session, company_id)
     await session.execute(
         update(company)
-        .where(company.c.company_id == company_id,
-               (company.c.limit_as_of.is_(None)) | (company.c.limit_as_of <= as_of))
-        .values(mailbox_limit=mailbox_limit, limit_as_of=as_of, updated_at=now))
+        .where(company.c.company_id == company_id, (company.c.limit_as_of.is_(None)) | (company.c.limit_as_of <= as_of))
+        .values(mailbox_limit=mailbox_limit, limit_as_of=as_of, updated_at=now)
+    )
     current = await session.scalar(select(company.c.mailbox_limit).where(company.c.company_id == company_id))
     return await grant_pending(session, company_id, current, now)
 
@@ -138,9 +184,13 @@ class CompanySlots:
 
 async def company_slots(session: AsyncSession, company_id: uuid.UUID) -> CompanySlots:
     """The company's mailbox limit and how many mailboxes are granted and pending."""
-    rows = (await session.execute(
-        select(mailbox_slot.c.state, func.count()).where(mailbox_slot.c.company_id == company_id)
-        .group_by(mailbox_slot.c.state))).all()
+    rows = (
+        await session.execute(
+            select(mailbox_slot.c.state, func.count())
+            .where(mailbox_slot.c.company_id == company_id)
+            .group_by(mailbox_slot.c.state)
+        )
+    ).all()
     counts = {str(state): int(n) for state, n in rows}
     limit = await session.scalar(select(company.c.mailbox_limit).where(company.c.company_id == company_id))
     return CompanySlots(limit, counts.get("granted", 0), counts.get("pending", 0))

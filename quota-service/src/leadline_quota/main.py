@@ -48,13 +48,20 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         rpc = QuotaRpc(runtime.db, clock, ReservationBatcher(runtime.db, clock))
         for subject, (answer, unanswerable) in rpc.answers().items():
             subscription = await subscribe(runtime.nats, subject)
-            runtime.spawn(respond(subscription, answer, unanswerable, settings.responder_concurrency),
-                          f"quota-rpc-{subject}")
+            runtime.spawn(
+                respond(subscription, answer, unanswerable, settings.responder_concurrency), f"quota-rpc-{subject}"
+            )
         runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
 
-    app = create_service_app(name="quota", settings=settings, schema="quota", outbox=outbox,
-                             routers=[router, operator_router],
-                             consumers=quota_consumers, on_start=on_start,
-                             title="Leadline quota service")
+    app = create_service_app(
+        name="quota",
+        settings=settings,
+        schema="quota",
+        outbox=outbox,
+        routers=[router, operator_router],
+        consumers=quota_consumers,
+        on_start=on_start,
+        title="Leadline quota service",
+    )
     app.state.runtime.extras["clock"] = clock
     return app

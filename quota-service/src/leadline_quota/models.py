@@ -66,8 +66,13 @@ reservation = Table(
     CheckConstraint("state IN ('reserved', 'committed', 'released')", name="state"),
     # the usage aggregate reads only these columns: with them in the index, old (all-visible) rows of a
     # month window are counted by an index-only scan
-    Index("ix_reservation_account_time", "company_id", "account_key", "reserved_at",
-          postgresql_include=["state", "expires_at", "recipients", "messages"]),
+    Index(
+        "ix_reservation_account_time",
+        "company_id",
+        "account_key",
+        "reserved_at",
+        postgresql_include=["state", "expires_at", "recipients", "messages"],
+    ),
 )
 
 company = Table(

@@ -41,8 +41,11 @@ async def company_plan(session: AsyncSession, company_id: uuid.UUID) -> Plan:
 async def set_plan(session: AsyncSession, company_id: uuid.UUID, name: str, now: datetime) -> Plan:
     plan = plan_named(name)
     statement = insert(company).values(company_id=company_id, plan=plan.key, updated_at=now)
-    await session.execute(statement.on_conflict_do_update(
-        index_elements=[company.c.company_id], set_={"plan": plan.key, "updated_at": now}))
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[company.c.company_id], set_={"plan": plan.key, "updated_at": now}
+        )
+    )
     return plan
 
 
@@ -57,8 +60,9 @@ def next_utc_midnight(now: datetime) -> datetime:
     return datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), time(), tzinfo=UTC)
 
 
-async def sync_allowance(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, count: int,
-                         now: datetime) -> Allowance:
+async def sync_allowance(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, count: int, now: datetime
+) -> Allowance:
     """How many of ``count`` synced emails the plan allows the user today; those are counted."""
     limit = (await company_plan(session, company_id)).synced_emails_per_user_per_day
     if limit is None:
@@ -67,8 +71,7 @@ async def sync_allowance(session: AsyncSession, company_id: uuid.UUID, user_id: 
     await session.execute(insert(synced_email_usage).values(**key, used=0).on_conflict_do_nothing())
     where = [synced_email_usage.c[name] == value for name, value in key.items()]
     # the row lock makes concurrent asks of one user add up exactly
-    used = int((await session.execute(
-        select(synced_email_usage.c.used).where(*where).with_for_update())).scalar_one())
+    used = int((await session.execute(select(synced_email_usage.c.used).where(*where).with_for_update())).scalar_one())
     allowed = max(0, min(count, limit - used))
     if allowed:
         await session.execute(update(synced_email_usage).where(*where).values(used=used + allowed))
@@ -76,13 +79,18 @@ async def sync_allowance(session: AsyncSession, company_id: uuid.UUID, user_id: 
 
 
 async def synced_today(session: AsyncSession, company_id: uuid.UUID, now: datetime) -> dict[uuid.UUID, int]:
-    rows = (await session.execute(select(synced_email_usage.c.user_id, synced_email_usage.c.used).where(
-        synced_email_usage.c.company_id == company_id,
-        synced_email_usage.c.day == now.astimezone(UTC).date()))).all()
+    rows = (
+        await session.execute(
+            select(synced_email_usage.c.user_id, synced_email_usage.c.used).where(
+                synced_email_usage.c.company_id == company_id, synced_email_usage.c.day == now.astimezone(UTC).date()
+            )
+        )
+    ).all()
     return {row.user_id: int(row.used) for row in rows}
 
 
 async def prune_usage(session: AsyncSession, now: datetime) -> None:
     """Forget synced-email counts of days that are over."""
-    await session.execute(synced_email_usage.delete().where(
-        synced_email_usage.c.day < now.astimezone(UTC).date() - timedelta(days=1)))
+    await session.execute(
+        synced_email_usage.delete().where(synced_email_usage.c.day < now.astimezone(UTC).date() - timedelta(days=1))
+    )

@@ -134,9 +134,19 @@ class ReserveAsk:
         problem = invalid_limit_settings(dict(self.account_settings), self.month_start_day)
         if problem:
             raise InvalidAsk(problem)
-        return ReserveAsk(self.company_id, canonical_account_key(self.account_key), self.provider[:100] or "custom",
-                          self.recipients, self.size_bytes, self.ttl_seconds, dict(self.account_settings),
-                          self.month_start_day, self.messages, self.largest, self.reservation_id)
+        return ReserveAsk(
+            self.company_id,
+            canonical_account_key(self.account_key),
+            self.provider[:100] or "custom",
+            self.recipients,
+            self.size_bytes,
+            self.ttl_seconds,
+            dict(self.account_settings),
+            self.month_start_day,
+            self.messages,
+            self.largest,
+            self.reservation_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -155,8 +165,9 @@ class Decision:
 
 
 def _live(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
-    return or_(reservation.c.state == "committed",
-               and_(reservation.c.state == "reserved", reservation.c.expires_at > now))
+    return or_(
+        reservation.c.state == "committed", and_(reservation.c.state == "reserved", reservation.c.expires_at > now)
+    )
 
 
 def _of_account(company_id: uuid.UUID, account_key: str) -> ColumnElement[bool]:
@@ -185,8 +196,15 @@ class LimitUsage:
     resets_at: datetime | None  # when the usage next goes down (None: nothing counted)
 
 
-async def window_usage(session: AsyncSession, company_id: uuid.UUID, account_key: str,
-                       limits: AccountLimits, now: datetime, *, with_resets: bool = False) -> list[LimitUsage]:
+async def window_usage(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    account_key: str,
+    limits: AccountLimits,
+    now: datetime,
+    *,
+    with_resets: bool = False,
+) -> list[LimitUsage]:
     """Usage of every windowed limit of the account, in one aggregate query."""
     windowed = limits.windowed()
     if not windowed:
@@ -200,17 +218,27 @@ async def window_usage(session: AsyncSession, company_id: uuid.UUID, account_key
         columns.append(func.coalesce(func.sum(_weight(limit.measure)).filter(inside), 0))
         if with_resets:
             columns.append(func.min(_free_at(limit.window, end)).filter(inside))
-    row = (await session.execute(
-        select(*columns).where(_of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest)
-    )).one()
+    row = (
+        await session.execute(
+            select(*columns).where(_of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest)
+        )
+    ).one()
     step = 2 if with_resets else 1
-    return [LimitUsage(limit, int(row[i * step]), row[i * step + 1] if with_resets else None)
-            for i, limit in enumerate(windowed)]
+    return [
+        LimitUsage(limit, int(row[i * step]), row[i * step + 1] if with_resets else None)
+        for i, limit in enumerate(windowed)
+    ]
 
 
-async def _earliest_capacity(session: AsyncSession, company_id: uuid.UUID, account_key: str,
-                             limits: AccountLimits, limit: WindowedLimit, excess: int,
-                             now: datetime) -> datetime:
+async def _earliest_capacity(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    account_key: str,
+    limits: AccountLimits,
+    limit: WindowedLimit,
+    excess: int,
+    now: datetime,
+) -> datetime:
     """The first moment at least ``excess`` of the limit's counted usage has been freed."""
     start, end = window_bounds(limit.window, now, limits.month_start_day)
     free_at = _free_at(limit.window, end)
@@ -220,7 +248,8 @@ async def _earliest_capacity(session: AsyncSession, company_id: uuid.UUID, accou
         .subquery()
     )
     found = await session.scalar(
-        select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1))
+        select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1)
+    )
     # nothing counted frees enough for a batch bigger than the limit (or if the usage changed under
     # us): the window end is safe
     return found or (end if end is not None else now + ROLLING_WINDOWS[limit.window])
@@ -233,35 +262,45 @@ def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
     """A refusal when one message (of a batch, the largest) can never pass, whatever the usage."""
     static = limits.static()
     never = "this message can never pass" if ask.messages == 1 else "the batch's largest message can never pass"
-    for name, asked in (("recipients_per_message", ask.largest), ("recipients_per_connection", ask.largest),
-                        ("message_size_bytes", ask.size_bytes)):
+    for name, asked in (
+        ("recipients_per_message", ask.largest),
+        ("recipients_per_connection", ask.largest),
+        ("message_size_bytes", ask.size_bytes),
+    ):
         if name in static and asked > static[name]:
             return Decision(False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; {never}")
     for limit in limits.windowed():
         demand = limit.demand(1, ask.largest)
         if demand > limit.maximum:
-            return Decision(False, limit=limit.name, detail=f"{demand} exceeds {limit.name} = {limit.maximum}; "
-                                                            f"{never}")
+            return Decision(False, limit=limit.name, detail=f"{demand} exceeds {limit.name} = {limit.maximum}; {never}")
     return None
 
 
 # the stored limit layers over the sender's settings: the operator's, then the tenant's
-LAYERS_ABOVE_SETTINGS = (sending_account.c.operator_overrides, sending_account.c.operator_month_start_day,
-                         sending_account.c.tenant_overrides)
+LAYERS_ABOVE_SETTINGS = (
+    sending_account.c.operator_overrides,
+    sending_account.c.operator_month_start_day,
+    sending_account.c.tenant_overrides,
+)
 
 
 def _lock_statement() -> ReturningInsert[Any]:
     statement = insert(sending_account).values(
-        company_id=bindparam("company_id", type_=Uuid), account_key=bindparam("account_key", type_=Text),
-        provider=bindparam("provider", type_=Text), account_settings=bindparam("account_settings", type_=JSONB),
+        company_id=bindparam("company_id", type_=Uuid),
+        account_key=bindparam("account_key", type_=Text),
+        provider=bindparam("provider", type_=Text),
+        account_settings=bindparam("account_settings", type_=JSONB),
         settings_month_start_day=bindparam("month_start_day", type_=Integer),
         last_reserved_at=bindparam("now", type_=DateTime(timezone=True)),
     )
     return statement.on_conflict_do_update(
         index_elements=[sending_account.c.company_id, sending_account.c.account_key],
-        set_={"provider": statement.excluded.provider, "account_settings": statement.excluded.account_settings,
-              "settings_month_start_day": statement.excluded.settings_month_start_day,
-              "last_reserved_at": statement.excluded.last_reserved_at},
+        set_={
+            "provider": statement.excluded.provider,
+            "account_settings": statement.excluded.account_settings,
+            "settings_month_start_day": statement.excluded.settings_month_start_day,
+            "last_reserved_at": statement.excluded.last_reserved_at,
+        },
     ).returning(*LAYERS_ABOVE_SETTINGS)
 
 
@@ -271,10 +310,19 @@ LOCK_ACCOUNT = _lock_statement()
 
 async def _lock_account(session: AsyncSession, ask: ReserveAsk, now: datetime) -> dict[str, Any]:
     """Create or refresh the account row and hold its lock until the transaction ends."""
-    row = (await session.execute(LOCK_ACCOUNT, {
-        "company_id": ask.company_id, "account_key": ask.account_key, "provider": ask.provider,
-        "account_settings": ask.account_settings, "month_start_day": ask.month_start_day, "now": now,
-    })).one()
+    row = (
+        await session.execute(
+            LOCK_ACCOUNT,
+            {
+                "company_id": ask.company_id,
+                "account_key": ask.account_key,
+                "provider": ask.provider,
+                "account_settings": ask.account_settings,
+                "month_start_day": ask.month_start_day,
+                "now": now,
+            },
+        )
+    ).one()
     return dict(row._mapping)
 
 
@@ -294,35 +342,62 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
             inside = and_(inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp))
         sums.append(func.coalesce(func.sum(_weight(measure)).filter(inside), 0).label(f"used_{i}"))
     values = select(
-        bindparam("reservation_id", type_=Uuid), bindparam("company_id", type_=Uuid),
-        bindparam("account_key", type_=Text), bindparam("messages", type_=Integer),
+        bindparam("reservation_id", type_=Uuid),
+        bindparam("company_id", type_=Uuid),
+        bindparam("account_key", type_=Text),
+        bindparam("messages", type_=Integer),
         bindparam("recipients", type_=Integer),
-        bindparam("size_bytes", type_=BigInteger), literal("reserved", type_=Text), now,
+        bindparam("size_bytes", type_=BigInteger),
+        literal("reserved", type_=Text),
+        now,
         bindparam("expires_at", type_=timestamp),
     )
     if shape:
-        usage = select(*sums).where(
-            reservation.c.company_id == bindparam("company_id", type_=Uuid),
-            reservation.c.account_key == bindparam("account_key", type_=Text),
-            _live(now), reservation.c.reserved_at > bindparam("oldest", type_=timestamp),
-        ).subquery("usage")
+        usage = (
+            select(*sums)
+            .where(
+                reservation.c.company_id == bindparam("company_id", type_=Uuid),
+                reservation.c.account_key == bindparam("account_key", type_=Text),
+                _live(now),
+                reservation.c.reserved_at > bindparam("oldest", type_=timestamp),
+            )
+            .subquery("usage")
+        )
         values = values.select_from(usage).where(
-            *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape))))
-    columns = ["reservation_id", "company_id", "account_key", "messages", "recipients", "size_bytes", "state",
-               "reserved_at", "expires_at"]
+            *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape)))
+        )
+    columns = [
+        "reservation_id",
+        "company_id",
+        "account_key",
+        "messages",
+        "recipients",
+        "size_bytes",
+        "state",
+        "reserved_at",
+        "expires_at",
+    ]
     return reservation.insert().from_select(columns, values).returning(reservation.c.reservation_id)
 
 
-async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
-                         now: datetime) -> Decision | None:
+async def _grant_if_room(
+    session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime
+) -> Decision | None:
     """Record the reservation (one message or a whole batch) if every window has room; ``None`` when one has not."""
     windowed = limits.windowed()
-    decision = Decision(True, reservation_id=ask.reservation_id or uuid.uuid4(),
-                        expires_at=now + timedelta(seconds=ask.ttl_seconds))
+    decision = Decision(
+        True, reservation_id=ask.reservation_id or uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds)
+    )
     params: dict[str, Any] = {
-        "reservation_id": decision.reservation_id, "company_id": ask.company_id, "account_key": ask.account_key,
-        "messages": ask.messages, "recipients": ask.recipients, "size_bytes": ask.size_bytes, "now": now,
-        "expires_at": decision.expires_at, "oldest": now,
+        "reservation_id": decision.reservation_id,
+        "company_id": ask.company_id,
+        "account_key": ask.account_key,
+        "messages": ask.messages,
+        "recipients": ask.recipients,
+        "size_bytes": ask.size_bytes,
+        "now": now,
+        "expires_at": decision.expires_at,
+        "oldest": now,
     }
     for i, limit in enumerate(windowed):
         start, end = window_bounds(limit.window, now, limits.month_start_day)
@@ -337,18 +412,29 @@ async def _grant_if_room(session: AsyncSession, ask: ReserveAsk, limits: Account
 
 
 async def _stored_layers(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
-    row = (await session.execute(
-        select(*LAYERS_ABOVE_SETTINGS)
-        .where(sending_account.c.company_id == company_id, sending_account.c.account_key == account_key)
-    )).first()
-    return dict(row._mapping) if row else {"operator_overrides": {}, "operator_month_start_day": None,
-                                           "tenant_overrides": {}}
+    row = (
+        await session.execute(
+            select(*LAYERS_ABOVE_SETTINGS).where(
+                sending_account.c.company_id == company_id, sending_account.c.account_key == account_key
+            )
+        )
+    ).first()
+    return (
+        dict(row._mapping)
+        if row
+        else {"operator_overrides": {}, "operator_month_start_day": None, "tenant_overrides": {}}
+    )
 
 
 async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | None:
     """The reservation the sender's id already names (a repeated ask: answered again, never doubled)."""
-    row = (await session.execute(select(reservation.c.state, reservation.c.expires_at).where(
-        reservation.c.reservation_id == ask.reservation_id, reservation.c.company_id == ask.company_id))).first()
+    row = (
+        await session.execute(
+            select(reservation.c.state, reservation.c.expires_at).where(
+                reservation.c.reservation_id == ask.reservation_id, reservation.c.company_id == ask.company_id
+            )
+        )
+    ).first()
     if row is None:
         return None
     if row.state == "released":
@@ -369,8 +455,14 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
         earlier = await _earlier_grant(session, ask)
         if earlier is not None:
             return earlier
-    limits = resolve_limits(ask.provider, ask.account_settings, ask.month_start_day, stored["operator_overrides"],
-                            stored["operator_month_start_day"], stored["tenant_overrides"])
+    limits = resolve_limits(
+        ask.provider,
+        ask.account_settings,
+        ask.month_start_day,
+        stored["operator_overrides"],
+        stored["operator_month_start_day"],
+        stored["tenant_overrides"],
+    )
     decision = _static_refusal(limits, ask)
     if decision is None and not dry_run:
         decision = await _grant_if_room(session, ask, limits, now)
@@ -381,13 +473,20 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
             raise RuntimeError("usage changed while the account lock was held")  # the lock forbids it
     if not decision.granted and not dry_run and ask.messages == 1:
         assert decision.limit is not None
-        await enqueue(session, outbox, QuotaExceededV1(company_id=ask.company_id, payload=QuotaExceededPayload(
-            account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at)))
+        await enqueue(
+            session,
+            outbox,
+            QuotaExceededV1(
+                company_id=ask.company_id,
+                payload=QuotaExceededPayload(
+                    account_key=ask.account_key, limit=decision.limit, retry_at=decision.retry_at
+                ),
+            ),
+        )
     return decision
 
 
-async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits,
-                          now: datetime) -> Decision:
+async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime) -> Decision:
     refusals: list[tuple[datetime, WindowedLimit, int, int]] = []
     room: dict[str, int] = {}
     for usage in await window_usage(session, ask.company_id, ask.account_key, limits, now):
@@ -395,8 +494,9 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
         excess = usage.used + demand - usage.limit.maximum
         room[usage.limit.measure] = min(room.get(usage.limit.measure, -excess), -excess)
         if excess > 0:
-            retry_at = await _earliest_capacity(session, ask.company_id, ask.account_key, limits, usage.limit,
-                                                excess, now)
+            retry_at = await _earliest_capacity(
+                session, ask.company_id, ask.account_key, limits, usage.limit, excess, now
+            )
             refusals.append((retry_at, usage.limit, usage.used, demand))
     if refusals:
         # the ask passes only when every limit has room: the latest of their retry times
@@ -404,8 +504,12 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
         asked = "" if ask.messages == 1 else f", {demand} asked by a batch of {ask.messages} messages"
         if demand > limit.maximum:
             asked += "; more than the limit allows at once"
-        return Decision(False, limit=limit.name, retry_at=retry_at,
-                        detail=f"{limit.name} = {limit.maximum} would be passed ({used} used{asked})")
+        return Decision(
+            False,
+            limit=limit.name,
+            retry_at=retry_at,
+            detail=f"{limit.name} = {limit.maximum} would be passed ({used} used{asked})",
+        )
     return Decision(True, room_messages=room.get("messages"), room_recipients=room.get("recipients"))
 
 
@@ -441,8 +545,15 @@ def _out_of_range(messages: int | None, recipients: int | None, reserved: Any) -
     return f"{recipients} recipients cannot be the total of {used} messages"
 
 
-async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock, *,
-                 messages: int | None = None, recipients: int | None = None) -> Settlement:
+async def commit(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    reservation_id: uuid.UUID,
+    clock: Clock,
+    *,
+    messages: int | None = None,
+    recipients: int | None = None,
+) -> Settlement:
     """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the usage.
 
     ``messages`` / ``recipients`` name the part of a batch that was used (None: all that was
@@ -462,20 +573,29 @@ async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: u
         fits += [reservation.c.recipients >= recipients]
         if messages is None:
             fits += [reservation.c.messages <= recipients]
-    row = (await session.execute(
-        update(reservation)
-        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id,
-               reservation.c.state == "reserved", *fits)
-        .values(state="committed", settled_at=now, **used)
-        .returning(reservation.c.expires_at)
-    )).first()
+    row = (
+        await session.execute(
+            update(reservation)
+            .where(
+                reservation.c.reservation_id == reservation_id,
+                reservation.c.company_id == company_id,
+                reservation.c.state == "reserved",
+                *fits,
+            )
+            .values(state="committed", settled_at=now, **used)
+            .returning(reservation.c.expires_at)
+        )
+    ).first()
     if row is not None:
         late = row.expires_at <= now
         return Settlement(True, True, "reservation had expired; the usage is recorded" if late else "")
-    existing = (await session.execute(
-        select(reservation.c.state, reservation.c.messages, reservation.c.recipients)
-        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id)
-    )).first()
+    existing = (
+        await session.execute(
+            select(reservation.c.state, reservation.c.messages, reservation.c.recipients).where(
+                reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id
+            )
+        )
+    ).first()
     if existing is None:
         return Settlement(False, False, "no such reservation")
     if existing.state == "committed":
@@ -485,16 +605,20 @@ async def commit(session: AsyncSession, company_id: uuid.UUID, reservation_id: u
     return Settlement(False, True, _out_of_range(messages, recipients, existing), invalid=True)
 
 
-async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID,
-                  clock: Clock) -> Settlement:
+async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock) -> Settlement:
     """Give a reservation's capacity back.  Idempotent; a committed reservation stays counted."""
-    released = (await session.execute(
-        update(reservation)
-        .where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id,
-               reservation.c.state == "reserved")
-        .values(state="released", settled_at=clock())
-        .returning(reservation.c.reservation_id)
-    )).first()
+    released = (
+        await session.execute(
+            update(reservation)
+            .where(
+                reservation.c.reservation_id == reservation_id,
+                reservation.c.company_id == company_id,
+                reservation.c.state == "reserved",
+            )
+            .values(state="released", settled_at=clock())
+            .returning(reservation.c.reservation_id)
+        )
+    ).first()
     if released is not None:
         return Settlement(True, True)
     state = await _state(session, company_id, reservation_id)
@@ -506,8 +630,11 @@ async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: 
 
 
 async def _state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> str | None:
-    return await session.scalar(select(reservation.c.state).where(
-        reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id))
+    return await session.scalar(
+        select(reservation.c.state).where(
+            reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id
+        )
+    )
 
 
 # --- housekeeping ------------------------------------------------------------------------
@@ -520,9 +647,13 @@ KEEP_EXPIRED = timedelta(hours=1)
 
 async def prune(session: AsyncSession, now: datetime) -> int:
     """Delete reservations that no longer count in any window."""
-    result = await session.execute(reservation.delete().where(or_(
-        reservation.c.reserved_at < now - KEEP_RESERVATIONS,
-        reservation.c.state == "released",
-        and_(reservation.c.state == "reserved", reservation.c.expires_at < now - KEEP_EXPIRED),
-    )))
+    result = await session.execute(
+        reservation.delete().where(
+            or_(
+                reservation.c.reserved_at < now - KEEP_RESERVATIONS,
+                reservation.c.state == "released",
+                and_(reservation.c.state == "reserved", reservation.c.expires_at < now - KEEP_EXPIRED),
+            )
+        )
+    )
     return int(result.rowcount)  # type: ignore[attr-defined]

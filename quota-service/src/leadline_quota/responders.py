@@ -54,8 +54,12 @@ log = logging.getLogger("leadline.quota.rpc")
 
 QUEUE_GROUP = "quota"
 ANSWERS = Counter("leadline_quota_rpc_total", "Quota RPC answers", ["subject", "outcome"])
-LATENCY = Histogram("leadline_quota_rpc_seconds", "Quota RPC handling time", ["subject"],
-                    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+LATENCY = Histogram(
+    "leadline_quota_rpc_seconds",
+    "Quota RPC handling time",
+    ["subject"],
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
 
 Answer = Callable[[bytes], Awaitable[tuple[BaseModel, str]]]
 
@@ -66,7 +70,8 @@ class Unreadable(Exception):
 
 def _why(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)[:5])
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)[:5]
+    )
 
 
 @dataclass
@@ -83,17 +88,25 @@ class QuotaRpc:
             RPC_QUOTA_COMMIT: (self.commit, lambda why: QuotaSettleReply(ok=False, detail=why)),
             RPC_QUOTA_RELEASE: (self.release, lambda why: QuotaSettleReply(ok=False, detail=why)),
             RPC_MAILBOX_SLOT_CLAIM: (self.claim_slot, lambda why: MailboxSlotReply(status="invalid", detail=why)),
-            RPC_MAILBOX_SLOT_RELEASE: (self.release_slot,
-                                       lambda why: MailboxSlotReply(status="invalid", detail=why)),
+            RPC_MAILBOX_SLOT_RELEASE: (self.release_slot, lambda why: MailboxSlotReply(status="invalid", detail=why)),
             RPC_SYNC_ALLOWANCE: (self.sync_allowance, lambda why: SyncAllowanceReply(allowed=0, detail=why)),
         }
 
     async def _decide(self, data: bytes, *, dry_run: bool) -> tuple[BaseModel, str]:
         request = QuotaReserveRequest.model_validate_json(data)
-        ask = ReserveAsk(request.company_id, request.account_key, request.provider, request.recipients,
-                         request.size_bytes, request.ttl_seconds, request.overrides, request.month_start_day,
-                         messages=request.messages, largest_recipients=request.largest_recipients,
-                         reservation_id=request.reservation_id)
+        ask = ReserveAsk(
+            request.company_id,
+            request.account_key,
+            request.provider,
+            request.recipients,
+            request.size_bytes,
+            request.ttl_seconds,
+            request.overrides,
+            request.month_start_day,
+            messages=request.messages,
+            largest_recipients=request.largest_recipients,
+            reservation_id=request.reservation_id,
+        )
         try:
             if dry_run:
                 async with self.db.session() as session:
@@ -102,9 +115,15 @@ class QuotaRpc:
                 decision = await self.batcher.reserve(ask)
         except InvalidAsk as exc:
             raise Unreadable(str(exc)) from exc
-        reply = QuotaReserveReply(granted=decision.granted, reservation_id=decision.reservation_id,
-                                  limit=decision.limit, retry_at=decision.retry_at, detail=decision.detail,
-                                  room_messages=decision.room_messages, room_recipients=decision.room_recipients)
+        reply = QuotaReserveReply(
+            granted=decision.granted,
+            reservation_id=decision.reservation_id,
+            limit=decision.limit,
+            retry_at=decision.retry_at,
+            detail=decision.detail,
+            room_messages=decision.room_messages,
+            room_recipients=decision.room_recipients,
+        )
         return reply, "granted" if decision.granted else "refused"
 
     async def reserve(self, data: bytes) -> tuple[BaseModel, str]:
@@ -116,8 +135,14 @@ class QuotaRpc:
     async def commit(self, data: bytes) -> tuple[BaseModel, str]:
         request = QuotaSettleRequest.model_validate_json(data)
         async with self.db.session() as session:
-            settled = await reservations.commit(session, request.company_id, request.reservation_id, self.clock,
-                                                messages=request.messages, recipients=request.recipients)
+            settled = await reservations.commit(
+                session,
+                request.company_id,
+                request.reservation_id,
+                self.clock,
+                messages=request.messages,
+                recipients=request.recipients,
+            )
         if settled.invalid:
             raise Unreadable(settled.detail)
         return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
@@ -145,8 +170,9 @@ class QuotaRpc:
         if request.count < 0:
             raise Unreadable("count must not be negative")
         async with self.db.session() as session:
-            allowance = await plans.sync_allowance(session, request.company_id, request.user_id, request.count,
-                                                   self.clock())
+            allowance = await plans.sync_allowance(
+                session, request.company_id, request.user_id, request.count, self.clock()
+            )
         outcome = "allowed" if allowance.allowed == request.count else "limited"
         return SyncAllowanceReply(allowed=allowance.allowed, resets_at=allowance.resets_at), outcome
 
@@ -158,8 +184,9 @@ async def subscribe(nc: Client, subject: str) -> Subscription:
     return subscription
 
 
-async def respond(subscription: Subscription, answer: Answer, unanswerable: Callable[[str], BaseModel],
-                  concurrency: int) -> None:
+async def respond(
+    subscription: Subscription, answer: Answer, unanswerable: Callable[[str], BaseModel], concurrency: int
+) -> None:
     """Answer the subscription's requests until cancelled, at most ``concurrency`` at a time."""
     subject = subscription.subject
     slots = asyncio.Semaphore(concurrency)

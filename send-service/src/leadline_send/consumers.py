@@ -34,27 +34,42 @@ async def apply_lead(session: AsyncSession, event: Event) -> None:
     if not isinstance(event, LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1):
         return
     lead = event.payload
-    await session.execute(delete(lead_address).where(lead_address.c.company_id == event.company_id,
-                                                     lead_address.c.lead_id == lead.lead_id))
+    await session.execute(
+        delete(lead_address).where(
+            lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id
+        )
+    )
     if isinstance(event, LeadDeletedV1):
         return
     addresses, name = lead_copy(lead.addresses, lead.name)
     if addresses:
-        await session.execute(insert(lead_address).on_conflict_do_nothing(), [
-            {"company_id": event.company_id, "lead_id": lead.lead_id, "address": a, "position": n, "name": name}
-            for n, a in enumerate(addresses)])
+        await session.execute(
+            insert(lead_address).on_conflict_do_nothing(),
+            [
+                {"company_id": event.company_id, "lead_id": lead.lead_id, "address": a, "position": n, "name": name}
+                for n, a in enumerate(addresses)
+            ],
+        )
 
 
 async def apply_mail(session: AsyncSession, event: Event) -> None:
     if isinstance(event, MailSyncedV1):
         if event.payload.folder != "sent":
             return
-        await session.execute(update(outgoing_message).where(
-            outgoing_message.c.company_id == event.company_id,
-            outgoing_message.c.message_id == event.payload.message_id,
-            outgoing_message.c.state == "unknown",
-        ).values(state="sent", sent_at=event.payload.sent_at, updated_at=func.now(),
-                 last_error="settled: the message was found in the Sent folder"))
+        await session.execute(
+            update(outgoing_message)
+            .where(
+                outgoing_message.c.company_id == event.company_id,
+                outgoing_message.c.message_id == event.payload.message_id,
+                outgoing_message.c.state == "unknown",
+            )
+            .values(
+                state="sent",
+                sent_at=event.payload.sent_at,
+                updated_at=func.now(),
+                last_error="settled: the message was found in the Sent folder",
+            )
+        )
     elif isinstance(event, MailBouncedV1):
         await apply_bounce(session, event)
 
@@ -65,33 +80,62 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     bounce = event.payload
     if not bounce.original_message_id:
         return
-    row = (await session.execute(select(outgoing_message.c.id, outgoing_message.c.state,
-                                        outgoing_message.c.recipients).where(
-        outgoing_message.c.company_id == event.company_id,
-        outgoing_message.c.message_id == bounce.original_message_id,
-        outgoing_message.c.state.in_(("sent", "unknown", "bounced"))).with_for_update())).first()
+    row = (
+        await session.execute(
+            select(outgoing_message.c.id, outgoing_message.c.state, outgoing_message.c.recipients)
+            .where(
+                outgoing_message.c.company_id == event.company_id,
+                outgoing_message.c.message_id == bounce.original_message_id,
+                outgoing_message.c.state.in_(("sent", "unknown", "bounced")),
+            )
+            .with_for_update()
+        )
+    ).first()
     if row is None or (row.state == "bounced" and bounce.severity == "soft"):
         return  # not ours, or a late "still trying" after the message already bounced
     recipients: list[str] = list(row.recipients or [])
     recipient = bounce.recipient or (recipients[0] if len(recipients) == 1 else None)
-    notice = {"severity": bounce.severity, "status": bounce.status, "reason": bounce.reason,
-              "recipient": recipient, "diagnostic": bounce.diagnostic[:2000],
-              "received_at": bounce.bounced_at.isoformat()}
+    notice = {
+        "severity": bounce.severity,
+        "status": bounce.status,
+        "reason": bounce.reason,
+        "recipient": recipient,
+        "diagnostic": bounce.diagnostic[:2000],
+        "received_at": bounce.bounced_at.isoformat(),
+    }
     whom = recipient or f"one of its {len(recipients)} recipients"
     if bounce.severity == "hard":
-        values = {"state": "bounced", "delivery_notice": notice,
-                  "last_error": f"bounced for {whom}: {bounce.status} {bounce.diagnostic}".strip()}
+        values = {
+            "state": "bounced",
+            "delivery_notice": notice,
+            "last_error": f"bounced for {whom}: {bounce.status} {bounce.diagnostic}".strip(),
+        }
     else:
-        values = {"delivery_notice": notice,
-                  "last_error": f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}".strip()}
-    await session.execute(update(outgoing_message).where(outgoing_message.c.id == row.id)
-                          .values(updated_at=func.now(), **values))
+        values = {
+            "delivery_notice": notice,
+            "last_error": f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}".strip(),
+        }
+    await session.execute(
+        update(outgoing_message).where(outgoing_message.c.id == row.id).values(updated_at=func.now(), **values)
+    )
 
 
 def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:
     return [
-        EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-leads",
-                      subjects=LEAD_SUBJECTS, handler=apply_lead),
-        EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-mail",
-                      subjects=MAIL_SUBJECTS, handler=apply_mail),
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=f"{prefix}-leads",
+            subjects=LEAD_SUBJECTS,
+            handler=apply_lead,
+        ),
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=f"{prefix}-mail",
+            subjects=MAIL_SUBJECTS,
+            handler=apply_mail,
+        ),
     ]

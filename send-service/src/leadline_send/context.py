@@ -36,4 +36,3 @@ async def send_context(request: Request) -> SendContext:
 
 
 Context = Annotated[SendContext, Depends(send_context)]
-

@@ -24,16 +24,27 @@ async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> in
     changed = 0
     while True:
         async with db.session() as session:
-            rows = (await session.execute(
-                select(smtp_account.c.id, smtp_account.c.company_id, smtp_account.c.password_sealed,
-                       smtp_account.c.key_id)
-                .where(smtp_account.c.password_sealed.is_not(None), smtp_account.c.key_id != keys.current)
-                .limit(batch).with_for_update(skip_locked=True))).all()
+            rows = (
+                await session.execute(
+                    select(
+                        smtp_account.c.id,
+                        smtp_account.c.company_id,
+                        smtp_account.c.password_sealed,
+                        smtp_account.c.key_id,
+                    )
+                    .where(smtp_account.c.password_sealed.is_not(None), smtp_account.c.key_id != keys.current)
+                    .limit(batch)
+                    .with_for_update(skip_locked=True)
+                )
+            ).all()
             for row in rows:
                 secret = keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
                 sealed, key_id = keys.seal(secret, row.company_id, row.id)
-                await session.execute(update(smtp_account).where(smtp_account.c.id == row.id)
-                                      .values(password_sealed=sealed, key_id=key_id))
+                await session.execute(
+                    update(smtp_account)
+                    .where(smtp_account.c.id == row.id)
+                    .values(password_sealed=sealed, key_id=key_id)
+                )
         changed += len(rows)
         if len(rows) < batch:
             return changed

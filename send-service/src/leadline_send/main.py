@@ -26,18 +26,35 @@ from leadline_send.models import outbox
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     keys = CredentialKeys(settings.credential_keys.get_secret_value())
-    policy = SmtpPolicy(allow_networks=parse_allowlist(settings.mail_allow_networks),
-                        allow_plaintext=settings.smtp_allow_plaintext, cafile=settings.mail_cafile,
-                        local_hostname=settings.message_domain)
+    policy = SmtpPolicy(
+        allow_networks=parse_allowlist(settings.mail_allow_networks),
+        allow_plaintext=settings.smtp_allow_plaintext,
+        cafile=settings.mail_cafile,
+        local_hostname=settings.message_domain,
+    )
 
     async def on_start(runtime: Runtime) -> None:
         quota = QuotaClient(runtime.nats, settings.rpc_timeout_seconds)
         mailboxes = MailboxDirectory(runtime.nats, settings.rpc_timeout_seconds)
-        delivery = Delivery(db=runtime.db, settings=settings, quota=quota, mailboxes=mailboxes, keys=keys,
-                            policy=policy, routes=Routes(keys, mailboxes), wake_relay=runtime.wake_relay)
-        runtime.extras["send"] = SendContext(settings=settings, keys=keys, policy=policy, quota=quota,
-                                             mailboxes=mailboxes, delivery=delivery,
-                                             leads=LeadDirectory(runtime.nats, settings.rpc_timeout_seconds))
+        delivery = Delivery(
+            db=runtime.db,
+            settings=settings,
+            quota=quota,
+            mailboxes=mailboxes,
+            keys=keys,
+            policy=policy,
+            routes=Routes(keys, mailboxes),
+            wake_relay=runtime.wake_relay,
+        )
+        runtime.extras["send"] = SendContext(
+            settings=settings,
+            keys=keys,
+            policy=policy,
+            quota=quota,
+            mailboxes=mailboxes,
+            delivery=delivery,
+            leads=LeadDirectory(runtime.nats, settings.rpc_timeout_seconds),
+        )
         await delivery.start()
         # Recover what a previous process left in "sending" before this one claims anything.
         await delivery.recover_once()
@@ -53,7 +70,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await context.delivery.close()
 
-    return create_service_app(name="send", settings=settings, schema="send", outbox=outbox,
-                              routers=[messages_router, accounts_router],
-                              consumers=lambda runtime: consumers(runtime, settings.consumer_prefix),
-                              on_start=on_start, on_stop=on_stop, title="Leadline send service")
+    return create_service_app(
+        name="send",
+        settings=settings,
+        schema="send",
+        outbox=outbox,
+        routers=[messages_router, accounts_router],
+        consumers=lambda runtime: consumers(runtime, settings.consumer_prefix),
+        on_start=on_start,
+        on_stop=on_stop,
+        title="Leadline send service",
+    )

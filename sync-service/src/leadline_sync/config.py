@@ -77,16 +77,19 @@ class Settings(KitSettings):
         if self.sync_memory_budget_mb * 1024 < self.sync_mailbox_memory_kib:
             raise ValueError(
                 f"LEADLINE_SYNC_MEMORY_BUDGET_MB={self.sync_memory_budget_mb} is less than one mailbox needs "
-                f"({self.sync_mailbox_memory_kib} KiB, LEADLINE_SYNC_MAILBOX_MEMORY_KIB): no mailbox could be synced")
+                f"({self.sync_mailbox_memory_kib} KiB, LEADLINE_SYNC_MAILBOX_MEMORY_KIB): no mailbox could be synced"
+            )
         if not self.sync_rotation_seconds > 0:
             raise ValueError(
                 f"LEADLINE_SYNC_ROTATION_SECONDS={self.sync_rotation_seconds:g} must be more than 0: it is the "
-                "longest time an enabled mailbox may wait for its next sync")
+                "longest time an enabled mailbox may wait for its next sync"
+            )
         if self.sync_rotation_seconds < self.sync_poll_seconds:
             raise ValueError(
                 f"LEADLINE_SYNC_ROTATION_SECONDS={self.sync_rotation_seconds:g} is shorter than "
                 f"LEADLINE_SYNC_POLL_SECONDS={self.sync_poll_seconds:g}: a mailbox served in turns cannot be synced "
-                "more often than a live one polls")
+                "more often than a live one polls"
+            )
         self.credential_keys()
         self.allow_networks()
         if self.environment == "production" and self.sync_credential_keys.get_secret_value() == DEV_CREDENTIAL_KEY:

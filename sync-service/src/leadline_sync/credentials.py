@@ -67,8 +67,12 @@ class CredentialCipher:
     def open(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, sealed: Sealed) -> MailboxSecrets:
         """The passwords; :class:`~leadline_kit.sealing.CredentialError` if they do not open for this row."""
         values = json.loads(self._ring.open(sealed, self._associated(company_id, mailbox_id)))
-        return MailboxSecrets(imap_password=str(values["imap"]), smtp_password=str(values["smtp"]),
-                              refresh_token=str(values.get("refresh", "")), access_token=str(values.get("access", "")))
+        return MailboxSecrets(
+            imap_password=str(values["imap"]),
+            smtp_password=str(values["smtp"]),
+            refresh_token=str(values.get("refresh", "")),
+            access_token=str(values.get("access", "")),
+        )
 
 
 async def rotate(database: Database, cipher: CredentialCipher, batch_size: int = 200) -> int:
@@ -78,10 +82,17 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
         async with database.session() as session:
             rows = (
                 await session.execute(
-                    select(mailbox.c.id, mailbox.c.company_id, mailbox.c.credential_key_id,
-                           mailbox.c.credential_wrapped_key, mailbox.c.credential_ciphertext)
-                    .where(mailbox.c.credential_ciphertext.is_not(None),
-                           mailbox.c.credential_key_id != cipher.current_key_id)
+                    select(
+                        mailbox.c.id,
+                        mailbox.c.company_id,
+                        mailbox.c.credential_key_id,
+                        mailbox.c.credential_wrapped_key,
+                        mailbox.c.credential_ciphertext,
+                    )
+                    .where(
+                        mailbox.c.credential_ciphertext.is_not(None),
+                        mailbox.c.credential_key_id != cipher.current_key_id,
+                    )
                     .limit(batch_size)
                     .with_for_update(skip_locked=True)
                 )
@@ -89,20 +100,29 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
             if not rows:
                 return rotated
             for row in rows:
-                secrets = cipher.open(row.company_id, row.id, Sealed(
-                    row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
+                secrets = cipher.open(
+                    row.company_id,
+                    row.id,
+                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                )
                 sealed = cipher.seal(row.company_id, row.id, secrets)
                 await session.execute(
-                    update(mailbox).where(mailbox.c.id == row.id).values(
-                        credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
-                        credential_ciphertext=sealed.ciphertext)
+                    update(mailbox)
+                    .where(mailbox.c.id == row.id)
+                    .values(
+                        credential_key_id=sealed.key_id,
+                        credential_wrapped_key=sealed.wrapped_key,
+                        credential_ciphertext=sealed.ciphertext,
+                    )
                 )
             rotated += len(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m leadline_sync.credentials",
-                                     description="Re-encrypt mailbox credentials under the current key (R25).")
+    parser = argparse.ArgumentParser(
+        prog="python -m leadline_sync.credentials",
+        description="Re-encrypt mailbox credentials under the current key (R25).",
+    )
     parser.add_argument("action", choices=["rotate"])
     parser.parse_args()
     settings = Settings()

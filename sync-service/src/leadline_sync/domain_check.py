@@ -19,8 +19,28 @@ import dns.resolver
 from leadline_sync.mailbox.schemas import DnsRecordCheck, DomainCheck
 
 COMMON_DKIM_SELECTORS = (
-    "google", "selector1", "selector2", "default", "dkim", "mail", "k1", "k2", "k3", "s1", "s2", "smtp",
-    "mx", "zoho", "protonmail", "fm1", "fm2", "sig1", "everlytickey1", "mandrill", "pm", "sendgrid",
+    "google",
+    "selector1",
+    "selector2",
+    "default",
+    "dkim",
+    "mail",
+    "k1",
+    "k2",
+    "k3",
+    "s1",
+    "s2",
+    "smtp",
+    "mx",
+    "zoho",
+    "protonmail",
+    "fm1",
+    "fm2",
+    "sig1",
+    "everlytickey1",
+    "mandrill",
+    "pm",
+    "sendgrid",
 )
 
 
@@ -53,29 +73,45 @@ async def check_domain(domain: str, resolver: TxtResolver) -> DomainCheck:
         )
     except dns.exception.DNSException as exc:
         unknown = DnsRecordCheck(published=False, records=[], detail=f"DNS lookup failed: {type(exc).__name__}")
-        return DomainCheck(domain=domain, dmarc=unknown, dkim=unknown, ready_for_bulk=False,
-                           advice="The domain's DNS could not be read right now; try again later.")
+        return DomainCheck(
+            domain=domain,
+            dmarc=unknown,
+            dkim=unknown,
+            ready_for_bulk=False,
+            advice="The domain's DNS could not be read right now; try again later.",
+        )
     dmarc_records = [r for r in dmarc_answer if r.strip().lower().startswith("v=dmarc1")]
     dmarc = DnsRecordCheck(
-        published=bool(dmarc_records), records=dmarc_records,
-        detail=f"_dmarc.{domain}" if dmarc_records else f"no DMARC policy at _dmarc.{domain}")
+        published=bool(dmarc_records),
+        records=dmarc_records,
+        detail=f"_dmarc.{domain}" if dmarc_records else f"no DMARC policy at _dmarc.{domain}",
+    )
     selectors = [
-        selector for selector, records in zip(COMMON_DKIM_SELECTORS, dkim_answers, strict=True)
+        selector
+        for selector, records in zip(COMMON_DKIM_SELECTORS, dkim_answers, strict=True)
         if any(_is_dkim_key(r) for r in records)
     ]
     dkim = DnsRecordCheck(
-        published=bool(selectors), records=[f"{s}._domainkey.{domain}" for s in selectors],
-        detail=("DKIM key found for selector " + ", ".join(selectors)) if selectors else
-        "no DKIM key found under the common selectors (your provider may use another one)")
+        published=bool(selectors),
+        records=[f"{s}._domainkey.{domain}" for s in selectors],
+        detail=("DKIM key found for selector " + ", ".join(selectors))
+        if selectors
+        else "no DKIM key found under the common selectors (your provider may use another one)",
+    )
     missing = [name for name, check in (("DMARC", dmarc), ("DKIM", dkim)) if not check.published]
-    advice = ("DMARC and DKIM are published: Gmail and Yahoo accept authenticated mail from this domain."
-              if not missing else
-              f"Publish {' and '.join(missing)} for {domain}: since February 2024 Gmail and Yahoo reject bulk mail "
-              "from domains without them, and Smart Mail sent from this address may bounce.")
+    advice = (
+        "DMARC and DKIM are published: Gmail and Yahoo accept authenticated mail from this domain."
+        if not missing
+        else f"Publish {' and '.join(missing)} for {domain}: since February 2024 Gmail and Yahoo reject bulk mail "
+        "from domains without them, and Smart Mail sent from this address may bounce."
+    )
     return DomainCheck(domain=domain, dmarc=dmarc, dkim=dkim, ready_for_bulk=not missing, advice=advice)
 
 
 def _is_dkim_key(record: str) -> bool:
-    tags = {part.split("=", 1)[0].strip().lower(): part.split("=", 1)[1].strip()
-            for part in record.split(";") if "=" in part}
+    tags = {
+        part.split("=", 1)[0].strip().lower(): part.split("=", 1)[1].strip()
+        for part in record.split(";")
+        if "=" in part
+    }
     return bool(tags.get("p")) and tags.get("v", "DKIM1").upper() == "DKIM1"

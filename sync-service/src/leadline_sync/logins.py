@@ -48,21 +48,33 @@ class ServerLogin:
 
 
 def imap_settings(login: ServerLogin, settings: Settings) -> ImapSettings:
-    return ImapSettings(host=login.host, port=login.port, tls=login.tls, username=login.username,
-                        password=login.password, access_token=login.access_token,
-                        pinned_sha256=login.pinned_sha256, cafile=settings.sync_ca_file,
-                        allow_networks=tuple(settings.allow_networks()),
-                        allow_plaintext=settings.sync_allow_plaintext, timeout=settings.sync_imap_timeout)
+    return ImapSettings(
+        host=login.host,
+        port=login.port,
+        tls=login.tls,
+        username=login.username,
+        password=login.password,
+        access_token=login.access_token,
+        pinned_sha256=login.pinned_sha256,
+        cafile=settings.sync_ca_file,
+        allow_networks=tuple(settings.allow_networks()),
+        allow_plaintext=settings.sync_allow_plaintext,
+        timeout=settings.sync_imap_timeout,
+    )
 
 
 async def certificate_pin(login: ServerLogin, protocol: str, expected: str | None, settings: Settings) -> str:
     """The fingerprint to pin for a self-signed server; ``expected`` (if the user gave one) must match."""
     vetted = await vet_host(login.host, settings.allow_networks())
-    seen = await fetch_certificate_sha256(vetted, login.port, login.tls, "imap" if protocol == "imap" else "smtp",
-                                          timeout=settings.sync_imap_timeout)
+    seen = await fetch_certificate_sha256(
+        vetted, login.port, login.tls, "imap" if protocol == "imap" else "smtp", timeout=settings.sync_imap_timeout
+    )
     if expected is not None and not hmac.compare_digest(normalize_fingerprint(expected), seen):
-        raise MailConnectionError("tls", "The server's certificate does not have the fingerprint you entered. "
-                                         "Check the fingerprint with your mail administrator.")
+        raise MailConnectionError(
+            "tls",
+            "The server's certificate does not have the fingerprint you entered. "
+            "Check the fingerprint with your mail administrator.",
+        )
     return seen
 
 
@@ -103,8 +115,14 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
         sock.close()
         raise connect_error(exc, vetted, login.port) from None
     context = client_tls_context(pinned_sha256=login.pinned_sha256, cafile=settings.sync_ca_file)
-    smtp = aiosmtplib.SMTP(hostname=vetted.hostname, sock=sock, timeout=timeout,
-                           use_tls=login.tls == "implicit", start_tls=False, tls_context=context)
+    smtp = aiosmtplib.SMTP(
+        hostname=vetted.hostname,
+        sock=sock,
+        timeout=timeout,
+        use_tls=login.tls == "implicit",
+        start_tls=False,
+        tls_context=context,
+    )
     try:
         try:
             await smtp.connect()
@@ -114,8 +132,10 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
                     await smtp.starttls(tls_context=context, server_hostname=vetted.hostname)
                 elif not settings.sync_allow_plaintext:
                     raise MailConnectionError(
-                        "tls", "The SMTP server does not offer STARTTLS on this port, so your password would travel "
-                               "unencrypted. Turn on SSL or use another port.")
+                        "tls",
+                        "The SMTP server does not offer STARTTLS on this port, so your password would travel "
+                        "unencrypted. Turn on SSL or use another port.",
+                    )
             ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
             if ssl_object is not None:
                 verify_pin(ssl_object, login.pinned_sha256)
@@ -125,12 +145,15 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
                 await smtp.login(login.username, login.password)
         except aiosmtplib.SMTPAuthenticationError:
             if login.access_token is not None:
-                raise MailConnectionError("oauth_refused", "The SMTP server refused the sign-in with your account.",
-                                          ) from None
+                raise MailConnectionError(
+                    "oauth_refused",
+                    "The SMTP server refused the sign-in with your account.",
+                ) from None
             raise MailConnectionError("auth_failed", "The SMTP server refused the user name or password.") from None
         except aiosmtplib.SMTPNotSupported as exc:
-            raise MailConnectionError("protocol", "The SMTP server does not accept a login on this port.",
-                                      detail=str(exc)) from None
+            raise MailConnectionError(
+                "protocol", "The SMTP server does not accept a login on this port.", detail=str(exc)
+            ) from None
         except aiosmtplib.SMTPTimeoutError:
             raise connect_error(TimeoutError(), vetted, login.port) from None
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:

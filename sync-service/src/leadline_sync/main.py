@@ -31,8 +31,9 @@ from leadline_sync.sync.scheduler import SyncScheduler
 log = logging.getLogger("leadline.sync")
 
 
-def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
-               resolver: TxtResolver | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, *, clock: Clock | None = None, resolver: TxtResolver | None = None
+) -> FastAPI:
     """``clock`` and ``resolver`` are injectable for tests (R8's 48 hours; R18's DNS answers)."""
     settings = settings or Settings()
 
@@ -54,19 +55,33 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
 
-    app = create_service_app(name="sync", settings=settings, schema="sync", outbox=outbox,
-                             routers=[router, oauth_router], consumers=consumers, on_start=on_start,
-                             on_stop=on_stop, title="Leadline sync service")
+    app = create_service_app(
+        name="sync",
+        settings=settings,
+        schema="sync",
+        outbox=outbox,
+        routers=[router, oauth_router],
+        consumers=consumers,
+        on_start=on_start,
+        on_stop=on_stop,
+        title="Leadline sync service",
+    )
     runtime: Runtime = app.state.runtime
     runtime.extras["clock"] = clock or system_clock
     cipher = CredentialCipher.from_settings(settings)
     oauth_apps = resolve_apps(settings.sync_oauth_apps, KeyRing(settings.credential_keys()))
     endpoint = TokenEndpoint(settings, clock or system_clock)
     runtime.extras["sync"] = SyncContext(
-        settings=settings, db=runtime.db, cipher=cipher, oauth_apps=oauth_apps, endpoint=endpoint,
+        settings=settings,
+        db=runtime.db,
+        cipher=cipher,
+        oauth_apps=oauth_apps,
+        endpoint=endpoint,
         tokens=AccessTokens(settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock),
-        clock=clock or system_clock, resolver=resolver or DnsTxtResolver(),
+        clock=clock or system_clock,
+        resolver=resolver or DnsTxtResolver(),
         parser=MessageParser(settings.sync_parse_processes),
         logins=LoginGate(settings.sync_max_logins, settings.sync_retry_base_seconds, settings.sync_retry_max_seconds),
-        replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+    )
     return app

@@ -79,13 +79,15 @@ async def load_directory(session: AsyncSession, company_id: uuid.UUID, addresses
             .group_by(lead_address.c.address)
         )
         directory.lead_since = {address: created for address, created in rows}
-    for kind, value in (await session.execute(
+    for kind, value in await session.execute(
         select(blocklist_entry.c.kind, blocklist_entry.c.value).where(blocklist_entry.c.company_id == company_id)
-    )):
+    ):
         (directory.blocked_addresses if kind == "address" else directory.blocked_domains).add(value)
-    settings = (await session.execute(
-        select(company.c.domains, company.c.block_own_domains).where(company.c.company_id == company_id)
-    )).first()
+    settings = (
+        await session.execute(
+            select(company.c.domains, company.c.block_own_domains).where(company.c.company_id == company_id)
+        )
+    ).first()
     if settings is not None and settings.block_own_domains:
         directory.blocked_domains.update(settings.domains)
         directory.own_domains.update(settings.domains)
@@ -125,8 +127,15 @@ class Match:
     leads: list[str]
 
 
-def match_message(parties: Parties, *, folder: FolderRole, own_address: str, sent_at: datetime,
-                  connected_at: datetime, directory: CompanyDirectory) -> Match | None:
+def match_message(
+    parties: Parties,
+    *,
+    folder: FolderRole,
+    own_address: str,
+    sent_at: datetime,
+    connected_at: datetime,
+    directory: CompanyDirectory,
+) -> Match | None:
     """The published view of a message, or None when it must not leave the service."""
     leads = [a for a in parties.counterparts(own_address) if directory.lead_matches(a, sent_at, connected_at)]
     if not leads:

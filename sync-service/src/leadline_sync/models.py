@@ -112,12 +112,18 @@ mailbox = Table(
     # found in the IMAP INBOX; "provider": an OAuth2 identity); null for mailboxes connected before
     Column("address_proven_at", DateTime(timezone=True)),
     Column("address_proven_by", Text),
-    Index("uq_mailbox_user_connected", "company_id", "user_id", unique=True,
-          postgresql_where=text("status <> 'disabled'")),
+    Index(
+        "uq_mailbox_user_connected", "company_id", "user_id", unique=True, postgresql_where=text("status <> 'disabled'")
+    ),
     # one address is synced by one mailbox per company (mailboxes connected before the proof existed
     # are left out: the connect path refuses a second one for them)
-    Index("uq_mailbox_address_connected", "company_id", "address", unique=True,
-          postgresql_where=text("status <> 'disabled' AND address_proven_at IS NOT NULL")),
+    Index(
+        "uq_mailbox_address_connected",
+        "company_id",
+        "address",
+        unique=True,
+        postgresql_where=text("status <> 'disabled' AND address_proven_at IS NOT NULL"),
+    ),
     Index("ix_mailbox_company_created", "company_id", "created_at", "id"),
     Index("ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")),
     Index("ix_mailbox_last_synced", "last_synced_at", postgresql_where=text("status IN ('enabled', 'error')")),

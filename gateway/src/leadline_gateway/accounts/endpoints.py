@@ -45,8 +45,11 @@ def token_first(check: Callable[[Request], None]) -> type[APIRoute]:
 def _bootstrap_token(request: Request) -> None:
     settings = request.app.state.runtime.settings
     if not bearer_matches(request.headers.get("authorization"), settings.bootstrap_token.get_secret_value()):
-        raise Unauthorized("creating a company needs the bootstrap token", slug="invalid-bootstrap-token",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized(
+            "creating a company needs the bootstrap token",
+            slug="invalid-bootstrap-token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def _operator_token(request: Request) -> None:
@@ -75,29 +78,42 @@ async def administrator(caller: Caller) -> Identity:
 Admin = Annotated[Identity, Depends(administrator)]
 
 
-@bootstrap_router.post("/companies", status_code=status.HTTP_201_CREATED, response_model=schemas.CompanyCreated,
-                       tags=["companies"], summary="Create a company, its first administrator and an API key "
-                                                   "(bootstrap token)")
+@bootstrap_router.post(
+    "/companies",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.CompanyCreated,
+    tags=["companies"],
+    summary="Create a company, its first administrator and an API key (bootstrap token)",
+)
 async def create_company(data: schemas.CompanyCreate, session: Session) -> schemas.CompanyCreated:
     return await service.create_company(session, data)
 
 
-@operator_router.post("/companies/{company_id}/users", status_code=status.HTTP_201_CREATED,
-                      response_model=schemas.UserProvisioned,
-                      summary="Provision a user and their first API key for a CRM with its own login (operator "
-                              "token; no tenant administrator in the loop)")
-async def provision_user(company_id: uuid.UUID, data: schemas.UserProvision, session: Session,
-                         request: Request) -> schemas.UserProvisioned:
+@operator_router.post(
+    "/companies/{company_id}/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.UserProvisioned,
+    summary="Provision a user and their first API key for a CRM with its own login (operator "
+    "token; no tenant administrator in the loop)",
+)
+async def provision_user(
+    company_id: uuid.UUID, data: schemas.UserProvision, session: Session, request: Request
+) -> schemas.UserProvisioned:
     return await service.provision_user(session, company_id, data, request.app.state.runtime.settings.api_keys_per_user)
 
 
-@operator_router.post("/companies/{company_id}/users/{user_id}/api-keys", status_code=status.HTTP_201_CREATED,
-                      response_model=schemas.ApiKeyOut,
-                      summary="Make a provisioned user another API key, e.g. at each sign-in (operator token)")
-async def provision_api_key(company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, session: Session,
-                            request: Request) -> schemas.ApiKeyOut:
-    return await service.provision_api_key(session, company_id, user_id, data,
-                                           request.app.state.runtime.settings.api_keys_per_user)
+@operator_router.post(
+    "/companies/{company_id}/users/{user_id}/api-keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.ApiKeyOut,
+    summary="Make a provisioned user another API key, e.g. at each sign-in (operator token)",
+)
+async def provision_api_key(
+    company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, session: Session, request: Request
+) -> schemas.ApiKeyOut:
+    return await service.provision_api_key(
+        session, company_id, user_id, data, request.app.state.runtime.settings.api_keys_per_user
+    )
 
 
 @router.get("/company", response_model=schemas.CompanyOut, tags=["companies"])
@@ -105,15 +121,20 @@ async def get_company(caller: Caller, session: Session) -> schemas.CompanyOut:
     return await service.get_company(session, caller)
 
 
-@router.patch("/company", response_model=schemas.CompanyOut, tags=["companies"],
-              summary="Change company settings: name, own domains, own-domain blocklist switch, mailbox limit")
+@router.patch(
+    "/company",
+    response_model=schemas.CompanyOut,
+    tags=["companies"],
+    summary="Change company settings: name, own domains, own-domain blocklist switch, mailbox limit",
+)
 async def update_company(data: schemas.CompanyPatch, caller: Admin, session: Session) -> schemas.CompanyOut:
     return await service.update_company(session, caller, data)
 
 
 @router.get("/users", response_model=Page[schemas.UserOut], tags=["users"])
-async def list_users(caller: Admin, session: Session, cursor: str | None = None,
-                     limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[schemas.UserOut]:
+async def list_users(
+    caller: Admin, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> Page[schemas.UserOut]:
     items, next_cursor = await service.list_users(session, caller, cursor, limit)
     return Page(items=items, next_cursor=next_cursor)
 
@@ -123,23 +144,37 @@ def _invitations(request: Request) -> tuple[SystemMailer, timedelta]:
     return runtime.extras["mailer"], timedelta(hours=runtime.settings.invitation_hours)
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=schemas.UserInvited, tags=["users"],
-             summary="Invite a user: a one-time code goes to the user's address by email (never in this answer)")
-async def create_user(data: schemas.UserCreate, caller: Admin, session: Session,
-                      request: Request) -> schemas.UserInvited:
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.UserInvited,
+    tags=["users"],
+    summary="Invite a user: a one-time code goes to the user's address by email (never in this answer)",
+)
+async def create_user(
+    data: schemas.UserCreate, caller: Admin, session: Session, request: Request
+) -> schemas.UserInvited:
     return await service.create_user(session, caller, data, *_invitations(request))
 
 
-@router.post("/users/{user_id}/invitation", status_code=status.HTTP_201_CREATED,
-             response_model=schemas.InvitationOut, tags=["users"],
-             summary="Mail the user a new invitation code; earlier ones stop working")
-async def reinvite_user(user_id: uuid.UUID, caller: Admin, session: Session,
-                        request: Request) -> schemas.InvitationOut:
+@router.post(
+    "/users/{user_id}/invitation",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.InvitationOut,
+    tags=["users"],
+    summary="Mail the user a new invitation code; earlier ones stop working",
+)
+async def reinvite_user(user_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> schemas.InvitationOut:
     return await service.reinvite(session, caller, user_id, *_invitations(request))
 
 
-@router.post("/invitations/claim", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut,
-             tags=["users"], summary="Claim your first API key with the code mailed to you (no API key needed)")
+@router.post(
+    "/invitations/claim",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.ApiKeyOut,
+    tags=["users"],
+    summary="Claim your first API key with the code mailed to you (no API key needed)",
+)
 async def claim_invitation(data: schemas.InvitationClaim, session: Session, request: Request) -> schemas.ApiKeyOut:
     return await service.claim_invitation(session, data, request.client.host if request.client else None)
 
@@ -152,8 +187,7 @@ async def get_user(user_id: uuid.UUID, caller: Caller, session: Session) -> sche
 
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
-async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin,
-                      session: Session) -> schemas.UserOut:
+async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin, session: Session) -> schemas.UserOut:
     return await service.update_user(session, caller, user_id, data)
 
 
@@ -163,23 +197,38 @@ async def delete_user(user_id: uuid.UUID, caller: Admin, session: Session) -> Re
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/api-keys", status_code=status.HTTP_201_CREATED, response_model=schemas.ApiKeyOut, tags=["users"],
-             summary="Create an API key for yourself (shown once)")
-async def create_api_key(data: schemas.ApiKeyCreate, caller: Caller, session: Session,
-                         request: Request) -> schemas.ApiKeyOut:
+@router.post(
+    "/api-keys",
+    status_code=status.HTTP_201_CREATED,
+    response_model=schemas.ApiKeyOut,
+    tags=["users"],
+    summary="Create an API key for yourself (shown once)",
+)
+async def create_api_key(
+    data: schemas.ApiKeyCreate, caller: Caller, session: Session, request: Request
+) -> schemas.ApiKeyOut:
     return await service.create_api_key(session, caller, data, request.app.state.runtime.settings.api_keys_per_user)
 
 
-@router.get("/api-keys", response_model=Page[schemas.ApiKeyInfo], tags=["users"],
-            summary="Your API keys that are not revoked; administrators: every such key of the company")
-async def list_api_keys(caller: Caller, session: Session, cursor: str | None = None,
-                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[schemas.ApiKeyInfo]:
+@router.get(
+    "/api-keys",
+    response_model=Page[schemas.ApiKeyInfo],
+    tags=["users"],
+    summary="Your API keys that are not revoked; administrators: every such key of the company",
+)
+async def list_api_keys(
+    caller: Caller, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> Page[schemas.ApiKeyInfo]:
     items, next_cursor = await service.list_api_keys(session, caller, cursor, limit)
     return Page(items=items, next_cursor=next_cursor)
 
 
-@router.delete("/api-keys/{key_id}", status_code=status.HTTP_204_NO_CONTENT, tags=["users"],
-               summary="Revoke an API key (your own; administrators: any of the company's); refused at once")
+@router.delete(
+    "/api-keys/{key_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["users"],
+    summary="Revoke an API key (your own; administrators: any of the company's); refused at once",
+)
 async def revoke_api_key(key_id: uuid.UUID, caller: Caller, session: Session) -> Response:
     await service.revoke_api_key(session, caller, key_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -27,9 +27,15 @@ Listed = TypeVar("Listed", bound=BaseModel)
 
 
 def _company_event(row: Any) -> CompanyUpdatedV1:
-    return CompanyUpdatedV1(company_id=row.id, payload=CompanyPayload(
-        name=row.name, domains=list(row.domains), block_own_domains=row.block_own_domains,
-        mailbox_limit=row.mailbox_limit))
+    return CompanyUpdatedV1(
+        company_id=row.id,
+        payload=CompanyPayload(
+            name=row.name,
+            domains=list(row.domains),
+            block_own_domains=row.block_own_domains,
+            mailbox_limit=row.mailbox_limit,
+        ),
+    )
 
 
 def _user_payload(row: Any) -> UserPayload:
@@ -38,19 +44,38 @@ def _user_payload(row: Any) -> UserPayload:
 
 async def create_company(session: AsyncSession, data: schemas.CompanyCreate) -> schemas.CompanyCreated:
     company_id, user_id = uuid.uuid4(), uuid.uuid4()
-    company = (await session.execute(
-        insert(models.company).values(id=company_id, name=data.name, domains=sorted(set(data.domains)))
-        .returning(*models.company.c))).one()
-    admin = (await session.execute(
-        insert(models.user).values(id=user_id, company_id=company_id, email=data.administrator.email,
-                                   name=data.administrator.name, role="administrator")
-        .returning(*models.user.c))).one()
+    company = (
+        await session.execute(
+            insert(models.company)
+            .values(id=company_id, name=data.name, domains=sorted(set(data.domains)))
+            .returning(*models.company.c)
+        )
+    ).one()
+    admin = (
+        await session.execute(
+            insert(models.user)
+            .values(
+                id=user_id,
+                company_id=company_id,
+                email=data.administrator.email,
+                name=data.administrator.name,
+                role="administrator",
+            )
+            .returning(*models.user.c)
+        )
+    ).one()
     key = await _create_key(session, company_id, user_id, "bootstrap")
-    await enqueue(session, models.outbox, _company_event(company),
-                  UserUpdatedV1(company_id=company_id, payload=_user_payload(admin)))
-    return schemas.CompanyCreated(company=schemas.CompanyOut.model_validate(company, from_attributes=True),
-                                  administrator=schemas.UserOut.model_validate(admin, from_attributes=True),
-                                  api_key=key)
+    await enqueue(
+        session,
+        models.outbox,
+        _company_event(company),
+        UserUpdatedV1(company_id=company_id, payload=_user_payload(admin)),
+    )
+    return schemas.CompanyCreated(
+        company=schemas.CompanyOut.model_validate(company, from_attributes=True),
+        administrator=schemas.UserOut.model_validate(admin, from_attributes=True),
+        api_key=key,
+    )
 
 
 async def get_company(session: AsyncSession, caller: Identity) -> schemas.CompanyOut:
@@ -66,21 +91,27 @@ async def update_company(session: AsyncSession, caller: Identity, data: schemas.
     if "domains" in changes:
         changes["domains"] = sorted(set(changes["domains"]))
     statement = update(models.company).where(models.company.c.id == caller.company_id)
-    row = (await session.execute(statement.values(**changes).returning(*models.company.c)) if changes else
-           await session.execute(select(models.company).where(models.company.c.id == caller.company_id))).one()
+    row = (
+        await session.execute(statement.values(**changes).returning(*models.company.c))
+        if changes
+        else await session.execute(select(models.company).where(models.company.c.id == caller.company_id))
+    ).one()
     if changes:
         await enqueue(session, models.outbox, _company_event(row))
     return schemas.CompanyOut.model_validate(row, from_attributes=True)
 
 
-async def list_users(session: AsyncSession, caller: Identity, cursor: str | None,
-                     limit: int) -> tuple[list[schemas.UserOut], str | None]:
-    return await _page(session, models.user, models.user.c.company_id == caller.company_id, cursor, limit,
-                       schemas.UserOut)
+async def list_users(
+    session: AsyncSession, caller: Identity, cursor: str | None, limit: int
+) -> tuple[list[schemas.UserOut], str | None]:
+    return await _page(
+        session, models.user, models.user.c.company_id == caller.company_id, cursor, limit, schemas.UserOut
+    )
 
 
-async def _page(session: AsyncSession, table: Table, where: Any, cursor: str | None, limit: int,
-                model: type[Listed]) -> tuple[list[Listed], str | None]:
+async def _page(
+    session: AsyncSession, table: Table, where: Any, cursor: str | None, limit: int, model: type[Listed]
+) -> tuple[list[Listed], str | None]:
     """One page of ``table``'s rows matching ``where``, oldest first, by (created_at, id)."""
     query = select(table).where(where)
     after = decode_position(cursor)
@@ -93,8 +124,11 @@ async def _page(session: AsyncSession, table: Table, where: Any, cursor: str | N
 
 
 async def _user_row(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> Any:
-    row = (await session.execute(select(models.user).where(
-        models.user.c.id == user_id, models.user.c.company_id == caller.company_id))).first()
+    row = (
+        await session.execute(
+            select(models.user).where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
+        )
+    ).first()
     if row is None:
         raise NotFound("no such user in your company", slug="user-not-found")
     return row
@@ -105,27 +139,47 @@ async def get_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) 
 
 
 def invitation_text(email: str, code: str, expires_at: datetime) -> str:
-    return (f"You have been invited to Leadline as {email}.\n\n"
-            f"Your invitation code: {code}\n\n"
-            "Claim your own API key with it (once, before "
-            f"{expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC):\n\n"
-            "  POST /v1/invitations/claim\n"
-            f'  {{"invitation_code": "{code}", "email": "{email}"}}\n\n'
-            "Nobody else has this code: if you did not expect this message, ignore it.\n")
+    return (
+        f"You have been invited to Leadline as {email}.\n\n"
+        f"Your invitation code: {code}\n\n"
+        "Claim your own API key with it (once, before "
+        f"{expires_at.astimezone(UTC):%Y-%m-%d %H:%M} UTC):\n\n"
+        "  POST /v1/invitations/claim\n"
+        f'  {{"invitation_code": "{code}", "email": "{email}"}}\n\n'
+        "Nobody else has this code: if you did not expect this message, ignore it.\n"
+    )
 
 
-async def invite(session: AsyncSession, caller: Identity, user: Any, mailer: SystemMailer,
-                 valid_for: timedelta) -> schemas.InvitationOut:
+async def invite(
+    session: AsyncSession, caller: Identity, user: Any, mailer: SystemMailer, valid_for: timedelta
+) -> schemas.InvitationOut:
     """A new one-time code for ``user``, mailed to the user's address and only there (R29); the user's
     earlier invitations are withdrawn.  A mailer failure raises, so nothing is committed."""
     code = secrets.token_urlsafe(24)
-    await session.execute(update(models.invitation).where(
-        models.invitation.c.user_id == user.id, models.invitation.c.claimed_at.is_(None),
-        models.invitation.c.withdrawn_at.is_(None)).values(withdrawn_at=func.now()))
-    row = (await session.execute(insert(models.invitation).values(
-        id=uuid.uuid4(), company_id=caller.company_id, user_id=user.id, email=user.email,
-        code_sha256=_sha256(code), invited_by=caller.user_id, expires_at=func.now() + valid_for)
-        .returning(*models.invitation.c))).one()
+    await session.execute(
+        update(models.invitation)
+        .where(
+            models.invitation.c.user_id == user.id,
+            models.invitation.c.claimed_at.is_(None),
+            models.invitation.c.withdrawn_at.is_(None),
+        )
+        .values(withdrawn_at=func.now())
+    )
+    row = (
+        await session.execute(
+            insert(models.invitation)
+            .values(
+                id=uuid.uuid4(),
+                company_id=caller.company_id,
+                user_id=user.id,
+                email=user.email,
+                code_sha256=_sha256(code),
+                invited_by=caller.user_id,
+                expires_at=func.now() + valid_for,
+            )
+            .returning(*models.invitation.c)
+        )
+    ).one()
     await mailer.send(user.email, "Your Leadline invitation", invitation_text(user.email, code, row.expires_at))
     return schemas.InvitationOut(sent_to=row.email, created_at=row.created_at, expires_at=row.expires_at)
 
@@ -133,45 +187,64 @@ async def invite(session: AsyncSession, caller: Identity, user: Any, mailer: Sys
 async def _insert_user(session: AsyncSession, company_id: uuid.UUID, email: str, name: str, role: str) -> Any:
     try:
         async with session.begin_nested():
-            row = (await session.execute(insert(models.user).values(
-                id=uuid.uuid4(), company_id=company_id, email=email, name=name, role=role)
-                .returning(*models.user.c))).one()
+            row = (
+                await session.execute(
+                    insert(models.user)
+                    .values(id=uuid.uuid4(), company_id=company_id, email=email, name=name, role=role)
+                    .returning(*models.user.c)
+                )
+            ).one()
     except IntegrityError as exc:
         raise Conflict("a user with this email already exists in the company", slug="user-exists") from exc
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=company_id, payload=_user_payload(row)))
     return row
 
 
-async def create_user(session: AsyncSession, caller: Identity, data: schemas.UserCreate, mailer: SystemMailer,
-                      valid_for: timedelta) -> schemas.UserInvited:
+async def create_user(
+    session: AsyncSession, caller: Identity, data: schemas.UserCreate, mailer: SystemMailer, valid_for: timedelta
+) -> schemas.UserInvited:
     row = await _insert_user(session, caller.company_id, data.email, data.name, data.role)
     invitation = await invite(session, caller, row, mailer, valid_for)
-    return schemas.UserInvited(**schemas.UserOut.model_validate(row, from_attributes=True).model_dump(),
-                               invitation=invitation)
+    return schemas.UserInvited(
+        **schemas.UserOut.model_validate(row, from_attributes=True).model_dump(), invitation=invitation
+    )
 
 
-async def reinvite(session: AsyncSession, caller: Identity, user_id: uuid.UUID, mailer: SystemMailer,
-                   valid_for: timedelta) -> schemas.InvitationOut:
+async def reinvite(
+    session: AsyncSession, caller: Identity, user_id: uuid.UUID, mailer: SystemMailer, valid_for: timedelta
+) -> schemas.InvitationOut:
     return await invite(session, caller, await _user_row(session, caller, user_id), mailer, valid_for)
 
 
-async def claim_invitation(session: AsyncSession, data: schemas.InvitationClaim,
-                           claimed_from: str | None) -> schemas.ApiKeyOut:
+async def claim_invitation(
+    session: AsyncSession, data: schemas.InvitationClaim, claimed_from: str | None
+) -> schemas.ApiKeyOut:
     """The invitee exchanges the code mailed to them, with their address, for their own first API key:
     once, before it expires; the claim (when, which key, from where) is recorded."""
-    row = (await session.execute(
-        update(models.invitation).where(
-            models.invitation.c.code_sha256 == _sha256(data.invitation_code),
-            models.invitation.c.email == data.email, models.invitation.c.claimed_at.is_(None),
-            models.invitation.c.withdrawn_at.is_(None), models.invitation.c.expires_at > func.now())
-        .values(claimed_at=func.now(), claimed_from=claimed_from)
-        .returning(models.invitation.c.id, models.invitation.c.user_id, models.invitation.c.company_id))).first()
+    row = (
+        await session.execute(
+            update(models.invitation)
+            .where(
+                models.invitation.c.code_sha256 == _sha256(data.invitation_code),
+                models.invitation.c.email == data.email,
+                models.invitation.c.claimed_at.is_(None),
+                models.invitation.c.withdrawn_at.is_(None),
+                models.invitation.c.expires_at > func.now(),
+            )
+            .values(claimed_at=func.now(), claimed_from=claimed_from)
+            .returning(models.invitation.c.id, models.invitation.c.user_id, models.invitation.c.company_id)
+        )
+    ).first()
     if row is None:
-        raise NotFound("this invitation code is unknown, was already used, has expired or was sent to another "
-                       "address; ask your administrator for a new invitation", slug="invitation-not-found")
+        raise NotFound(
+            "this invitation code is unknown, was already used, has expired or was sent to another "
+            "address; ask your administrator for a new invitation",
+            slug="invitation-not-found",
+        )
     key = await _create_key(session, row.company_id, row.user_id, data.key_name)
-    await session.execute(update(models.invitation).where(models.invitation.c.id == row.id)
-                          .values(claimed_api_key_id=key.id))
+    await session.execute(
+        update(models.invitation).where(models.invitation.c.id == row.id).values(claimed_api_key_id=key.id)
+    )
     return key
 
 
@@ -180,22 +253,32 @@ def _sha256(value: str) -> str:
 
 
 async def _administrators(session: AsyncSession, company_id: uuid.UUID) -> int:
-    count = await session.scalar(select(func.count()).select_from(models.user).where(
-        models.user.c.company_id == company_id, models.user.c.role == "administrator"))
+    count = await session.scalar(
+        select(func.count())
+        .select_from(models.user)
+        .where(models.user.c.company_id == company_id, models.user.c.role == "administrator")
+    )
     return int(count or 0)
 
 
-async def update_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID,
-                      data: schemas.UserPatch) -> schemas.UserOut:
+async def update_user(
+    session: AsyncSession, caller: Identity, user_id: uuid.UUID, data: schemas.UserPatch
+) -> schemas.UserOut:
     current = await _user_row(session, caller, user_id)
     changes = {k: v for k, v in data.model_dump(exclude_unset=True).items() if v is not None}
-    if current.role == "administrator" and changes.get("role", "administrator") != "administrator" \
-            and await _administrators(session, caller.company_id) <= 1:
+    if (
+        current.role == "administrator"
+        and changes.get("role", "administrator") != "administrator"
+        and await _administrators(session, caller.company_id) <= 1
+    ):
         raise Conflict("a company keeps at least one administrator", slug="last-administrator")
     if not changes:
         return schemas.UserOut.model_validate(current, from_attributes=True)
-    row = (await session.execute(update(models.user).where(models.user.c.id == user_id).values(**changes)
-                                 .returning(*models.user.c))).one()
+    row = (
+        await session.execute(
+            update(models.user).where(models.user.c.id == user_id).values(**changes).returning(*models.user.c)
+        )
+    ).one()
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
     return schemas.UserOut.model_validate(row, from_attributes=True)
 
@@ -205,48 +288,78 @@ async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUI
     if current.role == "administrator" and await _administrators(session, caller.company_id) <= 1:
         raise Conflict("a company keeps at least one administrator", slug="last-administrator")
     await session.execute(models.user.delete().where(models.user.c.id == user_id))
-    await enqueue(session, models.outbox, UserDeletedV1(company_id=caller.company_id,
-                                                        payload=_user_payload(current)))
+    await enqueue(session, models.outbox, UserDeletedV1(company_id=caller.company_id, payload=_user_payload(current)))
 
 
-async def _create_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, name: str,
-                      expires_at: datetime | None = None) -> schemas.ApiKeyOut:
+async def _create_key(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, name: str, expires_at: datetime | None = None
+) -> schemas.ApiKeyOut:
     key = new_api_key()
-    row = (await session.execute(insert(models.api_key).values(
-        id=key.key_id, company_id=company_id, user_id=user_id, name=name, secret_sha256=key.secret_sha256,
-        expires_at=expires_at).returning(*models.api_key.c))).one()
-    return schemas.ApiKeyOut(id=row.id, name=row.name, user_id=row.user_id, created_at=row.created_at,
-                             expires_at=row.expires_at, key=key.token)
+    row = (
+        await session.execute(
+            insert(models.api_key)
+            .values(
+                id=key.key_id,
+                company_id=company_id,
+                user_id=user_id,
+                name=name,
+                secret_sha256=key.secret_sha256,
+                expires_at=expires_at,
+            )
+            .returning(*models.api_key.c)
+        )
+    ).one()
+    return schemas.ApiKeyOut(
+        id=row.id,
+        name=row.name,
+        user_id=row.user_id,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        key=key.token,
+    )
 
 
 def _active_key() -> Any:
-    return and_(models.api_key.c.revoked_at.is_(None),
-                or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()))
+    return and_(
+        models.api_key.c.revoked_at.is_(None),
+        or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()),
+    )
 
 
-async def create_api_key(session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate,
-                         limit: int) -> schemas.ApiKeyOut:
+async def create_api_key(
+    session: AsyncSession, caller: Identity, data: schemas.ApiKeyCreate, limit: int
+) -> schemas.ApiKeyOut:
     # keys are only ever made for oneself: a key acts as its user, and nobody may act as another (R1)
     return await _create_capped_key(session, caller.company_id, caller.user_id, data, limit)
 
 
-async def _create_capped_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
-                             data: schemas.ApiKeyCreate, limit: int) -> schemas.ApiKeyOut:
+async def _create_capped_key(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, limit: int
+) -> schemas.ApiKeyOut:
     # the user's row is locked so that two concurrent creations cannot both pass the cap
-    found = await session.execute(select(models.user.c.id).where(
-        models.user.c.id == user_id, models.user.c.company_id == company_id).with_for_update())
+    found = await session.execute(
+        select(models.user.c.id)
+        .where(models.user.c.id == user_id, models.user.c.company_id == company_id)
+        .with_for_update()
+    )
     if found.first() is None:
         raise NotFound("no such user in this company", slug="user-not-found")
-    active = await session.scalar(select(func.count()).select_from(models.api_key).where(
-        models.api_key.c.user_id == user_id, _active_key()))
+    active = await session.scalar(
+        select(func.count()).select_from(models.api_key).where(models.api_key.c.user_id == user_id, _active_key())
+    )
     if int(active or 0) >= limit:
-        raise Conflict(f"the user holds {limit} active API keys, the most a user may hold; revoke one first "
-                       "(DELETE /v1/api-keys/{id})", slug="api-key-limit", limit=limit)
+        raise Conflict(
+            f"the user holds {limit} active API keys, the most a user may hold; revoke one first "
+            "(DELETE /v1/api-keys/{id})",
+            slug="api-key-limit",
+            limit=limit,
+        )
     return await _create_key(session, company_id, user_id, data.name, data.expires_at)
 
 
-async def provision_user(session: AsyncSession, company_id: uuid.UUID, data: schemas.UserProvision,
-                         limit: int) -> schemas.UserProvisioned:
+async def provision_user(
+    session: AsyncSession, company_id: uuid.UUID, data: schemas.UserProvision, limit: int
+) -> schemas.UserProvisioned:
     """The operator's way for a CRM that signs its users in itself (SSO): the user and their first key at
     once, handed to the CRM's backend, with no tenant administrator in the loop (R29)."""
     if await session.scalar(select(models.company.c.id).where(models.company.c.id == company_id)) is None:
@@ -256,13 +369,15 @@ async def provision_user(session: AsyncSession, company_id: uuid.UUID, data: sch
     return schemas.UserProvisioned(user=schemas.UserOut.model_validate(row, from_attributes=True), api_key=key)
 
 
-async def provision_api_key(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
-                            data: schemas.ApiKeyCreate, limit: int) -> schemas.ApiKeyOut:
+async def provision_api_key(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, limit: int
+) -> schemas.ApiKeyOut:
     return await _create_capped_key(session, company_id, user_id, data, limit)
 
 
-async def list_api_keys(session: AsyncSession, caller: Identity, cursor: str | None,
-                        limit: int) -> tuple[list[schemas.ApiKeyInfo], str | None]:
+async def list_api_keys(
+    session: AsyncSession, caller: Identity, cursor: str | None, limit: int
+) -> tuple[list[schemas.ApiKeyInfo], str | None]:
     where = and_(models.api_key.c.company_id == caller.company_id, models.api_key.c.revoked_at.is_(None))
     if not caller.is_admin:
         where = and_(where, models.api_key.c.user_id == caller.user_id)
@@ -270,9 +385,11 @@ async def list_api_keys(session: AsyncSession, caller: Identity, cursor: str | N
 
 
 async def revoke_api_key(session: AsyncSession, caller: Identity, key_id: uuid.UUID) -> None:
-    statement = update(models.api_key).where(models.api_key.c.id == key_id,
-                                             models.api_key.c.company_id == caller.company_id,
-                                             models.api_key.c.revoked_at.is_(None))
+    statement = update(models.api_key).where(
+        models.api_key.c.id == key_id,
+        models.api_key.c.company_id == caller.company_id,
+        models.api_key.c.revoked_at.is_(None),
+    )
     if not caller.is_admin:
         statement = statement.where(models.api_key.c.user_id == caller.user_id)
     if (await session.execute(statement.values(revoked_at=func.now()).returning(models.api_key.c.id))).first() is None:

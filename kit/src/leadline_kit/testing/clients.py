@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from leadline_kit.identity import Identity, identity_headers
 
 
-def make_identity(role: str = "administrator", company_id: uuid.UUID | None = None,
-                  user_id: uuid.UUID | None = None) -> Identity:
+def make_identity(
+    role: str = "administrator", company_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+) -> Identity:
     return Identity(company_id=company_id or uuid.uuid4(), user_id=user_id or uuid.uuid4(), role=role)
 
 
@@ -41,5 +42,4 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def as_caller(client: httpx.AsyncClient, identity: Identity, secret: str) -> httpx.AsyncClient:
     """A client sharing ``client``'s transport that signs as ``identity``."""
-    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url,
-                             auth=SignedAuth(identity, secret))
+    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url, auth=SignedAuth(identity, secret))

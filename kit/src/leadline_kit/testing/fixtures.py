@@ -65,8 +65,9 @@ def tls_ca() -> trustme.CA:
 @pytest.fixture(scope="session")
 def dovecot(infra_dir: Path, tls_ca: trustme.CA) -> Iterator[DovecotServer]:
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
-    server = DovecotServer(infra_dir / "dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
-                           cert.private_key_pem.bytes())
+    server = DovecotServer(
+        infra_dir / "dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+    )
     server.start()
     yield server
     server.stop()
@@ -84,9 +85,12 @@ def oauth_provider() -> Iterator[FakeOAuthProvider]:
 def oauth_dovecot(infra_dir: Path, tls_ca: trustme.CA, oauth_provider: FakeOAuthProvider) -> Iterator[DovecotServer]:
     """A Dovecot that also signs users in with access tokens the ``oauth_provider`` vouches for."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
-    server = DovecotServer(infra_dir / "oauth-dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
-                           cert.private_key_pem.bytes(),
-                           oauth2_introspection_url=f"{oauth_provider.url}/introspect")
+    server = DovecotServer(
+        infra_dir / "oauth-dovecot",
+        cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
+        cert.private_key_pem.bytes(),
+        oauth2_introspection_url=f"{oauth_provider.url}/introspect",
+    )
     server.start()
     yield server
     server.stop()

@@ -104,8 +104,12 @@ class FakeOAuthProvider:
 
     def endpoints(self) -> dict[str, str]:
         """The endpoint settings of a provider app pointed at this server."""
-        return {"authorization_url": f"{self.url}/authorize", "token_url": f"{self.url}/token",
-                "userinfo_url": f"{self.url}/userinfo", "issuer": self.issuer}
+        return {
+            "authorization_url": f"{self.url}/authorize",
+            "token_url": f"{self.url}/token",
+            "userinfo_url": f"{self.url}/userinfo",
+            "issuer": self.issuer,
+        }
 
     def sign_in(self, address: str) -> None:
         self.signed_in, self.deny = address, False
@@ -144,8 +148,9 @@ class FakeOAuthProvider:
     # -- the server ------------------------------------------------------------------------
 
     def start(self) -> FakeOAuthProvider:
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, lifespan="off")
+        config = uvicorn.Config(
+            self._app(), host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="off"
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fake-oauth", daemon=True)
         self._thread.start()
@@ -161,8 +166,12 @@ class FakeOAuthProvider:
     def _issue(self, grant: Grant, refresh_token: str | None = None) -> dict[str, Any]:
         access = "ya29.fake-" + secrets.token_urlsafe(24)
         self._access[access] = AccessToken(grant, time.time() + self.expires_in)
-        body: dict[str, Any] = {"access_token": access, "token_type": "Bearer", "expires_in": self.expires_in,
-                                "scope": grant.scope}
+        body: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "Bearer",
+            "expires_in": self.expires_in,
+            "scope": grant.scope,
+        }
         if refresh_token is not None:
             body["refresh_token"] = refresh_token
         return body
@@ -172,8 +181,16 @@ class FakeOAuthProvider:
             return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
         now = int(time.time())
-        claims = {"iss": self.issuer, "aud": self.client_id, "sub": hashlib.sha256(address.encode()).hexdigest(),
-                  "email": address, "email_verified": True, "iat": now, "exp": now + 3600, "nonce": nonce}
+        claims = {
+            "iss": self.issuer,
+            "aud": self.client_id,
+            "sub": hashlib.sha256(address.encode()).hexdigest(),
+            "email": address,
+            "email_verified": True,
+            "iat": now,
+            "exp": now + 3600,
+            "nonce": nonce,
+        }
         signing_input = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
         signature = hmac.new(self.client_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
         return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
@@ -190,9 +207,16 @@ class FakeOAuthProvider:
             return dict(urllib.parse.parse_qsl((await request.body()).decode()))
 
         @app.get("/authorize")
-        def authorize(client_id: str, redirect_uri: str, state: str, code_challenge: str, scope: str,
-                      code_challenge_method: str = "plain", nonce: str = "",
-                      response_type: Annotated[str, Query()] = "") -> Response:
+        def authorize(
+            client_id: str,
+            redirect_uri: str,
+            state: str,
+            code_challenge: str,
+            scope: str,
+            code_challenge_method: str = "plain",
+            nonce: str = "",
+            response_type: Annotated[str, Query()] = "",
+        ) -> Response:
             if client_id != self.client_id or response_type != "code" or code_challenge_method != "S256":
                 return error("invalid_request")
             if self.deny or self.signed_in is None:
@@ -200,8 +224,13 @@ class FakeOAuthProvider:
             else:
                 code = secrets.token_urlsafe(16)
                 with self._lock:
-                    self._codes[code] = {"address": self.signed_in, "redirect_uri": redirect_uri, "scope": scope,
-                                         "challenge": code_challenge, "nonce": nonce}
+                    self._codes[code] = {
+                        "address": self.signed_in,
+                        "redirect_uri": redirect_uri,
+                        "scope": scope,
+                        "challenge": code_challenge,
+                        "nonce": nonce,
+                    }
                 query = {"code": code, "state": state}
             return RedirectResponse(redirect_uri + "?" + urllib.parse.urlencode(query), status_code=302)
 
@@ -217,8 +246,9 @@ class FakeOAuthProvider:
             if grant_type == "authorization_code":
                 with self._lock:
                     entry = self._codes.pop(code, None)
-                    challenge = base64.urlsafe_b64encode(
-                        hashlib.sha256(code_verifier.encode()).digest()).rstrip(b"=").decode()
+                    challenge = (
+                        base64.urlsafe_b64encode(hashlib.sha256(code_verifier.encode()).digest()).rstrip(b"=").decode()
+                    )
                     if entry is None or entry["redirect_uri"] != redirect_uri or challenge != entry["challenge"]:
                         return error("invalid_grant")
                     grant = Grant(entry["address"], client_id, entry["scope"])
@@ -237,9 +267,10 @@ class FakeOAuthProvider:
                         return error("temporarily_unavailable", 503)
                     grant_or_none = self._refresh.get(refresh_token)
                     if grant_or_none is None or grant_or_none.revoked:
-                        return JSONResponse({"error": "invalid_grant",
-                                             "error_description": "Token has been expired or revoked."},
-                                            status_code=400)
+                        return JSONResponse(
+                            {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
+                            status_code=400,
+                        )
                     self.refresh_grants += 1
                     return JSONResponse(self._issue(grant_or_none))
             return error("unsupported_grant_type")

@@ -28,8 +28,12 @@ Manager = Annotated[Identity, Depends(blocklist_manager)]
 
 
 @router.get("")
-async def list_blocklist(session: Session, caller: Caller, cursor: Annotated[str | None, Query(max_length=512)] = None,
-                         limit: Annotated[int, Query(ge=1, le=200)] = 50) -> BlocklistPage:
+async def list_blocklist(
+    session: Session,
+    caller: Caller,
+    cursor: Annotated[str | None, Query(max_length=512)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> BlocklistPage:
     return await service.list_entries(session, caller, cursor=cursor, limit=limit)
 
 
@@ -42,4 +46,3 @@ async def add_to_blocklist(session: Session, caller: Manager, body: BlocklistEnt
 async def remove_from_blocklist(session: Session, caller: Manager, entry_id: uuid.UUID) -> Response:
     await service.remove_entry(session, caller, entry_id)
     return Response(status_code=204)
-

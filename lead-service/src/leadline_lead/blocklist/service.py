@@ -41,8 +41,16 @@ async def add_entry(session: AsyncSession, caller: Identity, body: BlocklistEntr
         value = normalise_address(body.value) if kind == "address" else normalise_domain(body.value)
     except InvalidAddress as exc:
         raise Unprocessable(str(exc), slug=f"invalid-{kind}") from exc
-    row = await repository.insert_entry(session, {"id": uuid.uuid4(), "company_id": caller.company_id,
-                                                  "kind": kind, "value": value, "created_by": caller.user_id})
+    row = await repository.insert_entry(
+        session,
+        {
+            "id": uuid.uuid4(),
+            "company_id": caller.company_id,
+            "kind": kind,
+            "value": value,
+            "created_by": caller.user_id,
+        },
+    )
     if row is None:
         raise Conflict(f"{value} is already blocklisted", slug="already-blocklisted", value=value)
     entry = _entry(row)
@@ -87,8 +95,9 @@ async def apply_company_settings(session: AsyncSession, event: CompanyUpdatedV1)
             continue  # the gateway validates domains; one we cannot read blocks nothing
     domains = list(dict.fromkeys(domains))
     before = await repository.get_settings(session, company, for_update=True)
-    if not await repository.save_settings(session, company, domains, event.payload.block_own_domains,
-                                          event.occurred_at):
+    if not await repository.save_settings(
+        session, company, domains, event.payload.block_own_domains, event.occurred_at
+    ):
         return  # a newer company.updated was applied already
     if not event.payload.block_own_domains:
         return

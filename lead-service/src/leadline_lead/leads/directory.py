@@ -25,14 +25,15 @@ from leadline_proto.subjects import RPC_LEAD_DIRECTORY
 log = logging.getLogger("leadline.lead.directory")
 
 
-
 async def directory_reply(db: Database, request: LeadDirectoryRequest) -> LeadDirectoryReply:
     async with db.session() as session:
-        row = (await session.execute(
-            select(func.count(func.distinct(lead.c.id)), func.max(lead.c.created_at), func.now())
-            .select_from(lead.join(lead_address, lead_address.c.lead_id == lead.c.id))
-            .where(lead.c.company_id == request.company_id, lead_address.c.company_id == request.company_id)
-        )).one()
+        row = (
+            await session.execute(
+                select(func.count(func.distinct(lead.c.id)), func.max(lead.c.created_at), func.now())
+                .select_from(lead.join(lead_address, lead_address.c.lead_id == lead.c.id))
+                .where(lead.c.company_id == request.company_id, lead_address.c.company_id == request.company_id)
+            )
+        ).one()
     return LeadDirectoryReply(leads=row[0], newest_created_at=row[1], as_of=row[2])
 
 

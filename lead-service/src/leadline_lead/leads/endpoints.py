@@ -19,9 +19,11 @@ router = APIRouter(prefix="/v1/leads", tags=["leads"])
 
 @router.get("")
 async def list_leads(
-    session: Session, caller: Caller,
-    q: Annotated[str | None, Query(max_length=254, pattern=ONE_LINE,
-                                   description="address prefix, or part of the name")] = None,
+    session: Session,
+    caller: Caller,
+    q: Annotated[
+        str | None, Query(max_length=254, pattern=ONE_LINE, description="address prefix, or part of the name")
+    ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[Lead]:

@@ -32,11 +32,17 @@ MAX_LEADS = 1000  # as many as one message may name
 
 async def lead_addresses(db: Database, request: LeadAddressesRequest) -> LeadAddressesReply:
     async with db.session() as session:
-        rows = (await session.execute(select(lead.c.id, lead.c.name).where(
-            lead.c.company_id == request.company_id, lead.c.id.in_(request.lead_ids)))).all()
+        rows = (
+            await session.execute(
+                select(lead.c.id, lead.c.name).where(
+                    lead.c.company_id == request.company_id, lead.c.id.in_(request.lead_ids)
+                )
+            )
+        ).all()
         addresses = await repository.addresses_of(session, [r.id for r in rows])
-    return LeadAddressesReply(leads=[LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, []))
-                                     for r in rows])
+    return LeadAddressesReply(
+        leads=[LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, [])) for r in rows]
+    )
 
 
 async def serve_lead_addresses(nc: Client, db: Database) -> Subscription:

@@ -41,16 +41,31 @@ def normalised_addresses(raw: Sequence[str]) -> list[str]:
 
 
 def _lead(row: Row[Any], addresses: list[str]) -> Lead:
-    return Lead(id=row.id, name=row.name, addresses=addresses, account_name=row.account_name,
-                owner_user_id=row.owner_user_id, stage=row.stage, unsubscribed=row.unsubscribed_at is not None,
-                unsubscribed_at=row.unsubscribed_at, bounced_at=row.bounced_at,
-                mail_status="bounced" if row.bounced_at else "unsubscribed" if row.unsubscribed_at else "ok",
-                created_at=row.created_at, updated_at=row.updated_at)
+    return Lead(
+        id=row.id,
+        name=row.name,
+        addresses=addresses,
+        account_name=row.account_name,
+        owner_user_id=row.owner_user_id,
+        stage=row.stage,
+        unsubscribed=row.unsubscribed_at is not None,
+        unsubscribed_at=row.unsubscribed_at,
+        bounced_at=row.bounced_at,
+        mail_status="bounced" if row.bounced_at else "unsubscribed" if row.unsubscribed_at else "ok",
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 def _payload(lead: Lead) -> LeadPayload:
-    return LeadPayload(lead_id=lead.id, name=lead.name, addresses=lead.addresses, stage=lead.stage,
-                       owner_user_id=lead.owner_user_id, created_at=lead.created_at)
+    return LeadPayload(
+        lead_id=lead.id,
+        name=lead.name,
+        addresses=lead.addresses,
+        stage=lead.stage,
+        owner_user_id=lead.owner_user_id,
+        created_at=lead.created_at,
+    )
 
 
 async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str]) -> None:
@@ -62,20 +77,30 @@ async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUI
 
 async def _check_owner(session: AsyncSession, caller: Identity, owner: uuid.UUID | None) -> None:
     """A lead's owner is a user of the caller's company (known from the gateway's user events)."""
-    if owner is not None and owner != caller.user_id and not await repository.is_user_of(
-            session, caller.company_id, owner):
-        raise Unprocessable("owner_user_id names no user of your company", slug="unknown-owner",
-                            owner_user_id=str(owner))
+    if (
+        owner is not None
+        and owner != caller.user_id
+        and not await repository.is_user_of(session, caller.company_id, owner)
+    ):
+        raise Unprocessable(
+            "owner_user_id names no user of your company", slug="unknown-owner", owner_user_id=str(owner)
+        )
 
 
 async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate) -> Lead:
     await _check_owner(session, caller, body.owner_user_id)
     addresses = normalised_addresses(body.addresses)
-    row = await repository.insert_lead(session, {
-        "id": uuid.uuid4(), "company_id": caller.company_id, "name": body.name,
-        "account_name": body.account_name, "owner_user_id": body.owner_user_id or caller.user_id,
-        "stage": body.stage,
-    })
+    row = await repository.insert_lead(
+        session,
+        {
+            "id": uuid.uuid4(),
+            "company_id": caller.company_id,
+            "name": body.name,
+            "account_name": body.account_name,
+            "owner_user_id": body.owner_user_id or caller.user_id,
+            "stage": body.stage,
+        },
+    )
     await _claim(session, caller.company_id, row.id, addresses)
     created = _lead(row, addresses)
     await enqueue(session, outbox, LeadCreatedV1(company_id=caller.company_id, payload=_payload(created)))
@@ -116,11 +141,13 @@ async def delete_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUI
     await enqueue(session, outbox, LeadDeletedV1(company_id=caller.company_id, payload=_payload(gone)))
 
 
-async def list_leads(session: AsyncSession, caller: Identity, *, query: str | None, cursor: str | None,
-                     limit: int) -> Page[Lead]:
+async def list_leads(
+    session: AsyncSession, caller: Identity, *, query: str | None, cursor: str | None, limit: int
+) -> Page[Lead]:
     after = decode_position(cursor)
-    rows = await repository.list_leads(session, caller.company_id, query=(query or "").strip() or None,
-                                       after=after, limit=limit + 1)
+    rows = await repository.list_leads(
+        session, caller.company_id, query=(query or "").strip() or None, after=after, limit=limit + 1
+    )
     more = len(rows) > limit
     rows = rows[:limit]
     addresses = await repository.addresses_of(session, [r.id for r in rows])

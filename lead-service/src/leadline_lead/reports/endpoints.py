@@ -29,7 +29,8 @@ Day = Annotated[date, BeforeValidator(_calendar_day)]
 
 @router.get("/activity")
 async def activity_report(
-    session: Session, caller: Caller,
+    session: Session,
+    caller: Caller,
     date_from: Annotated[Day | None, Query(alias="from", description="first day, UTC (default: 12 weeks ago)")] = None,
     date_to: Annotated[Day | None, Query(alias="to", description="last day, UTC, inclusive (default: today)")] = None,
 ) -> ActivityReport:

@@ -25,8 +25,9 @@ MAX_RANGE_DAYS = 366
 DEFAULT_WEEKS = 12
 
 
-async def activity_report(session: AsyncSession, caller: Identity, date_from: date | None,
-                          date_to: date | None) -> ActivityReport:
+async def activity_report(
+    session: AsyncSession, caller: Identity, date_from: date | None, date_to: date | None
+) -> ActivityReport:
     date_to = date_to or datetime.now(UTC).date()
     date_from = date_from or date_to - timedelta(weeks=DEFAULT_WEEKS)
     if date_from > date_to:
@@ -40,6 +41,9 @@ async def activity_report(session: AsyncSession, caller: Identity, date_from: da
     for row in rows:
         monday = row.week_start.date()
         year, week, _ = monday.isocalendar()
-        report_rows.append(ActivityRow(week=f"{year}-W{week:02d}", week_start=monday, stage=row.stage,
-                                       sent=row.sent, received=row.received))
+        report_rows.append(
+            ActivityRow(
+                week=f"{year}-W{week:02d}", week_start=monday, stage=row.stage, sent=row.sent, received=row.received
+            )
+        )
     return ActivityReport(date_from=date_from, date_to=date_to, rows=report_rows)

@@ -17,6 +17,10 @@ router = APIRouter(prefix="/v1/leads", tags=["timeline"])
 
 
 @router.get("/{lead_id}/timeline", response_model=Timeline)
-async def lead_timeline(session: Session, caller: Caller, lead_id: uuid.UUID,
-                        limit: Annotated[int, Query(ge=1, le=TIMELINE_LIMIT)] = TIMELINE_LIMIT) -> Response:
+async def lead_timeline(
+    session: Session,
+    caller: Caller,
+    lead_id: uuid.UUID,
+    limit: Annotated[int, Query(ge=1, le=TIMELINE_LIMIT)] = TIMELINE_LIMIT,
+) -> Response:
     return Response(await service.timeline(session, caller, lead_id, limit), media_type="application/json")

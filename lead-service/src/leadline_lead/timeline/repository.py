@@ -37,8 +37,9 @@ _LEAD_ADDRESSES = text(
 ).bindparams(bindparam("companies", type_=ARRAY(Uuid)), bindparam("addresses", type_=ARRAY(Text)))
 
 
-async def lead_addresses(session: AsyncSession,
-                         pairs: Collection[tuple[uuid.UUID, str]]) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
+async def lead_addresses(
+    session: AsyncSession, pairs: Collection[tuple[uuid.UUID, str]]
+) -> dict[tuple[uuid.UUID, str], uuid.UUID]:
     """Which lead holds each (company, address), in one query."""
     if not pairs:
         return {}
@@ -47,8 +48,9 @@ async def lead_addresses(session: AsyncSession,
     return {(row.company_id, row.address): row.lead_id for row in rows}
 
 
-async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID], addresses: Collection[str],
-                         domains: Collection[str]) -> set[tuple[uuid.UUID, str]]:
+async def blocked_values(
+    session: AsyncSession, companies: Collection[uuid.UUID], addresses: Collection[str], domains: Collection[str]
+) -> set[tuple[uuid.UUID, str]]:
     """The (company, address or domain) pairs among those given that the company blocks (R6).
 
     Pass every domain to check, parents included (:func:`domain_and_parents`); the company's own
@@ -65,7 +67,8 @@ async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID]
     blocked = {(row.company_id, row.value) for row in entries}
     own = await session.execute(
         select(company_settings.c.company_id, company_settings.c.domains).where(
-            company_settings.c.company_id.in_(list(companies)), company_settings.c.block_own_domains)
+            company_settings.c.company_id.in_(list(companies)), company_settings.c.block_own_domains
+        )
     )
     wanted = set(domains)
     for row in own:
@@ -78,9 +81,20 @@ async def blocked_values(session: AsyncSession, companies: Collection[uuid.UUID]
 # Array columns travel as strings joined with the unit separator, which no stored address contains.
 _ARRAY_SEPARATOR = "\x1f"
 _SCALAR_COLUMNS = {
-    "company_id": "uuid", "lead_id": "uuid", "message_key": "text", "message_id": "text", "kind": "text",
-    "category": "text", "occurred_at": "timestamptz", "direction": "text", "from_address": "text",
-    "from_name": "text", "subject": "text", "snippet": "text", "mailbox_id": "uuid", "user_id": "uuid",
+    "company_id": "uuid",
+    "lead_id": "uuid",
+    "message_key": "text",
+    "message_id": "text",
+    "kind": "text",
+    "category": "text",
+    "occurred_at": "timestamptz",
+    "direction": "text",
+    "from_address": "text",
+    "from_name": "text",
+    "subject": "text",
+    "snippet": "text",
+    "mailbox_id": "uuid",
+    "user_id": "uuid",
     "folder": "text",
 }
 _ARRAY_COLUMNS = ("to_addresses", "cc_addresses", "matched_addresses")
@@ -90,8 +104,9 @@ _ALL_COLUMNS = (*_SCALAR_COLUMNS, *_ARRAY_COLUMNS)
 _UPSERT = text(f"""
 INSERT INTO timeline_event ({", ".join(_ALL_COLUMNS)})
 SELECT {", ".join([*_SCALAR_COLUMNS, *(f"string_to_array(r.{c}, :separator)" for c in _ARRAY_COLUMNS)])}
-FROM unnest({", ".join(f"CAST(:{c} AS {t}[])" for c, t in
-                       [*_SCALAR_COLUMNS.items(), *((c, "text") for c in _ARRAY_COLUMNS)])})
+FROM unnest({
+    ", ".join(f"CAST(:{c} AS {t}[])" for c, t in [*_SCALAR_COLUMNS.items(), *((c, "text") for c in _ARRAY_COLUMNS)])
+})
      AS r({", ".join(_ALL_COLUMNS)})
 ON CONFLICT ON CONSTRAINT uq_timeline_event_message DO UPDATE SET
     kind = CASE WHEN excluded.kind = 'smart_mail_sent' THEN excluded.kind ELSE timeline_event.kind END,
@@ -130,9 +145,15 @@ async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any
 
 async def insert_sources(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     if rows:
-        await session.execute(_INSERT_SOURCES, {
-            "ids": [r["timeline_event_id"] for r in rows], "sources": [r["source"] for r in rows],
-            "companies": [r["company_id"] for r in rows], "mailboxes": [r["mailbox_id"] for r in rows]})
+        await session.execute(
+            _INSERT_SOURCES,
+            {
+                "ids": [r["timeline_event_id"] for r in rows],
+                "sources": [r["source"] for r in rows],
+                "companies": [r["company_id"] for r in rows],
+                "mailboxes": [r["mailbox_id"] for r in rows],
+            },
+        )
 
 
 async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Sequence[int]) -> None:
@@ -140,9 +161,13 @@ async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Se
     bounce = timeline_event.alias("bounce")
     await session.execute(
         update(timeline_event)
-        .where(timeline_event.c.id.in_(list(event_ids)), timeline_event.c.bounced_at.is_(None),
-               bounce.c.company_id == timeline_event.c.company_id, bounce.c.lead_id == timeline_event.c.lead_id,
-               bounce.c.message_key == "bounce " + timeline_event.c.message_key)
+        .where(
+            timeline_event.c.id.in_(list(event_ids)),
+            timeline_event.c.bounced_at.is_(None),
+            bounce.c.company_id == timeline_event.c.company_id,
+            bounce.c.lead_id == timeline_event.c.lead_id,
+            bounce.c.message_key == "bounce " + timeline_event.c.message_key,
+        )
         .values(bounced_at=bounce.c.occurred_at)
     )
 
@@ -158,30 +183,51 @@ async def upsert_bounce(session: AsyncSession, row: dict[str, Any]) -> int:
     return event_id
 
 
-async def outbound_recipient(session: AsyncSession, company_id: uuid.UUID,
-                             message_key: str) -> tuple[uuid.UUID, str] | None:
+async def outbound_recipient(
+    session: AsyncSession, company_id: uuid.UUID, message_key: str
+) -> tuple[uuid.UUID, str] | None:
     """The lead (and its address) that our message went to, when exactly one lead's timeline holds it."""
-    rows = (await session.execute(select(timeline_event.c.lead_id, timeline_event.c.matched_addresses).where(
-        timeline_event.c.company_id == company_id, timeline_event.c.message_key == message_key,
-        timeline_event.c.direction == "outbound").limit(2))).all()
+    rows = (
+        await session.execute(
+            select(timeline_event.c.lead_id, timeline_event.c.matched_addresses)
+            .where(
+                timeline_event.c.company_id == company_id,
+                timeline_event.c.message_key == message_key,
+                timeline_event.c.direction == "outbound",
+            )
+            .limit(2)
+        )
+    ).all()
     if len(rows) != 1 or not rows[0].matched_addresses:
         return None
     return rows[0].lead_id, rows[0].matched_addresses[0]
 
 
-async def original_subject(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID,
-                           message_key: str) -> str | None:
-    return (await session.execute(select(timeline_event.c.subject).where(
-        timeline_event.c.company_id == company_id, timeline_event.c.lead_id == lead_id,
-        timeline_event.c.message_key == message_key))).scalar()
+async def original_subject(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, message_key: str
+) -> str | None:
+    return (
+        await session.execute(
+            select(timeline_event.c.subject).where(
+                timeline_event.c.company_id == company_id,
+                timeline_event.c.lead_id == lead_id,
+                timeline_event.c.message_key == message_key,
+            )
+        )
+    ).scalar()
 
 
-async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, message_key: str,
-                       at: datetime) -> None:
+async def mark_bounced(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, message_key: str, at: datetime
+) -> None:
     await session.execute(
         update(timeline_event)
-        .where(timeline_event.c.company_id == company_id, timeline_event.c.lead_id == lead_id,
-               timeline_event.c.message_key == message_key, timeline_event.c.bounced_at.is_(None))
+        .where(
+            timeline_event.c.company_id == company_id,
+            timeline_event.c.lead_id == lead_id,
+            timeline_event.c.message_key == message_key,
+            timeline_event.c.bounced_at.is_(None),
+        )
         .values(bounced_at=at)
     )
 
@@ -191,10 +237,10 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
 
     Set-based statements only: a mailbox may have brought hundreds of thousands of events.
     """
-    from_mailbox = (select(source.c.timeline_event_id)
-                    .where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id))
-    other_source = exists().where(source.c.timeline_event_id == timeline_event.c.id,
-                                  source.c.source != str(mailbox_id))
+    from_mailbox = select(source.c.timeline_event_id).where(
+        source.c.company_id == company_id, source.c.mailbox_id == mailbox_id
+    )
+    other_source = exists().where(source.c.timeline_event_id == timeline_event.c.id, source.c.source != str(mailbox_id))
     deleted = await session.execute(
         delete(timeline_event)
         .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(from_mailbox), ~other_source)
@@ -205,14 +251,22 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
     # kept only by its "smart_mail" source still names the mailbox it was sent from
     other_mailbox = (
         select(source.c.mailbox_id)
-        .where(source.c.timeline_event_id == timeline_event.c.id, source.c.mailbox_id.is_not(None),
-               source.c.mailbox_id != mailbox_id)
-        .order_by(source.c.mailbox_id).limit(1).scalar_subquery()
+        .where(
+            source.c.timeline_event_id == timeline_event.c.id,
+            source.c.mailbox_id.is_not(None),
+            source.c.mailbox_id != mailbox_id,
+        )
+        .order_by(source.c.mailbox_id)
+        .limit(1)
+        .scalar_subquery()
     )
     await session.execute(
         update(timeline_event)
-        .where(timeline_event.c.company_id == company_id, timeline_event.c.mailbox_id == mailbox_id,
-               timeline_event.c.id.in_(from_mailbox))
+        .where(
+            timeline_event.c.company_id == company_id,
+            timeline_event.c.mailbox_id == mailbox_id,
+            timeline_event.c.id.in_(from_mailbox),
+        )
         .values(mailbox_id=func.coalesce(other_mailbox, timeline_event.c.mailbox_id))
     )
     await session.execute(delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id))
@@ -249,36 +303,47 @@ WITH blocked AS (
 DELETE FROM timeline_event e USING hit
 WHERE e.id = hit.id AND cardinality(hit.still_matched) = 0
 RETURNING e.id
-""").bindparams(bindparam("company_id", type_=Uuid), bindparam("addresses", type_=ARRAY(Text)),
-                bindparam("domains", type_=ARRAY(Text)))
+""").bindparams(
+    bindparam("company_id", type_=Uuid),
+    bindparam("addresses", type_=ARRAY(Text)),
+    bindparam("domains", type_=ARRAY(Text)),
+)
 
 
-async def purge_blocked(session: AsyncSession, company_id: uuid.UUID, *, addresses: Collection[str] = (),
-                        domains: Collection[str] = ()) -> int:
+async def purge_blocked(
+    session: AsyncSession, company_id: uuid.UUID, *, addresses: Collection[str] = (), domains: Collection[str] = ()
+) -> int:
     """Remove blocked addresses' and domains' mail from timelines (R6); returns how many events went.
 
     An event stays when the lead's other, unblocked address is also on the message.
     """
     if not addresses and not domains:
         return 0
-    result = await session.execute(_PURGE, {"company_id": company_id, "addresses": list(addresses),
-                                            "domains": list(domains)})
+    result = await session.execute(
+        _PURGE, {"company_id": company_id, "addresses": list(addresses), "domains": list(domains)}
+    )
     return len(result.all())
 
 
-_TIMELINE_COLUMNS = [c for c in timeline_event.c if c.name not in ("company_id", "lead_id", "matched_addresses",
-                                                                    "message_key")]
+_TIMELINE_COLUMNS = [
+    c for c in timeline_event.c if c.name not in ("company_id", "lead_id", "matched_addresses", "message_key")
+]
 
 
 async def recent_events(session: AsyncSession, lead_id: uuid.UUID, limit: int) -> Sequence[Any]:
     """The newest events with their sources, in one round trip (index ``ix_timeline_event_lead_recent``)."""
-    sources = (select(func.array_agg(aggregate_order_by(source.c.source, source.c.source)))
-               .where(source.c.timeline_event_id == timeline_event.c.id).scalar_subquery())
+    sources = (
+        select(func.array_agg(aggregate_order_by(source.c.source, source.c.source)))
+        .where(source.c.timeline_event_id == timeline_event.c.id)
+        .scalar_subquery()
+    )
     # asyncpg already returns lists: NullType spares SQLAlchemy's per-item ARRAY processing
-    columns = [type_coerce(c, NullType()).label(c.name) if isinstance(c.type, ARRAY) else c
-               for c in _TIMELINE_COLUMNS]
-    return (await session.execute(
-        select(*columns, type_coerce(sources, NullType()).label("sources"))
-        .where(timeline_event.c.lead_id == lead_id)
-        .order_by(timeline_event.c.occurred_at.desc(), timeline_event.c.id.desc()).limit(limit)
-    )).all()
+    columns = [type_coerce(c, NullType()).label(c.name) if isinstance(c.type, ARRAY) else c for c in _TIMELINE_COLUMNS]
+    return (
+        await session.execute(
+            select(*columns, type_coerce(sources, NullType()).label("sources"))
+            .where(timeline_event.c.lead_id == lead_id)
+            .order_by(timeline_event.c.occurred_at.desc(), timeline_event.c.id.desc())
+            .limit(limit)
+        )
+    ).all()

@@ -94,8 +94,11 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
     if not holders:
         return  # nothing involves a lead (the sync service should not have sent it; harmless)
     blocked_pairs = await repository.blocked_values(
-        session, {c for c, _ in holders}, {a for _, a in holders},
-        {d for _, a in holders for d in domain_and_parents(domain_of(a))})
+        session,
+        {c for c, _ in holders},
+        {a for _, a in holders},
+        {d for _, a in holders for d in domain_and_parents(domain_of(a))},
+    )
     blocked: dict[uuid.UUID, set[str]] = {}
     for company_id, value in blocked_pairs:
         blocked.setdefault(company_id, set()).add(value)
@@ -125,13 +128,24 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
         body = snippet(mail.text, mail.html)
         for lead_id, addresses in matched.items():
             row = {
-                "company_id": company, "lead_id": lead_id, "message_key": key,
-                "message_id": clean_text(mail.message_id, MAX_MESSAGE_ID), "kind": kind, "category": category,
-                "occurred_at": mail.sent_at, "direction": mail.direction,
-                "from_address": sender or "", "from_name": clean_text(mail.from_name, MAX_NAME),
-                "to_addresses": to, "cc_addresses": cc, "matched_addresses": addresses,
-                "subject": clean_text(mail.subject, MAX_SUBJECT), "snippet": body,
-                "mailbox_id": mail.mailbox_id, "user_id": mail.user_id, "folder": mail.folder,
+                "company_id": company,
+                "lead_id": lead_id,
+                "message_key": key,
+                "message_id": clean_text(mail.message_id, MAX_MESSAGE_ID),
+                "kind": kind,
+                "category": category,
+                "occurred_at": mail.sent_at,
+                "direction": mail.direction,
+                "from_address": sender or "",
+                "from_name": clean_text(mail.from_name, MAX_NAME),
+                "to_addresses": to,
+                "cc_addresses": cc,
+                "matched_addresses": addresses,
+                "subject": clean_text(mail.subject, MAX_SUBJECT),
+                "snippet": body,
+                "mailbox_id": mail.mailbox_id,
+                "user_id": mail.user_id,
+                "folder": mail.folder,
             }
             existing = pending.get((company, lead_id, key))
             if existing is None:
@@ -146,14 +160,22 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
     returned = await repository.upsert_mail_events(session, [p.row for p in ordered])
     ids = {(r.company_id, r.lead_id, r.message_key): r.id for r in returned}
     sources = [
-        {"timeline_event_id": ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])],
-         "source": name, "company_id": p.row["company_id"], "mailbox_id": mailbox_id}
-        for p in ordered for name, mailbox_id in p.sources.items()
+        {
+            "timeline_event_id": ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])],
+            "source": name,
+            "company_id": p.row["company_id"],
+            "mailbox_id": mailbox_id,
+        }
+        for p in ordered
+        for name, mailbox_id in p.sources.items()
     ]
     await repository.insert_sources(session, sources)
     # only mail we sent can bounce
-    outbound = [ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])]
-                for p in ordered if p.row["direction"] == "outbound"]
+    outbound = [
+        ids[(p.row["company_id"], p.row["lead_id"], p.row["message_key"])]
+        for p in ordered
+        if p.row["direction"] == "outbound"
+    ]
     if outbound:
         await repository.mark_bounced_from_earlier_bounces(session, outbound)
 
@@ -178,8 +200,9 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     recipient = address_or_none(bounce.recipient)
     if recipient is not None:
         lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
-        if lead_id is None or await repository.blocked_values(session, {company}, {recipient},
-                                                              domain_and_parents(domain_of(recipient))):
+        if lead_id is None or await repository.blocked_values(
+            session, {company}, {recipient}, domain_and_parents(domain_of(recipient))
+        ):
             return
     elif bounce.original_message_id:
         found = await repository.outbound_recipient(session, company, original)
@@ -191,25 +214,42 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     hard = bounce.severity == "hard"
     kind, prefix = ("bounce", "bounce") if hard else ("delivery_delayed", "delayed")
     subject = await repository.original_subject(session, company, lead_id, original) or ""
-    event_id = await repository.upsert_bounce(session, {
-        "company_id": company, "lead_id": lead_id, "message_key": f"{prefix} {original}",
-        "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID), "kind": kind, "category": "personal",
-        "occurred_at": bounce.bounced_at, "direction": "inbound", "to_addresses": [recipient],
-        "matched_addresses": [recipient], "subject": subject[:MAX_SUBJECT],
-        "snippet": snippet(bounce.diagnostic, None), "mailbox_id": bounce.mailbox_id, "user_id": bounce.user_id,
-        "folder": "inbox" if bounce.mailbox_id else None, "bounce_recipient": recipient,
-        "bounce_status": clean_text(bounce.status, 32), "bounce_diagnostic": clean_text(bounce.diagnostic, 2000),
-    })
+    event_id = await repository.upsert_bounce(
+        session,
+        {
+            "company_id": company,
+            "lead_id": lead_id,
+            "message_key": f"{prefix} {original}",
+            "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID),
+            "kind": kind,
+            "category": "personal",
+            "occurred_at": bounce.bounced_at,
+            "direction": "inbound",
+            "to_addresses": [recipient],
+            "matched_addresses": [recipient],
+            "subject": subject[:MAX_SUBJECT],
+            "snippet": snippet(bounce.diagnostic, None),
+            "mailbox_id": bounce.mailbox_id,
+            "user_id": bounce.user_id,
+            "folder": "inbox" if bounce.mailbox_id else None,
+            "bounce_recipient": recipient,
+            "bounce_status": clean_text(bounce.status, 32),
+            "bounce_diagnostic": clean_text(bounce.diagnostic, 2000),
+        },
+    )
     name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
-    await repository.insert_sources(session, [{"timeline_event_id": event_id, "source": name,
-                                               "company_id": company, "mailbox_id": bounce.mailbox_id}])
+    await repository.insert_sources(
+        session,
+        [{"timeline_event_id": event_id, "source": name, "company_id": company, "mailbox_id": bounce.mailbox_id}],
+    )
     if hard:
         await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
         await leads.mark_bounced(session, company, lead_id, bounce.bounced_at)
 
 
-async def timeline(session: AsyncSession, caller: Identity, lead_id: uuid.UUID,
-                   limit: int = repository.TIMELINE_LIMIT) -> bytes:
+async def timeline(
+    session: AsyncSession, caller: Identity, lead_id: uuid.UUID, limit: int = repository.TIMELINE_LIMIT
+) -> bytes:
     """The lead's most recent events, newest first, at most 300 (R7), as the JSON of :class:`Timeline`.
 
     Serialised straight from the rows: this is the hot read path, and every value comes from
@@ -226,14 +266,30 @@ _NOT_MAILBOXES = (SMART_MAIL_SOURCE, BOUNCE_NOTICE_SOURCE, SYNC_SOURCE)
 
 def _timeline_event(row: Any) -> dict[str, Any]:
     return {
-        "id": row.id, "kind": row.kind, "category": row.category, "occurred_at": row.occurred_at,
-        "direction": row.direction, "from_address": row.from_address, "from_name": row.from_name,
-        "to": row.to_addresses, "cc": row.cc_addresses, "subject": row.subject, "snippet": row.snippet,
-        "message_id": row.message_id, "mailbox_id": row.mailbox_id, "user_id": row.user_id,
-        "folder": row.folder, "bounced": row.bounced_at is not None, "bounced_at": row.bounced_at,
-        "bounce_recipient": row.bounce_recipient, "bounce_status": row.bounce_status,
+        "id": row.id,
+        "kind": row.kind,
+        "category": row.category,
+        "occurred_at": row.occurred_at,
+        "direction": row.direction,
+        "from_address": row.from_address,
+        "from_name": row.from_name,
+        "to": row.to_addresses,
+        "cc": row.cc_addresses,
+        "subject": row.subject,
+        "snippet": row.snippet,
+        "message_id": row.message_id,
+        "mailbox_id": row.mailbox_id,
+        "user_id": row.user_id,
+        "folder": row.folder,
+        "bounced": row.bounced_at is not None,
+        "bounced_at": row.bounced_at,
+        "bounce_recipient": row.bounce_recipient,
+        "bounce_status": row.bounce_status,
         "bounce_diagnostic": row.bounce_diagnostic,
-        "sources": [{"kind": "mailbox", "mailbox_id": name} if name not in _NOT_MAILBOXES
-                    else {"kind": name, "mailbox_id": None}
-                    for name in row.sources or ()],
+        "sources": [
+            {"kind": "mailbox", "mailbox_id": name}
+            if name not in _NOT_MAILBOXES
+            else {"kind": name, "mailbox_id": None}
+            for name in row.sources or ()
+        ],
     }

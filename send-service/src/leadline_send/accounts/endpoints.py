@@ -40,8 +40,9 @@ async def get_account(account_id: uuid.UUID, caller: Caller, session: Session) -
 
 
 @router.patch("/{account_id}", response_model=SmtpAccountOut)
-async def patch_account(account_id: uuid.UUID, body: SmtpAccountFields, caller: Admin, session: Session,
-                        context: Context) -> SmtpAccountOut:
+async def patch_account(
+    account_id: uuid.UUID, body: SmtpAccountFields, caller: Admin, session: Session, context: Context
+) -> SmtpAccountOut:
     account = service.to_out(await service.patch(session, context, caller.company_id, account_id, body))
     context.delivery.forget_accounts()
     return account
@@ -55,15 +56,19 @@ async def delete_account(account_id: uuid.UUID, caller: Admin, session: Session,
 
 
 @router.post("/{account_id}/test-connection", response_model=ConnectionTest)
-async def test_connection(account_id: uuid.UUID, caller: Admin, session: Session,
-                          context: Context) -> ConnectionTest:
+async def test_connection(account_id: uuid.UUID, caller: Admin, session: Session, context: Context) -> ConnectionTest:
     return await service.test_connection(context, await service.get(session, caller.company_id, account_id))
 
 
-@router.post("/{account_id}/test-email", status_code=202, response_model=SmtpAccountOut,
-             responses={422: {"description": "not sent: the SMTP answer, or the account's error and its fix"}})
-async def test_email(account_id: uuid.UUID, body: TestEmailIn, caller: Admin, session: Session,
-                     context: Context, request: Request) -> SmtpAccountOut | JSONResponse:
+@router.post(
+    "/{account_id}/test-email",
+    status_code=202,
+    response_model=SmtpAccountOut,
+    responses={422: {"description": "not sent: the SMTP answer, or the account's error and its fix"}},
+)
+async def test_email(
+    account_id: uuid.UUID, body: TestEmailIn, caller: Admin, session: Session, context: Context, request: Request
+) -> SmtpAccountOut | JSONResponse:
     row = await service.get(session, caller.company_id, account_id)
     try:
         await service.send_test_email(session, context, row, body.to)
@@ -75,8 +80,9 @@ async def test_email(account_id: uuid.UUID, body: TestEmailIn, caller: Admin, se
 
 
 @router.post("/{account_id}/confirm", response_model=SmtpAccountOut)
-async def confirm(account_id: uuid.UUID, body: ConfirmIn, caller: Admin, session: Session,
-                  context: Context) -> SmtpAccountOut:
+async def confirm(
+    account_id: uuid.UUID, body: ConfirmIn, caller: Admin, session: Session, context: Context
+) -> SmtpAccountOut:
     row = await service.get(session, caller.company_id, account_id)
     account = service.to_out(await service.confirm(session, row, body.code))
     context.delivery.forget_accounts()

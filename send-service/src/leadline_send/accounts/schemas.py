@@ -30,8 +30,11 @@ class SmtpAccountFields(BaseModel):
     type: AccountType | None = None
     host: str | None = Field(None, min_length=1, max_length=253)
     port: int | None = Field(None, ge=1, le=65535)
-    tls: TlsMode | None = Field(None, description="implicit = SSL/TLS from the start; starttls = STARTTLS "
-                                                  "required; plain only where the operator allows it")
+    tls: TlsMode | None = Field(
+        None,
+        description="implicit = SSL/TLS from the start; starttls = STARTTLS "
+        "required; plain only where the operator allows it",
+    )
     pinned_sha256: str | None = Field(None, description="self-signed certificate: its SHA-256 fingerprint")
     username: str | None = Field(None, max_length=320)
     password: str | None = Field(None, max_length=1000)

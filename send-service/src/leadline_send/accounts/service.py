@@ -42,25 +42,47 @@ CODE_LIFETIME = timedelta(minutes=30)
 
 def to_out(row: Row[Any]) -> SmtpAccountOut:
     return SmtpAccountOut(
-        id=row.id, name=row.name, type=row.type, host=row.host, port=row.port, tls=row.tls,
-        pinned_sha256=row.pinned_sha256, username=row.username, has_password=row.password_sealed is not None,
-        from_email=row.from_email, from_name=row.from_name, active=row.active, confirmed=row.confirmed_at is not None,
-        timeout_seconds=row.timeout_seconds, default_cc=row.default_cc, default_bcc=row.default_bcc,
-        max_per_month=row.max_per_month, month_start_day=row.month_start_day, unsubscribe_url=row.unsubscribe_url,
-        precedence=row.precedence, return_path=row.return_path, utm=Utm(**row.utm),
-        display_order=row.display_order, error=row.error, error_at=row.error_at, created_at=row.created_at,
-        updated_at=row.updated_at)
+        id=row.id,
+        name=row.name,
+        type=row.type,
+        host=row.host,
+        port=row.port,
+        tls=row.tls,
+        pinned_sha256=row.pinned_sha256,
+        username=row.username,
+        has_password=row.password_sealed is not None,
+        from_email=row.from_email,
+        from_name=row.from_name,
+        active=row.active,
+        confirmed=row.confirmed_at is not None,
+        timeout_seconds=row.timeout_seconds,
+        default_cc=row.default_cc,
+        default_bcc=row.default_bcc,
+        max_per_month=row.max_per_month,
+        month_start_day=row.month_start_day,
+        unsubscribe_url=row.unsubscribe_url,
+        precedence=row.precedence,
+        return_path=row.return_path,
+        utm=Utm(**row.utm),
+        display_order=row.display_order,
+        error=row.error,
+        error_at=row.error_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
-def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: uuid.UUID,
-                   account_id: uuid.UUID) -> dict[str, Any]:
+def _column_values(
+    fields: SmtpAccountFields, context: SendContext, company_id: uuid.UUID, account_id: uuid.UUID
+) -> dict[str, Any]:
     """Validated column values for the fields that were given."""
     given = fields.model_dump(exclude_unset=True)
     values: dict[str, Any] = {}
     for name, value in given.items():
         if name in ("name", "host", "username", "from_name") and value is not None:
-            values[name] = check_header_value(name, value).strip() if name == "host" else check_header_value(
-                name, value)
+            values[name] = (
+                check_header_value(name, value).strip() if name == "host" else check_header_value(name, value)
+            )
         elif name in ("username", "from_name") and value is None:
             values[name] = ""
         elif name in ("from_email", "return_path") and value is not None:
@@ -84,12 +106,28 @@ def _column_values(fields: SmtpAccountFields, context: SendContext, company_id: 
             utm = {k: check_header_value(k, v) for k, v in (value or {}).items() if v}
             values[name] = utm
         elif name == "tls" and value == "plain" and not context.settings.smtp_allow_plaintext:
-            raise Unprocessable("SMTP without TLS is not allowed on this installation; use implicit or "
-                                "starttls", slug="plaintext-not-allowed")
+            raise Unprocessable(
+                "SMTP without TLS is not allowed on this installation; use implicit or starttls",
+                slug="plaintext-not-allowed",
+            )
         elif name in ("default_cc", "default_bcc", "utm") and value is None:
             values[name] = [] if name != "utm" else {}
-        elif name in ("name", "type", "host", "port", "tls", "from_email", "active", "timeout_seconds",
-                      "month_start_day", "display_order") and value is None:
+        elif (
+            name
+            in (
+                "name",
+                "type",
+                "host",
+                "port",
+                "tls",
+                "from_email",
+                "active",
+                "timeout_seconds",
+                "month_start_day",
+                "display_order",
+            )
+            and value is None
+        ):
             raise Unprocessable(f"{name} cannot be empty", slug="validation-error")
         else:
             values[name] = value
@@ -102,7 +140,7 @@ def _unsubscribe_target(value: str) -> str:
     if _NOT_IN_LIST_URI.search(value):
         raise Unprocessable("unsubscribe_url must not contain spaces, '<', '>' or ','", slug="invalid-url")
     if value.startswith("mailto:"):
-        check_address("unsubscribe_url", value[len("mailto:"):].partition("?")[0])
+        check_address("unsubscribe_url", value[len("mailto:") :].partition("?")[0])
     elif not value.startswith(("https://", "http://")):
         raise Unprocessable("unsubscribe_url must be an https, http or mailto URL", slug="invalid-url")
     return value
@@ -112,21 +150,29 @@ _NOT_IN_LIST_URI = re.compile(r"[\s<>,]")
 
 
 async def get(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> Row[Any]:
-    row = (await session.execute(select(smtp_account).where(smtp_account.c.company_id == company_id,
-                                                            smtp_account.c.id == account_id))).first()
+    row = (
+        await session.execute(
+            select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+        )
+    ).first()
     if row is None:
         raise NotFound("no such SMTP account", slug="smtp-account-not-found")
     return row
 
 
 async def list_accounts(session: AsyncSession, company_id: uuid.UUID) -> list[Row[Any]]:
-    return list((await session.execute(select(smtp_account).where(smtp_account.c.company_id == company_id)
-                                       .order_by(smtp_account.c.type, smtp_account.c.display_order,
-                                                 smtp_account.c.created_at))).all())
+    return list(
+        (
+            await session.execute(
+                select(smtp_account)
+                .where(smtp_account.c.company_id == company_id)
+                .order_by(smtp_account.c.type, smtp_account.c.display_order, smtp_account.c.created_at)
+            )
+        ).all()
+    )
 
 
-async def create(session: AsyncSession, context: SendContext, company_id: uuid.UUID,
-                 body: SmtpAccountIn) -> Row[Any]:
+async def create(session: AsyncSession, context: SendContext, company_id: uuid.UUID, body: SmtpAccountIn) -> Row[Any]:
     account_id = uuid.uuid4()
     values = _column_values(body, context, company_id, account_id)
     for required in ("name", "type", "host", "port", "tls", "from_email"):
@@ -137,23 +183,27 @@ async def create(session: AsyncSession, context: SendContext, company_id: uuid.U
     return await get(session, company_id, account_id)
 
 
-async def patch(session: AsyncSession, context: SendContext, company_id: uuid.UUID, account_id: uuid.UUID,
-                body: SmtpAccountFields) -> Row[Any]:
+async def patch(
+    session: AsyncSession, context: SendContext, company_id: uuid.UUID, account_id: uuid.UUID, body: SmtpAccountFields
+) -> Row[Any]:
     await get(session, company_id, account_id)
     values = _column_values(body, context, company_id, account_id)
     if RECONFIRM_FIELDS & body.model_fields_set:
         values.update(confirmed_at=None, confirmation_code_hash=None, confirmation_expires_at=None)
     if values:
-        await session.execute(update(smtp_account).where(smtp_account.c.company_id == company_id,
-                                                         smtp_account.c.id == account_id)
-                              .values(**values, updated_at=datetime.now(UTC)))
+        await session.execute(
+            update(smtp_account)
+            .where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+            .values(**values, updated_at=datetime.now(UTC))
+        )
     return await get(session, company_id, account_id)
 
 
 async def remove(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> None:
     await get(session, company_id, account_id)
-    await session.execute(delete(smtp_account).where(smtp_account.c.company_id == company_id,
-                                                     smtp_account.c.id == account_id))
+    await session.execute(
+        delete(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+    )
 
 
 async def test_connection(context: SendContext, row: Row[Any]) -> ConnectionTest:
@@ -184,16 +234,25 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
     try:
         account = company_account(row, context.keys)
     except CredentialError:
-        await session.execute(update(smtp_account).where(smtp_account.c.id == row.id).values(
-            error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC)))
+        await session.execute(
+            update(smtp_account)
+            .where(smtp_account.c.id == row.id)
+            .values(error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC))
+        )
         raise AccountInError(UNDECRYPTABLE_FIX) from None
     built = build_message(
-        Draft(category="personal", to=(Recipient(address),), subject="Leadline SMTP account confirmation code",
-              text=f"Your confirmation code for the SMTP account \"{row.name}\" is {code}.\n"
-                   "Type it into Leadline to activate the account.\n"),
+        Draft(
+            category="personal",
+            to=(Recipient(address),),
+            subject="Leadline SMTP account confirmation code",
+            text=f'Your confirmation code for the SMTP account "{row.name}" is {code}.\n'
+            "Type it into Leadline to activate the account.\n",
+        ),
         Sender(from_email=row.from_email, from_name=row.from_name),
-        message_id=f"<{uuid.uuid4().hex}@{context.settings.message_domain}>", date=datetime.now(UTC),
-        unsubscribe_link=None)
+        message_id=f"<{uuid.uuid4().hex}@{context.settings.message_domain}>",
+        date=datetime.now(UTC),
+        unsubscribe_link=None,
+    )
     try:
         smtp = await open_session(account.endpoint, context.policy)
         try:
@@ -204,18 +263,30 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
         raise Unprocessable(exc.user_message, slug="smtp-test-failed") from None
     except Exception as exc:  # every SMTP answer or network failure is shown to the admin
         raise Unprocessable(f"the test email could not be sent: {exc}", slug="smtp-test-failed") from None
-    await session.execute(update(smtp_account).where(smtp_account.c.id == row.id).values(
-        confirmation_code_hash=_code_hash(row.id, code),
-        confirmation_expires_at=datetime.now(UTC) + CODE_LIFETIME))
+    await session.execute(
+        update(smtp_account)
+        .where(smtp_account.c.id == row.id)
+        .values(
+            confirmation_code_hash=_code_hash(row.id, code), confirmation_expires_at=datetime.now(UTC) + CODE_LIFETIME
+        )
+    )
 
 
 async def confirm(session: AsyncSession, row: Row[Any], code: str) -> Row[Any]:
     expected = row.confirmation_code_hash
-    if (expected is None or row.confirmation_expires_at is None
-            or row.confirmation_expires_at < datetime.now(UTC)
-            or not hmac.compare_digest(expected, _code_hash(row.id, code.strip()))):
-        raise Unprocessable("that is not the code of the latest test email (or it expired); send a new one",
-                            slug="wrong-confirmation-code")
-    await session.execute(update(smtp_account).where(smtp_account.c.id == row.id).values(
-        confirmed_at=datetime.now(UTC), confirmation_code_hash=None, confirmation_expires_at=None))
+    if (
+        expected is None
+        or row.confirmation_expires_at is None
+        or row.confirmation_expires_at < datetime.now(UTC)
+        or not hmac.compare_digest(expected, _code_hash(row.id, code.strip()))
+    ):
+        raise Unprocessable(
+            "that is not the code of the latest test email (or it expired); send a new one",
+            slug="wrong-confirmation-code",
+        )
+    await session.execute(
+        update(smtp_account)
+        .where(smtp_account.c.id == row.id)
+        .values(confirmed_at=datetime.now(UTC), confirmation_code_hash=None, confirmation_expires_at=None)
+    )
     return await get(session, row.company_id, row.id)

@@ -36,7 +36,8 @@ from leadline_send.models import smtp_account
 UNDECRYPTABLE_FIX = (
     "the stored password of this SMTP account cannot be decrypted (its encryption key is no longer configured, "
     "or the stored value was altered): enter the account's password again (PATCH /v1/smtp-accounts/{id} with "
-    "\"password\")")
+    '"password")'
+)
 
 
 class MailboxUnavailable(Exception):
@@ -72,12 +73,27 @@ class SendingAccount:
     month_start_day: int | None = None
     sent_folder: SentFolder | None = None
 
-    def quota_request(self, company_id: uuid.UUID, user_id: uuid.UUID, recipients: int, size_bytes: int,
-                      messages: int = 1, largest_recipients: int | None = None) -> QuotaReserveRequest:
-        return QuotaReserveRequest(company_id=company_id, account_key=self.key, provider=self.provider,
-                                   recipients=recipients, size_bytes=size_bytes, messages=messages,
-                                   largest_recipients=largest_recipients, user_id=user_id,
-                                   overrides=self.overrides, month_start_day=self.month_start_day)
+    def quota_request(
+        self,
+        company_id: uuid.UUID,
+        user_id: uuid.UUID,
+        recipients: int,
+        size_bytes: int,
+        messages: int = 1,
+        largest_recipients: int | None = None,
+    ) -> QuotaReserveRequest:
+        return QuotaReserveRequest(
+            company_id=company_id,
+            account_key=self.key,
+            provider=self.provider,
+            recipients=recipients,
+            size_bytes=size_bytes,
+            messages=messages,
+            largest_recipients=largest_recipients,
+            user_id=user_id,
+            overrides=self.overrides,
+            month_start_day=self.month_start_day,
+        )
 
 
 class MailboxDirectory:
@@ -118,30 +134,65 @@ def mailbox_account(reply: MailboxSmtpReply) -> SendingAccount:
     token = reply.access_token if reply.auth == "oauth2" else None
     sent_folder = None
     if not reply.provider_saves_sent and reply.imap_host and reply.imap_port and reply.imap_tls:
-        sent_folder = SentFolder(host=reply.imap_host, port=reply.imap_port, tls=reply.imap_tls,
-                                 username=reply.imap_username or "", password=reply.imap_password or "",
-                                 pinned_sha256=reply.imap_pinned_sha256, folder=reply.sent_folder or "Sent",
-                                 access_token=token)
+        sent_folder = SentFolder(
+            host=reply.imap_host,
+            port=reply.imap_port,
+            tls=reply.imap_tls,
+            username=reply.imap_username or "",
+            password=reply.imap_password or "",
+            pinned_sha256=reply.imap_pinned_sha256,
+            folder=reply.sent_folder or "Sent",
+            access_token=token,
+        )
     return SendingAccount(
-        key=f"mailbox:{reply.mailbox_id}", provider=reply.provider or "custom", mailbox_id=reply.mailbox_id,
-        endpoint=SmtpEndpoint(host=reply.smtp_host, port=reply.smtp_port, tls=reply.smtp_tls,
-                              username=reply.smtp_username or "", password=reply.smtp_password or "",
-                              pinned_sha256=reply.smtp_pinned_sha256, access_token=token),
-        sender=Sender(from_email=reply.address), sent_folder=sent_folder)
+        key=f"mailbox:{reply.mailbox_id}",
+        provider=reply.provider or "custom",
+        mailbox_id=reply.mailbox_id,
+        endpoint=SmtpEndpoint(
+            host=reply.smtp_host,
+            port=reply.smtp_port,
+            tls=reply.smtp_tls,
+            username=reply.smtp_username or "",
+            password=reply.smtp_password or "",
+            pinned_sha256=reply.smtp_pinned_sha256,
+            access_token=token,
+        ),
+        sender=Sender(from_email=reply.address),
+        sent_folder=sent_folder,
+    )
 
 
 def company_account(row: Any, keys: CredentialKeys) -> SendingAccount:
-    password = (keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
-                if row.password_sealed is not None else "")
+    password = (
+        keys.open(row.password_sealed, row.key_id, row.company_id, row.id) if row.password_sealed is not None else ""
+    )
     return SendingAccount(
-        key=f"smtp:{row.id}", provider="custom", smtp_account_id=row.id, account_type=row.type,
-        endpoint=SmtpEndpoint(host=row.host, port=row.port, tls=row.tls, username=row.username, password=password,
-                              pinned_sha256=row.pinned_sha256, timeout=float(row.timeout_seconds)),
-        sender=Sender(from_email=row.from_email, from_name=row.from_name, return_path=row.return_path,
-                      precedence=row.precedence, unsubscribe_url=row.unsubscribe_url, utm=dict(row.utm)),
-        default_cc=tuple(row.default_cc), default_bcc=tuple(row.default_bcc),
+        key=f"smtp:{row.id}",
+        provider="custom",
+        smtp_account_id=row.id,
+        account_type=row.type,
+        endpoint=SmtpEndpoint(
+            host=row.host,
+            port=row.port,
+            tls=row.tls,
+            username=row.username,
+            password=password,
+            pinned_sha256=row.pinned_sha256,
+            timeout=float(row.timeout_seconds),
+        ),
+        sender=Sender(
+            from_email=row.from_email,
+            from_name=row.from_name,
+            return_path=row.return_path,
+            precedence=row.precedence,
+            unsubscribe_url=row.unsubscribe_url,
+            utm=dict(row.utm),
+        ),
+        default_cc=tuple(row.default_cc),
+        default_bcc=tuple(row.default_bcc),
         overrides={"messages_per_month": row.max_per_month} if row.max_per_month else {},
-        month_start_day=row.month_start_day)
+        month_start_day=row.month_start_day,
+    )
 
 
 async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[Any]) -> list[SendingAccount]:
@@ -158,9 +209,11 @@ async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[
 
 
 async def mark_unreadable(session: Executor, account_ids: list[uuid.UUID]) -> None:
-    await session.execute(update(smtp_account).where(smtp_account.c.id.in_(account_ids),
-                                                     smtp_account.c.error.is_(None))
-                          .values(error=UNDECRYPTABLE_FIX, error_at=func.now()))
+    await session.execute(
+        update(smtp_account)
+        .where(smtp_account.c.id.in_(account_ids), smtp_account.c.error.is_(None))
+        .values(error=UNDECRYPTABLE_FIX, error_at=func.now())
+    )
 
 
 SENDING = (smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None), smtp_account.c.error.is_(None))
@@ -174,18 +227,27 @@ class Route:
     reason: str = ""
 
 
-async def company_accounts(session: Executor, keys: CredentialKeys, company_id: uuid.UUID,
-                           account_type: str) -> list[SendingAccount]:
-    rows = (await session.execute(
-        select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type,
-                                   *SENDING)
-        .order_by(smtp_account.c.display_order, smtp_account.c.created_at)
-    )).all()
+async def company_accounts(
+    session: Executor, keys: CredentialKeys, company_id: uuid.UUID, account_type: str
+) -> list[SendingAccount]:
+    rows = (
+        await session.execute(
+            select(smtp_account)
+            .where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type, *SENDING)
+            .order_by(smtp_account.c.display_order, smtp_account.c.created_at)
+        )
+    ).all()
     return await readable_accounts(session, keys, list(rows))
 
 
-async def route_for(session: Executor, keys: CredentialKeys, directory: MailboxDirectory,
-                    company_id: uuid.UUID, user_id: uuid.UUID, category: str) -> Route:
+async def route_for(
+    session: Executor,
+    keys: CredentialKeys,
+    directory: MailboxDirectory,
+    company_id: uuid.UUID,
+    user_id: uuid.UUID,
+    category: str,
+) -> Route:
     mailbox = await directory.lookup(company_id, user_id)
     if mailbox.found and (category == "personal" or mailbox.smtp_use == "all"):
         if mailbox.status != "enabled":
@@ -199,8 +261,14 @@ async def route_for(session: Executor, keys: CredentialKeys, directory: MailboxD
     return Route(accounts)
 
 
-async def account_for_key(session: Executor, keys: CredentialKeys, directory: MailboxDirectory,
-                          company_id: uuid.UUID, user_id: uuid.UUID, key: str) -> SendingAccount | None:
+async def account_for_key(
+    session: Executor,
+    keys: CredentialKeys,
+    directory: MailboxDirectory,
+    company_id: uuid.UUID,
+    user_id: uuid.UUID,
+    key: str,
+) -> SendingAccount | None:
     """The account a queued message names, as it is now (None if it is gone or no longer usable)."""
     kind, _, ident = key.partition(":")
     if kind == "mailbox":
@@ -208,8 +276,13 @@ async def account_for_key(session: Executor, keys: CredentialKeys, directory: Ma
         if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != "enabled":
             return None
         return mailbox_account(mailbox)
-    row = (await session.execute(select(smtp_account).where(
-        smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id, *SENDING))).first()
+    row = (
+        await session.execute(
+            select(smtp_account).where(
+                smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id, *SENDING
+            )
+        )
+    ).first()
     found = await readable_accounts(session, keys, [row]) if row else []
     return found[0] if found else None
 
@@ -223,8 +296,7 @@ class Routes:
         self.keep_seconds = keep_seconds
         self._kept: dict[tuple[uuid.UUID, uuid.UUID, str], tuple[float, Route]] = {}
 
-    async def route(self, session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,
-                    category: str) -> Route:
+    async def route(self, session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, category: str) -> Route:
         key = (company_id, user_id, category)
         kept = self._kept.get(key)
         if kept and kept[0] > time.monotonic():

@@ -190,15 +190,30 @@ async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_k
         rows = await conn.fetch(CLAIM_FOR_ACCOUNT, limit, worker_key, account_key)
     if not rows:
         rows = await conn.fetch(CLAIM_ANY, limit, worker_key)
-    return [Claimed(id=r["id"], company_id=r["company_id"], user_id=r["user_id"], category=r["category"],
-                    account_key=r["account_key"], provider=r["provider"], message_id=r["message_id"],
-                    envelope_from=r["envelope_from"], recipients=list(r["recipients"]), draft=dict(r["draft"]),
-                    raw=r["raw"], size_bytes=r["size_bytes"], attempt=r["attempts"], created_at=r["created_at"])
-            for r in rows]
+    return [
+        Claimed(
+            id=r["id"],
+            company_id=r["company_id"],
+            user_id=r["user_id"],
+            category=r["category"],
+            account_key=r["account_key"],
+            provider=r["provider"],
+            message_id=r["message_id"],
+            envelope_from=r["envelope_from"],
+            recipients=list(r["recipients"]),
+            draft=dict(r["draft"]),
+            raw=r["raw"],
+            size_bytes=r["size_bytes"],
+            attempt=r["attempts"],
+            created_at=r["created_at"],
+        )
+        for r in rows
+    ]
 
 
-async def hold_reservation(conn: asyncpg.Connection, messages: list[Claimed], worker_key: int,
-                           reservation_id: uuid.UUID) -> None:
+async def hold_reservation(
+    conn: asyncpg.Connection, messages: list[Claimed], worker_key: int, reservation_id: uuid.UUID
+) -> None:
     """Name a lease's reservation on the messages it covers: what reached the server under it is what
     recovery commits if this process dies."""
     await conn.execute(HOLD_RESERVATION, reservation_id, [m.id for m in messages], worker_key)
@@ -217,8 +232,9 @@ async def forget_quota(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> N
     await conn.execute(FORGET_QUOTA, reservation_id)
 
 
-async def record_data_started(conn: asyncpg.Connection, message: Claimed, worker_key: int,
-                              reservation_id: uuid.UUID | None, *, leased: bool) -> bool:
+async def record_data_started(
+    conn: asyncpg.Connection, message: Claimed, worker_key: int, reservation_id: uuid.UUID | None, *, leased: bool
+) -> bool:
     """Committed before the end of data (R21): from here on a lost reply means ``unknown``, never a retry.
 
     ``leased``: the reservation is already named on the message's row.  False if the message is no
@@ -246,10 +262,23 @@ class Settlement:
         m = self.message
         if self.state == "sent" and self.event is not None:
             return SETTLE_SENT_THEN_RECORD if then_record else SETTLE_SENT, (
-                m.id, m.attempt, self.reply, self.error, self.event.event_id, self.event.subject,
-                self.event.model_dump_json().encode())
+                m.id,
+                m.attempt,
+                self.reply,
+                self.error,
+                self.event.event_id,
+                self.event.subject,
+                self.event.model_dump_json().encode(),
+            )
         return SETTLE_THEN_RECORD if then_record else SETTLE, (
-            m.id, m.attempt, self.state, self.outcome, self.reply, self.next_attempt_at, self.error)
+            m.id,
+            m.attempt,
+            self.state,
+            self.outcome,
+            self.reply,
+            self.next_attempt_at,
+            self.error,
+        )
 
 
 async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
@@ -258,14 +287,16 @@ async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
     await conn.execute(statement, *arguments)
 
 
-async def settle_then_record(conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int,
-                             reservation_id: uuid.UUID) -> bool:
+async def settle_then_record(
+    conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int, reservation_id: uuid.UUID
+) -> bool:
     """``settlement`` and the record before the end of data of the worker's next ``message`` (held under the lease
     ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
     worker's to send (the settle still happened)."""
     statement, arguments = settlement.statement(then_record=True)
-    return await conn.fetchval(statement, *arguments, message.id, message.attempt, worker_key,
-                               reservation_id) is not None
+    return (
+        await conn.fetchval(statement, *arguments, message.id, message.attempt, worker_key, reservation_id) is not None
+    )
 
 
 async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> tuple[int, int]:
@@ -278,26 +309,41 @@ async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -
 async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
     """Claimed but not started (the worker is stopping): queued again, the attempt does not count."""
     for message in messages:
-        await session.execute(update(m).where(m.c.id == message.id, m.c.state == "sending").values(
-            state="queued", claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now()))
-        await session.execute(a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt,
-                                               a.c.phase == "connecting"))
+        await session.execute(
+            update(m)
+            .where(m.c.id == message.id, m.c.state == "sending")
+            .values(state="queued", claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now())
+        )
+        await session.execute(
+            a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt, a.c.phase == "connecting")
+        )
 
 
 async def current_phase(conn: asyncpg.Connection, message: Claimed) -> str | None:
-    phase: str | None = await conn.fetchval("SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2",
-                                            message.id, message.attempt)
+    phase: str | None = await conn.fetchval(
+        "SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2", message.id, message.attempt
+    )
     return phase
 
 
-async def switch_account(session: AsyncSession, message: Claimed, account_key: str, envelope_from: str,
-                         raw: bytes, from_address: str) -> None:
+async def switch_account(
+    session: AsyncSession, message: Claimed, account_key: str, envelope_from: str, raw: bytes, from_address: str
+) -> None:
     """Rotation (R15): the message now goes out through another account of the same type."""
-    await session.execute(update(m).where(m.c.id == message.id).values(
-        account_key=account_key, envelope_from=envelope_from, raw=raw, size_bytes=len(raw),
-        from_address=from_address))
-    await session.execute(update(a).where(a.c.message_id == message.id, a.c.number == message.attempt)
-                          .values(account_key=account_key))
+    await session.execute(
+        update(m)
+        .where(m.c.id == message.id)
+        .values(
+            account_key=account_key,
+            envelope_from=envelope_from,
+            raw=raw,
+            size_bytes=len(raw),
+            from_address=from_address,
+        )
+    )
+    await session.execute(
+        update(a).where(a.c.message_id == message.id, a.c.number == message.attempt).values(account_key=account_key)
+    )
 
 
 @dataclass(frozen=True)
@@ -327,8 +373,9 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
         if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, key):
             continue
         try:
-            if await conn.fetchval("SELECT 1 FROM outgoing_message WHERE state = 'sending' AND claimed_by = $1 "
-                                   "LIMIT 1", key):
+            if await conn.fetchval(
+                "SELECT 1 FROM outgoing_message WHERE state = 'sending' AND claimed_by = $1 LIMIT 1", key
+            ):
                 continue
             for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
                 messages, recipients = await reservation_use(conn, hold["reservation_id"])
@@ -343,25 +390,42 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
     holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == "sending").distinct())).scalars()
     recovered: list[Recovered] = []
     for holder in list(holders):
-        if holder is None or not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)",
-                                                      ADVISORY_CLASS, int(holder)):
+        if holder is None or not await probe.fetchval(
+            "SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, int(holder)
+        ):
             continue
         try:
-            abandoned = (await session.execute(
-                select(m.c.id, m.c.company_id, m.c.attempts, a.c.phase)
-                .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
-                .where(m.c.state == "sending", m.c.claimed_by == holder).with_for_update(of=m)
-            )).all()
+            abandoned = (
+                await session.execute(
+                    select(m.c.id, m.c.company_id, m.c.attempts, a.c.phase)
+                    .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
+                    .where(m.c.state == "sending", m.c.claimed_by == holder)
+                    .with_for_update(of=m)
+                )
+            ).all()
             for r in abandoned:
                 after_data = r.phase == "data"
-                await session.execute(update(m).where(m.c.id == r.id).values(
-                    state="unknown" if after_data else "queued", claimed_by=None, updated_at=func.now(),
-                    next_attempt_at=func.now(),
-                    last_error=("the sending process stopped once the message was recorded as going out; "
-                                "the server may hold it" if after_data
-                                else "the sending process stopped before the message went out; queued again")))
-                await session.execute(update(a).where(a.c.message_id == r.id, a.c.number == r.attempts)
-                                      .values(phase="done", outcome="interrupted", finished_at=func.now()))
+                await session.execute(
+                    update(m)
+                    .where(m.c.id == r.id)
+                    .values(
+                        state="unknown" if after_data else "queued",
+                        claimed_by=None,
+                        updated_at=func.now(),
+                        next_attempt_at=func.now(),
+                        last_error=(
+                            "the sending process stopped once the message was recorded as going out; "
+                            "the server may hold it"
+                            if after_data
+                            else "the sending process stopped before the message went out; queued again"
+                        ),
+                    )
+                )
+                await session.execute(
+                    update(a)
+                    .where(a.c.message_id == r.id, a.c.number == r.attempts)
+                    .values(phase="done", outcome="interrupted", finished_at=func.now())
+                )
                 recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued"))
         finally:
             await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))

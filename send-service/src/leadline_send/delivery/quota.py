@@ -77,16 +77,25 @@ class QuotaClient:
             if len(self._room) > 10_000:
                 now = time.monotonic()
                 self._room = {k: v for k, v in self._room.items() if v[0] > now}
-            self._room[key] = (time.monotonic() + ROOM_KEPT_SECONDS,
-                               UNLIMITED if reply.room_messages is None else reply.room_messages,
-                               UNLIMITED if reply.room_recipients is None else reply.room_recipients)
+            self._room[key] = (
+                time.monotonic() + ROOM_KEPT_SECONDS,
+                UNLIMITED if reply.room_messages is None else reply.room_messages,
+                UNLIMITED if reply.room_recipients is None else reply.room_recipients,
+            )
         return reply
 
     async def reserve(self, request: QuotaReserveRequest) -> QuotaReserveReply:
         return await self._ask(RPC_QUOTA_RESERVE, request)
 
-    def commit(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, messages: int | None = None,
-               recipients: int | None = None, then: Settled | None = None) -> None:
+    def commit(
+        self,
+        company_id: uuid.UUID,
+        reservation_id: uuid.UUID | None,
+        *,
+        messages: int | None = None,
+        recipients: int | None = None,
+        then: Settled | None = None,
+    ) -> None:
         """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest is freed).
 
         ``then`` runs once the quota service has answered (whatever it answered: asking again would
@@ -94,20 +103,32 @@ class QuotaClient:
         """
         self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id, messages, recipients, then)
 
-    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, then: Settled | None = None
-                ) -> None:
+    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, then: Settled | None = None) -> None:
         self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id, then=then)
 
-    def _settle_later(self, subject: str, company_id: uuid.UUID, reservation_id: uuid.UUID | None,
-                      messages: int | None = None, recipients: int | None = None, then: Settled | None = None
-                      ) -> None:
+    def _settle_later(
+        self,
+        subject: str,
+        company_id: uuid.UUID,
+        reservation_id: uuid.UUID | None,
+        messages: int | None = None,
+        recipients: int | None = None,
+        then: Settled | None = None,
+    ) -> None:
         # Settling is off the send path.  A settle that never arrives (the quota service away for long,
         # or this process killed) leaves the reservation held: recovery settles the holds of a dead
         # process, and the quota service lets an unsettled reservation expire after its TTL.
         if reservation_id is None:
             return
-        task = asyncio.create_task(self._settle(subject, QuotaSettleRequest(
-            company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients), then))
+        task = asyncio.create_task(
+            self._settle(
+                subject,
+                QuotaSettleRequest(
+                    company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients
+                ),
+                then,
+            )
+        )
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 

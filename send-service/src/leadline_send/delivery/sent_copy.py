@@ -43,10 +43,14 @@ BATCH = 50
 WAITING = 1000
 IDLE_SECONDS = 30.0
 
-SENT_COPIES = Counter("leadline_send_sent_copies_total", "Copies of sent messages appended to the Sent folder "
-                      "(saved) or not (failed)", ["outcome"])
-SENT_COPY_APPENDS = Counter("leadline_send_sent_copy_appends_total", "APPEND commands (or MULTIAPPEND batches) "
-                            "for Sent copies")
+SENT_COPIES = Counter(
+    "leadline_send_sent_copies_total",
+    "Copies of sent messages appended to the Sent folder (saved) or not (failed)",
+    ["outcome"],
+)
+SENT_COPY_APPENDS = Counter(
+    "leadline_send_sent_copy_appends_total", "APPEND commands (or MULTIAPPEND batches) for Sent copies"
+)
 
 Copy = tuple[uuid.UUID, bytes, datetime]  # message id, its bytes, its internal date (when it was queued)
 
@@ -72,8 +76,9 @@ class SentCopies:
         appender = self._appenders.get(target)
         if appender is None or appender.closing:
             appender = self._appenders[target] = _Appender()
-            appender.task = asyncio.create_task(self._append_forever(target, appender),
-                                                name=f"sent-copy-{target.username}")
+            appender.task = asyncio.create_task(
+                self._append_forever(target, appender), name=f"sent-copy-{target.username}"
+            )
         await appender.waiting.put((message_id, raw, queued_at))
 
     def pending(self) -> int:
@@ -83,8 +88,7 @@ class SentCopies:
     async def close(self, grace_seconds: float) -> None:
         """Let the queued copies go out (up to ``grace_seconds``), then stop every appender."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(a.waiting.join() for a in self._appenders.values())),
-                                   grace_seconds)
+            await asyncio.wait_for(asyncio.gather(*(a.waiting.join() for a in self._appenders.values())), grace_seconds)
         tasks = [a.task for a in self._appenders.values() if a.task is not None]
         for task in tasks:
             task.cancel()
@@ -123,11 +127,20 @@ class SentCopies:
         """Append a batch, on the kept connection or a new one; record the outcome; the connection to keep."""
         try:
             if client is None or client.closed:
-                client = await connect_imap(ImapSettings(
-                    host=target.host, port=target.port, tls=target.tls, username=target.username,
-                    password=target.password, access_token=target.access_token,
-                    pinned_sha256=target.pinned_sha256, cafile=self.policy.cafile,
-                    allow_networks=self.policy.allow_networks, allow_plaintext=self.policy.allow_plaintext))
+                client = await connect_imap(
+                    ImapSettings(
+                        host=target.host,
+                        port=target.port,
+                        tls=target.tls,
+                        username=target.username,
+                        password=target.password,
+                        access_token=target.access_token,
+                        pinned_sha256=target.pinned_sha256,
+                        cafile=self.policy.cafile,
+                        allow_networks=self.policy.allow_networks,
+                        allow_plaintext=self.policy.allow_plaintext,
+                    )
+                )
             with timed("sent-copy-append"):
                 await client.append_many(target.folder, [(raw, when) for _, raw, when in batch])
             SENT_COPY_APPENDS.inc()
@@ -144,9 +157,11 @@ class SentCopies:
         try:
             with timed("sent-copy-note"):
                 async with self.db.session() as session:
-                    await session.execute(update(outgoing_message).where(
-                        outgoing_message.c.id.in_([message_id for message_id, _, _ in batch]))
-                        .values(sent_copy=note))
+                    await session.execute(
+                        update(outgoing_message)
+                        .where(outgoing_message.c.id.in_([message_id for message_id, _, _ in batch]))
+                        .values(sent_copy=note)
+                    )
         except Exception:
             log.exception("recording the Sent copy of %d message(s) failed", len(batch))
         return client

@@ -95,12 +95,22 @@ async def open_socket(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> tuple[socke
 async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib.SMTP:
     """Connected, TLS as configured, pin checked, authenticated; ready for MAIL FROM."""
     if endpoint.tls == "plain" and not policy.allow_plaintext:
-        raise MailConnectionError("tls", "This server would be used without TLS, which is not allowed here. "
-                                         "Turn on SSL/TLS or use the STARTTLS port (usually 587).")
+        raise MailConnectionError(
+            "tls",
+            "This server would be used without TLS, which is not allowed here. "
+            "Turn on SSL/TLS or use the STARTTLS port (usually 587).",
+        )
     context = None if endpoint.tls == "plain" else tls_context(endpoint.pinned_sha256, policy.cafile)
     sock, hostname = await open_socket(endpoint, policy)
-    smtp = aiosmtplib.SMTP(hostname=hostname, sock=sock, use_tls=endpoint.tls == "implicit", start_tls=False,
-                           tls_context=context, timeout=endpoint.timeout, local_hostname=policy.local_hostname)
+    smtp = aiosmtplib.SMTP(
+        hostname=hostname,
+        sock=sock,
+        use_tls=endpoint.tls == "implicit",
+        start_tls=False,
+        tls_context=context,
+        timeout=endpoint.timeout,
+        local_hostname=policy.local_hostname,
+    )
     try:
         try:
             await smtp.connect()
@@ -112,8 +122,11 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
         if endpoint.tls == "starttls":
             await smtp.ehlo()
             if not smtp.supports_extension("starttls"):
-                raise MailConnectionError("tls", "The server does not offer STARTTLS on this port, so nothing "
-                                                 "was sent. Turn on SSL/TLS or use another port.")
+                raise MailConnectionError(
+                    "tls",
+                    "The server does not offer STARTTLS on this port, so nothing "
+                    "was sent. Turn on SSL/TLS or use another port.",
+                )
             try:
                 await smtp.starttls(server_hostname=hostname, tls_context=context)
             except ssl.SSLError as exc:
@@ -127,14 +140,20 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
             try:
                 await smtp.auth_xoauth2(endpoint.username, endpoint.access_token)
             except aiosmtplib.SMTPAuthenticationError as exc:
-                raise MailConnectionError("oauth_refused", "The SMTP server refused the sign-in with your account. "
-                                          "Sign in again under Mail Sync.", detail=str(exc)) from None
+                raise MailConnectionError(
+                    "oauth_refused",
+                    "The SMTP server refused the sign-in with your account. Sign in again under Mail Sync.",
+                    detail=str(exc),
+                ) from None
         elif endpoint.username:
             try:
                 await smtp.login(endpoint.username, endpoint.password)
             except aiosmtplib.SMTPAuthenticationError as exc:
-                raise MailConnectionError("auth_failed", "The SMTP server refused the user name or password. "
-                                          "Update the password.", detail=str(exc)) from None
+                raise MailConnectionError(
+                    "auth_failed",
+                    "The SMTP server refused the user name or password. Update the password.",
+                    detail=str(exc),
+                ) from None
     except BaseException:
         smtp.close()
         raise
@@ -142,7 +161,7 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
 
 
 async def probe_endpoint(host: str, port: int, timeout: float, policy: SmtpPolicy) -> None:
-    """"Test connection" (R15): host and port only, no TLS, no credentials."""
+    """ "Test connection" (R15): host and port only, no TLS, no credentials."""
     sock, _ = await open_socket(SmtpEndpoint(host=host, port=port, tls="plain", timeout=timeout), policy)
     sock.close()
 
@@ -225,7 +244,7 @@ class SmtpChannel(asyncio.Protocol):
         self._buffer += data
         while (end := self._buffer.find(b"\n")) != -1:
             line = bytes(self._buffer[:end]).rstrip(b"\r")
-            del self._buffer[:end + 1]
+            del self._buffer[: end + 1]
             if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
                 self._fail(aiosmtplib.SMTPResponseException(-1, f"not an SMTP reply: {line[:200]!r}"))
                 return
@@ -332,4 +351,3 @@ def _path(address: str) -> bytes:
     if COMMAND_INJECTION_REGEX.search(path):  # never one command turned into two (R22); validated long before
         raise ValueError("an address with a control character")
     return path
-

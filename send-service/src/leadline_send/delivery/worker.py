@@ -129,8 +129,12 @@ def _reply_class(code: int) -> str:
 
 def _unknown(what: str) -> Outcome:
     """After the end of data, without a reply that decides: R21 forbids guessing."""
-    return Outcome("unknown", "no-reply", error=f"{what}; the server may hold it. It is not resent by itself: "
-                   "it turns sent when it appears in the Sent folder, or resend it on purpose")
+    return Outcome(
+        "unknown",
+        "no-reply",
+        error=f"{what}; the server may hold it. It is not resent by itself: "
+        "it turns sent when it appears in the Sent folder, or resend it on purpose",
+    )
 
 
 DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -164,11 +168,15 @@ class HeldReservation:
         return self.group[0]
 
     def covers(self, messages: list[queue.Claimed]) -> bool:
-        return (_group_key(messages[0]) == self.group and time.monotonic() < self.expires
-                and self.taken_messages + len(messages) <= self.messages
-                and self.taken_recipients + sum(len(m.recipients) for m in messages) <= self.recipients
-                and all(len(m.recipients) <= self.largest_recipients and m.size_bytes <= self.largest_bytes
-                        for m in messages))
+        return (
+            _group_key(messages[0]) == self.group
+            and time.monotonic() < self.expires
+            and self.taken_messages + len(messages) <= self.messages
+            and self.taken_recipients + sum(len(m.recipients) for m in messages) <= self.recipients
+            and all(
+                len(m.recipients) <= self.largest_recipients and m.size_bytes <= self.largest_bytes for m in messages
+            )
+        )
 
     def take(self, messages: list[queue.Claimed]) -> None:
         self.taken_messages += len(messages)
@@ -261,12 +269,24 @@ class Delivery:
         # other step commits asynchronously: a crash of PostgreSQL (not of this process) may lose the
         # last fraction of a second of them, which recovery then reads as it would a killed worker —
         # a lost claim is queued again, a lost settle leaves the message ``unknown``, never sent twice.
-        self._durable_pool, self._pool = [await asyncpg.create_pool(
-            asyncpg_dsn(self.db.url), min_size=1, max_size=size, init=_json_codec, reset=_nothing_to_reset,
-            server_settings={"search_path": f"{self.db.schema},public", "application_name": "send-delivery",
-                             "synchronous_commit": commit})
-            for size, commit in ((self.settings.smtp_connections + 1, "on"),
-                                 (self.settings.smtp_connections + 2, "off"))]
+        self._durable_pool, self._pool = [
+            await asyncpg.create_pool(
+                asyncpg_dsn(self.db.url),
+                min_size=1,
+                max_size=size,
+                init=_json_codec,
+                reset=_nothing_to_reset,
+                server_settings={
+                    "search_path": f"{self.db.schema},public",
+                    "application_name": "send-delivery",
+                    "synchronous_commit": commit,
+                },
+            )
+            for size, commit in (
+                (self.settings.smtp_connections + 1, "on"),
+                (self.settings.smtp_connections + 2, "off"),
+            )
+        ]
 
     async def close(self) -> None:
         await self.quota.drain()  # settles in flight forget their holds through the pool
@@ -299,13 +319,21 @@ class Delivery:
             await probe.close()
         for hold in holds:
             if hold.messages:
-                self.quota.commit(hold.company_id, hold.reservation_id, messages=hold.messages,
-                                  recipients=hold.recipients, then=self._forget(hold.reservation_id))
+                self.quota.commit(
+                    hold.company_id,
+                    hold.reservation_id,
+                    messages=hold.messages,
+                    recipients=hold.recipients,
+                    then=self._forget(hold.reservation_id),
+                )
             else:
                 self.quota.release(hold.company_id, hold.reservation_id, then=self._forget(hold.reservation_id))
         if recovered:
-            log.warning("recovered %d abandoned messages (%d unknown)", len(recovered),
-                        sum(r.state == "unknown" for r in recovered))
+            log.warning(
+                "recovered %d abandoned messages (%d unknown)",
+                len(recovered),
+                sum(r.state == "unknown" for r in recovered),
+            )
             self.notify(len(recovered))
         return len(recovered)
 
@@ -322,9 +350,15 @@ class Delivery:
 
     async def _measure_queue(self) -> None:
         async with self.db.session() as session:
-            counts: dict[str, int] = dict((await session.execute(
-                select(outgoing_message.c.state, func.count()).where(outgoing_message.c.state.in_(OPEN_STATES))
-                .group_by(outgoing_message.c.state))).all())
+            counts: dict[str, int] = dict(
+                (
+                    await session.execute(
+                        select(outgoing_message.c.state, func.count())
+                        .where(outgoing_message.c.state.in_(OPEN_STATES))
+                        .group_by(outgoing_message.c.state)
+                    )
+                ).all()
+            )
         for state in OPEN_STATES:
             QUEUE_DEPTH.labels(state).set(counts.get(state, 0))
 
@@ -339,8 +373,12 @@ class Delivery:
                 try:
                     async with self._conn() as conn:
                         with timed("claim"):
-                            batch = await queue.claim(conn, self.instance_key, self.settings.claim_size,
-                                                      worker.session.account_key if worker.session else None)
+                            batch = await queue.claim(
+                                conn,
+                                self.instance_key,
+                                self.settings.claim_size,
+                                worker.session.account_key if worker.session else None,
+                            )
                 except DB_ERRORS:
                     log.exception("worker %d: claiming failed; retrying", number)
                     await asyncio.sleep(1.0)
@@ -376,7 +414,7 @@ class Delivery:
             for n, message in enumerate(group):
                 if self.stopping.is_set():
                     async with self.db.session() as db_session:
-                        await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1:] for m in rest)])
+                        await queue.give_back(db_session, [*group[n:], *(m for rest in groups[g + 1 :] for m in rest)])
                     return
                 await self._deliver_one(worker, message)
             if worker.lease is not None and worker.lease.exhausted:
@@ -402,10 +440,14 @@ class Delivery:
             account = await self._account(first)
             if account is None:
                 return None
-            ask = account.quota_request(first.company_id, first.user_id,
-                                        sum(len(m.recipients) for m in group) + extra * largest,
-                                        max(m.size_bytes for m in group), messages=len(group) + extra,
-                                        largest_recipients=largest)
+            ask = account.quota_request(
+                first.company_id,
+                first.user_id,
+                sum(len(m.recipients) for m in group) + extra * largest,
+                max(m.size_bytes for m in group),
+                messages=len(group) + extra,
+                largest_recipients=largest,
+            )
             reply = await self._reserve_held(ask)
         except (QuotaUnavailable, MailboxUnavailable):
             return None
@@ -414,8 +456,16 @@ class Delivery:
             return None
         if not reply.granted or reply.reservation_id is None:
             return None  # near a limit: each message asks on its own, and learns why and until when
-        lease = HeldReservation(account, _group_key(first), reply.reservation_id, ask.messages, ask.recipients,
-                                largest, ask.size_bytes, time.monotonic() + self.settings.quota_lease_seconds)
+        lease = HeldReservation(
+            account,
+            _group_key(first),
+            reply.reservation_id,
+            ask.messages,
+            ask.recipients,
+            largest,
+            ask.size_bytes,
+            time.monotonic() + self.settings.quota_lease_seconds,
+        )
         if not await self._hold(lease, group):
             self._settle_held(lease)
             return None
@@ -437,8 +487,13 @@ class Delivery:
         if lease is None:
             return
         if lease.used_messages:
-            self.quota.commit(lease.company_id, lease.reservation_id, messages=lease.used_messages,
-                              recipients=lease.used_recipients, then=self._forget(lease.reservation_id))
+            self.quota.commit(
+                lease.company_id,
+                lease.reservation_id,
+                messages=lease.used_messages,
+                recipients=lease.used_recipients,
+                then=self._forget(lease.reservation_id),
+            )
         else:
             self.quota.release(lease.company_id, lease.reservation_id, then=self._forget(lease.reservation_id))
 
@@ -485,15 +540,28 @@ class Delivery:
         try:
             async with self._conn() as conn:
                 if await queue.current_phase(conn, message) == "data":
-                    await queue.settle(conn, queue.Settlement(
-                        message, "unknown", "interrupted",
-                        error="an internal error happened once the message was recorded as going out"))
+                    await queue.settle(
+                        conn,
+                        queue.Settlement(
+                            message,
+                            "unknown",
+                            "interrupted",
+                            error="an internal error happened once the message was recorded as going out",
+                        ),
+                    )
                     if held is not None:
                         held.use(message)
                     return
-                await queue.settle(conn, queue.Settlement(
-                    message, "deferred", "interrupted", next_attempt_at=self._backoff(message.attempt),
-                    error="an internal error happened before the message went out; will retry"))
+                await queue.settle(
+                    conn,
+                    queue.Settlement(
+                        message,
+                        "deferred",
+                        "interrupted",
+                        next_attempt_at=self._backoff(message.attempt),
+                        error="an internal error happened before the message went out; will retry",
+                    ),
+                )
         except DB_ERRORS:
             # the database is away: the row stays "sending" under this process's lock
             # and the next process (or recovery after a restart) settles it by phase
@@ -519,8 +587,9 @@ class Delivery:
         if cached and cached[0] > time.monotonic():
             return cached[1]
         async with self.db.session() as db_session:
-            account = await account_for_key(db_session, self.keys, self.mailboxes, message.company_id,
-                                            message.user_id, message.account_key)
+            account = await account_for_key(
+                db_session, self.keys, self.mailboxes, message.company_id, message.user_id, message.account_key
+            )
         self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
         return account
 
@@ -538,8 +607,9 @@ class Delivery:
         self._accounts.clear()
         self.routes.forget()
 
-    async def _reserve(self, message: queue.Claimed, account: SendingAccount | None
-                       ) -> tuple[SendingAccount | None, queue.Claimed, uuid.UUID | None, Outcome | None]:
+    async def _reserve(
+        self, message: queue.Claimed, account: SendingAccount | None
+    ) -> tuple[SendingAccount | None, queue.Claimed, uuid.UUID | None, Outcome | None]:
         """A granted reservation on the message's account, or on the next of its type (R15), or why not."""
         earliest: datetime | None = None
         limits: list[str] = []
@@ -548,8 +618,11 @@ class Delivery:
         async def ask(candidate: SendingAccount) -> QuotaReserveReply:
             nonlocal earliest
             tried.add(candidate.key)
-            reply = await self._reserve_held(candidate.quota_request(
-                message.company_id, message.user_id, len(message.recipients), message.size_bytes))
+            reply = await self._reserve_held(
+                candidate.quota_request(
+                    message.company_id, message.user_id, len(message.recipients), message.size_bytes
+                )
+            )
             if not reply.granted:
                 limits.append(f"{candidate.key}: {reply.limit} {reply.detail}".strip())
                 if reply.retry_at is not None:
@@ -563,8 +636,7 @@ class Delivery:
         if account is None or account.account_type is not None:
             # the account is gone, or out of quota: the next active one of the same type takes over
             async with self.db.session() as db_session:
-                route = await self.routes.route(db_session, message.company_id, message.user_id,
-                                                message.category)
+                route = await self.routes.route(db_session, message.company_id, message.user_id, message.category)
             same_type = [a for a in route.accounts if account is None or a.account_type == account.account_type]
             for candidate in same_type:
                 if candidate.key in tried:
@@ -573,23 +645,48 @@ class Delivery:
                 if reply.granted:
                     return candidate, await self._switch(message, candidate), reply.reservation_id, None
             if not tried:
-                return None, message, None, Outcome("deferred", "no-account", error=route.reason,
-                                                     retry_at=self._backoff(message.attempt))
+                return (
+                    None,
+                    message,
+                    None,
+                    Outcome("deferred", "no-account", error=route.reason, retry_at=self._backoff(message.attempt)),
+                )
         if earliest is None:
-            return None, message, None, Outcome("failed", "quota-never", error="over a limit that can never "
-                                                "pass: " + "; ".join(limits))
-        return None, message, None, Outcome("deferred", "quota", error="sending quota reached: " + "; ".join(limits),
-                                            retry_at=earliest)
+            return (
+                None,
+                message,
+                None,
+                Outcome("failed", "quota-never", error="over a limit that can never pass: " + "; ".join(limits)),
+            )
+        return (
+            None,
+            message,
+            None,
+            Outcome("deferred", "quota", error="sending quota reached: " + "; ".join(limits), retry_at=earliest),
+        )
 
     async def _switch(self, message: queue.Claimed, account: SendingAccount) -> queue.Claimed:
         draft = Draft.from_json(message.draft)
-        built = build_message(draft, account.sender, message_id=message.message_id, date=message.created_at,
-                              unsubscribe_link=message.draft.get("unsubscribe_link"))
+        built = build_message(
+            draft,
+            account.sender,
+            message_id=message.message_id,
+            date=message.created_at,
+            unsubscribe_link=message.draft.get("unsubscribe_link"),
+        )
         async with self.db.session() as db_session:
-            await queue.switch_account(db_session, message, account.key, built.envelope_from, built.raw,
-                                       account.sender.from_email)
-        return queue.Claimed(**{**message.__dict__, "account_key": account.key, "raw": built.raw,
-                                "envelope_from": built.envelope_from, "size_bytes": len(built.raw)})
+            await queue.switch_account(
+                db_session, message, account.key, built.envelope_from, built.raw, account.sender.from_email
+            )
+        return queue.Claimed(
+            **{
+                **message.__dict__,
+                "account_key": account.key,
+                "raw": built.raw,
+                "envelope_from": built.envelope_from,
+                "size_bytes": len(built.raw),
+            }
+        )
 
     async def deliver(self, worker: Worker, message: queue.Claimed) -> None:
         """Send one message, under the worker's lease or with a reservation of its own.
@@ -600,8 +697,14 @@ class Delivery:
         """
         held = worker.lease
         if message.category == "marketing" and await self._unsubscribed(message):
-            await self._finish(message, Outcome("failed", "unsubscribed", error="the recipient unsubscribed "
-                                                      "from marketing mail after this message was queued"))
+            await self._finish(
+                message,
+                Outcome(
+                    "failed",
+                    "unsubscribed",
+                    error="the recipient unsubscribed from marketing mail after this message was queued",
+                ),
+            )
             return
         reservation: uuid.UUID | None
         if held is not None:
@@ -610,8 +713,9 @@ class Delivery:
             try:
                 found, message, reservation, refusal = await self._reserve(message, await self._account(message))
             except (QuotaUnavailable, MailboxUnavailable) as exc:
-                await self._finish(message, Outcome("deferred", "unavailable", error=str(exc),
-                                                          retry_at=self._backoff(message.attempt)))
+                await self._finish(
+                    message, Outcome("deferred", "unavailable", error=str(exc), retry_at=self._backoff(message.attempt))
+                )
                 return
             if refusal is not None or found is None:
                 await self._finish(message, refusal or Outcome("deferred", "no-account"))
@@ -624,8 +728,9 @@ class Delivery:
         if held is not None and used:
             held.use(message)
         await self._settled(worker)  # an answer that no record took along (the envelope never began)
-        worker.answered = Answered(self._settlement(message, account, outcome),
-                                   account, None if held is not None else reservation)
+        worker.answered = Answered(
+            self._settlement(message, account, outcome), account, None if held is not None else reservation
+        )
 
     async def _settled(self, worker: Worker) -> None:
         """Settle the worker's last answer alone (no record of a next message to go with it).  Never
@@ -657,12 +762,16 @@ class Delivery:
 
     async def _unsubscribed(self, message: queue.Claimed) -> bool:
         async with self.db.session() as db_session:
-            found = await db_session.scalar(select(func.count()).select_from(unsubscribe).where(
-                unsubscribe.c.company_id == message.company_id, unsubscribe.c.address.in_(message.recipients)))
+            found = await db_session.scalar(
+                select(func.count())
+                .select_from(unsubscribe)
+                .where(unsubscribe.c.company_id == message.company_id, unsubscribe.c.address.in_(message.recipients))
+            )
         return bool(found)
 
-    async def _transact(self, worker: Worker, message: queue.Claimed, account: SendingAccount,
-                        reservation: uuid.UUID | None) -> tuple[Outcome, SmtpSession | None]:
+    async def _transact(
+        self, worker: Worker, message: queue.Claimed, account: SendingAccount, reservation: uuid.UUID | None
+    ) -> tuple[Outcome, SmtpSession | None]:
         """One SMTP transaction on the worker's session; until the end of data everything is retryable,
         after it only a reply decides.  Returns the outcome and the session to keep (None: dropped).
 
@@ -675,7 +784,9 @@ class Delivery:
         recording: asyncio.Task[bool] | None = None
         try:
             if session is not None and (
-                session.account_key != account.key or not session.channel.is_connected or session.idle
+                session.account_key != account.key
+                or not session.channel.is_connected
+                or session.idle
                 or session.recipients + len(message.recipients) > self.settings.recipients_per_connection
             ):
                 await self._drop(session)
@@ -721,8 +832,9 @@ class Delivery:
         SMTP_REPLIES.labels("data", _reply_class(reply.code)).inc()
         if reply.code // 100 == 2:
             refused = "; ".join(f"{address}: {refusal}" for address, refusal in envelope.refused)
-            return Outcome("sent", "sent", reply=str(reply),
-                           error=f"some recipients were refused: {refused}" if refused else None), session
+            return Outcome(
+                "sent", "sent", reply=str(reply), error=f"some recipients were refused: {refused}" if refused else None
+            ), session
         if reply.code // 100 in (4, 5):
             return self._refused(message, "data", reply), session
         await self._drop(session, polite=False)
@@ -731,8 +843,9 @@ class Delivery:
     async def _open(self, account: SendingAccount) -> SmtpSession:
         return SmtpSession(account.key, await open_channel(account.endpoint, self.policy))
 
-    async def _refusal(self, session: SmtpSession, envelope: Envelope, message: queue.Claimed
-                       ) -> tuple[Outcome, SmtpSession | None] | None:
+    async def _refusal(
+        self, session: SmtpSession, envelope: Envelope, message: queue.Claimed
+    ) -> tuple[Outcome, SmtpSession | None] | None:
         """What the server refused before the message's data, and the session to keep; None: nothing."""
         if envelope.mail.code != 250:  # pipelined, its RCPT TOs and DATA were refused with it
             SMTP_REPLIES.labels("envelope", _reply_class(envelope.mail.code)).inc()
@@ -743,8 +856,13 @@ class Delivery:
         if not envelope.accepted:
             detail = "; ".join(f"{address}: {reply}" for address, reply in envelope.refused)
             if any(reply.code < 500 for _, reply in envelope.refused):
-                outcome = Outcome("deferred", "rcpt-4xx", reply=detail, error="recipients refused for now: " + detail,
-                                  retry_at=self._backoff(message.attempt))
+                outcome = Outcome(
+                    "deferred",
+                    "rcpt-4xx",
+                    reply=detail,
+                    error="recipients refused for now: " + detail,
+                    retry_at=self._backoff(message.attempt),
+                )
             else:
                 outcome = Outcome("failed", "rcpt-5xx", reply=detail, error="every recipient was refused: " + detail)
         elif envelope.data is not None and envelope.data.code != 354:
@@ -760,8 +878,9 @@ class Delivery:
     def _refused(self, message: queue.Claimed, stage: str, reply: Reply) -> Outcome:
         if reply.code >= 500:
             return Outcome("failed", f"{stage}-5xx", reply=str(reply), error=str(reply))
-        return Outcome("deferred", f"{stage}-4xx", reply=str(reply), error=str(reply),
-                       retry_at=self._backoff(message.attempt))
+        return Outcome(
+            "deferred", f"{stage}-4xx", reply=str(reply), error=str(reply), retry_at=self._backoff(message.attempt)
+        )
 
     async def _record(self, worker: Worker, message: queue.Claimed, reservation: uuid.UUID | None) -> bool:
         """The record before the end of data (R21), in one statement with the settle of the worker's last answer
@@ -772,14 +891,16 @@ class Delivery:
             await self._settled(worker)
             async with self._durable_pool.acquire() as conn:
                 with timed("record"):
-                    return await queue.record_data_started(conn, message, self.instance_key, reservation,
-                                                           leased=worker.lease is not None)
+                    return await queue.record_data_started(
+                        conn, message, self.instance_key, reservation, leased=worker.lease is not None
+                    )
         worker.answered = None
         try:
             async with self._durable_pool.acquire() as conn:
                 with timed("settle-then-record"):
-                    ours = await queue.settle_then_record(conn, answered.settlement, message, self.instance_key,
-                                                          reservation)
+                    ours = await queue.settle_then_record(
+                        conn, answered.settlement, message, self.instance_key, reservation
+                    )
         except DB_ERRORS:
             worker.answered = answered  # neither was written: the answer is settled alone later
             raise
@@ -796,8 +917,7 @@ class Delivery:
                 log.exception("recording before the end of data failed")
         return outcome
 
-    def _settlement(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome
-                    ) -> queue.Settlement:
+    def _settlement(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome) -> queue.Settlement:
         state, error = outcome.state, outcome.error
         if state == "deferred" and message.attempt >= self.settings.max_attempts:
             state, error = "failed", f"gave up after {message.attempt} attempts: {error}"
@@ -814,12 +934,28 @@ class Delivery:
 
     def _sent_event(self, message: queue.Claimed, account: SendingAccount) -> MailSentV1:
         draft = Draft.from_json(message.draft)
-        return MailSentV1(company_id=message.company_id, payload=MailSentPayload(
-            message_id=message.message_id, mailbox_id=account.mailbox_id, user_id=message.user_id,
-            folder="sent", direction="outbound", from_address=account.sender.from_email,
-            from_name=account.sender.from_name, to=[r.address for r in draft.to], cc=[r.address for r in draft.cc],
-            subject=draft.subject, sent_at=datetime.now(UTC), text=draft.text or "", html=draft.html,
-            attachments=[Attachment(filename=a.filename, content_type=a.content_type, size=len(a.content))
-                         for a in draft.attachments],
-            outgoing_message_id=message.id, category="marketing" if message.category == "marketing" else "personal",
-            smtp_account_id=account.smtp_account_id))
+        return MailSentV1(
+            company_id=message.company_id,
+            payload=MailSentPayload(
+                message_id=message.message_id,
+                mailbox_id=account.mailbox_id,
+                user_id=message.user_id,
+                folder="sent",
+                direction="outbound",
+                from_address=account.sender.from_email,
+                from_name=account.sender.from_name,
+                to=[r.address for r in draft.to],
+                cc=[r.address for r in draft.cc],
+                subject=draft.subject,
+                sent_at=datetime.now(UTC),
+                text=draft.text or "",
+                html=draft.html,
+                attachments=[
+                    Attachment(filename=a.filename, content_type=a.content_type, size=len(a.content))
+                    for a in draft.attachments
+                ],
+                outgoing_message_id=message.id,
+                category="marketing" if message.category == "marketing" else "personal",
+                smtp_account_id=account.smtp_account_id,
+            ),
+        )

@@ -49,23 +49,34 @@ UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_conte
 def check_header_value(field_name: str, value: str) -> str:
     """Refuse a header value carrying a line break or control character, also RFC 2047-encoded."""
     if _CONTROL.search(value):
-        raise Unprocessable(f"{field_name} contains a line break or control character",
-                            slug="header-injection", field=field_name)
+        raise Unprocessable(
+            f"{field_name} contains a line break or control character", slug="header-injection", field=field_name
+        )
     for match in _ENCODED_WORD.finditer(value):
         charset, encoding, text = match.group(1).partition("*")[0], match.group(2).upper(), match.group(3)
         try:
-            raw = (base64.b64decode(text + "=" * (-len(text) % 4)) if encoding == "B"
-                   else quopri.decodestring(text.replace("_", " ").encode(), header=True))
+            raw = (
+                base64.b64decode(text + "=" * (-len(text) % 4))
+                if encoding == "B"
+                else quopri.decodestring(text.replace("_", " ").encode(), header=True)
+            )
             decoded = raw.decode(codecs.lookup(charset).name)
         except LookupError:
-            raise Unprocessable(f"{field_name} contains an encoded word in an unknown charset {charset!r}",
-                                slug="header-injection", field=field_name) from None
+            raise Unprocessable(
+                f"{field_name} contains an encoded word in an unknown charset {charset!r}",
+                slug="header-injection",
+                field=field_name,
+            ) from None
         except (binascii.Error, ValueError):
-            raise Unprocessable(f"{field_name} contains a malformed encoded word",
-                                slug="header-injection", field=field_name) from None
+            raise Unprocessable(
+                f"{field_name} contains a malformed encoded word", slug="header-injection", field=field_name
+            ) from None
         if _CONTROL.search(decoded):
-            raise Unprocessable(f"{field_name} contains an encoded line break or control character",
-                                slug="header-injection", field=field_name)
+            raise Unprocessable(
+                f"{field_name} contains an encoded line break or control character",
+                slug="header-injection",
+                field=field_name,
+            )
     return value
 
 
@@ -74,8 +85,9 @@ def check_address(field_name: str, value: str) -> str:
     check_header_value(field_name, value)
     address = normalize_address(value)
     if address is None:
-        raise Unprocessable(f"{field_name}: {value!r} is not a valid email address",
-                            slug="invalid-address", field=field_name)
+        raise Unprocessable(
+            f"{field_name}: {value!r} is not a valid email address", slug="invalid-address", field=field_name
+        )
     return address
 
 
@@ -115,27 +127,47 @@ class Draft:
 
     def to_json(self) -> dict[str, Any]:
         def people(rs: Sequence[Recipient]) -> list[dict[str, Any]]:
-            return [{"address": r.address, "name": r.name, "lead_id": str(r.lead_id) if r.lead_id else None}
-                    for r in rs]
+            return [
+                {"address": r.address, "name": r.name, "lead_id": str(r.lead_id) if r.lead_id else None} for r in rs
+            ]
 
         return {
-            "category": self.category, "to": people(self.to), "cc": people(self.cc), "bcc": people(self.bcc),
-            "subject": self.subject, "text": self.text, "html": self.html,
-            "attachments": [{"filename": a.filename, "content_type": a.content_type,
-                             "content": base64.b64encode(a.content).decode()} for a in self.attachments],
+            "category": self.category,
+            "to": people(self.to),
+            "cc": people(self.cc),
+            "bcc": people(self.bcc),
+            "subject": self.subject,
+            "text": self.text,
+            "html": self.html,
+            "attachments": [
+                {
+                    "filename": a.filename,
+                    "content_type": a.content_type,
+                    "content": base64.b64encode(a.content).decode(),
+                }
+                for a in self.attachments
+            ],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Draft:
         def people(rows: list[dict[str, Any]]) -> tuple[Recipient, ...]:
-            return tuple(Recipient(r["address"], r["name"], uuid.UUID(r["lead_id"]) if r["lead_id"] else None)
-                         for r in rows)
+            return tuple(
+                Recipient(r["address"], r["name"], uuid.UUID(r["lead_id"]) if r["lead_id"] else None) for r in rows
+            )
 
         return cls(
-            category=data["category"], to=people(data["to"]), cc=people(data["cc"]), bcc=people(data["bcc"]),
-            subject=data["subject"], text=data["text"], html=data["html"],
-            attachments=tuple(AttachmentFile(a["filename"], a["content_type"], base64.b64decode(a["content"]))
-                              for a in data["attachments"]),
+            category=data["category"],
+            to=people(data["to"]),
+            cc=people(data["cc"]),
+            bcc=people(data["bcc"]),
+            subject=data["subject"],
+            text=data["text"],
+            html=data["html"],
+            attachments=tuple(
+                AttachmentFile(a["filename"], a["content_type"], base64.b64decode(a["content"]))
+                for a in data["attachments"]
+            ),
         )
 
 
@@ -177,8 +209,9 @@ def _tag_links(text: str, utm: dict[str, str], html: bool) -> str:
         return text
     if html:
         # an href holds the URL HTML-escaped ("&amp;" between parameters): unescape, tag, escape again
-        return _HREF.sub(lambda m: m.group(1) + html_escape(with_utm(html_unescape(m.group(2)), utm))
-                         + m.group(3), text)
+        return _HREF.sub(
+            lambda m: m.group(1) + html_escape(with_utm(html_unescape(m.group(2)), utm)) + m.group(3), text
+        )
     return _URL.sub(lambda m: with_utm(m.group(0), utm), text)
 
 
@@ -187,8 +220,9 @@ def _address(r: Recipient) -> Address:
     return Address(display_name=r.name, username=local, domain=domain)
 
 
-def build_message(draft: Draft, sender: Sender, *, message_id: str, date: datetime,
-                  unsubscribe_link: str | None) -> BuiltMessage:
+def build_message(
+    draft: Draft, sender: Sender, *, message_id: str, date: datetime, unsubscribe_link: str | None
+) -> BuiltMessage:
     """Build, serialise and re-parse-check one message; raises Unprocessable if the check fails."""
     msg = EmailMessage(policy=SEVEN_BIT)
     intended: list[tuple[str, str]] = []
@@ -239,8 +273,7 @@ def build_message(draft: Draft, sender: Sender, *, message_id: str, date: dateti
         msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
     raw = serialise(msg)
     _check_reparse(raw, intended)
-    return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from,
-                        recipients=draft.recipients)
+    return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from, recipients=draft.recipients)
 
 
 class _FoldedAtCommas(BaseHeader):
@@ -287,8 +320,13 @@ class _WireFoldKept(BaseHeader):
 def _one_plain_line(name: str, text: str) -> bool:
     """The header goes out as ``name: text`` on one line: printable ASCII, no encoded word, no
     surrounding space, within the wire's line length."""
-    return (text.isascii() and text.isprintable() and "=?" not in text and text.strip() == text
-            and len(name) + 2 + len(text) <= WIRE_LINE)
+    return (
+        text.isascii()
+        and text.isprintable()
+        and "=?" not in text
+        and text.strip() == text
+        and len(name) + 2 + len(text) <= WIRE_LINE
+    )
 
 
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -298,10 +336,13 @@ _MAILBOX = rf"(?:{_ADDR_SPEC}|{_ATEXT}(?: {_ATEXT})* <{_ADDR_SPEC}>)"
 # names of atoms with an address, and a message id of atoms.  Such a value, on one line and with no
 # encoded word, goes out as its text either way (test_composition compares it with the standard
 # registry), so the header is made without the parse, the dearest part of building a message.
-_PLAIN = {name: re.compile(pattern) for name, pattern in [
-    *((name, rf"{_MAILBOX}(?:, {_MAILBOX})*") for name in ("from", "to", "cc", "reply-to", "sender")),
-    ("message-id", rf"<{_ADDR_SPEC}>"),
-]}
+_PLAIN = {
+    name: re.compile(pattern)
+    for name, pattern in [
+        *((name, rf"{_MAILBOX}(?:, {_MAILBOX})*") for name in ("from", "to", "cc", "reply-to", "sender")),
+        ("message-id", rf"<{_ADDR_SPEC}>"),
+    ]
+}
 
 
 class _KeptHeaderClasses(HeaderRegistry):
@@ -378,11 +419,16 @@ _STRUCTURAL = {"mime-version", "content-type", "content-transfer-encoding", "con
 def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
     # the header block alone: the parser would otherwise read through the whole body for nothing
     end = raw.find(b"\r\n\r\n")
-    parsed = BytesHeaderParser(policy=READ_BACK).parsebytes(raw if end < 0 else raw[:end + 4])
+    parsed = BytesHeaderParser(policy=READ_BACK).parsebytes(raw if end < 0 else raw[: end + 4])
     # only our headers are read through the header registry; the MIME structure ones are the library's
-    seen = [(name, str(READ_BACK.header_fetch_parse(name, value))) for name, value in parsed.raw_items()
-            if name.lower() not in _STRUCTURAL]
+    seen = [
+        (name, str(READ_BACK.header_fetch_parse(name, value)))
+        for name, value in parsed.raw_items()
+        if name.lower() not in _STRUCTURAL
+    ]
     if seen != intended:
-        raise Unprocessable("the message does not re-read as the headers it was built from; "
-                            "check names, subject and addresses for unusual characters",
-                            slug="header-mismatch")
+        raise Unprocessable(
+            "the message does not re-read as the headers it was built from; "
+            "check names, subject and addresses for unusual characters",
+            slug="header-mismatch",
+        )

@@ -32,9 +32,13 @@ router = APIRouter(prefix="/v1", tags=["messages"])
 
 
 @router.post("/messages", status_code=202, response_model=MessageOut)
-async def send_message(body: MessageIn, caller: Caller, context: Context, request: Request,
-                       idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
-                       ) -> MessageOut:
+async def send_message(
+    body: MessageIn,
+    caller: Caller,
+    context: Context,
+    request: Request,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> MessageOut:
     key = service.check_idempotency_key(idempotency_key)
     # The insert is one statement, idempotent by its unique key: autocommit (the wake-up of the
     # workers that follows it needs no transaction of its own).
@@ -61,15 +65,21 @@ async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -
 
 
 @router.get("/messages", response_model=Page[MessageOut])
-async def list_messages(caller: Caller, session: Session, state: State | None = None,
-                        user_id: uuid.UUID | None = None, cursor: str | None = None,
-                        limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[MessageOut]:
+async def list_messages(
+    caller: Caller,
+    session: Session,
+    state: State | None = None,
+    user_id: uuid.UUID | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> Page[MessageOut]:
     after = decode_position(cursor)
     scope = service.sender_scope(caller)
     if scope and user_id and user_id != scope:
         return Page[MessageOut](items=[])
-    rows = await repository.page(session, caller.company_id, state=state, user_id=scope or user_id, after=after,
-                                 limit=limit + 1)
+    rows = await repository.page(
+        session, caller.company_id, state=state, user_id=scope or user_id, after=after, limit=limit + 1
+    )
     items = [service.to_out(r) for r in rows[:limit]]
     next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return Page[MessageOut](items=items, next_cursor=next_cursor)
@@ -82,8 +92,10 @@ async def resend_message(message_id: uuid.UUID, caller: Caller, request: Request
 
 
 def _page(title: str, body: str) -> HTMLResponse:
-    return HTMLResponse(f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-                        f"<body><h1>{title}</h1>{body}</body></html>")
+    return HTMLResponse(
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+        f"<body><h1>{title}</h1>{body}</body></html>"
+    )
 
 
 @router.get("/unsubscribe/{token}", response_class=HTMLResponse, tags=["unsubscribe"])
@@ -93,9 +105,12 @@ async def unsubscribe_page(token: str, context: Context) -> HTMLResponse:
     if found is None:
         raise NotFound("this unsubscribe link is not valid", slug="unsubscribe-link-invalid")
     address = html.escape(found[1])
-    return _page("Unsubscribe", f"<p>Stop marketing mail to {address}?</p><form method='post'>"
-                                "<button type='submit' name='List-Unsubscribe' value='One-Click'>Unsubscribe"
-                                "</button></form>")
+    return _page(
+        "Unsubscribe",
+        f"<p>Stop marketing mail to {address}?</p><form method='post'>"
+        "<button type='submit' name='List-Unsubscribe' value='One-Click'>Unsubscribe"
+        "</button></form>",
+    )
 
 
 @router.post("/unsubscribe/{token}", tags=["unsubscribe"])
@@ -107,6 +122,11 @@ async def unsubscribe(token: str, context: Context, session: Session, request: R
     company_id, address = found
     lead_id = await repository.lead_for_address(session, company_id, address)
     if await repository.add_unsubscribe(session, company_id, address, lead_id):
-        await enqueue(session, outbox, LeadUnsubscribedV1(
-            company_id=company_id, payload=LeadUnsubscribedPayload(address=address, lead_id=lead_id)))
+        await enqueue(
+            session,
+            outbox,
+            LeadUnsubscribedV1(
+                company_id=company_id, payload=LeadUnsubscribedPayload(address=address, lead_id=lead_id)
+            ),
+        )
     return _page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing mail.</p>")

@@ -31,8 +31,11 @@ from leadline_send.messages import repository
 KEPT_SECONDS = 5.0
 MAX_KEPT = 10_000
 
-LEAD_ASKS = Counter("leadline_send_lead_asks_total", "Leads asked of the lead service because the copy did not "
-                    "hold them yet", ["answer"])
+LEAD_ASKS = Counter(
+    "leadline_send_lead_asks_total",
+    "Leads asked of the lead service because the copy did not hold them yet",
+    ["answer"],
+)
 
 LeadRecipient = tuple[str, str]  # the lead's first address and its name, as the copy holds them
 
@@ -54,8 +57,9 @@ class LeadDirectory:
         self.timeout = timeout
         self._kept: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, LeadRecipient]] = {}
 
-    async def recipients(self, session: Executor, company_id: uuid.UUID,
-                         lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, LeadRecipient]:
+    async def recipients(
+        self, session: Executor, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, LeadRecipient]:
         """Each known lead's first address and name; a lead missing from the answer is unknown."""
         found = await repository.lead_recipients(session, company_id, lead_ids)
         missing = [i for i in dict.fromkeys(lead_ids) if i not in found]
@@ -75,8 +79,9 @@ class LeadDirectory:
             msg = await self.nc.request(RPC_LEAD_ADDRESSES, request.model_dump_json().encode(), timeout=self.timeout)
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))
-            raise LeadsUnavailable("the lead service did not answer for leads this service has not heard of "
-                                   "yet") from exc
+            raise LeadsUnavailable(
+                "the lead service did not answer for leads this service has not heard of yet"
+            ) from exc
         reply = LeadAddressesReply.model_validate_json(msg.data)
         if reply.detail:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))

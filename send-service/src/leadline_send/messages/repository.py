@@ -32,19 +32,25 @@ def _insert_one_and_wake(columns: tuple[str, ...]) -> Select[Any]:
     return select(inserted, func.pg_notify(QUEUE_CHANNEL, "1").label("woken"))
 
 
-async def by_id(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
-                sender: uuid.UUID | None = None) -> Row[Any] | None:
+async def by_id(
+    session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, sender: uuid.UUID | None = None
+) -> Row[Any] | None:
     query = select(*SHOWN).where(outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id)
     if sender:
         query = query.where(outgoing_message.c.user_id == sender)
     return (await session.execute(query)).first()
 
 
-async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID,
-                             key: str) -> Row[Any] | None:
-    return (await session.execute(select(*SHOWN).where(
-        outgoing_message.c.company_id == company_id, outgoing_message.c.user_id == user_id,
-        outgoing_message.c.idempotency_key == key))).first()
+async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, key: str) -> Row[Any] | None:
+    return (
+        await session.execute(
+            select(*SHOWN).where(
+                outgoing_message.c.company_id == company_id,
+                outgoing_message.c.user_id == user_id,
+                outgoing_message.c.idempotency_key == key,
+            )
+        )
+    ).first()
 
 
 async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict[uuid.UUID, Row[Any]]:
@@ -66,8 +72,15 @@ async def wake_workers(session: Executor, messages: int) -> None:
     await session.execute(select(func.pg_notify(QUEUE_CHANNEL, str(messages))))
 
 
-async def page(session: Executor, company_id: uuid.UUID, *, state: str | None, user_id: uuid.UUID | None,
-               after: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row[Any]]:
+async def page(
+    session: Executor,
+    company_id: uuid.UUID,
+    *,
+    state: str | None,
+    user_id: uuid.UUID | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[Row[Any]]:
     query = select(*SHOWN).where(outgoing_message.c.company_id == company_id)
     if state:
         query = query.where(outgoing_message.c.state == state)
@@ -75,32 +88,51 @@ async def page(session: Executor, company_id: uuid.UUID, *, state: str | None, u
         query = query.where(outgoing_message.c.user_id == user_id)
     if after:
         created, last_id = after
-        query = query.where(or_(outgoing_message.c.created_at < created,
-                                and_(outgoing_message.c.created_at == created, outgoing_message.c.id < last_id)))
+        query = query.where(
+            or_(
+                outgoing_message.c.created_at < created,
+                and_(outgoing_message.c.created_at == created, outgoing_message.c.id < last_id),
+            )
+        )
     query = query.order_by(outgoing_message.c.created_at.desc(), outgoing_message.c.id.desc()).limit(limit)
     return list((await session.execute(query)).all())
 
 
-async def requeue(session: Executor, company_id: uuid.UUID, message_id: uuid.UUID,
-                  from_states: tuple[str, ...]) -> bool:
-    done = await session.execute(update(outgoing_message).where(
-        outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id,
-        outgoing_message.c.state.in_(from_states),
-    ).values(state="queued", next_attempt_at=datetime.now().astimezone(), last_error=None,
-             updated_at=datetime.now().astimezone()).returning(outgoing_message.c.id))
+async def requeue(
+    session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, from_states: tuple[str, ...]
+) -> bool:
+    done = await session.execute(
+        update(outgoing_message)
+        .where(
+            outgoing_message.c.company_id == company_id,
+            outgoing_message.c.id == message_id,
+            outgoing_message.c.state.in_(from_states),
+        )
+        .values(
+            state="queued",
+            next_attempt_at=datetime.now().astimezone(),
+            last_error=None,
+            updated_at=datetime.now().astimezone(),
+        )
+        .returning(outgoing_message.c.id)
+    )
     if done.first() is None:
         return False
     await wake_workers(session, 1)
     return True
 
 
-async def lead_recipients(session: Executor, company_id: uuid.UUID,
-                          lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, tuple[str, str]]:
+async def lead_recipients(
+    session: Executor, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
+) -> dict[uuid.UUID, tuple[str, str]]:
     """Each lead's first address and name."""
-    rows = (await session.execute(select(lead_address.c.lead_id, lead_address.c.address, lead_address.c.name)
-                                  .where(lead_address.c.company_id == company_id,
-                                         lead_address.c.lead_id.in_(lead_ids))
-                                  .order_by(lead_address.c.lead_id, lead_address.c.position))).all()
+    rows = (
+        await session.execute(
+            select(lead_address.c.lead_id, lead_address.c.address, lead_address.c.name)
+            .where(lead_address.c.company_id == company_id, lead_address.c.lead_id.in_(lead_ids))
+            .order_by(lead_address.c.lead_id, lead_address.c.position)
+        )
+    ).all()
     found: dict[uuid.UUID, tuple[str, str]] = {}
     for r in rows:
         found.setdefault(r.lead_id, (r.address, r.name))
@@ -108,18 +140,31 @@ async def lead_recipients(session: Executor, company_id: uuid.UUID,
 
 
 async def lead_for_address(session: Executor, company_id: uuid.UUID, address: str) -> uuid.UUID | None:
-    return await session.scalar(select(lead_address.c.lead_id).where(
-        lead_address.c.company_id == company_id, lead_address.c.address == address).limit(1))
+    return await session.scalar(
+        select(lead_address.c.lead_id)
+        .where(lead_address.c.company_id == company_id, lead_address.c.address == address)
+        .limit(1)
+    )
 
 
 async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list[str]) -> list[str]:
-    return list((await session.execute(select(unsubscribe.c.address).where(
-        unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)))).scalars())
+    return list(
+        (
+            await session.execute(
+                select(unsubscribe.c.address).where(
+                    unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)
+                )
+            )
+        ).scalars()
+    )
 
 
-async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str,
-                          lead_id: uuid.UUID | None) -> bool:
+async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str, lead_id: uuid.UUID | None) -> bool:
     """True the first time only, so the event goes out once."""
-    done = await session.execute(insert(unsubscribe).values(company_id=company_id, address=address, lead_id=lead_id)
-                                 .on_conflict_do_nothing().returning(unsubscribe.c.address))
+    done = await session.execute(
+        insert(unsubscribe)
+        .values(company_id=company_id, address=address, lead_id=lead_id)
+        .on_conflict_do_nothing()
+        .returning(unsubscribe.c.address)
+    )
     return done.first() is not None

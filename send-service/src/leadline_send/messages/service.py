@@ -55,13 +55,27 @@ def sender_scope(caller: Identity) -> uuid.UUID | None:
 
 def to_out(row: Any) -> MessageOut:
     return MessageOut(
-        id=row.id, state=row.state, category=row.category, message_id=row.message_id, user_id=row.user_id,
-        from_address=row.from_address, recipients=row.recipients, lead_ids=row.lead_ids, subject=row.subject,
-        size_bytes=row.size_bytes, account=row.account_key, attempts=row.attempts,
+        id=row.id,
+        state=row.state,
+        category=row.category,
+        message_id=row.message_id,
+        user_id=row.user_id,
+        from_address=row.from_address,
+        recipients=row.recipients,
+        lead_ids=row.lead_ids,
+        subject=row.subject,
+        size_bytes=row.size_bytes,
+        account=row.account_key,
+        attempts=row.attempts,
         next_attempt_at=row.next_attempt_at if row.state in ("queued", "deferred") else None,
-        last_error=row.last_error, smtp_reply=row.smtp_reply, sent_copy=row.sent_copy,
-        delivery_notice=row.delivery_notice, sent_at=row.sent_at,
-        created_at=row.created_at, updated_at=row.updated_at)
+        last_error=row.last_error,
+        smtp_reply=row.smtp_reply,
+        sent_copy=row.sent_copy,
+        delivery_notice=row.delivery_notice,
+        sent_at=row.sent_at,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
 
 
 def check_idempotency_key(key: str | None) -> str | None:
@@ -80,8 +94,10 @@ def request_fingerprint(body: MessageIn) -> str:
 def _first_use(row: Row[Any], fingerprint: str) -> Row[Any]:
     """The message an idempotency key was first used for, if this request is the same one."""
     if row.request_sha256 is not None and row.request_sha256 != fingerprint:
-        raise Unprocessable("this Idempotency-Key was used before with a different request; use a new key "
-                            "for a new message", slug="idempotency-key-reused")
+        raise Unprocessable(
+            "this Idempotency-Key was used before with a different request; use a new key for a new message",
+            slug="idempotency-key-reused",
+        )
     return row
 
 
@@ -98,8 +114,10 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
     missing = [str(i) for i in body.lead_ids if i not in leads]
     if missing:
         raise Unprocessable("unknown lead: " + ", ".join(missing), slug="unknown-lead", lead_ids=missing)
-    to = [Recipient(address, check_header_value("lead name", name), lead_id)
-          for lead_id, (address, name) in ((i, leads[i]) for i in body.lead_ids)]
+    to = [
+        Recipient(address, check_header_value("lead name", name), lead_id)
+        for lead_id, (address, name) in ((i, leads[i]) for i in body.lead_ids)
+    ]
     to += [Recipient(check_address(f"to[{n}]", a)) for n, a in enumerate(body.to)]
     cc = [Recipient(check_address(f"cc[{n}]", a)) for n, a in enumerate(body.cc)]
     bcc = [Recipient(check_address(f"bcc[{n}]", a)) for n, a in enumerate(body.bcc)]
@@ -108,37 +126,56 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
     # a non-ASCII local part (domains are kept in IDNA ASCII) needs SMTPUTF8 in the envelope and the headers
     unsendable = [r.address for r in (*to, *cc, *bcc) if not r.address.isascii()]
     if unsendable:
-        raise Unprocessable("addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: "
-                            + ", ".join(unsendable), slug="unsupported-address")
+        raise Unprocessable(
+            "addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: " + ", ".join(unsendable),
+            slug="unsupported-address",
+        )
     attachments = []
     for n, item in enumerate(body.attachments):
         check_header_value(f"attachments[{n}].filename", item.filename)
         try:
             content = base64.b64decode(item.content_base64, validate=True)
         except (binascii.Error, ValueError):
-            raise Unprocessable(f"attachments[{n}].content_base64 is not base64",
-                                slug="invalid-attachment") from None
+            raise Unprocessable(f"attachments[{n}].content_base64 is not base64", slug="invalid-attachment") from None
         attachments.append(AttachmentFile(item.filename, item.content_type.lower(), content))
-    return Draft(category=body.category, to=tuple(to), cc=tuple(cc), bcc=tuple(bcc), subject=body.subject,
-                 text=body.text, html=body.html, attachments=tuple(attachments))
+    return Draft(
+        category=body.category,
+        to=tuple(to),
+        cc=tuple(cc),
+        bcc=tuple(bcc),
+        subject=body.subject,
+        text=body.text,
+        html=body.html,
+        attachments=tuple(attachments),
+    )
 
 
 def _with_defaults(draft: Draft, account: SendingAccount) -> Draft:
     present = set(draft.recipients)
     cc = [*draft.cc, *(Recipient(a) for a in account.default_cc if a not in present)]
     bcc = [*draft.bcc, *(Recipient(a) for a in account.default_bcc if a not in present)]
-    return Draft(category=draft.category, to=draft.to, cc=tuple(cc), bcc=tuple(bcc), subject=draft.subject,
-                 text=draft.text, html=draft.html, attachments=draft.attachments)
+    return Draft(
+        category=draft.category,
+        to=draft.to,
+        cc=tuple(cc),
+        bcc=tuple(bcc),
+        subject=draft.subject,
+        text=draft.text,
+        html=draft.html,
+        attachments=draft.attachments,
+    )
 
 
-async def _check_quota(context: SendContext, caller: Identity, accounts: list[SendingAccount],
-                       built: BuiltMessage) -> SendingAccount:
+async def _check_quota(
+    context: SendContext, caller: Identity, accounts: list[SendingAccount], built: BuiltMessage
+) -> SendingAccount:
     """The first account whose quota would pass now (R14, R15); 429 or 422 when none would."""
     refusals = []
     for account in accounts:
         try:
-            reply = await context.quota.check(account.quota_request(
-                caller.company_id, caller.user_id, len(built.recipients), len(built.raw)))
+            reply = await context.quota.check(
+                account.quota_request(caller.company_id, caller.user_id, len(built.recipients), len(built.raw))
+            )
         except QuotaUnavailable:
             # Accept and let the delivery worker wait for the quota service: it never sends without a
             # reservation, and the caller gets a message whose state explains the wait.
@@ -149,16 +186,25 @@ async def _check_quota(context: SendContext, caller: Identity, accounts: list[Se
     waits = sorted(((r.retry_at, r.limit) for r in refusals if r.retry_at is not None), key=lambda w: w[0])
     if not waits:
         first = refusals[0]
-        raise Unprocessable(f"the message can never pass the sending limit {first.limit}: {first.detail}",
-                            slug="quota-limit", limit=first.limit)
+        raise Unprocessable(
+            f"the message can never pass the sending limit {first.limit}: {first.detail}",
+            slug="quota-limit",
+            limit=first.limit,
+        )
     retry_at, limit = waits[0]
     wait = max(1, math.ceil((retry_at - datetime.now(UTC)).total_seconds()))
-    raise TooManyRequests(f"sending limit {limit} reached; it resets at {retry_at.isoformat()}",
-                          slug="quota-exceeded", headers={"Retry-After": str(wait)}, limit=limit, retry_at=retry_at)
+    raise TooManyRequests(
+        f"sending limit {limit} reached; it resets at {retry_at.isoformat()}",
+        slug="quota-exceeded",
+        headers={"Retry-After": str(wait)},
+        limit=limit,
+        retry_at=retry_at,
+    )
 
 
-async def _build(context: SendContext, draft: Draft, sender: Sender, *, message_id: str, date: datetime,
-                 unsubscribe_link: str | None) -> BuiltMessage:
+async def _build(
+    context: SendContext, draft: Draft, sender: Sender, *, message_id: str, date: datetime, unsubscribe_link: str | None
+) -> BuiltMessage:
     """Build a message, one at a time in this process, then let the event loop go round once before
     the next build may start.  Building is CPU work that never waits: sixteen batch requests building
     side by side made each step of a delivery worker (an SMTP reply, a commit) wait for sixteen builds,
@@ -170,8 +216,14 @@ async def _build(context: SendContext, draft: Draft, sender: Sender, *, message_
     return built
 
 
-async def _prepare(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
-                   idempotency_key: str | None, chosen: dict[str, SendingAccount]) -> Row[Any] | dict[str, Any]:
+async def _prepare(
+    session: Executor,
+    context: SendContext,
+    caller: Identity,
+    body: MessageIn,
+    idempotency_key: str | None,
+    chosen: dict[str, SendingAccount],
+) -> Row[Any] | dict[str, Any]:
     """The stored message for a known idempotency key, or the values of the row to insert.
 
     ``chosen`` keeps the account whose quota passed per category, so a batch asks once.
@@ -185,12 +237,18 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
     draft = await _draft(session, context, caller, body)
     if body.category == "marketing":
         if len(draft.to) != 1 or draft.cc or draft.bcc:
-            raise Unprocessable("marketing mail goes to one recipient per message (each gets its own "
-                                "unsubscribe link); send one message per lead", slug="marketing-one-recipient")
+            raise Unprocessable(
+                "marketing mail goes to one recipient per message (each gets its own "
+                "unsubscribe link); send one message per lead",
+                slug="marketing-one-recipient",
+            )
         refused = await repository.unsubscribed(session, caller.company_id, draft.recipients)
         if refused:
-            raise Unprocessable("the recipient unsubscribed from marketing mail: " + ", ".join(refused),
-                                slug="recipient-unsubscribed", addresses=refused)
+            raise Unprocessable(
+                "the recipient unsubscribed from marketing mail: " + ", ".join(refused),
+                slug="recipient-unsubscribed",
+                addresses=refused,
+            )
     try:
         with timed("api-route"):
             route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
@@ -200,8 +258,11 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
         raise Unprocessable(route.reason, slug="no-sending-account")
     draft = _with_defaults(draft, route.accounts[0])
     if len(draft.recipients) > settings.max_recipients:
-        raise Unprocessable(f"too many recipients: {len(draft.recipients)} (at most {settings.max_recipients})",
-                            slug="too-many-recipients", limit=settings.max_recipients)
+        raise Unprocessable(
+            f"too many recipients: {len(draft.recipients)} (at most {settings.max_recipients})",
+            slug="too-many-recipients",
+            limit=settings.max_recipients,
+        )
     message_uuid = uuid.uuid4()
     message_id = f"<{message_uuid.hex}@{settings.message_domain}>"
     unsubscribe_link = None
@@ -210,33 +271,51 @@ async def _prepare(session: Executor, context: SendContext, caller: Identity, bo
         unsubscribe_link = f"{settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
     now = datetime.now(UTC)
     account = chosen.get(body.category, route.accounts[0])
-    built = await _build(context, draft, account.sender, message_id=message_id, date=now,
-                         unsubscribe_link=unsubscribe_link)
+    built = await _build(
+        context, draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link
+    )
     if len(built.raw) > settings.max_message_bytes:
-        raise PayloadTooLarge(f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
-                              slug="message-too-large", limit=settings.max_message_bytes)
+        raise PayloadTooLarge(
+            f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
+            slug="message-too-large",
+            limit=settings.max_message_bytes,
+        )
     if body.category not in chosen:
         with timed("api-quota-check"):
             chosen[body.category] = await _check_quota(context, caller, route.accounts, built)
         if chosen[body.category] is not account:
             account = chosen[body.category]
-            built = await _build(context, draft, account.sender, message_id=message_id, date=now,
-                                 unsubscribe_link=unsubscribe_link)
+            built = await _build(
+                context, draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link
+            )
     return {
-        "id": message_uuid, "company_id": caller.company_id, "user_id": caller.user_id,
-        "idempotency_key": idempotency_key, "request_sha256": fingerprint, "category": body.category,
+        "id": message_uuid,
+        "company_id": caller.company_id,
+        "user_id": caller.user_id,
+        "idempotency_key": idempotency_key,
+        "request_sha256": fingerprint,
+        "category": body.category,
         "state": "queued",
-        "message_id": message_id, "account_key": account.key, "provider": account.provider,
-        "from_address": account.sender.from_email, "envelope_from": built.envelope_from,
-        "recipients": built.recipients, "lead_ids": [str(i) for i in body.lead_ids],
-        "draft": {**draft.to_json(), "unsubscribe_link": unsubscribe_link}, "raw": built.raw,
-        "size_bytes": len(built.raw), "subject": draft.subject, "created_at": now, "updated_at": now,
+        "message_id": message_id,
+        "account_key": account.key,
+        "provider": account.provider,
+        "from_address": account.sender.from_email,
+        "envelope_from": built.envelope_from,
+        "recipients": built.recipients,
+        "lead_ids": [str(i) for i in body.lead_ids],
+        "draft": {**draft.to_json(), "unsubscribe_link": unsubscribe_link},
+        "raw": built.raw,
+        "size_bytes": len(built.raw),
+        "subject": draft.subject,
+        "created_at": now,
+        "updated_at": now,
         "next_attempt_at": now,
     }
 
 
-async def _stored(session: Executor, caller: Identity, values: dict[str, Any], inserted: dict[uuid.UUID, Any]
-                  ) -> MessageOut:
+async def _stored(
+    session: Executor, caller: Identity, values: dict[str, Any], inserted: dict[uuid.UUID, Any]
+) -> MessageOut:
     row = inserted.get(values["id"])
     if row is None:  # a racing request with the same idempotency key won; answer with its message
         key = values["idempotency_key"]
@@ -247,8 +326,9 @@ async def _stored(session: Executor, caller: Identity, values: dict[str, Any], i
     return to_out(row)
 
 
-async def create_message(session: Executor, context: SendContext, caller: Identity, body: MessageIn,
-                         idempotency_key: str | None) -> MessageOut:
+async def create_message(
+    session: Executor, context: SendContext, caller: Identity, body: MessageIn, idempotency_key: str | None
+) -> MessageOut:
     prepared = await _prepare(session, context, caller, body, idempotency_key, {})
     if not isinstance(prepared, dict):
         return to_out(prepared)
@@ -257,8 +337,9 @@ async def create_message(session: Executor, context: SendContext, caller: Identi
     return await _stored(session, caller, prepared, inserted)
 
 
-async def create_messages(session: Executor, context: SendContext, caller: Identity,
-                          items: list[BatchMessageIn]) -> list[MessageOut]:
+async def create_messages(
+    session: Executor, context: SendContext, caller: Identity, items: list[BatchMessageIn]
+) -> list[MessageOut]:
     """A batch, all or nothing: the first item that fails refuses the batch, naming its index."""
     chosen: dict[str, SendingAccount] = {}
     prepared = []
@@ -285,7 +366,10 @@ async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> 
         if refused:
             raise Conflict("the recipient unsubscribed from marketing mail", slug="recipient-unsubscribed")
     if not await repository.requeue(session, caller.company_id, message_id, RESENDABLE):
-        raise Conflict(f"a {row.state} message cannot be resent; only {', '.join(RESENDABLE)} ones",
-                       slug="not-resendable", state=row.state)
+        raise Conflict(
+            f"a {row.state} message cannot be resent; only {', '.join(RESENDABLE)} ones",
+            slug="not-resendable",
+            state=row.state,
+        )
     fresh = await repository.by_id(session, caller.company_id, message_id)
     return to_out(fresh)

@@ -56,8 +56,9 @@ class MailboxChoice:
     smtp: ServerChoice
 
 
-def _server(side: str, preset: ServerPreset | None, given: ServerSettingsIn | None,
-            request: ConnectRequest) -> ServerChoice:
+def _server(
+    side: str, preset: ServerPreset | None, given: ServerSettingsIn | None, request: ConnectRequest
+) -> ServerChoice:
     given = given or ServerSettingsIn()
     password = given.password or request.password
     if password is None:
@@ -66,30 +67,44 @@ def _server(side: str, preset: ServerPreset | None, given: ServerSettingsIn | No
         host, port, tls = preset.host, preset.port, preset.tls
     else:
         if not given.host or given.port is None or given.use_ssl is None:
-            raise Unprocessable(f"custom settings need the {side.upper()} host, port and \"use SSL\"",
-                                slug="mailbox-settings-invalid", server=side)
+            raise Unprocessable(
+                f'custom settings need the {side.upper()} host, port and "use SSL"',
+                slug="mailbox-settings-invalid",
+                server=side,
+            )
         host, port = given.host, given.port
         tls = "implicit" if given.use_ssl else "starttls"
     if given.self_signed and tls == "plain":
         raise Unprocessable("a self-signed certificate needs SSL or STARTTLS", slug="mailbox-settings-invalid")
     mode: TlsMode = tls
     return ServerChoice(
-        login=ServerLogin(host=host, port=port, tls=mode, username=given.username or request.address,
-                          password=password.get_secret_value()),
-        self_signed=given.self_signed, expected_pin=given.certificate_sha256)
+        login=ServerLogin(
+            host=host,
+            port=port,
+            tls=mode,
+            username=given.username or request.address,
+            password=password.get_secret_value(),
+        ),
+        self_signed=given.self_signed,
+        expected_pin=given.certificate_sha256,
+    )
 
 
 def choose(request: ConnectRequest) -> MailboxChoice:
     provider = providers().get(request.provider)
     if provider is None:
-        raise Unprocessable(f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers",
-                            slug="mailbox-settings-invalid")
+        raise Unprocessable(
+            f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers", slug="mailbox-settings-invalid"
+        )
     imap_preset = provider.imap.for_address(request.address) if provider.imap else None
     smtp_preset = provider.smtp.for_address(request.address) if provider.smtp else None
     return MailboxChoice(
-        provider=provider, address=request.address, smtp_use=request.smtp_use,
+        provider=provider,
+        address=request.address,
+        smtp_use=request.smtp_use,
         imap=_server("imap", imap_preset, request.imap, request),
-        smtp=_server("smtp", smtp_preset, request.smtp, request))
+        smtp=_server("smtp", smtp_preset, request.smtp, request),
+    )
 
 
 async def _pinned(context: SyncContext, server: ServerChoice, protocol: str) -> ServerLogin:
@@ -108,8 +123,13 @@ async def _check(context: SyncContext, server: ServerChoice, protocol: str) -> t
 
 
 def _failure(server: str, error: MailConnectionError) -> Unprocessable:
-    return Unprocessable(f"{server.upper()}: {error.user_message}", slug="mailbox-login-failed", server=server,
-                         kind=error.kind, fix=fix_for(error.kind))
+    return Unprocessable(
+        f"{server.upper()}: {error.user_message}",
+        slug="mailbox-login-failed",
+        server=server,
+        kind=error.kind,
+        fix=fix_for(error.kind),
+    )
 
 
 async def test_connection(context: SyncContext, request: ConnectRequest) -> ConnectionTest:
@@ -126,14 +146,17 @@ async def test_connection(context: SyncContext, request: ConnectRequest) -> Conn
     return ConnectionTest(ok=imap.ok and smtp.ok, imap=imap, smtp=smtp)
 
 
-async def check_logins(context: SyncContext, imap: ServerChoice | ServerLogin,
-                       smtp: ServerChoice | ServerLogin) -> tuple[ServerLogin, ServerLogin, str | None]:
+async def check_logins(
+    context: SyncContext, imap: ServerChoice | ServerLogin, smtp: ServerChoice | ServerLogin
+) -> tuple[ServerLogin, ServerLogin, str | None]:
     """Both logins checked side by side (pins taken); 422 ``mailbox-login-failed`` naming the one that failed."""
+
     def choice(server: ServerChoice | ServerLogin) -> ServerChoice:
         return server if isinstance(server, ServerChoice) else ServerChoice(server, False, None)
 
-    results = await asyncio.gather(_check(context, choice(imap), "imap"), _check(context, choice(smtp), "smtp"),
-                                   return_exceptions=True)
+    results = await asyncio.gather(
+        _check(context, choice(imap), "imap"), _check(context, choice(smtp), "smtp"), return_exceptions=True
+    )
     for side, result in zip(("imap", "smtp"), results, strict=True):
         if isinstance(result, MailConnectionError):
             raise _failure(side, result)
@@ -171,25 +194,43 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
     if needs_proof(row, imap_login, smtp_login):
         await prove_address(choice.address, imap_login, smtp_login, context.settings)
         proven_by = "message"
-    return await save(context, caller.company_id, caller.user_id, CheckedMailbox(
-        provider=choice.provider, address=choice.address, smtp_use=choice.smtp_use, imap=imap_login,
-        smtp=smtp_login, sent_folder=sent_folder, address_proven_by=proven_by,
-        secrets=MailboxSecrets(imap_password=imap_login.password, smtp_password=smtp_login.password)))
+    return await save(
+        context,
+        caller.company_id,
+        caller.user_id,
+        CheckedMailbox(
+            provider=choice.provider,
+            address=choice.address,
+            smtp_use=choice.smtp_use,
+            imap=imap_login,
+            smtp=smtp_login,
+            sent_folder=sent_folder,
+            address_proven_by=proven_by,
+            secrets=MailboxSecrets(imap_password=imap_login.password, smtp_password=smtp_login.password),
+        ),
+    )
 
 
-async def _refuse_address(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, own: MailboxRow | None,
-                          address: str) -> None:
+async def _refuse_address(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, own: MailboxRow | None, address: str
+) -> None:
     """409 for another address than the connected one, or for one that another user of the company syncs."""
     if own is not None and own.address != address:
-        raise Conflict(f"Mail Sync is connected for {own.address}; disable it before connecting another "
-                       "address", slug="mailbox-already-connected")
+        raise Conflict(
+            f"Mail Sync is connected for {own.address}; disable it before connecting another address",
+            slug="mailbox-already-connected",
+        )
     if await service.synced_by_another_user(session, company_id, user_id, address):
         raise _taken(address)
 
 
 def _taken(address: str) -> Conflict:
-    return Conflict(f"{address} is already synced by another user of the company",
-                    slug="address-synced-by-another-user", kind="address_taken", fix=fix_for("address_taken"))
+    return Conflict(
+        f"{address} is already synced by another user of the company",
+        slug="address-synced-by-another-user",
+        kind="address_taken",
+        fix=fix_for("address_taken"),
+    )
 
 
 async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
@@ -211,23 +252,47 @@ async def _save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID,
         mailbox_id = row.id if row is not None else uuid.uuid4()
         sealed = context.cipher.seal(company_id, mailbox_id, checked.secrets)
         values = dict(
-            provider=checked.provider.id, smtp_use=checked.smtp_use,
-            imap_host=imap_login.host, imap_port=imap_login.port, imap_tls=imap_login.tls,
-            imap_username=imap_login.username, imap_pinned_sha256=imap_login.pinned_sha256,
-            smtp_host=smtp_login.host, smtp_port=smtp_login.port, smtp_tls=smtp_login.tls,
-            smtp_username=smtp_login.username, smtp_pinned_sha256=smtp_login.pinned_sha256,
-            credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
-            credential_ciphertext=sealed.ciphertext, sent_folder=checked.sent_folder,
-            provider_saves_sent=checked.provider.provider_saves_sent, auth=checked.auth,
-            oauth_expires_at=checked.oauth_expires_at, failures=0, failing_since=None, next_attempt_at=now,
+            provider=checked.provider.id,
+            smtp_use=checked.smtp_use,
+            imap_host=imap_login.host,
+            imap_port=imap_login.port,
+            imap_tls=imap_login.tls,
+            imap_username=imap_login.username,
+            imap_pinned_sha256=imap_login.pinned_sha256,
+            smtp_host=smtp_login.host,
+            smtp_port=smtp_login.port,
+            smtp_tls=smtp_login.tls,
+            smtp_username=smtp_login.username,
+            smtp_pinned_sha256=smtp_login.pinned_sha256,
+            credential_key_id=sealed.key_id,
+            credential_wrapped_key=sealed.wrapped_key,
+            credential_ciphertext=sealed.ciphertext,
+            sent_folder=checked.sent_folder,
+            provider_saves_sent=checked.provider.provider_saves_sent,
+            auth=checked.auth,
+            oauth_expires_at=checked.oauth_expires_at,
+            failures=0,
+            failing_since=None,
+            next_attempt_at=now,
         )
         if checked.address_proven_by is not None:
             values.update(address_proven_at=now, address_proven_by=checked.address_proven_by)
         if row is None:
-            await session.execute(mailbox.insert().values(
-                id=mailbox_id, company_id=company_id, user_id=user_id, address=checked.address,
-                status=INITIAL, status_reason=CHECKING_LIMIT, slot=Slot.UNCLAIMED, connected_at=now,
-                created_at=now, updated_at=now, **values))
+            await session.execute(
+                mailbox.insert().values(
+                    id=mailbox_id,
+                    company_id=company_id,
+                    user_id=user_id,
+                    address=checked.address,
+                    status=INITIAL,
+                    status_reason=CHECKING_LIMIT,
+                    slot=Slot.UNCLAIMED,
+                    connected_at=now,
+                    created_at=now,
+                    updated_at=now,
+                    **values,
+                )
+            )
             created = await service.mailbox_by_id(session, mailbox_id)
             assert created is not None
             await service.announce_created(session, created)

@@ -40,8 +40,12 @@ from leadline_sync.matching import normalize_blocklist_value, normalize_domain
 from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
 
 DIRECTORY_SUBJECTS = [
-    "leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1",
-    "leadline.blocklist.added.v1", "leadline.blocklist.removed.v1", "leadline.company.updated.v1",
+    "leadline.lead.created.v1",
+    "leadline.lead.updated.v1",
+    "leadline.lead.deleted.v1",
+    "leadline.blocklist.added.v1",
+    "leadline.blocklist.removed.v1",
+    "leadline.company.updated.v1",
 ]
 SLOT_SUBJECTS = ["leadline.quota.mailbox_slot_granted.v1"]
 
@@ -49,52 +53,85 @@ SLOT_SUBJECTS = ["leadline.quota.mailbox_slot_granted.v1"]
 async def apply_directory_event(session: AsyncSession, event: Event) -> None:
     if isinstance(event, LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1):
         lead = event.payload
-        held = set((await session.execute(
-            delete(lead_address).where(lead_address.c.company_id == event.company_id,
-                                       lead_address.c.lead_id == lead.lead_id).returning(lead_address.c.address)
-        )).scalars())
+        held = set(
+            (
+                await session.execute(
+                    delete(lead_address)
+                    .where(lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id)
+                    .returning(lead_address.c.address)
+                )
+            ).scalars()
+        )
         if isinstance(event, LeadDeletedV1):
             return
         addresses = {a for a in (normalize_address(raw) for raw in lead.addresses) if a}
         if addresses:
-            await session.execute(insert(lead_address).on_conflict_do_nothing(), [
-                {"company_id": event.company_id, "lead_id": lead.lead_id, "address": address,
-                 "lead_created_at": lead.created_at} for address in addresses])
+            await session.execute(
+                insert(lead_address).on_conflict_do_nothing(),
+                [
+                    {
+                        "company_id": event.company_id,
+                        "lead_id": lead.lead_id,
+                        "address": address,
+                        "lead_created_at": lead.created_at,
+                    }
+                    for address in addresses
+                ],
+            )
         if addresses - held:
             await recheck_lead(session, event.company_id, lead.lead_id, sorted(addresses - held), lead.created_at)
     elif isinstance(event, BlocklistAddedV1):
         value = normalize_blocklist_value(event.payload.kind, event.payload.value)
         if value:
-            await session.execute(insert(blocklist_entry).values(
-                company_id=event.company_id, entry_id=event.payload.entry_id, kind=event.payload.kind,
-                value=value).on_conflict_do_nothing())
+            await session.execute(
+                insert(blocklist_entry)
+                .values(
+                    company_id=event.company_id, entry_id=event.payload.entry_id, kind=event.payload.kind, value=value
+                )
+                .on_conflict_do_nothing()
+            )
     elif isinstance(event, BlocklistRemovedV1):
-        await session.execute(delete(blocklist_entry).where(blocklist_entry.c.company_id == event.company_id,
-                                                            blocklist_entry.c.entry_id == event.payload.entry_id))
+        await session.execute(
+            delete(blocklist_entry).where(
+                blocklist_entry.c.company_id == event.company_id, blocklist_entry.c.entry_id == event.payload.entry_id
+            )
+        )
     elif isinstance(event, CompanyUpdatedV1):
         domains = sorted({d for d in (normalize_domain(raw) for raw in event.payload.domains) if d})
-        statement = insert(company).values(company_id=event.company_id, domains=domains,
-                                           block_own_domains=event.payload.block_own_domains)
-        await session.execute(statement.on_conflict_do_update(
-            index_elements=[company.c.company_id],
-            set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains}))
+        statement = insert(company).values(
+            company_id=event.company_id, domains=domains, block_own_domains=event.payload.block_own_domains
+        )
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[company.c.company_id],
+                set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains},
+            )
+        )
 
 
-async def recheck_lead(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str],
-                       created_at: datetime) -> None:
+async def recheck_lead(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str], created_at: datetime
+) -> None:
     """Ask every connected mailbox of the company to look for the lead's mail again (R5 bounds it by date)."""
     since = case((mailbox.c.connected_at >= created_at, None), else_=literal(created_at))
     rows = select(mailbox.c.id, literal(lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
-        mailbox.c.company_id == company_id, mailbox.c.status != "disabled")
-    statement = insert(lead_recheck).from_select(
-        ["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
-    await session.execute(statement.on_conflict_do_update(
-        index_elements=[lead_recheck.c.mailbox_id, lead_recheck.c.lead_id],
-        set_={"addresses": func.array_cat(lead_recheck.c.addresses, statement.excluded.addresses),
-              # NULL (the whole history) wins over a date; LEAST would ignore it
-              "since": case((or_(lead_recheck.c.since.is_(None), statement.excluded.since.is_(None)), None),
-                            else_=func.least(lead_recheck.c.since, statement.excluded.since)),
-              "created_at": statement.excluded.created_at}))
+        mailbox.c.company_id == company_id, mailbox.c.status != "disabled"
+    )
+    statement = insert(lead_recheck).from_select(["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[lead_recheck.c.mailbox_id, lead_recheck.c.lead_id],
+            set_={
+                "addresses": func.array_cat(lead_recheck.c.addresses, statement.excluded.addresses),
+                # NULL (the whole history) wins over a date; LEAST would ignore it
+                "since": case(
+                    (or_(lead_recheck.c.since.is_(None), statement.excluded.since.is_(None)), None),
+                    else_=func.least(lead_recheck.c.since, statement.excluded.since),
+                ),
+                "created_at": statement.excluded.created_at,
+            },
+        )
+    )
 
 
 def slot_handler(clock: Callable[[], datetime]) -> Handler:
@@ -111,10 +148,22 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
     clock: Callable[[], datetime] = runtime.extras["clock"]
     prefix = settings.sync_consumer_prefix
     return [
-        EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-directory",
-                      subjects=DIRECTORY_SUBJECTS, handler=apply_directory_event,
-                      deliver_since=settings.sync_consumer_deliver_since),
-        EventConsumer(db=runtime.db, js=runtime.jetstream, processed=processed, durable=f"{prefix}-slots",
-                      subjects=SLOT_SUBJECTS, handler=slot_handler(clock),
-                      deliver_since=settings.sync_consumer_deliver_since),
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=f"{prefix}-directory",
+            subjects=DIRECTORY_SUBJECTS,
+            handler=apply_directory_event,
+            deliver_since=settings.sync_consumer_deliver_since,
+        ),
+        EventConsumer(
+            db=runtime.db,
+            js=runtime.jetstream,
+            processed=processed,
+            durable=f"{prefix}-slots",
+            subjects=SLOT_SUBJECTS,
+            handler=slot_handler(clock),
+            deliver_since=settings.sync_consumer_deliver_since,
+        ),
     ]

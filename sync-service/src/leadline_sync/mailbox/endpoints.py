@@ -52,10 +52,20 @@ def _oauth2_note(provider: str, configured: bool) -> str:
 
 @router.get("/v1/mail-sync/providers")
 async def list_providers(caller: Caller, context: Context) -> list[ProviderOut]:
-    return [ProviderOut(id=p.id, name=p.name, imap=_preset(p.imap), smtp=_preset(p.smtp),
-                        host_from_domain=p.host_from_domain, provider_saves_sent=p.provider_saves_sent, note=p.note,
-                        oauth2=p.id in context.oauth_apps, oauth2_note=_oauth2_note(p.id, p.id in context.oauth_apps))
-            for p in providers().values()]
+    return [
+        ProviderOut(
+            id=p.id,
+            name=p.name,
+            imap=_preset(p.imap),
+            smtp=_preset(p.smtp),
+            host_from_domain=p.host_from_domain,
+            provider_saves_sent=p.provider_saves_sent,
+            note=p.note,
+            oauth2=p.id in context.oauth_apps,
+            oauth2_note=_oauth2_note(p.id, p.id in context.oauth_apps),
+        )
+        for p in providers().values()
+    ]
 
 
 def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
@@ -63,33 +73,63 @@ def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
         return None
     stored = {"lead_mail", "damaged_lead_mail", "bounce"}
     return FolderCompleteness(
-        messages_on_server=counts.on_server, examined=counts.examined,
+        messages_on_server=counts.on_server,
+        examined=counts.examined,
         lead_mail_stored=counts.by_reason.get("lead_mail", 0) + counts.by_reason.get("damaged_lead_mail", 0),
         bounces_stored=counts.by_reason.get("bounce", 0),
         not_stored={reason: n for reason, n in sorted(counts.by_reason.items()) if reason not in stored},
-        unreadable_kept_raw=counts.by_reason.get("damaged_lead_mail", 0), not_yet_examined=counts.not_yet_examined,
-        missing=counts.missing, last_audit_at=counts.audited_at, last_audit_refetched=counts.audit_found)
+        unreadable_kept_raw=counts.by_reason.get("damaged_lead_mail", 0),
+        not_yet_examined=counts.not_yet_examined,
+        missing=counts.missing,
+        last_audit_at=counts.audited_at,
+        last_audit_refetched=counts.audit_found,
+    )
 
 
-def _mailbox_out(row: Row[Any], cursors: list[Row[Any]], context: SyncContext,
-                 counts: dict[str, FolderCounts] | None = None) -> MailboxOut:
+def _mailbox_out(
+    row: Row[Any], cursors: list[Row[Any]], context: SyncContext, counts: dict[str, FolderCounts] | None = None
+) -> MailboxOut:
     def server(prefix: str) -> ServerSettingsOut:
         pin = getattr(row, f"{prefix}_pinned_sha256")
-        return ServerSettingsOut(host=getattr(row, f"{prefix}_host"), port=getattr(row, f"{prefix}_port"),
-                                 tls=getattr(row, f"{prefix}_tls"), username=getattr(row, f"{prefix}_username"),
-                                 self_signed=pin is not None, certificate_sha256=pin)
+        return ServerSettingsOut(
+            host=getattr(row, f"{prefix}_host"),
+            port=getattr(row, f"{prefix}_port"),
+            tls=getattr(row, f"{prefix}_tls"),
+            username=getattr(row, f"{prefix}_username"),
+            self_signed=pin is not None,
+            certificate_sha256=pin,
+        )
 
     return MailboxOut(
-        id=row.id, user_id=row.user_id, address=row.address, provider=row.provider, auth=row.auth,
+        id=row.id,
+        user_id=row.user_id,
+        address=row.address,
+        provider=row.provider,
+        auth=row.auth,
         status=row.status,
-        status_reason=_reason(row, context), sync_mode=row.current_sync_mode, last_synced_at=row.last_synced_at,
-        smtp_use=row.smtp_use, imap=server("imap"), smtp=server("smtp"),
-        sent_folder=row.sent_folder, connected_at=row.connected_at, history_completed_at=row.history_completed_at,
-        address_proven_at=row.address_proven_at, address_proven_by=row.address_proven_by,
-        folders=[FolderProgress(folder=c.folder, name=c.name, last_uid=c.last_uid,
-                                history_last_uid=c.history_last_uid, history_complete=c.last_uid >= c.history_last_uid,
-                                completeness=_completeness((counts or {}).get(c.folder)))
-                 for c in cursors])
+        status_reason=_reason(row, context),
+        sync_mode=row.current_sync_mode,
+        last_synced_at=row.last_synced_at,
+        smtp_use=row.smtp_use,
+        imap=server("imap"),
+        smtp=server("smtp"),
+        sent_folder=row.sent_folder,
+        connected_at=row.connected_at,
+        history_completed_at=row.history_completed_at,
+        address_proven_at=row.address_proven_at,
+        address_proven_by=row.address_proven_by,
+        folders=[
+            FolderProgress(
+                folder=c.folder,
+                name=c.name,
+                last_uid=c.last_uid,
+                history_last_uid=c.history_last_uid,
+                history_complete=c.last_uid >= c.history_last_uid,
+                completeness=_completeness((counts or {}).get(c.folder)),
+            )
+            for c in cursors
+        ],
+    )
 
 
 def _reason(row: Row[Any], context: SyncContext) -> str:
@@ -117,8 +157,9 @@ async def get_mailbox(caller: Caller, context: Context, session: Session) -> Mai
 
 
 @router.delete("/v1/mail-sync", status_code=204)
-async def disconnect_mailbox(caller: Caller, context: Context,
-                             keep_history: Annotated[bool, Query()] = True) -> Response:
+async def disconnect_mailbox(
+    caller: Caller, context: Context, keep_history: Annotated[bool, Query()] = True
+) -> Response:
     """Disable sync; ``keep_history=false`` removes what it brought into the timelines (R11)."""
     await connection.disconnect(context, caller, keep_history)
     return Response(status_code=204)
@@ -131,12 +172,14 @@ async def test_mailbox(body: ConnectRequest, caller: Caller, context: Context) -
 
 
 @router.get("/v1/mail-sync/errors")
-async def list_errors(caller: Caller, session: Session, cursor: str | None = None,
-                      limit: Annotated[int, Query(ge=1, le=200)] = 50) -> Page[ErrorEntry]:
+async def list_errors(
+    caller: Caller, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+) -> Page[ErrorEntry]:
     before = decode_position(cursor)
     rows = await repository.error_page(session, caller.company_id, caller.user_id, limit + 1, before)
-    items = [ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix)
-             for r in rows[:limit]]
+    items = [
+        ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix) for r in rows[:limit]
+    ]
     next_cursor = encode_position(items[-1].occurred_at, items[-1].id) if len(rows) > limit else None
     return Page[ErrorEntry](items=items, next_cursor=next_cursor)
 
@@ -152,17 +195,32 @@ async def domain_check(caller: Caller, context: Context, session: Session) -> Do
 
 @router.get("/v1/mailboxes")
 async def list_mailboxes(
-    caller: Admin, context: Context, session: Session, cursor: str | None = None,
+    caller: Admin,
+    context: Context,
+    session: Session,
+    cursor: str | None = None,
     status: MailboxStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[MailboxSummary]:
     """Every mailbox of the company with its status; ``connection_failed`` ones do not count for billing (R8)."""
     after = decode_position(cursor)
     rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
-    items = [MailboxSummary(id=r.id, user_id=r.user_id, address=r.address, provider=r.provider, status=r.status,
-                            status_reason=_reason(r, context), sync_mode=r.current_sync_mode,
-                            last_synced_at=r.last_synced_at, counts_for_billing=r.status in COUNTS_FOR_BILLING,
-                            connected_at=r.connected_at, updated_at=r.updated_at) for r in rows[:limit]]
+    items = [
+        MailboxSummary(
+            id=r.id,
+            user_id=r.user_id,
+            address=r.address,
+            provider=r.provider,
+            status=r.status,
+            status_reason=_reason(r, context),
+            sync_mode=r.current_sync_mode,
+            last_synced_at=r.last_synced_at,
+            counts_for_billing=r.status in COUNTS_FOR_BILLING,
+            connected_at=r.connected_at,
+            updated_at=r.updated_at,
+        )
+        for r in rows[:limit]
+    ]
     next_cursor = None
     if len(rows) > limit:
         last = rows[limit - 1]

@@ -56,8 +56,14 @@ def needs_proof(row: Any | None, imap: ServerLogin, smtp: ServerLogin) -> bool:
     by an OAuth2 provider), or other logins than the proven ones (a new password alone keeps the proof)."""
     if row is None or row.address_proven_by != "message":
         return True
-    return ((row.imap_host, row.imap_port, row.imap_username, row.smtp_host, row.smtp_port, row.smtp_username)
-            != (imap.host, imap.port, imap.username, smtp.host, smtp.port, smtp.username))
+    return (row.imap_host, row.imap_port, row.imap_username, row.smtp_host, row.smtp_port, row.smtp_username) != (
+        imap.host,
+        imap.port,
+        imap.username,
+        smtp.host,
+        smtp.port,
+        smtp.username,
+    )
 
 
 def proof_message(address: str, token: str) -> bytes:
@@ -68,9 +74,11 @@ def proof_message(address: str, token: str) -> bytes:
     message["Date"] = format_datetime(datetime.now(UTC))
     message["Message-ID"] = f"<address-proof.{token}@leadline>"
     message[PROOF_HEADER] = token
-    message.set_content(f"Leadline sent this message through your SMTP login to {address} to confirm that mail to "
-                        "this address arrives in the mailbox you are connecting. It deletes the message once it "
-                        "has found it; if you see it, you may delete it.\n")
+    message.set_content(
+        f"Leadline sent this message through your SMTP login to {address} to confirm that mail to "
+        "this address arrives in the mailbox you are connecting. It deletes the message once it "
+        "has found it; if you see it, you may delete it.\n"
+    )
     return message.as_bytes()
 
 
@@ -81,8 +89,9 @@ async def prove_address(address: str, imap: ServerLogin, smtp: ServerLogin, sett
         try:
             await session.sendmail(address, [address], proof_message(address, token))
         except aiosmtplib.SMTPException as exc:
-            raise _unproven(f"The SMTP server did not accept a message from {address} to {address}: "
-                            f"{getattr(exc, 'message', exc)}") from None
+            raise _unproven(
+                f"The SMTP server did not accept a message from {address} to {address}: {getattr(exc, 'message', exc)}"
+            ) from None
     client = await connect_imap(imap_settings(imap, settings))
     try:
         await client.select("INBOX", readonly=False)
@@ -92,7 +101,9 @@ async def prove_address(address: str, imap: ServerLogin, smtp: ServerLogin, sett
                 await client.noop()
         await client.expunge(uids)
     except TimeoutError:
-        raise _unproven(f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
-                        f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds.") from None
+        raise _unproven(
+            f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
+            f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds."
+        ) from None
     finally:
         await client.logout()

@@ -18,7 +18,8 @@ HELD = and_(mailbox.c.lease_owner.is_not(None), mailbox.c.lease_expires_at > fun
 CURRENT_SYNC_MODE: ColumnElement[str | None] = case(
     (mailbox.c.status != MailboxStatus.ENABLED, None),
     (and_(mailbox.c.sync_mode == SyncMode.LIVE, HELD), SyncMode.LIVE.value),
-    else_=SyncMode.ROTATING.value)
+    else_=SyncMode.ROTATING.value,
+)
 """How an enabled mailbox is synced now: ``live`` only while a replica holds it live; otherwise it waits its turn."""
 
 WAITING_SINCE = func.coalesce(mailbox.c.last_synced_at, mailbox.c.connected_at)
@@ -28,19 +29,29 @@ SYNC_VIEW = (CURRENT_SYNC_MODE.label("current_sync_mode"), HELD.label("held"))
 
 
 async def folder_cursors(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Row[Any]]:
-    return list((await session.execute(
-        select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id).order_by(folder_cursor.c.folder)
-    )).all())
+    return list(
+        (
+            await session.execute(
+                select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id).order_by(folder_cursor.c.folder)
+            )
+        ).all()
+    )
 
 
-async def error_page(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, limit: int,
-                     before: tuple[datetime, uuid.UUID] | None) -> list[Row[Any]]:
+async def error_page(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    user_id: uuid.UUID,
+    limit: int,
+    before: tuple[datetime, uuid.UUID] | None,
+) -> list[Row[Any]]:
     """The user's error log, newest first (all of their mailboxes: a reconnect keeps the history)."""
     statement = (
         select(mailbox_error)
         .join(mailbox, mailbox.c.id == mailbox_error.c.mailbox_id)
-        .where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id,
-               mailbox_error.c.company_id == company_id)
+        .where(
+            mailbox.c.company_id == company_id, mailbox.c.user_id == user_id, mailbox_error.c.company_id == company_id
+        )
         .order_by(mailbox_error.c.occurred_at.desc(), mailbox_error.c.id.desc())
         .limit(limit)
     )
@@ -51,16 +62,29 @@ async def error_page(session: AsyncSession, company_id: uuid.UUID, user_id: uuid
 
 async def own_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any] | None:
     """The user's connected mailbox (any status but disabled) with :data:`SYNC_VIEW`."""
-    return (await session.execute(
-        select(mailbox, *SYNC_VIEW).where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id,
-                                          mailbox.c.status != MailboxStatus.DISABLED))).first()
+    return (
+        await session.execute(
+            select(mailbox, *SYNC_VIEW).where(
+                mailbox.c.company_id == company_id,
+                mailbox.c.user_id == user_id,
+                mailbox.c.status != MailboxStatus.DISABLED,
+            )
+        )
+    ).first()
 
 
-async def mailbox_page(session: AsyncSession, company_id: uuid.UUID, limit: int, status: str | None,
-                       after: tuple[datetime, uuid.UUID] | None) -> list[Row[Any]]:
+async def mailbox_page(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    limit: int,
+    status: str | None,
+    after: tuple[datetime, uuid.UUID] | None,
+) -> list[Row[Any]]:
     statement = (
-        select(mailbox, *SYNC_VIEW).where(mailbox.c.company_id == company_id)
-        .order_by(mailbox.c.created_at, mailbox.c.id).limit(limit)
+        select(mailbox, *SYNC_VIEW)
+        .where(mailbox.c.company_id == company_id)
+        .order_by(mailbox.c.created_at, mailbox.c.id)
+        .limit(limit)
     )
     if status is not None:
         statement = statement.where(mailbox.c.status == status)
@@ -76,8 +100,16 @@ async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds:
     """
     due = mailbox.c.next_attempt_at <= now
     overdue = and_(due, WAITING_SINCE < now - timedelta(seconds=rotation_seconds))
-    return list((await session.execute(
-        select(mailbox.c.status, CURRENT_SYNC_MODE.label("sync_mode"), func.count().label("mailboxes"),
-               func.min(WAITING_SINCE).filter(due).label("waiting_since"),
-               func.count().filter(overdue).label("overdue"))
-        .group_by(mailbox.c.status, CURRENT_SYNC_MODE))).all())
+    return list(
+        (
+            await session.execute(
+                select(
+                    mailbox.c.status,
+                    CURRENT_SYNC_MODE.label("sync_mode"),
+                    func.count().label("mailboxes"),
+                    func.min(WAITING_SINCE).filter(due).label("waiting_since"),
+                    func.count().filter(overdue).label("overdue"),
+                ).group_by(mailbox.c.status, CURRENT_SYNC_MODE)
+            )
+        ).all()
+    )

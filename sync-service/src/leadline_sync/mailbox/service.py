@@ -41,22 +41,34 @@ log = logging.getLogger("leadline.sync.mailbox")
 MailboxRow = Row[Any]
 
 
-async def active_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *,
-                         for_update: bool = False) -> MailboxRow | None:
+async def active_mailbox(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
+) -> MailboxRow | None:
     """The user's connected mailbox (any status but disabled), if any."""
-    statement = select(mailbox).where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id,
-                                      mailbox.c.status != MailboxStatus.DISABLED)
+    statement = select(mailbox).where(
+        mailbox.c.company_id == company_id, mailbox.c.user_id == user_id, mailbox.c.status != MailboxStatus.DISABLED
+    )
     if for_update:
         statement = statement.with_for_update()
     return (await session.execute(statement)).first()
 
 
-async def synced_by_another_user(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID,
-                                 address: str) -> bool:
+async def synced_by_another_user(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, address: str
+) -> bool:
     """Whether another user of the company has ``address`` connected (one address, one user)."""
-    return (await session.execute(select(mailbox.c.id).where(
-        mailbox.c.company_id == company_id, mailbox.c.user_id != user_id, mailbox.c.address == address,
-        mailbox.c.status != MailboxStatus.DISABLED).limit(1))).first() is not None
+    return (
+        await session.execute(
+            select(mailbox.c.id)
+            .where(
+                mailbox.c.company_id == company_id,
+                mailbox.c.user_id != user_id,
+                mailbox.c.address == address,
+                mailbox.c.status != MailboxStatus.DISABLED,
+            )
+            .limit(1)
+        )
+    ).first() is not None
 
 
 async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False) -> MailboxRow | None:
@@ -66,18 +78,34 @@ async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_upd
     return (await session.execute(statement)).first()
 
 
-def _status_changed(row: MailboxRow, to: MailboxStatus, previous: MailboxStatus | None,
-                    reason: str) -> MailboxStatusChangedV1:
+def _status_changed(
+    row: MailboxRow, to: MailboxStatus, previous: MailboxStatus | None, reason: str
+) -> MailboxStatusChangedV1:
     return MailboxStatusChangedV1(
-        company_id=row.company_id, correlation_id=str(row.id),
-        payload=MailboxStatusPayload(mailbox_id=row.id, user_id=row.user_id, address=row.address,
-                                     status=to.value, previous_status=previous.value if previous else None,
-                                     reason=reason))
+        company_id=row.company_id,
+        correlation_id=str(row.id),
+        payload=MailboxStatusPayload(
+            mailbox_id=row.id,
+            user_id=row.user_id,
+            address=row.address,
+            status=to.value,
+            previous_status=previous.value if previous else None,
+            reason=reason,
+        ),
+    )
 
 
-async def transition(session: AsyncSession, row: MailboxRow, to: MailboxStatus, reason: str, now: datetime, *,
-                     slot: Slot | None = None, retry_at: datetime | None = None,
-                     failing_since: datetime | None = None) -> None:
+async def transition(
+    session: AsyncSession,
+    row: MailboxRow,
+    to: MailboxStatus,
+    reason: str,
+    now: datetime,
+    *,
+    slot: Slot | None = None,
+    retry_at: datetime | None = None,
+    failing_since: datetime | None = None,
+) -> None:
     """Move a mailbox (``row``, locked by the caller) to ``to`` with ``reason``; an event if the status changed.
 
     The columns that belong to a move are set here: entering ``enabled``
@@ -105,8 +133,7 @@ async def transition(session: AsyncSession, row: MailboxRow, to: MailboxStatus, 
         check_slot_move(row.slot, given_back)
         values.update(lease_owner=None, lease_expires_at=None, slot=given_back)
     if to == MailboxStatus.DISABLED:
-        values.update(disabled_at=now, credential_key_id=None, credential_wrapped_key=None,
-                      credential_ciphertext=None)
+        values.update(disabled_at=now, credential_key_id=None, credential_wrapped_key=None, credential_ciphertext=None)
     await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(**values))
     if to != previous:
         await enqueue(session, outbox, _status_changed(row, to, previous, reason))
@@ -121,10 +148,12 @@ async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, t
 
 async def announce_created(session: AsyncSession, row: MailboxRow) -> None:
     """A new mailbox (status :data:`INITIAL`): ``mailbox.connected`` and its first ``mailbox.status_changed``."""
-    await enqueue(session, outbox,
-                  MailboxConnectedV1(company_id=row.company_id, correlation_id=str(row.id),
-                                     payload=connection_payload(row)),
-                  _status_changed(row, MailboxStatus(row.status), None, row.status_reason))
+    await enqueue(
+        session,
+        outbox,
+        MailboxConnectedV1(company_id=row.company_id, correlation_id=str(row.id), payload=connection_payload(row)),
+        _status_changed(row, MailboxStatus(row.status), None, row.status_reason),
+    )
 
 
 async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]) -> None:
@@ -134,21 +163,40 @@ async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime,
 
 async def record_error(session: AsyncSession, row: MailboxRow, kind: str, message: str, now: datetime) -> None:
     """One entry of the error log the user reads: when, what, how to fix (R8)."""
-    await session.execute(mailbox_error.insert().values(
-        id=uuid.uuid4(), company_id=row.company_id, mailbox_id=row.id, occurred_at=now, kind=kind,
-        message=message, fix=fix_for(kind, row.provider)))
+    await session.execute(
+        mailbox_error.insert().values(
+            id=uuid.uuid4(),
+            company_id=row.company_id,
+            mailbox_id=row.id,
+            occurred_at=now,
+            kind=kind,
+            message=message,
+            fix=fix_for(kind, row.provider),
+        )
+    )
 
 
 def connection_payload(row: MailboxRow, keep_history: bool = True) -> MailboxConnectionPayload:
-    return MailboxConnectionPayload(mailbox_id=row.id, user_id=row.user_id, address=row.address,
-                                    smtp_use=row.smtp_use, provider=row.provider, keep_history=keep_history)
+    return MailboxConnectionPayload(
+        mailbox_id=row.id,
+        user_id=row.user_id,
+        address=row.address,
+        smtp_use=row.smtp_use,
+        provider=row.provider,
+        keep_history=keep_history,
+    )
 
 
 async def disconnect(session: AsyncSession, row: MailboxRow, keep_history: bool, now: datetime) -> None:
     """Disable sync (R11): erase the credentials, give the slot back, tell the lead service what to keep."""
     await transition(session, row, MailboxStatus.DISABLED, "sync disabled by the user", now)
-    await enqueue(session, outbox, MailboxDisconnectedV1(company_id=row.company_id, correlation_id=str(row.id),
-                                                         payload=connection_payload(row, keep_history)))
+    await enqueue(
+        session,
+        outbox,
+        MailboxDisconnectedV1(
+            company_id=row.company_id, correlation_id=str(row.id), payload=connection_payload(row, keep_history)
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -171,12 +219,21 @@ async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer
         await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
     elif answer.status == "pending":
         position = f" (position {answer.position} in the queue)" if answer.position else ""
-        await transition(session, row, MailboxStatus.PENDING,
-                         f"waiting for a free mailbox in the company's mailbox limit{position}", now, slot=Slot.PENDING)
+        await transition(
+            session,
+            row,
+            MailboxStatus.PENDING,
+            f"waiting for a free mailbox in the company's mailbox limit{position}",
+            now,
+            slot=Slot.PENDING,
+        )
     else:
         # no answer (or one we cannot use): stay unclaimed, the scheduler asks again
-        message = ("The company mailbox limit could not be checked right now" +
-                   (f": {answer.detail}" if answer.detail else "") + ".")
+        message = (
+            "The company mailbox limit could not be checked right now"
+            + (f": {answer.detail}" if answer.detail else "")
+            + "."
+        )
         if row.status_reason != message:  # once per outage, not once per retry
             await record_error(session, row, "mailbox_limit_unavailable", message, now)
         await transition(session, row, MailboxStatus.ERROR, message, now)
@@ -206,10 +263,14 @@ def waiting_reason(row: MailboxRow, now: datetime, rotation_seconds: float) -> s
             return f"the first sync has been running for more than {period}"
         return f"syncing a backlog; the last complete sync ended at {since:%Y-%m-%d %H:%M:%S} UTC"
     if row.last_synced_at is None:
-        return (f"not synced yet: waiting more than {period} for a free sync connection "
-                f"(connected at {since:%Y-%m-%d %H:%M:%S} UTC)")
-    return (f"not synced for more than {period}: waiting for a free sync connection "
-            f"(last synced at {since:%Y-%m-%d %H:%M:%S} UTC)")
+        return (
+            f"not synced yet: waiting more than {period} for a free sync connection "
+            f"(connected at {since:%Y-%m-%d %H:%M:%S} UTC)"
+        )
+    return (
+        f"not synced for more than {period}: waiting for a free sync connection "
+        f"(last synced at {since:%Y-%m-%d %H:%M:%S} UTC)"
+    )
 
 
 def retry_delay(failures: int, base: float, cap: float, jitter: float) -> timedelta:

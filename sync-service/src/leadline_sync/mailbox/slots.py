@@ -28,12 +28,14 @@ from leadline_sync.models import mailbox
 log = logging.getLogger("leadline.sync.slots")
 
 
-async def ask_quota_service(context: SyncContext, subject: str, company_id: uuid.UUID,
-                            mailbox_id: uuid.UUID) -> SlotAnswer:
+async def ask_quota_service(
+    context: SyncContext, subject: str, company_id: uuid.UUID, mailbox_id: uuid.UUID
+) -> SlotAnswer:
     request = MailboxSlotRequest(company_id=company_id, mailbox_id=mailbox_id)
     try:
-        message = await context.nc.request(subject, request.model_dump_json().encode(),
-                                           timeout=context.settings.sync_rpc_timeout)
+        message = await context.nc.request(
+            subject, request.model_dump_json().encode(), timeout=context.settings.sync_rpc_timeout
+        )
     except NoRespondersError:
         return SlotAnswer("unavailable", detail="the mailbox limit service is not running")
     except (NatsTimeoutError, TimeoutError):
@@ -69,13 +71,20 @@ async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: 
 async def reconcile_slots(context: SyncContext, limit: int = 50) -> None:
     """Ask again for slots nobody answered, and repeat unconfirmed releases."""
     async with context.db.session() as session:
-        rows = (await session.execute(
-            select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
-            .where(((mailbox.c.slot == Slot.UNCLAIMED)
-                    & mailbox.c.status.in_((MailboxStatus.PENDING, MailboxStatus.ERROR)))
-                   | (mailbox.c.slot == Slot.RELEASING))
-            .order_by(mailbox.c.created_at).limit(limit)
-        )).all()
+        rows = (
+            await session.execute(
+                select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
+                .where(
+                    (
+                        (mailbox.c.slot == Slot.UNCLAIMED)
+                        & mailbox.c.status.in_((MailboxStatus.PENDING, MailboxStatus.ERROR))
+                    )
+                    | (mailbox.c.slot == Slot.RELEASING)
+                )
+                .order_by(mailbox.c.created_at)
+                .limit(limit)
+            )
+        ).all()
     for row in rows:
         if row.slot == Slot.RELEASING:
             await release_slot(context, row.company_id, row.id)

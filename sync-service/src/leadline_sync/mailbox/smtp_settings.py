@@ -33,8 +33,9 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
     if row is None or row.credential_ciphertext is None:
         return MailboxSmtpReply(found=False)
     try:
-        secrets = context.cipher.open(row.company_id, row.id, Sealed(
-            row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
+        secrets = context.cipher.open(
+            row.company_id, row.id, Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext)
+        )
     except CredentialError as exc:
         log.error("mailbox %s: stored credentials unreadable: %s", row.id, exc)
         return MailboxSmtpReply(found=False)
@@ -47,13 +48,28 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
                 raise  # no answer: the asker retries, as for any passing outage
             status = "error"  # the sync records it and shows the fix when it connects
     return MailboxSmtpReply(
-        found=True, mailbox_id=row.id, status=status, address=row.address, provider=row.provider,
-        smtp_use=row.smtp_use, smtp_host=row.smtp_host, smtp_port=row.smtp_port, smtp_tls=row.smtp_tls,
-        smtp_username=row.smtp_username, smtp_password=secrets.smtp_password,
-        smtp_pinned_sha256=row.smtp_pinned_sha256, imap_host=row.imap_host, imap_port=row.imap_port,
-        imap_tls=row.imap_tls, imap_username=row.imap_username, imap_password=secrets.imap_password,
-        imap_pinned_sha256=row.imap_pinned_sha256, sent_folder=row.sent_folder,
-        provider_saves_sent=row.provider_saves_sent, auth=row.auth, access_token=access_token,
+        found=True,
+        mailbox_id=row.id,
+        status=status,
+        address=row.address,
+        provider=row.provider,
+        smtp_use=row.smtp_use,
+        smtp_host=row.smtp_host,
+        smtp_port=row.smtp_port,
+        smtp_tls=row.smtp_tls,
+        smtp_username=row.smtp_username,
+        smtp_password=secrets.smtp_password,
+        smtp_pinned_sha256=row.smtp_pinned_sha256,
+        imap_host=row.imap_host,
+        imap_port=row.imap_port,
+        imap_tls=row.imap_tls,
+        imap_username=row.imap_username,
+        imap_password=secrets.imap_password,
+        imap_pinned_sha256=row.imap_pinned_sha256,
+        sent_folder=row.sent_folder,
+        provider_saves_sent=row.provider_saves_sent,
+        auth=row.auth,
+        access_token=access_token,
     )
 
 

@@ -91,24 +91,37 @@ def _pairs(table: dict[State, set[State]]) -> frozenset[tuple[State, State]]:
     return frozenset((start, end) for start, ends in table.items() for end in ends)
 
 
-MOVES = _pairs({
-    MailboxStatus.PENDING: {MailboxStatus.PENDING, MailboxStatus.ENABLED, MailboxStatus.ERROR,
-                            MailboxStatus.DISABLED},
-    MailboxStatus.ENABLED: {MailboxStatus.ENABLED, MailboxStatus.ERROR, MailboxStatus.DISABLED},
-    MailboxStatus.ERROR: {MailboxStatus.ERROR, MailboxStatus.ENABLED, MailboxStatus.PENDING,
-                          MailboxStatus.CONNECTION_FAILED, MailboxStatus.DISABLED},
-    MailboxStatus.CONNECTION_FAILED: {MailboxStatus.PENDING, MailboxStatus.DISABLED},
-    MailboxStatus.DISABLED: set(),
-})
+MOVES = _pairs(
+    {
+        MailboxStatus.PENDING: {
+            MailboxStatus.PENDING,
+            MailboxStatus.ENABLED,
+            MailboxStatus.ERROR,
+            MailboxStatus.DISABLED,
+        },
+        MailboxStatus.ENABLED: {MailboxStatus.ENABLED, MailboxStatus.ERROR, MailboxStatus.DISABLED},
+        MailboxStatus.ERROR: {
+            MailboxStatus.ERROR,
+            MailboxStatus.ENABLED,
+            MailboxStatus.PENDING,
+            MailboxStatus.CONNECTION_FAILED,
+            MailboxStatus.DISABLED,
+        },
+        MailboxStatus.CONNECTION_FAILED: {MailboxStatus.PENDING, MailboxStatus.DISABLED},
+        MailboxStatus.DISABLED: set(),
+    }
+)
 """Allowed status moves (start, end): the list in the module docstring."""
 
-SLOT_MOVES = _pairs({
-    Slot.UNCLAIMED: {Slot.GRANTED, Slot.PENDING, Slot.RELEASING, Slot.RELEASED},
-    Slot.PENDING: {Slot.GRANTED, Slot.RELEASING},
-    Slot.GRANTED: {Slot.RELEASING},
-    Slot.RELEASING: {Slot.RELEASED, Slot.UNCLAIMED},
-    Slot.RELEASED: {Slot.UNCLAIMED},
-})
+SLOT_MOVES = _pairs(
+    {
+        Slot.UNCLAIMED: {Slot.GRANTED, Slot.PENDING, Slot.RELEASING, Slot.RELEASED},
+        Slot.PENDING: {Slot.GRANTED, Slot.RELEASING},
+        Slot.GRANTED: {Slot.RELEASING},
+        Slot.RELEASING: {Slot.RELEASED, Slot.UNCLAIMED},
+        Slot.RELEASED: {Slot.UNCLAIMED},
+    }
+)
 """Allowed slot moves besides staying."""
 
 

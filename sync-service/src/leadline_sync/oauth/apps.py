@@ -70,8 +70,13 @@ class ProviderDefaults:
 
 
 _MICROSOFT = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
-_MICROSOFT_SCOPES = ("openid", "email", "offline_access", "https://outlook.office.com/IMAP.AccessAsUser.All",
-                     "https://outlook.office.com/SMTP.Send")
+_MICROSOFT_SCOPES = (
+    "openid",
+    "email",
+    "offline_access",
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+)
 DEFAULTS: dict[str, ProviderDefaults] = {
     "gmail": ProviderDefaults(
         authorization_url="https://accounts.google.com/o/oauth2/v2/auth",
@@ -80,13 +85,16 @@ DEFAULTS: dict[str, ProviderDefaults] = {
         issuer="https://accounts.google.com",
         scopes=("openid", "email", "https://mail.google.com/"),
         # a refresh token is given only with offline access, and again on a new sign-in only with consent
-        extra=(("access_type", "offline"), ("prompt", "consent"))),
+        extra=(("access_type", "offline"), ("prompt", "consent")),
+    ),
     # Microsoft's issuer names the user's tenant, and its userinfo endpoint wants a Graph token: the ID
     # token, received straight from the token endpoint over TLS, names the account.
-    "office365": ProviderDefaults(f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES,
-                                  (("prompt", "select_account"),)),
-    "outlook": ProviderDefaults(f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES,
-                                (("prompt", "select_account"),)),
+    "office365": ProviderDefaults(
+        f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES, (("prompt", "select_account"),)
+    ),
+    "outlook": ProviderDefaults(
+        f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES, (("prompt", "select_account"),)
+    ),
 }
 
 
@@ -137,27 +145,40 @@ def resolve_apps(configured: dict[str, OAuthAppSettings], ring: KeyRing) -> dict
     for provider, app in configured.items():
         defaults = DEFAULTS.get(provider)
         if defaults is None:
-            raise ValueError(f"LEADLINE_SYNC_OAUTH_APPS: {provider!r} is not an OAuth2 preset "
-                             f"(one of {', '.join(DEFAULTS)})")
+            raise ValueError(
+                f"LEADLINE_SYNC_OAUTH_APPS: {provider!r} is not an OAuth2 preset (one of {', '.join(DEFAULTS)})"
+            )
         try:
             secret = open_client_secret(ring, provider, app.client_secret_sealed)
         except CredentialError as exc:
-            raise ValueError(f"LEADLINE_SYNC_OAUTH_APPS: the client secret of {provider!r} does not open: {exc}. "
-                             "Seal it with python -m leadline_sync.oauth.apps seal") from None
+            raise ValueError(
+                f"LEADLINE_SYNC_OAUTH_APPS: the client secret of {provider!r} does not open: {exc}. "
+                "Seal it with python -m leadline_sync.oauth.apps seal"
+            ) from None
         apps[provider] = OAuthApp(
-            provider=provider, client_id=app.client_id, client_secret=secret, redirect_url=app.redirect_url,
+            provider=provider,
+            client_id=app.client_id,
+            client_secret=secret,
+            redirect_url=app.redirect_url,
             authorization_url=app.authorization_url or defaults.authorization_url.format(tenant=app.tenant),
             token_url=app.token_url or defaults.token_url.format(tenant=app.tenant),
-            userinfo_url=app.userinfo_url or defaults.userinfo_url, issuer=app.issuer or defaults.issuer,
-            scopes=defaults.scopes, extra=defaults.extra, imap=app.imap, smtp=app.smtp)
+            userinfo_url=app.userinfo_url or defaults.userinfo_url,
+            issuer=app.issuer or defaults.issuer,
+            scopes=defaults.scopes,
+            extra=defaults.extra,
+            imap=app.imap,
+            smtp=app.smtp,
+        )
     return apps
 
 
 def main() -> None:
     from leadline_sync.config import Settings
 
-    parser = argparse.ArgumentParser(prog="python -m leadline_sync.oauth.apps",
-                                     description="Seal a provider app's client secret for LEADLINE_SYNC_OAUTH_APPS.")
+    parser = argparse.ArgumentParser(
+        prog="python -m leadline_sync.oauth.apps",
+        description="Seal a provider app's client secret for LEADLINE_SYNC_OAUTH_APPS.",
+    )
     parser.add_argument("action", choices=["seal"])
     parser.add_argument("provider", choices=sorted(DEFAULTS))
     args = parser.parse_args()

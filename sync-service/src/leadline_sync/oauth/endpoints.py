@@ -24,8 +24,9 @@ class SignInStart(BaseModel):
 
 
 class SignInLink(BaseModel):
-    authorization_url: str = Field(description="send the user's browser here; the provider brings it back to "
-                                               "the callback")
+    authorization_url: str = Field(
+        description="send the user's browser here; the provider brings it back to the callback"
+    )
     expires_at: datetime
 
 
@@ -37,8 +38,7 @@ class SignInDone(BaseModel):
 
 
 @router.post("/v1/mail-sync/oauth/{provider}/start")
-async def start_sign_in(provider: str, caller: Caller, context: Context,
-                        body: SignInStart | None = None) -> SignInLink:
+async def start_sign_in(provider: str, caller: Caller, context: Context, body: SignInStart | None = None) -> SignInLink:
     """Begin connecting the caller's own mailbox by signing in with the provider (OAuth2 + PKCE)."""
     link = await flow.start(context, caller, provider, (body or SignInStart()).smtp_use)
     return SignInLink(authorization_url=link.url, expires_at=link.expires_at)
@@ -52,10 +52,13 @@ async def optional_caller(request: Request) -> Identity | None:
 
 
 @router.get("/v1/mail-sync/oauth/callback")
-async def finish_sign_in(context: Context, caller: Annotated[Identity | None, Depends(optional_caller)],
-                         code: Annotated[str | None, Query(max_length=4096)] = None,
-                         state: Annotated[str | None, Query(max_length=256)] = None,
-                         error: Annotated[str | None, Query(max_length=256)] = None) -> SignInDone:
+async def finish_sign_in(
+    context: Context,
+    caller: Annotated[Identity | None, Depends(optional_caller)],
+    code: Annotated[str | None, Query(max_length=4096)] = None,
+    state: Annotated[str | None, Query(max_length=256)] = None,
+    error: Annotated[str | None, Query(max_length=256)] = None,
+) -> SignInDone:
     """Where the provider sends the browser back (public: the state names the user). Called with a user's
     key (a CRM page that received the redirect), the sign-in must be that user's own, or nothing is saved."""
     mailbox_id = await flow.callback(context, code, state, error, caller)

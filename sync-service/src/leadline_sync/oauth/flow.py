@@ -71,8 +71,11 @@ def app_for(context: SyncContext, provider: str) -> tuple[Provider, OAuthApp]:
         raise NotFound(f"unknown provider {provider!r}; see GET /v1/mail-sync/providers", slug="provider-not-found")
     app = context.oauth_apps.get(provider)
     if app is None:
-        raise Unprocessable(f"signing in with {preset.name} is not set up on this Leadline server; connect with a "
-                            "password or ask the operator", slug="oauth-not-configured")
+        raise Unprocessable(
+            f"signing in with {preset.name} is not set up on this Leadline server; connect with a "
+            "password or ask the operator",
+            slug="oauth-not-configured",
+        )
     return preset, app
 
 
@@ -81,20 +84,38 @@ async def start(context: SyncContext, caller: Identity, provider: str, smtp_use:
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     state_id = uuid.uuid4()
-    sealed = context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier,
-                                                                                 smtp_password=""))
+    sealed = context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier, smtp_password=""))
     now = context.clock()
     expires_at = now + timedelta(seconds=context.settings.sync_oauth_state_seconds)
     async with context.db.session() as session:
         await session.execute(oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1)))
-        await session.execute(oauth_state.insert().values(
-            id=state_id, state_sha256=_state_hash(state), company_id=caller.company_id, user_id=caller.user_id,
-            provider=provider, smtp_use=smtp_use, nonce=nonce, verifier_key_id=sealed.key_id,
-            verifier_wrapped_key=sealed.wrapped_key, verifier_ciphertext=sealed.ciphertext, created_at=now,
-            expires_at=expires_at))
-    query = {"response_type": "code", "client_id": app.client_id, "redirect_uri": app.redirect_url,
-             "scope": " ".join(app.scopes), "state": state, "code_challenge": challenge,
-             "code_challenge_method": "S256", "nonce": nonce, **dict(app.extra)}
+        await session.execute(
+            oauth_state.insert().values(
+                id=state_id,
+                state_sha256=_state_hash(state),
+                company_id=caller.company_id,
+                user_id=caller.user_id,
+                provider=provider,
+                smtp_use=smtp_use,
+                nonce=nonce,
+                verifier_key_id=sealed.key_id,
+                verifier_wrapped_key=sealed.wrapped_key,
+                verifier_ciphertext=sealed.ciphertext,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
+    query = {
+        "response_type": "code",
+        "client_id": app.client_id,
+        "redirect_uri": app.redirect_url,
+        "scope": " ".join(app.scopes),
+        "state": state,
+        "code_challenge": challenge,
+        "code_challenge_method": "S256",
+        "nonce": nonce,
+        **dict(app.extra),
+    }
     return Authorization(url=app.authorization_url + "?" + urllib.parse.urlencode(query), expires_at=expires_at)
 
 
@@ -112,16 +133,26 @@ async def _take_state(context: SyncContext, state: str) -> PendingSignIn:
     """The sign-in ``state`` belongs to, used up now; a 400 if it is unknown, expired or used."""
     now = context.clock()
     async with context.db.session() as session:
-        row = (await session.execute(
-            update(oauth_state)
-            .where(oauth_state.c.state_sha256 == _state_hash(state), oauth_state.c.used_at.is_(None),
-                   oauth_state.c.expires_at > now)
-            .values(used_at=now).returning(oauth_state))).first()
+        row = (
+            await session.execute(
+                update(oauth_state)
+                .where(
+                    oauth_state.c.state_sha256 == _state_hash(state),
+                    oauth_state.c.used_at.is_(None),
+                    oauth_state.c.expires_at > now,
+                )
+                .values(used_at=now)
+                .returning(oauth_state)
+            )
+        ).first()
     if row is None:
-        raise SignInRefused("this sign-in link is unknown, expired or already used; start again from Mail Sync",
-                            slug="oauth-state-invalid")
-    verifier = context.cipher.open(row.id, row.id, Sealed(
-        row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)).imap_password
+        raise SignInRefused(
+            "this sign-in link is unknown, expired or already used; start again from Mail Sync",
+            slug="oauth-state-invalid",
+        )
+    verifier = context.cipher.open(
+        row.id, row.id, Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)
+    ).imap_password
     return PendingSignIn(row.company_id, row.user_id, row.provider, row.smtp_use, row.nonce, verifier)
 
 
@@ -136,10 +167,13 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
         expires = claims.get("exp")
-        if (app.client_id not in audiences or not isinstance(expires, int | float)
-                or expires < context.clock().timestamp()
-                or not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
-                or (app.issuer is not None and claims.get("iss") != app.issuer)):
+        if (
+            app.client_id not in audiences
+            or not isinstance(expires, int | float)
+            or expires < context.clock().timestamp()
+            or not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
+            or (app.issuer is not None and claims.get("iss") != app.issuer)
+        ):
             raise SignInRefused("the provider's ID token is not for this sign-in", slug="oauth-identity-invalid")
     address = claims.get("email") if claims.get("email_verified", True) is not False else None
     if not isinstance(address, str) and app.userinfo_url is not None:
@@ -149,8 +183,9 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         address = claims.get("preferred_username")  # Microsoft: the sign-in name, the mailbox's address
     normalized = normalize_address(address) if isinstance(address, str) else None
     if normalized is None:
-        raise SignInRefused("the provider did not name a verified email address for this account",
-                            slug="oauth-identity-invalid")
+        raise SignInRefused(
+            "the provider did not name a verified email address for this account", slug="oauth-identity-invalid"
+        )
     return normalized
 
 
@@ -164,37 +199,62 @@ def _login(side: str, preset: ServerPreset | None, app: OAuthApp, address: str, 
     return ServerLogin(host=host, port=port, tls=tls, username=address, password="", access_token=token)
 
 
-async def callback(context: SyncContext, code: str | None, state: str | None, error: str | None,
-                   caller: Identity | None = None) -> uuid.UUID:
+async def callback(
+    context: SyncContext, code: str | None, state: str | None, error: str | None, caller: Identity | None = None
+) -> uuid.UUID:
     """Finish a sign-in; returns the mailbox id.  ``caller``: who passed the redirect on, when known (R1)."""
     if not state:
-        raise SignInRefused("the sign-in answer carries no state; start again from Mail Sync",
-                            slug="oauth-state-invalid")
+        raise SignInRefused(
+            "the sign-in answer carries no state; start again from Mail Sync", slug="oauth-state-invalid"
+        )
     pending = await _take_state(context, state)
     if caller is not None and (caller.company_id, caller.user_id) != (pending.company_id, pending.user_id):
-        raise Forbidden("this sign-in was started by another user; each user connects only their own mailbox",
-                        slug="oauth-state-other-user")
+        raise Forbidden(
+            "this sign-in was started by another user; each user connects only their own mailbox",
+            slug="oauth-state-other-user",
+        )
     preset, app = app_for(context, pending.provider)
     if error is not None or not code:
-        raise SignInRefused(f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); "
-                            "start again from Mail Sync", slug="oauth-provider-error")
+        raise SignInRefused(
+            f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); start again from Mail Sync",
+            slug="oauth-provider-error",
+        )
     try:
         tokens = await context.endpoint.exchange_code(app, code, pending.verifier)
     except TokenRefused as exc:
-        raise SignInRefused(f"{preset.name} refused the sign-in ({exc.error}); start again from Mail Sync",
-                            slug="oauth-provider-error") from None
+        raise SignInRefused(
+            f"{preset.name} refused the sign-in ({exc.error}); start again from Mail Sync", slug="oauth-provider-error"
+        ) from None
     except TokenEndpointUnavailable:
-        raise SignInRefused(f"{preset.name}'s sign-in service did not answer; start again from Mail Sync",
-                            slug="oauth-provider-unavailable") from None
+        raise SignInRefused(
+            f"{preset.name}'s sign-in service did not answer; start again from Mail Sync",
+            slug="oauth-provider-unavailable",
+        ) from None
     if tokens.refresh_token is None:
-        raise SignInRefused(f"{preset.name} gave no refresh token, so Leadline could not keep syncing; "
-                            "start again from Mail Sync", slug="oauth-provider-error")
+        raise SignInRefused(
+            f"{preset.name} gave no refresh token, so Leadline could not keep syncing; start again from Mail Sync",
+            slug="oauth-provider-error",
+        )
     address = await _proven_address(context, app, tokens, pending.nonce)
     imap = _login("imap", preset.imap, app, address, tokens.access_token)
     smtp = _login("smtp", preset.smtp, app, address, tokens.access_token)
     imap_checked, smtp_checked, sent_folder = await check_logins(context, imap, smtp)
-    return await save(context, pending.company_id, pending.user_id, CheckedMailbox(
-        provider=preset, address=address, smtp_use=pending.smtp_use, imap=imap_checked, smtp=smtp_checked,
-        sent_folder=sent_folder, auth="oauth2", oauth_expires_at=tokens.expires_at, address_proven_by="provider",
-        secrets=MailboxSecrets(imap_password="", smtp_password="", refresh_token=tokens.refresh_token,
-                               access_token=tokens.access_token)))
+    return await save(
+        context,
+        pending.company_id,
+        pending.user_id,
+        CheckedMailbox(
+            provider=preset,
+            address=address,
+            smtp_use=pending.smtp_use,
+            imap=imap_checked,
+            smtp=smtp_checked,
+            sent_folder=sent_folder,
+            auth="oauth2",
+            oauth_expires_at=tokens.expires_at,
+            address_proven_by="provider",
+            secrets=MailboxSecrets(
+                imap_password="", smtp_password="", refresh_token=tokens.refresh_token, access_token=tokens.access_token
+            ),
+        ),
+    )

@@ -124,8 +124,7 @@ class TokenEndpoint:
                 reason = f"HTTP {response.status_code}"
             if attempt + 1 < attempts:
                 delay = retry_delay(attempt, 0.5, 8.0, random.uniform(0.5, 1.0))  # noqa: S311
-                log.warning("%s token endpoint: %s; asking again in %.1fs", app.provider, reason,
-                            delay.total_seconds())
+                log.warning("%s token endpoint: %s; asking again in %.1fs", app.provider, reason, delay.total_seconds())
                 await asyncio.sleep(delay.total_seconds())
         raise TokenEndpointUnavailable(f"{app.provider} token endpoint: {reason} after {attempts} tries")
 
@@ -136,14 +135,25 @@ class TokenEndpoint:
         expires_in = body.get("expires_in", 3600)
         seconds = float(expires_in) if isinstance(expires_in, int | float | str) else 3600.0
         refresh, id_token = body.get("refresh_token"), body.get("id_token")
-        return TokenSet(access_token=access, expires_at=self.clock() + timedelta(seconds=seconds),
-                        refresh_token=refresh if isinstance(refresh, str) and refresh else None,
-                        id_token=id_token if isinstance(id_token, str) and id_token else None)
+        return TokenSet(
+            access_token=access,
+            expires_at=self.clock() + timedelta(seconds=seconds),
+            refresh_token=refresh if isinstance(refresh, str) and refresh else None,
+            id_token=id_token if isinstance(id_token, str) and id_token else None,
+        )
 
     async def exchange_code(self, app: OAuthApp, code: str, verifier: str) -> TokenSet:
-        return self._tokens(await self._post(app, {
-            "grant_type": "authorization_code", "code": code, "redirect_uri": app.redirect_url,
-            "code_verifier": verifier}))
+        return self._tokens(
+            await self._post(
+                app,
+                {
+                    "grant_type": "authorization_code",
+                    "code": code,
+                    "redirect_uri": app.redirect_url,
+                    "code_verifier": verifier,
+                },
+            )
+        )
 
     async def refresh(self, app: OAuthApp, refresh_token: str) -> TokenSet:
         return self._tokens(await self._post(app, {"grant_type": "refresh_token", "refresh_token": refresh_token}))
@@ -167,8 +177,15 @@ def _lock_key(mailbox_id: uuid.UUID) -> int:
 class AccessTokens:
     """The live access token of each OAuth2 mailbox, renewed once per mailbox ahead of expiry."""
 
-    def __init__(self, settings: Settings, db: Database, cipher: CredentialCipher, apps: dict[str, OAuthApp],
-                 endpoint: TokenEndpoint, clock: Any) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        cipher: CredentialCipher,
+        apps: dict[str, OAuthApp],
+        endpoint: TokenEndpoint,
+        clock: Any,
+    ) -> None:
         self.settings = settings
         self.db = db
         self.cipher = cipher
@@ -191,36 +208,59 @@ class AccessTokens:
                 raise MailConnectionError("oauth_revoked", "This mailbox has no sign-in to renew.")
             name = PROVIDER_NAMES.get(row.provider, row.provider)
             try:
-                secrets = self.cipher.open(row.company_id, row.id, Sealed(
-                    row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
+                secrets = self.cipher.open(
+                    row.company_id,
+                    row.id,
+                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                )
             except CredentialError as exc:
                 log.error("mailbox %s: stored tokens unreadable: %s", row.id, exc)
-                raise MailConnectionError("oauth_revoked", f"The saved sign-in with {name} could not be read."
-                                          ) from None
+                raise MailConnectionError(
+                    "oauth_revoked", f"The saved sign-in with {name} could not be read."
+                ) from None
             if row.oauth_expires_at is not None and row.oauth_expires_at - self.clock() > margin:
                 return secrets.access_token
             app = self.apps.get(row.provider)
             if app is None:
-                raise MailConnectionError("oauth_unavailable", f"Signing in with {name} is not configured on this "
-                                                               "Leadline server.")
+                raise MailConnectionError(
+                    "oauth_unavailable", f"Signing in with {name} is not configured on this Leadline server."
+                )
             try:
                 tokens = await self.endpoint.refresh(app, secrets.refresh_token)
             except TokenRefused as exc:
                 log.warning("mailbox %s: %s refused to renew the access token: %s", row.id, row.provider, exc.error)
                 if exc.error == "invalid_grant":
                     raise MailConnectionError(
-                        "oauth_revoked", f"{name} no longer lets Leadline use this mailbox (access withdrawn or "
-                                         "password changed).", detail=exc.error) from None
-                raise MailConnectionError("oauth_unavailable", f"{name} refused to renew the sign-in.",
-                                          detail=exc.error) from None
+                        "oauth_revoked",
+                        f"{name} no longer lets Leadline use this mailbox (access withdrawn or password changed).",
+                        detail=exc.error,
+                    ) from None
+                raise MailConnectionError(
+                    "oauth_unavailable", f"{name} refused to renew the sign-in.", detail=exc.error
+                ) from None
             except TokenEndpointUnavailable as exc:
-                raise MailConnectionError("oauth_unavailable", f"{name}'s sign-in service is not answering.",
-                                          detail=str(exc)) from None
-            sealed = self.cipher.seal(row.company_id, row.id, MailboxSecrets(
-                imap_password="", smtp_password="", refresh_token=tokens.refresh_token or secrets.refresh_token,
-                access_token=tokens.access_token))
-            await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(
-                credential_key_id=sealed.key_id, credential_wrapped_key=sealed.wrapped_key,
-                credential_ciphertext=sealed.ciphertext, oauth_expires_at=tokens.expires_at))
+                raise MailConnectionError(
+                    "oauth_unavailable", f"{name}'s sign-in service is not answering.", detail=str(exc)
+                ) from None
+            sealed = self.cipher.seal(
+                row.company_id,
+                row.id,
+                MailboxSecrets(
+                    imap_password="",
+                    smtp_password="",
+                    refresh_token=tokens.refresh_token or secrets.refresh_token,
+                    access_token=tokens.access_token,
+                ),
+            )
+            await session.execute(
+                update(mailbox)
+                .where(mailbox.c.id == row.id)
+                .values(
+                    credential_key_id=sealed.key_id,
+                    credential_wrapped_key=sealed.wrapped_key,
+                    credential_ciphertext=sealed.ciphertext,
+                    oauth_expires_at=tokens.expires_at,
+                )
+            )
             log.info("mailbox %s: access token renewed (expires %s)", row.id, f"{tokens.expires_at:%H:%M:%S}")
             return tokens.access_token

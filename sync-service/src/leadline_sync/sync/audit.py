@@ -95,20 +95,26 @@ def _folder(table: Any, mailbox_id: uuid.UUID, folder: str, uidvalidity: int) ->
     return and_(table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity == uidvalidity)
 
 
-async def _ranges_around(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
-                         low: int, high: int) -> list[Run]:
+async def _ranges_around(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, low: int, high: int
+) -> list[Run]:
     """The examined ranges that touch [low, high]: those starting in it, and the one before it."""
     where = _folder(examined_range, mailbox_id, folder, uidvalidity)
     columns = (examined_range.c.reason, examined_range.c.first_uid, examined_range.c.last_uid)
     starting = select(*columns).where(where, examined_range.c.first_uid.between(low, high))
-    before = (select(*columns).where(where, examined_range.c.first_uid < low)
-              .order_by(examined_range.c.first_uid.desc()).limit(1))
+    before = (
+        select(*columns)
+        .where(where, examined_range.c.first_uid < low)
+        .order_by(examined_range.c.first_uid.desc())
+        .limit(1)
+    )
     rows = (await session.execute(union_all(starting, before.subquery().select()))).all()
     return sorted(((r[0], r[1], r[2]) for r in rows if r[2] >= low), key=lambda r: r[1])
 
 
-async def record_examined(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
-                          reasons: Mapping[int, str]) -> None:
+async def record_examined(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, reasons: Mapping[int, str]
+) -> None:
     """Note that the UIDs of ``reasons`` were examined, and why each was stored or not."""
     if not reasons:
         return
@@ -116,24 +122,43 @@ async def record_examined(session: AsyncSession, mailbox_id: uuid.UUID, folder: 
     low, high = new[0][1], new[-1][2]
     existing = await _ranges_around(session, mailbox_id, folder, uidvalidity, low - 1, high + 1)
     if existing:
-        await session.execute(delete(examined_range).where(
-            _folder(examined_range, mailbox_id, folder, uidvalidity),
-            examined_range.c.first_uid.in_([r[1] for r in existing])))
-    await session.execute(insert(examined_range), [
-        {"mailbox_id": mailbox_id, "folder": folder, "uidvalidity": uidvalidity, "reason": reason,
-         "first_uid": first, "last_uid": last} for reason, first, last in overlay(existing, new)])
+        await session.execute(
+            delete(examined_range).where(
+                _folder(examined_range, mailbox_id, folder, uidvalidity),
+                examined_range.c.first_uid.in_([r[1] for r in existing]),
+            )
+        )
+    await session.execute(
+        insert(examined_range),
+        [
+            {
+                "mailbox_id": mailbox_id,
+                "folder": folder,
+                "uidvalidity": uidvalidity,
+                "reason": reason,
+                "first_uid": first,
+                "last_uid": last,
+            }
+            for reason, first, last in overlay(existing, new)
+        ],
+    )
 
 
-async def forget_other_uidvalidities(session: AsyncSession, mailbox_id: uuid.UUID, folder: str,
-                                     uidvalidity: int) -> None:
+async def forget_other_uidvalidities(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
+) -> None:
     """A renumbered folder: the ranges of its old numbering mean nothing now."""
     for table in (examined_range, audit_range):
-        await session.execute(delete(table).where(table.c.mailbox_id == mailbox_id, table.c.folder == folder,
-                                                  table.c.uidvalidity != uidvalidity))
+        await session.execute(
+            delete(table).where(
+                table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity != uidvalidity
+            )
+        )
 
 
-async def unexamined(client: ImapClient, db: Database, mailbox_id: uuid.UUID, folder: str, uidvalidity: int,
-                     last_uid: int, uidnext: int) -> AsyncIterator[list[int]]:
+async def unexamined(
+    client: ImapClient, db: Database, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, last_uid: int, uidnext: int
+) -> AsyncIterator[list[int]]:
     """The audit of the selected folder: per window, the server's UIDs ≤ ``last_uid`` never examined.
 
     Records the server's UIDs as ``audit_range`` rows as it goes (the previous audit's are replaced).
@@ -146,9 +171,19 @@ async def unexamined(client: ImapClient, db: Database, mailbox_id: uuid.UUID, fo
         if not uids:
             continue
         async with db.session() as session:
-            await session.execute(insert(audit_range), [
-                {"mailbox_id": mailbox_id, "folder": folder, "uidvalidity": uidvalidity, "first_uid": first,
-                 "last_uid": last} for _, first, last in runs(dict.fromkeys(uids, ""))])
+            await session.execute(
+                insert(audit_range),
+                [
+                    {
+                        "mailbox_id": mailbox_id,
+                        "folder": folder,
+                        "uidvalidity": uidvalidity,
+                        "first_uid": first,
+                        "last_uid": last,
+                    }
+                    for _, first, last in runs(dict.fromkeys(uids, ""))
+                ],
+            )
             examined = await _ranges_around(session, mailbox_id, folder, uidvalidity, low, high)
         missing: list[int] = []
         ranges = iter(examined)
@@ -181,33 +216,64 @@ async def folder_counts(session: AsyncSession, mailbox_id: uuid.UUID) -> dict[st
     result: dict[str, FolderCounts] = {}
     for cursor in cursors:
         length = examined_range.c.last_uid - examined_range.c.first_uid + 1
-        by_reason = {reason: int(count) for reason, count in (await session.execute(
-            select(examined_range.c.reason, func.sum(length))
-            .where(_folder(examined_range, mailbox_id, cursor.folder, cursor.uidvalidity))
-            .group_by(examined_range.c.reason))).all()}
+        by_reason = {
+            reason: int(count)
+            for reason, count in (
+                await session.execute(
+                    select(examined_range.c.reason, func.sum(length))
+                    .where(_folder(examined_range, mailbox_id, cursor.folder, cursor.uidvalidity))
+                    .group_by(examined_range.c.reason)
+                )
+            ).all()
+        }
         on_server = not_yet = missing = None
         if cursor.audited_at is not None:
             top = cursor.last_uid
             where = _folder(audit_range, mailbox_id, cursor.folder, cursor.uidvalidity)
             server_length = audit_range.c.last_uid - audit_range.c.first_uid + 1
             below = func.least(audit_range.c.last_uid, top) - audit_range.c.first_uid + 1
-            on_server, server_below = (int(v or 0) for v in (await session.execute(select(
-                func.sum(server_length), func.sum(func.greatest(0, below)))
-                .where(where))).one())
-            overlap = (func.least(audit_range.c.last_uid, examined_range.c.last_uid, top)
-                       - func.greatest(audit_range.c.first_uid, examined_range.c.first_uid) + 1)
-            examined_below = int((await session.execute(
-                select(func.coalesce(func.sum(func.greatest(0, overlap)), 0))
-                .select_from(audit_range.join(examined_range, and_(
-                    examined_range.c.mailbox_id == audit_range.c.mailbox_id,
-                    examined_range.c.folder == audit_range.c.folder,
-                    examined_range.c.uidvalidity == audit_range.c.uidvalidity,
-                    examined_range.c.first_uid <= audit_range.c.last_uid,
-                    examined_range.c.last_uid >= audit_range.c.first_uid)))
-                .where(where))).scalar_one())
+            on_server, server_below = (
+                int(v or 0)
+                for v in (
+                    await session.execute(
+                        select(func.sum(server_length), func.sum(func.greatest(0, below))).where(where)
+                    )
+                ).one()
+            )
+            overlap = (
+                func.least(audit_range.c.last_uid, examined_range.c.last_uid, top)
+                - func.greatest(audit_range.c.first_uid, examined_range.c.first_uid)
+                + 1
+            )
+            examined_below = int(
+                (
+                    await session.execute(
+                        select(func.coalesce(func.sum(func.greatest(0, overlap)), 0))
+                        .select_from(
+                            audit_range.join(
+                                examined_range,
+                                and_(
+                                    examined_range.c.mailbox_id == audit_range.c.mailbox_id,
+                                    examined_range.c.folder == audit_range.c.folder,
+                                    examined_range.c.uidvalidity == audit_range.c.uidvalidity,
+                                    examined_range.c.first_uid <= audit_range.c.last_uid,
+                                    examined_range.c.last_uid >= audit_range.c.first_uid,
+                                ),
+                            )
+                        )
+                        .where(where)
+                    )
+                ).scalar_one()
+            )
             not_yet = on_server - server_below
             missing = server_below - examined_below
         result[cursor.folder] = FolderCounts(
-            on_server=on_server, examined=sum(by_reason.values()), by_reason=by_reason, not_yet_examined=not_yet,
-            missing=missing, audited_at=cursor.audited_at, audit_found=cursor.audit_found)
+            on_server=on_server,
+            examined=sum(by_reason.values()),
+            by_reason=by_reason,
+            not_yet_examined=not_yet,
+            missing=missing,
+            audited_at=cursor.audited_at,
+            audit_found=cursor.audit_found,
+        )
     return result

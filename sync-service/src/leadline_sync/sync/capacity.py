@@ -60,8 +60,10 @@ class Capacity:
         return self.mailboxes - self.rotation_slots
 
     def describe(self) -> str:
-        return (f"{self.mailboxes} mailboxes ({self.live} live, {self.rotation_slots} serving the rest in turns); "
-                f"open files {self.open_files} allow {self.by_open_files}, the memory budget {self.by_memory}")
+        return (
+            f"{self.mailboxes} mailboxes ({self.live} live, {self.rotation_slots} serving the rest in turns); "
+            f"open files {self.open_files} allow {self.by_open_files}, the memory budget {self.by_memory}"
+        )
 
 
 def replica_capacity(settings: Settings, open_files: int) -> Capacity:
@@ -69,9 +71,11 @@ def replica_capacity(settings: Settings, open_files: int) -> Capacity:
     by_memory = settings.sync_memory_budget_mb * 1024 // settings.sync_mailbox_memory_kib
     mailboxes = min(by_open_files, by_memory, settings.sync_max_mailboxes or by_memory)
     if mailboxes < 1:
-        raise CapacityError(f"this process may open only {open_files} files, of which {FD_RESERVE} are kept for "
-                            f"the database, NATS and HTTP: no mailbox could be synced. Raise the hard limit "
-                            f"(ulimit -Hn, LimitNOFILE=, or the container's nofile ulimit).")
+        raise CapacityError(
+            f"this process may open only {open_files} files, of which {FD_RESERVE} are kept for "
+            f"the database, NATS and HTTP: no mailbox could be synced. Raise the hard limit "
+            f"(ulimit -Hn, LimitNOFILE=, or the container's nofile ulimit)."
+        )
     # at least one slot serves the turns, so that no mailbox starves; at most half, so that most stay live
     rotation = min(settings.sync_rotation_slots, max(1, mailboxes // 2))
     return Capacity(mailboxes, rotation, open_files, by_open_files, by_memory)

@@ -101,20 +101,31 @@ from leadline_sync.sync.live import FolderWatch
 log = logging.getLogger("leadline.sync.engine")
 
 SCANNED = Counter("leadline_sync_messages_scanned_total", "Message headers scanned", ["folder"])
-PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages published (lead mail and bounces)",
-                    ["kind"])
+PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages published (lead mail and bounces)", ["kind"])
 FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
-RECHECKED = Counter("leadline_sync_lead_recheck_messages_total",
-                    "Messages examined again because their lead reached the service after them", ["folder"])
+RECHECKED = Counter(
+    "leadline_sync_lead_recheck_messages_total",
+    "Messages examined again because their lead reached the service after them",
+    ["folder"],
+)
 AUDITS = Counter("leadline_sync_audits_total", "Completeness audits of a folder", ["folder"])
-REFETCHED = Counter("leadline_sync_audit_refetched_total",
-                    "Messages an audit found never examined and examined then", ["folder"])
-MISSING_MAILBOXES = Gauge("leadline_sync_mailboxes_with_missing",
-                          "Mailboxes whose last audit of a folder found messages never examined")
-DIRECTORY_WAITS = Counter("leadline_sync_directory_waits_total",
-                          "Historical syncs that waited for the company's leads, by outcome", ["outcome"])
-LIVE = Gauge("leadline_sync_live_sessions", "Connected mailboxes by how the server tells of new mail: notify "
-             "(every folder pushed), idle (INBOX pushed, Sent polled), poll (both polled)", ["push"])
+REFETCHED = Counter(
+    "leadline_sync_audit_refetched_total", "Messages an audit found never examined and examined then", ["folder"]
+)
+MISSING_MAILBOXES = Gauge(
+    "leadline_sync_mailboxes_with_missing", "Mailboxes whose last audit of a folder found messages never examined"
+)
+DIRECTORY_WAITS = Counter(
+    "leadline_sync_directory_waits_total",
+    "Historical syncs that waited for the company's leads, by outcome",
+    ["outcome"],
+)
+LIVE = Gauge(
+    "leadline_sync_live_sessions",
+    "Connected mailboxes by how the server tells of new mail: notify "
+    "(every folder pushed), idle (INBOX pushed, Sent polled), poll (both polled)",
+    ["push"],
+)
 
 # A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
 MAX_TEXT_CHARS = 150_000
@@ -219,8 +230,9 @@ def _message_id(summary: HeaderSummary, header: bytes) -> str:
 
 
 class MailboxSync:
-    def __init__(self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore,
-                 mode: SyncMode = SyncMode.LIVE) -> None:
+    def __init__(
+        self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore, mode: SyncMode = SyncMode.LIVE
+    ) -> None:
         self.context = context
         self.settings = context.settings
         self.mailbox_id = mailbox_id
@@ -244,15 +256,21 @@ class MailboxSync:
             return
         self.history_done = row.history_completed_at is not None
         try:
-            secrets = self.context.cipher.open(row.company_id, row.id, Sealed(
-                row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext))
+            secrets = self.context.cipher.open(
+                row.company_id,
+                row.id,
+                Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+            )
         except CredentialError as exc:
             log.error("mailbox %s: %s", row.id, exc)
-            await self._failed(MailConnectionError("auth_failed", "The saved password could not be read."),
-                               kind="credentials_unreadable")
+            await self._failed(
+                MailConnectionError("auth_failed", "The saved password could not be read."),
+                kind="credentials_unreadable",
+            )
             return
-        login = ServerLogin(row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password,
-                            row.imap_pinned_sha256)
+        login = ServerLogin(
+            row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password, row.imap_pinned_sha256
+        )
         drops = refusals = 0
         reconnecting = False  # the last session dropped and no other session has failed since
         while True:
@@ -286,8 +304,12 @@ class MailboxSync:
                     return
                 refusals += 1
                 delay = self.context.logins.refused(_host(login), refusals)
-                log.info("mailbox %s: %s refused a login for too many connections; retrying in %.0f s",
-                         self.mailbox_id, _host(login), delay)
+                log.info(
+                    "mailbox %s: %s refused a login for too many connections; retrying in %.0f s",
+                    self.mailbox_id,
+                    _host(login),
+                    delay,
+                )
                 await self._refused(error)
                 await asyncio.sleep(delay)
 
@@ -359,8 +381,13 @@ class MailboxSync:
         idle = "IDLE" in client.capabilities
         # pushed news is read during IDLE only
         pushed = idle and self.mode == SyncMode.LIVE and self.settings.sync_notify and await client.notify(folders)
-        return FolderWatch(idle_folder="INBOX", pushed=pushed, idle=idle, poll_seconds=self.settings.sync_poll_seconds,
-                           unpushed_poll_seconds=self.settings.sync_sent_poll_seconds)
+        return FolderWatch(
+            idle_folder="INBOX",
+            pushed=pushed,
+            idle=idle,
+            poll_seconds=self.settings.sync_poll_seconds,
+            unpushed_poll_seconds=self.settings.sync_sent_poll_seconds,
+        )
 
     # -- status ----------------------------------------------------------------------------
 
@@ -368,8 +395,12 @@ class MailboxSync:
         now = self.context.clock()
         async with self.context.db.session() as session:
             row = await self._fence(session)
-            if (row.status != MailboxStatus.ENABLED or row.status_reason or row.failures
-                    or row.failing_since is not None):
+            if (
+                row.status != MailboxStatus.ENABLED
+                or row.status_reason
+                or row.failures
+                or row.failing_since is not None
+            ):
                 await service.transition(session, row, MailboxStatus.ENABLED, "", now)
 
     async def _failed(self, error: MailConnectionError, kind: str | None = None) -> None:
@@ -385,16 +416,36 @@ class MailboxSync:
             failing_since = row.failing_since or now
             await service.record_error(session, row, kind, error.user_message, now)
             if (now - failing_since).total_seconds() >= self.settings.sync_give_up_hours * 3600:
-                await service.record_error(session, row, "connection_failed",
-                                           "Mail Sync could not connect for two days and stopped trying.", now)
+                await service.record_error(
+                    session,
+                    row,
+                    "connection_failed",
+                    "Mail Sync could not connect for two days and stopped trying.",
+                    now,
+                )
                 await service.transition(
-                    session, row, MailboxStatus.CONNECTION_FAILED, f"no successful connection since "
-                    f"{failing_since:%Y-%m-%d %H:%M} UTC: {error.user_message}", now)
+                    session,
+                    row,
+                    MailboxStatus.CONNECTION_FAILED,
+                    f"no successful connection since {failing_since:%Y-%m-%d %H:%M} UTC: {error.user_message}",
+                    now,
+                )
                 return
-            delay = service.retry_delay(row.failures, self.settings.sync_retry_base_seconds,
-                                        self.settings.sync_retry_max_seconds, random.uniform(0.5, 1.0))  # noqa: S311
-            await service.transition(session, row, MailboxStatus.ERROR, error.user_message, now,
-                                     failing_since=failing_since, retry_at=now + delay)
+            delay = service.retry_delay(
+                row.failures,
+                self.settings.sync_retry_base_seconds,
+                self.settings.sync_retry_max_seconds,
+                random.uniform(0.5, 1.0),  # noqa: S311
+            )
+            await service.transition(
+                session,
+                row,
+                MailboxStatus.ERROR,
+                error.user_message,
+                now,
+                failing_since=failing_since,
+                retry_at=now + delay,
+            )
 
     async def _refused(self, error: MailConnectionError) -> None:
         """The server refused us for too many connections: say so (once), but nothing is wrong with the mailbox."""
@@ -408,8 +459,7 @@ class MailboxSync:
     async def _paused(self, resets_at: datetime) -> None:
         """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
         now = self.context.clock()
-        message = (f"The plan's daily limit of synced emails is reached; sync resumes at "
-                   f"{resets_at:%Y-%m-%d %H:%M} UTC.")
+        message = f"The plan's daily limit of synced emails is reached; sync resumes at {resets_at:%Y-%m-%d %H:%M} UTC."
         async with self.context.db.session() as session:
             try:
                 row = await self._fence(session)
@@ -429,22 +479,29 @@ class MailboxSync:
         assert row is not None
         request = SyncAllowanceRequest(company_id=row.company_id, user_id=row.user_id, count=count)
         try:
-            message = await self.context.nc.request(RPC_SYNC_ALLOWANCE, request.model_dump_json().encode(),
-                                                    timeout=self.settings.sync_rpc_timeout)
+            message = await self.context.nc.request(
+                RPC_SYNC_ALLOWANCE, request.model_dump_json().encode(), timeout=self.settings.sync_rpc_timeout
+            )
             reply = SyncAllowanceReply.model_validate_json(message.data)
         except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
-            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id,
-                        type(exc).__name__)
+            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id, type(exc).__name__)
             return count, None
         return max(0, min(count, reply.allowed)), reply.resets_at
 
     async def _fence(self, session: AsyncSession) -> Row[Any]:
         """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
-        row = (await session.execute(
-            select(mailbox).where(mailbox.c.id == self.mailbox_id, mailbox.c.lease_owner == self.context.replica,
-                                  mailbox.c.lease_expires_at > func.now(), mailbox.c.status.in_(SYNCED))
-            .with_for_update()
-        )).first()
+        row = (
+            await session.execute(
+                select(mailbox)
+                .where(
+                    mailbox.c.id == self.mailbox_id,
+                    mailbox.c.lease_owner == self.context.replica,
+                    mailbox.c.lease_expires_at > func.now(),
+                    mailbox.c.status.in_(SYNCED),
+                )
+                .with_for_update()
+            )
+        ).first()
         if row is None:
             raise LeaseLost
         self.row = row
@@ -471,10 +528,14 @@ class MailboxSync:
                 reply = await self._ask_directory()
             if reply is not None and reply.as_of is not None:
                 async with self.context.db.session() as session:
-                    have = (await session.execute(
-                        select(func.count(func.distinct(lead_address.c.lead_id))).where(
-                            lead_address.c.company_id == row.company_id,
-                            lead_address.c.lead_created_at <= reply.as_of))).scalar_one()
+                    have = (
+                        await session.execute(
+                            select(func.count(func.distinct(lead_address.c.lead_id))).where(
+                                lead_address.c.company_id == row.company_id,
+                                lead_address.c.lead_created_at <= reply.as_of,
+                            )
+                        )
+                    ).scalar_one()
                 if have >= reply.leads:
                     DIRECTORY_WAITS.labels("caught_up" if waiting else "ready").inc()
                     break
@@ -485,9 +546,13 @@ class MailboxSync:
                 async with self.context.db.session() as session:
                     current = await self._fence(session)
                     await service.record_error(
-                        session, current, "leads_behind",
+                        session,
+                        current,
+                        "leads_behind",
                         f"The historical sync started before Mail Sync had heard of every lead ({known} leads); "
-                        "mail of the leads that arrive later is looked for again when they do.", self.context.clock())
+                        "mail of the leads that arrive later is looked for again when they do.",
+                        self.context.clock(),
+                    )
                 break
             want = f" ({have} of {reply.leads})" if reply is not None else ""
             reason = f"Waiting for the company's leads{want} before reading the mail history."
@@ -495,8 +560,9 @@ class MailboxSync:
                 log.info("mailbox %s: %s", self.mailbox_id, reason)
                 async with self.context.db.session() as session:
                     current = await self._fence(session)
-                    await service.transition(session, current, MailboxStatus(current.status), reason,
-                                             self.context.clock())
+                    await service.transition(
+                        session, current, MailboxStatus(current.status), reason, self.context.clock()
+                    )
                 waiting = reason
             await asyncio.sleep(DIRECTORY_POLL_SECONDS)
         if waiting:
@@ -510,8 +576,9 @@ class MailboxSync:
         assert row is not None
         request = LeadDirectoryRequest(company_id=row.company_id)
         try:
-            message = await self.context.nc.request(RPC_LEAD_DIRECTORY, request.model_dump_json().encode(),
-                                                    timeout=self.settings.sync_rpc_timeout)
+            message = await self.context.nc.request(
+                RPC_LEAD_DIRECTORY, request.model_dump_json().encode(), timeout=self.settings.sync_rpc_timeout
+            )
             return LeadDirectoryReply.model_validate_json(message.data)
         except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
             log.info("mailbox %s: lead count not answered (%s); asking again", row.id, type(exc).__name__)
@@ -521,9 +588,14 @@ class MailboxSync:
     async def _recheck_late_leads(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
         """Examine again the mail, up to each cursor, that names a lead which reached us after it was examined."""
         async with self.context.db.session() as session:
-            rechecks = (await session.execute(
-                select(lead_recheck).where(lead_recheck.c.mailbox_id == self.mailbox_id)
-                .order_by(lead_recheck.c.created_at).limit(RECHECKS_PER_PASS))).all()
+            rechecks = (
+                await session.execute(
+                    select(lead_recheck)
+                    .where(lead_recheck.c.mailbox_id == self.mailbox_id)
+                    .order_by(lead_recheck.c.created_at)
+                    .limit(RECHECKS_PER_PASS)
+                )
+            ).all()
         if not rechecks:
             return
         for role, name in order:
@@ -539,15 +611,23 @@ class MailboxSync:
                 uids.update(await client.uids_mentioning(recheck.addresses, up_to=cursor.last_uid, since=since))
             if uids:
                 RECHECKED.labels(role).inc(len(uids))
-                log.info("mailbox %s: examining %d %s messages again for leads that arrived late",
-                         self.mailbox_id, len(uids), role)
+                log.info(
+                    "mailbox %s: examining %d %s messages again for leads that arrived late",
+                    self.mailbox_id,
+                    len(uids),
+                    role,
+                )
                 await self._scan(client, cursor, sorted(uids))
         async with self.context.db.session() as session:
             await self._fence(session)
             for recheck in rechecks:  # a row updated meanwhile (new addresses) stays for the next pass
-                await session.execute(delete(lead_recheck).where(
-                    lead_recheck.c.mailbox_id == self.mailbox_id, lead_recheck.c.lead_id == recheck.lead_id,
-                    lead_recheck.c.created_at == recheck.created_at))
+                await session.execute(
+                    delete(lead_recheck).where(
+                        lead_recheck.c.mailbox_id == self.mailbox_id,
+                        lead_recheck.c.lead_id == recheck.lead_id,
+                        lead_recheck.c.created_at == recheck.created_at,
+                    )
+                )
 
     # -- the completeness audit ------------------------------------------------------------
 
@@ -566,8 +646,9 @@ class MailboxSync:
             if status.uidvalidity != cursor.uidvalidity:
                 continue  # renumbered: the next pass reads it again
             found = 0
-            async for missing in audit.unexamined(client, self.context.db, self.mailbox_id, role,
-                                                  cursor.uidvalidity, cursor.last_uid, status.uidnext):
+            async for missing in audit.unexamined(
+                client, self.context.db, self.mailbox_id, role, cursor.uidvalidity, cursor.last_uid, status.uidnext
+            ):
                 found += len(missing)
                 await self._scan(client, cursor, missing)
             AUDITS.labels(role).inc()
@@ -575,18 +656,35 @@ class MailboxSync:
             cursor.audited_at = now
             async with self.context.db.session() as session:
                 row = await self._fence(session)
-                await session.execute(update(folder_cursor).where(
-                    folder_cursor.c.mailbox_id == self.mailbox_id, folder_cursor.c.folder == role)
-                    .values(audited_at=now, audit_found=found))
+                await session.execute(
+                    update(folder_cursor)
+                    .where(folder_cursor.c.mailbox_id == self.mailbox_id, folder_cursor.c.folder == role)
+                    .values(audited_at=now, audit_found=found)
+                )
                 if found:
-                    log.error("mailbox %s: the audit of %s found %d messages never examined; examined them now",
-                              self.mailbox_id, role, found)
+                    log.error(
+                        "mailbox %s: the audit of %s found %d messages never examined; examined them now",
+                        self.mailbox_id,
+                        role,
+                        found,
+                    )
                     await service.record_error(
-                        session, row, "audit_repaired",
+                        session,
+                        row,
+                        "audit_repaired",
                         f"The completeness audit of {role} found {found} messages that had never been examined; "
-                        "they were examined now and their lead mail is on the timeline.", now)
-                MISSING_MAILBOXES.set((await session.execute(select(func.count(func.distinct(
-                    folder_cursor.c.mailbox_id))).where(folder_cursor.c.audit_found > 0))).scalar_one())
+                        "they were examined now and their lead mail is on the timeline.",
+                        now,
+                    )
+                MISSING_MAILBOXES.set(
+                    (
+                        await session.execute(
+                            select(func.count(func.distinct(folder_cursor.c.mailbox_id))).where(
+                                folder_cursor.c.audit_found > 0
+                            )
+                        )
+                    ).scalar_one()
+                )
         inbox = dict(order).get("inbox")
         if inbox is not None:
             await client.select(inbox)  # IDLE watches INBOX
@@ -595,23 +693,45 @@ class MailboxSync:
 
     async def _load_cursors(self) -> None:
         async with self.context.db.session() as session:
-            rows = (await session.execute(
-                select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))).all()
-        self.cursors = {r.folder: FolderCursor(r.folder, r.name, r.uidvalidity, r.last_uid, r.highestmodseq,
-                                               r.uidnext, r.history_last_uid, r.uidvalidity_resets,
-                                               _aware(r.uidvalidity_resets_since), _aware(r.rescan_refused_at),
-                                               _aware(r.audited_at))
-                        for r in rows}
+            rows = (
+                await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))
+            ).all()
+        self.cursors = {
+            r.folder: FolderCursor(
+                r.folder,
+                r.name,
+                r.uidvalidity,
+                r.last_uid,
+                r.highestmodseq,
+                r.uidnext,
+                r.history_last_uid,
+                r.uidvalidity_resets,
+                _aware(r.uidvalidity_resets_since),
+                _aware(r.rescan_refused_at),
+                _aware(r.audited_at),
+            )
+            for r in rows
+        }
 
     async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor) -> None:
-        values = {"name": cursor.name, "uidvalidity": cursor.uidvalidity, "last_uid": cursor.last_uid,
-                  "highestmodseq": cursor.highestmodseq, "uidnext": cursor.uidnext,
-                  "history_last_uid": cursor.history_last_uid, "uidvalidity_resets": cursor.resets,
-                  "uidvalidity_resets_since": cursor.resets_since, "rescan_refused_at": cursor.rescan_refused_at,
-                  "updated_at": func.now()}
+        values = {
+            "name": cursor.name,
+            "uidvalidity": cursor.uidvalidity,
+            "last_uid": cursor.last_uid,
+            "highestmodseq": cursor.highestmodseq,
+            "uidnext": cursor.uidnext,
+            "history_last_uid": cursor.history_last_uid,
+            "uidvalidity_resets": cursor.resets,
+            "uidvalidity_resets_since": cursor.resets_since,
+            "rescan_refused_at": cursor.rescan_refused_at,
+            "updated_at": func.now(),
+        }
         statement = insert(folder_cursor).values(mailbox_id=self.mailbox_id, folder=cursor.folder, **values)
-        await session.execute(statement.on_conflict_do_update(
-            index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values))
+        await session.execute(
+            statement.on_conflict_do_update(
+                index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values
+            )
+        )
 
     async def _note_synced(self) -> None:
         """Both folders are synced to the end: record when, and (once) that the historical sync is complete.
@@ -622,8 +742,10 @@ class MailboxSync:
         """
         now = self.context.clock()
         history_done = not self.history_done and all(c.last_uid >= c.history_last_uid for c in self.cursors.values())
-        recent = (self.synced_at is not None
-                  and (now - self.synced_at).total_seconds() < self.settings.sync_rotation_seconds / 4)
+        recent = (
+            self.synced_at is not None
+            and (now - self.synced_at).total_seconds() < self.settings.sync_rotation_seconds / 4
+        )
         synced = not self.refused and not recent
         lifted = not self.refused and self.refusal is not None  # a refused folder was read again
         if not (history_done or synced or lifted):
@@ -635,12 +757,13 @@ class MailboxSync:
                     await service.transition(session, row, MailboxStatus(row.status), "", now)
                 self.refusal = None
             if synced:
-                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id)
-                                      .values(last_synced_at=now))
+                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id).values(last_synced_at=now))
             if history_done:
-                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id,
-                                                            mailbox.c.history_completed_at.is_(None))
-                                      .values(history_completed_at=now))
+                await session.execute(
+                    update(mailbox)
+                    .where(mailbox.c.id == self.mailbox_id, mailbox.c.history_completed_at.is_(None))
+                    .values(history_completed_at=now)
+                )
         if synced:
             self.synced_at = now
         if history_done:
@@ -654,8 +777,11 @@ class MailboxSync:
         if role != "inbox" and cursor is not None and cursor.name == name:
             # cheap poll of a folder we do not IDLE on
             status = await client.status(name)
-            if (status.uidvalidity == cursor.uidvalidity and status.uidnext - 1 <= cursor.last_uid
-                    and (status.highestmodseq is None or status.highestmodseq == cursor.highestmodseq)):
+            if (
+                status.uidvalidity == cursor.uidvalidity
+                and status.uidnext - 1 <= cursor.last_uid
+                and (status.highestmodseq is None or status.highestmodseq == cursor.highestmodseq)
+            ):
                 return
         status = await client.select(name)
         cursor = await self._check_cursor(role, name, status)
@@ -690,8 +816,15 @@ class MailboxSync:
             await self._rescan_refused(cursor, now)
             return None
         reset = cursor is not None
-        fresh = FolderCursor(folder=role, name=name, uidvalidity=status.uidvalidity, last_uid=0, highestmodseq=None,
-                             uidnext=0, history_last_uid=status.uidnext - 1)
+        fresh = FolderCursor(
+            folder=role,
+            name=name,
+            uidvalidity=status.uidvalidity,
+            last_uid=0,
+            highestmodseq=None,
+            uidnext=0,
+            history_last_uid=status.uidnext - 1,
+        )
         if cursor is not None:
             fresh.resets, fresh.resets_since = cursor.resets, cursor.resets_since
             if self.history_done:
@@ -702,8 +835,9 @@ class MailboxSync:
             await audit.forget_other_uidvalidities(session, self.mailbox_id, role, status.uidvalidity)
             if reset:
                 log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
-                await service.record_error(session, row, "folder_reset",
-                                           f"The server renumbered the {role} folder; it was read again.", now)
+                await service.record_error(
+                    session, row, "folder_reset", f"The server renumbered the {role} folder; it was read again.", now
+                )
         self.refused.discard(role)
         self.cursors[role] = fresh
         return fresh
@@ -712,17 +846,23 @@ class MailboxSync:
         """Say once a day (error log) and in the status reason that a folder is not rescanned again today."""
         assert cursor.resets_since is not None
         until = cursor.resets_since + RESCAN_DAY
-        message = (f"The server renumbered the {cursor.folder} folder again after "
-                   f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again until "
-                   f"{until:%Y-%m-%d %H:%M} UTC.")
+        message = (
+            f"The server renumbered the {cursor.folder} folder again after "
+            f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again until "
+            f"{until:%Y-%m-%d %H:%M} UTC."
+        )
         async with self.context.db.session() as session:
             row = await self._fence(session)
             if cursor.rescan_refused_at is None or cursor.rescan_refused_at < cursor.resets_since:
                 cursor.rescan_refused_at = now
                 await self._save_cursor(session, cursor)
                 await service.record_error(session, row, "folder_reset_limit", message, now)
-                log.warning("mailbox %s: %s UIDVALIDITY changed again; rescan refused until %s", self.mailbox_id,
-                            cursor.folder, until.isoformat())
+                log.warning(
+                    "mailbox %s: %s UIDVALIDITY changed again; rescan refused until %s",
+                    self.mailbox_id,
+                    cursor.folder,
+                    until.isoformat(),
+                )
             if row.status_reason != message:
                 await service.transition(session, row, MailboxStatus(row.status), message, now)
         self.refused.add(cursor.folder)
@@ -735,7 +875,7 @@ class MailboxSync:
         try:
             for start in range(0, len(uids), size):
                 async with self.busy:
-                    batch = await self._prepare(client, cursor, uids[start:start + size])
+                    batch = await self._prepare(client, cursor, uids[start : start + size])
                 if storing is not None:
                     await storing
                 storing = asyncio.create_task(self._store(cursor, batch))
@@ -762,8 +902,17 @@ class MailboxSync:
         reasons = dict.fromkeys(uids, "gone")
         for header, summary in summaries:
             parties, sent_at = self._parties(summary), self._sent_at(header, summary)
-            if match_message(parties, folder=cursor.folder, own_address=row.address, sent_at=sent_at,
-                             connected_at=row.connected_at, directory=directory) is not None:
+            if (
+                match_message(
+                    parties,
+                    folder=cursor.folder,
+                    own_address=row.address,
+                    sent_at=sent_at,
+                    connected_at=row.connected_at,
+                    directory=directory,
+                )
+                is not None
+            ):
                 reasons[header.uid] = "lead_mail"
                 wanted[header.uid] = (header, summary)
                 continue
@@ -797,9 +946,14 @@ class MailboxSync:
                     if lead is not None or (not bounce.recipients and bounce.original_message_id):
                         selected.append(self._bounce(header, summary, bounce, lead))
                         continue
-                match = match_message(self._parties(summary), folder=cursor.folder, own_address=row.address,
-                                      sent_at=self._sent_at(header, summary), connected_at=row.connected_at,
-                                      directory=directory)
+                match = match_message(
+                    self._parties(summary),
+                    folder=cursor.folder,
+                    own_address=row.address,
+                    sent_at=self._sent_at(header, summary),
+                    connected_at=row.connected_at,
+                    directory=directory,
+                )
                 if match is not None:
                     matched.append((message, match))
             parsed = await self.context.parser.parse([message.raw for message, _ in matched])
@@ -827,15 +981,20 @@ class MailboxSync:
             allowed, resets_at = await self._allowance(len(mail))
             if allowed < len(mail):
                 cutoff = mail[allowed].uid  # the first lead mail the plan does not allow today
-                await self._commit(cursor, [u for u in uids if u < cutoff] or [cursor.last_uid],
-                                   [s for s in selected if s.uid < cutoff], [d for d in defects if d[0] < cutoff],
-                                   batch.reasons)
+                await self._commit(
+                    cursor,
+                    [u for u in uids if u < cutoff] or [cursor.last_uid],
+                    [s for s in selected if s.uid < cutoff],
+                    [d for d in defects if d[0] < cutoff],
+                    batch.reasons,
+                )
                 raise PlanLimitReached(resets_at or self.context.clock())
         await self._commit(cursor, uids, selected, defects, batch.reasons)
 
     def _parties(self, summary: HeaderSummary) -> Parties:
-        return Parties(from_address=summary.from_address, to=list(summary.to), cc=list(summary.cc),
-                       bcc=list(summary.bcc))
+        return Parties(
+            from_address=summary.from_address, to=list(summary.to), cc=list(summary.cc), bcc=list(summary.bcc)
+        )
 
     def _sent_at(self, header: FetchedHeader, summary: HeaderSummary) -> datetime:
         return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
@@ -843,29 +1002,70 @@ class MailboxSync:
     def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce, lead: str | None) -> Selected:
         row = self.row
         assert row is not None
-        return Selected(header.uid, _message_id(summary, header.header), "bounce", MailBouncedV1(
-            company_id=row.company_id, correlation_id=str(row.id), payload=MailBouncedPayload(
-                original_message_id=bounce.original_message_id or "", recipient=lead or "",
-                status=bounce.status, action=bounce.action, severity=bounce.severity, reason=bounce.reason,
-                diagnostic=bounce.diagnostic[:2000] if lead else "", mailbox_id=row.id, user_id=row.user_id,
-                bounced_at=self._sent_at(header, summary))))
+        return Selected(
+            header.uid,
+            _message_id(summary, header.header),
+            "bounce",
+            MailBouncedV1(
+                company_id=row.company_id,
+                correlation_id=str(row.id),
+                payload=MailBouncedPayload(
+                    original_message_id=bounce.original_message_id or "",
+                    recipient=lead or "",
+                    status=bounce.status,
+                    action=bounce.action,
+                    severity=bounce.severity,
+                    reason=bounce.reason,
+                    diagnostic=bounce.diagnostic[:2000] if lead else "",
+                    mailbox_id=row.id,
+                    user_id=row.user_id,
+                    bounced_at=self._sent_at(header, summary),
+                ),
+            ),
+        )
 
-    def _mail(self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, match: Match,
-              parsed: ParsedMessage) -> Selected:
+    def _mail(
+        self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, match: Match, parsed: ParsedMessage
+    ) -> Selected:
         row = self.row
         assert row is not None
         message_id = _message_id(summary, header.header)
-        return Selected(header.uid, message_id, "mail", MailSyncedV1(
-            company_id=row.company_id, correlation_id=str(row.id), payload=MailPayload(
-                message_id=message_id, mailbox_id=row.id, user_id=row.user_id, folder=folder,
-                direction=match.direction,
-                from_address=summary.from_address or "", from_name=summary.from_name or "", to=match.to,
-                cc=match.cc, subject=summary.subject or "", sent_at=self._sent_at(header, summary),
-                text=parsed.text[:MAX_TEXT_CHARS], html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None,
-                attachments=parsed.attachments, in_reply_to=summary.in_reply_to, defect=bool(parsed.defects))))
+        return Selected(
+            header.uid,
+            message_id,
+            "mail",
+            MailSyncedV1(
+                company_id=row.company_id,
+                correlation_id=str(row.id),
+                payload=MailPayload(
+                    message_id=message_id,
+                    mailbox_id=row.id,
+                    user_id=row.user_id,
+                    folder=folder,
+                    direction=match.direction,
+                    from_address=summary.from_address or "",
+                    from_name=summary.from_name or "",
+                    to=match.to,
+                    cc=match.cc,
+                    subject=summary.subject or "",
+                    sent_at=self._sent_at(header, summary),
+                    text=parsed.text[:MAX_TEXT_CHARS],
+                    html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None,
+                    attachments=parsed.attachments,
+                    in_reply_to=summary.in_reply_to,
+                    defect=bool(parsed.defects),
+                ),
+            ),
+        )
 
-    async def _commit(self, cursor: FolderCursor, uids: Sequence[int], selected: list[Selected],
-                      defects: list[tuple[int, list[str]]], reasons: Mapping[int, str]) -> None:
+    async def _commit(
+        self,
+        cursor: FolderCursor,
+        uids: Sequence[int],
+        selected: list[Selected],
+        defects: list[tuple[int, list[str]]],
+        reasons: Mapping[int, str],
+    ) -> None:
         """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26)."""
         now = self.context.clock()
         async with self.context.db.session() as session:
@@ -873,10 +1073,24 @@ class MailboxSync:
             published: set[int] = set()
             if selected:
                 inserted = await session.execute(
-                    insert(synced_message).values([
-                        {"mailbox_id": row.id, "folder": cursor.folder, "uidvalidity": cursor.uidvalidity,
-                         "uid": s.uid, "message_id": s.message_id, "kind": s.kind, "event_id": s.event.event_id}
-                        for s in selected]).on_conflict_do_nothing().returning(synced_message.c.uid))
+                    insert(synced_message)
+                    .values(
+                        [
+                            {
+                                "mailbox_id": row.id,
+                                "folder": cursor.folder,
+                                "uidvalidity": cursor.uidvalidity,
+                                "uid": s.uid,
+                                "message_id": s.message_id,
+                                "kind": s.kind,
+                                "event_id": s.event.event_id,
+                            }
+                            for s in selected
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                    .returning(synced_message.c.uid)
+                )
                 published = set(inserted.scalars())
                 events = [s.event for s in selected if s.uid in published]
                 await enqueue(session, outbox, *events)
@@ -885,13 +1099,27 @@ class MailboxSync:
                         PUBLISHED.labels(s.kind).inc()
             for uid, problems in defects:
                 if uid in published:
-                    log.warning("mailbox %s: %s UID %d kept with defects: %s", row.id, cursor.folder, uid,
-                                "; ".join(problems)[:500])
+                    log.warning(
+                        "mailbox %s: %s UID %d kept with defects: %s",
+                        row.id,
+                        cursor.folder,
+                        uid,
+                        "; ".join(problems)[:500],
+                    )
                     await service.record_error(
-                        session, row, "message_unreadable",
+                        session,
+                        row,
+                        "message_unreadable",
                         f"A message in {cursor.folder} (UID {uid}) could not be fully read and was kept as "
-                        f"received: {'; '.join(problems)[:300]}", now)
-            await audit.record_examined(session, row.id, cursor.folder, cursor.uidvalidity,
-                                        {uid: reasons[uid] for uid in uids if uid in reasons})
+                        f"received: {'; '.join(problems)[:300]}",
+                        now,
+                    )
+            await audit.record_examined(
+                session,
+                row.id,
+                cursor.folder,
+                cursor.uidvalidity,
+                {uid: reasons[uid] for uid in uids if uid in reasons},
+            )
             cursor.last_uid = max(cursor.last_uid, max(uids))
             await self._save_cursor(session, cursor)

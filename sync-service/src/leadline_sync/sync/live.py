@@ -38,8 +38,12 @@ class FolderWatch:
 
     def due(self, folder: str, news: set[str], now: float, selected: str | None) -> bool:
         checked = self.checked_at.get(folder)
-        return (checked is None or folder in news or now - checked >= self.period(folder)
-                or (folder == self.idle_folder and selected != folder))
+        return (
+            checked is None
+            or folder in news
+            or now - checked >= self.period(folder)
+            or (folder == self.idle_folder and selected != folder)
+        )
 
     def checked(self, folder: str, now: float) -> None:
         self.checked_at[folder] = now

@@ -31,8 +31,9 @@ from prometheus_client import Counter, Gauge
 from leadline_sync.mailbox.service import retry_delay
 
 LOGINS_WAITING = Gauge("leadline_sync_logins_waiting", "Mailbox logins queued at the replica's login gate")
-HOST_REFUSALS = Counter("leadline_sync_login_refusals_total",
-                        "Logins a mail server refused for too many connections (the host backs off)")
+HOST_REFUSALS = Counter(
+    "leadline_sync_login_refusals_total", "Logins a mail server refused for too many connections (the host backs off)"
+)
 
 
 @dataclass
@@ -42,8 +43,9 @@ class _HostPause:
 
 
 class LoginGate:
-    def __init__(self, in_flight: int, base_seconds: float, max_seconds: float,
-                 clock: Callable[[], float] | None = None) -> None:
+    def __init__(
+        self, in_flight: int, base_seconds: float, max_seconds: float, clock: Callable[[], float] | None = None
+    ) -> None:
         self._slots = asyncio.Semaphore(in_flight)
         self._base = base_seconds
         self._max = max_seconds

@@ -46,8 +46,12 @@ class MessageParser:
         loop = asyncio.get_running_loop()
         chunk = max(1, -(-len(raws) // self.processes))  # one chunk per worker: few round trips
         try:
-            parts = await asyncio.gather(*(loop.run_in_executor(self._executor(), _parse_all, raws[i:i + chunk])
-                                           for i in range(0, len(raws), chunk)))
+            parts = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self._executor(), _parse_all, raws[i : i + chunk])
+                    for i in range(0, len(raws), chunk)
+                )
+            )
         except BrokenProcessPool:
             log.error("a parser process died; parsing this batch inline and starting new processes")
             self.close()

@@ -20,13 +20,16 @@ from leadline_sync.mailbox.states import MailboxStatus, SyncMode
 REPORT_SECONDS = 1.0
 
 MAILBOXES = Gauge("leadline_sync_mailboxes", "Mailboxes by status (all replicas)", ["status"])
-ENABLED = Gauge("leadline_sync_enabled_mailboxes",
-                "Enabled mailboxes by how they are synced: live (IDLE held) or rotating (served in turns)",
-                ["sync_mode"])
-OLDEST_SYNC_AGE = Gauge("leadline_sync_oldest_sync_age_seconds",
-                        "Seconds since the least recently synced enabled mailbox was synced (or connected)")
-OVERDUE = Gauge("leadline_sync_overdue_mailboxes",
-                "Enabled mailboxes not synced within LEADLINE_SYNC_ROTATION_SECONDS")
+ENABLED = Gauge(
+    "leadline_sync_enabled_mailboxes",
+    "Enabled mailboxes by how they are synced: live (IDLE held) or rotating (served in turns)",
+    ["sync_mode"],
+)
+OLDEST_SYNC_AGE = Gauge(
+    "leadline_sync_oldest_sync_age_seconds",
+    "Seconds since the least recently synced enabled mailbox was synced (or connected)",
+)
+OVERDUE = Gauge("leadline_sync_overdue_mailboxes", "Enabled mailboxes not synced within LEADLINE_SYNC_ROTATION_SECONDS")
 
 
 async def report_mailboxes(context: SyncContext) -> None:

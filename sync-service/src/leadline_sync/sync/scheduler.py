@@ -55,10 +55,12 @@ from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 log = logging.getLogger("leadline.sync.scheduler")
 
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
-HELD_BY_MODE = Gauge("leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating",
-                     ["replica", "sync_mode"])
-CAPACITY = Gauge("leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots",
-                 ["replica", "sync_mode"])
+HELD_BY_MODE = Gauge(
+    "leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating", ["replica", "sync_mode"]
+)
+CAPACITY = Gauge(
+    "leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots", ["replica", "sync_mode"]
+)
 
 
 class SyncScheduler:
@@ -87,10 +89,15 @@ class SyncScheduler:
         CAPACITY.labels(self.replica, SyncMode.LIVE).set(self.capacity.live)
         CAPACITY.labels(self.replica, SyncMode.ROTATING).set(self.capacity.rotation_slots)
         interval = self.settings.sync_schedule_interval
-        slots = asyncio.create_task(self._repeat(reconcile_slots, max(interval, self.settings.sync_rpc_timeout),
-                                                 "mailbox-limit reconciliation"), name="sync-slot-reconciler")
-        reports = asyncio.create_task(self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"),
-                                      name="sync-mailbox-report")
+        slots = asyncio.create_task(
+            self._repeat(
+                reconcile_slots, max(interval, self.settings.sync_rpc_timeout), "mailbox-limit reconciliation"
+            ),
+            name="sync-slot-reconciler",
+        )
+        reports = asyncio.create_task(
+            self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"), name="sync-mailbox-report"
+        )
         try:
             while True:
                 try:
@@ -144,19 +151,31 @@ class SyncScheduler:
             retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
             async with self.context.db.session() as session:
                 await session.execute(
-                    update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.lease_owner == self.replica)
-                    .values(lease_owner=None, lease_expires_at=None,
-                            **({"next_attempt_at": retry_at} if crashed else {})))
+                    update(mailbox)
+                    .where(mailbox.c.id == mailbox_id, mailbox.c.lease_owner == self.replica)
+                    .values(
+                        lease_owner=None, lease_expires_at=None, **({"next_attempt_at": retry_at} if crashed else {})
+                    )
+                )
 
     async def _renew(self) -> None:
         held = list(self.workers)
         if held:
             async with self.context.db.session() as session:
-                kept = set((await session.execute(
-                    update(mailbox).where(mailbox.c.id.in_(held), mailbox.c.lease_owner == self.replica,
-                                          mailbox.c.status.in_(SYNCED))
-                    .values(lease_expires_at=func.now() + self._lease_interval())
-                    .returning(mailbox.c.id))).scalars())
+                kept = set(
+                    (
+                        await session.execute(
+                            update(mailbox)
+                            .where(
+                                mailbox.c.id.in_(held),
+                                mailbox.c.lease_owner == self.replica,
+                                mailbox.c.status.in_(SYNCED),
+                            )
+                            .values(lease_expires_at=func.now() + self._lease_interval())
+                            .returning(mailbox.c.id)
+                        )
+                    ).scalars()
+                )
             for mailbox_id in set(held) - kept:
                 self.workers[mailbox_id].cancel()
         self._renewed_at = time.monotonic()
@@ -172,8 +191,12 @@ class SyncScheduler:
         now = self.context.clock()
         due = (
             select(mailbox.c.id)
-            .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED, mailbox.c.next_attempt_at <= now,
-                   or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()))
+            .where(
+                mailbox.c.status.in_(SYNCED),
+                mailbox.c.slot == Slot.GRANTED,
+                mailbox.c.next_attempt_at <= now,
+                or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()),
+            )
             .order_by(mailbox.c.last_synced_at.asc().nulls_first(), mailbox.c.next_attempt_at)
             .limit(free)
             .with_for_update(skip_locked=True)
@@ -185,10 +208,20 @@ class SyncScheduler:
         if self.workers:
             due = due.where(mailbox.c.id.not_in(list(self.workers)))
         async with self.context.db.session() as session:
-            claimed = list((await session.execute(
-                update(mailbox).where(mailbox.c.id.in_(due.scalar_subquery()))
-                .values(lease_owner=self.replica, lease_expires_at=func.now() + self._lease_interval(), sync_mode=mode)
-                .returning(mailbox.c.id))).scalars())
+            claimed = list(
+                (
+                    await session.execute(
+                        update(mailbox)
+                        .where(mailbox.c.id.in_(due.scalar_subquery()))
+                        .values(
+                            lease_owner=self.replica,
+                            lease_expires_at=func.now() + self._lease_interval(),
+                            sync_mode=mode,
+                        )
+                        .returning(mailbox.c.id)
+                    )
+                ).scalars()
+            )
         for mailbox_id in claimed:
             worker = MailboxSync(self.context, mailbox_id, self.busy, mode)
             self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
@@ -205,7 +238,10 @@ class SyncScheduler:
     async def release_all(self) -> None:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""
         async with self.context.db.session() as session:
-            await session.execute(update(mailbox).where(mailbox.c.lease_owner == self.replica)
-                                  .values(lease_owner=None, lease_expires_at=None))
+            await session.execute(
+                update(mailbox)
+                .where(mailbox.c.lease_owner == self.replica)
+                .values(lease_owner=None, lease_expires_at=None)
+            )
         self.workers.clear()
         self.modes.clear()

@@ -4,6 +4,7 @@ Revision ID: 0002_lead_search
 Revises: 098f51fd6ec1
 Create Date: 2026-11-23 19:30:00
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -19,13 +20,26 @@ def upgrade() -> None:
     # pg_trgm is a trusted extension (PostgreSQL 13+): a database owner may create it.  It lives in
     # public, where every schema's search_path finds it.
     op.execute("CREATE EXTENSION IF NOT EXISTS pg_trgm WITH SCHEMA public")
-    op.create_index("ix_lead_address_company_address_prefix", "lead_address",
-                    ["company_id", sa.literal_column("address text_pattern_ops")], schema="lead")
-    op.create_index("ix_lead_name_trgm", "lead", [sa.literal_column("lower(name) public.gin_trgm_ops")],
-                    schema="lead", postgresql_using="gin")
-    op.create_index("ix_lead_account_name_trgm", "lead",
-                    [sa.literal_column("lower(account_name) public.gin_trgm_ops")],
-                    schema="lead", postgresql_using="gin")
+    op.create_index(
+        "ix_lead_address_company_address_prefix",
+        "lead_address",
+        ["company_id", sa.literal_column("address text_pattern_ops")],
+        schema="lead",
+    )
+    op.create_index(
+        "ix_lead_name_trgm",
+        "lead",
+        [sa.literal_column("lower(name) public.gin_trgm_ops")],
+        schema="lead",
+        postgresql_using="gin",
+    )
+    op.create_index(
+        "ix_lead_account_name_trgm",
+        "lead",
+        [sa.literal_column("lower(account_name) public.gin_trgm_ops")],
+        schema="lead",
+        postgresql_using="gin",
+    )
 
 
 def downgrade() -> None:

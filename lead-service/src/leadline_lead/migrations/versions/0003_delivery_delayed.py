@@ -3,6 +3,7 @@
 Revision ID: 0003_delivery_delayed
 Revises: 0002_lead_search
 """
+
 from collections.abc import Sequence
 
 from alembic import op
@@ -17,8 +18,9 @@ KINDS = "'email_received', 'email_sent', 'smart_mail_sent', 'bounce'"
 
 def upgrade() -> None:
     op.drop_constraint(op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check")
-    op.create_check_constraint(op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS}, 'delivery_delayed')",
-                               schema="lead")
+    op.create_check_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS}, 'delivery_delayed')", schema="lead"
+    )
 
 
 def downgrade() -> None:

@@ -3,6 +3,7 @@
 Revision ID: 0005_lead_bounced
 Revises: 0004_company_users
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa

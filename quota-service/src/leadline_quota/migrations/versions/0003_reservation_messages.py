@@ -5,6 +5,7 @@ Revises: 0002
 Create Date: 2026-11-23 21:30:00
 
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -18,16 +19,29 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     # a constant default: PostgreSQL adds the column without rewriting the table
-    op.add_column("reservation", sa.Column("messages", sa.Integer(), server_default=sa.text("1"), nullable=False),
-                  schema="quota")
+    op.add_column(
+        "reservation", sa.Column("messages", sa.Integer(), server_default=sa.text("1"), nullable=False), schema="quota"
+    )
     # the usage aggregate now sums messages: keep it an index-only scan
     op.drop_index("ix_reservation_account_time", table_name="reservation", schema="quota")
-    op.create_index("ix_reservation_account_time", "reservation", ["company_id", "account_key", "reserved_at"],
-                    unique=False, schema="quota", postgresql_include=["state", "expires_at", "recipients", "messages"])
+    op.create_index(
+        "ix_reservation_account_time",
+        "reservation",
+        ["company_id", "account_key", "reserved_at"],
+        unique=False,
+        schema="quota",
+        postgresql_include=["state", "expires_at", "recipients", "messages"],
+    )
 
 
 def downgrade() -> None:
     op.drop_index("ix_reservation_account_time", table_name="reservation", schema="quota")
-    op.create_index("ix_reservation_account_time", "reservation", ["company_id", "account_key", "reserved_at"],
-                    unique=False, schema="quota", postgresql_include=["state", "expires_at", "recipients"])
+    op.create_index(
+        "ix_reservation_account_time",
+        "reservation",
+        ["company_id", "account_key", "reserved_at"],
+        unique=False,
+        schema="quota",
+        postgresql_include=["state", "expires_at", "recipients"],
+    )
     op.drop_column("reservation", "messages", schema="quota")

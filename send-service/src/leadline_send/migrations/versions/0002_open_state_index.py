@@ -3,6 +3,7 @@
 Revision ID: 0002
 Revises: 0001
 """
+
 from collections.abc import Sequence
 
 from alembic import op
@@ -14,8 +15,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_outgoing_message_open_state", "outgoing_message", ["state"], unique=False, schema="send",
-                    postgresql_where="state IN ('queued', 'sending', 'deferred', 'unknown')")
+    op.create_index(
+        "ix_outgoing_message_open_state",
+        "outgoing_message",
+        ["state"],
+        unique=False,
+        schema="send",
+        postgresql_where="state IN ('queued', 'sending', 'deferred', 'unknown')",
+    )
 
 
 def downgrade() -> None:

@@ -10,6 +10,7 @@ twice per message.
 Revision ID: 0004
 Revises: 0003
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
@@ -23,14 +24,30 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.drop_constraint("uq_outgoing_message_idempotency", "outgoing_message", schema="send", type_="unique")
-    op.create_index("uq_outgoing_message_idempotency", "outgoing_message", ["company_id", "user_id", "idempotency_key"],
-                    unique=True, schema="send", postgresql_where=sa.text("idempotency_key IS NOT NULL"))
+    op.create_index(
+        "uq_outgoing_message_idempotency",
+        "outgoing_message",
+        ["company_id", "user_id", "idempotency_key"],
+        unique=True,
+        schema="send",
+        postgresql_where=sa.text("idempotency_key IS NOT NULL"),
+    )
     op.drop_index("ix_outgoing_message_sending", table_name="outgoing_message", schema="send")
 
 
 def downgrade() -> None:
-    op.create_index("ix_outgoing_message_sending", "outgoing_message", ["claimed_by"], unique=False, schema="send",
-                    postgresql_where=sa.text("state = 'sending'"))
+    op.create_index(
+        "ix_outgoing_message_sending",
+        "outgoing_message",
+        ["claimed_by"],
+        unique=False,
+        schema="send",
+        postgresql_where=sa.text("state = 'sending'"),
+    )
     op.drop_index("uq_outgoing_message_idempotency", table_name="outgoing_message", schema="send")
-    op.create_unique_constraint("uq_outgoing_message_idempotency", "outgoing_message",
-                                ["company_id", "user_id", "idempotency_key"], schema="send")
+    op.create_unique_constraint(
+        "uq_outgoing_message_idempotency",
+        "outgoing_message",
+        ["company_id", "user_id", "idempotency_key"],
+        schema="send",
+    )

@@ -8,6 +8,7 @@ of sending with the fix shown, until its password is entered again.
 Revision ID: 0006
 Revises: 0005
 """
+
 from collections.abc import Sequence
 
 import sqlalchemy as sa
