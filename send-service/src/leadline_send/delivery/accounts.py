@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from sqlalchemy import func, select, update
 
+from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError
 from leadline_mail.net import TlsMode
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
@@ -117,12 +116,13 @@ class MailboxDirectory:
             return cached[1]
         request = MailboxSmtpRequest(company_id=company_id, user_id=user_id)
         try:
-            msg = await self.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=self.timeout)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            reply = await rpc.ask(self.nc, RPC_MAILBOX_SMTP, request, MailboxSmtpReply, self.timeout)
+        except rpc.Unanswered as exc:
             if cached and time.monotonic() - cached[0] < self.keep_seconds + self.stale_seconds:
                 return cached[1]
-            raise MailboxUnavailable("the sync service did not answer for the sender's mailbox") from exc
-        reply = MailboxSmtpReply.model_validate_json(msg.data)
+            raise MailboxUnavailable(
+                f"the sync service did not answer for the sender's mailbox ({exc.reason})"
+            ) from exc
         self._cache[(company_id, user_id)] = (time.monotonic(), reply)
         return reply
 

@@ -2,8 +2,9 @@
 
 Reserve before the send, commit when the server accepted the message (or may
 have: ``unknown`` counts, since the recipient may have it), release when it
-surely did not.  No responder or a timeout is :class:`QuotaUnavailable`: the
-message waits with backoff and is never sent without a reservation.
+surely did not.  No responder, a timeout or an unreadable answer is
+:class:`QuotaUnavailable`: the message waits with backoff and is never sent
+without a reservation.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Counter
 
+from leadline_kit import rpc
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
 from leadline_proto.subjects import RPC_QUOTA_CHECK, RPC_QUOTA_COMMIT, RPC_QUOTA_RELEASE, RPC_QUOTA_RESERVE
 
@@ -48,11 +48,10 @@ class QuotaClient:
 
     async def _ask(self, subject: str, request: QuotaReserveRequest) -> QuotaReserveReply:
         try:
-            msg = await self.nc.request(subject, request.model_dump_json().encode(), timeout=self.timeout)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            reply = await rpc.ask(self.nc, subject, request, QuotaReserveReply, self.timeout)
+        except rpc.Unanswered as exc:
             QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "unavailable").inc()
-            raise QuotaUnavailable("the quota service did not answer") from exc
-        reply = QuotaReserveReply.model_validate_json(msg.data)
+            raise QuotaUnavailable(f"the quota service did not answer ({exc.reason})") from exc
         QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "granted" if reply.granted else "refused").inc()
         return reply
 
@@ -135,11 +134,10 @@ class QuotaClient:
     async def _settle(self, subject: str, request: QuotaSettleRequest, then: Settled | None) -> None:
         for attempt in range(5):
             try:
-                msg = await self.nc.request(subject, request.model_dump_json().encode(), timeout=self.timeout)
-            except (NoRespondersError, NatsTimeoutError, TimeoutError):
+                reply = await rpc.ask(self.nc, subject, request, QuotaSettleReply, self.timeout)
+            except rpc.Unanswered:
                 await asyncio.sleep(0.5 * 2**attempt)
                 continue
-            reply = QuotaSettleReply.model_validate_json(msg.data)
             if not reply.ok:
                 log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)
             if then is not None:

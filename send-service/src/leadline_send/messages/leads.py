@@ -16,10 +16,9 @@ import uuid
 from collections.abc import Iterable
 
 from nats.aio.client import Client
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Counter
 
+from leadline_kit import rpc
 from leadline_mail.addresses import normalize_address
 from leadline_proto.requests import LeadAddressesReply, LeadAddressesRequest
 from leadline_proto.subjects import RPC_LEAD_ADDRESSES
@@ -76,13 +75,12 @@ class LeadDirectory:
     async def _ask(self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, LeadRecipient]:
         request = LeadAddressesRequest(company_id=company_id, lead_ids=lead_ids)
         try:
-            msg = await self.nc.request(RPC_LEAD_ADDRESSES, request.model_dump_json().encode(), timeout=self.timeout)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError) as exc:
+            reply = await rpc.ask(self.nc, RPC_LEAD_ADDRESSES, request, LeadAddressesReply, self.timeout)
+        except rpc.Unanswered as exc:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))
             raise LeadsUnavailable(
-                "the lead service did not answer for leads this service has not heard of yet"
+                f"the lead service did not answer for leads this service has not heard of yet ({exc.reason})"
             ) from exc
-        reply = LeadAddressesReply.model_validate_json(msg.data)
         if reply.detail:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))
             raise LeadsUnavailable(f"the lead service refused the request: {reply.detail}")
