@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from leadline_kit.db import Database
 from leadline_kit.testing.clients import running_app
+from leadline_sync.sync import audit
 
 LONG_AGO = datetime(2024, 3, 1, tzinfo=UTC)
 
@@ -86,6 +87,12 @@ async def test_audit_finds_what_a_lost_batch_left_out_and_examines_it(
             await lead_service.wait_timeline(world.company_id, 14)
             ranges = (await world.sql("SELECT count(*) FROM sync.examined_range WHERE folder = 'inbox'"))[0][0]
             assert ranges <= 21, "ranges, not a row per message"
+            # per examined message only a keyed hash of its Message-ID, where it is, and when (R6)
+            keys = audit.MessageKeys(world.settings().credential_keys())
+            mailbox_id = (await world.sql("SELECT id FROM sync.mailbox"))[0][0]
+            recorded = await world.sql("SELECT message_key, folder, uid FROM sync.examined_message")
+            assert len(recorded) == 34 and len({r[0] for r in recorded}) == 34
+            assert (keys.current(mailbox_id, inbox_ids[4]), "inbox", 5) in recorded
 
             # a batch of INBOX UIDs 7..18 is lost: no record that it was examined, its mail not on the timeline
             for statement in FORGET:

@@ -12,6 +12,9 @@
 - ``examined_range``, ``audit_range``: what the sync examined (with the reason
   it was stored or not) and what the server held at the last audit, both as
   UID ranges (the completeness audit, ``sync/audit.py``).
+- ``examined_message``: per examined message, a keyed hash of its Message-ID
+  with its folder and UID, nothing else (R6), so that "why is this mail not on
+  the timeline?" finds it (``sync/audit.py``, ``GET /v1/mail-sync/messages``).
 - ``lead_address``, ``blocklist_entry``, ``company``: this service's copy of
   what it matches on, kept from lead-service and gateway events (R5, R6).
 - ``lead_recheck``: per mailbox, a lead (or new addresses of one) that reached this
@@ -176,6 +179,19 @@ def _uid_ranges(name: str, *extra: Column[str]) -> Table:
 examined_range = _uid_ranges("examined_range", Column("reason", Text, nullable=False))
 # the server's UIDs at the last audit
 audit_range = _uid_ranges("audit_range")
+
+# Message-ID → where it was examined; the reason is the UID's in examined_range (moves when examined again)
+examined_message = Table(
+    "examined_message",
+    metadata,
+    Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
+    Column("message_key", LargeBinary, nullable=False),  # audit.message_key: HMAC of mailbox + Message-ID
+    Column("folder", Text, nullable=False),
+    Column("uidvalidity", BigInteger, nullable=False),
+    Column("uid", BigInteger, nullable=False),
+    Column("examined_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    PrimaryKeyConstraint("mailbox_id", "message_key", "folder", "uidvalidity", "uid"),
+)
 
 synced_message = Table(
     "synced_message",

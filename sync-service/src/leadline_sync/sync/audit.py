@@ -16,22 +16,37 @@ by window, the UIDs up to the cursor that no range covers; the engine
 examines those again.  Memory stays at one window of UIDs whatever the size
 of the folder.  ``GET /v1/mail-sync`` compares the two sets of ranges:
 ``missing`` is the server's UIDs up to the cursor that were never examined.
+
+To answer "why is this mail not on the timeline?" for a Message-ID, every
+examined message with a Message-ID also leaves an ``examined_message`` row
+(:func:`record_messages`, in the batch's transaction): a keyed hash of the
+mailbox and the Message-ID (:class:`MessageKeys`), the folder, UIDVALIDITY and
+UID, and when.  Nothing else of a message that matches no lead is kept (R6):
+not its addresses, subject or date, and the hash cannot be checked against a
+guessed Message-ID without the service's keys.  The reason comes from the
+UID's ``examined_range``, so a message examined again needs no update here.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, union_all
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import and_, delete, func, select, union_all
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database
 from leadline_mail.imap import ImapClient
-from leadline_sync.models import audit_range, examined_range, folder_cursor
+from leadline_mail.mime import extract_message_id
+from leadline_sync.models import audit_range, examined_message, examined_range, folder_cursor
 
 AUDIT_WINDOW = 20_000
 
@@ -144,11 +159,72 @@ async def record_examined(
     )
 
 
+MESSAGE_KEY_BYTES = 16
+
+
+class MessageKeys:
+    """Keyed hashes of Message-IDs, per mailbox; one HMAC key derived (HKDF) from each credential KEK.
+
+    New rows are hashed under the current KEK; a lookup tries every configured
+    one, so rows stay findable through a KEK rotation while the old key is kept.
+    """
+
+    def __init__(self, keks: Sequence[tuple[str, bytes]]) -> None:
+        self._keys = [
+            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"leadline-sync examined Message-ID").derive(kek)
+            for _, kek in keks
+        ]
+
+    @staticmethod
+    def normalized(message_id: str) -> str | None:
+        """``<id@host>`` as the sync reads it from a header (brackets optional in what a user types)."""
+        return extract_message_id(message_id)
+
+    def _key(self, key: bytes, mailbox_id: uuid.UUID, message_id: str) -> bytes:
+        text = f"{mailbox_id}\n{message_id}".encode()
+        return hmac.new(key, text, hashlib.sha256).digest()[:MESSAGE_KEY_BYTES]
+
+    def current(self, mailbox_id: uuid.UUID, message_id: str) -> bytes:
+        return self._key(self._keys[0], mailbox_id, message_id)
+
+    def every(self, mailbox_id: uuid.UUID, message_id: str) -> list[bytes]:
+        return [self._key(key, mailbox_id, message_id) for key in self._keys]
+
+
+async def record_messages(
+    session: AsyncSession,
+    keys: MessageKeys,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    message_ids: Mapping[int, str],
+) -> None:
+    """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one multi-row insert."""
+    if not message_ids:
+        return
+    await session.execute(
+        insert(examined_message)
+        .values(
+            [
+                {
+                    "mailbox_id": mailbox_id,
+                    "message_key": keys.current(mailbox_id, message_id),
+                    "folder": folder,
+                    "uidvalidity": uidvalidity,
+                    "uid": uid,
+                }
+                for uid, message_id in message_ids.items()
+            ]
+        )
+        .on_conflict_do_nothing()
+    )
+
+
 async def forget_other_uidvalidities(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
 ) -> None:
     """A renumbered folder: the ranges of its old numbering mean nothing now."""
-    for table in (examined_range, audit_range):
+    for table in (examined_range, audit_range, examined_message):
         await session.execute(
             delete(table).where(
                 table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity != uidvalidity

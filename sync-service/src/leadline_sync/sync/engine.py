@@ -204,6 +204,7 @@ class PreparedBatch:
     selected: list[Selected]
     defects: list[tuple[int, list[str]]]
     reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
+    message_ids: dict[int, str]  # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -245,6 +246,7 @@ class MailboxSync:
         self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
         self.refusal: str | None = None  # the status reason this worker set for them
         self.audit_due = False  # set by a reconnect after an outage
+        self.message_keys = audit.MessageKeys(self.settings.credential_keys())
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -900,6 +902,7 @@ class MailboxSync:
             directory = await load_directory(session, row.company_id, addresses)
         wanted: dict[int, tuple[FetchedHeader, HeaderSummary]] = {}
         reasons = dict.fromkeys(uids, "gone")
+        message_ids = {h.uid: s.message_id for h, s in summaries if s.message_id}
         for header, summary in summaries:
             parties, sent_at = self._parties(summary), self._sent_at(header, summary)
             if (
@@ -967,7 +970,7 @@ class MailboxSync:
             reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
         reasons.update((s.uid, "lead_mail" if s.kind == "mail" else "bounce") for s in selected)
         reasons.update((uid, "damaged_lead_mail") for uid, _ in defects)
-        return PreparedBatch(list(uids), selected, defects, reasons)
+        return PreparedBatch(list(uids), selected, defects, reasons, message_ids)
 
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
         # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
@@ -987,9 +990,10 @@ class MailboxSync:
                     [s for s in selected if s.uid < cutoff],
                     [d for d in defects if d[0] < cutoff],
                     batch.reasons,
+                    batch.message_ids,
                 )
                 raise PlanLimitReached(resets_at or self.context.clock())
-        await self._commit(cursor, uids, selected, defects, batch.reasons)
+        await self._commit(cursor, uids, selected, defects, batch.reasons, batch.message_ids)
 
     def _parties(self, summary: HeaderSummary) -> Parties:
         return Parties(
@@ -1065,6 +1069,7 @@ class MailboxSync:
         selected: list[Selected],
         defects: list[tuple[int, list[str]]],
         reasons: Mapping[int, str],
+        message_ids: Mapping[int, str],
     ) -> None:
         """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26)."""
         now = self.context.clock()
@@ -1120,6 +1125,14 @@ class MailboxSync:
                 cursor.folder,
                 cursor.uidvalidity,
                 {uid: reasons[uid] for uid in uids if uid in reasons},
+            )
+            await audit.record_messages(
+                session,
+                self.message_keys,
+                row.id,
+                cursor.folder,
+                cursor.uidvalidity,
+                {uid: message_ids[uid] for uid in uids if uid in message_ids},
             )
             cursor.last_uid = max(cursor.last_uid, max(uids))
             await self._save_cursor(session, cursor)
