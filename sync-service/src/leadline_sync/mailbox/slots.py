@@ -13,11 +13,9 @@ import asyncio
 import logging
 import uuid
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
-from pydantic import ValidationError
 from sqlalchemy import select
 
+from leadline_kit import rpc
 from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
 from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
 from leadline_sync.context import SyncContext
@@ -27,23 +25,21 @@ from leadline_sync.models import mailbox
 
 log = logging.getLogger("leadline.sync.slots")
 
+UNANSWERED = {
+    rpc.Unheard.NO_RESPONDERS: "the mailbox limit service is not running",
+    rpc.Unheard.TIMEOUT: "the mailbox limit service did not answer in time",
+    rpc.Unheard.MALFORMED: "the mailbox limit service gave an unreadable answer",
+}
+
 
 async def ask_quota_service(
     context: SyncContext, subject: str, company_id: uuid.UUID, mailbox_id: uuid.UUID
 ) -> SlotAnswer:
     request = MailboxSlotRequest(company_id=company_id, mailbox_id=mailbox_id)
     try:
-        message = await context.nc.request(
-            subject, request.model_dump_json().encode(), timeout=context.settings.sync_rpc_timeout
-        )
-    except NoRespondersError:
-        return SlotAnswer("unavailable", detail="the mailbox limit service is not running")
-    except (NatsTimeoutError, TimeoutError):
-        return SlotAnswer("unavailable", detail="the mailbox limit service did not answer in time")
-    try:
-        reply = MailboxSlotReply.model_validate_json(message.data)
-    except ValidationError:
-        return SlotAnswer("unavailable", detail="the mailbox limit service gave an unreadable answer")
+        reply = await rpc.ask(context.nc, subject, request, MailboxSlotReply, context.settings.sync_rpc_timeout)
+    except rpc.Unanswered as exc:
+        return SlotAnswer("unavailable", detail=UNANSWERED[exc.reason])
     return SlotAnswer(reply.status, reply.position, reply.detail)
 
 

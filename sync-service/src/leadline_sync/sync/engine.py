@@ -54,14 +54,12 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nats.errors import NoRespondersError
-from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client import Counter, Gauge
-from pydantic import ValidationError
 from sqlalchemy import Row, delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit import rpc
 from leadline_kit.outbox import enqueue
 from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.bounces import Bounce, parse_bounce
@@ -481,12 +479,11 @@ class MailboxSync:
         assert row is not None
         request = SyncAllowanceRequest(company_id=row.company_id, user_id=row.user_id, count=count)
         try:
-            message = await self.context.nc.request(
-                RPC_SYNC_ALLOWANCE, request.model_dump_json().encode(), timeout=self.settings.sync_rpc_timeout
+            reply = await rpc.ask(
+                self.context.nc, RPC_SYNC_ALLOWANCE, request, SyncAllowanceReply, self.settings.sync_rpc_timeout
             )
-            reply = SyncAllowanceReply.model_validate_json(message.data)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
-            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id, type(exc).__name__)
+        except rpc.Unanswered as exc:
+            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id, exc.reason)
             return count, None
         return max(0, min(count, reply.allowed)), reply.resets_at
 
@@ -578,12 +575,11 @@ class MailboxSync:
         assert row is not None
         request = LeadDirectoryRequest(company_id=row.company_id)
         try:
-            message = await self.context.nc.request(
-                RPC_LEAD_DIRECTORY, request.model_dump_json().encode(), timeout=self.settings.sync_rpc_timeout
+            return await rpc.ask(
+                self.context.nc, RPC_LEAD_DIRECTORY, request, LeadDirectoryReply, self.settings.sync_rpc_timeout
             )
-            return LeadDirectoryReply.model_validate_json(message.data)
-        except (NoRespondersError, NatsTimeoutError, TimeoutError, ValidationError) as exc:
-            log.info("mailbox %s: lead count not answered (%s); asking again", row.id, type(exc).__name__)
+        except rpc.Unanswered as exc:
+            log.info("mailbox %s: lead count not answered (%s); asking again", row.id, exc.reason)
             await asyncio.sleep(DIRECTORY_POLL_SECONDS)
             return None
 
