@@ -194,8 +194,10 @@ def test_date_without_zone_is_utc() -> None:
 
 def test_huge_header_block_is_cut_and_the_body_kept() -> None:
     raw = b"Subject: huge\r\n" + b"X-Junk: 1\r\n" * 300_000 + b"To: " + b"a@example.com, " * 100_000 + b"\r\n\r\nbody"
-    started = time.monotonic()
+    # CPU time, as the parse cap counts it: a loaded machine stretches the wall clock, not the work (0.8 s here;
+    # read whole, the block takes 2 s and the body is lost)
+    started = time.process_time()
     parsed = parse_message(raw)
-    assert time.monotonic() - started < 5
+    assert time.process_time() - started < 2
     assert parsed.summary.subject == "huge" and parsed.text == "body"
     assert any("header block" in d for d in parsed.defects)

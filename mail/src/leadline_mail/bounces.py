@@ -436,10 +436,10 @@ _ORIGINAL_TYPES = {"text/rfc822-headers", "message/rfc822-headers", "text/global
 
 def _leaf_parts(message: email.message.Message) -> list[email.message.Message]:
     """Every part, ``message/*`` parts kept whole (not descended into); at most MAX_PARTS, MAX_DEPTH deep."""
-    started = time.monotonic()
+    started = time.thread_time()
     found: list[email.message.Message] = []
     stack: list[tuple[email.message.Message, int]] = [(message, 0)]
-    while stack and len(found) < MAX_PARTS and time.monotonic() - started < MAX_SECONDS:
+    while stack and len(found) < MAX_PARTS and time.thread_time() - started < MAX_SECONDS:
         part, depth = stack.pop()
         found.append(part)
         if part.is_multipart() and not part.get_content_type().startswith("message/") and depth < MAX_DEPTH:
