@@ -49,6 +49,7 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_HEADER_BYTES = 256 * 1024
 MAX_HEADER_VALUE_CHARS = 64 * 1024
 MAX_HEADER_BLOCK_BYTES = 1024 * 1024
+MAX_HEADER_LINES = 2000  # the stdlib parser takes ~10 µs a header line: 100,000 short lines would be seconds
 MAX_BOUNDARY_LINES = 2000
 MAX_MULTIPARTS = 100
 MAX_PARTS = 500
@@ -329,6 +330,7 @@ def parse_headers(header: bytes) -> HeaderSummary:
     """Summarise a raw header block (or a whole message: the body is ignored)."""
     try:
         block = header[:MAX_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        block = block[: _line_end(block, MAX_HEADER_LINES)]
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
         return _summarise(message)
     except Exception:  # hostile input must not stop a sync; an empty summary matches no lead
@@ -336,6 +338,17 @@ def parse_headers(header: bytes) -> HeaderSummary:
 
 
 # --- whole messages --------------------------------------------------------------------------
+
+
+def _line_end(data: bytes, lines: int) -> int:
+    """Where the first ``lines`` lines of ``data`` end (after their newline); ``len(data)`` if it has fewer."""
+    at = 0
+    for _ in range(lines):
+        found = data.find(b"\n", at)
+        if found < 0:
+            return len(data)
+        at = found + 1
+    return at
 
 
 def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
@@ -346,11 +359,16 @@ def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
         data = data[:MAX_MESSAGE_BYTES]
         defects.append(f"message larger than {MAX_MESSAGE_BYTES} bytes: the rest was not read")
     end = _HEADER_END_RE.search(data, 0, MAX_HEADER_BLOCK_BYTES + 4)
-    if end is None and len(data) > MAX_HEADER_BLOCK_BYTES:
-        cut = data.rfind(b"\n", 0, MAX_HEADER_BLOCK_BYTES) + 1
-        body_at = _HEADER_END_RE.search(data)
-        data = data[:cut] + (data[body_at.start() :] if body_at else b"\r\n")
-        defects.append(f"header block larger than {MAX_HEADER_BLOCK_BYTES} bytes: the rest was not read")
+    too_large = end is None and len(data) > MAX_HEADER_BLOCK_BYTES
+    block_end = end.start() if end else min(len(data), MAX_HEADER_BLOCK_BYTES)
+    if too_large or data.count(b"\n", 0, block_end) >= MAX_HEADER_LINES:
+        cut = min(data.rfind(b"\n", 0, block_end) + 1, _line_end(data, MAX_HEADER_LINES))
+        body_at = end or _HEADER_END_RE.search(data)
+        data = data[:cut] + b"\r\n" + (data[body_at.end() :] if body_at else b"")
+        defects.append(
+            f"header block larger than {MAX_HEADER_BLOCK_BYTES} bytes or {MAX_HEADER_LINES} lines: "
+            "the rest was not read"
+        )
     for pattern, cap, what in (
         (_BOUNDARY_PARAM_RE, MAX_MULTIPARTS, "multipart containers"),
         (_BOUNDARY_LINE_RE, MAX_BOUNDARY_LINES, "boundary lines"),
