@@ -85,6 +85,8 @@ BOUNCE_SUBJECT_RE = re.compile(
     r"配信不能|失败|error sending|failed delivery|mail returned|returned message)",
     re.IGNORECASE,
 )
+# complaints that come without a multipart/report: Microsoft's JMRP ("complaint about message from ...")
+FEEDBACK_SUBJECT_RE = re.compile(r"complaint about message|abuse report|feedback report|spam report", re.IGNORECASE)
 _IP_LITERAL_RE = re.compile(r"@\[[0-9a-f.:v]{2,45}\]$", re.IGNORECASE)
 
 
@@ -307,6 +309,8 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
         or (bool(return_path) and not clean_text(return_path).strip("<> "))  # null reverse-path <>
         or bool(first("x-failed-recipients"))
         or bool(auto_submitted and auto_submitted != "no")
+        or bool(FEEDBACK_SUBJECT_RE.search(subject))
+        or bool(first("x-apple-unsubscribe"))  # Apple Mail's unsubscribe mail
     )
     return HeaderSummary(
         message_id=extract_message_id(first("message-id")),

@@ -4,7 +4,8 @@
 
 * sisimai (BSD-2-Clause): the notices of ``set-of-emails/maildir/bsd`` and ``maildir/not`` inside an
   rb-sisimai checkout, with the status, reason and class that its own tests expect per file
-  (``test/public/*.rb``: ``'NN' => [['D.S.N.', 'replycode', 'REASON', hardbounce], ...]``).  sisimai's
+  (``test/public/*.rb``: ``'NN' => [['D.S.N.', 'replycode', 'REASON', hardbounce, 'feedbacktype'], ...]``,
+  the feedback type only for complaints: ``abuse``, ``opt-out``, ``auth-failure``, ...).  sisimai's
   expectations do not name the recipient: the manifest names the one the notice itself states in machine
   form (``Final-Recipient``, ``Original-Recipient``, ``X-Failed-Recipients``), else the single ``To`` of the
   returned original, else none (those notices are scored on recognition and class only).
@@ -32,7 +33,7 @@ from typing import Any
 
 HERE = Path(__file__).parent
 _EXPECTED_RE = re.compile(r"'(\d+)'\s*=>\s*\[(.*?)\]\],?\s*$", re.MULTILINE | re.DOTALL)
-_ROW_RE = re.compile(r"\[\s*'([^']*)',\s*'([^']*)',\s*'([^']*)',\s*(true|false)")
+_ROW_RE = re.compile(r"\[\s*'([^']*)',\s*'([^']*)',\s*'([^']*)',\s*(true|false)(?:,\s*'([^']*)')?")
 _ADDRESS_RE = re.compile(r"[A-Za-z0-9._%+=-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 
 
@@ -103,7 +104,7 @@ def sisimai(checkout: Path) -> list[dict[str, Any]]:
             except subprocess.CalledProcessError:
                 continue
             (target / name).write_bytes(raw)
-            status, _, reason, _ = rows[0]
+            status, _, reason, _, feedback_type = rows[0]
             if reason == "feedback":
                 kind, klass = "complaint", None
             elif reason in {"vacation", "delivered"}:
@@ -119,6 +120,7 @@ def sisimai(checkout: Path) -> list[dict[str, Any]]:
                     "class": klass,
                     "status": status,
                     "reason": reason,
+                    **({"feedback_type": feedback_type} if kind == "complaint" else {}),
                 }
             )
     for path in ("set-of-emails/maildir/not/is-not-bounce-01.eml", "set-of-emails/maildir/not/is-not-bounce-02.eml"):

@@ -222,6 +222,33 @@ class MailBouncedV1(EventBase):
     payload: MailBouncedPayload
 
 
+ComplaintFeedbackType = Literal["abuse", "fraud", "opt-out", "other"]
+
+
+class MailComplainedPayload(Payload):
+    """A recipient reported one of the sender's messages through a feedback channel (RFC 5965 ARF, a
+    provider's report): as spam (``abuse``, ``fraud``, ``other``) or asking off the list (``opt-out``).
+    Either way the lead gets no more marketing mail.
+
+    ``recipient`` is the lead who complained, or ``""`` when the report names no lead (providers often
+    redact it) but returns the original's Message-ID: whoever sent that message knows its recipients.
+    """
+
+    original_message_id: str
+    recipient: str
+    feedback_type: ComplaintFeedbackType = "abuse"
+    reporter: str = ""  # who sent the report, e.g. "Yahoo!-Mail-Feedback/2.0"
+    mailbox_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    complained_at: datetime
+
+
+class MailComplainedV1(EventBase):
+    type: Literal["mail.complained"] = "mail.complained"
+    version: Literal[1] = 1
+    payload: MailComplainedPayload
+
+
 # --- mailboxes (sync-service) ---------------------------------------------------
 
 MailboxStatus = Literal["enabled", "error", "pending", "connection_failed", "disabled"]
@@ -305,6 +332,7 @@ Event = Annotated[
     | MailSyncedV1
     | MailSentV1
     | MailBouncedV1
+    | MailComplainedV1
     | MailboxStatusChangedV1
     | MailboxConnectedV1
     | MailboxDisconnectedV1
