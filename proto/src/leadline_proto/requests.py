@@ -121,6 +121,27 @@ class LeadDirectoryReply(Reply):
     detail: str = ""
 
 
+class MessageTimelineRequest(Request):
+    """The sync service asks which leads' timelines hold a message ("why is this mail not on the timeline?")."""
+
+    company_id: uuid.UUID
+    message_id: str  # as in the mail's header, brackets included
+
+
+class MessageTimelineEntry(BaseModel):
+    lead_id: uuid.UUID
+    kind: str  # email_received, email_sent, smart_mail_sent, ...
+    occurred_at: datetime
+    sources: list[str]  # mailbox ids (or "smart_mail", ...) that brought it
+
+
+class MessageTimelineReply(Reply):
+    """The timeline events of the company with that Message-ID (none: on no lead's timeline)."""
+
+    entries: list[MessageTimelineEntry] = []
+    detail: str = ""  # the request could not be read
+
+
 class MailboxSmtpRequest(Request):
     """Send-service asks sync-service for a user's SMTP settings (decrypted, over the internal bus)."""
 

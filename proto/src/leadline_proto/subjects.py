@@ -27,3 +27,4 @@ RPC_SYNC_ALLOWANCE = "leadline-rpc.quota.sync-allowance"  # plan limit on synced
 RPC_MAILBOX_SMTP = "leadline-rpc.sync.mailbox-smtp"
 RPC_LEAD_ADDRESSES = "leadline-rpc.lead.addresses"  # a lead's addresses before its lead.created arrives
 RPC_LEAD_DIRECTORY = "leadline-rpc.lead.directory"  # how many leads a company has (the sync waits for them)
+RPC_MESSAGE_TIMELINE = "leadline-rpc.lead.message-timeline"  # which leads' timelines hold a Message-ID
