@@ -16,15 +16,17 @@ from leadline_lead.leads.responder import serve_lead_addresses
 from leadline_lead.models import outbox
 from leadline_lead.reports.endpoints import router as reports_router
 from leadline_lead.timeline.endpoints import router as timeline_router
+from leadline_lead.timeline.lookup import serve_message_timeline
 
 
 async def on_start(runtime: Runtime) -> None:
     runtime.extras["lead_addresses"] = await serve_lead_addresses(runtime.nats, runtime.db)
     runtime.extras["lead_directory"] = await serve_lead_directory(runtime.nats, runtime.db)
+    runtime.extras["message_timeline"] = await serve_message_timeline(runtime.nats, runtime.db)
 
 
 async def on_stop(runtime: Runtime) -> None:
-    for name in ("lead_addresses", "lead_directory"):
+    for name in ("lead_addresses", "lead_directory", "message_timeline"):
         subscription = runtime.extras.get(name)
         if subscription is not None:
             with contextlib.suppress(Exception):  # the connection may already be closing

@@ -8,21 +8,15 @@ leads as this answer counts (see the sync service's README).
 
 from __future__ import annotations
 
-import logging
-
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import ValidationError
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
-from leadline_lead.leads.responder import QUEUE_GROUP
+from leadline_lead.leads.responder import serve
 from leadline_lead.models import lead, lead_address
 from leadline_proto.requests import LeadDirectoryReply, LeadDirectoryRequest
 from leadline_proto.subjects import RPC_LEAD_DIRECTORY
-
-log = logging.getLogger("leadline.lead.directory")
 
 
 async def directory_reply(db: Database, request: LeadDirectoryRequest) -> LeadDirectoryReply:
@@ -38,19 +32,9 @@ async def directory_reply(db: Database, request: LeadDirectoryRequest) -> LeadDi
 
 
 async def serve_lead_directory(nc: Client, db: Database) -> Subscription:
-    async def on_request(msg: Msg) -> None:
-        try:
-            request = LeadDirectoryRequest.model_validate_json(msg.data)
-        except ValidationError as exc:
-            await msg.respond(LeadDirectoryReply(leads=0, detail=str(exc)[:300]).model_dump_json().encode())
-            return
-        try:
-            reply = await directory_reply(db, request)
-        except Exception:
-            log.exception("lead directory request failed")
-            return  # the asker times out and asks again; never a count we did not read
-        await msg.respond(reply.model_dump_json().encode())
+    async def answer(request: LeadDirectoryRequest) -> LeadDirectoryReply:
+        return await directory_reply(db, request)
 
-    subscription = await nc.subscribe(RPC_LEAD_DIRECTORY, queue=QUEUE_GROUP, cb=on_request)
-    await nc.flush()  # the server knows the subscription before the service says it is ready
-    return subscription
+    return await serve(
+        nc, RPC_LEAD_DIRECTORY, LeadDirectoryRequest, answer, lambda why: LeadDirectoryReply(leads=0, detail=why)
+    )
