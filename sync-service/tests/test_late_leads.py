@@ -9,12 +9,14 @@ the lead service's timeline: every lead mail once, nothing else.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
 from fastapi import FastAPI
 
+from leadline_kit.identity import Identity
 from leadline_kit.service import Runtime, stop_tasks
 from leadline_kit.testing.clients import running_app
 from leadline_sync.mailbox.consumers import consumers
@@ -96,7 +98,10 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
         async with running_app(app) as service:
             await hold_directory(app)
             early_ids, inbound, outbound = lead_mail(world, me, early, LONG_AGO, "early")
-            await world.append(me, "INBOX", inbound, world.message(sender="x@else.example", to=[me.address]))
+            stranger_id = make_msgid(domain="else.example")
+            await world.append(
+                me, "INBOX", inbound, world.message(sender="x@else.example", to=[me.address], message_id=stranger_id)
+            )
             await world.append(me, "Sent", outbound)
             early_lead = await lead_service.create_lead(admin, early)
             api = world.caller(service, me.user)
@@ -167,3 +172,85 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             assert all(row[2] == 1 for row in timeline)
             assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(4,)]
             assert await world.sql("SELECT count(*) FROM sync.lead_recheck") == [(0,)]
+
+            # "Why is this mail not on the timeline?" (issue 25): every answer names its rule
+            blocked, blocked_id, folder_id = "blocked@spam.example", make_msgid(domain="spam.example"), make_msgid()
+            await lead_service.create_lead(admin, blocked)
+            await world.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE address = :a", {"a": blocked})
+            await world.publish_blocklist("domain", "spam.example")
+            await world.append(
+                me, "INBOX", world.message(sender=blocked, to=[me.address], date=LONG_AGO, message_id=blocked_id)
+            )
+            client = await world.imap(me)
+            try:
+                await client.create_folder("INBOX/Projects")
+                await client.append(
+                    "INBOX/Projects", world.message(sender=early, to=[me.address], message_id=folder_id)
+                )
+            finally:
+                await client.logout()
+            # INBOX UIDs: 1-2 before connect, 3 the address proof (taken back), 4-7 above, 8 the blocklisted one
+            await world.wait_for_sql(
+                "SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'", check=lambda v: v >= 8
+            )
+            runtime: Runtime = app.state.runtime
+            await stop_tasks([t for t in runtime.tasks if t.get_name() == "sync-scheduler"])  # sync stops here
+            unseen_id = make_msgid(domain="customer.example")
+            await world.append(me, "INBOX", world.message(sender=early, to=[me.address], message_id=unseen_id))
+
+            async def why(message_id: str, caller: Any = api, **params: Any) -> Any:
+                return await caller.get("/v1/mail-sync/messages", params={"message_id": message_id, **params})
+
+            async def place(message_id: str) -> dict[str, Any]:
+                body = (await why(message_id)).json()
+                assert len(body["places"]) == 1, body
+                found: dict[str, Any] = body["places"][0]
+                return found
+
+            on_timeline = await place(early_ids.split()[0])
+            assert (on_timeline["outcome"], on_timeline["folder"], on_timeline["uid"]) == ("on_timeline", "inbox", 1)
+            assert [t["lead_id"] for t in on_timeline["timeline"]] == [early_lead["id"]] and on_timeline["stored_at"]
+            assert (await place(early_ids.split()[0].strip("<>")))["outcome"] == "on_timeline", "brackets optional"
+            outcomes = {
+                name: (p["outcome"], p["rule"], p["reason"], p["folder"])
+                for name, p in [
+                    ("stranger", await place(stranger_id)),
+                    ("blocked", await place(blocked_id)),
+                    ("dated before", await place(before_id)),
+                    ("subfolder", await place(folder_id)),
+                ]
+            }
+            assert outcomes == {
+                "stranger": ("not_stored", "R6", "no_lead", "inbox"),
+                "blocked": ("not_stored", "R6", "blocklisted", "inbox"),
+                "dated before": ("not_stored", "R5", "before_lead", "inbox"),
+                "subfolder": ("not_synced_folder", "R4", None, "INBOX/Projects"),
+            }
+            unseen = await place(unseen_id)
+            assert (unseen["outcome"], unseen["uid"], unseen["sync_position"]["last_uid"]) == ("not_examined_yet", 9, 8)
+            absent = (await why(make_msgid(domain="nowhere.example"))).json()
+            assert absent["server_searched"] and [p["outcome"] for p in absent["places"]] == ["not_on_server"]
+
+            mailbox_id = (await api.get("/v1/mail-sync")).json()["id"]
+            boss = world.caller(service, admin)
+            assert (await place(stranger_id)) == (await why(stranger_id, boss, mailbox_id=mailbox_id)).json()["places"][
+                0
+            ]
+            colleague = world.caller(service, world.identity("salesperson"))
+            assert (await why(stranger_id, colleague, mailbox_id=mailbox_id)).status_code == 403
+            stranger_company = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
+            outsider = world.caller(service, stranger_company)
+            assert (await why(stranger_id, outsider, mailbox_id=mailbox_id)).status_code == 404
+            assert (await why(stranger_id, outsider)).status_code == 404
+            for bad in ({}, {"message_id": ""}, {"message_id": f"{stranger_id}\r\nX: y"}, {"message_id": "no id"}):
+                response = await api.get("/v1/mail-sync/messages", params=bad)
+                assert response.status_code == 422, (bad, response.text)
+                assert response.headers["content-type"].startswith("application/problem+json")
+
+            # R11: disabling sync with "remove" takes its mail off the timelines, and the answer says so
+            assert (await api.delete("/v1/mail-sync", params={"keep_history": "false"})).status_code == 204
+            deadline = asyncio.get_running_loop().time() + 20
+            while await lead_service.timeline(world.company_id) and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+            removed = await place(early_ids.split()[0])
+            assert (removed["outcome"], removed["rule"]) == ("removed", "R11")

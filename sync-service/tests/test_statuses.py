@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from email.utils import make_msgid
 
 from leadline_kit.identity import OPERATOR
 from leadline_kit.testing.clients import make_identity, running_app
@@ -148,8 +149,11 @@ async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # typ
         f"/v1/operator/quotas/{world.company_id}/plan", json={"plan": "legacy_free"}
     )
     assert response.status_code == 200, response.text
+    ids = [make_msgid(domain="customer.example") for _ in range(130)]
     await world.append(
-        me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}") for i in range(130))
+        me,
+        "INBOX",
+        *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}", message_id=ids[i]) for i in range(130)),
     )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -164,3 +168,7 @@ async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # typ
         assert errors[0]["kind"] == "plan_limit"
         cursor = await world.sql("SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'")
         assert cursor[0][0] == 100, "the cursor stops before the first mail not stored"
+        # "why is this mail not on the timeline?" names the plan limit (issue 25)
+        answer = (await api.get("/v1/mail-sync/messages", params={"message_id": ids[120]})).json()["places"]
+        assert [(p["outcome"], p["rule"], p["uid"]) for p in answer] == [("not_examined_yet", "R14", 121)]
+        assert "daily limit" in answer[0]["explanation"]

@@ -20,12 +20,14 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 
 from leadline_kit.db import Database
 from leadline_kit.sealing import KeyRing, Sealed
 from leadline_sync.config import Settings
+from leadline_sync.logins import ServerLogin
 from leadline_sync.models import mailbox
 
 log = logging.getLogger("leadline.sync.credentials")
@@ -72,6 +74,14 @@ class CredentialCipher:
             smtp_password=str(values["smtp"]),
             refresh_token=str(values.get("refresh", "")),
             access_token=str(values.get("access", "")),
+        )
+
+    def imap_login(self, row: Row[Any]) -> ServerLogin:
+        """The IMAP login of a mailbox row; :class:`~leadline_kit.sealing.CredentialError` if it does not open."""
+        sealed = Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext)
+        secrets = self.open(row.company_id, row.id, sealed)
+        return ServerLogin(
+            row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password, row.imap_pinned_sha256
         )
 
 

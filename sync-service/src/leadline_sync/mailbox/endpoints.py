@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 from sqlalchemy import Row
 
 from leadline_kit.db import Session
-from leadline_kit.errors import NotFound
+from leadline_kit.errors import Forbidden, NotFound, Unprocessable
 from leadline_kit.identity import Admin, Caller
 from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_mail.addresses import address_domain
 from leadline_sync.context import Context, SyncContext
 from leadline_sync.domain_check import check_domain
 from leadline_sync.mailbox import connect as connection
-from leadline_sync.mailbox import repository, service
+from leadline_sync.mailbox import repository, service, why
 from leadline_sync.mailbox.schemas import (
     ConnectionTest,
     ConnectRequest,
@@ -25,6 +26,7 @@ from leadline_sync.mailbox.schemas import (
     FolderProgress,
     MailboxOut,
     MailboxSummary,
+    MessageAnswer,
     ProviderOut,
     ServerPresetOut,
     ServerSettingsOut,
@@ -182,6 +184,36 @@ async def list_errors(
     ]
     next_cursor = encode_position(items[-1].occurred_at, items[-1].id) if len(rows) > limit else None
     return Page[ErrorEntry](items=items, next_cursor=next_cursor)
+
+
+@router.get("/v1/mail-sync/messages")
+async def why_message(
+    caller: Caller,
+    context: Context,
+    session: Session,
+    message_id: Annotated[str, Query(min_length=1, max_length=998, description="the mail's Message-ID header")],
+    mailbox_id: Annotated[
+        uuid.UUID | None, Query(description="administrators: any mailbox of the company; others: their own")
+    ] = None,
+) -> MessageAnswer:
+    """Why is this mail (not) on the timeline: where the sync found it and what became of it."""
+    if any(c in message_id for c in "\0\r\n"):
+        raise Unprocessable("message_id must not contain line breaks or NUL characters")
+    normalized = audit.MessageKeys.normalized(message_id)
+    if normalized is None:
+        raise Unprocessable("message_id is not a Message-ID (<id@host>)")
+    if mailbox_id is None:
+        row = await repository.latest_mailbox(session, caller.company_id, caller.user_id)
+        if row is None:
+            raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+    else:
+        row = await repository.company_mailbox(session, caller.company_id, mailbox_id)
+        if row is None:
+            raise NotFound("No mailbox of the company has this id")
+        if row.user_id != caller.user_id and not caller.is_admin:
+            raise Forbidden("only administrators may ask about another user's mailbox", slug="role-forbidden")
+    places, searched = await why.answer(context, session, row, normalized)
+    return MessageAnswer(message_id=normalized, mailbox_id=row.id, places=places, server_searched=searched)
 
 
 @router.get("/v1/mail-sync/domain-check")

@@ -10,7 +10,7 @@ from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_sync.mailbox.states import MailboxStatus, SyncMode
-from leadline_sync.models import folder_cursor, mailbox, mailbox_error
+from leadline_sync.models import folder_cursor, mailbox, mailbox_error, synced_message
 
 HELD = and_(mailbox.c.lease_owner.is_not(None), mailbox.c.lease_expires_at > func.now())
 """A replica holds the mailbox right now (its lease runs: the database's clock)."""
@@ -113,3 +113,48 @@ async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds:
             )
         ).all()
     )
+
+
+async def company_mailbox(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> Row[Any] | None:
+    """One mailbox of the company, any status."""
+    return (
+        await session.execute(select(mailbox).where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id))
+    ).first()
+
+
+async def latest_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any] | None:
+    """The user's connected mailbox, else the one disabled last."""
+    return (
+        await session.execute(
+            select(mailbox)
+            .where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id)
+            .order_by((mailbox.c.status == MailboxStatus.DISABLED).asc(), mailbox.c.connected_at.desc())
+            .limit(1)
+        )
+    ).first()
+
+
+async def latest_error_kind(session: AsyncSession, mailbox_id: uuid.UUID) -> str | None:
+    kind: str | None = (
+        await session.execute(
+            select(mailbox_error.c.kind)
+            .where(mailbox_error.c.mailbox_id == mailbox_id)
+            .order_by(mailbox_error.c.occurred_at.desc(), mailbox_error.c.id.desc())
+            .limit(1)
+        )
+    ).scalar()
+    return kind
+
+
+async def synced_at(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, message_id: str) -> datetime | None:
+    """When the sync published the message of that Message-ID from the folder (None: never)."""
+    at: datetime | None = (
+        await session.execute(
+            select(synced_message.c.synced_at).where(
+                synced_message.c.mailbox_id == mailbox_id,
+                synced_message.c.folder == folder,
+                synced_message.c.message_id == message_id,
+            )
+        )
+    ).scalar()
+    return at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -137,6 +138,57 @@ class MailboxOut(BaseModel):
     address_proven_at: datetime | None
     address_proven_by: Literal["message", "provider"] | None
     folders: list[FolderProgress]
+
+
+class MessageOutcome(StrEnum):
+    """What became of a message in one place of the mailbox (``GET /v1/mail-sync/messages``)."""
+
+    ON_TIMELINE = "on_timeline"  # on the timeline of the leads named
+    STORED = "stored"  # published by the sync, but no lead's timeline holds it (or the lead service is silent)
+    REMOVED = "removed"  # sync was disabled with "remove": its timeline events were deleted (R11)
+    NOT_STORED = "not_stored"  # examined and left out by a rule (``rule``, ``reason``)
+    NOT_EXAMINED_YET = "not_examined_yet"  # above where the sync stands (``sync_position``)
+    MISSING = "missing"  # below the cursor and never examined: the next audit examines it
+    NOT_SYNCED_FOLDER = "not_synced_folder"  # in a folder the sync does not read (R4)
+    NOT_ON_SERVER = "not_on_server"  # in no folder of the server
+    SERVER_NOT_SEARCHED = "server_not_searched"  # nothing recorded, and the server could not be searched
+
+
+class TimelinePlace(BaseModel):
+    lead_id: uuid.UUID
+    kind: str
+    occurred_at: datetime
+
+
+class SyncPosition(BaseModel):
+    """Where the sync of the message's folder stands."""
+
+    last_uid: int  # every UID up to this was examined
+    history_last_uid: int  # the historical sync reads up to this
+    status: MailboxStatus
+    status_reason: str
+
+
+class MessagePlace(BaseModel):
+    outcome: MessageOutcome
+    explanation: str
+    folder: str = ""  # inbox / sent, or the server's name of another folder; "" when in none
+    uid: int | None = None
+    rule: str | None = None  # the rule that decided: R4, R5, R6, R11, R14, R17
+    reason: str | None = None  # the sync's reason code (see GET /v1/mail-sync completeness.not_stored)
+    examined_at: datetime | None = None
+    stored_at: datetime | None = None  # when the sync published it
+    timeline: list[TimelinePlace] = []
+    sync_position: SyncPosition | None = None
+
+
+class MessageAnswer(BaseModel):
+    """What became of one Message-ID in one mailbox, from the sync's records (and the server, if unrecorded)."""
+
+    message_id: str
+    mailbox_id: uuid.UUID
+    places: list[MessagePlace]
+    server_searched: bool  # the mailbox's server was asked (nothing was recorded for the Message-ID)
 
 
 class MailboxSummary(BaseModel):

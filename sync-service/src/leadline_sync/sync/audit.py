@@ -220,6 +220,48 @@ async def record_messages(
     )
 
 
+async def examined_places(
+    session: AsyncSession, keys: MessageKeys, mailbox_id: uuid.UUID, message_id: str
+) -> list[Any]:
+    """Where a Message-ID was examined in the mailbox: rows (folder, uidvalidity, uid, examined_at)."""
+    return list(
+        (
+            await session.execute(
+                select(
+                    examined_message.c.folder,
+                    examined_message.c.uidvalidity,
+                    examined_message.c.uid,
+                    examined_message.c.examined_at,
+                )
+                .where(
+                    examined_message.c.mailbox_id == mailbox_id,
+                    examined_message.c.message_key.in_(keys.every(mailbox_id, message_id)),
+                )
+                .order_by(examined_message.c.folder, examined_message.c.uid)
+            )
+        ).all()
+    )
+
+
+async def examined_reason(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, uid: int
+) -> str | None:
+    """The reason recorded for one examined UID; None when no range covers it (never examined, or lost)."""
+    reason: str | None = (
+        await session.execute(
+            select(examined_range.c.reason)
+            .where(
+                _folder(examined_range, mailbox_id, folder, uidvalidity),
+                examined_range.c.first_uid <= uid,
+                examined_range.c.last_uid >= uid,
+            )
+            .order_by(examined_range.c.first_uid.desc())
+            .limit(1)
+        )
+    ).scalar()
+    return reason
+
+
 async def forget_other_uidvalidities(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
 ) -> None:

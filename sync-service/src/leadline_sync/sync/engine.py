@@ -61,7 +61,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import rpc
 from leadline_kit.outbox import enqueue
-from leadline_kit.sealing import CredentialError, Sealed
+from leadline_kit.sealing import CredentialError
 from leadline_mail.bounces import Bounce, parse_bounce
 from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
 from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
@@ -256,11 +256,7 @@ class MailboxSync:
             return
         self.history_done = row.history_completed_at is not None
         try:
-            secrets = self.context.cipher.open(
-                row.company_id,
-                row.id,
-                Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
-            )
+            login = self.context.cipher.imap_login(row)
         except CredentialError as exc:
             log.error("mailbox %s: %s", row.id, exc)
             await self._failed(
@@ -268,9 +264,6 @@ class MailboxSync:
                 kind="credentials_unreadable",
             )
             return
-        login = ServerLogin(
-            row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password, row.imap_pinned_sha256
-        )
         drops = refusals = 0
         reconnecting = False  # the last session dropped and no other session has failed since
         while True:
