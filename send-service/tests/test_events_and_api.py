@@ -1,4 +1,4 @@
-"""Lead copy, bounces, listing, test connection and metrics."""
+"""Lead copy, bounces, complaints, listing, test connection and metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from leadline_proto.events import (
     LeadUpdatedV1,
     MailBouncedPayload,
     MailBouncedV1,
+    MailComplainedPayload,
+    MailComplainedV1,
     utcnow,
 )
 
@@ -106,6 +108,26 @@ async def test_lead_changes_bounces_and_listing(
         "diagnostic": "",
         "received_at": None,
     }
+    # a complaint naming nobody (redacted) but our Message-ID: its one recipient gets no more marketing mail
+    await publish(
+        app,
+        MailComplainedV1(
+            company_id=app.company_id,
+            payload=MailComplainedPayload(
+                original_message_id=message["message_id"], recipient="", complained_at=datetime.now(UTC)
+            ),
+        ),
+    )
+    marketing = {"category": "marketing", "lead_ids": [str(lead)], "subject": "offer", "text": "x"}
+    for _ in range(100):
+        refused = await app.user.post("/v1/messages", json=marketing)
+        if refused.json().get("type", "").endswith("/recipient-complained"):
+            break
+        await asyncio.sleep(0.05)
+    assert refused.status_code == 422 and refused.json()["addresses"] == ["new@example.org"], refused.text
+    assert "complained" in refused.json()["detail"]
+    personal = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "still one-to-one"})
+    assert personal.status_code == 202, "a complaint stops marketing mail only"
 
     await publish(
         app,

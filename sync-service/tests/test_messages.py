@@ -1,4 +1,4 @@
-"""Hostile and unusual mail: malformed MIME kept with a defect flag and logged (R27), bounces (R17)."""
+"""Hostile and unusual mail: malformed MIME kept with a defect flag and logged (R27), bounces (R17), complaints."""
 
 from __future__ import annotations
 
@@ -37,6 +37,39 @@ To: {lead}
 Subject: Offer
 Message-ID: <smart-mail-42@acme.example>
 
+--b1--
+"""
+
+COMPLAINT = """From: Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>
+To: {me}
+Subject: FW: Offer
+Date: Mon, 23 Nov 2026 12:00:00 +0000
+Message-ID: <arf-{n}@arf.mail.yahoo.com>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="b1"
+
+--b1
+Content-Type: text/plain
+
+This is an email abuse report for an email message received from IP 192.0.2.1.
+
+--b1
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: Yahoo!-Mail-Feedback/2.0
+Version: 1
+Original-Rcpt-To: {lead}
+
+--b1
+Content-Type: message/rfc822
+
+From: {me}
+To: {lead}
+Subject: Offer
+Message-ID: <smart-mail-{n}@acme.example>
+
+Buy now
 --b1--
 """
 
@@ -96,6 +129,8 @@ async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ig
         "INBOX",
         BOUNCE.format(me=me.address, lead=lead).replace("\n", "\r\n").encode(),
         BOUNCE.format(me=me.address, lead=stranger).replace("\n", "\r\n").replace("bounce-1@", "bounce-2@").encode(),
+        COMPLAINT.format(me=me.address, lead=lead, n=50).replace("\n", "\r\n").encode(),
+        COMPLAINT.format(me=me.address, lead="redacted@yahoo.com", n=51).replace("\n", "\r\n").encode(),
     )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -107,7 +142,18 @@ async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ig
             (b.payload.original_message_id, b.payload.recipient, b.payload.status, b.payload.severity, b.payload.reason)
             for b in bounces
         ] == [("<smart-mail-42@acme.example>", lead, "5.1.1", "hard", "user_unknown")]
-        assert await world.synced() == [], "a bounce is not a conversation with the lead"
+        complaints = await world.events("mail.complained", at_least=2)
+        assert sorted(
+            (c.payload.original_message_id, c.payload.recipient, c.payload.feedback_type, c.payload.reporter)
+            for c in complaints
+        ) == [  # a redacted report still names its original: the sender of that message knows whom it went to
+            ("<smart-mail-50@acme.example>", lead, "abuse", "Yahoo!-Mail-Feedback/2.0"),
+            ("<smart-mail-51@acme.example>", "", "abuse", "Yahoo!-Mail-Feedback/2.0"),
+        ]
+        assert await world.synced() == [], "a bounce or a complaint is not a conversation with the lead"
+        folders = (await api.get("/v1/mail-sync")).json()["folders"]
+        inbox = next(f for f in folders if f["folder"] == "inbox")["completeness"]
+        assert (inbox["bounces_stored"], inbox["complaints_stored"]) == (1, 2)
 
 
 DELAYED_WITHOUT_RECIPIENT = """From: MAILER-DAEMON <>

@@ -1,10 +1,12 @@
-"""Events the send service applies: its copy of lead addresses, Sent-folder sightings, bounces.
+"""Events the send service applies: its copy of lead addresses, Sent-folder sightings, bounces, complaints.
 
 - ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them.
 - ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown``
   messages: the server did take it (R21), so it becomes ``sent``.
 - ``mail.bounced`` naming one of our Message-IDs: a hard bounce makes the message ``bounced``, a soft one
   (delayed) only records the notice; either shows in ``GET /v1/messages/{id}`` as ``delivery_notice``.
+- ``mail.complained``: the lead (or the one recipient of the message the report returned) gets no more
+  marketing mail, as after an unsubscribe (R16); one-to-one mail still goes.
 """
 
 from __future__ import annotations
@@ -21,13 +23,15 @@ from leadline_proto.events import (
     LeadDeletedV1,
     LeadUpdatedV1,
     MailBouncedV1,
+    MailComplainedV1,
     MailSyncedV1,
 )
+from leadline_send.messages import repository
 from leadline_send.messages.leads import lead_copy
 from leadline_send.models import lead_address, outgoing_message, processed
 
 LEAD_SUBJECTS = ["leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1"]
-MAIL_SUBJECTS = ["leadline.mail.synced.v1", "leadline.mail.bounced.v1"]
+MAIL_SUBJECTS = ["leadline.mail.synced.v1", "leadline.mail.bounced.v1", "leadline.mail.complained.v1"]
 
 
 async def apply_lead(session: AsyncSession, event: Event) -> None:
@@ -72,6 +76,25 @@ async def apply_mail(session: AsyncSession, event: Event) -> None:
         )
     elif isinstance(event, MailBouncedV1):
         await apply_bounce(session, event)
+    elif isinstance(event, MailComplainedV1):
+        await apply_complaint(session, event)
+
+
+async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
+    """The address that complained goes on the marketing suppression list; a report naming nobody (redacted)
+    is resolved through the message it returned, when that went to exactly one recipient."""
+    complaint = event.payload
+    address = complaint.recipient or None
+    if address is None and complaint.original_message_id:
+        recipients = await session.scalar(
+            select(outgoing_message.c.recipients).where(
+                outgoing_message.c.company_id == event.company_id,
+                outgoing_message.c.message_id == complaint.original_message_id,
+            )
+        )
+        address = recipients[0] if recipients and len(recipients) == 1 else None
+    if address is not None:
+        await repository.add_complaint(session, event.company_id, address)
 
 
 async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:

@@ -176,4 +176,7 @@ unsubscribe = Table(
     Column("address", Text, primary_key=True),
     Column("lead_id", Uuid),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    # unsubscribed (R16) or complained (a feedback report): either way no more marketing mail
+    Column("reason", Text, nullable=False, server_default="unsubscribed"),
+    CheckConstraint("reason IN ('unsubscribed', 'complained')", name="reason"),
 )

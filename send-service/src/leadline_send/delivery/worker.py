@@ -702,7 +702,7 @@ class Delivery:
                 Outcome(
                     "failed",
                     "unsubscribed",
-                    error="the recipient unsubscribed from marketing mail after this message was queued",
+                    error="the recipient unsubscribed or complained after this message was queued",
                 ),
             )
             return

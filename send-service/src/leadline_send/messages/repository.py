@@ -147,16 +147,37 @@ async def lead_for_address(session: Executor, company_id: uuid.UUID, address: st
     )
 
 
-async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list[str]) -> list[str]:
-    return list(
-        (
-            await session.execute(
-                select(unsubscribe.c.address).where(
-                    unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)
-                )
-            )
-        ).scalars()
+async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list[str]) -> dict[str, str]:
+    """The given addresses that get no marketing mail, each with why: ``unsubscribed`` or ``complained``."""
+    rows = await session.execute(
+        select(unsubscribe.c.address, unsubscribe.c.reason).where(
+            unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)
+        )
     )
+    return {row.address: row.reason for row in rows}
+
+
+async def add_complaint(session: Executor, company_id: uuid.UUID, address: str) -> None:
+    """A complaint stops marketing mail as an unsubscribe does; an earlier unsubscribe now says complained."""
+    stmt = insert(unsubscribe).values(
+        company_id=company_id,
+        address=address,
+        lead_id=await lead_for_address(session, company_id, address),
+        reason="complained",
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[unsubscribe.c.company_id, unsubscribe.c.address], set_={"reason": "complained"}
+        )
+    )
+
+
+def marketing_refusal(refused: dict[str, str]) -> tuple[str, str]:
+    """What a refused marketing send says (message, problem slug): a complaint is told apart."""
+    complained = sorted(a for a, reason in refused.items() if reason == "complained")
+    if complained:
+        return "the recipient complained about mail (a spam report): " + ", ".join(complained), "recipient-complained"
+    return "the recipient unsubscribed from marketing mail: " + ", ".join(sorted(refused)), "recipient-unsubscribed"
 
 
 async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str, lead_id: uuid.UUID | None) -> bool:

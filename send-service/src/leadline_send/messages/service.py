@@ -244,11 +244,8 @@ async def _prepare(
             )
         refused = await repository.unsubscribed(session, caller.company_id, draft.recipients)
         if refused:
-            raise Unprocessable(
-                "the recipient unsubscribed from marketing mail: " + ", ".join(refused),
-                slug="recipient-unsubscribed",
-                addresses=refused,
-            )
+            detail, slug = repository.marketing_refusal(refused)
+            raise Unprocessable(detail, slug=slug, addresses=sorted(refused))
     try:
         with timed("api-route"):
             route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
@@ -364,7 +361,8 @@ async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> 
     if row.category == "marketing":
         refused = await repository.unsubscribed(session, caller.company_id, list(row.recipients))
         if refused:
-            raise Conflict("the recipient unsubscribed from marketing mail", slug="recipient-unsubscribed")
+            detail, slug = repository.marketing_refusal(refused)
+            raise Conflict(detail, slug=slug)
     if not await repository.requeue(session, caller.company_id, message_id, RESENDABLE):
         raise Conflict(
             f"a {row.state} message cannot be resent; only {', '.join(RESENDABLE)} ones",

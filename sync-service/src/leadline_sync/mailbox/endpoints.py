@@ -73,12 +73,13 @@ async def list_providers(caller: Caller, context: Context) -> list[ProviderOut]:
 def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
     if counts is None:
         return None
-    stored = {"lead_mail", "damaged_lead_mail", "bounce"}
+    stored = {"lead_mail", "damaged_lead_mail", "bounce", "complaint"}
     return FolderCompleteness(
         messages_on_server=counts.on_server,
         examined=counts.examined,
         lead_mail_stored=counts.by_reason.get("lead_mail", 0) + counts.by_reason.get("damaged_lead_mail", 0),
         bounces_stored=counts.by_reason.get("bounce", 0),
+        complaints_stored=counts.by_reason.get("complaint", 0),
         not_stored={reason: n for reason, n in sorted(counts.by_reason.items()) if reason not in stored},
         unreadable_kept_raw=counts.by_reason.get("damaged_lead_mail", 0),
         not_yet_examined=counts.not_yet_examined,

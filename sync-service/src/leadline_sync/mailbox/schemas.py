@@ -99,6 +99,7 @@ class FolderCompleteness(BaseModel):
     examined: int
     lead_mail_stored: int  # on a lead's timeline, damaged ones included
     bounces_stored: int
+    complaints_stored: int = 0  # feedback reports about mail to a lead, told to the lead and send services
     # examined and not stored, by rule: no_lead, blocklisted, own_domain, before_lead, gone, before_audit
     not_stored: dict[str, int]
     unreadable_kept_raw: int  # of the lead mail stored, kept as received (R27)

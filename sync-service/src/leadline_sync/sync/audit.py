@@ -54,6 +54,7 @@ REASONS = {
     "lead_mail": "on a lead's timeline",
     "damaged_lead_mail": "on a lead's timeline, unreadable and kept as received (R27)",
     "bounce": "a bounce of mail to a lead (R17)",
+    "complaint": "a lead's complaint about mail (a feedback report): the lead gets no more marketing mail",
     "no_lead": "no address of a lead of the company at that time (R6)",
     "blocklisted": "every lead address on it is blocklisted (R6)",
     "own_domain": "only addresses of the company's own domains (R6)",

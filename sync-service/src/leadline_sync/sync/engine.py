@@ -62,7 +62,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit import rpc
 from leadline_kit.outbox import enqueue
 from leadline_kit.sealing import CredentialError
-from leadline_mail.bounces import Bounce, parse_bounce
+from leadline_mail.bounces import Bounce, Complaint, parse_notice
 from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
 from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
 from leadline_mail.net import MailConnectionError
@@ -70,6 +70,8 @@ from leadline_proto.events import (
     EventBase,
     MailBouncedPayload,
     MailBouncedV1,
+    MailComplainedPayload,
+    MailComplainedV1,
     MailPayload,
     MailSyncedV1,
 )
@@ -99,7 +101,9 @@ from leadline_sync.sync.live import FolderWatch
 log = logging.getLogger("leadline.sync.engine")
 
 SCANNED = Counter("leadline_sync_messages_scanned_total", "Message headers scanned", ["folder"])
-PUBLISHED = Counter("leadline_sync_messages_published_total", "Messages published (lead mail and bounces)", ["kind"])
+PUBLISHED = Counter(
+    "leadline_sync_messages_published_total", "Messages published (lead mail, bounces, complaints)", ["kind"]
+)
 FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
 RECHECKED = Counter(
     "leadline_sync_lead_recheck_messages_total",
@@ -915,13 +919,13 @@ class MailboxSync:
         defects: list[tuple[int, list[str]]] = []
         if wanted:
             messages = await client.fetch_messages(list(wanted))
-            bounces: dict[int, Bounce] = {}
+            notices: dict[int, Bounce | Complaint] = {}
             for message in messages:
                 if cursor.folder == "inbox" and wanted[message.uid][1].is_bounce_candidate:
-                    bounce = parse_bounce(message.raw)
-                    if bounce is not None:
-                        bounces[message.uid] = bounce
-            named = {a for b in bounces.values() for a in (*b.recipients, *b.original_to)} - set(directory.lead_since)
+                    notice = parse_notice(message.raw)
+                    if notice is not None:
+                        notices[message.uid] = notice
+            named = {a for n in notices.values() for a in (*n.recipients, *n.original_to)} - set(directory.lead_since)
             if named:
                 async with self.context.db.session() as session:
                     found = await load_directory(session, row.company_id, named)
@@ -930,13 +934,16 @@ class MailboxSync:
             matched: list[tuple[FetchedMessage, Match]] = []
             for message in messages:
                 header, summary = wanted[message.uid]
-                bounce = bounces.get(message.uid)
-                if bounce is not None:
-                    # a bounce is about mail sent to a lead, or names no recipient but returns a message's
-                    # Message-ID (its sender knows the recipients); any other is nobody's business here
-                    lead = bounce.lead_recipient(directory.is_lead, own_addresses=(row.address,))
-                    if lead is not None or (not bounce.recipients and bounce.original_message_id):
-                        selected.append(self._bounce(header, summary, bounce, lead))
+                notice = notices.get(message.uid)
+                if notice is not None:
+                    # a notice is about mail sent to a lead, or names no recipient (a complaint: no lead, as
+                    # reports redact it) but returns a message's Message-ID (its sender knows the
+                    # recipients); any other is nobody's business here
+                    lead = notice.lead_recipient(directory.is_lead, own_addresses=(row.address,))
+                    if lead is not None or (
+                        notice.original_message_id and (isinstance(notice, Complaint) or not notice.recipients)
+                    ):
+                        selected.append(self._notice(header, summary, notice, lead))
                         continue
                 match = match_message(
                     self._parties(summary),
@@ -957,7 +964,7 @@ class MailboxSync:
             selected.sort(key=lambda s: s.uid)
             fetched = {message.uid for message in messages}
             reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
-        reasons.update((s.uid, "lead_mail" if s.kind == "mail" else "bounce") for s in selected)
+        reasons.update((s.uid, "lead_mail" if s.kind == "mail" else s.kind) for s in selected)
         reasons.update((uid, "damaged_lead_mail") for uid, _ in defects)
         return PreparedBatch(list(uids), selected, defects, reasons, message_ids)
 
@@ -992,9 +999,31 @@ class MailboxSync:
     def _sent_at(self, header: FetchedHeader, summary: HeaderSummary) -> datetime:
         return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
 
-    def _bounce(self, header: FetchedHeader, summary: HeaderSummary, bounce: Bounce, lead: str | None) -> Selected:
+    def _notice(
+        self, header: FetchedHeader, summary: HeaderSummary, notice: Bounce | Complaint, lead: str | None
+    ) -> Selected:
         row = self.row
         assert row is not None
+        if isinstance(notice, Complaint):
+            return Selected(
+                header.uid,
+                _message_id(summary, header.header),
+                "complaint",
+                MailComplainedV1(
+                    company_id=row.company_id,
+                    correlation_id=str(row.id),
+                    payload=MailComplainedPayload(
+                        original_message_id=notice.original_message_id or "",
+                        recipient=lead or "",
+                        feedback_type=notice.feedback_type,
+                        reporter=notice.reporter,
+                        mailbox_id=row.id,
+                        user_id=row.user_id,
+                        complained_at=self._sent_at(header, summary),
+                    ),
+                ),
+            )
+        bounce = notice
         return Selected(
             header.uid,
             _message_id(summary, header.header),
