@@ -17,6 +17,20 @@ same error codes):
 - ``POST /introspect`` (RFC 7662): what Dovecot's ``oauth2`` passdb asks.
 - ``POST /revoke``: revokes a refresh token and its access tokens.
 
+Microsoft's identity platform (v2.0) is served beside it, under
+``/{tenant}/oauth2/v2.0/authorize`` and ``/{tenant}/oauth2/v2.0/token``
+(:meth:`FakeOAuthProvider.microsoft_endpoints`), as Microsoft differs:
+
+- the tenant in the path: ``common``, ``organizations`` or the account's
+  directory id (``tenant_id``); another directory's id is refused;
+- a refresh token only with ``offline_access``, and scopes of one resource
+  only (``invalid_scope`` otherwise, as AADSTS70011);
+- the ID token names the account by ``preferred_username`` with ``tid``, and
+  ``iss`` is ``…/{tid}/v2.0``; no ``email_verified``, no userinfo endpoint;
+- every refresh answers with a new refresh token, and the one used dies
+  (stricter than Microsoft, which keeps it a while: the client must store the
+  newest).
+
 It runs in a thread of its own (uvicorn), so that a Dovecot started before any
 test's event loop can reach it; its state is plain dictionaries under a lock.
 """
@@ -32,6 +46,7 @@ import secrets
 import threading
 import time
 import urllib.parse
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Annotated, Any
@@ -61,12 +76,16 @@ async def smtp_xoauth2(server: Any, args: list[str], owner: Callable[[str], str 
     return AuthResult(success=True, auth_data=user)
 
 
+MICROSOFT_PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"  # the directory of personal accounts
+
+
 @dataclass
 class Grant:
     address: str
     client_id: str
     scope: str
     revoked: bool = False
+    tenant: str | None = None  # Microsoft-shaped: the account's directory (tid)
 
 
 @dataclass
@@ -87,6 +106,7 @@ class FakeOAuthProvider:
     refresh_delay: float = 0.0
     refresh_grants: int = 0  # refresh_token grants answered with a new token
     code_grants: int = 0
+    tenant_id: str = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"  # the Microsoft directory of the accounts signing in
     _codes: dict[str, dict[str, str]] = field(default_factory=dict)
     _refresh: dict[str, Grant] = field(default_factory=dict)
     _access: dict[str, AccessToken] = field(default_factory=dict)
@@ -110,6 +130,18 @@ class FakeOAuthProvider:
             "userinfo_url": f"{self.url}/userinfo",
             "issuer": self.issuer,
         }
+
+    def microsoft_endpoints(self) -> dict[str, str]:
+        """Microsoft-shaped endpoint settings; ``{tenant}`` and ``{tid}`` are filled in by the app's settings."""
+        return {
+            "authorization_url": f"{self.url}/{{tenant}}/oauth2/v2.0/authorize",
+            "token_url": f"{self.url}/{{tenant}}/oauth2/v2.0/token",
+            "issuer": f"{self.url}/{{tid}}/v2.0",
+        }
+
+    def live_refresh_tokens(self, address: str) -> set[str]:
+        with self._lock:
+            return {token for token, grant in self._refresh.items() if grant.address == address and not grant.revoked}
 
     def sign_in(self, address: str) -> None:
         self.signed_in, self.deny = address, False
@@ -176,21 +208,29 @@ class FakeOAuthProvider:
             body["refresh_token"] = refresh_token
         return body
 
-    def _id_token(self, address: str, nonce: str) -> str:
+    def _id_token(self, grant: Grant, nonce: str) -> str:
         def part(value: dict[str, Any]) -> str:
             return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
         now = int(time.time())
-        claims = {
-            "iss": self.issuer,
+        claims: dict[str, Any] = {
             "aud": self.client_id,
-            "sub": hashlib.sha256(address.encode()).hexdigest(),
-            "email": address,
-            "email_verified": True,
+            "sub": hashlib.sha256(grant.address.encode()).hexdigest(),
             "iat": now,
             "exp": now + 3600,
             "nonce": nonce,
         }
+        if grant.tenant is None:
+            claims.update(iss=self.issuer, email=grant.address, email_verified=True)
+        else:  # Microsoft: the sign-in name, the directory; email only as an optional, unverified claim
+            claims.update(
+                iss=f"{self.url}/{grant.tenant}/v2.0",
+                tid=grant.tenant,
+                oid=str(uuid.uuid5(uuid.NAMESPACE_URL, grant.address)),
+                preferred_username=grant.address,
+                name=grant.address.split("@")[0],
+                ver="2.0",
+            )
         signing_input = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
         signature = hmac.new(self.client_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
         return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
@@ -206,8 +246,8 @@ class FakeOAuthProvider:
                 return {}
             return dict(urllib.parse.parse_qsl((await request.body()).decode()))
 
-        @app.get("/authorize")
         def authorize(
+            request: Request,
             client_id: str,
             redirect_uri: str,
             state: str,
@@ -217,10 +257,19 @@ class FakeOAuthProvider:
             nonce: str = "",
             response_type: Annotated[str, Query()] = "",
         ) -> Response:
+            tenant = request.path_params.get("tenant")  # Microsoft-shaped; None: Google-shaped
             if client_id != self.client_id or response_type != "code" or code_challenge_method != "S256":
                 return error("invalid_request")
+            scopes = scope.split()
+            resources = {
+                s.rsplit("/", 1)[0] for s in scopes if s not in ("openid", "email", "profile", "offline_access")
+            }
             if self.deny or self.signed_in is None:
                 query = {"error": "access_denied", "state": state}
+            elif tenant is not None and tenant not in ("common", "organizations", self.tenant_id):
+                query = {"error": "invalid_request", "error_description": "AADSTS50020: user not in tenant"}
+            elif tenant is not None and len(resources) > 1:
+                query = {"error": "invalid_scope", "error_description": "AADSTS70011: scopes of several resources"}
             else:
                 code = secrets.token_urlsafe(16)
                 with self._lock:
@@ -230,12 +279,13 @@ class FakeOAuthProvider:
                         "scope": scope,
                         "challenge": code_challenge,
                         "nonce": nonce,
+                        "path_tenant": tenant or "",
                     }
                 query = {"code": code, "state": state}
             return RedirectResponse(redirect_uri + "?" + urllib.parse.urlencode(query), status_code=302)
 
-        @app.post("/token")
         async def token(request: Request) -> JSONResponse:
+            tenant = request.path_params.get("tenant")
             fields = await form(request)
             grant_type, client_id = fields.get("grant_type", ""), fields.get("client_id", "")
             client_secret, code = fields.get("client_secret", ""), fields.get("code", "")
@@ -249,14 +299,25 @@ class FakeOAuthProvider:
                     challenge = (
                         base64.urlsafe_b64encode(hashlib.sha256(code_verifier.encode()).digest()).rstrip(b"=").decode()
                     )
-                    if entry is None or entry["redirect_uri"] != redirect_uri or challenge != entry["challenge"]:
+                    if (
+                        entry is None
+                        or entry["redirect_uri"] != redirect_uri
+                        or challenge != entry["challenge"]
+                        or entry["path_tenant"] != (tenant or "")
+                    ):
                         return error("invalid_grant")
-                    grant = Grant(entry["address"], client_id, entry["scope"])
-                    refresh = "1//fake-refresh-" + secrets.token_urlsafe(24)
-                    self._refresh[refresh] = grant
+                    grant = Grant(
+                        entry["address"], client_id, entry["scope"], tenant=None if tenant is None else self.tenant_id
+                    )
+                    # Microsoft gives a refresh token only with offline_access; Google with access_type=offline,
+                    # which Leadline always asks (not checked here)
+                    refresh = None
+                    if tenant is None or "offline_access" in grant.scope.split():
+                        refresh = "1//fake-refresh-" + secrets.token_urlsafe(24)
+                        self._refresh[refresh] = grant
                     body = self._issue(grant, refresh)
                     self.code_grants += 1
-                body["id_token"] = self._id_token(grant.address, entry["nonce"])
+                body["id_token"] = self._id_token(grant, entry["nonce"])
                 return JSONResponse(body)
             if grant_type == "refresh_token":
                 if self.refresh_delay:
@@ -266,14 +327,30 @@ class FakeOAuthProvider:
                         self.unavailable_refreshes -= 1
                         return error("temporarily_unavailable", 503)
                     grant_or_none = self._refresh.get(refresh_token)
-                    if grant_or_none is None or grant_or_none.revoked:
+                    if (
+                        grant_or_none is None
+                        or grant_or_none.revoked
+                        or (grant_or_none.tenant is None) != (tenant is None)
+                    ):
                         return JSONResponse(
                             {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
                             status_code=400,
                         )
                     self.refresh_grants += 1
-                    return JSONResponse(self._issue(grant_or_none))
+                    if tenant is None:
+                        return JSONResponse(self._issue(grant_or_none))
+                    # Microsoft: a new refresh token each time; here the one used dies at once
+                    rotated = "M.fake-refresh-" + secrets.token_urlsafe(24)
+                    self._refresh[rotated] = Grant(
+                        grant_or_none.address, grant_or_none.client_id, grant_or_none.scope, tenant=grant_or_none.tenant
+                    )
+                    grant_or_none.revoked = True
+                    return JSONResponse(self._issue(self._refresh[rotated], rotated))
             return error("unsupported_grant_type")
+
+        for path in ("", "/{tenant}/oauth2/v2.0"):
+            app.add_api_route(f"{path}/authorize", authorize, methods=["GET"])
+            app.add_api_route(f"{path}/token", token, methods=["POST"])
 
         @app.get("/userinfo")
         def userinfo(authorization: Annotated[str, Header()] = "") -> JSONResponse:
