@@ -84,17 +84,27 @@ class OAuthWorld:
     imap_port: int  # where the sync connects: a proxy in front of Dovecot's STARTTLS port that the test can cut
     proxy: DroppingProxy
 
-    def app(self, **overrides: Any) -> Any:
+    def app(self, return_url: str | None = None, **overrides: Any) -> Any:
+        """The sync app with Gmail and Office 365 sign-in pointed at the fake provider (Google- and
+        Microsoft-shaped), Dovecot behind the cuttable proxy and aiosmtpd."""
         ring = KeyRing(self.world.settings().credential_keys())
+        servers = {
+            "imap": {"host": "127.0.0.1", "port": self.imap_port, "tls": "starttls"},
+            "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "tls": "starttls"},
+        }
         apps = {
-            "gmail": {
+            provider: {
                 "client_id": self.provider.client_id,
                 "redirect_url": REDIRECT,
-                "client_secret_sealed": seal_client_secret(ring, "gmail", self.provider.client_secret),
-                **self.provider.endpoints(),
-                "imap": {"host": "127.0.0.1", "port": self.imap_port, "tls": "starttls"},
-                "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "tls": "starttls"},
+                "return_url": return_url,
+                "client_secret_sealed": seal_client_secret(ring, provider, self.provider.client_secret),
+                **endpoints,
+                **servers,
             }
+            for provider, endpoints in (
+                ("gmail", self.provider.endpoints()),
+                ("office365", {**self.provider.microsoft_endpoints(), "tenant": "organizations"}),
+            )
         }
         return self.world.app(sync_oauth_apps=apps, **overrides)
 
@@ -122,14 +132,29 @@ class OAuthWorld:
             await client.logout()
 
     async def sign_in(
-        self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str, **start: Any
+        self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str, provider: str = "gmail"
     ) -> httpx.Response:
-        """Start, let the provider's consent page send the browser back, and deliver that to the callback."""
-        started = await api.post("/v1/mail-sync/oauth/gmail/start", json=start or None)
+        """Start, consent at the provider, bring its answer back to the callback as the browser (no key), and
+        finish with the caller's key as the CRM's page does."""
+        started = await api.post(f"/v1/mail-sync/oauth/{provider}/start")
         assert started.status_code == 200, started.text
         self.provider.sign_in(address)
-        callback = await self.consent(started.json()["authorization_url"])
-        return await service.get("/v1/mail-sync/oauth/callback", params=callback)
+        return await self.finish(api, await self.browser_back(service, started.json()["authorization_url"]))
+
+    async def browser_back(self, service: httpx.AsyncClient, authorization_url: str) -> str:
+        """The one-time sign-in a keyless callback hands the browser (in a redirect to the app's return URL,
+        or in the body)."""
+        answer = await service.get("/v1/mail-sync/oauth/callback", params=await self.consent(authorization_url))
+        if answer.status_code == 303:
+            location = urllib.parse.urlsplit(answer.headers["location"])
+            assert answer.headers["cache-control"] == "no-store"
+            return dict(urllib.parse.parse_qsl(location.query))["sign_in"]
+        assert answer.status_code == 200 and "mailbox_id" not in answer.json(), answer.text
+        return str(answer.json()["sign_in"])
+
+    @staticmethod
+    async def finish(api: httpx.AsyncClient, sign_in: str) -> httpx.Response:
+        return await api.post("/v1/mail-sync/oauth/finish", json={"sign_in": sign_in})
 
     @staticmethod
     async def consent(authorization_url: str) -> dict[str, str]:
@@ -159,91 +184,15 @@ def no_secret_in(text: str, provider: FakeOAuthProvider) -> None:
         assert token not in text
 
 
-async def test_sign_in_connects_syncs_history_and_no_token_shows(
-    oauth: OAuthWorld, caplog: pytest.LogCaptureFixture, nats_server: NatsServer
-) -> None:
-    world, me = oauth.world, oauth.account()
-    lead = "jane@customer.example"
-    caplog.set_level(logging.DEBUG)
-    async with running_app(oauth.app()) as service:
-        api = world.caller(service, me.user)
-        providers = {p["id"]: p for p in (await api.get("/v1/mail-sync/providers")).json()}
-        assert providers["gmail"]["oauth2"] and not providers["office365"]["oauth2"]
-        assert not providers["yahoo"]["oauth2"] and providers["office365"]["oauth2_note"]
-        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="before sign-in"))
-        started = await api.post("/v1/mail-sync/oauth/gmail/start", json={"smtp_use": "all"})
-        url = urllib.parse.urlsplit(started.json()["authorization_url"])
-        query = dict(urllib.parse.parse_qsl(url.query))
-        assert query["code_challenge_method"] == "S256" and len(query["state"]) >= 43
-        assert query["redirect_uri"] == REDIRECT and "https://mail.google.com/" in query["scope"].split()
-        assert query["access_type"] == "offline"
-
-        oauth.provider.sign_in(me.address)
-        done = await service.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(urlunsplit(url)))
-        assert done.status_code == 200, done.text
-        assert done.json()["address"] == me.address
-        body = await world.wait_status(api, "enabled")
-        assert body["auth"] == "oauth2" and body["provider"] == "gmail" and body["smtp_use"] == "all"
-        assert body["imap"]["username"] == me.address
-        await world.wait_history(api)
-        [event] = await world.synced(at_least=1)
-        assert event.payload.subject == "before sign-in"
-        # live mail arrives while the session idles on a token it signed in with
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while idle"))
-        assert "while idle" in {e.payload.subject for e in await world.synced(at_least=2)}
-
-        # the send service gets a live access token, never the refresh token
-        reply = MailboxSmtpReply.model_validate_json(
-            (
-                await world.nc.request(
-                    RPC_MAILBOX_SMTP,
-                    MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id).model_dump_json().encode(),
-                    timeout=5,
-                )
-            ).data
-        )
-        assert reply.auth == "oauth2" and reply.access_token
-        assert oauth.provider.access_token_valid(reply.access_token) == me.address
-        refresh_tokens = [t for t in oauth.provider.issued_tokens() if t.startswith("1//")]
-        assert not any(t in reply.model_dump_json() for t in refresh_tokens)
-        assert not reply.smtp_password and not reply.imap_password
-
-        # nothing shows a token: responses, a dump of the database, the events, JetStream's store, the logs
-        texts = [done.text, (await api.get("/v1/mail-sync")).text, (await api.get("/v1/mail-sync/errors")).text]
-        url = urllib.parse.urlsplit(world.database_url)
-        dump = subprocess.run(
-            [
-                str(postgres_bin_dir() / "pg_dump"),
-                "-h",
-                "127.0.0.1",
-                "-p",
-                str(url.port),
-                "-U",
-                "postgres",
-                "--data-only",
-                url.path.lstrip("/"),
-            ],
-            capture_output=True,
-            check=True,
-            text=True,
-        ).stdout
-        assert "oauth_state" in dump and me.address in dump
-        texts.append(dump)
-        texts += [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
-        texts += [p.read_bytes().decode("latin-1") for p in nats_server.data_dir.rglob("*") if p.is_file()]
-        texts.append(caplog.text)
-        no_secret_in("\n".join(texts), oauth.provider)
-
-
 def urlunsplit(url: urllib.parse.SplitResult) -> str:
     return urllib.parse.urlunsplit(url)
 
 
 async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) -> None:
-    world, me, other = oauth.world, oauth.account(), oauth.account()
+    world, me, other, victim = oauth.world, oauth.account(), oauth.account(), oauth.account()
     async with running_app(oauth.app()) as service:
-        api = world.caller(service, me.user)
+        api, other_api = world.caller(service, me.user), world.caller(service, other.user)
+        victim_api = world.caller(service, victim.user)
         assert (
             (await service.get("/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"}))
             .json()["type"]
@@ -265,13 +214,37 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
             .endswith("oauth-state-invalid")
         )
 
-        # a state replayed after a good sign-in
+        # login CSRF: another user starts a sign-in as themselves and gets the victim to consent with the
+        # victim's account.  The victim's browser brings the answer back without a key: nothing connects,
+        # and the victim's CRM page finishing it with the victim's key is refused, the code never exchanged
+        grants = oauth.provider.code_grants
+        started = (await other_api.post("/v1/mail-sync/oauth/gmail/start")).json()
+        oauth.provider.sign_in(victim.address)
+        sign_in = await oauth.browser_back(service, started["authorization_url"])
+        refused = await oauth.finish(victim_api, sign_in)
+        assert refused.status_code == 403 and refused.json()["type"].endswith("oauth-state-other-user")
+        spent = await oauth.finish(other_api, sign_in)  # used up: not even its starter finishes it now
+        assert spent.status_code == 400 and spent.json()["type"].endswith("oauth-sign-in-invalid")
+        assert oauth.provider.code_grants == grants
+        for caller in (other_api, victim_api):
+            assert (await caller.get("/v1/mail-sync")).status_code == 404
+
+        # a handed-back sign-in that is unknown or expired, and one finished twice
+        assert (await oauth.finish(api, "forged")).json()["type"].endswith("oauth-sign-in-invalid")
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
-        oauth.provider.sign_in(me.address)
+        sign_in = await oauth.browser_back(service, started["authorization_url"])
+        world.clock.advance(timedelta(minutes=3))
+        assert (await oauth.finish(api, sign_in)).status_code == 400
+        world.clock.advance(timedelta(minutes=-3))
+        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+
+        # a state replayed after a good sign-in, with a key or without
+        started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
         callback = await oauth.consent(started["authorization_url"])
-        assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 200
-        replayed = await service.get("/v1/mail-sync/oauth/callback", params=callback)
-        assert replayed.status_code == 400 and replayed.json()["type"].endswith("oauth-state-invalid")
+        assert (await api.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 200
+        for client in (service, api):
+            replayed = await client.get("/v1/mail-sync/oauth/callback", params=callback)
+            assert replayed.status_code == 400 and replayed.json()["type"].endswith("oauth-state-invalid")
 
         # an expired state
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
@@ -280,23 +253,22 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 400
         world.clock.advance(timedelta(minutes=-11))
 
-        # a state of another user: passed on with someone else's key, refused (and spent); nothing stored
+        # a state of another user passed on with someone else's key: refused (and spent); nothing stored
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
         oauth.provider.sign_in(other.address)
         callback = await oauth.consent(started["authorization_url"])
-        stolen = await world.caller(service, other.user).get("/v1/mail-sync/oauth/callback", params=callback)
+        stolen = await other_api.get("/v1/mail-sync/oauth/callback", params=callback)
         assert stolen.status_code == 403 and stolen.json()["type"].endswith("oauth-state-other-user")
-        assert (await world.caller(service, other.user).get("/v1/mail-sync")).status_code == 404
+        assert (await other_api.get("/v1/mail-sync")).status_code == 404
 
         # another user of the company signs in with the address already synced: 409, nothing stored
-        other_api = world.caller(service, other.user)
         taken = await oauth.sign_in(other_api, service, me.address)
         assert taken.status_code == 409, taken.text
         assert (await other_api.get("/v1/mail-sync")).status_code == 404
 
         # an unknown provider, one without an app, a body with an address
         assert (await api.post("/v1/mail-sync/oauth/nope/start")).status_code == 404
-        assert (await api.post("/v1/mail-sync/oauth/office365/start")).status_code == 422
+        assert (await api.post("/v1/mail-sync/oauth/outlook/start")).status_code == 422
         assert (await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})).status_code == 422
         count = await world.sql("SELECT count(*) FROM sync.mailbox WHERE company_id = :c", {"c": world.company_id})
         assert count[0][0] == 1
@@ -328,16 +300,76 @@ async def test_token_renewed_once_for_concurrent_connections_and_5xx_retried(oau
         assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
 
 
-async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor(oauth: OAuthWorld) -> None:
+MICROSOFT_SCOPES = {
+    "openid",
+    "email",
+    "offline_access",
+    "https://outlook.office.com/IMAP.AccessAsUser.All",
+    "https://outlook.office.com/SMTP.Send",
+}
+
+
+@pytest.mark.parametrize("preset", ["gmail", "office365"])
+async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_token_shown(
+    oauth: OAuthWorld, preset: str, caplog: pytest.LogCaptureFixture, nats_server: NatsServer
+) -> None:
+    """The whole flow, with Google's shape and with Microsoft's (the tenant in the v2.0 endpoints' path, the
+    account named by the ID token's preferred_username and tid, a refresh token only with offline_access, a
+    new refresh token on every renewal).  The Google sign-in is passed on by the CRM's page with the user's
+    key; the Microsoft one comes back to Leadline's callback and on through the CRM's return URL."""
     world, me = oauth.world, oauth.account()
     lead = "lead@customer.example"
-    async with running_app(oauth.app(sync_poll_seconds=60)) as service:
+    name = {"gmail": "Google", "office365": "Microsoft"}[preset]
+    caplog.set_level(logging.DEBUG)
+    app = oauth.app(return_url="https://crm.example/mail-sync/done?x=1", sync_poll_seconds=60)
+    async with running_app(app) as service:
         api = world.caller(service, me.user)
+        providers = {p["id"]: p for p in (await api.get("/v1/mail-sync/providers")).json()}
+        assert providers["gmail"]["oauth2"] and providers["office365"]["oauth2"] and not providers["outlook"]["oauth2"]
+        assert not providers["yahoo"]["oauth2"] and providers["outlook"]["oauth2_note"]
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="history"))
-        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+        started = await api.post(f"/v1/mail-sync/oauth/{preset}/start", json={"smtp_use": "all"})
+        url = urllib.parse.urlsplit(started.json()["authorization_url"])
+        query = dict(urllib.parse.parse_qsl(url.query))
+        assert query["code_challenge_method"] == "S256" and len(query["state"]) >= 43
+        assert query["redirect_uri"] == REDIRECT
+        oauth.provider.sign_in(me.address)
+        if preset == "gmail":
+            assert "https://mail.google.com/" in query["scope"].split() and query["access_type"] == "offline"
+            # the CRM's page receives the provider's redirect and passes it on with the user's key
+            done = await api.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(urlunsplit(url)))
+        else:
+            assert url.path == "/organizations/oauth2/v2.0/authorize"
+            assert set(query["scope"].split()) == MICROSOFT_SCOPES and query["prompt"] == "select_account"
+            assert "access_type" not in query
+            done = await oauth.finish(api, await oauth.browser_back(service, urlunsplit(url)))
+        assert done.status_code == 200 and done.json()["address"] == me.address, done.text
+        body = await world.wait_status(api, "enabled")
+        assert body["auth"] == "oauth2" and body["provider"] == preset and body["smtp_use"] == "all"
+        assert body["imap"]["username"] == me.address
         first = await world.wait_history(api)
-        await world.synced(at_least=1)
+        [event] = await world.synced(at_least=1)
+        assert event.payload.subject == "history"
+        # live mail arrives while the session idles on a token it signed in with
+        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while idle"))
+        assert "while idle" in {e.payload.subject for e in await world.synced(at_least=2)}
+
+        # the send service gets a live access token, never the refresh token
+        reply = MailboxSmtpReply.model_validate_json(
+            (
+                await world.nc.request(
+                    RPC_MAILBOX_SMTP,
+                    MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id).model_dump_json().encode(),
+                    timeout=5,
+                )
+            ).data
+        )
+        assert reply.auth == "oauth2" and reply.access_token
+        assert oauth.provider.access_token_valid(reply.access_token) == me.address
+        [refresh_token] = oauth.provider.live_refresh_tokens(me.address)
+        assert refresh_token not in reply.model_dump_json()
+        assert not reply.smtp_password and not reply.imap_password
 
         # the access token expires while the session idles; the connection drops; the sync signs in again with
         # a renewed token, without a visible interruption
@@ -346,10 +378,17 @@ async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor
         renewals = oauth.provider.refresh_grants
         assert oauth.proxy.cut() >= 1
         await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after expiry"))
-        assert "after expiry" in {e.payload.subject for e in await world.synced(at_least=2)}
+        assert "after expiry" in {e.payload.subject for e in await world.synced(at_least=3)}
         assert oauth.provider.refresh_grants == renewals + 1
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
         assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+        if preset == "office365":  # the refresh token was replaced and the old one died: the new one is kept
+            [rotated] = oauth.provider.live_refresh_tokens(me.address)
+            assert rotated != refresh_token
+            context = service._transport.app.state.runtime.extras["sync"]  # type: ignore[attr-defined]
+            await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
+            await context.tokens.access_token(uuid.UUID(first["id"]))
+            assert oauth.provider.refresh_grants == renewals + 2
 
         # consent withdrawn: the renewal is refused (invalid_grant) and the mailbox shows error with the fix
         oauth.provider.revoke_all(me.address)
@@ -359,15 +398,43 @@ async def test_expiry_then_revocation_then_a_new_sign_in_resumes_from_the_cursor
         errored = await world.wait_status(api, "error")
         assert "no longer lets Leadline" in errored["status_reason"]
         [entry, *_] = (await api.get("/v1/mail-sync/errors")).json()["items"]
-        assert entry["kind"] == "oauth_revoked" and "sign in with Google again" in entry["fix"]
+        assert entry["kind"] == "oauth_revoked" and f"sign in with {name} again" in entry["fix"]
         await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while revoked"))
 
         # a new sign-in resumes from the cursor: no new historical sync, nothing twice
-        assert (await oauth.sign_in(api, service, me.address)).status_code == 200
-        again = await world.wait_status(api, "enabled")
-        assert again["connected_at"] == first["connected_at"] and again["id"] == first["id"]
-        events = await world.synced(at_least=3)
-        assert sorted(e.payload.subject for e in events) == ["after expiry", "history", "while revoked"]
+        again = await oauth.sign_in(api, service, me.address, preset)
+        assert again.status_code == 200, again.text
+        enabled = await world.wait_status(api, "enabled")
+        assert enabled["connected_at"] == first["connected_at"] and enabled["id"] == first["id"]
+        events = await world.synced(at_least=4)
+        assert sorted(e.payload.subject for e in events) == ["after expiry", "history", "while idle", "while revoked"]
+
+        # nothing shows a token: responses, a dump of the database, the events, JetStream's store, the logs
+        texts = [done.text, again.text, (await api.get("/v1/mail-sync")).text]
+        texts.append((await api.get("/v1/mail-sync/errors")).text)
+        url = urllib.parse.urlsplit(world.database_url)
+        dump = subprocess.run(
+            [
+                str(postgres_bin_dir() / "pg_dump"),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(url.port),
+                "-U",
+                "postgres",
+                "--data-only",
+                url.path.lstrip("/"),
+            ],
+            capture_output=True,
+            check=True,
+            text=True,
+        ).stdout
+        assert "oauth_state" in dump and me.address in dump
+        texts.append(dump)
+        texts += [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
+        texts += [p.read_bytes().decode("latin-1") for p in nats_server.data_dir.rglob("*") if p.is_file()]
+        texts.append(caplog.text)
+        no_secret_in("\n".join(texts), oauth.provider)
 
 
 def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: SyncWorld) -> None:
@@ -426,8 +493,10 @@ def id_token(claims: dict[str, Any]) -> str:
 
 
 async def test_microsoft_and_google_identities_from_the_id_token(world: SyncWorld) -> None:
-    """Microsoft's ID token may name the mailbox only as preferred_username; Google's email must be verified."""
+    """Microsoft's ID token may name the mailbox only as preferred_username, and its issuer names the account's
+    directory; Google's email must be verified."""
     ring = KeyRing(world.settings().credential_keys())
+    directory = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"
     apps = resolve_apps(
         world.settings(
             sync_oauth_apps={
@@ -435,37 +504,56 @@ async def test_microsoft_and_google_identities_from_the_id_token(world: SyncWorl
                     "client_id": f"{provider}-app",
                     "redirect_url": REDIRECT,
                     "client_secret_sealed": seal_client_secret(ring, provider, "s"),
+                    **({"tenant": directory} if provider == "outlook" else {}),
                 }
-                for provider in ("office365", "gmail")
+                for provider in ("office365", "outlook", "gmail")
             }
         ).sync_oauth_apps,
         ring,
     )
     context = SimpleNamespace(clock=world.clock, endpoint=None)
     exp = (world.clock() + timedelta(minutes=5)).timestamp()
+    issuers = {
+        "gmail": {"iss": "https://accounts.google.com"},
+        "office365": {
+            "iss": "https://login.microsoftonline.com/9188040d-6c67-4c5b-b112-36a304b66dad/v2.0",
+            "tid": "9188040d-6c67-4c5b-b112-36a304b66dad",
+        },
+        "outlook": {"iss": f"https://login.microsoftonline.com/{directory}/v2.0", "tid": directory},
+    }
 
     async def address(provider: str, **claims: Any) -> str:
         tokens = TokenSet(
             access_token="a",
             expires_at=world.clock(),
             refresh_token="r",
-            id_token=id_token(
-                {"aud": f"{provider}-app", "exp": exp, "nonce": "n", "iss": "https://accounts.google.com", **claims}
-            ),
+            id_token=id_token({"aud": f"{provider}-app", "exp": exp, "nonce": "n", **issuers[provider], **claims}),
         )
         return await _proven_address(context, apps[provider], tokens, "n")  # type: ignore[arg-type]
 
     assert await address("office365", preferred_username="Ann.Lee@Contoso.example") == "ann.lee@contoso.example"
+    assert await address("outlook", preferred_username="ann@contoso.example") == "ann@contoso.example"
     assert (
         await address("office365", email="ann@contoso.example", preferred_username="x@y.example")
         == "ann@contoso.example"
     )
     assert await address("gmail", email="bob@gmail.example", email_verified=True) == "bob@gmail.example"
+    other_directory = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
     for provider, claims in (
         ("office365", {"preferred_username": "not an address"}),
         ("office365", {"email": "ann@contoso.example", "aud": "another-app"}),
         ("office365", {"email": "ann@contoso.example", "nonce": "replayed"}),
         ("office365", {"email": "ann@contoso.example", "exp": exp - 3600}),
+        ("office365", {"email": "ann@contoso.example", "tid": other_directory}),  # iss and tid disagree
+        # an app of one directory takes only that directory's accounts
+        (
+            "outlook",
+            {
+                "preferred_username": "eve@fabrikam.example",
+                "tid": other_directory,
+                "iss": f"https://login.microsoftonline.com/{other_directory}/v2.0",
+            },
+        ),
         ("gmail", {"email": "bob@gmail.example", "iss": "https://evil.example"}),
     ):
         with pytest.raises(SignInRefused):

@@ -60,6 +60,10 @@ class Settings(KitSettings):
     # Provider apps for signing in with Gmail / Microsoft (JSON keyed by preset; see leadline_sync.oauth.apps).
     sync_oauth_apps: dict[str, OAuthAppSettings] = {}
     sync_oauth_state_seconds: float = Field(600.0, gt=0, le=3600)  # how long a sign-in may take
+    # a sign-in the provider's redirect brought back without a key waits this long for its starter's key
+    # (POST /v1/mail-sync/oauth/finish); the provider's code must still be good then (Google's and
+    # Microsoft's live some minutes)
+    sync_oauth_handoff_seconds: float = Field(120.0, gt=0, le=600)
     sync_oauth_refresh_margin_seconds: float = Field(300.0, ge=0)  # renew an access token this long before expiry
     sync_oauth_timeout: float = Field(10.0, gt=0)  # one call to a provider's token endpoint
     sync_oauth_attempts: int = Field(4, ge=1, le=10)  # tries of a token endpoint answering 5xx or not at all

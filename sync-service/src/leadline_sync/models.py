@@ -253,7 +253,9 @@ oauth_state = Table(
     "oauth_state",
     metadata,
     # one sign-in with a provider in progress: the caller it is for, the PKCE verifier (sealed, R25) and the
-    # OpenID nonce; the state itself is stored only as its SHA-256, and works once (used_at) before expires_at
+    # OpenID nonce; the state itself is stored only as its SHA-256, and works once (used_at) before expires_at.
+    # Reached without a key, the callback seals the code beside the verifier and hands back a one-time
+    # sign-in (stored as its SHA-256) that only the starter's key finishes (finished_at), before expires_at
     Column("id", Uuid, primary_key=True),
     Column("state_sha256", LargeBinary, nullable=False, unique=True),
     Column("company_id", Uuid, nullable=False),
@@ -267,6 +269,8 @@ oauth_state = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("used_at", DateTime(timezone=True)),
+    Column("handoff_sha256", LargeBinary, unique=True),
+    Column("finished_at", DateTime(timezone=True)),
     Index("ix_oauth_state_expires", "expires_at"),
 )
 

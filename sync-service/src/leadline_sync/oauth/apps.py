@@ -4,7 +4,9 @@
 ``office365``, ``outlook``): the client id, the client secret *sealed* under
 the credential keys (R25; ``python -m leadline_sync.oauth.apps seal PROVIDER``
 reads the secret on stdin and prints the value to set), the redirect URL
-registered with the provider (the gateway's ``/v1/mail-sync/oauth/callback``),
+registered with the provider (the gateway's ``/v1/mail-sync/oauth/callback``, or
+a page of the CRM that passes the answer on to it with the user's key), the
+CRM page that finishes a sign-in (``return_url``, when the redirect is Leadline's own),
 the Microsoft tenant, and optionally other endpoint URLs and IMAP/SMTP servers
 (the tests point them at a local authorization server and Dovecot).  The
 sealed secret binds the preset's name, so it cannot be moved to another one.
@@ -23,6 +25,7 @@ import argparse
 import base64
 import binascii
 import getpass
+import re
 import sys
 from dataclasses import dataclass
 from typing import Literal
@@ -50,11 +53,15 @@ class OAuthAppSettings(BaseModel):
     client_id: str = Field(min_length=1)
     client_secret_sealed: str = Field(min_length=1, repr=False)
     redirect_url: str = Field(min_length=1)
+    # the CRM's page that finishes a sign-in with the user's key when the redirect URL is Leadline's own
+    # callback: the browser is sent there with ``?sign_in=`` (see leadline_sync.oauth.flow)
+    return_url: str | None = Field(None, pattern=r"^https?://")
     tenant: str = Field("common", pattern=r"^[A-Za-z0-9.\-]{1,100}$")  # Microsoft: common, organizations, an id
     authorization_url: str | None = None
     token_url: str | None = None
     userinfo_url: str | None = None
-    issuer: str | None = None  # the ID token's "iss" must be this when set
+    # the ID token's "iss" must be this when set; ``{tid}`` stands for the token's directory (Microsoft)
+    issuer: str | None = None
     imap: ServerOverride | None = None
     smtp: ServerOverride | None = None
 
@@ -69,13 +76,23 @@ class ProviderDefaults:
     extra: tuple[tuple[str, str], ...]  # further authorization request parameters
 
 
-_MICROSOFT = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"
+_MICROSOFT = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0"  # {tenant}: the app's
+_MICROSOFT_ISSUER = "https://login.microsoftonline.com/{tid}/v2.0"
+_DIRECTORY_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _MICROSOFT_SCOPES = (
     "openid",
     "email",
     "offline_access",
     "https://outlook.office.com/IMAP.AccessAsUser.All",
     "https://outlook.office.com/SMTP.Send",
+)
+_MICROSOFT_DEFAULTS = ProviderDefaults(
+    authorization_url=f"{_MICROSOFT}/authorize",
+    token_url=f"{_MICROSOFT}/token",
+    userinfo_url=None,
+    issuer=_MICROSOFT_ISSUER,
+    scopes=_MICROSOFT_SCOPES,
+    extra=(("prompt", "select_account"),),
 )
 DEFAULTS: dict[str, ProviderDefaults] = {
     "gmail": ProviderDefaults(
@@ -87,14 +104,11 @@ DEFAULTS: dict[str, ProviderDefaults] = {
         # a refresh token is given only with offline access, and again on a new sign-in only with consent
         extra=(("access_type", "offline"), ("prompt", "consent")),
     ),
-    # Microsoft's issuer names the user's tenant, and its userinfo endpoint wants a Graph token: the ID
-    # token, received straight from the token endpoint over TLS, names the account.
-    "office365": ProviderDefaults(
-        f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES, (("prompt", "select_account"),)
-    ),
-    "outlook": ProviderDefaults(
-        f"{_MICROSOFT}/authorize", f"{_MICROSOFT}/token", None, None, _MICROSOFT_SCOPES, (("prompt", "select_account"),)
-    ),
+    # Microsoft's issuer names the user's directory (``tid``; one fixed id when the tenant is one), and its
+    # userinfo endpoint wants a Graph token: the ID token, received straight from the token endpoint over
+    # TLS, names the account.
+    "office365": _MICROSOFT_DEFAULTS,
+    "outlook": _MICROSOFT_DEFAULTS,
 }
 
 
@@ -106,6 +120,7 @@ class OAuthApp:
     client_id: str
     client_secret: str
     redirect_url: str
+    return_url: str | None
     authorization_url: str
     token_url: str
     userinfo_url: str | None
@@ -155,15 +170,21 @@ def resolve_apps(configured: dict[str, OAuthAppSettings], ring: KeyRing) -> dict
                 f"LEADLINE_SYNC_OAUTH_APPS: the client secret of {provider!r} does not open: {exc}. "
                 "Seal it with python -m leadline_sync.oauth.apps seal"
             ) from None
+
+        issuer = app.issuer or defaults.issuer
+        if issuer is not None and _DIRECTORY_ID.match(app.tenant.lower()):
+            issuer = issuer.replace("{tid}", app.tenant.lower())  # one directory: only its tokens
         apps[provider] = OAuthApp(
             provider=provider,
             client_id=app.client_id,
             client_secret=secret,
             redirect_url=app.redirect_url,
-            authorization_url=app.authorization_url or defaults.authorization_url.format(tenant=app.tenant),
-            token_url=app.token_url or defaults.token_url.format(tenant=app.tenant),
+            return_url=app.return_url,
+            # ``{tenant}`` in a URL, configured or Microsoft's, is the app's tenant
+            authorization_url=(app.authorization_url or defaults.authorization_url).replace("{tenant}", app.tenant),
+            token_url=(app.token_url or defaults.token_url).replace("{tenant}", app.tenant),
             userinfo_url=app.userinfo_url or defaults.userinfo_url,
-            issuer=app.issuer or defaults.issuer,
+            issuer=issuer,
             scopes=defaults.scopes,
             extra=defaults.extra,
             imap=app.imap,

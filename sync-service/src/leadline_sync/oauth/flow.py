@@ -6,21 +6,37 @@
         → state (256 bits, stored as its SHA-256, bound to the caller, single use, short-lived),
           PKCE verifier (RFC 7636, S256; sealed at rest), OpenID nonce
         → the provider's authorization URL
-    the user consents at the provider, whose redirect brings the browser to
+    the user consents at the provider, whose redirect brings the browser back with code and state
     GET /v1/mail-sync/oauth/callback?code&state (public: no API key in a redirect)
-        → the state is taken (used once, even if what follows fails) → code exchanged with the verifier
+        → the state is taken (used once, even if what follows fails)
+        → with the starter's key (a CRM page that received the redirect passes it on): finished now;
+          with another user's key: 403, nothing saved
+        → without a key: nothing is connected yet.  The code is sealed beside the verifier and a one-time
+          sign-in (256 bits, stored as its SHA-256, valid ``sync_oauth_handoff_seconds``) is handed back to
+          that browser: a 303 to the app's ``return_url`` with ``?sign_in=``, or in the body without one
+    POST /v1/mail-sync/oauth/finish {"sign_in"} (the caller: must be the starter, else 403, nothing saved)
+    finishing: the code exchanged with the verifier
         → the address: the ID token's verified email (aud, iss, exp, nonce checked), else the userinfo endpoint
         → IMAP and SMTP sign-in checked with the access token, as a password connect checks its logins
         → the mailbox saved like a password connect (R5 historical sync, R9 limit; a new sign-in for the
           connected address keeps the cursors, R10), the refresh token sealed with the company and mailbox
           ids as associated data (R25)
 
-The address is the one the provider proves; none may be given.  The callback
-is public, so it cannot tell whose browser brings the code back; a CRM that
-receives the provider's redirect on its own page and passes it on with the
-user's key gets the check that the sign-in is that user's (403 otherwise).  An unknown,
-expired or used state, an error from the provider, or an address the caller
-cannot connect is a 4xx problem and nothing is stored but the state's use.
+Why a key must finish every sign-in (login CSRF): the state proves which
+Leadline user started a sign-in, not whose browser brings the answer back.
+Someone could start a sign-in as themselves and get a victim to consent
+through that authorization URL; a public callback that finished it would
+connect the victim's mailbox to the attacker's user.  Leadline has no session
+with the user's browser to bind the state to (only the CRM has), so the
+callback never connects anything by itself: the CRM, which knows who its
+logged-in user is, finishes with that user's key, and a sign-in started by
+someone else is refused.  The one-time sign-in reaches only the browser that
+consented, never the attacker who started.
+
+The address is the one the provider proves; none may be given.  An unknown,
+expired or used state or sign-in, an error from the provider, or an address
+the caller cannot connect is a 4xx problem and nothing is stored but the
+state's use.
 """
 
 from __future__ import annotations
@@ -31,7 +47,7 @@ import hmac
 import secrets
 import urllib.parse
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -39,7 +55,7 @@ from sqlalchemy import update
 
 from leadline_kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from leadline_kit.identity import Identity
-from leadline_kit.sealing import Sealed
+from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.addresses import normalize_address
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
@@ -79,12 +95,17 @@ def app_for(context: SyncContext, provider: str) -> tuple[Provider, OAuthApp]:
     return preset, app
 
 
+def _seal_pending(context: SyncContext, state_id: uuid.UUID, verifier: str, code: str) -> Sealed:
+    # the row's secrets, sealed with its id as associated data: the PKCE verifier and, once brought, the code
+    return context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier, smtp_password=code))
+
+
 async def start(context: SyncContext, caller: Identity, provider: str, smtp_use: str) -> Authorization:
     _, app = app_for(context, provider)
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     state_id = uuid.uuid4()
-    sealed = context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier, smtp_password=""))
+    sealed = _seal_pending(context, state_id, verifier, "")
     now = context.clock()
     expires_at = now + timedelta(seconds=context.settings.sync_oauth_state_seconds)
     async with context.db.session() as session:
@@ -121,39 +142,101 @@ async def start(context: SyncContext, caller: Identity, provider: str, smtp_use:
 
 @dataclass(frozen=True)
 class PendingSignIn:
+    id: uuid.UUID
     company_id: uuid.UUID
     user_id: uuid.UUID
     provider: str
     smtp_use: str
     nonce: str
-    verifier: str
+    verifier: str = field(repr=False)
+    code: str = field(default="", repr=False)  # once the callback has brought it without a key
 
 
-async def _take_state(context: SyncContext, state: str) -> PendingSignIn:
-    """The sign-in ``state`` belongs to, used up now; a 400 if it is unknown, expired or used."""
+@dataclass(frozen=True)
+class HandOff:
+    """A sign-in brought back without a key, waiting for its starter's key (POST /v1/mail-sync/oauth/finish)."""
+
+    sign_in: str = field(repr=False)
+    expires_at: datetime
+    return_url: str | None  # where the browser goes on with ``?sign_in=``, when the app names one
+
+
+def _pending(context: SyncContext, row: Any) -> PendingSignIn:
+    try:
+        secrets_ = context.cipher.open(
+            row.id, row.id, Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)
+        )
+    except CredentialError:
+        raise SignInRefused(
+            "this sign-in can no longer be read (the server's keys changed); start again from Mail Sync",
+            slug="oauth-state-invalid",
+        ) from None
+    return PendingSignIn(
+        row.id,
+        row.company_id,
+        row.user_id,
+        row.provider,
+        row.smtp_use,
+        row.nonce,
+        secrets_.imap_password,
+        secrets_.smtp_password,
+    )
+
+
+async def _take(context: SyncContext, secret: str, handed_off: bool) -> PendingSignIn:
+    """The sign-in a state (or a handed-back sign-in) names, used up now; a 400 if unknown, expired or used."""
     now = context.clock()
+    if handed_off:
+        match, unused, mark = oauth_state.c.handoff_sha256, oauth_state.c.finished_at, "finished_at"
+    else:
+        match, unused, mark = oauth_state.c.state_sha256, oauth_state.c.used_at, "used_at"
     async with context.db.session() as session:
         row = (
             await session.execute(
                 update(oauth_state)
-                .where(
-                    oauth_state.c.state_sha256 == _state_hash(state),
-                    oauth_state.c.used_at.is_(None),
-                    oauth_state.c.expires_at > now,
-                )
-                .values(used_at=now)
+                .where(match == _state_hash(secret), unused.is_(None), oauth_state.c.expires_at > now)
+                .values({mark: now})
                 .returning(oauth_state)
             )
         ).first()
     if row is None:
+        if handed_off:
+            raise SignInRefused(
+                "this sign-in is unknown, expired or already finished; start again from Mail Sync",
+                slug="oauth-sign-in-invalid",
+            )
         raise SignInRefused(
             "this sign-in link is unknown, expired or already used; start again from Mail Sync",
             slug="oauth-state-invalid",
         )
-    verifier = context.cipher.open(
-        row.id, row.id, Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)
-    ).imap_password
-    return PendingSignIn(row.company_id, row.user_id, row.provider, row.smtp_use, row.nonce, verifier)
+    return _pending(context, row)
+
+
+async def _hand_off(context: SyncContext, pending: PendingSignIn, code: str) -> HandOff:
+    sign_in = secrets.token_urlsafe(32)
+    expires_at = context.clock() + timedelta(seconds=context.settings.sync_oauth_handoff_seconds)
+    sealed = _seal_pending(context, pending.id, pending.verifier, code)
+    async with context.db.session() as session:
+        await session.execute(
+            update(oauth_state)
+            .where(oauth_state.c.id == pending.id)
+            .values(
+                handoff_sha256=_state_hash(sign_in),
+                expires_at=expires_at,
+                verifier_key_id=sealed.key_id,
+                verifier_wrapped_key=sealed.wrapped_key,
+                verifier_ciphertext=sealed.ciphertext,
+            )
+        )
+    return HandOff(sign_in, expires_at, context.oauth_apps[pending.provider].return_url)
+
+
+def _starter_only(pending: PendingSignIn, caller: Identity) -> None:
+    if (caller.company_id, caller.user_id) != (pending.company_id, pending.user_id):
+        raise Forbidden(
+            "this sign-in was started by another user; each user connects only their own mailbox",
+            slug="oauth-state-other-user",
+        )
 
 
 async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet, nonce: str) -> str:
@@ -164,6 +247,9 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
             claims = id_token_claims(tokens.id_token)
         except ValueError:
             raise SignInRefused("the provider's ID token cannot be read", slug="oauth-identity-invalid") from None
+        issuer = app.issuer
+        if issuer is not None and "{tid}" in issuer:  # Microsoft: the issuer names the account's directory
+            issuer = issuer.replace("{tid}", str(claims.get("tid", "")))
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
         expires = claims.get("exp")
@@ -172,7 +258,7 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
             or not isinstance(expires, int | float)
             or expires < context.clock().timestamp()
             or not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
-            or (app.issuer is not None and claims.get("iss") != app.issuer)
+            or (issuer is not None and claims.get("iss") != issuer)
         ):
             raise SignInRefused("the provider's ID token is not for this sign-in", slug="oauth-identity-invalid")
     address = claims.get("email") if claims.get("email_verified", True) is not False else None
@@ -200,25 +286,36 @@ def _login(side: str, preset: ServerPreset | None, app: OAuthApp, address: str, 
 
 
 async def callback(
-    context: SyncContext, code: str | None, state: str | None, error: str | None, caller: Identity | None = None
-) -> uuid.UUID:
-    """Finish a sign-in; returns the mailbox id.  ``caller``: who passed the redirect on, when known (R1)."""
+    context: SyncContext, code: str | None, state: str | None, error: str | None, caller: Identity | None
+) -> uuid.UUID | HandOff:
+    """The provider's answer: with a key (``caller``, R1) the mailbox id once connected; without, a hand-off."""
     if not state:
         raise SignInRefused(
             "the sign-in answer carries no state; start again from Mail Sync", slug="oauth-state-invalid"
         )
-    pending = await _take_state(context, state)
-    if caller is not None and (caller.company_id, caller.user_id) != (pending.company_id, pending.user_id):
-        raise Forbidden(
-            "this sign-in was started by another user; each user connects only their own mailbox",
-            slug="oauth-state-other-user",
-        )
-    preset, app = app_for(context, pending.provider)
+    pending = await _take(context, state, handed_off=False)
+    if caller is not None:
+        _starter_only(pending, caller)
+    preset, _ = app_for(context, pending.provider)
     if error is not None or not code:
         raise SignInRefused(
             f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); start again from Mail Sync",
             slug="oauth-provider-error",
         )
+    if caller is None:
+        return await _hand_off(context, pending, code)
+    return await _complete(context, pending, code)
+
+
+async def finish(context: SyncContext, caller: Identity, sign_in: str) -> uuid.UUID:
+    """Finish a sign-in the callback handed back; only its starter may (R1).  Returns the mailbox id."""
+    pending = await _take(context, sign_in, handed_off=True)
+    _starter_only(pending, caller)
+    return await _complete(context, pending, pending.code)
+
+
+async def _complete(context: SyncContext, pending: PendingSignIn, code: str) -> uuid.UUID:
+    preset, app = app_for(context, pending.provider)
     try:
         tokens = await context.endpoint.exchange_code(app, code, pending.verifier)
     except TokenRefused as exc:
