@@ -335,7 +335,7 @@ BREAKDOWN = [
     ("gateway: request in, 202 out", "leadline_http_request_seconds", 'service="gateway"'),
     ("send API: request in, 202 out", "leadline_http_request_seconds", 'service="send",route="/v1/messages"'),
     ("send stages", "leadline_send_stage_seconds", ""),
-    ("quota service: answering an ask", "leadline_quota_rpc_seconds", ""),
+    ("quota service: answering an ask", "leadline_rpc_answer_seconds", 'subject="leadline-rpc.quota.'),
     ("delivery: MAIL FROM to the reply after '.'", "leadline_send_smtp_seconds", ""),
     ("delivery: queued to accepted by the server", "leadline_send_delivery_seconds", ""),
 ]

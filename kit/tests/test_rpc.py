@@ -8,6 +8,7 @@ import uuid
 import nats
 import pytest
 from nats.aio.msg import Msg
+from pydantic import BaseModel
 
 from leadline_kit import rpc
 from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
@@ -41,4 +42,51 @@ async def test_an_answer_is_typed_and_no_usable_answer_is_one_error(nats_url: st
         assert silent.value.reason is rpc.Unheard.TIMEOUT
         assert asyncio.get_running_loop().time() - started < 2
     finally:
+        await nc.close()
+
+
+async def test_a_responder_refuses_what_it_cannot_read_and_fails_as_told(nats_url: str) -> None:
+    nc = await nats.connect(nats_url)
+    subject = f"kittest.rpc.{uuid.uuid4().hex}"
+    asked: list[MailboxSlotRequest] = []
+
+    async def answer(request: MailboxSlotRequest) -> tuple[BaseModel, str]:
+        asked.append(request)
+        if request.company_id == request.mailbox_id:
+            raise rpc.Unreadable("the company is not a mailbox")
+        if len(asked) > 2:
+            raise RuntimeError("the database is away")
+        return MailboxSlotReply(status="granted", position=len(asked)), "granted"
+
+    def refusal(why: str) -> BaseModel:
+        return MailboxSlotReply(status="invalid", detail=why)
+
+    silent = rpc.Responder(subject, MailboxSlotRequest, answer, refusal)
+    tasks = []
+    try:
+        subscription = await rpc.subscribe(nc, silent, "kittest")
+        tasks.append(asyncio.create_task(rpc.respond(subscription, silent, concurrency=4)))
+        ask = MailboxSlotRequest(company_id=uuid.uuid4(), mailbox_id=uuid.uuid4())
+        assert (await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=5)).position == 1
+        same = uuid.uuid4()
+        odd = await rpc.ask(nc, subject, MailboxSlotRequest(company_id=same, mailbox_id=same), MailboxSlotReply, 5)
+        assert (odd.status, odd.detail) == ("invalid", "invalid request: the company is not a mailbox")
+        unreadable = MailboxSlotReply.model_validate_json((await nc.request(subject, b'{"company_id": 1}', 5)).data)
+        assert unreadable.status == "invalid" and unreadable.detail.startswith("invalid request: company_id")
+        with pytest.raises(rpc.Unanswered) as failed:
+            await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=0.5)
+        assert failed.value.reason is rpc.Unheard.TIMEOUT  # a failure is not answered: the asker asks again
+
+        stopped = tasks.pop()
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)  # unsubscribed on the way out
+        refusing = rpc.Responder(subject, MailboxSlotRequest, answer, refusal, rpc.OnFailure.REFUSE)
+        subscription = await rpc.subscribe(nc, refusing, "kittest")
+        tasks.append(asyncio.create_task(rpc.respond(subscription, refusing)))
+        told = await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=5)
+        assert (told.status, told.detail) == ("invalid", "the service failed to answer; retry later")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await nc.close()

@@ -31,7 +31,7 @@ def two_processes(quota_url: str, nats_url: str) -> Iterator[list[int]]:
 
 
 def answered(metrics: str) -> int:
-    pattern = r'leadline_quota_rpc_total\{outcome="(?:granted|refused)",subject="leadline-rpc.quota.reserve"\} (\S+)'
+    pattern = r'leadline_rpc_answers_total\{outcome="(?:granted|refused)",subject="leadline-rpc.quota.reserve"\} (\S+)'
     return int(sum(float(value) for value in re.findall(pattern, metrics)))
 
 

@@ -221,4 +221,4 @@ async def test_a_database_outage_is_answered_not_left_to_time_out(
             ),
         )
     assert (reply.granted, reply.reservation_id) == (False, None)
-    assert reply.detail == "the quota service failed to answer; retry later"
+    assert reply.detail == "the service failed to answer; retry later"

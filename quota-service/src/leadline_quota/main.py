@@ -13,6 +13,7 @@ import logging
 
 from fastapi import FastAPI
 
+from leadline_kit import rpc
 from leadline_kit.service import Runtime, create_service_app
 from leadline_quota import plans, reservations
 from leadline_quota.batching import ReservationBatcher
@@ -21,7 +22,7 @@ from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
 from leadline_quota.endpoints import operator_router, router
 from leadline_quota.models import outbox
-from leadline_quota.responders import QuotaRpc, respond, subscribe
+from leadline_quota.responders import QUEUE_GROUP, QuotaRpc
 
 log = logging.getLogger("leadline.quota")
 
@@ -45,11 +46,11 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
     settings = settings or Settings()
 
     async def on_start(runtime: Runtime) -> None:
-        rpc = QuotaRpc(runtime.db, clock, ReservationBatcher(runtime.db, clock))
-        for subject, (answer, unanswerable) in rpc.answers().items():
-            subscription = await subscribe(runtime.nats, subject)
+        quota_rpc = QuotaRpc(runtime.db, clock, ReservationBatcher(runtime.db, clock))
+        for responder in quota_rpc.responders():
+            subscription = await rpc.subscribe(runtime.nats, responder, QUEUE_GROUP)
             runtime.spawn(
-                respond(subscription, answer, unanswerable, settings.responder_concurrency), f"quota-rpc-{subject}"
+                rpc.respond(subscription, responder, settings.responder_concurrency), f"quota-rpc-{responder.subject}"
             )
         runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
 

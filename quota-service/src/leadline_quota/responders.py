@@ -1,30 +1,24 @@
 """NATS request/reply responders of the quota service.
 
 Each RPC subject is subscribed with the queue group ``quota``, so that every
-running quota-service process shares the requests.  Requests are answered
-concurrently (bounded by ``responder_concurrency``); each runs in its own
-database transaction and is answered only after it commits, so a granted
-reply always stands for a committed reservation.  A request that cannot be
-read gets the subject's reply type with ``detail`` saying why (never silence,
-never a crashed responder); an unexpected failure is logged and answered the
-same way, so the asker does not have to wait for its timeout.
+running quota-service process shares the requests, and answered by
+``kit.rpc.respond`` concurrently (bounded by ``responder_concurrency``); each
+runs in its own database transaction and is answered only after it commits, so
+a granted reply always stands for a committed reservation.  A request that
+cannot be read gets the subject's reply type with ``detail`` saying why (never
+silence, never a crashed responder); an unexpected failure is logged and
+answered the same way (``OnFailure.REFUSE``), so the asker does not have to
+wait for its timeout.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from prometheus_client import Counter, Histogram
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
+from leadline_kit import rpc
 from leadline_kit.db import Database
 from leadline_proto.requests import (
     MailboxSlotReply,
@@ -50,28 +44,7 @@ from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock
 from leadline_quota.reservations import InvalidAsk, ReserveAsk
 
-log = logging.getLogger("leadline.quota.rpc")
-
 QUEUE_GROUP = "quota"
-ANSWERS = Counter("leadline_quota_rpc_total", "Quota RPC answers", ["subject", "outcome"])
-LATENCY = Histogram(
-    "leadline_quota_rpc_seconds",
-    "Quota RPC handling time",
-    ["subject"],
-    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-)
-
-Answer = Callable[[bytes], Awaitable[tuple[BaseModel, str]]]
-
-
-class Unreadable(Exception):
-    """The request cannot be answered as asked; the message is the reply's detail."""
-
-
-def _why(exc: ValidationError) -> str:
-    return "invalid request: " + "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)[:5]
-    )
 
 
 @dataclass
@@ -80,20 +53,33 @@ class QuotaRpc:
     clock: Clock
     batcher: ReservationBatcher
 
-    def answers(self) -> dict[str, tuple[Answer, Callable[[str], BaseModel]]]:
-        """Subject → (answer, the reply to send when the request cannot be answered)."""
-        return {
-            RPC_QUOTA_RESERVE: (self.reserve, lambda why: QuotaReserveReply(granted=False, detail=why)),
-            RPC_QUOTA_CHECK: (self.check, lambda why: QuotaReserveReply(granted=False, detail=why)),
-            RPC_QUOTA_COMMIT: (self.commit, lambda why: QuotaSettleReply(ok=False, detail=why)),
-            RPC_QUOTA_RELEASE: (self.release, lambda why: QuotaSettleReply(ok=False, detail=why)),
-            RPC_MAILBOX_SLOT_CLAIM: (self.claim_slot, lambda why: MailboxSlotReply(status="invalid", detail=why)),
-            RPC_MAILBOX_SLOT_RELEASE: (self.release_slot, lambda why: MailboxSlotReply(status="invalid", detail=why)),
-            RPC_SYNC_ALLOWANCE: (self.sync_allowance, lambda why: SyncAllowanceReply(allowed=0, detail=why)),
-        }
+    def responders(self) -> list[rpc.Responder[Any]]:
+        """One responder per subject, each refusing with its subject's reply type."""
 
-    async def _decide(self, data: bytes, *, dry_run: bool) -> tuple[BaseModel, str]:
-        request = QuotaReserveRequest.model_validate_json(data)
+        def reserve_refusal(why: str) -> BaseModel:
+            return QuotaReserveReply(granted=False, detail=why)
+
+        def settle_refusal(why: str) -> BaseModel:
+            return QuotaSettleReply(ok=False, detail=why)
+
+        def slot_refusal(why: str) -> BaseModel:
+            return MailboxSlotReply(status="invalid", detail=why)
+
+        def allowance_refusal(why: str) -> BaseModel:
+            return SyncAllowanceReply(allowed=0, detail=why)
+
+        refuse = rpc.OnFailure.REFUSE
+        return [
+            rpc.Responder(RPC_QUOTA_RESERVE, QuotaReserveRequest, self.reserve, reserve_refusal, refuse),
+            rpc.Responder(RPC_QUOTA_CHECK, QuotaReserveRequest, self.check, reserve_refusal, refuse),
+            rpc.Responder(RPC_QUOTA_COMMIT, QuotaSettleRequest, self.commit, settle_refusal, refuse),
+            rpc.Responder(RPC_QUOTA_RELEASE, QuotaSettleRequest, self.release, settle_refusal, refuse),
+            rpc.Responder(RPC_MAILBOX_SLOT_CLAIM, MailboxSlotRequest, self.claim_slot, slot_refusal, refuse),
+            rpc.Responder(RPC_MAILBOX_SLOT_RELEASE, MailboxSlotRequest, self.release_slot, slot_refusal, refuse),
+            rpc.Responder(RPC_SYNC_ALLOWANCE, SyncAllowanceRequest, self.sync_allowance, allowance_refusal, refuse),
+        ]
+
+    async def _decide(self, request: QuotaReserveRequest, *, dry_run: bool) -> tuple[BaseModel, str]:
         ask = ReserveAsk(
             request.company_id,
             request.account_key,
@@ -114,7 +100,7 @@ class QuotaRpc:
             else:
                 decision = await self.batcher.reserve(ask)
         except InvalidAsk as exc:
-            raise Unreadable(str(exc)) from exc
+            raise rpc.Unreadable(str(exc)) from exc
         reply = QuotaReserveReply(
             granted=decision.granted,
             reservation_id=decision.reservation_id,
@@ -126,14 +112,13 @@ class QuotaRpc:
         )
         return reply, "granted" if decision.granted else "refused"
 
-    async def reserve(self, data: bytes) -> tuple[BaseModel, str]:
-        return await self._decide(data, dry_run=False)
+    async def reserve(self, request: QuotaReserveRequest) -> tuple[BaseModel, str]:
+        return await self._decide(request, dry_run=False)
 
-    async def check(self, data: bytes) -> tuple[BaseModel, str]:
-        return await self._decide(data, dry_run=True)
+    async def check(self, request: QuotaReserveRequest) -> tuple[BaseModel, str]:
+        return await self._decide(request, dry_run=True)
 
-    async def commit(self, data: bytes) -> tuple[BaseModel, str]:
-        request = QuotaSettleRequest.model_validate_json(data)
+    async def commit(self, request: QuotaSettleRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             settled = await reservations.commit(
                 session,
@@ -144,82 +129,30 @@ class QuotaRpc:
                 recipients=request.recipients,
             )
         if settled.invalid:
-            raise Unreadable(settled.detail)
+            raise rpc.Unreadable(settled.detail)
         return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
 
-    async def release(self, data: bytes) -> tuple[BaseModel, str]:
-        request = QuotaSettleRequest.model_validate_json(data)
+    async def release(self, request: QuotaSettleRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             settled = await reservations.release(session, request.company_id, request.reservation_id, self.clock)
         return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
 
-    async def claim_slot(self, data: bytes) -> tuple[BaseModel, str]:
-        request = MailboxSlotRequest.model_validate_json(data)
+    async def claim_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             slot = await mailbox_slots.claim(session, request.company_id, request.mailbox_id, self.clock())
         return MailboxSlotReply(status=slot.status, position=slot.position), slot.status
 
-    async def release_slot(self, data: bytes) -> tuple[BaseModel, str]:
-        request = MailboxSlotRequest.model_validate_json(data)
+    async def release_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             await mailbox_slots.release(session, request.company_id, request.mailbox_id, self.clock())
         return MailboxSlotReply(status="released"), "released"
 
-    async def sync_allowance(self, data: bytes) -> tuple[BaseModel, str]:
-        request = SyncAllowanceRequest.model_validate_json(data)
+    async def sync_allowance(self, request: SyncAllowanceRequest) -> tuple[BaseModel, str]:
         if request.count < 0:
-            raise Unreadable("count must not be negative")
+            raise rpc.Unreadable("count must not be negative")
         async with self.db.session() as session:
             allowance = await plans.sync_allowance(
                 session, request.company_id, request.user_id, request.count, self.clock()
             )
         outcome = "allowed" if allowance.allowed == request.count else "limited"
         return SyncAllowanceReply(allowed=allowance.allowed, resets_at=allowance.resets_at), outcome
-
-
-async def subscribe(nc: Client, subject: str) -> Subscription:
-    """Join the ``quota`` queue group on ``subject``; flushed, so requests reach it from now on."""
-    subscription = await nc.subscribe(subject, queue=QUEUE_GROUP)
-    await nc.flush()
-    return subscription
-
-
-async def respond(
-    subscription: Subscription, answer: Answer, unanswerable: Callable[[str], BaseModel], concurrency: int
-) -> None:
-    """Answer the subscription's requests until cancelled, at most ``concurrency`` at a time."""
-    subject = subscription.subject
-    slots = asyncio.Semaphore(concurrency)
-    in_flight: set[asyncio.Task[None]] = set()
-
-    async def answer_one(msg: Msg) -> None:
-        started = time.perf_counter()
-        try:
-            try:
-                reply, outcome = await answer(msg.data)
-            except ValidationError as exc:
-                reply, outcome = unanswerable(_why(exc)), "invalid"
-            except Unreadable as exc:
-                reply, outcome = unanswerable(f"invalid request: {exc}"), "invalid"
-            except Exception:
-                log.exception("quota rpc %s failed", subject)
-                reply, outcome = unanswerable("the quota service failed to answer; retry later"), "error"
-            if msg.reply:
-                await msg.respond(reply.model_dump_json().encode())
-            ANSWERS.labels(subject, outcome).inc()
-            LATENCY.labels(subject).observe(time.perf_counter() - started)
-        except Exception:
-            log.exception("quota rpc %s: could not send the reply", subject)
-        finally:
-            slots.release()
-
-    try:
-        async for msg in subscription.messages:
-            await slots.acquire()
-            task = asyncio.create_task(answer_one(msg))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-    finally:
-        await asyncio.gather(*in_flight, return_exceptions=True)
-        with contextlib.suppress(Exception):  # the connection may already be closing
-            await subscription.unsubscribe()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -10,6 +9,7 @@ import uuid
 
 from fastapi import FastAPI
 
+from leadline_kit import rpc
 from leadline_kit.sealing import KeyRing
 from leadline_kit.service import Runtime, create_service_app
 from leadline_sync.config import Settings
@@ -18,7 +18,7 @@ from leadline_sync.credentials import CredentialCipher
 from leadline_sync.domain_check import DnsTxtResolver, TxtResolver
 from leadline_sync.mailbox.consumers import consumers
 from leadline_sync.mailbox.endpoints import router
-from leadline_sync.mailbox.smtp_settings import serve_mailbox_smtp
+from leadline_sync.mailbox.smtp_settings import mailbox_smtp_responder
 from leadline_sync.models import outbox
 from leadline_sync.oauth.apps import resolve_apps
 from leadline_sync.oauth.endpoints import router as oauth_router
@@ -30,6 +30,8 @@ from leadline_sync.sync.scheduler import SyncScheduler
 
 log = logging.getLogger("leadline.sync")
 
+QUEUE_GROUP = "leadline-sync"
+
 
 def create_app(
     settings: Settings | None = None, *, clock: Clock | None = None, resolver: TxtResolver | None = None
@@ -40,7 +42,9 @@ def create_app(
     async def on_start(runtime: Runtime) -> None:
         context: SyncContext = runtime.extras["sync"]
         context.nats = runtime.nats
-        runtime.extras["smtp_settings_subscription"] = await serve_mailbox_smtp(context)
+        responder = mailbox_smtp_responder(context)
+        subscription = await rpc.subscribe(runtime.nats, responder, QUEUE_GROUP)
+        runtime.spawn(rpc.respond(subscription, responder), "sync-rpc-mailbox-smtp")
         capacity = replica_capacity(settings, raise_open_files_limit())
         log.info("replica %s holds up to %s", context.replica, capacity.describe())
         scheduler = SyncScheduler(context, capacity)
@@ -50,10 +54,6 @@ def create_app(
     async def on_stop(runtime: Runtime) -> None:
         # the scheduler gives its leases back and stops the parser processes as the kit cancels it
         await runtime.extras["sync"].endpoint.close()
-        subscription = runtime.extras.get("smtp_settings_subscription")
-        if subscription is not None:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
 
     app = create_service_app(
         name="sync",

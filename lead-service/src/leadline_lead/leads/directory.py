@@ -8,15 +8,11 @@ leads as this answer counts (see the sync service's README).
 
 from __future__ import annotations
 
-from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
-from leadline_lead.leads.responder import serve
 from leadline_lead.models import lead, lead_address
 from leadline_proto.requests import LeadDirectoryReply, LeadDirectoryRequest
-from leadline_proto.subjects import RPC_LEAD_DIRECTORY
 
 
 async def directory_reply(db: Database, request: LeadDirectoryRequest) -> LeadDirectoryReply:
@@ -29,12 +25,3 @@ async def directory_reply(db: Database, request: LeadDirectoryRequest) -> LeadDi
             )
         ).one()
     return LeadDirectoryReply(leads=row[0], newest_created_at=row[1], as_of=row[2])
-
-
-async def serve_lead_directory(nc: Client, db: Database) -> Subscription:
-    async def answer(request: LeadDirectoryRequest) -> LeadDirectoryReply:
-        return await directory_reply(db, request)
-
-    return await serve(
-        nc, RPC_LEAD_DIRECTORY, LeadDirectoryRequest, answer, lambda why: LeadDirectoryReply(leads=0, detail=why)
-    )

@@ -7,17 +7,13 @@ group; a database failure is not answered (the asker says the lead service did n
 
 from __future__ import annotations
 
-from nats.aio.client import Client
-from nats.aio.subscription import Subscription
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
-from leadline_lead.leads.responder import serve
 from leadline_lead.models import timeline_event
 from leadline_lead.models import timeline_event_source as source
 from leadline_lead.timeline.service import message_key
 from leadline_proto.requests import MessageTimelineEntry, MessageTimelineReply, MessageTimelineRequest
-from leadline_proto.subjects import RPC_MESSAGE_TIMELINE
 
 MAX_ENTRIES = 100
 
@@ -42,13 +38,4 @@ async def message_timeline(db: Database, request: MessageTimelineRequest) -> Mes
         entries=[
             MessageTimelineEntry(lead_id=r[0], kind=r[1], occurred_at=r[2], sources=sorted(r[3] or [])) for r in rows
         ]
-    )
-
-
-async def serve_message_timeline(nc: Client, db: Database) -> Subscription:
-    async def answer(request: MessageTimelineRequest) -> MessageTimelineReply:
-        return await message_timeline(db, request)
-
-    return await serve(
-        nc, RPC_MESSAGE_TIMELINE, MessageTimelineRequest, answer, lambda why: MessageTimelineReply(detail=why)
     )

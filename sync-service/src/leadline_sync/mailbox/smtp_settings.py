@@ -9,12 +9,10 @@ internal bus carries it.
 
 from __future__ import annotations
 
+import functools
 import logging
 
-from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
-from pydantic import ValidationError
-
+from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.net import MailConnectionError
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
@@ -23,8 +21,6 @@ from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.service import active_mailbox
 
 log = logging.getLogger("leadline.sync.smtp-settings")
-
-QUEUE_GROUP = "leadline-sync"
 
 
 async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) -> MailboxSmtpReply:
@@ -73,20 +69,13 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
     )
 
 
-async def serve_mailbox_smtp(context: SyncContext) -> Subscription:
-    async def on_request(msg: Msg) -> None:
-        try:
-            request = MailboxSmtpRequest.model_validate_json(msg.data)
-        except ValidationError:
-            await msg.respond(MailboxSmtpReply(found=False).model_dump_json().encode())
-            return
-        try:
-            reply = await mailbox_smtp_reply(context, request)
-        except Exception:
-            log.exception("mailbox SMTP settings request failed")
-            return  # the asker times out and retries; never answer "not found" for a database failure
-        await msg.respond(reply.model_dump_json().encode())
+def mailbox_smtp_responder(context: SyncContext) -> rpc.Responder[MailboxSmtpRequest]:
+    """A request that cannot be read is answered "not found"; a failure is not answered at all (the asker
+    times out and retries): never "not found" for a database failure."""
 
-    subscription = await context.nc.subscribe(RPC_MAILBOX_SMTP, queue=QUEUE_GROUP, cb=on_request)
-    await context.nc.flush()  # the server knows the subscription before the service says it is ready
-    return subscription
+    return rpc.Responder(
+        RPC_MAILBOX_SMTP,
+        MailboxSmtpRequest,
+        functools.partial(mailbox_smtp_reply, context),
+        lambda why: MailboxSmtpReply(found=False),
+    )
