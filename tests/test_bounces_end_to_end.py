@@ -1,8 +1,9 @@
-"""Bounces end to end (R17): Smart Mail out through aiosmtpd, delivery notices for it into the Dovecot INBOX.
+"""Bounces and complaints end to end (R17): Smart Mail out through aiosmtpd, notices for it into the Dovecot INBOX.
 
 The sync recognises each notice; the send service marks a hard bounce's message ``bounced`` (also when the
 notice names no recipient, only the returned Message-ID) and keeps a soft one's message ``sent``; the lead's
-timeline shows ``bounce`` or ``delivery_delayed``.
+timeline shows ``bounce`` or ``delivery_delayed``.  A complaint (an ARF report whose recipient is redacted)
+marks its lead ``complained``, shows as ``complaint`` on the timeline, and stops marketing mail to the lead.
 """
 
 from __future__ import annotations
@@ -85,6 +86,38 @@ Subject: Offer
 Message-ID: {original}
 """
 
+COMPLAINT = """From: Yahoo! Mail AntiSpam Feedback <feedback@arf.mail.yahoo.com>
+To: {me}
+Subject: FW: Offer
+Message-ID: <{tag}-arf@arf.mail.yahoo.com>
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=feedback-report; boundary="F"
+
+--F
+Content-Type: text/plain
+
+This is an email abuse report for an email message received from IP 192.0.2.1.
+
+--F
+Content-Type: message/feedback-report
+
+Feedback-Type: abuse
+User-Agent: Yahoo!-Mail-Feedback/2.0
+Version: 1
+Original-Rcpt-To: redacted@yahoo.com
+
+--F
+Content-Type: message/rfc822
+
+From: {me}
+To: redacted@yahoo.com
+Subject: Offer
+Message-ID: {original}
+
+Here it is.
+--F--
+"""
+
 
 def append_raw(dovecot: DovecotServer, user: str, password: str, raw: str) -> None:
     imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
@@ -106,7 +139,7 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
     tag = uuid.uuid4().hex[:8]
     with suite.client() as client:
         leads = {}
-        for name in ("hard", "soft", "unnamed"):
+        for name in ("hard", "soft", "unnamed", "complained"):
             address = f"{name}-{tag}@lead.example"
             created = client.post("/v1/leads", headers=key, json={"name": name, "addresses": [address]})
             assert created.status_code == 201, created.text
@@ -151,7 +184,7 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
             wait_for("the Smart Mail sent", lambda m=message_id: message(m)["state"] == "sent")  # type: ignore[misc]
             messages[name] = message(message_id)
             assert len(smtp_server.received_with(f"Offer {name} {tag}".encode())) == 1
-        for name, notice in (("hard", HARD), ("soft", SOFT), ("unnamed", UNNAMED)):
+        for name, notice in (("hard", HARD), ("soft", SOFT), ("unnamed", UNNAMED), ("complained", COMPLAINT)):
             append_raw(
                 dovecot,
                 me,
@@ -176,8 +209,27 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
         assert all(i["kind"] != "email_received" for name in leads for i in timeline(name)), (
             "a notice is not a conversation with the lead"
         )
+        complaint = wait_for("the complaint on the timeline", lambda: of_kind("complained", "complaint"))
         statuses = {
             name: client.get(f"/v1/leads/{lead_id}", headers=key).json()["mail_status"]
             for name, (lead_id, _) in leads.items()
         }
-        assert statuses == {"hard": "bounced", "soft": "ok", "unnamed": "bounced"}
+        assert statuses == {"hard": "bounced", "soft": "ok", "unnamed": "bounced", "complained": "complained"}
+
+        # the complaint: its own timeline event, the message stays sent, no more marketing mail to the lead
+        assert "reported the mail as spam" in complaint["snippet"], complaint
+        assert message(messages["complained"]["id"])["state"] == "sent"
+        lead_id = leads["complained"][0]
+
+        def marketing() -> Any:
+            body = {"category": "marketing", "lead_ids": [lead_id], "subject": f"News {tag}", "text": "x"}
+            return client.post("/v1/messages", headers=key, json=body)
+
+        refused = wait_for(
+            "marketing refused",
+            lambda: (r := marketing()).json().get("type", "").endswith("/recipient-complained") and r,
+        )
+        assert refused.status_code == 422 and refused.json()["addresses"] == [leads["complained"][1]]
+        personal = client.post("/v1/messages", headers=key, json={"lead_ids": [lead_id], "text": "one to one"})
+        assert personal.status_code == 202, "a complaint stops marketing mail only"
+        assert not smtp_server.received_with(f"News {tag}".encode())

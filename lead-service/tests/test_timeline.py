@@ -22,6 +22,8 @@ from leadline_proto.events import (
     MailBouncedV1,
     MailboxConnectionPayload,
     MailboxDisconnectedV1,
+    MailComplainedPayload,
+    MailComplainedV1,
     MailSentPayload,
     MailSentV1,
 )
@@ -401,6 +403,41 @@ async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStre
 
     await eventually(unsubscribed, what="lead marked unsubscribed")
     assert (await api.get(f"/v1/leads/{lead['id']}")).json()["mail_status"] == "unsubscribed"
+
+
+async def test_complaints_show_on_the_lead(api: httpx.AsyncClient, js: JetStreamContext, admin: Identity) -> None:
+    """A spam report marks the lead complained; an opt-out report, unsubscribed; each is a timeline event."""
+    company = admin.company_id
+    angry, leaving = await create_lead(api, "angry@example.com"), await create_lead(api, "optout@example.com")
+    offer = smart_mail(company, message_id="<offer-9@mycorp.example>", to=["angry@example.com"])
+    redacted = MailComplainedV1(  # names nobody: found through the message it returns
+        company_id=company,
+        payload=MailComplainedPayload(
+            original_message_id="<offer-9@mycorp.example>",
+            recipient="",
+            reporter="Yahoo!-Mail-Feedback/2.0",
+            mailbox_id=uuid.uuid4(),
+            complained_at=T0 + timedelta(minutes=5),
+        ),
+    )
+    opt_out = MailComplainedV1(
+        company_id=company,
+        payload=MailComplainedPayload(
+            original_message_id="", recipient="OptOut@example.com", feedback_type="opt-out", complained_at=T0
+        ),
+    )
+    await publish(js, offer, redacted, redacted.model_copy(update={"event_id": uuid.uuid4()}), opt_out)
+    items = await wait_for_timeline(api, angry["id"], 2)
+    assert [(i["kind"], i["subject"]) for i in items] == [("complaint", "Offer"), ("smart_mail_sent", "Offer")]
+    assert (
+        items[0]["snippet"] == "angry@example.com reported the mail as spam (abuse report by Yahoo!-Mail-Feedback/2.0)"
+    )
+    body = (await api.get(f"/v1/leads/{angry['id']}")).json()
+    assert body["mail_status"] == "complained" and body["complained_at"] is not None
+    (item,) = await wait_for_timeline(api, leaving["id"], 1)
+    assert item["kind"] == "complaint" and "asked to get no more mail" in item["snippet"]
+    body = (await api.get(f"/v1/leads/{leaving['id']}")).json()
+    assert (body["mail_status"], body["complained_at"]) == ("unsubscribed", None)
 
 
 async def test_hostile_mail_fields_are_stored_safely(

@@ -25,13 +25,14 @@ from leadline_lead.config import Settings
 from leadline_lead.leads import repository as leads
 from leadline_lead.models import processed
 from leadline_lead.timeline import repository as timeline
-from leadline_lead.timeline.service import apply_bounce, apply_mail
+from leadline_lead.timeline.service import apply_bounce, apply_complaint, apply_mail
 from leadline_proto.events import (
     CompanyUpdatedV1,
     Event,
     LeadUnsubscribedV1,
     MailBouncedV1,
     MailboxDisconnectedV1,
+    MailComplainedV1,
     MailSentV1,
     MailSyncedV1,
     UserDeletedV1,
@@ -46,6 +47,7 @@ SUBJECTS = [
     event_subject("mail.synced", 1),
     event_subject("mail.sent", 1),
     event_subject("mail.bounced", 1),
+    event_subject("mail.complained", 1),
     event_subject("mailbox.disconnected", 1),
     event_subject("lead.unsubscribed", 1),
     event_subject("user.updated", 1),
@@ -83,6 +85,8 @@ async def _apply_event(session: AsyncSession, event: Event) -> None:
         await apply_mail(session, [event])
     elif isinstance(event, MailBouncedV1):
         await apply_bounce(session, event)
+    elif isinstance(event, MailComplainedV1):
+        await apply_complaint(session, event)
     elif isinstance(event, CompanyUpdatedV1):
         await apply_company_settings(session, event)
     elif isinstance(event, MailboxDisconnectedV1):

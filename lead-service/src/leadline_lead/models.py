@@ -69,6 +69,7 @@ lead = Table(
     Column("stage", Text, nullable=False),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Column("bounced_at", DateTime(timezone=True)),  # mail to the lead last bounced hard (R17)
+    Column("complained_at", DateTime(timezone=True)),  # the lead last reported our mail as spam (a feedback report)
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_lead_company_created", "company_id", text("created_at DESC"), text("id DESC")),
@@ -135,7 +136,8 @@ timeline_event = Table(
     Column("bounce_status", Text),
     Column("bounce_diagnostic", Text),
     CheckConstraint(
-        "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_delayed')", name="kind"
+        "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_delayed', 'complaint')",
+        name="kind",
     ),
     CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
     UniqueConstraint("company_id", "lead_id", "message_key", name="uq_timeline_event_message"),

@@ -138,6 +138,14 @@ async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uu
     )
 
 
+async def mark_complained(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(
+        update(lead)
+        .where(lead.c.company_id == company_id, lead.c.id == lead_id)
+        .values(complained_at=func.greatest(func.coalesce(lead.c.complained_at, at), at), updated_at=func.now())
+    )
+
+
 async def mark_unsubscribed(
     session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID], at: datetime
 ) -> None:

@@ -42,7 +42,7 @@ class LeadUpdate(BaseModel):
     stage: Stage | None = None
 
 
-MailStatus = Literal["ok", "bounced", "unsubscribed"]
+MailStatus = Literal["ok", "bounced", "complained", "unsubscribed"]
 
 
 class Lead(BaseModel):
@@ -54,7 +54,9 @@ class Lead(BaseModel):
     stage: Stage
     unsubscribed: bool
     unsubscribed_at: datetime | None
-    mail_status: MailStatus  # what a CRM needs to stop mailing the lead: bounced wins over unsubscribed
+    # what a CRM needs to stop mailing the lead: complained wins over bounced, bounced over unsubscribed
+    mail_status: MailStatus
     bounced_at: datetime | None
+    complained_at: datetime | None
     created_at: datetime
     updated_at: datetime

@@ -24,7 +24,7 @@ from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_lead.addresses import InvalidAddress, normalise_address
 from leadline_lead.leads import repository
-from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate
+from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate, MailStatus
 from leadline_lead.models import outbox
 from leadline_proto.events import LeadCreatedV1, LeadDeletedV1, LeadPayload, LeadUpdatedV1
 
@@ -40,6 +40,15 @@ def normalised_addresses(raw: Sequence[str]) -> list[str]:
     return list(seen)
 
 
+def _mail_status(row: Row[Any]) -> MailStatus:
+    """A complaint is the strongest "stop": the lead did get the mail and reported it as spam."""
+    if row.complained_at:
+        return "complained"
+    if row.bounced_at:
+        return "bounced"
+    return "unsubscribed" if row.unsubscribed_at else "ok"
+
+
 def _lead(row: Row[Any], addresses: list[str]) -> Lead:
     return Lead(
         id=row.id,
@@ -51,7 +60,8 @@ def _lead(row: Row[Any], addresses: list[str]) -> Lead:
         unsubscribed=row.unsubscribed_at is not None,
         unsubscribed_at=row.unsubscribed_at,
         bounced_at=row.bounced_at,
-        mail_status="bounced" if row.bounced_at else "unsubscribed" if row.unsubscribed_at else "ok",
+        complained_at=row.complained_at,
+        mail_status=_mail_status(row),
         created_at=row.created_at,
         updated_at=row.updated_at,
     )

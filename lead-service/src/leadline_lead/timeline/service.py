@@ -12,8 +12,9 @@ is one event with three sources (R12, R26).
 Kinds: ``email_received`` (inbound), ``email_sent`` (outbound, synced),
 ``smart_mail_sent`` (sent by Leadline; wins over ``email_sent`` for the same
 message), ``bounce`` (a hard bounce: its own event, keyed ``bounce <Message-ID>``,
-and the original event gets ``bounced_at``) and ``delivery_delayed`` (a soft
-one, keyed ``delayed <Message-ID>``; the original stays as it was).
+and the original event gets ``bounced_at``), ``delivery_delayed`` (a soft
+one, keyed ``delayed <Message-ID>``; the original stays as it was) and
+``complaint`` (a feedback report about the message, keyed ``complaint <Message-ID>``).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from leadline_lead.addresses import (
 from leadline_lead.leads import repository as leads
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.snippets import snippet
-from leadline_proto.events import MailBouncedV1, MailSentV1, MailSyncedV1
+from leadline_proto.events import MailBouncedV1, MailComplainedV1, MailSentV1, MailSyncedV1
 
 SMART_MAIL_SOURCE = "smart_mail"
 BOUNCE_NOTICE_SOURCE = "bounce_notice"
@@ -197,54 +198,119 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     bounce = event.payload
     company = event.company_id
     original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
-    recipient = address_or_none(bounce.recipient)
-    if recipient is not None:
-        lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
-        if lead_id is None or await repository.blocked_values(
-            session, {company}, {recipient}, domain_and_parents(domain_of(recipient))
-        ):
-            return
-    elif bounce.original_message_id:
-        found = await repository.outbound_recipient(session, company, original)
-        if found is None:
-            return
-        lead_id, recipient = found
-    else:
+    found = await _notice_lead(session, company, bounce.recipient, bounce.original_message_id, original)
+    if found is None:
         return
+    lead_id, recipient = found
     hard = bounce.severity == "hard"
     kind, prefix = ("bounce", "bounce") if hard else ("delivery_delayed", "delayed")
-    subject = await repository.original_subject(session, company, lead_id, original) or ""
-    event_id = await repository.upsert_bounce(
+    await _record_notice(
         session,
+        event,
+        lead_id,
+        original,
         {
-            "company_id": company,
-            "lead_id": lead_id,
             "message_key": f"{prefix} {original}",
             "message_id": clean_text(bounce.original_message_id, MAX_MESSAGE_ID),
             "kind": kind,
-            "category": "personal",
             "occurred_at": bounce.bounced_at,
-            "direction": "inbound",
             "to_addresses": [recipient],
             "matched_addresses": [recipient],
-            "subject": subject[:MAX_SUBJECT],
             "snippet": snippet(bounce.diagnostic, None),
             "mailbox_id": bounce.mailbox_id,
             "user_id": bounce.user_id,
-            "folder": "inbox" if bounce.mailbox_id else None,
             "bounce_recipient": recipient,
             "bounce_status": clean_text(bounce.status, 32),
             "bounce_diagnostic": clean_text(bounce.diagnostic, 2000),
         },
     )
-    name = str(bounce.mailbox_id) if bounce.mailbox_id else BOUNCE_NOTICE_SOURCE
-    await repository.insert_sources(
-        session,
-        [{"timeline_event_id": event_id, "source": name, "company_id": company, "mailbox_id": bounce.mailbox_id}],
-    )
     if hard:
         await repository.mark_bounced(session, company, lead_id, original, bounce.bounced_at)
         await leads.mark_bounced(session, company, lead_id, bounce.bounced_at)
+
+
+async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
+    """A feedback report: a ``complaint`` event on the lead, and the lead marked ``complained`` (abuse,
+    fraud, other) or ``unsubscribed`` (an opt-out report).  The send service stops its marketing mail."""
+    complaint = event.payload
+    company = event.company_id
+    original = message_key(
+        complaint.original_message_id, "complaint", complaint.recipient, complaint.complained_at.isoformat()
+    )
+    found = await _notice_lead(session, company, complaint.recipient, complaint.original_message_id, original)
+    if found is None:
+        return
+    lead_id, recipient = found
+    opt_out = complaint.feedback_type == "opt-out"
+    by = f" by {complaint.reporter}" if complaint.reporter else ""
+    said = "asked to get no more mail" if opt_out else "reported the mail as spam"
+    await _record_notice(
+        session,
+        event,
+        lead_id,
+        original,
+        {
+            "message_key": f"complaint {original}",
+            "message_id": clean_text(complaint.original_message_id, MAX_MESSAGE_ID),
+            "kind": "complaint",
+            "occurred_at": complaint.complained_at,
+            "to_addresses": [recipient],
+            "matched_addresses": [recipient],
+            "snippet": clean_text(f"{recipient} {said} ({complaint.feedback_type} report{by})", 500),
+            "mailbox_id": complaint.mailbox_id,
+            "user_id": complaint.user_id,
+        },
+    )
+    if opt_out:
+        await leads.mark_unsubscribed(session, company, [lead_id], complaint.complained_at)
+    else:
+        await leads.mark_complained(session, company, lead_id, complaint.complained_at)
+
+
+async def _notice_lead(
+    session: AsyncSession, company: uuid.UUID, named: str, original_message_id: str, original: str
+) -> tuple[uuid.UUID, str] | None:
+    """The lead a notice is about (and its address): the one it names, else the one the original went to."""
+    recipient = address_or_none(named)
+    if recipient is not None:
+        lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
+        if lead_id is None or await repository.blocked_values(
+            session, {company}, {recipient}, domain_and_parents(domain_of(recipient))
+        ):
+            return None
+        return lead_id, recipient
+    if original_message_id:
+        return await repository.outbound_recipient(session, company, original)
+    return None
+
+
+async def _record_notice(
+    session: AsyncSession,
+    event: MailBouncedV1 | MailComplainedV1,
+    lead_id: uuid.UUID,
+    original: str,
+    row: dict[str, Any],
+) -> None:
+    """The notice's own timeline event (once, however many mailboxes it arrives through) and its source."""
+    company = event.company_id
+    subject = await repository.original_subject(session, company, lead_id, original) or ""
+    mailbox_id = row["mailbox_id"]
+    event_id = await repository.upsert_bounce(
+        session,
+        {
+            "company_id": company,
+            "lead_id": lead_id,
+            "category": "personal",
+            "direction": "inbound",
+            "subject": subject[:MAX_SUBJECT],
+            "folder": "inbox" if mailbox_id else None,
+            **row,
+        },
+    )
+    name = str(mailbox_id) if mailbox_id else BOUNCE_NOTICE_SOURCE
+    await repository.insert_sources(
+        session, [{"timeline_event_id": event_id, "source": name, "company_id": company, "mailbox_id": mailbox_id}]
+    )
 
 
 async def timeline(
