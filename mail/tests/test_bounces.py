@@ -222,10 +222,11 @@ def _report(status_part: bytes) -> bytes:
     ],
     ids=["10 MB status part", "10,000 recipients", "100 nested messages"],
 )
-def test_hostile_notices_are_bounded(raw: bytes) -> None:
+def test_hostile_notices_are_bounded(raw: bytes, caplog: pytest.LogCaptureFixture) -> None:
     import time
 
     started = time.monotonic()
     bounce = parse_bounce(raw)
     assert time.monotonic() - started < 3
     assert bounce is None or len(bounce.recipients) <= 50
+    assert any("read in part" in r.getMessage() for r in caplog.records), "a cut notice is logged (R27)"

@@ -230,7 +230,13 @@ class Complaint(_AboutOriginal):
 def parse_notice(raw: bytes) -> Bounce | Complaint | None:
     """The bounce or complaint this message reports, or None if it is neither; never raises."""
     try:
-        data, _ = cut_to_caps(raw[:MAX_NOTICE_BYTES])
+        data, cuts = cut_to_caps(raw[:MAX_NOTICE_BYTES])
+        if len(raw) > MAX_NOTICE_BYTES:
+            cuts.append(f"larger than {MAX_NOTICE_BYTES} bytes: the rest was not read")
+        if data.lower().count(b"message/rfc822") > MAX_DEPTH:
+            cuts.append(f"more than {MAX_DEPTH} returned messages: only the first is read")
+        if cuts:
+            log.warning("a delivery notice was read in part (R27): %s", "; ".join(cuts))
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
         return _Notice(message, data).read()
     except Exception as exc:  # hostile input: not recognisable as a notice; skipped, never a crash
