@@ -48,7 +48,7 @@ log = logging.getLogger("leadline.sync.why")
 
 MAX_FOLDERS = 50
 SEARCH_SECONDS = 15.0
-STORED = ("lead_mail", "damaged_lead_mail", "bounce")
+STORED = ("lead_mail", "damaged_lead_mail", "bounce", "complaint")
 RULES = {"no_lead": "R6", "blocklisted": "R6", "own_domain": "R6", "before_lead": "R5", "bounce": "R17"}
 
 
@@ -188,6 +188,14 @@ async def _stored(
             MessageOutcome.STORED,
             "R17",
             "A bounce: the lead's timeline shows it on the mail it returns, not as a message of its own.",
+            [],
+        )
+    if reason == "complaint":
+        return (
+            MessageOutcome.STORED,
+            "R16",
+            "A complaint (feedback report) about mail to a lead: the lead gets no more marketing mail; it is not "
+            "a message of the lead's timeline.",
             [],
         )
     try:
