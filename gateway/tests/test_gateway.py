@@ -13,6 +13,7 @@ import pytest
 import trustme
 import uvicorn
 from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse
 from pydantic import SecretStr
 
 from leadline_gateway.config import Settings
@@ -44,8 +45,10 @@ async def echo(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
     return {"body": body, "company_id": str(caller.company_id)}
 
 
-@whoami.get("/v1/mail-sync/oauth/callback")
-async def sign_in_callback(request: Request) -> dict[str, Any]:
+@whoami.get("/v1/mail-sync/oauth/callback", response_model=None)
+async def sign_in_callback(request: Request) -> dict[str, Any] | RedirectResponse:
+    if request.query_params.get("state") == "hand-off":  # the sync service sends the browser on to the CRM
+        return RedirectResponse("https://crm.example/done?sign_in=h", status_code=303)
     return {"query": str(request.url.query), "identity": IDENTITY_HEADER in request.headers}
 
 
@@ -391,6 +394,10 @@ async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(
         assert answer.json()["identity"] is True
         assert_problem(await gateway.get("/v1/mail-sync/oauth/callback", headers={"Authorization": "Bearer x"}), 401)
         assert_problem(await gateway.post("/v1/mail-sync/oauth/gmail/start"), 401)
+        # without a key the browser is sent on to the CRM's page, which finishes with the user's key
+        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=hand-off")
+        assert answer.status_code == 303 and answer.headers["location"] == "https://crm.example/done?sign_in=h"
+        assert_problem(await gateway.post("/v1/mail-sync/oauth/finish", json={"sign_in": "h"}), 401)
 
 
 async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None:
