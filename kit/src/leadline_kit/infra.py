@@ -276,6 +276,8 @@ ssl_key = <{base}/server.key
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login{oauth2_mechanisms}
+# tests refuse logins on purpose: answer at once (2 s by default; the per-address penalty still applies)
+auth_failure_delay = 0 secs
 default_internal_user = {login_user}
 default_internal_group = {login_group}
 default_login_user = {login_user}
