@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 
@@ -40,11 +39,14 @@ from sqlalchemy import ARRAY, Column, DateTime, MetaData, Table, Text, Uuid, fun
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database
 from leadline_proto.events import Event, parse_event
 from leadline_proto.subjects import STREAM_NAME
 
 log = logging.getLogger("leadline.consumer")
+
+NAK_BASE_SECONDS = 0.5  # the first redelivery of a failed event waits 0.25-0.5 s
 
 CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
 
@@ -187,7 +189,7 @@ class EventConsumer:
             return
         except Exception:
             attempt = msg.metadata.num_delivered if msg.metadata else 1
-            delay = min(self.max_backoff, 0.5 * 2 ** min(attempt, 10)) * random.uniform(0.5, 1.0)  # noqa: S311
+            delay = Backoff(NAK_BASE_SECONDS, self.max_backoff).seconds(attempt)
             log.exception(
                 "consumer %s: event %s failed (delivery %d), retry in %.1fs",
                 self.durable,

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -31,10 +30,13 @@ from prometheus_client import Counter
 from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Select, Table, Text, Uuid, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database, asyncpg_dsn
 from leadline_proto.events import EventBase
 
 log = logging.getLogger("leadline.outbox")
+
+PUBLISH_RETRY = Backoff(0.2, 30.0)  # a relay batch that failed (NATS or the database away)
 
 PUBLISHED = Counter("leadline_outbox_published_total", "Events published from the outbox", ["service"])
 PUBLISH_FAILURES = Counter("leadline_outbox_failures_total", "Outbox relay batches that failed", ["service"])
@@ -143,7 +145,7 @@ class OutboxRelay:
                     failures += 1
                     PUBLISH_FAILURES.labels(self.service).inc()
                     log.exception("outbox relay batch failed (attempt %d); retrying", failures)
-                    await asyncio.sleep(min(30.0, 0.2 * 2**failures) * random.uniform(0.5, 1.0))  # noqa: S311
+                    await asyncio.sleep(PUBLISH_RETRY.seconds(failures))
                     continue
                 if published < self.batch_size:
                     self._wake.clear()

@@ -19,6 +19,7 @@ from nats.aio.client import Client
 from prometheus_client import Counter
 
 from leadline_kit import rpc
+from leadline_kit.backoff import Backoff
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
 from leadline_proto.subjects import RPC_QUOTA_CHECK, RPC_QUOTA_COMMIT, RPC_QUOTA_RELEASE, RPC_QUOTA_RESERVE
 
@@ -35,6 +36,7 @@ Settled = Callable[[], Awaitable[None]]
 
 # How long the room a passing check reported answers the next checks of the account in this process.
 ROOM_KEPT_SECONDS = 1.0
+SETTLE_RETRY = Backoff(0.5, 8.0)  # five tries over about 10 s, then the hold waits for recovery
 UNLIMITED = 2**62
 
 
@@ -136,7 +138,7 @@ class QuotaClient:
             try:
                 reply = await rpc.ask(self.nc, subject, request, QuotaSettleReply, self.timeout)
             except rpc.Unanswered:
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(SETTLE_RETRY.seconds(attempt))
                 continue
             if not reply.ok:
                 log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, select, update
@@ -271,8 +271,3 @@ def waiting_reason(row: MailboxRow, now: datetime, rotation_seconds: float) -> s
         f"not synced for more than {period}: waiting for a free sync connection "
         f"(last synced at {since:%Y-%m-%d %H:%M:%S} UTC)"
     )
-
-
-def retry_delay(failures: int, base: float, cap: float, jitter: float) -> timedelta:
-    """Exponential backoff with jitter (``jitter`` in [0.5, 1]) so that many mailboxes do not retry in step."""
-    return timedelta(seconds=min(cap, base * 2 ** min(failures, 16)) * jitter)

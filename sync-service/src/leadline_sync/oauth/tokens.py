@@ -24,7 +24,6 @@ import base64
 import binascii
 import json
 import logging
-import random
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,17 +32,20 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select, update
 
+from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database
 from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.net import MailConnectionError
 from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher, MailboxSecrets
 from leadline_sync.mailbox.fixes import PROVIDER_NAMES
-from leadline_sync.mailbox.service import mailbox_by_id, retry_delay
+from leadline_sync.mailbox.service import mailbox_by_id
 from leadline_sync.models import mailbox
 from leadline_sync.oauth.apps import OAuthApp
 
 log = logging.getLogger("leadline.sync.oauth")
+
+TOKEN_ENDPOINT_RETRY = Backoff(0.5, 8.0)
 
 
 class TokenRefused(Exception):
@@ -123,9 +125,9 @@ class TokenEndpoint:
                     return body
                 reason = f"HTTP {response.status_code}"
             if attempt + 1 < attempts:
-                delay = retry_delay(attempt, 0.5, 8.0, random.uniform(0.5, 1.0))  # noqa: S311
-                log.warning("%s token endpoint: %s; asking again in %.1fs", app.provider, reason, delay.total_seconds())
-                await asyncio.sleep(delay.total_seconds())
+                delay = TOKEN_ENDPOINT_RETRY.seconds(attempt)
+                log.warning("%s token endpoint: %s; asking again in %.1fs", app.provider, reason, delay)
+                await asyncio.sleep(delay)
         raise TokenEndpointUnavailable(f"{app.provider} token endpoint: {reason} after {attempts} tries")
 
     def _tokens(self, body: dict[str, Any]) -> TokenSet:

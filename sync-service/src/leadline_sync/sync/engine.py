@@ -60,6 +60,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import rpc
+from leadline_kit.backoff import Backoff
 from leadline_kit.outbox import enqueue
 from leadline_kit.sealing import CredentialError
 from leadline_mail.bounces import Bounce, Complaint, parse_notice
@@ -428,12 +429,8 @@ class MailboxSync:
                     now,
                 )
                 return
-            delay = service.retry_delay(
-                row.failures,
-                self.settings.sync_retry_base_seconds,
-                self.settings.sync_retry_max_seconds,
-                random.uniform(0.5, 1.0),  # noqa: S311
-            )
+            retry = Backoff(self.settings.sync_retry_base_seconds, self.settings.sync_retry_max_seconds)
+            delay = timedelta(seconds=retry.seconds(row.failures))
             await service.transition(
                 session,
                 row,

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 from prometheus_client import Counter, Gauge
 
-from leadline_sync.mailbox.service import retry_delay
+from leadline_kit.backoff import Backoff
 
 LOGINS_WAITING = Gauge("leadline_sync_logins_waiting", "Mailbox logins queued at the replica's login gate")
 HOST_REFUSALS = Counter(
@@ -47,8 +46,7 @@ class LoginGate:
         self, in_flight: int, base_seconds: float, max_seconds: float, clock: Callable[[], float] | None = None
     ) -> None:
         self._slots = asyncio.Semaphore(in_flight)
-        self._base = base_seconds
-        self._max = max_seconds
+        self._backoff = Backoff(base_seconds, max_seconds)
         self._clock = clock or time.monotonic
         self._hosts: dict[str, _HostPause] = {}
 
@@ -77,9 +75,6 @@ class LoginGate:
         HOST_REFUSALS.inc()
         pause = self._hosts.setdefault(host, _HostPause())
         pause.refusals += 1
-        jitter = random.uniform(0.5, 1.0)  # noqa: S311 - spreading retries, not a secret
-        pause.until = max(pause.until, self._clock() + self._delay(pause.refusals - 1, jitter))
-        return self._delay(refusals_in_a_row - 1, jitter)
-
-    def _delay(self, failures: int, jitter: float) -> float:
-        return retry_delay(failures, self._base, self._max, jitter).total_seconds()
+        jitter = self._backoff.draw()
+        pause.until = max(pause.until, self._clock() + self._backoff.seconds(pause.refusals - 1, jitter))
+        return self._backoff.seconds(refusals_in_a_row - 1, jitter)
