@@ -205,6 +205,10 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
                 body = (await why(message_id)).json()
                 assert len(body["places"]) == 1, body
                 found: dict[str, Any] = body["places"][0]
+                # what the sync examined is answered from its records; only the rest asks the server
+                recorded = found["outcome"] not in ("not_synced_folder", "not_examined_yet", "not_on_server")
+                assert body["server_searched"] is not recorded, body
+                assert (found["examined_at"] is not None) is recorded, body
                 return found
 
             on_timeline = await place(early_ids.split()[0])
