@@ -156,6 +156,24 @@ def test_delivery_confirmations_and_complaints_are_not_bounces() -> None:
     assert parse_bounce(delivered) is None and parse_bounce(complaint) is None
 
 
+def test_a_read_receipt_is_not_a_bounce() -> None:
+    """RFC 8098: a disposition notification carries a Final-Recipient too; that recipient read the mail."""
+    receipt = (
+        b"From: Ann <ann@lead-company.com>\r\nTo: sales@example.org\r\nSubject: Read: Offer\r\n"
+        b"Content-Type: multipart/report; report-type=disposition-notification; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nYour message was displayed.\r\n"
+        b"--b\r\nContent-Type: message/disposition-notification\r\n\r\nReporting-UA: mx; Thunderbird\r\n"
+        b"Final-Recipient: rfc822; ann@lead-company.com\r\nOriginal-Message-ID: <smart-1@example.org>\r\n"
+        b"Disposition: manual-action/MDN-sent-manually; displayed\r\n--b--\r\n"
+    )
+    assert parse_bounce(receipt) is None
+    assert parse_bounce(receipt.replace(b"; report-type=disposition-notification", b"")) is None
+    rejected = receipt.replace(
+        b"manual-action/MDN-sent-manually; displayed", b"automatic-action/MDN-sent-automatically; deleted"
+    )
+    assert parse_bounce(rejected) is not None, "a Sieve reject (RFC 5429) is a bounce"
+
+
 def test_a_persons_mail_about_undeliverable_things_is_not_a_bounce() -> None:
     raw = (
         b"From: Jane <jane@lead-company.com>\r\nTo: sales@example.org\r\n"

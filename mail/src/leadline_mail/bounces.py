@@ -14,7 +14,8 @@ A notice is read in this order:
 
 Every notice gets a class: ``hard`` (5.x.x, the message will not arrive) or ``soft`` (4.x.x, ``Action:
 delayed``, "still trying"), and a reason from a small fixed set.  DSNs that only report delivery
-(``delivered``, ``relayed``, ``expanded``) and auto-replies (RFC 3834) are not bounces.
+(``delivered``, ``relayed``, ``expanded``), read receipts (RFC 8098) and auto-replies (RFC 3834) are not
+bounces.
 
 Who bounced is decided by :meth:`Bounce.lead_recipient`: the failed recipients first, then the returned
 original's ``To``/``Cc``, each only if it is a lead and never the mailbox's own address or the original's
@@ -273,14 +274,23 @@ class _Notice:
         feedback = self._feedback_fields()
         if feedback is not None:
             return self._complaint(feedback)
-        if _SES_DELIVERY_RE.search(self.body[:2000]):
-            return None  # Amazon SES telling that a message was delivered
+        if _SES_DELIVERY_RE.search(self.body[:2000]) or self._is_read_receipt():
+            return None  # Amazon SES telling that a message was delivered, or a read receipt
         fields = self._status_fields()
         if fields:
             return self._from_status_fields(fields)
         if not self._sent_by_mail_system():
             return None
         return self._from_plain_text()
+
+    def _is_read_receipt(self) -> bool:
+        """RFC 8098 (``report-type=disposition-notification``): its ``Final-Recipient`` read the mail.  A
+        Sieve ``reject`` (RFC 5429) is sent the same way with ``automatic-action; deleted``: that one bounced."""
+        report_type = str(self.message.get_param("report-type", "", header="content-type")).lower()
+        notes = [_status_text(p) for p in self.parts if p.get_content_type() in _DISPOSITION_TYPES]
+        if report_type != "disposition-notification" and not notes:
+            return False
+        return not _SIEVE_REJECT_RE.search("\n".join(notes) or _raw_body(self.data))
 
     # --- complaints -------------------------------------------------------------------------
 
@@ -544,6 +554,8 @@ _FEEDBACK_TYPES: dict[str, FeedbackType] = {
     "opt-out-list": "opt-out",
 }
 _NOT_COMPLAINTS = {"auth-failure", "not-spam", "virus", "dmarc"}
+_DISPOSITION_TYPES = {"message/disposition-notification", "message/global-disposition-notification"}
+_SIEVE_REJECT_RE = re.compile(r"^disposition:[ \t]*automatic-action/[^;\n]{0,80};[ \t]*deleted", re.I | re.M)
 _STATUS_TYPES = {"message/delivery-status", "message/global-delivery-status"}
 _ORIGINAL_TYPES = {"text/rfc822-headers", "text/rfc822-header", "message/rfc822-headers", "text/global-headers"}
 
