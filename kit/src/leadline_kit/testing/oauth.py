@@ -108,6 +108,7 @@ class FakeOAuthProvider:
     code_grants: int = 0
     tenant_id: str = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"  # the Microsoft directory of the accounts signing in
     _codes: dict[str, dict[str, str]] = field(default_factory=dict)
+    _all_codes: list[str] = field(default_factory=list)
     _refresh: dict[str, Grant] = field(default_factory=dict)
     _access: dict[str, AccessToken] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -176,6 +177,11 @@ class FakeOAuthProvider:
         """Every refresh and access token issued so far (for secrets probes)."""
         with self._lock:
             return [*self._refresh, *self._access]
+
+    def issued_codes(self) -> list[str]:
+        """Every authorization code handed out so far (for secrets probes)."""
+        with self._lock:
+            return list(self._all_codes)
 
     # -- the server ------------------------------------------------------------------------
 
@@ -273,6 +279,7 @@ class FakeOAuthProvider:
             else:
                 code = secrets.token_urlsafe(16)
                 with self._lock:
+                    self._all_codes.append(code)
                     self._codes[code] = {
                         "address": self.signed_in,
                         "redirect_uri": redirect_uri,
