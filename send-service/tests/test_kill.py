@@ -35,6 +35,8 @@ from .conftest import SECRET, SMTP_PASSWORD, SMTP_USER, SmtpFactory
 BATCH = 500
 CONNECTIONS = 8
 KILLS = 3
+READY_SECONDS = 180.0
+SETTLE_SECONDS = 180.0
 
 
 class ServiceProcess:
@@ -59,15 +61,17 @@ class ServiceProcess:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
-        async with httpx.AsyncClient() as client:
-            for _ in range(1200):  # a minute: on a loaded machine the import alone took 14 s
+        # on a loaded machine the import alone takes 20-40 s: a deadline, not a count of tries
+        deadline = asyncio.get_running_loop().time() + READY_SECONDS
+        async with httpx.AsyncClient(timeout=5) as client:
+            while asyncio.get_running_loop().time() < deadline and self.process.returncode is None:
                 try:
                     if (await client.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
                         return
                 except httpx.TransportError:
                     pass
                 await asyncio.sleep(0.05)
-        raise AssertionError("the send service did not become ready")
+        raise AssertionError(f"the send service did not become ready (exit code {self.process.returncode})")
 
     async def kill(self) -> None:
         assert self.process is not None
@@ -171,7 +175,8 @@ async def test_sigkill_during_a_batch(
                 await service.kill()
                 print(f"kill {kill}: {dict(await counts(db))}")
                 await service.start()
-            for _ in range(600):
+            deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+            while asyncio.get_running_loop().time() < deadline:
                 state = await counts(db)
                 if state["sent"] + state["unknown"] + state["failed"] == BATCH:
                     break
@@ -193,7 +198,8 @@ async def test_sigkill_during_a_batch(
     # and exactly what reached the server (or may have: unknown) is counted
     quota = await asyncpg.connect(asyncpg_dsn(quota_service))
     try:
-        for _ in range(100):
+        deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+        while asyncio.get_running_loop().time() < deadline:
             usage = {
                 r["state"]: int(r["messages"])
                 for r in await quota.fetch(

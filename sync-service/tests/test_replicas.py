@@ -17,9 +17,12 @@ from leadline_kit.testing.clients import running_app
 from leadline_sync.mailbox.states import SyncMode
 
 SERVICE_SCRIPT = """
-import asyncio
+import asyncio, sys
 from leadline_kit.testing.clients import running_app
 from leadline_sync.main import create_app
+
+if sys.argv[1:] == ["--held"]:
+    sys.stdin.readline()  # imported (seconds, 20 s and more on a loaded machine): start when the test says so
 
 async def main():
     async with running_app(create_app()):
@@ -42,7 +45,8 @@ async def held_live(world, addresses: set[str], replicas: set[str], timeout: flo
         await asyncio.sleep(0.1)
 
 
-def start_service(world, replica: str, **extra: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+def start_service(world, replica: str, held: bool = False, **extra: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
+    """A sync replica in its own process; ``held``: it imports, then waits for :func:`release`."""
     settings = world.settings()
     env = dict(
         os.environ,
@@ -63,7 +67,15 @@ def start_service(world, replica: str, **extra: str) -> subprocess.Popen[bytes]:
         LEADLINE_LOG_LEVEL="WARNING",
         **extra,
     )
+    if held:
+        return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT, "--held"], env=env, stdin=subprocess.PIPE)
     return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT], env=env)
+
+
+def release(process: subprocess.Popen[bytes]) -> None:
+    assert process.stdin is not None
+    process.stdin.write(b"go\n")
+    process.stdin.flush()
 
 
 @pytest.mark.slow
@@ -92,26 +104,28 @@ async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) ->
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
     progress = "SELECT coalesce(sum(last_uid), 0) FROM sync.folder_cursor"
     kills = 0
-    for attempt in range(4):
-        process = start_service(world, f"killed-{attempt}")
-        before = (await world.sql(progress))[0][0]
-        try:
-            # importing the service alone takes 20 s when the machine is loaded
-            await world.wait_for_sql(progress, check=lambda v, b=before: v > b + 100, timeout=90)
-        finally:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        kills += 1
-        if (await world.sql(progress))[0][0] >= total:
-            break
-    assert kills >= 2
-    process = start_service(world, "survivor")
+    # the next replica imports while the current one syncs: each is released once the last was killed
+    spare = start_service(world, "replica-0", held=True)
     try:
+        for attempt in range(1, 5):
+            process, spare = spare, start_service(world, f"replica-{attempt}", held=True)
+            before = (await world.sql(progress))[0][0]
+            release(process)
+            try:
+                await world.wait_for_sql(progress, check=lambda v, b=before: v > b + 100, timeout=90)
+            finally:
+                os.kill(process.pid, signal.SIGKILL)
+                process.wait()
+            kills += 1
+            if (await world.sql(progress))[0][0] >= total:
+                break
+        assert kills >= 2
+        release(spare)  # the survivor
         await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v >= total, timeout=90)
         await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
     finally:
-        process.terminate()
-        process.wait(15)
+        spare.terminate()
+        spare.wait(15)
     events = await world.synced(at_least=total, timeout=60)
     counts = Counter(e.payload.message_id for e in events)
     assert len(counts) == total, "every message arrived"
