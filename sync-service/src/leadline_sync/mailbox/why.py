@@ -153,6 +153,7 @@ async def _examined(
             folder=folder,
             uid=uid,
             outcome=MessageOutcome.MISSING,
+            rule="R28",
             explanation="It is below where the sync stands but no record says it was examined (a lost batch, or "
             "a message the server did not list): the next completeness audit examines it.",
         )
@@ -213,11 +214,13 @@ async def _stored(
             f"Published to the lead service; it did not say whose timeline holds it ({exc.reason}).",
             [],
         )
+    # stored because it is mail with a lead's address (R6); one that could not be fully read, kept raw (R27)
+    stored_by = "R27" if reason == "damaged_lead_mail" else "R6"
     timeline = [TimelinePlace(lead_id=e.lead_id, kind=e.kind, occurred_at=e.occurred_at) for e in reply.entries]
     if timeline:
         leads = ", ".join(str(e.lead_id) for e in timeline)
         since = f" since {stored_at:%Y-%m-%d %H:%M:%S} UTC" if stored_at is not None else ""
-        return MessageOutcome.ON_TIMELINE, None, f"On the timeline of lead {leads}{since}.", timeline
+        return MessageOutcome.ON_TIMELINE, stored_by, f"On the timeline of lead {leads}{since}.", timeline
     if row.status == MailboxStatus.DISABLED:
         return (
             MessageOutcome.REMOVED,
@@ -228,7 +231,7 @@ async def _stored(
         )
     return (
         MessageOutcome.STORED,
-        None,
+        stored_by,
         "Published to the lead service, but no lead's timeline holds it now (its lead was deleted, or the lead "
         "service has not applied it yet).",
         [],
@@ -248,9 +251,9 @@ async def _not_examined(
     if paused:
         rule, why = "R14", f"the plan's daily limit of synced emails is reached ({row.status_reason})"
     elif row.status == MailboxStatus.ENABLED:
-        rule, why = None, f"the sync has read {role} up to UID {position.last_uid} and reads on from there"
+        rule, why = "R28", f"the sync has read {role} up to UID {position.last_uid} and reads on from there"
     else:
-        rule, why = None, f"the mailbox is {row.status}: {row.status_reason or 'sync is not running'}"
+        rule, why = "R28", f"the mailbox is {row.status}: {row.status_reason or 'sync is not running'}"
     return MessagePlace(
         folder=role,
         uid=uid,
