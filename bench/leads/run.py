@@ -268,7 +268,7 @@ async def main() -> None:
             await admin.close()
 
             settings = Settings(
-                DATABASE_URL=url, NATS_URL=nats_server.url, identity_secret=SECRET, consumer_durable="bench-app"
+                DATABASE_URL=url, NATS_URL=nats_server.url, identity_secret=SECRET, consumer_prefix="bench-app"
             )
             reads = await measure_reads(settings, company, busy, asyncpg_dsn(url))
 

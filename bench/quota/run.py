@@ -50,7 +50,7 @@ def quota_processes(count: int, database_url: str, nats_url: str) -> Iterator[li
         "NATS_URL": nats_url,
         "LEADLINE_LOG_LEVEL": "WARNING",
         "LEADLINE_IDENTITY_SECRET": "bench-identity-secret",
-        "LEADLINE_CONSUMER_DURABLE": "quota-bench",
+        "LEADLINE_CONSUMER_PREFIX": "quota-bench",
     }
     apps = [AppProcess("leadline_quota", free_port(), env) for _ in range(count)]
     with app_processes(*apps):

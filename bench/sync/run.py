@@ -194,7 +194,7 @@ def sync_settings(url: str, nats_url: str, cafile: str) -> SyncSettings:
         sync_allow_networks="127.0.0.0/8",
         sync_ca_file=cafile,
         log_level="WARNING",
-        sync_consumer_prefix=f"bench-sync-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"bench-sync-{uuid.uuid4().hex[:8]}",
         db_pool_size=10,
     )
 
@@ -301,7 +301,7 @@ async def run(messages: int, idle_samples: int) -> None:
                 identity_secret=SECRET,
                 environment="test",
                 log_level="WARNING",
-                consumer_durable=f"bench-lead-{uuid.uuid4().hex[:8]}",
+                consumer_prefix=f"bench-lead-{uuid.uuid4().hex[:8]}",
             )
         )
         nc, _ = await bus.connect(nats_server.url, "bench")

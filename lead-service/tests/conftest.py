@@ -36,7 +36,7 @@ def settings(database_url: str, nats_url: str) -> Settings:
         DATABASE_URL=database_url,
         NATS_URL=nats_url,
         identity_secret=SECRET,
-        consumer_durable=f"lead-test-{uuid.uuid4().hex[:10]}",
+        consumer_prefix=f"lead-test-{uuid.uuid4().hex[:10]}",
         consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1),
     )
 

@@ -25,7 +25,7 @@ from leadline_lead.config import Settings
 from leadline_lead.main import create_app
 
 async def main():
-    settings = Settings(DATABASE_URL={url!r}, NATS_URL={nats!r}, consumer_durable={durable!r},
+    settings = Settings(DATABASE_URL={url!r}, NATS_URL={nats!r}, consumer_prefix={durable!r},
                         consumer_deliver_since={since!r}, consumer_batch_size=100, consumer_ack_wait=1.0,
                         log_level="WARNING")
     async with running_app(create_app(settings)):
@@ -83,7 +83,7 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
         script = CONSUMER_SCRIPT.format(
             url=settings.database_url,
             nats=settings.nats_url,
-            durable=settings.consumer_durable,
+            durable=settings.consumer_prefix,
             since=settings.consumer_deliver_since.isoformat() if settings.consumer_deliver_since else None,
         )
         kills = 0
@@ -108,7 +108,7 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
             company,
         )
         claimed = await conn.fetchval(
-            "SELECT count(*) FROM lead.processed_event WHERE consumer = $1", settings.consumer_durable
+            "SELECT count(*) FROM lead.processed_event WHERE consumer = $1", settings.consumer_prefix
         )
     finally:
         await conn.close()

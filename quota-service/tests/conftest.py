@@ -49,7 +49,7 @@ def settings(quota_url: str, nats_url: str) -> Settings:
         database_url=quota_url,
         nats_url=nats_url,
         identity_secret=SECRET,
-        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}",
+        consumer_prefix=f"quota-test-{uuid.uuid4().hex[:10]}",
         environment="test",
     )
 

@@ -23,7 +23,7 @@ def two_processes(quota_url: str, nats_url: str) -> Iterator[list[int]]:
         "NATS_URL": nats_url,
         "LEADLINE_IDENTITY_SECRET": "quota-test-identity-secret",
         "LEADLINE_LOG_LEVEL": "WARNING",
-        "LEADLINE_CONSUMER_DURABLE": f"quota-test-{uuid.uuid4().hex[:10]}",
+        "LEADLINE_CONSUMER_PREFIX": f"quota-test-{uuid.uuid4().hex[:10]}",
     }
     apps = [AppProcess("leadline_quota", free_port(), env) for _ in range(2)]
     with app_processes(*apps):  # ready: both have subscribed

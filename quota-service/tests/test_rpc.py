@@ -211,7 +211,7 @@ async def test_a_database_outage_is_answered_not_left_to_time_out(
         nats_url=nats_url,
         identity_secret="x",
         environment="test",
-        consumer_durable=f"quota-test-{uuid.uuid4().hex[:10]}",
+        consumer_prefix=f"quota-test-{uuid.uuid4().hex[:10]}",
     )
     async with running_app(create_app(settings, clock)):
         reply = await reserve(

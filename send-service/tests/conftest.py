@@ -265,7 +265,7 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
         nats_url=nats_url,
         identity_secret=SECRET,
         environment="test",
-        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
     )
     async with running_app(create_quota_app(settings)):
         yield url

@@ -50,7 +50,7 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
         nats_url=nats_url,
         identity_secret=SECRET,
         environment="test",
-        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
     )
     async with running_app(create_quota_app(quota)):
         done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in messages]
@@ -94,7 +94,7 @@ async def test_quota_counts_exactly_what_reached_the_server(
         nats_url=nats_url,
         identity_secret=SECRET,
         environment="test",
-        consumer_durable=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
     )
     async with running_app(create_quota_app(quota)):
         app = await send_service(smtp_connections=1, claim_size=16)

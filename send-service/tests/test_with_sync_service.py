@@ -60,11 +60,11 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
         environment="test",
         sync_allow_networks="127.0.0.0/8",
         sync_ca_file=ca_file,
-        sync_consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
         sync_poll_seconds=1.0,
         sync_schedule_interval=0.2,
         sync_lease_seconds=15.0,
-        sync_rpc_timeout=1.0,
+        rpc_timeout_seconds=1.0,
     )
     me = Identity(company_id=app.company_id, user_id=app.user_id, role="salesperson")
     lead = await app.add_lead(["lead@example.org"], name="Lead")
@@ -172,11 +172,11 @@ async def test_smart_mail_through_a_mailbox_signed_in_with_google(
         environment="test",
         sync_allow_networks="127.0.0.0/8",
         sync_ca_file=ca_file,
-        sync_consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
+        consumer_prefix=f"sync-send-{uuid.uuid4().hex[:8]}",
         sync_poll_seconds=1.0,
         sync_schedule_interval=0.2,
         sync_lease_seconds=15.0,
-        sync_rpc_timeout=1.0,
+        rpc_timeout_seconds=1.0,
         sync_oauth_apps=apps,
     )
     me = Identity(company_id=app.company_id, user_id=app.user_id, role="salesperson")

@@ -257,14 +257,14 @@ class SyncWorld:
             environment="test",
             sync_allow_networks="127.0.0.0/8",
             sync_ca_file=self.ca_file,
-            sync_consumer_prefix=self.consumer_prefix,
-            sync_consumer_deliver_since=self.created_at,
+            consumer_prefix=self.consumer_prefix,
+            consumer_deliver_since=self.created_at,
             sync_poll_seconds=2.0,
             sync_schedule_interval=0.2,
             sync_lease_seconds=4.0,
             sync_retry_base_seconds=0.3,
             sync_retry_max_seconds=1.0,
-            sync_rpc_timeout=1.0,
+            rpc_timeout_seconds=1.0,
             sync_imap_timeout=10.0,
         )
         values.update(overrides)
@@ -517,7 +517,7 @@ async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterato
             nats_url=nats_url,
             identity_secret=SECRET,
             environment="test",
-            consumer_durable=f"quota-for-sync-{uuid.uuid4().hex[:10]}",
+            consumer_prefix=f"quota-for-sync-{uuid.uuid4().hex[:10]}",
         )
     )
     async with running_app(app) as client:
@@ -585,7 +585,7 @@ async def lead_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator
             nats_url=nats_url,
             identity_secret=SECRET,
             environment="test",
-            consumer_durable=f"lead-for-sync-{uuid.uuid4().hex[:10]}",
+            consumer_prefix=f"lead-for-sync-{uuid.uuid4().hex[:10]}",
             consumer_deliver_since=datetime.now(UTC) - timedelta(seconds=1),
         )
     )

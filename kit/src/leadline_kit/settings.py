@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
@@ -25,6 +26,14 @@ class KitSettings(BaseSettings):
     # False: this process writes events to the outbox but publishes none; the relays of the service's
     # other processes do, woken by NOTIFY (outbox.RelayWaker).  At least one process must relay.
     outbox_relay: bool = True
+    # Durable JetStream consumer names start with this (the service's replicas share them; a test app
+    # or benchmark sharing one stream with others takes its own).  Each service sets its default.
+    consumer_prefix: str = "leadline"
+    # a new durable starts at the beginning of the stream; this starts it at a time instead (tests
+    # sharing one stream with every other service's tests)
+    consumer_deliver_since: datetime | None = None
+    # how long a NATS request to another service waits for its answer (kit.rpc.ask)
+    rpc_timeout_seconds: float = Field(2.0, gt=0)
 
     @model_validator(mode="after")
     def _no_default_secrets_in_production(self) -> KitSettings:

@@ -121,7 +121,7 @@ def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
             db=runtime.db,
             js=runtime.jetstream,
             processed=processed,
-            durable=settings.consumer_durable,
+            durable=settings.consumer_prefix,
             subjects=SUBJECTS,
             handler=apply_event,
             batch_handler=apply_events,

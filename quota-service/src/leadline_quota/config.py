@@ -10,5 +10,5 @@ class Settings(KitSettings):
     responder_concurrency: int = 20
     # how often reservations that count in no window any more are deleted
     prune_interval_seconds: float = 300.0
-    # durable JetStream consumer of company.updated / mailbox.disconnected, shared by all processes
-    consumer_durable: str = "quota-mailbox-limit"
+    # the durable's whole name (company.updated / mailbox.disconnected), shared by all processes
+    consumer_prefix: str = "quota-mailbox-limit"

@@ -42,7 +42,7 @@ def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
             db=runtime.db,
             js=runtime.jetstream,
             processed=processed,
-            durable=settings.consumer_durable,
+            durable=settings.consumer_prefix,
             subjects=SUBJECTS,
             handler=mailbox_limit_handler(clock),
         )

@@ -47,13 +47,11 @@ class Settings(KitSettings):
     max_attempts: int = 8
     retry_base_seconds: float = 30.0
     retry_max_seconds: float = 3600.0
-    rpc_timeout_seconds: float = 2.0
     # how long a delivery worker sleeps when the queue is empty and no wake-up came
     queue_poll_seconds: float = 0.5
     recovery_interval_seconds: float = 5.0
     # on shutdown, how long the workers may finish the messages in hand before they are cut off
     stop_grace_seconds: float = 20.0
-    # durable JetStream consumer names start with this (one set per deployment; tests use their own)
     consumer_prefix: str = "send"
 
     @model_validator(mode="after")

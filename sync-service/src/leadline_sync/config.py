@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -53,7 +52,7 @@ class Settings(KitSettings):
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)
     sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed
-    sync_rpc_timeout: float = Field(3.0, gt=0)
+    rpc_timeout_seconds: float = Field(3.0, gt=0)
     # before a historical sync, wait this long at most for the company's leads to reach this service
     sync_directory_wait_seconds: float = Field(60.0, gt=0)
     sync_imap_timeout: float = Field(30.0, gt=0)
@@ -70,11 +69,7 @@ class Settings(KitSettings):
     # R29: how long PUT /v1/mail-sync waits for the address proof to arrive in the INBOX (the whole
     # request must stay under the gateway's upstream timeout, 60 s by default)
     sync_address_proof_seconds: float = Field(30.0, gt=0, le=300)
-    # Durable consumer names start with this, so that test apps sharing one stream stay apart.
-    sync_consumer_prefix: str = "sync"
-    # a new durable starts at the beginning of the stream; this starts it at a time instead (tests
-    # sharing one stream with every other service's tests)
-    sync_consumer_deliver_since: datetime | None = None
+    consumer_prefix: str = "sync"
 
     @model_validator(mode="after")
     def _checked(self) -> Settings:

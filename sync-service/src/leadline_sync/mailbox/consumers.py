@@ -146,7 +146,7 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
     clock: Callable[[], datetime] = runtime.extras["clock"]
-    prefix = settings.sync_consumer_prefix
+    prefix = settings.consumer_prefix
     return [
         EventConsumer(
             db=runtime.db,
@@ -155,7 +155,7 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
             durable=f"{prefix}-directory",
             subjects=DIRECTORY_SUBJECTS,
             handler=apply_directory_event,
-            deliver_since=settings.sync_consumer_deliver_since,
+            deliver_since=settings.consumer_deliver_since,
         ),
         EventConsumer(
             db=runtime.db,
@@ -164,6 +164,6 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
             durable=f"{prefix}-slots",
             subjects=SLOT_SUBJECTS,
             handler=slot_handler(clock),
-            deliver_since=settings.sync_consumer_deliver_since,
+            deliver_since=settings.consumer_deliver_since,
         ),
     ]

@@ -37,7 +37,7 @@ async def ask_quota_service(
 ) -> SlotAnswer:
     request = MailboxSlotRequest(company_id=company_id, mailbox_id=mailbox_id)
     try:
-        reply = await rpc.ask(context.nc, subject, request, MailboxSlotReply, context.settings.sync_rpc_timeout)
+        reply = await rpc.ask(context.nc, subject, request, MailboxSlotReply, context.settings.rpc_timeout_seconds)
     except rpc.Unanswered as exc:
         return SlotAnswer("unavailable", detail=UNANSWERED[exc.reason])
     return SlotAnswer(reply.status, reply.position, reply.detail)

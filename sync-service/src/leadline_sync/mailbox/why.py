@@ -205,7 +205,7 @@ async def _stored(
             RPC_MESSAGE_TIMELINE,
             MessageTimelineRequest(company_id=row.company_id, message_id=message_id),
             MessageTimelineReply,
-            context.settings.sync_rpc_timeout,
+            context.settings.rpc_timeout_seconds,
         )
     except rpc.Unanswered as exc:
         return (

@@ -474,7 +474,7 @@ class MailboxSync:
         request = SyncAllowanceRequest(company_id=row.company_id, user_id=row.user_id, count=count)
         try:
             reply = await rpc.ask(
-                self.context.nc, RPC_SYNC_ALLOWANCE, request, SyncAllowanceReply, self.settings.sync_rpc_timeout
+                self.context.nc, RPC_SYNC_ALLOWANCE, request, SyncAllowanceReply, self.settings.rpc_timeout_seconds
             )
         except rpc.Unanswered as exc:
             log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id, exc.reason)
@@ -570,7 +570,7 @@ class MailboxSync:
         request = LeadDirectoryRequest(company_id=row.company_id)
         try:
             return await rpc.ask(
-                self.context.nc, RPC_LEAD_DIRECTORY, request, LeadDirectoryReply, self.settings.sync_rpc_timeout
+                self.context.nc, RPC_LEAD_DIRECTORY, request, LeadDirectoryReply, self.settings.rpc_timeout_seconds
             )
         except rpc.Unanswered as exc:
             log.info("mailbox %s: lead count not answered (%s); asking again", row.id, exc.reason)

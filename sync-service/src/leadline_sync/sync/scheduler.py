@@ -91,7 +91,7 @@ class SyncScheduler:
         interval = self.settings.sync_schedule_interval
         slots = asyncio.create_task(
             self._repeat(
-                reconcile_slots, max(interval, self.settings.sync_rpc_timeout), "mailbox-limit reconciliation"
+                reconcile_slots, max(interval, self.settings.rpc_timeout_seconds), "mailbox-limit reconciliation"
             ),
             name="sync-slot-reconciler",
         )
