@@ -73,8 +73,10 @@ def test_mail_sync_to_timeline_and_smart_mail_once(
     smtp_server.add_user(address, password)
     lead_address = f"lee-{uuid.uuid4().hex[:6]}@lead.example"
     tag = uuid.uuid4().hex[:8]
-    append(dovecot, address, password, "INBOX", sender=lead_address, to=address, subject=f"Hello from Lee {tag}")
-    append(
+    hello = append(
+        dovecot, address, password, "INBOX", sender=lead_address, to=address, subject=f"Hello from Lee {tag}"
+    )
+    stranger = append(
         dovecot, address, password, "INBOX", sender="stranger@other.example", to=address, subject=f"Not a lead {tag}"
     )
     with suite.client() as client:
@@ -107,6 +109,13 @@ def test_mail_sync_to_timeline_and_smart_mail_once(
             lambda: any(f"Hello from Lee {tag}" in e["subject"] for e in timeline()),
         )
         assert not any("Not a lead" in e["subject"] for e in timeline())
+        # "why is this mail (not) on the timeline?" through the gateway (issue 25)
+        for message_id, expected in ((hello, ("on_timeline", "R6", lead_id)), (stranger, ("not_stored", "R6", None))):
+            why = client.get("/v1/mail-sync/messages", headers=key, params={"message_id": message_id})
+            assert why.status_code == 200, why.text
+            places = why.json()["places"]
+            found = [(p["outcome"], p["rule"], next((t["lead_id"] for t in p["timeline"]), None)) for p in places]
+            assert found == [expected], places
         assert wait_for(
             "the mailbox enabled", lambda: client.get("/v1/mail-sync", headers=key).json()["status"] == "enabled"
         )

@@ -188,15 +188,15 @@ async def _stored(
         return (
             MessageOutcome.STORED,
             "R17",
-            "A bounce: the lead's timeline shows it on the mail it returns, not as a message of its own.",
+            "A bounce: the lead's timeline shows it as a bounce of the mail it returns, not as a message of its own.",
             [],
         )
     if reason == "complaint":
         return (
             MessageOutcome.STORED,
             "R16",
-            "A complaint (feedback report) about mail to a lead: the lead gets no more marketing mail; it is not "
-            "a message of the lead's timeline.",
+            "A complaint (feedback report) about mail to a lead: the lead's timeline shows it as a complaint about "
+            "that mail, and the lead gets no more marketing mail.",
             [],
         )
     try:
