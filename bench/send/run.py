@@ -443,6 +443,13 @@ def main() -> None:
         action="store_false",
         help="PostgreSQL without fsync, to see the cost of durable commits",
     )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        type=Path,
+        help="user path: sample every Python process of the suite with py-spy (PY_SPY or on PATH) during "
+        "each path run, writing collapsed stacks to DIR and printing the hottest frames per process",
+    )
     args = parser.parse_args()
     if args.path == "user":
         args.clients = args.clients or 8

@@ -29,6 +29,7 @@ import imaplib
 import os
 import re
 import shutil
+import signal
 import ssl
 import statistics
 import subprocess
@@ -329,6 +330,151 @@ async def scrape(client: aiohttp.ClientSession, urls: list[str], token: str) -> 
     return found
 
 
+DATABASE_COUNTERS = {
+    "transactions committed": "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    "WAL records": "SELECT wal_records FROM pg_stat_wal",
+    "WAL kB": "SELECT wal_bytes / 1024.0 FROM pg_stat_wal",
+    "WAL fsyncs": "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'",
+}
+ROWS_WRITTEN = "SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables GROUP BY schemaname"
+STATS_FLUSH_SECONDS = 11.0  # idle backends report their statistics within 10 s (PostgreSQL 15+)
+
+
+async def database_counters(conn: asyncpg.Connection) -> dict[str, float]:
+    """The cluster's commit, WAL and row counters (each service's rows apart, by schema)."""
+    await conn.execute("SELECT pg_stat_clear_snapshot()")
+    found = {name: float(await conn.fetchval(query) or 0) for name, query in DATABASE_COUNTERS.items()}
+    for schema, rows in await conn.fetch(ROWS_WRITTEN):
+        found[f"rows written, {schema}"] = float(rows or 0)
+    return found
+
+
+def suite_python_processes(marker: str) -> dict[int, str]:
+    """pid → name of the suite's uvicorn processes (those started with ``LEADLINE_DATA_DIR=marker``)."""
+    found: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            command = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if b"uvicorn" not in command or f"LEADLINE_DATA_DIR={marker}".encode() not in environ:
+                continue
+            package = next(c.decode() for c in command if c.startswith(b"leadline_"))
+            name = package.split(".")[0].removeprefix("leadline_")
+            if name == "send":
+                name = "send API" if b"LEADLINE_SMTP_CONNECTIONS=0" in environ else "send delivery"
+            found[int(entry.name)] = name
+    return found
+
+
+PROFILE_RATE = 100  # samples per second of each process, on CPU only
+
+
+@contextlib.contextmanager
+def profiled(directory: Path | None, marker: str, label: str) -> Iterator[dict[str, Path]]:
+    """py-spy on every Python process of the suite while the block runs: name → collapsed stacks."""
+    outputs: dict[str, Path] = {}
+    if directory is None:
+        yield outputs
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+    binary = os.environ.get("PY_SPY") or shutil.which("py-spy") or "py-spy"
+    spies = []
+    for pid, name in suite_python_processes(marker).items():
+        outputs[name] = directory / f"{label}-{name.replace(' ', '-')}.txt"
+        spies.append(
+            subprocess.Popen(
+                [
+                    binary,
+                    "record",
+                    "--pid",
+                    str(pid),
+                    "--rate",
+                    str(PROFILE_RATE),
+                    "--format",
+                    "raw",
+                    "--nonblocking",
+                    "--output",
+                    str(outputs[name]),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+    time.sleep(1.0)  # py-spy attaches
+    try:
+        yield outputs
+    finally:
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+        for spy in spies:
+            spy.wait(60)
+
+
+PACKAGES = [  # (what a frame's file names, the share's name): the first match names a frame
+    ("leadline_", "ours"),
+    ("sqlalchemy", "SQLAlchemy"),
+    ("asyncpg", "asyncpg"),
+    ("pydantic", "pydantic"),
+    ("fastapi", "FastAPI"),
+    ("starlette", "Starlette"),
+    ("uvicorn", "uvicorn"),
+    ("aiohttp", "aiohttp"),
+    ("nats", "nats"),
+    ("prometheus_client", "prometheus"),
+    ("aiosmtplib", "aiosmtplib"),
+    ("aioimaplib", "aioimaplib"),
+    ("ssl.py", "ssl"),
+    ("email/", "email"),
+    ("asyncio", "asyncio"),
+    ("uvloop", "uvloop"),
+    ("json", "json"),
+]
+
+
+def _package(frame: str) -> str:
+    where = frame[frame.rfind("(") :]
+    return next((name for key, name in PACKAGES if key in where), "other")
+
+
+def profile_summary(path: Path, messages: int, top: int = 12) -> list[str]:
+    """The CPU of one process per message: by package (the frame that ran, self time) and the hottest
+    functions of ours and of the libraries (inclusive time), from py-spy's collapsed stacks."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    if not path.exists():
+        return [f"    (no profile: {path.name})"]
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = stack.split(";")
+        leaf = _package(frames[-1])
+        own[leaf] = own.get(leaf, 0) + count
+        for frame in set(re.sub(r":\d+\)$", ")", f) for f in frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def ms(samples: int) -> float:
+        return samples * 1000 / PROFILE_RATE / messages
+
+    lines = [
+        f"    on CPU {ms(total):.2f} ms per message; self time by package: "
+        + ", ".join(f"{k} {ms(v):.2f}" for k, v in sorted(own.items(), key=lambda kv: -kv[1]) if ms(v) >= 0.05)
+    ]
+    interesting = [
+        (frame, n)
+        for frame, n in inclusive.items()
+        if n < total * 0.95 and not any(k in frame for k in ("asyncio/", "uvloop", "<module>", "run ("))
+    ]
+    for frame, n in sorted(interesting, key=lambda kv: -kv[1])[:top]:
+        lines.append(f"      {ms(n):6.2f} ms  {frame[:150]}")
+    return lines
+
+
 # (what, histogram, label filter): stages of a message's path, each the mean time per message
 BREAKDOWN = [
     ("client: POST to its 202 (as the CRM sees it)", None, ""),
@@ -372,6 +518,8 @@ class PathRun:
     copies: int  # messages Dovecot's Sent folder gained
     rows: list[tuple[str, float, float]]
     cpu: dict[str, float]
+    database: dict[str, float]  # PostgreSQL's counters per message
+    profile: dict[str, list[str]]  # process → its py-spy summary (--profile)
 
     @property
     def rate(self) -> float:
@@ -379,7 +527,14 @@ class PathRun:
 
 
 async def path_run(
-    found: Suite, account: Account, servers: MailServers, database_url: str, messages: int, clients: int
+    found: Suite,
+    account: Account,
+    servers: MailServers,
+    database_url: str,
+    messages: int,
+    clients: int,
+    profile: Path | None = None,
+    label: str = "",
 ) -> PathRun:
     subject = uuid.uuid4().hex[:8]
     numbers: asyncio.Queue[int] = asyncio.Queue()
@@ -411,6 +566,9 @@ async def path_run(
                     assert response.status == 202, await response.text()
                 latencies.append(time.perf_counter() - sent_at)
 
+        database_before = await database_counters(conn)
+        spying = profiled(profile, found.marker, label)
+        stacks = spying.__enter__()
         cpu_before = cpu_by_command(PROCESSES, found.marker)
         started = time.perf_counter()
         await asyncio.gather(*(caller() for _ in range(clients)))
@@ -431,8 +589,11 @@ async def path_run(
                 break
             await asyncio.sleep(0.02)
         cpu_after = cpu_by_command(PROCESSES, found.marker)
+        spying.__exit__(None, None, None)
         cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_after.items()}
         after = await scrape(client, processes, found.metrics_token)
+        await asyncio.sleep(STATS_FLUSH_SECONDS)
+        database_after = await database_counters(conn)
     states = dict(
         await conn.fetch(
             "SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY state",
@@ -458,6 +619,8 @@ async def path_run(
         copies=copies,
         rows=breakdown(before, after, messages, statistics.mean(latencies) * messages),
         cpu=cpu,
+        database={k: (v - database_before.get(k, 0.0)) / messages for k, v in database_after.items()},
+        profile={name: profile_summary(path, messages) for name, path in stacks.items()},
     )
 
 
@@ -492,7 +655,16 @@ async def bench(args: argparse.Namespace) -> None:
                         for number in range(args.rounds):
                             raw = await raw_loop(servers, connections, args.messages, append=False)
                             raw_append = await raw_loop(servers, connections, args.messages, append=True)
-                            run = await path_run(found, account, servers, database_url, args.messages, args.clients)
+                            run = await path_run(
+                                found,
+                                account,
+                                servers,
+                                database_url,
+                                args.messages,
+                                args.clients,
+                                args.profile,
+                                f"{connections}-{number + 1}",
+                            )
                             rounds.append(Round(raw, raw_append, run))
                             print(
                                 f"  {connections} conns, round {number + 1}: raw {raw:,.0f}/s, raw + APPEND "
@@ -554,6 +726,17 @@ def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tupl
             for kind, ms in r.path.cpu.items():
                 cpu.setdefault(kind, []).append(ms)
         print("  CPU ms per message by process: " + cpu_text(cpu))
+        database: dict[str, list[float]] = {}
+        for r in rounds:
+            for name, value in r.path.database.items():
+                database.setdefault(name, []).append(value)
+        print(
+            "  PostgreSQL per message: "
+            + ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in sorted(database.items()) if any(v))
+        )
+        for name, lines in rounds[-1].path.profile.items():
+            print(f"  profile of {name} (py-spy, last round):")
+            print("\n".join(lines))
     print(
         f"command: uv run python bench/send/run.py --messages {args.messages} --clients {args.clients} "
         f"--connections {' '.join(map(str, args.connections))} --rounds {args.rounds}"
