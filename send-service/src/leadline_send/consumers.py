@@ -29,6 +29,10 @@ from leadline_proto.events import (
 from leadline_send.messages import repository
 from leadline_send.messages.leads import lead_copy
 from leadline_send.models import lead_address, outgoing_message, processed
+from leadline_send.states import MessageState, move
+
+# a delivery notice is about a message the server took (or may have)
+BOUNCEABLE = (MessageState.SENT, MessageState.UNKNOWN, MessageState.BOUNCED)
 
 LEAD_SUBJECTS = ["leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1"]
 MAIL_SUBJECTS = ["leadline.mail.synced.v1", "leadline.mail.bounced.v1", "leadline.mail.complained.v1"]
@@ -65,10 +69,10 @@ async def apply_mail(session: AsyncSession, event: Event) -> None:
             .where(
                 outgoing_message.c.company_id == event.company_id,
                 outgoing_message.c.message_id == event.payload.message_id,
-                outgoing_message.c.state == "unknown",
+                outgoing_message.c.state == MessageState.UNKNOWN,
             )
             .values(
-                state="sent",
+                state=move(MessageState.UNKNOWN, MessageState.SENT),
                 sent_at=event.payload.sent_at,
                 updated_at=func.now(),
                 last_error="settled: the message was found in the Sent folder",
@@ -109,12 +113,12 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
             .where(
                 outgoing_message.c.company_id == event.company_id,
                 outgoing_message.c.message_id == bounce.original_message_id,
-                outgoing_message.c.state.in_(("sent", "unknown", "bounced")),
+                outgoing_message.c.state.in_(BOUNCEABLE),
             )
             .with_for_update()
         )
     ).first()
-    if row is None or (row.state == "bounced" and bounce.severity == "soft"):
+    if row is None or (row.state == MessageState.BOUNCED and bounce.severity == "soft"):
         return  # not ours, or a late "still trying" after the message already bounced
     recipients: list[str] = list(row.recipients or [])
     recipient = bounce.recipient or (recipients[0] if len(recipients) == 1 else None)
@@ -129,7 +133,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     whom = recipient or f"one of its {len(recipients)} recipients"
     if bounce.severity == "hard":
         values = {
-            "state": "bounced",
+            "state": move(MessageState(row.state), MessageState.BOUNCED),
             "delivery_notice": notice,
             "last_error": f"bounced for {whom}: {bounce.status} {bounce.diagnostic}".strip(),
         }

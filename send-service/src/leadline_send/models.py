@@ -27,14 +27,13 @@ from sqlalchemy.dialects.postgresql import JSONB
 from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
 from leadline_kit.outbox import outbox_table
+from leadline_send.states import DUE, OPEN, AttemptPhase, MessageState, sql
 
 SCHEMA = "send"
 metadata = service_metadata(SCHEMA)
 outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
 
-MESSAGE_STATES = ("queued", "sending", "sent", "deferred", "failed", "bounced", "unknown")
-OPEN_STATES = ("queued", "sending", "deferred", "unknown")
 
 smtp_account = Table(
     "smtp_account",
@@ -114,7 +113,7 @@ outgoing_message = Table(
     Column("sent_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("state IN " + str(MESSAGE_STATES), name="state"),
+    CheckConstraint("state IN " + sql(MessageState), name="state"),
     CheckConstraint("category IN ('personal', 'marketing')", name="category"),
     Index(
         "uq_outgoing_message_idempotency",
@@ -124,11 +123,11 @@ outgoing_message = Table(
         unique=True,
         postgresql_where="idempotency_key IS NOT NULL",
     ),
-    Index("ix_outgoing_message_due", "next_attempt_at", postgresql_where="state IN ('queued', 'deferred')"),
+    Index("ix_outgoing_message_due", "next_attempt_at", postgresql_where="state IN " + sql(DUE)),
     Index("ix_outgoing_message_company_created", "company_id", "created_at", "id"),
     Index("ix_outgoing_message_company_message_id", "company_id", "message_id"),
     # the queue-depth gauge counts only messages still in motion; terminal states grow without bound
-    Index("ix_outgoing_message_open_state", "state", postgresql_where="state IN " + str(OPEN_STATES)),
+    Index("ix_outgoing_message_open_state", "state", postgresql_where="state IN " + sql(OPEN)),
 )
 
 send_attempt = Table(
@@ -143,7 +142,7 @@ send_attempt = Table(
     Column("reply", Text),
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
-    CheckConstraint("phase IN ('connecting', 'data', 'done')", name="phase"),
+    CheckConstraint("phase IN " + sql(AttemptPhase), name="phase"),
 )
 
 # Quota reservations this service holds and has not yet settled with the quota service, with the

@@ -35,18 +35,29 @@ resent by itself.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 from sqlalchemy import and_, func, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_proto.events import EventBase
+from leadline_send.delivery.outcome import Outcome
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
+from leadline_send.states import DUE, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, sql
+
+S, P = MessageState, AttemptPhase
+
+Connection = Callable[[], PoolAcquireContext]  # a connection of a pool, ``async with``; each statement commits
+# what a step of the queue raises when the database is away or refuses
+DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 ADVISORY_CLASS = 8104  # first key of pg_advisory_lock(int, int) for delivery-process liveness
 # NOTIFY channel on which new or requeued messages wake the delivery workers of every process; the
@@ -78,50 +89,51 @@ class Claimed:
 _CLAIM = """
 WITH due AS (
     SELECT id FROM outgoing_message
-    WHERE state IN ('queued', 'deferred') AND next_attempt_at <= now() {account_filter}
+    WHERE state IN {due} AND next_attempt_at <= now() {account_filter}
     ORDER BY next_attempt_at LIMIT $1 FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE outgoing_message AS m
-    SET state = 'sending', claimed_by = $2, attempts = m.attempts + 1, updated_at = now()
+    SET state = '{sending}', claimed_by = $2, attempts = m.attempts + 1, updated_at = now()
     FROM due WHERE m.id = due.id
     RETURNING m.id, m.company_id, m.user_id, m.category, m.account_key, m.provider, m.message_id,
               m.envelope_from, m.recipients, m.draft, m.raw, m.size_bytes, m.attempts, m.created_at,
               m.next_attempt_at
 ), attempt AS (
     INSERT INTO send_attempt (message_id, number, account_key, phase)
-    SELECT id, attempts, account_key, 'connecting' FROM claimed
+    SELECT id, attempts, account_key, '{connecting}' FROM claimed
 )
 SELECT * FROM claimed ORDER BY next_attempt_at
 """
-CLAIM_ANY = _CLAIM.format(account_filter="")
-CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3")
+_CLAIM_NAMES = {"due": sql(DUE), "sending": S.SENDING, "connecting": P.CONNECTING}
+CLAIM_ANY = _CLAIM.format(account_filter="", **_CLAIM_NAMES)
+CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3", **_CLAIM_NAMES)
 
-HOLD_RESERVATION = """
-UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = 'sending' AND claimed_by = $3
-"""
+HOLD_RESERVATION = f"""
+UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = '{S.SENDING}' AND claimed_by = $3
+"""  # noqa: S608 - only the states' enum values are formatted in
 HOLD_QUOTA = "INSERT INTO quota_hold (reservation_id, company_id, holder) VALUES ($1, $2, $3)"
 FORGET_QUOTA = "DELETE FROM quota_hold WHERE reservation_id = $1"
 
-RECORD_DATA = """
+RECORD_DATA = f"""
 WITH attempt AS (
-    UPDATE send_attempt SET phase = 'data'
-    WHERE message_id = $1 AND number = $2 AND phase = 'connecting'
+    UPDATE send_attempt SET phase = '{P.DATA}'
+    WHERE message_id = $1 AND number = $2 AND phase = '{P.CONNECTING}'
     RETURNING message_id
 )
 UPDATE outgoing_message SET reservation_id = $4
-WHERE id = (SELECT message_id FROM attempt) AND state = 'sending' AND claimed_by = $3
+WHERE id = (SELECT message_id FROM attempt) AND state = '{S.SENDING}' AND claimed_by = $3
 RETURNING id
-"""
+"""  # noqa: S608 - only the states' enum values are formatted in
 
 
 # The record before the end of data of a message whose row already names its lease's reservation
 # (HOLD_RESERVATION): only the attempt changes.  A new version of the wide message row (and of each of
 # its indexes) per message was a fifth of the database's work for a message.
 _RECORDED_UNDER_LEASE = """recorded AS (
-    UPDATE send_attempt AS a SET phase = 'data'
+    UPDATE send_attempt AS a SET phase = '{data}'
     FROM outgoing_message AS m
-    WHERE a.message_id = ${message} AND a.number = ${number} AND a.phase = 'connecting'
-      AND m.id = a.message_id AND m.state = 'sending' AND m.claimed_by = ${worker}
+    WHERE a.message_id = ${message} AND a.number = ${number} AND a.phase = '{connecting}'
+      AND m.id = a.message_id AND m.state = '{sending}' AND m.claimed_by = ${worker}
       AND m.reservation_id = ${reservation}
     RETURNING a.message_id
 )"""
@@ -129,7 +141,15 @@ _RECORDED_UNDER_LEASE = """recorded AS (
 
 def _recorded_under_lease(first: int) -> str:
     """Parameters from ``$first``: message id, attempt number, worker key, reservation id."""
-    return _RECORDED_UNDER_LEASE.format(message=first, number=first + 1, worker=first + 2, reservation=first + 3)
+    return _RECORDED_UNDER_LEASE.format(
+        message=first,
+        number=first + 1,
+        worker=first + 2,
+        reservation=first + 3,
+        data=P.DATA,
+        connecting=P.CONNECTING,
+        sending=S.SENDING,
+    )
 
 
 def _statement(ctes: list[str], result: str) -> str:
@@ -139,16 +159,16 @@ def _statement(ctes: list[str], result: str) -> str:
 RECORD_DATA_UNDER_LEASE = _statement([_recorded_under_lease(1)], "message_id FROM recorded")
 
 # The end of an attempt: $1 message, $2 attempt, $3 state, $4 outcome, $5 reply, $6 next attempt, $7 error.
-_SETTLED = """attempt AS (
-    UPDATE send_attempt SET phase = 'done', outcome = $4, reply = $5, finished_at = now()
+_SETTLED = f"""attempt AS (
+    UPDATE send_attempt SET phase = '{P.DONE}', outcome = $4, reply = $5, finished_at = now()
     WHERE message_id = $1 AND number = $2
 ), settled AS (
     UPDATE outgoing_message
     SET state = $3, claimed_by = NULL, updated_at = now(), last_error = $7,
         smtp_reply = coalesce($5, smtp_reply), next_attempt_at = coalesce($6, next_attempt_at),
-        sent_at = CASE WHEN $3 = 'sent' THEN now() ELSE sent_at END
-    WHERE id = $1 AND state = 'sending'
-)"""
+        sent_at = CASE WHEN $3 = '{S.SENT}' THEN now() ELSE sent_at END
+    WHERE id = $1 AND state = '{S.SENDING}'
+)"""  # noqa: S608 - only the states' enum values are formatted in
 SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
@@ -156,18 +176,18 @@ SETTLE = _statement([_SETTLED], "1")
 # LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Delivery.wake_relay); one per message
 # woke the relay of every replica, and all but one found nothing.  $1 message, $2 attempt, $3 reply,
 # $4 error, $5-$7 event id, subject, body.
-_SENT = """attempt AS (
-    UPDATE send_attempt SET phase = 'done', outcome = 'sent', reply = $3, finished_at = now()
+_SENT = f"""attempt AS (
+    UPDATE send_attempt SET phase = '{P.DONE}', outcome = '{Reason.SENT}', reply = $3, finished_at = now()
     WHERE message_id = $1 AND number = $2
 ), message AS (
     UPDATE outgoing_message
-    SET state = 'sent', claimed_by = NULL, updated_at = now(), last_error = $4, smtp_reply = $3,
+    SET state = '{S.SENT}', claimed_by = NULL, updated_at = now(), last_error = $4, smtp_reply = $3,
         sent_at = now()
-    WHERE id = $1 AND state = 'sending'
+    WHERE id = $1 AND state = '{S.SENDING}'
     RETURNING id
 ), event AS (
     INSERT INTO outbox (event_id, subject, body) SELECT $5, $6, $7 FROM message
-)"""
+)"""  # noqa: S608 - only the states' enum values are formatted in
 SETTLE_SENT = _statement([_SENT], "1")
 
 # A worker's last answer settled and its next message recorded (under a lease) in one durable
@@ -177,10 +197,10 @@ SETTLE_THEN_RECORD = _statement([_SETTLED, _recorded_under_lease(8)], "message_i
 SETTLE_SENT_THEN_RECORD = _statement([_SENT, _recorded_under_lease(8)], "message_id FROM recorded")
 
 # What a batch reservation was used for: the messages that reached the server (or may have).
-RESERVATION_USE = """
+RESERVATION_USE = f"""
 SELECT count(*) AS messages, coalesce(sum(jsonb_array_length(recipients)), 0) AS recipients
-FROM outgoing_message WHERE reservation_id = $1 AND state IN ('sent', 'unknown')
-"""
+FROM outgoing_message WHERE reservation_id = $1 AND state IN {sql(REACHED_SERVER)}
+"""  # noqa: S608 - only the states' enum values are formatted in
 
 
 async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
@@ -246,26 +266,27 @@ async def record_data_started(
 
 @dataclass(frozen=True)
 class Settlement:
-    """How an attempt ends: what its settle writes."""
+    """How an attempt ends: what its settle writes (the message's outcome, and for a sent one its
+    ``mail.sent`` event, written to the outbox in the same statement)."""
 
     message: Claimed
-    state: str
-    outcome: str
-    reply: str | None = None
-    next_attempt_at: datetime | None = None
-    error: str | None = None
-    event: EventBase | None = None  # mail.sent, written to the outbox with a ``sent`` state
+    outcome: Outcome
+    event: EventBase | None = None
+
+    @property
+    def state(self) -> MessageState:
+        return self.outcome.state
 
     def statement(self, *, then_record: bool) -> tuple[str, tuple[Any, ...]]:
         """The settle's statement, alone or followed by the next message's record, and its arguments
         (the record's come after them)."""
-        m = self.message
-        if self.state == "sent" and self.event is not None:
+        m, o = self.message, self.outcome
+        if o.state == S.SENT and self.event is not None:
             return SETTLE_SENT_THEN_RECORD if then_record else SETTLE_SENT, (
                 m.id,
                 m.attempt,
-                self.reply,
-                self.error,
+                o.reply,
+                o.error,
                 self.event.event_id,
                 self.event.subject,
                 self.event.model_dump_json().encode(),
@@ -273,11 +294,11 @@ class Settlement:
         return SETTLE_THEN_RECORD if then_record else SETTLE, (
             m.id,
             m.attempt,
-            self.state,
-            self.outcome,
-            self.reply,
-            self.next_attempt_at,
-            self.error,
+            o.state,
+            o.reason,
+            o.reply,
+            o.retry_at,
+            o.error,
         )
 
 
@@ -311,19 +332,19 @@ async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
     for message in messages:
         await session.execute(
             update(m)
-            .where(m.c.id == message.id, m.c.state == "sending")
-            .values(state="queued", claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now())
+            .where(m.c.id == message.id, m.c.state == S.SENDING)
+            .values(state=move(S.SENDING, S.QUEUED), claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now())
         )
         await session.execute(
-            a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt, a.c.phase == "connecting")
+            a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt, a.c.phase == P.CONNECTING)
         )
 
 
-async def current_phase(conn: asyncpg.Connection, message: Claimed) -> str | None:
+async def current_phase(conn: asyncpg.Connection, message: Claimed) -> AttemptPhase | None:
     phase: str | None = await conn.fetchval(
         "SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2", message.id, message.attempt
     )
-    return phase
+    return None if phase is None else AttemptPhase(phase)
 
 
 async def switch_account(
@@ -350,7 +371,7 @@ async def switch_account(
 class Recovered:
     id: uuid.UUID
     company_id: uuid.UUID
-    state: str
+    state: MessageState
 
 
 @dataclass(frozen=True)
@@ -374,7 +395,8 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
             continue
         try:
             if await conn.fetchval(
-                "SELECT 1 FROM outgoing_message WHERE state = 'sending' AND claimed_by = $1 LIMIT 1", key
+                f"SELECT 1 FROM outgoing_message WHERE state = '{S.SENDING}' AND claimed_by = $1 LIMIT 1",  # noqa: S608
+                key,
             ):
                 continue
             for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
@@ -387,7 +409,7 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
 
 async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) -> list[Recovered]:
     """Give back the ``sending`` rows of processes that are gone (their advisory lock is free)."""
-    holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == "sending").distinct())).scalars()
+    holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == S.SENDING).distinct())).scalars()
     recovered: list[Recovered] = []
     for holder in list(holders):
         if holder is None or not await probe.fetchval(
@@ -399,17 +421,18 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                 await session.execute(
                     select(m.c.id, m.c.company_id, m.c.attempts, a.c.phase)
                     .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
-                    .where(m.c.state == "sending", m.c.claimed_by == holder)
+                    .where(m.c.state == S.SENDING, m.c.claimed_by == holder)
                     .with_for_update(of=m)
                 )
             ).all()
             for r in abandoned:
-                after_data = r.phase == "data"
+                after_data = r.phase == P.DATA
+                state = move(S.SENDING, S.UNKNOWN if after_data else S.QUEUED)
                 await session.execute(
                     update(m)
                     .where(m.c.id == r.id)
                     .values(
-                        state="unknown" if after_data else "queued",
+                        state=state,
                         claimed_by=None,
                         updated_at=func.now(),
                         next_attempt_at=func.now(),
@@ -424,9 +447,9 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                 await session.execute(
                     update(a)
                     .where(a.c.message_id == r.id, a.c.number == r.attempts)
-                    .values(phase="done", outcome="interrupted", finished_at=func.now())
+                    .values(phase=P.DONE, outcome=Reason.INTERRUPTED, finished_at=func.now())
                 )
-                recovered.append(Recovered(r.id, r.company_id, "unknown" if after_data else "queued"))
+                recovered.append(Recovered(r.id, r.company_id, state))
         finally:
             await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))
     return recovered

@@ -24,9 +24,10 @@ from leadline_proto.events import LeadUnsubscribedPayload, LeadUnsubscribedV1
 from leadline_send.context import Context
 from leadline_send.database import autocommit
 from leadline_send.messages import repository, service
-from leadline_send.messages.schemas import BatchIn, BatchOut, MessageIn, MessageOut, State
+from leadline_send.messages.schemas import BatchIn, BatchOut, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import read_token
 from leadline_send.models import outbox
+from leadline_send.states import MessageState
 
 router = APIRouter(prefix="/v1", tags=["messages"])
 
@@ -68,7 +69,7 @@ async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -
 async def list_messages(
     caller: Caller,
     session: Session,
-    state: State | None = None,
+    state: MessageState | None = None,
     user_id: uuid.UUID | None = None,
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,

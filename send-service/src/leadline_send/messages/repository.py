@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import insert
 from leadline_send.database import Executor
 from leadline_send.delivery.queue import QUEUE_CHANNEL
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
+from leadline_send.states import MessageState
 
 # what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB each)
 SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
@@ -76,7 +77,7 @@ async def page(
     session: Executor,
     company_id: uuid.UUID,
     *,
-    state: str | None,
+    state: MessageState | None,
     user_id: uuid.UUID | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
@@ -99,7 +100,7 @@ async def page(
 
 
 async def requeue(
-    session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, from_states: tuple[str, ...]
+    session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, from_states: tuple[MessageState, ...]
 ) -> bool:
     done = await session.execute(
         update(outgoing_message)
@@ -109,7 +110,7 @@ async def requeue(
             outgoing_message.c.state.in_(from_states),
         )
         .values(
-            state="queued",
+            state=MessageState.QUEUED,
             next_attempt_at=datetime.now().astimezone(),
             last_error=None,
             updated_at=datetime.now().astimezone(),

@@ -8,9 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from leadline_send.states import MessageState
+
 Category = Literal["personal", "marketing"]
 MAX_BATCH = 100
-State = Literal["queued", "sending", "sent", "deferred", "failed", "bounced", "unknown"]
 
 
 class AttachmentIn(BaseModel):
@@ -63,7 +64,7 @@ class DeliveryNotice(BaseModel):
 
 class MessageOut(BaseModel):
     id: uuid.UUID
-    state: State
+    state: MessageState
     category: Category
     message_id: str
     user_id: uuid.UUID

@@ -42,8 +42,8 @@ from leadline_send.messages.leads import LeadsUnavailable
 from leadline_send.messages.schemas import BatchMessageIn, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
 from leadline_send.metrics import timed
+from leadline_send.states import DUE, RESENDABLE, MessageState
 
-RESENDABLE = ("unknown", "failed", "bounced")
 # Salespeople see and resend their own messages; managers and administrators see the company's.
 OWN_MESSAGES_ONLY = {"salesperson", "jr_salesperson"}
 
@@ -67,7 +67,7 @@ def to_out(row: Any) -> MessageOut:
         size_bytes=row.size_bytes,
         account=row.account_key,
         attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at if row.state in ("queued", "deferred") else None,
+        next_attempt_at=row.next_attempt_at if row.state in DUE else None,
         last_error=row.last_error,
         smtp_reply=row.smtp_reply,
         sent_copy=row.sent_copy,
@@ -292,7 +292,7 @@ async def _prepare(
         "idempotency_key": idempotency_key,
         "request_sha256": fingerprint,
         "category": body.category,
-        "state": "queued",
+        "state": MessageState.QUEUED,
         "message_id": message_id,
         "account_key": account.key,
         "provider": account.provider,

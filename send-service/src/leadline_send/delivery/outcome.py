@@ -1,0 +1,65 @@
+"""What the end of an attempt means for its message: the state it moves to, and why.
+
+The server's words decide (see delivery.worker): a 4xx reply, or any failure before the end of data,
+defers the message with backoff and jitter; a 5xx fails it; silence after the end of data makes it
+``unknown`` (R21: never resent by itself).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from leadline_send.delivery.smtp import Reply
+from leadline_send.states import MessageState, Reason, settled_from_sending
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: MessageState
+    reason: Reason
+    reply: str | None = None
+    error: str | None = None
+    retry_at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        settled_from_sending(self.state)  # an attempt ends only where the diagram lets a sending message go
+
+
+def sent(reply: Reply, refused: str | None) -> Outcome:
+    error = f"some recipients were refused: {refused}" if refused else None
+    return Outcome(MessageState.SENT, Reason.SENT, reply=str(reply), error=error)
+
+
+def unknown(what: str) -> Outcome:
+    """After the end of data, without a reply that decides: R21 forbids guessing."""
+    return Outcome(
+        MessageState.UNKNOWN,
+        Reason.NO_REPLY,
+        error=f"{what}; the server may hold it. It is not resent by itself: "
+        "it turns sent when it appears in the Sent folder, or resend it on purpose",
+    )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When a deferred message is tried again: doubling from ``base_seconds`` up to ``max_seconds``, with
+    jitter (half to one and a half of it), so messages deferred together do not come back together."""
+
+    base_seconds: float
+    max_seconds: float
+
+    def retry_at(self, attempt: int) -> datetime:
+        seconds = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return datetime.now(UTC) + timedelta(seconds=seconds * random.uniform(0.5, 1.5))  # noqa: S311
+
+    def deferred(self, reason: Reason, attempt: int, error: str | None, reply: str | None = None) -> Outcome:
+        return Outcome(MessageState.DEFERRED, reason, reply=reply, error=error, retry_at=self.retry_at(attempt))
+
+    def refused(self, stage: str, reply: Reply, attempt: int) -> Outcome:
+        """The server refused at ``stage``: for good (5xx) or for now."""
+        reason = Reason.refused(stage, reply.code)
+        if reply.code >= 500:
+            return Outcome(MessageState.FAILED, reason, reply=str(reply), error=str(reply))
+        return self.deferred(reason, attempt, str(reply), str(reply))

@@ -1,0 +1,46 @@
+"""The message state machine as a table: the moves of the diagram pass, every other one is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from leadline_send.delivery.outcome import Outcome
+from leadline_send.states import MESSAGE_MOVES, ForbiddenMove, MessageState, Reason, move
+
+S = MessageState
+DIAGRAM = {  # delivery.queue's diagram, edge by edge
+    (S.QUEUED, S.SENDING),
+    (S.DEFERRED, S.SENDING),
+    (S.SENDING, S.SENT),
+    (S.SENDING, S.DEFERRED),
+    (S.SENDING, S.FAILED),
+    (S.SENDING, S.UNKNOWN),
+    (S.SENDING, S.QUEUED),
+    (S.SENT, S.BOUNCED),
+    (S.UNKNOWN, S.SENT),
+    (S.UNKNOWN, S.BOUNCED),
+    (S.UNKNOWN, S.QUEUED),
+    (S.FAILED, S.QUEUED),
+    (S.BOUNCED, S.QUEUED),
+    (S.BOUNCED, S.BOUNCED),
+}
+
+
+def test_the_table_is_the_diagram() -> None:
+    assert {(a, b) for a, targets in MESSAGE_MOVES.items() for b in targets} == DIAGRAM
+
+
+@pytest.mark.parametrize("current", list(S))
+@pytest.mark.parametrize("to", list(S))
+def test_every_move_outside_the_diagram_is_refused(current: MessageState, to: MessageState) -> None:
+    if (current, to) in DIAGRAM:
+        assert move(current, to) is to
+    else:
+        with pytest.raises(ForbiddenMove):
+            move(current, to)
+
+
+def test_an_attempt_cannot_end_where_a_sending_message_never_goes() -> None:
+    with pytest.raises(ForbiddenMove):
+        Outcome(S.BOUNCED, Reason.INTERRUPTED)
+    assert Reason.refused("rcpt", 452) is Reason.RCPT_4XX and Reason.refused("data", 554) is Reason.DATA_5XX
