@@ -7,10 +7,10 @@ defers the message with backoff and jitter; a 5xx fails it; silence after the en
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from leadline_kit import backoff as kit_backoff
 from leadline_send.delivery.smtp import Reply
 from leadline_send.states import MessageState, Reason, settled_from_sending
 
@@ -44,15 +44,19 @@ def unknown(what: str) -> Outcome:
 
 @dataclass(frozen=True)
 class Backoff:
-    """When a deferred message is tried again: doubling from ``base_seconds`` up to ``max_seconds``, with
-    jitter (half to one and a half of it), so messages deferred together do not come back together."""
+    """When a deferred message is tried again: doubling from ``retry_base_seconds`` up to
+    ``retry_max_seconds`` (kit.backoff), with jitter of half to one and a half of it, so messages
+    deferred together do not come back together."""
 
-    base_seconds: float
-    max_seconds: float
+    retry: kit_backoff.Backoff
+
+    @classmethod
+    def of(cls, base_seconds: float, max_seconds: float) -> Backoff:
+        return cls(kit_backoff.Backoff(base_seconds, max_seconds, spread=(0.5, 1.5)))
 
     def retry_at(self, attempt: int) -> datetime:
-        seconds = min(self.max_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
-        return datetime.now(UTC) + timedelta(seconds=seconds * random.uniform(0.5, 1.5))  # noqa: S311
+        """After the ``attempt``-th attempt (from 1) failed."""
+        return datetime.now(UTC) + timedelta(seconds=self.retry.seconds(attempt - 1))
 
     def deferred(self, reason: Reason, attempt: int, error: str | None, reply: str | None = None) -> Outcome:
         return Outcome(MessageState.DEFERRED, reason, reply=reply, error=error, retry_at=self.retry_at(attempt))

@@ -113,7 +113,7 @@ class Delivery:
     backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
-        self.backoff = backoff = Backoff(self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+        self.backoff = backoff = Backoff.of(self.settings.retry_base_seconds, self.settings.retry_max_seconds)
         self.sent_copies = SentCopies(self.db, self.policy)
         self.reservations = QuotaReservations(self.quota, self.settings, self.instance_key, self._conn, backoff)
         self.transactions = SmtpTransactions(self.settings, self.policy, backoff)
