@@ -284,7 +284,7 @@ async def test_token_renewed_once_for_concurrent_connections_and_5xx_retried(oau
         api = world.caller(service, me.user)
         assert (await oauth.sign_in(api, service, me.address)).status_code == 200
         await world.wait_status(api, "enabled")
-        context = service._transport.app.state.runtime.extras["sync"]  # type: ignore[attr-defined]
+        context = service._transport.app.state.runtime.context  # type: ignore[attr-defined]
         mailbox_id = uuid.UUID((await api.get("/v1/mail-sync")).json()["id"])
         before = oauth.provider.refresh_grants
         # near expiry: many connections ask at once (and the token endpoint is slow), one renewal
@@ -389,7 +389,7 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         if preset == "office365":  # the refresh token was replaced and the old one died: the new one is kept
             [rotated] = oauth.provider.live_refresh_tokens(me.address)
             assert rotated != refresh_token
-            context = service._transport.app.state.runtime.extras["sync"]  # type: ignore[attr-defined]
+            context = service._transport.app.state.runtime.context  # type: ignore[attr-defined]
             await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
             await context.tokens.access_token(uuid.UUID(first["id"]))
             assert oauth.provider.refresh_grants == renewals + 2

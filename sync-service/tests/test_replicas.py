@@ -151,13 +151,13 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
         for account in accounts:
             api = world.caller(service_a, account.user)
             assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
-        scheduler_a = first.state.runtime.extras["scheduler"]
+        scheduler_a = first.state.runtime.context.scheduler
         await world.wait_for_sql(
             "SELECT count(DISTINCT lease_owner) FROM sync.mailbox WHERE lease_owner = 'replica-a'",
             check=lambda v: v == 1,
         )
         async with running_app(second):
-            scheduler_b = second.state.runtime.extras["scheduler"]
+            scheduler_b = second.state.runtime.context.scheduler
             deadline = asyncio.get_running_loop().time() + 20
             while asyncio.get_running_loop().time() < deadline and len(scheduler_b.held(SyncMode.LIVE)) < 4:
                 overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)

@@ -42,7 +42,7 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
             check=lambda v: v == 10,
             timeout=3 * ROTATION,
         )
-        scheduler = app.state.runtime.extras["scheduler"]
+        scheduler = app.state.runtime.context.scheduler
         assert (scheduler.capacity.live, scheduler.capacity.rotation_slots) == (2, 1)
 
         # no enabled mailbox waits longer than the rotation period, while every one gets a new message

@@ -15,6 +15,7 @@ from leadline_gateway.accounts.endpoints import administrator, bootstrap_router,
 from leadline_gateway.accounts.endpoints import router as accounts_router
 from leadline_gateway.auth import ApiKeyAuthenticator, bearer_matches
 from leadline_gateway.config import Settings
+from leadline_gateway.context import GatewayContext
 from leadline_gateway.mailer import SystemMailer
 from leadline_gateway.openapi import merged_openapi
 from leadline_gateway.proxy import GatewayProxy
@@ -79,8 +80,7 @@ def create_app(given: Settings | None = None) -> FastAPI:
         metrics_guard=metrics_guard,
         administrator_checks=[administrator],
     )
-    app.state.runtime.extras["authenticator"] = authenticator
-    app.state.runtime.extras["mailer"] = SystemMailer(settings)
+    app.state.runtime.context = GatewayContext(authenticator, SystemMailer(settings))
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi() -> JSONResponse:

@@ -20,7 +20,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -40,6 +40,8 @@ from leadline_kit.outbox import OutboxRelay, RelayWaker
 from leadline_kit.settings import KitSettings
 
 log = logging.getLogger("leadline.service")
+
+ServiceContext = TypeVar("ServiceContext")
 
 HTTP_REQUESTS = Counter("leadline_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
 HTTP_LATENCY = Histogram("leadline_http_request_seconds", "HTTP request latency", ["service", "route"])
@@ -62,7 +64,8 @@ class Runtime:
     nc: Client | None = None
     js: JetStreamContext | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
-    extras: dict[str, Any] = field(default_factory=dict)
+    # the service's own typed context (SyncContext, SendContext, ...): read it with context_of()
+    context: object | None = None
     relay: OutboxRelay | RelayWaker | None = None  # a waker where the service's other processes relay
 
     def wake_relay(self) -> None:
@@ -73,6 +76,12 @@ class Runtime:
     def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(_supervised(coro, name), name=name)
         self.tasks.append(task)
+
+    def context_of(self, kind: type[ServiceContext]) -> ServiceContext:
+        """The service's context as its type; a RuntimeError before the service has set it."""
+        if not isinstance(self.context, kind):
+            raise RuntimeError(f"{self.name}: no {kind.__name__} (the service has not started)")
+        return self.context
 
     @property
     def jetstream(self) -> JetStreamContext:

@@ -13,6 +13,13 @@ from datetime import UTC, datetime, timedelta
 Clock = Callable[[], datetime]
 
 
+@dataclass(frozen=True)
+class QuotaContext:
+    """What the quota service's endpoints and consumers reach through ``Runtime.context``."""
+
+    clock: Clock
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 

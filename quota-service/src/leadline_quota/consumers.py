@@ -11,7 +11,7 @@ from leadline_kit.service import Runtime
 from leadline_proto.events import CompanyUpdatedV1, Event, MailboxDisconnectedV1
 from leadline_proto.subjects import event_subject
 from leadline_quota import mailbox_slots
-from leadline_quota.clock import Clock
+from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.config import Settings
 from leadline_quota.models import processed
 
@@ -34,7 +34,7 @@ def mailbox_limit_handler(clock: Clock) -> Handler:
 
 
 def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
-    clock: Clock = runtime.extras["clock"]
+    clock = runtime.context_of(QuotaContext).clock
     settings = runtime.settings
     assert isinstance(settings, Settings)
     return [

@@ -14,7 +14,7 @@ from leadline_kit.errors import Conflict, NotFound, Problem, TooManyRequests, Un
 from leadline_kit.identity import Admin, Caller, Operator
 from leadline_kit.pagination import decode_cursor, encode_cursor
 from leadline_quota import accounts, mailbox_slots, plans, reservations
-from leadline_quota.clock import Clock
+from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.limits import LIMIT_NAMES, Preset, catalogue
 from leadline_quota.reservations import InvalidAsk, ReserveAsk, Settlement
 from leadline_quota.schemas import (
@@ -39,8 +39,8 @@ operator_router = APIRouter(prefix="/v1/operator/quotas/{company_id}", tags=["op
 
 
 def _clock(request: Request) -> Clock:
-    clock: Clock = request.app.state.runtime.extras["clock"]
-    return clock
+    context: QuotaContext = request.app.state.runtime.context_of(QuotaContext)
+    return context.clock
 
 
 def _account_out(report: accounts.AccountReport) -> AccountQuotaOut:

@@ -17,7 +17,7 @@ from leadline_kit import rpc
 from leadline_kit.service import Runtime, create_service_app
 from leadline_quota import plans, reservations
 from leadline_quota.batching import ReservationBatcher
-from leadline_quota.clock import Clock, system_clock
+from leadline_quota.clock import Clock, QuotaContext, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
 from leadline_quota.endpoints import operator_router, router
@@ -64,5 +64,5 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         on_start=on_start,
         title="Leadline quota service",
     )
-    app.state.runtime.extras["clock"] = clock
+    app.state.runtime.context = QuotaContext(clock)
     return app

@@ -31,7 +31,7 @@ class SendContext:
 
 
 async def send_context(request: Request) -> SendContext:
-    context: SendContext = request.app.state.runtime.extras["send"]
+    context: SendContext = request.app.state.runtime.context_of(SendContext)
     return context
 
 

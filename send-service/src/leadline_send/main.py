@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             routes=Routes(keys, mailboxes),
             wake_relay=runtime.wake_relay,
         )
-        runtime.extras["send"] = SendContext(
+        runtime.context = SendContext(
             settings=settings,
             keys=keys,
             policy=policy,
@@ -63,8 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runtime.spawn(delivery.run_worker(number), f"send-worker-{number}")
 
     async def on_stop(runtime: Runtime) -> None:
-        context: SendContext | None = runtime.extras.get("send")
-        if context is not None:
+        context = runtime.context
+        if isinstance(context, SendContext):
             await context.delivery.stop(settings.stop_grace_seconds)
             for task in runtime.tasks:
                 task.cancel()

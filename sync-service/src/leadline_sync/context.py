@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, Request
 from nats.aio.client import Client
@@ -19,6 +19,9 @@ from leadline_sync.oauth.apps import OAuthApp
 from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
 from leadline_sync.sync.pacing import LoginGate
 from leadline_sync.sync.parsing import MessageParser
+
+if TYPE_CHECKING:
+    from leadline_sync.sync.scheduler import SyncScheduler
 
 Clock = Callable[[], datetime]
 
@@ -43,6 +46,7 @@ class SyncContext:
     nats: Client | None = None
     # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    scheduler: SyncScheduler | None = None  # this replica's, once the service has started
 
     @property
     def nc(self) -> Client:
@@ -51,7 +55,7 @@ class SyncContext:
 
 
 async def sync_context(request: Request) -> SyncContext:
-    context: SyncContext = request.app.state.runtime.extras["sync"]
+    context: SyncContext = request.app.state.runtime.context_of(SyncContext)
     return context
 
 

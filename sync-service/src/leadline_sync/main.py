@@ -40,7 +40,7 @@ def create_app(
     settings = settings or Settings()
 
     async def on_start(runtime: Runtime) -> None:
-        context: SyncContext = runtime.extras["sync"]
+        context = runtime.context_of(SyncContext)
         context.nats = runtime.nats
         responder = mailbox_smtp_responder(context)
         subscription = await rpc.subscribe(runtime.nats, responder, QUEUE_GROUP)
@@ -48,12 +48,12 @@ def create_app(
         capacity = replica_capacity(settings, raise_open_files_limit())
         log.info("replica %s holds up to %s", context.replica, capacity.describe())
         scheduler = SyncScheduler(context, capacity)
-        runtime.extras["scheduler"] = scheduler
+        context.scheduler = scheduler
         runtime.spawn(scheduler.run(), "sync-scheduler")
 
     async def on_stop(runtime: Runtime) -> None:
         # the scheduler gives its leases back and stops the parser processes as the kit cancels it
-        await runtime.extras["sync"].endpoint.close()
+        await runtime.context_of(SyncContext).endpoint.close()
 
     app = create_service_app(
         name="sync",
@@ -67,11 +67,10 @@ def create_app(
         title="Leadline sync service",
     )
     runtime: Runtime = app.state.runtime
-    runtime.extras["clock"] = clock or system_clock
     cipher = CredentialCipher.from_settings(settings)
     oauth_apps = resolve_apps(settings.sync_oauth_apps, KeyRing(settings.credential_keys()))
     endpoint = TokenEndpoint(settings, clock or system_clock)
-    runtime.extras["sync"] = SyncContext(
+    runtime.context = SyncContext(
         settings=settings,
         db=runtime.db,
         cipher=cipher,

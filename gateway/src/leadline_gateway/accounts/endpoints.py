@@ -16,7 +16,8 @@ from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 from fastapi.routing import APIRoute
 
 from leadline_gateway.accounts import schemas, service
-from leadline_gateway.auth import ApiKeyAuthenticator, authenticate_operator, bearer_matches
+from leadline_gateway.auth import authenticate_operator, bearer_matches
+from leadline_gateway.context import GatewayContext
 from leadline_gateway.mailer import SystemMailer
 from leadline_kit.db import Session
 from leadline_kit.errors import Forbidden, Unauthorized
@@ -62,8 +63,8 @@ operator_router = APIRouter(prefix="/v1/operator", route_class=token_first(_oper
 
 
 async def api_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
-    authenticator: ApiKeyAuthenticator = request.app.state.runtime.extras["authenticator"]
-    return await authenticator.authenticate(authorization)
+    context: GatewayContext = request.app.state.runtime.context_of(GatewayContext)
+    return await context.authenticator.authenticate(authorization)
 
 
 Caller = Annotated[Identity, Depends(api_caller)]
@@ -141,7 +142,7 @@ async def list_users(
 
 def _invitations(request: Request) -> tuple[SystemMailer, timedelta]:
     runtime = request.app.state.runtime
-    return runtime.extras["mailer"], timedelta(hours=runtime.settings.invitation_hours)
+    return runtime.context_of(GatewayContext).mailer, timedelta(hours=runtime.settings.invitation_hours)
 
 
 @router.post(

@@ -35,6 +35,7 @@ from leadline_proto.events import (
     MailboxSlotGrantedV1,
 )
 from leadline_sync.config import Settings
+from leadline_sync.context import SyncContext
 from leadline_sync.mailbox import service
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
 from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
@@ -145,7 +146,7 @@ def slot_handler(clock: Callable[[], datetime]) -> Handler:
 def consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
-    clock: Callable[[], datetime] = runtime.extras["clock"]
+    clock = runtime.context_of(SyncContext).clock
     prefix = settings.consumer_prefix
     return [
         EventConsumer(
