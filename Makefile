@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 
-.PHONY: run test check demo setup system-deps asyncapi
+.PHONY: run test check mypy demo setup system-deps asyncapi
 
 setup:
 	@command -v uv >/dev/null 2>&1 || python3 -m uv --version >/dev/null 2>&1 || \
@@ -22,6 +22,10 @@ check: setup
 	@$(UV) run ruff check .
 	@$(UV) run ruff format --check .
 	@$(UV) run lint-imports --no-cache
+	@$(MAKE) --no-print-directory mypy
+
+# .pre-commit-config.yaml runs the same checks as `check`, mypy through this target
+mypy: setup
 	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
 
 asyncapi: setup

@@ -178,7 +178,7 @@ Hook = Callable[[Runtime], Awaitable[None]]
 ConsumerFactory = Callable[[Runtime], Sequence[EventConsumer]]
 
 
-def create_service_app(
+def create_service_app(  # noqa: C901 - 19, older than the limit
     *,
     name: str,
     settings: KitSettings,

@@ -216,7 +216,7 @@ async def _build(
     return built
 
 
-async def _prepare(
+async def _prepare(  # noqa: C901 - 13, older than the limit
     session: Executor,
     context: SendContext,
     caller: Identity,
