@@ -4,7 +4,11 @@ Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
 
 1. renews the leases of the mailboxes it syncs (``lease_owner`` = this
    replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) and stops the
-   workers whose lease it no longer holds;
+   workers whose lease it no longer holds.  This runs in a loop of its own, on
+   a database connection of its own: when thousands of workers reconnect at
+   once (the IMAP server restarted) they hold every connection of the shared
+   pool for many seconds, and renewals queued behind them let every lease
+   lapse, which stopped the workers and started the storm over;
 2. claims due mailboxes that nobody holds, or whose holder's lease expired
    (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
    never claim the same row, oldest last sync first:
@@ -44,6 +48,7 @@ from datetime import timedelta
 from prometheus_client import Gauge
 from sqlalchemy import func, or_, select, update
 
+from leadline_kit.db import Database
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
 from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
@@ -73,6 +78,8 @@ class SyncScheduler:
         self.modes: dict[uuid.UUID, SyncMode] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
+        # the renewals' own connection: never queued behind the workers' transactions
+        self.leases = Database(self.settings.database_url, "sync", pool_size=1)
 
     @property
     def mailboxes(self) -> set[uuid.UUID]:
@@ -98,6 +105,7 @@ class SyncScheduler:
         reports = asyncio.create_task(
             self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"), name="sync-mailbox-report"
         )
+        renewals = asyncio.create_task(self._keep_leases(), name="sync-lease-renewal")
         try:
             while True:
                 try:
@@ -106,24 +114,35 @@ class SyncScheduler:
                     raise
                 except Exception:
                     log.exception("scheduler pass failed")
-                    if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
-                        # our leases may lapse: stop before another replica can start on them
-                        await self._stop_workers()
                 self.context.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
         finally:
+            renewals.cancel()
             slots.cancel()
             reports.cancel()
-            await asyncio.gather(slots, reports, return_exceptions=True)
+            await asyncio.gather(renewals, slots, reports, return_exceptions=True)
             await self._stop_workers()
             self.context.parser.close()
             with contextlib.suppress(Exception):
                 await self.release_all()
+            await self.leases.dispose()
+
+    async def _keep_leases(self) -> None:
+        while True:
+            try:
+                await self._renew()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing the leases failed")
+                if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
+                    # our leases may lapse: stop before another replica can start on them
+                    await self._stop_workers()
+            await asyncio.sleep(self.settings.sync_schedule_interval)
 
     async def tick(self) -> None:
         await self._reap()
-        await self._renew()
         await self._claim()
         HELD.labels(self.replica).set(len(self.workers))
         for mode in SyncMode:
@@ -161,7 +180,7 @@ class SyncScheduler:
     async def _renew(self) -> None:
         held = list(self.workers)
         if held:
-            async with self.context.db.session() as session:
+            async with self.leases.session() as session:
                 kept = set(
                     (
                         await session.execute(
@@ -177,7 +196,9 @@ class SyncScheduler:
                     ).scalars()
                 )
             for mailbox_id in set(held) - kept:
-                self.workers[mailbox_id].cancel()
+                task = self.workers.get(mailbox_id)  # (the scheduler's pass may have reaped it meanwhile)
+                if task is not None:
+                    task.cancel()
         self._renewed_at = time.monotonic()
 
     async def _claim(self) -> None:
@@ -237,7 +258,7 @@ class SyncScheduler:
 
     async def release_all(self) -> None:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""
-        async with self.context.db.session() as session:
+        async with self.leases.session() as session:
             await session.execute(
                 update(mailbox)
                 .where(mailbox.c.lease_owner == self.replica)
