@@ -259,3 +259,6 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
                 await asyncio.sleep(0.2)
             removed = await place(early_ids.split()[0])
             assert (removed["outcome"], removed["rule"]) == ("removed", "R11")
+            unrecorded = (await why(unseen_id)).json()  # no login kept: the server is not asked
+            assert [p["outcome"] for p in unrecorded["places"]] == ["server_not_searched"]
+            assert not unrecorded["server_searched"]
