@@ -22,6 +22,7 @@ lead can be explained without keeping anything of it but that (R6):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -48,6 +49,7 @@ log = logging.getLogger("leadline.sync.why")
 
 MAX_FOLDERS = 50
 SEARCH_SECONDS = 15.0
+LOGOUT_SECONDS = 3.0
 STORED = ("lead_mail", "damaged_lead_mail", "bounce", "complaint")
 RULES = {"no_lead": "R6", "blocklisted": "R6", "own_domain": "R6", "before_lead": "R5", "bounce": "R17"}
 
@@ -276,7 +278,9 @@ async def _search_server(context: SyncContext, row: Row[Any], message_id: str) -
         try:
             return await _search_folders(client, row, message_id)
         finally:
-            await client.logout()
+            with contextlib.suppress(Exception):  # the answer does not wait for a slow goodbye
+                async with asyncio.timeout(LOGOUT_SECONDS):
+                    await client.logout()
 
 
 async def _search_folders(client: ImapClient, row: Row[Any], message_id: str) -> tuple[list[ServerPlace], bool]:
