@@ -9,6 +9,7 @@ import json
 import logging
 import ssl
 import subprocess
+import threading
 import urllib.parse
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -278,7 +279,9 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         assert count[0][0] == 1
 
 
-async def test_token_renewed_once_for_concurrent_connections_and_5xx_retried(oauth: OAuthWorld) -> None:
+async def test_token_renewed_once_for_concurrent_connections_5xx_retried_and_a_new_sign_in_taken(
+    oauth: OAuthWorld,
+) -> None:
     world, me = oauth.world, oauth.account()
     async with running_app(oauth.app(sync_oauth_refresh_margin_seconds=300)) as service:
         api = world.caller(service, me.user)
@@ -301,6 +304,33 @@ async def test_token_renewed_once_for_concurrent_connections_and_5xx_retried(oau
         oauth.provider.unavailable_refreshes = 2
         fresh = await context.tokens.access_token(mailbox_id)
         assert fresh != tokens[0] and oauth.provider.refresh_grants == before + 2
+        assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+
+        # consent withdrawn, and the user signs in again while a renewal with the old refresh token is under
+        # way: the refusal that follows gives the new sign-in's token, not an error
+        oauth.provider.revoke_all(me.address)
+        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
+        oauth.provider.hold_refreshes = held = threading.Event()
+        try:
+            renewing = asyncio.create_task(context.tokens.access_token(mailbox_id))
+            assert (await oauth.sign_in(api, service, me.address)).status_code == 200
+        finally:
+            held.set()
+            oauth.provider.hold_refreshes = None
+        assert oauth.provider.access_token_valid(await renewing) == me.address
+        assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
+        assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
+
+        # the provider ends the access token before its time: the mail server's refusal renews it at once
+        grants = oauth.provider.refresh_grants
+        oauth.provider.expire_access_tokens(me.address)
+        assert oauth.proxy.cut() >= 1
+        for _ in range(200):
+            if oauth.provider.refresh_grants > grants and oauth.proxy.links:
+                break
+            await asyncio.sleep(0.1)
+        assert oauth.provider.refresh_grants == grants + 1 and oauth.proxy.links
+        await world.wait_status(api, "enabled")
         assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
 
 

@@ -104,6 +104,7 @@ class FakeOAuthProvider:
     deny: bool = False  # the next /authorize answers error=access_denied
     unavailable_refreshes: int = 0  # so many refresh grants answer 503 first
     refresh_delay: float = 0.0
+    hold_refreshes: threading.Event | None = None  # refresh grants wait, unanswered, until this is set
     refresh_grants: int = 0  # refresh_token grants answered with a new token
     code_grants: int = 0
     tenant_id: str = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"  # the Microsoft directory of the accounts signing in
@@ -329,6 +330,8 @@ class FakeOAuthProvider:
             if grant_type == "refresh_token":
                 if self.refresh_delay:
                     await asyncio.sleep(self.refresh_delay)
+                if self.hold_refreshes is not None:
+                    await asyncio.to_thread(self.hold_refreshes.wait, 30)
                 with self._lock:
                     if self.unavailable_refreshes > 0:
                         self.unavailable_refreshes -= 1

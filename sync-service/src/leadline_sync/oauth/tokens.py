@@ -6,8 +6,11 @@ left, and otherwise renews it with the refresh token, once per mailbox however
 many connections ask at the same moment: callers in one process wait on one
 lock per mailbox, and across processes and replicas a PostgreSQL advisory lock
 on the mailbox id serialises the renewal, the second holder finding the token
-the first one stored.  The new access token (and a rotated refresh token) is
-sealed like a password (R25) in the same transaction.
+the first one stored.  A new sign-in saves without that lock: a renewal that
+the provider refuses (``invalid_grant``, the old consent withdrawn) while the
+new sign-in was being saved takes the new tokens instead of an error.  The
+new access token (and a rotated refresh token) is sealed like a password
+(R25) in the same transaction.
 
 A token endpoint that answers 5xx, times out or cannot be reached is asked
 again with backoff (``sync_oauth_attempts`` tries); after that the caller gets
@@ -31,6 +34,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database
@@ -171,6 +175,16 @@ class TokenEndpoint:
         return body if isinstance(body, dict) else {}
 
 
+class _SignedInAgain(Exception):
+    """A new sign-in stored other tokens while the old refresh token was being refused."""
+
+
+async def _tokens_replaced(session: AsyncSession, row: Any) -> bool:
+    """Whether the row's sealed tokens changed since ``row`` was read (a new sign-in saves without our lock)."""
+    stored = await session.scalar(select(mailbox.c.credential_ciphertext).where(mailbox.c.id == row.id))
+    return bool(stored != row.credential_ciphertext)
+
+
 def _lock_key(mailbox_id: uuid.UUID) -> int:
     """A signed 64-bit advisory lock key for the mailbox (namespaced by its high bits being the id's)."""
     return int.from_bytes(mailbox_id.bytes[:8], "big", signed=True)
@@ -199,9 +213,35 @@ class AccessTokens:
     async def access_token(self, mailbox_id: uuid.UUID) -> str:
         """A token with at least the margin left; MailConnectionError (``oauth_*``) when none can be had."""
         async with self._locks.setdefault(mailbox_id, asyncio.Lock()):
-            return await self._access_token(mailbox_id)
+            try:
+                return await self._access_token(mailbox_id, recheck=True)
+            except _SignedInAgain:
+                return await self._access_token(mailbox_id, recheck=False)
 
-    async def _access_token(self, mailbox_id: uuid.UUID) -> str:
+    async def refused(self, mailbox_id: uuid.UUID, token: str) -> None:
+        """A mail server refused ``token`` before its expiry (revoked early): the next ask renews it.
+
+        Only if it is still the stored one, so that connections refused with the same token renew once."""
+        async with self._locks.setdefault(mailbox_id, asyncio.Lock()), self.db.session() as session:
+            await session.execute(select(func.pg_advisory_xact_lock(_lock_key(mailbox_id))))
+            row = await mailbox_by_id(session, mailbox_id)
+            if row is None or row.auth != "oauth2" or row.credential_ciphertext is None:
+                return
+            try:
+                stored = self.cipher.open(
+                    row.company_id,
+                    row.id,
+                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                ).access_token
+            except CredentialError:
+                return
+            if stored == token:
+                log.info("mailbox %s: the mail server refused a live access token; renewing it", row.id)
+                await session.execute(
+                    update(mailbox).where(mailbox.c.id == row.id).values(oauth_expires_at=self.clock())
+                )
+
+    async def _access_token(self, mailbox_id: uuid.UUID, recheck: bool) -> str:
         margin = timedelta(seconds=self.settings.sync_oauth_refresh_margin_seconds)
         async with self.db.session() as session:
             await session.execute(select(func.pg_advisory_xact_lock(_lock_key(mailbox_id))))
@@ -232,6 +272,10 @@ class AccessTokens:
             except TokenRefused as exc:
                 log.warning("mailbox %s: %s refused to renew the access token: %s", row.id, row.provider, exc.error)
                 if exc.error == "invalid_grant":
+                    if recheck and await _tokens_replaced(session, row):
+                        # the user signed in again while this renewal was under way: use the new sign-in
+                        log.info("mailbox %s: signed in again while a renewal was refused", row.id)
+                        raise _SignedInAgain from None
                     raise MailConnectionError(
                         "oauth_revoked",
                         f"{name} no longer lets Leadline use this mailbox (access withdrawn or password changed).",

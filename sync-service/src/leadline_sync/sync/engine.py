@@ -316,9 +316,7 @@ class MailboxSync:
 
         A rotation pass (``mode`` rotating) syncs both folders once and returns.
         """
-        signed_in = await self._signed_in(login)
-        async with self.context.logins.slot(_host(login)):
-            client = await connect_imap(imap_settings(signed_in, self.settings))
+        client = await self._connect(login)
         self.context.logins.succeeded(_host(login))
         loop = asyncio.get_running_loop()
         started = loop.time()
@@ -367,6 +365,20 @@ class MailboxSync:
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(3):
                     await client.logout()
+
+    async def _connect(self, login: ServerLogin) -> ImapClient:
+        signed_in = await self._signed_in(login)
+        try:
+            async with self.context.logins.slot(_host(login)):
+                return await connect_imap(imap_settings(signed_in, self.settings))
+        except MailConnectionError as error:
+            if error.kind != "oauth_refused" or signed_in.access_token is None:
+                raise
+        # the server refused an access token before its expiry (revoked early): renew it and try once more
+        await self.context.tokens.refused(self.mailbox_id, signed_in.access_token)
+        signed_in = await self._signed_in(login)
+        async with self.context.logins.slot(_host(login)):
+            return await connect_imap(imap_settings(signed_in, self.settings))
 
     async def _signed_in(self, login: ServerLogin) -> ServerLogin:
         """A mailbox signed in with OAuth2 connects with a live access token (renewed ahead of expiry)."""
