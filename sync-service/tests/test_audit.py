@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.utils import make_msgid
 from typing import Any
 
@@ -184,3 +184,16 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(
             repaired = [e for e in errors if e["kind"] == "audit_repaired"]
             assert len(repaired) == 1 and "17 messages" in repaired[0]["message"] and repaired[0]["fix"]
             assert server.sessions == 2
+
+            # once a day, with no outage: a day later the next pass audits again and repairs a new gap
+            for statement in FORGET:
+                await world.sql_write(statement, {"folder": "inbox", "low": 2, "high": 2})
+            assert completeness((await api.get("/v1/mail-sync")).json(), "inbox")["missing"] == 1
+            world.clock.advance(timedelta(hours=25))
+            await world.append(me, "INBOX", world.message(sender="new@else.example", to=[me.address]))
+            deadline = asyncio.get_running_loop().time() + 30
+            while inbox["last_audit_refetched"] != 1 and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.2)
+                inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
+            assert (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) == (1, 0, 31), inbox
+            assert inbox["not_stored"]["blocklisted"] == 1 and server.sessions == 2
