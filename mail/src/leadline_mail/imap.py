@@ -68,6 +68,7 @@ from typing import Self
 
 from leadline_mail.net import (
     NO_STARTTLS,
+    ErrorKind,
     IPNetwork,
     MailConnectionError,
     Resolver,
@@ -152,7 +153,7 @@ class ImapCommandError(MailConnectionError):
 
     def __init__(self, command: str, status: str, code: str | None, server_text: str) -> None:
         super().__init__(
-            "protocol",
+            ErrorKind.PROTOCOL,
             f"The mail server refused {command}: {server_text or status}",
             detail=f"{command} -> {status} [{code or ''}] {server_text}",
         )
@@ -527,24 +528,24 @@ class ImapClient:
         if isinstance(exc, TimeoutError):
             return self._fail(
                 MailConnectionError(
-                    "timeout",
+                    ErrorKind.TIMEOUT,
                     f"The mail server {self._host.hostname} stopped answering. Sync will retry.",
                 )
             )
         if isinstance(exc, asyncio.LimitOverrunError | ValueError):
             return self._fail(
                 MailConnectionError(
-                    "protocol", "The mail server sent a response line that is too long.", detail=str(exc)
+                    ErrorKind.PROTOCOL, "The mail server sent a response line that is too long.", detail=str(exc)
                 )
             )
         if isinstance(exc, ssl.SSLError):
-            return self._fail(MailConnectionError("tls", "The secure connection broke.", detail=str(exc)))
+            return self._fail(MailConnectionError(ErrorKind.TLS, "The secure connection broke.", detail=str(exc)))
         if self._bye is not None and (refused := _too_many_connections(None, self._bye)) is not None:
             return self._fail(refused)
         reason = f" ({self._bye})" if self._bye else ""
         return self._fail(
             MailConnectionError(
-                "unreachable",
+                ErrorKind.UNREACHABLE,
                 f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
                 detail=repr(exc),
             )
@@ -552,7 +553,7 @@ class ImapClient:
 
     def _interrupted(self) -> None:
         """The caller cancelled a command half-way: what the server sends next no longer lines up."""
-        self._fail(MailConnectionError("unreachable", "A mail server command was interrupted; reconnecting."))
+        self._fail(MailConnectionError(ErrorKind.UNREACHABLE, "A mail server command was interrupted; reconnecting."))
 
     def _arm(self, deadline: asyncio.Timeout) -> None:
         now = self._loop.time()
@@ -646,7 +647,7 @@ class ImapClient:
     def _ensure_open(self) -> None:
         if self._closed is not None:
             raise MailConnectionError(
-                "unreachable", "The connection to the mail server is closed.", detail=self._closed.user_message
+                ErrorKind.UNREACHABLE, "The connection to the mail server is closed.", detail=self._closed.user_message
             )
 
     @contextlib.asynccontextmanager
@@ -743,7 +744,7 @@ class ImapClient:
         if greeting.tag != b"*" or greeting.kind not in {"OK", "PREAUTH"}:
             raise self._fail(
                 MailConnectionError(
-                    "unreachable",
+                    ErrorKind.UNREACHABLE,
                     f"The mail server refused the connection: {greeting.text or greeting.kind}",
                 )
             )
@@ -751,19 +752,19 @@ class ImapClient:
             if greeting.kind == "PREAUTH":
                 raise self._fail(
                     MailConnectionError(
-                        "tls", "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
+                        ErrorKind.TLS, "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
                     )
                 )
             if not self.capabilities:
                 await self._command("CAPABILITY")
             if "STARTTLS" not in self.capabilities:
-                raise self._fail(MailConnectionError("tls", NO_STARTTLS))
+                raise self._fail(MailConnectionError(ErrorKind.TLS, NO_STARTTLS))
             assert context is not None
             try:
                 await self._command("STARTTLS")
                 await upgrade_to_tls(self._reader, self._writer, context, self._host, settings.timeout)
             except ImapCommandError:
-                raise self._fail(MailConnectionError("tls", NO_STARTTLS)) from None
+                raise self._fail(MailConnectionError(ErrorKind.TLS, NO_STARTTLS)) from None
             except MailConnectionError as exc:
                 raise self._fail(exc) from None
             self.capabilities = frozenset()
@@ -787,7 +788,7 @@ class ImapClient:
         if "LOGINDISABLED" in self.capabilities:
             raise self._fail(
                 MailConnectionError(
-                    "tls", "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
+                    ErrorKind.TLS, "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
                 )
             )
         done, _ = await self._command(
@@ -806,7 +807,7 @@ class ImapClient:
         if mechanism is None:
             raise self._fail(
                 MailConnectionError(
-                    "protocol",
+                    ErrorKind.PROTOCOL,
                     "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor XOAUTH2).",
                 )
             )
@@ -816,7 +817,7 @@ class ImapClient:
         if done.kind != "OK":
             raise self._fail(
                 MailConnectionError(
-                    "oauth_refused",
+                    ErrorKind.OAUTH_REFUSED,
                     "The mail server refused the sign-in with your account.",
                     detail=f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}",
                 )
@@ -985,7 +986,7 @@ class ImapClient:
     async def uids_changed_since(self, modseq: int) -> list[int]:
         """UIDs whose mod-sequence is above ``modseq`` (CONDSTORE, RFC 7162), ascending."""
         if "CONDSTORE" not in self.capabilities:
-            raise MailConnectionError("protocol", "The mail server does not support CONDSTORE.")
+            raise MailConnectionError(ErrorKind.PROTOCOL, "The mail server does not support CONDSTORE.")
         return sorted(set(await self._search(_atom(f"MODSEQ {int(modseq) + 1}"))))
 
     async def uids_mentioning(self, addresses: Sequence[str], *, up_to: int, since: date | None = None) -> list[int]:
@@ -1111,7 +1112,7 @@ class ImapClient:
         half-way through a response: the waiting happens around whole reads.
         """
         if "IDLE" not in self.capabilities:
-            raise MailConnectionError("protocol", "The mail server does not support IDLE.")
+            raise MailConnectionError(ErrorKind.PROTOCOL, "The mail server does not support IDLE.")
         self._ensure_open()
         async with self._lock:
             self._ensure_open()
@@ -1217,7 +1218,7 @@ class ImapClient:
         if self._closed is None:
             with contextlib.suppress(MailConnectionError, OSError):
                 await self._command("LOGOUT", allow_failure=True)
-            self._fail(MailConnectionError("unreachable", "Logged out."))
+            self._fail(MailConnectionError(ErrorKind.UNREACHABLE, "Logged out."))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(2):
                 await self._writer.wait_closed()
@@ -1236,7 +1237,9 @@ def _too_many_connections(code: str | None, text: str) -> MailConnectionError | 
     """Dovecot: ``NO [LIMIT] Maximum number of connections from user+IP exceeded``; Gmail: ``[ALERT] Too many
     simultaneous connections`` (as the LOGIN reply or a BYE)."""
     if _TOO_MANY_CONNECTIONS_RE.search(text):
-        return MailConnectionError("too_many_connections", TOO_MANY_CONNECTIONS, detail=f"[{code or ''}] {text}")
+        return MailConnectionError(
+            ErrorKind.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, detail=f"[{code or ''}] {text}"
+        )
     return None
 
 
@@ -1265,17 +1268,17 @@ def _login_error(done: _Response) -> MailConnectionError:
         return refused
     if "imap" in lowered and any(w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")):
         return MailConnectionError(
-            "imap_disabled",
+            ErrorKind.IMAP_DISABLED,
             "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's settings, then try again.",
             detail=text,
         )
     if code.startswith("UNAVAILABLE"):
         return MailConnectionError(
-            "unreachable", "The mail server is temporarily unavailable. Sync will retry.", detail=text
+            ErrorKind.UNREACHABLE, "The mail server is temporarily unavailable. Sync will retry.", detail=text
         )
     hint = " Your provider may require an app password." if "app" in lowered and "password" in lowered else ""
     return MailConnectionError(
-        "auth_failed",
+        ErrorKind.AUTH_FAILED,
         "The mail server rejected the user name or password. Check them, or update the password if you "
         f"changed it at your provider.{hint}",
         detail=f"{done.kind} [{done.code or ''}] {text}",
@@ -1286,7 +1289,7 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
     """Vet the host (R24), connect to the vetted address, secure the connection (R22) and log in."""
     if settings.tls == "plain" and not settings.allow_plaintext:
         raise MailConnectionError(
-            "not_allowed",
+            ErrorKind.NOT_ALLOWED,
             "Unencrypted IMAP connections are not allowed. Turn on SSL, or use a port that offers STARTTLS.",
         )
     try:
@@ -1295,7 +1298,7 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
         _refuse_controls(settings.access_token or "")
     except ValueError:
         raise MailConnectionError(
-            "auth_failed", "The user name or password contains a line break. Re-enter them."
+            ErrorKind.AUTH_FAILED, "The user name or password contains a line break. Re-enter them."
         ) from None
     host = await vet_host(settings.host, settings.allow_networks, resolver=settings.resolver, timeout=settings.timeout)
     context = (
@@ -1323,6 +1326,6 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
     try:
         await client._open(context)
     except BaseException:
-        client._fail(MailConnectionError("unreachable", "Connection set-up failed."))
+        client._fail(MailConnectionError(ErrorKind.UNREACHABLE, "Connection set-up failed."))
         raise
     return client

@@ -36,26 +36,46 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Literal
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 TlsMode = Literal["implicit", "starttls", "plain"]
-ErrorKind = Literal[
-    "auth_failed",
-    "tls",
-    "unreachable",
-    "timeout",
-    "protocol",
-    "not_allowed",
-    "imap_disabled",
-    # OAuth2: the mail server refused an access token; the provider refused to renew one (invalid_grant);
-    # the provider's token endpoint did not answer (retried)
-    "oauth_refused",
-    "oauth_revoked",
-    "oauth_unavailable",
-    "too_many_connections",
-]
+
+
+class ErrorKind(StrEnum):
+    """Every kind of mailbox error: each has a fix in the user's words (sync's ``mailbox/fixes.py``).
+
+    The first kinds are a connection's, raised as :class:`MailConnectionError` by the IMAP and SMTP
+    clients and the OAuth2 token calls; the rest are recorded in a mailbox's error log by the sync.
+    """
+
+    AUTH_FAILED = "auth_failed"
+    TLS = "tls"
+    UNREACHABLE = "unreachable"
+    TIMEOUT = "timeout"
+    PROTOCOL = "protocol"
+    NOT_ALLOWED = "not_allowed"
+    IMAP_DISABLED = "imap_disabled"
+    OAUTH_REFUSED = "oauth_refused"  # the mail server refused an access token
+    OAUTH_REVOKED = "oauth_revoked"  # the provider refused to renew one (invalid_grant)
+    OAUTH_UNAVAILABLE = "oauth_unavailable"  # the provider's token endpoint did not answer (retried)
+    TOO_MANY_CONNECTIONS = "too_many_connections"
+    # recorded by the sync, never raised by a client
+    ADDRESS_UNPROVEN = "address_unproven"
+    ADDRESS_TAKEN = "address_taken"
+    CREDENTIALS_UNREADABLE = "credentials_unreadable"
+    MAILBOX_LIMIT_UNAVAILABLE = "mailbox_limit_unavailable"
+    CONNECTION_FAILED = "connection_failed"
+    PLAN_LIMIT = "plan_limit"
+    MESSAGE_UNREADABLE = "message_unreadable"
+    LEADS_BEHIND = "leads_behind"
+    AUDIT_REPAIRED = "audit_repaired"
+    FOLDER_RESET = "folder_reset"
+    FOLDER_RESET_LIMIT = "folder_reset_limit"
+
+
 Resolver = Callable[[str], Awaitable[Sequence[str]]]
 """Resolves a host name (IDNA-encoded ASCII) to IP address strings; injectable for tests."""
 
@@ -145,13 +165,13 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9._-]{1,253}$")
 def _ascii_hostname(hostname: str) -> str:
     host = hostname.strip().rstrip(".").lower()
     if not host:
-        raise MailConnectionError("unreachable", _BAD_NAME.format(hostname))
+        raise MailConnectionError(ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname))
     try:
         host = host.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise MailConnectionError("unreachable", _BAD_NAME.format(hostname), detail=str(exc)) from None
+        raise MailConnectionError(ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname), detail=str(exc)) from None
     if not _HOST_RE.match(host) and not _is_ip_literal(host):
-        raise MailConnectionError("unreachable", _BAD_NAME.format(hostname))
+        raise MailConnectionError(ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname))
     return host
 
 
@@ -191,12 +211,12 @@ async def vet_host(
                 answers = await (resolver or system_resolver)(host)
         except TimeoutError:
             raise MailConnectionError(
-                "timeout", f"Looking up '{host}' took too long. Try again later or check the host name."
+                ErrorKind.TIMEOUT, f"Looking up '{host}' took too long. Try again later or check the host name."
             ) from None
         except (OSError, UnicodeError) as exc:
-            raise MailConnectionError("unreachable", _NOT_FOUND.format(host), detail=str(exc)) from None
+            raise MailConnectionError(ErrorKind.UNREACHABLE, _NOT_FOUND.format(host), detail=str(exc)) from None
     if not answers:
-        raise MailConnectionError("unreachable", _NOT_FOUND.format(host))
+        raise MailConnectionError(ErrorKind.UNREACHABLE, _NOT_FOUND.format(host))
     addresses: list[IPAddress] = []
     for answer in answers:
         try:
@@ -204,12 +224,14 @@ async def vet_host(
             addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
         except ValueError:
             raise MailConnectionError(
-                "unreachable", _NOT_FOUND.format(host), detail=f"resolved to an invalid address {answer!r}"
+                ErrorKind.UNREACHABLE, _NOT_FOUND.format(host), detail=f"resolved to an invalid address {answer!r}"
             ) from None
     for address in addresses:
         if not (_allowed(address, allow) or is_public_address(address)):
             raise MailConnectionError(
-                "unreachable", _NOT_FOUND.format(host), detail=f"resolved to {address}, neither public nor allowed"
+                ErrorKind.UNREACHABLE,
+                _NOT_FOUND.format(host),
+                detail=f"resolved to {address}, neither public nor allowed",
             )
     return VettedHost(hostname=host, address=str(addresses[0]))
 
@@ -244,7 +266,7 @@ def client_tls_context(*, pinned_sha256: str | None = None, cafile: str | None =
 def certificate_sha256(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> str:
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
-        raise MailConnectionError("tls", "The server sent no TLS certificate.")
+        raise MailConnectionError(ErrorKind.TLS, "The server sent no TLS certificate.")
     return hashlib.sha256(der).hexdigest()
 
 
@@ -256,7 +278,7 @@ def verify_pin(ssl_object: ssl.SSLObject | ssl.SSLSocket, pinned_sha256: str | N
     seen = certificate_sha256(ssl_object)
     if not hmac.compare_digest(seen, expected):
         raise MailConnectionError(
-            "tls",
+            ErrorKind.TLS,
             "The server's certificate is not the one you trusted: it has changed since you connected. "
             "If your provider replaced it, confirm the new certificate fingerprint; otherwise someone may be "
             "intercepting the connection.",
@@ -268,14 +290,14 @@ def tls_error(exc: BaseException) -> MailConnectionError:
     """Map a handshake failure to the user's words."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return MailConnectionError(
-            "tls",
+            ErrorKind.TLS,
             "The server's TLS certificate could not be verified (self-signed, expired or for another host "
             'name). If your server uses a self-signed certificate, tick "self-signed certificate"; '
             "otherwise check the host name.",
             detail=str(exc),
         )
     return MailConnectionError(
-        "tls", "The secure (TLS) connection failed. Check the port and the SSL setting.", detail=str(exc)
+        ErrorKind.TLS, "The secure (TLS) connection failed. Check the port and the SSL setting.", detail=str(exc)
     )
 
 
@@ -283,13 +305,13 @@ def connect_error(exc: BaseException, host: VettedHost, port: int) -> MailConnec
     """Map a failure to open a TCP/TLS connection to the user's words."""
     if isinstance(exc, TimeoutError):
         return MailConnectionError(
-            "timeout",
+            ErrorKind.TIMEOUT,
             f"{host.hostname}:{port} did not answer in time. Check the host, the port and your firewall.",
         )
     if isinstance(exc, ssl.SSLError):
         return tls_error(exc)
     return MailConnectionError(
-        "unreachable",
+        ErrorKind.UNREACHABLE,
         f"Could not connect to {host.hostname}:{port}. Check the host name and the port.",
         detail=str(exc),
     )
@@ -300,7 +322,7 @@ async def _read_reply(reader: asyncio.StreamReader, protocol: Literal["imap", "s
     while True:
         line = await reader.readline()
         if not line:
-            raise MailConnectionError("protocol", "The server closed the connection during STARTTLS.")
+            raise MailConnectionError(ErrorKind.PROTOCOL, "The server closed the connection during STARTTLS.")
         if protocol == "imap" and line.startswith(tag + b" "):
             return line
         if protocol == "smtp" and len(line) >= 4 and line[3:4] != b"-":
@@ -328,7 +350,7 @@ async def upgrade_to_tls(
     """
     if buffered_bytes(reader):
         raise MailConnectionError(
-            "tls", "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
+            ErrorKind.TLS, "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
         )
     try:
         await writer.start_tls(context, server_hostname=host.hostname, ssl_handshake_timeout=handshake_timeout)
@@ -336,7 +358,7 @@ async def upgrade_to_tls(
         raise tls_error(exc) from None
     if buffered_bytes(reader):
         raise MailConnectionError(
-            "tls", "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
+            ErrorKind.TLS, "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
         )
 
 
@@ -349,7 +371,7 @@ async def fetch_certificate_sha256(
 ) -> str:
     """The SHA-256 fingerprint (lower-case hex) of the server's leaf certificate, to show and pin."""
     if tls == "plain":
-        raise MailConnectionError("tls", "A connection without SSL/TLS has no certificate to trust.")
+        raise MailConnectionError(ErrorKind.TLS, "A connection without SSL/TLS has no certificate to trust.")
     context = client_tls_context(pinned_sha256="0" * 64)  # chain checks off: we only look at the certificate
     writer: asyncio.StreamWriter | None = None
     try:
@@ -376,13 +398,13 @@ async def fetch_certificate_sha256(
                         writer.write(b"STARTTLS\r\n")
                         ok = (await _read_reply(reader, "smtp", b"")).startswith(b"220")
                     if not ok:
-                        raise MailConnectionError("tls", NO_STARTTLS)
+                        raise MailConnectionError(ErrorKind.TLS, NO_STARTTLS)
                     await upgrade_to_tls(reader, writer, context, host, timeout)
             except (OSError, ssl.SSLError) as exc:
                 raise connect_error(exc, host, port) from None
             ssl_object = writer.get_extra_info("ssl_object")
             if ssl_object is None:
-                raise MailConnectionError("tls", "The server did not start TLS.")
+                raise MailConnectionError(ErrorKind.TLS, "The server did not start TLS.")
             return certificate_sha256(ssl_object)
     except TimeoutError:
         raise connect_error(TimeoutError(), host, port) from None

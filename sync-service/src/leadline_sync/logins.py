@@ -21,6 +21,7 @@ import aiosmtplib
 
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import (
+    ErrorKind,
     MailConnectionError,
     TlsMode,
     client_tls_context,
@@ -71,7 +72,7 @@ async def certificate_pin(login: ServerLogin, protocol: str, expected: str | Non
     )
     if expected is not None and not hmac.compare_digest(normalize_fingerprint(expected), seen):
         raise MailConnectionError(
-            "tls",
+            ErrorKind.TLS,
             "The server's certificate does not have the fingerprint you entered. "
             "Check the fingerprint with your mail administrator.",
         )
@@ -104,7 +105,7 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
     vetted = await vet_host(login.host, settings.allow_networks())
     timeout = settings.sync_imap_timeout
     if login.tls == "plain" and not settings.sync_allow_plaintext:
-        raise MailConnectionError("tls", "This server would receive your password unencrypted. Turn on SSL.")
+        raise MailConnectionError(ErrorKind.TLS, "This server would receive your password unencrypted. Turn on SSL.")
     family = socket.AF_INET6 if ":" in vetted.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -132,7 +133,7 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
                     await smtp.starttls(tls_context=context, server_hostname=vetted.hostname)
                 elif not settings.sync_allow_plaintext:
                     raise MailConnectionError(
-                        "tls",
+                        ErrorKind.TLS,
                         "The SMTP server does not offer STARTTLS on this port, so your password would travel "
                         "unencrypted. Turn on SSL or use another port.",
                     )
@@ -146,20 +147,24 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
         except aiosmtplib.SMTPAuthenticationError:
             if login.access_token is not None:
                 raise MailConnectionError(
-                    "oauth_refused",
+                    ErrorKind.OAUTH_REFUSED,
                     "The SMTP server refused the sign-in with your account.",
                 ) from None
-            raise MailConnectionError("auth_failed", "The SMTP server refused the user name or password.") from None
+            raise MailConnectionError(
+                ErrorKind.AUTH_FAILED, "The SMTP server refused the user name or password."
+            ) from None
         except aiosmtplib.SMTPNotSupported as exc:
             raise MailConnectionError(
-                "protocol", "The SMTP server does not accept a login on this port.", detail=str(exc)
+                ErrorKind.PROTOCOL, "The SMTP server does not accept a login on this port.", detail=str(exc)
             ) from None
         except aiosmtplib.SMTPTimeoutError:
             raise connect_error(TimeoutError(), vetted, login.port) from None
         except (aiosmtplib.SMTPConnectError, aiosmtplib.SMTPServerDisconnected, OSError) as exc:
             raise connect_error(exc, vetted, login.port) from None
         except aiosmtplib.SMTPException as exc:
-            raise MailConnectionError("protocol", "The SMTP server answered unexpectedly.", detail=str(exc)) from None
+            raise MailConnectionError(
+                ErrorKind.PROTOCOL, "The SMTP server answered unexpectedly.", detail=str(exc)
+            ) from None
         yield smtp
     finally:
         if smtp.is_connected:

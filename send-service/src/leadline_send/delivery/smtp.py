@@ -37,6 +37,7 @@ from aiosmtplib.protocol import (
 )
 
 from leadline_mail.net import (
+    ErrorKind,
     IPNetwork,
     MailConnectionError,
     TlsMode,
@@ -96,7 +97,7 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
     """Connected, TLS as configured, pin checked, authenticated; ready for MAIL FROM."""
     if endpoint.tls == "plain" and not policy.allow_plaintext:
         raise MailConnectionError(
-            "tls",
+            ErrorKind.TLS,
             "This server would be used without TLS, which is not allowed here. "
             "Turn on SSL/TLS or use the STARTTLS port (usually 587).",
         )
@@ -123,7 +124,7 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
             await smtp.ehlo()
             if not smtp.supports_extension("starttls"):
                 raise MailConnectionError(
-                    "tls",
+                    ErrorKind.TLS,
                     "The server does not offer STARTTLS on this port, so nothing "
                     "was sent. Turn on SSL/TLS or use another port.",
                 )
@@ -134,14 +135,14 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
         if endpoint.tls != "plain":
             ssl_object = smtp.get_transport_info("ssl_object")
             if ssl_object is None:
-                raise MailConnectionError("tls", "The server did not start TLS.")
+                raise MailConnectionError(ErrorKind.TLS, "The server did not start TLS.")
             verify_pin(ssl_object, endpoint.pinned_sha256)
         if endpoint.username and endpoint.access_token is not None:
             try:
                 await smtp.auth_xoauth2(endpoint.username, endpoint.access_token)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 raise MailConnectionError(
-                    "oauth_refused",
+                    ErrorKind.OAUTH_REFUSED,
                     "The SMTP server refused the sign-in with your account. Sign in again under Mail Sync.",
                     detail=str(exc),
                 ) from None
@@ -150,7 +151,7 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
                 await smtp.login(endpoint.username, endpoint.password)
             except aiosmtplib.SMTPAuthenticationError as exc:
                 raise MailConnectionError(
-                    "auth_failed",
+                    ErrorKind.AUTH_FAILED,
                     "The SMTP server refused the user name or password. Update the password.",
                     detail=str(exc),
                 ) from None

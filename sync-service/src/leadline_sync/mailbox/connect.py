@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import Conflict, NotFound, Unprocessable
 from leadline_kit.identity import Identity
-from leadline_mail.net import MailConnectionError, TlsMode
+from leadline_mail.net import ErrorKind, MailConnectionError, TlsMode
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
 from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp
@@ -229,7 +229,7 @@ def _taken(address: str) -> Conflict:
         f"{address} is already synced by another user of the company",
         slug="address-synced-by-another-user",
         kind="address_taken",
-        fix=fix_for("address_taken"),
+        fix=fix_for(ErrorKind.ADDRESS_TAKEN),
     )
 
 

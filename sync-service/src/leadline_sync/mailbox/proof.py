@@ -34,6 +34,7 @@ import aiosmtplib
 
 from leadline_kit.errors import Unprocessable
 from leadline_mail.imap import connect_imap
+from leadline_mail.net import ErrorKind
 from leadline_sync.config import Settings
 from leadline_sync.logins import ServerLogin, imap_settings, smtp_session
 from leadline_sync.mailbox.fixes import fix_for
@@ -48,7 +49,7 @@ class AddressUnproven(Unprocessable):
 
 
 def _unproven(message: str) -> AddressUnproven:
-    return AddressUnproven(message, kind="address_unproven", fix=fix_for("address_unproven"))
+    return AddressUnproven(message, kind=ErrorKind.ADDRESS_UNPROVEN, fix=fix_for(ErrorKind.ADDRESS_UNPROVEN))
 
 
 def needs_proof(row: Any | None, imap: ServerLogin, smtp: ServerLogin) -> bool:

@@ -10,7 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
 from leadline_mail.addresses import normalize_address
-from leadline_mail.net import normalize_fingerprint
+from leadline_mail.net import ErrorKind, normalize_fingerprint
 from leadline_sync.mailbox.states import MailboxStatus, SyncMode
 
 SmtpUse = Literal["general", "all"]
@@ -210,7 +210,7 @@ class MailboxSummary(BaseModel):
 
 class ServerCheck(BaseModel):
     ok: bool
-    kind: str | None = None
+    kind: ErrorKind | None = None
     message: str | None = None
     fix: str | None = None
 
@@ -226,7 +226,7 @@ class ConnectionTest(BaseModel):
 class ErrorEntry(BaseModel):
     id: uuid.UUID
     occurred_at: datetime
-    kind: str
+    kind: ErrorKind
     message: str
     fix: str
 

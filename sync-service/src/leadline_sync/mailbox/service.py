@@ -19,6 +19,7 @@ from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
+from leadline_mail.net import ErrorKind
 from leadline_proto.events import (
     MailboxConnectedV1,
     MailboxConnectionPayload,
@@ -161,7 +162,7 @@ async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime,
     await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values))
 
 
-async def record_error(session: AsyncSession, row: MailboxRow, kind: str, message: str, now: datetime) -> None:
+async def record_error(session: AsyncSession, row: MailboxRow, kind: ErrorKind, message: str, now: datetime) -> None:
     """One entry of the error log the user reads: when, what, how to fix (R8)."""
     await session.execute(
         mailbox_error.insert().values(
@@ -235,7 +236,7 @@ async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer
             + "."
         )
         if row.status_reason != message:  # once per outage, not once per retry
-            await record_error(session, row, "mailbox_limit_unavailable", message, now)
+            await record_error(session, row, ErrorKind.MAILBOX_LIMIT_UNAVAILABLE, message, now)
         await transition(session, row, MailboxStatus.ERROR, message, now)
 
 

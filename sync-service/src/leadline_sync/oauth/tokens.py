@@ -39,7 +39,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database
 from leadline_kit.sealing import CredentialError, Sealed
-from leadline_mail.net import MailConnectionError
+from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher, MailboxSecrets
 from leadline_sync.mailbox.fixes import PROVIDER_NAMES
@@ -247,7 +247,7 @@ class AccessTokens:
             await session.execute(select(func.pg_advisory_xact_lock(_lock_key(mailbox_id))))
             row = await mailbox_by_id(session, mailbox_id)
             if row is None or row.auth != "oauth2" or row.credential_ciphertext is None:
-                raise MailConnectionError("oauth_revoked", "This mailbox has no sign-in to renew.")
+                raise MailConnectionError(ErrorKind.OAUTH_REVOKED, "This mailbox has no sign-in to renew.")
             name = PROVIDER_NAMES.get(row.provider, row.provider)
             try:
                 secrets = self.cipher.open(
@@ -258,14 +258,14 @@ class AccessTokens:
             except CredentialError as exc:
                 log.error("mailbox %s: stored tokens unreadable: %s", row.id, exc)
                 raise MailConnectionError(
-                    "oauth_revoked", f"The saved sign-in with {name} could not be read."
+                    ErrorKind.OAUTH_REVOKED, f"The saved sign-in with {name} could not be read."
                 ) from None
             if row.oauth_expires_at is not None and row.oauth_expires_at - self.clock() > margin:
                 return secrets.access_token
             app = self.apps.get(row.provider)
             if app is None:
                 raise MailConnectionError(
-                    "oauth_unavailable", f"Signing in with {name} is not configured on this Leadline server."
+                    ErrorKind.OAUTH_UNAVAILABLE, f"Signing in with {name} is not configured on this Leadline server."
                 )
             try:
                 tokens = await self.endpoint.refresh(app, secrets.refresh_token)
@@ -277,16 +277,16 @@ class AccessTokens:
                         log.info("mailbox %s: signed in again while a renewal was refused", row.id)
                         raise _SignedInAgain from None
                     raise MailConnectionError(
-                        "oauth_revoked",
+                        ErrorKind.OAUTH_REVOKED,
                         f"{name} no longer lets Leadline use this mailbox (access withdrawn or password changed).",
                         detail=exc.error,
                     ) from None
                 raise MailConnectionError(
-                    "oauth_unavailable", f"{name} refused to renew the sign-in.", detail=exc.error
+                    ErrorKind.OAUTH_UNAVAILABLE, f"{name} refused to renew the sign-in.", detail=exc.error
                 ) from None
             except TokenEndpointUnavailable as exc:
                 raise MailConnectionError(
-                    "oauth_unavailable", f"{name}'s sign-in service is not answering.", detail=str(exc)
+                    ErrorKind.OAUTH_UNAVAILABLE, f"{name}'s sign-in service is not answering.", detail=str(exc)
                 ) from None
             sealed = self.cipher.seal(
                 row.company_id,

@@ -66,7 +66,7 @@ from leadline_kit.sealing import CredentialError
 from leadline_mail.bounces import Bounce, Complaint, parse_notice
 from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
 from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
-from leadline_mail.net import MailConnectionError
+from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.events import (
     EventBase,
     MailBouncedPayload,
@@ -265,8 +265,8 @@ class MailboxSync:
         except CredentialError as exc:
             log.error("mailbox %s: %s", row.id, exc)
             await self._failed(
-                MailConnectionError("auth_failed", "The saved password could not be read."),
-                kind="credentials_unreadable",
+                MailConnectionError(ErrorKind.AUTH_FAILED, "The saved password could not be read."),
+                kind=ErrorKind.CREDENTIALS_UNREADABLE,
             )
             return
         drops = refusals = 0
@@ -413,7 +413,7 @@ class MailboxSync:
             ):
                 await service.transition(session, row, MailboxStatus.ENABLED, "", now)
 
-    async def _failed(self, error: MailConnectionError, kind: str | None = None) -> None:
+    async def _failed(self, error: MailConnectionError, kind: ErrorKind | None = None) -> None:
         kind = kind or error.kind
         FAILURES.labels(kind).inc()
         log.warning("mailbox %s: connection failed (%s): %s", self.mailbox_id, kind, error.detail or kind)
@@ -429,7 +429,7 @@ class MailboxSync:
                 await service.record_error(
                     session,
                     row,
-                    "connection_failed",
+                    ErrorKind.CONNECTION_FAILED,
                     "Mail Sync could not connect for two days and stopped trying.",
                     now,
                 )
@@ -472,7 +472,7 @@ class MailboxSync:
             except LeaseLost:
                 return
             if row.status_reason != message:
-                await service.record_error(session, row, "plan_limit", message, now)
+                await service.record_error(session, row, ErrorKind.PLAN_LIMIT, message, now)
             await service.transition(session, row, MailboxStatus(row.status), message, now, retry_at=resets_at)
 
     async def _allowance(self, count: int) -> tuple[int, datetime | None]:
@@ -553,7 +553,7 @@ class MailboxSync:
                     await service.record_error(
                         session,
                         current,
-                        "leads_behind",
+                        ErrorKind.LEADS_BEHIND,
                         f"The historical sync started before Mail Sync had heard of every lead ({known} leads); "
                         "mail of the leads that arrive later is looked for again when they do.",
                         self.context.clock(),
@@ -675,7 +675,7 @@ class MailboxSync:
                     await service.record_error(
                         session,
                         row,
-                        "audit_repaired",
+                        ErrorKind.AUDIT_REPAIRED,
                         f"The completeness audit of {role} found {found} messages that had never been examined; "
                         "they were examined now and their lead mail is on the timeline.",
                         now,
@@ -840,7 +840,11 @@ class MailboxSync:
             if reset:
                 log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
                 await service.record_error(
-                    session, row, "folder_reset", f"The server renumbered the {role} folder; it was read again.", now
+                    session,
+                    row,
+                    ErrorKind.FOLDER_RESET,
+                    f"The server renumbered the {role} folder; it was read again.",
+                    now,
                 )
         self.refused.discard(role)
         self.cursors[role] = fresh
@@ -860,7 +864,7 @@ class MailboxSync:
             if cursor.rescan_refused_at is None or cursor.rescan_refused_at < cursor.resets_since:
                 cursor.rescan_refused_at = now
                 await self._save_cursor(session, cursor)
-                await service.record_error(session, row, "folder_reset_limit", message, now)
+                await service.record_error(session, row, ErrorKind.FOLDER_RESET_LIMIT, message, now)
                 log.warning(
                     "mailbox %s: %s UIDVALIDITY changed again; rescan refused until %s",
                     self.mailbox_id,
@@ -1141,7 +1145,7 @@ class MailboxSync:
                     await service.record_error(
                         session,
                         row,
-                        "message_unreadable",
+                        ErrorKind.MESSAGE_UNREADABLE,
                         f"A message in {cursor.folder} (UID {uid}) could not be fully read and was kept as "
                         f"received: {'; '.join(problems)[:300]}",
                         now,
