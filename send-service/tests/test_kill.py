@@ -10,13 +10,10 @@ between the DATA command and the reply at a kill end ``unknown`` (at most the
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import sys
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -26,7 +23,7 @@ from sqlalchemy import func, select
 
 from leadline_kit.db import Database, asyncpg_dsn
 from leadline_kit.identity import identity_headers
-from leadline_kit.infra import PostgresServer, free_port
+from leadline_kit.infra import AppProcess, PostgresServer, free_port
 from leadline_kit.testing.clients import make_identity
 from leadline_send.models import outgoing_message
 
@@ -39,50 +36,9 @@ READY_SECONDS = 180.0
 SETTLE_SECONDS = 180.0
 
 
-class ServiceProcess:
-    def __init__(self, env: dict[str, str], port: int) -> None:
-        self.env, self.port = env, port
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "--factory",
-            "leadline_send.main:create_app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            env=self.env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        # on a loaded machine the import alone takes 20-40 s: a deadline, not a count of tries
-        deadline = asyncio.get_running_loop().time() + READY_SECONDS
-        async with httpx.AsyncClient(timeout=5) as client:
-            while asyncio.get_running_loop().time() < deadline and self.process.returncode is None:
-                try:
-                    if (await client.get(f"http://127.0.0.1:{self.port}/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"the send service did not become ready (exit code {self.process.returncode})")
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await self.process.wait()
-
-
 @pytest.fixture
-async def service(send_url: str, nats_url: str, ca_file: str) -> AsyncIterator[ServiceProcess]:
+def service(send_url: str, nats_url: str, ca_file: str) -> Iterator[AppProcess]:
     env = {
-        **os.environ,
         "DATABASE_URL": send_url,
         "NATS_URL": nats_url,
         "LEADLINE_IDENTITY_SECRET": SECRET,
@@ -96,11 +52,16 @@ async def service(send_url: str, nats_url: str, ca_file: str) -> AsyncIterator[S
         "LEADLINE_LOG_LEVEL": "WARNING",
         "LEADLINE_CONSUMER_PREFIX": f"send-kill-{uuid.uuid4().hex[:8]}",
     }
-    process = ServiceProcess(env, free_port())
+    process = AppProcess("leadline_send", free_port(), env)
     yield process
-    if process.process is not None and process.process.returncode is None:
-        process.process.terminate()
-        await process.process.wait()
+    process.stop()
+
+
+async def start(service: AppProcess) -> None:
+    """Start the service and wait until it is ready, off the event loop that serves the test's SMTP server."""
+    service.start()
+    # on a loaded machine the import alone takes 20-40 s: a deadline, not a count of tries
+    await asyncio.to_thread(service.wait_ready, READY_SECONDS)
 
 
 async def counts(db: Database) -> Counter[str]:
@@ -113,7 +74,7 @@ async def counts(db: Database) -> Counter[str]:
 
 @pytest.mark.slow
 async def test_sigkill_during_a_batch(
-    service: ServiceProcess,
+    service: AppProcess,
     send_url: str,
     postgres: PostgresServer,
     smtp_server: SmtpFactory,
@@ -127,7 +88,7 @@ async def test_sigkill_during_a_batch(
     def signed() -> dict[str, str]:
         return identity_headers(identity, SECRET)
 
-    await service.start()
+    await start(service)
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
         created = await client.post(
             "/v1/smtp-accounts",
@@ -172,9 +133,9 @@ async def test_sigkill_during_a_batch(
         try:
             for kill in range(1, KILLS + 1):
                 await asyncio.sleep(random.uniform(0.3, 1.0))
-                await service.kill()
+                await asyncio.to_thread(service.kill)
                 print(f"kill {kill}: {dict(await counts(db))}")
-                await service.start()
+                await start(service)
             deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
             while asyncio.get_running_loop().time() < deadline:
                 state = await counts(db)

@@ -97,6 +97,12 @@ class AppProcess:
             time.sleep(0.05)
         raise TimeoutError(f"{self.package} on port {self.port} not ready after {timeout}s")
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to finish anything (the crash tests)."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
     def stop(self) -> None:
         if self.process is None:
             return
