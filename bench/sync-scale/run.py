@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import os
@@ -144,19 +145,25 @@ async def call(
     key: str,
     body: Any = None,
     expect: tuple[int, ...] = (200, 201),
+    patience: float = 300.0,
 ) -> Any:
-    """One API call; 429 waits as Retry-After says, and a 503 (a service too slow to answer on this loaded
-    machine) is tried again."""
-    for _ in range(20):
-        async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
-            if response.status in (429, 503):
-                await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
-                continue
-            text = await response.text()
-            if response.status not in expect:
-                raise RuntimeError(f"{method} {url}: {response.status} {text[:300]}")
-            return json.loads(text) if text else None
-    raise RuntimeError(f"{method} {url}: still rate limited")
+    """One API call.  429 waits as Retry-After says; a 502/503/504 or a dropped connection (a service too
+    slow to answer on this loaded machine) is tried again, for up to ``patience`` seconds in all."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+                text = await response.text()
+                if response.status not in (429, 502, 503, 504):
+                    if response.status not in expect:
+                        raise RuntimeError(f"{method} {url}: {response.status} {text[:300]}")
+                    return json.loads(text) if text else None
+                pause, problem = float(response.headers.get("Retry-After", "1")), f"{response.status} {text[:200]}"
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            pause, problem = 1.0, repr(exc)
+        if time.monotonic() + pause > deadline:
+            raise RuntimeError(f"{method} {url}: still failing after {patience:.0f} s: {problem}")
+        await asyncio.sleep(pause)
 
 
 async def bounded(tasks: list[Callable[[], Awaitable[Any]]], concurrency: int) -> list[Any]:
@@ -186,6 +193,63 @@ def message(sender: str, to: str, subject: str, message_id: str) -> bytes:
     ).encode()
 
 
+class Monitor:
+    """While a phase runs: how long the sync replicas take to answer ``/metrics`` (their event loop's lag,
+    asked every half second) and the CPU each part of the suite used, to tell a slow code path from a busy
+    machine."""
+
+    def __init__(self, processes: dict[str, list[psutil.Process]], ports: list[int]) -> None:
+        self.processes = processes
+        self.ports = ports
+        self.answers: list[float] = []
+        self.cpu: dict[str, float] = {}
+        self.task: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def _cpu(roots: list[psutil.Process]) -> float:
+        total = 0.0
+        for root in roots:
+            try:
+                for process in [root, *root.children(recursive=True)]:
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            except psutil.NoSuchProcess:
+                continue
+        return total
+
+    async def __aenter__(self) -> Monitor:
+        self.started = time.monotonic()
+        self.load = os.getloadavg()[0]
+        self.cpu = {name: self._cpu(roots) for name, roots in self.processes.items()}
+        self.task = asyncio.create_task(self._ask())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.task is not None
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        self.seconds = time.monotonic() - self.started
+        self.cpu = {name: self._cpu(roots) - self.cpu[name] for name, roots in self.processes.items()}
+
+    async def _ask(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
+            while True:
+                for port in self.ports:
+                    asked = time.monotonic()
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                            await response.read()
+                    self.answers.append(time.monotonic() - asked)
+                await asyncio.sleep(0.5)
+
+    def report(self) -> str:
+        cpu = ", ".join(f"{name} {seconds / self.seconds:.0%}" for name, seconds in self.cpu.items())
+        return (
+            f"monitor  {self.seconds:.0f} s, load {self.load:.1f} -> {os.getloadavg()[0]:.1f}; sync /metrics "
+            f"answered in {percentiles(self.answers)}; CPU of one core: {cpu}"
+        )
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -198,6 +262,10 @@ class Bench:
         self.published: Counter[str] = Counter()  # Message-ID -> mail.synced events seen
         self.smtp_port = 0
         self.database_url = ""
+        self.suite: subprocess.Popen[bytes] | None = None
+        self.dovecot: DovecotServer | None = None
+        self.extra: list[AppProcess] = []
+        self.env: dict[str, str] = {}
 
     def imap(self, user: dict[str, Any], dovecot: DovecotServer) -> ImapSettings:
         return ImapSettings(
@@ -225,7 +293,8 @@ class Bench:
             connections=n + 100,
         )
         smtp = SmtpServer(self.ca, dovecot)  # delivers to Dovecot users: the address proof of PUT /v1/mail-sync
-        extra: list[AppProcess] = []
+        self.dovecot = dovecot
+        extra = self.extra
         suite: subprocess.Popen[bytes] | None = None
         try:
             postgres.start()
@@ -244,6 +313,7 @@ class Bench:
                 smtp.add_user(user["address"], user["password"])
                 self.users.append(user)
             suite, env, base = self.start_suite(database_url, nats_server.url)
+            self.suite, self.env = suite, env
             sync_ports = [base + 3]
             for r in range(args.replicas - 1):
                 replica = AppProcess(
@@ -322,8 +392,9 @@ class Bench:
             # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
             "LEADLINE_READY_SECONDS": "600",
             **caps,
-            "LEADLINE_SYNC_LEASE_SECONDS": str(self.args.lease_seconds),
         }
+        if self.args.lease_seconds is not None:
+            env["LEADLINE_SYNC_LEASE_SECONDS"] = str(self.args.lease_seconds)
         log = (self.work / "run.log").open("wb")
         suite = subprocess.Popen(
             [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -332,7 +403,10 @@ class Bench:
         while time.monotonic() < deadline and suite.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{base}/readyz", timeout=3).status_code == 200:
-                    return suite, env, base
+                    # the secrets deploy/run.py added to the file (the metrics token, ...): replicas started
+                    # by this bench get the same
+                    written = (data / "secrets.env").read_text().splitlines()
+                    return suite, {**env, **dict(line.split("=", 1) for line in written if "=" in line)}, base
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
@@ -387,7 +461,10 @@ class Bench:
             pids = sync_pids(suite, extra)
             before = tree_rss(pids)
 
+            answered: list[float] = []
+
             async def connect(user: dict[str, Any]) -> None:
+                asked = time.monotonic()
                 await call(
                     http,
                     "PUT",
@@ -401,6 +478,7 @@ class Bench:
                         "smtp": {"host": "127.0.0.1", "port": self.smtp_port, "use_ssl": False},
                     },
                 )
+                answered.append(time.monotonic() - asked)
 
             load = os.getloadavg()[0]
             started = time.monotonic()
@@ -418,23 +496,43 @@ class Bench:
                 after = tree_rss(sync_pids(suite, extra))
                 held = established(dovecot.port)
                 print(
-                    f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s; all live after "
-                    f"{live:.0f} s (load {load:.1f})"
+                    f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s ({args.clients} at a "
+                    f"time; each {percentiles(answered)}); all live after {live:.0f} s (load {load:.1f})"
                 )
                 print(
                     f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB "
                     f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)"
                 )
                 print(f"IMAP connections held by Dovecot: {held}")
-                await self.latency(http, dovecot)
+                await self.latency(http, dovecot, sync_ports)
                 await self.restart(dovecot, metrics, sync_ports)
+                if args.replicas == 1:
+                    await self.bring_online(suite, metrics, sync_ports[0])
                 if args.kill and extra:
                     await self.kill(extra[0], sync_ports, metrics, dovecot, http)
         await nc.close()
 
-    async def latency(self, http: aiohttp.ClientSession, dovecot: DovecotServer) -> None:
+    def processes(self) -> dict[str, list[psutil.Process]]:
+        """The parts of the run whose CPU the monitor reports."""
+        assert self.suite is not None
+        found: dict[str, list[psutil.Process]] = {}
+        for child in psutil.Process(self.suite.pid).children():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                line = " ".join(child.cmdline())
+                name = next((s for s in ("sync", "lead", "gateway") if f"leadline_{s}.main" in line), "other services")
+                found.setdefault(name, []).append(child)
+        if self.dovecot is not None and self.dovecot.process is not None:
+            found["dovecot"] = [psutil.Process(self.dovecot.process.pid)]
+        postmaster = self.work / "postgres" / "pgdata" / "postmaster.pid"
+        found["postgres"] = [psutil.Process(int(postmaster.read_text().split()[0]))]
+        found["sync"] = found.get("sync", []) + [psutil.Process(r.process.pid) for r in self.extra if r.process]
+        found["bench"] = [psutil.Process()]
+        return found
+
+    async def latency(self, http: aiohttp.ClientSession, dovecot: DovecotServer, sync_ports: list[int]) -> None:
         rng = random.Random(18)
         results: dict[str, tuple[list[float], list[float]]] = {"INBOX": ([], []), "Sent": ([], [])}
+        wall: dict[str, tuple[str, float]] = {}  # Message-ID -> (folder, when APPEND's OK came, wall clock)
         load = os.getloadavg()[0]
 
         async def sample(i: int) -> None:
@@ -453,15 +551,18 @@ class Bench:
             finally:
                 await client.logout()
             appended = time.monotonic()
+            wall[message_id] = (folder, time.time())
             while message_id not in self.synced and time.monotonic() - appended < 120:
                 await asyncio.sleep(0.05)
             event = self.synced.get(message_id, math.inf) - appended
+            # the timeline is asked once the event is out (asking all along would load the gateway and the
+            # lead service, on these 2 cores, more than the sync service being measured)
             while time.monotonic() - appended < 120:
                 timeline = await call(http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"])
                 items = timeline["items"] if isinstance(timeline, dict) else timeline
                 if any(item.get("subject") == subject for item in items):
                     break
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.25)
             results[folder][0].append(event)
             results[folder][1].append(time.monotonic() - appended)
 
@@ -469,11 +570,34 @@ class Bench:
             await asyncio.sleep(i * 0.25)
             await sample(i)
 
-        await asyncio.gather(*(spaced(i) for i in range(self.args.samples)))
+        async with Monitor(self.processes(), sync_ports) as monitor:
+            await asyncio.gather(*(spaced(i) for i in range(self.args.samples)))
+        print(monitor.report())
         for folder, (events, timelines) in results.items():
             print(
                 f"latency {folder:5}  mail.synced: {percentiles(events)}; on the timeline: "
                 f"{percentiles(timelines)} (load {load:.1f})"
+            )
+        await self.trace(wall)
+
+    async def trace(self, wall: dict[str, tuple[str, float]]) -> None:
+        """Where the time goes: APPEND's OK -> the sync service's row (``synced_at``, the storing transaction's
+        start, PostgreSQL's clock = this machine's) -> the ``mail.synced`` event."""
+        conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        try:
+            rows = await conn.fetch(
+                "SELECT message_id, extract(epoch FROM synced_at) AS at FROM sync.synced_message "
+                "WHERE message_id = ANY($1::text[])",
+                list(wall),
+            )
+        finally:
+            await conn.close()
+        stored = {row["message_id"]: float(row["at"]) for row in rows}
+        for folder in ("INBOX", "Sent"):
+            ids = [m for m, (f, _) in wall.items() if f == folder]
+            print(
+                f"trace   {folder:5}  APPEND -> stored by the sync service: "
+                f"{percentiles([stored.get(m, math.inf) - wall[m][1] for m in ids])}"
             )
 
     async def restart(self, dovecot: DovecotServer, metrics: aiohttp.ClientSession, ports: list[int]) -> None:
@@ -494,6 +618,34 @@ class Bench:
             f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live again "
             f"{again:.0f} s later, {established(dovecot.port)} connections held"
         )
+
+    async def bring_online(self, suite: subprocess.Popen[bytes], metrics: aiohttp.ClientSession, port: int) -> None:
+        """The sync replica restarted (SIGTERM: it gives back its leases; a new process on the same port):
+        the time until it holds all N live again, from its start and from its ``/readyz``."""
+        n = self.args.mailboxes
+        old = next(c for c in psutil.Process(suite.pid).children() if "leadline_sync.main" in " ".join(c.cmdline()))
+        stopping = time.monotonic()
+        old.terminate()
+        await asyncio.to_thread(old.wait, 600)
+        stopped = time.monotonic() - stopping
+        replica = AppProcess("leadline_sync", port, self.env, log=self.work / "sync-restarted.log")
+        started = time.monotonic()
+        replica.start()
+        self.extra.append(replica)
+        await asyncio.to_thread(replica.wait_ready, 600)
+        ready = time.monotonic() - started
+
+        async def all_live() -> bool:
+            return await live_sessions(metrics, [port]) >= n
+
+        async with Monitor(self.processes(), [port]) as monitor:
+            live = await wait_until("all live on the restarted replica", all_live, 1800) + ready
+        print(
+            f"bring-online: the replica stopped (SIGTERM) in {stopped:.0f} s; a new one ready {ready:.0f} s after "
+            f"its start, all {n} live {live:.0f} s "
+            f"after its start ({live - ready:.0f} s after ready)"
+        )
+        print(monitor.report())
 
     async def kill(
         self,
@@ -536,7 +688,7 @@ class Bench:
         shown = sum(item.get("subject") == "during the takeover" for item in items)
         print(
             f"kill:     SIGKILL of a replica holding {held}; all {n} live on the others after {took:.0f} s "
-            f"(lease {self.args.lease_seconds:.0f} s); the message appended meanwhile: "
+            f"(lease {self.args.lease_seconds or 'default'} s); the message appended meanwhile: "
             f"{self.published[message_id]} mail.synced event(s), {shown} timeline event(s)"
         )
 
@@ -569,7 +721,9 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--samples", type=int, default=100, help="new-mail latency samples (half INBOX, half Sent)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent API callers")
-    parser.add_argument("--lease-seconds", type=float, default=10.0)
+    parser.add_argument(
+        "--lease-seconds", type=float, help="the replicas' lease (LEADLINE_SYNC_LEASE_SECONDS); default: the service's"
+    )
     parser.add_argument("--kill", action="store_true", help="SIGKILL a replica and time the takeover")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     asyncio.run(Bench(parser.parse_args()).run())
