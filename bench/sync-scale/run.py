@@ -1,6 +1,6 @@
 """Sync at scale: N mailboxes held live (IDLE) on one Dovecot, connected through the gateway.
 
-    uv run python bench/sync-scale/run.py [--mailboxes 5000] [--replicas 1] [--samples 100] [--kill]
+    uv run python bench/sync-scale/run.py [--mailboxes 5000] [--samples 100] [--share 3 [--share-mailboxes 3000]]
 
 Starts its own PostgreSQL, NATS JetStream, an SMTP server (aiosmtpd, STARTTLS
 and AUTH, for the SMTP login that connecting checks) and a Dovecot configured
@@ -10,7 +10,7 @@ processes of 200 clients each, higher process, client and vsz limits), and
 raises the kernel's ``fs.inotify.max_user_instances``: past it (128 by
 default) Dovecot's IDLE falls back to checking every 30 s, which would be
 measured as our latency.  Then the whole suite as ``make run`` runs it
-(``deploy/run.py``), plus ``--replicas - 1`` more sync processes, and:
+(``deploy/run.py``, one sync replica), and:
 
 1. N users, each a company's administrator with one lead, connect their own
    mailbox (``PUT /v1/mail-sync``, ``--clients`` at a time); reported: the time
@@ -22,11 +22,18 @@ measured as our latency.  Then the whole suite as ``make run`` runs it
    to the INBOX (from the lead) or Sent (to the lead) of random mailboxes;
    the time from APPEND's OK until the ``mail.synced`` event, and until the
    lead's timeline shows it (through the gateway); p50 / p95 / max per folder.
-3. Dovecot restarted: the time until all N are live again.
-4. ``--kill`` (with ``--replicas`` ≥ 2): SIGKILL one extra replica; the time
-   until its mailboxes are live on the others (its leases must expire first:
-   ``--lease-seconds``), and a message appended to one of them meanwhile
-   arrives exactly once.
+3. Dovecot restarted: the time until all N are live again (the reconnect storm).
+4. The sync replica restarted (SIGTERM, then a new process): the time until
+   it holds all N live again (the bring-online storm, paced by the replica's
+   login gate, without the API calls of step 1).
+5. ``--share R``: the replica replaced by R replicas (``--share-mailboxes M``
+   of the mailboxes left connected, the others disconnected through the API),
+   each capped so that R - 1 of them can hold all M, with a lease of
+   ``--lease-seconds`` (default 10 here); the time until all M are live and
+   how they are spread; then one replica SIGKILLed, a message appended at once
+   to up to 20 of its mailboxes, the time until all M are live on the others,
+   and each of those messages counted: ``mail.synced`` events and timeline
+   entries (exactly one each).
 
 The reference of each ratio is measured in the same run: RSS against the
 processes before connecting; latency against the target of 10 s.  Note the
@@ -281,7 +288,7 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         n = args.mailboxes
-        print(f"{COMMAND} --mailboxes {n} --replicas {args.replicas}  (uptime: {os.getloadavg()})", flush=True)
+        print(f"{COMMAND} --mailboxes {n} --share {args.share}  (uptime: {os.getloadavg()})", flush=True)
         print(f"fs.inotify.max_user_instances = {raise_inotify_instances(max(1024, n + 512))}")
         postgres = PostgresServer(self.work / "postgres", free_port())
         nats_server = NatsServer(self.work / "nats", free_port())
@@ -314,23 +321,9 @@ class Bench:
                 self.users.append(user)
             suite, env, base = self.start_suite(database_url, nats_server.url)
             self.suite, self.env = suite, env
-            sync_ports = [base + 3]
-            for r in range(args.replicas - 1):
-                replica = AppProcess(
-                    "leadline_sync",
-                    free_port(),
-                    {**env, "LEADLINE_SYNC_REPLICA": f"extra-{r}"},
-                    log=self.work / f"sync-extra-{r}.log",
-                )
-                replica.start()
-                extra.append(replica)
-            for replica in extra:
-                replica.wait_ready(120)
-                sync_ports.append(replica.port)
             await self.measure(
                 suite,
-                extra,
-                sync_ports,
+                base + 3,
                 dovecot,
                 nats_server.url,
                 f"http://127.0.0.1:{base}",
@@ -366,16 +359,6 @@ class Bench:
         base = free_port()
         while any(not _port_free(base + i) for i in range(6)):
             base = free_port()
-        # one replica: its own capacity (open files, memory budget); several: each capped so that the others
-        # share the mailboxes and the survivors of a kill can hold them all
-        caps = (
-            {}
-            if self.args.replicas == 1
-            else {
-                "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(self.args.mailboxes / (self.args.replicas - 1)) + 1),
-                "LEADLINE_SYNC_ROTATION_SLOTS": "1",
-            }
-        )
         env = {
             **os.environ,
             **keys,
@@ -391,10 +374,7 @@ class Bench:
             "LEADLINE_MAIL_CAFILE": str(self.cafile),
             # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
             "LEADLINE_READY_SECONDS": "600",
-            **caps,
         }
-        if self.args.lease_seconds is not None:
-            env["LEADLINE_SYNC_LEASE_SECONDS"] = str(self.args.lease_seconds)
         log = (self.work / "run.log").open("wb")
         suite = subprocess.Popen(
             [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
@@ -415,14 +395,14 @@ class Bench:
     async def measure(
         self,
         suite: subprocess.Popen[bytes],
-        extra: list[AppProcess],
-        sync_ports: list[int],
+        sync_port: int,
         dovecot: DovecotServer,
         nats_url: str,
         gateway: str,
         bootstrap: str,
     ) -> None:
         args, n = self.args, self.args.mailboxes
+        sync_ports = [sync_port]
         nc = await nats.connect(nats_url)
 
         async def on_synced(msg: Any) -> None:
@@ -458,7 +438,7 @@ class Bench:
             await bounded([lambda u=u: company(u) for u in self.users], args.clients)
             print(f"{n} companies, users and leads created in {time.monotonic() - started:.0f} s")
             await asyncio.sleep(3)  # the sync service learns of the leads through their events
-            pids = sync_pids(suite, extra)
+            pids = sync_pids(suite, self.extra)
             before = tree_rss(pids)
 
             answered: list[float] = []
@@ -493,7 +473,7 @@ class Bench:
                 await wait_until("all mailboxes live", all_live, 1800)
                 live = time.monotonic() - started
                 await asyncio.sleep(5)  # let the historical syncs settle before reading memory
-                after = tree_rss(sync_pids(suite, extra))
+                after = tree_rss(sync_pids(suite, self.extra))
                 held = established(dovecot.port)
                 print(
                     f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s ({args.clients} at a "
@@ -506,10 +486,9 @@ class Bench:
                 print(f"IMAP connections held by Dovecot: {held}")
                 await self.latency(http, dovecot, sync_ports)
                 await self.restart(dovecot, metrics, sync_ports)
-                if args.replicas == 1:
-                    await self.bring_online(suite, metrics, sync_ports[0])
-                if args.kill and extra:
-                    await self.kill(extra[0], sync_ports, metrics, dovecot, http)
+                await self.bring_online(suite, metrics, sync_port)
+                if args.share >= 2:
+                    await self.share(http, metrics, dovecot, sync_port)
         await nc.close()
 
     def processes(self) -> dict[str, list[psutil.Process]]:
@@ -647,61 +626,131 @@ class Bench:
         )
         print(monitor.report())
 
-    async def kill(
-        self,
-        victim: AppProcess,
-        ports: list[int],
-        metrics: aiohttp.ClientSession,
-        dovecot: DovecotServer,
-        http: aiohttp.ClientSession,
+    async def share(
+        self, http: aiohttp.ClientSession, metrics: aiohttp.ClientSession, dovecot: DovecotServer, port: int
     ) -> None:
-        n = self.args.mailboxes
-        held = await live_sessions(metrics, [victim.port])
+        args = self.args
+        r, m = args.share, min(args.share_mailboxes or args.mailboxes, args.mailboxes)
+        users = self.users[:m]
+        if m < len(self.users):
+            started = time.monotonic()
+            await bounded(
+                [
+                    lambda u=u: call(http, "DELETE", "/v1/mail-sync", key=u["key"], expect=(204,))
+                    for u in self.users[m:]
+                ],
+                args.clients,
+            )
+            print(
+                f"share:    {len(self.users) - m} mailboxes disconnected (DELETE) in {time.monotonic() - started:.0f} s"
+            )
+        for replica in self.extra:
+            assert replica.process is not None
+            replica.process.terminate()  # SIGTERM: its leases are given back
+            await asyncio.to_thread(replica.process.wait, 600)
+        self.extra.clear()
+        lease = args.lease_seconds or 10.0
+        env = {
+            **self.env,
+            # each capped so that the others share the mailboxes and the survivors of a kill can hold them all
+            "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(m / (r - 1)) + 1),
+            "LEADLINE_SYNC_ROTATION_SLOTS": "1",
+            "LEADLINE_SYNC_LEASE_SECONDS": str(lease),
+        }
+        ports = [port] + [free_port() for _ in range(r - 1)]  # the first on the port the gateway calls
+        replicas = [
+            AppProcess(
+                "leadline_sync",
+                p,
+                {**env, "LEADLINE_SYNC_REPLICA": f"replica-{i}"},
+                log=self.work / f"sync-replica-{i}.log",
+            )
+            for i, p in enumerate(ports)
+        ]
+        started = time.monotonic()
+        for replica in replicas:
+            replica.start()
+            self.extra.append(replica)
+        for replica in replicas:
+            await asyncio.to_thread(replica.wait_ready, 600)
+        ready = time.monotonic() - started
+
+        def all_live(among: list[int]) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                return await live_sessions(metrics, among) >= m
+
+            return check
+
+        live = await wait_until(f"all {m} live on {r} replicas", all_live(ports), 1800) + ready
+        spread = [await live_sessions(metrics, [p]) for p in ports]
+        print(
+            f"share:    {r} replicas (lease {lease:g} s) ready {ready:.0f} s after their start; all {m} live after "
+            f"{live:.0f} s, held {spread}"
+        )
+        victim = replicas[-1]
         assert victim.process is not None
+        orphans = await self.held_by(victim, users)
         started = time.monotonic()
         victim.process.kill()
         victim.process.wait()
-        survivors = [p for p in ports if p != victim.port]
-        one = await self.held_by(victim)
-        message_id = f"<takeover-{uuid.uuid4().hex}@bench.example>"
-        client = await connect_imap(self.imap(one, dovecot))
-        try:
-            await client.append("INBOX", message(one["lead"], one["address"], "during the takeover", message_id))
-        finally:
-            await client.logout()
+        survivors = ports[:-1]
+        sample = random.Random(18).sample(orphans, min(20, len(orphans)))
+        marks = {u["address"]: f"<takeover-{uuid.uuid4().hex}@bench.example>" for u in sample}
 
-        async def taken_over() -> bool:
-            return await live_sessions(metrics, survivors) >= n
+        async def append(user: dict[str, Any]) -> None:
+            client = await connect_imap(self.imap(user, dovecot))
+            try:
+                raw = message(user["lead"], user["address"], "during the takeover", marks[user["address"]])
+                await client.append("INBOX", raw)
+            finally:
+                await client.logout()
 
-        await wait_until("the killed replica's mailboxes live elsewhere", taken_over, 600)
-        took = time.monotonic() - started
+        await asyncio.gather(*(append(u) for u in sample))
+        await wait_until("the killed replica's mailboxes live elsewhere", all_live(survivors), 600)
+        took = time.monotonic() - started  # from the kill
+        unsynced = await self.unsynced()
 
-        async def on_timeline() -> bool:
-            timeline = await call(http, "GET", f"/v1/leads/{one['lead_id']}/timeline", key=one["key"])
+        async def arrived() -> bool:
+            return all(mark in self.synced for mark in marks.values())
+
+        await wait_until("the messages appended during the takeover synced", arrived, 300)
+        await asyncio.sleep(5)  # a duplicate would be out by now
+        shown = []
+        for user in sample:
+            timeline = await call(http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"])
             items = timeline["items"] if isinstance(timeline, dict) else timeline
-            return any(item.get("subject") == "during the takeover" for item in items)
-
-        await wait_until("the message appended during the takeover on the timeline", on_timeline, 120)
-        await asyncio.sleep(5)
-        timeline = await call(http, "GET", f"/v1/leads/{one['lead_id']}/timeline", key=one["key"])
-        items = timeline["items"] if isinstance(timeline, dict) else timeline
-        shown = sum(item.get("subject") == "during the takeover" for item in items)
+            shown.append(sum(item.get("subject") == "during the takeover" for item in items))
+        events = [self.published[mark] for mark in marks.values()]
         print(
-            f"kill:     SIGKILL of a replica holding {held}; all {n} live on the others after {took:.0f} s "
-            f"(lease {self.args.lease_seconds or 'default'} s); the message appended meanwhile: "
-            f"{self.published[message_id]} mail.synced event(s), {shown} timeline event(s)"
+            f"kill:     SIGKILL of a replica holding {len(orphans)}; all {m} live on the other {r - 1} after "
+            f"{took:.0f} s (lease {lease:g} s); enabled mailboxes not held live after that: {unsynced}; "
+            f"{len(sample)} messages appended meanwhile: mail.synced events per message {Counter(events)}, "
+            f"timeline entries per message {Counter(shown)}"
         )
 
-    async def held_by(self, replica: AppProcess) -> dict[str, Any]:
-        """A user whose mailbox ``replica`` syncs (its lease)."""
+    async def unsynced(self) -> int:
+        """Enabled mailboxes no replica holds live under a running lease."""
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
         try:
-            address = await conn.fetchval(
-                "SELECT address FROM sync.mailbox WHERE lease_owner = $1 LIMIT 1", replica.env["LEADLINE_SYNC_REPLICA"]
+            count: int = await conn.fetchval(
+                "SELECT count(*) FROM sync.mailbox WHERE status = 'enabled' AND NOT (sync_mode = 'live' "
+                "AND lease_owner IS NOT NULL AND lease_expires_at > now())"
             )
         finally:
             await conn.close()
-        return next(u for u in self.users if u["address"] == address)
+        return count
+
+    async def held_by(self, replica: AppProcess, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The users whose mailboxes ``replica`` syncs (its leases)."""
+        conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        try:
+            rows = await conn.fetch(
+                "SELECT address FROM sync.mailbox WHERE lease_owner = $1", replica.env["LEADLINE_SYNC_REPLICA"]
+            )
+        finally:
+            await conn.close()
+        held = {row["address"] for row in rows}
+        return [u for u in users if u["address"] in held]
 
 
 def _port_free(port: int) -> bool:
@@ -718,13 +767,13 @@ def _port_free(port: int) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mailboxes", type=int, default=5000)
-    parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--samples", type=int, default=100, help="new-mail latency samples (half INBOX, half Sent)")
     parser.add_argument("--clients", type=int, default=16, help="concurrent API callers")
     parser.add_argument(
-        "--lease-seconds", type=float, help="the replicas' lease (LEADLINE_SYNC_LEASE_SECONDS); default: the service's"
+        "--lease-seconds", type=float, help="the shared replicas' lease (LEADLINE_SYNC_LEASE_SECONDS); default 10"
     )
-    parser.add_argument("--kill", action="store_true", help="SIGKILL a replica and time the takeover")
+    parser.add_argument("--share", type=int, default=0, help="then R replicas share the mailboxes; one is killed")
+    parser.add_argument("--share-mailboxes", type=int, help="of the mailboxes, this many stay connected to share")
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     asyncio.run(Bench(parser.parse_args()).run())
 
