@@ -146,6 +146,7 @@ class QuotaReservations:
 
     async def lease(self, group: list[queue.Claimed], account: SendingAccount | None) -> QuotaLease | None:
         """The account's lease, named on ``group``'s rows, or a new one; None: reserve one by one."""
+        self.end_idle()  # another account's expired lease is settled now, not when the queue next runs empty
         if account is None:
             return None
         key = account_of(group[0])
