@@ -461,7 +461,9 @@ class DovecotServer:
             # would cost both sides more than everything else a benchmark of idle mailboxes measures
             "idle_notify": "2 mins",
             "scale": f"default_client_limit = {clients}\ndefault_vsz_limit = 1G\n",
-            "login_scale": f"service_count = 0\n  client_limit = {clients}\n  process_limit = 8",
+            # no login process holds more than a quarter of the connections (each costs it two descriptors, the
+            # client's and the imap process's): more processes are started as they fill, over both cores
+            "login_scale": f"service_count = 0\n  client_limit = {max(1000, clients // 4)}\n  process_limit = 8",
             "imap_scale": f"service_count = 0\n  client_limit = 200\n  process_limit = {clients // 200 + 10}",
         }
 
