@@ -43,7 +43,7 @@ from leadline_kit.infra import NatsServer, PostgresServer, free_port
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.clients import as_caller, make_identity, running_app
 from leadline_lead.config import Settings
-from leadline_lead.consumers import SUBJECTS, apply_event, apply_events
+from leadline_lead.consumers import EVENTS, apply_event, apply_events
 from leadline_lead.main import create_app
 from leadline_lead.models import processed
 from leadline_proto.events import MailPayload, MailSyncedV1
@@ -293,7 +293,7 @@ async def main() -> None:
                 js=js,
                 processed=processed,
                 durable="bench-bulk",
-                subjects=SUBJECTS,
+                handlers=EVENTS,
                 handler=apply_event,
                 batch_handler=apply_events,
                 batch_size=500,
@@ -305,7 +305,7 @@ async def main() -> None:
                 js=js,
                 processed=processed,
                 durable="bench-per-event",
-                subjects=SUBJECTS,
+                handlers=EVENTS,
                 handler=apply_event,
                 batch_size=500,
             )

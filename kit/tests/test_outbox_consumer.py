@@ -20,10 +20,19 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import bus
-from leadline_kit.consumer import EventConsumer, PermanentError, processed_event_table
+from leadline_kit.consumer import EventConsumer, Handlers, PermanentError, processed_event_table
 from leadline_kit.db import Database, asyncpg_dsn, service_metadata
 from leadline_kit.outbox import OutboxRelay, RelayWaker, enqueue, notify_channel, outbox_table
-from leadline_proto.events import Event, LeadCreatedV1, LeadPayload, utcnow
+from leadline_proto.events import (
+    CompanyPayload,
+    CompanyUpdatedV1,
+    Event,
+    LeadCreatedV1,
+    LeadPayload,
+    UserDeletedV1,
+    UserPayload,
+    utcnow,
+)
 
 metadata = service_metadata("kittest")
 outbox = outbox_table(metadata)
@@ -77,8 +86,7 @@ def consumer_for(db: Database, js, company: uuid.UUID, handler=count_application
         js=js,
         processed=processed,
         durable=f"kittest-{uuid.uuid4().hex[:8]}",
-        subjects=["leadline.lead.created.v1"],
-        handler=own_company_only,
+        handlers=Handlers().on(LeadCreatedV1, own_company_only),
     )
 
 
@@ -321,3 +329,28 @@ async def test_transient_failure_is_retried_permanent_is_terminated(db: Database
     assert attempts[flaky.event_id] >= 3
     info = await js.consumer_info("LEADLINE_EVENTS", consumer.durable)
     assert info.num_ack_pending == 0
+
+
+async def test_handlers_derive_their_subjects_and_apply_one_handler_per_type() -> None:
+    seen: list[str] = []
+
+    async def created(session: AsyncSession, event: LeadCreatedV1) -> None:
+        seen.append(f"created {event.payload.lead_id}")
+
+    async def company(session: AsyncSession, event: CompanyUpdatedV1) -> None:
+        seen.append(f"company {event.payload.name}")
+
+    handlers = Handlers().on(LeadCreatedV1, created).on(CompanyUpdatedV1, company)
+    assert handlers.subjects == ["leadline.lead.created.v1", "leadline.company.updated.v1"]
+    lead = lead_event(uuid.uuid4())
+    await handlers(None, lead)  # type: ignore[arg-type]
+    await handlers(None, CompanyUpdatedV1(company_id=uuid.uuid4(), payload=CompanyPayload(name="Acme")))  # type: ignore[arg-type]
+    await handlers(
+        None,
+        UserDeletedV1(
+            company_id=uuid.uuid4(), payload=UserPayload(user_id=uuid.uuid4(), email="a@b.example", role="salesperson")
+        ),
+    )  # type: ignore[arg-type]
+    assert seen == [f"created {lead.payload.lead_id}", "company Acme"]
+    with pytest.raises(AssertionError):
+        handlers.on(LeadCreatedV1, created)

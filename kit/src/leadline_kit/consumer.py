@@ -17,6 +17,11 @@ in stream order, to the ``batch_handler`` when the service gives one (bulk SQL
 on hot paths) or to the ``handler`` one by one.  If that fails, each message is
 retried in its own transaction so one bad event cannot hold back the others.
 
+What a consumer handles is declared once, as :class:`Handlers`: one handler per event type
+(``Handlers().on(LeadCreatedV1, apply_lead).on(...)``); the consumer's subjects derive from those
+types (``leadline.<type>.v<version>``), so no subject is written by hand and no handler tests
+``isinstance``.
+
 A new durable consumer starts at the beginning of the stream (right in
 production: nothing is missed); ``deliver_since`` starts it at a moment
 instead, for tests that share one stream.
@@ -28,6 +33,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from typing import Any, TypeVar
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -41,8 +47,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.backoff import Backoff
 from leadline_kit.db import Database
-from leadline_proto.events import Event, parse_event
-from leadline_proto.subjects import STREAM_NAME
+from leadline_proto.events import Event, EventBase, parse_event
+from leadline_proto.subjects import STREAM_NAME, event_subject
 
 log = logging.getLogger("leadline.consumer")
 
@@ -51,6 +57,33 @@ NAK_BASE_SECONDS = 0.5  # the first redelivery of a failed event waits 0.25-0.5 
 CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
 
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
+Handled = TypeVar("Handled", bound=EventBase)
+
+
+class Handlers:
+    """One handler per event type; calling it applies the event's handler (an unlisted type is ignored)."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[type[EventBase], Callable[[AsyncSession, Any], Awaitable[None]]] = {}
+
+    def on(self, kind: type[Handled], handler: Callable[[AsyncSession, Handled], Awaitable[None]]) -> Handlers:
+        assert kind not in self._by_type, f"{kind.__name__} has a handler already"
+        self._by_type[kind] = handler
+        return self
+
+    @property
+    def subjects(self) -> list[str]:
+        return [
+            event_subject(kind.model_fields["type"].default, kind.model_fields["version"].default)
+            for kind in self._by_type
+        ]
+
+    async def __call__(self, session: AsyncSession, event: Event) -> None:
+        handler = self._by_type.get(type(event))
+        if handler is not None:
+            await handler(session, event)
+
+
 BatchHandler = Callable[[AsyncSession, Sequence[Event]], Awaitable[None]]
 
 
@@ -76,8 +109,8 @@ class EventConsumer:
         js: JetStreamContext,
         processed: Table,
         durable: str,
-        subjects: Sequence[str],
-        handler: Handler,
+        handlers: Handlers,
+        handler: Handler | None = None,
         batch_handler: BatchHandler | None = None,
         batch_size: int = 200,
         ack_wait: float = 60.0,
@@ -88,8 +121,9 @@ class EventConsumer:
         self.js = js
         self.processed = processed
         self.durable = durable
-        self.subjects = list(subjects)
-        self.handler = handler
+        self.subjects = handlers.subjects
+        # ``handler``: what applies one event, when the service wraps ``handlers`` (e.g. to map errors)
+        self.handler: Handler = handler or handlers
         self.batch_handler = batch_handler
         self.deliver_since = deliver_since
         self.batch_size = batch_size

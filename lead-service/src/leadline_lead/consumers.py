@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.consumer import EventConsumer, PermanentError
+from leadline_kit.consumer import EventConsumer, Handlers, PermanentError
 from leadline_kit.service import Runtime
 from leadline_lead.addresses import address_or_none
 from leadline_lead.blocklist.service import apply_company_settings
@@ -38,21 +38,8 @@ from leadline_proto.events import (
     UserDeletedV1,
     UserUpdatedV1,
 )
-from leadline_proto.subjects import event_subject
 
 log = logging.getLogger("leadline.lead.consumer")
-
-SUBJECTS = [
-    event_subject("company.updated", 1),
-    event_subject("mail.synced", 1),
-    event_subject("mail.sent", 1),
-    event_subject("mail.bounced", 1),
-    event_subject("mail.complained", 1),
-    event_subject("mailbox.disconnected", 1),
-    event_subject("lead.unsubscribed", 1),
-    event_subject("user.updated", 1),
-    event_subject("user.deleted", 1),
-]
 
 
 async def apply_events(session: AsyncSession, events: Sequence[Event]) -> None:
@@ -65,7 +52,7 @@ async def apply_events(session: AsyncSession, events: Sequence[Event]) -> None:
         if mail:
             await apply_mail(session, mail)
             mail = []
-        await _apply_event(session, event)
+        await EVENTS(session, event)
     if mail:
         await apply_mail(session, mail)
 
@@ -73,35 +60,30 @@ async def apply_events(session: AsyncSession, events: Sequence[Event]) -> None:
 async def apply_event(session: AsyncSession, event: Event) -> None:
     """Apply one event; one the database refuses as data (SQLSTATE class 22) can never apply."""
     try:
-        await _apply_event(session, event)
+        await EVENTS(session, event)
     except DBAPIError as exc:
         if str(getattr(exc.orig, "sqlstate", "")).startswith("22"):
             raise PermanentError(f"the database refuses its data: {exc.orig}") from exc
         raise
 
 
-async def _apply_event(session: AsyncSession, event: Event) -> None:
-    if isinstance(event, MailSyncedV1 | MailSentV1):
-        await apply_mail(session, [event])
-    elif isinstance(event, MailBouncedV1):
-        await apply_bounce(session, event)
-    elif isinstance(event, MailComplainedV1):
-        await apply_complaint(session, event)
-    elif isinstance(event, CompanyUpdatedV1):
-        await apply_company_settings(session, event)
-    elif isinstance(event, MailboxDisconnectedV1):
-        if not event.payload.keep_history:
-            await timeline.remove_mailbox_history(session, event.company_id, event.payload.mailbox_id)
-    elif isinstance(event, LeadUnsubscribedV1):
-        await apply_unsubscribe(session, event)
-    elif isinstance(event, UserUpdatedV1 | UserDeletedV1):
-        await leads.save_user(
-            session,
-            event.company_id,
-            event.payload.user_id,
-            deleted=isinstance(event, UserDeletedV1),
-            at=event.occurred_at,
-        )
+async def apply_one_mail(session: AsyncSession, event: MailSyncedV1 | MailSentV1) -> None:
+    await apply_mail(session, [event])
+
+
+async def remove_mailbox_history(session: AsyncSession, event: MailboxDisconnectedV1) -> None:
+    if not event.payload.keep_history:
+        await timeline.remove_mailbox_history(session, event.company_id, event.payload.mailbox_id)
+
+
+async def save_user(session: AsyncSession, event: UserUpdatedV1 | UserDeletedV1) -> None:
+    await leads.save_user(
+        session,
+        event.company_id,
+        event.payload.user_id,
+        deleted=isinstance(event, UserDeletedV1),
+        at=event.occurred_at,
+    )
 
 
 async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) -> None:
@@ -113,6 +95,20 @@ async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) ->
     await leads.mark_unsubscribed(session, event.company_id, lead_ids, event.occurred_at)
 
 
+EVENTS = (
+    Handlers()
+    .on(CompanyUpdatedV1, apply_company_settings)
+    .on(MailSyncedV1, apply_one_mail)
+    .on(MailSentV1, apply_one_mail)
+    .on(MailBouncedV1, apply_bounce)
+    .on(MailComplainedV1, apply_complaint)
+    .on(MailboxDisconnectedV1, remove_mailbox_history)
+    .on(LeadUnsubscribedV1, apply_unsubscribe)
+    .on(UserUpdatedV1, save_user)
+    .on(UserDeletedV1, save_user)
+)
+
+
 def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
     settings = runtime.settings
     assert isinstance(settings, Settings)
@@ -122,7 +118,7 @@ def lead_consumers(runtime: Runtime) -> list[EventConsumer]:
             js=runtime.jetstream,
             processed=processed,
             durable=settings.consumer_prefix,
-            subjects=SUBJECTS,
+            handlers=EVENTS,
             handler=apply_event,
             batch_handler=apply_events,
             batch_size=settings.consumer_batch_size,

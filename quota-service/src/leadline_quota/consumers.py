@@ -6,31 +6,28 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.consumer import EventConsumer, Handler
+from leadline_kit.consumer import EventConsumer, Handlers
 from leadline_kit.service import Runtime
-from leadline_proto.events import CompanyUpdatedV1, Event, MailboxDisconnectedV1
-from leadline_proto.subjects import event_subject
+from leadline_proto.events import CompanyUpdatedV1, MailboxDisconnectedV1
 from leadline_quota import mailbox_slots
 from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.config import Settings
 from leadline_quota.models import processed
 
-SUBJECTS = (event_subject("company.updated", 1), event_subject("mailbox.disconnected", 1))
 
+def mailbox_limit_handlers(clock: Clock) -> Handlers:
+    async def set_limit(session: AsyncSession, event: CompanyUpdatedV1) -> None:
+        await mailbox_slots.set_mailbox_limit(
+            session, event.company_id, event.payload.mailbox_limit, event.occurred_at, clock()
+        )
 
-def mailbox_limit_handler(clock: Clock) -> Handler:
-    async def apply(session: AsyncSession, event: Event) -> None:
-        if isinstance(event, CompanyUpdatedV1):
-            await mailbox_slots.set_mailbox_limit(
-                session, event.company_id, event.payload.mailbox_limit, event.occurred_at, clock()
-            )
-        elif isinstance(event, MailboxDisconnectedV1):
-            # the sync service also releases by RPC; this covers a release that never arrived
-            await mailbox_slots.release(
-                session, event.company_id, event.payload.mailbox_id, clock(), claimed_before=event.occurred_at
-            )
+    async def release(session: AsyncSession, event: MailboxDisconnectedV1) -> None:
+        # the sync service also releases by RPC; this covers a release that never arrived
+        await mailbox_slots.release(
+            session, event.company_id, event.payload.mailbox_id, clock(), claimed_before=event.occurred_at
+        )
 
-    return apply
+    return Handlers().on(CompanyUpdatedV1, set_limit).on(MailboxDisconnectedV1, release)
 
 
 def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
@@ -43,7 +40,6 @@ def quota_consumers(runtime: Runtime) -> Sequence[EventConsumer]:
             js=runtime.jetstream,
             processed=processed,
             durable=settings.consumer_prefix,
-            subjects=SUBJECTS,
-            handler=mailbox_limit_handler(clock),
+            handlers=mailbox_limit_handlers(clock),
         )
     ]

@@ -15,10 +15,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.consumer import EventConsumer
+from leadline_kit.consumer import EventConsumer, Handlers
 from leadline_kit.service import Runtime
 from leadline_proto.events import (
-    Event,
     LeadCreatedV1,
     LeadDeletedV1,
     LeadUpdatedV1,
@@ -34,13 +33,8 @@ from leadline_send.states import MessageState, move
 # a delivery notice is about a message the server took (or may have)
 BOUNCEABLE = (MessageState.SENT, MessageState.UNKNOWN, MessageState.BOUNCED)
 
-LEAD_SUBJECTS = ["leadline.lead.created.v1", "leadline.lead.updated.v1", "leadline.lead.deleted.v1"]
-MAIL_SUBJECTS = ["leadline.mail.synced.v1", "leadline.mail.bounced.v1", "leadline.mail.complained.v1"]
 
-
-async def apply_lead(session: AsyncSession, event: Event) -> None:
-    if not isinstance(event, LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1):
-        return
+async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1) -> None:
     lead = event.payload
     await session.execute(
         delete(lead_address).where(
@@ -60,10 +54,9 @@ async def apply_lead(session: AsyncSession, event: Event) -> None:
         )
 
 
-async def apply_mail(session: AsyncSession, event: Event) -> None:
-    if isinstance(event, MailSyncedV1):
-        if event.payload.folder != "sent":
-            return
+async def settle_unknown(session: AsyncSession, event: MailSyncedV1) -> None:
+    """R21: an ``unknown`` message whose Message-ID turned up in the Sent folder was sent."""
+    if event.payload.folder == "sent":
         await session.execute(
             update(outgoing_message)
             .where(
@@ -78,10 +71,6 @@ async def apply_mail(session: AsyncSession, event: Event) -> None:
                 last_error="settled: the message was found in the Sent folder",
             )
         )
-    elif isinstance(event, MailBouncedV1):
-        await apply_bounce(session, event)
-    elif isinstance(event, MailComplainedV1):
-        await apply_complaint(session, event)
 
 
 async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
@@ -154,15 +143,19 @@ def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-leads",
-            subjects=LEAD_SUBJECTS,
-            handler=apply_lead,
+            handlers=Handlers()
+            .on(LeadCreatedV1, apply_lead)
+            .on(LeadUpdatedV1, apply_lead)
+            .on(LeadDeletedV1, apply_lead),
         ),
         EventConsumer(
             db=runtime.db,
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-mail",
-            subjects=MAIL_SUBJECTS,
-            handler=apply_mail,
+            handlers=Handlers()
+            .on(MailSyncedV1, settle_unknown)
+            .on(MailBouncedV1, apply_bounce)
+            .on(MailComplainedV1, apply_complaint),
         ),
     ]

@@ -21,14 +21,13 @@ from sqlalchemy import ARRAY, Text, case, delete, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.consumer import EventConsumer, Handler
+from leadline_kit.consumer import EventConsumer, Handlers
 from leadline_kit.service import Runtime
 from leadline_mail.addresses import normalize_address
 from leadline_proto.events import (
     BlocklistAddedV1,
     BlocklistRemovedV1,
     CompanyUpdatedV1,
-    Event,
     LeadCreatedV1,
     LeadDeletedV1,
     LeadUpdatedV1,
@@ -40,74 +39,67 @@ from leadline_sync.mailbox import service
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
 from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
 
-DIRECTORY_SUBJECTS = [
-    "leadline.lead.created.v1",
-    "leadline.lead.updated.v1",
-    "leadline.lead.deleted.v1",
-    "leadline.blocklist.added.v1",
-    "leadline.blocklist.removed.v1",
-    "leadline.company.updated.v1",
-]
-SLOT_SUBJECTS = ["leadline.quota.mailbox_slot_granted.v1"]
+
+async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1) -> None:
+    lead = event.payload
+    held = set(
+        (
+            await session.execute(
+                delete(lead_address)
+                .where(lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id)
+                .returning(lead_address.c.address)
+            )
+        ).scalars()
+    )
+    if isinstance(event, LeadDeletedV1):
+        return
+    addresses = {a for a in (normalize_address(raw) for raw in lead.addresses) if a}
+    if addresses:
+        await session.execute(
+            insert(lead_address).on_conflict_do_nothing(),
+            [
+                {
+                    "company_id": event.company_id,
+                    "lead_id": lead.lead_id,
+                    "address": address,
+                    "lead_created_at": lead.created_at,
+                }
+                for address in addresses
+            ],
+        )
+    if addresses - held:
+        await recheck_lead(session, event.company_id, lead.lead_id, sorted(addresses - held), lead.created_at)
 
 
-async def apply_directory_event(session: AsyncSession, event: Event) -> None:
-    if isinstance(event, LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1):
-        lead = event.payload
-        held = set(
-            (
-                await session.execute(
-                    delete(lead_address)
-                    .where(lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id)
-                    .returning(lead_address.c.address)
-                )
-            ).scalars()
-        )
-        if isinstance(event, LeadDeletedV1):
-            return
-        addresses = {a for a in (normalize_address(raw) for raw in lead.addresses) if a}
-        if addresses:
-            await session.execute(
-                insert(lead_address).on_conflict_do_nothing(),
-                [
-                    {
-                        "company_id": event.company_id,
-                        "lead_id": lead.lead_id,
-                        "address": address,
-                        "lead_created_at": lead.created_at,
-                    }
-                    for address in addresses
-                ],
-            )
-        if addresses - held:
-            await recheck_lead(session, event.company_id, lead.lead_id, sorted(addresses - held), lead.created_at)
-    elif isinstance(event, BlocklistAddedV1):
-        value = normalize_blocklist_value(event.payload.kind, event.payload.value)
-        if value:
-            await session.execute(
-                insert(blocklist_entry)
-                .values(
-                    company_id=event.company_id, entry_id=event.payload.entry_id, kind=event.payload.kind, value=value
-                )
-                .on_conflict_do_nothing()
-            )
-    elif isinstance(event, BlocklistRemovedV1):
+async def add_blocklist_entry(session: AsyncSession, event: BlocklistAddedV1) -> None:
+    value = normalize_blocklist_value(event.payload.kind, event.payload.value)
+    if value:
         await session.execute(
-            delete(blocklist_entry).where(
-                blocklist_entry.c.company_id == event.company_id, blocklist_entry.c.entry_id == event.payload.entry_id
-            )
+            insert(blocklist_entry)
+            .values(company_id=event.company_id, entry_id=event.payload.entry_id, kind=event.payload.kind, value=value)
+            .on_conflict_do_nothing()
         )
-    elif isinstance(event, CompanyUpdatedV1):
-        domains = sorted({d for d in (normalize_domain(raw) for raw in event.payload.domains) if d})
-        statement = insert(company).values(
-            company_id=event.company_id, domains=domains, block_own_domains=event.payload.block_own_domains
+
+
+async def remove_blocklist_entry(session: AsyncSession, event: BlocklistRemovedV1) -> None:
+    await session.execute(
+        delete(blocklist_entry).where(
+            blocklist_entry.c.company_id == event.company_id, blocklist_entry.c.entry_id == event.payload.entry_id
         )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[company.c.company_id],
-                set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains},
-            )
+    )
+
+
+async def save_company(session: AsyncSession, event: CompanyUpdatedV1) -> None:
+    domains = sorted({d for d in (normalize_domain(raw) for raw in event.payload.domains) if d})
+    statement = insert(company).values(
+        company_id=event.company_id, domains=domains, block_own_domains=event.payload.block_own_domains
+    )
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[company.c.company_id],
+            set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains},
         )
+    )
 
 
 async def recheck_lead(
@@ -135,12 +127,22 @@ async def recheck_lead(
     )
 
 
-def slot_handler(clock: Callable[[], datetime]) -> Handler:
-    async def apply_slot_event(session: AsyncSession, event: Event) -> None:
-        if isinstance(event, MailboxSlotGrantedV1):
-            await service.slot_granted(session, event.company_id, event.payload.mailbox_id, clock())
+DIRECTORY = (
+    Handlers()
+    .on(LeadCreatedV1, apply_lead)
+    .on(LeadUpdatedV1, apply_lead)
+    .on(LeadDeletedV1, apply_lead)
+    .on(BlocklistAddedV1, add_blocklist_entry)
+    .on(BlocklistRemovedV1, remove_blocklist_entry)
+    .on(CompanyUpdatedV1, save_company)
+)
 
-    return apply_slot_event
+
+def slot_handlers(clock: Callable[[], datetime]) -> Handlers:
+    async def grant_slot(session: AsyncSession, event: MailboxSlotGrantedV1) -> None:
+        await service.slot_granted(session, event.company_id, event.payload.mailbox_id, clock())
+
+    return Handlers().on(MailboxSlotGrantedV1, grant_slot)
 
 
 def consumers(runtime: Runtime) -> list[EventConsumer]:
@@ -154,8 +156,7 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-directory",
-            subjects=DIRECTORY_SUBJECTS,
-            handler=apply_directory_event,
+            handlers=DIRECTORY,
             deliver_since=settings.consumer_deliver_since,
         ),
         EventConsumer(
@@ -163,8 +164,7 @@ def consumers(runtime: Runtime) -> list[EventConsumer]:
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-slots",
-            subjects=SLOT_SUBJECTS,
-            handler=slot_handler(clock),
+            handlers=slot_handlers(clock),
             deliver_since=settings.consumer_deliver_since,
         ),
     ]
