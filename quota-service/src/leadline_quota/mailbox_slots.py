@@ -18,7 +18,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert
@@ -27,11 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.outbox import enqueue
 from leadline_proto.events import MailboxSlotGrantedV1, MailboxSlotPayload
 from leadline_quota.models import company, mailbox_slot, outbox
+from leadline_quota.states import SlotState, move
 
 
 @dataclass(frozen=True)
 class SlotStatus:
-    status: Literal["granted", "pending"]
+    status: SlotState
     position: int | None = None  # 1 = next to be granted
 
 
@@ -51,7 +51,7 @@ async def _granted_count(session: AsyncSession, company_id: uuid.UUID) -> int:
         await session.scalar(
             select(func.count())
             .select_from(mailbox_slot)
-            .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "granted")
+            .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == SlotState.GRANTED)
         )
         or 0
     )
@@ -63,7 +63,9 @@ async def _position(session: AsyncSession, company_id: uuid.UUID, seq: int) -> i
             select(func.count())
             .select_from(mailbox_slot)
             .where(
-                mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending", mailbox_slot.c.seq <= seq
+                mailbox_slot.c.company_id == company_id,
+                mailbox_slot.c.state == SlotState.PENDING,
+                mailbox_slot.c.seq <= seq,
             )
         )
         or 0
@@ -76,7 +78,7 @@ async def grant_pending(
     """Grant the oldest pending mailboxes while there is room; the caller holds the company lock."""
     queue = (
         select(mailbox_slot.c.mailbox_id)
-        .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == "pending")
+        .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == SlotState.PENDING)
         .order_by(mailbox_slot.c.seq)
     )
     if limit is not None:
@@ -89,7 +91,7 @@ async def grant_pending(
             await session.execute(
                 update(mailbox_slot)
                 .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id.in_(queue.scalar_subquery()))
-                .values(state="granted", granted_at=now)
+                .values(state=move(SlotState.PENDING, SlotState.GRANTED), granted_at=now)
                 .returning(mailbox_slot.c.mailbox_id, mailbox_slot.c.seq)
             )
         ).all()
@@ -119,7 +121,7 @@ async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.U
     ).first()
     if existing is None:
         has_room = limit is None or await _granted_count(session, company_id) < limit
-        state = "granted" if has_room else "pending"
+        state = SlotState.GRANTED if has_room else SlotState.PENDING
         seq = (
             await session.execute(
                 insert(mailbox_slot)
@@ -135,9 +137,9 @@ async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.U
         ).scalar_one()
     else:
         state, seq = existing.state, existing.seq
-    if state == "granted":
-        return SlotStatus("granted")
-    return SlotStatus("pending", await _position(session, company_id, seq))
+    if state == SlotState.GRANTED:
+        return SlotStatus(SlotState.GRANTED)
+    return SlotStatus(SlotState.PENDING, await _position(session, company_id, seq))
 
 
 async def release(
@@ -193,4 +195,4 @@ async def company_slots(session: AsyncSession, company_id: uuid.UUID) -> Company
     ).all()
     counts = {str(state): int(n) for state, n in rows}
     limit = await session.scalar(select(company.c.mailbox_limit).where(company.c.company_id == company_id))
-    return CompanySlots(limit, counts.get("granted", 0), counts.get("pending", 0))
+    return CompanySlots(limit, counts.get(SlotState.GRANTED, 0), counts.get(SlotState.PENDING, 0))

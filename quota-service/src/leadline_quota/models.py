@@ -22,6 +22,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
 from leadline_kit.outbox import outbox_table
+from leadline_quota.states import ReservationState, SlotState, check_constraint
 
 metadata = service_metadata("quota")
 outbox = outbox_table(metadata)
@@ -59,11 +60,11 @@ reservation = Table(
     Column("messages", Integer, nullable=False, server_default=text("1")),
     Column("recipients", Integer, nullable=False),
     Column("size_bytes", BigInteger, nullable=False),
-    Column("state", Text, nullable=False, server_default="reserved"),
+    Column("state", Text, nullable=False, server_default=ReservationState.RESERVED.value),
     Column("reserved_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("settled_at", DateTime(timezone=True)),
-    CheckConstraint("state IN ('reserved', 'committed', 'released')", name="state"),
+    CheckConstraint(check_constraint(ReservationState), name="state"),
     # the usage aggregate reads only these columns: with them in the index, old (all-visible) rows of a
     # month window are counted by an index-only scan
     Index(
@@ -96,7 +97,7 @@ mailbox_slot = Table(
     Column("seq", BigInteger, Identity(always=True), nullable=False),
     Column("requested_at", DateTime(timezone=True), nullable=False),
     Column("granted_at", DateTime(timezone=True)),
-    CheckConstraint("state IN ('granted', 'pending')", name="state"),
+    CheckConstraint(check_constraint(SlotState), name="state"),
     Index("ix_mailbox_slot_queue", "company_id", "state", "seq"),
 )
 

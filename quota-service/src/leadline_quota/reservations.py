@@ -74,6 +74,7 @@ from leadline_quota.limits import (
     window_bounds,
 )
 from leadline_quota.models import outbox, reservation, sending_account
+from leadline_quota.states import ReservationState, move
 
 ACCOUNT_KEY = re.compile(r"^(mailbox|smtp):([0-9a-fA-F-]{32,36})$")
 MAX_TTL_SECONDS = 24 * 3600
@@ -166,7 +167,8 @@ class Decision:
 
 def _live(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
     return or_(
-        reservation.c.state == "committed", and_(reservation.c.state == "reserved", reservation.c.expires_at > now)
+        reservation.c.state == ReservationState.COMMITTED,
+        and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at > now),
     )
 
 
@@ -182,7 +184,7 @@ def _in_window(start: datetime, end: datetime | None) -> ColumnElement[bool]:
 def _free_at(window: str, end: datetime | None) -> ColumnElement[Any]:
     """When a counted reservation stops counting in ``window`` (PostgreSQL's LEAST skips NULLs)."""
     leaves = reservation.c.reserved_at + ROLLING_WINDOWS[window] if end is None else literal(end)
-    return func.least(leaves, case((reservation.c.state == "reserved", reservation.c.expires_at)))
+    return func.least(leaves, case((reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at)))
 
 
 def _weight(measure: str) -> ColumnElement[Any]:
@@ -348,7 +350,7 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
         bindparam("messages", type_=Integer),
         bindparam("recipients", type_=Integer),
         bindparam("size_bytes", type_=BigInteger),
-        literal("reserved", type_=Text),
+        literal(ReservationState.RESERVED.value, type_=Text),
         now,
         bindparam("expires_at", type_=timestamp),
     )
@@ -579,10 +581,10 @@ async def commit(
             .where(
                 reservation.c.reservation_id == reservation_id,
                 reservation.c.company_id == company_id,
-                reservation.c.state == "reserved",
+                reservation.c.state == ReservationState.RESERVED,
                 *fits,
             )
-            .values(state="committed", settled_at=now, **used)
+            .values(state=move(ReservationState.RESERVED, ReservationState.COMMITTED), settled_at=now, **used)
             .returning(reservation.c.expires_at)
         )
     ).first()
@@ -598,9 +600,9 @@ async def commit(
     ).first()
     if existing is None:
         return Settlement(False, False, "no such reservation")
-    if existing.state == "committed":
+    if existing.state == ReservationState.COMMITTED:
         return Settlement(True, True, "already committed")
-    if existing.state == "released":
+    if existing.state == ReservationState.RELEASED:
         return Settlement(False, True, "the reservation was released")
     return Settlement(False, True, _out_of_range(messages, recipients, existing), invalid=True)
 
@@ -613,9 +615,9 @@ async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: 
             .where(
                 reservation.c.reservation_id == reservation_id,
                 reservation.c.company_id == company_id,
-                reservation.c.state == "reserved",
+                reservation.c.state == ReservationState.RESERVED,
             )
-            .values(state="released", settled_at=clock())
+            .values(state=move(ReservationState.RESERVED, ReservationState.RELEASED), settled_at=clock())
             .returning(reservation.c.reservation_id)
         )
     ).first()
@@ -624,7 +626,7 @@ async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: 
     state = await _state(session, company_id, reservation_id)
     if state is None:
         return Settlement(False, False, "no such reservation")
-    if state == "released":
+    if state == ReservationState.RELEASED:
         return Settlement(True, True, "already released")
     return Settlement(False, True, "the reservation was committed; its usage stays counted")
 
@@ -651,8 +653,8 @@ async def prune(session: AsyncSession, now: datetime) -> int:
         reservation.delete().where(
             or_(
                 reservation.c.reserved_at < now - KEEP_RESERVATIONS,
-                reservation.c.state == "released",
-                and_(reservation.c.state == "reserved", reservation.c.expires_at < now - KEEP_EXPIRED),
+                reservation.c.state == ReservationState.RELEASED,
+                and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at < now - KEEP_EXPIRED),
             )
         )
     )
