@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -55,6 +56,11 @@ log = logging.getLogger("leadline.consumer")
 NAK_BASE_SECONDS = 0.5  # the first redelivery of a failed event waits 0.25-0.5 s
 
 CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
+APPLY_SECONDS = Counter(
+    "leadline_events_apply_seconds_total",
+    "Seconds consumers spent applying fetched batches (to the acks)",
+    ["consumer"],
+)
 
 Handler = Callable[[AsyncSession, Event], Awaitable[None]]
 Handled = TypeVar("Handled", bound=EventBase)
@@ -159,6 +165,13 @@ class EventConsumer:
             await self.process(messages)
 
     async def process(self, messages: Sequence[Msg]) -> None:
+        started = time.perf_counter()
+        try:
+            await self._process(messages)
+        finally:
+            APPLY_SECONDS.labels(self.durable).inc(time.perf_counter() - started)
+
+    async def _process(self, messages: Sequence[Msg]) -> None:
         parsed: list[tuple[Msg, Event]] = []
         for msg in messages:
             try:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 
 import asyncpg
 from nats.js import JetStreamContext
@@ -39,6 +40,11 @@ log = logging.getLogger("leadline.outbox")
 PUBLISH_RETRY = Backoff(0.2, 30.0)  # a relay batch that failed (NATS or the database away)
 
 PUBLISHED = Counter("leadline_outbox_published_total", "Events published from the outbox", ["service"])
+RELAY_SECONDS = Counter(
+    "leadline_outbox_relay_seconds_total",
+    "Seconds of relay passes that published events (take, publish, commit)",
+    ["service"],
+)
 PUBLISH_FAILURES = Counter("leadline_outbox_failures_total", "Outbox relay batches that failed", ["service"])
 
 
@@ -116,6 +122,7 @@ class OutboxRelay:
 
     async def relay_once(self) -> int:
         """Publish one batch of committed events; returns how many were published."""
+        started = time.perf_counter()
         async with self.db.engine.connect() as connection:
             conn: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
             async with conn.transaction():
@@ -129,6 +136,7 @@ class OutboxRelay:
                     )
                 )
         PUBLISHED.labels(self.service).inc(len(rows))
+        RELAY_SECONDS.labels(self.service).inc(time.perf_counter() - started)
         return len(rows)
 
     async def run(self) -> None:

@@ -48,6 +48,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -122,6 +123,11 @@ DIRECTORY_WAITS = Counter(
     "leadline_sync_directory_waits_total",
     "Historical syncs that waited for the company's leads, by outcome",
     ["outcome"],
+)
+STAGE_SECONDS = Counter(
+    "leadline_sync_stage_seconds_total",
+    "Seconds spent in each stage of the scan's batches, summed (bench/sync prints them as its breakdown)",
+    ["stage"],
 )
 LIVE = Gauge(
     "leadline_sync_live_sessions",
@@ -208,6 +214,18 @@ class PreparedBatch:
     defects: list[tuple[int, list[str]]]
     reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
     message_ids: dict[int, str]  # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
+
+
+class _Laps:
+    """Adds the time since the last lap to a stage of ``STAGE_SECONDS``."""
+
+    def __init__(self) -> None:
+        self.last = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        STAGE_SECONDS.labels(stage).inc(now - self.last)
+        self.last = now
 
 
 def _aware(value: datetime | None) -> datetime | None:
@@ -900,9 +918,12 @@ class MailboxSync:
     async def _prepare(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> PreparedBatch:  # noqa: C901 - 15, older than the limit
         row = self.row
         assert row is not None
+        laps = _Laps()
         headers = await client.fetch_headers(uids)
+        laps.lap("imap_headers")
         SCANNED.labels(cursor.folder).inc(len(headers))
         summaries = [(h, parse_headers(h.header)) for h in headers]
+        laps.lap("header_parse")
         addresses = {a for _, s in summaries for a in self._parties(s).counterparts(row.address)}
         async with self.context.db.session() as session:
             directory = await load_directory(session, row.company_id, addresses)
@@ -928,10 +949,12 @@ class MailboxSync:
             reasons[header.uid] = unmatched_reason(parties, own_address=row.address, directory=directory)
             if cursor.folder == "inbox" and summary.is_bounce_candidate:
                 wanted[header.uid] = (header, summary)
+        laps.lap("match")
         selected: list[Selected] = []
         defects: list[tuple[int, list[str]]] = []
         if wanted:
             messages = await client.fetch_messages(list(wanted))
+            laps.lap("imap_bodies")
             notices: dict[int, Bounce | Complaint] = {}
             for message in messages:
                 if cursor.folder == "inbox" and wanted[message.uid][1].is_bounce_candidate:
@@ -968,7 +991,9 @@ class MailboxSync:
                 )
                 if match is not None:
                     matched.append((message, match))
+            laps.lap("bounce_parse")
             parsed = await self.context.parser.parse([message.raw for message, _ in matched])
+            laps.lap("mime_parse")
             for (message, match), parsed_message in zip(matched, parsed, strict=True):
                 header, summary = wanted[message.uid]
                 if parsed_message.defects:
@@ -977,6 +1002,7 @@ class MailboxSync:
             selected.sort(key=lambda s: s.uid)
             fetched = {message.uid for message in messages}
             reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
+            laps.lap("events")
         reasons.update((s.uid, "lead_mail" if s.kind == "mail" else s.kind) for s in selected)
         reasons.update((uid, "damaged_lead_mail") for uid, _ in defects)
         return PreparedBatch(list(uids), selected, defects, reasons, message_ids)
@@ -984,7 +1010,9 @@ class MailboxSync:
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
         # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
         async with self.busy:
+            laps = _Laps()
             await self._store_batch(cursor, batch)
+            laps.lap("commit")
 
     async def _store_batch(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
         uids, selected, defects = batch.uids, batch.selected, batch.defects

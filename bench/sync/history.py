@@ -1,0 +1,456 @@
+"""Historical sync on the user's path, against mbsync and stdlib imaplib on the same mailbox, with its breakdown.
+
+    uv run python bench/sync/history.py [--messages 5000] [--rounds 3] [--cases all,rare] [--source DIR]
+
+The suite runs as ``make run`` runs it (``deploy/run.py``: the gateway, the five services, PostgreSQL with
+fsync), on a PostgreSQL and NATS of the bench's own, with bench/send's mail servers (Dovecot with implicit
+TLS; an SMTP server that delivers the address proof into the mailbox's INBOX).  The mailbox is written into
+Dovecot as Maildir files once (the issue's shape: median ~8 KB, 5% with 50–300 KB attachments, 60% INBOX,
+40% Sent, dated one every 7 minutes up to now), and every round:
+
+- references: ``mbsync`` (Debian isync) pulling INBOX and Sent into a fresh Maildir with ``FSync yes`` (as
+  durable as a PostgreSQL commit) and with ``FSync no``; stdlib ``imaplib`` fetching only the headers the
+  sync reads (``UID FETCH a:b (BODY.PEEK[HEADER.FIELDS (...)])`` in batches of 1,000) of both folders;
+- per case, a new company: its administrator creates 20 leads through the gateway, then connects the
+  mailbox (``PUT /v1/mail-sync``); the clock runs from the PUT until every lead mail is an event on its
+  lead's timeline (read from the lead service's table), with the time to the first lead mail on a timeline
+  and to the newest one.  ``all``: every message is with one of the 20 leads; ``rare``: every 100th.
+  The mailbox is disconnected after its case.
+
+Ratios: mbsync ``FSync yes`` time / ours (≥ 1 is faster than mbsync), imaplib's header fetch / the ``rare``
+case (the header scan).  The breakdown is what the services report about a case (their Prometheus
+counters ``leadline_sync_stage_seconds_total``, ``leadline_outbox_relay_seconds_total`` and
+``leadline_events_apply_seconds_total``, scraped before and after): the seconds of each stage summed over
+the run, and its share.  Stages overlap (the scan prepares a batch while the previous one commits), so
+their sum exceeds the wall time.  The peak RSS of the sync service's process tree (parser processes
+included) is sampled every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import imaplib
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "send"))
+from common import cpu_by_command
+from user_path import ADDRESS, PASSWORD, MailServers, Suite, mail_servers, scrape, suite
+
+from leadline_kit.db import asyncpg_dsn
+from leadline_kit.infra import NatsServer, PostgresServer, ensure_service_user, free_port, is_root
+from leadline_kit.testing.fixtures import create_database
+
+LEADS = 20
+WORDS = (
+    "deal proposal pricing meeting contract renewal invoice quarter demo follow up question thanks "
+    "schedule call team budget timeline review offer discount support onboarding"
+).split()
+PROCESSES = ("leadline_gateway", "leadline_lead", "leadline_quota", "leadline_sync", "leadline_send", "postgres")
+HEADER_FIELDS = b"(BODY.PEEK[HEADER.FIELDS (FROM TO CC BCC DATE MESSAGE-ID SUBJECT IN-REPLY-TO CONTENT-TYPE)])"
+# (what, counter, label filter) of the breakdown, in a message's order; the last is the lead service's
+STAGES = [
+    ("IMAP header fetch", "leadline_sync_stage_seconds_total", 'stage="imap_headers"'),
+    ("header parse", "leadline_sync_stage_seconds_total", 'stage="header_parse"'),
+    ("match (directory lookup, R5/R6)", "leadline_sync_stage_seconds_total", 'stage="match"'),
+    ("IMAP body fetch", "leadline_sync_stage_seconds_total", 'stage="imap_bodies"'),
+    ("bounce check", "leadline_sync_stage_seconds_total", 'stage="bounce_parse"'),
+    ("MIME parse", "leadline_sync_stage_seconds_total", 'stage="mime_parse"'),
+    ("events built", "leadline_sync_stage_seconds_total", 'stage="events"'),
+    ("sync commit (allowance, rows, outbox)", "leadline_sync_stage_seconds_total", 'stage="commit"'),
+    ("outbox relay + JetStream publish", "leadline_outbox_relay_seconds_total", 'service="sync"'),
+    ("lead apply (consumer, timeline rows)", "leadline_events_apply_seconds_total", ""),
+]
+
+
+def counterpart(i: int) -> tuple[str, str]:
+    """(lead address of message ``i``, the address only the ``rare`` case's leads have)."""
+    k = i % LEADS
+    if i % 100 == 0:
+        return f"rare{(i // 100) % LEADS}@prospect.example", "rare"
+    return f"lead{k}@customer{k}.example", "all"
+
+
+def write_mailbox(home: Path, count: int) -> tuple[int, int, int]:
+    """The mailbox as Maildir files (INBOX and .Sent), UIDs in date order; (messages, bytes, median size).
+
+    Messages are put together as bytes from a prepared text and a few prepared attachments (building
+    50,000 ``EmailMessage`` objects took minutes)."""
+    rng = random.Random(20)
+    text = "\r\n".join(" ".join(rng.choice(WORDS) for _ in range(12)) for _ in range(40_000)).encode()
+    attachments = [
+        base64.encodebytes(rng.randbytes(rng.randint(37_000, 225_000))).replace(b"\n", b"\r\n") for _ in range(16)
+    ]
+    now = datetime.now(UTC).replace(microsecond=0)
+    folders = {"INBOX": home / "Maildir", "Sent": home / "Maildir" / ".Sent"}
+    for folder in folders.values():
+        for sub in ("cur", "new", "tmp"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+    sizes: list[int] = []
+    for i in range(count):
+        lead, _ = counterpart(i)
+        sent = i % 5 in (1, 3)  # 40% Sent
+        size = max(400, int(rng.lognormvariate(8.9, 0.6)))
+        at = rng.randrange(0, len(text) - size)
+        at = text.index(b"\r\n", at) + 2
+        body = text[at : at + size]
+        head = (
+            f"From: {ADDRESS if sent else f'Lead {i % LEADS} <{lead}>'}\r\n"
+            f"To: {lead if sent else ADDRESS}\r\n"
+            f"Subject: Re: {rng.choice(WORDS)} {i}\r\n"
+            f"Date: {format_datetime(now - timedelta(minutes=7 * (count - i)))}\r\n"
+            f"Message-ID: <bench-{i}@acme.example>\r\nMIME-Version: 1.0\r\n"
+        ).encode()
+        if i % 20 == 9:  # 5%: a 50–300 KB attachment
+            raw = (
+                head + b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\n'
+                b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + b"\r\n--b1\r\n"
+                b'Content-Type: application/pdf\r\nContent-Disposition: attachment; filename="proposal.pdf"\r\n'
+                b"Content-Transfer-Encoding: base64\r\n\r\n" + rng.choice(attachments) + b"--b1--\r\n"
+            )
+        else:
+            raw = head + b"Content-Type: text/plain; charset=utf-8\r\n\r\n" + body + b"\r\n"
+        sizes.append(len(raw))
+        name = f"{1_700_000_000 + i}.M{i}P1.bench,S={len(raw)}:2,S"  # the time in the name orders the UIDs
+        (folders["Sent" if sent else "INBOX"] / "cur" / name).write_bytes(raw)
+    if is_root():
+        user = ensure_service_user()
+        subprocess.run(["chown", "-R", f"{user.pw_uid}:{user.pw_gid}", str(home)], check=True)
+    sizes.sort()
+    return count, sum(sizes), sizes[len(sizes) // 2]
+
+
+def mbsync_seconds(servers: MailServers, work: Path, fsync: bool) -> float:
+    store = work / f"mbsync-{fsync}"
+    shutil.rmtree(store, ignore_errors=True)
+    store.mkdir(parents=True)
+    config = work / "mbsyncrc"
+    config.write_text(f"""FSync {"yes" if fsync else "no"}
+
+IMAPAccount bench
+Host localhost
+Port {servers.imap_port}
+User {ADDRESS}
+Pass {PASSWORD}
+SSLType IMAPS
+CertificateFile {servers.ca_file}
+
+IMAPStore remote
+Account bench
+
+MaildirStore local
+Path {store}/
+Inbox {store}/INBOX
+
+Channel bench
+Far :remote:
+Near :local:
+Patterns INBOX Sent
+Create Near
+Sync Pull
+SyncState *
+""")
+    started = time.perf_counter()
+    subprocess.run(["mbsync", "-q", "-c", str(config), "-a"], check=True, timeout=900)
+    elapsed = time.perf_counter() - started
+    shutil.rmtree(store, ignore_errors=True)
+    return elapsed
+
+
+def imaplib_header_seconds(servers: MailServers) -> float:
+    started = time.perf_counter()
+    imap = imaplib.IMAP4_SSL("localhost", servers.imap_port, ssl_context=servers.tls())
+    imap.login(ADDRESS, PASSWORD)
+    for folder in ("INBOX", "Sent"):
+        typ, data = imap.select(folder, readonly=True)
+        assert typ == "OK", data
+        _, found = imap.uid("SEARCH", "ALL")
+        uids = [int(u) for u in found[0].split()]
+        for start in range(0, len(uids), 1000):
+            part = uids[start : start + 1000]
+            typ, _ = imap.uid("FETCH", f"{part[0]}:{part[-1]}", HEADER_FIELDS.decode())
+            assert typ == "OK"
+    imap.logout()
+    return time.perf_counter() - started
+
+
+def tree_rss_kib(root: str, marker: str) -> int:
+    """RSS of every process whose command line holds ``root`` and ``marker`` (the sync service under this
+    bench's data folder), and of their descendants (the parser processes)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    top: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        pid = int(entry.name)
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        parents[pid] = int(fields.get("PPid", "0"))
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) if "VmRSS" in fields else 0
+        if root in command and marker.encode() in environ:
+            top.add(pid)
+    ours = set(top)
+    grown = True
+    while grown:
+        found = {pid for pid, parent in parents.items() if parent in ours} - ours
+        grown = bool(found)
+        ours |= found
+    return sum(rss.get(pid, 0) for pid in ours)
+
+
+@dataclass
+class CaseRun:
+    first: float  # PUT to the first lead mail on a timeline
+    newest: float  # to the newest lead mail (the mailbox's last message with a lead)
+    complete: float  # to every lead mail
+    put: float  # PUT's answer
+    stages: dict[str, float]
+    cpu: dict[str, float]
+    rss_kib: int
+
+
+@dataclass
+class Round:
+    mbsync_fsync: float
+    mbsync_nofsync: float
+    imaplib_headers: float
+    cases: dict[str, CaseRun] = field(default_factory=dict)
+
+
+async def company(client: httpx.AsyncClient, found: Suite, name: str) -> dict[str, str]:
+    created = await client.post(
+        "/v1/companies",
+        headers={"Authorization": f"Bearer {found.bootstrap_token}"},
+        json={"name": name, "domains": ["acme.example"], "administrator": {"email": ADDRESS}},
+    )
+    assert created.status_code == 201, created.text
+    return {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
+
+
+async def run_case(
+    found: Suite, servers: MailServers, database_url: str, case: str, messages: int, number: int
+) -> CaseRun:
+    expected = sum(1 for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
+    newest = max(i for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
+    sync_url, lead_url = found.port(3), found.port(1)
+    async with (
+        httpx.AsyncClient(base_url=found.gateway, timeout=120) as client,
+        aiohttp.ClientSession() as metrics,
+    ):
+        key = await company(client, found, f"bench {case} {number}")
+        for k in range(LEADS):
+            addresses = [f"rare{k}@prospect.example"] + ([f"lead{k}@customer{k}.example"] if case == "all" else [])
+            made = await client.post("/v1/leads", headers=key, json={"name": f"Lead {k}", "addresses": addresses})
+            assert made.status_code == 201, made.text
+        company_id = (await client.get("/v1/company", headers=key)).json()["id"]
+        conn = await asyncpg.connect(asyncpg_dsn(database_url))
+        before = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
+        cpu_before = cpu_by_command(PROCESSES, found.marker)
+        peak = 0
+        started = time.perf_counter()
+        put = asyncio.create_task(
+            client.put(
+                "/v1/mail-sync",
+                headers=key,
+                json={
+                    "provider": "custom",
+                    "address": ADDRESS,
+                    "password": PASSWORD,
+                    "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
+                    "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
+                },
+            )
+        )
+        put_at = first = newest_at = None
+        deadline = started + 900
+        sampled = 0.0
+        try:
+            while time.perf_counter() < deadline:
+                if put_at is None and put.done():
+                    response = put.result()
+                    assert response.status_code in (200, 201), response.text
+                    put_at = time.perf_counter() - started
+                stored = await conn.fetchval(
+                    "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1", company_id
+                )
+                now = time.perf_counter()
+                if stored and first is None:
+                    first = now - started
+                if newest_at is None and stored:
+                    if await conn.fetchval(
+                        "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1 AND message_id = $2",
+                        company_id,
+                        f"<bench-{newest}@acme.example>",
+                    ):
+                        newest_at = now - started
+                if now - sampled > 0.2:
+                    peak, sampled = max(peak, tree_rss_kib("leadline_sync", found.marker)), now
+                if stored >= expected and put_at is not None:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise TimeoutError(f"case {case}: not every lead mail on a timeline within 900 s")
+            complete = time.perf_counter() - started
+        finally:
+            await conn.close()
+        after = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
+        cpu_after = cpu_by_command(PROCESSES, found.marker)
+        disconnected = await client.delete("/v1/mail-sync", headers=key)
+        assert disconnected.status_code in (200, 202, 204), disconnected.text
+    stages: dict[str, float] = {}
+    for n, (what, counter, labels) in enumerate(STAGES):
+        url = lead_url if n == len(STAGES) - 1 else sync_url
+        stages[what] = sum(
+            value - before[url].get(name, 0.0)
+            for name, value in after[url].items()
+            if name.startswith(counter + "{") and (not labels or labels in name)
+        )
+    assert first is not None and newest_at is not None and put_at is not None
+    return CaseRun(
+        first,
+        newest_at,
+        complete,
+        put_at,
+        stages,
+        {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in PROCESSES},
+        peak,
+    )
+
+
+def span(values: list[float], digits: int = 2) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def report(args: argparse.Namespace, rounds: list[Round], shape: tuple[int, int, int], loads: list[str]) -> None:
+    count, size, median = shape
+    print()
+    print("== Leadline historical sync on the user's path (bench/sync/history.py) ==")
+    print(f"mailbox: {count} messages, {size / 2**20:.0f} MB, median {median / 1024:.1f} KB; rounds: {len(rounds)}")
+    print("load (uptime) at each round: " + " | ".join(loads))
+    print("medians (lowest–highest) of the rounds, seconds:")
+    print(f"  mbsync FSync yes: {span([r.mbsync_fsync for r in rounds])}")
+    print(f"  mbsync FSync no:  {span([r.mbsync_nofsync for r in rounds])}")
+    print(f"  imaplib, header fields only: {span([r.imaplib_headers for r in rounds])}")
+    print()
+    print(
+        "| case | mbsync (FSync yes) | Leadline: PUT until every lead mail is on its timeline | ratio (mbsync / "
+        "Leadline) | first lead mail | newest lead mail | PUT answered | sync tree peak RSS |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for case in args.cases:
+        runs = [r.cases[case] for r in rounds]
+        print(
+            f"| {case} | {span([r.mbsync_fsync for r in rounds])} s | {span([c.complete for c in runs])} s | "
+            f"{span([r.mbsync_fsync / r.cases[case].complete for r in rounds])} | {span([c.first for c in runs])} s"
+            f" | {span([c.newest for c in runs])} s | {span([c.put for c in runs])} s | "
+            f"{span([c.rss_kib / 1024 for c in runs], 0)} MiB |"
+        )
+        if case == "rare":
+            print(
+                f"| rare: header scan vs imaplib (imaplib / Leadline) | | | "
+                f"{span([r.imaplib_headers / r.cases[case].complete for r in rounds])} | | | | |"
+            )
+        print(
+            f"| {case}: vs mbsync FSync no | | | {span([r.mbsync_nofsync / r.cases[case].complete for r in rounds])}"
+            " | | | | |"
+        )
+    for case in args.cases:
+        runs = [r.cases[case] for r in rounds]
+        print()
+        print(f"breakdown, case {case} (seconds summed over the run, median of the rounds; share of the sum):")
+        totals = [sum(c.stages.values()) for c in runs]
+        for what, _, _ in STAGES:
+            values = [c.stages[what] for c in runs]
+            share = statistics.median(c.stages[what] / t if t else 0.0 for c, t in zip(runs, totals, strict=True))
+            print(f"  {what:40s} {span(values)} s  {100 * share:5.1f}%")
+        print(f"  {'sum of stages':40s} {span(totals)} s; wall time {span([c.complete for c in runs])} s")
+        cpu = " ".join(f"{k} {statistics.median(c.cpu[k] for c in runs):.1f}" for k in PROCESSES)
+        print(f"  CPU seconds by process (median): {cpu}")
+    cases = ",".join(args.cases)
+    print(
+        f"command: uv run python bench/sync/history.py --messages {args.messages} --rounds {args.rounds} "
+        f"--cases {cases}"
+    )
+
+
+async def bench(args: argparse.Namespace) -> None:
+    rounds: list[Round] = []
+    loads: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="sync-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        postgres = PostgresServer(tmp / "postgres", free_port())
+        nats_server = NatsServer(tmp / "nats", free_port())
+        postgres.start()
+        nats_server.start()
+        try:
+            database_url = await create_database(postgres, "leadline")
+            with mail_servers(tmp) as servers:
+                started = time.perf_counter()
+                home = tmp / "dovecot" / "home" / ADDRESS
+                shape = write_mailbox(home, args.messages)
+                print(f"wrote {args.messages} messages as Maildir files in {time.perf_counter() - started:.0f} s")
+                imaplib_header_seconds(servers)  # Dovecot indexes the folders once, before any clock runs
+                with suite(tmp, database_url, nats_server.url, servers, 1, None, args.source) as found:
+                    for number in range(args.rounds):
+                        load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+                        loads.append(load.split("load average:")[-1].strip())
+                        result = Round(
+                            mbsync_seconds(servers, tmp, fsync=True),
+                            mbsync_seconds(servers, tmp, fsync=False),
+                            imaplib_header_seconds(servers),
+                        )
+                        for case in args.cases:
+                            result.cases[case] = await run_case(
+                                found, servers, database_url, case, args.messages, number
+                            )
+                        rounds.append(result)
+                        print(
+                            f"round {number + 1} (load {loads[-1]}): mbsync {result.mbsync_fsync:.2f} s / "
+                            f"{result.mbsync_nofsync:.2f} s (FSync no), imaplib headers "
+                            f"{result.imaplib_headers:.2f} s; "
+                            + "; ".join(
+                                f"{case} first {c.first:.2f} s, complete {c.complete:.2f} s, "
+                                f"RSS {c.rss_kib / 1024:.0f} MiB"
+                                for case, c in result.cases.items()
+                            ),
+                            flush=True,
+                        )
+        finally:
+            nats_server.stop()
+            postgres.stop()
+    report(args, rounds, shape, loads)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--cases", type=lambda v: v.split(","), default=["all", "rare"])
+    parser.add_argument("--source", type=Path, help="another checkout whose services run (before/after figures)")
+    args = parser.parse_args()
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
