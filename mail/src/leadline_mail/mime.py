@@ -37,6 +37,7 @@ import email.utils
 import html as html_lib
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -63,8 +64,7 @@ SNIPPET_CHARS = 200
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]+")
 _SPACE_RE = re.compile(r"\s+")
 _MSGID_RE = re.compile(r"<([^<>\s]{1,900})>")
-_BOUNDARY_PARAM_RE = re.compile(rb"boundary\s*=", re.IGNORECASE)
-_BOUNDARY_LINE_RE = re.compile(rb"(?:^|\n)--")
+_BOUNDARY_PARAM_TAIL_RE = re.compile(rb"\s*=")  # after "boundary", any case
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
@@ -373,19 +373,51 @@ def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
             f"header block larger than {MAX_HEADER_BLOCK_BYTES} bytes or {MAX_HEADER_LINES} lines: "
             "the rest was not read"
         )
-    for pattern, cap, what in (
-        (_BOUNDARY_PARAM_RE, MAX_MULTIPARTS, "multipart containers"),
-        (_BOUNDARY_LINE_RE, MAX_BOUNDARY_LINES, "boundary lines"),
+    for starts, cap, what in (
+        (_boundary_params, MAX_MULTIPARTS, "multipart containers"),
+        (_boundary_lines, MAX_BOUNDARY_LINES, "boundary lines"),
     ):
-        for count, match in enumerate(pattern.finditer(data), start=1):
+        for count, start in enumerate(starts(data), start=1):
             if count > cap:
-                data = data[: match.start()]
+                data = data[:start]
                 defects.append(f"more than {cap} {what}: the rest was not read")
                 break
     if b"\x00" in data:
         data = data.replace(b"\x00", b"")
         defects.append("NUL bytes removed")
     return data, defects
+
+
+def _boundary_params(data: bytes) -> Iterator[int]:
+    """Where each ``boundary=`` parameter (any case, spaces before ``=``) starts.
+
+    Found with ``bytes.find`` on a lowered copy: a case-insensitive regex over a message of base64
+    attachments cost more than parsing it."""
+    lowered = data.lower()
+    at = lowered.find(b"boundary")
+    while at >= 0:
+        if _BOUNDARY_PARAM_TAIL_RE.match(lowered, at + 8):
+            yield at
+        at = lowered.find(b"boundary", at + 8)
+
+
+def _boundary_lines(data: bytes) -> Iterator[int]:
+    """Where each line that starts with ``--`` starts (at its line break, or at 0)."""
+    if data.startswith(b"--"):
+        yield 0
+    at = data.find(b"\n--", 1)
+    while at >= 0:
+        yield at
+        at = data.find(b"\n--", at + 3)
+
+
+def _snippet(text: str) -> str:
+    """``clean_text(text)[:SNIPPET_CHARS]`` without cleaning all of a long text."""
+    prefix = text[: SNIPPET_CHARS * 8]
+    cleaned = clean_text(prefix)
+    if len(cleaned) < SNIPPET_CHARS and len(text) > len(prefix):  # mostly whitespace: clean it all
+        cleaned = clean_text(text)
+    return cleaned[:SNIPPET_CHARS]
 
 
 def _filename(part: email.message.Message) -> str | None:
@@ -523,7 +555,7 @@ def _parse_message(raw: bytes) -> ParsedMessage:  # noqa: C901 - 15, older than 
         summary=summary,
         text=text,
         html=html,
-        snippet=clean_text(text)[:SNIPPET_CHARS],
+        snippet=_snippet(text),
         attachments=attachments,
         defects=defects,
         size=len(raw),
