@@ -266,6 +266,7 @@ class SyncWorld:
             sync_retry_max_seconds=1.0,
             rpc_timeout_seconds=1.0,
             sync_imap_timeout=10.0,
+            sync_parse_processes=0,  # inline: no parser processes to start per test app (test_messages has one)
         )
         values.update(overrides)
         return Settings(**values)

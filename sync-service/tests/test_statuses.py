@@ -160,15 +160,16 @@ async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # typ
         api = world.caller(service, me.user)
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         events = await world.synced(at_least=100)
-        assert sorted(e.payload.subject for e in events) == [f"m{i:03d}" for i in range(100)]
+        # the history is read newest first: the newest 100 are stored
+        assert sorted(e.payload.subject for e in events) == [f"m{i:03d}" for i in range(30, 130)]
         body = (await api.get("/v1/mail-sync")).json()
         assert body["status"] == "enabled" and "daily limit" in body["status_reason"]
         assert body["history_completed_at"] is None
         errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
         assert errors[0]["kind"] == "plan_limit"
-        cursor = await world.sql("SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'")
-        assert cursor[0][0] == 100, "the cursor stops before the first mail not stored"
-        # "why is this mail not on the timeline?" names the plan limit (issue 25)
-        answer = (await api.get("/v1/mail-sync/messages", params={"message_id": ids[120]})).json()["places"]
-        assert [(p["outcome"], p["rule"], p["uid"]) for p in answer] == [("not_examined_yet", "R14", 121)]
+        cursor = await world.sql("SELECT history_floor FROM sync.folder_cursor WHERE folder = 'inbox'")
+        assert cursor[0][0] == 31, "the history stops above the first mail not stored"
+        # "why is this mail not on the timeline?" names the plan limit (issue 25) for mail below the floor
+        answer = (await api.get("/v1/mail-sync/messages", params={"message_id": ids[20]})).json()["places"]
+        assert [(p["outcome"], p["rule"], p["uid"]) for p in answer] == [("not_examined_yet", "R14", 21)]
         assert "daily limit" in answer[0]["explanation"]

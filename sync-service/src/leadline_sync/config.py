@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 
 from pydantic import Field, SecretStr, model_validator
 
@@ -39,8 +40,9 @@ class Settings(KitSettings):
     # logins (connect, TLS, LOGIN) one replica runs at once; the others queue (sync/pacing.py)
     sync_max_logins: int = Field(16, ge=1)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
-    # worker processes that parse messages off the event loop; 0 = parse in the event loop
-    sync_parse_processes: int = Field(0, ge=0, le=64)
+    # worker processes that parse messages off the event loop; 0 = parse in the event loop; unset = one
+    # fewer than the cores this process may run on (at least one): the event loop keeps a core
+    sync_parse_processes: int | None = Field(None, ge=0, le=64)
     sync_lease_seconds: float = Field(30.0, gt=0)
     sync_schedule_interval: float = Field(2.0, gt=0)  # how often the replica claims work and renews leases
     sync_poll_seconds: float = Field(60.0, gt=0)  # live sync: every folder is checked at least this often
@@ -49,6 +51,9 @@ class Settings(KitSettings):
     # without NOTIFY, how often Sent (and, without IDLE, INBOX) is checked with STATUS
     sync_sent_poll_seconds: float = Field(8.0, gt=0)
     sync_batch_size: int = Field(200, ge=1, le=1000)  # messages per scan batch: one transaction each
+    # the historical sync reads a folder newest first, this many UIDs per pass, the folders taking turns
+    # (the newest mail of Sent and of INBOX reaches the timelines in the first seconds)
+    sync_history_window: int = Field(2000, ge=1)
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)
     sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed
@@ -94,6 +99,11 @@ class Settings(KitSettings):
         if self.environment == "production" and self.sync_credential_keys.get_secret_value() == DEV_CREDENTIAL_KEY:
             raise ValueError("LEADLINE_SYNC_CREDENTIAL_KEYS must be set outside development")
         return self
+
+    def parse_processes(self) -> int:
+        if self.sync_parse_processes is not None:
+            return self.sync_parse_processes
+        return max(1, len(os.sched_getaffinity(0)) - 1)
 
     def allow_networks(self) -> list[IPNetwork]:
         return parse_allowlist(self.sync_allow_networks)

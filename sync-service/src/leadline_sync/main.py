@@ -79,7 +79,7 @@ def create_app(
         tokens=AccessTokens(settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock),
         clock=clock or system_clock,
         resolver=resolver or DnsTxtResolver(),
-        parser=MessageParser(settings.sync_parse_processes),
+        parser=MessageParser(settings.parse_processes()),
         logins=LoginGate(settings.sync_max_logins, settings.sync_retry_base_seconds, settings.sync_retry_max_seconds),
         replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
     )

@@ -147,6 +147,10 @@ folder_cursor = Table(
     Column("uidnext", BigInteger, nullable=False, server_default="0"),
     # the last UID that existed when the historical sync of this folder started (progress)
     Column("history_last_uid", BigInteger, nullable=False, server_default="0"),
+    # the historical sync examines UIDs 1..history_last_uid newest first: every UID from history_floor up to
+    # history_last_uid is examined (1: the whole history; a UID below the floor is not examined yet), while
+    # last_uid, which starts at history_last_uid, is the cursor of the mail that arrives meanwhile
+    Column("history_floor", BigInteger, nullable=False, server_default="1"),
     # UIDVALIDITY changes (rescans) in the day that started at uidvalidity_resets_since; past
     # LEADLINE_SYNC_MAX_RESETS_PER_DAY the folder is not rescanned until that day ends (refusal logged once)
     Column("uidvalidity_resets", Integer, nullable=False, server_default="0"),

@@ -127,7 +127,8 @@ def _mailbox_out(
                 name=c.name,
                 last_uid=c.last_uid,
                 history_last_uid=c.history_last_uid,
-                history_complete=c.last_uid >= c.history_last_uid,
+                history_examined_down_to=c.history_floor,
+                history_complete=c.last_uid >= c.history_last_uid and c.history_floor <= 1,
                 completeness=_completeness((counts or {}).get(c.folder)),
             )
             for c in cursors

@@ -114,6 +114,8 @@ class FolderProgress(BaseModel):
     name: str
     last_uid: int
     history_last_uid: int
+    # the historical sync examines the folder newest first: UIDs from here up to history_last_uid are done
+    history_examined_down_to: int
     history_complete: bool
     completeness: FolderCompleteness | None = None
 
@@ -164,8 +166,9 @@ class TimelinePlace(BaseModel):
 class SyncPosition(BaseModel):
     """Where the sync of the message's folder stands."""
 
-    last_uid: int  # every UID up to this was examined
+    last_uid: int  # every UID up to this was examined, but for the history below the next
     history_last_uid: int  # the historical sync reads up to this
+    history_examined_down_to: int  # ... newest first: from this UID up it is examined (1: all of it)
     status: MailboxStatus
     status_reason: str
 

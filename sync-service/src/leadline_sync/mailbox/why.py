@@ -112,7 +112,12 @@ async def answer(
                     "the Sent folder, no other folders and no subfolders (R4).",
                 )
             )
-        elif cursor is None or cursor.uidvalidity != server_place.uidvalidity or server_place.uid > cursor.last_uid:
+        elif (
+            cursor is None
+            or cursor.uidvalidity != server_place.uidvalidity
+            or server_place.uid > cursor.last_uid
+            or server_place.uid < cursor.history_floor  # the history, read newest first, is not down there yet
+        ):
             places.append(await _not_examined(session, row, role, server_place.uid, cursor))
         else:
             places.append(
@@ -246,12 +251,21 @@ async def _not_examined(
     position = SyncPosition(
         last_uid=cursor.last_uid if cursor is not None else 0,
         history_last_uid=cursor.history_last_uid if cursor is not None else 0,
+        history_examined_down_to=cursor.history_floor if cursor is not None else 1,
         status=row.status,
         status_reason=row.status_reason,
     )
     paused = await repository.latest_error_kind(session, row.id) == "plan_limit"
     if paused:
         rule, why = "R14", f"the plan's daily limit of synced emails is reached ({row.status_reason})"
+    elif row.status == MailboxStatus.ENABLED and uid < position.history_examined_down_to:
+        rule, why = (
+            "R28",
+            (
+                f"the historical sync reads {role} newest first and has examined it down to UID "
+                f"{position.history_examined_down_to}"
+            ),
+        )
     elif row.status == MailboxStatus.ENABLED:
         rule, why = "R28", f"the sync has read {role} up to UID {position.last_uid} and reads on from there"
     else:

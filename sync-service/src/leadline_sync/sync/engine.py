@@ -12,13 +12,14 @@ and runs :class:`MailboxSync` over one IMAP connection::
 
 Syncing one folder::
 
-    SELECT ─┬─ no cursor ............ initial: cursor at UID 0; the historical sync target is UIDNEXT-1
+    SELECT ─┬─ no cursor ............ initial: cursor = history top = UIDNEXT-1, history floor = UIDNEXT
             ├─ UIDVALIDITY changed .. uidinvalid: cursor back to UID 0, rescan; nothing is published twice
             │                         because synced_message is unique per Message-ID in the folder
             ├─ nothing above cursor . done (Sent is checked with STATUS first, without SELECT)
-            └─ scan UIDs above the cursor in batches:
-                 headers ─► match (R5, R6) ─► bodies of matches only ─► parse ─► one transaction:
-                 lease check + synced_message rows (ON CONFLICT DO NOTHING) + their events + cursor
+            ├─ scan UIDs above the cursor in batches, oldest first, then
+            └─ history below the floor: one window of UIDs per pass, newest first (the folders take turns)
+                 each batch: headers ─► match (R5, R6) ─► bodies of matches only ─► parse ─► one transaction:
+                 lease check + synced_message rows (ON CONFLICT DO NOTHING) + their events + cursor or floor
 
 No mail is lost to a lead this service heard of late (it matches on its
 copy of the leads, built from ``lead.*`` events):
@@ -89,6 +90,7 @@ from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.matching import (
+    CompanyDirectory,
     FolderRole,
     Match,
     Parties,
@@ -182,6 +184,12 @@ class FolderCursor:
     resets_since: datetime | None = None
     rescan_refused_at: datetime | None = None
     audited_at: datetime | None = None  # the last completeness audit (sync/audit.py)
+    # the history is examined newest first: UIDs history_floor..history_last_uid are done (1: all of it)
+    history_floor: int = 1
+
+    @property
+    def history_pending(self) -> bool:
+        return self.history_floor > 1
 
 
 def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
@@ -214,6 +222,18 @@ class PreparedBatch:
     defects: list[tuple[int, list[str]]]
     reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
     message_ids: dict[int, str]  # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
+
+
+@dataclass(frozen=True)
+class ReadBatch:
+    """A batch as read from the server: headers matched, the bodies worth reading fetched, not parsed yet."""
+
+    uids: list[int]
+    wanted: dict[int, tuple[FetchedHeader, HeaderSummary]]  # lead mail and bounce candidates
+    messages: list[FetchedMessage]
+    reasons: dict[int, str]
+    message_ids: dict[int, str]
+    directory: CompanyDirectory
 
 
 class _Laps:
@@ -358,7 +378,7 @@ class MailboxSync:
                 await self._recheck_late_leads(client, order)
                 news = client.take_news()
                 for role, name in order:
-                    if watch.due(name, news, loop.time(), client.selected):
+                    if self._history_pending(role) or watch.due(name, news, loop.time(), client.selected):
                         watch.checked(name, loop.time())
                         await self._sync_folder(client, role, name)
                 await self._note_synced()
@@ -366,7 +386,7 @@ class MailboxSync:
                 if self.mode == SyncMode.ROTATING:
                     return
                 wait = watch.wait_seconds(loop.time())
-                if client.news or wait <= 0:
+                if client.news or wait <= 0 or any(self._history_pending(role) for role, _ in order):
                     continue
                 if watch.idle:
                     await client.idle(wait)
@@ -630,7 +650,8 @@ class MailboxSync:
             uids: set[int] = set()
             for recheck in rechecks:
                 since = recheck.since.date() - timedelta(days=1) if recheck.since is not None else None
-                uids.update(await client.uids_mentioning(recheck.addresses, up_to=cursor.last_uid, since=since))
+                found = await client.uids_mentioning(recheck.addresses, up_to=cursor.last_uid, since=since)
+                uids.update(uid for uid in found if uid >= cursor.history_floor)  # below: the history sees the lead
             if uids:
                 RECHECKED.labels(role).inc(len(uids))
                 log.info(
@@ -731,6 +752,7 @@ class MailboxSync:
                 _aware(r.uidvalidity_resets_since),
                 _aware(r.rescan_refused_at),
                 _aware(r.audited_at),
+                r.history_floor,
             )
             for r in rows
         }
@@ -743,6 +765,7 @@ class MailboxSync:
             "highestmodseq": cursor.highestmodseq,
             "uidnext": cursor.uidnext,
             "history_last_uid": cursor.history_last_uid,
+            "history_floor": cursor.history_floor,
             "uidvalidity_resets": cursor.resets,
             "uidvalidity_resets_since": cursor.resets_since,
             "rescan_refused_at": cursor.rescan_refused_at,
@@ -763,7 +786,9 @@ class MailboxSync:
         folder whose rescan was refused today leaves the mailbox not synced.
         """
         now = self.context.clock()
-        history_done = not self.history_done and all(c.last_uid >= c.history_last_uid for c in self.cursors.values())
+        history_done = not self.history_done and all(
+            c.last_uid >= c.history_last_uid and not c.history_pending for c in self.cursors.values()
+        )
         recent = (
             self.synced_at is not None
             and (now - self.synced_at).total_seconds() < self.settings.sync_rotation_seconds / 4
@@ -800,7 +825,8 @@ class MailboxSync:
             # cheap poll of a folder we do not IDLE on
             status = await client.status(name)
             if (
-                status.uidvalidity == cursor.uidvalidity
+                not cursor.history_pending
+                and status.uidvalidity == cursor.uidvalidity
                 and status.uidnext - 1 <= cursor.last_uid
                 and (status.highestmodseq is None or status.highestmodseq == cursor.highestmodseq)
             ):
@@ -822,6 +848,31 @@ class MailboxSync:
             async with self.context.db.session() as session:
                 await self._fence(session)
                 await self._save_cursor(session, cursor)
+        if cursor.history_pending:
+            await self._history_window(client, cursor, whole=self.mode == SyncMode.ROTATING)
+
+    def _history_pending(self, role: FolderRole) -> bool:
+        cursor = self.cursors.get(role)
+        return cursor is not None and cursor.history_pending and role not in self.refused
+
+    async def _history_window(self, client: ImapClient, cursor: FolderCursor, *, whole: bool) -> None:
+        """Examine the history below the floor newest first: one window of UIDs (``whole``: all of it).
+
+        Each batch's commit lowers the floor to its lowest UID (sync/_commit), so a killed sync resumes
+        below the last batch stored; a UID of the window the server no longer has was expunged, and the
+        floor passes it once the window is done.
+        """
+        while cursor.history_pending:
+            low = max(1, cursor.history_floor - self.settings.sync_history_window)
+            uids = await client.uids_between(low, cursor.history_floor - 1)
+            if uids:
+                await self._scan(client, cursor, sorted(uids, reverse=True), history=True)
+            cursor.history_floor = low
+            async with self.context.db.session() as session:
+                await self._fence(session)
+                await self._save_cursor(session, cursor)
+            if uids and not whole:
+                return  # the other folder's newest mail, and mail arriving now, come before older history
 
     async def _check_cursor(self, role: FolderRole, name: str, status: FolderStatus) -> FolderCursor | None:
         """The folder's cursor after SELECT: a new one if the folder was renumbered (UIDVALIDITY changed).
@@ -838,19 +889,22 @@ class MailboxSync:
             await self._rescan_refused(cursor, now)
             return None
         reset = cursor is not None
+        # the history (UIDs that exist now) is examined newest first, below the floor; last_uid is the
+        # cursor of the mail that arrives from now on
         fresh = FolderCursor(
             folder=role,
             name=name,
             uidvalidity=status.uidvalidity,
-            last_uid=0,
+            last_uid=status.uidnext - 1,
             highestmodseq=None,
             uidnext=0,
             history_last_uid=status.uidnext - 1,
+            history_floor=max(1, status.uidnext),
         )
         if cursor is not None:
             fresh.resets, fresh.resets_since = cursor.resets, cursor.resets_since
-            if self.history_done:
-                fresh.history_last_uid = 0  # a renumbered folder after the historical sync is live mail
+            if self.history_done:  # a renumbered folder after the historical sync is live mail, oldest first
+                fresh.last_uid, fresh.history_last_uid, fresh.history_floor = 0, 0, 1
         async with self.context.db.session() as session:
             row = await self._fence(session)
             await self._save_cursor(session, fresh)
@@ -894,28 +948,41 @@ class MailboxSync:
         self.refused.add(cursor.folder)
         self.refusal = message
 
-    async def _scan(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> None:
-        """Prepare batch n+1 (IMAP, parsing) while batch n is being stored (database), in UID order."""
+    async def _scan(
+        self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int], *, history: bool = False
+    ) -> None:
+        """Batches through three stages at once: reading batch n+2 (IMAP), parsing n+1 (the parser
+        processes) and storing n (the database), stored in the order of ``uids`` (``history``: descending
+        UIDs below the floor, which each batch lowers)."""
         size = self.settings.sync_batch_size
-        storing: asyncio.Task[None] | None = None
+        pending: list[asyncio.Task[None]] = []  # each parses its batch, waits for the one before, stores
         try:
             for start in range(0, len(uids), size):
                 async with self.busy:
-                    batch = await self._prepare(client, cursor, uids[start : start + size])
-                if storing is not None:
-                    await storing
-                storing = asyncio.create_task(self._store(cursor, batch))
-            if storing is not None:
-                await storing
+                    read = await self._read(client, cursor, uids[start : start + size])
+                previous = pending[-1] if pending else None
+                pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
+                while len(pending) > 2 or (pending and pending[0].done()):
+                    await pending.pop(0)
+            while pending:
+                await pending.pop(0)
         except BaseException as exc:
-            if storing is not None and not storing.done():
-                if isinstance(exc, asyncio.CancelledError):
-                    storing.cancel()
-                # a batch being stored finishes (or rolls back) before the error goes up
-                await asyncio.gather(storing, return_exceptions=True)
+            if isinstance(exc, asyncio.CancelledError):
+                for task in pending:
+                    task.cancel()
+            # a batch being stored finishes (or rolls back) before the error goes up
+            await asyncio.gather(*pending, return_exceptions=True)
             raise
 
-    async def _prepare(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> PreparedBatch:  # noqa: C901 - 15, older than the limit
+    async def _parse_and_store(
+        self, cursor: FolderCursor, read: ReadBatch, previous: asyncio.Task[None] | None, history: bool
+    ) -> None:
+        batch = await self._finish(cursor, read)
+        if previous is not None:
+            await previous  # batches are stored in order; a failed one fails the ones after it
+        await self._store(cursor, batch, history)
+
+    async def _read(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> ReadBatch:
         row = self.row
         assert row is not None
         laps = _Laps()
@@ -950,11 +1017,19 @@ class MailboxSync:
             if cursor.folder == "inbox" and summary.is_bounce_candidate:
                 wanted[header.uid] = (header, summary)
         laps.lap("match")
+        messages = await client.fetch_messages(list(wanted)) if wanted else []
+        laps.lap("imap_bodies")
+        return ReadBatch(list(uids), wanted, messages, reasons, message_ids, directory)
+
+    async def _finish(self, cursor: FolderCursor, read: ReadBatch) -> PreparedBatch:
+        """Bounces recognised, lead mail parsed (in the parser processes) and made events."""
+        row = self.row
+        assert row is not None
+        laps = _Laps()
+        uids, wanted, messages, reasons, directory = read.uids, read.wanted, read.messages, read.reasons, read.directory
         selected: list[Selected] = []
         defects: list[tuple[int, list[str]]] = []
         if wanted:
-            messages = await client.fetch_messages(list(wanted))
-            laps.lap("imap_bodies")
             notices: dict[int, Bounce | Complaint] = {}
             for message in messages:
                 if cursor.folder == "inbox" and wanted[message.uid][1].is_bounce_candidate:
@@ -1005,32 +1080,38 @@ class MailboxSync:
             laps.lap("events")
         reasons.update((s.uid, "lead_mail" if s.kind == "mail" else s.kind) for s in selected)
         reasons.update((uid, "damaged_lead_mail") for uid, _ in defects)
-        return PreparedBatch(list(uids), selected, defects, reasons, message_ids)
+        return PreparedBatch(list(uids), selected, defects, reasons, read.message_ids)
 
-    async def _store(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
+    async def _store(self, cursor: FolderCursor, batch: PreparedBatch, history: bool) -> None:
         # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
         async with self.busy:
             laps = _Laps()
-            await self._store_batch(cursor, batch)
+            await self._store_batch(cursor, batch, history)
             laps.lap("commit")
 
-    async def _store_batch(self, cursor: FolderCursor, batch: PreparedBatch) -> None:
+    async def _store_batch(self, cursor: FolderCursor, batch: PreparedBatch, history: bool) -> None:
         uids, selected, defects = batch.uids, batch.selected, batch.defects
-        mail = [s for s in selected if s.kind == "mail"]
+        mail = sorted((s for s in selected if s.kind == "mail"), key=lambda s: s.uid, reverse=history)
         if mail:
             allowed, resets_at = await self._allowance(len(mail))
             if allowed < len(mail):
-                cutoff = mail[allowed].uid  # the first lead mail the plan does not allow today
+                cutoff = mail[allowed].uid  # the first lead mail (in scan order) the plan does not allow today
+
+                def before(uid: int) -> bool:
+                    return uid > cutoff if history else uid < cutoff
+
+                kept = [u for u in uids if before(u)]
                 await self._commit(
                     cursor,
-                    [u for u in uids if u < cutoff] or [cursor.last_uid],
-                    [s for s in selected if s.uid < cutoff],
-                    [d for d in defects if d[0] < cutoff],
+                    kept or [cursor.history_floor if history else cursor.last_uid],
+                    [s for s in selected if before(s.uid)],
+                    [d for d in defects if before(d[0])],
                     batch.reasons,
                     batch.message_ids,
+                    history,
                 )
                 raise PlanLimitReached(resets_at or self.context.clock())
-        await self._commit(cursor, uids, selected, defects, batch.reasons, batch.message_ids)
+        await self._commit(cursor, uids, selected, defects, batch.reasons, batch.message_ids, history)
 
     def _parties(self, summary: HeaderSummary) -> Parties:
         return Parties(
@@ -1129,8 +1210,12 @@ class MailboxSync:
         defects: list[tuple[int, list[str]]],
         reasons: Mapping[int, str],
         message_ids: Mapping[int, str],
+        history: bool = False,
     ) -> None:
-        """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26)."""
+        """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26).
+
+        A batch of the history (newest first) lowers the floor to its lowest UID and leaves last_uid alone.
+        """
         now = self.context.clock()
         async with self.context.db.session() as session:
             row = await self._fence(session)
@@ -1193,5 +1278,8 @@ class MailboxSync:
                 cursor.uidvalidity,
                 {uid: message_ids[uid] for uid in uids if uid in message_ids},
             )
-            cursor.last_uid = max(cursor.last_uid, max(uids))
+            if history:
+                cursor.history_floor = min(cursor.history_floor, min(uids))
+            else:
+                cursor.last_uid = max(cursor.last_uid, max(uids))
             await self._save_cursor(session, cursor)
