@@ -189,9 +189,10 @@ def imaplib_header_seconds(servers: MailServers) -> float:
     return time.perf_counter() - started
 
 
-def tree_rss_kib(root: str, marker: str) -> int:
-    """RSS of every process whose command line holds ``root`` and ``marker`` (the sync service under this
-    bench's data folder), and of their descendants (the parser processes)."""
+def tree_memory_kib(root: str, marker: str) -> tuple[int, int]:
+    """(RSS, PSS) summed over every process whose command line holds ``root`` and whose environment holds
+    ``marker`` (the sync service under this bench's data folder), and their descendants (the parser
+    processes).  RSS counts a page shared by two processes twice; PSS shares it out."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
     top: set[int] = set()
@@ -216,7 +217,14 @@ def tree_rss_kib(root: str, marker: str) -> int:
         found = {pid for pid, parent in parents.items() if parent in ours} - ours
         grown = bool(found)
         ours |= found
-    return sum(rss.get(pid, 0) for pid in ours)
+    pss = 0
+    for pid in ours:
+        try:
+            rollup = (Path("/proc") / str(pid) / "smaps_rollup").read_text()
+        except OSError:
+            continue
+        pss += sum(int(line.split()[1]) for line in rollup.splitlines() if line.startswith("Pss:"))
+    return sum(rss.get(pid, 0) for pid in ours), pss
 
 
 @dataclass
@@ -227,7 +235,8 @@ class CaseRun:
     put: float  # PUT's answer
     stages: dict[str, float]
     cpu: dict[str, float]
-    rss_kib: int
+    rss_kib: int  # peak of the sync process tree
+    pss_kib: int
 
 
 @dataclass
@@ -267,7 +276,7 @@ async def run_case(
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
         before = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
         cpu_before = cpu_by_command(PROCESSES, found.marker)
-        peak = 0
+        peak = peak_pss = 0
         started = time.perf_counter()
         put = asyncio.create_task(
             client.put(
@@ -305,7 +314,8 @@ async def run_case(
                     ):
                         newest_at = now - started
                 if now - sampled > 0.2:
-                    peak, sampled = max(peak, tree_rss_kib("leadline_sync", found.marker)), now
+                    rss, pss = tree_memory_kib("leadline_sync", found.marker)
+                    peak, peak_pss, sampled = max(peak, rss), max(peak_pss, pss), now
                 if stored >= expected and put_at is not None:
                     break
                 await asyncio.sleep(0.02)
@@ -335,6 +345,7 @@ async def run_case(
         stages,
         {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in PROCESSES},
         peak,
+        peak_pss,
     )
 
 
@@ -355,7 +366,7 @@ def report(args: argparse.Namespace, rounds: list[Round], shape: tuple[int, int,
     print()
     print(
         "| case | mbsync (FSync yes) | Leadline: PUT until every lead mail is on its timeline | ratio (mbsync / "
-        "Leadline) | first lead mail | newest lead mail | PUT answered | sync tree peak RSS |"
+        "Leadline) | first lead mail | newest lead mail | PUT answered | sync tree peak RSS (PSS) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for case in args.cases:
@@ -364,7 +375,7 @@ def report(args: argparse.Namespace, rounds: list[Round], shape: tuple[int, int,
             f"| {case} | {span([r.mbsync_fsync for r in rounds])} s | {span([c.complete for c in runs])} s | "
             f"{span([r.mbsync_fsync / r.cases[case].complete for r in rounds])} | {span([c.first for c in runs])} s"
             f" | {span([c.newest for c in runs])} s | {span([c.put for c in runs])} s | "
-            f"{span([c.rss_kib / 1024 for c in runs], 0)} MiB |"
+            f"{span([c.rss_kib / 1024 for c in runs], 0)} MiB ({span([c.pss_kib / 1024 for c in runs], 0)}) |"
         )
         if case == "rare":
             print(
@@ -431,7 +442,7 @@ async def bench(args: argparse.Namespace) -> None:
                             f"{result.imaplib_headers:.2f} s; "
                             + "; ".join(
                                 f"{case} first {c.first:.2f} s, complete {c.complete:.2f} s, "
-                                f"RSS {c.rss_kib / 1024:.0f} MiB"
+                                f"RSS {c.rss_kib / 1024:.0f} MiB (PSS {c.pss_kib / 1024:.0f})"
                                 for case, c in result.cases.items()
                             ),
                             flush=True,
