@@ -258,7 +258,7 @@ async def company(client: httpx.AsyncClient, found: Suite, name: str) -> dict[st
 
 
 async def run_case(
-    found: Suite, servers: MailServers, database_url: str, case: str, messages: int, number: int
+    found: Suite, servers: MailServers, database_url: str, case: str, messages: int, number: int, timeout: float
 ) -> CaseRun:
     expected = sum(1 for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
     newest = max(i for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
@@ -292,7 +292,7 @@ async def run_case(
             )
         )
         put_at = first = newest_at = None
-        deadline = started + 900
+        deadline = started + timeout
         sampled = 0.0
         try:
             while time.perf_counter() < deadline:
@@ -319,9 +319,10 @@ async def run_case(
                 if stored >= expected and put_at is not None:
                     break
                 await asyncio.sleep(0.02)
-            else:
-                raise TimeoutError(f"case {case}: not every lead mail on a timeline within 900 s")
             complete = time.perf_counter() - started
+            if stored < expected or put_at is None:
+                print(f"case {case}: {stored} of {expected} lead mails on timelines after {timeout:.0f} s", flush=True)
+                complete = float("nan")
         finally:
             await conn.close()
         after = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
@@ -336,10 +337,10 @@ async def run_case(
             for name, value in after[url].items()
             if name.startswith(counter + "{") and (not labels or labels in name)
         )
-    assert first is not None and newest_at is not None and put_at is not None
+    assert first is not None and put_at is not None
     return CaseRun(
         first,
-        newest_at,
+        float("nan") if newest_at is None else newest_at,
         complete,
         put_at,
         stages,
@@ -434,7 +435,7 @@ async def bench(args: argparse.Namespace) -> None:
                         )
                         for case in args.cases:
                             result.cases[case] = await run_case(
-                                found, servers, database_url, case, args.messages, number
+                                found, servers, database_url, case, args.messages, number, args.case_timeout
                             )
                         rounds.append(result)
                         print(
@@ -459,6 +460,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--cases", type=lambda v: v.split(","), default=["all", "rare"])
+    parser.add_argument("--case-timeout", type=float, default=900.0, help="seconds a case may take at most")
     parser.add_argument(
         "--references",
         type=lambda v: v.split(","),
