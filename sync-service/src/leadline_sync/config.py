@@ -53,7 +53,7 @@ class Settings(KitSettings):
     sync_batch_size: int = Field(200, ge=1, le=1000)  # messages per scan batch: one transaction each
     # the historical sync reads a folder newest first, this many UIDs per pass, the folders taking turns
     # (the newest mail of Sent and of INBOX reaches the timelines in the first seconds)
-    sync_history_window: int = Field(2000, ge=1)
+    sync_history_window: int = Field(500, ge=1)
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)
     sync_give_up_hours: float = Field(48.0, gt=0)  # R8: continuous failure → connection_failed
