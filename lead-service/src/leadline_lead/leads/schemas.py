@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
@@ -42,7 +43,13 @@ class LeadUpdate(BaseModel):
     stage: Stage | None = None
 
 
-MailStatus = Literal["ok", "bounced", "complained", "unsubscribed"]
+class MailStatus(StrEnum):
+    """Whether the lead may be mailed, derived from its timestamps (``leads.service.mail_status``)."""
+
+    OK = "ok"
+    BOUNCED = "bounced"
+    COMPLAINED = "complained"
+    UNSUBSCRIBED = "unsubscribed"
 
 
 class Lead(BaseModel):

@@ -43,10 +43,10 @@ def normalised_addresses(raw: Sequence[str]) -> list[str]:
 def _mail_status(row: Row[Any]) -> MailStatus:
     """A complaint is the strongest "stop": the lead did get the mail and reported it as spam."""
     if row.complained_at:
-        return "complained"
+        return MailStatus.COMPLAINED
     if row.bounced_at:
-        return "bounced"
-    return "unsubscribed" if row.unsubscribed_at else "ok"
+        return MailStatus.BOUNCED
+    return MailStatus.UNSUBSCRIBED if row.unsubscribed_at else MailStatus.OK
 
 
 def _lead(row: Row[Any], addresses: list[str]) -> Lead:
