@@ -38,6 +38,20 @@ class MessageParser:
             self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"))
         return self._pool
 
+    async def start(self) -> None:
+        """Start the worker processes now, so that the first mail of a session (an IDLE push, the newest
+        mail of a history) does not wait for a forkserver and its workers to import."""
+        if self.processes <= 0:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.gather(
+                *(loop.run_in_executor(self._executor(), _parse_all, ()) for _ in range(self.processes))
+            )
+        except BrokenProcessPool:
+            log.error("a parser process died while starting; the first batch starts new ones")
+            self.close()
+
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
         if not raws:
             return []
