@@ -103,7 +103,9 @@ class Settings(KitSettings):
     def parse_processes(self) -> int:
         if self.sync_parse_processes is not None:
             return self.sync_parse_processes
-        return max(1, len(os.sched_getaffinity(0)) - 1)
+        # the cores this process may run on (a container's CPU set); where the OS cannot say, all of them
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores - 1)
 
     def allow_networks(self) -> list[IPNetwork]:
         return parse_allowlist(self.sync_allow_networks)
