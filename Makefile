@@ -27,6 +27,7 @@ check: setup
 # .pre-commit-config.yaml runs the same checks as `check`, mypy through this target
 mypy: setup
 	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
+	@$(UV) run mypy kit/tests proto/tests
 
 asyncapi: setup
 	@$(UV) run python -m leadline_proto.asyncapi > proto/asyncapi.json
