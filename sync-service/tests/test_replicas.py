@@ -66,6 +66,8 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
         LEADLINE_SYNC_RETRY_BASE_SECONDS="0.3",
         LEADLINE_SYNC_RETRY_MAX_SECONDS="1",
         LEADLINE_LOG_LEVEL="WARNING",
+        # parsing inline: the parser processes of a SIGKILLed service would outlive it (and the test)
+        LEADLINE_SYNC_PARSE_PROCESSES="0",
         **extra,
     )
     if held:
