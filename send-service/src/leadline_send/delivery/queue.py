@@ -83,7 +83,7 @@ class Claimed:
     created_at: datetime
 
 
-# The hot path runs on plain asyncpg connections (see Delivery): one prepared statement per step,
+# The hot path runs on plain asyncpg connections (see delivery.settling): one prepared statement per step,
 # each committed on its own — a claim, the "data" record before the end of data, a settle.  Through SQLAlchemy
 # each step cost more CPU than speaking SMTP for the message.
 _CLAIM = """
@@ -173,7 +173,7 @@ SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
 # table and relay) in one statement.  No NOTIFY: the settling process wakes its own relay, or with
-# LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Delivery.wake_relay); one per message
+# LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Settling.wake_relay); one per message
 # woke the relay of every replica, and all but one found nothing.  $1 message, $2 attempt, $3 reply,
 # $4 error, $5-$7 event id, subject, body.
 _SENT = f"""attempt AS (

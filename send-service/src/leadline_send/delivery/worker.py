@@ -7,7 +7,7 @@ One attempt, and the unit that owns each step::
       → MAIL FROM, RCPT TO, DATA, the body            SmtpTransactions         (delivery.transaction)
           beside the record before the end of data    Settling.record          (delivery.settling, R21)
       → the end of data (".") once the record is on disk, a 10-minute reply timeout
-      → the answer kept; settled with the next record  Settling                (delivery.settling)
+      → the answer kept, settled with the next record Settling                 (delivery.settling)
           + mail.sent in the outbox, the quota committed, the Sent copy handed to its folder's appender
                                                       SentCopies               (delivery.sent_copy)
     a dead process's messages and quota holds         Recovery                 (delivery.recovery)
