@@ -27,7 +27,9 @@ check: setup
 # .pre-commit-config.yaml runs the same checks as `check`, mypy through this target
 mypy: setup
 	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
-	@$(UV) run mypy kit/tests proto/tests
+	@# one run per test directory: their conftest modules share a name
+	@for tests in kit/tests proto/tests lead-service/tests sync-service/tests send-service/tests tests; do \
+	  $(UV) run mypy $$tests || exit 1; done
 
 asyncapi: setup
 	@$(UV) run python -m leadline_proto.asyncapi > proto/asyncapi.json

@@ -124,7 +124,7 @@ def test_no_route_answers_across_companies_or_roles(
     swept = 0
     with suite.client() as client:
         for path, method, operation in _operations(document):
-            body = {} if method in ("put", "post", "patch") else None
+            body: dict[str, Any] | None = {} if method in ("put", "post", "patch") else None
             url, names_b = _fill(path, b.ids)
             for role, key in a.keys.items():
                 response = client.request(method.upper(), url, headers=key, json=body)

@@ -61,7 +61,8 @@ def company(suite: Suite) -> dict[str, Any]:
             },
         )
         assert created.status_code == 201, created.text
-        return created.json()
+        company: dict[str, Any] = created.json()
+        return company
 
 
 def test_mail_sync_to_timeline_and_smart_mail_once(
@@ -102,7 +103,8 @@ def test_mail_sync_to_timeline_and_smart_mail_once(
             response = client.get(f"/v1/leads/{lead_id}/timeline", headers=key)
             assert response.status_code == 200, response.text
             body = response.json()
-            return body["items"] if isinstance(body, dict) else body
+            events: list[dict[str, Any]] = body["items"] if isinstance(body, dict) else body
+            return events
 
         wait_for(
             "the lead's inbound mail on the timeline",

@@ -7,7 +7,7 @@ import json
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from nats.js import JetStreamContext
@@ -99,7 +99,7 @@ def synced(
     from_address: str,
     to: list[str],
     mailbox_id: uuid.UUID | None = None,
-    direction: str = "inbound",
+    direction: Literal["inbound", "outbound"] = "inbound",
     minutes: int = 0,
     **extra: Any,
 ) -> MailSyncedV1:
@@ -111,7 +111,7 @@ def synced(
             mailbox_id=mailbox_id,
             user_id=uuid.uuid4(),
             folder="inbox" if direction == "inbound" else "sent",
-            direction=direction,  # type: ignore[arg-type]
+            direction=direction,
             from_address=from_address,
             to=to,
             sent_at=T0 + timedelta(minutes=minutes),

@@ -12,7 +12,7 @@ from nats.js import JetStreamContext
 
 from leadline_kit.identity import Identity
 from leadline_kit.testing.clients import make_identity
-from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, utcnow
+from leadline_proto.events import CompanyPayload, CompanyUpdatedV1, MailSyncedV1, utcnow
 
 
 def company_updated(
@@ -133,11 +133,11 @@ async def test_own_domains_are_blocked_by_default_and_the_switch_turns_it_off(
     colleague = await create_lead(api, "colleague@mycorp.example")
     outsider = await create_lead(api, "outsider@example.com")
 
-    def mail(n: int, sender: str) -> object:
+    def mail(n: int, sender: str) -> MailSyncedV1:
         return synced(company, message_id=f"<own{n}@x>", from_address=sender, to=["me@mycorp.example"], minutes=n)
 
     # before the company's domains are known, the colleague's mail is kept
-    await publish(js, mail(0, "colleague@mycorp.example"))  # type: ignore[arg-type]
+    await publish(js, mail(0, "colleague@mycorp.example"))
     await wait_for_timeline(api, colleague["id"], 1)
     # the company's own domain is blocklisted by default: its mail is purged and never kept again
     await publish(
@@ -145,7 +145,7 @@ async def test_own_domains_are_blocked_by_default_and_the_switch_turns_it_off(
         company_updated(company, ["MyCorp.example"]),
         mail(1, "colleague@mycorp.example"),
         mail(2, "outsider@example.com"),
-    )  # type: ignore[arg-type]
+    )
     await wait_for_timeline(api, outsider["id"], 1)
     assert await timeline_of(api, colleague["id"]) == []
     listing = (await api.get("/v1/blocklist")).json()
@@ -156,7 +156,7 @@ async def test_own_domains_are_blocked_by_default_and_the_switch_turns_it_off(
         js,
         company_updated(company, ["mycorp.example"], block_own_domains=False, seconds=1),
         mail(3, "colleague@mycorp.example"),
-    )  # type: ignore[arg-type]
+    )
     items = await wait_for_timeline(api, colleague["id"], 1)
     assert [i["message_id"] for i in items] == ["<own3@x>"]
     # a late, older company.updated does not turn it back on
@@ -164,7 +164,7 @@ async def test_own_domains_are_blocked_by_default_and_the_switch_turns_it_off(
         js,
         company_updated(company, ["mycorp.example"], block_own_domains=True, seconds=-60),
         mail(4, "colleague@mycorp.example"),
-    )  # type: ignore[arg-type]
+    )
     await wait_for_timeline(api, colleague["id"], 2)
     assert (await api.get("/v1/blocklist")).json()["own_domains_blocked"] is False
 

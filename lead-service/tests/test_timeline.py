@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import timedelta
+from typing import Literal
 
 import httpx
 import pytest
@@ -43,7 +44,7 @@ def smart_mail(
     *,
     message_id: str,
     to: list[str],
-    category: str = "personal",
+    category: Literal["personal", "marketing"] = "personal",
     minutes: int = 0,
     mailbox_id: uuid.UUID | None = None,
 ) -> MailSentV1:
@@ -62,7 +63,7 @@ def smart_mail(
             outgoing_message_id=uuid.uuid4(),
             category=category,
         ),
-    )  # type: ignore[arg-type]
+    )
 
 
 async def test_synced_mail_becomes_a_timeline_event(

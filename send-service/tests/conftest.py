@@ -65,7 +65,7 @@ class Received:
 
     @property
     def message(self) -> email.message.EmailMessage:
-        return email.message_from_bytes(self.data, policy=policy.default)  # type: ignore[return-value]
+        return email.message_from_bytes(self.data, policy=policy.default)
 
     @property
     def message_id(self) -> str:

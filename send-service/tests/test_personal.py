@@ -86,7 +86,11 @@ async def sent_folder_message_ids(dovecot: DovecotServer, user: str, ca_file: st
 
 
 async def personal(app: SendHarness, **fields: object) -> dict[str, object]:
-    body = {"to": ["lead@example.org"], "subject": "Quick question", "text": "Are you free on Monday?"}
+    body: dict[str, object] = {
+        "to": ["lead@example.org"],
+        "subject": "Quick question",
+        "text": "Are you free on Monday?",
+    }
     body.update(fields)
     response = await app.user.post("/v1/messages", json=body)
     assert response.status_code == 202, response.text

@@ -334,7 +334,7 @@ class SyncWorld:
             BlocklistAddedV1(
                 company_id=self.company_id, payload=BlocklistEntryPayload(entry_id=entry_id, kind=kind, value=value)
             )
-        )  # type: ignore[arg-type]
+        )
         await self.wait_for_sql("SELECT count(*) FROM sync.blocklist_entry WHERE entry_id = :id", {"id": entry_id})
         return entry_id
 

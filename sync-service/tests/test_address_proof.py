@@ -12,7 +12,8 @@ async def inbox_with_proof(world, account) -> list[int]:  # type: ignore[no-unty
     client = await world.imap(account)
     try:
         await client.select("INBOX")
-        return await client.uids_with_header(PROOF_HEADER, "")
+        uids: list[int] = await client.uids_with_header(PROOF_HEADER, "")
+        return uids
     finally:
         await client.logout()
 

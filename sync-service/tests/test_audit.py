@@ -91,9 +91,9 @@ async def wait_audited(api: Any, timeout: float = 30.0) -> dict[str, Any]:
     raise AssertionError(f"never audited: {body}")
 
 
-async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(
+async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # type: ignore[no-untyped-def]
     world,
-    leads,  # type: ignore[no-untyped-def]
+    leads,
     dropping_proxy,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -56,7 +56,9 @@ class XOAuth2Handler:
         return await smtp_xoauth2(server, args, self.provider.access_token_valid)  # type: ignore[no-any-return]
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        self.received.append((str(session.auth_data), str(envelope.mail_from), bytes(envelope.content or b"")))
+        content = envelope.content or b""
+        data = content if isinstance(content, bytes) else content.encode()
+        self.received.append((str(session.auth_data), str(envelope.mail_from), data))
         return "250 OK"
 
 

@@ -82,9 +82,9 @@ def refusals(dovecot: DovecotServer) -> int:
     return (dovecot.base_dir / "dovecot.log").read_text().count("Maximum number of connections from user+IP exceeded")
 
 
-async def test_too_many_connections_backs_off_without_an_error(
+async def test_too_many_connections_backs_off_without_an_error(  # type: ignore[no-untyped-def]
     world,
-    crowded_dovecot: DovecotServer,  # type: ignore[no-untyped-def]
+    crowded_dovecot: DovecotServer,
     crowded_smtp: SmtpServer,
     crowded_proxy: DroppingProxy,
 ) -> None:
