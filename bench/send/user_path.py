@@ -505,7 +505,7 @@ def breakdown(
                 entry[0 if kind == "sum" else 1] += value - before.get(name, 0.0)
         for label_text, (total, count) in sorted(sums.items()):
             if count:
-                shown = what if not label_text or labels else f"{what} {label_text}"
+                shown = f"{what} {label_text}" if label_text else what  # each matching label set its own row
                 rows.append((shown, total * 1000 / messages, count / messages))
     return rows
 
