@@ -57,7 +57,7 @@ def _free_block(size: int) -> int:
     raise RuntimeError("no free block of ports")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
     import asyncio
 

@@ -13,6 +13,7 @@ the folders above the data and binary folders (``o+x`` only, nothing readable).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import itertools
 import os
 import pwd
@@ -20,6 +21,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -136,9 +138,14 @@ def is_root() -> bool:
 
 
 def ensure_service_user() -> pwd.struct_passwd:
-    try:
+    """The unprivileged user the servers run as; created once, under a lock (parallel test workers start
+    their servers at the same moment, and a second ``useradd`` fails)."""
+    with contextlib.suppress(KeyError):
         return pwd.getpwnam(SERVICE_USER)
-    except KeyError:
+    with (Path(tempfile.gettempdir()) / f".leadline-{SERVICE_USER}-useradd.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(SERVICE_USER)
         subprocess.run(
             ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
             check=True,
