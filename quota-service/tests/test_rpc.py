@@ -116,6 +116,31 @@ async def test_reserve_commit_release_and_check(
     assert not other_company.ok
 
 
+async def test_a_release_that_overtakes_its_reserve_leaves_nothing_reserved(
+    quota_service: httpx.AsyncClient, nc: Client, db: Database
+) -> None:
+    # A sender that got no answer to its reserve (a loaded quota service) releases the id it chose at once;
+    # the release can arrive before the reserve, which must then be refused, not hold capacity until its TTL.
+    company, reservation_id = uuid.uuid4(), uuid.uuid4()
+    early = await settle(nc, RPC_QUOTA_RELEASE, company, reservation_id)
+    assert (early.ok, early.detail) == (False, "no such reservation")
+    late = await reserve(
+        nc,
+        QuotaReserveRequest(
+            company_id=company,
+            account_key=f"smtp:{uuid.uuid4()}",
+            recipients=1,
+            size_bytes=100,
+            reservation_id=reservation_id,
+        ),
+    )
+    assert not late.granted and late.detail == "this reservation was released"
+    async with db.session() as session:
+        states = (await session.scalars(select(reservation.c.state).where(reservation.c.company_id == company))).all()
+    assert states == ["released"]
+    assert (await settle(nc, RPC_QUOTA_RELEASE, company, reservation_id)).ok  # idempotent: already released
+
+
 @pytest.mark.parametrize(
     "subject,body",
     [

@@ -607,8 +607,56 @@ async def commit(
     return Settlement(False, True, _out_of_range(messages, recipients, existing), invalid=True)
 
 
-async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock) -> Settlement:
-    """Give a reservation's capacity back.  Idempotent; a committed reservation stays counted."""
+async def release(
+    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock, *, remember: bool = False
+) -> Settlement:
+    """Give a reservation's capacity back.  Idempotent; a committed reservation stays counted.
+
+    ``remember``: the sender chose the id (NATS request/reply).  A sender that got no answer to its reserve
+    releases at once, and that release may arrive first (the reserve still waits in the batcher); an unknown
+    id is then recorded as released, so that the reserve, when it comes, is refused (see ``_earlier_grant``)
+    instead of holding the capacity until its TTL.
+    """
+    if await _release_reserved(session, company_id, reservation_id, clock):
+        return Settlement(True, True)
+    if remember:
+        now = clock()
+        recorded = (
+            await session.execute(
+                insert(reservation)
+                .values(
+                    reservation_id=reservation_id,
+                    company_id=company_id,
+                    account_key="",
+                    messages=1,
+                    recipients=0,
+                    size_bytes=0,
+                    state=ReservationState.RELEASED,
+                    reserved_at=now,
+                    expires_at=now,
+                    settled_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[reservation.c.reservation_id])
+                .returning(reservation.c.reservation_id)
+            )
+        ).first()
+        if recorded is not None:
+            return Settlement(False, False, "no such reservation")
+        # the reserve committed while this waited on its row: release it now
+        if await _release_reserved(session, company_id, reservation_id, clock):
+            return Settlement(True, True)
+    state = await _state(session, company_id, reservation_id)
+    if state is None:
+        return Settlement(False, False, "no such reservation")
+    if state == ReservationState.RELEASED:
+        return Settlement(True, True, "already released")
+    return Settlement(False, True, "the reservation was committed; its usage stays counted")
+
+
+async def _release_reserved(
+    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock
+) -> bool:
+    """Release the reservation if it is still reserved; whether it was."""
     released = (
         await session.execute(
             update(reservation)
@@ -621,14 +669,7 @@ async def release(session: AsyncSession, company_id: uuid.UUID, reservation_id: 
             .returning(reservation.c.reservation_id)
         )
     ).first()
-    if released is not None:
-        return Settlement(True, True)
-    state = await _state(session, company_id, reservation_id)
-    if state is None:
-        return Settlement(False, False, "no such reservation")
-    if state == ReservationState.RELEASED:
-        return Settlement(True, True, "already released")
-    return Settlement(False, True, "the reservation was committed; its usage stays counted")
+    return released is not None
 
 
 async def _state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> str | None:
@@ -645,6 +686,9 @@ async def _state(session: AsyncSession, company_id: uuid.UUID, reservation_id: u
 KEEP_RESERVATIONS = timedelta(days=32)
 # an expired, unsettled reservation is kept a while so that a late commit still records its usage
 KEEP_EXPIRED = timedelta(hours=1)
+# a released one (or the record of a release that came before its reserve) a while, so that a reserve still
+# on its way is refused
+KEEP_RELEASED = timedelta(minutes=10)
 
 
 async def prune(session: AsyncSession, now: datetime) -> int:
@@ -653,7 +697,7 @@ async def prune(session: AsyncSession, now: datetime) -> int:
         reservation.delete().where(
             or_(
                 reservation.c.reserved_at < now - KEEP_RESERVATIONS,
-                reservation.c.state == ReservationState.RELEASED,
+                and_(reservation.c.state == ReservationState.RELEASED, reservation.c.settled_at < now - KEEP_RELEASED),
                 and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at < now - KEEP_EXPIRED),
             )
         )

@@ -134,7 +134,9 @@ class QuotaRpc:
 
     async def release(self, request: QuotaSettleRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
-            settled = await reservations.release(session, request.company_id, request.reservation_id, self.clock)
+            settled = await reservations.release(
+                session, request.company_id, request.reservation_id, self.clock, remember=True
+            )
         return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
 
     async def claim_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
