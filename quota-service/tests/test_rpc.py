@@ -171,6 +171,16 @@ async def test_a_release_that_overtakes_its_reserve_leaves_nothing_reserved(
             json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "count": -1}).encode(),
         ),
     ],
+    # named, not shown: a body holds a random id, and parallel workers must collect the same test names
+    ids=[
+        "reserve-not-json",
+        "reserve-bad-company",
+        "reserve-bad-account",
+        "check-bad-override",
+        "commit-empty",
+        "slot-claim-no-mailbox",
+        "allowance-negative",
+    ],
 )
 async def test_malformed_requests_get_a_reply_with_detail(
     quota_service: httpx.AsyncClient, nc: Client, subject: str, body: bytes
