@@ -20,6 +20,7 @@ import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from email import policy
 from typing import Any
 
@@ -342,6 +343,8 @@ def send_settings(url: str, nats_url: str, ca_file: str, **overrides: Any) -> Se
         "queue_poll_seconds": 0.1,
         "recovery_interval_seconds": 0.5,
         "consumer_prefix": f"send-test-{uuid.uuid4().hex[:8]}",
+        # a new durable starts here, not at the session stream's first event (thousands by the send tests)
+        "consumer_deliver_since": datetime.now(UTC) - timedelta(seconds=1),
         "smtp_connections": 2,
     }
     values.update(overrides)

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -136,7 +138,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     )
 
 
-def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:
+def consumers(runtime: Runtime, prefix: str, deliver_since: datetime | None = None) -> list[EventConsumer]:
     return [
         EventConsumer(
             db=runtime.db,
@@ -147,6 +149,7 @@ def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:
             .on(LeadCreatedV1, apply_lead)
             .on(LeadUpdatedV1, apply_lead)
             .on(LeadDeletedV1, apply_lead),
+            deliver_since=deliver_since,
         ),
         EventConsumer(
             db=runtime.db,
@@ -157,5 +160,6 @@ def consumers(runtime: Runtime, prefix: str) -> list[EventConsumer]:
             .on(MailSyncedV1, settle_unknown)
             .on(MailBouncedV1, apply_bounce)
             .on(MailComplainedV1, apply_complaint),
+            deliver_since=deliver_since,
         ),
     ]
