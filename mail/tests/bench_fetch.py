@@ -129,14 +129,14 @@ def main() -> None:
             maildir_deliver(server, user, messages)
             imaplib_rate(server.tls_port, user, cafile, "(UID)", 1000)  # let Dovecot build its index once
             # The machine is shared: alternate the clients and keep each one's best of three runs.
-            for label, item, headers in (
+            for label, item, header_only in (
                 ("headers", "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])", True),
                 ("messages", "(UID INTERNALDATE BODY.PEEK[])", False),
             ):
                 ref_times, our_times = [], []
                 for _ in range(3):
                     ref_n, ref_t = imaplib_rate(server.tls_port, user, cafile, item, 200)
-                    our_n, our_t = asyncio.run(ours_rate(server.tls_port, user, cafile, headers))
+                    our_n, our_t = asyncio.run(ours_rate(server.tls_port, user, cafile, header_only))
                     assert ref_n == our_n == count, (ref_n, our_n)
                     ref_times.append(ref_t)
                     our_times.append(our_t)

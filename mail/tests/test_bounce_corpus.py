@@ -49,14 +49,14 @@ def manifest() -> list[dict[str, Any]]:
 
 def rewritten(entry: dict[str, Any]) -> bytes:
     """The notice answering our Smart Mail."""
-    raw = (CORPORA / entry["file"]).read_bytes()
+    raw: bytes = (CORPORA / entry["file"]).read_bytes()
     ids = [m.group(1) for m in _MESSAGE_ID_RE.finditer(raw)]
     if len(ids) > 1:  # the first is the notice's own; a later one is the returned original's
         original = next((i for i in ids[1:] if i != ids[0]), None)
         if original is not None:
             raw = raw.replace(original, SMART_MAIL_ID.encode())
     if entry["recipient"]:
-        raw = re.sub(re.escape(entry["recipient"]).encode(), LEAD.encode(), raw, flags=re.IGNORECASE)
+        raw = re.sub(re.escape(str(entry["recipient"])).encode(), LEAD.encode(), raw, flags=re.IGNORECASE)
     return raw
 
 

@@ -308,6 +308,7 @@ async def test_search_by_header_and_expunge_only_those_uids(imap_settings: Setti
         flagged = await client.append("INBOX", sample_message(0), flags=("\\Deleted",))  # the user's, not ours
         ours = await client.append("INBOX", b'X-Proof: tok-"1\r\nSubject: ours\r\n\r\nx\r\n', flags=())
         other = await client.append("INBOX", b"X-Proof: tok-2\r\nSubject: theirs\r\n\r\nx\r\n", flags=())
+        assert flagged is not None and ours is not None and other is not None  # UIDPLUS gives the UIDs
         await client.select("INBOX", readonly=False)
         assert await client.uids_with_header("X-Proof", 'tok-"1') == [ours]
         assert await client.uids_with_header("X-Proof", "") == sorted([ours, other])

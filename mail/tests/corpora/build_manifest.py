@@ -20,6 +20,7 @@ A fifth of the notices (by a hash of the file name) is held out: the fixes were 
 from __future__ import annotations
 
 import ast
+import email.message
 import email.parser
 import email.policy
 import hashlib
@@ -29,7 +30,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 HERE = Path(__file__).parent
 _EXPECTED_RE = re.compile(r"'(\d+)'\s*=>\s*\[(.*?)\]\],?\s*$", re.MULTILINE | re.DOTALL)
@@ -53,7 +54,11 @@ def _stated_recipients(raw: bytes) -> list[str]:
     for part in message.walk():
         if part.get_content_type() in {"message/delivery-status", "message/global-delivery-status"}:
             payload = part.get_payload()
-            text = "\n".join(p.as_string() for p in payload) if isinstance(payload, list) else str(payload)
+            text = (
+                "\n".join(cast(email.message.Message, p).as_string() for p in payload)
+                if isinstance(payload, list)
+                else str(payload)
+            )
             for line in text.splitlines():
                 if re.match(r"(?i)(final|original)-recipient:", line):
                     found += _ADDRESS_RE.findall(line.split(";", 1)[-1])
@@ -61,10 +66,11 @@ def _stated_recipients(raw: bytes) -> list[str]:
         for part in message.walk():
             if part.get_content_type() in {"message/rfc822", "text/rfc822-headers"}:
                 payload = part.get_payload()
-                inner = (
+                inner = cast(
+                    email.message.Message,
                     payload[0]
                     if isinstance(payload, list)
-                    else email.parser.Parser().parsestr(str(payload), headersonly=True)
+                    else email.parser.Parser().parsestr(str(payload), headersonly=True),
                 )
                 to = _ADDRESS_RE.findall(str(inner.get("to", "")))
                 if len(set(a.lower() for a in to)) == 1:
