@@ -120,10 +120,10 @@ def gateway_settings(
 
 
 @pytest.fixture
-async def gateway(
+async def gateway(  # type: ignore[no-untyped-def]
     postgres,
     nats_url: str,
-    upstream: str,  # type: ignore[no-untyped-def]
+    upstream: str,
     mail_sink: tuple[SmtpServer, str],
 ) -> AsyncIterator[httpx.AsyncClient]:
     url = await migrated_database(postgres, "leadline_gateway")
@@ -142,7 +142,8 @@ async def new_company(client: httpx.AsyncClient, name: str = "Acme") -> dict[str
         },
     )
     assert response.status_code == 201, response.text
-    return response.json()
+    created: dict[str, Any] = response.json()
+    return created
 
 
 def bearer(created: dict[str, Any]) -> dict[str, str]:
@@ -152,7 +153,7 @@ def bearer(created: dict[str, Any]) -> dict[str, str]:
 def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
+    body: dict[str, Any] = response.json()
     assert body["status"] == status and body["type"].startswith("https://leadline.dev/problems/")
     return body
 
@@ -186,10 +187,10 @@ async def test_missing_or_bad_key_is_401(gateway: httpx.AsyncClient) -> None:
     assert_problem(await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401)
 
 
-async def test_only_the_operator_token_signs_the_operator(
+async def test_only_the_operator_token_signs_the_operator(  # type: ignore[no-untyped-def]
     postgres,
     nats_url: str,
-    upstream: str,  # type: ignore[no-untyped-def]
+    upstream: str,
     mail_sink: tuple[SmtpServer, str],
 ) -> None:
     url = await migrated_database(postgres, "leadline_gateway")
@@ -329,10 +330,10 @@ async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(
     )
 
 
-async def test_no_invitation_without_the_mailer(
+async def test_no_invitation_without_the_mailer(  # type: ignore[no-untyped-def]
     postgres,
     nats_url: str,
-    upstream: str,  # type: ignore[no-untyped-def]
+    upstream: str,
     mail_sink: tuple[SmtpServer, str],
 ) -> None:
     """A mailer that refuses (wrong password) is a 503, and the user is not created: inviting again works."""
@@ -379,9 +380,9 @@ async def test_routing_signs_identity_and_drops_client_identity(gateway: httpx.A
     assert echoed.json()["body"] == {"hello": "wörld"}
 
 
-async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(
+async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(  # type: ignore[no-untyped-def]
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Google and Microsoft send the browser back without an API key; its state alone names the user."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, sync_url=upstream)
@@ -572,9 +573,9 @@ async def test_api_keys_are_listed_revoked_and_expire(
     assert_problem(await gateway.get("/v1/leads/whoami", headers=expiring), 401)
 
 
-async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(
+async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(  # type: ignore[no-untyped-def]
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """Two gateway processes on one database; also the cap on a user's active keys."""
     url = await migrated_database(postgres, "leadline_gateway")
     async with (
@@ -630,9 +631,9 @@ async def raw_request(
     return start["status"], {k.decode(): v.decode() for k, v in start["headers"]}, body
 
 
-async def test_dot_segments_and_encoded_separators_are_refused_before_routing(
+async def test_dot_segments_and_encoded_separators_are_refused_before_routing(  # type: ignore[no-untyped-def]
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """``/v1/unsubscribe`` is public: ``..`` after it reached the service's own /metrics and /openapi.json."""
     url = await migrated_database(postgres, "leadline_gateway")
     settings = gateway_settings(url, nats_url, upstream, mail_sink, send_url=upstream)
@@ -658,9 +659,9 @@ async def test_dot_segments_and_encoded_separators_are_refused_before_routing(
         assert status == 200, body
 
 
-async def test_the_gateway_metrics_need_the_operator_token(
+async def test_the_gateway_metrics_need_the_operator_token(  # type: ignore[no-untyped-def]
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     url = await migrated_database(postgres, "leadline_gateway")
     async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as closed:
         assert_problem(await closed.get("/metrics"), 404)
@@ -675,9 +676,9 @@ async def test_the_gateway_metrics_need_the_operator_token(
         assert scraped.status_code == 200 and "leadline_http_requests_total" in scraped.text
 
 
-async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(
+async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(  # type: ignore[no-untyped-def]
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """SSO: the operator token (never a tenant key) makes a user and their keys; no administrator involved."""
     url = await migrated_database(postgres, "leadline_gateway")
     token = {"Authorization": "Bearer operator-" + uuid.uuid4().hex * 2}
