@@ -1,7 +1,8 @@
 # Leadline: `make run` (the whole suite on loopback) and `make test` (every test on real parts).
 SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
-# make test runs the tests on this many pytest-xdist workers (each starts its own servers; see conftest.py)
+# make test runs the tests on this many pytest-xdist workers (each starts its own servers; see conftest.py);
+# one hash seed for all, so that a test parametrized from a set is collected alike by each
 PYTEST_WORKERS ?= 2
 
 .PHONY: run test check mypy demo setup system-deps asyncapi
@@ -18,7 +19,7 @@ run: setup
 	@$(UV) run python deploy/run.py
 
 test: setup system-deps
-	@$(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile
+	@PYTHONHASHSEED=0 $(UV) run pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 check: setup
 	@$(UV) run ruff check .
