@@ -31,7 +31,8 @@ check: setup
 mypy: setup
 	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
 	@# one run per test directory: their conftest modules share a name
-	@for tests in kit/tests proto/tests mail/tests gateway/tests lead-service/tests sync-service/tests send-service/tests tests; do \
+	@for tests in proto/tests kit/tests mail/tests gateway/tests lead-service/tests quota-service/tests \
+	  sync-service/tests send-service/tests tests; do \
 	  $(UV) run mypy $$tests || exit 1; done
 
 asyncapi: setup

@@ -43,7 +43,7 @@ async def publish(nc: Client, event: CompanyUpdatedV1 | MailboxDisconnectedV1) -
 
 
 def company_update(company: uuid.UUID, limit: int | None, **envelope: object) -> CompanyUpdatedV1:
-    return CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit), **envelope)  # type: ignore[arg-type]
+    return CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit), **envelope)
 
 
 async def wait_until(db: Database, query: Select[Any], expected: object) -> None:

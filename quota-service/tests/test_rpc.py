@@ -233,7 +233,7 @@ async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
     assert (await allowance(other_user, 60)).allowed == 60
     midnight = clock.now.replace(hour=0, minute=0, second=0, microsecond=0)
     assert results[0].resets_at == midnight.replace(day=midnight.day + 1)
-    clock.set(results[0].resets_at)  # type: ignore[arg-type]
+    clock.set(results[0].resets_at)
     assert (await allowance(user, 150)).allowed == 100
 
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 
 from leadline_kit.db import Database
-from leadline_proto.events import parse_event
+from leadline_proto.events import QuotaExceededV1, parse_event
 from leadline_quota import reservations
 from leadline_quota.accounts import set_operator_overrides
 from leadline_quota.clock import MovableClock
@@ -192,12 +192,9 @@ async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Da
         bodies = (await session.execute(select(outbox.c.body))).scalars().all()
     events = [parse_event(body) for body in bodies]
     assert [(e.type, e.company_id) for e in events] == [("quota.exceeded", company)]
+    assert isinstance(events[0], QuotaExceededV1)
     payload = events[0].payload
-    assert (payload.account_key, payload.limit, payload.retry_at) == (
-        key,
-        "messages_per_hour",  # type: ignore[union-attr]
-        refused.retry_at,
-    )
+    assert (payload.account_key, payload.limit, payload.retry_at) == (key, "messages_per_hour", refused.retry_at)
 
 
 async def test_operator_overrides_win_over_account_settings_over_preset(db: Database, clock: MovableClock) -> None:
