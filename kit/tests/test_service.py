@@ -1,13 +1,15 @@
-"""The service runtime's collector settings while it serves."""
+"""The service runtime: the collector settings while it serves, and what /readyz counts as stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 
+import httpx
 from sqlalchemy import MetaData
 
 from leadline_kit.outbox import outbox_table
-from leadline_kit.service import GC_YOUNG_THRESHOLD, create_service_app
+from leadline_kit.service import GC_YOUNG_THRESHOLD, Runtime, create_service_app
 from leadline_kit.settings import KitSettings
 
 
@@ -33,3 +35,39 @@ async def test_startup_objects_are_frozen_while_serving_and_given_back_on_stop()
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == before
     assert any(o is startup_object for o in gc.get_objects())
+
+
+async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(fresh_database: str) -> None:
+    release_worker = asyncio.Event()
+
+    async def worker() -> None:
+        await release_worker.wait()
+
+    async def chore() -> None:
+        return None
+
+    async def on_start(runtime: Runtime) -> None:
+        runtime.spawn(worker(), "probe-worker")
+        runtime.spawn(chore(), "probe-warm-up", lasting=False)
+
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(database_url=fresh_database),
+        schema="probe",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[],
+        use_nats=False,
+        on_start=on_start,
+    )
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+            runtime: Runtime = app.state.runtime
+            await asyncio.wait(runtime.chores, timeout=5)
+            assert all(task.done() for task in runtime.chores)
+            ready = await client.get("/readyz")
+            assert ready.status_code == 200, ready.text  # a finished warm-up is not a stopped worker
+            release_worker.set()
+            await asyncio.wait(runtime.tasks, timeout=5)
+            stopped = await client.get("/readyz")
+            assert stopped.status_code == 503
+            assert stopped.json()["checks"]["workers"] == "stopped: probe-worker"

@@ -63,7 +63,8 @@ class Runtime:
     outbox: Table
     nc: Client | None = None
     js: JetStreamContext | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # workers: /readyz fails if one ends
+    chores: list[asyncio.Task[None]] = field(default_factory=list)  # one-off background work (a warm-up)
     # the service's own typed context (SyncContext, SendContext, ...): read it with context_of()
     context: object | None = None
     relay: OutboxRelay | RelayWaker | None = None  # a waker where the service's other processes relay
@@ -73,9 +74,12 @@ class Runtime:
         if self.relay is not None:
             self.relay.wake()
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, lasting: bool = True) -> None:
+        """Run ``coro`` in the background until the service stops. A lasting task (a consumer, a loop)
+        runs as long as the service: if it ends, ``/readyz`` says so. A chore (``lasting=False``, a
+        warm-up) may finish; it is cancelled at stop if it has not."""
         task = asyncio.create_task(_supervised(coro, name), name=name)
-        self.tasks.append(task)
+        (self.tasks if lasting else self.chores).append(task)
 
     def context_of(self, kind: type[ServiceContext]) -> ServiceContext:
         """The service's context as its type; a RuntimeError before the service has set it."""
@@ -224,7 +228,7 @@ def create_service_app(  # noqa: C901 - 19, older than the limit
         finally:
             if on_stop:
                 await on_stop(runtime)
-            await stop_tasks(runtime.tasks)
+            await stop_tasks([*runtime.tasks, *runtime.chores])
             if isinstance(runtime.relay, RelayWaker):
                 await runtime.relay.close()  # the last commits' notification
             if runtime.nc is not None:

@@ -50,7 +50,7 @@ def create_app(
         scheduler = SyncScheduler(context, capacity)
         context.scheduler = scheduler
         runtime.spawn(scheduler.run(), "sync-scheduler")
-        runtime.spawn(context.parser.start(), "sync-parser-start")
+        runtime.spawn(context.parser.start(), "sync-parser-start", lasting=False)
 
     async def on_stop(runtime: Runtime) -> None:
         # the scheduler gives its leases back and stops the parser processes as the kit cancels it
