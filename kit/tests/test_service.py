@@ -6,8 +6,10 @@ import asyncio
 import gc
 
 import httpx
-from sqlalchemy import MetaData
+from fastapi import APIRouter
+from sqlalchemy import MetaData, text
 
+from leadline_kit.db import Database, Session
 from leadline_kit.outbox import outbox_table
 from leadline_kit.service import GC_YOUNG_THRESHOLD, Runtime, create_service_app
 from leadline_kit.settings import KitSettings
@@ -71,3 +73,32 @@ async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(
             stopped = await client.get("/readyz")
             assert stopped.status_code == 503
             assert stopped.json()["checks"]["workers"] == "stopped: probe-worker"
+
+
+async def test_a_request_that_finds_every_database_connection_in_use_gets_503_not_500(fresh_database: str) -> None:
+    router = APIRouter()
+
+    @router.get("/probe")
+    async def probe(session: Session) -> dict[str, int]:
+        return {"one": (await session.execute(text("SELECT 1"))).scalar_one()}
+
+    database = Database(fresh_database, "public", pool_size=1, pool_timeout=0.2)  # 1 + 1 overflow
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(database_url=fresh_database),
+        schema="public",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[router],
+        use_nats=False,
+        database=database,
+    )
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+            assert (await client.get("/probe")).json() == {"one": 1}
+            async with database.engine.connect(), database.engine.connect():  # the pool's two, held
+                busy = await client.get("/probe")
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["content-type"] == "application/problem+json"
+            assert busy.headers["retry-after"] == "5"
+            assert busy.json()["type"].endswith("/busy")
+            assert (await client.get("/probe")).json() == {"one": 1}  # free again: served

@@ -44,13 +44,16 @@ def asyncpg_dsn(url: str) -> str:
 
 
 class Database:
-    def __init__(self, url: str, schema: str, pool_size: int = 10) -> None:
+    def __init__(self, url: str, schema: str, pool_size: int = 10, pool_timeout: float = 30.0) -> None:
+        """``pool_timeout``: how long a caller waits for a connection when all are in use; past it the
+        pool raises, and an endpoint answers 503 with Retry-After (errors.install_problem_handlers)."""
         self.url = url
         self.schema = schema
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
             max_overflow=pool_size,
+            pool_timeout=pool_timeout,
             pool_pre_ping=False,
             json_serializer=json_text,
             json_deserializer=json_value,

@@ -15,6 +15,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -22,6 +23,7 @@ PROBLEM_BASE = "https://leadline.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
 
 log = logging.getLogger("leadline.errors")
+BUSY_RETRY_AFTER_SECONDS = 5
 
 
 class Problem(Exception):
@@ -139,6 +141,16 @@ def install_problem_handlers(app: FastAPI) -> None:
         problem.title = str(exc.detail)
         return problem_response(problem, request.url.path)
 
+    async def on_pool_timeout(request: Request, exc: Exception) -> JSONResponse:
+        # every database connection of this process is in use: the service is busy, not broken (R28)
+        log.warning("no database connection free for %s %s: answered 503", request.method, request.url.path)
+        problem = ServiceUnavailable(
+            "the service is busy (every database connection is in use); try again shortly",
+            slug="busy",
+            headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
+        )
+        return problem_response(problem, request.url.path)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         problem = Problem("an unexpected error occurred; it has been logged", slug="internal-error")
@@ -148,4 +160,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(PoolTimeout, on_pool_timeout)
     app.add_exception_handler(Exception, on_unexpected)
