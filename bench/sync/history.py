@@ -33,7 +33,6 @@ import asyncio
 import base64
 import imaplib
 import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -50,6 +49,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "send"))
 from common import cpu_by_command
+from mbsync import mbsync_seconds
 from user_path import ADDRESS, PASSWORD, MailServers, Suite, mail_servers, scrape, suite
 
 from leadline_kit.db import asyncpg_dsn
@@ -135,40 +135,10 @@ def write_mailbox(home: Path, count: int) -> tuple[int, int, int]:
     return count, sum(sizes), sizes[len(sizes) // 2]
 
 
-def mbsync_seconds(servers: MailServers, work: Path, fsync: bool) -> float:
-    store = work / f"mbsync-{fsync}"
-    shutil.rmtree(store, ignore_errors=True)
-    store.mkdir(parents=True)
-    config = work / "mbsyncrc"
-    config.write_text(f"""FSync {"yes" if fsync else "no"}
-
-IMAPAccount bench
-Host localhost
-Port {servers.imap_port}
-User {ADDRESS}
-Pass {PASSWORD}
-SSLType IMAPS
-CertificateFile {servers.ca_file}
-
-IMAPStore remote
-Account bench
-
-MaildirStore local
-Path {store}/
-Inbox {store}/INBOX
-
-Channel bench
-Far :remote:
-Near :local:
-Patterns INBOX Sent
-Create Near
-Sync Pull
-SyncState *
-""")
-    started = time.perf_counter()
-    subprocess.run(["mbsync", "-q", "-c", str(config), "-a"], check=True, timeout=900)
-    elapsed = time.perf_counter() - started
-    shutil.rmtree(store, ignore_errors=True)
+def mbsync(servers: MailServers, work: Path, fsync: bool) -> float:
+    elapsed, _ = mbsync_seconds(
+        port=servers.imap_port, user=ADDRESS, password=PASSWORD, cafile=servers.ca_file, work=work, fsync=fsync
+    )
     return elapsed
 
 
@@ -429,8 +399,8 @@ async def bench(args: argparse.Namespace) -> None:
                         loads.append(load.split("load average:")[-1].strip())
                         nan = float("nan")  # a reference left out (--references)
                         result = Round(
-                            mbsync_seconds(servers, tmp, fsync=True) if "mbsync-fsync" in args.references else nan,
-                            mbsync_seconds(servers, tmp, fsync=False) if "mbsync" in args.references else nan,
+                            mbsync(servers, tmp, fsync=True) if "mbsync-fsync" in args.references else nan,
+                            mbsync(servers, tmp, fsync=False) if "mbsync" in args.references else nan,
                             imaplib_header_seconds(servers) if "imaplib" in args.references else nan,
                         )
                         for case in args.cases:

@@ -29,7 +29,6 @@ import asyncio
 import os
 import random
 import ssl
-import subprocess
 import tempfile
 import time
 import uuid
@@ -44,6 +43,7 @@ import asyncpg
 import trustme
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
+from mbsync import mbsync_seconds
 from nats.aio.msg import Msg
 
 from leadline_kit import bus
@@ -125,43 +125,6 @@ def imap_settings(dovecot: DovecotServer, cafile: str) -> ImapSettings:
         cafile=cafile,
         allow_networks=parse_allowlist("127.0.0.0/8"),
     )
-
-
-def mbsync_seconds(dovecot: DovecotServer, cafile: str, work: Path) -> float:
-    store = work / "mbsync-maildir"
-    store.mkdir()
-    config = work / "mbsyncrc"
-    config.write_text(f"""FSync no
-
-IMAPAccount bench
-Host localhost
-Port {dovecot.tls_port}
-User {USER}
-Pass {PASSWORD}
-SSLType IMAPS
-CertificateFile {cafile}
-
-IMAPStore remote
-Account bench
-
-MaildirStore local
-Path {store}/
-Inbox {store}/INBOX
-
-Channel bench
-Far :remote:
-Near :local:
-Patterns INBOX Sent
-Create Near
-Sync Pull
-SyncState *
-""")
-    started = time.perf_counter()
-    subprocess.run(["mbsync", "-q", "-c", str(config), "-a"], check=True)
-    elapsed = time.perf_counter() - started
-    downloaded = sum(1 for p in store.rglob("*") if p.is_file() and p.parent.name in ("cur", "new"))
-    print(f"mbsync downloaded {downloaded} messages in {elapsed:.2f} s")
-    return elapsed
 
 
 async def count(url: str, statement: str, *args: Any) -> int:
@@ -270,7 +233,10 @@ async def run(messages: int, idle_samples: int) -> None:
             f"(median {sizes[len(sizes) // 2] / 1024:.1f} KB, {sum(sizes) / 2**20:.0f} MB)"
         )
 
-        reference = mbsync_seconds(dovecot, cafile, work)
+        reference, downloaded = mbsync_seconds(
+            port=dovecot.tls_port, user=USER, password=PASSWORD, cafile=cafile, work=work, fsync=False
+        )
+        print(f"mbsync downloaded {downloaded} messages in {reference:.2f} s")
 
         # -- 2. historical sync of everything into events and timelines --------------------------
         # the quota service answers the mailbox-limit claims (no limit for these companies)
