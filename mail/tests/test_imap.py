@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -14,6 +15,30 @@ from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
 
 from .conftest import LOOPBACK, leaf_sha256, maildir_deliver, sample_message
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@contextlib.asynccontextmanager
+async def scripted(serve: Script) -> AsyncIterator[int]:
+    """A loopback server playing the outside world's part as ``serve`` scripts it; yields its port."""
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+SCRIPTED_LOGIN = ImapSettings(
+    host="127.0.0.1",
+    port=0,
+    tls="plain",
+    username="u",
+    password="p",
+    allow_plaintext=True,
+    allow_networks=LOOPBACK,
+    timeout=5,
+)
 
 Settings = Callable[..., ImapSettings]
 
@@ -112,25 +137,10 @@ async def test_silent_server_times_out() -> None:
         await reader.read(1000)
         writer.close()
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with scripted(silent) as port:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(
-                ImapSettings(
-                    host="127.0.0.1",
-                    port=port,
-                    tls="plain",
-                    username="u",
-                    password="p",
-                    allow_plaintext=True,
-                    allow_networks=LOOPBACK,
-                    timeout=0.5,
-                )
-            )
+            await connect_imap(replace(SCRIPTED_LOGIN, port=port, timeout=0.5))
         assert caught.value.kind == "timeout"
-    finally:
-        server.close()
 
 
 async def test_server_trickling_data_forever_hits_the_command_limit() -> None:
@@ -144,28 +154,12 @@ async def test_server_trickling_data_forever_hits_the_command_limit() -> None:
                 await asyncio.sleep(0.05)
         writer.close()
 
-    server = await asyncio.start_server(trickling, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    started = asyncio.get_running_loop().time()
-    try:
+    async with scripted(trickling) as port:
+        started = asyncio.get_running_loop().time()
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(
-                ImapSettings(
-                    host="127.0.0.1",
-                    port=port,
-                    tls="plain",
-                    username="u",
-                    password="p",
-                    allow_plaintext=True,
-                    allow_networks=LOOPBACK,
-                    timeout=0.4,
-                    command_limit=1.0,
-                )
-            )
+            await connect_imap(replace(SCRIPTED_LOGIN, port=port, timeout=0.4, command_limit=1.0))
         assert caught.value.kind == "timeout"
         assert asyncio.get_running_loop().time() - started < 3
-    finally:
-        server.close()
 
 
 async def test_starttls_injection_is_refused() -> None:
@@ -180,25 +174,11 @@ async def test_starttls_injection_is_refused() -> None:
         await reader.read(1000)  # until the client gives up
         writer.close()
 
-    server = await asyncio.start_server(injecting, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with scripted(injecting) as port:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(
-                ImapSettings(
-                    host="127.0.0.1",
-                    port=port,
-                    tls="starttls",
-                    username="u",
-                    password="p",
-                    allow_networks=LOOPBACK,
-                    timeout=3,
-                )
-            )
+            await connect_imap(replace(SCRIPTED_LOGIN, port=port, tls="starttls", allow_plaintext=False, timeout=3))
         assert caught.value.kind == "tls"
         assert "unexpected data" in caught.value.user_message
-    finally:
-        server.close()
 
 
 # --- arguments ------------------------------------------------------------------------------
@@ -323,7 +303,7 @@ async def test_find_sync_folders_by_special_use(imap_settings: Settings) -> None
         assert await client.find_sync_folders() == {"inbox": "INBOX", "sent": "Sent"}
 
 
-async def _scripted_server(list_lines: bytes) -> asyncio.Server:
+def _listing(list_lines: bytes) -> Script:
     """A provider without SPECIAL-USE (Courier, older Gmail): LOGIN and LIST answered from a script."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -339,7 +319,7 @@ async def _scripted_server(list_lines: bytes) -> asyncio.Server:
             await writer.drain()
         writer.close()
 
-    return await asyncio.start_server(serve, "127.0.0.1", 0)
+    return serve
 
 
 @pytest.mark.parametrize(
@@ -363,23 +343,10 @@ async def test_gmail_refusing_more_connections_is_not_a_wrong_password(reply: by
                 break
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    try:
-        settings = ImapSettings(
-            host="127.0.0.1",
-            port=server.sockets[0].getsockname()[1],
-            tls="plain",
-            username="u",
-            password="p",
-            allow_plaintext=True,
-            allow_networks=LOOPBACK,
-            timeout=5,
-        )
+    async with scripted(serve) as port:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(settings)
+            await connect_imap(replace(SCRIPTED_LOGIN, port=port))
         assert caught.value.kind == "too_many_connections"
-    finally:
-        server.close()
 
 
 async def test_hostile_fetch_responses() -> None:
@@ -407,21 +374,8 @@ async def test_hostile_fetch_responses() -> None:
             await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        settings = ImapSettings(
-            host="127.0.0.1",
-            port=port,
-            tls="plain",
-            username="u",
-            password="p",
-            allow_plaintext=True,
-            allow_networks=LOOPBACK,
-            timeout=5,
-            max_literal_bytes=1000,
-        )
-        client = await connect_imap(settings)
+    async with scripted(serve) as port:
+        client = await connect_imap(replace(SCRIPTED_LOGIN, port=port, max_literal_bytes=1000))
         messages = await client.fetch_messages([1, 4])
         assert [(m.uid, len(m.raw), m.truncated, m.internaldate) for m in messages] == [
             (1, 1000, True, None),
@@ -431,8 +385,6 @@ async def test_hostile_fetch_responses() -> None:
             await client.noop()
         assert caught.value.kind == "unreachable" and "maintenance" in caught.value.user_message
         assert client.closed
-    finally:
-        server.close()
 
 
 @pytest.mark.parametrize(
@@ -458,24 +410,9 @@ async def test_hostile_fetch_responses() -> None:
     ],
 )
 async def test_find_sync_folders_by_common_names(list_lines: bytes, expected: str | None) -> None:
-    server = await _scripted_server(list_lines)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        settings = ImapSettings(
-            host="127.0.0.1",
-            port=port,
-            tls="plain",
-            username="u",
-            password="p",
-            allow_plaintext=True,
-            allow_networks=LOOPBACK,
-            timeout=5,
-        )
-        async with await connect_imap(settings) as client:
-            found = await client.find_sync_folders()
-        assert found == ({"inbox": "INBOX", "sent": expected} if expected else {"inbox": "INBOX"})
-    finally:
-        server.close()
+    async with scripted(_listing(list_lines)) as port, await connect_imap(replace(SCRIPTED_LOGIN, port=port)) as client:
+        found = await client.find_sync_folders()
+    assert found == ({"inbox": "INBOX", "sent": expected} if expected else {"inbox": "INBOX"})
 
 
 async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Settings) -> None:
