@@ -30,6 +30,13 @@ def add_imap_user(dovecot: DovecotServer, user: str) -> None:
     dovecot.add_user(user, "imap-pass")
 
 
+def new_imap_user(dovecot: DovecotServer) -> str:
+    """A Dovecot user of this test's own (password "imap-pass"), its name returned."""
+    user = f"u{uuid.uuid4().hex[:8]}"
+    add_imap_user(dovecot, user)
+    return user
+
+
 def synced_mailbox(
     server: SmtpServer,
     dovecot: DovecotServer,
@@ -107,8 +114,7 @@ async def test_personal_mail_from_the_synced_address_with_a_copy_in_sent(
 ) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
-    user = f"u{uuid.uuid4().hex[:8]}"
-    add_imap_user(dovecot, user)
+    user = new_imap_user(dovecot)
     reply = synced_mailbox(server, dovecot, user)
     mailboxes.replies[(app.company_id, app.user_id)] = reply
 
@@ -187,8 +193,7 @@ async def test_marketing_through_the_mailbox_when_smtp_use_is_all_and_gmail_save
 ) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
-    user = f"u{uuid.uuid4().hex[:8]}"
-    add_imap_user(dovecot, user)
+    user = new_imap_user(dovecot)
     reply = synced_mailbox(server, dovecot, user, smtp_use="all", provider_saves_sent=True)
     mailboxes.replies[(app.company_id, app.user_id)] = reply
     message = await personal(app, category="marketing")
@@ -211,8 +216,7 @@ async def test_every_copy_of_a_500_message_run_is_in_sent_exactly_once(
     """The copies go out beside delivery (several to one APPEND when they wait), each recorded on its message."""
     app = await send_service()
     server = smtp_server(tls="starttls")
-    user = f"u{uuid.uuid4().hex[:8]}"
-    add_imap_user(dovecot, user)
+    user = new_imap_user(dovecot)
     mailboxes.replies[(app.company_id, app.user_id)] = synced_mailbox(server, dovecot, user)
     appends_before = REGISTRY.get_sample_value("leadline_send_sent_copy_appends_total") or 0.0
     queued: list[dict[str, object]] = []
@@ -259,8 +263,7 @@ async def test_a_copy_the_imap_server_refuses_is_noted_and_the_message_stays_sen
 ) -> None:
     app = await send_service()
     server = smtp_server(tls="starttls")
-    user = f"u{uuid.uuid4().hex[:8]}"
-    add_imap_user(dovecot, user)
+    user = new_imap_user(dovecot)
     reply = synced_mailbox(server, dovecot, user).model_copy(update={"imap_password": "changed-at-the-provider"})
     mailboxes.replies[(app.company_id, app.user_id)] = reply
     message = await personal(app)
