@@ -102,3 +102,35 @@ async def test_a_request_that_finds_every_database_connection_in_use_gets_503_no
             assert busy.headers["retry-after"] == "5"
             assert busy.json()["type"].endswith("/busy")
             assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
+
+
+async def test_a_405_advertises_the_methods_of_the_most_concrete_path_only() -> None:
+    router = APIRouter()
+
+    @router.post("/things/batch")
+    async def batch() -> dict[str, str]:
+        return {}
+
+    @router.get("/things/{thing_id}")
+    async def one(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    @router.delete("/things/{thing_id}")
+    async def remove(thing_id: str) -> dict[str, str]:
+        return {"id": thing_id}
+
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(),
+        schema="probe",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[router],
+        use_nats=False,
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+        on_batch = await client.options("/things/batch")
+        assert on_batch.status_code == 405
+        assert on_batch.headers["allow"] == "POST"  # not GET: /things/batch is not a thing's id here
+        on_one = await client.options("/things/42")
+        assert on_one.status_code == 405
+        assert on_one.headers["allow"] == "GET, DELETE"

@@ -9,6 +9,7 @@ An unexpected exception becomes a 500 problem without internals, and is logged.
 from __future__ import annotations
 
 import logging
+import re
 from datetime import UTC, datetime
 from typing import Any
 
@@ -102,11 +103,28 @@ def problem_response(problem: Problem, instance: str | None = None) -> JSONRespo
     )
 
 
+HTTP_METHODS = ("GET", "PUT", "POST", "PATCH", "DELETE")
+
+
 def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app takes on the request's path (Starlette's own 405 names only
-    the first route that matched the path, when one path has a route per method)."""
+    """Every method the app takes on the request's path item (Starlette's own 405 names only the first
+    route that matched the path, when one path has a route per method).
+
+    The path item is the most concrete template of the app's OpenAPI document that matches, as OpenAPI
+    reads paths: ``/v1/messages/batch`` is its own item, not an instance of ``/v1/messages/{message_id}``,
+    so that item's GET is not advertised for it. A path outside the document (``/readyz``) is answered
+    from the routes themselves."""
+    path = request.url.path
+    items = [
+        (template, operations)
+        for template, operations in request.app.openapi().get("paths", {}).items()
+        if re.fullmatch(re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template)), path)
+    ]
+    if items:
+        _, operations = min(items, key=lambda item: item[0].count("{"))
+        return [method for method in HTTP_METHODS if method.lower() in operations]
     allowed = []
-    for method in ("GET", "PUT", "POST", "PATCH", "DELETE"):
+    for method in HTTP_METHODS:
         scope = {**request.scope, "method": method}
         if any(route.matches(scope)[0] == Match.FULL for route in request.app.router.routes):
             allowed.append(method)

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
 
 from leadline_kit.identity import Role
 from leadline_kit.text import ONE_LINE
@@ -60,7 +60,7 @@ class CompanyPatch(Strict):
     name: Name | None = None
     domains: list[Domain] | None = Field(default=None, max_length=50)
     block_own_domains: bool | None = None
-    mailbox_limit: int | None = Field(default=None, ge=0, le=1_000_000)
+    mailbox_limit: StrictInt | None = Field(default=None, ge=0, le=1_000_000)  # false is not 0
 
 
 class CompanyOut(BaseModel):
