@@ -161,6 +161,11 @@ async def test_lead_changes_bounces_and_listing(
     assert (await other.user.get("/v1/messages")).json()["items"] == []
     assert (await other.user.get(f"/v1/messages/{message['id']}")).status_code == 404
     assert (await app.user.get(f"/v1/messages/{uuid.uuid4()}")).status_code == 404
+    # a path that is no message id is not a message: 404, and GET on the batch path is a 405 naming POST
+    malformed = await app.user.get("/v1/messages/not-an-id")
+    assert malformed.status_code == 404 and malformed.headers["content-type"] == "application/problem+json"
+    on_batch = await app.user.get("/v1/messages/batch")
+    assert on_batch.status_code == 405 and on_batch.headers["allow"] == "POST", on_batch.text
 
 
 async def test_test_connection_and_metrics(

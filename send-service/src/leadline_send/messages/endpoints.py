@@ -57,7 +57,7 @@ async def send_messages(body: BatchIn, caller: Caller, context: Context, request
         return BatchOut(items=await service.create_messages(session, context, caller, body.messages))
 
 
-@router.get("/messages/{message_id}", response_model=MessageOut)
+@router.get("/messages/{message_id:uuid}", response_model=MessageOut)
 async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -> MessageOut:
     row = await repository.by_id(session, caller.company_id, message_id, service.sender_scope(caller))
     if row is None:
@@ -86,7 +86,7 @@ async def list_messages(
     return Page[MessageOut](items=items, next_cursor=next_cursor)
 
 
-@router.post("/messages/{message_id}/resend", status_code=202, response_model=MessageOut)
+@router.post("/messages/{message_id:uuid}/resend", status_code=202, response_model=MessageOut)
 async def resend_message(message_id: uuid.UUID, caller: Caller, request: Request) -> MessageOut:
     async with request.app.state.runtime.db.session() as session:
         return await service.resend(session, caller, message_id)
