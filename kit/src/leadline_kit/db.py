@@ -7,6 +7,8 @@ back on any exception, so a failure leaves nothing half-written.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -14,6 +16,7 @@ from typing import Annotated, Any
 import pydantic_core
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
 NAMING_CONVENTION = {
@@ -43,16 +46,40 @@ def asyncpg_dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "53", "57P01", "57P02", "57P03")
+"""Connection exceptions, serialization failures and deadlocks, insufficient resources (too many
+connections), the server shutting down or starting: a later try may not meet them."""
+
+
+def transient(error: BaseException) -> bool:
+    """Whether a database error may pass if the work is tried again later: no connection free in the
+    pool, the server away, restarting or refusing connections, the connection lost, a deadlock.  Not a
+    constraint violation or a bad statement: trying those again gives the same error."""
+    if isinstance(error, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | OSError):
+        return True
+    if isinstance(error, sa_exc.DBAPIError):
+        sqlstate = getattr(error.orig, "sqlstate", None) or ""
+        return error.connection_invalidated or sqlstate.startswith(TRANSIENT_SQLSTATES)
+    return False
+
+
 class Database:
-    def __init__(self, url: str, schema: str, pool_size: int = 10, pool_timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str, schema: str, pool_size: int = 10, pool_timeout: float = 30.0, *, queued: bool = False
+    ) -> None:
         """``pool_timeout``: how long a caller waits for a connection when all are in use; past it the
-        pool raises, and an endpoint answers 503 with Retry-After (errors.install_problem_handlers)."""
+        pool raises, and an endpoint answers 503 with Retry-After (errors.install_problem_handlers).
+
+        ``queued``: for many background workers sharing a few connections.  At most ``pool_size``
+        sessions run at once and the others wait their turn, in order and without a timeout, so that
+        thousands of workers never need thousands of connections nor time out in the pool."""
         self.url = url
         self.schema = schema
+        self.turns = asyncio.Semaphore(pool_size) if queued else None
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
-            max_overflow=pool_size,
+            max_overflow=0 if queued else pool_size,
             pool_timeout=pool_timeout,
             pool_pre_ping=False,
             json_serializer=json_text,
@@ -64,7 +91,7 @@ class Database:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits on success, rolls back on any exception."""
-        async with self.sessionmaker() as session, session.begin():
+        async with self.turns or contextlib.nullcontext(), self.sessionmaker() as session, session.begin():
             yield session
 
     async def ping(self) -> None:

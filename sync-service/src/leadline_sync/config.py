@@ -40,6 +40,12 @@ class Settings(KitSettings):
     # logins (connect, TLS, LOGIN) one replica runs at once; the others queue (sync/pacing.py)
     sync_max_logins: int = Field(16, ge=1)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
+    # database connections the mailbox workers share, apart from the API's pool: however many mailboxes a
+    # replica holds, this many of their transactions run at once and the others wait their turn
+    sync_db_connections: int = Field(8, ge=1)
+    # a worker whose turn came waits this long for its connection (being made, or held elsewhere); then it
+    # backs off and tries again, as after any transient database error
+    sync_db_wait_seconds: float = Field(30.0, gt=0)
     # worker processes that parse messages off the event loop; 0 = parse in the event loop; unset = one
     # fewer than the cores this process may run on (at least one): the event loop keeps a core
     sync_parse_processes: int | None = Field(None, ge=0, le=64)

@@ -63,6 +63,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import rpc
 from leadline_kit.backoff import Backoff
+from leadline_kit.db import Database, transient
 from leadline_kit.outbox import enqueue
 from leadline_kit.sealing import CredentialError
 from leadline_mail.bounces import Bounce, Complaint, parse_notice
@@ -131,6 +132,11 @@ STAGE_SECONDS = Counter(
     "Seconds spent in each stage of the scan's batches, summed (bench/sync prints them as its breakdown)",
     ["stage"],
 )
+DATABASE_RETRIES = Counter(
+    "leadline_sync_database_retries_total",
+    "Mailbox workers that met a transient database error and tried again after a pause",
+    ["error"],
+)
 LIVE = Gauge(
     "leadline_sync_live_sessions",
     "Connected mailboxes by how the server tells of new mail: notify "
@@ -147,6 +153,7 @@ QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
 RECHECKS_PER_PASS = 100
 AUDIT_EVERY = timedelta(days=1)
+DATABASE_RETRY = Backoff(1.0, 60.0)  # a mailbox worker after a transient database error
 
 
 class LeaseLost(Exception):
@@ -273,12 +280,20 @@ def _message_id(summary: HeaderSummary, header: bytes) -> str:
 
 class MailboxSync:
     def __init__(
-        self, context: SyncContext, mailbox_id: uuid.UUID, busy: asyncio.Semaphore, mode: SyncMode = SyncMode.LIVE
+        self,
+        context: SyncContext,
+        mailbox_id: uuid.UUID,
+        busy: asyncio.Semaphore,
+        db: Database,
+        mode: SyncMode = SyncMode.LIVE,
     ) -> None:
+        """``busy`` and ``db`` are shared by the replica's workers: scans at once, and their queued
+        database connections (the scheduler's)."""
         self.context = context
         self.settings = context.settings
         self.mailbox_id = mailbox_id
         self.busy = busy
+        self.db = db
         self.mode = mode
         self.row: Row[Any] | None = None
         self.cursors: dict[str, FolderCursor] = {}
@@ -292,7 +307,37 @@ class MailboxSync:
     # -- the loop --------------------------------------------------------------------------
 
     async def run(self) -> None:
-        async with self.context.db.session() as session:
+        """Sync until the mailbox is given up, disabled or taken over, or (rotating) after one pass.
+
+        A transient database error (no connection within ``sync_db_wait_seconds``, the server away or
+        restarting, a lost connection) ends the IMAP session, not the worker: it waits
+        (``DATABASE_RETRY``), still holding the lease, and starts again from the stored cursors, so
+        whatever the failed transaction would have written is examined again (R26).
+        """
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                await self._sync()
+                return
+            except Exception as error:
+                if not transient(error):
+                    raise
+                # failures in a row; a worker that ran well for a while starts its backoff over
+                failures = 1 if time.monotonic() - started > DATABASE_RETRY.cap else failures + 1
+                delay = DATABASE_RETRY.seconds(failures - 1)
+                DATABASE_RETRIES.labels(type(error).__name__).inc()
+                log.warning(
+                    "mailbox %s: the database failed (%s: %s); trying again in %.1f s",
+                    self.mailbox_id,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                    delay,
+                )
+                await asyncio.sleep(delay)
+
+    async def _sync(self) -> None:
+        async with self.db.session() as session:
             self.row = await service.mailbox_by_id(session, self.mailbox_id)
         row = self.row
         if row is None or row.status not in SYNCED or row.credential_ciphertext is None:
@@ -441,7 +486,7 @@ class MailboxSync:
 
     async def _connected(self) -> None:
         now = self.context.clock()
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             if (
                 row.status != MailboxStatus.ENABLED
@@ -456,7 +501,7 @@ class MailboxSync:
         FAILURES.labels(kind).inc()
         log.warning("mailbox %s: connection failed (%s): %s", self.mailbox_id, kind, error.detail or kind)
         now = self.context.clock()
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             try:
                 row = await self._fence(session)
             except LeaseLost:
@@ -493,7 +538,7 @@ class MailboxSync:
 
     async def _refused(self, error: MailConnectionError) -> None:
         """The server refused us for too many connections: say so (once), but nothing is wrong with the mailbox."""
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             if row.status_reason != error.user_message:
                 now = self.context.clock()
@@ -504,7 +549,7 @@ class MailboxSync:
         """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
         now = self.context.clock()
         message = f"The plan's daily limit of synced emails is reached; sync resumes at {resets_at:%Y-%m-%d %H:%M} UTC."
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             try:
                 row = await self._fence(session)
             except LeaseLost:
@@ -570,7 +615,7 @@ class MailboxSync:
             if reply is None:
                 reply = await self._ask_directory()
             if reply is not None and reply.as_of is not None:
-                async with self.context.db.session() as session:
+                async with self.db.session() as session:
                     have = (
                         await session.execute(
                             select(func.count(func.distinct(lead_address.c.lead_id))).where(
@@ -586,7 +631,7 @@ class MailboxSync:
                 DIRECTORY_WAITS.labels("timed_out").inc()
                 known = f"{have} of {reply.leads}" if reply is not None else "an unknown number of"
                 log.warning("mailbox %s: started the historical sync knowing %s leads", self.mailbox_id, known)
-                async with self.context.db.session() as session:
+                async with self.db.session() as session:
                     current = await self._fence(session)
                     await service.record_error(
                         session,
@@ -601,7 +646,7 @@ class MailboxSync:
             reason = f"Waiting for the company's leads{want} before reading the mail history."
             if reason != waiting:
                 log.info("mailbox %s: %s", self.mailbox_id, reason)
-                async with self.context.db.session() as session:
+                async with self.db.session() as session:
                     current = await self._fence(session)
                     await service.transition(
                         session, current, MailboxStatus(current.status), reason, self.context.clock()
@@ -609,7 +654,7 @@ class MailboxSync:
                 waiting = reason
             await asyncio.sleep(DIRECTORY_POLL_SECONDS)
         if waiting:
-            async with self.context.db.session() as session:
+            async with self.db.session() as session:
                 current = await self._fence(session)
                 if current.status_reason == waiting:
                     await service.transition(session, current, MailboxStatus(current.status), "", self.context.clock())
@@ -629,7 +674,7 @@ class MailboxSync:
 
     async def _recheck_late_leads(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
         """Examine again the mail, up to each cursor, that names a lead which reached us after it was examined."""
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             rechecks = (
                 await session.execute(
                     select(lead_recheck)
@@ -661,7 +706,7 @@ class MailboxSync:
                     role,
                 )
                 await self._scan(client, cursor, sorted(uids))
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             await self._fence(session)
             for recheck in rechecks:  # a row updated meanwhile (new addresses) stays for the next pass
                 await session.execute(
@@ -690,14 +735,14 @@ class MailboxSync:
                 continue  # renumbered: the next pass reads it again
             found = 0
             async for missing in audit.unexamined(
-                client, self.context.db, self.mailbox_id, role, cursor.uidvalidity, cursor.last_uid, status.uidnext
+                client, self.db, self.mailbox_id, role, cursor.uidvalidity, cursor.last_uid, status.uidnext
             ):
                 found += len(missing)
                 await self._scan(client, cursor, missing)
             AUDITS.labels(role).inc()
             REFETCHED.labels(role).inc(found)
             cursor.audited_at = now
-            async with self.context.db.session() as session:
+            async with self.db.session() as session:
                 row = await self._fence(session)
                 await session.execute(
                     update(folder_cursor)
@@ -735,7 +780,7 @@ class MailboxSync:
     # -- cursors ---------------------------------------------------------------------------
 
     async def _load_cursors(self) -> None:
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             rows = (
                 await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))
             ).all()
@@ -797,7 +842,7 @@ class MailboxSync:
         lifted = not self.refused and self.refusal is not None  # a refused folder was read again
         if not (history_done or synced or lifted):
             return
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             if lifted:
                 if row.status_reason == self.refusal:
@@ -845,7 +890,7 @@ class MailboxSync:
         if passed or status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
             cursor.last_uid = max(cursor.last_uid, below_uidnext)
             cursor.highestmodseq, cursor.uidnext = status.highestmodseq, status.uidnext
-            async with self.context.db.session() as session:
+            async with self.db.session() as session:
                 await self._fence(session)
                 await self._save_cursor(session, cursor)
         if cursor.history_pending:
@@ -868,7 +913,7 @@ class MailboxSync:
             if uids:
                 await self._scan(client, cursor, sorted(uids, reverse=True), history=True)
             cursor.history_floor = low
-            async with self.context.db.session() as session:
+            async with self.db.session() as session:
                 await self._fence(session)
                 await self._save_cursor(session, cursor)
             if uids and not whole:
@@ -905,7 +950,7 @@ class MailboxSync:
             fresh.resets, fresh.resets_since = cursor.resets, cursor.resets_since
             if self.history_done:  # a renumbered folder after the historical sync is live mail, oldest first
                 fresh.last_uid, fresh.history_last_uid, fresh.history_floor = 0, 0, 1
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             await self._save_cursor(session, fresh)
             await audit.forget_other_uidvalidities(session, self.mailbox_id, role, status.uidvalidity)
@@ -931,7 +976,7 @@ class MailboxSync:
             f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again until "
             f"{until:%Y-%m-%d %H:%M} UTC."
         )
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             if cursor.rescan_refused_at is None or cursor.rescan_refused_at < cursor.resets_since:
                 cursor.rescan_refused_at = now
@@ -992,7 +1037,7 @@ class MailboxSync:
         summaries = [(h, parse_headers(h.header)) for h in headers]
         laps.lap("header_parse")
         addresses = {a for _, s in summaries for a in self._parties(s).counterparts(row.address)}
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             directory = await load_directory(session, row.company_id, addresses)
         wanted: dict[int, tuple[FetchedHeader, HeaderSummary]] = {}
         reasons = dict.fromkeys(uids, "gone")
@@ -1038,7 +1083,7 @@ class MailboxSync:
                         notices[message.uid] = notice
             named = {a for n in notices.values() for a in (*n.recipients, *n.original_to)} - set(directory.lead_since)
             if named:
-                async with self.context.db.session() as session:
+                async with self.db.session() as session:
                     found = await load_directory(session, row.company_id, named)
                 directory.lead_since.update(found.lead_since)
                 directory.blocked_addresses.update(found.blocked_addresses)
@@ -1217,7 +1262,7 @@ class MailboxSync:
         A batch of the history (newest first) lowers the floor to its lowest UID and leaves last_uid alone.
         """
         now = self.context.clock()
-        async with self.context.db.session() as session:
+        async with self.db.session() as session:
             row = await self._fence(session)
             published: set[int] = set()
             if selected:

@@ -78,6 +78,15 @@ class SyncScheduler:
         self.modes: dict[uuid.UUID, SyncMode] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
+        # the workers' transactions queue for a few connections of their own, apart from the API's pool:
+        # thousands of workers never need thousands of connections, nor time out waiting for one
+        self.db = Database(
+            self.settings.database_url,
+            "sync",
+            self.settings.sync_db_connections,
+            self.settings.sync_db_wait_seconds,
+            queued=True,
+        )
         # the renewals' own connection: never queued behind the workers' transactions
         self.leases = Database(self.settings.database_url, "sync", pool_size=1)
 
@@ -127,6 +136,7 @@ class SyncScheduler:
             with contextlib.suppress(Exception):
                 await self.release_all()
             await self.leases.dispose()
+            await self.db.dispose()
 
     async def _keep_leases(self) -> None:
         while True:
@@ -244,7 +254,7 @@ class SyncScheduler:
                 ).scalars()
             )
         for mailbox_id in claimed:
-            worker = MailboxSync(self.context, mailbox_id, self.busy, mode)
+            worker = MailboxSync(self.context, mailbox_id, self.busy, self.db, mode)
             self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
             self.modes[mailbox_id] = mode
         if claimed and mode == SyncMode.LIVE:

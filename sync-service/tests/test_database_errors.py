@@ -1,0 +1,44 @@
+"""A mailbox worker that meets a transient database error waits and tries again; it never crashes."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from prometheus_client import REGISTRY
+from sqlalchemy import text
+
+from leadline_kit.testing.clients import running_app
+from leadline_sync.context import SyncContext
+
+
+def retries() -> float:
+    return REGISTRY.get_sample_value("leadline_sync_database_retries_total", {"error": "TimeoutError"}) or 0.0
+
+
+async def test_a_worker_finding_no_database_connection_retries_and_the_mail_arrives(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    lead = "pat@customer.example"
+    app = world.app(sync_poll_seconds=60, sync_db_connections=1, sync_db_wait_seconds=0.3)
+    async with running_app(app) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api)
+        scheduler = app.state.runtime.context_of(SyncContext).scheduler
+        assert scheduler is not None
+        (worker,) = scheduler.workers.values()
+        before = retries()
+        # the workers' only connection, taken past their queue: the worker whose turn comes finds none
+        async with scheduler.db.engine.connect() as taken:
+            await taken.execute(text("SELECT 1"))
+            await world.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while it waited"))
+            deadline = asyncio.get_running_loop().time() + 15
+            while retries() == before:
+                assert asyncio.get_running_loop().time() < deadline, "the worker never met the pool timeout"
+                await asyncio.sleep(0.1)
+        events = await world.synced(at_least=1, timeout=20)
+        assert [e.payload.subject for e in events] == ["while it waited"]
+        assert not worker.done(), "the worker kept running: it retried, it did not crash"
+        assert list(scheduler.workers.values()) == [worker]
+        assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
