@@ -68,6 +68,7 @@ def _invalid() -> Unauthorized:
 
 # Built once, so SQLAlchemy compiles it once.
 KEY_LOOKUP = (
+    # unscoped: authentication, before any company is known; the key id and its secret name the company
     select(models.api_key.c.secret_sha256, models.user.c.company_id, models.user.c.id, models.user.c.role)
     .join(models.user, models.user.c.id == models.api_key.c.user_id)
     .where(

@@ -113,6 +113,7 @@ async def _page(
     session: AsyncSession, table: Table, where: Any, cursor: str | None, limit: int, model: type[Listed]
 ) -> tuple[list[Listed], str | None]:
     """One page of ``table``'s rows matching ``where``, oldest first, by (created_at, id)."""
+    # unscoped: every caller passes the company filter as where (users and keys of the caller's company)
     query = select(table).where(where)
     after = decode_position(cursor)
     if after:
@@ -159,6 +160,7 @@ async def invite(
     await session.execute(
         update(models.invitation)
         .where(
+            models.invitation.c.company_id == caller.company_id,
             models.invitation.c.user_id == user.id,
             models.invitation.c.claimed_at.is_(None),
             models.invitation.c.withdrawn_at.is_(None),
@@ -223,6 +225,7 @@ async def claim_invitation(
     once, before it expires; the claim (when, which key, from where) is recorded."""
     row = (
         await session.execute(
+            # unscoped: the invitee has no identity yet; the secret code and its address pick the row
             update(models.invitation)
             .where(
                 models.invitation.c.code_sha256 == _sha256(data.invitation_code),
@@ -276,7 +279,10 @@ async def update_user(
         return schemas.UserOut.model_validate(current, from_attributes=True)
     row = (
         await session.execute(
-            update(models.user).where(models.user.c.id == user_id).values(**changes).returning(*models.user.c)
+            update(models.user)
+            .where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
+            .values(**changes)
+            .returning(*models.user.c)
         )
     ).one()
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
@@ -287,7 +293,9 @@ async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUI
     current = await _user_row(session, caller, user_id)
     if current.role == "administrator" and await _administrators(session, caller.company_id) <= 1:
         raise Conflict("a company keeps at least one administrator", slug="last-administrator")
-    await session.execute(models.user.delete().where(models.user.c.id == user_id))
+    await session.execute(
+        models.user.delete().where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
+    )
     await enqueue(session, models.outbox, UserDeletedV1(company_id=caller.company_id, payload=_user_payload(current)))
 
 
@@ -345,7 +353,9 @@ async def _create_capped_key(
     if found.first() is None:
         raise NotFound("no such user in this company", slug="user-not-found")
     active = await session.scalar(
-        select(func.count()).select_from(models.api_key).where(models.api_key.c.user_id == user_id, _active_key())
+        select(func.count())
+        .select_from(models.api_key)
+        .where(models.api_key.c.company_id == company_id, models.api_key.c.user_id == user_id, _active_key())
     )
     if int(active or 0) >= limit:
         raise Conflict(

@@ -41,9 +41,15 @@ async def claim_addresses(
     return set(addresses) - claimed
 
 
-async def release_addresses_except(session: AsyncSession, lead_id: uuid.UUID, keep: Sequence[str]) -> None:
+async def release_addresses_except(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, keep: Sequence[str]
+) -> None:
     await session.execute(
-        delete(lead_address).where(lead_address.c.lead_id == lead_id, lead_address.c.address.not_in(list(keep)))
+        delete(lead_address).where(
+            lead_address.c.company_id == company_id,
+            lead_address.c.lead_id == lead_id,
+            lead_address.c.address.not_in(list(keep)),
+        )
     )
 
 
@@ -56,21 +62,30 @@ async def get_lead(
     return (await session.execute(stmt)).first()
 
 
-async def update_lead(session: AsyncSession, lead_id: uuid.UUID, values: dict[str, Any]) -> Row[Any]:
-    stmt = update(lead).where(lead.c.id == lead_id).values(**values, updated_at=func.now()).returning(*lead.c)
+async def update_lead(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, values: dict[str, Any]
+) -> Row[Any]:
+    stmt = (
+        update(lead)
+        .where(lead.c.id == lead_id, lead.c.company_id == company_id)
+        .values(**values, updated_at=func.now())
+        .returning(*lead.c)
+    )
     return (await session.execute(stmt)).one()
 
 
-async def delete_lead(session: AsyncSession, lead_id: uuid.UUID) -> None:
-    await session.execute(delete(lead).where(lead.c.id == lead_id))
+async def delete_lead(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID) -> None:
+    await session.execute(delete(lead).where(lead.c.id == lead_id, lead.c.company_id == company_id))
 
 
-async def addresses_of(session: AsyncSession, lead_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[str]]:
+async def addresses_of(
+    session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, list[str]]:
     if not lead_ids:
         return {}
     rows = await session.execute(
         select(lead_address.c.lead_id, lead_address.c.address)
-        .where(lead_address.c.lead_id.in_(list(lead_ids)))
+        .where(lead_address.c.company_id == company_id, lead_address.c.lead_id.in_(list(lead_ids)))
         .order_by(lead_address.c.lead_id, lead_address.c.position, lead_address.c.address)
     )
     found: dict[uuid.UUID, list[str]] = defaultdict(list)

@@ -32,7 +32,7 @@ async def lead_addresses(db: Database, request: LeadAddressesRequest) -> LeadAdd
                 )
             )
         ).all()
-        addresses = await repository.addresses_of(session, [r.id for r in rows])
+        addresses = await repository.addresses_of(session, request.company_id, [r.id for r in rows])
     return LeadAddressesReply(
         leads=[LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, [])) for r in rows]
     )

@@ -121,7 +121,7 @@ async def get_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) 
     row = await repository.get_lead(session, caller.company_id, lead_id)
     if row is None:
         raise NotFound("no such lead", slug="lead-not-found")
-    return _lead(row, (await repository.addresses_of(session, [row.id])).get(row.id, []))
+    return _lead(row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, []))
 
 
 async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID, body: LeadUpdate) -> Lead:
@@ -137,17 +137,17 @@ async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUI
         values["owner_user_id"] = body.owner_user_id
     if body.addresses is not None:
         addresses = normalised_addresses(body.addresses)
-        await repository.release_addresses_except(session, row.id, addresses)
+        await repository.release_addresses_except(session, caller.company_id, row.id, addresses)
         await _claim(session, caller.company_id, row.id, addresses)
-    row = await repository.update_lead(session, row.id, values)
-    updated = _lead(row, (await repository.addresses_of(session, [row.id])).get(row.id, []))
+    row = await repository.update_lead(session, caller.company_id, row.id, values)
+    updated = _lead(row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, []))
     await enqueue(session, outbox, LeadUpdatedV1(company_id=caller.company_id, payload=_payload(updated)))
     return updated
 
 
 async def delete_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) -> None:
     gone = await get_lead(session, caller, lead_id)
-    await repository.delete_lead(session, gone.id)
+    await repository.delete_lead(session, caller.company_id, gone.id)
     await enqueue(session, outbox, LeadDeletedV1(company_id=caller.company_id, payload=_payload(gone)))
 
 
@@ -160,7 +160,7 @@ async def list_leads(
     )
     more = len(rows) > limit
     rows = rows[:limit]
-    addresses = await repository.addresses_of(session, [r.id for r in rows])
+    addresses = await repository.addresses_of(session, caller.company_id, [r.id for r in rows])
     items = [_lead(r, addresses.get(r.id, [])) for r in rows]
     next_cursor = encode_position(rows[-1].created_at, rows[-1].id) if more and rows else None
     return Page[Lead](items=items, next_cursor=next_cursor)

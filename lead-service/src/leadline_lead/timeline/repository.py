@@ -330,7 +330,7 @@ _TIMELINE_COLUMNS = [
 ]
 
 
-async def recent_events(session: AsyncSession, lead_id: uuid.UUID, limit: int) -> Sequence[Any]:
+async def recent_events(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, limit: int) -> Sequence[Any]:
     """The newest events with their sources, in one round trip (index ``ix_timeline_event_lead_recent``)."""
     sources = (
         select(func.array_agg(aggregate_order_by(source.c.source, source.c.source)))
@@ -342,7 +342,7 @@ async def recent_events(session: AsyncSession, lead_id: uuid.UUID, limit: int) -
     return (
         await session.execute(
             select(*columns, type_coerce(sources, NullType()).label("sources"))
-            .where(timeline_event.c.lead_id == lead_id)
+            .where(timeline_event.c.lead_id == lead_id, timeline_event.c.company_id == company_id)
             .order_by(timeline_event.c.occurred_at.desc(), timeline_event.c.id.desc())
             .limit(limit)
         )

@@ -323,7 +323,7 @@ async def timeline(
     """
     if await leads.get_lead(session, caller.company_id, lead_id) is None:
         raise NotFound("no such lead", slug="lead-not-found")
-    rows = await repository.recent_events(session, lead_id, min(limit, repository.TIMELINE_LIMIT))
+    rows = await repository.recent_events(session, caller.company_id, lead_id, min(limit, repository.TIMELINE_LIMIT))
     return pydantic_core.to_json({"items": [_timeline_event(r) for r in rows]})
 
 

@@ -236,7 +236,7 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
     except CredentialError:
         await session.execute(
             update(smtp_account)
-            .where(smtp_account.c.id == row.id)
+            .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
             .values(error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC))
         )
         raise AccountInError(UNDECRYPTABLE_FIX) from None
@@ -265,7 +265,7 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
         raise Unprocessable(f"the test email could not be sent: {exc}", slug="smtp-test-failed") from None
     await session.execute(
         update(smtp_account)
-        .where(smtp_account.c.id == row.id)
+        .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
         .values(
             confirmation_code_hash=_code_hash(row.id, code), confirmation_expires_at=datetime.now(UTC) + CODE_LIFETIME
         )
@@ -286,7 +286,7 @@ async def confirm(session: AsyncSession, row: Row[Any], code: str) -> Row[Any]:
         )
     await session.execute(
         update(smtp_account)
-        .where(smtp_account.c.id == row.id)
+        .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
         .values(confirmed_at=datetime.now(UTC), confirmation_code_hash=None, confirmation_expires_at=None)
     )
     return await get(session, row.company_id, row.id)
