@@ -25,14 +25,16 @@ check: setup
 	@$(UV) run ruff check .
 	@$(UV) run ruff format --check .
 	@$(UV) run lint-imports --no-cache
+	@$(UV) run python -m tools.lint
 	@$(MAKE) --no-print-directory mypy
 
 # .pre-commit-config.yaml runs the same checks as `check`, mypy through this target
 mypy: setup
-	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src
+	@$(UV) run mypy proto/src kit/src mail/src gateway/src lead-service/src quota-service/src sync-service/src send-service/src \
+	  tools/lint
 	@# one run per test directory: their conftest modules share a name
 	@for tests in proto/tests kit/tests mail/tests gateway/tests lead-service/tests quota-service/tests \
-	  sync-service/tests send-service/tests tests; do \
+	  sync-service/tests send-service/tests tests tools/tests; do \
 	  $(UV) run mypy $$tests || exit 1; done
 
 asyncapi: setup

@@ -92,5 +92,6 @@ async def synced_today(session: AsyncSession, company_id: uuid.UUID, now: dateti
 async def prune_usage(session: AsyncSession, now: datetime) -> None:
     """Forget synced-email counts of days that are over."""
     await session.execute(
+        # unscoped: housekeeping of every company: days that are over
         synced_email_usage.delete().where(synced_email_usage.c.day < now.astimezone(UTC).date() - timedelta(days=1))
     )

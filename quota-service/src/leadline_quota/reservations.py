@@ -694,6 +694,7 @@ KEEP_RELEASED = timedelta(minutes=10)
 async def prune(session: AsyncSession, now: datetime) -> int:
     """Delete reservations that no longer count in any window."""
     result = await session.execute(
+        # unscoped: housekeeping of every company: reservations past every window
         reservation.delete().where(
             or_(
                 reservation.c.reserved_at < now - KEEP_RESERVATIONS,

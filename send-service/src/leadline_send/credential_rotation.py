@@ -26,6 +26,7 @@ async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> in
         async with db.session() as session:
             rows = (
                 await session.execute(
+                    # unscoped: key rotation is an operator command over every company's rows
                     select(
                         smtp_account.c.id,
                         smtp_account.c.company_id,
@@ -41,6 +42,7 @@ async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> in
                 secret = keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
                 sealed, key_id = keys.seal(secret, row.company_id, row.id)
                 await session.execute(
+                    # unscoped: by the id of a row the rotation just read and locked
                     update(smtp_account)
                     .where(smtp_account.c.id == row.id)
                     .values(password_sealed=sealed, key_id=key_id)

@@ -92,6 +92,7 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
         async with database.session() as session:
             rows = (
                 await session.execute(
+                    # unscoped: key rotation is an operator command over every company's rows
                     select(
                         mailbox.c.id,
                         mailbox.c.company_id,
@@ -117,6 +118,7 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
                 )
                 sealed = cipher.seal(row.company_id, row.id, secrets)
                 await session.execute(
+                    # unscoped: by the id of a row the rotation just read and locked
                     update(mailbox)
                     .where(mailbox.c.id == row.id)
                     .values(

@@ -210,6 +210,7 @@ async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[
 
 async def mark_unreadable(session: Executor, account_ids: list[uuid.UUID]) -> None:
     await session.execute(
+        # unscoped: by the ids of account rows its caller read scoped
         update(smtp_account)
         .where(smtp_account.c.id.in_(account_ids), smtp_account.c.error.is_(None))
         .values(error=UNDECRYPTABLE_FIX, error_at=func.now())

@@ -331,6 +331,7 @@ async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
     """Claimed but not started (the worker is stopping): queued again, the attempt does not count."""
     for message in messages:
         await session.execute(
+            # unscoped: by the id of a message this worker claimed
             update(m)
             .where(m.c.id == message.id, m.c.state == S.SENDING)
             .values(state=move(S.SENDING, S.QUEUED), claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now())
@@ -352,6 +353,7 @@ async def switch_account(
 ) -> None:
     """Rotation (R15): the message now goes out through another account of the same type."""
     await session.execute(
+        # unscoped: by the id of a message this worker claimed
         update(m)
         .where(m.c.id == message.id)
         .values(
@@ -409,6 +411,7 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
 
 async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) -> list[Recovered]:
     """Give back the ``sending`` rows of processes that are gone (their advisory lock is free)."""
+    # unscoped: recovery looks at every company's sending rows
     holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == S.SENDING).distinct())).scalars()
     recovered: list[Recovered] = []
     for holder in list(holders):
@@ -419,6 +422,7 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
         try:
             abandoned = (
                 await session.execute(
+                    # unscoped: recovery takes back a dead worker's rows of every company
                     select(m.c.id, m.c.company_id, m.c.attempts, a.c.phase)
                     .join(a, and_(a.c.message_id == m.c.id, a.c.number == m.c.attempts))
                     .where(m.c.state == S.SENDING, m.c.claimed_by == holder)
@@ -429,6 +433,7 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                 after_data = r.phase == P.DATA
                 state = move(S.SENDING, S.UNKNOWN if after_data else S.QUEUED)
                 await session.execute(
+                    # unscoped: by the id of a row recovery just read and locked
                     update(m)
                     .where(m.c.id == r.id)
                     .values(

@@ -82,6 +82,7 @@ class Recovery:
             counts: dict[str, int] = dict(
                 (
                     await session.execute(
+                        # unscoped: operators' queue-depth metric over every company
                         select(outgoing_message.c.state, func.count())
                         .where(outgoing_message.c.state.in_(OPEN))
                         .group_by(outgoing_message.c.state)

@@ -158,6 +158,7 @@ class SentCopies:
             with timed("sent-copy-note"):
                 async with self.db.session() as session:
                     await session.execute(
+                        # unscoped: by the ids of messages this worker sent
                         update(outgoing_message)
                         .where(outgoing_message.c.id.in_([message_id for message_id, _, _ in batch]))
                         .values(sent_copy=note)

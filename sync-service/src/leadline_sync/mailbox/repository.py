@@ -103,6 +103,7 @@ async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds:
     return list(
         (
             await session.execute(
+                # unscoped: operators' metrics over every company, no tenant sees them
                 select(
                     mailbox.c.status,
                     CURRENT_SYNC_MODE.label("sync_mode"),
@@ -137,6 +138,7 @@ async def latest_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: 
 async def latest_error_kind(session: AsyncSession, mailbox_id: uuid.UUID) -> str | None:
     kind: str | None = (
         await session.execute(
+            # unscoped: by the id of a mailbox row its caller read scoped
             select(mailbox_error.c.kind)
             .where(mailbox_error.c.mailbox_id == mailbox_id)
             .order_by(mailbox_error.c.occurred_at.desc(), mailbox_error.c.id.desc())

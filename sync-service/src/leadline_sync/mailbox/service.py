@@ -73,6 +73,7 @@ async def synced_by_another_user(
 
 
 async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False) -> MailboxRow | None:
+    # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one
     statement = select(mailbox).where(mailbox.c.id == mailbox_id)
     if for_update:
         statement = statement.with_for_update()
@@ -135,6 +136,7 @@ async def transition(
         values.update(lease_owner=None, lease_expires_at=None, slot=given_back)
     if to == MailboxStatus.DISABLED:
         values.update(disabled_at=now, credential_key_id=None, credential_wrapped_key=None, credential_ciphertext=None)
+    # unscoped: by the id of a mailbox row its caller read
     await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(**values))
     if to != previous:
         await enqueue(session, outbox, _status_changed(row, to, previous, reason))
@@ -144,6 +146,7 @@ async def transition(
 async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, to: Slot) -> None:
     """Move a slot by itself (the status unchanged), if it is still ``start``."""
     check_slot_move(start, to)
+    # unscoped: by the id of a mailbox its caller holds
     await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to))
 
 
@@ -159,6 +162,7 @@ async def announce_created(session: AsyncSession, row: MailboxRow) -> None:
 
 async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]) -> None:
     """New server settings and credentials for a connected mailbox (not a status change)."""
+    # unscoped: by the id of a mailbox row its caller read scoped
     await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values))
 
 

@@ -69,6 +69,7 @@ async def reconcile_slots(context: SyncContext, limit: int = 50) -> None:
     async with context.db.session() as session:
         rows = (
             await session.execute(
+                # unscoped: the slot reconciler is a worker over every company's mailboxes
                 select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
                 .where(
                     (

@@ -109,6 +109,7 @@ async def start(context: SyncContext, caller: Identity, provider: str, smtp_use:
     now = context.clock()
     expires_at = now + timedelta(seconds=context.settings.sync_oauth_state_seconds)
     async with context.db.session() as session:
+        # unscoped: housekeeping of every company: sign-ins expired a day ago
         await session.execute(oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1)))
         await session.execute(
             oauth_state.insert().values(
@@ -193,6 +194,7 @@ async def _take(context: SyncContext, secret: str, handed_off: bool) -> PendingS
     async with context.db.session() as session:
         row = (
             await session.execute(
+                # unscoped: the provider's redirect carries no identity; the secret state picks the row
                 update(oauth_state)
                 .where(match == _state_hash(secret), unused.is_(None), oauth_state.c.expires_at > now)
                 .values({mark: now})
@@ -218,6 +220,7 @@ async def _hand_off(context: SyncContext, pending: PendingSignIn, code: str) -> 
     sealed = _seal_pending(context, pending.id, pending.verifier, code)
     async with context.db.session() as session:
         await session.execute(
+            # unscoped: by the id of the sign-in the secret state picked
             update(oauth_state)
             .where(oauth_state.c.id == pending.id)
             .values(

@@ -181,6 +181,7 @@ class _SignedInAgain(Exception):
 
 async def _tokens_replaced(session: AsyncSession, row: Any) -> bool:
     """Whether the row's sealed tokens changed since ``row`` was read (a new sign-in saves without our lock)."""
+    # unscoped: by the id of a mailbox row its caller read
     stored = await session.scalar(select(mailbox.c.credential_ciphertext).where(mailbox.c.id == row.id))
     return bool(stored != row.credential_ciphertext)
 
@@ -238,6 +239,7 @@ class AccessTokens:
             if stored == token:
                 log.info("mailbox %s: the mail server refused a live access token; renewing it", row.id)
                 await session.execute(
+                    # unscoped: by the id of a mailbox row its caller read
                     update(mailbox).where(mailbox.c.id == row.id).values(oauth_expires_at=self.clock())
                 )
 
@@ -299,6 +301,7 @@ class AccessTokens:
                 ),
             )
             await session.execute(
+                # unscoped: by the id of a mailbox row its caller read
                 update(mailbox)
                 .where(mailbox.c.id == row.id)
                 .values(

@@ -580,6 +580,7 @@ class MailboxSync:
         """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
         row = (
             await session.execute(
+                # unscoped: the syncer's own mailbox, by its id and our lease
                 select(mailbox)
                 .where(
                     mailbox.c.id == self.mailbox_id,
@@ -849,9 +850,11 @@ class MailboxSync:
                     await service.transition(session, row, MailboxStatus(row.status), "", now)
                 self.refusal = None
             if synced:
+                # unscoped: the syncer's own mailbox, by its id
                 await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id).values(last_synced_at=now))
             if history_done:
                 await session.execute(
+                    # unscoped: the syncer's own mailbox, by its id
                     update(mailbox)
                     .where(mailbox.c.id == self.mailbox_id, mailbox.c.history_completed_at.is_(None))
                     .values(history_completed_at=now)

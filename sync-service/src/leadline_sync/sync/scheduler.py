@@ -180,6 +180,7 @@ class SyncScheduler:
             retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
             async with self.context.db.session() as session:
                 await session.execute(
+                    # unscoped: the scheduler's lease on one mailbox, by id and our replica
                     update(mailbox)
                     .where(mailbox.c.id == mailbox_id, mailbox.c.lease_owner == self.replica)
                     .values(
@@ -194,6 +195,7 @@ class SyncScheduler:
                 kept = set(
                     (
                         await session.execute(
+                            # unscoped: the scheduler renews its own leases over every company
                             update(mailbox)
                             .where(
                                 mailbox.c.id.in_(held),
@@ -221,6 +223,7 @@ class SyncScheduler:
             return
         now = self.context.clock()
         due = (
+            # unscoped: the scheduler picks due mailboxes of every company
             select(mailbox.c.id)
             .where(
                 mailbox.c.status.in_(SYNCED),
@@ -242,6 +245,7 @@ class SyncScheduler:
             claimed = list(
                 (
                     await session.execute(
+                        # unscoped: the scheduler claims due mailboxes of every company
                         update(mailbox)
                         .where(mailbox.c.id.in_(due.scalar_subquery()))
                         .values(
@@ -270,6 +274,7 @@ class SyncScheduler:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""
         async with self.leases.session() as session:
             await session.execute(
+                # unscoped: the scheduler gives back its own leases over every company
                 update(mailbox)
                 .where(mailbox.c.lease_owner == self.replica)
                 .values(lease_owner=None, lease_expires_at=None)

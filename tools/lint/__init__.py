@@ -1,0 +1,1 @@
+"""House rules that no general linter knows, checked by ``make check`` (``python -m tools.lint``)."""
