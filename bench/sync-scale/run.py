@@ -1,6 +1,7 @@
 """Sync at scale: N mailboxes held live (IDLE) on one Dovecot, connected through the gateway.
 
     uv run python bench/sync-scale/run.py [--mailboxes 5000] [--samples 100] [--share 3 [--share-mailboxes 3000]]
+        [--skip latency restart bring-online]
 
 Starts its own PostgreSQL, NATS JetStream, an SMTP server (aiosmtpd, STARTTLS
 and AUTH, for the SMTP login that connecting checks) and a Dovecot configured
@@ -289,7 +290,7 @@ class Bench:
     async def run(self) -> None:
         args = self.args
         n = args.mailboxes
-        print(f"{COMMAND} --mailboxes {n} --share {args.share}  (uptime: {os.getloadavg()})", flush=True)
+        print(f"{COMMAND} {' '.join(sys.argv[1:])}  (uptime: {os.getloadavg()})", flush=True)
         print(f"fs.inotify.max_user_instances = {raise_inotify_instances(max(1024, n + 512))}")
         postgres = PostgresServer(self.work / "postgres", free_port())
         nats_server = NatsServer(self.work / "nats", free_port())
@@ -496,12 +497,27 @@ class Bench:
                     f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)"
                 )
                 print(f"IMAP connections held by Dovecot: {held}; PUTs refused once and tried again: {dict(refused)}")
-                await self.latency(http, dovecot, sync_ports)
-                await self.restart(dovecot, metrics, sync_ports)
-                await self.bring_online(suite, metrics, sync_port)
-                if args.share >= 2:
-                    await self.share(http, metrics, dovecot, sync_port)
+                await self.steps(http, metrics, suite, dovecot, sync_port)
         await nc.close()
+
+    async def steps(
+        self,
+        http: aiohttp.ClientSession,
+        metrics: aiohttp.ClientSession,
+        suite: subprocess.Popen[bytes],
+        dovecot: DovecotServer,
+        sync_port: int,
+    ) -> None:
+        """Steps 2 to 5, with all mailboxes connected (``--skip`` leaves some out)."""
+        skip = set(self.args.skip)
+        if "latency" not in skip:
+            await self.latency(http, dovecot, [sync_port])
+        if "restart" not in skip:
+            await self.restart(dovecot, metrics, [sync_port])
+        if "bring-online" not in skip:
+            await self.bring_online(suite, metrics, sync_port)
+        if self.args.share >= 2:
+            await self.share(http, metrics, dovecot, sync_port)
 
     def processes(self) -> dict[str, list[psutil.Process]]:
         """The parts of the run whose CPU the monitor reports."""
@@ -786,6 +802,13 @@ def main() -> None:
     )
     parser.add_argument("--share", type=int, default=0, help="then R replicas share the mailboxes; one is killed")
     parser.add_argument("--share-mailboxes", type=int, help="of the mailboxes, this many stay connected to share")
+    parser.add_argument(
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["latency", "restart", "bring-online"],
+        help="leave out these steps (a run within a time budget; --share on its own)",
+    )
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[attr-defined]
     asyncio.run(Bench(parser.parse_args()).run())
 

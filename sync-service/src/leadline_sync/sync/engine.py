@@ -302,6 +302,12 @@ class MailboxSync:
         self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
         self.refusal: str | None = None  # the status reason this worker set for them
         self.audit_due = False  # set by a reconnect after an outage
+        # lead_recheck rows may wait for this mailbox: set by each session's start and by the scheduler, which
+        # asks once for all its mailboxes (not every mailbox at every pass)
+        self.rechecks_due = True
+        # a live sync's last_synced_at, handed to the scheduler: its next lease renewal writes those of all its
+        # live mailboxes in one statement
+        self.synced_unwritten: datetime | None = None
         self.message_keys = audit.MessageKeys(self.settings.credential_keys())
 
     # -- the loop --------------------------------------------------------------------------
@@ -401,6 +407,7 @@ class MailboxSync:
         """
         client = await self._connect(login)
         self.context.logins.succeeded(_host(login))
+        self.rechecks_due = True
         loop = asyncio.get_running_loop()
         started = loop.time()
         push: str | None = None
@@ -675,6 +682,9 @@ class MailboxSync:
 
     async def _recheck_late_leads(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
         """Examine again the mail, up to each cursor, that names a lead which reached us after it was examined."""
+        if not self.rechecks_due:
+            return
+        self.rechecks_due = False  # (the scheduler sets it again for a row that comes meanwhile)
         async with self.db.session() as session:
             rechecks = (
                 await session.execute(
@@ -686,6 +696,8 @@ class MailboxSync:
             ).all()
         if not rechecks:
             return
+        if len(rechecks) == RECHECKS_PER_PASS:
+            self.rechecks_due = True  # more wait: the next pass takes them
         for role, name in order:
             cursor = self.cursors.get(role)
             if cursor is None or cursor.last_uid == 0 or cursor.name != name:
@@ -828,8 +840,10 @@ class MailboxSync:
         """Both folders are synced to the end: record when, and (once) that the historical sync is complete.
 
         A live mailbox records it at most every quarter of the rotation period,
-        so that thousands of idle mailboxes do not write a row a minute each; a
-        folder whose rescan was refused today leaves the mailbox not synced.
+        and through the scheduler (its next lease renewal writes those of all its
+        live mailboxes in one statement), so that thousands of idle mailboxes do
+        not write a row a minute each; a folder whose rescan was refused today
+        leaves the mailbox not synced.
         """
         now = self.context.clock()
         history_done = not self.history_done and all(
@@ -842,6 +856,9 @@ class MailboxSync:
         synced = not self.refused and not recent
         lifted = not self.refused and self.refusal is not None  # a refused folder was read again
         if not (history_done or synced or lifted):
+            return
+        if self.mode == SyncMode.LIVE and not (history_done or lifted):
+            self.synced_unwritten = self.synced_at = now
             return
         async with self.db.session() as session:
             row = await self._fence(session)

@@ -1,17 +1,22 @@
 """Sharing mailboxes between replicas: leases in PostgreSQL; live mailboxes, and the rest in turns.
 
-Each replica runs one scheduler.  Every ``sync_schedule_interval`` seconds it
+Each replica runs one scheduler.  It
 
 1. renews the leases of the mailboxes it syncs (``lease_owner`` = this
-   replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) and stops the
-   workers whose lease it no longer holds.  This runs in a loop of its own, on
-   a database connection of its own: when thousands of workers reconnect at
-   once (the IMAP server restarted) they hold every connection of the shared
-   pool for many seconds, and renewals queued behind them let every lease
-   lapse, which stopped the workers and started the storm over;
-2. claims due mailboxes that nobody holds, or whose holder's lease expired
-   (a dead replica), with ``FOR UPDATE SKIP LOCKED`` so that two replicas
-   never claim the same row, oldest last sync first:
+   replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) four times a
+   lease period, stops the workers whose lease it no longer holds, and in the
+   same transaction writes the ``last_synced_at`` its live workers handed
+   over.  This runs in a loop of its own, on a database connection of its
+   own: when thousands of workers reconnect at once (the IMAP server
+   restarted) their transactions queue for many seconds, and renewals queued
+   behind them let every lease lapse, which stopped the workers and started
+   the storm over;
+2. every ``sync_schedule_interval`` seconds, tells the workers whose mailboxes
+   have mail to examine again for a late lead (one query for all: an idle
+   mailbox's passes ask nothing of the database), and claims due mailboxes
+   that nobody holds, or whose holder's lease expired (a dead replica), with
+   ``FOR UPDATE SKIP LOCKED`` so that two replicas never claim the same row,
+   oldest last sync first:
 
    - ``live`` workers, up to the replica's capacity less its rotation slots
      (:mod:`.capacity`): one connection each, held, waiting in IDLE; a live
@@ -46,13 +51,13 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 from prometheus_client import Gauge
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 
 from leadline_kit.db import Database
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
 from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
-from leadline_sync.models import mailbox
+from leadline_sync.models import lead_recheck, mailbox
 from leadline_sync.sync.capacity import Capacity
 from leadline_sync.sync.engine import MailboxSync
 from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
@@ -76,6 +81,7 @@ class SyncScheduler:
         self.replica = context.replica
         self.workers: dict[uuid.UUID, asyncio.Task[None]] = {}
         self.modes: dict[uuid.UUID, SyncMode] = {}
+        self.syncs: dict[uuid.UUID, MailboxSync] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
         # the workers' transactions queue for a few connections of their own, apart from the API's pool:
@@ -100,6 +106,11 @@ class SyncScheduler:
 
     def _lease_interval(self) -> timedelta:
         return timedelta(seconds=self.settings.sync_lease_seconds)
+
+    def _renewal_seconds(self) -> float:
+        """A renewal writes every held mailbox's row: four a lease period are enough to keep it, and leave
+        three tries before the workers stop (at 70 % of the lease)."""
+        return max(self.settings.sync_schedule_interval, self.settings.sync_lease_seconds / 4)
 
     async def run(self) -> None:
         CAPACITY.labels(self.replica, SyncMode.LIVE).set(self.capacity.live)
@@ -149,11 +160,12 @@ class SyncScheduler:
                 if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
                     # our leases may lapse: stop before another replica can start on them
                     await self._stop_workers()
-            await asyncio.sleep(self.settings.sync_schedule_interval)
+            await asyncio.sleep(self._renewal_seconds())
 
     async def tick(self) -> None:
         await self._reap()
         await self._claim()
+        await self._note_rechecks()
         HELD.labels(self.replica).set(len(self.workers))
         for mode in SyncMode:
             HELD_BY_MODE.labels(self.replica, mode).set(sum(1 for m in self.modes.values() if m == mode))
@@ -174,6 +186,7 @@ class SyncScheduler:
         for mailbox_id, task in finished.items():
             del self.workers[mailbox_id]
             del self.modes[mailbox_id]
+            del self.syncs[mailbox_id]
             crashed = not task.cancelled() and task.exception() is not None
             if crashed:
                 log.error("mailbox %s: sync worker crashed", mailbox_id, exc_info=task.exception())
@@ -188,8 +201,27 @@ class SyncScheduler:
                     )
                 )
 
+    async def _note_rechecks(self) -> None:
+        """Tell the workers whose mailboxes have mail to examine again for a late lead (``lead_recheck``):
+        one query for the replica, so that an idle mailbox asks nothing at its passes."""
+        if not self.syncs:
+            return
+        async with self.context.db.session() as session:
+            due = (
+                await session.execute(
+                    select(lead_recheck.c.mailbox_id).where(lead_recheck.c.mailbox_id.in_(list(self.syncs))).distinct()
+                )
+            ).scalars()
+            for mailbox_id in due:
+                sync = self.syncs.get(mailbox_id)
+                if sync is not None:
+                    sync.rechecks_due = True
+
     async def _renew(self) -> None:
+        """Renew the leases of the held mailboxes, and write the live ones' ``last_synced_at`` that their
+        workers handed over (:meth:`MailboxSync._note_synced`), both in one transaction."""
         held = list(self.workers)
+        synced = {m: sync.synced_unwritten for m, sync in self.syncs.items() if sync.synced_unwritten is not None}
         if held:
             async with self.leases.session() as session:
                 kept = set(
@@ -207,6 +239,21 @@ class SyncScheduler:
                         )
                     ).scalars()
                 )
+                if synced:
+                    await session.execute(
+                        update(mailbox)
+                        .where(
+                            mailbox.c.id == bindparam("synced_id"),
+                            mailbox.c.lease_owner == self.replica,
+                            mailbox.c.status.in_(SYNCED),
+                        )
+                        .values(last_synced_at=bindparam("synced_at")),
+                        [{"synced_id": m, "synced_at": at} for m, at in synced.items()],
+                    )
+            for mailbox_id, at in synced.items():
+                sync = self.syncs.get(mailbox_id)
+                if sync is not None and sync.synced_unwritten == at:
+                    sync.synced_unwritten = None
             for mailbox_id in set(held) - kept:
                 task = self.workers.get(mailbox_id)  # (the scheduler's pass may have reaped it meanwhile)
                 if task is not None:
@@ -261,6 +308,7 @@ class SyncScheduler:
             worker = MailboxSync(self.context, mailbox_id, self.busy, self.db, mode)
             self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
             self.modes[mailbox_id] = mode
+            self.syncs[mailbox_id] = worker
         if claimed and mode == SyncMode.LIVE:
             log.info("replica %s claimed %d mailbox(es)", self.replica, len(claimed))
 
@@ -281,3 +329,4 @@ class SyncScheduler:
             )
         self.workers.clear()
         self.modes.clear()
+        self.syncs.clear()

@@ -1,12 +1,14 @@
-"""A mailbox worker that meets a transient database error waits and tries again; it never crashes."""
+"""What a mailbox worker asks of the database: nothing while its mailbox is idle, and a transient error
+is waited out and tried again, never a crashed worker."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 from prometheus_client import REGISTRY
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from leadline_kit.testing.clients import running_app
 from leadline_sync.context import SyncContext
@@ -42,3 +44,31 @@ async def test_a_worker_finding_no_database_connection_retries_and_the_mail_arri
         assert not worker.done(), "the worker kept running: it retried, it did not crash"
         assert list(scheduler.workers.values()) == [worker]
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
+
+
+async def test_an_idle_live_mailbox_asks_nothing_of_the_workers_pool(world) -> None:  # type: ignore[no-untyped-def]
+    me = world.account()
+    # a pass every half second; last_synced_at due at every pass (a quarter of the rotation period)
+    app = world.app(sync_poll_seconds=0.5, sync_rotation_seconds=2.0)
+    async with running_app(app) as service:
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api)
+        await asyncio.sleep(1.0)
+        scheduler = app.state.runtime.context_of(SyncContext).scheduler
+        assert scheduler is not None
+        checkouts: list[Any] = []
+
+        def checked_out(*args: Any) -> None:
+            checkouts.append(args)
+
+        pool = scheduler.db.engine.sync_engine
+        event.listen(pool, "checkout", checked_out)
+        try:
+            (synced_before,) = (await world.sql("SELECT last_synced_at FROM sync.mailbox"))[0]
+            await asyncio.sleep(4.0)  # eight passes: Sent's STATUS, INBOX's SELECT
+            (synced_after,) = (await world.sql("SELECT last_synced_at FROM sync.mailbox"))[0]
+        finally:
+            event.remove(pool, "checkout", checked_out)
+        assert checkouts == [], "an idle mailbox's passes take no connection of the workers' pool"
+        assert synced_after > synced_before, "last_synced_at still moves: the lease renewals write it"
