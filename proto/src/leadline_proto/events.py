@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -251,7 +252,15 @@ class MailComplainedV1(EventBase):
 
 # --- mailboxes (sync-service) ---------------------------------------------------
 
-MailboxStatus = Literal["enabled", "error", "pending", "connection_failed", "disabled"]
+
+class MailboxStatus(StrEnum):
+    """A mailbox's status (R8); sync-service's ``mailbox/states.py`` holds the moves between them."""
+
+    PENDING = "pending"
+    ENABLED = "enabled"
+    ERROR = "error"
+    CONNECTION_FAILED = "connection_failed"
+    DISABLED = "disabled"
 
 
 class MailboxStatusPayload(Payload):

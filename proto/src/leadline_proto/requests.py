@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from leadline_proto.events import MailboxStatus
 
 
 class Request(BaseModel):
@@ -80,9 +83,15 @@ class MailboxSlotRequest(Request):
     mailbox_id: uuid.UUID
 
 
+class MailboxSlotStatus(StrEnum):
+    GRANTED = "granted"
+    PENDING = "pending"  # in the company's queue for a free slot (``position``)
+    RELEASED = "released"
+    INVALID = "invalid"  # the request could not be read (``detail`` says why); nothing changed
+
+
 class MailboxSlotReply(Reply):
-    # "invalid": the request could not be read (``detail`` says why); nothing changed
-    status: Literal["granted", "pending", "released", "invalid"]
+    status: MailboxSlotStatus
     position: int | None = None
     detail: str = ""
 
@@ -152,7 +161,7 @@ class MailboxSmtpRequest(Request):
 class MailboxSmtpReply(Reply):
     found: bool
     mailbox_id: uuid.UUID | None = None
-    status: str | None = None
+    status: MailboxStatus | None = None
     address: str | None = None
     provider: str | None = None
     smtp_use: Literal["general", "all"] | None = None

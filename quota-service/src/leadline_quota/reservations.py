@@ -439,7 +439,7 @@ async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | N
     ).first()
     if row is None:
         return None
-    if row.state == "released":
+    if row.state == ReservationState.RELEASED:
         return Decision(False, reservation_id=ask.reservation_id, detail="this reservation was released")
     return Decision(True, reservation_id=ask.reservation_id, expires_at=row.expires_at, detail="already granted")
 

@@ -23,6 +23,7 @@ from leadline_kit.db import Database
 from leadline_proto.requests import (
     MailboxSlotReply,
     MailboxSlotRequest,
+    MailboxSlotStatus,
     QuotaReserveReply,
     QuotaReserveRequest,
     QuotaSettleReply,
@@ -63,7 +64,7 @@ class QuotaRpc:
             return QuotaSettleReply(ok=False, detail=why)
 
         def slot_refusal(why: str) -> BaseModel:
-            return MailboxSlotReply(status="invalid", detail=why)
+            return MailboxSlotReply(status=MailboxSlotStatus.INVALID, detail=why)
 
         def allowance_refusal(why: str) -> BaseModel:
             return SyncAllowanceReply(allowed=0, detail=why)
@@ -147,7 +148,7 @@ class QuotaRpc:
     async def release_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             await mailbox_slots.release(session, request.company_id, request.mailbox_id, self.clock())
-        return MailboxSlotReply(status="released"), "released"
+        return MailboxSlotReply(status=MailboxSlotStatus.RELEASED), "released"
 
     async def sync_allowance(self, request: SyncAllowanceRequest) -> tuple[BaseModel, str]:
         if request.count < 0:

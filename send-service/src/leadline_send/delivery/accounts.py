@@ -24,6 +24,7 @@ from sqlalchemy import func, select, update
 from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError
 from leadline_mail.net import TlsMode
+from leadline_proto.events import MailboxStatus
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_send.credentials import CredentialKeys
@@ -251,7 +252,7 @@ async def route_for(
 ) -> Route:
     mailbox = await directory.lookup(company_id, user_id)
     if mailbox.found and (category == "personal" or mailbox.smtp_use == "all"):
-        if mailbox.status != "enabled":
+        if mailbox.status != MailboxStatus.ENABLED:
             return Route([], f"your synced mailbox is {mailbox.status}; fix it under mail sync first")
         return Route([mailbox_account(mailbox)])
     account_type = "customer_service" if category == "personal" else "campaigns"
@@ -274,7 +275,7 @@ async def account_for_key(
     kind, _, ident = key.partition(":")
     if kind == "mailbox":
         mailbox = await directory.lookup(company_id, user_id)
-        if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != "enabled":
+        if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != MailboxStatus.ENABLED:
             return None
         return mailbox_account(mailbox)
     row = (

@@ -228,7 +228,7 @@ def _taken(address: str) -> Conflict:
     return Conflict(
         f"{address} is already synced by another user of the company",
         slug="address-synced-by-another-user",
-        kind="address_taken",
+        kind=ErrorKind.ADDRESS_TAKEN,
         fix=fix_for(ErrorKind.ADDRESS_TAKEN),
     )
 

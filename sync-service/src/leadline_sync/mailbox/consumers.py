@@ -36,6 +36,7 @@ from leadline_proto.events import (
 from leadline_sync.config import Settings
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox import service
+from leadline_sync.mailbox.states import MailboxStatus
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
 from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
 
@@ -108,7 +109,7 @@ async def recheck_lead(
     """Ask every connected mailbox of the company to look for the lead's mail again (R5 bounds it by date)."""
     since = case((mailbox.c.connected_at >= created_at, None), else_=literal(created_at))
     rows = select(mailbox.c.id, literal(lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
-        mailbox.c.company_id == company_id, mailbox.c.status != "disabled"
+        mailbox.c.company_id == company_id, mailbox.c.status != MailboxStatus.DISABLED
     )
     statement = insert(lead_recheck).from_select(["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
     await session.execute(

@@ -27,6 +27,7 @@ from leadline_proto.events import (
     MailboxStatusChangedV1,
     MailboxStatusPayload,
 )
+from leadline_proto.requests import MailboxSlotStatus
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.states import (
     MailboxStatus,
@@ -206,7 +207,7 @@ async def disconnect(session: AsyncSession, row: MailboxRow, keep_history: bool,
 
 @dataclass(frozen=True)
 class SlotAnswer:
-    status: str  # granted | pending | released | invalid | unavailable
+    status: MailboxSlotStatus | None  # None: no usable answer (nobody answered, or unreadably)
     position: int | None = None
     detail: str = ""
 
@@ -220,9 +221,9 @@ async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer
     row = await mailbox_by_id(session, mailbox_id, for_update=True)
     if row is None or row.slot != Slot.UNCLAIMED:
         return
-    if answer.status == "granted":
+    if answer.status == MailboxSlotStatus.GRANTED:
         await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
-    elif answer.status == "pending":
+    elif answer.status == MailboxSlotStatus.PENDING:
         position = f" (position {answer.position} in the queue)" if answer.position else ""
         await transition(
             session,

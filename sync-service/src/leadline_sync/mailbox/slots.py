@@ -16,7 +16,7 @@ import uuid
 from sqlalchemy import select
 
 from leadline_kit import rpc
-from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest
+from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest, MailboxSlotStatus
 from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.service import SlotAnswer, apply_slot_answer, move_slot
@@ -39,13 +39,13 @@ async def ask_quota_service(
     try:
         reply = await rpc.ask(context.nc, subject, request, MailboxSlotReply, context.settings.rpc_timeout_seconds)
     except rpc.Unanswered as exc:
-        return SlotAnswer("unavailable", detail=UNANSWERED[exc.reason])
+        return SlotAnswer(None, detail=UNANSWERED[exc.reason])
     return SlotAnswer(reply.status, reply.position, reply.detail)
 
 
 async def claim_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> None:
     answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_CLAIM, company_id, mailbox_id)
-    if answer.status == "invalid":
+    if answer.status == MailboxSlotStatus.INVALID:
         log.error("quota service refused the slot claim of mailbox %s: %s", mailbox_id, answer.detail)
     async with context.db.session() as session:
         await apply_slot_answer(session, mailbox_id, answer, context.clock())
@@ -54,10 +54,10 @@ async def claim_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uu
 async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> bool:
     """Give the slot back; True once the quota service has heard it."""
     answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_RELEASE, company_id, mailbox_id)
-    if answer.status == "unavailable":
+    if answer.status is None:
         log.warning("slot release of mailbox %s not confirmed (%s); will retry", mailbox_id, answer.detail)
         return False
-    if answer.status == "invalid":
+    if answer.status == MailboxSlotStatus.INVALID:
         log.error("quota service refused the slot release of mailbox %s: %s", mailbox_id, answer.detail)
     async with context.db.session() as session:
         await move_slot(session, mailbox_id, Slot.RELEASING, Slot.RELEASED)

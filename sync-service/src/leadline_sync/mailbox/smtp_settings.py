@@ -14,11 +14,12 @@ import logging
 
 from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError, Sealed
-from leadline_mail.net import MailConnectionError
+from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.service import active_mailbox
+from leadline_sync.mailbox.states import MailboxStatus
 
 log = logging.getLogger("leadline.sync.smtp-settings")
 
@@ -40,9 +41,9 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
         try:
             access_token = await context.tokens.access_token(row.id)
         except MailConnectionError as error:
-            if error.kind == "oauth_unavailable":
+            if error.kind == ErrorKind.OAUTH_UNAVAILABLE:
                 raise  # no answer: the asker retries, as for any passing outage
-            status = "error"  # the sync records it and shows the fix when it connects
+            status = MailboxStatus.ERROR  # the sync records it and shows the fix when it connects
     return MailboxSmtpReply(
         found=True,
         mailbox_id=row.id,

@@ -54,13 +54,8 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import TypeVar
 
-
-class MailboxStatus(StrEnum):
-    PENDING = "pending"
-    ENABLED = "enabled"
-    ERROR = "error"
-    CONNECTION_FAILED = "connection_failed"
-    DISABLED = "disabled"
+# the statuses are the events' (one definition); their moves are this module's
+from leadline_proto.events import MailboxStatus as MailboxStatus
 
 
 class Slot(StrEnum):

@@ -35,7 +35,7 @@ from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError
 from leadline_mail.imap import ImapClient, connect_imap
 from leadline_mail.mime import parse_headers
-from leadline_mail.net import MailConnectionError
+from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.requests import MessageTimelineReply, MessageTimelineRequest
 from leadline_proto.subjects import RPC_MESSAGE_TIMELINE
 from leadline_sync.context import SyncContext
@@ -255,7 +255,7 @@ async def _not_examined(
         status=row.status,
         status_reason=row.status_reason,
     )
-    paused = await repository.latest_error_kind(session, row.id) == "plan_limit"
+    paused = await repository.latest_error_kind(session, row.id) == ErrorKind.PLAN_LIMIT
     if paused:
         rule, why = "R14", f"the plan's daily limit of synced emails is reached ({row.status_reason})"
     elif row.status == MailboxStatus.ENABLED and uid < position.history_examined_down_to:

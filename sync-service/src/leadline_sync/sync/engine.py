@@ -381,12 +381,16 @@ class MailboxSync:
                 log.info("mailbox %s: connection dropped (%s); reconnecting", self.mailbox_id, dropped.error.kind)
                 await asyncio.sleep(_quiet_pause(drops))
             except MailConnectionError as error:
-                if reconnecting and error.kind in ("unreachable", "timeout") and drops < MAX_QUIET_RECONNECTS:
+                if (
+                    reconnecting
+                    and error.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT)
+                    and drops < MAX_QUIET_RECONNECTS
+                ):
                     # a restarting server refuses connections for a moment: part of the same quiet reconnect
                     drops += 1
                     await asyncio.sleep(_quiet_pause(drops))
                     continue
-                if error.kind != "too_many_connections":
+                if error.kind != ErrorKind.TOO_MANY_CONNECTIONS:
                     await self._failed(error)
                     return
                 refusals += 1
@@ -445,7 +449,7 @@ class MailboxSync:
                 else:
                     await asyncio.sleep(wait)
         except MailConnectionError as error:
-            if error.kind in ("unreachable", "timeout", "protocol") and client.closed:
+            if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT, ErrorKind.PROTOCOL) and client.closed:
                 self.audit_due = True
                 raise SessionDropped(error, asyncio.get_running_loop().time() - started) from None
             raise
@@ -462,7 +466,7 @@ class MailboxSync:
             async with self.context.logins.slot(_host(login)):
                 return await connect_imap(imap_settings(signed_in, self.settings))
         except MailConnectionError as error:
-            if error.kind != "oauth_refused" or signed_in.access_token is None:
+            if error.kind != ErrorKind.OAUTH_REFUSED or signed_in.access_token is None:
                 raise
         # the server refused an access token before its expiry (revoked early): renew it and try once more
         await self.context.tokens.refused(self.mailbox_id, signed_in.access_token)
