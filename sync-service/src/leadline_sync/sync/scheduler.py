@@ -241,6 +241,7 @@ class SyncScheduler:
                 )
                 if synced:
                     await session.execute(
+                        # unscoped: the syncers' own mailboxes, by id and our replica's lease
                         update(mailbox)
                         .where(
                             mailbox.c.id == bindparam("synced_id"),
