@@ -411,6 +411,16 @@ async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None
         await gateway.post("/v1/users", headers=bearer(created), json={"email": "x@y.example", "role": "emperor"}), 422
     )
     assert_problem(await gateway.patch("/v1/company", headers=bearer(created), json={"domains": ["not a domain"]}), 422)
+    # a JSON value of another type is refused, not coerced: 0 is not false, false is not 0, "5" is not 5
+    before = (await gateway.get("/v1/company", headers=bearer(created))).json()
+    for wrong in (
+        {"block_own_domains": 0},
+        {"block_own_domains": "yes"},
+        {"mailbox_limit": False},
+        {"mailbox_limit": "5"},
+    ):
+        assert_problem(await gateway.patch("/v1/company", headers=bearer(created), json=wrong), 422)
+    assert (await gateway.get("/v1/company", headers=bearer(created))).json() == before
 
 
 async def test_service_down_is_503_problem_quickly(gateway: httpx.AsyncClient) -> None:

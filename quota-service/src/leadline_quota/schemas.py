@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
 
 class LimitUsageOut(BaseModel):
@@ -71,8 +71,8 @@ class ReservationIn(BaseModel):
     messages: int = Field(1, ge=1, strict=True)
     largest_recipients: int | None = Field(None, ge=1, strict=True)
     ttl_seconds: int = Field(600, ge=1, le=86400, strict=True)
-    overrides: dict[str, int] = {}
-    month_start_day: int | None = Field(None, ge=1, le=31)
+    overrides: dict[str, StrictInt] = {}
+    month_start_day: int | None = Field(None, ge=1, le=31, strict=True)
 
 
 class ReservationOut(BaseModel):
@@ -85,8 +85,8 @@ class CommitIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    messages: int | None = Field(None, ge=1)
-    recipients: int | None = Field(None, ge=1)
+    messages: int | None = Field(None, ge=1, strict=True)
+    recipients: int | None = Field(None, ge=1, strict=True)
 
 
 class SettlementOut(BaseModel):
@@ -98,16 +98,16 @@ class TenantLimitsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # limit name → value, at most what the preset (and the operator) allow; the whole set is replaced
-    overrides: dict[str, int] = {}
+    overrides: dict[str, StrictInt] = {}
 
 
 class AccountOverridesIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     # limit name → value; null lifts that limit; the whole set is replaced
-    overrides: dict[str, int | None] = {}
+    overrides: dict[str, StrictInt | None] = {}
     provider: str | None = None
-    month_start_day: int | None = Field(None, ge=1, le=31)
+    month_start_day: int | None = Field(None, ge=1, le=31, strict=True)
 
 
 class PlanIn(BaseModel):

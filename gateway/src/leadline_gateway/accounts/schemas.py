@@ -59,7 +59,7 @@ class CompanyCreate(Strict):
 class CompanyPatch(Strict):
     name: Name | None = None
     domains: list[Domain] | None = Field(default=None, max_length=50)
-    block_own_domains: bool | None = None
+    block_own_domains: bool | None = Field(default=None, strict=True)  # 0 is not false
     mailbox_limit: StrictInt | None = Field(default=None, ge=0, le=1_000_000)  # false is not 0
 
 

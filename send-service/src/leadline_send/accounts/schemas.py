@@ -29,7 +29,7 @@ class SmtpAccountFields(BaseModel):
     name: str | None = Field(None, min_length=1, max_length=200)
     type: AccountType | None = None
     host: str | None = Field(None, min_length=1, max_length=253)
-    port: int | None = Field(None, ge=1, le=65535)
+    port: int | None = Field(None, ge=1, le=65535, strict=True)
     tls: TlsMode | None = Field(
         None,
         description="implicit = SSL/TLS from the start; starttls = STARTTLS "
@@ -40,25 +40,25 @@ class SmtpAccountFields(BaseModel):
     password: str | None = Field(None, max_length=1000)
     from_email: str | None = None
     from_name: str | None = Field(None, max_length=200)
-    active: bool | None = None
-    timeout_seconds: int | None = Field(None, ge=1, le=600)
+    active: bool | None = Field(None, strict=True)  # 0 is not false, "8" is not 8
+    timeout_seconds: int | None = Field(None, ge=1, le=600, strict=True)
     default_cc: list[str] | None = Field(None, max_length=20)
     default_bcc: list[str] | None = Field(None, max_length=20)
-    max_per_month: int | None = Field(None, ge=1, le=MAX_INTEGER)
-    month_start_day: int | None = Field(None, ge=1, le=28)
+    max_per_month: int | None = Field(None, ge=1, le=MAX_INTEGER, strict=True)
+    month_start_day: int | None = Field(None, ge=1, le=28, strict=True)
     # a header line holds at most 998 characters (RFC 5322): the URL goes out on one
     unsubscribe_url: str | None = Field(None, max_length=900)
     precedence: Literal["bulk", "list", "junk"] | None = None
     return_path: str | None = None
     utm: Utm | None = None
-    display_order: int | None = Field(None, ge=-MAX_INTEGER - 1, le=MAX_INTEGER)
+    display_order: int | None = Field(None, ge=-MAX_INTEGER - 1, le=MAX_INTEGER, strict=True)
 
 
 class SmtpAccountIn(SmtpAccountFields):
     name: str = Field(min_length=1, max_length=200)
     type: AccountType = "campaigns"
     host: str = Field(min_length=1, max_length=253)
-    port: int = Field(587, ge=1, le=65535)
+    port: int = Field(587, ge=1, le=65535, strict=True)
     tls: TlsMode = "starttls"
     from_email: str
 

@@ -31,9 +31,9 @@ class ServerSettingsIn(BaseModel):
     username: str | None = Field(None, max_length=320)
     password: SecretStr | None = Field(None, max_length=1024)
     host: str | None = Field(None, max_length=253)
-    port: int | None = Field(None, ge=1, le=65535)
-    use_ssl: bool | None = None
-    self_signed: bool = False
+    port: int | None = Field(None, ge=1, le=65535, strict=True)
+    use_ssl: bool | None = Field(None, strict=True)  # 0 is not false
+    self_signed: bool = Field(False, strict=True)
     # the SHA-256 fingerprint the user expects (optional): checked against the one seen when connecting
     certificate_sha256: str | None = None
 
