@@ -32,8 +32,9 @@ from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_sync.oauth.apps import resolve_apps, seal_client_secret
-from leadline_sync.oauth.flow import SignInRefused, _proven_address
+from leadline_sync.oauth.flow import _proven_address
 from leadline_sync.oauth.tokens import TokenSet
+from leadline_sync.problems import SignInRefused
 
 from .conftest import DroppingProxy, MailAccount, SyncWorld
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from sqlalchemy import bindparam, func, or_, select
 
 from leadline_gateway import models
+from leadline_gateway.problems import InvalidApiKey, InvalidOperatorToken, MissingApiKey, OperatorApiOff
 from leadline_kit.db import Database
 from leadline_kit.errors import Unauthorized
 from leadline_kit.identity import OPERATOR, Identity
@@ -59,9 +60,8 @@ def bearer_matches(authorization: str | None, token: str) -> bool:
 
 
 def _invalid() -> Unauthorized:
-    return Unauthorized(
+    return InvalidApiKey(
         "the API key is not valid (unknown, revoked or expired)",
-        slug="invalid-api-key",
         headers={"WWW-Authenticate": "Bearer"},
     )
 
@@ -85,9 +85,8 @@ class ApiKeyAuthenticator:
 
     async def authenticate(self, authorization: str | None) -> Identity:
         if not authorization or not authorization.lower().startswith("bearer "):
-            raise Unauthorized(
+            raise MissingApiKey(
                 "send your API key as 'Authorization: Bearer <key>'",
-                slug="missing-api-key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
         try:
@@ -113,13 +112,10 @@ class ApiKeyAuthenticator:
 def authenticate_operator(authorization: str | None, operator_token: str | None) -> Identity:
     """The operator identity for the operator token (routes under ``/v1/operator/`` only; never an API key)."""
     if operator_token is None:
-        raise Unauthorized(
-            "the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN", slug="operator-api-off"
-        )
+        raise OperatorApiOff("the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN")
     if not bearer_matches(authorization, operator_token):
-        raise Unauthorized(
+        raise InvalidOperatorToken(
             "send the operator token as 'Authorization: Bearer <token>'",
-            slug="invalid-operator-token",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return OPERATOR

@@ -16,13 +16,9 @@ from email.utils import make_msgid, parseaddr
 import aiosmtplib
 
 from leadline_gateway.config import Settings
-from leadline_kit.errors import ServiceUnavailable
+from leadline_gateway.problems import MailerUnavailable
 
 log = logging.getLogger("leadline.gateway.mailer")
-
-
-class MailerUnavailable(ServiceUnavailable):
-    slug, title = "mailer-unavailable", "The system mailer is not available"
 
 
 class SystemMailer:

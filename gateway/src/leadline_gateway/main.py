@@ -18,10 +18,11 @@ from leadline_gateway.config import Settings
 from leadline_gateway.context import GatewayContext
 from leadline_gateway.mailer import SystemMailer
 from leadline_gateway.openapi import merged_openapi
+from leadline_gateway.problems import InvalidMetricsToken
 from leadline_gateway.proxy import GatewayProxy
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.db import Database
-from leadline_kit.errors import NotFound, Unauthorized
+from leadline_kit.errors import NotFound
 from leadline_kit.service import Runtime, create_service_app
 
 
@@ -57,11 +58,10 @@ def create_app(given: Settings | None = None) -> FastAPI:
     def metrics_guard(request: Request) -> None:
         """The gateway faces the public: its metrics go only to whoever holds the operator's metrics token."""
         if settings.metrics_token is None:
-            raise NotFound("not found", slug="not-found")
+            raise NotFound("not found")
         if not bearer_matches(request.headers.get("authorization"), settings.metrics_token.get_secret_value()):
-            raise Unauthorized(
+            raise InvalidMetricsToken(
                 "the gateway's metrics need the metrics token",
-                slug="invalid-metrics-token",
                 headers={"WWW-Authenticate": "Bearer"},
             )
 

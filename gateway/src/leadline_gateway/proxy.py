@@ -35,13 +35,12 @@ from yarl import URL
 from leadline_gateway.auth import OPERATOR_PREFIX, ApiKeyAuthenticator, authenticate_operator
 from leadline_gateway.config import Settings
 from leadline_gateway.contract import SIGN_IN_CALLBACK
+from leadline_gateway.problems import GatewayTimeout, InvalidPath, RateLimited
 from leadline_gateway.ratelimit import RateLimiter
 from leadline_kit.errors import (
-    BadRequest,
     PayloadTooLarge,
     Problem,
     ServiceUnavailable,
-    TooManyRequests,
     problem_response,
 )
 from leadline_kit.identity import IDENTITY_HEADER, SIGNATURE_HEADER, identity_headers
@@ -88,10 +87,6 @@ def unsafe_path(raw_path: bytes) -> bool:
     return any(segment in (".", "..") for segment in unquote(raw_path.decode("latin-1")).split("/"))
 
 
-class GatewayTimeout(Problem):
-    status, slug, title = 504, "upstream-timeout", "Service did not answer in time"
-
-
 class GatewayProxy:
     def __init__(
         self, app: ASGIApp, settings: Settings, authenticator: ApiKeyAuthenticator, limiter: RateLimiter
@@ -132,7 +127,7 @@ class GatewayProxy:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and unsafe_path(scope.get("raw_path") or scope["path"].encode("utf-8")):
-            problem = BadRequest("the path holds a dot segment or an encoded separator", slug="invalid-path")
+            problem = InvalidPath("the path holds a dot segment or an encoded separator")
             await problem_response(problem)(scope, receive, send)
             return
         route = self._route(scope["path"]) if scope["type"] == "http" else None
@@ -167,9 +162,8 @@ class GatewayProxy:
             identity = await self.authenticator.authenticate(authorization)
             allowance = self.limiter.take(identity.api_key_id or identity.user_id)
             if allowance.wait:
-                raise TooManyRequests(
+                raise RateLimited(
                     "this API key sent too many requests",
-                    slug="rate-limited",
                     headers=allowance.headers(),
                     retry_after_seconds=round(allowance.wait, 3),
                 )
@@ -200,7 +194,6 @@ class GatewayProxy:
             log.warning("service behind %s unreachable: %s", prefix, exc)
             raise ServiceUnavailable(
                 f"the service behind {prefix} is not reachable; try again shortly",
-                slug="service-unavailable",
                 headers={"Retry-After": "5"},
             ) from exc
         except TimeoutError as exc:

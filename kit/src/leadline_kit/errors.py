@@ -97,6 +97,53 @@ class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class InternalError(Problem):
+    status, slug, title = 500, "internal-error", "Internal error"
+
+
+# Problems of more than one service, each raised by name (a service's own are in its problems.py).
+
+
+class IdentityMissing(Unauthorized):
+    slug = "identity-missing"
+
+
+class IdentityInvalid(Unauthorized):
+    slug = "identity-invalid"
+
+
+class IdentityExpired(Unauthorized):
+    slug = "identity-expired"
+
+
+class RoleForbidden(Forbidden):
+    slug = "role-forbidden"
+
+
+class OperatorOnly(Forbidden):
+    slug = "operator-only"
+
+
+class OperatorNotTenant(Forbidden):
+    slug = "operator-not-tenant"
+
+
+class InvalidCursor(BadRequest):
+    slug = "invalid-cursor"
+
+
+class InvalidEmailAddress(Unprocessable):
+    slug = "invalid-address"
+
+
+class QuotaExceeded(TooManyRequests):
+    slug = "quota-exceeded"
+
+
+class Busy(ServiceUnavailable):
+    slug = "busy"
+
+
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
     return JSONResponse(
         problem.to_dict(instance), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
@@ -162,18 +209,15 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_pool_timeout(request: Request, exc: Exception) -> JSONResponse:
         # every database connection of this process is in use: the service is busy, not broken (R28)
         log.warning("no database connection free for %s %s: answered 503", request.method, request.url.path)
-        problem = ServiceUnavailable(
+        problem = Busy(
             "the service is busy (every database connection is in use); try again shortly",
-            slug="busy",
             headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
         )
         return problem_response(problem, request.url.path)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        problem = Problem("an unexpected error occurred; it has been logged", slug="internal-error")
-        problem.status, problem.title = 500, "Internal error"
-        return problem_response(problem, request.url.path)
+        return problem_response(InternalError("an unexpected error occurred; it has been logged"), request.url.path)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

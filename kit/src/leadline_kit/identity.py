@@ -31,7 +31,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 
-from leadline_kit.errors import Forbidden, Unauthorized
+from leadline_kit.errors import (
+    IdentityExpired,
+    IdentityInvalid,
+    IdentityMissing,
+    OperatorNotTenant,
+    OperatorOnly,
+    RoleForbidden,
+)
 
 Role = Literal[
     "administrator", "company_manager", "marketing_manager", "sales_manager", "salesperson", "jr_salesperson"
@@ -82,9 +89,9 @@ def identity_headers(identity: Identity, secret: str, now: float | None = None) 
 
 def verify_identity(value: str | None, signature: str | None, secret: str, now: float | None = None) -> Identity:
     if not value or not signature:
-        raise Unauthorized("requests must come through the gateway", slug="identity-missing")
+        raise IdentityMissing("requests must come through the gateway")
     if not hmac.compare_digest(_sign(value, secret), signature):
-        raise Unauthorized("identity signature is invalid", slug="identity-invalid")
+        raise IdentityInvalid("identity signature is invalid")
     try:
         claims = json.loads(base64.urlsafe_b64decode(value.encode()))
         issued = int(claims["t"])
@@ -95,11 +102,11 @@ def verify_identity(value: str | None, signature: str | None, secret: str, now: 
             api_key_id=uuid.UUID(claims["k"]) if claims.get("k") else None,
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise Unauthorized("identity header is malformed", slug="identity-invalid") from exc
+        raise IdentityInvalid("identity header is malformed") from exc
     if abs((now if now is not None else time.time()) - issued) > MAX_AGE_SECONDS:
-        raise Unauthorized("identity header has expired", slug="identity-expired")
+        raise IdentityExpired("identity header has expired")
     if identity.role not in ROLES and identity != OPERATOR:
-        raise Unauthorized("identity names an unknown role", slug="identity-invalid")
+        raise IdentityInvalid("identity names an unknown role")
     return identity
 
 
@@ -111,14 +118,14 @@ def _signed_identity(request: Request) -> Identity:
 async def current_identity(request: Request) -> Identity:
     identity = _signed_identity(request)
     if identity.is_operator:
-        raise Forbidden("the operator acts on a company through /v1/operator/ only", slug="operator-not-tenant")
+        raise OperatorNotTenant("the operator acts on a company through /v1/operator/ only")
     return identity
 
 
 async def current_operator(request: Request) -> Identity:
     identity = _signed_identity(request)
     if not identity.is_operator:
-        raise Forbidden("only the operator may do this (the operator token, not an API key)", slug="operator-only")
+        raise OperatorOnly("only the operator may do this (the operator token, not an API key)")
     return identity
 
 
@@ -128,7 +135,7 @@ Operator = Annotated[Identity, Depends(current_operator)]
 
 async def administrator(caller: Caller) -> Identity:
     if not caller.is_admin:
-        raise Forbidden("only administrators may do this", slug="role-forbidden")
+        raise RoleForbidden("only administrators may do this")
     return caller
 
 

@@ -11,7 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
-from leadline_kit.errors import BadRequest
+from leadline_kit.errors import InvalidCursor
 
 T = TypeVar("T")
 
@@ -39,7 +39,7 @@ def decode_cursor(cursor: str, parts: int) -> list[str]:
         ):
             raise ValueError
     except ValueError as exc:
-        raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
+        raise InvalidCursor("cursor is not valid") from exc
     return key
 
 
@@ -60,4 +60,4 @@ def decode_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
             raise ValueError("no UTC offset")
         return parsed.astimezone(UTC), uuid.UUID(row_id)
     except (ValueError, OverflowError) as exc:
-        raise BadRequest("cursor is not valid", slug="invalid-cursor") from exc
+        raise InvalidCursor("cursor is not valid") from exc

@@ -10,12 +10,25 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from leadline_kit.db import Session
-from leadline_kit.errors import Conflict, NotFound, Problem, TooManyRequests, Unprocessable, problem_response
+from leadline_kit.errors import (
+    Problem,
+    QuotaExceeded,
+    Unprocessable,
+    problem_response,
+)
 from leadline_kit.identity import Admin, Caller, Operator
 from leadline_kit.pagination import decode_cursor, encode_cursor
 from leadline_quota import accounts, mailbox_slots, plans, reservations
 from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.limits import LIMIT_NAMES, Preset, catalogue
+from leadline_quota.problems import (
+    QuotaLimitUnreachable,
+    QuotaRaiseForbidden,
+    ReservationCountsInvalid,
+    ReservationNotFound,
+    ReservationSettled,
+    UnknownPlan,
+)
 from leadline_quota.reservations import InvalidAsk, ReserveAsk, Settlement
 from leadline_quota.schemas import (
     AccountOverridesIn,
@@ -142,12 +155,11 @@ async def reserve(
     # returned, not raised: the refusal's quota.exceeded event must commit with the session
     problem: Problem
     if decision.retry_at is None:
-        problem = Unprocessable(decision.detail, slug="quota-limit-unreachable", limit=decision.limit, retry_at=None)
+        problem = QuotaLimitUnreachable(decision.detail, limit=decision.limit, retry_at=None)
     else:
         wait = max(1, math.ceil((decision.retry_at - _clock(request)()).total_seconds()))
-        problem = TooManyRequests(
+        problem = QuotaExceeded(
             decision.detail,
-            slug="quota-exceeded",
             headers={"Retry-After": str(wait)},
             limit=decision.limit,
             retry_at=decision.retry_at,
@@ -157,11 +169,11 @@ async def reserve(
 
 def _settled(settlement: Settlement) -> SettlementOut:
     if settlement.invalid:
-        raise Unprocessable(settlement.detail, slug="reservation-counts-invalid")
+        raise ReservationCountsInvalid(settlement.detail)
     if not settlement.found:
-        raise NotFound("no such reservation", slug="reservation-not-found")
+        raise ReservationNotFound("no such reservation")
     if not settlement.ok:
-        raise Conflict(settlement.detail, slug="reservation-settled")
+        raise ReservationSettled(settlement.detail)
     return SettlementOut(ok=True, detail=settlement.detail)
 
 
@@ -206,7 +218,7 @@ async def set_tenant_limits(
             session, caller.company_id, account_key, body.overrides, _clock(request)()
         )
     except accounts.LimitRaised as exc:
-        raise Unprocessable(str(exc), slug="quota-raise-forbidden") from exc
+        raise QuotaRaiseForbidden(str(exc)) from exc
     except InvalidAsk as exc:
         raise Unprocessable(str(exc)) from exc
     return _account_out(report)
@@ -239,5 +251,5 @@ async def set_plan(
     try:
         plan = await plans.set_plan(session, company_id, body.plan, _clock(request)())
     except plans.UnknownPlan as exc:
-        raise Unprocessable(str(exc), slug="unknown-plan") from exc
+        raise UnknownPlan(str(exc)) from exc
     return PlanOut(plan=plan.key, label=plan.label, synced_emails_per_user_per_day=plan.synced_emails_per_user_per_day)

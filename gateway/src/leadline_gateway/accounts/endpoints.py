@@ -19,8 +19,9 @@ from leadline_gateway.accounts import schemas, service
 from leadline_gateway.auth import authenticate_operator, bearer_matches
 from leadline_gateway.context import GatewayContext
 from leadline_gateway.mailer import SystemMailer
+from leadline_gateway.problems import InvalidBootstrapToken
 from leadline_kit.db import Session
-from leadline_kit.errors import Forbidden, Unauthorized
+from leadline_kit.errors import RoleForbidden
 from leadline_kit.identity import Identity
 from leadline_kit.pagination import Page
 
@@ -46,9 +47,8 @@ def token_first(check: Callable[[Request], None]) -> type[APIRoute]:
 def _bootstrap_token(request: Request) -> None:
     settings = request.app.state.runtime.settings
     if not bearer_matches(request.headers.get("authorization"), settings.bootstrap_token.get_secret_value()):
-        raise Unauthorized(
+        raise InvalidBootstrapToken(
             "creating a company needs the bootstrap token",
-            slug="invalid-bootstrap-token",
             headers={"WWW-Authenticate": "Bearer"},
         )
 
@@ -72,7 +72,7 @@ Caller = Annotated[Identity, Depends(api_caller)]
 
 async def administrator(caller: Caller) -> Identity:
     if not caller.is_admin:
-        raise Forbidden("only administrators may do this", slug="role-forbidden")
+        raise RoleForbidden("only administrators may do this")
     return caller
 
 
@@ -183,7 +183,7 @@ async def claim_invitation(data: schemas.InvitationClaim, session: Session, requ
 @router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
 async def get_user(user_id: uuid.UUID, caller: Caller, session: Session) -> schemas.UserOut:
     if not caller.is_admin and caller.user_id != user_id:
-        raise Forbidden("only administrators may see other users", slug="role-forbidden")
+        raise RoleForbidden("only administrators may see other users")
     return await service.get_user(session, caller, user_id)
 
 

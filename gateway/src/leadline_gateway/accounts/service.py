@@ -17,7 +17,15 @@ from leadline_gateway import models
 from leadline_gateway.accounts import schemas
 from leadline_gateway.auth import new_api_key
 from leadline_gateway.mailer import SystemMailer
-from leadline_kit.errors import Conflict, NotFound
+from leadline_gateway.problems import (
+    ApiKeyLimit,
+    ApiKeyNotFound,
+    CompanyNotFound,
+    InvitationNotFound,
+    LastAdministrator,
+    UserExists,
+    UserNotFound,
+)
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import decode_position, encode_position
@@ -131,7 +139,7 @@ async def _user_row(session: AsyncSession, caller: Identity, user_id: uuid.UUID)
         )
     ).first()
     if row is None:
-        raise NotFound("no such user in your company", slug="user-not-found")
+        raise UserNotFound("no such user in your company")
     return row
 
 
@@ -197,7 +205,7 @@ async def _insert_user(session: AsyncSession, company_id: uuid.UUID, email: str,
                 )
             ).one()
     except IntegrityError as exc:
-        raise Conflict("a user with this email already exists in the company", slug="user-exists") from exc
+        raise UserExists("a user with this email already exists in the company") from exc
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=company_id, payload=_user_payload(row)))
     return row
 
@@ -239,10 +247,9 @@ async def claim_invitation(
         )
     ).first()
     if row is None:
-        raise NotFound(
+        raise InvitationNotFound(
             "this invitation code is unknown, was already used, has expired or was sent to another "
             "address; ask your administrator for a new invitation",
-            slug="invitation-not-found",
         )
     key = await _create_key(session, row.company_id, row.user_id, data.key_name)
     await session.execute(
@@ -274,7 +281,7 @@ async def update_user(
         and changes.get("role", "administrator") != "administrator"
         and await _administrators(session, caller.company_id) <= 1
     ):
-        raise Conflict("a company keeps at least one administrator", slug="last-administrator")
+        raise LastAdministrator("a company keeps at least one administrator")
     if not changes:
         return schemas.UserOut.model_validate(current, from_attributes=True)
     row = (
@@ -292,7 +299,7 @@ async def update_user(
 async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> None:
     current = await _user_row(session, caller, user_id)
     if current.role == "administrator" and await _administrators(session, caller.company_id) <= 1:
-        raise Conflict("a company keeps at least one administrator", slug="last-administrator")
+        raise LastAdministrator("a company keeps at least one administrator")
     await session.execute(
         models.user.delete().where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
     )
@@ -351,17 +358,16 @@ async def _create_capped_key(
         .with_for_update()
     )
     if found.first() is None:
-        raise NotFound("no such user in this company", slug="user-not-found")
+        raise UserNotFound("no such user in this company")
     active = await session.scalar(
         select(func.count())
         .select_from(models.api_key)
         .where(models.api_key.c.company_id == company_id, models.api_key.c.user_id == user_id, _active_key())
     )
     if int(active or 0) >= limit:
-        raise Conflict(
+        raise ApiKeyLimit(
             f"the user holds {limit} active API keys, the most a user may hold; revoke one first "
             "(DELETE /v1/api-keys/{id})",
-            slug="api-key-limit",
             limit=limit,
         )
     return await _create_key(session, company_id, user_id, data.name, data.expires_at)
@@ -373,7 +379,7 @@ async def provision_user(
     """The operator's way for a CRM that signs its users in itself (SSO): the user and their first key at
     once, handed to the CRM's backend, with no tenant administrator in the loop (R29)."""
     if await session.scalar(select(models.company.c.id).where(models.company.c.id == company_id)) is None:
-        raise NotFound("no such company", slug="company-not-found")
+        raise CompanyNotFound("no such company")
     row = await _insert_user(session, company_id, data.email, data.name, data.role)
     key = await _create_capped_key(session, company_id, row.id, schemas.ApiKeyCreate(name=data.key_name), limit)
     return schemas.UserProvisioned(user=schemas.UserOut.model_validate(row, from_attributes=True), api_key=key)
@@ -403,4 +409,4 @@ async def revoke_api_key(session: AsyncSession, caller: Identity, key_id: uuid.U
     if not caller.is_admin:
         statement = statement.where(models.api_key.c.user_id == caller.user_id)
     if (await session.execute(statement.values(revoked_at=func.now()).returning(models.api_key.c.id))).first() is None:
-        raise NotFound("no such API key of yours", slug="api-key-not-found")
+        raise ApiKeyNotFound("no such API key of yours")

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Response
 
 from leadline_kit.db import Session
-from leadline_kit.errors import Forbidden
+from leadline_kit.errors import RoleForbidden
 from leadline_kit.identity import Caller, Identity
 from leadline_lead.blocklist import service
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
@@ -20,7 +20,7 @@ BLOCKLIST_MANAGERS = ("administrator", "company_manager")
 
 async def blocklist_manager(caller: Caller) -> Identity:
     if caller.role not in BLOCKLIST_MANAGERS:
-        raise Forbidden("only administrators and company managers may change the blocklist", slug="role-forbidden")
+        raise RoleForbidden("only administrators and company managers may change the blocklist")
     return caller
 
 

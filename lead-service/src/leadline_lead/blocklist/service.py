@@ -15,7 +15,7 @@ import uuid
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import Conflict, NotFound, Unprocessable
+from leadline_kit.errors import InvalidEmailAddress
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import decode_position, encode_position
@@ -23,6 +23,7 @@ from leadline_lead.addresses import InvalidAddress, normalise_address, normalise
 from leadline_lead.blocklist import repository
 from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate, BlocklistPage
 from leadline_lead.models import outbox
+from leadline_lead.problems import AlreadyBlocklisted, BlocklistEntryNotFound, InvalidDomain
 from leadline_lead.timeline.repository import purge_blocked
 from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
 
@@ -40,7 +41,7 @@ async def add_entry(session: AsyncSession, caller: Identity, body: BlocklistEntr
     try:
         value = normalise_address(body.value) if kind == "address" else normalise_domain(body.value)
     except InvalidAddress as exc:
-        raise Unprocessable(str(exc), slug=f"invalid-{kind}") from exc
+        raise (InvalidEmailAddress if kind == "address" else InvalidDomain)(str(exc)) from exc
     row = await repository.insert_entry(
         session,
         {
@@ -52,7 +53,7 @@ async def add_entry(session: AsyncSession, caller: Identity, body: BlocklistEntr
         },
     )
     if row is None:
-        raise Conflict(f"{value} is already blocklisted", slug="already-blocklisted", value=value)
+        raise AlreadyBlocklisted(f"{value} is already blocklisted", value=value)
     entry = _entry(row)
     if kind == "address":
         await purge_blocked(session, caller.company_id, addresses=[value])
@@ -66,7 +67,7 @@ async def remove_entry(session: AsyncSession, caller: Identity, entry_id: uuid.U
     """Unblocking lets future mail through; what was purged stays gone."""
     row = await repository.delete_entry(session, caller.company_id, entry_id)
     if row is None:
-        raise NotFound("no such blocklist entry", slug="blocklist-entry-not-found")
+        raise BlocklistEntryNotFound("no such blocklist entry")
     await enqueue(session, outbox, BlocklistRemovedV1(company_id=caller.company_id, payload=_payload(_entry(row))))
 
 

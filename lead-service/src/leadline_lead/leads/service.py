@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import Conflict, NotFound, Unprocessable
+from leadline_kit.errors import InvalidEmailAddress
 from leadline_kit.identity import Identity
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_position, encode_position
@@ -26,6 +26,7 @@ from leadline_lead.addresses import InvalidAddress, normalise_address
 from leadline_lead.leads import repository
 from leadline_lead.leads.schemas import Lead, LeadCreate, LeadUpdate, MailStatus
 from leadline_lead.models import outbox
+from leadline_lead.problems import AddressTaken, LeadNotFound, UnknownOwner
 from leadline_proto.events import LeadCreatedV1, LeadDeletedV1, LeadPayload, LeadUpdatedV1
 
 
@@ -36,7 +37,7 @@ def normalised_addresses(raw: Sequence[str]) -> list[str]:
         try:
             seen.setdefault(normalise_address(address), None)
         except InvalidAddress as exc:
-            raise Unprocessable(str(exc), slug="invalid-address", address=address[:254]) from exc
+            raise InvalidEmailAddress(str(exc), address=address[:254]) from exc
     return list(seen)
 
 
@@ -82,7 +83,7 @@ async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUI
     taken = await repository.claim_addresses(session, company_id, lead_id, addresses)
     if taken:
         first = sorted(taken)[0]
-        raise Conflict(f"{first} already belongs to another lead", slug="address-taken", address=first)
+        raise AddressTaken(f"{first} already belongs to another lead", address=first)
 
 
 async def _check_owner(session: AsyncSession, caller: Identity, owner: uuid.UUID | None) -> None:
@@ -92,9 +93,7 @@ async def _check_owner(session: AsyncSession, caller: Identity, owner: uuid.UUID
         and owner != caller.user_id
         and not await repository.is_user_of(session, caller.company_id, owner)
     ):
-        raise Unprocessable(
-            "owner_user_id names no user of your company", slug="unknown-owner", owner_user_id=str(owner)
-        )
+        raise UnknownOwner("owner_user_id names no user of your company", owner_user_id=str(owner))
 
 
 async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate) -> Lead:
@@ -120,14 +119,14 @@ async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate)
 async def get_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) -> Lead:
     row = await repository.get_lead(session, caller.company_id, lead_id)
     if row is None:
-        raise NotFound("no such lead", slug="lead-not-found")
+        raise LeadNotFound("no such lead")
     return _lead(row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, []))
 
 
 async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID, body: LeadUpdate) -> Lead:
     row = await repository.get_lead(session, caller.company_id, lead_id, for_update=True)
     if row is None:
-        raise NotFound("no such lead", slug="lead-not-found")
+        raise LeadNotFound("no such lead")
     values: dict[str, Any] = {}
     for field in ("name", "account_name", "stage"):
         if getattr(body, field) is not None:

@@ -16,8 +16,8 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import Unprocessable
 from leadline_kit.identity import Identity
+from leadline_lead.problems import InvalidDateRange
 from leadline_lead.reports import repository
 from leadline_lead.reports.schemas import ActivityReport, ActivityRow
 
@@ -31,9 +31,9 @@ async def activity_report(
     date_to = date_to or datetime.now(UTC).date()
     date_from = date_from or date_to - timedelta(weeks=DEFAULT_WEEKS)
     if date_from > date_to:
-        raise Unprocessable("from must not be after to", slug="invalid-date-range")
+        raise InvalidDateRange("from must not be after to")
     if (date_to - date_from).days > MAX_RANGE_DAYS:
-        raise Unprocessable(f"the range may span at most {MAX_RANGE_DAYS} days", slug="invalid-date-range")
+        raise InvalidDateRange(f"the range may span at most {MAX_RANGE_DAYS} days")
     start = datetime.combine(date_from, time.min, UTC)
     end = datetime.combine(date_to + timedelta(days=1), time.min, UTC)
     rows = await repository.activity(session, caller.company_id, start, end)

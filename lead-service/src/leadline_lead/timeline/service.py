@@ -28,7 +28,6 @@ from typing import Any
 import pydantic_core
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import NotFound
 from leadline_kit.identity import Identity
 from leadline_lead.addresses import (
     address_for_matching,
@@ -38,6 +37,7 @@ from leadline_lead.addresses import (
     is_blocked,
 )
 from leadline_lead.leads import repository as leads
+from leadline_lead.problems import LeadNotFound
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.snippets import snippet
 from leadline_proto.events import MailBouncedV1, MailComplainedV1, MailSentV1, MailSyncedV1
@@ -322,7 +322,7 @@ async def timeline(
     columns the schema already constrains (kinds, directions, categories).
     """
     if await leads.get_lead(session, caller.company_id, lead_id) is None:
-        raise NotFound("no such lead", slug="lead-not-found")
+        raise LeadNotFound("no such lead")
     rows = await repository.recent_events(session, caller.company_id, lead_id, min(limit, repository.TIMELINE_LIMIT))
     return pydantic_core.to_json({"items": [_timeline_event(r) for r in rows]})
 

@@ -20,6 +20,7 @@ from leadline_send.accounts.schemas import (
     TestEmailIn,
 )
 from leadline_send.context import Context
+from leadline_send.problems import AccountInError
 
 router = APIRouter(prefix="/v1/smtp-accounts", tags=["smtp accounts"])
 
@@ -72,7 +73,7 @@ async def test_email(
     row = await service.get(session, caller.company_id, account_id)
     try:
         await service.send_test_email(session, context, row, body.to)
-    except service.AccountInError as problem:
+    except AccountInError as problem:
         # returned, not raised: the account's error state commits with the session
         context.delivery.forget_accounts()
         return problem_response(problem, request.url.path)

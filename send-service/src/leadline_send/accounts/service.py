@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Row, delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import NotFound, Unprocessable
+from leadline_kit.errors import Unprocessable
 from leadline_kit.sealing import CredentialError
 from leadline_mail.net import MailConnectionError, normalize_fingerprint
 from leadline_send.accounts.schemas import ConnectionTest, SmtpAccountFields, SmtpAccountIn, SmtpAccountOut, Utm
@@ -35,6 +35,15 @@ from leadline_send.messages.composition import (
     check_header_value,
 )
 from leadline_send.models import smtp_account
+from leadline_send.problems import (
+    AccountInError,
+    InvalidFingerprint,
+    InvalidUrl,
+    PlaintextNotAllowed,
+    SmtpAccountNotFound,
+    SmtpTestFailed,
+    WrongConfirmationCode,
+)
 
 RECONFIRM_FIELDS = {"host", "port", "tls", "pinned_sha256", "username", "password", "from_email"}
 CODE_LIFETIME = timedelta(minutes=30)
@@ -93,7 +102,7 @@ def _column_values(  # noqa: C901 - 15, older than the limit
             try:
                 values[name] = normalize_fingerprint(value)
             except ValueError as exc:
-                raise Unprocessable(f"pinned_sha256: {exc}", slug="invalid-fingerprint") from None
+                raise InvalidFingerprint(f"pinned_sha256: {exc}") from None
         elif name == "unsubscribe_url" and value is not None:
             values[name] = _unsubscribe_target(value)
         elif name == "password":
@@ -106,9 +115,8 @@ def _column_values(  # noqa: C901 - 15, older than the limit
             utm = {k: check_header_value(k, v) for k, v in (value or {}).items() if v}
             values[name] = utm
         elif name == "tls" and value == "plain" and not context.settings.smtp_allow_plaintext:
-            raise Unprocessable(
+            raise PlaintextNotAllowed(
                 "SMTP without TLS is not allowed on this installation; use implicit or starttls",
-                slug="plaintext-not-allowed",
             )
         elif name in ("default_cc", "default_bcc", "utm") and value is None:
             values[name] = [] if name != "utm" else {}
@@ -128,7 +136,7 @@ def _column_values(  # noqa: C901 - 15, older than the limit
             )
             and value is None
         ):
-            raise Unprocessable(f"{name} cannot be empty", slug="validation-error")
+            raise Unprocessable(f"{name} cannot be empty")
         else:
             values[name] = value
     return values
@@ -138,11 +146,11 @@ def _unsubscribe_target(value: str) -> str:
     """A URI for ``List-Unsubscribe`` as it goes out: https, http or mailto, nothing that ends its ``<...>``."""
     check_header_value("unsubscribe_url", value)
     if _NOT_IN_LIST_URI.search(value):
-        raise Unprocessable("unsubscribe_url must not contain spaces, '<', '>' or ','", slug="invalid-url")
+        raise InvalidUrl("unsubscribe_url must not contain spaces, '<', '>' or ','")
     if value.startswith("mailto:"):
         check_address("unsubscribe_url", value[len("mailto:") :].partition("?")[0])
     elif not value.startswith(("https://", "http://")):
-        raise Unprocessable("unsubscribe_url must be an https, http or mailto URL", slug="invalid-url")
+        raise InvalidUrl("unsubscribe_url must be an https, http or mailto URL")
     return value
 
 
@@ -156,7 +164,7 @@ async def get(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUI
         )
     ).first()
     if row is None:
-        raise NotFound("no such SMTP account", slug="smtp-account-not-found")
+        raise SmtpAccountNotFound("no such SMTP account")
     return row
 
 
@@ -178,7 +186,7 @@ async def create(session: AsyncSession, context: SendContext, company_id: uuid.U
     for required in ("name", "type", "host", "port", "tls", "from_email"):
         values.setdefault(required, getattr(body, required))
     if values["tls"] == "plain" and not context.settings.smtp_allow_plaintext:
-        raise Unprocessable("SMTP without TLS is not allowed on this installation", slug="plaintext-not-allowed")
+        raise PlaintextNotAllowed("SMTP without TLS is not allowed on this installation")
     await session.execute(smtp_account.insert().values(id=account_id, company_id=company_id, **values))
     return await get(session, company_id, account_id)
 
@@ -216,10 +224,6 @@ async def test_connection(context: SendContext, row: Row[Any]) -> ConnectionTest
 
 def _code_hash(account_id: uuid.UUID, code: str) -> str:
     return hashlib.sha256(account_id.bytes + code.encode()).hexdigest()
-
-
-class AccountInError(Unprocessable):
-    slug = "smtp-account-error"
 
 
 async def send_test_email(session: AsyncSession, context: SendContext, row: Row[Any], to: str) -> None:
@@ -260,9 +264,9 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
         finally:
             smtp.close()
     except MailConnectionError as exc:
-        raise Unprocessable(exc.user_message, slug="smtp-test-failed") from None
+        raise SmtpTestFailed(exc.user_message) from None
     except Exception as exc:  # every SMTP answer or network failure is shown to the admin
-        raise Unprocessable(f"the test email could not be sent: {exc}", slug="smtp-test-failed") from None
+        raise SmtpTestFailed(f"the test email could not be sent: {exc}") from None
     await session.execute(
         update(smtp_account)
         .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
@@ -280,9 +284,8 @@ async def confirm(session: AsyncSession, row: Row[Any], code: str) -> Row[Any]:
         or row.confirmation_expires_at < datetime.now(UTC)
         or not hmac.compare_digest(expected, _code_hash(row.id, code.strip()))
     ):
-        raise Unprocessable(
+        raise WrongConfirmationCode(
             "that is not the code of the latest test email (or it expired); send a new one",
-            slug="wrong-confirmation-code",
         )
     await session.execute(
         update(smtp_account)

@@ -36,8 +36,9 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from leadline_kit.errors import Unprocessable
+from leadline_kit.errors import InvalidEmailAddress
 from leadline_mail.addresses import normalize_address
+from leadline_send.problems import HeaderInjection, HeaderMismatch
 
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s]+)\?([QqBb])\?([^?\s]*)\?=")
@@ -49,9 +50,7 @@ UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_conte
 def check_header_value(field_name: str, value: str) -> str:
     """Refuse a header value carrying a line break or control character, also RFC 2047-encoded."""
     if _CONTROL.search(value):
-        raise Unprocessable(
-            f"{field_name} contains a line break or control character", slug="header-injection", field=field_name
-        )
+        raise HeaderInjection(f"{field_name} contains a line break or control character", field=field_name)
     for match in _ENCODED_WORD.finditer(value):
         charset, encoding, text = match.group(1).partition("*")[0], match.group(2).upper(), match.group(3)
         try:
@@ -62,19 +61,15 @@ def check_header_value(field_name: str, value: str) -> str:
             )
             decoded = raw.decode(codecs.lookup(charset).name)
         except LookupError:
-            raise Unprocessable(
+            raise HeaderInjection(
                 f"{field_name} contains an encoded word in an unknown charset {charset!r}",
-                slug="header-injection",
                 field=field_name,
             ) from None
         except (binascii.Error, ValueError):
-            raise Unprocessable(
-                f"{field_name} contains a malformed encoded word", slug="header-injection", field=field_name
-            ) from None
+            raise HeaderInjection(f"{field_name} contains a malformed encoded word", field=field_name) from None
         if _CONTROL.search(decoded):
-            raise Unprocessable(
+            raise HeaderInjection(
                 f"{field_name} contains an encoded line break or control character",
-                slug="header-injection",
                 field=field_name,
             )
     return value
@@ -85,9 +80,7 @@ def check_address(field_name: str, value: str) -> str:
     check_header_value(field_name, value)
     address = normalize_address(value)
     if address is None:
-        raise Unprocessable(
-            f"{field_name}: {value!r} is not a valid email address", slug="invalid-address", field=field_name
-        )
+        raise InvalidEmailAddress(f"{field_name}: {value!r} is not a valid email address", field=field_name)
     return address
 
 
@@ -427,8 +420,7 @@ def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
         if name.lower() not in _STRUCTURAL
     ]
     if seen != intended:
-        raise Unprocessable(
+        raise HeaderMismatch(
             "the message does not re-read as the headers it was built from; "
             "check names, subject and addresses for unusual characters",
-            slug="header-mismatch",
         )

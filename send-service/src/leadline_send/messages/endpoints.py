@@ -16,7 +16,6 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import HTMLResponse
 
 from leadline_kit.db import Session
-from leadline_kit.errors import NotFound
 from leadline_kit.identity import Caller
 from leadline_kit.outbox import enqueue
 from leadline_kit.pagination import Page, decode_position, encode_position
@@ -27,6 +26,7 @@ from leadline_send.messages import repository, service
 from leadline_send.messages.schemas import BatchIn, BatchOut, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import read_token
 from leadline_send.models import outbox
+from leadline_send.problems import MessageNotFound, UnsubscribeLinkInvalid
 from leadline_send.states import MessageState
 
 router = APIRouter(prefix="/v1", tags=["messages"])
@@ -61,7 +61,7 @@ async def send_messages(body: BatchIn, caller: Caller, context: Context, request
 async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -> MessageOut:
     row = await repository.by_id(session, caller.company_id, message_id, service.sender_scope(caller))
     if row is None:
-        raise NotFound("no such message", slug="message-not-found")
+        raise MessageNotFound("no such message")
     return service.to_out(row)
 
 
@@ -104,7 +104,7 @@ async def unsubscribe_page(token: str, context: Context) -> HTMLResponse:
     """Public (no API key).  A GET only shows a button: link scanners prefetch GETs (RFC 8058)."""
     found = read_token(context.settings.unsubscribe_secret.get_secret_value(), token)
     if found is None:
-        raise NotFound("this unsubscribe link is not valid", slug="unsubscribe-link-invalid")
+        raise UnsubscribeLinkInvalid("this unsubscribe link is not valid")
     address = html.escape(found[1])
     return _page(
         "Unsubscribe",
@@ -119,7 +119,7 @@ async def unsubscribe(token: str, context: Context, session: Session, request: R
     """Public (no API key).  RFC 8058 one-click: marks the address unsubscribed; repeat calls are harmless."""
     found = read_token(context.settings.unsubscribe_secret.get_secret_value(), token)
     if found is None:
-        raise NotFound("this unsubscribe link is not valid", slug="unsubscribe-link-invalid")
+        raise UnsubscribeLinkInvalid("this unsubscribe link is not valid")
     company_id, address = found
     lead_id = await repository.lead_for_address(session, company_id, address)
     if await repository.add_unsubscribe(session, company_id, address, lead_id):

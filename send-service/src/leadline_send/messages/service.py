@@ -15,11 +15,8 @@ from sqlalchemy import Row
 
 from leadline_kit.errors import (
     Conflict,
-    NotFound,
-    PayloadTooLarge,
     Problem,
-    ServiceUnavailable,
-    TooManyRequests,
+    QuotaExceeded,
     Unprocessable,
 )
 from leadline_kit.identity import Identity
@@ -42,6 +39,24 @@ from leadline_send.messages.leads import LeadsUnavailable
 from leadline_send.messages.schemas import BatchMessageIn, MessageIn, MessageOut
 from leadline_send.messages.unsubscribe_token import make_token
 from leadline_send.metrics import timed
+from leadline_send.problems import (
+    IdempotencyKeyReused,
+    InvalidAttachment,
+    InvalidBody,
+    InvalidIdempotencyKey,
+    LeadServiceUnavailable,
+    MarketingOneRecipient,
+    MessageNotFound,
+    MessageTooLarge,
+    NoRecipients,
+    NoSendingAccount,
+    NotResendable,
+    QuotaLimit,
+    SyncedMailboxUnavailable,
+    TooManyRecipients,
+    UnknownLead,
+    UnsupportedAddress,
+)
 from leadline_send.states import DUE, RESENDABLE, MessageState
 
 # Salespeople see and resend their own messages; managers and administrators see the company's.
@@ -82,7 +97,7 @@ def check_idempotency_key(key: str | None) -> str | None:
     if key is None:
         return None
     if not 1 <= len(key) <= 200 or not key.isprintable():
-        raise Unprocessable("Idempotency-Key must be 1–200 printable characters", slug="invalid-idempotency-key")
+        raise InvalidIdempotencyKey("Idempotency-Key must be 1–200 printable characters")
     return key
 
 
@@ -94,9 +109,8 @@ def request_fingerprint(body: MessageIn) -> str:
 def _first_use(row: Row[Any], fingerprint: str) -> Row[Any]:
     """The message an idempotency key was first used for, if this request is the same one."""
     if row.request_sha256 is not None and row.request_sha256 != fingerprint:
-        raise Unprocessable(
+        raise IdempotencyKeyReused(
             "this Idempotency-Key was used before with a different request; use a new key for a new message",
-            slug="idempotency-key-reused",
         )
     return row
 
@@ -105,15 +119,15 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
     check_header_value("subject", body.subject)
     for part in (body.text, body.html):
         if part is not None and "\x00" in part:
-            raise Unprocessable("the body contains a NUL character", slug="invalid-body")
+            raise InvalidBody("the body contains a NUL character")
     try:
         with timed("api-leads"):
             leads = await context.leads.recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
     except LeadsUnavailable as exc:
-        raise ServiceUnavailable(str(exc), slug="lead-service-unavailable") from None
+        raise LeadServiceUnavailable(str(exc)) from None
     missing = [str(i) for i in body.lead_ids if i not in leads]
     if missing:
-        raise Unprocessable("unknown lead: " + ", ".join(missing), slug="unknown-lead", lead_ids=missing)
+        raise UnknownLead("unknown lead: " + ", ".join(missing), lead_ids=missing)
     to = [
         Recipient(address, check_header_value("lead name", name), lead_id)
         for lead_id, (address, name) in ((i, leads[i]) for i in body.lead_ids)
@@ -122,13 +136,12 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
     cc = [Recipient(check_address(f"cc[{n}]", a)) for n, a in enumerate(body.cc)]
     bcc = [Recipient(check_address(f"bcc[{n}]", a)) for n, a in enumerate(body.bcc)]
     if not to:
-        raise Unprocessable("a message needs at least one recipient in lead_ids or to", slug="no-recipients")
+        raise NoRecipients("a message needs at least one recipient in lead_ids or to")
     # a non-ASCII local part (domains are kept in IDNA ASCII) needs SMTPUTF8 in the envelope and the headers
     unsendable = [r.address for r in (*to, *cc, *bcc) if not r.address.isascii()]
     if unsendable:
-        raise Unprocessable(
+        raise UnsupportedAddress(
             "addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: " + ", ".join(unsendable),
-            slug="unsupported-address",
         )
     attachments = []
     for n, item in enumerate(body.attachments):
@@ -136,7 +149,7 @@ async def _draft(session: Executor, context: SendContext, caller: Identity, body
         try:
             content = base64.b64decode(item.content_base64, validate=True)
         except (binascii.Error, ValueError):
-            raise Unprocessable(f"attachments[{n}].content_base64 is not base64", slug="invalid-attachment") from None
+            raise InvalidAttachment(f"attachments[{n}].content_base64 is not base64") from None
         attachments.append(AttachmentFile(item.filename, item.content_type.lower(), content))
     return Draft(
         category=body.category,
@@ -186,16 +199,14 @@ async def _check_quota(
     waits = sorted(((r.retry_at, r.limit) for r in refusals if r.retry_at is not None), key=lambda w: w[0])
     if not waits:
         first = refusals[0]
-        raise Unprocessable(
+        raise QuotaLimit(
             f"the message can never pass the sending limit {first.limit}: {first.detail}",
-            slug="quota-limit",
             limit=first.limit,
         )
     retry_at, limit = waits[0]
     wait = max(1, math.ceil((retry_at - datetime.now(UTC)).total_seconds()))
-    raise TooManyRequests(
+    raise QuotaExceeded(
         f"sending limit {limit} reached; it resets at {retry_at.isoformat()}",
-        slug="quota-exceeded",
         headers={"Retry-After": str(wait)},
         limit=limit,
         retry_at=retry_at,
@@ -237,10 +248,9 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
     draft = await _draft(session, context, caller, body)
     if body.category == "marketing":
         if len(draft.to) != 1 or draft.cc or draft.bcc:
-            raise Unprocessable(
+            raise MarketingOneRecipient(
                 "marketing mail goes to one recipient per message (each gets its own "
                 "unsubscribe link); send one message per lead",
-                slug="marketing-one-recipient",
             )
         refused = await repository.unsubscribed(session, caller.company_id, draft.recipients)
         if refused:
@@ -250,14 +260,13 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
         with timed("api-route"):
             route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
     except MailboxUnavailable as exc:
-        raise ServiceUnavailable(str(exc), slug="mailbox-unavailable") from None
+        raise SyncedMailboxUnavailable(str(exc)) from None
     if not route.accounts:
-        raise Unprocessable(route.reason, slug="no-sending-account")
+        raise NoSendingAccount(route.reason)
     draft = _with_defaults(draft, route.accounts[0])
     if len(draft.recipients) > settings.max_recipients:
-        raise Unprocessable(
+        raise TooManyRecipients(
             f"too many recipients: {len(draft.recipients)} (at most {settings.max_recipients})",
-            slug="too-many-recipients",
             limit=settings.max_recipients,
         )
     message_uuid = uuid.uuid4()
@@ -272,9 +281,8 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
         context, draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link
     )
     if len(built.raw) > settings.max_message_bytes:
-        raise PayloadTooLarge(
+        raise MessageTooLarge(
             f"the message is {len(built.raw)} bytes; at most {settings.max_message_bytes}",
-            slug="message-too-large",
             limit=settings.max_message_bytes,
         )
     if body.category not in chosen:
@@ -357,16 +365,15 @@ async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> 
     """Send again on purpose, with the same Message-ID (see the module docstring of endpoints)."""
     row = await repository.by_id(session, caller.company_id, message_id, sender_scope(caller))
     if row is None:
-        raise NotFound("no such message", slug="message-not-found")
+        raise MessageNotFound("no such message")
     if row.category == "marketing":
         refused = await repository.unsubscribed(session, caller.company_id, list(row.recipients))
         if refused:
             detail, slug = repository.marketing_refusal(refused)
             raise Conflict(detail, slug=slug)
     if not await repository.requeue(session, caller.company_id, message_id, RESENDABLE):
-        raise Conflict(
+        raise NotResendable(
             f"a {row.state} message cannot be resent; only {', '.join(RESENDABLE)} ones",
-            slug="not-resendable",
             state=row.state,
         )
     fresh = await repository.by_id(session, caller.company_id, message_id)

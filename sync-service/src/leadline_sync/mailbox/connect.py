@@ -21,7 +21,7 @@ from datetime import datetime
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_kit.errors import Conflict, NotFound, Unprocessable
+from leadline_kit.errors import Conflict, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_mail.net import ErrorKind, MailConnectionError, TlsMode
 from leadline_sync.context import SyncContext
@@ -35,6 +35,13 @@ from leadline_sync.mailbox.service import MailboxRow
 from leadline_sync.mailbox.slots import claim_slot, release_slot
 from leadline_sync.mailbox.states import INITIAL, MailboxStatus, Slot
 from leadline_sync.models import mailbox
+from leadline_sync.problems import (
+    AddressSyncedByAnotherUser,
+    MailboxAlreadyConnected,
+    MailboxLoginFailed,
+    MailboxNotConnected,
+    MailboxSettingsInvalid,
+)
 from leadline_sync.providers import Provider, ServerPreset, providers
 
 CHECKING_LIMIT = "checking the company's mailbox limit"
@@ -62,20 +69,19 @@ def _server(
     given = given or ServerSettingsIn()
     password = given.password or request.password
     if password is None:
-        raise Unprocessable(f"a password is needed for {side.upper()}", slug="mailbox-settings-invalid", server=side)
+        raise MailboxSettingsInvalid(f"a password is needed for {side.upper()}", server=side)
     if preset is not None:
         host, port, tls = preset.host, preset.port, preset.tls
     else:
         if not given.host or given.port is None or given.use_ssl is None:
-            raise Unprocessable(
+            raise MailboxSettingsInvalid(
                 f'custom settings need the {side.upper()} host, port and "use SSL"',
-                slug="mailbox-settings-invalid",
                 server=side,
             )
         host, port = given.host, given.port
         tls = "implicit" if given.use_ssl else "starttls"
     if given.self_signed and tls == "plain":
-        raise Unprocessable("a self-signed certificate needs SSL or STARTTLS", slug="mailbox-settings-invalid")
+        raise MailboxSettingsInvalid("a self-signed certificate needs SSL or STARTTLS")
     mode: TlsMode = tls
     return ServerChoice(
         login=ServerLogin(
@@ -93,9 +99,7 @@ def _server(
 def choose(request: ConnectRequest) -> MailboxChoice:
     provider = providers().get(request.provider)
     if provider is None:
-        raise Unprocessable(
-            f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers", slug="mailbox-settings-invalid"
-        )
+        raise MailboxSettingsInvalid(f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers")
     imap_preset = provider.imap.for_address(request.address) if provider.imap else None
     smtp_preset = provider.smtp.for_address(request.address) if provider.smtp else None
     return MailboxChoice(
@@ -123,9 +127,8 @@ async def _check(context: SyncContext, server: ServerChoice, protocol: str) -> t
 
 
 def _failure(server: str, error: MailConnectionError) -> Unprocessable:
-    return Unprocessable(
+    return MailboxLoginFailed(
         f"{server.upper()}: {error.user_message}",
-        slug="mailbox-login-failed",
         server=server,
         kind=error.kind,
         fix=fix_for(error.kind),
@@ -216,18 +219,16 @@ async def _refuse_address(
 ) -> None:
     """409 for another address than the connected one, or for one that another user of the company syncs."""
     if own is not None and own.address != address:
-        raise Conflict(
+        raise MailboxAlreadyConnected(
             f"Mail Sync is connected for {own.address}; disable it before connecting another address",
-            slug="mailbox-already-connected",
         )
     if await service.synced_by_another_user(session, company_id, user_id, address):
         raise _taken(address)
 
 
 def _taken(address: str) -> Conflict:
-    return Conflict(
+    return AddressSyncedByAnotherUser(
         f"{address} is already synced by another user of the company",
-        slug="address-synced-by-another-user",
         kind=ErrorKind.ADDRESS_TAKEN,
         fix=fix_for(ErrorKind.ADDRESS_TAKEN),
     )
@@ -316,7 +317,7 @@ async def disconnect(context: SyncContext, caller: Identity, keep_history: bool)
     async with context.db.session() as session:
         row = await service.active_mailbox(session, caller.company_id, caller.user_id, for_update=True)
         if row is None:
-            raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+            raise MailboxNotConnected("Mail Sync is not connected")
         await service.disconnect(session, row, keep_history, context.clock())
         releasing = row.slot in (Slot.GRANTED, Slot.PENDING)
     if releasing:

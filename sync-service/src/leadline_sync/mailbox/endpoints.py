@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Response
 from sqlalchemy import Row
 
 from leadline_kit.db import Session
-from leadline_kit.errors import Forbidden, NotFound, Unprocessable
+from leadline_kit.errors import NotFound, RoleForbidden, Unprocessable
 from leadline_kit.identity import Admin, Caller
 from leadline_kit.pagination import Page, decode_position, encode_position
 from leadline_mail.addresses import address_domain
@@ -33,6 +33,7 @@ from leadline_sync.mailbox.schemas import (
 )
 from leadline_sync.mailbox.states import COUNTS_FOR_BILLING, MailboxStatus
 from leadline_sync.oauth.apps import DEFAULTS
+from leadline_sync.problems import MailboxNotConnected
 from leadline_sync.providers import ServerPreset, providers
 from leadline_sync.sync import audit
 from leadline_sync.sync.audit import FolderCounts
@@ -143,7 +144,7 @@ def _reason(row: Row[Any], context: SyncContext) -> str:
 async def _own_mailbox(session: Session, caller: Caller, context: SyncContext) -> MailboxOut:
     row = await repository.own_mailbox(session, caller.company_id, caller.user_id)
     if row is None:
-        raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+        raise MailboxNotConnected("Mail Sync is not connected")
     cursors = await repository.folder_cursors(session, row.id)
     return _mailbox_out(row, cursors, context, await audit.folder_counts(session, row.id))
 
@@ -207,13 +208,13 @@ async def why_message(
     if mailbox_id is None:
         row = await repository.latest_mailbox(session, caller.company_id, caller.user_id)
         if row is None:
-            raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+            raise MailboxNotConnected("Mail Sync is not connected")
     else:
         row = await repository.company_mailbox(session, caller.company_id, mailbox_id)
         if row is None:
             raise NotFound("No mailbox of the company has this id")
         if row.user_id != caller.user_id and not caller.is_admin:
-            raise Forbidden("only administrators may ask about another user's mailbox", slug="role-forbidden")
+            raise RoleForbidden("only administrators may ask about another user's mailbox")
     places, searched = await why.answer(context, session, row, normalized)
     return MessageAnswer(message_id=normalized, mailbox_id=row.id, places=places, server_searched=searched)
 
@@ -223,7 +224,7 @@ async def domain_check(caller: Caller, context: Context, session: Session) -> Do
     """DMARC and DKIM for the domain of the caller's synced address (R18)."""
     row = await service.active_mailbox(session, caller.company_id, caller.user_id)
     if row is None:
-        raise NotFound("Mail Sync is not connected", slug="mailbox-not-connected")
+        raise MailboxNotConnected("Mail Sync is not connected")
     return await check_domain(address_domain(row.address), context.resolver)
 
 

@@ -53,7 +53,6 @@ from typing import Any
 
 from sqlalchemy import update
 
-from leadline_kit.errors import BadRequest, Forbidden, NotFound, Unprocessable
 from leadline_kit.identity import Identity
 from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.addresses import normalize_address
@@ -64,11 +63,17 @@ from leadline_sync.mailbox.connect import CheckedMailbox, check_logins, save
 from leadline_sync.models import oauth_state
 from leadline_sync.oauth.apps import OAuthApp
 from leadline_sync.oauth.tokens import TokenEndpointUnavailable, TokenRefused, TokenSet, id_token_claims
+from leadline_sync.problems import (
+    OAuthIdentityInvalid,
+    OAuthNotConfigured,
+    OAuthProviderError,
+    OAuthProviderUnavailable,
+    OAuthSignInInvalid,
+    OAuthStateInvalid,
+    OAuthStateOtherUser,
+    ProviderNotFound,
+)
 from leadline_sync.providers import Provider, ServerPreset, providers
-
-
-class SignInRefused(BadRequest):
-    slug = "oauth-sign-in-refused"
 
 
 @dataclass(frozen=True)
@@ -84,13 +89,12 @@ def _state_hash(state: str) -> bytes:
 def app_for(context: SyncContext, provider: str) -> tuple[Provider, OAuthApp]:
     preset = providers().get(provider)
     if preset is None:
-        raise NotFound(f"unknown provider {provider!r}; see GET /v1/mail-sync/providers", slug="provider-not-found")
+        raise ProviderNotFound(f"unknown provider {provider!r}; see GET /v1/mail-sync/providers")
     app = context.oauth_apps.get(provider)
     if app is None:
-        raise Unprocessable(
+        raise OAuthNotConfigured(
             f"signing in with {preset.name} is not set up on this Leadline server; connect with a "
             "password or ask the operator",
-            slug="oauth-not-configured",
         )
     return preset, app
 
@@ -168,9 +172,8 @@ def _pending(context: SyncContext, row: Any) -> PendingSignIn:
             row.id, row.id, Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)
         )
     except CredentialError:
-        raise SignInRefused(
+        raise OAuthStateInvalid(
             "this sign-in can no longer be read (the server's keys changed); start again from Mail Sync",
-            slug="oauth-state-invalid",
         ) from None
     return PendingSignIn(
         row.id,
@@ -203,13 +206,11 @@ async def _take(context: SyncContext, secret: str, handed_off: bool) -> PendingS
         ).first()
     if row is None:
         if handed_off:
-            raise SignInRefused(
+            raise OAuthSignInInvalid(
                 "this sign-in is unknown, expired or already finished; start again from Mail Sync",
-                slug="oauth-sign-in-invalid",
             )
-        raise SignInRefused(
+        raise OAuthStateInvalid(
             "this sign-in link is unknown, expired or already used; start again from Mail Sync",
-            slug="oauth-state-invalid",
         )
     return _pending(context, row)
 
@@ -236,9 +237,8 @@ async def _hand_off(context: SyncContext, pending: PendingSignIn, code: str) -> 
 
 def _starter_only(pending: PendingSignIn, caller: Identity) -> None:
     if (caller.company_id, caller.user_id) != (pending.company_id, pending.user_id):
-        raise Forbidden(
+        raise OAuthStateOtherUser(
             "this sign-in was started by another user; each user connects only their own mailbox",
-            slug="oauth-state-other-user",
         )
 
 
@@ -249,7 +249,7 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         try:
             claims = id_token_claims(tokens.id_token)
         except ValueError:
-            raise SignInRefused("the provider's ID token cannot be read", slug="oauth-identity-invalid") from None
+            raise OAuthIdentityInvalid("the provider's ID token cannot be read") from None
         issuer = app.issuer
         if issuer is not None and "{tid}" in issuer:  # Microsoft: the issuer names the account's directory
             issuer = issuer.replace("{tid}", str(claims.get("tid", "")))
@@ -263,7 +263,7 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
             or not hmac.compare_digest(str(claims.get("nonce", "")), nonce)
             or (issuer is not None and claims.get("iss") != issuer)
         ):
-            raise SignInRefused("the provider's ID token is not for this sign-in", slug="oauth-identity-invalid")
+            raise OAuthIdentityInvalid("the provider's ID token is not for this sign-in")
     address = claims.get("email") if claims.get("email_verified", True) is not False else None
     if not isinstance(address, str) and app.userinfo_url is not None:
         info = await context.endpoint.userinfo(app, tokens.access_token)
@@ -272,9 +272,7 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         address = claims.get("preferred_username")  # Microsoft: the sign-in name, the mailbox's address
     normalized = normalize_address(address) if isinstance(address, str) else None
     if normalized is None:
-        raise SignInRefused(
-            "the provider did not name a verified email address for this account", slug="oauth-identity-invalid"
-        )
+        raise OAuthIdentityInvalid("the provider did not name a verified email address for this account")
     return normalized
 
 
@@ -293,17 +291,14 @@ async def callback(
 ) -> uuid.UUID | HandOff:
     """The provider's answer: with a key (``caller``, R1) the mailbox id once connected; without, a hand-off."""
     if not state:
-        raise SignInRefused(
-            "the sign-in answer carries no state; start again from Mail Sync", slug="oauth-state-invalid"
-        )
+        raise OAuthStateInvalid("the sign-in answer carries no state; start again from Mail Sync")
     pending = await _take(context, state, handed_off=False)
     if caller is not None:
         _starter_only(pending, caller)
     preset, _ = app_for(context, pending.provider)
     if error is not None or not code:
-        raise SignInRefused(
+        raise OAuthProviderError(
             f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); start again from Mail Sync",
-            slug="oauth-provider-error",
         )
     if caller is None:
         return await _hand_off(context, pending, code)
@@ -322,18 +317,16 @@ async def _complete(context: SyncContext, pending: PendingSignIn, code: str) -> 
     try:
         tokens = await context.endpoint.exchange_code(app, code, pending.verifier)
     except TokenRefused as exc:
-        raise SignInRefused(
-            f"{preset.name} refused the sign-in ({exc.error}); start again from Mail Sync", slug="oauth-provider-error"
+        raise OAuthProviderError(
+            f"{preset.name} refused the sign-in ({exc.error}); start again from Mail Sync"
         ) from None
     except TokenEndpointUnavailable:
-        raise SignInRefused(
+        raise OAuthProviderUnavailable(
             f"{preset.name}'s sign-in service did not answer; start again from Mail Sync",
-            slug="oauth-provider-unavailable",
         ) from None
     if tokens.refresh_token is None:
-        raise SignInRefused(
+        raise OAuthProviderError(
             f"{preset.name} gave no refresh token, so Leadline could not keep syncing; start again from Mail Sync",
-            slug="oauth-provider-error",
         )
     address = await _proven_address(context, app, tokens, pending.nonce)
     imap = _login("imap", preset.imap, app, address, tokens.access_token)
