@@ -41,7 +41,7 @@ async def test_a_worker_finding_no_database_connection_retries_and_the_mail_arri
                 await asyncio.sleep(0.1)
         events = await world.synced(at_least=1, timeout=20)
         assert [e.payload.subject for e in events] == ["while it waited"]
-        assert not worker.done(), "the worker kept running: it retried, it did not crash"
+        assert not worker.done(), f"the worker kept running: it retried, it did not crash ({worker})"
         assert list(scheduler.workers.values()) == [worker]
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
 
@@ -57,6 +57,8 @@ async def test_an_idle_live_mailbox_asks_nothing_of_the_workers_pool(world) -> N
         await asyncio.sleep(1.0)
         scheduler = app.state.runtime.context_of(SyncContext).scheduler
         assert scheduler is not None
+        (worker,) = scheduler.workers.values()
+        failures = REGISTRY.get_sample_value("leadline_sync_lease_renewal_failures_total") or 0.0
         checkouts: list[Any] = []
 
         def checked_out(*args: Any) -> None:
@@ -65,10 +67,17 @@ async def test_an_idle_live_mailbox_asks_nothing_of_the_workers_pool(world) -> N
         pool = scheduler.db.engine.sync_engine
         event.listen(pool, "checkout", checked_out)
         try:
-            (synced_before,) = (await world.sql("SELECT last_synced_at FROM sync.mailbox"))[0]
+            synced_before, lease_before = (
+                await world.sql("SELECT last_synced_at, lease_expires_at FROM sync.mailbox")
+            )[0]
             await asyncio.sleep(4.0)  # eight passes: Sent's STATUS, INBOX's SELECT
-            (synced_after,) = (await world.sql("SELECT last_synced_at FROM sync.mailbox"))[0]
+            synced_after, lease_after = (await world.sql("SELECT last_synced_at, lease_expires_at FROM sync.mailbox"))[
+                0
+            ]
         finally:
             event.remove(pool, "checkout", checked_out)
         assert checkouts == [], "an idle mailbox's passes take no connection of the workers' pool"
         assert synced_after > synced_before, "last_synced_at still moves: the lease renewals write it"
+        assert lease_after > lease_before
+        assert (REGISTRY.get_sample_value("leadline_sync_lease_renewal_failures_total") or 0.0) == failures
+        assert list(scheduler.workers.values()) == [worker] and not worker.done(), "the same worker, never stopped"

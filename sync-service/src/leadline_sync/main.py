@@ -53,8 +53,10 @@ def create_app(
         runtime.spawn(context.parser.start(), "sync-parser-start", lasting=False)
 
     async def on_stop(runtime: Runtime) -> None:
-        # the scheduler gives its leases back and stops the parser processes as the kit cancels it
-        await runtime.context_of(SyncContext).endpoint.close()
+        context = runtime.context_of(SyncContext)
+        if context.scheduler is not None:
+            await context.scheduler.stop()  # its leases given back, the parser processes stopped
+        await context.endpoint.close()
 
     app = create_service_app(
         name="sync",

@@ -49,8 +49,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from sqlalchemy import bindparam, func, or_, select, update
 
 from leadline_kit.db import Database
@@ -64,10 +65,13 @@ from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 
 log = logging.getLogger("leadline.sync.scheduler")
 
+STOP_SECONDS = 5.0  # a shutdown waits this long at most for the workers (their logouts take 3 s at most)
+
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
 HELD_BY_MODE = Gauge(
     "leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating", ["replica", "sync_mode"]
 )
+RENEWAL_FAILURES = Counter("leadline_sync_lease_renewal_failures_total", "Lease renewals of this replica that failed")
 CAPACITY = Gauge(
     "leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots", ["replica", "sync_mode"]
 )
@@ -84,6 +88,7 @@ class SyncScheduler:
         self.syncs: dict[uuid.UUID, MailboxSync] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
+        self._task: asyncio.Task[Any] | None = None  # the one running run()
         # the workers' transactions queue for a few connections of their own, apart from the API's pool:
         # thousands of workers never need thousands of connections, nor time out waiting for one
         self.db = Database(
@@ -113,6 +118,7 @@ class SyncScheduler:
         return max(self.settings.sync_schedule_interval, self.settings.sync_lease_seconds / 4)
 
     async def run(self) -> None:
+        self._task = asyncio.current_task()
         CAPACITY.labels(self.replica, SyncMode.LIVE).set(self.capacity.live)
         CAPACITY.labels(self.replica, SyncMode.ROTATING).set(self.capacity.rotation_slots)
         interval = self.settings.sync_schedule_interval
@@ -156,6 +162,7 @@ class SyncScheduler:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                RENEWAL_FAILURES.inc()
                 log.exception("renewing the leases failed")
                 if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
                     # our leases may lapse: stop before another replica can start on them
@@ -239,17 +246,15 @@ class SyncScheduler:
                         )
                     ).scalars()
                 )
-                if synced:
+                # only rows whose lease this transaction just renewed (and locked): still ours, still synced
+                renewed = [{"synced_id": m, "synced_at": at} for m, at in synced.items() if m in kept]
+                if renewed:
                     await session.execute(
                         # unscoped: the syncers' own mailboxes, by id and our replica's lease
                         update(mailbox)
-                        .where(
-                            mailbox.c.id == bindparam("synced_id"),
-                            mailbox.c.lease_owner == self.replica,
-                            mailbox.c.status.in_(SYNCED),
-                        )
+                        .where(mailbox.c.id == bindparam("synced_id"))
                         .values(last_synced_at=bindparam("synced_at")),
-                        [{"synced_id": m, "synced_at": at} for m, at in synced.items()],
+                        renewed,
                     )
             for mailbox_id, at in synced.items():
                 sync = self.syncs.get(mailbox_id)
@@ -313,11 +318,26 @@ class SyncScheduler:
         if claimed and mode == SyncMode.LIVE:
             log.info("replica %s claimed %d mailbox(es)", self.replica, len(claimed))
 
+    async def stop(self) -> None:
+        """A clean shutdown (SIGTERM): the workers stopped, their leases given back so that another replica
+        takes over at once, the parser processes ended; in ``STOP_SECONDS`` and a little more.
+
+        Called before the kit cancels the service's tasks: it cancels again every second, which would
+        cut the release of the leases short behind a slow logout."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=STOP_SECONDS + 5)
+
     async def _stop_workers(self) -> None:
+        """Cancel every worker; wait ``STOP_SECONDS`` at most for their logouts (a worker still going after
+        that can write nothing once its lease is given back: :meth:`MailboxSync._fence`)."""
         tasks = list(self.workers.values())
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
+            if pending:
+                log.warning("%d sync worker(s) had not stopped after %g s", len(pending), STOP_SECONDS)
 
     async def release_all(self) -> None:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""
