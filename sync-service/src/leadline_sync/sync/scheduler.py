@@ -250,7 +250,7 @@ class SyncScheduler:
                 renewed = [{"synced_id": m, "synced_at": at} for m, at in synced.items() if m in kept]
                 if renewed:
                     await session.execute(
-                        # unscoped: the syncers' own mailboxes, by id and our replica's lease
+                        # unscoped: the replica's own mailboxes, by id, of those this transaction renewed
                         update(mailbox)
                         .where(mailbox.c.id == bindparam("synced_id"))
                         .values(last_synced_at=bindparam("synced_at")),
