@@ -626,15 +626,19 @@ class Bench:
             f"{again:.0f} s later, {established(dovecot.port)} connections held"
         )
 
-    async def bring_online(self, suite: subprocess.Popen[bytes], metrics: aiohttp.ClientSession, port: int) -> None:
-        """The sync replica restarted (SIGTERM: it gives back its leases; a new process on the same port):
-        the time until it holds all N live again, from its start and from its ``/readyz``."""
-        n = self.target
+    async def stop_suite_replica(self, suite: subprocess.Popen[bytes]) -> float:
+        """SIGTERM to the sync replica ``deploy/run.py`` started (it gives back its leases); the seconds it took."""
         old = next(c for c in psutil.Process(suite.pid).children() if "leadline_sync.main" in " ".join(c.cmdline()))
         stopping = time.monotonic()
         old.terminate()
         await asyncio.to_thread(old.wait, 600)
-        stopped = time.monotonic() - stopping
+        return time.monotonic() - stopping
+
+    async def bring_online(self, suite: subprocess.Popen[bytes], metrics: aiohttp.ClientSession, port: int) -> None:
+        """The sync replica restarted (SIGTERM: it gives back its leases; a new process on the same port):
+        the time until it holds all N live again, from its start and from its ``/readyz``."""
+        n = self.target
+        stopped = await self.stop_suite_replica(suite)
         replica = AppProcess("leadline_sync", port, self.env, log=self.work / "sync-restarted.log")
         started = time.monotonic()
         replica.start()
@@ -648,7 +652,7 @@ class Bench:
         async with Monitor(self.processes(), [port]) as monitor:
             live = await wait_until("all live on the restarted replica", all_live, 1800) + ready
         print(
-            f"bring-online: the replica stopped (SIGTERM) in {stopped:.0f} s; a new one ready {ready:.0f} s after "
+            f"bring-online: the replica stopped (SIGTERM) in {stopped:.1f} s; a new one ready {ready:.0f} s after "
             f"its start, all {n} live {live:.0f} s "
             f"after its start ({live - ready:.0f} s after ready)"
         )
@@ -672,6 +676,10 @@ class Bench:
             print(
                 f"share:    {len(self.users) - m} mailboxes disconnected (DELETE) in {time.monotonic() - started:.0f} s"
             )
+        if not self.extra:  # (--skip bring-online) the suite's own replica still runs on the gateway's port
+            assert self.suite is not None
+            stopped = await self.stop_suite_replica(self.suite)
+            print(f"share:    the suite's sync replica, holding {m} live, stopped (SIGTERM) in {stopped:.1f} s")
         for replica in self.extra:
             assert replica.process is not None
             replica.process.terminate()  # SIGTERM: its leases are given back
