@@ -292,6 +292,8 @@ async def test_search_by_header_and_expunge_only_those_uids(imap_settings: Setti
         await client.select("INBOX", readonly=False)
         assert await client.uids_with_header("X-Proof", 'tok-"1') == [ours]
         assert await client.uids_with_header("X-Proof", "") == sorted([ours, other])
+        assert await client.uids_with_header("X-Proof", "", from_uid=other) == [other]
+        assert await client.uids_with_header("X-Proof", "tok-2", from_uid=other + 1) == []  # not "the highest"
         assert await client.expunge([ours]) is True
         assert await client.uids_from(1) == sorted([flagged, other])  # the user's \Deleted mail is still there
 

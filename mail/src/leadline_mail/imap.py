@@ -1008,9 +1008,16 @@ class ImapClient:
             criteria += [b"OR", b"SENTSINCE", day, b"SINCE", day]
         return sorted({uid for uid in await self._search(*criteria, *keys) if uid <= up_to})
 
-    async def uids_with_header(self, name: str, value: str) -> list[int]:
-        """UIDs in the selected folder whose header ``name`` contains ``value`` (UID SEARCH HEADER)."""
-        return sorted(set(await self._search(b"HEADER", _astring(name), _astring(value))))
+    async def uids_with_header(self, name: str, value: str, *, from_uid: int = 1) -> list[int]:
+        """UIDs ≥ ``from_uid`` in the selected folder whose header ``name`` contains ``value`` (UID SEARCH
+        HEADER).  A server without an index of that header reads every message of the range for it, so a
+        caller that knows where to look names the range."""
+        first = max(1, int(from_uid))
+        criteria: list[_Arg] = [b"HEADER", _astring(name), _astring(value)]
+        if first > 1:
+            criteria = [b"UID", _atom(f"{first}:*"), *criteria]
+        # "n:*" also matches the highest UID when n is above it (RFC 3501 §6.4.8): filter.
+        return sorted({uid for uid in await self._search(*criteria) if uid >= first})
 
     async def expunge(self, uids: Sequence[int]) -> bool:
         """Flag ``uids`` \\Deleted and expunge exactly them (UIDPLUS ``UID EXPUNGE``); without UIDPLUS

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, Request
 from nats.aio.client import Client
@@ -47,6 +47,22 @@ class SyncContext:
     # set to make this replica's scheduler look for work now (a mailbox was connected or updated)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     scheduler: SyncScheduler | None = None  # this replica's, once the service has started
+    chores: set[asyncio.Task[None]] = field(default_factory=set)  # see chore()
+
+    def chore(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run ``work`` after the request that started it has answered; the service waits for it as it stops."""
+        task = asyncio.create_task(work, name=name)
+        self.chores.add(task)
+        task.add_done_callback(self.chores.discard)
+
+    async def finish_chores(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for the chores, then cancel what is left."""
+        if not self.chores:
+            return
+        _, pending = await asyncio.wait(set(self.chores), timeout=seconds)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
 
     @property
     def nc(self) -> Client:

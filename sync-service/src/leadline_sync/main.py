@@ -31,6 +31,7 @@ from leadline_sync.sync.scheduler import SyncScheduler
 log = logging.getLogger("leadline.sync")
 
 QUEUE_GROUP = "leadline-sync"
+CHORE_SECONDS = 10.0  # how long a stopping service waits for the chores of answered requests
 
 
 def create_app(
@@ -54,6 +55,7 @@ def create_app(
 
     async def on_stop(runtime: Runtime) -> None:
         context = runtime.context_of(SyncContext)
+        await context.finish_chores(CHORE_SECONDS)
         if context.scheduler is not None:
             await context.scheduler.stop()  # its leases given back, the parser processes stopped
         await context.endpoint.close()

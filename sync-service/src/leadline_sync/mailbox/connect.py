@@ -195,7 +195,8 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
         await _refuse_address(session, caller.company_id, caller.user_id, row, choice.address)
     proven_by: AddressProof | None = None
     if needs_proof(row, imap_login, smtp_login):
-        await prove_address(choice.address, imap_login, smtp_login, context.settings)
+        proof = await prove_address(choice.address, imap_login, smtp_login, context.settings)
+        context.chore(proof.take_back(), "sync-address-proof-deletion")
         proven_by = "message"
     return await save(
         context,

@@ -4,12 +4,22 @@
 names, and Smart Mail goes out with that address as From.  So before the
 settings are saved, the address is proven with the logins given:
 
-1. a message carrying a one-time token (header ``X-Leadline-Address-Proof``)
+1. the INBOX of the given IMAP login is examined (read-only, while the SMTP
+   login connects), and its UIDNEXT noted;
+2. a message carrying a one-time token (header ``X-Leadline-Address-Proof``)
    goes out through the given SMTP login, from the address to the address;
-2. it must arrive in the INBOX of the given IMAP login within
-   ``sync_address_proof_seconds``, found there by ``UID SEARCH HEADER``;
-3. found, it is deleted again (``UID EXPUNGE`` of its UID alone; a server
-   without UIDPLUS keeps it flagged ``\\Deleted``).
+3. it must arrive in that INBOX within ``sync_address_proof_seconds``, found
+   by ``UID SEARCH UID <UIDNEXT>:* HEADER``, again whenever IDLE reports new
+   mail (at least every ``IDLE_SLICE_SECONDS``; without IDLE, every
+   ``POLL_SECONDS``).  Only mail that arrived since step 1 is searched, and
+   read-only: a server without an index of the header reads every message it
+   searches, and in a read-write session Dovecot also adds the header to its
+   cache, seconds each for an INBOX of 30,000 messages;
+4. found, the address is proven; the message is deleted again after the
+   answer (:meth:`ArrivedProof.take_back`: ``UID EXPUNGE`` of its UID alone,
+   a server without UIDPLUS keeps it flagged ``\\Deleted``), because
+   rewriting a large folder's index takes the server seconds that the user
+   need not wait for.
 
 So the SMTP login may send as the address, and mail to the address reaches the
 INBOX that is synced.  Failing that, the connection is refused with a fix.
@@ -24,7 +34,9 @@ What this cannot rule out: a user who runs their own SMTP server can have it
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -33,15 +45,18 @@ from typing import Any, Literal
 import aiosmtplib
 
 from leadline_kit.errors import Unprocessable
-from leadline_mail.imap import connect_imap
+from leadline_mail.imap import FolderStatus, ImapClient, connect_imap
 from leadline_mail.net import ErrorKind
 from leadline_sync.config import Settings
 from leadline_sync.logins import ServerLogin, imap_settings, smtp_session
 from leadline_sync.mailbox.fixes import fix_for
 
+log = logging.getLogger("leadline.sync.proof")
+
 PROOF_HEADER = "X-Leadline-Address-Proof"
 AddressProof = Literal["message", "provider"]
 POLL_SECONDS = 0.2
+IDLE_SLICE_SECONDS = 1.0
 
 
 class AddressUnproven(Unprocessable):
@@ -83,28 +98,77 @@ def proof_message(address: str, token: str) -> bytes:
     return message.as_bytes()
 
 
-async def prove_address(address: str, imap: ServerLogin, smtp: ServerLogin, settings: Settings) -> None:
+@dataclass
+class ArrivedProof:
+    """The proof found in the INBOX, on the session that found it (read-only), to be deleted."""
+
+    client: ImapClient
+    uidvalidity: int
+    uids: list[int]
+
+    async def take_back(self) -> None:
+        """Delete the proof message and log out; a failure is logged (the message says it may be deleted)."""
+        try:
+            status = await self.client.select("INBOX", readonly=False)
+            if status.uidvalidity == self.uidvalidity:  # else its UIDs could be another message's now
+                await self.client.expunge(self.uids)
+        except Exception:
+            log.warning("the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True)
+        finally:
+            await self.client.logout()
+
+
+async def prove_address(address: str, imap: ServerLogin, smtp: ServerLogin, settings: Settings) -> ArrivedProof:
     """Send the token through ``smtp`` to ``address`` and find it in ``imap``'s INBOX; AddressUnproven if not."""
     token = secrets.token_urlsafe(24)
-    async with smtp_session(smtp, settings) as session:
-        try:
-            await session.sendmail(address, [address], proof_message(address, token))
-        except aiosmtplib.SMTPException as exc:
+    opening = asyncio.create_task(_open_inbox(imap, settings))
+    try:
+        async with smtp_session(smtp, settings) as session:
+            client, inbox = await opening  # examined before the message goes out: it arrives at UIDNEXT or above
+            try:
+                await session.sendmail(address, [address], proof_message(address, token))
+            except aiosmtplib.SMTPException as exc:
+                raise _unproven(
+                    f"The SMTP server did not accept a message from {address} to {address}: "
+                    f"{getattr(exc, 'message', exc)}"
+                ) from None
+        uids = await _arrived(client, token, inbox.uidnext, settings.sync_address_proof_seconds)
+        if uids is None:
             raise _unproven(
-                f"The SMTP server did not accept a message from {address} to {address}: {getattr(exc, 'message', exc)}"
-            ) from None
+                f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
+                f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds."
+            )
+        return ArrivedProof(client, inbox.uidvalidity, uids)
+    except BaseException:
+        opening.cancel()  # (nothing, once it is done)
+        await asyncio.wait({opening})
+        if not opening.cancelled() and opening.exception() is None:
+            await opening.result()[0].logout()
+        raise
+
+
+async def _open_inbox(imap: ServerLogin, settings: Settings) -> tuple[ImapClient, FolderStatus]:
     client = await connect_imap(imap_settings(imap, settings))
     try:
-        await client.select("INBOX", readonly=False)
-        async with asyncio.timeout(settings.sync_address_proof_seconds):
-            while not (uids := await client.uids_with_header(PROOF_HEADER, token)):
-                await asyncio.sleep(POLL_SECONDS)
-                await client.noop()
-        await client.expunge(uids)
-    except TimeoutError:
-        raise _unproven(
-            f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
-            f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds."
-        ) from None
-    finally:
+        return client, await client.select("INBOX")
+    except BaseException:
         await client.logout()
+        raise
+
+
+async def _arrived(client: ImapClient, token: str, from_uid: int, seconds: float) -> list[int] | None:
+    """The UIDs of the proof once it is in the selected INBOX at ``from_uid`` or above; None after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    idle = "IDLE" in client.capabilities
+    while True:
+        client.take_news()  # news from here on: mail that arrives while the search runs ends the IDLE at once
+        uids = await client.uids_with_header(PROOF_HEADER, token, from_uid=from_uid)
+        left = deadline - loop.time()
+        if uids or left <= 0:
+            return uids or None
+        if idle:
+            await client.idle(min(IDLE_SLICE_SECONDS, left))
+        else:
+            await asyncio.sleep(min(POLL_SECONDS, left))
+            await client.noop()
