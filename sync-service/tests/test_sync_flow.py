@@ -53,6 +53,8 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
         events = await world.synced(at_least=3)
         subjects = sorted(e.payload.subject for e in events)
         assert subjects == ["from the alias", "my answer", "old question"]
+        # the history's first window is INBOX's: the mail a user waits for reaches the timelines first
+        assert [e.payload.folder for e in events] == ["inbox", "inbox", "sent"]
         by_subject = {e.payload.subject: e.payload for e in events}
         assert by_subject["my answer"].folder == "sent" and by_subject["my answer"].direction == "outbound"
         assert by_subject["old question"].direction == "inbound"

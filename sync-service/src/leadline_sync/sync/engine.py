@@ -47,6 +47,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import logging
 import random
 import time
@@ -152,6 +153,7 @@ RESCAN_DAY = timedelta(days=1)
 QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
 RECHECKS_PER_PASS = 100
+FIRST_HISTORY_BATCH = 20
 AUDIT_EVERY = timedelta(days=1)
 DATABASE_RETRY = Backoff(1.0, 60.0)  # a mailbox worker after a transient database error
 
@@ -423,7 +425,9 @@ class MailboxSync:
             await self._load_cursors()
             if not self.history_done:
                 await self._await_directory()
-            # Sent first, INBOX last: INBOX stays selected for IDLE.
+            # Sent first, INBOX last: INBOX stays selected for IDLE.  While the history lasts INBOX's window
+            # comes first (the newest mail a user waits for; most mail is there), and the pass after the
+            # history's last ends with INBOX again, before any IDLE.
             roles: tuple[FolderRole, ...] = ("sent", "inbox")
             order = [(role, folders[role]) for role in roles if role in folders]
             watch = await self._watch(client, [name for _, name in order])
@@ -433,7 +437,8 @@ class MailboxSync:
             while True:
                 await self._recheck_late_leads(client, order)
                 news = client.take_news()
-                for role, name in order:
+                history = any(role not in self.cursors or self._history_pending(role) for role, _ in order)
+                for role, name in order[::-1] if history else order:
                     if self._history_pending(role) or watch.due(name, news, loop.time(), client.selected):
                         watch.checked(name, loop.time())
                         await self._sync_folder(client, role, name)
@@ -442,7 +447,7 @@ class MailboxSync:
                 if self.mode == SyncMode.ROTATING:
                     return
                 wait = watch.wait_seconds(loop.time())
-                if client.news or wait <= 0 or any(self._history_pending(role) for role, _ in order):
+                if client.news or wait <= 0 or history or any(self._history_pending(role) for role, _ in order):
                     continue
                 if watch.idle:
                     await client.idle(wait)
@@ -934,8 +939,10 @@ class MailboxSync:
         while cursor.history_pending:
             low = max(1, cursor.history_floor - self.settings.sync_history_window)
             uids = await client.uids_between(low, cursor.history_floor - 1)
+            # the newest mail of a history not begun reaches the timelines after a small batch, not a full one
+            first = FIRST_HISTORY_BATCH if cursor.history_floor > cursor.history_last_uid else None
             if uids:
-                await self._scan(client, cursor, sorted(uids, reverse=True), history=True)
+                await self._scan(client, cursor, sorted(uids, reverse=True), history=True, first_batch=first)
             cursor.history_floor = low
             async with self.db.session() as session:
                 await self._fence(session)
@@ -1018,17 +1025,28 @@ class MailboxSync:
         self.refusal = message
 
     async def _scan(
-        self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int], *, history: bool = False
+        self,
+        client: ImapClient,
+        cursor: FolderCursor,
+        uids: Sequence[int],
+        *,
+        history: bool = False,
+        first_batch: int | None = None,
     ) -> None:
         """Batches through three stages at once: reading batch n+2 (IMAP), parsing n+1 (the parser
         processes) and storing n (the database), stored in the order of ``uids`` (``history``: descending
-        UIDs below the floor, which each batch lowers)."""
+        UIDs below the floor, which each batch lowers).  ``first_batch``: a smaller first batch, stored
+        sooner."""
+        if not uids:
+            return
         size = self.settings.sync_batch_size
+        first = min(first_batch or size, size)
+        edges = [0, *range(first, len(uids), size), len(uids)]
         pending: list[asyncio.Task[None]] = []  # each parses its batch, waits for the one before, stores
         try:
-            for start in range(0, len(uids), size):
+            for start, end in itertools.pairwise(edges):
                 async with self.busy:
-                    read = await self._read(client, cursor, uids[start : start + size])
+                    read = await self._read(client, cursor, uids[start:end])
                 previous = pending[-1] if pending else None
                 pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
                 while len(pending) > 2 or (pending and pending[0].done()):
