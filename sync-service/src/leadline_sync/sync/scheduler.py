@@ -134,13 +134,14 @@ class SyncScheduler:
         renewals = asyncio.create_task(self._keep_leases(), name="sync-lease-renewal")
         try:
             while True:
+                # cleared before the pass, not after: a mailbox connected while the pass runs wakes the next
+                self.context.wake.clear()
                 try:
                     await self.tick()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("scheduler pass failed")
-                self.context.wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
         finally:
