@@ -50,7 +50,17 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "send"))
 from common import cpu_by_command
 from mbsync import mbsync_seconds
-from user_path import ADDRESS, PASSWORD, MailServers, Suite, mail_servers, scrape, suite
+from user_path import (
+    ADDRESS,
+    PASSWORD,
+    MailServers,
+    Suite,
+    mail_servers,
+    profile_summary,
+    profiled,
+    scrape,
+    suite,
+)
 
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.infra import NatsServer, PostgresServer, ensure_service_user, free_port, is_root
@@ -207,6 +217,7 @@ class CaseRun:
     cpu: dict[str, float]
     rss_kib: int  # peak of the sync process tree
     pss_kib: int
+    profile: dict[str, list[str]]  # service → its py-spy summary (--profile)
 
 
 @dataclass
@@ -228,7 +239,14 @@ async def company(client: httpx.AsyncClient, found: Suite, name: str) -> dict[st
 
 
 async def run_case(
-    found: Suite, servers: MailServers, database_url: str, case: str, messages: int, number: int, timeout: float
+    found: Suite,
+    servers: MailServers,
+    database_url: str,
+    case: str,
+    messages: int,
+    number: int,
+    timeout: float,
+    profile: Path | None,
 ) -> CaseRun:
     expected = sum(1 for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
     newest = max(i for i in range(messages) if case == "all" or counterpart(i)[1] == "rare")
@@ -245,56 +263,59 @@ async def run_case(
         company_id = (await client.get("/v1/company", headers=key)).json()["id"]
         conn = await asyncpg.connect(asyncpg_dsn(database_url))
         before = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
-        cpu_before = cpu_by_command(PROCESSES, found.marker)
-        peak = peak_pss = 0
-        started = time.perf_counter()
-        put = asyncio.create_task(
-            client.put(
-                "/v1/mail-sync",
-                headers=key,
-                json={
-                    "provider": "custom",
-                    "address": ADDRESS,
-                    "password": PASSWORD,
-                    "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
-                    "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
-                },
-            )
-        )
-        put_at = first = newest_at = None
-        deadline = started + timeout
-        sampled = 0.0
-        try:
-            while time.perf_counter() < deadline:
-                if put_at is None and put.done():
-                    response = put.result()
-                    assert response.status_code in (200, 201), response.text
-                    put_at = time.perf_counter() - started
-                stored = await conn.fetchval(
-                    "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1", company_id
+        with profiled(profile, found.marker, f"{case}-{number}") as stacks:
+            cpu_before = cpu_by_command(PROCESSES, found.marker)
+            peak = peak_pss = 0
+            started = time.perf_counter()
+            put = asyncio.create_task(
+                client.put(
+                    "/v1/mail-sync",
+                    headers=key,
+                    json={
+                        "provider": "custom",
+                        "address": ADDRESS,
+                        "password": PASSWORD,
+                        "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
+                        "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
+                    },
                 )
-                now = time.perf_counter()
-                if stored and first is None:
-                    first = now - started
-                if newest_at is None and stored:
-                    if await conn.fetchval(
-                        "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1 AND message_id = $2",
-                        company_id,
-                        f"<bench-{newest}@acme.example>",
-                    ):
-                        newest_at = now - started
-                if now - sampled > 0.2:
-                    rss, pss = tree_memory_kib("leadline_sync", found.marker)
-                    peak, peak_pss, sampled = max(peak, rss), max(peak_pss, pss), now
-                if stored >= expected and put_at is not None:
-                    break
-                await asyncio.sleep(0.02)
-            complete = time.perf_counter() - started
-            if stored < expected or put_at is None:
-                print(f"case {case}: {stored} of {expected} lead mails on timelines after {timeout:.0f} s", flush=True)
-                complete = float("nan")
-        finally:
-            await conn.close()
+            )
+            put_at = first = newest_at = None
+            deadline = started + timeout
+            sampled = 0.0
+            try:
+                while time.perf_counter() < deadline:
+                    if put_at is None and put.done():
+                        response = put.result()
+                        assert response.status_code in (200, 201), response.text
+                        put_at = time.perf_counter() - started
+                    stored = await conn.fetchval(
+                        "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1", company_id
+                    )
+                    now = time.perf_counter()
+                    if stored and first is None:
+                        first = now - started
+                    if newest_at is None and stored:
+                        if await conn.fetchval(
+                            "SELECT count(*) FROM lead.timeline_event WHERE company_id = $1 AND message_id = $2",
+                            company_id,
+                            f"<bench-{newest}@acme.example>",
+                        ):
+                            newest_at = now - started
+                    if now - sampled > 0.2:
+                        rss, pss = tree_memory_kib("leadline_sync", found.marker)
+                        peak, peak_pss, sampled = max(peak, rss), max(peak_pss, pss), now
+                    if stored >= expected and put_at is not None:
+                        break
+                    await asyncio.sleep(0.02)
+                complete = time.perf_counter() - started
+                if stored < expected or put_at is None:
+                    print(
+                        f"case {case}: {stored} of {expected} lead mails on timelines after {timeout:.0f} s", flush=True
+                    )
+                    complete = float("nan")
+            finally:
+                await conn.close()
         after = {url: await scrape(metrics, [url], found.metrics_token) for url in (sync_url, lead_url)}
         cpu_after = cpu_by_command(PROCESSES, found.marker)
         disconnected = await client.delete("/v1/mail-sync", headers=key)
@@ -317,6 +338,7 @@ async def run_case(
         {k: cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0) for k in PROCESSES},
         peak,
         peak_pss,
+        {name: profile_summary(path, messages) for name, path in stacks.items() if name in ("sync", "lead")},
     )
 
 
@@ -369,6 +391,9 @@ def report(args: argparse.Namespace, rounds: list[Round], shape: tuple[int, int,
         print(f"  {'sum of stages':40s} {span(totals)} s; wall time {span([c.complete for c in runs])} s")
         cpu = " ".join(f"{k} {statistics.median(c.cpu[k] for c in runs):.1f}" for k in PROCESSES)
         print(f"  CPU seconds by process (median): {cpu}")
+        for name, lines in runs[-1].profile.items():
+            print(f"  py-spy, {name} service (the last round; per message of the mailbox):")
+            print("\n".join(lines))
     cases = ",".join(args.cases)
     print(
         f"command: uv run python bench/sync/history.py --messages {args.messages} --rounds {args.rounds} "
@@ -405,7 +430,14 @@ async def bench(args: argparse.Namespace) -> None:
                         )
                         for case in args.cases:
                             result.cases[case] = await run_case(
-                                found, servers, database_url, case, args.messages, number, args.case_timeout
+                                found,
+                                servers,
+                                database_url,
+                                case,
+                                args.messages,
+                                number,
+                                args.case_timeout,
+                                args.profile,
                             )
                         rounds.append(result)
                         print(
@@ -437,6 +469,7 @@ def main() -> None:
         default=["mbsync-fsync", "mbsync", "imaplib"],
         help="which references to time (mbsync with FSync yes takes minutes for 50,000 messages here)",
     )
+    parser.add_argument("--profile", type=Path, help="py-spy the sync and lead services per case into this folder")
     parser.add_argument("--source", type=Path, help="another checkout whose services run (before/after figures)")
     args = parser.parse_args()
     asyncio.run(bench(args))
