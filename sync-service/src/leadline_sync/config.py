@@ -56,9 +56,12 @@ class Settings(KitSettings):
     sync_notify: bool = True
     # without NOTIFY, how often Sent (and, without IDLE, INBOX) is checked with STATUS
     sync_sent_poll_seconds: float = Field(8.0, gt=0)
-    sync_batch_size: int = Field(200, ge=1, le=1000)  # messages per scan batch: one transaction each
-    # the historical sync reads a folder newest first, this many UIDs per pass, the folders taking turns
-    # (the newest mail of Sent and of INBOX reaches the timelines in the first seconds)
+    # bodies (lead mail, bounce candidates) per scan batch, one transaction each; the mail of no lead
+    # between them joins the batch (headers are read up to 1,000 at a time)
+    sync_batch_size: int = Field(200, ge=1, le=1000)
+    # the historical sync reads a folder newest first, this many UIDs in its first pass, twice as many
+    # in the next, up to four times; the folders take turns (the newest mail of Sent and of INBOX reaches
+    # the timelines in the first seconds)
     sync_history_window: int = Field(500, ge=1)
     sync_retry_base_seconds: float = Field(30.0, gt=0)
     sync_retry_max_seconds: float = Field(1800.0, gt=0)

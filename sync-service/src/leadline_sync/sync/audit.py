@@ -39,7 +39,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import and_, delete, func, select, union_all
+from sqlalchemy import and_, delete, func, select, text, union_all
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -192,6 +192,16 @@ class MessageKeys:
         return [self._key(key, mailbox_id, message_id) for key in self._keys]
 
 
+# One array per column, unnested: a batch's rows are one statement with five parameters, compiled once
+# (a multi-row VALUES is compiled anew for every batch: a quarter of a header scan's CPU).
+_RECORD_MESSAGES = text("""
+INSERT INTO examined_message (mailbox_id, message_key, folder, uidvalidity, uid)
+SELECT CAST(:mailbox_id AS uuid), key, CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid
+FROM unnest(CAST(:keys AS bytea[]), CAST(:uids AS bigint[])) AS r(key, uid)
+ON CONFLICT DO NOTHING
+""")
+
+
 async def record_messages(
     session: AsyncSession,
     keys: MessageKeys,
@@ -200,24 +210,18 @@ async def record_messages(
     uidvalidity: int,
     message_ids: Mapping[int, str],
 ) -> None:
-    """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one multi-row insert."""
+    """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one statement."""
     if not message_ids:
         return
     await session.execute(
-        insert(examined_message)
-        .values(
-            [
-                {
-                    "mailbox_id": mailbox_id,
-                    "message_key": keys.current(mailbox_id, message_id),
-                    "folder": folder,
-                    "uidvalidity": uidvalidity,
-                    "uid": uid,
-                }
-                for uid, message_id in message_ids.items()
-            ]
-        )
-        .on_conflict_do_nothing()
+        _RECORD_MESSAGES,
+        {
+            "mailbox_id": mailbox_id,
+            "folder": folder,
+            "uidvalidity": uidvalidity,
+            "keys": [keys.current(mailbox_id, message_id) for message_id in message_ids.values()],
+            "uids": list(message_ids),
+        },
     )
 
 

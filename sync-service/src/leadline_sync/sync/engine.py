@@ -58,7 +58,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Row, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -100,7 +100,7 @@ from leadline_sync.matching import (
     match_message,
     unmatched_reason,
 )
-from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox, synced_message
+from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox
 from leadline_sync.sync import audit
 from leadline_sync.sync.live import FolderWatch
 
@@ -156,6 +156,20 @@ RECHECKS_PER_PASS = 100
 FIRST_HISTORY_BATCH = 20
 AUDIT_EVERY = timedelta(days=1)
 DATABASE_RETRY = Backoff(1.0, 60.0)  # a mailbox worker after a transient database error
+HEADER_CHUNK = 1000  # UIDs whose headers one FETCH reads and one directory query matches
+WINDOW_GROWTH = 2  # a history window doubles each pass of a session, up to 2**this times the setting
+
+
+# A batch's synced_message rows as one statement of arrays, compiled once (a multi-row VALUES is not);
+# a row already there (the same UID, or the same Message-ID in the folder) is not returned (R26).
+_RECORD_SYNCED = text("""
+INSERT INTO synced_message (mailbox_id, folder, uidvalidity, uid, message_id, kind, event_id)
+SELECT CAST(:mailbox_id AS uuid), CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid, message_id, kind, event_id
+FROM unnest(CAST(:uids AS bigint[]), CAST(:message_ids AS text[]), CAST(:kinds AS text[]), CAST(:event_ids AS uuid[]))
+     AS r(uid, message_id, kind, event_id)
+ON CONFLICT DO NOTHING
+RETURNING uid
+""")
 
 
 class LeaseLost(Exception):
@@ -231,6 +245,39 @@ class PreparedBatch:
     defects: list[tuple[int, list[str]]]
     reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
     message_ids: dict[int, str]  # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
+
+
+@dataclass(frozen=True)
+class ScannedHeaders:
+    """UIDs whose headers were read and matched: the lead mail and bounce candidates among them ``wanted``."""
+
+    uids: list[int]  # in scan order
+    wanted: dict[int, tuple[FetchedHeader, HeaderSummary]]
+    reasons: dict[int, str]
+    message_ids: dict[int, str]
+    directory: CompanyDirectory
+
+    def split(self, size: int) -> list[ScannedHeaders]:
+        """Consecutive runs of the UIDs (in scan order), each with at most ``size`` wanted."""
+        parts: list[ScannedHeaders] = []
+        start = taken = 0
+        for at, uid in enumerate(self.uids):
+            if uid in self.wanted:
+                if taken == size:
+                    parts.append(self._part(self.uids[start:at]))
+                    start, taken = at, 0
+                taken += 1
+        parts.append(self._part(self.uids[start:]))
+        return parts
+
+    def _part(self, uids: list[int]) -> ScannedHeaders:
+        return ScannedHeaders(
+            uids,
+            {uid: self.wanted[uid] for uid in uids if uid in self.wanted},
+            {uid: self.reasons[uid] for uid in uids if uid in self.reasons},
+            {uid: self.message_ids[uid] for uid in uids if uid in self.message_ids},
+            self.directory,
+        )
 
 
 @dataclass(frozen=True)
@@ -311,6 +358,7 @@ class MailboxSync:
         # live mailboxes in one statement
         self.synced_unwritten: datetime | None = None
         self.message_keys = audit.MessageKeys(self.settings.credential_keys())
+        self.windows: dict[str, int] = {}  # history windows examined per folder in this worker
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -937,16 +985,21 @@ class MailboxSync:
         floor passes it once the window is done.
         """
         while cursor.history_pending:
-            low = max(1, cursor.history_floor - self.settings.sync_history_window)
+            # the first windows are small (the newest mail of both folders first), later ones larger: a
+            # window's end drains the scan's pipeline
+            passes = self.windows.get(cursor.folder, 0)
+            self.windows[cursor.folder] = passes + 1
+            low = max(1, cursor.history_floor - (self.settings.sync_history_window << min(passes, WINDOW_GROWTH)))
             uids = await client.uids_between(low, cursor.history_floor - 1)
             # the newest mail of a history not begun reaches the timelines after a small batch, not a full one
             first = FIRST_HISTORY_BATCH if cursor.history_floor > cursor.history_last_uid else None
             if uids:
                 await self._scan(client, cursor, sorted(uids, reverse=True), history=True, first_batch=first)
-            cursor.history_floor = low
-            async with self.db.session() as session:
-                await self._fence(session)
-                await self._save_cursor(session, cursor)
+            if cursor.history_floor != low:  # the window's lowest UIDs were expunged: the floor passes them
+                cursor.history_floor = low
+                async with self.db.session() as session:
+                    await self._fence(session)
+                    await self._save_cursor(session, cursor)
             if uids and not whole:
                 return  # the other folder's newest mail, and mail arriving now, come before older history
 
@@ -1036,21 +1089,28 @@ class MailboxSync:
         """Batches through three stages at once: reading batch n+2 (IMAP), parsing n+1 (the parser
         processes) and storing n (the database), stored in the order of ``uids`` (``history``: descending
         UIDs below the floor, which each batch lowers).  ``first_batch``: a smaller first batch, stored
-        sooner."""
+        sooner.
+
+        Headers are read and matched :data:`HEADER_CHUNK` at a time; a batch is as many of them, in order,
+        as hold ``sync_batch_size`` bodies to read, so that mail of no lead costs one FETCH of headers,
+        one directory query and a share of one transaction per chunk, not a batch each."""
         if not uids:
             return
         size = self.settings.sync_batch_size
-        first = min(first_batch or size, size)
-        edges = [0, *range(first, len(uids), size), len(uids)]
+        first = min(first_batch or HEADER_CHUNK, HEADER_CHUNK)
+        edges = [0, *range(first, len(uids), HEADER_CHUNK), len(uids)]
         pending: list[asyncio.Task[None]] = []  # each parses its batch, waits for the one before, stores
         try:
             for start, end in itertools.pairwise(edges):
                 async with self.busy:
-                    read = await self._read(client, cursor, uids[start:end])
-                previous = pending[-1] if pending else None
-                pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
-                while len(pending) > 2 or (pending and pending[0].done()):
-                    await pending.pop(0)
+                    scanned = await self._read_headers(client, cursor, uids[start:end])
+                for part in scanned.split(size):
+                    async with self.busy:
+                        read = await self._read_bodies(client, part)
+                    previous = pending[-1] if pending else None
+                    pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
+                    while len(pending) > 2 or (pending and pending[0].done()):
+                        await pending.pop(0)
             while pending:
                 await pending.pop(0)
         except BaseException as exc:
@@ -1069,7 +1129,7 @@ class MailboxSync:
             await previous  # batches are stored in order; a failed one fails the ones after it
         await self._store(cursor, batch, history)
 
-    async def _read(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> ReadBatch:
+    async def _read_headers(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> ScannedHeaders:
         row = self.row
         assert row is not None
         laps = _Laps()
@@ -1104,9 +1164,13 @@ class MailboxSync:
             if cursor.folder == "inbox" and summary.is_bounce_candidate:
                 wanted[header.uid] = (header, summary)
         laps.lap("match")
-        messages = await client.fetch_messages(list(wanted)) if wanted else []
+        return ScannedHeaders(list(uids), wanted, reasons, message_ids, directory)
+
+    async def _read_bodies(self, client: ImapClient, part: ScannedHeaders) -> ReadBatch:
+        laps = _Laps()
+        messages = await client.fetch_messages(list(part.wanted)) if part.wanted else []
         laps.lap("imap_bodies")
-        return ReadBatch(list(uids), wanted, messages, reasons, message_ids, directory)
+        return ReadBatch(part.uids, part.wanted, messages, part.reasons, part.message_ids, part.directory)
 
     async def _finish(self, cursor: FolderCursor, read: ReadBatch) -> PreparedBatch:
         """Bounces recognised, lead mail parsed (in the parser processes) and made events."""
@@ -1309,23 +1373,16 @@ class MailboxSync:
             published: set[int] = set()
             if selected:
                 inserted = await session.execute(
-                    insert(synced_message)
-                    .values(
-                        [
-                            {
-                                "mailbox_id": row.id,
-                                "folder": cursor.folder,
-                                "uidvalidity": cursor.uidvalidity,
-                                "uid": s.uid,
-                                "message_id": s.message_id,
-                                "kind": s.kind,
-                                "event_id": s.event.event_id,
-                            }
-                            for s in selected
-                        ]
-                    )
-                    .on_conflict_do_nothing()
-                    .returning(synced_message.c.uid)
+                    _RECORD_SYNCED,
+                    {
+                        "mailbox_id": row.id,
+                        "folder": cursor.folder,
+                        "uidvalidity": cursor.uidvalidity,
+                        "uids": [s.uid for s in selected],
+                        "message_ids": [s.message_id for s in selected],
+                        "kinds": [s.kind for s in selected],
+                        "event_ids": [s.event.event_id for s in selected],
+                    },
                 )
                 published = set(inserted.scalars())
                 events = [s.event for s in selected if s.uid in published]
