@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
+import random
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 
-from leadline_mail.mime import MAX_PARTS, parse_headers, parse_message
+from leadline_mail.mime import MAX_PARTS, header_items, parse_headers, parse_message
 
 
 def test_headers_of_an_ordinary_message() -> None:
@@ -201,3 +205,23 @@ def test_huge_header_block_is_cut_and_the_body_kept() -> None:
     assert time.process_time() - started < 2
     assert parsed.summary.subject == "huge" and parsed.text == "body"
     assert any("header block" in d for d in parsed.defects)
+
+
+CORPORA = Path(__file__).parent / "corpora"
+ATOMS = [
+    *(b"From: ", b"From ", b"To: ", b"Cc:", b"Subject: ", b":x", b"X y: z", b"Message-ID: ", b";", b",", b'"q"'),
+    *(b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x00", b"\x0b", b"\x0c", b"\x1c", b"\x85", b"\xc3\xa9", b"\xff"),
+    *(b"a@b.example", b"<m@x>", b"Lead <l@c.example>", b"=?utf-8?q?x?=", b"Content-Type: multipart/report"),
+    b"Date: Mon, 1 Jan 2024 10:00:00 +0000",
+]
+
+
+def test_header_items_are_the_stdlib_parsers_raw_items() -> None:
+    """The header scan's own reader gives what ``BytesParser(compat32, headersonly)`` does, on every message
+    of the corpora and on random junk of header-ish pieces (folding, bare CR, a Unix From, no colon)."""
+    rng = random.Random(20)
+    blocks = [path.read_bytes() for path in sorted(CORPORA.rglob("*")) if path.is_file()]
+    blocks += [b"".join(rng.choice(ATOMS) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
+    for block in blocks:
+        parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
+        assert header_items(block) == list(parsed.raw_items()), block[:200]

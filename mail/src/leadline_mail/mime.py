@@ -37,9 +37,10 @@ import email.utils
 import html as html_lib
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import nh3
 
@@ -278,13 +279,21 @@ def _date(value: str) -> datetime | None:
 
 def _summarise(message: email.message.Message) -> HeaderSummary:
     # raw_items(): the values as received, before compat32 wraps 8-bit ones in Header objects
+    return _summarise_items(message.raw_items())
+
+
+def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
+    raw: dict[str, list[Any]] = {}
+    for key, raw_value in items:
+        raw.setdefault(key.lower(), []).append(raw_value)
     headers: dict[str, list[str]] = {}
-    for key, raw_value in message.raw_items():
-        # a header block may be megabytes long in a whole message: read a bounded prefix of each value
-        headers.setdefault(key.lower(), []).append(header_text(raw_value[:MAX_HEADER_VALUE_CHARS]))
 
     def values(name: str) -> list[str]:
-        return headers.get(name, [])
+        found = headers.get(name)
+        if found is None:
+            # a header block may be megabytes long in a whole message: read a bounded prefix of each value
+            found = headers[name] = [header_text(v[:MAX_HEADER_VALUE_CHARS]) for v in raw.get(name, ())]
+        return found
 
     def first(name: str) -> str:
         found = values(name)
@@ -334,10 +343,60 @@ def parse_headers(header: bytes) -> HeaderSummary:
     try:
         block = header[:MAX_HEADER_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
         block = block[: _line_end(block, MAX_HEADER_LINES)]
-        message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
-        return _summarise(message)
+        return _summarise_items(header_items(block))
     except Exception:  # hostile input must not stop a sync; an empty summary matches no lead
         return _empty_summary()
+
+
+# email.feedparser's own patterns: a line that can be in a header block, and a line break
+_HEADER_LINE_RE = re.compile(r"^(From |[\041-\071\073-\176]*:|[\t ])")
+_LINE_BREAK_RE = re.compile(r"(\r\n|\r|\n)")
+
+
+def _header_lines(block: bytes) -> list[str]:
+    """The lines of the header block, line breaks kept, up to the first that cannot be in one."""
+    pieces = _LINE_BREAK_RE.split(block.decode("ascii", "surrogateescape"))
+    lines = [pieces[i] + pieces[i + 1] for i in range(0, len(pieces) - 1, 2)]
+    if pieces[-1]:
+        lines.append(pieces[-1])
+    for number, line in enumerate(lines):
+        if not _HEADER_LINE_RE.match(line):
+            return lines[:number]  # the end of the header block (an empty line), or a body without one
+    return lines
+
+
+def header_items(block: bytes) -> list[tuple[str, str]]:
+    """(name, raw value) of each header of a header block, exactly as ``email.parser.BytesParser`` with
+    ``compat32`` and ``headersonly`` gives them (``raw_items()``), without building a ``Message``: the
+    header scan reads every message's header (tests/test_mime.py compares the two)."""
+    block_lines = _header_lines(block)
+    items: list[tuple[str, str]] = []
+    name = ""  # the header being read, and its lines
+    value_lines: list[str] = []
+
+    def finish() -> None:
+        first, rest = value_lines[0].split(":", 1)[1], value_lines[1:]
+        items.append((name, (first.lstrip(" \t") + "".join(rest)).rstrip("\r\n")))
+
+    for number, line in enumerate(block_lines):
+        if line[0] in " \t":
+            if name:
+                value_lines.append(line)
+            continue  # a continuation of no header: dropped, as the stdlib does
+        if name:
+            finish()
+            name, value_lines = "", []
+        if line.startswith("From "):
+            if number == len(block_lines) - 1 and number:
+                break  # the first line of a body
+            continue  # a Unix envelope line, or one out of place: not a header
+        colon = line.find(":")
+        if colon == 0:
+            continue  # no header name
+        name, value_lines = line[:colon], [line]
+    if name:
+        finish()
+    return items
 
 
 # --- whole messages --------------------------------------------------------------------------
