@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -66,13 +68,38 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
         LEADLINE_SYNC_RETRY_BASE_SECONDS="0.3",
         LEADLINE_SYNC_RETRY_MAX_SECONDS="1",
         LEADLINE_LOG_LEVEL="WARNING",
-        # parsing inline: the parser processes of a SIGKILLed service would outlive it (and the test)
-        LEADLINE_SYNC_PARSE_PROCESSES="0",
+        # a parser process: it must die with its SIGKILLed service (test_killed_mid_historical_sync...)
+        LEADLINE_SYNC_PARSE_PROCESSES="1",
         **extra,
     )
     if held:
         return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT, "--held"], env=env, stdin=subprocess.PIPE)
     return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT], env=env)
+
+
+def parser_processes(pid: int) -> list[int]:
+    """The parser processes (sync/parsing.py) among the children of ``pid``."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            if b"leadline_sync.sync.parsing" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+    return found
+
+
+async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
+    """Every process of ``pids`` has exited (a zombie counts as gone: only its entry is left)."""
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = asyncio.get_running_loop().time() + timeout
+    while any(alive(pid) for pid in pids):
+        assert asyncio.get_running_loop().time() < deadline, f"parser processes outlived their service: {pids}"
+        await asyncio.sleep(0.05)
 
 
 def release(process: subprocess.Popen[bytes]) -> None:
@@ -122,8 +149,11 @@ async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) ->
                 more = rng.randint(60, 250)
                 await world.wait_for_sql(progress, check=lambda v, b=before, m=more: v > b + m, timeout=90)
             finally:
+                parsers = parser_processes(process.pid)
                 os.kill(process.pid, signal.SIGKILL)
                 process.wait()
+            assert parsers, "the service parsed in a parser process"
+            await wait_gone(parsers)
             kills += 1
             if (await world.sql(progress))[0][0] >= total:
                 break

@@ -51,7 +51,6 @@ def create_app(
         scheduler = SyncScheduler(context, capacity)
         context.scheduler = scheduler
         runtime.spawn(scheduler.run(), "sync-scheduler")
-        runtime.spawn(context.parser.start(), "sync-parser-start", lasting=False)
 
     async def on_stop(runtime: Runtime) -> None:
         context = runtime.context_of(SyncContext)

@@ -3,76 +3,191 @@
 ``parse_message`` is the most expensive step of a sync (about a millisecond a
 message, up to its two-second cap on hostile input) and pure CPU: inline it
 would hold up the IDLE sessions and lease renewals of every other mailbox of
-the replica.  With ``sync_parse_processes`` > 0 it runs in that many worker
-processes (a second core does the parsing while the event loop fetches and
-stores); a worker that dies takes only its batch back to inline parsing, and
-the pool is rebuilt.
+the replica.  With ``sync_parse_processes`` > 0 a batch of at least
+:data:`INLINE_BELOW` messages is parsed in up to that many worker processes
+(a second core parses while the event loop fetches and stores); fewer, like
+the one message an IDLE push brings, are parsed inline, where a round trip
+would cost more than the parse.
+
+The workers are plain child processes (``python -m
+leadline_sync.sync.parsing``) that read length-prefixed pickled batches on
+stdin and answer on stdout; nothing else (no forkserver, no resource
+tracker).  They start when the first large batch comes (that batch is parsed
+inline meanwhile) and stop after :data:`IDLE_SECONDS` without one, so a
+replica holding only live mailboxes, or a history of little lead mail, keeps
+no parser memory.  A worker leaves with its parent: it reads end-of-file on
+stdin when the parent dies, however it died (SIGKILL included), and on Linux
+the kernel also sends it SIGKILL then (``PR_SET_PDEATHSIG``).  A worker that
+dies or answers garbage takes only its part of the batch back to inline
+parsing; the next large batch starts a new one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
-import multiprocessing
+import os
+import pickle
+import signal
+import struct
+import sys
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 
 from leadline_mail.mime import ParsedMessage, parse_message
 
 log = logging.getLogger("leadline.sync.parsing")
+
+INLINE_BELOW = 8  # a batch of fewer messages is parsed inline
+IDLE_SECONDS = 30.0  # the workers stop after this long without a batch
+_LENGTH = struct.Struct("!Q")
+_PR_SET_PDEATHSIG = 1
 
 
 def _parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
     return [parse_message(raw) for raw in raws]
 
 
+class _Worker:
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+
+    async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
+        stdin, stdout = self.process.stdin, self.process.stdout
+        assert stdin is not None and stdout is not None
+        request = pickle.dumps(list(raws), protocol=pickle.HIGHEST_PROTOCOL)
+        stdin.write(_LENGTH.pack(len(request)) + request)
+        await stdin.drain()
+        (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
+        parsed = pickle.loads(await stdout.readexactly(length))  # noqa: S301 - our own child's answer
+        if not isinstance(parsed, list) or len(parsed) != len(raws):
+            raise ValueError("a parser process answered for another batch")
+        return parsed
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+
+
 class MessageParser:
     def __init__(self, processes: int) -> None:
         self.processes = processes
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            # forkserver: a fork of this process would copy its event loop, sockets and threads
-            self._pool = ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("forkserver"))
-        return self._pool
-
-    async def start(self) -> None:
-        """Start the worker processes now, so that the first mail of a session (an IDLE push, the newest
-        mail of a history) does not wait for a forkserver and its workers to import."""
-        if self.processes <= 0:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            await asyncio.gather(
-                *(loop.run_in_executor(self._executor(), _parse_all, ()) for _ in range(self.processes))
-            )
-        except BrokenProcessPool:
-            log.error("a parser process died while starting; the first batch starts new ones")
-            self.close()
+        self._idle: list[_Worker] = []
+        self._busy = 0
+        self._starting: asyncio.Task[None] | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._returned = asyncio.Event()  # a worker became idle
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
         if not raws:
             return []
-        if self.processes <= 0:
+        if self.processes <= 0 or len(raws) < INLINE_BELOW:
             return _parse_all(raws)
-        loop = asyncio.get_running_loop()
-        chunk = max(1, -(-len(raws) // self.processes))  # one chunk per worker: few round trips
+        self._keep_alive()
+        while not self._idle and self._busy:  # another mailbox's batch has them: wait for one
+            self._returned.clear()
+            await self._returned.wait()
+        if not self._idle:
+            if self._starting is None:
+                self._starting = asyncio.create_task(self._start())
+            return _parse_all(raws)  # while the workers start
+        count = min(len(self._idle), self.processes, len(raws))
+        chunk = -(-len(raws) // count)  # one part per worker: few round trips
+        parts = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
+        workers = self._idle[: len(parts)]
+        del self._idle[: len(parts)]
+        self._busy += len(workers)
         try:
-            parts = await asyncio.gather(
-                *(
-                    loop.run_in_executor(self._executor(), _parse_all, raws[i : i + chunk])
-                    for i in range(0, len(raws), chunk)
-                )
-            )
-        except BrokenProcessPool:
-            log.error("a parser process died; parsing this batch inline and starting new processes")
-            self.close()
+            done = await asyncio.gather(*(self._parse_in(w, part) for w, part in zip(workers, parts, strict=True)))
+        finally:
+            self._busy -= len(workers)
+            self._returned.set()
+            self._keep_alive()
+        return [parsed for part in done for parsed in part]
+
+    async def _parse_in(self, worker: _Worker, raws: Sequence[bytes]) -> list[ParsedMessage]:
+        try:
+            parsed = await worker.parse(raws)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError, asyncio.IncompleteReadError) as exc:
+            log.error("a parser process failed (%s); parsing its part inline", exc.__class__.__name__)
+            worker.stop()
             return _parse_all(raws)
-        return [parsed for part in parts for parsed in part]
+        except BaseException:
+            worker.stop()  # cancelled half-way: its answer would be read by the next batch
+            raise
+        self._idle.append(worker)
+        return parsed
+
+    async def _start(self) -> None:
+        try:
+            for _ in range(self.processes - len(self._idle) - self._busy):
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    __name__,
+                    str(os.getpid()),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                self._idle.append(_Worker(process))
+        except OSError as exc:
+            log.error("could not start a parser process (%s); parsing inline", exc)
+        finally:
+            self._starting = None
+
+    def _keep_alive(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = asyncio.get_running_loop().call_later(IDLE_SECONDS, self._stop_idle)
+
+    def _stop_idle(self) -> None:
+        self._idle_timer = None
+        for worker in self._idle:
+            worker.stop()
+        self._idle.clear()
+
+    @property
+    def running(self) -> int:
+        """Worker processes alive now (idle or parsing)."""
+        return len(self._idle) + self._busy
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+        if self._starting is not None:
+            self._starting.cancel()
+            self._starting = None
+        self._stop_idle()
+
+
+def _leave_with(parent: int) -> None:
+    """Die with the parent: SIGKILL from the kernel when it exits (Linux), and at once if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def _serve(parent: int) -> None:
+    _leave_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the service is the service's to handle
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = requests.read(_LENGTH.size)
+        if len(head) < _LENGTH.size:
+            return  # the parent closed the pipe or died
+        (length,) = _LENGTH.unpack(head)
+        raws = pickle.loads(requests.read(length))  # noqa: S301 - our parent's request
+        answer = pickle.dumps(_parse_all(raws), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            answers.write(_LENGTH.pack(len(answer)) + answer)
+            answers.flush()
+        except BrokenPipeError:
+            return
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))

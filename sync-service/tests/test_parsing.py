@@ -1,0 +1,93 @@
+"""Parser processes: they parse as inline parsing does, start when needed, and never outlive the service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from email.message import EmailMessage
+from pathlib import Path
+
+from leadline_mail.mime import parse_message
+from leadline_sync.sync.parsing import INLINE_BELOW, MessageParser
+
+
+def messages(count: int) -> list[bytes]:
+    raws = []
+    for i in range(count):
+        message = EmailMessage()
+        message["From"] = f"buyer{i}@customer.example"
+        message["To"] = "me@acme.example"
+        message["Subject"] = f"offer {i}"
+        message["Message-ID"] = f"<offer-{i}@customer.example>"
+        message.set_content(f"About the offer, part {i}.\n" * 20)
+        message.add_attachment(b"%PDF-1.4 " * 50, maintype="application", subtype="pdf", filename=f"offer-{i}.pdf")
+        raws.append(message.as_bytes())
+    return raws
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+async def test_workers_parse_as_inline_start_on_a_large_batch_and_replace_a_dead_one() -> None:
+    raws = messages(3 * INLINE_BELOW)
+    expected = [parse_message(raw) for raw in raws]
+    parser = MessageParser(2)
+    try:
+        assert await parser.parse(raws[: INLINE_BELOW - 1]) == expected[: INLINE_BELOW - 1]
+        assert parser.running == 0, "a small batch is parsed inline and starts nothing"
+        assert await parser.parse(raws) == expected  # inline, while the workers start
+        for _ in range(100):
+            if parser.running == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert parser.running == 2
+        assert await parser.parse(raws) == expected
+        pids = [w.process.pid for w in parser._idle]
+        os.kill(pids[0], signal.SIGKILL)
+        await asyncio.sleep(0.2)
+        assert await parser.parse(raws) == expected, "the dead worker's part is parsed inline"
+        assert parser.running == 1
+    finally:
+        parser.close()
+
+
+SERVICE = """
+import asyncio
+from leadline_sync.sync.parsing import MessageParser
+
+async def main():
+    parser = MessageParser(1)
+    raws = [b"From: a@b.example\\r\\nSubject: hello\\r\\n\\r\\nWords.\\r\\n"] * 20
+    await parser.parse(raws)
+    while not parser.running:
+        await asyncio.sleep(0.05)
+    await parser.parse(raws)
+    print(parser._idle[0].process.pid, flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_killed_service_leaves_no_parser_process() -> None:
+    service = subprocess.Popen([sys.executable, "-c", SERVICE], stdout=subprocess.PIPE, text=True)
+    try:
+        assert service.stdout is not None
+        worker = int(service.stdout.readline())
+        assert alive(worker)
+    finally:
+        service.send_signal(signal.SIGKILL)
+        service.wait(10)
+    deadline = time.monotonic() + 10
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(worker), "the parser process outlived the killed service"
