@@ -78,11 +78,11 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
 
 
 def parser_processes(pid: int) -> list[int]:
-    """The parser processes (sync/parsing.py) among the children of ``pid``."""
+    """The parser processes (sync/parse_worker.py) among the children of ``pid``."""
     found = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         with contextlib.suppress(OSError):
-            if b"leadline_sync.sync.parsing" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"leadline_sync.sync.parse_worker" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(int(child))
     return found
 

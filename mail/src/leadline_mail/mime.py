@@ -45,7 +45,6 @@ from typing import Any
 import nh3
 
 from leadline_mail.addresses import normalize_address
-from leadline_proto.events import Attachment
 
 MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_HEADER_BYTES = 256 * 1024
@@ -107,6 +106,16 @@ class HeaderSummary:
     date: datetime | None  # timezone-aware (UTC when the header gave no zone)
     in_reply_to: str | None
     is_bounce_candidate: bool  # worth fetching whole and giving to bounces.parse_bounce
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """What the timeline shows of an attachment (its content is not kept).  A plain dataclass, not the
+    event schema's model: the sync's parser processes import this module and not pydantic (19 MiB each)."""
+
+    filename: str | None
+    content_type: str
+    size: int
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,7 @@ from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, Imap
 from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
 from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.events import (
+    Attachment,
     EventBase,
     MailBouncedPayload,
     MailBouncedV1,
@@ -1346,7 +1347,10 @@ class MailboxSync:
                     sent_at=self._sent_at(header, summary),
                     text=parsed.text[:MAX_TEXT_CHARS],
                     html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None,
-                    attachments=parsed.attachments,
+                    attachments=[
+                        Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
+                        for a in parsed.attachments
+                    ],
                     in_reply_to=summary.in_reply_to,
                     defect=bool(parsed.defects),
                 ),

@@ -10,7 +10,7 @@ the one message an IDLE push brings, are parsed inline, where a round trip
 would cost more than the parse.
 
 The workers are plain child processes (``python -m
-leadline_sync.sync.parsing``) that read length-prefixed pickled batches on
+leadline_sync.sync.parse_worker``) that read length-prefixed pickled batches on
 stdin and answer on stdout; nothing else (no forkserver, no resource
 tracker).  They start when the first large batch comes (that batch is parsed
 inline meanwhile) and stop after :data:`IDLE_SECONDS` without one, so a
@@ -26,27 +26,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import pickle
-import signal
-import struct
 import sys
 from collections.abc import Sequence
 
-from leadline_mail.mime import ParsedMessage, parse_message
+from leadline_mail.mime import ParsedMessage
+from leadline_sync.sync import parse_worker
+from leadline_sync.sync.parse_worker import LENGTH, parse_all
 
 log = logging.getLogger("leadline.sync.parsing")
 
 INLINE_BELOW = 8  # a batch of fewer messages is parsed inline
 IDLE_SECONDS = 30.0  # the workers stop after this long without a batch
-_LENGTH = struct.Struct("!Q")
-_PR_SET_PDEATHSIG = 1
-
-
-def _parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
-    return [parse_message(raw) for raw in raws]
 
 
 class _Worker:
@@ -57,9 +50,9 @@ class _Worker:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         request = pickle.dumps(list(raws), protocol=pickle.HIGHEST_PROTOCOL)
-        stdin.write(_LENGTH.pack(len(request)) + request)
+        stdin.write(LENGTH.pack(len(request)) + request)
         await stdin.drain()
-        (length,) = _LENGTH.unpack(await stdout.readexactly(_LENGTH.size))
+        (length,) = LENGTH.unpack(await stdout.readexactly(LENGTH.size))
         parsed = pickle.loads(await stdout.readexactly(length))  # noqa: S301 - our own child's answer
         if not isinstance(parsed, list) or len(parsed) != len(raws):
             raise ValueError("a parser process answered for another batch")
@@ -83,7 +76,7 @@ class MessageParser:
         if not raws:
             return []
         if self.processes <= 0 or len(raws) < INLINE_BELOW:
-            return _parse_all(raws)
+            return parse_all(raws)
         self._keep_alive()
         while not self._idle and self._busy:  # another mailbox's batch has them: wait for one
             self._returned.clear()
@@ -91,7 +84,7 @@ class MessageParser:
         if not self._idle:
             if self._starting is None:
                 self._starting = asyncio.create_task(self._start())
-            return _parse_all(raws)  # while the workers start
+            return parse_all(raws)  # while the workers start
         count = min(len(self._idle), self.processes, len(raws))
         chunk = -(-len(raws) // count)  # one part per worker: few round trips
         parts = [raws[i : i + chunk] for i in range(0, len(raws), chunk)]
@@ -112,7 +105,7 @@ class MessageParser:
         except (OSError, EOFError, ValueError, pickle.UnpicklingError, asyncio.IncompleteReadError) as exc:
             log.error("a parser process failed (%s); parsing its part inline", exc.__class__.__name__)
             worker.stop()
-            return _parse_all(raws)
+            return parse_all(raws)
         except BaseException:
             worker.stop()  # cancelled half-way: its answer would be read by the next batch
             raise
@@ -125,7 +118,7 @@ class MessageParser:
                 process = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
-                    __name__,
+                    parse_worker.__name__,
                     str(os.getpid()),
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
@@ -160,34 +153,3 @@ class MessageParser:
             self._starting.cancel()
             self._starting = None
         self._stop_idle()
-
-
-def _leave_with(parent: int) -> None:
-    """Die with the parent: SIGKILL from the kernel when it exits (Linux), and at once if it already has."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:
-        sys.exit(0)
-
-
-def _serve(parent: int) -> None:
-    _leave_with(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the service is the service's to handle
-    requests, answers = sys.stdin.buffer, sys.stdout.buffer
-    while True:
-        head = requests.read(_LENGTH.size)
-        if len(head) < _LENGTH.size:
-            return  # the parent closed the pipe or died
-        (length,) = _LENGTH.unpack(head)
-        raws = pickle.loads(requests.read(length))  # noqa: S301 - our parent's request
-        answer = pickle.dumps(_parse_all(raws), protocol=pickle.HIGHEST_PROTOCOL)
-        try:
-            answers.write(_LENGTH.pack(len(answer)) + answer)
-            answers.flush()
-        except BrokenPipeError:
-            return
-
-
-if __name__ == "__main__":
-    _serve(int(sys.argv[1]))

@@ -1,0 +1,58 @@
+"""A parser process of :mod:`leadline_sync.sync.parsing`: ``python -m leadline_sync.sync.parse_worker PARENT``.
+
+It imports what parsing needs and nothing else (no event loop, no pydantic: 18 MiB), reads
+length-prefixed pickled batches of raw messages on stdin and answers each with the pickled list of
+``ParsedMessage``.  It leaves with its parent: end-of-file on stdin, or SIGKILL from the kernel when
+the parent dies (``PR_SET_PDEATHSIG``, Linux).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Sequence
+
+from leadline_mail.mime import ParsedMessage, parse_message
+
+LENGTH = struct.Struct("!Q")  # the length of each pickle that follows, both ways
+_PR_SET_PDEATHSIG = 1
+
+
+def parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
+    return [parse_message(raw) for raw in raws]
+
+
+def _leave_with(parent: int) -> None:
+    """Die with the parent: SIGKILL from the kernel when it exits (Linux), and at once if it already has."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        sys.exit(0)
+
+
+def _serve(parent: int) -> None:
+    _leave_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the service is the service's to handle
+    requests, answers = sys.stdin.buffer, sys.stdout.buffer
+    while True:
+        head = requests.read(LENGTH.size)
+        if len(head) < LENGTH.size:
+            return  # the parent closed the pipe or died
+        (length,) = LENGTH.unpack(head)
+        raws = pickle.loads(requests.read(length))  # noqa: S301 - our parent's request
+        answer = pickle.dumps(parse_all(raws), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            answers.write(LENGTH.pack(len(answer)) + answer)
+            answers.flush()
+        except BrokenPipeError:
+            return
+
+
+if __name__ == "__main__":
+    _serve(int(sys.argv[1]))
