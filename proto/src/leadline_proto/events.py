@@ -161,7 +161,10 @@ class MailPayload(Payload):
     cc: list[str] = []
     subject: str = ""
     sent_at: datetime
+    # the body's text; in mail.synced only its start, as much as the timeline's preview reads (4,000
+    # characters): the synced body stays in the mailbox
     text: str = ""
+    # the HTML part; in mail.synced only when the text is empty (its first 64 KB)
     html: str | None = None
     attachments: list[Attachment] = []
     in_reply_to: str | None = None

@@ -146,9 +146,12 @@ LIVE = Gauge(
     ["push"],
 )
 
-# A NATS message is at most 1 MB by default; HTML escapes to up to twice its size in JSON.
-MAX_TEXT_CHARS = 150_000
-MAX_HTML_CHARS = 250_000
+# What of a body leaves the service: the timeline keeps a 300-character preview of a message and nothing
+# else of its body (lead-service timeline/snippets.py), so an event carries the start of the text, enough
+# for that preview, and the HTML (the start the preview reads) only when there is no text; the body stays
+# in the mailbox. A whole body crossed the outbox, JetStream and the lead service's decoding for nothing.
+PREVIEW_TEXT_CHARS = 4_000
+PREVIEW_HTML_CHARS = 64 * 1024
 MAX_QUIET_RECONNECTS = 3
 RESCAN_DAY = timedelta(days=1)
 QUIET_RECONNECT_SECONDS = 2.0
@@ -1326,6 +1329,7 @@ class MailboxSync:
         row = self.row
         assert row is not None
         message_id = _message_id(summary, header.header)
+        text = parsed.text[:PREVIEW_TEXT_CHARS]
         return Selected(
             header.uid,
             message_id,
@@ -1345,8 +1349,8 @@ class MailboxSync:
                     cc=match.cc,
                     subject=summary.subject or "",
                     sent_at=self._sent_at(header, summary),
-                    text=parsed.text[:MAX_TEXT_CHARS],
-                    html=parsed.html[:MAX_HTML_CHARS] if parsed.html else None,
+                    text=text,
+                    html=parsed.html[:PREVIEW_HTML_CHARS] if parsed.html and not text.strip() else None,
                     attachments=[
                         Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
                         for a in parsed.attachments
