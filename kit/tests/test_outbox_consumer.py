@@ -352,3 +352,30 @@ async def test_handlers_derive_their_subjects_and_apply_one_handler_per_type() -
     assert seen == [f"created {lead.payload.lead_id}", "company Acme"]
     with pytest.raises(AssertionError):
         handlers.on(LeadCreatedV1, created)
+
+
+async def test_a_repeatable_event_is_applied_without_a_processed_row(db: Database, js) -> None:  # type: ignore[no-untyped-def]
+    company = uuid.uuid4()
+
+    async def own_company_only(session: AsyncSession, event: Event) -> None:
+        if event.company_id == company:
+            await count_applications(session, event)
+
+    consumer = EventConsumer(
+        db=db,
+        js=js,
+        processed=processed,
+        durable=f"kittest-{uuid.uuid4().hex[:8]}",
+        handlers=Handlers().on(LeadCreatedV1, own_company_only).on(CompanyUpdatedV1, own_company_only, repeatable=True),
+    )
+    await consumer.subscribe()
+    claimed = lead_event(company)
+    repeatable = CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme"))
+    for event in (claimed, repeatable):
+        await js.publish(event.subject, event.model_dump_json().encode())
+    await drain(consumer, company, 2)
+    async with db.session() as s:
+        assert set((await s.execute(select(applied.c.event_id))).scalars()) == {claimed.event_id, repeatable.event_id}
+        ours = processed.c.event_id.in_([claimed.event_id, repeatable.event_id])
+        rows = set((await s.execute(select(processed.c.event_id).where(ours))).scalars())
+    assert rows == {claimed.event_id}  # the repeatable one cost no write of its own

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import nats
 import pytest
@@ -134,24 +134,32 @@ async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(
     assert (await app.user.get(f"/v1/messages/{message['id']}")).json()["state"] == "unknown"
     assert server.handler.data_commands == data_commands
 
-    # the sync finds it in the Sent folder: settled to sent, without sending again (R21)
+    # the sync finds it in the Sent folder: settled to sent, without sending again (R21); the sightings
+    # of a fetched batch are applied together, and one from the Inbox or of another message settles nothing
     nc = await nats.connect(app.nats_url)
-    event = MailSyncedV1(
-        company_id=app.company_id,
-        payload=MailPayload(
-            message_id=message["message_id"],
-            folder="sent",
-            direction="outbound",
-            from_address="news@x.example.com",
-            sent_at=datetime.now(UTC),
-        ),
-    )
-    await nc.jetstream().publish(
-        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
-    )
+    sent_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    sightings: list[tuple[Literal["inbox", "sent"], str, datetime]] = [
+        ("inbox", message["message_id"], datetime(2026, 1, 1, tzinfo=UTC)),
+        ("sent", "<other@x.example.com>", datetime(2026, 1, 1, tzinfo=UTC)),
+        ("sent", message["message_id"], sent_at),
+    ]
+    for folder, message_id, seen_at in sightings:
+        event = MailSyncedV1(
+            company_id=app.company_id,
+            payload=MailPayload(
+                message_id=message_id,
+                folder=folder,
+                direction="outbound",
+                from_address="news@x.example.com",
+                sent_at=seen_at,
+            ),
+        )
+        await nc.jetstream().publish(
+            event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+        )
     await nc.close()
     settled = await app.wait_for(message["id"], {"sent"})
-    assert settled["state"] == "sent"
+    assert settled["state"] == "sent" and datetime.fromisoformat(settled["sent_at"]) == sent_at
     assert server.handler.data_commands == data_commands
 
 

@@ -22,6 +22,12 @@ What a consumer handles is declared once, as :class:`Handlers`: one handler per 
 types (``leadline.<type>.v<version>``), so no subject is written by hand and no handler tests
 ``isinstance``.
 
+A type declared ``repeatable`` is applied without a ``processed_event`` row: its handler's effect
+is the same however often it runs (an update guarded by the state it leaves, R26's exactly-once by
+a guard instead of an event id).  Most such events change nothing (every Sent-folder sighting the
+send service hears, of which only an ``unknown`` message's changes a row): claiming each was a
+write and a commit to wait for, per event, that bought nothing.
+
 A new durable consumer starts at the beginning of the stream (right in
 production: nothing is missed); ``deliver_since`` starts it at a moment
 instead, for tests that share one stream.
@@ -71,11 +77,26 @@ class Handlers:
 
     def __init__(self) -> None:
         self._by_type: dict[type[EventBase], Callable[[AsyncSession, Any], Awaitable[None]]] = {}
+        self._repeatable: set[type[EventBase]] = set()
 
-    def on(self, kind: type[Handled], handler: Callable[[AsyncSession, Handled], Awaitable[None]]) -> Handlers:
+    def on(
+        self,
+        kind: type[Handled],
+        handler: Callable[[AsyncSession, Handled], Awaitable[None]],
+        *,
+        repeatable: bool = False,
+    ) -> Handlers:
+        """``repeatable``: running the handler again for the same event changes nothing (see the module
+        docstring), so its events are not claimed in ``processed_event``."""
         assert kind not in self._by_type, f"{kind.__name__} has a handler already"
         self._by_type[kind] = handler
+        if repeatable:
+            self._repeatable.add(kind)
         return self
+
+    def claimed(self, event: EventBase) -> bool:
+        """Whether the event is applied once by its ``processed_event`` row (else it is repeatable)."""
+        return type(event) not in self._repeatable
 
     @property
     def subjects(self) -> list[str]:
@@ -128,6 +149,7 @@ class EventConsumer:
         self.processed = processed
         self.durable = durable
         self.subjects = handlers.subjects
+        self.claimed = handlers.claimed
         # ``handler``: what applies one event, when the service wraps ``handlers`` (e.g. to map errors)
         self.handler: Handler = handler or handlers
         self.batch_handler = batch_handler
@@ -202,17 +224,23 @@ class EventConsumer:
             await self._process_one(msg, event)
 
     async def _apply(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """Claim the events (one statement) and apply the ones not applied before, in order."""
+        """Claim the events (one statement) and apply the ones not applied before, and the repeatable
+        ones, in order."""
         unique = list({event.event_id: event for event in events}.values())
-        ids = literal([event.event_id for event in unique], ARRAY(Uuid))
-        claim = (
-            insert(self.processed)
-            .from_select(["consumer", "event_id"], select(literal(self.durable), func.unnest(ids)))
-            .on_conflict_do_nothing()
-            .returning(self.processed.c.event_id)
-        )
-        fresh = set((await session.execute(claim)).scalars())
-        todo = [event for event in unique if event.event_id in fresh]
+        to_claim = [event.event_id for event in unique if self.claimed(event)]
+        fresh: set[Any] = set()
+        if to_claim:
+            claim = (
+                insert(self.processed)
+                .from_select(
+                    ["consumer", "event_id"],
+                    select(literal(self.durable), func.unnest(literal(to_claim, ARRAY(Uuid)))),
+                )
+                .on_conflict_do_nothing()
+                .returning(self.processed.c.event_id)
+            )
+            fresh = set((await session.execute(claim)).scalars())
+        todo = [event for event in unique if event.event_id in fresh or not self.claimed(event)]
         if self.batch_handler is not None:
             await self.batch_handler(session, todo)
         else:

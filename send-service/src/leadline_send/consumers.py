@@ -2,7 +2,11 @@
 
 - ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them.
 - ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown``
-  messages: the server did take it (R21), so it becomes ``sent``.
+  messages: the server did take it (R21), so it becomes ``sent``.  The sync reports every message it
+  reads from a Sent folder (each Smart Mail's own copy among them) and nearly all change nothing, so a
+  fetched batch's sightings are one statement, and being repeatable (an update guarded by the state it
+  leaves) they take no ``processed_event`` row: no write and no commit to wait for when nothing is
+  ``unknown``.
 - ``mail.bounced`` naming one of our Message-IDs: a hard bounce makes the message ``bounced``, a soft one
   (delayed) only records the notice; either shows in ``GET /v1/messages/{id}`` as ``delivery_notice``.
 - ``mail.complained``: the lead (or the one recipient of the message the report returned) gets no more
@@ -11,15 +15,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ARRAY, DateTime, Text, Uuid, delete, func, literal, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import EventConsumer, Handlers
 from leadline_kit.service import Runtime
 from leadline_proto.events import (
+    Event,
     LeadCreatedV1,
     LeadDeletedV1,
     LeadUpdatedV1,
@@ -56,23 +62,35 @@ async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1
         )
 
 
-async def settle_unknown(session: AsyncSession, event: MailSyncedV1) -> None:
-    """R21: an ``unknown`` message whose Message-ID turned up in the Sent folder was sent."""
-    if event.payload.folder == "sent":
-        await session.execute(
-            update(outgoing_message)
-            .where(
-                outgoing_message.c.company_id == event.company_id,
-                outgoing_message.c.message_id == event.payload.message_id,
-                outgoing_message.c.state == MessageState.UNKNOWN,
-            )
-            .values(
-                state=move(MessageState.UNKNOWN, MessageState.SENT),
-                sent_at=event.payload.sent_at,
-                updated_at=func.now(),
-                last_error="settled: the message was found in the Sent folder",
-            )
+async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1]) -> None:
+    """R21: an ``unknown`` message whose Message-ID turned up in the Sent folder was sent (one statement
+    for every sighting given; those of other folders are passed over)."""
+    sent = [event for event in sightings if event.payload.folder == "sent"]
+    if not sent:
+        return
+    seen = select(
+        func.unnest(literal([e.company_id for e in sent], ARRAY(Uuid))).label("company_id"),
+        func.unnest(literal([e.payload.message_id for e in sent], ARRAY(Text))).label("message_id"),
+        func.unnest(literal([e.payload.sent_at for e in sent], ARRAY(DateTime(timezone=True)))).label("sent_at"),
+    ).subquery("seen")
+    await session.execute(
+        update(outgoing_message)
+        .where(
+            outgoing_message.c.company_id == seen.c.company_id,
+            outgoing_message.c.message_id == seen.c.message_id,
+            outgoing_message.c.state == MessageState.UNKNOWN,
         )
+        .values(
+            state=move(MessageState.UNKNOWN, MessageState.SENT),
+            sent_at=seen.c.sent_at,
+            updated_at=func.now(),
+            last_error="settled: the message was found in the Sent folder",
+        )
+    )
+
+
+async def settle_one(session: AsyncSession, event: MailSyncedV1) -> None:
+    await settle_unknown(session, [event])
 
 
 async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
@@ -138,6 +156,23 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     )
 
 
+MAIL_EVENTS = (
+    Handlers()
+    .on(MailSyncedV1, settle_one, repeatable=True)
+    .on(MailBouncedV1, apply_bounce)
+    .on(MailComplainedV1, apply_complaint)
+)
+
+
+async def apply_mail(session: AsyncSession, events: Sequence[Event]) -> None:
+    """A batch's Sent-folder sightings in one statement, then its bounces and complaints in order (a
+    sighting only settles an ``unknown`` message, which a bounce of the same batch then still finds)."""
+    await settle_unknown(session, [event for event in events if isinstance(event, MailSyncedV1)])
+    for event in events:
+        if not isinstance(event, MailSyncedV1):
+            await MAIL_EVENTS(session, event)
+
+
 def consumers(runtime: Runtime, prefix: str, deliver_since: datetime | None = None) -> list[EventConsumer]:
     return [
         EventConsumer(
@@ -156,10 +191,8 @@ def consumers(runtime: Runtime, prefix: str, deliver_since: datetime | None = No
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-mail",
-            handlers=Handlers()
-            .on(MailSyncedV1, settle_unknown)
-            .on(MailBouncedV1, apply_bounce)
-            .on(MailComplainedV1, apply_complaint),
+            handlers=MAIL_EVENTS,
+            batch_handler=apply_mail,
             deliver_since=deliver_since,
         ),
     ]
