@@ -3,6 +3,12 @@
 Services and repositories never commit: the request dependency or the worker
 scope (:meth:`Database.session`) commits when the unit of work ends and rolls
 back on any exception, so a failure leaves nothing half-written.
+
+A hot path whose every statement stands alone (a gateway's key lookup, the send
+API's lead lookup and insert) runs plain SQL on asyncpg instead
+(:meth:`Database.plain`): each statement commits by itself, and none pays for
+SQLAlchemy's connection checkout, statement handling and result rows, which cost
+more CPU than the statement itself.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+import asyncpg
 import pydantic_core
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
@@ -63,6 +70,16 @@ def transient(error: BaseException) -> bool:
     return False
 
 
+async def json_codec(conn: asyncpg.Connection) -> None:
+    """``jsonb`` as Python values on a plain asyncpg connection, by the same functions as the engine."""
+    await conn.set_type_codec("jsonb", encoder=json_text, decoder=json_value, schema="pg_catalog")
+
+
+async def nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """For asyncpg pools whose statements change no session state (see Database.plain): a connection
+    goes back to the pool as it is, where asyncpg's default reset is one more round trip per use."""
+
+
 class Database:
     def __init__(
         self, url: str, schema: str, pool_size: int = 10, pool_timeout: float = 30.0, *, queued: bool = False
@@ -76,6 +93,10 @@ class Database:
         self.url = url
         self.schema = schema
         self.turns = asyncio.Semaphore(pool_size) if queued else None
+        self.pool_size = pool_size
+        self.pool_timeout = pool_timeout
+        self._plain: asyncpg.Pool | None = None
+        self._plain_opening = asyncio.Lock()
         self.engine: AsyncEngine = create_async_engine(
             url,
             pool_size=pool_size,
@@ -94,11 +115,41 @@ class Database:
         async with self.turns or contextlib.nullcontext(), self.sessionmaker() as session, session.begin():
             yield session
 
+    @asynccontextmanager
+    async def plain(self) -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection of the schema for plain SQL (``$1`` parameters, statements prepared once
+        per connection): each statement commits on its own, unless the caller opens
+        ``conn.transaction()``.  Callers change no session state (no SET, LISTEN or advisory lock):
+        the connection goes back to the pool without a reset.  The pool opens at first use; no connection
+        free within ``pool_timeout`` raises the engine's own pool timeout (a 503, as there)."""
+        if self._plain is None:
+            async with self._plain_opening:
+                if self._plain is None:
+                    self._plain = await asyncpg.create_pool(
+                        asyncpg_dsn(self.url),
+                        min_size=1,
+                        max_size=self.pool_size,
+                        init=json_codec,
+                        reset=nothing_to_reset,
+                        server_settings={"search_path": f"{self.schema},public", "application_name": self.schema},
+                    )
+        try:
+            conn = await self._plain.acquire(timeout=self.pool_timeout)
+        except TimeoutError as exc:
+            raise sa_exc.TimeoutError(f"no plain connection free within {self.pool_timeout} s") from exc
+        try:
+            yield conn
+        finally:
+            await self._plain.release(conn)
+
     async def ping(self) -> None:
         async with self.engine.connect() as conn:
             await conn.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._plain is not None:
+            await self._plain.close()
+            self._plain = None
         await self.engine.dispose()
 
 

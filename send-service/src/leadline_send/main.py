@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             quota=quota,
             mailboxes=mailboxes,
             delivery=delivery,
-            leads=LeadDirectory(runtime.nats, settings.rpc_timeout_seconds),
+            leads=LeadDirectory(runtime.db, runtime.nats, settings.rpc_timeout_seconds),
         )
         await delivery.start()
         # Recover what a previous process left in "sending" before this one claims anything.

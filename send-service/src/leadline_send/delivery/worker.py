@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import asyncpg
 from asyncpg.pool import PoolAcquireContext
 
-from leadline_kit.db import Database, asyncpg_dsn, json_text, json_value
+from leadline_kit.db import Database, asyncpg_dsn, json_codec, nothing_to_reset
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
 from leadline_send.delivery import queue
@@ -71,15 +71,6 @@ class Worker:
 
     number: int
     session: SmtpSession | None = None
-
-
-async def _json_codec(conn: asyncpg.Connection) -> None:
-    await conn.set_type_codec("jsonb", encoder=json_text, decoder=json_value, schema="pg_catalog")
-
-
-async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
-    """The queue's statements are single autocommitted statements that change no session state, so a
-    connection goes back to the pool as it is (asyncpg's default reset is one more round trip each)."""
 
 
 @dataclass
@@ -151,8 +142,8 @@ class Delivery:
                 asyncpg_dsn(self.db.url),
                 min_size=1,
                 max_size=size,
-                init=_json_codec,
-                reset=_nothing_to_reset,
+                init=json_codec,
+                reset=nothing_to_reset,
                 server_settings={
                     "search_path": f"{self.db.schema},public",
                     "application_name": "send-delivery",

@@ -43,8 +43,9 @@ async def send_message(
     key = service.check_idempotency_key(idempotency_key)
     # The insert is one statement, idempotent by its unique key: autocommit (the wake-up of the
     # workers that follows it needs no transaction of its own).
-    async with autocommit(request.app.state.runtime.db) as connection:
-        return await service.create_message(connection, context, caller, body, key)
+    db = request.app.state.runtime.db
+    async with autocommit(db) as connection:
+        return await service.create_message(connection, db, context, caller, body, key)
 
 
 @router.post("/messages/batch", status_code=202, response_model=BatchOut)
@@ -62,7 +63,7 @@ async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -
     row = await repository.by_id(session, caller.company_id, message_id, service.sender_scope(caller))
     if row is None:
         raise MessageNotFound("no such message")
-    return service.to_out(row)
+    return service.to_out(row._mapping)
 
 
 @router.get("/messages", response_model=Page[MessageOut])
@@ -81,7 +82,7 @@ async def list_messages(
     rows = await repository.page(
         session, caller.company_id, state=state, user_id=scope or user_id, after=after, limit=limit + 1
     )
-    items = [service.to_out(r) for r in rows[:limit]]
+    items = [service.to_out(r._mapping) for r in rows[:limit]]
     next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return Page[MessageOut](items=items, next_cursor=next_cursor)
 

@@ -1,6 +1,7 @@
 """Lead recipients: the service's own copy of lead addresses, and the lead service when the copy is behind.
 
-The copy (``lead_address``) is kept from ``lead.created|updated|deleted``.  A
+The copy (``lead_address``) is kept from ``lead.created|updated|deleted`` and read on a plain connection
+of its own (one statement, outside the caller's unit of work: the copy is only read).  A
 lead created a moment ago may not be in it yet: its event is on the way.  So a
 lead the copy does not hold is asked of the lead service (NATS request/reply,
 ``RPC_LEAD_ADDRESSES``), and the answer is kept for ``KEPT_SECONDS`` in this
@@ -19,10 +20,10 @@ from nats.aio.client import Client
 from prometheus_client import Counter
 
 from leadline_kit import rpc
+from leadline_kit.db import Database
 from leadline_mail.addresses import normalize_address
 from leadline_proto.requests import LeadAddressesReply, LeadAddressesRequest
 from leadline_proto.subjects import RPC_LEAD_ADDRESSES
-from leadline_send.database import Executor
 from leadline_send.messages import repository
 
 # An answer of the lead service stands in for the copy this long: its lead.created is applied within
@@ -51,16 +52,16 @@ def lead_copy(addresses: Iterable[str], name: str) -> tuple[list[str], str]:
 
 
 class LeadDirectory:
-    def __init__(self, nc: Client, timeout: float) -> None:
+    def __init__(self, db: Database, nc: Client, timeout: float) -> None:
+        self.db = db
         self.nc = nc
         self.timeout = timeout
         self._kept: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, LeadRecipient]] = {}
 
-    async def recipients(
-        self, session: Executor, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
-    ) -> dict[uuid.UUID, LeadRecipient]:
+    async def recipients(self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, LeadRecipient]:
         """Each known lead's first address and name; a lead missing from the answer is unknown."""
-        found = await repository.lead_recipients(session, company_id, lead_ids)
+        async with self.db.plain() as conn:
+            found = await repository.lead_recipients(conn, company_id, lead_ids)
         missing = [i for i in dict.fromkeys(lead_ids) if i not in found]
         now = time.monotonic()
         for lead_id in list(missing):

@@ -1,4 +1,8 @@
-"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company."""
+"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company.
+
+The two statements of every single ``POST /v1/messages`` (the lead lookup and the insert) are plain SQL
+on asyncpg (``Database.plain``); the rest go through SQLAlchemy Core.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, and_, bindparam, func, or_, select, update
+import asyncpg
+from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from leadline_send.database import Executor
@@ -25,12 +30,24 @@ INSERT_MESSAGE = insert(outgoing_message).on_conflict_do_nothing().returning(*SH
 
 
 @functools.cache
-def _insert_one_and_wake(columns: tuple[str, ...]) -> Select[Any]:
-    """One message in one statement (a single round trip and commit in autocommit): the insert and, if
-    a row was inserted, the NOTIFY that wakes the delivery workers.  Built once per set of columns."""
-    values = {name: bindparam(name, type_=outgoing_message.c[name].type) for name in columns}
-    inserted = insert(outgoing_message).values(values).on_conflict_do_nothing().returning(*SHOWN).cte("inserted")
-    return select(inserted, func.pg_notify(QUEUE_CHANNEL, "1").label("woken"))
+def _insert_one_and_wake(columns: tuple[str, ...]) -> str:
+    """One message in one statement (a single round trip and commit): the insert and, if a row was
+    inserted, the NOTIFY that wakes the delivery workers.  Written once per set of columns."""
+    values = ", ".join(f"${n}" for n in range(1, len(columns) + 1))
+    shown = ", ".join(column.name for column in SHOWN)
+    # only the table's column names, parameter numbers and the channel's constant are formatted in
+    return (
+        f"WITH inserted AS (INSERT INTO outgoing_message ({', '.join(columns)}) VALUES ({values})"  # noqa: S608
+        f" ON CONFLICT DO NOTHING RETURNING {shown})"
+        f" SELECT inserted.*, pg_notify('{QUEUE_CHANNEL}', '1') AS woken FROM inserted"
+    )
+
+
+async def insert_one(conn: asyncpg.Connection, values: dict[str, Any]) -> asyncpg.Record | None:
+    """The inserted row, or None when a message with its idempotency key exists already (a racing
+    request); the delivery workers of every process are woken."""
+    columns = tuple(sorted(values))
+    return await conn.fetchrow(_insert_one_and_wake(columns), *(values[name] for name in columns))
 
 
 async def by_id(
@@ -55,13 +72,9 @@ async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: 
 
 
 async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict[uuid.UUID, Row[Any]]:
-    """The inserted rows by id; a row whose idempotency key exists already (a racing request) is skipped.
-
-    The delivery workers of every process are woken by a notification with the number of new rows.
+    """A batch's inserted rows by id; a row whose idempotency key exists already (a racing request) is
+    skipped.  The delivery workers of every process are woken by a notification with the number of new rows.
     """
-    if len(rows) == 1:
-        statement = _insert_one_and_wake(tuple(sorted(rows[0])))
-        return {row.id: row for row in (await session.execute(statement, rows[0])).all()}
     inserted = {row.id: row for row in (await session.execute(INSERT_MESSAGE, rows)).all()}
     if inserted:
         await wake_workers(session, len(inserted))
@@ -123,21 +136,20 @@ async def requeue(
     return True
 
 
+LEAD_RECIPIENTS = """
+SELECT DISTINCT ON (lead_id) lead_id, address, name FROM lead_address
+WHERE company_id = $1 AND lead_id = ANY($2::uuid[])
+ORDER BY lead_id, position
+"""
+
+
 async def lead_recipients(
-    session: Executor, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
+    conn: asyncpg.Connection, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, tuple[str, str]]:
     """Each lead's first address and name."""
-    rows = (
-        await session.execute(
-            select(lead_address.c.lead_id, lead_address.c.address, lead_address.c.name)
-            .where(lead_address.c.company_id == company_id, lead_address.c.lead_id.in_(lead_ids))
-            .order_by(lead_address.c.lead_id, lead_address.c.position)
-        )
-    ).all()
-    found: dict[uuid.UUID, tuple[str, str]] = {}
-    for r in rows:
-        found.setdefault(r.lead_id, (r.address, r.name))
-    return found
+    return {
+        row["lead_id"]: (row["address"], row["name"]) for row in await conn.fetch(LEAD_RECIPIENTS, company_id, lead_ids)
+    }
 
 
 async def lead_for_address(session: Executor, company_id: uuid.UUID, address: str) -> uuid.UUID | None:

@@ -8,11 +8,13 @@ import binascii
 import hashlib
 import math
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row
 
+from leadline_kit.db import Database
 from leadline_kit.errors import (
     Conflict,
     Problem,
@@ -68,28 +70,29 @@ def sender_scope(caller: Identity) -> uuid.UUID | None:
     return caller.user_id if caller.role in OWN_MESSAGES_ONLY else None
 
 
-def to_out(row: Any) -> MessageOut:
+def to_out(row: Mapping[Any, Any]) -> MessageOut:
+    """A stored message as the API shows it, from its columns (an asyncpg record or a Row's ``_mapping``)."""
     return MessageOut(
-        id=row.id,
-        state=row.state,
-        category=row.category,
-        message_id=row.message_id,
-        user_id=row.user_id,
-        from_address=row.from_address,
-        recipients=row.recipients,
-        lead_ids=row.lead_ids,
-        subject=row.subject,
-        size_bytes=row.size_bytes,
-        account=row.account_key,
-        attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at if row.state in DUE else None,
-        last_error=row.last_error,
-        smtp_reply=row.smtp_reply,
-        sent_copy=row.sent_copy,
-        delivery_notice=row.delivery_notice,
-        sent_at=row.sent_at,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
+        id=row["id"],
+        state=row["state"],
+        category=row["category"],
+        message_id=row["message_id"],
+        user_id=row["user_id"],
+        from_address=row["from_address"],
+        recipients=row["recipients"],
+        lead_ids=row["lead_ids"],
+        subject=row["subject"],
+        size_bytes=row["size_bytes"],
+        account=row["account_key"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"] if row["state"] in DUE else None,
+        last_error=row["last_error"],
+        smtp_reply=row["smtp_reply"],
+        sent_copy=row["sent_copy"],
+        delivery_notice=row["delivery_notice"],
+        sent_at=row["sent_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
     )
 
 
@@ -115,14 +118,14 @@ def _first_use(row: Row[Any], fingerprint: str) -> Row[Any]:
     return row
 
 
-async def _draft(session: Executor, context: SendContext, caller: Identity, body: MessageIn) -> Draft:
+async def _draft(context: SendContext, caller: Identity, body: MessageIn) -> Draft:
     check_header_value("subject", body.subject)
     for part in (body.text, body.html):
         if part is not None and "\x00" in part:
             raise InvalidBody("the body contains a NUL character")
     try:
         with timed("api-leads"):
-            leads = await context.leads.recipients(session, caller.company_id, body.lead_ids) if body.lead_ids else {}
+            leads = await context.leads.recipients(caller.company_id, body.lead_ids) if body.lead_ids else {}
     except LeadsUnavailable as exc:
         raise LeadServiceUnavailable(str(exc)) from None
     missing = [str(i) for i in body.lead_ids if i not in leads]
@@ -245,7 +248,7 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
         if existing is not None:
             return _first_use(existing, fingerprint)
     settings = context.settings
-    draft = await _draft(session, context, caller, body)
+    draft = await _draft(context, caller, body)
     if body.category == "marketing":
         if len(draft.to) != 1 or draft.cc or draft.bcc:
             raise MarketingOneRecipient(
@@ -319,26 +322,32 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
 
 
 async def _stored(
-    session: Executor, caller: Identity, values: dict[str, Any], inserted: dict[uuid.UUID, Any]
+    session: Executor, caller: Identity, values: dict[str, Any], inserted: Mapping[Any, Any] | None
 ) -> MessageOut:
-    row = inserted.get(values["id"])
-    if row is None:  # a racing request with the same idempotency key won; answer with its message
+    if inserted is None:  # a racing request with the same idempotency key won; answer with its message
         key = values["idempotency_key"]
         assert key is not None
         row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, key)
         assert row is not None
-        row = _first_use(row, values["request_sha256"])
-    return to_out(row)
+        return to_out(_first_use(row, values["request_sha256"])._mapping)
+    return to_out(inserted)
 
 
 async def create_message(
-    session: Executor, context: SendContext, caller: Identity, body: MessageIn, idempotency_key: str | None
+    session: Executor,
+    db: Database,
+    context: SendContext,
+    caller: Identity,
+    body: MessageIn,
+    idempotency_key: str | None,
 ) -> MessageOut:
+    """One message, inserted by one plain statement that commits by itself (``db.plain``)."""
     prepared = await _prepare(session, context, caller, body, idempotency_key, {})
     if not isinstance(prepared, dict):
-        return to_out(prepared)
+        return to_out(prepared._mapping)
     with timed("api-insert"):
-        inserted = await repository.insert_messages(session, [prepared])
+        async with db.plain() as conn:
+            inserted = await repository.insert_one(conn, prepared)
     return await _stored(session, caller, prepared, inserted)
 
 
@@ -358,7 +367,16 @@ async def create_messages(
             raise
     new = [p for p in prepared if isinstance(p, dict)]
     inserted = await repository.insert_messages(session, new) if new else {}
-    return [await _stored(session, caller, p, inserted) if isinstance(p, dict) else to_out(p) for p in prepared]
+    return [
+        await _stored(session, caller, p, _columns(inserted.get(p["id"])))
+        if isinstance(p, dict)
+        else to_out(p._mapping)
+        for p in prepared
+    ]
+
+
+def _columns(row: Row[Any] | None) -> Mapping[Any, Any] | None:
+    return row._mapping if row is not None else None
 
 
 async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> MessageOut:
@@ -377,4 +395,5 @@ async def resend(session: Executor, caller: Identity, message_id: uuid.UUID) -> 
             state=row.state,
         )
     fresh = await repository.by_id(session, caller.company_id, message_id)
-    return to_out(fresh)
+    assert fresh is not None
+    return to_out(fresh._mapping)
