@@ -55,7 +55,7 @@ from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_p
 from leadline_kit.testing.fixtures import create_database
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = (
+PROCESSES = (  # the first found in a command line names the process: smtp_server.py's names Dovecot's folder
     "leadline_gateway",
     "leadline_lead",
     "leadline_quota",
@@ -63,10 +63,11 @@ PROCESSES = (
     "leadline_send",
     "postgres",
     "nats-server",
-    "dovecot",
     "smtp_server.py",
+    "dovecot",
     "bench/send",
 )
+REFERENCE_PROCESSES = ("bench/send", "smtp_server.py", "dovecot")  # what a reference loop's CPU is spent by
 LIFTED = 1_000_000.0  # requests per second per key: the gateway's rate limit out of the way
 ADDRESS, PASSWORD = "sam@acme.example", "bench-mailbox-password"
 
@@ -284,9 +285,16 @@ def reference_message(n: int) -> EmailMessage:
     return msg
 
 
-async def raw_loop(servers: MailServers, connections: int, messages: int, append: bool) -> float:
+@dataclass
+class Reference:
+    rate: float  # messages per second
+    cpu: dict[str, float]  # ms of CPU per message: the loop (bench/send), the SMTP server, Dovecot
+
+
+async def raw_loop(servers: MailServers, connections: int, messages: int, append: bool, marker: str) -> Reference:
     """Messages per second of aiosmtplib's ``send_message`` over ``connections`` implicit-TLS, AUTH
-    sessions; with ``append`` each message is also appended to Sent on a kept IMAP connection."""
+    sessions; with ``append`` each message is also appended to Sent on a kept IMAP connection.  The CPU
+    per message is that of the loop and the servers (the suite, idle meanwhile, is not counted)."""
     per_connection = messages // connections
 
     async def one(index: int) -> None:
@@ -308,9 +316,16 @@ async def raw_loop(servers: MailServers, connections: int, messages: int, append
         if imap is not None:
             await imap.logout()
 
+    cpu_before = cpu_by_command(PROCESSES, marker)
     started = time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(connections)))
-    return per_connection * connections / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    cpu_after = cpu_by_command(PROCESSES, marker)
+    sent = per_connection * connections
+    return Reference(
+        sent / elapsed,
+        {k: (cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0)) * 1000 / sent for k in REFERENCE_PROCESSES},
+    )
 
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
@@ -626,9 +641,17 @@ async def path_run(
 
 @dataclass
 class Round:
-    raw: float
-    raw_append: float
+    raw_reference: Reference
+    append_reference: Reference
     path: PathRun
+
+    @property
+    def raw(self) -> float:
+        return self.raw_reference.rate
+
+    @property
+    def raw_append(self) -> float:
+        return self.append_reference.rate
 
 
 async def bench(args: argparse.Namespace) -> None:
@@ -649,12 +672,12 @@ async def bench(args: argparse.Namespace) -> None:
                         tmp, database_url, nats_server.url, servers, connections, args.rate_limit, args.source
                     ) as found:
                         account = account or await set_up(found, servers, args.messages)
-                        await raw_loop(servers, connections, min(200, args.messages), append=False)  # warm up
+                        await raw_loop(servers, connections, min(200, args.messages), False, found.marker)  # warm up
                         await path_run(found, account, servers, database_url, min(200, args.messages), args.clients)
                         rounds = results[connections] = []
                         for number in range(args.rounds):
-                            raw = await raw_loop(servers, connections, args.messages, append=False)
-                            raw_append = await raw_loop(servers, connections, args.messages, append=True)
+                            raw = await raw_loop(servers, connections, args.messages, False, found.marker)
+                            raw_append = await raw_loop(servers, connections, args.messages, True, found.marker)
                             run = await path_run(
                                 found,
                                 account,
@@ -665,12 +688,17 @@ async def bench(args: argparse.Namespace) -> None:
                                 args.profile,
                                 f"{connections}-{number + 1}",
                             )
-                            rounds.append(Round(raw, raw_append, run))
+                            done = Round(raw, raw_append, run)
+                            rounds.append(done)
                             print(
-                                f"  {connections} conns, round {number + 1}: raw {raw:,.0f}/s, raw + APPEND "
-                                f"{raw_append:,.0f}/s, path {run.rate:,.0f}/s ({run.rate / raw:.2f}); posted "
+                                f"  {connections} conns, round {number + 1}: raw {done.raw:,.0f}/s, raw + APPEND "
+                                f"{done.raw_append:,.0f}/s, path {run.rate:,.0f}/s ({run.rate / done.raw:.2f}); posted "
                                 f"{1 / run.posted:,.0f}/s, sent {1 / run.sent:,.0f}/s; CPU ms per message: "
-                                + cpu_text({k: [v] for k, v in run.cpu.items()}),
+                                + cpu_text({k: [v] for k, v in run.cpu.items()})
+                                + "; raw "
+                                + cpu_text({k: [v] for k, v in raw.cpu.items()})
+                                + "; raw + APPEND "
+                                + cpu_text({k: [v] for k, v in raw_append.cpu.items()}),
                                 flush=True,
                             )
         finally:
@@ -682,6 +710,23 @@ async def bench(args: argparse.Namespace) -> None:
 def cpu_text(cpu: dict[str, list[float]]) -> str:
     medians = {kind: statistics.median(values) for kind, values in cpu.items()}
     return ", ".join(f"{kind} {ms:.2f}" for kind, ms in sorted(medians.items(), key=lambda kv: -kv[1]))
+
+
+def ceiling(rounds: list[Round]) -> str:
+    """What the CPU per message allows on this machine, medians of the rounds: a run cannot go faster
+    than the cores divided by the CPU every process of the machine's part of it spends per message
+    (the callers and the far end included, as in the references)."""
+    cores = os.cpu_count() or 1
+    path = statistics.median(sum(r.path.cpu.values()) for r in rounds)
+    raw = statistics.median(sum(r.raw_reference.cpu.values()) for r in rounds)
+    appended = statistics.median(sum(r.append_reference.cpu.values()) for r in rounds)
+    best = statistics.median(r.raw for r in rounds)
+    return (
+        f"  CPU per message, every process counted: path {path:.1f} ms (at most {cores * 1000 / path:,.0f}/s on "
+        f"{cores} cores), raw {raw:.1f} ms, raw + APPEND {appended:.1f} ms; the path's ceiling against the "
+        f"raw loop's median {best:,.0f}/s: {cores * 1000 / path / best:.2f}; 0.8 of it needs the path at "
+        f"{cores * 1000 / (0.8 * best):.1f} ms per message or less"
+    )
 
 
 def span(values: list[float], digits: int = 2) -> str:
@@ -726,6 +771,7 @@ def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tupl
             for kind, ms in r.path.cpu.items():
                 cpu.setdefault(kind, []).append(ms)
         print("  CPU ms per message by process: " + cpu_text(cpu))
+        print(ceiling(rounds))
         database: dict[str, list[float]] = {}
         for r in rounds:
             for name, value in r.path.database.items():
