@@ -26,7 +26,9 @@ def cpu_by_command(kinds: tuple[str, ...], marker: str | None = None) -> dict[st
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        processes[int(entry.name)] = (int(fields[1]), command, (int(fields[11]) + int(fields[12])) / tick)
+        # its own user and system time and that of its children it has reaped (a Dovecot imap process
+        # that ended with its connection is gone from /proc, its CPU is in the master's)
+        processes[int(entry.name)] = (int(fields[1]), command, sum(int(f) for f in fields[11:15]) / tick)
     ours = {os.getpid(), *(pid for pid, (_, command, _) in processes.items() if marker and marker in command)}
     grown = True
     while grown:
