@@ -59,8 +59,8 @@ class Settings(KitSettings):
     # bodies (lead mail, bounce candidates) per scan batch, one transaction each; the mail of no lead
     # between them joins the batch (headers are read up to 1,000 at a time)
     sync_batch_size: int = Field(200, ge=1, le=1000)
-    # the historical sync reads a folder newest first, this many UIDs in its first pass, twice as many
-    # in the next, up to four times; the folders take turns (the newest mail of Sent and of INBOX reaches
+    # the historical sync reads a folder newest first, this many UIDs in its first pass, each next pass
+    # twice the last, up to eight times; the folders take turns (the newest mail of Sent and of INBOX reaches
     # the timelines in the first seconds)
     sync_history_window: int = Field(500, ge=1)
     sync_retry_base_seconds: float = Field(30.0, gt=0)
