@@ -66,7 +66,7 @@ from leadline_sync.sync.parsing import MessageParser
 
 async def main():
     parser = MessageParser(1)
-    raws = [b"From: a@b.example\\r\\nSubject: hello\\r\\n\\r\\nWords.\\r\\n"] * 20
+    raws = [b"From: a@b.example\\r\\nSubject: hello\\r\\n\\r\\nWords.\\r\\n"] * 40
     await parser.parse(raws)
     while not parser.running:
         await asyncio.sleep(0.05)
