@@ -13,6 +13,7 @@ from email.utils import make_msgid
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
 
 from leadline_kit.db import Database
@@ -91,6 +92,23 @@ async def wait_audited(api: Any, timeout: float = 30.0) -> dict[str, Any]:
     raise AssertionError(f"never audited: {body}")
 
 
+async def metric(service: Any, name: str, **labels: str) -> float:
+    """One sample of the sync service's ``/metrics`` (0 when it has none)."""
+    for family in text_string_to_metric_families((await service.get("/metrics")).text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+async def wait_metric(service: Any, name: str, value: float, timeout: float = 10.0) -> None:
+    """Until the gauge reads ``value`` (the mailbox report refreshes it from the database every second)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (seen := await metric(service, name)) != value:
+        assert asyncio.get_running_loop().time() < deadline, f"{name} is {seen}, not {value}"
+        await asyncio.sleep(0.2)
+
+
 async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # type: ignore[no-untyped-def]
     world,
     leads,
@@ -163,6 +181,10 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
             inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
             assert inbox["missing"] == 12 and inbox["examined"] == 13
 
+            await wait_metric(service, "leadline_sync_mailboxes_with_missing", 0)
+            audits = await metric(service, "leadline_sync_audits_total", folder="inbox")
+            refetched = await metric(service, "leadline_sync_audit_refetched_total", folder="inbox")
+
             # the connection drops: the reconnect after the outage audits; the server now lists all 30,
             # so 12 lost + 5 hidden are missing until the audit has examined them
             assert dropping_proxy.cut() >= 1
@@ -183,6 +205,9 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
             errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
             repaired = [e for e in errors if e["kind"] == "audit_repaired"]
             assert len(repaired) == 1 and "17 messages" in repaired[0]["message"] and repaired[0]["fix"]
+            assert await metric(service, "leadline_sync_audits_total", folder="inbox") - audits == 1
+            assert await metric(service, "leadline_sync_audit_refetched_total", folder="inbox") - refetched == 17
+            await wait_metric(service, "leadline_sync_mailboxes_with_missing", 1)
             assert server.sessions == 2
 
             # once a day, with no outage: a day later the next pass audits again and repairs a new gap
@@ -197,3 +222,7 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
                 inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
             assert (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) == (1, 0, 31), inbox
             assert inbox["not_stored"]["blocklisted"] == 1 and server.sessions == 2
+
+            # the gauge counts synced mailboxes only, from the database (true on every replica)
+            assert (await api.delete("/v1/mail-sync")).status_code == 204
+            await wait_metric(service, "leadline_sync_mailboxes_with_missing", 0)

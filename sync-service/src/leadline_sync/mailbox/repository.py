@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_sync.mailbox.states import MailboxStatus, SyncMode
+from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.models import folder_cursor, mailbox, mailbox_error, synced_message
 
 HELD = and_(mailbox.c.lease_owner.is_not(None), mailbox.c.lease_expires_at > func.now())
@@ -113,6 +113,20 @@ async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds:
                 ).group_by(mailbox.c.status, CURRENT_SYNC_MODE)
             )
         ).all()
+    )
+
+
+async def mailboxes_with_audit_gaps(session: AsyncSession) -> int:
+    """Synced mailboxes whose last completeness audit of a folder found messages never examined (every company)."""
+    return int(
+        (
+            await session.execute(
+                # unscoped: operators' metrics over every company, no tenant sees them
+                select(func.count(func.distinct(folder_cursor.c.mailbox_id)))
+                .select_from(folder_cursor.join(mailbox, mailbox.c.id == folder_cursor.c.mailbox_id))
+                .where(folder_cursor.c.audit_found > 0, mailbox.c.status.in_(SYNCED))
+            )
+        ).scalar_one()
     )
 
 

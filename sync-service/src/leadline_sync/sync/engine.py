@@ -121,9 +121,6 @@ AUDITS = Counter("leadline_sync_audits_total", "Completeness audits of a folder"
 REFETCHED = Counter(
     "leadline_sync_audit_refetched_total", "Messages an audit found never examined and examined then", ["folder"]
 )
-MISSING_MAILBOXES = Gauge(
-    "leadline_sync_mailboxes_with_missing", "Mailboxes whose last audit of a folder found messages never examined"
-)
 DIRECTORY_WAITS = Counter(
     "leadline_sync_directory_waits_total",
     "Historical syncs that waited for the company's leads, by outcome",
@@ -841,15 +838,6 @@ class MailboxSync:
                         "they were examined now and their lead mail is on the timeline.",
                         now,
                     )
-                MISSING_MAILBOXES.set(
-                    (
-                        await session.execute(
-                            select(func.count(func.distinct(folder_cursor.c.mailbox_id))).where(
-                                folder_cursor.c.audit_found > 0
-                            )
-                        )
-                    ).scalar_one()
-                )
         inbox = dict(order).get("inbox")
         if inbox is not None:
             await client.select(inbox)  # IDLE watches INBOX
