@@ -3,9 +3,13 @@
 A unit of work (``Database.session()``) when several writes must commit
 together, and :func:`autocommit` for steps that are one statement: each
 statement commits on its own in one round trip, with no BEGIN and COMMIT
-around it.  The API's single-message insert uses the latter.  (The delivery
-workers' claim, record before the end of data and settle run on asyncpg pools of their own,
-see :mod:`leadline_send.delivery.worker`.)
+around it, on a connection taken only if a statement runs.  A single
+``POST /v1/messages`` uses the latter, and most run nothing on it: their lead
+lookup and insert are plain SQL (``Database.plain``), the route is kept a few
+seconds; what is left is the idempotency key's lookup and a marketing
+message's suppression check.  (The delivery workers' claim, record before the
+end of data and settle run on asyncpg pools of their own, see
+:mod:`leadline_send.delivery.worker`.)
 """
 
 from __future__ import annotations
@@ -21,6 +25,6 @@ Executor = AsyncSession | AsyncConnection
 
 
 @contextlib.asynccontextmanager
-async def autocommit(db: Database) -> AsyncIterator[AsyncConnection]:
-    async with db.engine.connect() as connection:
-        yield await connection.execution_options(isolation_level="AUTOCOMMIT")
+async def autocommit(db: Database) -> AsyncIterator[AsyncSession]:
+    async with AsyncSession(db.engine.execution_options(isolation_level="AUTOCOMMIT")) as session:
+        yield session

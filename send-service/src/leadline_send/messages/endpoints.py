@@ -44,8 +44,8 @@ async def send_message(
     # The insert is one statement, idempotent by its unique key: autocommit (the wake-up of the
     # workers that follows it needs no transaction of its own).
     db = request.app.state.runtime.db
-    async with autocommit(db) as connection:
-        return await service.create_message(connection, db, context, caller, body, key)
+    async with autocommit(db) as session:
+        return await service.create_message(session, db, context, caller, body, key)
 
 
 @router.post("/messages/batch", status_code=202, response_model=BatchOut)
