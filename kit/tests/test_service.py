@@ -104,6 +104,34 @@ async def test_a_request_that_finds_every_database_connection_in_use_gets_503_no
             assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
 
 
+async def test_a_plain_sql_request_that_finds_every_connection_in_use_gets_503_too(fresh_database: str) -> None:
+    router = APIRouter()
+    database = Database(fresh_database, "public", pool_size=1, pool_timeout=0.2)
+
+    @router.get("/probe")
+    async def probe() -> dict[str, int]:
+        async with database.plain() as conn:
+            return {"one": await conn.fetchval("SELECT 1")}
+
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(database_url=fresh_database),
+        schema="public",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[router],
+        use_nats=False,
+        database=database,
+    )
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+            assert (await client.get("/probe")).json() == {"one": 1}
+            async with database.plain():  # the plain pool's one connection, held
+                busy = await client.get("/probe")
+            assert busy.status_code == 503, busy.text
+            assert busy.json()["type"].endswith("/busy")
+            assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
+
+
 async def test_a_405_advertises_the_methods_of_the_most_concrete_path_only() -> None:
     router = APIRouter()
 
