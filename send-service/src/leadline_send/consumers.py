@@ -90,6 +90,7 @@ async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1
 
 
 async def settle_one(session: AsyncSession, event: MailSyncedV1) -> None:
+    """One sighting, as the handler table declares it; the consumer gathers a batch's (apply_mail)."""
     await settle_unknown(session, [event])
 
 
