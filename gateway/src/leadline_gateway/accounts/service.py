@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
-from sqlalchemy import Table, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_gateway import models
-from leadline_gateway.accounts import schemas
+from leadline_gateway.accounts import repository, schemas
 from leadline_gateway.auth import new_api_key
 from leadline_gateway.mailer import SystemMailer
 from leadline_gateway.problems import (
@@ -52,26 +51,10 @@ def _user_payload(row: Any) -> UserPayload:
 
 async def create_company(session: AsyncSession, data: schemas.CompanyCreate) -> schemas.CompanyCreated:
     company_id, user_id = uuid.uuid4(), uuid.uuid4()
-    company = (
-        await session.execute(
-            insert(models.company)
-            .values(id=company_id, name=data.name, domains=sorted(set(data.domains)))
-            .returning(*models.company.c)
-        )
-    ).one()
-    admin = (
-        await session.execute(
-            insert(models.user)
-            .values(
-                id=user_id,
-                company_id=company_id,
-                email=data.administrator.email,
-                name=data.administrator.name,
-                role="administrator",
-            )
-            .returning(*models.user.c)
-        )
-    ).one()
+    company = await repository.insert_company(session, company_id, data.name, sorted(set(data.domains)))
+    admin = await repository.insert_user(
+        session, company_id, data.administrator.email, data.administrator.name, "administrator", user_id
+    )
     key = await _create_key(session, company_id, user_id, "bootstrap")
     await enqueue(
         session,
@@ -87,7 +70,7 @@ async def create_company(session: AsyncSession, data: schemas.CompanyCreate) -> 
 
 
 async def get_company(session: AsyncSession, caller: Identity) -> schemas.CompanyOut:
-    row = (await session.execute(select(models.company).where(models.company.c.id == caller.company_id))).one()
+    row = await repository.company(session, caller.company_id)
     return schemas.CompanyOut.model_validate(row, from_attributes=True)
 
 
@@ -98,12 +81,11 @@ async def update_company(session: AsyncSession, caller: Identity, data: schemas.
             del changes[field]
     if "domains" in changes:
         changes["domains"] = sorted(set(changes["domains"]))
-    statement = update(models.company).where(models.company.c.id == caller.company_id)
-    row = (
-        await session.execute(statement.values(**changes).returning(*models.company.c))
+    row = await (
+        repository.update_company(session, caller.company_id, changes)
         if changes
-        else await session.execute(select(models.company).where(models.company.c.id == caller.company_id))
-    ).one()
+        else repository.company(session, caller.company_id)
+    )
     if changes:
         await enqueue(session, models.outbox, _company_event(row))
     return schemas.CompanyOut.model_validate(row, from_attributes=True)
@@ -112,32 +94,19 @@ async def update_company(session: AsyncSession, caller: Identity, data: schemas.
 async def list_users(
     session: AsyncSession, caller: Identity, cursor: str | None, limit: int
 ) -> tuple[list[schemas.UserOut], str | None]:
-    return await _page(
-        session, models.user, models.user.c.company_id == caller.company_id, cursor, limit, schemas.UserOut
-    )
+    rows = await repository.users(session, caller.company_id, decode_position(cursor), limit + 1)
+    return _page(rows, limit, schemas.UserOut)
 
 
-async def _page(
-    session: AsyncSession, table: Table, where: Any, cursor: str | None, limit: int, model: type[Listed]
-) -> tuple[list[Listed], str | None]:
-    """One page of ``table``'s rows matching ``where``, oldest first, by (created_at, id)."""
-    # unscoped: every caller passes the company filter as where (users and keys of the caller's company)
-    query = select(table).where(where)
-    after = decode_position(cursor)
-    if after:
-        query = query.where(func.row(table.c.created_at, table.c.id) > func.row(*after))
-    rows = (await session.execute(query.order_by(table.c.created_at, table.c.id).limit(limit + 1))).all()
+def _page(rows: list[Any], limit: int, model: type[Listed]) -> tuple[list[Listed], str | None]:
+    """One page of rows (oldest first, by (created_at, id); one more than ``limit`` if there are more)."""
     items = [model.model_validate(r, from_attributes=True) for r in rows[:limit]]
     next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
     return items, next_cursor
 
 
 async def _user_row(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> Any:
-    row = (
-        await session.execute(
-            select(models.user).where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
-        )
-    ).first()
+    row = await repository.user(session, caller.company_id, user_id)
     if row is None:
         raise UserNotFound("no such user in your company")
     return row
@@ -165,45 +134,17 @@ async def invite(
     """A new one-time code for ``user``, mailed to the user's address and only there (R29); the user's
     earlier invitations are withdrawn.  A mailer failure raises, so nothing is committed."""
     code = secrets.token_urlsafe(24)
-    await session.execute(
-        update(models.invitation)
-        .where(
-            models.invitation.c.company_id == caller.company_id,
-            models.invitation.c.user_id == user.id,
-            models.invitation.c.claimed_at.is_(None),
-            models.invitation.c.withdrawn_at.is_(None),
-        )
-        .values(withdrawn_at=func.now())
+    await repository.withdraw_invitations(session, caller.company_id, user.id)
+    row = await repository.insert_invitation(
+        session, caller.company_id, user.id, user.email, _sha256(code), caller.user_id, valid_for
     )
-    row = (
-        await session.execute(
-            insert(models.invitation)
-            .values(
-                id=uuid.uuid4(),
-                company_id=caller.company_id,
-                user_id=user.id,
-                email=user.email,
-                code_sha256=_sha256(code),
-                invited_by=caller.user_id,
-                expires_at=func.now() + valid_for,
-            )
-            .returning(*models.invitation.c)
-        )
-    ).one()
     await mailer.send(user.email, "Your Leadline invitation", invitation_text(user.email, code, row.expires_at))
     return schemas.InvitationOut(sent_to=row.email, created_at=row.created_at, expires_at=row.expires_at)
 
 
 async def _insert_user(session: AsyncSession, company_id: uuid.UUID, email: str, name: str, role: str) -> Any:
     try:
-        async with session.begin_nested():
-            row = (
-                await session.execute(
-                    insert(models.user)
-                    .values(id=uuid.uuid4(), company_id=company_id, email=email, name=name, role=role)
-                    .returning(*models.user.c)
-                )
-            ).one()
+        row = await repository.insert_user(session, company_id, email, name, role)
     except IntegrityError as exc:
         raise UserExists("a user with this email already exists in the company") from exc
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=company_id, payload=_user_payload(row)))
@@ -231,44 +172,19 @@ async def claim_invitation(
 ) -> schemas.ApiKeyOut:
     """The invitee exchanges the code mailed to them, with their address, for their own first API key:
     once, before it expires; the claim (when, which key, from where) is recorded."""
-    row = (
-        await session.execute(
-            # unscoped: the invitee has no identity yet; the secret code and its address pick the row
-            update(models.invitation)
-            .where(
-                models.invitation.c.code_sha256 == _sha256(data.invitation_code),
-                models.invitation.c.email == data.email,
-                models.invitation.c.claimed_at.is_(None),
-                models.invitation.c.withdrawn_at.is_(None),
-                models.invitation.c.expires_at > func.now(),
-            )
-            .values(claimed_at=func.now(), claimed_from=claimed_from)
-            .returning(models.invitation.c.id, models.invitation.c.user_id, models.invitation.c.company_id)
-        )
-    ).first()
+    row = await repository.claim_invitation(session, _sha256(data.invitation_code), data.email, claimed_from)
     if row is None:
         raise InvitationNotFound(
             "this invitation code is unknown, was already used, has expired or was sent to another "
             "address; ask your administrator for a new invitation",
         )
     key = await _create_key(session, row.company_id, row.user_id, data.key_name)
-    await session.execute(
-        update(models.invitation).where(models.invitation.c.id == row.id).values(claimed_api_key_id=key.id)
-    )
+    await repository.record_claimed_key(session, row.company_id, row.id, key.id)
     return key
 
 
 def _sha256(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
-
-
-async def _administrators(session: AsyncSession, company_id: uuid.UUID) -> int:
-    count = await session.scalar(
-        select(func.count())
-        .select_from(models.user)
-        .where(models.user.c.company_id == company_id, models.user.c.role == "administrator")
-    )
-    return int(count or 0)
 
 
 async def update_user(
@@ -279,30 +195,21 @@ async def update_user(
     if (
         current.role == "administrator"
         and changes.get("role", "administrator") != "administrator"
-        and await _administrators(session, caller.company_id) <= 1
+        and await repository.administrators(session, caller.company_id) <= 1
     ):
         raise LastAdministrator("a company keeps at least one administrator")
     if not changes:
         return schemas.UserOut.model_validate(current, from_attributes=True)
-    row = (
-        await session.execute(
-            update(models.user)
-            .where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
-            .values(**changes)
-            .returning(*models.user.c)
-        )
-    ).one()
+    row = await repository.update_user(session, caller.company_id, user_id, changes)
     await enqueue(session, models.outbox, UserUpdatedV1(company_id=caller.company_id, payload=_user_payload(row)))
     return schemas.UserOut.model_validate(row, from_attributes=True)
 
 
 async def delete_user(session: AsyncSession, caller: Identity, user_id: uuid.UUID) -> None:
     current = await _user_row(session, caller, user_id)
-    if current.role == "administrator" and await _administrators(session, caller.company_id) <= 1:
+    if current.role == "administrator" and await repository.administrators(session, caller.company_id) <= 1:
         raise LastAdministrator("a company keeps at least one administrator")
-    await session.execute(
-        models.user.delete().where(models.user.c.id == user_id, models.user.c.company_id == caller.company_id)
-    )
+    await repository.delete_user(session, caller.company_id, user_id)
     await enqueue(session, models.outbox, UserDeletedV1(company_id=caller.company_id, payload=_user_payload(current)))
 
 
@@ -310,20 +217,7 @@ async def _create_key(
     session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, name: str, expires_at: datetime | None = None
 ) -> schemas.ApiKeyOut:
     key = new_api_key()
-    row = (
-        await session.execute(
-            insert(models.api_key)
-            .values(
-                id=key.key_id,
-                company_id=company_id,
-                user_id=user_id,
-                name=name,
-                secret_sha256=key.secret_sha256,
-                expires_at=expires_at,
-            )
-            .returning(*models.api_key.c)
-        )
-    ).one()
+    row = await repository.insert_api_key(session, key.key_id, company_id, user_id, name, key.secret_sha256, expires_at)
     return schemas.ApiKeyOut(
         id=row.id,
         name=row.name,
@@ -331,13 +225,6 @@ async def _create_key(
         created_at=row.created_at,
         expires_at=row.expires_at,
         key=key.token,
-    )
-
-
-def _active_key() -> Any:
-    return and_(
-        models.api_key.c.revoked_at.is_(None),
-        or_(models.api_key.c.expires_at.is_(None), models.api_key.c.expires_at > func.now()),
     )
 
 
@@ -352,19 +239,9 @@ async def _create_capped_key(
     session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, limit: int
 ) -> schemas.ApiKeyOut:
     # the user's row is locked so that two concurrent creations cannot both pass the cap
-    found = await session.execute(
-        select(models.user.c.id)
-        .where(models.user.c.id == user_id, models.user.c.company_id == company_id)
-        .with_for_update()
-    )
-    if found.first() is None:
+    if await repository.user(session, company_id, user_id, for_update=True) is None:
         raise UserNotFound("no such user in this company")
-    active = await session.scalar(
-        select(func.count())
-        .select_from(models.api_key)
-        .where(models.api_key.c.company_id == company_id, models.api_key.c.user_id == user_id, _active_key())
-    )
-    if int(active or 0) >= limit:
+    if await repository.active_keys(session, company_id, user_id) >= limit:
         raise ApiKeyLimit(
             f"the user holds {limit} active API keys, the most a user may hold; revoke one first "
             "(DELETE /v1/api-keys/{id})",
@@ -378,7 +255,7 @@ async def provision_user(
 ) -> schemas.UserProvisioned:
     """The operator's way for a CRM that signs its users in itself (SSO): the user and their first key at
     once, handed to the CRM's backend, with no tenant administrator in the loop (R29)."""
-    if await session.scalar(select(models.company.c.id).where(models.company.c.id == company_id)) is None:
+    if not await repository.company_exists(session, company_id):
         raise CompanyNotFound("no such company")
     row = await _insert_user(session, company_id, data.email, data.name, data.role)
     key = await _create_capped_key(session, company_id, row.id, schemas.ApiKeyCreate(name=data.key_name), limit)
@@ -394,19 +271,12 @@ async def provision_api_key(
 async def list_api_keys(
     session: AsyncSession, caller: Identity, cursor: str | None, limit: int
 ) -> tuple[list[schemas.ApiKeyInfo], str | None]:
-    where = and_(models.api_key.c.company_id == caller.company_id, models.api_key.c.revoked_at.is_(None))
-    if not caller.is_admin:
-        where = and_(where, models.api_key.c.user_id == caller.user_id)
-    return await _page(session, models.api_key, where, cursor, limit, schemas.ApiKeyInfo)
+    only_own = None if caller.is_admin else caller.user_id
+    rows = await repository.api_keys(session, caller.company_id, only_own, decode_position(cursor), limit + 1)
+    return _page(rows, limit, schemas.ApiKeyInfo)
 
 
 async def revoke_api_key(session: AsyncSession, caller: Identity, key_id: uuid.UUID) -> None:
-    statement = update(models.api_key).where(
-        models.api_key.c.id == key_id,
-        models.api_key.c.company_id == caller.company_id,
-        models.api_key.c.revoked_at.is_(None),
-    )
-    if not caller.is_admin:
-        statement = statement.where(models.api_key.c.user_id == caller.user_id)
-    if (await session.execute(statement.values(revoked_at=func.now()).returning(models.api_key.c.id))).first() is None:
+    only_own = None if caller.is_admin else caller.user_id
+    if not await repository.revoke_api_key(session, caller.company_id, key_id, only_own):
         raise ApiKeyNotFound("no such API key of yours")
