@@ -10,13 +10,14 @@ from sqlalchemy import func, select
 
 from leadline_kit.db import Database
 from leadline_proto.events import QuotaExceededV1, parse_event
-from leadline_quota import reservations
 from leadline_quota.accounts import set_operator_overrides
 from leadline_quota.clock import MovableClock
 from leadline_quota.limits import ROLLING_WINDOWS
 from leadline_quota.models import outbox
 from leadline_quota.models import reservation as reservation_table
-from leadline_quota.reservations import Decision, InvalidAsk, ReserveAsk
+from leadline_quota.reservations import repository
+from leadline_quota.reservations import service as reservations
+from leadline_quota.reservations.service import Decision, InvalidAsk, ReserveAsk
 
 
 def smtp_key() -> str:
@@ -247,14 +248,14 @@ async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db:
         settled = await reservations.commit(session, company, late.reservation_id, clock)
         assert settled.ok and "expired" in settled.detail  # the message went out: its usage counts
         assert (await reservations.release(session, company, released.reservation_id, clock)).ok
-        assert await reservations.prune(session, clock()) == 0  # a release is kept a while (a reserve may follow)
-        later = clock() + reservations.KEEP_RELEASED + timedelta(seconds=1)
-        assert await reservations.prune(session, later) == 1  # then only the released one goes
+        assert await repository.prune(session, clock()) == 0  # a release is kept a while (a reserve may follow)
+        later = clock() + repository.KEEP_RELEASED + timedelta(seconds=1)
+        assert await repository.prune(session, later) == 1  # then only the released one goes
     assert (await ask(db, clock, request(company, key, **limit))).granted
     assert not (await ask(db, clock, request(company, key, **limit))).granted
     clock.advance(days=33)
     async with db.session() as session:
-        assert await reservations.prune(session, clock()) == 3
+        assert await repository.prune(session, clock()) == 3
         left = await session.scalar(
             select(func.count()).select_from(reservation_table).where(reservation_table.c.company_id == company)
         )

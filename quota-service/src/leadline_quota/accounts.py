@@ -19,7 +19,8 @@ from leadline_quota.limits import (
     resolve_limits,
 )
 from leadline_quota.models import sending_account
-from leadline_quota.reservations import InvalidAsk, canonical_account_key, window_usage
+from leadline_quota.reservations.repository import window_usage
+from leadline_quota.reservations.service import InvalidAsk, canonical_account_key
 
 
 @dataclass(frozen=True)

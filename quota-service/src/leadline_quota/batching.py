@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 
 from leadline_kit.db import Database
-from leadline_quota import reservations
 from leadline_quota.clock import Clock
-from leadline_quota.reservations import Decision, ReserveAsk
+from leadline_quota.reservations import service as reservations
+from leadline_quota.reservations.service import Decision, ReserveAsk
 
 Pending = list[tuple[ReserveAsk, asyncio.Future[Decision]]]
 

@@ -18,7 +18,7 @@ from leadline_kit.errors import (
 )
 from leadline_kit.identity import Admin, Caller, Operator
 from leadline_kit.pagination import decode_cursor, encode_cursor
-from leadline_quota import accounts, mailbox_slots, plans, reservations
+from leadline_quota import accounts, mailbox_slots, plans
 from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.limits import LIMIT_NAMES, Preset, catalogue
 from leadline_quota.problems import (
@@ -29,7 +29,8 @@ from leadline_quota.problems import (
     ReservationSettled,
     UnknownPlan,
 )
-from leadline_quota.reservations import InvalidAsk, ReserveAsk, Settlement
+from leadline_quota.reservations import service as reservations
+from leadline_quota.reservations.service import InvalidAsk, ReserveAsk, Settlement
 from leadline_quota.schemas import (
     AccountOverridesIn,
     AccountQuotaOut,

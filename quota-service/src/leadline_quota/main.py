@@ -15,13 +15,14 @@ from fastapi import FastAPI
 
 from leadline_kit import rpc
 from leadline_kit.service import Runtime, create_service_app
-from leadline_quota import plans, reservations
+from leadline_quota import plans
 from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock, QuotaContext, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
 from leadline_quota.endpoints import operator_router, router
 from leadline_quota.models import outbox
+from leadline_quota.reservations import repository
 from leadline_quota.responders import QUEUE_GROUP, QuotaRpc
 
 log = logging.getLogger("leadline.quota")
@@ -32,7 +33,7 @@ async def prune_forever(runtime: Runtime, clock: Clock, interval: float) -> None
         await asyncio.sleep(interval)
         try:
             async with runtime.db.session() as session:
-                pruned = await reservations.prune(session, clock())
+                pruned = await repository.prune(session, clock())
                 await plans.prune_usage(session, clock())
             if pruned:
                 log.info("pruned %d reservations that count in no window", pruned)

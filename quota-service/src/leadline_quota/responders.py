@@ -40,10 +40,11 @@ from leadline_proto.subjects import (
     RPC_QUOTA_RESERVE,
     RPC_SYNC_ALLOWANCE,
 )
-from leadline_quota import mailbox_slots, plans, reservations
+from leadline_quota import mailbox_slots, plans
 from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock
-from leadline_quota.reservations import InvalidAsk, ReserveAsk
+from leadline_quota.reservations import service as reservations
+from leadline_quota.reservations.service import InvalidAsk, ReserveAsk
 
 QUEUE_GROUP = "quota"
 

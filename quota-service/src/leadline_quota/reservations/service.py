@@ -1,4 +1,4 @@
-"""Quota reservations: reserve, then commit or release, or let expire (R14).
+"""Quota reservations: reserve, then commit or release, or let expire (R14); the decisions (queries: ``repository``).
 
 A sender asks to *reserve* one message (account, recipients, size), or a
 batch of messages of one account: ``messages`` of them, ``recipients`` in all,
@@ -38,43 +38,24 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cache
 from typing import Any
 
-from sqlalchemy import (
-    BigInteger,
-    ColumnElement,
-    DateTime,
-    Integer,
-    Text,
-    Uuid,
-    and_,
-    bindparam,
-    case,
-    func,
-    literal,
-    or_,
-    select,
-    update,
-)
-from sqlalchemy.dialects.postgresql import JSONB, insert
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.sql.dml import ReturningInsert
 
 from leadline_kit.outbox import enqueue
 from leadline_proto.events import QuotaExceededPayload, QuotaExceededV1
 from leadline_quota.clock import Clock
 from leadline_quota.limits import (
     MAX_LIMIT,
-    ROLLING_WINDOWS,
     AccountLimits,
     WindowedLimit,
     invalid_limit_settings,
     resolve_limits,
     window_bounds,
 )
-from leadline_quota.models import outbox, reservation, sending_account
-from leadline_quota.states import ReservationState, move
+from leadline_quota.models import outbox
+from leadline_quota.reservations import repository
+from leadline_quota.states import ReservationState
 
 ACCOUNT_KEY = re.compile(r"^(mailbox|smtp):([0-9a-fA-F-]{32,36})$")
 MAX_TTL_SECONDS = 24 * 3600
@@ -162,101 +143,6 @@ class Decision:
     room_recipients: int | None = None
 
 
-# --- usage -------------------------------------------------------------------------------
-
-
-def _live(now: datetime | ColumnElement[Any]) -> ColumnElement[bool]:
-    return or_(
-        reservation.c.state == ReservationState.COMMITTED,
-        and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at > now),
-    )
-
-
-def _of_account(company_id: uuid.UUID, account_key: str) -> ColumnElement[bool]:
-    return and_(reservation.c.company_id == company_id, reservation.c.account_key == account_key)
-
-
-def _in_window(start: datetime, end: datetime | None) -> ColumnElement[bool]:
-    after = reservation.c.reserved_at > start
-    return after if end is None else and_(after, reservation.c.reserved_at < end)
-
-
-def _free_at(window: str, end: datetime | None) -> ColumnElement[Any]:
-    """When a counted reservation stops counting in ``window`` (PostgreSQL's LEAST skips NULLs)."""
-    leaves = reservation.c.reserved_at + ROLLING_WINDOWS[window] if end is None else literal(end)
-    return func.least(leaves, case((reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at)))
-
-
-def _weight(measure: str) -> ColumnElement[Any]:
-    return reservation.c.messages if measure == "messages" else reservation.c.recipients
-
-
-@dataclass(frozen=True)
-class LimitUsage:
-    limit: WindowedLimit
-    used: int
-    resets_at: datetime | None  # when the usage next goes down (None: nothing counted)
-
-
-async def window_usage(
-    session: AsyncSession,
-    company_id: uuid.UUID,
-    account_key: str,
-    limits: AccountLimits,
-    now: datetime,
-    *,
-    with_resets: bool = False,
-) -> list[LimitUsage]:
-    """Usage of every windowed limit of the account, in one aggregate query."""
-    windowed = limits.windowed()
-    if not windowed:
-        return []
-    columns: list[ColumnElement[Any]] = []
-    oldest = now
-    for limit in windowed:
-        start, end = window_bounds(limit.window, now, limits.month_start_day)
-        oldest = min(oldest, start)
-        inside = _in_window(start, end)
-        columns.append(func.coalesce(func.sum(_weight(limit.measure)).filter(inside), 0))
-        if with_resets:
-            columns.append(func.min(_free_at(limit.window, end)).filter(inside))
-    row = (
-        await session.execute(
-            select(*columns).where(_of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest)
-        )
-    ).one()
-    step = 2 if with_resets else 1
-    return [
-        LimitUsage(limit, int(row[i * step]), row[i * step + 1] if with_resets else None)
-        for i, limit in enumerate(windowed)
-    ]
-
-
-async def _earliest_capacity(
-    session: AsyncSession,
-    company_id: uuid.UUID,
-    account_key: str,
-    limits: AccountLimits,
-    limit: WindowedLimit,
-    excess: int,
-    now: datetime,
-) -> datetime:
-    """The first moment at least ``excess`` of the limit's counted usage has been freed."""
-    start, end = window_bounds(limit.window, now, limits.month_start_day)
-    free_at = _free_at(limit.window, end)
-    freeing = (
-        select(free_at.label("free_at"), func.sum(_weight(limit.measure)).over(order_by=free_at).label("freed"))
-        .where(_of_account(company_id, account_key), _live(now), _in_window(start, end))
-        .subquery()
-    )
-    found = await session.scalar(
-        select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1)
-    )
-    # nothing counted frees enough for a batch bigger than the limit (or if the usage changed under
-    # us): the window end is safe
-    return found or (end if end is not None else now + ROLLING_WINDOWS[limit.window])
-
-
 # --- deciding ----------------------------------------------------------------------------
 
 
@@ -278,165 +164,37 @@ def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
     return None
 
 
-# the stored limit layers over the sender's settings: the operator's, then the tenant's
-LAYERS_ABOVE_SETTINGS = (
-    sending_account.c.operator_overrides,
-    sending_account.c.operator_month_start_day,
-    sending_account.c.tenant_overrides,
-)
-
-
-def _lock_statement() -> ReturningInsert[Any]:
-    statement = insert(sending_account).values(
-        company_id=bindparam("company_id", type_=Uuid),
-        account_key=bindparam("account_key", type_=Text),
-        provider=bindparam("provider", type_=Text),
-        account_settings=bindparam("account_settings", type_=JSONB),
-        settings_month_start_day=bindparam("month_start_day", type_=Integer),
-        last_reserved_at=bindparam("now", type_=DateTime(timezone=True)),
-    )
-    return statement.on_conflict_do_update(
-        index_elements=[sending_account.c.company_id, sending_account.c.account_key],
-        set_={
-            "provider": statement.excluded.provider,
-            "account_settings": statement.excluded.account_settings,
-            "settings_month_start_day": statement.excluded.settings_month_start_day,
-            "last_reserved_at": statement.excluded.last_reserved_at,
-        },
-    ).returning(*LAYERS_ABOVE_SETTINGS)
-
-
-# built once: the reserve path is hot and building statements costs more than running them
-LOCK_ACCOUNT = _lock_statement()
-
-
-async def _lock_account(session: AsyncSession, ask: ReserveAsk, now: datetime) -> dict[str, Any]:
-    """Create or refresh the account row and hold its lock until the transaction ends."""
-    row = (
-        await session.execute(
-            LOCK_ACCOUNT,
-            {
-                "company_id": ask.company_id,
-                "account_key": ask.account_key,
-                "provider": ask.provider,
-                "account_settings": ask.account_settings,
-                "month_start_day": ask.month_start_day,
-                "now": now,
-            },
-        )
-    ).one()
-    return dict(row._mapping)
-
-
-@cache
-def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]:
-    """INSERT the reservation only if every windowed limit of ``shape`` still has room.
-
-    One statement: the usage aggregate and the insert, for the common case (a grant).  It must
-    run after the account lock is held, so that its snapshot sees every earlier grant.
-    """
-    timestamp = DateTime(timezone=True)
-    now = bindparam("now", type_=timestamp)
-    sums = []
-    for i, (measure, window) in enumerate(shape):
-        inside = reservation.c.reserved_at > bindparam(f"start_{i}", type_=timestamp)
-        if window == "month":
-            inside = and_(inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp))
-        sums.append(func.coalesce(func.sum(_weight(measure)).filter(inside), 0).label(f"used_{i}"))
-    values = select(
-        bindparam("reservation_id", type_=Uuid),
-        bindparam("company_id", type_=Uuid),
-        bindparam("account_key", type_=Text),
-        bindparam("messages", type_=Integer),
-        bindparam("recipients", type_=Integer),
-        bindparam("size_bytes", type_=BigInteger),
-        literal(ReservationState.RESERVED.value, type_=Text),
-        now,
-        bindparam("expires_at", type_=timestamp),
-    )
-    if shape:
-        usage = (
-            select(*sums)
-            .where(
-                reservation.c.company_id == bindparam("company_id", type_=Uuid),
-                reservation.c.account_key == bindparam("account_key", type_=Text),
-                _live(now),
-                reservation.c.reserved_at > bindparam("oldest", type_=timestamp),
-            )
-            .subquery("usage")
-        )
-        values = values.select_from(usage).where(
-            *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape)))
-        )
-    columns = [
-        "reservation_id",
-        "company_id",
-        "account_key",
-        "messages",
-        "recipients",
-        "size_bytes",
-        "state",
-        "reserved_at",
-        "expires_at",
-    ]
-    return reservation.insert().from_select(columns, values).returning(reservation.c.reservation_id)
-
-
 async def _grant_if_room(
     session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime
 ) -> Decision | None:
     """Record the reservation (one message or a whole batch) if every window has room; ``None`` when one has not."""
-    windowed = limits.windowed()
     decision = Decision(
         True, reservation_id=ask.reservation_id or uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds)
     )
-    params: dict[str, Any] = {
-        "reservation_id": decision.reservation_id,
-        "company_id": ask.company_id,
-        "account_key": ask.account_key,
-        "messages": ask.messages,
-        "recipients": ask.recipients,
-        "size_bytes": ask.size_bytes,
-        "now": now,
-        "expires_at": decision.expires_at,
-        "oldest": now,
-    }
-    for i, limit in enumerate(windowed):
-        start, end = window_bounds(limit.window, now, limits.month_start_day)
-        params[f"start_{i}"] = start
-        params["oldest"] = min(params["oldest"], start)
-        if end is not None:
-            params[f"end_{i}"] = end
-        params[f"room_{i}"] = limit.maximum - limit.demand(ask.messages, ask.recipients)
-    statement = _grant_statement(tuple((limit.measure, limit.window) for limit in windowed))
-    inserted = (await session.execute(statement, params)).first()
-    return decision if inserted is not None else None
-
-
-async def _stored_layers(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
-    row = (
-        await session.execute(
-            select(*LAYERS_ABOVE_SETTINGS).where(
-                sending_account.c.company_id == company_id, sending_account.c.account_key == account_key
-            )
-        )
-    ).first()
-    return (
-        dict(row._mapping)
-        if row
-        else {"operator_overrides": {}, "operator_month_start_day": None, "tenant_overrides": {}}
+    assert decision.reservation_id is not None and decision.expires_at is not None
+    windows = [
+        (limit, *window_bounds(limit.window, now, limits.month_start_day), room)
+        for limit in limits.windowed()
+        for room in [limit.maximum - limit.demand(ask.messages, ask.recipients)]
+    ]
+    grant = repository.Grant(
+        decision.reservation_id,
+        ask.company_id,
+        ask.account_key,
+        ask.messages,
+        ask.recipients,
+        ask.size_bytes,
+        now,
+        decision.expires_at,
+        windows,
     )
+    return decision if await repository.insert_if_room(session, grant) else None
 
 
 async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | None:
     """The reservation the sender's id already names (a repeated ask: answered again, never doubled)."""
-    row = (
-        await session.execute(
-            select(reservation.c.state, reservation.c.expires_at).where(
-                reservation.c.reservation_id == ask.reservation_id, reservation.c.company_id == ask.company_id
-            )
-        )
-    ).first()
+    assert ask.reservation_id is not None
+    row = await repository.reservation_row(session, ask.company_id, ask.reservation_id)
     if row is None:
         return None
     if row.state == ReservationState.RELEASED:
@@ -448,9 +206,11 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
     """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or locking."""
     ask = ask.validated()
     if dry_run:
-        stored = await _stored_layers(session, ask.company_id, ask.account_key)
+        stored = await repository.stored_layers(session, ask.company_id, ask.account_key)
     else:
-        stored = await _lock_account(session, ask, clock())
+        stored = await repository.lock_account(
+            session, ask.company_id, ask.account_key, ask.provider, ask.account_settings, ask.month_start_day, clock()
+        )
     # read the clock only once the lock is held, so decisions are made in lock order
     now = clock()
     if ask.reservation_id is not None and not dry_run:
@@ -491,12 +251,12 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
 async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime) -> Decision:
     refusals: list[tuple[datetime, WindowedLimit, int, int]] = []
     room: dict[str, int] = {}
-    for usage in await window_usage(session, ask.company_id, ask.account_key, limits, now):
+    for usage in await repository.window_usage(session, ask.company_id, ask.account_key, limits, now):
         demand = usage.limit.demand(ask.messages, ask.recipients)
         excess = usage.used + demand - usage.limit.maximum
         room[usage.limit.measure] = min(room.get(usage.limit.measure, -excess), -excess)
         if excess > 0:
-            retry_at = await _earliest_capacity(
+            retry_at = await repository.earliest_capacity(
                 session, ask.company_id, ask.account_key, limits, usage.limit, excess, now
             )
             refusals.append((retry_at, usage.limit, usage.used, demand))
@@ -565,39 +325,11 @@ async def commit(
     if problem:
         return Settlement(False, False, problem, invalid=True)
     now = clock()
-    used: dict[str, Any] = {}
-    fits: list[ColumnElement[bool]] = []
-    if messages is not None:
-        used["messages"] = messages
-        fits += [reservation.c.messages >= messages]
-    if recipients is not None:
-        used["recipients"] = recipients
-        fits += [reservation.c.recipients >= recipients]
-        if messages is None:
-            fits += [reservation.c.messages <= recipients]
-    row = (
-        await session.execute(
-            update(reservation)
-            .where(
-                reservation.c.reservation_id == reservation_id,
-                reservation.c.company_id == company_id,
-                reservation.c.state == ReservationState.RESERVED,
-                *fits,
-            )
-            .values(state=move(ReservationState.RESERVED, ReservationState.COMMITTED), settled_at=now, **used)
-            .returning(reservation.c.expires_at)
-        )
-    ).first()
-    if row is not None:
-        late = row.expires_at <= now
+    expires_at = await repository.commit_reserved(session, company_id, reservation_id, now, messages, recipients)
+    if expires_at is not None:
+        late = expires_at <= now
         return Settlement(True, True, "reservation had expired; the usage is recorded" if late else "")
-    existing = (
-        await session.execute(
-            select(reservation.c.state, reservation.c.messages, reservation.c.recipients).where(
-                reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id
-            )
-        )
-    ).first()
+    existing = await repository.reservation_row(session, company_id, reservation_id)
     if existing is None:
         return Settlement(False, False, "no such reservation")
     if existing.state == ReservationState.COMMITTED:
@@ -617,90 +349,17 @@ async def release(
     id is then recorded as released, so that the reserve, when it comes, is refused (see ``_earlier_grant``)
     instead of holding the capacity until its TTL.
     """
-    if await _release_reserved(session, company_id, reservation_id, clock):
+    if await repository.release_reserved(session, company_id, reservation_id, clock()):
         return Settlement(True, True)
     if remember:
-        now = clock()
-        recorded = (
-            await session.execute(
-                insert(reservation)
-                .values(
-                    reservation_id=reservation_id,
-                    company_id=company_id,
-                    account_key="",
-                    messages=1,
-                    recipients=0,
-                    size_bytes=0,
-                    state=ReservationState.RELEASED,
-                    reserved_at=now,
-                    expires_at=now,
-                    settled_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=[reservation.c.reservation_id])
-                .returning(reservation.c.reservation_id)
-            )
-        ).first()
-        if recorded is not None:
+        if await repository.record_release(session, company_id, reservation_id, clock()):
             return Settlement(False, False, "no such reservation")
         # the reserve committed while this waited on its row: release it now
-        if await _release_reserved(session, company_id, reservation_id, clock):
+        if await repository.release_reserved(session, company_id, reservation_id, clock()):
             return Settlement(True, True)
-    state = await _state(session, company_id, reservation_id)
+    state = await repository.state(session, company_id, reservation_id)
     if state is None:
         return Settlement(False, False, "no such reservation")
     if state == ReservationState.RELEASED:
         return Settlement(True, True, "already released")
     return Settlement(False, True, "the reservation was committed; its usage stays counted")
-
-
-async def _release_reserved(
-    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock
-) -> bool:
-    """Release the reservation if it is still reserved; whether it was."""
-    released = (
-        await session.execute(
-            update(reservation)
-            .where(
-                reservation.c.reservation_id == reservation_id,
-                reservation.c.company_id == company_id,
-                reservation.c.state == ReservationState.RESERVED,
-            )
-            .values(state=move(ReservationState.RESERVED, ReservationState.RELEASED), settled_at=clock())
-            .returning(reservation.c.reservation_id)
-        )
-    ).first()
-    return released is not None
-
-
-async def _state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> str | None:
-    return await session.scalar(
-        select(reservation.c.state).where(
-            reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id
-        )
-    )
-
-
-# --- housekeeping ------------------------------------------------------------------------
-
-# the longest window is a month (at most 31 days); a reservation older than this counts nowhere
-KEEP_RESERVATIONS = timedelta(days=32)
-# an expired, unsettled reservation is kept a while so that a late commit still records its usage
-KEEP_EXPIRED = timedelta(hours=1)
-# a released one (or the record of a release that came before its reserve) a while, so that a reserve still
-# on its way is refused
-KEEP_RELEASED = timedelta(minutes=10)
-
-
-async def prune(session: AsyncSession, now: datetime) -> int:
-    """Delete reservations that no longer count in any window."""
-    result = await session.execute(
-        # unscoped: housekeeping of every company: reservations past every window
-        reservation.delete().where(
-            or_(
-                reservation.c.reserved_at < now - KEEP_RESERVATIONS,
-                and_(reservation.c.state == ReservationState.RELEASED, reservation.c.settled_at < now - KEEP_RELEASED),
-                and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at < now - KEEP_EXPIRED),
-            )
-        )
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Quota reservations (R14): ``service`` decides, ``repository`` holds every query."""
