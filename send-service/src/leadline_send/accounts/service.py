@@ -16,12 +16,13 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, delete, select, update
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import Unprocessable
 from leadline_kit.sealing import CredentialError
 from leadline_mail.net import MailConnectionError, normalize_fingerprint
+from leadline_send.accounts import repository
 from leadline_send.accounts.schemas import ConnectionTest, SmtpAccountFields, SmtpAccountIn, SmtpAccountOut, Utm
 from leadline_send.context import SendContext
 from leadline_send.delivery.accounts import UNDECRYPTABLE_FIX, company_account
@@ -34,7 +35,6 @@ from leadline_send.messages.composition import (
     check_address,
     check_header_value,
 )
-from leadline_send.models import smtp_account
 from leadline_send.problems import (
     AccountInError,
     InvalidFingerprint,
@@ -158,26 +158,14 @@ _NOT_IN_LIST_URI = re.compile(r"[\s<>,]")
 
 
 async def get(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> Row[Any]:
-    row = (
-        await session.execute(
-            select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
-        )
-    ).first()
+    row = await repository.account(session, company_id, account_id)
     if row is None:
         raise SmtpAccountNotFound("no such SMTP account")
     return row
 
 
 async def list_accounts(session: AsyncSession, company_id: uuid.UUID) -> list[Row[Any]]:
-    return list(
-        (
-            await session.execute(
-                select(smtp_account)
-                .where(smtp_account.c.company_id == company_id)
-                .order_by(smtp_account.c.type, smtp_account.c.display_order, smtp_account.c.created_at)
-            )
-        ).all()
-    )
+    return await repository.accounts(session, company_id)
 
 
 async def create(session: AsyncSession, context: SendContext, company_id: uuid.UUID, body: SmtpAccountIn) -> Row[Any]:
@@ -187,7 +175,7 @@ async def create(session: AsyncSession, context: SendContext, company_id: uuid.U
         values.setdefault(required, getattr(body, required))
     if values["tls"] == "plain" and not context.settings.smtp_allow_plaintext:
         raise PlaintextNotAllowed("SMTP without TLS is not allowed on this installation")
-    await session.execute(smtp_account.insert().values(id=account_id, company_id=company_id, **values))
+    await repository.insert_account(session, company_id, account_id, values)
     return await get(session, company_id, account_id)
 
 
@@ -199,19 +187,13 @@ async def patch(
     if RECONFIRM_FIELDS & body.model_fields_set:
         values.update(confirmed_at=None, confirmation_code_hash=None, confirmation_expires_at=None)
     if values:
-        await session.execute(
-            update(smtp_account)
-            .where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
-            .values(**values, updated_at=datetime.now(UTC))
-        )
+        await repository.update_account(session, company_id, account_id, **values, updated_at=datetime.now(UTC))
     return await get(session, company_id, account_id)
 
 
 async def remove(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> None:
     await get(session, company_id, account_id)
-    await session.execute(
-        delete(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
-    )
+    await repository.delete_account(session, company_id, account_id)
 
 
 async def test_connection(context: SendContext, row: Row[Any]) -> ConnectionTest:
@@ -238,10 +220,8 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
     try:
         account = company_account(row, context.keys)
     except CredentialError:
-        await session.execute(
-            update(smtp_account)
-            .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
-            .values(error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC))
+        await repository.update_account(
+            session, row.company_id, row.id, error=UNDECRYPTABLE_FIX, error_at=datetime.now(UTC)
         )
         raise AccountInError(UNDECRYPTABLE_FIX) from None
     built = build_message(
@@ -267,12 +247,12 @@ async def send_test_email(session: AsyncSession, context: SendContext, row: Row[
         raise SmtpTestFailed(exc.user_message) from None
     except Exception as exc:  # every SMTP answer or network failure is shown to the admin
         raise SmtpTestFailed(f"the test email could not be sent: {exc}") from None
-    await session.execute(
-        update(smtp_account)
-        .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
-        .values(
-            confirmation_code_hash=_code_hash(row.id, code), confirmation_expires_at=datetime.now(UTC) + CODE_LIFETIME
-        )
+    await repository.update_account(
+        session,
+        row.company_id,
+        row.id,
+        confirmation_code_hash=_code_hash(row.id, code),
+        confirmation_expires_at=datetime.now(UTC) + CODE_LIFETIME,
     )
 
 
@@ -287,9 +267,12 @@ async def confirm(session: AsyncSession, row: Row[Any], code: str) -> Row[Any]:
         raise WrongConfirmationCode(
             "that is not the code of the latest test email (or it expired); send a new one",
         )
-    await session.execute(
-        update(smtp_account)
-        .where(smtp_account.c.company_id == row.company_id, smtp_account.c.id == row.id)
-        .values(confirmed_at=datetime.now(UTC), confirmation_code_hash=None, confirmation_expires_at=None)
+    await repository.update_account(
+        session,
+        row.company_id,
+        row.id,
+        confirmed_at=datetime.now(UTC),
+        confirmation_code_hash=None,
+        confirmation_expires_at=None,
     )
     return await get(session, row.company_id, row.id)

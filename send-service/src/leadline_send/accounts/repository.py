@@ -1,0 +1,53 @@
+"""Every query of company SMTP accounts (``service.py`` holds the rules; delivery reads them in
+``delivery/accounts.py``, on its hot path)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import Row, delete, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from leadline_send.models import smtp_account
+
+
+async def account(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> Row[Any] | None:
+    return (
+        await session.execute(
+            select(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+        )
+    ).first()
+
+
+async def accounts(session: AsyncSession, company_id: uuid.UUID) -> list[Row[Any]]:
+    """The company's accounts by type, in their display order."""
+    return list(
+        (
+            await session.execute(
+                select(smtp_account)
+                .where(smtp_account.c.company_id == company_id)
+                .order_by(smtp_account.c.type, smtp_account.c.display_order, smtp_account.c.created_at)
+            )
+        ).all()
+    )
+
+
+async def insert_account(
+    session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID, values: dict[str, Any]
+) -> None:
+    await session.execute(smtp_account.insert().values(id=account_id, company_id=company_id, **values))
+
+
+async def update_account(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID, **values: Any) -> None:
+    await session.execute(
+        update(smtp_account)
+        .where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+        .values(**values)
+    )
+
+
+async def delete_account(session: AsyncSession, company_id: uuid.UUID, account_id: uuid.UUID) -> None:
+    await session.execute(
+        delete(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
+    )
