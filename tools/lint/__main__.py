@@ -3,13 +3,18 @@
 import sys
 from pathlib import Path
 
-from tools.lint import problems, scope, states
+from tools.lint import layout, problems, scope, states
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def main() -> int:
-    violations = [*scope.check_tree(ROOT), *states.check_tree(ROOT), *problems.check_tree(ROOT)]
+    violations = [
+        *scope.check_tree(ROOT),
+        *states.check_tree(ROOT),
+        *problems.check_tree(ROOT),
+        *layout.check_tree(ROOT),
+    ]
     for violation in violations:
         print(violation)
     return 1 if violations else 0

@@ -1,0 +1,91 @@
+"""SQL lives in repositories (CONTRIBUTING: ``<domain>/{endpoints,service,repository,schemas,consumers}``).
+
+A module of a service that builds a statement (calls SQLAlchemy's ``select``, ``insert``, ``update``,
+``delete`` or ``text``, or a table's ``insert()`` / ``update()`` / ``delete()``) is a ``repository.py``, the
+service's ``models.py``, a migration, or one of :data:`NOT_YET`: the modules that still write their own SQL,
+each with why it has not moved. The list only shrinks: a module that no longer builds statements is
+reported until its entry goes, and a new one fails until its statements move to a repository.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tools.lint.scope import SERVICES, Violation
+
+_CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
+
+# path under the repository root -> why its statements are still its own
+NOT_YET: dict[str, str] = {
+    "lead-service/src/leadline_lead/leads/directory.py": "the lead directory's change stamp, one query",
+    "lead-service/src/leadline_lead/leads/responder.py": "the lead-addresses RPC's one query",
+    "lead-service/src/leadline_lead/timeline/lookup.py": "the timeline-lookup RPC's one query",
+    "quota-service/src/leadline_quota/accounts.py": "quota's sending-account domain, not split yet",
+    "quota-service/src/leadline_quota/mailbox_slots.py": "quota's mailbox-slot domain, not split yet",
+    "quota-service/src/leadline_quota/plans.py": "quota's plan domain, not split yet",
+    "send-service/src/leadline_send/consumers.py": "event handlers with their statements",
+    "send-service/src/leadline_send/credential_rotation.py": "an operator command over every row",
+    "send-service/src/leadline_send/delivery/accounts.py": "the delivery hot path (issue 21)",
+    "send-service/src/leadline_send/delivery/queue.py": "the delivery hot path: claim, record, settle (issue 21)",
+    "send-service/src/leadline_send/delivery/recovery.py": "the delivery recovery pass (issue 21)",
+    "send-service/src/leadline_send/delivery/sent_copy.py": "the Sent copy's note (issue 21)",
+    "sync-service/src/leadline_sync/credentials.py": "an operator command over every row",
+    "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (issue 25)",
+    "sync-service/src/leadline_sync/mailbox/consumers.py": "event handlers with their statements",
+    "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes",
+    "sync-service/src/leadline_sync/mailbox/slots.py": "the slot reconciler",
+    "sync-service/src/leadline_sync/matching.py": "the matching directory's loads",
+    "sync-service/src/leadline_sync/oauth/flow.py": "the sign-in states",
+    "sync-service/src/leadline_sync/oauth/tokens.py": "token renewal under an advisory lock",
+    "sync-service/src/leadline_sync/sync/audit.py": "the completeness audit's range arithmetic",
+    "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (issues 18 and 20)",
+    "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (issue 18)",
+}
+
+
+def builds_statements(source: str) -> bool:
+    tree = ast.parse(source)
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("sqlalchemy")
+        for alias in node.names
+        if alias.name in _CONSTRUCTORS
+    }
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Name) and node.func.id in imported:
+            return True
+        if (
+            isinstance(node.func, ast.Attribute)
+            and node.func.attr in {"insert", "update", "delete"}
+            and not node.args
+            and not node.keywords
+            and isinstance(node.func.value, ast.Name | ast.Attribute)
+        ):
+            return True
+    return False
+
+
+def _allowed(path: Path) -> bool:
+    return path.name in {"repository.py", "models.py"} or "migrations" in path.parts
+
+
+def check_tree(root: Path) -> list[Violation]:
+    found: list[Violation] = []
+    building: set[str] = set()
+    for folder in SERVICES:
+        for path in sorted((root / folder / "src").rglob("*.py")):
+            relative = str(path.relative_to(root))
+            if _allowed(path) or not builds_statements(path.read_text()):
+                continue
+            building.add(relative)
+            if relative not in NOT_YET:
+                found.append(Violation(relative, 1, "builds SQL statements: move them to a repository.py"))
+    for relative in sorted(set(NOT_YET) - building):
+        found.append(
+            Violation(relative, 1, "builds no SQL statement any more (or is gone): drop it from layout.NOT_YET")
+        )
+    return found
