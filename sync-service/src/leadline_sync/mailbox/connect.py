@@ -13,20 +13,24 @@ address keeps the cursors, so sync resumes where it stopped (R10).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+import aiosmtplib
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.errors import Conflict, Unprocessable
 from leadline_kit.identity import Identity
+from leadline_mail.imap import ImapClient, connect_imap
 from leadline_mail.net import ErrorKind, MailConnectionError, TlsMode
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
-from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp
+from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp, imap_settings, smtp_session
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.proof import AddressProof, needs_proof, prove_address
@@ -149,24 +153,56 @@ async def test_connection(context: SyncContext, request: ConnectRequest) -> Conn
     return ConnectionTest(ok=imap.ok and smtp.ok, imap=imap, smtp=smtp)
 
 
+def _as_choice(server: ServerChoice | ServerLogin) -> ServerChoice:
+    return server if isinstance(server, ServerChoice) else ServerChoice(server, False, None)
+
+
+@dataclass(frozen=True)
+class Sessions:
+    """Both logins, checked and still logged in (the address proof goes through them)."""
+
+    imap: ServerLogin
+    smtp: ServerLogin
+    sent_folder: str | None
+    imap_client: ImapClient
+    smtp_client: aiosmtplib.SMTP
+
+
+@contextlib.asynccontextmanager
+async def logged_in(
+    context: SyncContext, imap: ServerChoice | ServerLogin, smtp: ServerChoice | ServerLogin
+) -> AsyncIterator[Sessions]:
+    """Both logins made side by side (pins taken) and kept for the block; 422 ``mailbox-login-failed`` naming
+    the one that failed."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def imap_side() -> tuple[ServerLogin, ImapClient, str | None]:
+            login = await _pinned(context, _as_choice(imap), "imap")
+            client = await connect_imap(imap_settings(login, context.settings))
+            stack.push_async_callback(client.logout)
+            return login, client, (await client.find_sync_folders()).get("sent")
+
+        async def smtp_side() -> tuple[ServerLogin, aiosmtplib.SMTP]:
+            login = await _pinned(context, _as_choice(smtp), "smtp")
+            return login, await stack.enter_async_context(smtp_session(login, context.settings))
+
+        imap_result, smtp_result = await asyncio.gather(imap_side(), smtp_side(), return_exceptions=True)
+        for side, result in (("imap", imap_result), ("smtp", smtp_result)):
+            if isinstance(result, MailConnectionError):
+                raise _failure(side, result)
+            if isinstance(result, BaseException):
+                raise result
+        assert not isinstance(imap_result, BaseException) and not isinstance(smtp_result, BaseException)
+        (imap_login, client, sent_folder), (smtp_login, smtp_client) = imap_result, smtp_result
+        yield Sessions(imap_login, smtp_login, sent_folder, client, smtp_client)
+
+
 async def check_logins(
     context: SyncContext, imap: ServerChoice | ServerLogin, smtp: ServerChoice | ServerLogin
 ) -> tuple[ServerLogin, ServerLogin, str | None]:
     """Both logins checked side by side (pins taken); 422 ``mailbox-login-failed`` naming the one that failed."""
-
-    def choice(server: ServerChoice | ServerLogin) -> ServerChoice:
-        return server if isinstance(server, ServerChoice) else ServerChoice(server, False, None)
-
-    results = await asyncio.gather(
-        _check(context, choice(imap), "imap"), _check(context, choice(smtp), "smtp"), return_exceptions=True
-    )
-    for side, result in zip(("imap", "smtp"), results, strict=True):
-        if isinstance(result, MailConnectionError):
-            raise _failure(side, result)
-        if isinstance(result, BaseException):
-            raise result
-    (imap_login, sent_folder), (smtp_login, _) = results  # type: ignore[misc]
-    return imap_login, smtp_login, sent_folder
+    async with logged_in(context, imap, smtp) as sessions:
+        return sessions.imap, sessions.smtp, sessions.sent_folder
 
 
 @dataclass(frozen=True)
@@ -187,17 +223,21 @@ class CheckedMailbox:
 
 
 async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
-    """Save (after checking the logins and proving the address) the caller's mailbox settings; returns its id."""
+    """Save (after checking the logins and proving the address) the caller's mailbox settings; returns its id.
+
+    One login each: the sessions that checked the logins prove the address."""
     choice = choose(request)
-    imap_login, smtp_login, sent_folder = await check_logins(context, choice.imap, choice.smtp)
-    async with context.db.session() as session:
-        row = await service.active_mailbox(session, caller.company_id, caller.user_id)
-        await _refuse_address(session, caller.company_id, caller.user_id, row, choice.address)
-    proven_by: AddressProof | None = None
-    if needs_proof(row, imap_login, smtp_login):
-        proof = await prove_address(choice.address, imap_login, smtp_login, context.settings)
-        context.chore(proof.take_back(), "sync-address-proof-deletion")
-        proven_by = "message"
+    async with logged_in(context, choice.imap, choice.smtp) as sessions:
+        async with context.db.session() as session:
+            row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+            await _refuse_address(session, caller.company_id, caller.user_id, row, choice.address)
+        proven_by: AddressProof | None = None
+        if needs_proof(row, sessions.imap, sessions.smtp):
+            proof = await prove_address(
+                choice.address, sessions.imap_client, sessions.smtp_client, sessions.imap, context.settings
+            )
+            context.chore(proof.take_back(), "sync-address-proof-deletion")
+            proven_by = "message"
     return await save(
         context,
         caller.company_id,
@@ -206,11 +246,11 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             provider=choice.provider,
             address=choice.address,
             smtp_use=choice.smtp_use,
-            imap=imap_login,
-            smtp=smtp_login,
-            sent_folder=sent_folder,
+            imap=sessions.imap,
+            smtp=sessions.smtp,
+            sent_folder=sessions.sent_folder,
             address_proven_by=proven_by,
-            secrets=MailboxSecrets(imap_password=imap_login.password, smtp_password=smtp_login.password),
+            secrets=MailboxSecrets(imap_password=sessions.imap.password, smtp_password=sessions.smtp.password),
         ),
     )
 

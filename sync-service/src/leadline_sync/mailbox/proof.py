@@ -2,12 +2,13 @@
 
 ``PUT /v1/mail-sync`` names the address apart from the IMAP and SMTP user
 names, and Smart Mail goes out with that address as From.  So before the
-settings are saved, the address is proven with the logins given:
+settings are saved, the address is proven with the logins given, on the
+sessions that just checked them (``connect.logged_in``: one login each):
 
-1. the INBOX of the given IMAP login is examined (read-only, while the SMTP
-   login connects), and its UIDNEXT noted;
+1. the INBOX of the IMAP session is examined (read-only) and its UIDNEXT
+   noted;
 2. a message carrying a one-time token (header ``X-Leadline-Address-Proof``)
-   goes out through the given SMTP login, from the address to the address;
+   goes out through the SMTP session, from the address to the address;
 3. it must arrive in that INBOX within ``sync_address_proof_seconds``, found
    by ``UID SEARCH UID <UIDNEXT>:* HEADER``, again whenever IDLE reports new
    mail (at least every ``IDLE_SLICE_SECONDS``; without IDLE, every
@@ -16,7 +17,8 @@ settings are saved, the address is proven with the logins given:
    searches, and in a read-write session Dovecot also adds the header to its
    cache, seconds each for an INBOX of 30,000 messages;
 4. found, the address is proven; the message is deleted again after the
-   answer (:meth:`ArrivedProof.take_back`: ``UID EXPUNGE`` of its UID alone,
+   answer (:meth:`ArrivedProof.take_back`, a session of its own: ``UID
+   EXPUNGE`` of its UID alone,
    a server without UIDPLUS keeps it flagged ``\\Deleted``), because
    rewriting a large folder's index takes the server seconds that the user
    need not wait for.
@@ -45,10 +47,10 @@ from typing import Any, Literal
 import aiosmtplib
 
 from leadline_kit.errors import Unprocessable
-from leadline_mail.imap import FolderStatus, ImapClient, connect_imap
-from leadline_mail.net import ErrorKind
+from leadline_mail.imap import ImapClient, connect_imap
+from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_sync.config import Settings
-from leadline_sync.logins import ServerLogin, imap_settings, smtp_session
+from leadline_sync.logins import ServerLogin, imap_settings
 from leadline_sync.mailbox.fixes import fix_for
 
 log = logging.getLogger("leadline.sync.proof")
@@ -98,62 +100,53 @@ def proof_message(address: str, token: str) -> bytes:
     return message.as_bytes()
 
 
-@dataclass
+@dataclass(frozen=True)
 class ArrivedProof:
-    """The proof found in the INBOX, on the session that found it (read-only), to be deleted."""
+    """The proof found in the INBOX of ``login``, to be deleted."""
 
-    client: ImapClient
+    login: ServerLogin
+    settings: Settings
     uidvalidity: int
     uids: list[int]
 
     async def take_back(self) -> None:
-        """Delete the proof message and log out; a failure is logged (the message says it may be deleted)."""
+        """Delete the proof message, in a session of its own; a failure is logged (the message says it may be
+        deleted)."""
         try:
-            status = await self.client.select("INBOX", readonly=False)
+            client = await connect_imap(imap_settings(self.login, self.settings))
+        except MailConnectionError:
+            log.warning("the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True)
+            return
+        try:
+            status = await client.select("INBOX", readonly=False)
             if status.uidvalidity == self.uidvalidity:  # else its UIDs could be another message's now
-                await self.client.expunge(self.uids)
+                await client.expunge(self.uids)
         except Exception:
             log.warning("the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True)
         finally:
-            await self.client.logout()
+            await client.logout()
 
 
-async def prove_address(address: str, imap: ServerLogin, smtp: ServerLogin, settings: Settings) -> ArrivedProof:
-    """Send the token through ``smtp`` to ``address`` and find it in ``imap``'s INBOX; AddressUnproven if not."""
+async def prove_address(
+    address: str, client: ImapClient, smtp: aiosmtplib.SMTP, login: ServerLogin, settings: Settings
+) -> ArrivedProof:
+    """Send the token through the ``smtp`` session to ``address`` and find it in the INBOX of ``client`` (logged
+    in as ``login``); AddressUnproven if not."""
     token = secrets.token_urlsafe(24)
-    opening = asyncio.create_task(_open_inbox(imap, settings))
+    inbox = await client.select("INBOX")  # examined before the message goes out: it arrives at UIDNEXT or above
     try:
-        async with smtp_session(smtp, settings) as session:
-            client, inbox = await opening  # examined before the message goes out: it arrives at UIDNEXT or above
-            try:
-                await session.sendmail(address, [address], proof_message(address, token))
-            except aiosmtplib.SMTPException as exc:
-                raise _unproven(
-                    f"The SMTP server did not accept a message from {address} to {address}: "
-                    f"{getattr(exc, 'message', exc)}"
-                ) from None
-        uids = await _arrived(client, token, inbox.uidnext, settings.sync_address_proof_seconds)
-        if uids is None:
-            raise _unproven(
-                f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
-                f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds."
-            )
-        return ArrivedProof(client, inbox.uidvalidity, uids)
-    except BaseException:
-        opening.cancel()  # (nothing, once it is done)
-        await asyncio.wait({opening})
-        if not opening.cancelled() and opening.exception() is None:
-            await opening.result()[0].logout()
-        raise
-
-
-async def _open_inbox(imap: ServerLogin, settings: Settings) -> tuple[ImapClient, FolderStatus]:
-    client = await connect_imap(imap_settings(imap, settings))
-    try:
-        return client, await client.select("INBOX")
-    except BaseException:
-        await client.logout()
-        raise
+        await smtp.sendmail(address, [address], proof_message(address, token))
+    except aiosmtplib.SMTPException as exc:
+        raise _unproven(
+            f"The SMTP server did not accept a message from {address} to {address}: {getattr(exc, 'message', exc)}"
+        ) from None
+    uids = await _arrived(client, token, inbox.uidnext, settings.sync_address_proof_seconds)
+    if uids is None:
+        raise _unproven(
+            f"The message Leadline sent through your SMTP login to {address} did not arrive in the "
+            f"INBOX of your IMAP login within {settings.sync_address_proof_seconds:g} seconds."
+        )
+    return ArrivedProof(login, settings, inbox.uidvalidity, uids)
 
 
 async def _arrived(client: ImapClient, token: str, from_uid: int, seconds: float) -> list[int] | None:
