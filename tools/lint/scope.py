@@ -13,7 +13,12 @@ A query that is rightly unscoped says why, on one of its lines or the line above
     # unscoped: the mailbox id came from a row the caller's company owns
 
 An ``# unscoped:`` comment with no query under it is reported too, so exemptions do not outlive their code.
-What the lint cannot see: a query whose table is a function parameter is reported, since it cannot tell.
+Plain SQL for asyncpg counts too: a string that starts with ``SELECT``, ``WITH``, ``UPDATE``, ``DELETE`` or
+``INSERT`` is a query on the tenant tables it names after FROM, JOIN, UPDATE or USING, scoped when ``company_id``
+is compared after its first WHERE or ON.
+
+What the lint cannot see: a query whose table is a function parameter is reported, since it cannot tell; a
+plain-SQL statement assembled from fragments that do not start as a statement is not seen.
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ _CONSTRUCTORS = {"select", "update", "delete"}
 _FILTERS = {"where", "filter", "filter_by", "having", "join", "outerjoin"}
 _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|UPDATE|USING)\s+(?:\w+\.)?(\w+)", re.IGNORECASE)
 _SQL_FILTER = re.compile(r"\b(?:WHERE|ON)\b", re.IGNORECASE)
+# company_id compared (``company_id = $1``, ``= t.company_id``, ``company_id IN``), not only selected
+_SQL_SCOPED = re.compile(r"\bcompany_id\s*(?:=|IN\b)|=\s*(?:\w+\.)?company_id\b", re.IGNORECASE)
+# plain SQL (asyncpg's fetch/execute): a string that starts as a statement, in capitals as the house writes it
+RAW_SQL = re.compile(r"^\s*(?:SELECT|WITH|UPDATE|DELETE|INSERT)\s")
 
 
 @dataclass(frozen=True)
@@ -132,7 +141,7 @@ class _File:
 
 @dataclass
 class _Query:
-    start: ast.Call  # the constructor
+    start: ast.expr  # the constructor call, or the string of a plain-SQL statement
     top: ast.expr  # the outermost call of its method chain
     filters: list[ast.AST]  # the arguments of its where/join/... calls
     tables: set[str]
@@ -248,6 +257,20 @@ class _Checker:
                     tables |= self._referenced(_arguments(call))
             tables |= self._referenced(filters)
             yield _Query(node, top, filters, tables, range(node.lineno - 1, (top.end_lineno or node.lineno) + 1))
+        for node in ast.walk(self.tree):
+            if self._raw_sql(node):
+                assert isinstance(node, ast.expr)
+                tables = {name for name in _SQL_TABLE.findall(_string(node) or "") if name in self.sql_tables}
+                yield _Query(node, node, [], tables, range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
+
+    def _raw_sql(self, node: ast.AST) -> bool:
+        """A plain-SQL string (not the argument of ``text()``, which is checked as its call)."""
+        if not isinstance(node, ast.Constant | ast.JoinedStr) or isinstance(self.parents.get(node), ast.JoinedStr):
+            return False
+        parent = self.parents.get(node)
+        if isinstance(parent, ast.Call) and self._sqlalchemy(parent) == "text":
+            return False
+        return RAW_SQL.match(_string(node) or "") is not None
 
     def _constructed_tables(self, call: ast.Call) -> set[str] | None:
         """The tenant tables a query constructor names, or None when ``call`` builds no query."""
@@ -307,10 +330,10 @@ class _Checker:
         return found
 
     def _scoped(self, query: _Query) -> bool:
-        if self._sqlalchemy(query.start) == "text":
-            sql = _string(query.start.args[0]) if query.start.args else None
-            match = _SQL_FILTER.search(sql or "")
-            return match is not None and SCOPE in (sql or "")[match.start() :]
+        sql = self._sql_text(query)
+        if sql is not None:
+            match = _SQL_FILTER.search(sql)
+            return match is not None and _SQL_SCOPED.search(sql[match.start() :]) is not None
         scope = self._enclosing_function(query.start) or self.tree
         function = _Function(scope)
         if any(function.scoped(arg) for arg in query.filters):
@@ -318,6 +341,13 @@ class _Checker:
         # query = select(...); ... query = query.where(table.c.company_id == ...)
         name = self._assigned_name(query)
         return name is not None and any(self._filters_name(node, name) for node in ast.walk(scope))
+
+    def _sql_text(self, query: _Query) -> str | None:
+        """The SQL of a text() or plain-SQL query (None for a SQLAlchemy-built one)."""
+        start = query.start
+        if isinstance(start, ast.Call):
+            return (_string(start.args[0]) or "") if self._sqlalchemy(start) == "text" and start.args else None
+        return _string(start) or ""
 
     def _filters_name(self, node: ast.AST, name: str) -> bool:
         """``node`` is ``name.where(... company_id ...)``."""

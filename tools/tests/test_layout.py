@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
         "from sqlalchemy.dialects.postgresql import insert\nq = insert(t).values(a=1)\n",
         "from sqlalchemy import text as sql\nq = sql('SELECT 1')\n",
         "q = models.user.delete()\n",
+        'LOOKUP = """\nSELECT id FROM api_key WHERE id = $1\n"""\n',
     ],
 )
 def test_a_statement_is_seen(source: str) -> None:

@@ -58,8 +58,9 @@ def test_a_planted_unscoped_query_in_a_real_module_fails(tenants: TenantTables) 
         "q = select(a.c.phase).join(outgoing_message, outgoing_message.c.id == a.c.message_id)",
         "q = text('SELECT id FROM send.outgoing_message WHERE id = :id')",
         "q = select(outgoing_message.c.id)",
+        'CLAIM = "UPDATE outgoing_message SET state = $1 WHERE id = $2 RETURNING company_id"',
     ],
-    ids=["select", "update", "delete", "table.delete", "joined", "text", "no where"],
+    ids=["select", "update", "delete", "table.delete", "joined", "text", "no where", "plain SQL"],
 )
 def test_each_kind_of_unscoped_query_fails(tenants: TenantTables, body: str) -> None:
     assert [v.line for v in lint(tenants, body)] == [4]
@@ -72,6 +73,7 @@ def test_each_kind_of_unscoped_query_fails(tenants: TenantTables, body: str) -> 
         "q = select(a.c.phase)",  # no tenant table
         "q = update(smtp_account).filter_by(company_id=c)",
         "q = text('SELECT id FROM outgoing_message WHERE company_id = :c')",
+        'LOOKUP = """\nSELECT id FROM outgoing_message m WHERE m.company_id = $1 AND m.id = $2\n"""',
         """
         def rows(company_id):
             where = [outgoing_message.c.state == 'queued']
@@ -110,6 +112,7 @@ def test_each_kind_of_unscoped_query_fails(tenants: TenantTables, body: str) -> 
         "not a tenant table",
         "filter_by",
         "text",
+        "plain SQL",
         "a list of conditions",
         "a where added later",
         "by the id of a scoped row",

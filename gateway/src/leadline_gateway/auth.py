@@ -65,7 +65,7 @@ def _invalid() -> Unauthorized:
 
 # Plain SQL on asyncpg (Database.plain), prepared once per connection: through SQLAlchemy the lookup's
 # checkout, statement handling and row cost more of the gateway's CPU per request than the query.
-# Not scoped by company: authentication, before any company is known; the key and its secret name it.
+# unscoped: authentication, before any company is known; the key and its secret name it
 KEY_LOOKUP = """
 SELECT k.secret_sha256, u.company_id, u.id, u.role
 FROM api_key k JOIN "user" u ON u.id = k.user_id

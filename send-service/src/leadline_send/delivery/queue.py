@@ -86,6 +86,7 @@ class Claimed:
 # The hot path runs on plain asyncpg connections (see delivery.settling): one prepared statement per step,
 # each committed on its own — a claim, the "data" record before the end of data, a settle.  Through SQLAlchemy
 # each step cost more CPU than speaking SMTP for the message.
+# unscoped: the claim takes due messages of every company for this worker
 _CLAIM = """
 WITH due AS (
     SELECT id FROM outgoing_message
@@ -108,12 +109,15 @@ _CLAIM_NAMES = {"due": sql(DUE), "sending": S.SENDING, "connecting": P.CONNECTIN
 CLAIM_ANY = _CLAIM.format(account_filter="", **_CLAIM_NAMES)
 CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3", **_CLAIM_NAMES)
 
+# unscoped: by the ids of messages this worker claimed
 HOLD_RESERVATION = f"""
 UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = '{S.SENDING}' AND claimed_by = $3
 """  # noqa: S608 - only the states' enum values are formatted in
 HOLD_QUOTA = "INSERT INTO quota_hold (reservation_id, company_id, holder) VALUES ($1, $2, $3)"
+# unscoped: by the id of a reservation this worker holds
 FORGET_QUOTA = "DELETE FROM quota_hold WHERE reservation_id = $1"
 
+# unscoped: by the id of a message this worker claimed
 RECORD_DATA = f"""
 WITH attempt AS (
     UPDATE send_attempt SET phase = '{P.DATA}'
@@ -197,6 +201,7 @@ SETTLE_THEN_RECORD = _statement([_SETTLED, _recorded_under_lease(8)], "message_i
 SETTLE_SENT_THEN_RECORD = _statement([_SENT, _recorded_under_lease(8)], "message_id FROM recorded")
 
 # What a batch reservation was used for: the messages that reached the server (or may have).
+# unscoped: by the id of a reservation this worker holds
 RESERVATION_USE = f"""
 SELECT count(*) AS messages, coalesce(sum(jsonb_array_length(recipients)), 0) AS recipients
 FROM outgoing_message WHERE reservation_id = $1 AND state IN {sql(REACHED_SERVER)}
@@ -391,16 +396,19 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
     decided those (an ``unknown`` one counts as used).
     """
     found: list[AbandonedHold] = []
+    # unscoped: recovery looks at every company's holds of gone workers
     for holder in await conn.fetch("SELECT DISTINCT holder FROM quota_hold WHERE holder <> $1", own_key):
         key = int(holder["holder"])
         if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, key):
             continue
         try:
             if await conn.fetchval(
+                # unscoped: recovery looks at a gone worker's rows of every company
                 f"SELECT 1 FROM outgoing_message WHERE state = '{S.SENDING}' AND claimed_by = $1 LIMIT 1",  # noqa: S608
                 key,
             ):
                 continue
+            # unscoped: recovery takes back a gone worker's holds of every company
             for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
                 messages, recipients = await reservation_use(conn, hold["reservation_id"])
                 found.append(AbandonedHold(hold["company_id"], hold["reservation_id"], messages, recipients))
