@@ -143,6 +143,11 @@ def test_mail_sync_to_timeline_and_smart_mail_once(
         assert received[0].mail_from == address and received[0].rcpt_tos == [lead_address]
         assert f"From: {address}".encode() in received[0].data or address.encode() in received[0].data
 
+        # the Sent copy is appended after the message is sent, on its own connection (R12): its note says when
+        wait_for(
+            "the Sent copy saved",
+            lambda: client.get(f"/v1/messages/{message_id}", headers=key).json()["sent_copy"] == "saved to Sent",
+        )
         imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
         imap.login(address, password)
         imap.select("Sent", readonly=True)
