@@ -9,9 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.consumer import EventConsumer, Handlers
 from leadline_kit.service import Runtime
 from leadline_proto.events import CompanyUpdatedV1, MailboxDisconnectedV1
-from leadline_quota import mailbox_slots
 from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.config import Settings
+from leadline_quota.mailbox_slots import service as mailbox_slots
 from leadline_quota.models import processed
 
 

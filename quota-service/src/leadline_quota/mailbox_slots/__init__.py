@@ -1,0 +1,1 @@
+"""The company mailbox limit (R9): ``service`` decides, ``repository`` holds every query."""
