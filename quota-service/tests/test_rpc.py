@@ -37,7 +37,7 @@ from leadline_quota.clock import MovableClock
 from leadline_quota.config import Settings
 from leadline_quota.main import create_app
 from leadline_quota.models import reservation
-from leadline_quota.plans import set_plan
+from leadline_quota.plans.service import set_plan
 
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
 

@@ -15,13 +15,13 @@ from fastapi import FastAPI
 
 from leadline_kit import rpc
 from leadline_kit.service import Runtime, create_service_app
-from leadline_quota import plans
 from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock, QuotaContext, system_clock
 from leadline_quota.config import Settings
 from leadline_quota.consumers import quota_consumers
 from leadline_quota.endpoints import operator_router, router
 from leadline_quota.models import outbox
+from leadline_quota.plans import service as plans
 from leadline_quota.reservations import repository
 from leadline_quota.responders import QUEUE_GROUP, QuotaRpc
 

@@ -40,10 +40,10 @@ from leadline_proto.subjects import (
     RPC_QUOTA_RESERVE,
     RPC_SYNC_ALLOWANCE,
 )
-from leadline_quota import plans
 from leadline_quota.batching import ReservationBatcher
 from leadline_quota.clock import Clock
 from leadline_quota.mailbox_slots import service as mailbox_slots
+from leadline_quota.plans import service as plans
 from leadline_quota.reservations import service as reservations
 from leadline_quota.reservations.service import InvalidAsk, ReserveAsk
 

@@ -12,12 +12,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
 
-from sqlalchemy import select, update
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_quota.limits import DEFAULT_PLAN, Plan, catalogue
-from leadline_quota.models import company, synced_email_usage
+from leadline_quota.plans import repository
 
 
 class UnknownPlan(ValueError):
@@ -32,7 +30,7 @@ def plan_named(name: str) -> Plan:
 
 
 async def company_plan(session: AsyncSession, company_id: uuid.UUID) -> Plan:
-    name = await session.scalar(select(company.c.plan).where(company.c.company_id == company_id))
+    name = await repository.plan_name(session, company_id)
     plans = catalogue().plans
     # a plan removed from the presets file falls back to the default rather than failing
     return plans.get(name or DEFAULT_PLAN, plans[DEFAULT_PLAN])
@@ -40,12 +38,7 @@ async def company_plan(session: AsyncSession, company_id: uuid.UUID) -> Plan:
 
 async def set_plan(session: AsyncSession, company_id: uuid.UUID, name: str, now: datetime) -> Plan:
     plan = plan_named(name)
-    statement = insert(company).values(company_id=company_id, plan=plan.key, updated_at=now)
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[company.c.company_id], set_={"plan": plan.key, "updated_at": now}
-        )
-    )
+    await repository.set_plan_name(session, company_id, plan.key, now)
     return plan
 
 
@@ -67,31 +60,18 @@ async def sync_allowance(
     limit = (await company_plan(session, company_id)).synced_emails_per_user_per_day
     if limit is None:
         return Allowance(count, None)
-    key = {"company_id": company_id, "user_id": user_id, "day": now.astimezone(UTC).date()}
-    await session.execute(insert(synced_email_usage).values(**key, used=0).on_conflict_do_nothing())
-    where = [synced_email_usage.c[name] == value for name, value in key.items()]
-    # the row lock makes concurrent asks of one user add up exactly
-    used = int((await session.execute(select(synced_email_usage.c.used).where(*where).with_for_update())).scalar_one())
+    day = now.astimezone(UTC).date()
+    used = await repository.lock_usage(session, company_id, user_id, day)
     allowed = max(0, min(count, limit - used))
     if allowed:
-        await session.execute(update(synced_email_usage).where(*where).values(used=used + allowed))
+        await repository.set_usage(session, company_id, user_id, day, used + allowed)
     return Allowance(allowed, next_utc_midnight(now), used + allowed)
 
 
 async def synced_today(session: AsyncSession, company_id: uuid.UUID, now: datetime) -> dict[uuid.UUID, int]:
-    rows = (
-        await session.execute(
-            select(synced_email_usage.c.user_id, synced_email_usage.c.used).where(
-                synced_email_usage.c.company_id == company_id, synced_email_usage.c.day == now.astimezone(UTC).date()
-            )
-        )
-    ).all()
-    return {row.user_id: int(row.used) for row in rows}
+    return await repository.usage_on(session, company_id, now.astimezone(UTC).date())
 
 
 async def prune_usage(session: AsyncSession, now: datetime) -> None:
     """Forget synced-email counts of days that are over."""
-    await session.execute(
-        # unscoped: housekeeping of every company: days that are over
-        synced_email_usage.delete().where(synced_email_usage.c.day < now.astimezone(UTC).date() - timedelta(days=1))
-    )
+    await repository.prune_usage(session, now.astimezone(UTC).date() - timedelta(days=1))
