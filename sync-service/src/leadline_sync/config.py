@@ -41,8 +41,11 @@ class Settings(KitSettings):
     sync_max_logins: int = Field(16, ge=1)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     # database connections the mailbox workers share, apart from the API's pool: however many mailboxes a
-    # replica holds, this many of their transactions run at once and the others wait their turn
-    sync_db_connections: int = Field(8, ge=1)
+    # replica holds, this many of their transactions run at once and the others wait their turn.  A
+    # transaction holds its connection until the busy event loop comes back to it (0.1-0.3 s while
+    # thousands of mailboxes come online), so these bound the workers' throughput, not PostgreSQL: 8 gave
+    # ~40 transactions a second, 2 mailboxes a second brought online (bench/sync-scale, N = 5,000)
+    sync_db_connections: int = Field(32, ge=1)
     # a worker whose turn came waits this long for its connection (being made, or held elsewhere); then it
     # backs off and tries again, as after any transient database error
     sync_db_wait_seconds: float = Field(30.0, gt=0)
