@@ -17,7 +17,7 @@ from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_proto.events import parse_event
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
 from leadline_proto.subjects import RPC_QUOTA_COMMIT, RPC_QUOTA_RESERVE
-from leadline_quota.accounts import account_reports
+from leadline_quota.accounts.service import account_reports
 from leadline_quota.clock import MovableClock
 from leadline_quota.models import outbox, reservation, sending_account
 from leadline_quota.reservations import service as reservations

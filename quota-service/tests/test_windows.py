@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from leadline_kit.db import Database
 from leadline_proto.events import QuotaExceededV1, parse_event
-from leadline_quota.accounts import set_operator_overrides
+from leadline_quota.accounts.service import set_operator_overrides
 from leadline_quota.clock import MovableClock
 from leadline_quota.limits import ROLLING_WINDOWS
 from leadline_quota.models import outbox

@@ -23,7 +23,6 @@ NOT_YET: dict[str, str] = {
     "lead-service/src/leadline_lead/leads/directory.py": "the lead directory's change stamp, one query",
     "lead-service/src/leadline_lead/leads/responder.py": "the lead-addresses RPC's one query",
     "lead-service/src/leadline_lead/timeline/lookup.py": "the timeline-lookup RPC's one query",
-    "quota-service/src/leadline_quota/accounts.py": "quota's sending-account domain, not split yet",
     "send-service/src/leadline_send/consumers.py": "event handlers with their statements",
     "send-service/src/leadline_send/credential_rotation.py": "an operator command over every row",
     "send-service/src/leadline_send/delivery/accounts.py": "the delivery hot path (issue 21)",

@@ -18,7 +18,7 @@ from leadline_kit.errors import (
 )
 from leadline_kit.identity import Admin, Caller, Operator
 from leadline_kit.pagination import decode_cursor, encode_cursor
-from leadline_quota import accounts
+from leadline_quota.accounts import service as accounts
 from leadline_quota.clock import Clock, QuotaContext
 from leadline_quota.limits import LIMIT_NAMES, Preset, catalogue
 from leadline_quota.mailbox_slots import service as mailbox_slots

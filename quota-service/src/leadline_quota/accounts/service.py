@@ -7,10 +7,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from leadline_quota.accounts import repository
 from leadline_quota.limits import (
     AccountLimits,
     invalid_limit_settings,
@@ -18,7 +17,6 @@ from leadline_quota.limits import (
     raised_limits,
     resolve_limits,
 )
-from leadline_quota.models import sending_account
 from leadline_quota.reservations.repository import window_usage
 from leadline_quota.reservations.service import InvalidAsk, canonical_account_key
 
@@ -83,26 +81,14 @@ async def account_reports(
     session: AsyncSession, company_id: uuid.UUID, now: datetime, *, after: str | None, limit: int
 ) -> list[AccountReport]:
     """The company's accounts ordered by key, starting after ``after``."""
-    query = select(sending_account).where(sending_account.c.company_id == company_id)
-    if after is not None:
-        query = query.where(sending_account.c.account_key > after)
-    rows = (await session.execute(query.order_by(sending_account.c.account_key).limit(limit))).all()
+    rows = await repository.accounts(session, company_id, after, limit)
     return [await _report(session, row, now) for row in rows]
 
 
 async def _upsert(
     session: AsyncSession, company_id: uuid.UUID, account_key: str, values: dict[str, Any], now: datetime
 ) -> AccountReport:
-    statement = insert(sending_account).values(company_id=company_id, account_key=account_key, **values)
-    row = (
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[sending_account.c.company_id, sending_account.c.account_key],
-                set_=values,
-            ).returning(*sending_account.c)
-        )
-    ).one()
-    return await _report(session, row, now)
+    return await _report(session, await repository.upsert(session, company_id, account_key, values), now)
 
 
 async def set_operator_overrides(
@@ -137,13 +123,7 @@ async def set_tenant_overrides(
     problem = invalid_limit_settings(dict(overrides), None)
     if problem:
         raise InvalidAsk(problem)
-    row = (
-        await session.execute(
-            select(sending_account).where(
-                sending_account.c.company_id == company_id, sending_account.c.account_key == account_key
-            )
-        )
-    ).first()
+    row = await repository.account(session, company_id, account_key)
     ceiling = _limits_of(row, {}) if row is not None else resolve_limits("custom", {}, None, {}, None, {})
     raised = raised_limits(ceiling, overrides)
     if raised:

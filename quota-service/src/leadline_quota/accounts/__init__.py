@@ -1,0 +1,1 @@
+"""Sending accounts (R14): ``service`` decides the limit layers, ``repository`` holds every query."""
