@@ -201,3 +201,25 @@ async def is_user_of(session: AsyncSession, company_id: uuid.UUID, user_id: uuid
         )
         is not None
     )
+
+
+async def names_of(session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID]) -> list[Any]:
+    """(id, name) of those of ``lead_ids`` that are the company's leads."""
+    return list(
+        (
+            await session.execute(
+                select(lead.c.id, lead.c.name).where(lead.c.company_id == company_id, lead.c.id.in_(list(lead_ids)))
+            )
+        ).all()
+    )
+
+
+async def directory_counts(session: AsyncSession, company_id: uuid.UUID) -> Any:
+    """The company's leads that have an address: how many, the newest's creation, and the database's now."""
+    return (
+        await session.execute(
+            select(func.count(func.distinct(lead.c.id)), func.max(lead.c.created_at), func.now())
+            .select_from(lead.join(lead_address, lead_address.c.lead_id == lead.c.id))
+            .where(lead.c.company_id == company_id, lead_address.c.company_id == company_id)
+        )
+    ).one()

@@ -10,12 +10,9 @@ service is unavailable), never answered "no such lead".
 
 from __future__ import annotations
 
-from sqlalchemy import select
-
 from leadline_kit import rpc
 from leadline_kit.db import Database
 from leadline_lead.leads import repository
-from leadline_lead.models import lead
 from leadline_proto.requests import LeadAddresses, LeadAddressesReply, LeadAddressesRequest
 
 MAX_LEADS = 1000  # as many as one message may name
@@ -25,13 +22,7 @@ async def lead_addresses(db: Database, request: LeadAddressesRequest) -> LeadAdd
     if len(request.lead_ids) > MAX_LEADS:
         raise rpc.Unreadable(f"at most {MAX_LEADS} lead ids")
     async with db.session() as session:
-        rows = (
-            await session.execute(
-                select(lead.c.id, lead.c.name).where(
-                    lead.c.company_id == request.company_id, lead.c.id.in_(request.lead_ids)
-                )
-            )
-        ).all()
+        rows = await repository.names_of(session, request.company_id, request.lead_ids)
         addresses = await repository.addresses_of(session, request.company_id, [r.id for r in rows])
     return LeadAddressesReply(
         leads=[LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, [])) for r in rows]

@@ -347,3 +347,22 @@ async def recent_events(session: AsyncSession, company_id: uuid.UUID, lead_id: u
             .limit(limit)
         )
     ).all()
+
+
+async def events_of_message(session: AsyncSession, company_id: uuid.UUID, key: str, limit: int) -> list[Any]:
+    """The company's timeline events of a Message-ID key, oldest first: (lead_id, kind, occurred_at, sources)."""
+    sources = (
+        select(func.array_agg(source.c.source))
+        .where(source.c.timeline_event_id == timeline_event.c.id, source.c.company_id == company_id)
+        .scalar_subquery()
+    )
+    return list(
+        (
+            await session.execute(
+                select(timeline_event.c.lead_id, timeline_event.c.kind, timeline_event.c.occurred_at, sources)
+                .where(timeline_event.c.company_id == company_id, timeline_event.c.message_key == key)
+                .order_by(timeline_event.c.id)
+                .limit(limit)
+            )
+        ).all()
+    )
