@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import select, update
-
 from leadline_kit.db import Database
+from leadline_send.accounts import repository
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
-from leadline_send.models import smtp_account
 
 
 async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> int:
@@ -24,29 +22,11 @@ async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> in
     changed = 0
     while True:
         async with db.session() as session:
-            rows = (
-                await session.execute(
-                    # unscoped: key rotation is an operator command over every company's rows
-                    select(
-                        smtp_account.c.id,
-                        smtp_account.c.company_id,
-                        smtp_account.c.password_sealed,
-                        smtp_account.c.key_id,
-                    )
-                    .where(smtp_account.c.password_sealed.is_not(None), smtp_account.c.key_id != keys.current)
-                    .limit(batch)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = await repository.sealed_under_older_keys(session, keys.current, batch)
             for row in rows:
                 secret = keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
                 sealed, key_id = keys.seal(secret, row.company_id, row.id)
-                await session.execute(
-                    # unscoped: by the id of a row the rotation just read and locked
-                    update(smtp_account)
-                    .where(smtp_account.c.id == row.id)
-                    .values(password_sealed=sealed, key_id=key_id)
-                )
+                await repository.update_account(session, row.company_id, row.id, password_sealed=sealed, key_id=key_id)
         changed += len(rows)
         if len(rows) < batch:
             return changed

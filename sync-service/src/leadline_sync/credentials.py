@@ -22,13 +22,13 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row
 
 from leadline_kit.db import Database
 from leadline_kit.sealing import KeyRing, Sealed
 from leadline_sync.config import Settings
 from leadline_sync.logins import ServerLogin
-from leadline_sync.models import mailbox
+from leadline_sync.mailbox import repository
 
 log = logging.getLogger("leadline.sync.credentials")
 
@@ -90,24 +90,7 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
     rotated = 0
     while True:
         async with database.session() as session:
-            rows = (
-                await session.execute(
-                    # unscoped: key rotation is an operator command over every company's rows
-                    select(
-                        mailbox.c.id,
-                        mailbox.c.company_id,
-                        mailbox.c.credential_key_id,
-                        mailbox.c.credential_wrapped_key,
-                        mailbox.c.credential_ciphertext,
-                    )
-                    .where(
-                        mailbox.c.credential_ciphertext.is_not(None),
-                        mailbox.c.credential_key_id != cipher.current_key_id,
-                    )
-                    .limit(batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            rows = await repository.sealed_under_older_keys(session, cipher.current_key_id, batch_size)
             if not rows:
                 return rotated
             for row in rows:
@@ -117,15 +100,8 @@ async def rotate(database: Database, cipher: CredentialCipher, batch_size: int =
                     Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
                 )
                 sealed = cipher.seal(row.company_id, row.id, secrets)
-                await session.execute(
-                    # unscoped: by the id of a row the rotation just read and locked
-                    update(mailbox)
-                    .where(mailbox.c.id == row.id)
-                    .values(
-                        credential_key_id=sealed.key_id,
-                        credential_wrapped_key=sealed.wrapped_key,
-                        credential_ciphertext=sealed.ciphertext,
-                    )
+                await repository.reseal(
+                    session, row.company_id, row.id, sealed.key_id, sealed.wrapped_key, sealed.ciphertext
                 )
             rotated += len(rows)
 

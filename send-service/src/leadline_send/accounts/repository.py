@@ -51,3 +51,24 @@ async def delete_account(session: AsyncSession, company_id: uuid.UUID, account_i
     await session.execute(
         delete(smtp_account).where(smtp_account.c.company_id == company_id, smtp_account.c.id == account_id)
     )
+
+
+async def sealed_under_older_keys(session: AsyncSession, current_key: str, limit: int) -> list[Any]:
+    """Up to ``limit`` accounts whose password is sealed under another key than ``current_key``, locked
+    (skipping rows another rotation holds): id, company_id, password_sealed, key_id."""
+    return list(
+        (
+            await session.execute(
+                # unscoped: key rotation is an operator command over every company's rows
+                select(
+                    smtp_account.c.id,
+                    smtp_account.c.company_id,
+                    smtp_account.c.password_sealed,
+                    smtp_account.c.key_id,
+                )
+                .where(smtp_account.c.password_sealed.is_not(None), smtp_account.c.key_id != current_key)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+    )

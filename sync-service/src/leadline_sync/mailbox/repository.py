@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_
+from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
@@ -174,3 +174,40 @@ async def synced_at(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, m
         )
     ).scalar()
     return at
+
+
+async def sealed_under_older_keys(session: AsyncSession, current_key_id: str, limit: int) -> list[Any]:
+    """Up to ``limit`` mailboxes whose credentials are sealed under another key than ``current_key_id``,
+    locked (skipping rows another rotation holds), with their sealed credentials."""
+    return list(
+        (
+            await session.execute(
+                # unscoped: key rotation is an operator command over every company's rows
+                select(
+                    mailbox.c.id,
+                    mailbox.c.company_id,
+                    mailbox.c.credential_key_id,
+                    mailbox.c.credential_wrapped_key,
+                    mailbox.c.credential_ciphertext,
+                )
+                .where(mailbox.c.credential_ciphertext.is_not(None), mailbox.c.credential_key_id != current_key_id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+    )
+
+
+async def reseal(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_id: uuid.UUID,
+    key_id: str,
+    wrapped_key: bytes,
+    ciphertext: bytes,
+) -> None:
+    await session.execute(
+        update(mailbox)
+        .where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id)
+        .values(credential_key_id=key_id, credential_wrapped_key=wrapped_key, credential_ciphertext=ciphertext)
+    )
