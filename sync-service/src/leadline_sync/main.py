@@ -25,6 +25,7 @@ from leadline_sync.oauth.endpoints import router as oauth_router
 from leadline_sync.oauth.tokens import AccessTokens, TokenEndpoint
 from leadline_sync.sync.capacity import raise_open_files_limit, replica_capacity
 from leadline_sync.sync.pacing import LoginGate
+from leadline_sync.sync.parse_worker import map_large_allocations
 from leadline_sync.sync.parsing import MessageParser
 from leadline_sync.sync.scheduler import SyncScheduler
 
@@ -39,6 +40,7 @@ def create_app(
 ) -> FastAPI:
     """``clock`` and ``resolver`` are injectable for tests (R8's 48 hours; R18's DNS answers)."""
     settings = settings or Settings()
+    map_large_allocations()
 
     async def on_start(runtime: Runtime) -> None:
         context = runtime.context_of(SyncContext)

@@ -21,6 +21,19 @@ from leadline_mail.mime import ParsedMessage, parse_message
 
 LENGTH = struct.Struct("!Q")  # the length of each pickle that follows, both ways
 _PR_SET_PDEATHSIG = 1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept
+
+
+def map_large_allocations() -> None:
+    """Blocks of 128 KB and more (raw bodies, attachments, the pickles of a batch) get pages of their own,
+    given back when freed.  glibc otherwise raises that threshold to the largest block freed so far (up
+    to 32 MiB), after which batches are carved from the heap and the heap stays as large as the largest
+    batches left it: a 3,000-message history left the service 20 MiB larger and the parser process 7
+    MiB, and peaked 21 MiB higher (process tree)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
 def parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
@@ -38,6 +51,7 @@ def _leave_with(parent: int) -> None:
 
 def _serve(parent: int) -> None:
     _leave_with(parent)
+    map_large_allocations()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the service is the service's to handle
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
