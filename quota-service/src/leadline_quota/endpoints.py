@@ -29,7 +29,6 @@ from leadline_quota.problems import (
     ReservationCountsInvalid,
     ReservationNotFound,
     ReservationSettled,
-    UnknownPlan,
 )
 from leadline_quota.reservations import service as reservations
 from leadline_quota.reservations.service import InvalidAsk, ReserveAsk, Settlement
@@ -251,8 +250,5 @@ async def set_plan(
     company_id: uuid.UUID, body: PlanIn, operator: Operator, session: Session, request: Request
 ) -> PlanOut:
     """Set a company's plan (e.g. ``legacy_free``: 100 synced emails per user per day)."""
-    try:
-        plan = await plans.set_plan(session, company_id, body.plan, _clock(request)())
-    except plans.UnknownPlan as exc:
-        raise UnknownPlan(str(exc)) from exc
+    plan = await plans.set_plan(session, company_id, body.plan, _clock(request)())
     return PlanOut(plan=plan.key, label=plan.label, synced_emails_per_user_per_day=plan.synced_emails_per_user_per_day)

@@ -16,10 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_quota.limits import DEFAULT_PLAN, Plan, catalogue
 from leadline_quota.plans import repository
-
-
-class UnknownPlan(ValueError):
-    pass
+from leadline_quota.problems import UnknownPlan
 
 
 def plan_named(name: str) -> Plan:
