@@ -735,13 +735,15 @@ class Bench:
             f"share:    {r} replicas (lease {lease:g} s) ready {ready:.0f} s after their start; all {m} live after "
             f"{live:.0f} s, held {spread}"
         )
-        victim = replicas[-1]
+        # the replica holding the most (the last to start may hold none: the others' caps fit them all)
+        most = max(range(r), key=lambda i: spread[i])
+        victim = replicas[most]
         assert victim.process is not None
         orphans = await self.held_by(victim, users)
         started = time.monotonic()
         victim.process.kill()
         victim.process.wait()
-        survivors = ports[:-1]
+        survivors = [p for i, p in enumerate(ports) if i != most]
         sample = random.Random(18).sample(orphans, min(20, len(orphans)))
         marks = {u["address"]: f"<takeover-{uuid.uuid4().hex}@bench.example>" for u in sample}
 
