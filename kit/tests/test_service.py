@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import APIRouter
@@ -83,25 +85,15 @@ async def test_a_request_that_finds_every_database_connection_in_use_gets_503_no
         return {"one": (await session.execute(text("SELECT 1"))).scalar_one()}
 
     database = Database(fresh_database, "public", pool_size=1, pool_timeout=0.2)  # 1 + 1 overflow
-    app = create_service_app(
-        name="probe",
-        settings=KitSettings(database_url=fresh_database),
-        schema="public",
-        outbox=outbox_table(MetaData(schema="probe")),
-        routers=[router],
-        use_nats=False,
-        database=database,
-    )
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
-            assert (await client.get("/probe")).json() == {"one": 1}
-            async with database.engine.connect(), database.engine.connect():  # the pool's two, held
-                busy = await client.get("/probe")
-            assert busy.status_code == 503, busy.text
-            assert busy.headers["content-type"] == "application/problem+json"
-            assert busy.headers["retry-after"] == "5"
-            assert busy.json()["type"].endswith("/busy")
-            assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
+    async with _serving(router, database) as client:
+        assert (await client.get("/probe")).json() == {"one": 1}
+        async with database.engine.connect(), database.engine.connect():  # the pool's two, held
+            busy = await client.get("/probe")
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["content-type"] == "application/problem+json"
+        assert busy.headers["retry-after"] == "5"
+        assert busy.json()["type"].endswith("/busy")
+        assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
 
 
 async def test_a_plain_sql_request_that_finds_every_connection_in_use_gets_503_too(fresh_database: str) -> None:
@@ -113,23 +105,13 @@ async def test_a_plain_sql_request_that_finds_every_connection_in_use_gets_503_t
         async with database.plain() as conn:
             return {"one": await conn.fetchval("SELECT 1")}
 
-    app = create_service_app(
-        name="probe",
-        settings=KitSettings(database_url=fresh_database),
-        schema="public",
-        outbox=outbox_table(MetaData(schema="probe")),
-        routers=[router],
-        use_nats=False,
-        database=database,
-    )
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
-            assert (await client.get("/probe")).json() == {"one": 1}
-            async with database.plain():  # the plain pool's one connection, held
-                busy = await client.get("/probe")
-            assert busy.status_code == 503, busy.text
-            assert busy.json()["type"].endswith("/busy")
-            assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
+    async with _serving(router, database) as client:
+        assert (await client.get("/probe")).json() == {"one": 1}
+        async with database.plain():  # the plain pool's one connection, held
+            busy = await client.get("/probe")
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["type"].endswith("/busy")
+        assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
 
 
 async def test_a_405_advertises_the_methods_of_the_most_concrete_path_only() -> None:
@@ -162,3 +144,20 @@ async def test_a_405_advertises_the_methods_of_the_most_concrete_path_only() -> 
         on_one = await client.options("/things/42")
         assert on_one.status_code == 405
         assert on_one.headers["allow"] == "GET, DELETE"
+
+
+@contextlib.asynccontextmanager
+async def _serving(router: APIRouter, database: Database) -> AsyncIterator[httpx.AsyncClient]:
+    """A probe service on ``database`` with ``router``, started, and a client of it."""
+    app = create_service_app(
+        name="probe",
+        settings=KitSettings(database_url=database.url),
+        schema="public",
+        outbox=outbox_table(MetaData(schema="probe")),
+        routers=[router],
+        use_nats=False,
+        database=database,
+    )
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+            yield client
