@@ -83,6 +83,16 @@ class MailServers:
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
+    def connect_body(self) -> dict[str, object]:
+        """The ``PUT /v1/mail-sync`` body that connects the bench's mailbox to these servers."""
+        return {
+            "provider": "custom",
+            "address": ADDRESS,
+            "password": PASSWORD,
+            "imap": {"host": "localhost", "port": self.imap_port, "use_ssl": True},
+            "smtp": {"host": "localhost", "port": self.smtp_port, "use_ssl": True},
+        }
+
     def sent_count(self) -> int:
         imap = imaplib.IMAP4_SSL("localhost", self.imap_port, ssl_context=self.tls())
         imap.login(ADDRESS, PASSWORD)
@@ -246,13 +256,7 @@ async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
         connected = await client.put(
             "/v1/mail-sync",
             headers=key,
-            json={
-                "provider": "custom",
-                "address": ADDRESS,
-                "password": PASSWORD,
-                "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
-                "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
-            },
+            json=servers.connect_body(),
         )
         assert connected.status_code in (200, 201), connected.text
         for _ in range(240):

@@ -271,13 +271,7 @@ async def run_case(
                 client.put(
                     "/v1/mail-sync",
                     headers=key,
-                    json={
-                        "provider": "custom",
-                        "address": ADDRESS,
-                        "password": PASSWORD,
-                        "imap": {"host": "localhost", "port": servers.imap_port, "use_ssl": True},
-                        "smtp": {"host": "localhost", "port": servers.smtp_port, "use_ssl": True},
-                    },
+                    json=servers.connect_body(),
                 )
             )
             put_at = first = newest_at = None
