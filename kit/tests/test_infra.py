@@ -47,3 +47,23 @@ def test_mail_delivered_to_a_dovecot_user_reaches_an_open_session_and_only_that_
     imap.login(other, "pw")
     assert imap.select("INBOX")[1] == [b"0"]
     imap.logout()
+
+
+def test_mail_filled_into_folders_is_there_whole_seen_and_numbered_in_the_order_given(dovecot: DovecotServer) -> None:
+    me = f"fill-{uuid.uuid4().hex[:8]}@example.com"
+    dovecot.add_user(me, "pw")
+    raws = {
+        folder: [f"From: a@example.com\r\nSubject: {folder} {i}\r\n\r\nhi\r\n".encode() for i in range(40)]
+        for folder in ("INBOX", "Sent")
+    }
+    for folder, messages in raws.items():
+        dovecot.fill(me, folder, messages)
+    imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
+    imap.login(me, "pw")
+    for folder, messages in raws.items():
+        imap.select(folder, readonly=True)
+        _, data = imap.uid("FETCH", "1:*", "(FLAGS BODY.PEEK[])")
+        fetched = [part for part in data if isinstance(part, tuple)]
+        assert [body for _, body in fetched] == messages
+        assert all(b"\\Seen" in head for head, _ in fetched)
+    imap.logout()

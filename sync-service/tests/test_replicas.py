@@ -11,11 +11,14 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 
+from leadline_kit.db import asyncpg_dsn
 from leadline_kit.testing.clients import running_app
 from leadline_sync.mailbox.states import SyncMode
 
@@ -33,6 +36,10 @@ async def main():
 
 asyncio.run(main())
 """
+# the issue's historical sync (issue 20): 5,000 messages, killed three times
+HISTORY = 5000
+LEADS = [f"buyer{k}@customer{k}.example" for k in range(3)]
+STORED = "SELECT count(*) FROM sync.synced_message"  # lead mail stored (and its event in the outbox)
 
 
 async def held_live(world, addresses: set[str], replicas: set[str], timeout: float) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -68,7 +75,7 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
         LEADLINE_SYNC_RETRY_BASE_SECONDS="0.3",
         LEADLINE_SYNC_RETRY_MAX_SECONDS="1",
         LEADLINE_LOG_LEVEL="WARNING",
-        # a parser process: it must die with its SIGKILLed service (test_killed_mid_historical_sync...)
+        # a parser process: it must die with its SIGKILLed service (test_killed_three_times_mid_historical_sync...)
         LEADLINE_SYNC_PARSE_PROCESSES="1",
         **extra,
     )
@@ -108,65 +115,91 @@ def release(process: subprocess.Popen[bytes]) -> None:
     process.stdin.flush()
 
 
+def history(me: str, tag: str) -> tuple[dict[str, list[bytes]], dict[str, str]]:
+    """The kill test's mailbox, oldest first: ``HISTORY`` small messages (their size is not what a kill
+    tests), 60% in INBOX and 40% in Sent, each with one of ``LEADS`` but every 25th with a stranger.
+    (The raw messages of each folder, the lead address of each lead mail by its Message-ID.)"""
+    folders: dict[str, list[bytes]] = {"INBOX": [], "Sent": []}
+    lead_of: dict[str, str] = {}
+    oldest = datetime(2024, 1, 1, tzinfo=UTC)
+    for i in range(HISTORY):
+        sent = i % 5 in (1, 3)
+        other = f"stranger{i}@else.example" if i % 25 == 0 else LEADS[i % len(LEADS)]
+        message_id = f"<history-{i}.{tag}@acme.example>"
+        raw = (
+            f"From: {me if sent else other}\r\nTo: {other if sent else me}\r\nSubject: deal {i}\r\n"
+            f"Date: {format_datetime(oldest + timedelta(minutes=7 * i))}\r\nMessage-ID: {message_id}\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nSome words about the deal.\r\n"
+        )
+        folders["Sent" if sent else "INBOX"].append(raw.encode())
+        if i % 25:
+            lead_of[message_id] = other
+    return folders, lead_of
+
+
+async def stored_reaches(conn: asyncpg.Connection, count: int, timeout: float) -> int:
+    """Waits until at least ``count`` lead mails are stored, looking every 20 ms; how many are."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while (stored := await conn.fetchval(STORED)) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{stored} lead mails stored, waited for {count}"
+        await asyncio.sleep(0.02)
+    return int(stored)
+
+
 @pytest.mark.slow
-async def test_killed_mid_historical_sync_loses_and_duplicates_nothing(world) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothing(world, leads) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
-    lead = "hank@customer.example"
-    total = 1500
-    client = await world.imap(me)
-    try:
-        for i in range(total):
-            await client.append(
-                "INBOX" if i % 3 else "Sent",
-                world.message(
-                    sender=lead if i % 3 else me.address,
-                    to=[me.address] if i % 3 else [lead],
-                    subject=f"message {i}",
-                    body="Some words about the deal.\n" * 30,
-                ),
-            )
-    finally:
-        await client.logout()
-    # connect through an app that stops at once; the killed processes do the historical sync
-    async with running_app(world.app(sync_max_mailboxes=1, sync_schedule_interval=60)) as service:
-        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
-        api = world.caller(service, me.user)
-        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
-    progress = "SELECT count(*) FROM sync.synced_message"
-    kills = 0
-    rng = random.Random()
-    # newest first, in windows of 300 UIDs per folder and pass: kills land in every kind of step
-    window = {"LEADLINE_SYNC_HISTORY_WINDOW": "300"}
-    # the next replica imports while the current one syncs: each is released once the last was killed
-    spare = start_service(world, "replica-0", held=True, **window)
-    try:
-        for attempt in range(1, 5):
-            process, spare = spare, start_service(world, f"replica-{attempt}", held=True, **window)
-            before = (await world.sql(progress))[0][0]
-            release(process)
-            try:
-                # killed at a random point: after 60 to 250 more messages were stored
-                more = rng.randint(60, 250)
-                await world.wait_for_sql(progress, check=lambda v, b=before, m=more: v > b + m, timeout=90)
-            finally:
-                parsers = parser_processes(process.pid)
-                os.kill(process.pid, signal.SIGKILL)
-                process.wait()
-            assert parsers, "the service parsed in a parser process"
-            await wait_gone(parsers)
-            kills += 1
-            if (await world.sql(progress))[0][0] >= total:
-                break
-        assert kills >= 3
-        release(spare)  # the survivor
-        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v >= total, timeout=90)
-        await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
-    finally:
-        spare.terminate()
-        spare.wait(15)
+    folders, lead_of = history(me.address, uuid.uuid4().hex[:10])
+    for folder, raws in folders.items():
+        world.dovecot.fill(me.address, folder, raws)
+    total = len(lead_of)
+    # killed at three random points spread over the history: once a random share of the lead mail in each band
+    # is stored (a share, not a count of messages: the victim cannot finish before it is seen)
+    kill_at = [int(total * random.uniform(low, low + 0.1)) for low in (0.1, 0.4, 0.7)]
+    async with leads() as lead_service:
+        # connect through an app that stops at once; the killed processes do the historical sync
+        async with running_app(world.app(sync_max_mailboxes=1, sync_schedule_interval=60)) as service:
+            admin = world.identity("administrator")
+            made = {lead: (await lead_service.create_lead(admin, lead))["id"] for lead in LEADS}
+            await world.wait_for_sql("SELECT count(*) FROM sync.lead_address", check=lambda v: v == len(LEADS))
+            api = world.caller(service, me.user)
+            assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        conn = await asyncpg.connect(asyncpg_dsn(world.database_url))
+        # newest first, in windows of 300 UIDs per folder and pass: kills land in every kind of step
+        window = {"LEADLINE_SYNC_HISTORY_WINDOW": "300"}
+        # the next replica imports while the current one syncs: each is released once the last was killed
+        spare = start_service(world, "replica-0", held=True, **window)
+        try:
+            for attempt, threshold in enumerate(kill_at, 1):
+                process, spare = spare, start_service(world, f"replica-{attempt}", held=True, **window)
+                release(process)
+                try:
+                    await stored_reaches(conn, threshold, timeout=120)
+                finally:
+                    parsers = parser_processes(process.pid)
+                    os.kill(process.pid, signal.SIGKILL)
+                    process.wait()
+                stored = await conn.fetchval(STORED)
+                assert threshold <= stored < total, f"kill {attempt} landed mid-history: {stored} of {total} stored"
+                assert parsers, "the service parsed in a parser process"
+                await wait_gone(parsers)
+            release(spare)  # the survivor
+            await stored_reaches(conn, total, timeout=120)
+            await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
+            await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL")
+        finally:
+            spare.terminate()
+            spare.wait(15)
+            await conn.close()
+        timeline = await lead_service.wait_timeline(world.company_id, total, timeout=60)
+    assert len(timeline) == total, "every lead mail on a timeline once"
+    assert {(str(row.lead_id), row.message_id.strip("<>")) for row in timeline} == {
+        (made[lead], message_id.strip("<>")) for message_id, lead in lead_of.items()
+    }, "each on its lead's timeline, and nothing else"
+    assert all(row[2] == 1 for row in timeline), "each from one source"
     events = await world.synced(at_least=total, timeout=60)
-    counts = Counter(e.payload.message_id for e in events)
-    assert len(counts) == total, "every message arrived"
+    counts = Counter(e.payload.message_id.strip("<>") for e in events)
+    assert set(counts) == {message_id.strip("<>") for message_id in lead_of}, "every lead mail was published"
     assert max(counts.values()) == 1, "no message was published twice"
 
 
