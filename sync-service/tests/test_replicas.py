@@ -67,6 +67,9 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
         LEADLINE_SYNC_ALLOW_NETWORKS="127.0.0.0/8",
         LEADLINE_SYNC_CA_FILE=world.ca_file,
         LEADLINE_CONSUMER_PREFIX=settings.consumer_prefix,
+        # the durables the world's apps made start there: another start would be refused ("deliver policy can
+        # not be updated") and the replica's consumers of leads and slots stop
+        LEADLINE_CONSUMER_DELIVER_SINCE=settings.consumer_deliver_since.isoformat(),
         LEADLINE_SYNC_REPLICA=replica,
         LEADLINE_SYNC_LEASE_SECONDS="3",
         LEADLINE_SYNC_SCHEDULE_INTERVAL="0.2",
