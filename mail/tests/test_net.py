@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
 from collections.abc import Sequence
 
@@ -142,6 +143,22 @@ def test_fingerprint_forms() -> None:
     with pytest.raises(ValueError):
         client_tls_context(pinned_sha256="nope")
     assert client_tls_context().verify_mode == ssl.CERT_REQUIRED
+
+
+def test_connections_share_a_context_until_the_ca_file_changes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    cafile = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(cafile))
+    first = client_tls_context(cafile=str(cafile))
+    assert client_tls_context(cafile=str(cafile)) is first
+    assert client_tls_context(pinned_sha256="ab" * 32) is client_tls_context(pinned_sha256="cd" * 32)
+    assert client_tls_context(pinned_sha256="ab" * 32).verify_mode == ssl.CERT_NONE
+    other = trustme.CA()
+    other.cert_pem.write_to_path(str(cafile))
+    os.utime(cafile, ns=(os.stat(cafile).st_atime_ns, os.stat(cafile).st_mtime_ns + 1_000_000))
+    renewed = client_tls_context(cafile=str(cafile))
+    assert renewed is not first
+    # the new CA is the one trusted
+    assert [c["serialNumber"] for c in renewed.get_ca_certs()] != [c["serialNumber"] for c in first.get_ca_certs()]
 
 
 def _leaf_sha256(dovecot: DovecotServer) -> str:
