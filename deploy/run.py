@@ -10,8 +10,13 @@ sink (aiosmtpd) that keeps the gateway's system mail (invitations) in the Maildi
 ``.data/mail``; waits
 until the gateway's ``/readyz`` reports everything ready;
 prints the gateway URL and the bootstrap token.  Ctrl-C stops everything it
-started.  Secrets made on the first run are kept in ``.data/secrets.env``
-(mode 600).
+started, and so does a service that exits on its own (its name, exit code and
+log are printed): a suite with one part gone is not left looking as if it ran.
+Secrets made on the first run are kept in ``.data/secrets.env`` (mode 600).
+
+``LEADLINE_RUN_REPLACEABLE`` names services (comma-separated) whose exit is
+only reported, the others left running: ``bench/sync-scale`` stops the sync
+replica on purpose and starts its own on the same port.
 """
 
 from __future__ import annotations
@@ -97,12 +102,30 @@ def wait_ready(url: str, timeout: float) -> bool:
     return False
 
 
+def first_exit(
+    children: dict[str, subprocess.Popen[bytes]], replaceable: set[str], poll_seconds: float = 1.0
+) -> tuple[str, int]:
+    """Wait until a child exits on its own: its name and exit code.  A ``replaceable`` one is reaped and
+    reported, and the others still watched."""
+    watched = dict(children)
+    while True:
+        for name, child in list(watched.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            if name not in replaceable:
+                return name, code
+            print(f"{name} exited (code {code}); the others keep running (LEADLINE_RUN_REPLACEABLE)", flush=True)
+            del watched[name]
+        time.sleep(poll_seconds)
+
+
 def main() -> int:  # noqa: C901 - 14, older than the limit
     DATA.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **load_secrets()}
     env.setdefault("LEADLINE_ENVIRONMENT", "development")
     started: list[PostgresServer | NatsServer] = []
-    children: list[subprocess.Popen[bytes]] = []
+    children: dict[str, subprocess.Popen[bytes]] = {}
     try:
         if "DATABASE_URL" not in os.environ:
             postgres = PostgresServer(DATA / "postgres", PG_PORT)
@@ -125,48 +148,44 @@ def main() -> int:  # noqa: C901 - 14, older than the limit
         env.setdefault("LEADLINE_PUBLIC_BASE_URL", f"http://{HOST}:{PORT_BASE}")
         if "LEADLINE_MAILER_HOST" not in os.environ:
             env.update(LEADLINE_MAILER_HOST=HOST, LEADLINE_MAILER_PORT=str(MAIL_SINK_PORT), LEADLINE_MAILER_TLS="none")
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "aiosmtpd",
-                        "-n",
-                        "-l",
-                        f"{HOST}:{MAIL_SINK_PORT}",
-                        "-c",
-                        "aiosmtpd.handlers.Mailbox",
-                        str(DATA / "mail"),
-                    ],
-                    stdout=(logs / "mail-sink.log").open("ab"),
-                    stderr=subprocess.STDOUT,
-                )
+            children["mail-sink"] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "aiosmtpd",
+                    "-n",
+                    "-l",
+                    f"{HOST}:{MAIL_SINK_PORT}",
+                    "-c",
+                    "aiosmtpd.handlers.Mailbox",
+                    str(DATA / "mail"),
+                ],
+                stdout=(logs / "mail-sink.log").open("ab"),
+                stderr=subprocess.STDOUT,
             )
             print(f"system mail (invitations) goes to the development sink: Maildir {DATA / 'mail'}/new/", flush=True)
         for name, package, port in [*SERVICES, SEND_DELIVERY]:
             log = (logs / f"{name}.log").open("ab")
-            children.append(
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "--factory",
-                        f"{package}.main:create_app",
-                        "--host",
-                        HOST,
-                        "--port",
-                        str(port),
-                        "--loop",
-                        "uvloop",
-                        "--http",
-                        "httptools",
-                        "--no-access-log",
-                    ],
-                    env={**env, **PROCESS_ENV.get(name, {})},
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
+            children[name] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "--factory",
+                    f"{package}.main:create_app",
+                    "--host",
+                    HOST,
+                    "--port",
+                    str(port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                    "--no-access-log",
+                ],
+                env={**env, **PROCESS_ENV.get(name, {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
             )
         gateway = f"http://{HOST}:{PORT_BASE}"
         delivery = f"http://{HOST}:{SEND_DELIVERY[2]}"
@@ -190,8 +209,10 @@ Create a company:
 Ctrl-C stops everything.""",
             flush=True,
         )
-        while True:
-            time.sleep(3600)
+        replaceable = {n.strip() for n in os.environ.get("LEADLINE_RUN_REPLACEABLE", "").split(",") if n.strip()}
+        name, code = first_exit(children, replaceable)
+        print(f"{name} exited on its own (code {code}); see {logs}/{name}.log. Stopping the suite.", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
@@ -199,9 +220,10 @@ Ctrl-C stops everything.""",
         # a second interrupt must not cut the clean-up short and leave servers running
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in children:
-            child.terminate()
-        for child in children:
+        for child in children.values():
+            if child.poll() is None:
+                child.terminate()
+        for child in children.values():
             try:
                 child.wait(10)
             except subprocess.TimeoutExpired:

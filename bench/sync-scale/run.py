@@ -383,6 +383,8 @@ class Bench:
             "LEADLINE_MAIL_CAFILE": str(self.cafile),
             # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
             "LEADLINE_READY_SECONDS": "600",
+            # the bench stops the suite's sync replica and starts its own on the same port
+            "LEADLINE_RUN_REPLACEABLE": "sync",
         }
         log = (self.work / "run.log").open("wb")
         suite = subprocess.Popen(
@@ -638,8 +640,8 @@ class Bench:
         old = next(c for c in psutil.Process(suite.pid).children() if "leadline_sync.main" in " ".join(c.cmdline()))
         stopping = time.monotonic()
         old.terminate()
-        # not our child: deploy/run.py reaps it only when it stops itself, so the process that exited stays a
-        # zombie (which psutil's wait() waits out to its timeout: the "> 60 s" of an earlier run)
+        # not our child: deploy/run.py reaps it within a second (LEADLINE_RUN_REPLACEABLE), until then it is
+        # a zombie (which psutil's wait() would wait out to its timeout: the "> 60 s" of an earlier run)
         while not exited(old):
             if time.monotonic() - stopping > 600:
                 raise TimeoutError("the sync replica did not stop within 600 s of SIGTERM")
