@@ -143,6 +143,21 @@ async def live_sessions(session: aiohttp.ClientSession, ports: list[int]) -> int
     return int(total)
 
 
+async def start_stages(session: aiohttp.ClientSession, ports: list[int]) -> dict[str, float]:
+    """The replicas' ``leadline_sync_session_start_seconds_total`` by stage, and their session starts ("count")."""
+    stages: dict[str, float] = {}
+    for port in ports:
+        async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+            text = await response.text()
+        for line in text.splitlines():
+            if line.startswith("leadline_sync_session_start_seconds_total{"):
+                stage = line.split('stage="', 1)[1].split('"', 1)[0]
+                stages[stage] = stages.get(stage, 0.0) + float(line.rsplit(" ", 1)[1])
+            elif line.startswith("leadline_sync_session_starts_total "):
+                stages["count"] = stages.get("count", 0.0) + float(line.rsplit(" ", 1)[1])
+    return stages
+
+
 async def wait_until(what: str, check: Callable[[], Awaitable[bool]], timeout: float) -> float:
     started = time.monotonic()
     while not await check():
@@ -276,6 +291,7 @@ class Bench:
         self.synced: dict[str, float] = {}  # Message-ID -> when its mail.synced event arrived
         self.published: Counter[str] = Counter()  # Message-ID -> mail.synced events seen
         self.smtp_port = 0
+        self.progress = ""  # the takeover's, each second (takeover_trace)
         self.database_url = ""
         self.suite: subprocess.Popen[bytes] | None = None
         self.dovecot: DovecotServer | None = None
@@ -742,10 +758,24 @@ class Bench:
         victim = replicas[most]
         assert victim.process is not None
         orphans = await self.held_by(victim, users)
+        survivors = [p for i, p in enumerate(ports) if i != most]
+        starts_before = await start_stages(metrics, survivors)
+        processes = {
+            **{name: found for name, found in self.processes().items() if name != "sync"},
+            **{
+                f"replica-{i}": [psutil.Process(replica.process.pid)]
+                for i, replica in enumerate(replicas)
+                if i != most and replica.process is not None
+            },
+        }
+        monitor = Monitor(processes, [])  # (CPU only: the trace asks the survivors' /metrics every second)
+        await monitor.__aenter__()
         started = time.monotonic()
         victim.process.kill()
         victim.process.wait()
-        survivors = [p for i, p in enumerate(ports) if i != most]
+        takeover = asyncio.create_task(
+            self.takeover_trace(metrics, survivors, [replicas[i].env["LEADLINE_SYNC_REPLICA"] for i in range(r)], most)
+        )
         sample = random.Random(18).sample(orphans, min(20, len(orphans)))
         marks = {u["address"]: f"<takeover-{uuid.uuid4().hex}@bench.example>" for u in sample}
 
@@ -760,6 +790,9 @@ class Bench:
         await asyncio.gather(*(append(u) for u in sample))
         await wait_until("the killed replica's mailboxes live elsewhere", all_live(survivors), 600)
         took = time.monotonic() - started  # from the kill
+        await monitor.__aexit__(None, None, None)
+        takeover.cancel()
+        await asyncio.gather(takeover, return_exceptions=True)
         unsynced = await self.unsynced()
 
         async def arrived() -> bool:
@@ -779,6 +812,37 @@ class Bench:
             f"{len(sample)} messages appended meanwhile: mail.synced events per message {Counter(events)}, "
             f"timeline entries per message {Counter(shown)}"
         )
+        print(f"takeover: {self.progress}")
+        print(f"takeover: {monitor.report()}")
+        starts = {
+            stage: seconds - starts_before.get(stage, 0.0)
+            for stage, seconds in (await start_stages(metrics, survivors)).items()
+        }
+        count = starts.pop("count", 0.0)
+        print(
+            f"takeover: {count:.0f} sessions started on the survivors; mean seconds per stage from the claim to live: "
+            + ", ".join(f"{stage} {seconds / max(count, 1):.2f}" for stage, seconds in starts.items())
+        )
+
+    async def takeover_trace(
+        self, metrics: aiohttp.ClientSession, survivors: list[int], names: list[str], victim: int
+    ) -> None:
+        """Every second from the kill: the survivors' claims (their leases) and live sessions, as
+        ``self.progress``; the first claim of a killed replica's mailbox marks the lease's expiry."""
+        started = time.monotonic()
+        held = [n for i, n in enumerate(names) if i != victim]
+        conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
+        try:
+            while True:
+                leased = await conn.fetchval(
+                    "SELECT count(*) FROM sync.mailbox WHERE lease_owner = ANY($1::text[])", held
+                )
+                live = await live_sessions(metrics, survivors)
+                self.progress += f" {time.monotonic() - started:.0f}s {leased}/{live}"
+                await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
+        finally:
+            await conn.close()
+            self.progress = "leased/live on the survivors each second after the kill:" + self.progress
 
     async def unsynced(self) -> int:
         """Enabled mailboxes no replica holds live under a running lease."""

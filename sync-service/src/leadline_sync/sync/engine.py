@@ -131,6 +131,14 @@ STAGE_SECONDS = Counter(
     "Seconds spent in each stage of the scan's batches, summed (bench/sync prints them as its breakdown)",
     ["stage"],
 )
+START_SECONDS = Counter(
+    "leadline_sync_session_start_seconds_total",
+    "Seconds from a worker's start (its claim) or a reconnect until the mailbox is live, summed by stage: "
+    "row (reading the mailbox), login_queue (waiting at the login gate), login (connect, TLS, LOGIN), "
+    "setup (folders, status, cursors, NOTIFY); divided by leadline_sync_session_starts_total, a mean",
+    ["stage"],
+)
+SESSION_STARTS = Counter("leadline_sync_session_starts_total", "IMAP sessions that reached live (or a rotation pass)")
 DATABASE_RETRIES = Counter(
     "leadline_sync_database_retries_total",
     "Mailbox workers that met a transient database error and tried again after a pause",
@@ -233,6 +241,18 @@ def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """What the scheduler read for a mailbox in the transaction that claimed it, so that a mailbox taken
+    over (its history complete, live a moment ago elsewhere) goes online without a transaction of its own:
+    its row, its folder cursors, and whether ``lead_recheck`` rows wait for it.  Used by the first session
+    only; a reconnect or a retry reads them again."""
+
+    row: Row[Any]
+    cursors: Sequence[Row[Any]]
+    rechecks: bool
+
+
+@dataclass(frozen=True)
 class Selected:
     """A message of a batch that leaves the service, with the event that carries it."""
 
@@ -297,14 +317,15 @@ class ReadBatch:
 
 
 class _Laps:
-    """Adds the time since the last lap to a stage of ``STAGE_SECONDS``."""
+    """Adds the time since the last lap to a stage of ``counter``."""
 
-    def __init__(self) -> None:
+    def __init__(self, counter: Counter = STAGE_SECONDS) -> None:
+        self.counter = counter
         self.last = time.perf_counter()
 
     def lap(self, stage: str) -> None:
         now = time.perf_counter()
-        STAGE_SECONDS.labels(stage).inc(now - self.last)
+        self.counter.labels(stage).inc(now - self.last)
         self.last = now
 
 
@@ -339,9 +360,11 @@ class MailboxSync:
         busy: asyncio.Semaphore,
         db: Database,
         mode: SyncMode = SyncMode.LIVE,
+        claimed: Claimed | None = None,
     ) -> None:
         """``busy`` and ``db`` are shared by the replica's workers: scans at once, and their queued
-        database connections (the scheduler's)."""
+        database connections (the scheduler's); ``claimed``: what the claim read (its first session needs
+        no transaction before it is live)."""
         self.context = context
         self.settings = context.settings
         self.mailbox_id = mailbox_id
@@ -363,6 +386,8 @@ class MailboxSync:
         self.synced_unwritten: datetime | None = None
         self.message_keys = audit.MessageKeys(self.settings.credential_keys())
         self.windows: dict[str, int] = {}  # history windows examined per folder in this worker
+        self.laps: _Laps | None = None  # the stages of a session's start (START_SECONDS), until it is live
+        self.claimed = claimed
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -397,8 +422,13 @@ class MailboxSync:
                 await asyncio.sleep(delay)
 
     async def _sync(self) -> None:
-        async with self.db.session() as session:
-            self.row = await service.mailbox_by_id(session, self.mailbox_id)
+        laps = self.laps = _Laps(START_SECONDS)
+        if self.claimed is not None:
+            self.row = self.claimed.row
+        else:
+            async with self.db.session() as session:
+                self.row = await service.mailbox_by_id(session, self.mailbox_id)
+        laps.lap("row")
         row = self.row
         if row is None or row.status not in SYNCED or row.credential_ciphertext is None:
             return
@@ -463,9 +493,13 @@ class MailboxSync:
 
         A rotation pass (``mode`` rotating) syncs both folders once and returns.
         """
-        client = await self._connect(login)
+        laps = self.laps or _Laps(START_SECONDS)  # (a reconnect starts its own)
+        self.laps = None
+        claimed, self.claimed = self.claimed, None
+        client = await self._connect(login, laps)
         self.context.logins.succeeded(_host(login))
-        self.rechecks_due = True
+        # (rows that come after the claim's look are marked by the scheduler's next pass)
+        self.rechecks_due = claimed.rechecks if claimed is not None else True
         loop = asyncio.get_running_loop()
         started = loop.time()
         push: str | None = None
@@ -473,8 +507,8 @@ class MailboxSync:
             folders = await client.find_sync_folders()
             if self.row is not None and (self.row.status != MailboxStatus.ENABLED or self.row.failures):
                 self.audit_due = True  # a reconnect after an outage: audit (also once a day, and after the history)
-            await self._connected()
-            await self._load_cursors()
+            await self._connected(fresh=claimed is not None)
+            await self._load_cursors(claimed.cursors if claimed is not None else None)
             if not self.history_done:
                 await self._await_directory()
             # Sent first, INBOX last: INBOX stays selected for IDLE.  While the history lasts INBOX's window
@@ -486,6 +520,8 @@ class MailboxSync:
             if self.mode == SyncMode.LIVE:
                 push = "notify" if watch.pushed else "idle" if watch.idle else "poll"
                 LIVE.labels(push).inc()
+            laps.lap("setup")
+            SESSION_STARTS.inc()
             while True:
                 await self._recheck_late_leads(client, order)
                 news = client.take_news()
@@ -517,11 +553,14 @@ class MailboxSync:
                 async with asyncio.timeout(3):
                     await client.logout()
 
-    async def _connect(self, login: ServerLogin) -> ImapClient:
+    async def _connect(self, login: ServerLogin, laps: _Laps) -> ImapClient:
         signed_in = await self._signed_in(login)
         try:
             async with self.context.logins.slot(_host(login)):
-                return await connect_imap(imap_settings(signed_in, self.settings))
+                laps.lap("login_queue")
+                client = await connect_imap(imap_settings(signed_in, self.settings))
+                laps.lap("login")
+                return client
         except MailConnectionError as error:
             if error.kind != ErrorKind.OAUTH_REFUSED or signed_in.access_token is None:
                 raise
@@ -552,17 +591,24 @@ class MailboxSync:
 
     # -- status ----------------------------------------------------------------------------
 
-    async def _connected(self) -> None:
+    async def _connected(self, *, fresh: bool = False) -> None:
+        """The mailbox is ``enabled`` with no reason or failure shown, once a session is up.  ``fresh``:
+        ``self.row`` was read by the claim a moment ago; a row that shows that already needs no transaction
+        (a later change, a disable, fails the next fence or the scheduler's renewal stops the worker)."""
+        row = self.row
+        if fresh and row is not None and not self._needs_enabling(row):
+            return
         now = self.context.clock()
         async with self.db.session() as session:
             row = await self._fence(session)
-            if (
-                row.status != MailboxStatus.ENABLED
-                or row.status_reason
-                or row.failures
-                or row.failing_since is not None
-            ):
+            if self._needs_enabling(row):
                 await service.transition(session, row, MailboxStatus.ENABLED, "", now)
+
+    @staticmethod
+    def _needs_enabling(row: Row[Any]) -> bool:
+        return bool(
+            row.status != MailboxStatus.ENABLED or row.status_reason or row.failures or row.failing_since is not None
+        )
 
     async def _failed(self, error: MailConnectionError, kind: ErrorKind | None = None) -> None:
         kind = kind or error.kind
@@ -844,11 +890,13 @@ class MailboxSync:
 
     # -- cursors ---------------------------------------------------------------------------
 
-    async def _load_cursors(self) -> None:
-        async with self.db.session() as session:
-            rows = (
-                await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))
-            ).all()
+    async def _load_cursors(self, rows: Sequence[Row[Any]] | None = None) -> None:
+        """The stored cursors (``rows``: as the claim read them)."""
+        if rows is None:
+            async with self.db.session() as session:
+                rows = (
+                    await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))
+                ).all()
         self.cursors = {
             r.folder: FolderCursor(
                 r.folder,

@@ -16,7 +16,14 @@ Each replica runs one scheduler.  It
    mailbox's passes ask nothing of the database), and claims due mailboxes
    that nobody holds, or whose holder's lease expired (a dead replica), with
    ``FOR UPDATE SKIP LOCKED`` so that two replicas never claim the same row,
-   oldest last sync first:
+   oldest last sync first.  The claiming transaction also reads what the
+   workers' first sessions need (the rows, the folder cursors, whether
+   ``lead_recheck`` rows wait): a mailbox taken over from a dead replica,
+   its history complete, then goes live with no transaction of its own
+   (thousands of them queued for the workers' few connections made a
+   takeover last many seconds after the last login).  With room left, the
+   next pass comes as soon as another replica's lease expires, not at the
+   next interval:
 
    - ``live`` workers, up to the replica's capacity less its rotation slots
      (:mod:`.capacity`): one connection each, held, waiting in IDLE; a live
@@ -52,19 +59,20 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import Row, bindparam, func, or_, select, update
 
 from leadline_kit.db import Database
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
 from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
-from leadline_sync.models import lead_recheck, mailbox
+from leadline_sync.models import folder_cursor, lead_recheck, mailbox
 from leadline_sync.sync.capacity import Capacity
-from leadline_sync.sync.engine import MailboxSync
+from leadline_sync.sync.engine import Claimed, MailboxSync
 from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 
 log = logging.getLogger("leadline.sync.scheduler")
 
+EXPIRY_FLOOR = 0.1  # seconds between passes at least, when they follow the expiry of other replicas' leases
 STOP_SECONDS = 5.0  # a shutdown waits this long at most for the workers (their logouts take 3 s at most)
 
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
@@ -88,6 +96,7 @@ class SyncScheduler:
         self.syncs: dict[uuid.UUID, MailboxSync] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
+        self._next_expiry: float | None = None  # seconds until another replica's lease on a due mailbox expires
         self._task: asyncio.Task[Any] | None = None  # the one running run()
         # the workers' transactions queue for a few connections of their own, apart from the API's pool:
         # thousands of workers never need thousands of connections, nor time out waiting for one
@@ -142,8 +151,10 @@ class SyncScheduler:
                     raise
                 except Exception:
                     log.exception("scheduler pass failed")
+                # the next pass at the interval, or as soon as a lease another replica let lapse expires
+                wait = interval if self._next_expiry is None else max(EXPIRY_FLOOR, min(interval, self._next_expiry))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.context.wake.wait(), self.settings.sync_schedule_interval)
+                    await asyncio.wait_for(self.context.wake.wait(), wait)
         finally:
             renewals.cancel()
             slots.cancel()
@@ -269,12 +280,33 @@ class SyncScheduler:
 
     async def _claim(self) -> None:
         live = len(self.held(SyncMode.LIVE))
-        await self._claim_for(SyncMode.LIVE, self.capacity.live - live)
+        free = self.capacity.live - live
+        claimed = await self._claim_for(SyncMode.LIVE, free)
+        # room left: look again the moment a lease of another replica expires (it may have died), not at
+        # the next interval
+        self._next_expiry = await self._next_foreign_expiry() if claimed < free else None
         await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - (len(self.workers) - live))
 
-    async def _claim_for(self, mode: SyncMode, free: int) -> None:
+    async def _next_foreign_expiry(self) -> float | None:
+        """Seconds until the first lease another replica holds on a mailbox to sync expires."""
+        async with self.context.db.session() as session:
+            seconds = (
+                await session.execute(
+                    # unscoped: the scheduler looks at every company's leases
+                    select(func.extract("epoch", func.min(mailbox.c.lease_expires_at) - func.now())).where(
+                        mailbox.c.status.in_(SYNCED),
+                        mailbox.c.slot == Slot.GRANTED,
+                        mailbox.c.lease_owner != self.replica,
+                        mailbox.c.lease_expires_at >= func.now(),
+                    )
+                )
+            ).scalar_one()
+        return None if seconds is None else float(seconds)
+
+    async def _claim_for(self, mode: SyncMode, free: int) -> int:
+        """Claim up to ``free`` due mailboxes and start their workers; how many."""
         if free <= 0:
-            return
+            return 0
         now = self.context.clock()
         due = (
             # unscoped: the scheduler picks due mailboxes of every company
@@ -296,28 +328,42 @@ class SyncScheduler:
         if self.workers:
             due = due.where(mailbox.c.id.not_in(list(self.workers)))
         async with self.context.db.session() as session:
-            claimed = list(
-                (
-                    await session.execute(
-                        # unscoped: the scheduler claims due mailboxes of every company
-                        update(mailbox)
-                        .where(mailbox.c.id.in_(due.scalar_subquery()))
-                        .values(
-                            lease_owner=self.replica,
-                            lease_expires_at=func.now() + self._lease_interval(),
-                            sync_mode=mode,
-                        )
-                        .returning(mailbox.c.id)
+            rows = (
+                await session.execute(
+                    # unscoped: the scheduler claims due mailboxes of every company
+                    update(mailbox)
+                    .where(mailbox.c.id.in_(due.scalar_subquery()))
+                    .values(
+                        lease_owner=self.replica,
+                        lease_expires_at=func.now() + self._lease_interval(),
+                        sync_mode=mode,
                     )
-                ).scalars()
-            )
-        for mailbox_id in claimed:
-            worker = MailboxSync(self.context, mailbox_id, self.busy, self.db, mode)
-            self.workers[mailbox_id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{mailbox_id}")
-            self.modes[mailbox_id] = mode
-            self.syncs[mailbox_id] = worker
-        if claimed and mode == SyncMode.LIVE:
-            log.info("replica %s claimed %d mailbox(es)", self.replica, len(claimed))
+                    .returning(*mailbox.c)
+                )
+            ).all()
+            # what each worker's first session would read in transactions of its own, for all at once
+            ids = [row.id for row in rows]
+            cursors: dict[uuid.UUID, list[Row[Any]]] = {mailbox_id: [] for mailbox_id in ids}
+            rechecks: set[uuid.UUID] = set()
+            if ids:
+                for cursor in await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id.in_(ids))):
+                    cursors[cursor.mailbox_id].append(cursor)
+                rechecks = set(
+                    (
+                        await session.execute(
+                            select(lead_recheck.c.mailbox_id).where(lead_recheck.c.mailbox_id.in_(ids)).distinct()
+                        )
+                    ).scalars()
+                )
+        for row in rows:
+            claimed = Claimed(row, cursors[row.id], row.id in rechecks)
+            worker = MailboxSync(self.context, row.id, self.busy, self.db, mode, claimed)
+            self.workers[row.id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{row.id}")
+            self.modes[row.id] = mode
+            self.syncs[row.id] = worker
+        if rows and mode == SyncMode.LIVE:
+            log.info("replica %s claimed %d mailbox(es)", self.replica, len(rows))
+        return len(rows)
 
     async def stop(self) -> None:
         """A clean shutdown (SIGTERM): the workers stopped, their leases given back so that another replica
