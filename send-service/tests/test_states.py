@@ -8,7 +8,7 @@ from leadline_send.delivery.outcome import Outcome
 from leadline_send.states import MESSAGE_MOVES, ForbiddenMove, MessageState, Reason, move
 
 S = MessageState
-DIAGRAM = {  # delivery.queue's diagram, edge by edge
+DIAGRAM = {  # delivery.repository's diagram, edge by edge
     (S.QUEUED, S.SENDING),
     (S.DEFERRED, S.SENDING),
     (S.SENDING, S.SENT),

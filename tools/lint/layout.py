@@ -21,11 +21,6 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 NOT_YET: dict[str, str] = {
     "gateway/src/leadline_gateway/auth.py": "the API-key lookup of every request, plain SQL (hot path)",
     "send-service/src/leadline_send/consumers.py": "event handlers with their statements",
-    "send-service/src/leadline_send/delivery/accounts.py": "the delivery hot path (issue 21)",
-    "send-service/src/leadline_send/delivery/queue.py": "the delivery hot path: claim, record, settle (issue 21)",
-    "send-service/src/leadline_send/delivery/recovery.py": "the delivery recovery pass (issue 21)",
-    "send-service/src/leadline_send/delivery/sent_copy.py": "the Sent copy's note (issue 21)",
-    "send-service/src/leadline_send/delivery/worker.py": "the delivery hot path: the unsubscribe check (issue 21)",
     "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (issue 25)",
     "sync-service/src/leadline_sync/mailbox/consumers.py": "event handlers with their statements",
     "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes",

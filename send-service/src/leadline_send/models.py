@@ -1,7 +1,7 @@
 """The send schema: outgoing messages and their attempts, company SMTP accounts, the lead copy.
 
 ``outgoing_message.state`` follows the delivery state machine documented in
-:mod:`leadline_send.delivery.queue`.  Exactly-once effects rest on unique
+:mod:`leadline_send.delivery.repository`.  Exactly-once effects rest on unique
 constraints (R26): one message per (company, sender, idempotency key), one
 attempt per (message, number), one unsubscribe per (company, address).
 """

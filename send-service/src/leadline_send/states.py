@@ -1,6 +1,6 @@
 """The send service's state machines in code: a message's state and its attempt's phase.
 
-The diagram of ``outgoing_message.state`` is in :mod:`leadline_send.delivery.queue`; :data:`MESSAGE_MOVES`
+The diagram of ``outgoing_message.state`` is in :mod:`leadline_send.delivery.repository`; :data:`MESSAGE_MOVES`
 is that diagram as a table, and :func:`move` refuses what it does not allow.  The SQL that changes a
 state names its states through these enums (``sql``), so the models' CHECK constraints, the API's
 schema and the queue's statements cannot disagree on a spelling.

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client
-from sqlalchemy import func, select, update
 
 from leadline_kit import rpc
 from leadline_kit.sealing import CredentialError
@@ -27,11 +26,11 @@ from leadline_mail.net import TlsMode
 from leadline_proto.events import MailboxStatus
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest, QuotaReserveRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
+from leadline_send.accounts import repository as accounts_repository
 from leadline_send.credentials import CredentialKeys
 from leadline_send.database import Executor
 from leadline_send.delivery.smtp import SmtpEndpoint
 from leadline_send.messages.composition import Sender
-from leadline_send.models import smtp_account
 
 UNDECRYPTABLE_FIX = (
     "the stored password of this SMTP account cannot be decrypted (its encryption key is no longer configured, "
@@ -205,20 +204,8 @@ async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[
         except CredentialError:
             unreadable.append(row.id)
     if unreadable:
-        await mark_unreadable(session, unreadable)
+        await accounts_repository.mark_unreadable(session, unreadable, UNDECRYPTABLE_FIX)
     return accounts
-
-
-async def mark_unreadable(session: Executor, account_ids: list[uuid.UUID]) -> None:
-    await session.execute(
-        # unscoped: by the ids of account rows its caller read scoped
-        update(smtp_account)
-        .where(smtp_account.c.id.in_(account_ids), smtp_account.c.error.is_(None))
-        .values(error=UNDECRYPTABLE_FIX, error_at=func.now())
-    )
-
-
-SENDING = (smtp_account.c.active.is_(True), smtp_account.c.confirmed_at.is_not(None), smtp_account.c.error.is_(None))
 
 
 @dataclass(frozen=True)
@@ -232,14 +219,8 @@ class Route:
 async def company_accounts(
     session: Executor, keys: CredentialKeys, company_id: uuid.UUID, account_type: str
 ) -> list[SendingAccount]:
-    rows = (
-        await session.execute(
-            select(smtp_account)
-            .where(smtp_account.c.company_id == company_id, smtp_account.c.type == account_type, *SENDING)
-            .order_by(smtp_account.c.display_order, smtp_account.c.created_at)
-        )
-    ).all()
-    return await readable_accounts(session, keys, list(rows))
+    rows = await accounts_repository.sending_accounts(session, company_id, account_type)
+    return await readable_accounts(session, keys, rows)
 
 
 async def route_for(
@@ -278,13 +259,7 @@ async def account_for_key(
         if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != MailboxStatus.ENABLED:
             return None
         return mailbox_account(mailbox)
-    row = (
-        await session.execute(
-            select(smtp_account).where(
-                smtp_account.c.id == uuid.UUID(ident), smtp_account.c.company_id == company_id, *SENDING
-            )
-        )
-    ).first()
+    row = await accounts_repository.sending_account(session, company_id, uuid.UUID(ident))
     found = await readable_accounts(session, keys, [row]) if row else []
     return found[0] if found else None
 

@@ -1,6 +1,6 @@
 """Recovery of what dead delivery processes left: their ``sending`` messages and their quota holds.
 
-A process holds a PostgreSQL advisory lock for its life (delivery.queue); when the lock is free, its
+A process holds a PostgreSQL advisory lock for its life (delivery.repository); when the lock is free, its
 ``sending`` rows are decided by their attempt's phase (``connecting``: queued again; ``data``:
 ``unknown``, R21) and its quota holds are settled with what reached the server under each.  Runs at
 start (before any claim) and every ``recovery_interval_seconds``, also measuring the queue's depth.
@@ -13,13 +13,11 @@ import logging
 from collections.abc import Callable
 
 import asyncpg
-from sqlalchemy import func, select
 
 from leadline_kit.db import Database, asyncpg_dsn
-from leadline_send.delivery import queue
+from leadline_send.delivery import repository
 from leadline_send.delivery.reservations import QuotaReservations
 from leadline_send.metrics import QUEUE_DEPTH
-from leadline_send.models import outgoing_message
 from leadline_send.states import OPEN, MessageState
 
 log = logging.getLogger("leadline.send.delivery")
@@ -29,7 +27,7 @@ class Recovery:
     def __init__(
         self,
         db: Database,
-        connection: queue.Connection,
+        connection: repository.Connection,
         instance_key: int,
         reservations: QuotaReservations,
         notify: Callable[[int], None],
@@ -49,11 +47,11 @@ class Recovery:
         probe = await asyncpg.connect(asyncpg_dsn(self.db.url))
         try:
             async with self.db.session() as session:
-                recovered = await queue.recover_abandoned(session, probe)
+                recovered = await repository.recover_abandoned(session, probe)
             # the dead processes' quota reservations: what reached the server under each is counted,
             # the rest given back (once their messages above are decided: the next pass if not yet)
             async with self._connection() as conn:
-                holds = await queue.abandoned_holds(conn, probe, self.instance_key)
+                holds = await repository.abandoned_holds(conn, probe, self.instance_key)
         finally:
             await probe.close()
         self.reservations.settle_abandoned(holds)
@@ -79,15 +77,6 @@ class Recovery:
 
     async def _measure_queue(self) -> None:
         async with self.db.session() as session:
-            counts: dict[str, int] = dict(
-                (
-                    await session.execute(
-                        # unscoped: operators' queue-depth metric over every company
-                        select(outgoing_message.c.state, func.count())
-                        .where(outgoing_message.c.state.in_(OPEN))
-                        .group_by(outgoing_message.c.state)
-                    )
-                ).all()
-            )
+            counts = await repository.open_counts(session)
         for state in OPEN:
             QUEUE_DEPTH.labels(state).set(counts.get(state, 0))

@@ -28,7 +28,7 @@ from datetime import datetime
 
 from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest
 from leadline_send.config import Settings
-from leadline_send.delivery import queue
+from leadline_send.delivery import repository
 from leadline_send.delivery.accounts import Route, SendingAccount
 from leadline_send.delivery.outcome import Backoff, Outcome
 from leadline_send.delivery.quota import QuotaClient, QuotaUnavailable, Settled
@@ -36,17 +36,17 @@ from leadline_send.states import REACHED_SERVER, MessageState, Reason
 
 log = logging.getLogger("leadline.send.delivery")
 
-DB_ERRORS = queue.DB_ERRORS
+DB_ERRORS = repository.DB_ERRORS
 
 AccountKey = tuple[uuid.UUID, uuid.UUID, str]  # company, sender, account key
 
 
-def account_of(message: queue.Claimed) -> AccountKey:
+def account_of(message: repository.Claimed) -> AccountKey:
     return message.company_id, message.user_id, message.account_key
 
 
-def by_account(batch: list[queue.Claimed]) -> list[list[queue.Claimed]]:
-    groups: dict[AccountKey, list[queue.Claimed]] = {}
+def by_account(batch: list[repository.Claimed]) -> list[list[repository.Claimed]]:
+    groups: dict[AccountKey, list[repository.Claimed]] = {}
     for message in batch:
         groups.setdefault(account_of(message), []).append(message)
     return list(groups.values())
@@ -80,7 +80,7 @@ class QuotaLease:
     def company_id(self) -> uuid.UUID:
         return self.group[0]
 
-    def covers(self, messages: list[queue.Claimed]) -> bool:
+    def covers(self, messages: list[repository.Claimed]) -> bool:
         return (
             account_of(messages[0]) == self.group
             and time.monotonic() < self.expires
@@ -91,7 +91,7 @@ class QuotaLease:
             )
         )
 
-    def take(self, messages: list[queue.Claimed]) -> None:
+    def take(self, messages: list[repository.Claimed]) -> None:
         self.taken_messages += len(messages)
         self.taken_recipients += sum(len(m.recipients) for m in messages)
         self.in_hand += len(messages)
@@ -100,7 +100,7 @@ class QuotaLease:
     def exhausted(self) -> bool:
         return self.taken_messages >= self.messages or time.monotonic() >= self.expires
 
-    def done(self, message: queue.Claimed, reached_server: bool) -> None:
+    def done(self, message: repository.Claimed, reached_server: bool) -> None:
         """One taken message is settled (or given back): counted if it reached the server, or may have."""
         self.in_hand -= 1
         if reached_server:
@@ -113,13 +113,13 @@ class Reserved:
     """A message's own reservation (no lease covered it), on its account or the next of its type."""
 
     account: SendingAccount
-    message: queue.Claimed  # rebuilt for the account rotation picked
+    message: repository.Claimed  # rebuilt for the account rotation picked
     reservation_id: uuid.UUID | None
 
 
 # rotation (R15): the accounts a message may go out through now, and the message rebuilt for another one
-Rotation = Callable[[queue.Claimed], Awaitable[Route]]
-Switch = Callable[[queue.Claimed, SendingAccount], Awaitable[queue.Claimed]]
+Rotation = Callable[[repository.Claimed], Awaitable[Route]]
+Switch = Callable[[repository.Claimed, SendingAccount], Awaitable[repository.Claimed]]
 
 
 class QuotaReservations:
@@ -130,7 +130,7 @@ class QuotaReservations:
         quota: QuotaClient,
         settings: Settings,
         instance_key: int,
-        connection: queue.Connection,
+        connection: repository.Connection,
         backoff: Backoff,
     ) -> None:
         self.quota = quota
@@ -144,7 +144,7 @@ class QuotaReservations:
 
     # --- leases -------------------------------------------------------------------------------
 
-    async def lease(self, group: list[queue.Claimed], account: SendingAccount | None) -> QuotaLease | None:
+    async def lease(self, group: list[repository.Claimed], account: SendingAccount | None) -> QuotaLease | None:
         """The account's lease, named on ``group``'s rows, or a new one; None: reserve one by one."""
         self.end_idle()  # another account's expired lease is settled now, not when the queue next runs empty
         if account is None:
@@ -162,7 +162,7 @@ class QuotaReservations:
                 self._leases[key] = lease
             return lease
 
-    def release(self, lease: QuotaLease, message: queue.Claimed, reached_server: bool) -> None:
+    def release(self, lease: QuotaLease, message: repository.Claimed, reached_server: bool) -> None:
         """A message taken under ``lease`` is done; the lease is settled once it is retired and empty."""
         lease.done(message, reached_server)
         if lease.exhausted:
@@ -188,7 +188,7 @@ class QuotaReservations:
             self._retired.discard(lease)
             self.end(lease)
 
-    async def _new_lease(self, group: list[queue.Claimed], account: SendingAccount) -> QuotaLease | None:
+    async def _new_lease(self, group: list[repository.Claimed], account: SendingAccount) -> QuotaLease | None:
         first = group[0]
         largest = max(len(m.recipients) for m in group)
         extra = max(0, self.settings.quota_lease_messages - len(group))  # room for the account's next claims
@@ -221,13 +221,13 @@ class QuotaReservations:
         )
         return await self._named(lease, group)
 
-    async def _named(self, lease: QuotaLease, group: list[queue.Claimed]) -> QuotaLease | None:
+    async def _named(self, lease: QuotaLease, group: list[repository.Claimed]) -> QuotaLease | None:
         """The lease, taking ``group`` and named on its rows (for recovery, should this process die);
         None if the rows could not be named (the messages then reserve one by one)."""
         lease.take(group)  # before the write: a lease with messages in hand is not settled meanwhile
         try:
             async with self._connection() as conn:
-                await queue.hold_reservation(conn, group, self.instance_key, lease.reservation_id)
+                await repository.hold_reservation(conn, group, self.instance_key, lease.reservation_id)
         except DB_ERRORS:
             log.exception("could not record reservation %s; reserving one by one", lease.reservation_id)
             for message in group:
@@ -251,7 +251,7 @@ class QuotaReservations:
     # --- one message's own reservation ---------------------------------------------------------
 
     async def reserve(
-        self, message: queue.Claimed, account: SendingAccount | None, rotation: Rotation, switch: Switch
+        self, message: repository.Claimed, account: SendingAccount | None, rotation: Rotation, switch: Switch
     ) -> Reserved | Outcome:
         """A granted reservation on the message's account, or on the next of its type (R15), or why not."""
         earliest: datetime | None = None
@@ -301,7 +301,7 @@ class QuotaReservations:
             retry_at=earliest,
         )
 
-    def settle_own(self, message: queue.Claimed, reservation_id: uuid.UUID, state: MessageState) -> None:
+    def settle_own(self, message: repository.Claimed, reservation_id: uuid.UUID, state: MessageState) -> None:
         """A message's own reservation once it is settled: counted if it reached the server, else freed."""
         end = self.quota.commit if state in REACHED_SERVER else self.quota.release
         end(message.company_id, reservation_id, then=self._forget(reservation_id))
@@ -311,7 +311,7 @@ class QuotaReservations:
     async def _reserve_recorded(self, ask: QuotaReserveRequest) -> QuotaReserveReply:
         """Reserve under an id recorded as this process's hold first; a refusal (or no answer) forgets it."""
         async with self._connection() as conn:
-            reservation_id = await queue.hold_quota(conn, ask.company_id, self.instance_key)
+            reservation_id = await repository.hold_quota(conn, ask.company_id, self.instance_key)
         try:
             reply = await self.quota.reserve(ask.model_copy(update={"reservation_id": reservation_id}))
         except QuotaUnavailable:
@@ -327,11 +327,11 @@ class QuotaReservations:
 
         async def forget() -> None:
             async with self._connection() as conn:
-                await queue.forget_quota(conn, reservation_id)
+                await repository.forget_quota(conn, reservation_id)
 
         return forget
 
-    def settle_abandoned(self, holds: list[queue.AbandonedHold]) -> None:
+    def settle_abandoned(self, holds: list[repository.AbandonedHold]) -> None:
         """The dead processes' reservations: what reached the server under each is counted, the rest freed."""
         for hold in holds:
             self._settle_used(hold.company_id, hold.reservation_id, hold.messages, hold.recipients)

@@ -27,15 +27,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from prometheus_client import Counter
-from sqlalchemy import update
 
 from leadline_kit.db import Database
 from leadline_mail.imap import ImapClient, ImapSettings, connect_imap
 from leadline_mail.net import MailConnectionError
+from leadline_send.delivery import repository
 from leadline_send.delivery.accounts import SentFolder
 from leadline_send.delivery.smtp import SmtpPolicy
 from leadline_send.metrics import timed
-from leadline_send.models import outgoing_message
 
 log = logging.getLogger("leadline.send.sent-copy")
 
@@ -157,12 +156,7 @@ class SentCopies:
         try:
             with timed("sent-copy-note"):
                 async with self.db.session() as session:
-                    await session.execute(
-                        # unscoped: by the ids of messages this worker sent
-                        update(outgoing_message)
-                        .where(outgoing_message.c.id.in_([message_id for message_id, _, _ in batch]))
-                        .values(sent_copy=note)
-                    )
+                    await repository.note_sent_copy(session, [message_id for message_id, _, _ in batch], note)
         except Exception:
             log.exception("recording the Sent copy of %d message(s) failed", len(batch))
         return client

@@ -9,7 +9,7 @@ CPU than SMTP itself.
 
 A worker's answer is not settled at once: under a lease (the usual case) its settle is written in
 one durable statement with the next message's record, while the worker speaks that message's
-envelope (queue.SETTLE_SENT_THEN_RECORD); otherwise, and when no message follows, it is written
+envelope (repository.SETTLE_SENT_THEN_RECORD); otherwise, and when no message follows, it is written
 alone.  A worker so has at most one message recorded and not settled, and neither round trip adds to
 a message's time unless it outlasts the envelope and the body.  The price: a process killed before a
 message's end of data leaves it ``unknown`` although the server dropped it (it was recorded, R21
@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 
 from leadline_proto.events import Attachment, MailSentPayload, MailSentV1
 from leadline_send.config import Settings
-from leadline_send.delivery import queue
+from leadline_send.delivery import repository
 from leadline_send.delivery.accounts import SendingAccount
 from leadline_send.delivery.outcome import Backoff, Outcome
 from leadline_send.delivery.reservations import QuotaReservations
@@ -45,7 +45,7 @@ log = logging.getLogger("leadline.send.delivery")
 class Answer:
     """A message the server answered (or did not), its settle not yet written."""
 
-    settlement: queue.Settlement
+    settlement: repository.Settlement
     account: SendingAccount | None
     own_reservation: uuid.UUID | None  # not under a lease: committed or given back after the settle
 
@@ -57,8 +57,8 @@ class Settling:
         self,
         settings: Settings,
         instance_key: int,
-        durable: queue.Connection,
-        connection: queue.Connection,
+        durable: repository.Connection,
+        connection: repository.Connection,
         reservations: QuotaReservations,
         sent_copies: SentCopies,
         wake_relay: Callable[[], None],
@@ -77,7 +77,7 @@ class Settling:
     async def answered(
         self,
         worker: int,
-        message: queue.Claimed,
+        message: repository.Claimed,
         account: SendingAccount,
         outcome: Outcome,
         own_reservation: uuid.UUID | None,
@@ -87,7 +87,9 @@ class Settling:
         await self.settle_pending(worker)
         self._unsettled[worker] = Answer(self.settlement(message, account, outcome), account, own_reservation)
 
-    async def record(self, worker: int, message: queue.Claimed, reservation: uuid.UUID | None, *, leased: bool) -> bool:
+    async def record(
+        self, worker: int, message: repository.Claimed, reservation: uuid.UUID | None, *, leased: bool
+    ) -> bool:
         """The record before the end of data, in one statement with the settle of the worker's last answer
         when the message is under a lease (the usual case), else after that settle.  False: the message
         is no longer this worker's (its end of data must not be sent)."""
@@ -96,10 +98,14 @@ class Settling:
             await self.settle_pending(worker)
             async with self._durable() as conn:
                 with timed("record"):
-                    return await queue.record_data_started(conn, message, self.instance_key, reservation, leased=leased)
+                    return await repository.record_data_started(
+                        conn, message, self.instance_key, reservation, leased=leased
+                    )
         async with self._durable() as conn:  # if it fails neither was written: the answer stays
             with timed("settle-then-record"):
-                ours = await queue.settle_then_record(conn, answer.settlement, message, self.instance_key, reservation)
+                ours = await repository.settle_then_record(
+                    conn, answer.settlement, message, self.instance_key, reservation
+                )
         del self._unsettled[worker]
         await self._after_settle(answer)
         return ours
@@ -114,8 +120,8 @@ class Settling:
         try:
             async with self._connection() as conn:
                 with timed("settle"):
-                    await queue.settle(conn, answer.settlement)
-        except queue.DB_ERRORS:
+                    await repository.settle(conn, answer.settlement)
+        except repository.DB_ERRORS:
             log.exception("settling %s failed", answer.settlement.message.id)
             await self.after_crash(answer.settlement.message)
         await self._after_settle(answer)
@@ -132,7 +138,9 @@ class Settling:
         if answer.account.sent_folder is not None:
             await self.sent_copies.add(answer.account.sent_folder, message.id, message.raw, message.created_at)
 
-    def settlement(self, message: queue.Claimed, account: SendingAccount | None, outcome: Outcome) -> queue.Settlement:
+    def settlement(
+        self, message: repository.Claimed, account: SendingAccount | None, outcome: Outcome
+    ) -> repository.Settlement:
         if outcome.state == MessageState.DEFERRED and message.attempt >= self.settings.max_attempts:
             outcome = Outcome(
                 MessageState.FAILED,
@@ -144,41 +152,41 @@ class Settling:
             RETRIES.labels(outcome.reason).inc()
         OUTCOMES.labels(outcome.reason).inc()
         event = sent_event(message, account) if outcome.state == MessageState.SENT and account is not None else None
-        return queue.Settlement(message, outcome, event)
+        return repository.Settlement(message, outcome, event)
 
-    async def finish(self, message: queue.Claimed, outcome: Outcome) -> None:
+    async def finish(self, message: repository.Claimed, outcome: Outcome) -> None:
         """Settle a message that never reached the server."""
         async with self._connection() as conn:
-            await queue.settle(conn, self.settlement(message, None, outcome))
+            await repository.settle(conn, self.settlement(message, None, outcome))
 
-    async def after_crash(self, message: queue.Claimed) -> bool:
+    async def after_crash(self, message: repository.Claimed) -> bool:
         """A bug, not an SMTP answer: treat it like a killed process would be treated.  Whether the
         message may have reached the server (it was recorded before its end of data)."""
         try:
             async with self._connection() as conn:
-                if await queue.current_phase(conn, message) == AttemptPhase.DATA:
+                if await repository.current_phase(conn, message) == AttemptPhase.DATA:
                     outcome = Outcome(
                         MessageState.UNKNOWN,
                         Reason.INTERRUPTED,
                         error="an internal error happened once the message was recorded as going out",
                     )
-                    await queue.settle(conn, queue.Settlement(message, outcome))
+                    await repository.settle(conn, repository.Settlement(message, outcome))
                     return True
                 outcome = self.backoff.deferred(
                     Reason.INTERRUPTED,
                     message.attempt,
                     "an internal error happened before the message went out; will retry",
                 )
-                await queue.settle(conn, queue.Settlement(message, outcome))
+                await repository.settle(conn, repository.Settlement(message, outcome))
                 return False
-        except queue.DB_ERRORS:
+        except repository.DB_ERRORS:
             # the database is away: the row stays "sending" under this process's lock
             # and the next process (or recovery after a restart) settles it by phase
             log.exception("could not settle %s", message.id)
             return False
 
 
-def sent_event(message: queue.Claimed, account: SendingAccount) -> MailSentV1:
+def sent_event(message: repository.Claimed, account: SendingAccount) -> MailSentV1:
     draft = Draft.from_json(message.draft)
     return MailSentV1(
         company_id=message.company_id,

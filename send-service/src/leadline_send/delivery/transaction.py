@@ -22,7 +22,7 @@ import aiosmtplib
 
 from leadline_mail.net import MailConnectionError
 from leadline_send.config import Settings
-from leadline_send.delivery import queue
+from leadline_send.delivery import repository
 from leadline_send.delivery.accounts import SendingAccount
 from leadline_send.delivery.outcome import Backoff, Outcome, sent, unknown
 from leadline_send.delivery.smtp import Envelope, SmtpChannel, SmtpPolicy, open_channel
@@ -75,7 +75,7 @@ class SmtpTransactions:
         self.backoff = backoff
 
     async def send(
-        self, session: SmtpSession | None, message: queue.Claimed, account: SendingAccount, record: Record
+        self, session: SmtpSession | None, message: repository.Claimed, account: SendingAccount, record: Record
     ) -> tuple[Outcome, SmtpSession | None]:
         """One transaction; until the end of data everything is retryable, after it only a reply decides.
         Returns the outcome and the session to keep (None: dropped).
@@ -111,7 +111,7 @@ class SmtpTransactions:
         return await self._end_of_data(session, message, envelope, recording)
 
     async def _end_of_data(
-        self, session: SmtpSession, message: queue.Claimed, envelope: Envelope, recording: asyncio.Task[bool]
+        self, session: SmtpSession, message: repository.Claimed, envelope: Envelope, recording: asyncio.Task[bool]
     ) -> tuple[Outcome, SmtpSession | None]:
         try:
             if not await recording:  # cannot happen while this process holds its lock
@@ -135,7 +135,7 @@ class SmtpTransactions:
         return unknown(f"the server answered the end of data with {reply}, which SMTP does not define there"), None
 
     async def _session_for(
-        self, session: SmtpSession | None, message: queue.Claimed, account: SendingAccount
+        self, session: SmtpSession | None, message: repository.Claimed, account: SendingAccount
     ) -> tuple[SmtpSession, bool]:
         """The worker's session if it can take this message (True), else a new one (False)."""
         if session is not None and (
@@ -154,7 +154,7 @@ class SmtpTransactions:
         return SmtpSession(account.key, await open_channel(account.endpoint, self.policy))
 
     async def _refusal(
-        self, session: SmtpSession, envelope: Envelope, message: queue.Claimed
+        self, session: SmtpSession, envelope: Envelope, message: repository.Claimed
     ) -> tuple[Outcome, SmtpSession | None] | None:
         """What the server refused before the message's data, and the session to keep; None: nothing."""
         if envelope.mail.code != 250:  # pipelined, its RCPT TOs and DATA were refused with it
@@ -190,6 +190,6 @@ async def _unrecorded(recording: asyncio.Task[bool] | None, outcome: Outcome) ->
     if recording is not None:
         try:
             await recording
-        except queue.DB_ERRORS:
+        except repository.DB_ERRORS:
             log.exception("recording before the end of data failed")
     return outcome

@@ -1,4 +1,4 @@
-"""Delivery workers: claim queued messages, reserve quota, speak SMTP, settle (the queue: delivery.queue).
+"""Delivery workers: claim queued messages, reserve quota, speak SMTP, settle (the queue: delivery.repository).
 
 One attempt, and the unit that owns each step::
 
@@ -13,7 +13,7 @@ One attempt, and the unit that owns each step::
     a dead process's messages and quota holds         Recovery                 (delivery.recovery)
 
 ``Delivery`` is the process's side: its advisory lock (which tells recovery that it lives), the two
-asyncpg pools, the wake-ups (``NOTIFY`` on delivery.queue.QUEUE_CHANNEL from every process, one
+asyncpg pools, the wake-ups (``NOTIFY`` on delivery.repository.QUEUE_CHANNEL from every process, one
 token per idle worker), the short cache of sending accounts, and the worker loop that composes the
 units above.  What the server says decides the next state (delivery.outcome): a 4xx reply, or any
 failure before the end of data, defers the message with backoff; 5xx fails it; silence after the end
@@ -37,7 +37,7 @@ from asyncpg.pool import PoolAcquireContext
 from leadline_kit.db import Database, asyncpg_dsn, json_codec, nothing_to_reset
 from leadline_send.config import Settings
 from leadline_send.credentials import CredentialKeys
-from leadline_send.delivery import queue
+from leadline_send.delivery import repository
 from leadline_send.delivery.accounts import (
     MailboxDirectory,
     MailboxUnavailable,
@@ -61,8 +61,6 @@ from leadline_send.states import REACHED_SERVER, MessageState, Reason
 log = logging.getLogger("leadline.send.delivery")
 
 ACCOUNT_CACHE_SECONDS = 5.0
-
-UNSUBSCRIBED = "SELECT 1 FROM unsubscribe WHERE company_id = $1 AND address = ANY($2::text[]) LIMIT 1"
 
 
 @dataclass
@@ -132,9 +130,9 @@ class Delivery:
     async def start(self) -> None:
         """Take this process's advisory lock (it lasts as long as the process) and open the queue's pools."""
         self._lock_conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
-        await self._lock_conn.execute("SELECT pg_advisory_lock($1, $2)", queue.ADVISORY_CLASS, self.instance_key)
+        await repository.take_liveness_lock(self._lock_conn, self.instance_key)
         if self.settings.smtp_connections:
-            await self._lock_conn.add_listener(queue.QUEUE_CHANNEL, self._queued)
+            await self._lock_conn.add_listener(repository.QUEUE_CHANNEL, self._queued)
         # The durable pool commits synchronously (the record before the end of data), the other one
         # asynchronously (every other step): see delivery.settling.
         self._durable_pool, self._pool = [
@@ -214,13 +212,13 @@ class Delivery:
                 try:
                     async with self._conn() as conn:
                         with timed("claim"):
-                            batch = await queue.claim(
+                            batch = await repository.claim(
                                 conn,
                                 self.instance_key,
                                 self.settings.claim_size,
                                 worker.session.account_key if worker.session else None,
                             )
-                except queue.DB_ERRORS:
+                except repository.DB_ERRORS:
                     log.exception("worker %d: claiming failed; retrying", number)
                     await asyncio.sleep(1.0)
                     continue
@@ -245,7 +243,7 @@ class Delivery:
             await close_session(worker.session)
             worker.session = None
 
-    async def _deliver_batch(self, worker: Worker, batch: list[queue.Claimed]) -> None:
+    async def _deliver_batch(self, worker: Worker, batch: list[repository.Claimed]) -> None:
         groups = by_account(batch)
         for g, group in enumerate(groups):
             lease = await self._lease(group)
@@ -253,7 +251,7 @@ class Delivery:
                 if self.stopping.is_set():
                     try:
                         async with self.db.session() as db_session:
-                            await queue.give_back(
+                            await repository.give_back(
                                 db_session, [*group[n:], *(m for later in groups[g + 1 :] for m in later)]
                             )
                     finally:
@@ -263,13 +261,13 @@ class Delivery:
                     return
                 await self._deliver_one(worker, message, lease)
 
-    async def _lease(self, group: list[queue.Claimed]) -> QuotaLease | None:
+    async def _lease(self, group: list[repository.Claimed]) -> QuotaLease | None:
         try:
             return await self.reservations.lease(group, await self._account(group[0]))
-        except (QuotaUnavailable, MailboxUnavailable, *queue.DB_ERRORS):
+        except (QuotaUnavailable, MailboxUnavailable, *repository.DB_ERRORS):
             return None  # each message then reserves on its own, and learns why
 
-    async def _deliver_one(self, worker: Worker, message: queue.Claimed, lease: QuotaLease | None) -> None:
+    async def _deliver_one(self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None) -> None:
         """One message, and its lease told whether it reached the server.  (Cancelled, the lease is not
         settled: recovery counts what its rows say once this process is gone.)"""
         try:
@@ -283,7 +281,7 @@ class Delivery:
         if lease is not None:
             self.reservations.release(lease, message, reached)
 
-    async def deliver(self, worker: Worker, message: queue.Claimed, lease: QuotaLease | None) -> bool:
+    async def deliver(self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None) -> bool:
         """Send one message, under ``lease`` or with a reservation of its own; its answer is settled with
         the worker's next record, or alone (see delivery.settling).  Whether it reached the server
         (or may have: unknown counts, the recipient may have it)."""
@@ -318,19 +316,19 @@ class Delivery:
         )
         return outcome.state in REACHED_SERVER
 
-    async def _reserve(self, message: queue.Claimed) -> Reserved | Outcome:
+    async def _reserve(self, message: repository.Claimed) -> Reserved | Outcome:
         try:
             return await self.reservations.reserve(message, await self._account(message), self._route, self._switch)
         except (QuotaUnavailable, MailboxUnavailable) as exc:
             return self.backoff.deferred(Reason.UNAVAILABLE, message.attempt, str(exc))
 
-    async def _unsubscribed(self, message: queue.Claimed) -> bool:
+    async def _unsubscribed(self, message: repository.Claimed) -> bool:
         async with self._conn() as conn:
-            return bool(await conn.fetchval(UNSUBSCRIBED, message.company_id, message.recipients))
+            return await repository.unsubscribed(conn, message.company_id, message.recipients)
 
     # --- sending accounts -------------------------------------------------------------------------
 
-    async def _account(self, message: queue.Claimed) -> SendingAccount | None:
+    async def _account(self, message: repository.Claimed) -> SendingAccount | None:
         # Kept a few seconds: looking the account up (and opening its password) for every message of a
         # batch would cost more than sending it; changes through the API drop the cache (forget_accounts).
         cached = self._accounts.get((message.user_id, message.account_key))
@@ -347,11 +345,11 @@ class Delivery:
         self._accounts.clear()
         self.routes.forget()
 
-    async def _route(self, message: queue.Claimed) -> Route:
+    async def _route(self, message: repository.Claimed) -> Route:
         async with self.db.session() as db_session:
             return await self.routes.route(db_session, message.company_id, message.user_id, message.category)
 
-    async def _switch(self, message: queue.Claimed, account: SendingAccount) -> queue.Claimed:
+    async def _switch(self, message: repository.Claimed, account: SendingAccount) -> repository.Claimed:
         """Rotation (R15): the message rebuilt for another account of its type, and recorded so."""
         draft = Draft.from_json(message.draft)
         built = build_message(
@@ -362,10 +360,10 @@ class Delivery:
             unsubscribe_link=message.draft.get("unsubscribe_link"),
         )
         async with self.db.session() as db_session:
-            await queue.switch_account(
+            await repository.switch_account(
                 db_session, message, account.key, built.envelope_from, built.raw, account.sender.from_email
             )
-        return queue.Claimed(
+        return repository.Claimed(
             **{
                 **message.__dict__,
                 "account_key": account.key,

@@ -16,7 +16,7 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from leadline_send.database import Executor
-from leadline_send.delivery.queue import QUEUE_CHANNEL
+from leadline_send.delivery.repository import QUEUE_CHANNEL
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 from leadline_send.states import MessageState
 

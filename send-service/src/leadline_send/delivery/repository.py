@@ -1,4 +1,9 @@
-"""The outgoing-message queue: PostgreSQL rows claimed with ``FOR UPDATE SKIP LOCKED``.
+"""Every statement of delivery, around the outgoing-message queue: rows claimed with ``FOR UPDATE SKIP LOCKED``.
+
+The hot path (the claim, the record before the end of data, the settle, the unsubscribe check, the quota
+holds) is plain SQL on asyncpg connections, one prepared statement per step, each committed on its own;
+the rest (giving back, rotation, recovery, the Sent copy's note, the queue's depth) is SQLAlchemy Core
+on a session.  The sending accounts' queries are the accounts' (``accounts/repository.py``).
 
 Why PostgreSQL and not a JetStream work queue: R21 needs the attempt recorded
 durably *before* the end of data, and the message state, the attempt row, the
@@ -51,7 +56,7 @@ from leadline_send.delivery.outcome import Outcome
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
-from leadline_send.states import DUE, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, sql
+from leadline_send.states import DUE, OPEN, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, sql
 
 S, P = MessageState, AttemptPhase
 
@@ -325,6 +330,20 @@ async def settle_then_record(
     )
 
 
+UNSUBSCRIBED = "SELECT 1 FROM unsubscribe WHERE company_id = $1 AND address = ANY($2::text[]) LIMIT 1"
+
+
+async def take_liveness_lock(conn: asyncpg.Connection, instance_key: int) -> None:
+    """This process's advisory lock, held by ``conn`` for the process's life: while it is held, recovery
+    leaves the process's rows alone."""
+    await conn.execute("SELECT pg_advisory_lock($1, $2)", ADVISORY_CLASS, instance_key)
+
+
+async def unsubscribed(conn: asyncpg.Connection, company_id: uuid.UUID, recipients: list[str]) -> bool:
+    """Whether one of ``recipients`` unsubscribed from the company's marketing mail."""
+    return bool(await conn.fetchval(UNSUBSCRIBED, company_id, recipients))
+
+
 async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> tuple[int, int]:
     """(messages, recipients) of a reservation that reached the server or may have."""
     row = await conn.fetchrow(RESERVATION_USE, reservation_id)
@@ -344,6 +363,12 @@ async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
         await session.execute(
             a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt, a.c.phase == P.CONNECTING)
         )
+
+
+async def note_sent_copy(session: AsyncSession, message_ids: list[uuid.UUID], note: str) -> None:
+    """What became of the Sent copy of messages sent (``saved to ...`` or ``not saved: ...``)."""
+    # unscoped: by the ids of messages this worker sent
+    await session.execute(update(m).where(m.c.id.in_(message_ids)).values(sent_copy=note))
 
 
 async def current_phase(conn: asyncpg.Connection, message: Claimed) -> AttemptPhase | None:
@@ -466,3 +491,15 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
         finally:
             await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))
     return recovered
+
+
+async def open_counts(session: AsyncSession) -> dict[str, int]:
+    """How many messages are in each state still in motion (:data:`OPEN`); a state with none is left out."""
+    return dict(
+        (
+            await session.execute(
+                # unscoped: operators' queue-depth metric over every company
+                select(m.c.state, func.count()).where(m.c.state.in_(OPEN)).group_by(m.c.state)
+            )
+        ).all()
+    )
