@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import ARRAY, DateTime, Text, Uuid, delete, func, literal, select, update
+from sqlalchemy import delete
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -35,7 +35,7 @@ from leadline_proto.events import (
 )
 from leadline_send.messages import repository
 from leadline_send.messages.leads import lead_copy
-from leadline_send.models import lead_address, outgoing_message, processed
+from leadline_send.models import lead_address, processed
 from leadline_send.states import MessageState, move
 
 # a delivery notice is about a message the server took (or may have)
@@ -68,24 +68,8 @@ async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1
     sent = [event for event in sightings if event.payload.folder == "sent"]
     if not sent:
         return
-    seen = select(
-        func.unnest(literal([e.company_id for e in sent], ARRAY(Uuid))).label("company_id"),
-        func.unnest(literal([e.payload.message_id for e in sent], ARRAY(Text))).label("message_id"),
-        func.unnest(literal([e.payload.sent_at for e in sent], ARRAY(DateTime(timezone=True)))).label("sent_at"),
-    ).subquery("seen")
-    await session.execute(
-        update(outgoing_message)
-        .where(
-            outgoing_message.c.company_id == seen.c.company_id,
-            outgoing_message.c.message_id == seen.c.message_id,
-            outgoing_message.c.state == MessageState.UNKNOWN,
-        )
-        .values(
-            state=move(MessageState.UNKNOWN, MessageState.SENT),
-            sent_at=seen.c.sent_at,
-            updated_at=func.now(),
-            last_error="settled: the message was found in the Sent folder",
-        )
+    await repository.settle_seen_in_sent(
+        session, [(e.company_id, e.payload.message_id, e.payload.sent_at) for e in sent]
     )
 
 
@@ -100,12 +84,7 @@ async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> Non
     complaint = event.payload
     address = complaint.recipient or None
     if address is None and complaint.original_message_id:
-        recipients = await session.scalar(
-            select(outgoing_message.c.recipients).where(
-                outgoing_message.c.company_id == event.company_id,
-                outgoing_message.c.message_id == complaint.original_message_id,
-            )
-        )
+        recipients = await repository.recipients_of(session, event.company_id, complaint.original_message_id)
         address = recipients[0] if recipients and len(recipients) == 1 else None
     if address is not None:
         await repository.add_complaint(session, event.company_id, address)
@@ -117,17 +96,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     bounce = event.payload
     if not bounce.original_message_id:
         return
-    row = (
-        await session.execute(
-            select(outgoing_message.c.id, outgoing_message.c.state, outgoing_message.c.recipients)
-            .where(
-                outgoing_message.c.company_id == event.company_id,
-                outgoing_message.c.message_id == bounce.original_message_id,
-                outgoing_message.c.state.in_(BOUNCEABLE),
-            )
-            .with_for_update()
-        )
-    ).first()
+    row = await repository.lock_bounceable(session, event.company_id, bounce.original_message_id, BOUNCEABLE)
     if row is None or (row.state == MessageState.BOUNCED and bounce.severity == "soft"):
         return  # not ours, or a late "still trying" after the message already bounced
     recipients: list[str] = list(row.recipients or [])
@@ -152,9 +121,7 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
             "delivery_notice": notice,
             "last_error": f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}".strip(),
         }
-    await session.execute(
-        update(outgoing_message).where(outgoing_message.c.id == row.id).values(updated_at=func.now(), **values)
-    )
+    await repository.note_delivery(session, row.id, values)
 
 
 MAIL_EVENTS = (

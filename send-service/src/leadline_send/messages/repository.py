@@ -1,4 +1,5 @@
-"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company.
+"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company (the API's,
+and those of the events the service applies, ``consumers.py``).
 
 The two statements of every single ``POST /v1/messages`` (the lead lookup and the insert) are plain SQL
 on asyncpg (``Database.plain``); the rest go through SQLAlchemy Core.
@@ -12,13 +13,13 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
-from sqlalchemy import Row, and_, func, or_, select, update
+from sqlalchemy import ARRAY, DateTime, Row, Text, Uuid, and_, func, literal, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 
 from leadline_send.database import Executor
 from leadline_send.delivery.repository import QUEUE_CHANNEL
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
-from leadline_send.states import MessageState
+from leadline_send.states import MessageState, move
 
 # what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB each)
 SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
@@ -202,3 +203,66 @@ async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str
         .returning(unsubscribe.c.address)
     )
     return done.first() is not None
+
+
+# --- the events the service applies (consumers.py) ---------------------------------------------------------
+
+
+async def settle_seen_in_sent(session: Executor, sightings: list[tuple[uuid.UUID, str, datetime]]) -> None:
+    """R21: the ``unknown`` messages among ``sightings`` (company, Message-ID, sent at) were sent, in one
+    statement."""
+    seen = select(
+        func.unnest(literal([company_id for company_id, _, _ in sightings], ARRAY(Uuid))).label("company_id"),
+        func.unnest(literal([message_id for _, message_id, _ in sightings], ARRAY(Text))).label("message_id"),
+        func.unnest(literal([sent_at for _, _, sent_at in sightings], ARRAY(DateTime(timezone=True)))).label("sent_at"),
+    ).subquery("seen")
+    await session.execute(
+        update(outgoing_message)
+        .where(
+            outgoing_message.c.company_id == seen.c.company_id,
+            outgoing_message.c.message_id == seen.c.message_id,
+            outgoing_message.c.state == MessageState.UNKNOWN,
+        )
+        .values(
+            state=move(MessageState.UNKNOWN, MessageState.SENT),
+            sent_at=seen.c.sent_at,
+            updated_at=func.now(),
+            last_error="settled: the message was found in the Sent folder",
+        )
+    )
+
+
+async def recipients_of(session: Executor, company_id: uuid.UUID, message_id: str) -> list[str] | None:
+    """The recipients of the company's message with this Message-ID."""
+    recipients: list[str] | None = await session.scalar(
+        select(outgoing_message.c.recipients).where(
+            outgoing_message.c.company_id == company_id,
+            outgoing_message.c.message_id == message_id,
+        )
+    )
+    return recipients
+
+
+async def lock_bounceable(
+    session: Executor, company_id: uuid.UUID, message_id: str, states: tuple[MessageState, ...]
+) -> Row[Any, Any, Any] | None:
+    """The company's message with this Message-ID, if in one of ``states``, locked: id, state, recipients."""
+    return (
+        await session.execute(
+            select(outgoing_message.c.id, outgoing_message.c.state, outgoing_message.c.recipients)
+            .where(
+                outgoing_message.c.company_id == company_id,
+                outgoing_message.c.message_id == message_id,
+                outgoing_message.c.state.in_(states),
+            )
+            .with_for_update()
+        )
+    ).first()
+
+
+async def note_delivery(session: Executor, message_id: uuid.UUID, values: dict[str, Any]) -> None:
+    """A delivery notice on a message row :func:`lock_bounceable` locked (and its state, for a hard bounce)."""
+    await session.execute(
+        # unscoped: by the id of a message row its caller read scoped and locked
+        update(outgoing_message).where(outgoing_message.c.id == message_id).values(updated_at=func.now(), **values)
+    )
