@@ -19,7 +19,6 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 
 # path under the repository root -> why its statements are still its own
 NOT_YET: dict[str, str] = {
-    "gateway/src/leadline_gateway/auth.py": "the API-key lookup of every request, plain SQL (hot path)",
     "send-service/src/leadline_send/consumers.py": "the lead-address copy, moving to kit (issue 24)",
     "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (issue 25)",
     "sync-service/src/leadline_sync/mailbox/consumers.py": "event handlers with their statements",

@@ -15,6 +15,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 
+from leadline_gateway.accounts import repository
 from leadline_gateway.problems import InvalidApiKey, InvalidOperatorToken, MissingApiKey, OperatorApiOff
 from leadline_kit.db import Database
 from leadline_kit.errors import Unauthorized
@@ -63,16 +64,6 @@ def _invalid() -> Unauthorized:
     )
 
 
-# Plain SQL on asyncpg (Database.plain), prepared once per connection: through SQLAlchemy the lookup's
-# checkout, statement handling and row cost more of the gateway's CPU per request than the query.
-# unscoped: authentication, before any company is known; the key and its secret name it
-KEY_LOOKUP = """
-SELECT k.secret_sha256, u.company_id, u.id, u.role
-FROM api_key k JOIN "user" u ON u.id = k.user_id
-WHERE k.id = $1 AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-"""
-
-
 class ApiKeyAuthenticator:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -94,7 +85,7 @@ class ApiKeyAuthenticator:
 
     async def _load(self, key_id: uuid.UUID) -> tuple[str, Identity] | None:
         async with self.db.plain() as conn:
-            row = await conn.fetchrow(KEY_LOOKUP, key_id)
+            row = await repository.request_key(conn, key_id)
         if row is None:
             return None
         return row["secret_sha256"], Identity(
