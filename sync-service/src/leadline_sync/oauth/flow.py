@@ -51,8 +51,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
-
 from leadline_kit.identity import Identity
 from leadline_kit.sealing import CredentialError, Sealed
 from leadline_mail.addresses import normalize_address
@@ -60,7 +58,7 @@ from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
 from leadline_sync.logins import ServerLogin
 from leadline_sync.mailbox.connect import CheckedMailbox, check_logins, save
-from leadline_sync.models import oauth_state
+from leadline_sync.oauth import repository
 from leadline_sync.oauth.apps import OAuthApp
 from leadline_sync.oauth.tokens import TokenEndpointUnavailable, TokenRefused, TokenSet, id_token_claims
 from leadline_sync.problems import (
@@ -113,23 +111,21 @@ async def start(context: SyncContext, caller: Identity, provider: str, smtp_use:
     now = context.clock()
     expires_at = now + timedelta(seconds=context.settings.sync_oauth_state_seconds)
     async with context.db.session() as session:
-        # unscoped: housekeeping of every company: sign-ins expired a day ago
-        await session.execute(oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1)))
-        await session.execute(
-            oauth_state.insert().values(
-                id=state_id,
-                state_sha256=_state_hash(state),
-                company_id=caller.company_id,
-                user_id=caller.user_id,
-                provider=provider,
-                smtp_use=smtp_use,
-                nonce=nonce,
-                verifier_key_id=sealed.key_id,
-                verifier_wrapped_key=sealed.wrapped_key,
-                verifier_ciphertext=sealed.ciphertext,
-                created_at=now,
-                expires_at=expires_at,
-            )
+        await repository.forget_expired_states(session, now)
+        await repository.insert_state(
+            session,
+            id=state_id,
+            state_sha256=_state_hash(state),
+            company_id=caller.company_id,
+            user_id=caller.user_id,
+            provider=provider,
+            smtp_use=smtp_use,
+            nonce=nonce,
+            verifier_key_id=sealed.key_id,
+            verifier_wrapped_key=sealed.wrapped_key,
+            verifier_ciphertext=sealed.ciphertext,
+            created_at=now,
+            expires_at=expires_at,
         )
     query = {
         "response_type": "code",
@@ -189,21 +185,8 @@ def _pending(context: SyncContext, row: Any) -> PendingSignIn:
 
 async def _take(context: SyncContext, secret: str, handed_off: bool) -> PendingSignIn:
     """The sign-in a state (or a handed-back sign-in) names, used up now; a 400 if unknown, expired or used."""
-    now = context.clock()
-    if handed_off:
-        match, unused, mark = oauth_state.c.handoff_sha256, oauth_state.c.finished_at, "finished_at"
-    else:
-        match, unused, mark = oauth_state.c.state_sha256, oauth_state.c.used_at, "used_at"
     async with context.db.session() as session:
-        row = (
-            await session.execute(
-                # unscoped: the provider's redirect carries no identity; the secret state picks the row
-                update(oauth_state)
-                .where(match == _state_hash(secret), unused.is_(None), oauth_state.c.expires_at > now)
-                .values({mark: now})
-                .returning(oauth_state)
-            )
-        ).first()
+        row = await repository.take_state(session, _state_hash(secret), context.clock(), handed_off=handed_off)
     if row is None:
         if handed_off:
             raise OAuthSignInInvalid(
@@ -220,18 +203,7 @@ async def _hand_off(context: SyncContext, pending: PendingSignIn, code: str) -> 
     expires_at = context.clock() + timedelta(seconds=context.settings.sync_oauth_handoff_seconds)
     sealed = _seal_pending(context, pending.id, pending.verifier, code)
     async with context.db.session() as session:
-        await session.execute(
-            # unscoped: by the id of the sign-in the secret state picked
-            update(oauth_state)
-            .where(oauth_state.c.id == pending.id)
-            .values(
-                handoff_sha256=_state_hash(sign_in),
-                expires_at=expires_at,
-                verifier_key_id=sealed.key_id,
-                verifier_wrapped_key=sealed.wrapped_key,
-                verifier_ciphertext=sealed.ciphertext,
-            )
-        )
+        await repository.hand_off(session, pending.id, _state_hash(sign_in), expires_at, sealed)
     return HandOff(sign_in, expires_at, context.oauth_apps[pending.provider].return_url)
 
 

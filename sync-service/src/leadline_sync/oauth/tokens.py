@@ -33,7 +33,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
-from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.backoff import Backoff
@@ -44,7 +43,7 @@ from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher, MailboxSecrets
 from leadline_sync.mailbox.fixes import PROVIDER_NAMES
 from leadline_sync.mailbox.service import mailbox_by_id
-from leadline_sync.models import mailbox
+from leadline_sync.oauth import repository
 from leadline_sync.oauth.apps import OAuthApp
 
 log = logging.getLogger("leadline.sync.oauth")
@@ -181,14 +180,7 @@ class _SignedInAgain(Exception):
 
 async def _tokens_replaced(session: AsyncSession, row: Any) -> bool:
     """Whether the row's sealed tokens changed since ``row`` was read (a new sign-in saves without our lock)."""
-    # unscoped: by the id of a mailbox row its caller read
-    stored = await session.scalar(select(mailbox.c.credential_ciphertext).where(mailbox.c.id == row.id))
-    return bool(stored != row.credential_ciphertext)
-
-
-def _lock_key(mailbox_id: uuid.UUID) -> int:
-    """A signed 64-bit advisory lock key for the mailbox (namespaced by its high bits being the id's)."""
-    return int.from_bytes(mailbox_id.bytes[:8], "big", signed=True)
+    return bool(await repository.sealed_tokens(session, row.id) != row.credential_ciphertext)
 
 
 class AccessTokens:
@@ -224,7 +216,7 @@ class AccessTokens:
 
         Only if it is still the stored one, so that connections refused with the same token renew once."""
         async with self._locks.setdefault(mailbox_id, asyncio.Lock()), self.db.session() as session:
-            await session.execute(select(func.pg_advisory_xact_lock(_lock_key(mailbox_id))))
+            await repository.lock_tokens(session, mailbox_id)
             row = await mailbox_by_id(session, mailbox_id)
             if row is None or row.auth != "oauth2" or row.credential_ciphertext is None:
                 return
@@ -238,15 +230,12 @@ class AccessTokens:
                 return
             if stored == token:
                 log.info("mailbox %s: the mail server refused a live access token; renewing it", row.id)
-                await session.execute(
-                    # unscoped: by the id of a mailbox row its caller read
-                    update(mailbox).where(mailbox.c.id == row.id).values(oauth_expires_at=self.clock())
-                )
+                await repository.expire_access_token(session, row.id, self.clock())
 
     async def _access_token(self, mailbox_id: uuid.UUID, recheck: bool) -> str:
         margin = timedelta(seconds=self.settings.sync_oauth_refresh_margin_seconds)
         async with self.db.session() as session:
-            await session.execute(select(func.pg_advisory_xact_lock(_lock_key(mailbox_id))))
+            await repository.lock_tokens(session, mailbox_id)
             row = await mailbox_by_id(session, mailbox_id)
             if row is None or row.auth != "oauth2" or row.credential_ciphertext is None:
                 raise MailConnectionError(ErrorKind.OAUTH_REVOKED, "This mailbox has no sign-in to renew.")
@@ -300,16 +289,6 @@ class AccessTokens:
                     access_token=tokens.access_token,
                 ),
             )
-            await session.execute(
-                # unscoped: by the id of a mailbox row its caller read
-                update(mailbox)
-                .where(mailbox.c.id == row.id)
-                .values(
-                    credential_key_id=sealed.key_id,
-                    credential_wrapped_key=sealed.wrapped_key,
-                    credential_ciphertext=sealed.ciphertext,
-                    oauth_expires_at=tokens.expires_at,
-                )
-            )
+            await repository.store_tokens(session, row.id, sealed, tokens.expires_at)
             log.info("mailbox %s: access token renewed (expires %s)", row.id, f"{tokens.expires_at:%H:%M:%S}")
             return tokens.access_token
