@@ -21,11 +21,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_mail.addresses import address_domain, normalize_address
-from leadline_sync.models import blocklist_entry, company, lead_address
+from leadline_sync.directory import repository
 
 
 def normalize_domain(value: str) -> str | None:
@@ -73,21 +72,10 @@ class CompanyDirectory:
 async def load_directory(session: AsyncSession, company_id: uuid.UUID, addresses: Collection[str]) -> CompanyDirectory:
     directory = CompanyDirectory()
     if addresses:
-        rows = await session.execute(
-            select(lead_address.c.address, func.min(lead_address.c.lead_created_at))
-            .where(lead_address.c.company_id == company_id, lead_address.c.address.in_(list(addresses)))
-            .group_by(lead_address.c.address)
-        )
-        directory.lead_since = {address: created for address, created in rows}
-    for kind, value in await session.execute(
-        select(blocklist_entry.c.kind, blocklist_entry.c.value).where(blocklist_entry.c.company_id == company_id)
-    ):
+        directory.lead_since = await repository.lead_since(session, company_id, addresses)
+    for kind, value in await repository.blocklist(session, company_id):
         (directory.blocked_addresses if kind == "address" else directory.blocked_domains).add(value)
-    settings = (
-        await session.execute(
-            select(company.c.domains, company.c.block_own_domains).where(company.c.company_id == company_id)
-        )
-    ).first()
+    settings = await repository.company_settings(session, company_id)
     if settings is not None and settings.block_own_domains:
         directory.blocked_domains.update(settings.domains)
         directory.own_domains.update(settings.domains)

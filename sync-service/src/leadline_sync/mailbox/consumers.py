@@ -35,10 +35,11 @@ from leadline_proto.events import (
 )
 from leadline_sync.config import Settings
 from leadline_sync.context import SyncContext
+from leadline_sync.directory import repository as directory
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import MailboxStatus
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
-from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox, processed
+from leadline_sync.models import lead_address, lead_recheck, mailbox, processed
 
 
 async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1) -> None:
@@ -75,32 +76,18 @@ async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1
 async def add_blocklist_entry(session: AsyncSession, event: BlocklistAddedV1) -> None:
     value = normalize_blocklist_value(event.payload.kind, event.payload.value)
     if value:
-        await session.execute(
-            insert(blocklist_entry)
-            .values(company_id=event.company_id, entry_id=event.payload.entry_id, kind=event.payload.kind, value=value)
-            .on_conflict_do_nothing()
+        await directory.add_blocklist_entry(
+            session, event.company_id, event.payload.entry_id, event.payload.kind, value
         )
 
 
 async def remove_blocklist_entry(session: AsyncSession, event: BlocklistRemovedV1) -> None:
-    await session.execute(
-        delete(blocklist_entry).where(
-            blocklist_entry.c.company_id == event.company_id, blocklist_entry.c.entry_id == event.payload.entry_id
-        )
-    )
+    await directory.remove_blocklist_entry(session, event.company_id, event.payload.entry_id)
 
 
 async def save_company(session: AsyncSession, event: CompanyUpdatedV1) -> None:
     domains = sorted({d for d in (normalize_domain(raw) for raw in event.payload.domains) if d})
-    statement = insert(company).values(
-        company_id=event.company_id, domains=domains, block_own_domains=event.payload.block_own_domains
-    )
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[company.c.company_id],
-            set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains},
-        )
-    )
+    await directory.save_company(session, event.company_id, domains, event.payload.block_own_domains)
 
 
 async def recheck_lead(
