@@ -24,7 +24,6 @@ NOT_YET: dict[str, str] = {
     "sync-service/src/leadline_sync/mailbox/consumers.py": "the lead-address copy, moving to kit (issue 24)",
     "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes",
     "sync-service/src/leadline_sync/mailbox/slots.py": "the slot reconciler",
-    "sync-service/src/leadline_sync/sync/audit.py": "the completeness audit's range arithmetic",
     "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (issues 18 and 20)",
     "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (issue 18)",
 }

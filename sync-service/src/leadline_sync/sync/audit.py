@@ -25,6 +25,8 @@ UID, and when.  Nothing else of a message that matches no lead is kept (R6):
 not its addresses, subject or date, and the hash cannot be checked against a
 guessed Message-ID without the service's keys.  The reason comes from the
 UID's ``examined_range``, so a message examined again needs no update here.
+
+The statements are in :mod:`leadline_sync.sync.repository`; this module holds the arithmetic of ranges.
 """
 
 from __future__ import annotations
@@ -39,14 +41,13 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import and_, delete, func, select, text, union_all
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.db import Database
 from leadline_mail.imap import ImapClient
 from leadline_mail.mime import extract_message_id
-from leadline_sync.models import audit_range, examined_message, examined_range, folder_cursor
+from leadline_sync.sync import repository
+from leadline_sync.sync.repository import Run
 
 AUDIT_WINDOW = 20_000
 
@@ -63,8 +64,6 @@ REASONS = {
     "before_audit": "examined before the sync recorded reasons",
 }
 """Why an examined message was (or was not) stored; the keys are stored."""
-
-Run = tuple[str, int, int]  # reason, first UID, last UID
 
 
 def runs(reasons: Mapping[int, str]) -> list[Run]:
@@ -107,27 +106,6 @@ def overlay(existing: Sequence[Run], new: Sequence[Run]) -> list[Run]:
     return merged
 
 
-def _folder(table: Any, mailbox_id: uuid.UUID, folder: str, uidvalidity: int) -> Any:
-    return and_(table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity == uidvalidity)
-
-
-async def _ranges_around(
-    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, low: int, high: int
-) -> list[Run]:
-    """The examined ranges that touch [low, high]: those starting in it, and the one before it."""
-    where = _folder(examined_range, mailbox_id, folder, uidvalidity)
-    columns = (examined_range.c.reason, examined_range.c.first_uid, examined_range.c.last_uid)
-    starting = select(*columns).where(where, examined_range.c.first_uid.between(low, high))
-    before = (
-        select(*columns)
-        .where(where, examined_range.c.first_uid < low)
-        .order_by(examined_range.c.first_uid.desc())
-        .limit(1)
-    )
-    rows = (await session.execute(union_all(starting, before.subquery().select()))).all()
-    return sorted(((r[0], r[1], r[2]) for r in rows if r[2] >= low), key=lambda r: r[1])
-
-
 async def record_examined(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, reasons: Mapping[int, str]
 ) -> None:
@@ -136,28 +114,8 @@ async def record_examined(
         return
     new = runs(reasons)
     low, high = new[0][1], new[-1][2]
-    existing = await _ranges_around(session, mailbox_id, folder, uidvalidity, low - 1, high + 1)
-    if existing:
-        await session.execute(
-            delete(examined_range).where(
-                _folder(examined_range, mailbox_id, folder, uidvalidity),
-                examined_range.c.first_uid.in_([r[1] for r in existing]),
-            )
-        )
-    await session.execute(
-        insert(examined_range),
-        [
-            {
-                "mailbox_id": mailbox_id,
-                "folder": folder,
-                "uidvalidity": uidvalidity,
-                "reason": reason,
-                "first_uid": first,
-                "last_uid": last,
-            }
-            for reason, first, last in overlay(existing, new)
-        ],
-    )
+    existing = await repository.ranges_around(session, mailbox_id, folder, uidvalidity, low - 1, high + 1)
+    await repository.replace_ranges(session, mailbox_id, folder, uidvalidity, existing, overlay(existing, new))
 
 
 MESSAGE_KEY_BYTES = 16
@@ -192,16 +150,6 @@ class MessageKeys:
         return [self._key(key, mailbox_id, message_id) for key in self._keys]
 
 
-# One array per column, unnested: a batch's rows are one statement with five parameters, compiled once
-# (a multi-row VALUES is compiled anew for every batch: a quarter of a header scan's CPU).
-_RECORD_MESSAGES = text("""
-INSERT INTO examined_message (mailbox_id, message_key, folder, uidvalidity, uid)
-SELECT CAST(:mailbox_id AS uuid), key, CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid
-FROM unnest(CAST(:keys AS bytea[]), CAST(:uids AS bigint[])) AS r(key, uid)
-ON CONFLICT DO NOTHING
-""")
-
-
 async def record_messages(
     session: AsyncSession,
     keys: MessageKeys,
@@ -213,15 +161,13 @@ async def record_messages(
     """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one statement."""
     if not message_ids:
         return
-    await session.execute(
-        _RECORD_MESSAGES,
-        {
-            "mailbox_id": mailbox_id,
-            "folder": folder,
-            "uidvalidity": uidvalidity,
-            "keys": [keys.current(mailbox_id, message_id) for message_id in message_ids.values()],
-            "uids": list(message_ids),
-        },
+    await repository.record_messages(
+        session,
+        mailbox_id,
+        folder,
+        uidvalidity,
+        [keys.current(mailbox_id, message_id) for message_id in message_ids.values()],
+        list(message_ids),
     )
 
 
@@ -229,54 +175,21 @@ async def examined_places(
     session: AsyncSession, keys: MessageKeys, mailbox_id: uuid.UUID, message_id: str
 ) -> list[Any]:
     """Where a Message-ID was examined in the mailbox: rows (folder, uidvalidity, uid, examined_at)."""
-    return list(
-        (
-            await session.execute(
-                select(
-                    examined_message.c.folder,
-                    examined_message.c.uidvalidity,
-                    examined_message.c.uid,
-                    examined_message.c.examined_at,
-                )
-                .where(
-                    examined_message.c.mailbox_id == mailbox_id,
-                    examined_message.c.message_key.in_(keys.every(mailbox_id, message_id)),
-                )
-                .order_by(examined_message.c.folder, examined_message.c.uid)
-            )
-        ).all()
-    )
+    return await repository.examined_places(session, mailbox_id, keys.every(mailbox_id, message_id))
 
 
 async def examined_reason(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, uid: int
 ) -> str | None:
     """The reason recorded for one examined UID; None when no range covers it (never examined, or lost)."""
-    reason: str | None = (
-        await session.execute(
-            select(examined_range.c.reason)
-            .where(
-                _folder(examined_range, mailbox_id, folder, uidvalidity),
-                examined_range.c.first_uid <= uid,
-                examined_range.c.last_uid >= uid,
-            )
-            .order_by(examined_range.c.first_uid.desc())
-            .limit(1)
-        )
-    ).scalar()
-    return reason
+    return await repository.examined_reason(session, mailbox_id, folder, uidvalidity, uid)
 
 
 async def forget_other_uidvalidities(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
 ) -> None:
     """A renumbered folder: the ranges of its old numbering mean nothing now."""
-    for table in (examined_range, audit_range, examined_message):
-        await session.execute(
-            delete(table).where(
-                table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity != uidvalidity
-            )
-        )
+    await repository.forget_other_uidvalidities(session, mailbox_id, folder, uidvalidity)
 
 
 async def unexamined(
@@ -287,27 +200,15 @@ async def unexamined(
     Records the server's UIDs as ``audit_range`` rows as it goes (the previous audit's are replaced).
     """
     async with db.session() as session:
-        await session.execute(delete(audit_range).where(_folder(audit_range, mailbox_id, folder, uidvalidity)))
+        await repository.forget_audit(session, mailbox_id, folder, uidvalidity)
     for low in range(1, max(1, uidnext), AUDIT_WINDOW):
         high = min(low + AUDIT_WINDOW - 1, uidnext - 1)
         uids = await client.uids_between(low, high)
         if not uids:
             continue
         async with db.session() as session:
-            await session.execute(
-                insert(audit_range),
-                [
-                    {
-                        "mailbox_id": mailbox_id,
-                        "folder": folder,
-                        "uidvalidity": uidvalidity,
-                        "first_uid": first,
-                        "last_uid": last,
-                    }
-                    for _, first, last in runs(dict.fromkeys(uids, ""))
-                ],
-            )
-            examined = await _ranges_around(session, mailbox_id, folder, uidvalidity, low, high)
+            await repository.add_audit_ranges(session, mailbox_id, folder, uidvalidity, runs(dict.fromkeys(uids, "")))
+            examined = await repository.ranges_around(session, mailbox_id, folder, uidvalidity, low, high)
         missing: list[int] = []
         ranges = iter(examined)
         current = next(ranges, None)
@@ -335,58 +236,13 @@ class FolderCounts:
 
 async def folder_counts(session: AsyncSession, mailbox_id: uuid.UUID) -> dict[str, FolderCounts]:
     """Per folder: the server's messages (last audit) against what the sync examined, by reason."""
-    cursors = (await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id))).all()
     result: dict[str, FolderCounts] = {}
-    for cursor in cursors:
-        length = examined_range.c.last_uid - examined_range.c.first_uid + 1
-        by_reason = {
-            reason: int(count)
-            for reason, count in (
-                await session.execute(
-                    select(examined_range.c.reason, func.sum(length))
-                    .where(_folder(examined_range, mailbox_id, cursor.folder, cursor.uidvalidity))
-                    .group_by(examined_range.c.reason)
-                )
-            ).all()
-        }
+    for cursor in await repository.folder_cursors(session, mailbox_id):
+        by_reason = await repository.examined_by_reason(session, mailbox_id, cursor.folder, cursor.uidvalidity)
         on_server = not_yet = missing = None
         if cursor.audited_at is not None:
-            top = cursor.last_uid
-            where = _folder(audit_range, mailbox_id, cursor.folder, cursor.uidvalidity)
-            server_length = audit_range.c.last_uid - audit_range.c.first_uid + 1
-            below = func.least(audit_range.c.last_uid, top) - audit_range.c.first_uid + 1
-            on_server, server_below = (
-                int(v or 0)
-                for v in (
-                    await session.execute(
-                        select(func.sum(server_length), func.sum(func.greatest(0, below))).where(where)
-                    )
-                ).one()
-            )
-            overlap = (
-                func.least(audit_range.c.last_uid, examined_range.c.last_uid, top)
-                - func.greatest(audit_range.c.first_uid, examined_range.c.first_uid)
-                + 1
-            )
-            examined_below = int(
-                (
-                    await session.execute(
-                        select(func.coalesce(func.sum(func.greatest(0, overlap)), 0))
-                        .select_from(
-                            audit_range.join(
-                                examined_range,
-                                and_(
-                                    examined_range.c.mailbox_id == audit_range.c.mailbox_id,
-                                    examined_range.c.folder == audit_range.c.folder,
-                                    examined_range.c.uidvalidity == audit_range.c.uidvalidity,
-                                    examined_range.c.first_uid <= audit_range.c.last_uid,
-                                    examined_range.c.last_uid >= audit_range.c.first_uid,
-                                ),
-                            )
-                        )
-                        .where(where)
-                    )
-                ).scalar_one()
+            on_server, server_below, examined_below = await repository.audited(
+                session, mailbox_id, cursor.folder, cursor.uidvalidity, cursor.last_uid
             )
             not_yet = on_server - server_below
             missing = server_below - examined_below
