@@ -20,12 +20,12 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 # path under the repository root -> why its statements are still its own
 NOT_YET: dict[str, str] = {
     "send-service/src/leadline_send/consumers.py": "the lead-address copy, moving to kit (issue 24)",
-    "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (issue 25)",
+    "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (in flux: issues 18, 20)",
     "sync-service/src/leadline_sync/mailbox/consumers.py": "the lead-address copy, moving to kit (issue 24)",
-    "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes",
-    "sync-service/src/leadline_sync/mailbox/slots.py": "the slot reconciler",
-    "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (issues 18 and 20)",
-    "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (issue 18)",
+    "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes (in flux: issues 18, 20)",
+    "sync-service/src/leadline_sync/mailbox/slots.py": "the slot reconciler (in flux: issues 18, 20)",
+    "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
+    "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (in flux: issue 18)",
 }
 
 
