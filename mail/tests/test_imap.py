@@ -241,6 +241,13 @@ async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Setti
         assert header.header == raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
         assert header.size == len(raw) and header.internaldate == when
         assert await client.fetch_headers([second + 100]) == []
+        [fields] = await client.fetch_headers([first], ["subject", "From", "X-Absent"])
+        lines = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        wanted = [line for line in lines if line.lower().startswith((b"from:", b"subject:"))]
+        assert fields.header == b"\r\n".join(wanted) + b"\r\n\r\n", "only those fields, in the message's order"
+        assert fields.size == len(raw) and fields.internaldate == when
+        with pytest.raises(ValueError, match="header field name"):
+            await client.fetch_headers([first], ["Subject: x"])
         # servers without ESEARCH answer "* SEARCH 1 2"
         client.capabilities = client.capabilities - {"ESEARCH"}
         assert await client.uids_from(1) == [first, second]

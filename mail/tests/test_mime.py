@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from leadline_mail.mime import MAX_PARTS, header_items, parse_headers, parse_message
+from leadline_mail.mime import MAX_PARTS, SUMMARY_FIELDS, header_items, parse_headers, parse_message
 
 
 def test_headers_of_an_ordinary_message() -> None:
@@ -225,3 +225,19 @@ def test_header_items_are_the_stdlib_parsers_raw_items() -> None:
     for block in blocks:
         parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
         assert header_items(block) == list(parsed.raw_items()), block[:200]
+
+
+def test_the_summary_fields_alone_summarise_a_header_as_the_whole_block() -> None:
+    """The header scan fetches only SUMMARY_FIELDS (IMAP HEADER.FIELDS): what parse_headers makes of them is
+    what it makes of the whole header block, on every message of the corpora."""
+    wanted = {name.lower() for name in SUMMARY_FIELDS}
+    for path in sorted(CORPORA.rglob("*")):
+        if not path.is_file():
+            continue
+        block = path.read_bytes()
+        fields = b"".join(
+            f"{name}: {value}\r\n".encode("ascii", "surrogateescape")
+            for name, value in header_items(block)
+            if name.lower() in wanted
+        )
+        assert parse_headers(fields + b"\r\n") == parse_headers(block), path.name

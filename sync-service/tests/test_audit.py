@@ -64,10 +64,10 @@ class LaggingIndex:
         async def uids_between(low: int, high: int) -> list[int]:
             return visible(await listing_between(low, high))
 
-        async def fetch_headers(uids: Sequence[int]) -> list[FetchedHeader]:
+        async def fetch_headers(uids: Sequence[int], fields: Sequence[str] = ()) -> list[FetchedHeader]:
             if not first and client.selected == "INBOX":
                 await self.release.wait()
-            return await fetch(uids)
+            return await fetch(uids, fields)
 
         client.uids_from = uids_from  # type: ignore[method-assign]
         client.uids_between = uids_between  # type: ignore[method-assign]

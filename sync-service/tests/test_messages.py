@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
 from leadline_kit.testing.clients import running_app
@@ -119,6 +120,28 @@ async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(worl
         assert sorted(e.payload.message_id for e in defective) == sorted(f"<broken-{i}@x.example>" for i in range(12))
         errors = (await api.get("/v1/mail-sync/errors", params={"limit": 100})).json()["items"]
         assert len([e for e in errors if e["kind"] == "message_unreadable"]) == 12
+
+
+async def test_lead_mail_without_a_message_id_gets_the_stand_in_of_its_whole_header(world) -> None:  # type: ignore[no-untyped-def]
+    """The header scan reads only the fields it summarises; the stand-in Message-ID of a message without one
+    is still the hash of its whole header block (IMAP's BODY[HEADER]), as before: the same message stays
+    unique in the folder (R26) across that change and across rescans."""
+    me = world.account()
+    lead = "hana@customer.example"
+    raw = (
+        f"Received: from mx.customer.example by mx.acme.example; Mon, 23 Nov 2026 10:00:01 +0000\r\n"
+        f"From: Hana <{lead}>\r\nTo: {me.address}\r\nSubject: no id\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n"
+        "\r\nA message without a Message-ID.\r\n"
+    ).encode()
+    await world.append(me, "INBOX", raw)
+    async with running_app(world.app()) as service:
+        await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        api = world.caller(service, me.user)
+        assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
+        await world.wait_history(api)
+        [event] = await world.synced(at_least=1)
+        header = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+        assert event.payload.message_id == f"<{hashlib.sha256(header).hexdigest()[:40]}@no-message-id.leadline.invalid>"
 
 
 async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ignore[no-untyped-def]

@@ -95,6 +95,26 @@ def is_system_sender(address: str) -> bool:
     return bool(SYSTEM_SENDER_RE.match(address)) or bool(_IP_LITERAL_RE.search(address))
 
 
+# The header fields a HeaderSummary is made of, and all the header scan fetches (IMAP HEADER.FIELDS):
+# parse_headers reads no other field, so what it gives from these alone is what it gives from a whole header.
+SUMMARY_FIELDS = (
+    "From",
+    "To",
+    "Cc",
+    "Bcc",
+    "Date",
+    "Message-ID",
+    "Subject",
+    "In-Reply-To",
+    "Content-Type",
+    "Return-Path",
+    "Auto-Submitted",
+    "X-Failed-Recipients",
+    "X-Apple-Unsubscribe",
+)
+_SUMMARY_NAMES = frozenset(name.lower() for name in SUMMARY_FIELDS)
+
+
 @dataclass(frozen=True)
 class HeaderSummary:
     message_id: str | None  # "<id@host>", brackets included, as senders generate it
@@ -310,7 +330,9 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
 def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
     raw: dict[str, list[Any]] = {}
     for key, raw_value in items:
-        raw.setdefault(key.lower(), []).append(raw_value)
+        name = key.lower()
+        if name in _SUMMARY_NAMES:
+            raw.setdefault(name, []).append(raw_value)
     headers: dict[str, list[str]] = {}
 
     def values(name: str) -> list[str]:

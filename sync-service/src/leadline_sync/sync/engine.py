@@ -69,7 +69,7 @@ from leadline_kit.outbox import enqueue
 from leadline_kit.sealing import CredentialError
 from leadline_mail.bounces import Bounce, Complaint, parse_notice
 from leadline_mail.imap import FetchedHeader, FetchedMessage, FolderStatus, ImapClient, connect_imap
-from leadline_mail.mime import HeaderSummary, ParsedMessage, parse_headers
+from leadline_mail.mime import SUMMARY_FIELDS, HeaderSummary, ParsedMessage, parse_headers
 from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.events import (
     Attachment,
@@ -345,10 +345,13 @@ def _host(login: ServerLogin) -> str:
     return f"{login.host}:{login.port}"
 
 
-def _message_id(summary: HeaderSummary, header: bytes) -> str:
-    """The Message-ID, or a stable stand-in for a message without one (the same bytes give the same id)."""
+def _message_id(summary: HeaderSummary, raw: bytes) -> str:
+    """The Message-ID, or a stable stand-in for a message without one: a hash of its whole header block
+    (``raw`` is the whole message; the header scan reads only some fields), so the same bytes give the
+    same id."""
     if summary.message_id:
         return str(summary.message_id)[:900]
+    header = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"  # as IMAP's BODY[HEADER] gives it
     return f"<{hashlib.sha256(header).hexdigest()[:40]}@no-message-id.leadline.invalid>"
 
 
@@ -1176,7 +1179,7 @@ class MailboxSync:
         row = self.row
         assert row is not None
         laps = _Laps()
-        headers = await client.fetch_headers(uids)
+        headers = await client.fetch_headers(uids, SUMMARY_FIELDS)
         laps.lap("imap_headers")
         SCANNED.labels(cursor.folder).inc(len(headers))
         summaries = [(h, parse_headers(h.header)) for h in headers]
@@ -1248,7 +1251,7 @@ class MailboxSync:
                     if lead is not None or (
                         notice.original_message_id and (isinstance(notice, Complaint) or not notice.recipients)
                     ):
-                        selected.append(self._notice(header, summary, notice, lead))
+                        selected.append(self._notice(header, summary, message.raw, notice, lead))
                         continue
                 match = match_message(
                     self._parties(summary),
@@ -1267,7 +1270,7 @@ class MailboxSync:
                 header, summary = wanted[message.uid]
                 if parsed_message.defects:
                     defects.append((message.uid, parsed_message.defects))
-                selected.append(self._mail(cursor.folder, header, summary, match, parsed_message))
+                selected.append(self._mail(cursor.folder, header, summary, message.raw, match, parsed_message))
             selected.sort(key=lambda s: s.uid)
             fetched = {message.uid for message in messages}
             reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
@@ -1316,14 +1319,14 @@ class MailboxSync:
         return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
 
     def _notice(
-        self, header: FetchedHeader, summary: HeaderSummary, notice: Bounce | Complaint, lead: str | None
+        self, header: FetchedHeader, summary: HeaderSummary, raw: bytes, notice: Bounce | Complaint, lead: str | None
     ) -> Selected:
         row = self.row
         assert row is not None
         if isinstance(notice, Complaint):
             return Selected(
                 header.uid,
-                _message_id(summary, header.header),
+                _message_id(summary, raw),
                 "complaint",
                 MailComplainedV1(
                     company_id=row.company_id,
@@ -1342,7 +1345,7 @@ class MailboxSync:
         bounce = notice
         return Selected(
             header.uid,
-            _message_id(summary, header.header),
+            _message_id(summary, raw),
             "bounce",
             MailBouncedV1(
                 company_id=row.company_id,
@@ -1363,11 +1366,17 @@ class MailboxSync:
         )
 
     def _mail(
-        self, folder: FolderRole, header: FetchedHeader, summary: HeaderSummary, match: Match, parsed: ParsedMessage
+        self,
+        folder: FolderRole,
+        header: FetchedHeader,
+        summary: HeaderSummary,
+        raw: bytes,
+        match: Match,
+        parsed: ParsedMessage,
     ) -> Selected:
         row = self.row
         assert row is not None
-        message_id = _message_id(summary, header.header)
+        message_id = _message_id(summary, raw)
         text = parsed.text[:PREVIEW_TEXT_CHARS]
         return Selected(
             header.uid,
