@@ -62,6 +62,9 @@ class Settings(KitSettings):
     # bodies (lead mail, bounce candidates) per scan batch, one transaction each; the mail of no lead
     # between them joins the batch (headers are read up to 1,000 at a time)
     sync_batch_size: int = Field(200, ge=1, le=1000)
+    # and at most this many bytes of bodies (their RFC822.SIZE) per batch: a scan holds three batches' bodies
+    # at once (one read, one parsed, one stored), so this bounds its memory, whatever the attachments
+    sync_batch_bytes: int = Field(2 * 1024 * 1024, ge=64 * 1024)
     # the historical sync reads a folder newest first, this many UIDs in its first pass, each next pass
     # twice the last, up to eight times; the folders take turns (the newest mail of Sent and of INBOX reaches
     # the timelines in the first seconds)

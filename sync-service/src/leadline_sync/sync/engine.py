@@ -281,16 +281,20 @@ class ScannedHeaders:
     message_ids: dict[int, str]
     directory: CompanyDirectory
 
-    def split(self, size: int) -> list[ScannedHeaders]:
-        """Consecutive runs of the UIDs (in scan order), each with at most ``size`` wanted."""
+    def split(self, size: int, max_bytes: int) -> list[ScannedHeaders]:
+        """Consecutive runs of the UIDs (in scan order), each with at most ``size`` wanted of at most
+        ``max_bytes`` together (their RFC822.SIZE; a larger message is a run's only one wanted): what a
+        batch's bodies hold in memory is bounded by bytes, whatever the mailbox's attachments."""
         parts: list[ScannedHeaders] = []
-        start = taken = 0
+        start = taken = held = 0
         for at, uid in enumerate(self.uids):
-            if uid in self.wanted:
-                if taken == size:
+            found = self.wanted.get(uid)
+            if found is not None:
+                if taken == size or (taken and held + found[0].size > max_bytes):
                     parts.append(self._part(self.uids[start:at]))
-                    start, taken = at, 0
+                    start, taken, held = at, 0, 0
                 taken += 1
+                held += found[0].size
         parts.append(self._part(self.uids[start:]))
         return parts
 
@@ -1142,7 +1146,7 @@ class MailboxSync:
         one directory query and a share of one transaction per chunk, not a batch each."""
         if not uids:
             return
-        size = self.settings.sync_batch_size
+        size, max_bytes = self.settings.sync_batch_size, self.settings.sync_batch_bytes
         first = min(first_batch or HEADER_CHUNK, HEADER_CHUNK)
         edges = [0, *range(first, len(uids), HEADER_CHUNK), len(uids)]
         pending: list[asyncio.Task[None]] = []  # each parses its batch, waits for the one before, stores
@@ -1150,11 +1154,12 @@ class MailboxSync:
             for start, end in itertools.pairwise(edges):
                 async with self.busy:
                     scanned = await self._read_headers(client, cursor, uids[start:end])
-                for part in scanned.split(size):
+                for part in scanned.split(size, max_bytes):
                     async with self.busy:
                         read = await self._read_bodies(client, part)
                     previous = pending[-1] if pending else None
                     pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
+                    del read  # the task's alone: it lets go of the bodies once they are parsed
                     while len(pending) > 2 or (pending and pending[0].done()):
                         await pending.pop(0)
             while pending:
@@ -1171,6 +1176,7 @@ class MailboxSync:
         self, cursor: FolderCursor, read: ReadBatch, previous: asyncio.Task[None] | None, history: bool
     ) -> None:
         batch = await self._finish(cursor, read)
+        del read  # its bodies: parsed, and not kept while the batch waits for its turn and is stored
         if previous is not None:
             await previous  # batches are stored in order; a failed one fails the ones after it
         await self._store(cursor, batch, history)

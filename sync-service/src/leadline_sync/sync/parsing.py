@@ -40,6 +40,21 @@ log = logging.getLogger("leadline.sync.parsing")
 
 INLINE_BELOW = 32  # a batch of fewer messages is parsed inline (some 30 ms at most here)
 IDLE_SECONDS = 30.0  # the workers stop after this long without a batch
+REQUEST_BYTES = 512 * 1024  # raw message bytes a worker is sent at once (a larger message goes alone)
+
+
+def byte_runs(raws: Sequence[bytes], limit: int) -> list[Sequence[bytes]]:
+    """Consecutive runs of ``raws`` of at most ``limit`` bytes each (a larger message: a run of its own)."""
+    runs: list[Sequence[bytes]] = []
+    start = size = 0
+    for at, raw in enumerate(raws):
+        if size and size + len(raw) > limit:
+            runs.append(raws[start:at])
+            start, size = at, 0
+        size += len(raw)
+    if start < len(raws):
+        runs.append(raws[start:])
+    return runs
 
 
 class _Worker:
@@ -47,10 +62,21 @@ class _Worker:
         self.process = process
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
+        """``raws`` in requests of about :data:`REQUEST_BYTES` each, one at a time: the bytes in flight to
+        a worker (its request, and the copies of it in both processes) stay that small however large the
+        batch."""
+        parsed: list[ParsedMessage] = []
+        for part in byte_runs(raws, REQUEST_BYTES):
+            parsed += await self._parse(part)
+        return parsed
+
+    async def _parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         request = pickle.dumps(list(raws), protocol=pickle.HIGHEST_PROTOCOL)
-        stdin.write(LENGTH.pack(len(request)) + request)
+        stdin.write(LENGTH.pack(len(request)))
+        stdin.write(request)
+        del request
         await stdin.drain()
         (length,) = LENGTH.unpack(await stdout.readexactly(LENGTH.size))
         parsed = pickle.loads(await stdout.readexactly(length))  # noqa: S301 - our own child's answer
