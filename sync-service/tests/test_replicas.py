@@ -21,6 +21,7 @@ import pytest
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.testing.clients import running_app
 from leadline_sync.mailbox.states import SyncMode
+from leadline_sync.sync.scheduler import fair_share
 
 SERVICE_SCRIPT = """
 import asyncio, sys
@@ -52,6 +53,21 @@ async def held_live(world, addresses: set[str], replicas: set[str], timeout: flo
             return owners
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"every mailbox is held live by exactly one of {sorted(replicas)}: {sorted(rows)}")
+        await asyncio.sleep(0.1)
+
+
+async def balanced(world, addresses: set[str], replicas: set[str], most: int, timeout: float) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Waits until every mailbox is held live by one of ``replicas``, each holding ``most`` at most."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        owners = await held_live(
+            world, addresses, replicas, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1)
+        )
+        held = Counter(owners.values())
+        if len(held) == len(replicas) and max(held.values()) <= most:
+            return owners
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"the replicas share the mailboxes evenly: {held}")
         await asyncio.sleep(0.1)
 
 
@@ -147,6 +163,14 @@ async def stored_reaches(conn: asyncpg.Connection, count: int, timeout: float) -
         assert asyncio.get_running_loop().time() < deadline, f"{stored} lead mails stored, waited for {count}"
         await asyncio.sleep(0.02)
     return int(stored)
+
+
+def test_mailboxes_are_shared_in_proportion_to_the_capacities_of_the_replicas_alive() -> None:
+    assert fair_share(3000, 1500, 4500) == 1000  # three alike: a third each
+    assert fair_share(3000, 1500, 3000) == 1500  # one died: a half each
+    assert fair_share(30, 15, 45) == 10 and fair_share(31, 15, 45) == 11  # rounded up: none is left over
+    assert fair_share(6, 2, 8) == 2 and fair_share(6, 6, 8) == 5  # a smaller replica takes less
+    assert fair_share(10, 2, 2) == 2  # more than all can hold: each holds all it can, the rest rotate
 
 
 @pytest.mark.slow
@@ -272,8 +296,8 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
             api = world.caller(service, account.user)
             assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
     names = ["replica-a", "replica-b", "replica-c"]
-    # each may hold half live (and one in turns): the mailboxes are spread, and the two left after a kill can
-    # hold them all live
+    # each may hold half live (and one in turns): the mailboxes are spread evenly (10 each, 11 at most), and the
+    # two left after a kill can hold them all live, each taking its part
     processes = {
         name: start_service(world, name, LEADLINE_SYNC_MAX_MAILBOXES="16", LEADLINE_SYNC_ROTATION_SLOTS="1")
         for name in names
@@ -283,9 +307,8 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30, timeout=120)
         # The last message may come from a rotation pass (a replica that started first serves in turns what the
         # later ones have not claimed yet); that mailbox is live on a replica a tick after the pass ends.
-        owners = await held_live(world, {a.address for a in accounts}, set(names), timeout=30)
+        owners = await balanced(world, {a.address for a in accounts}, set(names), most=11, timeout=30)
         held = Counter(owners.values())
-        assert len(held) >= 2, f"the replicas share the mailboxes: {held}"
         victim = held.most_common(1)[0][0]
         orphans = [a for a in accounts if owners[a.address] == victim]
         os.kill(processes[victim].pid, signal.SIGKILL)
@@ -301,8 +324,11 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         )
         survivors = set(names) - {victim}
         left = 30 - (asyncio.get_running_loop().time() - killed_at)
-        await held_live(world, {a.address for a in accounts}, survivors, timeout=max(left, 0.1))
+        after = Counter(
+            (await held_live(world, {a.address for a in accounts}, survivors, timeout=max(left, 0.1))).values()
+        )
         assert asyncio.get_running_loop().time() - killed_at < 30
+        assert all(after[name] > held[name] for name in survivors), f"both survivors took over: {held} -> {after}"
     finally:
         for process in processes.values():
             if process.poll() is None:

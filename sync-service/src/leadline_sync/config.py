@@ -38,7 +38,7 @@ class Settings(KitSettings):
     # A folder whose UIDVALIDITY changes is rescanned at most this often a day; then it waits for the next day.
     sync_max_resets_per_day: int = Field(3, ge=0)
     # logins (connect, TLS, LOGIN) one replica runs at once; the others queue (sync/pacing.py)
-    sync_max_logins: int = Field(16, ge=1)
+    sync_max_logins: int = Field(32, ge=1)
     sync_max_busy: int = Field(8, ge=1)  # of those, how many may scan, fetch or store a batch at one moment
     # database connections the mailbox workers share, apart from the API's pool: however many mailboxes a
     # replica holds, this many of their transactions run at once and the others wait their turn.  A

@@ -22,6 +22,7 @@
   folders for its mail again and deletes the row.
 - ``mailbox_error``: the error log users read (when, what, how to fix).
 - ``oauth_state``: sign-ins with Gmail / Microsoft in progress (single use, short-lived).
+- ``replica``: the sync replicas alive and their capacities, so that they share the mailboxes evenly.
 """
 
 from __future__ import annotations
@@ -276,6 +277,16 @@ oauth_state = Table(
     Column("handoff_sha256", LargeBinary, unique=True),
     Column("finished_at", DateTime(timezone=True)),
     Index("ix_oauth_state_expires", "expires_at"),
+)
+
+replica = Table(
+    "replica",
+    metadata,
+    # the sync replicas alive (seen_at within a lease period: written with each lease renewal, deleted at a clean
+    # stop) and how many live mailboxes each may hold: the mailboxes are spread over them in that proportion
+    Column("name", Text, primary_key=True),
+    Column("live_capacity", Integer, nullable=False),
+    Column("seen_at", DateTime(timezone=True), nullable=False),
 )
 
 mailbox_error = Table(

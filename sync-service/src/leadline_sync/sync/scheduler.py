@@ -6,9 +6,10 @@ Each replica runs one scheduler.  It
    replica, ``lease_expires_at`` = now + ``sync_lease_seconds``) four times a
    lease period, stops the workers whose lease it no longer holds, and in the
    same transaction writes the ``last_synced_at`` its live workers handed
-   over.  This runs in a loop of its own, on a database connection of its
-   own: when thousands of workers reconnect at once (the IMAP server
-   restarted) their transactions queue for many seconds, and renewals queued
+   over, and itself into ``sync.replica`` (alive, with its live capacity).
+   This runs in a loop of its own, on a database connection of its own:
+   when thousands of workers reconnect at once (the IMAP server restarted)
+   their transactions queue for many seconds, and renewals queued
    behind them let every lease lapse, which stopped the workers and started
    the storm over;
 2. every ``sync_schedule_interval`` seconds, tells the workers whose mailboxes
@@ -26,8 +27,12 @@ Each replica runs one scheduler.  It
    next interval:
 
    - ``live`` workers, up to the replica's capacity less its rotation slots
-     (:mod:`.capacity`): one connection each, held, waiting in IDLE; a live
-     mailbox stays live;
+     (:mod:`.capacity`), and up to its share (:func:`fair_share`: the
+     mailboxes to sync spread over the replicas alive in ``sync.replica``,
+     in proportion to their live capacities): one connection each, held,
+     waiting in IDLE; a live mailbox stays live, unless its replica holds
+     more than its share (another replica came), and the orphans of a dead
+     replica are taken by all the survivors at once, each its part;
    - ``rotating`` workers in the rotation slots: one pass each (connect, sync
      both folders, disconnect), then the slot takes the next mailbox whose
      last sync is oldest (and at least ``sync_poll_seconds`` old).  So when
@@ -52,6 +57,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -59,13 +65,14 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, bindparam, func, or_, select, update
+from sqlalchemy import Row, bindparam, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert
 
 from leadline_kit.db import Database
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
 from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
-from leadline_sync.models import folder_cursor, lead_recheck, mailbox
+from leadline_sync.models import folder_cursor, lead_recheck, mailbox, replica
 from leadline_sync.sync.capacity import Capacity
 from leadline_sync.sync.engine import Claimed, MailboxSync
 from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
@@ -83,6 +90,15 @@ RENEWAL_FAILURES = Counter("leadline_sync_lease_renewal_failures_total", "Lease 
 CAPACITY = Gauge(
     "leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots", ["replica", "sync_mode"]
 )
+
+
+def fair_share(total: int, capacity: int, alive_capacity: int) -> int:
+    """Of ``total`` mailboxes, how many a replica of ``capacity`` holds live when the replicas alive can hold
+    ``alive_capacity`` together (its own included): in proportion, rounded up, and all it can when they
+    cannot hold every mailbox (the rest are served in turns)."""
+    if total >= alive_capacity:
+        return capacity
+    return min(capacity, math.ceil(total * capacity / alive_capacity))
 
 
 class SyncScheduler:
@@ -142,6 +158,7 @@ class SyncScheduler:
         )
         renewals = asyncio.create_task(self._keep_leases(), name="sync-lease-renewal")
         try:
+            await self._renew_or_stop()  # registered before the first claim: the others' shares count this replica
             while True:
                 # cleared before the pass, not after: a mailbox connected while the pass runs wakes the next
                 self.context.wake.clear()
@@ -168,18 +185,21 @@ class SyncScheduler:
             await self.db.dispose()
 
     async def _keep_leases(self) -> None:
-        while True:
-            try:
-                await self._renew()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                RENEWAL_FAILURES.inc()
-                log.exception("renewing the leases failed")
-                if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
-                    # our leases may lapse: stop before another replica can start on them
-                    await self._stop_workers()
+        while True:  # (the first renewal is the scheduler's, before its first pass)
             await asyncio.sleep(self._renewal_seconds())
+            await self._renew_or_stop()
+
+    async def _renew_or_stop(self) -> None:
+        try:
+            await self._renew()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            RENEWAL_FAILURES.inc()
+            log.exception("renewing the leases failed")
+            if time.monotonic() - self._renewed_at > 0.7 * self.settings.sync_lease_seconds:
+                # our leases may lapse: stop before another replica can start on them
+                await self._stop_workers()
 
     async def tick(self) -> None:
         await self._reap()
@@ -241,8 +261,16 @@ class SyncScheduler:
         workers handed over (:meth:`MailboxSync._note_synced`), both in one transaction."""
         held = list(self.workers)
         synced = {m: sync.synced_unwritten for m, sync in self.syncs.items() if sync.synced_unwritten is not None}
-        if held:
-            async with self.leases.session() as session:
+        kept: set[uuid.UUID] = set()
+        async with self.leases.session() as session:
+            # alive, and how many it may hold live: the others' shares count on it until a lease period passes
+            capacity = {"live_capacity": self.capacity.live, "seen_at": func.now()}
+            await session.execute(
+                insert(replica)
+                .values(name=self.replica, **capacity)
+                .on_conflict_do_update(index_elements=[replica.c.name], set_=capacity)
+            )
+            if held:
                 kept = set(
                     (
                         await session.execute(
@@ -268,24 +296,61 @@ class SyncScheduler:
                         .values(last_synced_at=bindparam("synced_at")),
                         renewed,
                     )
-            for mailbox_id, at in synced.items():
-                sync = self.syncs.get(mailbox_id)
-                if sync is not None and sync.synced_unwritten == at:
-                    sync.synced_unwritten = None
-            for mailbox_id in set(held) - kept:
-                task = self.workers.get(mailbox_id)  # (the scheduler's pass may have reaped it meanwhile)
-                if task is not None:
-                    task.cancel()
+        for mailbox_id, at in synced.items():
+            sync = self.syncs.get(mailbox_id)
+            if sync is not None and sync.synced_unwritten == at:
+                sync.synced_unwritten = None
+        for mailbox_id in set(held) - kept:
+            task = self.workers.get(mailbox_id)  # (the scheduler's pass may have reaped it meanwhile)
+            if task is not None:
+                task.cancel()
         self._renewed_at = time.monotonic()
 
     async def _claim(self) -> None:
-        live = len(self.held(SyncMode.LIVE))
-        free = self.capacity.live - live
-        claimed = await self._claim_for(SyncMode.LIVE, free)
-        # room left: look again the moment a lease of another replica expires (it may have died), not at
-        # the next interval
-        self._next_expiry = await self._next_foreign_expiry() if claimed < free else None
-        await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - (len(self.workers) - live))
+        live = [m for m, task in self.workers.items() if self.modes[m] == SyncMode.LIVE and not task.done()]
+        share = await self._share()
+        if len(live) > share + max(1, share // 50):  # (a margin, so that shares rounded apart do not see-saw)
+            self._give_back(live[share:])
+            live = live[:share]
+        room = self.capacity.live - len(live)
+        claimed = await self._claim_for(SyncMode.LIVE, min(room, share - len(live)))
+        # room left: look again the moment a lease of another replica expires (it may have died, and its
+        # share grows ours), not at the next interval
+        self._next_expiry = await self._next_foreign_expiry() if claimed < room else None
+        await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - (len(self.workers) - len(live)))
+
+    async def _share(self) -> int:
+        """How many mailboxes this replica should hold live: those to sync, spread over the replicas alive in
+        proportion to their live capacities."""
+        async with self.context.db.session() as session:
+            total = (
+                await session.execute(
+                    # unscoped: the scheduler counts every company's mailboxes
+                    select(func.count())
+                    .select_from(mailbox)
+                    .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED)
+                )
+            ).scalar_one()
+            alive = dict(
+                (
+                    await session.execute(
+                        select(replica.c.name, replica.c.live_capacity).where(
+                            replica.c.seen_at > func.now() - self._lease_interval()
+                        )
+                    )
+                ).all()
+            )
+        alive[self.replica] = self.capacity.live  # (itself, whether its registration went through or not)
+        return fair_share(total, self.capacity.live, sum(alive.values()))
+
+    def _give_back(self, mailbox_ids: list[uuid.UUID]) -> None:
+        """Stop the workers of mailboxes beyond this replica's share; once they have stopped, the next pass
+        gives their leases back (``_reap``) and a replica below its share claims them."""
+        log.info(
+            "replica %s holds %d mailbox(es) more than its share: giving them back", self.replica, len(mailbox_ids)
+        )
+        for mailbox_id in mailbox_ids:
+            self.workers[mailbox_id].cancel()
 
     async def _next_foreign_expiry(self) -> float | None:
         """Seconds until the first lease another replica holds on a mailbox to sync expires."""
@@ -395,6 +460,8 @@ class SyncScheduler:
                 .where(mailbox.c.lease_owner == self.replica)
                 .values(lease_owner=None, lease_expires_at=None)
             )
+            # no longer alive: the others' shares grow at once
+            await session.execute(delete(replica).where(replica.c.name == self.replica))
         self.workers.clear()
         self.modes.clear()
         self.syncs.clear()
