@@ -10,12 +10,12 @@ and runs :class:`MailboxSync` over one IMAP connection::
        ├── an established session drops: reconnect quietly (a few times, with jitter)
        └── failure: log it, back off with jitter, give the lease back (R8: 48 h → connection_failed)
 
-Syncing one folder::
+Syncing one folder (what comes first: :func:`leadline_sync.sync.folder.decide`)::
 
-    SELECT ─┬─ no cursor ............ initial: cursor = history top = UIDNEXT-1, history floor = UIDNEXT
-            ├─ UIDVALIDITY changed .. uidinvalid: cursor back to UID 0, rescan; nothing is published twice
+    SELECT ─┬─ no cursor ............ BEGIN: cursor = history top = UIDNEXT-1, history floor = UIDNEXT
+            ├─ UIDVALIDITY changed .. RESCAN: cursor back to UID 0, rescan; nothing is published twice
             │                         because synced_message is unique per Message-ID in the folder
-            ├─ nothing above cursor . done (Sent is checked with STATUS first, without SELECT)
+            ├─ nothing above cursor . NONE (Sent is checked with STATUS first, without SELECT)
             ├─ scan UIDs above the cursor in batches, oldest first, then
             └─ history below the floor: one window of UIDs per pass, newest first (the folders take turns)
                  each batch: headers ─► match (R5, R6) ─► bodies of matches only ─► parse ─► one transaction:
@@ -103,6 +103,7 @@ from leadline_sync.matching import (
 )
 from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox
 from leadline_sync.sync import audit
+from leadline_sync.sync.folder import RESCAN_DAY, FolderAction, FolderCursor, decide, rescan_allowed
 from leadline_sync.sync.live import FolderWatch
 
 log = logging.getLogger("leadline.sync.engine")
@@ -158,7 +159,6 @@ LIVE = Gauge(
 PREVIEW_TEXT_CHARS = 4_000
 PREVIEW_HTML_CHARS = 64 * 1024
 MAX_QUIET_RECONNECTS = 3
-RESCAN_DAY = timedelta(days=1)
 QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
 RECHECKS_PER_PASS = 100
@@ -203,41 +203,6 @@ class PlanLimitReached(Exception):
     def __init__(self, resets_at: datetime) -> None:
         super().__init__(f"plan limit reached until {resets_at.isoformat()}")
         self.resets_at = resets_at
-
-
-@dataclass
-class FolderCursor:
-    folder: FolderRole
-    name: str
-    uidvalidity: int
-    last_uid: int
-    highestmodseq: int | None
-    uidnext: int
-    history_last_uid: int
-    # UIDVALIDITY changes (rescans) in the day that started at resets_since; a refused rescan, logged once a day
-    resets: int = 0
-    resets_since: datetime | None = None
-    rescan_refused_at: datetime | None = None
-    audited_at: datetime | None = None  # the last completeness audit (sync/audit.py)
-    # the history is examined newest first: UIDs history_floor..history_last_uid are done (1: all of it)
-    history_floor: int = 1
-
-    @property
-    def history_pending(self) -> bool:
-        return self.history_floor > 1
-
-
-def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
-    """Count one more rescan of ``cursor``'s folder in its day (a new day starts with the first after the last).
-
-    False, and nothing counted, when ``per_day`` rescans were made in this day already.
-    """
-    if cursor.resets_since is None or now - cursor.resets_since >= RESCAN_DAY:
-        cursor.resets, cursor.resets_since = 0, now
-    if cursor.resets >= per_day:
-        return False
-    cursor.resets += 1
-    return True
 
 
 @dataclass(frozen=True)
@@ -995,28 +960,21 @@ class MailboxSync:
         cursor = self.cursors.get(role)
         if role != "inbox" and cursor is not None and cursor.name == name:
             # cheap poll of a folder we do not IDLE on
-            status = await client.status(name)
-            if (
-                not cursor.history_pending
-                and status.uidvalidity == cursor.uidvalidity
-                and status.uidnext - 1 <= cursor.last_uid
-                and (status.highestmodseq is None or status.highestmodseq == cursor.highestmodseq)
-            ):
+            if decide(cursor, await client.status(name)).action is FolderAction.NONE:
                 return
         status = await client.select(name)
-        cursor = await self._check_cursor(role, name, status)
-        if cursor is None:
-            return  # renumbered too often today: not read again until the day ends (logged)
-        below_uidnext = status.uidnext - 1
-        if below_uidnext > cursor.last_uid:
-            uids = await client.uids_from(cursor.last_uid + 1)
-            await self._scan(client, cursor, uids)
-        # Every message below UIDNEXT was in that search: a UID it did not return was expunged (the newest
-        # mail deleted, an address proof taken back), so the cursor passes it, or history never completes.
-        passed = below_uidnext > cursor.last_uid
-        if passed or status.highestmodseq != cursor.highestmodseq or status.uidnext != cursor.uidnext:
-            cursor.last_uid = max(cursor.last_uid, below_uidnext)
-            cursor.highestmodseq, cursor.uidnext = status.highestmodseq, status.uidnext
+        action, reason = decide(cursor, status)
+        log.debug("mailbox %s: %s %s: %s", self.mailbox_id, role, action, reason)
+        if action in (FolderAction.BEGIN, FolderAction.RESCAN):
+            cursor = await self._new_cursor(role, cursor, status)
+            if cursor is None:
+                return  # renumbered too often today: not read again until the day ends (logged)
+            action, _ = decide(cursor, status)
+        assert cursor is not None  # decide() begins a folder that has none
+        self.refused.discard(role)
+        if action is FolderAction.SCAN:
+            await self._scan(client, cursor, await client.uids_from(cursor.last_uid + 1))
+        if cursor.advance(status):
             async with self.db.session() as session:
                 await self._fence(session)
                 await self._save_cursor(session, cursor)
@@ -1053,16 +1011,14 @@ class MailboxSync:
             if uids and not whole:
                 return  # the other folder's newest mail, and mail arriving now, come before older history
 
-    async def _check_cursor(self, role: FolderRole, name: str, status: FolderStatus) -> FolderCursor | None:
-        """The folder's cursor after SELECT: a new one if the folder was renumbered (UIDVALIDITY changed).
+    async def _new_cursor(
+        self, role: FolderRole, cursor: FolderCursor | None, status: FolderStatus
+    ) -> FolderCursor | None:
+        """A new cursor after SELECT, for a folder without one or renumbered (:data:`FolderAction.RESCAN`).
 
         None when the folder was renumbered more than ``sync_max_resets_per_day``
         times within a day: it is not rescanned again until that day ends.
         """
-        cursor = self.cursors.get(role)
-        if cursor is not None and cursor.uidvalidity == status.uidvalidity and cursor.name == name:
-            self.refused.discard(role)
-            return cursor
         now = self.context.clock()
         if cursor is not None and not rescan_allowed(cursor, now, self.settings.sync_max_resets_per_day):
             await self._rescan_refused(cursor, now)
@@ -1072,7 +1028,7 @@ class MailboxSync:
         # cursor of the mail that arrives from now on
         fresh = FolderCursor(
             folder=role,
-            name=name,
+            name=status.name,
             uidvalidity=status.uidvalidity,
             last_uid=status.uidnext - 1,
             highestmodseq=None,
@@ -1097,7 +1053,6 @@ class MailboxSync:
                     f"The server renumbered the {role} folder; it was read again.",
                     now,
                 )
-        self.refused.discard(role)
         self.cursors[role] = fresh
         return fresh
 
