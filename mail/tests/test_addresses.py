@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from leadline_mail.addresses import address_domain, normalize_address
+from leadline_mail.addresses import address_domain, normalize_address, normalize_addresses
 
 
 @pytest.mark.parametrize(
@@ -27,6 +27,11 @@ from leadline_mail.addresses import address_domain, normalize_address
 )
 def test_normalize_address(value: str, expected: str | None) -> None:
     assert normalize_address(value) == expected
+
+
+def test_a_leads_addresses_are_normalised_first_first_each_once() -> None:
+    raw = ["Ann@Example.org", "not an address", "<ann@example.org>", "ann@work.example", ""]
+    assert normalize_addresses(raw) == ["ann@example.org", "ann@work.example"]
 
 
 def test_address_domain() -> None:

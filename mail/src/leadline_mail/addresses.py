@@ -12,6 +12,7 @@ practice, and a lead typed as ``Jane@Example.org`` must match mail from
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 
 from email_validator import EmailNotValidError, validate_email
 
@@ -23,6 +24,11 @@ def normalize_address(value: str) -> str | None:
     if not value or len(value) > _MAX_ADDRESS_LENGTH:
         return None
     return _normalize(value)
+
+
+def normalize_addresses(values: Iterable[str]) -> list[str]:
+    """The valid addresses of ``values`` in their canonical form, first first, each once."""
+    return [a for a in dict.fromkeys(normalize_address(value) for value in values) if a]
 
 
 # A mailbox repeats the same few addresses (the owner's in nearly every message) and validation is the

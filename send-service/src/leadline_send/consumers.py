@@ -1,6 +1,7 @@
 """Events the send service applies: its copy of lead addresses, Sent-folder sightings, bounces, complaints.
 
-- ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them.
+- ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them
+  (the kit's replica, :mod:`leadline_kit.lead_addresses`).
 - ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown``
   messages: the server did take it (R21), so it becomes ``sent``.  The sync reports every message it
   reads from a Sent folder (each Smart Mail's own copy among them) and nearly all change nothing, so a
@@ -17,18 +18,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import delete
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import EventConsumer, Handlers
+from leadline_kit.lead_addresses import LeadAddressReplica
 from leadline_kit.service import Runtime
 from leadline_proto.events import (
     Event,
-    LeadCreatedV1,
-    LeadDeletedV1,
-    LeadUpdatedV1,
+    LeadPayload,
     MailBouncedV1,
     MailComplainedV1,
     MailSyncedV1,
@@ -42,24 +41,14 @@ from leadline_send.states import MessageState, move
 BOUNCEABLE = (MessageState.SENT, MessageState.UNKNOWN, MessageState.BOUNCED)
 
 
-async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1) -> None:
-    lead = event.payload
-    await session.execute(
-        delete(lead_address).where(
-            lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id
-        )
-    )
-    if isinstance(event, LeadDeletedV1):
-        return
+def lead_rows(lead: LeadPayload) -> list[dict[str, Any]]:
+    """What the copy holds of a lead: each address with its position (the first is the recipient) and the
+    lead's name."""
     addresses, name = lead_copy(lead.addresses, lead.name)
-    if addresses:
-        await session.execute(
-            insert(lead_address).on_conflict_do_nothing(),
-            [
-                {"company_id": event.company_id, "lead_id": lead.lead_id, "address": a, "position": n, "name": name}
-                for n, a in enumerate(addresses)
-            ],
-        )
+    return [{"address": a, "position": n, "name": name} for n, a in enumerate(addresses)]
+
+
+LEADS = LeadAddressReplica(lead_address, lead_rows)
 
 
 async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1]) -> None:
@@ -148,10 +137,7 @@ def consumers(runtime: Runtime, prefix: str, deliver_since: datetime | None = No
             js=runtime.jetstream,
             processed=processed,
             durable=f"{prefix}-leads",
-            handlers=Handlers()
-            .on(LeadCreatedV1, apply_lead)
-            .on(LeadUpdatedV1, apply_lead)
-            .on(LeadDeletedV1, apply_lead),
+            handlers=LEADS.handlers(Handlers()),
             deliver_since=deliver_since,
         ),
         EventConsumer(

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 
 from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
+from leadline_kit.lead_addresses import lead_address_table
 from leadline_kit.outbox import outbox_table
 from leadline_send.states import DUE, OPEN, AttemptPhase, MessageState, sql
 
@@ -158,12 +159,8 @@ quota_hold = Table(
     Index("ix_quota_hold_holder", "holder"),
 )
 
-lead_address = Table(
-    "lead_address",
+lead_address = lead_address_table(
     metadata,
-    Column("company_id", Uuid, primary_key=True),
-    Column("lead_id", Uuid, primary_key=True),
-    Column("address", Text, primary_key=True),
     Column("position", Integer, nullable=False),
     Column("name", Text, nullable=False, server_default=""),
 )

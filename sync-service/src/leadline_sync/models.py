@@ -51,6 +51,7 @@ from sqlalchemy import (
 
 from leadline_kit.consumer import processed_event_table
 from leadline_kit.db import service_metadata
+from leadline_kit.lead_addresses import lead_address_table
 from leadline_kit.outbox import outbox_table
 from leadline_sync.mailbox.states import MailboxStatus, Slot, SyncMode
 
@@ -221,14 +222,9 @@ company = Table(
     Column("block_own_domains", Boolean, nullable=False, server_default="true"),
 )
 
-lead_address = Table(
-    "lead_address",
+lead_address = lead_address_table(
     metadata,
-    Column("company_id", Uuid, nullable=False),
-    Column("lead_id", Uuid, nullable=False),
-    Column("address", Text, nullable=False),
     Column("lead_created_at", DateTime(timezone=True), nullable=False),
-    PrimaryKeyConstraint("company_id", "lead_id", "address"),
     Index("ix_lead_address_company_address", "company_id", "address"),
 )
 

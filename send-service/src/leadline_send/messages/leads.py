@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from leadline_kit import rpc
 from leadline_kit.db import Database
-from leadline_mail.addresses import normalize_address
+from leadline_mail.addresses import normalize_addresses
 from leadline_proto.requests import LeadAddressesReply, LeadAddressesRequest
 from leadline_proto.subjects import RPC_LEAD_ADDRESSES
 from leadline_send.messages import repository
@@ -47,8 +47,7 @@ class LeadsUnavailable(Exception):
 def lead_copy(addresses: Iterable[str], name: str) -> tuple[list[str], str]:
     """What the copy keeps of a lead: its valid addresses normalised (first first, no duplicates) and its
     name on one line without NUL."""
-    kept = [a for a in dict.fromkeys(normalize_address(x) for x in addresses) if a]
-    return kept, name.replace("\r", " ").replace("\n", " ").replace("\x00", "")
+    return normalize_addresses(addresses), name.replace("\r", " ").replace("\n", " ").replace("\x00", "")
 
 
 class LeadDirectory:

@@ -1,5 +1,6 @@
 """Event handlers: the matching directory (leads, blocklist, company) and mailbox-limit slots.
 
+The lead addresses are the kit's replica (:mod:`leadline_kit.lead_addresses`).
 Lead and company events carry full state, so each handler replaces what it
 holds; applying one twice, or an older one after a newer one of the same
 lead, leaves the directory as the last applied event says.
@@ -16,21 +17,21 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import ARRAY, Text, case, delete, func, literal, or_, select
+from sqlalchemy import ARRAY, Text, case, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import EventConsumer, Handlers
+from leadline_kit.lead_addresses import LeadAddressReplica
 from leadline_kit.service import Runtime
-from leadline_mail.addresses import normalize_address
+from leadline_mail.addresses import normalize_addresses
 from leadline_proto.events import (
     BlocklistAddedV1,
     BlocklistRemovedV1,
     CompanyUpdatedV1,
-    LeadCreatedV1,
-    LeadDeletedV1,
-    LeadUpdatedV1,
+    LeadPayload,
     MailboxSlotGrantedV1,
 )
 from leadline_sync.config import Settings
@@ -40,37 +41,6 @@ from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import MailboxStatus
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
 from leadline_sync.models import lead_address, lead_recheck, mailbox, processed
-
-
-async def apply_lead(session: AsyncSession, event: LeadCreatedV1 | LeadUpdatedV1 | LeadDeletedV1) -> None:
-    lead = event.payload
-    held = set(
-        (
-            await session.execute(
-                delete(lead_address)
-                .where(lead_address.c.company_id == event.company_id, lead_address.c.lead_id == lead.lead_id)
-                .returning(lead_address.c.address)
-            )
-        ).scalars()
-    )
-    if isinstance(event, LeadDeletedV1):
-        return
-    addresses = {a for a in (normalize_address(raw) for raw in lead.addresses) if a}
-    if addresses:
-        await session.execute(
-            insert(lead_address).on_conflict_do_nothing(),
-            [
-                {
-                    "company_id": event.company_id,
-                    "lead_id": lead.lead_id,
-                    "address": address,
-                    "lead_created_at": lead.created_at,
-                }
-                for address in addresses
-            ],
-        )
-    if addresses - held:
-        await recheck_lead(session, event.company_id, lead.lead_id, sorted(addresses - held), lead.created_at)
 
 
 async def add_blocklist_entry(session: AsyncSession, event: BlocklistAddedV1) -> None:
@@ -90,12 +60,15 @@ async def save_company(session: AsyncSession, event: CompanyUpdatedV1) -> None:
     await directory.save_company(session, event.company_id, domains, event.payload.block_own_domains)
 
 
-async def recheck_lead(
-    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str], created_at: datetime
-) -> None:
+def lead_rows(lead: LeadPayload) -> list[dict[str, Any]]:
+    """What the directory holds of a lead: each address, and when the lead was created (R5)."""
+    return [{"address": a, "lead_created_at": lead.created_at} for a in normalize_addresses(lead.addresses)]
+
+
+async def recheck_lead(session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]) -> None:
     """Ask every connected mailbox of the company to look for the lead's mail again (R5 bounds it by date)."""
-    since = case((mailbox.c.connected_at >= created_at, None), else_=literal(created_at))
-    rows = select(mailbox.c.id, literal(lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
+    since = case((mailbox.c.connected_at >= lead.created_at, None), else_=literal(lead.created_at))
+    rows = select(mailbox.c.id, literal(lead.lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
         mailbox.c.company_id == company_id, mailbox.c.status != MailboxStatus.DISABLED
     )
     statement = insert(lead_recheck).from_select(["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
@@ -115,11 +88,9 @@ async def recheck_lead(
     )
 
 
+LEADS = LeadAddressReplica(lead_address, lead_rows, added=recheck_lead)
 DIRECTORY = (
-    Handlers()
-    .on(LeadCreatedV1, apply_lead)
-    .on(LeadUpdatedV1, apply_lead)
-    .on(LeadDeletedV1, apply_lead)
+    LEADS.handlers(Handlers())
     .on(BlocklistAddedV1, add_blocklist_entry)
     .on(BlocklistRemovedV1, remove_blocklist_entry)
     .on(CompanyUpdatedV1, save_company)
