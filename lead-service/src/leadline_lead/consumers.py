@@ -76,14 +76,12 @@ async def remove_mailbox_history(session: AsyncSession, event: MailboxDisconnect
         await timeline.remove_mailbox_history(session, event.company_id, event.payload.mailbox_id)
 
 
-async def save_user(session: AsyncSession, event: UserUpdatedV1 | UserDeletedV1) -> None:
-    await leads.save_user(
-        session,
-        event.company_id,
-        event.payload.user_id,
-        deleted=isinstance(event, UserDeletedV1),
-        at=event.occurred_at,
-    )
+async def save_user(session: AsyncSession, event: UserUpdatedV1) -> None:
+    await leads.save_user(session, event.company_id, event.payload.user_id, deleted=False, at=event.occurred_at)
+
+
+async def forget_user(session: AsyncSession, event: UserDeletedV1) -> None:
+    await leads.save_user(session, event.company_id, event.payload.user_id, deleted=True, at=event.occurred_at)
 
 
 async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) -> None:
@@ -105,7 +103,7 @@ EVENTS = (
     .on(MailboxDisconnectedV1, remove_mailbox_history)
     .on(LeadUnsubscribedV1, apply_unsubscribe)
     .on(UserUpdatedV1, save_user)
-    .on(UserDeletedV1, save_user)
+    .on(UserDeletedV1, forget_user)
 )
 
 
