@@ -15,9 +15,16 @@ from leadline_kit.infra import DovecotServer
 from leadline_kit.testing.clients import running_app
 from leadline_mail.imap import ImapClient
 from leadline_mail.net import MailConnectionError
+from leadline_sync.sync.engine import QUIET_RECONNECT
 from leadline_sync.sync.pacing import LoginGate
 
 from .conftest import DroppingProxy, SmtpServer, smtp_delivering_to
+
+
+def test_a_dropped_session_reconnects_after_two_four_then_six_seconds_jittered() -> None:
+    # the session loop passes the drops in a row less one (0 after a long session: its first pause)
+    assert [QUIET_RECONNECT.seconds(drops - 1, jitter=1.0) for drops in range(4)] == [2.0, 2.0, 4.0, 6.0]
+    assert all(1.0 <= QUIET_RECONNECT.seconds(0) <= 2.0 for _ in range(50))
 
 
 async def test_the_gate_bounds_logins_in_flight_and_pauses_a_refusing_host() -> None:

@@ -49,7 +49,6 @@ import contextlib
 import hashlib
 import itertools
 import logging
-import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -165,6 +164,9 @@ RECHECKS_PER_PASS = 100
 FIRST_HISTORY_BATCH = 20
 AUDIT_EVERY = timedelta(days=1)
 DATABASE_RETRY = Backoff(1.0, 60.0)  # a mailbox worker after a transient database error
+# a dropped session's quiet reconnects (2, 4, 6 s, jittered: a restarted server's mailboxes do not all
+# come back in the same instant)
+QUIET_RECONNECT = Backoff(QUIET_RECONNECT_SECONDS, QUIET_RECONNECT_SECONDS * MAX_QUIET_RECONNECTS)
 HEADER_CHUNK = 1000  # UIDs whose headers one FETCH reads and one directory query matches
 # a history window doubles each pass of a session, up to 2**this times the setting: a pass SELECTs both
 # folders (1–3 s each for 30,000 Maildir messages on a loaded Dovecot, issue 25), so 500-UID windows made
@@ -304,12 +306,6 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def _quiet_pause(drops: int) -> float:
-    """Seconds before reconnecting a dropped session; jittered, so that a restarted server's mailboxes
-    do not all come back in the same instant."""
-    return QUIET_RECONNECT_SECONDS * max(1, drops) * random.uniform(0.5, 1.0)  # noqa: S311
-
-
 def _host(login: ServerLogin) -> str:
     return f"{login.host}:{login.port}"
 
@@ -435,7 +431,7 @@ class MailboxSync:
                     await self._failed(dropped.error)
                     return
                 log.info("mailbox %s: connection dropped (%s); reconnecting", self.mailbox_id, dropped.error.kind)
-                await asyncio.sleep(_quiet_pause(drops))
+                await asyncio.sleep(QUIET_RECONNECT.seconds(drops - 1))
             except MailConnectionError as error:
                 if (
                     reconnecting
@@ -444,7 +440,7 @@ class MailboxSync:
                 ):
                     # a restarting server refuses connections for a moment: part of the same quiet reconnect
                     drops += 1
-                    await asyncio.sleep(_quiet_pause(drops))
+                    await asyncio.sleep(QUIET_RECONNECT.seconds(drops - 1))
                     continue
                 if error.kind != ErrorKind.TOO_MANY_CONNECTIONS:
                     await self._failed(error)
