@@ -220,25 +220,31 @@ class SyncScheduler:
                 log.exception("%s failed; retrying", what)
 
     async def _reap(self) -> None:
-        """Forget finished workers; give back a lease a worker left behind (it crashed)."""
+        """Forget finished workers; give back the leases they left (one statement for all: a replica giving
+        hundreds back above its share, or its rotation passes ending); a crashed one's mailbox waits
+        ``sync_retry_base_seconds``."""
         finished = {mailbox_id: task for mailbox_id, task in self.workers.items() if task.done()}
+        if not finished:
+            return
+        crashed: set[uuid.UUID] = set()
         for mailbox_id, task in finished.items():
             del self.workers[mailbox_id]
             del self.modes[mailbox_id]
             del self.syncs[mailbox_id]
-            crashed = not task.cancelled() and task.exception() is not None
-            if crashed:
+            if not task.cancelled() and task.exception() is not None:
                 log.error("mailbox %s: sync worker crashed", mailbox_id, exc_info=task.exception())
-            retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
-            async with self.context.db.session() as session:
-                await session.execute(
-                    # unscoped: the scheduler's lease on one mailbox, by id and our replica
-                    update(mailbox)
-                    .where(mailbox.c.id == mailbox_id, mailbox.c.lease_owner == self.replica)
-                    .values(
-                        lease_owner=None, lease_expires_at=None, **({"next_attempt_at": retry_at} if crashed else {})
+                crashed.add(mailbox_id)
+        ended = [mailbox_id for mailbox_id in finished if mailbox_id not in crashed]
+        retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
+        async with self.context.db.session() as session:
+            for ids, later in ((ended, {}), (list(crashed), {"next_attempt_at": retry_at})):
+                if ids:
+                    await session.execute(
+                        # unscoped: the scheduler's leases on mailboxes, by id and our replica
+                        update(mailbox)
+                        .where(mailbox.c.id.in_(ids), mailbox.c.lease_owner == self.replica)
+                        .values(lease_owner=None, lease_expires_at=None, **later)
                     )
-                )
 
     async def _note_rechecks(self) -> None:
         """Tell the workers whose mailboxes have mail to examine again for a late lead (``lead_recheck``):
