@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from leadline_mail import mime
 from leadline_mail.mime import MAX_PARTS, SUMMARY_FIELDS, header_items, parse_headers, parse_message
 
 
@@ -241,3 +242,26 @@ def test_the_summary_fields_alone_summarise_a_header_as_the_whole_block() -> Non
             if name.lower() in wanted
         )
         assert parse_headers(fields + b"\r\n") == parse_headers(block), path.name
+
+
+def test_the_date_fast_path_reads_dates_as_email_utils_does() -> None:
+    """The Date of nearly every message is read without email.utils; for every form it takes it gives what
+    email.utils gives (instant and zone), and what it does not take goes to email.utils."""
+    rng = random.Random(20)
+    days = ["Mon, ", "Sun, ", "Xyz, ", "", "Mon,", "Mon "]
+    months = ["Jan", "nov", "DEC", "Foo", "June"]
+    zones = ["+0000", "-0000", "+0100", "-0530", "+1400", "+2359", "+2400", "-9999", "+0199", "GMT", "EST"]
+    tails = ["", " (CET)", " (UTC) x", "(CET)", " extra"]
+    samples = [
+        f"{rng.choice(days)}{rng.choice(['1', '09', '29', '31', '32', '0'])} {rng.choice(months)} "
+        f"{rng.choice(['2026', '1999', '0099', '26', '10000'])} {rng.choice(['10', '23', '24', '7'])}:"
+        f"{rng.choice(['00', '59', '60'])}:{rng.choice(['00', '59', '60', '61'])} {rng.choice(zones)}{rng.choice(tails)}"
+        for _ in range(5000)
+    ]
+    taken = 0
+    for text in [*samples, "Mon, 23 Nov 2026 10:00:00 +0100", "Feb 30 2026 10:00:00 +0000"]:
+        ours, theirs = mime._date(text), mime._date_of_email_utils(text)
+        assert ours == theirs, text
+        assert (ours.utcoffset() if ours else None) == (theirs.utcoffset() if theirs else None), text
+        taken += mime._DATE_RE.fullmatch(text) is not None
+    assert taken > 100, "the samples exercise the fast path"

@@ -40,7 +40,7 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import nh3
@@ -86,6 +86,7 @@ BOUNCE_SUBJECT_RE = re.compile(
     re.IGNORECASE,
 )
 # complaints that come without a multipart/report: Microsoft's JMRP ("complaint about message from ...")
+_RELAY_SENDER_RE = re.compile(r"mailer[-_ ]?daemon|postmaster|mail delivery", re.IGNORECASE)
 FEEDBACK_SUBJECT_RE = re.compile(r"complaint about message|abuse report|feedback report|spam report", re.IGNORECASE)
 _IP_LITERAL_RE = re.compile(r"@\[[0-9a-f.:v]{2,45}\]$", re.IGNORECASE)
 
@@ -310,11 +311,42 @@ def extract_message_id(value: str) -> str | None:
     return f"<{token}>" if token and " " not in token and "@" in token and len(token) <= 900 else None
 
 
+# The Date of nearly every message ("Mon, 23 Nov 2026 10:00:00 +0100", a zone comment after it or not), read
+# without email.utils (a fifth of a header's summary); anything else, and "-0000", goes through email.utils,
+# which gives the same for these (tests/test_mime.py compares them).
+_DATE_RE = re.compile(
+    r"(?:[A-Za-z]{3}, )?(\d{1,2}) ([A-Za-z]{3}) ([1-9]\d{3}) (\d{2}):(\d{2}):(\d{2}) "
+    r"([+-])(\d{2})(\d{2})(?: \([^()]*\))?"
+)
+_MONTH_NUMBERS = {
+    name: number
+    for number, name in enumerate(
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"), 1
+    )
+}
+
+
 def _date(value: str) -> datetime | None:
     if not value:
         return None
+    text = clean_text(value)
+    found = _DATE_RE.fullmatch(text)
+    if found is not None:
+        day, month, year, hour, minute, second, sign, zone_hours, zone_minutes = found.groups()
+        number = _MONTH_NUMBERS.get(month.lower())
+        if number is not None and (sign == "+" or zone_hours != "00" or zone_minutes != "00"):
+            offset = timedelta(hours=int(zone_hours), minutes=int(zone_minutes))
+            try:
+                zone = timezone(-offset if sign == "-" else offset)
+                return datetime(int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=zone)
+            except ValueError:
+                pass  # email.utils decides (it refuses these too)
+    return _date_of_email_utils(text)
+
+
+def _date_of_email_utils(text: str) -> datetime | None:
     try:
-        parsed = email.utils.parsedate_to_datetime(clean_text(value))
+        parsed = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if parsed is None:
@@ -328,22 +360,18 @@ def _summarise(message: email.message.Message) -> HeaderSummary:
 
 
 def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
-    raw: dict[str, list[Any]] = {}
+    headers: dict[str, list[str]] = {}
     for key, raw_value in items:
         name = key.lower()
         if name in _SUMMARY_NAMES:
-            raw.setdefault(name, []).append(raw_value)
-    headers: dict[str, list[str]] = {}
+            # a header block may be megabytes long in a whole message: a bounded prefix of each value is read
+            headers.setdefault(name, []).append(header_text(raw_value[:MAX_HEADER_VALUE_CHARS]))
 
     def values(name: str) -> list[str]:
-        found = headers.get(name)
-        if found is None:
-            # a header block may be megabytes long in a whole message: read a bounded prefix of each value
-            found = headers[name] = [header_text(v[:MAX_HEADER_VALUE_CHARS]) for v in raw.get(name, ())]
-        return found
+        return headers.get(name) or []
 
     def first(name: str) -> str:
-        found = values(name)
+        found = headers.get(name)
         return found[0] if found else ""
 
     senders = parse_address_header(values("from"))
@@ -359,7 +387,7 @@ def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
         or "delivery-status" in content_type
         or bool(from_address and is_system_sender(from_address))
         or bool(raw_from and from_address is None)  # "MAILER-DAEMON <>", a relay's bare name, "<>"
-        or bool(re.search(r"mailer[-_ ]?daemon|postmaster|mail delivery", raw_from, re.IGNORECASE))
+        or bool(_RELAY_SENDER_RE.search(raw_from))
         or bool(BOUNCE_SUBJECT_RE.search(subject))
         or (bool(return_path) and not clean_text(return_path).strip("<> "))  # null reverse-path <>
         or bool(first("x-failed-recipients"))
@@ -376,7 +404,7 @@ def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
         bcc=[a for _, a in parse_address_header(values("bcc"))],
         subject=subject,
         date=_date(first("date")),
-        in_reply_to=extract_message_id(first("in-reply-to")) if first("in-reply-to") else None,
+        in_reply_to=extract_message_id(replied) if (replied := first("in-reply-to")) else None,
         is_bounce_candidate=is_bounce,
     )
 
