@@ -383,8 +383,10 @@ def report(args: argparse.Namespace, rounds: list[Round], shape: tuple[int, int,
         for what, _, _ in STAGES:
             values = [c.stages[what] for c in runs]
             share = statistics.median(c.stages[what] / t if t else 0.0 for c, t in zip(runs, totals, strict=True))
-            print(f"  {what:40s} {span(values)} s  {100 * share:5.1f}%")
+            rounds_in_order = " / ".join(f"{v:.2f}" for v in values)
+            print(f"  {what:40s} {span(values)} s  {100 * share:5.1f}%   by round: {rounds_in_order}")
         print(f"  {'sum of stages':40s} {span(totals)} s; wall time {span([c.complete for c in runs])} s")
+        print(f"  {'wall time by round':40s} {' / '.join(f'{c.complete:.2f}' for c in runs)} s")
         cpu = " ".join(f"{k} {statistics.median(c.cpu[k] for c in runs):.1f}" for k in PROCESSES)
         print(f"  CPU seconds by process (median): {cpu}")
         for name, lines in runs[-1].profile.items():
