@@ -79,7 +79,7 @@ from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 
 log = logging.getLogger("leadline.sync.scheduler")
 
-EXPIRY_FLOOR = 0.1  # seconds between passes at least, when they follow the expiry of other replicas' leases
+PASS_FLOOR = 0.5  # seconds between the starts of passes at least, however often they are woken
 STOP_SECONDS = 5.0  # a shutdown waits this long at most for the workers (their logouts take 3 s at most)
 
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
@@ -159,19 +159,23 @@ class SyncScheduler:
         renewals = asyncio.create_task(self._keep_leases(), name="sync-lease-renewal")
         try:
             await self._renew_or_stop()  # registered before the first claim: the others' shares count this replica
+            loop = asyncio.get_running_loop()
             while True:
                 # cleared before the pass, not after: a mailbox connected while the pass runs wakes the next
                 self.context.wake.clear()
+                started = loop.time()
                 try:
                     await self.tick()
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("scheduler pass failed")
-                # the next pass at the interval, or as soon as a lease another replica let lapse expires
-                wait = interval if self._next_expiry is None else max(EXPIRY_FLOOR, min(interval, self._next_expiry))
+                # the next pass at the interval, or as soon as a lease another replica let lapse expires, or
+                # when woken (a mailbox connected, a rotation pass ended), but not before the floor
+                wait = interval if self._next_expiry is None else min(interval, self._next_expiry)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.context.wake.wait(), wait)
+                await asyncio.sleep(max(0.0, started + min(PASS_FLOOR, interval) - loop.time()))
         finally:
             renewals.cancel()
             slots.cancel()
@@ -429,7 +433,11 @@ class SyncScheduler:
         for row in rows:
             claimed = Claimed(row, cursors[row.id], row.id in rechecks)
             worker = MailboxSync(self.context, row.id, self.busy, self.db, mode, claimed)
-            self.workers[row.id] = asyncio.create_task(worker.run(), name=f"sync-mailbox-{row.id}")
+            task = asyncio.create_task(worker.run(), name=f"sync-mailbox-{row.id}")
+            if mode == SyncMode.ROTATING:
+                # its slot takes the next mailbox at once, not at the next interval
+                task.add_done_callback(lambda _: self.context.wake.set())
+            self.workers[row.id] = task
             self.modes[row.id] = mode
             self.syncs[row.id] = worker
         if rows and mode == SyncMode.LIVE:
