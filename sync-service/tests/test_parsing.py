@@ -12,6 +12,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 from leadline_mail.mime import parse_message
+from leadline_sync.sync.parse_worker import PREVIEW_HTML_CHARS, PREVIEW_TEXT_CHARS, parse_all
 from leadline_sync.sync.parsing import INLINE_BELOW, MessageParser
 
 
@@ -91,3 +92,20 @@ def test_a_killed_service_leaves_no_parser_process() -> None:
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not alive(worker), "the parser process outlived the killed service"
+
+
+def test_of_a_body_only_the_preview_an_event_carries_is_kept() -> None:
+    """What crosses a parser process's pipe and the outbox: the start of the text, and the HTML only when
+    there is no text."""
+    both = EmailMessage()
+    both["From"], both["Subject"] = "buyer@customer.example", "long"
+    both.set_content("word " * 3000)
+    both.add_alternative("<p>" + "word " * 3000 + "</p>", subtype="html")
+    html_only = EmailMessage()
+    html_only["From"], html_only["Subject"] = "buyer@customer.example", "no text"
+    html_only.set_content("<p>&nbsp;</p>" * 10_000, subtype="html")  # markup without a word of text
+    [long, markup] = parse_all([both.as_bytes(), html_only.as_bytes()])
+    assert long.text == parse_message(both.as_bytes()).text[:PREVIEW_TEXT_CHARS] and long.html is None
+    whole = parse_message(html_only.as_bytes())
+    assert not whole.text.strip() and whole.html is not None and len(whole.html) > PREVIEW_HTML_CHARS
+    assert markup.html == whole.html[:PREVIEW_HTML_CHARS]

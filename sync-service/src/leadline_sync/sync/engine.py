@@ -151,12 +151,6 @@ LIVE = Gauge(
     ["push"],
 )
 
-# What of a body leaves the service: the timeline keeps a 300-character preview of a message and nothing
-# else of its body (lead-service timeline/snippets.py), so an event carries the start of the text, enough
-# for that preview, and the HTML (the start the preview reads) only when there is no text; the body stays
-# in the mailbox. A whole body crossed the outbox, JetStream and the lead service's decoding for nothing.
-PREVIEW_TEXT_CHARS = 4_000
-PREVIEW_HTML_CHARS = 64 * 1024
 MAX_QUIET_RECONNECTS = 3
 QUIET_RECONNECT_SECONDS = 2.0
 DIRECTORY_POLL_SECONDS = 0.25
@@ -1334,7 +1328,6 @@ class MailboxSync:
         row = self.row
         assert row is not None
         message_id = _message_id(summary, raw)
-        text = parsed.text[:PREVIEW_TEXT_CHARS]
         return Selected(
             header.uid,
             message_id,
@@ -1354,8 +1347,8 @@ class MailboxSync:
                     cc=match.cc,
                     subject=summary.subject or "",
                     sent_at=self._sent_at(header, summary),
-                    text=text,
-                    html=parsed.html[:PREVIEW_HTML_CHARS] if parsed.html and not text.strip() else None,
+                    text=parsed.text,  # what parse_all keeps of it: the preview's
+                    html=parsed.html,
                     attachments=[
                         Attachment(filename=a.filename, content_type=a.content_type, size=a.size)
                         for a in parsed.attachments

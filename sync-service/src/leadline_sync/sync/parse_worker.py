@@ -16,6 +16,7 @@ import signal
 import struct
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
 from leadline_mail.mime import ParsedMessage, parse_message
 
@@ -36,8 +37,24 @@ def map_large_allocations() -> None:
             ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
+# What of a body leaves the service: the timeline keeps a 300-character preview of a message and nothing
+# else of its body (lead-service timeline/snippets.py), so an event carries the start of the text, enough
+# for that preview, and the HTML (the start the preview reads) only when there is no text; the body stays
+# in the mailbox. A whole body crossed the outbox, JetStream and the lead service's decoding for nothing.
+# Cut where a message is parsed, so that no more than this crosses a parser process's pipe either.
+PREVIEW_TEXT_CHARS = 4_000
+PREVIEW_HTML_CHARS = 64 * 1024
+
+
 def parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
-    return [parse_message(raw) for raw in raws]
+    """Each message parsed, and of its body only what an event carries (its preview's text or HTML)."""
+    return [_preview(parse_message(raw)) for raw in raws]
+
+
+def _preview(parsed: ParsedMessage) -> ParsedMessage:
+    text = parsed.text[:PREVIEW_TEXT_CHARS]
+    html = parsed.html[:PREVIEW_HTML_CHARS] if parsed.html and not text.strip() else None
+    return replace(parsed, text=text, html=html)
 
 
 def _leave_with(parent: int) -> None:
