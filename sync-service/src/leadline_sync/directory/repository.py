@@ -1,7 +1,7 @@
 """Every query of the matching directory: the service's copy of leads, blocklist and company settings, kept
-from events (``mailbox/consumers.py``; the lead-address copy's own statements are still there, becoming a kit
-replica shared with the send service) and read by the matching rules (``matching.py``, one load per header
-batch)."""
+from events (``mailbox/consumers.py``; the lead addresses through the kit's replica,
+:mod:`leadline_kit.lead_addresses`), the lead rechecks a lead's new addresses leave, and the reads of the
+matching rules (``matching.py``, one load per header batch)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, select
+from sqlalchemy import ARRAY, Row, Text, case, delete, func, literal, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_sync.models import blocklist_entry, company, lead_address
+from leadline_sync.mailbox.states import MailboxStatus
+from leadline_sync.models import blocklist_entry, company, lead_address, lead_recheck, mailbox
 
 # --- read by matching ----------------------------------------------------------------------------------------
 
@@ -76,5 +77,31 @@ async def save_company(
         statement.on_conflict_do_update(
             index_elements=[company.c.company_id],
             set_={"domains": statement.excluded.domains, "block_own_domains": statement.excluded.block_own_domains},
+        )
+    )
+
+
+async def recheck_lead(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str], created_at: datetime
+) -> None:
+    """A ``lead_recheck`` row for every connected mailbox of the company: its sync looks for the lead's mail
+    again (R5 bounds it by date: from the lead's creation, unless the mailbox was connected after it)."""
+    since = case((mailbox.c.connected_at >= created_at, None), else_=literal(created_at))
+    rows = select(mailbox.c.id, literal(lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
+        mailbox.c.company_id == company_id, mailbox.c.status != MailboxStatus.DISABLED
+    )
+    statement = insert(lead_recheck).from_select(["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[lead_recheck.c.mailbox_id, lead_recheck.c.lead_id],
+            set_={
+                "addresses": func.array_cat(lead_recheck.c.addresses, statement.excluded.addresses),
+                # NULL (the whole history) wins over a date; LEAST would ignore it
+                "since": case(
+                    (or_(lead_recheck.c.since.is_(None), statement.excluded.since.is_(None)), None),
+                    else_=func.least(lead_recheck.c.since, statement.excluded.since),
+                ),
+                "created_at": statement.excluded.created_at,
+            },
         )
     )

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Text, case, func, literal, or_, select
-from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.consumer import EventConsumer, Handlers
@@ -38,9 +36,8 @@ from leadline_sync.config import Settings
 from leadline_sync.context import SyncContext
 from leadline_sync.directory import repository as directory
 from leadline_sync.mailbox import service
-from leadline_sync.mailbox.states import MailboxStatus
 from leadline_sync.matching import normalize_blocklist_value, normalize_domain
-from leadline_sync.models import lead_address, lead_recheck, mailbox, processed
+from leadline_sync.models import lead_address, processed
 
 
 async def add_blocklist_entry(session: AsyncSession, event: BlocklistAddedV1) -> None:
@@ -66,26 +63,8 @@ def lead_rows(lead: LeadPayload) -> list[dict[str, Any]]:
 
 
 async def recheck_lead(session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]) -> None:
-    """Ask every connected mailbox of the company to look for the lead's mail again (R5 bounds it by date)."""
-    since = case((mailbox.c.connected_at >= lead.created_at, None), else_=literal(lead.created_at))
-    rows = select(mailbox.c.id, literal(lead.lead_id), literal(addresses, ARRAY(Text)), since, func.now()).where(
-        mailbox.c.company_id == company_id, mailbox.c.status != MailboxStatus.DISABLED
-    )
-    statement = insert(lead_recheck).from_select(["mailbox_id", "lead_id", "addresses", "since", "created_at"], rows)
-    await session.execute(
-        statement.on_conflict_do_update(
-            index_elements=[lead_recheck.c.mailbox_id, lead_recheck.c.lead_id],
-            set_={
-                "addresses": func.array_cat(lead_recheck.c.addresses, statement.excluded.addresses),
-                # NULL (the whole history) wins over a date; LEAST would ignore it
-                "since": case(
-                    (or_(lead_recheck.c.since.is_(None), statement.excluded.since.is_(None)), None),
-                    else_=func.least(lead_recheck.c.since, statement.excluded.since),
-                ),
-                "created_at": statement.excluded.created_at,
-            },
-        )
-    )
+    """The replica's ``added``: every connected mailbox of the company looks for the lead's mail again."""
+    await directory.recheck_lead(session, company_id, lead.lead_id, addresses, lead.created_at)
 
 
 LEADS = LeadAddressReplica(lead_address, lead_rows, added=recheck_lead)
