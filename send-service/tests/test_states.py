@@ -1,11 +1,11 @@
-"""The message state machine as a table: the moves of the diagram pass, every other one is refused."""
+"""The message and attempt machines as tables: the moves of the diagrams pass, every other one is refused."""
 
 from __future__ import annotations
 
 import pytest
 
 from leadline_send.delivery.outcome import Outcome
-from leadline_send.states import MESSAGE_MOVES, ForbiddenMove, MessageState, Reason, move
+from leadline_send.states import MESSAGE_MOVES, PHASE_MOVES, AttemptPhase, ForbiddenMove, MessageState, Reason, move
 
 S = MessageState
 DIAGRAM = {  # delivery.repository's diagram, edge by edge
@@ -37,6 +37,21 @@ def test_every_move_outside_the_diagram_is_refused(current: MessageState, to: Me
         assert move(current, to) is to
     else:
         with pytest.raises(ForbiddenMove):
+            move(current, to)
+
+
+P = AttemptPhase
+PHASES = {(P.CONNECTING, P.DATA), (P.CONNECTING, P.DONE), (P.DATA, P.DONE)}  # states.py's docstring
+
+
+@pytest.mark.parametrize("current", list(P))
+@pytest.mark.parametrize("to", list(P))
+def test_an_attempts_phase_moves_only_forward(current: AttemptPhase, to: AttemptPhase) -> None:
+    assert {(a, b) for a, targets in PHASE_MOVES.items() for b in targets} == PHASES
+    if (current, to) in PHASES:
+        assert move(current, to) is to
+    else:
+        with pytest.raises(ForbiddenMove, match="an attempt does not go"):
             move(current, to)
 
 

@@ -6,14 +6,15 @@ state names its states through these enums (``sql``), so the models' CHECK const
 schema and the queue's statements cannot disagree on a spelling.
 
 An attempt (``send_attempt.phase``) is ``connecting`` from its claim, ``data`` once recorded before the
-end of data (R21), ``done`` when settled.  Its ``outcome`` is a :class:`Reason`: why the attempt ended as it
-did, the label of ``leadline_send_outcomes_total``.
+end of data (R21), ``done`` when settled, from either (:data:`PHASE_MOVES`).  Its ``outcome`` is a
+:class:`Reason`: why the attempt ended as it did, the label of ``leadline_send_outcomes_total``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from enum import StrEnum
+from typing import TypeVar
 
 
 class MessageState(StrEnum):
@@ -48,26 +49,38 @@ MESSAGE_MOVES: dict[MessageState, frozenset[MessageState]] = {
 }
 
 
+class AttemptPhase(StrEnum):
+    CONNECTING = "connecting"  # claimed; the server has not had the end of data
+    DATA = "data"  # recorded before the end of data (R21): a lost reply makes the message unknown
+    DONE = "done"
+
+
+P = AttemptPhase
+PHASE_MOVES: dict[AttemptPhase, frozenset[AttemptPhase]] = {
+    P.CONNECTING: frozenset({P.DATA, P.DONE}),  # recorded before the end of data; settled before it
+    P.DATA: frozenset({P.DONE}),  # settled by the server's answer, or by recovery
+    P.DONE: frozenset(),
+}
+
+Machine = TypeVar("Machine", MessageState, AttemptPhase)
+
+
 class ForbiddenMove(ValueError):
     """A state change the diagram does not allow: a bug, never an input error."""
 
 
-def move(current: MessageState, to: MessageState) -> MessageState:
-    """``to``, if the diagram allows it from ``current``."""
-    if to not in MESSAGE_MOVES[current]:
-        raise ForbiddenMove(f"a message does not go from {current} to {to}")
+def move(current: Machine, to: Machine) -> Machine:
+    """``to``, if its machine's diagram allows it from ``current``."""
+    allowed = MESSAGE_MOVES[current] if isinstance(current, MessageState) else PHASE_MOVES[current]
+    if to not in allowed:
+        what = "a message" if isinstance(current, MessageState) else "an attempt"
+        raise ForbiddenMove(f"{what} does not go from {current} to {to}")
     return to
 
 
 def settled_from_sending(to: MessageState) -> MessageState:
     """Where an attempt may leave a ``sending`` message."""
     return move(S.SENDING, to)
-
-
-class AttemptPhase(StrEnum):
-    CONNECTING = "connecting"  # claimed; the server has not had the end of data
-    DATA = "data"  # recorded before the end of data (R21): a lost reply makes the message unknown
-    DONE = "done"
 
 
 class Reason(StrEnum):

@@ -125,7 +125,7 @@ FORGET_QUOTA = "DELETE FROM quota_hold WHERE reservation_id = $1"
 # unscoped: by the id of a message this worker claimed
 RECORD_DATA = f"""
 WITH attempt AS (
-    UPDATE send_attempt SET phase = '{P.DATA}'
+    UPDATE send_attempt SET phase = '{move(P.CONNECTING, P.DATA)}'
     WHERE message_id = $1 AND number = $2 AND phase = '{P.CONNECTING}'
     RETURNING message_id
 )
@@ -155,7 +155,7 @@ def _recorded_under_lease(first: int) -> str:
         number=first + 1,
         worker=first + 2,
         reservation=first + 3,
-        data=P.DATA,
+        data=move(P.CONNECTING, P.DATA),
         connecting=P.CONNECTING,
         sending=S.SENDING,
     )
