@@ -38,6 +38,12 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def written(pid: int) -> int:
+    """Bytes a process wrote (a parser process writes only its answers)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(io["wchar"])
+
+
 async def test_workers_parse_as_inline_start_on_a_large_batch_and_replace_a_dead_one() -> None:
     raws = messages(3 * INLINE_BELOW)
     expected = [parse_message(raw) for raw in raws]
@@ -57,6 +63,20 @@ async def test_workers_parse_as_inline_start_on_a_large_batch_and_replace_a_dead
         await asyncio.sleep(0.2)
         assert await parser.parse(raws) == expected, "the dead worker's part is parsed inline"
         assert parser.running == 1
+    finally:
+        parser.close()
+
+
+async def test_workers_start_when_a_large_batch_is_expected_and_parse_it() -> None:
+    raws = messages(INLINE_BELOW)
+    parser = MessageParser(1)
+    try:
+        parser.expect(INLINE_BELOW - 1)
+        assert parser._starting is None and parser.running == 0, "a batch parsed inline starts nothing"
+        parser.expect(INLINE_BELOW)  # while its bodies are read
+        assert await parser.parse(raws) == parse_all(raws)
+        [worker] = parser._idle
+        assert written(worker.process.pid) > 0, "the worker answered the batch: it was not parsed inline"
     finally:
         parser.close()
 

@@ -1100,6 +1100,7 @@ class MailboxSync:
                 async with self.busy:
                     scanned = await self._read_headers(client, cursor, uids[start:end])
                 for part in scanned.split(size, max_bytes):
+                    self.context.parser.expect(len(part.wanted))
                     async with self.busy:
                         read = await self._read_bodies(client, part)
                     previous = pending[-1] if pending else None

@@ -98,6 +98,16 @@ class MessageParser:
         self._idle_timer: asyncio.TimerHandle | None = None
         self._returned = asyncio.Event()  # a worker became idle
 
+    def expect(self, count: int) -> None:
+        """A batch of ``count`` messages is coming (its bodies are being read): if it is one for the
+        workers and none runs, start them now, so that they start while the bodies arrive and the batch
+        is not parsed inline on the event loop."""
+        if self.processes <= 0 or count < INLINE_BELOW or self._idle or self._busy:
+            return
+        self._keep_alive()
+        if self._starting is None:
+            self._starting = asyncio.create_task(self._start())
+
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
         if not raws:
             return []
@@ -107,6 +117,8 @@ class MessageParser:
         while not self._idle and self._busy:  # another mailbox's batch has them: wait for one
             self._returned.clear()
             await self._returned.wait()
+        if not self._idle and self._starting is not None:
+            await asyncio.shield(self._starting)  # started by expect(): a fork and exec, not their imports
         if not self._idle:
             if self._starting is None:
                 self._starting = asyncio.create_task(self._start())
