@@ -96,6 +96,7 @@ class RecordingHandler:
         self.received: list[Received] = []
         self.data_commands = 0
         self.wire: list[bytearray] = []  # what each session received
+        self.ended: set[int] = set()  # the sessions over (closed by either side), by the id of their protocol
         self.reads: list[bytes] = []  # each read of every session, to see what came in one write
         self.auth_attempts = 0
         self.logins = {SMTP_USER: SMTP_PASSWORD}
@@ -180,6 +181,10 @@ class RecordingSMTP(SMTP):
         self._record.extend(data)
         self.event_handler.reads.append(data)
         super().data_received(data)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.event_handler.ended.add(id(self))
+        super().connection_lost(error)
 
 
 class RecordingController(Controller):

@@ -285,7 +285,14 @@ async def test_a_kept_session_the_server_closed_is_replaced_without_spending_a_r
     await app.add_account(server)
     first = await send(app)
     assert (await app.wait_for(first["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
-    await asyncio.sleep(1.0)  # the server drops the idle session we kept
+    # the server drops the idle session we kept (0.5 s on): a sleep could end before it did, and the second
+    # message then went over the kept session
+    sessions = len(server.handler.wire)
+    deadline = asyncio.get_running_loop().time() + 30
+    while len(server.handler.ended) < sessions and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.05)
+    assert len(server.handler.ended) == sessions, "the server kept the idle session"
     second = await send(app)
     done = await app.wait_for(second["id"], {"sent", "failed", "unknown"})
     assert done["state"] == "sent" and done["attempts"] == 1, done
+    assert len(server.handler.wire) == sessions + 1, "the second message went over a new session"
