@@ -27,7 +27,11 @@ def test_a_service_that_exits_on_its_own_is_named_with_its_exit_code() -> None:
 def test_a_replaceable_service_is_reaped_and_reported_and_the_others_still_watched(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    children = {"sync": child("pass"), "lead": child("import time; time.sleep(1); raise SystemExit(4)")}
+    sync = child("pass")
+    # "lead" exits once "sync" is reaped: a second's sleep is no order on a loaded machine, where two starts of
+    # Python can lie further apart
+    lead = child(f"import os, time\nwhile os.path.exists('/proc/{sync.pid}'): time.sleep(0.01)\nraise SystemExit(4)")
+    children = {"sync": sync, "lead": lead}
     assert first_exit(children, {"sync"}, poll_seconds=0.05) == ("lead", 4)
     assert children["sync"].returncode == 0, "reaped, not left a zombie"
     assert "sync exited (code 0)" in capsys.readouterr().out
