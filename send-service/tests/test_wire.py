@@ -81,11 +81,11 @@ async def test_the_end_of_data_waits_for_the_record(
         )
         assert response.status_code == 202, response.text
         first, second = response.json()["items"]
-        for _ in range(200):
-            if b"marker-2" in bytes(server.handler.wire[-1]):
-                break
+        # a deadline, not 200 looks (4 s): the first message's transaction and the second's envelope come first
+        deadline = asyncio.get_running_loop().time() + 30
+        while b"marker-2" not in bytes(server.handler.wire[-1]) and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(0.3)  # room for an end of data that should not come
         wire = bytes(server.handler.wire[-1])
         assert b"marker-2" in wire, "the body goes out beside the record"
         assert server.handler.by_message_id(first["message_id"])
