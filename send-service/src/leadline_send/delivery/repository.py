@@ -40,7 +40,8 @@ resent by itself.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -414,6 +415,18 @@ class AbandonedHold:
     recipients: int
 
 
+@asynccontextmanager
+async def _gone(probe: asyncpg.Connection, holder: int) -> AsyncIterator[bool]:
+    """Whether the process ``holder`` is gone: its advisory lock was free, and is held here for the block."""
+    if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, holder):
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, holder)
+
+
 async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, own_key: int) -> list[AbandonedHold]:
     """The quota reservations held by processes that are gone, with what was used under each.
 
@@ -424,9 +437,9 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
     # unscoped: recovery looks at every company's holds of gone workers
     for holder in await conn.fetch("SELECT DISTINCT holder FROM quota_hold WHERE holder <> $1", own_key):
         key = int(holder["holder"])
-        if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, key):
-            continue
-        try:
+        async with _gone(probe, key) as gone:
+            if not gone:
+                continue
             if await conn.fetchval(
                 # unscoped: recovery looks at a gone worker's rows of every company
                 f"SELECT 1 FROM outgoing_message WHERE state = '{S.SENDING}' AND claimed_by = $1 LIMIT 1",  # noqa: S608
@@ -437,8 +450,6 @@ async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, o
             for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
                 messages, recipients = await reservation_use(conn, hold["reservation_id"])
                 found.append(AbandonedHold(hold["company_id"], hold["reservation_id"], messages, recipients))
-        finally:
-            await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, key)
     return found
 
 
@@ -448,11 +459,11 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
     holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == S.SENDING).distinct())).scalars()
     recovered: list[Recovered] = []
     for holder in list(holders):
-        if holder is None or not await probe.fetchval(
-            "SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, int(holder)
-        ):
+        if holder is None:
             continue
-        try:
+        async with _gone(probe, int(holder)) as gone:
+            if not gone:
+                continue
             abandoned = (
                 await session.execute(
                     # unscoped: recovery takes back a dead worker's rows of every company
@@ -488,8 +499,6 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                     .values(phase=P.DONE, outcome=Reason.INTERRUPTED, finished_at=func.now())
                 )
                 recovered.append(Recovered(r.id, r.company_id, state))
-        finally:
-            await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, int(holder))
     return recovered
 
 
