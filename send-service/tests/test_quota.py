@@ -170,3 +170,44 @@ async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_ser
     # the first check leaves room for 2 more: those are answered here; the fourth asks again
     assert answered("granted") - asked == 2 and answered("granted-from-room") - from_room == 2
     assert replies[0].room_messages == 2 and replies[3].room_messages == 2
+
+
+async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_last_message(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+) -> None:
+    """Two workers claim 6 messages each: the first reserves a lease of 10, which the second claim does not
+    fit, so it retires with 6 in hand, before it expires.  Its last message settles it: what was sent under
+    it is counted then, not left reserved (and uncounted) until the quota service's TTL.  (The second
+    lease is settled by the idle worker once it expires.)"""
+    quota_url = await migrated_database(postgres, "leadline_quota")
+    quota = QuotaSettings(
+        database_url=quota_url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    )
+    async with running_app(create_quota_app(quota)):
+        app = await send_service(smtp_connections=2, claim_size=6, quota_lease_messages=10, quota_lease_seconds=5)
+        server = smtp_server(tls="starttls")
+        await app.add_account(server, max_per_month=100)
+        # 0.05 s a message: the first worker still has its 6 in hand when the second claims
+        server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "slow", 0.05
+        batch = await app.user.post(
+            "/v1/messages/batch",
+            json={
+                "messages": [
+                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                    for n in range(12)
+                ]
+            },
+        )
+        assert batch.status_code == 202, batch.text
+        done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
+        assert [d["state"] for d in done] == ["sent"] * 12
+        for _ in range(150):
+            usage = await _quota_usage(quota_url)
+            if "reserved" not in usage:
+                break
+            await asyncio.sleep(0.1)
+        assert usage.get("committed") == 12 and "reserved" not in usage, usage

@@ -165,7 +165,8 @@ class QuotaReservations:
     def release(self, lease: QuotaLease, message: repository.Claimed, reached_server: bool) -> None:
         """A message taken under ``lease`` is done; the lease is settled once it is retired and empty."""
         lease.done(message, reached_server)
-        if lease.exhausted:
+        # (a lease retired early, by a claim it could not take, is settled by its last message too)
+        if lease.exhausted or lease.retired:
             self._retire(lease)
 
     def end_idle(self) -> None:
