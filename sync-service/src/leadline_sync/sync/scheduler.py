@@ -86,6 +86,12 @@ HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["r
 HELD_BY_MODE = Gauge(
     "leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating", ["replica", "sync_mode"]
 )
+# the mailboxes to sync, every company's (unscoped: the scheduler's count); an alias, so that inside a claim
+# on ``mailbox`` it counts the table rather than correlating to the claimed row
+_counted = mailbox.alias("counted")
+_TO_SYNC = (
+    select(func.count()).select_from(_counted).where(_counted.c.status.in_(SYNCED), _counted.c.slot == Slot.GRANTED)
+)
 RENEWAL_FAILURES = Counter("leadline_sync_lease_renewal_failures_total", "Lease renewals of this replica that failed")
 CAPACITY = Gauge(
     "leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots", ["replica", "sync_mode"]
@@ -318,7 +324,7 @@ class SyncScheduler:
 
     async def _claim(self) -> None:
         live = [m for m, task in self.workers.items() if self.modes[m] == SyncMode.LIVE and not task.done()]
-        share = await self._share()
+        share, counted = await self._share()
         if len(live) > share + max(1, share // 50):  # (a margin, so that shares rounded apart do not see-saw)
             self._give_back(live[share:])
             live = live[:share]
@@ -327,20 +333,14 @@ class SyncScheduler:
         # room left: look again the moment a lease of another replica expires (it may have died, and its
         # share grows ours), not at the next interval
         self._next_expiry = await self._next_foreign_expiry() if claimed < room else None
-        await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - (len(self.workers) - len(live)))
+        rotating = sum(1 for m, task in self.workers.items() if self.modes[m] == SyncMode.ROTATING and not task.done())
+        await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - rotating, counted)
 
-    async def _share(self) -> int:
+    async def _share(self) -> tuple[int, int]:
         """How many mailboxes this replica should hold live: those to sync, spread over the replicas alive in
-        proportion to their live capacities."""
+        proportion to their live capacities; and how many mailboxes to sync that share counted."""
         async with self.context.db.session() as session:
-            total = (
-                await session.execute(
-                    # unscoped: the scheduler counts every company's mailboxes
-                    select(func.count())
-                    .select_from(mailbox)
-                    .where(mailbox.c.status.in_(SYNCED), mailbox.c.slot == Slot.GRANTED)
-                )
-            ).scalar_one()
+            total = (await session.execute(_TO_SYNC)).scalar_one()
             alive = dict(
                 (
                     await session.execute(
@@ -351,7 +351,7 @@ class SyncScheduler:
                 ).all()
             )
         alive[self.replica] = self.capacity.live  # (itself, whether its registration went through or not)
-        return fair_share(total, self.capacity.live, sum(alive.values()))
+        return fair_share(total, self.capacity.live, sum(alive.values())), total
 
     def _give_back(self, mailbox_ids: list[uuid.UUID]) -> None:
         """Stop the workers of mailboxes beyond this replica's share; once they have stopped, the next pass
@@ -378,8 +378,14 @@ class SyncScheduler:
             ).scalar_one()
         return None if seconds is None else float(seconds)
 
-    async def _claim_for(self, mode: SyncMode, free: int) -> int:
-        """Claim up to ``free`` due mailboxes and start their workers; how many."""
+    async def _claim_for(self, mode: SyncMode, free: int, counted: int | None = None) -> int:
+        """Claim up to ``free`` due mailboxes and start their workers; how many.
+
+        ``counted`` (rotating): the mailboxes to sync that this pass's share was counted from.  A mailbox
+        connected since then is not in the share, and its first pass would be a rotating one, then a
+        second login once the next pass claims it live: the claim takes none while there are more
+        mailboxes to sync than were counted, in the same statement (one snapshot), and the next pass
+        (woken by the connect) counts again."""
         if free <= 0:
             return 0
         now = self.context.clock()
@@ -400,6 +406,8 @@ class SyncScheduler:
             # a pass per mailbox at most every poll period, however few mailboxes wait
             fresh = now - timedelta(seconds=self.settings.sync_poll_seconds)
             due = due.where(or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh))
+            if counted is not None:
+                due = due.where(_TO_SYNC.scalar_subquery() <= counted)
         if self.workers:
             due = due.where(mailbox.c.id.not_in(list(self.workers)))
         async with self.context.db.session() as session:
