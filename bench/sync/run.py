@@ -58,7 +58,7 @@ from leadline_lead.config import Settings as LeadSettings
 from leadline_lead.main import create_app as create_lead_app
 from leadline_mail.imap import ImapSettings, connect_imap
 from leadline_mail.net import parse_allowlist
-from leadline_proto.events import LeadCreatedV1, LeadPayload, parse_event
+from leadline_proto.events import parse_event
 from leadline_quota.config import Settings as QuotaSettings
 from leadline_quota.main import create_app as create_quota_app
 from leadline_sync.config import Settings as SyncSettings
@@ -337,25 +337,29 @@ async def run(messages: int, idle_samples: int) -> None:
                 await lead_conn.close()
         await nc.close()
 
-        # -- 3. header scan with 1% matching --------------------------------------------------------
+        # -- 3. header scan with 1% matching (a lead service of its own answers the lead directory) ------
         scan_url = await create_database(postgres, "bench_scan")
+        scan_lead_url = await create_database(postgres, "bench_scan_lead")
         await upgrade("leadline_sync", scan_url)
+        await upgrade("leadline_lead", scan_lead_url)
         company = uuid.uuid4()
         user = Identity(company_id=company, user_id=uuid.uuid4(), role="salesperson")
         scan_app = create_sync_app(sync_settings(scan_url, nats_server.url, cafile))
-        _, js = await bus.connect(nats_server.url, "bench-scan")
-        async with running_app(scan_app) as sync_client:
-            event = LeadCreatedV1(
-                company_id=company,
-                payload=LeadPayload(
-                    lead_id=uuid.uuid4(),
-                    addresses=["rare@prospect.example"],
-                    created_at=datetime(2020, 1, 1, tzinfo=UTC),
-                ),
+        scan_lead_app = create_lead_app(
+            LeadSettings(
+                database_url=scan_lead_url,
+                nats_url=nats_server.url,
+                identity_secret=SECRET,
+                environment="test",
+                log_level="WARNING",
+                consumer_prefix=f"bench-scan-lead-{uuid.uuid4().hex[:8]}",
             )
-            await js.publish(
-                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+        )
+        async with running_app(scan_app) as sync_client, running_app(scan_lead_app) as lead_client:
+            response = await as_caller(lead_client, user, SECRET).post(
+                "/v1/leads", json={"name": "rare", "addresses": ["rare@prospect.example"]}
             )
+            response.raise_for_status()
             await wait_count(scan_url, "SELECT count(*) FROM sync.lead_address", 1)
             api = as_caller(sync_client, user, SECRET)
             started = time.perf_counter()
