@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from leadline_proto.events import MailPayload, MailSyncedV1
+from leadline_send.delivery import repository
 from leadline_send.models import outgoing_message
 
 from .conftest import HarnessFactory, SendHarness, SmtpFactory, SmtpServer
@@ -41,6 +42,28 @@ async def test_4xx_is_retried_with_the_same_message_id(
     done = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
     assert done["state"] == "sent" and done["attempts"] == 2, done
     assert len(server.handler.by_message_id(message["message_id"])) == 1
+
+
+async def test_a_settled_attempt_is_not_settled_again(
+    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object
+) -> None:
+    """The settle's WHERE holds the attempt to PHASE_MOVES: a late settle of a done attempt changes nothing."""
+    app = await send_service()
+    server = smtp_server(tls="implicit")
+    await app.add_account(server)
+    message = await send(app)
+    assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
+    message_id = uuid.UUID(message["id"])
+    async with app.db.plain() as conn:
+        before = await conn.fetchrow("SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id)
+        assert before is not None and (before["phase"], before["outcome"]) == ("done", "sent")
+        late = ("failed", "interrupted", "late reply", None, "late error")
+        await conn.execute(repository.SETTLE, message_id, 1, *late)
+        await conn.execute(repository.SETTLE_SENT, message_id, 1, "late reply", None, uuid.uuid4(), "x", b"{}")
+        after = await conn.fetchrow("SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id)
+        assert dict(after or {}) == dict(before)
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE subject = 'x'") == 0
+    assert (await app.user.get(f"/v1/messages/{message['id']}")).json()["state"] == "sent"
 
 
 async def test_5xx_fails_with_the_servers_reply(

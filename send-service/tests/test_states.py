@@ -5,7 +5,16 @@ from __future__ import annotations
 import pytest
 
 from leadline_send.delivery.outcome import Outcome
-from leadline_send.states import MESSAGE_MOVES, PHASE_MOVES, AttemptPhase, ForbiddenMove, MessageState, Reason, move
+from leadline_send.states import (
+    MESSAGE_MOVES,
+    PHASE_MOVES,
+    AttemptPhase,
+    ForbiddenMove,
+    MessageState,
+    Reason,
+    move,
+    moves_into,
+)
 
 S = MessageState
 DIAGRAM = {  # delivery.repository's diagram, edge by edge
@@ -53,6 +62,17 @@ def test_an_attempts_phase_moves_only_forward(current: AttemptPhase, to: Attempt
     else:
         with pytest.raises(ForbiddenMove, match="an attempt does not go"):
             move(current, to)
+
+
+@pytest.mark.parametrize("to", list(S))
+def test_the_prior_states_of_a_message_are_the_diagrams(to: MessageState) -> None:
+    assert set(moves_into(to)) == {a for a, b in DIAGRAM if b is to}
+
+
+@pytest.mark.parametrize("to", list(P))
+def test_the_prior_phases_of_an_attempt_are_the_diagrams(to: AttemptPhase) -> None:
+    assert set(moves_into(to)) == {a for a, b in PHASES if b is to}
+    assert moves_into(P.DONE) == (P.CONNECTING, P.DATA)  # the settle's WHERE (delivery.repository)
 
 
 def test_an_attempt_cannot_end_where_a_sending_message_never_goes() -> None:

@@ -69,13 +69,21 @@ class ForbiddenMove(ValueError):
     """A state change the diagram does not allow: a bug, never an input error."""
 
 
+def _allowed(current: MessageState | AttemptPhase) -> frozenset[MessageState | AttemptPhase]:
+    return MESSAGE_MOVES[current] if isinstance(current, MessageState) else PHASE_MOVES[current]
+
+
 def move(current: Machine, to: Machine) -> Machine:
     """``to``, if its machine's diagram allows it from ``current``."""
-    allowed = MESSAGE_MOVES[current] if isinstance(current, MessageState) else PHASE_MOVES[current]
-    if to not in allowed:
+    if to not in _allowed(current):
         what = "a message" if isinstance(current, MessageState) else "an attempt"
         raise ForbiddenMove(f"{what} does not go from {current} to {to}")
     return to
+
+
+def moves_into(to: Machine) -> tuple[Machine, ...]:
+    """The states its machine's diagram lets move to ``to``: the allowed prior states of an SQL ``WHERE``."""
+    return tuple(current for current in type(to) if to in _allowed(current))
 
 
 def settled_from_sending(to: MessageState) -> MessageState:

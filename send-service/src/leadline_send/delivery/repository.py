@@ -57,7 +57,7 @@ from leadline_send.delivery.outcome import Outcome
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
-from leadline_send.states import DUE, OPEN, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, sql
+from leadline_send.states import DUE, OPEN, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, moves_into, sql
 
 S, P = MessageState, AttemptPhase
 
@@ -168,10 +168,12 @@ def _statement(ctes: list[str], result: str) -> str:
 
 RECORD_DATA_UNDER_LEASE = _statement([_recorded_under_lease(1)], "message_id FROM recorded")
 
+# An attempt settles only from a phase PHASE_MOVES lets into done: a settled one is left as it is.
+_SETTLES_FROM = sql(moves_into(P.DONE))
 # The end of an attempt: $1 message, $2 attempt, $3 state, $4 outcome, $5 reply, $6 next attempt, $7 error.
 _SETTLED = f"""attempt AS (
     UPDATE send_attempt SET phase = '{P.DONE}', outcome = $4, reply = $5, finished_at = now()
-    WHERE message_id = $1 AND number = $2
+    WHERE message_id = $1 AND number = $2 AND phase IN {_SETTLES_FROM}
 ), settled AS (
     UPDATE outgoing_message
     SET state = $3, claimed_by = NULL, updated_at = now(), last_error = $7,
@@ -188,7 +190,7 @@ SETTLE = _statement([_SETTLED], "1")
 # $4 error, $5-$7 event id, subject, body.
 _SENT = f"""attempt AS (
     UPDATE send_attempt SET phase = '{P.DONE}', outcome = '{Reason.SENT}', reply = $3, finished_at = now()
-    WHERE message_id = $1 AND number = $2
+    WHERE message_id = $1 AND number = $2 AND phase IN {_SETTLES_FROM}
 ), message AS (
     UPDATE outgoing_message
     SET state = '{S.SENT}', claimed_by = NULL, updated_at = now(), last_error = $4, smtp_reply = $3,
@@ -495,8 +497,8 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                 )
                 await session.execute(
                     update(a)
-                    .where(a.c.message_id == r.id, a.c.number == r.attempts)
-                    .values(phase=P.DONE, outcome=Reason.INTERRUPTED, finished_at=func.now())
+                    .where(a.c.message_id == r.id, a.c.number == r.attempts, a.c.phase == r.phase)
+                    .values(phase=move(P(r.phase), P.DONE), outcome=Reason.INTERRUPTED, finished_at=func.now())
                 )
                 recovered.append(Recovered(r.id, r.company_id, state))
     return recovered
