@@ -21,7 +21,6 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 NOT_YET: dict[str, str] = {
     "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (in flux: issues 18, 20)",
     "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes (in flux: issues 18, 20)",
-    "sync-service/src/leadline_sync/mailbox/slots.py": "the slot reconciler (in flux: issues 18, 20)",
     "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
     "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (in flux: issue 18)",
 }

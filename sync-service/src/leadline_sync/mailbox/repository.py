@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Row, and_, case, func, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
+from leadline_sync.mailbox.states import SYNCED, MailboxStatus, Slot, SyncMode
 from leadline_sync.models import folder_cursor, mailbox, mailbox_error, synced_message
 
 HELD = and_(mailbox.c.lease_owner.is_not(None), mailbox.c.lease_expires_at > func.now())
@@ -210,4 +210,26 @@ async def reseal(
         update(mailbox)
         .where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id)
         .values(credential_key_id=key_id, credential_wrapped_key=wrapped_key, credential_ciphertext=ciphertext)
+    )
+
+
+async def slots_to_reconcile(session: AsyncSession, limit: int) -> list[Row[Any, Any, Any]]:
+    """Mailboxes whose slot claim nobody answered (still unclaimed, pending or in error) or whose release is
+    unconfirmed, oldest first: id, company_id, slot."""
+    return list(
+        (
+            await session.execute(
+                # unscoped: the slot reconciler is a worker over every company's mailboxes
+                select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
+                .where(
+                    (
+                        (mailbox.c.slot == Slot.UNCLAIMED)
+                        & mailbox.c.status.in_((MailboxStatus.PENDING, MailboxStatus.ERROR))
+                    )
+                    | (mailbox.c.slot == Slot.RELEASING)
+                )
+                .order_by(mailbox.c.created_at)
+                .limit(limit)
+            )
+        ).all()
     )

@@ -13,15 +13,13 @@ import asyncio
 import logging
 import uuid
 
-from sqlalchemy import select
-
 from leadline_kit import rpc
 from leadline_proto.requests import MailboxSlotReply, MailboxSlotRequest, MailboxSlotStatus
 from leadline_proto.subjects import RPC_MAILBOX_SLOT_CLAIM, RPC_MAILBOX_SLOT_RELEASE
 from leadline_sync.context import SyncContext
+from leadline_sync.mailbox import repository
 from leadline_sync.mailbox.service import SlotAnswer, apply_slot_answer, move_slot
-from leadline_sync.mailbox.states import MailboxStatus, Slot
-from leadline_sync.models import mailbox
+from leadline_sync.mailbox.states import Slot
 
 log = logging.getLogger("leadline.sync.slots")
 
@@ -67,21 +65,7 @@ async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: 
 async def reconcile_slots(context: SyncContext, limit: int = 50) -> None:
     """Ask again for slots nobody answered, and repeat unconfirmed releases."""
     async with context.db.session() as session:
-        rows = (
-            await session.execute(
-                # unscoped: the slot reconciler is a worker over every company's mailboxes
-                select(mailbox.c.id, mailbox.c.company_id, mailbox.c.slot)
-                .where(
-                    (
-                        (mailbox.c.slot == Slot.UNCLAIMED)
-                        & mailbox.c.status.in_((MailboxStatus.PENDING, MailboxStatus.ERROR))
-                    )
-                    | (mailbox.c.slot == Slot.RELEASING)
-                )
-                .order_by(mailbox.c.created_at)
-                .limit(limit)
-            )
-        ).all()
+        rows = await repository.slots_to_reconcile(session, limit)
     for row in rows:
         if row.slot == Slot.RELEASING:
             await release_slot(context, row.company_id, row.id)
