@@ -6,8 +6,6 @@ import asyncio
 import logging
 import random
 import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +21,7 @@ from leadline_kit import bus
 from leadline_kit.consumer import EventConsumer, Handlers, PermanentError, processed_event_table
 from leadline_kit.db import Database, asyncpg_dsn, service_metadata
 from leadline_kit.outbox import OutboxRelay, RelayWaker, enqueue, notify_channel, outbox_table
+from leadline_kit.testing.processes import ChildProcess
 from leadline_proto.events import (
     CompanyPayload,
     CompanyUpdatedV1,
@@ -274,25 +273,20 @@ async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js,
 
     # All three start at once and wait for a word on stdin: a start (importing the kit) takes seconds, 20 s on
     # a loaded machine.
-    relays = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE) for script in scripts]
+    relays = [ChildProcess(["-c", script], held=True).start() for script in scripts]
     try:
         remaining = len(events)
         for relay in relays[:2]:
-            assert relay.stdin is not None
-            relay.stdin.write(b"go\n")
-            relay.stdin.flush()
+            relay.release()
             assert await asyncio.to_thread(relay.wait, 120) == -signal.SIGKILL
             now_left = await left()
             assert 0 < now_left < remaining, "a relay killed mid-batch committed no batch, or every batch"
             remaining = now_left
-        assert relays[2].stdin is not None
-        relays[2].stdin.write(b"go\n")
-        relays[2].stdin.flush()
+        relays[2].release()
         assert await wait_left(lambda n: n == 0, timeout=120) == 0, "relay never finished"
     finally:
         for relay in relays:
             relay.kill()
-            relay.wait()
     consumer = consumer_for(db, js, company)
     await drain(consumer, company, len(events), timeout=60)
     async with db.session() as s:

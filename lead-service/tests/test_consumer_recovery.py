@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
-import subprocess
-import sys
 import uuid
 
 import asyncpg
@@ -16,6 +13,7 @@ from leadtest import publish, synced
 from nats.js import JetStreamContext
 
 from leadline_kit.db import asyncpg_dsn
+from leadline_kit.testing.processes import ChildProcess
 from leadline_lead.config import Settings
 
 CONSUMER_SCRIPT = """
@@ -36,12 +34,14 @@ asyncio.run(main())
 """
 
 
-async def start_consumer(script: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 60)
-    assert line.strip() == b"ready"
-    return proc
+async def start_consumer(script: str) -> ChildProcess:
+    consumer = ChildProcess(["-c", script], output=True).start()
+    try:
+        assert await asyncio.to_thread(consumer.line, 60) == "ready"
+    except BaseException:
+        consumer.kill()
+        raise
+    return consumer
 
 
 @pytest.mark.slow
@@ -88,20 +88,18 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
         )
         kills = 0
         while kills < 6 and await applied() < count:
-            proc = await start_consumer(script)
+            consumer = await start_consumer(script)
             await asyncio.sleep(random.uniform(0.2, 0.8))
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            assert consumer.kill() == -signal.SIGKILL
             kills += 1
         # a last run that is left alone finishes the stream, including what the killed ones held
-        proc = await start_consumer(script)
+        consumer = await start_consumer(script)
         try:
             deadline = asyncio.get_running_loop().time() + 60
             while await applied() < count and asyncio.get_running_loop().time() < deadline:
                 await asyncio.sleep(0.2)
         finally:
-            proc.kill()
-            proc.wait()
+            consumer.kill()
         events_count = await conn.fetchval("SELECT count(*) FROM lead.timeline_event WHERE lead_id = $1", lead_id)
         sources = await conn.fetch(
             "SELECT timeline_event_id, count(*) AS n FROM lead.timeline_event_source WHERE company_id = $1 GROUP BY 1",

@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from email.message import EmailMessage
 from pathlib import Path
 
+from leadline_kit.testing.processes import ChildProcess
 from leadline_mail.mime import parse_message
 from leadline_sync.sync.parse_worker import PREVIEW_HTML_CHARS, PREVIEW_TEXT_CHARS, parse_all
 from leadline_sync.sync.parsing import INLINE_BELOW, MessageParser
@@ -100,14 +99,9 @@ asyncio.run(main())
 
 
 def test_a_killed_service_leaves_no_parser_process() -> None:
-    service = subprocess.Popen([sys.executable, "-c", SERVICE], stdout=subprocess.PIPE, text=True)
-    try:
-        assert service.stdout is not None
-        worker = int(service.stdout.readline())
+    with ChildProcess(["-c", SERVICE], output=True) as service:
+        worker = int(service.line())
         assert alive(worker)
-    finally:
-        service.send_signal(signal.SIGKILL)
-        service.wait(10)
     deadline = time.monotonic() + 10
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.05)
