@@ -4,11 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import random
-import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -20,12 +16,14 @@ import pytest
 
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.testing.clients import running_app
+from leadline_kit.testing.processes import ChildProcess
 from leadline_sync.mailbox.states import SyncMode
 from leadline_sync.sync.scheduler import fair_share
 
 SERVICE_SCRIPT = """
 import asyncio, sys
 from leadline_kit.testing.clients import running_app
+from leadline_kit.testing.processes import ChildProcess
 from leadline_sync.main import create_app
 
 if sys.argv[1:] == ["--held"]:
@@ -71,11 +69,10 @@ async def balanced(world, addresses: set[str], replicas: set[str], most: int, ti
         await asyncio.sleep(0.1)
 
 
-def start_service(world, replica: str, held: bool = False, **extra: str) -> subprocess.Popen[bytes]:  # type: ignore[no-untyped-def]
-    """A sync replica in its own process; ``held``: it imports, then waits for :func:`release`."""
+def start_service(world, replica: str, held: bool = False, **extra: str) -> ChildProcess:  # type: ignore[no-untyped-def]
+    """A sync replica in its own process; ``held``: it imports, then waits for its release."""
     settings = world.settings()
     env = dict(
-        os.environ,
         DATABASE_URL=world.database_url,
         NATS_URL=world.nats_url,
         LEADLINE_IDENTITY_SECRET="sync-test-identity-secret",
@@ -98,9 +95,7 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> subp
         LEADLINE_SYNC_PARSE_PROCESSES="1",
         **extra,
     )
-    if held:
-        return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT, "--held"], env=env, stdin=subprocess.PIPE)
-    return subprocess.Popen([sys.executable, "-c", SERVICE_SCRIPT], env=env)
+    return ChildProcess(["-c", SERVICE_SCRIPT, *(["--held"] if held else [])], env=env, held=held).start()
 
 
 def parser_processes(pid: int) -> list[int]:
@@ -126,12 +121,6 @@ async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
     while any(alive(pid) for pid in pids):
         assert asyncio.get_running_loop().time() < deadline, f"parser processes outlived their service: {pids}"
         await asyncio.sleep(0.05)
-
-
-def release(process: subprocess.Popen[bytes]) -> None:
-    assert process.stdin is not None
-    process.stdin.write(b"go\n")
-    process.stdin.flush()
 
 
 def history(me: str, tag: str) -> tuple[dict[str, list[bytes]], dict[str, str]]:
@@ -199,24 +188,22 @@ async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothi
         try:
             for attempt, threshold in enumerate(kill_at, 1):
                 process, spare = spare, start_service(world, f"replica-{attempt}", held=True, **window)
-                release(process)
+                process.release()
                 try:
                     await stored_reaches(conn, threshold, timeout=120)
                 finally:
                     parsers = parser_processes(process.pid)
-                    os.kill(process.pid, signal.SIGKILL)
-                    process.wait()
+                    process.kill()
                 stored = await conn.fetchval(STORED)
                 assert threshold <= stored < total, f"kill {attempt} landed mid-history: {stored} of {total} stored"
                 assert parsers, "the service parsed in a parser process"
                 await wait_gone(parsers)
-            release(spare)  # the survivor
+            spare.release()  # the survivor
             await stored_reaches(conn, total, timeout=120)
             await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
             await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL")
         finally:
-            spare.terminate()
-            spare.wait(15)
+            spare.stop()
             await conn.close()
         timeline = await lead_service.wait_timeline(world.company_id, total, timeout=60)
     assert len(timeline) == total, "every lead mail on a timeline once"
@@ -311,8 +298,7 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         held = Counter(owners.values())
         victim = held.most_common(1)[0][0]
         orphans = [a for a in accounts if owners[a.address] == victim]
-        os.kill(processes[victim].pid, signal.SIGKILL)
-        processes[victim].wait()
+        processes[victim].kill()
         killed_at = asyncio.get_running_loop().time()
         # mail that arrives while nobody holds these mailboxes is not missed
         for account in orphans:
@@ -331,9 +317,7 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         assert all(after[name] > held[name] for name in survivors), f"both survivors took over: {held} -> {after}"
     finally:
         for process in processes.values():
-            if process.poll() is None:
-                process.terminate()
-                process.wait(15)
+            process.stop()
     events = await world.synced(at_least=30 + len(orphans), timeout=30)
     counts = Counter(e.payload.message_id for e in events)
     assert len(counts) == 30 + len(orphans), "every message arrived"
