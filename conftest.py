@@ -13,16 +13,16 @@ SUITE_TESTS = "tests/"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The whole suite's tests first: under ``make test``'s two workers its start is the longest, and the other
-    worker works through the rest meanwhile."""
+    """The whole suite's tests first: under ``make test``'s two workers its start is the longest,
+    and the other worker works through the rest meanwhile."""
     items.sort(key=lambda item: not item.nodeid.startswith(SUITE_TESTS))
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
-    """``make test`` (``-n 2 --dist loadfile``): each file's tests on one worker, one after the other, as
-    written (module fixtures are built once), and every test of ``tests/`` on one worker, so that the suite
-    starts once.  (pytest-xdist's ``loadgroup`` cannot do this on pytest 9: it renames ``item._nodeid``,
-    which pytest no longer reads.)"""
+    """``make test`` (``-n 2 --dist loadfile``): each file's tests on one worker, one after the
+    other, as written (module fixtures are built once), and every test of ``tests/`` on one worker,
+    so that the suite starts once.  (pytest-xdist's ``loadgroup`` cannot do this on pytest 9: it
+    renames ``item._nodeid``, which pytest no longer reads.)"""
     if config.getvalue("dist") != "loadfile":
         return None
     from xdist.scheduler import LoadFileScheduling

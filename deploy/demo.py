@@ -49,9 +49,24 @@ def seed(dovecot: DovecotServer) -> None:
     start = datetime.now(UTC) - timedelta(days=30)
     for day in range(0, 30, 3):
         when = start + timedelta(days=day)
-        imap.append("INBOX", None, None, message(LEAD, USER, f"Question #{day // 3 + 1} about pricing", when))
-        imap.append("Sent", None, None, message(USER, LEAD, f"Re: Question #{day // 3 + 1}", when + timedelta(hours=2)))
-        imap.append("INBOX", None, None, message("newsletter@other.example", USER, "Weekly digest (not a lead)", when))
+        imap.append(
+            "INBOX",
+            None,
+            None,
+            message(LEAD, USER, f"Question #{day // 3 + 1} about pricing", when),
+        )
+        imap.append(
+            "Sent",
+            None,
+            None,
+            message(USER, LEAD, f"Re: Question #{day // 3 + 1}", when + timedelta(hours=2)),
+        )
+        imap.append(
+            "INBOX",
+            None,
+            None,
+            message("newsletter@other.example", USER, "Weekly digest (not a lead)", when),
+        )
     imap.logout()
 
 
@@ -59,7 +74,9 @@ def show(events: list[dict[str, Any]], seen: set[str]) -> None:
     for event in reversed(events):
         if event["id"] not in seen:
             seen.add(event["id"])
-            print(f"  {event['occurred_at'][:16]}  {event['kind']:<18} {event['subject']}", flush=True)
+            print(
+                f"  {event['occurred_at'][:16]}  {event['kind']:<18} {event['subject']}", flush=True
+            )
 
 
 def main() -> int:
@@ -69,9 +86,12 @@ def main() -> int:
     ca.cert_pem.write_to_path(str(ca_file))
     cert = ca.issue_cert("localhost", "127.0.0.1")
     dovecot = DovecotServer(
-        base_dir / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+        base_dir / "dovecot",
+        cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
+        cert.private_key_pem.bytes(),
     )
-    smtp = SmtpServer(ca, dovecot)  # delivers to Dovecot's users: the address proof of PUT /v1/mail-sync
+    # delivers to Dovecot's users: the address proof of PUT /v1/mail-sync
+    smtp = SmtpServer(ca, dovecot)
     dovecot.start()
     smtp.start()
     dovecot.add_user(USER, PASSWORD)
@@ -107,17 +127,28 @@ def main() -> int:
                 pass
             time.sleep(0.5)
         else:
-            print(f"Leadline did not start; see {base_dir}/run.log and {base_dir}/data/logs/", file=sys.stderr)
+            print(
+                f"Leadline did not start; see {base_dir}/run.log and {base_dir}/data/logs/",
+                file=sys.stderr,
+            )
             return 1
-        token = dict(line.split("=", 1) for line in (base_dir / "data" / "secrets.env").read_text().splitlines())
+        token = dict(
+            line.split("=", 1)
+            for line in (base_dir / "data" / "secrets.env").read_text().splitlines()
+        )
         created = client.post(
             "/v1/companies",
             headers={"Authorization": f"Bearer {token['LEADLINE_BOOTSTRAP_TOKEN']}"},
             json={"name": "Acme", "domains": ["acme.example"], "administrator": {"email": USER}},
         )
         key = {"Authorization": f"Bearer {created.json()['api_key']['key']}"}
-        lead = client.post("/v1/leads", headers=key, json={"name": "Lee", "addresses": [LEAD]}).json()
-        print(f"company Acme, lead Lee <{LEAD}>; connecting {USER}'s mailbox (20 mails with Lee, 10 newsletters)")
+        lead = client.post(
+            "/v1/leads", headers=key, json={"name": "Lee", "addresses": [LEAD]}
+        ).json()
+        print(
+            f"company Acme, lead Lee <{LEAD}>; connecting {USER}'s mailbox (20 mails with Lee, 10 "
+            f"newsletters)"
+        )
         time.sleep(1)
         client.put(
             "/v1/mail-sync",
@@ -136,7 +167,10 @@ def main() -> int:
         def poll(seconds: float) -> None:
             until = time.monotonic() + seconds
             while time.monotonic() < until:
-                show(client.get(f"/v1/leads/{lead['id']}/timeline", headers=key).json()["items"], seen)
+                show(
+                    client.get(f"/v1/leads/{lead['id']}/timeline", headers=key).json()["items"],
+                    seen,
+                )
                 time.sleep(0.5)
 
         poll(10)

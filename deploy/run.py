@@ -54,17 +54,24 @@ SERVICES = [  # (name, package, port); the gateway last
 # Smart Mail's delivery workers run in a send process of their own, and the send process the gateway
 # calls only serves the API (LEADLINE_SMTP_CONNECTIONS=0): a burst of requests then never holds up
 # delivery in one event loop.  The API process also publishes the delivery process's events
-# (mail.sent), which only wakes it (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace SMTP
-# either.  Both were measured with bench/send (figures in send-service/README.md, Throughput).
+# (mail.sent), which only wakes it (LEADLINE_OUTBOX_RELAY=false): the relay's passes no longer pace
+# SMTP either.  Both were measured with bench/send (figures in send-service/README.md, Throughput).
 SEND_DELIVERY = ("send-delivery", "leadline_send", PORT_BASE + 5)
 # the development sink for the gateway's system mail (invitation codes): never a tenant's inbox
 MAIL_SINK_PORT = PORT_BASE + 6
-PROCESS_ENV = {"send": {"LEADLINE_SMTP_CONNECTIONS": "0"}, "send-delivery": {"LEADLINE_OUTBOX_RELAY": "false"}}
+PROCESS_ENV = {
+    "send": {"LEADLINE_SMTP_CONNECTIONS": "0"},
+    "send-delivery": {"LEADLINE_OUTBOX_RELAY": "false"},
+}
 
 
 def load_secrets() -> dict[str, str]:
     path = DATA / "secrets.env"
-    stored = dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line) if path.exists() else {}
+    stored = (
+        dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+        if path.exists()
+        else {}
+    )
     values = {
         "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
         "LEADLINE_BOOTSTRAP_TOKEN": secrets.token_urlsafe(24),
@@ -105,8 +112,8 @@ def wait_ready(url: str, timeout: float) -> bool:
 def first_exit(
     children: dict[str, subprocess.Popen[bytes]], replaceable: set[str], poll_seconds: float = 1.0
 ) -> tuple[str, int]:
-    """Wait until a child exits on its own: its name and exit code.  A ``replaceable`` one is reaped and
-    reported, and the others still watched."""
+    """Wait until a child exits on its own: its name and exit code.  A ``replaceable`` one is reaped
+    and reported, and the others still watched."""
     watched = dict(children)
     while True:
         for name, child in list(watched.items()):
@@ -115,7 +122,10 @@ def first_exit(
                 continue
             if name not in replaceable:
                 return name, code
-            print(f"{name} exited (code {code}); the others keep running (LEADLINE_RUN_REPLACEABLE)", flush=True)
+            print(
+                f"{name} exited (code {code}); the others keep running (LEADLINE_RUN_REPLACEABLE)",
+                flush=True,
+            )
             del watched[name]
         time.sleep(poll_seconds)
 
@@ -147,7 +157,11 @@ def main() -> int:  # noqa: C901 - 14, older than the limit
             env[f"LEADLINE_{name.upper()}_URL"] = f"http://{HOST}:{port}"
         env.setdefault("LEADLINE_PUBLIC_BASE_URL", f"http://{HOST}:{PORT_BASE}")
         if "LEADLINE_MAILER_HOST" not in os.environ:
-            env.update(LEADLINE_MAILER_HOST=HOST, LEADLINE_MAILER_PORT=str(MAIL_SINK_PORT), LEADLINE_MAILER_TLS="none")
+            env.update(
+                LEADLINE_MAILER_HOST=HOST,
+                LEADLINE_MAILER_PORT=str(MAIL_SINK_PORT),
+                LEADLINE_MAILER_TLS="none",
+            )
             children["mail-sink"] = subprocess.Popen(
                 [
                     sys.executable,
@@ -163,7 +177,13 @@ def main() -> int:  # noqa: C901 - 14, older than the limit
                 stdout=(logs / "mail-sink.log").open("ab"),
                 stderr=subprocess.STDOUT,
             )
-            print(f"system mail (invitations) goes to the development sink: Maildir {DATA / 'mail'}/new/", flush=True)
+            print(
+                (
+                    f"system mail (invitations) goes to the development sink: Maildir "
+                    f"{DATA / 'mail'}/new/"
+                ),
+                flush=True,
+            )
         for name, package, port in [*SERVICES, SEND_DELIVERY]:
             log = (logs / f"{name}.log").open("ab")
             children[name] = subprocess.Popen(
@@ -191,8 +211,13 @@ def main() -> int:  # noqa: C901 - 14, older than the limit
         delivery = f"http://{HOST}:{SEND_DELIVERY[2]}"
         # a loaded machine (the tests on 2 shared cores) takes longer than the 120 s of a quiet one
         ready_seconds = float(os.environ.get("LEADLINE_READY_SECONDS", "120"))
-        if not (wait_ready(gateway + "/readyz", ready_seconds) and wait_ready(delivery + "/readyz", 30)):
-            print(f"the suite did not become ready in {ready_seconds:.0f} s; see {logs}/*.log", file=sys.stderr)
+        if not (
+            wait_ready(gateway + "/readyz", ready_seconds) and wait_ready(delivery + "/readyz", 30)
+        ):
+            print(
+                f"the suite did not become ready in {ready_seconds:.0f} s; see {logs}/*.log",
+                file=sys.stderr,
+            )
             return 1
         print(
             f"""
@@ -206,12 +231,19 @@ Create a company:
   curl -s -X POST {gateway}/v1/companies -H 'Authorization: Bearer {env["LEADLINE_BOOTSTRAP_TOKEN"]}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"name": "Acme", "domains": ["acme.example"], "administrator": {{"email": "you@acme.example"}}}}'
-Ctrl-C stops everything.""",
+Ctrl-C stops everything.""",  # noqa: E501
             flush=True,
         )
-        replaceable = {n.strip() for n in os.environ.get("LEADLINE_RUN_REPLACEABLE", "").split(",") if n.strip()}
+        replaceable = {
+            n.strip()
+            for n in os.environ.get("LEADLINE_RUN_REPLACEABLE", "").split(",")
+            if n.strip()
+        }
         name, code = first_exit(children, replaceable)
-        print(f"{name} exited on its own (code {code}); see {logs}/{name}.log. Stopping the suite.", file=sys.stderr)
+        print(
+            f"{name} exited on its own (code {code}); see {logs}/{name}.log. Stopping the suite.",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         return 0

@@ -58,7 +58,9 @@ def _free_block(size: int) -> int:
 
 
 @pytest.fixture(scope="package")
-def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Suite]:
+def suite(
+    postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Suite]:
     import asyncio
 
     from leadline_kit.testing.fixtures import create_database
@@ -71,7 +73,9 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
     ca_file = data_dir / "ca.pem"
     tls_ca.cert_pem.write_to_path(str(ca_file))
     database_url = asyncio.run(create_database(postgres, f"suite_{uuid.uuid4().hex[:8]}"))
-    base = _free_block(7)  # the gateway, four services, the send delivery process and the mail sink (deploy/run.py)
+    base = _free_block(
+        7
+    )  # the gateway, four services, the send delivery process and the mail sink (deploy/run.py)
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
@@ -90,7 +94,10 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
     }
     log = (data_dir / "run.log").open("wb")
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, str(ROOT / "deploy" / "run.py")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     gateway = f"http://127.0.0.1:{base}"
     deadline = time.monotonic() + 330
@@ -107,14 +114,24 @@ def suite(postgres: PostgresServer, tls_ca: trustme.CA, tmp_path_factory: pytest
         process.terminate()
         process.wait(30)
         logs = (
-            "\n".join(f"--- {p.name}\n{p.read_text()[-3000:]}" for p in sorted((data_dir / "logs").glob("*.log")))
+            "\n".join(
+                f"--- {p.name}\n{p.read_text()[-3000:]}"
+                for p in sorted((data_dir / "logs").glob("*.log"))
+            )
             if (data_dir / "logs").exists()
             else ""
         )
-        pytest.fail(f"the suite did not become ready:\n{(data_dir / 'run.log').read_text()[-3000:]}\n{logs}")
-    secrets = dict(line.split("=", 1) for line in (data_dir / "secrets.env").read_text().splitlines())
+        pytest.fail(
+            f"the suite did not become ready:\n{(data_dir / 'run.log').read_text()[-3000:]}\n{logs}"
+        )
+    secrets = dict(
+        line.split("=", 1) for line in (data_dir / "secrets.env").read_text().splitlines()
+    )
     yield Suite(
-        gateway=gateway, bootstrap_token=secrets["LEADLINE_BOOTSTRAP_TOKEN"], data_dir=data_dir, process=process
+        gateway=gateway,
+        bootstrap_token=secrets["LEADLINE_BOOTSTRAP_TOKEN"],
+        data_dir=data_dir,
+        process=process,
     )
     process.terminate()
     try:

@@ -42,8 +42,12 @@ SCHEMATHESIS_SECONDS = int(os.environ.get("LEADLINE_SCHEMATHESIS_SECONDS", "45")
 class Tenant:
     company_id: str
     keys: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> Authorization header
-    ids: dict[str, str] = field(default_factory=dict)  # path parameter name -> an id of this company
-    secrets: set[str] = field(default_factory=set)  # what must never appear in another company's answers
+    ids: dict[str, str] = field(
+        default_factory=dict
+    )  # path parameter name -> an id of this company
+    secrets: set[str] = field(
+        default_factory=set
+    )  # what must never appear in another company's answers
 
 
 def _secrets_env(suite: Suite) -> dict[str, str]:
@@ -63,8 +67,17 @@ def _tenant(client: httpx.Client, suite: Suite, name: str) -> Tenant:
     body = created.json()
     tenant = Tenant(company_id=body["company"]["id"])
     tenant.keys["administrator"] = {"Authorization": f"Bearer {body['api_key']['key']}"}
-    tenant.ids.update(company_id=tenant.company_id, user_id=body["administrator"]["id"], key_id=body["api_key"]["id"])
-    tenant.secrets |= {tenant.company_id, body["administrator"]["id"], body["api_key"]["id"], f"boss@{domain}"}
+    tenant.ids.update(
+        company_id=tenant.company_id,
+        user_id=body["administrator"]["id"],
+        key_id=body["api_key"]["id"],
+    )
+    tenant.secrets |= {
+        tenant.company_id,
+        body["administrator"]["id"],
+        body["api_key"]["id"],
+        f"boss@{domain}",
+    }
     for role in ROLES:
         if role == "administrator":
             continue
@@ -75,9 +88,15 @@ def _tenant(client: httpx.Client, suite: Suite, name: str) -> Tenant:
         )
         assert made.status_code == 201, made.text
         tenant.keys[role] = {"Authorization": f"Bearer {made.json()['api_key']['key']}"}
-        tenant.secrets |= {made.json()["user"]["id"], made.json()["api_key"]["id"], f"{role}@{domain}"}
+        tenant.secrets |= {
+            made.json()["user"]["id"],
+            made.json()["api_key"]["id"],
+            f"{role}@{domain}",
+        }
     admin = tenant.keys["administrator"]
-    lead = client.post("/v1/leads", headers=admin, json={"name": f"{name} lead", "addresses": [f"lead@{domain}"]})
+    lead = client.post(
+        "/v1/leads", headers=admin, json={"name": f"{name} lead", "addresses": [f"lead@{domain}"]}
+    )
     assert lead.status_code == 201, lead.text
     entry = client.post("/v1/blocklist", headers=admin, json={"value": f"blocked@{domain}"})
     assert entry.status_code == 201, entry.text
@@ -147,7 +166,9 @@ def test_no_route_answers_across_companies_or_roles(
                     response = client.request(method.upper(), own_url, headers=key, json=body)
                     swept += 1
                     if response.status_code != 403:
-                        leaks.append(f"{method.upper()} {path} as {role}: {response.status_code}, not 403")
+                        leaks.append(
+                            f"{method.upper()} {path} as {role}: {response.status_code}, not 403"
+                        )
     assert swept > 100, swept
     assert not leaks, "\n".join(leaks)
 
@@ -173,29 +194,42 @@ def test_every_listing_refuses_a_cursor_out_of_range(
         for path, _ in listings:
             url, _ = _fill(path, a.ids)
             for cursor in bad:
-                response = client.get(url, headers=a.keys["administrator"], params={"cursor": cursor})
+                response = client.get(
+                    url, headers=a.keys["administrator"], params={"cursor": cursor}
+                )
                 if response.status_code != 400 or not response.headers["content-type"].startswith(
                     "application/problem+json"
                 ):
-                    refused.append(f"{path} cursor {cursor}: {response.status_code} {response.text[:200]}")
+                    refused.append(
+                        f"{path} cursor {cursor}: {response.status_code} {response.text[:200]}"
+                    )
     assert not refused, "\n".join(refused)
 
 
-def test_the_contract_declares_problems_and_links(tenants: tuple[Tenant, Tenant, dict[str, Any]]) -> None:
+def test_the_contract_declares_problems_and_links(
+    tenants: tuple[Tenant, Tenant, dict[str, Any]],
+) -> None:
     _, _, document = tenants
     for path, method, operation in _operations(document):
         responses = operation["responses"]
         for status in ("400", "405", "422"):
-            assert "application/problem+json" in responses[status]["content"], (method, path, status)
+            assert "application/problem+json" in responses[status]["content"], (
+                method,
+                path,
+                status,
+            )
         if "{" in path:
             assert responses["404"]["x-problem-types"], (method, path)
         if not path.startswith(("/v1/unsubscribe/", "/v1/invitations/claim")):
             assert "401" in responses and "403" in responses, (method, path)
         assert "Allow" in responses["405"]["headers"]
-        assert not any("application/json" in r.get("content", {}) for s, r in responses.items() if s >= "400")
+        assert not any(
+            "application/json" in r.get("content", {}) for s, r in responses.items() if s >= "400"
+        )
     links = document["paths"]["/v1/leads"]["post"]["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} >= {
-        document["paths"]["/v1/leads/{lead_id}"][m]["operationId"] for m in ("get", "patch", "delete")
+        document["paths"]["/v1/leads/{lead_id}"][m]["operationId"]
+        for m in ("get", "patch", "delete")
     }
 
 
@@ -234,7 +268,9 @@ def test_schemathesis_finds_no_failure(
         str(report),
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=SCHEMATHESIS_SECONDS + 240)
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=SCHEMATHESIS_SECONDS + 240
+    )
     print(done.stdout[-6000:])
     assert done.returncode == 0, done.stdout[-12000:] + done.stderr[-3000:]
     # A few operations may answer a live key with 401/403 only (an OAuth app not configured, a message not in a
@@ -244,8 +280,8 @@ def test_schemathesis_finds_no_failure(
         if "Authentication failed" in done.stdout
         else ""
     )
-    assert not any(f"GET {route}\n" in refused for route in ("/v1/leads", "/v1/blocklist", "/v1/messages")), (
-        "the run lost its key: it tested nothing past a 401"
-    )
+    assert not any(
+        f"GET {route}\n" in refused for route in ("/v1/leads", "/v1/blocklist", "/v1/messages")
+    ), "the run lost its key: it tested nothing past a 401"
     assert re.search(r"\d+ generated, (\d+) passed", done.stdout), done.stdout[-3000:]
     assert report.exists() and json.loads(report.read_text().splitlines()[0])

@@ -141,7 +141,9 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
         leads = {}
         for name in ("hard", "soft", "unnamed", "complained"):
             address = f"{name}-{tag}@lead.example"
-            created = client.post("/v1/leads", headers=key, json={"name": name, "addresses": [address]})
+            created = client.post(
+                "/v1/leads", headers=key, json={"name": name, "addresses": [address]}
+            )
             assert created.status_code == 201, created.text
             leads[name] = (created.json()["id"], address)
         time.sleep(1)  # the sync and send services learn of the leads through their events
@@ -157,7 +159,10 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
             },
         )
         assert connected.status_code in (200, 201), connected.text
-        wait_for("the mailbox enabled", lambda: client.get("/v1/mail-sync", headers=key).json()["status"] == "enabled")
+        wait_for(
+            "the mailbox enabled",
+            lambda: client.get("/v1/mail-sync", headers=key).json()["status"] == "enabled",
+        )
 
         def message(message_id: str) -> dict[str, Any]:
             found: dict[str, Any] = client.get(f"/v1/messages/{message_id}", headers=key).json()
@@ -177,44 +182,77 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
             sent = client.post(
                 "/v1/messages",
                 headers=key,
-                json={"lead_ids": [lead_id], "subject": f"Offer {name} {tag}", "text": "Here it is."},
+                json={
+                    "lead_ids": [lead_id],
+                    "subject": f"Offer {name} {tag}",
+                    "text": "Here it is.",
+                },
             )
             assert sent.status_code == 202, sent.text
             message_id = sent.json()["id"]
             wait_for("the Smart Mail sent", lambda m=message_id: message(m)["state"] == "sent")  # type: ignore[misc]
             messages[name] = message(message_id)
             assert len(smtp_server.received_with(f"Offer {name} {tag}".encode())) == 1
-        for name, notice in (("hard", HARD), ("soft", SOFT), ("unnamed", UNNAMED), ("complained", COMPLAINT)):
+        for name, notice in (
+            ("hard", HARD),
+            ("soft", SOFT),
+            ("unnamed", UNNAMED),
+            ("complained", COMPLAINT),
+        ):
             append_raw(
                 dovecot,
                 me,
                 password,
-                notice.format(me=me, lead=leads[name][1], tag=tag, original=messages[name]["message_id"]),
+                notice.format(
+                    me=me, lead=leads[name][1], tag=tag, original=messages[name]["message_id"]
+                ),
             )
 
         wait_for("the hard bounce", lambda: message(messages["hard"]["id"])["state"] == "bounced")
         hard = message(messages["hard"]["id"])["delivery_notice"]
-        assert (hard["severity"], hard["status"], hard["reason"]) == ("hard", "5.1.1", "user_unknown")
-        wait_for("the unnamed bounce", lambda: message(messages["unnamed"]["id"])["state"] == "bounced")
-        assert message(messages["unnamed"]["id"])["delivery_notice"]["recipient"] == leads["unnamed"][1]
+        assert (hard["severity"], hard["status"], hard["reason"]) == (
+            "hard",
+            "5.1.1",
+            "user_unknown",
+        )
+        wait_for(
+            "the unnamed bounce", lambda: message(messages["unnamed"]["id"])["state"] == "bounced"
+        )
+        assert (
+            message(messages["unnamed"]["id"])["delivery_notice"]["recipient"]
+            == leads["unnamed"][1]
+        )
         wait_for("the soft notice", lambda: message(messages["soft"]["id"])["delivery_notice"])
         soft = message(messages["soft"]["id"])
         assert soft["state"] == "sent" and soft["delivery_notice"]["severity"] == "soft"
 
         for name, kind in (("hard", "bounce"), ("soft", "delivery_delayed"), ("unnamed", "bounce")):
-            notice = wait_for(f"the {kind} on the {name} lead's timeline", lambda n=name, k=kind: of_kind(n, k))  # type: ignore[misc]
+            notice = wait_for(
+                f"the {kind} on the {name} lead's timeline",
+                lambda n=name, k=kind: of_kind(n, k),  # type: ignore[misc]
+            )
             assert notice["bounce_recipient"] == leads[name][1]
-            original = wait_for("the Smart Mail on the timeline", lambda n=name: of_kind(n, "smart_mail_sent"))  # type: ignore[misc]
+            original = wait_for(
+                "the Smart Mail on the timeline",
+                lambda n=name: of_kind(n, "smart_mail_sent"),  # type: ignore[misc]
+            )
             assert original["bounced"] is (kind == "bounce")
         assert all(i["kind"] != "email_received" for name in leads for i in timeline(name)), (
             "a notice is not a conversation with the lead"
         )
-        complaint = wait_for("the complaint on the timeline", lambda: of_kind("complained", "complaint"))
+        complaint = wait_for(
+            "the complaint on the timeline", lambda: of_kind("complained", "complaint")
+        )
         statuses = {
             name: client.get(f"/v1/leads/{lead_id}", headers=key).json()["mail_status"]
             for name, (lead_id, _) in leads.items()
         }
-        assert statuses == {"hard": "bounced", "soft": "ok", "unnamed": "bounced", "complained": "complained"}
+        assert statuses == {
+            "hard": "bounced",
+            "soft": "ok",
+            "unnamed": "bounced",
+            "complained": "complained",
+        }
 
         # the complaint: its own timeline event, the message stays sent, no more marketing mail to the lead
         assert "reported the mail as spam" in complaint["snippet"], complaint
@@ -222,14 +260,25 @@ def test_hard_soft_and_unnamed_bounces_mark_messages_and_timelines(
         lead_id = leads["complained"][0]
 
         def marketing() -> Any:
-            body = {"category": "marketing", "lead_ids": [lead_id], "subject": f"News {tag}", "text": "x"}
+            body = {
+                "category": "marketing",
+                "lead_ids": [lead_id],
+                "subject": f"News {tag}",
+                "text": "x",
+            }
             return client.post("/v1/messages", headers=key, json=body)
 
         refused = wait_for(
             "marketing refused",
-            lambda: (r := marketing()).json().get("type", "").endswith("/recipient-complained") and r,
+            lambda: (
+                (r := marketing()).json().get("type", "").endswith("/recipient-complained") and r
+            ),
         )
-        assert refused.status_code == 422 and refused.json()["addresses"] == [leads["complained"][1]]
-        personal = client.post("/v1/messages", headers=key, json={"lead_ids": [lead_id], "text": "one to one"})
+        assert refused.status_code == 422 and refused.json()["addresses"] == [
+            leads["complained"][1]
+        ]
+        personal = client.post(
+            "/v1/messages", headers=key, json={"lead_ids": [lead_id], "text": "one to one"}
+        )
         assert personal.status_code == 202, "a complaint stops marketing mail only"
         assert not smtp_server.received_with(f"News {tag}".encode())

@@ -42,23 +42,35 @@ def test_a_lead_created_and_mailed_in_the_next_request_gets_the_mail(
         )
         assert account.status_code == 201, account.text
         account_id = account.json()["id"]
-        tested = client.post(f"/v1/smtp-accounts/{account_id}/test-email", headers=key, json={"to": username})
+        tested = client.post(
+            f"/v1/smtp-accounts/{account_id}/test-email", headers=key, json={"to": username}
+        )
         assert tested.status_code == 202, tested.text
-        code = re.search(rb"is (\d{6})", smtp_server.received_with(f"To: {username}".encode())[-1].data)
+        code = re.search(
+            rb"is (\d{6})", smtp_server.received_with(f"To: {username}".encode())[-1].data
+        )
         assert code
         confirmed = client.post(
-            f"/v1/smtp-accounts/{account_id}/confirm", headers=key, json={"code": code.group(1).decode()}
+            f"/v1/smtp-accounts/{account_id}/confirm",
+            headers=key,
+            json={"code": code.group(1).decode()},
         )
         assert confirmed.status_code == 200, confirmed.text
 
         for n in range(3):  # each lead mailed by the request right after the one that created it
             address = f"fay-{n}-{tag}@lead.example"
-            lead = client.post("/v1/leads", headers=key, json={"name": f"Fay {n}", "addresses": [address]})
+            lead = client.post(
+                "/v1/leads", headers=key, json={"name": f"Fay {n}", "addresses": [address]}
+            )
             assert lead.status_code == 201, lead.text
             mailed = client.post(
                 "/v1/messages",
                 headers=key,
-                json={"lead_ids": [lead.json()["id"]], "subject": f"Welcome {n} {tag}", "text": "Glad to meet you."},
+                json={
+                    "lead_ids": [lead.json()["id"]],
+                    "subject": f"Welcome {n} {tag}",
+                    "text": "Glad to meet you.",
+                },
             )
             assert mailed.status_code == 202, mailed.text
             assert mailed.json()["recipients"] == [address]
@@ -71,5 +83,9 @@ def test_a_lead_created_and_mailed_in_the_next_request_gets_the_mail(
             received = smtp_server.received_with(f"Welcome {n} {tag}".encode())
             assert len(received) == 1 and received[0].rcpt_tos == [address]
 
-        unknown = client.post("/v1/messages", headers=key, json={"lead_ids": [str(uuid.uuid4())], "text": "hi"})
-        assert unknown.status_code == 422 and unknown.json()["type"].endswith("/unknown-lead"), unknown.text
+        unknown = client.post(
+            "/v1/messages", headers=key, json={"lead_ids": [str(uuid.uuid4())], "text": "hi"}
+        )
+        assert unknown.status_code == 422 and unknown.json()["type"].endswith("/unknown-lead"), (
+            unknown.text
+        )

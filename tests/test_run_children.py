@@ -30,7 +30,9 @@ def test_a_replaceable_service_is_reaped_and_reported_and_the_others_still_watch
     sync = child("pass")
     # "lead" exits once "sync" is reaped: a second's sleep is no order on a loaded machine, where two starts of
     # Python can lie further apart
-    lead = child(f"import os, time\nwhile os.path.exists('/proc/{sync.pid}'): time.sleep(0.01)\nraise SystemExit(4)")
+    lead = child(
+        f"import os, time\nwhile os.path.exists('/proc/{sync.pid}'): time.sleep(0.01)\nraise SystemExit(4)"
+    )
     children = {"sync": sync, "lead": lead}
     assert first_exit(children, {"sync"}, poll_seconds=0.05) == ("lead", 4)
     assert children["sync"].returncode == 0, "reaped, not left a zombie"

@@ -40,7 +40,9 @@ def test_company_bootstrap_then_every_service_answers_through_the_gateway(suite:
             "/v1/messages",
         ):
             response = client.get(path, headers=key)
-            assert response.status_code == 200, f"{path}: {response.status_code} {response.text[:300]}"
+            assert response.status_code == 200, (
+                f"{path}: {response.status_code} {response.text[:300]}"
+            )
         document = client.get("/openapi.json").json()
         for path in ("/v1/leads", "/v1/quotas", "/v1/mail-sync", "/v1/messages", "/v1/companies"):
             assert path in document["paths"], f"{path} missing from the merged OpenAPI document"

@@ -80,7 +80,13 @@ async def main(args: argparse.Namespace) -> None:
         }
         with app_processes(
             AppProcess("leadline_lead", lead_port, env, base / "leadline_lead.log"),
-            AppProcess("leadline_gateway", gateway_port, env, base / "leadline_gateway.log", ready_path="/healthz"),
+            AppProcess(
+                "leadline_gateway",
+                gateway_port,
+                env,
+                base / "leadline_gateway.log",
+                ready_path="/healthz",
+            ),
         ):  # its readyz also asks services not run here
             await measure(args, lead_port, gateway_port)
     finally:
@@ -100,7 +106,9 @@ async def measure(args: argparse.Namespace, lead_port: int, gateway_port: int) -
             assert r.status == 201, created
         key_headers = {"Authorization": f"Bearer {created['api_key']['key']}"}
         async with session.post(
-            gateway + "/v1/leads", headers=key_headers, json={"name": "Lee", "addresses": ["lee@lead.example"]}
+            gateway + "/v1/leads",
+            headers=key_headers,
+            json={"name": "Lee", "addresses": ["lee@lead.example"]},
         ) as r:
             assert r.status == 201, await r.text()
     identity = Identity(
@@ -111,7 +119,12 @@ async def measure(args: argparse.Namespace, lead_port: int, gateway_port: int) -
     path = "/v1/leads?limit=1"
     # warm both paths (connection pools, caches)
     await load(gateway + path, key_headers, 1.0, args.concurrency)
-    await load(f"http://127.0.0.1:{lead_port}{path}", identity_headers(identity, SECRET), 1.0, args.concurrency)
+    await load(
+        f"http://127.0.0.1:{lead_port}{path}",
+        identity_headers(identity, SECRET),
+        1.0,
+        args.concurrency,
+    )
     through, direct = [], []
     for round_ in range(args.rounds):
         direct.append(
@@ -124,13 +137,15 @@ async def measure(args: argparse.Namespace, lead_port: int, gateway_port: int) -
         )
         through.append(await load(gateway + path, key_headers, args.seconds, args.concurrency))
         print(
-            f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway {through[-1]:8.0f} req/s"
+            f"round {round_ + 1}: direct {direct[-1]:8.0f} req/s   through gateway "
+            f"{through[-1]:8.0f} req/s"
             f"   ratio {through[-1] / direct[-1]:.2f}"
         )
     ratio = statistics.median(through) / statistics.median(direct)
     print(
-        f"median: direct {statistics.median(direct):.0f} req/s, gateway {statistics.median(through):.0f} "
-        f"req/s; gateway/direct = {ratio:.2f} (target >= 0.6), concurrency {args.concurrency}"
+        f"median: direct {statistics.median(direct):.0f} req/s, gateway "
+        f"{statistics.median(through):.0f} req/s; gateway/direct = {ratio:.2f} (target >= 0.6), "
+        f"concurrency {args.concurrency}"
     )
 
 

@@ -18,7 +18,7 @@ timeline events, and one event for each of 200,000 other leads' messages.
    applies them, and events/s is measured until it has acknowledged them
    all.  Reference: the kit's default path (the same handlers called once per
    event) on an identical copy of the database, over the first 5,000 events.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -70,8 +70,19 @@ async def seed(dsn: str, company: uuid.UUID, leads: int, busy_events: int) -> uu
         await conn.copy_records_to_table(
             "lead",
             schema_name="lead",
-            columns=["id", "company_id", "name", "account_name", "stage", "created_at", "updated_at"],
-            records=[(lid, company, f"Lead {i}", "", stages[i % 7], now, now) for i, lid in enumerate(lead_ids)],
+            columns=[
+                "id",
+                "company_id",
+                "name",
+                "account_name",
+                "stage",
+                "created_at",
+                "updated_at",
+            ],
+            records=[
+                (lid, company, f"Lead {i}", "", stages[i % 7], now, now)
+                for i, lid in enumerate(lead_ids)
+            ],
         )
         await conn.copy_records_to_table(
             "lead_address",
@@ -128,7 +139,10 @@ async def seed(dsn: str, company: uuid.UUID, leads: int, busy_events: int) -> uu
             "folder",
         ]
         await conn.copy_records_to_table(
-            "timeline_event", schema_name="lead", columns=columns, records=[event(i, 0) for i in range(busy_events)]
+            "timeline_event",
+            schema_name="lead",
+            columns=columns,
+            records=[event(i, 0) for i in range(busy_events)],
         )
         await conn.copy_records_to_table(
             "timeline_event",
@@ -137,7 +151,8 @@ async def seed(dsn: str, company: uuid.UUID, leads: int, busy_events: int) -> uu
             records=[event(busy_events + i, 1 + i % (leads - 1)) for i in range(OTHER_EVENTS)],
         )
         await conn.execute(
-            "INSERT INTO lead.timeline_event_source (timeline_event_id, source, company_id, mailbox_id)"
+            "INSERT INTO lead.timeline_event_source (timeline_event_id, source, company_id, "
+            "mailbox_id)"
             " SELECT id, mailbox_id::text, company_id, mailbox_id FROM lead.timeline_event"
         )
         await conn.execute("VACUUM ANALYZE")
@@ -146,7 +161,9 @@ async def seed(dsn: str, company: uuid.UUID, leads: int, busy_events: int) -> uu
         await conn.close()
 
 
-async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UUID, dsn: str) -> dict[str, float]:
+async def measure_reads(
+    settings: Settings, company: uuid.UUID, lead_id: uuid.UUID, dsn: str
+) -> dict[str, float]:
     app = create_app(settings)
     async with running_app(app) as client:
         api = as_caller(client, make_identity("salesperson", company), SECRET)
@@ -168,7 +185,10 @@ async def measure_reads(settings: Settings, company: uuid.UUID, lead_id: uuid.UU
                 assert response.status_code == 200 and response.json()["items"]
     conn = await asyncpg.connect(dsn)
     try:
-        query = "SELECT * FROM lead.timeline_event WHERE lead_id = $1 ORDER BY occurred_at DESC, id DESC LIMIT 300"
+        query = (
+            "SELECT * FROM lead.timeline_event WHERE lead_id = $1 ORDER BY occurred_at DESC, id "
+            "DESC LIMIT 300"
+        )
         raw = []
         for i in range(READS + 20):
             started = time.perf_counter()
@@ -215,7 +235,10 @@ def mail_events(company: uuid.UUID, leads: int, count: int) -> list[MailSyncedV1
         events.append(MailSyncedV1(company_id=company, payload=payload))
         if n % 5 == 0 and len(events) < count:  # the same message in a colleague's mailbox
             events.append(
-                MailSyncedV1(company_id=company, payload=payload.model_copy(update={"mailbox_id": uuid.uuid4()}))
+                MailSyncedV1(
+                    company_id=company,
+                    payload=payload.model_copy(update={"mailbox_id": uuid.uuid4()}),
+                )
             )
     return events
 
@@ -260,15 +283,18 @@ async def main() -> None:
             started = time.perf_counter()
             busy = await seed(asyncpg_dsn(url), company, args.leads, args.busy_events)
             print(
-                f"seeded {args.leads:,} leads and {args.busy_events + OTHER_EVENTS:,} timeline events "
-                f"in {time.perf_counter() - started:.1f}s",
+                f"seeded {args.leads:,} leads and {args.busy_events + OTHER_EVENTS:,} timeline "
+                f"events in {time.perf_counter() - started:.1f}s",
                 flush=True,
             )
             await admin.execute("CREATE DATABASE per_event TEMPLATE bulk")
             await admin.close()
 
             settings = Settings(
-                DATABASE_URL=url, NATS_URL=nats_server.url, identity_secret=SECRET, consumer_prefix="bench-app"
+                DATABASE_URL=url,
+                NATS_URL=nats_server.url,
+                identity_secret=SECRET,
+                consumer_prefix="bench-app",
             )
             reads = await measure_reads(settings, company, busy, asyncpg_dsn(url))
 
@@ -276,12 +302,20 @@ async def main() -> None:
             await bus.ensure_stream(js)
             events = mail_events(company, args.leads, args.events)
             acks = [
-                await js.publish(e.subject, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
+                await js.publish(
+                    e.subject,
+                    e.model_dump_json().encode(),
+                    headers={"Nats-Msg-Id": str(e.event_id)},
+                )
                 for e in events[:1]
             ]
             acks += await asyncio.gather(
                 *(
-                    js.publish(e.subject, e.model_dump_json().encode(), headers={"Nats-Msg-Id": str(e.event_id)})
+                    js.publish(
+                        e.subject,
+                        e.model_dump_json().encode(),
+                        headers={"Nats-Msg-Id": str(e.event_id)},
+                    )
                     for e in events[1:]
                 )
             )
@@ -312,7 +346,9 @@ async def main() -> None:
             # the slow reference is measured over the first events only, to keep the run short
             per_event_rate = await measure_apply(js, per_event, min(total, REFERENCE_EVENTS))
             async with bulk_db.session() as s:
-                applied = (await s.execute(processed.select().where(processed.c.consumer == "bench-bulk"))).all()
+                applied = (
+                    await s.execute(processed.select().where(processed.c.consumer == "bench-bulk"))
+                ).all()
             assert len(applied) == len(events), (len(applied), len(events))
             await bulk_db.dispose()
             await per_event_db.dispose()
@@ -323,22 +359,27 @@ async def main() -> None:
 
     print()
     print(
-        f"command: uv run python bench/leads/run.py --leads {args.leads} --busy-events {args.busy_events} "
-        f"--events {args.events}"
+        f"command: uv run python bench/leads/run.py --leads {args.leads} --busy-events "
+        f"{args.busy_events} --events {args.events}"
     )
     print(
-        f"timeline read, {args.busy_events:,}-event lead among {args.leads:,} leads, 300 events via HTTP app: "
-        f"p50 {reads['p50'] * 1000:.1f} ms, p99 {reads['p99'] * 1000:.1f} ms"
+        f"timeline read, {args.busy_events:,}-event lead among {args.leads:,} leads, 300 events "
+        f"via HTTP app: p50 {reads['p50'] * 1000:.1f} ms, p99 {reads['p99'] * 1000:.1f} ms"
     )
     print(
-        f"  reference raw asyncpg query: p50 {reads['raw_p50'] * 1000:.1f} ms, p99 {reads['raw_p99'] * 1000:.1f} ms"
+        f"  reference raw asyncpg query: p50 {reads['raw_p50'] * 1000:.1f} ms, p99 "
+        f"{reads['raw_p99'] * 1000:.1f} ms"
         f"  -> app/raw p50 ratio {reads['p50'] / reads['raw_p50']:.1f}x"
     )
     print(
         f"lead search among {args.leads:,} leads via HTTP app: by address prefix p50 "
-        f"{reads['search_address_p50'] * 1000:.1f} ms, by name p50 {reads['search_name_p50'] * 1000:.1f} ms"
+        f"{reads['search_address_p50'] * 1000:.1f} ms, by name p50 "
+        f"{reads['search_name_p50'] * 1000:.1f} ms"
     )
-    print(f"timeline apply from the stream ({len(events):,} mail.synced events): {bulk_rate:,.0f} events/s")
+    print(
+        f"timeline apply from the stream ({len(events):,} mail.synced events): {bulk_rate:,.0f} "
+        f"events/s"
+    )
     print(
         f"  reference kit per-event handler path: {per_event_rate:,.0f} events/s"
         f"  -> bulk/per-event ratio {bulk_rate / per_event_rate:.1f}x"

@@ -1,4 +1,5 @@
-"""Quota reservations through NATS: granted per second with 1 and 2 quota-service processes, p99 latency.
+"""Quota reservations through NATS: granted per second with 1 and 2 quota-service processes, p99
+latency.
 
 Starts its own PostgreSQL (fsync on, as in production) and NATS JetStream with
 ``leadline_kit.infra``, applies the quota migrations, then for 1 and 2
@@ -72,8 +73,11 @@ def ask_for(account: str, company: uuid.UUID) -> bytes:
     )
 
 
-async def load(nc: Client, subject: str, asks: list[bytes], clients: int, duration: float) -> tuple[float, int]:
-    """(granted per second, refused or failed) with ``clients`` requesters for ``duration`` seconds."""
+async def load(
+    nc: Client, subject: str, asks: list[bytes], clients: int, duration: float
+) -> tuple[float, int]:
+    """(granted per second, refused or failed) with ``clients`` requesters for ``duration``
+    seconds."""
     granted = failed = 0
     stop_at = time.perf_counter() + duration
 
@@ -83,7 +87,10 @@ async def load(nc: Client, subject: str, asks: list[bytes], clients: int, durati
         while time.perf_counter() < stop_at:
             try:
                 msg = await nc.request(subject, asks[i % len(asks)], timeout=10)
-                if subject != RPC_QUOTA_RESERVE or QuotaReserveReply.model_validate_json(msg.data).granted:
+                if (
+                    subject != RPC_QUOTA_RESERVE
+                    or QuotaReserveReply.model_validate_json(msg.data).granted
+                ):
                     granted += 1
                 else:
                     failed += 1
@@ -141,8 +148,12 @@ async def bench(args: argparse.Namespace) -> None:
                 hot = [ask_for(f"smtp:{uuid.uuid4()}", company)]
                 with quota_processes(processes, url, nats_server.url):
                     await load(nc, RPC_QUOTA_RESERVE, spread, args.clients, 1.0)  # warm up pools
-                    spread_rate, spread_failed = await load(nc, RPC_QUOTA_RESERVE, spread, args.clients, args.duration)
-                    hot_rate, hot_failed = await load(nc, RPC_QUOTA_RESERVE, hot, args.clients, args.duration)
+                    spread_rate, spread_failed = await load(
+                        nc, RPC_QUOTA_RESERVE, spread, args.clients, args.duration
+                    )
+                    hot_rate, hot_failed = await load(
+                        nc, RPC_QUOTA_RESERVE, hot, args.clients, args.duration
+                    )
                     p50, p99 = await latency(nc, spread, args.samples)
                 rows.append((processes, spread_rate, spread_failed, hot_rate, hot_failed, p50, p99))
             await nc.close()
@@ -161,8 +172,8 @@ async def bench(args: argparse.Namespace) -> None:
     )
     for processes, spread_rate, spread_failed, hot_rate, hot_failed, p50, p99 in rows:
         print(
-            f"{processes:>9} {spread_rate:>10,.0f} {spread_rate / reference:>8.3f} {hot_rate:>13,.0f} "
-            f"{p50:>7.2f} {p99:>7.2f} {spread_failed + hot_failed:>7}"
+            f"{processes:>9} {spread_rate:>10,.0f} {spread_rate / reference:>8.3f} "
+            f"{hot_rate:>13,.0f} {p50:>7.2f} {p99:>7.2f} {spread_failed + hot_failed:>7}"
         )
     print(f"2 processes / 1 process: {rows[1][1] / rows[0][1]:.2f}x")
     print(
@@ -172,7 +183,9 @@ async def bench(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--accounts", type=int, default=50)

@@ -1,4 +1,5 @@
-"""Building one Smart Mail (MIME, serialised, read back and checked): the largest part of the API's work.
+"""Building one Smart Mail (MIME, serialised, read back and checked): the largest part of the API's
+work.
 
 The same 10 KB personal message as ``bench/send/run.py``, to a different lead each time, built with
 ``build_message`` and, for reference, the bare standard library (an ``EmailMessage`` with the same
@@ -18,15 +19,22 @@ from email.message import EmailMessage
 
 from leadline_send.messages.composition import Draft, Recipient, Sender, build_message
 
-BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
+BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[
+    :10_000
+]
 SENDER = Sender("cs@company.example.com", "Customer Service")
 
 
 def ours(n: int, now: datetime) -> bytes:
     draft = Draft(
-        category="personal", to=(Recipient(f"lead{n}@example.org", ""),), subject=f"Smart Mail {n}", text=BODY
+        category="personal",
+        to=(Recipient(f"lead{n}@example.org", ""),),
+        subject=f"Smart Mail {n}",
+        text=BODY,
     )
-    return build_message(draft, SENDER, message_id=f"<{n}@bench.example>", date=now, unsubscribe_link=None).raw
+    return build_message(
+        draft, SENDER, message_id=f"<{n}@bench.example>", date=now, unsubscribe_link=None
+    ).raw
 
 
 def stdlib(n: int, now: datetime) -> bytes:
@@ -52,7 +60,9 @@ def per_message_ms(build: Callable[[int, datetime], bytes], messages: int) -> fl
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--messages", type=int, default=3000)
     args = parser.parse_args()
     built, bare = per_message_ms(ours, args.messages), per_message_ms(stdlib, args.messages)

@@ -6,15 +6,18 @@ import contextlib
 import os
 from pathlib import Path
 
-BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[:10_000]
+BODY = ("Hello, this is a ten kilobyte Smart Mail used to measure sending throughput.\n" * 134)[
+    :10_000
+]
 
 
 def cpu_by_command(kinds: tuple[str, ...], marker: str | None = None) -> dict[str, float]:
-    """CPU seconds used so far by each kind of process of this bench (Linux /proc): the first of ``kinds``
-    found in a process's command line names it; the send service's API process (no delivery workers) is
-    told apart from the delivering ones.  Counted: this process, every process whose command line holds
-    ``marker`` (the bench's temporary folder: a daemonised PostgreSQL), and their descendants, so that the
-    same servers of other people's runs on a shared machine are not."""
+    """CPU seconds used so far by each kind of process of this bench (Linux /proc): the first of
+    ``kinds`` found in a process's command line names it; the send service's API process (no
+    delivery workers) is told apart from the delivering ones.  Counted: this process, every process
+    whose command line holds ``marker`` (the bench's temporary folder: a daemonised PostgreSQL), and
+    their descendants, so that the same servers of other people's runs on a shared machine are
+    not."""
     tick = os.sysconf("SC_CLK_TCK")
     processes: dict[int, tuple[int, str, float]] = {}  # pid -> (parent, command line, CPU seconds)
     for entry in Path("/proc").iterdir():
@@ -26,10 +29,17 @@ def cpu_by_command(kinds: tuple[str, ...], marker: str | None = None) -> dict[st
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        # its own user and system time and that of its children it has reaped (a Dovecot imap process
-        # that ended with its connection is gone from /proc, its CPU is in the master's)
-        processes[int(entry.name)] = (int(fields[1]), command, sum(int(f) for f in fields[11:15]) / tick)
-    ours = {os.getpid(), *(pid for pid, (_, command, _) in processes.items() if marker and marker in command)}
+        # its own user and system time and that of its children it has reaped (a Dovecot imap
+        # process that ended with its connection is gone from /proc, its CPU is in the master's)
+        processes[int(entry.name)] = (
+            int(fields[1]),
+            command,
+            sum(int(f) for f in fields[11:15]) / tick,
+        )
+    ours = {
+        os.getpid(),
+        *(pid for pid, (_, command, _) in processes.items() if marker and marker in command),
+    }
     grown = True
     while grown:
         found = {pid for pid, (parent, _, _) in processes.items() if parent in ours} - ours

@@ -1,4 +1,5 @@
-"""Smart Mail throughput: API → queue → quota → SMTP, divided by a raw aiosmtplib loop to the same sink.
+"""Smart Mail throughput: API → queue → quota → SMTP, divided by a raw aiosmtplib loop to the same
+sink.
 
 Starts its own PostgreSQL (fsync on, as in production), NATS JetStream and
 Postfix's ``smtp-sink`` (the far end, so the sink is not what is measured),
@@ -65,7 +66,14 @@ from nats.aio.msg import Msg
 
 from leadline_kit.db import asyncpg_dsn
 from leadline_kit.identity import Identity, identity_headers
-from leadline_kit.infra import AppProcess, NatsServer, PostgresServer, app_processes, free_port, wait_for_port
+from leadline_kit.infra import (
+    AppProcess,
+    NatsServer,
+    PostgresServer,
+    app_processes,
+    free_port,
+    wait_for_port,
+)
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.fixtures import create_database
 from leadline_proto.requests import MailboxSmtpReply
@@ -77,7 +85,8 @@ SECRET = "bench-identity-secret"
 
 def cpu_by_command() -> dict[str, float]:
     return common.cpu_by_command(
-        ("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink", "bench/send"), marker="send-bench-"
+        ("leadline_send", "leadline_quota", "postgres", "nats-server", "smtp-sink", "bench/send"),
+        marker="send-bench-",
     )
 
 
@@ -129,9 +138,9 @@ async def whole_path(
     """Messages per second from the first POST until every message of this run is sent.
 
     Each run sends as a sender of its own, so that only its messages are counted.  ``batch`` 1: one
-    ``POST /v1/messages`` per message; more: ``POST /v1/messages/batch`` with that many.  The callers
-    use aiohttp, the lighter client: they share the machine's cores with the service.  With several
-    replicas (``apis``) the callers are spread over them, as a load balancer would.
+    ``POST /v1/messages`` per message; more: ``POST /v1/messages/batch`` with that many.  The
+    callers use aiohttp, the lighter client: they share the machine's cores with the service.  With
+    several replicas (``apis``) the callers are spread over them, as a load balancer would.
     """
     identity = Identity(company_id=company.company_id, user_id=uuid.uuid4(), role="salesperson")
     conn = await asyncpg.connect(asyncpg_dsn(send_url))
@@ -162,7 +171,8 @@ async def whole_path(
         await asyncio.gather(*(caller(apis[n % len(apis)]) for n in range(clients)))
         posted = time.perf_counter() - started
         sent_by_then = await conn.fetchval(
-            "SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' AND user_id = $1", identity.user_id
+            "SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' AND user_id = $1",
+            identity.user_id,
         )
         # polled on the small index of messages still in motion: counting the whole table every few
         # milliseconds would take PostgreSQL's CPU from the service being measured
@@ -174,23 +184,24 @@ async def whole_path(
             await asyncio.sleep(0.02)
         elapsed = time.perf_counter() - started
         sent = await conn.fetchval(
-            "SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' AND user_id = $1", identity.user_id
+            "SELECT count(*) FROM send.outgoing_message WHERE state = 'sent' AND user_id = $1",
+            identity.user_id,
         )
         if sent != messages:
             raise RuntimeError(f"{messages - sent} messages were not sent; see the service log")
     await conn.close()
     cpu = {k: (v - cpu_before.get(k, 0.0)) * 1000 / messages for k, v in cpu_by_command().items()}
     print(
-        f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s, {sent_by_then} sent "
-        f"by then), all sent after {elapsed:.2f}s; CPU ms per message: "
+        f"    batch {batch}: posted {messages} in {posted:.2f}s ({messages / posted:,.0f}/s, "
+        f"{sent_by_then} sent by then), all sent after {elapsed:.2f}s; CPU ms per message: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
     )
     return messages / elapsed
 
 
 async def settle_down(url: str) -> None:
-    """Let PostgreSQL write out what the last run left in its buffers before the reference runs, so the
-    raw loop does not share the cores with the checkpointer."""
+    """Let PostgreSQL write out what the last run left in its buffers before the reference runs, so
+    the raw loop does not share the cores with the checkpointer."""
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await conn.execute("CHECKPOINT")
@@ -206,8 +217,8 @@ async def no_synced_mailbox(msg: Msg) -> None:
 def send_processes(
     env: dict[str, str], args: argparse.Namespace, connections: int, source: Path | None
 ) -> tuple[list[AppProcess], list[AppProcess]]:
-    """(delivering only, serving the API) send-service processes for one run; ``source``: a source tree
-    (a checkout of the repository) whose send service and kit replace the installed ones."""
+    """(delivering only, serving the API) send-service processes for one run; ``source``: a source
+    tree (a checkout of the repository) whose send service and kit replace the installed ones."""
     if source is not None:
         env = {**env, "PYTHONPATH": f"{source / 'send-service' / 'src'}:{source / 'kit' / 'src'}"}
     senders = []
@@ -219,7 +230,10 @@ def send_processes(
             "LEADLINE_SMTP_CONNECTIONS": str(max(1, connections // args.split)),
             "LEADLINE_OUTBOX_RELAY": "false",
         }
-        senders = [AppProcess("leadline_send", free_port(), each) for _ in range(min(args.split, connections))]
+        senders = [
+            AppProcess("leadline_send", free_port(), each)
+            for _ in range(min(args.split, connections))
+        ]
         env = {**env, "LEADLINE_SMTP_CONNECTIONS": "0"}
     # replicas: each serves the API and delivers over its share of the connections
     served = [
@@ -258,7 +272,8 @@ async def sink_account(api: str, send_url: str, sink_port: int) -> Identity:
     assert created.status_code == 201, created.text
     conn = await asyncpg.connect(asyncpg_dsn(send_url))
     await conn.execute(
-        "UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1", uuid.UUID(created.json()["id"])
+        "UPDATE send.smtp_account SET confirmed_at = now() WHERE id = $1",
+        uuid.UUID(created.json()["id"]),
     )
     await conn.close()
     return identity
@@ -269,7 +284,8 @@ Pairs = list[tuple[float, float]]  # (raw send_message loop, whole path) message
 
 async def bench(args: argparse.Namespace) -> None:
     sources: list[Path | None] = [None, *([args.against] if args.against else [])]
-    rows: list[tuple[Path | None, int, int, float, Pairs]] = []  # source, conns, batch, bytes/s, pairs
+    # source, conns, batch, bytes/s, pairs
+    rows: list[tuple[Path | None, int, int, float, Pairs]] = []
     with tempfile.TemporaryDirectory(prefix="send-bench-") as tmp:
         postgres = PostgresServer(Path(tmp) / "postgres", free_port(), fast_unsafe=not args.fsync)
         nats_server = NatsServer(Path(tmp) / "nats", free_port())
@@ -283,12 +299,19 @@ async def bench(args: argparse.Namespace) -> None:
             await upgrade("leadline_quota", quota_url)
             responder = await nats.connect(nats_server.url)
             await responder.subscribe(RPC_MAILBOX_SMTP, cb=no_synced_mailbox)
-            common = {"NATS_URL": nats_server.url, "LEADLINE_IDENTITY_SECRET": SECRET, "LEADLINE_LOG_LEVEL": "WARNING"}
+            common = {
+                "NATS_URL": nats_server.url,
+                "LEADLINE_IDENTITY_SECRET": SECRET,
+                "LEADLINE_LOG_LEVEL": "WARNING",
+            }
             quota = AppProcess("leadline_quota", free_port(), {**common, "DATABASE_URL": quota_url})
             with smtp_sink(sink_port), app_processes(quota):
                 for connections in args.connections:
-                    await raw_loop(sink_port, connections, min(200, args.messages), prebuilt=True)  # warm up
-                    bytes_only = await raw_loop(sink_port, connections, args.messages, prebuilt=True)
+                    # warm up
+                    await raw_loop(sink_port, connections, min(200, args.messages), prebuilt=True)
+                    bytes_only = await raw_loop(
+                        sink_port, connections, args.messages, prebuilt=True
+                    )
                     env = {
                         **common,
                         "DATABASE_URL": send_url,
@@ -309,16 +332,28 @@ async def bench(args: argparse.Namespace) -> None:
                                 apis = [f"http://127.0.0.1:{process.port}" for process in served]
                                 identity = await sink_account(apis[0], send_url, sink_port)
                                 await whole_path(
-                                    send_url, apis, identity, min(200, args.messages), args.clients, 1
+                                    send_url,
+                                    apis,
+                                    identity,
+                                    min(200, args.messages),
+                                    args.clients,
+                                    1,
                                 )  # warm up
                                 for batch in args.batches:
                                     await settle_down(send_url)
-                                    built = await raw_loop(sink_port, connections, args.messages, prebuilt=False)
+                                    built = await raw_loop(
+                                        sink_port, connections, args.messages, prebuilt=False
+                                    )
                                     runs[(source, batch)].append(
                                         (
                                             built,
                                             await whole_path(
-                                                send_url, apis, identity, args.messages, args.clients, batch
+                                                send_url,
+                                                apis,
+                                                identity,
+                                                args.messages,
+                                                args.clients,
+                                                batch,
                                             ),
                                         )
                                     )
@@ -334,17 +369,20 @@ async def bench(args: argparse.Namespace) -> None:
     report(args, rows)
 
 
-def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, float, Pairs]]) -> None:
+def report(
+    args: argparse.Namespace, rows: list[tuple[Path | None, int, int, float, Pairs]]
+) -> None:
     print(
-        f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, Postfix smtp-sink, "
-        f"PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
+        f"\nSmart Mail, 10 KB messages, {args.messages} per run, {args.clients} API callers, "
+        f"Postfix smtp-sink, PostgreSQL fsync {'on' if args.fsync else 'OFF'}, "
         f"{f'API in one send process, delivery in {args.split}' if args.split else ''}"
-        f"{'' if args.split else f'{args.replicas} send process(es) serving the API and delivering'}, "
+        f"{'' if args.split else f'{args.replicas} send process(es) serving the API and delivering'}, "  # noqa: E501
         f"{os.cpu_count()} cores"
     )
     print(
-        f"{'code':>8} {'conns':>5} {'per POST':>8} {'raw send_message/s':>19} {'raw sendmail bytes/s':>21} "
-        f"{'whole path/s':>13} {'ratio vs send_message (low-high)':>33} {'ratio vs bytes':>15}"
+        f"{'code':>8} {'conns':>5} {'per POST':>8} {'raw send_message/s':>19} "
+        f"{'raw sendmail bytes/s':>21} {'whole path/s':>13} "
+        f"{'ratio vs send_message (low-high)':>33} {'ratio vs bytes':>15}"
     )
     ratios: dict[tuple[Path | None, int, int], list[float]] = {}
     for source, connections, batch, bytes_only, pairs in rows:
@@ -357,19 +395,26 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
             f"{rate:>13,.0f} {span:>33} {rate / bytes_only:>15.2f}"
         )
     if args.against:
-        print(f"\nthis tree minus {args.against}, ratio of the same round (positive: this tree is faster):")
+        print(
+            f"\nthis tree minus {args.against}, ratio of the same round (positive: this tree is "
+            f"faster):"
+        )
         for (source, connections, batch), found in ratios.items():
             if source is None:
-                differences = [a - b for a, b in zip(found, ratios[(args.against, connections, batch)], strict=True)]
+                differences = [
+                    a - b
+                    for a, b in zip(found, ratios[(args.against, connections, batch)], strict=True)
+                ]
                 print(
-                    f"  {connections} conns, {batch} per POST: mean {statistics.mean(differences):+.3f}, "
-                    f"median {statistics.median(differences):+.3f}, "
-                    f"{sum(d > 0 for d in differences)} of {len(differences)} rounds ahead"
+                    f"  {connections} conns, {batch} per POST: mean "
+                    f"{statistics.mean(differences):+.3f}, median "
+                    f"{statistics.median(differences):+.3f}, {sum(d > 0 for d in differences)} of "
+                    f"{len(differences)} rounds ahead"
                 )
     print(
         f"command: {COMMAND} --path api --messages {args.messages} --clients {args.clients} "
-        f"--connections {' '.join(map(str, args.connections))} --batches {' '.join(map(str, args.batches))} "
-        f"--rounds {args.rounds}"
+        f"--connections {' '.join(map(str, args.connections))} --batches "
+        f"{' '.join(map(str, args.batches))} --rounds {args.rounds}"
         f"{f' --split {args.split}' if args.split != 1 else ''}"
         f"{f' --replicas {args.replicas}' if args.replicas > 1 else ''}"
         f"{f' --against {args.against}' if args.against else ''}"
@@ -378,7 +423,9 @@ def report(args: argparse.Namespace, rows: list[tuple[Path | None, int, int, flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--path",
         choices=("user", "api"),
@@ -387,7 +434,9 @@ def main() -> None:
         "api: straight to the send service, a company account in plaintext, smtp-sink",
     )
     parser.add_argument("--messages", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=None, help="concurrent API callers (user: 8, api: 32)")
+    parser.add_argument(
+        "--clients", type=int, default=None, help="concurrent API callers (user: 8, api: 32)"
+    )
     parser.add_argument(
         "--source",
         type=Path,
@@ -411,7 +460,10 @@ def main() -> None:
         help="messages per API request: 1 = POST /v1/messages, more = POST /v1/messages/batch",
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="pairs of (raw loop, whole path) runs; the median ratio is reported"
+        "--rounds",
+        type=int,
+        default=3,
+        help="pairs of (raw loop, whole path) runs; the median ratio is reported",
     )
     parser.add_argument(
         "--split",
@@ -447,8 +499,9 @@ def main() -> None:
         "--profile",
         metavar="DIR",
         type=Path,
-        help="user path: sample every Python process of the suite with py-spy (PY_SPY or on PATH) during "
-        "each path run, writing collapsed stacks to DIR and printing the hottest frames per process",
+        help="user path: sample every Python process of the suite with py-spy (PY_SPY or on PATH) "
+        "during each path run, writing collapsed stacks to DIR and printing the hottest frames per "
+        "process",
     )
     args = parser.parse_args()
     if args.path == "user":

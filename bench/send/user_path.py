@@ -1,20 +1,22 @@
-"""bench/send's default: Smart Mail on the path a CRM takes, against raw aiosmtplib loops to the same server.
+"""bench/send's default: Smart Mail on the path a CRM takes, against raw aiosmtplib loops to the
+same server.
 
-The whole suite runs as ``make run`` runs it (``deploy/run.py``: the gateway, the five services, the send
-service's API and delivery processes, PostgreSQL with fsync), on a PostgreSQL and NATS of the bench's
-own, with the operator settings that open loopback mail hosts and trust the bench's CA, and the
-gateway's per-key rate limit set by ``--rate-limit`` (default: lifted).  The far end is a Dovecot (the
-mailbox's IMAP, the Sent folder) and aiosmtpd with implicit TLS and AUTH (``smtp_server.py`` says why
-not ``smtp-sink``).  A company's administrator connects their own mailbox (``PUT /v1/mail-sync``,
-implicit TLS for IMAP and SMTP), creates one lead per message, and each Smart Mail is one
-``POST /v1/messages`` through the gateway to one lead, from ``--clients`` concurrent callers.  A run's
-clock runs from the first POST until every message is ``sent`` and its copy is in the Sent folder
-(``sent_copy`` recorded; Dovecot's Sent folder is counted before and after: exactly one copy each).
+The whole suite runs as ``make run`` runs it (``deploy/run.py``: the gateway, the five services, the
+send service's API and delivery processes, PostgreSQL with fsync), on a PostgreSQL and NATS of the
+bench's own, with the operator settings that open loopback mail hosts and trust the bench's CA, and
+the gateway's per-key rate limit set by ``--rate-limit`` (default: lifted).  The far end is a
+Dovecot (the mailbox's IMAP, the Sent folder) and aiosmtpd with implicit TLS and AUTH
+(``smtp_server.py`` says why not ``smtp-sink``).  A company's administrator connects their own
+mailbox (``PUT /v1/mail-sync``, implicit TLS for IMAP and SMTP), creates one lead per message, and
+each Smart Mail is one ``POST /v1/messages`` through the gateway to one lead, from ``--clients``
+concurrent callers.  A run's clock runs from the first POST until every message is ``sent`` and its
+copy is in the Sent folder (``sent_copy`` recorded; Dovecot's Sent folder is counted before and
+after: exactly one copy each).
 
-References, in the same round just before the path runs, over the same number of connections, with the
-same TLS, AUTH and server: ``raw``, an aiosmtplib loop building each ``EmailMessage`` and sending it with
-``send_message``; ``raw + APPEND``, the same loop also appending each message to the Sent folder on a
-kept IMAP connection (what R12 asks, done naively).
+References, in the same round just before the path runs, over the same number of connections, with
+the same TLS, AUTH and server: ``raw``, an aiosmtplib loop building each ``EmailMessage`` and
+sending it with ``send_message``; ``raw + APPEND``, the same loop also appending each message to the
+Sent folder on a kept IMAP connection (what R12 asks, done naively).
 
 The breakdown is what the processes report about the run (their Prometheus histograms and counters,
 scraped before and after) and the CPU each process used, per message.
@@ -55,7 +57,8 @@ from leadline_kit.infra import DovecotServer, NatsServer, PostgresServer, free_p
 from leadline_kit.testing.fixtures import create_database
 
 ROOT = Path(__file__).resolve().parents[2]
-PROCESSES = (  # the first found in a command line names the process: smtp_server.py's names Dovecot's folder
+# the first found in a command line names the process: smtp_server.py's names Dovecot's folder
+PROCESSES = (
     "leadline_gateway",
     "leadline_lead",
     "leadline_quota",
@@ -67,14 +70,16 @@ PROCESSES = (  # the first found in a command line names the process: smtp_serve
     "dovecot",
     "bench/send",
 )
-REFERENCE_PROCESSES = ("bench/send", "smtp_server.py", "dovecot")  # what a reference loop's CPU is spent by
+# what a reference loop's CPU is spent by
+REFERENCE_PROCESSES = ("bench/send", "smtp_server.py", "dovecot")
 LIFTED = 1_000_000.0  # requests per second per key: the gateway's rate limit out of the way
 ADDRESS, PASSWORD = "sam@acme.example", "bench-mailbox-password"
 
 
 @dataclass
 class MailServers:
-    """The mailbox's far end: Dovecot (IMAP over implicit TLS) and aiosmtpd (SMTP over implicit TLS)."""
+    """The mailbox's far end: Dovecot (IMAP over implicit TLS) and aiosmtpd (SMTP over implicit
+    TLS)."""
 
     imap_port: int
     smtp_port: int
@@ -111,7 +116,9 @@ def mail_servers(tmp: Path) -> Iterator[MailServers]:
     ca.cert_pem.write_to_path(str(ca_file))
     cert.cert_chain_pems[0].write_to_path(str(cert_file))
     cert.private_key_pem.write_to_path(str(key_file))
-    dovecot = DovecotServer(tmp / "dovecot", cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes())
+    dovecot = DovecotServer(
+        tmp / "dovecot", cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes()
+    )
     dovecot.start()
     dovecot.add_user(ADDRESS, PASSWORD)
     smtp_port = free_port()
@@ -167,8 +174,9 @@ def suite(
     rate_limit: float | None,
     source: Path | None,
 ) -> Iterator[Suite]:
-    """``deploy/run.py`` with the bench's servers, ``connections`` delivery workers and the rate limit;
-    ``source``: another checkout of the repository whose code the suite runs (before and after figures)."""
+    """``deploy/run.py`` with the bench's servers, ``connections`` delivery workers and the rate
+    limit; ``source``: another checkout of the repository whose code the suite runs (before and
+    after figures)."""
     base = free_port_block(6)
     tree = source or ROOT
     env = {
@@ -192,19 +200,32 @@ def suite(
     env["LEADLINE_RATE_LIMIT_BURST"] = str(max(1, int(limit * 4)))
     log = (data_dir / f"run-{connections}.log").open("ab")
     process = subprocess.Popen(
-        [sys.executable, str(tree / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, str(tree / "deploy" / "run.py")],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         found = Suite(
-            gateway=f"http://127.0.0.1:{base}", base=base, bootstrap_token="", metrics_token="", marker=str(data_dir)
+            gateway=f"http://127.0.0.1:{base}",
+            base=base,
+            bootstrap_token="",
+            metrics_token="",
+            marker=str(data_dir),
         )
-        deadline = time.monotonic() + 630  # a loaded machine: the suite's processes start for minutes
-        if not (_ready(found.gateway + "/readyz", deadline) and _ready(found.port(5) + "/readyz", deadline)):
+        # a loaded machine: the suite's processes start for minutes
+        deadline = time.monotonic() + 630
+        if not (
+            _ready(found.gateway + "/readyz", deadline)
+            and _ready(found.port(5) + "/readyz", deadline)
+        ):
             kept = Path(tempfile.mkdtemp(prefix="send-bench-logs-"))
             shutil.copytree(data_dir / "logs", kept / "logs", dirs_exist_ok=True)
             shutil.copy(log.name, kept)
             raise RuntimeError(f"the suite did not become ready; its logs are in {kept}")
-        secrets = dict(line.split("=", 1) for line in (data_dir / "secrets.env").read_text().splitlines())
+        secrets = dict(
+            line.split("=", 1) for line in (data_dir / "secrets.env").read_text().splitlines()
+        )
         found.bootstrap_token = secrets["LEADLINE_BOOTSTRAP_TOKEN"]
         found.metrics_token = secrets.get("LEADLINE_METRICS_TOKEN", "")
         yield found
@@ -244,7 +265,8 @@ class Account:
 
 
 async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
-    """A company, its administrator's own mailbox connected through the API, one lead per message."""
+    """A company, its administrator's own mailbox connected through the API, one lead per
+    message."""
     async with httpx.AsyncClient(base_url=found.gateway, timeout=60) as client:
         created = await client.post(
             "/v1/companies",
@@ -270,7 +292,9 @@ async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
         async def lead(n: int) -> str:
             async with slots:
                 made = await client.post(
-                    "/v1/leads", headers=key, json={"name": f"Lead {n}", "addresses": [f"lead{n}@lead.example"]}
+                    "/v1/leads",
+                    headers=key,
+                    json={"name": f"Lead {n}", "addresses": [f"lead{n}@lead.example"]},
                 )
             assert made.status_code == 201, made.text
             return str(made.json()["id"])
@@ -282,7 +306,8 @@ async def set_up(found: Suite, servers: MailServers, leads: int) -> Account:
 def reference_message(n: int) -> EmailMessage:
     msg = EmailMessage()
     msg["From"] = ADDRESS
-    msg["To"] = f"someone{n}@elsewhere.example"  # not a lead: the sync keeps none of the reference's copies
+    # not a lead: the sync keeps none of the reference's copies
+    msg["To"] = f"someone{n}@elsewhere.example"
     msg["Subject"] = f"Smart Mail {n}"
     msg["Message-ID"] = f"<{uuid.uuid4().hex}@bench.example>"
     msg.set_content(BODY)
@@ -295,14 +320,19 @@ class Reference:
     cpu: dict[str, float]  # ms of CPU per message: the loop (bench/send), the SMTP server, Dovecot
 
 
-async def raw_loop(servers: MailServers, connections: int, messages: int, append: bool, marker: str) -> Reference:
+async def raw_loop(
+    servers: MailServers, connections: int, messages: int, append: bool, marker: str
+) -> Reference:
     """Messages per second of aiosmtplib's ``send_message`` over ``connections`` implicit-TLS, AUTH
-    sessions; with ``append`` each message is also appended to Sent on a kept IMAP connection.  The CPU
-    per message is that of the loop and the servers (the suite, idle meanwhile, is not counted)."""
+    sessions; with ``append`` each message is also appended to Sent on a kept IMAP connection.  The
+    CPU per message is that of the loop and the servers (the suite, idle meanwhile, is not
+    counted)."""
     per_connection = messages // connections
 
     async def one(index: int) -> None:
-        smtp = aiosmtplib.SMTP(hostname="localhost", port=servers.smtp_port, use_tls=True, tls_context=servers.tls())
+        smtp = aiosmtplib.SMTP(
+            hostname="localhost", port=servers.smtp_port, use_tls=True, tls_context=servers.tls()
+        )
         await smtp.connect()
         await smtp.login(ADDRESS, PASSWORD)
         imap = None
@@ -328,7 +358,10 @@ async def raw_loop(servers: MailServers, connections: int, messages: int, append
     sent = per_connection * connections
     return Reference(
         sent / elapsed,
-        {k: (cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0)) * 1000 / sent for k in REFERENCE_PROCESSES},
+        {
+            k: (cpu_after.get(k, 0.0) - cpu_before.get(k, 0.0)) * 1000 / sent
+            for k in REFERENCE_PROCESSES
+        },
     )
 
 
@@ -336,11 +369,13 @@ SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 
 
 async def scrape(client: aiohttp.ClientSession, urls: list[str], token: str) -> dict[str, float]:
-    """Every sample of the processes' /metrics, summed over the processes (a name with its labels); the
-    gateway's needs the operator's metrics token."""
+    """Every sample of the processes' /metrics, summed over the processes (a name with its labels);
+    the gateway's needs the operator's metrics token."""
     found: dict[str, float] = {}
     for url in urls:
-        async with client.get(url + "/metrics", headers={"Authorization": f"Bearer {token}"}) as response:
+        async with client.get(
+            url + "/metrics", headers={"Authorization": f"Bearer {token}"}
+        ) as response:
             for line in (await response.text()).splitlines():
                 match = SAMPLE.match(line)
                 if match and not line.startswith("#"):
@@ -350,26 +385,34 @@ async def scrape(client: aiohttp.ClientSession, urls: list[str], token: str) -> 
 
 
 DATABASE_COUNTERS = {
-    "transactions committed": "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+    "transactions committed": (
+        "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    ),
     "WAL records": "SELECT wal_records FROM pg_stat_wal",
     "WAL kB": "SELECT wal_bytes / 1024.0 FROM pg_stat_wal",
     "WAL fsyncs": "SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io WHERE object = 'wal'",
 }
-ROWS_WRITTEN = "SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables GROUP BY schemaname"
+ROWS_WRITTEN = (
+    "SELECT schemaname, sum(n_tup_ins + n_tup_upd + n_tup_del) FROM pg_stat_user_tables GROUP BY "
+    "schemaname"
+)
 STATS_FLUSH_SECONDS = 11.0  # idle backends report their statistics within 10 s (PostgreSQL 15+)
 
 
 async def database_counters(conn: asyncpg.Connection) -> dict[str, float]:
     """The cluster's commit, WAL and row counters (each service's rows apart, by schema)."""
     await conn.execute("SELECT pg_stat_clear_snapshot()")
-    found = {name: float(await conn.fetchval(query) or 0) for name, query in DATABASE_COUNTERS.items()}
+    found = {
+        name: float(await conn.fetchval(query) or 0) for name, query in DATABASE_COUNTERS.items()
+    }
     for schema, rows in await conn.fetch(ROWS_WRITTEN):
         found[f"rows written, {schema}"] = float(rows or 0)
     return found
 
 
 def suite_python_processes(marker: str) -> dict[int, str]:
-    """pid → name of the suite's uvicorn processes (those started with ``LEADLINE_DATA_DIR=marker``)."""
+    """pid → name of the suite's uvicorn processes (those started with
+    ``LEADLINE_DATA_DIR=marker``)."""
     found: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -458,8 +501,9 @@ def _package(frame: str) -> str:
 
 
 def profile_summary(path: Path, messages: int, top: int = 12) -> list[str]:
-    """The CPU of one process per message: by package (the frame that ran, self time) and the hottest
-    functions of ours and of the libraries (inclusive time), from py-spy's collapsed stacks."""
+    """The CPU of one process per message: by package (the frame that ran, self time) and the
+    hottest functions of ours and of the libraries (inclusive time), from py-spy's collapsed
+    stacks."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     total = 0
@@ -482,12 +526,17 @@ def profile_summary(path: Path, messages: int, top: int = 12) -> list[str]:
 
     lines = [
         f"    on CPU {ms(total):.2f} ms per message; self time by package: "
-        + ", ".join(f"{k} {ms(v):.2f}" for k, v in sorted(own.items(), key=lambda kv: -kv[1]) if ms(v) >= 0.05)
+        + ", ".join(
+            f"{k} {ms(v):.2f}"
+            for k, v in sorted(own.items(), key=lambda kv: -kv[1])
+            if ms(v) >= 0.05
+        )
     ]
     interesting = [
         (frame, n)
         for frame, n in inclusive.items()
-        if n < total * 0.95 and not any(k in frame for k in ("asyncio/", "uvloop", "<module>", "run ("))
+        if n < total * 0.95
+        and not any(k in frame for k in ("asyncio/", "uvloop", "<module>", "run ("))
     ]
     for frame, n in sorted(interesting, key=lambda kv: -kv[1])[:top]:
         lines.append(f"      {ms(n):6.2f} ms  {frame[:150]}")
@@ -498,9 +547,17 @@ def profile_summary(path: Path, messages: int, top: int = 12) -> list[str]:
 BREAKDOWN = [
     ("client: POST to its 202 (as the CRM sees it)", None, ""),
     ("gateway: request in, 202 out", "leadline_http_request_seconds", 'service="gateway"'),
-    ("send API: request in, 202 out", "leadline_http_request_seconds", 'service="send",route="/v1/messages"'),
+    (
+        "send API: request in, 202 out",
+        "leadline_http_request_seconds",
+        'service="send",route="/v1/messages"',
+    ),
     ("send stages", "leadline_send_stage_seconds", ""),
-    ("quota service: answering an ask", "leadline_rpc_answer_seconds", 'subject="leadline-rpc.quota.'),
+    (
+        "quota service: answering an ask",
+        "leadline_rpc_answer_seconds",
+        'subject="leadline-rpc.quota.',
+    ),
     ("delivery: MAIL FROM to the reply after '.'", "leadline_send_smtp_seconds", ""),
     ("delivery: queued to accepted by the server", "leadline_send_delivery_seconds", ""),
 ]
@@ -524,7 +581,8 @@ def breakdown(
                 entry[0 if kind == "sum" else 1] += value - before.get(name, 0.0)
         for label_text, (total, count) in sorted(sums.items()):
             if count:
-                shown = f"{what} {label_text}" if label_text else what  # each matching label set its own row
+                # each matching label set its own row
+                shown = f"{what} {label_text}" if label_text else what
                 rows.append((shown, total * 1000 / messages, count / messages))
     return rows
 
@@ -535,7 +593,8 @@ class PathRun:
     sent: float  # until every message is sent
     copied: float  # until every Sent copy is recorded
     copies: int  # messages Dovecot's Sent folder gained
-    read_back: float | None  # seconds until the sync had read every copy back onto the timeline (None: not in time)
+    # seconds until the sync had read every copy back onto the timeline (None: not in time)
+    read_back: float | None
     rows: list[tuple[str, float, float]]
     cpu: dict[str, float]
     database: dict[str, float]  # PostgreSQL's counters per message
@@ -617,13 +676,19 @@ async def path_run(
         database_after = await database_counters(conn)
     states = dict(
         await conn.fetch(
-            "SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY state",
+            (
+                "SELECT state, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY "
+                "state"
+            ),
             f"Smart Mail {subject} %",
         )
     )
     notes = dict(
         await conn.fetch(
-            "SELECT sent_copy, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP BY sent_copy",
+            (
+                "SELECT sent_copy, count(*) FROM send.outgoing_message WHERE subject LIKE $1 GROUP "
+                "BY sent_copy"
+            ),
             f"Smart Mail {subject} %",
         )
     )
@@ -641,25 +706,31 @@ async def path_run(
         copies=copies,
         rows=breakdown(before, after, messages, statistics.mean(latencies) * messages),
         cpu=cpu,
-        database={k: (v - database_before.get(k, 0.0)) / messages for k, v in database_after.items()},
+        database={
+            k: (v - database_before.get(k, 0.0)) / messages for k, v in database_after.items()
+        },
         profile={name: profile_summary(path, messages) for name, path in stacks.items()},
     )
 
 
-# Every message's timeline event, with both of its sources: the Smart Mail itself and the synced copy
+# Every message's timeline event, with both of its sources: the Smart Mail itself and the synced
+# copy
 READ_BACK = """
 SELECT count(*) FROM lead.timeline_event t
 WHERE t.subject LIKE $1
   AND EXISTS (SELECT 1 FROM lead.timeline_event_source s WHERE s.timeline_event_id = t.id AND s.source = 'smart_mail')
   AND EXISTS (SELECT 1 FROM lead.timeline_event_source s WHERE s.timeline_event_id = t.id AND s.mailbox_id IS NOT NULL)
-"""
+"""  # noqa: E501
 READ_BACK_SECONDS = 120.0
 
 
-async def until_read_back(conn: asyncpg.Connection, subjects: str, messages: int, started: float) -> float | None:
-    """Seconds from ``started`` until the sync has read every copy back from Sent and the lead service has
-    joined it to the message's timeline event (R12's work after the copy is saved, which the CPU per
-    message must hold: a run's clock stops at the copies, the sync's reading goes on after it)."""
+async def until_read_back(
+    conn: asyncpg.Connection, subjects: str, messages: int, started: float
+) -> float | None:
+    """Seconds from ``started`` until the sync has read every copy back from Sent and the lead
+    service has joined it to the message's timeline event (R12's work after the copy is saved, which
+    the CPU per message must hold: a run's clock stops at the copies, the sync's reading goes on
+    after it)."""
     deadline = time.perf_counter() + READ_BACK_SECONDS
     while time.perf_counter() < deadline:
         if await conn.fetchval(READ_BACK, subjects) >= messages:
@@ -698,15 +769,34 @@ async def bench(args: argparse.Namespace) -> None:
             with mail_servers(tmp) as servers:
                 for connections in args.connections:
                     with suite(
-                        tmp, database_url, nats_server.url, servers, connections, args.rate_limit, args.source
+                        tmp,
+                        database_url,
+                        nats_server.url,
+                        servers,
+                        connections,
+                        args.rate_limit,
+                        args.source,
                     ) as found:
                         account = account or await set_up(found, servers, args.messages)
-                        await raw_loop(servers, connections, min(200, args.messages), False, found.marker)  # warm up
-                        await path_run(found, account, servers, database_url, min(200, args.messages), args.clients)
+                        await raw_loop(
+                            servers, connections, min(200, args.messages), False, found.marker
+                        )  # warm up
+                        await path_run(
+                            found,
+                            account,
+                            servers,
+                            database_url,
+                            min(200, args.messages),
+                            args.clients,
+                        )
                         rounds = results[connections] = []
                         for number in range(args.rounds):
-                            raw = await raw_loop(servers, connections, args.messages, False, found.marker)
-                            raw_append = await raw_loop(servers, connections, args.messages, True, found.marker)
+                            raw = await raw_loop(
+                                servers, connections, args.messages, False, found.marker
+                            )
+                            raw_append = await raw_loop(
+                                servers, connections, args.messages, True, found.marker
+                            )
                             run = await path_run(
                                 found,
                                 account,
@@ -720,10 +810,16 @@ async def bench(args: argparse.Namespace) -> None:
                             done = Round(raw, raw_append, run)
                             rounds.append(done)
                             print(
-                                f"  {connections} conns, round {number + 1}: raw {done.raw:,.0f}/s, raw + APPEND "
-                                f"{done.raw_append:,.0f}/s, path {run.rate:,.0f}/s ({run.rate / done.raw:.2f}); posted "
-                                f"{1 / run.posted:,.0f}/s, sent {1 / run.sent:,.0f}/s; read back by the sync "
-                                + ("not in time" if run.read_back is None else f"after {run.read_back:.1f} s")
+                                f"  {connections} conns, round {number + 1}: raw "
+                                f"{done.raw:,.0f}/s, raw + APPEND {done.raw_append:,.0f}/s, path "
+                                f"{run.rate:,.0f}/s ({run.rate / done.raw:.2f}); posted "
+                                f"{1 / run.posted:,.0f}/s, sent {1 / run.sent:,.0f}/s; read back "
+                                f"by the sync "
+                                + (
+                                    "not in time"
+                                    if run.read_back is None
+                                    else f"after {run.read_back:.1f} s"
+                                )
                                 + "; CPU ms per message: "
                                 + cpu_text({k: [v] for k, v in run.cpu.items()})
                                 + "; raw "
@@ -740,37 +836,46 @@ async def bench(args: argparse.Namespace) -> None:
 
 def cpu_text(cpu: dict[str, list[float]]) -> str:
     medians = {kind: statistics.median(values) for kind, values in cpu.items()}
-    return ", ".join(f"{kind} {ms:.2f}" for kind, ms in sorted(medians.items(), key=lambda kv: -kv[1]))
+    return ", ".join(
+        f"{kind} {ms:.2f}" for kind, ms in sorted(medians.items(), key=lambda kv: -kv[1])
+    )
 
 
 def ceiling(rounds: list[Round]) -> str:
-    """What the CPU per message allows on this machine, medians of the rounds: a run cannot go faster
-    than the cores divided by the CPU every process of the machine's part of it spends per message
-    (the callers and the far end included, as in the references)."""
+    """What the CPU per message allows on this machine, medians of the rounds: a run cannot go
+    faster than the cores divided by the CPU every process of the machine's part of it spends per
+    message (the callers and the far end included, as in the references)."""
     cores = os.cpu_count() or 1
     path = statistics.median(sum(r.path.cpu.values()) for r in rounds)
     raw = statistics.median(sum(r.raw_reference.cpu.values()) for r in rounds)
     appended = statistics.median(sum(r.append_reference.cpu.values()) for r in rounds)
     best = statistics.median(r.raw for r in rounds)
     return (
-        f"  CPU per message, every process counted: path {path:.1f} ms (at most {cores * 1000 / path:,.0f}/s on "
-        f"{cores} cores), raw {raw:.1f} ms, raw + APPEND {appended:.1f} ms; the path's ceiling against the "
-        f"raw loop's median {best:,.0f}/s: {cores * 1000 / path / best:.2f}; 0.8 of it needs the path at "
+        f"  CPU per message, every process counted: path {path:.1f} ms (at most "
+        f"{cores * 1000 / path:,.0f}/s on {cores} cores), raw {raw:.1f} ms, raw + APPEND "
+        f"{appended:.1f} ms; the path's ceiling against the raw loop's median {best:,.0f}/s: "
+        f"{cores * 1000 / path / best:.2f}; 0.8 of it needs the path at "
         f"{cores * 1000 / (0.8 * best):.1f} ms per message or less"
     )
 
 
 def span(values: list[float], digits: int = 2) -> str:
-    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
+    return (
+        f"{statistics.median(values):.{digits}f} "
+        f"({min(values):.{digits}f}-{max(values):.{digits}f})"
+    )
 
 
-def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tuple[float, float, float]) -> None:
+def report(
+    args: argparse.Namespace, results: dict[int, list[Round]], load: tuple[float, float, float]
+) -> None:
     print(
-        f"\nSmart Mail on the user's path: 10 KB messages, {args.messages} per run, one POST /v1/messages each "
-        f"through the gateway from {args.clients} callers, the synced mailbox's SMTP (aiosmtpd, implicit TLS + "
-        f"AUTH), Sent copy by IMAP APPEND to Dovecot, PostgreSQL fsync on, gateway rate limit "
-        f"{'lifted' if args.rate_limit is None else f'{args.rate_limit:g}/s per key'}; {os.cpu_count()} cores, "
-        f"load at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+        f"\nSmart Mail on the user's path: 10 KB messages, {args.messages} per run, one POST "
+        f"/v1/messages each through the gateway from {args.clients} callers, the synced mailbox's "
+        f"SMTP (aiosmtpd, implicit TLS + AUTH), Sent copy by IMAP APPEND to Dovecot, PostgreSQL "
+        f"fsync on, gateway rate limit "
+        f"{'lifted' if args.rate_limit is None else f'{args.rate_limit:g}/s per key'}; "
+        f"{os.cpu_count()} cores, load at start {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
     print(
         f"{'conns':>5} {'raw/s':>16} {'raw + APPEND/s':>16} {'posted/s':>16} {'all sent/s':>16} "
@@ -778,14 +883,18 @@ def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tupl
     )
     for connections, rounds in results.items():
         print(
-            f"{connections:>5} {span([r.raw for r in rounds], 0):>16} {span([r.raw_append for r in rounds], 0):>16} "
-            f"{span([1 / r.path.posted for r in rounds], 0):>16} {span([1 / r.path.sent for r in rounds], 0):>16} "
-            f"{span([r.path.rate for r in rounds], 0):>24} {span([r.path.rate / r.raw for r in rounds]):>18} "
+            f"{connections:>5} {span([r.raw for r in rounds], 0):>16} "
+            f"{span([r.raw_append for r in rounds], 0):>16} "
+            f"{span([1 / r.path.posted for r in rounds], 0):>16} "
+            f"{span([1 / r.path.sent for r in rounds], 0):>16} "
+            f"{span([r.path.rate for r in rounds], 0):>24} "
+            f"{span([r.path.rate / r.raw for r in rounds]):>18} "
             f"{span([r.path.rate / r.raw_append for r in rounds]):>18}"
         )
     for connections, rounds in results.items():
         print(
-            f"\nwhere a message's time goes at {connections} connection(s), medians of {len(rounds)} rounds "
+            f"\nwhere a message's time goes at {connections} connection(s), medians of "
+            f"{len(rounds)} rounds "
             "(ms per message; calls per message):"
         )
         table: dict[str, list[tuple[float, float]]] = {}
@@ -809,14 +918,18 @@ def report(args: argparse.Namespace, results: dict[int, list[Round]], load: tupl
                 database.setdefault(name, []).append(value)
         print(
             "  PostgreSQL per message: "
-            + ", ".join(f"{name} {statistics.median(v):.2f}" for name, v in sorted(database.items()) if any(v))
+            + ", ".join(
+                f"{name} {statistics.median(v):.2f}"
+                for name, v in sorted(database.items())
+                if any(v)
+            )
         )
         for name, lines in rounds[-1].path.profile.items():
             print(f"  profile of {name} (py-spy, last round):")
             print("\n".join(lines))
     print(
-        f"command: uv run python bench/send/run.py --messages {args.messages} --clients {args.clients} "
-        f"--connections {' '.join(map(str, args.connections))} --rounds {args.rounds}"
-        f"{'' if args.rate_limit is None else f' --rate-limit {args.rate_limit:g}'}"
+        f"command: uv run python bench/send/run.py --messages {args.messages} --clients "
+        f"{args.clients} --connections {' '.join(map(str, args.connections))} --rounds "
+        f"{args.rounds}{'' if args.rate_limit is None else f' --rate-limit {args.rate_limit:g}'}"
         f"{f' --source {args.source}' if args.source else ''}"
     )

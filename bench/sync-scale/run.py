@@ -39,7 +39,7 @@ measured as our latency.  Then the whole suite as ``make run`` runs it
 The reference of each ratio is measured in the same run: RSS against the
 processes before connecting; latency against the target of 10 s.  Note the
 load (``uptime``) printed beside the figures: this machine is shared.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -92,7 +92,10 @@ def raise_inotify_instances(wanted: int) -> str:
         try:
             path.write_text(str(wanted))
         except OSError as exc:
-            return f"{current} (could not raise it to {wanted}: {exc}; IDLE may fall back to a 30 s poll)"
+            return (
+                f"{current} (could not raise it to {wanted}: {exc}; IDLE may fall back to a 30 s "
+                f"poll)"
+            )
     return path.read_text().strip()
 
 
@@ -139,12 +142,17 @@ async def live_sessions(session: aiohttp.ClientSession, ports: list[int]) -> int
                 text = await response.text()
         except aiohttp.ClientError:
             continue
-        total += sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(LIVE_METRIC + "{"))
+        total += sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(LIVE_METRIC + "{")
+        )
     return int(total)
 
 
 async def start_stages(session: aiohttp.ClientSession, ports: list[int]) -> dict[str, float]:
-    """The replicas' ``leadline_sync_session_start_seconds_total`` by stage, and their session starts ("count")."""
+    """The replicas' ``leadline_sync_session_start_seconds_total`` by stage, and their session
+    starts ("count")."""
     stages: dict[str, float] = {}
     for port in ports:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
@@ -177,18 +185,24 @@ async def call(
     expect: tuple[int, ...] = (200, 201),
     patience: float = 300.0,
 ) -> Any:
-    """One API call.  429 waits as Retry-After says; a 502/503/504 or a dropped connection (a service too
-    slow to answer on this loaded machine) is tried again, for up to ``patience`` seconds in all."""
+    """One API call.  429 waits as Retry-After says; a 502/503/504 or a dropped connection (a
+    service too slow to answer on this loaded machine) is tried again, for up to ``patience``
+    seconds in all."""
     deadline = time.monotonic() + patience
     while True:
         try:
-            async with session.request(method, url, json=body, headers={"Authorization": f"Bearer {key}"}) as response:
+            async with session.request(
+                method, url, json=body, headers={"Authorization": f"Bearer {key}"}
+            ) as response:
                 text = await response.text()
                 if response.status not in (429, 502, 503, 504):
                     if response.status not in expect:
                         raise RuntimeError(f"{method} {url}: {response.status} {text[:300]}")
                     return json.loads(text) if text else None
-                pause, problem = float(response.headers.get("Retry-After", "1")), f"{response.status} {text[:200]}"
+                pause, problem = (
+                    float(response.headers.get("Retry-After", "1")),
+                    f"{response.status} {text[:200]}",
+                )
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             pause, problem = 1.0, repr(exc)
         if time.monotonic() + pause > deadline:
@@ -211,7 +225,10 @@ def percentiles(values: list[float]) -> str:
         return "no samples"
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
-    return f"p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s (n={len(ordered)})"
+    return (
+        f"p50 {statistics.median(ordered):.2f} s, p95 {p95:.2f} s, max {ordered[-1]:.2f} s "
+        f"(n={len(ordered)})"
+    )
 
 
 def message(sender: str, to: str, subject: str, message_id: str) -> bytes:
@@ -224,9 +241,9 @@ def message(sender: str, to: str, subject: str, message_id: str) -> bytes:
 
 
 class Monitor:
-    """While a phase runs: how long the sync replicas take to answer ``/metrics`` (their event loop's lag,
-    asked every half second) and the CPU each part of the suite used, to tell a slow code path from a busy
-    machine."""
+    """While a phase runs: how long the sync replicas take to answer ``/metrics`` (their event
+    loop's lag, asked every half second) and the CPU each part of the suite used, to tell a slow
+    code path from a busy machine."""
 
     def __init__(self, processes: dict[str, list[psutil.Process]], ports: list[int]) -> None:
         self.processes = processes
@@ -259,7 +276,9 @@ class Monitor:
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
         self.seconds = time.monotonic() - self.started
-        self.cpu = {name: self._cpu(roots) - self.cpu[name] for name, roots in self.processes.items()}
+        self.cpu = {
+            name: self._cpu(roots) - self.cpu[name] for name, roots in self.processes.items()
+        }
 
     async def _ask(self) -> None:
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -273,10 +292,12 @@ class Monitor:
                 await asyncio.sleep(0.5)
 
     def report(self) -> str:
-        cpu = ", ".join(f"{name} {seconds / self.seconds:.0%}" for name, seconds in self.cpu.items())
+        cpu = ", ".join(
+            f"{name} {seconds / self.seconds:.0%}" for name, seconds in self.cpu.items()
+        )
         return (
-            f"monitor  {self.seconds:.0f} s, load {self.load:.1f} -> {os.getloadavg()[0]:.1f}; sync /metrics "
-            f"answered in {percentiles(self.answers)}; CPU of one core: {cpu}"
+            f"monitor  {self.seconds:.0f} s, load {self.load:.1f} -> {os.getloadavg()[0]:.1f}; "
+            f"sync /metrics answered in {percentiles(self.answers)}; CPU of one core: {cpu}"
         )
 
 
@@ -297,7 +318,8 @@ class Bench:
         self.dovecot: DovecotServer | None = None
         self.extra: list[AppProcess] = []
         self.env: dict[str, str] = {}
-        self.target = args.mailboxes  # the mailboxes that became live (the later phases wait for as many)
+        # the mailboxes that became live (the later phases wait for as many)
+        self.target = args.mailboxes
 
     def imap(self, user: dict[str, Any], dovecot: DovecotServer) -> ImapSettings:
         return ImapSettings(
@@ -324,7 +346,8 @@ class Bench:
             cert.private_key_pem.bytes(),
             connections=n + 100,
         )
-        smtp = SmtpServer(self.ca, dovecot)  # delivers to Dovecot users: the address proof of PUT /v1/mail-sync
+        # delivers to Dovecot users: the address proof of PUT /v1/mail-sync
+        smtp = SmtpServer(self.ca, dovecot)
         self.dovecot = dovecot
         extra = self.extra
         suite: subprocess.Popen[bytes] | None = None
@@ -368,8 +391,11 @@ class Bench:
             nats_server.stop()
             postgres.stop()
 
-    def start_suite(self, database_url: str, nats_url: str) -> tuple[subprocess.Popen[bytes], dict[str, str], int]:
-        """``deploy/run.py`` as ``make run`` starts it, on a free block of ports, with this run's servers."""
+    def start_suite(
+        self, database_url: str, nats_url: str
+    ) -> tuple[subprocess.Popen[bytes], dict[str, str], int]:
+        """``deploy/run.py`` as ``make run`` starts it, on a free block of ports, with this run's
+        servers."""
         data = self.work / "suite"
         data.mkdir()
         keys = {
@@ -397,27 +423,37 @@ class Bench:
             "LEADLINE_SYNC_CA_FILE": str(self.cafile),
             "LEADLINE_MAIL_ALLOW_NETWORKS": "127.0.0.0/8",
             "LEADLINE_MAIL_CAFILE": str(self.cafile),
-            # this machine is shared: starting the suite may take longer than a quiet machine's 120 s
+            # this machine is shared: starting the suite may take longer than a quiet machine's 120
+            # s
             "LEADLINE_READY_SECONDS": "600",
             # the bench stops the suite's sync replica and starts its own on the same port
             "LEADLINE_RUN_REPLACEABLE": "sync",
         }
         log = (self.work / "run.log").open("wb")
         suite = subprocess.Popen(
-            [sys.executable, str(ROOT / "deploy" / "run.py")], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, str(ROOT / "deploy" / "run.py")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and suite.poll() is None:
             try:
                 if httpx.get(f"http://127.0.0.1:{base}/readyz", timeout=3).status_code == 200:
-                    # the secrets deploy/run.py added to the file (the metrics token, ...): replicas started
-                    # by this bench get the same
+                    # the secrets deploy/run.py added to the file (the metrics token, ...): replicas
+                    # started by this bench get the same
                     written = (data / "secrets.env").read_text().splitlines()
-                    return suite, {**env, **dict(line.split("=", 1) for line in written if "=" in line)}, base
+                    return (
+                        suite,
+                        {**env, **dict(line.split("=", 1) for line in written if "=" in line)},
+                        base,
+                    )
             except httpx.HTTPError:
                 pass
             time.sleep(0.5)
-        raise TimeoutError(f"the suite did not become ready; see {self.work}/run.log and {data}/logs")
+        raise TimeoutError(
+            f"the suite did not become ready; see {self.work}/run.log and {data}/logs"
+        )
 
     async def measure(
         self,
@@ -458,7 +494,11 @@ class Bench:
                 )
                 user["key"] = created["api_key"]["key"]
                 lead = await call(
-                    http, "POST", "/v1/leads", key=user["key"], body={"name": "Lead", "addresses": [user["lead"]]}
+                    http,
+                    "POST",
+                    "/v1/leads",
+                    key=user["key"],
+                    body={"name": "Lead", "addresses": [user["lead"]]},
                 )
                 user["lead_id"] = lead["id"]
 
@@ -486,8 +526,8 @@ class Bench:
                         await call(http, "PUT", "/v1/mail-sync", key=user["key"], body=body)
                         break
                     except RuntimeError as exc:
-                        # on this loaded machine a check may time out (the proof mail late, a slow login): the
-                        # user would try again; counted and printed
+                        # on this loaded machine a check may time out (the proof mail late, a slow
+                        # login): the user would try again; counted and printed
                         if " 422 " not in str(exc) or attempt == 2:
                             raise
                         refused[str(exc).split(" 422 ", 1)[1][:120]] += 1
@@ -499,10 +539,12 @@ class Bench:
             connected = time.monotonic() - started
             metrics = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
             async with metrics:
-                # all N, or as many as became live with no progress for 3 minutes (then said, and the later
-                # phases wait for that many)
+                # all N, or as many as became live with no progress for 3 minutes (then said, and
+                # the later phases wait for that many)
                 best, best_at = 0, time.monotonic()
-                while (count := await live_sessions(metrics, sync_ports)) < n and time.monotonic() - best_at < 180:
+                while (
+                    count := await live_sessions(metrics, sync_ports)
+                ) < n and time.monotonic() - best_at < 180:
                     if count > best:
                         best, best_at = count, time.monotonic()
                     await asyncio.sleep(1)
@@ -514,14 +556,19 @@ class Bench:
                 after = tree_rss(sync_pids(suite, self.extra))
                 held = established(dovecot.port)
                 print(
-                    f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s ({args.clients} at a "
-                    f"time; each {percentiles(answered)}); all live after {live:.0f} s (load {load:.1f})"
+                    f"connect:  all {n} PUT /v1/mail-sync answered after {connected:.0f} s "
+                    f"({args.clients} at a time; each {percentiles(answered)}); all live after "
+                    f"{live:.0f} s (load {load:.1f})"
                 )
                 print(
-                    f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, {after / 2**20:.0f} MiB "
-                    f"with {n} live: {(after - before) / n / 1024:.0f} KiB per mailbox (target < 200)"
+                    f"memory:   sync process tree(s) {before / 2**20:.0f} MiB before, "
+                    f"{after / 2**20:.0f} MiB with {n} live: {(after - before) / n / 1024:.0f} KiB "
+                    f"per mailbox (target < 200)"
                 )
-                print(f"IMAP connections held by Dovecot: {held}; PUTs refused once and tried again: {dict(refused)}")
+                print(
+                    f"IMAP connections held by Dovecot: {held}; PUTs refused once and tried again: "
+                    f"{dict(refused)}"
+                )
                 await self.steps(http, metrics, suite, dovecot, sync_port)
         await nc.close()
 
@@ -551,20 +598,28 @@ class Bench:
         for child in psutil.Process(self.suite.pid).children():
             with contextlib.suppress(psutil.NoSuchProcess):
                 line = " ".join(child.cmdline())
-                name = next((s for s in ("sync", "lead", "gateway") if f"leadline_{s}.main" in line), "other services")
+                name = next(
+                    (s for s in ("sync", "lead", "gateway") if f"leadline_{s}.main" in line),
+                    "other services",
+                )
                 found.setdefault(name, []).append(child)
         if self.dovecot is not None and self.dovecot.process is not None:
             found["dovecot"] = [psutil.Process(self.dovecot.process.pid)]
         postmaster = self.work / "postgres" / "pgdata" / "postmaster.pid"
         found["postgres"] = [psutil.Process(int(postmaster.read_text().split()[0]))]
-        found["sync"] = found.get("sync", []) + [psutil.Process(r.process.pid) for r in self.extra if r.process]
+        found["sync"] = found.get("sync", []) + [
+            psutil.Process(r.process.pid) for r in self.extra if r.process
+        ]
         found["bench"] = [psutil.Process()]
         return found
 
-    async def latency(self, http: aiohttp.ClientSession, dovecot: DovecotServer, sync_ports: list[int]) -> None:
+    async def latency(
+        self, http: aiohttp.ClientSession, dovecot: DovecotServer, sync_ports: list[int]
+    ) -> None:
         rng = random.Random(18)
         results: dict[str, tuple[list[float], list[float]]] = {"INBOX": ([], []), "Sent": ([], [])}
-        wall: dict[str, tuple[str, float]] = {}  # Message-ID -> (folder, when APPEND's OK came, wall clock)
+        # Message-ID -> (folder, when APPEND's OK came, wall clock)
+        wall: dict[str, tuple[str, float]] = {}
         load = os.getloadavg()[0]
 
         async def sample(i: int) -> None:
@@ -587,10 +642,12 @@ class Bench:
             while message_id not in self.synced and time.monotonic() - appended < 120:
                 await asyncio.sleep(0.05)
             event = self.synced.get(message_id, math.inf) - appended
-            # the timeline is asked once the event is out (asking all along would load the gateway and the
-            # lead service, on these 2 cores, more than the sync service being measured)
+            # the timeline is asked once the event is out (asking all along would load the gateway
+            # and the lead service, on these 2 cores, more than the sync service being measured)
             while time.monotonic() - appended < 120:
-                timeline = await call(http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"])
+                timeline = await call(
+                    http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"]
+                )
                 items = timeline["items"] if isinstance(timeline, dict) else timeline
                 if any(item.get("subject") == subject for item in items):
                     break
@@ -613,8 +670,8 @@ class Bench:
         await self.trace(wall)
 
     async def trace(self, wall: dict[str, tuple[str, float]]) -> None:
-        """Where the time goes: APPEND's OK -> the sync service's row (``synced_at``, the storing transaction's
-        start, PostgreSQL's clock = this machine's) -> the ``mail.synced`` event."""
+        """Where the time goes: APPEND's OK -> the sync service's row (``synced_at``, the storing
+        transaction's start, PostgreSQL's clock = this machine's) -> the ``mail.synced`` event."""
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
         try:
             rows = await conn.fetch(
@@ -632,7 +689,9 @@ class Bench:
                 f"{percentiles([stored.get(m, math.inf) - wall[m][1] for m in ids])}"
             )
 
-    async def restart(self, dovecot: DovecotServer, metrics: aiohttp.ClientSession, ports: list[int]) -> None:
+    async def restart(
+        self, dovecot: DovecotServer, metrics: aiohttp.ClientSession, ports: list[int]
+    ) -> None:
         n = self.target
         dovecot.stop()
         dovecot.start()
@@ -645,28 +704,37 @@ class Bench:
 
         noticed = await wait_until("sessions dropped by the restart", dropped, 120)
         again = await wait_until("all live again", back, 1800)
-        # Dovecot's old imap processes (200 clients each) end their connections up to 30 s after the restart
+        # Dovecot's old imap processes (200 clients each) end their connections up to 30 s after the
+        # restart
         print(
-            f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live again "
-            f"{again:.0f} s later, {established(dovecot.port)} connections held"
+            f"restart:  Dovecot restarted; sessions dropped after {noticed:.0f} s, all {n} live "
+            f"again {again:.0f} s later, {established(dovecot.port)} connections held"
         )
 
     async def stop_suite_replica(self, suite: subprocess.Popen[bytes]) -> float:
-        """SIGTERM to the sync replica ``deploy/run.py`` started (it gives back its leases); the seconds it took."""
-        old = next(c for c in psutil.Process(suite.pid).children() if "leadline_sync.main" in " ".join(c.cmdline()))
+        """SIGTERM to the sync replica ``deploy/run.py`` started (it gives back its leases); the
+        seconds it took."""
+        old = next(
+            c
+            for c in psutil.Process(suite.pid).children()
+            if "leadline_sync.main" in " ".join(c.cmdline())
+        )
         stopping = time.monotonic()
         old.terminate()
-        # not our child: deploy/run.py reaps it within a second (LEADLINE_RUN_REPLACEABLE), until then it is
-        # a zombie (which psutil's wait() would wait out to its timeout: the "> 60 s" of an earlier run)
+        # not our child: deploy/run.py reaps it within a second (LEADLINE_RUN_REPLACEABLE), until
+        # then it is a zombie (which psutil's wait() would wait out to its timeout: the "> 60 s" of
+        # an earlier run)
         while not exited(old):
             if time.monotonic() - stopping > 600:
                 raise TimeoutError("the sync replica did not stop within 600 s of SIGTERM")
             await asyncio.sleep(0.05)
         return time.monotonic() - stopping
 
-    async def bring_online(self, suite: subprocess.Popen[bytes], metrics: aiohttp.ClientSession, port: int) -> None:
-        """The sync replica restarted (SIGTERM: it gives back its leases; a new process on the same port):
-        the time until it holds all N live again, from its start and from its ``/readyz``."""
+    async def bring_online(
+        self, suite: subprocess.Popen[bytes], metrics: aiohttp.ClientSession, port: int
+    ) -> None:
+        """The sync replica restarted (SIGTERM: it gives back its leases; a new process on the same
+        port): the time until it holds all N live again, from its start and from its ``/readyz``."""
         n = self.target
         stopped = await self.stop_suite_replica(suite)
         replica = AppProcess("leadline_sync", port, self.env, log=self.work / "sync-restarted.log")
@@ -682,14 +750,18 @@ class Bench:
         async with Monitor(self.processes(), [port]) as monitor:
             live = await wait_until("all live on the restarted replica", all_live, 1800) + ready
         print(
-            f"bring-online: the replica stopped (SIGTERM) in {stopped:.1f} s; a new one ready {ready:.0f} s after "
-            f"its start, all {n} live {live:.0f} s "
+            f"bring-online: the replica stopped (SIGTERM) in {stopped:.1f} s; a new one ready "
+            f"{ready:.0f} s after its start, all {n} live {live:.0f} s "
             f"after its start ({live - ready:.0f} s after ready)"
         )
         print(monitor.report())
 
     async def share(
-        self, http: aiohttp.ClientSession, metrics: aiohttp.ClientSession, dovecot: DovecotServer, port: int
+        self,
+        http: aiohttp.ClientSession,
+        metrics: aiohttp.ClientSession,
+        dovecot: DovecotServer,
+        port: int,
     ) -> None:
         args = self.args
         r, m = args.share, min(args.share_mailboxes or args.mailboxes, self.target)
@@ -704,12 +776,17 @@ class Bench:
                 args.clients,
             )
             print(
-                f"share:    {len(self.users) - m} mailboxes disconnected (DELETE) in {time.monotonic() - started:.0f} s"
+                f"share:    {len(self.users) - m} mailboxes disconnected (DELETE) in "
+                f"{time.monotonic() - started:.0f} s"
             )
-        if not self.extra:  # (--skip bring-online) the suite's own replica still runs on the gateway's port
+        if not self.extra:
+            # (--skip bring-online) the suite's own replica still runs on the gateway's port
             assert self.suite is not None
             stopped = await self.stop_suite_replica(self.suite)
-            print(f"share:    the suite's sync replica, holding {m} live, stopped (SIGTERM) in {stopped:.1f} s")
+            print(
+                f"share:    the suite's sync replica, holding {m} live, stopped (SIGTERM) in "
+                f"{stopped:.1f} s"
+            )
         for replica in self.extra:
             assert replica.process is not None
             replica.process.terminate()  # SIGTERM: its leases are given back
@@ -718,12 +795,14 @@ class Bench:
         lease = args.lease_seconds or 10.0
         env = {
             **self.env,
-            # each capped so that the others share the mailboxes and the survivors of a kill can hold them all
+            # each capped so that the others share the mailboxes and the survivors of a kill can
+            # hold them all
             "LEADLINE_SYNC_MAX_MAILBOXES": str(math.ceil(m / (r - 1)) + 1),
             "LEADLINE_SYNC_ROTATION_SLOTS": "1",
             "LEADLINE_SYNC_LEASE_SECONDS": str(lease),
         }
-        ports = [port] + [free_port() for _ in range(r - 1)]  # the first on the port the gateway calls
+        # the first on the port the gateway calls
+        ports = [port] + [free_port() for _ in range(r - 1)]
         replicas = [
             AppProcess(
                 "leadline_sync",
@@ -750,10 +829,11 @@ class Bench:
         live = await wait_until(f"all {m} live on {r} replicas", all_live(ports), 600) + ready
         spread = [await live_sessions(metrics, [p]) for p in ports]
         print(
-            f"share:    {r} replicas (lease {lease:g} s) ready {ready:.0f} s after their start; all {m} live after "
-            f"{live:.0f} s, held {spread}"
+            f"share:    {r} replicas (lease {lease:g} s) ready {ready:.0f} s after their start; "
+            f"all {m} live after {live:.0f} s, held {spread}"
         )
-        # the replica holding the most (the last to start may hold none: the others' caps fit them all)
+        # the replica holding the most (the last to start may hold none: the others' caps fit them
+        # all)
         most = max(range(r), key=lambda i: spread[i])
         victim = replicas[most]
         assert victim.process is not None
@@ -768,13 +848,19 @@ class Bench:
                 if i != most and replica.process is not None
             },
         }
-        monitor = Monitor(processes, [])  # (CPU only: the trace asks the survivors' /metrics every second)
+        # (CPU only: the trace asks the survivors' /metrics every second)
+        monitor = Monitor(processes, [])
         await monitor.__aenter__()
         started = time.monotonic()
         victim.process.kill()
         victim.process.wait()
         takeover = asyncio.create_task(
-            self.takeover_trace(metrics, survivors, [replicas[i].env["LEADLINE_SYNC_REPLICA"] for i in range(r)], most)
+            self.takeover_trace(
+                metrics,
+                survivors,
+                [replicas[i].env["LEADLINE_SYNC_REPLICA"] for i in range(r)],
+                most,
+            )
         )
         sample = random.Random(18).sample(orphans, min(20, len(orphans)))
         marks = {u["address"]: f"<takeover-{uuid.uuid4().hex}@bench.example>" for u in sample}
@@ -782,7 +868,9 @@ class Bench:
         async def append(user: dict[str, Any]) -> None:
             client = await connect_imap(self.imap(user, dovecot))
             try:
-                raw = message(user["lead"], user["address"], "during the takeover", marks[user["address"]])
+                raw = message(
+                    user["lead"], user["address"], "during the takeover", marks[user["address"]]
+                )
                 await client.append("INBOX", raw)
             finally:
                 await client.logout()
@@ -802,15 +890,17 @@ class Bench:
         await asyncio.sleep(5)  # a duplicate would be out by now
         shown = []
         for user in sample:
-            timeline = await call(http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"])
+            timeline = await call(
+                http, "GET", f"/v1/leads/{user['lead_id']}/timeline", key=user["key"]
+            )
             items = timeline["items"] if isinstance(timeline, dict) else timeline
             shown.append(sum(item.get("subject") == "during the takeover" for item in items))
         events = [self.published[mark] for mark in marks.values()]
         print(
-            f"kill:     SIGKILL of a replica holding {len(orphans)}; all {m} live on the other {r - 1} after "
-            f"{took:.0f} s (lease {lease:g} s); enabled mailboxes not held live after that: {unsynced}; "
-            f"{len(sample)} messages appended meanwhile: mail.synced events per message {Counter(events)}, "
-            f"timeline entries per message {Counter(shown)}"
+            f"kill:     SIGKILL of a replica holding {len(orphans)}; all {m} live on the other "
+            f"{r - 1} after {took:.0f} s (lease {lease:g} s); enabled mailboxes not held live "
+            f"after that: {unsynced}; {len(sample)} messages appended meanwhile: mail.synced "
+            f"events per message {Counter(events)}, timeline entries per message {Counter(shown)}"
         )
         print(f"takeover: {self.progress}")
         print(f"takeover: {monitor.report()}")
@@ -820,15 +910,21 @@ class Bench:
         }
         count = starts.pop("count", 0.0)
         print(
-            f"takeover: {count:.0f} sessions started on the survivors; mean seconds per stage from the claim to live: "
-            + ", ".join(f"{stage} {seconds / max(count, 1):.2f}" for stage, seconds in starts.items())
+            (
+                f"takeover: {count:.0f} sessions started on the survivors; mean seconds per stage "
+                f"from the claim to live: "
+            )
+            + ", ".join(
+                f"{stage} {seconds / max(count, 1):.2f}" for stage, seconds in starts.items()
+            )
         )
 
     async def takeover_trace(
         self, metrics: aiohttp.ClientSession, survivors: list[int], names: list[str], victim: int
     ) -> None:
         """Every second from the kill: the survivors' claims (their leases) and live sessions, as
-        ``self.progress``; the first claim of a killed replica's mailbox marks the lease's expiry."""
+        ``self.progress``; the first claim of a killed replica's mailbox marks the lease's
+        expiry."""
         started = time.monotonic()
         held = [n for i, n in enumerate(names) if i != victim]
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
@@ -842,26 +938,31 @@ class Bench:
                 await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - started) % 1.0))
         finally:
             await conn.close()
-            self.progress = "leased/live on the survivors each second after the kill:" + self.progress
+            self.progress = (
+                "leased/live on the survivors each second after the kill:" + self.progress
+            )
 
     async def unsynced(self) -> int:
         """Enabled mailboxes no replica holds live under a running lease."""
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
         try:
             count: int = await conn.fetchval(
-                "SELECT count(*) FROM sync.mailbox WHERE status = 'enabled' AND NOT (sync_mode = 'live' "
-                "AND lease_owner IS NOT NULL AND lease_expires_at > now())"
+                "SELECT count(*) FROM sync.mailbox WHERE status = 'enabled' AND NOT (sync_mode = "
+                "'live' AND lease_owner IS NOT NULL AND lease_expires_at > now())"
             )
         finally:
             await conn.close()
         return count
 
-    async def held_by(self, replica: AppProcess, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def held_by(
+        self, replica: AppProcess, users: list[dict[str, Any]]
+    ) -> list[dict[str, Any]]:
         """The users whose mailboxes ``replica`` syncs (its leases)."""
         conn = await asyncpg.connect(asyncpg_dsn(self.database_url))
         try:
             rows = await conn.fetch(
-                "SELECT address FROM sync.mailbox WHERE lease_owner = $1", replica.env["LEADLINE_SYNC_REPLICA"]
+                "SELECT address FROM sync.mailbox WHERE lease_owner = $1",
+                replica.env["LEADLINE_SYNC_REPLICA"],
             )
         finally:
             await conn.close()
@@ -881,15 +982,25 @@ def _port_free(port: int) -> bool:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--mailboxes", type=int, default=5000)
-    parser.add_argument("--samples", type=int, default=100, help="new-mail latency samples (half INBOX, half Sent)")
+    parser.add_argument(
+        "--samples", type=int, default=100, help="new-mail latency samples (half INBOX, half Sent)"
+    )
     parser.add_argument("--clients", type=int, default=16, help="concurrent API callers")
     parser.add_argument(
-        "--lease-seconds", type=float, help="the shared replicas' lease (LEADLINE_SYNC_LEASE_SECONDS); default 10"
+        "--lease-seconds",
+        type=float,
+        help="the shared replicas' lease (LEADLINE_SYNC_LEASE_SECONDS); default 10",
     )
-    parser.add_argument("--share", type=int, default=0, help="then R replicas share the mailboxes; one is killed")
-    parser.add_argument("--share-mailboxes", type=int, help="of the mailboxes, this many stay connected to share")
+    parser.add_argument(
+        "--share", type=int, default=0, help="then R replicas share the mailboxes; one is killed"
+    )
+    parser.add_argument(
+        "--share-mailboxes", type=int, help="of the mailboxes, this many stay connected to share"
+    )
     parser.add_argument(
         "--skip",
         nargs="*",

@@ -33,7 +33,13 @@ from sqlalchemy import insert, text
 
 from leadline_kit import infra
 from leadline_kit.db import Database
-from leadline_kit.infra import DovecotServer, PostgresServer, ensure_service_user, free_port, is_root
+from leadline_kit.infra import (
+    DovecotServer,
+    PostgresServer,
+    ensure_service_user,
+    free_port,
+    is_root,
+)
 from leadline_kit.migrations import upgrade
 from leadline_kit.testing.fixtures import create_database
 from leadline_mail.imap import ImapSettings, connect_imap
@@ -83,7 +89,9 @@ async def measure(args: argparse.Namespace) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
     postgres = PostgresServer(base / "pg", free_port(), fast_unsafe=True)
-    dovecot = DovecotServer(base / "dovecot", cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes())
+    dovecot = DovecotServer(
+        base / "dovecot", cert.cert_chain_pems[0].bytes(), cert.private_key_pem.bytes()
+    )
     # Dovecot's imap process needs more than its default 256 MB to index a million messages
     infra.DOVECOT_CONF += "service imap {{\n  vsz_limit = 4G\n}}\n"
     postgres.start()
@@ -118,7 +126,10 @@ async def measure(args: argparse.Namespace) -> None:
         )
         started = time.perf_counter()
         status = await client.select("INBOX")
-        print(f"SELECT of {status.exists} messages in {time.perf_counter() - started:.1f} s (Dovecot indexes)")
+        print(
+            f"SELECT of {status.exists} messages in {time.perf_counter() - started:.1f} s (Dovecot "
+            f"indexes)"
+        )
         low = args.messages // 2
         async with db.session() as session:
             await session.execute(
@@ -170,7 +181,13 @@ async def measure(args: argparse.Namespace) -> None:
             else:
                 found = 0
                 async for missing in audit.unexamined(
-                    client, db, mailbox_id, "inbox", status.uidvalidity, status.uidnext - 1, status.uidnext
+                    client,
+                    db,
+                    mailbox_id,
+                    "inbox",
+                    status.uidvalidity,
+                    status.uidnext - 1,
+                    status.uidnext,
                 ):
                     found += len(missing)
             seconds = time.perf_counter() - started
@@ -178,7 +195,11 @@ async def measure(args: argparse.Namespace) -> None:
             results[name] = (extra, seconds)
             print(f"{name}: {found} UIDs, extra RSS {extra:.1f} MiB, {seconds:.1f} s")
         (ours, _), (ref, _) = results.values()
-        print(f"ratio audit/reference extra RSS: {ours / ref:.2f}" if ref > 0 else "reference used no memory")
+        print(
+            f"ratio audit/reference extra RSS: {ours / ref:.2f}"
+            if ref > 0
+            else "reference used no memory"
+        )
         await client.logout()
         await db.dispose()
     finally:

@@ -1,5 +1,6 @@
-"""The historical-sync benchmarks' reference: ``mbsync`` (Debian's isync) pulling INBOX and Sent of one
-Dovecot mailbox into a Maildir, as durable as asked (``FSync yes`` is as durable as a PostgreSQL commit)."""
+"""The historical-sync benchmarks' reference: ``mbsync`` (Debian's isync) pulling INBOX and Sent of
+one Dovecot mailbox into a Maildir, as durable as asked (``FSync yes`` is as durable as a PostgreSQL
+commit)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import time
 from pathlib import Path
 
 
-def mbsync_seconds(*, port: int, user: str, password: str, cafile: str, work: Path, fsync: bool) -> tuple[float, int]:
+def mbsync_seconds(
+    *, port: int, user: str, password: str, cafile: str, work: Path, fsync: bool
+) -> tuple[float, int]:
     """Seconds mbsync took to download both folders, and how many messages it stored."""
     store = work / f"mbsync-{'fsync' if fsync else 'nofsync'}"
     shutil.rmtree(store, ignore_errors=True)

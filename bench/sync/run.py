@@ -100,7 +100,10 @@ def build_mailbox(count: int) -> list[tuple[str, bytes, str]]:
         msg.set_content(body_text(rng, max(500, int(rng.lognormvariate(8.9, 0.5)))))
         if i % 50 == 7:
             msg.add_attachment(
-                rng.randbytes(100_000), maintype="application", subtype="pdf", filename=f"proposal-{i}.pdf"
+                rng.randbytes(100_000),
+                maintype="application",
+                subtype="pdf",
+                filename=f"proposal-{i}.pdf",
             )
         mail.append(("Sent" if sent else "INBOX", msg.as_bytes(), lead))
     return mail
@@ -135,7 +138,9 @@ async def count(url: str, statement: str, *args: Any) -> int:
         await conn.close()
 
 
-async def wait_count(url: str, statement: str, target: int, *args: Any, timeout: float = 300) -> float:
+async def wait_count(
+    url: str, statement: str, target: int, *args: Any, timeout: float = 300
+) -> float:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
         deadline = time.perf_counter() + timeout
@@ -172,7 +177,9 @@ def connect_body(dovecot: DovecotServer, smtp_port: int) -> dict[str, Any]:
     }
 
 
-def accept_bench_user(server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+def accept_bench_user(
+    server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+) -> AuthResult:
     ok = (
         isinstance(auth_data, LoginPassword)
         and auth_data.login.decode() == USER
@@ -182,8 +189,8 @@ def accept_bench_user(server: Any, session: Any, envelope: Any, mechanism: str, 
 
 
 def start_smtp(cert: trustme.LeafCert, dovecot: DovecotServer) -> Controller:
-    """An SMTP server with STARTTLS and AUTH: connecting checks the SMTP login too, and proves the address by a
-    message that this server delivers into the Dovecot user's INBOX."""
+    """An SMTP server with STARTTLS and AUTH: connecting checks the SMTP login too, and proves the
+    address by a message that this server delivers into the Dovecot user's INBOX."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     controller = Controller(
@@ -204,7 +211,9 @@ class Delivering:
     dovecot: DovecotServer
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        deliver_locally(self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content)
+        deliver_locally(
+            self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content
+        )
         return "250 OK"
 
 
@@ -217,7 +226,9 @@ async def run(messages: int, idle_samples: int) -> None:
     postgres = PostgresServer(work / "postgres", free_port(), fast_unsafe=True)
     nats_server = NatsServer(work / "nats", free_port())
     dovecot = DovecotServer(
-        work / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+        work / "dovecot",
+        cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
+        cert.private_key_pem.bytes(),
     )
     for server in (postgres, nats_server, dovecot):
         server.start()
@@ -234,7 +245,12 @@ async def run(messages: int, idle_samples: int) -> None:
         )
 
         reference, downloaded = mbsync_seconds(
-            port=dovecot.tls_port, user=USER, password=PASSWORD, cafile=cafile, work=work, fsync=False
+            port=dovecot.tls_port,
+            user=USER,
+            password=PASSWORD,
+            cafile=cafile,
+            work=work,
+            fsync=False,
         )
         print(f"mbsync downloaded {downloaded} messages in {reference:.2f} s")
 
@@ -283,30 +299,39 @@ async def run(messages: int, idle_samples: int) -> None:
             leads = as_caller(lead_client, user, SECRET)
             lead_addresses = sorted({lead for _, _, lead in mail})
             for address in lead_addresses:
-                response = await leads.post("/v1/leads", json={"name": address.split("@")[0], "addresses": [address]})
+                response = await leads.post(
+                    "/v1/leads", json={"name": address.split("@")[0], "addresses": [address]}
+                )
                 response.raise_for_status()
-            await wait_count(sync_url, "SELECT count(*) FROM sync.lead_address", len(lead_addresses))
+            await wait_count(
+                sync_url, "SELECT count(*) FROM sync.lead_address", len(lead_addresses)
+            )
             api = as_caller(sync_client, user, SECRET)
             started = time.perf_counter()
             cpu_started = time.process_time()
             response = await api.put("/v1/mail-sync", json=connect_body(dovecot, smtp.port))
             response.raise_for_status()
-            synced_at = await wait_count(sync_url, "SELECT count(*) FROM sync.synced_message", messages)
+            synced_at = await wait_count(
+                sync_url, "SELECT count(*) FROM sync.synced_message", messages
+            )
             while len(arrivals) < messages and time.perf_counter() - synced_at < 120:
                 await asyncio.sleep(0.02)
             events_at = max(arrivals.values())
-            timelines_at = await wait_count(lead_url, "SELECT count(*) FROM lead.timeline_event", messages)
+            timelines_at = await wait_count(
+                lead_url, "SELECT count(*) FROM lead.timeline_event", messages
+            )
             ours_events = events_at - started
             ours_timelines = timelines_at - started
             cpu = time.process_time() - cpu_started
             print(
-                f"historical sync: {messages} messages into mail.synced events in {ours_events:.2f} s "
-                f"({messages / ours_events:.0f}/s), into timelines in {ours_timelines:.2f} s "
-                f"({messages / ours_timelines:.0f}/s); this process (sync + lead + quota services) used "
-                f"{cpu:.1f} s of CPU"
+                f"historical sync: {messages} messages into mail.synced events in "
+                f"{ours_events:.2f} s ({messages / ours_events:.0f}/s), into timelines in "
+                f"{ours_timelines:.2f} s ({messages / ours_timelines:.0f}/s); this process (sync + "
+                f"lead + quota services) used {cpu:.1f} s of CPU"
             )
 
-            # -- 4. IDLE latency (this mailbox is now in live sync) ---------------------------------
+            # -- 4. IDLE latency (this mailbox is now in live sync)
+            # ---------------------------------
             client = await connect_imap(imap_settings(dovecot, cafile))
             lead_conn = await asyncpg.connect(asyncpg_dsn(lead_url))
             to_event: list[float] = []
@@ -325,7 +350,8 @@ async def run(messages: int, idle_samples: int) -> None:
                     appended = time.perf_counter()
                     while True:
                         found = await lead_conn.fetchval(
-                            "SELECT count(*) FROM lead.timeline_event WHERE message_id = $1", message_id
+                            "SELECT count(*) FROM lead.timeline_event WHERE message_id = $1",
+                            message_id,
                         )
                         if found:
                             to_timeline.append(time.perf_counter() - appended)
@@ -337,7 +363,8 @@ async def run(messages: int, idle_samples: int) -> None:
                 await lead_conn.close()
         await nc.close()
 
-        # -- 3. header scan with 1% matching (a lead service of its own answers the lead directory) ------
+        # -- 3. header scan with 1% matching (a lead service of its own answers the lead directory)
+        # ------
         scan_url = await create_database(postgres, "bench_scan")
         scan_lead_url = await create_database(postgres, "bench_scan_lead")
         await upgrade("leadline_sync", scan_url)
@@ -363,9 +390,13 @@ async def run(messages: int, idle_samples: int) -> None:
             await wait_count(scan_url, "SELECT count(*) FROM sync.lead_address", 1)
             api = as_caller(sync_client, user, SECRET)
             started = time.perf_counter()
-            (await api.put("/v1/mail-sync", json=connect_body(dovecot, smtp.port))).raise_for_status()
+            (
+                await api.put("/v1/mail-sync", json=connect_body(dovecot, smtp.port))
+            ).raise_for_status()
             done_at = await wait_count(
-                scan_url, "SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL", 1
+                scan_url,
+                "SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL",
+                1,
             )
             scan_seconds = done_at - started
             matched = await count(scan_url, "SELECT count(*) FROM sync.synced_message")
@@ -380,14 +411,19 @@ async def run(messages: int, idle_samples: int) -> None:
             f"mailbox: {messages} messages, median {sizes[len(sizes) // 2] / 1024:.1f} KB, "
             f"{sum(sizes) / 2**20:.0f} MB, INBOX + Sent"
         )
-        print(f"mbsync (isync, FSync no) download:          {reference:7.2f} s  ({messages / reference:6.0f} msg/s)")
         print(
-            f"historical sync -> mail.synced events:      {ours_events:7.2f} s  ({messages / ours_events:6.0f} msg/s)"
+            f"mbsync (isync, FSync no) download:          {reference:7.2f} s  "
+            f"({messages / reference:6.0f} msg/s)"
+        )
+        print(
+            f"historical sync -> mail.synced events:      {ours_events:7.2f} s  "
+            f"({messages / ours_events:6.0f} msg/s)"
             f"  ratio vs mbsync {ours_events / reference:.2f}x"
         )
         print(
             f"historical sync -> lead timelines:          {ours_timelines:7.2f} s  "
-            f"({messages / ours_timelines:6.0f} msg/s)  ratio vs mbsync {ours_timelines / reference:.2f}x"
+            f"({messages / ours_timelines:6.0f} msg/s)  ratio vs mbsync "
+            f"{ours_timelines / reference:.2f}x"
         )
         print(
             f"CPU of the in-process services during the historical sync: {cpu:.1f} s "
@@ -405,7 +441,10 @@ async def run(messages: int, idle_samples: int) -> None:
             f"IDLE latency APPEND -> lead timeline:       p50 {pct(to_timeline, 0.5):6.0f} ms  "
             f"p99 {pct(to_timeline, 0.99):6.0f} ms  (n={len(to_timeline)})"
         )
-        print(f"command: uv run python bench/sync/run.py --messages {messages} --idle-samples {idle_samples}")
+        print(
+            f"command: uv run python bench/sync/run.py --messages {messages} --idle-samples "
+            f"{idle_samples}"
+        )
         await quota_running.__aexit__(None, None, None)
     finally:
         smtp.stop()

@@ -2,11 +2,11 @@
 
     uv run python bench/sync/start_memory.py [--samples 1]
 
-Starts PostgreSQL and NATS of its own (in a temporary directory), applies the sync service's migrations,
-and the sync service as ``deploy/run.py`` starts it (``uvicorn --factory leadline_sync.main:create_app``,
-uvloop, httptools).  Once ``/readyz`` answers 200, prints every 2 s (``--samples`` times) the service's
-RSS, peak RSS (``VmHWM``) and PSS, and those of its children (parser processes: none before a batch).
-Cheap (seconds of CPU): no bench lock needed.
+Starts PostgreSQL and NATS of its own (in a temporary directory), applies the sync service's
+migrations, and the sync service as ``deploy/run.py`` starts it (``uvicorn --factory
+leadline_sync.main:create_app``, uvloop, httptools).  Once ``/readyz`` answers 200, prints every 2 s
+(``--samples`` times) the service's RSS, peak RSS (``VmHWM``) and PSS, and those of its children
+(parser processes: none before a batch).  Cheap (seconds of CPU): no bench lock needed.
 """
 
 from __future__ import annotations
@@ -33,15 +33,25 @@ from leadline_kit.migrations import upgrade
 
 def memory_mib(pid: int) -> tuple[int, int, int]:
     """RSS, peak RSS and PSS of ``pid``, MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    fields = dict(
+        line.split(":", 1)
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if ":" in line
+    )
     rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
     pss = sum(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
-    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024, pss // 1024
+    return (
+        int(fields["VmRSS"].split()[0]) // 1024,
+        int(fields["VmHWM"].split()[0]) // 1024,
+        pss // 1024,
+    )
 
 
 def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
-        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return [
+            int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        ]
     return []
 
 
@@ -80,7 +90,8 @@ def measure(work: Path, samples: int) -> None:
             "NATS_URL": nats.url,
             "LEADLINE_ENVIRONMENT": "development",
             "LEADLINE_IDENTITY_SECRET": secrets.token_urlsafe(32),
-            "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:" + base64.b64encode(secrets.token_bytes(32)).decode(),
+            "LEADLINE_SYNC_CREDENTIAL_KEYS": "k1:"
+            + base64.b64encode(secrets.token_bytes(32)).decode(),
             "LEADLINE_LOG_LEVEL": "WARNING",
         }
         asyncio.run(upgrade("leadline_sync", env["DATABASE_URL"]))
@@ -89,7 +100,16 @@ def measure(work: Path, samples: int) -> None:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "uvicorn", "--factory", "leadline_sync.main:create_app"),
-                *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools"),
+                *(
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--loop",
+                    "uvloop",
+                    "--http",
+                    "httptools",
+                ),
                 "--no-access-log",
             ],
             env=env,
@@ -102,7 +122,10 @@ def measure(work: Path, samples: int) -> None:
             time.sleep(2)
             rss, peak, pss = memory_mib(process.pid)
             kids = {child: memory_mib(child) for child in children(process.pid)}
-            print(f"sync service: RSS {rss} MiB, peak {peak} MiB, PSS {pss} MiB; children (RSS, peak, PSS) {kids}")
+            print(
+                f"sync service: RSS {rss} MiB, peak {peak} MiB, PSS {pss} MiB; children (RSS, "
+                f"peak, PSS) {kids}"
+            )
     finally:
         if process is not None:
             process.terminate()

@@ -37,7 +37,11 @@ whoami = APIRouter()
 
 @whoami.get("/v1/leads/whoami")
 async def who(caller: Caller) -> dict[str, Any]:
-    return {"company_id": str(caller.company_id), "user_id": str(caller.user_id), "role": caller.role}
+    return {
+        "company_id": str(caller.company_id),
+        "user_id": str(caller.user_id),
+        "role": caller.role,
+    }
 
 
 @whoami.post("/v1/leads/echo")
@@ -47,7 +51,9 @@ async def echo(body: dict[str, Any], caller: Caller) -> dict[str, Any]:
 
 @whoami.get("/v1/mail-sync/oauth/callback", response_model=None)
 async def sign_in_callback(request: Request) -> dict[str, Any] | RedirectResponse:
-    if request.query_params.get("state") == "hand-off":  # the sync service sends the browser on to the CRM
+    if (
+        request.query_params.get("state") == "hand-off"
+    ):  # the sync service sends the browser on to the CRM
         return RedirectResponse("https://crm.example/done?sign_in=h", status_code=303)
     return {"query": str(request.url.query), "identity": IDENTITY_HEADER in request.headers}
 
@@ -81,7 +87,9 @@ async def upstream(postgres, nats_url: str) -> AsyncIterator[str]:  # type: igno
 
 
 @pytest.fixture(scope="session")
-def mail_sink(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SmtpServer, str]]:
+def mail_sink(
+    tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[SmtpServer, str]]:
     """The operator's SMTP server for the system mailer: a real aiosmtpd, STARTTLS and AUTH required."""
     server = SmtpServer(tls_ca)
     server.add_user("leadline-mailer", "mailer-password")
@@ -127,7 +135,9 @@ async def gateway(  # type: ignore[no-untyped-def]
     mail_sink: tuple[SmtpServer, str],
 ) -> AsyncIterator[httpx.AsyncClient]:
     url = await migrated_database(postgres, "leadline_gateway")
-    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as client:
+    async with running_app(
+        create_app(gateway_settings(url, nats_url, upstream, mail_sink))
+    ) as client:
         yield client
 
 
@@ -161,17 +171,29 @@ def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
 async def test_bootstrap_needs_the_token(gateway: httpx.AsyncClient) -> None:
     body = {"name": "X", "administrator": {"email": "a@x.example"}}
     assert_problem(await gateway.post("/v1/companies", json=body), 401)
-    assert_problem(await gateway.post("/v1/companies", json=body, headers={"Authorization": "Bearer nope"}), 401)
+    assert_problem(
+        await gateway.post("/v1/companies", json=body, headers={"Authorization": "Bearer nope"}),
+        401,
+    )
     # the token is checked before the body: without it nobody learns what a valid body looks like
     for bad in ({"name": ""}, {"administrator": 3}):
         refused = assert_problem(await gateway.post("/v1/companies", json=bad), 401)
         assert "errors" not in refused
-        assert_problem(await gateway.post("/v1/companies", json=bad, headers={"Authorization": "Bearer nope"}), 401)
+        assert_problem(
+            await gateway.post("/v1/companies", json=bad, headers={"Authorization": "Bearer nope"}),
+            401,
+        )
     assert_problem(
-        await gateway.post("/v1/companies", content=b"{not json", headers={"Content-Type": "application/json"}), 401
+        await gateway.post(
+            "/v1/companies", content=b"{not json", headers={"Content-Type": "application/json"}
+        ),
+        401,
     )
     assert_problem(
-        await gateway.post("/v1/companies", json={"name": ""}, headers={"Authorization": f"Bearer {BOOTSTRAP}"}), 422
+        await gateway.post(
+            "/v1/companies", json={"name": ""}, headers={"Authorization": f"Bearer {BOOTSTRAP}"}
+        ),
+        422,
     )
     created = await new_company(gateway)
     assert created["api_key"]["key"].startswith("ll_")
@@ -183,8 +205,12 @@ async def test_missing_or_bad_key_is_401(gateway: httpx.AsyncClient) -> None:
     assert_problem(await gateway.get("/v1/company"), 401)
     assert_problem(await gateway.get("/v1/leads/whoami"), 401)
     forged = created["api_key"]["key"][:-4] + "AAAA"
-    assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {forged}"}), 401)
-    assert_problem(await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401)
+    assert_problem(
+        await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {forged}"}), 401
+    )
+    assert_problem(
+        await gateway.get("/v1/company", headers={"Authorization": "Bearer ll_zz_zz"}), 401
+    )
 
 
 async def test_only_the_operator_token_signs_the_operator(  # type: ignore[no-untyped-def]
@@ -198,9 +224,13 @@ async def test_only_the_operator_token_signs_the_operator(  # type: ignore[no-un
     route = f"/v1/operator/quotas/{uuid.uuid4()}/whoami"
     off = gateway_settings(url, nats_url, upstream, mail_sink, quota_url=upstream)
     async with running_app(create_app(off)) as gateway:
-        refused = assert_problem(await gateway.get(route, headers={"Authorization": f"Bearer {token}"}), 401)
+        refused = assert_problem(
+            await gateway.get(route, headers={"Authorization": f"Bearer {token}"}), 401
+        )
         assert refused["type"].endswith("operator-api-off")
-    on = gateway_settings(url, nats_url, upstream, mail_sink, quota_url=upstream, operator_token=SecretStr(token))
+    on = gateway_settings(
+        url, nats_url, upstream, mail_sink, quota_url=upstream, operator_token=SecretStr(token)
+    )
     async with running_app(create_app(on)) as gateway:
         created = await new_company(gateway)
         answer = await gateway.get(route, headers={"Authorization": f"Bearer {token}"})
@@ -208,7 +238,9 @@ async def test_only_the_operator_token_signs_the_operator(  # type: ignore[no-un
         # a tenant administrator's key is no operator token, and the operator token is no API key
         assert_problem(await gateway.get(route, headers=bearer(created)), 401)
         assert_problem(await gateway.get(route), 401)
-        assert_problem(await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {token}"}), 401)
+        assert_problem(
+            await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {token}"}), 401
+        )
     with pytest.raises(ValueError, match="at least 32"):
         Settings(operator_token="short")
     with pytest.raises(ValueError, match="differ"):
@@ -229,8 +261,14 @@ async def test_other_company_resources_are_404(gateway: httpx.AsyncClient) -> No
 
 async def test_a_malformed_cursor_is_a_400(gateway: httpx.AsyncClient) -> None:
     admin = await new_company(gateway)
-    for bad in ("not-base64!", encode_cursor("yesterday", uuid.uuid4()), encode_cursor("2026-11-23T12:00:00", "x")):
-        body = assert_problem(await gateway.get("/v1/users", headers=bearer(admin), params={"cursor": bad}), 400)
+    for bad in (
+        "not-base64!",
+        encode_cursor("yesterday", uuid.uuid4()),
+        encode_cursor("2026-11-23T12:00:00", "x"),
+    ):
+        body = assert_problem(
+            await gateway.get("/v1/users", headers=bearer(admin), params={"cursor": bad}), 400
+        )
         assert body["type"].endswith("/invalid-cursor")
 
 
@@ -245,19 +283,27 @@ def mailed_code(mail_sink: tuple[SmtpServer, str], email: str) -> str:
     return found.group(1).decode()
 
 
-async def invite(gateway: httpx.AsyncClient, admin: dict[str, Any], role: str = "salesperson") -> httpx.Response:
+async def invite(
+    gateway: httpx.AsyncClient, admin: dict[str, Any], role: str = "salesperson"
+) -> httpx.Response:
     email = f"sam-{uuid.uuid4().hex[:8]}@acme.example"
-    return await gateway.post("/v1/users", headers=bearer(admin), json={"email": email, "name": "Sam", "role": role})
+    return await gateway.post(
+        "/v1/users", headers=bearer(admin), json={"email": email, "name": "Sam", "role": role}
+    )
 
 
 async def invited_key(
-    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str], admin: dict[str, Any], role: str = "salesperson"
+    gateway: httpx.AsyncClient,
+    mail_sink: tuple[SmtpServer, str],
+    admin: dict[str, Any],
+    role: str = "salesperson",
 ) -> dict[str, str]:
     created = await invite(gateway, admin, role)
     assert created.status_code == 201, created.text
     email = created.json()["email"]
     claimed = await gateway.post(
-        "/v1/invitations/claim", json={"invitation_code": mailed_code(mail_sink, email), "email": email}
+        "/v1/invitations/claim",
+        json={"invitation_code": mailed_code(mail_sink, email), "email": email},
     )
     assert claimed.status_code == 201, claimed.text
     return {"Authorization": f"Bearer {claimed.json()['key']}"}
@@ -281,7 +327,10 @@ async def test_an_invitation_code_reaches_only_the_invitee(
     assert user["invitation"]["sent_to"] == user["email"]
     server, _ = mail_sink
     mail = server.received_with(code.encode())[-1]
-    assert mail.mail_from == "no-reply@leadline.example" and b"Subject: Your Leadline invitation" in mail.data
+    assert (
+        mail.mail_from == "no-reply@leadline.example"
+        and b"Subject: Your Leadline invitation" in mail.data
+    )
     other = {"invitation_code": code, "email": "someone-else@acme.example"}
     assert_problem(await gateway.post("/v1/invitations/claim", json=other), 404)
     claim = {"invitation_code": code, "email": user["email"]}
@@ -294,7 +343,11 @@ async def test_an_invitation_code_reaches_only_the_invitee(
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
         row = (
-            await session.execute(select(models.invitation).where(models.invitation.c.user_id == uuid.UUID(user["id"])))
+            await session.execute(
+                select(models.invitation).where(
+                    models.invitation.c.user_id == uuid.UUID(user["id"])
+                )
+            )
         ).one()
     assert row.claimed_at is not None and row.claimed_api_key_id == uuid.UUID(claimed.json()["id"])
     assert row.invited_by == uuid.UUID(admin["administrator"]["id"]) and row.email == user["email"]
@@ -316,7 +369,10 @@ async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(
     second = mailed_code(mail_sink, user["email"])
     assert second != first and second not in again.text
     assert_problem(
-        await gateway.post("/v1/invitations/claim", json={"invitation_code": first, "email": user["email"]}), 404
+        await gateway.post(
+            "/v1/invitations/claim", json={"invitation_code": first, "email": user["email"]}
+        ),
+        404,
     )
     runtime = gateway._transport.app.state.runtime  # type: ignore[attr-defined]
     async with runtime.db.session() as session:
@@ -326,7 +382,10 @@ async def test_an_invitation_expires_and_a_new_one_withdraws_the_old(
             .values(expires_at=models.invitation.c.created_at)
         )
     assert_problem(
-        await gateway.post("/v1/invitations/claim", json={"invitation_code": second, "email": user["email"]}), 404
+        await gateway.post(
+            "/v1/invitations/claim", json={"invitation_code": second, "email": user["email"]}
+        ),
+        404,
     )
 
 
@@ -342,18 +401,24 @@ async def test_no_invitation_without_the_mailer(  # type: ignore[no-untyped-def]
     async with running_app(create_app(settings)) as gateway:
         admin = await new_company(gateway)
         refused = await gateway.post(
-            "/v1/users", headers=bearer(admin), json={"email": "kim@acme.example", "role": "salesperson"}
+            "/v1/users",
+            headers=bearer(admin),
+            json={"email": "kim@acme.example", "role": "salesperson"},
         )
         assert_problem(refused, 503)
         users = (await gateway.get("/v1/users", headers=bearer(admin))).json()["items"]
         assert [u["email"] for u in users] == [admin["administrator"]["email"]]
 
 
-async def test_role_without_the_right_is_403(gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]) -> None:
+async def test_role_without_the_right_is_403(
+    gateway: httpx.AsyncClient, mail_sink: tuple[SmtpServer, str]
+) -> None:
     admin = await new_company(gateway)
     sales = await invited_key(gateway, mail_sink, admin)
     assert_problem(await gateway.get("/v1/users", headers=sales), 403)
-    assert_problem(await gateway.patch("/v1/company", headers=sales, json={"mailbox_limit": 1}), 403)
+    assert_problem(
+        await gateway.patch("/v1/company", headers=sales, json={"mailbox_limit": 1}), 403
+    )
     whoami_response = await gateway.get("/v1/leads/whoami", headers=sales)
     assert whoami_response.json()["role"] == "salesperson"
 
@@ -389,28 +454,51 @@ async def test_the_sign_in_callback_is_public_and_passes_a_given_key_on(  # type
     async with running_app(create_app(settings)) as gateway:
         created = await new_company(gateway)
         answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s")
-        assert answer.status_code == 200 and answer.json() == {"query": "code=c&state=s", "identity": False}
+        assert answer.status_code == 200 and answer.json() == {
+            "query": "code=c&state=s",
+            "identity": False,
+        }
         # a CRM page passing the redirect on with the user's key: the identity goes along, a bad key is 401
-        answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=s", headers=bearer(created))
+        answer = await gateway.get(
+            "/v1/mail-sync/oauth/callback?code=c&state=s", headers=bearer(created)
+        )
         assert answer.json()["identity"] is True
-        assert_problem(await gateway.get("/v1/mail-sync/oauth/callback", headers={"Authorization": "Bearer x"}), 401)
+        assert_problem(
+            await gateway.get(
+                "/v1/mail-sync/oauth/callback", headers={"Authorization": "Bearer x"}
+            ),
+            401,
+        )
         assert_problem(await gateway.post("/v1/mail-sync/oauth/gmail/start"), 401)
         # without a key the browser is sent on to the CRM's page, which finishes with the user's key
         answer = await gateway.get("/v1/mail-sync/oauth/callback?code=c&state=hand-off")
-        assert answer.status_code == 303 and answer.headers["location"] == "https://crm.example/done?sign_in=h"
+        assert (
+            answer.status_code == 303
+            and answer.headers["location"] == "https://crm.example/done?sign_in=h"
+        )
         assert_problem(await gateway.post("/v1/mail-sync/oauth/finish", json={"sign_in": "h"}), 401)
 
 
 async def test_malformed_json_is_422_problem(gateway: httpx.AsyncClient) -> None:
     created = await new_company(gateway)
     headers = {**bearer(created), "Content-Type": "application/json"}
-    body = assert_problem(await gateway.post("/v1/users", headers=headers, content=b"{not json"), 422)
+    body = assert_problem(
+        await gateway.post("/v1/users", headers=headers, content=b"{not json"), 422
+    )
     assert body["errors"]
     assert_problem(await gateway.post("/v1/leads/echo", headers=headers, content=b"{not json"), 422)
     assert_problem(
-        await gateway.post("/v1/users", headers=bearer(created), json={"email": "x@y.example", "role": "emperor"}), 422
+        await gateway.post(
+            "/v1/users", headers=bearer(created), json={"email": "x@y.example", "role": "emperor"}
+        ),
+        422,
     )
-    assert_problem(await gateway.patch("/v1/company", headers=bearer(created), json={"domains": ["not a domain"]}), 422)
+    assert_problem(
+        await gateway.patch(
+            "/v1/company", headers=bearer(created), json={"domains": ["not a domain"]}
+        ),
+        422,
+    )
     # a JSON value of another type is refused, not coerced: 0 is not false, false is not 0, "5" is not 5
     before = (await gateway.get("/v1/company", headers=bearer(created))).json()
     for wrong in (
@@ -434,7 +522,9 @@ async def test_service_down_is_503_problem_quickly(gateway: httpx.AsyncClient) -
 async def test_rate_limit_gives_429_with_retry_after(gateway: httpx.AsyncClient) -> None:
     created = await new_company(gateway)
     # at once: one after another on a loaded machine, the bucket refills between requests
-    statuses = await asyncio.gather(*(gateway.get("/v1/leads/whoami", headers=bearer(created)) for _ in range(60)))
+    statuses = await asyncio.gather(
+        *(gateway.get("/v1/leads/whoami", headers=bearer(created)) for _ in range(60))
+    )
     limited = [r for r in statuses if r.status_code == 429]
     assert limited, "burst of 20 at 5/s should have been limited"
     assert int(limited[0].headers["retry-after"]) >= 1
@@ -446,10 +536,15 @@ async def test_rate_limit_gives_429_with_retry_after(gateway: httpx.AsyncClient)
     assert {r.headers["ratelimit-policy"] for r in statuses} == {"20;w=4"}
     remaining = sorted(int(r.headers["ratelimit-remaining"]) for r in passed)
     assert remaining[-1] == 19 and remaining[0] == 0
-    assert limited[0].headers["ratelimit-remaining"] == "0" and int(limited[0].headers["ratelimit-reset"]) >= 4
+    assert (
+        limited[0].headers["ratelimit-remaining"] == "0"
+        and int(limited[0].headers["ratelimit-reset"]) >= 4
+    )
 
 
-async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClient, nats_url: str) -> None:
+async def test_company_settings_change_publishes_event(
+    gateway: httpx.AsyncClient, nats_url: str
+) -> None:
     import nats
 
     created = await new_company(gateway)
@@ -458,7 +553,9 @@ async def test_company_settings_change_publishes_event(gateway: httpx.AsyncClien
         js = nc.jetstream()
         sub = await js.subscribe("leadline.company.updated.v1", ordered_consumer=True)
         response = await gateway.patch(
-            "/v1/company", headers=bearer(created), json={"mailbox_limit": 3, "block_own_domains": False}
+            "/v1/company",
+            headers=bearer(created),
+            json={"mailbox_limit": 3, "block_own_domains": False},
         )
         assert response.status_code == 200 and response.json()["mailbox_limit"] == 3
         seen: list[dict[str, Any]] = []
@@ -490,17 +587,22 @@ async def test_openapi_merges_services(gateway: httpx.AsyncClient) -> None:
     assert "/v1/companies" in document["paths"]
     assert "/v1/leads/whoami" in document["paths"]
     users = document["paths"]["/v1/users"]
-    assert users["get"]["x-leadline-roles"] == users["post"]["x-leadline-roles"] == ["administrator"]
+    assert (
+        users["get"]["x-leadline-roles"] == users["post"]["x-leadline-roles"] == ["administrator"]
+    )
     assert "x-leadline-roles" not in document["paths"]["/v1/api-keys"]["get"]
     for status in ("401", "403", "404", "422"):
         assert "application/problem+json" in users["post"]["responses"][status]["content"]
     links = users["post"]["responses"]["201"]["links"]
     assert {link["operationId"] for link in links.values()} == {
-        document["paths"]["/v1/users/{user_id}"][m]["operationId"] for m in ("get", "patch", "delete")
+        document["paths"]["/v1/users/{user_id}"][m]["operationId"]
+        for m in ("get", "patch", "delete")
     } | {document["paths"]["/v1/users/{user_id}/invitation"]["post"]["operationId"]}
 
 
-async def test_method_not_allowed_names_every_method_of_the_path(gateway: httpx.AsyncClient) -> None:
+async def test_method_not_allowed_names_every_method_of_the_path(
+    gateway: httpx.AsyncClient,
+) -> None:
     refused = assert_problem(await gateway.request("OPTIONS", "/v1/company"), 405)
     assert refused["type"].endswith("/method-not-allowed")
     assert (await gateway.put("/v1/company")).headers["allow"] == "GET, PATCH"
@@ -528,12 +630,16 @@ async def test_a_failed_commit_is_never_answered_with_success(gateway: httpx.Asy
                 "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION gateway.refuse_named_keys()"
             )
         )
-    response = await gateway.post("/v1/api-keys", headers=bearer(created), json={"name": "refused-at-commit"})
+    response = await gateway.post(
+        "/v1/api-keys", headers=bearer(created), json={"name": "refused-at-commit"}
+    )
     assert response.status_code == 500, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     async with runtime.db.session() as session:
         stored = await session.scalar(
-            select(func.count()).select_from(models.api_key).where(models.api_key.c.name == "refused-at-commit")
+            select(func.count())
+            .select_from(models.api_key)
+            .where(models.api_key.c.name == "refused-at-commit")
         )
     assert stored == 0
 
@@ -559,16 +665,29 @@ async def test_api_keys_are_listed_revoked_and_expire(
         {k: v for k, v in other["api_key"].items() if k != "key"}
     ]
     # nobody revokes a key of another company, nor (unless administrator) another user's
-    assert_problem(await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(other)), 404)
-    assert_problem(await gateway.delete(f"/v1/api-keys/{admin['api_key']['id']}", headers=sales), 404)
-    assert (await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(admin))).status_code == 204
     assert_problem(
-        await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {extra.json()['key']}"}), 401
+        await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(other)), 404
+    )
+    assert_problem(
+        await gateway.delete(f"/v1/api-keys/{admin['api_key']['id']}", headers=sales), 404
+    )
+    assert (
+        await gateway.delete(f"/v1/api-keys/{extra.json()['id']}", headers=bearer(admin))
+    ).status_code == 204
+    assert_problem(
+        await gateway.get(
+            "/v1/leads/whoami", headers={"Authorization": f"Bearer {extra.json()['key']}"}
+        ),
+        401,
     )
     past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
-    assert_problem(await gateway.post("/v1/api-keys", headers=sales, json={"expires_at": past}), 422)
+    assert_problem(
+        await gateway.post("/v1/api-keys", headers=sales, json={"expires_at": past}), 422
+    )
     soon = await gateway.post(
-        "/v1/api-keys", headers=sales, json={"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()}
+        "/v1/api-keys",
+        headers=sales,
+        json={"expires_at": (datetime.now(UTC) + timedelta(days=1)).isoformat()},
     )
     assert soon.status_code == 201 and soon.json()["expires_at"]
     expiring = {"Authorization": f"Bearer {soon.json()['key']}"}
@@ -589,20 +708,29 @@ async def test_a_revoked_key_is_refused_at_once_by_every_gateway_process(  # typ
     """Two gateway processes on one database; also the cap on a user's active keys."""
     url = await migrated_database(postgres, "leadline_gateway")
     async with (
-        running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink, api_keys_per_user=3))) as first,
+        running_app(
+            create_app(gateway_settings(url, nats_url, upstream, mail_sink, api_keys_per_user=3))
+        ) as first,
         running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as second,
     ):
         admin = await new_company(first)
-        keys = [await first.post("/v1/api-keys", headers=bearer(admin), json={"name": f"k{i}"}) for i in range(3)]
+        keys = [
+            await first.post("/v1/api-keys", headers=bearer(admin), json={"name": f"k{i}"})
+            for i in range(3)
+        ]
         assert [k.status_code for k in keys] == [201, 201, 409]
         assert keys[2].json()["type"].endswith("/api-key-limit")
         key = {"Authorization": f"Bearer {keys[1].json()['key']}"}
         assert (await second.get("/v1/leads/whoami", headers=key)).status_code == 200
         assert (await first.get("/v1/leads/whoami", headers=key)).status_code == 200
-        assert (await first.delete(f"/v1/api-keys/{keys[1].json()['id']}", headers=key)).status_code == 204
+        assert (
+            await first.delete(f"/v1/api-keys/{keys[1].json()['id']}", headers=key)
+        ).status_code == 204
         assert_problem(await second.get("/v1/leads/whoami", headers=key), 401)
         assert_problem(await first.get("/v1/company", headers=key), 401)
-        again = await first.post("/v1/api-keys", headers=bearer(admin), json={"name": "after revoking one"})
+        again = await first.post(
+            "/v1/api-keys", headers=bearer(admin), json={"name": "after revoking one"}
+        )
         assert again.status_code == 201, again.text
 
 
@@ -673,13 +801,17 @@ async def test_the_gateway_metrics_need_the_operator_token(  # type: ignore[no-u
     postgres, nats_url: str, upstream: str, mail_sink: tuple[SmtpServer, str]
 ) -> None:
     url = await migrated_database(postgres, "leadline_gateway")
-    async with running_app(create_app(gateway_settings(url, nats_url, upstream, mail_sink))) as closed:
+    async with running_app(
+        create_app(gateway_settings(url, nats_url, upstream, mail_sink))
+    ) as closed:
         assert_problem(await closed.get("/metrics"), 404)
     token = "metrics-token-for-prometheus"
     settings = gateway_settings(url, nats_url, upstream, mail_sink, metrics_token=token)
     async with running_app(create_app(settings)) as gateway:
         assert_problem(await gateway.get("/metrics"), 401)
-        assert_problem(await gateway.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401)
+        assert_problem(
+            await gateway.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401
+        )
         created = await new_company(gateway)
         assert_problem(await gateway.get("/metrics", headers=bearer(created)), 401)
         scraped = await gateway.get("/metrics", headers={"Authorization": f"Bearer {token}"})
@@ -692,11 +824,18 @@ async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(  # ty
     """SSO: the operator token (never a tenant key) makes a user and their keys; no administrator involved."""
     url = await migrated_database(postgres, "leadline_gateway")
     token = {"Authorization": "Bearer operator-" + uuid.uuid4().hex * 2}
-    settings = gateway_settings(url, nats_url, upstream, mail_sink, operator_token=token["Authorization"][7:])
+    settings = gateway_settings(
+        url, nats_url, upstream, mail_sink, operator_token=token["Authorization"][7:]
+    )
     async with running_app(create_app(settings)) as gateway:
         a, b = await new_company(gateway, "A"), await new_company(gateway, "B")
         route = f"/v1/operator/companies/{a['company']['id']}/users"
-        body = {"email": "sso-user@acme.example", "name": "Sso", "role": "sales_manager", "key_name": "crm"}
+        body = {
+            "email": "sso-user@acme.example",
+            "name": "Sso",
+            "role": "sales_manager",
+            "key_name": "crm",
+        }
         for refused in (bearer(a), {"Authorization": f"Bearer {BOOTSTRAP}"}, {}):
             assert_problem(await gateway.post(route, headers=refused, json=body), 401)
             assert_problem(await gateway.post(route, headers=refused, json={"email": 1}), 401)
@@ -704,7 +843,9 @@ async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(  # ty
         assert made.status_code == 201, made.text
         user, key = made.json()["user"], made.json()["api_key"]
         assert user["company_id"] == a["company"]["id"] and key["user_id"] == user["id"]
-        whoami_response = await gateway.get("/v1/leads/whoami", headers={"Authorization": f"Bearer {key['key']}"})
+        whoami_response = await gateway.get(
+            "/v1/leads/whoami", headers={"Authorization": f"Bearer {key['key']}"}
+        )
         assert whoami_response.json() == {
             "company_id": a["company"]["id"],
             "user_id": user["id"],
@@ -713,7 +854,9 @@ async def test_the_operator_provisions_users_for_a_crm_with_its_own_login(  # ty
         assert_problem(await gateway.post(route, headers=token, json=body), 409)
         unknown = f"/v1/operator/companies/{uuid.uuid4()}/users"
         assert_problem(await gateway.post(unknown, headers=token, json=body), 404)
-        another = await gateway.post(f"{route}/{user['id']}/api-keys", headers=token, json={"name": "sign-in"})
+        another = await gateway.post(
+            f"{route}/{user['id']}/api-keys", headers=token, json={"name": "sign-in"}
+        )
         assert another.status_code == 201 and another.json()["user_id"] == user["id"]
         # a user is only reached through their own company
         elsewhere = f"/v1/operator/companies/{b['company']['id']}/users/{user['id']}/api-keys"

@@ -28,14 +28,20 @@ def test_dovecot_users_added_in_quick_succession_can_all_log_in(dovecot: Dovecot
     imap.logout()
 
 
-def test_mail_delivered_to_a_dovecot_user_reaches_an_open_session_and_only_that_inbox(dovecot: DovecotServer) -> None:
+def test_mail_delivered_to_a_dovecot_user_reaches_an_open_session_and_only_that_inbox(
+    dovecot: DovecotServer,
+) -> None:
     me, other = (f"deliver-{uuid.uuid4().hex[:8]}@example.com" for _ in range(2))
     for name in (me, other):
         dovecot.add_user(name, "pw")
     imap = imaplib.IMAP4("127.0.0.1", dovecot.port)
     imap.login(me, "pw")
     imap.select("INBOX")
-    raw = b"From: a@example.com\r\nTo: " + me.encode() + b"\r\nSubject: delivered\r\nX-Token: t-1\r\n\r\nhi\r\n"
+    raw = (
+        b"From: a@example.com\r\nTo: "
+        + me.encode()
+        + b"\r\nSubject: delivered\r\nX-Token: t-1\r\n\r\nhi\r\n"
+    )
     assert deliver_locally(dovecot, [me, "stranger@example.com"], raw) == [me]
     imap.noop()
     _, found = imap.uid("SEARCH", "HEADER", "X-Token", "t-1")
@@ -49,11 +55,16 @@ def test_mail_delivered_to_a_dovecot_user_reaches_an_open_session_and_only_that_
     imap.logout()
 
 
-def test_mail_filled_into_folders_is_there_whole_seen_and_numbered_in_the_order_given(dovecot: DovecotServer) -> None:
+def test_mail_filled_into_folders_is_there_whole_seen_and_numbered_in_the_order_given(
+    dovecot: DovecotServer,
+) -> None:
     me = f"fill-{uuid.uuid4().hex[:8]}@example.com"
     dovecot.add_user(me, "pw")
     raws = {
-        folder: [f"From: a@example.com\r\nSubject: {folder} {i}\r\n\r\nhi\r\n".encode() for i in range(40)]
+        folder: [
+            f"From: a@example.com\r\nSubject: {folder} {i}\r\n\r\nhi\r\n".encode()
+            for i in range(40)
+        ]
         for folder in ("INBOX", "Sent")
     }
     for folder, messages in raws.items():

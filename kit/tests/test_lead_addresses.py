@@ -43,10 +43,14 @@ async def held(db: Database, lead_id: uuid.UUID) -> list[tuple[str, int]]:
         return [(r.address, r.position) for r in found]
 
 
-async def test_the_replica_holds_what_the_last_event_says_and_names_the_new_addresses(db: Database) -> None:
+async def test_the_replica_holds_what_the_last_event_says_and_names_the_new_addresses(
+    db: Database,
+) -> None:
     told: list[tuple[uuid.UUID, list[str]]] = []
 
-    async def added(session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]) -> None:
+    async def added(
+        session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]
+    ) -> None:
         told.append((lead.lead_id, addresses))
 
     handlers = LeadAddressReplica(lead_address, rows, added).handlers(Handlers())
@@ -62,12 +66,20 @@ async def test_the_replica_holds_what_the_last_event_says_and_names_the_new_addr
                 await handlers(session, event)
 
     created = LeadCreatedV1(company_id=company, payload=lead("Ann@example.org", "ann@work.example"))
-    await apply(created, LeadCreatedV1(company_id=company, payload=lead("bob@example.org", of=other)))
+    await apply(
+        created, LeadCreatedV1(company_id=company, payload=lead("bob@example.org", of=other))
+    )
     assert await held(db, lead_id) == [("ann@example.org", 0), ("ann@work.example", 1)]
-    assert told == [(lead_id, ["ann@example.org", "ann@work.example"]), (other, ["bob@example.org"])]
+    assert told == [
+        (lead_id, ["ann@example.org", "ann@work.example"]),
+        (other, ["bob@example.org"]),
+    ]
 
     # the same event again changes nothing and tells of nothing new; an update replaces the lead's rows
-    await apply(created, LeadUpdatedV1(company_id=company, payload=lead("ann@work.example", "ann@new.example")))
+    await apply(
+        created,
+        LeadUpdatedV1(company_id=company, payload=lead("ann@work.example", "ann@new.example")),
+    )
     assert await held(db, lead_id) == [("ann@work.example", 0), ("ann@new.example", 1)]
     assert told[2:] == [(lead_id, ["ann@new.example"])]
 

@@ -37,14 +37,20 @@ metadata = service_metadata("kittest")
 outbox = outbox_table(metadata)
 processed = processed_event_table(metadata)
 applied = Table(
-    "applied", metadata, Column("event_id", Uuid, primary_key=True), Column("n", Integer), Column("note", Text)
+    "applied",
+    metadata,
+    Column("event_id", Uuid, primary_key=True),
+    Column("n", Integer),
+    Column("note", Text),
 )
 
 
 def lead_event(company_id: uuid.UUID) -> LeadCreatedV1:
     return LeadCreatedV1(
         company_id=company_id,
-        payload=LeadPayload(lead_id=uuid.uuid4(), addresses=["lead@example.com"], created_at=utcnow()),
+        payload=LeadPayload(
+            lead_id=uuid.uuid4(), addresses=["lead@example.com"], created_at=utcnow()
+        ),
     )
 
 
@@ -89,7 +95,9 @@ def consumer_for(db: Database, js, company: uuid.UUID, handler=count_application
     )
 
 
-async def drain(consumer: EventConsumer, company_id: uuid.UUID, expected: int, timeout: float = 20) -> None:
+async def drain(
+    consumer: EventConsumer, company_id: uuid.UUID, expected: int, timeout: float = 20
+) -> None:
     task = asyncio.create_task(consumer.run())
     try:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -130,7 +138,9 @@ async def test_a_batch_that_fails_to_publish_stays_in_the_outbox(db: Database, j
     async with db.session() as s:
         await enqueue(s, outbox, event)
         # no stream takes this subject: JetStream refuses the publish
-        await s.execute(outbox.insert().values(event_id=uuid.uuid4(), subject="kittest.nowhere", body=b"{}"))
+        await s.execute(
+            outbox.insert().values(event_id=uuid.uuid4(), subject="kittest.nowhere", body=b"{}")
+        )
     relay = OutboxRelay(db, outbox, js, service="kittest")
     with pytest.raises(Exception, match="no response from stream"):
         await relay.relay_once()
@@ -147,7 +157,9 @@ async def test_a_process_without_a_relay_wakes_the_others_once_per_burst(db: Dat
     notified: list[str] = []
     listener = await asyncpg.connect(asyncpg_dsn(db.url))
     await listener.add_listener(channel, lambda *args: notified.append(args[-1]))
-    relay = OutboxRelay(db, outbox, js, service="kittest", poll_interval=3600)  # only a notification wakes it
+    relay = OutboxRelay(
+        db, outbox, js, service="kittest", poll_interval=3600
+    )  # only a notification wakes it
     passes = 0
     relay_once = relay.relay_once
 
@@ -170,11 +182,15 @@ async def test_a_process_without_a_relay_wakes_the_others_once_per_burst(db: Dat
             async with db.session() as s:
                 await s.execute(
                     outbox.insert().values(
-                        event_id=event.event_id, subject=event.subject, body=event.model_dump_json().encode()
+                        event_id=event.event_id,
+                        subject=event.subject,
+                        body=event.model_dump_json().encode(),
                     )
                 )
 
-    async def listening() -> int:  # the relay and this test: a notification before that would be lost
+    async def listening() -> (
+        int
+    ):  # the relay and this test: a notification before that would be lost
         async with db.session() as s:
             return int(
                 await s.scalar(
@@ -248,7 +264,9 @@ asyncio.run(main())
 
 
 @pytest.mark.slow
-async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js, nats_url: str) -> None:  # type: ignore[no-untyped-def]
+async def test_relay_killed_mid_batch_delivers_everything_once(  # type: ignore[no-untyped-def]
+    db: Database, js, nats_url: str
+) -> None:
     company = uuid.uuid4()
     events = [lead_event(company) for _ in range(1000)]
     for i in range(0, len(events), 500):
@@ -259,7 +277,9 @@ async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js,
     # committed and one is published in part and rolled back); a third, that never dies, finishes. The kill
     # point is decided by the relay itself: a kill from outside raced a fast relay that emptied the outbox.
     kill_points = [random.choice([k for k in range(101, 250) if k % 100]) for _ in range(2)] + [0]
-    scripts = [RELAY_SCRIPT.format(here=here, nats=nats_url, url=db.url, kill_after=k) for k in kill_points]
+    scripts = [
+        RELAY_SCRIPT.format(here=here, nats=nats_url, url=db.url, kill_after=k) for k in kill_points
+    ]
 
     async def left() -> int:
         async with db.session() as s:
@@ -280,7 +300,9 @@ async def test_relay_killed_mid_batch_delivers_everything_once(db: Database, js,
             relay.release()
             assert await asyncio.to_thread(relay.wait, 120) == -signal.SIGKILL
             now_left = await left()
-            assert 0 < now_left < remaining, "a relay killed mid-batch committed no batch, or every batch"
+            assert 0 < now_left < remaining, (
+                "a relay killed mid-batch committed no batch, or every batch"
+            )
             remaining = now_left
         relays[2].release()
         assert await wait_left(lambda n: n == 0, timeout=120) == 0, "relay never finished"
@@ -302,22 +324,32 @@ async def test_redelivered_event_is_applied_once(db: Database, js) -> None:  # t
     await consumer.subscribe()
     # the same event published twice under different message ids, past JetStream's de-duplication
     await js.publish(
-        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "a-" + str(event.event_id)}
+        event.subject,
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": "a-" + str(event.event_id)},
     )
     await js.publish(
-        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": "b-" + str(event.event_id)}
+        event.subject,
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": "b-" + str(event.event_id)},
     )
     await drain(consumer, company, 1)
     async with db.session() as s:
-        assert (await s.execute(select(applied.c.n).where(applied.c.event_id == event.event_id))).scalar_one() == 1
+        assert (
+            await s.execute(select(applied.c.n).where(applied.c.event_id == event.event_id))
+        ).scalar_one() == 1
 
 
-async def test_invalid_payload_is_terminated_and_logged(db: Database, js, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+async def test_invalid_payload_is_terminated_and_logged(  # type: ignore[no-untyped-def]
+    db: Database, js, caplog: pytest.LogCaptureFixture
+) -> None:
     company = uuid.uuid4()
     good = lead_event(company)
     consumer = consumer_for(db, js, company)
     await consumer.subscribe()
-    await js.publish("leadline.lead.created.v1", b'{"type": "lead.created", "version": 1, "payload": 42}')
+    await js.publish(
+        "leadline.lead.created.v1", b'{"type": "lead.created", "version": 1, "payload": 42}'
+    )
     await js.publish(good.subject, good.model_dump_json().encode())
     with caplog.at_level(logging.ERROR, logger="leadline.consumer"):
         await drain(consumer, company, 1)
@@ -369,7 +401,9 @@ async def test_handlers_derive_their_subjects_and_apply_one_handler_per_type() -
     lead = lead_event(uuid.uuid4())
     session: Any = None  # the handlers here never touch it
     await handlers(session, lead)
-    await handlers(session, CompanyUpdatedV1(company_id=uuid.uuid4(), payload=CompanyPayload(name="Acme")))
+    await handlers(
+        session, CompanyUpdatedV1(company_id=uuid.uuid4(), payload=CompanyPayload(name="Acme"))
+    )
     user = UserPayload(user_id=uuid.uuid4(), email="a@b.example", role="salesperson")
     await handlers(session, UserDeletedV1(company_id=uuid.uuid4(), payload=user))
     assert seen == [f"created {lead.payload.lead_id}", "company Acme"]
@@ -389,7 +423,9 @@ async def test_a_repeatable_event_is_applied_without_a_processed_row(db: Databas
         js=js,
         processed=processed,
         durable=f"kittest-{uuid.uuid4().hex[:8]}",
-        handlers=Handlers().on(LeadCreatedV1, own_company_only).on(CompanyUpdatedV1, own_company_only, repeatable=True),
+        handlers=Handlers()
+        .on(LeadCreatedV1, own_company_only)
+        .on(CompanyUpdatedV1, own_company_only, repeatable=True),
     )
     await consumer.subscribe()
     claimed = lead_event(company)
@@ -398,7 +434,10 @@ async def test_a_repeatable_event_is_applied_without_a_processed_row(db: Databas
         await js.publish(event.subject, event.model_dump_json().encode())
     await drain(consumer, company, 2)
     async with db.session() as s:
-        assert set((await s.execute(select(applied.c.event_id))).scalars()) == {claimed.event_id, repeatable.event_id}
+        assert set((await s.execute(select(applied.c.event_id))).scalars()) == {
+            claimed.event_id,
+            repeatable.event_id,
+        }
         ours = processed.c.event_id.in_([claimed.event_id, repeatable.event_id])
         rows = set((await s.execute(select(processed.c.event_id).where(ours))).scalars())
     assert rows == {claimed.event_id}  # the repeatable one cost no write of its own

@@ -69,13 +69,24 @@ async def test_a_responder_refuses_what_it_cannot_read_and_fails_as_told(nats_ur
         ask = MailboxSlotRequest(company_id=uuid.uuid4(), mailbox_id=uuid.uuid4())
         assert (await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=5)).position == 1
         same = uuid.uuid4()
-        odd = await rpc.ask(nc, subject, MailboxSlotRequest(company_id=same, mailbox_id=same), MailboxSlotReply, 5)
-        assert (odd.status, odd.detail) == ("invalid", "invalid request: the company is not a mailbox")
-        unreadable = MailboxSlotReply.model_validate_json((await nc.request(subject, b'{"company_id": 1}', 5)).data)
-        assert unreadable.status == "invalid" and unreadable.detail.startswith("invalid request: company_id")
+        odd = await rpc.ask(
+            nc, subject, MailboxSlotRequest(company_id=same, mailbox_id=same), MailboxSlotReply, 5
+        )
+        assert (odd.status, odd.detail) == (
+            "invalid",
+            "invalid request: the company is not a mailbox",
+        )
+        unreadable = MailboxSlotReply.model_validate_json(
+            (await nc.request(subject, b'{"company_id": 1}', 5)).data
+        )
+        assert unreadable.status == "invalid" and unreadable.detail.startswith(
+            "invalid request: company_id"
+        )
         with pytest.raises(rpc.Unanswered) as failed:
             await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=0.5)
-        assert failed.value.reason is rpc.Unheard.TIMEOUT  # a failure is not answered: the asker asks again
+        assert (
+            failed.value.reason is rpc.Unheard.TIMEOUT
+        )  # a failure is not answered: the asker asks again
 
         stopped = tasks.pop()
         stopped.cancel()
@@ -84,7 +95,10 @@ async def test_a_responder_refuses_what_it_cannot_read_and_fails_as_told(nats_ur
         subscription = await rpc.subscribe(nc, refusing, "kittest")
         tasks.append(asyncio.create_task(rpc.respond(subscription, refusing)))
         told = await rpc.ask(nc, subject, ask, MailboxSlotReply, timeout=5)
-        assert (told.status, told.detail) == ("invalid", "the service failed to answer; retry later")
+        assert (told.status, told.detail) == (
+            "invalid",
+            "the service failed to answer; retry later",
+        )
     finally:
         for task in tasks:
             task.cancel()

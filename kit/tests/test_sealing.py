@@ -22,15 +22,21 @@ def test_keys_are_read_as_hex_or_base64_current_first() -> None:
 def test_a_sealed_secret_opens_only_with_its_row_and_a_configured_key() -> None:
     ring = KeyRing([("old", OLD)])
     sealed = ring.seal(b"hunter2", b"row-1")
-    assert b"hunter2" not in sealed.wrapped_key + sealed.ciphertext and "hunter2" not in repr(sealed)
+    assert b"hunter2" not in sealed.wrapped_key + sealed.ciphertext and "hunter2" not in repr(
+        sealed
+    )
     assert ring.open(sealed, b"row-1") == b"hunter2"
     with pytest.raises(CredentialError):
         ring.open(sealed, b"row-2")  # copied into another row
     with pytest.raises(CredentialError):
-        ring.open(Sealed(sealed.key_id, sealed.wrapped_key, sealed.ciphertext[:-1] + b"x"), b"row-1")
+        ring.open(
+            Sealed(sealed.key_id, sealed.wrapped_key, sealed.ciphertext[:-1] + b"x"), b"row-1"
+        )
     rotated = KeyRing([("new", NEW), ("old", OLD)])
     assert rotated.open(sealed, b"row-1") == b"hunter2"  # the old key still opens during a rotation
     resealed = rotated.seal(rotated.open(sealed, b"row-1"), b"row-1")
     assert resealed.key_id == "new"
     with pytest.raises(CredentialError, match="not configured"):
-        KeyRing([("new", NEW)]).open(sealed, b"row-1")  # the old key dropped: its rows no longer open
+        KeyRing([("new", NEW)]).open(
+            sealed, b"row-1"
+        )  # the old key dropped: its rows no longer open

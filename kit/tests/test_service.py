@@ -41,7 +41,9 @@ async def test_startup_objects_are_frozen_while_serving_and_given_back_on_stop()
     assert any(o is startup_object for o in gc.get_objects())
 
 
-async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(fresh_database: str) -> None:
+async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(
+    fresh_database: str,
+) -> None:
     release_worker = asyncio.Event()
 
     async def worker() -> None:
@@ -64,12 +66,16 @@ async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(
         on_start=on_start,
     )
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://probe"
+        ) as client:
             runtime: Runtime = app.state.runtime
             await asyncio.wait(runtime.chores, timeout=5)
             assert all(task.done() for task in runtime.chores)
             ready = await client.get("/readyz")
-            assert ready.status_code == 200, ready.text  # a finished warm-up is not a stopped worker
+            assert ready.status_code == 200, (
+                ready.text
+            )  # a finished warm-up is not a stopped worker
             release_worker.set()
             await asyncio.wait(runtime.tasks, timeout=5)
             stopped = await client.get("/readyz")
@@ -77,7 +83,9 @@ async def test_readiness_fails_when_a_worker_ends_but_not_when_a_chore_finishes(
             assert stopped.json()["checks"]["workers"] == "stopped: probe-worker"
 
 
-async def test_a_request_that_finds_every_database_connection_in_use_gets_503_not_500(fresh_database: str) -> None:
+async def test_a_request_that_finds_every_database_connection_in_use_gets_503_not_500(
+    fresh_database: str,
+) -> None:
     router = APIRouter()
 
     @router.get("/probe")
@@ -96,7 +104,9 @@ async def test_a_request_that_finds_every_database_connection_in_use_gets_503_no
         assert (await client.get("/probe")).json() == {"one": 1}  # free again: served
 
 
-async def test_a_plain_sql_request_that_finds_every_connection_in_use_gets_503_too(fresh_database: str) -> None:
+async def test_a_plain_sql_request_that_finds_every_connection_in_use_gets_503_too(
+    fresh_database: str,
+) -> None:
     router = APIRouter()
     database = Database(fresh_database, "public", pool_size=1, pool_timeout=0.2)
 
@@ -137,10 +147,14 @@ async def test_a_405_advertises_the_methods_of_the_most_concrete_path_only() -> 
         routers=[router],
         use_nats=False,
     )
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://probe"
+    ) as client:
         on_batch = await client.options("/things/batch")
         assert on_batch.status_code == 405
-        assert on_batch.headers["allow"] == "POST"  # not GET: /things/batch is not a thing's id here
+        assert (
+            on_batch.headers["allow"] == "POST"
+        )  # not GET: /things/batch is not a thing's id here
         on_one = await client.options("/things/42")
         assert on_one.status_code == 405
         assert on_one.headers["allow"] == "GET, DELETE"
@@ -159,5 +173,7 @@ async def _serving(router: APIRouter, database: Database) -> AsyncIterator[httpx
         database=database,
     )
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe") as client:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://probe"
+        ) as client:
             yield client

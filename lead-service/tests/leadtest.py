@@ -28,13 +28,18 @@ async def publish(js: JetStreamContext, *events: EventBase, msg_id_prefix: str =
         )
 
 
-async def events_on_stream(js: JetStreamContext, subject: str, company_id: uuid.UUID) -> list[dict[str, Any]]:
+async def events_on_stream(
+    js: JetStreamContext, subject: str, company_id: uuid.UUID
+) -> list[dict[str, Any]]:
     """Every event on ``subject`` for the company, read with a throwaway consumer."""
     durable = f"peek-{uuid.uuid4().hex[:10]}"
     await js.add_consumer(
         STREAM_NAME,
         ConsumerConfig(
-            durable_name=durable, ack_policy=AckPolicy.NONE, deliver_policy=DeliverPolicy.ALL, filter_subject=subject
+            durable_name=durable,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subject=subject,
         ),
     )
     found = []
@@ -54,7 +59,9 @@ async def events_on_stream(js: JetStreamContext, subject: str, company_id: uuid.
     return found
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = "") -> None:
+async def eventually(
+    check: Callable[[], Awaitable[bool]], timeout: float = 20.0, what: str = ""
+) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:
         if await check():
@@ -63,8 +70,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 20.0
     raise AssertionError(f"timed out waiting for {what or check}")
 
 
-async def create_lead(api: httpx.AsyncClient, *addresses: str, name: str = "Lead", **extra: Any) -> dict[str, Any]:
-    response = await api.post("/v1/leads", json={"name": name, "addresses": list(addresses), **extra})
+async def create_lead(
+    api: httpx.AsyncClient, *addresses: str, name: str = "Lead", **extra: Any
+) -> dict[str, Any]:
+    response = await api.post(
+        "/v1/leads", json={"name": name, "addresses": list(addresses), **extra}
+    )
     assert response.status_code == 201, response.text
     return dict(response.json())
 

@@ -45,7 +45,9 @@ async def start_consumer(script: str) -> ChildProcess:
 
 
 @pytest.mark.slow
-async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Settings, js: JetStreamContext) -> None:
+async def test_killed_consumer_resumes_without_loss_or_duplicates(
+    settings: Settings, js: JetStreamContext
+) -> None:
     company = uuid.uuid4()
     lead_id = uuid.uuid4()
     count = 3000
@@ -53,12 +55,16 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
 
     async def applied() -> int:
         return int(
-            await conn.fetchval("SELECT count(*) FROM lead.timeline_event_source WHERE company_id = $1", company)
+            await conn.fetchval(
+                "SELECT count(*) FROM lead.timeline_event_source WHERE company_id = $1", company
+            )
         )
 
     try:
         await conn.execute(
-            "INSERT INTO lead.lead (id, company_id, name, stage) VALUES ($1, $2, 'Lead', 'new')", lead_id, company
+            "INSERT INTO lead.lead (id, company_id, name, stage) VALUES ($1, $2, 'Lead', 'new')",
+            lead_id,
+            company,
         )
         await conn.execute(
             "INSERT INTO lead.lead_address (company_id, address, domain, lead_id) "
@@ -84,7 +90,9 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
             url=settings.database_url,
             nats=settings.nats_url,
             durable=settings.consumer_prefix,
-            since=settings.consumer_deliver_since.isoformat() if settings.consumer_deliver_since else None,
+            since=settings.consumer_deliver_since.isoformat()
+            if settings.consumer_deliver_since
+            else None,
         )
         kills = 0
         while kills < 6 and await applied() < count:
@@ -100,17 +108,22 @@ async def test_killed_consumer_resumes_without_loss_or_duplicates(settings: Sett
                 await asyncio.sleep(0.2)
         finally:
             consumer.kill()
-        events_count = await conn.fetchval("SELECT count(*) FROM lead.timeline_event WHERE lead_id = $1", lead_id)
+        events_count = await conn.fetchval(
+            "SELECT count(*) FROM lead.timeline_event WHERE lead_id = $1", lead_id
+        )
         sources = await conn.fetch(
             "SELECT timeline_event_id, count(*) AS n FROM lead.timeline_event_source WHERE company_id = $1 GROUP BY 1",
             company,
         )
         claimed = await conn.fetchval(
-            "SELECT count(*) FROM lead.processed_event WHERE consumer = $1", settings.consumer_prefix
+            "SELECT count(*) FROM lead.processed_event WHERE consumer = $1",
+            settings.consumer_prefix,
         )
     finally:
         await conn.close()
     assert kills >= 1
     assert events_count == count // 2, "a message was lost or split"
     assert len(sources) == count // 2 and all(row["n"] == 2 for row in sources), "a source was lost"
-    assert claimed >= count  # every event recorded once as processed (others' companies' events too)
+    assert (
+        claimed >= count
+    )  # every event recorded once as processed (others' companies' events too)

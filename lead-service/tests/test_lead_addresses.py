@@ -16,7 +16,9 @@ from leadline_proto.subjects import RPC_LEAD_ADDRESSES
 async def ask(nats_url: str, payload: bytes) -> LeadAddressesReply:
     nc = await nats.connect(nats_url)
     try:
-        return LeadAddressesReply.model_validate_json((await nc.request(RPC_LEAD_ADDRESSES, payload, timeout=5)).data)
+        return LeadAddressesReply.model_validate_json(
+            (await nc.request(RPC_LEAD_ADDRESSES, payload, timeout=5)).data
+        )
     finally:
         await nc.close()
 
@@ -27,14 +29,18 @@ async def test_the_company_s_leads_are_answered_with_their_addresses(
     lead = await create_lead(api, "Ana@Example.com", "ana@other.example", name="Ana")
     other = await create_lead(api, "bo@example.com", name="Bo")
     nobody = uuid.uuid4()
-    request = LeadAddressesRequest(company_id=admin.company_id, lead_ids=[uuid.UUID(lead["id"]), nobody])
+    request = LeadAddressesRequest(
+        company_id=admin.company_id, lead_ids=[uuid.UUID(lead["id"]), nobody]
+    )
     reply = await ask(nats_url, request.model_dump_json().encode())
     assert [(str(x.lead_id), x.name, x.addresses) for x in reply.leads] == [
         (lead["id"], "Ana", ["ana@example.com", "ana@other.example"])
     ]
 
     # scoped by company: another company asking for the same ids learns nothing
-    stranger = LeadAddressesRequest(company_id=uuid.uuid4(), lead_ids=[uuid.UUID(lead["id"]), uuid.UUID(other["id"])])
+    stranger = LeadAddressesRequest(
+        company_id=uuid.uuid4(), lead_ids=[uuid.UUID(lead["id"]), uuid.UUID(other["id"])]
+    )
     assert (await ask(nats_url, stranger.model_dump_json().encode())).leads == []
 
     unreadable = await ask(nats_url, b'{"company_id": "x"}')

@@ -120,7 +120,10 @@ async def test_delete_removes_the_lead_and_frees_its_addresses(
 async def test_list_paginates_with_a_cursor_and_searches(api: httpx.AsyncClient) -> None:
     for i in range(7):
         await create_lead(
-            api, f"person{i}@corp{i % 2}.example", name=f"Person {i}", account_name="Globex" if i == 3 else ""
+            api,
+            f"person{i}@corp{i % 2}.example",
+            name=f"Person {i}",
+            account_name="Globex" if i == 3 else "",
         )
     seen: list[str] = []
     cursor = None
@@ -171,10 +174,18 @@ async def test_bad_input_is_a_problem(api: httpx.AsyncClient) -> None:
 async def test_every_role_may_work_on_leads(
     caller: Callable[[Identity], httpx.AsyncClient], company: uuid.UUID
 ) -> None:
-    for role in ("jr_salesperson", "salesperson", "marketing_manager", "sales_manager", "company_manager"):
+    for role in (
+        "jr_salesperson",
+        "salesperson",
+        "marketing_manager",
+        "sales_manager",
+        "company_manager",
+    ):
         client = caller(make_identity(role, company))
         lead = await create_lead(client, f"{role}@example.com")
-        assert (await client.patch(f"/v1/leads/{lead['id']}", json={"stage": "contacted"})).status_code == 200
+        assert (
+            await client.patch(f"/v1/leads/{lead['id']}", json={"stage": "contacted"})
+        ).status_code == 200
 
 
 async def test_unsigned_requests_are_refused(service: httpx.AsyncClient) -> None:
@@ -207,29 +218,53 @@ async def test_another_companys_ids_are_not_found(
 async def test_control_characters_and_nul_are_a_4xx_never_a_500(api: httpx.AsyncClient) -> None:
     """NUL reached PostgreSQL (a 500); names and other text fields refuse control characters at the API."""
     lead = await create_lead(api, "plain@example.com")
-    for bad in ("a\x00b", "a\x01b", "tab\there", "line\u2028break", "next\x85line", "para\u2029graph"):
+    for bad in (
+        "a\x00b",
+        "a\x01b",
+        "tab\there",
+        "line\u2028break",
+        "next\x85line",
+        "para\u2029graph",
+    ):
         for body in (
             {"name": bad, "addresses": ["x@example.com"]},
             {"name": "X", "account_name": bad, "addresses": ["x@example.com"]},
             {"name": "X", "addresses": [f"x{bad}y@example.com"]},
         ):
             response = await api.post("/v1/leads", json=body)
-            assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, (body, response.text)
+            assert response.status_code == 422 and response.headers["content-type"] == PROBLEM, (
+                body,
+                response.text,
+            )
         patched = await api.patch(f"/v1/leads/{lead['id']}", json={"name": bad})
-        assert patched.status_code == 422 and patched.headers["content-type"] == PROBLEM, patched.text
+        assert patched.status_code == 422 and patched.headers["content-type"] == PROBLEM, (
+            patched.text
+        )
         searched = await api.get("/v1/leads", params={"q": bad})
-        assert searched.status_code == 422 and searched.headers["content-type"] == PROBLEM, searched.text
+        assert searched.status_code == 422 and searched.headers["content-type"] == PROBLEM, (
+            searched.text
+        )
         blocked = await api.post("/v1/blocklist", json={"value": f"x{bad}@example.com"})
-        assert blocked.status_code == 422 and blocked.headers["content-type"] == PROBLEM, blocked.text
+        assert blocked.status_code == 422 and blocked.headers["content-type"] == PROBLEM, (
+            blocked.text
+        )
 
 
 async def test_an_out_of_range_cursor_is_a_400_on_every_listing(api: httpx.AsyncClient) -> None:
     from leadline_kit.pagination import encode_cursor
 
-    for moment in ("0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00", "2026-11-23T12:00:00", "x\x00"):
+    for moment in (
+        "0001-01-01T00:00:00+05:00",
+        "9999-12-31T23:59:59-05:00",
+        "2026-11-23T12:00:00",
+        "x\x00",
+    ):
         for path in ("/v1/leads", "/v1/blocklist"):
             response = await api.get(path, params={"cursor": encode_cursor(moment, uuid.uuid4())})
-            assert response.status_code == 400 and response.headers["content-type"] == PROBLEM, (moment, response.text)
+            assert response.status_code == 400 and response.headers["content-type"] == PROBLEM, (
+                moment,
+                response.text,
+            )
 
 
 async def test_a_leads_owner_is_a_user_of_the_callers_company(
@@ -244,39 +279,59 @@ async def test_a_leads_owner_is_a_user_of_the_callers_company(
         js,
         UserUpdatedV1(
             company_id=admin.company_id,
-            payload=UserPayload(user_id=colleague, email="colleague@acme.example", role="salesperson"),
+            payload=UserPayload(
+                user_id=colleague, email="colleague@acme.example", role="salesperson"
+            ),
         ),
         UserUpdatedV1(
             company_id=uuid.uuid4(),
-            payload=UserPayload(user_id=stranger, email="stranger@other.example", role="administrator"),
+            payload=UserPayload(
+                user_id=stranger, email="stranger@other.example", role="administrator"
+            ),
         ),
     )
 
     async def colleague_known() -> bool:
         response = await api.post(
-            "/v1/leads", json={"name": "Owned", "addresses": ["owned@example.com"], "owner_user_id": str(colleague)}
+            "/v1/leads",
+            json={
+                "name": "Owned",
+                "addresses": ["owned@example.com"],
+                "owner_user_id": str(colleague),
+            },
         )
         return response.status_code == 201
 
     await eventually(colleague_known, what="the colleague's user.updated applied")
     for other in (stranger, uuid.uuid4()):
         refused = await api.post(
-            "/v1/leads", json={"name": "X", "addresses": ["x@example.com"], "owner_user_id": str(other)}
+            "/v1/leads",
+            json={"name": "X", "addresses": ["x@example.com"], "owner_user_id": str(other)},
         )
-        assert refused.status_code == 422 and refused.json()["type"].endswith("/unknown-owner"), refused.text
+        assert refused.status_code == 422 and refused.json()["type"].endswith("/unknown-owner"), (
+            refused.text
+        )
     lead = await create_lead(api, "mine@example.com")
-    assert (await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(stranger)})).status_code == 422
-    assert (await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})).status_code == 200
+    assert (
+        await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(stranger)})
+    ).status_code == 422
+    assert (
+        await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})
+    ).status_code == 200
     await publish(
         js,
         UserDeletedV1(
             company_id=admin.company_id,
-            payload=UserPayload(user_id=colleague, email="colleague@acme.example", role="salesperson"),
+            payload=UserPayload(
+                user_id=colleague, email="colleague@acme.example", role="salesperson"
+            ),
         ),
     )
 
     async def colleague_gone() -> bool:
-        response = await api.patch(f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)})
+        response = await api.patch(
+            f"/v1/leads/{lead['id']}", json={"owner_user_id": str(colleague)}
+        )
         return response.status_code == 422
 
     await eventually(colleague_gone, what="the colleague's user.deleted applied")
@@ -289,7 +344,9 @@ async def test_the_sync_service_may_ask_how_many_leads_a_company_has(
     try:
 
         async def ask(data: bytes) -> LeadDirectoryReply:
-            return LeadDirectoryReply.model_validate_json((await nc.request(RPC_LEAD_DIRECTORY, data, timeout=5)).data)
+            return LeadDirectoryReply.model_validate_json(
+                (await nc.request(RPC_LEAD_DIRECTORY, data, timeout=5)).data
+            )
 
         request = LeadDirectoryRequest(company_id=admin.company_id).model_dump_json().encode()
         empty = await ask(request)

@@ -16,7 +16,10 @@ from leadline_proto.events import MailSentPayload, MailSentV1
 
 
 async def test_activity_per_stage_per_week(
-    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity, caller: Callable[[Identity], httpx.AsyncClient]
+    api: httpx.AsyncClient,
+    js: JetStreamContext,
+    admin: Identity,
+    caller: Callable[[Identity], httpx.AsyncClient],
 ) -> None:
     company = admin.company_id
     new = await create_lead(api, "new@example.com")
@@ -32,8 +35,20 @@ async def test_activity_per_stage_per_week(
             direction="outbound",
             minutes=5,
         ),
-        synced(company, message_id="<3@x>", from_address="won@example.com", to=["me@m.example"], minutes=10),
-        synced(company, message_id="<4@x>", from_address="won@example.com", to=["me@m.example"], minutes=week),
+        synced(
+            company,
+            message_id="<3@x>",
+            from_address="won@example.com",
+            to=["me@m.example"],
+            minutes=10,
+        ),
+        synced(
+            company,
+            message_id="<4@x>",
+            from_address="won@example.com",
+            to=["me@m.example"],
+            minutes=week,
+        ),
         MailSentV1(
             company_id=company,
             payload=MailSentPayload(
@@ -59,12 +74,20 @@ async def test_activity_per_stage_per_week(
             ),
         ),
         # outside the range
-        synced(company, message_id="<7@x>", from_address="won@example.com", to=["me@m.example"], minutes=-week),
+        synced(
+            company,
+            message_id="<7@x>",
+            from_address="won@example.com",
+            to=["me@m.example"],
+            minutes=-week,
+        ),
     ]
     await publish(js, *events)
     await wait_for_timeline(api, new["id"], 2)
     await wait_for_timeline(api, won["id"], 5)
-    response = await api.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-15"})
+    response = await api.get(
+        "/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-15"}
+    )
     assert response.status_code == 200, response.text
     assert response.json()["rows"] == [
         {"week": "2026-W10", "week_start": "2026-03-02", "stage": "new", "sent": 1, "received": 1},
@@ -73,13 +96,19 @@ async def test_activity_per_stage_per_week(
     ]
     # another company sees none of it
     stranger = caller(make_identity("administrator"))
-    assert (await stranger.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-15"})).json()[
-        "rows"
-    ] == []
+    assert (
+        await stranger.get(
+            "/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-15"}
+        )
+    ).json()["rows"] == []
     # the lead's current stage counts
     await api.patch(f"/v1/leads/{new['id']}", json={"stage": "won"})
-    rows = (await api.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-08"})).json()["rows"]
-    assert rows == [{"week": "2026-W10", "week_start": "2026-03-02", "stage": "won", "sent": 1, "received": 2}]
+    rows = (
+        await api.get("/v1/reports/activity", params={"from": "2026-03-02", "to": "2026-03-08"})
+    ).json()["rows"]
+    assert rows == [
+        {"week": "2026-W10", "week_start": "2026-03-02", "stage": "won", "sent": 1, "received": 2}
+    ]
 
 
 async def test_bad_ranges_are_problems(api: httpx.AsyncClient) -> None:

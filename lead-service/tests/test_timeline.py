@@ -30,11 +30,16 @@ from leadline_proto.events import (
 )
 
 
-def disconnected(company: uuid.UUID, mailbox: uuid.UUID, keep_history: bool) -> MailboxDisconnectedV1:
+def disconnected(
+    company: uuid.UUID, mailbox: uuid.UUID, keep_history: bool
+) -> MailboxDisconnectedV1:
     return MailboxDisconnectedV1(
         company_id=company,
         payload=MailboxConnectionPayload(
-            mailbox_id=mailbox, user_id=uuid.uuid4(), address="me@mycorp.example", keep_history=keep_history
+            mailbox_id=mailbox,
+            user_id=uuid.uuid4(),
+            address="me@mycorp.example",
+            keep_history=keep_history,
         ),
     )
 
@@ -101,7 +106,10 @@ async def test_duplicate_delivery_is_applied_once(
 ) -> None:
     lead = await create_lead(api, "lead@example.com")
     event = synced(
-        admin.company_id, message_id="<dup@example.com>", from_address="lead@example.com", to=["me@mycorp.example"]
+        admin.company_id,
+        message_id="<dup@example.com>",
+        from_address="lead@example.com",
+        to=["me@mycorp.example"],
     )
     # the same event twice, past JetStream's de-duplication (different Nats-Msg-Id)
     await publish(js, event, msg_id_prefix="a-")
@@ -159,7 +167,9 @@ async def test_same_message_from_two_mailboxes_is_one_event_with_two_sources(
     await publish(js, disconnected(company, mine, keep_history=False))
 
     async def only_shared_left() -> bool:
-        return [i["message_id"] for i in await timeline_of(api, lead["id"])] == ["<shared@example.com>"]
+        return [i["message_id"] for i in await timeline_of(api, lead["id"])] == [
+            "<shared@example.com>"
+        ]
 
     await eventually(only_shared_left, what="R11 removal of my mailbox")
     (left,) = await timeline_of(api, lead["id"])
@@ -180,7 +190,9 @@ async def test_smart_mail_then_synced_from_sent_is_one_event(
     company = admin.company_id
     lead = await create_lead(api, "lead@example.com")
     mailbox = uuid.uuid4()
-    sent = smart_mail(company, message_id="<smart@mycorp.example>", to=["lead@example.com"], mailbox_id=mailbox)
+    sent = smart_mail(
+        company, message_id="<smart@mycorp.example>", to=["lead@example.com"], mailbox_id=mailbox
+    )
     copy = synced(
         company,
         message_id="smart@mycorp.example",
@@ -198,7 +210,9 @@ async def test_smart_mail_then_synced_from_sent_is_one_event(
         direction="outbound",
         minutes=10,
     )
-    late = smart_mail(company, message_id="<late@mycorp.example>", to=["lead@example.com"], minutes=10)
+    late = smart_mail(
+        company, message_id="<late@mycorp.example>", to=["lead@example.com"], minutes=10
+    )
     # first batch: two new messages; second batch: their other halves, merged by ON CONFLICT in the database
     await publish(js, sent, synced_first)
     await wait_for_timeline(api, lead["id"], 2)
@@ -221,7 +235,9 @@ async def test_smart_mail_then_synced_from_sent_is_one_event(
 
     async def smart_only() -> bool:
         items = await timeline_of(api, lead["id"])
-        return len(items) == 2 and items[1]["sources"] == [{"kind": "smart_mail", "mailbox_id": None}]
+        return len(items) == 2 and items[1]["sources"] == [
+            {"kind": "smart_mail", "mailbox_id": None}
+        ]
 
     await eventually(smart_only, what="Smart Mail kept after mailbox removal")
     assert (await timeline_of(api, lead["id"]))[1]["mailbox_id"] == str(mailbox)
@@ -259,8 +275,15 @@ async def test_timeline_shows_the_300_most_recent_of_301(
     times = [i["occurred_at"] for i in items]
     assert times == sorted(times, reverse=True)
     assert "<n0@example.com>" not in {i["message_id"] for i in items}
-    assert len((await api.get(f"/v1/leads/{lead['id']}/timeline", params={"limit": 5})).json()["items"]) == 5
-    assert (await api.get(f"/v1/leads/{lead['id']}/timeline", params={"limit": 301})).status_code == 422
+    assert (
+        len(
+            (await api.get(f"/v1/leads/{lead['id']}/timeline", params={"limit": 5})).json()["items"]
+        )
+        == 5
+    )
+    assert (
+        await api.get(f"/v1/leads/{lead['id']}/timeline", params={"limit": 301})
+    ).status_code == 422
 
 
 async def test_mail_involving_two_leads_reaches_both_and_others_are_ignored(
@@ -292,13 +315,20 @@ async def test_mail_involving_two_leads_reaches_both_and_others_are_ignored(
         minutes=2,
     )
     marker = synced(
-        company, message_id="<marker@example.com>", from_address="two@example.com", to=["me@mycorp.example"], minutes=3
+        company,
+        message_id="<marker@example.com>",
+        from_address="two@example.com",
+        to=["me@mycorp.example"],
+        minutes=3,
     )
     await publish(js, both, stranger, other_company, marker)
     items_two = await wait_for_timeline(api, two["id"], 2)
     assert [i["message_id"] for i in items_two] == ["<marker@example.com>", "<both@mycorp.example>"]
     (item_one,) = await timeline_of(api, one["id"])
-    assert item_one["kind"] == "email_sent" and item_one["to"] == ["one@example.com", "one@other.example"]
+    assert item_one["kind"] == "email_sent" and item_one["to"] == [
+        "one@example.com",
+        "one@other.example",
+    ]
 
 
 async def test_bounce_marks_the_original_and_shows_on_the_timeline(
@@ -318,17 +348,24 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(
         ),
     )
     # the company blocks its own domain: that must not hide a lead's bounce
-    own_domain = CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="MyCorp", domains=["mycorp.example"]))
+    own_domain = CompanyUpdatedV1(
+        company_id=company, payload=CompanyPayload(name="MyCorp", domains=["mycorp.example"])
+    )
     # the same bounce delivered twice, and found again in a mailbox
     mailbox = uuid.uuid4()
     again = bounce.model_copy(update={"event_id": uuid.uuid4()})
     in_mailbox = bounce.model_copy(
-        update={"event_id": uuid.uuid4(), "payload": bounce.payload.model_copy(update={"mailbox_id": mailbox})}
+        update={
+            "event_id": uuid.uuid4(),
+            "payload": bounce.payload.model_copy(update={"mailbox_id": mailbox}),
+        }
     )
     await publish(js, own_domain, original, bounce, again, in_mailbox)
     items = await wait_for_timeline(api, lead["id"], 2)
     assert [i["kind"] for i in items] == ["bounce", "smart_mail_sent"]
-    assert items[0]["bounce_status"] == "5.1.1" and items[0]["bounce_recipient"] == "typo@example.com"
+    assert (
+        items[0]["bounce_status"] == "5.1.1" and items[0]["bounce_recipient"] == "typo@example.com"
+    )
     assert items[0]["subject"] == "Offer" and "user unknown" in items[0]["snippet"]
     assert items[1]["bounced"] is True and items[1]["bounced_at"] is not None
     assert (await api.get(f"/v1/leads/{lead['id']}")).json()["mail_status"] == "bounced"
@@ -349,15 +386,25 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(
         ),
     )
     await publish(
-        js, early, smart_mail(company, message_id="<second@mycorp.example>", to=["typo@example.com"], minutes=20)
+        js,
+        early,
+        smart_mail(
+            company, message_id="<second@mycorp.example>", to=["typo@example.com"], minutes=20
+        ),
     )
     items = await wait_for_timeline(api, lead["id"], 4)
-    second = next(i for i in items if i["kind"] == "smart_mail_sent" and i["message_id"] == "<second@mycorp.example>")
+    second = next(
+        i
+        for i in items
+        if i["kind"] == "smart_mail_sent" and i["message_id"] == "<second@mycorp.example>"
+    )
     assert second["bounced"] is True
 
     # a soft notice shows as delayed and marks nothing; a hard one that names no recipient finds the lead
     # through the message it returns
-    third = smart_mail(company, message_id="<third@mycorp.example>", to=["typo@example.com"], minutes=40)
+    third = smart_mail(
+        company, message_id="<third@mycorp.example>", to=["typo@example.com"], minutes=40
+    )
     delayed = MailBouncedV1(
         company_id=company,
         payload=MailBouncedPayload(
@@ -387,16 +434,23 @@ async def test_bounce_marks_the_original_and_shows_on_the_timeline(
     items = await wait_for_timeline(api, lead["id"], 7)
     assert items[0]["kind"] == "bounce" and items[0]["bounce_recipient"] == "typo@example.com"
     third_item = next(
-        i for i in items if i["kind"] == "smart_mail_sent" and i["message_id"] == "<third@mycorp.example>"
+        i
+        for i in items
+        if i["kind"] == "smart_mail_sent" and i["message_id"] == "<third@mycorp.example>"
     )
     assert third_item["bounced"] is True
 
 
-async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStreamContext, admin: Identity) -> None:
+async def test_unsubscribe_shows_on_the_lead(
+    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity
+) -> None:
     lead = await create_lead(api, "leaving@example.com")
     await publish(
         js,
-        LeadUnsubscribedV1(company_id=admin.company_id, payload=LeadUnsubscribedPayload(address="Leaving@example.com")),
+        LeadUnsubscribedV1(
+            company_id=admin.company_id,
+            payload=LeadUnsubscribedPayload(address="Leaving@example.com"),
+        ),
     )
 
     async def unsubscribed() -> bool:
@@ -406,10 +460,15 @@ async def test_unsubscribe_shows_on_the_lead(api: httpx.AsyncClient, js: JetStre
     assert (await api.get(f"/v1/leads/{lead['id']}")).json()["mail_status"] == "unsubscribed"
 
 
-async def test_complaints_show_on_the_lead(api: httpx.AsyncClient, js: JetStreamContext, admin: Identity) -> None:
+async def test_complaints_show_on_the_lead(
+    api: httpx.AsyncClient, js: JetStreamContext, admin: Identity
+) -> None:
     """A spam report marks the lead complained; an opt-out report, unsubscribed; each is a timeline event."""
     company = admin.company_id
-    angry, leaving = await create_lead(api, "angry@example.com"), await create_lead(api, "optout@example.com")
+    angry, leaving = (
+        await create_lead(api, "angry@example.com"),
+        await create_lead(api, "optout@example.com"),
+    )
     offer = smart_mail(company, message_id="<offer-9@mycorp.example>", to=["angry@example.com"])
     redacted = MailComplainedV1(  # names nobody: found through the message it returns
         company_id=company,
@@ -424,14 +483,23 @@ async def test_complaints_show_on_the_lead(api: httpx.AsyncClient, js: JetStream
     opt_out = MailComplainedV1(
         company_id=company,
         payload=MailComplainedPayload(
-            original_message_id="", recipient="OptOut@example.com", feedback_type="opt-out", complained_at=T0
+            original_message_id="",
+            recipient="OptOut@example.com",
+            feedback_type="opt-out",
+            complained_at=T0,
         ),
     )
-    await publish(js, offer, redacted, redacted.model_copy(update={"event_id": uuid.uuid4()}), opt_out)
+    await publish(
+        js, offer, redacted, redacted.model_copy(update={"event_id": uuid.uuid4()}), opt_out
+    )
     items = await wait_for_timeline(api, angry["id"], 2)
-    assert [(i["kind"], i["subject"]) for i in items] == [("complaint", "Offer"), ("smart_mail_sent", "Offer")]
+    assert [(i["kind"], i["subject"]) for i in items] == [
+        ("complaint", "Offer"),
+        ("smart_mail_sent", "Offer"),
+    ]
     assert (
-        items[0]["snippet"] == "angry@example.com reported the mail as spam (abuse report by Yahoo!-Mail-Feedback/2.0)"
+        items[0]["snippet"]
+        == "angry@example.com reported the mail as spam (abuse report by Yahoo!-Mail-Feedback/2.0)"
     )
     body = (await api.get(f"/v1/leads/{angry['id']}")).json()
     assert body["mail_status"] == "complained" and body["complained_at"] is not None

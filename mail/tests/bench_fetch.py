@@ -34,7 +34,10 @@ from conftest import maildir_deliver, sample_message
 
 def seed(count: int) -> list[bytes]:
     rng = random.Random(7)
-    return [sample_message(i, size=100_000 if i % 50 == 0 else rng.randint(2_000, 14_000)) for i in range(count)]
+    return [
+        sample_message(i, size=100_000 if i % 50 == 0 else rng.randint(2_000, 14_000))
+        for i in range(count)
+    ]
 
 
 def imaplib_rate(port: int, user: str, cafile: str, item: str, batch: int) -> tuple[int, float]:
@@ -75,12 +78,16 @@ async def ours_rate(port: int, user: str, cafile: str, headers: bool) -> tuple[i
     return fetched, time.perf_counter() - started
 
 
-async def aioimaplib_rate(port: int, user: str, cafile: str, item: str, batch: int) -> tuple[int, float]:
+async def aioimaplib_rate(
+    port: int, user: str, cafile: str, item: str, batch: int
+) -> tuple[int, float]:
     """aioimaplib 2.0.3 for reference; batches of 100 because larger ones hit its RecursionError."""
     import aioimaplib
 
     started = time.perf_counter()
-    conn = aioimaplib.IMAP4_SSL("localhost", port, ssl_context=ssl.create_default_context(cafile=cafile))
+    conn = aioimaplib.IMAP4_SSL(
+        "localhost", port, ssl_context=ssl.create_default_context(cafile=cafile)
+    )
     await conn.wait_hello_from_server()
     await conn.login(user, "pw")
     await conn.select("INBOX")
@@ -117,7 +124,9 @@ def main() -> None:
         cafile = str(Path(tmp) / "ca.pem")
         ca.cert_pem.write_to_path(cafile)
         server = DovecotServer(
-            Path(tmp) / "dovecot", cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+            Path(tmp) / "dovecot",
+            cert.cert_chain_pems[0].bytes() + ca.cert_pem.bytes(),
+            cert.private_key_pem.bytes(),
         )
         server.start()
         try:
@@ -127,7 +136,9 @@ def main() -> None:
             messages = seed(count)
             print(f"{count} messages, {sum(map(len, messages)) / 1e6:.1f} MB")
             maildir_deliver(server, user, messages)
-            imaplib_rate(server.tls_port, user, cafile, "(UID)", 1000)  # let Dovecot build its index once
+            imaplib_rate(
+                server.tls_port, user, cafile, "(UID)", 1000
+            )  # let Dovecot build its index once
             # The machine is shared: alternate the clients and keep each one's best of three runs.
             for label, item, header_only in (
                 ("headers", "(UID RFC822.SIZE INTERNALDATE BODY.PEEK[HEADER])", True),
@@ -136,13 +147,17 @@ def main() -> None:
                 ref_times, our_times = [], []
                 for _ in range(3):
                     ref_n, ref_t = imaplib_rate(server.tls_port, user, cafile, item, 200)
-                    our_n, our_t = asyncio.run(ours_rate(server.tls_port, user, cafile, header_only))
+                    our_n, our_t = asyncio.run(
+                        ours_rate(server.tls_port, user, cafile, header_only)
+                    )
                     assert ref_n == our_n == count, (ref_n, our_n)
                     ref_times.append(ref_t)
                     our_times.append(our_t)
                 ref_t, our_t = min(ref_times), min(our_times)
                 try:
-                    aio_n, aio_t = asyncio.run(aioimaplib_rate(server.tls_port, user, cafile, item, 100))
+                    aio_n, aio_t = asyncio.run(
+                        aioimaplib_rate(server.tls_port, user, cafile, item, 100)
+                    )
                     aio = f"   aioimaplib (batches of 100): {aio_n / aio_t:6.0f}/s"
                 except ImportError:
                     aio = ""
@@ -154,7 +169,9 @@ def main() -> None:
             started = time.perf_counter()
             for header in headers:
                 parse_headers(header.header)
-            print(f"parse_headers on those headers: {len(headers) / (time.perf_counter() - started):.0f}/s")
+            print(
+                f"parse_headers on those headers: {len(headers) / (time.perf_counter() - started):.0f}/s"
+            )
         finally:
             server.stop()
 

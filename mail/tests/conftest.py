@@ -53,7 +53,9 @@ def mail_user(dovecot: DovecotServer, user_pool: list[str]) -> str:
 
 
 @pytest.fixture
-def imap_settings(dovecot: DovecotServer, mail_user: str, cafile: str) -> Callable[..., ImapSettings]:
+def imap_settings(
+    dovecot: DovecotServer, mail_user: str, cafile: str
+) -> Callable[..., ImapSettings]:
     """Settings for the test's user over implicit TLS verified with the test CA; override any field."""
 
     def make(**overrides: Any) -> ImapSettings:
@@ -95,7 +97,9 @@ def sample_message(i: int, *, sender: str = "lead@example.com", size: int = 0) -
     )
 
 
-def maildir_deliver(dovecot: DovecotServer, user: str, messages: list[bytes], folder: str = "") -> None:
+def maildir_deliver(
+    dovecot: DovecotServer, user: str, messages: list[bytes], folder: str = ""
+) -> None:
     """Drop messages straight into the user's Maildir (fast seeding; Dovecot indexes them on SELECT)."""
     import os
 

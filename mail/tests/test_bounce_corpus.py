@@ -37,9 +37,16 @@ BAR_RECIPIENT = 0.95
 BAR_CLASS = 0.95
 BAR_LOOKALIKES = 0.02
 BAR_COMPLAINTS = 0.95
-COMPLAINT_TYPES = {"abuse", "fraud", "opt-out", "other"}  # the rest (auth-failure, ...) are not complaints
+COMPLAINT_TYPES = {
+    "abuse",
+    "fraud",
+    "opt-out",
+    "other",
+}  # the rest (auth-failure, ...) are not complaints
 
-_MESSAGE_ID_RE = re.compile(rb"^[ \t>]*message-id:[ \t]*(<[^<>\s]{1,900}>)", re.IGNORECASE | re.MULTILINE)
+_MESSAGE_ID_RE = re.compile(
+    rb"^[ \t>]*message-id:[ \t]*(<[^<>\s]{1,900}>)", re.IGNORECASE | re.MULTILINE
+)
 
 
 def manifest() -> list[dict[str, Any]]:
@@ -56,7 +63,9 @@ def rewritten(entry: dict[str, Any]) -> bytes:
         if original is not None:
             raw = raw.replace(original, SMART_MAIL_ID.encode())
     if entry["recipient"]:
-        raw = re.sub(re.escape(str(entry["recipient"])).encode(), LEAD.encode(), raw, flags=re.IGNORECASE)
+        raw = re.sub(
+            re.escape(str(entry["recipient"])).encode(), LEAD.encode(), raw, flags=re.IGNORECASE
+        )
     return raw
 
 
@@ -78,8 +87,12 @@ def outcome(raw: bytes) -> Outcome:
         complaint = bounce if isinstance(bounce, Complaint) else None
         return Outcome(summary.is_bounce_candidate, False, False, None, complaint, bounce is None)
     lead = bounce.lead_recipient(lambda address: address == LEAD, own_addresses=summary.to)
-    on_lead = lead == LEAD or (not bounce.recipients and bounce.original_message_id == SMART_MAIL_ID)
-    return Outcome(summary.is_bounce_candidate, True, summary.is_bounce_candidate and on_lead, bounce.severity)
+    on_lead = lead == LEAD or (
+        not bounce.recipients and bounce.original_message_id == SMART_MAIL_ID
+    )
+    return Outcome(
+        summary.is_bounce_candidate, True, summary.is_bounce_candidate and on_lead, bounce.severity
+    )
 
 
 @dataclass
@@ -117,7 +130,11 @@ def read_as_expected(entry: dict[str, Any], found: Outcome) -> bool:
     """A complaint fetched and read with its expected feedback type; another feedback report ignored."""
     if entry["feedback_type"] not in COMPLAINT_TYPES:
         return found.neither
-    return found.fetched and found.complaint is not None and found.complaint.feedback_type == entry["feedback_type"]
+    return (
+        found.fetched
+        and found.complaint is not None
+        and found.complaint.feedback_type == entry["feedback_type"]
+    )
 
 
 def score(held_out: bool, misses: list[str] | None = None) -> Score:
@@ -125,13 +142,19 @@ def score(held_out: bool, misses: list[str] | None = None) -> Score:
     for entry in manifest():
         if entry["held_out"] != held_out or entry["kind"] == "unscored":
             continue
-        found = outcome((CORPORA / entry["file"]).read_bytes() if entry["kind"] != "bounce" else rewritten(entry))
+        found = outcome(
+            (CORPORA / entry["file"]).read_bytes()
+            if entry["kind"] != "bounce"
+            else rewritten(entry)
+        )
         if entry["kind"] == "complaint":
             result.complaints += 1
             right = read_as_expected(entry, found)
             result.complaints_right += right
             if not right and misses is not None:
-                misses.append(f"{entry['file']}: complaint ({entry['feedback_type']}) not read as expected")
+                misses.append(
+                    f"{entry['file']}: complaint ({entry['feedback_type']}) not read as expected"
+                )
         else:
             result.others += 1
             taken = found.complaint is not None
@@ -178,7 +201,9 @@ def test_the_corpus_meets_the_bar() -> None:
     print(held.line("held out"))
     total = Score(*(a + b for a, b in zip(vars(scored).values(), vars(held).values(), strict=True)))
     recipient, klass, lookalike = total.figures()
-    assert recipient >= BAR_RECIPIENT and klass >= BAR_CLASS and lookalike <= BAR_LOOKALIKES, total.line("all")
+    assert recipient >= BAR_RECIPIENT and klass >= BAR_CLASS and lookalike <= BAR_LOOKALIKES, (
+        total.line("all")
+    )
     assert total.complaints_right >= BAR_COMPLAINTS * total.complaints, total.line("all")
     assert total.others_taken_for_complaints == 0, total.line("all")
 
@@ -188,9 +213,14 @@ if __name__ == "__main__":
     print(score(held_out=False, misses=misses).line("scored"))
     print(score(held_out=True).line("held out"))
     print(
-        Score(*(a + b for a, b in zip(vars(score(False)).values(), vars(score(True)).values(), strict=True))).line(
-            "all"
-        )
+        Score(
+            *(
+                a + b
+                for a, b in zip(
+                    vars(score(False)).values(), vars(score(True)).values(), strict=True
+                )
+            )
+        ).line("all")
     )
     if "-v" in sys.argv:
         print("\n".join(misses))

@@ -26,10 +26,34 @@ def sample(name: str) -> bytes:
             "5.1.1",
             "User unknown in virtual mailbox table",
         ),
-        ("gmail.eml", "<gmail-original-42@mail.gmail.com>", "nobody@lead-company.com", "5.1.1", "does not exist"),
-        ("office365.eml", "<o365-orig-7@leadline.example.org>", "bob@fabrikam.com", "5.1.10", "RecipientNotFound"),
-        ("exim.eml", "<exim-orig-99@leadline.example.org>", "carol@lead-company.com", "5.7.1", "Mailbox unavailable"),
-        ("qmail.eml", "<qmail-orig-5@leadline.example.org>", "dave@lead-company.com", "5.0.0", "No such user here"),
+        (
+            "gmail.eml",
+            "<gmail-original-42@mail.gmail.com>",
+            "nobody@lead-company.com",
+            "5.1.1",
+            "does not exist",
+        ),
+        (
+            "office365.eml",
+            "<o365-orig-7@leadline.example.org>",
+            "bob@fabrikam.com",
+            "5.1.10",
+            "RecipientNotFound",
+        ),
+        (
+            "exim.eml",
+            "<exim-orig-99@leadline.example.org>",
+            "carol@lead-company.com",
+            "5.7.1",
+            "Mailbox unavailable",
+        ),
+        (
+            "qmail.eml",
+            "<qmail-orig-5@leadline.example.org>",
+            "dave@lead-company.com",
+            "5.0.0",
+            "No such user here",
+        ),
         (
             "yahoo.eml",
             "<yahoo-orig-3@leadline.example.org>",
@@ -39,7 +63,9 @@ def sample(name: str) -> bytes:
         ),
     ],
 )
-def test_bounce_formats(name: str, message_id: str, recipient: str, status: str, diagnostic_part: str) -> None:
+def test_bounce_formats(
+    name: str, message_id: str, recipient: str, status: str, diagnostic_part: str
+) -> None:
     raw = sample(name)
     assert parse_headers(raw).is_bounce_candidate
     bounce = parse_bounce(raw)
@@ -84,7 +110,9 @@ def test_original_message_id_from_the_report_when_nothing_is_attached() -> None:
     assert bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"
     no_reference = without_original.replace(b"X-Original-Message-ID", b"X-Other")
     bounce = parse_bounce(no_reference)
-    assert bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"  # In-Reply-To
+    assert (
+        bounce is not None and bounce.original_message_id == "<gmail-original-42@mail.gmail.com>"
+    )  # In-Reply-To
 
 
 def test_out_of_office_is_not_a_bounce() -> None:
@@ -108,8 +136,16 @@ def test_the_lead_is_chosen_never_the_mailbox_nor_the_sender() -> None:
     bounce = parse_bounce(raw)
     assert bounce is not None and bounce.severity == "hard"
     leads = {"ann@lead-company.com", "sales@example.org"}
-    assert bounce.lead_recipient(leads.__contains__, own_addresses=["sales@example.org"]) == "ann@lead-company.com"
-    assert bounce.lead_recipient({"sales@example.org"}.__contains__, own_addresses=["sales@example.org"]) is None
+    assert (
+        bounce.lead_recipient(leads.__contains__, own_addresses=["sales@example.org"])
+        == "ann@lead-company.com"
+    )
+    assert (
+        bounce.lead_recipient(
+            {"sales@example.org"}.__contains__, own_addresses=["sales@example.org"]
+        )
+        is None
+    )
 
 
 @pytest.mark.parametrize(
@@ -126,7 +162,11 @@ def test_the_lead_is_chosen_never_the_mailbox_nor_the_sender() -> None:
 def test_plain_notices_from_mail_systems_are_believed(raw: bytes) -> None:
     assert parse_headers(raw).is_bounce_candidate
     bounce = parse_bounce(raw)
-    assert bounce is not None and bounce.recipient == "ann@lead-company.com" and bounce.severity == "hard"
+    assert (
+        bounce is not None
+        and bounce.recipient == "ann@lead-company.com"
+        and bounce.severity == "hard"
+    )
 
 
 def test_an_unsplit_report_is_read_from_the_raw_body() -> None:
@@ -169,7 +209,8 @@ def test_a_read_receipt_is_not_a_bounce() -> None:
     assert parse_bounce(receipt) is None
     assert parse_bounce(receipt.replace(b"; report-type=disposition-notification", b"")) is None
     rejected = receipt.replace(
-        b"manual-action/MDN-sent-manually; displayed", b"automatic-action/MDN-sent-automatically; deleted"
+        b"manual-action/MDN-sent-manually; displayed",
+        b"automatic-action/MDN-sent-automatically; deleted",
     )
     assert parse_bounce(rejected) is not None, "a Sieve reject (RFC 5429) is a bounce"
 
@@ -187,7 +228,11 @@ def test_a_persons_mail_about_undeliverable_things_is_not_a_bounce() -> None:
 
 def test_ordinary_and_garbage_input_is_not_a_bounce() -> None:
     assert parse_bounce(b"From: a@example.com\r\nSubject: hi\r\n\r\nhello\r\n") is None
-    for junk in (b"", b"\x00\xff" * 1000, b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n" * 3000):
+    for junk in (
+        b"",
+        b"\x00\xff" * 1000,
+        b"Content-Type: multipart/report; boundary=x\r\n\r\n--x\r\n" * 3000,
+    ):
         assert parse_bounce(junk) is None
 
 
@@ -230,7 +275,8 @@ def _report(status_part: bytes) -> bytes:
         ),
         _report(
             b"".join(
-                b"Final-Recipient: rfc822; r%d@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n" % n
+                b"Final-Recipient: rfc822; r%d@lead-company.com\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n"
+                % n
                 for n in range(10_000)
             )
         ),
@@ -247,4 +293,6 @@ def test_hostile_notices_are_bounded(raw: bytes, caplog: pytest.LogCaptureFixtur
     bounce = parse_bounce(raw)
     assert time.monotonic() - started < 3
     assert bounce is None or len(bounce.recipients) <= 50
-    assert any("read in part" in r.getMessage() for r in caplog.records), "a cut notice is logged (R27)"
+    assert any("read in part" in r.getMessage() for r in caplog.records), (
+        "a cut notice is logged (R27)"
+    )

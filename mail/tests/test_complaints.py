@@ -32,7 +32,10 @@ def test_an_arf_report_names_the_lead_and_the_message() -> None:
     complaint = parse_notice(raw)
     assert isinstance(complaint, Complaint) and parse_bounce(raw) is None
     assert parse_headers(raw).is_bounce_candidate
-    assert (complaint.feedback_type, complaint.original_message_id) == ("abuse", "<smart-1@leadline.example.org>")
+    assert (complaint.feedback_type, complaint.original_message_id) == (
+        "abuse",
+        "<smart-1@leadline.example.org>",
+    )
     assert complaint.reporter == "Yahoo!-Mail-Feedback/2.0"
     is_lead = {LEAD}.__contains__
     assert complaint.lead_recipient(is_lead, own_addresses=["sales@leadline.example.org"]) == LEAD
@@ -43,11 +46,18 @@ def test_a_redacted_report_falls_back_to_the_original() -> None:
     assert isinstance(complaint, Complaint) and complaint.recipients == ()
     assert complaint.lead_recipient({LEAD}.__contains__, own_addresses=[]) == LEAD
     redacted = parse_notice(arf(b"abuse", original_to=b"redacted@yahoo.com"))
-    assert isinstance(redacted, Complaint) and redacted.lead_recipient({LEAD}.__contains__, own_addresses=[]) is None
-    assert redacted.original_message_id == "<smart-1@leadline.example.org>"  # the sender knows whom it went to
+    assert (
+        isinstance(redacted, Complaint)
+        and redacted.lead_recipient({LEAD}.__contains__, own_addresses=[]) is None
+    )
+    assert (
+        redacted.original_message_id == "<smart-1@leadline.example.org>"
+    )  # the sender knows whom it went to
 
 
-@pytest.mark.parametrize(("given", "read"), [(b"fraud", "fraud"), (b"opt-out", "opt-out"), (b"x-new", "other")])
+@pytest.mark.parametrize(
+    ("given", "read"), [(b"fraud", "fraud"), (b"opt-out", "opt-out"), (b"x-new", "other")]
+)
 def test_feedback_types(given: bytes, read: str) -> None:
     complaint = parse_notice(arf(given))
     assert isinstance(complaint, Complaint) and complaint.feedback_type == read
@@ -72,7 +82,10 @@ def test_amazon_ses_and_microsoft_reports() -> None:
         b"X-HmXmrOriginalRecipient: " + LEAD.encode() + b"\r\nTo: " + LEAD.encode() + b"\r\n"
         b"Message-ID: <smart-3@leadline.example.org>\r\n\r\nhi\r\n--b--\r\n"
     )
-    for raw, message_id in ((ses, "<smart-2@leadline.example.org>"), (jmrp, "<smart-3@leadline.example.org>")):
+    for raw, message_id in (
+        (ses, "<smart-2@leadline.example.org>"),
+        (jmrp, "<smart-3@leadline.example.org>"),
+    ):
         complaint = parse_notice(raw)
         assert parse_headers(raw).is_bounce_candidate
         assert isinstance(complaint, Complaint) and complaint.recipients == (LEAD,)
@@ -84,6 +97,8 @@ def test_a_bounce_is_still_a_bounce() -> None:
         b"From: MAILER-DAEMON@mx.example.net\r\nSubject: Undelivered Mail\r\n"
         b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
         b"--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx\r\n\r\n"
-        b"Final-Recipient: rfc822; " + LEAD.encode() + b"\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n"
+        b"Final-Recipient: rfc822; "
+        + LEAD.encode()
+        + b"\r\nAction: failed\r\nStatus: 5.1.1\r\n--b--\r\n"
     )
     assert isinstance(parse_notice(raw), Bounce)

@@ -19,7 +19,25 @@ from leadline_mail import bounces, mime
 
 LENGTH = 5_000
 _QUADRATIC = re.compile(r"\s*x")
-PIECES = ("a", "a@", "a.", "@a.", "5.", "5.5.", "550 ", "5.1.1 ", "<a", "a>", " ", "\t", "\n", "\n ", "\r\n", ">", ":")
+PIECES = (
+    "a",
+    "a@",
+    "a.",
+    "@a.",
+    "5.",
+    "5.5.",
+    "550 ",
+    "5.1.1 ",
+    "<a",
+    "a>",
+    " ",
+    "\t",
+    "\n",
+    "\n ",
+    "\r\n",
+    ">",
+    ":",
+)
 
 
 def patterns() -> Iterator[tuple[str, re.Pattern[str] | re.Pattern[bytes]]]:
@@ -35,7 +53,9 @@ def patterns() -> Iterator[tuple[str, re.Pattern[str] | re.Pattern[bytes]]]:
 
 
 def crafted(pattern: re.Pattern[str] | re.Pattern[bytes]) -> Iterator[str]:
-    source = pattern.pattern if isinstance(pattern.pattern, str) else pattern.pattern.decode("latin-1")
+    source = (
+        pattern.pattern if isinstance(pattern.pattern, str) else pattern.pattern.decode("latin-1")
+    )
     words = sorted(set(re.findall(r"[A-Za-z][A-Za-z-]{1,30}", source)), key=len, reverse=True)[:10]
     units = [*PIECES, *(p + "\n" for p in PIECES), *(w + ": " for w in words)]
     for unit in units:
@@ -67,10 +87,14 @@ def test_pattern_is_linear_on_crafted_input(
             if elapsed < bound:
                 break
             elapsed = min(elapsed, seconds(pattern, subject))
-        assert elapsed < bound, f"{name} took {elapsed:.3f} s on {subject[:40]!r}..., a quadratic one {quadratic:.3f} s"
+        assert elapsed < bound, (
+            f"{name} took {elapsed:.3f} s on {subject[:40]!r}..., a quadratic one {quadratic:.3f} s"
+        )
 
 
 def test_every_pattern_is_checked() -> None:
     names = [n for n, _ in patterns()]
     assert len(names) >= 25
-    assert any(n.startswith("bounces._REASONS") for n in names) and any("_DIAGNOSTIC_RES" in n for n in names)
+    assert any(n.startswith("bounces._REASONS") for n in names) and any(
+        "_DIAGNOSTIC_RES" in n for n in names
+    )

@@ -84,11 +84,15 @@ async def test_wrong_password_is_auth_failed(imap_settings: Settings) -> None:
     assert "password" in caught.value.user_message
 
 
-async def test_right_pin_connects_without_a_ca(imap_settings: Settings, dovecot: DovecotServer) -> None:
+async def test_right_pin_connects_without_a_ca(
+    imap_settings: Settings, dovecot: DovecotServer
+) -> None:
     pin = leaf_sha256(dovecot)
     async with await connect_imap(imap_settings(cafile=None, pinned_sha256=pin)) as client:
         assert (await client.select("INBOX")).uidvalidity > 0
-    starttls = imap_settings(cafile=None, pinned_sha256=pin.upper(), port=dovecot.port, tls="starttls")
+    starttls = imap_settings(
+        cafile=None, pinned_sha256=pin.upper(), port=dovecot.port, tls="starttls"
+    )
     async with await connect_imap(starttls) as client:
         assert (await client.select("INBOX")).uidvalidity > 0
 
@@ -96,7 +100,9 @@ async def test_right_pin_connects_without_a_ca(imap_settings: Settings, dovecot:
 async def test_wrong_pin_is_a_tls_error(imap_settings: Settings, dovecot: DovecotServer) -> None:
     for tls, port in (("implicit", dovecot.tls_port), ("starttls", dovecot.port)):
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(imap_settings(cafile=None, pinned_sha256="00" * 32, tls=tls, port=port))
+            await connect_imap(
+                imap_settings(cafile=None, pinned_sha256="00" * 32, tls=tls, port=port)
+            )
         assert caught.value.kind == "tls"
 
 
@@ -110,11 +116,15 @@ async def test_self_signed_without_pin_or_cafile_is_a_tls_error(
         assert "self-signed" in caught.value.user_message
 
 
-async def test_plain_refused_unless_the_operator_allows_it(imap_settings: Settings, dovecot: DovecotServer) -> None:
+async def test_plain_refused_unless_the_operator_allows_it(
+    imap_settings: Settings, dovecot: DovecotServer
+) -> None:
     with pytest.raises(MailConnectionError) as caught:
         await connect_imap(imap_settings(tls="plain", port=dovecot.port))
     assert caught.value.kind == "not_allowed"
-    async with await connect_imap(imap_settings(tls="plain", port=dovecot.port, allow_plaintext=True)) as client:
+    async with await connect_imap(
+        imap_settings(tls="plain", port=dovecot.port, allow_plaintext=True)
+    ) as client:
         assert (await client.select("INBOX")).exists == 0
 
 
@@ -176,7 +186,9 @@ async def test_starttls_injection_is_refused() -> None:
 
     async with scripted(injecting) as port:
         with pytest.raises(MailConnectionError) as caught:
-            await connect_imap(replace(SCRIPTED_LOGIN, port=port, tls="starttls", allow_plaintext=False, timeout=3))
+            await connect_imap(
+                replace(SCRIPTED_LOGIN, port=port, tls="starttls", allow_plaintext=False, timeout=3)
+            )
         assert caught.value.kind == "tls"
         assert "unexpected data" in caught.value.user_message
 
@@ -212,7 +224,9 @@ async def test_folder_names_with_quotes_and_unicode(imap_settings: Settings) -> 
         uid = await client.append(names[1], sample_message(1))
         assert uid == 1
         assert (await client.select(names[1])).exists == 1
-        await client.select("INBOX")  # Dovecot disconnects a client whose selected folder is deleted
+        await client.select(
+            "INBOX"
+        )  # Dovecot disconnects a client whose selected folder is deleted
         for name in names:
             await client.delete_folder(name)
         assert not set(names) & {f.name for f in await client.list_folders()}
@@ -222,7 +236,11 @@ async def test_folder_names_with_quotes_and_unicode(imap_settings: Settings) -> 
 
 
 async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Settings) -> None:
-    raw = sample_message(7, size=3000) + "Ünïcode body line\r\n".encode() + b"{5}\r\nnot a literal\r\n"
+    raw = (
+        sample_message(7, size=3000)
+        + "Ünïcode body line\r\n".encode()
+        + b"{5}\r\nnot a literal\r\n"
+    )
     when = datetime(2026, 11, 20, 8, 30, 15, tzinfo=UTC)
     async with await connect_imap(imap_settings()) as client:
         first = await client.append("INBOX", raw, when=when)
@@ -244,7 +262,9 @@ async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Setti
         [fields] = await client.fetch_headers([first], ["subject", "From", "X-Absent"])
         lines = raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
         wanted = [line for line in lines if line.lower().startswith((b"from:", b"subject:"))]
-        assert fields.header == b"\r\n".join(wanted) + b"\r\n\r\n", "only those fields, in the message's order"
+        assert fields.header == b"\r\n".join(wanted) + b"\r\n\r\n", (
+            "only those fields, in the message's order"
+        )
         assert fields.size == len(raw) and fields.internaldate == when
         with pytest.raises(ValueError, match="header field name"):
             await client.fetch_headers([first], ["Subject: x"])
@@ -254,7 +274,9 @@ async def test_append_uids_from_fetch_round_trip_byte_exact(imap_settings: Setti
         assert await client.uids_from(status.uidnext) == []
 
 
-async def test_append_many_stores_every_message_in_one_command_with_multiappend(imap_settings: Settings) -> None:
+async def test_append_many_stores_every_message_in_one_command_with_multiappend(
+    imap_settings: Settings,
+) -> None:
     when = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
     messages = [(sample_message(n, size=2000), when) for n in range(3)]
     async with await connect_imap(imap_settings()) as client:
@@ -268,7 +290,9 @@ async def test_append_many_stores_every_message_in_one_command_with_multiappend(
         status = await client.select("INBOX")
         assert status.exists == 5
         fetched = await client.fetch_messages(await client.uids_from(1))
-        assert [m.raw for m in fetched] == [raw for raw, _ in messages] + [raw for raw, _ in messages[:2]]
+        assert [m.raw for m in fetched] == [raw for raw, _ in messages] + [
+            raw for raw, _ in messages[:2]
+        ]
         assert {m.internaldate for m in fetched} == {when}
 
 
@@ -292,17 +316,29 @@ async def test_fetch_of_1500_headers_in_one_command(
 
 async def test_search_by_header_and_expunge_only_those_uids(imap_settings: Settings) -> None:
     async with await connect_imap(imap_settings()) as client:
-        flagged = await client.append("INBOX", sample_message(0), flags=("\\Deleted",))  # the user's, not ours
-        ours = await client.append("INBOX", b'X-Proof: tok-"1\r\nSubject: ours\r\n\r\nx\r\n', flags=())
-        other = await client.append("INBOX", b"X-Proof: tok-2\r\nSubject: theirs\r\n\r\nx\r\n", flags=())
-        assert flagged is not None and ours is not None and other is not None  # UIDPLUS gives the UIDs
+        flagged = await client.append(
+            "INBOX", sample_message(0), flags=("\\Deleted",)
+        )  # the user's, not ours
+        ours = await client.append(
+            "INBOX", b'X-Proof: tok-"1\r\nSubject: ours\r\n\r\nx\r\n', flags=()
+        )
+        other = await client.append(
+            "INBOX", b"X-Proof: tok-2\r\nSubject: theirs\r\n\r\nx\r\n", flags=()
+        )
+        assert (
+            flagged is not None and ours is not None and other is not None
+        )  # UIDPLUS gives the UIDs
         await client.select("INBOX", readonly=False)
         assert await client.uids_with_header("X-Proof", 'tok-"1') == [ours]
         assert await client.uids_with_header("X-Proof", "") == sorted([ours, other])
         assert await client.uids_with_header("X-Proof", "", from_uid=other) == [other]
-        assert await client.uids_with_header("X-Proof", "tok-2", from_uid=other + 1) == []  # not "the highest"
+        assert (
+            await client.uids_with_header("X-Proof", "tok-2", from_uid=other + 1) == []
+        )  # not "the highest"
         assert await client.expunge([ours]) is True
-        assert await client.uids_from(1) == sorted([flagged, other])  # the user's \Deleted mail is still there
+        assert await client.uids_from(1) == sorted(
+            [flagged, other]
+        )  # the user's \Deleted mail is still there
 
 
 async def test_find_sync_folders_by_special_use(imap_settings: Settings) -> None:
@@ -368,11 +404,15 @@ async def test_hostile_fetch_responses() -> None:
             tag, _, rest = line.partition(b" ")
             if rest.startswith(b"UID FETCH"):
                 writer.write(
-                    b'* 1 FETCH (UID 1 INTERNALDATE "garbage" BODY[] {%d}\r\n' % len(big) + big + b")\r\n"
+                    b'* 1 FETCH (UID 1 INTERNALDATE "garbage" BODY[] {%d}\r\n' % len(big)
+                    + big
+                    + b")\r\n"
                     b"* 2 FETCH (FLAGS (\\Seen)\r\n"  # unsolicited, unbalanced
                     b"* 3 FETCH (UID 99 BODY[] {3}\r\nabc)\r\n"  # a UID nobody asked for
                     b"* 4 FETCH (UID 4 BODY[] NIL)\r\n"
-                    b"* 5 FETCH ((((((((((((((((((((((((((((((((((((((((\r\n" + tag + b" OK done\r\n"
+                    b"* 5 FETCH ((((((((((((((((((((((((((((((((((((((((\r\n"
+                    + tag
+                    + b" OK done\r\n"
                 )
             elif rest.startswith(b"NOOP"):
                 writer.write(b"* BYE shutting down for maintenance\r\n")
@@ -419,15 +459,23 @@ async def test_hostile_fetch_responses() -> None:
     ],
 )
 async def test_find_sync_folders_by_common_names(list_lines: bytes, expected: str | None) -> None:
-    async with scripted(_listing(list_lines)) as port, await connect_imap(replace(SCRIPTED_LOGIN, port=port)) as client:
+    async with (
+        scripted(_listing(list_lines)) as port,
+        await connect_imap(replace(SCRIPTED_LOGIN, port=port)) as client,
+    ):
         found = await client.find_sync_folders()
     assert found == ({"inbox": "INBOX", "sent": expected} if expected else {"inbox": "INBOX"})
 
 
 async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Settings) -> None:
-    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+    async with (
+        await connect_imap(imap_settings()) as watcher,
+        await connect_imap(imap_settings()) as sender,
+    ):
         await watcher.select("INBOX")
-        assert await watcher.idle(0.3) is False  # nothing arrives: times out and leaves IDLE cleanly
+        assert (
+            await watcher.idle(0.3) is False
+        )  # nothing arrives: times out and leaves IDLE cleanly
         waiting = asyncio.create_task(watcher.idle(10))
         await asyncio.sleep(0.2)
         loop = asyncio.get_running_loop()
@@ -440,7 +488,10 @@ async def test_idle_wakes_on_append_from_a_second_connection(imap_settings: Sett
 
 
 async def test_notify_pushes_news_of_another_folder_during_idle(imap_settings: Settings) -> None:
-    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+    async with (
+        await connect_imap(imap_settings()) as watcher,
+        await connect_imap(imap_settings()) as sender,
+    ):
         await watcher.select("INBOX")
         assert await watcher.notify(["INBOX", "Sent"]) is True
         await watcher.status("Sent")
@@ -462,7 +513,10 @@ async def test_notify_pushes_news_of_another_folder_during_idle(imap_settings: S
 
 
 async def test_without_notify_other_folders_stay_quiet(imap_settings: Settings) -> None:
-    async with await connect_imap(imap_settings()) as watcher, await connect_imap(imap_settings()) as sender:
+    async with (
+        await connect_imap(imap_settings()) as watcher,
+        await connect_imap(imap_settings()) as sender,
+    ):
         watcher.capabilities = watcher.capabilities - {"NOTIFY"}
         await watcher.select("INBOX")
         assert await watcher.notify(["INBOX", "Sent"]) is False

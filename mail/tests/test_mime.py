@@ -26,12 +26,19 @@ def test_headers_of_an_ordinary_message() -> None:
     )
     assert summary.from_address == "juergen@example.com"
     assert summary.from_name == "Jürgen Müller"
-    assert summary.to == ["jane@lead-company.com", "bob@xn--bcher-kva.de", "x@example.org", "y@example.org"]
+    assert summary.to == [
+        "jane@lead-company.com",
+        "bob@xn--bcher-kva.de",
+        "x@example.org",
+        "y@example.org",
+    ]
     assert summary.cc == [] and summary.bcc == ["hidden@example.net"]
     assert summary.subject == "Äpropos of the deal"
     assert summary.date == datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
     assert summary.date.utcoffset() == timedelta(hours=1)
-    assert summary.message_id == "<abc@example.com>" and summary.in_reply_to == "<parent@example.com>"
+    assert (
+        summary.message_id == "<abc@example.com>" and summary.in_reply_to == "<parent@example.com>"
+    )
     assert not summary.is_bounce_candidate
 
 
@@ -59,7 +66,11 @@ def test_encoded_newline_in_subject_and_name_is_flattened() -> None:
         b"From: =?UTF-8?Q?Eve=0D=0ABcc:_victim@example.com?= <eve@example.com>\r\n"
         b"Subject: =?UTF-8?Q?hello=0ABcc:_x@example.com=00?=\r\n\r\n"
     )
-    assert "\n" not in summary.subject and "\r" not in summary.subject and "\x00" not in summary.subject
+    assert (
+        "\n" not in summary.subject
+        and "\r" not in summary.subject
+        and "\x00" not in summary.subject
+    )
     assert "\n" not in summary.from_name
     assert summary.bcc == []
 
@@ -134,7 +145,10 @@ def test_bad_boundaries_return_with_defects() -> None:
 
 def test_deep_nesting_is_capped() -> None:
     depth = 5000
-    raw = b"".join(f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode() for i in range(depth))
+    raw = b"".join(
+        f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+        for i in range(depth)
+    )
     raw += b"Content-Type: text/plain\r\n\r\ndeep\r\n"
     started = time.monotonic()
     parsed = parse_message(b"Subject: deep\r\n" + raw)
@@ -198,7 +212,13 @@ def test_date_without_zone_is_utc() -> None:
 
 
 def test_huge_header_block_is_cut_and_the_body_kept() -> None:
-    raw = b"Subject: huge\r\n" + b"X-Junk: 1\r\n" * 300_000 + b"To: " + b"a@example.com, " * 100_000 + b"\r\n\r\nbody"
+    raw = (
+        b"Subject: huge\r\n"
+        + b"X-Junk: 1\r\n" * 300_000
+        + b"To: "
+        + b"a@example.com, " * 100_000
+        + b"\r\n\r\nbody"
+    )
     # CPU time, as the parse cap counts it: a loaded machine stretches the wall clock, not the work (0.8 s here;
     # read whole, the block takes 2 s and the body is lost)
     started = time.process_time()
@@ -210,9 +230,40 @@ def test_huge_header_block_is_cut_and_the_body_kept() -> None:
 
 CORPORA = Path(__file__).parent / "corpora"
 ATOMS = [
-    *(b"From: ", b"From ", b"To: ", b"Cc:", b"Subject: ", b":x", b"X y: z", b"Message-ID: ", b";", b",", b'"q"'),
-    *(b" ", b"\t", b"\r\n", b"\n", b"\r", b"\x00", b"\x0b", b"\x0c", b"\x1c", b"\x85", b"\xc3\xa9", b"\xff"),
-    *(b"a@b.example", b"<m@x>", b"Lead <l@c.example>", b"=?utf-8?q?x?=", b"Content-Type: multipart/report"),
+    *(
+        b"From: ",
+        b"From ",
+        b"To: ",
+        b"Cc:",
+        b"Subject: ",
+        b":x",
+        b"X y: z",
+        b"Message-ID: ",
+        b";",
+        b",",
+        b'"q"',
+    ),
+    *(
+        b" ",
+        b"\t",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"\x00",
+        b"\x0b",
+        b"\x0c",
+        b"\x1c",
+        b"\x85",
+        b"\xc3\xa9",
+        b"\xff",
+    ),
+    *(
+        b"a@b.example",
+        b"<m@x>",
+        b"Lead <l@c.example>",
+        b"=?utf-8?q?x?=",
+        b"Content-Type: multipart/report",
+    ),
     b"Date: Mon, 1 Jan 2024 10:00:00 +0000",
 ]
 
@@ -224,7 +275,9 @@ def test_header_items_are_the_stdlib_parsers_raw_items() -> None:
     blocks = [path.read_bytes() for path in sorted(CORPORA.rglob("*")) if path.is_file()]
     blocks += [b"".join(rng.choice(ATOMS) for _ in range(rng.randint(0, 40))) for _ in range(5000)]
     for block in blocks:
-        parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(block, headersonly=True)
+        parsed = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(
+            block, headersonly=True
+        )
         assert header_items(block) == list(parsed.raw_items()), block[:200]
 
 
@@ -250,7 +303,19 @@ def test_the_date_fast_path_reads_dates_as_email_utils_does() -> None:
     rng = random.Random(20)
     days = ["Mon, ", "Sun, ", "Xyz, ", "", "Mon,", "Mon "]
     months = ["Jan", "nov", "DEC", "Foo", "June"]
-    zones = ["+0000", "-0000", "+0100", "-0530", "+1400", "+2359", "+2400", "-9999", "+0199", "GMT", "EST"]
+    zones = [
+        "+0000",
+        "-0000",
+        "+0100",
+        "-0530",
+        "+1400",
+        "+2359",
+        "+2400",
+        "-9999",
+        "+0199",
+        "GMT",
+        "EST",
+    ]
     tails = ["", " (CET)", " (UTC) x", "(CET)", " extra"]
     samples = [
         f"{rng.choice(days)}{rng.choice(['1', '09', '29', '31', '32', '0'])} {rng.choice(months)} "
@@ -262,6 +327,8 @@ def test_the_date_fast_path_reads_dates_as_email_utils_does() -> None:
     for text in [*samples, "Mon, 23 Nov 2026 10:00:00 +0100", "Feb 30 2026 10:00:00 +0000"]:
         ours, theirs = mime._date(text), mime._date_of_email_utils(text)
         assert ours == theirs, text
-        assert (ours.utcoffset() if ours else None) == (theirs.utcoffset() if theirs else None), text
+        assert (ours.utcoffset() if ours else None) == (theirs.utcoffset() if theirs else None), (
+            text
+        )
         taken += mime._DATE_RE.fullmatch(text) is not None
     assert taken > 100, "the samples exercise the fast path"

@@ -78,7 +78,13 @@ async def test_a_refused_host_reads_like_a_name_that_does_not_resolve() -> None:
         return []
 
     answers_seen = set()
-    for resolver in (answers("10.0.0.7"), answers("93.184.216.34", "127.0.0.1"), answers("not-an-ip"), nx, nothing):
+    for resolver in (
+        answers("10.0.0.7"),
+        answers("93.184.216.34", "127.0.0.1"),
+        answers("not-an-ip"),
+        nx,
+        nothing,
+    ):
         with pytest.raises(MailConnectionError) as caught:
             await vet_host("mail.internal.example", resolver=resolver)
         answers_seen.add((caught.value.kind, caught.value.user_message))
@@ -87,7 +93,9 @@ async def test_a_refused_host_reads_like_a_name_that_does_not_resolve() -> None:
 
 async def test_one_private_answer_among_public_ones_refuses_the_host() -> None:
     with pytest.raises(MailConnectionError) as caught:
-        await vet_host("mail.example.com", resolver=answers("93.184.216.34", "10.0.0.7", "2606:4700::1"))
+        await vet_host(
+            "mail.example.com", resolver=answers("93.184.216.34", "10.0.0.7", "2606:4700::1")
+        )
     assert caught.value.detail == "resolved to 10.0.0.7, neither public nor allowed"
 
 
@@ -98,12 +106,16 @@ async def test_ip_literal_is_checked_without_resolving() -> None:
     with pytest.raises(MailConnectionError):
         await vet_host("169.254.169.254", resolver=never)
     assert (await vet_host("8.8.8.8", resolver=never)).address == "8.8.8.8"
-    assert await vet_host("[2606:4700::1]", resolver=never) == VettedHost("2606:4700::1", "2606:4700::1")
+    assert await vet_host("[2606:4700::1]", resolver=never) == VettedHost(
+        "2606:4700::1", "2606:4700::1"
+    )
 
 
 async def test_allow_list_opens_named_ranges_only() -> None:
     allow = parse_allowlist("127.0.0.0/8, ::1/128")
-    assert (await vet_host("localhost", allow, resolver=answers("127.0.0.1", "::1"))).address == "127.0.0.1"
+    assert (
+        await vet_host("localhost", allow, resolver=answers("127.0.0.1", "::1"))
+    ).address == "127.0.0.1"
     with pytest.raises(MailConnectionError):
         await vet_host("localhost", allow, resolver=answers("127.0.0.1", "10.0.0.1"))
     with pytest.raises(MailConnectionError):
@@ -150,7 +162,9 @@ def test_connections_share_a_context_until_the_ca_file_changes(tmp_path) -> None
     trustme.CA().cert_pem.write_to_path(str(cafile))
     first = client_tls_context(cafile=str(cafile))
     assert client_tls_context(cafile=str(cafile)) is first
-    assert client_tls_context(pinned_sha256="ab" * 32) is client_tls_context(pinned_sha256="cd" * 32)
+    assert client_tls_context(pinned_sha256="ab" * 32) is client_tls_context(
+        pinned_sha256="cd" * 32
+    )
     assert client_tls_context(pinned_sha256="ab" * 32).verify_mode == ssl.CERT_NONE
     other = trustme.CA()
     other.cert_pem.write_to_path(str(cafile))
@@ -158,11 +172,15 @@ def test_connections_share_a_context_until_the_ca_file_changes(tmp_path) -> None
     renewed = client_tls_context(cafile=str(cafile))
     assert renewed is not first
     # the new CA is the one trusted
-    assert [c["serialNumber"] for c in renewed.get_ca_certs()] != [c["serialNumber"] for c in first.get_ca_certs()]
+    assert [c["serialNumber"] for c in renewed.get_ca_certs()] != [
+        c["serialNumber"] for c in first.get_ca_certs()
+    ]
 
 
 def _leaf_sha256(dovecot: DovecotServer) -> str:
-    first_pem = dovecot.cert_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    first_pem = (
+        dovecot.cert_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    )
     return hashlib.sha256(ssl.PEM_cert_to_DER_cert(first_pem.decode())).hexdigest()
 
 
@@ -184,15 +202,21 @@ async def test_fetch_certificate_fingerprint_smtp(tls_ca: trustme.CA) -> None:
     cert = tls_ca.issue_cert("localhost")
     server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(server_context)
-    expected = hashlib.sha256(ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())).hexdigest()
+    expected = hashlib.sha256(
+        ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
+    ).hexdigest()
 
     class Sink:
         async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
             return "250 OK"
 
     host = VettedHost("localhost", "127.0.0.1")
-    starttls = Controller(Sink(), hostname="127.0.0.1", port=free_port(), tls_context=server_context)
-    implicit = Controller(Sink(), hostname="127.0.0.1", port=free_port(), ssl_context=server_context)
+    starttls = Controller(
+        Sink(), hostname="127.0.0.1", port=free_port(), tls_context=server_context
+    )
+    implicit = Controller(
+        Sink(), hostname="127.0.0.1", port=free_port(), ssl_context=server_context
+    )
     plain = Controller(Sink(), hostname="127.0.0.1", port=free_port())
     for controller in (starttls, implicit, plain):
         controller.start()

@@ -26,7 +26,9 @@ def token_for(provider: FakeOAuthProvider, address: str) -> str:
     return provider.access_token_for(address)
 
 
-def settings(dovecot: DovecotServer, cafile: str, address: str, token: str, **overrides: object) -> ImapSettings:
+def settings(
+    dovecot: DovecotServer, cafile: str, address: str, token: str, **overrides: object
+) -> ImapSettings:
     values: dict[str, object] = dict(
         host="localhost",
         port=dovecot.tls_port,
@@ -49,14 +51,23 @@ async def test_access_token_signs_in(
 ) -> None:
     address = f"alice-{mechanism.lower()}@acme.example"
     client = await connect_imap(
-        settings(oauth_dovecot, cafile, address, token_for(provider, address), sasl_mechanisms=(mechanism,))
+        settings(
+            oauth_dovecot,
+            cafile,
+            address,
+            token_for(provider, address),
+            sasl_mechanisms=(mechanism,),
+        )
     )
     try:
         assert (await client.find_sync_folders())["inbox"] == "INBOX"
     finally:
         await client.logout()
     for _ in range(50):  # Dovecot's log writer may lag a little behind the login
-        if f"user=<{address}>, method={mechanism}" in (oauth_dovecot.base_dir / "dovecot.log").read_text():
+        if (
+            f"user=<{address}>, method={mechanism}"
+            in (oauth_dovecot.base_dir / "dovecot.log").read_text()
+        ):
             break
         await asyncio.sleep(0.1)
     else:
@@ -68,7 +79,14 @@ async def test_starttls_then_token_without_sasl_ir(
 ) -> None:
     address = "bob@acme.example"
     client = await connect_imap(
-        settings(oauth_dovecot, cafile, address, token_for(provider, address), port=oauth_dovecot.port, tls="starttls")
+        settings(
+            oauth_dovecot,
+            cafile,
+            address,
+            token_for(provider, address),
+            port=oauth_dovecot.port,
+            tls="starttls",
+        )
     )
     try:
         client.capabilities = client.capabilities - {"SASL-IR"}  # the next sign-in waits for "+"
@@ -89,7 +107,9 @@ async def test_refused_tokens_are_oauth_refused(
     else:
         token = token_for(provider, "mallory@acme.example")  # a live token of another account
     with pytest.raises(MailConnectionError) as failure:
-        await connect_imap(settings(oauth_dovecot, cafile, address, token, sasl_mechanisms=(mechanism,)))
+        await connect_imap(
+            settings(oauth_dovecot, cafile, address, token, sasl_mechanisms=(mechanism,))
+        )
     assert failure.value.kind == "oauth_refused"
     assert token not in failure.value.detail and token not in repr(failure.value)
 
@@ -106,7 +126,9 @@ def test_initial_responses_and_choice() -> None:
         == b"user=a@b.example\x01auth=Bearer t0k\x01\x01"
     )
     assert (
-        base64.b64decode(initial_response("OAUTHBEARER", "a,=b@c.example", "t0k", "imap.c.example", 993))
+        base64.b64decode(
+            initial_response("OAUTHBEARER", "a,=b@c.example", "t0k", "imap.c.example", 993)
+        )
         == b"n,a=a=2C=3Db@c.example,\x01host=imap.c.example\x01port=993\x01auth=Bearer t0k\x01\x01"
     )
     for bad in ("t0k\r\nA1 LOGOUT", "", "t\x00"):
@@ -115,5 +137,9 @@ def test_initial_responses_and_choice() -> None:
     assert choose_mechanism({"XOAUTH2", "OAUTHBEARER", "PLAIN"}) == "OAUTHBEARER"
     assert choose_mechanism({"XOAUTH2"}) == "XOAUTH2"
     assert choose_mechanism({"PLAIN"}) is None
-    shown = repr(ImapSettings(host="h", port=1, tls="implicit", username="u", password="pw", access_token="t0k"))
+    shown = repr(
+        ImapSettings(
+            host="h", port=1, tls="implicit", username="u", password="pw", access_token="t0k"
+        )
+    )
     assert "t0k" not in shown and "pw" not in shown

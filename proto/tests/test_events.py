@@ -24,7 +24,9 @@ def test_every_event_has_a_subject_inside_the_stream(model: type) -> None:
     version = model.model_fields["version"].default  # type: ignore[attr-defined]
     subject = f"leadline.{type_}.v{version}"
     assert SUBJECT.match(subject), subject
-    assert any(subject.startswith(s[:-1]) for s in STREAM_SUBJECTS), f"{subject} is outside the stream"
+    assert any(subject.startswith(s[:-1]) for s in STREAM_SUBJECTS), (
+        f"{subject} is outside the stream"
+    )
     assert typing.get_args(model.model_fields["type"].annotation) == (type_,)  # type: ignore[attr-defined]
 
 

@@ -55,7 +55,9 @@ def settings(quota_url: str, nats_url: str) -> Settings:
 
 
 @pytest.fixture
-async def quota_service(settings: Settings, clock: MovableClock) -> AsyncIterator[httpx.AsyncClient]:
+async def quota_service(
+    settings: Settings, clock: MovableClock
+) -> AsyncIterator[httpx.AsyncClient]:
     """The quota service running in-process (HTTP client bound to it; its responders are on NATS)."""
     serving = running_app(create_app(settings, clock))
     client = await serving.__aenter__()

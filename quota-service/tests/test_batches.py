@@ -15,7 +15,12 @@ from sqlalchemy import func, select
 from leadline_kit.db import Database
 from leadline_kit.testing.clients import as_caller, make_identity
 from leadline_proto.events import parse_event
-from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
+from leadline_proto.requests import (
+    QuotaReserveReply,
+    QuotaReserveRequest,
+    QuotaSettleReply,
+    QuotaSettleRequest,
+)
 from leadline_proto.subjects import RPC_QUOTA_COMMIT, RPC_QUOTA_RESERVE
 from leadline_quota.accounts.service import account_reports
 from leadline_quota.clock import MovableClock
@@ -68,7 +73,12 @@ async def commit(
     assert decision.reservation_id is not None
     async with db.session() as session:
         return await reservations.commit(
-            session, company, decision.reservation_id, clock, messages=messages, recipients=recipients
+            session,
+            company,
+            decision.reservation_id,
+            clock,
+            messages=messages,
+            recipients=recipients,
         )
 
 
@@ -87,7 +97,11 @@ async def row_of(db: Database, decision: Decision) -> tuple[str, int, int]:
 async def exceeded_limits(db: Database, company: uuid.UUID) -> list[str]:
     """The limits named by the company's quota.exceeded events waiting in the outbox."""
     async with db.session() as session:
-        bodies = (await session.execute(select(outbox.c.body).order_by(outbox.c.created_at))).scalars().all()
+        bodies = (
+            (await session.execute(select(outbox.c.body).order_by(outbox.c.created_at)))
+            .scalars()
+            .all()
+        )
     events = [parse_event(body) for body in bodies]
     return [e.payload.limit for e in events if e.company_id == company]  # type: ignore[union-attr]
 
@@ -98,7 +112,9 @@ async def used(db: Database, clock: MovableClock, company: uuid.UUID, limit: str
     return next(r.used for r in report.limits if r.limit == limit)
 
 
-async def test_a_batch_is_granted_whole_and_counts_its_messages(db: Database, clock: MovableClock) -> None:
+async def test_a_batch_is_granted_whole_and_counts_its_messages(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_hour": 8}
     five = await reserve(db, clock, batch(company, key, 5, **limit))
@@ -108,8 +124,15 @@ async def test_a_batch_is_granted_whole_and_counts_its_messages(db: Database, cl
 
     clock.advance(minutes=1)
     four = await reserve(db, clock, batch(company, key, 4, **limit))
-    assert (four.granted, four.limit, four.retry_at) == (False, "messages_per_hour", five.expires_at)
-    assert four.detail == "messages_per_hour = 8 would be passed (5 used, 4 asked by a batch of 4 messages)"
+    assert (four.granted, four.limit, four.retry_at) == (
+        False,
+        "messages_per_hour",
+        five.expires_at,
+    )
+    assert (
+        four.detail
+        == "messages_per_hour = 8 would be passed (5 used, 4 asked by a batch of 4 messages)"
+    )
     singles = [await reserve(db, clock, batch(company, key, 1, **limit)) for _ in range(4)]
     assert [s.granted for s in singles] == [True, True, True, False]
     assert singles[3].retry_at == five.expires_at  # the uncommitted batch frees all of its 5 then
@@ -117,7 +140,9 @@ async def test_a_batch_is_granted_whole_and_counts_its_messages(db: Database, cl
     assert await exceeded_limits(db, company) == ["messages_per_hour"]
     async with db.session() as session:
         assert (
-            await session.scalar(select(func.sum(reservation.c.messages)).where(reservation.c.company_id == company))
+            await session.scalar(
+                select(func.sum(reservation.c.messages)).where(reservation.c.company_id == company)
+            )
             == 8
         )
 
@@ -126,7 +151,9 @@ async def test_a_batch_is_granted_whole_and_counts_its_messages(db: Database, cl
     assert not (await reserve(db, clock, batch(company, key, 1, **limit))).granted
 
 
-async def test_committing_part_of_a_batch_gives_the_rest_back(db: Database, clock: MovableClock) -> None:
+async def test_committing_part_of_a_batch_gives_the_rest_back(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_hour": 8}
     five = await reserve(db, clock, batch(company, key, 5, 10, largest=3, **limit))
@@ -155,32 +182,52 @@ async def test_recipients_limits_count_the_batch_total(db: Database, clock: Mova
     assert twelve.granted
     refused = await reserve(db, clock, batch(company, key, 3, 9, largest=3, **limit))
     assert (refused.granted, refused.limit) == (False, "recipients_per_hour")
-    assert refused.detail == "recipients_per_hour = 20 would be passed (12 used, 9 asked by a batch of 3 messages)"
+    assert (
+        refused.detail
+        == "recipients_per_hour = 20 would be passed (12 used, 9 asked by a batch of 3 messages)"
+    )
     assert (await reserve(db, clock, batch(company, key, 1, 8, **limit))).granted  # 20 of 20
     assert await used(db, clock, company, "recipients_per_hour") == 20
 
-    assert (await commit(db, clock, company, twelve, recipients=7)).ok  # every message sent, to 7 in all
+    assert (
+        await commit(db, clock, company, twelve, recipients=7)
+    ).ok  # every message sent, to 7 in all
     assert await row_of(db, twelve) == ("committed", 4, 7)
     assert (await reserve(db, clock, batch(company, key, 2, 5, largest=3, **limit))).granted
     assert not (await reserve(db, clock, batch(company, key, 1, **limit))).granted
 
 
-async def test_never_is_judged_on_the_largest_message_not_the_batch(db: Database, clock: MovableClock) -> None:
+async def test_never_is_judged_on_the_largest_message_not_the_batch(
+    db: Database, clock: MovableClock
+) -> None:
     company = uuid.uuid4()
     # custom: 100 recipients per message, 10 MiB per message
-    fits = await reserve(db, clock, batch(company, smtp_key(), 3, 250, largest=100, size_bytes=10485760))
+    fits = await reserve(
+        db, clock, batch(company, smtp_key(), 3, 250, largest=100, size_bytes=10485760)
+    )
     assert fits.granted
 
     wide = await reserve(db, clock, batch(company, smtp_key(), 3, 250, largest=101))
     assert (wide.granted, wide.limit, wide.retry_at) == (False, "recipients_per_message", None)
-    assert wide.detail == "101 exceeds recipients_per_message = 100; the batch's largest message can never pass"
+    assert (
+        wide.detail
+        == "101 exceeds recipients_per_message = 100; the batch's largest message can never pass"
+    )
     big = await reserve(db, clock, batch(company, smtp_key(), 3, size_bytes=10485761))
     assert (big.granted, big.limit, big.retry_at) == (False, "message_size_bytes", None)
-    one_alone = await reserve(db, clock, batch(company, smtp_key(), 2, 60, largest=51, recipients_per_day=50))
-    assert (one_alone.granted, one_alone.limit, one_alone.retry_at) == (False, "recipients_per_day", None)
+    one_alone = await reserve(
+        db, clock, batch(company, smtp_key(), 2, 60, largest=51, recipients_per_day=50)
+    )
+    assert (one_alone.granted, one_alone.limit, one_alone.retry_at) == (
+        False,
+        "recipients_per_day",
+        None,
+    )
 
     # too big as a whole only: refused for now, never "never"
-    together = await reserve(db, clock, batch(company, smtp_key(), 2, 60, largest=30, recipients_per_day=50))
+    together = await reserve(
+        db, clock, batch(company, smtp_key(), 2, 60, largest=30, recipients_per_day=50)
+    )
     assert (together.granted, together.limit) == (False, "recipients_per_day")
     assert together.retry_at == clock.now + timedelta(days=1)
     assert together.detail == (
@@ -188,11 +235,19 @@ async def test_never_is_judged_on_the_largest_message_not_the_batch(db: Database
         "more than the limit allows at once)"
     )
     many = await reserve(db, clock, batch(company, smtp_key(), 3, messages_per_hour=2))
-    assert (many.granted, many.limit, many.retry_at) == (False, "messages_per_hour", clock.now + timedelta(hours=1))
+    assert (many.granted, many.limit, many.retry_at) == (
+        False,
+        "messages_per_hour",
+        clock.now + timedelta(hours=1),
+    )
 
     assert await exceeded_limits(db, company) == []  # no batch refusal is announced
     single = await reserve(db, clock, batch(company, smtp_key(), 1, 101))
-    assert (single.granted, single.limit, single.retry_at) == (False, "recipients_per_message", None)
+    assert (single.granted, single.limit, single.retry_at) == (
+        False,
+        "recipients_per_message",
+        None,
+    )
     assert await exceeded_limits(db, company) == ["recipients_per_message"]
 
 
@@ -217,11 +272,16 @@ async def test_impossible_batches_are_refused_before_anything_is_written(
     async with db.session() as session:
         for table in (reservation, sending_account):
             assert (
-                await session.scalar(select(func.count()).select_from(table).where(table.c.company_id == company)) == 0
+                await session.scalar(
+                    select(func.count()).select_from(table).where(table.c.company_id == company)
+                )
+                == 0
             )
 
 
-async def test_commit_counts_out_of_range_change_nothing_and_say_why(db: Database, clock: MovableClock) -> None:
+async def test_commit_counts_out_of_range_change_nothing_and_say_why(
+    db: Database, clock: MovableClock
+) -> None:
     company = uuid.uuid4()
     five = await reserve(db, clock, batch(company, smtp_key(), 5, 10, largest=2))
     assert five.granted
@@ -241,7 +301,12 @@ async def test_commit_counts_out_of_range_change_nothing_and_say_why(db: Databas
     assert (exact.ok, exact.invalid) == (True, False)
     assert await row_of(db, five) == ("committed", 5, 10)
     unknown = await commit(db, clock, company, Decision(True, reservation_id=uuid.uuid4()), 1, 1)
-    assert (unknown.ok, unknown.found, unknown.invalid, unknown.detail) == (False, False, False, "no such reservation")
+    assert (unknown.ok, unknown.found, unknown.invalid, unknown.detail) == (
+        False,
+        False,
+        False,
+        "no such reservation",
+    )
 
 
 async def nats_reserve(nc: Client, request: QuotaReserveRequest) -> QuotaReserveReply:
@@ -270,14 +335,23 @@ async def test_batches_and_partial_commits_over_nats(
     granted = await nats_reserve(nc, ask)
     assert granted.granted and granted.reservation_id
     assert not (
-        await nats_reserve(nc, ask.model_copy(update={"recipients": 4, "largest_recipients": 1, "messages": 4}))
+        await nats_reserve(
+            nc, ask.model_copy(update={"recipients": 4, "largest_recipients": 1, "messages": 4})
+        )
     ).granted
     too_many = await nats_commit(
-        nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id, messages=6)
+        nc,
+        QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id, messages=6),
     )
-    assert (too_many.ok, too_many.detail) == (False, "invalid request: 6 messages used is more than the 5 reserved")
+    assert (too_many.ok, too_many.detail) == (
+        False,
+        "invalid request: 6 messages used is more than the 5 reserved",
+    )
     part = await nats_commit(
-        nc, QuotaSettleRequest(company_id=company, reservation_id=granted.reservation_id, messages=2, recipients=5)
+        nc,
+        QuotaSettleRequest(
+            company_id=company, reservation_id=granted.reservation_id, messages=2, recipients=5
+        ),
     )
     assert (part.ok, part.detail) == (True, "")
     async with db.session() as session:
@@ -324,7 +398,9 @@ async def test_concurrent_batches_and_single_messages_never_pass_the_limit(
     assert granted == counted == 100
 
 
-async def test_batches_and_partial_commits_over_http(quota_service: httpx.AsyncClient, clock: MovableClock) -> None:
+async def test_batches_and_partial_commits_over_http(
+    quota_service: httpx.AsyncClient, clock: MovableClock
+) -> None:
     admin = as_caller(quota_service, make_identity("administrator"), SECRET)
     key = smtp_key()
 
@@ -344,15 +420,27 @@ async def test_batches_and_partial_commits_over_http(quota_service: httpx.AsyncC
     too_many = await admin.post("/v1/quotas/reservations", json=body(messages=4, recipients=4))
     assert too_many.status_code == 429  # not now, but not never
     assert too_many.json()["limit"] == "messages_per_hour"
-    wide = await admin.post("/v1/quotas/reservations", json=body(recipients=300, largest_recipients=101))
+    wide = await admin.post(
+        "/v1/quotas/reservations", json=body(recipients=300, largest_recipients=101)
+    )
     assert wide.status_code == 422
     assert (wide.json()["limit"], wide.json()["retry_at"]) == ("recipients_per_message", None)
-    for bad in (body(messages=0), body(messages=6), body(largest_recipients=0), body(messages=1001, recipients=2000)):
+    for bad in (
+        body(messages=0),
+        body(messages=6),
+        body(largest_recipients=0),
+        body(messages=1001, recipients=2000),
+    ):
         answer = await admin.post("/v1/quotas/reservations", json=bad)
         assert answer.status_code == 422, (bad, answer.text)
 
     commit_url = f"/v1/quotas/reservations/{reservation_id}/commit"
-    for used_counts in ({"messages": 6}, {"messages": 0}, {"messages": 2, "recipients": 1}, {"spent": 2}):
+    for used_counts in (
+        {"messages": 6},
+        {"messages": 0},
+        {"messages": 2, "recipients": 1},
+        {"spent": 2},
+    ):
         refused = await admin.post(commit_url, json=used_counts)
         assert refused.status_code == 422, (used_counts, refused.text)
         assert refused.headers["content-type"] == "application/problem+json"
@@ -361,27 +449,45 @@ async def test_batches_and_partial_commits_over_http(quota_service: httpx.AsyncC
     assert over.json()["detail"] == "6 messages used is more than the 5 reserved"
     part = await admin.post(commit_url, json={"messages": 2, "recipients": 2})
     assert part.json() == {"ok": True, "detail": ""}
-    assert (await admin.post(commit_url, json={"messages": 2})).json() == {"ok": True, "detail": "already committed"}
+    assert (await admin.post(commit_url, json={"messages": 2})).json() == {
+        "ok": True,
+        "detail": "already committed",
+    }
     report = (await admin.get("/v1/quotas")).json()
-    [hourly] = [item for item in report["accounts"][0]["limits"] if item["limit"] == "messages_per_hour"]
+    [hourly] = [
+        item for item in report["accounts"][0]["limits"] if item["limit"] == "messages_per_hour"
+    ]
     assert (hourly["used"], hourly["remaining"]) == (2, 6)
-    assert (await admin.post("/v1/quotas/reservations", json=body(messages=6, recipients=6))).status_code == 201
+    assert (
+        await admin.post("/v1/quotas/reservations", json=body(messages=6, recipients=6))
+    ).status_code == 201
 
 
-async def test_a_passing_check_says_how_much_room_is_left(db: Database, clock: MovableClock) -> None:
+async def test_a_passing_check_says_how_much_room_is_left(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limits = {"messages_per_hour": 10, "recipients_per_day": 50}
     assert (await reserve(db, clock, batch(company, key, 4, 12, **limits))).granted
     async with db.session() as session:
-        checked = await reservations.reserve(session, batch(company, key, 1, 3, **limits), clock, dry_run=True)
+        checked = await reservations.reserve(
+            session, batch(company, key, 1, 3, **limits), clock, dry_run=True
+        )
     # after this one: 10 - 4 - 1 messages this hour, 50 - 12 - 3 recipients today
     assert checked.granted and (checked.room_messages, checked.room_recipients) == (5, 35)
     async with db.session() as session:
-        unlimited = await reservations.reserve(session, batch(company, smtp_key(), 1), clock, dry_run=True)
-    assert unlimited.granted and (unlimited.room_messages, unlimited.room_recipients) == (None, None)
+        unlimited = await reservations.reserve(
+            session, batch(company, smtp_key(), 1), clock, dry_run=True
+        )
+    assert unlimited.granted and (unlimited.room_messages, unlimited.room_recipients) == (
+        None,
+        None,
+    )
 
 
-async def test_a_reservation_id_chosen_by_the_sender_is_granted_once(db: Database, clock: MovableClock) -> None:
+async def test_a_reservation_id_chosen_by_the_sender_is_granted_once(
+    db: Database, clock: MovableClock
+) -> None:
     company, key, chosen = uuid.uuid4(), smtp_key(), uuid.uuid4()
     ask = batch(company, key, 3, messages_per_hour=4)
     ask = ReserveAsk(
@@ -394,7 +500,10 @@ async def test_a_reservation_id_chosen_by_the_sender_is_granted_once(db: Databas
         messages=3,
         reservation_id=chosen,
     )
-    first, again = await reserve(db, clock, ask), await reserve(db, clock, ask)  # e.g. a retried request
+    first, again = (
+        await reserve(db, clock, ask),
+        await reserve(db, clock, ask),
+    )  # e.g. a retried request
     assert first.granted and first.reservation_id == chosen
     assert again.granted and again.reservation_id == chosen
     assert await row_of(db, first) == ("reserved", 3, 3)

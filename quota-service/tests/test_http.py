@@ -87,7 +87,9 @@ async def test_malformed_and_unreachable_requests_are_422(client: httpx.AsyncCli
         answer = await admin.post("/v1/quotas/reservations", json=body)
         assert answer.status_code == 422, (body, answer.text)
         assert answer.headers["content-type"] == "application/problem+json"
-    never = await admin.post("/v1/quotas/reservations", json=reservation(key, provider="optimum", recipients=51))
+    never = await admin.post(
+        "/v1/quotas/reservations", json=reservation(key, provider="optimum", recipients=51)
+    )
     assert never.status_code == 422
     assert (never.json()["limit"], never.json()["retry_at"]) == ("recipients_per_message", None)
     assert "retry-after" not in never.headers
@@ -98,7 +100,9 @@ async def test_report_shows_used_remaining_and_resets_per_account(
 ) -> None:
     identity = make_identity("administrator")
     admin = as_caller(client, identity, SECRET)
-    salesperson = as_caller(client, make_identity("salesperson", company_id=identity.company_id), SECRET)
+    salesperson = as_caller(
+        client, make_identity("salesperson", company_id=identity.company_id), SECRET
+    )
     key = f"mailbox:{uuid.uuid4()}"
     for _ in range(3):
         granted = await admin.post(
@@ -139,29 +143,44 @@ async def test_settling_another_companys_reservation_is_404(client: httpx.AsyncC
     granted = await admin.post("/v1/quotas/reservations", json=reservation(f"smtp:{uuid.uuid4()}"))
     reservation_id = granted.json()["reservation_id"]
     stranger = as_caller(client, make_identity("administrator"), SECRET)
-    assert (await stranger.post(f"/v1/quotas/reservations/{reservation_id}/release")).status_code == 404
-    assert (await admin.post(f"/v1/quotas/reservations/{reservation_id}/release")).status_code == 200
+    assert (
+        await stranger.post(f"/v1/quotas/reservations/{reservation_id}/release")
+    ).status_code == 404
+    assert (
+        await admin.post(f"/v1/quotas/reservations/{reservation_id}/release")
+    ).status_code == 200
     assert (await admin.post(f"/v1/quotas/reservations/{reservation_id}/commit")).status_code == 409
 
 
 async def test_operator_overrides_plans_and_roles(client: httpx.AsyncClient) -> None:
     identity = make_identity("administrator")
     operator = as_caller(client, OPERATOR, SECRET)
-    salesperson = as_caller(client, make_identity("salesperson", company_id=identity.company_id), SECRET)
+    salesperson = as_caller(
+        client, make_identity("salesperson", company_id=identity.company_id), SECRET
+    )
     key = f"smtp:{uuid.uuid4()}"
     accounts_url = f"/v1/operator/quotas/{identity.company_id}/accounts"
     put = await operator.put(
         f"{accounts_url}/{key}",
-        json={"overrides": {"messages_per_month": 5000, "recipients_per_message": None}, "month_start_day": 31},
+        json={
+            "overrides": {"messages_per_month": 5000, "recipients_per_message": None},
+            "month_start_day": 31,
+        },
     )
     assert put.status_code == 200, put.text
     limits = {item["limit"]: item["maximum"] for item in put.json()["limits"]}
     assert limits == {"message_size_bytes": 10485760, "messages_per_month": 5000}
     assert put.json()["month_start_day"] == 31
-    assert (await operator.put(f"{accounts_url}/{key}", json={"overrides": {"nope": 1}})).status_code == 422
+    assert (
+        await operator.put(f"{accounts_url}/{key}", json={"overrides": {"nope": 1}})
+    ).status_code == 422
     assert (await operator.put(f"{accounts_url}/smtp:x", json={"overrides": {}})).status_code == 422
-    assert (await salesperson.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})).status_code == 403
-    assert (await salesperson.post("/v1/quotas/reservations", json=reservation(key))).status_code == 403
+    assert (
+        await salesperson.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})
+    ).status_code == 403
+    assert (
+        await salesperson.post("/v1/quotas/reservations", json=reservation(key))
+    ).status_code == 403
 
     plan_url = f"/v1/operator/quotas/{identity.company_id}/plan"
     assert (await operator.put(plan_url, json={"plan": "platinum"})).status_code == 422
@@ -173,18 +192,30 @@ async def test_operator_overrides_plans_and_roles(client: httpx.AsyncClient) -> 
     assert (await operator.get("/v1/quotas")).json()["type"].endswith("operator-not-tenant")
 
 
-async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(client: httpx.AsyncClient) -> None:
+async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
+    client: httpx.AsyncClient,
+) -> None:
     identity = make_identity("administrator")
     admin = as_caller(client, identity, SECRET)
     key = f"mailbox:{uuid.uuid4()}"
-    gmail = {"account_key": key, "provider": "gmail", "recipients": 1, "size_bytes": 100, "overrides": {}}
+    gmail = {
+        "account_key": key,
+        "provider": "gmail",
+        "recipients": 1,
+        "size_bytes": 100,
+        "overrides": {},
+    }
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
 
-    raised = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 10**9}})
+    raised = await admin.put(
+        f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 10**9}}
+    )
     assert raised.status_code == 422, raised.text
     assert raised.json()["type"].endswith("quota-raise-forbidden")
     assert "messages_per_day at most 100" in raised.json()["detail"]
-    lifted = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": None}})
+    lifted = await admin.put(
+        f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": None}}
+    )
     assert lifted.status_code == 422
     for operator_field in ({"provider": "custom"}, {"month_start_day": 15}):
         assert (
@@ -194,9 +225,16 @@ async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
         f"/v1/operator/quotas/{identity.company_id}/plan",
         f"/v1/operator/quotas/{identity.company_id}/accounts/{key}",
     ):
-        refused = await admin.put(route, json={"plan": "standard", "overrides": {"messages_per_day": 10**9}})
-        assert refused.status_code == 403 and refused.json()["type"].endswith("operator-only"), refused.text
-    assert (await admin.put("/v1/quotas/plan", json={"plan": "legacy_free"})).status_code in (404, 405)
+        refused = await admin.put(
+            route, json={"plan": "standard", "overrides": {"messages_per_day": 10**9}}
+        )
+        assert refused.status_code == 403 and refused.json()["type"].endswith("operator-only"), (
+            refused.text
+        )
+    assert (await admin.put("/v1/quotas/plan", json={"plan": "legacy_free"})).status_code in (
+        404,
+        405,
+    )
     assert (await admin.get("/v1/quotas")).json()["plan"] == "standard"
     day = next(
         item
@@ -205,7 +243,9 @@ async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
     )
     assert day["maximum"] == 100
 
-    lowered = await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 2}})
+    lowered = await admin.put(
+        f"/v1/quotas/accounts/{key}", json={"overrides": {"messages_per_day": 2}}
+    )
     assert lowered.status_code == 200, lowered.text
     assert lowered.json()["tenant_overrides"] == {"messages_per_day": 2}
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 201
@@ -214,7 +254,8 @@ async def test_a_tenant_administrator_never_raises_a_limit_nor_changes_the_plan(
     operator = as_caller(client, OPERATOR, SECRET)
     assert (
         await operator.put(
-            f"/v1/operator/quotas/{identity.company_id}/accounts/{key}", json={"overrides": {"messages_per_day": 1000}}
+            f"/v1/operator/quotas/{identity.company_id}/accounts/{key}",
+            json={"overrides": {"messages_per_day": 1000}},
         )
     ).status_code == 200
     assert (await admin.post("/v1/quotas/reservations", json=gmail)).status_code == 429
@@ -238,10 +279,16 @@ async def test_report_pages_through_accounts(client: httpx.AsyncClient) -> None:
     admin = as_caller(client, make_identity("administrator"), SECRET)
     keys = sorted(f"smtp:{uuid.uuid4()}" for _ in range(3))
     for key in keys:
-        assert (await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})).status_code == 200
+        assert (
+            await admin.put(f"/v1/quotas/accounts/{key}", json={"overrides": {}})
+        ).status_code == 200
     seen, cursor = [], None
     for _ in range(3):
-        page = (await admin.get("/v1/quotas", params={"limit": 2, **({"cursor": cursor} if cursor else {})})).json()
+        page = (
+            await admin.get(
+                "/v1/quotas", params={"limit": 2, **({"cursor": cursor} if cursor else {})}
+            )
+        ).json()
         seen += [account["account_key"] for account in page["accounts"]]
         cursor = page["next_cursor"]
         if cursor is None:

@@ -29,21 +29,29 @@ GRANTED = "leadline.quota.mailbox_slot_granted.v1"
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
 
 
-async def slot(nc: Client, subject: str, company: uuid.UUID, mailbox: uuid.UUID) -> MailboxSlotReply:
+async def slot(
+    nc: Client, subject: str, company: uuid.UUID, mailbox: uuid.UUID
+) -> MailboxSlotReply:
     msg = await nc.request(
-        subject, MailboxSlotRequest(company_id=company, mailbox_id=mailbox).model_dump_json().encode(), timeout=10
+        subject,
+        MailboxSlotRequest(company_id=company, mailbox_id=mailbox).model_dump_json().encode(),
+        timeout=10,
     )
     return MailboxSlotReply.model_validate_json(msg.data)
 
 
 async def publish(nc: Client, event: CompanyUpdatedV1 | MailboxDisconnectedV1) -> None:
     await nc.jetstream().publish(
-        event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+        event.subject,
+        event.model_dump_json().encode(),
+        headers={"Nats-Msg-Id": str(event.event_id)},
     )
 
 
 def company_update(company: uuid.UUID, limit: int | None, **envelope: object) -> CompanyUpdatedV1:
-    return CompanyUpdatedV1(company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit), **envelope)
+    return CompanyUpdatedV1(
+        company_id=company, payload=CompanyPayload(name="Acme", mailbox_limit=limit), **envelope
+    )
 
 
 async def wait_until(db: Database, query: Select[Any], expected: object) -> None:
@@ -108,7 +116,9 @@ async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored
         nc,
         MailboxDisconnectedV1(
             company_id=company,
-            payload=MailboxConnectionPayload(mailbox_id=first, user_id=uuid.uuid4(), address="a@example.com"),
+            payload=MailboxConnectionPayload(
+                mailbox_id=first, user_id=uuid.uuid4(), address="a@example.com"
+            ),
             occurred_at=utcnow() + timedelta(seconds=1),
         ),
     )
@@ -119,7 +129,9 @@ async def test_disconnect_event_frees_a_slot_and_an_older_limit_event_is_ignored
 
 async def test_no_limit_grants_everyone(quota_service: httpx.AsyncClient, nc: Client) -> None:
     company = uuid.uuid4()
-    answers = await asyncio.gather(*(slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, uuid.uuid4()) for _ in range(20)))
+    answers = await asyncio.gather(
+        *(slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, uuid.uuid4()) for _ in range(20))
+    )
     assert {a.status for a in answers} == {"granted"}
 
 
@@ -129,6 +141,8 @@ async def test_concurrent_claims_never_pass_the_limit(
     company = uuid.uuid4()
     await publish(nc, company_update(company, 3))
     await wait_until(db, limit_of(company), 3)
-    answers = await asyncio.gather(*(slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, uuid.uuid4()) for _ in range(20)))
+    answers = await asyncio.gather(
+        *(slot(nc, RPC_MAILBOX_SLOT_CLAIM, company, uuid.uuid4()) for _ in range(20))
+    )
     assert sum(a.status == "granted" for a in answers) == 3
     assert sorted(a.position for a in answers if a.position) == list(range(1, 18))

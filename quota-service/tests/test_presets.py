@@ -55,10 +55,14 @@ def test_layers_override_field_by_field() -> None:
         None,
         {"messages_per_hour": 1000, "recipients_per_message": 10, "messages_per_day": 40},
     )
-    assert limits.values["messages_per_hour"] == 100  # preset (the tenant's higher value does not raise it)
+    assert (
+        limits.values["messages_per_hour"] == 100
+    )  # preset (the tenant's higher value does not raise it)
     assert limits.values["messages_per_month"] == 900  # account setting
     assert limits.values["messages_per_day"] == 40  # operator lifted it, the tenant set its own
-    assert limits.values["recipients_per_message"] == 10  # the tenant's, lower than the operator's 20
+    assert (
+        limits.values["recipients_per_message"] == 10
+    )  # the tenant's, lower than the operator's 20
     assert limits.month_start_day == 10
     assert [limit.name for limit in limits.windowed()] == [
         "messages_per_hour",
@@ -70,17 +74,39 @@ def test_layers_override_field_by_field() -> None:
 @pytest.mark.parametrize(
     "now,day,expected",
     [
-        (datetime(2026, 2, 14, tzinfo=UTC), 1, (datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC))),
-        (datetime(2026, 2, 14, tzinfo=UTC), 15, (datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 15, tzinfo=UTC))),
-        (datetime(2026, 3, 30, tzinfo=UTC), 31, (datetime(2026, 2, 28, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC))),
+        (
+            datetime(2026, 2, 14, tzinfo=UTC),
+            1,
+            (datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 3, 1, tzinfo=UTC)),
+        ),
+        (
+            datetime(2026, 2, 14, tzinfo=UTC),
+            15,
+            (datetime(2026, 1, 15, tzinfo=UTC), datetime(2026, 2, 15, tzinfo=UTC)),
+        ),
+        (
+            datetime(2026, 3, 30, tzinfo=UTC),
+            31,
+            (datetime(2026, 2, 28, tzinfo=UTC), datetime(2026, 3, 31, tzinfo=UTC)),
+        ),
         (
             datetime(2028, 2, 29, 5, tzinfo=UTC),
             30,
             (datetime(2028, 2, 29, tzinfo=UTC), datetime(2028, 3, 30, tzinfo=UTC)),
         ),
-        (datetime(2026, 4, 30, tzinfo=UTC), 31, (datetime(2026, 4, 30, tzinfo=UTC), datetime(2026, 5, 31, tzinfo=UTC))),
-        (datetime(2027, 1, 3, tzinfo=UTC), 29, (datetime(2026, 12, 29, tzinfo=UTC), datetime(2027, 1, 29, tzinfo=UTC))),
+        (
+            datetime(2026, 4, 30, tzinfo=UTC),
+            31,
+            (datetime(2026, 4, 30, tzinfo=UTC), datetime(2026, 5, 31, tzinfo=UTC)),
+        ),
+        (
+            datetime(2027, 1, 3, tzinfo=UTC),
+            29,
+            (datetime(2026, 12, 29, tzinfo=UTC), datetime(2027, 1, 29, tzinfo=UTC)),
+        ),
     ],
 )
-def test_month_period_clamps_start_days_29_to_31(now: datetime, day: int, expected: tuple[datetime, datetime]) -> None:
+def test_month_period_clamps_start_days_29_to_31(
+    now: datetime, day: int, expected: tuple[datetime, datetime]
+) -> None:
     assert month_period(now, day) == expected

@@ -48,11 +48,16 @@ async def test_two_processes_grant_exactly_the_limit(two_processes: list[int], n
         async def reserver() -> int:
             granted = 0
             for _ in range(4):
-                msg = await nc.request(RPC_QUOTA_RESERVE, ask.model_dump_json().encode(), timeout=20)
+                msg = await nc.request(
+                    RPC_QUOTA_RESERVE, ask.model_dump_json().encode(), timeout=20
+                )
                 granted += QuotaReserveReply.model_validate_json(msg.data).granted
             return granted
 
         assert sum(await asyncio.gather(*(reserver() for _ in range(50)))) == 100
-        shares = [answered((await http.get(f"http://127.0.0.1:{port}/metrics")).text) for port in two_processes]
+        shares = [
+            answered((await http.get(f"http://127.0.0.1:{port}/metrics")).text)
+            for port in two_processes
+        ]
     assert sum(shares) == 200
     assert all(share > 0 for share in shares), f"one process answered nothing: {shares}"

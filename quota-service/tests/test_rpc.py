@@ -42,15 +42,21 @@ from leadline_quota.plans.service import set_plan
 StreamEvents = Callable[[str, uuid.UUID, int], Awaitable[list[Event]]]
 
 
-async def reserve(nc: Client, request: QuotaReserveRequest, subject: str = RPC_QUOTA_RESERVE) -> QuotaReserveReply:
+async def reserve(
+    nc: Client, request: QuotaReserveRequest, subject: str = RPC_QUOTA_RESERVE
+) -> QuotaReserveReply:
     msg = await nc.request(subject, request.model_dump_json().encode(), timeout=10)
     return QuotaReserveReply.model_validate_json(msg.data)
 
 
-async def settle(nc: Client, subject: str, company: uuid.UUID, reservation_id: uuid.UUID) -> QuotaSettleReply:
+async def settle(
+    nc: Client, subject: str, company: uuid.UUID, reservation_id: uuid.UUID
+) -> QuotaSettleReply:
     msg = await nc.request(
         subject,
-        QuotaSettleRequest(company_id=company, reservation_id=reservation_id).model_dump_json().encode(),
+        QuotaSettleRequest(company_id=company, reservation_id=reservation_id)
+        .model_dump_json()
+        .encode(),
         timeout=10,
     )
     return QuotaSettleReply.model_validate_json(msg.data)
@@ -77,7 +83,9 @@ async def test_fifty_concurrent_reservers_get_exactly_the_limit(
     async with db.session() as session:
         assert (
             await session.scalar(
-                select(func.count()).select_from(reservation).where(reservation.c.company_id == company)
+                select(func.count())
+                .select_from(reservation)
+                .where(reservation.c.company_id == company)
             )
             == 100
         )
@@ -136,9 +144,15 @@ async def test_a_release_that_overtakes_its_reserve_leaves_nothing_reserved(
     )
     assert not late.granted and late.detail == "this reservation was released"
     async with db.session() as session:
-        states = (await session.scalars(select(reservation.c.state).where(reservation.c.company_id == company))).all()
+        states = (
+            await session.scalars(
+                select(reservation.c.state).where(reservation.c.company_id == company)
+            )
+        ).all()
     assert states == ["released"]
-    assert (await settle(nc, RPC_QUOTA_RELEASE, company, reservation_id)).ok  # idempotent: already released
+    assert (
+        await settle(nc, RPC_QUOTA_RELEASE, company, reservation_id)
+    ).ok  # idempotent: already released
 
 
 @pytest.mark.parametrize(
@@ -149,7 +163,12 @@ async def test_a_release_that_overtakes_its_reserve_leaves_nothing_reserved(
         (
             RPC_QUOTA_RESERVE,
             json.dumps(
-                {"company_id": str(uuid.uuid4()), "account_key": "smtp:nope", "recipients": 1, "size_bytes": 1}
+                {
+                    "company_id": str(uuid.uuid4()),
+                    "account_key": "smtp:nope",
+                    "recipients": 1,
+                    "size_bytes": 1,
+                }
             ).encode(),
         ),
         (
@@ -168,7 +187,9 @@ async def test_a_release_that_overtakes_its_reserve_leaves_nothing_reserved(
         (RPC_MAILBOX_SLOT_CLAIM, json.dumps({"company_id": str(uuid.uuid4())}).encode()),
         (
             RPC_SYNC_ALLOWANCE,
-            json.dumps({"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "count": -1}).encode(),
+            json.dumps(
+                {"company_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "count": -1}
+            ).encode(),
         ),
     ],
     # named, not shown: a body holds a random id, and parallel workers must collect the same test names
@@ -191,7 +212,10 @@ async def test_malformed_requests_get_a_reply_with_detail(
     assert reply.get("granted", False) is False and reply.get("ok", False) is False
     # the responder is still there
     ok = await reserve(
-        nc, QuotaReserveRequest(company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1, size_bytes=1)
+        nc,
+        QuotaReserveRequest(
+            company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1, size_bytes=1
+        ),
     )
     assert ok.granted
 
@@ -207,7 +231,11 @@ async def test_unknown_account_and_provider_get_the_custom_defaults(
         size_bytes=1,
     )
     refused = await reserve(nc, ask)
-    assert (refused.granted, refused.limit, refused.retry_at) == (False, "recipients_per_message", None)
+    assert (refused.granted, refused.limit, refused.retry_at) == (
+        False,
+        "recipients_per_message",
+        None,
+    )
     assert (await reserve(nc, ask.model_copy(update={"recipients": 100}))).granted
 
 
@@ -219,7 +247,9 @@ async def test_legacy_free_plan_allows_100_synced_emails_per_user_per_day(
     async def allowance(user_id: uuid.UUID, count: int) -> SyncAllowanceReply:
         msg = await nc.request(
             RPC_SYNC_ALLOWANCE,
-            SyncAllowanceRequest(company_id=company, user_id=user_id, count=count).model_dump_json().encode(),
+            SyncAllowanceRequest(company_id=company, user_id=user_id, count=count)
+            .model_dump_json()
+            .encode(),
             timeout=10,
         )
         return SyncAllowanceReply.model_validate_json(msg.data)
@@ -252,7 +282,10 @@ async def test_a_database_outage_is_answered_not_left_to_time_out(
         reply = await reserve(
             nc,
             QuotaReserveRequest(
-                company_id=uuid.uuid4(), account_key=f"smtp:{uuid.uuid4()}", recipients=1, size_bytes=1
+                company_id=uuid.uuid4(),
+                account_key=f"smtp:{uuid.uuid4()}",
+                recipients=1,
+                size_bytes=1,
             ),
         )
     assert (reply.granted, reply.reservation_id) == (False, None)

@@ -25,12 +25,21 @@ def smtp_key() -> str:
 
 
 async def ask(
-    db: Database, clock: MovableClock, request: ReserveAsk, *, dry_run: bool = False, commit: bool = False
+    db: Database,
+    clock: MovableClock,
+    request: ReserveAsk,
+    *,
+    dry_run: bool = False,
+    commit: bool = False,
 ) -> Decision:
     async with db.session() as session:
         decision = await reservations.reserve(session, request, clock, dry_run=dry_run)
         if commit and decision.reservation_id:
-            assert (await reservations.commit(session, request.company_id, decision.reservation_id, clock)).ok
+            assert (
+                await reservations.commit(
+                    session, request.company_id, decision.reservation_id, clock
+                )
+            ).ok
         return decision
 
 
@@ -79,9 +88,13 @@ async def test_recipients_window_counts_recipients_and_names_the_use_that_frees_
     company, key = uuid.uuid4(), smtp_key()
     limit = {"recipients_per_day": 10}
     start = clock.now
-    assert (await ask(db, clock, request(company, key, 2, **limit))).granted  # frees at start + 1 day
+    assert (
+        await ask(db, clock, request(company, key, 2, **limit))
+    ).granted  # frees at start + 1 day
     clock.advance(hours=1)
-    assert (await ask(db, clock, request(company, key, 5, **limit))).granted  # frees at start + 25 h
+    assert (
+        await ask(db, clock, request(company, key, 5, **limit))
+    ).granted  # frees at start + 25 h
     clock.advance(hours=1)
     assert (await ask(db, clock, request(company, key, 3, **limit))).granted  # 10 of 10 used
     # 6 more need 6 freed: the first (2) is not enough, the first two (7) are
@@ -94,7 +107,9 @@ async def test_recipients_window_counts_recipients_and_names_the_use_that_frees_
     assert not (await ask(db, clock, request(company, key, 1, **limit))).granted
 
 
-async def test_month_start_day_31_falls_on_the_last_day_of_short_months(db: Database, clock: MovableClock) -> None:
+async def test_month_start_day_31_falls_on_the_last_day_of_short_months(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_month": 2, "month_start_day": 31}
     clock.set(datetime(2026, 1, 31, 9, 0, tzinfo=UTC))
@@ -150,7 +165,9 @@ async def test_expiry_release_and_commit(db: Database, clock: MovableClock) -> N
         assert (await reservations.commit(session, company, kept.reservation_id, clock)).ok
         assert not (await reservations.release(session, company, kept.reservation_id, clock)).ok
         # another company cannot settle it
-        assert not (await reservations.commit(session, uuid.uuid4(), kept.reservation_id, clock)).found
+        assert not (
+            await reservations.commit(session, uuid.uuid4(), kept.reservation_id, clock)
+        ).found
     assert (await ask(db, clock, request(company, key, **limit))).granted  # the released one's room
     assert not (await ask(db, clock, request(company, key, **limit))).granted
     # a committed reservation stays counted after its ttl
@@ -164,7 +181,11 @@ async def test_static_limits_refuse_without_retry_and_unknown_provider_gets_cust
     company = uuid.uuid4()
     yahoo = ReserveAsk(company, smtp_key(), "Yahoo", 101, 1000)
     refused = await ask(db, clock, yahoo)
-    assert (refused.granted, refused.limit, refused.retry_at) == (False, "recipients_per_message", None)
+    assert (refused.granted, refused.limit, refused.retry_at) == (
+        False,
+        "recipients_per_message",
+        None,
+    )
     too_big = ReserveAsk(company, smtp_key(), "roadrunner", 1, 5 * 1048576 + 1)
     refused = await ask(db, clock, too_big)
     assert (refused.limit, refused.retry_at) == ("message_size_bytes", None)
@@ -174,11 +195,15 @@ async def test_static_limits_refuse_without_retry_and_unknown_provider_gets_cust
 
     unknown = ReserveAsk(company, f"mailbox:{uuid.uuid4()}", "no-such-provider", 100, 10485760)
     assert (await ask(db, clock, unknown)).granted
-    refused = await ask(db, clock, ReserveAsk(company, f"mailbox:{uuid.uuid4()}", "no-such-provider", 101, 10))
+    refused = await ask(
+        db, clock, ReserveAsk(company, f"mailbox:{uuid.uuid4()}", "no-such-provider", 101, 10)
+    )
     assert refused.limit == "recipients_per_message"
 
 
-async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Database, clock: MovableClock) -> None:
+async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_hour": 1}
     assert (await ask(db, clock, request(company, key, **limit), dry_run=True)).granted
@@ -187,7 +212,9 @@ async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Da
     checked = await ask(db, clock, request(company, key, **limit), dry_run=True)
     assert (checked.granted, checked.limit) == (False, "messages_per_hour")
     async with db.session() as session:
-        assert await session.scalar(select(func.count()).select_from(outbox)) == 0  # a check is silent
+        assert (
+            await session.scalar(select(func.count()).select_from(outbox)) == 0
+        )  # a check is silent
     refused = await ask(db, clock, request(company, key, **limit))
     async with db.session() as session:
         bodies = (await session.execute(select(outbox.c.body))).scalars().all()
@@ -195,23 +222,33 @@ async def test_refusal_enqueues_quota_exceeded_and_check_reserves_nothing(db: Da
     assert [(e.type, e.company_id) for e in events] == [("quota.exceeded", company)]
     assert isinstance(events[0], QuotaExceededV1)
     payload = events[0].payload
-    assert (payload.account_key, payload.limit, payload.retry_at) == (key, "messages_per_hour", refused.retry_at)
+    assert (payload.account_key, payload.limit, payload.retry_at) == (
+        key,
+        "messages_per_hour",
+        refused.retry_at,
+    )
 
 
-async def test_operator_overrides_win_over_account_settings_over_preset(db: Database, clock: MovableClock) -> None:
+async def test_operator_overrides_win_over_account_settings_over_preset(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     gmail = ReserveAsk(company, key, "gmail", 1, 10, account_settings={"messages_per_day": 3})
     for _ in range(3):
         assert (await ask(db, clock, gmail)).granted  # the account's 3/day, not gmail's 100
     assert not (await ask(db, clock, gmail)).granted
     async with db.session() as session:
-        report = await set_operator_overrides(session, company, key, {"messages_per_day": 4}, None, None, clock())
+        report = await set_operator_overrides(
+            session, company, key, {"messages_per_day": 4}, None, None, clock()
+        )
     day = next(r for r in report.limits if r.limit == "messages_per_day")
     assert (day.maximum, day.used, day.remaining) == (4, 3, 1)
     assert (await ask(db, clock, gmail)).granted
     assert not (await ask(db, clock, gmail)).granted
     async with db.session() as session:
-        await set_operator_overrides(session, company, key, {"messages_per_day": None}, None, None, clock())
+        await set_operator_overrides(
+            session, company, key, {"messages_per_day": None}, None, None, clock()
+        )
     assert (await ask(db, clock, gmail)).granted  # a null override lifts the limit
 
 
@@ -223,10 +260,24 @@ async def test_operator_overrides_win_over_account_settings_over_preset(db: Data
         ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 0, 1),
         ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, -5),
         ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, ttl_seconds=0),
-        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"max_per_month": 5}),
+        ReserveAsk(
+            uuid.uuid4(),
+            f"smtp:{uuid.uuid4()}",
+            "custom",
+            1,
+            1,
+            account_settings={"max_per_month": 5},
+        ),
         ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, month_start_day=32),
         ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 2**31, 1),
-        ReserveAsk(uuid.uuid4(), f"smtp:{uuid.uuid4()}", "custom", 1, 1, account_settings={"messages_per_day": 2**40}),
+        ReserveAsk(
+            uuid.uuid4(),
+            f"smtp:{uuid.uuid4()}",
+            "custom",
+            1,
+            1,
+            account_settings={"messages_per_day": 2**40},
+        ),
     ],
 )
 async def test_malformed_asks_are_refused_before_anything_is_written(
@@ -236,10 +287,14 @@ async def test_malformed_asks_are_refused_before_anything_is_written(
         await ask(db, clock, bad)
 
 
-async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db: Database, clock: MovableClock) -> None:
+async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(
+    db: Database, clock: MovableClock
+) -> None:
     company, key = uuid.uuid4(), smtp_key()
     limit = {"messages_per_day": 3}
-    late = await ask(db, clock, ReserveAsk(company, key, "custom", 1, 10, ttl_seconds=5, account_settings=limit))
+    late = await ask(
+        db, clock, ReserveAsk(company, key, "custom", 1, 10, ttl_seconds=5, account_settings=limit)
+    )
     released = await ask(db, clock, request(company, key, **limit))
     kept = await ask(db, clock, request(company, key, **limit), commit=True)
     clock.advance(seconds=10)
@@ -248,7 +303,9 @@ async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db:
         settled = await reservations.commit(session, company, late.reservation_id, clock)
         assert settled.ok and "expired" in settled.detail  # the message went out: its usage counts
         assert (await reservations.release(session, company, released.reservation_id, clock)).ok
-        assert await repository.prune(session, clock()) == 0  # a release is kept a while (a reserve may follow)
+        assert (
+            await repository.prune(session, clock()) == 0
+        )  # a release is kept a while (a reserve may follow)
         later = clock() + repository.KEEP_RELEASED + timedelta(seconds=1)
         assert await repository.prune(session, later) == 1  # then only the released one goes
     assert (await ask(db, clock, request(company, key, **limit))).granted
@@ -257,6 +314,8 @@ async def test_late_commit_records_usage_and_pruning_keeps_what_still_counts(db:
     async with db.session() as session:
         assert await repository.prune(session, clock()) == 3
         left = await session.scalar(
-            select(func.count()).select_from(reservation_table).where(reservation_table.c.company_id == company)
+            select(func.count())
+            .select_from(reservation_table)
+            .where(reservation_table.c.company_id == company)
         )
     assert left == 0 and kept.granted

@@ -92,11 +92,15 @@ REFUSED_RECIPIENTS = {
 class RecordingHandler:
     def __init__(self, behaviour: SmtpBehaviour, deliver_to: DovecotServer | None = None) -> None:
         self.behaviour = behaviour
-        self.deliver_to = deliver_to  # mail for its users lands in their INBOX (Mail Sync's address proof)
+        self.deliver_to = (
+            deliver_to  # mail for its users lands in their INBOX (Mail Sync's address proof)
+        )
         self.received: list[Received] = []
         self.data_commands = 0
         self.wire: list[bytearray] = []  # what each session received
-        self.ended: set[int] = set()  # the sessions over (closed by either side), by the id of their protocol
+        self.ended: set[int] = (
+            set()
+        )  # the sessions over (closed by either side), by the id of their protocol
         self.reads: list[bytes] = []  # each read of every session, to see what came in one write
         self.auth_attempts = 0
         self.logins = {SMTP_USER: SMTP_PASSWORD}
@@ -105,7 +109,12 @@ class RecordingHandler:
         self.lock = threading.Lock()
 
     async def handle_EHLO(
-        self, server: SMTP, session: SmtpSession, envelope: Envelope, hostname: str, responses: list[str]
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
         if self.behaviour.pipelining:
@@ -113,7 +122,12 @@ class RecordingHandler:
         return responses
 
     async def handle_MAIL(
-        self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         if self.behaviour.sender_reply is not None:
             return self.behaviour.sender_reply
@@ -121,7 +135,12 @@ class RecordingHandler:
         return "250 OK"
 
     async def handle_RCPT(
-        self, server: SMTP, session: SmtpSession, envelope: Envelope, address: str, options: list[str]
+        self,
+        server: SMTP,
+        session: SmtpSession,
+        envelope: Envelope,
+        address: str,
+        options: list[str],
     ) -> str:
         """``nobody@…`` and ``gone@…`` (a multi-line reply) are refused for good, ``busy@…`` for now."""
         refusal = REFUSED_RECIPIENTS.get(address.partition("@")[0])
@@ -237,9 +256,14 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         cert.configure_cert(context)
         handler = RecordingHandler(
-            SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining), deliver_to
+            SmtpBehaviour(mode=mode, silent_seconds=silent_seconds, pipelining=pipelining),
+            deliver_to,
         )
-        kwargs: dict[str, Any] = {"authenticator": handler.authenticate, "auth_required": True, "timeout": idle_timeout}
+        kwargs: dict[str, Any] = {
+            "authenticator": handler.authenticate,
+            "auth_required": True,
+            "timeout": idle_timeout,
+        }
         if tls == "starttls":
             kwargs.update(tls_context=context, require_starttls=True, auth_require_tls=True)
         elif tls == "implicit":
@@ -254,7 +278,9 @@ def smtp_server(tls_ca: trustme.CA) -> Iterator[SmtpFactory]:
         if self_signed:
             der = ssl.PEM_cert_to_DER_cert(cert.cert_chain_pems[0].bytes().decode())
             pin = hashlib.sha256(der).hexdigest()
-        return SmtpServer(port=port, tls=tls, handler=handler, controller=controller, pinned_sha256=pin)
+        return SmtpServer(
+            port=port, tls=tls, handler=handler, controller=controller, pinned_sha256=pin
+        )
 
     yield start
     for controller in started:
@@ -285,7 +311,9 @@ class MailboxDirectoryStub:
 
     async def answer(self, msg: Any) -> None:
         request = MailboxSmtpRequest.model_validate_json(msg.data)
-        reply = self.replies.get((request.company_id, request.user_id), MailboxSmtpReply(found=False))
+        reply = self.replies.get(
+            (request.company_id, request.user_id), MailboxSmtpReply(found=False)
+        )
         await msg.respond(reply.model_dump_json().encode())
 
 
@@ -310,13 +338,19 @@ class LeadServiceStub:
     def create(self, company_id: uuid.UUID, addresses: list[str], name: str = "") -> uuid.UUID:
         """A lead the lead service has; its lead.created is not published (it is "on its way")."""
         lead_id = uuid.uuid4()
-        self.leads[(company_id, lead_id)] = LeadAddresses(lead_id=lead_id, name=name, addresses=addresses)
+        self.leads[(company_id, lead_id)] = LeadAddresses(
+            lead_id=lead_id, name=name, addresses=addresses
+        )
         return lead_id
 
     async def answer(self, msg: Any) -> None:
         request = LeadAddressesRequest.model_validate_json(msg.data)
         self.asked.append(request)
-        found = [self.leads[(request.company_id, i)] for i in request.lead_ids if (request.company_id, i) in self.leads]
+        found = [
+            self.leads[(request.company_id, i)]
+            for i in request.lead_ids
+            if (request.company_id, i) in self.leads
+        ]
         await msg.respond(LeadAddressesReply(leads=found).model_dump_json().encode())
 
 
@@ -391,13 +425,16 @@ class SendHarness:
         account = created.json()
         before = len(server.received)
         tested = await self.admin.post(
-            f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": "admin@company.example.com"}
+            f"/v1/smtp-accounts/{account['id']}/test-email",
+            json={"to": "admin@company.example.com"},
         )
         assert tested.status_code == 202, tested.text
         mail = server.received[before]
         code = re.search(r"code for the SMTP account .* is (\d{6})", mail.message.get_content())
         assert code, mail.message.get_content()
-        confirmed = await self.admin.post(f"/v1/smtp-accounts/{account['id']}/confirm", json={"code": code.group(1)})
+        confirmed = await self.admin.post(
+            f"/v1/smtp-accounts/{account['id']}/confirm", json={"code": code.group(1)}
+        )
         assert confirmed.status_code == 200, confirmed.text
         assert confirmed.json()["confirmed"] is True
         return dict(confirmed.json())
@@ -409,21 +446,29 @@ class SendHarness:
         try:
             event = LeadCreatedV1(
                 company_id=self.company_id,
-                payload=LeadPayload(lead_id=lead_id, name=name, addresses=addresses, created_at=utcnow()),
+                payload=LeadPayload(
+                    lead_id=lead_id, name=name, addresses=addresses, created_at=utcnow()
+                ),
             )
             await nc.jetstream().publish(
-                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+                event.subject,
+                event.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": str(event.event_id)},
             )
         finally:
             await nc.close()
         for _ in range(200):
             async with self.db.session() as s:
-                if await s.scalar(select(lead_address.c.lead_id).where(lead_address.c.lead_id == lead_id)):
+                if await s.scalar(
+                    select(lead_address.c.lead_id).where(lead_address.c.lead_id == lead_id)
+                ):
                     return lead_id
             await asyncio.sleep(0.05)
         raise AssertionError("lead.created was not applied")
 
-    async def wait_for(self, message_id: str, states: set[str], timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_for(
+        self, message_id: str, states: set[str], timeout: float = 20.0
+    ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             got = await self.user.get(f"/v1/messages/{message_id}")

@@ -22,7 +22,11 @@ async def test_a_batch_is_queued_in_order_and_each_message_sent_once(
     assert response.status_code == 202, response.text
     items = response.json()["items"]
     assert [i["subject"] for i in items] == ["Batch 0", "Batch 1", "Batch 2"]
-    assert [i["recipients"] for i in items] == [["lead0@example.org"], ["lead1@example.org"], ["lead2@example.org"]]
+    assert [i["recipients"] for i in items] == [
+        ["lead0@example.org"],
+        ["lead1@example.org"],
+        ["lead2@example.org"],
+    ]
 
     done = [await app.wait_for(i["id"], {"sent"}) for i in items]
     for item in done:
@@ -31,7 +35,9 @@ async def test_a_batch_is_queued_in_order_and_each_message_sent_once(
         assert received.message["Subject"] == item["subject"]
 
     # the item's idempotency key works as the header does: the same message, never a second send
-    again = await app.user.post("/v1/messages/batch", json={"messages": [_message(0, idempotency_key="batch-0")]})
+    again = await app.user.post(
+        "/v1/messages/batch", json={"messages": [_message(0, idempotency_key="batch-0")]}
+    )
     assert again.status_code == 202
     assert again.json()["items"][0]["id"] == items[0]["id"]
     listed = (await app.user.get("/v1/messages")).json()["items"]
@@ -46,7 +52,9 @@ async def test_one_bad_message_refuses_the_whole_batch(
     server = smtp_server(tls="starttls")
     await app.add_account(server, type="customer_service")
     sessions = len(server.handler.wire)
-    body = {"messages": [_message(0), _message(1, subject="Hi\r\nBcc: evil@example.net"), _message(2)]}
+    body = {
+        "messages": [_message(0), _message(1, subject="Hi\r\nBcc: evil@example.net"), _message(2)]
+    }
     response = await app.user.post("/v1/messages/batch", json=body)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -56,7 +64,12 @@ async def test_one_bad_message_refuses_the_whole_batch(
     assert (await app.user.get("/v1/messages")).json()["items"] == []
     assert len(server.handler.wire) == sessions
 
-    too_many = await app.user.post("/v1/messages/batch", json={"messages": [_message(n) for n in range(101)]})
-    assert too_many.status_code == 422 and too_many.headers["content-type"] == "application/problem+json"
+    too_many = await app.user.post(
+        "/v1/messages/batch", json={"messages": [_message(n) for n in range(101)]}
+    )
+    assert (
+        too_many.status_code == 422
+        and too_many.headers["content-type"] == "application/problem+json"
+    )
     empty = await app.user.post("/v1/messages/batch", json={"messages": []})
     assert empty.status_code == 422

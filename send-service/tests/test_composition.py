@@ -28,14 +28,20 @@ WHEN = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 
 def _build(sender: Sender, to: str, name: str, subject: str, message_id: str) -> bytes:
-    draft = Draft(category="personal", to=(Recipient(to, name),), subject=subject, text="Grüße\n.\nline")
+    draft = Draft(
+        category="personal", to=(Recipient(to, name),), subject=subject, text="Grüße\n.\nline"
+    )
     return build_message(draft, sender, message_id=message_id, date=WHEN, unsubscribe_link=None).raw
 
 
 def test_the_same_message_builds_to_the_same_bytes_and_reads_back() -> None:
     sender = Sender("zoe@company.example.com", "Zoë Ünal")
-    first = _build(sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>")
-    again = _build(sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>")
+    first = _build(
+        sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>"
+    )
+    again = _build(
+        sender, "lead@example.org", "Jürgen Groß", "Angebot für Sie — 10 %", "<a@x.example>"
+    )
     assert first == again
     parsed = email.message_from_bytes(first, policy=policy.default)
     assert str(parsed["Subject"]) == "Angebot für Sie — 10 %"
@@ -45,8 +51,12 @@ def test_the_same_message_builds_to_the_same_bytes_and_reads_back() -> None:
 
 
 def test_a_repeated_header_text_is_not_confused_across_senders() -> None:
-    one = _build(Sender("a@company.example.com", "A"), "lead@example.org", "", "Hi", "<1@x.example>")
-    two = _build(Sender("b@company.example.com", "B"), "lead@example.org", "", "Hi", "<2@x.example>")
+    one = _build(
+        Sender("a@company.example.com", "A"), "lead@example.org", "", "Hi", "<1@x.example>"
+    )
+    two = _build(
+        Sender("b@company.example.com", "B"), "lead@example.org", "", "Hi", "<2@x.example>"
+    )
     assert email.message_from_bytes(one, policy=policy.default)["From"].addresses[0].username == "a"
     assert email.message_from_bytes(two, policy=policy.default)["From"].addresses[0].username == "b"
 
@@ -63,7 +73,9 @@ def test_headers_that_read_back_differently_are_refused() -> None:
     with pytest.raises(Unprocessable) as refused:
         _check_reparse(raw, intended)
     assert refused.value.slug == "header-mismatch"
-    _check_reparse(raw, [(n, "Hi" if n == "Subject" else v) for n, v in intended])  # the true headers pass
+    _check_reparse(
+        raw, [(n, "Hi" if n == "Subject" else v) for n, v in intended]
+    )  # the true headers pass
 
 
 @pytest.mark.parametrize(
@@ -85,12 +97,17 @@ def test_the_serialiser_writes_what_the_standard_generator_writes(text: str) -> 
     msg.set_content(text)
     msg.add_alternative(f"<p>{text}</p>", subtype="html")
     msg.add_attachment(
-        b"\x00\x01binary\r\n" * 100, maintype="application", subtype="octet-stream", filename="prices.bin"
+        b"\x00\x01binary\r\n" * 100,
+        maintype="application",
+        subtype="octet-stream",
+        filename="prices.bin",
     )
     assert serialise(msg) == msg.as_bytes(policy=WIRE)
 
 
-def test_the_serialiser_ends_lines_as_the_standard_generator_with_any_line_ends_in_a_payload() -> None:
+def test_the_serialiser_ends_lines_as_the_standard_generator_with_any_line_ends_in_a_payload() -> (
+    None
+):
     msg = EmailMessage(policy=policy.default)
     msg["Subject"] = "raw payload"
     msg.set_payload("a\rb\r\nc\n\rd\r\r\ne\n\n")  # as stored, not normalised by set_content
@@ -101,7 +118,9 @@ def test_the_serialiser_ends_lines_as_the_standard_generator_with_any_line_ends_
     )
 
 
-def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_built_message_is_what_the_standard_generator_writes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     draft = Draft(
         category="personal",
         to=(Recipient("lead@example.org", "Jürgen Groß"),),
@@ -113,10 +132,16 @@ def test_a_built_message_is_what_the_standard_generator_writes(monkeypatch: pyte
 
     def build() -> bytes:
         return build_message(
-            draft, Sender("a@company.example.com", "A"), message_id="<4@x.example>", date=WHEN, unsubscribe_link=None
+            draft,
+            Sender("a@company.example.com", "A"),
+            message_id="<4@x.example>",
+            date=WHEN,
+            unsubscribe_link=None,
         ).raw
 
-    monkeypatch.setattr(email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: "=b="))
+    monkeypatch.setattr(
+        email.generator.Generator, "_make_boundary", classmethod(lambda cls, text=None: "=b=")
+    )
     ours = build()
     monkeypatch.setattr(composition, "serialise", lambda msg: msg.as_bytes(policy=WIRE))
     assert ours == build()

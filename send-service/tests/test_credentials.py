@@ -41,7 +41,10 @@ async def test_sealed_bound_to_the_row_and_rotated(
         after = (await s.execute(select(smtp_account).where(smtp_account.c.id == one.id))).one()
         await s.execute(update(smtp_account).values(active=True))
     assert after.key_id == "k2"
-    assert CredentialKeys(NEW).open(after.password_sealed, "k2", after.company_id, after.id) == SMTP_PASSWORD
+    assert (
+        CredentialKeys(NEW).open(after.password_sealed, "k2", after.company_id, after.id)
+        == SMTP_PASSWORD
+    )
 
 
 async def test_an_account_whose_password_does_not_decrypt_is_in_error_with_the_fix(
@@ -53,7 +56,9 @@ async def test_an_account_whose_password_does_not_decrypt_is_in_error_with_the_f
     assert account["error"] is None
     async with app.db.session() as s:
         sealed = await s.scalar(
-            select(smtp_account.c.password_sealed).where(smtp_account.c.id == uuid.UUID(account["id"]))
+            select(smtp_account.c.password_sealed).where(
+                smtp_account.c.id == uuid.UUID(account["id"])
+            )
         )
         await s.execute(
             update(smtp_account)
@@ -62,22 +67,38 @@ async def test_an_account_whose_password_does_not_decrypt_is_in_error_with_the_f
         )
     sessions = len(server.handler.wire)
     sent = await app.user.post(
-        "/v1/messages", json={"category": "marketing", "to": ["lead@example.org"], "subject": "hi", "text": "x"}
+        "/v1/messages",
+        json={"category": "marketing", "to": ["lead@example.org"], "subject": "hi", "text": "x"},
     )
-    assert sent.status_code == 422 and sent.json()["type"].endswith("/no-sending-account"), sent.text
+    assert sent.status_code == 422 and sent.json()["type"].endswith("/no-sending-account"), (
+        sent.text
+    )
     shown = (await app.admin.get(f"/v1/smtp-accounts/{account['id']}")).json()
-    assert "cannot be decrypted" in shown["error"] and "password" in shown["error"] and shown["error_at"]
+    assert (
+        "cannot be decrypted" in shown["error"]
+        and "password" in shown["error"]
+        and shown["error_at"]
+    )
     tested = await app.admin.post(
         f"/v1/smtp-accounts/{account['id']}/test-email", json={"to": "admin@company.example.com"}
     )
-    assert tested.status_code == 422 and tested.json()["type"].endswith("/smtp-account-error"), tested.text
+    assert tested.status_code == 422 and tested.json()["type"].endswith("/smtp-account-error"), (
+        tested.text
+    )
     assert len(server.handler.wire) == sessions
     # entering the password again is the fix: out of error, and confirmed again before it sends
-    fixed = await app.admin.patch(f"/v1/smtp-accounts/{account['id']}", json={"password": SMTP_PASSWORD})
-    assert fixed.status_code == 200 and fixed.json()["error"] is None and fixed.json()["confirmed"] is False
+    fixed = await app.admin.patch(
+        f"/v1/smtp-accounts/{account['id']}", json={"password": SMTP_PASSWORD}
+    )
+    assert (
+        fixed.status_code == 200
+        and fixed.json()["error"] is None
+        and fixed.json()["confirmed"] is False
+    )
     again = await app.add_account(server, name="after the fix")
     sent = await app.user.post(
-        "/v1/messages", json={"category": "marketing", "to": ["lead@example.org"], "subject": "hi", "text": "x"}
+        "/v1/messages",
+        json={"category": "marketing", "to": ["lead@example.org"], "subject": "hi", "text": "x"},
     )
     assert sent.status_code == 202, sent.text
     assert sent.json()["account"] == f"smtp:{again['id']}"

@@ -29,7 +29,9 @@ async def publish(app: SendHarness, event: EventBase) -> None:
     nc = await nats.connect(app.nats_url)
     try:
         await nc.jetstream().publish(
-            event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            event.subject,
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": str(event.event_id)},
         )
     finally:
         await nc.close()
@@ -47,12 +49,17 @@ async def test_lead_changes_bounces_and_listing(
         LeadUpdatedV1(
             company_id=app.company_id,
             payload=LeadPayload(
-                lead_id=lead, name="Lead", addresses=["New@Example.org", "old@example.org"], created_at=utcnow()
+                lead_id=lead,
+                name="Lead",
+                addresses=["New@Example.org", "old@example.org"],
+                created_at=utcnow(),
             ),
         ),
     )
     for _ in range(100):
-        response = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "hi", "subject": "probe"})
+        response = await app.user.post(
+            "/v1/messages", json={"lead_ids": [str(lead)], "text": "hi", "subject": "probe"}
+        )
         assert response.status_code == 202
         if response.json()["recipients"] == ["new@example.org"]:
             break
@@ -99,7 +106,9 @@ async def test_lead_changes_bounces_and_listing(
         ),
     )
     bounced = await app.wait_for(message["id"], {"bounced"})
-    assert bounced["state"] == "bounced" and bounced["last_error"].startswith("bounced for new@example.org: 5.1.1")
+    assert bounced["state"] == "bounced" and bounced["last_error"].startswith(
+        "bounced for new@example.org: 5.1.1"
+    )
     assert bounced["delivery_notice"] | {"received_at": None} == {
         "severity": "hard",
         "status": "5.1.1",
@@ -114,7 +123,9 @@ async def test_lead_changes_bounces_and_listing(
         MailComplainedV1(
             company_id=app.company_id,
             payload=MailComplainedPayload(
-                original_message_id=message["message_id"], recipient="", complained_at=datetime.now(UTC)
+                original_message_id=message["message_id"],
+                recipient="",
+                complained_at=datetime.now(UTC),
             ),
         ),
     )
@@ -124,14 +135,21 @@ async def test_lead_changes_bounces_and_listing(
         if refused.json().get("type", "").endswith("/recipient-complained"):
             break
         await asyncio.sleep(0.05)
-    assert refused.status_code == 422 and refused.json()["addresses"] == ["new@example.org"], refused.text
+    assert refused.status_code == 422 and refused.json()["addresses"] == ["new@example.org"], (
+        refused.text
+    )
     assert "complained" in refused.json()["detail"]
-    personal = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "still one-to-one"})
+    personal = await app.user.post(
+        "/v1/messages", json={"lead_ids": [str(lead)], "text": "still one-to-one"}
+    )
     assert personal.status_code == 202, "a complaint stops marketing mail only"
 
     await publish(
         app,
-        LeadDeletedV1(company_id=app.company_id, payload=LeadPayload(lead_id=lead, addresses=[], created_at=utcnow())),
+        LeadDeletedV1(
+            company_id=app.company_id,
+            payload=LeadPayload(lead_id=lead, addresses=[], created_at=utcnow()),
+        ),
     )
     for _ in range(100):
         gone = await app.user.post("/v1/messages", json={"lead_ids": [str(lead)], "text": "hi"})
@@ -144,15 +162,25 @@ async def test_lead_changes_bounces_and_listing(
     everything = (await app.user.get("/v1/messages", params={"limit": 200})).json()["items"]
     first = (await app.user.get("/v1/messages", params={"limit": 1})).json()
     assert first["items"][0]["id"] == everything[0]["id"] and first["next_cursor"]
-    second = (await app.user.get("/v1/messages", params={"limit": 1, "cursor": first["next_cursor"]})).json()
+    second = (
+        await app.user.get("/v1/messages", params={"limit": 1, "cursor": first["next_cursor"]})
+    ).json()
     assert second["items"][0]["id"] == everything[1]["id"]
-    for bad in ("not-base64!", encode_cursor("yesterday", uuid.uuid4()), encode_cursor(utcnow().isoformat(), "x")):
+    for bad in (
+        "not-base64!",
+        encode_cursor("yesterday", uuid.uuid4()),
+        encode_cursor(utcnow().isoformat(), "x"),
+    ):
         refused = await app.user.get("/v1/messages", params={"cursor": bad})
-        assert refused.status_code == 400 and refused.json()["type"].endswith("/invalid-cursor"), refused.text
+        assert refused.status_code == 400 and refused.json()["type"].endswith("/invalid-cursor"), (
+            refused.text
+        )
     only_bounced = (await app.user.get("/v1/messages", params={"state": "bounced"})).json()["items"]
     assert [m["id"] for m in only_bounced] == [message["id"]]
     # a salesperson sees only their own messages; an administrator sees the company's
-    colleague = as_caller(app.client, make_identity("salesperson", company_id=app.company_id), SECRET)
+    colleague = as_caller(
+        app.client, make_identity("salesperson", company_id=app.company_id), SECRET
+    )
     assert (await colleague.get("/v1/messages")).json()["items"] == []
     assert (await colleague.get(f"/v1/messages/{message['id']}")).status_code == 404
     assert (await colleague.post(f"/v1/messages/{message['id']}/resend")).status_code == 404
@@ -163,7 +191,10 @@ async def test_lead_changes_bounces_and_listing(
     assert (await app.user.get(f"/v1/messages/{uuid.uuid4()}")).status_code == 404
     # a path that is no message id is not a message: 404, and GET on the batch path is a 405 naming POST
     malformed = await app.user.get("/v1/messages/not-an-id")
-    assert malformed.status_code == 404 and malformed.headers["content-type"] == "application/problem+json"
+    assert (
+        malformed.status_code == 404
+        and malformed.headers["content-type"] == "application/problem+json"
+    )
     on_batch = await app.user.get("/v1/messages/batch")
     assert on_batch.status_code == 405 and on_batch.headers["allow"] == "POST", on_batch.text
 

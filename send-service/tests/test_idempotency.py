@@ -15,7 +15,10 @@ async def test_same_key_same_message_even_when_racing(
     await app.add_account(server, type="customer_service")
     body = {"to": ["lead@example.org"], "subject": "once", "text": "only once"}
     responses = await asyncio.gather(
-        *(app.user.post("/v1/messages", json=body, headers={"Idempotency-Key": "k-1"}) for _ in range(6))
+        *(
+            app.user.post("/v1/messages", json=body, headers={"Idempotency-Key": "k-1"})
+            for _ in range(6)
+        )
     )
     assert {r.status_code for r in responses} == {202}
     ids = {r.json()["id"] for r in responses}
@@ -44,11 +47,15 @@ async def test_a_key_reused_with_another_body_is_422(
     assert first.status_code == 202, first.text
     # the same request spelled otherwise (a default given) is the same request
     same = await app.user.post(
-        "/v1/messages", json={**body, "category": "personal"}, headers={"Idempotency-Key": "k-reused"}
+        "/v1/messages",
+        json={**body, "category": "personal"},
+        headers={"Idempotency-Key": "k-reused"},
     )
     assert same.status_code == 202 and same.json()["id"] == first.json()["id"]
     for changed in ({"subject": "second"}, {"to": ["other@example.org"]}, {"text": "another body"}):
-        reused = await app.user.post("/v1/messages", json={**body, **changed}, headers={"Idempotency-Key": "k-reused"})
+        reused = await app.user.post(
+            "/v1/messages", json={**body, **changed}, headers={"Idempotency-Key": "k-reused"}
+        )
         assert reused.status_code == 422, reused.text
         assert reused.json()["type"].endswith("/idempotency-key-reused")
     batch = await app.user.post(
@@ -61,7 +68,9 @@ async def test_a_key_reused_with_another_body_is_422(
         },
     )
     assert batch.status_code == 422 and batch.json()["index"] == 1, batch.text
-    again = await app.user.post("/v1/messages/batch", json={"messages": [{**body, "idempotency_key": "k-reused"}]})
+    again = await app.user.post(
+        "/v1/messages/batch", json={"messages": [{**body, "idempotency_key": "k-reused"}]}
+    )
     assert again.status_code == 202 and again.json()["items"][0]["id"] == first.json()["id"]
     await app.wait_for(first.json()["id"], {"sent"})
     listed = (await app.user.get("/v1/messages")).json()["items"]

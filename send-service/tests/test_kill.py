@@ -67,7 +67,9 @@ async def start(service: AppProcess) -> None:
 async def counts(db: Database) -> Counter[str]:
     async with db.session() as s:
         rows = (
-            await s.execute(select(outgoing_message.c.state, func.count()).group_by(outgoing_message.c.state))
+            await s.execute(
+                select(outgoing_message.c.state, func.count()).group_by(outgoing_message.c.state)
+            )
         ).all()
     return Counter({state: n for state, n in rows})
 
@@ -107,7 +109,9 @@ async def test_sigkill_during_a_batch(
         )
         account = created.json()
         await client.post(
-            f"/v1/smtp-accounts/{account['id']}/test-email", headers=signed(), json={"to": "admin@company.example.com"}
+            f"/v1/smtp-accounts/{account['id']}/test-email",
+            headers=signed(),
+            json={"to": "admin@company.example.com"},
         )
         code = server.received[-1].message.get_content().split(" is ")[1][:6]
         confirmed = await client.post(
@@ -123,7 +127,11 @@ async def test_sigkill_during_a_batch(
                 response = await client.post(
                     "/v1/messages",
                     headers=signed(),
-                    json={"to": [f"lead{n}@example.org"], "subject": f"batch {n}", "text": "x" * 2000},
+                    json={
+                        "to": [f"lead{n}@example.org"],
+                        "subject": f"batch {n}",
+                        "text": "x" * 2000,
+                    },
                 )
                 assert response.status_code == 202, response.text
                 return response.json()

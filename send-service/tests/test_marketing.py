@@ -99,7 +99,10 @@ async def test_marketing_mail_to_a_lead(
     text = msg.get_body(("plain",)).get_content()
     html = msg.get_body(("html",)).get_content()
     assert "https://shop.example/spring?x=1&utm_source=leadline&utm_campaign=spring" in text
-    assert 'href="https://shop.example/a?p=1&amp;q=2&amp;utm_source=leadline&amp;utm_campaign=spring"' in html
+    assert (
+        'href="https://shop.example/a?p=1&amp;q=2&amp;utm_source=leadline&amp;utm_campaign=spring"'
+        in html
+    )
     assert link in text and link in html
 
     # the wire: STARTTLS before AUTH, AUTH as the account's user
@@ -121,7 +124,9 @@ async def test_marketing_mail_to_a_lead(
     assert page.status_code == 200 and "<form method='post'>" in page.text
     for _ in range(2):  # repeated one-click posts are harmless
         posted = await app.client.post(
-            path, content=b"List-Unsubscribe=One-Click", headers={"content-type": "application/x-www-form-urlencoded"}
+            path,
+            content=b"List-Unsubscribe=One-Click",
+            headers={"content-type": "application/x-www-form-urlencoded"},
         )
         assert posted.status_code == 200
     unsub = await events_of(app.nats_url, "leadline.lead.unsubscribed.v1", app.company_id, 1)
@@ -129,7 +134,8 @@ async def test_marketing_mail_to_a_lead(
     assert len(unsub) == 1 and unsub[0].payload.lead_id == lead
     assert unsub[0].payload.address == "jane.doe@example.org"
     again = await app.user.post(
-        "/v1/messages", json={"category": "marketing", "lead_ids": [str(lead)], "subject": "more", "text": "x"}
+        "/v1/messages",
+        json={"category": "marketing", "lead_ids": [str(lead)], "subject": "more", "text": "x"},
     )
     assert again.status_code == 422 and again.json()["type"].endswith("/recipient-unsubscribed")
     # a forged token is refused

@@ -55,12 +55,18 @@ async def test_a_settled_attempt_is_not_settled_again(
     assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
     message_id = uuid.UUID(message["id"])
     async with app.db.plain() as conn:
-        before = await conn.fetchrow("SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id)
+        before = await conn.fetchrow(
+            "SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id
+        )
         assert before is not None and (before["phase"], before["outcome"]) == ("done", "sent")
         late = ("failed", "interrupted", "late reply", None, "late error")
         await conn.execute(repository.SETTLE, message_id, 1, *late)
-        await conn.execute(repository.SETTLE_SENT, message_id, 1, "late reply", None, uuid.uuid4(), "x", b"{}")
-        after = await conn.fetchrow("SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id)
+        await conn.execute(
+            repository.SETTLE_SENT, message_id, 1, "late reply", None, uuid.uuid4(), "x", b"{}"
+        )
+        after = await conn.fetchrow(
+            "SELECT * FROM send_attempt WHERE message_id = $1 AND number = 1", message_id
+        )
         assert dict(after or {}) == dict(before)
         assert await conn.fetchval("SELECT count(*) FROM outbox WHERE subject = 'x'") == 0
     assert (await app.user.get(f"/v1/messages/{message['id']}")).json()["state"] == "sent"
@@ -95,20 +101,39 @@ async def one_slow_retrying_connection(
 
 @PIPELINING
 async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_on(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    quota_service: None,
+    mailboxes: object,
+    pipelining: bool,
 ) -> None:
     # personal mail of a user without a synced mailbox: more than one recipient per message
-    app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining, type="customer_service")
-    some = await send(app, category="personal", to=["lead@example.org", "nobody@example.org", "gone@example.org"])
+    app, server = await one_slow_retrying_connection(
+        send_service, smtp_server, pipelining, type="customer_service"
+    )
+    some = await send(
+        app, category="personal", to=["lead@example.org", "nobody@example.org", "gone@example.org"]
+    )
     done = await app.wait_for(some["id"], {"sent", "failed", "unknown"})
-    assert done["state"] == "sent" and "nobody@example.org: 550 5.1.1 No such user" in done["last_error"], done
-    assert "gone@example.org: 550 5.1.1 The account does not exist.\n5.1.1 Check the address." in done["last_error"]
-    assert [r.rcpt_tos for r in server.handler.by_message_id(some["message_id"])] == [["lead@example.org"]]
+    assert (
+        done["state"] == "sent"
+        and "nobody@example.org: 550 5.1.1 No such user" in done["last_error"]
+    ), done
+    assert (
+        "gone@example.org: 550 5.1.1 The account does not exist.\n5.1.1 Check the address."
+        in done["last_error"]
+    )
+    assert [r.rcpt_tos for r in server.handler.by_message_id(some["message_id"])] == [
+        ["lead@example.org"]
+    ]
 
     none = await send(app, category="personal", to=["nobody@example.org"])
     done = await app.wait_for(none["id"], {"sent", "failed", "unknown"})
     assert done["state"] == "failed" and done["attempts"] == 1, done
-    assert done["last_error"] == "every recipient was refused: nobody@example.org: 550 5.1.1 No such user"
+    assert (
+        done["last_error"]
+        == "every recipient was refused: nobody@example.org: 550 5.1.1 No such user"
+    )
 
     later = await send(app, category="personal", to=["busy@example.org", "nobody@example.org"])
     done = await app.wait_for(later["id"], {"deferred"})
@@ -117,19 +142,31 @@ async def test_refused_recipients_decide_by_their_replies_and_the_session_goes_o
     sessions = len(server.handler.wire)
     after = await send(app, category="personal")
     assert (await app.wait_for(after["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
-    assert len(server.handler.wire) == sessions, "a refused envelope is reset, not a reason for a new session"
-    assert server.handler.by_message_id(none["message_id"]) == server.handler.by_message_id(later["message_id"]) == []
+    assert len(server.handler.wire) == sessions, (
+        "a refused envelope is reset, not a reason for a new session"
+    )
+    assert (
+        server.handler.by_message_id(none["message_id"])
+        == server.handler.by_message_id(later["message_id"])
+        == []
+    )
 
 
 @PIPELINING
 async def test_a_refused_sender_fails_on_5xx_and_waits_on_4xx(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    quota_service: None,
+    mailboxes: object,
+    pipelining: bool,
 ) -> None:
     app, server = await one_slow_retrying_connection(send_service, smtp_server, pipelining)
     server.handler.behaviour.sender_reply = "553 5.7.1 Sender address rejected"
     refused = await send(app)
     done = await app.wait_for(refused["id"], {"sent", "failed", "unknown"})
-    assert done["state"] == "failed" and done["smtp_reply"] == "553 5.7.1 Sender address rejected", done
+    assert (
+        done["state"] == "failed" and done["smtp_reply"] == "553 5.7.1 Sender address rejected"
+    ), done
     server.handler.behaviour.sender_reply = "451 4.7.1 Try again later"
     later = await send(app)
     done = await app.wait_for(later["id"], {"deferred"})
@@ -178,7 +215,9 @@ async def test_no_reply_after_data_is_unknown_never_resent_settled_by_sync(
             ),
         )
         await nc.jetstream().publish(
-            event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+            event.subject,
+            event.model_dump_json().encode(),
+            headers={"Nats-Msg-Id": str(event.event_id)},
         )
     await nc.close()
     settled = await app.wait_for(message["id"], {"sent"})
@@ -233,7 +272,13 @@ async def test_plaintext_needs_the_operator_setting(
     app = await send_service()
     refused = await app.admin.post(
         "/v1/smtp-accounts",
-        json={"name": "plain", "host": "127.0.0.1", "port": 2525, "tls": "plain", "from_email": "a@example.com"},
+        json={
+            "name": "plain",
+            "host": "127.0.0.1",
+            "port": 2525,
+            "tls": "plain",
+            "from_email": "a@example.com",
+        },
     )
     assert refused.status_code == 422 and refused.json()["type"].endswith("/plaintext-not-allowed")
 
@@ -257,7 +302,8 @@ async def test_self_signed_certificate_by_pinned_fingerprint(
     )
     assert unpinned.status_code == 201
     tested = await app.admin.post(
-        f"/v1/smtp-accounts/{unpinned.json()['id']}/test-email", json={"to": "admin@company.example.com"}
+        f"/v1/smtp-accounts/{unpinned.json()['id']}/test-email",
+        json={"to": "admin@company.example.com"},
     )
     assert tested.status_code == 422 and "certificate" in tested.json()["detail"]
     assert server.handler.auth_attempts == 0
@@ -271,9 +317,14 @@ async def test_connections_are_reused_and_renewed_after_the_recipient_limit(
 ) -> None:
     app = await send_service(smtp_connections=1, recipients_per_connection=4)
     server = smtp_server(tls="starttls")
-    await app.add_account(server, type="customer_service")  # personal mail of a user without a synced mailbox
+    await app.add_account(
+        server, type="customer_service"
+    )  # personal mail of a user without a synced mailbox
     sessions_before = len(server.handler.wire)
-    messages = [await send(app, category="personal", to=["a@example.org", "b@example.org"]) for _ in range(4)]
+    messages = [
+        await send(app, category="personal", to=["a@example.org", "b@example.org"])
+        for _ in range(4)
+    ]
     for m in messages:
         assert (await app.wait_for(m["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
     # 4 messages of 2 recipients, at most 4 recipients per connection: 2 sessions, not 4
@@ -292,7 +343,9 @@ async def test_graceful_stop_finishes_the_message_in_hand_and_gives_back_the_res
         await asyncio.sleep(0.02)
     await app.stop()
     async with app.db.session() as s:
-        states = dict((await s.execute(select(outgoing_message.c.id, outgoing_message.c.state))).all())
+        states = dict(
+            (await s.execute(select(outgoing_message.c.id, outgoing_message.c.state))).all()
+        )
     assert states[uuid.UUID(messages[0]["id"])] == "sent"
     assert sorted(states.values()) == ["queued", "queued", "queued", "sent"]
     async with app.db.session() as s:

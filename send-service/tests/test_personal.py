@@ -172,7 +172,9 @@ async def test_a_mailbox_signed_in_with_oauth2_sends_by_xoauth2_and_copies_to_se
     [received] = server.handler.by_message_id(str(message["message_id"]))
     assert received.mail_from == address
     assert any(b"AUTH XOAUTH2 " in bytes(wire) for wire in server.handler.wire)
-    for _ in range(200):  # the copy signs in through the authorization server: give it time under load
+    for _ in range(
+        200
+    ):  # the copy signs in through the authorization server: give it time under load
         done = await app.wait_for(str(message["id"]), {"sent"})
         if done["sent_copy"]:
             break
@@ -225,7 +227,11 @@ async def test_every_copy_of_a_500_message_run_is_in_sent_exactly_once(
             "/v1/messages/batch",
             json={
                 "messages": [
-                    {"to": [f"lead{n}@example.org"], "subject": f"Note {n}", "text": "See you soon."}
+                    {
+                        "to": [f"lead{n}@example.org"],
+                        "subject": f"Note {n}",
+                        "text": "See you soon.",
+                    }
                     for n in range(start, start + 100)
                 ]
             },
@@ -238,7 +244,10 @@ async def test_every_copy_of_a_500_message_run_is_in_sent_exactly_once(
                 (
                     await session.execute(
                         select(outgoing_message.c.sent_copy, func.count())
-                        .where(outgoing_message.c.company_id == app.company_id, outgoing_message.c.state == "sent")
+                        .where(
+                            outgoing_message.c.company_id == app.company_id,
+                            outgoing_message.c.state == "sent",
+                        )
                         .group_by(outgoing_message.c.sent_copy)
                     )
                 ).all()
@@ -248,9 +257,13 @@ async def test_every_copy_of_a_500_message_run_is_in_sent_exactly_once(
         await asyncio.sleep(0.1)
     assert notes == {"saved to Sent": 500}
     in_sent = await sent_folder_message_ids(dovecot, user, ca_file)
-    assert sorted(in_sent) == sorted(str(m["message_id"]) for m in queued)  # every one, exactly once
+    assert sorted(in_sent) == sorted(
+        str(m["message_id"]) for m in queued
+    )  # every one, exactly once
     assert len(server.received) == 500
-    appends = (REGISTRY.get_sample_value("leadline_send_sent_copy_appends_total") or 0.0) - appends_before
+    appends = (
+        REGISTRY.get_sample_value("leadline_send_sent_copy_appends_total") or 0.0
+    ) - appends_before
     assert 1 <= appends <= 500
 
 
@@ -264,7 +277,9 @@ async def test_a_copy_the_imap_server_refuses_is_noted_and_the_message_stays_sen
     app = await send_service()
     server = smtp_server(tls="starttls")
     user = new_imap_user(dovecot)
-    reply = synced_mailbox(server, dovecot, user).model_copy(update={"imap_password": "changed-at-the-provider"})
+    reply = synced_mailbox(server, dovecot, user).model_copy(
+        update={"imap_password": "changed-at-the-provider"}
+    )
     mailboxes.replies[(app.company_id, app.user_id)] = reply
     message = await personal(app)
     # a deadline, not 100 looks (5 s): the copy's TLS connection and refused login come after the delivery

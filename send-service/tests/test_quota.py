@@ -23,12 +23,20 @@ from .conftest import SECRET, HarnessFactory, SmtpFactory
 
 
 async def test_waits_for_the_quota_service_then_rotates_then_refuses(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    mailboxes: object,
+    postgres: PostgresServer,
+    nats_url: str,
 ) -> None:
     app = await send_service(smtp_connections=1)
     first, second = smtp_server(tls="starttls"), smtp_server(tls="implicit")
-    a = await app.add_account(first, name="A", display_order=0, max_per_month=1, from_email="a@company.example.com")
-    b = await app.add_account(second, name="B", display_order=1, max_per_month=1, from_email="b@company.example.com")
+    a = await app.add_account(
+        first, name="A", display_order=0, max_per_month=1, from_email="a@company.example.com"
+    )
+    b = await app.add_account(
+        second, name="B", display_order=1, max_per_month=1, from_email="b@company.example.com"
+    )
     assert (await app.admin.get("/v1/smtp-accounts")).json()[0]["id"] == a["id"]
 
     # no quota service: accepted, but nothing goes out without a reservation
@@ -36,13 +44,22 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
     for n in range(2):
         response = await app.user.post(
             "/v1/messages",
-            json={"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"},
+            json={
+                "category": "marketing",
+                "to": [f"lead{n}@example.org"],
+                "subject": f"offer {n}",
+                "text": "x",
+            },
         )
         assert response.status_code == 202, response.text
         messages.append(response.json())
     waiting = await app.wait_for(messages[1]["id"], {"deferred"})
-    assert waiting["state"] == "deferred" and "quota service did not answer" in waiting["last_error"]
-    assert [r for r in first.received + second.received if r.message["Subject"].startswith("offer")] == []
+    assert (
+        waiting["state"] == "deferred" and "quota service did not answer" in waiting["last_error"]
+    )
+    assert [
+        r for r in first.received + second.received if r.message["Subject"].startswith("offer")
+    ] == []
 
     quota_url = await migrated_database(postgres, "leadline_quota")
     quota = QuotaSettings(
@@ -65,26 +82,41 @@ async def test_waits_for_the_quota_service_then_rotates_then_refuses(
         # both accounts are out of quota: refused at the API with when it resets
         refused = await app.user.post(
             "/v1/messages",
-            json={"category": "marketing", "to": ["lead9@example.org"], "subject": "offer 9", "text": "x"},
+            json={
+                "category": "marketing",
+                "to": ["lead9@example.org"],
+                "subject": "offer 9",
+                "text": "x",
+            },
         )
         assert refused.status_code == 429, refused.text
         problem = refused.json()
-        assert problem["type"].endswith("/quota-exceeded") and problem["limit"] == "messages_per_month"
-        assert datetime.fromisoformat(problem["retry_at"]) > datetime.fromisoformat(via_b["sent_at"])
+        assert (
+            problem["type"].endswith("/quota-exceeded") and problem["limit"] == "messages_per_month"
+        )
+        assert datetime.fromisoformat(problem["retry_at"]) > datetime.fromisoformat(
+            via_b["sent_at"]
+        )
         assert int(refused.headers["Retry-After"]) > 0
 
 
 async def _quota_usage(quota_url: str) -> dict[str, int]:
     conn = await asyncpg.connect(asyncpg_dsn(quota_url))
     try:
-        rows = await conn.fetch("SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state")
+        rows = await conn.fetch(
+            "SELECT state, sum(messages) AS messages FROM quota.reservation GROUP BY state"
+        )
     finally:
         await conn.close()
     return {r["state"]: int(r["messages"]) for r in rows}
 
 
 async def test_quota_counts_exactly_what_reached_the_server(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    mailboxes: object,
+    postgres: PostgresServer,
+    nats_url: str,
 ) -> None:
     """Workers reserve for a claim of messages at once (a lease); a 4xx answer is not counted, and
     what the lease did not need is given back."""
@@ -100,12 +132,19 @@ async def test_quota_counts_exactly_what_reached_the_server(
         app = await send_service(smtp_connections=1, claim_size=16)
         server = smtp_server(tls="starttls")
         await app.add_account(server, max_per_month=100)
-        server.handler.behaviour.mode = "tempfail_once"  # from now on every message: 451 first, then accepted
+        server.handler.behaviour.mode = (
+            "tempfail_once"  # from now on every message: 451 first, then accepted
+        )
         batch = await app.user.post(
             "/v1/messages/batch",
             json={
                 "messages": [
-                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                    {
+                        "category": "marketing",
+                        "to": [f"lead{n}@example.org"],
+                        "subject": f"offer {n}",
+                        "text": "x",
+                    }
                     for n in range(6)
                 ]
             },
@@ -134,7 +173,12 @@ async def test_near_a_limit_each_message_asks_on_its_own(
         "/v1/messages/batch",
         json={
             "messages": [
-                {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                {
+                    "category": "marketing",
+                    "to": [f"lead{n}@example.org"],
+                    "subject": f"offer {n}",
+                    "text": "x",
+                }
                 for n in range(5)
             ]
         },
@@ -144,10 +188,14 @@ async def test_near_a_limit_each_message_asks_on_its_own(
     assert sorted(d["state"] for d in done) == ["deferred", "deferred", "sent", "sent", "sent"]
     assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 3
     for waiting in (d for d in done if d["state"] == "deferred"):
-        assert "messages_per_month" in waiting["last_error"] and waiting["next_attempt_at"] is not None
+        assert (
+            "messages_per_month" in waiting["last_error"] and waiting["next_attempt_at"] is not None
+        )
 
 
-async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_service: None, nats_url: str) -> None:
+async def test_checks_are_answered_from_the_room_the_last_one_reported(
+    quota_service: None, nats_url: str
+) -> None:
     nc = await nats.connect(nats_url)
     client = QuotaClient(nc, timeout=5)
     request = QuotaReserveRequest(
@@ -159,7 +207,12 @@ async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_ser
     )
 
     def answered(answer: str) -> float:
-        return REGISTRY.get_sample_value("leadline_send_quota_answers_total", {"ask": "check", "answer": answer}) or 0
+        return (
+            REGISTRY.get_sample_value(
+                "leadline_send_quota_answers_total", {"ask": "check", "answer": answer}
+            )
+            or 0
+        )
 
     asked, from_room = answered("granted"), answered("granted-from-room")
     try:
@@ -173,7 +226,11 @@ async def test_checks_are_answered_from_the_room_the_last_one_reported(quota_ser
 
 
 async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_last_message(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, postgres: PostgresServer, nats_url: str
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    mailboxes: object,
+    postgres: PostgresServer,
+    nats_url: str,
 ) -> None:
     """Two workers claim 6 messages each: the first reserves a lease of 10, which the second claim does not
     fit, so it retires with 6 in hand, before it expires.  Its last message settles it: what was sent under
@@ -188,7 +245,9 @@ async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_la
         consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
     )
     async with running_app(create_quota_app(quota)):
-        app = await send_service(smtp_connections=2, claim_size=6, quota_lease_messages=10, quota_lease_seconds=5)
+        app = await send_service(
+            smtp_connections=2, claim_size=6, quota_lease_messages=10, quota_lease_seconds=5
+        )
         server = smtp_server(tls="starttls")
         await app.add_account(server, max_per_month=100)
         # 0.05 s a message: the first worker still has its 6 in hand when the second claims
@@ -197,7 +256,12 @@ async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_la
             "/v1/messages/batch",
             json={
                 "messages": [
-                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"offer {n}", "text": "x"}
+                    {
+                        "category": "marketing",
+                        "to": [f"lead{n}@example.org"],
+                        "subject": f"offer {n}",
+                        "text": "x",
+                    }
                     for n in range(12)
                 ]
             },

@@ -78,4 +78,7 @@ def test_the_prior_phases_of_an_attempt_are_the_diagrams(to: AttemptPhase) -> No
 def test_an_attempt_cannot_end_where_a_sending_message_never_goes() -> None:
     with pytest.raises(ForbiddenMove):
         Outcome(S.BOUNCED, Reason.INTERRUPTED)
-    assert Reason.refused("rcpt", 452) is Reason.RCPT_4XX and Reason.refused("data", 554) is Reason.DATA_5XX
+    assert (
+        Reason.refused("rcpt", 452) is Reason.RCPT_4XX
+        and Reason.refused("data", 554) is Reason.DATA_5XX
+    )

@@ -19,18 +19,27 @@ TRICKY = "first\n.\nafter a lone dot\n.\r\nafter a dot with CRLF\nbare\rcarriage
 
 def pipelined(server_reads: list[bytes]) -> bool:
     """Whether an envelope and its DATA came in one write."""
-    return any(b"MAIL FROM:" in read and b"RCPT TO:" in read and b"DATA\r\n" in read for read in server_reads)
+    return any(
+        b"MAIL FROM:" in read and b"RCPT TO:" in read and b"DATA\r\n" in read
+        for read in server_reads
+    )
 
 
 @pytest.mark.parametrize("pipelining", [True, False], ids=["pipelining", "one-by-one"])
 async def test_dots_and_line_ends_on_the_wire(
-    send_service: HarnessFactory, smtp_server: SmtpFactory, quota_service: None, mailboxes: object, pipelining: bool
+    send_service: HarnessFactory,
+    smtp_server: SmtpFactory,
+    quota_service: None,
+    mailboxes: object,
+    pipelining: bool,
 ) -> None:
     # the operator allows plaintext here so the wire can be read in the clear; TLS is tested elsewhere
     app = await send_service(smtp_allow_plaintext=True)
     server = smtp_server(tls="none", pipelining=pipelining)
     await app.add_account(server, tls="plain", type="customer_service")
-    response = await app.user.post("/v1/messages", json={"to": ["lead@example.org"], "subject": "dots", "text": TRICKY})
+    response = await app.user.post(
+        "/v1/messages", json={"to": ["lead@example.org"], "subject": "dots", "text": TRICKY}
+    )
     assert response.status_code == 202, response.text
     message = response.json()
     assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
@@ -74,7 +83,12 @@ async def test_the_end_of_data_waits_for_the_record(
             "/v1/messages/batch",
             json={
                 "messages": [
-                    {"category": "marketing", "to": [f"lead{n}@example.org"], "subject": f"n{n}", "text": f"marker-{n}"}
+                    {
+                        "category": "marketing",
+                        "to": [f"lead{n}@example.org"],
+                        "subject": f"n{n}",
+                        "text": f"marker-{n}",
+                    }
                     for n in (1, 2)
                 ]
             },
@@ -83,14 +97,19 @@ async def test_the_end_of_data_waits_for_the_record(
         first, second = response.json()["items"]
         # a deadline, not 200 looks (4 s): the first message's transaction and the second's envelope come first
         deadline = asyncio.get_running_loop().time() + 30
-        while b"marker-2" not in bytes(server.handler.wire[-1]) and asyncio.get_running_loop().time() < deadline:
+        while (
+            b"marker-2" not in bytes(server.handler.wire[-1])
+            and asyncio.get_running_loop().time() < deadline
+        ):
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.3)  # room for an end of data that should not come
         wire = bytes(server.handler.wire[-1])
         assert b"marker-2" in wire, "the body goes out beside the record"
         assert server.handler.by_message_id(first["message_id"])
         assert not server.handler.by_message_id(second["message_id"])
-        assert b"\r\n.\r\n" not in wire[wire.index(b"marker-2") :], "the end of data went out unrecorded"
+        assert b"\r\n.\r\n" not in wire[wire.index(b"marker-2") :], (
+            "the end of data went out unrecorded"
+        )
         phase = await blocker.fetchval(
             "SELECT a.phase FROM send.send_attempt AS a JOIN send.outgoing_message AS m "
             "ON m.id = a.message_id WHERE m.message_id = $1",
@@ -134,7 +153,11 @@ async def test_attachments_and_non_ascii_names_arrive_intact(
     message = response.json()
     assert (await app.wait_for(message["id"], {"sent", "failed", "unknown"}))["state"] == "sent"
     [received] = server.handler.by_message_id(message["message_id"])
-    assert sorted(received.rcpt_tos) == ["audit@example.org", "boss@example.org", "lead@example.org"]
+    assert sorted(received.rcpt_tos) == [
+        "audit@example.org",
+        "boss@example.org",
+        "lead@example.org",
+    ]
     assert received.data.isascii()  # every non-ASCII name and text travels encoded
     msg = received.message
     assert "Bcc" not in msg and msg["Cc"] == "boss@example.org"

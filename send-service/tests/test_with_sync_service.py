@@ -89,7 +89,8 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
 
         # personal mail goes out through the synced mailbox, From the synced address, copy in Sent
         sent = await app.user.post(
-            "/v1/messages", json={"lead_ids": [str(lead)], "subject": "Hi", "text": "Shall we talk on Monday?"}
+            "/v1/messages",
+            json={"lead_ids": [str(lead)], "subject": "Hi", "text": "Shall we talk on Monday?"},
         )
         assert sent.status_code == 202, sent.text
         message = sent.json()
@@ -101,20 +102,26 @@ async def test_personal_mail_through_the_synced_mailbox_and_unknown_settled_by_t
         assert done["state"] == "sent" and done["account"].startswith("mailbox:"), done
         assert done["sent_copy"] == "saved to Sent"
         [received] = server.handler.by_message_id(message["message_id"])
-        assert received.mail_from == address and received.message["From"].addresses[0].addr_spec == address
+        assert (
+            received.mail_from == address
+            and received.message["From"].addresses[0].addr_spec == address
+        )
 
         # a reply that never comes: unknown; the copy the provider kept turns up in Sent, the sync
         # reports it, and the message is settled to sent without being sent again (R21)
         server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "silent", 2.0
         lost = (
             await app.user.post(
-                "/v1/messages", json={"lead_ids": [str(lead)], "subject": "Lost reply", "text": "Did this arrive?"}
+                "/v1/messages",
+                json={"lead_ids": [str(lead)], "subject": "Lost reply", "text": "Did this arrive?"},
             )
         ).json()
         assert (await app.wait_for(lost["id"], {"unknown", "sent", "failed"}))["state"] == "unknown"
         data_commands = server.handler.data_commands
         async with app.db.session() as s:
-            raw = await s.scalar(select(outgoing_message.c.raw).where(outgoing_message.c.id == uuid.UUID(lost["id"])))
+            raw = await s.scalar(
+                select(outgoing_message.c.raw).where(outgoing_message.c.id == uuid.UUID(lost["id"]))
+            )
         imap = await connect_imap(
             ImapSettings(
                 host="127.0.0.1",
@@ -188,8 +195,12 @@ async def test_smart_mail_through_a_mailbox_signed_in_with_google(
         oauth_provider.sign_in(address)
         async with httpx.AsyncClient() as browser:
             consent = await browser.get(started.json()["authorization_url"])
-        callback = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(consent.headers["location"]).query))
-        done = await mail_sync.get("/v1/mail-sync/oauth/callback", params=callback)  # the CRM passes it on
+        callback = dict(
+            urllib.parse.parse_qsl(urllib.parse.urlsplit(consent.headers["location"]).query)
+        )
+        done = await mail_sync.get(
+            "/v1/mail-sync/oauth/callback", params=callback
+        )  # the CRM passes it on
         assert done.status_code == 200 and done.json()["address"] == address, done.text
         for _ in range(200):
             if (await mail_sync.get("/v1/mail-sync")).json()["status"] == "enabled":
@@ -197,12 +208,15 @@ async def test_smart_mail_through_a_mailbox_signed_in_with_google(
             await asyncio.sleep(0.1)
 
         sent = await app.user.post(
-            "/v1/messages", json={"lead_ids": [str(lead)], "subject": "Hi", "text": "Shall we talk on Monday?"}
+            "/v1/messages",
+            json={"lead_ids": [str(lead)], "subject": "Hi", "text": "Shall we talk on Monday?"},
         )
         assert sent.status_code == 202, sent.text
         message = sent.json()
         done_message = await app.wait_for(message["id"], {"sent", "failed", "unknown"})
-        assert done_message["state"] == "sent" and done_message["account"].startswith("mailbox:"), done_message
+        assert done_message["state"] == "sent" and done_message["account"].startswith("mailbox:"), (
+            done_message
+        )
         [received] = server.handler.by_message_id(message["message_id"])
         assert received.mail_from == address
         assert any(b"AUTH XOAUTH2 " in bytes(wire) for wire in server.handler.wire)

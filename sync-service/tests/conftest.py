@@ -111,7 +111,9 @@ class DroppingProxy:
         return self
 
     async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        upstream_reader, upstream_writer = await asyncio.open_connection(
+            "127.0.0.1", self.target_port
+        )
         self.links.append((writer, upstream_writer))
 
         async def pipe(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
@@ -122,7 +124,9 @@ class DroppingProxy:
             finally:
                 sink.close()
 
-        await asyncio.gather(pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True)
+        await asyncio.gather(
+            pipe(reader, upstream_writer), pipe(upstream_reader, writer), return_exceptions=True
+        )
 
     def cut(self) -> int:
         for client_side, server_side in self.links:
@@ -143,7 +147,9 @@ class SmtpAccounts:
     def __init__(self) -> None:
         self.passwords: dict[str, str] = {}
 
-    def __call__(self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any) -> AuthResult:
+    def __call__(
+        self, server: Any, session: Any, envelope: Any, mechanism: str, auth_data: Any
+    ) -> AuthResult:
         if isinstance(auth_data, LoginPassword):
             ok = self.passwords.get(auth_data.login.decode()) == auth_data.password.decode()
             return AuthResult(success=ok, handled=False)
@@ -157,7 +163,9 @@ class DeliveringHandler:
     dovecot: DovecotServer
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        deliver_locally(self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content)
+        deliver_locally(
+            self.dovecot, envelope.rcpt_tos, envelope.original_content or envelope.content
+        )
         return "250 OK"
 
 
@@ -238,7 +246,9 @@ class SyncWorld:
             request = LeadDirectoryRequest.model_validate_json(msg.data)
             if request.company_id == self.company_id:
                 await msg.respond(
-                    LeadDirectoryReply(leads=len(self.lead_ids), as_of=datetime.now(UTC)).model_dump_json().encode()
+                    LeadDirectoryReply(leads=len(self.lead_ids), as_of=datetime.now(UTC))
+                    .model_dump_json()
+                    .encode()
                 )
 
         self.directory_responder = await self.nc.subscribe(RPC_LEAD_DIRECTORY, cb=on_request)
@@ -323,7 +333,9 @@ class SyncWorld:
     async def publish(self, *events: EventBase) -> None:
         for event in events:
             await self.js.publish(
-                event.subject, event.model_dump_json().encode(), headers={"Nats-Msg-Id": str(event.event_id)}
+                event.subject,
+                event.model_dump_json().encode(),
+                headers={"Nats-Msg-Id": str(event.event_id)},
             )
 
     message = staticmethod(message)
@@ -332,10 +344,13 @@ class SyncWorld:
         entry_id = uuid.uuid4()
         await self.publish(
             BlocklistAddedV1(
-                company_id=self.company_id, payload=BlocklistEntryPayload(entry_id=entry_id, kind=kind, value=value)
+                company_id=self.company_id,
+                payload=BlocklistEntryPayload(entry_id=entry_id, kind=kind, value=value),
             )
         )
-        await self.wait_for_sql("SELECT count(*) FROM sync.blocklist_entry WHERE entry_id = :id", {"id": entry_id})
+        await self.wait_for_sql(
+            "SELECT count(*) FROM sync.blocklist_entry WHERE entry_id = :id", {"id": entry_id}
+        )
         return entry_id
 
     async def add_lead(self, *addresses: str, created_at: datetime | None = None) -> uuid.UUID:
@@ -343,11 +358,17 @@ class SyncWorld:
         await self.publish(
             LeadCreatedV1(
                 company_id=self.company_id,
-                payload=LeadPayload(lead_id=lead_id, addresses=list(addresses), created_at=created_at or self.clock()),
+                payload=LeadPayload(
+                    lead_id=lead_id,
+                    addresses=list(addresses),
+                    created_at=created_at or self.clock(),
+                ),
             )
         )
         self.lead_ids.add(lead_id)
-        await self.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE lead_id = :id", {"id": lead_id})
+        await self.wait_for_sql(
+            "SELECT count(*) FROM sync.lead_address WHERE lead_id = :id", {"id": lead_id}
+        )
         return lead_id
 
     async def set_company(
@@ -357,11 +378,16 @@ class SyncWorld:
             CompanyUpdatedV1(
                 company_id=self.company_id,
                 payload=CompanyPayload(
-                    name="Acme", domains=domains, block_own_domains=block_own_domains, mailbox_limit=mailbox_limit
+                    name="Acme",
+                    domains=domains,
+                    block_own_domains=block_own_domains,
+                    mailbox_limit=mailbox_limit,
                 ),
             )
         )
-        await self.wait_for_sql("SELECT count(*) FROM sync.company WHERE company_id = :id", {"id": self.company_id})
+        await self.wait_for_sql(
+            "SELECT count(*) FROM sync.company WHERE company_id = :id", {"id": self.company_id}
+        )
 
     async def sql(self, statement: str, params: dict[str, Any] | None = None) -> list[Any]:
         database = Database(self.database_url, "sync", pool_size=1)
@@ -397,7 +423,9 @@ class SyncWorld:
             await asyncio.sleep(0.1)
         raise AssertionError(f"timed out waiting for {statement!r}: last value {value!r}")
 
-    async def events(self, type_: str, *, at_least: int = 0, timeout: float = 20.0, settle: float = 0.5) -> list[Any]:
+    async def events(
+        self, type_: str, *, at_least: int = 0, timeout: float = 20.0, settle: float = 0.5
+    ) -> list[Any]:
         """Every event of ``type_`` published for this company so far (waits for ``at_least`` of them)."""
         subject = f"leadline.{type_}.v1"
         durable = f"reader-{uuid.uuid4().hex[:10]}"
@@ -442,7 +470,9 @@ class SyncWorld:
     async def synced(self, at_least: int = 0, timeout: float = 20.0) -> list[Any]:
         return await self.events("mail.synced", at_least=at_least, timeout=timeout)
 
-    async def wait_status(self, client: httpx.AsyncClient, status: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_status(
+        self, client: httpx.AsyncClient, status: str, timeout: float = 20.0
+    ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         body: dict[str, Any] = {}
         while asyncio.get_running_loop().time() < deadline:
@@ -453,7 +483,9 @@ class SyncWorld:
             await asyncio.sleep(0.1)
         raise AssertionError(f"mailbox never became {status}: {body}")
 
-    async def wait_reason(self, client: httpx.AsyncClient, reason: str, timeout: float = 20.0) -> dict[str, Any]:
+    async def wait_reason(
+        self, client: httpx.AsyncClient, reason: str, timeout: float = 20.0
+    ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         body: dict[str, Any] = {}
         while asyncio.get_running_loop().time() < deadline:
@@ -463,7 +495,9 @@ class SyncWorld:
             await asyncio.sleep(0.1)
         raise AssertionError(f"the mailbox never said {reason!r}: {body}")
 
-    async def wait_history(self, client: httpx.AsyncClient, timeout: float = 30.0) -> dict[str, Any]:
+    async def wait_history(
+        self, client: httpx.AsyncClient, timeout: float = 30.0
+    ) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         body: dict[str, Any] = {}
         while asyncio.get_running_loop().time() < deadline:
@@ -476,7 +510,11 @@ class SyncWorld:
 
 @pytest.fixture
 async def bare_world(
-    postgres: PostgresServer, dovecot: DovecotServer, smtp_server: SmtpServer, nats_url: str, ca_file: str
+    postgres: PostgresServer,
+    dovecot: DovecotServer,
+    smtp_server: SmtpServer,
+    nats_url: str,
+    ca_file: str,
 ) -> AsyncIterator[SyncWorld]:
     """A world without the quota service (nobody answers mailbox-limit claims)."""
     url = await migrated_database(postgres, "leadline_sync")
@@ -498,7 +536,9 @@ async def bare_world(
 
 
 @pytest.fixture
-async def world(bare_world: SyncWorld, postgres: PostgresServer, nats_url: str) -> AsyncIterator[SyncWorld]:
+async def world(
+    bare_world: SyncWorld, postgres: PostgresServer, nats_url: str
+) -> AsyncIterator[SyncWorld]:
     """A world with the real quota service answering mailbox-limit claims."""
     async with quota_service(postgres, nats_url) as client:
         bare_world.quota_client = client
@@ -506,7 +546,9 @@ async def world(bare_world: SyncWorld, postgres: PostgresServer, nats_url: str) 
 
 
 @contextlib.asynccontextmanager
-async def quota_service(postgres: PostgresServer, nats_url: str) -> AsyncIterator[httpx.AsyncClient]:
+async def quota_service(
+    postgres: PostgresServer, nats_url: str
+) -> AsyncIterator[httpx.AsyncClient]:
     """The real quota service, in-process, with a database and durable of its own."""
     from leadline_quota.config import Settings as QuotaSettings
     from leadline_quota.main import create_app as create_quota_app
@@ -560,7 +602,9 @@ class LeadService:
         finally:
             await database.dispose()
 
-    async def wait_timeline(self, company_id: uuid.UUID, count: int, timeout: float = 30.0) -> list[Any]:
+    async def wait_timeline(
+        self, company_id: uuid.UUID, count: int, timeout: float = 30.0
+    ) -> list[Any]:
         """The timeline once it holds ``count`` events (and no more came for half a second)."""
         deadline = asyncio.get_running_loop().time() + timeout
         rows: list[Any] = []

@@ -18,13 +18,18 @@ async def inbox_with_proof(world, account) -> list[int]:  # type: ignore[no-unty
         await client.logout()
 
 
-async def test_the_address_is_proven_through_smtp_into_the_inbox_and_the_proof_deleted(world) -> None:  # type: ignore[no-untyped-def]
+async def test_the_address_is_proven_through_smtp_into_the_inbox_and_the_proof_deleted(  # type: ignore[no-untyped-def]
+    world,
+) -> None:
     me = world.account()
     async with running_app(world.app()) as service:
         api = world.caller(service, me.user)
         connected = await api.put("/v1/mail-sync", json=world.connect_body(me))
         assert connected.status_code == 200, connected.text
-        assert connected.json()["address_proven_by"] == "message" and connected.json()["address_proven_at"]
+        assert (
+            connected.json()["address_proven_by"] == "message"
+            and connected.json()["address_proven_at"]
+        )
         proven_at = connected.json()["address_proven_at"]
         # saving the same logins again (a new password would too) keeps the proof
         again = await api.put("/v1/mail-sync", json=world.connect_body(me))
@@ -43,7 +48,10 @@ async def test_an_address_the_logins_do_not_receive_is_refused_with_a_fix(world)
         refused = await api.put("/v1/mail-sync", json=body)
         assert refused.status_code == 422, refused.text
         problem = refused.json()
-        assert problem["type"].endswith("/mailbox-address-unproven") and problem["kind"] == "address_unproven"
+        assert (
+            problem["type"].endswith("/mailbox-address-unproven")
+            and problem["kind"] == "address_unproven"
+        )
         assert "INBOX" in problem["detail"] and "user names" in problem["fix"]
         assert (await api.get("/v1/mail-sync")).status_code == 404
         assert await world.sql("SELECT id FROM sync.mailbox") == []
@@ -56,18 +64,30 @@ async def test_one_address_is_synced_by_one_mailbox_per_company(world) -> None: 
     elsewhere = make_identity("salesperson", company_id=uuid.uuid4())
     async with running_app(world.app()) as service:
         assert (
-            await world.caller(service, shared.user).put("/v1/mail-sync", json=world.connect_body(shared))
+            await world.caller(service, shared.user).put(
+                "/v1/mail-sync", json=world.connect_body(shared)
+            )
         ).status_code == 200
         # a colleague who knows the same logins may not sync the same address a second time
-        taken = await world.caller(service, colleague).put("/v1/mail-sync", json=world.connect_body(shared))
+        taken = await world.caller(service, colleague).put(
+            "/v1/mail-sync", json=world.connect_body(shared)
+        )
         assert taken.status_code == 409, taken.text
-        assert taken.json()["type"].endswith("/address-synced-by-another-user") and taken.json()["fix"]
+        assert (
+            taken.json()["type"].endswith("/address-synced-by-another-user") and taken.json()["fix"]
+        )
         # another company is another tenant
         assert (
-            await world.caller(service, elsewhere).put("/v1/mail-sync", json=world.connect_body(shared))
+            await world.caller(service, elsewhere).put(
+                "/v1/mail-sync", json=world.connect_body(shared)
+            )
         ).status_code == 200
-    rows = await world.sql("SELECT company_id FROM sync.mailbox WHERE address = :a", {"a": shared.address})
-    assert sorted(str(r[0]) for r in rows) == sorted([str(world.company_id), str(elsewhere.company_id)])
+    rows = await world.sql(
+        "SELECT company_id FROM sync.mailbox WHERE address = :a", {"a": shared.address}
+    )
+    assert sorted(str(r[0]) for r in rows) == sorted(
+        [str(world.company_id), str(elsewhere.company_id)]
+    )
     # the database holds the rule too, whatever the path
     duplicate = (
         "INSERT INTO sync.mailbox (id, company_id, user_id, address, provider, smtp_use, status, imap_host, "

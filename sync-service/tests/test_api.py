@@ -54,10 +54,16 @@ async def test_connection_test_reports_each_login_in_the_users_words(world) -> N
         }
         body = world.connect_body(me, password="wrong")
         wrong = (await api.post("/v1/mail-sync/test", json=body)).json()
-        assert not wrong["ok"] and wrong["imap"]["kind"] == "auth_failed" and wrong["smtp"]["kind"] == "auth_failed"
+        assert (
+            not wrong["ok"]
+            and wrong["imap"]["kind"] == "auth_failed"
+            and wrong["smtp"]["kind"] == "auth_failed"
+        )
         assert "password" in wrong["imap"]["fix"].lower()
         body = world.connect_body(me)
-        body["imap"]["port"] = world.dovecot.tls_port  # implicit TLS port, but "use SSL" off: STARTTLS fails
+        body["imap"]["port"] = (
+            world.dovecot.tls_port
+        )  # implicit TLS port, but "use SSL" off: STARTTLS fails
         mismatch = (await api.post("/v1/mail-sync/test", json=body)).json()
         assert mismatch["imap"]["ok"] is False and mismatch["smtp"]["ok"] is True
         # nothing was saved
@@ -109,14 +115,28 @@ async def test_smtp_settings_rpc_answers_the_send_service(world) -> None:  # typ
         assert (await api.put("/v1/mail-sync", json=body)).status_code == 200
         request = MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
         reply = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data
+            (
+                await world.nc.request(
+                    RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5
+                )
+            ).data
         )
-        assert reply.found and reply.smtp_password == me.password and reply.imap_password == me.password
-        assert reply.smtp_use == "all" and reply.smtp_tls == "starttls" and reply.sent_folder == "Sent"
+        assert (
+            reply.found
+            and reply.smtp_password == me.password
+            and reply.imap_password == me.password
+        )
+        assert (
+            reply.smtp_use == "all" and reply.smtp_tls == "starttls" and reply.sent_folder == "Sent"
+        )
         assert reply.provider_saves_sent is False
         other = MailboxSmtpRequest(company_id=uuid.uuid4(), user_id=me.user.user_id)
         missing = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, other.model_dump_json().encode(), timeout=5)).data
+            (
+                await world.nc.request(
+                    RPC_MAILBOX_SMTP, other.model_dump_json().encode(), timeout=5
+                )
+            ).data
         )
         assert missing.found is False
         stored = await world.sql("SELECT credential_ciphertext FROM sync.mailbox")
@@ -133,7 +153,9 @@ async def test_credentials_bound_to_their_row_and_rotated(world) -> None:  # typ
     async with running_app(world.app(sync_credential_keys=old)) as service:
         for account in (me, other):
             api = world.caller(service, account.user)
-            assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
+            assert (
+                await api.put("/v1/mail-sync", json=world.connect_body(account))
+            ).status_code == 200
     rows = await world.sql(
         "SELECT id, company_id, credential_key_id, credential_wrapped_key, credential_ciphertext "
         "FROM sync.mailbox ORDER BY created_at"
@@ -159,7 +181,11 @@ async def test_credentials_bound_to_their_row_and_rotated(world) -> None:  # typ
     async with running_app(create_app(world.settings(sync_credential_keys=new))) as service:
         request = MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
         reply = MailboxSmtpReply.model_validate_json(
-            (await world.nc.request(RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5)).data
+            (
+                await world.nc.request(
+                    RPC_MAILBOX_SMTP, request.model_dump_json().encode(), timeout=5
+                )
+            ).data
         )
         assert reply.found and reply.imap_password == me.password
 
@@ -180,7 +206,9 @@ async def test_domain_check_reports_dmarc_and_dkim() -> None:
         FakeDns(
             {
                 "_dmarc.good.example": ["v=DMARC1; p=reject; rua=mailto:d@good.example"],
-                "selector1._domainkey.good.example": ["v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC"],
+                "selector1._domainkey.good.example": [
+                    "v=DKIM1; k=rsa; p=MIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQC"
+                ],
                 "google._domainkey.good.example": ["v=DKIM1; p="],  # revoked key: not published
             }
         ),
@@ -195,12 +223,18 @@ async def test_domain_check_reports_dmarc_and_dkim() -> None:
 async def test_domain_check_endpoint_uses_the_synced_address(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     dns = FakeDns({"_dmarc.acme.example": ["v=DMARC1; p=none"]})
-    async with running_app(create_app(world.settings(), clock=world.clock, resolver=dns)) as service:
+    async with running_app(
+        create_app(world.settings(), clock=world.clock, resolver=dns)
+    ) as service:
         api = world.caller(service, me.user)
         assert (await api.get("/v1/mail-sync/domain-check")).status_code == 404
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         check = (await api.get("/v1/mail-sync/domain-check")).json()
-    assert check["domain"] == "acme.example" and check["dmarc"]["published"] and not check["dkim"]["published"]
+    assert (
+        check["domain"] == "acme.example"
+        and check["dmarc"]["published"]
+        and not check["dkim"]["published"]
+    )
 
 
 async def test_error_log_pages_newest_first_and_is_the_callers_own(world) -> None:  # type: ignore[no-untyped-def]
@@ -216,12 +250,20 @@ async def test_error_log_pages_newest_first_and_is_the_callers_own(world) -> Non
             {"company": world.company_id, "mailbox": uuid.UUID(mailbox_id)},
         )
         first = (await api.get("/v1/mail-sync/errors", params={"limit": 5})).json()
-        second = (await api.get("/v1/mail-sync/errors", params={"limit": 5, "cursor": first["next_cursor"]})).json()
+        second = (
+            await api.get(
+                "/v1/mail-sync/errors", params={"limit": 5, "cursor": first["next_cursor"]}
+            )
+        ).json()
         messages = [e["message"] for e in first["items"] + second["items"]]
         assert messages == [f"attempt {n}" for n in range(1, 8)]
         assert second["next_cursor"] is None
-        assert (await api.get("/v1/mail-sync/errors", params={"cursor": "bm9wZQ"})).status_code == 400
-        stranger = world.caller(service, make_identity("salesperson", company_id=uuid.uuid4(), user_id=me.user.user_id))
+        assert (
+            await api.get("/v1/mail-sync/errors", params={"cursor": "bm9wZQ"})
+        ).status_code == 400
+        stranger = world.caller(
+            service, make_identity("salesperson", company_id=uuid.uuid4(), user_id=me.user.user_id)
+        )
         assert (await stranger.get("/v1/mail-sync/errors")).json()["items"] == []
         assert (await stranger.get("/v1/mail-sync")).status_code == 404
 
@@ -230,13 +272,18 @@ def test_presets_fill_hosts_and_bluehost_takes_the_users_domain() -> None:
     from leadline_sync.mailbox.connect import choose
     from leadline_sync.mailbox.schemas import ConnectRequest
 
-    bluehost = choose(ConnectRequest(provider="bluehost", address="Sam@MyShop.example", password="pw"))
+    bluehost = choose(
+        ConnectRequest(provider="bluehost", address="Sam@MyShop.example", password="pw")
+    )
     assert (bluehost.imap.login.host, bluehost.imap.login.port, bluehost.imap.login.tls) == (
         "mail.myshop.example",
         993,
         "implicit",
     )
-    assert bluehost.smtp.login.host == "mail.myshop.example" and bluehost.imap.login.username == "sam@myshop.example"
+    assert (
+        bluehost.smtp.login.host == "mail.myshop.example"
+        and bluehost.imap.login.username == "sam@myshop.example"
+    )
     godaddy = choose(
         ConnectRequest(
             provider="godaddy",

@@ -53,10 +53,16 @@ class LaggingIndex:
         client = await connect_imap(settings)
         self.sessions += 1
         first = self.sessions == 1
-        listing_from, listing_between, fetch = client.uids_from, client.uids_between, client.fetch_headers
+        listing_from, listing_between, fetch = (
+            client.uids_from,
+            client.uids_between,
+            client.fetch_headers,
+        )
 
         def visible(uids: list[int]) -> list[int]:
-            return [u for u in uids if not (first and client.selected == "INBOX" and u in self.hidden)]
+            return [
+                u for u in uids if not (first and client.selected == "INBOX" and u in self.hidden)
+            ]
 
         async def uids_from(first_uid: int) -> list[int]:
             return visible(await listing_from(first_uid))
@@ -64,7 +70,9 @@ class LaggingIndex:
         async def uids_between(low: int, high: int) -> list[int]:
             return visible(await listing_between(low, high))
 
-        async def fetch_headers(uids: Sequence[int], fields: Sequence[str] = ()) -> list[FetchedHeader]:
+        async def fetch_headers(
+            uids: Sequence[int], fields: Sequence[str] = ()
+        ) -> list[FetchedHeader]:
             if not first and client.selected == "INBOX":
                 await self.release.wait()
             return await fetch(uids, fields)
@@ -76,7 +84,9 @@ class LaggingIndex:
 
 
 def completeness(body: dict[str, Any], folder: str) -> dict[str, Any]:
-    found: dict[str, Any] = next(f for f in body["folders"] if f["folder"] == folder)["completeness"]
+    found: dict[str, Any] = next(f for f in body["folders"] if f["folder"] == folder)[
+        "completeness"
+    ]
     return found
 
 
@@ -134,7 +144,9 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
             for i, mid in enumerate(inbox_ids)
         ),
     )
-    await world.append(me, "Sent", *(world.message(sender=me.address, to=[lead], date=LONG_AGO) for _ in range(4)))
+    await world.append(
+        me, "Sent", *(world.message(sender=me.address, to=[lead], date=LONG_AGO) for _ in range(4))
+    )
     async with leads() as lead_service:
         await lead_service.create_lead(admin, lead)
         await lead_service.create_lead(admin, blocked)
@@ -149,13 +161,23 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
             # the server listed 25 of its 30 INBOX messages: as far as anyone can tell, all were examined
             inbox = completeness(body, "inbox")
             assert inbox["messages_on_server"] == 25 and inbox["examined"] == 25
-            assert inbox["lead_mail_stored"] == 9 and inbox["missing"] == 0 and inbox["not_yet_examined"] == 0
+            assert (
+                inbox["lead_mail_stored"] == 9
+                and inbox["missing"] == 0
+                and inbox["not_yet_examined"] == 0
+            )
             assert inbox["not_stored"] == {"blocklisted": 1, "no_lead": 15}
             assert inbox["last_audit_refetched"] == 0
             sent = completeness(body, "sent")
-            assert (sent["messages_on_server"], sent["lead_mail_stored"], sent["missing"]) == (4, 4, 0)
+            assert (sent["messages_on_server"], sent["lead_mail_stored"], sent["missing"]) == (
+                4,
+                4,
+                0,
+            )
             await lead_service.wait_timeline(world.company_id, 13)
-            ranges = (await world.sql("SELECT count(*) FROM sync.examined_range WHERE folder = 'inbox'"))[0][0]
+            ranges = (
+                await world.sql("SELECT count(*) FROM sync.examined_range WHERE folder = 'inbox'")
+            )[0][0]
             assert ranges <= 21, "ranges, not a row per message"
             # per examined message only a keyed hash of its Message-ID, where it is, and when (R6)
             keys = audit.MessageKeys(world.settings().credential_keys())
@@ -194,19 +216,31 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
                 inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
             assert (inbox["missing"], inbox["messages_on_server"]) == (17, 30), inbox
             server.release.set()
-            while inbox["last_audit_refetched"] != 17 and asyncio.get_running_loop().time() < deadline:
+            while (
+                inbox["last_audit_refetched"] != 17 and asyncio.get_running_loop().time() < deadline
+            ):
                 await asyncio.sleep(0.2)
                 inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
             assert inbox["last_audit_refetched"] == 17
             assert (inbox["missing"], inbox["examined"], inbox["lead_mail_stored"]) == (0, 30, 10)
             timeline = await lead_service.wait_timeline(world.company_id, 14)
-            assert len({row.message_id for row in timeline}) == 14 and all(row[2] == 1 for row in timeline)
+            assert len({row.message_id for row in timeline}) == 14 and all(
+                row[2] == 1 for row in timeline
+            )
             assert await world.sql("SELECT count(*) FROM sync.synced_message") == [(14,)]
             errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
             repaired = [e for e in errors if e["kind"] == "audit_repaired"]
-            assert len(repaired) == 1 and "17 messages" in repaired[0]["message"] and repaired[0]["fix"]
+            assert (
+                len(repaired) == 1
+                and "17 messages" in repaired[0]["message"]
+                and repaired[0]["fix"]
+            )
             assert await metric(service, "leadline_sync_audits_total", folder="inbox") - audits == 1
-            assert await metric(service, "leadline_sync_audit_refetched_total", folder="inbox") - refetched == 17
+            assert (
+                await metric(service, "leadline_sync_audit_refetched_total", folder="inbox")
+                - refetched
+                == 17
+            )
             await wait_metric(service, "leadline_sync_mailboxes_with_missing", 1)
             assert server.sessions == 2
 
@@ -215,15 +249,23 @@ async def test_audit_finds_what_a_lost_batch_or_a_lagging_server_left_out(  # ty
                 await world.sql_write(statement, {"folder": "inbox", "low": 2, "high": 2})
             assert completeness((await api.get("/v1/mail-sync")).json(), "inbox")["missing"] == 1
             world.clock.advance(timedelta(hours=25))
-            await world.append(me, "INBOX", world.message(sender="new@else.example", to=[me.address]))
+            await world.append(
+                me, "INBOX", world.message(sender="new@else.example", to=[me.address])
+            )
             deadline = asyncio.get_running_loop().time() + 30
             # (the pass that audits may come before the one that examines the new message: wait for both)
-            while (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) != (1, 0, 31) and (
-                asyncio.get_running_loop().time() < deadline
-            ):
+            while (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) != (
+                1,
+                0,
+                31,
+            ) and (asyncio.get_running_loop().time() < deadline):
                 await asyncio.sleep(0.2)
                 inbox = completeness((await api.get("/v1/mail-sync")).json(), "inbox")
-            assert (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) == (1, 0, 31), inbox
+            assert (inbox["last_audit_refetched"], inbox["missing"], inbox["examined"]) == (
+                1,
+                0,
+                31,
+            ), inbox
             assert inbox["not_stored"]["blocklisted"] == 1 and server.sessions == 2
 
             # the gauge counts synced mailboxes only, from the database (true on every replica)

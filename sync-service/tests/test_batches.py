@@ -22,8 +22,12 @@ def test_a_batch_holds_at_most_its_count_and_its_bytes_of_bodies() -> None:
     parts = scanned(sizes, uids).split(3, 250_000)
     assert [list(p.wanted) for p in parts] == [[2, 4, 6], [8], [10, 12, 14], [16, 18, 20]]
     assert [uid for p in parts for uid in p.uids] == uids, "every UID in one part, in order"
-    assert all(sum(h.size for h, _ in p.wanted.values()) <= 250_000 or len(p.wanted) == 1 for p in parts)
-    assert [list(p.wanted) for p in scanned({}, uids).split(3, 250_000)] == [[]], "no lead mail: one part"
+    assert all(
+        sum(h.size for h, _ in p.wanted.values()) <= 250_000 or len(p.wanted) == 1 for p in parts
+    )
+    assert [list(p.wanted) for p in scanned({}, uids).split(3, 250_000)] == [[]], (
+        "no lead mail: one part"
+    )
 
 
 def test_requests_to_a_parser_process_are_runs_of_at_most_the_limit() -> None:

@@ -22,8 +22,14 @@ from leadline_sync.sync.capacity import CapacityError, raise_open_files_limit, r
             {"LEADLINE_SYNC_MEMORY_BUDGET_MB": "1", "LEADLINE_SYNC_MAILBOX_MEMORY_KIB": "2048"},
             "LEADLINE_SYNC_MEMORY_BUDGET_MB=1 is less than one mailbox needs (2048 KiB",
         ),
-        ({"LEADLINE_SYNC_ROTATION_SECONDS": "0"}, "LEADLINE_SYNC_ROTATION_SECONDS=0 must be more than 0"),
-        ({"LEADLINE_SYNC_ROTATION_SECONDS": "-60"}, "LEADLINE_SYNC_ROTATION_SECONDS=-60 must be more than 0"),
+        (
+            {"LEADLINE_SYNC_ROTATION_SECONDS": "0"},
+            "LEADLINE_SYNC_ROTATION_SECONDS=0 must be more than 0",
+        ),
+        (
+            {"LEADLINE_SYNC_ROTATION_SECONDS": "-60"},
+            "LEADLINE_SYNC_ROTATION_SECONDS=-60 must be more than 0",
+        ),
         ({"LEADLINE_SYNC_ROTATION_SECONDS": "30"}, "is shorter than LEADLINE_SYNC_POLL_SECONDS=60"),
     ],
 )
@@ -49,7 +55,9 @@ def test_capacity_from_open_files_and_memory() -> None:
     capped = replica_capacity(Settings(sync_max_mailboxes=3), 20_000)
     assert (capped.mailboxes, capped.live, capped.rotation_slots) == (3, 2, 1)
     single = replica_capacity(Settings(sync_max_mailboxes=1), 20_000)
-    assert (single.live, single.rotation_slots) == (0, 1), "one slot still serves every mailbox in turns"
+    assert (single.live, single.rotation_slots) == (0, 1), (
+        "one slot still serves every mailbox in turns"
+    )
     with pytest.raises(CapacityError, match="may open only 257 files"):
         replica_capacity(defaults, 257)
 
@@ -63,4 +71,6 @@ def test_soft_open_files_limit_raised_to_the_hard_one() -> None:
         if hard != resource.RLIM_INFINITY:
             assert raised == hard
     finally:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]), hard))
+        resource.setrlimit(
+            resource.RLIMIT_NOFILE, (max(soft, resource.getrlimit(resource.RLIMIT_NOFILE)[0]), hard)
+        )

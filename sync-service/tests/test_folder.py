@@ -53,11 +53,19 @@ SAME = FolderStatus(name="INBOX", uidvalidity=7, uidnext=41, exists=38, highestm
             id="history",
         ),
         pytest.param(
-            SYNCED, replace(SAME, highestmodseq=950), (FolderAction.CHANGED, "highestmodseq moved"), id="modseq"
+            SYNCED,
+            replace(SAME, highestmodseq=950),
+            (FolderAction.CHANGED, "highestmodseq moved"),
+            id="modseq",
         ),
         pytest.param(SYNCED, SAME, (FolderAction.NONE, "unchanged"), id="unchanged"),
         # a server without CONDSTORE tells no HIGHESTMODSEQ: nothing says the folder changed
-        pytest.param(SYNCED, replace(SAME, highestmodseq=None), (FolderAction.NONE, "unchanged"), id="no-condstore"),
+        pytest.param(
+            SYNCED,
+            replace(SAME, highestmodseq=None),
+            (FolderAction.NONE, "unchanged"),
+            id="no-condstore",
+        ),
         # the newest mail expunged: UIDNEXT moved, nothing above the cursor is left to read
         pytest.param(
             replace(SYNCED, last_uid=44),
@@ -82,7 +90,10 @@ def test_a_cursor_takes_the_counters_of_a_select_and_passes_expunged_uids() -> N
     cursor.last_uid = 43
     assert cursor.advance(replace(SAME, uidnext=45, highestmodseq=950))
     assert (cursor.last_uid, cursor.uidnext, cursor.highestmodseq) == (44, 45, 950)
-    assert decide(cursor, replace(SAME, uidnext=45, highestmodseq=950)) == (FolderAction.NONE, "unchanged")
+    assert decide(cursor, replace(SAME, uidnext=45, highestmodseq=950)) == (
+        FolderAction.NONE,
+        "unchanged",
+    )
 
     # a new cursor (UIDNEXT not yet taken) is saved with the server's, though nothing is new
     fresh = replace(SYNCED, uidnext=0, highestmodseq=None)

@@ -45,8 +45,12 @@ def lead_mail(world: Any, me: Any, lead: str, date: datetime, tag: str) -> tuple
     inbox_id, sent_id = make_msgid(domain="customer.example"), make_msgid(domain="acme.example")
     return (
         f"{inbox_id} {sent_id}",
-        world.message(sender=lead, to=[me.address], subject=f"{tag} in", date=date, message_id=inbox_id),
-        world.message(sender=me.address, to=[lead], subject=f"{tag} out", date=date, message_id=sent_id),
+        world.message(
+            sender=lead, to=[me.address], subject=f"{tag} in", date=date, message_id=inbox_id
+        ),
+        world.message(
+            sender=me.address, to=[lead], subject=f"{tag} out", date=date, message_id=sent_id
+        ),
     )
 
 
@@ -60,13 +64,18 @@ async def test_history_waits_until_the_leads_of_connect_time_arrived(world, lead
         async with running_app(app) as service:
             await hold_directory(app)
             for i, address in enumerate(addresses):
-                ids, inbound, outbound = lead_mail(world, me, address, LONG_AGO + timedelta(days=i), f"lead {i}")
+                ids, inbound, outbound = lead_mail(
+                    world, me, address, LONG_AGO + timedelta(days=i), f"lead {i}"
+                )
                 expected.update(ids.split())
                 await world.append(
                     me,
                     "INBOX",
                     inbound,
-                    *(world.message(sender=f"stranger{i}{j}@else.example", to=[me.address]) for j in range(3)),
+                    *(
+                        world.message(sender=f"stranger{i}{j}@else.example", to=[me.address])
+                        for j in range(3)
+                    ),
                 )
                 await world.append(me, "Sent", outbound)
             made = {(await lead_service.create_lead(admin, address))["id"] for address in addresses}
@@ -80,7 +89,9 @@ async def test_history_waits_until_the_leads_of_connect_time_arrived(world, lead
             release_directory(app)
             await world.wait_history(api)
             timeline = await lead_service.wait_timeline(world.company_id, len(expected))
-            assert {row.message_id.strip("<>") for row in timeline} == {m.strip("<>") for m in expected}
+            assert {row.message_id.strip("<>") for row in timeline} == {
+                m.strip("<>") for m in expected
+            }
             assert {str(row.lead_id) for row in timeline} == made
             assert all(row[2] == 1 for row in timeline), "each message once, from one source"
             body = (await api.get("/v1/mail-sync")).json()
@@ -100,7 +111,10 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             early_ids, inbound, outbound = lead_mail(world, me, early, LONG_AGO, "early")
             stranger_id = make_msgid(domain="else.example")
             await world.append(
-                me, "INBOX", inbound, world.message(sender="x@else.example", to=[me.address], message_id=stranger_id)
+                me,
+                "INBOX",
+                inbound,
+                world.message(sender="x@else.example", to=[me.address], message_id=stranger_id),
             )
             await world.append(me, "Sent", outbound)
             early_lead = await lead_service.create_lead(admin, early)
@@ -115,7 +129,10 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             # R5 for a lead created after connect: mail dated from its creation on, also mail that arrived
             # before the lead existed (a sender's clock ahead, delayed delivery); mail dated before, not
             now = datetime.now(UTC)
-            before_id, after_id = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
+            before_id, after_id = (
+                make_msgid(domain="prospect.example"),
+                make_msgid(domain="prospect.example"),
+            )
             await world.append(
                 me,
                 "INBOX",
@@ -143,7 +160,10 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             release_directory(app)
             timeline = await lead_service.wait_timeline(world.company_id, 3)
             # and live mail after the lead exists, dated on both sides of its creation
-            live_before, live_after = make_msgid(domain="prospect.example"), make_msgid(domain="prospect.example")
+            live_before, live_after = (
+                make_msgid(domain="prospect.example"),
+                make_msgid(domain="prospect.example"),
+            )
             created = datetime.fromisoformat(later_lead["created_at"])
             await world.append(
                 me,
@@ -174,47 +194,77 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
             assert await world.sql("SELECT count(*) FROM sync.lead_recheck") == [(0,)]
 
             # "Why is this mail not on the timeline?" (issue 25): every answer names its rule
-            blocked, blocked_id, folder_id = "blocked@spam.example", make_msgid(domain="spam.example"), make_msgid()
+            blocked, blocked_id, folder_id = (
+                "blocked@spam.example",
+                make_msgid(domain="spam.example"),
+                make_msgid(),
+            )
             await lead_service.create_lead(admin, blocked)
-            await world.wait_for_sql("SELECT count(*) FROM sync.lead_address WHERE address = :a", {"a": blocked})
+            await world.wait_for_sql(
+                "SELECT count(*) FROM sync.lead_address WHERE address = :a", {"a": blocked}
+            )
             await world.publish_blocklist("domain", "spam.example")
             await world.append(
-                me, "INBOX", world.message(sender=blocked, to=[me.address], date=LONG_AGO, message_id=blocked_id)
+                me,
+                "INBOX",
+                world.message(
+                    sender=blocked, to=[me.address], date=LONG_AGO, message_id=blocked_id
+                ),
             )
             client = await world.imap(me)
             try:
                 await client.create_folder("INBOX/Projects")
                 await client.append(
-                    "INBOX/Projects", world.message(sender=early, to=[me.address], message_id=folder_id)
+                    "INBOX/Projects",
+                    world.message(sender=early, to=[me.address], message_id=folder_id),
                 )
             finally:
                 await client.logout()
             # INBOX UIDs: 1-2 before connect, 3 the address proof (taken back), 4-7 above, 8 the blocklisted one
             await world.wait_for_sql(
-                "SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'", check=lambda v: v >= 8
+                "SELECT last_uid FROM sync.folder_cursor WHERE folder = 'inbox'",
+                check=lambda v: v >= 8,
             )
             runtime: Runtime = app.state.runtime
-            await stop_tasks([t for t in runtime.tasks if t.get_name() == "sync-scheduler"])  # sync stops here
+            await stop_tasks(
+                [t for t in runtime.tasks if t.get_name() == "sync-scheduler"]
+            )  # sync stops here
             unseen_id = make_msgid(domain="customer.example")
-            await world.append(me, "INBOX", world.message(sender=early, to=[me.address], message_id=unseen_id))
+            await world.append(
+                me, "INBOX", world.message(sender=early, to=[me.address], message_id=unseen_id)
+            )
 
             async def why(message_id: str, caller: Any = api, **params: Any) -> Any:
-                return await caller.get("/v1/mail-sync/messages", params={"message_id": message_id, **params})
+                return await caller.get(
+                    "/v1/mail-sync/messages", params={"message_id": message_id, **params}
+                )
 
             async def place(message_id: str) -> dict[str, Any]:
                 body = (await why(message_id)).json()
                 assert len(body["places"]) == 1, body
                 found: dict[str, Any] = body["places"][0]
                 # what the sync examined is answered from its records; only the rest asks the server
-                recorded = found["outcome"] not in ("not_synced_folder", "not_examined_yet", "not_on_server")
+                recorded = found["outcome"] not in (
+                    "not_synced_folder",
+                    "not_examined_yet",
+                    "not_on_server",
+                )
                 assert body["server_searched"] is not recorded, body
                 assert (found["examined_at"] is not None) is recorded, body
                 return found
 
             on_timeline = await place(early_ids.split()[0])
-            assert (on_timeline["outcome"], on_timeline["rule"], on_timeline["uid"]) == ("on_timeline", "R6", 1)
-            assert [t["lead_id"] for t in on_timeline["timeline"]] == [early_lead["id"]] and on_timeline["stored_at"]
-            assert (await place(early_ids.split()[0].strip("<>")))["outcome"] == "on_timeline", "brackets optional"
+            assert (on_timeline["outcome"], on_timeline["rule"], on_timeline["uid"]) == (
+                "on_timeline",
+                "R6",
+                1,
+            )
+            assert [t["lead_id"] for t in on_timeline["timeline"]] == [
+                early_lead["id"]
+            ] and on_timeline["stored_at"]
+            assert (await place(early_ids.split()[0].strip("<>")))["outcome"] == "on_timeline", (
+                "brackets optional"
+            )
             outcomes = {
                 name: (p["outcome"], p["rule"], p["reason"], p["folder"])
                 for name, p in [
@@ -231,31 +281,49 @@ async def test_mail_of_leads_that_arrive_late_is_found_again(world, leads) -> No
                 "subfolder": ("not_synced_folder", "R4", None, "INBOX/Projects"),
             }
             unseen = await place(unseen_id)
-            assert (unseen["outcome"], unseen["rule"], unseen["uid"]) == ("not_examined_yet", "R28", 9)
+            assert (unseen["outcome"], unseen["rule"], unseen["uid"]) == (
+                "not_examined_yet",
+                "R28",
+                9,
+            )
             assert unseen["sync_position"]["last_uid"] == 8
             absent = (await why(make_msgid(domain="nowhere.example"))).json()
-            assert absent["server_searched"] and [p["outcome"] for p in absent["places"]] == ["not_on_server"]
+            assert absent["server_searched"] and [p["outcome"] for p in absent["places"]] == [
+                "not_on_server"
+            ]
 
             mailbox_id = (await api.get("/v1/mail-sync")).json()["id"]
             boss = world.caller(service, admin)
-            assert (await place(stranger_id)) == (await why(stranger_id, boss, mailbox_id=mailbox_id)).json()["places"][
-                0
-            ]
+            assert (await place(stranger_id)) == (
+                await why(stranger_id, boss, mailbox_id=mailbox_id)
+            ).json()["places"][0]
             colleague = world.caller(service, world.identity("salesperson"))
             assert (await why(stranger_id, colleague, mailbox_id=mailbox_id)).status_code == 403
-            stranger_company = Identity(company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator")
+            stranger_company = Identity(
+                company_id=uuid.uuid4(), user_id=uuid.uuid4(), role="administrator"
+            )
             outsider = world.caller(service, stranger_company)
             assert (await why(stranger_id, outsider, mailbox_id=mailbox_id)).status_code == 404
             assert (await why(stranger_id, outsider)).status_code == 404
-            for bad in ({}, {"message_id": ""}, {"message_id": f"{stranger_id}\r\nX: y"}, {"message_id": "no id"}):
+            for bad in (
+                {},
+                {"message_id": ""},
+                {"message_id": f"{stranger_id}\r\nX: y"},
+                {"message_id": "no id"},
+            ):
                 response = await api.get("/v1/mail-sync/messages", params=bad)
                 assert response.status_code == 422, (bad, response.text)
                 assert response.headers["content-type"].startswith("application/problem+json")
 
             # R11: disabling sync with "remove" takes its mail off the timelines, and the answer says so
-            assert (await api.delete("/v1/mail-sync", params={"keep_history": "false"})).status_code == 204
+            assert (
+                await api.delete("/v1/mail-sync", params={"keep_history": "false"})
+            ).status_code == 204
             deadline = asyncio.get_running_loop().time() + 20
-            while await lead_service.timeline(world.company_id) and asyncio.get_running_loop().time() < deadline:
+            while (
+                await lead_service.timeline(world.company_id)
+                and asyncio.get_running_loop().time() < deadline
+            ):
                 await asyncio.sleep(0.2)
             removed = await place(early_ids.split()[0])
             assert (removed["outcome"], removed["rule"]) == ("removed", "R11")

@@ -30,8 +30,12 @@ async def appended_until_synced(world, me, folder: str, subject: str) -> float: 
     return loop.time() - started
 
 
-@pytest.mark.parametrize(("notify", "sent_poll"), [(True, 600.0), (False, 1.0)], ids=["notify", "status-poll"])
-async def test_new_mail_in_sent_arrives_within_seconds(world, notify: bool, sent_poll: float) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(
+    ("notify", "sent_poll"), [(True, 600.0), (False, 1.0)], ids=["notify", "status-poll"]
+)
+async def test_new_mail_in_sent_arrives_within_seconds(  # type: ignore[no-untyped-def]
+    world, notify: bool, sent_poll: float
+) -> None:
     me = world.account()
     # every other check is ten minutes away: with NOTIFY only the server's push explains a quick arrival
     async with running_app(
@@ -54,8 +58,12 @@ async def test_new_mail_in_sent_arrives_within_seconds(world, notify: bool, sent
 def test_which_folder_is_checked_when() -> None:
     from leadline_sync.sync.live import FolderWatch
 
-    polled = FolderWatch(idle_folder="INBOX", pushed=False, idle=True, poll_seconds=60, unpushed_poll_seconds=8)
-    assert polled.wait_seconds(0) == 0 and polled.due("Sent", set(), 0, "INBOX"), "everything at the start"
+    polled = FolderWatch(
+        idle_folder="INBOX", pushed=False, idle=True, poll_seconds=60, unpushed_poll_seconds=8
+    )
+    assert polled.wait_seconds(0) == 0 and polled.due("Sent", set(), 0, "INBOX"), (
+        "everything at the start"
+    )
     polled.checked("Sent", 0)
     polled.checked("INBOX", 0)
     assert polled.wait_seconds(1) == 7
@@ -63,11 +71,15 @@ def test_which_folder_is_checked_when() -> None:
     assert not polled.due("INBOX", set(), 30, "INBOX"), "IDLE pushes INBOX: only the safety poll"
     assert polled.due("INBOX", {"INBOX"}, 1, "INBOX")
     assert polled.due("INBOX", set(), 1, "Sent"), "INBOX is selected again for IDLE"
-    pushed = FolderWatch(idle_folder="INBOX", pushed=True, idle=True, poll_seconds=60, unpushed_poll_seconds=8)
+    pushed = FolderWatch(
+        idle_folder="INBOX", pushed=True, idle=True, poll_seconds=60, unpushed_poll_seconds=8
+    )
     pushed.checked("Sent", 0)
     pushed.checked("INBOX", 0)
     assert pushed.wait_seconds(0) == 60 and not pushed.due("Sent", set(), 30, "INBOX")
     assert pushed.due("Sent", {"Sent"}, 1, "INBOX")
-    neither = FolderWatch(idle_folder="INBOX", pushed=False, idle=False, poll_seconds=60, unpushed_poll_seconds=8)
+    neither = FolderWatch(
+        idle_folder="INBOX", pushed=False, idle=False, poll_seconds=60, unpushed_poll_seconds=8
+    )
     neither.checked("INBOX", 0)
     assert neither.due("INBOX", set(), 8, "INBOX")

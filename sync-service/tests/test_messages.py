@@ -94,7 +94,8 @@ async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(worl
     me = world.account()
     lead = "frank@customer.example"
     good = [
-        world.message(sender=lead, to=[me.address], subject=f"good {i}", body=f"message {i}\n" * 40) for i in range(488)
+        world.message(sender=lead, to=[me.address], subject=f"good {i}", body=f"message {i}\n" * 40)
+        for i in range(488)
     ]
     bad = [malformed(i, lead, me.address) for i in range(12)]
     client = await world.imap(me)
@@ -117,7 +118,9 @@ async def test_mailbox_with_malformed_messages_syncs_the_rest_and_logs_each(worl
         assert len(events) == 500
         defective = [e for e in events if e.payload.defect]
         assert len(defective) == 12
-        assert sorted(e.payload.message_id for e in defective) == sorted(f"<broken-{i}@x.example>" for i in range(12))
+        assert sorted(e.payload.message_id for e in defective) == sorted(
+            f"<broken-{i}@x.example>" for i in range(12)
+        )
         errors = (await api.get("/v1/mail-sync/errors", params={"limit": 100})).json()["items"]
         assert len([e for e in errors if e["kind"] == "message_unreadable"]) == 12
 
@@ -141,7 +144,10 @@ async def test_lead_mail_without_a_message_id_gets_the_stand_in_of_its_whole_hea
         await world.wait_history(api)
         [event] = await world.synced(at_least=1)
         header = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
-        assert event.payload.message_id == f"<{hashlib.sha256(header).hexdigest()[:40]}@no-message-id.leadline.invalid>"
+        assert (
+            event.payload.message_id
+            == f"<{hashlib.sha256(header).hexdigest()[:40]}@no-message-id.leadline.invalid>"
+        )
 
 
 async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ignore[no-untyped-def]
@@ -151,9 +157,14 @@ async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ig
         me,
         "INBOX",
         BOUNCE.format(me=me.address, lead=lead).replace("\n", "\r\n").encode(),
-        BOUNCE.format(me=me.address, lead=stranger).replace("\n", "\r\n").replace("bounce-1@", "bounce-2@").encode(),
+        BOUNCE.format(me=me.address, lead=stranger)
+        .replace("\n", "\r\n")
+        .replace("bounce-1@", "bounce-2@")
+        .encode(),
         COMPLAINT.format(me=me.address, lead=lead, n=50).replace("\n", "\r\n").encode(),
-        COMPLAINT.format(me=me.address, lead="redacted@yahoo.com", n=51).replace("\n", "\r\n").encode(),
+        COMPLAINT.format(me=me.address, lead="redacted@yahoo.com", n=51)
+        .replace("\n", "\r\n")
+        .encode(),
     )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -162,18 +173,34 @@ async def test_bounce_of_mail_to_a_lead_is_published(world) -> None:  # type: ig
         await world.wait_history(api)
         bounces = await world.events("mail.bounced", at_least=1)
         assert [
-            (b.payload.original_message_id, b.payload.recipient, b.payload.status, b.payload.severity, b.payload.reason)
+            (
+                b.payload.original_message_id,
+                b.payload.recipient,
+                b.payload.status,
+                b.payload.severity,
+                b.payload.reason,
+            )
             for b in bounces
         ] == [("<smart-mail-42@acme.example>", lead, "5.1.1", "hard", "user_unknown")]
         complaints = await world.events("mail.complained", at_least=2)
-        assert sorted(
-            (c.payload.original_message_id, c.payload.recipient, c.payload.feedback_type, c.payload.reporter)
-            for c in complaints
-        ) == [  # a redacted report still names its original: the sender of that message knows whom it went to
-            ("<smart-mail-50@acme.example>", lead, "abuse", "Yahoo!-Mail-Feedback/2.0"),
-            ("<smart-mail-51@acme.example>", "", "abuse", "Yahoo!-Mail-Feedback/2.0"),
-        ]
-        assert await world.synced() == [], "a bounce or a complaint is not a conversation with the lead"
+        assert (
+            sorted(
+                (
+                    c.payload.original_message_id,
+                    c.payload.recipient,
+                    c.payload.feedback_type,
+                    c.payload.reporter,
+                )
+                for c in complaints
+            )
+            == [  # a redacted report still names its original: the sender of that message knows whom it went to
+                ("<smart-mail-50@acme.example>", lead, "abuse", "Yahoo!-Mail-Feedback/2.0"),
+                ("<smart-mail-51@acme.example>", "", "abuse", "Yahoo!-Mail-Feedback/2.0"),
+            ]
+        )
+        assert await world.synced() == [], (
+            "a bounce or a complaint is not a conversation with the lead"
+        )
         folders = (await api.get("/v1/mail-sync")).json()["folders"]
         inbox = next(f for f in folders if f["folder"] == "inbox")["completeness"]
         assert (inbox["bounces_stored"], inbox["complaints_stored"]) == (1, 2)
@@ -199,13 +226,21 @@ Message-ID: <smart-mail-43@acme.example>
 async def test_a_notice_naming_no_recipient_is_published_for_its_original(world) -> None:  # type: ignore[no-untyped-def]
     """R17: the sender of the original knows its recipients; the notice is soft, never a conversation."""
     me = world.account()
-    await world.append(me, "INBOX", DELAYED_WITHOUT_RECIPIENT.format(me=me.address).replace("\n", "\r\n").encode())
+    await world.append(
+        me, "INBOX", DELAYED_WITHOUT_RECIPIENT.format(me=me.address).replace("\n", "\r\n").encode()
+    )
     async with running_app(world.app()) as service:
         api = world.caller(service, me.user)
         assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         await world.wait_history(api)
         bounces = await world.events("mail.bounced", at_least=1)
         assert [
-            (b.payload.original_message_id, b.payload.recipient, b.payload.severity, b.payload.action) for b in bounces
+            (
+                b.payload.original_message_id,
+                b.payload.recipient,
+                b.payload.severity,
+                b.payload.action,
+            )
+            for b in bounces
         ] == [("<smart-mail-43@acme.example>", "", "soft", "delayed")]
         assert await world.synced() == []

@@ -64,14 +64,21 @@ class XOAuth2Handler:
 
 
 @pytest.fixture(scope="module")
-def xoauth2_smtp(tls_ca: trustme.CA, provider: FakeOAuthProvider) -> Iterator[tuple[int, XOAuth2Handler]]:
+def xoauth2_smtp(
+    tls_ca: trustme.CA, provider: FakeOAuthProvider
+) -> Iterator[tuple[int, XOAuth2Handler]]:
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     cert.configure_cert(context)
     handler = XOAuth2Handler(provider)
     port = free_port()
     controller = Controller(
-        handler, hostname="127.0.0.1", port=port, auth_require_tls=True, tls_context=context, require_starttls=True
+        handler,
+        hostname="127.0.0.1",
+        port=port,
+        auth_require_tls=True,
+        tls_context=context,
+        require_starttls=True,
     )
     controller.start()
     yield port, handler
@@ -87,7 +94,9 @@ class OAuthWorld:
     smtp: XOAuth2Handler
     imap_port: int  # where the sync connects: a proxy in front of Dovecot's STARTTLS port that the test can cut
     proxy: DroppingProxy
-    handed_out: list[str] = field(default_factory=list)  # one-time sign-ins the callback gave the browser
+    handed_out: list[str] = field(
+        default_factory=list
+    )  # one-time sign-ins the callback gave the browser
 
     def app(self, return_url: str | None = None, **overrides: Any) -> Any:
         """The sync app with Gmail and Office 365 sign-in pointed at the fake provider (Google- and
@@ -102,7 +111,9 @@ class OAuthWorld:
                 "client_id": self.provider.client_id,
                 "redirect_url": REDIRECT,
                 "return_url": return_url,
-                "client_secret_sealed": seal_client_secret(ring, provider, self.provider.client_secret),
+                "client_secret_sealed": seal_client_secret(
+                    ring, provider, self.provider.client_secret
+                ),
                 **endpoints,
                 **servers,
             }
@@ -115,7 +126,9 @@ class OAuthWorld:
 
     def account(self) -> MailAccount:
         account = self.world.account()
-        self.dovecot.add_user(account.address, account.password)  # to seed mail; the sync signs in by token
+        self.dovecot.add_user(
+            account.address, account.password
+        )  # to seed mail; the sync signs in by token
         return account
 
     async def append(self, account: MailAccount, folder: str, *raws: bytes) -> None:
@@ -137,19 +150,27 @@ class OAuthWorld:
             await client.logout()
 
     async def sign_in(
-        self, api: httpx.AsyncClient, service: httpx.AsyncClient, address: str, provider: str = "gmail"
+        self,
+        api: httpx.AsyncClient,
+        service: httpx.AsyncClient,
+        address: str,
+        provider: str = "gmail",
     ) -> httpx.Response:
         """Start, consent at the provider, bring its answer back to the callback as the browser (no key), and
         finish with the caller's key as the CRM's page does."""
         started = await api.post(f"/v1/mail-sync/oauth/{provider}/start")
         assert started.status_code == 200, started.text
         self.provider.sign_in(address)
-        return await self.finish(api, await self.browser_back(service, started.json()["authorization_url"]))
+        return await self.finish(
+            api, await self.browser_back(service, started.json()["authorization_url"])
+        )
 
     async def browser_back(self, service: httpx.AsyncClient, authorization_url: str) -> str:
         """The one-time sign-in a keyless callback hands the browser (in a redirect to the app's return URL,
         or in the body)."""
-        answer = await service.get("/v1/mail-sync/oauth/callback", params=await self.consent(authorization_url))
+        answer = await service.get(
+            "/v1/mail-sync/oauth/callback", params=await self.consent(authorization_url)
+        )
         if answer.status_code == 303:
             location = urllib.parse.urlsplit(answer.headers["location"])
             assert answer.headers["cache-control"] == "no-store"
@@ -183,7 +204,9 @@ async def oauth(
 ) -> AsyncIterator[OAuthWorld]:
     proxy = await DroppingProxy(oauth_dovecot.port).start()
     provider.expires_in, provider.unavailable_refreshes = 3600, 0
-    yield OAuthWorld(world, provider, oauth_dovecot, xoauth2_smtp[0], xoauth2_smtp[1], proxy.port, proxy)
+    yield OAuthWorld(
+        world, provider, oauth_dovecot, xoauth2_smtp[0], xoauth2_smtp[1], proxy.port, proxy
+    )
     await proxy.stop()
 
 
@@ -202,7 +225,11 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         api, other_api = world.caller(service, me.user), world.caller(service, other.user)
         victim_api = world.caller(service, victim.user)
         assert (
-            (await service.get("/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"}))
+            (
+                await service.get(
+                    "/v1/mail-sync/oauth/callback", params={"code": "x", "state": "forged"}
+                )
+            )
             .json()["type"]
             .endswith("oauth-state-invalid")
         )
@@ -210,14 +237,20 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
 
         # the provider answers with an error (the user said no): a problem, and the state is spent
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
-        state = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(started["authorization_url"]).query))["state"]
+        state = dict(
+            urllib.parse.parse_qsl(urllib.parse.urlsplit(started["authorization_url"]).query)
+        )["state"]
         oauth.provider.deny = True
         denied = await service.get(
             "/v1/mail-sync/oauth/callback", params=await oauth.consent(started["authorization_url"])
         )
         assert denied.status_code == 400 and denied.json()["type"].endswith("oauth-provider-error")
         assert (
-            (await service.get("/v1/mail-sync/oauth/callback", params={"code": "c", "state": state}))
+            (
+                await service.get(
+                    "/v1/mail-sync/oauth/callback", params={"code": "c", "state": state}
+                )
+            )
             .json()["type"]
             .endswith("oauth-state-invalid")
         )
@@ -230,8 +263,12 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         oauth.provider.sign_in(victim.address)
         sign_in = await oauth.browser_back(service, started["authorization_url"])
         refused = await oauth.finish(victim_api, sign_in)
-        assert refused.status_code == 403 and refused.json()["type"].endswith("oauth-state-other-user")
-        spent = await oauth.finish(other_api, sign_in)  # used up: not even its starter finishes it now
+        assert refused.status_code == 403 and refused.json()["type"].endswith(
+            "oauth-state-other-user"
+        )
+        spent = await oauth.finish(
+            other_api, sign_in
+        )  # used up: not even its starter finishes it now
         assert spent.status_code == 400 and spent.json()["type"].endswith("oauth-sign-in-invalid")
         assert oauth.provider.code_grants == grants
         for caller in (other_api, victim_api):
@@ -252,13 +289,17 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         assert (await api.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 200
         for client in (service, api):
             replayed = await client.get("/v1/mail-sync/oauth/callback", params=callback)
-            assert replayed.status_code == 400 and replayed.json()["type"].endswith("oauth-state-invalid")
+            assert replayed.status_code == 400 and replayed.json()["type"].endswith(
+                "oauth-state-invalid"
+            )
 
         # an expired state
         started = (await api.post("/v1/mail-sync/oauth/gmail/start")).json()
         callback = await oauth.consent(started["authorization_url"])
         world.clock.advance(timedelta(minutes=11))
-        assert (await service.get("/v1/mail-sync/oauth/callback", params=callback)).status_code == 400
+        assert (
+            await service.get("/v1/mail-sync/oauth/callback", params=callback)
+        ).status_code == 400
         world.clock.advance(timedelta(minutes=-11))
 
         # a state of another user passed on with someone else's key: refused (and spent); nothing stored
@@ -266,7 +307,9 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         oauth.provider.sign_in(other.address)
         callback = await oauth.consent(started["authorization_url"])
         stolen = await other_api.get("/v1/mail-sync/oauth/callback", params=callback)
-        assert stolen.status_code == 403 and stolen.json()["type"].endswith("oauth-state-other-user")
+        assert stolen.status_code == 403 and stolen.json()["type"].endswith(
+            "oauth-state-other-user"
+        )
         assert (await other_api.get("/v1/mail-sync")).status_code == 404
 
         # another user of the company signs in with the address already synced: 409, nothing stored
@@ -277,8 +320,12 @@ async def test_bad_callbacks_are_refused_and_store_nothing(oauth: OAuthWorld) ->
         # an unknown provider, one without an app, a body with an address
         assert (await api.post("/v1/mail-sync/oauth/nope/start")).status_code == 404
         assert (await api.post("/v1/mail-sync/oauth/outlook/start")).status_code == 422
-        assert (await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})).status_code == 422
-        count = await world.sql("SELECT count(*) FROM sync.mailbox WHERE company_id = :c", {"c": world.company_id})
+        assert (
+            await api.post("/v1/mail-sync/oauth/gmail/start", json={"address": "x@y.example"})
+        ).status_code == 422
+        count = await world.sql(
+            "SELECT count(*) FROM sync.mailbox WHERE company_id = :c", {"c": world.company_id}
+        )
         assert count[0][0] == 1
 
 
@@ -294,10 +341,14 @@ async def test_token_renewed_once_for_concurrent_connections_5xx_retried_and_a_n
         mailbox_id = uuid.UUID((await api.get("/v1/mail-sync")).json()["id"])
         before = oauth.provider.refresh_grants
         # near expiry: many connections ask at once (and the token endpoint is slow), one renewal
-        await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now() + interval '1 minute'")
+        await world.sql_write(
+            "UPDATE sync.mailbox SET oauth_expires_at = now() + interval '1 minute'"
+        )
         oauth.provider.refresh_delay = 0.3
         try:
-            tokens = await asyncio.gather(*(context.tokens.access_token(mailbox_id) for _ in range(8)))
+            tokens = await asyncio.gather(
+                *(context.tokens.access_token(mailbox_id) for _ in range(8))
+            )
         finally:
             oauth.provider.refresh_delay = 0.0
         assert oauth.provider.refresh_grants == before + 1
@@ -362,10 +413,16 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
     async with running_app(app) as service:
         api = world.caller(service, me.user)
         providers = {p["id"]: p for p in (await api.get("/v1/mail-sync/providers")).json()}
-        assert providers["gmail"]["oauth2"] and providers["office365"]["oauth2"] and not providers["outlook"]["oauth2"]
+        assert (
+            providers["gmail"]["oauth2"]
+            and providers["office365"]["oauth2"]
+            and not providers["outlook"]["oauth2"]
+        )
         assert not providers["yahoo"]["oauth2"] and providers["outlook"]["oauth2_note"]
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="history"))
+        await oauth.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="history")
+        )
         started = await api.post(f"/v1/mail-sync/oauth/{preset}/start", json={"smtp_use": "all"})
         url = urllib.parse.urlsplit(started.json()["authorization_url"])
         query = dict(urllib.parse.parse_qsl(url.query))
@@ -373,12 +430,20 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         assert query["redirect_uri"] == REDIRECT
         oauth.provider.sign_in(me.address)
         if preset == "gmail":
-            assert "https://mail.google.com/" in query["scope"].split() and query["access_type"] == "offline"
+            assert (
+                "https://mail.google.com/" in query["scope"].split()
+                and query["access_type"] == "offline"
+            )
             # the CRM's page receives the provider's redirect and passes it on with the user's key
-            done = await api.get("/v1/mail-sync/oauth/callback", params=await oauth.consent(urlunsplit(url)))
+            done = await api.get(
+                "/v1/mail-sync/oauth/callback", params=await oauth.consent(urlunsplit(url))
+            )
         else:
             assert url.path == "/organizations/oauth2/v2.0/authorize"
-            assert set(query["scope"].split()) == MICROSOFT_SCOPES and query["prompt"] == "select_account"
+            assert (
+                set(query["scope"].split()) == MICROSOFT_SCOPES
+                and query["prompt"] == "select_account"
+            )
             assert "access_type" not in query
             done = await oauth.finish(api, await oauth.browser_back(service, urlunsplit(url)))
         assert done.status_code == 200 and done.json()["address"] == me.address, done.text
@@ -389,7 +454,9 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         [event] = await world.synced(at_least=1)
         assert event.payload.subject == "history"
         # live mail arrives while the session idles on a token it signed in with
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while idle"))
+        await oauth.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="while idle")
+        )
         assert "while idle" in {e.payload.subject for e in await world.synced(at_least=2)}
 
         # the send service gets a live access token, never the refresh token
@@ -397,7 +464,9 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
             (
                 await world.nc.request(
                     RPC_MAILBOX_SMTP,
-                    MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id).model_dump_json().encode(),
+                    MailboxSmtpRequest(company_id=world.company_id, user_id=me.user.user_id)
+                    .model_dump_json()
+                    .encode(),
                     timeout=5,
                 )
             ).data
@@ -414,12 +483,16 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         await world.sql_write("UPDATE sync.mailbox SET oauth_expires_at = now()")
         renewals = oauth.provider.refresh_grants
         assert oauth.proxy.cut() >= 1
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after expiry"))
+        await oauth.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="after expiry")
+        )
         assert "after expiry" in {e.payload.subject for e in await world.synced(at_least=3)}
         assert oauth.provider.refresh_grants == renewals + 1
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
         assert (await api.get("/v1/mail-sync/errors")).json()["items"] == []
-        if preset == "office365":  # the refresh token was replaced and the old one died: the new one is kept
+        if (
+            preset == "office365"
+        ):  # the refresh token was replaced and the old one died: the new one is kept
             [rotated] = oauth.provider.live_refresh_tokens(me.address)
             assert rotated != refresh_token
             context = service._transport.app.state.runtime.context  # type: ignore[attr-defined]
@@ -436,7 +509,9 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         assert "no longer lets Leadline" in errored["status_reason"]
         [entry, *_] = (await api.get("/v1/mail-sync/errors")).json()["items"]
         assert entry["kind"] == "oauth_revoked" and f"sign in with {name} again" in entry["fix"]
-        await oauth.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while revoked"))
+        await oauth.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="while revoked")
+        )
 
         # a new sign-in resumes from the cursor: no new historical sync, nothing twice
         again = await oauth.sign_in(api, service, me.address, preset)
@@ -444,7 +519,12 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         enabled = await world.wait_status(api, "enabled")
         assert enabled["connected_at"] == first["connected_at"] and enabled["id"] == first["id"]
         events = await world.synced(at_least=4)
-        assert sorted(e.payload.subject for e in events) == ["after expiry", "history", "while idle", "while revoked"]
+        assert sorted(e.payload.subject for e in events) == [
+            "after expiry",
+            "history",
+            "while idle",
+            "while revoked",
+        ]
 
         # nothing shows a token: responses, a dump of the database, the events, JetStream's store, the logs
         texts = [done.text, again.text, (await api.get("/v1/mail-sync")).text]
@@ -468,7 +548,9 @@ async def test_sign_in_history_idle_expiry_revocation_and_a_new_sign_in_with_no_
         ).stdout
         assert "oauth_state" in dump and me.address in dump
         changes = [e.model_dump_json() for e in await world.events("mailbox.status_changed")]
-        store = [p.read_bytes().decode("latin-1") for p in nats_server.data_dir.rglob("*") if p.is_file()]
+        store = [
+            p.read_bytes().decode("latin-1") for p in nats_server.data_dir.rglob("*") if p.is_file()
+        ]
         no_secret_in("\n".join([*texts, dump, *changes, *store, caplog.text]), oauth.provider)
         # nor is an authorization code or a one-time sign-in kept or logged (the test's own client logs the
         # callback URLs it asks, with their codes)
@@ -498,8 +580,14 @@ def test_provider_apps_resolve_with_real_endpoints_and_sealed_secrets(world: Syn
     apps = resolve_apps(settings.sync_oauth_apps, ring)
     office = apps["office365"]
     assert office.client_secret == "s3" and "s3" not in repr(office)
-    assert office.token_url == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
-    assert "https://outlook.office.com/SMTP.Send" in office.scopes and "offline_access" in office.scopes
+    assert (
+        office.token_url
+        == "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    )
+    assert (
+        "https://outlook.office.com/SMTP.Send" in office.scopes
+        and "offline_access" in office.scopes
+    )
     assert apps["gmail"].authorization_url == "https://accounts.google.com/o/oauth2/v2/auth"
     # a secret sealed for one preset does not open for another; an unknown preset is refused at start-up
     moved = world.settings(
@@ -568,24 +656,37 @@ async def test_microsoft_and_google_identities_from_the_id_token(world: SyncWorl
             access_token="a",
             expires_at=world.clock(),
             refresh_token="r",
-            id_token=id_token({"aud": f"{provider}-app", "exp": exp, "nonce": "n", **issuers[provider], **claims}),
+            id_token=id_token(
+                {"aud": f"{provider}-app", "exp": exp, "nonce": "n", **issuers[provider], **claims}
+            ),
         )
         return await _proven_address(context, apps[provider], tokens, "n")  # type: ignore[arg-type]
 
-    assert await address("office365", preferred_username="Ann.Lee@Contoso.example") == "ann.lee@contoso.example"
-    assert await address("outlook", preferred_username="ann@contoso.example") == "ann@contoso.example"
+    assert (
+        await address("office365", preferred_username="Ann.Lee@Contoso.example")
+        == "ann.lee@contoso.example"
+    )
+    assert (
+        await address("outlook", preferred_username="ann@contoso.example") == "ann@contoso.example"
+    )
     assert (
         await address("office365", email="ann@contoso.example", preferred_username="x@y.example")
         == "ann@contoso.example"
     )
-    assert await address("gmail", email="bob@gmail.example", email_verified=True) == "bob@gmail.example"
+    assert (
+        await address("gmail", email="bob@gmail.example", email_verified=True)
+        == "bob@gmail.example"
+    )
     other_directory = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
     for provider, claims in (
         ("office365", {"preferred_username": "not an address"}),
         ("office365", {"email": "ann@contoso.example", "aud": "another-app"}),
         ("office365", {"email": "ann@contoso.example", "nonce": "replayed"}),
         ("office365", {"email": "ann@contoso.example", "exp": exp - 3600}),
-        ("office365", {"email": "ann@contoso.example", "tid": other_directory}),  # iss and tid disagree
+        (
+            "office365",
+            {"email": "ann@contoso.example", "tid": other_directory},
+        ),  # iss and tid disagree
         # an app of one directory takes only that directory's accounts
         (
             "outlook",

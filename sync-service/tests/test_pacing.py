@@ -23,7 +23,12 @@ from .conftest import DroppingProxy, SmtpServer, smtp_delivering_to
 
 def test_a_dropped_session_reconnects_after_two_four_then_six_seconds_jittered() -> None:
     # the session loop passes the drops in a row less one (0 after a long session: its first pause)
-    assert [QUIET_RECONNECT.seconds(drops - 1, jitter=1.0) for drops in range(4)] == [2.0, 2.0, 4.0, 6.0]
+    assert [QUIET_RECONNECT.seconds(drops - 1, jitter=1.0) for drops in range(4)] == [
+        2.0,
+        2.0,
+        4.0,
+        6.0,
+    ]
     assert all(1.0 <= QUIET_RECONNECT.seconds(0) <= 2.0 for _ in range(50))
 
 
@@ -61,7 +66,9 @@ async def test_the_gate_bounds_logins_in_flight_and_pauses_a_refusing_host() -> 
 
 
 @pytest.fixture(scope="module")
-def crowded_dovecot(tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory) -> Iterator[DovecotServer]:
+def crowded_dovecot(
+    tls_ca: trustme.CA, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DovecotServer]:
     """A Dovecot that lets a user hold two connections from one address."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     server = DovecotServer(
@@ -90,7 +97,11 @@ async def crowded_proxy(crowded_dovecot: DovecotServer) -> AsyncIterator[Droppin
 
 
 def refusals(dovecot: DovecotServer) -> int:
-    return (dovecot.base_dir / "dovecot.log").read_text().count("Maximum number of connections from user+IP exceeded")
+    return (
+        (dovecot.base_dir / "dovecot.log")
+        .read_text()
+        .count("Maximum number of connections from user+IP exceeded")
+    )
 
 
 async def test_too_many_connections_backs_off_without_an_error(  # type: ignore[no-untyped-def]
@@ -134,7 +145,9 @@ async def test_too_many_connections_backs_off_without_an_error(  # type: ignore[
         await asyncio.sleep(3)
         retried = refusals(crowded_dovecot) - before
         assert 2 <= retried <= 10, f"backs off but keeps trying: {retried} refused logins in 3 s"
-        await phone.append("INBOX", world.message(sender=lead, to=[me.address], subject="while refused"))
+        await phone.append(
+            "INBOX", world.message(sender=lead, to=[me.address], subject="while refused")
+        )
         await phone.logout()
         events = await world.synced(at_least=1, timeout=15)
         assert [e.payload.subject for e in events] == ["while refused"]
@@ -142,6 +155,8 @@ async def test_too_many_connections_backs_off_without_an_error(  # type: ignore[
         shown = (await api.get("/v1/mail-sync")).json()
         assert shown["status"] == "enabled" and shown["status_reason"] == ""
         errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
-        assert [e["kind"] for e in errors] == ["too_many_connections"], "one entry, however many retries"
+        assert [e["kind"] for e in errors] == ["too_many_connections"], (
+            "one entry, however many retries"
+        )
         statuses = [e.payload.status for e in await world.events("mailbox.status_changed")]
         assert "error" not in statuses

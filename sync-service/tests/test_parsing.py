@@ -24,7 +24,9 @@ def messages(count: int) -> list[bytes]:
         message["Subject"] = f"offer {i}"
         message["Message-ID"] = f"<offer-{i}@customer.example>"
         message.set_content(f"About the offer, part {i}.\n" * 20)
-        message.add_attachment(b"%PDF-1.4 " * 50, maintype="application", subtype="pdf", filename=f"offer-{i}.pdf")
+        message.add_attachment(
+            b"%PDF-1.4 " * 50, maintype="application", subtype="pdf", filename=f"offer-{i}.pdf"
+        )
         raws.append(message.as_bytes())
     return raws
 
@@ -71,11 +73,15 @@ async def test_workers_start_when_a_large_batch_is_expected_and_parse_it() -> No
     parser = MessageParser(1)
     try:
         parser.expect(INLINE_BELOW - 1)
-        assert parser._starting is None and parser.running == 0, "a batch parsed inline starts nothing"
+        assert parser._starting is None and parser.running == 0, (
+            "a batch parsed inline starts nothing"
+        )
         parser.expect(INLINE_BELOW)  # while its bodies are read
         assert await parser.parse(raws) == parse_all(raws)
         [worker] = parser._idle
-        assert written(worker.process.pid) > 0, "the worker answered the batch: it was not parsed inline"
+        assert written(worker.process.pid) > 0, (
+            "the worker answered the batch: it was not parsed inline"
+        )
     finally:
         parser.close()
 
@@ -119,7 +125,11 @@ def test_of_a_body_only_the_preview_an_event_carries_is_kept() -> None:
     html_only["From"], html_only["Subject"] = "buyer@customer.example", "no text"
     html_only.set_content("<p>&nbsp;</p>" * 10_000, subtype="html")  # markup without a word of text
     [long, markup] = parse_all([both.as_bytes(), html_only.as_bytes()])
-    assert long.text == parse_message(both.as_bytes()).text[:PREVIEW_TEXT_CHARS] and long.html is None
+    assert (
+        long.text == parse_message(both.as_bytes()).text[:PREVIEW_TEXT_CHARS] and long.html is None
+    )
     whole = parse_message(html_only.as_bytes())
-    assert not whole.text.strip() and whole.html is not None and len(whole.html) > PREVIEW_HTML_CHARS
+    assert (
+        not whole.text.strip() and whole.html is not None and len(whole.html) > PREVIEW_HTML_CHARS
+    )
     assert markup.html == whole.html[:PREVIEW_HTML_CHARS]

@@ -38,28 +38,43 @@ asyncio.run(main())
 # the issue's historical sync (issue 20): 5,000 messages, killed three times
 HISTORY = 5000
 LEADS = [f"buyer{k}@customer{k}.example" for k in range(3)]
-STORED = "SELECT count(*) FROM sync.synced_message"  # lead mail stored (and its event in the outbox)
+STORED = (
+    "SELECT count(*) FROM sync.synced_message"  # lead mail stored (and its event in the outbox)
+)
 
 
-async def held_live(world, addresses: set[str], replicas: set[str], timeout: float) -> dict[str, str]:  # type: ignore[no-untyped-def]
+async def held_live(  # type: ignore[no-untyped-def]
+    world, addresses: set[str], replicas: set[str], timeout: float
+) -> dict[str, str]:
     """Waits until every mailbox is held live by one of ``replicas``; the holder of each."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         rows = await world.sql("SELECT address, lease_owner, sync_mode FROM sync.mailbox")
-        owners = {address: owner for address, owner, mode in rows if mode == SyncMode.LIVE and owner in replicas}
+        owners = {
+            address: owner
+            for address, owner, mode in rows
+            if mode == SyncMode.LIVE and owner in replicas
+        }
         if set(owners) == addresses:
             return owners
         if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"every mailbox is held live by exactly one of {sorted(replicas)}: {sorted(rows)}")
+            raise AssertionError(
+                f"every mailbox is held live by exactly one of {sorted(replicas)}: {sorted(rows)}"
+            )
         await asyncio.sleep(0.1)
 
 
-async def balanced(world, addresses: set[str], replicas: set[str], most: int, timeout: float) -> dict[str, str]:  # type: ignore[no-untyped-def]
+async def balanced(  # type: ignore[no-untyped-def]
+    world, addresses: set[str], replicas: set[str], most: int, timeout: float
+) -> dict[str, str]:
     """Waits until every mailbox is held live by one of ``replicas``, each holding ``most`` at most."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         owners = await held_live(
-            world, addresses, replicas, timeout=max(deadline - asyncio.get_running_loop().time(), 0.1)
+            world,
+            addresses,
+            replicas,
+            timeout=max(deadline - asyncio.get_running_loop().time(), 0.1),
         )
         held = Counter(owners.values())
         if len(held) == len(replicas) and max(held.values()) <= most:
@@ -95,7 +110,9 @@ def start_service(world, replica: str, held: bool = False, **extra: str) -> Chil
         LEADLINE_SYNC_PARSE_PROCESSES="1",
         **extra,
     )
-    return ChildProcess(["-c", SERVICE_SCRIPT, *(["--held"] if held else [])], env=env, held=held).start()
+    return ChildProcess(
+        ["-c", SERVICE_SCRIPT, *(["--held"] if held else [])], env=env, held=held
+    ).start()
 
 
 def parser_processes(pid: int) -> list[int]:
@@ -119,7 +136,9 @@ async def wait_gone(pids: list[int], timeout: float = 10.0) -> None:
 
     deadline = asyncio.get_running_loop().time() + timeout
     while any(alive(pid) for pid in pids):
-        assert asyncio.get_running_loop().time() < deadline, f"parser processes outlived their service: {pids}"
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"parser processes outlived their service: {pids}"
+        )
         await asyncio.sleep(0.05)
 
 
@@ -149,7 +168,9 @@ async def stored_reaches(conn: asyncpg.Connection, count: int, timeout: float) -
     """Waits until at least ``count`` lead mails are stored, looking every 20 ms; how many are."""
     deadline = asyncio.get_running_loop().time() + timeout
     while (stored := await conn.fetchval(STORED)) < count:
-        assert asyncio.get_running_loop().time() < deadline, f"{stored} lead mails stored, waited for {count}"
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"{stored} lead mails stored, waited for {count}"
+        )
         await asyncio.sleep(0.02)
     return int(stored)
 
@@ -157,13 +178,19 @@ async def stored_reaches(conn: asyncpg.Connection, count: int, timeout: float) -
 def test_mailboxes_are_shared_in_proportion_to_the_capacities_of_the_replicas_alive() -> None:
     assert fair_share(3000, 1500, 4500) == 1000  # three alike: a third each
     assert fair_share(3000, 1500, 3000) == 1500  # one died: a half each
-    assert fair_share(30, 15, 45) == 10 and fair_share(31, 15, 45) == 11  # rounded up: none is left over
+    assert (
+        fair_share(30, 15, 45) == 10 and fair_share(31, 15, 45) == 11
+    )  # rounded up: none is left over
     assert fair_share(6, 2, 8) == 2 and fair_share(6, 6, 8) == 5  # a smaller replica takes less
-    assert fair_share(10, 2, 2) == 2  # more than all can hold: each holds all it can, the rest rotate
+    assert (
+        fair_share(10, 2, 2) == 2
+    )  # more than all can hold: each holds all it can, the rest rotate
 
 
 @pytest.mark.slow
-async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothing(world, leads) -> None:  # type: ignore[no-untyped-def]
+async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothing(  # type: ignore[no-untyped-def]
+    world, leads
+) -> None:
     me = world.account()
     folders, lead_of = history(me.address, uuid.uuid4().hex[:10])
     for folder, raws in folders.items():
@@ -174,10 +201,14 @@ async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothi
     kill_at = [int(total * random.uniform(low, low + 0.1)) for low in (0.1, 0.4, 0.7)]
     async with leads() as lead_service:
         # connect through an app that stops at once; the killed processes do the historical sync
-        async with running_app(world.app(sync_max_mailboxes=1, sync_schedule_interval=60)) as service:
+        async with running_app(
+            world.app(sync_max_mailboxes=1, sync_schedule_interval=60)
+        ) as service:
             admin = world.identity("administrator")
             made = {lead: (await lead_service.create_lead(admin, lead))["id"] for lead in LEADS}
-            await world.wait_for_sql("SELECT count(*) FROM sync.lead_address", check=lambda v: v == len(LEADS))
+            await world.wait_for_sql(
+                "SELECT count(*) FROM sync.lead_address", check=lambda v: v == len(LEADS)
+            )
             api = world.caller(service, me.user)
             assert (await api.put("/v1/mail-sync", json=world.connect_body(me))).status_code == 200
         conn = await asyncpg.connect(asyncpg_dsn(world.database_url))
@@ -187,7 +218,10 @@ async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothi
         spare = start_service(world, "replica-0", held=True, **window)
         try:
             for attempt, threshold in enumerate(kill_at, 1):
-                process, spare = spare, start_service(world, f"replica-{attempt}", held=True, **window)
+                process, spare = (
+                    spare,
+                    start_service(world, f"replica-{attempt}", held=True, **window),
+                )
                 process.release()
                 try:
                     await stored_reaches(conn, threshold, timeout=120)
@@ -195,13 +229,19 @@ async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothi
                     parsers = parser_processes(process.pid)
                     process.kill()
                 stored = await conn.fetchval(STORED)
-                assert threshold <= stored < total, f"kill {attempt} landed mid-history: {stored} of {total} stored"
+                assert threshold <= stored < total, (
+                    f"kill {attempt} landed mid-history: {stored} of {total} stored"
+                )
                 assert parsers, "the service parsed in a parser process"
                 await wait_gone(parsers)
             spare.release()  # the survivor
             await stored_reaches(conn, total, timeout=120)
-            await world.wait_for_sql("SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30)
-            await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL")
+            await world.wait_for_sql(
+                "SELECT count(*) FROM sync.outbox", check=lambda v: v == 0, timeout=30
+            )
+            await world.wait_for_sql(
+                "SELECT count(*) FROM sync.mailbox WHERE history_completed_at IS NOT NULL"
+            )
         finally:
             spare.stop()
             await conn.close()
@@ -213,7 +253,9 @@ async def test_killed_three_times_mid_historical_sync_loses_and_duplicates_nothi
     assert all(row[2] == 1 for row in timeline), "each from one source"
     events = await world.synced(at_least=total, timeout=60)
     counts = Counter(e.payload.message_id.strip("<>") for e in events)
-    assert set(counts) == {message_id.strip("<>") for message_id in lead_of}, "every lead mail was published"
+    assert set(counts) == {message_id.strip("<>") for message_id in lead_of}, (
+        "every lead mail was published"
+    )
     assert max(counts.values()) == 1, "no message was published twice"
 
 
@@ -223,7 +265,9 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
     accounts = [world.account() for _ in range(6)]
     for account in accounts:
         await world.append(
-            account, "INBOX", *(world.message(sender=lead, to=[account.address], subject=f"m{i}") for i in range(5))
+            account,
+            "INBOX",
+            *(world.message(sender=lead, to=[account.address], subject=f"m{i}") for i in range(5)),
         )
     # A holds 2 live and serves the rest in turns (1 rotation slot); B holds up to 6 live (4 rotation slots)
     first = world.app(sync_replica="replica-a", sync_max_mailboxes=3, sync_lease_seconds=3.0)
@@ -235,7 +279,9 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         for account in accounts:
             api = world.caller(service_a, account.user)
-            assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
+            assert (
+                await api.put("/v1/mail-sync", json=world.connect_body(account))
+            ).status_code == 200
         scheduler_a = first.state.runtime.context.scheduler
         await world.wait_for_sql(
             "SELECT count(DISTINCT lease_owner) FROM sync.mailbox WHERE lease_owner = 'replica-a'",
@@ -244,7 +290,10 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
         async with running_app(second):
             scheduler_b = second.state.runtime.context.scheduler
             deadline = asyncio.get_running_loop().time() + 20
-            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.held(SyncMode.LIVE)) < 4:
+            while (
+                asyncio.get_running_loop().time() < deadline
+                and len(scheduler_b.held(SyncMode.LIVE)) < 4
+            ):
                 overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
                 await asyncio.sleep(0.05)
             held_a = set(scheduler_a.held(SyncMode.LIVE))
@@ -259,7 +308,10 @@ async def test_two_replicas_never_sync_one_mailbox_at_once(world) -> None:  # ty
                 if task.get_name() == "sync-scheduler":
                     task.cancel()
             deadline = asyncio.get_running_loop().time() + 20
-            while asyncio.get_running_loop().time() < deadline and len(scheduler_b.held(SyncMode.LIVE)) < 6:
+            while (
+                asyncio.get_running_loop().time() < deadline
+                and len(scheduler_b.held(SyncMode.LIVE)) < 6
+            ):
                 overlaps.append(scheduler_a.mailboxes & scheduler_b.mailboxes)
                 seen_b |= scheduler_b.mailboxes
                 await asyncio.sleep(0.05)
@@ -275,26 +327,36 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
     lead = "pia@customer.example"
     accounts = [world.account() for _ in range(30)]
     for account in accounts:
-        await world.append(account, "INBOX", world.message(sender=lead, to=[account.address], subject="before"))
+        await world.append(
+            account, "INBOX", world.message(sender=lead, to=[account.address], subject="before")
+        )
     # connect through an app that syncs nothing itself (it holds one mailbox at most, and stops at once)
     async with running_app(world.app(sync_max_mailboxes=1, sync_schedule_interval=60)) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         for account in accounts:
             api = world.caller(service, account.user)
-            assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
+            assert (
+                await api.put("/v1/mail-sync", json=world.connect_body(account))
+            ).status_code == 200
     names = ["replica-a", "replica-b", "replica-c"]
     # each may hold half live (and one in turns): the mailboxes are spread evenly (10 each, 11 at most), and the
     # two left after a kill can hold them all live, each taking its part
     processes = {
-        name: start_service(world, name, LEADLINE_SYNC_MAX_MAILBOXES="16", LEADLINE_SYNC_ROTATION_SLOTS="1")
+        name: start_service(
+            world, name, LEADLINE_SYNC_MAX_MAILBOXES="16", LEADLINE_SYNC_ROTATION_SLOTS="1"
+        )
         for name in names
     }
     try:
         # (a process takes seconds to start on a loaded machine: the clock that matters starts at the kill)
-        await world.wait_for_sql("SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30, timeout=120)
+        await world.wait_for_sql(
+            "SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30, timeout=120
+        )
         # The last message may come from a rotation pass (a replica that started first serves in turns what the
         # later ones have not claimed yet); that mailbox is live on a replica a tick after the pass ends.
-        owners = await balanced(world, {a.address for a in accounts}, set(names), most=11, timeout=30)
+        owners = await balanced(
+            world, {a.address for a in accounts}, set(names), most=11, timeout=30
+        )
         held = Counter(owners.values())
         victim = held.most_common(1)[0][0]
         orphans = [a for a in accounts if owners[a.address] == victim]
@@ -303,18 +365,28 @@ async def test_three_replicas_share_mailboxes_and_take_over_from_a_killed_one(wo
         # mail that arrives while nobody holds these mailboxes is not missed
         for account in orphans:
             await world.append(
-                account, "INBOX", world.message(sender=lead, to=[account.address], subject="during the takeover")
+                account,
+                "INBOX",
+                world.message(sender=lead, to=[account.address], subject="during the takeover"),
             )
         await world.wait_for_sql(
-            "SELECT count(*) FROM sync.synced_message", check=lambda v: v == 30 + len(orphans), timeout=30
+            "SELECT count(*) FROM sync.synced_message",
+            check=lambda v: v == 30 + len(orphans),
+            timeout=30,
         )
         survivors = set(names) - {victim}
         left = 30 - (asyncio.get_running_loop().time() - killed_at)
         after = Counter(
-            (await held_live(world, {a.address for a in accounts}, survivors, timeout=max(left, 0.1))).values()
+            (
+                await held_live(
+                    world, {a.address for a in accounts}, survivors, timeout=max(left, 0.1)
+                )
+            ).values()
         )
         assert asyncio.get_running_loop().time() - killed_at < 30
-        assert all(after[name] > held[name] for name in survivors), f"both survivors took over: {held} -> {after}"
+        assert all(after[name] > held[name] for name in survivors), (
+            f"both survivors took over: {held} -> {after}"
+        )
     finally:
         for process in processes.values():
             process.stop()

@@ -16,14 +16,19 @@ async def renumber_sent(world, account, subject: str) -> None:  # type: ignore[n
     try:
         await client.delete_folder("Sent")
         await client.create_folder("Sent")
-        await client.append("Sent", world.message(sender=account.address, to=["sam@customer.example"], subject=subject))
+        await client.append(
+            "Sent",
+            world.message(sender=account.address, to=["sam@customer.example"], subject=subject),
+        )
     finally:
         await client.logout()
 
 
 async def test_a_folder_renumbered_too_often_is_not_rescanned_again_that_day(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
-    await world.append(me, "Sent", world.message(sender=me.address, to=["sam@customer.example"], subject="first"))
+    await world.append(
+        me, "Sent", world.message(sender=me.address, to=["sam@customer.example"], subject="first")
+    )
     async with running_app(world.app(sync_max_resets_per_day=1, sync_poll_seconds=1.0)) as service:
         await world.add_lead("sam@customer.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
         api = world.caller(service, me.user)
@@ -63,5 +68,11 @@ async def test_a_folder_renumbered_too_often_is_not_rescanned_again_that_day(wor
         world.clock.advance(timedelta(hours=25))
         events = await world.synced(at_least=3)
         assert "after the second renumbering" in [e.payload.subject for e in events]
-        await world.wait_for_sql("SELECT count(*) FROM sync.mailbox WHERE status_reason = ''", check=lambda v: v == 1)
-        assert (await world.sql("SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'")) == [(1,)]
+        await world.wait_for_sql(
+            "SELECT count(*) FROM sync.mailbox WHERE status_reason = ''", check=lambda v: v == 1
+        )
+        assert (
+            await world.sql(
+                "SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'"
+            )
+        ) == [(1,)]

@@ -36,7 +36,9 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         apis = [world.caller(service, account.user) for account in accounts]
         for account, api in zip(accounts, apis, strict=True):
-            assert (await api.put("/v1/mail-sync", json=world.connect_body(account))).status_code == 200
+            assert (
+                await api.put("/v1/mail-sync", json=world.connect_body(account))
+            ).status_code == 200
         await world.wait_for_sql(
             "SELECT count(*) FROM sync.mailbox WHERE last_synced_at IS NOT NULL",
             check=lambda v: v == 10,
@@ -67,20 +69,26 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
             await world.append(
                 account,
                 "INBOX",
-                world.message(sender=lead, to=[account.address], subject=f"news for {account.address}"),
+                world.message(
+                    sender=lead, to=[account.address], subject=f"news for {account.address}"
+                ),
             )
         appended = asyncio.get_running_loop().time()
         # a mailbox whose pass had just read INBOX when its message came is served again at most a period
         # later, and that pass takes its own time to fetch and store: a period and a pass's margin (the
         # watch holds every mailbox to the period itself)
         await world.wait_for_sql(
-            "SELECT count(*) FROM sync.synced_message", check=lambda v: v == 10, timeout=1.5 * ROTATION
+            "SELECT count(*) FROM sync.synced_message",
+            check=lambda v: v == 10,
+            timeout=1.5 * ROTATION,
         )
         took = asyncio.get_running_loop().time() - appended
         await asyncio.sleep(max(0.0, ROTATION - took))  # keep watching for a whole rotation period
         watcher.cancel()
         events = await world.synced(at_least=10)
-        assert sorted(e.payload.subject for e in events) == sorted(f"news for {a.address}" for a in accounts)
+        assert sorted(e.payload.subject for e in events) == sorted(
+            f"news for {a.address}" for a in accounts
+        )
         assert ages and max(ages) <= ROTATION, f"an enabled mailbox waited {max(ages):.1f} s"
 
         # which are live and which rotate: the API of each user, the administrators' list, the metrics
@@ -89,7 +97,10 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
         assert modes == ["live"] * 2 + ["rotating"] * 8, modes
         live = {b["id"] for b in bodies if b["sync_mode"] == "live"}
         assert live == {str(m) for m in scheduler.held(SyncMode.LIVE)}
-        assert all(b["last_synced_at"] and b["status"] == "enabled" and b["status_reason"] == "" for b in bodies)
+        assert all(
+            b["last_synced_at"] and b["status"] == "enabled" and b["status_reason"] == ""
+            for b in bodies
+        )
         admin = world.caller(service, make_identity("administrator", company_id=world.company_id))
         listed = (await admin.get("/v1/mailboxes", params={"status": "enabled"})).json()["items"]
         assert sorted(m["sync_mode"] for m in listed) == modes
@@ -108,7 +119,9 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
         assert sum("waiting for a free sync connection" in r for r in reasons) >= 3, reasons
         await asyncio.sleep(1.2)
         seen = await metrics(service)
-        assert seen[("leadline_sync_overdue_mailboxes", ())] >= 1  # the rotation slot is catching up meanwhile
+        assert (
+            seen[("leadline_sync_overdue_mailboxes", ())] >= 1
+        )  # the rotation slot is catching up meanwhile
         assert seen[("leadline_sync_oldest_sync_age_seconds", ())] >= 9 * ROTATION
         await world.wait_for_sql(
             "SELECT count(*) FROM sync.mailbox WHERE last_synced_at > :since",
@@ -116,4 +129,6 @@ async def test_a_replica_capped_at_3_serves_10_mailboxes_in_turns(world) -> None
             check=lambda v: v == 10,
             timeout=ROTATION,
         )
-        assert [(await api.get("/v1/mail-sync")).json()["status_reason"] for api in apis] == [""] * 10
+        assert [(await api.get("/v1/mail-sync")).json()["status_reason"] for api in apis] == [
+            ""
+        ] * 10

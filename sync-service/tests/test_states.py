@@ -24,13 +24,16 @@ FORBIDDEN = sorted(set(itertools.product(MailboxStatus, MailboxStatus)) - MOVES)
 def test_the_table_is_the_diagram() -> None:
     assert states.__doc__ is not None
     written = {
-        (MailboxStatus(a), MailboxStatus(b)) for a, b in re.findall(r"^ {4}(\w+) → (\w+) ", states.__doc__, re.M)
+        (MailboxStatus(a), MailboxStatus(b))
+        for a, b in re.findall(r"^ {4}(\w+) → (\w+) ", states.__doc__, re.M)
     }
     assert written == MOVES
     assert MailboxStatus is events.MailboxStatus, "one status type: the event carries every status"
     # what the diagram promises: disabled is final, connection_failed is reached only from error
     assert all(start != MailboxStatus.DISABLED for start, _ in MOVES)
-    assert {start for start, end in MOVES if end == MailboxStatus.CONNECTION_FAILED} == {MailboxStatus.ERROR}
+    assert {start for start, end in MOVES if end == MailboxStatus.CONNECTION_FAILED} == {
+        MailboxStatus.ERROR
+    }
     assert len(FORBIDDEN) == 11
 
 
@@ -48,7 +51,9 @@ def test_slot_moves() -> None:
             with pytest.raises(ForbiddenMove):
                 states.check_slot_move(start, to)
     # a mailbox that stops counting never keeps a slot the quota service thinks it holds
-    assert {states.slot_given_back(s) for s in (Slot.GRANTED, Slot.PENDING, Slot.RELEASING)} == {Slot.RELEASING}
+    assert {states.slot_given_back(s) for s in (Slot.GRANTED, Slot.PENDING, Slot.RELEASING)} == {
+        Slot.RELEASING
+    }
     assert {states.slot_given_back(s) for s in (Slot.UNCLAIMED, Slot.RELEASED)} == {Slot.RELEASED}
 
 
@@ -90,7 +95,9 @@ async def test_transition_refuses_before_writing(postgres: PostgresServer) -> No
             async with database.session() as session:
                 status, reason = (
                     await session.execute(
-                        select(mailbox.c.status, mailbox.c.status_reason).where(mailbox.c.id == mailbox_id)
+                        select(mailbox.c.status, mailbox.c.status_reason).where(
+                            mailbox.c.id == mailbox_id
+                        )
                     )
                 ).one()
                 assert (status, reason) == (start, "as it was")

@@ -14,7 +14,9 @@ async def test_wrong_password_then_update_resumes_from_cursor(world) -> None:  #
     me = world.account()
     lead = "dora@customer.example"
     await world.append(
-        me, "INBOX", *(world.message(sender=lead, to=[me.address], subject=f"before {i}") for i in range(3))
+        me,
+        "INBOX",
+        *(world.message(sender=lead, to=[me.address], subject=f"before {i}") for i in range(3)),
     )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -35,7 +37,9 @@ async def test_wrong_password_then_update_resumes_from_cursor(world) -> None:  #
         assert errors and errors[0]["kind"] == "auth_failed"
         assert "update the password" in errors[0]["fix"].lower()
         # a wrong new password is refused at once, with what failed
-        refused = await api.put("/v1/mail-sync", json=world.connect_body(me, password="still-wrong"))
+        refused = await api.put(
+            "/v1/mail-sync", json=world.connect_body(me, password="still-wrong")
+        )
         assert refused.status_code == 422
         assert refused.json()["server"] == "imap" and refused.json()["kind"] == "auth_failed"
 
@@ -45,10 +49,19 @@ async def test_wrong_password_then_update_resumes_from_cursor(world) -> None:  #
         assert updated.status_code == 200, updated.text
         assert updated.json()["id"] == body["id"]
         await world.wait_status(api, "enabled")
-        await world.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after update"))
+        await world.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="after update")
+        )
         events = await world.synced(at_least=4)
-        assert sorted(e.payload.subject for e in events) == ["after update", "before 0", "before 1", "before 2"]
-        statuses = [e.payload.status for e in await world.events("mailbox.status_changed", at_least=4)]
+        assert sorted(e.payload.subject for e in events) == [
+            "after update",
+            "before 0",
+            "before 1",
+            "before 2",
+        ]
+        statuses = [
+            e.payload.status for e in await world.events("mailbox.status_changed", at_least=4)
+        ]
         assert statuses[-2:] == ["error", "enabled"]
 
 
@@ -65,7 +78,9 @@ async def test_disconnect_remove_history_then_reconnect_runs_new_history(world) 
         assert response.status_code == 204
         assert (await api.get("/v1/mail-sync")).status_code == 404
         disconnected = await world.events("mailbox.disconnected", at_least=1)
-        assert [(str(e.payload.mailbox_id), e.payload.keep_history) for e in disconnected] == [(first["id"], False)]
+        assert [(str(e.payload.mailbox_id), e.payload.keep_history) for e in disconnected] == [
+            (first["id"], False)
+        ]
         rows = await world.sql("SELECT credential_ciphertext IS NULL, slot FROM sync.mailbox")
         assert rows == [(True, "released")]
 
@@ -73,7 +88,9 @@ async def test_disconnect_remove_history_then_reconnect_runs_new_history(world) 
         assert second["id"] != first["id"]
         await world.wait_history(api)
         events = await world.synced(at_least=2)
-        assert sorted(str(e.payload.mailbox_id) for e in events) == sorted([first["id"], second["id"]])
+        assert sorted(str(e.payload.mailbox_id) for e in events) == sorted(
+            [first["id"], second["id"]]
+        )
 
 
 async def test_mailbox_limit_pending_until_a_slot_frees(world) -> None:  # type: ignore[no-untyped-def]
@@ -131,13 +148,17 @@ async def test_connection_failed_after_48_hours_of_failures(world) -> None:  # t
         attempts = (await world.sql("SELECT failures FROM sync.mailbox"))[0][0]
         world.clock.advance(timedelta(hours=10))
         await asyncio.sleep(1.0)
-        assert (await world.sql("SELECT failures FROM sync.mailbox"))[0][0] == attempts, "retries stopped"
+        assert (await world.sql("SELECT failures FROM sync.mailbox"))[0][0] == attempts, (
+            "retries stopped"
+        )
         admin = world.caller(service, make_identity("administrator", company_id=world.company_id))
         listed = (await admin.get("/v1/mailboxes")).json()["items"]
         assert listed[0]["counts_for_billing"] is False
         # new settings start it again: a slot is claimed anew and sync resumes
         world.smtp.accounts.passwords[me.address] = "changed-elsewhere"
-        response = await api.put("/v1/mail-sync", json=world.connect_body(me, password="changed-elsewhere"))
+        response = await api.put(
+            "/v1/mail-sync", json=world.connect_body(me, password="changed-elsewhere")
+        )
         assert response.status_code == 200 and response.json()["id"] == body["id"]
         await world.wait_status(api, "enabled")
 
@@ -153,7 +174,10 @@ async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # typ
     await world.append(
         me,
         "INBOX",
-        *(world.message(sender=lead, to=[me.address], subject=f"m{i:03d}", message_id=ids[i]) for i in range(130)),
+        *(
+            world.message(sender=lead, to=[me.address], subject=f"m{i:03d}", message_id=ids[i])
+            for i in range(130)
+        ),
     )
     async with running_app(world.app()) as service:
         await world.add_lead(lead, created_at=datetime(2020, 1, 1, tzinfo=UTC))
@@ -167,9 +191,15 @@ async def test_plan_limit_pauses_sync_without_losing_mail(world) -> None:  # typ
         assert body["history_completed_at"] is None
         errors = (await api.get("/v1/mail-sync/errors")).json()["items"]
         assert errors[0]["kind"] == "plan_limit"
-        cursor = await world.sql("SELECT history_floor FROM sync.folder_cursor WHERE folder = 'inbox'")
+        cursor = await world.sql(
+            "SELECT history_floor FROM sync.folder_cursor WHERE folder = 'inbox'"
+        )
         assert cursor[0][0] == 31, "the history stops above the first mail not stored"
         # "why is this mail not on the timeline?" names the plan limit (issue 25) for mail below the floor
-        answer = (await api.get("/v1/mail-sync/messages", params={"message_id": ids[20]})).json()["places"]
-        assert [(p["outcome"], p["rule"], p["uid"]) for p in answer] == [("not_examined_yet", "R14", 21)]
+        answer = (await api.get("/v1/mail-sync/messages", params={"message_id": ids[20]})).json()[
+            "places"
+        ]
+        assert [(p["outcome"], p["rule"], p["uid"]) for p in answer] == [
+            ("not_examined_yet", "R14", 21)
+        ]
         assert "daily limit" in answer[0]["explanation"]

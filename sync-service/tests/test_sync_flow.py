@@ -11,12 +11,18 @@ from leadline_kit.testing.clients import running_app
 async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # type: ignore[no-untyped-def]
     me = world.account()
     lead, later_lead = "jane@customer.example", "bob@prospect.example"
-    colleague, stranger, blocked = "ann@acme.example", "someone@else.example", "spam@blocked.example"
+    colleague, stranger, blocked = (
+        "ann@acme.example",
+        "someone@else.example",
+        "spam@blocked.example",
+    )
     # polling only every minute: mail that arrives within seconds came through IDLE
     async with running_app(world.app(sync_poll_seconds=60)) as service:
         await world.set_company(["acme.example"])
         await world.publish_blocklist("domain", "blocked.example")
-        await world.add_lead(lead, "Jane.Alias@Customer.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        await world.add_lead(
+            lead, "Jane.Alias@Customer.example", created_at=datetime(2020, 1, 1, tzinfo=UTC)
+        )
         await world.add_lead("spam@blocked.example", created_at=datetime(2020, 1, 1, tzinfo=UTC))
         await world.add_lead(colleague, created_at=datetime(2020, 1, 1, tzinfo=UTC))
         long_ago = datetime(2021, 5, 1, tzinfo=UTC)
@@ -27,7 +33,9 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
             world.message(sender=stranger, to=[me.address], subject="private: not a lead"),
             world.message(sender=blocked, to=[me.address], subject="blocked lead"),
             world.message(sender=colleague, to=[me.address], subject="own domain"),
-            world.message(sender=later_lead, to=[me.address], subject="before bob was a lead", date=long_ago),
+            world.message(
+                sender=later_lead, to=[me.address], subject="before bob was a lead", date=long_ago
+            ),
             world.message(
                 sender="jane.alias@customer.example",
                 to=[me.address],
@@ -36,11 +44,19 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
                 attachment=b"%PDF-1.4 offer",
             ),
         )
-        await world.append(me, "Sent", world.message(sender=me.address, to=[lead], subject="my answer", date=long_ago))
+        await world.append(
+            me,
+            "Sent",
+            world.message(sender=me.address, to=[lead], subject="my answer", date=long_ago),
+        )
         client = await world.imap(me)
         await client.create_folder("INBOX/Projects")
         await client.logout()
-        await world.append(me, "INBOX/Projects", world.message(sender=lead, to=[me.address], subject="in a subfolder"))
+        await world.append(
+            me,
+            "INBOX/Projects",
+            world.message(sender=lead, to=[me.address], subject="in a subfolder"),
+        )
 
         api = world.caller(service, me.user)
         response = await api.put("/v1/mail-sync", json=world.connect_body(me))
@@ -56,7 +72,10 @@ async def test_history_then_idle_publishes_only_lead_mail(world) -> None:  # typ
         # the history's first window is INBOX's: the mail a user waits for reaches the timelines first
         assert [e.payload.folder for e in events] == ["inbox", "inbox", "sent"]
         by_subject = {e.payload.subject: e.payload for e in events}
-        assert by_subject["my answer"].folder == "sent" and by_subject["my answer"].direction == "outbound"
+        assert (
+            by_subject["my answer"].folder == "sent"
+            and by_subject["my answer"].direction == "outbound"
+        )
         assert by_subject["old question"].direction == "inbound"
         alias = by_subject["from the alias"]
         assert alias.cc == [stranger], "blocklisted addresses are left out of what is published"
@@ -83,7 +102,12 @@ async def test_uidvalidity_change_rescans_without_duplicates(world) -> None:  # 
     me = world.account()
     lead = "carol@customer.example"
     first = [
-        world.message(sender=me.address, to=[lead], subject=f"sent {i}", date=datetime.now(UTC) - timedelta(days=3))
+        world.message(
+            sender=me.address,
+            to=[lead],
+            subject=f"sent {i}",
+            date=datetime.now(UTC) - timedelta(days=3),
+        )
         for i in range(3)
     ]
     await world.append(me, "Sent", *first)
@@ -98,9 +122,12 @@ async def test_uidvalidity_change_rescans_without_duplicates(world) -> None:  # 
         await client.delete_folder("Sent")
         await client.create_folder("Sent")
         await client.logout()
-        await world.append(me, "Sent", *first, world.message(sender=me.address, to=[lead], subject="sent 3"))
+        await world.append(
+            me, "Sent", *first, world.message(sender=me.address, to=[lead], subject="sent 3")
+        )
         await world.wait_for_sql(
-            "SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'", check=lambda v: v == 1
+            "SELECT uidvalidity_resets FROM sync.folder_cursor WHERE folder = 'sent'",
+            check=lambda v: v == 1,
         )
         events = await world.synced(at_least=4)
         assert sorted(e.payload.subject for e in events) == ["sent 0", "sent 1", "sent 2", "sent 3"]
@@ -118,7 +145,9 @@ async def test_dropped_connection_reconnects_without_an_error(world, dropping_pr
         await world.wait_history(api)
         await asyncio.sleep(0.5)
         assert dropping_proxy.cut() >= 1
-        await world.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="after the cut"))
+        await world.append(
+            me, "INBOX", world.message(sender=lead, to=[me.address], subject="after the cut")
+        )
         events = await world.synced(at_least=1, timeout=15)
         assert [e.payload.subject for e in events] == ["after the cut"]
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"

@@ -15,7 +15,10 @@ from leadline_sync.context import SyncContext
 
 
 def retries() -> float:
-    return REGISTRY.get_sample_value("leadline_sync_database_retries_total", {"error": "TimeoutError"}) or 0.0
+    return (
+        REGISTRY.get_sample_value("leadline_sync_database_retries_total", {"error": "TimeoutError"})
+        or 0.0
+    )
 
 
 async def test_a_worker_finding_no_database_connection_retries_and_the_mail_arrives(world) -> None:  # type: ignore[no-untyped-def]
@@ -34,14 +37,20 @@ async def test_a_worker_finding_no_database_connection_retries_and_the_mail_arri
         # the workers' only connection, taken past their queue: the worker whose turn comes finds none
         async with scheduler.db.engine.connect() as taken:
             await taken.execute(text("SELECT 1"))
-            await world.append(me, "INBOX", world.message(sender=lead, to=[me.address], subject="while it waited"))
+            await world.append(
+                me, "INBOX", world.message(sender=lead, to=[me.address], subject="while it waited")
+            )
             deadline = asyncio.get_running_loop().time() + 15
             while retries() == before:
-                assert asyncio.get_running_loop().time() < deadline, "the worker never met the pool timeout"
+                assert asyncio.get_running_loop().time() < deadline, (
+                    "the worker never met the pool timeout"
+                )
                 await asyncio.sleep(0.1)
         events = await world.synced(at_least=1, timeout=20)
         assert [e.payload.subject for e in events] == ["while it waited"]
-        assert not worker.done(), f"the worker kept running: it retried, it did not crash ({worker})"
+        assert not worker.done(), (
+            f"the worker kept running: it retried, it did not crash ({worker})"
+        )
         assert list(scheduler.workers.values()) == [worker]
         assert (await api.get("/v1/mail-sync")).json()["status"] == "enabled"
 
@@ -71,13 +80,19 @@ async def test_an_idle_live_mailbox_asks_nothing_of_the_workers_pool(world) -> N
                 await world.sql("SELECT last_synced_at, lease_expires_at FROM sync.mailbox")
             )[0]
             await asyncio.sleep(4.0)  # eight passes: Sent's STATUS, INBOX's SELECT
-            synced_after, lease_after = (await world.sql("SELECT last_synced_at, lease_expires_at FROM sync.mailbox"))[
-                0
-            ]
+            synced_after, lease_after = (
+                await world.sql("SELECT last_synced_at, lease_expires_at FROM sync.mailbox")
+            )[0]
         finally:
             event.remove(pool, "checkout", checked_out)
         assert checkouts == [], "an idle mailbox's passes take no connection of the workers' pool"
-        assert synced_after > synced_before, "last_synced_at still moves: the lease renewals write it"
+        assert synced_after > synced_before, (
+            "last_synced_at still moves: the lease renewals write it"
+        )
         assert lease_after > lease_before
-        assert (REGISTRY.get_sample_value("leadline_sync_lease_renewal_failures_total") or 0.0) == failures
-        assert list(scheduler.workers.values()) == [worker] and not worker.done(), "the same worker, never stopped"
+        assert (
+            REGISTRY.get_sample_value("leadline_sync_lease_renewal_failures_total") or 0.0
+        ) == failures
+        assert list(scheduler.workers.values()) == [worker] and not worker.done(), (
+            "the same worker, never stopped"
+        )

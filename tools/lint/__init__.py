@@ -1,1 +1,2 @@
-"""House rules that no general linter knows, checked by ``make check`` (``python -m tools.lint``)."""
+"""House rules that no general linter knows, checked by ``make check`` (``python -m
+tools.lint``)."""

@@ -1,11 +1,13 @@
-"""SQL lives in repositories (CONTRIBUTING: ``<domain>/{endpoints,service,repository,schemas,consumers}``).
+"""SQL lives in repositories (CONTRIBUTING:
+``<domain>/{endpoints,service,repository,schemas,consumers}``).
 
-A module of a service that builds a statement (calls SQLAlchemy's ``select``, ``insert``, ``update``,
-``delete`` or ``text``, or a table's ``insert()`` / ``update()`` / ``delete()``, or holds a plain-SQL string for
-asyncpg, ``"SELECT ..."``) is a ``repository.py``, the
-service's ``models.py``, a migration, or one of :data:`NOT_YET`: the modules that still write their own SQL,
-each with why it has not moved. The list only shrinks: a module that no longer builds statements is
-reported until its entry goes, and a new one fails until its statements move to a repository.
+A module of a service that builds a statement (calls SQLAlchemy's ``select``, ``insert``,
+``update``, ``delete`` or ``text``, or a table's ``insert()`` / ``update()`` / ``delete()``, or
+holds a plain-SQL string for asyncpg, ``"SELECT ..."``) is a ``repository.py``, the
+service's ``models.py``, a migration, or one of :data:`NOT_YET`: the modules that still write their
+own SQL, each with why it has not moved. The list only shrinks: a module that no longer builds
+statements is reported until its entry goes, and a new one fails until its statements move to a
+repository.
 """
 
 from __future__ import annotations
@@ -19,8 +21,12 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 
 # path under the repository root -> why its statements are still its own
 NOT_YET: dict[str, str] = {
-    "sync-service/src/leadline_sync/mailbox/connect.py": "the connect path (in flux: issues 18, 20)",
-    "sync-service/src/leadline_sync/mailbox/service.py": "the mailbox state machine's writes (in flux: issues 18, 20)",
+    "sync-service/src/leadline_sync/mailbox/connect.py": (
+        "the connect path (in flux: issues 18, 20)"
+    ),
+    "sync-service/src/leadline_sync/mailbox/service.py": (
+        "the mailbox state machine's writes (in flux: issues 18, 20)"
+    ),
     "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
     "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (in flux: issue 18)",
 }
@@ -36,7 +42,11 @@ def builds_statements(source: str) -> bool:
         if alias.name in _CONSTRUCTORS
     }
     for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and RAW_SQL.match(node.value):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and RAW_SQL.match(node.value)
+        ):
             return True
         if not isinstance(node, ast.Call):
             continue
@@ -67,9 +77,15 @@ def check_tree(root: Path) -> list[Violation]:
                 continue
             building.add(relative)
             if relative not in NOT_YET:
-                found.append(Violation(relative, 1, "builds SQL statements: move them to a repository.py"))
+                found.append(
+                    Violation(relative, 1, "builds SQL statements: move them to a repository.py")
+                )
     for relative in sorted(set(NOT_YET) - building):
         found.append(
-            Violation(relative, 1, "builds no SQL statement any more (or is gone): drop it from layout.NOT_YET")
+            Violation(
+                relative,
+                1,
+                "builds no SQL statement any more (or is gone): drop it from layout.NOT_YET",
+            )
         )
     return found

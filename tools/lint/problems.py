@@ -1,8 +1,9 @@
 """One named problem per kind, raised by name (style.md; polar's named domain errors).
 
-A problem's kind is its ``slug`` (the ``type`` of the problem document). Each kind is a class, in its
-service's ``problems.py`` or, when more than one service answers with it, in ``leadline_kit.errors``;
-a raise site names the class (``raise LeadNotFound("no such lead")``), never a slug. The lint fails on:
+A problem's kind is its ``slug`` (the ``type`` of the problem document). Each kind is a class, in
+its service's ``problems.py`` or, when more than one service answers with it, in
+``leadline_kit.errors``; a raise site names the class (``raise LeadNotFound("no such lead")``),
+never a slug. The lint fails on:
 
 - a ``slug="..."`` literal (or f-string) passed to a call: raise the named class instead;
 - a slug that two classes define: one kind, one class.
@@ -20,7 +21,8 @@ FOLDERS = ("kit", "gateway", "lead-service", "quota-service", "sync-service", "s
 
 
 def _class_slugs(tree: ast.AST) -> Iterator[tuple[int, str]]:
-    """(line, slug) of each class body that sets ``slug`` (``slug = "x"`` or ``status, slug, title = ...``)."""
+    """(line, slug) of each class body that sets ``slug`` (``slug = "x"`` or ``status, slug, title =
+    ...``)."""
     for node in ast.walk(tree):
         if not isinstance(node, ast.ClassDef):
             continue
@@ -34,7 +36,11 @@ def _class_slugs(tree: ast.AST) -> Iterator[tuple[int, str]]:
                 else [(target, value)]
             )
             for name, given in pairs:
-                if isinstance(name, ast.Name) and name.id == "slug" and isinstance(given, ast.Constant):
+                if (
+                    isinstance(name, ast.Name)
+                    and name.id == "slug"
+                    and isinstance(given, ast.Constant)
+                ):
                     yield statement.lineno, str(given.value)
 
 
@@ -42,12 +48,15 @@ def _slug_arguments(tree: ast.AST) -> Iterator[ast.keyword]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Call):
             for keyword in node.keywords:
-                if keyword.arg == "slug" and isinstance(keyword.value, ast.Constant | ast.JoinedStr):
+                if keyword.arg == "slug" and isinstance(
+                    keyword.value, ast.Constant | ast.JoinedStr
+                ):
                     yield keyword
 
 
 def check_sources(sources: dict[str, str]) -> list[Violation]:
-    """``sources``: path -> text of every module of the tree (the slug of a kind is unique across them)."""
+    """``sources``: path -> text of every module of the tree (the slug of a kind is unique across
+    them)."""
     found: list[Violation] = []
     defined: dict[str, tuple[str, int]] = {}
     for path, source in sorted(sources.items()):
@@ -57,14 +66,21 @@ def check_sources(sources: dict[str, str]) -> list[Violation]:
                 Violation(
                     path,
                     keyword.lineno,
-                    "a slug at a raise site: raise the problem's named class (its service's problems.py)",
+                    (
+                        "a slug at a raise site: raise the problem's named class (its service's "
+                        "problems.py)"
+                    ),
                 )
             )
         for line, slug in _class_slugs(tree):
             if slug in defined:
                 first, first_line = defined[slug]
                 found.append(
-                    Violation(path, line, f"problem {slug!r} is defined again (first at {first}:{first_line})")
+                    Violation(
+                        path,
+                        line,
+                        f"problem {slug!r} is defined again (first at {first}:{first_line})",
+                    )
                 )
             else:
                 defined[slug] = (path, line)

@@ -1,24 +1,25 @@
-"""Every query on a tenant table filters on ``company_id`` (CONTRIBUTING: "tenant scoping on every query").
+"""Every query on a tenant table filters on ``company_id`` (CONTRIBUTING: "tenant scoping on every
+query").
 
-A *tenant table* is a table of a service's ``models.py`` with a ``company_id`` column. A *query* is a
-SQLAlchemy ``select(...)``, ``update(t)``, ``delete(t)``, ``t.select()``, ``t.update()``, ``t.delete()``
-or a ``text("...")`` statement, with the chain of methods called on it (``.where(...)``, ``.join(...)``).
-A query that touches a tenant table is *scoped* when a ``where``, ``filter``, ``having`` or ``join`` of it
-names ``company_id`` (a column, a variable or an attribute of that name, directly or through a local
-variable it uses), or when it is nested inside a scoped query (a subquery correlated to scoped rows).
-Inserts write ``company_id`` and are not checked.
+A *tenant table* is a table of a service's ``models.py`` with a ``company_id`` column. A *query* is
+a SQLAlchemy ``select(...)``, ``update(t)``, ``delete(t)``, ``t.select()``, ``t.update()``,
+``t.delete()`` or a ``text("...")`` statement, with the chain of methods called on it
+(``.where(...)``, ``.join(...)``). A query that touches a tenant table is *scoped* when a ``where``,
+``filter``, ``having`` or ``join`` of it names ``company_id`` (a column, a variable or an attribute
+of that name, directly or through a local variable it uses), or when it is nested inside a scoped
+query (a subquery correlated to scoped rows). Inserts write ``company_id`` and are not checked.
 
 A query that is rightly unscoped says why, on one of its lines or the line above it::
 
     # unscoped: the mailbox id came from a row the caller's company owns
 
-An ``# unscoped:`` comment with no query under it is reported too, so exemptions do not outlive their code.
-Plain SQL for asyncpg counts too: a string that starts with ``SELECT``, ``WITH``, ``UPDATE``, ``DELETE`` or
-``INSERT`` is a query on the tenant tables it names after FROM, JOIN, UPDATE or USING, scoped when ``company_id``
-is compared after its first WHERE or ON.
+An ``# unscoped:`` comment with no query under it is reported too, so exemptions do not outlive
+their code. Plain SQL for asyncpg counts too: a string that starts with ``SELECT``, ``WITH``,
+``UPDATE``, ``DELETE`` or ``INSERT`` is a query on the tenant tables it names after FROM, JOIN,
+UPDATE or USING, scoped when ``company_id`` is compared after its first WHERE or ON.
 
-What the lint cannot see: a query whose table is a function parameter is reported, since it cannot tell; a
-plain-SQL statement assembled from fragments that do not start as a statement is not seen.
+What the lint cannot see: a query whose table is a function parameter is reported, since it cannot
+tell; a plain-SQL statement assembled from fragments that do not start as a statement is not seen.
 """
 
 from __future__ import annotations
@@ -47,9 +48,11 @@ _CONSTRUCTORS = {"select", "update", "delete"}
 _FILTERS = {"where", "filter", "filter_by", "having", "join", "outerjoin"}
 _SQL_TABLE = re.compile(r"\b(?:FROM|JOIN|UPDATE|USING)\s+(?:\w+\.)?(\w+)", re.IGNORECASE)
 _SQL_FILTER = re.compile(r"\b(?:WHERE|ON)\b", re.IGNORECASE)
-# company_id compared (``company_id = $1``, ``= t.company_id``, ``company_id IN``), not only selected
+# company_id compared (``company_id = $1``, ``= t.company_id``, ``company_id IN``), not only
+# selected
 _SQL_SCOPED = re.compile(r"\bcompany_id\s*(?:=|IN\b)|=\s*(?:\w+\.)?company_id\b", re.IGNORECASE)
-# plain SQL (asyncpg's fetch/execute): a string that starts as a statement, in capitals as the house writes it
+# plain SQL (asyncpg's fetch/execute): a string that starts as a statement, in capitals as the house
+# writes it
 RAW_SQL = re.compile(r"^\s*(?:SELECT|WITH|UPDATE|DELETE|INSERT)\s")
 
 
@@ -65,7 +68,8 @@ class Violation:
 
 @dataclass
 class TenantTables:
-    """Per models module (``leadline_sync.models``), its variables that hold a tenant table → SQL name."""
+    """Per models module (``leadline_sync.models``), its variables that hold a tenant table → SQL
+    name."""
 
     by_module: dict[str, dict[str, str]] = field(default_factory=dict)
 
@@ -102,11 +106,13 @@ def _module_of(path: str) -> str | None:
 
 
 class _File:
-    """One source file: which of its names are tenant tables, SQLAlchemy constructors and models modules."""
+    """One source file: which of its names are tenant tables, SQLAlchemy constructors and models
+    modules."""
 
     def __init__(self, tree: ast.Module, path: str, tenants: TenantTables) -> None:
         self.tables: dict[str, str] = {}  # local name -> SQL table name
-        self.modules: dict[str, dict[str, str]] = {}  # local name of a models module -> its tenant tables
+        # local name of a models module -> its tenant tables
+        self.modules: dict[str, dict[str, str]] = {}
         self.sqlalchemy: dict[str, str] = {}  # local name -> sqlalchemy's select/update/delete/text
         own = tenants.by_module.get(_module_of(path) or "")
         if own:
@@ -134,7 +140,11 @@ class _File:
         """The tenant table ``node`` names: ``mailbox``, ``models.user`` (not ``mailbox.c.id``)."""
         if isinstance(node, ast.Name):
             return self.tables.get(node.id)
-        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in self.modules:
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in self.modules
+        ):
             return self.modules[node.value.id].get(node.attr)
         return None
 
@@ -152,14 +162,21 @@ def _parents(tree: ast.AST) -> dict[ast.AST, ast.AST]:
     return {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
 
 
-def _chain(start: ast.Call, parents: dict[ast.AST, ast.AST]) -> tuple[ast.expr, list[tuple[str, ast.Call]]]:
-    """Climb ``start.where(...).join(...)``: the outermost call and each method called on the way."""
+def _chain(
+    start: ast.Call, parents: dict[ast.AST, ast.AST]
+) -> tuple[ast.expr, list[tuple[str, ast.Call]]]:
+    """Climb ``start.where(...).join(...)``: the outermost call and each method called on the
+    way."""
     node: ast.expr = start
     methods: list[tuple[str, ast.Call]] = []
     while True:
         attribute = parents.get(node)
         call = parents.get(attribute) if attribute else None
-        if not (isinstance(attribute, ast.Attribute) and isinstance(call, ast.Call) and call.func is attribute):
+        if not (
+            isinstance(attribute, ast.Attribute)
+            and isinstance(call, ast.Call)
+            and call.func is attribute
+        ):
             return node, methods
         methods.append((attribute.attr, call))
         node = call
@@ -181,12 +198,16 @@ def _names_scope(node: ast.AST) -> bool:
 
 
 class _Function:
-    """The assignments of one function (or the module), to follow ``.where(*where)`` to where it was built."""
+    """The assignments of one function (or the module), to follow ``.where(*where)`` to where it was
+    built."""
 
     def __init__(self, scope: ast.AST) -> None:
         self.assigned: dict[str, list[ast.AST]] = {}
         for node in ast.walk(scope):
-            if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value is not None:
+            if (
+                isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign)
+                and node.value is not None
+            ):
                 targets = node.targets if isinstance(node, ast.Assign) else [node.target]
                 for target in targets:
                     if isinstance(target, ast.Name):
@@ -202,7 +223,9 @@ class _Function:
         if depth == 0:
             return False
         names = {child.id for child in ast.walk(node) if isinstance(child, ast.Name)}
-        return any(self.scoped(value, depth - 1) for name in names for value in self.assigned.get(name, []))
+        return any(
+            self.scoped(value, depth - 1) for name in names for value in self.assigned.get(name, [])
+        )
 
 
 class _Checker:
@@ -229,18 +252,26 @@ class _Checker:
                     Violation(
                         self.path,
                         query.start.lineno,
-                        f"query on {tables} does not filter on {SCOPE}: scope it, or say why on the query "
-                        "with '# unscoped: <why>'",
+                        f"query on {tables} does not filter on {SCOPE}: scope it, or say why on "
+                        "the query with '# unscoped: <why>'",
                     )
                 )
                 continue
             line, why = exemption
             used.add(line)
             if len(why.split()) < 3:
-                found.append(Violation(self.path, line, "an '# unscoped:' exemption needs a reason of a few words"))
+                found.append(
+                    Violation(
+                        self.path, line, "an '# unscoped:' exemption needs a reason of a few words"
+                    )
+                )
         for line, comment in self.comments.items():
             if EXEMPTION.match(comment) and line not in used:
-                found.append(Violation(self.path, line, "'# unscoped:' exemption with no unscoped query under it"))
+                found.append(
+                    Violation(
+                        self.path, line, "'# unscoped:' exemption with no unscoped query under it"
+                    )
+                )
         return sorted(found, key=lambda v: v.line)
 
     def _queries(self) -> Iterator[_Query]:
@@ -251,21 +282,41 @@ class _Checker:
             if tables is None:
                 continue
             top, methods = _chain(node, self.parents)
-            filters = [arg for name, call in methods if name in _FILTERS for arg in _arguments(call)]
+            filters = [
+                arg for name, call in methods if name in _FILTERS for arg in _arguments(call)
+            ]
             for name, call in methods:
                 if name in {"select_from", "join", "outerjoin"}:
                     tables |= self._referenced(_arguments(call))
             tables |= self._referenced(filters)
-            yield _Query(node, top, filters, tables, range(node.lineno - 1, (top.end_lineno or node.lineno) + 1))
+            yield _Query(
+                node,
+                top,
+                filters,
+                tables,
+                range(node.lineno - 1, (top.end_lineno or node.lineno) + 1),
+            )
         for node in ast.walk(self.tree):
             if self._raw_sql(node):
                 assert isinstance(node, ast.expr)
-                tables = {name for name in _SQL_TABLE.findall(_string(node) or "") if name in self.sql_tables}
-                yield _Query(node, node, [], tables, range(node.lineno - 1, (node.end_lineno or node.lineno) + 1))
+                tables = {
+                    name
+                    for name in _SQL_TABLE.findall(_string(node) or "")
+                    if name in self.sql_tables
+                }
+                yield _Query(
+                    node,
+                    node,
+                    [],
+                    tables,
+                    range(node.lineno - 1, (node.end_lineno or node.lineno) + 1),
+                )
 
     def _raw_sql(self, node: ast.AST) -> bool:
         """A plain-SQL string (not the argument of ``text()``, which is checked as its call)."""
-        if not isinstance(node, ast.Constant | ast.JoinedStr) or isinstance(self.parents.get(node), ast.JoinedStr):
+        if not isinstance(node, ast.Constant | ast.JoinedStr) or isinstance(
+            self.parents.get(node), ast.JoinedStr
+        ):
             return False
         parent = self.parents.get(node)
         if isinstance(parent, ast.Call) and self._sqlalchemy(parent) == "text":
@@ -280,7 +331,12 @@ class _Checker:
             return self._sql_tables(call)
         if constructor:
             tables = self._referenced(call.args)
-            if constructor in {"update", "delete"} and call.args and not tables and self._unknown(call.args[0]):
+            if (
+                constructor in {"update", "delete"}
+                and call.args
+                and not tables
+                and self._unknown(call.args[0])
+            ):
                 tables.add(f"<{ast.unparse(call.args[0])}>")
             if constructor == "select" and not tables:
                 tables |= {f"<{ast.unparse(a)}>" for a in call.args if self._unknown(a)}
@@ -299,7 +355,9 @@ class _Checker:
         if not isinstance(node, ast.Name):
             return False
         function = self._enclosing_function(node)
-        return function is not None and node.id in {a.arg for a in function.args.args + function.args.kwonlyargs}
+        return function is not None and node.id in {
+            a.arg for a in function.args.args + function.args.kwonlyargs
+        }
 
     def _enclosing_function(self, node: ast.AST) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
         while node in self.parents:
@@ -346,7 +404,11 @@ class _Checker:
         """The SQL of a text() or plain-SQL query (None for a SQLAlchemy-built one)."""
         start = query.start
         if isinstance(start, ast.Call):
-            return (_string(start.args[0]) or "") if self._sqlalchemy(start) == "text" and start.args else None
+            return (
+                (_string(start.args[0]) or "")
+                if self._sqlalchemy(start) == "text" and start.args
+                else None
+            )
         return _string(start) or ""
 
     def _filters_name(self, node: ast.AST, name: str) -> bool:
@@ -361,7 +423,8 @@ class _Checker:
         )
 
     def _inside_scoped(self, query: _Query, queries: list[_Query], scoped: list[bool]) -> bool:
-        """``query`` is a subquery of a scoped query: written inside it, or held in a variable used in it."""
+        """``query`` is a subquery of a scoped query: written inside it, or held in a variable used
+        in it."""
         outer = [q.top for q, s in zip(queries, scoped, strict=True) if s and q is not query]
         node: ast.AST = query.start
         while node in self.parents:
@@ -370,12 +433,18 @@ class _Checker:
                 return True
         name = self._assigned_name(query)
         return name is not None and any(
-            isinstance(used, ast.Name) and used.id == name for top in outer for used in ast.walk(top)
+            isinstance(used, ast.Name) and used.id == name
+            for top in outer
+            for used in ast.walk(top)
         )
 
     def _assigned_name(self, query: _Query) -> str | None:
         holder = self.parents.get(query.top)
-        if isinstance(holder, ast.Assign) and len(holder.targets) == 1 and isinstance(holder.targets[0], ast.Name):
+        if (
+            isinstance(holder, ast.Assign)
+            and len(holder.targets) == 1
+            and isinstance(holder.targets[0], ast.Name)
+        ):
             return holder.targets[0].id
         return None
 
@@ -392,7 +461,8 @@ def _string(node: ast.AST) -> str | None:
         return node.value
     if isinstance(node, ast.JoinedStr):
         return "".join(
-            v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}" for v in node.values
+            v.value if isinstance(v, ast.Constant) and isinstance(v.value, str) else "{}"
+            for v in node.values
         )
     return None
 

@@ -1,16 +1,18 @@
 """A state is an enum member, never a bare string (style.md: "a state is an enum member").
 
-Each state machine has one ``StrEnum`` (:data:`MACHINES`), and each is carried by values of one name: a
-message's ``state``, a mailbox's ``status``, an attempt's ``phase``, an error's ``kind`` ... The lint fails on
-a string literal that is one of a machine's values where it meets that machine's carrier:
+Each state machine has one ``StrEnum`` (:data:`MACHINES`), and each is carried by values of one
+name: a message's ``state``, a mailbox's ``status``, an attempt's ``phase``, an error's ``kind`` ...
+The lint fails on a string literal that is one of a machine's values where it meets that machine's
+carrier:
 
 - compared with it: ``row.state == "sent"``, ``error.kind in ("timeout", "unreachable")``,
   ``m.c.state.in_(["queued"])``, ``latest_error_kind(...) != "plan_limit"``;
 - assigned to it: ``status = "error"``, ``values(state="sent")``, ``{"state": "sent"}``.
 
-A carrier is a name, attribute, keyword, key or function whose last ``_``-separated word is the machine's
-(``previous_status``, ``row["state"]``, ``sync_mode``). The enum classes themselves are not checked. A literal
-that is rightly bare (a wire value of another system that happens to match) says why, on its line::
+A carrier is a name, attribute, keyword, key or function whose last ``_``-separated word is the
+machine's (``previous_status``, ``row["state"]``, ``sync_mode``). The enum classes themselves are
+not checked. A literal that is rightly bare (a wire value of another system that happens to match)
+says why, on its line::
 
     # state-string: the provider's own word, not our state
 """
@@ -96,7 +98,8 @@ def _literals(node: ast.AST | None) -> Iterator[ast.Constant]:
 
 
 def _given(node: ast.AST) -> Iterator[tuple[str | None, ast.AST]]:
-    """(carrier, value) pairs of ``node``: what is compared with, assigned to or passed as a carrier."""
+    """(carrier, value) pairs of ``node``: what is compared with, assigned to or passed as a
+    carrier."""
     if isinstance(node, ast.Compare):
         operands = [node.left, *node.comparators]
         for operand in operands:
@@ -109,8 +112,14 @@ def _given(node: ast.AST) -> Iterator[tuple[str | None, ast.AST]]:
     elif isinstance(node, ast.keyword) and node.arg:
         yield _carrier(ast.Name(node.arg)), node.value
     elif isinstance(node, ast.Dict):
-        yield from ((_carrier(k), v) for k, v in zip(node.keys, node.values, strict=True) if k is not None)
-    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in {"in_", "not_in"}:
+        yield from (
+            (_carrier(k), v) for k, v in zip(node.keys, node.values, strict=True) if k is not None
+        )
+    elif (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in {"in_", "not_in"}
+    ):
         yield from ((_carrier(node.func.value), arg) for arg in node.args)
 
 
@@ -145,7 +154,13 @@ class _Checker:
             )
         for line, comment in self.comments.items():
             if EXEMPTION.match(comment) and line not in used:
-                found.append(Violation(self.path, line, "'# state-string:' exemption with no state string on its line"))
+                found.append(
+                    Violation(
+                        self.path,
+                        line,
+                        "'# state-string:' exemption with no state string on its line",
+                    )
+                )
         return sorted(set(found), key=lambda v: v.line)
 
     def _meetings(self) -> Iterator[tuple[str | None, ast.Constant]]:

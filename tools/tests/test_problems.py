@@ -16,7 +16,10 @@ def test_a_slug_at_a_raise_site_fails() -> None:
 
 def test_a_named_problem_passes() -> None:
     problems = 'class LeadNotFound(NotFound):\n    slug = "lead-not-found"\n'
-    assert check_sources({"problems.py": problems, "a.py": 'raise LeadNotFound("no such lead")\n'}) == []
+    assert (
+        check_sources({"problems.py": problems, "a.py": 'raise LeadNotFound("no such lead")\n'})
+        == []
+    )
 
 
 def test_a_kind_defined_twice_fails() -> None:

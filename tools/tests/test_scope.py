@@ -31,7 +31,9 @@ def test_the_tenant_tables_are_those_with_a_company_id(tenants: TenantTables) ->
     send = tenants.by_module["leadline_send.models"]
     assert send["outgoing_message"] == "outgoing_message"
     assert "send_attempt" not in send  # keyed by its message, no company_id of its own
-    assert "company" not in tenants.by_module["leadline_gateway.models"]  # the company is the tenant
+    assert (
+        "company" not in tenants.by_module["leadline_gateway.models"]
+    )  # the company is the tenant
 
 
 def test_a_planted_unscoped_query_in_a_real_module_fails(tenants: TenantTables) -> None:
@@ -127,7 +129,9 @@ def test_scoped_and_exempted_queries_pass(tenants: TenantTables, body: str) -> N
 
 def test_an_exemption_needs_a_reason(tenants: TenantTables) -> None:
     found = lint(tenants, "q = select(outgoing_message)  # unscoped: ok")
-    assert [v.message for v in found] == ["an '# unscoped:' exemption needs a reason of a few words"]
+    assert [v.message for v in found] == [
+        "an '# unscoped:' exemption needs a reason of a few words"
+    ]
 
 
 def test_an_exemption_with_no_query_under_it_fails(tenants: TenantTables) -> None:

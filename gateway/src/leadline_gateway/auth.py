@@ -16,7 +16,12 @@ import uuid
 from dataclasses import dataclass
 
 from leadline_gateway.accounts import repository
-from leadline_gateway.problems import InvalidApiKey, InvalidOperatorToken, MissingApiKey, OperatorApiOff
+from leadline_gateway.problems import (
+    InvalidApiKey,
+    InvalidOperatorToken,
+    MissingApiKey,
+    OperatorApiOff,
+)
 from leadline_kit.db import Database
 from leadline_kit.errors import Unauthorized
 from leadline_kit.identity import OPERATOR, Identity
@@ -52,8 +57,13 @@ def _parse(token: str) -> tuple[uuid.UUID, str]:
 
 
 def bearer_matches(authorization: str | None, token: str) -> bool:
-    """Whether ``Authorization: Bearer <token>`` names ``token`` (an operator's token), in constant time."""
-    given = authorization[7:].strip() if authorization and authorization.lower().startswith("bearer ") else ""
+    """Whether ``Authorization: Bearer <token>`` names ``token`` (an operator's token), in constant
+    time."""
+    given = (
+        authorization[7:].strip()
+        if authorization and authorization.lower().startswith("bearer ")
+        else ""
+    )
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
 
 
@@ -94,7 +104,8 @@ class ApiKeyAuthenticator:
 
 
 def authenticate_operator(authorization: str | None, operator_token: str | None) -> Identity:
-    """The operator identity for the operator token (routes under ``/v1/operator/`` only; never an API key)."""
+    """The operator identity for the operator token (routes under ``/v1/operator/`` only; never an
+    API key)."""
     if operator_token is None:
         raise OperatorApiOff("the operator API is off: the operator sets LEADLINE_OPERATOR_TOKEN")
     if not bearer_matches(authorization, operator_token):

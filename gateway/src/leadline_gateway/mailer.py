@@ -1,9 +1,10 @@
-"""The system mailer: mail the gateway itself sends (invitation codes), through an operator's SMTP server.
+"""The system mailer: mail the gateway itself sends (invitation codes), through an operator's SMTP
+server.
 
-The TLS mode is always set explicitly (R22): ``starttls`` requires STARTTLS and fails when the server
-does not offer it, ``tls`` is implicit TLS, ``none`` is plain SMTP where the operator chose it (the
-development sink of ``make run``).  A message that cannot be handed over is a 503 problem, so the
-request that needed it (an invitation) rolls back and can be retried.
+The TLS mode is always set explicitly (R22): ``starttls`` requires STARTTLS and fails when the
+server does not offer it, ``tls`` is implicit TLS, ``none`` is plain SMTP where the operator chose
+it (the development sink of ``make run``).  A message that cannot be handed over is a 503 problem,
+so the request that needed it (an invitation) rolls back and can be retried.
 """
 
 from __future__ import annotations
@@ -33,17 +34,21 @@ class SystemMailer:
         return ssl.create_default_context(cafile=self.settings.mailer_ca_file)
 
     async def send(self, to: str, subject: str, text: str) -> None:
-        """Hand one plain-text message to the operator's SMTP server; ``to`` is a validated address."""
+        """Hand one plain-text message to the operator's SMTP server; ``to`` is a validated
+        address."""
         settings = self.settings
         if settings.mailer_host is None:
             raise MailerUnavailable(
-                "no system mailer is configured: the operator sets LEADLINE_MAILER_HOST", headers={"Retry-After": "60"}
+                "no system mailer is configured: the operator sets LEADLINE_MAILER_HOST",
+                headers={"Retry-After": "60"},
             )
         message = EmailMessage()
         message["From"] = settings.mailer_from
         message["To"] = to
         message["Subject"] = subject
-        message["Message-ID"] = make_msgid(domain=parseaddr(settings.mailer_from)[1].rpartition("@")[2] or None)
+        message["Message-ID"] = make_msgid(
+            domain=parseaddr(settings.mailer_from)[1].rpartition("@")[2] or None
+        )
         message.set_content(text)
         password = settings.mailer_password.get_secret_value() if settings.mailer_password else None
         try:
@@ -60,8 +65,12 @@ class SystemMailer:
             )
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             log.warning(
-                "the system mailer at %s:%s refused or failed: %s", settings.mailer_host, settings.mailer_port, exc
+                "the system mailer at %s:%s refused or failed: %s",
+                settings.mailer_host,
+                settings.mailer_port,
+                exc,
             )
             raise MailerUnavailable(
-                "the system mailer could not send the message; try again shortly", headers={"Retry-After": "30"}
+                "the system mailer could not send the message; try again shortly",
+                headers={"Retry-After": "30"},
             ) from exc

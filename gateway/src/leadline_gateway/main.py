@@ -49,17 +49,25 @@ def create_app(given: Settings | None = None) -> FastAPI:
             async def probe(name: str, base: str) -> tuple[str, str]:
                 try:
                     async with session.get(base + "/readyz") as response:
-                        return f"{name}-service", "ok" if response.status == 200 else f"not ready ({response.status})"
+                        return (
+                            f"{name}-service",
+                            "ok" if response.status == 200 else f"not ready ({response.status})",
+                        )
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     return f"{name}-service", f"unreachable: {type(exc).__name__}"
 
-            return dict(await asyncio.gather(*(probe(n, u) for n, u in settings.services().items())))
+            return dict(
+                await asyncio.gather(*(probe(n, u) for n, u in settings.services().items()))
+            )
 
     def metrics_guard(request: Request) -> None:
-        """The gateway faces the public: its metrics go only to whoever holds the operator's metrics token."""
+        """The gateway faces the public: its metrics go only to whoever holds the operator's metrics
+        token."""
         if settings.metrics_token is None:
             raise NotFound("not found")
-        if not bearer_matches(request.headers.get("authorization"), settings.metrics_token.get_secret_value()):
+        if not bearer_matches(
+            request.headers.get("authorization"), settings.metrics_token.get_secret_value()
+        ):
             raise InvalidMetricsToken(
                 "the gateway's metrics need the metrics token",
                 headers={"WWW-Authenticate": "Bearer"},

@@ -40,7 +40,9 @@ company = Table(
     Column("block_own_domains", Boolean, nullable=False, server_default="true"),
     Column("mailbox_limit", Integer, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    CheckConstraint("mailbox_limit IS NULL OR mailbox_limit >= 0", name="mailbox_limit_not_negative"),
+    CheckConstraint(
+        "mailbox_limit IS NULL OR mailbox_limit >= 0", name="mailbox_limit_not_negative"
+    ),
 )
 
 user = Table(

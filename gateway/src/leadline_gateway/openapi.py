@@ -1,4 +1,5 @@
-"""One OpenAPI document for the whole API: the gateway's own routes plus every service's ``/v1`` routes."""
+"""One OpenAPI document for the whole API: the gateway's own routes plus every service's ``/v1``
+routes."""
 
 from __future__ import annotations
 
@@ -15,9 +16,13 @@ from leadline_gateway.contract import apply_contract
 log = logging.getLogger("leadline.gateway.openapi")
 
 
-async def _fetch(session: aiohttp.ClientSession, name: str, base: str) -> tuple[str, dict[str, Any] | None]:
+async def _fetch(
+    session: aiohttp.ClientSession, name: str, base: str
+) -> tuple[str, dict[str, Any] | None]:
     try:
-        async with session.get(base + "/openapi.json", timeout=aiohttp.ClientTimeout(total=5)) as response:
+        async with session.get(
+            base + "/openapi.json", timeout=aiohttp.ClientTimeout(total=5)
+        ) as response:
             if response.status == 200:
                 return name, await response.json()
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -26,7 +31,10 @@ async def _fetch(session: aiohttp.ClientSession, name: str, base: str) -> tuple[
 
 
 async def merged_openapi(
-    app: FastAPI, session: aiohttp.ClientSession, services: dict[str, str], proxied_prefixes: list[str]
+    app: FastAPI,
+    session: aiohttp.ClientSession,
+    services: dict[str, str],
+    proxied_prefixes: list[str],
 ) -> tuple[dict[str, Any], list[str]]:
     """The merged document and the services whose documents could not be fetched."""
     document = get_openapi(
@@ -39,7 +47,9 @@ async def merged_openapi(
     paths: dict[str, Any] = document.setdefault("paths", {})
     schemas: dict[str, Any] = document.setdefault("components", {}).setdefault("schemas", {})
     missing: list[str] = []
-    for name, fetched in await asyncio.gather(*(_fetch(session, n, u) for n, u in services.items())):
+    for name, fetched in await asyncio.gather(
+        *(_fetch(session, n, u) for n, u in services.items())
+    ):
         if fetched is None:
             missing.append(name)
             continue

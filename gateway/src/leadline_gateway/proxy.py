@@ -76,12 +76,14 @@ DROPPED_RESPONSE_HEADERS = {
 }
 
 
-# an encoded slash, backslash or NUL: a service may decode it into a separator the gateway did not route
+# an encoded slash, backslash or NUL: a service may decode it into a separator the gateway did not
+# route
 _ENCODED_SEPARATOR = re.compile(rb"%(?:2f|5c|00)|\\", re.IGNORECASE)
 
 
 def unsafe_path(raw_path: bytes) -> bool:
-    """Whether a request path holds a dot segment or an encoded separator (refused before routing)."""
+    """Whether a request path holds a dot segment or an encoded separator (refused before
+    routing)."""
     if _ENCODED_SEPARATOR.search(raw_path):
         return True
     return any(segment in (".", "..") for segment in unquote(raw_path.decode("latin-1")).split("/"))
@@ -89,7 +91,11 @@ def unsafe_path(raw_path: bytes) -> bool:
 
 class GatewayProxy:
     def __init__(
-        self, app: ASGIApp, settings: Settings, authenticator: ApiKeyAuthenticator, limiter: RateLimiter
+        self,
+        app: ASGIApp,
+        settings: Settings,
+        authenticator: ApiKeyAuthenticator,
+        limiter: RateLimiter,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -97,7 +103,9 @@ class GatewayProxy:
         self.authenticator = authenticator
         self.limiter = limiter
         self.secret = settings.identity_secret.get_secret_value()
-        self.operator_token = settings.operator_token.get_secret_value() if settings.operator_token else None
+        self.operator_token = (
+            settings.operator_token.get_secret_value() if settings.operator_token else None
+        )
         self._session: aiohttp.ClientSession | None = None
 
     def _route(self, path: str) -> tuple[str, str] | None:
@@ -114,7 +122,8 @@ class GatewayProxy:
                     limit=self.settings.upstream_pool_size, keepalive_timeout=60, ttl_dns_cache=300
                 ),
                 timeout=aiohttp.ClientTimeout(
-                    total=self.settings.upstream_timeout, sock_connect=self.settings.upstream_connect_timeout
+                    total=self.settings.upstream_timeout,
+                    sock_connect=self.settings.upstream_connect_timeout,
                 ),
                 auto_decompress=False,
                 skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
@@ -126,7 +135,9 @@ class GatewayProxy:
             await self._session.close()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and unsafe_path(scope.get("raw_path") or scope["path"].encode("utf-8")):
+        if scope["type"] == "http" and unsafe_path(
+            scope.get("raw_path") or scope["path"].encode("utf-8")
+        ):
             problem = InvalidPath("the path holds a dot segment or an encoded separator")
             await problem_response(problem)(scope, receive, send)
             return
@@ -141,7 +152,9 @@ class GatewayProxy:
         except Problem as problem:
             await problem_response(problem, scope["path"])(scope, receive, send)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str) -> None:  # noqa: C901 - 13, older than the limit
+    async def _forward(  # noqa: C901 - 13, older than the limit
+        self, scope: Scope, receive: Receive, send: Send, prefix: str, upstream: str
+    ) -> None:
         headers: dict[str, str] = {}
         limit_headers: dict[str, str] = {}  # the key's rate limit, told on the answer
         authorization = None
@@ -152,12 +165,20 @@ class GatewayProxy:
             if key not in DROPPED_REQUEST_HEADERS:
                 headers[key] = raw_value.decode("latin-1")
         if prefix.startswith(OPERATOR_PREFIX):
-            headers.update(identity_headers(authenticate_operator(authorization, self.operator_token), self.secret))
+            headers.update(
+                identity_headers(
+                    authenticate_operator(authorization, self.operator_token), self.secret
+                )
+            )
         elif prefix == SIGN_IN_CALLBACK:
-            # public, but a CRM page that receives the provider's redirect may pass the code on with the
-            # user's key: the sync service then checks that the sign-in is that user's own
+            # public, but a CRM page that receives the provider's redirect may pass the code on with
+            # the user's key: the sync service then checks that the sign-in is that user's own
             if authorization:
-                headers.update(identity_headers(await self.authenticator.authenticate(authorization), self.secret))
+                headers.update(
+                    identity_headers(
+                        await self.authenticator.authenticate(authorization), self.secret
+                    )
+                )
         elif prefix not in PUBLIC_PREFIXES:
             identity = await self.authenticator.authenticate(authorization)
             allowance = self.limiter.take(identity.api_key_id or identity.user_id)
@@ -178,7 +199,11 @@ class GatewayProxy:
             url += "?" + scope["query_string"].decode("latin-1")
         try:
             async with self.session.request(
-                scope["method"], URL(url, encoded=True), data=body or None, headers=headers, allow_redirects=False
+                scope["method"],
+                URL(url, encoded=True),
+                data=body or None,
+                headers=headers,
+                allow_redirects=False,
             ) as response:
                 content = await response.read()
                 out_headers = [
@@ -187,10 +212,23 @@ class GatewayProxy:
                     if k.lower() not in DROPPED_RESPONSE_HEADERS
                 ]
                 out_headers.append((b"content-length", str(len(content)).encode()))
-                out_headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in limit_headers.items()]
-                await send({"type": "http.response.start", "status": response.status, "headers": out_headers})
+                out_headers += [
+                    (k.lower().encode("latin-1"), v.encode("latin-1"))
+                    for k, v in limit_headers.items()
+                ]
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": response.status,
+                        "headers": out_headers,
+                    }
+                )
                 await send({"type": "http.response.body", "body": content})
-        except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+        except (
+            aiohttp.ClientConnectorError,
+            aiohttp.ServerDisconnectedError,
+            aiohttp.ClientOSError,
+        ) as exc:
             log.warning("service behind %s unreachable: %s", prefix, exc)
             raise ServiceUnavailable(
                 f"the service behind {prefix} is not reachable; try again shortly",
@@ -210,7 +248,9 @@ async def _read_body(receive: Receive) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > MAX_BODY_BYTES:
-            raise PayloadTooLarge(f"request bodies are limited to {MAX_BODY_BYTES // (1024 * 1024)} MiB")
+            raise PayloadTooLarge(
+                f"request bodies are limited to {MAX_BODY_BYTES // (1024 * 1024)} MiB"
+            )
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

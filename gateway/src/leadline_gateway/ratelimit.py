@@ -1,10 +1,11 @@
 """Per API key token buckets (per gateway process): a steady rate with a burst allowance.
 
-Every answer to a keyed request carries the bucket's state in the RateLimit header fields of the IETF
-draft (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit`` (the burst), ``RateLimit-Remaining``
-(requests that would pass now) and ``RateLimit-Reset`` (seconds until the bucket is full again), and
-``RateLimit-Policy`` (the burst and the window in which the steady rate refills it), so that a client
-can pace itself instead of meeting 429s; a 429 also says ``Retry-After``.
+Every answer to a keyed request carries the bucket's state in the RateLimit header fields of the
+IETF draft (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Limit`` (the burst),
+``RateLimit-Remaining`` (requests that would pass now) and ``RateLimit-Reset`` (seconds until the
+bucket is full again), and ``RateLimit-Policy`` (the burst and the window in which the steady rate
+refills it), so that a client can pace itself instead of meeting 429s; a 429 also says
+``Retry-After``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,12 @@ async def connect(url: str, name: str) -> tuple[Client, JetStreamContext]:
         log.warning("nats error: %s", exc)
 
     nc = await nats.connect(
-        url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error, connect_timeout=5
+        url,
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        connect_timeout=5,
     )
     return nc, nc.jetstream(timeout=10)
 

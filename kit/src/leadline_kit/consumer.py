@@ -61,7 +61,9 @@ log = logging.getLogger("leadline.consumer")
 
 NAK_BASE_SECONDS = 0.5  # the first redelivery of a failed event waits 0.25-0.5 s
 
-CONSUMED = Counter("leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"])
+CONSUMED = Counter(
+    "leadline_events_consumed_total", "Events handled by consumers", ["consumer", "outcome"]
+)
 APPLY_SECONDS = Counter(
     "leadline_events_apply_seconds_total",
     "Seconds consumers spent applying fetched batches (to the acks)",
@@ -73,7 +75,8 @@ Handled = TypeVar("Handled", bound=EventBase)
 
 
 class Handlers:
-    """One handler per event type; calling it applies the event's handler (an unlisted type is ignored)."""
+    """One handler per event type; calling it applies the event's handler (an unlisted type is
+    ignored)."""
 
     def __init__(self) -> None:
         self._by_type: dict[type[EventBase], Callable[[AsyncSession, Any], Awaitable[None]]] = {}
@@ -86,8 +89,8 @@ class Handlers:
         *,
         repeatable: bool = False,
     ) -> Handlers:
-        """``repeatable``: running the handler again for the same event changes nothing (see the module
-        docstring), so its events are not claimed in ``processed_event``."""
+        """``repeatable``: running the handler again for the same event changes nothing (see the
+        module docstring), so its events are not claimed in ``processed_event``."""
         assert kind not in self._by_type, f"{kind.__name__} has a handler already"
         self._by_type[kind] = handler
         if repeatable:
@@ -95,7 +98,8 @@ class Handlers:
         return self
 
     def claimed(self, event: EventBase) -> bool:
-        """Whether the event is applied once by its ``processed_event`` row (else it is repeatable)."""
+        """Whether the event is applied once by its ``processed_event`` row (else it is
+        repeatable)."""
         return type(event) not in self._repeatable
 
     @property
@@ -150,7 +154,8 @@ class EventConsumer:
         self.durable = durable
         self.subjects = handlers.subjects
         self.claimed = handlers.claimed
-        # ``handler``: what applies one event, when the service wraps ``handlers`` (e.g. to map errors)
+        # ``handler``: what applies one event, when the service wraps ``handlers`` (e.g. to map
+        # errors)
         self.handler: Handler = handler or handlers
         self.batch_handler = batch_handler
         self.deliver_since = deliver_since
@@ -214,7 +219,11 @@ class EventConsumer:
                 async with self.db.session() as session:
                     await self._apply(session, [event for _, event in parsed])
             except Exception:
-                log.info("consumer %s: batch of %d failed, applying one by one", self.durable, len(parsed))
+                log.info(
+                    "consumer %s: batch of %d failed, applying one by one",
+                    self.durable,
+                    len(parsed),
+                )
             else:
                 for msg, _ in parsed:
                     await msg.ack()
@@ -224,8 +233,8 @@ class EventConsumer:
             await self._process_one(msg, event)
 
     async def _apply(self, session: AsyncSession, events: Sequence[Event]) -> None:
-        """Claim the events (one statement) and apply the ones not applied before, and the repeatable
-        ones, in order."""
+        """Claim the events (one statement) and apply the ones not applied before, and the
+        repeatable ones, in order."""
         unique = list({event.event_id: event for event in events}.values())
         to_claim = [event.event_id for event in unique if self.claimed(event)]
         fresh: set[Any] = set()

@@ -24,7 +24,12 @@ import pydantic_core
 from fastapi import Depends, Request
 from sqlalchemy import MetaData, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -40,8 +45,8 @@ def service_metadata(schema: str) -> MetaData:
 
 
 def json_text(value: Any) -> str:
-    """A ``jsonb`` value's text, by pydantic-core: about twice as fast as ``json.dumps`` on the 10 KB
-    drafts of Smart Mail, and the database keeps the same value (jsonb is stored parsed)."""
+    """A ``jsonb`` value's text, by pydantic-core: about twice as fast as ``json.dumps`` on the 10
+    KB drafts of Smart Mail, and the database keeps the same value (jsonb is stored parsed)."""
     return pydantic_core.to_json(value).decode()
 
 
@@ -60,9 +65,11 @@ connections), the server shutting down or starting: a later try may not meet the
 
 def transient(error: BaseException) -> bool:
     """Whether a database error may pass if the work is tried again later: no connection free in the
-    pool, the server away, restarting or refusing connections, the connection lost, a deadlock.  Not a
-    constraint violation or a bad statement: trying those again gives the same error."""
-    if isinstance(error, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | OSError):
+    pool, the server away, restarting or refusing connections, the connection lost, a deadlock.  Not
+    a constraint violation or a bad statement: trying those again gives the same error."""
+    if isinstance(
+        error, sa_exc.TimeoutError | sa_exc.OperationalError | sa_exc.InterfaceError | OSError
+    ):
         return True
     if isinstance(error, sa_exc.DBAPIError):
         sqlstate = getattr(error.orig, "sqlstate", None) or ""
@@ -71,7 +78,8 @@ def transient(error: BaseException) -> bool:
 
 
 async def json_codec(conn: asyncpg.Connection) -> None:
-    """``jsonb`` as Python values on a plain asyncpg connection, by the same functions as the engine."""
+    """``jsonb`` as Python values on a plain asyncpg connection, by the same functions as the
+    engine."""
     await conn.set_type_codec("jsonb", encoder=json_text, decoder=json_value, schema="pg_catalog")
 
 
@@ -82,10 +90,17 @@ async def nothing_to_reset(conn: asyncpg.Connection) -> None:
 
 class Database:
     def __init__(
-        self, url: str, schema: str, pool_size: int = 10, pool_timeout: float = 30.0, *, queued: bool = False
+        self,
+        url: str,
+        schema: str,
+        pool_size: int = 10,
+        pool_timeout: float = 30.0,
+        *,
+        queued: bool = False,
     ) -> None:
-        """``pool_timeout``: how long a caller waits for a connection when all are in use; past it the
-        pool raises, and an endpoint answers 503 with Retry-After (errors.install_problem_handlers).
+        """``pool_timeout``: how long a caller waits for a connection when all are in use; past it
+        the pool raises, and an endpoint answers 503 with Retry-After
+        (errors.install_problem_handlers).
 
         ``queued``: for many background workers sharing a few connections.  At most ``pool_size``
         sessions run at once and the others wait their turn, in order and without a timeout, so that
@@ -105,23 +120,30 @@ class Database:
             pool_pre_ping=False,
             json_serializer=json_text,
             json_deserializer=json_value,
-            connect_args={"server_settings": {"search_path": f"{schema},public", "application_name": schema}},
+            connect_args={
+                "server_settings": {"search_path": f"{schema},public", "application_name": schema}
+            },
         )
         self.sessionmaker = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits on success, rolls back on any exception."""
-        async with self.turns or contextlib.nullcontext(), self.sessionmaker() as session, session.begin():
+        async with (
+            self.turns or contextlib.nullcontext(),
+            self.sessionmaker() as session,
+            session.begin(),
+        ):
             yield session
 
     @asynccontextmanager
     async def plain(self) -> AsyncIterator[asyncpg.Connection]:
-        """An asyncpg connection of the schema for plain SQL (``$1`` parameters, statements prepared once
-        per connection): each statement commits on its own, unless the caller opens
+        """An asyncpg connection of the schema for plain SQL (``$1`` parameters, statements prepared
+        once per connection): each statement commits on its own, unless the caller opens
         ``conn.transaction()``.  Callers change no session state (no SET, LISTEN or advisory lock):
-        the connection goes back to the pool without a reset.  The pool opens at first use; no connection
-        free within ``pool_timeout`` raises the engine's own pool timeout (a 503, as there)."""
+        the connection goes back to the pool without a reset.  The pool opens at first use; no
+        connection free within ``pool_timeout`` raises the engine's own pool timeout (a 503, as
+        there)."""
         if self._plain is None:
             async with self._plain_opening:
                 if self._plain is None:
@@ -131,12 +153,17 @@ class Database:
                         max_size=self.pool_size,
                         init=json_codec,
                         reset=nothing_to_reset,
-                        server_settings={"search_path": f"{self.schema},public", "application_name": self.schema},
+                        server_settings={
+                            "search_path": f"{self.schema},public",
+                            "application_name": self.schema,
+                        },
                     )
         try:
             conn = await self._plain.acquire(timeout=self.pool_timeout)
         except TimeoutError as exc:
-            raise sa_exc.TimeoutError(f"no plain connection free within {self.pool_timeout} s") from exc
+            raise sa_exc.TimeoutError(
+                f"no plain connection free within {self.pool_timeout} s"
+            ) from exc
         try:
             yield conn
         finally:

@@ -33,7 +33,12 @@ class Problem(Exception):
     title: str = "Bad request"
 
     def __init__(
-        self, detail: str = "", *, slug: str | None = None, headers: dict[str, str] | None = None, **extra: Any
+        self,
+        detail: str = "",
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
     ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail or self.title
@@ -146,7 +151,10 @@ class Busy(ServiceUnavailable):
 
 def problem_response(problem: Problem, instance: str | None = None) -> JSONResponse:
     return JSONResponse(
-        problem.to_dict(instance), status_code=problem.status, media_type=PROBLEM_JSON, headers=problem.headers
+        problem.to_dict(instance),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=problem.headers,
     )
 
 
@@ -154,13 +162,13 @@ HTTP_METHODS = ("GET", "PUT", "POST", "PATCH", "DELETE")
 
 
 def allowed_methods(request: Request) -> list[str]:
-    """Every method the app takes on the request's path item (Starlette's own 405 names only the first
-    route that matched the path, when one path has a route per method).
+    """Every method the app takes on the request's path item (Starlette's own 405 names only the
+    first route that matched the path, when one path has a route per method).
 
-    The path item is the most concrete template of the app's OpenAPI document that matches, as OpenAPI
-    reads paths: ``/v1/messages/batch`` is its own item, not an instance of ``/v1/messages/{message_id}``,
-    so that item's GET is not advertised for it. A path outside the document (``/readyz``) is answered
-    from the routes themselves."""
+    The path item is the most concrete template of the app's OpenAPI document that matches, as
+    OpenAPI reads paths: ``/v1/messages/batch`` is its own item, not an instance of
+    ``/v1/messages/{message_id}``, so that item's GET is not advertised for it. A path outside the
+    document (``/readyz``) is answered from the routes themselves."""
     path = request.url.path
     items = [
         (template, operations)
@@ -186,11 +194,17 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_validation(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         errors = [
-            {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", "")),
+            }
             for e in exc.errors()
         ]
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
-        return problem_response(Unprocessable(detail or "invalid request", errors=errors), request.url.path)
+        return problem_response(
+            Unprocessable(detail or "invalid request", errors=errors), request.url.path
+        )
 
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
@@ -208,7 +222,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_pool_timeout(request: Request, exc: Exception) -> JSONResponse:
         # every database connection of this process is in use: the service is busy, not broken (R28)
-        log.warning("no database connection free for %s %s: answered 503", request.method, request.url.path)
+        log.warning(
+            "no database connection free for %s %s: answered 503", request.method, request.url.path
+        )
         problem = Busy(
             "the service is busy (every database connection is in use); try again shortly",
             headers={"Retry-After": str(BUSY_RETRY_AFTER_SECONDS)},
@@ -217,7 +233,9 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(InternalError("an unexpected error occurred; it has been logged"), request.url.path)
+        return problem_response(
+            InternalError("an unexpected error occurred; it has been logged"), request.url.path
+        )
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

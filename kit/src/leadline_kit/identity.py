@@ -41,7 +41,12 @@ from leadline_kit.errors import (
 )
 
 Role = Literal[
-    "administrator", "company_manager", "marketing_manager", "sales_manager", "salesperson", "jr_salesperson"
+    "administrator",
+    "company_manager",
+    "marketing_manager",
+    "sales_manager",
+    "salesperson",
+    "jr_salesperson",
 ]
 ROLES: tuple[str, ...] = get_args(Role)
 IDENTITY_HEADER = "x-leadline-identity"
@@ -87,7 +92,9 @@ def identity_headers(identity: Identity, secret: str, now: float | None = None) 
     return {IDENTITY_HEADER: value, SIGNATURE_HEADER: _sign(value, secret)}
 
 
-def verify_identity(value: str | None, signature: str | None, secret: str, now: float | None = None) -> Identity:
+def verify_identity(
+    value: str | None, signature: str | None, secret: str, now: float | None = None
+) -> Identity:
     if not value or not signature:
         raise IdentityMissing("requests must come through the gateway")
     if not hmac.compare_digest(_sign(value, secret), signature):
@@ -112,7 +119,9 @@ def verify_identity(value: str | None, signature: str | None, secret: str, now: 
 
 def _signed_identity(request: Request) -> Identity:
     secret: str = request.app.state.runtime.settings.identity_secret.get_secret_value()
-    return verify_identity(request.headers.get(IDENTITY_HEADER), request.headers.get(SIGNATURE_HEADER), secret)
+    return verify_identity(
+        request.headers.get(IDENTITY_HEADER), request.headers.get(SIGNATURE_HEADER), secret
+    )
 
 
 async def current_identity(request: Request) -> Identity:
@@ -145,20 +154,27 @@ Admin = Annotated[Identity, Depends(administrator)]
 ROLES_EXTENSION = "x-leadline-roles"
 
 
-def declare_roles(app: FastAPI, administrator_checks: Sequence[Callable[..., Any]] = (administrator,)) -> None:
+def declare_roles(
+    app: FastAPI, administrator_checks: Sequence[Callable[..., Any]] = (administrator,)
+) -> None:
     """Write into each operation of ``app``'s OpenAPI document the roles that may call it
     (``x-leadline-roles``), when one of ``administrator_checks`` guards it: the generated role sweep
-    (tests/test_api_contract.py) reads it, so a new administrators-only route is swept without a list."""
+    (tests/test_api_contract.py) reads it, so a new administrators-only route is swept without a
+    list."""
 
     def guarded(dependant: Dependant) -> bool:
         return any(d.call in administrator_checks or guarded(d) for d in dependant.dependencies)
 
     def mark(routes: Sequence[Any]) -> None:
         for route in routes:
-            included = getattr(route, "original_router", None)  # FastAPI >= 0.16x includes routers lazily
+            # FastAPI >= 0.16x includes routers lazily
+            included = getattr(route, "original_router", None)
             if included is not None:
                 mark(included.routes)
             elif isinstance(route, APIRoute) and guarded(route.dependant):
-                route.openapi_extra = {**(route.openapi_extra or {}), ROLES_EXTENSION: ["administrator"]}
+                route.openapi_extra = {
+                    **(route.openapi_extra or {}),
+                    ROLES_EXTENSION: ["administrator"],
+                }
 
     mark(app.routes)

@@ -50,8 +50,8 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
 
 @dataclass
 class AppProcess:
-    """A service (``<package>.main:create_app``) as a uvicorn process on loopback, for benchmarks and
-    tests that need real processes (several replicas, a SIGKILL)."""
+    """A service (``<package>.main:create_app``) as a uvicorn process on loopback, for benchmarks
+    and tests that need real processes (several replicas, a SIGKILL)."""
 
     package: str
     port: int
@@ -88,13 +88,21 @@ class AppProcess:
         )
 
     def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until ``ready_path`` answers 200 (``/readyz``: its consumers and responders are subscribed)."""
+        """Until ``ready_path`` answers 200 (``/readyz``: its consumers and responders are
+        subscribed)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"{self.package} exited with {self.process.returncode} before it was ready")
+                raise RuntimeError(
+                    f"{self.package} exited with {self.process.returncode} before it was ready"
+                )
             with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2).status_code == 200:
+                if (
+                    httpx.get(
+                        f"http://127.0.0.1:{self.port}{self.ready_path}", timeout=2
+                    ).status_code
+                    == 200
+                ):
                     return
             time.sleep(0.05)
         raise TimeoutError(f"{self.package} on port {self.port} not ready after {timeout}s")
@@ -138,8 +146,8 @@ def is_root() -> bool:
 
 
 def ensure_service_user() -> pwd.struct_passwd:
-    """The unprivileged user the servers run as; created once, under a lock (parallel test workers start
-    their servers at the same moment, and a second ``useradd`` fails)."""
+    """The unprivileged user the servers run as; created once, under a lock (parallel test workers
+    start their servers at the same moment, and a second ``useradd`` fails)."""
     with contextlib.suppress(KeyError):
         return pwd.getpwnam(SERVICE_USER)
     with (Path(tempfile.gettempdir()) / f".leadline-{SERVICE_USER}-useradd.lock").open("a") as lock:
@@ -147,7 +155,14 @@ def ensure_service_user() -> pwd.struct_passwd:
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(SERVICE_USER)
         subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVICE_USER],
+            [
+                "useradd",
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                SERVICE_USER,
+            ],
             check=True,
             capture_output=True,
         )
@@ -190,7 +205,9 @@ class PostgresServer:
 
     def _run(self, *args: str) -> None:
         subprocess.run(
-            _as_service_user([str(postgres_bin_dir() / args[0]), *args[1:]]), check=True, capture_output=True
+            _as_service_user([str(postgres_bin_dir() / args[0]), *args[1:]]),
+            check=True,
+            capture_output=True,
         )
 
     def start(self) -> None:
@@ -205,7 +222,17 @@ class PostgresServer:
         if not (pgdata / "PG_VERSION").exists():
             if pgdata.exists():
                 shutil.rmtree(pgdata)
-            self._run("initdb", "-D", str(pgdata), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions")
+            self._run(
+                "initdb",
+                "-D",
+                str(pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-instructions",
+            )
         options = f"-h 127.0.0.1 -p {self.port} -k '' -c max_connections=400"
         if self.fast_unsafe:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
@@ -357,7 +384,7 @@ service stats {{
     mode = 0666
   }}
 }}
-"""
+"""  # noqa: E501
 
 
 # OAuth2 sign-in (XOAUTH2, OAUTHBEARER): Dovecot asks the authorization server's RFC 7662
@@ -388,7 +415,8 @@ def dovecot_binary() -> str:
 @dataclass
 class DovecotServer:
     """A throwaway Dovecot on loopback: plain IMAP (STARTTLS offered) and implicit TLS; with
-    ``oauth2_introspection_url`` also OAuth2 sign-in (XOAUTH2, OAUTHBEARER) with tokens that URL vouches for.
+    ``oauth2_introspection_url`` also OAuth2 sign-in (XOAUTH2, OAUTHBEARER) with tokens that URL
+    vouches for.
 
     ``cert_pem``/``key_pem`` is the server certificate (for ``localhost`` and
     127.0.0.1); users live in a passwd-file that Dovecot re-reads, so
@@ -400,9 +428,11 @@ class DovecotServer:
     key_pem: bytes
     port: int = field(default_factory=free_port)
     tls_port: int = field(default_factory=free_port)
-    # an RFC 7662 introspection URL: users may also sign in with an OAuth2 access token it vouches for
+    # an RFC 7662 introspection URL: users may also sign in with an OAuth2 access token it vouches
+    # for
     oauth2_introspection_url: str | None = None
-    max_userip_connections: int = 200  # Dovecot refuses a user's next login from one address past this
+    # Dovecot refuses a user's next login from one address past this
+    max_userip_connections: int = 200
     # Serve this many simultaneous connections (benchmarks): login processes that each hold many
     # connections (``service_count = 0``; with TLS they stay in the middle of every connection) and
     # imap processes of up to 200 clients each; 0 = one imap process per connection, as by default.
@@ -445,7 +475,9 @@ class DovecotServer:
             userip=self.max_userip_connections,
             **self._scale(),
         )
-        conf = conf.replace(f"default_internal_user = {login_user}", f"default_internal_user = {internal}")
+        conf = conf.replace(
+            f"default_internal_user = {login_user}", f"default_internal_user = {internal}"
+        )
         conf = conf.replace(
             f"default_internal_group = {_primary_group(login_user)}",
             f"default_internal_group = {_primary_group(internal)}",
@@ -461,17 +493,29 @@ class DovecotServer:
 
     def _scale(self) -> dict[str, str]:
         if not self.connections:
-            return {"scale": "", "login_scale": "", "imap_scale": "process_limit = 1024", "idle_notify": "1 secs"}
+            return {
+                "scale": "",
+                "login_scale": "",
+                "imap_scale": "process_limit = 1024",
+                "idle_notify": "1 secs",
+            }
         clients = self.connections + 200
         return {
-            # Dovecot's own default: a "* OK Still here" every second to each of thousands of idling clients
-            # would cost both sides more than everything else a benchmark of idle mailboxes measures
+            # Dovecot's own default: a "* OK Still here" every second to each of thousands of idling
+            # clients would cost both sides more than everything else a benchmark of idle mailboxes
+            # measures
             "idle_notify": "2 mins",
             "scale": f"default_client_limit = {clients}\ndefault_vsz_limit = 1G\n",
-            # no login process holds more than a quarter of the connections (each costs it two descriptors, the
-            # client's and the imap process's): more processes are started as they fill, over both cores
-            "login_scale": f"service_count = 0\n  client_limit = {max(1000, clients // 4)}\n  process_limit = 8",
-            "imap_scale": f"service_count = 0\n  client_limit = 200\n  process_limit = {clients // 200 + 10}",
+            # no login process holds more than a quarter of the connections (each costs it two
+            # descriptors, the client's and the imap process's): more processes are started as they
+            # fill, over both cores
+            "login_scale": (
+                f"service_count = 0\n  client_limit = {max(1000, clients // 4)}\n  process_limit = "
+                f"8"
+            ),
+            "imap_scale": (
+                f"service_count = 0\n  client_limit = 200\n  process_limit = {clients // 200 + 10}"
+            ),
         }
 
     def add_user(self, username: str, password: str) -> None:
@@ -486,12 +530,16 @@ class DovecotServer:
         (self.base_dir / "users" / username).write_text(f"{username}:{{PLAIN}}{password}::::::\n")
 
     def has_user(self, username: str) -> bool:
-        return "/" not in username and not username.startswith(".") and (self.base_dir / "users" / username).exists()
+        return (
+            "/" not in username
+            and not username.startswith(".")
+            and (self.base_dir / "users" / username).exists()
+        )
 
     def deliver(self, username: str, raw: bytes) -> None:
-        """Deliver one message into the user's INBOX as a local delivery agent does: written into the
-        Maildir's ``tmp/`` and renamed into ``new/``, so Dovecot sees it whole at its next look, even
-        in a session that is open now (the test SMTP servers deliver with this, see
+        """Deliver one message into the user's INBOX as a local delivery agent does: written into
+        the Maildir's ``tmp/`` and renamed into ``new/``, so Dovecot sees it whole at its next look,
+        even in a session that is open now (the test SMTP servers deliver with this, see
         :mod:`leadline_kit.testing.delivery`)."""
         folder, owner = self._maildir(username, "INBOX")
         name = f"{time.time_ns()}.P{os.getpid()}Q{next(_DELIVERIES)}.leadline-test"
@@ -501,13 +549,16 @@ class DovecotServer:
         written.rename(folder / "new" / name)
 
     def fill(self, username: str, folder: str, raws: Sequence[bytes]) -> None:
-        """Write messages straight into a folder (``INBOX``, ``Sent``) of a mailbox not in use yet, as
-        mail already read (``cur/``, seen): thousands a second, where IMAP APPENDs manage a hundred or
-        so.  Dovecot numbers them in the order given (by the time in each file's name) at its next look."""
+        """Write messages straight into a folder (``INBOX``, ``Sent``) of a mailbox not in use yet,
+        as mail already read (``cur/``, seen): thousands a second, where IMAP APPENDs manage a
+        hundred or so.  Dovecot numbers them in the order given (by the time in each file's name) at
+        its next look."""
         path, owner = self._maildir(username, folder)
         first = int(time.time()) - len(raws)
         for i, raw in enumerate(raws):
-            name = f"{first + i}.M0P{os.getpid()}Q{next(_DELIVERIES)}.leadline-test,S={len(raw)}:2,S"
+            name = (
+                f"{first + i}.M0P{os.getpid()}Q{next(_DELIVERIES)}.leadline-test,S={len(raw)}:2,S"
+            )
             (path / "cur" / name).write_bytes(raw)
             os.chown(path / "cur" / name, owner.st_uid, owner.st_gid)
 

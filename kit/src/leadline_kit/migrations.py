@@ -52,7 +52,9 @@ def run_env(metadata: MetaData) -> None:
             include_name=lambda name, type_, _: type_ != "schema" or name == schema,
         )
         with context.begin_transaction():
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": f"migrate:{schema}"})
+            connection.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:s))"), {"s": f"migrate:{schema}"}
+            )
             context.run_migrations()
 
     async def run() -> None:
@@ -76,7 +78,9 @@ def main() -> None:
     if args.action == "upgrade":
         asyncio.run(upgrade(args.package, args.url))
     else:
-        command.revision(alembic_config(args.package, args.url), message=args.message, autogenerate=True)
+        command.revision(
+            alembic_config(args.package, args.url), message=args.message, autogenerate=True
+        )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,19 @@ import time
 import asyncpg
 from nats.js import JetStreamContext
 from prometheus_client import Counter
-from sqlalchemy import Column, DateTime, Index, LargeBinary, MetaData, Select, Table, Text, Uuid, func, select
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Index,
+    LargeBinary,
+    MetaData,
+    Select,
+    Table,
+    Text,
+    Uuid,
+    func,
+    select,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.backoff import Backoff
@@ -39,13 +51,17 @@ log = logging.getLogger("leadline.outbox")
 
 PUBLISH_RETRY = Backoff(0.2, 30.0)  # a relay batch that failed (NATS or the database away)
 
-PUBLISHED = Counter("leadline_outbox_published_total", "Events published from the outbox", ["service"])
+PUBLISHED = Counter(
+    "leadline_outbox_published_total", "Events published from the outbox", ["service"]
+)
 RELAY_SECONDS = Counter(
     "leadline_outbox_relay_seconds_total",
     "Seconds of relay passes that published events (take, publish, commit)",
     ["service"],
 )
-PUBLISH_FAILURES = Counter("leadline_outbox_failures_total", "Outbox relay batches that failed", ["service"])
+PUBLISH_FAILURES = Counter(
+    "leadline_outbox_failures_total", "Outbox relay batches that failed", ["service"]
+)
 
 
 def outbox_table(metadata: MetaData) -> Table:
@@ -65,7 +81,8 @@ def notify_channel(schema: str) -> str:
 
 
 def _wake_relays(schema: str) -> Select[tuple[None]]:
-    """The statement that wakes the relays of every process of the service once its transaction commits."""
+    """The statement that wakes the relays of every process of the service once its transaction
+    commits."""
     return select(func.pg_notify(notify_channel(schema), ""))
 
 
@@ -75,7 +92,10 @@ async def enqueue(session: AsyncSession, table: Table, *events: EventBase) -> No
         return
     await session.execute(
         table.insert(),
-        [{"event_id": e.event_id, "subject": e.subject, "body": e.model_dump_json().encode()} for e in events],
+        [
+            {"event_id": e.event_id, "subject": e.subject, "body": e.model_dump_json().encode()}
+            for e in events
+        ],
     )
     await session.execute(_wake_relays(str(table.schema)))
 
@@ -114,7 +134,9 @@ class OutboxRelay:
         # transaction instead of several; an event waits at most this much longer.
         self.gather_seconds = gather_seconds
         self._wake = asyncio.Event()
-        self._take = _TAKE.format(table=f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"')
+        self._take = _TAKE.format(
+            table=f'"{table.schema}"."{table.name}"' if table.schema else f'"{table.name}"'
+        )
 
     def wake(self) -> None:
         """Events were committed by this process: publish them (after ``gather_seconds``)."""
@@ -126,12 +148,18 @@ class OutboxRelay:
         async with self.db.engine.connect() as connection:
             conn: asyncpg.Connection = (await connection.get_raw_connection()).driver_connection
             async with conn.transaction():
-                rows = sorted(await conn.fetch(self._take, self.batch_size), key=lambda row: row["created_at"])
+                rows = sorted(
+                    await conn.fetch(self._take, self.batch_size), key=lambda row: row["created_at"]
+                )
                 if not rows:
                     return 0
                 await asyncio.gather(
                     *(
-                        self.js.publish(row["subject"], row["body"], headers={"Nats-Msg-Id": str(row["event_id"])})
+                        self.js.publish(
+                            row["subject"],
+                            row["body"],
+                            headers={"Nats-Msg-Id": str(row["event_id"])},
+                        )
                         for row in rows
                     )
                 )
@@ -172,7 +200,9 @@ class OutboxRelay:
                 closed = asyncio.Event()
                 try:
                     conn.add_termination_listener(lambda _, done=closed: done.set())
-                    await conn.add_listener(notify_channel(self.db.schema), lambda *_: self._wake.set())
+                    await conn.add_listener(
+                        notify_channel(self.db.schema), lambda *_: self._wake.set()
+                    )
                     await closed.wait()
                 finally:
                     with contextlib.suppress(Exception):
@@ -185,12 +215,13 @@ class OutboxRelay:
 
 
 class RelayWaker:
-    """Wakes the relays of the service's other processes, for a process that publishes nothing itself.
+    """Wakes the relays of the service's other processes, for a process that publishes nothing
+    itself.
 
     One ``pg_notify`` per ``gather_seconds`` however many commits call :meth:`wake` meanwhile: a
     notification per event would cost each commit a round trip, and PostgreSQL takes a database-wide
-    lock to queue each committed notification.  A wake that comes once the notification is on its way
-    sends another after it.  Should a notification fail, the relays' timer publishes the events.
+    lock to queue each committed notification.  A wake that comes once the notification is on its
+    way sends another after it.  Should a notification fail, the relays' timer publishes the events.
     """
 
     def __init__(self, db: Database, gather_seconds: float = 0.1) -> None:
@@ -215,7 +246,9 @@ class RelayWaker:
                 async with self.db.engine.begin() as connection:
                     await connection.execute(_wake_relays(self.db.schema))
             except Exception as exc:
-                log.warning("could not wake the outbox relays (their timer publishes the events): %s", exc)
+                log.warning(
+                    "could not wake the outbox relays (their timer publishes the events): %s", exc
+                )
             again = self._again
 
     async def close(self) -> None:

@@ -15,7 +15,8 @@ from leadline_kit.errors import InvalidCursor
 
 T = TypeVar("T")
 
-# a cursor is ours: a control character in one (NUL above all, which PostgreSQL refuses) was never made here
+# a cursor is ours: a control character in one (NUL above all, which PostgreSQL refuses) was never
+# made here
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -49,8 +50,9 @@ def encode_position(moment: datetime, row_id: uuid.UUID) -> str:
 
 
 def decode_position(cursor: str | None) -> tuple[datetime, uuid.UUID] | None:
-    """The (timestamp, id) a cursor of :func:`encode_position` names; None for no cursor; a malformed
-    one (also a moment without a UTC offset, or one whose UTC time leaves the calendar) is a 400 problem."""
+    """The (timestamp, id) a cursor of :func:`encode_position` names; None for no cursor; a
+    malformed one (also a moment without a UTC offset, or one whose UTC time leaves the calendar) is
+    a 400 problem."""
     if not cursor:
         return None
     moment, row_id = decode_cursor(cursor, 2)

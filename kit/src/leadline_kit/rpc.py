@@ -8,12 +8,12 @@ version).  A caller handles one exception, and a bad reply never escapes from in
 
 Answering: a :class:`Responder` names the subject, the request type, the answer and the refusal (the
 reply type with ``detail`` saying why).  ``await subscribe(nc, responder, queue)`` joins the
-service's queue group, flushed so that requests reach it from then on (before the service says it
-is ready); ``respond(subscription, responder, concurrency)`` then answers until cancelled, at most
+service's queue group, flushed so that requests reach it from then on (before the service says it is
+ready); ``respond(subscription, responder, concurrency)`` then answers until cancelled, at most
 ``concurrency`` requests at a time, and unsubscribes on the way out.  A request that does not parse,
 or that the answer raises :class:`Unreadable` for, gets the refusal; an unexpected failure is logged
-and, by the responder's ``on_failure``, either answered with the refusal (the asker need not wait for
-its timeout) or left unanswered (the asker times out and asks again: never an answer we did not
+and, by the responder's ``on_failure``, either answered with the refusal (the asker need not wait
+for its timeout) or left unanswered (the asker times out and asks again: never an answer we did not
 read, such as "not found" for a database failure).
 """
 
@@ -41,7 +41,9 @@ log = logging.getLogger("leadline.rpc")
 Reply = TypeVar("Reply", bound=BaseModel)
 Request = TypeVar("Request", bound=BaseModel)
 
-ANSWERS = Counter("leadline_rpc_answers_total", "Request/reply answers given", ["subject", "outcome"])
+ANSWERS = Counter(
+    "leadline_rpc_answers_total", "Request/reply answers given", ["subject", "outcome"]
+)
 ANSWER_SECONDS = Histogram(
     "leadline_rpc_answer_seconds",
     "Time to answer a request",
@@ -67,7 +69,9 @@ class Unanswered(Exception):
         self.reason = reason
 
 
-async def ask(nc: Client, subject: str, request: BaseModel, reply: type[Reply], timeout: float) -> Reply:
+async def ask(
+    nc: Client, subject: str, request: BaseModel, reply: type[Reply], timeout: float
+) -> Reply:
     try:
         message = await nc.request(subject, request.model_dump_json().encode(), timeout=timeout)
     except NoRespondersError as exc:
@@ -93,8 +97,8 @@ class OnFailure(StrEnum):
 
 @dataclass(frozen=True)
 class Responder(Generic[Request]):
-    """How one subject is answered: ``answer`` gives the reply, or the reply and an outcome label for the
-    metrics (``answered`` otherwise)."""
+    """How one subject is answered: ``answer`` gives the reply, or the reply and an outcome label
+    for the metrics (``answered`` otherwise)."""
 
     subject: str
     request: type[Request]
@@ -105,7 +109,8 @@ class Responder(Generic[Request]):
 
 def why_invalid(exc: ValidationError) -> str:
     return "invalid request: " + "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)[:5]
+        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+        for e in exc.errors(include_input=False)[:5]
     )
 
 
@@ -130,7 +135,9 @@ async def _answer(responder: Responder[Any], data: bytes) -> tuple[BaseModel | N
         return None, "error"
 
 
-async def respond(subscription: Subscription, responder: Responder[Any], concurrency: int = 1) -> None:
+async def respond(
+    subscription: Subscription, responder: Responder[Any], concurrency: int = 1
+) -> None:
     """Answer the subscription's requests until cancelled, at most ``concurrency`` at a time."""
     slots = asyncio.Semaphore(concurrency)
     in_flight: set[asyncio.Task[None]] = set()

@@ -1,4 +1,5 @@
-"""Secrets at rest (R25): envelope encryption with AES-256-GCM, one implementation for every service.
+"""Secrets at rest (R25): envelope encryption with AES-256-GCM, one implementation for every
+service.
 
 A secret is encrypted under a fresh random data key, and the data key is stored
 wrapped by a key-encryption key (KEK) named by its id.  Both layers bind the
@@ -28,7 +29,8 @@ WRAPPED_KEY_BYTES = NONCE_BYTES + KEY_BYTES + 16  # nonce, data key, GCM tag
 
 
 class CredentialError(Exception):
-    """A sealed secret cannot be opened: its key is not configured, or it was tampered with or moved."""
+    """A sealed secret cannot be opened: its key is not configured, or it was tampered with or
+    moved."""
 
 
 @dataclass(frozen=True)
@@ -54,14 +56,17 @@ def _decode_key(text: str) -> bytes:
 
 
 def parse_keys(spec: str, setting: str) -> list[tuple[str, bytes]]:
-    """``"id:key,..."`` as (id, 32 bytes) pairs, current first; ValueError naming ``setting`` otherwise."""
+    """``"id:key,..."`` as (id, 32 bytes) pairs, current first; ValueError naming ``setting``
+    otherwise."""
     keys: list[tuple[str, bytes]] = []
     for entry in spec.split(","):
         if not entry.strip():
             continue
         key_id, separator, text = entry.strip().partition(":")
         if not separator or not key_id or len(_decode_key(text)) != KEY_BYTES:
-            raise ValueError(f"{setting} entries are 'id:key' with a key of 32 bytes as 64 hex digits or base64")
+            raise ValueError(
+                f"{setting} entries are 'id:key' with a key of 32 bytes as 64 hex digits or base64"
+            )
         keys.append((key_id, _decode_key(text)))
     if not keys:
         raise ValueError(f"{setting} names no key")
@@ -80,15 +85,23 @@ class KeyRing:
     def seal(self, secret: bytes, associated: bytes) -> Sealed:
         data_key = AESGCM.generate_key(bit_length=8 * KEY_BYTES)
         key_nonce, nonce = os.urandom(NONCE_BYTES), os.urandom(NONCE_BYTES)
-        wrapped = key_nonce + self._keks[self.current_key_id].encrypt(key_nonce, data_key, associated)
-        return Sealed(self.current_key_id, wrapped, nonce + AESGCM(data_key).encrypt(nonce, secret, associated))
+        wrapped = key_nonce + self._keks[self.current_key_id].encrypt(
+            key_nonce, data_key, associated
+        )
+        return Sealed(
+            self.current_key_id,
+            wrapped,
+            nonce + AESGCM(data_key).encrypt(nonce, secret, associated),
+        )
 
     def open(self, sealed: Sealed, associated: bytes) -> bytes:
         kek = self._keks.get(sealed.key_id)
         if kek is None:
             raise CredentialError(f"credential key {sealed.key_id!r} is not configured")
         try:
-            data_key = kek.decrypt(sealed.wrapped_key[:NONCE_BYTES], sealed.wrapped_key[NONCE_BYTES:], associated)
+            data_key = kek.decrypt(
+                sealed.wrapped_key[:NONCE_BYTES], sealed.wrapped_key[NONCE_BYTES:], associated
+            )
             return AESGCM(data_key).decrypt(
                 sealed.ciphertext[:NONCE_BYTES], sealed.ciphertext[NONCE_BYTES:], associated
             )

@@ -43,13 +43,17 @@ log = logging.getLogger("leadline.service")
 
 ServiceContext = TypeVar("ServiceContext")
 
-HTTP_REQUESTS = Counter("leadline_http_requests_total", "HTTP requests", ["service", "method", "route", "status"])
-HTTP_LATENCY = Histogram("leadline_http_request_seconds", "HTTP request latency", ["service", "route"])
+HTTP_REQUESTS = Counter(
+    "leadline_http_requests_total", "HTTP requests", ["service", "method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "leadline_http_request_seconds", "HTTP request latency", ["service", "route"]
+)
 
-# The cyclic collector's first threshold (allocations between young collections) while a service runs.
-# With CPython's default of 700, and every object made at startup (modules, the app, pools, compiled
-# statements: about 130,000) walked by each full collection, the collector took 16% of the CPU of the
-# send service's API process under a batch load (bench/send, measured with gc.callbacks).
+# The cyclic collector's first threshold (allocations between young collections) while a service
+# runs. With CPython's default of 700, and every object made at startup (modules, the app, pools,
+# compiled statements: about 130,000) walked by each full collection, the collector took 16% of the
+# CPU of the send service's API process under a batch load (bench/send, measured with gc.callbacks).
 GC_YOUNG_THRESHOLD = 20_000
 
 
@@ -63,21 +67,25 @@ class Runtime:
     outbox: Table
     nc: Client | None = None
     js: JetStreamContext | None = None
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)  # workers: /readyz fails if one ends
-    chores: list[asyncio.Task[None]] = field(default_factory=list)  # one-off background work (a warm-up)
+    # workers: /readyz fails if one ends
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # one-off background work (a warm-up)
+    chores: list[asyncio.Task[None]] = field(default_factory=list)
     # the service's own typed context (SyncContext, SendContext, ...): read it with context_of()
     context: object | None = None
-    relay: OutboxRelay | RelayWaker | None = None  # a waker where the service's other processes relay
+    # a waker where the service's other processes relay
+    relay: OutboxRelay | RelayWaker | None = None
 
     def wake_relay(self) -> None:
-        """Events were committed to the outbox by this process: its relay (or the others') publishes them."""
+        """Events were committed to the outbox by this process: its relay (or the others') publishes
+        them."""
         if self.relay is not None:
             self.relay.wake()
 
     def spawn(self, coro: Coroutine[Any, Any, None], name: str, *, lasting: bool = True) -> None:
-        """Run ``coro`` in the background until the service stops. A lasting task (a consumer, a loop)
-        runs as long as the service: if it ends, ``/readyz`` says so. A chore (``lasting=False``, a
-        warm-up) may finish; it is cancelled at stop if it has not."""
+        """Run ``coro`` in the background until the service stops. A lasting task (a consumer, a
+        loop) runs as long as the service: if it ends, ``/readyz`` says so. A chore
+        (``lasting=False``, a warm-up) may finish; it is cancelled at stop if it has not."""
         task = asyncio.create_task(_supervised(coro, name), name=name)
         (self.tasks if lasting else self.chores).append(task)
 
@@ -102,8 +110,8 @@ class Runtime:
 def _collector_for_serving() -> Iterator[None]:
     """What exists once a service has started lives as long as it: out of the collector's sight
     (``gc.freeze``), so that a full collection walks only what requests made; and young collections
-    every GC_YOUNG_THRESHOLD allocations.  Both given back on stop, for a process that starts and stops
-    services one after another (the tests)."""
+    every GC_YOUNG_THRESHOLD allocations.  Both given back on stop, for a process that starts and
+    stops services one after another (the tests)."""
     thresholds = gc.get_threshold()
     gc.collect()
     gc.freeze()
@@ -165,7 +173,10 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-request-id", request_id.encode()),
+                ]
             await send(message)
 
         try:
@@ -202,8 +213,9 @@ def create_service_app(  # noqa: C901 - 19, older than the limit
     administrator_checks: Sequence[Callable[..., Any]] = (administrator,),
 ) -> FastAPI:
     """``readiness`` adds checks to ``/readyz`` (each "ok" or a reason); ``metrics_guard`` is called
-    before ``/metrics`` is served and raises a problem to refuse it (a service reached by the public);
-    routes guarded by one of ``administrator_checks`` say so in the OpenAPI document (declare_roles)."""
+    before ``/metrics`` is served and raises a problem to refuse it (a service reached by the
+    public); routes guarded by one of ``administrator_checks`` say so in the OpenAPI document
+    (declare_roles)."""
     configure_logging(name, settings.log_level)
     database = database or Database(settings.database_url, schema, settings.db_pool_size)
     runtime = Runtime(name=name, settings=settings, db=database, outbox=outbox)
@@ -241,7 +253,8 @@ def create_service_app(  # noqa: C901 - 19, older than the limit
     install_problem_handlers(app)
     for middleware_class, options in middleware:
         app.add_middleware(middleware_class, **options)
-    app.add_middleware(RequestContextMiddleware, service=name)  # outermost: ids and metrics for everything
+    # outermost: ids and metrics for everything
+    app.add_middleware(RequestContextMiddleware, service=name)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
@@ -256,7 +269,9 @@ def create_service_app(  # noqa: C901 - 19, older than the limit
         except Exception as exc:
             checks["database"] = f"unreachable: {type(exc).__name__}"
         if use_nats:
-            checks["nats"] = "ok" if runtime.nc is not None and runtime.nc.is_connected else "unreachable"
+            checks["nats"] = (
+                "ok" if runtime.nc is not None and runtime.nc.is_connected else "unreachable"
+            )
         if readiness:
             checks.update(await readiness(runtime))
         dead = [t.get_name() for t in runtime.tasks if t.done()]

@@ -1,4 +1,5 @@
-"""One normal form for email addresses and domains, so a lead's address matches the mail it appears in.
+"""One normal form for email addresses and domains, so a lead's address matches the mail it appears
+in.
 
 An address is validated by ``email-validator`` (syntax only, no DNS) and kept
 as ``local-part@domain`` with the local part lower-cased (the product treats
@@ -41,7 +42,8 @@ def normalise_address(raw: str) -> str:
 
 
 def address_or_none(raw: str) -> str | None:
-    """The normal form of an address found in mail, or None when it is not valid (it then matches nothing)."""
+    """The normal form of an address found in mail, or None when it is not valid (it then matches
+    nothing)."""
     try:
         return normalise_address(raw)
     except InvalidAddress:
@@ -71,7 +73,8 @@ def address_for_matching(raw: str) -> str | None:
 
 @lru_cache(maxsize=8_192)
 def normalise_domain(raw: str) -> str:
-    """The IDNA ASCII, lower-case form of a domain (a leading ``@`` is allowed); raises :class:`InvalidAddress`."""
+    """The IDNA ASCII, lower-case form of a domain (a leading ``@`` is allowed); raises
+    :class:`InvalidAddress`."""
     candidate = raw.strip().removeprefix("@").rstrip(".").lower()
     if not candidate or len(candidate) > 253 or "." not in candidate:
         raise InvalidAddress(f"{raw[:80]!r} is not a valid domain")
@@ -92,8 +95,9 @@ def domain_of(address: str) -> str:
 
 
 def domain_and_parents(domain: str) -> list[str]:
-    """``a.b.example.com`` → itself, ``b.example.com``, ``example.com``: the blocklist entries that block it
-    (a domain entry blocks its subdomains too; a bare top-level domain is never an entry)."""
+    """``a.b.example.com`` → itself, ``b.example.com``, ``example.com``: the blocklist entries that
+    block it (a domain entry blocks its subdomains too; a bare top-level domain is never an
+    entry)."""
     labels = domain.split(".")
     return [".".join(labels[i:]) for i in range(len(labels) - 1)]
 

@@ -6,7 +6,8 @@ from leadline_kit.settings import KitSettings
 
 
 class Settings(KitSettings):
-    consumer_prefix: str = "lead-service"  # the durable's whole name: one consumer, replicas share it
+    # the durable's whole name: one consumer, replicas share it
+    consumer_prefix: str = "lead-service"
     consumer_batch_size: int = 500
     # how long an event fetched by a replica that died stays unseen before it is delivered again
     consumer_ack_wait: float = 60.0

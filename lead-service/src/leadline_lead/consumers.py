@@ -77,11 +77,15 @@ async def remove_mailbox_history(session: AsyncSession, event: MailboxDisconnect
 
 
 async def save_user(session: AsyncSession, event: UserUpdatedV1) -> None:
-    await leads.save_user(session, event.company_id, event.payload.user_id, deleted=False, at=event.occurred_at)
+    await leads.save_user(
+        session, event.company_id, event.payload.user_id, deleted=False, at=event.occurred_at
+    )
 
 
 async def forget_user(session: AsyncSession, event: UserDeletedV1) -> None:
-    await leads.save_user(session, event.company_id, event.payload.user_id, deleted=True, at=event.occurred_at)
+    await leads.save_user(
+        session, event.company_id, event.payload.user_id, deleted=True, at=event.occurred_at
+    )
 
 
 async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) -> None:
@@ -89,7 +93,9 @@ async def apply_unsubscribe(session: AsyncSession, event: LeadUnsubscribedV1) ->
     lead_ids = [event.payload.lead_id] if event.payload.lead_id else []
     address = address_or_none(event.payload.address)
     if address:
-        lead_ids.extend((await leads.leads_by_address(session, event.company_id, [address])).values())
+        lead_ids.extend(
+            (await leads.leads_by_address(session, event.company_id, [address])).values()
+        )
     await leads.mark_unsubscribed(session, event.company_id, lead_ids, event.occurred_at)
 
 

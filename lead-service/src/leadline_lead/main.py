@@ -34,8 +34,9 @@ QUEUE_GROUP = "leadline-lead"
 
 
 def responders(db: Database) -> list[rpc.Responder[Any]]:
-    """What the lead service answers; a failure is not answered (the asker times out and says the lead
-    service did not answer), never answered with something we did not read, such as "no such lead"."""
+    """What the lead service answers; a failure is not answered (the asker times out and says the
+    lead service did not answer), never answered with something we did not read, such as "no such
+    lead"."""
     return [
         rpc.Responder(
             RPC_LEAD_ADDRESSES,

@@ -69,13 +69,18 @@ lead = Table(
     Column("stage", Text, nullable=False),
     Column("unsubscribed_at", DateTime(timezone=True)),
     Column("bounced_at", DateTime(timezone=True)),  # mail to the lead last bounced hard (R17)
-    Column("complained_at", DateTime(timezone=True)),  # the lead last reported our mail as spam (a feedback report)
+    # the lead last reported our mail as spam (a feedback report)
+    Column("complained_at", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_lead_company_created", "company_id", text("created_at DESC"), text("id DESC")),
     # search by part of the name (pg_trgm, created by the migration)
     Index("ix_lead_name_trgm", text("lower(name) public.gin_trgm_ops"), postgresql_using="gin"),
-    Index("ix_lead_account_name_trgm", text("lower(account_name) public.gin_trgm_ops"), postgresql_using="gin"),
+    Index(
+        "ix_lead_account_name_trgm",
+        text("lower(account_name) public.gin_trgm_ops"),
+        postgresql_using="gin",
+    ),
 )
 
 lead_address = Table(
@@ -136,7 +141,10 @@ timeline_event = Table(
     Column("bounce_status", Text),
     Column("bounce_diagnostic", Text),
     CheckConstraint(
-        "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_delayed', 'complaint')",
+        (
+            "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce', "
+            "'delivery_delayed', 'complaint')"
+        ),
         name="kind",
     ),
     CheckConstraint("direction IN ('inbound', 'outbound')", name="direction"),
@@ -148,13 +156,21 @@ timeline_event = Table(
 timeline_event_source = Table(
     "timeline_event_source",
     metadata,
-    Column("timeline_event_id", BigInteger, ForeignKey("lead.timeline_event.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "timeline_event_id",
+        BigInteger,
+        ForeignKey("lead.timeline_event.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
     # a mailbox id, "smart_mail" or "bounce_notice"
     Column("source", Text, nullable=False),
     Column("company_id", Uuid, nullable=False),
     Column("mailbox_id", Uuid),
     PrimaryKeyConstraint("timeline_event_id", "source", name="pk_timeline_event_source"),
     Index(
-        "ix_timeline_event_source_mailbox", "company_id", "mailbox_id", postgresql_where=text("mailbox_id IS NOT NULL")
+        "ix_timeline_event_source_mailbox",
+        "company_id",
+        "mailbox_id",
+        postgresql_where=text("mailbox_id IS NOT NULL"),
     ),
 )

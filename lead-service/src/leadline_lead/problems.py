@@ -1,4 +1,5 @@
-"""The problems lead-service answers with, one class per kind: its ``slug`` is the problem's ``type``."""
+"""The problems lead-service answers with, one class per kind: its ``slug`` is the problem's
+``type``."""
 
 from __future__ import annotations
 

@@ -20,7 +20,8 @@ _MAX_ADDRESS_LENGTH = 320
 
 
 def normalize_address(value: str) -> str | None:
-    """The canonical form of one bare address (``local@domain``), or None if it is not a valid address."""
+    """The canonical form of one bare address (``local@domain``), or None if it is not a valid
+    address."""
     if not value or len(value) > _MAX_ADDRESS_LENGTH:
         return None
     return _normalize(value)
@@ -31,8 +32,9 @@ def normalize_addresses(values: Iterable[str]) -> list[str]:
     return [a for a in dict.fromkeys(normalize_address(value) for value in values) if a]
 
 
-# A mailbox repeats the same few addresses (the owner's in nearly every message) and validation is the
-# largest cost of a header scan, so results are cached; the function is pure and its input is bounded.
+# A mailbox repeats the same few addresses (the owner's in nearly every message) and validation is
+# the largest cost of a header scan, so results are cached; the function is pure and its input is
+# bounded.
 @functools.lru_cache(maxsize=65536)
 def _normalize(value: str) -> str | None:
     candidate = value.strip()
@@ -40,7 +42,10 @@ def _normalize(value: str) -> str | None:
         candidate = candidate[1:-1].strip()
     try:
         result = validate_email(
-            candidate, check_deliverability=False, allow_display_name=False, allow_quoted_local=False
+            candidate,
+            check_deliverability=False,
+            allow_display_name=False,
+            allow_quoted_local=False,
         )
     except (EmailNotValidError, UnicodeError, ValueError):
         return None

@@ -2,33 +2,35 @@
 
 A notice is read in this order:
 
-1. RFC 3464 delivery status fields (``Final-Recipient``, ``Original-Recipient``, ``Action``, ``Status``,
-   ``Diagnostic-Code``): from the ``message/delivery-status`` part, or, when the parser did not split the
-   ``multipart/report`` (a missing or wrong boundary, a status part without its blank line), from the raw
-   body.  Postfix, Gmail, Office 365 and most modern servers send them.
+1. RFC 3464 delivery status fields (``Final-Recipient``, ``Original-Recipient``, ``Action``,
+   ``Status``, ``Diagnostic-Code``): from the ``message/delivery-status`` part, or, when the parser
+   did not split the ``multipart/report`` (a missing or wrong boundary, a status part without its
+   blank line), from the raw body.  Postfix, Gmail, Office 365 and most modern servers send them.
 2. Otherwise a plain-text notice, believed only when a mail system sent it (a system sender such as
-   ``MAILER-DAEMON``, ``MAILER-DAEMON <>``, ``postmaster@[192.0.2.1]``, ``Mail.Delivery.System@``, a null
-   Return-Path, ``X-Failed-Recipients``, or a bounce subject on an automatic message or one that returns
-   the original): the failed recipients come from ``X-Failed-Recipients`` and the MTA's own recipient lines,
-   the status from the quoted SMTP reply, the original Message-ID from the attached or quoted original.
+   ``MAILER-DAEMON``, ``MAILER-DAEMON <>``, ``postmaster@[192.0.2.1]``, ``Mail.Delivery.System@``, a
+   null Return-Path, ``X-Failed-Recipients``, or a bounce subject on an automatic message or one
+   that returns the original): the failed recipients come from ``X-Failed-Recipients`` and the MTA's
+   own recipient lines, the status from the quoted SMTP reply, the original Message-ID from the
+   attached or quoted original.
 
-Every notice gets a class: ``hard`` (5.x.x, the message will not arrive) or ``soft`` (4.x.x, ``Action:
-delayed``, "still trying"), and a reason from a small fixed set.  DSNs that only report delivery
-(``delivered``, ``relayed``, ``expanded``), read receipts (RFC 8098) and auto-replies (RFC 3834) are not
+Every notice gets a class: ``hard`` (5.x.x, the message will not arrive) or ``soft`` (4.x.x,
+``Action: delayed``, "still trying"), and a reason from a small fixed set.  DSNs that only report
+delivery (``delivered``, ``relayed``, ``expanded``), read receipts (RFC 8098) and auto-replies
+(RFC 3834) are not bounces.
+
+Who bounced is decided by :meth:`Bounce.lead_recipient`: the failed recipients first, then the
+returned original's ``To``/``Cc``, each only if it is a lead and never the mailbox's own address or
+the original's sender.  A notice that names no lead but returns the original's Message-ID is still
+worth telling: the sender of that message knows its recipients.
+
+Complaints are read apart (:class:`Complaint`): an RFC 5965 feedback report (ARF,
+``multipart/report; report-type=feedback-report``) of type ``abuse``, ``fraud``, ``other`` or
+``opt-out``, Microsoft's JMRP report (the original attached with ``X-HmXmrOriginalRecipient``),
+Amazon SES's JSON notification (``"notificationType": "Complaint"``) and Apple Mail's unsubscribe
+mail (``X-Apple-Unsubscribe: true``).  Who complained comes from ``Original-Rcpt-To`` /
+``Removal-Recipient`` (or the report's own field), then the returned original's ``To``.  Feedback
+reports of other types (``auth-failure``, ``not-spam``, ``virus``) are neither complaints nor
 bounces.
-
-Who bounced is decided by :meth:`Bounce.lead_recipient`: the failed recipients first, then the returned
-original's ``To``/``Cc``, each only if it is a lead and never the mailbox's own address or the original's
-sender.  A notice that names no lead but returns the original's Message-ID is still worth telling: the
-sender of that message knows its recipients.
-
-Complaints are read apart (:class:`Complaint`): an RFC 5965 feedback report (ARF, ``multipart/report;
-report-type=feedback-report``) of type ``abuse``, ``fraud``, ``other`` or ``opt-out``, Microsoft's JMRP
-report (the original attached with ``X-HmXmrOriginalRecipient``), Amazon SES's JSON notification
-(``"notificationType": "Complaint"``) and Apple Mail's unsubscribe mail (``X-Apple-Unsubscribe: true``).
-Who complained comes from ``Original-Rcpt-To`` / ``Removal-Recipient`` (or the report's own field), then the
-returned original's ``To``.  Feedback reports of other types (``auth-failure``, ``not-spam``, ``virus``)
-are neither complaints nor bounces.
 
 Input is hostile (R27): the caps of :mod:`leadline_mail.mime` apply, text patterns are bounded, and
 nothing here raises.
@@ -69,29 +71,36 @@ log = logging.getLogger("leadline.mail.bounces")
 
 MAX_DIAGNOSTIC_CHARS = 1000
 MAX_NOTICE_CHARS = 50_000
-# what a notice says (its text, status fields, the original's headers) comes first; the stdlib parser takes
-# ~0.5 ms per status block, so 10,000 crafted ones would be seconds: the rest is not parsed
+# what a notice says (its text, status fields, the original's headers) comes first; the stdlib
+# parser takes ~0.5 ms per status block, so 10,000 crafted ones would be seconds: the rest is not
+# parsed
 MAX_NOTICE_BYTES = 256 * 1024
 MAX_RECIPIENTS = 50
 
 _STATUS_RE = re.compile(r"(?<![\d.])([245]\.\d{1,3}\.\d{1,3})(?![\d.]\d)")
 _SMTP_CODE_RE = re.compile(r"(?<![\d.\w])([45][0-5]\d)(?:[ :-]|$)", re.MULTILINE)
-# Every pattern below runs on hostile text: quantifiers are bounded and classes do not overlap around
-# their anchors, so matching stays linear (no catastrophic backtracking on crafted input).
-_ADDRESS_RE = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}")
-_MSGID_LINE_RE = re.compile(r"^[ \t>]{0,4}message-id:[ \t]*(.{1,1000})$", re.IGNORECASE | re.MULTILINE)
-_HEADER_LINE_RE = re.compile(r"^[ \t>]{0,4}(to|cc|from):[ \t]*(.{1,2000})$", re.IGNORECASE | re.MULTILINE)
+# Every pattern below runs on hostile text: quantifiers are bounded and classes do not overlap
+# around their anchors, so matching stays linear (no catastrophic backtracking on crafted input).
+_ADDRESS_RE = re.compile(
+    r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){1,8}"
+)
+_MSGID_LINE_RE = re.compile(
+    r"^[ \t>]{0,4}message-id:[ \t]*(.{1,1000})$", re.IGNORECASE | re.MULTILINE
+)
+_HEADER_LINE_RE = re.compile(
+    r"^[ \t>]{0,4}(to|cc|from):[ \t]*(.{1,2000})$", re.IGNORECASE | re.MULTILINE
+)
 _DSN_FIELD_RE = re.compile(
     r"^(final-recipient|original-recipient|action|status|diagnostic-code|x-original-message-id)"
     r"[ \t]{0,4}:[ \t]*(.{0,1000})$",
     re.IGNORECASE | re.MULTILINE,
 )
 _DELAY_RE = re.compile(
-    r"delivery (?:is |has been )?delayed|delayed mail|delay(?:ed)? notification|will (?:continue|keep) (?:trying|"
-    r"to try|retrying)|will be retried|still (?:trying|being retried)|has not yet been delivered|not been "
-    r"delivered yet|warning only|warning: (?:message|could not)|temporar(?:y|ily) (?:failure|error|"
-    r"unavailable|deferred|rejected)|deferred|retry (?:again )?later|try again later|in the queue|"
-    r"no action is required",
+    r"delivery (?:is |has been )?delayed|delayed mail|delay(?:ed)? notification|will (?:continue|"
+    r"keep) (?:trying|to try|retrying)|will be retried|still (?:trying|being retried)|"
+    r"has not yet been delivered|not been delivered yet|warning only|warning: (?:message|"
+    r"could not)|temporar(?:y|ily) (?:failure|error|unavailable|deferred|rejected)|deferred|"
+    r"retry (?:again )?later|try again later|in the queue|no action is required",
     re.IGNORECASE,
 )
 _PERMANENT_RE = re.compile(
@@ -101,17 +110,17 @@ _PERMANENT_RE = re.compile(
     re.IGNORECASE,
 )
 _ORIGINAL_MARKERS = re.compile(
-    r"copy of (?:the|your) (?:original )?message|below this line is a copy|original message(?! was received)|"
-    r"undelivered message|"
-    r"message headers follow|headers? of the (?:original|returned) message|returned message|unsent message "
-    r"below|original message headers|^content-type:[ \t]*(?:message/rfc822|text/rfc822-headers)|"
-    r"^-{2,} ?(?:original|returned|undelivered) (?:message|mail)|the header of the original|"
-    r"message is attached|^Received: from ",
+    r"copy of (?:the|your) (?:original )?message|below this line is a copy|"
+    r"original message(?! was received)|undelivered message|"
+    r"message headers follow|headers? of the (?:original|returned) message|returned message|"
+    r"unsent message below|original message headers|^content-type:[ \t]*(?:message/rfc822|"
+    r"text/rfc822-headers)|^-{2,} ?(?:original|returned|undelivered) (?:message|mail)|"
+    r"the header of the original|message is attached|^Received: from ",
     re.IGNORECASE | re.MULTILINE,
 )
 _AUTO_REPLY_SUBJECT_RE = re.compile(
-    r"out of (?:the )?office|vacation|auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|absence|abwesen|"
-    r"away from|on leave|holiday|congés|\bOOO\b|不在|自動返信|自动回复|autoreply",
+    r"out of (?:the )?office|vacation|auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|"
+    r"absence|abwesen|away from|on leave|holiday|congés|\bOOO\b|不在|自動返信|自动回复|autoreply",
     re.IGNORECASE,
 )
 _REASONS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
@@ -135,8 +144,8 @@ _REASONS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
     (
         "spam",
         re.compile(
-            r"spam|\b5\.7\.1 .{0,40}content|junk mail|bulk mail|blacklist|blocklist|listed (?:at|on|in)|"
-            r"\brbl\b|dnsbl|virus|malware|\b[45]\.6\.0\b",
+            r"spam|\b5\.7\.1 .{0,40}content|junk mail|bulk mail|blacklist|blocklist|listed (?:at|"
+            r"on|in)|\brbl\b|dnsbl|virus|malware|\b[45]\.6\.0\b",
             re.I,
         ),
     ),
@@ -166,8 +175,8 @@ _REASONS: tuple[tuple[Reason, re.Pattern[str]], ...] = (
     (
         "expired",
         re.compile(
-            r"\b[45]\.4\.7\b|expired|timed? ?out|too long|retry time|gave up|giving up|could not be "
-            r"delivered within|queue lifetime|delivery time",
+            r"\b[45]\.4\.7\b|expired|timed? ?out|too long|retry time|gave up|giving up|"
+            r"could not be delivered within|queue lifetime|delivery time",
             re.I,
         ),
     ),
@@ -194,7 +203,9 @@ class _AboutOriginal:
     def recipient(self) -> str | None:
         return self.recipients[0] if self.recipients else None
 
-    def lead_recipient(self, is_lead: Callable[[str], bool], own_addresses: Collection[str]) -> str | None:
+    def lead_recipient(
+        self, is_lead: Callable[[str], bool], own_addresses: Collection[str]
+    ) -> str | None:
         """The lead this notice is about: one it names, else one the original was sent to."""
         excluded = {*own_addresses, *((self.original_from,) if self.original_from else ())}
         for address in (*self.recipients, *self.original_to):
@@ -218,10 +229,12 @@ class Bounce(_AboutOriginal):
 
 @dataclass(frozen=True)
 class Complaint(_AboutOriginal):
-    """A recipient reported one of our messages as spam, or asked off the list, through a feedback channel."""
+    """A recipient reported one of our messages as spam, or asked off the list, through a feedback
+    channel."""
 
     original_message_id: str | None
-    recipients: tuple[str, ...]  # who complained, as the report states it (often redacted), best first
+    # who complained, as the report states it (often redacted), best first
+    recipients: tuple[str, ...]
     feedback_type: FeedbackType
     reporter: str  # who sent the report: its User-Agent, else the sender's domain
     original_to: tuple[str, ...] = ()
@@ -241,7 +254,9 @@ def parse_notice(raw: bytes) -> Bounce | Complaint | None:
         message = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
         return _Notice(message, data).read()
     except Exception as exc:  # hostile input: not recognisable as a notice; skipped, never a crash
-        log.warning("a delivery notice could not be read (%s); it is not treated as one", type(exc).__name__)
+        log.warning(
+            "a delivery notice could not be read (%s); it is not treated as one", type(exc).__name__
+        )
         return None
 
 
@@ -252,7 +267,8 @@ def parse_bounce(raw: bytes) -> Bounce | None:
 
 
 class _Notice:
-    """One parsed notice: its parts, its own text (without the returned original) and the original."""
+    """One parsed notice: its parts, its own text (without the returned original) and the
+    original."""
 
     def __init__(self, message: email.message.Message, data: bytes) -> None:
         self.message = message
@@ -284,8 +300,9 @@ class _Notice:
         return self._from_plain_text()
 
     def _is_read_receipt(self) -> bool:
-        """RFC 8098 (``report-type=disposition-notification``): its ``Final-Recipient`` read the mail.  A
-        Sieve ``reject`` (RFC 5429) is sent the same way with ``automatic-action; deleted``: that one bounced."""
+        """RFC 8098 (``report-type=disposition-notification``): its ``Final-Recipient`` read the
+        mail.  A Sieve ``reject`` (RFC 5429) is sent the same way with ``automatic-action;
+        deleted``: that one bounced."""
         report_type = str(self.message.get_param("report-type", "", header="content-type")).lower()
         notes = [_status_text(p) for p in self.parts if p.get_content_type() in _DISPOSITION_TYPES]
         if report_type != "disposition-notification" and not notes:
@@ -298,7 +315,9 @@ class _Notice:
         """The fields of a feedback report (lower-case names), or None if this is not one."""
         message = self.message
         report_type = str(message.get_param("report-type", "", header="content-type")).lower()
-        reports = [_status_text(p) for p in self.parts if p.get_content_type() == "message/feedback-report"]
+        reports = [
+            _status_text(p) for p in self.parts if p.get_content_type() == "message/feedback-report"
+        ]
         if report_type == "feedback-report" or reports:
             return _fields(reports or [_raw_body(self.data)])  # a report the parser did not split
         head = self.body[:20_000]
@@ -308,16 +327,24 @@ class _Notice:
             feedback = _SES_FEEDBACK_RE.search(head)
             return {
                 "feedback-type": [feedback.group(1) if feedback else "other"],
-                "original-rcpt-to": _SES_ADDRESS_RE.findall(addresses.group(1)) if addresses else [],
-                "x-original-message-id": [message_id.group(1) or message_id.group(2)] if message_id else [],
+                "original-rcpt-to": _SES_ADDRESS_RE.findall(addresses.group(1))
+                if addresses
+                else [],
+                "x-original-message-id": [message_id.group(1) or message_id.group(2)]
+                if message_id
+                else [],
                 "user-agent": ["Amazon SES"],
             }
         for part in self.parts:
             inner = part.get_payload() if part.get_content_type() == "message/rfc822" else None
             if isinstance(inner, list) and inner and isinstance(inner[0], email.message.Message):
-                recipient = inner[0].get("x-hmxmroriginalrecipient")  # Microsoft's JMRP (Outlook.com, Hotmail)
+                # Microsoft's JMRP (Outlook.com, Hotmail)
+                recipient = inner[0].get("x-hmxmroriginalrecipient")
                 if recipient:
-                    return {"feedback-type": ["abuse"], "original-rcpt-to": [header_text(recipient)]}
+                    return {
+                        "feedback-type": ["abuse"],
+                        "original-rcpt-to": [header_text(recipient)],
+                    }
         if clean_text(header_text(message.get("x-apple-unsubscribe", ""))).lower() == "true":
             sender = parse_address_header([header_text(message.get("from", ""))])
             return {"feedback-type": ["opt-out"], "removal-recipient": [a for _, a in sender[:1]]}
@@ -335,10 +362,15 @@ class _Notice:
             if (address := normalize_address(_typed_value(value).strip("<> ")))
         ]
         original_id, original_to, original_from = self._original()
-        referenced = next((m for v in fields.get("x-original-message-id", []) if (m := extract_message_id(v))), None)
+        referenced = next(
+            (m for v in fields.get("x-original-message-id", []) if (m := extract_message_id(v))),
+            None,
+        )
         own = {a for _, a in parse_address_header([header_text(self.message.get("to", ""))])}
         sender = parse_address_header([header_text(self.message.get("from", ""))])
-        reporter = (fields.get("user-agent") or [sender[0][1].rpartition("@")[2] if sender else ""])[0]
+        reporter = (
+            fields.get("user-agent") or [sender[0][1].rpartition("@")[2] if sender else ""]
+        )[0]
         return Complaint(
             original_message_id=original_id or referenced,
             recipients=tuple(a for a in dict.fromkeys(recipients) if a not in own)[:MAX_RECIPIENTS],
@@ -351,12 +383,15 @@ class _Notice:
     # --- delivery status fields ------------------------------------------------------------
 
     def _status_fields(self) -> list[dict[str, str]]:
-        """Per-recipient blocks of DSN fields, in order (per-message fields folded into the first)."""
+        """Per-recipient blocks of DSN fields, in order (per-message fields folded into the
+        first)."""
         texts: list[str] = []
         for part in self.parts:
             if part.get_content_type() in _STATUS_TYPES:
                 texts.append(_status_text(part))
-        if not texts and ("final-recipient" in self.body.lower() or "original-recipient" in self.body.lower()):
+        if not texts and (
+            "final-recipient" in self.body.lower() or "original-recipient" in self.body.lower()
+        ):
             texts.append(self.body)
         blocks: list[dict[str, str]] = []
         current: dict[str, str] = {}
@@ -379,7 +414,10 @@ class _Notice:
         return [
             b
             for b in blocks
-            if b.get("action") or b.get("status") or b.get("final-recipient") or b.get("original-recipient")
+            if b.get("action")
+            or b.get("status")
+            or b.get("final-recipient")
+            or b.get("original-recipient")
         ]
 
     def _from_status_fields(self, blocks: list[dict[str, str]]) -> Bounce | None:
@@ -398,7 +436,9 @@ class _Notice:
             status = _status_of(diagnostic) or _status_of(self.notice) or status
         action = _typed_value(first.get("action", "")).lower()
         if action not in {"failed", "delayed"}:
-            action = "delayed" if status.startswith("4") or _DELAY_RE.search(self.notice) else "failed"
+            action = (
+                "delayed" if status.startswith("4") or _DELAY_RE.search(self.notice) else "failed"
+            )
         if not status:
             status = "4.0.0" if action == "delayed" else "5.0.0"
         recipients: list[str] = []
@@ -410,14 +450,20 @@ class _Notice:
         recipients += self._header_recipients()
         recipients += self._recipient_lines()
         referenced = next(
-            (extract_message_id(b["x-original-message-id"]) for b in blocks if b.get("x-original-message-id")), None
+            (
+                extract_message_id(b["x-original-message-id"])
+                for b in blocks
+                if b.get("x-original-message-id")
+            ),
+            None,
         )
         return self._build(status, action, diagnostic, recipients, referenced)
 
     # --- plain text -------------------------------------------------------------------------
 
     def _sent_by_mail_system(self) -> bool:
-        """A person's mail titled "Undeliverable parcel" that quotes an address must stay a person's mail."""
+        """A person's mail titled "Undeliverable parcel" that quotes an address must stay a person's
+        mail."""
         message = self.message
         if message.get("x-failed-recipients"):
             return True
@@ -430,7 +476,9 @@ class _Notice:
             return True
         auto = clean_text(header_text(message.get("auto-submitted", ""))).lower()
         returns_original = any(p.get_content_type() in _ORIGINAL_TYPES for p in self.parts)
-        return bool(BOUNCE_SUBJECT_RE.search(subject) and ((auto and auto != "no") or returns_original))
+        return bool(
+            BOUNCE_SUBJECT_RE.search(subject) and ((auto and auto != "no") or returns_original)
+        )
 
     def _from_plain_text(self) -> Bounce | None:
         notice = self.notice
@@ -440,8 +488,13 @@ class _Notice:
             code = _SMTP_CODE_RE.search(diagnostic) or _SMTP_CODE_RE.search(notice)
             if code:
                 status = f"{code.group(1)[0]}.0.0"
-        if not status:  # no code: a notice that says it keeps trying is soft, any other has given up
-            status = "4.0.0" if _DELAY_RE.search(notice) and not _PERMANENT_RE.search(notice) else "5.0.0"
+        if not status:
+            # no code: a notice that says it keeps trying is soft, any other has given up
+            status = (
+                "4.0.0"
+                if _DELAY_RE.search(notice) and not _PERMANENT_RE.search(notice)
+                else "5.0.0"
+            )
         action = "delayed" if status.startswith("4") else "failed"
         recipients = self._header_recipients() + self._recipient_lines()
         bounce = self._build(status, action, diagnostic, recipients, None)
@@ -458,7 +511,8 @@ class _Notice:
         return found
 
     def _recipient_lines(self) -> list[str]:
-        """Addresses in the notice's own text (not the original), in order: the MTA's recipient lines."""
+        """Addresses in the notice's own text (not the original), in order: the MTA's recipient
+        lines."""
         found: list[str] = []
         for match in _ADDRESS_RE.finditer(self.notice):
             address = normalize_address(match.group(0).rstrip(".-"))
@@ -469,13 +523,18 @@ class _Notice:
         return found
 
     def _original(self) -> tuple[str | None, list[str], str | None]:
-        """The returned original's Message-ID, To + Cc and sender, from its part or the quoted text."""
+        """The returned original's Message-ID, To + Cc and sender, from its part or the quoted
+        text."""
         for part in self.parts:
             content_type = part.get_content_type()
             headers: email.message.Message | None = None
             if content_type in {"message/rfc822", "message/global"}:
                 payload = part.get_payload()
-                if isinstance(payload, list) and payload and isinstance(payload[0], email.message.Message):
+                if (
+                    isinstance(payload, list)
+                    and payload
+                    and isinstance(payload[0], email.message.Message)
+                ):
                     headers = payload[0]
             elif content_type in _ORIGINAL_TYPES:
                 payload = part.get_payload(decode=True)
@@ -496,7 +555,12 @@ class _Notice:
                 return summary.message_id, [*summary.to, *summary.cc], summary.from_address
         quoted = self.quoted or self.body
         message_id = next(
-            (found for line in _MSGID_LINE_RE.finditer(quoted) if (found := extract_message_id(line.group(1)))), None
+            (
+                found
+                for line in _MSGID_LINE_RE.finditer(quoted)
+                if (found := extract_message_id(line.group(1)))
+            ),
+            None,
         )
         to: list[str] = []
         sender: str | None = None
@@ -509,11 +573,18 @@ class _Notice:
         return message_id, to, sender
 
     def _build(
-        self, status: str, action: str, diagnostic: str, recipients: Iterable[str], referenced: str | None
+        self,
+        status: str,
+        action: str,
+        diagnostic: str,
+        recipients: Iterable[str],
+        referenced: str | None,
     ) -> Bounce:
         original_id, original_to, original_from = self._original()
         original_id = (
-            original_id or referenced or extract_message_id(header_text(self.message.get("in-reply-to", "")))
+            original_id
+            or referenced
+            or extract_message_id(header_text(self.message.get("in-reply-to", "")))
         )  # Gmail and Office 365 point at the original
         own = {a for _, a in parse_address_header([header_text(self.message.get("to", ""))])}
         unique = [a for a in dict.fromkeys(recipients) if a not in own and a != original_from]
@@ -538,7 +609,8 @@ _SES_COMPLAINT_RE = re.compile(r'"(?:notificationType|eventType)"\s{0,3}:\s{0,3}
 _SES_RECIPIENTS_RE = re.compile(r'"complainedRecipients"\s{0,3}:\s{0,3}\[([^\]]{0,20000})\]')
 _SES_ADDRESS_RE = re.compile(r'"emailAddress"\s{0,3}:\s{0,3}"([^"\s]{1,320})"')
 _SES_FEEDBACK_RE = re.compile(r'"complaintFeedbackType"\s{0,3}:\s{0,3}"([a-z-]{1,40})"')
-_SES_MESSAGE_ID_RE = re.compile(  # the original's header, or commonHeaders' messageId when it is one (<...>)
+# the original's header, or commonHeaders' messageId when it is one (<...>)
+_SES_MESSAGE_ID_RE = re.compile(
     r'"name"\s{0,3}:\s{0,3}"Message-ID"\s{0,3},\s{0,3}"value"\s{0,3}:\s{0,3}"([^"]{1,998})"|'
     r'"messageId"\s{0,3}:\s{0,3}"(<[^"<>]{1,996}>)"',
     re.IGNORECASE,
@@ -555,23 +627,39 @@ _FEEDBACK_TYPES: dict[str, FeedbackType] = {
 }
 _NOT_COMPLAINTS = {"auth-failure", "not-spam", "virus", "dmarc"}
 _DISPOSITION_TYPES = {"message/disposition-notification", "message/global-disposition-notification"}
-_SIEVE_REJECT_RE = re.compile(r"^disposition:[ \t]*automatic-action/[^;\n]{0,80};[ \t]*deleted", re.I | re.M)
+_SIEVE_REJECT_RE = re.compile(
+    r"^disposition:[ \t]*automatic-action/[^;\n]{0,80};[ \t]*deleted", re.I | re.M
+)
 _STATUS_TYPES = {"message/delivery-status", "message/global-delivery-status"}
-_ORIGINAL_TYPES = {"text/rfc822-headers", "text/rfc822-header", "message/rfc822-headers", "text/global-headers"}
+_ORIGINAL_TYPES = {
+    "text/rfc822-headers",
+    "text/rfc822-header",
+    "message/rfc822-headers",
+    "text/global-headers",
+}
 
 
 def _leaf_parts(message: email.message.Message) -> list[email.message.Message]:
-    """Every part, ``message/*`` parts kept whole (not descended into); at most MAX_PARTS, MAX_DEPTH deep."""
+    """Every part, ``message/*`` parts kept whole (not descended into); at most MAX_PARTS, MAX_DEPTH
+    deep."""
     started = time.thread_time()
     found: list[email.message.Message] = []
     stack: list[tuple[email.message.Message, int]] = [(message, 0)]
     while stack and len(found) < MAX_PARTS and time.thread_time() - started < MAX_SECONDS:
         part, depth = stack.pop()
         found.append(part)
-        if part.is_multipart() and not part.get_content_type().startswith("message/") and depth < MAX_DEPTH:
+        if (
+            part.is_multipart()
+            and not part.get_content_type().startswith("message/")
+            and depth < MAX_DEPTH
+        ):
             payload = part.get_payload()
             if isinstance(payload, list):
-                stack.extend((p, depth + 1) for p in reversed(payload) if isinstance(p, email.message.Message))
+                stack.extend(
+                    (p, depth + 1)
+                    for p in reversed(payload)
+                    if isinstance(p, email.message.Message)
+                )
     return found
 
 
@@ -589,7 +677,8 @@ def _status_text(part: email.message.Message) -> str:
 
 
 def _fields(texts: list[str]) -> dict[str, list[str]]:
-    """A feedback report's fields, each name with every value it has (``Original-Rcpt-To`` repeats)."""
+    """A feedback report's fields, each name with every value it has (``Original-Rcpt-To``
+    repeats)."""
     found: dict[str, list[str]] = {}
     for text in texts:
         for match in _FEEDBACK_FIELD_RE.finditer(_FOLDING_RE.sub(" ", text[:MAX_NOTICE_CHARS])):
@@ -620,7 +709,9 @@ def _body_text(parts: list[email.message.Message]) -> str:
         if not isinstance(payload, bytes):
             continue
         try:
-            text = payload[: MAX_NOTICE_CHARS * 4].decode(part.get_content_charset() or "utf-8", "replace")
+            text = payload[: MAX_NOTICE_CHARS * 4].decode(
+                part.get_content_charset() or "utf-8", "replace"
+            )
         except LookupError:
             text = payload[: MAX_NOTICE_CHARS * 4].decode("utf-8", "replace")
         texts.append(html_to_text(text) if content_type == "text/html" else text)
@@ -640,8 +731,11 @@ _DIAGNOSTIC_RES = (
     re.compile(r"remote host said:[ \t]*(.{1,1000})", re.I),  # qmail
     re.compile(r"said:[ \t]*(.{1,1000})", re.I),  # Postfix
     re.compile(r"^[ \t]*((?:5[0-5]\d|4[0-5]\d)[ :-].{1,1000})$", re.MULTILINE),  # Exim, Yahoo
-    re.compile(r"(?<![\d.])((?:5[0-5]\d|4[0-5]\d)[ -][245]\.\d{1,3}\.\d{1,3}.{0,1000})", re.MULTILINE),
-    re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.{0,1000})", re.I),  # Gmail
+    re.compile(
+        r"(?<![\d.])((?:5[0-5]\d|4[0-5]\d)[ -][245]\.\d{1,3}\.\d{1,3}.{0,1000})", re.MULTILINE
+    ),
+    # Gmail
+    re.compile(r"the response (?:from the remote server )?was:\s{0,10}(\S.{0,1000})", re.I),
 )
 
 
@@ -661,7 +755,9 @@ def _reason(text: str) -> Reason:
 
 
 def _null_sender(message: email.message.Message) -> bool:
-    return any(not clean_text(header_text(v)).strip("<> ") for v in message.get_all("return-path") or [])
+    return any(
+        not clean_text(header_text(v)).strip("<> ") for v in message.get_all("return-path") or []
+    )
 
 
 def _from_system(message: email.message.Message) -> bool:
@@ -670,7 +766,10 @@ def _from_system(message: email.message.Message) -> bool:
     senders = parse_address_header([raw])
     if senders:
         return is_system_sender(senders[0][1])
-    return bool(re.search(r"mailer[-_ ]?daemon|postmaster|mail delivery", raw, re.IGNORECASE)) or "<>" in raw
+    return (
+        bool(re.search(r"mailer[-_ ]?daemon|postmaster|mail delivery", raw, re.IGNORECASE))
+        or "<>" in raw
+    )
 
 
 def _is_auto_reply(message: email.message.Message) -> bool:

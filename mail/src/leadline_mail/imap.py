@@ -50,7 +50,7 @@ the reply to our own STATUS command is not news.
 Folder names are Unicode in this API and modified UTF-7 on the wire (RFC 3501
 §5.1.3).  FETCH is batched (``header_batch`` / ``message_batch`` UIDs per
 command) to bound memory and per-command time, not because the parser needs it.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -80,18 +80,30 @@ from leadline_mail.net import (
     verify_pin,
     vet_host,
 )
-from leadline_mail.sasl import ABORT_RESPONSE, PREFERRED, Mechanism, choose_mechanism, initial_response
+from leadline_mail.sasl import (
+    ABORT_RESPONSE,
+    PREFERRED,
+    Mechanism,
+    choose_mechanism,
+    initial_response,
+)
 
 _LINE_LIMIT = 32 * 1024 * 1024  # one response line (a SEARCH of a huge mailbox is one line)
 _LITERAL_RE = re.compile(rb"\{(\d{1,12})\}$")
-# A bracketed section holds no '[' and is bounded, so a line of unclosed '[' cannot make matching slow.
+# A bracketed section holds no '[' and is bounded, so a line of unclosed '[' cannot make matching
+# slow.
 _TOKEN_RE = re.compile(rb'(\()|(\))|("(?:[^"\\]|\\.)*")|((?:[^ ()"\[]|\[[^\[\]]{0,1000}\]|\[)+)')
 _FLAG_RE = re.compile(r"^\\?[A-Za-z0-9$_.\-]{1,100}$")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_INTERNALDATE_RE = re.compile(rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$")
+_INTERNALDATE_RE = re.compile(
+    rb"^ ?(\d{1,2})-([A-Za-z]{3})-(\d{4}) (\d{2}):(\d{2}):(\d{2}) ([+-])(\d{2})(\d{2})$"
+)
 
 Item = str | bytes | list["Item"]
-"""A parsed response item: atoms as ``str``, quoted strings and literals as ``bytes``, lists nested."""
+(
+    """A parsed response item: atoms as ``str``, quoted strings and literals as ``bytes``, lists """
+    """nested."""
+)
 
 
 @dataclass
@@ -105,7 +117,8 @@ class ImapSettings:
     cafile: str | None = None
     # an OAuth2 access token: sign in with AUTHENTICATE (OAUTHBEARER or XOAUTH2) instead of LOGIN
     access_token: str | None = field(default=None, repr=False)
-    sasl_mechanisms: tuple[Mechanism, ...] = PREFERRED  # those the client may sign in with, best first
+    # those the client may sign in with, best first
+    sasl_mechanisms: tuple[Mechanism, ...] = PREFERRED
     allow_networks: Sequence[IPNetwork] = ()  # operator allow-list (tests pass 127.0.0.0/8)
     allow_plaintext: bool = False  # "plain" refused unless the operator allows it
     timeout: float = 30.0  # seconds of server silence tolerated during a command
@@ -292,7 +305,8 @@ def _internaldate_arg(when: datetime) -> bytes:
     minutes = abs(minutes)
     text = (
         f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
-        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} {sign}{minutes // 60:02d}{minutes % 60:02d}"
+        f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+        f"{sign}{minutes // 60:02d}{minutes % 60:02d}"
     )
     return b'"' + text.encode("ascii") + b'"'
 
@@ -301,7 +315,8 @@ def parse_internaldate(value: Item) -> datetime | None:
     return _internaldate(value) if isinstance(value, bytes) else None
 
 
-@functools.lru_cache(maxsize=4096)  # a mailbox's dates repeat (same delivery second); parsing shows in profiles
+# a mailbox's dates repeat (same delivery second); parsing shows in profiles
+@functools.lru_cache(maxsize=4096)
 def _internaldate(value: bytes) -> datetime | None:
     match = _INTERNALDATE_RE.match(value)
     if not match:
@@ -331,7 +346,8 @@ _STATUS_WORDS = frozenset({"OK", "NO", "BAD", "BYE", "PREAUTH"})
 
 @dataclass
 class _Response:
-    """One server response: its first line split up, the raw text segments and the literals between them."""
+    """One server response: its first line split up, the raw text segments and the literals between
+    them."""
 
     tag: bytes  # b"*", b"+" or a command tag
     kind: str  # OK/NO/BAD/BYE/PREAUTH, CAPABILITY, LIST, FETCH, EXISTS, SEARCH, ...
@@ -349,8 +365,8 @@ class _Response:
 def _parse_items(segments: list[bytes], literals: list[bytes]) -> list[Item]:
     """Tokenise response data iteratively (no recursion, whatever the nesting or literal count).
 
-    ``findall`` does the scanning in C; a character no token can start with (a stray quote) is skipped
-    rather than failing the whole response.
+    ``findall`` does the scanning in C; a character no token can start with (a stray quote) is
+    skipped rather than failing the whole response.
     """
     root: list[Item] = []
     stack: list[list[Item]] = [root]
@@ -377,7 +393,9 @@ def _split_code(text: bytes) -> tuple[str | None, str]:
     if text.startswith(b"["):
         close = text.find(b"]")
         if close > 0:
-            return text[1:close].decode("utf-8", "replace"), text[close + 1 :].strip().decode("utf-8", "replace")
+            return text[1:close].decode("utf-8", "replace"), text[close + 1 :].strip().decode(
+                "utf-8", "replace"
+            )
     return None, text.decode("utf-8", "replace")
 
 
@@ -401,10 +419,12 @@ def _as_int(item: Item) -> int | None:
 
 
 _FAST_FETCH_RE = re.compile(
-    rb'\((?:UID (\d+)|RFC822\.SIZE (\d+)|INTERNALDATE ("[^"\\]*")|FLAGS \([^()"]*\)|MODSEQ \(\d+\)| )*'
+    rb'\((?:UID (\d+)|RFC822\.SIZE (\d+)|INTERNALDATE ("[^"\\]*")|FLAGS \([^()"]*\)|MODSEQ \(\d+\)|'
+    rb" )*"
     rb"(BODY\[(?:HEADER(?:\.FIELDS \([^()\[\]]{0,1000}\))?)?\]) $"
 )
-_FIELD_NAME_RE = re.compile(r"^[!-9;-~]{1,100}$")  # RFC 5322 field-name: printable ASCII but the colon
+# RFC 5322 field-name: printable ASCII but the colon
+_FIELD_NAME_RE = re.compile(r"^[!-9;-~]{1,100}$")
 
 
 def _fetch_attributes(response: _Response) -> dict[str, Item]:
@@ -496,7 +516,8 @@ class ImapClient:
         self._bye: str | None = None
         self.capabilities = frozenset()
         self.selected: str | None = None
-        self.news: set[str] = set()  # folders the server reported changes of since :meth:`take_news`
+        # folders the server reported changes of since :meth:`take_news`
+        self.news: set[str] = set()
         self._status_asked: str | None = None  # the folder our STATUS command in flight asks about
         self.notifying = False  # NOTIFY SET is in force: the server pushes changes of other folders
 
@@ -506,7 +527,10 @@ class ImapClient:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self.logout()
 
@@ -517,7 +541,8 @@ class ImapClient:
     # -- low level ------------------------------------------------------------------------
 
     def _fail(self, error: MailConnectionError) -> MailConnectionError:
-        """Close the connection for good: after a timeout or a broken stream its state is unknown."""
+        """Close the connection for good: after a timeout or a broken stream its state is
+        unknown."""
         if self._closed is None:
             self._closed = error
             self._writer.close()
@@ -536,25 +561,40 @@ class ImapClient:
         if isinstance(exc, asyncio.LimitOverrunError | ValueError):
             return self._fail(
                 MailConnectionError(
-                    ErrorKind.PROTOCOL, "The mail server sent a response line that is too long.", detail=str(exc)
+                    ErrorKind.PROTOCOL,
+                    "The mail server sent a response line that is too long.",
+                    detail=str(exc),
                 )
             )
         if isinstance(exc, ssl.SSLError):
-            return self._fail(MailConnectionError(ErrorKind.TLS, "The secure connection broke.", detail=str(exc)))
-        if self._bye is not None and (refused := _too_many_connections(None, self._bye)) is not None:
+            return self._fail(
+                MailConnectionError(ErrorKind.TLS, "The secure connection broke.", detail=str(exc))
+            )
+        if (
+            self._bye is not None
+            and (refused := _too_many_connections(None, self._bye)) is not None
+        ):
             return self._fail(refused)
         reason = f" ({self._bye})" if self._bye else ""
         return self._fail(
             MailConnectionError(
                 ErrorKind.UNREACHABLE,
-                f"The mail server {self._host.hostname} closed the connection{reason}. Sync will retry.",
+                (
+                    f"The mail server {self._host.hostname} closed the connection{reason}. Sync "
+                    f"will retry."
+                ),
                 detail=repr(exc),
             )
         )
 
     def _interrupted(self) -> None:
-        """The caller cancelled a command half-way: what the server sends next no longer lines up."""
-        self._fail(MailConnectionError(ErrorKind.UNREACHABLE, "A mail server command was interrupted; reconnecting."))
+        """The caller cancelled a command half-way: what the server sends next no longer lines
+        up."""
+        self._fail(
+            MailConnectionError(
+                ErrorKind.UNREACHABLE, "A mail server command was interrupted; reconnecting."
+            )
+        )
 
     def _arm(self, deadline: asyncio.Timeout) -> None:
         now = self._loop.time()
@@ -566,8 +606,9 @@ class ImapClient:
     def _progress(self) -> None:
         """Data arrived: push the inactivity deadline out.
 
-        Rescheduling a timer costs more than reading a small response, so the deadline moves only once a
-        quarter of the timeout has passed: the server may then stay silent between ¾ and 1× ``timeout``.
+        Rescheduling a timer costs more than reading a small response, so the deadline moves only
+        once a quarter of the timeout has passed: the server may then stay silent between ¾ and 1×
+        ``timeout``.
         """
         if self._deadline is not None:
             now = self._loop.time()
@@ -625,7 +666,9 @@ class ImapClient:
     def _note(self, response: _Response) -> None:
         """Keep what untagged responses tell about the connection itself."""
         if response.kind == "CAPABILITY":
-            self.capabilities = frozenset(_as_str(i).upper() for i in response.items() if isinstance(i, str))
+            self.capabilities = frozenset(
+                _as_str(i).upper() for i in response.items() if isinstance(i, str)
+            )
         elif response.code and response.code.upper().startswith("CAPABILITY "):
             self.capabilities = frozenset(response.code.upper().split()[1:])
         elif response.kind == "BYE":
@@ -648,13 +691,16 @@ class ImapClient:
     def _ensure_open(self) -> None:
         if self._closed is not None:
             raise MailConnectionError(
-                ErrorKind.UNREACHABLE, "The connection to the mail server is closed.", detail=self._closed.user_message
+                ErrorKind.UNREACHABLE,
+                "The connection to the mail server is closed.",
+                detail=self._closed.user_message,
             )
 
     @contextlib.asynccontextmanager
     async def _exchange(self) -> AsyncIterator[bytes]:
-        """One tagged exchange under the lock and the command timeout; yields its tag. A broken stream or a
-        timeout becomes a MailConnectionError, a cancellation marks the session interrupted."""
+        """One tagged exchange under the lock and the command timeout; yields its tag. A broken
+        stream or a timeout becomes a MailConnectionError, a cancellation marks the session
+        interrupted."""
         self._ensure_open()
         async with self._lock:
             self._ensure_open()
@@ -679,8 +725,11 @@ class ImapClient:
             finally:
                 self._deadline = None
 
-    async def _command(self, name: str, *args: _Arg, allow_failure: bool = False) -> tuple[_Response, list[_Response]]:
-        """Run one command: send it (literals included), collect untagged responses up to its completion."""
+    async def _command(
+        self, name: str, *args: _Arg, allow_failure: bool = False
+    ) -> tuple[_Response, list[_Response]]:
+        """Run one command: send it (literals included), collect untagged responses up to its
+        completion."""
         untagged: list[_Response] = []
         async with self._exchange() as tag:
             done = await self._send(tag, name.encode("ascii"), args, untagged)
@@ -694,7 +743,9 @@ class ImapClient:
             raise ImapCommandError(name, done.kind, done.code, done.text)
         return done, untagged
 
-    async def _send(self, tag: bytes, name: bytes, args: Sequence[_Arg], untagged: list[_Response]) -> _Response | None:
+    async def _send(
+        self, tag: bytes, name: bytes, args: Sequence[_Arg], untagged: list[_Response]
+    ) -> _Response | None:
         """Write a command; wait for ``+`` before each synchronising literal.
 
         Returns the tagged completion if the server ended the command early (a NO instead of ``+``).
@@ -753,7 +804,11 @@ class ImapClient:
             if greeting.kind == "PREAUTH":
                 raise self._fail(
                     MailConnectionError(
-                        ErrorKind.TLS, "The server skipped STARTTLS (PREAUTH); the connection was refused as unsafe."
+                        ErrorKind.TLS,
+                        (
+                            "The server skipped STARTTLS (PREAUTH); the connection was refused as "
+                            "unsafe."
+                        ),
                     )
                 )
             if not self.capabilities:
@@ -763,7 +818,9 @@ class ImapClient:
             assert context is not None
             try:
                 await self._command("STARTTLS")
-                await upgrade_to_tls(self._reader, self._writer, context, self._host, settings.timeout)
+                await upgrade_to_tls(
+                    self._reader, self._writer, context, self._host, settings.timeout
+                )
             except ImapCommandError:
                 raise self._fail(MailConnectionError(ErrorKind.TLS, NO_STARTTLS)) from None
             except MailConnectionError as exc:
@@ -789,7 +846,11 @@ class ImapClient:
         if "LOGINDISABLED" in self.capabilities:
             raise self._fail(
                 MailConnectionError(
-                    ErrorKind.TLS, "The server does not allow logging in without encryption. Turn on SSL or STARTTLS."
+                    ErrorKind.TLS,
+                    (
+                        "The server does not allow logging in without encryption. Turn on SSL or "
+                        "STARTTLS."
+                    ),
                 )
             )
         done, _ = await self._command(
@@ -809,29 +870,43 @@ class ImapClient:
             raise self._fail(
                 MailConnectionError(
                     ErrorKind.PROTOCOL,
-                    "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor XOAUTH2).",
+                    (
+                        "The mail server does not accept OAuth2 sign-in (neither OAUTHBEARER nor "
+                        "XOAUTH2)."
+                    ),
                 )
             )
         done = await self._sasl(
-            mechanism, initial_response(mechanism, settings.username, token, self._host.hostname, settings.port)
+            mechanism,
+            initial_response(
+                mechanism, settings.username, token, self._host.hostname, settings.port
+            ),
         )
         if done.kind != "OK":
             raise self._fail(
                 MailConnectionError(
                     ErrorKind.OAUTH_REFUSED,
                     "The mail server refused the sign-in with your account.",
-                    detail=f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}",
+                    detail=(
+                        f"AUTHENTICATE {mechanism} -> {done.kind} [{done.code or ''}] {done.text}"
+                    ),
                 )
             )
         if not (done.code or "").upper().startswith("CAPABILITY "):
             await self._command("CAPABILITY")
 
     async def _sasl(self, mechanism: Mechanism, response: bytes) -> _Response:
-        """``AUTHENTICATE``: the initial response with the command (SASL-IR) or after the first ``+``; an
-        error challenge after it is answered with the mechanism's abort, and the server then says NO."""
+        """``AUTHENTICATE``: the initial response with the command (SASL-IR) or after the first
+        ``+``; an error challenge after it is answered with the mechanism's abort, and the server
+        then says NO."""
         async with self._exchange() as tag:
             sent = "SASL-IR" in self.capabilities
-            line = tag + b" AUTHENTICATE " + mechanism.encode("ascii") + (b" " + response if sent else b"")
+            line = (
+                tag
+                + b" AUTHENTICATE "
+                + mechanism.encode("ascii")
+                + (b" " + response if sent else b"")
+            )
             self._writer.write(line + b"\r\n")
             await self._writer.drain()
             while True:
@@ -904,7 +979,11 @@ class ImapClient:
                 key, _, value = response.code.partition(" ")
                 codes[key.upper()] = value.strip()
         self.selected = folder
-        uidnext = int(codes["UIDNEXT"]) if codes.get("UIDNEXT", "").isdigit() else await self._guess_uidnext(exists)
+        uidnext = (
+            int(codes["UIDNEXT"])
+            if codes.get("UIDNEXT", "").isdigit()
+            else await self._guess_uidnext(exists)
+        )
         modseq = codes.get("HIGHESTMODSEQ", "")
         return FolderStatus(
             name=folder,
@@ -924,7 +1003,9 @@ class ImapClient:
 
     async def status(self, folder: str) -> FolderStatus:
         """STATUS of a folder that is not selected (cheap polling of Sent)."""
-        wanted = "UIDVALIDITY UIDNEXT MESSAGES" + (" HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else "")
+        wanted = "UIDVALIDITY UIDNEXT MESSAGES" + (
+            " HIGHESTMODSEQ" if "CONDSTORE" in self.capabilities else ""
+        )
         self._status_asked = _canonical_folder(folder)
         try:
             _, untagged = await self._command("STATUS", _mailbox(folder), _atom(f"({wanted})"))
@@ -953,7 +1034,9 @@ class ImapClient:
         if any(isinstance(arg, _Literal) for arg in criteria):
             charset = (b"CHARSET", b"UTF-8")
         if "ESEARCH" in self.capabilities:
-            _, untagged = await self._command("UID", b"SEARCH", b"RETURN (ALL)", *charset, *criteria)
+            _, untagged = await self._command(
+                "UID", b"SEARCH", b"RETURN (ALL)", *charset, *criteria
+            )
             uids: list[int] = []
             for response in untagged:
                 if response.kind != "ESEARCH":
@@ -978,30 +1061,38 @@ class ImapClient:
         return sorted({uid for uid in await self._search(_atom(f"UID {first}:*")) if uid >= first})
 
     async def uids_between(self, low: int, high: int) -> list[int]:
-        """UIDs from ``low`` to ``high`` in the selected folder, ascending (one window of a long listing)."""
+        """UIDs from ``low`` to ``high`` in the selected folder, ascending (one window of a long
+        listing)."""
         low, high = max(1, int(low)), int(high)
         if high < low:
             return []
-        return sorted({uid for uid in await self._search(_atom(f"UID {low}:{high}")) if low <= uid <= high})
+        return sorted(
+            {uid for uid in await self._search(_atom(f"UID {low}:{high}")) if low <= uid <= high}
+        )
 
     async def uids_changed_since(self, modseq: int) -> list[int]:
         """UIDs whose mod-sequence is above ``modseq`` (CONDSTORE, RFC 7162), ascending."""
         if "CONDSTORE" not in self.capabilities:
-            raise MailConnectionError(ErrorKind.PROTOCOL, "The mail server does not support CONDSTORE.")
+            raise MailConnectionError(
+                ErrorKind.PROTOCOL, "The mail server does not support CONDSTORE."
+            )
         return sorted(set(await self._search(_atom(f"MODSEQ {int(modseq) + 1}"))))
 
-    async def uids_mentioning(self, addresses: Sequence[str], *, up_to: int, since: date | None = None) -> list[int]:
+    async def uids_mentioning(
+        self, addresses: Sequence[str], *, up_to: int, since: date | None = None
+    ) -> list[int]:
         """UIDs ≤ ``up_to`` whose From, To, Cc or Bcc contains one of ``addresses``, ascending.
 
-        With ``since``, only messages dated (Date header) or received on or after that day. The server
-        matches substrings: callers check the headers they fetch.
+        With ``since``, only messages dated (Date header) or received on or after that day. The
+        server matches substrings: callers check the headers they fetch.
         """
         if not addresses or up_to < 1:
             return []
         keys: list[_Arg] = []
         for address in addresses:
             value = _astring(address)
-            keys = [b"OR", *keys] if keys else keys  # OR takes two keys: (OR <so far> <this address>)
+            # OR takes two keys: (OR <so far> <this address>)
+            keys = [b"OR", *keys] if keys else keys
             keys += [b"OR", b"FROM", value, b"OR", b"TO", value, b"OR", b"CC", value, b"BCC", value]
         criteria: list[_Arg] = [b"UID", _atom(f"1:{int(up_to)}")]
         if since is not None:
@@ -1010,9 +1101,9 @@ class ImapClient:
         return sorted({uid for uid in await self._search(*criteria, *keys) if uid <= up_to})
 
     async def uids_with_header(self, name: str, value: str, *, from_uid: int = 1) -> list[int]:
-        """UIDs ≥ ``from_uid`` in the selected folder whose header ``name`` contains ``value`` (UID SEARCH
-        HEADER).  A server without an index of that header reads every message of the range for it, so a
-        caller that knows where to look names the range."""
+        """UIDs ≥ ``from_uid`` in the selected folder whose header ``name`` contains ``value`` (UID
+        SEARCH HEADER).  A server without an index of that header reads every message of the range
+        for it, so a caller that knows where to look names the range."""
         first = max(1, int(from_uid))
         criteria: list[_Arg] = [b"HEADER", _astring(name), _astring(value)]
         if first > 1:
@@ -1021,8 +1112,9 @@ class ImapClient:
         return sorted({uid for uid in await self._search(*criteria) if uid >= first})
 
     async def expunge(self, uids: Sequence[int]) -> bool:
-        """Flag ``uids`` \\Deleted and expunge exactly them (UIDPLUS ``UID EXPUNGE``); without UIDPLUS
-        they stay flagged only (a plain EXPUNGE would also remove what the user flagged): False."""
+        """Flag ``uids`` \\Deleted and expunge exactly them (UIDPLUS ``UID EXPUNGE``); without
+        UIDPLUS they stay flagged only (a plain EXPUNGE would also remove what the user flagged):
+        False."""
         if not uids:
             return True
         uid_set = _atom(_sequence_set(sorted(set(uids))))
@@ -1032,13 +1124,17 @@ class ImapClient:
         await self._command("UID", b"EXPUNGE", uid_set)
         return True
 
-    async def fetch_headers(self, uids: Sequence[int], fields: Sequence[str] = ()) -> list[FetchedHeader]:
-        """Size, arrival date and raw header block of each message; expunged ones are simply missing.
+    async def fetch_headers(
+        self, uids: Sequence[int], fields: Sequence[str] = ()
+    ) -> list[FetchedHeader]:
+        """Size, arrival date and raw header block of each message; expunged ones are simply
+        missing.
 
-        ``fields``: only the header fields of those names (``HEADER.FIELDS``, RFC 3501), in the order the
-        message has them, and the empty line that ends a header block.  A server can answer them from its
-        cache of the fields clients ask for, without reading each message (Dovecot), and they are a small
-        part of a real header block (its Received, DKIM and ARC lines are most of it).
+        ``fields``: only the header fields of those names (``HEADER.FIELDS``, RFC 3501), in the
+        order the message has them, and the empty line that ends a header block.  A server can
+        answer them from its cache of the fields clients ask for, without reading each message
+        (Dovecot), and they are a small part of a real header block (its Received, DKIM and ARC
+        lines are most of it).
         """
         if fields:
             if not all(_FIELD_NAME_RE.match(name) for name in fields):
@@ -1056,7 +1152,9 @@ class ImapClient:
                     continue
                 attrs = _fetch_attributes(response)
                 uid = _as_int(attrs.get("UID", ""))
-                header = next((value for name, value in attrs.items() if name.startswith("BODY[HEADER")), None)
+                header = next(
+                    (value for name, value in attrs.items() if name.startswith("BODY[HEADER")), None
+                )
                 if uid is None or uid not in wanted or header is None:
                     continue
                 wanted.discard(uid)
@@ -1105,10 +1203,12 @@ class ImapClient:
         return [ordered[i : i + size] for i in range(0, len(ordered), max(1, size))]
 
     async def notify(self, folders: Sequence[str]) -> bool:
-        """Ask the server to push new and expunged mail of ``folders`` and the selected folder (RFC 5465).
+        """Ask the server to push new and expunged mail of ``folders`` and the selected folder (RFC
+        5465).
 
-        Changes then arrive as news (see the module docstring) during IDLE or with any reply.  False when
-        the server offers no NOTIFY or refuses this request: the caller must poll those folders instead.
+        Changes then arrive as news (see the module docstring) during IDLE or with any reply.  False
+        when the server offers no NOTIFY or refuses this request: the caller must poll those folders
+        instead.
         """
         if "NOTIFY" not in self.capabilities:
             return False
@@ -1148,7 +1248,9 @@ class ImapClient:
                     while True:  # up to the continuation request
                         response = await self._read_response()
                         if response.tag == tag:
-                            raise ImapCommandError("IDLE", response.kind, response.code, response.text)
+                            raise ImapCommandError(
+                                "IDLE", response.kind, response.code, response.text
+                            )
                         if response.tag == b"+":
                             break
                     # Idling: only the caller's period bounds the wait; DONE is sent when it ends.
@@ -1156,12 +1258,16 @@ class ImapClient:
                     self._deadline = None
                     while not self.news:
                         read = asyncio.ensure_future(self._read_response())
-                        finished, _ = await asyncio.wait({read}, timeout=max(0.0, until - loop.time()))
+                        finished, _ = await asyncio.wait(
+                            {read}, timeout=max(0.0, until - loop.time())
+                        )
                         if not finished:
                             break
                         response, read = read.result(), None
                         if response.tag == tag:
-                            raise ImapCommandError("IDLE", response.kind, response.code, response.text)
+                            raise ImapCommandError(
+                                "IDLE", response.kind, response.code, response.text
+                            )
                     self._writer.write(b"DONE\r\n")
                     await self._writer.drain()
                     self._arm(deadline)
@@ -1200,8 +1306,11 @@ class ImapClient:
         flags: Sequence[str] = ("\\Seen",),
         when: datetime | None = None,
     ) -> int | None:
-        """Store a message in ``folder``; the new UID when the server reports it (UIDPLUS APPENDUID)."""
-        done, _ = await self._command("APPEND", _mailbox(folder), *_append_message(raw, flags, when))
+        """Store a message in ``folder``; the new UID when the server reports it (UIDPLUS
+        APPENDUID)."""
+        done, _ = await self._command(
+            "APPEND", _mailbox(folder), *_append_message(raw, flags, when)
+        )
         if done.code and done.code.upper().startswith("APPENDUID "):
             parts = done.code.split()
             if len(parts) == 3 and parts[2].isdigit():
@@ -1214,9 +1323,9 @@ class ImapClient:
         messages: Sequence[tuple[bytes, datetime | None]],
         flags: Sequence[str] = ("\\Seen",),
     ) -> None:
-        """Store several messages (raw bytes, internal date) in ``folder``: in one command when the server
-        offers MULTIAPPEND (RFC 3502: all are stored or none, and the server commits them at once), else
-        one APPEND after another on this connection."""
+        """Store several messages (raw bytes, internal date) in ``folder``: in one command when the
+        server offers MULTIAPPEND (RFC 3502: all are stored or none, and the server commits them at
+        once), else one APPEND after another on this connection."""
         if "MULTIAPPEND" not in self.capabilities or len(messages) == 1:
             for raw, when in messages:
                 await self.append(folder, raw, flags, when)
@@ -1253,8 +1362,8 @@ TOO_MANY_CONNECTIONS = (
 
 
 def _too_many_connections(code: str | None, text: str) -> MailConnectionError | None:
-    """Dovecot: ``NO [LIMIT] Maximum number of connections from user+IP exceeded``; Gmail: ``[ALERT] Too many
-    simultaneous connections`` (as the LOGIN reply or a BYE)."""
+    """Dovecot: ``NO [LIMIT] Maximum number of connections from user+IP exceeded``; Gmail: ``[ALERT]
+    Too many simultaneous connections`` (as the LOGIN reply or a BYE)."""
     if _TOO_MANY_CONNECTIONS_RE.search(text):
         return MailConnectionError(
             ErrorKind.TOO_MANY_CONNECTIONS, TOO_MANY_CONNECTIONS, detail=f"[{code or ''}] {text}"
@@ -1285,21 +1394,32 @@ def _login_error(done: _Response) -> MailConnectionError:
     refused = _too_many_connections(done.code, text)
     if refused is not None:
         return refused
-    if "imap" in lowered and any(w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")):
+    if "imap" in lowered and any(
+        w in lowered for w in ("disabled", "not enabled", "enable imap", "turned off")
+    ):
         return MailConnectionError(
             ErrorKind.IMAP_DISABLED,
-            "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's settings, then try again.",
+            (
+                "IMAP access is turned off for this mailbox. Enable IMAP in your mail provider's "
+                "settings, then try again."
+            ),
             detail=text,
         )
     if code.startswith("UNAVAILABLE"):
         return MailConnectionError(
-            ErrorKind.UNREACHABLE, "The mail server is temporarily unavailable. Sync will retry.", detail=text
+            ErrorKind.UNREACHABLE,
+            "The mail server is temporarily unavailable. Sync will retry.",
+            detail=text,
         )
-    hint = " Your provider may require an app password." if "app" in lowered and "password" in lowered else ""
+    hint = (
+        " Your provider may require an app password."
+        if "app" in lowered and "password" in lowered
+        else ""
+    )
     return MailConnectionError(
         ErrorKind.AUTH_FAILED,
-        "The mail server rejected the user name or password. Check them, or update the password if you "
-        f"changed it at your provider.{hint}",
+        "The mail server rejected the user name or password. Check them, or update the password if "
+        f"you changed it at your provider.{hint}",
         detail=f"{done.kind} [{done.code or ''}] {text}",
     )
 
@@ -1309,7 +1429,10 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
     if settings.tls == "plain" and not settings.allow_plaintext:
         raise MailConnectionError(
             ErrorKind.NOT_ALLOWED,
-            "Unencrypted IMAP connections are not allowed. Turn on SSL, or use a port that offers STARTTLS.",
+            (
+                "Unencrypted IMAP connections are not allowed. Turn on SSL, or use a port that "
+                "offers STARTTLS."
+            ),
         )
     try:
         _refuse_controls(settings.username)
@@ -1319,7 +1442,9 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
         raise MailConnectionError(
             ErrorKind.AUTH_FAILED, "The user name or password contains a line break. Re-enter them."
         ) from None
-    host = await vet_host(settings.host, settings.allow_networks, resolver=settings.resolver, timeout=settings.timeout)
+    host = await vet_host(
+        settings.host, settings.allow_networks, resolver=settings.resolver, timeout=settings.timeout
+    )
     context = (
         None
         if settings.tls == "plain"
@@ -1338,7 +1463,9 @@ async def connect_imap(settings: ImapSettings) -> ImapClient:
                     limit=_LINE_LIMIT,
                 )
             else:
-                reader, writer = await asyncio.open_connection(host.address, settings.port, limit=_LINE_LIMIT)
+                reader, writer = await asyncio.open_connection(
+                    host.address, settings.port, limit=_LINE_LIMIT
+                )
     except (OSError, ssl.SSLError, TimeoutError) as exc:
         raise connect_error(exc, host, settings.port) from None
     client = ImapClient(reader, writer, settings, host)

@@ -1,4 +1,5 @@
-"""Reading mail from other people's mailboxes: hostile input (R23, R27) that must never crash a sync.
+"""Reading mail from other people's mailboxes: hostile input (R23, R27) that must never crash a
+sync.
 
 Two entry points, both total functions (they never raise):
 
@@ -51,7 +52,8 @@ MAX_MESSAGE_BYTES = 25 * 1024 * 1024
 MAX_HEADER_BYTES = 256 * 1024
 MAX_HEADER_VALUE_CHARS = 64 * 1024
 MAX_HEADER_BLOCK_BYTES = 1024 * 1024
-MAX_HEADER_LINES = 2000  # the stdlib parser takes ~10 µs a header line: 100,000 short lines would be seconds
+# the stdlib parser takes ~10 µs a header line: 100,000 short lines would be seconds
+MAX_HEADER_LINES = 2000
 MAX_BOUNDARY_LINES = 2000
 MAX_MULTIPARTS = 100
 MAX_PARTS = 500
@@ -68,7 +70,8 @@ _MSGID_RE = re.compile(r"<([^<>\s]{1,900})>")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
 _FILENAME_BAD_RE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]+')
 
-# The local parts mail systems send notices from; an IP-literal domain (postmaster@[192.0.2.1]) also counts.
+# The local parts mail systems send notices from; an IP-literal domain (postmaster@[192.0.2.1]) also
+# counts.
 SYSTEM_SENDER_RE = re.compile(
     r"^(mailer[-_.]?daemon|postmaster|post[-_.]master|mail[-_.]?daemon|mdaemon|microsoftexchange[0-9a-f]*|"
     r"mail[-_.]delivery[-_.]system|mail[-_.]?delivery[-_.]?subsystem|mailer|mail[-_.]?admin|maildelivery|"
@@ -77,17 +80,21 @@ SYSTEM_SENDER_RE = re.compile(
 )
 BOUNCE_SUBJECT_RE = re.compile(
     r"(undeliver|undelivered|delivery status|delivery failure|delivery has failed|delivery fail|"
-    r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|non-deliverable|"
-    r"non-delivery|delivery notification|delivery problem|delivery error|mail error|mail failure|"
-    r"not delivered|unable to deliver|delivery report|returned to sender|rejected|warning: could not send|"
-    r"delayed mail|delivery delayed|message delayed|mail system error|unzustellbar|nicht zustellbar|"
-    r"non remis|no se puede entregar|no entregado|non recapitabile|onbestelbaar|エラー|不達|未達|退信|"
-    r"配信不能|失败|error sending|failed delivery|mail returned|returned message)",
+    r"failure notice|returned mail|mail delivery failed|could not be delivered|nondeliverable|"
+    r"non-deliverable|non-delivery|delivery notification|delivery problem|delivery error|"
+    r"mail error|mail failure|not delivered|unable to deliver|delivery report|returned to sender|"
+    r"rejected|warning: could not send|delayed mail|delivery delayed|message delayed|"
+    r"mail system error|unzustellbar|nicht zustellbar|non remis|no se puede entregar|no entregado|"
+    r"non recapitabile|onbestelbaar|エラー|不達|未達|退信|配信不能|失败|error sending|"
+    r"failed delivery|mail returned|returned message)",
     re.IGNORECASE,
 )
-# complaints that come without a multipart/report: Microsoft's JMRP ("complaint about message from ...")
+# complaints that come without a multipart/report: Microsoft's JMRP ("complaint about message from
+# ...")
 _RELAY_SENDER_RE = re.compile(r"mailer[-_ ]?daemon|postmaster|mail delivery", re.IGNORECASE)
-FEEDBACK_SUBJECT_RE = re.compile(r"complaint about message|abuse report|feedback report|spam report", re.IGNORECASE)
+FEEDBACK_SUBJECT_RE = re.compile(
+    r"complaint about message|abuse report|feedback report|spam report", re.IGNORECASE
+)
 _IP_LITERAL_RE = re.compile(r"@\[[0-9a-f.:v]{2,45}\]$", re.IGNORECASE)
 
 
@@ -96,8 +103,9 @@ def is_system_sender(address: str) -> bool:
     return bool(SYSTEM_SENDER_RE.match(address)) or bool(_IP_LITERAL_RE.search(address))
 
 
-# The header fields a HeaderSummary is made of, and all the header scan fetches (IMAP HEADER.FIELDS):
-# parse_headers reads no other field, so what it gives from these alone is what it gives from a whole header.
+# The header fields a HeaderSummary is made of, and all the header scan fetches (IMAP
+# HEADER.FIELDS): parse_headers reads no other field, so what it gives from these alone is what it
+# gives from a whole header.
 SUMMARY_FIELDS = (
     "From",
     "To",
@@ -132,8 +140,9 @@ class HeaderSummary:
 
 @dataclass(frozen=True)
 class Attachment:
-    """What the timeline shows of an attachment (its content is not kept).  A plain dataclass, not the
-    event schema's model: the sync's parser processes import this module and not pydantic (19 MiB each)."""
+    """What the timeline shows of an attachment (its content is not kept).  A plain dataclass, not
+    the event schema's model: the sync's parser processes import this module and not pydantic (19
+    MiB each)."""
 
     filename: str | None
     content_type: str
@@ -160,7 +169,8 @@ def clean_text(value: str) -> str:
 
 
 def header_text(value: object) -> str:
-    """A header value from compat32: raw 8-bit bytes (surrogate-escaped by the parser) read as UTF-8."""
+    """A header value from compat32: raw 8-bit bytes (surrogate-escaped by the parser) read as
+    UTF-8."""
     if isinstance(value, email.header.Header):
         value = str(value)
     if not isinstance(value, str):
@@ -278,7 +288,9 @@ def parse_address_header(values: list[str]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     seen: set[str] = set()
     for value in values:
-        for name, address in _addresses_cached(value) if len(value) <= _CACHED_VALUE_CHARS else _addresses(value):
+        for name, address in (
+            _addresses_cached(value) if len(value) <= _CACHED_VALUE_CHARS else _addresses(value)
+        ):
             if address in seen:
                 continue
             seen.add(address)
@@ -287,7 +299,8 @@ def parse_address_header(values: list[str]) -> list[tuple[str, str]]:
 
 
 def _addresses(value: str) -> tuple[tuple[str, str], ...]:
-    """(decoded display name, normalised address) of each valid address of one header value, in order."""
+    """(decoded display name, normalised address) of each valid address of one header value, in
+    order."""
     found = []
     for name, text in split_address_list(value):
         address = normalize_address(clean_text(text))
@@ -296,24 +309,27 @@ def _addresses(value: str) -> tuple[tuple[str, str], ...]:
     return tuple(found)
 
 
-# A mailbox's From and To values repeat (its correspondents, its owner): a header scan reads each once.
-# Pure, and bounded in entries and in the length of a value cached (about 2 MB at most).
+# A mailbox's From and To values repeat (its correspondents, its owner): a header scan reads each
+# once. Pure, and bounded in entries and in the length of a value cached (about 2 MB at most).
 _CACHED_VALUE_CHARS = 500
 _addresses_cached = functools.lru_cache(maxsize=4096)(_addresses)
 
 
 def extract_message_id(value: str) -> str | None:
-    """``<id@host>`` from a Message-ID / In-Reply-To value (the first one), brackets kept; None if absent."""
+    """``<id@host>`` from a Message-ID / In-Reply-To value (the first one), brackets kept; None if
+    absent."""
     token = clean_text(value)
     match = _MSGID_RE.search(token)
     if match:
         return f"<{match.group(1)}>"
-    return f"<{token}>" if token and " " not in token and "@" in token and len(token) <= 900 else None
+    return (
+        f"<{token}>" if token and " " not in token and "@" in token and len(token) <= 900 else None
+    )
 
 
-# The Date of nearly every message ("Mon, 23 Nov 2026 10:00:00 +0100", a zone comment after it or not), read
-# without email.utils (a fifth of a header's summary); anything else, and "-0000", goes through email.utils,
-# which gives the same for these (tests/test_mime.py compares them).
+# The Date of nearly every message ("Mon, 23 Nov 2026 10:00:00 +0100", a zone comment after it or
+# not), read without email.utils (a fifth of a header's summary); anything else, and "-0000", goes
+# through email.utils, which gives the same for these (tests/test_mime.py compares them).
 _DATE_RE = re.compile(
     r"(?:[A-Za-z]{3}, )?(\d{1,2}) ([A-Za-z]{3}) ([1-9]\d{3}) (\d{2}):(\d{2}):(\d{2}) "
     r"([+-])(\d{2})(\d{2})(?: \([^()]*\))?"
@@ -338,7 +354,9 @@ def _date(value: str) -> datetime | None:
             offset = timedelta(hours=int(zone_hours), minutes=int(zone_minutes))
             try:
                 zone = timezone(-offset if sign == "-" else offset)
-                return datetime(int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=zone)
+                return datetime(
+                    int(year), number, int(day), int(hour), int(minute), int(second), tzinfo=zone
+                )
             except ValueError:
                 pass  # email.utils decides (it refuses these too)
     return _date_of_email_utils(text)
@@ -364,7 +382,8 @@ def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
     for key, raw_value in items:
         name = key.lower()
         if name in _SUMMARY_NAMES:
-            # a header block may be megabytes long in a whole message: a bounded prefix of each value is read
+            # a header block may be megabytes long in a whole message: a bounded prefix of each
+            # value is read
             headers.setdefault(name, []).append(header_text(raw_value[:MAX_HEADER_VALUE_CHARS]))
 
     def values(name: str) -> list[str]:
@@ -381,7 +400,8 @@ def _summarise_items(items: Iterable[tuple[str, Any]]) -> HeaderSummary:
     return_path = first("return-path")
     raw_from = first("from")
     auto_submitted = clean_text(first("auto-submitted")).lower()
-    # Cheap to widen: a candidate is only fetched whole and read by bounces.parse_bounce, which decides.
+    # Cheap to widen: a candidate is only fetched whole and read by bounces.parse_bounce, which
+    # decides.
     is_bounce = (
         "multipart/report" in content_type
         or "delivery-status" in content_type
@@ -436,14 +456,16 @@ def _header_lines(block: bytes) -> list[str]:
         lines.append(pieces[-1])
     for number, line in enumerate(lines):
         if not _HEADER_LINE_RE.match(line):
-            return lines[:number]  # the end of the header block (an empty line), or a body without one
+            # the end of the header block (an empty line), or a body without one
+            return lines[:number]
     return lines
 
 
 def header_items(block: bytes) -> list[tuple[str, str]]:
-    """(name, raw value) of each header of a header block, exactly as ``email.parser.BytesParser`` with
-    ``compat32`` and ``headersonly`` gives them (``raw_items()``), without building a ``Message``: the
-    header scan reads every message's header (tests/test_mime.py compares the two)."""
+    """(name, raw value) of each header of a header block, exactly as ``email.parser.BytesParser``
+    with ``compat32`` and ``headersonly`` gives them (``raw_items()``), without building a
+    ``Message``: the header scan reads every message's header (tests/test_mime.py compares the
+    two)."""
     block_lines = _header_lines(block)
     items: list[tuple[str, str]] = []
     name = ""  # the header being read, and its lines
@@ -478,7 +500,8 @@ def header_items(block: bytes) -> list[tuple[str, str]]:
 
 
 def _line_end(data: bytes, lines: int) -> int:
-    """Where the first ``lines`` lines of ``data`` end (after their newline); ``len(data)`` if it has fewer."""
+    """Where the first ``lines`` lines of ``data`` end (after their newline); ``len(data)`` if it
+    has fewer."""
     at = 0
     for _ in range(lines):
         found = data.find(b"\n", at)
@@ -521,7 +544,8 @@ def cut_to_caps(raw: bytes) -> tuple[bytes, list[str]]:
     return data, defects
 
 
-_BOUNDARY_GAP_LIMIT = 256  # whitespace looked through between "boundary" and "=": a slice, never a scan
+# whitespace looked through between "boundary" and "=": a slice, never a scan
+_BOUNDARY_GAP_LIMIT = 256
 
 
 def _boundary_params(data: bytes) -> Iterator[int]:
@@ -601,7 +625,9 @@ def _part_text(part: email.message.Message, defects: list[str]) -> str:
 
 def html_to_text(markup: str) -> str:
     """Visible text of an HTML body (scripts and styles dropped), whitespace collapsed."""
-    stripped = nh3.clean(markup, tags=set(), clean_content_tags={"script", "style", "head", "title"})
+    stripped = nh3.clean(
+        markup, tags=set(), clean_content_tags={"script", "style", "head", "title"}
+    )
     return _SPACE_RE.sub(" ", html_lib.unescape(stripped)).strip()
 
 
@@ -647,7 +673,11 @@ def _parse_message(raw: bytes) -> ParsedMessage:  # noqa: C901 - 15, older than 
         if content_type.startswith("message/"):
             # an attached or bounced message: its text is not this message's text
             attachments.append(
-                Attachment(filename=_filename(part), content_type=content_type[:255], size=_serialised_size(part))
+                Attachment(
+                    filename=_filename(part),
+                    content_type=content_type[:255],
+                    size=_serialised_size(part),
+                )
             )
             continue
         if part.is_multipart():
@@ -657,7 +687,9 @@ def _parse_message(raw: bytes) -> ParsedMessage:  # noqa: C901 - 15, older than 
             children = part.get_payload()
             if isinstance(children, list):
                 stack.extend(
-                    (child, depth + 1) for child in reversed(children) if isinstance(child, email.message.Message)
+                    (child, depth + 1)
+                    for child in reversed(children)
+                    if isinstance(child, email.message.Message)
                 )
             continue
         disposition = (part.get_content_disposition() or "").lower()
@@ -675,11 +707,16 @@ def _parse_message(raw: bytes) -> ParsedMessage:  # noqa: C901 - 15, older than 
             html = nh3.clean(markup)
             continue
         if content_type.startswith("multipart/"):
-            # boundaries not found: the parser left the body as text; keep it readable (defects say why)
+            # boundaries not found: the parser left the body as text; keep it readable (defects say
+            # why)
             texts.append(_part_text(part, defects))
             continue
         attachments.append(
-            Attachment(filename=filename, content_type=content_type[:255], size=len(_payload_bytes(part, defects)))
+            Attachment(
+                filename=filename,
+                content_type=content_type[:255],
+                size=len(_payload_bytes(part, defects)),
+            )
         )
     text = "\n".join(t.strip("\r\n") for t in texts)[:MAX_TEXT_CHARS]
     if not text and html:

@@ -47,7 +47,8 @@ TlsMode = Literal["implicit", "starttls", "plain"]
 
 
 class ErrorKind(StrEnum):
-    """Every kind of mailbox error: each has a fix in the user's words (sync's ``mailbox/fixes.py``).
+    """Every kind of mailbox error: each has a fix in the user's words (sync's
+    ``mailbox/fixes.py``).
 
     The first kinds are a connection's, raised as :class:`MailConnectionError` by the IMAP and SMTP
     clients and the OAuth2 token calls; the rest are recorded in a mailbox's error log by the sync.
@@ -62,7 +63,8 @@ class ErrorKind(StrEnum):
     IMAP_DISABLED = "imap_disabled"
     OAUTH_REFUSED = "oauth_refused"  # the mail server refused an access token
     OAUTH_REVOKED = "oauth_revoked"  # the provider refused to renew one (invalid_grant)
-    OAUTH_UNAVAILABLE = "oauth_unavailable"  # the provider's token endpoint did not answer (retried)
+    # the provider's token endpoint did not answer (retried)
+    OAUTH_UNAVAILABLE = "oauth_unavailable"
     TOO_MANY_CONNECTIONS = "too_many_connections"
     # recorded by the sync, never raised by a client
     ADDRESS_UNPROVEN = "address_unproven"
@@ -83,7 +85,8 @@ Resolver = Callable[[str], Awaitable[Sequence[str]]]
 
 
 class MailConnectionError(Exception):
-    """A mail server could not be used; ``user_message`` says why in the user's words and how to fix it.
+    """A mail server could not be used; ``user_message`` says why in the user's words and how to fix
+    it.
 
     ``detail`` carries the technical cause for logs (never a credential).
     """
@@ -125,7 +128,8 @@ _NEVER_GLOBAL: tuple[IPNetwork, ...] = tuple(
 
 
 def parse_allowlist(spec: str) -> list[IPNetwork]:
-    """``"127.0.0.0/8, ::1/128"`` → networks; empty entries ignored, a bad entry raises ValueError."""
+    """``"127.0.0.0/8, ::1/128"`` → networks; empty entries ignored, a bad entry raises
+    ValueError."""
     networks: list[IPNetwork] = []
     for part in spec.replace(";", ",").split(","):
         part = part.strip()
@@ -144,7 +148,12 @@ class VettedHost:
 
 def is_public_address(address: IPAddress) -> bool:
     """True for a unicast address on the public internet that embeds no other address."""
-    if not address.is_global or address.is_multicast or address.is_reserved or address.is_unspecified:
+    if (
+        not address.is_global
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    ):
         return False
     return not any(address.version == net.version and address in net for net in _NEVER_GLOBAL)
 
@@ -171,7 +180,9 @@ def _ascii_hostname(hostname: str) -> str:
     try:
         host = host.encode("idna").decode("ascii")
     except UnicodeError as exc:
-        raise MailConnectionError(ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname), detail=str(exc)) from None
+        raise MailConnectionError(
+            ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname), detail=str(exc)
+        ) from None
     if not _HOST_RE.match(host) and not _is_ip_literal(host):
         raise MailConnectionError(ErrorKind.UNREACHABLE, _BAD_NAME.format(hostname))
     return host
@@ -205,7 +216,8 @@ async def vet_host(
     """
     host = _ascii_hostname(hostname)
     if _is_ip_literal(host):
-        host = host.strip("[]")  # "[::1]" → "::1": brackets belong in URLs, not in SNI or certificate checks
+        # "[::1]" → "::1": brackets belong in URLs, not in SNI or certificate checks
+        host = host.strip("[]")
         answers: Sequence[str] = [host]
     else:
         try:
@@ -213,20 +225,26 @@ async def vet_host(
                 answers = await (resolver or system_resolver)(host)
         except TimeoutError:
             raise MailConnectionError(
-                ErrorKind.TIMEOUT, f"Looking up '{host}' took too long. Try again later or check the host name."
+                ErrorKind.TIMEOUT,
+                f"Looking up '{host}' took too long. Try again later or check the host name.",
             ) from None
         except (OSError, UnicodeError) as exc:
-            raise MailConnectionError(ErrorKind.UNREACHABLE, _NOT_FOUND.format(host), detail=str(exc)) from None
+            raise MailConnectionError(
+                ErrorKind.UNREACHABLE, _NOT_FOUND.format(host), detail=str(exc)
+            ) from None
     if not answers:
         raise MailConnectionError(ErrorKind.UNREACHABLE, _NOT_FOUND.format(host))
     addresses: list[IPAddress] = []
     for answer in answers:
         try:
-            # A scope id ("fe80::1%eth0") only ever belongs to link-local addresses, refused below anyway.
+            # A scope id ("fe80::1%eth0") only ever belongs to link-local addresses, refused below
+            # anyway.
             addresses.append(ipaddress.ip_address(answer.split("%", 1)[0]))
         except ValueError:
             raise MailConnectionError(
-                ErrorKind.UNREACHABLE, _NOT_FOUND.format(host), detail=f"resolved to an invalid address {answer!r}"
+                ErrorKind.UNREACHABLE,
+                _NOT_FOUND.format(host),
+                detail=f"resolved to an invalid address {answer!r}",
             ) from None
     for address in addresses:
         if not (_allowed(address, allow) or is_public_address(address)):
@@ -242,7 +260,8 @@ async def vet_host(
 
 
 def normalize_fingerprint(value: str) -> str:
-    """``"AB:CD:..."``, ``"sha256:abcd..."`` or plain hex → 64 lower-case hex digits; ValueError otherwise."""
+    """``"AB:CD:..."``, ``"sha256:abcd..."`` or plain hex → 64 lower-case hex digits; ValueError
+    otherwise."""
     text = value.strip().lower()
     if text.startswith("sha256:"):
         text = text[len("sha256:") :]
@@ -252,16 +271,21 @@ def normalize_fingerprint(value: str) -> str:
     return text
 
 
-def client_tls_context(*, pinned_sha256: str | None = None, cafile: str | None = None) -> ssl.SSLContext:
-    """A client context: normal verification, or (pinned) chain checks replaced by :func:`verify_pin`.
+def client_tls_context(
+    *, pinned_sha256: str | None = None, cafile: str | None = None
+) -> ssl.SSLContext:
+    """A client context: normal verification, or (pinned) chain checks replaced by
+    :func:`verify_pin`.
 
-    Shared by every connection of the same kind and CA file (never changed after it is made): loading the
-    system CA store costs about 25 ms a context and a CA file 0.5 ms, which thousands of mailboxes
-    connecting at once (a replica taking over, a server restarted) paid in event-loop time each.  A CA file
-    changed on disk is read again."""
+    Shared by every connection of the same kind and CA file (never changed after it is made):
+    loading the system CA store costs about 25 ms a context and a CA file 0.5 ms, which thousands of
+    mailboxes connecting at once (a replica taking over, a server restarted) paid in event-loop time
+    each.  A CA file changed on disk is read again."""
     if pinned_sha256 is not None:
         normalize_fingerprint(pinned_sha256)  # refuse a malformed pin before connecting anywhere
-    return _shared_context(pinned_sha256 is not None, cafile, os.stat(cafile).st_mtime_ns if cafile else None)
+    return _shared_context(
+        pinned_sha256 is not None, cafile, os.stat(cafile).st_mtime_ns if cafile else None
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -292,9 +316,9 @@ def verify_pin(ssl_object: ssl.SSLObject | ssl.SSLSocket, pinned_sha256: str | N
     if not hmac.compare_digest(seen, expected):
         raise MailConnectionError(
             ErrorKind.TLS,
-            "The server's certificate is not the one you trusted: it has changed since you connected. "
-            "If your provider replaced it, confirm the new certificate fingerprint; otherwise someone may be "
-            "intercepting the connection.",
+            "The server's certificate is not the one you trusted: it has changed since you "
+            "connected. If your provider replaced it, confirm the new certificate fingerprint; "
+            "otherwise someone may be intercepting the connection.",
             detail=f"expected {expected}, got {seen}",
         )
 
@@ -304,13 +328,16 @@ def tls_error(exc: BaseException) -> MailConnectionError:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return MailConnectionError(
             ErrorKind.TLS,
-            "The server's TLS certificate could not be verified (self-signed, expired or for another host "
+            "The server's TLS certificate could not be verified (self-signed, expired or for "
+            "another host "
             'name). If your server uses a self-signed certificate, tick "self-signed certificate"; '
             "otherwise check the host name.",
             detail=str(exc),
         )
     return MailConnectionError(
-        ErrorKind.TLS, "The secure (TLS) connection failed. Check the port and the SSL setting.", detail=str(exc)
+        ErrorKind.TLS,
+        "The secure (TLS) connection failed. Check the port and the SSL setting.",
+        detail=str(exc),
     )
 
 
@@ -319,7 +346,10 @@ def connect_error(exc: BaseException, host: VettedHost, port: int) -> MailConnec
     if isinstance(exc, TimeoutError):
         return MailConnectionError(
             ErrorKind.TIMEOUT,
-            f"{host.hostname}:{port} did not answer in time. Check the host, the port and your firewall.",
+            (
+                f"{host.hostname}:{port} did not answer in time. Check the host, the port and your "
+                f"firewall."
+            ),
         )
     if isinstance(exc, ssl.SSLError):
         return tls_error(exc)
@@ -330,12 +360,17 @@ def connect_error(exc: BaseException, host: VettedHost, port: int) -> MailConnec
     )
 
 
-async def _read_reply(reader: asyncio.StreamReader, protocol: Literal["imap", "smtp"], tag: bytes) -> bytes:
-    """Read up to the line that completes a reply: IMAP ``tag ...``, SMTP a line ``NNN `` (not ``NNN-``)."""
+async def _read_reply(
+    reader: asyncio.StreamReader, protocol: Literal["imap", "smtp"], tag: bytes
+) -> bytes:
+    """Read up to the line that completes a reply: IMAP ``tag ...``, SMTP a line ``NNN `` (not
+    ``NNN-``)."""
     while True:
         line = await reader.readline()
         if not line:
-            raise MailConnectionError(ErrorKind.PROTOCOL, "The server closed the connection during STARTTLS.")
+            raise MailConnectionError(
+                ErrorKind.PROTOCOL, "The server closed the connection during STARTTLS."
+            )
         if protocol == "imap" and line.startswith(tag + b" "):
             return line
         if protocol == "smtp" and len(line) >= 4 and line[3:4] != b"-":
@@ -363,15 +398,25 @@ async def upgrade_to_tls(
     """
     if buffered_bytes(reader):
         raise MailConnectionError(
-            ErrorKind.TLS, "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
+            ErrorKind.TLS,
+            (
+                "The server sent unexpected data during STARTTLS; the connection was refused as "
+                "unsafe."
+            ),
         )
     try:
-        await writer.start_tls(context, server_hostname=host.hostname, ssl_handshake_timeout=handshake_timeout)
+        await writer.start_tls(
+            context, server_hostname=host.hostname, ssl_handshake_timeout=handshake_timeout
+        )
     except (ssl.SSLError, ConnectionError) as exc:
         raise tls_error(exc) from None
     if buffered_bytes(reader):
         raise MailConnectionError(
-            ErrorKind.TLS, "The server sent unexpected data during STARTTLS; the connection was refused as unsafe."
+            ErrorKind.TLS,
+            (
+                "The server sent unexpected data during STARTTLS; the connection was refused as "
+                "unsafe."
+            ),
         )
 
 
@@ -382,10 +427,14 @@ async def fetch_certificate_sha256(
     protocol: Literal["imap", "smtp"],
     timeout: float = 15,
 ) -> str:
-    """The SHA-256 fingerprint (lower-case hex) of the server's leaf certificate, to show and pin."""
+    """The SHA-256 fingerprint (lower-case hex) of the server's leaf certificate, to show and
+    pin."""
     if tls == "plain":
-        raise MailConnectionError(ErrorKind.TLS, "A connection without SSL/TLS has no certificate to trust.")
-    context = client_tls_context(pinned_sha256="0" * 64)  # chain checks off: we only look at the certificate
+        raise MailConnectionError(
+            ErrorKind.TLS, "A connection without SSL/TLS has no certificate to trust."
+        )
+    # chain checks off: we only look at the certificate
+    context = client_tls_context(pinned_sha256="0" * 64)
     writer: asyncio.StreamWriter | None = None
     try:
         async with asyncio.timeout(timeout):

@@ -17,7 +17,8 @@ import base64
 from typing import Literal
 
 Mechanism = Literal["XOAUTH2", "OAUTHBEARER"]
-PREFERRED: tuple[Mechanism, ...] = ("OAUTHBEARER", "XOAUTH2")  # the standard one first, where offered
+# the standard one first, where offered
+PREFERRED: tuple[Mechanism, ...] = ("OAUTHBEARER", "XOAUTH2")
 
 ABORT_RESPONSE: dict[Mechanism, bytes] = {"XOAUTH2": b"", "OAUTHBEARER": base64.b64encode(b"\x01")}
 """What the client answers to an error challenge to end the exchange."""
@@ -25,11 +26,15 @@ ABORT_RESPONSE: dict[Mechanism, bytes] = {"XOAUTH2": b"", "OAUTHBEARER": base64.
 
 def _checked(value: str) -> str:
     if not value or any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValueError("a user name or token for SASL must be non-empty and free of control characters")
+        raise ValueError(
+            "a user name or token for SASL must be non-empty and free of control characters"
+        )
     return value
 
 
-def initial_response(mechanism: Mechanism, user: str, token: str, host: str = "", port: int = 0) -> bytes:
+def initial_response(
+    mechanism: Mechanism, user: str, token: str, host: str = "", port: int = 0
+) -> bytes:
     """The base64 initial client response of ``mechanism``."""
     user, token = _checked(user), _checked(token)
     if mechanism == "XOAUTH2":
@@ -43,7 +48,8 @@ def initial_response(mechanism: Mechanism, user: str, token: str, host: str = ""
 def choose_mechanism(
     offered: frozenset[str] | set[str], acceptable: tuple[Mechanism, ...] = PREFERRED
 ) -> Mechanism | None:
-    """The first of ``acceptable`` that a server offers (upper case names), None if it offers none."""
+    """The first of ``acceptable`` that a server offers (upper case names), None if it offers
+    none."""
     for mechanism in acceptable:
         if mechanism in offered:
             return mechanism

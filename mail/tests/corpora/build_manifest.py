@@ -97,7 +97,9 @@ def sisimai(checkout: Path) -> list[dict[str, Any]]:
     (target / "LICENSE").write_bytes(show("LICENSE"))
     for test in names:
         stem = Path(test).stem
-        if not (re.fullmatch(r"(lhost|rhost)-[a-z0-9]+", stem) or stem in {"arf", "rfc3464", "rfc3834"}):
+        if not (
+            re.fullmatch(r"(lhost|rhost)-[a-z0-9]+", stem) or stem in {"arf", "rfc3464", "rfc3834"}
+        ):
             continue
         source = show(test).decode()
         for index, body in _EXPECTED_RE.findall(source):
@@ -129,7 +131,10 @@ def sisimai(checkout: Path) -> list[dict[str, Any]]:
                     **({"feedback_type": feedback_type} if kind == "complaint" else {}),
                 }
             )
-    for path in ("set-of-emails/maildir/not/is-not-bounce-01.eml", "set-of-emails/maildir/not/is-not-bounce-02.eml"):
+    for path in (
+        "set-of-emails/maildir/not/is-not-bounce-01.eml",
+        "set-of-emails/maildir/not/is-not-bounce-02.eml",
+    ):
         name = Path(path).name
         (target / name).write_bytes(show(path))
         entries.append(
@@ -152,7 +157,9 @@ def flufl(sdist: Path) -> list[dict[str, Any]]:
     tree = ast.parse((sdist / "tests" / "test_detectors.py").read_text())
     table: dict[str, tuple[list[str], bool]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "DETECTORS" for t in node.targets):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "DETECTORS" for t in node.targets
+        ):
             for _, file, addresses, temporary in ast.literal_eval(node.value):
                 table[file] = ([a.decode().lower() for a in addresses], temporary)
     entries: list[dict[str, Any]] = []

@@ -195,7 +195,14 @@ class MailSentV1(EventBase):
 
 BounceSeverity = Literal["hard", "soft"]
 BounceReason = Literal[
-    "user_unknown", "mailbox_full", "host_unknown", "policy", "spam", "message_too_large", "expired", "other"
+    "user_unknown",
+    "mailbox_full",
+    "host_unknown",
+    "policy",
+    "spam",
+    "message_too_large",
+    "expired",
+    "other",
 ]
 
 
@@ -231,11 +238,12 @@ ComplaintFeedbackType = Literal["abuse", "fraud", "opt-out", "other"]
 
 class MailComplainedPayload(Payload):
     """A recipient reported one of the sender's messages through a feedback channel (RFC 5965 ARF, a
-    provider's report): as spam (``abuse``, ``fraud``, ``other``) or asking off the list (``opt-out``).
-    Either way the lead gets no more marketing mail.
+    provider's report): as spam (``abuse``, ``fraud``, ``other``) or asking off the list
+    (``opt-out``). Either way the lead gets no more marketing mail.
 
-    ``recipient`` is the lead who complained, or ``""`` when the report names no lead (providers often
-    redact it) but returns the original's Message-ID: whoever sent that message knows its recipients.
+    ``recipient`` is the lead who complained, or ``""`` when the report names no lead (providers
+    often redact it) but returns the original's Message-ID: whoever sent that message knows its
+    recipients.
     """
 
     original_message_id: str
@@ -257,7 +265,8 @@ class MailComplainedV1(EventBase):
 
 
 class MailboxStatus(StrEnum):
-    """A mailbox's status (R8); sync-service's ``mailbox/states.py`` holds the moves between them."""
+    """A mailbox's status (R8); sync-service's ``mailbox/states.py`` holds the moves between
+    them."""
 
     PENDING = "pending"
     ENABLED = "enabled"

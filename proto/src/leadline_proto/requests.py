@@ -21,11 +21,12 @@ class Reply(BaseModel):
 
 
 class QuotaReserveRequest(Request):
-    """Reserve one message, or a sender's batch of ``messages`` messages of one account (all or nothing).
+    """Reserve one message, or a sender's batch of ``messages`` messages of one account (all or
+    nothing).
 
-    For a batch, ``recipients`` is the total over its messages, ``size_bytes`` the size of the largest
-    message and ``largest_recipients`` the recipients of the message with the most; limits on one
-    message (size, recipients per message) are checked against those.
+    For a batch, ``recipients`` is the total over its messages, ``size_bytes`` the size of the
+    largest message and ``largest_recipients`` the recipients of the message with the most; limits
+    on one message (size, recipients per message) are checked against those.
     """
 
     company_id: uuid.UUID
@@ -35,8 +36,8 @@ class QuotaReserveRequest(Request):
     size_bytes: int
     messages: int = 1
     largest_recipients: int | None = None  # None: ``recipients`` (one message)
-    # chosen by the sender, so that it can record the reservation as its own before asking (and settle
-    # it after a crash); a reserve naming an id already granted answers with that grant again
+    # chosen by the sender, so that it can record the reservation as its own before asking (and
+    # settle it after a crash); a reserve naming an id already granted answers with that grant again
     reservation_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     ttl_seconds: int = 600
@@ -54,7 +55,8 @@ class QuotaReserveReply(Reply):
     detail: str = ""
     # a check that passed: what the account's windows would still have after the asked messages, in
     # messages (the tightest limit counted in messages) and in recipients (the tightest counted in
-    # recipients); None when no limit counts that measure.  A sender may answer its next checks from it.
+    # recipients); None when no limit counts that measure.  A sender may answer its next checks from
+    # it.
     room_messages: int | None = None
     room_recipients: int | None = None
 
@@ -111,7 +113,8 @@ class SyncAllowanceReply(Reply):
 
 
 class LeadDirectoryRequest(Request):
-    """The sync service asks, before a historical sync, how many leads with addresses a company has."""
+    """The sync service asks, before a historical sync, how many leads with addresses a company
+    has."""
 
     company_id: uuid.UUID
 
@@ -131,7 +134,8 @@ class LeadDirectoryReply(Reply):
 
 
 class MessageTimelineRequest(Request):
-    """The sync service asks which leads' timelines hold a message ("why is this mail not on the timeline?")."""
+    """The sync service asks which leads' timelines hold a message ("why is this mail not on the
+    timeline?")."""
 
     company_id: uuid.UUID
     message_id: str  # as in the mail's header, brackets included
@@ -152,7 +156,8 @@ class MessageTimelineReply(Reply):
 
 
 class MailboxSmtpRequest(Request):
-    """Send-service asks sync-service for a user's SMTP settings (decrypted, over the internal bus)."""
+    """Send-service asks sync-service for a user's SMTP settings (decrypted, over the internal
+    bus)."""
 
     company_id: uuid.UUID
     user_id: uuid.UUID
@@ -179,15 +184,16 @@ class MailboxSmtpReply(Reply):
     imap_pinned_sha256: str | None = None
     sent_folder: str | None = None
     provider_saves_sent: bool = False
-    # "oauth2": sign in to SMTP (and IMAP, for the Sent copy) with ``access_token`` by XOAUTH2 instead of the
-    # passwords; the token is live for at least a few minutes (the refresh token never leaves the sync service)
+    # "oauth2": sign in to SMTP (and IMAP, for the Sent copy) with ``access_token`` by XOAUTH2
+    # instead of the passwords; the token is live for at least a few minutes (the refresh token
+    # never leaves the sync service)
     auth: Literal["password", "oauth2"] = "password"
     access_token: str | None = None
 
 
 class LeadAddressesRequest(Request):
-    """The send service asks for leads it has not heard of yet (their ``lead.created`` is on its way):
-    a lead created through the API can be mailed by the very next request."""
+    """The send service asks for leads it has not heard of yet (their ``lead.created`` is on its
+    way): a lead created through the API can be mailed by the very next request."""
 
     company_id: uuid.UUID
     lead_ids: list[uuid.UUID]
@@ -200,7 +206,8 @@ class LeadAddresses(Reply):
 
 
 class LeadAddressesReply(Reply):
-    """The company's leads among the asked ones; a lead not listed does not exist (in that company)."""
+    """The company's leads among the asked ones; a lead not listed does not exist (in that
+    company)."""
 
     leads: list[LeadAddresses] = []
     detail: str = ""  # why the request could not be read, when it could not

@@ -23,8 +23,12 @@ RPC_QUOTA_COMMIT = "leadline-rpc.quota.commit"
 RPC_QUOTA_RELEASE = "leadline-rpc.quota.release"
 RPC_MAILBOX_SLOT_CLAIM = "leadline-rpc.quota.mailbox-slot.claim"
 RPC_MAILBOX_SLOT_RELEASE = "leadline-rpc.quota.mailbox-slot.release"
-RPC_SYNC_ALLOWANCE = "leadline-rpc.quota.sync-allowance"  # plan limit on synced emails per user per day
+# plan limit on synced emails per user per day
+RPC_SYNC_ALLOWANCE = "leadline-rpc.quota.sync-allowance"
 RPC_MAILBOX_SMTP = "leadline-rpc.sync.mailbox-smtp"
-RPC_LEAD_ADDRESSES = "leadline-rpc.lead.addresses"  # a lead's addresses before its lead.created arrives
-RPC_LEAD_DIRECTORY = "leadline-rpc.lead.directory"  # how many leads a company has (the sync waits for them)
-RPC_MESSAGE_TIMELINE = "leadline-rpc.lead.message-timeline"  # which leads' timelines hold a Message-ID
+# a lead's addresses before its lead.created arrives
+RPC_LEAD_ADDRESSES = "leadline-rpc.lead.addresses"
+# how many leads a company has (the sync waits for them)
+RPC_LEAD_DIRECTORY = "leadline-rpc.lead.directory"
+# which leads' timelines hold a Message-ID
+RPC_MESSAGE_TIMELINE = "leadline-rpc.lead.message-timeline"

@@ -32,7 +32,8 @@ class ReservationBatcher:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def reserve(self, ask: ReserveAsk) -> Decision:
-        """Decide one ask (raises :class:`~leadline_quota.reservations.InvalidAsk` before queueing)."""
+        """Decide one ask (raises :class:`~leadline_quota.reservations.InvalidAsk` before
+        queueing)."""
         ask = ask.validated()
         account = (ask.company_id, ask.account_key)
         decided: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
@@ -59,7 +60,9 @@ class ReservationBatcher:
     async def _decide(self, batch: Pending) -> None:
         try:
             async with self.db.session() as session:
-                decisions = [await reservations.reserve(session, ask, self.clock) for ask, _ in batch]
+                decisions = [
+                    await reservations.reserve(session, ask, self.clock) for ask, _ in batch
+                ]
         except Exception as exc:
             for _, decided in batch:
                 if not decided.done():

@@ -24,7 +24,11 @@ def mailbox_limit_handlers(clock: Clock) -> Handlers:
     async def release(session: AsyncSession, event: MailboxDisconnectedV1) -> None:
         # the sync service also releases by RPC; this covers a release that never arrived
         await mailbox_slots.release(
-            session, event.company_id, event.payload.mailbox_id, clock(), claimed_before=event.occurred_at
+            session,
+            event.company_id,
+            event.payload.mailbox_id,
+            clock(),
+            claimed_before=event.occurred_at,
         )
 
     return Handlers().on(CompanyUpdatedV1, set_limit).on(MailboxDisconnectedV1, release)

@@ -66,7 +66,13 @@ def _account_out(report: accounts.AccountReport) -> AccountQuotaOut:
         operator_overrides=report.operator_overrides,
         tenant_overrides=report.tenant_overrides,
         limits=[
-            LimitUsageOut(limit=r.limit, maximum=r.maximum, used=r.used, remaining=r.remaining, resets_at=r.resets_at)
+            LimitUsageOut(
+                limit=r.limit,
+                maximum=r.maximum,
+                used=r.used,
+                remaining=r.remaining,
+                resets_at=r.resets_at,
+            )
             for r in report.limits
         ],
     )
@@ -80,10 +86,13 @@ async def quota_report(
     cursor: str | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> QuotaReportOut:
-    """Per sending account of the caller's company, each limit with used, remaining and resets_at."""
+    """Per sending account of the caller's company, each limit with used, remaining and
+    resets_at."""
     now = _clock(request)()
     after = decode_cursor(cursor, 1)[0] if cursor else None
-    reports = await accounts.account_reports(session, caller.company_id, now, after=after, limit=limit + 1)
+    reports = await accounts.account_reports(
+        session, caller.company_id, now, after=after, limit=limit + 1
+    )
     more = len(reports) > limit
     reports = reports[:limit]
     plan = await plans.company_plan(session, caller.company_id)
@@ -101,7 +110,9 @@ async def quota_report(
 
 
 def _preset_out(preset: Preset) -> PresetOut:
-    return PresetOut(provider=preset.key, label=preset.label, aliases=list(preset.aliases), limits=preset.limits)
+    return PresetOut(
+        provider=preset.key, label=preset.label, aliases=list(preset.aliases), limits=preset.limits
+    )
 
 
 @router.get("/presets", response_model=PresetsOut)
@@ -113,7 +124,11 @@ async def presets(caller: Caller) -> PresetsOut:
         custom=_preset_out(data.custom),
         providers=[_preset_out(p) for p in data.providers.values()],
         plans=[
-            PlanOut(plan=p.key, label=p.label, synced_emails_per_user_per_day=p.synced_emails_per_user_per_day)
+            PlanOut(
+                plan=p.key,
+                label=p.label,
+                synced_emails_per_user_per_day=p.synced_emails_per_user_per_day,
+            )
             for p in data.plans.values()
         ],
     )
@@ -153,7 +168,9 @@ async def reserve(
         raise Unprocessable(str(exc)) from exc
     if decision.granted:
         assert decision.reservation_id is not None and decision.expires_at is not None
-        return ReservationOut(reservation_id=decision.reservation_id, expires_at=decision.expires_at)
+        return ReservationOut(
+            reservation_id=decision.reservation_id, expires_at=decision.expires_at
+        )
     # returned, not raised: the refusal's quota.exceeded event must commit with the session
     problem: Problem
     if decision.retry_at is None:
@@ -185,9 +202,14 @@ def _settled(settlement: Settlement) -> SettlementOut:
     responses={422: {"description": "used counts out of range of the reservation"}},
 )
 async def commit(
-    reservation_id: uuid.UUID, caller: Admin, session: Session, request: Request, body: CommitIn | None = None
+    reservation_id: uuid.UUID,
+    caller: Admin,
+    session: Session,
+    request: Request,
+    body: CommitIn | None = None,
 ) -> SettlementOut:
-    """Make the usage final; a body may name the part of a batch that was used (the rest is given back)."""
+    """Make the usage final; a body may name the part of a batch that was used (the rest is given
+    back)."""
     used = body or CommitIn()
     return _settled(
         await reservations.commit(
@@ -202,19 +224,26 @@ async def commit(
 
 
 @router.post("/reservations/{reservation_id}/release", response_model=SettlementOut)
-async def release(reservation_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> SettlementOut:
-    return _settled(await reservations.release(session, caller.company_id, reservation_id, _clock(request)))
+async def release(
+    reservation_id: uuid.UUID, caller: Admin, session: Session, request: Request
+) -> SettlementOut:
+    return _settled(
+        await reservations.release(session, caller.company_id, reservation_id, _clock(request))
+    )
 
 
 @router.put(
     "/accounts/{account_key}",
     response_model=AccountQuotaOut,
-    responses={422: {"description": "unknown limit, or one above what the preset and the operator allow"}},
+    responses={
+        422: {"description": "unknown limit, or one above what the preset and the operator allow"}
+    },
 )
 async def set_tenant_limits(
     account_key: str, body: TenantLimitsIn, caller: Admin, session: Session, request: Request
 ) -> AccountQuotaOut:
-    """Replace the company's own limits of an account: each may only lower the preset (or the operator's)."""
+    """Replace the company's own limits of an account: each may only lower the preset (or the
+    operator's)."""
     try:
         report = await accounts.set_tenant_overrides(
             session, caller.company_id, account_key, body.overrides, _clock(request)()
@@ -235,10 +264,17 @@ async def set_account_overrides(
     session: Session,
     request: Request,
 ) -> AccountQuotaOut:
-    """Replace an account's operator overrides (field by field over its preset and settings; null lifts one)."""
+    """Replace an account's operator overrides (field by field over its preset and settings; null
+    lifts one)."""
     try:
         report = await accounts.set_operator_overrides(
-            session, company_id, account_key, body.overrides, body.provider, body.month_start_day, _clock(request)()
+            session,
+            company_id,
+            account_key,
+            body.overrides,
+            body.provider,
+            body.month_start_day,
+            _clock(request)(),
         )
     except InvalidAsk as exc:
         raise Unprocessable(str(exc)) from exc
@@ -251,4 +287,8 @@ async def set_plan(
 ) -> PlanOut:
     """Set a company's plan (e.g. ``legacy_free``: 100 synced emails per user per day)."""
     plan = await plans.set_plan(session, company_id, body.plan, _clock(request)())
-    return PlanOut(plan=plan.key, label=plan.label, synced_emails_per_user_per_day=plan.synced_emails_per_user_per_day)
+    return PlanOut(
+        plan=plan.key,
+        label=plan.label,
+        synced_emails_per_user_per_day=plan.synced_emails_per_user_per_day,
+    )

@@ -51,7 +51,8 @@ class WindowedLimit:
     maximum: int
 
     def demand(self, messages: int, recipients: int) -> int:
-        """How much ``messages`` messages with ``recipients`` recipients in all use of this limit."""
+        """How much ``messages`` messages with ``recipients`` recipients in all use of this
+        limit."""
         return messages if self.measure == "messages" else recipients
 
 
@@ -97,7 +98,8 @@ class Catalogue:
     plans: dict[str, Plan]
 
     def preset(self, provider: str) -> Preset:
-        """The provider's preset by key or alias, case-insensitive; anything unknown → ``custom``."""
+        """The provider's preset by key or alias, case-insensitive; anything unknown →
+        ``custom``."""
         wanted = provider.strip().lower().replace(" ", "_")
         for preset in self.providers.values():
             if wanted == preset.key or wanted in preset.aliases:
@@ -119,7 +121,9 @@ def parse_catalogue(text: str) -> Catalogue:
         custom=_preset("custom", document["custom"]),
         providers={key: _preset(key, table) for key, table in document["providers"].items()},
         plans={
-            key: Plan(key, str(table.get("label", key)), table.get("synced_emails_per_user_per_day"))
+            key: Plan(
+                key, str(table.get("label", key)), table.get("synced_emails_per_user_per_day")
+            )
             for key, table in document["plans"].items()
         },
     )
@@ -127,7 +131,9 @@ def parse_catalogue(text: str) -> Catalogue:
 
 @cache
 def catalogue() -> Catalogue:
-    return parse_catalogue(resources.files("leadline_quota").joinpath("presets.toml").read_text("utf-8"))
+    return parse_catalogue(
+        resources.files("leadline_quota").joinpath("presets.toml").read_text("utf-8")
+    )
 
 
 DEFAULT_PLAN = "standard"
@@ -159,12 +165,16 @@ def raised_limits(ceiling: AccountLimits, tenant_overrides: dict[str, int]) -> d
     }
 
 
-def invalid_limit_settings(values: dict[str, int | None], month_start_day: int | None) -> str | None:
+def invalid_limit_settings(
+    values: dict[str, int | None], month_start_day: int | None
+) -> str | None:
     """Why the limit settings cannot be used, or ``None`` when they are fine."""
     unknown = sorted(set(values) - set(LIMIT_NAMES))
     if unknown:
         return f"unknown limit names {unknown}; known: {list(LIMIT_NAMES)}"
-    out_of_range = sorted(name for name, v in values.items() if v is not None and not 0 <= v <= MAX_LIMIT)
+    out_of_range = sorted(
+        name for name, v in values.items() if v is not None and not 0 <= v <= MAX_LIMIT
+    )
     if out_of_range:
         return f"limits must be between 0 and {MAX_LIMIT}: {out_of_range}"
     if month_start_day is not None and not 1 <= month_start_day <= 31:
@@ -186,7 +196,8 @@ def _add_months(year: int, month: int, months: int) -> tuple[int, int]:
 
 
 def month_period(now: datetime, start_day: int) -> tuple[datetime, datetime]:
-    """The monthly period holding ``now``: [start, next start), days 29–31 clamped in short months."""
+    """The monthly period holding ``now``: [start, next start), days 29–31 clamped in short
+    months."""
     now = now.astimezone(UTC)
     start = _month_day(now.year, now.month, start_day)
     if start > now:
@@ -195,7 +206,9 @@ def month_period(now: datetime, start_day: int) -> tuple[datetime, datetime]:
     return start, following
 
 
-def window_bounds(window: str, now: datetime, month_start_day: int) -> tuple[datetime, datetime | None]:
+def window_bounds(
+    window: str, now: datetime, month_start_day: int
+) -> tuple[datetime, datetime | None]:
     """(start, end) of the window at ``now``: usage at or before ``start`` no longer counts.
 
     Rolling windows have no fixed end (``None``): each use frees ``length`` after it was granted.
@@ -203,6 +216,7 @@ def window_bounds(window: str, now: datetime, month_start_day: int) -> tuple[dat
     """
     if window == "month":
         start, end = month_period(now, month_start_day)
-        # the month window's lower bound is inclusive; one microsecond earlier makes it "after start"
+        # the month window's lower bound is inclusive; one microsecond earlier makes it "after
+        # start"
         return start - timedelta(microseconds=1), end
     return now - ROLLING_WINDOWS[window], None

@@ -51,9 +51,12 @@ def create_app(settings: Settings | None = None, clock: Clock = system_clock) ->
         for responder in quota_rpc.responders():
             subscription = await rpc.subscribe(runtime.nats, responder, QUEUE_GROUP)
             runtime.spawn(
-                rpc.respond(subscription, responder, settings.responder_concurrency), f"quota-rpc-{responder.subject}"
+                rpc.respond(subscription, responder, settings.responder_concurrency),
+                f"quota-rpc-{responder.subject}",
             )
-        runtime.spawn(prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner")
+        runtime.spawn(
+            prune_forever(runtime, clock, settings.prune_interval_seconds), "quota-pruner"
+        )
 
     app = create_service_app(
         name="quota",

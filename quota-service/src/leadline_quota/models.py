@@ -36,10 +36,12 @@ sending_account = Table(
     Column("company_id", Uuid, primary_key=True),
     Column("account_key", Text, primary_key=True),
     Column("provider", Text, nullable=False, server_default="custom"),
-    # the account settings the sender passed with its latest request (field by field over the preset)
+    # the account settings the sender passed with its latest request (field by field over the
+    # preset)
     Column("account_settings", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("settings_month_start_day", Integer),
-    # operator overrides (PUT /v1/operator/quotas/{company_id}/accounts/{account_key}); a null value lifts the limit
+    # operator overrides (PUT /v1/operator/quotas/{company_id}/accounts/{account_key}); a null value
+    # lifts the limit
     Column("operator_overrides", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("operator_month_start_day", Integer),
     # the tenant's own limits (PUT /v1/quotas/accounts/{account_key}): they only ever lower a limit
@@ -65,8 +67,8 @@ reservation = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("settled_at", DateTime(timezone=True)),
     CheckConstraint(check_constraint(ReservationState), name="state"),
-    # the usage aggregate reads only these columns: with them in the index, old (all-visible) rows of a
-    # month window are counted by an index-only scan
+    # the usage aggregate reads only these columns: with them in the index, old (all-visible) rows
+    # of a month window are counted by an index-only scan
     Index(
         "ix_reservation_account_time",
         "company_id",

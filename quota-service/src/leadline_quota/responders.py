@@ -73,16 +73,40 @@ class QuotaRpc:
 
         refuse = rpc.OnFailure.REFUSE
         return [
-            rpc.Responder(RPC_QUOTA_RESERVE, QuotaReserveRequest, self.reserve, reserve_refusal, refuse),
-            rpc.Responder(RPC_QUOTA_CHECK, QuotaReserveRequest, self.check, reserve_refusal, refuse),
-            rpc.Responder(RPC_QUOTA_COMMIT, QuotaSettleRequest, self.commit, settle_refusal, refuse),
-            rpc.Responder(RPC_QUOTA_RELEASE, QuotaSettleRequest, self.release, settle_refusal, refuse),
-            rpc.Responder(RPC_MAILBOX_SLOT_CLAIM, MailboxSlotRequest, self.claim_slot, slot_refusal, refuse),
-            rpc.Responder(RPC_MAILBOX_SLOT_RELEASE, MailboxSlotRequest, self.release_slot, slot_refusal, refuse),
-            rpc.Responder(RPC_SYNC_ALLOWANCE, SyncAllowanceRequest, self.sync_allowance, allowance_refusal, refuse),
+            rpc.Responder(
+                RPC_QUOTA_RESERVE, QuotaReserveRequest, self.reserve, reserve_refusal, refuse
+            ),
+            rpc.Responder(
+                RPC_QUOTA_CHECK, QuotaReserveRequest, self.check, reserve_refusal, refuse
+            ),
+            rpc.Responder(
+                RPC_QUOTA_COMMIT, QuotaSettleRequest, self.commit, settle_refusal, refuse
+            ),
+            rpc.Responder(
+                RPC_QUOTA_RELEASE, QuotaSettleRequest, self.release, settle_refusal, refuse
+            ),
+            rpc.Responder(
+                RPC_MAILBOX_SLOT_CLAIM, MailboxSlotRequest, self.claim_slot, slot_refusal, refuse
+            ),
+            rpc.Responder(
+                RPC_MAILBOX_SLOT_RELEASE,
+                MailboxSlotRequest,
+                self.release_slot,
+                slot_refusal,
+                refuse,
+            ),
+            rpc.Responder(
+                RPC_SYNC_ALLOWANCE,
+                SyncAllowanceRequest,
+                self.sync_allowance,
+                allowance_refusal,
+                refuse,
+            ),
         ]
 
-    async def _decide(self, request: QuotaReserveRequest, *, dry_run: bool) -> tuple[BaseModel, str]:
+    async def _decide(
+        self, request: QuotaReserveRequest, *, dry_run: bool
+    ) -> tuple[BaseModel, str]:
         ask = ReserveAsk(
             request.company_id,
             request.account_key,
@@ -133,23 +157,31 @@ class QuotaRpc:
             )
         if settled.invalid:
             raise rpc.Unreadable(settled.detail)
-        return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
+        return QuotaSettleReply(
+            ok=settled.ok, detail=settled.detail
+        ), "ok" if settled.ok else "not-ok"
 
     async def release(self, request: QuotaSettleRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
             settled = await reservations.release(
                 session, request.company_id, request.reservation_id, self.clock, remember=True
             )
-        return QuotaSettleReply(ok=settled.ok, detail=settled.detail), "ok" if settled.ok else "not-ok"
+        return QuotaSettleReply(
+            ok=settled.ok, detail=settled.detail
+        ), "ok" if settled.ok else "not-ok"
 
     async def claim_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
-            slot = await mailbox_slots.claim(session, request.company_id, request.mailbox_id, self.clock())
+            slot = await mailbox_slots.claim(
+                session, request.company_id, request.mailbox_id, self.clock()
+            )
         return MailboxSlotReply(status=slot.status, position=slot.position), slot.status
 
     async def release_slot(self, request: MailboxSlotRequest) -> tuple[BaseModel, str]:
         async with self.db.session() as session:
-            await mailbox_slots.release(session, request.company_id, request.mailbox_id, self.clock())
+            await mailbox_slots.release(
+                session, request.company_id, request.mailbox_id, self.clock()
+            )
         return MailboxSlotReply(status=MailboxSlotStatus.RELEASED), "released"
 
     async def sync_allowance(self, request: SyncAllowanceRequest) -> tuple[BaseModel, str]:

@@ -63,8 +63,8 @@ class ReservationIn(BaseModel):
 
     account_key: str = Field(examples=["smtp:6f1c2b9e-3f4e-4c55-9d0e-0a9f7d6b1c2a"])
     provider: str = "custom"
-    # a batch of ``messages`` messages: ``recipients`` in all, ``size_bytes`` and ``largest_recipients``
-    # of its largest message (None: ``recipients``, one message)
+    # a batch of ``messages`` messages: ``recipients`` in all, ``size_bytes`` and
+    # ``largest_recipients`` of its largest message (None: ``recipients``, one message)
     # strict: a JSON true is no count of anything
     recipients: int = Field(ge=1, strict=True)
     size_bytes: int = Field(ge=0, strict=True)
@@ -97,7 +97,8 @@ class SettlementOut(BaseModel):
 class TenantLimitsIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # limit name → value, at most what the preset (and the operator) allow; the whole set is replaced
+    # limit name → value, at most what the preset (and the operator) allow; the whole set is
+    # replaced
     overrides: dict[str, StrictInt] = {}
 
 

@@ -14,9 +14,10 @@ A mailbox slot (``mailbox_slot.state``, R9)::
     (claim) ──room──▶ granted
     (claim) ─no room─▶ pending ──room (oldest first)──▶ granted
 
-A released slot is deleted: it has no state.  :data:`RESERVATION_MOVES` and :data:`SLOT_MOVES` are the
-diagrams as tables, and :func:`move` refuses what they do not allow; the statements that change a state
-name it through these enums, so the models' CHECK constraints and the SQL cannot disagree on a spelling.
+A released slot is deleted: it has no state.  :data:`RESERVATION_MOVES` and :data:`SLOT_MOVES` are
+the diagrams as tables, and :func:`move` refuses what they do not allow; the statements that change
+a state name it through these enums, so the models' CHECK constraints and the SQL cannot disagree on
+a spelling.
 """
 
 from __future__ import annotations
@@ -40,7 +41,9 @@ R = ReservationState
 RESERVATION_MOVES: frozenset[tuple[ReservationState, ReservationState]] = frozenset(
     {(R.RESERVED, R.COMMITTED), (R.RESERVED, R.RELEASED)}
 )
-SLOT_MOVES: frozenset[tuple[SlotState, SlotState]] = frozenset({(SlotState.PENDING, SlotState.GRANTED)})
+SLOT_MOVES: frozenset[tuple[SlotState, SlotState]] = frozenset(
+    {(SlotState.PENDING, SlotState.GRANTED)}
+)
 
 State = TypeVar("State", ReservationState, SlotState)
 
@@ -51,7 +54,10 @@ class ForbiddenMove(ValueError):
 
 def move(current: State, to: State) -> State:
     """``to``, if its machine's diagram allows it from ``current``."""
-    moves: frozenset[tuple[ReservationState, ReservationState]] | frozenset[tuple[SlotState, SlotState]]
+    moves: (
+        frozenset[tuple[ReservationState, ReservationState]]
+        | frozenset[tuple[SlotState, SlotState]]
+    )
     moves = RESERVATION_MOVES if isinstance(current, ReservationState) else SLOT_MOVES
     if (current, to) not in moves:
         raise ForbiddenMove(f"a {type(current).__name__} does not go from {current} to {to}")

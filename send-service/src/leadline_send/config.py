@@ -13,8 +13,8 @@ DEV_UNSUBSCRIBE_SECRET = "dev-only-unsubscribe-secret"  # noqa: S105 - refused o
 class Settings(KitSettings):
     # Message-IDs are made at this domain: <uuid@message_domain>
     message_domain: str = "leadline.localhost"
-    # where recipients reach the public one-click unsubscribe endpoint (through the gateway); receivers
-    # offer one-click unsubscribe only for an https URI (RFC 8058)
+    # where recipients reach the public one-click unsubscribe endpoint (through the gateway);
+    # receivers offer one-click unsubscribe only for an https URI (RFC 8058)
     public_base_url: str = "http://127.0.0.1:8100"
     unsubscribe_secret: SecretStr = SecretStr(DEV_UNSUBSCRIBE_SECRET)
     # key-encryption keys "kid:64 hex digits", comma separated; the first one seals new credentials
@@ -25,8 +25,9 @@ class Settings(KitSettings):
     smtp_allow_plaintext: bool = False
     # extra CA bundle trusted for SMTP/IMAP certificates (tests, private CAs)
     mail_cafile: str | None = None
-    # A request to POST /v1/messages holds its connection while it asks the quota service: with fewer
-    # pooled connections than concurrent requests, the pool opens and closes a connection per request.
+    # A request to POST /v1/messages holds its connection while it asks the quota service: with
+    # fewer pooled connections than concurrent requests, the pool opens and closes a connection per
+    # request.
     db_pool_size: int = 24
     # delivery workers in this process; each holds at most one SMTP connection
     smtp_connections: int = 8
@@ -38,7 +39,8 @@ class Settings(KitSettings):
     # time one connection spent per message.  Only what reached the server is committed.
     quota_lease_messages: int = 64
     quota_lease_seconds: float = 2.0
-    # a new connection once this many recipients went over one (R14 "recipients per SMTP connection")
+    # a new connection once this many recipients went over one (R14 "recipients per SMTP
+    # connection")
     recipients_per_connection: int = 100
     # RFC 5321 4.5.3.2.6: wait up to 10 minutes for the reply to the final "."
     data_timeout_seconds: float = 600.0
@@ -60,5 +62,8 @@ class Settings(KitSettings):
             self.credential_keys.get_secret_value() == DEV_CREDENTIAL_KEY
             or self.unsubscribe_secret.get_secret_value() == DEV_UNSUBSCRIBE_SECRET
         ):
-            raise ValueError("LEADLINE_CREDENTIAL_KEYS and LEADLINE_UNSUBSCRIBE_SECRET must be set outside development")
+            raise ValueError(
+                "LEADLINE_CREDENTIAL_KEYS and LEADLINE_UNSUBSCRIBE_SECRET must be set outside "
+                "development"
+            )
         return self

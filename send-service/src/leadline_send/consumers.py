@@ -1,17 +1,18 @@
-"""Events the send service applies: its copy of lead addresses, Sent-folder sightings, bounces, complaints.
+"""Events the send service applies: its copy of lead addresses, Sent-folder sightings, bounces,
+complaints.
 
 - ``lead.created|updated``: replace the lead's addresses (normalised); ``lead.deleted``: forget them
   (the kit's replica, :mod:`leadline_kit.lead_addresses`).
-- ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown``
-  messages: the server did take it (R21), so it becomes ``sent``.  The sync reports every message it
-  reads from a Sent folder (each Smart Mail's own copy among them) and nearly all change nothing, so a
-  fetched batch's sightings are one statement, and being repeatable (an update guarded by the state it
-  leaves) they take no ``processed_event`` row: no write and no commit to wait for when nothing is
-  ``unknown``.
-- ``mail.bounced`` naming one of our Message-IDs: a hard bounce makes the message ``bounced``, a soft one
-  (delayed) only records the notice; either shows in ``GET /v1/messages/{id}`` as ``delivery_notice``.
-- ``mail.complained``: the lead (or the one recipient of the message the report returned) gets no more
-  marketing mail, as after an unsubscribe (R16); one-to-one mail still goes.
+- ``mail.synced`` from a Sent folder whose Message-ID is one of our ``unknown`` messages: the server
+  did take it (R21), so it becomes ``sent``.  The sync reports every message it reads from a Sent
+  folder (each Smart Mail's own copy among them) and nearly all change nothing, so a fetched batch's
+  sightings are one statement, and being repeatable (an update guarded by the state it leaves) they
+  take no ``processed_event`` row: no write and no commit to wait for when nothing is ``unknown``.
+- ``mail.bounced`` naming one of our Message-IDs: a hard bounce makes the message ``bounced``, a
+  soft one (delayed) only records the notice; either shows in ``GET /v1/messages/{id}`` as
+  ``delivery_notice``.
+- ``mail.complained``: the lead (or the one recipient of the message the report returned) gets no
+  more marketing mail, as after an unsubscribe (R16); one-to-one mail still goes.
 """
 
 from __future__ import annotations
@@ -42,8 +43,8 @@ BOUNCEABLE = (MessageState.SENT, MessageState.UNKNOWN, MessageState.BOUNCED)
 
 
 def lead_rows(lead: LeadPayload) -> list[dict[str, Any]]:
-    """What the copy holds of a lead: each address with its position (the first is the recipient) and the
-    lead's name."""
+    """What the copy holds of a lead: each address with its position (the first is the recipient)
+    and the lead's name."""
     addresses, name = lead_copy(lead.addresses, lead.name)
     return [{"address": a, "position": n, "name": name} for n, a in enumerate(addresses)]
 
@@ -52,8 +53,8 @@ LEADS = LeadAddressReplica(lead_address, lead_rows)
 
 
 async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1]) -> None:
-    """R21: an ``unknown`` message whose Message-ID turned up in the Sent folder was sent (one statement
-    for every sighting given; those of other folders are passed over)."""
+    """R21: an ``unknown`` message whose Message-ID turned up in the Sent folder was sent (one
+    statement for every sighting given; those of other folders are passed over)."""
     sent = [event for event in sightings if event.payload.folder == "sent"]
     if not sent:
         return
@@ -63,29 +64,35 @@ async def settle_unknown(session: AsyncSession, sightings: Sequence[MailSyncedV1
 
 
 async def settle_one(session: AsyncSession, event: MailSyncedV1) -> None:
-    """One sighting, as the handler table declares it; the consumer gathers a batch's (apply_mail)."""
+    """One sighting, as the handler table declares it; the consumer gathers a batch's
+    (apply_mail)."""
     await settle_unknown(session, [event])
 
 
 async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
-    """The address that complained goes on the marketing suppression list; a report naming nobody (redacted)
-    is resolved through the message it returned, when that went to exactly one recipient."""
+    """The address that complained goes on the marketing suppression list; a report naming nobody
+    (redacted) is resolved through the message it returned, when that went to exactly one
+    recipient."""
     complaint = event.payload
     address = complaint.recipient or None
     if address is None and complaint.original_message_id:
-        recipients = await repository.recipients_of(session, event.company_id, complaint.original_message_id)
+        recipients = await repository.recipients_of(
+            session, event.company_id, complaint.original_message_id
+        )
         address = recipients[0] if recipients and len(recipients) == 1 else None
     if address is not None:
         await repository.add_complaint(session, event.company_id, address)
 
 
 async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
-    """A hard bounce marks the message ``bounced``; a soft one is only recorded.  A notice that named
-    no lead is resolved here: this service knows whom the message went to."""
+    """A hard bounce marks the message ``bounced``; a soft one is only recorded.  A notice that
+    named no lead is resolved here: this service knows whom the message went to."""
     bounce = event.payload
     if not bounce.original_message_id:
         return
-    row = await repository.lock_bounceable(session, event.company_id, bounce.original_message_id, BOUNCEABLE)
+    row = await repository.lock_bounceable(
+        session, event.company_id, bounce.original_message_id, BOUNCEABLE
+    )
     if row is None or (row.state == MessageState.BOUNCED and bounce.severity == "soft"):
         return  # not ours, or a late "still trying" after the message already bounced
     recipients: list[str] = list(row.recipients or [])
@@ -108,7 +115,9 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
     else:
         values = {
             "delivery_notice": notice,
-            "last_error": f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}".strip(),
+            "last_error": (
+                f"delivery delayed for {whom}: {bounce.status} {bounce.diagnostic}"
+            ).strip(),
         }
     await repository.note_delivery(session, row.id, values)
 
@@ -123,14 +132,17 @@ MAIL_EVENTS = (
 
 async def apply_mail(session: AsyncSession, events: Sequence[Event]) -> None:
     """A batch's Sent-folder sightings in one statement, then its bounces and complaints in order (a
-    sighting only settles an ``unknown`` message, which a bounce of the same batch then still finds)."""
+    sighting only settles an ``unknown`` message, which a bounce of the same batch then still
+    finds)."""
     await settle_unknown(session, [event for event in events if isinstance(event, MailSyncedV1)])
     for event in events:
         if not isinstance(event, MailSyncedV1):
             await MAIL_EVENTS(session, event)
 
 
-def consumers(runtime: Runtime, prefix: str, deliver_since: datetime | None = None) -> list[EventConsumer]:
+def consumers(
+    runtime: Runtime, prefix: str, deliver_since: datetime | None = None
+) -> list[EventConsumer]:
     return [
         EventConsumer(
             db=runtime.db,

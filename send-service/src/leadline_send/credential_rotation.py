@@ -26,7 +26,9 @@ async def reseal_all(db: Database, keys: CredentialKeys, batch: int = 200) -> in
             for row in rows:
                 secret = keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
                 sealed, key_id = keys.seal(secret, row.company_id, row.id)
-                await repository.update_account(session, row.company_id, row.id, password_sealed=sealed, key_id=key_id)
+                await repository.update_account(
+                    session, row.company_id, row.id, password_sealed=sealed, key_id=key_id
+                )
         changed += len(rows)
         if len(rows) < batch:
             return changed

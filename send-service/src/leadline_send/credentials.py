@@ -28,6 +28,7 @@ class CredentialKeys:
         return sealed.wrapped_key + sealed.ciphertext, sealed.key_id
 
     def open(self, sealed: bytes, key_id: str, company_id: uuid.UUID, account_id: uuid.UUID) -> str:
-        """The password; :class:`~leadline_kit.sealing.CredentialError` if it does not open for this row."""
+        """The password; :class:`~leadline_kit.sealing.CredentialError` if it does not open for this
+        row."""
         parts = Sealed(key_id, sealed[:WRAPPED_KEY_BYTES], sealed[WRAPPED_KEY_BYTES:])
         return self._ring.open(parts, self._associated(company_id, account_id)).decode()

@@ -76,7 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         schema="send",
         outbox=outbox,
         routers=[messages_router, accounts_router],
-        consumers=lambda runtime: consumers(runtime, settings.consumer_prefix, settings.consumer_deliver_since),
+        consumers=lambda runtime: consumers(
+            runtime, settings.consumer_prefix, settings.consumer_deliver_since
+        ),
         on_start=on_start,
         on_stop=on_stop,
         title="Leadline send service",

@@ -14,9 +14,13 @@ QUEUE_DEPTH = Gauge(
     ["state"],
 )
 SMTP_REPLIES = Counter(
-    "leadline_send_smtp_replies_total", "SMTP replies to DATA/RCPT/MAIL by class", ["stage", "reply_class"]
+    "leadline_send_smtp_replies_total",
+    "SMTP replies to DATA/RCPT/MAIL by class",
+    ["stage", "reply_class"],
 )
-RETRIES = Counter("leadline_send_retries_total", "Messages put back to wait for another attempt", ["reason"])
+RETRIES = Counter(
+    "leadline_send_retries_total", "Messages put back to wait for another attempt", ["reason"]
+)
 SMTP_SECONDS = Histogram(
     "leadline_send_smtp_seconds",
     "MAIL FROM to the reply after the final '.'",
@@ -30,7 +34,10 @@ DELIVERY_SECONDS = Histogram(
 OUTCOMES = Counter("leadline_send_outcomes_total", "Attempts by outcome", ["outcome"])
 STAGE_SECONDS = Histogram(
     "leadline_send_stage_seconds",
-    "Time of each step of a message's path: the API's (api-*), delivery's and the Sent copy's (per APPEND batch)",
+    (
+        "Time of each step of a message's path: the API's (api-*), delivery's and the Sent copy's "
+        "(per APPEND batch)"
+    ),
     ["stage"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
 )

@@ -48,7 +48,8 @@ smtp_account = Table(
     Column("tls", Text, nullable=False),
     Column("pinned_sha256", Text),
     Column("username", Text, nullable=False, server_default=""),
-    # the password sealed by leadline_send.credentials (AES-256-GCM, key id, row ids as associated data)
+    # the password sealed by leadline_send.credentials (AES-256-GCM, key id, row ids as associated
+    # data)
     Column("password_sealed", LargeBinary),
     Column("key_id", Text),
     Column("from_email", Text, nullable=False),
@@ -104,7 +105,8 @@ outgoing_message = Table(
     Column("subject", Text, nullable=False, server_default=""),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # the delivery worker holding the message while it is ``sending`` (its PostgreSQL advisory lock key)
+    # the delivery worker holding the message while it is ``sending`` (its PostgreSQL advisory lock
+    # key)
     Column("claimed_by", BigInteger),
     Column("reservation_id", Uuid),
     Column("last_error", Text),

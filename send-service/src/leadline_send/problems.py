@@ -1,8 +1,15 @@
-"""The problems send-service answers with, one class per kind: its ``slug`` is the problem's ``type``."""
+"""The problems send-service answers with, one class per kind: its ``slug`` is the problem's
+``type``."""
 
 from __future__ import annotations
 
-from leadline_kit.errors import Conflict, NotFound, PayloadTooLarge, ServiceUnavailable, Unprocessable
+from leadline_kit.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unprocessable,
+)
 
 
 class AccountInError(Unprocessable):

@@ -1,13 +1,13 @@
 """The send service's state machines in code: a message's state and its attempt's phase.
 
-The diagram of ``outgoing_message.state`` is in :mod:`leadline_send.delivery.repository`; :data:`MESSAGE_MOVES`
-is that diagram as a table, and :func:`move` refuses what it does not allow.  The SQL that changes a
-state names its states through these enums (``sql``), so the models' CHECK constraints, the API's
-schema and the queue's statements cannot disagree on a spelling.
+The diagram of ``outgoing_message.state`` is in :mod:`leadline_send.delivery.repository`;
+:data:`MESSAGE_MOVES` is that diagram as a table, and :func:`move` refuses what it does not allow.
+The SQL that changes a state names its states through these enums (``sql``), so the models' CHECK
+constraints, the API's schema and the queue's statements cannot disagree on a spelling.
 
-An attempt (``send_attempt.phase``) is ``connecting`` from its claim, ``data`` once recorded before the
-end of data (R21), ``done`` when settled, from either (:data:`PHASE_MOVES`).  Its ``outcome`` is a
-:class:`Reason`: why the attempt ended as it did, the label of ``leadline_send_outcomes_total``.
+An attempt (``send_attempt.phase``) is ``connecting`` from its claim, ``data`` once recorded before
+the end of data (R21), ``done`` when settled, from either (:data:`PHASE_MOVES`).  Its ``outcome`` is
+a :class:`Reason`: why the attempt ended as it did, the label of ``leadline_send_outcomes_total``.
 """
 
 from __future__ import annotations
@@ -40,10 +40,12 @@ REACHED_SERVER = (S.SENT, S.UNKNOWN)
 MESSAGE_MOVES: dict[MessageState, frozenset[MessageState]] = {
     S.QUEUED: frozenset({S.SENDING}),  # claimed
     S.DEFERRED: frozenset({S.SENDING}),  # claimed once due
-    # settled by the server's answer; queued again when given back unsent (a stop, recovery before DATA)
+    # settled by the server's answer; queued again when given back unsent (a stop, recovery before
+    # DATA)
     S.SENDING: frozenset({S.SENT, S.DEFERRED, S.FAILED, S.UNKNOWN, S.QUEUED}),
     S.SENT: frozenset({S.BOUNCED}),  # a hard bounce came back
-    S.UNKNOWN: frozenset({S.SENT, S.BOUNCED, S.QUEUED}),  # found in the Sent folder; a bounce; a resend
+    # found in the Sent folder; a bounce; a resend
+    S.UNKNOWN: frozenset({S.SENT, S.BOUNCED, S.QUEUED}),
     S.FAILED: frozenset({S.QUEUED}),  # resent on purpose
     S.BOUNCED: frozenset({S.QUEUED, S.BOUNCED}),  # resent on purpose; a later hard notice
 }
@@ -82,7 +84,8 @@ def move(current: Machine, to: Machine) -> Machine:
 
 
 def moves_into(to: Machine) -> tuple[Machine, ...]:
-    """The states its machine's diagram lets move to ``to``: the allowed prior states of an SQL ``WHERE``."""
+    """The states its machine's diagram lets move to ``to``: the allowed prior states of an SQL
+    ``WHERE``."""
     return tuple(current for current in type(to) if to in _allowed(current))
 
 
@@ -112,10 +115,12 @@ class Reason(StrEnum):
 
     @classmethod
     def refused(cls, stage: str, code: int) -> Reason:
-        """The server refused at ``stage`` (envelope, rcpt, data): 5xx for good, anything else for now."""
+        """The server refused at ``stage`` (envelope, rcpt, data): 5xx for good, anything else for
+        now."""
         return cls(f"{stage}-{'5xx' if code >= 500 else '4xx'}")
 
 
 def sql(states: Iterable[StrEnum]) -> str:
-    """``('a', 'b')`` for an SQL ``IN`` list (the values are this module's constants, never input)."""
+    """``('a', 'b')`` for an SQL ``IN`` list (the values are this module's constants, never
+    input)."""
     return "(" + ", ".join(f"'{state.value}'" for state in states) + ")"

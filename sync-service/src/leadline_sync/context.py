@@ -39,7 +39,8 @@ class SyncContext:
     resolver: TxtResolver
     replica: str
     parser: MessageParser
-    oauth_apps: dict[str, OAuthApp]  # provider apps configured for signing in with Gmail / Microsoft
+    # provider apps configured for signing in with Gmail / Microsoft
+    oauth_apps: dict[str, OAuthApp]
     endpoint: TokenEndpoint
     tokens: AccessTokens
     logins: LoginGate
@@ -50,7 +51,8 @@ class SyncContext:
     chores: set[asyncio.Task[None]] = field(default_factory=set)  # see chore()
 
     def chore(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """Run ``work`` after the request that started it has answered; the service waits for it as it stops."""
+        """Run ``work`` after the request that started it has answered; the service waits for it as
+        it stops."""
         task = asyncio.create_task(work, name=name)
         self.chores.add(task)
         task.add_done_callback(self.chores.discard)

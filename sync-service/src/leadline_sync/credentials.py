@@ -37,8 +37,8 @@ log = logging.getLogger("leadline.sync.credentials")
 class MailboxSecrets:
     imap_password: str
     smtp_password: str
-    # a mailbox signed in with OAuth2 has no passwords but the provider's refresh token and the current
-    # access token (both used for IMAP and SMTP)
+    # a mailbox signed in with OAuth2 has no passwords but the provider's refresh token and the
+    # current access token (both used for IMAP and SMTP)
     refresh_token: str = ""
     access_token: str = ""
 
@@ -67,7 +67,8 @@ class CredentialCipher:
         return self._ring.seal(plaintext, self._associated(company_id, mailbox_id))
 
     def open(self, company_id: uuid.UUID, mailbox_id: uuid.UUID, sealed: Sealed) -> MailboxSecrets:
-        """The passwords; :class:`~leadline_kit.sealing.CredentialError` if they do not open for this row."""
+        """The passwords; :class:`~leadline_kit.sealing.CredentialError` if they do not open for
+        this row."""
         values = json.loads(self._ring.open(sealed, self._associated(company_id, mailbox_id)))
         return MailboxSecrets(
             imap_password=str(values["imap"]),
@@ -77,31 +78,49 @@ class CredentialCipher:
         )
 
     def imap_login(self, row: Row[Any]) -> ServerLogin:
-        """The IMAP login of a mailbox row; :class:`~leadline_kit.sealing.CredentialError` if it does not open."""
-        sealed = Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext)
+        """The IMAP login of a mailbox row; :class:`~leadline_kit.sealing.CredentialError` if it
+        does not open."""
+        sealed = Sealed(
+            row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext
+        )
         secrets = self.open(row.company_id, row.id, sealed)
         return ServerLogin(
-            row.imap_host, row.imap_port, row.imap_tls, row.imap_username, secrets.imap_password, row.imap_pinned_sha256
+            row.imap_host,
+            row.imap_port,
+            row.imap_tls,
+            row.imap_username,
+            secrets.imap_password,
+            row.imap_pinned_sha256,
         )
 
 
 async def rotate(database: Database, cipher: CredentialCipher, batch_size: int = 200) -> int:
-    """Re-encrypt every stored credential under a new data key and the current KEK; returns the row count."""
+    """Re-encrypt every stored credential under a new data key and the current KEK; returns the row
+    count."""
     rotated = 0
     while True:
         async with database.session() as session:
-            rows = await repository.sealed_under_older_keys(session, cipher.current_key_id, batch_size)
+            rows = await repository.sealed_under_older_keys(
+                session, cipher.current_key_id, batch_size
+            )
             if not rows:
                 return rotated
             for row in rows:
                 secrets = cipher.open(
                     row.company_id,
                     row.id,
-                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                    Sealed(
+                        row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext
+                    ),
                 )
                 sealed = cipher.seal(row.company_id, row.id, secrets)
                 await repository.reseal(
-                    session, row.company_id, row.id, sealed.key_id, sealed.wrapped_key, sealed.ciphertext
+                    session,
+                    row.company_id,
+                    row.id,
+                    sealed.key_id,
+                    sealed.wrapped_key,
+                    sealed.ciphertext,
                 )
             rotated += len(rows)
 

@@ -47,15 +47,19 @@ COMMON_DKIM_SELECTORS = (
 
 class TxtResolver(Protocol):
     async def txt(self, name: str) -> list[str]:
-        """The TXT strings published at ``name`` (empty when there are none or the name does not exist)."""
+        """The TXT strings published at ``name`` (empty when there are none or the name does not
+        exist)."""
         ...
 
 
 class DnsTxtResolver:
-    """dnspython's asynchronous resolver (system configuration unless one is passed), made at the first
-    check: the resolver's modules are 3 MiB of every sync process, and most never check a domain."""
+    """dnspython's asynchronous resolver (system configuration unless one is passed), made at the
+    first check: the resolver's modules are 3 MiB of every sync process, and most never check a
+    domain."""
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver | None = None, timeout: float = 5.0) -> None:
+    def __init__(
+        self, resolver: dns.asyncresolver.Resolver | None = None, timeout: float = 5.0
+    ) -> None:
         self._resolver = resolver
         self.timeout = timeout
 
@@ -82,10 +86,15 @@ async def check_domain(domain: str, resolver: TxtResolver) -> DomainCheck:
     try:
         dmarc_answer, *dkim_answers = await asyncio.gather(
             resolver.txt(f"_dmarc.{domain}"),
-            *(resolver.txt(f"{selector}._domainkey.{domain}") for selector in COMMON_DKIM_SELECTORS),
+            *(
+                resolver.txt(f"{selector}._domainkey.{domain}")
+                for selector in COMMON_DKIM_SELECTORS
+            ),
         )
     except dns.exception.DNSException as exc:
-        unknown = DnsRecordCheck(published=False, records=[], detail=f"DNS lookup failed: {type(exc).__name__}")
+        unknown = DnsRecordCheck(
+            published=False, records=[], detail=f"DNS lookup failed: {type(exc).__name__}"
+        )
         return DomainCheck(
             domain=domain,
             dmarc=unknown,
@@ -115,10 +124,13 @@ async def check_domain(domain: str, resolver: TxtResolver) -> DomainCheck:
     advice = (
         "DMARC and DKIM are published: Gmail and Yahoo accept authenticated mail from this domain."
         if not missing
-        else f"Publish {' and '.join(missing)} for {domain}: since February 2024 Gmail and Yahoo reject bulk mail "
-        "from domains without them, and Smart Mail sent from this address may bounce."
+        else f"Publish {' and '.join(missing)} for {domain}: since February 2024 Gmail and Yahoo "
+        "reject bulk mail from domains without them, and Smart Mail sent from this address may "
+        "bounce."
     )
-    return DomainCheck(domain=domain, dmarc=dmarc, dkim=dkim, ready_for_bulk=not missing, advice=advice)
+    return DomainCheck(
+        domain=domain, dmarc=dmarc, dkim=dkim, ready_for_bulk=not missing, advice=advice
+    )
 
 
 def _is_dkim_key(record: str) -> bool:

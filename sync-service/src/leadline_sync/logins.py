@@ -42,7 +42,8 @@ class ServerLogin:
     username: str
     password: str
     pinned_sha256: str | None = None
-    access_token: str | None = None  # OAuth2: signs in with this (XOAUTH2 / OAUTHBEARER) instead of the password
+    # OAuth2: signs in with this (XOAUTH2 / OAUTHBEARER) instead of the password
+    access_token: str | None = None
 
     def __repr__(self) -> str:
         return f"ServerLogin({self.username!r}@{self.host}:{self.port}, {self.tls})"
@@ -64,11 +65,18 @@ def imap_settings(login: ServerLogin, settings: Settings) -> ImapSettings:
     )
 
 
-async def certificate_pin(login: ServerLogin, protocol: str, expected: str | None, settings: Settings) -> str:
-    """The fingerprint to pin for a self-signed server; ``expected`` (if the user gave one) must match."""
+async def certificate_pin(
+    login: ServerLogin, protocol: str, expected: str | None, settings: Settings
+) -> str:
+    """The fingerprint to pin for a self-signed server; ``expected`` (if the user gave one) must
+    match."""
     vetted = await vet_host(login.host, settings.allow_networks())
     seen = await fetch_certificate_sha256(
-        vetted, login.port, login.tls, "imap" if protocol == "imap" else "smtp", timeout=settings.sync_imap_timeout
+        vetted,
+        login.port,
+        login.tls,
+        "imap" if protocol == "imap" else "smtp",
+        timeout=settings.sync_imap_timeout,
     )
     if expected is not None and not hmac.compare_digest(normalize_fingerprint(expected), seen):
         raise MailConnectionError(
@@ -105,7 +113,9 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
     vetted = await vet_host(login.host, settings.allow_networks())
     timeout = settings.sync_imap_timeout
     if login.tls == "plain" and not settings.sync_allow_plaintext:
-        raise MailConnectionError(ErrorKind.TLS, "This server would receive your password unencrypted. Turn on SSL.")
+        raise MailConnectionError(
+            ErrorKind.TLS, "This server would receive your password unencrypted. Turn on SSL."
+        )
     family = socket.AF_INET6 if ":" in vetted.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setblocking(False)
@@ -134,8 +144,8 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
                 elif not settings.sync_allow_plaintext:
                     raise MailConnectionError(
                         ErrorKind.TLS,
-                        "The SMTP server does not offer STARTTLS on this port, so your password would travel "
-                        "unencrypted. Turn on SSL or use another port.",
+                        "The SMTP server does not offer STARTTLS on this port, so your password "
+                        "would travel unencrypted. Turn on SSL or use another port.",
                     )
             ssl_object = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
             if ssl_object is not None:
@@ -155,7 +165,9 @@ async def smtp_session(login: ServerLogin, settings: Settings) -> AsyncIterator[
             ) from None
         except aiosmtplib.SMTPNotSupported as exc:
             raise MailConnectionError(
-                ErrorKind.PROTOCOL, "The SMTP server does not accept a login on this port.", detail=str(exc)
+                ErrorKind.PROTOCOL,
+                "The SMTP server does not accept a login on this port.",
+                detail=str(exc),
             ) from None
         except aiosmtplib.SMTPTimeoutError:
             raise connect_error(TimeoutError(), vetted, login.port) from None

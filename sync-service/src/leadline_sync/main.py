@@ -1,4 +1,5 @@
-"""The sync service app: Mail Sync API, the sync scheduler and workers, NATS responders, consumers."""
+"""The sync service app: Mail Sync API, the sync scheduler and workers, NATS responders,
+consumers."""
 
 from __future__ import annotations
 
@@ -36,7 +37,10 @@ CHORE_SECONDS = 10.0  # how long a stopping service waits for the chores of answ
 
 
 def create_app(
-    settings: Settings | None = None, *, clock: Clock | None = None, resolver: TxtResolver | None = None
+    settings: Settings | None = None,
+    *,
+    clock: Clock | None = None,
+    resolver: TxtResolver | None = None,
 ) -> FastAPI:
     """``clock`` and ``resolver`` are injectable for tests (R8's 48 hours; R18's DNS answers)."""
     settings = settings or Settings()
@@ -82,11 +86,18 @@ def create_app(
         cipher=cipher,
         oauth_apps=oauth_apps,
         endpoint=endpoint,
-        tokens=AccessTokens(settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock),
+        tokens=AccessTokens(
+            settings, runtime.db, cipher, oauth_apps, endpoint, clock or system_clock
+        ),
         clock=clock or system_clock,
         resolver=resolver or DnsTxtResolver(),
         parser=MessageParser(settings.parse_processes()),
-        logins=LoginGate(settings.sync_max_logins, settings.sync_retry_base_seconds, settings.sync_retry_max_seconds),
-        replica=settings.sync_replica or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
+        logins=LoginGate(
+            settings.sync_max_logins,
+            settings.sync_retry_base_seconds,
+            settings.sync_retry_max_seconds,
+        ),
+        replica=settings.sync_replica
+        or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}",
     )
     return app

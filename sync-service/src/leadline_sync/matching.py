@@ -45,9 +45,11 @@ def normalize_blocklist_value(kind: str, value: str) -> str | None:
 class CompanyDirectory:
     """What matching needs to know about one company, for the addresses of one batch."""
 
-    lead_since: dict[str, datetime] = field(default_factory=dict)  # address → earliest lead creation
+    # address → earliest lead creation
+    lead_since: dict[str, datetime] = field(default_factory=dict)
     blocked_addresses: set[str] = field(default_factory=set)
-    blocked_domains: set[str] = field(default_factory=set)  # the blocklist's and, when blocked, own domains
+    # the blocklist's and, when blocked, own domains
+    blocked_domains: set[str] = field(default_factory=set)
     own_domains: set[str] = field(default_factory=set)  # of those, the company's own
 
     def is_blocked(self, address: str) -> bool:
@@ -69,7 +71,9 @@ class CompanyDirectory:
         return created <= connected_at or sent_at >= created.replace(microsecond=0)
 
 
-async def load_directory(session: AsyncSession, company_id: uuid.UUID, addresses: Collection[str]) -> CompanyDirectory:
+async def load_directory(
+    session: AsyncSession, company_id: uuid.UUID, addresses: Collection[str]
+) -> CompanyDirectory:
     directory = CompanyDirectory()
     if addresses:
         directory.lead_since = await repository.lead_since(session, company_id, addresses)
@@ -125,7 +129,11 @@ def match_message(
     directory: CompanyDirectory,
 ) -> Match | None:
     """The published view of a message, or None when it must not leave the service."""
-    leads = [a for a in parties.counterparts(own_address) if directory.lead_matches(a, sent_at, connected_at)]
+    leads = [
+        a
+        for a in parties.counterparts(own_address)
+        if directory.lead_matches(a, sent_at, connected_at)
+    ]
     if not leads:
         return None
     outbound = folder == "sent" or parties.from_address == own_address
@@ -138,7 +146,8 @@ def match_message(
 
 
 def unmatched_reason(parties: Parties, *, own_address: str, directory: CompanyDirectory) -> str:
-    """Why a message that :func:`match_message` refused stays in the mailbox (a key of the audit's REASONS)."""
+    """Why a message that :func:`match_message` refused stays in the mailbox (a key of the audit's
+    REASONS)."""
     leads = [a for a in parties.counterparts(own_address) if a in directory.lead_since]
     if not leads:
         return "no_lead"

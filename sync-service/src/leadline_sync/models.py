@@ -22,7 +22,8 @@
   folders for its mail again and deletes the row.
 - ``mailbox_error``: the error log users read (when, what, how to fix).
 - ``oauth_state``: sign-ins with Gmail / Microsoft in progress (single use, short-lived).
-- ``replica``: the sync replicas alive and their capacities, so that they share the mailboxes evenly.
+- ``replica``: the sync replicas alive and their capacities, so that they share the mailboxes
+  evenly.
 """
 
 from __future__ import annotations
@@ -85,18 +86,19 @@ mailbox = Table(
     Column("smtp_tls", Text, nullable=False),
     Column("smtp_username", Text, nullable=False),
     Column("smtp_pinned_sha256", Text),
-    # R25: AES-256-GCM ciphertext of the passwords under a data key wrapped by key ``credential_key_id``;
-    # cleared when sync is disabled.
+    # R25: AES-256-GCM ciphertext of the passwords under a data key wrapped by key
+    # ``credential_key_id``; cleared when sync is disabled.
     Column("credential_key_id", Text),
     Column("credential_wrapped_key", LargeBinary),
     Column("credential_ciphertext", LargeBinary),
-    # "password", or "oauth2": the credentials hold the provider's refresh token and the access token that
-    # expires at ``oauth_expires_at`` (sign-in by XOAUTH2 / OAUTHBEARER)
+    # "password", or "oauth2": the credentials hold the provider's refresh token and the access
+    # token that expires at ``oauth_expires_at`` (sign-in by XOAUTH2 / OAUTHBEARER)
     Column("auth", Text, nullable=False, server_default="password"),
     Column("oauth_expires_at", DateTime(timezone=True)),
     Column("sent_folder", Text),
     Column("provider_saves_sent", Boolean, nullable=False, server_default="false"),
-    # R5: leads created up to this moment get the full history, later ones mail from their creation on
+    # R5: leads created up to this moment get the full history, later ones mail from their creation
+    # on
     Column("connected_at", DateTime(timezone=True), nullable=False),
     Column("history_completed_at", DateTime(timezone=True)),
     # R9: unclaimed (ask the quota service), granted, pending, releasing (tell it), released
@@ -106,7 +108,8 @@ mailbox = Table(
     Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("lease_owner", Text),
     Column("lease_expires_at", DateTime(timezone=True)),
-    # live | rotating: how the replica that last claimed it syncs it (live only while its lease runs)
+    # live | rotating: how the replica that last claimed it syncs it (live only while its lease
+    # runs)
     Column("sync_mode", Text),
     # when both folders were last synced to the end (rotation serves the oldest first)
     Column("last_synced_at", DateTime(timezone=True)),
@@ -118,7 +121,11 @@ mailbox = Table(
     Column("address_proven_at", DateTime(timezone=True)),
     Column("address_proven_by", Text),
     Index(
-        "uq_mailbox_user_connected", "company_id", "user_id", unique=True, postgresql_where=text("status <> 'disabled'")
+        "uq_mailbox_user_connected",
+        "company_id",
+        "user_id",
+        unique=True,
+        postgresql_where=text("status <> 'disabled'"),
     ),
     # one address is synced by one mailbox per company (mailboxes connected before the proof existed
     # are left out: the connect path refuses a second one for them)
@@ -130,11 +137,19 @@ mailbox = Table(
         postgresql_where=text("status <> 'disabled' AND address_proven_at IS NOT NULL"),
     ),
     Index("ix_mailbox_company_created", "company_id", "created_at", "id"),
-    Index("ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")),
-    Index("ix_mailbox_last_synced", "last_synced_at", postgresql_where=text("status IN ('enabled', 'error')")),
+    Index(
+        "ix_mailbox_due", "next_attempt_at", postgresql_where=text("status IN ('enabled', 'error')")
+    ),
+    Index(
+        "ix_mailbox_last_synced",
+        "last_synced_at",
+        postgresql_where=text("status IN ('enabled', 'error')"),
+    ),
     CheckConstraint(_one_of("status", MailboxStatus), name="known_status"),
     CheckConstraint(_one_of("slot", Slot), name="known_slot"),
-    CheckConstraint(_one_of("sync_mode", SyncMode) + " OR sync_mode IS NULL", name="known_sync_mode"),
+    CheckConstraint(
+        _one_of("sync_mode", SyncMode) + " OR sync_mode IS NULL", name="known_sync_mode"
+    ),
 )
 
 folder_cursor = Table(
@@ -149,17 +164,20 @@ folder_cursor = Table(
     Column("uidnext", BigInteger, nullable=False, server_default="0"),
     # the last UID that existed when the historical sync of this folder started (progress)
     Column("history_last_uid", BigInteger, nullable=False, server_default="0"),
-    # the historical sync examines UIDs 1..history_last_uid newest first: every UID from history_floor up to
-    # history_last_uid is examined (1: the whole history; a UID below the floor is not examined yet), while
-    # last_uid, which starts at history_last_uid, is the cursor of the mail that arrives meanwhile
+    # the historical sync examines UIDs 1..history_last_uid newest first: every UID from
+    # history_floor up to history_last_uid is examined (1: the whole history; a UID below the floor
+    # is not examined yet), while last_uid, which starts at history_last_uid, is the cursor of the
+    # mail that arrives meanwhile
     Column("history_floor", BigInteger, nullable=False, server_default="1"),
     # UIDVALIDITY changes (rescans) in the day that started at uidvalidity_resets_since; past
-    # LEADLINE_SYNC_MAX_RESETS_PER_DAY the folder is not rescanned until that day ends (refusal logged once)
+    # LEADLINE_SYNC_MAX_RESETS_PER_DAY the folder is not rescanned until that day ends (refusal
+    # logged once)
     Column("uidvalidity_resets", Integer, nullable=False, server_default="0"),
     Column("uidvalidity_resets_since", DateTime(timezone=True)),
     Column("rescan_refused_at", DateTime(timezone=True)),
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
-    # the last completeness audit (sync/audit.py) and how many never-examined UIDs it found and fetched
+    # the last completeness audit (sync/audit.py) and how many never-examined UIDs it found and
+    # fetched
     Column("audited_at", DateTime(timezone=True)),
     Column("audit_found", BigInteger, nullable=False, server_default="0"),
     PrimaryKeyConstraint("mailbox_id", "folder"),
@@ -167,7 +185,8 @@ folder_cursor = Table(
 
 
 def _uid_ranges(name: str, *extra: Column[str]) -> Table:
-    """Ranges of UIDs of one folder numbering (sync/audit.py): disjoint, keyed by their first UID."""
+    """Ranges of UIDs of one folder numbering (sync/audit.py): disjoint, keyed by their first
+    UID."""
     return Table(
         name,
         metadata,
@@ -186,12 +205,14 @@ examined_range = _uid_ranges("examined_range", Column("reason", Text, nullable=F
 # the server's UIDs at the last audit
 audit_range = _uid_ranges("audit_range")
 
-# Message-ID → where it was examined; the reason is the UID's in examined_range (moves when examined again)
+# Message-ID → where it was examined; the reason is the UID's in examined_range (moves when examined
+# again)
 examined_message = Table(
     "examined_message",
     metadata,
     Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
-    Column("message_key", LargeBinary, nullable=False),  # audit.message_key: HMAC of mailbox + Message-ID
+    # audit.message_key: HMAC of mailbox + Message-ID
+    Column("message_key", LargeBinary, nullable=False),
     Column("folder", Text, nullable=False),
     Column("uidvalidity", BigInteger, nullable=False),
     Column("uid", BigInteger, nullable=False),
@@ -244,7 +265,8 @@ lead_recheck = Table(
     Column("mailbox_id", Uuid, ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False),
     Column("lead_id", Uuid, nullable=False),
     Column("addresses", ARRAY(Text), nullable=False),
-    # R5: mail dated from here on is the lead's; NULL: the lead existed at connect time (its whole history)
+    # R5: mail dated from here on is the lead's; NULL: the lead existed at connect time (its whole
+    # history)
     Column("since", DateTime(timezone=True)),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     PrimaryKeyConstraint("mailbox_id", "lead_id"),
@@ -253,10 +275,11 @@ lead_recheck = Table(
 oauth_state = Table(
     "oauth_state",
     metadata,
-    # one sign-in with a provider in progress: the caller it is for, the PKCE verifier (sealed, R25) and the
-    # OpenID nonce; the state itself is stored only as its SHA-256, and works once (used_at) before expires_at.
-    # Reached without a key, the callback seals the code beside the verifier and hands back a one-time
-    # sign-in (stored as its SHA-256) that only the starter's key finishes (finished_at), before expires_at
+    # one sign-in with a provider in progress: the caller it is for, the PKCE verifier (sealed, R25)
+    # and the OpenID nonce; the state itself is stored only as its SHA-256, and works once (used_at)
+    # before expires_at. Reached without a key, the callback seals the code beside the verifier and
+    # hands back a one-time sign-in (stored as its SHA-256) that only the starter's key finishes
+    # (finished_at), before expires_at
     Column("id", Uuid, primary_key=True),
     Column("state_sha256", LargeBinary, nullable=False, unique=True),
     Column("company_id", Uuid, nullable=False),
@@ -278,8 +301,9 @@ oauth_state = Table(
 replica = Table(
     "replica",
     metadata,
-    # the sync replicas alive (seen_at within a lease period: written with each lease renewal, deleted at a clean
-    # stop) and how many live mailboxes each may hold: the mailboxes are spread over them in that proportion
+    # the sync replicas alive (seen_at within a lease period: written with each lease renewal,
+    # deleted at a clean stop) and how many live mailboxes each may hold: the mailboxes are spread
+    # over them in that proportion
     Column("name", Text, primary_key=True),
     Column("live_capacity", Integer, nullable=False),
     Column("seen_at", DateTime(timezone=True), nullable=False),

@@ -45,7 +45,9 @@ def _server(raw: object) -> ServerPreset | None:
     tls = str(entry["tls"])
     if tls not in ("implicit", "starttls"):
         raise ValueError(f"preset TLS mode {tls!r} is not allowed")
-    return ServerPreset(host=str(entry["host"]), port=int(cast(int, entry["port"])), tls=cast(TlsMode, tls))
+    return ServerPreset(
+        host=str(entry["host"]), port=int(cast(int, entry["port"])), tls=cast(TlsMode, tls)
+    )
 
 
 @cache

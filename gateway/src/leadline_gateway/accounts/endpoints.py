@@ -1,8 +1,9 @@
-"""HTTP endpoints the gateway serves itself: companies, users, API keys, and the operator's provisioning.
+"""HTTP endpoints the gateway serves itself: companies, users, API keys, and the operator's
+provisioning.
 
-Routes authenticated by an operator's token (the bootstrap token for ``POST /v1/companies``, the operator
-token under ``/v1/operator/``) check it before anything else, the body included: without the token nobody
-learns even how a valid body looks.
+Routes authenticated by an operator's token (the bootstrap token for ``POST /v1/companies``, the
+operator token under ``/v1/operator/``) check it before anything else, the body included: without
+the token nobody learns even how a valid body looks.
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ def token_first(check: Callable[[Request], None]) -> type[APIRoute]:
 
 def _bootstrap_token(request: Request) -> None:
     settings = request.app.state.runtime.settings
-    if not bearer_matches(request.headers.get("authorization"), settings.bootstrap_token.get_secret_value()):
+    if not bearer_matches(
+        request.headers.get("authorization"), settings.bootstrap_token.get_secret_value()
+    ):
         raise InvalidBootstrapToken(
             "creating a company needs the bootstrap token",
             headers={"WWW-Authenticate": "Bearer"},
@@ -55,14 +58,20 @@ def _bootstrap_token(request: Request) -> None:
 
 def _operator_token(request: Request) -> None:
     token = request.app.state.runtime.settings.operator_token
-    authenticate_operator(request.headers.get("authorization"), token.get_secret_value() if token else None)
+    authenticate_operator(
+        request.headers.get("authorization"), token.get_secret_value() if token else None
+    )
 
 
 bootstrap_router = APIRouter(prefix="/v1", route_class=token_first(_bootstrap_token))
-operator_router = APIRouter(prefix="/v1/operator", route_class=token_first(_operator_token), tags=["operator"])
+operator_router = APIRouter(
+    prefix="/v1/operator", route_class=token_first(_operator_token), tags=["operator"]
+)
 
 
-async def api_caller(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
+async def api_caller(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Identity:
     context: GatewayContext = request.app.state.runtime.context_of(GatewayContext)
     return await context.authenticator.authenticate(authorization)
 
@@ -100,7 +109,9 @@ async def create_company(data: schemas.CompanyCreate, session: Session) -> schem
 async def provision_user(
     company_id: uuid.UUID, data: schemas.UserProvision, session: Session, request: Request
 ) -> schemas.UserProvisioned:
-    return await service.provision_user(session, company_id, data, request.app.state.runtime.settings.api_keys_per_user)
+    return await service.provision_user(
+        session, company_id, data, request.app.state.runtime.settings.api_keys_per_user
+    )
 
 
 @operator_router.post(
@@ -110,7 +121,11 @@ async def provision_user(
     summary="Make a provisioned user another API key, e.g. at each sign-in (operator token)",
 )
 async def provision_api_key(
-    company_id: uuid.UUID, user_id: uuid.UUID, data: schemas.ApiKeyCreate, session: Session, request: Request
+    company_id: uuid.UUID,
+    user_id: uuid.UUID,
+    data: schemas.ApiKeyCreate,
+    session: Session,
+    request: Request,
 ) -> schemas.ApiKeyOut:
     return await service.provision_api_key(
         session, company_id, user_id, data, request.app.state.runtime.settings.api_keys_per_user
@@ -126,15 +141,22 @@ async def get_company(caller: Caller, session: Session) -> schemas.CompanyOut:
     "/company",
     response_model=schemas.CompanyOut,
     tags=["companies"],
-    summary="Change company settings: name, own domains, own-domain blocklist switch, mailbox limit",
+    summary=(
+        "Change company settings: name, own domains, own-domain blocklist switch, mailbox limit"
+    ),
 )
-async def update_company(data: schemas.CompanyPatch, caller: Admin, session: Session) -> schemas.CompanyOut:
+async def update_company(
+    data: schemas.CompanyPatch, caller: Admin, session: Session
+) -> schemas.CompanyOut:
     return await service.update_company(session, caller, data)
 
 
 @router.get("/users", response_model=Page[schemas.UserOut], tags=["users"])
 async def list_users(
-    caller: Admin, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    caller: Admin,
+    session: Session,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[schemas.UserOut]:
     items, next_cursor = await service.list_users(session, caller, cursor, limit)
     return Page(items=items, next_cursor=next_cursor)
@@ -142,7 +164,9 @@ async def list_users(
 
 def _invitations(request: Request) -> tuple[SystemMailer, timedelta]:
     runtime = request.app.state.runtime
-    return runtime.context_of(GatewayContext).mailer, timedelta(hours=runtime.settings.invitation_hours)
+    return runtime.context_of(GatewayContext).mailer, timedelta(
+        hours=runtime.settings.invitation_hours
+    )
 
 
 @router.post(
@@ -150,7 +174,9 @@ def _invitations(request: Request) -> tuple[SystemMailer, timedelta]:
     status_code=status.HTTP_201_CREATED,
     response_model=schemas.UserInvited,
     tags=["users"],
-    summary="Invite a user: a one-time code goes to the user's address by email (never in this answer)",
+    summary=(
+        "Invite a user: a one-time code goes to the user's address by email (never in this answer)"
+    ),
 )
 async def create_user(
     data: schemas.UserCreate, caller: Admin, session: Session, request: Request
@@ -165,7 +191,9 @@ async def create_user(
     tags=["users"],
     summary="Mail the user a new invitation code; earlier ones stop working",
 )
-async def reinvite_user(user_id: uuid.UUID, caller: Admin, session: Session, request: Request) -> schemas.InvitationOut:
+async def reinvite_user(
+    user_id: uuid.UUID, caller: Admin, session: Session, request: Request
+) -> schemas.InvitationOut:
     return await service.reinvite(session, caller, user_id, *_invitations(request))
 
 
@@ -176,8 +204,12 @@ async def reinvite_user(user_id: uuid.UUID, caller: Admin, session: Session, req
     tags=["users"],
     summary="Claim your first API key with the code mailed to you (no API key needed)",
 )
-async def claim_invitation(data: schemas.InvitationClaim, session: Session, request: Request) -> schemas.ApiKeyOut:
-    return await service.claim_invitation(session, data, request.client.host if request.client else None)
+async def claim_invitation(
+    data: schemas.InvitationClaim, session: Session, request: Request
+) -> schemas.ApiKeyOut:
+    return await service.claim_invitation(
+        session, data, request.client.host if request.client else None
+    )
 
 
 @router.get("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
@@ -188,7 +220,9 @@ async def get_user(user_id: uuid.UUID, caller: Caller, session: Session) -> sche
 
 
 @router.patch("/users/{user_id}", response_model=schemas.UserOut, tags=["users"])
-async def update_user(user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin, session: Session) -> schemas.UserOut:
+async def update_user(
+    user_id: uuid.UUID, data: schemas.UserPatch, caller: Admin, session: Session
+) -> schemas.UserOut:
     return await service.update_user(session, caller, user_id, data)
 
 
@@ -208,7 +242,9 @@ async def delete_user(user_id: uuid.UUID, caller: Admin, session: Session) -> Re
 async def create_api_key(
     data: schemas.ApiKeyCreate, caller: Caller, session: Session, request: Request
 ) -> schemas.ApiKeyOut:
-    return await service.create_api_key(session, caller, data, request.app.state.runtime.settings.api_keys_per_user)
+    return await service.create_api_key(
+        session, caller, data, request.app.state.runtime.settings.api_keys_per_user
+    )
 
 
 @router.get(
@@ -218,7 +254,10 @@ async def create_api_key(
     summary="Your API keys that are not revoked; administrators: every such key of the company",
 )
 async def list_api_keys(
-    caller: Caller, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    caller: Caller,
+    session: Session,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[schemas.ApiKeyInfo]:
     items, next_cursor = await service.list_api_keys(session, caller, cursor, limit)
     return Page(items=items, next_cursor=next_cursor)

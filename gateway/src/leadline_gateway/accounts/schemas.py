@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from email_validator import EmailNotValidError, validate_email
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StrictInt, field_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    field_validator,
+)
 
 from leadline_kit.identity import Role
 from leadline_kit.text import ONE_LINE
@@ -22,7 +30,11 @@ def _domain(value: str) -> str:
     except UnicodeError as exc:
         raise ValueError("not a valid domain name") from exc
     labels = ascii_domain.split(".")
-    if len(labels) < 2 or len(ascii_domain) > 253 or not all(_LABEL.match(label) for label in labels):
+    if (
+        len(labels) < 2
+        or len(ascii_domain) > 253
+        or not all(_LABEL.match(label) for label in labels)
+    ):
         raise ValueError("not a valid domain name")
     return ascii_domain
 
@@ -93,7 +105,8 @@ class UserOut(BaseModel):
 
 
 class InvitationOut(BaseModel):
-    """An invitation as the administrator sees it: never its code, which only the invitee receives."""
+    """An invitation as the administrator sees it: never its code, which only the invitee
+    receives."""
 
     sent_to: str
     created_at: datetime
@@ -101,7 +114,9 @@ class InvitationOut(BaseModel):
 
 
 class UserInvited(UserOut):
-    invitation: InvitationOut = Field(description="the code went to the user's address by email, and only there")
+    invitation: InvitationOut = Field(
+        description="the code went to the user's address by email, and only there"
+    )
 
 
 class InvitationClaim(Strict):
@@ -112,7 +127,9 @@ class InvitationClaim(Strict):
 
 class ApiKeyCreate(Strict):
     name: OptionalName = ""
-    expires_at: AwareDatetime | None = Field(None, description="the key stops working then; none: until revoked")
+    expires_at: AwareDatetime | None = Field(
+        None, description="the key stops working then; none: until revoked"
+    )
 
     @field_validator("expires_at")
     @classmethod

@@ -13,9 +13,13 @@ from leadline_kit.identity import Identity, identity_headers
 
 
 def make_identity(
-    role: str = "administrator", company_id: uuid.UUID | None = None, user_id: uuid.UUID | None = None
+    role: str = "administrator",
+    company_id: uuid.UUID | None = None,
+    user_id: uuid.UUID | None = None,
 ) -> Identity:
-    return Identity(company_id=company_id or uuid.uuid4(), user_id=user_id or uuid.uuid4(), role=role)
+    return Identity(
+        company_id=company_id or uuid.uuid4(), user_id=user_id or uuid.uuid4(), role=role
+    )
 
 
 class SignedAuth(httpx.Auth):
@@ -34,7 +38,8 @@ class SignedAuth(httpx.Auth):
 async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """Start the app's lifespan and yield an unauthenticated client bound to it."""
     async with app.router.lifespan_context(app):
-        # like a real server: an unhandled error is a 500 problem response, not an exception in the test
+        # like a real server: an unhandled error is a 500 problem response, not an exception in the
+        # test
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://service") as client:
             yield client
@@ -42,4 +47,6 @@ async def running_app(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 def as_caller(client: httpx.AsyncClient, identity: Identity, secret: str) -> httpx.AsyncClient:
     """A client sharing ``client``'s transport that signs as ``identity``."""
-    return httpx.AsyncClient(transport=client._transport, base_url=client.base_url, auth=SignedAuth(identity, secret))
+    return httpx.AsyncClient(
+        transport=client._transport, base_url=client.base_url, auth=SignedAuth(identity, secret)
+    )

@@ -28,9 +28,9 @@ _templates: dict[str, str] = {}
 
 @pytest.fixture(scope="session")
 def infra_dir() -> Iterator[Path]:
-    """Not under pytest's temporary root: every pytest session resets ``/tmp/pytest-of-<user>`` to mode 0700,
-    which cuts the unprivileged database and mail users of a session still running in another checkout off
-    their data (Dovecot then fails every APPEND with "Permission denied")."""
+    """Not under pytest's temporary root: every pytest session resets ``/tmp/pytest-of-<user>`` to
+    mode 0700, which cuts the unprivileged database and mail users of a session still running in
+    another checkout off their data (Dovecot then fails every APPEND with "Permission denied")."""
     path = Path(tempfile.mkdtemp(prefix="leadline-infra-"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
@@ -66,7 +66,9 @@ def tls_ca() -> trustme.CA:
 def dovecot(infra_dir: Path, tls_ca: trustme.CA) -> Iterator[DovecotServer]:
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     server = DovecotServer(
-        infra_dir / "dovecot", cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(), cert.private_key_pem.bytes()
+        infra_dir / "dovecot",
+        cert.cert_chain_pems[0].bytes() + tls_ca.cert_pem.bytes(),
+        cert.private_key_pem.bytes(),
     )
     server.start()
     yield server
@@ -75,14 +77,17 @@ def dovecot(infra_dir: Path, tls_ca: trustme.CA) -> Iterator[DovecotServer]:
 
 @pytest.fixture(scope="session")
 def oauth_provider() -> Iterator[FakeOAuthProvider]:
-    """A local authorization server standing for Google's and Microsoft's (see leadline_kit.testing.oauth)."""
+    """A local authorization server standing for Google's and Microsoft's (see
+    leadline_kit.testing.oauth)."""
     provider = FakeOAuthProvider().start()
     yield provider
     provider.stop()
 
 
 @pytest.fixture(scope="session")
-def oauth_dovecot(infra_dir: Path, tls_ca: trustme.CA, oauth_provider: FakeOAuthProvider) -> Iterator[DovecotServer]:
+def oauth_dovecot(
+    infra_dir: Path, tls_ca: trustme.CA, oauth_provider: FakeOAuthProvider
+) -> Iterator[DovecotServer]:
     """A Dovecot that also signs users in with access tokens the ``oauth_provider`` vouches for."""
     cert = tls_ca.issue_cert("localhost", "127.0.0.1")
     server = DovecotServer(

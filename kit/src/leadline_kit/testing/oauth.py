@@ -59,24 +59,31 @@ from leadline_kit.infra import free_port, wait_for_port
 
 
 async def smtp_xoauth2(server: Any, args: list[str], owner: Callable[[str], str | None]) -> Any:
-    """An aiosmtpd handler's ``auth_XOAUTH2``: the token's ``owner`` must be the user the client names.
+    """An aiosmtpd handler's ``auth_XOAUTH2``: the token's ``owner`` must be the user the client
+    names.
 
-    Refused as Gmail does: a 334 challenge carrying a base64 JSON error, then 535 once the client answers.
+    Refused as Gmail does: a 334 challenge carrying a base64 JSON error, then 535 once the client
+    answers.
     """
     from aiosmtpd.smtp import AuthResult
 
     blob = args[1].encode() if len(args) > 1 else await server.challenge_auth("")
     if not isinstance(blob, bytes):
         return AuthResult(success=False, handled=True)
-    fields = dict(part.split("=", 1) for part in base64.b64decode(blob).decode().split("\x01") if "=" in part)
+    fields = dict(
+        part.split("=", 1) for part in base64.b64decode(blob).decode().split("\x01") if "=" in part
+    )
     user, token = fields.get("user", ""), fields.get("auth", "").removeprefix("Bearer ")
     if not user or owner(token) != user:
-        await server.challenge_auth(base64.b64encode(b'{"status":"401","schemes":"bearer"}'), encode_to_b64=False)
+        await server.challenge_auth(
+            base64.b64encode(b'{"status":"401","schemes":"bearer"}'), encode_to_b64=False
+        )
         return AuthResult(success=False)
     return AuthResult(success=True, auth_data=user)
 
 
-MICROSOFT_PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"  # the directory of personal accounts
+# the directory of personal accounts
+MICROSOFT_PERSONAL_TENANT = "9188040d-6c67-4c5b-b112-36a304b66dad"
 
 
 @dataclass
@@ -104,10 +111,12 @@ class FakeOAuthProvider:
     deny: bool = False  # the next /authorize answers error=access_denied
     unavailable_refreshes: int = 0  # so many refresh grants answer 503 first
     refresh_delay: float = 0.0
-    hold_refreshes: threading.Event | None = None  # refresh grants wait, unanswered, until this is set
+    # refresh grants wait, unanswered, until this is set
+    hold_refreshes: threading.Event | None = None
     refresh_grants: int = 0  # refresh_token grants answered with a new token
     code_grants: int = 0
-    tenant_id: str = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"  # the Microsoft directory of the accounts signing in
+    # the Microsoft directory of the accounts signing in
+    tenant_id: str = "4f0a1c9e-5d2b-4e8a-9b1f-3c6d7e8f9a0b"
     _codes: dict[str, dict[str, str]] = field(default_factory=dict)
     _all_codes: list[str] = field(default_factory=list)
     _refresh: dict[str, Grant] = field(default_factory=dict)
@@ -134,7 +143,8 @@ class FakeOAuthProvider:
         }
 
     def microsoft_endpoints(self) -> dict[str, str]:
-        """Microsoft-shaped endpoint settings; ``{tenant}`` and ``{tid}`` are filled in by the app's settings."""
+        """Microsoft-shaped endpoint settings; ``{tenant}`` and ``{tid}`` are filled in by the app's
+        settings."""
         return {
             "authorization_url": f"{self.url}/{{tenant}}/oauth2/v2.0/authorize",
             "token_url": f"{self.url}/{{tenant}}/oauth2/v2.0/token",
@@ -143,7 +153,11 @@ class FakeOAuthProvider:
 
     def live_refresh_tokens(self, address: str) -> set[str]:
         with self._lock:
-            return {token for token, grant in self._refresh.items() if grant.address == address and not grant.revoked}
+            return {
+                token
+                for token, grant in self._refresh.items()
+                if grant.address == address and not grant.revoked
+            }
 
     def sign_in(self, address: str) -> None:
         self.signed_in, self.deny = address, False
@@ -188,7 +202,12 @@ class FakeOAuthProvider:
 
     def start(self) -> FakeOAuthProvider:
         config = uvicorn.Config(
-            self._app(), host="127.0.0.1", port=self.port, log_level="warning", access_log=False, lifespan="off"
+            self._app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fake-oauth", daemon=True)
@@ -229,7 +248,9 @@ class FakeOAuthProvider:
         }
         if grant.tenant is None:
             claims.update(iss=self.issuer, email=grant.address, email_verified=True)
-        else:  # Microsoft: the sign-in name, the directory; email only as an optional, unverified claim
+        else:
+            # Microsoft: the sign-in name, the directory; email only as an optional, unverified
+            # claim
             claims.update(
                 iss=f"{self.url}/{grant.tenant}/v2.0",
                 tid=grant.tenant,
@@ -239,7 +260,9 @@ class FakeOAuthProvider:
                 ver="2.0",
             )
         signing_input = part({"alg": "HS256", "typ": "JWT"}) + "." + part(claims)
-        signature = hmac.new(self.client_secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+        signature = hmac.new(
+            self.client_secret.encode(), signing_input.encode(), hashlib.sha256
+        ).digest()
         return signing_input + "." + base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
 
     def _app(self) -> FastAPI:  # noqa: C901 - 26, older than the limit
@@ -249,7 +272,10 @@ class FakeOAuthProvider:
             return JSONResponse({"error": code}, status_code=status)
 
         async def form(request: Request) -> dict[str, str]:
-            if request.headers.get("content-type", "").split(";")[0] != "application/x-www-form-urlencoded":
+            if (
+                request.headers.get("content-type", "").split(";")[0]
+                != "application/x-www-form-urlencoded"
+            ):
                 return {}
             return dict(urllib.parse.parse_qsl((await request.body()).decode()))
 
@@ -265,18 +291,30 @@ class FakeOAuthProvider:
             response_type: Annotated[str, Query()] = "",
         ) -> Response:
             tenant = request.path_params.get("tenant")  # Microsoft-shaped; None: Google-shaped
-            if client_id != self.client_id or response_type != "code" or code_challenge_method != "S256":
+            if (
+                client_id != self.client_id
+                or response_type != "code"
+                or code_challenge_method != "S256"
+            ):
                 return error("invalid_request")
             scopes = scope.split()
             resources = {
-                s.rsplit("/", 1)[0] for s in scopes if s not in ("openid", "email", "profile", "offline_access")
+                s.rsplit("/", 1)[0]
+                for s in scopes
+                if s not in ("openid", "email", "profile", "offline_access")
             }
             if self.deny or self.signed_in is None:
                 query = {"error": "access_denied", "state": state}
             elif tenant is not None and tenant not in ("common", "organizations", self.tenant_id):
-                query = {"error": "invalid_request", "error_description": "AADSTS50020: user not in tenant"}
+                query = {
+                    "error": "invalid_request",
+                    "error_description": "AADSTS50020: user not in tenant",
+                }
             elif tenant is not None and len(resources) > 1:
-                query = {"error": "invalid_scope", "error_description": "AADSTS70011: scopes of several resources"}
+                query = {
+                    "error": "invalid_scope",
+                    "error_description": "AADSTS70011: scopes of several resources",
+                }
             else:
                 code = secrets.token_urlsafe(16)
                 with self._lock:
@@ -290,22 +328,31 @@ class FakeOAuthProvider:
                         "path_tenant": tenant or "",
                     }
                 query = {"code": code, "state": state}
-            return RedirectResponse(redirect_uri + "?" + urllib.parse.urlencode(query), status_code=302)
+            return RedirectResponse(
+                redirect_uri + "?" + urllib.parse.urlencode(query), status_code=302
+            )
 
         async def token(request: Request) -> JSONResponse:
             tenant = request.path_params.get("tenant")
             fields = await form(request)
             grant_type, client_id = fields.get("grant_type", ""), fields.get("client_id", "")
             client_secret, code = fields.get("client_secret", ""), fields.get("code", "")
-            redirect_uri, code_verifier = fields.get("redirect_uri", ""), fields.get("code_verifier", "")
+            redirect_uri, code_verifier = (
+                fields.get("redirect_uri", ""),
+                fields.get("code_verifier", ""),
+            )
             refresh_token = fields.get("refresh_token", "")
-            if client_id != self.client_id or not hmac.compare_digest(client_secret, self.client_secret):
+            if client_id != self.client_id or not hmac.compare_digest(
+                client_secret, self.client_secret
+            ):
                 return error("invalid_client", 401)
             if grant_type == "authorization_code":
                 with self._lock:
                     entry = self._codes.pop(code, None)
                     challenge = (
-                        base64.urlsafe_b64encode(hashlib.sha256(code_verifier.encode()).digest()).rstrip(b"=").decode()
+                        base64.urlsafe_b64encode(hashlib.sha256(code_verifier.encode()).digest())
+                        .rstrip(b"=")
+                        .decode()
                     )
                     if (
                         entry is None
@@ -315,10 +362,13 @@ class FakeOAuthProvider:
                     ):
                         return error("invalid_grant")
                     grant = Grant(
-                        entry["address"], client_id, entry["scope"], tenant=None if tenant is None else self.tenant_id
+                        entry["address"],
+                        client_id,
+                        entry["scope"],
+                        tenant=None if tenant is None else self.tenant_id,
                     )
-                    # Microsoft gives a refresh token only with offline_access; Google with access_type=offline,
-                    # which Leadline always asks (not checked here)
+                    # Microsoft gives a refresh token only with offline_access; Google with
+                    # access_type=offline, which Leadline always asks (not checked here)
                     refresh = None
                     if tenant is None or "offline_access" in grant.scope.split():
                         refresh = "1//fake-refresh-" + secrets.token_urlsafe(24)
@@ -343,7 +393,10 @@ class FakeOAuthProvider:
                         or (grant_or_none.tenant is None) != (tenant is None)
                     ):
                         return JSONResponse(
-                            {"error": "invalid_grant", "error_description": "Token has been expired or revoked."},
+                            {
+                                "error": "invalid_grant",
+                                "error_description": "Token has been expired or revoked.",
+                            },
                             status_code=400,
                         )
                     self.refresh_grants += 1
@@ -352,7 +405,10 @@ class FakeOAuthProvider:
                     # Microsoft: a new refresh token each time; here the one used dies at once
                     rotated = "M.fake-refresh-" + secrets.token_urlsafe(24)
                     self._refresh[rotated] = Grant(
-                        grant_or_none.address, grant_or_none.client_id, grant_or_none.scope, tenant=grant_or_none.tenant
+                        grant_or_none.address,
+                        grant_or_none.client_id,
+                        grant_or_none.scope,
+                        tenant=grant_or_none.tenant,
                     )
                     grant_or_none.revoked = True
                     return JSONResponse(self._issue(self._refresh[rotated], rotated))

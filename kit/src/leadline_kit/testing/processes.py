@@ -1,11 +1,11 @@
 """A child Python process for the tests that kill one (:class:`leadline_kit.infra.AppProcess` is the
 uvicorn service of a port; this is any script or module).
 
-Started with its environment over the test's; held until :meth:`ChildProcess.release` (a start of Python
-and its imports takes seconds, 20 s and more on a loaded machine, so a test that times a kill starts its
-children first and lets them go when it says so); waited for on a line it prints (its stdout is read by a
-thread, so a child never blocks on a full pipe); SIGKILLed and reaped.  Its stderr is the test's (pytest
-shows it with a failure).
+Started with its environment over the test's; held until :meth:`ChildProcess.release` (a start of
+Python and its imports takes seconds, 20 s and more on a loaded machine, so a test that times a kill
+starts its children first and lets them go when it says so); waited for on a line it prints (its
+stdout is read by a thread, so a child never blocks on a full pipe); SIGKILLed and reaped.  Its
+stderr is the test's (pytest shows it with a failure).
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ class ChildProcess:
             stdout=subprocess.PIPE if self.output else None,
         )
         if self.output:
-            threading.Thread(target=self._read, name=f"child-{self.process.pid}-stdout", daemon=True).start()
+            threading.Thread(
+                target=self._read, name=f"child-{self.process.pid}-stdout", daemon=True
+            ).start()
         return self
 
     def _read(self) -> None:
@@ -65,7 +67,8 @@ class ChildProcess:
         self.process.stdin.flush()
 
     def line(self, timeout: float = 60.0) -> str:
-        """The next line it prints (``print(..., flush=True)``): its "ready", or what it has to tell."""
+        """The next line it prints (``print(..., flush=True)``): its "ready", or what it has to
+        tell."""
         assert self.output, "its stdout is not read"
         deadline = time.monotonic() + timeout
         while not self._ended:
@@ -77,15 +80,19 @@ class ChildProcess:
                 return line
             self._ended = True
         assert self.process is not None
-        raise RuntimeError(f"pid {self.pid} closed its stdout (exit code {self.process.poll()}) before a line")
+        raise RuntimeError(
+            f"pid {self.pid} closed its stdout (exit code {self.process.poll()}) before a line"
+        )
 
     def wait(self, timeout: float | None = None) -> int:
-        """Its exit code, once it exits by itself (``-9``: SIGKILLed); TimeoutExpired after ``timeout``."""
+        """Its exit code, once it exits by itself (``-9``: SIGKILLed); TimeoutExpired after
+        ``timeout``."""
         assert self.process is not None, "not started"
         return self.process.wait(timeout)
 
     def kill(self) -> int:
-        """SIGKILL to this process alone (not its children: the tests check that they die with it), reaped."""
+        """SIGKILL to this process alone (not its children: the tests check that they die with it),
+        reaped."""
         assert self.process is not None, "not started"
         if self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
@@ -110,5 +117,10 @@ class ChildProcess:
     def __enter__(self) -> ChildProcess:
         return self.start()
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.kill()

@@ -38,7 +38,9 @@ async def list_blocklist(
 
 
 @router.post("", status_code=201)
-async def add_to_blocklist(session: Session, caller: Manager, body: BlocklistEntryCreate) -> BlocklistEntry:
+async def add_to_blocklist(
+    session: Session, caller: Manager, body: BlocklistEntryCreate
+) -> BlocklistEntry:
     return await service.add_entry(session, caller, body)
 
 

@@ -16,11 +16,18 @@ from leadline_lead.models import blocklist_entry, company_settings
 
 async def insert_entry(session: AsyncSession, values: dict[str, Any]) -> Row[Any] | None:
     """The new entry, or None when the company already blocks that value."""
-    stmt = insert(blocklist_entry).values(**values).on_conflict_do_nothing().returning(*blocklist_entry.c)
+    stmt = (
+        insert(blocklist_entry)
+        .values(**values)
+        .on_conflict_do_nothing()
+        .returning(*blocklist_entry.c)
+    )
     return (await session.execute(stmt)).first()
 
 
-async def delete_entry(session: AsyncSession, company_id: uuid.UUID, entry_id: uuid.UUID) -> Row[Any] | None:
+async def delete_entry(
+    session: AsyncSession, company_id: uuid.UUID, entry_id: uuid.UUID
+) -> Row[Any] | None:
     stmt = (
         delete(blocklist_entry)
         .where(blocklist_entry.c.id == entry_id, blocklist_entry.c.company_id == company_id)
@@ -30,7 +37,11 @@ async def delete_entry(session: AsyncSession, company_id: uuid.UUID, entry_id: u
 
 
 async def list_entries(
-    session: AsyncSession, company_id: uuid.UUID, *, after: tuple[datetime, uuid.UUID] | None, limit: int
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    *,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
 ) -> Sequence[Row[Any]]:
     stmt = select(*blocklist_entry.c).where(blocklist_entry.c.company_id == company_id)
     if after is not None:
@@ -40,11 +51,15 @@ async def list_entries(
                 and_(blocklist_entry.c.created_at == after[0], blocklist_entry.c.id < after[1]),
             )
         )
-    stmt = stmt.order_by(blocklist_entry.c.created_at.desc(), blocklist_entry.c.id.desc()).limit(limit)
+    stmt = stmt.order_by(blocklist_entry.c.created_at.desc(), blocklist_entry.c.id.desc()).limit(
+        limit
+    )
     return (await session.execute(stmt)).all()
 
 
-async def get_settings(session: AsyncSession, company_id: uuid.UUID, *, for_update: bool = False) -> Row[Any] | None:
+async def get_settings(
+    session: AsyncSession, company_id: uuid.UUID, *, for_update: bool = False
+) -> Row[Any] | None:
     stmt = select(*company_settings.c).where(company_settings.c.company_id == company_id)
     if for_update:
         stmt = stmt.with_for_update()
@@ -52,11 +67,18 @@ async def get_settings(session: AsyncSession, company_id: uuid.UUID, *, for_upda
 
 
 async def save_settings(
-    session: AsyncSession, company_id: uuid.UUID, domains: list[str], block_own_domains: bool, as_of: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    domains: list[str],
+    block_own_domains: bool,
+    as_of: datetime,
 ) -> bool:
     """Store the company's settings unless newer ones are already stored; True when stored."""
     base = insert(company_settings).values(
-        company_id=company_id, domains=domains, block_own_domains=block_own_domains, updated_at=as_of
+        company_id=company_id,
+        domains=domains,
+        block_own_domains=block_own_domains,
+        updated_at=as_of,
     )
     stmt = base.on_conflict_do_update(
         index_elements=[company_settings.c.company_id],

@@ -17,9 +17,15 @@ BlockKind = Literal["address", "domain"]
 class BlocklistEntryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    value: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=254, pattern=ONE_LINE)]
+    value: Annotated[
+        str,
+        StringConstraints(strip_whitespace=True, min_length=1, max_length=254, pattern=ONE_LINE),
+    ]
     kind: BlockKind | None = None
-    """Omitted: an address when the value holds an ``@`` (other than a leading one), else a domain."""
+    (
+        """Omitted: an address when the value holds an ``@`` (other than a leading one), else a """
+        """domain."""
+    )
 
 
 class BlocklistEntry(BaseModel):
@@ -31,7 +37,8 @@ class BlocklistEntry(BaseModel):
 
 
 class BlocklistPage(Page[BlocklistEntry]):
-    """The company's entries, plus its own domains, blocked by default unless the company turned it off (R6)."""
+    """The company's entries, plus its own domains, blocked by default unless the company turned it
+    off (R6)."""
 
     own_domains: list[str]
     own_domains_blocked: bool

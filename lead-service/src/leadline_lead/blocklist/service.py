@@ -1,4 +1,5 @@
-"""Blocklist logic (R6): entries per company, the company's own domains, and purging what they block.
+"""Blocklist logic (R6): entries per company, the company's own domains, and purging what they
+block.
 
 Blocking is about who counts as a lead's correspondent: a blocked address or
 domain is never matched to a lead, so its mail is never kept.  Adding an
@@ -25,7 +26,12 @@ from leadline_lead.blocklist.schemas import BlocklistEntry, BlocklistEntryCreate
 from leadline_lead.models import outbox
 from leadline_lead.problems import AlreadyBlocklisted, BlocklistEntryNotFound, InvalidDomain
 from leadline_lead.timeline.repository import purge_blocked
-from leadline_proto.events import BlocklistAddedV1, BlocklistEntryPayload, BlocklistRemovedV1, CompanyUpdatedV1
+from leadline_proto.events import (
+    BlocklistAddedV1,
+    BlocklistEntryPayload,
+    BlocklistRemovedV1,
+    CompanyUpdatedV1,
+)
 
 
 def _entry(row: Row[object]) -> BlocklistEntry:
@@ -36,7 +42,9 @@ def _payload(entry: BlocklistEntry) -> BlocklistEntryPayload:
     return BlocklistEntryPayload(entry_id=entry.id, kind=entry.kind, value=entry.value)
 
 
-async def add_entry(session: AsyncSession, caller: Identity, body: BlocklistEntryCreate) -> BlocklistEntry:
+async def add_entry(
+    session: AsyncSession, caller: Identity, body: BlocklistEntryCreate
+) -> BlocklistEntry:
     kind = body.kind or ("address" if "@" in body.value.lstrip("@") else "domain")
     try:
         value = normalise_address(body.value) if kind == "address" else normalise_domain(body.value)
@@ -59,7 +67,9 @@ async def add_entry(session: AsyncSession, caller: Identity, body: BlocklistEntr
         await purge_blocked(session, caller.company_id, addresses=[value])
     else:
         await purge_blocked(session, caller.company_id, domains=[value])
-    await enqueue(session, outbox, BlocklistAddedV1(company_id=caller.company_id, payload=_payload(entry)))
+    await enqueue(
+        session, outbox, BlocklistAddedV1(company_id=caller.company_id, payload=_payload(entry))
+    )
     return entry
 
 
@@ -68,10 +78,16 @@ async def remove_entry(session: AsyncSession, caller: Identity, entry_id: uuid.U
     row = await repository.delete_entry(session, caller.company_id, entry_id)
     if row is None:
         raise BlocklistEntryNotFound("no such blocklist entry")
-    await enqueue(session, outbox, BlocklistRemovedV1(company_id=caller.company_id, payload=_payload(_entry(row))))
+    await enqueue(
+        session,
+        outbox,
+        BlocklistRemovedV1(company_id=caller.company_id, payload=_payload(_entry(row))),
+    )
 
 
-async def list_entries(session: AsyncSession, caller: Identity, *, cursor: str | None, limit: int) -> BlocklistPage:
+async def list_entries(
+    session: AsyncSession, caller: Identity, *, cursor: str | None, limit: int
+) -> BlocklistPage:
     after = decode_position(cursor)
     rows = await repository.list_entries(session, caller.company_id, after=after, limit=limit + 1)
     more = len(rows) > limit
@@ -102,6 +118,8 @@ async def apply_company_settings(session: AsyncSession, event: CompanyUpdatedV1)
         return  # a newer company.updated was applied already
     if not event.payload.block_own_domains:
         return
-    blocked_before = set(before.domains) if before is not None and before.block_own_domains else set()
+    blocked_before = (
+        set(before.domains) if before is not None and before.block_own_domains else set()
+    )
     newly_blocked = [d for d in domains if d not in blocked_before]
     await purge_blocked(session, company, domains=newly_blocked)

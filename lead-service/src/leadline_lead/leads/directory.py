@@ -1,4 +1,5 @@
-"""``RPC_LEAD_DIRECTORY``: the sync service asks how many leads a company has before a historical sync.
+"""``RPC_LEAD_DIRECTORY``: the sync service asks how many leads a company has before a historical
+sync.
 
 The sync service matches mail against its own copy of the leads, built from
 ``lead.*`` events.  A historical sync that ran ahead of those events would

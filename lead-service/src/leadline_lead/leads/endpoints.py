@@ -1,4 +1,5 @@
-"""Lead HTTP endpoints; any role may read and write leads (R20), always within the caller's company."""
+"""Lead HTTP endpoints; any role may read and write leads (R20), always within the caller's
+company."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ async def list_leads(
     session: Session,
     caller: Caller,
     q: Annotated[
-        str | None, Query(max_length=254, pattern=ONE_LINE, description="address prefix, or part of the name")
+        str | None,
+        Query(max_length=254, pattern=ONE_LINE, description="address prefix, or part of the name"),
     ] = None,
     cursor: Annotated[str | None, Query(max_length=512)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -41,7 +43,9 @@ async def get_lead(session: Session, caller: Caller, lead_id: uuid.UUID) -> Lead
 
 
 @router.patch("/{lead_id}")
-async def update_lead(session: Session, caller: Caller, lead_id: uuid.UUID, body: LeadUpdate) -> Lead:
+async def update_lead(
+    session: Session, caller: Caller, lead_id: uuid.UUID, body: LeadUpdate
+) -> Lead:
     return await service.update_lead(session, caller, lead_id, body)
 
 

@@ -25,7 +25,13 @@ async def claim_addresses(
 ) -> set[str]:
     """Give ``addresses`` to the lead; returns those another lead of the company already holds."""
     rows = [
-        {"company_id": company_id, "address": a, "domain": domain_of(a), "lead_id": lead_id, "position": i}
+        {
+            "company_id": company_id,
+            "address": a,
+            "domain": domain_of(a),
+            "lead_id": lead_id,
+            "position": i,
+        }
         for i, a in enumerate(addresses)
     ]
     stmt = (
@@ -106,18 +112,20 @@ async def list_leads(
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
 ) -> Sequence[Row[Any]]:
-    """Newest first; ``query`` matches an address by prefix, or (without an ``@``) part of the name or
-    account name.  Each way has its index (address prefix, trigrams); their hits are united."""
+    """Newest first; ``query`` matches an address by prefix, or (without an ``@``) part of the name
+    or account name.  Each way has its index (address prefix, trigrams); their hits are united."""
     stmt = select(*lead.c).where(lead.c.company_id == company_id)
     if query:
         pattern = _like_escape(query.lower())
         hits = select(lead_address.c.lead_id).where(
-            lead_address.c.company_id == company_id, lead_address.c.address.like(pattern + "%", escape="\\")
+            lead_address.c.company_id == company_id,
+            lead_address.c.address.like(pattern + "%", escape="\\"),
         )
         if "@" not in query:
             by_name = [
                 select(lead.c.id).where(
-                    lead.c.company_id == company_id, func.lower(column).like("%" + pattern + "%", escape="\\")
+                    lead.c.company_id == company_id,
+                    func.lower(column).like("%" + pattern + "%", escape="\\"),
                 )
                 for column in (lead.c.name, lead.c.account_name)
             ]
@@ -126,7 +134,10 @@ async def list_leads(
     if after is not None:
         created_at, lead_id = after
         stmt = stmt.where(
-            or_(lead.c.created_at < created_at, and_(lead.c.created_at == created_at, lead.c.id < lead_id))
+            or_(
+                lead.c.created_at < created_at,
+                and_(lead.c.created_at == created_at, lead.c.id < lead_id),
+            )
         )
     stmt = stmt.order_by(lead.c.created_at.desc(), lead.c.id.desc()).limit(limit)
     return (await session.execute(stmt)).all()
@@ -145,7 +156,9 @@ async def leads_by_address(
     return {row.address: row.lead_id for row in rows}
 
 
-async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime) -> None:
+async def mark_bounced(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime
+) -> None:
     await session.execute(
         update(lead)
         .where(lead.c.company_id == company_id, lead.c.id == lead_id)
@@ -153,11 +166,16 @@ async def mark_bounced(session: AsyncSession, company_id: uuid.UUID, lead_id: uu
     )
 
 
-async def mark_complained(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime) -> None:
+async def mark_complained(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, at: datetime
+) -> None:
     await session.execute(
         update(lead)
         .where(lead.c.company_id == company_id, lead.c.id == lead_id)
-        .values(complained_at=func.greatest(func.coalesce(lead.c.complained_at, at), at), updated_at=func.now())
+        .values(
+            complained_at=func.greatest(func.coalesce(lead.c.complained_at, at), at),
+            updated_at=func.now(),
+        )
     )
 
 
@@ -168,7 +186,11 @@ async def mark_unsubscribed(
         return
     await session.execute(
         update(lead)
-        .where(lead.c.company_id == company_id, lead.c.id.in_(list(lead_ids)), lead.c.unsubscribed_at.is_(None))
+        .where(
+            lead.c.company_id == company_id,
+            lead.c.id.in_(list(lead_ids)),
+            lead.c.unsubscribed_at.is_(None),
+        )
         .values(unsubscribed_at=at, updated_at=func.now())
     )
 
@@ -177,7 +199,9 @@ async def save_user(
     session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, deleted: bool, at: datetime
 ) -> None:
     """Keep a user of the company as its latest event says (a late, older event changes nothing)."""
-    stmt = insert(company_user).values(user_id=user_id, company_id=company_id, deleted=deleted, updated_at=at)
+    stmt = insert(company_user).values(
+        user_id=user_id, company_id=company_id, deleted=deleted, updated_at=at
+    )
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[company_user.c.user_id],
@@ -203,19 +227,24 @@ async def is_user_of(session: AsyncSession, company_id: uuid.UUID, user_id: uuid
     )
 
 
-async def names_of(session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID]) -> list[Any]:
+async def names_of(
+    session: AsyncSession, company_id: uuid.UUID, lead_ids: Sequence[uuid.UUID]
+) -> list[Any]:
     """(id, name) of those of ``lead_ids`` that are the company's leads."""
     return list(
         (
             await session.execute(
-                select(lead.c.id, lead.c.name).where(lead.c.company_id == company_id, lead.c.id.in_(list(lead_ids)))
+                select(lead.c.id, lead.c.name).where(
+                    lead.c.company_id == company_id, lead.c.id.in_(list(lead_ids))
+                )
             )
         ).all()
     )
 
 
 async def directory_counts(session: AsyncSession, company_id: uuid.UUID) -> Any:
-    """The company's leads that have an address: how many, the newest's creation, and the database's now."""
+    """The company's leads that have an address: how many, the newest's creation, and the database's
+    now."""
     return (
         await session.execute(
             select(func.count(func.distinct(lead.c.id)), func.max(lead.c.created_at), func.now())

@@ -1,4 +1,5 @@
-"""``RPC_LEAD_ADDRESSES``: the send service asks for leads whose ``lead.created`` it has not applied yet.
+"""``RPC_LEAD_ADDRESSES``: the send service asks for leads whose ``lead.created`` it has not applied
+yet.
 
 Leads are announced by events, and a service that learns them from its
 stream may be a moment behind the API: a CRM that creates a lead and mails
@@ -25,5 +26,8 @@ async def lead_addresses(db: Database, request: LeadAddressesRequest) -> LeadAdd
         rows = await repository.names_of(session, request.company_id, request.lead_ids)
         addresses = await repository.addresses_of(session, request.company_id, [r.id for r in rows])
     return LeadAddressesReply(
-        leads=[LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, [])) for r in rows]
+        leads=[
+            LeadAddresses(lead_id=r.id, name=r.name, addresses=addresses.get(r.id, []))
+            for r in rows
+        ]
     )

@@ -12,13 +12,27 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from leadline_kit.text import ONE_LINE
 
 Stage = Literal["new", "contacted", "qualified", "proposal", "negotiation", "won", "lost"]
-STAGES: tuple[str, ...] = ("new", "contacted", "qualified", "proposal", "negotiation", "won", "lost")
+STAGES: tuple[str, ...] = (
+    "new",
+    "contacted",
+    "qualified",
+    "proposal",
+    "negotiation",
+    "won",
+    "lost",
+)
 
 MAX_ADDRESSES = 20
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)]
-AccountName = Annotated[str, StringConstraints(strip_whitespace=True, max_length=200, pattern=ONE_LINE)]
-RawAddress = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254, pattern=ONE_LINE)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200, pattern=ONE_LINE)
+]
+AccountName = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=200, pattern=ONE_LINE)
+]
+RawAddress = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=3, max_length=254, pattern=ONE_LINE)
+]
 
 
 class LeadCreate(BaseModel):
@@ -44,7 +58,8 @@ class LeadUpdate(BaseModel):
 
 
 class MailStatus(StrEnum):
-    """Whether the lead may be mailed, derived from its timestamps (``leads.service.mail_status``)."""
+    """Whether the lead may be mailed, derived from its timestamps
+    (``leads.service.mail_status``)."""
 
     OK = "ok"
     BOUNCED = "bounced"
@@ -61,7 +76,8 @@ class Lead(BaseModel):
     stage: Stage
     unsubscribed: bool
     unsubscribed_at: datetime | None
-    # what a CRM needs to stop mailing the lead: complained wins over bounced, bounced over unsubscribed
+    # what a CRM needs to stop mailing the lead: complained wins over bounced, bounced over
+    # unsubscribed
     mail_status: MailStatus
     bounced_at: datetime | None
     complained_at: datetime | None

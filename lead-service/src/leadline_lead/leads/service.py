@@ -1,8 +1,9 @@
 """Lead logic: create, change and delete leads, telling the other services through the outbox.
 
-A lead's owner must be a user of the caller's company.  The service learns the company's users from the
-gateway's ``user.updated`` / ``user.deleted`` events (services never ask each other's tables, and an event
-kept here costs no round trip to the gateway on each write); the caller is always a user of their company.
+A lead's owner must be a user of the caller's company.  The service learns the company's users from
+the gateway's ``user.updated`` / ``user.deleted`` events (services never ask each other's tables,
+and an event kept here costs no round trip to the gateway on each write); the caller is always a
+user of their company.
 
 The sync service keeps its own copy of every lead's addresses and creation
 time from ``lead.created|updated|deleted`` (R5, R6), so each change enqueues
@@ -79,7 +80,9 @@ def _payload(lead: Lead) -> LeadPayload:
     )
 
 
-async def _claim(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str]) -> None:
+async def _claim(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, addresses: list[str]
+) -> None:
     taken = await repository.claim_addresses(session, company_id, lead_id, addresses)
     if taken:
         first = sorted(taken)[0]
@@ -112,7 +115,9 @@ async def create_lead(session: AsyncSession, caller: Identity, body: LeadCreate)
     )
     await _claim(session, caller.company_id, row.id, addresses)
     created = _lead(row, addresses)
-    await enqueue(session, outbox, LeadCreatedV1(company_id=caller.company_id, payload=_payload(created)))
+    await enqueue(
+        session, outbox, LeadCreatedV1(company_id=caller.company_id, payload=_payload(created))
+    )
     return created
 
 
@@ -120,10 +125,14 @@ async def get_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) 
     row = await repository.get_lead(session, caller.company_id, lead_id)
     if row is None:
         raise LeadNotFound("no such lead")
-    return _lead(row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, []))
+    return _lead(
+        row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, [])
+    )
 
 
-async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID, body: LeadUpdate) -> Lead:
+async def update_lead(
+    session: AsyncSession, caller: Identity, lead_id: uuid.UUID, body: LeadUpdate
+) -> Lead:
     row = await repository.get_lead(session, caller.company_id, lead_id, for_update=True)
     if row is None:
         raise LeadNotFound("no such lead")
@@ -139,15 +148,21 @@ async def update_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUI
         await repository.release_addresses_except(session, caller.company_id, row.id, addresses)
         await _claim(session, caller.company_id, row.id, addresses)
     row = await repository.update_lead(session, caller.company_id, row.id, values)
-    updated = _lead(row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, []))
-    await enqueue(session, outbox, LeadUpdatedV1(company_id=caller.company_id, payload=_payload(updated)))
+    updated = _lead(
+        row, (await repository.addresses_of(session, caller.company_id, [row.id])).get(row.id, [])
+    )
+    await enqueue(
+        session, outbox, LeadUpdatedV1(company_id=caller.company_id, payload=_payload(updated))
+    )
     return updated
 
 
 async def delete_lead(session: AsyncSession, caller: Identity, lead_id: uuid.UUID) -> None:
     gone = await get_lead(session, caller, lead_id)
     await repository.delete_lead(session, caller.company_id, gone.id)
-    await enqueue(session, outbox, LeadDeletedV1(company_id=caller.company_id, payload=_payload(gone)))
+    await enqueue(
+        session, outbox, LeadDeletedV1(company_id=caller.company_id, payload=_payload(gone))
+    )
 
 
 async def list_leads(
@@ -155,7 +170,11 @@ async def list_leads(
 ) -> Page[Lead]:
     after = decode_position(cursor)
     rows = await repository.list_leads(
-        session, caller.company_id, query=(query or "").strip() or None, after=after, limit=limit + 1
+        session,
+        caller.company_id,
+        query=(query or "").strip() or None,
+        after=after,
+        limit=limit + 1,
     )
     more = len(rows) > limit
     rows = rows[:limit]

@@ -31,7 +31,11 @@ Day = Annotated[date, BeforeValidator(_calendar_day)]
 async def activity_report(
     session: Session,
     caller: Caller,
-    date_from: Annotated[Day | None, Query(alias="from", description="first day, UTC (default: 12 weeks ago)")] = None,
-    date_to: Annotated[Day | None, Query(alias="to", description="last day, UTC, inclusive (default: today)")] = None,
+    date_from: Annotated[
+        Day | None, Query(alias="from", description="first day, UTC (default: 12 weeks ago)")
+    ] = None,
+    date_to: Annotated[
+        Day | None, Query(alias="to", description="last day, UTC, inclusive (default: today)")
+    ] = None,
 ) -> ActivityReport:
     return await service.activity_report(session, caller, date_from, date_to)

@@ -13,8 +13,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_lead.models import lead, timeline_event
 
 
-async def activity(session: AsyncSession, company_id: uuid.UUID, start: datetime, end: datetime) -> Sequence[Row[Any]]:
-    """Personal mail per UTC ISO week (Monday start) and the lead's current stage, in [start, end)."""
+async def activity(
+    session: AsyncSession, company_id: uuid.UUID, start: datetime, end: datetime
+) -> Sequence[Row[Any]]:
+    """Personal mail per UTC ISO week (Monday start) and the lead's current stage, in [start,
+    end)."""
     e = timeline_event.c
     week = func.date_trunc("week", func.timezone("UTC", e.occurred_at)).label("week_start")
     stmt = (

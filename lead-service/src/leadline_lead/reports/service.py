@@ -43,7 +43,11 @@ async def activity_report(
         year, week, _ = monday.isocalendar()
         report_rows.append(
             ActivityRow(
-                week=f"{year}-W{week:02d}", week_start=monday, stage=row.stage, sent=row.sent, received=row.received
+                week=f"{year}-W{week:02d}",
+                week_start=monday,
+                stage=row.stage,
+                sent=row.sent,
+                received=row.received,
             )
         )
     return ActivityReport(date_from=date_from, date_to=date_to, rows=report_rows)

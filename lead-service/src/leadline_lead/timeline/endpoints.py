@@ -23,4 +23,6 @@ async def lead_timeline(
     lead_id: uuid.UUID,
     limit: Annotated[int, Query(ge=1, le=TIMELINE_LIMIT)] = TIMELINE_LIMIT,
 ) -> Response:
-    return Response(await service.timeline(session, caller, lead_id, limit), media_type="application/json")
+    return Response(
+        await service.timeline(session, caller, lead_id, limit), media_type="application/json"
+    )

@@ -10,7 +10,11 @@ from __future__ import annotations
 from leadline_kit.db import Database
 from leadline_lead.timeline import repository
 from leadline_lead.timeline.service import message_key
-from leadline_proto.requests import MessageTimelineEntry, MessageTimelineReply, MessageTimelineRequest
+from leadline_proto.requests import (
+    MessageTimelineEntry,
+    MessageTimelineReply,
+    MessageTimelineRequest,
+)
 
 MAX_ENTRIES = 100
 
@@ -21,6 +25,9 @@ async def message_timeline(db: Database, request: MessageTimelineRequest) -> Mes
         rows = await repository.events_of_message(session, request.company_id, key, MAX_ENTRIES)
     return MessageTimelineReply(
         entries=[
-            MessageTimelineEntry(lead_id=r[0], kind=r[1], occurred_at=r[2], sources=sorted(r[3] or [])) for r in rows
+            MessageTimelineEntry(
+                lead_id=r[0], kind=r[1], occurred_at=r[2], sources=sorted(r[3] or [])
+            )
+            for r in rows
         ]
     )

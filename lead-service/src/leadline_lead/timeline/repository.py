@@ -32,8 +32,8 @@ TIMELINE_LIMIT = 300
 
 _LEAD_ADDRESSES = text(
     "SELECT la.company_id, la.address, la.lead_id FROM lead_address la "
-    "JOIN unnest(CAST(:companies AS uuid[]), CAST(:addresses AS text[])) AS wanted(company_id, address) "
-    "ON la.company_id = wanted.company_id AND la.address = wanted.address"
+    "JOIN unnest(CAST(:companies AS uuid[]), CAST(:addresses AS text[])) AS wanted(company_id, "
+    "address) ON la.company_id = wanted.company_id AND la.address = wanted.address"
 ).bindparams(bindparam("companies", type_=ARRAY(Uuid)), bindparam("addresses", type_=ARRAY(Text)))
 
 
@@ -44,12 +44,17 @@ async def lead_addresses(
     if not pairs:
         return {}
     companies, addresses = zip(*pairs, strict=True)
-    rows = await session.execute(_LEAD_ADDRESSES, {"companies": list(companies), "addresses": list(addresses)})
+    rows = await session.execute(
+        _LEAD_ADDRESSES, {"companies": list(companies), "addresses": list(addresses)}
+    )
     return {(row.company_id, row.address): row.lead_id for row in rows}
 
 
 async def blocked_values(
-    session: AsyncSession, companies: Collection[uuid.UUID], addresses: Collection[str], domains: Collection[str]
+    session: AsyncSession,
+    companies: Collection[uuid.UUID],
+    addresses: Collection[str],
+    domains: Collection[str],
 ) -> set[tuple[uuid.UUID, str]]:
     """The (company, address or domain) pairs among those given that the company blocks (R6).
 
@@ -103,9 +108,14 @@ _ALL_COLUMNS = (*_SCALAR_COLUMNS, *_ARRAY_COLUMNS)
 # only the constant column names above are interpolated
 _UPSERT = text(f"""
 INSERT INTO timeline_event ({", ".join(_ALL_COLUMNS)})
-SELECT {", ".join([*_SCALAR_COLUMNS, *(f"string_to_array(r.{c}, :separator)" for c in _ARRAY_COLUMNS)])}
+SELECT {
+    ", ".join([*_SCALAR_COLUMNS, *(f"string_to_array(r.{c}, :separator)" for c in _ARRAY_COLUMNS)])
+}
 FROM unnest({
-    ", ".join(f"CAST(:{c} AS {t}[])" for c, t in [*_SCALAR_COLUMNS.items(), *((c, "text") for c in _ARRAY_COLUMNS)])
+    ", ".join(
+        f"CAST(:{c} AS {t}[])"
+        for c, t in [*_SCALAR_COLUMNS.items(), *((c, "text") for c in _ARRAY_COLUMNS)]
+    )
 })
      AS r({", ".join(_ALL_COLUMNS)})
 ON CONFLICT ON CONSTRAINT uq_timeline_event_message DO UPDATE SET
@@ -119,7 +129,7 @@ ON CONFLICT ON CONSTRAINT uq_timeline_event_message DO UPDATE SET
     matched_addresses = ARRAY(SELECT DISTINCT unnest(timeline_event.matched_addresses
                                                      || excluded.matched_addresses))
 RETURNING id, company_id, lead_id, message_key
-""")  # noqa: S608
+""")  # noqa: S608, E501
 
 _INSERT_SOURCES = text("""
 INSERT INTO timeline_event_source (timeline_event_id, source, company_id, mailbox_id)
@@ -129,7 +139,9 @@ ON CONFLICT DO NOTHING
 """)
 
 
-async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> list[Row[Any]]:
+async def upsert_mail_events(
+    session: AsyncSession, rows: Sequence[dict[str, Any]]
+) -> list[Row[Any]]:
     """Insert timeline events, merging into the existing event of the same message (R12, R26).
 
     A Smart Mail event wins the kind and category (the same message synced
@@ -138,7 +150,9 @@ async def upsert_mail_events(session: AsyncSession, rows: Sequence[dict[str, Any
     two rows for the same (company, lead, message key).
     """
     params: dict[str, Any] = {column: [row[column] for row in rows] for column in _SCALAR_COLUMNS}
-    params.update({column: [_ARRAY_SEPARATOR.join(row[column]) for row in rows] for column in _ARRAY_COLUMNS})
+    params.update(
+        {column: [_ARRAY_SEPARATOR.join(row[column]) for row in rows] for column in _ARRAY_COLUMNS}
+    )
     params["separator"] = _ARRAY_SEPARATOR
     return list((await session.execute(_UPSERT, params)).all())
 
@@ -156,7 +170,9 @@ async def insert_sources(session: AsyncSession, rows: Sequence[dict[str, Any]]) 
         )
 
 
-async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Sequence[int]) -> None:
+async def mark_bounced_from_earlier_bounces(
+    session: AsyncSession, event_ids: Sequence[int]
+) -> None:
     """A bounce may be synced before the message it is about: mark such messages now."""
     bounce = timeline_event.alias("bounce")
     await session.execute(
@@ -173,7 +189,8 @@ async def mark_bounced_from_earlier_bounces(session: AsyncSession, event_ids: Se
 
 
 async def upsert_bounce(session: AsyncSession, row: dict[str, Any]) -> int:
-    """The bounce's timeline event id, new or existing (the same bounce may come through two mailboxes)."""
+    """The bounce's timeline event id, new or existing (the same bounce may come through two
+    mailboxes)."""
     base = insert(timeline_event).values(**row)
     stmt = base.on_conflict_do_update(
         constraint="uq_timeline_event_message",
@@ -186,7 +203,8 @@ async def upsert_bounce(session: AsyncSession, row: dict[str, Any]) -> int:
 async def outbound_recipient(
     session: AsyncSession, company_id: uuid.UUID, message_key: str
 ) -> tuple[uuid.UUID, str] | None:
-    """The lead (and its address) that our message went to, when exactly one lead's timeline holds it."""
+    """The lead (and its address) that our message went to, when exactly one lead's timeline holds
+    it."""
     rows = (
         await session.execute(
             select(timeline_event.c.lead_id, timeline_event.c.matched_addresses)
@@ -232,23 +250,32 @@ async def mark_bounced(
     )
 
 
-async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> int:
-    """R11: delete the events only this mailbox brought, drop it as a source of the others; returns how many.
+async def remove_mailbox_history(
+    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID
+) -> int:
+    """R11: delete the events only this mailbox brought, drop it as a source of the others; returns
+    how many.
 
     Set-based statements only: a mailbox may have brought hundreds of thousands of events.
     """
     from_mailbox = select(source.c.timeline_event_id).where(
         source.c.company_id == company_id, source.c.mailbox_id == mailbox_id
     )
-    other_source = exists().where(source.c.timeline_event_id == timeline_event.c.id, source.c.source != str(mailbox_id))
+    other_source = exists().where(
+        source.c.timeline_event_id == timeline_event.c.id, source.c.source != str(mailbox_id)
+    )
     deleted = await session.execute(
         delete(timeline_event)
-        .where(timeline_event.c.company_id == company_id, timeline_event.c.id.in_(from_mailbox), ~other_source)
+        .where(
+            timeline_event.c.company_id == company_id,
+            timeline_event.c.id.in_(from_mailbox),
+            ~other_source,
+        )
         .returning(timeline_event.c.id)
     )
     removed = len(deleted.all())  # their sources go with them (ON DELETE CASCADE)
-    # events another mailbox also brought now show that mailbox as where they came from; a Smart Mail
-    # kept only by its "smart_mail" source still names the mailbox it was sent from
+    # events another mailbox also brought now show that mailbox as where they came from; a Smart
+    # Mail kept only by its "smart_mail" source still names the mailbox it was sent from
     other_mailbox = (
         select(source.c.mailbox_id)
         .where(
@@ -269,7 +296,9 @@ async def remove_mailbox_history(session: AsyncSession, company_id: uuid.UUID, m
         )
         .values(mailbox_id=func.coalesce(other_mailbox, timeline_event.c.mailbox_id))
     )
-    await session.execute(delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id))
+    await session.execute(
+        delete(source).where(source.c.company_id == company_id, source.c.mailbox_id == mailbox_id)
+    )
     return removed
 
 
@@ -303,7 +332,7 @@ WITH blocked AS (
 DELETE FROM timeline_event e USING hit
 WHERE e.id = hit.id AND cardinality(hit.still_matched) = 0
 RETURNING e.id
-""").bindparams(
+""").bindparams(  # noqa: E501
     bindparam("company_id", type_=Uuid),
     bindparam("addresses", type_=ARRAY(Text)),
     bindparam("domains", type_=ARRAY(Text)),
@@ -311,9 +340,14 @@ RETURNING e.id
 
 
 async def purge_blocked(
-    session: AsyncSession, company_id: uuid.UUID, *, addresses: Collection[str] = (), domains: Collection[str] = ()
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    *,
+    addresses: Collection[str] = (),
+    domains: Collection[str] = (),
 ) -> int:
-    """Remove blocked addresses' and domains' mail from timelines (R6); returns how many events went.
+    """Remove blocked addresses' and domains' mail from timelines (R6); returns how many events
+    went.
 
     An event stays when the lead's other, unblocked address is also on the message.
     """
@@ -326,19 +360,27 @@ async def purge_blocked(
 
 
 _TIMELINE_COLUMNS = [
-    c for c in timeline_event.c if c.name not in ("company_id", "lead_id", "matched_addresses", "message_key")
+    c
+    for c in timeline_event.c
+    if c.name not in ("company_id", "lead_id", "matched_addresses", "message_key")
 ]
 
 
-async def recent_events(session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, limit: int) -> Sequence[Any]:
-    """The newest events with their sources, in one round trip (index ``ix_timeline_event_lead_recent``)."""
+async def recent_events(
+    session: AsyncSession, company_id: uuid.UUID, lead_id: uuid.UUID, limit: int
+) -> Sequence[Any]:
+    """The newest events with their sources, in one round trip (index
+    ``ix_timeline_event_lead_recent``)."""
     sources = (
         select(func.array_agg(aggregate_order_by(source.c.source, source.c.source)))
         .where(source.c.timeline_event_id == timeline_event.c.id)
         .scalar_subquery()
     )
     # asyncpg already returns lists: NullType spares SQLAlchemy's per-item ARRAY processing
-    columns = [type_coerce(c, NullType()).label(c.name) if isinstance(c.type, ARRAY) else c for c in _TIMELINE_COLUMNS]
+    columns = [
+        type_coerce(c, NullType()).label(c.name) if isinstance(c.type, ARRAY) else c
+        for c in _TIMELINE_COLUMNS
+    ]
     return (
         await session.execute(
             select(*columns, type_coerce(sources, NullType()).label("sources"))
@@ -349,8 +391,11 @@ async def recent_events(session: AsyncSession, company_id: uuid.UUID, lead_id: u
     ).all()
 
 
-async def events_of_message(session: AsyncSession, company_id: uuid.UUID, key: str, limit: int) -> list[Any]:
-    """The company's timeline events of a Message-ID key, oldest first: (lead_id, kind, occurred_at, sources)."""
+async def events_of_message(
+    session: AsyncSession, company_id: uuid.UUID, key: str, limit: int
+) -> list[Any]:
+    """The company's timeline events of a Message-ID key, oldest first: (lead_id, kind, occurred_at,
+    sources)."""
     sources = (
         select(func.array_agg(source.c.source))
         .where(source.c.timeline_event_id == timeline_event.c.id, source.c.company_id == company_id)
@@ -359,8 +404,15 @@ async def events_of_message(session: AsyncSession, company_id: uuid.UUID, key: s
     return list(
         (
             await session.execute(
-                select(timeline_event.c.lead_id, timeline_event.c.kind, timeline_event.c.occurred_at, sources)
-                .where(timeline_event.c.company_id == company_id, timeline_event.c.message_key == key)
+                select(
+                    timeline_event.c.lead_id,
+                    timeline_event.c.kind,
+                    timeline_event.c.occurred_at,
+                    sources,
+                )
+                .where(
+                    timeline_event.c.company_id == company_id, timeline_event.c.message_key == key
+                )
                 .order_by(timeline_event.c.id)
                 .limit(limit)
             )

@@ -8,7 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-TimelineKind = Literal["email_received", "email_sent", "smart_mail_sent", "bounce", "delivery_delayed", "complaint"]
+TimelineKind = Literal[
+    "email_received", "email_sent", "smart_mail_sent", "bounce", "delivery_delayed", "complaint"
+]
 
 
 class TimelineSource(BaseModel):

@@ -65,7 +65,8 @@ def message_key(message_id: str, *fallback: object) -> str:
 
 
 def clean_text(value: str, limit: int) -> str:
-    """Mail text fit for a text column: PostgreSQL refuses NUL characters, hostile mail carries them (R27)."""
+    """Mail text fit for a text column: PostgreSQL refuses NUL characters, hostile mail carries them
+    (R27)."""
     return value.replace("\x00", "")[:limit]
 
 
@@ -117,8 +118,14 @@ async def apply_mail(session: AsyncSession, events: Sequence[MailSyncedV1 | Mail
             continue
         mail = event.payload
         smart = isinstance(event, MailSentV1)
-        key = message_key(mail.message_id, mail.from_address, mail.sent_at.isoformat(), mail.subject, *mail.to)
-        kind = "smart_mail_sent" if smart else ("email_sent" if mail.direction == "outbound" else "email_received")
+        key = message_key(
+            mail.message_id, mail.from_address, mail.sent_at.isoformat(), mail.subject, *mail.to
+        )
+        kind = (
+            "smart_mail_sent"
+            if smart
+            else ("email_sent" if mail.direction == "outbound" else "email_received")
+        )
         category = event.payload.category if isinstance(event, MailSentV1) else "personal"
         if smart:
             source: tuple[str, uuid.UUID | None] = (SMART_MAIL_SOURCE, None)
@@ -188,17 +195,24 @@ def _merge(into: dict[str, Any], row: dict[str, Any]) -> None:
     for column in ("mailbox_id", "user_id", "folder"):
         into[column] = into[column] or row[column]
     into["snippet"] = into["snippet"] or row["snippet"]
-    into["matched_addresses"] = list(dict.fromkeys([*into["matched_addresses"], *row["matched_addresses"]]))
+    into["matched_addresses"] = list(
+        dict.fromkeys([*into["matched_addresses"], *row["matched_addresses"]])
+    )
 
 
 async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
-    """R17: a hard bounce is a ``bounce`` event on the recipient's lead and marks the original bounced; a
-    soft one is a ``delivery_delayed`` event and marks nothing.  A notice that named no recipient is put
-    on the lead the original message went to, when exactly one lead's timeline holds it."""
+    """R17: a hard bounce is a ``bounce`` event on the recipient's lead and marks the original
+    bounced; a soft one is a ``delivery_delayed`` event and marks nothing.  A notice that named no
+    recipient is put on the lead the original message went to, when exactly one lead's timeline
+    holds it."""
     bounce = event.payload
     company = event.company_id
-    original = message_key(bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat())
-    found = await _notice_lead(session, company, bounce.recipient, bounce.original_message_id, original)
+    original = message_key(
+        bounce.original_message_id, "bounce", bounce.recipient, bounce.bounced_at.isoformat()
+    )
+    found = await _notice_lead(
+        session, company, bounce.recipient, bounce.original_message_id, original
+    )
     if found is None:
         return
     lead_id, recipient = found
@@ -230,14 +244,20 @@ async def apply_bounce(session: AsyncSession, event: MailBouncedV1) -> None:
 
 
 async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> None:
-    """A feedback report: a ``complaint`` event on the lead, and the lead marked ``complained`` (abuse,
-    fraud, other) or ``unsubscribed`` (an opt-out report).  The send service stops its marketing mail."""
+    """A feedback report: a ``complaint`` event on the lead, and the lead marked ``complained``
+    (abuse, fraud, other) or ``unsubscribed`` (an opt-out report).  The send service stops its
+    marketing mail."""
     complaint = event.payload
     company = event.company_id
     original = message_key(
-        complaint.original_message_id, "complaint", complaint.recipient, complaint.complained_at.isoformat()
+        complaint.original_message_id,
+        "complaint",
+        complaint.recipient,
+        complaint.complained_at.isoformat(),
     )
-    found = await _notice_lead(session, company, complaint.recipient, complaint.original_message_id, original)
+    found = await _notice_lead(
+        session, company, complaint.recipient, complaint.original_message_id, original
+    )
     if found is None:
         return
     lead_id, recipient = found
@@ -256,7 +276,9 @@ async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> Non
             "occurred_at": complaint.complained_at,
             "to_addresses": [recipient],
             "matched_addresses": [recipient],
-            "snippet": clean_text(f"{recipient} {said} ({complaint.feedback_type} report{by})", 500),
+            "snippet": clean_text(
+                f"{recipient} {said} ({complaint.feedback_type} report{by})", 500
+            ),
             "mailbox_id": complaint.mailbox_id,
             "user_id": complaint.user_id,
         },
@@ -270,7 +292,8 @@ async def apply_complaint(session: AsyncSession, event: MailComplainedV1) -> Non
 async def _notice_lead(
     session: AsyncSession, company: uuid.UUID, named: str, original_message_id: str, original: str
 ) -> tuple[uuid.UUID, str] | None:
-    """The lead a notice is about (and its address): the one it names, else the one the original went to."""
+    """The lead a notice is about (and its address): the one it names, else the one the original
+    went to."""
     recipient = address_or_none(named)
     if recipient is not None:
         lead_id = (await leads.leads_by_address(session, company, [recipient])).get(recipient)
@@ -291,7 +314,8 @@ async def _record_notice(
     original: str,
     row: dict[str, Any],
 ) -> None:
-    """The notice's own timeline event (once, however many mailboxes it arrives through) and its source."""
+    """The notice's own timeline event (once, however many mailboxes it arrives through) and its
+    source."""
     company = event.company_id
     subject = await repository.original_subject(session, company, lead_id, original) or ""
     mailbox_id = row["mailbox_id"]
@@ -309,21 +333,35 @@ async def _record_notice(
     )
     name = str(mailbox_id) if mailbox_id else BOUNCE_NOTICE_SOURCE
     await repository.insert_sources(
-        session, [{"timeline_event_id": event_id, "source": name, "company_id": company, "mailbox_id": mailbox_id}]
+        session,
+        [
+            {
+                "timeline_event_id": event_id,
+                "source": name,
+                "company_id": company,
+                "mailbox_id": mailbox_id,
+            }
+        ],
     )
 
 
 async def timeline(
-    session: AsyncSession, caller: Identity, lead_id: uuid.UUID, limit: int = repository.TIMELINE_LIMIT
+    session: AsyncSession,
+    caller: Identity,
+    lead_id: uuid.UUID,
+    limit: int = repository.TIMELINE_LIMIT,
 ) -> bytes:
-    """The lead's most recent events, newest first, at most 300 (R7), as the JSON of :class:`Timeline`.
+    """The lead's most recent events, newest first, at most 300 (R7), as the JSON of
+    :class:`Timeline`.
 
     Serialised straight from the rows: this is the hot read path, and every value comes from
     columns the schema already constrains (kinds, directions, categories).
     """
     if await leads.get_lead(session, caller.company_id, lead_id) is None:
         raise LeadNotFound("no such lead")
-    rows = await repository.recent_events(session, caller.company_id, lead_id, min(limit, repository.TIMELINE_LIMIT))
+    rows = await repository.recent_events(
+        session, caller.company_id, lead_id, min(limit, repository.TIMELINE_LIMIT)
+    )
     return pydantic_core.to_json({"items": [_timeline_event(r) for r in rows]})
 
 

@@ -34,8 +34,9 @@ def _flat(source: str) -> str:
 def snippet(text: str, markup: str | None) -> str:
     """Up to 300 characters of the message body: the text part, or the HTML part reduced to text."""
     source = text[:_SOURCE_LIMIT] if text.strip() else html_to_text(markup or "")
-    # Flattening a prefix of the source gives a prefix of the flattened whole: flatten a few times the
-    # snippet's length, more only if that was not enough (the regexes over 64 KB were most of an apply).
+    # Flattening a prefix of the source gives a prefix of the flattened whole: flatten a few times
+    # the snippet's length, more only if that was not enough (the regexes over 64 KB were most of an
+    # apply).
     read = SNIPPET_LENGTH * 4
     flat = _flat(source[:read])
     while len(flat) <= SNIPPET_LENGTH and read < len(source):

@@ -1,1 +1,2 @@
-"""Sending accounts (R14): ``service`` decides the limit layers, ``repository`` holds every query."""
+"""Sending accounts (R14): ``service`` decides the limit layers, ``repository`` holds every
+query."""

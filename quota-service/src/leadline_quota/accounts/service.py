@@ -1,4 +1,5 @@
-"""Sending accounts: the operator's overrides, the tenant's own lower limits, and usage of each limit."""
+"""Sending accounts: the operator's overrides, the tenant's own lower limits, and usage of each
+limit."""
 
 from __future__ import annotations
 
@@ -58,13 +59,19 @@ def _limits_of(row: Any, tenant_overrides: dict[str, int] | None = None) -> Acco
 async def _report(session: AsyncSession, row: Any, now: datetime) -> AccountReport:
     limits = _limits_of(row)
     reports = [LimitReport(name, maximum) for name, maximum in limits.static().items()]
-    for usage in await window_usage(session, row.company_id, row.account_key, limits, now, with_resets=True):
+    for usage in await window_usage(
+        session, row.company_id, row.account_key, limits, now, with_resets=True
+    ):
         resets_at = usage.resets_at
         if usage.limit.window == "month":
             resets_at = month_period(now, limits.month_start_day)[1]
         reports.append(
             LimitReport(
-                usage.limit.name, usage.limit.maximum, usage.used, max(0, usage.limit.maximum - usage.used), resets_at
+                usage.limit.name,
+                usage.limit.maximum,
+                usage.used,
+                max(0, usage.limit.maximum - usage.used),
+                resets_at,
             )
         )
     return AccountReport(
@@ -86,9 +93,15 @@ async def account_reports(
 
 
 async def _upsert(
-    session: AsyncSession, company_id: uuid.UUID, account_key: str, values: dict[str, Any], now: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    account_key: str,
+    values: dict[str, Any],
+    now: datetime,
 ) -> AccountReport:
-    return await _report(session, await repository.upsert(session, company_id, account_key, values), now)
+    return await _report(
+        session, await repository.upsert(session, company_id, account_key, values), now
+    )
 
 
 async def set_operator_overrides(
@@ -100,31 +113,43 @@ async def set_operator_overrides(
     month_start_day: int | None,
     now: datetime,
 ) -> AccountReport:
-    """Replace the operator's overrides of one account (created if unknown so far); they may raise a limit."""
+    """Replace the operator's overrides of one account (created if unknown so far); they may raise a
+    limit."""
     account_key = canonical_account_key(account_key)
     problem = invalid_limit_settings(overrides, month_start_day)
     if problem:
         raise InvalidAsk(problem)
-    values: dict[str, Any] = {"operator_overrides": overrides, "operator_month_start_day": month_start_day}
+    values: dict[str, Any] = {
+        "operator_overrides": overrides,
+        "operator_month_start_day": month_start_day,
+    }
     if provider is not None:
         values["provider"] = provider[:100]
     return await _upsert(session, company_id, account_key, values, now)
 
 
 async def set_tenant_overrides(
-    session: AsyncSession, company_id: uuid.UUID, account_key: str, overrides: dict[str, int], now: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    account_key: str,
+    overrides: dict[str, int],
+    now: datetime,
 ) -> AccountReport:
-    """Replace the tenant's own limits of one account: each at most what the preset and the operator allow.
+    """Replace the tenant's own limits of one account: each at most what the preset and the operator
+    allow.
 
     The limits are checked here against the account as last seen, and clamped again on every
-    reservation (the sender's provider and settings decide there), so no order of changes raises one.
+    reservation (the sender's provider and settings decide there), so no order of changes raises
+    one.
     """
     account_key = canonical_account_key(account_key)
     problem = invalid_limit_settings(dict(overrides), None)
     if problem:
         raise InvalidAsk(problem)
     row = await repository.account(session, company_id, account_key)
-    ceiling = _limits_of(row, {}) if row is not None else resolve_limits("custom", {}, None, {}, None, {})
+    ceiling = (
+        _limits_of(row, {}) if row is not None else resolve_limits("custom", {}, None, {}, None, {})
+    )
     raised = raised_limits(ceiling, overrides)
     if raised:
         allowed = ", ".join(f"{name} at most {maximum}" for name, maximum in sorted(raised.items()))

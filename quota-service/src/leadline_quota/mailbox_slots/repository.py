@@ -30,14 +30,17 @@ async def granted_count(session: AsyncSession, company_id: uuid.UUID) -> int:
         await session.scalar(
             select(func.count())
             .select_from(mailbox_slot)
-            .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == SlotState.GRANTED)
+            .where(
+                mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == SlotState.GRANTED
+            )
         )
         or 0
     )
 
 
 async def position(session: AsyncSession, company_id: uuid.UUID, seq: int) -> int:
-    """How many of the company's pending mailboxes were queued up to ``seq`` (1 = next to be granted)."""
+    """How many of the company's pending mailboxes were queued up to ``seq`` (1 = next to be
+    granted)."""
     return int(
         await session.scalar(
             select(func.count())
@@ -55,7 +58,8 @@ async def position(session: AsyncSession, company_id: uuid.UUID, seq: int) -> in
 async def grant_oldest_pending(
     session: AsyncSession, company_id: uuid.UUID, room: int | None, now: datetime
 ) -> list[Any]:
-    """Grant up to ``room`` (None: all) of the company's oldest pending mailboxes; their (mailbox_id, seq)."""
+    """Grant up to ``room`` (None: all) of the company's oldest pending mailboxes; their
+    (mailbox_id, seq)."""
     queue = (
         select(mailbox_slot.c.mailbox_id)
         .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.state == SlotState.PENDING)
@@ -67,7 +71,10 @@ async def grant_oldest_pending(
         (
             await session.execute(
                 update(mailbox_slot)
-                .where(mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id.in_(queue.scalar_subquery()))
+                .where(
+                    mailbox_slot.c.company_id == company_id,
+                    mailbox_slot.c.mailbox_id.in_(queue.scalar_subquery()),
+                )
                 .values(state=move(SlotState.PENDING, SlotState.GRANTED), granted_at=now)
                 .returning(mailbox_slot.c.mailbox_id, mailbox_slot.c.seq)
             )
@@ -87,7 +94,11 @@ async def slot(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UU
 
 
 async def insert_slot(
-    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, state: SlotState, now: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_id: uuid.UUID,
+    state: SlotState,
+    now: datetime,
 ) -> int:
     """A new slot, granted at ``now`` or pending; its queue seq."""
     seq: int = (
@@ -107,7 +118,10 @@ async def insert_slot(
 
 
 async def delete_slot(
-    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, claimed_before: datetime | None
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_id: uuid.UUID,
+    claimed_before: datetime | None,
 ) -> None:
     condition = [mailbox_slot.c.company_id == company_id, mailbox_slot.c.mailbox_id == mailbox_id]
     if claimed_before is not None:
@@ -116,17 +130,26 @@ async def delete_slot(
 
 
 async def set_limit_unless_newer(
-    session: AsyncSession, company_id: uuid.UUID, mailbox_limit: int | None, as_of: datetime, now: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_limit: int | None,
+    as_of: datetime,
+    now: datetime,
 ) -> None:
     await session.execute(
         update(company)
-        .where(company.c.company_id == company_id, (company.c.limit_as_of.is_(None)) | (company.c.limit_as_of <= as_of))
+        .where(
+            company.c.company_id == company_id,
+            (company.c.limit_as_of.is_(None)) | (company.c.limit_as_of <= as_of),
+        )
         .values(mailbox_limit=mailbox_limit, limit_as_of=as_of, updated_at=now)
     )
 
 
 async def mailbox_limit(session: AsyncSession, company_id: uuid.UUID) -> int | None:
-    limit: int | None = await session.scalar(select(company.c.mailbox_limit).where(company.c.company_id == company_id))
+    limit: int | None = await session.scalar(
+        select(company.c.mailbox_limit).where(company.c.company_id == company_id)
+    )
     return limit
 
 

@@ -49,14 +49,18 @@ async def grant_pending(
         session,
         outbox,
         *(
-            MailboxSlotGrantedV1(company_id=company_id, payload=MailboxSlotPayload(mailbox_id=row.mailbox_id))
+            MailboxSlotGrantedV1(
+                company_id=company_id, payload=MailboxSlotPayload(mailbox_id=row.mailbox_id)
+            )
             for row in granted
         ),
     )
     return [row.mailbox_id for row in granted]
 
 
-async def claim(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime) -> SlotStatus:
+async def claim(
+    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime
+) -> SlotStatus:
     """Claim a slot for a connecting mailbox; asking again answers the mailbox's current state."""
     limit = await repository.lock_company(session, company_id)
     await grant_pending(session, company_id, limit, now)
@@ -91,7 +95,11 @@ async def release(
 
 
 async def set_mailbox_limit(
-    session: AsyncSession, company_id: uuid.UUID, mailbox_limit: int | None, as_of: datetime, now: datetime
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_limit: int | None,
+    as_of: datetime,
+    now: datetime,
 ) -> list[uuid.UUID]:
     """Apply a company's mailbox limit (from ``company.updated``) unless a newer one is known."""
     await repository.lock_company(session, company_id)

@@ -13,27 +13,41 @@ from leadline_quota.models import company, synced_email_usage
 
 
 async def plan_name(session: AsyncSession, company_id: uuid.UUID) -> str | None:
-    name: str | None = await session.scalar(select(company.c.plan).where(company.c.company_id == company_id))
+    name: str | None = await session.scalar(
+        select(company.c.plan).where(company.c.company_id == company_id)
+    )
     return name
 
 
-async def set_plan_name(session: AsyncSession, company_id: uuid.UUID, name: str, now: datetime) -> None:
+async def set_plan_name(
+    session: AsyncSession, company_id: uuid.UUID, name: str, now: datetime
+) -> None:
     statement = insert(company).values(company_id=company_id, plan=name, updated_at=now)
     await session.execute(
-        statement.on_conflict_do_update(index_elements=[company.c.company_id], set_={"plan": name, "updated_at": now})
+        statement.on_conflict_do_update(
+            index_elements=[company.c.company_id], set_={"plan": name, "updated_at": now}
+        )
     )
 
 
-async def lock_usage(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, day: date) -> int:
-    """The user's synced emails counted on ``day``, their row locked (made if missing) until the end of the
-    transaction, so that concurrent asks of one user add up exactly."""
+async def lock_usage(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, day: date
+) -> int:
+    """The user's synced emails counted on ``day``, their row locked (made if missing) until the end
+    of the transaction, so that concurrent asks of one user add up exactly."""
     key = {"company_id": company_id, "user_id": user_id, "day": day}
     await session.execute(insert(synced_email_usage).values(**key, used=0).on_conflict_do_nothing())
     where = [synced_email_usage.c[name] == value for name, value in key.items()]
-    return int((await session.execute(select(synced_email_usage.c.used).where(*where).with_for_update())).scalar_one())
+    return int(
+        (
+            await session.execute(select(synced_email_usage.c.used).where(*where).with_for_update())
+        ).scalar_one()
+    )
 
 
-async def set_usage(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, day: date, used: int) -> None:
+async def set_usage(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, day: date, used: int
+) -> None:
     key = {"company_id": company_id, "user_id": user_id, "day": day}
     where = [synced_email_usage.c[name] == value for name, value in key.items()]
     await session.execute(update(synced_email_usage).where(*where).values(used=used))

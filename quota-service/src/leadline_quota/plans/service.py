@@ -65,7 +65,9 @@ async def sync_allowance(
     return Allowance(allowed, next_utc_midnight(now), used + allowed)
 
 
-async def synced_today(session: AsyncSession, company_id: uuid.UUID, now: datetime) -> dict[uuid.UUID, int]:
+async def synced_today(
+    session: AsyncSession, company_id: uuid.UUID, now: datetime
+) -> dict[uuid.UUID, int]:
     return await repository.usage_on(session, company_id, now.astimezone(UTC).date())
 
 

@@ -1,7 +1,8 @@
 """Every query of the quota reservations (``service.py`` decides, this module reads and writes).
 
-The reserve path is hot: its two statements (the account lock, the conditional insert of a grant) are
-SQLAlchemy Core built once per shape and cached, since building a statement costs more than running it.
+The reserve path is hot: its two statements (the account lock, the conditional insert of a grant)
+are SQLAlchemy Core built once per shape and cached, since building a statement costs more than
+running it.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ def _in_window(start: datetime, end: datetime | None) -> ColumnElement[bool]:
 def _free_at(window: str, end: datetime | None) -> ColumnElement[Any]:
     """When a counted reservation stops counting in ``window`` (PostgreSQL's LEAST skips NULLs)."""
     leaves = reservation.c.reserved_at + ROLLING_WINDOWS[window] if end is None else literal(end)
-    return func.least(leaves, case((reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at)))
+    return func.least(
+        leaves, case((reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at))
+    )
 
 
 def _weight(measure: str) -> ColumnElement[Any]:
@@ -96,7 +99,9 @@ async def window_usage(
             columns.append(func.min(_free_at(limit.window, end)).filter(inside))
     row = (
         await session.execute(
-            select(*columns).where(_of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest)
+            select(*columns).where(
+                _of_account(company_id, account_key), _live(now), reservation.c.reserved_at > oldest
+            )
         )
     ).one()
     step = 2 if with_resets else 1
@@ -119,12 +124,18 @@ async def earliest_capacity(
     start, end = window_bounds(limit.window, now, limits.month_start_day)
     free_at = _free_at(limit.window, end)
     freeing = (
-        select(free_at.label("free_at"), func.sum(_weight(limit.measure)).over(order_by=free_at).label("freed"))
+        select(
+            free_at.label("free_at"),
+            func.sum(_weight(limit.measure)).over(order_by=free_at).label("freed"),
+        )
         .where(_of_account(company_id, account_key), _live(now), _in_window(start, end))
         .subquery()
     )
     found = await session.scalar(
-        select(freeing.c.free_at).where(freeing.c.freed >= excess).order_by(freeing.c.free_at).limit(1)
+        select(freeing.c.free_at)
+        .where(freeing.c.freed >= excess)
+        .order_by(freeing.c.free_at)
+        .limit(1)
     )
     # nothing counted frees enough for a batch bigger than the limit (or if the usage changed under
     # us): the window end is safe
@@ -175,7 +186,8 @@ async def lock_account(
     month_start_day: int | None,
     now: datetime,
 ) -> dict[str, Any]:
-    """Create or refresh the account row and hold its lock until the transaction ends; its stored layers."""
+    """Create or refresh the account row and hold its lock until the transaction ends; its stored
+    layers."""
     row = (
         await session.execute(
             LOCK_ACCOUNT,
@@ -192,11 +204,14 @@ async def lock_account(
     return dict(row._mapping)
 
 
-async def stored_layers(session: AsyncSession, company_id: uuid.UUID, account_key: str) -> dict[str, Any]:
+async def stored_layers(
+    session: AsyncSession, company_id: uuid.UUID, account_key: str
+) -> dict[str, Any]:
     row = (
         await session.execute(
             select(*LAYERS_ABOVE_SETTINGS).where(
-                sending_account.c.company_id == company_id, sending_account.c.account_key == account_key
+                sending_account.c.company_id == company_id,
+                sending_account.c.account_key == account_key,
             )
         )
     ).first()
@@ -220,7 +235,9 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
     for i, (measure, window) in enumerate(shape):
         inside = reservation.c.reserved_at > bindparam(f"start_{i}", type_=timestamp)
         if window == "month":
-            inside = and_(inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp))
+            inside = and_(
+                inside, reservation.c.reserved_at < bindparam(f"end_{i}", type_=timestamp)
+            )
         sums.append(func.coalesce(func.sum(_weight(measure)).filter(inside), 0).label(f"used_{i}"))
     values = select(
         bindparam("reservation_id", type_=Uuid),
@@ -245,7 +262,10 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
             .subquery("usage")
         )
         values = values.select_from(usage).where(
-            *(usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer) for i in range(len(shape)))
+            *(
+                usage.c[f"used_{i}"] <= bindparam(f"room_{i}", type_=Integer)
+                for i in range(len(shape))
+            )
         )
     columns = [
         "reservation_id",
@@ -263,8 +283,8 @@ def _grant_statement(shape: tuple[tuple[str, str], ...]) -> ReturningInsert[Any]
 
 @dataclass(frozen=True)
 class Grant:
-    """A reservation to record if every window still has room (``windows``: per windowed limit its start, end
-    and the usage it may hold at most before this grant)."""
+    """A reservation to record if every window still has room (``windows``: per windowed limit its
+    start, end and the usage it may hold at most before this grant)."""
 
     reservation_id: uuid.UUID
     company_id: uuid.UUID
@@ -278,7 +298,8 @@ class Grant:
 
 
 async def insert_if_room(session: AsyncSession, grant: Grant) -> bool:
-    """Record the reservation (one message or a whole batch) if every window has room; whether it was."""
+    """Record the reservation (one message or a whole batch) if every window has room; whether it
+    was."""
     params: dict[str, Any] = {
         "reservation_id": grant.reservation_id,
         "company_id": grant.company_id,
@@ -296,17 +317,27 @@ async def insert_if_room(session: AsyncSession, grant: Grant) -> bool:
         if end is not None:
             params[f"end_{i}"] = end
         params[f"room_{i}"] = room
-    statement = _grant_statement(tuple((limit.measure, limit.window) for limit, _, _, _ in grant.windows))
+    statement = _grant_statement(
+        tuple((limit.measure, limit.window) for limit, _, _, _ in grant.windows)
+    )
     return (await session.execute(statement, params)).first() is not None
 
 
-async def reservation_row(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> Any:
+async def reservation_row(
+    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID
+) -> Any:
     """The reservation's state, expiry and counts (None: no such reservation of the company)."""
     return (
         await session.execute(
             select(
-                reservation.c.state, reservation.c.expires_at, reservation.c.messages, reservation.c.recipients
-            ).where(reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id)
+                reservation.c.state,
+                reservation.c.expires_at,
+                reservation.c.messages,
+                reservation.c.recipients,
+            ).where(
+                reservation.c.reservation_id == reservation_id,
+                reservation.c.company_id == company_id,
+            )
         )
     ).first()
 
@@ -319,7 +350,8 @@ async def commit_reserved(
     messages: int | None,
     recipients: int | None,
 ) -> datetime | None:
-    """Commit the reservation if it is still reserved and the used counts fit in it; its expiry if it was."""
+    """Commit the reservation if it is still reserved and the used counts fit in it; its expiry if
+    it was."""
     used: dict[str, Any] = {}
     fits: list[ColumnElement[bool]] = []
     if messages is not None:
@@ -339,7 +371,11 @@ async def commit_reserved(
                 reservation.c.state == ReservationState.RESERVED,
                 *fits,
             )
-            .values(state=move(ReservationState.RESERVED, ReservationState.COMMITTED), settled_at=now, **used)
+            .values(
+                state=move(ReservationState.RESERVED, ReservationState.COMMITTED),
+                settled_at=now,
+                **used,
+            )
             .returning(reservation.c.expires_at)
         )
     ).first()
@@ -358,7 +394,9 @@ async def release_reserved(
                 reservation.c.company_id == company_id,
                 reservation.c.state == ReservationState.RESERVED,
             )
-            .values(state=move(ReservationState.RESERVED, ReservationState.RELEASED), settled_at=now)
+            .values(
+                state=move(ReservationState.RESERVED, ReservationState.RELEASED), settled_at=now
+            )
             .returning(reservation.c.reservation_id)
         )
     ).first()
@@ -368,7 +406,8 @@ async def release_reserved(
 async def record_release(
     session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, now: datetime
 ) -> bool:
-    """Record an unknown id as released (its reserve may still come); False when the id exists already."""
+    """Record an unknown id as released (its reserve may still come); False when the id exists
+    already."""
     recorded = (
         await session.execute(
             insert(reservation)
@@ -391,7 +430,9 @@ async def record_release(
     return recorded is not None
 
 
-async def state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID) -> str | None:
+async def state(
+    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID
+) -> str | None:
     return await session.scalar(
         select(reservation.c.state).where(
             reservation.c.reservation_id == reservation_id, reservation.c.company_id == company_id
@@ -405,8 +446,8 @@ async def state(session: AsyncSession, company_id: uuid.UUID, reservation_id: uu
 KEEP_RESERVATIONS = timedelta(days=32)
 # an expired, unsettled reservation is kept a while so that a late commit still records its usage
 KEEP_EXPIRED = timedelta(hours=1)
-# a released one (or the record of a release that came before its reserve) a while, so that a reserve still
-# on its way is refused
+# a released one (or the record of a release that came before its reserve) a while, so that a
+# reserve still on its way is refused
 KEEP_RELEASED = timedelta(minutes=10)
 
 
@@ -417,8 +458,14 @@ async def prune(session: AsyncSession, now: datetime) -> int:
         reservation.delete().where(
             or_(
                 reservation.c.reserved_at < now - KEEP_RESERVATIONS,
-                and_(reservation.c.state == ReservationState.RELEASED, reservation.c.settled_at < now - KEEP_RELEASED),
-                and_(reservation.c.state == ReservationState.RESERVED, reservation.c.expires_at < now - KEEP_EXPIRED),
+                and_(
+                    reservation.c.state == ReservationState.RELEASED,
+                    reservation.c.settled_at < now - KEEP_RELEASED,
+                ),
+                and_(
+                    reservation.c.state == ReservationState.RESERVED,
+                    reservation.c.expires_at < now - KEEP_EXPIRED,
+                ),
             )
         )
     )

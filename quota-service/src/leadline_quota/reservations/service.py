@@ -1,4 +1,5 @@
-"""Quota reservations: reserve, then commit or release, or let expire (R14); the decisions (queries: ``repository``).
+"""Quota reservations: reserve, then commit or release, or let expire (R14); the decisions (queries:
+``repository``).
 
 A sender asks to *reserve* one message (account, recipients, size), or a
 batch of messages of one account: ``messages`` of them, ``recipients`` in all,
@@ -30,7 +31,7 @@ when its largest message can never pass: a batch too big as a whole is not
 "never").  Each refused reservation of one message enqueues ``quota.exceeded``
 in the same transaction; a refused batch does not, as its sender then reserves
 the messages one at a time and those refusals say it.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class ReserveAsk:
     ttl_seconds: int = 600
     account_settings: dict[str, int] = field(default_factory=dict)
     month_start_day: int | None = None
-    # a batch: ``recipients`` is the total of its messages, ``size_bytes`` the largest message's size
+    # a batch: ``recipients`` is the total of its messages, ``size_bytes`` the largest message's
+    # size
     messages: int = 1
     largest_recipients: int | None = None  # None: ``recipients`` (one message)
     reservation_id: uuid.UUID | None = None  # the sender's choice; None: one is made
@@ -107,7 +109,8 @@ class ReserveAsk:
         if not 1 <= self.largest <= self.recipients:
             raise InvalidAsk("largest_recipients must be between 1 and recipients")
         if self.largest * self.messages < self.recipients:
-            # the largest message has at least the average: less would hide it from recipients_per_message
+            # the largest message has at least the average: less would hide it from
+            # recipients_per_message
             raise InvalidAsk("largest_recipients times messages must be at least recipients")
         if not 0 <= self.size_bytes < 2**63:
             raise InvalidAsk("size_bytes must be between 0 and 2**63 - 1")
@@ -149,27 +152,40 @@ class Decision:
 def _static_refusal(limits: AccountLimits, ask: ReserveAsk) -> Decision | None:
     """A refusal when one message (of a batch, the largest) can never pass, whatever the usage."""
     static = limits.static()
-    never = "this message can never pass" if ask.messages == 1 else "the batch's largest message can never pass"
+    never = (
+        "this message can never pass"
+        if ask.messages == 1
+        else "the batch's largest message can never pass"
+    )
     for name, asked in (
         ("recipients_per_message", ask.largest),
         ("recipients_per_connection", ask.largest),
         ("message_size_bytes", ask.size_bytes),
     ):
         if name in static and asked > static[name]:
-            return Decision(False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; {never}")
+            return Decision(
+                False, limit=name, detail=f"{asked} exceeds {name} = {static[name]}; {never}"
+            )
     for limit in limits.windowed():
         demand = limit.demand(1, ask.largest)
         if demand > limit.maximum:
-            return Decision(False, limit=limit.name, detail=f"{demand} exceeds {limit.name} = {limit.maximum}; {never}")
+            return Decision(
+                False,
+                limit=limit.name,
+                detail=f"{demand} exceeds {limit.name} = {limit.maximum}; {never}",
+            )
     return None
 
 
 async def _grant_if_room(
     session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime
 ) -> Decision | None:
-    """Record the reservation (one message or a whole batch) if every window has room; ``None`` when one has not."""
+    """Record the reservation (one message or a whole batch) if every window has room; ``None`` when
+    one has not."""
     decision = Decision(
-        True, reservation_id=ask.reservation_id or uuid.uuid4(), expires_at=now + timedelta(seconds=ask.ttl_seconds)
+        True,
+        reservation_id=ask.reservation_id or uuid.uuid4(),
+        expires_at=now + timedelta(seconds=ask.ttl_seconds),
     )
     assert decision.reservation_id is not None and decision.expires_at is not None
     windows = [
@@ -192,24 +208,38 @@ async def _grant_if_room(
 
 
 async def _earlier_grant(session: AsyncSession, ask: ReserveAsk) -> Decision | None:
-    """The reservation the sender's id already names (a repeated ask: answered again, never doubled)."""
+    """The reservation the sender's id already names (a repeated ask: answered again, never
+    doubled)."""
     assert ask.reservation_id is not None
     row = await repository.reservation_row(session, ask.company_id, ask.reservation_id)
     if row is None:
         return None
     if row.state == ReservationState.RELEASED:
-        return Decision(False, reservation_id=ask.reservation_id, detail="this reservation was released")
-    return Decision(True, reservation_id=ask.reservation_id, expires_at=row.expires_at, detail="already granted")
+        return Decision(
+            False, reservation_id=ask.reservation_id, detail="this reservation was released"
+        )
+    return Decision(
+        True, reservation_id=ask.reservation_id, expires_at=row.expires_at, detail="already granted"
+    )
 
 
-async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_run: bool = False) -> Decision:
-    """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or locking."""
+async def reserve(
+    session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_run: bool = False
+) -> Decision:
+    """Grant or refuse one message or a batch; ``dry_run`` answers the same without reserving or
+    locking."""
     ask = ask.validated()
     if dry_run:
         stored = await repository.stored_layers(session, ask.company_id, ask.account_key)
     else:
         stored = await repository.lock_account(
-            session, ask.company_id, ask.account_key, ask.provider, ask.account_settings, ask.month_start_day, clock()
+            session,
+            ask.company_id,
+            ask.account_key,
+            ask.provider,
+            ask.account_settings,
+            ask.month_start_day,
+            clock(),
         )
     # read the clock only once the lock is held, so decisions are made in lock order
     now = clock()
@@ -232,7 +262,8 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
         # a check, or a refusal to explain: which limit, and when capacity frees
         decision = await _decide_windows(session, ask, limits, now)
         if decision.granted and not dry_run:
-            raise RuntimeError("usage changed while the account lock was held")  # the lock forbids it
+            # the lock forbids it
+            raise RuntimeError("usage changed while the account lock was held")
     if not decision.granted and not dry_run and ask.messages == 1:
         assert decision.limit is not None
         await enqueue(
@@ -248,10 +279,14 @@ async def reserve(session: AsyncSession, ask: ReserveAsk, clock: Clock, *, dry_r
     return decision
 
 
-async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime) -> Decision:
+async def _decide_windows(
+    session: AsyncSession, ask: ReserveAsk, limits: AccountLimits, now: datetime
+) -> Decision:
     refusals: list[tuple[datetime, WindowedLimit, int, int]] = []
     room: dict[str, int] = {}
-    for usage in await repository.window_usage(session, ask.company_id, ask.account_key, limits, now):
+    for usage in await repository.window_usage(
+        session, ask.company_id, ask.account_key, limits, now
+    ):
         demand = usage.limit.demand(ask.messages, ask.recipients)
         excess = usage.used + demand - usage.limit.maximum
         room[usage.limit.measure] = min(room.get(usage.limit.measure, -excess), -excess)
@@ -263,7 +298,9 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
     if refusals:
         # the ask passes only when every limit has room: the latest of their retry times
         retry_at, limit, used, demand = max(refusals, key=lambda r: r[0])
-        asked = "" if ask.messages == 1 else f", {demand} asked by a batch of {ask.messages} messages"
+        asked = (
+            "" if ask.messages == 1 else f", {demand} asked by a batch of {ask.messages} messages"
+        )
         if demand > limit.maximum:
             asked += "; more than the limit allows at once"
         return Decision(
@@ -272,7 +309,9 @@ async def _decide_windows(session: AsyncSession, ask: ReserveAsk, limits: Accoun
             retry_at=retry_at,
             detail=f"{limit.name} = {limit.maximum} would be passed ({used} used{asked})",
         )
-    return Decision(True, room_messages=room.get("messages"), room_recipients=room.get("recipients"))
+    return Decision(
+        True, room_messages=room.get("messages"), room_recipients=room.get("recipients")
+    )
 
 
 # --- settling ----------------------------------------------------------------------------
@@ -316,19 +355,25 @@ async def commit(
     messages: int | None = None,
     recipients: int | None = None,
 ) -> Settlement:
-    """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the usage.
+    """Make a reservation's usage final.  Idempotent; a late commit (after expiry) records the
+    usage.
 
     ``messages`` / ``recipients`` name the part of a batch that was used (None: all that was
-    reserved); only that counts from now on.  They must fit in the reservation, else nothing changes.
+    reserved); only that counts from now on.  They must fit in the reservation, else nothing
+    changes.
     """
     problem = _invalid_counts(messages, recipients)
     if problem:
         return Settlement(False, False, problem, invalid=True)
     now = clock()
-    expires_at = await repository.commit_reserved(session, company_id, reservation_id, now, messages, recipients)
+    expires_at = await repository.commit_reserved(
+        session, company_id, reservation_id, now, messages, recipients
+    )
     if expires_at is not None:
         late = expires_at <= now
-        return Settlement(True, True, "reservation had expired; the usage is recorded" if late else "")
+        return Settlement(
+            True, True, "reservation had expired; the usage is recorded" if late else ""
+        )
     existing = await repository.reservation_row(session, company_id, reservation_id)
     if existing is None:
         return Settlement(False, False, "no such reservation")
@@ -340,14 +385,19 @@ async def commit(
 
 
 async def release(
-    session: AsyncSession, company_id: uuid.UUID, reservation_id: uuid.UUID, clock: Clock, *, remember: bool = False
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    reservation_id: uuid.UUID,
+    clock: Clock,
+    *,
+    remember: bool = False,
 ) -> Settlement:
     """Give a reservation's capacity back.  Idempotent; a committed reservation stays counted.
 
-    ``remember``: the sender chose the id (NATS request/reply).  A sender that got no answer to its reserve
-    releases at once, and that release may arrive first (the reserve still waits in the batcher); an unknown
-    id is then recorded as released, so that the reserve, when it comes, is refused (see ``_earlier_grant``)
-    instead of holding the capacity until its TTL.
+    ``remember``: the sender chose the id (NATS request/reply).  A sender that got no answer to its
+    reserve releases at once, and that release may arrive first (the reserve still waits in the
+    batcher); an unknown id is then recorded as released, so that the reserve, when it comes, is
+    refused (see ``_earlier_grant``) instead of holding the capacity until its TTL.
     """
     if await repository.release_reserved(session, company_id, reservation_id, clock()):
         return Settlement(True, True)

@@ -1,4 +1,5 @@
-"""HTTP API of company SMTP accounts (R15): every caller may list them, administrators change them."""
+"""HTTP API of company SMTP accounts (R15): every caller may list them, administrators change
+them."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ async def list_accounts(caller: Caller, session: Session) -> list[SmtpAccountOut
 
 
 @router.post("", status_code=201, response_model=SmtpAccountOut)
-async def create_account(body: SmtpAccountIn, caller: Admin, session: Session, context: Context) -> SmtpAccountOut:
+async def create_account(
+    body: SmtpAccountIn, caller: Admin, session: Session, context: Context
+) -> SmtpAccountOut:
     return service.to_out(await service.create(session, context, caller.company_id, body))
 
 
@@ -42,33 +45,52 @@ async def get_account(account_id: uuid.UUID, caller: Caller, session: Session) -
 
 @router.patch("/{account_id}", response_model=SmtpAccountOut)
 async def patch_account(
-    account_id: uuid.UUID, body: SmtpAccountFields, caller: Admin, session: Session, context: Context
+    account_id: uuid.UUID,
+    body: SmtpAccountFields,
+    caller: Admin,
+    session: Session,
+    context: Context,
 ) -> SmtpAccountOut:
-    account = service.to_out(await service.patch(session, context, caller.company_id, account_id, body))
+    account = service.to_out(
+        await service.patch(session, context, caller.company_id, account_id, body)
+    )
     context.delivery.forget_accounts()
     return account
 
 
 @router.delete("/{account_id}", status_code=204)
-async def delete_account(account_id: uuid.UUID, caller: Admin, session: Session, context: Context) -> Response:
+async def delete_account(
+    account_id: uuid.UUID, caller: Admin, session: Session, context: Context
+) -> Response:
     await service.remove(session, caller.company_id, account_id)
     context.delivery.forget_accounts()
     return Response(status_code=204)
 
 
 @router.post("/{account_id}/test-connection", response_model=ConnectionTest)
-async def test_connection(account_id: uuid.UUID, caller: Admin, session: Session, context: Context) -> ConnectionTest:
-    return await service.test_connection(context, await service.get(session, caller.company_id, account_id))
+async def test_connection(
+    account_id: uuid.UUID, caller: Admin, session: Session, context: Context
+) -> ConnectionTest:
+    return await service.test_connection(
+        context, await service.get(session, caller.company_id, account_id)
+    )
 
 
 @router.post(
     "/{account_id}/test-email",
     status_code=202,
     response_model=SmtpAccountOut,
-    responses={422: {"description": "not sent: the SMTP answer, or the account's error and its fix"}},
+    responses={
+        422: {"description": "not sent: the SMTP answer, or the account's error and its fix"}
+    },
 )
 async def test_email(
-    account_id: uuid.UUID, body: TestEmailIn, caller: Admin, session: Session, context: Context, request: Request
+    account_id: uuid.UUID,
+    body: TestEmailIn,
+    caller: Admin,
+    session: Session,
+    context: Context,
+    request: Request,
 ) -> SmtpAccountOut | JSONResponse:
     row = await service.get(session, caller.company_id, account_id)
     try:

@@ -35,7 +35,9 @@ class SmtpAccountFields(BaseModel):
         description="implicit = SSL/TLS from the start; starttls = STARTTLS "
         "required; plain only where the operator allows it",
     )
-    pinned_sha256: str | None = Field(None, description="self-signed certificate: its SHA-256 fingerprint")
+    pinned_sha256: str | None = Field(
+        None, description="self-signed certificate: its SHA-256 fingerprint"
+    )
     username: str | None = Field(None, max_length=320)
     password: str | None = Field(None, max_length=1000)
     from_email: str | None = None

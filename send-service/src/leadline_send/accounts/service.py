@@ -1,4 +1,5 @@
-"""Company SMTP accounts (R15): validation, sealed passwords, test connection, test email and confirmation.
+"""Company SMTP accounts (R15): validation, sealed passwords, test connection, test email and
+confirmation.
 
 An account is usable for sending when it is active and confirmed.  It is
 confirmed when the code of its test email is typed back; changing where or as
@@ -23,7 +24,13 @@ from leadline_kit.errors import Unprocessable
 from leadline_kit.sealing import CredentialError
 from leadline_mail.net import MailConnectionError, normalize_fingerprint
 from leadline_send.accounts import repository
-from leadline_send.accounts.schemas import ConnectionTest, SmtpAccountFields, SmtpAccountIn, SmtpAccountOut, Utm
+from leadline_send.accounts.schemas import (
+    ConnectionTest,
+    SmtpAccountFields,
+    SmtpAccountIn,
+    SmtpAccountOut,
+    Utm,
+)
 from leadline_send.context import SendContext
 from leadline_send.delivery.accounts import UNDECRYPTABLE_FIX, company_account
 from leadline_send.delivery.smtp import open_session, probe_endpoint
@@ -90,7 +97,9 @@ def _column_values(  # noqa: C901 - 15, older than the limit
     for name, value in given.items():
         if name in ("name", "host", "username", "from_name") and value is not None:
             values[name] = (
-                check_header_value(name, value).strip() if name == "host" else check_header_value(name, value)
+                check_header_value(name, value).strip()
+                if name == "host"
+                else check_header_value(name, value)
             )
         elif name in ("username", "from_name") and value is None:
             values[name] = ""
@@ -108,7 +117,9 @@ def _column_values(  # noqa: C901 - 15, older than the limit
         elif name == "password":
             values["error"], values["error_at"] = None, None  # the one fix of an account in error
             if value:
-                values["password_sealed"], values["key_id"] = context.keys.seal(value, company_id, account_id)
+                values["password_sealed"], values["key_id"] = context.keys.seal(
+                    value, company_id, account_id
+                )
             else:
                 values["password_sealed"], values["key_id"] = None, None
         elif name == "utm":
@@ -143,7 +154,8 @@ def _column_values(  # noqa: C901 - 15, older than the limit
 
 
 def _unsubscribe_target(value: str) -> str:
-    """A URI for ``List-Unsubscribe`` as it goes out: https, http or mailto, nothing that ends its ``<...>``."""
+    """A URI for ``List-Unsubscribe`` as it goes out: https, http or mailto, nothing that ends its
+    ``<...>``."""
     check_header_value("unsubscribe_url", value)
     if _NOT_IN_LIST_URI.search(value):
         raise InvalidUrl("unsubscribe_url must not contain spaces, '<', '>' or ','")
@@ -168,7 +180,9 @@ async def list_accounts(session: AsyncSession, company_id: uuid.UUID) -> list[Ro
     return await repository.accounts(session, company_id)
 
 
-async def create(session: AsyncSession, context: SendContext, company_id: uuid.UUID, body: SmtpAccountIn) -> Row[Any]:
+async def create(
+    session: AsyncSession, context: SendContext, company_id: uuid.UUID, body: SmtpAccountIn
+) -> Row[Any]:
     account_id = uuid.uuid4()
     values = _column_values(body, context, company_id, account_id)
     for required in ("name", "type", "host", "port", "tls", "from_email"):
@@ -180,14 +194,20 @@ async def create(session: AsyncSession, context: SendContext, company_id: uuid.U
 
 
 async def patch(
-    session: AsyncSession, context: SendContext, company_id: uuid.UUID, account_id: uuid.UUID, body: SmtpAccountFields
+    session: AsyncSession,
+    context: SendContext,
+    company_id: uuid.UUID,
+    account_id: uuid.UUID,
+    body: SmtpAccountFields,
 ) -> Row[Any]:
     await get(session, company_id, account_id)
     values = _column_values(body, context, company_id, account_id)
     if RECONFIRM_FIELDS & body.model_fields_set:
         values.update(confirmed_at=None, confirmation_code_hash=None, confirmation_expires_at=None)
     if values:
-        await repository.update_account(session, company_id, account_id, **values, updated_at=datetime.now(UTC))
+        await repository.update_account(
+            session, company_id, account_id, **values, updated_at=datetime.now(UTC)
+        )
     return await get(session, company_id, account_id)
 
 
@@ -208,8 +228,11 @@ def _code_hash(account_id: uuid.UUID, code: str) -> str:
     return hashlib.sha256(account_id.bytes + code.encode()).hexdigest()
 
 
-async def send_test_email(session: AsyncSession, context: SendContext, row: Row[Any], to: str) -> None:
-    """Send a confirmation code through the account itself; it becomes confirmed when the code comes back.
+async def send_test_email(
+    session: AsyncSession, context: SendContext, row: Row[Any], to: str
+) -> None:
+    """Send a confirmation code through the account itself; it becomes confirmed when the code comes
+    back.
 
     An account whose password does not decrypt is put in error here (and the problem returned rather
     than raised by the endpoint, so that the error state commits)."""

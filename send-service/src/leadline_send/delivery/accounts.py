@@ -33,8 +33,9 @@ from leadline_send.delivery.smtp import SmtpEndpoint
 from leadline_send.messages.composition import Sender
 
 UNDECRYPTABLE_FIX = (
-    "the stored password of this SMTP account cannot be decrypted (its encryption key is no longer configured, "
-    "or the stored value was altered): enter the account's password again (PATCH /v1/smtp-accounts/{id} with "
+    "the stored password of this SMTP account cannot be decrypted (its encryption key is no longer "
+    "configured, or the stored value was altered): enter the account's password again (PATCH "
+    "/v1/smtp-accounts/{id} with "
     '"password")'
 )
 
@@ -45,7 +46,8 @@ class MailboxUnavailable(Exception):
 
 @dataclass(frozen=True)
 class SentFolder:
-    """Where a copy of the sent message is appended (IMAP), when the provider does not save it itself."""
+    """Where a copy of the sent message is appended (IMAP), when the provider does not save it
+    itself."""
 
     host: str
     port: int
@@ -96,14 +98,17 @@ class SendingAccount:
 
 
 class MailboxDirectory:
-    """Asks the sync service for a user's SMTP settings; answers are kept briefly (they hold a password).
+    """Asks the sync service for a user's SMTP settings; answers are kept briefly (they hold a
+    password).
 
-    An answer older than ``keep_seconds`` is asked again; while the sync service does not answer (busy
-    or restarting), the last answer serves for up to ``stale_seconds`` more, so that a busy sync
-    service does not refuse a sender whose mailbox it confirmed a moment ago.
+    An answer older than ``keep_seconds`` is asked again; while the sync service does not answer
+    (busy or restarting), the last answer serves for up to ``stale_seconds`` more, so that a busy
+    sync service does not refuse a sender whose mailbox it confirmed a moment ago.
     """
 
-    def __init__(self, nc: Client, timeout: float, keep_seconds: float = 10.0, stale_seconds: float = 60.0) -> None:
+    def __init__(
+        self, nc: Client, timeout: float, keep_seconds: float = 10.0, stale_seconds: float = 60.0
+    ) -> None:
         self.nc = nc
         self.timeout = timeout
         self.keep_seconds = keep_seconds
@@ -116,7 +121,9 @@ class MailboxDirectory:
             return cached[1]
         request = MailboxSmtpRequest(company_id=company_id, user_id=user_id)
         try:
-            reply = await rpc.ask(self.nc, RPC_MAILBOX_SMTP, request, MailboxSmtpReply, self.timeout)
+            reply = await rpc.ask(
+                self.nc, RPC_MAILBOX_SMTP, request, MailboxSmtpReply, self.timeout
+            )
         except rpc.Unanswered as exc:
             if cached and time.monotonic() - cached[0] < self.keep_seconds + self.stale_seconds:
                 return cached[1]
@@ -128,8 +135,8 @@ class MailboxDirectory:
 
 
 def mailbox_account(reply: MailboxSmtpReply) -> SendingAccount:
-    """The synced mailbox's SMTP login (and IMAP, for the Sent copy): its passwords, or for a mailbox signed
-    in with OAuth2 the live access token the sync service gave (XOAUTH2)."""
+    """The synced mailbox's SMTP login (and IMAP, for the Sent copy): its passwords, or for a
+    mailbox signed in with OAuth2 the live access token the sync service gave (XOAUTH2)."""
     assert reply.address and reply.smtp_host and reply.smtp_port and reply.smtp_tls
     token = reply.access_token if reply.auth == "oauth2" else None
     sent_folder = None
@@ -164,7 +171,9 @@ def mailbox_account(reply: MailboxSmtpReply) -> SendingAccount:
 
 def company_account(row: Any, keys: CredentialKeys) -> SendingAccount:
     password = (
-        keys.open(row.password_sealed, row.key_id, row.company_id, row.id) if row.password_sealed is not None else ""
+        keys.open(row.password_sealed, row.key_id, row.company_id, row.id)
+        if row.password_sealed is not None
+        else ""
     )
     return SendingAccount(
         key=f"smtp:{row.id}",
@@ -195,8 +204,11 @@ def company_account(row: Any, keys: CredentialKeys) -> SendingAccount:
     )
 
 
-async def readable_accounts(session: Executor, keys: CredentialKeys, rows: list[Any]) -> list[SendingAccount]:
-    """The sending accounts of ``rows`` whose passwords open; the others are put in error, with the fix."""
+async def readable_accounts(
+    session: Executor, keys: CredentialKeys, rows: list[Any]
+) -> list[SendingAccount]:
+    """The sending accounts of ``rows`` whose passwords open; the others are put in error, with the
+    fix."""
     accounts, unreadable = [], []
     for row in rows:
         try:
@@ -234,13 +246,20 @@ async def route_for(
     mailbox = await directory.lookup(company_id, user_id)
     if mailbox.found and (category == "personal" or mailbox.smtp_use == "all"):
         if mailbox.status != MailboxStatus.ENABLED:
-            return Route([], f"your synced mailbox is {mailbox.status}; fix it under mail sync first")
+            return Route(
+                [], f"your synced mailbox is {mailbox.status}; fix it under mail sync first"
+            )
         return Route([mailbox_account(mailbox)])
     account_type = "customer_service" if category == "personal" else "campaigns"
     accounts = await company_accounts(session, keys, company_id, account_type)
     if not accounts:
-        usable = f"{account_type} SMTP account (active, confirmed, not in error: see GET /v1/smtp-accounts)"
-        return Route([], f"no synced mailbox and no {usable}" if category == "personal" else f"no {usable}")
+        usable = (
+            f"{account_type} SMTP account (active, confirmed, not in error: see GET "
+            f"/v1/smtp-accounts)"
+        )
+        return Route(
+            [], f"no synced mailbox and no {usable}" if category == "personal" else f"no {usable}"
+        )
     return Route(accounts)
 
 
@@ -256,7 +275,11 @@ async def account_for_key(
     kind, _, ident = key.partition(":")
     if kind == "mailbox":
         mailbox = await directory.lookup(company_id, user_id)
-        if not mailbox.found or str(mailbox.mailbox_id) != ident or mailbox.status != MailboxStatus.ENABLED:
+        if (
+            not mailbox.found
+            or str(mailbox.mailbox_id) != ident
+            or mailbox.status != MailboxStatus.ENABLED
+        ):
             return None
         return mailbox_account(mailbox)
     row = await accounts_repository.sending_account(session, company_id, uuid.UUID(ident))
@@ -267,13 +290,17 @@ async def account_for_key(
 class Routes:
     """:func:`route_for`, kept a few seconds per sender and category: asked for every message."""
 
-    def __init__(self, keys: CredentialKeys, directory: MailboxDirectory, keep_seconds: float = 5.0) -> None:
+    def __init__(
+        self, keys: CredentialKeys, directory: MailboxDirectory, keep_seconds: float = 5.0
+    ) -> None:
         self.keys = keys
         self.directory = directory
         self.keep_seconds = keep_seconds
         self._kept: dict[tuple[uuid.UUID, uuid.UUID, str], tuple[float, Route]] = {}
 
-    async def route(self, session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, category: str) -> Route:
+    async def route(
+        self, session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, category: str
+    ) -> Route:
         key = (company_id, user_id, category)
         kept = self._kept.get(key)
         if kept and kept[0] > time.monotonic():

@@ -24,7 +24,8 @@ class Outcome:
     retry_at: datetime | None = None
 
     def __post_init__(self) -> None:
-        settled_from_sending(self.state)  # an attempt ends only where the diagram lets a sending message go
+        # an attempt ends only where the diagram lets a sending message go
+        settled_from_sending(self.state)
 
 
 def sent(reply: Reply, refused: str | None) -> Outcome:
@@ -58,8 +59,12 @@ class Backoff:
         """After the ``attempt``-th attempt (from 1) failed."""
         return datetime.now(UTC) + timedelta(seconds=self.retry.seconds(attempt - 1))
 
-    def deferred(self, reason: Reason, attempt: int, error: str | None, reply: str | None = None) -> Outcome:
-        return Outcome(MessageState.DEFERRED, reason, reply=reply, error=error, retry_at=self.retry_at(attempt))
+    def deferred(
+        self, reason: Reason, attempt: int, error: str | None, reply: str | None = None
+    ) -> Outcome:
+        return Outcome(
+            MessageState.DEFERRED, reason, reply=reply, error=error, retry_at=self.retry_at(attempt)
+        )
 
     def refused(self, stage: str, reply: Reply, attempt: int) -> Outcome:
         """The server refused at ``stage``: for good (5xx) or for now."""

@@ -20,12 +20,24 @@ from prometheus_client import Counter
 
 from leadline_kit import rpc
 from leadline_kit.backoff import Backoff
-from leadline_proto.requests import QuotaReserveReply, QuotaReserveRequest, QuotaSettleReply, QuotaSettleRequest
-from leadline_proto.subjects import RPC_QUOTA_CHECK, RPC_QUOTA_COMMIT, RPC_QUOTA_RELEASE, RPC_QUOTA_RESERVE
+from leadline_proto.requests import (
+    QuotaReserveReply,
+    QuotaReserveRequest,
+    QuotaSettleReply,
+    QuotaSettleRequest,
+)
+from leadline_proto.subjects import (
+    RPC_QUOTA_CHECK,
+    RPC_QUOTA_COMMIT,
+    RPC_QUOTA_RELEASE,
+    RPC_QUOTA_RESERVE,
+)
 
 log = logging.getLogger("leadline.send.quota")
 
-QUOTA_ANSWERS = Counter("leadline_send_quota_answers_total", "Quota service answers", ["ask", "answer"])
+QUOTA_ANSWERS = Counter(
+    "leadline_send_quota_answers_total", "Quota service answers", ["ask", "answer"]
+)
 
 
 class QuotaUnavailable(Exception):
@@ -54,11 +66,14 @@ class QuotaClient:
         except rpc.Unanswered as exc:
             QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "unavailable").inc()
             raise QuotaUnavailable(f"the quota service did not answer ({exc.reason})") from exc
-        QUOTA_ANSWERS.labels(subject.rsplit(".", 1)[-1], "granted" if reply.granted else "refused").inc()
+        QUOTA_ANSWERS.labels(
+            subject.rsplit(".", 1)[-1], "granted" if reply.granted else "refused"
+        ).inc()
         return reply
 
     async def check(self, request: QuotaReserveRequest) -> QuotaReserveReply:
-        """Would this pass now?  Answered from the room the last passing check reported while it lasts.
+        """Would this pass now?  Answered from the room the last passing check reported while it
+        lasts.
 
         The check is the API's early answer (a 429 before queueing); the reservation before sending
         is what enforces the limit, so an answer up to a second old is good enough, and saves the
@@ -68,8 +83,16 @@ class QuotaClient:
         kept = self._room.get(key)
         if kept is not None:
             until, messages, recipients = kept
-            if time.monotonic() < until and messages >= request.messages and recipients >= request.recipients:
-                self._room[key] = (until, messages - request.messages, recipients - request.recipients)
+            if (
+                time.monotonic() < until
+                and messages >= request.messages
+                and recipients >= request.recipients
+            ):
+                self._room[key] = (
+                    until,
+                    messages - request.messages,
+                    recipients - request.recipients,
+                )
                 QUOTA_ANSWERS.labels("check", "granted-from-room").inc()
                 return QuotaReserveReply(granted=True)
             del self._room[key]
@@ -97,14 +120,21 @@ class QuotaClient:
         recipients: int | None = None,
         then: Settled | None = None,
     ) -> None:
-        """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest is freed).
+        """Count the reservation; for a batch, only ``messages`` of it with ``recipients`` (the rest
+        is freed).
 
         ``then`` runs once the quota service has answered (whatever it answered: asking again would
         not change it), e.g. to forget the hold that recovery would otherwise settle.
         """
         self._settle_later(RPC_QUOTA_COMMIT, company_id, reservation_id, messages, recipients, then)
 
-    def release(self, company_id: uuid.UUID, reservation_id: uuid.UUID | None, *, then: Settled | None = None) -> None:
+    def release(
+        self,
+        company_id: uuid.UUID,
+        reservation_id: uuid.UUID | None,
+        *,
+        then: Settled | None = None,
+    ) -> None:
         self._settle_later(RPC_QUOTA_RELEASE, company_id, reservation_id, then=then)
 
     def _settle_later(
@@ -116,16 +146,19 @@ class QuotaClient:
         recipients: int | None = None,
         then: Settled | None = None,
     ) -> None:
-        # Settling is off the send path.  A settle that never arrives (the quota service away for long,
-        # or this process killed) leaves the reservation held: recovery settles the holds of a dead
-        # process, and the quota service lets an unsettled reservation expire after its TTL.
+        # Settling is off the send path.  A settle that never arrives (the quota service away for
+        # long, or this process killed) leaves the reservation held: recovery settles the holds of a
+        # dead process, and the quota service lets an unsettled reservation expire after its TTL.
         if reservation_id is None:
             return
         task = asyncio.create_task(
             self._settle(
                 subject,
                 QuotaSettleRequest(
-                    company_id=company_id, reservation_id=reservation_id, messages=messages, recipients=recipients
+                    company_id=company_id,
+                    reservation_id=reservation_id,
+                    messages=messages,
+                    recipients=recipients,
                 ),
                 then,
             )
@@ -133,7 +166,9 @@ class QuotaClient:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def _settle(self, subject: str, request: QuotaSettleRequest, then: Settled | None) -> None:
+    async def _settle(
+        self, subject: str, request: QuotaSettleRequest, then: Settled | None
+    ) -> None:
         for attempt in range(5):
             try:
                 reply = await rpc.ask(self.nc, subject, request, QuotaSettleReply, self.timeout)
@@ -141,14 +176,20 @@ class QuotaClient:
                 await asyncio.sleep(SETTLE_RETRY.seconds(attempt))
                 continue
             if not reply.ok:
-                log.warning("quota %s of %s refused: %s", subject, request.reservation_id, reply.detail)
+                log.warning(
+                    "quota %s of %s refused: %s", subject, request.reservation_id, reply.detail
+                )
             if then is not None:
                 try:
                     await then()
                 except Exception:
                     log.exception("after settling reservation %s", request.reservation_id)
             return
-        log.error("quota %s of reservation %s not delivered; it stays held", subject, request.reservation_id)
+        log.error(
+            "quota %s of reservation %s not delivered; it stays held",
+            subject,
+            request.reservation_id,
+        )
 
     async def drain(self) -> None:
         if self._settling:

@@ -1,9 +1,10 @@
 """Recovery of what dead delivery processes left: their ``sending`` messages and their quota holds.
 
-A process holds a PostgreSQL advisory lock for its life (delivery.repository); when the lock is free, its
-``sending`` rows are decided by their attempt's phase (``connecting``: queued again; ``data``:
-``unknown``, R21) and its quota holds are settled with what reached the server under each.  Runs at
-start (before any claim) and every ``recovery_interval_seconds``, also measuring the queue's depth.
+A process holds a PostgreSQL advisory lock for its life (delivery.repository); when the lock is
+free, its ``sending`` rows are decided by their attempt's phase (``connecting``: queued again;
+``data``: ``unknown``, R21) and its quota holds are settled with what reached the server under each.
+Runs at start (before any claim) and every ``recovery_interval_seconds``, also measuring the queue's
+depth.
 """
 
 from __future__ import annotations

@@ -1,9 +1,11 @@
-"""Every statement of delivery, around the outgoing-message queue: rows claimed with ``FOR UPDATE SKIP LOCKED``.
+"""Every statement of delivery, around the outgoing-message queue: rows claimed with ``FOR UPDATE
+SKIP LOCKED``.
 
-The hot path (the claim, the record before the end of data, the settle, the unsubscribe check, the quota
-holds) is plain SQL on asyncpg connections, one prepared statement per step, each committed on its own;
-the rest (giving back, rotation, recovery, the Sent copy's note, the queue's depth) is SQLAlchemy Core
-on a session.  The sending accounts' queries are the accounts' (``accounts/repository.py``).
+The hot path (the claim, the record before the end of data, the settle, the unsubscribe check, the
+quota holds) is plain SQL on asyncpg connections, one prepared statement per step, each committed on
+its own; the rest (giving back, rotation, recovery, the Sent copy's note, the queue's depth) is
+SQLAlchemy Core on a session.  The sending accounts' queries are the accounts'
+(``accounts/repository.py``).
 
 Why PostgreSQL and not a JetStream work queue: R21 needs the attempt recorded
 durably *before* the end of data, and the message state, the attempt row, the
@@ -57,11 +59,22 @@ from leadline_send.delivery.outcome import Outcome
 from leadline_send.models import SCHEMA
 from leadline_send.models import outgoing_message as m
 from leadline_send.models import send_attempt as a
-from leadline_send.states import DUE, OPEN, REACHED_SERVER, AttemptPhase, MessageState, Reason, move, moves_into, sql
+from leadline_send.states import (
+    DUE,
+    OPEN,
+    REACHED_SERVER,
+    AttemptPhase,
+    MessageState,
+    Reason,
+    move,
+    moves_into,
+    sql,
+)
 
 S, P = MessageState, AttemptPhase
 
-Connection = Callable[[], PoolAcquireContext]  # a connection of a pool, ``async with``; each statement commits
+# a connection of a pool, ``async with``; each statement commits
+Connection = Callable[[], PoolAcquireContext]
 # what a step of the queue raises when the database is away or refuses
 DB_ERRORS = (OSError, SQLAlchemyError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
@@ -89,9 +102,9 @@ class Claimed:
     created_at: datetime
 
 
-# The hot path runs on plain asyncpg connections (see delivery.settling): one prepared statement per step,
-# each committed on its own — a claim, the "data" record before the end of data, a settle.  Through SQLAlchemy
-# each step cost more CPU than speaking SMTP for the message.
+# The hot path runs on plain asyncpg connections (see delivery.settling): one prepared statement per
+# step, each committed on its own — a claim, the "data" record before the end of data, a settle.
+# Through SQLAlchemy each step cost more CPU than speaking SMTP for the message.
 # unscoped: the claim takes due messages of every company for this worker
 _CLAIM = """
 WITH due AS (
@@ -118,7 +131,7 @@ CLAIM_FOR_ACCOUNT = _CLAIM.format(account_filter="AND account_key = $3", **_CLAI
 # unscoped: by the ids of messages this worker claimed
 HOLD_RESERVATION = f"""
 UPDATE outgoing_message SET reservation_id = $1 WHERE id = ANY($2::uuid[]) AND state = '{S.SENDING}' AND claimed_by = $3
-"""  # noqa: S608 - only the states' enum values are formatted in
+"""  # noqa: S608, E501 - only the states' enum values are formatted in
 HOLD_QUOTA = "INSERT INTO quota_hold (reservation_id, company_id, holder) VALUES ($1, $2, $3)"
 # unscoped: by the id of a reservation this worker holds
 FORGET_QUOTA = "DELETE FROM quota_hold WHERE reservation_id = $1"
@@ -137,8 +150,8 @@ RETURNING id
 
 
 # The record before the end of data of a message whose row already names its lease's reservation
-# (HOLD_RESERVATION): only the attempt changes.  A new version of the wide message row (and of each of
-# its indexes) per message was a fifth of the database's work for a message.
+# (HOLD_RESERVATION): only the attempt changes.  A new version of the wide message row (and of each
+# of its indexes) per message was a fifth of the database's work for a message.
 _RECORDED_UNDER_LEASE = """recorded AS (
     UPDATE send_attempt AS a SET phase = '{data}'
     FROM outgoing_message AS m
@@ -170,7 +183,8 @@ RECORD_DATA_UNDER_LEASE = _statement([_recorded_under_lease(1)], "message_id FRO
 
 # An attempt settles only from a phase PHASE_MOVES lets into done: a settled one is left as it is.
 _SETTLES_FROM = sql(moves_into(P.DONE))
-# The end of an attempt: $1 message, $2 attempt, $3 state, $4 outcome, $5 reply, $6 next attempt, $7 error.
+# The end of an attempt: $1 message, $2 attempt, $3 state, $4 outcome, $5 reply, $6 next attempt, $7
+# error.
 _SETTLED = f"""attempt AS (
     UPDATE send_attempt SET phase = '{P.DONE}', outcome = $4, reply = $5, finished_at = now()
     WHERE message_id = $1 AND number = $2 AND phase IN {_SETTLES_FROM}
@@ -185,9 +199,9 @@ SETTLE = _statement([_SETTLED], "1")
 
 # Accepted by the server: the state, the attempt and the mail.sent event in the outbox (the kit's
 # table and relay) in one statement.  No NOTIFY: the settling process wakes its own relay, or with
-# LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Settling.wake_relay); one per message
-# woke the relay of every replica, and all but one found nothing.  $1 message, $2 attempt, $3 reply,
-# $4 error, $5-$7 event id, subject, body.
+# LEADLINE_OUTBOX_RELAY=false the API processes' once per burst (Settling.wake_relay); one per
+# message woke the relay of every replica, and all but one found nothing.  $1 message, $2 attempt,
+# $3 reply, $4 error, $5-$7 event id, subject, body.
 _SENT = f"""attempt AS (
     UPDATE send_attempt SET phase = '{P.DONE}', outcome = '{Reason.SENT}', reply = $3, finished_at = now()
     WHERE message_id = $1 AND number = $2 AND phase IN {_SETTLES_FROM}
@@ -199,7 +213,7 @@ _SENT = f"""attempt AS (
     RETURNING id
 ), event AS (
     INSERT INTO outbox (event_id, subject, body) SELECT $5, $6, $7 FROM message
-)"""  # noqa: S608 - only the states' enum values are formatted in
+)"""  # noqa: S608, E501 - only the states' enum values are formatted in
 SETTLE_SENT = _statement([_SENT], "1")
 
 # A worker's last answer settled and its next message recorded (under a lease) in one durable
@@ -216,8 +230,11 @@ FROM outgoing_message WHERE reservation_id = $1 AND state IN {sql(REACHED_SERVER
 """  # noqa: S608 - only the states' enum values are formatted in
 
 
-async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_key: str | None) -> list[Claimed]:
-    """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is reused."""
+async def claim(
+    conn: asyncpg.Connection, worker_key: int, limit: int, account_key: str | None
+) -> list[Claimed]:
+    """Claim up to ``limit`` due messages, preferring ``account_key`` so an open connection is
+    reused."""
     rows: list[asyncpg.Record] = []
     if account_key:
         rows = await conn.fetch(CLAIM_FOR_ACCOUNT, limit, worker_key, account_key)
@@ -247,8 +264,8 @@ async def claim(conn: asyncpg.Connection, worker_key: int, limit: int, account_k
 async def hold_reservation(
     conn: asyncpg.Connection, messages: list[Claimed], worker_key: int, reservation_id: uuid.UUID
 ) -> None:
-    """Name a lease's reservation on the messages it covers: what reached the server under it is what
-    recovery commits if this process dies."""
+    """Name a lease's reservation on the messages it covers: what reached the server under it is
+    what recovery commits if this process dies."""
     await conn.execute(HOLD_RESERVATION, reservation_id, [m.id for m in messages], worker_key)
 
 
@@ -266,15 +283,24 @@ async def forget_quota(conn: asyncpg.Connection, reservation_id: uuid.UUID) -> N
 
 
 async def record_data_started(
-    conn: asyncpg.Connection, message: Claimed, worker_key: int, reservation_id: uuid.UUID | None, *, leased: bool
+    conn: asyncpg.Connection,
+    message: Claimed,
+    worker_key: int,
+    reservation_id: uuid.UUID | None,
+    *,
+    leased: bool,
 ) -> bool:
-    """Committed before the end of data (R21): from here on a lost reply means ``unknown``, never a retry.
+    """Committed before the end of data (R21): from here on a lost reply means ``unknown``, never a
+    retry.
 
     ``leased``: the reservation is already named on the message's row.  False if the message is no
     longer this worker's to send (then its end of data must not be sent).
     """
     statement = RECORD_DATA_UNDER_LEASE if leased else RECORD_DATA
-    return await conn.fetchval(statement, message.id, message.attempt, worker_key, reservation_id) is not None
+    return (
+        await conn.fetchval(statement, message.id, message.attempt, worker_key, reservation_id)
+        is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -316,33 +342,45 @@ class Settlement:
 
 
 async def settle(conn: asyncpg.Connection, settlement: Settlement) -> None:
-    """End the current attempt and move the message to its state (``sent``: with its event, atomically)."""
+    """End the current attempt and move the message to its state (``sent``: with its event,
+    atomically)."""
     statement, arguments = settlement.statement(then_record=False)
     await conn.execute(statement, *arguments)
 
 
 async def settle_then_record(
-    conn: asyncpg.Connection, settlement: Settlement, message: Claimed, worker_key: int, reservation_id: uuid.UUID
+    conn: asyncpg.Connection,
+    settlement: Settlement,
+    message: Claimed,
+    worker_key: int,
+    reservation_id: uuid.UUID,
 ) -> bool:
-    """``settlement`` and the record before the end of data of the worker's next ``message`` (held under the lease
-    ``reservation_id``), in one statement: both or neither.  False if ``message`` is no longer this
-    worker's to send (the settle still happened)."""
+    """``settlement`` and the record before the end of data of the worker's next ``message`` (held
+    under the lease ``reservation_id``), in one statement: both or neither.  False if ``message`` is
+    no longer this worker's to send (the settle still happened)."""
     statement, arguments = settlement.statement(then_record=True)
     return (
-        await conn.fetchval(statement, *arguments, message.id, message.attempt, worker_key, reservation_id) is not None
+        await conn.fetchval(
+            statement, *arguments, message.id, message.attempt, worker_key, reservation_id
+        )
+        is not None
     )
 
 
-UNSUBSCRIBED = "SELECT 1 FROM unsubscribe WHERE company_id = $1 AND address = ANY($2::text[]) LIMIT 1"
+UNSUBSCRIBED = (
+    "SELECT 1 FROM unsubscribe WHERE company_id = $1 AND address = ANY($2::text[]) LIMIT 1"
+)
 
 
 async def take_liveness_lock(conn: asyncpg.Connection, instance_key: int) -> None:
-    """This process's advisory lock, held by ``conn`` for the process's life: while it is held, recovery
-    leaves the process's rows alone."""
+    """This process's advisory lock, held by ``conn`` for the process's life: while it is held,
+    recovery leaves the process's rows alone."""
     await conn.execute("SELECT pg_advisory_lock($1, $2)", ADVISORY_CLASS, instance_key)
 
 
-async def unsubscribed(conn: asyncpg.Connection, company_id: uuid.UUID, recipients: list[str]) -> bool:
+async def unsubscribed(
+    conn: asyncpg.Connection, company_id: uuid.UUID, recipients: list[str]
+) -> bool:
     """Whether one of ``recipients`` unsubscribed from the company's marketing mail."""
     return bool(await conn.fetchval(UNSUBSCRIBED, company_id, recipients))
 
@@ -355,16 +393,26 @@ async def reservation_use(conn: asyncpg.Connection, reservation_id: uuid.UUID) -
 
 
 async def give_back(session: AsyncSession, messages: list[Claimed]) -> None:
-    """Claimed but not started (the worker is stopping): queued again, the attempt does not count."""
+    """Claimed but not started (the worker is stopping): queued again, the attempt does not
+    count."""
     for message in messages:
         await session.execute(
             # unscoped: by the id of a message this worker claimed
             update(m)
             .where(m.c.id == message.id, m.c.state == S.SENDING)
-            .values(state=move(S.SENDING, S.QUEUED), claimed_by=None, attempts=m.c.attempts - 1, updated_at=func.now())
+            .values(
+                state=move(S.SENDING, S.QUEUED),
+                claimed_by=None,
+                attempts=m.c.attempts - 1,
+                updated_at=func.now(),
+            )
         )
         await session.execute(
-            a.delete().where(a.c.message_id == message.id, a.c.number == message.attempt, a.c.phase == P.CONNECTING)
+            a.delete().where(
+                a.c.message_id == message.id,
+                a.c.number == message.attempt,
+                a.c.phase == P.CONNECTING,
+            )
         )
 
 
@@ -376,13 +424,20 @@ async def note_sent_copy(session: AsyncSession, message_ids: list[uuid.UUID], no
 
 async def current_phase(conn: asyncpg.Connection, message: Claimed) -> AttemptPhase | None:
     phase: str | None = await conn.fetchval(
-        "SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2", message.id, message.attempt
+        "SELECT phase FROM send_attempt WHERE message_id = $1 AND number = $2",
+        message.id,
+        message.attempt,
     )
     return None if phase is None else AttemptPhase(phase)
 
 
 async def switch_account(
-    session: AsyncSession, message: Claimed, account_key: str, envelope_from: str, raw: bytes, from_address: str
+    session: AsyncSession,
+    message: Claimed,
+    account_key: str,
+    envelope_from: str,
+    raw: bytes,
+    from_address: str,
 ) -> None:
     """Rotation (R15): the message now goes out through another account of the same type."""
     await session.execute(
@@ -398,7 +453,9 @@ async def switch_account(
         )
     )
     await session.execute(
-        update(a).where(a.c.message_id == message.id, a.c.number == message.attempt).values(account_key=account_key)
+        update(a)
+        .where(a.c.message_id == message.id, a.c.number == message.attempt)
+        .values(account_key=account_key)
     )
 
 
@@ -419,7 +476,8 @@ class AbandonedHold:
 
 @asynccontextmanager
 async def _gone(probe: asyncpg.Connection, holder: int) -> AsyncIterator[bool]:
-    """Whether the process ``holder`` is gone: its advisory lock was free, and is held here for the block."""
+    """Whether the process ``holder`` is gone: its advisory lock was free, and is held here for the
+    block."""
     if not await probe.fetchval("SELECT pg_try_advisory_lock($1, $2)", ADVISORY_CLASS, holder):
         yield False
         return
@@ -429,36 +487,51 @@ async def _gone(probe: asyncpg.Connection, holder: int) -> AsyncIterator[bool]:
         await probe.fetchval("SELECT pg_advisory_unlock($1, $2)", ADVISORY_CLASS, holder)
 
 
-async def abandoned_holds(conn: asyncpg.Connection, probe: asyncpg.Connection, own_key: int) -> list[AbandonedHold]:
+async def abandoned_holds(
+    conn: asyncpg.Connection, probe: asyncpg.Connection, own_key: int
+) -> list[AbandonedHold]:
     """The quota reservations held by processes that are gone, with what was used under each.
 
     A holder whose messages are still ``sending`` is left for the next pass, once recovery has
     decided those (an ``unknown`` one counts as used).
     """
     found: list[AbandonedHold] = []
-    # unscoped: recovery looks at every company's holds of gone workers
-    for holder in await conn.fetch("SELECT DISTINCT holder FROM quota_hold WHERE holder <> $1", own_key):
+    for holder in await conn.fetch(
+        # unscoped: recovery looks at every company's holds of gone workers
+        "SELECT DISTINCT holder FROM quota_hold WHERE holder <> $1",
+        own_key,
+    ):
         key = int(holder["holder"])
         async with _gone(probe, key) as gone:
             if not gone:
                 continue
             if await conn.fetchval(
-                # unscoped: recovery looks at a gone worker's rows of every company
-                f"SELECT 1 FROM outgoing_message WHERE state = '{S.SENDING}' AND claimed_by = $1 LIMIT 1",  # noqa: S608
+                (
+                    # unscoped: recovery looks at a gone worker's rows of every company
+                    f"SELECT 1 FROM outgoing_message WHERE state = '{S.SENDING}' AND claimed_by = "  # noqa: S608
+                    f"$1 LIMIT 1"
+                ),
                 key,
             ):
                 continue
-            # unscoped: recovery takes back a gone worker's holds of every company
-            for hold in await conn.fetch("SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1", key):
+            for hold in await conn.fetch(
+                # unscoped: recovery takes back a gone worker's holds of every company
+                "SELECT reservation_id, company_id FROM quota_hold WHERE holder = $1",
+                key,
+            ):
                 messages, recipients = await reservation_use(conn, hold["reservation_id"])
-                found.append(AbandonedHold(hold["company_id"], hold["reservation_id"], messages, recipients))
+                found.append(
+                    AbandonedHold(hold["company_id"], hold["reservation_id"], messages, recipients)
+                )
     return found
 
 
 async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) -> list[Recovered]:
     """Give back the ``sending`` rows of processes that are gone (their advisory lock is free)."""
-    # unscoped: recovery looks at every company's sending rows
-    holders = (await session.execute(select(m.c.claimed_by).where(m.c.state == S.SENDING).distinct())).scalars()
+    holders = (
+        # unscoped: recovery looks at every company's sending rows
+        await session.execute(select(m.c.claimed_by).where(m.c.state == S.SENDING).distinct())
+    ).scalars()
     recovered: list[Recovered] = []
     for holder in list(holders):
         if holder is None:
@@ -488,24 +561,32 @@ async def recover_abandoned(session: AsyncSession, probe: asyncpg.Connection) ->
                         updated_at=func.now(),
                         next_attempt_at=func.now(),
                         last_error=(
-                            "the sending process stopped once the message was recorded as going out; "
-                            "the server may hold it"
+                            "the sending process stopped once the message was recorded as going "
+                            "out; the server may hold it"
                             if after_data
-                            else "the sending process stopped before the message went out; queued again"
+                            else (
+                                "the sending process stopped before the message went out; queued "
+                                "again"
+                            )
                         ),
                     )
                 )
                 await session.execute(
                     update(a)
                     .where(a.c.message_id == r.id, a.c.number == r.attempts, a.c.phase == r.phase)
-                    .values(phase=move(P(r.phase), P.DONE), outcome=Reason.INTERRUPTED, finished_at=func.now())
+                    .values(
+                        phase=move(P(r.phase), P.DONE),
+                        outcome=Reason.INTERRUPTED,
+                        finished_at=func.now(),
+                    )
                 )
                 recovered.append(Recovered(r.id, r.company_id, state))
     return recovered
 
 
 async def open_counts(session: AsyncSession) -> dict[str, int]:
-    """How many messages are in each state still in motion (:data:`OPEN`); a state with none is left out."""
+    """How many messages are in each state still in motion (:data:`OPEN`); a state with none is left
+    out."""
     return dict(
         (
             await session.execute(

@@ -1,14 +1,15 @@
-"""Quota reservations of the delivery workers (R14, R15): a lease per claim, or one reservation per message.
+"""Quota reservations of the delivery workers (R14, R15): a lease per claim, or one reservation per
+message.
 
 A process reserves quota for up to ``quota_lease_messages`` messages of one account in one ask
-(``messages=k``, all or nothing): a :class:`QuotaLease`, shared by the process's workers, that serves
-their claims of that account for up to ``quota_lease_seconds``, so messages trickling in one by one
-(each worker claiming one) are not each a round trip to the quota service.  The reservation is named
-on the rows it covers.  A lease is retired once it cannot take a claim (used up, expired); when the
-last message taken under it is done, only the messages that reached the server (sent or unknown) are
-committed and the rest is given back.  If the lease does not fit, each message reserves on its own,
-with rotation to the next account of its type (R15), so an account near its limit sends exactly its
-allowance.
+(``messages=k``, all or nothing): a :class:`QuotaLease`, shared by the process's workers, that
+serves their claims of that account for up to ``quota_lease_seconds``, so messages trickling in one
+by one (each worker claiming one) are not each a round trip to the quota service.  The reservation
+is named on the rows it covers.  A lease is retired once it cannot take a claim (used up, expired);
+when the last message taken under it is done, only the messages that reached the server (sent or
+unknown) are committed and the rest is given back.  If the lease does not fit, each message reserves
+on its own, with rotation to the next account of its type (R15), so an account near its limit sends
+exactly its allowance.
 
 Every reservation id is recorded as this process's hold (``quota_hold``) *before* the quota service
 is asked, and forgotten once its commit or release was answered: a process that dies at any moment
@@ -87,7 +88,8 @@ class QuotaLease:
             and self.taken_messages + len(messages) <= self.messages
             and self.taken_recipients + sum(len(m.recipients) for m in messages) <= self.recipients
             and all(
-                len(m.recipients) <= self.largest_recipients and m.size_bytes <= self.largest_bytes for m in messages
+                len(m.recipients) <= self.largest_recipients and m.size_bytes <= self.largest_bytes
+                for m in messages
             )
         )
 
@@ -101,7 +103,8 @@ class QuotaLease:
         return self.taken_messages >= self.messages or time.monotonic() >= self.expires
 
     def done(self, message: repository.Claimed, reached_server: bool) -> None:
-        """One taken message is settled (or given back): counted if it reached the server, or may have."""
+        """One taken message is settled (or given back): counted if it reached the server, or may
+        have."""
         self.in_hand -= 1
         if reached_server:
             self.used_messages += 1
@@ -117,7 +120,8 @@ class Reserved:
     reservation_id: uuid.UUID | None
 
 
-# rotation (R15): the accounts a message may go out through now, and the message rebuilt for another one
+# rotation (R15): the accounts a message may go out through now, and the message rebuilt for another
+# one
 Rotation = Callable[[repository.Claimed], Awaitable[Route]]
 Switch = Callable[[repository.Claimed, SendingAccount], Awaitable[repository.Claimed]]
 
@@ -138,20 +142,26 @@ class QuotaReservations:
         self.instance_key = instance_key
         self._connection = connection
         self.backoff = backoff
-        self._leases: dict[AccountKey, QuotaLease] = {}  # the lease that takes an account's claims now
+        # the lease that takes an account's claims now
+        self._leases: dict[AccountKey, QuotaLease] = {}
         self._retired: set[QuotaLease] = set()  # settled once their last message is done
         self._asking: dict[AccountKey, asyncio.Lock] = {}
 
     # --- leases -------------------------------------------------------------------------------
 
-    async def lease(self, group: list[repository.Claimed], account: SendingAccount | None) -> QuotaLease | None:
-        """The account's lease, named on ``group``'s rows, or a new one; None: reserve one by one."""
-        self.end_idle()  # another account's expired lease is settled now, not when the queue next runs empty
+    async def lease(
+        self, group: list[repository.Claimed], account: SendingAccount | None
+    ) -> QuotaLease | None:
+        """The account's lease, named on ``group``'s rows, or a new one; None: reserve one by
+        one."""
+        # another account's expired lease is settled now, not when the queue next runs empty
+        self.end_idle()
         if account is None:
             return None
         key = account_of(group[0])
         lock = self._asking.setdefault(key, asyncio.Lock())
-        async with lock:  # one ask at a time per account: workers claiming together share its answer
+        async with lock:
+            # one ask at a time per account: workers claiming together share its answer
             current = self._leases.get(key)
             if current is not None:
                 if current.covers(group):
@@ -163,14 +173,16 @@ class QuotaReservations:
             return lease
 
     def release(self, lease: QuotaLease, message: repository.Claimed, reached_server: bool) -> None:
-        """A message taken under ``lease`` is done; the lease is settled once it is retired and empty."""
+        """A message taken under ``lease`` is done; the lease is settled once it is retired and
+        empty."""
         lease.done(message, reached_server)
         # (a lease retired early, by a claim it could not take, is settled by its last message too)
         if lease.exhausted or lease.retired:
             self._retire(lease)
 
     def end_idle(self) -> None:
-        """Retire the leases that can take no more claims (expired), settling those with nothing in hand."""
+        """Retire the leases that can take no more claims (expired), settling those with nothing in
+        hand."""
         for lease in [lease for lease in self._leases.values() if lease.exhausted]:
             self._retire(lease)
 
@@ -189,10 +201,13 @@ class QuotaReservations:
             self._retired.discard(lease)
             self.end(lease)
 
-    async def _new_lease(self, group: list[repository.Claimed], account: SendingAccount) -> QuotaLease | None:
+    async def _new_lease(
+        self, group: list[repository.Claimed], account: SendingAccount
+    ) -> QuotaLease | None:
         first = group[0]
         largest = max(len(m.recipients) for m in group)
-        extra = max(0, self.settings.quota_lease_messages - len(group))  # room for the account's next claims
+        # room for the account's next claims
+        extra = max(0, self.settings.quota_lease_messages - len(group))
         ask = account.quota_request(
             first.company_id,
             first.user_id,
@@ -223,14 +238,19 @@ class QuotaReservations:
         return await self._named(lease, group)
 
     async def _named(self, lease: QuotaLease, group: list[repository.Claimed]) -> QuotaLease | None:
-        """The lease, taking ``group`` and named on its rows (for recovery, should this process die);
-        None if the rows could not be named (the messages then reserve one by one)."""
-        lease.take(group)  # before the write: a lease with messages in hand is not settled meanwhile
+        """The lease, taking ``group`` and named on its rows (for recovery, should this process
+        die); None if the rows could not be named (the messages then reserve one by one)."""
+        # before the write: a lease with messages in hand is not settled meanwhile
+        lease.take(group)
         try:
             async with self._connection() as conn:
-                await repository.hold_reservation(conn, group, self.instance_key, lease.reservation_id)
+                await repository.hold_reservation(
+                    conn, group, self.instance_key, lease.reservation_id
+                )
         except DB_ERRORS:
-            log.exception("could not record reservation %s; reserving one by one", lease.reservation_id)
+            log.exception(
+                "could not record reservation %s; reserving one by one", lease.reservation_id
+            )
             for message in group:
                 lease.done(message, reached_server=False)
             self._retire(lease)
@@ -239,22 +259,34 @@ class QuotaReservations:
 
     def end(self, lease: QuotaLease) -> None:
         """Commit what the lease was used for and give back the rest."""
-        self._settle_used(lease.company_id, lease.reservation_id, lease.used_messages, lease.used_recipients)
+        self._settle_used(
+            lease.company_id, lease.reservation_id, lease.used_messages, lease.used_recipients
+        )
 
-    def _settle_used(self, company_id: uuid.UUID, reservation_id: uuid.UUID, messages: int, recipients: int) -> None:
-        """Count ``messages`` of a reservation (the rest is freed), or release it whole; then forget its hold."""
+    def _settle_used(
+        self, company_id: uuid.UUID, reservation_id: uuid.UUID, messages: int, recipients: int
+    ) -> None:
+        """Count ``messages`` of a reservation (the rest is freed), or release it whole; then forget
+        its hold."""
         then = self._forget(reservation_id)
         if messages:
-            self.quota.commit(company_id, reservation_id, messages=messages, recipients=recipients, then=then)
+            self.quota.commit(
+                company_id, reservation_id, messages=messages, recipients=recipients, then=then
+            )
         else:
             self.quota.release(company_id, reservation_id, then=then)
 
     # --- one message's own reservation ---------------------------------------------------------
 
     async def reserve(
-        self, message: repository.Claimed, account: SendingAccount | None, rotation: Rotation, switch: Switch
+        self,
+        message: repository.Claimed,
+        account: SendingAccount | None,
+        rotation: Rotation,
+        switch: Switch,
     ) -> Reserved | Outcome:
-        """A granted reservation on the message's account, or on the next of its type (R15), or why not."""
+        """A granted reservation on the message's account, or on the next of its type (R15), or why
+        not."""
         earliest: datetime | None = None
         limits: list[str] = []
         tried: set[str] = set()
@@ -280,13 +312,19 @@ class QuotaReservations:
         if account is None or account.account_type is not None:
             # the account is gone, or out of quota: the next active one of the same type takes over
             route = await rotation(message)
-            same_type = [a for a in route.accounts if account is None or a.account_type == account.account_type]
+            same_type = [
+                a
+                for a in route.accounts
+                if account is None or a.account_type == account.account_type
+            ]
             for candidate in same_type:
                 if candidate.key in tried:
                     continue
                 reply = await ask(candidate)
                 if reply.granted:
-                    return Reserved(candidate, await switch(message, candidate), reply.reservation_id)
+                    return Reserved(
+                        candidate, await switch(message, candidate), reply.reservation_id
+                    )
             if not tried:
                 return self.backoff.deferred(Reason.NO_ACCOUNT, message.attempt, route.reason)
         if earliest is None:
@@ -302,19 +340,25 @@ class QuotaReservations:
             retry_at=earliest,
         )
 
-    def settle_own(self, message: repository.Claimed, reservation_id: uuid.UUID, state: MessageState) -> None:
-        """A message's own reservation once it is settled: counted if it reached the server, else freed."""
+    def settle_own(
+        self, message: repository.Claimed, reservation_id: uuid.UUID, state: MessageState
+    ) -> None:
+        """A message's own reservation once it is settled: counted if it reached the server, else
+        freed."""
         end = self.quota.commit if state in REACHED_SERVER else self.quota.release
         end(message.company_id, reservation_id, then=self._forget(reservation_id))
 
     # --- holds ----------------------------------------------------------------------------------
 
     async def _reserve_recorded(self, ask: QuotaReserveRequest) -> QuotaReserveReply:
-        """Reserve under an id recorded as this process's hold first; a refusal (or no answer) forgets it."""
+        """Reserve under an id recorded as this process's hold first; a refusal (or no answer)
+        forgets it."""
         async with self._connection() as conn:
             reservation_id = await repository.hold_quota(conn, ask.company_id, self.instance_key)
         try:
-            reply = await self.quota.reserve(ask.model_copy(update={"reservation_id": reservation_id}))
+            reply = await self.quota.reserve(
+                ask.model_copy(update={"reservation_id": reservation_id})
+            )
         except QuotaUnavailable:
             # it may have been granted unheard: the quota service releases it when asked
             self.quota.release(ask.company_id, reservation_id, then=self._forget(reservation_id))
@@ -324,7 +368,8 @@ class QuotaReservations:
         return reply
 
     def _forget(self, reservation_id: uuid.UUID) -> Settled:
-        """Once the quota service has the settle, the hold is over (recovery would settle it again)."""
+        """Once the quota service has the settle, the hold is over (recovery would settle it
+        again)."""
 
         async def forget() -> None:
             async with self._connection() as conn:
@@ -333,6 +378,7 @@ class QuotaReservations:
         return forget
 
     def settle_abandoned(self, holds: list[repository.AbandonedHold]) -> None:
-        """The dead processes' reservations: what reached the server under each is counted, the rest freed."""
+        """The dead processes' reservations: what reached the server under each is counted, the rest
+        freed."""
         for hold in holds:
             self._settle_used(hold.company_id, hold.reservation_id, hold.messages, hold.recipients)

@@ -48,10 +48,12 @@ SENT_COPIES = Counter(
     ["outcome"],
 )
 SENT_COPY_APPENDS = Counter(
-    "leadline_send_sent_copy_appends_total", "APPEND commands (or MULTIAPPEND batches) for Sent copies"
+    "leadline_send_sent_copy_appends_total",
+    "APPEND commands (or MULTIAPPEND batches) for Sent copies",
 )
 
-Copy = tuple[uuid.UUID, bytes, datetime]  # message id, its bytes, its internal date (when it was queued)
+# message id, its bytes, its internal date (when it was queued)
+Copy = tuple[uuid.UUID, bytes, datetime]
 
 
 @dataclass
@@ -70,7 +72,9 @@ class SentCopies:
         self.policy = policy
         self._appenders: dict[SentFolder, _Appender] = {}
 
-    async def add(self, target: SentFolder, message_id: uuid.UUID, raw: bytes, queued_at: datetime) -> None:
+    async def add(
+        self, target: SentFolder, message_id: uuid.UUID, raw: bytes, queued_at: datetime
+    ) -> None:
         """Queue one copy; waits only while the folder already has ``WAITING`` copies queued."""
         appender = self._appenders.get(target)
         if appender is None or appender.closing:
@@ -87,7 +91,9 @@ class SentCopies:
     async def close(self, grace_seconds: float) -> None:
         """Let the queued copies go out (up to ``grace_seconds``), then stop every appender."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.gather(*(a.waiting.join() for a in self._appenders.values())), grace_seconds)
+            await asyncio.wait_for(
+                asyncio.gather(*(a.waiting.join() for a in self._appenders.values())), grace_seconds
+            )
         tasks = [a.task for a in self._appenders.values() if a.task is not None]
         for task in tasks:
             task.cancel()
@@ -122,8 +128,11 @@ class SentCopies:
                 with contextlib.suppress(Exception):
                     await client.logout()
 
-    async def _append(self, client: ImapClient | None, target: SentFolder, batch: list[Copy]) -> ImapClient | None:
-        """Append a batch, on the kept connection or a new one; record the outcome; the connection to keep."""
+    async def _append(
+        self, client: ImapClient | None, target: SentFolder, batch: list[Copy]
+    ) -> ImapClient | None:
+        """Append a batch, on the kept connection or a new one; record the outcome; the connection
+        to keep."""
         try:
             if client is None or client.closed:
                 client = await connect_imap(
@@ -145,7 +154,9 @@ class SentCopies:
             SENT_COPY_APPENDS.inc()
             note, outcome = f"saved to {target.folder}", "saved"
         except (MailConnectionError, OSError, TimeoutError, ValueError) as exc:
-            note = "not saved: " + (exc.user_message if isinstance(exc, MailConnectionError) else str(exc))
+            note = "not saved: " + (
+                exc.user_message if isinstance(exc, MailConnectionError) else str(exc)
+            )
             outcome = "failed"
             log.warning("copy of %d message(s) to Sent failed: %s", len(batch), note)
             if client is not None:
@@ -156,7 +167,9 @@ class SentCopies:
         try:
             with timed("sent-copy-note"):
                 async with self.db.session() as session:
-                    await repository.note_sent_copy(session, [message_id for message_id, _, _ in batch], note)
+                    await repository.note_sent_copy(
+                        session, [message_id for message_id, _, _ in batch], note
+                    )
         except Exception:
             log.exception("recording the Sent copy of %d message(s) failed", len(batch))
         return client

@@ -1,9 +1,10 @@
-"""The record before the end of data (R21) and the settle of each attempt, on asyncpg pools of their own.
+"""The record before the end of data (R21) and the settle of each attempt, on asyncpg pools of their
+own.
 
 Only the record must be on disk before the next step (lost in a database crash, recovery would send
 the message again), so it commits synchronously on the durable pool; every other step commits
-asynchronously: a crash of PostgreSQL (not of this process) may lose the last fraction of a second of
-them, which recovery then reads as it would a killed worker (a lost claim is queued again, a lost
+asynchronously: a crash of PostgreSQL (not of this process) may lose the last fraction of a second
+of them, which recovery then reads as it would a killed worker (a lost claim is queued again, a lost
 settle leaves the message ``unknown``), never sent twice.  Through SQLAlchemy these steps cost more
 CPU than SMTP itself.
 
@@ -51,7 +52,8 @@ class Answer:
 
 
 class Settling:
-    """Each worker's one unsettled answer, its record-then-settle statements, and what follows a settle."""
+    """Each worker's one unsettled answer, its record-then-settle statements, and what follows a
+    settle."""
 
     def __init__(
         self,
@@ -82,17 +84,24 @@ class Settling:
         outcome: Outcome,
         own_reservation: uuid.UUID | None,
     ) -> None:
-        """Keep the worker's answer until its next record takes it along (or settle_pending); an earlier
-        answer that no record took along (the envelope never began) is settled first."""
+        """Keep the worker's answer until its next record takes it along (or settle_pending); an
+        earlier answer that no record took along (the envelope never began) is settled first."""
         await self.settle_pending(worker)
-        self._unsettled[worker] = Answer(self.settlement(message, account, outcome), account, own_reservation)
+        self._unsettled[worker] = Answer(
+            self.settlement(message, account, outcome), account, own_reservation
+        )
 
     async def record(
-        self, worker: int, message: repository.Claimed, reservation: uuid.UUID | None, *, leased: bool
+        self,
+        worker: int,
+        message: repository.Claimed,
+        reservation: uuid.UUID | None,
+        *,
+        leased: bool,
     ) -> bool:
-        """The record before the end of data, in one statement with the settle of the worker's last answer
-        when the message is under a lease (the usual case), else after that settle.  False: the message
-        is no longer this worker's (its end of data must not be sent)."""
+        """The record before the end of data, in one statement with the settle of the worker's last
+        answer when the message is under a lease (the usual case), else after that settle.  False:
+        the message is no longer this worker's (its end of data must not be sent)."""
         answer = self._unsettled.get(worker)
         if answer is None or not leased or reservation is None:
             await self.settle_pending(worker)
@@ -112,8 +121,8 @@ class Settling:
 
     async def settle_pending(self, worker: int) -> None:
         """Settle the worker's last answer alone (no record of a next message to go with it).  Never
-        raises: a row it could not settle stays ``sending`` under this process's lock for recovery to
-        decide."""
+        raises: a row it could not settle stays ``sending`` under this process's lock for recovery
+        to decide."""
         answer = self._unsettled.pop(worker, None)
         if answer is None:
             return
@@ -127,7 +136,8 @@ class Settling:
         await self._after_settle(answer)
 
     async def _after_settle(self, answer: Answer) -> None:
-        """The message's own reservation, its delivery time, its Sent copy (handed to the appender)."""
+        """The message's own reservation, its delivery time, its Sent copy (handed to the
+        appender)."""
         message, state = answer.settlement.message, answer.settlement.state
         if answer.own_reservation is not None:
             self.reservations.settle_own(message, answer.own_reservation, state)
@@ -136,7 +146,9 @@ class Settling:
         self.wake_relay()
         DELIVERY_SECONDS.observe((datetime.now(UTC) - message.created_at).total_seconds())
         if answer.account.sent_folder is not None:
-            await self.sent_copies.add(answer.account.sent_folder, message.id, message.raw, message.created_at)
+            await self.sent_copies.add(
+                answer.account.sent_folder, message.id, message.raw, message.created_at
+            )
 
     def settlement(
         self, message: repository.Claimed, account: SendingAccount | None, outcome: Outcome
@@ -151,7 +163,11 @@ class Settling:
         if outcome.state == MessageState.DEFERRED:
             RETRIES.labels(outcome.reason).inc()
         OUTCOMES.labels(outcome.reason).inc()
-        event = sent_event(message, account) if outcome.state == MessageState.SENT and account is not None else None
+        event = (
+            sent_event(message, account)
+            if outcome.state == MessageState.SENT and account is not None
+            else None
+        )
         return repository.Settlement(message, outcome, event)
 
     async def finish(self, message: repository.Claimed, outcome: Outcome) -> None:
@@ -168,7 +184,9 @@ class Settling:
                     outcome = Outcome(
                         MessageState.UNKNOWN,
                         Reason.INTERRUPTED,
-                        error="an internal error happened once the message was recorded as going out",
+                        error=(
+                            "an internal error happened once the message was recorded as going out"
+                        ),
                     )
                     await repository.settle(conn, repository.Settlement(message, outcome))
                     return True

@@ -58,7 +58,8 @@ class SmtpEndpoint:
     password: str = field(default="", repr=False)
     pinned_sha256: str | None = None
     timeout: float = 30.0
-    access_token: str | None = field(default=None, repr=False)  # OAuth2: AUTH XOAUTH2 instead of the password
+    # OAuth2: AUTH XOAUTH2 instead of the password
+    access_token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def tls_context(pinned_sha256: str | None, cafile: str | None) -> ssl.SSLContext
 
 
 async def open_socket(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> tuple[socket.socket, str]:
-    """A TCP connection to the vetted address of the endpoint's host; returns it with the host name."""
+    """A TCP connection to the vetted address of the endpoint's host; returns it with the host
+    name."""
     vetted = await vet_host(endpoint.host, policy.allow_networks)
     family = socket.AF_INET6 if ":" in vetted.address else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -101,7 +103,9 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
             "This server would be used without TLS, which is not allowed here. "
             "Turn on SSL/TLS or use the STARTTLS port (usually 587).",
         )
-    context = None if endpoint.tls == "plain" else tls_context(endpoint.pinned_sha256, policy.cafile)
+    context = (
+        None if endpoint.tls == "plain" else tls_context(endpoint.pinned_sha256, policy.cafile)
+    )
     sock, hostname = await open_socket(endpoint, policy)
     smtp = aiosmtplib.SMTP(
         hostname=hostname,
@@ -143,7 +147,10 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
             except aiosmtplib.SMTPAuthenticationError as exc:
                 raise MailConnectionError(
                     ErrorKind.OAUTH_REFUSED,
-                    "The SMTP server refused the sign-in with your account. Sign in again under Mail Sync.",
+                    (
+                        "The SMTP server refused the sign-in with your account. Sign in again "
+                        "under Mail Sync."
+                    ),
                     detail=str(exc),
                 ) from None
         elif endpoint.username:
@@ -163,12 +170,15 @@ async def open_session(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> aiosmtplib
 
 async def probe_endpoint(host: str, port: int, timeout: float, policy: SmtpPolicy) -> None:
     """ "Test connection" (R15): host and port only, no TLS, no credentials."""
-    sock, _ = await open_socket(SmtpEndpoint(host=host, port=port, tls="plain", timeout=timeout), policy)
+    sock, _ = await open_socket(
+        SmtpEndpoint(host=host, port=port, tls="plain", timeout=timeout), policy
+    )
     sock.close()
 
 
 async def open_channel(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> SmtpChannel:
-    """A session as open_session opens it (EHLO or HELO said), its transactions spoken by SmtpChannel."""
+    """A session as open_session opens it (EHLO or HELO said), its transactions spoken by
+    SmtpChannel."""
     smtp = await open_session(endpoint, policy)
     try:
         if smtp.is_ehlo_or_helo_needed:  # no AUTH, so nothing asked EHLO yet
@@ -182,11 +192,14 @@ async def open_channel(endpoint: SmtpEndpoint, policy: SmtpPolicy) -> SmtpChanne
     except BaseException:
         smtp.close()
         raise
-    return SmtpChannel(transport, pipelining=smtp.supports_extension("pipelining"), timeout=endpoint.timeout)
+    return SmtpChannel(
+        transport, pipelining=smtp.supports_extension("pipelining"), timeout=endpoint.timeout
+    )
 
 
 QUIT_SECONDS = 5.0
-MAX_REPLY_BYTES = 32 * 1024  # as aiosmtplib: far over any real reply, a bound on a server that never ends one
+# as aiosmtplib: far over any real reply, a bound on a server that never ends one
+MAX_REPLY_BYTES = 32 * 1024
 RCPT_ACCEPTED = (250, 251)  # 251: "not local, will forward"
 
 
@@ -201,7 +214,8 @@ class Reply:
 
 @dataclass(frozen=True)
 class Envelope:
-    """What the server answered to one MAIL FROM, its RCPT TOs and DATA (None: DATA was not sent)."""
+    """What the server answered to one MAIL FROM, its RCPT TOs and DATA (None: DATA was not
+    sent)."""
 
     mail: Reply
     recipients: list[tuple[str, Reply]]  # empty when MAIL FROM was refused without pipelining
@@ -213,17 +227,24 @@ class Envelope:
 
     @property
     def refused(self) -> list[tuple[str, Reply]]:
-        return [(address, reply) for address, reply in self.recipients if reply.code not in RCPT_ACCEPTED]
+        return [
+            (address, reply)
+            for address, reply in self.recipients
+            if reply.code not in RCPT_ACCEPTED
+        ]
 
 
 class SmtpChannel(asyncio.Protocol):
-    """The mail transactions of an open session, on the transport aiosmtplib opened and authenticated.
+    """The mail transactions of an open session, on the transport aiosmtplib opened and
+    authenticated.
 
     Errors are aiosmtplib's: ``SMTPServerDisconnected`` when the connection is lost,
     ``SMTPResponseException`` (code -1) for a reply that is not SMTP.
     """
 
-    def __init__(self, transport: asyncio.BaseTransport, *, pipelining: bool, timeout: float) -> None:
+    def __init__(
+        self, transport: asyncio.BaseTransport, *, pipelining: bool, timeout: float
+    ) -> None:
         self.pipelining = pipelining
         self.timeout = timeout  # for each reply before the end of data
         self._transport = transport
@@ -247,7 +268,9 @@ class SmtpChannel(asyncio.Protocol):
             line = bytes(self._buffer[:end]).rstrip(b"\r")
             del self._buffer[: end + 1]
             if len(line) < 3 or not line[:3].isdigit() or line[3:4] not in (b"", b" ", b"-"):
-                self._fail(aiosmtplib.SMTPResponseException(-1, f"not an SMTP reply: {line[:200]!r}"))
+                self._fail(
+                    aiosmtplib.SMTPResponseException(-1, f"not an SMTP reply: {line[:200]!r}")
+                )
                 return
             self._lines.append(line[4:].decode("utf-8", "replace").strip())
             if line[3:4] != b"-":
@@ -296,8 +319,8 @@ class SmtpChannel(asyncio.Protocol):
         return await self._reply(self.timeout)
 
     async def envelope(self, sender: str, recipients: Sequence[str]) -> Envelope:
-        """MAIL FROM, a RCPT TO for each recipient, and DATA unless none was accepted: in one write with
-        PIPELINING (each reply is read, in order), else one by one."""
+        """MAIL FROM, a RCPT TO for each recipient, and DATA unless none was accepted: in one write
+        with PIPELINING (each reply is read, in order), else one by one."""
         mail = b"MAIL FROM:" + _path(sender) + b"\r\n"
         rcpts = [b"RCPT TO:" + _path(recipient) + b"\r\n" for recipient in recipients]
         if self.pipelining:
@@ -310,13 +333,17 @@ class SmtpChannel(asyncio.Protocol):
             if mail_reply.code != 250:
                 return Envelope(mail_reply, [], None)
             rcpt_replies = [await self._command(rcpt) for rcpt in rcpts]
-            data = await self._command(b"DATA\r\n") if any(r.code in RCPT_ACCEPTED for r in rcpt_replies) else None
+            data = (
+                await self._command(b"DATA\r\n")
+                if any(r.code in RCPT_ACCEPTED for r in rcpt_replies)
+                else None
+            )
         self._in_data = data is not None and data.code == 354
         return Envelope(mail_reply, list(zip(recipients, rcpt_replies, strict=True)), data)
 
     def send_body(self, raw: bytes) -> None:
-        """The message after a 354, as aiosmtplib sends it (CRLF line ends, leading dots doubled), and no
-        end of data yet."""
+        """The message after a 354, as aiosmtplib sends it (CRLF line ends, leading dots doubled),
+        and no end of data yet."""
         self._write(PERIOD_REGEX.sub(b"..", normalize_message_line_endings(raw)))
 
     async def end_data(self, timeout: float) -> Reply:
@@ -327,7 +354,8 @@ class SmtpChannel(asyncio.Protocol):
 
     async def rset(self) -> bool:
         """End the transaction and keep the session; False: the session cannot go on."""
-        if self._in_data:  # only the end of data ends data, and that would hand the server a message
+        if self._in_data:
+            # only the end of data ends data, and that would hand the server a message
             return False
         try:
             return (await self._command(b"RSET\r\n")).code == 250
@@ -335,8 +363,8 @@ class SmtpChannel(asyncio.Protocol):
             return False
 
     async def quit(self) -> None:
-        """QUIT, then close.  Cut inside a message's data, the connection is only closed: RFC 5321 §3.8
-        has the server drop a transaction whose end of data never came."""
+        """QUIT, then close.  Cut inside a message's data, the connection is only closed: RFC 5321
+        §3.8 has the server drop a transaction whose end of data never came."""
         if self.is_connected and not self._in_data:
             with contextlib.suppress(aiosmtplib.SMTPException, OSError, TimeoutError):
                 self._write(b"QUIT\r\n")
@@ -349,6 +377,7 @@ class SmtpChannel(asyncio.Protocol):
 
 def _path(address: str) -> bytes:
     path = quote_address(address).encode("ascii")
-    if COMMAND_INJECTION_REGEX.search(path):  # never one command turned into two (R22); validated long before
+    if COMMAND_INJECTION_REGEX.search(path):
+        # never one command turned into two (R22); validated long before
         raise ValueError("an address with a control character")
     return path

@@ -1,13 +1,14 @@
-"""One SMTP transaction on a worker's kept session, gated by the record before the end of data (R21).
+"""One SMTP transaction on a worker's kept session, gated by the record before the end of data
+(R21).
 
 A worker keeps its SMTP session open across messages of the same account, opening a new one once
 ``recipients_per_connection`` recipients went over it (R14), when the account changes, or after
 ``SESSION_IDLE_SECONDS`` unused.  The envelope (MAIL FROM, RCPT TO, DATA) is one write when the
-server offers PIPELINING (smtp.SmtpChannel), and the body follows at once.  The server holds a message
-only from its end-of-data mark (the final ".") on; a connection closed before it cancels the
-transaction (RFC 5321 §3.8).  So that mark is R21's gate: the record before the end of data runs beside
-the envelope and the body, and only the mark waits for it; then the reply is awaited as long as
-RFC 5321 allows (``data_timeout_seconds``).
+server offers PIPELINING (smtp.SmtpChannel), and the body follows at once.  The server holds a
+message only from its end-of-data mark (the final ".") on; a connection closed before it cancels the
+transaction (RFC 5321 §3.8).  So that mark is R21's gate: the record before the end of data runs
+beside the envelope and the body, and only the mark waits for it; then the reply is awaited as long
+as RFC 5321 allows (``data_timeout_seconds``).
 """
 
 from __future__ import annotations
@@ -45,8 +46,8 @@ class SmtpSession:
 
     @property
     def idle(self) -> bool:
-        # servers drop idle sessions after a few minutes (RFC 5321 asks for 5); a fresh one is cheaper
-        # than a failed MAIL FROM that would cost the message a retry
+        # servers drop idle sessions after a few minutes (RFC 5321 asks for 5); a fresh one is
+        # cheaper than a failed MAIL FROM that would cost the message a retry
         return time.monotonic() - self.last_used > SESSION_IDLE_SECONDS
 
 
@@ -75,13 +76,17 @@ class SmtpTransactions:
         self.backoff = backoff
 
     async def send(
-        self, session: SmtpSession | None, message: repository.Claimed, account: SendingAccount, record: Record
+        self,
+        session: SmtpSession | None,
+        message: repository.Claimed,
+        account: SendingAccount,
+        record: Record,
     ) -> tuple[Outcome, SmtpSession | None]:
-        """One transaction; until the end of data everything is retryable, after it only a reply decides.
-        Returns the outcome and the session to keep (None: dropped).
+        """One transaction; until the end of data everything is retryable, after it only a reply
+        decides. Returns the outcome and the session to keep (None: dropped).
 
-        ``record`` runs beside the envelope and the body; an envelope the server refuses ends the attempt
-        whatever the record says (its settle follows the record).
+        ``record`` runs beside the envelope and the body; an envelope the server refuses ends the
+        attempt whatever the record says (its settle follows the record).
         """
         recording: asyncio.Task[bool] | None = None
         try:
@@ -92,7 +97,8 @@ class SmtpTransactions:
             except aiosmtplib.SMTPServerDisconnected:
                 if not reused:
                     raise
-                # the server closed a kept session without our noticing: one fresh session, no retry spent
+                # the server closed a kept session without our noticing: one fresh session, no retry
+                # spent
                 await close_session(session, polite=False)
                 session = await self._open(account)
                 envelope = await session.channel.envelope(message.envelope_from, message.recipients)
@@ -105,19 +111,28 @@ class SmtpTransactions:
             session.channel.send_body(message.raw)
         except (MailConnectionError, aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await close_session(session, polite=False)
-            text = exc.user_message if isinstance(exc, MailConnectionError) else f"{type(exc).__name__}: {exc}"
+            text = (
+                exc.user_message
+                if isinstance(exc, MailConnectionError)
+                else f"{type(exc).__name__}: {exc}"
+            )
             failure = self.backoff.deferred(Reason.BEFORE_DATA, message.attempt, text)
             return await _unrecorded(recording, failure), None
         return await self._end_of_data(session, message, envelope, recording)
 
     async def _end_of_data(
-        self, session: SmtpSession, message: repository.Claimed, envelope: Envelope, recording: asyncio.Task[bool]
+        self,
+        session: SmtpSession,
+        message: repository.Claimed,
+        envelope: Envelope,
+        recording: asyncio.Task[bool],
     ) -> tuple[Outcome, SmtpSession | None]:
         try:
             if not await recording:  # cannot happen while this process holds its lock
                 raise RuntimeError(f"message {message.id} is no longer held by this worker")
         except BaseException:
-            session.channel.close()  # without its end of data the server drops the message (RFC 5321 §3.8)
+            # without its end of data the server drops the message (RFC 5321 §3.8)
+            session.channel.close()
             raise
         try:
             reply = await session.channel.end_data(self.settings.data_timeout_seconds)
@@ -132,7 +147,9 @@ class SmtpTransactions:
         if reply.code // 100 in (4, 5):
             return self.backoff.refused("data", reply, message.attempt), session
         await close_session(session, polite=False)
-        return unknown(f"the server answered the end of data with {reply}, which SMTP does not define there"), None
+        return unknown(
+            f"the server answered the end of data with {reply}, which SMTP does not define there"
+        ), None
 
     async def _session_for(
         self, session: SmtpSession | None, message: repository.Claimed, account: SendingAccount
@@ -142,7 +159,8 @@ class SmtpTransactions:
             session.account_key != account.key
             or not session.channel.is_connected
             or session.idle
-            or session.recipients + len(message.recipients) > self.settings.recipients_per_connection
+            or session.recipients + len(message.recipients)
+            > self.settings.recipients_per_connection
         ):
             await close_session(session)
             session = None
@@ -156,7 +174,8 @@ class SmtpTransactions:
     async def _refusal(
         self, session: SmtpSession, envelope: Envelope, message: repository.Claimed
     ) -> tuple[Outcome, SmtpSession | None] | None:
-        """What the server refused before the message's data, and the session to keep; None: nothing."""
+        """What the server refused before the message's data, and the session to keep; None:
+        nothing."""
         if envelope.mail.code != 250:  # pipelined, its RCPT TOs and DATA were refused with it
             SMTP_REPLIES.labels("envelope", reply_class(envelope.mail.code)).inc()
             await close_session(session)
@@ -168,11 +187,17 @@ class SmtpTransactions:
             detail = "; ".join(f"{address}: {reply}" for address, reply in envelope.refused)
             if any(reply.code < 500 for _, reply in envelope.refused):
                 outcome = self.backoff.deferred(
-                    Reason.RCPT_4XX, message.attempt, "recipients refused for now: " + detail, detail
+                    Reason.RCPT_4XX,
+                    message.attempt,
+                    "recipients refused for now: " + detail,
+                    detail,
                 )
             else:
                 outcome = Outcome(
-                    MessageState.FAILED, Reason.RCPT_5XX, reply=detail, error="every recipient was refused: " + detail
+                    MessageState.FAILED,
+                    Reason.RCPT_5XX,
+                    reply=detail,
+                    error="every recipient was refused: " + detail,
                 )
         elif envelope.data is not None and envelope.data.code != 354:
             SMTP_REPLIES.labels("data", reply_class(envelope.data.code)).inc()

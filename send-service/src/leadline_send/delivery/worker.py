@@ -1,4 +1,5 @@
-"""Delivery workers: claim queued messages, reserve quota, speak SMTP, settle (the queue: delivery.repository).
+"""Delivery workers: claim queued messages, reserve quota, speak SMTP, settle (the queue:
+delivery.repository).
 
 One attempt, and the unit that owns each step::
 
@@ -18,7 +19,7 @@ token per idle worker), the short cache of sending accounts, and the worker loop
 units above.  What the server says decides the next state (delivery.outcome): a 4xx reply, or any
 failure before the end of data, defers the message with backoff; 5xx fails it; silence after the end
 of data makes it ``unknown``.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -82,7 +83,8 @@ class Delivery:
     keys: CredentialKeys
     policy: SmtpPolicy
     routes: Routes
-    wake_relay: Callable[[], None]  # mail.sent is in the outbox: this process's relay (or the API's) publishes it
+    # mail.sent is in the outbox: this process's relay (or the API's) publishes it
+    wake_relay: Callable[[], None]
     # One token wakes one idle worker: waking all of them for each new message would have each run
     # an empty claim.  Workers also poll, for messages queued by other replicas or coming due.
     _wake: asyncio.Queue[None] = field(default_factory=lambda: asyncio.Queue(maxsize=64))
@@ -90,7 +92,9 @@ class Delivery:
     _lock_conn: asyncpg.Connection | None = None
     _pool: asyncpg.Pool | None = None
     _durable_pool: asyncpg.Pool | None = None
-    _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(default_factory=dict)
+    _accounts: dict[tuple[uuid.UUID, str], tuple[float, SendingAccount | None]] = field(
+        default_factory=dict
+    )
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     _busy: set[int] = field(default_factory=set)
     _all_idle: asyncio.Event = field(default_factory=asyncio.Event)
@@ -102,9 +106,13 @@ class Delivery:
     backoff: Backoff = field(init=False)
 
     def __post_init__(self) -> None:
-        self.backoff = backoff = Backoff.of(self.settings.retry_base_seconds, self.settings.retry_max_seconds)
+        self.backoff = backoff = Backoff.of(
+            self.settings.retry_base_seconds, self.settings.retry_max_seconds
+        )
         self.sent_copies = SentCopies(self.db, self.policy)
-        self.reservations = QuotaReservations(self.quota, self.settings, self.instance_key, self._conn, backoff)
+        self.reservations = QuotaReservations(
+            self.quota, self.settings, self.instance_key, self._conn, backoff
+        )
         self.transactions = SmtpTransactions(self.settings, self.policy, backoff)
         self.settling = Settling(
             self.settings,
@@ -128,7 +136,8 @@ class Delivery:
     # --- the process ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Take this process's advisory lock (it lasts as long as the process) and open the queue's pools."""
+        """Take this process's advisory lock (it lasts as long as the process) and open the queue's
+        pools."""
         self._lock_conn = await asyncpg.connect(asyncpg_dsn(self.db.url))
         await repository.take_liveness_lock(self._lock_conn, self.instance_key)
         if self.settings.smtp_connections:
@@ -162,7 +171,8 @@ class Delivery:
                     await asyncio.wait_for(closable.close(), 5)
 
     async def stop(self, grace_seconds: float) -> None:
-        """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then stop.
+        """Finish the messages in hand (up to ``grace_seconds``), give back the claimed rest, then
+        stop.
 
         What is still in hand after the grace period is cut off and recovered by the next process:
         a message not yet recorded is sent again, a recorded one becomes ``unknown``.
@@ -177,7 +187,8 @@ class Delivery:
         await self.sent_copies.close(max(0.0, deadline - time.monotonic()))
 
     def _conn(self) -> PoolAcquireContext:
-        """A connection of the asynchronously committing pool (``async with``; see delivery.settling)."""
+        """A connection of the asynchronously committing pool (``async with``; see
+        delivery.settling)."""
         assert self._pool is not None, "Delivery.start() first"
         return self._pool.acquire()
 
@@ -236,7 +247,8 @@ class Delivery:
                 self._all_idle.set()
 
     async def _idle(self, worker: Worker) -> None:
-        """Nothing in hand: the last answer settled, expired leases ended, an idle session closed."""
+        """Nothing in hand: the last answer settled, expired leases ended, an idle session
+        closed."""
         await self.settling.settle_pending(worker.number)
         self.reservations.end_idle()
         if worker.session is not None and worker.session.idle:
@@ -252,7 +264,8 @@ class Delivery:
                     try:
                         async with self.db.session() as db_session:
                             await repository.give_back(
-                                db_session, [*group[n:], *(m for later in groups[g + 1 :] for m in later)]
+                                db_session,
+                                [*group[n:], *(m for later in groups[g + 1 :] for m in later)],
                             )
                     finally:
                         if lease is not None:
@@ -267,9 +280,11 @@ class Delivery:
         except (QuotaUnavailable, MailboxUnavailable, *repository.DB_ERRORS):
             return None  # each message then reserves on its own, and learns why
 
-    async def _deliver_one(self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None) -> None:
-        """One message, and its lease told whether it reached the server.  (Cancelled, the lease is not
-        settled: recovery counts what its rows say once this process is gone.)"""
+    async def _deliver_one(
+        self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None
+    ) -> None:
+        """One message, and its lease told whether it reached the server.  (Cancelled, the lease is
+        not settled: recovery counts what its rows say once this process is gone.)"""
         try:
             reached = await self.deliver(worker, message, lease)
         except Exception:
@@ -281,10 +296,12 @@ class Delivery:
         if lease is not None:
             self.reservations.release(lease, message, reached)
 
-    async def deliver(self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None) -> bool:
-        """Send one message, under ``lease`` or with a reservation of its own; its answer is settled with
-        the worker's next record, or alone (see delivery.settling).  Whether it reached the server
-        (or may have: unknown counts, the recipient may have it)."""
+    async def deliver(
+        self, worker: Worker, message: repository.Claimed, lease: QuotaLease | None
+    ) -> bool:
+        """Send one message, under ``lease`` or with a reservation of its own; its answer is settled
+        with the worker's next record, or alone (see delivery.settling).  Whether it reached the
+        server (or may have: unknown counts, the recipient may have it)."""
         if message.category == "marketing" and await self._unsubscribed(message):
             await self.settling.finish(
                 message,
@@ -306,10 +323,14 @@ class Delivery:
         message, account, reservation = reserved.message, reserved.account, reserved.reservation_id
 
         async def record() -> bool:
-            return await self.settling.record(worker.number, message, reservation, leased=lease is not None)
+            return await self.settling.record(
+                worker.number, message, reservation, leased=lease is not None
+            )
 
         started = time.perf_counter()
-        outcome, worker.session = await self.transactions.send(worker.session, message, account, record)
+        outcome, worker.session = await self.transactions.send(
+            worker.session, message, account, record
+        )
         SMTP_SECONDS.observe(time.perf_counter() - started)
         await self.settling.answered(
             worker.number, message, account, outcome, None if lease is not None else reservation
@@ -318,7 +339,9 @@ class Delivery:
 
     async def _reserve(self, message: repository.Claimed) -> Reserved | Outcome:
         try:
-            return await self.reservations.reserve(message, await self._account(message), self._route, self._switch)
+            return await self.reservations.reserve(
+                message, await self._account(message), self._route, self._switch
+            )
         except (QuotaUnavailable, MailboxUnavailable) as exc:
             return self.backoff.deferred(Reason.UNAVAILABLE, message.attempt, str(exc))
 
@@ -329,16 +352,25 @@ class Delivery:
     # --- sending accounts -------------------------------------------------------------------------
 
     async def _account(self, message: repository.Claimed) -> SendingAccount | None:
-        # Kept a few seconds: looking the account up (and opening its password) for every message of a
-        # batch would cost more than sending it; changes through the API drop the cache (forget_accounts).
+        # Kept a few seconds: looking the account up (and opening its password) for every message of
+        # a batch would cost more than sending it; changes through the API drop the cache
+        # (forget_accounts).
         cached = self._accounts.get((message.user_id, message.account_key))
         if cached and cached[0] > time.monotonic():
             return cached[1]
         async with self.db.session() as db_session:
             account = await account_for_key(
-                db_session, self.keys, self.mailboxes, message.company_id, message.user_id, message.account_key
+                db_session,
+                self.keys,
+                self.mailboxes,
+                message.company_id,
+                message.user_id,
+                message.account_key,
             )
-        self._accounts[(message.user_id, message.account_key)] = (time.monotonic() + ACCOUNT_CACHE_SECONDS, account)
+        self._accounts[(message.user_id, message.account_key)] = (
+            time.monotonic() + ACCOUNT_CACHE_SECONDS,
+            account,
+        )
         return account
 
     def forget_accounts(self) -> None:
@@ -347,9 +379,13 @@ class Delivery:
 
     async def _route(self, message: repository.Claimed) -> Route:
         async with self.db.session() as db_session:
-            return await self.routes.route(db_session, message.company_id, message.user_id, message.category)
+            return await self.routes.route(
+                db_session, message.company_id, message.user_id, message.category
+            )
 
-    async def _switch(self, message: repository.Claimed, account: SendingAccount) -> repository.Claimed:
+    async def _switch(
+        self, message: repository.Claimed, account: SendingAccount
+    ) -> repository.Claimed:
         """Rotation (R15): the message rebuilt for another account of its type, and recorded so."""
         draft = Draft.from_json(message.draft)
         built = build_message(
@@ -361,7 +397,12 @@ class Delivery:
         )
         async with self.db.session() as db_session:
             await repository.switch_account(
-                db_session, message, account.key, built.envelope_from, built.raw, account.sender.from_email
+                db_session,
+                message,
+                account.key,
+                built.envelope_from,
+                built.raw,
+                account.sender.from_email,
             )
         return repository.Claimed(
             **{

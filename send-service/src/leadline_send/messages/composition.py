@@ -50,9 +50,15 @@ UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_conte
 def check_header_value(field_name: str, value: str) -> str:
     """Refuse a header value carrying a line break or control character, also RFC 2047-encoded."""
     if _CONTROL.search(value):
-        raise HeaderInjection(f"{field_name} contains a line break or control character", field=field_name)
+        raise HeaderInjection(
+            f"{field_name} contains a line break or control character", field=field_name
+        )
     for match in _ENCODED_WORD.finditer(value):
-        charset, encoding, text = match.group(1).partition("*")[0], match.group(2).upper(), match.group(3)
+        charset, encoding, text = (
+            match.group(1).partition("*")[0],
+            match.group(2).upper(),
+            match.group(3),
+        )
         try:
             raw = (
                 base64.b64decode(text + "=" * (-len(text) % 4))
@@ -66,7 +72,9 @@ def check_header_value(field_name: str, value: str) -> str:
                 field=field_name,
             ) from None
         except (binascii.Error, ValueError):
-            raise HeaderInjection(f"{field_name} contains a malformed encoded word", field=field_name) from None
+            raise HeaderInjection(
+                f"{field_name} contains a malformed encoded word", field=field_name
+            ) from None
         if _CONTROL.search(decoded):
             raise HeaderInjection(
                 f"{field_name} contains an encoded line break or control character",
@@ -80,7 +88,9 @@ def check_address(field_name: str, value: str) -> str:
     check_header_value(field_name, value)
     address = normalize_address(value)
     if address is None:
-        raise InvalidEmailAddress(f"{field_name}: {value!r} is not a valid email address", field=field_name)
+        raise InvalidEmailAddress(
+            f"{field_name}: {value!r} is not a valid email address", field=field_name
+        )
     return address
 
 
@@ -100,7 +110,8 @@ class AttachmentFile:
 
 @dataclass(frozen=True)
 class Draft:
-    """What the caller asked for, validated; stored with the message to rebuild it for another account."""
+    """What the caller asked for, validated; stored with the message to rebuild it for another
+    account."""
 
     category: str
     to: tuple[Recipient, ...]
@@ -121,7 +132,12 @@ class Draft:
     def to_json(self) -> dict[str, Any]:
         def people(rs: Sequence[Recipient]) -> list[dict[str, Any]]:
             return [
-                {"address": r.address, "name": r.name, "lead_id": str(r.lead_id) if r.lead_id else None} for r in rs
+                {
+                    "address": r.address,
+                    "name": r.name,
+                    "lead_id": str(r.lead_id) if r.lead_id else None,
+                }
+                for r in rs
             ]
 
         return {
@@ -146,7 +162,10 @@ class Draft:
     def from_json(cls, data: dict[str, Any]) -> Draft:
         def people(rows: list[dict[str, Any]]) -> tuple[Recipient, ...]:
             return tuple(
-                Recipient(r["address"], r["name"], uuid.UUID(r["lead_id"]) if r["lead_id"] else None) for r in rows
+                Recipient(
+                    r["address"], r["name"], uuid.UUID(r["lead_id"]) if r["lead_id"] else None
+                )
+                for r in rows
             )
 
         return cls(
@@ -201,9 +220,13 @@ def _tag_links(text: str, utm: dict[str, str], html: bool) -> str:
     if not utm:
         return text
     if html:
-        # an href holds the URL HTML-escaped ("&amp;" between parameters): unescape, tag, escape again
+        # an href holds the URL HTML-escaped ("&amp;" between parameters): unescape, tag, escape
+        # again
         return _HREF.sub(
-            lambda m: m.group(1) + html_escape(with_utm(html_unescape(m.group(2)), utm)) + m.group(3), text
+            lambda m: (
+                m.group(1) + html_escape(with_utm(html_unescape(m.group(2)), utm)) + m.group(3)
+            ),
+            text,
         )
     return _URL.sub(lambda m: with_utm(m.group(0), utm), text)
 
@@ -222,9 +245,10 @@ def build_message(  # noqa: C901 - 13, older than the limit
 
     def put(name: str, value: str | list[Address]) -> None:
         # An address header is stored as the text its addresses read back as (their str, comma
-        # separated: headerregistry's own rule).  Given Address objects, the registry would join them
-        # and parse that text anyway; given the text, the parse is the one the registry keeps by text,
-        # which the read-back below then finds again when the header went out unfolded and unencoded.
+        # separated: headerregistry's own rule).  Given Address objects, the registry would join
+        # them and parse that text anyway; given the text, the parse is the one the registry keeps
+        # by text, which the read-back below then finds again when the header went out unfolded and
+        # unencoded.
         text = value if isinstance(value, str) else ", ".join(map(str, value))
         msg[name] = text
         intended.append((name, text))
@@ -247,7 +271,9 @@ def build_message(  # noqa: C901 - 13, older than the limit
         if sender.precedence:
             put("Precedence", sender.precedence)
         if unsubscribe_link:
-            targets = [unsubscribe_link] + ([sender.unsubscribe_url] if sender.unsubscribe_url else [])
+            targets = [unsubscribe_link] + (
+                [sender.unsubscribe_url] if sender.unsubscribe_url else []
+            )
             put("List-Unsubscribe", ", ".join(f"<{t}>" for t in targets))
             put("List-Unsubscribe-Post", "List-Unsubscribe=One-Click")
             if text is not None:
@@ -263,16 +289,23 @@ def build_message(  # noqa: C901 - 13, older than the limit
             msg.add_alternative(html, subtype="html")
     for attachment in draft.attachments:
         maintype, _, subtype = attachment.content_type.partition("/")
-        msg.add_attachment(attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename)
+        msg.add_attachment(
+            attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
     raw = serialise(msg)
     _check_reparse(raw, intended)
-    return BuiltMessage(raw=raw, message_id=message_id, envelope_from=sender.envelope_from, recipients=draft.recipients)
+    return BuiltMessage(
+        raw=raw,
+        message_id=message_id,
+        envelope_from=sender.envelope_from,
+        recipients=draft.recipients,
+    )
 
 
 class _FoldedAtCommas(BaseHeader):
-    """``List-Unsubscribe`` (RFC 2369, RFC 8058): a list of ``<URI>`` that receivers read as it stands,
-    so it is never RFC 2047-encoded (Gmail and Yahoo do not decode it); one that does not fit on a
-    line is folded after the commas between its URIs, and nowhere else."""
+    """``List-Unsubscribe`` (RFC 2369, RFC 8058): a list of ``<URI>`` that receivers read as it
+    stands, so it is never RFC 2047-encoded (Gmail and Yahoo do not decode it); one that does not
+    fit on a line is folded after the commas between its URIs, and nowhere else."""
 
     def fold(self, *, policy: Any) -> str:
         linesep: str = policy.linesep
@@ -287,9 +320,9 @@ _BETWEEN_URIS = re.compile(r"(?<=>),\s*(?=<)")
 
 
 class _WireFoldKept(BaseHeader):
-    """A header's wire form, kept on the (immutable) header: the registry below hands the same header
-    object to every message that repeats it (From, Date, the MIME headers), and folding a structured
-    header re-walks its parse tree each time.
+    """A header's wire form, kept on the (immutable) header: the registry below hands the same
+    header object to every message that repeats it (From, Date, the MIME headers), and folding a
+    structured header re-walks its parse tree each time.
 
     A header made from printable ASCII text with no encoded word that fits on one line goes out as
     that text: the standard folder's answer for it, without walking the tree (the parse tree renders
@@ -301,7 +334,8 @@ class _WireFoldKept(BaseHeader):
             return super().fold(policy=policy)
         folded: str | None = self.__dict__.get("_wire_fold")
         if folded is None:
-            source: str | None = self.__dict__.get("_source")  # the text it was made from (the registry)
+            # the text it was made from (the registry)
+            source: str | None = self.__dict__.get("_source")
             if source is not None and _one_plain_line(self.name, source):
                 folded = f"{self.name}: {source}{WIRE.linesep}"
             else:
@@ -332,7 +366,10 @@ _MAILBOX = rf"(?:{_ADDR_SPEC}|{_ATEXT}(?: {_ATEXT})* <{_ADDR_SPEC}>)"
 _PLAIN = {
     name: re.compile(pattern)
     for name, pattern in [
-        *((name, rf"{_MAILBOX}(?:, {_MAILBOX})*") for name in ("from", "to", "cc", "reply-to", "sender")),
+        *(
+            (name, rf"{_MAILBOX}(?:, {_MAILBOX})*")
+            for name in ("from", "to", "cc", "reply-to", "sender")
+        ),
         ("message-id", rf"<{_ADDR_SPEC}>"),
     ]
 }
@@ -340,11 +377,11 @@ _PLAIN = {
 
 class _KeptHeaderClasses(HeaderRegistry):
     """The standard registry makes a new header class with ``type()`` on every lookup, which was the
-    largest single cost of building a message; the class for a name never changes, so keep it.  It also
-    keeps the last parsed headers by name and text: headers are immutable, and the From, Date and MIME
-    headers of a run of messages repeat (parsing an address list is the dearest part), and so does an
-    unfolded header's read-back, which parses the same text it was built from.  A plain value (see
-    _PLAIN) is not parsed at all."""
+    largest single cost of building a message; the class for a name never changes, so keep it.  It
+    also keeps the last parsed headers by name and text: headers are immutable, and the From, Date
+    and MIME headers of a run of messages repeat (parsing an address list is the dearest part), and
+    so does an unfolded header's read-back, which parses the same text it was built from.  A plain
+    value (see _PLAIN) is not parsed at all."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -389,14 +426,16 @@ WIRE = policy.SMTP.clone(header_factory=_HEADERS)
 
 class _WireGenerator(BytesGenerator):
     """``BytesGenerator`` writing a text part's lines in one piece rather than two writes a line (a
-    10 KB body was 270 calls), with every line end (CRLF, a bare CR or LF: the generator's NLCRE) made
-    the policy's by ``str.replace``, three times as fast as splitting on the pattern; the bytes are the
-    same (test_composition checks it)."""
+    10 KB body was 270 calls), with every line end (CRLF, a bare CR or LF: the generator's NLCRE)
+    made the policy's by ``str.replace``, three times as fast as splitting on the pattern; the bytes
+    are the same (test_composition checks it)."""
 
     def _write_lines(self, lines: str) -> None:
         if lines:
             assert self.policy is not None  # flatten() sets the policy it writes with
-            self.write(lines.replace("\r\n", "\n").replace("\r", "\n").replace("\n", self.policy.linesep))
+            self.write(
+                lines.replace("\r\n", "\n").replace("\r", "\n").replace("\n", self.policy.linesep)
+            )
 
 
 def serialise(msg: EmailMessage) -> bytes:
@@ -413,7 +452,8 @@ def _check_reparse(raw: bytes, intended: list[tuple[str, str]]) -> None:
     # the header block alone: the parser would otherwise read through the whole body for nothing
     end = raw.find(b"\r\n\r\n")
     parsed = BytesHeaderParser(policy=READ_BACK).parsebytes(raw if end < 0 else raw[: end + 4])
-    # only our headers are read through the header registry; the MIME structure ones are the library's
+    # only our headers are read through the header registry; the MIME structure ones are the
+    # library's
     seen = [
         (name, str(READ_BACK.header_fetch_parse(name, value)))
         for name, value in parsed.raw_items()

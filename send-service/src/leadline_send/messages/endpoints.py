@@ -49,18 +49,24 @@ async def send_message(
 
 
 @router.post("/messages/batch", status_code=202, response_model=BatchOut)
-async def send_messages(body: BatchIn, caller: Caller, context: Context, request: Request) -> BatchOut:
-    """Up to 100 messages in one request and one transaction: all are queued, or none (the problem names
-    the first bad one by ``index``).  Each item may carry its own ``idempotency_key``.  Quota is checked
-    as for one message: 429 only when not even one can go out now; beyond what fits, messages wait as
-    ``deferred`` until their account's window frees."""
+async def send_messages(
+    body: BatchIn, caller: Caller, context: Context, request: Request
+) -> BatchOut:
+    """Up to 100 messages in one request and one transaction: all are queued, or none (the problem
+    names the first bad one by ``index``).  Each item may carry its own ``idempotency_key``.  Quota
+    is checked as for one message: 429 only when not even one can go out now; beyond what fits,
+    messages wait as ``deferred`` until their account's window frees."""
     async with request.app.state.runtime.db.session() as session:
-        return BatchOut(items=await service.create_messages(session, context, caller, body.messages))
+        return BatchOut(
+            items=await service.create_messages(session, context, caller, body.messages)
+        )
 
 
 @router.get("/messages/{message_id:uuid}", response_model=MessageOut)
 async def get_message(message_id: uuid.UUID, caller: Caller, session: Session) -> MessageOut:
-    row = await repository.by_id(session, caller.company_id, message_id, service.sender_scope(caller))
+    row = await repository.by_id(
+        session, caller.company_id, message_id, service.sender_scope(caller)
+    )
     if row is None:
         raise MessageNotFound("no such message")
     return service.to_out(row._mapping)
@@ -80,10 +86,19 @@ async def list_messages(
     if scope and user_id and user_id != scope:
         return Page[MessageOut](items=[])
     rows = await repository.page(
-        session, caller.company_id, state=state, user_id=scope or user_id, after=after, limit=limit + 1
+        session,
+        caller.company_id,
+        state=state,
+        user_id=scope or user_id,
+        after=after,
+        limit=limit + 1,
     )
     items = [service.to_out(r._mapping) for r in rows[:limit]]
-    next_cursor = encode_position(rows[limit - 1].created_at, rows[limit - 1].id) if len(rows) > limit else None
+    next_cursor = (
+        encode_position(rows[limit - 1].created_at, rows[limit - 1].id)
+        if len(rows) > limit
+        else None
+    )
     return Page[MessageOut](items=items, next_cursor=next_cursor)
 
 
@@ -116,8 +131,11 @@ async def unsubscribe_page(token: str, context: Context) -> HTMLResponse:
 
 
 @router.post("/unsubscribe/{token}", tags=["unsubscribe"])
-async def unsubscribe(token: str, context: Context, session: Session, request: Request) -> HTMLResponse:
-    """Public (no API key).  RFC 8058 one-click: marks the address unsubscribed; repeat calls are harmless."""
+async def unsubscribe(
+    token: str, context: Context, session: Session, request: Request
+) -> HTMLResponse:
+    """Public (no API key).  RFC 8058 one-click: marks the address unsubscribed; repeat calls are
+    harmless."""
     found = read_token(context.settings.unsubscribe_secret.get_secret_value(), token)
     if found is None:
         raise UnsubscribeLinkInvalid("this unsubscribe link is not valid")
@@ -128,7 +146,8 @@ async def unsubscribe(token: str, context: Context, session: Session, request: R
             session,
             outbox,
             LeadUnsubscribedV1(
-                company_id=company_id, payload=LeadUnsubscribedPayload(address=address, lead_id=lead_id)
+                company_id=company_id,
+                payload=LeadUnsubscribedPayload(address=address, lead_id=lead_id),
             ),
         )
     return _page("Unsubscribed", f"<p>{html.escape(address)} will get no more marketing mail.</p>")

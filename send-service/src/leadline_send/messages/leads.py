@@ -1,7 +1,8 @@
-"""Lead recipients: the service's own copy of lead addresses, and the lead service when the copy is behind.
+"""Lead recipients: the service's own copy of lead addresses, and the lead service when the copy is
+behind.
 
-The copy (``lead_address``) is kept from ``lead.created|updated|deleted`` and read on a plain connection
-of its own (one statement, outside the caller's unit of work: the copy is only read).  A
+The copy (``lead_address``) is kept from ``lead.created|updated|deleted`` and read on a plain
+connection of its own (one statement, outside the caller's unit of work: the copy is only read).  A
 lead created a moment ago may not be in it yet: its event is on the way.  So a
 lead the copy does not hold is asked of the lead service (NATS request/reply,
 ``RPC_LEAD_ADDRESSES``), and the answer is kept for ``KEPT_SECONDS`` in this
@@ -45,9 +46,11 @@ class LeadsUnavailable(Exception):
 
 
 def lead_copy(addresses: Iterable[str], name: str) -> tuple[list[str], str]:
-    """What the copy keeps of a lead: its valid addresses normalised (first first, no duplicates) and its
-    name on one line without NUL."""
-    return normalize_addresses(addresses), name.replace("\r", " ").replace("\n", " ").replace("\x00", "")
+    """What the copy keeps of a lead: its valid addresses normalised (first first, no duplicates)
+    and its name on one line without NUL."""
+    return normalize_addresses(addresses), name.replace("\r", " ").replace("\n", " ").replace(
+        "\x00", ""
+    )
 
 
 class LeadDirectory:
@@ -57,7 +60,9 @@ class LeadDirectory:
         self.timeout = timeout
         self._kept: dict[tuple[uuid.UUID, uuid.UUID], tuple[float, LeadRecipient]] = {}
 
-    async def recipients(self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, LeadRecipient]:
+    async def recipients(
+        self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, LeadRecipient]:
         """Each known lead's first address and name; a lead missing from the answer is unknown."""
         async with self.db.plain() as conn:
             found = await repository.lead_recipients(conn, company_id, lead_ids)
@@ -72,14 +77,19 @@ class LeadDirectory:
             found.update(await self._ask(company_id, missing))
         return found
 
-    async def _ask(self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]) -> dict[uuid.UUID, LeadRecipient]:
+    async def _ask(
+        self, company_id: uuid.UUID, lead_ids: list[uuid.UUID]
+    ) -> dict[uuid.UUID, LeadRecipient]:
         request = LeadAddressesRequest(company_id=company_id, lead_ids=lead_ids)
         try:
-            reply = await rpc.ask(self.nc, RPC_LEAD_ADDRESSES, request, LeadAddressesReply, self.timeout)
+            reply = await rpc.ask(
+                self.nc, RPC_LEAD_ADDRESSES, request, LeadAddressesReply, self.timeout
+            )
         except rpc.Unanswered as exc:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))
             raise LeadsUnavailable(
-                f"the lead service did not answer for leads this service has not heard of yet ({exc.reason})"
+                f"the lead service did not answer for leads this service has not heard of yet "
+                f"({exc.reason})"
             ) from exc
         if reply.detail:
             LEAD_ASKS.labels("unavailable").inc(len(lead_ids))

@@ -1,8 +1,8 @@
-"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company (the API's,
-and those of the events the service applies, ``consumers.py``).
+"""Queries on outgoing messages, the lead copy and unsubscribes; every one scoped by company (the
+API's, and those of the events the service applies, ``consumers.py``).
 
-The two statements of every single ``POST /v1/messages`` (the lead lookup and the insert) are plain SQL
-on asyncpg (``Database.plain``); the rest go through SQLAlchemy Core.
+The two statements of every single ``POST /v1/messages`` (the lead lookup and the insert) are plain
+SQL on asyncpg (``Database.plain``); the rest go through SQLAlchemy Core.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from leadline_send.delivery.repository import QUEUE_CHANNEL
 from leadline_send.models import lead_address, outgoing_message, unsubscribe
 from leadline_send.states import MessageState, move
 
-# what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB each)
+# what the API shows of a message: every column but the stored draft and MIME bytes (tens of KB
+# each)
 SHOWN = [c for c in outgoing_message.c if c.name not in ("draft", "raw")]
 
 
@@ -54,13 +55,17 @@ async def insert_one(conn: asyncpg.Connection, values: dict[str, Any]) -> asyncp
 async def by_id(
     session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, sender: uuid.UUID | None = None
 ) -> Row[Any] | None:
-    query = select(*SHOWN).where(outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id)
+    query = select(*SHOWN).where(
+        outgoing_message.c.company_id == company_id, outgoing_message.c.id == message_id
+    )
     if sender:
         query = query.where(outgoing_message.c.user_id == sender)
     return (await session.execute(query)).first()
 
 
-async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, key: str) -> Row[Any] | None:
+async def by_idempotency_key(
+    session: Executor, company_id: uuid.UUID, user_id: uuid.UUID, key: str
+) -> Row[Any] | None:
     return (
         await session.execute(
             select(*SHOWN).where(
@@ -72,9 +77,12 @@ async def by_idempotency_key(session: Executor, company_id: uuid.UUID, user_id: 
     ).first()
 
 
-async def insert_messages(session: Executor, rows: list[dict[str, Any]]) -> dict[uuid.UUID, Row[Any]]:
-    """A batch's inserted rows by id; a row whose idempotency key exists already (a racing request) is
-    skipped.  The delivery workers of every process are woken by a notification with the number of new rows.
+async def insert_messages(
+    session: Executor, rows: list[dict[str, Any]]
+) -> dict[uuid.UUID, Row[Any]]:
+    """A batch's inserted rows by id; a row whose idempotency key exists already (a racing request)
+    is skipped.  The delivery workers of every process are woken by a notification with the number
+    of new rows.
     """
     inserted = {row.id: row for row in (await session.execute(INSERT_MESSAGE, rows)).all()}
     if inserted:
@@ -109,12 +117,17 @@ async def page(
                 and_(outgoing_message.c.created_at == created, outgoing_message.c.id < last_id),
             )
         )
-    query = query.order_by(outgoing_message.c.created_at.desc(), outgoing_message.c.id.desc()).limit(limit)
+    query = query.order_by(
+        outgoing_message.c.created_at.desc(), outgoing_message.c.id.desc()
+    ).limit(limit)
     return list((await session.execute(query)).all())
 
 
 async def requeue(
-    session: Executor, company_id: uuid.UUID, message_id: uuid.UUID, from_states: tuple[MessageState, ...]
+    session: Executor,
+    company_id: uuid.UUID,
+    message_id: uuid.UUID,
+    from_states: tuple[MessageState, ...],
 ) -> bool:
     done = await session.execute(
         update(outgoing_message)
@@ -149,11 +162,14 @@ async def lead_recipients(
 ) -> dict[uuid.UUID, tuple[str, str]]:
     """Each lead's first address and name."""
     return {
-        row["lead_id"]: (row["address"], row["name"]) for row in await conn.fetch(LEAD_RECIPIENTS, company_id, lead_ids)
+        row["lead_id"]: (row["address"], row["name"])
+        for row in await conn.fetch(LEAD_RECIPIENTS, company_id, lead_ids)
     }
 
 
-async def lead_for_address(session: Executor, company_id: uuid.UUID, address: str) -> uuid.UUID | None:
+async def lead_for_address(
+    session: Executor, company_id: uuid.UUID, address: str
+) -> uuid.UUID | None:
     return await session.scalar(
         select(lead_address.c.lead_id)
         .where(lead_address.c.company_id == company_id, lead_address.c.address == address)
@@ -161,8 +177,11 @@ async def lead_for_address(session: Executor, company_id: uuid.UUID, address: st
     )
 
 
-async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list[str]) -> dict[str, str]:
-    """The given addresses that get no marketing mail, each with why: ``unsubscribed`` or ``complained``."""
+async def unsubscribed(
+    session: Executor, company_id: uuid.UUID, addresses: list[str]
+) -> dict[str, str]:
+    """The given addresses that get no marketing mail, each with why: ``unsubscribed`` or
+    ``complained``."""
     rows = await session.execute(
         select(unsubscribe.c.address, unsubscribe.c.reason).where(
             unsubscribe.c.company_id == company_id, unsubscribe.c.address.in_(addresses)
@@ -172,7 +191,8 @@ async def unsubscribed(session: Executor, company_id: uuid.UUID, addresses: list
 
 
 async def add_complaint(session: Executor, company_id: uuid.UUID, address: str) -> None:
-    """A complaint stops marketing mail as an unsubscribe does; an earlier unsubscribe now says complained."""
+    """A complaint stops marketing mail as an unsubscribe does; an earlier unsubscribe now says
+    complained."""
     stmt = insert(unsubscribe).values(
         company_id=company_id,
         address=address,
@@ -181,7 +201,8 @@ async def add_complaint(session: Executor, company_id: uuid.UUID, address: str) 
     )
     await session.execute(
         stmt.on_conflict_do_update(
-            index_elements=[unsubscribe.c.company_id, unsubscribe.c.address], set_={"reason": "complained"}
+            index_elements=[unsubscribe.c.company_id, unsubscribe.c.address],
+            set_={"reason": "complained"},
         )
     )
 
@@ -190,11 +211,17 @@ def marketing_refusal(refused: dict[str, str]) -> tuple[str, str]:
     """What a refused marketing send says (message, problem slug): a complaint is told apart."""
     complained = sorted(a for a, reason in refused.items() if reason == "complained")
     if complained:
-        return "the recipient complained about mail (a spam report): " + ", ".join(complained), "recipient-complained"
-    return "the recipient unsubscribed from marketing mail: " + ", ".join(sorted(refused)), "recipient-unsubscribed"
+        return "the recipient complained about mail (a spam report): " + ", ".join(
+            complained
+        ), "recipient-complained"
+    return "the recipient unsubscribed from marketing mail: " + ", ".join(
+        sorted(refused)
+    ), "recipient-unsubscribed"
 
 
-async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str, lead_id: uuid.UUID | None) -> bool:
+async def add_unsubscribe(
+    session: Executor, company_id: uuid.UUID, address: str, lead_id: uuid.UUID | None
+) -> bool:
     """True the first time only, so the event goes out once."""
     done = await session.execute(
         insert(unsubscribe)
@@ -205,16 +232,25 @@ async def add_unsubscribe(session: Executor, company_id: uuid.UUID, address: str
     return done.first() is not None
 
 
-# --- the events the service applies (consumers.py) ---------------------------------------------------------
+# --- the events the service applies (consumers.py)
+# ---------------------------------------------------------
 
 
-async def settle_seen_in_sent(session: Executor, sightings: list[tuple[uuid.UUID, str, datetime]]) -> None:
-    """R21: the ``unknown`` messages among ``sightings`` (company, Message-ID, sent at) were sent, in one
-    statement."""
+async def settle_seen_in_sent(
+    session: Executor, sightings: list[tuple[uuid.UUID, str, datetime]]
+) -> None:
+    """R21: the ``unknown`` messages among ``sightings`` (company, Message-ID, sent at) were sent,
+    in one statement."""
     seen = select(
-        func.unnest(literal([company_id for company_id, _, _ in sightings], ARRAY(Uuid))).label("company_id"),
-        func.unnest(literal([message_id for _, message_id, _ in sightings], ARRAY(Text))).label("message_id"),
-        func.unnest(literal([sent_at for _, _, sent_at in sightings], ARRAY(DateTime(timezone=True)))).label("sent_at"),
+        func.unnest(literal([company_id for company_id, _, _ in sightings], ARRAY(Uuid))).label(
+            "company_id"
+        ),
+        func.unnest(literal([message_id for _, message_id, _ in sightings], ARRAY(Text))).label(
+            "message_id"
+        ),
+        func.unnest(
+            literal([sent_at for _, _, sent_at in sightings], ARRAY(DateTime(timezone=True)))
+        ).label("sent_at"),
     ).subquery("seen")
     await session.execute(
         update(outgoing_message)
@@ -232,7 +268,9 @@ async def settle_seen_in_sent(session: Executor, sightings: list[tuple[uuid.UUID
     )
 
 
-async def recipients_of(session: Executor, company_id: uuid.UUID, message_id: str) -> list[str] | None:
+async def recipients_of(
+    session: Executor, company_id: uuid.UUID, message_id: str
+) -> list[str] | None:
     """The recipients of the company's message with this Message-ID."""
     recipients: list[str] | None = await session.scalar(
         select(outgoing_message.c.recipients).where(
@@ -246,7 +284,8 @@ async def recipients_of(session: Executor, company_id: uuid.UUID, message_id: st
 async def lock_bounceable(
     session: Executor, company_id: uuid.UUID, message_id: str, states: tuple[MessageState, ...]
 ) -> Row[Any, Any, Any] | None:
-    """The company's message with this Message-ID, if in one of ``states``, locked: id, state, recipients."""
+    """The company's message with this Message-ID, if in one of ``states``, locked: id, state,
+    recipients."""
     return (
         await session.execute(
             select(outgoing_message.c.id, outgoing_message.c.state, outgoing_message.c.recipients)
@@ -261,8 +300,11 @@ async def lock_bounceable(
 
 
 async def note_delivery(session: Executor, message_id: uuid.UUID, values: dict[str, Any]) -> None:
-    """A delivery notice on a message row :func:`lock_bounceable` locked (and its state, for a hard bounce)."""
+    """A delivery notice on a message row :func:`lock_bounceable` locked (and its state, for a hard
+    bounce)."""
     await session.execute(
         # unscoped: by the id of a message row its caller read scoped and locked
-        update(outgoing_message).where(outgoing_message.c.id == message_id).values(updated_at=func.now(), **values)
+        update(outgoing_message)
+        .where(outgoing_message.c.id == message_id)
+        .values(updated_at=func.now(), **values)
     )

@@ -1,4 +1,5 @@
-"""Accepting Smart Mail: validate everything, pick the account, check quota, build, queue (R12–R16, R23)."""
+"""Accepting Smart Mail: validate everything, pick the account, check quota, build, queue (R12–R16,
+R23)."""
 
 from __future__ import annotations
 
@@ -66,12 +67,14 @@ OWN_MESSAGES_ONLY = {"salesperson", "jr_salesperson"}
 
 
 def sender_scope(caller: Identity) -> uuid.UUID | None:
-    """The only sender whose messages ``caller`` may see, or None for every sender of the company."""
+    """The only sender whose messages ``caller`` may see, or None for every sender of the
+    company."""
     return caller.user_id if caller.role in OWN_MESSAGES_ONLY else None
 
 
 def to_out(row: Mapping[Any, Any]) -> MessageOut:
-    """A stored message as the API shows it, from its columns (an asyncpg record or a Row's ``_mapping``)."""
+    """A stored message as the API shows it, from its columns (an asyncpg record or a Row's
+    ``_mapping``)."""
     return MessageOut(
         id=row["id"],
         state=row["state"],
@@ -105,7 +108,8 @@ def check_idempotency_key(key: str | None) -> str | None:
 
 
 def request_fingerprint(body: MessageIn) -> str:
-    """What a request asked for (a batch item's own key aside): the same key must come with the same."""
+    """What a request asked for (a batch item's own key aside): the same key must come with the
+    same."""
     return hashlib.sha256(body.model_dump_json(exclude={"idempotency_key"}).encode()).hexdigest()
 
 
@@ -113,7 +117,10 @@ def _first_use(row: Row[Any], fingerprint: str) -> Row[Any]:
     """The message an idempotency key was first used for, if this request is the same one."""
     if row.request_sha256 is not None and row.request_sha256 != fingerprint:
         raise IdempotencyKeyReused(
-            "this Idempotency-Key was used before with a different request; use a new key for a new message",
+            (
+                "this Idempotency-Key was used before with a different request; use a new key for "
+                "a new message"
+            ),
         )
     return row
 
@@ -125,7 +132,11 @@ async def _draft(context: SendContext, caller: Identity, body: MessageIn) -> Dra
             raise InvalidBody("the body contains a NUL character")
     try:
         with timed("api-leads"):
-            leads = await context.leads.recipients(caller.company_id, body.lead_ids) if body.lead_ids else {}
+            leads = (
+                await context.leads.recipients(caller.company_id, body.lead_ids)
+                if body.lead_ids
+                else {}
+            )
     except LeadsUnavailable as exc:
         raise LeadServiceUnavailable(str(exc)) from None
     missing = [str(i) for i in body.lead_ids if i not in leads]
@@ -140,11 +151,13 @@ async def _draft(context: SendContext, caller: Identity, body: MessageIn) -> Dra
     bcc = [Recipient(check_address(f"bcc[{n}]", a)) for n, a in enumerate(body.bcc)]
     if not to:
         raise NoRecipients("a message needs at least one recipient in lead_ids or to")
-    # a non-ASCII local part (domains are kept in IDNA ASCII) needs SMTPUTF8 in the envelope and the headers
+    # a non-ASCII local part (domains are kept in IDNA ASCII) needs SMTPUTF8 in the envelope and the
+    # headers
     unsendable = [r.address for r in (*to, *cc, *bcc) if not r.address.isascii()]
     if unsendable:
         raise UnsupportedAddress(
-            "addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: " + ", ".join(unsendable),
+            "addresses with non-ASCII characters before the @ (SMTPUTF8) cannot be sent yet: "
+            + ", ".join(unsendable),
         )
     attachments = []
     for n, item in enumerate(body.attachments):
@@ -190,16 +203,20 @@ async def _check_quota(
     for account in accounts:
         try:
             reply = await context.quota.check(
-                account.quota_request(caller.company_id, caller.user_id, len(built.recipients), len(built.raw))
+                account.quota_request(
+                    caller.company_id, caller.user_id, len(built.recipients), len(built.raw)
+                )
             )
         except QuotaUnavailable:
-            # Accept and let the delivery worker wait for the quota service: it never sends without a
-            # reservation, and the caller gets a message whose state explains the wait.
+            # Accept and let the delivery worker wait for the quota service: it never sends without
+            # a reservation, and the caller gets a message whose state explains the wait.
             return account
         if reply.granted:
             return account
         refusals.append(reply)
-    waits = sorted(((r.retry_at, r.limit) for r in refusals if r.retry_at is not None), key=lambda w: w[0])
+    waits = sorted(
+        ((r.retry_at, r.limit) for r in refusals if r.retry_at is not None), key=lambda w: w[0]
+    )
     if not waits:
         first = refusals[0]
         raise QuotaLimit(
@@ -217,15 +234,24 @@ async def _check_quota(
 
 
 async def _build(
-    context: SendContext, draft: Draft, sender: Sender, *, message_id: str, date: datetime, unsubscribe_link: str | None
+    context: SendContext,
+    draft: Draft,
+    sender: Sender,
+    *,
+    message_id: str,
+    date: datetime,
+    unsubscribe_link: str | None,
 ) -> BuiltMessage:
     """Build a message, one at a time in this process, then let the event loop go round once before
-    the next build may start.  Building is CPU work that never waits: sixteen batch requests building
-    side by side made each step of a delivery worker (an SMTP reply, a commit) wait for sixteen builds,
-    so while the API was busy the workers of the same process sent almost nothing."""
+    the next build may start.  Building is CPU work that never waits: sixteen batch requests
+    building side by side made each step of a delivery worker (an SMTP reply, a commit) wait for
+    sixteen builds, so while the API was busy the workers of the same process sent almost
+    nothing."""
     async with context.building:
         with timed("api-build"):
-            built = build_message(draft, sender, message_id=message_id, date=date, unsubscribe_link=unsubscribe_link)
+            built = build_message(
+                draft, sender, message_id=message_id, date=date, unsubscribe_link=unsubscribe_link
+            )
         await asyncio.sleep(0)
     return built
 
@@ -244,7 +270,9 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
     """
     fingerprint = request_fingerprint(body)
     if idempotency_key:
-        existing = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, idempotency_key)
+        existing = await repository.by_idempotency_key(
+            session, caller.company_id, caller.user_id, idempotency_key
+        )
         if existing is not None:
             return _first_use(existing, fingerprint)
     settings = context.settings
@@ -261,7 +289,9 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
             raise Unprocessable(detail, slug=slug, addresses=sorted(refused))
     try:
         with timed("api-route"):
-            route = await context.delivery.routes.route(session, caller.company_id, caller.user_id, body.category)
+            route = await context.delivery.routes.route(
+                session, caller.company_id, caller.user_id, body.category
+            )
     except MailboxUnavailable as exc:
         raise SyncedMailboxUnavailable(str(exc)) from None
     if not route.accounts:
@@ -276,12 +306,19 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
     message_id = f"<{message_uuid.hex}@{settings.message_domain}>"
     unsubscribe_link = None
     if body.category == "marketing":
-        token = make_token(settings.unsubscribe_secret.get_secret_value(), caller.company_id, draft.to[0].address)
+        token = make_token(
+            settings.unsubscribe_secret.get_secret_value(), caller.company_id, draft.to[0].address
+        )
         unsubscribe_link = f"{settings.public_base_url.rstrip('/')}/v1/unsubscribe/{token}"
     now = datetime.now(UTC)
     account = chosen.get(body.category, route.accounts[0])
     built = await _build(
-        context, draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link
+        context,
+        draft,
+        account.sender,
+        message_id=message_id,
+        date=now,
+        unsubscribe_link=unsubscribe_link,
     )
     if len(built.raw) > settings.max_message_bytes:
         raise MessageTooLarge(
@@ -294,7 +331,12 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
         if chosen[body.category] is not account:
             account = chosen[body.category]
             built = await _build(
-                context, draft, account.sender, message_id=message_id, date=now, unsubscribe_link=unsubscribe_link
+                context,
+                draft,
+                account.sender,
+                message_id=message_id,
+                date=now,
+                unsubscribe_link=unsubscribe_link,
             )
     return {
         "id": message_uuid,
@@ -324,7 +366,8 @@ async def _prepare(  # noqa: C901 - 13, older than the limit
 async def _stored(
     session: Executor, caller: Identity, values: dict[str, Any], inserted: Mapping[Any, Any] | None
 ) -> MessageOut:
-    if inserted is None:  # a racing request with the same idempotency key won; answer with its message
+    if inserted is None:
+        # a racing request with the same idempotency key won; answer with its message
         key = values["idempotency_key"]
         assert key is not None
         row = await repository.by_idempotency_key(session, caller.company_id, caller.user_id, key)

@@ -30,11 +30,23 @@ from leadline_mail.imap import ImapClient, connect_imap
 from leadline_mail.net import ErrorKind, MailConnectionError, TlsMode
 from leadline_sync.context import SyncContext
 from leadline_sync.credentials import MailboxSecrets
-from leadline_sync.logins import ServerLogin, certificate_pin, check_imap, check_smtp, imap_settings, smtp_session
+from leadline_sync.logins import (
+    ServerLogin,
+    certificate_pin,
+    check_imap,
+    check_smtp,
+    imap_settings,
+    smtp_session,
+)
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.proof import AddressProof, needs_proof, prove_address
-from leadline_sync.mailbox.schemas import ConnectionTest, ConnectRequest, ServerCheck, ServerSettingsIn
+from leadline_sync.mailbox.schemas import (
+    ConnectionTest,
+    ConnectRequest,
+    ServerCheck,
+    ServerSettingsIn,
+)
 from leadline_sync.mailbox.service import MailboxRow
 from leadline_sync.mailbox.slots import claim_slot, release_slot
 from leadline_sync.mailbox.states import INITIAL, MailboxStatus, Slot
@@ -103,7 +115,9 @@ def _server(
 def choose(request: ConnectRequest) -> MailboxChoice:
     provider = providers().get(request.provider)
     if provider is None:
-        raise MailboxSettingsInvalid(f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers")
+        raise MailboxSettingsInvalid(
+            f"unknown provider {request.provider!r}; see GET /v1/mail-sync/providers"
+        )
     imap_preset = provider.imap.for_address(request.address) if provider.imap else None
     smtp_preset = provider.smtp.for_address(request.address) if provider.smtp else None
     return MailboxChoice(
@@ -122,7 +136,9 @@ async def _pinned(context: SyncContext, server: ServerChoice, protocol: str) -> 
     return dataclasses.replace(server.login, pinned_sha256=pin)
 
 
-async def _check(context: SyncContext, server: ServerChoice, protocol: str) -> tuple[ServerLogin, str | None]:
+async def _check(
+    context: SyncContext, server: ServerChoice, protocol: str
+) -> tuple[ServerLogin, str | None]:
     login = await _pinned(context, server, protocol)
     if protocol == "imap":
         return login, await check_imap(login, context.settings)
@@ -146,7 +162,9 @@ async def test_connection(context: SyncContext, request: ConnectRequest) -> Conn
         try:
             await _check(context, server, protocol)
         except MailConnectionError as error:
-            return ServerCheck(ok=False, kind=error.kind, message=error.user_message, fix=fix_for(error.kind))
+            return ServerCheck(
+                ok=False, kind=error.kind, message=error.user_message, fix=fix_for(error.kind)
+            )
         return ServerCheck(ok=True)
 
     imap, smtp = await asyncio.gather(run(choice.imap, "imap"), run(choice.smtp, "smtp"))
@@ -172,8 +190,8 @@ class Sessions:
 async def logged_in(
     context: SyncContext, imap: ServerChoice | ServerLogin, smtp: ServerChoice | ServerLogin
 ) -> AsyncIterator[Sessions]:
-    """Both logins made side by side (pins taken) and kept for the block; 422 ``mailbox-login-failed`` naming
-    the one that failed."""
+    """Both logins made side by side (pins taken) and kept for the block; 422
+    ``mailbox-login-failed`` naming the one that failed."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def imap_side() -> tuple[ServerLogin, ImapClient, str | None]:
@@ -186,13 +204,17 @@ async def logged_in(
             login = await _pinned(context, _as_choice(smtp), "smtp")
             return login, await stack.enter_async_context(smtp_session(login, context.settings))
 
-        imap_result, smtp_result = await asyncio.gather(imap_side(), smtp_side(), return_exceptions=True)
+        imap_result, smtp_result = await asyncio.gather(
+            imap_side(), smtp_side(), return_exceptions=True
+        )
         for side, result in (("imap", imap_result), ("smtp", smtp_result)):
             if isinstance(result, MailConnectionError):
                 raise _failure(side, result)
             if isinstance(result, BaseException):
                 raise result
-        assert not isinstance(imap_result, BaseException) and not isinstance(smtp_result, BaseException)
+        assert not isinstance(imap_result, BaseException) and not isinstance(
+            smtp_result, BaseException
+        )
         (imap_login, client, sent_folder), (smtp_login, smtp_client) = imap_result, smtp_result
         yield Sessions(imap_login, smtp_login, sent_folder, client, smtp_client)
 
@@ -200,7 +222,8 @@ async def logged_in(
 async def check_logins(
     context: SyncContext, imap: ServerChoice | ServerLogin, smtp: ServerChoice | ServerLogin
 ) -> tuple[ServerLogin, ServerLogin, str | None]:
-    """Both logins checked side by side (pins taken); 422 ``mailbox-login-failed`` naming the one that failed."""
+    """Both logins checked side by side (pins taken); 422 ``mailbox-login-failed`` naming the one
+    that failed."""
     async with logged_in(context, imap, smtp) as sessions:
         return sessions.imap, sessions.smtp, sessions.sent_folder
 
@@ -223,7 +246,8 @@ class CheckedMailbox:
 
 
 async def connect(context: SyncContext, caller: Identity, request: ConnectRequest) -> uuid.UUID:
-    """Save (after checking the logins and proving the address) the caller's mailbox settings; returns its id.
+    """Save (after checking the logins and proving the address) the caller's mailbox settings;
+    returns its id.
 
     One login each: the sessions that checked the logins prove the address."""
     choice = choose(request)
@@ -234,7 +258,11 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
         proven_by: AddressProof | None = None
         if needs_proof(row, sessions.imap, sessions.smtp):
             proof = await prove_address(
-                choice.address, sessions.imap_client, sessions.smtp_client, sessions.imap, context.settings
+                choice.address,
+                sessions.imap_client,
+                sessions.smtp_client,
+                sessions.imap,
+                context.settings,
             )
             context.chore(proof.take_back(), "sync-address-proof-deletion")
             proven_by = "message"
@@ -250,18 +278,28 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
             smtp=sessions.smtp,
             sent_folder=sessions.sent_folder,
             address_proven_by=proven_by,
-            secrets=MailboxSecrets(imap_password=sessions.imap.password, smtp_password=sessions.smtp.password),
+            secrets=MailboxSecrets(
+                imap_password=sessions.imap.password, smtp_password=sessions.smtp.password
+            ),
         ),
     )
 
 
 async def _refuse_address(
-    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, own: MailboxRow | None, address: str
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    user_id: uuid.UUID,
+    own: MailboxRow | None,
+    address: str,
 ) -> None:
-    """409 for another address than the connected one, or for one that another user of the company syncs."""
+    """409 for another address than the connected one, or for one that another user of the company
+    syncs."""
     if own is not None and own.address != address:
         raise MailboxAlreadyConnected(
-            f"Mail Sync is connected for {own.address}; disable it before connecting another address",
+            (
+                f"Mail Sync is connected for {own.address}; disable it before connecting another "
+                f"address"
+            ),
         )
     if await service.synced_by_another_user(session, company_id, user_id, address):
         raise _taken(address)
@@ -275,8 +313,11 @@ def _taken(address: str) -> Conflict:
     )
 
 
-async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
-    """Connect the user's mailbox with checked settings, or update them (R5, R9, R10); returns its id."""
+async def save(
+    context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox
+) -> uuid.UUID:
+    """Connect the user's mailbox with checked settings, or update them (R5, R9, R10); returns its
+    id."""
     try:
         return await _save(context, company_id, user_id, checked)
     except IntegrityError as exc:
@@ -285,7 +326,9 @@ async def save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, 
         raise _taken(checked.address) from None  # a racing connect of the same address won
 
 
-async def _save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox) -> uuid.UUID:
+async def _save(
+    context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID, checked: CheckedMailbox
+) -> uuid.UUID:
     imap_login, smtp_login = checked.imap, checked.smtp
     now = context.clock()
     async with context.db.session() as session:
@@ -345,7 +388,9 @@ async def _save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID,
             if row.status == MailboxStatus.CONNECTION_FAILED:
                 # its slot was given back when retries stopped: ask for one again (R8, R9)
                 slot = Slot.UNCLAIMED
-                await service.transition(session, row, MailboxStatus.PENDING, CHECKING_LIMIT, now, slot=slot)
+                await service.transition(
+                    session, row, MailboxStatus.PENDING, CHECKING_LIMIT, now, slot=slot
+                )
             elif row.status == MailboxStatus.ERROR and row.slot == Slot.GRANTED:
                 await service.transition(session, row, MailboxStatus.ENABLED, "", now)
     if slot == Slot.UNCLAIMED:
@@ -356,7 +401,9 @@ async def _save(context: SyncContext, company_id: uuid.UUID, user_id: uuid.UUID,
 
 async def disconnect(context: SyncContext, caller: Identity, keep_history: bool) -> None:
     async with context.db.session() as session:
-        row = await service.active_mailbox(session, caller.company_id, caller.user_id, for_update=True)
+        row = await service.active_mailbox(
+            session, caller.company_id, caller.user_id, for_update=True
+        )
         if row is None:
             raise MailboxNotConnected("Mail Sync is not connected")
         await service.disconnect(session, row, keep_history, context.clock())

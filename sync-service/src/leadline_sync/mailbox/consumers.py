@@ -54,16 +54,24 @@ async def remove_blocklist_entry(session: AsyncSession, event: BlocklistRemovedV
 
 async def save_company(session: AsyncSession, event: CompanyUpdatedV1) -> None:
     domains = sorted({d for d in (normalize_domain(raw) for raw in event.payload.domains) if d})
-    await directory.save_company(session, event.company_id, domains, event.payload.block_own_domains)
+    await directory.save_company(
+        session, event.company_id, domains, event.payload.block_own_domains
+    )
 
 
 def lead_rows(lead: LeadPayload) -> list[dict[str, Any]]:
     """What the directory holds of a lead: each address, and when the lead was created (R5)."""
-    return [{"address": a, "lead_created_at": lead.created_at} for a in normalize_addresses(lead.addresses)]
+    return [
+        {"address": a, "lead_created_at": lead.created_at}
+        for a in normalize_addresses(lead.addresses)
+    ]
 
 
-async def recheck_lead(session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]) -> None:
-    """The replica's ``added``: every connected mailbox of the company looks for the lead's mail again."""
+async def recheck_lead(
+    session: AsyncSession, company_id: uuid.UUID, lead: LeadPayload, addresses: list[str]
+) -> None:
+    """The replica's ``added``: every connected mailbox of the company looks for the lead's mail
+    again."""
     await directory.recheck_lead(session, company_id, lead.lead_id, addresses, lead.created_at)
 
 

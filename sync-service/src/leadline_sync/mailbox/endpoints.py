@@ -1,4 +1,5 @@
-"""Mail Sync HTTP API: the caller's own mailbox (R1), providers, errors, domain check; administrators' list."""
+"""Mail Sync HTTP API: the caller's own mailbox (R1), providers, errors, domain check;
+administrators' list."""
 
 from __future__ import annotations
 
@@ -42,7 +43,11 @@ router = APIRouter(tags=["mail-sync"])
 
 
 def _preset(preset: ServerPreset | None) -> ServerPresetOut | None:
-    return None if preset is None else ServerPresetOut(host=preset.host, port=preset.port, tls=preset.tls)
+    return (
+        None
+        if preset is None
+        else ServerPresetOut(host=preset.host, port=preset.port, tls=preset.tls)
+    )
 
 
 def _oauth2_note(provider: str, configured: bool) -> str:
@@ -50,7 +55,10 @@ def _oauth2_note(provider: str, configured: bool) -> str:
         return ""
     if configured:
         return f"Sign in with the provider: POST /v1/mail-sync/oauth/{provider}/start."
-    return "Signing in with the provider (OAuth2) is not set up on this server: connect with an app password."
+    return (
+        "Signing in with the provider (OAuth2) is not set up on this server: connect with an app "
+        "password."
+    )
 
 
 @router.get("/v1/mail-sync/providers")
@@ -78,10 +86,13 @@ def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
     return FolderCompleteness(
         messages_on_server=counts.on_server,
         examined=counts.examined,
-        lead_mail_stored=counts.by_reason.get("lead_mail", 0) + counts.by_reason.get("damaged_lead_mail", 0),
+        lead_mail_stored=counts.by_reason.get("lead_mail", 0)
+        + counts.by_reason.get("damaged_lead_mail", 0),
         bounces_stored=counts.by_reason.get("bounce", 0),
         complaints_stored=counts.by_reason.get("complaint", 0),
-        not_stored={reason: n for reason, n in sorted(counts.by_reason.items()) if reason not in stored},
+        not_stored={
+            reason: n for reason, n in sorted(counts.by_reason.items()) if reason not in stored
+        },
         unreadable_kept_raw=counts.by_reason.get("damaged_lead_mail", 0),
         not_yet_examined=counts.not_yet_examined,
         missing=counts.missing,
@@ -91,7 +102,10 @@ def _completeness(counts: FolderCounts | None) -> FolderCompleteness | None:
 
 
 def _mailbox_out(
-    row: Row[Any], cursors: list[Row[Any]], context: SyncContext, counts: dict[str, FolderCounts] | None = None
+    row: Row[Any],
+    cursors: list[Row[Any]],
+    context: SyncContext,
+    counts: dict[str, FolderCounts] | None = None,
 ) -> MailboxOut:
     def server(prefix: str) -> ServerSettingsOut:
         pin = getattr(row, f"{prefix}_pinned_sha256")
@@ -150,8 +164,11 @@ async def _own_mailbox(session: Session, caller: Caller, context: SyncContext) -
 
 
 @router.put("/v1/mail-sync")
-async def connect_mailbox(body: ConnectRequest, caller: Caller, context: Context, session: Session) -> MailboxOut:
-    """Connect the caller's own mailbox, or update its settings (a new password resumes from the cursor)."""
+async def connect_mailbox(
+    body: ConnectRequest, caller: Caller, context: Context, session: Session
+) -> MailboxOut:
+    """Connect the caller's own mailbox, or update its settings (a new password resumes from the
+    cursor)."""
     await connection.connect(context, caller, body)
     return await _own_mailbox(session, caller, context)
 
@@ -178,14 +195,22 @@ async def test_mailbox(body: ConnectRequest, caller: Caller, context: Context) -
 
 @router.get("/v1/mail-sync/errors")
 async def list_errors(
-    caller: Caller, session: Session, cursor: str | None = None, limit: Annotated[int, Query(ge=1, le=200)] = 50
+    caller: Caller,
+    session: Session,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[ErrorEntry]:
     before = decode_position(cursor)
-    rows = await repository.error_page(session, caller.company_id, caller.user_id, limit + 1, before)
+    rows = await repository.error_page(
+        session, caller.company_id, caller.user_id, limit + 1, before
+    )
     items = [
-        ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix) for r in rows[:limit]
+        ErrorEntry(id=r.id, occurred_at=r.occurred_at, kind=r.kind, message=r.message, fix=r.fix)
+        for r in rows[:limit]
     ]
-    next_cursor = encode_position(items[-1].occurred_at, items[-1].id) if len(rows) > limit else None
+    next_cursor = (
+        encode_position(items[-1].occurred_at, items[-1].id) if len(rows) > limit else None
+    )
     return Page[ErrorEntry](items=items, next_cursor=next_cursor)
 
 
@@ -194,9 +219,12 @@ async def why_message(
     caller: Caller,
     context: Context,
     session: Session,
-    message_id: Annotated[str, Query(min_length=1, max_length=998, description="the mail's Message-ID header")],
+    message_id: Annotated[
+        str, Query(min_length=1, max_length=998, description="the mail's Message-ID header")
+    ],
     mailbox_id: Annotated[
-        uuid.UUID | None, Query(description="administrators: any mailbox of the company; others: their own")
+        uuid.UUID | None,
+        Query(description="administrators: any mailbox of the company; others: their own"),
     ] = None,
 ) -> MessageAnswer:
     """Why is this mail (not) on the timeline: where the sync found it and what became of it."""
@@ -216,7 +244,9 @@ async def why_message(
         if row.user_id != caller.user_id and not caller.is_admin:
             raise RoleForbidden("only administrators may ask about another user's mailbox")
     places, searched = await why.answer(context, session, row, normalized)
-    return MessageAnswer(message_id=normalized, mailbox_id=row.id, places=places, server_searched=searched)
+    return MessageAnswer(
+        message_id=normalized, mailbox_id=row.id, places=places, server_searched=searched
+    )
 
 
 @router.get("/v1/mail-sync/domain-check")
@@ -237,7 +267,8 @@ async def list_mailboxes(
     status: MailboxStatus | None = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Page[MailboxSummary]:
-    """Every mailbox of the company with its status; ``connection_failed`` ones do not count for billing (R8)."""
+    """Every mailbox of the company with its status; ``connection_failed`` ones do not count for
+    billing (R8)."""
     after = decode_position(cursor)
     rows = await repository.mailbox_page(session, caller.company_id, limit + 1, status, after)
     items = [

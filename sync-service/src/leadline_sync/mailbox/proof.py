@@ -66,15 +66,25 @@ class AddressUnproven(Unprocessable):
 
 
 def _unproven(message: str) -> AddressUnproven:
-    return AddressUnproven(message, kind=ErrorKind.ADDRESS_UNPROVEN, fix=fix_for(ErrorKind.ADDRESS_UNPROVEN))
+    return AddressUnproven(
+        message, kind=ErrorKind.ADDRESS_UNPROVEN, fix=fix_for(ErrorKind.ADDRESS_UNPROVEN)
+    )
 
 
 def needs_proof(row: Any | None, imap: ServerLogin, smtp: ServerLogin) -> bool:
-    """Whether a password login must prove the address now: a new mailbox, one never proven (or proven
-    by an OAuth2 provider), or other logins than the proven ones (a new password alone keeps the proof)."""
+    """Whether a password login must prove the address now: a new mailbox, one never proven (or
+    proven by an OAuth2 provider), or other logins than the proven ones (a new password alone keeps
+    the proof)."""
     if row is None or row.address_proven_by != "message":
         return True
-    return (row.imap_host, row.imap_port, row.imap_username, row.smtp_host, row.smtp_port, row.smtp_username) != (
+    return (
+        row.imap_host,
+        row.imap_port,
+        row.imap_username,
+        row.smtp_host,
+        row.smtp_port,
+        row.smtp_username,
+    ) != (
         imap.host,
         imap.port,
         imap.username,
@@ -110,19 +120,24 @@ class ArrivedProof:
     uids: list[int]
 
     async def take_back(self) -> None:
-        """Delete the proof message, in a session of its own; a failure is logged (the message says it may be
-        deleted)."""
+        """Delete the proof message, in a session of its own; a failure is logged (the message says
+        it may be deleted)."""
         try:
             client = await connect_imap(imap_settings(self.login, self.settings))
         except MailConnectionError:
-            log.warning("the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True)
+            log.warning(
+                "the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True
+            )
             return
         try:
             status = await client.select("INBOX", readonly=False)
-            if status.uidvalidity == self.uidvalidity:  # else its UIDs could be another message's now
+            if status.uidvalidity == self.uidvalidity:
+                # else its UIDs could be another message's now
                 await client.expunge(self.uids)
         except Exception:
-            log.warning("the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True)
+            log.warning(
+                "the address proof (INBOX UIDs %s) could not be deleted", self.uids, exc_info=True
+            )
         finally:
             await client.logout()
 
@@ -130,15 +145,17 @@ class ArrivedProof:
 async def prove_address(
     address: str, client: ImapClient, smtp: aiosmtplib.SMTP, login: ServerLogin, settings: Settings
 ) -> ArrivedProof:
-    """Send the token through the ``smtp`` session to ``address`` and find it in the INBOX of ``client`` (logged
-    in as ``login``); AddressUnproven if not."""
+    """Send the token through the ``smtp`` session to ``address`` and find it in the INBOX of
+    ``client`` (logged in as ``login``); AddressUnproven if not."""
     token = secrets.token_urlsafe(24)
-    inbox = await client.select("INBOX")  # examined before the message goes out: it arrives at UIDNEXT or above
+    # examined before the message goes out: it arrives at UIDNEXT or above
+    inbox = await client.select("INBOX")
     try:
         await smtp.sendmail(address, [address], proof_message(address, token))
     except aiosmtplib.SMTPException as exc:
         raise _unproven(
-            f"The SMTP server did not accept a message from {address} to {address}: {getattr(exc, 'message', exc)}"
+            f"The SMTP server did not accept a message from {address} to {address}: "
+            f"{getattr(exc, 'message', exc)}"
         ) from None
     uids = await _arrived(client, token, inbox.uidnext, settings.sync_address_proof_seconds)
     if uids is None:
@@ -149,13 +166,17 @@ async def prove_address(
     return ArrivedProof(login, settings, inbox.uidvalidity, uids)
 
 
-async def _arrived(client: ImapClient, token: str, from_uid: int, seconds: float) -> list[int] | None:
-    """The UIDs of the proof once it is in the selected INBOX at ``from_uid`` or above; None after ``seconds``."""
+async def _arrived(
+    client: ImapClient, token: str, from_uid: int, seconds: float
+) -> list[int] | None:
+    """The UIDs of the proof once it is in the selected INBOX at ``from_uid`` or above; None after
+    ``seconds``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     idle = "IDLE" in client.capabilities
     while True:
-        client.take_news()  # news from here on: mail that arrives while the search runs ends the IDLE at once
+        # news from here on: mail that arrives while the search runs ends the IDLE at once
+        client.take_news()
         uids = await client.uids_with_header(PROOF_HEADER, token, from_uid=from_uid)
         left = deadline - loop.time()
         if uids or left <= 0:

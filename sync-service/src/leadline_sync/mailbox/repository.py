@@ -1,4 +1,5 @@
-"""Queries behind the Mail Sync endpoints (every one scoped by company) and the operators' mailbox metrics."""
+"""Queries behind the Mail Sync endpoints (every one scoped by company) and the operators' mailbox
+metrics."""
 
 from __future__ import annotations
 
@@ -20,19 +21,27 @@ CURRENT_SYNC_MODE: ColumnElement[str | None] = case(
     (and_(mailbox.c.sync_mode == SyncMode.LIVE, HELD), SyncMode.LIVE.value),
     else_=SyncMode.ROTATING.value,
 )
-"""How an enabled mailbox is synced now: ``live`` only while a replica holds it live; otherwise it waits its turn."""
+(
+    """How an enabled mailbox is synced now: ``live`` only while a replica holds it live; """
+    """otherwise it waits its turn."""
+)
 
 WAITING_SINCE = func.coalesce(mailbox.c.last_synced_at, mailbox.c.connected_at)
 
 SYNC_VIEW = (CURRENT_SYNC_MODE.label("current_sync_mode"), HELD.label("held"))
-"""Columns the API shows beside a mailbox row (see :func:`leadline_sync.mailbox.service.waiting_reason`)."""
+(
+    """Columns the API shows beside a mailbox row (see """
+    """:func:`leadline_sync.mailbox.service.waiting_reason`)."""
+)
 
 
 async def folder_cursors(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Row[Any]]:
     return list(
         (
             await session.execute(
-                select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id).order_by(folder_cursor.c.folder)
+                select(folder_cursor)
+                .where(folder_cursor.c.mailbox_id == mailbox_id)
+                .order_by(folder_cursor.c.folder)
             )
         ).all()
     )
@@ -45,22 +54,29 @@ async def error_page(
     limit: int,
     before: tuple[datetime, uuid.UUID] | None,
 ) -> list[Row[Any]]:
-    """The user's error log, newest first (all of their mailboxes: a reconnect keeps the history)."""
+    """The user's error log, newest first (all of their mailboxes: a reconnect keeps the
+    history)."""
     statement = (
         select(mailbox_error)
         .join(mailbox, mailbox.c.id == mailbox_error.c.mailbox_id)
         .where(
-            mailbox.c.company_id == company_id, mailbox.c.user_id == user_id, mailbox_error.c.company_id == company_id
+            mailbox.c.company_id == company_id,
+            mailbox.c.user_id == user_id,
+            mailbox_error.c.company_id == company_id,
         )
         .order_by(mailbox_error.c.occurred_at.desc(), mailbox_error.c.id.desc())
         .limit(limit)
     )
     if before is not None:
-        statement = statement.where(tuple_(mailbox_error.c.occurred_at, mailbox_error.c.id) < before)
+        statement = statement.where(
+            tuple_(mailbox_error.c.occurred_at, mailbox_error.c.id) < before
+        )
     return list((await session.execute(statement)).all())
 
 
-async def own_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any] | None:
+async def own_mailbox(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID
+) -> Row[Any] | None:
     """The user's connected mailbox (any status but disabled) with :data:`SYNC_VIEW`."""
     return (
         await session.execute(
@@ -93,10 +109,14 @@ async def mailbox_page(
     return list((await session.execute(statement)).all())
 
 
-async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds: float) -> list[Row[Any]]:
-    """Mailboxes of every company by status and current sync mode (operators' metrics, not a tenant's view).
+async def mailbox_counts(
+    session: AsyncSession, now: datetime, rotation_seconds: float
+) -> list[Row[Any]]:
+    """Mailboxes of every company by status and current sync mode (operators' metrics, not a
+    tenant's view).
 
-    ``waiting_since`` and ``overdue`` count only mailboxes due now (not paused until a later attempt).
+    ``waiting_since`` and ``overdue`` count only mailboxes due now (not paused until a later
+    attempt).
     """
     due = mailbox.c.next_attempt_at <= now
     overdue = and_(due, WAITING_SINCE < now - timedelta(seconds=rotation_seconds))
@@ -117,33 +137,44 @@ async def mailbox_counts(session: AsyncSession, now: datetime, rotation_seconds:
 
 
 async def mailboxes_with_audit_gaps(session: AsyncSession) -> int:
-    """Synced mailboxes whose last completeness audit of a folder found messages never examined (every company)."""
+    """Synced mailboxes whose last completeness audit of a folder found messages never examined
+    (every company)."""
     return int(
         (
             await session.execute(
                 # unscoped: operators' metrics over every company, no tenant sees them
                 select(func.count(func.distinct(folder_cursor.c.mailbox_id)))
-                .select_from(folder_cursor.join(mailbox, mailbox.c.id == folder_cursor.c.mailbox_id))
+                .select_from(
+                    folder_cursor.join(mailbox, mailbox.c.id == folder_cursor.c.mailbox_id)
+                )
                 .where(folder_cursor.c.audit_found > 0, mailbox.c.status.in_(SYNCED))
             )
         ).scalar_one()
     )
 
 
-async def company_mailbox(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> Row[Any] | None:
+async def company_mailbox(
+    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID
+) -> Row[Any] | None:
     """One mailbox of the company, any status."""
     return (
-        await session.execute(select(mailbox).where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id))
+        await session.execute(
+            select(mailbox).where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id)
+        )
     ).first()
 
 
-async def latest_mailbox(session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID) -> Row[Any] | None:
+async def latest_mailbox(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID
+) -> Row[Any] | None:
     """The user's connected mailbox, else the one disabled last."""
     return (
         await session.execute(
             select(mailbox)
             .where(mailbox.c.company_id == company_id, mailbox.c.user_id == user_id)
-            .order_by((mailbox.c.status == MailboxStatus.DISABLED).asc(), mailbox.c.connected_at.desc())
+            .order_by(
+                (mailbox.c.status == MailboxStatus.DISABLED).asc(), mailbox.c.connected_at.desc()
+            )
             .limit(1)
         )
     ).first()
@@ -162,7 +193,9 @@ async def latest_error_kind(session: AsyncSession, mailbox_id: uuid.UUID) -> str
     return kind
 
 
-async def synced_at(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, message_id: str) -> datetime | None:
+async def synced_at(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, message_id: str
+) -> datetime | None:
     """When the sync published the message of that Message-ID from the folder (None: never)."""
     at: datetime | None = (
         await session.execute(
@@ -176,9 +209,12 @@ async def synced_at(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, m
     return at
 
 
-async def sealed_under_older_keys(session: AsyncSession, current_key_id: str, limit: int) -> list[Any]:
-    """Up to ``limit`` mailboxes whose credentials are sealed under another key than ``current_key_id``,
-    locked (skipping rows another rotation holds), with their sealed credentials."""
+async def sealed_under_older_keys(
+    session: AsyncSession, current_key_id: str, limit: int
+) -> list[Any]:
+    """Up to ``limit`` mailboxes whose credentials are sealed under another key than
+    ``current_key_id``, locked (skipping rows another rotation holds), with their sealed
+    credentials."""
     return list(
         (
             await session.execute(
@@ -190,7 +226,10 @@ async def sealed_under_older_keys(session: AsyncSession, current_key_id: str, li
                     mailbox.c.credential_wrapped_key,
                     mailbox.c.credential_ciphertext,
                 )
-                .where(mailbox.c.credential_ciphertext.is_not(None), mailbox.c.credential_key_id != current_key_id)
+                .where(
+                    mailbox.c.credential_ciphertext.is_not(None),
+                    mailbox.c.credential_key_id != current_key_id,
+                )
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
@@ -209,13 +248,17 @@ async def reseal(
     await session.execute(
         update(mailbox)
         .where(mailbox.c.company_id == company_id, mailbox.c.id == mailbox_id)
-        .values(credential_key_id=key_id, credential_wrapped_key=wrapped_key, credential_ciphertext=ciphertext)
+        .values(
+            credential_key_id=key_id,
+            credential_wrapped_key=wrapped_key,
+            credential_ciphertext=ciphertext,
+        )
     )
 
 
 async def slots_to_reconcile(session: AsyncSession, limit: int) -> list[Row[Any, Any, Any]]:
-    """Mailboxes whose slot claim nobody answered (still unclaimed, pending or in error) or whose release is
-    unconfirmed, oldest first: id, company_id, slot."""
+    """Mailboxes whose slot claim nobody answered (still unclaimed, pending or in error) or whose
+    release is unconfirmed, oldest first: id, company_id, slot."""
     return list(
         (
             await session.execute(

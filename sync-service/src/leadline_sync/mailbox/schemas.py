@@ -34,7 +34,8 @@ class ServerSettingsIn(BaseModel):
     port: int | None = Field(None, ge=1, le=65535, strict=True)
     use_ssl: bool | None = Field(None, strict=True)  # 0 is not false
     self_signed: bool = Field(False, strict=True)
-    # the SHA-256 fingerprint the user expects (optional): checked against the one seen when connecting
+    # the SHA-256 fingerprint the user expects (optional): checked against the one seen when
+    # connecting
     certificate_sha256: str | None = None
 
     @field_validator("username", "host")
@@ -62,7 +63,9 @@ class ConnectRequest(BaseModel):
 
     provider: str = "custom"
     address: str = Field(..., max_length=320, description="the email address being synced")
-    password: SecretStr | None = Field(None, max_length=1024, description="used for IMAP and SMTP unless given there")
+    password: SecretStr | None = Field(
+        None, max_length=1024, description="used for IMAP and SMTP unless given there"
+    )
     smtp_use: SmtpUse = "general"
     imap: ServerSettingsIn | None = None
     smtp: ServerSettingsIn | None = None
@@ -93,18 +96,22 @@ class ServerSettingsOut(BaseModel):
 
 
 class FolderCompleteness(BaseModel):
-    """The folder on the server (at the last audit) against what the sync examined; healthy: ``missing`` 0."""
+    """The folder on the server (at the last audit) against what the sync examined; healthy:
+    ``missing`` 0."""
 
     messages_on_server: int | None  # None before the first audit
     examined: int
     lead_mail_stored: int  # on a lead's timeline, damaged ones included
     bounces_stored: int
-    complaints_stored: int = 0  # feedback reports about mail to a lead, told to the lead and send services
-    # examined and not stored, by rule: no_lead, blocklisted, own_domain, before_lead, gone, before_audit
+    # feedback reports about mail to a lead, told to the lead and send services
+    complaints_stored: int = 0
+    # examined and not stored, by rule: no_lead, blocklisted, own_domain, before_lead, gone,
+    # before_audit
     not_stored: dict[str, int]
     unreadable_kept_raw: int  # of the lead mail stored, kept as received (R27)
     not_yet_examined: int | None  # on the server above the cursor (pending)
-    missing: int | None  # on the server up to the cursor and examined nowhere; None before the first audit
+    # on the server up to the cursor and examined nowhere; None before the first audit
+    missing: int | None
     last_audit_at: datetime | None
     last_audit_refetched: int  # never-examined messages the last audit found and examined
 
@@ -114,7 +121,8 @@ class FolderProgress(BaseModel):
     name: str
     last_uid: int
     history_last_uid: int
-    # the historical sync examines the folder newest first: UIDs from here up to history_last_uid are done
+    # the historical sync examines the folder newest first: UIDs from here up to history_last_uid
+    # are done
     history_examined_down_to: int
     history_complete: bool
     completeness: FolderCompleteness | None = None
@@ -128,8 +136,12 @@ class MailboxOut(BaseModel):
     auth: Literal["password", "oauth2"]  # oauth2: signed in with the provider, no password saved
     status: MailboxStatus
     status_reason: str
-    sync_mode: SyncMode | None = Field(description="enabled mailboxes: live (IDLE held) or rotating (served in turns)")
-    last_synced_at: datetime | None = Field(description="when both folders were last synced to the end")
+    sync_mode: SyncMode | None = Field(
+        description="enabled mailboxes: live (IDLE held) or rotating (served in turns)"
+    )
+    last_synced_at: datetime | None = Field(
+        description="when both folders were last synced to the end"
+    )
     smtp_use: SmtpUse
     imap: ServerSettingsOut
     smtp: ServerSettingsOut
@@ -147,14 +159,16 @@ class MessageOutcome(StrEnum):
     """What became of a message in one place of the mailbox (``GET /v1/mail-sync/messages``)."""
 
     ON_TIMELINE = "on_timeline"  # on the timeline of the leads named
-    STORED = "stored"  # published by the sync, but no lead's timeline holds it (or the lead service is silent)
+    # published by the sync, but no lead's timeline holds it (or the lead service is silent)
+    STORED = "stored"
     REMOVED = "removed"  # sync was disabled with "remove": its timeline events were deleted (R11)
     NOT_STORED = "not_stored"  # examined and left out by a rule (``rule``, ``reason``)
     NOT_EXAMINED_YET = "not_examined_yet"  # above where the sync stands (``sync_position``)
     MISSING = "missing"  # below the cursor and never examined: the next audit examines it
     NOT_SYNCED_FOLDER = "not_synced_folder"  # in a folder the sync does not read (R4)
     NOT_ON_SERVER = "not_on_server"  # in no folder of the server
-    SERVER_NOT_SEARCHED = "server_not_searched"  # nothing recorded, and the server could not be searched
+    # nothing recorded, and the server could not be searched
+    SERVER_NOT_SEARCHED = "server_not_searched"
 
 
 class TimelinePlace(BaseModel):
@@ -168,7 +182,8 @@ class SyncPosition(BaseModel):
 
     last_uid: int  # every UID up to this was examined, but for the history below the next
     history_last_uid: int  # the historical sync reads up to this
-    history_examined_down_to: int  # ... newest first: from this UID up it is examined (1: all of it)
+    # ... newest first: from this UID up it is examined (1: all of it)
+    history_examined_down_to: int
     status: MailboxStatus
     status_reason: str
 
@@ -179,7 +194,8 @@ class MessagePlace(BaseModel):
     folder: str = ""  # inbox / sent, or the server's name of another folder; "" when in none
     uid: int | None = None
     rule: str | None = None  # the rule that decided: R4, R5, R6, R11, R14, R17
-    reason: str | None = None  # the sync's reason code (see GET /v1/mail-sync completeness.not_stored)
+    # the sync's reason code (see GET /v1/mail-sync completeness.not_stored)
+    reason: str | None = None
     examined_at: datetime | None = None
     stored_at: datetime | None = None  # when the sync published it
     timeline: list[TimelinePlace] = []
@@ -187,12 +203,14 @@ class MessagePlace(BaseModel):
 
 
 class MessageAnswer(BaseModel):
-    """What became of one Message-ID in one mailbox, from the sync's records (and the server, if unrecorded)."""
+    """What became of one Message-ID in one mailbox, from the sync's records (and the server, if
+    unrecorded)."""
 
     message_id: str
     mailbox_id: uuid.UUID
     places: list[MessagePlace]
-    server_searched: bool  # the mailbox's server was asked (nothing was recorded for the Message-ID)
+    # the mailbox's server was asked (nothing was recorded for the Message-ID)
+    server_searched: bool
 
 
 class MailboxSummary(BaseModel):

@@ -48,7 +48,9 @@ async def active_mailbox(
 ) -> MailboxRow | None:
     """The user's connected mailbox (any status but disabled), if any."""
     statement = select(mailbox).where(
-        mailbox.c.company_id == company_id, mailbox.c.user_id == user_id, mailbox.c.status != MailboxStatus.DISABLED
+        mailbox.c.company_id == company_id,
+        mailbox.c.user_id == user_id,
+        mailbox.c.status != MailboxStatus.DISABLED,
     )
     if for_update:
         statement = statement.with_for_update()
@@ -73,8 +75,10 @@ async def synced_by_another_user(
     ).first() is not None
 
 
-async def mailbox_by_id(session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False) -> MailboxRow | None:
-    # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one
+async def mailbox_by_id(
+    session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False
+) -> MailboxRow | None:
+    # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one  # noqa: E501
     statement = select(mailbox).where(mailbox.c.id == mailbox_id)
     if for_update:
         statement = statement.with_for_update()
@@ -109,7 +113,8 @@ async def transition(
     retry_at: datetime | None = None,
     failing_since: datetime | None = None,
 ) -> None:
-    """Move a mailbox (``row``, locked by the caller) to ``to`` with ``reason``; an event if the status changed.
+    """Move a mailbox (``row``, locked by the caller) to ``to`` with ``reason``; an event if the
+    status changed.
 
     The columns that belong to a move are set here: entering ``enabled``
     clears the failure count; ``failing_since`` counts one more failed
@@ -136,7 +141,12 @@ async def transition(
         check_slot_move(row.slot, given_back)
         values.update(lease_owner=None, lease_expires_at=None, slot=given_back)
     if to == MailboxStatus.DISABLED:
-        values.update(disabled_at=now, credential_key_id=None, credential_wrapped_key=None, credential_ciphertext=None)
+        values.update(
+            disabled_at=now,
+            credential_key_id=None,
+            credential_wrapped_key=None,
+            credential_ciphertext=None,
+        )
     # unscoped: by the id of a mailbox row its caller read
     await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(**values))
     if to != previous:
@@ -147,27 +157,38 @@ async def transition(
 async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, to: Slot) -> None:
     """Move a slot by itself (the status unchanged), if it is still ``start``."""
     check_slot_move(start, to)
-    # unscoped: by the id of a mailbox its caller holds
-    await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to))
+    await session.execute(
+        # unscoped: by the id of a mailbox its caller holds
+        update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to)
+    )
 
 
 async def announce_created(session: AsyncSession, row: MailboxRow) -> None:
-    """A new mailbox (status :data:`INITIAL`): ``mailbox.connected`` and its first ``mailbox.status_changed``."""
+    """A new mailbox (status :data:`INITIAL`): ``mailbox.connected`` and its first
+    ``mailbox.status_changed``."""
     await enqueue(
         session,
         outbox,
-        MailboxConnectedV1(company_id=row.company_id, correlation_id=str(row.id), payload=connection_payload(row)),
+        MailboxConnectedV1(
+            company_id=row.company_id, correlation_id=str(row.id), payload=connection_payload(row)
+        ),
         _status_changed(row, MailboxStatus(row.status), None, row.status_reason),
     )
 
 
-async def update_settings(session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]) -> None:
+async def update_settings(
+    session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]
+) -> None:
     """New server settings and credentials for a connected mailbox (not a status change)."""
-    # unscoped: by the id of a mailbox row its caller read scoped
-    await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values))
+    await session.execute(
+        # unscoped: by the id of a mailbox row its caller read scoped
+        update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values)
+    )
 
 
-async def record_error(session: AsyncSession, row: MailboxRow, kind: ErrorKind, message: str, now: datetime) -> None:
+async def record_error(
+    session: AsyncSession, row: MailboxRow, kind: ErrorKind, message: str, now: datetime
+) -> None:
     """One entry of the error log the user reads: when, what, how to fix (R8)."""
     await session.execute(
         mailbox_error.insert().values(
@@ -193,14 +214,19 @@ def connection_payload(row: MailboxRow, keep_history: bool = True) -> MailboxCon
     )
 
 
-async def disconnect(session: AsyncSession, row: MailboxRow, keep_history: bool, now: datetime) -> None:
-    """Disable sync (R11): erase the credentials, give the slot back, tell the lead service what to keep."""
+async def disconnect(
+    session: AsyncSession, row: MailboxRow, keep_history: bool, now: datetime
+) -> None:
+    """Disable sync (R11): erase the credentials, give the slot back, tell the lead service what to
+    keep."""
     await transition(session, row, MailboxStatus.DISABLED, "sync disabled by the user", now)
     await enqueue(
         session,
         outbox,
         MailboxDisconnectedV1(
-            company_id=row.company_id, correlation_id=str(row.id), payload=connection_payload(row, keep_history)
+            company_id=row.company_id,
+            correlation_id=str(row.id),
+            payload=connection_payload(row, keep_history),
         ),
     )
 
@@ -212,8 +238,11 @@ class SlotAnswer:
     detail: str = ""
 
 
-async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer: SlotAnswer, now: datetime) -> None:
-    """Apply the quota service's answer to a claim made for ``mailbox_id`` (which may have changed since).
+async def apply_slot_answer(
+    session: AsyncSession, mailbox_id: uuid.UUID, answer: SlotAnswer, now: datetime
+) -> None:
+    """Apply the quota service's answer to a claim made for ``mailbox_id`` (which may have changed
+    since).
 
     A mailbox disconnected (or given up) while we asked has its slot given
     back already (``releasing`` or ``released``), so the answer is ignored.
@@ -245,16 +274,23 @@ async def apply_slot_answer(session: AsyncSession, mailbox_id: uuid.UUID, answer
         await transition(session, row, MailboxStatus.ERROR, message, now)
 
 
-async def slot_granted(session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime) -> None:
+async def slot_granted(
+    session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime
+) -> None:
     """The quota service gave a pending mailbox its slot (R9): it becomes enabled by itself."""
     row = await mailbox_by_id(session, mailbox_id, for_update=True)
-    if row is None or row.company_id != company_id or row.slot not in (Slot.PENDING, Slot.UNCLAIMED):
+    if (
+        row is None
+        or row.company_id != company_id
+        or row.slot not in (Slot.PENDING, Slot.UNCLAIMED)
+    ):
         return  # a slot given back already (disconnected, given up) stays given back
     await transition(session, row, MailboxStatus.ENABLED, "", now, slot=Slot.GRANTED)
 
 
 def waiting_reason(row: MailboxRow, now: datetime, rotation_seconds: float) -> str:
-    """The status reason to show: the stored one, or why an enabled mailbox waited past the rotation period (R28).
+    """The status reason to show: the stored one, or why an enabled mailbox waited past the rotation
+    period (R28).
 
     ``row`` carries ``held`` (:data:`leadline_sync.mailbox.repository.SYNC_VIEW`).
     """
@@ -263,7 +299,11 @@ def waiting_reason(row: MailboxRow, now: datetime, rotation_seconds: float) -> s
     since = row.last_synced_at or row.connected_at
     if (now - since).total_seconds() <= rotation_seconds:
         return ""
-    period = f"{rotation_seconds / 60:g} minutes" if rotation_seconds >= 60 else f"{rotation_seconds:g} seconds"
+    period = (
+        f"{rotation_seconds / 60:g} minutes"
+        if rotation_seconds >= 60
+        else f"{rotation_seconds:g} seconds"
+    )
     if row.held:
         if row.last_synced_at is None:
             return f"the first sync has been running for more than {period}"

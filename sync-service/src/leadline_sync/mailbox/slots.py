@@ -35,7 +35,9 @@ async def ask_quota_service(
 ) -> SlotAnswer:
     request = MailboxSlotRequest(company_id=company_id, mailbox_id=mailbox_id)
     try:
-        reply = await rpc.ask(context.nc, subject, request, MailboxSlotReply, context.settings.rpc_timeout_seconds)
+        reply = await rpc.ask(
+            context.nc, subject, request, MailboxSlotReply, context.settings.rpc_timeout_seconds
+        )
     except rpc.Unanswered as exc:
         return SlotAnswer(None, detail=UNANSWERED[exc.reason])
     return SlotAnswer(reply.status, reply.position, reply.detail)
@@ -44,7 +46,9 @@ async def ask_quota_service(
 async def claim_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: uuid.UUID) -> None:
     answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_CLAIM, company_id, mailbox_id)
     if answer.status == MailboxSlotStatus.INVALID:
-        log.error("quota service refused the slot claim of mailbox %s: %s", mailbox_id, answer.detail)
+        log.error(
+            "quota service refused the slot claim of mailbox %s: %s", mailbox_id, answer.detail
+        )
     async with context.db.session() as session:
         await apply_slot_answer(session, mailbox_id, answer, context.clock())
 
@@ -53,10 +57,14 @@ async def release_slot(context: SyncContext, company_id: uuid.UUID, mailbox_id: 
     """Give the slot back; True once the quota service has heard it."""
     answer = await ask_quota_service(context, RPC_MAILBOX_SLOT_RELEASE, company_id, mailbox_id)
     if answer.status is None:
-        log.warning("slot release of mailbox %s not confirmed (%s); will retry", mailbox_id, answer.detail)
+        log.warning(
+            "slot release of mailbox %s not confirmed (%s); will retry", mailbox_id, answer.detail
+        )
         return False
     if answer.status == MailboxSlotStatus.INVALID:
-        log.error("quota service refused the slot release of mailbox %s: %s", mailbox_id, answer.detail)
+        log.error(
+            "quota service refused the slot release of mailbox %s: %s", mailbox_id, answer.detail
+        )
     async with context.db.session() as session:
         await move_slot(session, mailbox_id, Slot.RELEASING, Slot.RELEASED)
     return True

@@ -31,7 +31,9 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
         return MailboxSmtpReply(found=False)
     try:
         secrets = context.cipher.open(
-            row.company_id, row.id, Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext)
+            row.company_id,
+            row.id,
+            Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
         )
     except CredentialError as exc:
         log.error("mailbox %s: stored credentials unreadable: %s", row.id, exc)
@@ -71,8 +73,8 @@ async def mailbox_smtp_reply(context: SyncContext, request: MailboxSmtpRequest) 
 
 
 def mailbox_smtp_responder(context: SyncContext) -> rpc.Responder[MailboxSmtpRequest]:
-    """A request that cannot be read is answered "not found"; a failure is not answered at all (the asker
-    times out and retries): never "not found" for a database failure."""
+    """A request that cannot be read is answered "not found"; a failure is not answered at all (the
+    asker times out and retries): never "not found" for a database failure."""
 
     return rpc.Responder(
         RPC_MAILBOX_SMTP,

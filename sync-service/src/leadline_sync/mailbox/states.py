@@ -1,4 +1,5 @@
-"""The mailbox status machine (R8, R9), the mailbox-limit slot beside it, and how a mailbox is synced.
+"""The mailbox status machine (R8, R9), the mailbox-limit slot beside it, and how a mailbox is
+synced.
 
 Status of a mailbox::
 
@@ -47,7 +48,7 @@ its connection and waits in IDLE) or ``rotating`` (served in turns — connect,
 sync both folders, disconnect — when the replicas hold fewer mailboxes than
 are enabled).  A ``live`` mode whose lease expired is shown as ``rotating``:
 nobody holds it any more.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -121,7 +122,8 @@ SLOT_MOVES = _pairs(
 
 
 class ForbiddenMove(RuntimeError):
-    """A status (or slot) change the diagram does not allow: a bug, refused before anything is written."""
+    """A status (or slot) change the diagram does not allow: a bug, refused before anything is
+    written."""
 
 
 def check_move(current: str, to: MailboxStatus) -> MailboxStatus:
@@ -141,7 +143,8 @@ def check_slot_move(current: str, to: Slot) -> Slot:
 
 
 def slot_given_back(current: str) -> Slot:
-    """The slot of a mailbox that stops counting: one held or queued is released (told to the quota service)."""
+    """The slot of a mailbox that stops counting: one held or queued is released (told to the quota
+    service)."""
     slot = Slot(current)
     if slot in (Slot.GRANTED, Slot.PENDING, Slot.RELEASING):
         return Slot.RELEASING

@@ -51,7 +51,13 @@ MAX_FOLDERS = 50
 SEARCH_SECONDS = 15.0
 LOGOUT_SECONDS = 3.0
 STORED = ("lead_mail", "damaged_lead_mail", "bounce", "complaint")
-RULES = {"no_lead": "R6", "blocklisted": "R6", "own_domain": "R6", "before_lead": "R5", "bounce": "R17"}
+RULES = {
+    "no_lead": "R6",
+    "blocklisted": "R6",
+    "own_domain": "R6",
+    "before_lead": "R5",
+    "bounce": "R17",
+}
 
 
 @dataclass(frozen=True)
@@ -64,7 +70,8 @@ class ServerPlace:
 async def answer(
     context: SyncContext, session: AsyncSession, row: Row[Any], message_id: str
 ) -> tuple[list[MessagePlace], bool]:
-    """The places of ``message_id`` in mailbox ``row`` and what became of each; True if the server was searched."""
+    """The places of ``message_id`` in mailbox ``row`` and what became of each; True if the server
+    was searched."""
     keys = audit.MessageKeys(context.settings.credential_keys())
     cursors = {c.folder: c for c in await repository.folder_cursors(session, row.id)}
     places: list[MessagePlace] = []
@@ -72,7 +79,9 @@ async def answer(
         cursor = cursors.get(record.folder)
         if cursor is None or cursor.uidvalidity != record.uidvalidity:
             continue  # an old numbering of the folder (forgotten with it)
-        place = await _examined(context, session, row, record.folder, record.uidvalidity, record.uid, message_id)
+        place = await _examined(
+            context, session, row, record.folder, record.uidvalidity, record.uid, message_id
+        )
         places.append(place.model_copy(update={"examined_at": record.examined_at}))
     if places:
         return places, False
@@ -80,22 +89,26 @@ async def answer(
         return [
             MessagePlace(
                 outcome=MessageOutcome.SERVER_NOT_SEARCHED,
-                explanation="The sync never examined a message with this Message-ID, and the server cannot be "
-                "searched: sync is disabled for this mailbox.",
+                explanation="The sync never examined a message with this Message-ID, and the "
+                "server cannot be searched: sync is disabled for this mailbox.",
             )
         ], False
     try:
         found, searched_all = await _search_server(context, row, message_id)
     except (MailConnectionError, CredentialError, TimeoutError) as exc:
-        detail = exc.user_message if isinstance(exc, MailConnectionError) else "it did not answer in time"
+        detail = (
+            exc.user_message
+            if isinstance(exc, MailConnectionError)
+            else "it did not answer in time"
+        )
         if isinstance(exc, CredentialError):
             detail = "the saved password could not be read"
         log.info("mailbox %s: message search failed (%s)", row.id, type(exc).__name__)
         return [
             MessagePlace(
                 outcome=MessageOutcome.SERVER_NOT_SEARCHED,
-                explanation=f"The sync never examined a message with this Message-ID, and the server could not be "
-                f"searched: {detail}",
+                explanation=f"The sync never examined a message with this Message-ID, and the "
+                f"server could not be searched: {detail}",
             )
         ], False
     for server_place in found:
@@ -108,28 +121,37 @@ async def answer(
                     uid=server_place.uid,
                     outcome=MessageOutcome.NOT_SYNCED_FOLDER,
                     rule="R4",
-                    explanation=f"It is in the folder {server_place.name!r}: Mail Sync reads only the Inbox and "
-                    "the Sent folder, no other folders and no subfolders (R4).",
+                    explanation=f"It is in the folder {server_place.name!r}: Mail Sync reads only "
+                    "the Inbox and the Sent folder, no other folders and no subfolders (R4).",
                 )
             )
         elif (
             cursor is None
             or cursor.uidvalidity != server_place.uidvalidity
             or server_place.uid > cursor.last_uid
-            or server_place.uid < cursor.history_floor  # the history, read newest first, is not down there yet
+            # the history, read newest first, is not down there yet
+            or server_place.uid < cursor.history_floor
         ):
             places.append(await _not_examined(session, row, role, server_place.uid, cursor))
         else:
             places.append(
-                await _examined(context, session, row, role, server_place.uidvalidity, server_place.uid, message_id)
+                await _examined(
+                    context,
+                    session,
+                    row,
+                    role,
+                    server_place.uidvalidity,
+                    server_place.uid,
+                    message_id,
+                )
             )
     if not places:
         where = "any folder" if searched_all else f"the first {MAX_FOLDERS} folders"
         places.append(
             MessagePlace(
                 outcome=MessageOutcome.NOT_ON_SERVER,
-                explanation=f"The mail server has no message with this Message-ID in {where} of the mailbox "
-                f"{row.address} (deleted, never received, or in another mailbox).",
+                explanation=f"The mail server has no message with this Message-ID in {where} of "
+                f"the mailbox {row.address} (deleted, never received, or in another mailbox).",
             )
         )
     return places, True
@@ -161,8 +183,9 @@ async def _examined(
             uid=uid,
             outcome=MessageOutcome.MISSING,
             rule="R28",
-            explanation="It is below where the sync stands but no record says it was examined (a lost batch, or "
-            "a message the server did not list): the next completeness audit examines it.",
+            explanation="It is below where the sync stands but no record says it was examined (a "
+            "lost batch, or a message the server did not list): the next completeness audit "
+            "examines it.",
         )
     if reason not in STORED:
         return MessagePlace(
@@ -174,7 +197,9 @@ async def _examined(
             explanation=f"Examined and not stored: {audit.REASONS.get(reason, reason)}.",
         )
     stored_at = await repository.synced_at(session, row.id, folder, message_id)
-    outcome, rule, explanation, timeline = await _stored(context, row, reason, message_id, stored_at)
+    outcome, rule, explanation, timeline = await _stored(
+        context, row, reason, message_id, stored_at
+    )
     return MessagePlace(
         folder=folder,
         uid=uid,
@@ -190,20 +215,24 @@ async def _examined(
 async def _stored(
     context: SyncContext, row: Row[Any], reason: str, message_id: str, stored_at: datetime | None
 ) -> tuple[MessageOutcome, str | None, str, list[TimelinePlace]]:
-    """What became of a message the sync published: whose timelines hold it (the lead service says)."""
+    """What became of a message the sync published: whose timelines hold it (the lead service
+    says)."""
     if reason == "bounce":
         return (
             MessageOutcome.STORED,
             "R17",
-            "A bounce: the lead's timeline shows it as a bounce of the mail it returns, not as a message of its own.",
+            (
+                "A bounce: the lead's timeline shows it as a bounce of the mail it returns, not as "
+                "a message of its own."
+            ),
             [],
         )
     if reason == "complaint":
         return (
             MessageOutcome.STORED,
             "R16",
-            "A complaint (feedback report) about mail to a lead: the lead's timeline shows it as a complaint about "
-            "that mail, and the lead gets no more marketing mail.",
+            "A complaint (feedback report) about mail to a lead: the lead's timeline shows it as a "
+            "complaint about that mail, and the lead gets no more marketing mail.",
             [],
         )
     try:
@@ -218,29 +247,42 @@ async def _stored(
         return (
             MessageOutcome.STORED,
             None,
-            f"Published to the lead service; it did not say whose timeline holds it ({exc.reason}).",
+            (
+                f"Published to the lead service; it did not say whose timeline holds it "
+                f"({exc.reason})."
+            ),
             [],
         )
-    # stored because it is mail with a lead's address (R6); one that could not be fully read, kept raw (R27)
+    # stored because it is mail with a lead's address (R6); one that could not be fully read, kept
+    # raw (R27)
     stored_by = "R27" if reason == "damaged_lead_mail" else "R6"
-    timeline = [TimelinePlace(lead_id=e.lead_id, kind=e.kind, occurred_at=e.occurred_at) for e in reply.entries]
+    timeline = [
+        TimelinePlace(lead_id=e.lead_id, kind=e.kind, occurred_at=e.occurred_at)
+        for e in reply.entries
+    ]
     if timeline:
         leads = ", ".join(str(e.lead_id) for e in timeline)
         since = f" since {stored_at:%Y-%m-%d %H:%M:%S} UTC" if stored_at is not None else ""
-        return MessageOutcome.ON_TIMELINE, stored_by, f"On the timeline of lead {leads}{since}.", timeline
+        return (
+            MessageOutcome.ON_TIMELINE,
+            stored_by,
+            f"On the timeline of lead {leads}{since}.",
+            timeline,
+        )
     if row.status == MailboxStatus.DISABLED:
         return (
             MessageOutcome.REMOVED,
             "R11",
-            'It was on a lead\'s timeline; sync was disabled with "remove", which deleted the timeline events '
+            'It was on a lead\'s timeline; sync was disabled with "remove", which deleted the '
+            "timeline events "
             "this mailbox brought (R11).",
             [],
         )
     return (
         MessageOutcome.STORED,
         stored_by,
-        "Published to the lead service, but no lead's timeline holds it now (its lead was deleted, or the lead "
-        "service has not applied it yet).",
+        "Published to the lead service, but no lead's timeline holds it now (its lead was deleted, "
+        "or the lead service has not applied it yet).",
         [],
     )
 
@@ -257,7 +299,10 @@ async def _not_examined(
     )
     paused = await repository.latest_error_kind(session, row.id) == ErrorKind.PLAN_LIMIT
     if paused:
-        rule, why = "R14", f"the plan's daily limit of synced emails is reached ({row.status_reason})"
+        rule, why = (
+            "R14",
+            f"the plan's daily limit of synced emails is reached ({row.status_reason})",
+        )
     elif row.status == MailboxStatus.ENABLED and uid < position.history_examined_down_to:
         rule, why = (
             "R28",
@@ -267,9 +312,15 @@ async def _not_examined(
             ),
         )
     elif row.status == MailboxStatus.ENABLED:
-        rule, why = "R28", f"the sync has read {role} up to UID {position.last_uid} and reads on from there"
+        rule, why = (
+            "R28",
+            f"the sync has read {role} up to UID {position.last_uid} and reads on from there",
+        )
     else:
-        rule, why = "R28", f"the mailbox is {row.status}: {row.status_reason or 'sync is not running'}"
+        rule, why = (
+            "R28",
+            f"the mailbox is {row.status}: {row.status_reason or 'sync is not running'}",
+        )
     return MessagePlace(
         folder=role,
         uid=uid,
@@ -281,8 +332,11 @@ async def _not_examined(
     )
 
 
-async def _search_server(context: SyncContext, row: Row[Any], message_id: str) -> tuple[list[ServerPlace], bool]:
-    """Every place of ``message_id`` on the server (at most MAX_FOLDERS folders) and whether all were searched."""
+async def _search_server(
+    context: SyncContext, row: Row[Any], message_id: str
+) -> tuple[list[ServerPlace], bool]:
+    """Every place of ``message_id`` on the server (at most MAX_FOLDERS folders) and whether all
+    were searched."""
     login = context.cipher.imap_login(row)
     async with asyncio.timeout(SEARCH_SECONDS):
         if row.auth == "oauth2":
@@ -297,7 +351,9 @@ async def _search_server(context: SyncContext, row: Row[Any], message_id: str) -
                     await client.logout()
 
 
-async def _search_folders(client: ImapClient, row: Row[Any], message_id: str) -> tuple[list[ServerPlace], bool]:
+async def _search_folders(
+    client: ImapClient, row: Row[Any], message_id: str
+) -> tuple[list[ServerPlace], bool]:
     names = [
         f.name
         for f in await client.list_folders()

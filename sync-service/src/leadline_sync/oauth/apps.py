@@ -53,14 +53,16 @@ class OAuthAppSettings(BaseModel):
     client_id: str = Field(min_length=1)
     client_secret_sealed: str = Field(min_length=1, repr=False)
     redirect_url: str = Field(min_length=1)
-    # the CRM's page that finishes a sign-in with the user's key when the redirect URL is Leadline's own
-    # callback: the browser is sent there with ``?sign_in=`` (see leadline_sync.oauth.flow)
+    # the CRM's page that finishes a sign-in with the user's key when the redirect URL is Leadline's
+    # own callback: the browser is sent there with ``?sign_in=`` (see leadline_sync.oauth.flow)
     return_url: str | None = Field(None, pattern=r"^https?://")
-    tenant: str = Field("common", pattern=r"^[A-Za-z0-9.\-]{1,100}$")  # Microsoft: common, organizations, an id
+    # Microsoft: common, organizations, an id
+    tenant: str = Field("common", pattern=r"^[A-Za-z0-9.\-]{1,100}$")
     authorization_url: str | None = None
     token_url: str | None = None
     userinfo_url: str | None = None
-    # the ID token's "iss" must be this when set; ``{tid}`` stands for the token's directory (Microsoft)
+    # the ID token's "iss" must be this when set; ``{tid}`` stands for the token's directory
+    # (Microsoft)
     issuer: str | None = None
     imap: ServerOverride | None = None
     smtp: ServerOverride | None = None
@@ -101,12 +103,13 @@ DEFAULTS: dict[str, ProviderDefaults] = {
         userinfo_url="https://openidconnect.googleapis.com/v1/userinfo",
         issuer="https://accounts.google.com",
         scopes=("openid", "email", "https://mail.google.com/"),
-        # a refresh token is given only with offline access, and again on a new sign-in only with consent
+        # a refresh token is given only with offline access, and again on a new sign-in only with
+        # consent
         extra=(("access_type", "offline"), ("prompt", "consent")),
     ),
-    # Microsoft's issuer names the user's directory (``tid``; one fixed id when the tenant is one), and its
-    # userinfo endpoint wants a Graph token: the ID token, received straight from the token endpoint over
-    # TLS, names the account.
+    # Microsoft's issuer names the user's directory (``tid``; one fixed id when the tenant is one),
+    # and its userinfo endpoint wants a Graph token: the ID token, received straight from the token
+    # endpoint over TLS, names the account.
     "office365": _MICROSOFT_DEFAULTS,
     "outlook": _MICROSOFT_DEFAULTS,
 }
@@ -148,26 +151,31 @@ def open_client_secret(ring: KeyRing, provider: str, value: str) -> str:
     key_id, _, rest = value.partition(".")
     wrapped, _, ciphertext = rest.partition(".")
     try:
-        sealed = Sealed(key_id, base64.urlsafe_b64decode(wrapped), base64.urlsafe_b64decode(ciphertext))
+        sealed = Sealed(
+            key_id, base64.urlsafe_b64decode(wrapped), base64.urlsafe_b64decode(ciphertext)
+        )
     except (binascii.Error, ValueError):
         raise CredentialError("the sealed client secret is malformed") from None
     return ring.open(sealed, _associated(provider)).decode()
 
 
 def resolve_apps(configured: dict[str, OAuthAppSettings], ring: KeyRing) -> dict[str, OAuthApp]:
-    """Every configured app with its secret opened; ValueError (at start-up) for one that does not open."""
+    """Every configured app with its secret opened; ValueError (at start-up) for one that does not
+    open."""
     apps: dict[str, OAuthApp] = {}
     for provider, app in configured.items():
         defaults = DEFAULTS.get(provider)
         if defaults is None:
             raise ValueError(
-                f"LEADLINE_SYNC_OAUTH_APPS: {provider!r} is not an OAuth2 preset (one of {', '.join(DEFAULTS)})"
+                f"LEADLINE_SYNC_OAUTH_APPS: {provider!r} is not an OAuth2 preset (one of "
+                f"{', '.join(DEFAULTS)})"
             )
         try:
             secret = open_client_secret(ring, provider, app.client_secret_sealed)
         except CredentialError as exc:
             raise ValueError(
-                f"LEADLINE_SYNC_OAUTH_APPS: the client secret of {provider!r} does not open: {exc}. "
+                f"LEADLINE_SYNC_OAUTH_APPS: the client secret of {provider!r} does not open: "
+                f"{exc}. "
                 "Seal it with python -m leadline_sync.oauth.apps seal"
             ) from None
 
@@ -181,7 +189,9 @@ def resolve_apps(configured: dict[str, OAuthAppSettings], ring: KeyRing) -> dict
             redirect_url=app.redirect_url,
             return_url=app.return_url,
             # ``{tenant}`` in a URL, configured or Microsoft's, is the app's tenant
-            authorization_url=(app.authorization_url or defaults.authorization_url).replace("{tenant}", app.tenant),
+            authorization_url=(app.authorization_url or defaults.authorization_url).replace(
+                "{tenant}", app.tenant
+            ),
             token_url=(app.token_url or defaults.token_url).replace("{tenant}", app.tenant),
             userinfo_url=app.userinfo_url or defaults.userinfo_url,
             issuer=issuer,
@@ -203,7 +213,9 @@ def main() -> None:
     parser.add_argument("action", choices=["seal"])
     parser.add_argument("provider", choices=sorted(DEFAULTS))
     args = parser.parse_args()
-    secret = getpass.getpass("client secret: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    secret = (
+        getpass.getpass("client secret: ") if sys.stdin.isatty() else sys.stdin.readline().strip()
+    )
     print(seal_client_secret(KeyRing(Settings().credential_keys()), args.provider, secret))
 
 

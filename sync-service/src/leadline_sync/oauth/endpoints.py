@@ -1,4 +1,5 @@
-"""Signing in with Gmail / Microsoft: start (the caller's own mailbox, R1) and the provider's callback (public)."""
+"""Signing in with Gmail / Microsoft: start (the caller's own mailbox, R1) and the provider's
+callback (public)."""
 
 from __future__ import annotations
 
@@ -41,21 +42,26 @@ class SignInDone(BaseModel):
 
 
 @router.post("/v1/mail-sync/oauth/{provider}/start")
-async def start_sign_in(provider: str, caller: Caller, context: Context, body: SignInStart | None = None) -> SignInLink:
+async def start_sign_in(
+    provider: str, caller: Caller, context: Context, body: SignInStart | None = None
+) -> SignInLink:
     """Begin connecting the caller's own mailbox by signing in with the provider (OAuth2 + PKCE)."""
     link = await flow.start(context, caller, provider, (body or SignInStart()).smtp_use)
     return SignInLink(authorization_url=link.url, expires_at=link.expires_at)
 
 
 async def optional_caller(request: Request) -> Identity | None:
-    """The caller when the request carries an identity (a CRM page passing the redirect on), else None."""
+    """The caller when the request carries an identity (a CRM page passing the redirect on), else
+    None."""
     if IDENTITY_HEADER not in request.headers:
         return None
     return await current_identity(request)
 
 
 class SignInHandOff(BaseModel):
-    sign_in: str = Field(description="one-time: POST it to /v1/mail-sync/oauth/finish with the starter's key")
+    sign_in: str = Field(
+        description="one-time: POST it to /v1/mail-sync/oauth/finish with the starter's key"
+    )
     expires_at: datetime
     detail: str
 
@@ -70,7 +76,9 @@ async def _done(context: SyncContext, mailbox_id: uuid.UUID) -> SignInDone:
     async with context.db.session() as session:
         row = await service.mailbox_by_id(session, mailbox_id)
     assert row is not None
-    return SignInDone(mailbox_id=str(row.id), address=row.address, provider=row.provider, status=row.status)
+    return SignInDone(
+        mailbox_id=str(row.id), address=row.address, provider=row.provider, status=row.status
+    )
 
 
 @router.get(
@@ -87,16 +95,19 @@ async def finish_sign_in(
 ) -> Response | SignInDone | SignInHandOff:
     """Where the provider sends the browser back (public: the state names the user who started).
 
-    With that user's key (a CRM page that received the redirect passes it on) the mailbox is connected, and
-    with another user's key nothing is.  Without a key nothing is connected yet: the browser gets a one-time
-    `sign_in` (sent on to the app's return URL when it has one) that only the starter's key can finish with
-    `POST /v1/mail-sync/oauth/finish`, so a sign-in started by someone else never lands on their user."""
+    With that user's key (a CRM page that received the redirect passes it on) the mailbox is
+    connected, and with another user's key nothing is.  Without a key nothing is connected yet: the
+    browser gets a one-time `sign_in` (sent on to the app's return URL when it has one) that only
+    the starter's key can finish with `POST /v1/mail-sync/oauth/finish`, so a sign-in started by
+    someone else never lands on their user."""
     answer = await flow.callback(context, code, state, error, caller)
     if isinstance(answer, uuid.UUID):
         return await _done(context, answer)
     if answer.return_url is not None:
         parts = urllib.parse.urlsplit(answer.return_url)
-        query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("sign_in", answer.sign_in)])
+        query = urllib.parse.urlencode(
+            [*urllib.parse.parse_qsl(parts.query), ("sign_in", answer.sign_in)]
+        )
         return RedirectResponse(
             urllib.parse.urlunsplit(parts._replace(query=query)),
             status_code=303,
@@ -105,11 +116,17 @@ async def finish_sign_in(
     return SignInHandOff(
         sign_in=answer.sign_in,
         expires_at=answer.expires_at,
-        detail="finish with POST /v1/mail-sync/oauth/finish and the key of the user who started this sign-in",
+        detail=(
+            "finish with POST /v1/mail-sync/oauth/finish and the key of the user who started this "
+            "sign-in"
+        ),
     )
 
 
 @router.post("/v1/mail-sync/oauth/finish")
-async def finish_handed_off_sign_in(caller: Caller, context: Context, body: SignInFinish) -> SignInDone:
-    """Connect the caller's mailbox from a sign-in the callback handed back; only its starter may (R1)."""
+async def finish_handed_off_sign_in(
+    caller: Caller, context: Context, body: SignInFinish
+) -> SignInDone:
+    """Connect the caller's mailbox from a sign-in the callback handed back; only its starter may
+    (R1)."""
     return await _done(context, await flow.finish(context, caller, body.sign_in))

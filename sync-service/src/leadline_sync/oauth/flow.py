@@ -1,4 +1,5 @@
-"""Signing in with Gmail or Microsoft for the caller's own mailbox (R1, R29), OAuth2 authorization code + PKCE.
+"""Signing in with Gmail or Microsoft for the caller's own mailbox (R1, R29), OAuth2 authorization
+code + PKCE.
 
 ::
 
@@ -37,7 +38,7 @@ The address is the one the provider proves; none may be given.  An unknown,
 expired or used state or sign-in, an error from the provider, or an address
 the caller cannot connect is a 4xx problem and nothing is stored but the
 state's use.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -60,7 +61,12 @@ from leadline_sync.logins import ServerLogin
 from leadline_sync.mailbox.connect import CheckedMailbox, check_logins, save
 from leadline_sync.oauth import repository
 from leadline_sync.oauth.apps import OAuthApp
-from leadline_sync.oauth.tokens import TokenEndpointUnavailable, TokenRefused, TokenSet, id_token_claims
+from leadline_sync.oauth.tokens import (
+    TokenEndpointUnavailable,
+    TokenRefused,
+    TokenSet,
+    id_token_claims,
+)
 from leadline_sync.problems import (
     OAuthIdentityInvalid,
     OAuthNotConfigured,
@@ -98,14 +104,21 @@ def app_for(context: SyncContext, provider: str) -> tuple[Provider, OAuthApp]:
 
 
 def _seal_pending(context: SyncContext, state_id: uuid.UUID, verifier: str, code: str) -> Sealed:
-    # the row's secrets, sealed with its id as associated data: the PKCE verifier and, once brought, the code
-    return context.cipher.seal(state_id, state_id, MailboxSecrets(imap_password=verifier, smtp_password=code))
+    # the row's secrets, sealed with its id as associated data: the PKCE verifier and, once brought,
+    # the code
+    return context.cipher.seal(
+        state_id, state_id, MailboxSecrets(imap_password=verifier, smtp_password=code)
+    )
 
 
-async def start(context: SyncContext, caller: Identity, provider: str, smtp_use: str) -> Authorization:
+async def start(
+    context: SyncContext, caller: Identity, provider: str, smtp_use: str
+) -> Authorization:
     _, app = app_for(context, provider)
     state, verifier, nonce = (secrets.token_urlsafe(32) for _ in range(3))
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    challenge = (
+        base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+    )
     state_id = uuid.uuid4()
     sealed = _seal_pending(context, state_id, verifier, "")
     now = context.clock()
@@ -138,7 +151,9 @@ async def start(context: SyncContext, caller: Identity, provider: str, smtp_use:
         "nonce": nonce,
         **dict(app.extra),
     }
-    return Authorization(url=app.authorization_url + "?" + urllib.parse.urlencode(query), expires_at=expires_at)
+    return Authorization(
+        url=app.authorization_url + "?" + urllib.parse.urlencode(query), expires_at=expires_at
+    )
 
 
 @dataclass(frozen=True)
@@ -155,7 +170,8 @@ class PendingSignIn:
 
 @dataclass(frozen=True)
 class HandOff:
-    """A sign-in brought back without a key, waiting for its starter's key (POST /v1/mail-sync/oauth/finish)."""
+    """A sign-in brought back without a key, waiting for its starter's key (POST
+    /v1/mail-sync/oauth/finish)."""
 
     sign_in: str = field(repr=False)
     expires_at: datetime
@@ -165,11 +181,16 @@ class HandOff:
 def _pending(context: SyncContext, row: Any) -> PendingSignIn:
     try:
         secrets_ = context.cipher.open(
-            row.id, row.id, Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext)
+            row.id,
+            row.id,
+            Sealed(row.verifier_key_id, row.verifier_wrapped_key, row.verifier_ciphertext),
         )
     except CredentialError:
         raise OAuthStateInvalid(
-            "this sign-in can no longer be read (the server's keys changed); start again from Mail Sync",
+            (
+                "this sign-in can no longer be read (the server's keys changed); start again from "
+                "Mail Sync"
+            ),
         ) from None
     return PendingSignIn(
         row.id,
@@ -184,9 +205,12 @@ def _pending(context: SyncContext, row: Any) -> PendingSignIn:
 
 
 async def _take(context: SyncContext, secret: str, handed_off: bool) -> PendingSignIn:
-    """The sign-in a state (or a handed-back sign-in) names, used up now; a 400 if unknown, expired or used."""
+    """The sign-in a state (or a handed-back sign-in) names, used up now; a 400 if unknown, expired
+    or used."""
     async with context.db.session() as session:
-        row = await repository.take_state(session, _state_hash(secret), context.clock(), handed_off=handed_off)
+        row = await repository.take_state(
+            session, _state_hash(secret), context.clock(), handed_off=handed_off
+        )
     if row is None:
         if handed_off:
             raise OAuthSignInInvalid(
@@ -215,7 +239,8 @@ def _starter_only(pending: PendingSignIn, caller: Identity) -> None:
 
 
 async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet, nonce: str) -> str:
-    """The account's address as the provider proves it: the ID token's, else the userinfo endpoint's."""
+    """The account's address as the provider proves it: the ID token's, else the userinfo
+    endpoint's."""
     claims: dict[str, Any] = {}
     if tokens.id_token is not None:
         try:
@@ -223,7 +248,8 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         except ValueError:
             raise OAuthIdentityInvalid("the provider's ID token cannot be read") from None
         issuer = app.issuer
-        if issuer is not None and "{tid}" in issuer:  # Microsoft: the issuer names the account's directory
+        if issuer is not None and "{tid}" in issuer:
+            # Microsoft: the issuer names the account's directory
             issuer = issuer.replace("{tid}", str(claims.get("tid", "")))
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
@@ -241,27 +267,39 @@ async def _proven_address(context: SyncContext, app: OAuthApp, tokens: TokenSet,
         info = await context.endpoint.userinfo(app, tokens.access_token)
         address = info.get("email") if info.get("email_verified", True) is not False else None
     if not isinstance(address, str) and app.provider != "gmail":
-        address = claims.get("preferred_username")  # Microsoft: the sign-in name, the mailbox's address
+        # Microsoft: the sign-in name, the mailbox's address
+        address = claims.get("preferred_username")
     normalized = normalize_address(address) if isinstance(address, str) else None
     if normalized is None:
-        raise OAuthIdentityInvalid("the provider did not name a verified email address for this account")
+        raise OAuthIdentityInvalid(
+            "the provider did not name a verified email address for this account"
+        )
     return normalized
 
 
-def _login(side: str, preset: ServerPreset | None, app: OAuthApp, address: str, token: str) -> ServerLogin:
+def _login(
+    side: str, preset: ServerPreset | None, app: OAuthApp, address: str, token: str
+) -> ServerLogin:
     override = app.imap if side == "imap" else app.smtp
     if override is not None:
         host, port, tls = override.host, override.port, override.tls
     else:
         assert preset is not None, "OAuth2 presets have servers"
         host, port, tls = preset.host, preset.port, preset.tls
-    return ServerLogin(host=host, port=port, tls=tls, username=address, password="", access_token=token)
+    return ServerLogin(
+        host=host, port=port, tls=tls, username=address, password="", access_token=token
+    )
 
 
 async def callback(
-    context: SyncContext, code: str | None, state: str | None, error: str | None, caller: Identity | None
+    context: SyncContext,
+    code: str | None,
+    state: str | None,
+    error: str | None,
+    caller: Identity | None,
 ) -> uuid.UUID | HandOff:
-    """The provider's answer: with a key (``caller``, R1) the mailbox id once connected; without, a hand-off."""
+    """The provider's answer: with a key (``caller``, R1) the mailbox id once connected; without, a
+    hand-off."""
     if not state:
         raise OAuthStateInvalid("the sign-in answer carries no state; start again from Mail Sync")
     pending = await _take(context, state, handed_off=False)
@@ -270,7 +308,10 @@ async def callback(
     preset, _ = app_for(context, pending.provider)
     if error is not None or not code:
         raise OAuthProviderError(
-            f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); start again from Mail Sync",
+            (
+                f"{preset.name} did not let Leadline in ({(error or 'no code')[:64]}); start again "
+                f"from Mail Sync"
+            ),
         )
     if caller is None:
         return await _hand_off(context, pending, code)
@@ -278,7 +319,8 @@ async def callback(
 
 
 async def finish(context: SyncContext, caller: Identity, sign_in: str) -> uuid.UUID:
-    """Finish a sign-in the callback handed back; only its starter may (R1).  Returns the mailbox id."""
+    """Finish a sign-in the callback handed back; only its starter may (R1).  Returns the mailbox
+    id."""
     pending = await _take(context, sign_in, handed_off=True)
     _starter_only(pending, caller)
     return await _complete(context, pending, pending.code)
@@ -298,7 +340,10 @@ async def _complete(context: SyncContext, pending: PendingSignIn, code: str) -> 
         ) from None
     if tokens.refresh_token is None:
         raise OAuthProviderError(
-            f"{preset.name} gave no refresh token, so Leadline could not keep syncing; start again from Mail Sync",
+            (
+                f"{preset.name} gave no refresh token, so Leadline could not keep syncing; start "
+                f"again from Mail Sync"
+            ),
         )
     address = await _proven_address(context, app, tokens, pending.nonce)
     imap = _login("imap", preset.imap, app, address, tokens.access_token)
@@ -319,7 +364,10 @@ async def _complete(context: SyncContext, pending: PendingSignIn, code: str) -> 
             oauth_expires_at=tokens.expires_at,
             address_proven_by="provider",
             secrets=MailboxSecrets(
-                imap_password="", smtp_password="", refresh_token=tokens.refresh_token, access_token=tokens.access_token
+                imap_password="",
+                smtp_password="",
+                refresh_token=tokens.refresh_token,
+                access_token=tokens.access_token,
             ),
         ),
     )

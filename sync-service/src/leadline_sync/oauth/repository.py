@@ -1,5 +1,5 @@
-"""Every query of OAuth2 sign-ins (``flow.py``: the states in progress) and of a mailbox's stored tokens
-(``tokens.py``: their renewal under a per-mailbox advisory lock)."""
+"""Every query of OAuth2 sign-ins (``flow.py``: the states in progress) and of a mailbox's stored
+tokens (``tokens.py``: their renewal under a per-mailbox advisory lock)."""
 
 from __future__ import annotations
 
@@ -13,21 +13,27 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.sealing import Sealed
 from leadline_sync.models import mailbox, oauth_state
 
-# --- sign-ins in progress (flow.py) ------------------------------------------------------------------------
+# --- sign-ins in progress (flow.py)
+# ------------------------------------------------------------------------
 
 
 async def forget_expired_states(session: AsyncSession, now: datetime) -> None:
-    # unscoped: housekeeping of every company: sign-ins expired a day ago
-    await session.execute(oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1)))
+    await session.execute(
+        # unscoped: housekeeping of every company: sign-ins expired a day ago
+        oauth_state.delete().where(oauth_state.c.expires_at < now - timedelta(days=1))
+    )
 
 
 async def insert_state(session: AsyncSession, **values: Any) -> None:
     await session.execute(oauth_state.insert().values(**values))
 
 
-async def take_state(session: AsyncSession, digest: bytes, now: datetime, *, handed_off: bool) -> Any:
-    """The live sign-in whose state (or, ``handed_off``, whose handed-back sign-in) has the SHA-256 ``digest``,
-    marked used (``used_at`` / ``finished_at``) in the same statement; None if unknown, expired or used."""
+async def take_state(
+    session: AsyncSession, digest: bytes, now: datetime, *, handed_off: bool
+) -> Any:
+    """The live sign-in whose state (or, ``handed_off``, whose handed-back sign-in) has the SHA-256
+    ``digest``, marked used (``used_at`` / ``finished_at``) in the same statement; None if unknown,
+    expired or used."""
     match: ColumnElement[Any]
     if handed_off:
         match, unused, mark = oauth_state.c.handoff_sha256, oauth_state.c.finished_at, "finished_at"
@@ -47,8 +53,8 @@ async def take_state(session: AsyncSession, digest: bytes, now: datetime, *, han
 async def hand_off(
     session: AsyncSession, state_id: uuid.UUID, digest: bytes, expires_at: datetime, sealed: Sealed
 ) -> None:
-    """The sign-in waits for its starter's key: the one-time sign-in's SHA-256, the code sealed beside the
-    verifier."""
+    """The sign-in waits for its starter's key: the one-time sign-in's SHA-256, the code sealed
+    beside the verifier."""
     await session.execute(
         # unscoped: by the id of the sign-in the secret state picked
         update(oauth_state)
@@ -63,11 +69,13 @@ async def hand_off(
     )
 
 
-# --- a mailbox's tokens (tokens.py) ------------------------------------------------------------------------
+# --- a mailbox's tokens (tokens.py)
+# ------------------------------------------------------------------------
 
 
 def _lock_key(mailbox_id: uuid.UUID) -> int:
-    """A signed 64-bit advisory lock key for the mailbox (namespaced by its high bits being the id's)."""
+    """A signed 64-bit advisory lock key for the mailbox (namespaced by its high bits being the
+    id's)."""
     return int.from_bytes(mailbox_id.bytes[:8], "big", signed=True)
 
 
@@ -92,7 +100,9 @@ async def expire_access_token(session: AsyncSession, mailbox_id: uuid.UUID, now:
     )
 
 
-async def store_tokens(session: AsyncSession, mailbox_id: uuid.UUID, sealed: Sealed, expires_at: datetime) -> None:
+async def store_tokens(
+    session: AsyncSession, mailbox_id: uuid.UUID, sealed: Sealed, expires_at: datetime
+) -> None:
     await session.execute(
         # unscoped: by the id of a mailbox row its caller read
         update(mailbox)

@@ -1,4 +1,5 @@
-"""OAuth2 tokens: the provider's token endpoint, and the access token of each mailbox signed in with one.
+"""OAuth2 tokens: the provider's token endpoint, and the access token of each mailbox signed in with
+one.
 
 An access token lives about an hour.  :meth:`AccessTokens.access_token` hands
 out the stored one while it has more than ``sync_oauth_refresh_margin_seconds``
@@ -52,7 +53,8 @@ TOKEN_ENDPOINT_RETRY = Backoff(0.5, 8.0)
 
 
 class TokenRefused(Exception):
-    """The token endpoint answered 4xx: ``error`` is its OAuth2 error code (``invalid_grant``, ...)."""
+    """The token endpoint answered 4xx: ``error`` is its OAuth2 error code (``invalid_grant``,
+    ...)."""
 
     def __init__(self, error: str, status: int) -> None:
         super().__init__(f"token endpoint refused: {error} (HTTP {status})")
@@ -61,7 +63,8 @@ class TokenRefused(Exception):
 
 
 class TokenEndpointUnavailable(Exception):
-    """The token endpoint answered 5xx, timed out or could not be reached, every time it was asked."""
+    """The token endpoint answered 5xx, timed out or could not be reached, every time it was
+    asked."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,8 @@ def id_token_claims(id_token: str) -> dict[str, Any]:
 
 
 class TokenEndpoint:
-    """Calls to a provider's token and userinfo endpoints, retried with backoff when the provider is down."""
+    """Calls to a provider's token and userinfo endpoints, retried with backoff when the provider is
+    down."""
 
     def __init__(self, settings: Settings, clock: Any) -> None:
         self.settings = settings
@@ -100,7 +104,9 @@ class TokenEndpoint:
     @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.settings.sync_oauth_timeout, follow_redirects=False)
+            self._client = httpx.AsyncClient(
+                timeout=self.settings.sync_oauth_timeout, follow_redirects=False
+            )
         return self._client
 
     async def close(self) -> None:
@@ -112,7 +118,9 @@ class TokenEndpoint:
         attempts = self.settings.sync_oauth_attempts
         for attempt in range(attempts):
             try:
-                response = await self.client.post(app.token_url, data=form, headers={"Accept": "application/json"})
+                response = await self.client.post(
+                    app.token_url, data=form, headers={"Accept": "application/json"}
+                )
             except httpx.TransportError as exc:
                 reason = type(exc).__name__
             else:
@@ -124,14 +132,20 @@ class TokenEndpoint:
                     if not isinstance(body, dict):
                         raise TokenRefused("unreadable_answer", response.status_code)
                     if response.status_code >= 400 or "error" in body:
-                        raise TokenRefused(str(body.get("error", "invalid_request"))[:100], response.status_code)
+                        raise TokenRefused(
+                            str(body.get("error", "invalid_request"))[:100], response.status_code
+                        )
                     return body
                 reason = f"HTTP {response.status_code}"
             if attempt + 1 < attempts:
                 delay = TOKEN_ENDPOINT_RETRY.seconds(attempt)
-                log.warning("%s token endpoint: %s; asking again in %.1fs", app.provider, reason, delay)
+                log.warning(
+                    "%s token endpoint: %s; asking again in %.1fs", app.provider, reason, delay
+                )
                 await asyncio.sleep(delay)
-        raise TokenEndpointUnavailable(f"{app.provider} token endpoint: {reason} after {attempts} tries")
+        raise TokenEndpointUnavailable(
+            f"{app.provider} token endpoint: {reason} after {attempts} tries"
+        )
 
     def _tokens(self, body: dict[str, Any]) -> TokenSet:
         access = body.get("access_token")
@@ -161,13 +175,17 @@ class TokenEndpoint:
         )
 
     async def refresh(self, app: OAuthApp, refresh_token: str) -> TokenSet:
-        return self._tokens(await self._post(app, {"grant_type": "refresh_token", "refresh_token": refresh_token}))
+        return self._tokens(
+            await self._post(app, {"grant_type": "refresh_token", "refresh_token": refresh_token})
+        )
 
     async def userinfo(self, app: OAuthApp, access_token: str) -> dict[str, Any]:
         if app.userinfo_url is None:
             return {}
         try:
-            response = await self.client.get(app.userinfo_url, headers={"Authorization": f"Bearer {access_token}"})
+            response = await self.client.get(
+                app.userinfo_url, headers={"Authorization": f"Bearer {access_token}"}
+            )
             body = response.json() if response.status_code == 200 else {}
         except (httpx.TransportError, ValueError):
             return {}
@@ -179,7 +197,8 @@ class _SignedInAgain(Exception):
 
 
 async def _tokens_replaced(session: AsyncSession, row: Any) -> bool:
-    """Whether the row's sealed tokens changed since ``row`` was read (a new sign-in saves without our lock)."""
+    """Whether the row's sealed tokens changed since ``row`` was read (a new sign-in saves without
+    our lock)."""
     return bool(await repository.sealed_tokens(session, row.id) != row.credential_ciphertext)
 
 
@@ -204,7 +223,8 @@ class AccessTokens:
         self._locks: dict[uuid.UUID, asyncio.Lock] = {}
 
     async def access_token(self, mailbox_id: uuid.UUID) -> str:
-        """A token with at least the margin left; MailConnectionError (``oauth_*``) when none can be had."""
+        """A token with at least the margin left; MailConnectionError (``oauth_*``) when none can be
+        had."""
         async with self._locks.setdefault(mailbox_id, asyncio.Lock()):
             try:
                 return await self._access_token(mailbox_id, recheck=True)
@@ -212,9 +232,11 @@ class AccessTokens:
                 return await self._access_token(mailbox_id, recheck=False)
 
     async def refused(self, mailbox_id: uuid.UUID, token: str) -> None:
-        """A mail server refused ``token`` before its expiry (revoked early): the next ask renews it.
+        """A mail server refused ``token`` before its expiry (revoked early): the next ask renews
+        it.
 
-        Only if it is still the stored one, so that connections refused with the same token renew once."""
+        Only if it is still the stored one, so that connections refused with the same token renew
+        once."""
         async with self._locks.setdefault(mailbox_id, asyncio.Lock()), self.db.session() as session:
             await repository.lock_tokens(session, mailbox_id)
             row = await mailbox_by_id(session, mailbox_id)
@@ -224,12 +246,16 @@ class AccessTokens:
                 stored = self.cipher.open(
                     row.company_id,
                     row.id,
-                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                    Sealed(
+                        row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext
+                    ),
                 ).access_token
             except CredentialError:
                 return
             if stored == token:
-                log.info("mailbox %s: the mail server refused a live access token; renewing it", row.id)
+                log.info(
+                    "mailbox %s: the mail server refused a live access token; renewing it", row.id
+                )
                 await repository.expire_access_token(session, row.id, self.clock())
 
     async def _access_token(self, mailbox_id: uuid.UUID, recheck: bool) -> str:
@@ -238,13 +264,17 @@ class AccessTokens:
             await repository.lock_tokens(session, mailbox_id)
             row = await mailbox_by_id(session, mailbox_id)
             if row is None or row.auth != "oauth2" or row.credential_ciphertext is None:
-                raise MailConnectionError(ErrorKind.OAUTH_REVOKED, "This mailbox has no sign-in to renew.")
+                raise MailConnectionError(
+                    ErrorKind.OAUTH_REVOKED, "This mailbox has no sign-in to renew."
+                )
             name = PROVIDER_NAMES.get(row.provider, row.provider)
             try:
                 secrets = self.cipher.open(
                     row.company_id,
                     row.id,
-                    Sealed(row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext),
+                    Sealed(
+                        row.credential_key_id, row.credential_wrapped_key, row.credential_ciphertext
+                    ),
                 )
             except CredentialError as exc:
                 log.error("mailbox %s: stored tokens unreadable: %s", row.id, exc)
@@ -256,28 +286,42 @@ class AccessTokens:
             app = self.apps.get(row.provider)
             if app is None:
                 raise MailConnectionError(
-                    ErrorKind.OAUTH_UNAVAILABLE, f"Signing in with {name} is not configured on this Leadline server."
+                    ErrorKind.OAUTH_UNAVAILABLE,
+                    f"Signing in with {name} is not configured on this Leadline server.",
                 )
             try:
                 tokens = await self.endpoint.refresh(app, secrets.refresh_token)
             except TokenRefused as exc:
-                log.warning("mailbox %s: %s refused to renew the access token: %s", row.id, row.provider, exc.error)
+                log.warning(
+                    "mailbox %s: %s refused to renew the access token: %s",
+                    row.id,
+                    row.provider,
+                    exc.error,
+                )
                 if exc.error == "invalid_grant":
                     if recheck and await _tokens_replaced(session, row):
-                        # the user signed in again while this renewal was under way: use the new sign-in
+                        # the user signed in again while this renewal was under way: use the new
+                        # sign-in
                         log.info("mailbox %s: signed in again while a renewal was refused", row.id)
                         raise _SignedInAgain from None
                     raise MailConnectionError(
                         ErrorKind.OAUTH_REVOKED,
-                        f"{name} no longer lets Leadline use this mailbox (access withdrawn or password changed).",
+                        (
+                            f"{name} no longer lets Leadline use this mailbox (access withdrawn or "
+                            f"password changed)."
+                        ),
                         detail=exc.error,
                     ) from None
                 raise MailConnectionError(
-                    ErrorKind.OAUTH_UNAVAILABLE, f"{name} refused to renew the sign-in.", detail=exc.error
+                    ErrorKind.OAUTH_UNAVAILABLE,
+                    f"{name} refused to renew the sign-in.",
+                    detail=exc.error,
                 ) from None
             except TokenEndpointUnavailable as exc:
                 raise MailConnectionError(
-                    ErrorKind.OAUTH_UNAVAILABLE, f"{name}'s sign-in service is not answering.", detail=str(exc)
+                    ErrorKind.OAUTH_UNAVAILABLE,
+                    f"{name}'s sign-in service is not answering.",
+                    detail=str(exc),
                 ) from None
             sealed = self.cipher.seal(
                 row.company_id,
@@ -290,5 +334,9 @@ class AccessTokens:
                 ),
             )
             await repository.store_tokens(session, row.id, sealed, tokens.expires_at)
-            log.info("mailbox %s: access token renewed (expires %s)", row.id, f"{tokens.expires_at:%H:%M:%S}")
+            log.info(
+                "mailbox %s: access token renewed (expires %s)",
+                row.id,
+                f"{tokens.expires_at:%H:%M:%S}",
+            )
             return tokens.access_token

@@ -1,4 +1,5 @@
-"""Proof that no mail was missed: what the sync examined, per folder, and the audit against the server.
+"""Proof that no mail was missed: what the sync examined, per folder, and the audit against the
+server.
 
 What was examined is kept as ranges, not a row per message: per mailbox,
 folder and UIDVALIDITY, ``examined_range`` rows ``(reason, first_uid,
@@ -26,7 +27,8 @@ not its addresses, subject or date, and the hash cannot be checked against a
 guessed Message-ID without the service's keys.  The reason comes from the
 UID's ``examined_range``, so a message examined again needs no update here.
 
-The statements are in :mod:`leadline_sync.sync.repository`; this module holds the arithmetic of ranges.
+The statements are in :mod:`leadline_sync.sync.repository`; this module holds the arithmetic of
+ranges.
 """
 
 from __future__ import annotations
@@ -55,7 +57,9 @@ REASONS = {
     "lead_mail": "on a lead's timeline",
     "damaged_lead_mail": "on a lead's timeline, unreadable and kept as received (R27)",
     "bounce": "a bounce of mail to a lead (R17)",
-    "complaint": "a lead's complaint about mail (a feedback report): the lead gets no more marketing mail",
+    "complaint": (
+        "a lead's complaint about mail (a feedback report): the lead gets no more marketing mail"
+    ),
     "no_lead": "no address of a lead of the company at that time (R6)",
     "blocklisted": "every lead address on it is blocklisted (R6)",
     "own_domain": "only addresses of the company's own domains (R6)",
@@ -107,22 +111,31 @@ def overlay(existing: Sequence[Run], new: Sequence[Run]) -> list[Run]:
 
 
 async def record_examined(
-    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, reasons: Mapping[int, str]
+    session: AsyncSession,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    reasons: Mapping[int, str],
 ) -> None:
     """Note that the UIDs of ``reasons`` were examined, and why each was stored or not."""
     if not reasons:
         return
     new = runs(reasons)
     low, high = new[0][1], new[-1][2]
-    existing = await repository.ranges_around(session, mailbox_id, folder, uidvalidity, low - 1, high + 1)
-    await repository.replace_ranges(session, mailbox_id, folder, uidvalidity, existing, overlay(existing, new))
+    existing = await repository.ranges_around(
+        session, mailbox_id, folder, uidvalidity, low - 1, high + 1
+    )
+    await repository.replace_ranges(
+        session, mailbox_id, folder, uidvalidity, existing, overlay(existing, new)
+    )
 
 
 MESSAGE_KEY_BYTES = 16
 
 
 class MessageKeys:
-    """Keyed hashes of Message-IDs, per mailbox; one HMAC key derived (HKDF) from each credential KEK.
+    """Keyed hashes of Message-IDs, per mailbox; one HMAC key derived (HKDF) from each credential
+    KEK.
 
     New rows are hashed under the current KEK; a lookup tries every configured
     one, so rows stay findable through a KEK rotation while the old key is kept.
@@ -130,13 +143,19 @@ class MessageKeys:
 
     def __init__(self, keks: Sequence[tuple[str, bytes]]) -> None:
         self._keys = [
-            HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"leadline-sync examined Message-ID").derive(kek)
+            HKDF(
+                algorithm=hashes.SHA256(),
+                length=32,
+                salt=None,
+                info=b"leadline-sync examined Message-ID",
+            ).derive(kek)
             for _, kek in keks
         ]
 
     @staticmethod
     def normalized(message_id: str) -> str | None:
-        """``<id@host>`` as the sync reads it from a header (brackets optional in what a user types)."""
+        """``<id@host>`` as the sync reads it from a header (brackets optional in what a user
+        types)."""
         return extract_message_id(message_id)
 
     def _key(self, key: bytes, mailbox_id: uuid.UUID, message_id: str) -> bytes:
@@ -158,7 +177,8 @@ async def record_messages(
     uidvalidity: int,
     message_ids: Mapping[int, str],
 ) -> None:
-    """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one statement."""
+    """Note where the messages of ``message_ids`` (UID → Message-ID) were examined: one
+    statement."""
     if not message_ids:
         return
     await repository.record_messages(
@@ -174,14 +194,16 @@ async def record_messages(
 async def examined_places(
     session: AsyncSession, keys: MessageKeys, mailbox_id: uuid.UUID, message_id: str
 ) -> list[Any]:
-    """Where a Message-ID was examined in the mailbox: rows (folder, uidvalidity, uid, examined_at)."""
+    """Where a Message-ID was examined in the mailbox: rows (folder, uidvalidity, uid,
+    examined_at)."""
     return await repository.examined_places(session, mailbox_id, keys.every(mailbox_id, message_id))
 
 
 async def examined_reason(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, uid: int
 ) -> str | None:
-    """The reason recorded for one examined UID; None when no range covers it (never examined, or lost)."""
+    """The reason recorded for one examined UID; None when no range covers it (never examined, or
+    lost)."""
     return await repository.examined_reason(session, mailbox_id, folder, uidvalidity, uid)
 
 
@@ -193,11 +215,19 @@ async def forget_other_uidvalidities(
 
 
 async def unexamined(
-    client: ImapClient, db: Database, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, last_uid: int, uidnext: int
+    client: ImapClient,
+    db: Database,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    last_uid: int,
+    uidnext: int,
 ) -> AsyncIterator[list[int]]:
-    """The audit of the selected folder: per window, the server's UIDs ≤ ``last_uid`` never examined.
+    """The audit of the selected folder: per window, the server's UIDs ≤ ``last_uid`` never
+    examined.
 
-    Records the server's UIDs as ``audit_range`` rows as it goes (the previous audit's are replaced).
+    Records the server's UIDs as ``audit_range`` rows as it goes (the previous audit's are
+    replaced).
     """
     async with db.session() as session:
         await repository.forget_audit(session, mailbox_id, folder, uidvalidity)
@@ -207,8 +237,12 @@ async def unexamined(
         if not uids:
             continue
         async with db.session() as session:
-            await repository.add_audit_ranges(session, mailbox_id, folder, uidvalidity, runs(dict.fromkeys(uids, "")))
-            examined = await repository.ranges_around(session, mailbox_id, folder, uidvalidity, low, high)
+            await repository.add_audit_ranges(
+                session, mailbox_id, folder, uidvalidity, runs(dict.fromkeys(uids, ""))
+            )
+            examined = await repository.ranges_around(
+                session, mailbox_id, folder, uidvalidity, low, high
+            )
         missing: list[int] = []
         ranges = iter(examined)
         current = next(ranges, None)
@@ -238,7 +272,9 @@ async def folder_counts(session: AsyncSession, mailbox_id: uuid.UUID) -> dict[st
     """Per folder: the server's messages (last audit) against what the sync examined, by reason."""
     result: dict[str, FolderCounts] = {}
     for cursor in await repository.folder_cursors(session, mailbox_id):
-        by_reason = await repository.examined_by_reason(session, mailbox_id, cursor.folder, cursor.uidvalidity)
+        by_reason = await repository.examined_by_reason(
+            session, mailbox_id, cursor.folder, cursor.uidvalidity
+        )
         on_server = not_yet = missing = None
         if cursor.audited_at is not None:
             on_server, server_below, examined_below = await repository.audited(

@@ -61,8 +61,9 @@ class Capacity:
 
     def describe(self) -> str:
         return (
-            f"{self.mailboxes} mailboxes ({self.live} live, {self.rotation_slots} serving the rest in turns); "
-            f"open files {self.open_files} allow {self.by_open_files}, the memory budget {self.by_memory}"
+            f"{self.mailboxes} mailboxes ({self.live} live, {self.rotation_slots} serving the rest "
+            f"in turns); open files {self.open_files} allow {self.by_open_files}, the memory "
+            f"budget {self.by_memory}"
         )
 
 
@@ -76,6 +77,7 @@ def replica_capacity(settings: Settings, open_files: int) -> Capacity:
             f"the database, NATS and HTTP: no mailbox could be synced. Raise the hard limit "
             f"(ulimit -Hn, LimitNOFILE=, or the container's nofile ulimit)."
         )
-    # at least one slot serves the turns, so that no mailbox starves; at most half, so that most stay live
+    # at least one slot serves the turns, so that no mailbox starves; at most half, so that most
+    # stay live
     rotation = min(settings.sync_rotation_slots, max(1, mailboxes // 2))
     return Capacity(mailboxes, rotation, open_files, by_open_files, by_memory)

@@ -40,7 +40,7 @@ at all and is scanned again (R26).  The historical and the live sync are the
 same scan; "historical" just means the UIDs that existed at connect time.
 Nothing about mail that matches no lead leaves this module: not an event,
 not a row, not a log line.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -109,9 +109,13 @@ log = logging.getLogger("leadline.sync.engine")
 
 SCANNED = Counter("leadline_sync_messages_scanned_total", "Message headers scanned", ["folder"])
 PUBLISHED = Counter(
-    "leadline_sync_messages_published_total", "Messages published (lead mail, bounces, complaints)", ["kind"]
+    "leadline_sync_messages_published_total",
+    "Messages published (lead mail, bounces, complaints)",
+    ["kind"],
 )
-FAILURES = Counter("leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"])
+FAILURES = Counter(
+    "leadline_sync_connection_failures_total", "Failed mailbox connections", ["kind"]
+)
 RECHECKED = Counter(
     "leadline_sync_lead_recheck_messages_total",
     "Messages examined again because their lead reached the service after them",
@@ -119,7 +123,9 @@ RECHECKED = Counter(
 )
 AUDITS = Counter("leadline_sync_audits_total", "Completeness audits of a folder", ["folder"])
 REFETCHED = Counter(
-    "leadline_sync_audit_refetched_total", "Messages an audit found never examined and examined then", ["folder"]
+    "leadline_sync_audit_refetched_total",
+    "Messages an audit found never examined and examined then",
+    ["folder"],
 )
 DIRECTORY_WAITS = Counter(
     "leadline_sync_directory_waits_total",
@@ -128,17 +134,23 @@ DIRECTORY_WAITS = Counter(
 )
 STAGE_SECONDS = Counter(
     "leadline_sync_stage_seconds_total",
-    "Seconds spent in each stage of the scan's batches, summed (bench/sync prints them as its breakdown)",
+    (
+        "Seconds spent in each stage of the scan's batches, summed (bench/sync prints them as its "
+        "breakdown)"
+    ),
     ["stage"],
 )
 START_SECONDS = Counter(
     "leadline_sync_session_start_seconds_total",
-    "Seconds from a worker's start (its claim) or a reconnect until the mailbox is live, summed by stage: "
-    "row (reading the mailbox), login_queue (waiting at the login gate), login (connect, TLS, LOGIN), "
-    "setup (folders, status, cursors, NOTIFY); divided by leadline_sync_session_starts_total, a mean",
+    "Seconds from a worker's start (its claim) or a reconnect until the mailbox is live, summed by "
+    "stage: row (reading the mailbox), login_queue (waiting at the login gate), login (connect, "
+    "TLS, LOGIN), setup (folders, status, cursors, NOTIFY); divided by "
+    "leadline_sync_session_starts_total, a mean",
     ["stage"],
 )
-SESSION_STARTS = Counter("leadline_sync_session_starts_total", "IMAP sessions that reached live (or a rotation pass)")
+SESSION_STARTS = Counter(
+    "leadline_sync_session_starts_total", "IMAP sessions that reached live (or a rotation pass)"
+)
 DATABASE_RETRIES = Counter(
     "leadline_sync_database_retries_total",
     "Mailbox workers that met a transient database error and tried again after a pause",
@@ -158,18 +170,19 @@ RECHECKS_PER_PASS = 100
 FIRST_HISTORY_BATCH = 20
 AUDIT_EVERY = timedelta(days=1)
 DATABASE_RETRY = Backoff(1.0, 60.0)  # a mailbox worker after a transient database error
-# a dropped session's quiet reconnects (2, 4, 6 s, jittered: a restarted server's mailboxes do not all
-# come back in the same instant)
+# a dropped session's quiet reconnects (2, 4, 6 s, jittered: a restarted server's mailboxes do not
+# all come back in the same instant)
 QUIET_RECONNECT = Backoff(QUIET_RECONNECT_SECONDS, QUIET_RECONNECT_SECONDS * MAX_QUIET_RECONNECTS)
 HEADER_CHUNK = 1000  # UIDs whose headers one FETCH reads and one directory query matches
-# a history window doubles each pass of a session, up to 2**this times the setting: a pass SELECTs both
-# folders (1–3 s each for 30,000 Maildir messages on a loaded Dovecot, issue 25), so 500-UID windows made
-# a 50,000-message history 100 passes
+# a history window doubles each pass of a session, up to 2**this times the setting: a pass SELECTs
+# both folders (1–3 s each for 30,000 Maildir messages on a loaded Dovecot, issue 25), so 500-UID
+# windows made a 50,000-message history 100 passes
 WINDOW_GROWTH = 3
 
 
-# A batch's synced_message rows as one statement of arrays, compiled once (a multi-row VALUES is not);
-# a row already there (the same UID, or the same Message-ID in the folder) is not returned (R26).
+# A batch's synced_message rows as one statement of arrays, compiled once (a multi-row VALUES is
+# not); a row already there (the same UID, or the same Message-ID in the folder) is not returned
+# (R26).
 _RECORD_SYNCED = text("""
 INSERT INTO synced_message (mailbox_id, folder, uidvalidity, uid, message_id, kind, event_id)
 SELECT CAST(:mailbox_id AS uuid), CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid, message_id, kind, event_id
@@ -177,7 +190,7 @@ FROM unnest(CAST(:uids AS bigint[]), CAST(:message_ids AS text[]), CAST(:kinds A
      AS r(uid, message_id, kind, event_id)
 ON CONFLICT DO NOTHING
 RETURNING uid
-""")
+""")  # noqa: E501
 
 
 class LeaseLost(Exception):
@@ -194,7 +207,8 @@ class SessionDropped(Exception):
 
 
 class PlanLimitReached(Exception):
-    """The company's plan allows no more synced emails for this user today (R14); resume at ``resets_at``."""
+    """The company's plan allows no more synced emails for this user today (R14); resume at
+    ``resets_at``."""
 
     def __init__(self, resets_at: datetime) -> None:
         super().__init__(f"plan limit reached until {resets_at.isoformat()}")
@@ -203,10 +217,10 @@ class PlanLimitReached(Exception):
 
 @dataclass(frozen=True)
 class Claimed:
-    """What the scheduler read for a mailbox in the transaction that claimed it, so that a mailbox taken
-    over (its history complete, live a moment ago elsewhere) goes online without a transaction of its own:
-    its row, its folder cursors, and whether ``lead_recheck`` rows wait for it.  Used by the first session
-    only; a reconnect or a retry reads them again."""
+    """What the scheduler read for a mailbox in the transaction that claimed it, so that a mailbox
+    taken over (its history complete, live a moment ago elsewhere) goes online without a transaction
+    of its own: its row, its folder cursors, and whether ``lead_recheck`` rows wait for it.  Used by
+    the first session only; a reconnect or a retry reads them again."""
 
     row: Row[Any]
     cursors: Sequence[Row[Any]]
@@ -229,12 +243,14 @@ class PreparedBatch:
     selected: list[Selected]
     defects: list[tuple[int, list[str]]]
     reasons: dict[int, str]  # UID → why it was stored or not (sync/audit.py REASONS)
-    message_ids: dict[int, str]  # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
+    # UID → Message-ID, of the messages that have one (recorded as keyed hashes)
+    message_ids: dict[int, str]
 
 
 @dataclass(frozen=True)
 class ScannedHeaders:
-    """UIDs whose headers were read and matched: the lead mail and bounce candidates among them ``wanted``."""
+    """UIDs whose headers were read and matched: the lead mail and bounce candidates among them
+    ``wanted``."""
 
     uids: list[int]  # in scan order
     wanted: dict[int, tuple[FetchedHeader, HeaderSummary]]
@@ -243,9 +259,10 @@ class ScannedHeaders:
     directory: CompanyDirectory
 
     def split(self, size: int, max_bytes: int) -> list[ScannedHeaders]:
-        """Consecutive runs of the UIDs (in scan order), each with at most ``size`` wanted of at most
-        ``max_bytes`` together (their RFC822.SIZE; a larger message is a run's only one wanted): what a
-        batch's bodies hold in memory is bounded by bytes, whatever the mailbox's attachments."""
+        """Consecutive runs of the UIDs (in scan order), each with at most ``size`` wanted of at
+        most ``max_bytes`` together (their RFC822.SIZE; a larger message is a run's only one
+        wanted): what a batch's bodies hold in memory is bounded by bytes, whatever the mailbox's
+        attachments."""
         parts: list[ScannedHeaders] = []
         start = taken = held = 0
         for at, uid in enumerate(self.uids):
@@ -271,7 +288,8 @@ class ScannedHeaders:
 
 @dataclass(frozen=True)
 class ReadBatch:
-    """A batch as read from the server: headers matched, the bodies worth reading fetched, not parsed yet."""
+    """A batch as read from the server: headers matched, the bodies worth reading fetched, not
+    parsed yet."""
 
     uids: list[int]
     wanted: dict[int, tuple[FetchedHeader, HeaderSummary]]  # lead mail and bounce candidates
@@ -305,9 +323,9 @@ def _host(login: ServerLogin) -> str:
 
 
 def _message_id(summary: HeaderSummary, raw: bytes) -> str:
-    """The Message-ID, or a stable stand-in for a message without one: a hash of its whole header block
-    (``raw`` is the whole message; the header scan reads only some fields), so the same bytes give the
-    same id."""
+    """The Message-ID, or a stable stand-in for a message without one: a hash of its whole header
+    block (``raw`` is the whole message; the header scan reads only some fields), so the same bytes
+    give the same id."""
     if summary.message_id:
         return str(summary.message_id)[:900]
     header = raw.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"  # as IMAP's BODY[HEADER] gives it
@@ -325,8 +343,8 @@ class MailboxSync:
         claimed: Claimed | None = None,
     ) -> None:
         """``busy`` and ``db`` are shared by the replica's workers: scans at once, and their queued
-        database connections (the scheduler's); ``claimed``: what the claim read (its first session needs
-        no transaction before it is live)."""
+        database connections (the scheduler's); ``claimed``: what the claim read (its first session
+        needs no transaction before it is live)."""
         self.context = context
         self.settings = context.settings
         self.mailbox_id = mailbox_id
@@ -340,15 +358,16 @@ class MailboxSync:
         self.refused: set[str] = set()  # folders whose rescan is refused for today: not synced
         self.refusal: str | None = None  # the status reason this worker set for them
         self.audit_due = False  # set by a reconnect after an outage
-        # lead_recheck rows may wait for this mailbox: set by each session's start and by the scheduler, which
-        # asks once for all its mailboxes (not every mailbox at every pass)
+        # lead_recheck rows may wait for this mailbox: set by each session's start and by the
+        # scheduler, which asks once for all its mailboxes (not every mailbox at every pass)
         self.rechecks_due = True
-        # a live sync's last_synced_at, handed to the scheduler: its next lease renewal writes those of all its
-        # live mailboxes in one statement
+        # a live sync's last_synced_at, handed to the scheduler: its next lease renewal writes those
+        # of all its live mailboxes in one statement
         self.synced_unwritten: datetime | None = None
         self.message_keys = audit.MessageKeys(self.settings.credential_keys())
         self.windows: dict[str, int] = {}  # history windows examined per folder in this worker
-        self.laps: _Laps | None = None  # the stages of a session's start (START_SECONDS), until it is live
+        # the stages of a session's start (START_SECONDS), until it is live
+        self.laps: _Laps | None = None
         self.claimed = claimed
 
     # -- the loop --------------------------------------------------------------------------
@@ -356,8 +375,8 @@ class MailboxSync:
     async def run(self) -> None:
         """Sync until the mailbox is given up, disabled or taken over, or (rotating) after one pass.
 
-        A transient database error (no connection within ``sync_db_wait_seconds``, the server away or
-        restarting, a lost connection) ends the IMAP session, not the worker: it waits
+        A transient database error (no connection within ``sync_db_wait_seconds``, the server away
+        or restarting, a lost connection) ends the IMAP session, not the worker: it waits
         (``DATABASE_RETRY``), still holding the lease, and starts again from the stored cursors, so
         whatever the failed transaction would have written is examined again (R26).
         """
@@ -418,13 +437,21 @@ class MailboxSync:
                 return
             except SessionDropped as dropped:
                 refusals, reconnecting = 0, True
-                # Providers end long connections (Gmail after some minutes of IDLE): reconnect quietly a
-                # few times before it counts as a failure.
-                drops = 0 if dropped.lasted > MAX_QUIET_RECONNECTS * QUIET_RECONNECT_SECONDS * 4 else drops + 1
+                # Providers end long connections (Gmail after some minutes of IDLE): reconnect
+                # quietly a few times before it counts as a failure.
+                drops = (
+                    0
+                    if dropped.lasted > MAX_QUIET_RECONNECTS * QUIET_RECONNECT_SECONDS * 4
+                    else drops + 1
+                )
                 if drops > MAX_QUIET_RECONNECTS:
                     await self._failed(dropped.error)
                     return
-                log.info("mailbox %s: connection dropped (%s); reconnecting", self.mailbox_id, dropped.error.kind)
+                log.info(
+                    "mailbox %s: connection dropped (%s); reconnecting",
+                    self.mailbox_id,
+                    dropped.error.kind,
+                )
                 await asyncio.sleep(QUIET_RECONNECT.seconds(drops - 1))
             except MailConnectionError as error:
                 if (
@@ -432,7 +459,8 @@ class MailboxSync:
                     and error.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT)
                     and drops < MAX_QUIET_RECONNECTS
                 ):
-                    # a restarting server refuses connections for a moment: part of the same quiet reconnect
+                    # a restarting server refuses connections for a moment: part of the same quiet
+                    # reconnect
                     drops += 1
                     await asyncio.sleep(QUIET_RECONNECT.seconds(drops - 1))
                     continue
@@ -467,15 +495,18 @@ class MailboxSync:
         push: str | None = None
         try:
             folders = await client.find_sync_folders()
-            if self.row is not None and (self.row.status != MailboxStatus.ENABLED or self.row.failures):
-                self.audit_due = True  # a reconnect after an outage: audit (also once a day, and after the history)
+            if self.row is not None and (
+                self.row.status != MailboxStatus.ENABLED or self.row.failures
+            ):
+                # a reconnect after an outage: audit (also once a day, and after the history)
+                self.audit_due = True
             await self._connected(fresh=claimed is not None)
             await self._load_cursors(claimed.cursors if claimed is not None else None)
             if not self.history_done:
                 await self._await_directory()
-            # Sent first, INBOX last: INBOX stays selected for IDLE.  While the history lasts INBOX's window
-            # comes first (the newest mail a user waits for; most mail is there), and the pass after the
-            # history's last ends with INBOX again, before any IDLE.
+            # Sent first, INBOX last: INBOX stays selected for IDLE.  While the history lasts
+            # INBOX's window comes first (the newest mail a user waits for; most mail is there), and
+            # the pass after the history's last ends with INBOX again, before any IDLE.
             roles: tuple[FolderRole, ...] = ("sent", "inbox")
             order = [(role, folders[role]) for role in roles if role in folders]
             watch = await self._watch(client, [name for _, name in order])
@@ -487,9 +518,13 @@ class MailboxSync:
             while True:
                 await self._recheck_late_leads(client, order)
                 news = client.take_news()
-                history = any(role not in self.cursors or self._history_pending(role) for role, _ in order)
+                history = any(
+                    role not in self.cursors or self._history_pending(role) for role, _ in order
+                )
                 for role, name in order[::-1] if history else order:
-                    if self._history_pending(role) or watch.due(name, news, loop.time(), client.selected):
+                    if self._history_pending(role) or watch.due(
+                        name, news, loop.time(), client.selected
+                    ):
                         watch.checked(name, loop.time())
                         await self._sync_folder(client, role, name)
                 await self._note_synced()
@@ -497,14 +532,22 @@ class MailboxSync:
                 if self.mode == SyncMode.ROTATING:
                     return
                 wait = watch.wait_seconds(loop.time())
-                if client.news or wait <= 0 or history or any(self._history_pending(role) for role, _ in order):
+                if (
+                    client.news
+                    or wait <= 0
+                    or history
+                    or any(self._history_pending(role) for role, _ in order)
+                ):
                     continue
                 if watch.idle:
                     await client.idle(wait)
                 else:
                     await asyncio.sleep(wait)
         except MailConnectionError as error:
-            if error.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT, ErrorKind.PROTOCOL) and client.closed:
+            if (
+                error.kind in (ErrorKind.UNREACHABLE, ErrorKind.TIMEOUT, ErrorKind.PROTOCOL)
+                and client.closed
+            ):
                 self.audit_due = True
                 raise SessionDropped(error, asyncio.get_running_loop().time() - started) from None
             raise
@@ -526,23 +569,31 @@ class MailboxSync:
         except MailConnectionError as error:
             if error.kind != ErrorKind.OAUTH_REFUSED or signed_in.access_token is None:
                 raise
-        # the server refused an access token before its expiry (revoked early): renew it and try once more
+        # the server refused an access token before its expiry (revoked early): renew it and try
+        # once more
         await self.context.tokens.refused(self.mailbox_id, signed_in.access_token)
         signed_in = await self._signed_in(login)
         async with self.context.logins.slot(_host(login)):
             return await connect_imap(imap_settings(signed_in, self.settings))
 
     async def _signed_in(self, login: ServerLogin) -> ServerLogin:
-        """A mailbox signed in with OAuth2 connects with a live access token (renewed ahead of expiry)."""
+        """A mailbox signed in with OAuth2 connects with a live access token (renewed ahead of
+        expiry)."""
         if self.row is None or self.row.auth != "oauth2":
             return login
         return replace(login, access_token=await self.context.tokens.access_token(self.mailbox_id))
 
     async def _watch(self, client: ImapClient, folders: list[str]) -> FolderWatch:
-        """Ask the server to push changes of every folder (NOTIFY) where it can; the rest is polled."""
+        """Ask the server to push changes of every folder (NOTIFY) where it can; the rest is
+        polled."""
         idle = "IDLE" in client.capabilities
         # pushed news is read during IDLE only
-        pushed = idle and self.mode == SyncMode.LIVE and self.settings.sync_notify and await client.notify(folders)
+        pushed = (
+            idle
+            and self.mode == SyncMode.LIVE
+            and self.settings.sync_notify
+            and await client.notify(folders)
+        )
         return FolderWatch(
             idle_folder="INBOX",
             pushed=pushed,
@@ -554,9 +605,10 @@ class MailboxSync:
     # -- status ----------------------------------------------------------------------------
 
     async def _connected(self, *, fresh: bool = False) -> None:
-        """The mailbox is ``enabled`` with no reason or failure shown, once a session is up.  ``fresh``:
-        ``self.row`` was read by the claim a moment ago; a row that shows that already needs no transaction
-        (a later change, a disable, fails the next fence or the scheduler's renewal stops the worker)."""
+        """The mailbox is ``enabled`` with no reason or failure shown, once a session is up.
+        ``fresh``: ``self.row`` was read by the claim a moment ago; a row that shows that already
+        needs no transaction (a later change, a disable, fails the next fence or the scheduler's
+        renewal stops the worker)."""
         row = self.row
         if fresh and row is not None and not self._needs_enabling(row):
             return
@@ -569,13 +621,18 @@ class MailboxSync:
     @staticmethod
     def _needs_enabling(row: Row[Any]) -> bool:
         return bool(
-            row.status != MailboxStatus.ENABLED or row.status_reason or row.failures or row.failing_since is not None
+            row.status != MailboxStatus.ENABLED
+            or row.status_reason
+            or row.failures
+            or row.failing_since is not None
         )
 
     async def _failed(self, error: MailConnectionError, kind: ErrorKind | None = None) -> None:
         kind = kind or error.kind
         FAILURES.labels(kind).inc()
-        log.warning("mailbox %s: connection failed (%s): %s", self.mailbox_id, kind, error.detail or kind)
+        log.warning(
+            "mailbox %s: connection failed (%s): %s", self.mailbox_id, kind, error.detail or kind
+        )
         now = self.context.clock()
         async with self.db.session() as session:
             try:
@@ -596,11 +653,16 @@ class MailboxSync:
                     session,
                     row,
                     MailboxStatus.CONNECTION_FAILED,
-                    f"no successful connection since {failing_since:%Y-%m-%d %H:%M} UTC: {error.user_message}",
+                    (
+                        f"no successful connection since {failing_since:%Y-%m-%d %H:%M} UTC: "
+                        f"{error.user_message}"
+                    ),
                     now,
                 )
                 return
-            retry = Backoff(self.settings.sync_retry_base_seconds, self.settings.sync_retry_max_seconds)
+            retry = Backoff(
+                self.settings.sync_retry_base_seconds, self.settings.sync_retry_max_seconds
+            )
             delay = timedelta(seconds=retry.seconds(row.failures))
             await service.transition(
                 session,
@@ -613,18 +675,25 @@ class MailboxSync:
             )
 
     async def _refused(self, error: MailConnectionError) -> None:
-        """The server refused us for too many connections: say so (once), but nothing is wrong with the mailbox."""
+        """The server refused us for too many connections: say so (once), but nothing is wrong with
+        the mailbox."""
         async with self.db.session() as session:
             row = await self._fence(session)
             if row.status_reason != error.user_message:
                 now = self.context.clock()
                 await service.record_error(session, row, error.kind, error.user_message, now)
-                await service.transition(session, row, MailboxStatus(row.status), error.user_message, now)
+                await service.transition(
+                    session, row, MailboxStatus(row.status), error.user_message, now
+                )
 
     async def _paused(self, resets_at: datetime) -> None:
-        """Stop until the plan's daily allowance renews; the cursor stays before the first mail not stored."""
+        """Stop until the plan's daily allowance renews; the cursor stays before the first mail not
+        stored."""
         now = self.context.clock()
-        message = f"The plan's daily limit of synced emails is reached; sync resumes at {resets_at:%Y-%m-%d %H:%M} UTC."
+        message = (
+            f"The plan's daily limit of synced emails is reached; sync resumes at "
+            f"{resets_at:%Y-%m-%d %H:%M} UTC."
+        )
         async with self.db.session() as session:
             try:
                 row = await self._fence(session)
@@ -632,7 +701,9 @@ class MailboxSync:
                 return
             if row.status_reason != message:
                 await service.record_error(session, row, ErrorKind.PLAN_LIMIT, message, now)
-            await service.transition(session, row, MailboxStatus(row.status), message, now, retry_at=resets_at)
+            await service.transition(
+                session, row, MailboxStatus(row.status), message, now, retry_at=resets_at
+            )
 
     async def _allowance(self, count: int) -> tuple[int, datetime | None]:
         """How many of ``count`` new lead emails the plan lets us store now (R14).
@@ -645,15 +716,22 @@ class MailboxSync:
         request = SyncAllowanceRequest(company_id=row.company_id, user_id=row.user_id, count=count)
         try:
             reply = await rpc.ask(
-                self.context.nc, RPC_SYNC_ALLOWANCE, request, SyncAllowanceReply, self.settings.rpc_timeout_seconds
+                self.context.nc,
+                RPC_SYNC_ALLOWANCE,
+                request,
+                SyncAllowanceReply,
+                self.settings.rpc_timeout_seconds,
             )
         except rpc.Unanswered as exc:
-            log.warning("mailbox %s: plan allowance not answered (%s); storing the mail", row.id, exc.reason)
+            log.warning(
+                "mailbox %s: plan allowance not answered (%s); storing the mail", row.id, exc.reason
+            )
             return count, None
         return max(0, min(count, reply.allowed)), reply.resets_at
 
     async def _fence(self, session: AsyncSession) -> Row[Any]:
-        """Lock our mailbox row, and make sure we still hold its lease and it is still to be synced."""
+        """Lock our mailbox row, and make sure we still hold its lease and it is still to be
+        synced."""
         row = (
             await session.execute(
                 # unscoped: the syncer's own mailbox, by its id and our lease
@@ -675,7 +753,8 @@ class MailboxSync:
     # -- leads that arrive late ------------------------------------------------------------
 
     async def _await_directory(self) -> None:
-        """Hold the historical sync until our copy of the company's leads is as complete as the lead service's.
+        """Hold the historical sync until our copy of the company's leads is as complete as the lead
+        service's.
 
         The lead service answers how many leads with addresses the company has (as of its clock);
         the wait ends when as many created up to then reached us, or after
@@ -707,14 +786,19 @@ class MailboxSync:
             if loop.time() >= deadline:
                 DIRECTORY_WAITS.labels("timed_out").inc()
                 known = f"{have} of {reply.leads}" if reply is not None else "an unknown number of"
-                log.warning("mailbox %s: started the historical sync knowing %s leads", self.mailbox_id, known)
+                log.warning(
+                    "mailbox %s: started the historical sync knowing %s leads",
+                    self.mailbox_id,
+                    known,
+                )
                 async with self.db.session() as session:
                     current = await self._fence(session)
                     await service.record_error(
                         session,
                         current,
                         ErrorKind.LEADS_BEHIND,
-                        f"The historical sync started before Mail Sync had heard of every lead ({known} leads); "
+                        f"The historical sync started before Mail Sync had heard of every lead "
+                        f"({known} leads); "
                         "mail of the leads that arrive later is looked for again when they do.",
                         self.context.clock(),
                     )
@@ -726,7 +810,11 @@ class MailboxSync:
                 async with self.db.session() as session:
                     current = await self._fence(session)
                     await service.transition(
-                        session, current, MailboxStatus(current.status), reason, self.context.clock()
+                        session,
+                        current,
+                        MailboxStatus(current.status),
+                        reason,
+                        self.context.clock(),
                     )
                 waiting = reason
             await asyncio.sleep(DIRECTORY_POLL_SECONDS)
@@ -734,7 +822,9 @@ class MailboxSync:
             async with self.db.session() as session:
                 current = await self._fence(session)
                 if current.status_reason == waiting:
-                    await service.transition(session, current, MailboxStatus(current.status), "", self.context.clock())
+                    await service.transition(
+                        session, current, MailboxStatus(current.status), "", self.context.clock()
+                    )
 
     async def _ask_directory(self) -> LeadDirectoryReply | None:
         row = self.row
@@ -742,15 +832,22 @@ class MailboxSync:
         request = LeadDirectoryRequest(company_id=row.company_id)
         try:
             return await rpc.ask(
-                self.context.nc, RPC_LEAD_DIRECTORY, request, LeadDirectoryReply, self.settings.rpc_timeout_seconds
+                self.context.nc,
+                RPC_LEAD_DIRECTORY,
+                request,
+                LeadDirectoryReply,
+                self.settings.rpc_timeout_seconds,
             )
         except rpc.Unanswered as exc:
             log.info("mailbox %s: lead count not answered (%s); asking again", row.id, exc.reason)
             await asyncio.sleep(DIRECTORY_POLL_SECONDS)
             return None
 
-    async def _recheck_late_leads(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
-        """Examine again the mail, up to each cursor, that names a lead which reached us after it was examined."""
+    async def _recheck_late_leads(
+        self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]
+    ) -> None:
+        """Examine again the mail, up to each cursor, that names a lead which reached us after it
+        was examined."""
         if not self.rechecks_due:
             return
         self.rechecks_due = False  # (the scheduler sets it again for a row that comes meanwhile)
@@ -776,9 +873,14 @@ class MailboxSync:
                 continue  # renumbered: the rescan reads everything again
             uids: set[int] = set()
             for recheck in rechecks:
-                since = recheck.since.date() - timedelta(days=1) if recheck.since is not None else None
-                found = await client.uids_mentioning(recheck.addresses, up_to=cursor.last_uid, since=since)
-                uids.update(uid for uid in found if uid >= cursor.history_floor)  # below: the history sees the lead
+                since = (
+                    recheck.since.date() - timedelta(days=1) if recheck.since is not None else None
+                )
+                found = await client.uids_mentioning(
+                    recheck.addresses, up_to=cursor.last_uid, since=since
+                )
+                # below: the history sees the lead
+                uids.update(uid for uid in found if uid >= cursor.history_floor)
             if uids:
                 RECHECKED.labels(role).inc(len(uids))
                 log.info(
@@ -790,7 +892,8 @@ class MailboxSync:
                 await self._scan(client, cursor, sorted(uids))
         async with self.db.session() as session:
             await self._fence(session)
-            for recheck in rechecks:  # a row updated meanwhile (new addresses) stays for the next pass
+            for recheck in rechecks:
+                # a row updated meanwhile (new addresses) stays for the next pass
                 await session.execute(
                     delete(lead_recheck).where(
                         lead_recheck.c.mailbox_id == self.mailbox_id,
@@ -801,10 +904,15 @@ class MailboxSync:
 
     # -- the completeness audit ------------------------------------------------------------
 
-    async def _audit_if_due(self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]) -> None:
-        """Compare each folder's UIDs on the server with what was examined; examine what never was."""
+    async def _audit_if_due(
+        self, client: ImapClient, order: Sequence[tuple[FolderRole, str]]
+    ) -> None:
+        """Compare each folder's UIDs on the server with what was examined; examine what never
+        was."""
         now = self.context.clock()
-        stale = any(c.audited_at is None or now - c.audited_at >= AUDIT_EVERY for c in self.cursors.values())
+        stale = any(
+            c.audited_at is None or now - c.audited_at >= AUDIT_EVERY for c in self.cursors.values()
+        )
         if not self.history_done or not (self.audit_due or stale):
             return
         self.audit_due = False
@@ -817,7 +925,13 @@ class MailboxSync:
                 continue  # renumbered: the next pass reads it again
             found = 0
             async for missing in audit.unexamined(
-                client, self.db, self.mailbox_id, role, cursor.uidvalidity, cursor.last_uid, status.uidnext
+                client,
+                self.db,
+                self.mailbox_id,
+                role,
+                cursor.uidvalidity,
+                cursor.last_uid,
+                status.uidnext,
             ):
                 found += len(missing)
                 await self._scan(client, cursor, missing)
@@ -828,12 +942,18 @@ class MailboxSync:
                 row = await self._fence(session)
                 await session.execute(
                     update(folder_cursor)
-                    .where(folder_cursor.c.mailbox_id == self.mailbox_id, folder_cursor.c.folder == role)
+                    .where(
+                        folder_cursor.c.mailbox_id == self.mailbox_id,
+                        folder_cursor.c.folder == role,
+                    )
                     .values(audited_at=now, audit_found=found)
                 )
                 if found:
                     log.error(
-                        "mailbox %s: the audit of %s found %d messages never examined; examined them now",
+                        (
+                            "mailbox %s: the audit of %s found %d messages never examined; "
+                            "examined them now"
+                        ),
                         self.mailbox_id,
                         role,
                         found,
@@ -842,8 +962,9 @@ class MailboxSync:
                         session,
                         row,
                         ErrorKind.AUDIT_REPAIRED,
-                        f"The completeness audit of {role} found {found} messages that had never been examined; "
-                        "they were examined now and their lead mail is on the timeline.",
+                        f"The completeness audit of {role} found {found} messages that had never "
+                        "been examined; they were examined now and their lead mail is on the "
+                        "timeline.",
                         now,
                     )
         inbox = dict(order).get("inbox")
@@ -857,7 +978,9 @@ class MailboxSync:
         if rows is None:
             async with self.db.session() as session:
                 rows = (
-                    await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id))
+                    await session.execute(
+                        select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id)
+                    )
                 ).all()
         self.cursors = {
             r.folder: FolderCursor(
@@ -891,7 +1014,9 @@ class MailboxSync:
             "rescan_refused_at": cursor.rescan_refused_at,
             "updated_at": func.now(),
         }
-        statement = insert(folder_cursor).values(mailbox_id=self.mailbox_id, folder=cursor.folder, **values)
+        statement = insert(folder_cursor).values(
+            mailbox_id=self.mailbox_id, folder=cursor.folder, **values
+        )
         await session.execute(
             statement.on_conflict_do_update(
                 index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values
@@ -899,7 +1024,8 @@ class MailboxSync:
         )
 
     async def _note_synced(self) -> None:
-        """Both folders are synced to the end: record when, and (once) that the historical sync is complete.
+        """Both folders are synced to the end: record when, and (once) that the historical sync is
+        complete.
 
         A live mailbox records it at most every quarter of the rotation period,
         and through the scheduler (its next lease renewal writes those of all its
@@ -909,7 +1035,8 @@ class MailboxSync:
         """
         now = self.context.clock()
         history_done = not self.history_done and all(
-            c.last_uid >= c.history_last_uid and not c.history_pending for c in self.cursors.values()
+            c.last_uid >= c.history_last_uid and not c.history_pending
+            for c in self.cursors.values()
         )
         recent = (
             self.synced_at is not None
@@ -929,13 +1056,19 @@ class MailboxSync:
                     await service.transition(session, row, MailboxStatus(row.status), "", now)
                 self.refusal = None
             if synced:
-                # unscoped: the syncer's own mailbox, by its id
-                await session.execute(update(mailbox).where(mailbox.c.id == self.mailbox_id).values(last_synced_at=now))
+                await session.execute(
+                    # unscoped: the syncer's own mailbox, by its id
+                    update(mailbox)
+                    .where(mailbox.c.id == self.mailbox_id)
+                    .values(last_synced_at=now)
+                )
             if history_done:
                 await session.execute(
                     # unscoped: the syncer's own mailbox, by its id
                     update(mailbox)
-                    .where(mailbox.c.id == self.mailbox_id, mailbox.c.history_completed_at.is_(None))
+                    .where(
+                        mailbox.c.id == self.mailbox_id, mailbox.c.history_completed_at.is_(None)
+                    )
                     .values(history_completed_at=now)
                 )
         if synced:
@@ -975,47 +1108,62 @@ class MailboxSync:
         cursor = self.cursors.get(role)
         return cursor is not None and cursor.history_pending and role not in self.refused
 
-    async def _history_window(self, client: ImapClient, cursor: FolderCursor, *, whole: bool) -> None:
-        """Examine the history below the floor newest first: one window of UIDs (``whole``: all of it).
+    async def _history_window(
+        self, client: ImapClient, cursor: FolderCursor, *, whole: bool
+    ) -> None:
+        """Examine the history below the floor newest first: one window of UIDs (``whole``: all of
+        it).
 
-        Each batch's commit lowers the floor to its lowest UID (sync/_commit), so a killed sync resumes
-        below the last batch stored; a UID of the window the server no longer has was expunged, and the
-        floor passes it once the window is done.
+        Each batch's commit lowers the floor to its lowest UID (sync/_commit), so a killed sync
+        resumes below the last batch stored; a UID of the window the server no longer has was
+        expunged, and the floor passes it once the window is done.
         """
         while cursor.history_pending:
-            # the first windows are small (the newest mail of both folders first), later ones larger: a
-            # window's end drains the scan's pipeline
+            # the first windows are small (the newest mail of both folders first), later ones
+            # larger: a window's end drains the scan's pipeline
             passes = self.windows.get(cursor.folder, 0)
             self.windows[cursor.folder] = passes + 1
-            low = max(1, cursor.history_floor - (self.settings.sync_history_window << min(passes, WINDOW_GROWTH)))
+            low = max(
+                1,
+                cursor.history_floor
+                - (self.settings.sync_history_window << min(passes, WINDOW_GROWTH)),
+            )
             uids = await client.uids_between(low, cursor.history_floor - 1)
-            # the newest mail of a history not begun reaches the timelines after a small batch, not a full one
+            # the newest mail of a history not begun reaches the timelines after a small batch, not
+            # a full one
             first = FIRST_HISTORY_BATCH if cursor.history_floor > cursor.history_last_uid else None
             if uids:
-                await self._scan(client, cursor, sorted(uids, reverse=True), history=True, first_batch=first)
-            if cursor.history_floor != low:  # the window's lowest UIDs were expunged: the floor passes them
+                await self._scan(
+                    client, cursor, sorted(uids, reverse=True), history=True, first_batch=first
+                )
+            if cursor.history_floor != low:
+                # the window's lowest UIDs were expunged: the floor passes them
                 cursor.history_floor = low
                 async with self.db.session() as session:
                     await self._fence(session)
                     await self._save_cursor(session, cursor)
             if uids and not whole:
-                return  # the other folder's newest mail, and mail arriving now, come before older history
+                # the other folder's newest mail, and mail arriving now, come before older history
+                return
 
     async def _new_cursor(
         self, role: FolderRole, cursor: FolderCursor | None, status: FolderStatus
     ) -> FolderCursor | None:
-        """A new cursor after SELECT, for a folder without one or renumbered (:data:`FolderAction.RESCAN`).
+        """A new cursor after SELECT, for a folder without one or renumbered
+        (:data:`FolderAction.RESCAN`).
 
         None when the folder was renumbered more than ``sync_max_resets_per_day``
         times within a day: it is not rescanned again until that day ends.
         """
         now = self.context.clock()
-        if cursor is not None and not rescan_allowed(cursor, now, self.settings.sync_max_resets_per_day):
+        if cursor is not None and not rescan_allowed(
+            cursor, now, self.settings.sync_max_resets_per_day
+        ):
             await self._rescan_refused(cursor, now)
             return None
         reset = cursor is not None
-        # the history (UIDs that exist now) is examined newest first, below the floor; last_uid is the
-        # cursor of the mail that arrives from now on
+        # the history (UIDs that exist now) is examined newest first, below the floor; last_uid is
+        # the cursor of the mail that arrives from now on
         fresh = FolderCursor(
             folder=role,
             name=status.name,
@@ -1028,12 +1176,15 @@ class MailboxSync:
         )
         if cursor is not None:
             fresh.resets, fresh.resets_since = cursor.resets, cursor.resets_since
-            if self.history_done:  # a renumbered folder after the historical sync is live mail, oldest first
+            if self.history_done:
+                # a renumbered folder after the historical sync is live mail, oldest first
                 fresh.last_uid, fresh.history_last_uid, fresh.history_floor = 0, 0, 1
         async with self.db.session() as session:
             row = await self._fence(session)
             await self._save_cursor(session, fresh)
-            await audit.forget_other_uidvalidities(session, self.mailbox_id, role, status.uidvalidity)
+            await audit.forget_other_uidvalidities(
+                session, self.mailbox_id, role, status.uidvalidity
+            )
             if reset:
                 log.warning("mailbox %s: %s UIDVALIDITY changed; rescanning", self.mailbox_id, role)
                 await service.record_error(
@@ -1047,13 +1198,14 @@ class MailboxSync:
         return fresh
 
     async def _rescan_refused(self, cursor: FolderCursor, now: datetime) -> None:
-        """Say once a day (error log) and in the status reason that a folder is not rescanned again today."""
+        """Say once a day (error log) and in the status reason that a folder is not rescanned again
+        today."""
         assert cursor.resets_since is not None
         until = cursor.resets_since + RESCAN_DAY
         message = (
             f"The server renumbered the {cursor.folder} folder again after "
-            f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again until "
-            f"{until:%Y-%m-%d %H:%M} UTC."
+            f"{self.settings.sync_max_resets_per_day} rescans within a day; it is not read again "
+            f"until {until:%Y-%m-%d %H:%M} UTC."
         )
         async with self.db.session() as session:
             row = await self._fence(session)
@@ -1082,19 +1234,21 @@ class MailboxSync:
         first_batch: int | None = None,
     ) -> None:
         """Batches through three stages at once: reading batch n+2 (IMAP), parsing n+1 (the parser
-        processes) and storing n (the database), stored in the order of ``uids`` (``history``: descending
-        UIDs below the floor, which each batch lowers).  ``first_batch``: a smaller first batch, stored
-        sooner.
+        processes) and storing n (the database), stored in the order of ``uids`` (``history``:
+        descending UIDs below the floor, which each batch lowers).  ``first_batch``: a smaller first
+        batch, stored sooner.
 
-        Headers are read and matched :data:`HEADER_CHUNK` at a time; a batch is as many of them, in order,
-        as hold ``sync_batch_size`` bodies to read, so that mail of no lead costs one FETCH of headers,
-        one directory query and a share of one transaction per chunk, not a batch each."""
+        Headers are read and matched :data:`HEADER_CHUNK` at a time; a batch is as many of them, in
+        order, as hold ``sync_batch_size`` bodies to read, so that mail of no lead costs one FETCH
+        of headers, one directory query and a share of one transaction per chunk, not a batch
+        each."""
         if not uids:
             return
         size, max_bytes = self.settings.sync_batch_size, self.settings.sync_batch_bytes
         first = min(first_batch or HEADER_CHUNK, HEADER_CHUNK)
         edges = [0, *range(first, len(uids), HEADER_CHUNK), len(uids)]
-        pending: list[asyncio.Task[None]] = []  # each parses its batch, waits for the one before, stores
+        # each parses its batch, waits for the one before, stores
+        pending: list[asyncio.Task[None]] = []
         try:
             for start, end in itertools.pairwise(edges):
                 async with self.busy:
@@ -1104,7 +1258,9 @@ class MailboxSync:
                     async with self.busy:
                         read = await self._read_bodies(client, part)
                     previous = pending[-1] if pending else None
-                    pending.append(asyncio.create_task(self._parse_and_store(cursor, read, previous, history)))
+                    pending.append(
+                        asyncio.create_task(self._parse_and_store(cursor, read, previous, history))
+                    )
                     del read  # the task's alone: it lets go of the bodies once they are parsed
                     while len(pending) > 2 or (pending and pending[0].done()):
                         await pending.pop(0)
@@ -1119,15 +1275,22 @@ class MailboxSync:
             raise
 
     async def _parse_and_store(
-        self, cursor: FolderCursor, read: ReadBatch, previous: asyncio.Task[None] | None, history: bool
+        self,
+        cursor: FolderCursor,
+        read: ReadBatch,
+        previous: asyncio.Task[None] | None,
+        history: bool,
     ) -> None:
         batch = await self._finish(cursor, read)
-        del read  # its bodies: parsed, and not kept while the batch waits for its turn and is stored
+        # its bodies: parsed, and not kept while the batch waits for its turn and is stored
+        del read
         if previous is not None:
             await previous  # batches are stored in order; a failed one fails the ones after it
         await self._store(cursor, batch, history)
 
-    async def _read_headers(self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]) -> ScannedHeaders:
+    async def _read_headers(
+        self, client: ImapClient, cursor: FolderCursor, uids: Sequence[int]
+    ) -> ScannedHeaders:
         row = self.row
         assert row is not None
         laps = _Laps()
@@ -1158,7 +1321,9 @@ class MailboxSync:
                 reasons[header.uid] = "lead_mail"
                 wanted[header.uid] = (header, summary)
                 continue
-            reasons[header.uid] = unmatched_reason(parties, own_address=row.address, directory=directory)
+            reasons[header.uid] = unmatched_reason(
+                parties, own_address=row.address, directory=directory
+            )
             if cursor.folder == "inbox" and summary.is_bounce_candidate:
                 wanted[header.uid] = (header, summary)
         laps.lap("match")
@@ -1168,14 +1333,22 @@ class MailboxSync:
         laps = _Laps()
         messages = await client.fetch_messages(list(part.wanted)) if part.wanted else []
         laps.lap("imap_bodies")
-        return ReadBatch(part.uids, part.wanted, messages, part.reasons, part.message_ids, part.directory)
+        return ReadBatch(
+            part.uids, part.wanted, messages, part.reasons, part.message_ids, part.directory
+        )
 
     async def _finish(self, cursor: FolderCursor, read: ReadBatch) -> PreparedBatch:
         """Bounces recognised, lead mail parsed (in the parser processes) and made events."""
         row = self.row
         assert row is not None
         laps = _Laps()
-        uids, wanted, messages, reasons, directory = read.uids, read.wanted, read.messages, read.reasons, read.directory
+        uids, wanted, messages, reasons, directory = (
+            read.uids,
+            read.wanted,
+            read.messages,
+            read.reasons,
+            read.directory,
+        )
         selected: list[Selected] = []
         defects: list[tuple[int, list[str]]] = []
         if wanted:
@@ -1185,7 +1358,9 @@ class MailboxSync:
                     notice = parse_notice(message.raw)
                     if notice is not None:
                         notices[message.uid] = notice
-            named = {a for n in notices.values() for a in (*n.recipients, *n.original_to)} - set(directory.lead_since)
+            named = {a for n in notices.values() for a in (*n.recipients, *n.original_to)} - set(
+                directory.lead_since
+            )
             if named:
                 async with self.db.session() as session:
                     found = await load_directory(session, row.company_id, named)
@@ -1196,12 +1371,13 @@ class MailboxSync:
                 header, summary = wanted[message.uid]
                 notice = notices.get(message.uid)
                 if notice is not None:
-                    # a notice is about mail sent to a lead, or names no recipient (a complaint: no lead, as
-                    # reports redact it) but returns a message's Message-ID (its sender knows the
-                    # recipients); any other is nobody's business here
+                    # a notice is about mail sent to a lead, or names no recipient (a complaint: no
+                    # lead, as reports redact it) but returns a message's Message-ID (its sender
+                    # knows the recipients); any other is nobody's business here
                     lead = notice.lead_recipient(directory.is_lead, own_addresses=(row.address,))
                     if lead is not None or (
-                        notice.original_message_id and (isinstance(notice, Complaint) or not notice.recipients)
+                        notice.original_message_id
+                        and (isinstance(notice, Complaint) or not notice.recipients)
                     ):
                         selected.append(self._notice(header, summary, message.raw, notice, lead))
                         continue
@@ -1222,7 +1398,9 @@ class MailboxSync:
                 header, summary = wanted[message.uid]
                 if parsed_message.defects:
                     defects.append((message.uid, parsed_message.defects))
-                selected.append(self._mail(cursor.folder, header, summary, message.raw, match, parsed_message))
+                selected.append(
+                    self._mail(cursor.folder, header, summary, message.raw, match, parsed_message)
+                )
             selected.sort(key=lambda s: s.uid)
             fetched = {message.uid for message in messages}
             reasons.update((uid, "gone") for uid in wanted if uid not in fetched)
@@ -1232,7 +1410,8 @@ class MailboxSync:
         return PreparedBatch(list(uids), selected, defects, reasons, read.message_ids)
 
     async def _store(self, cursor: FolderCursor, batch: PreparedBatch, history: bool) -> None:
-        # bounded like the preparing, so that hundreds of mailboxes never queue for more connections than the pool has
+        # bounded like the preparing, so that hundreds of mailboxes never queue for more connections
+        # than the pool has
         async with self.busy:
             laps = _Laps()
             await self._store_batch(cursor, batch, history)
@@ -1240,11 +1419,14 @@ class MailboxSync:
 
     async def _store_batch(self, cursor: FolderCursor, batch: PreparedBatch, history: bool) -> None:
         uids, selected, defects = batch.uids, batch.selected, batch.defects
-        mail = sorted((s for s in selected if s.kind == "mail"), key=lambda s: s.uid, reverse=history)
+        mail = sorted(
+            (s for s in selected if s.kind == "mail"), key=lambda s: s.uid, reverse=history
+        )
         if mail:
             allowed, resets_at = await self._allowance(len(mail))
             if allowed < len(mail):
-                cutoff = mail[allowed].uid  # the first lead mail (in scan order) the plan does not allow today
+                # the first lead mail (in scan order) the plan does not allow today
+                cutoff = mail[allowed].uid
 
                 def before(uid: int) -> bool:
                     return uid > cutoff if history else uid < cutoff
@@ -1260,18 +1442,28 @@ class MailboxSync:
                     history,
                 )
                 raise PlanLimitReached(resets_at or self.context.clock())
-        await self._commit(cursor, uids, selected, defects, batch.reasons, batch.message_ids, history)
+        await self._commit(
+            cursor, uids, selected, defects, batch.reasons, batch.message_ids, history
+        )
 
     def _parties(self, summary: HeaderSummary) -> Parties:
         return Parties(
-            from_address=summary.from_address, to=list(summary.to), cc=list(summary.cc), bcc=list(summary.bcc)
+            from_address=summary.from_address,
+            to=list(summary.to),
+            cc=list(summary.cc),
+            bcc=list(summary.bcc),
         )
 
     def _sent_at(self, header: FetchedHeader, summary: HeaderSummary) -> datetime:
         return _aware(summary.date) or _aware(header.internaldate) or self.context.clock()
 
     def _notice(
-        self, header: FetchedHeader, summary: HeaderSummary, raw: bytes, notice: Bounce | Complaint, lead: str | None
+        self,
+        header: FetchedHeader,
+        summary: HeaderSummary,
+        raw: bytes,
+        notice: Bounce | Complaint,
+        lead: str | None,
     ) -> Selected:
         row = self.row
         assert row is not None
@@ -1370,9 +1562,11 @@ class MailboxSync:
         message_ids: Mapping[int, str],
         history: bool = False,
     ) -> None:
-        """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the lease (R26).
+        """Rows, events, the examined UIDs and the cursor of one batch in one transaction, under the
+        lease (R26).
 
-        A batch of the history (newest first) lowers the floor to its lowest UID and leaves last_uid alone.
+        A batch of the history (newest first) lowers the floor to its lowest UID and leaves last_uid
+        alone.
         """
         now = self.context.clock()
         async with self.db.session() as session:
@@ -1410,8 +1604,8 @@ class MailboxSync:
                         session,
                         row,
                         ErrorKind.MESSAGE_UNREADABLE,
-                        f"A message in {cursor.folder} (UID {uid}) could not be fully read and was kept as "
-                        f"received: {'; '.join(problems)[:300]}",
+                        f"A message in {cursor.folder} (UID {uid}) could not be fully read and was "
+                        f"kept as received: {'; '.join(problems)[:300]}",
                         now,
                     )
             await audit.record_examined(

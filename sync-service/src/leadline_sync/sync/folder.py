@@ -1,7 +1,9 @@
-"""One folder's cursor, and what a pass does with the folder: :func:`decide`, pure, tested without a server.
+"""One folder's cursor, and what a pass does with the folder: :func:`decide`, pure, tested without a
+server.
 
-``decide(cursor, status)`` reads the stored cursor against the server's answer to STATUS (a folder polled
-without SELECT) or SELECT, and says what comes first, with why (as emailengine's ``determineSyncStrategy``)::
+``decide(cursor, status)`` reads the stored cursor against the server's answer to STATUS (a folder
+polled without SELECT) or SELECT, and says what comes first, with why (as emailengine's
+``determineSyncStrategy``)::
 
     no cursor ......................... BEGIN    a cursor at UIDNEXT-1, the history below it
     another folder, or UIDVALIDITY .... RESCAN   a new cursor; nothing is published twice (R26)
@@ -10,9 +12,9 @@ without SELECT) or SELECT, and says what comes first, with why (as emailengine's
     HIGHESTMODSEQ moved ............... CHANGED  nothing to read: the cursor takes the counters
     otherwise ......................... NONE     a STATUS answer spares the SELECT
 
-After a SELECT the pass (:meth:`leadline_sync.sync.engine.MailboxSync._sync_folder`) makes a new cursor on
-BEGIN or RESCAN and decides again, scans on SCAN, lets the cursor take the server's counters
-(:meth:`FolderCursor.advance`) and then examines a window of history while any is pending.
+After a SELECT the pass (:meth:`leadline_sync.sync.engine.MailboxSync._sync_folder`) makes a new
+cursor on BEGIN or RESCAN and decides again, scans on SCAN, lets the cursor take the server's
+counters (:meth:`FolderCursor.advance`) and then examines a window of history while any is pending.
 """
 
 from __future__ import annotations
@@ -37,12 +39,14 @@ class FolderCursor:
     highestmodseq: int | None
     uidnext: int
     history_last_uid: int
-    # UIDVALIDITY changes (rescans) in the day that started at resets_since; a refused rescan, logged once a day
+    # UIDVALIDITY changes (rescans) in the day that started at resets_since; a refused rescan,
+    # logged once a day
     resets: int = 0
     resets_since: datetime | None = None
     rescan_refused_at: datetime | None = None
     audited_at: datetime | None = None  # the last completeness audit (sync/audit.py)
-    # the history is examined newest first: UIDs history_floor..history_last_uid are done (1: all of it)
+    # the history is examined newest first: UIDs history_floor..history_last_uid are done (1: all of
+    # it)
     history_floor: int = 1
 
     @property
@@ -50,10 +54,12 @@ class FolderCursor:
         return self.history_floor > 1
 
     def advance(self, status: FolderStatus) -> bool:
-        """Take the counters of a SELECT whose UIDs above the cursor were scanned: True when it moved.
+        """Take the counters of a SELECT whose UIDs above the cursor were scanned: True when it
+        moved.
 
-        Every message below UIDNEXT was in that scan: a UID it did not return was expunged (the newest
-        mail deleted, an address proof taken back), so the cursor passes it, or history never completes.
+        Every message below UIDNEXT was in that scan: a UID it did not return was expunged (the
+        newest mail deleted, an address proof taken back), so the cursor passes it, or history never
+        completes.
         """
         below_uidnext = status.uidnext - 1
         if (
@@ -82,7 +88,8 @@ class Decision(NamedTuple):
 
 
 def decide(cursor: FolderCursor | None, status: FolderStatus) -> Decision:
-    """What a pass does first with the folder ``status`` names, given its stored ``cursor`` (table above)."""
+    """What a pass does first with the folder ``status`` names, given its stored ``cursor`` (table
+    above)."""
     if cursor is None:
         return Decision(FolderAction.BEGIN, "no cursor")
     if cursor.name != status.name:
@@ -99,7 +106,8 @@ def decide(cursor: FolderCursor | None, status: FolderStatus) -> Decision:
 
 
 def rescan_allowed(cursor: FolderCursor, now: datetime, per_day: int) -> bool:
-    """Count one more rescan of ``cursor``'s folder in its day (a new day starts with the first after the last).
+    """Count one more rescan of ``cursor``'s folder in its day (a new day starts with the first
+    after the last).
 
     False, and nothing counted, when ``per_day`` rescans were made in this day already.
     """

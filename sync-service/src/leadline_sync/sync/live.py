@@ -14,7 +14,7 @@ server failed to send.  A folder is also checked when the session starts, and
 INBOX whenever another folder was selected since (IDLE needs INBOX selected).
 The decisions are pure functions of the clock and the news, so they are tested
 without a server.
-"""
+"""  # noqa: E501
 
 from __future__ import annotations
 
@@ -52,4 +52,6 @@ class FolderWatch:
         """Until the next folder falls due, if no news comes first."""
         if not self.checked_at:
             return 0.0
-        return max(0.0, min(at + self.period(folder) for folder, at in self.checked_at.items()) - now)
+        return max(
+            0.0, min(at + self.period(folder) for folder, at in self.checked_at.items()) - now
+        )

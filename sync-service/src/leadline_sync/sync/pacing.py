@@ -29,9 +29,12 @@ from prometheus_client import Counter, Gauge
 
 from leadline_kit.backoff import Backoff
 
-LOGINS_WAITING = Gauge("leadline_sync_logins_waiting", "Mailbox logins queued at the replica's login gate")
+LOGINS_WAITING = Gauge(
+    "leadline_sync_logins_waiting", "Mailbox logins queued at the replica's login gate"
+)
 HOST_REFUSALS = Counter(
-    "leadline_sync_login_refusals_total", "Logins a mail server refused for too many connections (the host backs off)"
+    "leadline_sync_login_refusals_total",
+    "Logins a mail server refused for too many connections (the host backs off)",
 )
 
 
@@ -43,7 +46,11 @@ class _HostPause:
 
 class LoginGate:
     def __init__(
-        self, in_flight: int, base_seconds: float, max_seconds: float, clock: Callable[[], float] | None = None
+        self,
+        in_flight: int,
+        base_seconds: float,
+        max_seconds: float,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self._slots = asyncio.Semaphore(in_flight)
         self._backoff = Backoff(base_seconds, max_seconds)
@@ -70,11 +77,13 @@ class LoginGate:
         self._hosts.pop(host, None)
 
     def refused(self, host: str, refusals_in_a_row: int) -> float:
-        """A login to ``host`` was refused for too many connections: pause the host; seconds the refused
-        mailbox waits (``refusals_in_a_row``: its own count) before it tries again."""
+        """A login to ``host`` was refused for too many connections: pause the host; seconds the
+        refused mailbox waits (``refusals_in_a_row``: its own count) before it tries again."""
         HOST_REFUSALS.inc()
         pause = self._hosts.setdefault(host, _HostPause())
         pause.refusals += 1
         jitter = self._backoff.draw()
-        pause.until = max(pause.until, self._clock() + self._backoff.seconds(pause.refusals - 1, jitter))
+        pause.until = max(
+            pause.until, self._clock() + self._backoff.seconds(pause.refusals - 1, jitter)
+        )
         return self._backoff.seconds(refusals_in_a_row - 1, jitter)

@@ -1,4 +1,5 @@
-"""A parser process of :mod:`leadline_sync.sync.parsing`: ``python -m leadline_sync.sync.parse_worker PARENT``.
+"""A parser process of :mod:`leadline_sync.sync.parsing`: ``python -m
+leadline_sync.sync.parse_worker PARENT``.
 
 It imports what parsing needs and nothing else (no event loop, no pydantic: 18 MiB), reads
 length-prefixed pickled batches of raw messages on stdin and answers each with the pickled list of
@@ -27,27 +28,29 @@ _MMAP_THRESHOLD = 128 * 1024  # glibc's initial value, kept
 
 
 def map_large_allocations() -> None:
-    """Blocks of 128 KB and more (raw bodies, attachments, the pickles of a batch) get pages of their own,
-    given back when freed.  glibc otherwise raises that threshold to the largest block freed so far (up
-    to 32 MiB), after which batches are carved from the heap and the heap stays as large as the largest
-    batches left it: a 3,000-message history left the service 20 MiB larger and the parser process 7
-    MiB, and peaked 21 MiB higher (process tree)."""
+    """Blocks of 128 KB and more (raw bodies, attachments, the pickles of a batch) get pages of
+    their own, given back when freed.  glibc otherwise raises that threshold to the largest block
+    freed so far (up to 32 MiB), after which batches are carved from the heap and the heap stays as
+    large as the largest batches left it: a 3,000-message history left the service 20 MiB larger and
+    the parser process 7 MiB, and peaked 21 MiB higher (process tree)."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
 
 
-# What of a body leaves the service: the timeline keeps a 300-character preview of a message and nothing
-# else of its body (lead-service timeline/snippets.py), so an event carries the start of the text, enough
-# for that preview, and the HTML (the start the preview reads) only when there is no text; the body stays
-# in the mailbox. A whole body crossed the outbox, JetStream and the lead service's decoding for nothing.
-# Cut where a message is parsed, so that no more than this crosses a parser process's pipe either.
+# What of a body leaves the service: the timeline keeps a 300-character preview of a message and
+# nothing else of its body (lead-service timeline/snippets.py), so an event carries the start of the
+# text, enough for that preview, and the HTML (the start the preview reads) only when there is no
+# text; the body stays in the mailbox. A whole body crossed the outbox, JetStream and the lead
+# service's decoding for nothing. Cut where a message is parsed, so that no more than this crosses a
+# parser process's pipe either.
 PREVIEW_TEXT_CHARS = 4_000
 PREVIEW_HTML_CHARS = 64 * 1024
 
 
 def parse_all(raws: Sequence[bytes]) -> list[ParsedMessage]:
-    """Each message parsed, and of its body only what an event carries (its preview's text or HTML)."""
+    """Each message parsed, and of its body only what an event carries (its preview's text or
+    HTML)."""
     return [_preview(parse_message(raw)) for raw in raws]
 
 
@@ -58,7 +61,8 @@ def _preview(parsed: ParsedMessage) -> ParsedMessage:
 
 
 def _leave_with(parent: int) -> None:
-    """Die with the parent: SIGKILL from the kernel when it exits (Linux), and at once if it already has."""
+    """Die with the parent: SIGKILL from the kernel when it exits (Linux), and at once if it already
+    has."""
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -69,7 +73,8 @@ def _leave_with(parent: int) -> None:
 def _serve(parent: int) -> None:
     _leave_with(parent)
     map_large_allocations()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C of the service is the service's to handle
+    # a Ctrl-C of the service is the service's to handle
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     requests, answers = sys.stdin.buffer, sys.stdout.buffer
     while True:
         head = requests.read(LENGTH.size)

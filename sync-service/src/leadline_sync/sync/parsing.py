@@ -40,11 +40,13 @@ log = logging.getLogger("leadline.sync.parsing")
 
 INLINE_BELOW = 32  # a batch of fewer messages is parsed inline (some 30 ms at most here)
 IDLE_SECONDS = 30.0  # the workers stop after this long without a batch
-REQUEST_BYTES = 512 * 1024  # raw message bytes a worker is sent at once (a larger message goes alone)
+# raw message bytes a worker is sent at once (a larger message goes alone)
+REQUEST_BYTES = 512 * 1024
 
 
 def byte_runs(raws: Sequence[bytes], limit: int) -> list[Sequence[bytes]]:
-    """Consecutive runs of ``raws`` of at most ``limit`` bytes each (a larger message: a run of its own)."""
+    """Consecutive runs of ``raws`` of at most ``limit`` bytes each (a larger message: a run of its
+    own)."""
     runs: list[Sequence[bytes]] = []
     start = size = 0
     for at, raw in enumerate(raws):
@@ -62,9 +64,9 @@ class _Worker:
         self.process = process
 
     async def parse(self, raws: Sequence[bytes]) -> list[ParsedMessage]:
-        """``raws`` in requests of about :data:`REQUEST_BYTES` each, one at a time: the bytes in flight to
-        a worker (its request, and the copies of it in both processes) stay that small however large the
-        batch."""
+        """``raws`` in requests of about :data:`REQUEST_BYTES` each, one at a time: the bytes in
+        flight to a worker (its request, and the copies of it in both processes) stay that small
+        however large the batch."""
         parsed: list[ParsedMessage] = []
         for part in byte_runs(raws, REQUEST_BYTES):
             parsed += await self._parse(part)
@@ -100,8 +102,8 @@ class MessageParser:
 
     def expect(self, count: int) -> None:
         """A batch of ``count`` messages is coming (its bodies are being read): if it is one for the
-        workers and none runs, start them now, so that they start while the bodies arrive and the batch
-        is not parsed inline on the event loop."""
+        workers and none runs, start them now, so that they start while the bodies arrive and the
+        batch is not parsed inline on the event loop."""
         if self.processes <= 0 or count < INLINE_BELOW or self._idle or self._busy:
             return
         self._keep_alive()
@@ -118,7 +120,8 @@ class MessageParser:
             self._returned.clear()
             await self._returned.wait()
         if not self._idle and self._starting is not None:
-            await asyncio.shield(self._starting)  # started by expect(): a fork and exec, not their imports
+            # started by expect(): a fork and exec, not their imports
+            await asyncio.shield(self._starting)
         if not self._idle:
             if self._starting is None:
                 self._starting = asyncio.create_task(self._start())
@@ -130,7 +133,9 @@ class MessageParser:
         del self._idle[: len(parts)]
         self._busy += len(workers)
         try:
-            done = await asyncio.gather(*(self._parse_in(w, part) for w, part in zip(workers, parts, strict=True)))
+            done = await asyncio.gather(
+                *(self._parse_in(w, part) for w, part in zip(workers, parts, strict=True))
+            )
         finally:
             self._busy -= len(workers)
             self._returned.set()
@@ -140,8 +145,16 @@ class MessageParser:
     async def _parse_in(self, worker: _Worker, raws: Sequence[bytes]) -> list[ParsedMessage]:
         try:
             parsed = await worker.parse(raws)
-        except (OSError, EOFError, ValueError, pickle.UnpicklingError, asyncio.IncompleteReadError) as exc:
-            log.error("a parser process failed (%s); parsing its part inline", exc.__class__.__name__)
+        except (
+            OSError,
+            EOFError,
+            ValueError,
+            pickle.UnpicklingError,
+            asyncio.IncompleteReadError,
+        ) as exc:
+            log.error(
+                "a parser process failed (%s); parsing its part inline", exc.__class__.__name__
+            )
             worker.stop()
             return parse_all(raws)
         except BaseException:

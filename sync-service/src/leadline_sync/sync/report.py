@@ -1,4 +1,5 @@
-"""Metrics about every replica's mailboxes, computed from the database so that they are true across replicas.
+"""Metrics about every replica's mailboxes, computed from the database so that they are true across
+replicas.
 
 Each replica exports the same values (take ``max`` across instances): how many
 mailboxes are in each status, how the enabled ones are synced (``live`` or
@@ -31,17 +32,25 @@ OLDEST_SYNC_AGE = Gauge(
     "leadline_sync_oldest_sync_age_seconds",
     "Seconds since the least recently synced enabled mailbox was synced (or connected)",
 )
-OVERDUE = Gauge("leadline_sync_overdue_mailboxes", "Enabled mailboxes not synced within LEADLINE_SYNC_ROTATION_SECONDS")
+OVERDUE = Gauge(
+    "leadline_sync_overdue_mailboxes",
+    "Enabled mailboxes not synced within LEADLINE_SYNC_ROTATION_SECONDS",
+)
 WITH_AUDIT_GAPS = Gauge(
     "leadline_sync_mailboxes_with_missing",
-    "Synced mailboxes whose last completeness audit of a folder found messages never examined (all replicas)",
+    (
+        "Synced mailboxes whose last completeness audit of a folder found messages never examined "
+        "(all replicas)"
+    ),
 )
 
 
 async def report_mailboxes(context: SyncContext) -> None:
     now = context.clock()
     async with context.db.session() as session:
-        counts = await repository.mailbox_counts(session, now, context.settings.sync_rotation_seconds)
+        counts = await repository.mailbox_counts(
+            session, now, context.settings.sync_rotation_seconds
+        )
         gaps = await repository.mailboxes_with_audit_gaps(session)
     for status in MailboxStatus:
         MAILBOXES.labels(status).set(sum(c.mailboxes for c in counts if c.status == status))

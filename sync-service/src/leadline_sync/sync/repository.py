@@ -1,6 +1,6 @@
-"""Every query of the completeness audit (``audit.py`` holds its range arithmetic): the ``examined_range``,
-``audit_range`` and ``examined_message`` rows of a folder numbering, and the counts ``GET /v1/mail-sync``
-shows."""
+"""Every query of the completeness audit (``audit.py`` holds its range arithmetic): the
+``examined_range``, ``audit_range`` and ``examined_message`` rows of a folder numbering, and the
+counts ``GET /v1/mail-sync`` shows."""
 
 from __future__ import annotations
 
@@ -18,10 +18,15 @@ Run = tuple[str, int, int]  # reason, first UID, last UID
 
 
 def _folder(table: Any, mailbox_id: uuid.UUID, folder: str, uidvalidity: int) -> Any:
-    return and_(table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity == uidvalidity)
+    return and_(
+        table.c.mailbox_id == mailbox_id,
+        table.c.folder == folder,
+        table.c.uidvalidity == uidvalidity,
+    )
 
 
-# --- examined ranges ---------------------------------------------------------------------------------------
+# --- examined ranges
+# ---------------------------------------------------------------------------------------
 
 
 async def ranges_around(
@@ -76,7 +81,8 @@ async def replace_ranges(
 async def examined_reason(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, uid: int
 ) -> str | None:
-    """The reason recorded for one examined UID; None when no range covers it (never examined, or lost)."""
+    """The reason recorded for one examined UID; None when no range covers it (never examined, or
+    lost)."""
     reason: str | None = (
         await session.execute(
             select(examined_range.c.reason)
@@ -98,15 +104,18 @@ async def forget_other_uidvalidities(
     for table in (examined_range, audit_range, examined_message):
         await session.execute(
             delete(table).where(
-                table.c.mailbox_id == mailbox_id, table.c.folder == folder, table.c.uidvalidity != uidvalidity
+                table.c.mailbox_id == mailbox_id,
+                table.c.folder == folder,
+                table.c.uidvalidity != uidvalidity,
             )
         )
 
 
-# --- examined messages -------------------------------------------------------------------------------------
+# --- examined messages
+# -------------------------------------------------------------------------------------
 
-# One array per column, unnested: a batch's rows are one statement with five parameters, compiled once
-# (a multi-row VALUES is compiled anew for every batch: a quarter of a header scan's CPU).
+# One array per column, unnested: a batch's rows are one statement with five parameters, compiled
+# once (a multi-row VALUES is compiled anew for every batch: a quarter of a header scan's CPU).
 _RECORD_MESSAGES = text("""
 INSERT INTO examined_message (mailbox_id, message_key, folder, uidvalidity, uid)
 SELECT CAST(:mailbox_id AS uuid), key, CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid
@@ -116,18 +125,32 @@ ON CONFLICT DO NOTHING
 
 
 async def record_messages(
-    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, keys: list[bytes], uids: list[int]
+    session: AsyncSession,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    keys: list[bytes],
+    uids: list[int],
 ) -> None:
-    """``examined_message`` rows for the UIDs ``uids``, ``keys`` their keyed Message-IDs: one statement."""
+    """``examined_message`` rows for the UIDs ``uids``, ``keys`` their keyed Message-IDs: one
+    statement."""
     await session.execute(
         _RECORD_MESSAGES,
-        {"mailbox_id": mailbox_id, "folder": folder, "uidvalidity": uidvalidity, "keys": keys, "uids": uids},
+        {
+            "mailbox_id": mailbox_id,
+            "folder": folder,
+            "uidvalidity": uidvalidity,
+            "keys": keys,
+            "uids": uids,
+        },
     )
 
 
-async def examined_places(session: AsyncSession, mailbox_id: uuid.UUID, message_keys: list[bytes]) -> list[Any]:
-    """Where a keyed Message-ID (any of ``message_keys``) was examined: rows (folder, uidvalidity, uid,
-    examined_at)."""
+async def examined_places(
+    session: AsyncSession, mailbox_id: uuid.UUID, message_keys: list[bytes]
+) -> list[Any]:
+    """Where a keyed Message-ID (any of ``message_keys``) was examined: rows (folder, uidvalidity,
+    uid, examined_at)."""
     return list(
         (
             await session.execute(
@@ -147,15 +170,24 @@ async def examined_places(session: AsyncSession, mailbox_id: uuid.UUID, message_
     )
 
 
-# --- the server's UIDs at the last audit -------------------------------------------------------------------
+# --- the server's UIDs at the last audit
+# -------------------------------------------------------------------
 
 
-async def forget_audit(session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int) -> None:
-    await session.execute(delete(audit_range).where(_folder(audit_range, mailbox_id, folder, uidvalidity)))
+async def forget_audit(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
+) -> None:
+    await session.execute(
+        delete(audit_range).where(_folder(audit_range, mailbox_id, folder, uidvalidity))
+    )
 
 
 async def add_audit_ranges(
-    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, ranges: Sequence[Run]
+    session: AsyncSession,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    ranges: Sequence[Run],
 ) -> None:
     await session.execute(
         insert(audit_range),
@@ -172,11 +204,18 @@ async def add_audit_ranges(
     )
 
 
-# --- counts ------------------------------------------------------------------------------------------------
+# --- counts
+# ------------------------------------------------------------------------------------------------
 
 
 async def folder_cursors(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Row[Any]]:
-    return list((await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id))).all())
+    return list(
+        (
+            await session.execute(
+                select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id)
+            )
+        ).all()
+    )
 
 
 async def examined_by_reason(
@@ -199,14 +238,17 @@ async def examined_by_reason(
 async def audited(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int, top: int
 ) -> tuple[int, int, int]:
-    """At the last audit: the server's UIDs, those of them ≤ ``top``, and those of these examined."""
+    """At the last audit: the server's UIDs, those of them ≤ ``top``, and those of these
+    examined."""
     where = _folder(audit_range, mailbox_id, folder, uidvalidity)
     server_length = audit_range.c.last_uid - audit_range.c.first_uid + 1
     below = func.least(audit_range.c.last_uid, top) - audit_range.c.first_uid + 1
     on_server, server_below = (
         int(v or 0)
         for v in (
-            await session.execute(select(func.sum(server_length), func.sum(func.greatest(0, below))).where(where))
+            await session.execute(
+                select(func.sum(server_length), func.sum(func.greatest(0, below))).where(where)
+            )
         ).one()
     )
     overlap = (

@@ -80,28 +80,37 @@ from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
 log = logging.getLogger("leadline.sync.scheduler")
 
 PASS_FLOOR = 0.5  # seconds between the starts of passes at least, however often they are woken
-STOP_SECONDS = 5.0  # a shutdown waits this long at most for the workers (their logouts take 3 s at most)
+# a shutdown waits this long at most for the workers (their logouts take 3 s at most)
+STOP_SECONDS = 5.0
 
 HELD = Gauge("leadline_sync_mailboxes_held", "Mailboxes this replica syncs", ["replica"])
 HELD_BY_MODE = Gauge(
-    "leadline_sync_mailboxes_held_by_mode", "Mailboxes this replica syncs, live or rotating", ["replica", "sync_mode"]
+    "leadline_sync_mailboxes_held_by_mode",
+    "Mailboxes this replica syncs, live or rotating",
+    ["replica", "sync_mode"],
 )
-# the mailboxes to sync, every company's (unscoped: the scheduler's count); an alias, so that inside a claim
-# on ``mailbox`` it counts the table rather than correlating to the claimed row
+# the mailboxes to sync, every company's (unscoped: the scheduler's count); an alias, so that inside
+# a claim on ``mailbox`` it counts the table rather than correlating to the claimed row
 _counted = mailbox.alias("counted")
 _TO_SYNC = (
-    select(func.count()).select_from(_counted).where(_counted.c.status.in_(SYNCED), _counted.c.slot == Slot.GRANTED)
+    select(func.count())
+    .select_from(_counted)
+    .where(_counted.c.status.in_(SYNCED), _counted.c.slot == Slot.GRANTED)
 )
-RENEWAL_FAILURES = Counter("leadline_sync_lease_renewal_failures_total", "Lease renewals of this replica that failed")
+RENEWAL_FAILURES = Counter(
+    "leadline_sync_lease_renewal_failures_total", "Lease renewals of this replica that failed"
+)
 CAPACITY = Gauge(
-    "leadline_sync_capacity", "Mailboxes this replica may hold, live or in rotation slots", ["replica", "sync_mode"]
+    "leadline_sync_capacity",
+    "Mailboxes this replica may hold, live or in rotation slots",
+    ["replica", "sync_mode"],
 )
 
 
 def fair_share(total: int, capacity: int, alive_capacity: int) -> int:
-    """Of ``total`` mailboxes, how many a replica of ``capacity`` holds live when the replicas alive can hold
-    ``alive_capacity`` together (its own included): in proportion, rounded up, and all it can when they
-    cannot hold every mailbox (the rest are served in turns)."""
+    """Of ``total`` mailboxes, how many a replica of ``capacity`` holds live when the replicas alive
+    can hold ``alive_capacity`` together (its own included): in proportion, rounded up, and all it
+    can when they cannot hold every mailbox (the rest are served in turns)."""
     if total >= alive_capacity:
         return capacity
     return min(capacity, math.ceil(total * capacity / alive_capacity))
@@ -118,10 +127,12 @@ class SyncScheduler:
         self.syncs: dict[uuid.UUID, MailboxSync] = {}
         self.busy = asyncio.Semaphore(self.settings.sync_max_busy)
         self._renewed_at = time.monotonic()
-        self._next_expiry: float | None = None  # seconds until another replica's lease on a due mailbox expires
+        # seconds until another replica's lease on a due mailbox expires
+        self._next_expiry: float | None = None
         self._task: asyncio.Task[Any] | None = None  # the one running run()
-        # the workers' transactions queue for a few connections of their own, apart from the API's pool:
-        # thousands of workers never need thousands of connections, nor time out waiting for one
+        # the workers' transactions queue for a few connections of their own, apart from the API's
+        # pool: thousands of workers never need thousands of connections, nor time out waiting for
+        # one
         self.db = Database(
             self.settings.database_url,
             "sync",
@@ -144,8 +155,8 @@ class SyncScheduler:
         return timedelta(seconds=self.settings.sync_lease_seconds)
 
     def _renewal_seconds(self) -> float:
-        """A renewal writes every held mailbox's row: four a lease period are enough to keep it, and leave
-        three tries before the workers stop (at 70 % of the lease)."""
+        """A renewal writes every held mailbox's row: four a lease period are enough to keep it, and
+        leave three tries before the workers stop (at 70 % of the lease)."""
         return max(self.settings.sync_schedule_interval, self.settings.sync_lease_seconds / 4)
 
     async def run(self) -> None:
@@ -155,19 +166,24 @@ class SyncScheduler:
         interval = self.settings.sync_schedule_interval
         slots = asyncio.create_task(
             self._repeat(
-                reconcile_slots, max(interval, self.settings.rpc_timeout_seconds), "mailbox-limit reconciliation"
+                reconcile_slots,
+                max(interval, self.settings.rpc_timeout_seconds),
+                "mailbox-limit reconciliation",
             ),
             name="sync-slot-reconciler",
         )
         reports = asyncio.create_task(
-            self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"), name="sync-mailbox-report"
+            self._repeat(report_mailboxes, max(interval, REPORT_SECONDS), "mailbox report"),
+            name="sync-mailbox-report",
         )
         renewals = asyncio.create_task(self._keep_leases(), name="sync-lease-renewal")
         try:
-            await self._renew_or_stop()  # registered before the first claim: the others' shares count this replica
+            # registered before the first claim: the others' shares count this replica
+            await self._renew_or_stop()
             loop = asyncio.get_running_loop()
             while True:
-                # cleared before the pass, not after: a mailbox connected while the pass runs wakes the next
+                # cleared before the pass, not after: a mailbox connected while the pass runs wakes
+                # the next
                 self.context.wake.clear()
                 started = loop.time()
                 try:
@@ -176,8 +192,9 @@ class SyncScheduler:
                     raise
                 except Exception:
                     log.exception("scheduler pass failed")
-                # the next pass at the interval, or as soon as a lease another replica let lapse expires, or
-                # when woken (a mailbox connected, a rotation pass ended), but not before the floor
+                # the next pass at the interval, or as soon as a lease another replica let lapse
+                # expires, or when woken (a mailbox connected, a rotation pass ended), but not
+                # before the floor
                 wait = interval if self._next_expiry is None else min(interval, self._next_expiry)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.context.wake.wait(), wait)
@@ -217,9 +234,13 @@ class SyncScheduler:
         await self._note_rechecks()
         HELD.labels(self.replica).set(len(self.workers))
         for mode in SyncMode:
-            HELD_BY_MODE.labels(self.replica, mode).set(sum(1 for m in self.modes.values() if m == mode))
+            HELD_BY_MODE.labels(self.replica, mode).set(
+                sum(1 for m in self.modes.values() if m == mode)
+            )
 
-    async def _repeat(self, job: Callable[[SyncContext], Awaitable[None]], seconds: float, what: str) -> None:
+    async def _repeat(
+        self, job: Callable[[SyncContext], Awaitable[None]], seconds: float, what: str
+    ) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
@@ -230,9 +251,9 @@ class SyncScheduler:
                 log.exception("%s failed; retrying", what)
 
     async def _reap(self) -> None:
-        """Forget finished workers; give back the leases they left (one statement for all: a replica giving
-        hundreds back above its share, or its rotation passes ending); a crashed one's mailbox waits
-        ``sync_retry_base_seconds``."""
+        """Forget finished workers; give back the leases they left (one statement for all: a replica
+        giving hundreds back above its share, or its rotation passes ending); a crashed one's
+        mailbox waits ``sync_retry_base_seconds``."""
         finished = {mailbox_id: task for mailbox_id, task in self.workers.items() if task.done()}
         if not finished:
             return
@@ -257,14 +278,17 @@ class SyncScheduler:
                     )
 
     async def _note_rechecks(self) -> None:
-        """Tell the workers whose mailboxes have mail to examine again for a late lead (``lead_recheck``):
-        one query for the replica, so that an idle mailbox asks nothing at its passes."""
+        """Tell the workers whose mailboxes have mail to examine again for a late lead
+        (``lead_recheck``): one query for the replica, so that an idle mailbox asks nothing at its
+        passes."""
         if not self.syncs:
             return
         async with self.context.db.session() as session:
             due = (
                 await session.execute(
-                    select(lead_recheck.c.mailbox_id).where(lead_recheck.c.mailbox_id.in_(list(self.syncs))).distinct()
+                    select(lead_recheck.c.mailbox_id)
+                    .where(lead_recheck.c.mailbox_id.in_(list(self.syncs)))
+                    .distinct()
                 )
             ).scalars()
             for mailbox_id in due:
@@ -273,13 +297,18 @@ class SyncScheduler:
                     sync.rechecks_due = True
 
     async def _renew(self) -> None:
-        """Renew the leases of the held mailboxes, and write the live ones' ``last_synced_at`` that their
-        workers handed over (:meth:`MailboxSync._note_synced`), both in one transaction."""
+        """Renew the leases of the held mailboxes, and write the live ones' ``last_synced_at`` that
+        their workers handed over (:meth:`MailboxSync._note_synced`), both in one transaction."""
         held = list(self.workers)
-        synced = {m: sync.synced_unwritten for m, sync in self.syncs.items() if sync.synced_unwritten is not None}
+        synced = {
+            m: sync.synced_unwritten
+            for m, sync in self.syncs.items()
+            if sync.synced_unwritten is not None
+        }
         kept: set[uuid.UUID] = set()
         async with self.leases.session() as session:
-            # alive, and how many it may hold live: the others' shares count on it until a lease period passes
+            # alive, and how many it may hold live: the others' shares count on it until a lease
+            # period passes
             capacity = {"live_capacity": self.capacity.live, "seen_at": func.now()}
             await session.execute(
                 insert(replica)
@@ -302,11 +331,14 @@ class SyncScheduler:
                         )
                     ).scalars()
                 )
-                # only rows whose lease this transaction just renewed (and locked): still ours, still synced
-                renewed = [{"synced_id": m, "synced_at": at} for m, at in synced.items() if m in kept]
+                # only rows whose lease this transaction just renewed (and locked): still ours,
+                # still synced
+                renewed = [
+                    {"synced_id": m, "synced_at": at} for m, at in synced.items() if m in kept
+                ]
                 if renewed:
                     await session.execute(
-                        # unscoped: the replica's own mailboxes, by id, of those this transaction renewed
+                        # unscoped: the replica's own mailboxes, by id, of those this transaction renewed  # noqa: E501
                         update(mailbox)
                         .where(mailbox.c.id == bindparam("synced_id"))
                         .values(last_synced_at=bindparam("synced_at")),
@@ -317,28 +349,39 @@ class SyncScheduler:
             if sync is not None and sync.synced_unwritten == at:
                 sync.synced_unwritten = None
         for mailbox_id in set(held) - kept:
-            task = self.workers.get(mailbox_id)  # (the scheduler's pass may have reaped it meanwhile)
+            # (the scheduler's pass may have reaped it meanwhile)
+            task = self.workers.get(mailbox_id)
             if task is not None:
                 task.cancel()
         self._renewed_at = time.monotonic()
 
     async def _claim(self) -> None:
-        live = [m for m, task in self.workers.items() if self.modes[m] == SyncMode.LIVE and not task.done()]
+        live = [
+            m
+            for m, task in self.workers.items()
+            if self.modes[m] == SyncMode.LIVE and not task.done()
+        ]
         share, counted = await self._share()
-        if len(live) > share + max(1, share // 50):  # (a margin, so that shares rounded apart do not see-saw)
+        if len(live) > share + max(1, share // 50):
+            # (a margin, so that shares rounded apart do not see-saw)
             self._give_back(live[share:])
             live = live[:share]
         room = self.capacity.live - len(live)
         claimed = await self._claim_for(SyncMode.LIVE, min(room, share - len(live)))
-        # room left: look again the moment a lease of another replica expires (it may have died, and its
-        # share grows ours), not at the next interval
+        # room left: look again the moment a lease of another replica expires (it may have died, and
+        # its share grows ours), not at the next interval
         self._next_expiry = await self._next_foreign_expiry() if claimed < room else None
-        rotating = sum(1 for m, task in self.workers.items() if self.modes[m] == SyncMode.ROTATING and not task.done())
+        rotating = sum(
+            1
+            for m, task in self.workers.items()
+            if self.modes[m] == SyncMode.ROTATING and not task.done()
+        )
         await self._claim_for(SyncMode.ROTATING, self.capacity.rotation_slots - rotating, counted)
 
     async def _share(self) -> tuple[int, int]:
-        """How many mailboxes this replica should hold live: those to sync, spread over the replicas alive in
-        proportion to their live capacities; and how many mailboxes to sync that share counted."""
+        """How many mailboxes this replica should hold live: those to sync, spread over the replicas
+        alive in proportion to their live capacities; and how many mailboxes to sync that share
+        counted."""
         async with self.context.db.session() as session:
             total = (await session.execute(_TO_SYNC)).scalar_one()
             alive = dict(
@@ -350,14 +393,17 @@ class SyncScheduler:
                     )
                 ).all()
             )
-        alive[self.replica] = self.capacity.live  # (itself, whether its registration went through or not)
+        # (itself, whether its registration went through or not)
+        alive[self.replica] = self.capacity.live
         return fair_share(total, self.capacity.live, sum(alive.values())), total
 
     def _give_back(self, mailbox_ids: list[uuid.UUID]) -> None:
-        """Stop the workers of mailboxes beyond this replica's share; once they have stopped, the next pass
-        gives their leases back (``_reap``) and a replica below its share claims them."""
+        """Stop the workers of mailboxes beyond this replica's share; once they have stopped, the
+        next pass gives their leases back (``_reap``) and a replica below its share claims them."""
         log.info(
-            "replica %s holds %d mailbox(es) more than its share: giving them back", self.replica, len(mailbox_ids)
+            "replica %s holds %d mailbox(es) more than its share: giving them back",
+            self.replica,
+            len(mailbox_ids),
         )
         for mailbox_id in mailbox_ids:
             self.workers[mailbox_id].cancel()
@@ -368,7 +414,9 @@ class SyncScheduler:
             seconds = (
                 await session.execute(
                     # unscoped: the scheduler looks at every company's leases
-                    select(func.extract("epoch", func.min(mailbox.c.lease_expires_at) - func.now())).where(
+                    select(
+                        func.extract("epoch", func.min(mailbox.c.lease_expires_at) - func.now())
+                    ).where(
                         mailbox.c.status.in_(SYNCED),
                         mailbox.c.slot == Slot.GRANTED,
                         mailbox.c.lease_owner != self.replica,
@@ -381,11 +429,11 @@ class SyncScheduler:
     async def _claim_for(self, mode: SyncMode, free: int, counted: int | None = None) -> int:
         """Claim up to ``free`` due mailboxes and start their workers; how many.
 
-        ``counted`` (rotating): the mailboxes to sync that this pass's share was counted from.  A mailbox
-        connected since then is not in the share, and its first pass would be a rotating one, then a
-        second login once the next pass claims it live: the claim takes none while there are more
-        mailboxes to sync than were counted, in the same statement (one snapshot), and the next pass
-        (woken by the connect) counts again."""
+        ``counted`` (rotating): the mailboxes to sync that this pass's share was counted from.  A
+        mailbox connected since then is not in the share, and its first pass would be a rotating
+        one, then a second login once the next pass claims it live: the claim takes none while there
+        are more mailboxes to sync than were counted, in the same statement (one snapshot), and the
+        next pass (woken by the connect) counts again."""
         if free <= 0:
             return 0
         now = self.context.clock()
@@ -405,7 +453,9 @@ class SyncScheduler:
         if mode == SyncMode.ROTATING:
             # a pass per mailbox at most every poll period, however few mailboxes wait
             fresh = now - timedelta(seconds=self.settings.sync_poll_seconds)
-            due = due.where(or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh))
+            due = due.where(
+                or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh)
+            )
             if counted is not None:
                 due = due.where(_TO_SYNC.scalar_subquery() <= counted)
         if self.workers:
@@ -424,17 +474,22 @@ class SyncScheduler:
                     .returning(*mailbox.c)
                 )
             ).all()
-            # what each worker's first session would read in transactions of its own, for all at once
+            # what each worker's first session would read in transactions of its own, for all at
+            # once
             ids = [row.id for row in rows]
             cursors: dict[uuid.UUID, list[Row[Any]]] = {mailbox_id: [] for mailbox_id in ids}
             rechecks: set[uuid.UUID] = set()
             if ids:
-                for cursor in await session.execute(select(folder_cursor).where(folder_cursor.c.mailbox_id.in_(ids))):
+                for cursor in await session.execute(
+                    select(folder_cursor).where(folder_cursor.c.mailbox_id.in_(ids))
+                ):
                     cursors[cursor.mailbox_id].append(cursor)
                 rechecks = set(
                     (
                         await session.execute(
-                            select(lead_recheck.c.mailbox_id).where(lead_recheck.c.mailbox_id.in_(ids)).distinct()
+                            select(lead_recheck.c.mailbox_id)
+                            .where(lead_recheck.c.mailbox_id.in_(ids))
+                            .distinct()
                         )
                     ).scalars()
                 )
@@ -453,25 +508,29 @@ class SyncScheduler:
         return len(rows)
 
     async def stop(self) -> None:
-        """A clean shutdown (SIGTERM): the workers stopped, their leases given back so that another replica
-        takes over at once, the parser processes ended; in ``STOP_SECONDS`` and a little more.
+        """A clean shutdown (SIGTERM): the workers stopped, their leases given back so that another
+        replica takes over at once, the parser processes ended; in ``STOP_SECONDS`` and a little
+        more.
 
-        Called before the kit cancels the service's tasks: it cancels again every second, which would
-        cut the release of the leases short behind a slow logout."""
+        Called before the kit cancels the service's tasks: it cancels again every second, which
+        would cut the release of the leases short behind a slow logout."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.wait([self._task], timeout=STOP_SECONDS + 5)
 
     async def _stop_workers(self) -> None:
-        """Cancel every worker; wait ``STOP_SECONDS`` at most for their logouts (a worker still going after
-        that can write nothing once its lease is given back: :meth:`MailboxSync._fence`)."""
+        """Cancel every worker; wait ``STOP_SECONDS`` at most for their logouts (a worker still
+        going after that can write nothing once its lease is given back:
+        :meth:`MailboxSync._fence`)."""
         tasks = list(self.workers.values())
         for task in tasks:
             task.cancel()
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=STOP_SECONDS)
             if pending:
-                log.warning("%d sync worker(s) had not stopped after %g s", len(pending), STOP_SECONDS)
+                log.warning(
+                    "%d sync worker(s) had not stopped after %g s", len(pending), STOP_SECONDS
+                )
 
     async def release_all(self) -> None:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""

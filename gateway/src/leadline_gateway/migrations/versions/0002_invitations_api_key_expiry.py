@@ -28,24 +28,39 @@ def upgrade() -> None:
         sa.Column("email", sa.Text(), nullable=False),
         sa.Column("code_sha256", sa.Text(), nullable=False),
         sa.Column("invited_by", sa.Uuid(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("withdrawn_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("claimed_api_key_id", sa.Uuid(), nullable=True),
         sa.Column("claimed_from", sa.Text(), nullable=True),
         sa.ForeignKeyConstraint(
-            ["company_id"], ["gateway.company.id"], name=op.f("fk_invitation_company_id_company"), ondelete="CASCADE"
+            ["company_id"],
+            ["gateway.company.id"],
+            name=op.f("fk_invitation_company_id_company"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["gateway.user.id"], name=op.f("fk_invitation_user_id_user"), ondelete="CASCADE"
+            ["user_id"],
+            ["gateway.user.id"],
+            name=op.f("fk_invitation_user_id_user"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_invitation")),
         sa.UniqueConstraint("code_sha256", name=op.f("uq_invitation_code_sha256")),
         schema="gateway",
     )
     op.create_index("ix_invitation_user", "invitation", ["user_id"], unique=False, schema="gateway")
-    op.add_column("api_key", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True), schema="gateway")
+    op.add_column(
+        "api_key",
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True),
+        schema="gateway",
+    )
     op.create_index(
         "ix_api_key_user_active",
         "api_key",
@@ -59,10 +74,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.add_column(
-        "user", sa.Column("invitation_sha256", sa.TEXT(), autoincrement=False, nullable=True), schema="gateway"
+        "user",
+        sa.Column("invitation_sha256", sa.TEXT(), autoincrement=False, nullable=True),
+        schema="gateway",
     )
     op.drop_index(
-        "ix_api_key_user_active", table_name="api_key", schema="gateway", postgresql_where=sa.text("revoked_at IS NULL")
+        "ix_api_key_user_active",
+        table_name="api_key",
+        schema="gateway",
+        postgresql_where=sa.text("revoked_at IS NULL"),
     )
     op.drop_column("api_key", "expires_at", schema="gateway")
     op.drop_index("ix_invitation_user", table_name="invitation", schema="gateway")

@@ -25,9 +25,15 @@ def upgrade() -> None:
         sa.Column("domains", sa.ARRAY(sa.Text()), server_default="{}", nullable=False),
         sa.Column("block_own_domains", sa.Boolean(), server_default="true", nullable=False),
         sa.Column("mailbox_limit", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.CheckConstraint(
-            "mailbox_limit IS NULL OR mailbox_limit >= 0", name=op.f("ck_company_mailbox_limit_not_negative")
+            "mailbox_limit IS NULL OR mailbox_limit >= 0",
+            name=op.f("ck_company_mailbox_limit_not_negative"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_company")),
         schema="gateway",
@@ -37,16 +43,28 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
         schema="gateway",
     )
-    op.create_index("ix_outbox_created_at", "outbox", ["created_at"], unique=False, schema="gateway")
+    op.create_index(
+        "ix_outbox_created_at", "outbox", ["created_at"], unique=False, schema="gateway"
+    )
     op.create_table(
         "processed_event",
         sa.Column("consumer", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_processed_event")),
         schema="gateway",
     )
@@ -58,18 +76,28 @@ def upgrade() -> None:
         sa.Column("name", sa.Text(), server_default="", nullable=False),
         sa.Column("role", sa.Text(), nullable=False),
         sa.Column("invitation_sha256", sa.Text(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.CheckConstraint(
             "role IN ('administrator', 'company_manager', 'marketing_manager', 'sales_manager', 'salesperson', 'jr_salesperson')",
             name=op.f("ck_user_known_role"),
         ),
         sa.ForeignKeyConstraint(
-            ["company_id"], ["gateway.company.id"], name=op.f("fk_user_company_id_company"), ondelete="CASCADE"
+            ["company_id"],
+            ["gateway.company.id"],
+            name=op.f("fk_user_company_id_company"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_user")),
         schema="gateway",
     )
-    op.create_index("uq_user_company_email", "user", ["company_id", "email"], unique=True, schema="gateway")
+    op.create_index(
+        "uq_user_company_email", "user", ["company_id", "email"], unique=True, schema="gateway"
+    )
     op.create_table(
         "api_key",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -77,13 +105,24 @@ def upgrade() -> None:
         sa.Column("user_id", sa.Uuid(), nullable=False),
         sa.Column("name", sa.Text(), server_default="", nullable=False),
         sa.Column("secret_sha256", sa.Text(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("revoked_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
-            ["company_id"], ["gateway.company.id"], name=op.f("fk_api_key_company_id_company"), ondelete="CASCADE"
+            ["company_id"],
+            ["gateway.company.id"],
+            name=op.f("fk_api_key_company_id_company"),
+            ondelete="CASCADE",
         ),
         sa.ForeignKeyConstraint(
-            ["user_id"], ["gateway.user.id"], name=op.f("fk_api_key_user_id_user"), ondelete="CASCADE"
+            ["user_id"],
+            ["gateway.user.id"],
+            name=op.f("fk_api_key_user_id_user"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key")),
         schema="gateway",

@@ -25,17 +25,26 @@ def upgrade() -> None:
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("value", sa.Text(), nullable=False),
         sa.Column("created_by", sa.Uuid(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.CheckConstraint("kind IN ('address', 'domain')", name=op.f("ck_blocklist_entry_kind")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_blocklist_entry")),
-        sa.UniqueConstraint("company_id", "kind", "value", name="uq_blocklist_entry_company_kind_value"),
+        sa.UniqueConstraint(
+            "company_id", "kind", "value", name="uq_blocklist_entry_company_kind_value"
+        ),
         schema="lead",
     )
     op.create_table(
         "company_settings",
         sa.Column("company_id", sa.Uuid(), nullable=False),
         sa.Column("domains", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False),
-        sa.Column("block_own_domains", sa.Boolean(), server_default=sa.text("true"), nullable=False),
+        sa.Column(
+            "block_own_domains", sa.Boolean(), server_default=sa.text("true"), nullable=False
+        ),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("company_id", name=op.f("pk_company_settings")),
         schema="lead",
@@ -49,8 +58,18 @@ def upgrade() -> None:
         sa.Column("owner_user_id", sa.Uuid(), nullable=True),
         sa.Column("stage", sa.Text(), nullable=False),
         sa.Column("unsubscribed_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_lead")),
         schema="lead",
     )
@@ -66,7 +85,12 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
         schema="lead",
     )
@@ -75,7 +99,12 @@ def upgrade() -> None:
         "processed_event",
         sa.Column("consumer", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_processed_event")),
         schema="lead",
     )
@@ -87,15 +116,24 @@ def upgrade() -> None:
         sa.Column("lead_id", sa.Uuid(), nullable=False),
         sa.Column("position", sa.BigInteger(), server_default="0", nullable=False),
         sa.ForeignKeyConstraint(
-            ["lead_id"], ["lead.lead.id"], name=op.f("fk_lead_address_lead_id_lead"), ondelete="CASCADE"
+            ["lead_id"],
+            ["lead.lead.id"],
+            name=op.f("fk_lead_address_lead_id_lead"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("company_id", "address", name="pk_lead_address"),
         schema="lead",
     )
     op.create_index(
-        "ix_lead_address_company_domain", "lead_address", ["company_id", "domain"], unique=False, schema="lead"
+        "ix_lead_address_company_domain",
+        "lead_address",
+        ["company_id", "domain"],
+        unique=False,
+        schema="lead",
     )
-    op.create_index("ix_lead_address_lead_id", "lead_address", ["lead_id"], unique=False, schema="lead")
+    op.create_index(
+        "ix_lead_address_lead_id", "lead_address", ["lead_id"], unique=False, schema="lead"
+    )
     op.create_table(
         "timeline_event",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -109,8 +147,12 @@ def upgrade() -> None:
         sa.Column("direction", sa.Text(), nullable=False),
         sa.Column("from_address", sa.Text(), server_default="", nullable=False),
         sa.Column("from_name", sa.Text(), server_default="", nullable=False),
-        sa.Column("to_addresses", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False),
-        sa.Column("cc_addresses", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False),
+        sa.Column(
+            "to_addresses", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False
+        ),
+        sa.Column(
+            "cc_addresses", sa.ARRAY(sa.Text()), server_default=sa.text("'{}'"), nullable=False
+        ),
         sa.Column("matched_addresses", sa.ARRAY(sa.Text()), nullable=False),
         sa.Column("subject", sa.Text(), server_default="", nullable=False),
         sa.Column("snippet", sa.Text(), server_default="", nullable=False),
@@ -121,15 +163,23 @@ def upgrade() -> None:
         sa.Column("bounce_recipient", sa.Text(), nullable=True),
         sa.Column("bounce_status", sa.Text(), nullable=True),
         sa.Column("bounce_diagnostic", sa.Text(), nullable=True),
-        sa.CheckConstraint("direction IN ('inbound', 'outbound')", name=op.f("ck_timeline_event_direction")),
         sa.CheckConstraint(
-            "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce')", name=op.f("ck_timeline_event_kind")
+            "direction IN ('inbound', 'outbound')", name=op.f("ck_timeline_event_direction")
+        ),
+        sa.CheckConstraint(
+            "kind IN ('email_received', 'email_sent', 'smart_mail_sent', 'bounce')",
+            name=op.f("ck_timeline_event_kind"),
         ),
         sa.ForeignKeyConstraint(
-            ["lead_id"], ["lead.lead.id"], name=op.f("fk_timeline_event_lead_id_lead"), ondelete="CASCADE"
+            ["lead_id"],
+            ["lead.lead.id"],
+            name=op.f("fk_timeline_event_lead_id_lead"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_timeline_event")),
-        sa.UniqueConstraint("company_id", "lead_id", "message_key", name="uq_timeline_event_message"),
+        sa.UniqueConstraint(
+            "company_id", "lead_id", "message_key", name="uq_timeline_event_message"
+        ),
         schema="lead",
     )
     op.create_index(

@@ -45,4 +45,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index("ix_lead_account_name_trgm", table_name="lead", schema="lead")
     op.drop_index("ix_lead_name_trgm", table_name="lead", schema="lead")
-    op.drop_index("ix_lead_address_company_address_prefix", table_name="lead_address", schema="lead")
+    op.drop_index(
+        "ix_lead_address_company_address_prefix", table_name="lead_address", schema="lead"
+    )

@@ -17,13 +17,22 @@ KINDS = "'email_received', 'email_sent', 'smart_mail_sent', 'bounce'"
 
 
 def upgrade() -> None:
-    op.drop_constraint(op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check")
+    op.drop_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check"
+    )
     op.create_check_constraint(
-        op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS}, 'delivery_delayed')", schema="lead"
+        op.f("ck_timeline_event_kind"),
+        "timeline_event",
+        f"kind IN ({KINDS}, 'delivery_delayed')",
+        schema="lead",
     )
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM lead.timeline_event WHERE kind = 'delivery_delayed'")
-    op.drop_constraint(op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check")
-    op.create_check_constraint(op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS})", schema="lead")
+    op.drop_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check"
+    )
+    op.create_check_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS})", schema="lead"
+    )

@@ -16,7 +16,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("lead", sa.Column("bounced_at", sa.DateTime(timezone=True), nullable=True), schema="lead")
+    op.add_column(
+        "lead", sa.Column("bounced_at", sa.DateTime(timezone=True), nullable=True), schema="lead"
+    )
 
 
 def downgrade() -> None:

@@ -18,15 +18,26 @@ KINDS = "'email_received', 'email_sent', 'smart_mail_sent', 'bounce', 'delivery_
 
 
 def upgrade() -> None:
-    op.add_column("lead", sa.Column("complained_at", sa.DateTime(timezone=True), nullable=True), schema="lead")
-    op.drop_constraint(op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check")
+    op.add_column(
+        "lead", sa.Column("complained_at", sa.DateTime(timezone=True), nullable=True), schema="lead"
+    )
+    op.drop_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check"
+    )
     op.create_check_constraint(
-        op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS}, 'complaint')", schema="lead"
+        op.f("ck_timeline_event_kind"),
+        "timeline_event",
+        f"kind IN ({KINDS}, 'complaint')",
+        schema="lead",
     )
 
 
 def downgrade() -> None:
     op.execute("DELETE FROM lead.timeline_event WHERE kind = 'complaint'")
-    op.drop_constraint(op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check")
-    op.create_check_constraint(op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS})", schema="lead")
+    op.drop_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", schema="lead", type_="check"
+    )
+    op.create_check_constraint(
+        op.f("ck_timeline_event_kind"), "timeline_event", f"kind IN ({KINDS})", schema="lead"
+    )
     op.drop_column("lead", "complained_at", schema="lead")

@@ -28,7 +28,12 @@ def upgrade() -> None:
         sa.Column("mailbox_limit", sa.Integer(), nullable=True),
         sa.Column("limit_as_of", sa.DateTime(timezone=True), nullable=True),
         sa.Column("plan", sa.Text(), server_default="standard", nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("company_id", name=op.f("pk_company")),
         schema="quota",
     )
@@ -45,14 +50,23 @@ def upgrade() -> None:
         schema="quota",
     )
     op.create_index(
-        "ix_mailbox_slot_queue", "mailbox_slot", ["company_id", "state", "seq"], unique=False, schema="quota"
+        "ix_mailbox_slot_queue",
+        "mailbox_slot",
+        ["company_id", "state", "seq"],
+        unique=False,
+        schema="quota",
     )
     op.create_table(
         "outbox",
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
         schema="quota",
     )
@@ -61,7 +75,12 @@ def upgrade() -> None:
         "processed_event",
         sa.Column("consumer", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_processed_event")),
         schema="quota",
     )
@@ -76,7 +95,9 @@ def upgrade() -> None:
         sa.Column("reserved_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("settled_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("state IN ('reserved', 'committed', 'released')", name=op.f("ck_reservation_state")),
+        sa.CheckConstraint(
+            "state IN ('reserved', 'committed', 'released')", name=op.f("ck_reservation_state")
+        ),
         sa.PrimaryKeyConstraint("reservation_id", name=op.f("pk_reservation")),
         schema="quota",
     )
@@ -106,7 +127,12 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("operator_month_start_day", sa.Integer(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("last_reserved_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("company_id", "account_key", name=op.f("pk_sending_account")),
         schema="quota",

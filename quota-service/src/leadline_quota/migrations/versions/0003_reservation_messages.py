@@ -20,7 +20,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # a constant default: PostgreSQL adds the column without rewriting the table
     op.add_column(
-        "reservation", sa.Column("messages", sa.Integer(), server_default=sa.text("1"), nullable=False), schema="quota"
+        "reservation",
+        sa.Column("messages", sa.Integer(), server_default=sa.text("1"), nullable=False),
+        schema="quota",
     )
     # the usage aggregate now sums messages: keep it an index-only scan
     op.drop_index("ix_reservation_account_time", table_name="reservation", schema="quota")

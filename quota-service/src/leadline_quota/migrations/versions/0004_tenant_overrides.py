@@ -39,5 +39,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.execute("UPDATE quota.sending_account SET operator_overrides = operator_overrides || tenant_overrides")
+    op.execute(
+        "UPDATE quota.sending_account SET operator_overrides = operator_overrides || tenant_overrides"
+    )
     op.drop_column("sending_account", "tenant_overrides", schema="quota")

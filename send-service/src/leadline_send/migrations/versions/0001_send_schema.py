@@ -34,7 +34,12 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
         schema="send",
     )
@@ -53,28 +58,49 @@ def upgrade() -> None:
         sa.Column("from_address", sa.Text(), nullable=False),
         sa.Column("envelope_from", sa.Text(), nullable=False),
         sa.Column("recipients", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
-        sa.Column("lead_ids", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False),
+        sa.Column(
+            "lead_ids", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False
+        ),
         sa.Column("draft", postgresql.JSONB(astext_type=sa.Text()), nullable=False),
         sa.Column("raw", sa.LargeBinary(), nullable=False),
         sa.Column("size_bytes", sa.Integer(), nullable=False),
         sa.Column("subject", sa.Text(), server_default="", nullable=False),
         sa.Column("attempts", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "next_attempt_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("claimed_by", sa.BigInteger(), nullable=True),
         sa.Column("reservation_id", sa.Uuid(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("smtp_reply", sa.Text(), nullable=True),
         sa.Column("sent_copy", sa.Text(), nullable=True),
         sa.Column("sent_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint("category IN ('personal', 'marketing')", name=op.f("ck_outgoing_message_category")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "category IN ('personal', 'marketing')", name=op.f("ck_outgoing_message_category")
+        ),
         sa.CheckConstraint(
             "state IN ('queued', 'sending', 'sent', 'deferred', 'failed', 'bounced', 'unknown')",
             name=op.f("ck_outgoing_message_state"),
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outgoing_message")),
-        sa.UniqueConstraint("company_id", "user_id", "idempotency_key", name="uq_outgoing_message_idempotency"),
+        sa.UniqueConstraint(
+            "company_id", "user_id", "idempotency_key", name="uq_outgoing_message_idempotency"
+        ),
         schema="send",
     )
     op.create_index(
@@ -111,7 +137,12 @@ def upgrade() -> None:
         "processed_event",
         sa.Column("consumer", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_processed_event")),
         schema="send",
     )
@@ -123,9 +154,16 @@ def upgrade() -> None:
         sa.Column("phase", sa.Text(), nullable=False),
         sa.Column("outcome", sa.Text(), nullable=True),
         sa.Column("reply", sa.Text(), nullable=True),
-        sa.Column("started_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "started_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("phase IN ('connecting', 'data', 'done')", name=op.f("ck_send_attempt_phase")),
+        sa.CheckConstraint(
+            "phase IN ('connecting', 'data', 'done')", name=op.f("ck_send_attempt_phase")
+        ),
         sa.PrimaryKeyConstraint("message_id", "number", name=op.f("pk_send_attempt")),
         schema="send",
     )
@@ -146,22 +184,48 @@ def upgrade() -> None:
         sa.Column("from_name", sa.Text(), server_default="", nullable=False),
         sa.Column("active", sa.Boolean(), server_default="false", nullable=False),
         sa.Column("timeout_seconds", sa.Integer(), server_default="30", nullable=False),
-        sa.Column("default_cc", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False),
-        sa.Column("default_bcc", postgresql.JSONB(astext_type=sa.Text()), server_default="[]", nullable=False),
+        sa.Column(
+            "default_cc",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default="[]",
+            nullable=False,
+        ),
+        sa.Column(
+            "default_bcc",
+            postgresql.JSONB(astext_type=sa.Text()),
+            server_default="[]",
+            nullable=False,
+        ),
         sa.Column("max_per_month", sa.Integer(), nullable=True),
         sa.Column("month_start_day", sa.Integer(), server_default="1", nullable=False),
         sa.Column("unsubscribe_url", sa.Text(), nullable=True),
         sa.Column("precedence", sa.Text(), nullable=True),
         sa.Column("return_path", sa.Text(), nullable=True),
-        sa.Column("utm", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False),
+        sa.Column(
+            "utm", postgresql.JSONB(astext_type=sa.Text()), server_default="{}", nullable=False
+        ),
         sa.Column("display_order", sa.Integer(), server_default="0", nullable=False),
         sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("confirmation_code_hash", sa.Text(), nullable=True),
         sa.Column("confirmation_expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.CheckConstraint("tls IN ('implicit', 'starttls', 'plain')", name=op.f("ck_smtp_account_tls")),
-        sa.CheckConstraint("type IN ('campaigns', 'customer_service', 'system')", name=op.f("ck_smtp_account_type")),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "tls IN ('implicit', 'starttls', 'plain')", name=op.f("ck_smtp_account_tls")
+        ),
+        sa.CheckConstraint(
+            "type IN ('campaigns', 'customer_service', 'system')", name=op.f("ck_smtp_account_type")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_smtp_account")),
         schema="send",
     )
@@ -177,7 +241,12 @@ def upgrade() -> None:
         sa.Column("company_id", sa.Uuid(), nullable=False),
         sa.Column("address", sa.Text(), nullable=False),
         sa.Column("lead_id", sa.Uuid(), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("company_id", "address", name=op.f("pk_unsubscribe")),
         schema="send",
     )
@@ -203,8 +272,12 @@ def downgrade() -> None:
         schema="send",
         postgresql_where="state IN ('queued', 'deferred')",
     )
-    op.drop_index("ix_outgoing_message_company_message_id", table_name="outgoing_message", schema="send")
-    op.drop_index("ix_outgoing_message_company_created", table_name="outgoing_message", schema="send")
+    op.drop_index(
+        "ix_outgoing_message_company_message_id", table_name="outgoing_message", schema="send"
+    )
+    op.drop_index(
+        "ix_outgoing_message_company_created", table_name="outgoing_message", schema="send"
+    )
     op.drop_table("outgoing_message", schema="send")
     op.drop_index("ix_outbox_created_at", table_name="outbox", schema="send")
     op.drop_table("outbox", schema="send")

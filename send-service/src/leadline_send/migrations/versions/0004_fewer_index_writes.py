@@ -23,7 +23,9 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.drop_constraint("uq_outgoing_message_idempotency", "outgoing_message", schema="send", type_="unique")
+    op.drop_constraint(
+        "uq_outgoing_message_idempotency", "outgoing_message", schema="send", type_="unique"
+    )
     op.create_index(
         "uq_outgoing_message_idempotency",
         "outgoing_message",

@@ -17,7 +17,11 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("outgoing_message", sa.Column("delivery_notice", postgresql.JSONB(), nullable=True), schema="send")
+    op.add_column(
+        "outgoing_message",
+        sa.Column("delivery_notice", postgresql.JSONB(), nullable=True),
+        schema="send",
+    )
 
 
 def downgrade() -> None:

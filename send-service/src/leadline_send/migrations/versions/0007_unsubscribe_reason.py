@@ -20,10 +20,15 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column(
-        "unsubscribe", sa.Column("reason", sa.Text(), nullable=False, server_default="unsubscribed"), schema="send"
+        "unsubscribe",
+        sa.Column("reason", sa.Text(), nullable=False, server_default="unsubscribed"),
+        schema="send",
     )
     op.create_check_constraint(
-        op.f("ck_unsubscribe_reason"), "unsubscribe", "reason IN ('unsubscribed', 'complained')", schema="send"
+        op.f("ck_unsubscribe_reason"),
+        "unsubscribe",
+        "reason IN ('unsubscribed', 'complained')",
+        schema="send",
     )
 
 

@@ -45,7 +45,11 @@ def upgrade() -> None:
         schema="sync",
     )
     op.create_index(
-        "ix_lead_address_company_address", "lead_address", ["company_id", "address"], unique=False, schema="sync"
+        "ix_lead_address_company_address",
+        "lead_address",
+        ["company_id", "address"],
+        unique=False,
+        schema="sync",
     )
     op.create_table(
         "mailbox",
@@ -77,17 +81,36 @@ def upgrade() -> None:
         sa.Column("slot", sa.Text(), server_default="unclaimed", nullable=False),
         sa.Column("failing_since", sa.DateTime(timezone=True), nullable=True),
         sa.Column("failures", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "next_attempt_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("lease_owner", sa.Text(), nullable=True),
         sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.Column("disabled_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mailbox")),
         schema="sync",
     )
     op.create_index(
-        "ix_mailbox_company_created", "mailbox", ["company_id", "created_at", "id"], unique=False, schema="sync"
+        "ix_mailbox_company_created",
+        "mailbox",
+        ["company_id", "created_at", "id"],
+        unique=False,
+        schema="sync",
     )
     op.create_index(
         "ix_mailbox_due",
@@ -110,7 +133,12 @@ def upgrade() -> None:
         sa.Column("event_id", sa.Uuid(), nullable=False),
         sa.Column("subject", sa.Text(), nullable=False),
         sa.Column("body", sa.LargeBinary(), nullable=False),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("event_id", name=op.f("pk_outbox")),
         schema="sync",
     )
@@ -119,7 +147,12 @@ def upgrade() -> None:
         "processed_event",
         sa.Column("consumer", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("processed_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "processed_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.PrimaryKeyConstraint("consumer", "event_id", name=op.f("pk_processed_event")),
         schema="sync",
     )
@@ -134,9 +167,17 @@ def upgrade() -> None:
         sa.Column("uidnext", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("history_last_uid", sa.BigInteger(), server_default="0", nullable=False),
         sa.Column("uidvalidity_resets", sa.Integer(), server_default="0", nullable=False),
-        sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_folder_cursor_mailbox_id_mailbox"), ondelete="CASCADE"
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_folder_cursor_mailbox_id_mailbox"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("mailbox_id", "folder", name=op.f("pk_folder_cursor")),
         schema="sync",
@@ -151,7 +192,10 @@ def upgrade() -> None:
         sa.Column("message", sa.Text(), nullable=False),
         sa.Column("fix", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_mailbox_error_mailbox_id_mailbox"), ondelete="CASCADE"
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_mailbox_error_mailbox_id_mailbox"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_mailbox_error")),
         schema="sync",
@@ -172,12 +216,21 @@ def upgrade() -> None:
         sa.Column("message_id", sa.Text(), nullable=False),
         sa.Column("kind", sa.Text(), nullable=False),
         sa.Column("event_id", sa.Uuid(), nullable=False),
-        sa.Column("synced_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
-        sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_synced_message_mailbox_id_mailbox"), ondelete="CASCADE"
+        sa.Column(
+            "synced_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False
         ),
-        sa.PrimaryKeyConstraint("mailbox_id", "folder", "uidvalidity", "uid", name=op.f("pk_synced_message")),
-        sa.UniqueConstraint("mailbox_id", "folder", "message_id", name="uq_synced_message_message_id"),
+        sa.ForeignKeyConstraint(
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_synced_message_mailbox_id_mailbox"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "mailbox_id", "folder", "uidvalidity", "uid", name=op.f("pk_synced_message")
+        ),
+        sa.UniqueConstraint(
+            "mailbox_id", "folder", "message_id", name="uq_synced_message_message_id"
+        ),
         schema="sync",
     )
     # ### end Alembic commands ###

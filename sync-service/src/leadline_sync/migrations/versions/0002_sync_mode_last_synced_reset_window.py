@@ -21,13 +21,21 @@ SLOTS = "'unclaimed', 'granted', 'pending', 'releasing', 'released'"
 
 def upgrade() -> None:
     op.add_column(
-        "folder_cursor", sa.Column("uidvalidity_resets_since", sa.DateTime(timezone=True), nullable=True), schema="sync"
+        "folder_cursor",
+        sa.Column("uidvalidity_resets_since", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
     )
     op.add_column(
-        "folder_cursor", sa.Column("rescan_refused_at", sa.DateTime(timezone=True), nullable=True), schema="sync"
+        "folder_cursor",
+        sa.Column("rescan_refused_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
     )
     op.add_column("mailbox", sa.Column("sync_mode", sa.Text(), nullable=True), schema="sync")
-    op.add_column("mailbox", sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=True), schema="sync")
+    op.add_column(
+        "mailbox",
+        sa.Column("last_synced_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
+    )
     op.create_index(
         "ix_mailbox_last_synced",
         "mailbox",
@@ -44,7 +52,10 @@ def upgrade() -> None:
     op.create_check_constraint("known_status", "mailbox", f"status IN ({STATUSES})", schema="sync")
     op.create_check_constraint("known_slot", "mailbox", f"slot IN ({SLOTS})", schema="sync")
     op.create_check_constraint(
-        "known_sync_mode", "mailbox", "sync_mode IN ('live', 'rotating') OR sync_mode IS NULL", schema="sync"
+        "known_sync_mode",
+        "mailbox",
+        "sync_mode IN ('live', 'rotating') OR sync_mode IS NULL",
+        schema="sync",
     )
 
 

@@ -24,9 +24,17 @@ def upgrade() -> None:
         sa.Column("lead_id", sa.Uuid(), nullable=False),
         sa.Column("addresses", sa.ARRAY(sa.Text()), nullable=False),
         sa.Column("since", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_lead_recheck_mailbox_id_mailbox"), ondelete="CASCADE"
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_lead_recheck_mailbox_id_mailbox"),
+            ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("mailbox_id", "lead_id", name=op.f("pk_lead_recheck")),
         schema="sync",

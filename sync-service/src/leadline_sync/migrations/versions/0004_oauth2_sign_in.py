@@ -17,8 +17,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("mailbox", sa.Column("auth", sa.Text(), server_default="password", nullable=False), schema="sync")
-    op.add_column("mailbox", sa.Column("oauth_expires_at", sa.DateTime(timezone=True), nullable=True), schema="sync")
+    op.add_column(
+        "mailbox",
+        sa.Column("auth", sa.Text(), server_default="password", nullable=False),
+        schema="sync",
+    )
+    op.add_column(
+        "mailbox",
+        sa.Column("oauth_expires_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
+    )
     op.create_table(
         "oauth_state",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -38,7 +46,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("state_sha256", name=op.f("uq_oauth_state_state_sha256")),
         schema="sync",
     )
-    op.create_index("ix_oauth_state_expires", "oauth_state", ["expires_at"], unique=False, schema="sync")
+    op.create_index(
+        "ix_oauth_state_expires", "oauth_state", ["expires_at"], unique=False, schema="sync"
+    )
 
 
 def downgrade() -> None:

@@ -26,9 +26,14 @@ def upgrade() -> None:
         sa.Column("first_uid", sa.BigInteger(), nullable=False),
         sa.Column("last_uid", sa.BigInteger(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_audit_range_mailbox_id_mailbox"), ondelete="CASCADE"
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_audit_range_mailbox_id_mailbox"),
+            ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("mailbox_id", "folder", "uidvalidity", "first_uid", name=op.f("pk_audit_range")),
+        sa.PrimaryKeyConstraint(
+            "mailbox_id", "folder", "uidvalidity", "first_uid", name=op.f("pk_audit_range")
+        ),
         schema="sync",
     )
     op.create_table(
@@ -40,14 +45,25 @@ def upgrade() -> None:
         sa.Column("last_uid", sa.BigInteger(), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
         sa.ForeignKeyConstraint(
-            ["mailbox_id"], ["sync.mailbox.id"], name=op.f("fk_examined_range_mailbox_id_mailbox"), ondelete="CASCADE"
+            ["mailbox_id"],
+            ["sync.mailbox.id"],
+            name=op.f("fk_examined_range_mailbox_id_mailbox"),
+            ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("mailbox_id", "folder", "uidvalidity", "first_uid", name=op.f("pk_examined_range")),
+        sa.PrimaryKeyConstraint(
+            "mailbox_id", "folder", "uidvalidity", "first_uid", name=op.f("pk_examined_range")
+        ),
         schema="sync",
     )
-    op.add_column("folder_cursor", sa.Column("audited_at", sa.DateTime(timezone=True), nullable=True), schema="sync")
     op.add_column(
-        "folder_cursor", sa.Column("audit_found", sa.BigInteger(), server_default="0", nullable=False), schema="sync"
+        "folder_cursor",
+        sa.Column("audited_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
+    )
+    op.add_column(
+        "folder_cursor",
+        sa.Column("audit_found", sa.BigInteger(), server_default="0", nullable=False),
+        schema="sync",
     )
     # ### end Alembic commands ###
     # what existing cursors passed was examined, for reasons not recorded then

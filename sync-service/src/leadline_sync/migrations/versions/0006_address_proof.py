@@ -17,8 +17,14 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("mailbox", sa.Column("address_proven_at", sa.DateTime(timezone=True), nullable=True), schema="sync")
-    op.add_column("mailbox", sa.Column("address_proven_by", sa.Text(), nullable=True), schema="sync")
+    op.add_column(
+        "mailbox",
+        sa.Column("address_proven_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
+    )
+    op.add_column(
+        "mailbox", sa.Column("address_proven_by", sa.Text(), nullable=True), schema="sync"
+    )
     # mailboxes connected before have no proof and stay out of the index (duplicates among them may exist)
     op.create_index(
         "uq_mailbox_address_connected",

@@ -24,7 +24,12 @@ def upgrade() -> None:
         sa.Column("folder", sa.Text(), nullable=False),
         sa.Column("uidvalidity", sa.BigInteger(), nullable=False),
         sa.Column("uid", sa.BigInteger(), nullable=False),
-        sa.Column("examined_at", sa.DateTime(timezone=True), server_default=sa.text("now()"), nullable=False),
+        sa.Column(
+            "examined_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
         sa.ForeignKeyConstraint(
             ["mailbox_id"],
             ["sync.mailbox.id"],
@@ -32,7 +37,12 @@ def upgrade() -> None:
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint(
-            "mailbox_id", "message_key", "folder", "uidvalidity", "uid", name=op.f("pk_examined_message")
+            "mailbox_id",
+            "message_key",
+            "folder",
+            "uidvalidity",
+            "uid",
+            name=op.f("pk_examined_message"),
         ),
         schema="sync",
     )

@@ -17,9 +17,17 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    op.add_column("oauth_state", sa.Column("handoff_sha256", sa.LargeBinary(), nullable=True), schema="sync")
-    op.add_column("oauth_state", sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True), schema="sync")
-    op.create_unique_constraint(op.f("uq_oauth_state_handoff_sha256"), "oauth_state", ["handoff_sha256"], schema="sync")
+    op.add_column(
+        "oauth_state", sa.Column("handoff_sha256", sa.LargeBinary(), nullable=True), schema="sync"
+    )
+    op.add_column(
+        "oauth_state",
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        schema="sync",
+    )
+    op.create_unique_constraint(
+        op.f("uq_oauth_state_handoff_sha256"), "oauth_state", ["handoff_sha256"], schema="sync"
+    )
 
 
 def downgrade() -> None:

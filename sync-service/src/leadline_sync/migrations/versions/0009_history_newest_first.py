@@ -19,7 +19,9 @@ depends_on: str | Sequence[str] | None = None
 def upgrade() -> None:
     # 1 for every existing cursor: a history begun oldest first carries on that way (last_uid up to history_last_uid)
     op.add_column(
-        "folder_cursor", sa.Column("history_floor", sa.BigInteger(), server_default="1", nullable=False), schema="sync"
+        "folder_cursor",
+        sa.Column("history_floor", sa.BigInteger(), server_default="1", nullable=False),
+        schema="sync",
     )
 
 
