@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import nats
@@ -111,54 +112,50 @@ async def _quota_usage(quota_url: str) -> dict[str, int]:
     return {r["state"]: int(r["messages"]) for r in rows}
 
 
+def offers(count: int) -> dict[str, Any]:
+    """A batch of ``count`` marketing messages to leads, subjects ``offer 0``…"""
+    return {
+        "messages": [
+            {
+                "category": "marketing",
+                "to": [f"lead{n}@example.org"],
+                "subject": f"offer {n}",
+                "text": "x",
+            }
+            for n in range(count)
+        ]
+    }
+
+
+async def settled_usage(quota_url: str, seconds: float = 15.0) -> dict[str, int]:
+    """The quota service's messages by reservation state, once none is left ``reserved`` (or after
+    ``seconds``): what the workers' leases committed and gave back."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while "reserved" in (usage := await _quota_usage(quota_url)):
+        if asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    return usage
+
+
 async def test_quota_counts_exactly_what_reached_the_server(
-    send_service: HarnessFactory,
-    smtp_server: SmtpFactory,
-    mailboxes: object,
-    postgres: PostgresServer,
-    nats_url: str,
+    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, quota_service: str
 ) -> None:
     """Workers reserve for a claim of messages at once (a lease); a 4xx answer is not counted, and
     what the lease did not need is given back."""
-    quota_url = await migrated_database(postgres, "leadline_quota")
-    quota = QuotaSettings(
-        database_url=quota_url,
-        nats_url=nats_url,
-        identity_secret=SECRET,
-        environment="test",
-        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    app = await send_service(smtp_connections=1, claim_size=16)
+    server = smtp_server(tls="starttls")
+    await app.add_account(server, max_per_month=100)
+    server.handler.behaviour.mode = (
+        "tempfail_once"  # from now on every message: 451 first, then accepted
     )
-    async with running_app(create_quota_app(quota)):
-        app = await send_service(smtp_connections=1, claim_size=16)
-        server = smtp_server(tls="starttls")
-        await app.add_account(server, max_per_month=100)
-        server.handler.behaviour.mode = (
-            "tempfail_once"  # from now on every message: 451 first, then accepted
-        )
-        batch = await app.user.post(
-            "/v1/messages/batch",
-            json={
-                "messages": [
-                    {
-                        "category": "marketing",
-                        "to": [f"lead{n}@example.org"],
-                        "subject": f"offer {n}",
-                        "text": "x",
-                    }
-                    for n in range(6)
-                ]
-            },
-        )
-        assert batch.status_code == 202, batch.text
-        done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
-        assert [d["state"] for d in done] == ["sent"] * 6 and all(d["attempts"] == 2 for d in done)
-        assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 6
-        for _ in range(100):  # the idle worker settles its lease
-            usage = await _quota_usage(quota_url)
-            if "reserved" not in usage:
-                break
-            await asyncio.sleep(0.1)
-        assert usage.get("committed") == 6 and "reserved" not in usage
+    batch = await app.user.post("/v1/messages/batch", json=offers(6))
+    assert batch.status_code == 202, batch.text
+    done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
+    assert [d["state"] for d in done] == ["sent"] * 6 and all(d["attempts"] == 2 for d in done)
+    assert len([r for r in server.received if r.message["Subject"].startswith("offer")]) == 6
+    usage = await settled_usage(quota_service)  # the idle worker settles its lease
+    assert usage.get("committed") == 6 and "reserved" not in usage
 
 
 async def test_near_a_limit_each_message_asks_on_its_own(
@@ -169,20 +166,7 @@ async def test_near_a_limit_each_message_asks_on_its_own(
     app = await send_service(smtp_connections=1, claim_size=16)
     server = smtp_server(tls="starttls")
     await app.add_account(server, max_per_month=3)
-    batch = await app.user.post(
-        "/v1/messages/batch",
-        json={
-            "messages": [
-                {
-                    "category": "marketing",
-                    "to": [f"lead{n}@example.org"],
-                    "subject": f"offer {n}",
-                    "text": "x",
-                }
-                for n in range(5)
-            ]
-        },
-    )
+    batch = await app.user.post("/v1/messages/batch", json=offers(5))
     assert batch.status_code == 202, batch.text
     done = [await app.wait_for(m["id"], {"sent", "deferred"}) for m in batch.json()["items"]]
     assert sorted(d["state"] for d in done) == ["deferred", "deferred", "sent", "sent", "sent"]
@@ -226,52 +210,22 @@ async def test_checks_are_answered_from_the_room_the_last_one_reported(
 
 
 async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_last_message(
-    send_service: HarnessFactory,
-    smtp_server: SmtpFactory,
-    mailboxes: object,
-    postgres: PostgresServer,
-    nats_url: str,
+    send_service: HarnessFactory, smtp_server: SmtpFactory, mailboxes: object, quota_service: str
 ) -> None:
     """Two workers claim 6 messages each: the first reserves a lease of 10, which the second claim does not
     fit, so it retires with 6 in hand, before it expires.  Its last message settles it: what was sent under
     it is counted then, not left reserved (and uncounted) until the quota service's TTL.  (The second
     lease is settled by the idle worker once it expires.)"""
-    quota_url = await migrated_database(postgres, "leadline_quota")
-    quota = QuotaSettings(
-        database_url=quota_url,
-        nats_url=nats_url,
-        identity_secret=SECRET,
-        environment="test",
-        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    app = await send_service(
+        smtp_connections=2, claim_size=6, quota_lease_messages=10, quota_lease_seconds=5
     )
-    async with running_app(create_quota_app(quota)):
-        app = await send_service(
-            smtp_connections=2, claim_size=6, quota_lease_messages=10, quota_lease_seconds=5
-        )
-        server = smtp_server(tls="starttls")
-        await app.add_account(server, max_per_month=100)
-        # 0.05 s a message: the first worker still has its 6 in hand when the second claims
-        server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "slow", 0.05
-        batch = await app.user.post(
-            "/v1/messages/batch",
-            json={
-                "messages": [
-                    {
-                        "category": "marketing",
-                        "to": [f"lead{n}@example.org"],
-                        "subject": f"offer {n}",
-                        "text": "x",
-                    }
-                    for n in range(12)
-                ]
-            },
-        )
-        assert batch.status_code == 202, batch.text
-        done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
-        assert [d["state"] for d in done] == ["sent"] * 12
-        for _ in range(150):
-            usage = await _quota_usage(quota_url)
-            if "reserved" not in usage:
-                break
-            await asyncio.sleep(0.1)
-        assert usage.get("committed") == 12 and "reserved" not in usage, usage
+    server = smtp_server(tls="starttls")
+    await app.add_account(server, max_per_month=100)
+    # 0.05 s a message: the first worker still has its 6 in hand when the second claims
+    server.handler.behaviour.mode, server.handler.behaviour.silent_seconds = "slow", 0.05
+    batch = await app.user.post("/v1/messages/batch", json=offers(12))
+    assert batch.status_code == 202, batch.text
+    done = [await app.wait_for(m["id"], {"sent", "failed"}) for m in batch.json()["items"]]
+    assert [d["state"] for d in done] == ["sent"] * 12
+    usage = await settled_usage(quota_service)
+    assert usage.get("committed") == 12 and "reserved" not in usage, usage
