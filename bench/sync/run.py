@@ -167,6 +167,17 @@ def sync_settings(url: str, nats_url: str, cafile: str) -> SyncSettings:
     )
 
 
+def lead_settings(url: str, nats_url: str) -> LeadSettings:
+    return LeadSettings(
+        database_url=url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        log_level="WARNING",
+        consumer_prefix=f"bench-lead-{uuid.uuid4().hex[:8]}",
+    )
+
+
 def connect_body(dovecot: DovecotServer, smtp_port: int) -> dict[str, Any]:
     return {
         "provider": "custom",
@@ -276,16 +287,7 @@ async def run(messages: int, idle_samples: int) -> None:
         company = uuid.uuid4()
         user = Identity(company_id=company, user_id=uuid.uuid4(), role="salesperson")
         sync_app = create_sync_app(sync_settings(sync_url, nats_server.url, cafile))
-        lead_app = create_lead_app(
-            LeadSettings(
-                database_url=lead_url,
-                nats_url=nats_server.url,
-                identity_secret=SECRET,
-                environment="test",
-                log_level="WARNING",
-                consumer_prefix=f"bench-lead-{uuid.uuid4().hex[:8]}",
-            )
-        )
+        lead_app = create_lead_app(lead_settings(lead_url, nats_server.url))
         nc, _ = await bus.connect(nats_server.url, "bench")
         arrivals: dict[str, float] = {}
 
@@ -372,16 +374,7 @@ async def run(messages: int, idle_samples: int) -> None:
         company = uuid.uuid4()
         user = Identity(company_id=company, user_id=uuid.uuid4(), role="salesperson")
         scan_app = create_sync_app(sync_settings(scan_url, nats_server.url, cafile))
-        scan_lead_app = create_lead_app(
-            LeadSettings(
-                database_url=scan_lead_url,
-                nats_url=nats_server.url,
-                identity_secret=SECRET,
-                environment="test",
-                log_level="WARNING",
-                consumer_prefix=f"bench-scan-lead-{uuid.uuid4().hex[:8]}",
-            )
-        )
+        scan_lead_app = create_lead_app(lead_settings(scan_lead_url, nats_server.url))
         async with running_app(scan_app) as sync_client, running_app(scan_lead_app) as lead_client:
             response = await as_caller(lead_client, user, SECRET).post(
                 "/v1/leads", json={"name": "rare", "addresses": ["rare@prospect.example"]}
