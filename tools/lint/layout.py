@@ -28,7 +28,6 @@ NOT_YET: dict[str, str] = {
         "the mailbox state machine's writes (in flux: issues 18, 20)"
     ),
     "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
-    "sync-service/src/leadline_sync/sync/scheduler.py": "the lease scheduler (in flux: issue 18)",
 }
 
 

@@ -1,18 +1,30 @@
 """Every query of the completeness audit (``audit.py`` holds its range arithmetic): the
 ``examined_range``, ``audit_range`` and ``examined_message`` rows of a folder numbering, and the
-counts ``GET /v1/mail-sync`` shows."""
+counts ``GET /v1/mail-sync`` shows; and the lease scheduler's (``scheduler.py`` holds their
+transactions): the replicas alive in ``replica``, the leases and claims of ``mailbox`` rows over
+every company, and what a claimed mailbox's worker reads first."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, and_, delete, func, select, text, union_all
+from sqlalchemy import Row, and_, bindparam, delete, func, or_, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from leadline_sync.models import audit_range, examined_message, examined_range, folder_cursor
+from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
+from leadline_sync.models import (
+    audit_range,
+    examined_message,
+    examined_range,
+    folder_cursor,
+    lead_recheck,
+    mailbox,
+    replica,
+)
 
 Run = tuple[str, int, int]  # reason, first UID, last UID
 
@@ -277,3 +289,208 @@ async def audited(
         ).scalar_one()
     )
     return on_server, server_below, examined_below
+
+
+# --- the scheduler: replicas, leases, claims
+# -------------------------------------------------------------------------------
+
+
+async def register_replica(session: AsyncSession, name: str, live_capacity: int) -> None:
+    """The replica ``name`` is alive (``seen_at`` now), and may hold ``live_capacity`` mailboxes
+    live."""
+    capacity = {"live_capacity": live_capacity, "seen_at": func.now()}
+    await session.execute(
+        insert(replica)
+        .values(name=name, **capacity)
+        .on_conflict_do_update(index_elements=[replica.c.name], set_=capacity)
+    )
+
+
+async def unregister_replica(session: AsyncSession, name: str) -> None:
+    await session.execute(delete(replica).where(replica.c.name == name))
+
+
+async def alive_replicas(session: AsyncSession, lease: timedelta) -> dict[str, int]:
+    """The replicas seen within a lease period → their live capacities."""
+    return dict(
+        (
+            await session.execute(
+                select(replica.c.name, replica.c.live_capacity).where(
+                    replica.c.seen_at > func.now() - lease
+                )
+            )
+        ).all()
+    )
+
+
+# the mailboxes to sync, every company's (unscoped: the scheduler's count); an alias, so that inside
+# a claim on ``mailbox`` it counts the table rather than correlating to the claimed row
+_counted = mailbox.alias("counted")
+_TO_SYNC = (
+    select(func.count())
+    .select_from(_counted)
+    .where(_counted.c.status.in_(SYNCED), _counted.c.slot == Slot.GRANTED)
+)
+
+
+async def mailboxes_to_sync(session: AsyncSession) -> int:
+    """How many mailboxes there are to sync, every company's."""
+    total: int = (await session.execute(_TO_SYNC)).scalar_one()
+    return total
+
+
+async def renew_leases(
+    session: AsyncSession, replica_name: str, ids: list[uuid.UUID], lease: timedelta
+) -> set[uuid.UUID]:
+    """Renew for ``lease`` from now the leases ``replica_name`` holds on the mailboxes ``ids`` that
+    are still to sync; those it renewed (and locked)."""
+    return set(
+        (
+            await session.execute(
+                # unscoped: the scheduler renews its own leases over every company
+                update(mailbox)
+                .where(
+                    mailbox.c.id.in_(ids),
+                    mailbox.c.lease_owner == replica_name,
+                    mailbox.c.status.in_(SYNCED),
+                )
+                .values(lease_expires_at=func.now() + lease)
+                .returning(mailbox.c.id)
+            )
+        ).scalars()
+    )
+
+
+async def write_last_synced(session: AsyncSession, synced: dict[uuid.UUID, datetime]) -> None:
+    """Each mailbox's ``last_synced_at`` (``synced``: mailbox id → when; one statement, executed
+    for many)."""
+    await session.execute(
+        # unscoped: the replica's own mailboxes, by id, of those this transaction renewed
+        update(mailbox)
+        .where(mailbox.c.id == bindparam("synced_id"))
+        .values(last_synced_at=bindparam("synced_at")),
+        [{"synced_id": m, "synced_at": at} for m, at in synced.items()],
+    )
+
+
+async def give_back_leases(
+    session: AsyncSession,
+    replica_name: str,
+    ids: list[uuid.UUID],
+    retry_at: datetime | None = None,
+) -> None:
+    """Give back the leases ``replica_name`` holds on the mailboxes ``ids``; with ``retry_at``,
+    none of them is due before it."""
+    later = {} if retry_at is None else {"next_attempt_at": retry_at}
+    await session.execute(
+        # unscoped: the scheduler's leases on mailboxes, by id and our replica
+        update(mailbox)
+        .where(mailbox.c.id.in_(ids), mailbox.c.lease_owner == replica_name)
+        .values(lease_owner=None, lease_expires_at=None, **later)
+    )
+
+
+async def give_back_all(session: AsyncSession, replica_name: str) -> None:
+    await session.execute(
+        # unscoped: the scheduler gives back its own leases over every company
+        update(mailbox)
+        .where(mailbox.c.lease_owner == replica_name)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+async def next_foreign_expiry(session: AsyncSession, replica_name: str) -> float | None:
+    """Seconds until the first lease a replica other than ``replica_name`` holds on a mailbox to
+    sync expires; None when it holds none that runs."""
+    seconds = (
+        await session.execute(
+            # unscoped: the scheduler looks at every company's leases
+            select(func.extract("epoch", func.min(mailbox.c.lease_expires_at) - func.now())).where(
+                mailbox.c.status.in_(SYNCED),
+                mailbox.c.slot == Slot.GRANTED,
+                mailbox.c.lease_owner != replica_name,
+                mailbox.c.lease_expires_at >= func.now(),
+            )
+        )
+    ).scalar_one()
+    return None if seconds is None else float(seconds)
+
+
+async def claim_due(
+    session: AsyncSession,
+    replica_name: str,
+    mode: SyncMode,
+    free: int,
+    now: datetime,
+    lease: timedelta,
+    *,
+    held: list[uuid.UUID],
+    fresh: datetime | None = None,
+    counted: int | None = None,
+) -> list[Row[Any]]:
+    """Claim for ``replica_name``, in ``mode``, for ``lease`` from now, up to ``free`` mailboxes
+    due at ``now`` that nobody holds or whose lease expired, oldest last sync first, skipping rows
+    another transaction locked and those of ``held``; their rows.
+
+    ``fresh`` (rotating): only mailboxes last synced at or before it.  ``counted``: none while
+    there are more mailboxes to sync than that, in the same statement (one snapshot)."""
+    due = (
+        # unscoped: the scheduler picks due mailboxes of every company
+        select(mailbox.c.id)
+        .where(
+            mailbox.c.status.in_(SYNCED),
+            mailbox.c.slot == Slot.GRANTED,
+            mailbox.c.next_attempt_at <= now,
+            or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()),
+        )
+        .order_by(mailbox.c.last_synced_at.asc().nulls_first(), mailbox.c.next_attempt_at)
+        .limit(free)
+        .with_for_update(skip_locked=True)
+    )
+    if fresh is not None:
+        due = due.where(or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh))
+    if counted is not None:
+        due = due.where(_TO_SYNC.scalar_subquery() <= counted)
+    if held:
+        due = due.where(mailbox.c.id.not_in(held))
+    return list(
+        (
+            await session.execute(
+                # unscoped: the scheduler claims due mailboxes of every company
+                update(mailbox)
+                .where(mailbox.c.id.in_(due.scalar_subquery()))
+                .values(
+                    lease_owner=replica_name,
+                    lease_expires_at=func.now() + lease,
+                    sync_mode=mode,
+                )
+                .returning(*mailbox.c)
+            )
+        ).all()
+    )
+
+
+async def folder_cursors_of(
+    session: AsyncSession, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[Row[Any]]]:
+    """The folder cursors of each of the mailboxes ``ids`` (none: an empty list)."""
+    cursors: dict[uuid.UUID, list[Row[Any]]] = {mailbox_id: [] for mailbox_id in ids}
+    for cursor in await session.execute(
+        select(folder_cursor).where(folder_cursor.c.mailbox_id.in_(ids))
+    ):
+        cursors[cursor.mailbox_id].append(cursor)
+    return cursors
+
+
+async def rechecks_waiting(session: AsyncSession, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of the mailboxes ``ids`` have mail to examine again for a late lead
+    (``lead_recheck``)."""
+    return set(
+        (
+            await session.execute(
+                select(lead_recheck.c.mailbox_id)
+                .where(lead_recheck.c.mailbox_id.in_(ids))
+                .distinct()
+            )
+        ).scalars()
+    )

@@ -50,6 +50,9 @@ and a replica that cannot renew for most of a lease period stops its own
 workers before another replica may take over, so that two replicas never
 talk to one mailbox at once.  Lease times are the database's clock, shared by
 all replicas; retry times are the service clock (injectable for tests).
+
+The statements are in :mod:`leadline_sync.sync.repository`; this module holds their transactions
+and the connections they run on.
 """
 
 from __future__ import annotations
@@ -65,14 +68,13 @@ from datetime import timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, bindparam, delete, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Row
 
 from leadline_kit.db import Database
 from leadline_sync.context import SyncContext
 from leadline_sync.mailbox.slots import reconcile_slots
-from leadline_sync.mailbox.states import SYNCED, Slot, SyncMode
-from leadline_sync.models import folder_cursor, lead_recheck, mailbox, replica
+from leadline_sync.mailbox.states import SyncMode
+from leadline_sync.sync import repository
 from leadline_sync.sync.capacity import Capacity
 from leadline_sync.sync.engine import Claimed, MailboxSync
 from leadline_sync.sync.report import REPORT_SECONDS, report_mailboxes
@@ -88,14 +90,6 @@ HELD_BY_MODE = Gauge(
     "leadline_sync_mailboxes_held_by_mode",
     "Mailboxes this replica syncs, live or rotating",
     ["replica", "sync_mode"],
-)
-# the mailboxes to sync, every company's (unscoped: the scheduler's count); an alias, so that inside
-# a claim on ``mailbox`` it counts the table rather than correlating to the claimed row
-_counted = mailbox.alias("counted")
-_TO_SYNC = (
-    select(func.count())
-    .select_from(_counted)
-    .where(_counted.c.status.in_(SYNCED), _counted.c.slot == Slot.GRANTED)
 )
 RENEWAL_FAILURES = Counter(
     "leadline_sync_lease_renewal_failures_total", "Lease renewals of this replica that failed"
@@ -268,14 +262,9 @@ class SyncScheduler:
         ended = [mailbox_id for mailbox_id in finished if mailbox_id not in crashed]
         retry_at = self.context.clock() + timedelta(seconds=self.settings.sync_retry_base_seconds)
         async with self.context.db.session() as session:
-            for ids, later in ((ended, {}), (list(crashed), {"next_attempt_at": retry_at})):
+            for ids, retry in ((ended, None), (list(crashed), retry_at)):
                 if ids:
-                    await session.execute(
-                        # unscoped: the scheduler's leases on mailboxes, by id and our replica
-                        update(mailbox)
-                        .where(mailbox.c.id.in_(ids), mailbox.c.lease_owner == self.replica)
-                        .values(lease_owner=None, lease_expires_at=None, **later)
-                    )
+                    await repository.give_back_leases(session, self.replica, ids, retry)
 
     async def _note_rechecks(self) -> None:
         """Tell the workers whose mailboxes have mail to examine again for a late lead
@@ -284,13 +273,7 @@ class SyncScheduler:
         if not self.syncs:
             return
         async with self.context.db.session() as session:
-            due = (
-                await session.execute(
-                    select(lead_recheck.c.mailbox_id)
-                    .where(lead_recheck.c.mailbox_id.in_(list(self.syncs)))
-                    .distinct()
-                )
-            ).scalars()
+            due = await repository.rechecks_waiting(session, list(self.syncs))
             for mailbox_id in due:
                 sync = self.syncs.get(mailbox_id)
                 if sync is not None:
@@ -309,41 +292,16 @@ class SyncScheduler:
         async with self.leases.session() as session:
             # alive, and how many it may hold live: the others' shares count on it until a lease
             # period passes
-            capacity = {"live_capacity": self.capacity.live, "seen_at": func.now()}
-            await session.execute(
-                insert(replica)
-                .values(name=self.replica, **capacity)
-                .on_conflict_do_update(index_elements=[replica.c.name], set_=capacity)
-            )
+            await repository.register_replica(session, self.replica, self.capacity.live)
             if held:
-                kept = set(
-                    (
-                        await session.execute(
-                            # unscoped: the scheduler renews its own leases over every company
-                            update(mailbox)
-                            .where(
-                                mailbox.c.id.in_(held),
-                                mailbox.c.lease_owner == self.replica,
-                                mailbox.c.status.in_(SYNCED),
-                            )
-                            .values(lease_expires_at=func.now() + self._lease_interval())
-                            .returning(mailbox.c.id)
-                        )
-                    ).scalars()
+                kept = await repository.renew_leases(
+                    session, self.replica, held, self._lease_interval()
                 )
                 # only rows whose lease this transaction just renewed (and locked): still ours,
                 # still synced
-                renewed = [
-                    {"synced_id": m, "synced_at": at} for m, at in synced.items() if m in kept
-                ]
+                renewed = {m: at for m, at in synced.items() if m in kept}
                 if renewed:
-                    await session.execute(
-                        # unscoped: the replica's own mailboxes, by id, of those this transaction renewed  # noqa: E501
-                        update(mailbox)
-                        .where(mailbox.c.id == bindparam("synced_id"))
-                        .values(last_synced_at=bindparam("synced_at")),
-                        renewed,
-                    )
+                    await repository.write_last_synced(session, renewed)
         for mailbox_id, at in synced.items():
             sync = self.syncs.get(mailbox_id)
             if sync is not None and sync.synced_unwritten == at:
@@ -383,16 +341,8 @@ class SyncScheduler:
         alive in proportion to their live capacities; and how many mailboxes to sync that share
         counted."""
         async with self.context.db.session() as session:
-            total = (await session.execute(_TO_SYNC)).scalar_one()
-            alive = dict(
-                (
-                    await session.execute(
-                        select(replica.c.name, replica.c.live_capacity).where(
-                            replica.c.seen_at > func.now() - self._lease_interval()
-                        )
-                    )
-                ).all()
-            )
+            total = await repository.mailboxes_to_sync(session)
+            alive = await repository.alive_replicas(session, self._lease_interval())
         # (itself, whether its registration went through or not)
         alive[self.replica] = self.capacity.live
         return fair_share(total, self.capacity.live, sum(alive.values())), total
@@ -411,20 +361,7 @@ class SyncScheduler:
     async def _next_foreign_expiry(self) -> float | None:
         """Seconds until the first lease another replica holds on a mailbox to sync expires."""
         async with self.context.db.session() as session:
-            seconds = (
-                await session.execute(
-                    # unscoped: the scheduler looks at every company's leases
-                    select(
-                        func.extract("epoch", func.min(mailbox.c.lease_expires_at) - func.now())
-                    ).where(
-                        mailbox.c.status.in_(SYNCED),
-                        mailbox.c.slot == Slot.GRANTED,
-                        mailbox.c.lease_owner != self.replica,
-                        mailbox.c.lease_expires_at >= func.now(),
-                    )
-                )
-            ).scalar_one()
-        return None if seconds is None else float(seconds)
+            return await repository.next_foreign_expiry(session, self.replica)
 
     async def _claim_for(self, mode: SyncMode, free: int, counted: int | None = None) -> int:
         """Claim up to ``free`` due mailboxes and start their workers; how many.
@@ -437,62 +374,30 @@ class SyncScheduler:
         if free <= 0:
             return 0
         now = self.context.clock()
-        due = (
-            # unscoped: the scheduler picks due mailboxes of every company
-            select(mailbox.c.id)
-            .where(
-                mailbox.c.status.in_(SYNCED),
-                mailbox.c.slot == Slot.GRANTED,
-                mailbox.c.next_attempt_at <= now,
-                or_(mailbox.c.lease_owner.is_(None), mailbox.c.lease_expires_at < func.now()),
-            )
-            .order_by(mailbox.c.last_synced_at.asc().nulls_first(), mailbox.c.next_attempt_at)
-            .limit(free)
-            .with_for_update(skip_locked=True)
-        )
+        fresh = None
         if mode == SyncMode.ROTATING:
             # a pass per mailbox at most every poll period, however few mailboxes wait
             fresh = now - timedelta(seconds=self.settings.sync_poll_seconds)
-            due = due.where(
-                or_(mailbox.c.last_synced_at.is_(None), mailbox.c.last_synced_at <= fresh)
-            )
-            if counted is not None:
-                due = due.where(_TO_SYNC.scalar_subquery() <= counted)
-        if self.workers:
-            due = due.where(mailbox.c.id.not_in(list(self.workers)))
         async with self.context.db.session() as session:
-            rows = (
-                await session.execute(
-                    # unscoped: the scheduler claims due mailboxes of every company
-                    update(mailbox)
-                    .where(mailbox.c.id.in_(due.scalar_subquery()))
-                    .values(
-                        lease_owner=self.replica,
-                        lease_expires_at=func.now() + self._lease_interval(),
-                        sync_mode=mode,
-                    )
-                    .returning(*mailbox.c)
-                )
-            ).all()
+            rows = await repository.claim_due(
+                session,
+                self.replica,
+                mode,
+                free,
+                now,
+                self._lease_interval(),
+                held=list(self.workers),
+                fresh=fresh,
+                counted=counted,
+            )
             # what each worker's first session would read in transactions of its own, for all at
             # once
             ids = [row.id for row in rows]
-            cursors: dict[uuid.UUID, list[Row[Any]]] = {mailbox_id: [] for mailbox_id in ids}
+            cursors: dict[uuid.UUID, list[Row[Any]]] = {}
             rechecks: set[uuid.UUID] = set()
             if ids:
-                for cursor in await session.execute(
-                    select(folder_cursor).where(folder_cursor.c.mailbox_id.in_(ids))
-                ):
-                    cursors[cursor.mailbox_id].append(cursor)
-                rechecks = set(
-                    (
-                        await session.execute(
-                            select(lead_recheck.c.mailbox_id)
-                            .where(lead_recheck.c.mailbox_id.in_(ids))
-                            .distinct()
-                        )
-                    ).scalars()
-                )
+                cursors = await repository.folder_cursors_of(session, ids)
+                rechecks = await repository.rechecks_waiting(session, ids)
         for row in rows:
             claimed = Claimed(row, cursors[row.id], row.id in rechecks)
             worker = MailboxSync(self.context, row.id, self.busy, self.db, mode, claimed)
@@ -535,14 +440,9 @@ class SyncScheduler:
     async def release_all(self) -> None:
         """Give back every lease at a clean shutdown, so another replica takes over at once."""
         async with self.leases.session() as session:
-            await session.execute(
-                # unscoped: the scheduler gives back its own leases over every company
-                update(mailbox)
-                .where(mailbox.c.lease_owner == self.replica)
-                .values(lease_owner=None, lease_expires_at=None)
-            )
+            await repository.give_back_all(session, self.replica)
             # no longer alive: the others' shares grow at once
-            await session.execute(delete(replica).where(replica.c.name == self.replica))
+            await repository.unregister_replica(session, self.replica)
         self.workers.clear()
         self.modes.clear()
         self.syncs.clear()
