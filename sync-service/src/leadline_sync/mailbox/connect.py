@@ -38,7 +38,7 @@ from leadline_sync.logins import (
     imap_settings,
     smtp_session,
 )
-from leadline_sync.mailbox import service
+from leadline_sync.mailbox import repository, service
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.proof import AddressProof, needs_proof, prove_address
 from leadline_sync.mailbox.schemas import (
@@ -50,7 +50,6 @@ from leadline_sync.mailbox.schemas import (
 from leadline_sync.mailbox.service import MailboxRow
 from leadline_sync.mailbox.slots import claim_slot, release_slot
 from leadline_sync.mailbox.states import INITIAL, MailboxStatus, Slot
-from leadline_sync.models import mailbox
 from leadline_sync.problems import (
     AddressSyncedByAnotherUser,
     MailboxAlreadyConnected,
@@ -363,20 +362,19 @@ async def _save(
         if checked.address_proven_by is not None:
             values.update(address_proven_at=now, address_proven_by=checked.address_proven_by)
         if row is None:
-            await session.execute(
-                mailbox.insert().values(
-                    id=mailbox_id,
-                    company_id=company_id,
-                    user_id=user_id,
-                    address=checked.address,
-                    status=INITIAL,
-                    status_reason=CHECKING_LIMIT,
-                    slot=Slot.UNCLAIMED,
-                    connected_at=now,
-                    created_at=now,
-                    updated_at=now,
-                    **values,
-                )
+            await repository.insert_mailbox(
+                session,
+                id=mailbox_id,
+                company_id=company_id,
+                user_id=user_id,
+                address=checked.address,
+                status=INITIAL,
+                status_reason=CHECKING_LIMIT,
+                slot=Slot.UNCLAIMED,
+                connected_at=now,
+                created_at=now,
+                updated_at=now,
+                **values,
             )
             created = await service.mailbox_by_id(session, mailbox_id)
             assert created is not None

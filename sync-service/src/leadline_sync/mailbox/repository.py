@@ -276,3 +276,8 @@ async def slots_to_reconcile(session: AsyncSession, limit: int) -> list[Row[Any,
             )
         ).all()
     )
+
+
+async def insert_mailbox(session: AsyncSession, **values: Any) -> None:
+    """A new mailbox row: ``values`` are its columns (``id`` and ``company_id`` among them)."""
+    await session.execute(mailbox.insert().values(**values))
