@@ -21,9 +21,6 @@ _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 
 # path under the repository root -> why its statements are still its own
 NOT_YET: dict[str, str] = {
-    "sync-service/src/leadline_sync/mailbox/service.py": (
-        "the mailbox state machine's writes (in flux: issues 18, 20)"
-    ),
     "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
 }
 

@@ -1,5 +1,5 @@
-"""Queries behind the Mail Sync endpoints (every one scoped by company) and the operators' mailbox
-metrics."""
+"""Queries behind the Mail Sync endpoints, the connect path and the mailbox state machine's writes
+(:mod:`leadline_sync.mailbox.service`), and the operators' mailbox metrics."""
 
 from __future__ import annotations
 
@@ -281,3 +281,92 @@ async def slots_to_reconcile(session: AsyncSession, limit: int) -> list[Row[Any,
 async def insert_mailbox(session: AsyncSession, **values: Any) -> None:
     """A new mailbox row: ``values`` are its columns (``id`` and ``company_id`` among them)."""
     await session.execute(mailbox.insert().values(**values))
+
+
+async def active_mailbox(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
+) -> Row[Any] | None:
+    """The user's connected mailbox (any status but disabled), if any; locked ``for_update``."""
+    statement = select(mailbox).where(
+        mailbox.c.company_id == company_id,
+        mailbox.c.user_id == user_id,
+        mailbox.c.status != MailboxStatus.DISABLED,
+    )
+    if for_update:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def synced_by_another_user(
+    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, address: str
+) -> bool:
+    """Whether another user of the company has ``address`` connected."""
+    return (
+        await session.execute(
+            select(mailbox.c.id)
+            .where(
+                mailbox.c.company_id == company_id,
+                mailbox.c.user_id != user_id,
+                mailbox.c.address == address,
+                mailbox.c.status != MailboxStatus.DISABLED,
+            )
+            .limit(1)
+        )
+    ).first() is not None
+
+
+async def mailbox_by_id(
+    session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False
+) -> Row[Any] | None:
+    # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one  # noqa: E501
+    statement = select(mailbox).where(mailbox.c.id == mailbox_id)
+    if for_update:
+        statement = statement.with_for_update()
+    return (await session.execute(statement)).first()
+
+
+async def write_move(session: AsyncSession, mailbox_id: uuid.UUID, values: dict[str, Any]) -> None:
+    """The columns of a status move the state machine checked
+    (:func:`leadline_sync.mailbox.service.transition`)."""
+    # unscoped: by the id of a mailbox row its caller read
+    await session.execute(update(mailbox).where(mailbox.c.id == mailbox_id).values(**values))
+
+
+async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, to: Slot) -> None:
+    """The slot set to ``to`` if it is still ``start`` (a move checked by the caller)."""
+    await session.execute(
+        # unscoped: by the id of a mailbox its caller holds
+        update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to)
+    )
+
+
+async def update_settings(
+    session: AsyncSession, mailbox_id: uuid.UUID, now: datetime, values: dict[str, Any]
+) -> None:
+    await session.execute(
+        # unscoped: by the id of a mailbox row its caller read scoped
+        update(mailbox).where(mailbox.c.id == mailbox_id).values(updated_at=now, **values)
+    )
+
+
+async def insert_error(
+    session: AsyncSession,
+    company_id: uuid.UUID,
+    mailbox_id: uuid.UUID,
+    occurred_at: datetime,
+    kind: str,
+    message: str,
+    fix: str,
+) -> None:
+    """One entry of the mailbox's error log."""
+    await session.execute(
+        mailbox_error.insert().values(
+            id=uuid.uuid4(),
+            company_id=company_id,
+            mailbox_id=mailbox_id,
+            occurred_at=occurred_at,
+            kind=kind,
+            message=message,
+            fix=fix,
+        )
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit.outbox import enqueue
@@ -28,6 +28,7 @@ from leadline_proto.events import (
     MailboxStatusPayload,
 )
 from leadline_proto.requests import MailboxSlotStatus
+from leadline_sync.mailbox import repository
 from leadline_sync.mailbox.fixes import fix_for
 from leadline_sync.mailbox.states import (
     MailboxStatus,
@@ -36,7 +37,7 @@ from leadline_sync.mailbox.states import (
     check_slot_move,
     slot_given_back,
 )
-from leadline_sync.models import mailbox, mailbox_error, outbox
+from leadline_sync.models import outbox
 
 log = logging.getLogger("leadline.sync.mailbox")
 
@@ -47,42 +48,21 @@ async def active_mailbox(
     session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
 ) -> MailboxRow | None:
     """The user's connected mailbox (any status but disabled), if any."""
-    statement = select(mailbox).where(
-        mailbox.c.company_id == company_id,
-        mailbox.c.user_id == user_id,
-        mailbox.c.status != MailboxStatus.DISABLED,
-    )
-    if for_update:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).first()
+    return await repository.active_mailbox(session, company_id, user_id, for_update=for_update)
 
 
 async def synced_by_another_user(
     session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, address: str
 ) -> bool:
     """Whether another user of the company has ``address`` connected (one address, one user)."""
-    return (
-        await session.execute(
-            select(mailbox.c.id)
-            .where(
-                mailbox.c.company_id == company_id,
-                mailbox.c.user_id != user_id,
-                mailbox.c.address == address,
-                mailbox.c.status != MailboxStatus.DISABLED,
-            )
-            .limit(1)
-        )
-    ).first() is not None
+    return await repository.synced_by_another_user(session, company_id, user_id, address)
 
 
 async def mailbox_by_id(
     session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False
 ) -> MailboxRow | None:
-    # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one  # noqa: E501
-    statement = select(mailbox).where(mailbox.c.id == mailbox_id)
-    if for_update:
-        statement = statement.with_for_update()
-    return (await session.execute(statement)).first()
+    """The mailbox of that id, any company's (a worker's lookup by an id it holds)."""
+    return await repository.mailbox_by_id(session, mailbox_id, for_update=for_update)
 
 
 def _status_changed(
@@ -147,8 +127,7 @@ async def transition(
             credential_wrapped_key=None,
             credential_ciphertext=None,
         )
-    # unscoped: by the id of a mailbox row its caller read
-    await session.execute(update(mailbox).where(mailbox.c.id == row.id).values(**values))
+    await repository.write_move(session, row.id, values)
     if to != previous:
         await enqueue(session, outbox, _status_changed(row, to, previous, reason))
         log.info("mailbox %s: %s -> %s", row.id, previous, to)
@@ -157,10 +136,7 @@ async def transition(
 async def move_slot(session: AsyncSession, mailbox_id: uuid.UUID, start: Slot, to: Slot) -> None:
     """Move a slot by itself (the status unchanged), if it is still ``start``."""
     check_slot_move(start, to)
-    await session.execute(
-        # unscoped: by the id of a mailbox its caller holds
-        update(mailbox).where(mailbox.c.id == mailbox_id, mailbox.c.slot == start).values(slot=to)
-    )
+    await repository.move_slot(session, mailbox_id, start, to)
 
 
 async def announce_created(session: AsyncSession, row: MailboxRow) -> None:
@@ -180,26 +156,15 @@ async def update_settings(
     session: AsyncSession, row: MailboxRow, now: datetime, values: dict[str, Any]
 ) -> None:
     """New server settings and credentials for a connected mailbox (not a status change)."""
-    await session.execute(
-        # unscoped: by the id of a mailbox row its caller read scoped
-        update(mailbox).where(mailbox.c.id == row.id).values(updated_at=now, **values)
-    )
+    await repository.update_settings(session, row.id, now, values)
 
 
 async def record_error(
     session: AsyncSession, row: MailboxRow, kind: ErrorKind, message: str, now: datetime
 ) -> None:
     """One entry of the error log the user reads: when, what, how to fix (R8)."""
-    await session.execute(
-        mailbox_error.insert().values(
-            id=uuid.uuid4(),
-            company_id=row.company_id,
-            mailbox_id=row.id,
-            occurred_at=now,
-            kind=kind,
-            message=message,
-            fix=fix_for(kind, row.provider),
-        )
+    await repository.insert_error(
+        session, row.company_id, row.id, now, kind, message, fix_for(kind, row.provider)
     )
 
 
