@@ -229,3 +229,45 @@ async def test_a_lease_retired_by_a_claim_it_could_not_take_is_settled_by_its_la
     assert [d["state"] for d in done] == ["sent"] * 12
     usage = await settled_usage(quota_service)
     assert usage.get("committed") == 12 and "reserved" not in usage, usage
+
+
+async def test_a_commit_unanswered_for_long_is_counted_once_the_quota_service_is_back(
+    postgres: PostgresServer, nats_url: str
+) -> None:
+    """The quota service is away for longer than the five tries a settle used to make (about 8 s): the
+    commit keeps trying, and once the service is back the usage is counted and the hold forgotten."""
+    quota_url = await migrated_database(postgres, "leadline_quota")
+    settings = QuotaSettings(
+        database_url=quota_url,
+        nats_url=nats_url,
+        identity_secret=SECRET,
+        environment="test",
+        consumer_prefix=f"quota-send-test-{uuid.uuid4().hex[:8]}",
+    )
+    nc = await nats.connect(nats_url)
+    client = QuotaClient(nc, timeout=0.5)
+    company, reservation = uuid.uuid4(), uuid.uuid4()
+    request = QuotaReserveRequest(
+        company_id=company,
+        account_key=f"smtp:{uuid.uuid4()}",
+        recipients=1,
+        size_bytes=100,
+        reservation_id=reservation,
+    )
+    forgotten = asyncio.Event()
+
+    async def forget() -> None:
+        forgotten.set()
+
+    try:
+        async with running_app(create_quota_app(settings)):
+            assert (await client.reserve(request)).granted
+        client.commit(company, reservation, then=forget)
+        await asyncio.sleep(12.0)  # the old five tries were over after 4-8 s
+        assert not forgotten.is_set()
+        assert await _quota_usage(quota_url) == {"reserved": 1}
+        async with running_app(create_quota_app(settings)):
+            await asyncio.wait_for(forgotten.wait(), 20.0)
+    finally:
+        await nc.close()
+    assert await _quota_usage(quota_url) == {"committed": 1}

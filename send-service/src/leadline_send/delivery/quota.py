@@ -48,7 +48,10 @@ Settled = Callable[[], Awaitable[None]]
 
 # How long the room a passing check reported answers the next checks of the account in this process.
 ROOM_KEPT_SECONDS = 1.0
-SETTLE_RETRY = Backoff(0.5, 8.0)  # five tries over about 10 s, then the hold waits for recovery
+# a settle is tried until answered while this process lives (its holds go to recovery once it
+# is gone): given up, it left a live process's reservation held and its mail uncounted (R14)
+SETTLE_RETRY = Backoff(0.5, 8.0)
+SETTLE_LOGGED_AFTER = 5  # unanswered tries before the wait is logged
 UNLIMITED = 2**62
 
 
@@ -146,9 +149,9 @@ class QuotaClient:
         recipients: int | None = None,
         then: Settled | None = None,
     ) -> None:
-        # Settling is off the send path.  A settle that never arrives (the quota service away for
-        # long, or this process killed) leaves the reservation held: recovery settles the holds of a
-        # dead process, and the quota service lets an unsettled reservation expire after its TTL.
+        # Settling is off the send path, and tried until the quota service answers (a late
+        # commit still records the usage).  A settle that never arrives because this process is
+        # killed leaves the reservation held: recovery settles the holds of a dead process.
         if reservation_id is None:
             return
         task = asyncio.create_task(
@@ -169,11 +172,21 @@ class QuotaClient:
     async def _settle(
         self, subject: str, request: QuotaSettleRequest, then: Settled | None
     ) -> None:
-        for attempt in range(5):
+        unanswered = 0
+        while True:
             try:
                 reply = await rpc.ask(self.nc, subject, request, QuotaSettleReply, self.timeout)
-            except rpc.Unanswered:
-                await asyncio.sleep(SETTLE_RETRY.seconds(attempt))
+            except rpc.Unanswered as exc:
+                unanswered += 1
+                if unanswered == SETTLE_LOGGED_AFTER:
+                    log.warning(
+                        "quota %s of reservation %s unanswered %d times (%s); still trying",
+                        subject,
+                        request.reservation_id,
+                        unanswered,
+                        exc.reason,
+                    )
+                await asyncio.sleep(SETTLE_RETRY.seconds(unanswered - 1))
                 continue
             if not reply.ok:
                 log.warning(
@@ -185,11 +198,6 @@ class QuotaClient:
                 except Exception:
                     log.exception("after settling reservation %s", request.reservation_id)
             return
-        log.error(
-            "quota %s of reservation %s not delivered; it stays held",
-            subject,
-            request.reservation_id,
-        )
 
     async def drain(self) -> None:
         if self._settling:
