@@ -19,10 +19,10 @@ from tools.lint.scope import RAW_SQL, SERVICES, Violation
 
 _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
 
-# path under the repository root -> why its statements are still its own
-NOT_YET: dict[str, str] = {
-    "sync-service/src/leadline_sync/sync/engine.py": "the sync engine (in flux: issues 18, 20)",
-}
+# path under the repository root -> why its statements are still its own (none left: every module
+# of a service builds its SQL in a repository; a module that must not be moved yet goes here, with
+# why)
+NOT_YET: dict[str, str] = {}
 
 
 def builds_statements(source: str) -> bool:

@@ -57,8 +57,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from prometheus_client import Counter, Gauge
-from sqlalchemy import Row, delete, func, select, text, update
-from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy import Row
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from leadline_kit import rpc
@@ -100,8 +99,8 @@ from leadline_sync.matching import (
     match_message,
     unmatched_reason,
 )
-from leadline_sync.models import folder_cursor, lead_address, lead_recheck, mailbox, outbox
-from leadline_sync.sync import audit
+from leadline_sync.models import outbox
+from leadline_sync.sync import audit, repository
 from leadline_sync.sync.folder import RESCAN_DAY, FolderAction, FolderCursor, decide, rescan_allowed
 from leadline_sync.sync.live import FolderWatch
 
@@ -178,19 +177,6 @@ HEADER_CHUNK = 1000  # UIDs whose headers one FETCH reads and one directory quer
 # both folders (1–3 s each for 30,000 Maildir messages on a loaded Dovecot, issue 25), so 500-UID
 # windows made a 50,000-message history 100 passes
 WINDOW_GROWTH = 3
-
-
-# A batch's synced_message rows as one statement of arrays, compiled once (a multi-row VALUES is
-# not); a row already there (the same UID, or the same Message-ID in the folder) is not returned
-# (R26).
-_RECORD_SYNCED = text("""
-INSERT INTO synced_message (mailbox_id, folder, uidvalidity, uid, message_id, kind, event_id)
-SELECT CAST(:mailbox_id AS uuid), CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid, message_id, kind, event_id
-FROM unnest(CAST(:uids AS bigint[]), CAST(:message_ids AS text[]), CAST(:kinds AS text[]), CAST(:event_ids AS uuid[]))
-     AS r(uid, message_id, kind, event_id)
-ON CONFLICT DO NOTHING
-RETURNING uid
-""")  # noqa: E501
 
 
 class LeaseLost(Exception):
@@ -732,19 +718,7 @@ class MailboxSync:
     async def _fence(self, session: AsyncSession) -> Row[Any]:
         """Lock our mailbox row, and make sure we still hold its lease and it is still to be
         synced."""
-        row = (
-            await session.execute(
-                # unscoped: the syncer's own mailbox, by its id and our lease
-                select(mailbox)
-                .where(
-                    mailbox.c.id == self.mailbox_id,
-                    mailbox.c.lease_owner == self.context.replica,
-                    mailbox.c.lease_expires_at > func.now(),
-                    mailbox.c.status.in_(SYNCED),
-                )
-                .with_for_update()
-            )
-        ).first()
+        row = await repository.fence_mailbox(session, self.mailbox_id, self.context.replica)
         if row is None:
             raise LeaseLost
         self.row = row
@@ -772,14 +746,7 @@ class MailboxSync:
                 reply = await self._ask_directory()
             if reply is not None and reply.as_of is not None:
                 async with self.db.session() as session:
-                    have = (
-                        await session.execute(
-                            select(func.count(func.distinct(lead_address.c.lead_id))).where(
-                                lead_address.c.company_id == row.company_id,
-                                lead_address.c.lead_created_at <= reply.as_of,
-                            )
-                        )
-                    ).scalar_one()
+                    have = await repository.leads_known(session, row.company_id, reply.as_of)
                 if have >= reply.leads:
                     DIRECTORY_WAITS.labels("caught_up" if waiting else "ready").inc()
                     break
@@ -852,14 +819,7 @@ class MailboxSync:
             return
         self.rechecks_due = False  # (the scheduler sets it again for a row that comes meanwhile)
         async with self.db.session() as session:
-            rechecks = (
-                await session.execute(
-                    select(lead_recheck)
-                    .where(lead_recheck.c.mailbox_id == self.mailbox_id)
-                    .order_by(lead_recheck.c.created_at)
-                    .limit(RECHECKS_PER_PASS)
-                )
-            ).all()
+            rechecks = await repository.rechecks_of(session, self.mailbox_id, RECHECKS_PER_PASS)
         if not rechecks:
             return
         if len(rechecks) == RECHECKS_PER_PASS:
@@ -894,12 +854,8 @@ class MailboxSync:
             await self._fence(session)
             for recheck in rechecks:
                 # a row updated meanwhile (new addresses) stays for the next pass
-                await session.execute(
-                    delete(lead_recheck).where(
-                        lead_recheck.c.mailbox_id == self.mailbox_id,
-                        lead_recheck.c.lead_id == recheck.lead_id,
-                        lead_recheck.c.created_at == recheck.created_at,
-                    )
+                await repository.delete_recheck(
+                    session, self.mailbox_id, recheck.lead_id, recheck.created_at
                 )
 
     # -- the completeness audit ------------------------------------------------------------
@@ -940,14 +896,7 @@ class MailboxSync:
             cursor.audited_at = now
             async with self.db.session() as session:
                 row = await self._fence(session)
-                await session.execute(
-                    update(folder_cursor)
-                    .where(
-                        folder_cursor.c.mailbox_id == self.mailbox_id,
-                        folder_cursor.c.folder == role,
-                    )
-                    .values(audited_at=now, audit_found=found)
-                )
+                await repository.write_audited(session, self.mailbox_id, role, now, found)
                 if found:
                     log.error(
                         (
@@ -977,11 +926,7 @@ class MailboxSync:
         """The stored cursors (``rows``: as the claim read them)."""
         if rows is None:
             async with self.db.session() as session:
-                rows = (
-                    await session.execute(
-                        select(folder_cursor).where(folder_cursor.c.mailbox_id == self.mailbox_id)
-                    )
-                ).all()
+                rows = await repository.folder_cursors(session, self.mailbox_id)
         self.cursors = {
             r.folder: FolderCursor(
                 r.folder,
@@ -1001,27 +946,7 @@ class MailboxSync:
         }
 
     async def _save_cursor(self, session: AsyncSession, cursor: FolderCursor) -> None:
-        values = {
-            "name": cursor.name,
-            "uidvalidity": cursor.uidvalidity,
-            "last_uid": cursor.last_uid,
-            "highestmodseq": cursor.highestmodseq,
-            "uidnext": cursor.uidnext,
-            "history_last_uid": cursor.history_last_uid,
-            "history_floor": cursor.history_floor,
-            "uidvalidity_resets": cursor.resets,
-            "uidvalidity_resets_since": cursor.resets_since,
-            "rescan_refused_at": cursor.rescan_refused_at,
-            "updated_at": func.now(),
-        }
-        statement = insert(folder_cursor).values(
-            mailbox_id=self.mailbox_id, folder=cursor.folder, **values
-        )
-        await session.execute(
-            statement.on_conflict_do_update(
-                index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values
-            )
-        )
+        await repository.save_cursor(session, self.mailbox_id, cursor)
 
     async def _note_synced(self) -> None:
         """Both folders are synced to the end: record when, and (once) that the historical sync is
@@ -1056,21 +981,9 @@ class MailboxSync:
                     await service.transition(session, row, MailboxStatus(row.status), "", now)
                 self.refusal = None
             if synced:
-                await session.execute(
-                    # unscoped: the syncer's own mailbox, by its id
-                    update(mailbox)
-                    .where(mailbox.c.id == self.mailbox_id)
-                    .values(last_synced_at=now)
-                )
+                await repository.write_synced_at(session, self.mailbox_id, now)
             if history_done:
-                await session.execute(
-                    # unscoped: the syncer's own mailbox, by its id
-                    update(mailbox)
-                    .where(
-                        mailbox.c.id == self.mailbox_id, mailbox.c.history_completed_at.is_(None)
-                    )
-                    .values(history_completed_at=now)
-                )
+                await repository.complete_history(session, self.mailbox_id, now)
         if synced:
             self.synced_at = now
         if history_done:
@@ -1573,19 +1486,16 @@ class MailboxSync:
             row = await self._fence(session)
             published: set[int] = set()
             if selected:
-                inserted = await session.execute(
-                    _RECORD_SYNCED,
-                    {
-                        "mailbox_id": row.id,
-                        "folder": cursor.folder,
-                        "uidvalidity": cursor.uidvalidity,
-                        "uids": [s.uid for s in selected],
-                        "message_ids": [s.message_id for s in selected],
-                        "kinds": [s.kind for s in selected],
-                        "event_ids": [s.event.event_id for s in selected],
-                    },
+                published = await repository.record_synced(
+                    session,
+                    row.id,
+                    cursor.folder,
+                    cursor.uidvalidity,
+                    [s.uid for s in selected],
+                    [s.message_id for s in selected],
+                    [s.kind for s in selected],
+                    [s.event.event_id for s in selected],
                 )
-                published = set(inserted.scalars())
                 events = [s.event for s in selected if s.uid in published]
                 await enqueue(session, outbox, *events)
                 for s in selected:

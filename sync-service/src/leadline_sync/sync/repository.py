@@ -1,8 +1,16 @@
 """Every query of the completeness audit (``audit.py`` holds its range arithmetic): the
 ``examined_range``, ``audit_range`` and ``examined_message`` rows of a folder numbering, and the
-counts ``GET /v1/mail-sync`` shows; and the lease scheduler's (``scheduler.py`` holds their
+counts ``GET /v1/mail-sync`` shows; the lease scheduler's (``scheduler.py`` holds their
 transactions): the replicas alive in ``replica``, the leases and claims of ``mailbox`` rows over
-every company, and what a claimed mailbox's worker reads first."""
+every company, and what a claimed mailbox's worker reads first; and the mailbox sync's
+(``engine.py`` holds its transactions, each function runs in the session it is given): the lease
+fence on the mailbox row, the count of the company's leads, the ``lead_recheck`` rows, the folder
+cursors and a batch's ``synced_message`` rows.
+
+The sync's hot path, a batch's rows, is one statement of arrays each (``unnest``), compiled once as
+plain SQL through Core (:data:`_RECORD_SYNCED`, :data:`_RECORD_MESSAGES`), not a multi-row VALUES
+compiled anew per batch; the scheduler's ``last_synced_at`` write-back is one statement executed
+for many."""
 
 from __future__ import annotations
 
@@ -21,10 +29,12 @@ from leadline_sync.models import (
     examined_message,
     examined_range,
     folder_cursor,
+    lead_address,
     lead_recheck,
     mailbox,
     replica,
 )
+from leadline_sync.sync.folder import FolderCursor
 
 Run = tuple[str, int, int]  # reason, first UID, last UID
 
@@ -494,3 +504,162 @@ async def rechecks_waiting(session: AsyncSession, ids: list[uuid.UUID]) -> set[u
             )
         ).scalars()
     )
+
+
+# --- the mailbox sync (engine.py): its lease fence, leads, rechecks, cursors, batches
+# -----------------------------------------------------------------------------------
+
+
+async def fence_mailbox(
+    session: AsyncSession, mailbox_id: uuid.UUID, replica_name: str
+) -> Row[Any] | None:
+    """The mailbox's row, locked, while ``replica_name`` holds its lease and it is to be synced;
+    None otherwise."""
+    return (
+        await session.execute(
+            # unscoped: the syncer's own mailbox, by its id and our lease
+            select(mailbox)
+            .where(
+                mailbox.c.id == mailbox_id,
+                mailbox.c.lease_owner == replica_name,
+                mailbox.c.lease_expires_at > func.now(),
+                mailbox.c.status.in_(SYNCED),
+            )
+            .with_for_update()
+        )
+    ).first()
+
+
+async def leads_known(session: AsyncSession, company_id: uuid.UUID, as_of: datetime) -> int:
+    """How many of the company's leads created up to ``as_of`` our copy holds addresses of."""
+    have: int = (
+        await session.execute(
+            select(func.count(func.distinct(lead_address.c.lead_id))).where(
+                lead_address.c.company_id == company_id,
+                lead_address.c.lead_created_at <= as_of,
+            )
+        )
+    ).scalar_one()
+    return have
+
+
+async def rechecks_of(session: AsyncSession, mailbox_id: uuid.UUID, limit: int) -> list[Row[Any]]:
+    """The mailbox's first ``limit`` ``lead_recheck`` rows, oldest first."""
+    return list(
+        (
+            await session.execute(
+                select(lead_recheck)
+                .where(lead_recheck.c.mailbox_id == mailbox_id)
+                .order_by(lead_recheck.c.created_at)
+                .limit(limit)
+            )
+        ).all()
+    )
+
+
+async def delete_recheck(
+    session: AsyncSession, mailbox_id: uuid.UUID, lead_id: uuid.UUID, created_at: datetime
+) -> None:
+    """The ``lead_recheck`` row of the lead, if it was not updated since ``created_at``."""
+    await session.execute(
+        delete(lead_recheck).where(
+            lead_recheck.c.mailbox_id == mailbox_id,
+            lead_recheck.c.lead_id == lead_id,
+            lead_recheck.c.created_at == created_at,
+        )
+    )
+
+
+async def write_audited(
+    session: AsyncSession, mailbox_id: uuid.UUID, folder: str, at: datetime, found: int
+) -> None:
+    """The folder's cursor was audited ``at``, and the audit found ``found`` UIDs never
+    examined."""
+    await session.execute(
+        update(folder_cursor)
+        .where(
+            folder_cursor.c.mailbox_id == mailbox_id,
+            folder_cursor.c.folder == folder,
+        )
+        .values(audited_at=at, audit_found=found)
+    )
+
+
+async def save_cursor(session: AsyncSession, mailbox_id: uuid.UUID, cursor: FolderCursor) -> None:
+    """The folder's cursor row, inserted or updated."""
+    values = {
+        "name": cursor.name,
+        "uidvalidity": cursor.uidvalidity,
+        "last_uid": cursor.last_uid,
+        "highestmodseq": cursor.highestmodseq,
+        "uidnext": cursor.uidnext,
+        "history_last_uid": cursor.history_last_uid,
+        "history_floor": cursor.history_floor,
+        "uidvalidity_resets": cursor.resets,
+        "uidvalidity_resets_since": cursor.resets_since,
+        "rescan_refused_at": cursor.rescan_refused_at,
+        "updated_at": func.now(),
+    }
+    statement = insert(folder_cursor).values(mailbox_id=mailbox_id, folder=cursor.folder, **values)
+    await session.execute(
+        statement.on_conflict_do_update(
+            index_elements=[folder_cursor.c.mailbox_id, folder_cursor.c.folder], set_=values
+        )
+    )
+
+
+async def write_synced_at(session: AsyncSession, mailbox_id: uuid.UUID, at: datetime) -> None:
+    await session.execute(
+        # unscoped: the syncer's own mailbox, by its id
+        update(mailbox).where(mailbox.c.id == mailbox_id).values(last_synced_at=at)
+    )
+
+
+async def complete_history(session: AsyncSession, mailbox_id: uuid.UUID, at: datetime) -> None:
+    """The mailbox's historical sync completed ``at`` (unless it already had)."""
+    await session.execute(
+        # unscoped: the syncer's own mailbox, by its id
+        update(mailbox)
+        .where(mailbox.c.id == mailbox_id, mailbox.c.history_completed_at.is_(None))
+        .values(history_completed_at=at)
+    )
+
+
+# A batch's synced_message rows as one statement of arrays, compiled once (a multi-row VALUES is
+# not); a row already there (the same UID, or the same Message-ID in the folder) is not returned
+# (R26).
+_RECORD_SYNCED = text("""
+INSERT INTO synced_message (mailbox_id, folder, uidvalidity, uid, message_id, kind, event_id)
+SELECT CAST(:mailbox_id AS uuid), CAST(:folder AS text), CAST(:uidvalidity AS bigint), uid, message_id, kind, event_id
+FROM unnest(CAST(:uids AS bigint[]), CAST(:message_ids AS text[]), CAST(:kinds AS text[]), CAST(:event_ids AS uuid[]))
+     AS r(uid, message_id, kind, event_id)
+ON CONFLICT DO NOTHING
+RETURNING uid
+""")  # noqa: E501
+
+
+async def record_synced(
+    session: AsyncSession,
+    mailbox_id: uuid.UUID,
+    folder: str,
+    uidvalidity: int,
+    uids: list[int],
+    message_ids: list[str],
+    kinds: list[str],
+    event_ids: list[uuid.UUID],
+) -> set[int]:
+    """``synced_message`` rows for a batch (one per UID, the lists side by side): one statement;
+    the UIDs of those inserted (a row already there is not)."""
+    inserted = await session.execute(
+        _RECORD_SYNCED,
+        {
+            "mailbox_id": mailbox_id,
+            "folder": folder,
+            "uidvalidity": uidvalidity,
+            "uids": uids,
+            "message_ids": message_ids,
+            "kinds": kinds,
+            "event_ids": event_ids,
+        },
+    )
+    return set(inserted.scalars())
