@@ -20,8 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit import bus
 from leadline_kit.consumer import EventConsumer, Handlers, PermanentError, processed_event_table
 from leadline_kit.db import Database, asyncpg_dsn, service_metadata
+from leadline_kit.infra import ChildProcess
 from leadline_kit.outbox import OutboxRelay, RelayWaker, enqueue, notify_channel, outbox_table
-from leadline_kit.testing.processes import ChildProcess
 from leadline_proto.events import (
     CompanyPayload,
     CompanyUpdatedV1,

@@ -13,7 +13,7 @@ from leadtest import publish, synced
 from nats.js import JetStreamContext
 
 from leadline_kit.db import asyncpg_dsn
-from leadline_kit.testing.processes import ChildProcess
+from leadline_kit.infra import ChildProcess
 from leadline_lead.config import Settings
 
 CONSUMER_SCRIPT = """

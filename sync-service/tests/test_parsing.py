@@ -9,7 +9,7 @@ import time
 from email.message import EmailMessage
 from pathlib import Path
 
-from leadline_kit.testing.processes import ChildProcess
+from leadline_kit.infra import ChildProcess
 from leadline_mail.mime import parse_message
 from leadline_sync.sync.parse_worker import PREVIEW_HTML_CHARS, PREVIEW_TEXT_CHARS, parse_all
 from leadline_sync.sync.parsing import INLINE_BELOW, MessageParser

@@ -15,15 +15,15 @@ import asyncpg
 import pytest
 
 from leadline_kit.db import asyncpg_dsn
+from leadline_kit.infra import ChildProcess
 from leadline_kit.testing.clients import running_app
-from leadline_kit.testing.processes import ChildProcess
 from leadline_sync.mailbox.states import SyncMode
 from leadline_sync.sync.scheduler import fair_share
 
 SERVICE_SCRIPT = """
 import asyncio, sys
 from leadline_kit.testing.clients import running_app
-from leadline_kit.testing.processes import ChildProcess
+from leadline_kit.infra import ChildProcess
 from leadline_sync.main import create_app
 
 if sys.argv[1:] == ["--held"]:

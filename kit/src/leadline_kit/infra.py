@@ -17,15 +17,19 @@ import fcntl
 import itertools
 import os
 import pwd
+import queue
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 import httpx
 
@@ -49,9 +53,125 @@ def wait_for_port(port: int, timeout: float = 30.0, host: str = "127.0.0.1") -> 
 
 
 @dataclass
+class ChildProcess:
+    """``python <args>`` (``["-c", code, ...]``, ``["-m", module, ...]``), for the tests that kill
+    one and under :class:`AppProcess`.
+
+    Started with its environment over the test's; held until :meth:`release` (a start of Python and
+    its imports takes seconds, 20 s and more on a loaded machine, so a test that times a kill starts
+    its children first and lets them go when it says so); waited for on a line it prints (its stdout
+    is read by a thread, so a child never blocks on a full pipe); SIGKILLed and reaped.  Its stderr
+    is the test's (pytest shows it with a failure), or with its stdout in ``log``.
+    """
+
+    args: Sequence[str]
+    env: Mapping[str, str] = field(default_factory=dict)  # over os.environ
+    held: bool = False  # its stdin is a pipe: the child waits on it for release()
+    output: bool = False  # its stdout is read: line()
+    log: Path | None = None  # its stdout and stderr appended here (not with ``output``)
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _unread: queue.Queue[str | None] = field(default_factory=queue.Queue, init=False, repr=False)
+    _ended: bool = field(default=False, init=False, repr=False)  # its stdout was read to the end
+
+    def start(self) -> ChildProcess:
+        assert not (self.output and self.log), "its stdout is read or logged, not both"
+        with contextlib.ExitStack() as files:
+            log = files.enter_context(self.log.open("ab")) if self.log else None
+            self.process = subprocess.Popen(
+                [sys.executable, *self.args],
+                env={**os.environ, **self.env},
+                stdin=subprocess.PIPE if self.held else None,
+                stdout=subprocess.PIPE if self.output else log,
+                stderr=subprocess.STDOUT if log else None,
+            )
+        if self.output:
+            threading.Thread(
+                target=self._read, name=f"child-{self.process.pid}-stdout", daemon=True
+            ).start()
+        return self
+
+    def _read(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        with self.process.stdout as stdout:
+            for raw in stdout:
+                self._unread.put(raw.decode(errors="replace").rstrip("\r\n"))
+        self._unread.put(None)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "not started"
+        return self.process.pid
+
+    def release(self) -> None:
+        """The word a held child waits for on its stdin."""
+        assert self.process is not None and self.process.stdin is not None, "not started held"
+        self.process.stdin.write(b"go\n")
+        self.process.stdin.flush()
+
+    def line(self, timeout: float = 60.0) -> str:
+        """The next line it prints (``print(..., flush=True)``): its "ready", or what it has to
+        tell."""
+        assert self.output, "its stdout is not read"
+        deadline = time.monotonic() + timeout
+        while not self._ended:
+            try:
+                line = self._unread.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                raise TimeoutError(f"pid {self.pid} printed no line within {timeout}s") from None
+            if line is not None:
+                return line
+            self._ended = True
+        assert self.process is not None
+        raise RuntimeError(
+            f"pid {self.pid} closed its stdout (exit code {self.process.poll()}) before a line"
+        )
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Its exit code, once it exits by itself (``-9``: SIGKILLed); TimeoutExpired after
+        ``timeout``."""
+        assert self.process is not None, "not started"
+        return self.process.wait(timeout)
+
+    def kill(self) -> int:
+        """SIGKILL to this process alone (not its children: the tests check that they die with it),
+        reaped."""
+        assert self.process is not None, "not started"
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+        return self._reaped()
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM (a chance to shut down), SIGKILL after ``timeout``."""
+        assert self.process is not None, "not started"
+        if self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout)
+        return self.kill()
+
+    def _reaped(self) -> int:
+        assert self.process is not None
+        code = self.process.wait()
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        return code
+
+    def __enter__(self) -> ChildProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.kill()
+
+
+@dataclass
 class AppProcess:
     """A service (``<package>.main:create_app``) as a uvicorn process on loopback, for benchmarks
-    and tests that need real processes (several replicas, a SIGKILL)."""
+    and tests that need real processes (several replicas, a SIGKILL): a :class:`ChildProcess`."""
 
     package: str
     port: int
@@ -59,13 +179,15 @@ class AppProcess:
     log: Path | None = None  # stdout and stderr go here; None: inherited
     # answers 200 once the app can be used; "/healthz" for a gateway whose services do not all run
     ready_path: str = "/readyz"
-    process: subprocess.Popen[bytes] | None = None
+    child: ChildProcess | None = field(default=None, init=False)
+
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.child is None else self.child.process
 
     def start(self) -> None:
-        output = self.log.open("ab") if self.log else None
-        self.process = subprocess.Popen(
+        self.child = ChildProcess(
             [
-                sys.executable,
                 "-m",
                 "uvicorn",
                 "--factory",
@@ -82,10 +204,9 @@ class AppProcess:
                 "--log-level",
                 "warning",
             ],
-            env={**os.environ, **self.env},
-            stdout=output,
-            stderr=subprocess.STDOUT if output else None,
-        )
+            self.env,
+            log=self.log,
+        ).start()
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         """Until ``ready_path`` answers 200 (``/readyz``: its consumers and responders are
@@ -109,19 +230,12 @@ class AppProcess:
 
     def kill(self) -> None:
         """SIGKILL: the process gets no chance to finish anything (the crash tests)."""
-        assert self.process is not None
-        self.process.kill()
-        self.process.wait()
+        assert self.child is not None
+        self.child.kill()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.child is not None:
+            self.child.stop(timeout=20)
 
 
 @contextlib.contextmanager
