@@ -14,7 +14,7 @@ from leadline_kit.db import Database
 from leadline_kit.infra import PostgresServer
 from leadline_kit.testing.fixtures import migrated_database
 from leadline_proto import events
-from leadline_sync.mailbox import service, states
+from leadline_sync.mailbox import repository, service, states
 from leadline_sync.mailbox.states import MOVES, SLOT_MOVES, ForbiddenMove, MailboxStatus, Slot
 from leadline_sync.models import mailbox, outbox
 
@@ -89,7 +89,7 @@ async def test_transition_refuses_before_writing(postgres: PostgresServer) -> No
                 )
             with pytest.raises(ForbiddenMove):
                 async with database.session() as session:
-                    row = await service.mailbox_by_id(session, mailbox_id, for_update=True)
+                    row = await repository.mailbox_by_id(session, mailbox_id, for_update=True)
                     assert row is not None
                     await service.transition(session, row, to, "moved", now)
             async with database.session() as session:

@@ -252,7 +252,7 @@ async def connect(context: SyncContext, caller: Identity, request: ConnectReques
     choice = choose(request)
     async with logged_in(context, choice.imap, choice.smtp) as sessions:
         async with context.db.session() as session:
-            row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+            row = await repository.active_mailbox(session, caller.company_id, caller.user_id)
             await _refuse_address(session, caller.company_id, caller.user_id, row, choice.address)
         proven_by: AddressProof | None = None
         if needs_proof(row, sessions.imap, sessions.smtp):
@@ -300,7 +300,7 @@ async def _refuse_address(
                 f"address"
             ),
         )
-    if await service.synced_by_another_user(session, company_id, user_id, address):
+    if await repository.synced_by_another_user(session, company_id, user_id, address):
         raise _taken(address)
 
 
@@ -331,7 +331,7 @@ async def _save(
     imap_login, smtp_login = checked.imap, checked.smtp
     now = context.clock()
     async with context.db.session() as session:
-        row = await service.active_mailbox(session, company_id, user_id, for_update=True)
+        row = await repository.active_mailbox(session, company_id, user_id, for_update=True)
         await _refuse_address(session, company_id, user_id, row, checked.address)
         mailbox_id = row.id if row is not None else uuid.uuid4()
         sealed = context.cipher.seal(company_id, mailbox_id, checked.secrets)
@@ -376,7 +376,7 @@ async def _save(
                 updated_at=now,
                 **values,
             )
-            created = await service.mailbox_by_id(session, mailbox_id)
+            created = await repository.mailbox_by_id(session, mailbox_id)
             assert created is not None
             await service.announce_created(session, created)
             slot = Slot.UNCLAIMED
@@ -399,7 +399,7 @@ async def _save(
 
 async def disconnect(context: SyncContext, caller: Identity, keep_history: bool) -> None:
     async with context.db.session() as session:
-        row = await service.active_mailbox(
+        row = await repository.active_mailbox(
             session, caller.company_id, caller.user_id, for_update=True
         )
         if row is None:

@@ -252,7 +252,7 @@ async def why_message(
 @router.get("/v1/mail-sync/domain-check")
 async def domain_check(caller: Caller, context: Context, session: Session) -> DomainCheck:
     """DMARC and DKIM for the domain of the caller's synced address (R18)."""
-    row = await service.active_mailbox(session, caller.company_id, caller.user_id)
+    row = await repository.active_mailbox(session, caller.company_id, caller.user_id)
     if row is None:
         raise MailboxNotConnected("Mail Sync is not connected")
     return await check_domain(address_domain(row.address), context.resolver)

@@ -318,6 +318,7 @@ async def synced_by_another_user(
 async def mailbox_by_id(
     session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False
 ) -> Row[Any] | None:
+    """The mailbox of that id, any company's (a worker's lookup by an id it holds)."""
     # unscoped: a worker's lookup by a mailbox id it holds; callers check the company where given one  # noqa: E501
     statement = select(mailbox).where(mailbox.c.id == mailbox_id)
     if for_update:

@@ -44,27 +44,6 @@ log = logging.getLogger("leadline.sync.mailbox")
 MailboxRow = Row[Any]
 
 
-async def active_mailbox(
-    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, *, for_update: bool = False
-) -> MailboxRow | None:
-    """The user's connected mailbox (any status but disabled), if any."""
-    return await repository.active_mailbox(session, company_id, user_id, for_update=for_update)
-
-
-async def synced_by_another_user(
-    session: AsyncSession, company_id: uuid.UUID, user_id: uuid.UUID, address: str
-) -> bool:
-    """Whether another user of the company has ``address`` connected (one address, one user)."""
-    return await repository.synced_by_another_user(session, company_id, user_id, address)
-
-
-async def mailbox_by_id(
-    session: AsyncSession, mailbox_id: uuid.UUID, *, for_update: bool = False
-) -> MailboxRow | None:
-    """The mailbox of that id, any company's (a worker's lookup by an id it holds)."""
-    return await repository.mailbox_by_id(session, mailbox_id, for_update=for_update)
-
-
 def _status_changed(
     row: MailboxRow, to: MailboxStatus, previous: MailboxStatus | None, reason: str
 ) -> MailboxStatusChangedV1:
@@ -212,7 +191,7 @@ async def apply_slot_answer(
     A mailbox disconnected (or given up) while we asked has its slot given
     back already (``releasing`` or ``released``), so the answer is ignored.
     """
-    row = await mailbox_by_id(session, mailbox_id, for_update=True)
+    row = await repository.mailbox_by_id(session, mailbox_id, for_update=True)
     if row is None or row.slot != Slot.UNCLAIMED:
         return
     if answer.status == MailboxSlotStatus.GRANTED:
@@ -243,7 +222,7 @@ async def slot_granted(
     session: AsyncSession, company_id: uuid.UUID, mailbox_id: uuid.UUID, now: datetime
 ) -> None:
     """The quota service gave a pending mailbox its slot (R9): it becomes enabled by itself."""
-    row = await mailbox_by_id(session, mailbox_id, for_update=True)
+    row = await repository.mailbox_by_id(session, mailbox_id, for_update=True)
     if (
         row is None
         or row.company_id != company_id

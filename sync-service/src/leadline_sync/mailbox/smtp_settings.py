@@ -18,7 +18,7 @@ from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_proto.requests import MailboxSmtpReply, MailboxSmtpRequest
 from leadline_proto.subjects import RPC_MAILBOX_SMTP
 from leadline_sync.context import SyncContext
-from leadline_sync.mailbox.service import active_mailbox
+from leadline_sync.mailbox.repository import active_mailbox
 from leadline_sync.mailbox.states import MailboxStatus
 
 log = logging.getLogger("leadline.sync.smtp-settings")

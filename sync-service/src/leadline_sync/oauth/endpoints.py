@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from leadline_kit.identity import IDENTITY_HEADER, Caller, Identity, current_identity
 from leadline_sync.context import Context, SyncContext
-from leadline_sync.mailbox import service
+from leadline_sync.mailbox import repository as mailboxes
 from leadline_sync.mailbox.schemas import SmtpUse
 from leadline_sync.oauth import flow
 
@@ -74,7 +74,7 @@ class SignInFinish(BaseModel):
 
 async def _done(context: SyncContext, mailbox_id: uuid.UUID) -> SignInDone:
     async with context.db.session() as session:
-        row = await service.mailbox_by_id(session, mailbox_id)
+        row = await mailboxes.mailbox_by_id(session, mailbox_id)
     assert row is not None
     return SignInDone(
         mailbox_id=str(row.id), address=row.address, provider=row.provider, status=row.status

@@ -43,7 +43,7 @@ from leadline_mail.net import ErrorKind, MailConnectionError
 from leadline_sync.config import Settings
 from leadline_sync.credentials import CredentialCipher, MailboxSecrets
 from leadline_sync.mailbox.fixes import PROVIDER_NAMES
-from leadline_sync.mailbox.service import mailbox_by_id
+from leadline_sync.mailbox.repository import mailbox_by_id
 from leadline_sync.oauth import repository
 from leadline_sync.oauth.apps import OAuthApp
 

@@ -88,6 +88,7 @@ from leadline_proto.requests import (
 from leadline_proto.subjects import RPC_LEAD_DIRECTORY, RPC_SYNC_ALLOWANCE
 from leadline_sync.context import SyncContext
 from leadline_sync.logins import ServerLogin, imap_settings
+from leadline_sync.mailbox import repository as mailboxes
 from leadline_sync.mailbox import service
 from leadline_sync.mailbox.states import SYNCED, MailboxStatus, SyncMode
 from leadline_sync.matching import (
@@ -394,7 +395,7 @@ class MailboxSync:
             self.row = self.claimed.row
         else:
             async with self.db.session() as session:
-                self.row = await service.mailbox_by_id(session, self.mailbox_id)
+                self.row = await mailboxes.mailbox_by_id(session, self.mailbox_id)
         laps.lap("row")
         row = self.row
         if row is None or row.status not in SYNCED or row.credential_ciphertext is None:
