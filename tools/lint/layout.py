@@ -4,10 +4,7 @@
 A module of a service that builds a statement (calls SQLAlchemy's ``select``, ``insert``,
 ``update``, ``delete`` or ``text``, or a table's ``insert()`` / ``update()`` / ``delete()``, or
 holds a plain-SQL string for asyncpg, ``"SELECT ..."``) is a ``repository.py``, the
-service's ``models.py``, a migration, or one of :data:`NOT_YET`: the modules that still write their
-own SQL, each with why it has not moved. The list only shrinks: a module that no longer builds
-statements is reported until its entry goes, and a new one fails until its statements move to a
-repository.
+service's ``models.py`` or a migration; any other fails until its statements move to a repository.
 """
 
 from __future__ import annotations
@@ -18,11 +15,6 @@ from pathlib import Path
 from tools.lint.scope import RAW_SQL, SERVICES, Violation
 
 _CONSTRUCTORS = {"select", "insert", "update", "delete", "text"}
-
-# path under the repository root -> why its statements are still its own (none left: every module
-# of a service builds its SQL in a repository; a module that must not be moved yet goes here, with
-# why)
-NOT_YET: dict[str, str] = {}
 
 
 def builds_statements(source: str) -> bool:
@@ -61,24 +53,11 @@ def _allowed(path: Path) -> bool:
 
 
 def check_tree(root: Path) -> list[Violation]:
-    found: list[Violation] = []
-    building: set[str] = set()
-    for folder in SERVICES:
-        for path in sorted((root / folder / "src").rglob("*.py")):
-            relative = str(path.relative_to(root))
-            if _allowed(path) or not builds_statements(path.read_text()):
-                continue
-            building.add(relative)
-            if relative not in NOT_YET:
-                found.append(
-                    Violation(relative, 1, "builds SQL statements: move them to a repository.py")
-                )
-    for relative in sorted(set(NOT_YET) - building):
-        found.append(
-            Violation(
-                relative,
-                1,
-                "builds no SQL statement any more (or is gone): drop it from layout.NOT_YET",
-            )
+    return [
+        Violation(
+            str(path.relative_to(root)), 1, "builds SQL statements: move them to a repository.py"
         )
-    return found
+        for folder in SERVICES
+        for path in sorted((root / folder / "src").rglob("*.py"))
+        if not _allowed(path) and builds_statements(path.read_text())
+    ]
