@@ -48,6 +48,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from leadline_kit.db import Database
 from leadline_mail.imap import ImapClient
 from leadline_mail.mime import extract_message_id
+from leadline_sync.mailbox import repository as mailboxes
 from leadline_sync.sync import repository
 from leadline_sync.sync.repository import Run
 
@@ -271,7 +272,7 @@ class FolderCounts:
 async def folder_counts(session: AsyncSession, mailbox_id: uuid.UUID) -> dict[str, FolderCounts]:
     """Per folder: the server's messages (last audit) against what the sync examined, by reason."""
     result: dict[str, FolderCounts] = {}
-    for cursor in await repository.folder_cursors(session, mailbox_id):
+    for cursor in await mailboxes.folder_cursors(session, mailbox_id):
         by_reason = await repository.examined_by_reason(
             session, mailbox_id, cursor.folder, cursor.uidvalidity
         )

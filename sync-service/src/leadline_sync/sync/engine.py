@@ -927,7 +927,7 @@ class MailboxSync:
         """The stored cursors (``rows``: as the claim read them)."""
         if rows is None:
             async with self.db.session() as session:
-                rows = await repository.folder_cursors(session, self.mailbox_id)
+                rows = await mailboxes.folder_cursors(session, self.mailbox_id)
         self.cursors = {
             r.folder: FolderCursor(
                 r.folder,

@@ -230,16 +230,6 @@ async def add_audit_ranges(
 # ------------------------------------------------------------------------------------------------
 
 
-async def folder_cursors(session: AsyncSession, mailbox_id: uuid.UUID) -> list[Row[Any]]:
-    return list(
-        (
-            await session.execute(
-                select(folder_cursor).where(folder_cursor.c.mailbox_id == mailbox_id)
-            )
-        ).all()
-    )
-
-
 async def examined_by_reason(
     session: AsyncSession, mailbox_id: uuid.UUID, folder: str, uidvalidity: int
 ) -> dict[str, int]:
